@@ -1,0 +1,2 @@
+"""audit-detector: threats and misuse in Kubernetes audit logs."""
+__version__ = "0.1.0"

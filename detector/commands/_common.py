@@ -1,0 +1,99 @@
+"""Options, output and error handling shared by every command (defined once, as in csvkit).
+
+Exit codes (README "Exit codes"): 0 ok, 1 findings at or above ``--fail-on``, 2 usage or
+configuration error, 3 runtime failure (source unreachable, unreadable input...).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date, datetime
+from enum import Enum
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+
+EXIT_OK = 0
+EXIT_FINDINGS = 1
+EXIT_USAGE = 2
+EXIT_RUNTIME = 3
+
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+stdout = Console(highlight=False, soft_wrap=True)
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+LakeOpt = Annotated[
+    str,
+    typer.Option(
+        "--lake",
+        envvar="DETECT_LAKE",
+        help="Lake root: a local folder or s3://bucket/prefix.",
+        show_default=True,
+    ),
+]
+SinceOpt = Annotated[
+    str,
+    typer.Option("--since", help="Start of the range: a duration before now (1h, 30m, 7d) or ISO-8601."),
+]
+UntilOpt = Annotated[
+    str | None,
+    typer.Option("--until", help="End of the range (exclusive), same forms as --since; default now."),
+]
+ClusterOpt = Annotated[
+    str | None,
+    typer.Option("--cluster", envvar="DETECT_CLUSTER", help="Cluster name (default: all / from the source)."),
+]
+FormatOpt = Annotated[
+    OutputFormat,
+    typer.Option("--format", help="Output: a table for people or JSON for machines."),
+]
+
+
+def fail(message: str, code: int = EXIT_RUNTIME) -> NoReturn:
+    """One line on stderr and an exit code: what went wrong and, where we know, what to do."""
+    stderr.print(f"error: {message}", markup=False)
+    raise typer.Exit(code)
+
+
+def usage_error(message: str) -> NoReturn:
+    fail(message, EXIT_USAGE)
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, set | tuple):
+        return list(value)
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def emit_json(obj: Any) -> None:
+    """Machine output on stdout, one JSON document."""
+    sys.stdout.write(json.dumps(obj, default=_default, indent=2, sort_keys=False) + "\n")
+    sys.stdout.flush()
+
+
+def progress_enabled() -> bool:
+    """Progress bars only for a person at a terminal; cron and Airflow logs stay clean."""
+    return sys.stderr.isatty()
+
+
+@contextmanager
+def progress_status(message: str) -> Iterator[Any]:
+    """A rich status spinner on stderr when interactive; a no-op otherwise."""
+    if progress_enabled():
+        with stderr.status(message) as status:
+            yield status
+    else:
+        yield None

@@ -1,0 +1,140 @@
+"""One filesystem layer for the lake, local folder or ``s3://``.
+
+Everything that touches the lake goes through here so that the AWS credential chain
+(``AWS_PROFILE``, environment, IRSA) and ``AWS_ENDPOINT_URL`` are honoured the same way by
+s3fs, boto3 and polars. Writes are atomic: a temporary name then a rename locally, a single
+PUT on S3 (S3 objects appear whole or not at all).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+
+
+class StorageError(RuntimeError):
+    """A lake location cannot be read or written (missing credentials, no such bucket...)."""
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://") or uri.startswith("s3a://")
+
+
+def endpoint_url() -> str | None:
+    """The S3/CloudWatch endpoint override (moto, LocalStack, VPC endpoints)."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+@functools.lru_cache(maxsize=4)
+def _s3fs(endpoint: str | None) -> Any:
+    import s3fs
+
+    client_kwargs: dict[str, Any] = {}
+    if endpoint:
+        client_kwargs["endpoint_url"] = endpoint
+    # use_listings_cache=False: the lake is written by other processes too (exporters,
+    # cron runs); a stale listing would make dedup miss files.
+    return s3fs.S3FileSystem(client_kwargs=client_kwargs, use_listings_cache=False)
+
+
+def filesystem(uri: str) -> fsspec.AbstractFileSystem:
+    """The fsspec filesystem for a path or URI."""
+    if is_s3(uri):
+        return _s3fs(endpoint_url())
+    return fsspec.filesystem("file")
+
+
+def strip_protocol(uri: str) -> str:
+    """Path as fsspec methods want it (``bucket/key`` for S3, absolute path locally)."""
+    if is_s3(uri):
+        return uri.split("://", 1)[1]
+    return os.path.abspath(uri)
+
+
+def join(*parts: str) -> str:
+    """Join URI parts with ``/`` (also on local paths: the lake layout is URI-shaped)."""
+    head, *rest = parts
+    return "/".join([head.rstrip("/"), *(p.strip("/") for p in rest if p)])
+
+
+def full_uri(uri: str, path: str) -> str:
+    """Turn an fsspec path (``bucket/key``) back into a URI like the one given."""
+    return f"s3://{path}" if is_s3(uri) else path
+
+
+def polars_storage_options(uri: str) -> dict[str, str] | None:
+    """Credentials and endpoint for polars' native cloud reader, from the boto3 chain."""
+    if not is_s3(uri):
+        return None
+    import boto3
+
+    session = boto3.Session()
+    creds = session.get_credentials()
+    if creds is None:
+        raise StorageError(
+            "no AWS credentials found (set AWS_PROFILE, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+            "or run with an IAM role)"
+        )
+    frozen = creds.get_frozen_credentials()
+    opts = {
+        "aws_access_key_id": frozen.access_key,
+        "aws_secret_access_key": frozen.secret_key,
+        "aws_region": session.region_name or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+    }
+    if frozen.token:
+        opts["aws_session_token"] = frozen.token
+    if endpoint := endpoint_url():
+        opts["aws_endpoint_url"] = endpoint
+        if endpoint.startswith("http://"):
+            opts["aws_allow_http"] = "true"
+    return opts
+
+
+@dataclass(frozen=True)
+class Location:
+    """A lake root resolved once: the filesystem plus the root path in fsspec form."""
+
+    uri: str
+    fs: fsspec.AbstractFileSystem
+    root: str
+
+    @classmethod
+    def of(cls, uri: str) -> Location:
+        uri = uri.rstrip("/") if len(uri) > 1 else uri
+        return cls(uri=uri, fs=filesystem(uri), root=strip_protocol(uri))
+
+    @property
+    def is_s3(self) -> bool:
+        return is_s3(self.uri)
+
+    def path(self, *parts: str) -> str:
+        return join(self.root, *parts)
+
+    def uri_of(self, path: str) -> str:
+        return full_uri(self.uri, path)
+
+    def put_atomic(self, path: str, data: bytes) -> None:
+        """Write ``data`` so readers see the whole object or nothing."""
+        if self.is_s3:
+            self.fs.pipe_file(path, data)
+            return
+        directory = os.path.dirname(path)
+        os.makedirs(directory, exist_ok=True)
+        tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+    def glob(self, pattern: str) -> list[str]:
+        """Paths matching a glob under the root; temp files never match."""
+        return sorted(p for p in self.fs.glob(pattern) if "/.tmp-" not in p)
+
+    def exists(self, path: str) -> bool:
+        return self.fs.exists(path)
