@@ -1,2 +1,3 @@
 """audit-detector: threats and misuse in Kubernetes audit logs."""
+
 __version__ = "0.1.0"

@@ -11,6 +11,8 @@ same range again produces the same ids and replaces rows instead of adding new o
 
 from __future__ import annotations
 
+import hashlib
+from datetime import datetime
 
 import polars as pl
 
@@ -57,7 +59,9 @@ FINDINGS_COLUMNS: dict[str, pl.DataType] = {
 FINDINGS_EVENTS_COLUMNS: dict[str, pl.DataType] = {"finding_id": pl.String(), **CANONICAL_COLUMNS}
 
 
-def finding_id(detector: str, cluster: str | None, principal: str | None, window_start: datetime) -> str:
+def finding_id(
+    detector: str, cluster: str | None, principal: str | None, window_start: datetime
+) -> str:
     """Stable id of a finding: the same detector, principal and window always give the same id.
 
     sha256 rather than polars' ``hash``, which is not stable across polars versions; there
@@ -78,5 +82,3 @@ def with_finding_ids(df: pl.DataFrame) -> pl.DataFrame:
 
 def empty_findings() -> pl.DataFrame:
     return pl.DataFrame(schema=FINDINGS_COLUMNS)
-
-

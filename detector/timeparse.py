@@ -60,6 +60,8 @@ def parse_range(
     start = parse_instant(since, now=now)
     end = parse_instant(until, now=now) if until else now
     if end <= start:
-        raise TimeArgumentError(f"empty time range: --until ({end:%Y-%m-%dT%H:%M:%SZ}) is not "
-                                f"after --since ({start:%Y-%m-%dT%H:%M:%SZ})")
+        raise TimeArgumentError(
+            f"empty time range: --until ({end:%Y-%m-%dT%H:%M:%SZ}) is not "
+            f"after --since ({start:%Y-%m-%dT%H:%M:%SZ})"
+        )
     return start, end

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -26,7 +26,7 @@ stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 stdout = Console(highlight=False, soft_wrap=True)
 
 
-class OutputFormat(str, Enum):
+class OutputFormat(StrEnum):
     table = "table"
     json = "json"
 
@@ -42,15 +42,21 @@ LakeOpt = Annotated[
 ]
 SinceOpt = Annotated[
     str,
-    typer.Option("--since", help="Start of the range: a duration before now (1h, 30m, 7d) or ISO-8601."),
+    typer.Option(
+        "--since", help="Start of the range: a duration before now (1h, 30m, 7d) or ISO-8601."
+    ),
 ]
 UntilOpt = Annotated[
     str | None,
-    typer.Option("--until", help="End of the range (exclusive), same forms as --since; default now."),
+    typer.Option(
+        "--until", help="End of the range (exclusive), same forms as --since; default now."
+    ),
 ]
 ClusterOpt = Annotated[
     str | None,
-    typer.Option("--cluster", envvar="DETECT_CLUSTER", help="Cluster name (default: all / from the source)."),
+    typer.Option(
+        "--cluster", envvar="DETECT_CLUSTER", help="Cluster name (default: all / from the source)."
+    ),
 ]
 FormatOpt = Annotated[
     OutputFormat,
