@@ -8,6 +8,8 @@ fix become one line on stderr and an exit code (see README "Exit codes"), never 
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 
 import typer
 
@@ -61,4 +63,16 @@ for _name in COMMAND_MODULES:
 
 
 def main() -> None:
-    app()
+    """Console entry point: expected errors are one line; a bug says how to see its traceback."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+    except Exception as exc:  # the last line of defence: no traceback for users
+        if os.environ.get("DETECT_DEBUG"):
+            raise
+        sys.stderr.write(
+            f"error: unexpected {type(exc).__name__}: {exc} (set DETECT_DEBUG=1 for a traceback)\n"
+        )
+        sys.exit(3)
