@@ -285,7 +285,7 @@ def ingest_paths(
 
 
 def read_events(
-    paths: list[str], *, cluster: str = DEFAULT_CLUSTER, fmt: str = "auto"
+    paths: list[str], *, cluster: str | None = None, fmt: str = "auto"
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Normalize small inputs in memory: (events, quarantine). For tests and `rules test`."""
     ingestor = Ingestor(Lake("."), cluster=cluster, collect=True)
