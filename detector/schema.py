@@ -84,12 +84,25 @@ EVENT_KEY = ("audit_id", "stage")
 #: Partition columns of the events table, in path order.
 PARTITION_COLUMNS = ("cluster", "date", "hour")
 
+#: ``user.extra`` keys we keep. EKS puts the IAM identity here; service-account tokens bound
+#: to a pod carry the pod and node. Read as a struct (not JSON text) because the IAM fields
+#: are on the hot path of principal derivation; other keys are dropped.
+USER_EXTRA_KEYS = (
+    "arn",
+    "canonicalArn",
+    "sessionName",
+    "accessKeyId",
+    "principalId",
+    "authentication.kubernetes.io/pod-name",
+    "authentication.kubernetes.io/node-name",
+)
+
 _USER = pl.Struct(
     {
         "username": pl.String(),
         "uid": pl.String(),
         "groups": pl.List(pl.String()),
-        "extra": pl.String(),
+        "extra": pl.Struct({k: pl.List(pl.String()) for k in USER_EXTRA_KEYS}),
     }
 )
 
