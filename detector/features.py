@@ -267,9 +267,14 @@ def distinct_values(expr: pl.Expr, name: str) -> pl.Expr:
 
 
 # --------------------------------------------------------------------------- step 1: events
-def request_rows(events: pl.LazyFrame) -> pl.LazyFrame:
-    """One row per request: drop ``RequestReceived`` and the second stage of long-running ones."""
-    lf = events.select(INPUT_COLUMNS)
+def request_rows(
+    events: pl.LazyFrame, *, columns: tuple[str, ...] | list[str] = INPUT_COLUMNS
+) -> pl.LazyFrame:
+    """One row per request: drop ``RequestReceived`` and the second stage of long-running ones.
+
+    ``columns`` are the event columns kept (they must include the ones the filter reads).
+    """
+    lf = events.select(columns)
     stage = pl.col("stage")
     done = stage.is_in(["ResponseComplete", "Panic"])
     long_running = is_long_running()

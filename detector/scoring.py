@@ -1,0 +1,421 @@
+"""Train and score: a lake time range -> features -> model (+ rules) -> findings.
+
+``train_model`` fits the model on a baseline range and saves it; ``score_range`` turns a
+range into findings (model and rules) and, unless asked not to, files them in the lake,
+replacing what an earlier run wrote for the same windows (see :mod:`detector.findings`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from detector import explain as explain_mod
+from detector import findings as findings_store
+from detector.features import (
+    DEFAULT_WINDOW,
+    FEATURES,
+    align,
+    check_window,
+    finish_features,
+    fit_baseline,
+    lake_windows,
+    request_rows,
+)
+from detector.findings_schema import (
+    FINDINGS_COLUMNS,
+    FINDINGS_EVENTS_COLUMNS,
+    SEVERITIES,
+    empty_findings,
+    with_finding_ids,
+)
+from detector.lake import Lake, Partition
+from detector.model import DEFAULT_ALERT_RATE, AuditIsolationForest, Model, fingerprint
+from detector.schema import CANONICAL_COLUMNS
+
+#: Training needs at least this many windows (principal x 10 minutes) to mean anything.
+MIN_TRAIN_WINDOWS = 50
+#: The flagged events kept per finding (the first ones in time); ``event_count`` is exact.
+MAX_EVENTS_PER_FINDING = 10_000
+#: History handed to rules that compare with the past (``RuleSet.needs_history``).
+RULES_HISTORY = timedelta(days=7)
+
+Progress = Callable[[int, int], None] | None
+
+
+class ScoringError(Exception):
+    """Training or scoring cannot proceed; the message says why in one line."""
+
+
+# --------------------------------------------------------------------------- training
+def default_warmup(start: datetime, end: datetime) -> timedelta:
+    """Leading part of a training range used for the baseline only, not as training rows.
+
+    Every value is new in the first windows of a range (prequential novelty), so those
+    windows would teach the forest that novelty is normal: one day, or a quarter of a
+    shorter range.
+    """
+    return min(timedelta(days=1), (end - start) / 4)
+
+
+def fit_model(
+    windows: pl.DataFrame,
+    *,
+    window: timedelta,
+    start: datetime,
+    end: datetime,
+    alert_rate: float = DEFAULT_ALERT_RATE,
+    seed: int | None = 0,
+    threshold_method: str = "budget",
+    warmup: timedelta | None = None,
+) -> tuple[Model, dict[str, Any]]:
+    """Baseline + estimator from window rows; returns the model and training facts."""
+    if windows.height < MIN_TRAIN_WINDOWS:
+        raise ScoringError(
+            f"only {windows.height} principal windows in the training range (need at least "
+            f"{MIN_TRAIN_WINDOWS}): widen --since/--until or ingest more events"
+        )
+    baseline, feats = fit_baseline(windows)
+    warmup = default_warmup(start, end) if warmup is None else warmup
+    rows = feats.filter(pl.col("window_start") >= start + warmup)
+    if rows.height < MIN_TRAIN_WINDOWS:
+        rows = feats
+    X = rows.select(FEATURES).to_numpy().astype(np.float64)
+    est = AuditIsolationForest(
+        alert_rate=alert_rate, threshold_method=threshold_method, random_state=seed
+    ).fit(X)
+    facts = {
+        "training": {
+            "since": _iso(start),
+            "until": _iso(end),
+            "windows": windows.height,
+            "rows_fit": rows.height,
+            "warmup_seconds": int(warmup.total_seconds()),
+            "requests": int(windows["requests"].sum()),
+            "principals": baseline.principals.height,
+            "clusters": sorted(windows["cluster"].unique().to_list()),
+            "seed": seed,
+        },
+        "data_fingerprint": fingerprint(X),
+    }
+    return Model(estimator=est, baseline=baseline, window=window), facts
+
+
+def train_model(
+    lake: Lake,
+    start: datetime,
+    end: datetime,
+    *,
+    model_dir: str | None,
+    window: timedelta = DEFAULT_WINDOW,
+    alert_rate: float = DEFAULT_ALERT_RATE,
+    seed: int | None = 0,
+    threshold_method: str = "budget",
+    cluster: str | None = None,
+    progress: Progress = None,
+) -> Model:
+    """Fit on ``[start, end)`` of the lake and save to ``model_dir`` (unless ``None``)."""
+    check_window(window)
+    start, end = align(start, end, window)
+    windows = lake_windows(lake, start, end, window=window, cluster=cluster, progress=progress)
+    model, facts = fit_model(
+        windows,
+        window=window,
+        start=start,
+        end=end,
+        alert_rate=alert_rate,
+        seed=seed,
+        threshold_method=threshold_method,
+    )
+    if model_dir is not None:
+        model.save(model_dir, extra=facts)
+    else:
+        model.card = {"model_version": "unsaved", **facts}
+    return model
+
+
+# --------------------------------------------------------------------------- scoring
+@dataclass
+class ScoreResult:
+    """What a scoring run found (and wrote)."""
+
+    start: datetime
+    end: datetime
+    findings: pl.DataFrame
+    events: pl.DataFrame
+    windows: int = 0
+    requests: int = 0
+    model_version: str | None = None
+    cold_start: bool = False
+    rules: str = "not run"  # "not run", "not available", or "<n> rules"
+    written: dict[str, Any] = field(default_factory=dict)
+
+
+def rules_available() -> bool:
+    """Whether this installation has the rules engine (``detector.rules``)."""
+    return importlib.util.find_spec("detector.rules") is not None
+
+
+def score_range(
+    lake: Lake,
+    start: datetime,
+    end: datetime,
+    *,
+    model: Model | None,
+    fit_on_window: bool = False,
+    use_model: bool = True,
+    use_rules: bool = True,
+    rule_files: list[str] | None = None,
+    disabled_rules: list[str] | None = None,
+    window: timedelta | None = None,
+    seed: int | None = 0,
+    alert_rate: float = DEFAULT_ALERT_RATE,
+    cluster: str | None = None,
+    write: bool = True,
+    now: datetime | None = None,
+    progress: Progress = None,
+) -> ScoreResult:
+    """Findings for ``[start, end)`` widened to whole windows.
+
+    With ``fit_on_window`` a model is fitted on the range itself (cold start, no saved
+    model needed) and its findings are marked ``cold_start``.
+    """
+    now = now or datetime.now(UTC)
+    window = check_window(
+        model.window if model is not None and not fit_on_window else (window or DEFAULT_WINDOW)
+    )
+    start, end = align(start, end, window)
+    result = ScoreResult(
+        start=start,
+        end=end,
+        findings=empty_findings(),
+        events=pl.DataFrame(schema=FINDINGS_EVENTS_COLUMNS),
+    )
+    parts = lake.partitions(start, end, cluster=cluster)
+    frames: list[tuple[str, pl.DataFrame, pl.DataFrame]] = []
+
+    if use_model:
+        windows = lake_windows(lake, start, end, window=window, cluster=cluster, progress=progress)
+        result.windows = windows.height
+        result.requests = int(windows["requests"].sum() or 0)
+        if fit_on_window:
+            if windows.height < MIN_TRAIN_WINDOWS:
+                raise ScoringError(
+                    f"--fit-on-window needs at least {MIN_TRAIN_WINDOWS} principal windows in "
+                    f"the range, found {windows.height}: widen --since"
+                )
+            model, _ = fit_model(
+                windows,
+                window=window,
+                start=start,
+                end=end,
+                alert_rate=alert_rate,
+                seed=seed,
+                warmup=timedelta(0),
+            )
+            model.card = {"model_version": "cold-start"}
+            result.cold_start = True
+        if model is None:
+            raise ScoringError("no model given")
+        result.model_version = model.version
+        found = model_findings(windows, model, now=now, cold_start=fit_on_window)
+        events = flagged_events(lake, parts, found) if found.height else _no_events()
+        found = _attach_events(found, events)
+        frames.append(("model", found, events))
+
+    if use_rules:
+        if rules_available():
+            rfound, revents, result.rules = rule_findings(
+                lake,
+                start,
+                end,
+                window=window,
+                rule_files=rule_files,
+                disabled=disabled_rules,
+                parts=parts,
+                cluster=cluster,
+                now=now,
+            )
+            frames.append(("rules", rfound, revents))
+        else:
+            if rule_files:
+                raise ScoringError("--rules given but this installation has no rules engine yet")
+            result.rules = "not available"
+
+    for kind, found, events in frames:
+        if write:
+            result.written[kind] = findings_store.write_range(lake, kind, start, end, found, events)
+    if frames:
+        result.findings = findings_store.sort_findings(
+            pl.concat([f for _, f, _ in frames], how="vertical")
+        )
+        result.events = pl.concat([e for _, _, e in frames], how="vertical")
+    return result
+
+
+def model_findings(
+    windows: pl.DataFrame, model: Model, *, now: datetime, cold_start: bool = False
+) -> pl.DataFrame:
+    """One finding per window scoring at or above the model's threshold (no events yet)."""
+    if windows.is_empty():
+        return empty_findings()
+    feats = finish_features(windows, model.baseline)
+    scores = model.score(feats)
+    flagged_idx = np.flatnonzero(scores >= model.threshold)
+    if flagged_idx.size == 0:
+        return empty_findings()
+    rows = feats[flagged_idx]
+    flagged_scores = scores[flagged_idx]
+    severities = model.estimator.severity(flagged_scores)
+    explanations = explain_mod.explain(rows, model.baseline)
+    reasons = [[explain_mod.sentence(i) for i in items] for items in explanations]
+    titles = [explain_mod.title(items) for items in explanations]
+    top = [
+        [{k: i[k] for k in ("name", "value", "baseline", "population")} for i in items]
+        for items in explanations
+    ]
+    df = rows.select("cluster", "principal", "principal_kind", "window_start", "window_end")
+    df = df.with_columns(
+        pl.lit(f"model:{model.estimator.backend}").alias("detector"),
+        pl.Series("severity", severities, dtype=pl.String),
+        pl.Series("severity_rank", [SEVERITIES.index(s) for s in severities], dtype=pl.Int8),
+        pl.Series("score", flagged_scores, dtype=pl.Float64),
+        pl.lit(model.threshold, pl.Float64).alias("threshold"),
+        pl.Series("title", titles, dtype=pl.String),
+        pl.Series("reasons", reasons, dtype=pl.List(pl.String)),
+        pl.Series("top_features", top, dtype=FINDINGS_COLUMNS["top_features"]),
+        pl.lit(None, pl.String).alias("tactic"),
+        pl.lit(None, pl.String).alias("technique"),
+        pl.lit(0, pl.Int64).alias("event_count"),
+        pl.lit(None, pl.List(pl.String)).alias("audit_ids"),
+        pl.lit(now, FINDINGS_COLUMNS["created_at"]).alias("created_at"),
+        pl.lit(model.version).alias("model_version"),
+        pl.lit(cold_start).alias("cold_start"),
+        pl.lit(None, pl.String).alias("finding_id"),
+    )
+    return with_finding_ids(df.select(list(FINDINGS_COLUMNS)))
+
+
+def _no_events() -> pl.DataFrame:
+    return pl.DataFrame(schema=FINDINGS_EVENTS_COLUMNS)
+
+
+def _parts_for(parts: list[Partition], found: pl.DataFrame) -> list[Partition]:
+    """The hour partitions that overlap any finding's window (and cluster)."""
+    spans = found.select("cluster", "window_start", "window_end").unique().rows()
+    keep = []
+    for part in parts:
+        c, date, hour = part
+        h0 = datetime.strptime(f"{date} {hour}", "%Y-%m-%d %H").replace(tzinfo=UTC)
+        h1 = h0 + timedelta(hours=1)
+        if any(c == fc and ws < h1 and we > h0 for fc, ws, we in spans):
+            keep.append(part)
+    return keep
+
+
+def flagged_events(lake: Lake, parts: list[Partition], found: pl.DataFrame) -> pl.DataFrame:
+    """The counted events (one per request) of each flagged window, with ``finding_id``."""
+    keys = found.select("finding_id", "cluster", "principal", "window_start", "window_end")
+    lf = lake.scan_partitions(_parts_for(parts, found)).filter(
+        pl.col("principal").is_in(keys["principal"].unique().implode())
+    )
+    events = (
+        request_rows(lf, columns=list(CANONICAL_COLUMNS))
+        .join(keys.lazy(), on=["cluster", "principal"], how="inner")
+        .filter(
+            (pl.col("event_time") >= pl.col("window_start"))
+            & (pl.col("event_time") < pl.col("window_end"))
+        )
+        .sort("finding_id", "event_time", "audit_id")
+        .collect()
+    )
+    return events.select(list(FINDINGS_EVENTS_COLUMNS))
+
+
+def _attach_events(found: pl.DataFrame, events: pl.DataFrame) -> pl.DataFrame:
+    """Fill ``event_count``/``audit_ids`` and cap stored events per finding."""
+    if found.is_empty():
+        return found
+    per = events.group_by("finding_id").agg(
+        pl.len().cast(pl.Int64).alias("_n"),
+        pl.col("audit_id").head(MAX_EVENTS_PER_FINDING).alias("_ids"),
+    )
+    return (
+        found.join(per, on="finding_id", how="left")
+        .with_columns(
+            pl.col("_n").fill_null(0).alias("event_count"),
+            pl.col("_ids").fill_null(pl.lit([], pl.List(pl.String))).alias("audit_ids"),
+        )
+        .select(list(FINDINGS_COLUMNS))
+    )
+
+
+def rule_findings(
+    lake: Lake,
+    start: datetime,
+    end: datetime,
+    *,
+    window: timedelta,
+    rule_files: list[str] | None,
+    disabled: list[str] | None,
+    parts: list[Partition],
+    cluster: str | None,
+    now: datetime,
+) -> tuple[pl.DataFrame, pl.DataFrame, str]:
+    """Run the rules engine over the range; findings and their events (canonical rows)."""
+    from detector import rules
+
+    try:
+        ruleset = rules.load_ruleset(extra_files=rule_files or None, disabled=disabled or None)
+    except rules.RuleError as exc:
+        raise ScoringError(str(exc)) from None
+    history = (
+        lake.scan_events(start - RULES_HISTORY, start, cluster=cluster)
+        if getattr(ruleset, "needs_history", False)
+        else None
+    )
+    result = rules.evaluate_rules(
+        lake.scan_events(start, end, cluster=cluster), ruleset, window=window, history=history
+    )
+    found = result.findings
+    if isinstance(found, pl.LazyFrame):
+        found = found.collect()
+    found = found.select(list(FINDINGS_COLUMNS)).filter(
+        (pl.col("window_start") >= start) & (pl.col("window_start") < end)
+    )
+    if found.is_empty():
+        return empty_findings(), _no_events(), _rule_count(ruleset)
+    found = found.with_columns(pl.col("created_at").fill_null(now))
+    links = result.events
+    if isinstance(links, pl.LazyFrame):
+        links = links.collect()
+    links = links.select("finding_id", "audit_id", "stage").filter(
+        pl.col("finding_id").is_in(found["finding_id"].implode())
+    )
+    events = (
+        lake.scan_partitions(_parts_for(parts, found))
+        .join(links.lazy(), on=["audit_id", "stage"], how="inner")
+        .unique(["finding_id", "audit_id", "stage"], keep="first")
+        .sort("finding_id", "event_time", "audit_id")
+        .collect()
+        .select(list(FINDINGS_EVENTS_COLUMNS))
+    )
+    found = found.with_columns(
+        pl.col("event_count").fill_null(pl.col("audit_ids").list.len().cast(pl.Int64))
+    )
+    return found, events, _rule_count(ruleset)
+
+
+def _rule_count(ruleset: Any) -> str:
+    n = getattr(ruleset, "rules", None)
+    return f"{len(n)} rules" if n is not None else "rules"
+
+
+def _iso(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
