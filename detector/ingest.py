@@ -115,7 +115,11 @@ class Ingestor:
             self._add_quarantine(quarantine_frame(list(batch.rejected)))
         if len(batch.lines):
             result = normalize_lines(
-                batch.lines, positions=batch.positions, source=batch.source, cluster=cluster
+                batch.lines,
+                positions=batch.positions,
+                source=batch.source,
+                cluster=cluster,
+                terminated=batch.terminated,
             )
             self._add_quarantine(result.quarantine)
             if result.events.height:

@@ -56,9 +56,16 @@ class Normalized:
 
 
 # --------------------------------------------------------------------------- parsing
-def _ndjson_bytes(lines: pa.Array) -> bytes:
-    """Join binary lines with newlines (one C-level join: 4x faster than Arrow's kernel)."""
-    return b"\n".join(lines.to_pylist())
+def _ndjson_bytes(lines: pa.Array, *, terminated: bool = False) -> bytes:
+    """NDJSON bytes of ``lines``: a buffer slice when each line keeps its newline (files),
+    else one C-level join (4x faster than Arrow's element-wise join kernel)."""
+    if not terminated:
+        return b"\n".join(lines.to_pylist())
+    if len(lines) == 0:
+        return b""
+    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int64)
+    lo, hi = int(offsets[lines.offset]), int(offsets[lines.offset + len(lines)])
+    return lines.buffers()[2].to_pybytes()[lo:hi] if lo else lines.buffers()[2].to_pybytes()[:hi]
 
 
 def _read(data: bytes) -> pl.DataFrame:
@@ -82,7 +89,7 @@ def _parse_reason(exc: Exception, line: bytes) -> str:
 
 
 def _parse_isolating(
-    lines: pa.Array, index: pa.Array
+    lines: pa.Array, index: pa.Array, *, terminated: bool = False
 ) -> tuple[list[pl.DataFrame], list[int], list[tuple[int, str]]]:
     """Parse ``lines``; on failure bisect so only the bad lines are set aside."""
     frames: list[pl.DataFrame] = []
@@ -92,7 +99,7 @@ def _parse_isolating(
     while stack:
         lo, hi = stack.pop()
         chunk = lines.slice(lo, hi - lo)
-        data = _ndjson_bytes(chunk)
+        data = _ndjson_bytes(chunk, terminated=terminated)
         try:
             df = _read(data)
         except pl.exceptions.PolarsError as exc:  # Compute/Schema/...: all mean bad input
@@ -353,6 +360,10 @@ def quarantine_frame(
     return pl.DataFrame(rows, schema=QUARANTINE_COLUMNS, orient="row")
 
 
+def _raw(lines: pa.Array, i: int) -> bytes:
+    return lines[i].as_py().rstrip(b"\r\n")
+
+
 def normalize_lines(
     lines: pa.Array,
     *,
@@ -360,6 +371,7 @@ def normalize_lines(
     source: pa.Array | str,
     cluster: pa.Array | str,
     now: datetime | None = None,
+    terminated: bool = False,
 ) -> Normalized:
     """Normalize a batch of raw lines (binary or string array, one audit Event JSON each).
 
@@ -379,7 +391,7 @@ def normalize_lines(
     # Blank lines are skipped like the parser does; only very short lines can be blank in
     # practice, so only those are looked at (a longer whitespace-only line is caught by the
     # row-count check in _parse_isolating and isolated there).
-    short = pc.less_equal(sizes, 2).to_numpy(zero_copy_only=False)
+    short = pc.less_equal(sizes, 3).to_numpy(zero_copy_only=False)
     blank = np.zeros(n, dtype=bool)
     for i in np.flatnonzero(short):
         blank[i] = not lines[int(i)].as_py().strip()
@@ -389,7 +401,8 @@ def normalize_lines(
     index = pa.array(range(n), pa.int64())
     keep_idx = pc.filter(index, keep)
 
-    frames, good_idx, bad = _parse_isolating(pc.take(lines, keep_idx), keep_idx)
+    kept = lines if len(keep_idx) == n else pc.take(lines, keep_idx)
+    frames, good_idx, bad = _parse_isolating(kept, keep_idx, terminated=terminated)
     records: list[tuple[str, str, str, bytes | str]] = []
     for i in pc.filter(index, too_long).to_pylist():
         records.append(
@@ -397,11 +410,11 @@ def normalize_lines(
                 sources[i].as_py(),
                 positions[i].as_py(),
                 f"line too long: {sizes[i].as_py()} bytes (limit {MAX_LINE_BYTES})",
-                lines[i].as_py()[:QUARANTINE_RAW_CAP],
+                _raw(lines, i)[:QUARANTINE_RAW_CAP],
             )
         )
     for i, reason in bad:
-        records.append((sources[i].as_py(), positions[i].as_py(), reason, lines[i].as_py()))
+        records.append((sources[i].as_py(), positions[i].as_py(), reason, _raw(lines, i)))
 
     if frames:
         take = pa.array(good_idx, pa.int64())
@@ -430,7 +443,7 @@ def normalize_lines(
                     sources[line_no].as_py(),
                     positions[line_no].as_py(),
                     reason,
-                    lines[line_no].as_py(),
+                    _raw(lines, line_no),
                 )
             )
         events = flagged.filter(pl.col("_reason").is_null()).drop("_line", "_reason")
