@@ -1,0 +1,740 @@
+"""CloudWatch Logs -> lake: EKS audit streams, closed windows, exact resume.
+
+How an export runs (``detect export``; docs/operations.md has the operator's view):
+
+1. **Streams.** EKS writes audit events to streams ``kube-apiserver-audit-<id>`` of the
+   group ``/aws/eks/<cluster>/cluster``, next to other components' streams. They are
+   listed with ``DescribeLogStreams`` (prefix, 50 per page) before every pass, and given to
+   ``FilterLogEvents`` as ``logStreamNames`` in batches of 100. Every event is checked
+   against the prefix again on our side: moto ignores ``logStreamNamePrefix`` on
+   ``FilterLogEvents``, and AWS may answer empty pages that still carry a ``nextToken``
+   (we follow them to the end).
+2. **Windows.** Only closed windows are read: ``[start, now - latency)``, cut into chunks
+   of ``chunk`` length. ``startTime``/``endTime`` are inclusive milliseconds, so the
+   chunk ``[lo, hi)`` is asked as ``startTime=lo, endTime=hi-1`` and the next one starts
+   at ``hi``: events sharing a millisecond at a boundary are in exactly one chunk.
+3. **Watermark.** The checkpoint (``LAKE/_state/cloudwatch/<region>/<group>.json``) holds
+   ``watermark_ms``: every event stamped before it is durably in the lake. It moves only
+   after a flush, to the end of the last chunk read completely, so a SIGKILL at any
+   instant leaves it at or behind what is in the lake, never ahead.
+4. **Lateness.** Each pass (and each resume) re-reads ``overlap`` (default: the latency)
+   behind the watermark, so an event ingested up to ``latency + overlap`` after its
+   timestamp is still caught. Re-read events are dropped by ``eventId`` within a process
+   and by the lake's (``audit_id``, ``stage``) key across processes.
+5. **Ownership.** The checkpoint carries a lease (:mod:`detector.state`): a second
+   exporter on the same group stops before writing anything.
+6. **Faults.** Calls are paced by a client-side rate limit and retried with exponential
+   backoff and jitter on throttling, 5xx, timeouts and resets
+   (:mod:`detector.ratelimit`); persistent failure raises :class:`ExportError` with the
+   checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from detector.ingest import Ingestor, IngestSummary
+from detector.lake import Lake
+from detector.ratelimit import (
+    RateLimiter,
+    Retrier,
+    RetriesExhausted,
+    RetryStats,
+    client_config,
+    describe_error,
+    error_code,
+)
+from detector.state import (
+    CheckpointBusy,
+    CheckpointConflict,
+    Lease,
+    Owner,
+    StateError,
+    StateObject,
+)
+from detector.storage import StorageError
+
+DEFAULT_STREAM_PREFIX = "kube-apiserver-audit-"
+#: FilterLogEvents takes at most 100 stream names per call.
+MAX_STREAMS_PER_CALL = 100
+#: FilterLogEvents returns at most 10,000 events (and 1 MB) per page.
+MAX_PAGE_LIMIT = 10_000
+#: DescribeLogStreams returns at most 50 streams per page.
+DESCRIBE_LIMIT = 50
+STATE_DIR = "cloudwatch"
+CHECKPOINT_KIND = "cloudwatch-export"
+
+_CONFIG_ERRORS = {
+    "AccessDeniedException",
+    "AccessDenied",
+    "UnrecognizedClientException",
+    "InvalidSignatureException",
+    "ExpiredTokenException",
+    "InvalidClientTokenId",
+    "SignatureDoesNotMatch",
+}
+
+
+class ExportError(RuntimeError):
+    """The export cannot go on (source unreachable, lake unwritable...): exit 3."""
+
+
+class ExportConfigError(ExportError):
+    """Fixable by the user (credentials, log group name, permissions, arguments): exit 2."""
+
+
+class NoCheckpoint(ExportConfigError):
+    """No ``--since`` and nothing to resume from."""
+
+
+@dataclass
+class ExportOptions:
+    """Everything that shapes an export besides the time range."""
+
+    log_group: str
+    cluster: str
+    stream_prefix: str = DEFAULT_STREAM_PREFIX
+    latency: timedelta = timedelta(minutes=2)
+    overlap: timedelta | None = None  # None: same as latency
+    chunk: timedelta = timedelta(minutes=15)
+    interval: timedelta = timedelta(seconds=30)
+    flush_events: int = 50_000
+    flush_seconds: float = 60.0
+    flush_bytes: int = 128 * 1024 * 1024
+    page_limit: int = MAX_PAGE_LIMIT
+    rate: float = 5.0
+    max_attempts: int = 8
+    backoff_base: float = 0.5
+    backoff_cap: float = 20.0
+    lease_seconds: float = 180.0
+    wait_for_lease: float = 0.0
+
+    @property
+    def overlap_ms(self) -> int:
+        return _ms(self.latency if self.overlap is None else self.overlap)
+
+
+def _ms(delta: timedelta) -> int:
+    return int(delta.total_seconds() * 1000)
+
+
+def to_ms(instant: datetime, *, ceil: bool = False) -> int:
+    value = instant.timestamp() * 1000
+    return math.ceil(value) if ceil else math.floor(value)
+
+
+def from_ms(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def iso_ms(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return from_ms(ms).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def checkpoint_parts(region: str, log_group: str) -> tuple[str, ...]:
+    """``_state`` path parts of a group's checkpoint: readable, unique, path-safe."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", ".", log_group.strip("/")).strip(".") or "group"
+    digest = hashlib.sha1(log_group.encode()).hexdigest()[:8]
+    return (STATE_DIR, region, f"{slug}-{digest}.json")
+
+
+# --------------------------------------------------------------------------- summary
+@dataclass
+class ExportSummary:
+    """What an export did; the command's summary and its ``--format json`` output."""
+
+    log_group: str
+    cluster: str
+    region: str = ""
+    lake: str = ""
+    streams: list[str] = field(default_factory=list)
+    mode: str = "batch"
+    start: datetime | None = None
+    end: datetime | None = None
+    passes: int = 0
+    pages: int = 0
+    events_read: int = 0
+    ignored_other_streams: int = 0
+    overlap_skipped: int = 0
+    flushes: int = 0
+    checkpoint_uri: str = ""
+    watermark_before: int | None = None
+    watermark_after: int | None = None
+    checkpoint_note: str = ""
+    stopped_by: str | None = None
+    complete: bool = False
+    seconds: float = 0.0
+    ingest: IngestSummary = field(default_factory=IngestSummary)
+    api: RetryStats = field(default_factory=RetryStats)
+
+    def to_dict(self) -> dict[str, Any]:
+        ing = self.ingest.to_dict()
+        return {
+            "log_group": self.log_group,
+            "cluster": self.cluster,
+            "region": self.region,
+            "lake": self.lake,
+            "mode": self.mode,
+            "streams": self.streams,
+            "window": {"start": self.start, "end": self.end},
+            "passes": self.passes,
+            "pages": self.pages,
+            "events_read": self.events_read,
+            "events_written": ing["events_written"],
+            "duplicates": ing["duplicates"] + self.overlap_skipped,
+            "overlap_skipped": self.overlap_skipped,
+            "ignored_other_streams": self.ignored_other_streams,
+            "quarantined": ing["quarantined"],
+            "quarantine_reasons": ing["quarantine_reasons"],
+            "files_written": ing["files_written"],
+            "flushes": self.flushes,
+            **self.api.to_dict(),
+            "api_calls_per_10k_events": (
+                round(self.api.calls * 10_000 / self.events_read, 2) if self.events_read else None
+            ),
+            "checkpoint": {
+                "uri": self.checkpoint_uri,
+                "before": iso_ms(self.watermark_before),
+                "after": iso_ms(self.watermark_after),
+                "advanced": (self.watermark_after or 0) > (self.watermark_before or 0),
+                "note": self.checkpoint_note or None,
+            },
+            "first_event": ing["first_event"],
+            "last_event": ing["last_event"],
+            "stopped_by": self.stopped_by,
+            "complete": self.complete,
+            "seconds": round(self.seconds, 3),
+            "events_per_second": (round(self.events_read / self.seconds) if self.seconds else None),
+        }
+
+
+# --------------------------------------------------------------------------- reading
+@dataclass
+class Page:
+    """The audit events of one FilterLogEvents answer (other streams already removed)."""
+
+    events: list[dict[str, Any]]
+    ignored: int = 0
+
+
+class LogsReader:
+    """The two CloudWatch Logs calls an export needs, paced and retried."""
+
+    def __init__(
+        self,
+        client: Any,
+        log_group: str,
+        *,
+        stream_prefix: str = DEFAULT_STREAM_PREFIX,
+        retrier: Retrier,
+        page_limit: int = MAX_PAGE_LIMIT,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.client = client
+        self.log_group = log_group
+        self.stream_prefix = stream_prefix
+        self.retrier = retrier
+        self.page_limit = max(1, min(page_limit, MAX_PAGE_LIMIT))
+        self.stop = stop or threading.Event()
+
+    def streams(self) -> list[str]:
+        """Names of the audit streams in the group, sorted."""
+        names: list[str] = []
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {
+                "logGroupName": self.log_group,
+                "logStreamNamePrefix": self.stream_prefix,
+                "limit": DESCRIBE_LIMIT,
+            }
+            if token:
+                kwargs["nextToken"] = token
+            resp = self.retrier.call(
+                "DescribeLogStreams", self.client.describe_log_streams, **kwargs
+            )
+            names.extend(
+                s["logStreamName"]
+                for s in resp.get("logStreams", [])
+                if s.get("logStreamName", "").startswith(self.stream_prefix)
+            )
+            new_token = resp.get("nextToken")
+            if not new_token or new_token == token:
+                break
+            token = new_token
+        return sorted(set(names))
+
+    def pages(self, streams: list[str], start_ms: int, end_ms: int) -> Iterator[Page]:
+        """Pages of events with ``start_ms <= timestamp <= end_ms`` (inclusive, as the API)."""
+        wanted = set(streams)
+        for i in range(0, len(streams), MAX_STREAMS_PER_CALL):
+            batch = streams[i : i + MAX_STREAMS_PER_CALL]
+            token: str | None = None
+            repeats = 0
+            while True:
+                kwargs: dict[str, Any] = {
+                    "logGroupName": self.log_group,
+                    "logStreamNames": batch,
+                    "startTime": start_ms,
+                    "endTime": end_ms,
+                    "limit": self.page_limit,
+                }
+                if token:
+                    kwargs["nextToken"] = token
+                resp = self.retrier.call("FilterLogEvents", self.client.filter_log_events, **kwargs)
+                raw = resp.get("events", [])
+                events = [
+                    e
+                    for e in raw
+                    if e.get("logStreamName", "").startswith(self.stream_prefix)
+                    and e.get("logStreamName") in wanted
+                    and start_ms <= int(e.get("timestamp", start_ms)) <= end_ms
+                ]
+                yield Page(events, ignored=len(raw) - len(events))
+                new_token = resp.get("nextToken")
+                if not new_token:
+                    break
+                # An empty page with a token is normal on AWS; the same token coming back
+                # with nothing again and again is not: stop rather than spin.
+                repeats = repeats + 1 if (new_token == token and not raw) else 0
+                if repeats >= 3 or self.stop.is_set():
+                    break
+                token = new_token
+            if self.stop.is_set():
+                return
+
+
+# --------------------------------------------------------------------------- exporting
+ProgressFn = Callable[["ExportSummary", str], None]
+
+
+def _translate(exc: BaseException, *, log_group: str, region: str, starting: bool) -> ExportError:
+    """Library and AWS errors -> one-line :class:`ExportError` (config errors: exit 2)."""
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        NoCredentialsError,
+        NoRegionError,
+        PartialCredentialsError,
+    )
+
+    if isinstance(exc, ExportError):
+        return exc
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+        return ExportConfigError(
+            "no AWS credentials found (set AWS_PROFILE, AWS_ACCESS_KEY_ID/"
+            "AWS_SECRET_ACCESS_KEY, or run with an IAM role such as IRSA)"
+        )
+    if isinstance(exc, NoRegionError):
+        return ExportConfigError("no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION)")
+    if isinstance(exc, ClientError):
+        code = error_code(exc)
+        if code == "ResourceNotFoundException":
+            cls = ExportConfigError if starting else ExportError
+            return cls(
+                f"log group {log_group} not found in {region} "
+                "(check --log-group, AWS_REGION and that EKS audit logging is enabled)"
+            )
+        if code in _CONFIG_ERRORS:
+            return ExportConfigError(
+                f"AWS refused the request: {describe_error(exc)} "
+                "(see the IAM policy in pipelines/iam/detector-policy.json)"
+            )
+        return ExportError(f"CloudWatch Logs: {describe_error(exc)}")
+    if isinstance(exc, RetriesExhausted):
+        return ExportError(f"CloudWatch Logs unreachable: {exc}")
+    if isinstance(exc, CheckpointBusy | CheckpointConflict):
+        return ExportError(str(exc))
+    if isinstance(exc, StateError | StorageError):
+        return ExportError(f"lake: {exc}")
+    if isinstance(exc, BotoCoreError):
+        return ExportError(f"AWS: {describe_error(exc)}")
+    if isinstance(exc, OSError):
+        return ExportError(f"lake: {exc}")
+    return ExportError(f"{type(exc).__name__}: {exc}")
+
+
+class Exporter:
+    """One log group into one lake: batch (:meth:`run`) or follow (``follow=True``).
+
+    Lifecycle: :meth:`start` (checkpoint, streams, lease), :meth:`run_pass` one or more
+    times, :meth:`finish` (flush, checkpoint, release). :meth:`run` does all three and
+    turns every failure into :class:`ExportError`.
+    """
+
+    def __init__(
+        self,
+        lake: Lake | str,
+        options: ExportOptions,
+        *,
+        client: Any = None,
+        stop: threading.Event | None = None,
+        progress: ProgressFn | None = None,
+        owner: Owner | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.lake = Lake(lake) if isinstance(lake, str) else lake
+        self.opts = options
+        self.stop = stop or threading.Event()
+        self.progress = progress
+        self.clock = clock
+        self._client = client
+        self.region = ""
+        self.limiter = RateLimiter(options.rate)
+        self.retrier = Retrier(
+            max_attempts=options.max_attempts,
+            base=options.backoff_base,
+            cap=options.backoff_cap,
+            limiter=self.limiter,
+            sleep=self._sleep,
+        )
+        self.ingestor = Ingestor(self.lake, cluster=options.cluster, flush_rows=2**62)
+        self.summary = ExportSummary(
+            log_group=options.log_group,
+            cluster=options.cluster,
+            lake=self.lake.uri,
+            ingest=self.ingestor.summary,
+            api=self.retrier.stats,
+        )
+        self._owner = owner
+        self.lease: Lease | None = None
+        self.reader: LogsReader | None = None
+        self.streams: list[str] = []
+        self.follow = False
+        self.until_ms: int | None = None
+        self.watermark: int | None = None  # durable: everything before it is in the lake
+        self.fetched_hi: int | None = None  # read up to here (maybe not flushed yet)
+        self.completed_hi: int | None = None
+        self.next_lo = 0
+        self.contiguous = True
+        self._seen: dict[str, int] = {}
+        self._pending_events = 0
+        self._pending_bytes = 0
+        self._last_flush = time.monotonic()
+        self._started = time.monotonic()
+        self._window = ""
+
+    # ------------------------------------------------------------------ setup
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import boto3
+
+            self._client = boto3.client("logs", config=client_config())
+        return self._client
+
+    def _sleep(self, seconds: float) -> None:
+        self.stop.wait(seconds)
+
+    def checkpoint(self) -> StateObject:
+        region = self.client.meta.region_name or "us-east-1"
+        return StateObject(self.lake, *checkpoint_parts(region, self.opts.log_group))
+
+    def start(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        follow: bool = False,
+    ) -> None:
+        """Read the checkpoint, list the streams, take the lease, fix the start."""
+        import boto3
+        from botocore.exceptions import NoCredentialsError
+
+        self.follow = follow
+        self.summary.mode = "follow" if follow else "batch"
+        if follow and until is not None:
+            raise ExportConfigError("--until cannot be combined with --follow")
+        if boto3.Session().get_credentials() is None:
+            raise _translate(
+                NoCredentialsError(), log_group=self.opts.log_group, region="", starting=True
+            )
+        self.region = self.client.meta.region_name or ""
+        self.summary.region = self.region
+        state = self.checkpoint()
+        self.summary.checkpoint_uri = state.uri
+        try:
+            existing = state.read().data
+        except StateError as exc:
+            raise _translate(
+                exc, log_group=self.opts.log_group, region=self.region, starting=True
+            ) from None
+        if since is None and _watermark_of(existing) is None:
+            raise NoCheckpoint(
+                f"no checkpoint for log group {self.opts.log_group} in {self.lake.uri} "
+                "(first run?): pass --since (e.g. --since 1h) to say where to start"
+            )
+        self.reader = LogsReader(
+            self.client,
+            self.opts.log_group,
+            stream_prefix=self.opts.stream_prefix,
+            retrier=self.retrier,
+            page_limit=self.opts.page_limit,
+            stop=self.stop,
+        )
+        try:
+            self.streams = self.reader.streams()
+        except Exception as exc:
+            raise _translate(
+                exc, log_group=self.opts.log_group, region=self.region, starting=True
+            ) from None
+        self.summary.streams = list(self.streams)
+        self.lease = Lease(state, owner=self._owner, seconds=self.opts.lease_seconds)
+        try:
+            previous = self.lease.acquire(wait=self.opts.wait_for_lease, fields=self._meta())
+        except (StateError, StorageError) as exc:
+            raise _translate(
+                exc, log_group=self.opts.log_group, region=self.region, starting=True
+            ) from None
+        self.watermark = _watermark_of(previous)
+        self.summary.watermark_before = self.summary.watermark_after = self.watermark
+        overlap = self.opts.overlap_ms
+        resume = self.watermark - overlap if self.watermark is not None else None
+        if since is None:
+            assert resume is not None
+            lo = resume
+        elif follow and resume is not None:
+            lo = min(to_ms(since), resume)  # follow never leaves a gap behind the checkpoint
+        else:
+            lo = to_ms(since)
+        self.next_lo = lo
+        self.until_ms = to_ms(until, ceil=True) if until is not None else None
+        self.contiguous = self.watermark is None or lo <= self.watermark
+        if not self.contiguous:
+            self.summary.checkpoint_note = (
+                f"range starts after the checkpoint ({iso_ms(self.watermark)}): the checkpoint "
+                "is left as it is so the gap before --since is not skipped"
+            )
+        self.summary.start = from_ms(lo)
+
+    def _meta(self) -> dict[str, Any]:
+        return {
+            "kind": CHECKPOINT_KIND,
+            "version": 1,
+            "log_group": self.opts.log_group,
+            "region": self.region,
+            "cluster": self.opts.cluster,
+            "stream_prefix": self.opts.stream_prefix,
+            "lake": self.lake.uri,
+        }
+
+    # ------------------------------------------------------------------ one pass
+    def pass_end(self) -> int:
+        """The end (exclusive, ms) of the window a pass started now would read."""
+        hi = math.floor((self.clock() - self.opts.latency.total_seconds()) * 1000)
+        if self.until_ms is not None:
+            hi = min(hi, self.until_ms)
+        return hi
+
+    def run_pass(self) -> bool:
+        """Read ``[next_lo, now - latency)`` in chunks; returns True when there is more to do."""
+        assert self.reader is not None
+        lo, hi = self.next_lo, self.pass_end()
+        self.summary.passes += 1
+        if self.summary.passes > 1:
+            self.streams = self.reader.streams()  # API servers come and go
+            self.summary.streams = sorted(set(self.summary.streams) | set(self.streams))
+        if hi > lo:
+            self.summary.end = from_ms(hi)
+            self._evict_seen(lo)
+            chunk_ms = max(1, _ms(self.opts.chunk))
+            t = lo
+            while t < hi and not self.stop.is_set():
+                end = min(hi, t + chunk_ms)
+                self._window = f"{iso_ms(t)} .. {iso_ms(end)}"
+                complete = self._read_chunk(t, end)
+                if not complete:
+                    break
+                self.completed_hi = end
+                self.fetched_hi = end
+                self._trim_lake_cache(end)
+                t = end
+                self._maybe_flush()
+            if self.fetched_hi is not None:
+                self.next_lo = max(lo, self.fetched_hi - self.opts.overlap_ms)
+        self._maybe_flush()
+        if self.lease is not None:
+            self.lease.renew_if_due()
+        if self.stop.is_set():
+            return False
+        return self.follow
+
+    def _read_chunk(self, lo: int, hi: int) -> bool:
+        assert self.reader is not None
+        if not self.streams:
+            return True
+        remember_from = hi - self.opts.overlap_ms
+        for page in self.reader.pages(self.streams, lo, hi - 1):
+            self._take(page, remember_from)
+            self._maybe_flush()
+            if self.lease is not None:
+                self.lease.renew_if_due()
+            if self.stop.is_set():
+                return False
+        return not self.stop.is_set()
+
+    def _take(self, page: Page, remember_from: int) -> None:
+        s = self.summary
+        s.pages += 1
+        s.ignored_other_streams += page.ignored
+        messages: list[str] = []
+        ids: list[str] = []
+        sources: list[str] = []
+        prefix = f"cloudwatch://{self.region}{self.opts.log_group}#"
+        for ev in page.events:
+            eid = str(ev.get("eventId"))
+            ts = int(ev.get("timestamp") or 0)
+            if eid in self._seen:
+                s.overlap_skipped += 1
+                continue
+            if ts >= remember_from:
+                self._seen[eid] = ts
+            messages.append(ev.get("message") or "")
+            ids.append(eid)
+            sources.append(prefix + str(ev.get("logStreamName")))
+        if messages:
+            self.ingestor.add_messages(
+                messages, positions=ids, source=sources, cluster=self.opts.cluster
+            )
+            s.events_read += len(messages)
+            self._pending_events += len(messages)
+            self._pending_bytes += sum(len(m) for m in messages)
+        if self.progress is not None:
+            self.summary.seconds = time.monotonic() - self._started
+            self.progress(self.summary, self._window)
+
+    def _evict_seen(self, lo: int) -> None:
+        if self._seen:
+            self._seen = {k: v for k, v in self._seen.items() if v >= lo}
+
+    def _trim_lake_cache(self, hi: int) -> None:
+        """Forget the lake's dedup keys of hours we will not write to again.
+
+        The lake loads a partition's keys once per process; a long follow run would keep
+        them all. Hours ending well before the re-read horizon are dropped (if an event
+        lands there after all, the lake just reads its keys again).
+        """
+        keys = getattr(self.lake, "_keys", None)
+        if not isinstance(keys, dict) or not keys:
+            return
+        horizon = from_ms(hi - self.opts.overlap_ms) - timedelta(hours=2)
+        cut = (horizon.strftime("%Y-%m-%d"), horizon.strftime("%H"))
+        for part in [p for p in keys if (p[1], p[2]) < cut]:
+            del keys[part]
+
+    # ------------------------------------------------------------------ flushing
+    def _maybe_flush(self) -> None:
+        o = self.opts
+        behind = self.completed_hi is not None and (
+            self.watermark is None or self.completed_hi > self.watermark
+        )
+        due = (
+            self._pending_events >= o.flush_events
+            or self._pending_bytes >= o.flush_bytes
+            or (
+                (self._pending_events or behind)
+                and time.monotonic() - self._last_flush >= o.flush_seconds
+            )
+        )
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        """Make everything read so far durable, then move the checkpoint up to it."""
+        self.ingestor.flush()
+        self.summary.flushes += 1
+        self._pending_events = self._pending_bytes = 0
+        self._last_flush = time.monotonic()
+        self._advance()
+
+    def _advance(self) -> None:
+        if self.lease is None or not self.lease.held:
+            return
+        hi = self.completed_hi
+        if self.contiguous and hi is not None and (self.watermark is None or hi > self.watermark):
+            self.lease.update(watermark_ms=hi, watermark=iso_ms(hi))
+            self.watermark = hi
+            self.summary.watermark_after = hi
+        else:
+            self.lease.renew_if_due()
+
+    def finish(self) -> ExportSummary:
+        """Flush, checkpoint and release the lease."""
+        try:
+            if self.lease is not None and self.lease.held:
+                self.flush()
+        finally:
+            if self.lease is not None and self.lease.held:
+                self.lease.release()
+        self.summary.seconds = time.monotonic() - self._started
+        return self.summary
+
+    # ------------------------------------------------------------------ all of it
+    def run(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        follow: bool = False,
+    ) -> ExportSummary:
+        """Export, then return the summary; any failure is an :class:`ExportError`."""
+        self._started = time.monotonic()
+        starting = True
+        try:
+            self.start(since=since, until=until, follow=follow)
+            starting = False
+            while self.run_pass():
+                self._wait_for_next_pass()
+            self.summary.complete = not self.stop.is_set()
+            return self.finish()
+        except BaseException as exc:
+            self._save_what_is_safe()
+            if isinstance(exc, Exception):
+                raise _translate(
+                    exc, log_group=self.opts.log_group, region=self.region, starting=starting
+                ) from None
+            raise
+
+    def _wait_for_next_pass(self) -> None:
+        deadline = time.monotonic() + self.opts.interval.total_seconds()
+        while not self.stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self.stop.wait(min(left, 1.0))
+            if self._pending_events and time.monotonic() - self._last_flush >= (
+                self.opts.flush_seconds
+            ):
+                self.flush()
+            if self.lease is not None:
+                self.lease.renew_if_due()
+
+    def _save_what_is_safe(self) -> None:
+        """After a failure: keep the progress made (flush, checkpoint), if we still own it."""
+        try:
+            if self.lease is not None and self.lease.held:
+                self.flush()
+        except Exception:  # the lake itself may be what failed; the checkpoint stays behind
+            pass
+        try:
+            if self.lease is not None and self.lease.held:
+                self.lease.release()
+        except Exception:
+            pass
+        self.summary.seconds = time.monotonic() - self._started
+
+
+def _watermark_of(data: dict[str, Any] | None) -> int | None:
+    if not data:
+        return None
+    value = data.get("watermark_ms")
+    return int(value) if isinstance(value, int | float) else None
