@@ -1,0 +1,789 @@
+"""The rule condition language: parsed once, compiled once into polars expressions.
+
+A condition reads like a Falco condition over the canonical event columns::
+
+    resource = configmaps and namespace = kube-system and name = aws-auth
+    and verb in (update, patch, delete) and not user_name glob (eks_identities)
+
+Grammar (``or`` binds loosest, then ``and``, then ``not``)::
+
+    expr      := term ("or" term)*
+    term      := factor ("and" factor)*
+    factor    := "not" factor | "(" expr ")" | predicate | MACRO
+    predicate := operand OP value | operand WORD_OP values | operand "exists"
+    operand   := FIELD | "any(" FIELD ")" | "all(" FIELD ")"
+    values    := value | "(" [value ("," value)*] ")"     # a bare word naming a list expands
+
+Each operator maps to one polars call (``in`` -> ``is_in``, ``glob``/``matches`` ->
+``str.contains`` with one anchored regex, ``contains`` -> ``str.contains_any``,
+``exists`` -> ``is_not_null``), so evaluation is columnar: no ``eval``, no per-row Python.
+Every predicate is null-safe (a missing value is "false", never "unknown"), so ``not`` means
+what an analyst expects: ``not namespace = kube-system`` is true for cluster-scoped objects.
+
+Fields are canonical columns (``verb``, ``user_name``, ``response_code``...), JSON paths into
+the request/response bodies (``request_object.roleRef.name``; or any JSONPath, quoted:
+``request_object["$.subjects[?(@.kind == 'User')].name"]``), deep keys that collect every
+value of a key anywhere in a body (``request_object..privileged``: all containers, init and
+ephemeral containers, pod templates of Deployments/DaemonSets/CronJobs...), and a few
+derived fields (:data:`DERIVED_FIELDS`). Deep keys and list columns (``user_groups``) are
+lists: an operator holds if it holds for ``any`` element, or for ``all`` of them (and there
+is at least one) when the operand is wrapped in ``all(...)``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from detector.schema import CANONICAL_COLUMNS
+
+# --------------------------------------------------------------------------- errors
+
+
+class ConditionError(ValueError):
+    """A condition that cannot be parsed or compiled; ``pos`` is a 0-based column or -1."""
+
+    def __init__(self, message: str, pos: int = -1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.pos = pos
+
+
+# --------------------------------------------------------------------------- AST
+
+
+@dataclass(frozen=True)
+class Value:
+    """A literal as written: bare words may name a list, quoted strings never do."""
+
+    text: str
+    quoted: bool = False
+
+
+@dataclass(frozen=True)
+class FieldRef:
+    name: str
+    quantifier: str | None = None  # "any" | "all" | None (default any for lists)
+    pos: int = -1
+
+
+@dataclass(frozen=True)
+class Pred:
+    field: FieldRef
+    op: str
+    values: tuple[Value, ...] = ()
+    pos: int = -1
+
+
+@dataclass(frozen=True)
+class And:
+    items: tuple[Node, ...]
+
+
+@dataclass(frozen=True)
+class Or:
+    items: tuple[Node, ...]
+
+
+@dataclass(frozen=True)
+class Not:
+    item: Node
+
+
+@dataclass(frozen=True)
+class MacroRef:
+    name: str
+    pos: int = -1
+
+
+@dataclass(frozen=True)
+class Const:
+    value: bool
+
+
+Node = And | Or | Not | Pred | MacroRef | Const
+
+COMPARISON_OPS = ("=", "!=", "<", "<=", ">", ">=")
+WORD_OPS = (
+    "in",
+    "intersects",
+    "startswith",
+    "endswith",
+    "contains",
+    "icontains",
+    "glob",
+    "matches",
+)
+UNARY_OPS = ("exists",)
+OPERATORS = (*COMPARISON_OPS, *WORD_OPS, *UNARY_OPS)
+KEYWORDS = {"and", "or", "not", *WORD_OPS, *UNARY_OPS}
+
+#: Macros every rule file can use without defining them (Falco's tuning placeholders).
+BUILTIN_MACROS = {"always_true": True, "never_true": False}
+
+# --------------------------------------------------------------------------- tokenizer
+
+_TOKEN = re.compile(
+    r"""
+    (?P<ws>\s+)
+  | (?P<path>[A-Za-z_][A-Za-z0-9_]*\[\s*(?:"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')\s*\])
+  | (?P<op><=|>=|!=|==|=|<|>)
+  | (?P<punct>[(),])
+  | (?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
+  | (?P<word>[^\s(),=<>!"']+)
+    """,
+    re.VERBOSE,
+)
+
+
+@dataclass(frozen=True)
+class Token:
+    kind: str  # path | op | punct | string | word | end
+    text: str
+    pos: int
+
+
+def _unquote(text: str) -> str:
+    body = text[1:-1]
+    return re.sub(r"\\(.)", r"\1", body)
+
+
+def tokenize(text: str) -> list[Token]:
+    """Split a condition into tokens; anything unreadable is reported with its column."""
+    tokens: list[Token] = []
+    pos = 0
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if not m or m.end() == pos:
+            raise ConditionError(f"unexpected character {text[pos]!r}", pos)
+        kind = m.lastgroup or "word"
+        if kind != "ws":
+            value = m.group()
+            if kind == "string":
+                value = _unquote(value)
+            elif kind == "op" and value == "==":
+                value = "="
+            tokens.append(Token(kind, value, pos))
+        pos = m.end()
+    tokens.append(Token("end", "", len(text)))
+    return tokens
+
+
+# --------------------------------------------------------------------------- parser
+
+
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.tokens = tokenize(text)
+        self.i = 0
+
+    def peek(self, offset: int = 0) -> Token:
+        return self.tokens[min(self.i + offset, len(self.tokens) - 1)]
+
+    def next(self) -> Token:
+        tok = self.peek()
+        self.i += 1
+        return tok
+
+    def is_word(self, word: str, offset: int = 0) -> bool:
+        tok = self.peek(offset)
+        return tok.kind == "word" and tok.text == word
+
+    def expect_punct(self, char: str) -> Token:
+        tok = self.next()
+        if tok.kind != "punct" or tok.text != char:
+            found = tok.text or "end of condition"
+            raise ConditionError(f"expected {char!r}, found {found!r}", tok.pos)
+        return tok
+
+    def parse(self) -> Node:
+        node = self.parse_or()
+        tok = self.peek()
+        if tok.kind != "end":
+            raise ConditionError(
+                f"unexpected {tok.text!r} (missing 'and'/'or' or a parenthesis?)", tok.pos
+            )
+        return node
+
+    def parse_or(self) -> Node:
+        items = [self.parse_and()]
+        while self.is_word("or"):
+            self.next()
+            items.append(self.parse_and())
+        return items[0] if len(items) == 1 else Or(tuple(items))
+
+    def parse_and(self) -> Node:
+        items = [self.parse_not()]
+        while self.is_word("and"):
+            self.next()
+            items.append(self.parse_not())
+        return items[0] if len(items) == 1 else And(tuple(items))
+
+    def parse_not(self) -> Node:
+        if self.is_word("not"):
+            self.next()
+            return Not(self.parse_not())
+        return self.parse_primary()
+
+    def parse_primary(self) -> Node:
+        tok = self.peek()
+        if tok.kind == "punct" and tok.text == "(":
+            self.next()
+            node = self.parse_or()
+            self.expect_punct(")")
+            return node
+        if tok.kind == "word" and tok.text in ("any", "all") and self.peek(1).text == "(":
+            self.next()
+            self.next()
+            inner = self.next()
+            if inner.kind not in ("word", "path"):
+                raise ConditionError(f"expected a field inside {tok.text}(...)", inner.pos)
+            self.expect_punct(")")
+            return self.parse_predicate(FieldRef(inner.text, tok.text, inner.pos))
+        if tok.kind in ("word", "path"):
+            if tok.kind == "word" and tok.text in KEYWORDS:
+                raise ConditionError(f"expected a field or macro, found {tok.text!r}", tok.pos)
+            self.next()
+            nxt = self.peek()
+            if nxt.kind == "op" or (nxt.kind == "word" and nxt.text in OPERATORS):
+                return self.parse_predicate(FieldRef(tok.text, None, tok.pos))
+            if tok.kind == "path":
+                raise ConditionError(f"expected an operator after {tok.text!r}", nxt.pos)
+            return MacroRef(tok.text, tok.pos)
+        found = tok.text or "end of condition"
+        raise ConditionError(f"expected a field, macro or '(', found {found!r}", tok.pos)
+
+    def parse_predicate(self, ref: FieldRef) -> Pred:
+        op_tok = self.next()
+        op = op_tok.text
+        if op in UNARY_OPS:
+            return Pred(ref, op, (), op_tok.pos)
+        if op in COMPARISON_OPS:
+            return Pred(ref, op, (self.parse_value(),), op_tok.pos)
+        if op in WORD_OPS:
+            if self.peek().kind == "punct" and self.peek().text == "(":
+                return Pred(ref, op, self.parse_value_list(), op_tok.pos)
+            return Pred(ref, op, (self.parse_value(),), op_tok.pos)
+        raise ConditionError(f"expected an operator after {ref.name!r}", op_tok.pos)
+
+    def parse_value(self) -> Value:
+        tok = self.next()
+        if tok.kind == "string":
+            return Value(tok.text, quoted=True)
+        if tok.kind == "word" and tok.text not in ("and", "or", "not"):
+            return Value(tok.text)
+        found = tok.text or "end of condition"
+        raise ConditionError(f"expected a value, found {found!r}", tok.pos)
+
+    def parse_value_list(self) -> tuple[Value, ...]:
+        self.expect_punct("(")
+        values: list[Value] = []
+        if self.peek().kind == "punct" and self.peek().text == ")":
+            self.next()
+            return ()
+        while True:
+            values.append(self.parse_value())
+            tok = self.next()
+            if tok.kind == "punct" and tok.text == ")":
+                return tuple(values)
+            if not (tok.kind == "punct" and tok.text == ","):
+                found = tok.text or "end of condition"
+                raise ConditionError(f"expected ',' or ')' in a list, found {found!r}", tok.pos)
+
+
+def parse(text: str) -> Node:
+    """Parse a condition into its syntax tree (macros are resolved later, by name)."""
+    if not text or not text.strip():
+        raise ConditionError("empty condition", 0)
+    return _Parser(text).parse()
+
+
+# --------------------------------------------------------------------------- fields
+
+_SCALAR_JSON = r'"(?:[^"\\]|\\.)*"|true|false|null|-?[0-9][0-9.eE+\-]*'
+_JSON_COLUMNS = ("request_object", "response_object", "annotations")
+_KEY = re.compile(r"^[A-Za-z0-9_\-$@]+$")
+
+
+def deep_values(column: str, key: str, sub_path: str | None = None) -> pl.Expr:
+    """Every value of ``key`` anywhere in a JSON column, as a list of strings.
+
+    A JSONPath match returns one value; a pod has many containers and a Deployment nests
+    them in a template, so "any container is privileged" needs all of them. The values are
+    found with one regex per row (scalars, flat arrays of scalars, or flat objects when a
+    ``sub_path`` follows), which keeps this vectorized; nested objects under ``key`` are
+    not descended into (``..securityContext.privileged`` does not work, ``..privileged``
+    does).
+    """
+    k = re.escape(key)
+    prefix = rf'"{k}"\s*:\s*'
+    col = pl.col(column)
+    if sub_path is None:
+        value = rf"(?:{_SCALAR_JSON}|\[[^\[\]{{}}]*\])"
+        joined = col.str.extract_all(prefix + value).list.join("\n")
+        tokens = joined.str.replace_all(prefix, "").str.extract_all(_SCALAR_JSON)
+        return tokens.list.eval(pl.element().str.json_path_match("$"))
+    value = rf"(?:\{{[^{{}}]*\}}|{_SCALAR_JSON})"
+    return col.str.extract_all(prefix + value).list.eval(
+        pl.element().str.replace(f"^{prefix}", "").str.json_path_match("$." + sub_path)
+    )
+
+
+def _json_path(column: str, path: str) -> pl.Expr:
+    return pl.col(column).str.json_path_match(path)
+
+
+def _object_name() -> pl.Expr:
+    return pl.coalesce(
+        pl.when(pl.col("name") != "").then(pl.col("name")),
+        _json_path("response_object", "$.metadata.name"),
+        _json_path("request_object", "$.metadata.name"),
+    )
+
+
+def _target() -> pl.Expr:
+    name = _object_name()
+    ns = pl.col("namespace")
+    return (
+        pl.when(name.is_not_null() & ns.is_not_null() & (ns != ""))
+        .then(pl.concat_str([ns, name], separator="/"))
+        .when(name.is_not_null())
+        .then(name)
+        .when(ns.is_not_null() & (ns != ""))
+        .then(pl.concat_str([ns, pl.lit("*")], separator="/"))
+        .otherwise(pl.lit("*"))
+    )
+
+
+def _image_repositories() -> pl.Expr:
+    # Drop a digest or a tag (a last ":x" with no "/" after it, so registry ports survive).
+    return deep_values("request_object", "image").list.eval(
+        pl.element().str.replace(r"@sha256:[0-9a-fA-F]+$", "").str.replace(r":[^/:@]+$", "")
+    )
+
+
+def _subjects() -> pl.Expr:
+    names = r'"name"\s*:\s*"(?:[^"\\]|\\.)*"'
+    return (
+        _json_path("request_object", "$.subjects")
+        .str.extract_all(names)
+        .list.eval(pl.element().str.replace(r'^"name"\s*:\s*', "").str.json_path_match("$"))
+    )
+
+
+def _host_namespaces() -> pl.Expr:
+    flags = []
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        on = deep_values("request_object", key).list.contains("true").fill_null(False)
+        flags.append(pl.when(on).then(pl.lit(key)))
+    return pl.concat_list(flags).list.drop_nulls()
+
+
+def _uri_param(name: str) -> pl.Expr:
+    """All values of one query parameter of ``request_uri``, lightly URL-decoded."""
+    return (
+        pl.col("request_uri")
+        .str.extract_all(rf"[?&]{name}=[^&]*")
+        .list.eval(
+            pl.element()
+            .str.replace(rf"^[?&]{name}=", "")
+            .str.replace_all(r"\+|%20", " ")
+            .str.replace_all("%2F", "/", literal=True)
+            .str.replace_all("%3D", "=", literal=True)
+        )
+    )
+
+
+@dataclass(frozen=True)
+class DerivedField:
+    kind: str
+    build: Callable[[], pl.Expr]
+    doc: str
+    uses_json: bool = True
+
+
+#: Named fields computed from several columns; documented in docs/rules.md.
+DERIVED_FIELDS: dict[str, DerivedField] = {
+    "images": DerivedField(
+        "list",
+        lambda: deep_values("request_object", "image"),
+        "every container image in the request body (containers, initContainers, "
+        "ephemeralContainers, pod templates)",
+    ),
+    "image_repositories": DerivedField(
+        "list", _image_repositories, "`images` without tag or digest"
+    ),
+    "host_paths": DerivedField(
+        "list",
+        lambda: deep_values("request_object", "hostPath", "path"),
+        "every `hostPath.path` volume in the request body",
+    ),
+    "host_namespaces": DerivedField(
+        "list",
+        _host_namespaces,
+        "which of hostNetwork, hostPID, hostIPC the request body sets to true",
+    ),
+    "subjects": DerivedField(
+        "list", _subjects, "names of the subjects of a RoleBinding/ClusterRoleBinding body"
+    ),
+    "exec_command": DerivedField(
+        "str",
+        lambda: _uri_param("command").list.join(" "),
+        "the command of an exec request (its `command=` parameters, joined)",
+        uses_json=False,
+    ),
+    "exec_container": DerivedField(
+        "str",
+        lambda: _uri_param("container").list.first(),
+        "the container named by an exec/attach request",
+        uses_json=False,
+    ),
+    "object_name": DerivedField(
+        "str",
+        _object_name,
+        "the object's name, also for creates where only the body carries it",
+    ),
+    "target": DerivedField("str", _target, "`namespace/name` of the object (`*` when absent)"),
+    "request_path": DerivedField(
+        "str",
+        lambda: pl.col("request_uri").str.replace(r"\?.*$", ""),
+        "`request_uri` without its query string",
+        uses_json=False,
+    ),
+}
+
+
+def _column_kind(dtype: pl.DataType) -> str:
+    if dtype == pl.String:
+        return "str"
+    if dtype.is_integer():
+        return "int"
+    if dtype.is_float():
+        return "float"
+    if dtype == pl.Boolean:
+        return "bool"
+    if isinstance(dtype, pl.List):
+        return "list"
+    return "other"
+
+
+@dataclass(frozen=True)
+class ResolvedField:
+    """A field as an expression, its kind (str/int/float/bool/list) and whether it reads JSON."""
+
+    expr: pl.Expr
+    kind: str
+    uses_json: bool
+
+
+def resolve_field(name: str) -> ResolvedField:
+    """Turn a field name into an expression; unknown names raise :class:`ConditionError`."""
+    bracket = re.match(r"^([A-Za-z_][A-Za-z0-9_]*)\[\s*(.*)\s*\]$", name, re.S)
+    if bracket:
+        column, quoted = bracket.groups()
+        if column not in _JSON_COLUMNS:
+            raise ConditionError(
+                f"only {', '.join(_JSON_COLUMNS)} take a JSONPath in brackets, not {column!r}"
+            )
+        path = _unquote(quoted)
+        if not path.startswith("$"):
+            raise ConditionError(f"a JSONPath starts with '$': {path!r}")
+        return ResolvedField(_json_path(column, path), "str", True)
+    if name in CANONICAL_COLUMNS:
+        kind = _column_kind(CANONICAL_COLUMNS[name])
+        return ResolvedField(pl.col(name), kind, name in _JSON_COLUMNS)
+    if name in DERIVED_FIELDS:
+        d = DERIVED_FIELDS[name]
+        return ResolvedField(d.build(), d.kind, d.uses_json)
+    head, dot, rest = name.partition(".")
+    if dot and head in _JSON_COLUMNS and rest:
+        if rest.startswith("."):
+            key, _, sub = rest[1:].partition(".")
+            if not key or not _KEY.match(key):
+                raise ConditionError(f"bad deep key in {name!r}: write {head}..key[.sub.path]")
+            return ResolvedField(deep_values(head, key, sub or None), "list", True)
+        if not all(_KEY.match(part) for part in rest.split(".")):
+            raise ConditionError(
+                f"bad JSON path in {name!r}; for keys with dots or slashes write "
+                f"{head}[\"$['a.b/c']\"]"
+            )
+        return ResolvedField(_json_path(head, "$." + rest), "str", True)
+    raise ConditionError(
+        f"unknown field {name!r}: use a canonical column (see docs/schema.md), "
+        f"request_object.<path>, request_object..<key> or one of {', '.join(DERIVED_FIELDS)}"
+    )
+
+
+# --------------------------------------------------------------------------- operators
+
+
+def _regex_escape(text: str) -> str:
+    """Escape for the Rust regex engine polars uses (only its metacharacters)."""
+    return re.sub(r"([\\.^$|?*+()\[\]{}])", r"\\\1", text)
+
+
+def glob_to_regex(pattern: str) -> str:
+    """``*`` any run, ``?`` one character, ``[abc]``/``[!abc]`` a class; anchored."""
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "*":
+            out.append(".*")
+        elif c == "?":
+            out.append(".")
+        elif c == "[" and pattern.find("]", i + 2) != -1:
+            end = pattern.find("]", i + 2)
+            body = pattern[i + 1 : end]
+            if body.startswith("!"):
+                body = "^" + body[1:]
+            out.append("[" + body.replace("\\", "\\\\") + "]")
+            i = end
+        else:
+            out.append(_regex_escape(c))
+        i += 1
+    return "".join(out)
+
+
+def check_regex(pattern: str) -> None:
+    """Reject a regex polars cannot compile, at load time rather than mid-scoring."""
+    try:
+        pl.Series([""], dtype=pl.String).str.contains(pattern)
+    except Exception as exc:  # polars raises ComputeError with the regex crate's message
+        found = re.search(r"^error: (.*)$", str(exc), re.M)
+        reason = found.group(1) if found else str(exc).strip().splitlines()[0]
+        raise ConditionError(f"invalid regex {pattern!r}: {reason}") from None
+
+
+def _number(text: str, field_name: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ConditionError(f"{field_name} compares with numbers, not {text!r}") from None
+
+
+def _typed(values: Sequence[str], kind: str, field_name: str) -> list[object]:
+    if kind == "int":
+        out: list[object] = []
+        for v in values:
+            num = _number(v, field_name)
+            if num != int(num):
+                raise ConditionError(f"{field_name} holds whole numbers, not {v!r}")
+            out.append(int(num))
+        return out
+    if kind == "float":
+        return [_number(v, field_name) for v in values]
+    if kind == "bool":
+        out = []
+        for v in values:
+            if v.lower() not in ("true", "false"):
+                raise ConditionError(f"{field_name} is true or false, not {v!r}")
+            out.append(v.lower() == "true")
+        return out
+    return [str(v) for v in values]
+
+
+def _scalar_op(e: pl.Expr, op: str, values: list[str], kind: str, field_name: str) -> pl.Expr:
+    """One operator applied to one scalar expression (a column or a list element)."""
+    if op == "exists":
+        present = e.is_not_null()
+        return present & (e.cast(pl.String) != "") if kind == "str" else present
+    if op in ("=", "in", "intersects"):
+        if op == "=" and len(values) != 1:
+            raise ConditionError(f"'=' takes one value; use 'in' for a list ({field_name})")
+        typed = _typed(values, kind, field_name)
+        if not typed:
+            return pl.lit(False)
+        return e == typed[0] if op == "=" else e.is_in(typed)
+    if op in ("<", "<=", ">", ">="):
+        if len(values) != 1:
+            raise ConditionError(f"{op!r} takes one value ({field_name})")
+        bound = _number(values[0], field_name)
+        num = e if kind in ("int", "float") else e.cast(pl.String).cast(pl.Float64, strict=False)
+        return {"<": num < bound, "<=": num <= bound, ">": num > bound, ">=": num >= bound}[op]
+    if not values:
+        return pl.lit(False)
+    s = e.cast(pl.String)
+    if op == "contains":
+        return s.str.contains_any(values)
+    if op == "icontains":
+        return s.str.contains_any(values, ascii_case_insensitive=True)
+    if op == "startswith":
+        return s.str.contains("^(?:" + "|".join(_regex_escape(v) for v in values) + ")")
+    if op == "endswith":
+        return s.str.contains("(?:" + "|".join(_regex_escape(v) for v in values) + ")$")
+    if op == "glob":
+        rx = "^(?:" + "|".join(glob_to_regex(v) for v in values) + ")$"
+        check_regex(rx)
+        return s.str.contains(rx)
+    if op == "matches":
+        for v in values:
+            check_regex(v)
+        return s.str.contains("|".join(f"(?:{v})" for v in values))
+    raise ConditionError(f"unknown operator {op!r}")
+
+
+def predicate(field_name: str, op: str, values: Sequence[str], quantifier: str | None = None):
+    """A null-safe boolean expression for ``field op values`` (lists: any/all elements).
+
+    ``field_name`` may be written ``all(field)`` or ``any(field)`` as in conditions.
+    """
+    quantified = re.match(r"^(all|any)\((.+)\)$", field_name.strip())
+    if quantified:
+        quantifier, field_name = quantified.group(1), quantified.group(2).strip()
+    resolved = resolve_field(field_name)
+    return _predicate(resolved, field_name, op, list(values), quantifier)
+
+
+def _predicate(
+    resolved: ResolvedField, name: str, op: str, values: list[str], quantifier: str | None
+) -> pl.Expr:
+    if op == "!=":
+        return ~_predicate(resolved, name, "=", values, quantifier)
+    if resolved.kind == "list":
+        if op == "exists" and quantifier is None:
+            return (resolved.expr.list.len() > 0).fill_null(False)
+        inner = _scalar_op(pl.element(), op, values, "str", name).fill_null(False)
+        checked = resolved.expr.list.eval(inner)
+        if quantifier == "all":
+            result = (resolved.expr.list.len() > 0) & checked.list.all()
+        else:
+            result = checked.list.any()
+        return result.fill_null(False)
+    if quantifier == "all":
+        raise ConditionError(f"all(...) needs a list field; {name!r} holds one value")
+    if resolved.kind == "other" and op not in ("exists",):
+        raise ConditionError(f"{name!r} cannot be compared with {op!r}")
+    return _scalar_op(resolved.expr, op, values, resolved.kind, name).fill_null(False)
+
+
+# --------------------------------------------------------------------------- compiler
+
+
+@dataclass
+class Compiler:
+    """Resolves macros and lists, then turns syntax trees into polars expressions.
+
+    ``macros`` holds macro conditions as text and ``lists`` named value lists; both are
+    looked up by name when a rule is compiled, so a later override file can redefine them.
+    """
+
+    macros: dict[str, str] = field(default_factory=dict)
+    lists: dict[str, list[str]] = field(default_factory=dict)
+    _macro_ast: dict[str, Node] = field(default_factory=dict)
+
+    def expand_list(self, name: str, _seen: tuple[str, ...] = ()) -> list[str]:
+        if name in _seen:
+            raise ConditionError(f"list {name!r} includes itself ({' -> '.join((*_seen, name))})")
+        out: list[str] = []
+        for item in self.lists[name]:
+            text = str(item)
+            if text in self.lists:
+                out.extend(self.expand_list(text, (*_seen, name)))
+            else:
+                out.append(text)
+        return out
+
+    def values(self, values: Sequence[Value | str]) -> list[str]:
+        """Literal values with bare list names expanded (Falco: ``in (my_list, other)``)."""
+        out: list[str] = []
+        for v in values:
+            text, quoted = (v.text, v.quoted) if isinstance(v, Value) else (str(v), False)
+            if not quoted and text in self.lists:
+                out.extend(self.expand_list(text))
+            else:
+                out.append(text)
+        return out
+
+    def expand(self, node: Node, _stack: tuple[str, ...] = ()) -> Node:
+        """Replace macro references by their (expanded) trees; detect cycles and unknowns."""
+        if isinstance(node, MacroRef):
+            if node.name in BUILTIN_MACROS:
+                return Const(BUILTIN_MACROS[node.name])
+            if node.name not in self.macros:
+                hint = (
+                    " (a field needs an operator after it)" if _looks_like_field(node.name) else ""
+                )
+                raise ConditionError(f"unknown macro {node.name!r}{hint}", node.pos)
+            if node.name in _stack:
+                raise ConditionError(
+                    f"macro {node.name!r} refers to itself ({' -> '.join((*_stack, node.name))})",
+                    node.pos,
+                )
+            if node.name not in self._macro_ast:
+                try:
+                    self._macro_ast[node.name] = parse(self.macros[node.name])
+                except ConditionError as exc:
+                    raise ConditionError(f"in macro {node.name!r}: {exc.message}") from None
+            return self.expand(self._macro_ast[node.name], (*_stack, node.name))
+        if isinstance(node, And):
+            return And(tuple(self.expand(i, _stack) for i in node.items))
+        if isinstance(node, Or):
+            return Or(tuple(self.expand(i, _stack) for i in node.items))
+        if isinstance(node, Not):
+            return Not(self.expand(node.item, _stack))
+        return node
+
+    def to_expr(self, node: Node) -> pl.Expr:
+        """An expanded tree -> one boolean polars expression (nulls already mapped to False)."""
+        if isinstance(node, Const):
+            return pl.lit(node.value)
+        if isinstance(node, And):
+            return pl.all_horizontal([self.to_expr(i) for i in node.items])
+        if isinstance(node, Or):
+            return pl.any_horizontal([self.to_expr(i) for i in node.items])
+        if isinstance(node, Not):
+            return ~self.to_expr(node.item)
+        if isinstance(node, Pred):
+            try:
+                resolved = resolve_field(node.field.name)
+                return _predicate(
+                    resolved,
+                    node.field.name,
+                    node.op,
+                    self.values(node.values),
+                    node.field.quantifier,
+                )
+            except ConditionError as exc:
+                raise ConditionError(exc.message, node.field.pos) from None
+        raise ConditionError(f"unresolved macro {getattr(node, 'name', node)!r}")
+
+    def compile(self, text: str) -> tuple[pl.Expr, pl.Expr, Node]:
+        """``(prefilter, full, tree)``: a cheap column-only necessary condition, the whole one.
+
+        The prefilter is the conjunction of the top-level ``and`` terms that read no JSON;
+        scoring applies it to every event and the full condition only to what passes, so
+        regexes over request bodies run on a handful of rows instead of millions.
+        """
+        tree = self.expand(parse(text))
+        full = self.to_expr(tree)
+        conjuncts = tree.items if isinstance(tree, And) else (tree,)
+        cheap = [c for c in conjuncts if not uses_json(c)]
+        prefilter = self.to_expr(And(tuple(cheap))) if cheap else pl.lit(True)
+        return prefilter, full, tree
+
+
+def _looks_like_field(name: str) -> bool:
+    return name in CANONICAL_COLUMNS or name in DERIVED_FIELDS or "." in name or "[" in name
+
+
+def iter_preds(node: Node) -> Iterator[Pred]:
+    if isinstance(node, Pred):
+        yield node
+    elif isinstance(node, And | Or):
+        for i in node.items:
+            yield from iter_preds(i)
+    elif isinstance(node, Not):
+        yield from iter_preds(node.item)
+
+
+def uses_json(node: Node) -> bool:
+    """Whether evaluating the node reads a JSON body (the expensive part)."""
+    return any(resolve_field(p.field.name).uses_json for p in iter_preds(node))
+
+
+def fields_used(node: Node) -> set[str]:
+    return {p.field.name for p in iter_preds(node)}

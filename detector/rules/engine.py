@@ -1,0 +1,593 @@
+"""Evaluate a :class:`RuleSet` over canonical events and group the hits into findings.
+
+Evaluation is two-phase so a day of events costs one cheap pass: every event is tested
+against the union of the rules' column-only prefilters (verb, resource, namespace, codes);
+only those candidates (typically well under 1%) have the full conditions, with their
+JSON-body regexes and exceptions, evaluated. Both phases are polars expressions.
+
+Findings are grouped: one per rule, per principal (or source IP for rules that count per
+IP), per window (``floor(event_time, window)``), carrying the count and the exact audit IDs,
+so a burst of 200 denied requests is one finding an analyst reads, not 200. Each request
+counts once: an event is logged once per stage, and a rule lists the stages it counts in
+order of preference (exec sessions at ResponseStarted, most writes at ResponseComplete).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import polars as pl
+
+from detector.findings_schema import (
+    FINDINGS_COLUMNS,
+    TOP_FEATURE,
+    empty_findings,
+    with_finding_ids,
+)
+from detector.rules.condition import DERIVED_FIELDS, resolve_field
+from detector.rules.loader import Rule, RuleSet
+from detector.schema import CANONICAL_COLUMNS
+
+#: At most this many distinct "what happened" sentences per finding; the rest are counted.
+MAX_REASONS = 5
+
+LINK_COLUMNS: dict[str, pl.DataType] = {
+    "finding_id": pl.String(),
+    "audit_id": pl.String(),
+    "stage": pl.String(),
+}
+
+_KEYS = ["cluster", "_key", "window_start"]
+
+_PAST = {
+    "create": "created",
+    "update": "updated",
+    "patch": "patched",
+    "delete": "deleted",
+    "deletecollection": "deleted all",
+    "get": "read",
+    "list": "listed",
+    "watch": "watched",
+    "proxy": "proxied to",
+}
+
+_KINDS = {
+    "pods": "Pod",
+    "secrets": "Secret",
+    "configmaps": "ConfigMap",
+    "services": "Service",
+    "serviceaccounts": "ServiceAccount",
+    "namespaces": "Namespace",
+    "nodes": "Node",
+    "deployments": "Deployment",
+    "daemonsets": "DaemonSet",
+    "statefulsets": "StatefulSet",
+    "replicasets": "ReplicaSet",
+    "jobs": "Job",
+    "cronjobs": "CronJob",
+    "roles": "Role",
+    "rolebindings": "RoleBinding",
+    "clusterroles": "ClusterRole",
+    "clusterrolebindings": "ClusterRoleBinding",
+    "validatingwebhookconfigurations": "ValidatingWebhookConfiguration",
+    "mutatingwebhookconfigurations": "MutatingWebhookConfiguration",
+    "events": "Event",
+    "persistentvolumes": "PersistentVolume",
+    "persistentvolumeclaims": "PersistentVolumeClaim",
+    "customresourcedefinitions": "CustomResourceDefinition",
+}
+
+
+@dataclass
+class RuleStats:
+    """How far one rule's events got, for ``detect rules test``'s "why (not)"."""
+
+    events: int = 0
+    in_stages: int = 0
+    condition: int = 0
+    excluded: dict[str, int] = field(default_factory=dict)
+    requests: int = 0  # distinct requests left after exceptions and stage de-duplication
+    findings: int = 0
+    best_value: float | None = None  # highest per-window value (threshold rules)
+    best_threshold: float | None = None
+
+
+@dataclass
+class RuleResult:
+    """Findings (FINDINGS_COLUMNS) and the events behind them (finding_id, audit_id, stage)."""
+
+    findings: pl.DataFrame
+    events: pl.DataFrame
+    stats: dict[str, RuleStats] = field(default_factory=dict)
+
+
+def empty_links() -> pl.DataFrame:
+    return pl.DataFrame(schema=LINK_COLUMNS)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def prepare_events(events: pl.LazyFrame | pl.DataFrame) -> pl.LazyFrame:
+    """Canonical columns in any order; missing ones are added as typed nulls.
+
+    Hand-built frames in tests and older lake files may lack a column a rule names; a
+    missing column then simply never matches instead of failing the whole run.
+    """
+    lf = events.lazy() if isinstance(events, pl.DataFrame) else events
+    schema = lf.collect_schema()
+    missing = [
+        pl.lit(None, dtype).alias(c) for c, dtype in CANONICAL_COLUMNS.items() if c not in schema
+    ]
+    if "cluster" not in schema:
+        missing = [m for m in missing if m.meta.output_name() != "cluster"]
+        missing.append(pl.lit("default", pl.String).alias("cluster"))
+    return lf.with_columns(missing) if missing else lf
+
+
+def _every(window: timedelta) -> str:
+    seconds = int(window.total_seconds())
+    if seconds <= 0:
+        raise ValueError(f"window must be positive, not {window}")
+    return f"{seconds}s"
+
+
+def humanize(window: timedelta) -> str:
+    """``10 minutes``, ``1 hour``, ``90 seconds``: for sentences analysts read."""
+    seconds = int(window.total_seconds())
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds % size == 0 and seconds >= size:
+            n = seconds // size
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return f"{seconds} seconds"
+
+
+def _who() -> pl.Expr:
+    """``session@username`` for IAM sessions (alice@eng-admin), else the username."""
+    session, user = pl.col("iam_session_name"), pl.col("user_name")
+    return (
+        pl.when(session.is_not_null() & user.is_not_null())
+        .then(pl.concat_str([session, pl.lit("@"), user]))
+        .otherwise(pl.coalesce(user, pl.col("principal"), pl.lit("system:anonymous")))
+    )
+
+
+def _action() -> pl.Expr:
+    """What one event did, as words: "patched ConfigMap kube-system/aws-auth"."""
+    verb, res, sub = pl.col("verb"), pl.col("resource"), pl.col("subresource")
+    ns, code = pl.col("namespace"), pl.col("response_code")
+    name = DERIVED_FIELDS["object_name"].build()
+    has_ns = ns.is_not_null() & (ns != "")
+    failed = code.fill_null(0) >= 400
+    past = (
+        pl.when(failed)
+        .then(pl.concat_str([pl.lit("tried to "), verb.fill_null("request")]))
+        .otherwise(verb.replace_strict(_PAST, default=verb, return_dtype=pl.String))
+        .fill_null("requested")
+    )
+    kind = res.replace_strict(_KINDS, default=res, return_dtype=pl.String)
+    obj = (
+        pl.when(res == "namespaces")
+        .then(name)
+        .when(name.is_not_null() & has_ns)
+        .then(pl.concat_str([ns, pl.lit("/"), name]))
+        .otherwise(name)
+    )
+    scope = pl.when(has_ns & (res != "namespaces")).then(
+        pl.concat_str([pl.lit(" in namespace "), ns])
+    )
+    pod_verbs = {
+        "exec": "opened an exec session in pod ",
+        "attach": "attached to pod ",
+        "portforward": "port-forwarded to pod ",
+        "ephemeralcontainers": "added an ephemeral container to pod ",
+    }
+    action = pl.when(res.is_null()).then(
+        pl.concat_str([past, pl.lit(" "), DERIVED_FIELDS["request_path"].build().fill_null("?")])
+    )
+    for subresource, words in pod_verbs.items():
+        action = action.when((res == "pods") & (sub == subresource)).then(
+            pl.concat_str(
+                [
+                    pl.when(failed).then(pl.concat_str([past, pl.lit(": ")])).otherwise(pl.lit("")),
+                    pl.lit(words),
+                    obj.fill_null("?"),
+                ]
+            )
+        )
+    action = (
+        action.when((res == "serviceaccounts") & (sub == "token"))
+        .then(
+            pl.concat_str(
+                [
+                    pl.when(failed).then(pl.lit("tried to request")).otherwise(pl.lit("requested")),
+                    pl.lit(" a token for service account "),
+                    obj.fill_null("?"),
+                ]
+            )
+        )
+        .when(name.is_null())
+        .then(
+            pl.concat_str([past, pl.lit(" "), res, scope.fill_null(pl.lit(" in all namespaces"))])
+        )
+        .when(sub.is_not_null() & (sub != ""))
+        .then(
+            pl.concat_str(
+                [past, pl.lit(" "), kind, pl.lit(" "), obj, pl.lit(" ("), sub, pl.lit(")")]
+            )
+        )
+        .otherwise(pl.concat_str([past, pl.lit(" "), kind, pl.lit(" "), obj]))
+    )
+    outcome = (
+        pl.when(code.is_in([401, 403]))
+        .then(pl.concat_str([pl.lit(" (denied, HTTP "), code.cast(pl.String), pl.lit(")")]))
+        .when(failed)
+        .then(pl.concat_str([pl.lit(" (failed, HTTP "), code.cast(pl.String), pl.lit(")")]))
+        .otherwise(pl.lit(""))
+    )
+    return pl.concat_str([action.fill_null("made a request"), outcome])
+
+
+def _render(template: str) -> pl.Expr:
+    """A rule's ``output`` template with ``{field}`` values filled in; null if all empty."""
+    pieces: list[pl.Expr] = []
+    present: list[pl.Expr] = []
+    pos = 0
+    for m in re.finditer(r"\{([^{}]+)\}", template):
+        if m.start() > pos:
+            pieces.append(pl.lit(template[pos : m.start()]))
+        resolved = resolve_field(m.group(1).strip())
+        value = (
+            resolved.expr.list.drop_nulls().list.unique(maintain_order=True).list.join(", ")
+            if resolved.kind == "list"
+            else resolved.expr.cast(pl.String)
+        )
+        value = pl.when(value != "").then(value)
+        present.append(value.is_not_null())
+        pieces.append(value.fill_null("?"))
+        pos = m.end()
+    if pos < len(template):
+        pieces.append(pl.lit(template[pos:]))
+    text = pl.concat_str(pieces)
+    return pl.when(pl.any_horizontal(present)).then(text) if present else text
+
+
+def _line(rule: Rule) -> pl.Expr:
+    """One sentence per event: who did what, plus the rule's own detail."""
+    base = pl.concat_str([_who(), pl.lit(" "), _action()])
+    if rule.output:
+        detail = _render(rule.output)
+        return (
+            pl.when(detail.is_not_null())
+            .then(pl.concat_str([base, pl.lit("; "), detail]))
+            .otherwise(base)
+        )
+    return base
+
+
+def _dedupe(matched: pl.DataFrame, stages: tuple[str, ...]) -> pl.DataFrame:
+    """One row per request: the first of the rule's stages, in its order of preference."""
+    rank = (
+        pl.col("stage")
+        .fill_null("ResponseComplete")
+        .replace_strict({s: i for i, s in enumerate(stages)}, default=len(stages))
+    )
+    return (
+        matched.with_row_index("_row")
+        .with_columns(
+            _rank=rank,
+            _req=pl.coalesce(pl.col("audit_id"), pl.col("_row").cast(pl.String)),
+        )
+        .sort(["_rank", "event_time"])
+        .unique(subset=["cluster", "_req"], keep="first", maintain_order=True)
+        .drop("_row", "_rank", "_req")
+    )
+
+
+def _group_key(rule: Rule) -> pl.Expr:
+    t = rule.threshold
+    if t is not None and t.by == "source_ip":
+        return pl.col("source_ip").fill_null("unknown")
+    return pl.coalesce(pl.col("principal"), pl.col("user_name"), pl.lit("system:anonymous"))
+
+
+def _value_expr(rule: Rule) -> pl.Expr:
+    t = rule.threshold
+    if t is not None and t.distinct:
+        return resolve_field(t.distinct).expr.drop_nulls().n_unique()
+    return pl.col("audit_id").n_unique()
+
+
+def _keyed(matched: pl.DataFrame, rule: Rule, every: str) -> pl.DataFrame:
+    """Matched rows with their group key, window and (for distinct counts) the value."""
+    extra = []
+    t = rule.threshold
+    if t is not None and t.distinct:
+        extra.append(resolve_field(t.distinct).expr.alias("_distinct"))
+    return matched.with_columns(
+        _group_key(rule).alias("_key"),
+        pl.col("event_time").dt.truncate(every).alias("window_start"),
+        *extra,
+    )
+
+
+def _aggregate(keyed: pl.DataFrame, rule: Rule) -> pl.DataFrame:
+    t = rule.threshold
+    value = (
+        pl.col("_distinct").drop_nulls().n_unique()
+        if t is not None and t.distinct
+        else pl.col("audit_id").n_unique()
+    )
+    return keyed.group_by(_KEYS).agg(
+        pl.col("audit_id").n_unique().cast(pl.Int64).alias("event_count"),
+        pl.col("audit_id").sort_by("event_time").unique(maintain_order=True).alias("audit_ids"),
+        pl.col("principal_kind").drop_nulls().first().alias("principal_kind"),
+        _who().drop_nulls().first().alias("_who"),
+        value.cast(pl.Float64).alias("_value"),
+        pl.col("principal").drop_nulls().unique().sort().alias("_principals"),
+    )
+
+
+def _usual(
+    history: pl.DataFrame | None, rule: Rule, every: str, n_windows: int
+) -> pl.DataFrame | None:
+    """Each key's mean value per window over the baseline range (windows without hits = 0)."""
+    if history is None:
+        return None
+    t = rule.threshold
+    assert t is not None
+    if history.is_empty():
+        return pl.DataFrame(schema={"cluster": pl.String, "_key": pl.String, "_usual": pl.Float64})
+    keyed = _keyed(history, rule, every)
+    value = (
+        pl.col("_distinct").drop_nulls().n_unique() if t.distinct else pl.col("audit_id").n_unique()
+    )
+    per_window = keyed.group_by(_KEYS).agg(value.cast(pl.Float64).alias("_v"))
+    return per_window.group_by(["cluster", "_key"]).agg(
+        (pl.col("_v").sum() / max(n_windows, 1)).alias("_usual")
+    )
+
+
+def _reasons(keyed: pl.DataFrame, rule: Rule) -> pl.DataFrame:
+    """Up to MAX_REASONS distinct sentences per finding, most frequent first, with counts."""
+    lines = keyed.with_columns(_line(rule).alias("_text"))
+    counted = lines.group_by([*_KEYS, "_text"]).agg(
+        pl.col("audit_id").n_unique().alias("_n"), pl.col("event_time").min().alias("_first")
+    )
+    counted = counted.with_columns(
+        pl.when(pl.col("_n") > 1)
+        .then(pl.format("{} ({} events)", pl.col("_text"), pl.col("_n")))
+        .otherwise(pl.col("_text"))
+        .alias("_text")
+    ).sort(["_n", "_first"], descending=[True, False])
+    top = counted.group_by(_KEYS, maintain_order=True).agg(
+        pl.col("_text").head(MAX_REASONS).alias("_lines"),
+        (pl.len().cast(pl.Int64) - MAX_REASONS).alias("_more"),
+        (pl.col("_n").sum() - pl.col("_n").head(MAX_REASONS).sum()).alias("_more_events"),
+    )
+    more = pl.when(pl.col("_more") > 0).then(
+        pl.format(
+            "and {} more distinct actions ({} events)", pl.col("_more"), pl.col("_more_events")
+        )
+    )
+    return top.select(*_KEYS, pl.concat_list("_lines", more).list.drop_nulls().alias("_lines"))
+
+
+def _threshold_sentence(rule: Rule, window: timedelta, with_usual: bool) -> pl.Expr:
+    t = rule.threshold
+    assert t is not None
+    value = pl.col("_value").cast(pl.Int64).cast(pl.String)
+    thr = pl.col("threshold").ceil().cast(pl.Int64).cast(pl.String)
+    who = (
+        pl.concat_str([pl.lit("source IP "), pl.col("_key")])
+        if t.by == "source_ip"
+        else pl.col("_who").fill_null(pl.col("_key"))
+    )
+    parts = [
+        who,
+        pl.lit(": "),
+        value,
+        pl.lit(f" {t.label} within {humanize(window)} (threshold "),
+        thr,
+    ]
+    if with_usual:
+        parts += [
+            pl.lit("; usual "),
+            pl.col("_usual").round(1).cast(pl.String),
+            pl.lit(" per window"),
+        ]
+    parts.append(pl.lit(")"))
+    sentence = pl.concat_str(parts)
+    if t.by == "source_ip":
+        principals = pl.col("_principals").list.head(5).list.join(", ")
+        sentence = pl.concat_str([sentence, pl.lit("; identities: "), principals.fill_null("?")])
+    return sentence
+
+
+def _findings_for_rule(
+    matched: pl.DataFrame,
+    rule: Rule,
+    window: timedelta,
+    usual: pl.DataFrame | None,
+    fingerprint: str,
+    created: datetime,
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """(findings, keyed rows, all groups with value and threshold) for one rule."""
+    every = _every(window)
+    keyed = _keyed(matched, rule, every)
+    groups = _aggregate(keyed, rule)
+    t = rule.threshold
+    with_usual = usual is not None and t is not None and t.uses_baseline
+    if t is None:
+        groups = groups.with_columns(pl.lit(1.0).alias("threshold"))
+    elif with_usual:
+        assert usual is not None and t.baseline_factor is not None
+        groups = groups.join(usual, on=["cluster", "_key"], how="left").with_columns(
+            pl.col("_usual").fill_null(0.0)
+        )
+        groups = groups.with_columns(
+            pl.max_horizontal(
+                pl.lit(float(t.baseline_min or 1)), pl.col("_usual") * t.baseline_factor
+            ).alias("threshold")
+        )
+    else:
+        groups = groups.with_columns(pl.lit(float(t.value)).alias("threshold"))
+    fired = groups.filter(pl.col("_value") >= pl.col("threshold"))
+    if fired.is_empty():
+        return empty_findings(), keyed, groups
+    reasons = _reasons(keyed.join(fired.select(_KEYS), on=_KEYS, how="semi"), rule)
+    fired = fired.join(reasons, on=_KEYS, how="left")
+    lines = pl.col("_lines")
+    if t is not None:
+        lines = pl.concat_list(_threshold_sentence(rule, window, with_usual), pl.col("_lines"))
+    kind = (
+        pl.lit("source_ip") if t is not None and t.by == "source_ip" else pl.col("principal_kind")
+    )
+    findings = fired.select(
+        pl.lit(None, pl.String).alias("finding_id"),
+        pl.lit(rule.detector).alias("detector"),
+        pl.lit(rule.severity).alias("severity"),
+        pl.lit(rule.severity_rank, pl.Int8).alias("severity_rank"),
+        pl.col("_value").alias("score"),
+        pl.col("threshold").cast(pl.Float64),
+        pl.col("cluster"),
+        pl.col("_key").alias("principal"),
+        kind.alias("principal_kind"),
+        pl.col("window_start"),
+        (pl.col("window_start") + window).alias("window_end"),
+        pl.lit(rule.title).alias("title"),
+        lines.alias("reasons"),
+        pl.lit([], dtype=pl.List(TOP_FEATURE)).alias("top_features"),
+        pl.lit(rule.tactic).alias("tactic"),
+        pl.lit(rule.technique).alias("technique"),
+        pl.col("event_count"),
+        pl.col("audit_ids"),
+        pl.lit(created).alias("created_at"),
+        pl.lit(fingerprint).alias("model_version"),
+        pl.lit(False).alias("cold_start"),
+    )
+    return findings.cast(FINDINGS_COLUMNS), keyed, groups  # type: ignore[arg-type]
+
+
+def _history_span_windows(history: pl.LazyFrame, window: timedelta) -> int:
+    span = history.select(
+        pl.col("event_time").min().alias("lo"), pl.col("event_time").max().alias("hi")
+    ).collect()
+    lo, hi = span["lo"][0], span["hi"][0]
+    if lo is None or hi is None:
+        return 1
+    return max(1, math.ceil((hi - lo) / window))
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def evaluate_rules(
+    events: pl.LazyFrame | pl.DataFrame,
+    ruleset: RuleSet,
+    *,
+    window: timedelta = timedelta(minutes=10),
+    history: pl.LazyFrame | pl.DataFrame | None = None,
+    now: datetime | None = None,
+    explain: bool = False,
+) -> RuleResult:
+    """Run every enabled rule over ``events``; findings in the findings schema.
+
+    ``history`` is the canonical events of a baseline range before ``events`` (e.g. the
+    previous 7 days): threshold rules with a ``baseline`` compare each key with its own
+    usual there. Without it they use their absolute threshold. ``explain`` adds per-rule
+    counts (:class:`RuleStats`) for ``detect rules test``.
+    """
+    created = now or datetime.now(UTC)
+    rules = ruleset.enabled_rules
+    every = _every(window)
+    fingerprint = ruleset.fingerprint
+    lf = prepare_events(events)
+    stats: dict[str, RuleStats] = {}
+    if explain:
+        stats = _explain(lf, rules)
+    if not rules:
+        return RuleResult(empty_findings(), empty_links(), stats)
+    candidates = lf.filter(pl.any_horizontal([r.prefilter_expr for r in rules])).collect()
+    if candidates.is_empty():
+        return RuleResult(empty_findings(), empty_links(), stats)
+    masks = candidates.select([r.match.alias(f"_m{i}") for i, r in enumerate(rules)])
+
+    baseline_rules = [r for r in rules if r.threshold and r.threshold.uses_baseline]
+    hist_candidates: pl.DataFrame | None = None
+    n_windows = 1
+    if history is not None and baseline_rules:
+        hist_lf = prepare_events(history)
+        n_windows = _history_span_windows(hist_lf, window)
+        hist_candidates = hist_lf.filter(
+            pl.any_horizontal([r.prefilter_expr for r in baseline_rules])
+        ).collect()
+
+    finding_frames: list[pl.DataFrame] = []
+    keyed_frames: list[tuple[Rule, pl.DataFrame]] = []
+    for i, rule in enumerate(rules):
+        matched = candidates.filter(masks[f"_m{i}"])
+        if matched.is_empty():
+            continue
+        matched = _dedupe(matched, rule.stages)
+        usual = None
+        if hist_candidates is not None and rule in baseline_rules:
+            hist_matched = _dedupe(hist_candidates.filter(rule.match), rule.stages)
+            usual = _usual(hist_matched, rule, every, n_windows)
+        findings, keyed, groups = _findings_for_rule(
+            matched, rule, window, usual, fingerprint, created
+        )
+        if rule.id in stats:
+            s = stats[rule.id]
+            s.requests = matched.height
+            s.findings = findings.height
+            if rule.threshold is not None and not groups.is_empty():
+                best = groups.sort("_value", descending=True).row(0, named=True)
+                s.best_value, s.best_threshold = best["_value"], best["threshold"]
+        if not findings.is_empty():
+            finding_frames.append(findings)
+            keyed_frames.append((rule, keyed))
+    if not finding_frames:
+        return RuleResult(empty_findings(), empty_links(), stats)
+    findings = with_finding_ids(pl.concat(finding_frames, how="vertical"))
+    ids = findings.select(
+        "finding_id", "detector", "cluster", pl.col("principal").alias("_key"), "window_start"
+    )
+    links = pl.concat(
+        [
+            keyed.with_columns(pl.lit(rule.detector).alias("detector"))
+            .join(ids, on=["detector", *_KEYS], how="inner")
+            .select("finding_id", "audit_id", "stage")
+            for rule, keyed in keyed_frames
+        ],
+        how="vertical",
+    ).cast(LINK_COLUMNS)  # type: ignore[arg-type]
+    findings = findings.sort(
+        ["severity_rank", "window_start", "detector", "principal"],
+        descending=[True, False, False, False],
+    )
+    return RuleResult(findings.select(list(FINDINGS_COLUMNS)), links, stats)
+
+
+def _explain(lf: pl.LazyFrame, rules: list[Rule]) -> dict[str, RuleStats]:
+    """Per rule: events in its stages, matching the condition, removed by each exception."""
+    exprs: list[pl.Expr] = [pl.len().alias("_total")]
+    for i, r in enumerate(rules):
+        hit = r.stage_expr & r.condition_expr
+        exprs.append(r.stage_expr.sum().alias(f"{i}:stages"))
+        exprs.append(hit.sum().alias(f"{i}:condition"))
+        for j, e in enumerate(r.exception_exprs.values()):
+            exprs.append((hit & e).sum().alias(f"{i}:exc{j}"))
+    row = lf.select(exprs).collect().row(0, named=True)
+    out: dict[str, RuleStats] = {}
+    for i, r in enumerate(rules):
+        out[r.id] = RuleStats(
+            events=row["_total"],
+            in_stages=row[f"{i}:stages"],
+            condition=row[f"{i}:condition"],
+            excluded={name: row[f"{i}:exc{j}"] for j, name in enumerate(r.exception_exprs)},
+        )
+    return out
