@@ -441,6 +441,14 @@ DERIVED_FIELDS: dict[str, DerivedField] = {
         "the container named by an exec/attach request",
         uses_json=False,
     ),
+    "in_own_namespace": DerivedField(
+        "bool",
+        lambda: pl.col("user_name").str.starts_with(
+            pl.concat_str([pl.lit("system:serviceaccount:"), pl.col("namespace"), pl.lit(":")])
+        ),
+        "true when a service account acts in its own namespace",
+        uses_json=False,
+    ),
     "object_name": DerivedField(
         "str",
         _object_name,
