@@ -1170,6 +1170,8 @@ class _Benign:
             self.periodic.append(_Periodic(period, phase, fn, start))
 
     def _build(self) -> None:
+        """Register every benign process. Shares add up to 1 so that ``rate`` is the average
+        total; ``per_call`` is each call's mean number of events (measured)."""
         w = self.w
         nodes = w.nodes
         # Kubelets: 40% of traffic.
@@ -1181,7 +1183,7 @@ class _Benign:
             (0.03, 2, self.kubelet_watch_pods),
             (0.03, 1, self.kubelet_patch_pod_status),
             (0.02, 1, self.kubelet_token),
-            (0.03, 1.5, self.kubelet_misc),
+            (0.03, 1.25, self.kubelet_misc),
         ):
             self._proc(share, per, fn)
         # Control plane: 22%.
@@ -1194,24 +1196,25 @@ class _Benign:
             ],
         )
         self._proc(0.01, 1, self.scheduler_bind)
-        self._proc(0.07, 1.3, self.kcm_controllers)
-        self._proc(0.07, 1.2, self.eks_components)
-        # kube-system and platform service accounts: 16%.
-        self._proc(0.10, 1.6, self.kube_system_sas)
-        self._proc(0.06, 1.5, self.monitoring)
+        self._proc(0.07, 1.27, self.kcm_controllers)
+        self._proc(0.07, 1.15, self.eks_components)
+        # kube-system and platform service accounts: 18%.
+        self._proc(0.11, 1.45, self.kube_system_sas)
+        self._proc(0.07, 1.5, self.monitoring)
         # Argo CD: 7%.
-        self._proc(0.07, 1.6, self.argocd)
-        # Applications: 5%.
-        self._proc(0.05, 1.1, self.app_sas)
-        # CI deploys: 2%, business hours of the company (UTC-5).
-        self._proc(0.006, 14, self.ci_deploy, self._ci_profile)
+        self._proc(0.07, 1.5, self.argocd)
+        # Applications: 6%.
+        self._proc(0.064, 1.06, self.app_sas)
+        # CI deploys: 0.6% (a few dozen runs a day at 2 events/s), company hours (UTC-5).
+        self._proc(0.006, 12.5, self.ci_deploy, self._ci_profile)
         # Humans: 6%, spread over the engineers present at the start.
         humans = [h for h in w.humans if h.join_us <= w.start_us]
         per_human = 0.06 / len(humans)
         for h in w.humans:
+            cmds = _ADMIN_CMDS if h.kind in ("admin", "platform") else _DEV_CMDS
             self._proc(
                 per_human,
-                _CMD_MEAN_EVENTS,
+                sum(wt * n for wt, n, _ in cmds) / sum(wt for wt, _, _ in cmds),
                 self._human_fn(h),
                 (lambda t, h=h: self.w.human_level(h, t)),
                 h.join_us,
@@ -2265,7 +2268,6 @@ _ADMIN_CMDS = [
     (0.3, 1, _c_impersonate),
     (0.15, 1, _c_token),
 ]
-_CMD_MEAN_EVENTS = sum(w * e for w, e, _ in _ADMIN_CMDS) / sum(w for w, _, _ in _ADMIN_CMDS)
 
 
 # --------------------------------------------------------------------------------------------

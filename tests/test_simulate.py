@@ -415,3 +415,19 @@ def test_default_end_is_now_to_the_minute() -> None:
     end = default_end()
     assert end.tzinfo is UTC and end.second == 0 and end.microsecond == 0
     assert timedelta(0) <= datetime.now(UTC) - end < timedelta(minutes=2)
+
+
+def test_checked_in_sample_is_what_its_readme_says(tmp_path: Path) -> None:
+    """data/samples/README.md gives the call that made the sample; it must still make it."""
+    samples = Path(__file__).resolve().parent.parent / "data" / "samples"
+    end = datetime(2026, 11, 27, 18, 0, tzinfo=UTC)
+    s = write_simulation(tmp_path, days=0.25, rate=0.2, seed=7, end=end, formats=FORMATS, gzip=True)
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in s.files)
+    checked_in = sorted(
+        p.relative_to(samples).as_posix()
+        for p in samples.rglob("*")
+        if p.is_file() and p.name != "README.md"
+    )
+    assert written == checked_in, "regenerate data/samples with the call in its README"
+    for rel in ("labels.json", "audit.log.gz", "cloudwatch/page-0001.json.gz"):
+        assert (tmp_path / rel).read_bytes() == (samples / rel).read_bytes(), rel
