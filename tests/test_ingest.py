@@ -73,8 +73,10 @@ def test_real_external_events_all_ingest_and_malformed_one_is_quarantined(lake_d
     assert events.height == 51 + 37
     expected_keys = events.select("audit_id", "stage").unique()
     assert lake_events.height == expected_keys.height == summary.events_written
-    assert lake_events.select("audit_id", "stage").sort("audit_id", "stage").equals(
-        expected_keys.sort("audit_id", "stage")
+    assert (
+        lake_events.select("audit_id", "stage")
+        .sort("audit_id", "stage")
+        .equals(expected_keys.sort("audit_id", "stage"))
     )
     quarantine = Lake(lake_dir).scan_quarantine().collect()
     assert quarantine.height == 1
@@ -87,8 +89,12 @@ def test_v1beta1_events_normalize():
     assert events["audit_api_version"][0] == "audit.k8s.io/v1beta1"
     assert events["event_time"][0] == datetime(2018, 10, 25, 14, 9, 12, 581541, tzinfo=UTC)
     # The oldest shape has no stageTimestamp: its time is `timestamp`.
-    old = make_event(1, apiVersion="audit.k8s.io/v1beta1", timestamp="2017-09-11T19:55:05Z",
-                     metadata={"creationTimestamp": "2017-09-11T19:55:05Z"})
+    old = make_event(
+        1,
+        apiVersion="audit.k8s.io/v1beta1",
+        timestamp="2017-09-11T19:55:05Z",
+        metadata={"creationTimestamp": "2017-09-11T19:55:05Z"},
+    )
     del old["stageTimestamp"], old["requestReceivedTimestamp"]
     df = events_from_dicts([old])
     assert df["event_time"][0] == datetime(2017, 9, 11, 19, 55, 5, tzinfo=UTC)
@@ -124,9 +130,18 @@ def _cloudwatch_page(events: list[dict]) -> dict:
 
 
 def _firehose_object(events: list[dict]) -> bytes:
-    control = {"messageType": "CONTROL_MESSAGE", "logGroup": "", "logStream": "", "logEvents": [
-        {"id": "", "timestamp": 1795000000000, "message": "CWL CONTROL MESSAGE: Checking health"}
-    ]}
+    control = {
+        "messageType": "CONTROL_MESSAGE",
+        "logGroup": "",
+        "logStream": "",
+        "logEvents": [
+            {
+                "id": "",
+                "timestamp": 1795000000000,
+                "message": "CWL CONTROL MESSAGE: Checking health",
+            }
+        ],
+    }
     records = [control]
     for start in range(0, len(events), 3):
         records.append(
@@ -137,8 +152,11 @@ def _firehose_object(events: list[dict]) -> bytes:
                 "logStream": "kube-apiserver-audit-0123abcd",
                 "subscriptionFilters": ["to-firehose"],
                 "logEvents": [
-                    {"id": f"evt-{start + j}", "timestamp": 1795000000000,
-                     "message": orjson.dumps(e).decode()}
+                    {
+                        "id": f"evt-{start + j}",
+                        "timestamp": 1795000000000,
+                        "message": orjson.dumps(e).decode(),
+                    }
                     for j, e in enumerate(events[start : start + 3])
                 ],
             }
@@ -157,17 +175,17 @@ def test_each_input_format_yields_the_same_events(tmp_path, fmt):
     elif fmt == "cloudwatch-json":
         path.write_text(json.dumps(_cloudwatch_page(events), indent=2))
     elif fmt == "export-gz":
-        lines = [f"2026-11-27T10:00:0{i % 10}.000Z {orjson.dumps(e).decode()}" for i, e in
-                 enumerate(events)]
+        lines = [
+            f"2026-11-27T10:00:0{i % 10}.000Z {orjson.dumps(e).decode()}"
+            for i, e in enumerate(events)
+        ]
         path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
     else:
         path.write_bytes(_firehose_object(events))
     got, quarantine = read_events([str(path)])
     assert quarantine.height == 0
     assert got["audit_id"].to_list() == [e["auditID"] for e in events]
-    assert got["principal"].unique().to_list() == [
-        "arn:aws:iam::111122223333:role/eng-admin/alice"
-    ]
+    assert got["principal"].unique().to_list() == ["arn:aws:iam::111122223333:role/eng-admin/alice"]
     if fmt == "firehose":
         assert got["cluster"].unique().to_list() == ["prod-east"]  # from the log group name
         assert got["source_position"].to_list() == [f"evt-{i}" for i in range(10)]
@@ -185,24 +203,47 @@ def test_forced_format_overrides_detection(tmp_path):
 @pytest.mark.parametrize(
     ("user", "principal", "kind"),
     [
-        ({"username": "system:serviceaccount:payments:api"}, "system:serviceaccount:payments:api",
-         "service_account"),
-        ({"username": "system:node:ip-10-0-1-2.ec2.internal"}, "system:node:ip-10-0-1-2.ec2.internal",
-         "node"),
-        ({"username": "system:kube-controller-manager"}, "system:kube-controller-manager", "system"),
+        (
+            {"username": "system:serviceaccount:payments:api"},
+            "system:serviceaccount:payments:api",
+            "service_account",
+        ),
+        (
+            {"username": "system:node:ip-10-0-1-2.ec2.internal"},
+            "system:node:ip-10-0-1-2.ec2.internal",
+            "node",
+        ),
+        (
+            {"username": "system:kube-controller-manager"},
+            "system:kube-controller-manager",
+            "system",
+        ),
         ({"username": "eks:certificate-controller"}, "eks:certificate-controller", "system"),
-        ({"username": "system:anonymous", "groups": ["system:unauthenticated"]}, "system:anonymous",
-         "anonymous"),
+        (
+            {"username": "system:anonymous", "groups": ["system:unauthenticated"]},
+            "system:anonymous",
+            "anonymous",
+        ),
         ({"username": "jane@example.com"}, "jane@example.com", "other"),
         (
-            {"username": "ci", "extra": {"canonicalArn": ["arn:aws:iam::1:user/ci-bot"],
-                                         "arn": ["arn:aws:iam::1:user/ci-bot"]}},
+            {
+                "username": "ci",
+                "extra": {
+                    "canonicalArn": ["arn:aws:iam::1:user/ci-bot"],
+                    "arn": ["arn:aws:iam::1:user/ci-bot"],
+                },
+            },
             "arn:aws:iam::1:user/ci-bot",
             "iam_user",
         ),
         (
-            {"username": "eng-admin", "extra": {"canonicalArn": ["arn:aws:iam::1:role/eng-admin"],
-                                                "sessionName": ["bob"]}},
+            {
+                "username": "eng-admin",
+                "extra": {
+                    "canonicalArn": ["arn:aws:iam::1:role/eng-admin"],
+                    "sessionName": ["bob"],
+                },
+            },
             "arn:aws:iam::1:role/eng-admin/bob",
             "iam_role",
         ),
@@ -225,9 +266,15 @@ def test_shared_iam_username_splits_into_one_principal_per_session():
 
 
 def test_missing_optional_fields_do_not_fail_the_row():
-    bare = {"kind": "Event", "apiVersion": "audit.k8s.io/v1", "auditID": "x1", "stage":
-            "ResponseComplete", "stageTimestamp": "2026-11-27T10:00:00Z", "verb": "get",
-            "somethingNew": {"nested": [1, 2]}}
+    bare = {
+        "kind": "Event",
+        "apiVersion": "audit.k8s.io/v1",
+        "auditID": "x1",
+        "stage": "ResponseComplete",
+        "stageTimestamp": "2026-11-27T10:00:00Z",
+        "verb": "get",
+        "somethingNew": {"nested": [1, 2]},
+    }
     df = events_from_dicts([bare])
     assert df.height == 1
     assert df["principal_kind"][0] == "anonymous"  # no user at all
@@ -246,11 +293,22 @@ def _secret_event(i: int, **kw) -> dict:
 
 
 def test_secret_bodies_are_redacted_but_keys_kept():
-    body = {"kind": "Secret", "apiVersion": "v1", "metadata": {"name": "db", "annotations": {
-        "kubectl.kubernetes.io/last-applied-configuration": '{"data":{"password":"c2VjcmV0"}}'}},
-        "data": {"password": "c2VjcmV0"}, "stringData": {"user": "admin"}}
-    listing = {"kind": "SecretList", "items": [{"metadata": {"name": "a"},
-                                                 "data": {"token": "dG9rZW4="}}]}
+    body = {
+        "kind": "Secret",
+        "apiVersion": "v1",
+        "metadata": {
+            "name": "db",
+            "annotations": {
+                "kubectl.kubernetes.io/last-applied-configuration": '{"data":{"password":"c2VjcmV0"}}'
+            },
+        },
+        "data": {"password": "c2VjcmV0"},
+        "stringData": {"user": "admin"},
+    }
+    listing = {
+        "kind": "SecretList",
+        "items": [{"metadata": {"name": "a"}, "data": {"token": "dG9rZW4="}}],
+    }
     patch = {"data": {"password": "bmV3"}}
     json_patch = [{"op": "replace", "path": "/data/password", "value": "bmV3"}]
     df = events_from_dicts(
@@ -262,8 +320,9 @@ def test_secret_bodies_are_redacted_but_keys_kept():
         ]
     )
     assert df["redacted"].to_list() == [True, True, True, True]
-    text = " ".join(df["request_object"].drop_nulls().to_list() + df["response_object"].drop_nulls()
-                    .to_list())
+    text = " ".join(
+        df["request_object"].drop_nulls().to_list() + df["response_object"].drop_nulls().to_list()
+    )
     for secret in ("c2VjcmV0", "dG9rZW4=", "bmV3", "admin"):
         assert secret not in text
     req = orjson.loads(df["request_object"][0])
@@ -277,10 +336,17 @@ def test_token_request_and_bearer_values_are_redacted():
         1,
         level="RequestResponse",
         verb="create",
-        objectRef={"resource": "serviceaccounts", "subresource": "token", "namespace": "kube-system",
-                   "name": "admin"},
-        responseObject={"kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
-                        "status": {"token": "eyJhbGciOiJSUzI1NiJ9.payload.sig"}},
+        objectRef={
+            "resource": "serviceaccounts",
+            "subresource": "token",
+            "namespace": "kube-system",
+            "name": "admin",
+        },
+        responseObject={
+            "kind": "TokenRequest",
+            "apiVersion": "authentication.k8s.io/v1",
+            "status": {"token": "eyJhbGciOiJSUzI1NiJ9.payload.sig"},
+        },
     )
     review = make_event(
         2,
@@ -288,8 +354,10 @@ def test_token_request_and_bearer_values_are_redacted():
         verb="create",
         objectRef={"resource": "tokenreviews", "apiGroup": "authentication.k8s.io"},
         requestObject={"kind": "TokenReview", "spec": {"token": "eyJhbGciOiJSUzI1NiJ9.x.y"}},
-        annotations={"authorization.k8s.io/decision": "allow",
-                     "note": "Authorization: Bearer abcdefghijklmnopqrstuvwxyz"},
+        annotations={
+            "authorization.k8s.io/decision": "allow",
+            "note": "Authorization: Bearer abcdefghijklmnopqrstuvwxyz",
+        },
     )
     plain = make_event(3)
     df = events_from_dicts([token, review, plain])
@@ -353,8 +421,10 @@ def test_reingest_adds_nothing_and_partitions_by_event_hour(tmp_path):
 
 
 def test_scan_events_prunes_to_the_range(tmp_path):
-    events = [make_event(i, stageTimestamp=f"2026-11-27T{h:02d}:30:00Z") for i, h in
-              enumerate(range(0, 24, 2))]
+    events = [
+        make_event(i, stageTimestamp=f"2026-11-27T{h:02d}:30:00Z")
+        for i, h in enumerate(range(0, 24, 2))
+    ]
     lake = str(tmp_path / "lake")
     ingest_paths([str(write_ndjson(tmp_path / "a.log", events))], lake)
     start, end = datetime(2026, 11, 27, 6, tzinfo=UTC), datetime(2026, 11, 27, 12, tzinfo=UTC)
@@ -369,8 +439,11 @@ def test_s3_lake_round_trip_and_s3_inputs_are_remembered(tmp_path, s3_bucket, mo
 
     s3 = boto3.client("s3", endpoint_url=moto_endpoint)
     events = [make_event(i) for i in range(12)]
-    s3.put_object(Bucket=s3_bucket, Key="in/a.log.gz",
-                  Body=gzip.compress(b"\n".join(orjson.dumps(e) for e in events[:6])))
+    s3.put_object(
+        Bucket=s3_bucket,
+        Key="in/a.log.gz",
+        Body=gzip.compress(b"\n".join(orjson.dumps(e) for e in events[:6])),
+    )
     s3.put_object(Bucket=s3_bucket, Key="in/b.gz", Body=_firehose_object(events[6:]))
     lake = f"s3://{s3_bucket}/lake"
     first = ingest_paths([f"s3://{s3_bucket}/in/"], lake, cluster="prod")
@@ -383,7 +456,9 @@ def test_s3_lake_round_trip_and_s3_inputs_are_remembered(tmp_path, s3_bucket, mo
     got = Lake(lake).scan_events().collect()
     assert got.height == 13
     assert got["cluster"].unique().to_list() == ["prod"]
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket, Prefix="lake/events/")["Contents"]]
+    keys = [
+        o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket, Prefix="lake/events/")["Contents"]
+    ]
     assert all(k.startswith("lake/events/cluster=prod/date=2026-11-27/hour=10/part-") for k in keys)
 
 
@@ -411,3 +486,21 @@ def test_cli_ingest_json_summary_and_exit_codes(tmp_path, detect):
     helptext = detect("ingest", "--help")
     assert helptext.returncode == 0
     assert "Example" in helptext.stdout and "detect ingest" in helptext.stdout
+
+
+def test_eks_kubelet_is_a_node_even_though_it_authenticates_through_iam():
+    kubelet = make_event(
+        1,
+        user={
+            "username": "system:node:ip-10-0-1-2.ec2.internal",
+            "groups": ["system:nodes", "system:authenticated"],
+            "extra": {
+                "canonicalArn": ["arn:aws:iam::1:role/eks-node-role"],
+                "sessionName": ["i-0abc"],
+            },
+        },
+    )
+    df = events_from_dicts([kubelet])
+    assert df["principal"][0] == "system:node:ip-10-0-1-2.ec2.internal"
+    assert df["principal_kind"][0] == "node"
+    assert df["iam_arn"][0] == "arn:aws:iam::1:role/eks-node-role"

@@ -40,7 +40,10 @@ def simulate(
         ),
     ] = None,
     gzip: Annotated[
-        bool, typer.Option("--gzip", help="Write audit.log.gz instead of audit.log.")
+        bool,
+        typer.Option(
+            "--gzip", help="Gzip the output (audit.log.gz, CloudWatch pages as .json.gz)."
+        ),
     ] = False,
     output: FormatOpt = OutputFormat.table,
 ) -> None:
