@@ -504,3 +504,24 @@ def test_eks_kubelet_is_a_node_even_though_it_authenticates_through_iam():
     assert df["principal"][0] == "system:node:ip-10-0-1-2.ec2.internal"
     assert df["principal_kind"][0] == "node"
     assert df["iam_arn"][0] == "arn:aws:iam::1:role/eks-node-role"
+
+
+SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples"
+
+
+def test_the_shipped_samples_ingest_identically_in_all_four_formats(tmp_path):
+    labels = json.loads((SAMPLES / "labels.json").read_text())
+    keys = {}
+    for fmt in ("audit.log.gz", "cloudwatch", "export", "firehose"):
+        lake = str(tmp_path / fmt)
+        summary = ingest_paths([str(SAMPLES / fmt)], lake)
+        assert summary.quarantined == 0, fmt
+        events = Lake(lake).scan_events().collect()
+        keys[fmt] = set(events.select("audit_id", "stage").iter_rows())
+        labeled = {a for s in labels["scenarios"] for a in s["audit_ids"]}
+        assert labeled <= set(events["audit_id"]), fmt
+        by_principal = set(events["principal"])
+        assert {s["principal"] for s in labels["scenarios"]} <= by_principal, fmt
+    assert keys["audit.log.gz"] == keys["cloudwatch"] == keys["export"] == keys["firehose"]
+    # Export-task and Firehose objects carry the log group, so the cluster comes from it.
+    assert Lake(str(tmp_path / "firehose")).clusters() == [labels["cluster"]]
