@@ -1,0 +1,772 @@
+"""Every built-in rule fires on a minimal positive and stays silent on its closest benign
+neighbour (the same action by a system identity, in another namespace, one flag off...)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from test_rules_helpers import T0, binding, ev, frame, iam, pod, role, workload
+
+from detector.rules import evaluate_rules, load_ruleset
+
+RBAC = "rbac.authorization.k8s.io"
+ADMREG = "admissionregistration.k8s.io"
+EKS_IMAGE = "602401143452.dkr.ecr.us-west-2.amazonaws.com/amazon-k8s-cni:v1.19.0"
+
+
+def denied(n: int, *, user: Any = "alice", ip: str = "203.0.113.7", **kw: Any) -> list[dict]:
+    return [
+        ev(
+            "list",
+            "secrets",
+            ns=f"ns{i % 3}",
+            code=403,
+            user=user,
+            ip=ip,
+            at=T0 + timedelta(seconds=i),
+            decision="forbid",
+            **kw,
+        )
+        for i in range(n)
+    ]
+
+
+def secret_reads(names: list[tuple[str, str]], user: Any = "alice") -> list[dict]:
+    return [
+        ev("get", "secrets", ns=ns, name=n, user=user, at=T0 + timedelta(seconds=i))
+        for i, (ns, n) in enumerate(names)
+    ]
+
+
+# rule id -> (positive events, benign neighbour events, what the neighbour shows)
+CASES: dict[str, tuple[list[dict], list[dict], str]] = {
+    "rbac-changed": (
+        [
+            ev(
+                "create",
+                "rolebindings",
+                ns="default",
+                name="b",
+                group=RBAC,
+                code=201,
+                body=binding("RoleBinding", "edit", ("User", "bob"), ns="default"),
+            )
+        ],
+        [
+            ev(
+                "create",
+                "rolebindings",
+                ns="default",
+                name="b",
+                group=RBAC,
+                code=201,
+                user="system:kube-controller-manager",
+                body=binding("RoleBinding", "edit", ("User", "bob"), ns="default"),
+            )
+        ],
+        "the same RoleBinding created by kube-controller-manager",
+    ),
+    "cluster-admin-binding": (
+        [
+            ev(
+                "create",
+                "clusterrolebindings",
+                name="b",
+                group=RBAC,
+                code=201,
+                body=binding("ClusterRoleBinding", "cluster-admin", ("User", "mallory")),
+            )
+        ],
+        [
+            ev(
+                "create",
+                "clusterrolebindings",
+                name="b",
+                group=RBAC,
+                code=201,
+                body=binding("ClusterRoleBinding", "view", ("User", "mallory")),
+            )
+        ],
+        "a binding to view instead of cluster-admin",
+    ),
+    "clusterrole-wildcard": (
+        [
+            ev(
+                "create",
+                "clusterroles",
+                name="r",
+                group=RBAC,
+                code=201,
+                body=role("ClusterRole", ["*"], ["get"]),
+            )
+        ],
+        [
+            ev(
+                "create",
+                "clusterroles",
+                name="r",
+                group=RBAC,
+                code=201,
+                body=role("ClusterRole", ["pods"], ["get", "list"]),
+            )
+        ],
+        "a ClusterRole naming its resources and verbs",
+    ),
+    "clusterrole-pod-exec": (
+        [
+            ev(
+                "create",
+                "clusterroles",
+                name="r",
+                group=RBAC,
+                code=201,
+                body=role("ClusterRole", ["pods", "pods/exec"], ["create"]),
+            )
+        ],
+        [
+            ev(
+                "create",
+                "clusterroles",
+                name="r",
+                group=RBAC,
+                code=201,
+                body=role("ClusterRole", ["pods", "pods/log"], ["get"]),
+            )
+        ],
+        "pods/log instead of pods/exec",
+    ),
+    "clusterrole-write-privileges": (
+        [
+            ev(
+                "create",
+                "roles",
+                ns="default",
+                name="r",
+                group=RBAC,
+                code=201,
+                body=role("Role", ["configmaps"], ["get", "update"]),
+            )
+        ],
+        [
+            ev(
+                "create",
+                "roles",
+                ns="default",
+                name="r",
+                group=RBAC,
+                code=201,
+                body=role("Role", ["configmaps"], ["get", "list", "watch"]),
+            )
+        ],
+        "a read-only Role",
+    ),
+    "system-clusterrole-changed": (
+        [
+            ev(
+                "patch",
+                "clusterroles",
+                name="system:node",
+                group=RBAC,
+                body={"rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]},
+            )
+        ],
+        [ev("patch", "clusterroles", name="system:coredns", group=RBAC, body={"rules": []})],
+        "system:coredns, which changes in normal operation",
+    ),
+    "default-service-account-admin": (
+        [
+            ev(
+                "create",
+                "rolebindings",
+                ns="shop",
+                name="b",
+                group=RBAC,
+                code=201,
+                body=binding("RoleBinding", "admin", ("ServiceAccount", "default"), ns="shop"),
+            )
+        ],
+        [
+            ev(
+                "create",
+                "rolebindings",
+                ns="shop",
+                name="b",
+                group=RBAC,
+                code=201,
+                body=binding("RoleBinding", "admin", ("ServiceAccount", "shop-api"), ns="shop"),
+            )
+        ],
+        "admin for a named service account",
+    ),
+    "anonymous-binding": (
+        [
+            ev(
+                "create",
+                "clusterrolebindings",
+                name="b",
+                group=RBAC,
+                code=201,
+                body=binding("ClusterRoleBinding", "view", ("Group", "system:unauthenticated")),
+            )
+        ],
+        [
+            ev(
+                "create",
+                "clusterrolebindings",
+                name="b",
+                group=RBAC,
+                code=201,
+                body=binding(
+                    "ClusterRoleBinding",
+                    "system:public-info-viewer",
+                    ("Group", "system:unauthenticated"),
+                ),
+            )
+        ],
+        "the built-in public-info-viewer binding",
+    ),
+    "privileged-container": (
+        [
+            ev(
+                "create",
+                "deployments",
+                ns="shop",
+                name="w",
+                group="apps",
+                code=201,
+                body=workload("Deployment", ns="shop", init_privileged=True),
+            )
+        ],
+        [
+            ev(
+                "create",
+                "deployments",
+                ns="shop",
+                name="w",
+                group="apps",
+                code=201,
+                body=workload("Deployment", ns="shop", init_privileged=False, privileged=False),
+            )
+        ],
+        "the same Deployment with privileged: false",
+    ),
+    "sensitive-host-mount": (
+        [
+            ev(
+                "create",
+                "pods",
+                ns="shop",
+                code=201,
+                body=pod("shop", host_path="/var/run/docker.sock"),
+            )
+        ],
+        [ev("create", "pods", ns="shop", code=201, body=pod("shop", host_path="/data/cache"))],
+        "a hostPath that is not sensitive",
+    ),
+    "host-namespace-pod": (
+        [
+            ev(
+                "create",
+                "daemonsets",
+                ns="shop",
+                name="w",
+                group="apps",
+                code=201,
+                body=workload("DaemonSet", ns="shop", host_pid=True),
+            )
+        ],
+        [
+            ev(
+                "create",
+                "daemonsets",
+                ns="shop",
+                name="w",
+                group="apps",
+                code=201,
+                body=workload("DaemonSet", ns="shop"),
+            )
+        ],
+        "a DaemonSet without host namespaces",
+    ),
+    "pod-in-kube-namespace": (
+        [
+            ev(
+                "create",
+                "pods",
+                ns="kube-system",
+                code=201,
+                user="system:serviceaccount:kube-system:replicaset-controller",
+                body=pod("kube-system", image="docker.io/xmrig/xmrig:latest"),
+            )
+        ],
+        [
+            ev(
+                "create",
+                "pods",
+                ns="kube-system",
+                code=201,
+                user="system:serviceaccount:kube-system:daemon-set-controller",
+                body=pod("kube-system", image=EKS_IMAGE),
+            )
+        ],
+        "an EKS add-on pod in kube-system",
+    ),
+    "nodeport-service": (
+        [
+            ev(
+                "create",
+                "services",
+                ns="shop",
+                name="s",
+                code=201,
+                body={"kind": "Service", "spec": {"type": "NodePort", "ports": [{"port": 80}]}},
+            )
+        ],
+        [
+            ev(
+                "create",
+                "services",
+                ns="shop",
+                name="s",
+                code=201,
+                body={"kind": "Service", "spec": {"type": "ClusterIP", "ports": [{"port": 80}]}},
+            )
+        ],
+        "a ClusterIP service",
+    ),
+    "ephemeral-container": (
+        [
+            ev(
+                "patch",
+                "pods",
+                ns="shop",
+                name="p",
+                sub="ephemeralcontainers",
+                body={"spec": {"ephemeralContainers": [{"name": "debug", "image": "busybox"}]}},
+            )
+        ],
+        [ev("patch", "pods", ns="shop", name="p", body={"metadata": {"labels": {"a": "b"}}})],
+        "a patch of the pod's labels",
+    ),
+    "pod-exec": (
+        [
+            ev(
+                "create",
+                "pods",
+                ns="default",
+                name="p",
+                sub="exec",
+                code=101,
+                stage="ResponseStarted",
+                uri="/api/v1/namespaces/default/pods/p/exec?command=sh",
+            )
+        ],
+        [ev("get", "pods", ns="default", name="p", sub="log")],
+        "reading the pod's logs",
+    ),
+    "exec-kube-system-pod": (
+        [
+            ev(
+                "create",
+                "pods",
+                ns="kube-system",
+                name="aws-node-x",
+                sub="exec",
+                code=101,
+                stage="ResponseStarted",
+            )
+        ],
+        [
+            ev(
+                "create",
+                "pods",
+                ns="default",
+                name="p",
+                sub="exec",
+                code=101,
+                stage="ResponseStarted",
+            )
+        ],
+        "exec into a pod in default",
+    ),
+    "pod-port-forward": (
+        [
+            ev(
+                "create",
+                "pods",
+                ns="shop",
+                name="db-0",
+                sub="portforward",
+                code=101,
+                stage="ResponseStarted",
+            )
+        ],
+        [ev("get", "pods", ns="shop", name="db-0", sub="proxy")],
+        "the pods/proxy subresource",
+    ),
+    "anonymous-request-allowed": (
+        [ev("list", "secrets", ns="default", user="system:anonymous")],
+        [ev("get", None, user="system:anonymous", uri="/readyz?verbose")],
+        "the public /readyz health endpoint",
+    ),
+    "anonymous-request-denied": (
+        [ev("get", None, user="system:anonymous", uri="/api/v1/secrets", code=401, decision=None)],
+        [ev("get", None, user="system:anonymous", uri="/livez")],
+        "an allowed health probe",
+    ),
+    "auth-failure-spike-principal": (
+        denied(20),
+        denied(19),
+        "19 denied requests, one under the threshold",
+    ),
+    "auth-failure-spike-source-ip": (
+        [e for i in range(4) for e in denied(5, user=f"user{i}", ip="198.51.100.9")],
+        [e for i in range(4) for e in denied(5, user=f"user{i}", ip=f"198.51.100.{i}")],
+        "the same 20 denials from four different IPs",
+    ),
+    "secret-access-denied": (
+        [ev("get", "secrets", ns="prod", name="db", code=403, decision="forbid")],
+        [
+            ev(
+                "get",
+                "secrets",
+                ns="prod",
+                name="db",
+                code=403,
+                decision="forbid",
+                user="system:node:ip-10-0-1-7.ec2.internal",
+            )
+        ],
+        "a kubelet refused by the Node authorizer",
+    ),
+    "secret-enumeration": (
+        secret_reads([(f"ns{i}", f"s{i}") for i in range(10)]),
+        secret_reads([("ns0", "s0")] * 10),
+        "the same secret read ten times",
+    ),
+    "kube-system-token-requested": (
+        [ev("create", "serviceaccounts", ns="kube-system", name="aws-node", sub="token", code=201)],
+        [
+            ev(
+                "create",
+                "serviceaccounts",
+                ns="kube-system",
+                name="aws-node",
+                sub="token",
+                code=201,
+                user="system:node:ip-10-0-1-7.ec2.internal",
+            )
+        ],
+        "the kubelet minting a token for its pod",
+    ),
+    "configmap-credentials": (
+        [
+            ev(
+                "create",
+                "configmaps",
+                ns="shop",
+                name="cfg",
+                code=201,
+                body={"kind": "ConfigMap", "data": {"app.env": "aws_access_key_id = AKIAEXAMPLE"}},
+            )
+        ],
+        [
+            ev(
+                "create",
+                "configmaps",
+                ns="shop",
+                name="cfg",
+                code=201,
+                body={"kind": "ConfigMap", "data": {"app.env": "color = purple"}},
+            )
+        ],
+        "a ConfigMap without credentials",
+    ),
+    "aws-auth-changed": (
+        [
+            ev(
+                "patch",
+                "configmaps",
+                ns="kube-system",
+                name="aws-auth",
+                user=iam(),
+                body={"data": {"mapRoles": "- rolearn: arn:aws:iam::1:role/x"}},
+            )
+        ],
+        [
+            ev(
+                "patch",
+                "configmaps",
+                ns="kube-system",
+                name="aws-auth",
+                user="eks:node-manager",
+                body={"data": {"mapRoles": "..."}},
+            )
+        ],
+        "EKS updating aws-auth itself",
+    ),
+    "admission-webhook-changed": (
+        [ev("create", "mutatingwebhookconfigurations", name="inject", group=ADMREG, code=201)],
+        [
+            ev(
+                "update",
+                "mutatingwebhookconfigurations",
+                name="cert-manager-webhook",
+                group=ADMREG,
+                user="system:serviceaccount:cert-manager:cert-manager-cainjector",
+            )
+        ],
+        "cert-manager's cainjector rotating a caBundle",
+    ),
+    "service-account-in-kube-namespace": (
+        [ev("create", "serviceaccounts", ns="kube-system", name="backup-agent", code=201)],
+        [
+            ev(
+                "create",
+                "serviceaccounts",
+                ns="kube-system",
+                name="replicaset-controller",
+                code=201,
+                user="system:kube-controller-manager",
+            )
+        ],
+        "the controller manager creating its own controller account",
+    ),
+    "events-deleted": (
+        [ev("deletecollection", "events", ns="prod")],
+        [
+            ev(
+                "deletecollection",
+                "events",
+                ns="old-team",
+                user="system:serviceaccount:kube-system:namespace-controller",
+            )
+        ],
+        "the namespace controller emptying a deleted namespace",
+    ),
+}
+
+# Falco's informational activity rules: created/deleted successfully vs the same attempt failing.
+ACTIVITY = {
+    "deployment-created": ("create", "deployments", 201),
+    "deployment-deleted": ("delete", "deployments", 200),
+    "service-created": ("create", "services", 201),
+    "service-deleted": ("delete", "services", 200),
+    "configmap-created": ("create", "configmaps", 201),
+    "configmap-deleted": ("delete", "configmaps", 200),
+    "namespace-created": ("create", "namespaces", 201),
+    "namespace-deleted": ("delete", "namespaces", 200),
+    "serviceaccount-created": ("create", "serviceaccounts", 201),
+    "serviceaccount-deleted": ("delete", "serviceaccounts", 200),
+    "secret-created": ("create", "secrets", 201),
+    "secret-deleted": ("delete", "secrets", 200),
+}
+for _rid, (_verb, _res, _code) in ACTIVITY.items():
+    _ns = None if _res == "namespaces" else "shop"
+    CASES[_rid] = (
+        [ev(_verb, _res, ns=_ns, name="x", code=_code)],
+        [ev(_verb, _res, ns=_ns, name="x", code=409 if _verb == "create" else 404)],
+        "the same request failing",
+    )
+
+
+@pytest.fixture(scope="module")
+def ruleset():
+    return load_ruleset()
+
+
+def run(ruleset, rule_id: str, events: list[dict]):
+    return evaluate_rules(frame(*events), ruleset.only(rule_id)).findings
+
+
+def test_every_rule_has_a_case(ruleset):
+    assert set(CASES) == set(ruleset.ids)
+
+
+@pytest.mark.parametrize("rule_id", sorted(CASES))
+def test_fires_on_minimal_positive(ruleset, rule_id):
+    positive, _, _ = CASES[rule_id]
+    findings = run(ruleset, rule_id, positive)
+    assert findings.height == 1, findings
+    row = findings.row(0, named=True)
+    assert row["detector"] == f"rule:{rule_id}"
+    assert row["reasons"] and all(isinstance(r, str) and r for r in row["reasons"])
+    assert set(row["audit_ids"]) <= {e["auditID"] for e in positive}
+
+
+@pytest.mark.parametrize("rule_id", sorted(CASES))
+def test_silent_on_benign_neighbour(ruleset, rule_id):
+    _, neighbour, why = CASES[rule_id]
+    findings = run(ruleset, rule_id, neighbour)
+    assert findings.is_empty(), f"{rule_id} fired on {why}: {findings['reasons'].to_list()}"
+
+
+def test_privileged_found_in_any_container_list_and_workload_kind(ruleset):
+    cases = [
+        ev("create", "pods", ns="shop", code=201, body=pod("shop", privileged=True)),
+        ev("create", "pods", ns="shop", code=201, body=pod("shop", init_privileged=True)),
+        ev(
+            "patch",
+            "pods",
+            ns="shop",
+            name="p",
+            sub="ephemeralcontainers",
+            body={
+                "spec": {
+                    "ephemeralContainers": [
+                        {"name": "dbg", "image": "busybox", "securityContext": {"privileged": True}}
+                    ]
+                }
+            },
+        ),
+        ev(
+            "create",
+            "statefulsets",
+            ns="shop",
+            name="w",
+            group="apps",
+            code=201,
+            body=workload("StatefulSet", ns="shop", privileged=True),
+        ),
+        ev(
+            "create",
+            "cronjobs",
+            ns="shop",
+            name="c",
+            group="batch",
+            code=201,
+            body={
+                "kind": "CronJob",
+                "spec": {
+                    "jobTemplate": {
+                        "spec": {
+                            "template": {
+                                "spec": {
+                                    "containers": [
+                                        {
+                                            "name": "c",
+                                            "image": "x",
+                                            "securityContext": {"privileged": True},
+                                        }
+                                    ]
+                                }
+                            }
+                        }
+                    }
+                },
+            },
+        ),
+        ev(
+            "patch",
+            "deployments",
+            ns="shop",
+            name="w",
+            group="apps",
+            body={
+                "spec": {
+                    "template": {
+                        "spec": {
+                            "containers": [{"name": "app", "securityContext": {"privileged": True}}]
+                        }
+                    }
+                }
+            },
+        ),
+    ]
+    for case in cases:
+        assert run(ruleset, "privileged-container", [case]).height == 1, case["requestObject"]
+
+
+def test_privileged_trusted_image_exception_needs_every_image_trusted(ruleset):
+    eks_only = pod("kube-system", image=EKS_IMAGE, privileged=True)
+    assert run(
+        ruleset,
+        "privileged-container",
+        [ev("create", "pods", ns="kube-system", code=201, body=eks_only)],
+    ).is_empty()
+    mixed = pod("kube-system", image=EKS_IMAGE, privileged=True)
+    mixed["spec"]["containers"].append({"name": "side", "image": "evil/miner:1"})
+    found = run(
+        ruleset,
+        "privileged-container",
+        [ev("create", "pods", ns="kube-system", code=201, body=mixed)],
+    )
+    assert found.height == 1
+    assert "evil/miner:1" in found["reasons"][0][0]
+
+
+def test_status_updates_and_controller_copies_are_not_reported(ruleset):
+    status = ev(
+        "update",
+        "deployments",
+        ns="shop",
+        name="w",
+        sub="status",
+        group="apps",
+        user="system:serviceaccount:kube-system:deployment-controller",
+        body=workload("Deployment", ns="shop", privileged=True),
+    )
+    replicaset = ev(
+        "create",
+        "replicasets",
+        ns="shop",
+        name="w-1",
+        group="apps",
+        code=201,
+        user="system:serviceaccount:kube-system:deployment-controller",
+        body=workload("ReplicaSet", ns="shop", privileged=True),
+    )
+    assert run(ruleset, "privileged-container", [status, replicaset]).is_empty()
+
+
+def test_exec_counts_one_session_once_across_stages(ruleset):
+    started = ev(
+        "create",
+        "pods",
+        ns="default",
+        name="p",
+        sub="exec",
+        code=101,
+        stage="ResponseStarted",
+        audit_id="exec-1",
+    )
+    completed = dict(started, stage="ResponseComplete")
+    found = run(ruleset, "pod-exec", [started, completed])
+    assert found["event_count"].to_list() == [1]
+    # a session whose ResponseComplete arrives alone (a later scoring run) is not re-counted
+    assert run(ruleset, "pod-exec", [completed]).is_empty()
+
+
+def test_websocket_exec_uses_verb_get(ruleset):
+    found = run(
+        ruleset,
+        "pod-exec",
+        [ev("get", "pods", ns="default", name="p", sub="exec", code=101, stage="ResponseStarted")],
+    )
+    assert found.height == 1
+
+
+def test_reason_names_the_person_behind_an_iam_role(ruleset):
+    found = run(
+        ruleset,
+        "aws-auth-changed",
+        [
+            ev(
+                "patch",
+                "configmaps",
+                ns="kube-system",
+                name="aws-auth",
+                user=iam(),
+                at=T0 + timedelta(seconds=s),
+                body={"data": {}},
+            )
+            for s in (0, 30)
+        ],
+    )
+    assert found["reasons"].to_list() == [
+        ["alice@eng-admin patched ConfigMap kube-system/aws-auth (2 events)"]
+    ]
+    assert found["principal"][0] == "arn:aws:iam::111122223333:role/eng-admin/alice"
+    assert found["principal_kind"][0] == "iam_role"

@@ -1,0 +1,175 @@
+"""Raw audit Event builders shared by the rules tests (no tests here): minimal events,
+normalized the real way through detector.normalize."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import polars as pl
+
+from detector.normalize import events_from_dicts
+
+T0 = datetime(2026, 11, 27, 10, 1, tzinfo=UTC)
+_ids = itertools.count(1)
+
+
+def iam(session: str = "alice", role: str = "eng-admin") -> dict[str, Any]:
+    """An EKS IAM-role identity: username from aws-auth, ARN and session in user.extra."""
+    return {
+        "username": role,
+        "uid": f"aws-iam-authenticator:111122223333:AROAEXAMPLE{role}",
+        "groups": ["system:authenticated", "eng"],
+        "extra": {
+            "arn": [f"arn:aws:sts::111122223333:assumed-role/{role}/{session}"],
+            "canonicalArn": [f"arn:aws:iam::111122223333:role/{role}"],
+            "sessionName": [session],
+        },
+    }
+
+
+def ev(
+    verb: str,
+    resource: str | None = None,
+    *,
+    ns: str | None = None,
+    name: str | None = None,
+    sub: str | None = None,
+    user: str | dict[str, Any] = "alice",
+    code: int = 200,
+    stage: str = "ResponseComplete",
+    body: dict[str, Any] | list[Any] | None = None,
+    uri: str | None = None,
+    at: datetime | None = None,
+    audit_id: str | None = None,
+    ip: str = "203.0.113.7",
+    decision: str | None = "allow",
+    group: str | None = None,
+) -> dict[str, Any]:
+    """One audit.k8s.io/v1 Event with just the fields a rule looks at."""
+    if uri is None:
+        prefix = f"/apis/{group}/v1" if group else "/api/v1"
+        parts = [prefix]
+        if ns and resource != "namespaces":
+            parts.append(f"namespaces/{ns}")
+        if resource:
+            parts.append(resource)
+        if name:
+            parts.append(name)
+        if sub:
+            parts.append(sub)
+        uri = "/".join(parts)
+    at = at or T0
+    event: dict[str, Any] = {
+        "kind": "Event",
+        "apiVersion": "audit.k8s.io/v1",
+        "level": "RequestResponse" if body is not None else "Metadata",
+        "auditID": audit_id or f"00000000-0000-0000-0000-{next(_ids):012d}",
+        "stage": stage,
+        "requestURI": uri,
+        "verb": verb,
+        "user": {"username": user} if isinstance(user, str) else user,
+        "sourceIPs": [ip],
+        "userAgent": "kubectl/v1.31.0 (linux/amd64) kubernetes/abc",
+        "responseStatus": {"code": code},
+        "requestReceivedTimestamp": at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "stageTimestamp": (at + timedelta(milliseconds=5)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+    }
+    if resource:
+        ref: dict[str, Any] = {"resource": resource, "apiVersion": "v1"}
+        if group:
+            ref["apiGroup"] = group
+        if ns:
+            ref["namespace"] = ns
+        if name:
+            ref["name"] = name
+        if sub:
+            ref["subresource"] = sub
+        event["objectRef"] = ref
+    if decision:
+        event["annotations"] = {"authorization.k8s.io/decision": decision}
+    if body is not None:
+        event["requestObject"] = body
+    return event
+
+
+def frame(*events: dict[str, Any]) -> pl.DataFrame:
+    return events_from_dicts(list(events), cluster="test")
+
+
+def pod_spec(
+    *,
+    image: str = "nginx:1.27",
+    privileged: bool | None = None,
+    init_privileged: bool | None = None,
+    host_path: str | None = None,
+    host_pid: bool = False,
+    host_network: bool = False,
+) -> dict[str, Any]:
+    container: dict[str, Any] = {"name": "app", "image": image}
+    if privileged is not None:
+        container["securityContext"] = {"privileged": privileged, "capabilities": {"add": []}}
+    spec: dict[str, Any] = {"containers": [container]}
+    if init_privileged is not None:
+        spec["initContainers"] = [
+            {"name": "init", "image": "busybox", "securityContext": {"privileged": init_privileged}}
+        ]
+    if host_path:
+        spec["volumes"] = [{"name": "h", "hostPath": {"type": "", "path": host_path}}]
+        container["volumeMounts"] = [{"name": "h", "mountPath": "/host"}]
+    if host_pid:
+        spec["hostPID"] = True
+    if host_network:
+        spec["hostNetwork"] = True
+    return spec
+
+
+def pod(ns: str = "default", **kw: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p", "namespace": ns},
+        "spec": pod_spec(**kw),
+    }
+
+
+def workload(kind: str, ns: str = "default", **kw: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": kind,
+        "metadata": {"name": "w", "namespace": ns},
+        "spec": {
+            "replicas": 1,
+            "template": {"metadata": {"labels": {"a": "b"}}, "spec": pod_spec(**kw)},
+        },
+    }
+
+
+def binding(kind: str, role: str, *subjects: tuple[str, str], ns: str | None = None):
+    meta: dict[str, Any] = {"name": "b"}
+    if ns:
+        meta["namespace"] = ns
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": kind,
+        "metadata": meta,
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+        "subjects": [
+            {
+                "kind": k,
+                "name": n,
+                **({"namespace": ns or "default"} if k == "ServiceAccount" else {}),
+            }
+            for k, n in subjects
+        ],
+    }
+
+
+def role(kind: str, resources: list[str], verbs: list[str], name: str = "r"):
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": kind,
+        "metadata": {"name": name},
+        "rules": [{"apiGroups": [""], "resources": resources, "verbs": verbs}],
+    }
