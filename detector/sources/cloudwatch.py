@@ -640,13 +640,12 @@ class Exporter:
         due = (
             self._pending_events >= o.flush_events
             or self._pending_bytes >= o.flush_bytes
-            or (
-                (self._pending_events or behind)
-                and time.monotonic() - self._last_flush >= o.flush_seconds
-            )
+            or (self._pending_events and time.monotonic() - self._last_flush >= o.flush_seconds)
         )
         if due:
             self.flush()
+        elif behind and not self._pending_events:
+            self._advance()  # nothing waits to be written: the checkpoint can move now
 
     def flush(self) -> None:
         """Make everything read so far durable, then move the checkpoint up to it."""
