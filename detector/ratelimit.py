@@ -111,6 +111,15 @@ class RetriesExhausted(RuntimeError):
         super().__init__(f"{operation} failed {attempts} times; last: {describe_error(last)}")
 
 
+class RetryAborted(RuntimeError):
+    """A retryable failure while a stop was requested: give up now, quietly."""
+
+    def __init__(self, operation: str, last: BaseException) -> None:
+        self.operation = operation
+        self.last = last
+        super().__init__(f"{operation} abandoned on shutdown; last: {describe_error(last)}")
+
+
 class RateLimiter:
     """A token bucket: at most ``rate`` calls per second on average, bursts up to ``burst``.
 
@@ -180,7 +189,8 @@ class Retrier:
     The n-th retry sleeps a uniform random time in ``[0, min(cap, base * 2**n)]`` ("full
     jitter", which spreads a herd of throttled clients best). Non-retryable errors are raised
     at once; retryable ones after ``max_attempts`` tries become :class:`RetriesExhausted`.
-    ``should_stop`` lets a shutdown signal cut a backoff sleep short.
+    When ``should_stop`` returns true, a retryable failure raises :class:`RetryAborted`
+    instead of sleeping, so a shutdown is not held up by an outage.
     """
 
     def __init__(
@@ -193,6 +203,7 @@ class Retrier:
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
         on_retry: Callable[[str, BaseException, float], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> None:
         self.max_attempts = max(1, max_attempts)
         self.base = base
@@ -201,6 +212,7 @@ class Retrier:
         self._sleep = sleep
         self._rng = rng or random.Random()
         self.on_retry = on_retry
+        self.should_stop = should_stop
         self.stats = RetryStats()
 
     def backoff(self, retry_number: int) -> float:
@@ -224,6 +236,8 @@ class Retrier:
                     self.stats.throttled += 1
                 if attempt + 1 >= self.max_attempts:
                     break
+                if self.should_stop is not None and self.should_stop():
+                    raise RetryAborted(operation, exc) from None
                 delay = self.backoff(attempt)
                 self.stats.retries += 1
                 self.stats.by_reason[reason] = self.stats.by_reason.get(reason, 0) + 1

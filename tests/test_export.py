@@ -28,7 +28,13 @@ from botocore.exceptions import ClientError, ConnectionClosedError
 from throttle_proxy import FaultProxy
 
 from detector.lake import Lake
-from detector.ratelimit import RateLimiter, Retrier, RetriesExhausted, is_retryable
+from detector.ratelimit import (
+    RateLimiter,
+    Retrier,
+    RetriesExhausted,
+    RetryAborted,
+    is_retryable,
+)
 from detector.sources.cloudwatch import Exporter, ExportOptions, iso_ms
 
 AUDIT_STREAMS = [
@@ -220,6 +226,11 @@ def test_retrier_backs_off_with_jitter_and_gives_up():
     assert all(s <= 4.0 for s in [Retrier(cap=4.0).backoff(n) for n in range(20)])
     with pytest.raises(ClientError):
         Retrier(sleep=lambda s: None).call("X", lambda: (_ for _ in ()).throw(denied))
+    # A shutdown during an outage does not sit through the backoff schedule.
+    stopping = Retrier(max_attempts=8, sleep=sleeps.append, should_stop=lambda: True)
+    with pytest.raises(RetryAborted):
+        stopping.call("X", lambda: (_ for _ in ()).throw(throttled))
+    assert stopping.stats.calls == 1
 
 
 # ----------------------------------------------------------------------------- batch export
@@ -551,6 +562,7 @@ def test_throttling_resets_and_503s_are_retried_and_reported(logs, lake_dir, mot
     assert summary["retries"] == 6 and summary["throttled"] == 4
     assert summary["retry_reasons"]["ThrottlingException"] == 4
     assert summary["retry_reasons"]["ServiceUnavailableException"] == 1
+    assert summary["retry_reasons"]["ConnectionClosedError"] == 1  # the reset
     assert summary["events_written"] == len(expected) == lake_events(lake_dir).height
 
 
@@ -634,6 +646,14 @@ def test_configuration_errors_are_one_line_and_exit_2(logs, lake_dir, tmp_path):
     )
     assert both.returncode == 2 and "--until" in both.stderr
     assert not Path(lake_dir, "_state").exists() or checkpoint(lake_dir) is None
+
+    # A group without audit streams is not an error, but it says what to check.
+    quiet = new_group(logs, [])
+    rc, summary, err = run_json(
+        cli, "export", "--log-group", quiet, "--lake", lake_dir, "--since", "1h", *FAST
+    )
+    assert rc == 0, err
+    assert summary["events_read"] == 0 and "audit log type enabled" in summary["warnings"][0]
 
 
 def test_help_example_runs_as_written(logs, tmp_path):

@@ -320,6 +320,8 @@ def render_summary(summary: ExportSummary) -> None:
         stdout.print(
             f"  ignored {d['ignored_other_streams']:,} events of non-audit streams", markup=False
         )
+    for warning in d["warnings"]:
+        stderr.print(f"warning: {warning}", markup=False)
     if summary.stopped_by:
         stdout.print(f"  stopped by {summary.stopped_by}; progress saved", markup=False)
 

@@ -47,6 +47,7 @@ from detector.ratelimit import (
     RateLimiter,
     Retrier,
     RetriesExhausted,
+    RetryAborted,
     RetryStats,
     client_config,
     describe_error,
@@ -166,11 +167,16 @@ class ExportSummary:
     events_read: int = 0
     ignored_other_streams: int = 0
     overlap_skipped: int = 0
+    #: CloudWatch ingestionTime - timestamp: how late events reach CloudWatch. Events later
+    #: than --latency are caught only by the overlap; tune --latency/--overlap with these.
+    max_ingestion_delay_ms: int = 0
+    later_than_latency: int = 0
     flushes: int = 0
     checkpoint_uri: str = ""
     watermark_before: int | None = None
     watermark_after: int | None = None
     checkpoint_note: str = ""
+    warnings: list[str] = field(default_factory=list)
     stopped_by: str | None = None
     complete: bool = False
     seconds: float = 0.0
@@ -194,6 +200,8 @@ class ExportSummary:
             "duplicates": ing["duplicates"] + self.overlap_skipped,
             "overlap_skipped": self.overlap_skipped,
             "ignored_other_streams": self.ignored_other_streams,
+            "max_ingestion_delay_seconds": round(self.max_ingestion_delay_ms / 1000, 3),
+            "later_than_latency": self.later_than_latency,
             "quarantined": ing["quarantined"],
             "quarantine_reasons": ing["quarantine_reasons"],
             "files_written": ing["files_written"],
@@ -209,6 +217,7 @@ class ExportSummary:
                 "advanced": (self.watermark_after or 0) > (self.watermark_before or 0),
                 "note": self.checkpoint_note or None,
             },
+            "warnings": self.warnings,
             "first_event": ing["first_event"],
             "last_event": ing["last_event"],
             "stopped_by": self.stopped_by,
@@ -396,6 +405,7 @@ class Exporter:
             cap=options.backoff_cap,
             limiter=self.limiter,
             sleep=self._sleep,
+            should_stop=self.stop.is_set,
         )
         self.ingestor = Ingestor(self.lake, cluster=options.cluster, flush_rows=2**62)
         self.summary = ExportSummary(
@@ -488,6 +498,12 @@ class Exporter:
                 exc, log_group=self.opts.log_group, region=self.region, starting=True
             ) from None
         self.summary.streams = list(self.streams)
+        if not self.streams:
+            self.summary.warnings.append(
+                f"no log streams starting with {self.opts.stream_prefix!r} in "
+                f"{self.opts.log_group}: is the audit log type enabled in the EKS cluster's "
+                "logging configuration?"
+            )
         self.lease = Lease(state, owner=self._owner, seconds=self.opts.lease_seconds)
         try:
             previous = self.lease.acquire(wait=self.opts.wait_for_lease, fields=self._meta())
@@ -541,7 +557,10 @@ class Exporter:
         lo, hi = self.next_lo, self.pass_end()
         self.summary.passes += 1
         if self.summary.passes > 1:
-            self.streams = self.reader.streams()  # API servers come and go
+            try:
+                self.streams = self.reader.streams()  # API servers come and go
+            except RetryAborted:
+                return False
             self.summary.streams = sorted(set(self.summary.streams) | set(self.streams))
         if hi > lo:
             self.summary.end = from_ms(hi)
@@ -573,13 +592,16 @@ class Exporter:
         if not self.streams:
             return True
         remember_from = hi - self.opts.overlap_ms
-        for page in self.reader.pages(self.streams, lo, hi - 1):
-            self._take(page, remember_from)
-            self._maybe_flush()
-            if self.lease is not None:
-                self.lease.renew_if_due()
-            if self.stop.is_set():
-                return False
+        try:
+            for page in self.reader.pages(self.streams, lo, hi - 1):
+                self._take(page, remember_from)
+                self._maybe_flush()
+                if self.lease is not None:
+                    self.lease.renew_if_due()
+                if self.stop.is_set():
+                    return False
+        except RetryAborted:
+            return False  # stopping during an outage: the chunk stays unfinished
         return not self.stop.is_set()
 
     def _take(self, page: Page, remember_from: int) -> None:
@@ -590,12 +612,18 @@ class Exporter:
         ids: list[str] = []
         sources: list[str] = []
         prefix = f"cloudwatch://{self.region}{self.opts.log_group}#"
+        latency_ms = _ms(self.opts.latency)
         for ev in page.events:
             eid = str(ev.get("eventId"))
             ts = int(ev.get("timestamp") or 0)
+            delay = int(ev.get("ingestionTime") or ts) - ts
+            if delay > s.max_ingestion_delay_ms:
+                s.max_ingestion_delay_ms = delay
             if eid in self._seen:
                 s.overlap_skipped += 1
                 continue
+            if delay > latency_ms:
+                s.later_than_latency += 1
             if ts >= remember_from:
                 self._seen[eid] = ts
             messages.append(ev.get("message") or "")
