@@ -40,6 +40,8 @@ COMMAND_MODULES = (
     "findings",
     "evaluate",
     "rules",
+    "athena",
+    "config",
 )
 
 
@@ -51,11 +53,57 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
+    config: str | None = typer.Option(
+        None,
+        "--config",
+        envvar="DETECT_CONFIG",
+        help="Settings file (TOML); default ./detect.toml if present. See `detect config show`.",
+        show_default=False,
+    ),
+    log_format: str | None = typer.Option(
+        None,
+        "--log-format",
+        envvar="DETECT_LOG_FORMAT",
+        help="stderr as text (default) or json: one JSON object per line, for log shippers.",
+        show_default=False,
+    ),
+    log_level: str | None = typer.Option(
+        None,
+        "--log-level",
+        envvar="DETECT_LOG_LEVEL",
+        help="debug, info, warning (default) or error.",
+        show_default=False,
+    ),
+    region: str | None = typer.Option(
+        None,
+        "--region",
+        envvar="DETECT_REGION",
+        help="AWS region (default: the AWS chain: AWS_REGION, profile, instance metadata).",
+        show_default=False,
+    ),
 ) -> None:
     """Find threats and misuse in Kubernetes API-server audit logs."""
+    # Settings: detect.toml < DETECT_* env < flags, through click's default_map.
+    from detector import config as settings
+    from detector import logging_setup
+    from detector.commands._common import usage_error
+
+    command = ctx.invoked_subcommand
+    logging_setup.configure(log_format or "text", log_level or "warning", command=command)
+    ctx.call_on_close(logging_setup.reset)
+    try:
+        root = settings.setup_root(
+            ctx, config=config, log_format=log_format, log_level=log_level, region=region
+        )
+    except settings.ConfigError as exc:
+        usage_error(str(exc))
+    fmt, level = root.values.get("log_format"), root.values.get("log_level")
+    if (fmt, level) != (log_format, log_level):  # the file said how to log
+        logging_setup.configure(fmt or "text", level or "warning", command=command)
 
 
 for _name in COMMAND_MODULES:

@@ -1,0 +1,394 @@
+"""Settings: ``detect.toml``, then ``DETECT_*`` environment variables, then flags (flags win).
+
+The file is found at ``--config PATH``, else ``$DETECT_CONFIG``, else ``./detect.toml`` (if
+there is one). Its shape::
+
+    # settings shared by every command that has them (each also reads env DETECT_<NAME>)
+    lake = "s3://audit-lake/prod"
+    cluster = "prod"
+    model_dir = "s3://audit-lake/models"
+    log_group = "/aws/eks/prod/cluster"
+    region = "eu-west-1"           # root settings: region, log_format, log_level
+    log_format = "json"
+
+    [export]                        # options of one command, named like its flags
+    latency = "5m"
+    rate = 3
+
+    [findings.list]                 # a subcommand of a group
+    min_severity = "high"
+
+How precedence works: the root callback turns the file into click's ``default_map``, and
+click resolves every option as command line > environment variable > ``default_map`` >
+the option's default. Shared settings are exactly the options that declare an environment
+variable ``DETECT_<NAME>`` (``--lake`` reads ``DETECT_LAKE``...): at the top of the file they
+apply to every command that has them. Any option can be set in its command's table.
+
+Unknown keys, unknown tables and values that the option would refuse are a
+:class:`ConfigError` naming the key (one line, exit 2), checked on every run so that a typo
+never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import typer
+from typer.core import TyperOption
+
+from detector.timeparse import TimeArgumentError, parse_duration, parse_instant
+
+CONFIG_ENV = "DETECT_CONFIG"
+DEFAULT_CONFIG_FILE = "detect.toml"
+ENV_PREFIX = "DETECT_"
+
+#: Settings of the root command (``detect --log-format json export ...``), with their
+#: allowed values (None: any string).
+ROOT_SETTINGS: dict[str, tuple[str, ...] | None] = {
+    "log_format": ("text", "json"),
+    "log_level": ("debug", "info", "warning", "error"),
+    "region": None,
+}
+
+#: Options whose values are durations (``10m``) or instants (``1h``, ISO-8601): checked
+#: when the file is read, not only when the command runs.
+DURATION_KEYS = frozenset(
+    {
+        "interval",
+        "latency",
+        "overlap",
+        "flush_interval",
+        "chunk",
+        "lease",
+        "wait_for_lease",
+        "backoff",
+        "window",
+    }
+)
+INSTANT_KEYS = frozenset({"since", "until", "end", "train_until"})
+
+
+class ConfigError(ValueError):
+    """A configuration file or value that cannot be used; the message names the key."""
+
+
+@dataclass
+class Setting:
+    """One option of one command as the configuration sees it."""
+
+    command: tuple[str, ...]  # ("export",) or ("findings", "list")
+    key: str  # name in detect.toml: the long flag without dashes, "-" -> "_"
+    param: TyperOption
+    shared: str | None  # the DETECT_<NAME> env var, when the option declares one
+    cmd: Any = None  # the (typer) command object
+
+    @property
+    def command_name(self) -> str:
+        return " ".join(self.command)
+
+
+@dataclass
+class LoadedConfig:
+    """What a configuration file gave, ready for click."""
+
+    path: Path | None = None
+    root: dict[str, str] = field(default_factory=dict)  # log_format, log_level, region
+    default_map: dict[str, Any] = field(default_factory=dict)
+    #: (command path, param name) -> where the file said it: "detect.toml" or "detect.toml [export]"
+    origin: dict[tuple[tuple[str, ...], str], str] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------ the command tree
+def option_key(param: TyperOption) -> str:
+    """The name of an option in detect.toml: ``--log-group`` -> ``log_group``."""
+    longs = [o for o in param.opts if o.startswith("--")]
+    flag = longs[0] if longs else param.opts[0]
+    return flag.lstrip("-").replace("-", "_")
+
+
+def _envvars(param: Any) -> list[str]:
+    env = param.envvar
+    if not env:
+        return []
+    return [env] if isinstance(env, str) else list(env)
+
+
+def shared_name(param: Any) -> str | None:
+    """``lake`` for an option reading ``DETECT_LAKE``; None for options with no env var."""
+    for env in _envvars(param):
+        if env.startswith(ENV_PREFIX) and env != CONFIG_ENV:
+            return env[len(ENV_PREFIX) :].lower()
+    return None
+
+
+def is_group(cmd: Any) -> bool:
+    return isinstance(getattr(cmd, "commands", None), dict)
+
+
+def iter_settings(group: Any, prefix: tuple[str, ...] = ()) -> Iterator[Setting]:
+    """Every configurable option of every command under ``group`` (a typer group)."""
+    for name in sorted(group.commands):
+        cmd = group.commands[name]
+        if getattr(cmd, "hidden", False):
+            continue
+        path = (*prefix, name)
+        if is_group(cmd):
+            yield from iter_settings(cmd, path)
+            continue
+        for param in cmd.params:
+            if not isinstance(param, TyperOption) or param.is_eager or param.hidden:
+                continue
+            yield Setting(path, option_key(param), param, _shared_env(param), cmd)
+
+
+def _shared_env(param: Any) -> str | None:
+    name = shared_name(param)
+    return f"{ENV_PREFIX}{name.upper()}" if name else None
+
+
+def shared_keys(group: Any) -> dict[str, list[Setting]]:
+    """Top-level keys of detect.toml: shared settings -> the options they feed."""
+    out: dict[str, list[Setting]] = {}
+    for s in iter_settings(group):
+        if s.shared:
+            out.setdefault(s.shared[len(ENV_PREFIX) :].lower(), []).append(s)
+    return out
+
+
+# ------------------------------------------------------------------ finding and reading
+def config_path(explicit: str | None) -> Path | None:
+    """The file to read: ``--config``/``DETECT_CONFIG`` (must exist), else ./detect.toml."""
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"config file {explicit} not found (from --config or {CONFIG_ENV})")
+        return path
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.is_file() else None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+
+
+def check_value(setting: Setting, value: Any, where: str) -> Any:
+    """Check ``value`` as the option would take it; raise :class:`ConfigError` naming the key.
+
+    Returns the value as written (click converts it again when the command runs).
+    """
+    param, key = setting.param, setting.key
+    label = f"{where}: {key} = {value!r}"
+    annotation = param.type_descriptor.annotation
+    if isinstance(value, dict):
+        raise ConfigError(f"{label}: expected a value, not a table")
+    if param.multiple and not isinstance(value, list):
+        raise ConfigError(f'{label}: expected a list, e.g. {key} = ["..."]')
+    if not param.multiple and isinstance(value, list):
+        raise ConfigError(f"{label}: expected one value, not a list")
+    items = value if isinstance(value, list) else [value]
+    if annotation is bool and not isinstance(value, bool):
+        raise ConfigError(f"{label}: expected true or false")
+    if (annotation is str or param.multiple) and not all(isinstance(i, str) for i in items):
+        raise ConfigError(f"{label}: expected a string (in quotes)")
+    if isinstance(value, bool) and annotation is not bool:
+        raise ConfigError(f"{label}: expected {getattr(annotation, '__name__', 'a value')}")
+    ctx = setting_context(setting)
+    try:
+        param.process_value(ctx, value)
+    except typer.BadParameter as exc:
+        message = exc.message.removeprefix("Value error, ")
+        raise ConfigError(f"{label}: {message}") from None
+    for item in items:
+        try:
+            if key in DURATION_KEYS:
+                parse_duration(item)
+            elif key in INSTANT_KEYS:
+                parse_instant(item)
+        except TimeArgumentError as exc:
+            raise ConfigError(f"{label}: {exc}") from None
+    return value
+
+
+def setting_context(setting: Setting) -> Any:
+    """A bare context of the setting's command, for checking a value."""
+    cmd = setting.cmd
+    return cmd.context_class(cmd, info_name=setting.command[-1])
+
+
+def check_root_value(key: str, value: Any, where: str) -> str:
+    allowed = ROOT_SETTINGS[key]
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: {key} = {value!r}: expected a string (in quotes)")
+    if allowed is not None and value.lower() not in allowed:
+        raise ConfigError(f"{where}: {key} = {value!r}: expected one of {', '.join(allowed)}")
+    return value.lower() if allowed is not None else value
+
+
+def _put(default_map: dict[str, Any], command: tuple[str, ...], name: str, value: Any) -> None:
+    node = default_map
+    for part in command:
+        node = node.setdefault(part, {})
+    node[name] = value
+
+
+def load(group: Any, path: Path | None) -> LoadedConfig:
+    """Read and check ``path`` against the commands of ``group``; build the default_map."""
+    loaded = LoadedConfig(path=path)
+    if path is None:
+        return loaded
+    data = read_toml(path)
+    fname = path.name
+    settings = list(iter_settings(group))
+    shared = shared_keys(group)
+    by_command: dict[tuple[str, ...], dict[str, Setting]] = {}
+    for s in settings:
+        by_command.setdefault(s.command, {})[s.key] = s
+    groups = {s.command[:i] for s in settings for i in range(1, len(s.command))}
+
+    def section(prefix: tuple[str, ...], table: dict[str, Any]) -> None:
+        where = f"{fname} [{'.'.join(prefix)}]"
+        for raw_key, value in table.items():
+            key = raw_key.replace("-", "_")
+            sub = (*prefix, raw_key)
+            if isinstance(value, dict) and (sub in by_command or sub in groups):
+                section(sub, value)
+                continue
+            if prefix in by_command:
+                targets = [by_command[prefix][key]] if key in by_command[prefix] else []
+            else:  # a group's table: every subcommand that has the option
+                targets = [
+                    opts[key]
+                    for cmd, opts in by_command.items()
+                    if cmd[: len(prefix)] == prefix and key in opts
+                ]
+            if not targets:
+                what = "command" if prefix in by_command else "group"
+                known = ", ".join(sorted(by_command.get(prefix, {}))) or "none"
+                raise ConfigError(
+                    f"{where}: unknown key {raw_key!r} (not an option of this {what}; "
+                    f"options: {known})"
+                )
+            for s in targets:
+                checked = check_value(s, value, where)
+                _put(loaded.default_map, s.command, s.param.name or key, checked)
+                loaded.origin[(s.command, s.param.name or key)] = where
+
+    # Top-level keys first, tables after: a command's table beats the shared value.
+    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+    for raw_key, value in data.items():
+        if raw_key in tables:
+            continue
+        key = raw_key.replace("-", "_")
+        if key in ROOT_SETTINGS:
+            loaded.root[key] = check_root_value(key, value, fname)
+        elif key in shared:
+            for s in shared[key]:
+                checked = check_value(s, value, fname)
+                _put(loaded.default_map, s.command, s.param.name or key, checked)
+                loaded.origin[(s.command, s.param.name or key)] = fname
+        else:
+            owners = sorted({s.command_name for s in settings if s.key == key})
+            hint = (
+                f"; it is an option of {', '.join(owners)}: put it under "
+                f"[{owners[0].replace(' ', '.')}]"
+                if owners
+                else f"; top-level keys: {', '.join(sorted([*ROOT_SETTINGS, *shared]))}"
+            )
+            raise ConfigError(f"{fname}: unknown key {raw_key!r}{hint}")
+    for raw_key, value in tables.items():
+        if (raw_key,) in by_command or (raw_key,) in groups:
+            section((raw_key,), value)
+        else:
+            commands = sorted({s.command[0] for s in settings})
+            raise ConfigError(
+                f"{fname}: unknown table [{raw_key}] (commands: {', '.join(commands)})"
+            )
+    return loaded
+
+
+# ------------------------------------------------------------------ the root callback
+@dataclass
+class RootSettings:
+    """The root options once resolved, each with where it came from."""
+
+    values: dict[str, str | None] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    config: LoadedConfig = field(default_factory=LoadedConfig)
+
+
+def describe_source(ctx: Any, param: Any) -> str:
+    """``flag``, ``env DETECT_X``, ``detect.toml`` or ``default`` for a parsed parameter."""
+    source = ctx.get_parameter_source(param.name or "")
+    name = getattr(source, "name", "")
+    if name == "COMMANDLINE":
+        return "flag"
+    if name == "ENVIRONMENT":
+        for env in _envvars(param):
+            if os.environ.get(env):
+                return f"env {env}"
+        return "env"
+    if name == "DEFAULT_MAP":
+        return DEFAULT_CONFIG_FILE
+    return "default"
+
+
+def setup_root(
+    ctx: Any,
+    *,
+    config: str | None,
+    log_format: str | None,
+    log_level: str | None,
+    region: str | None,
+) -> RootSettings:
+    """Read the config file, fill click's default_map, apply the root settings.
+
+    Called from the root callback, before the subcommand's context exists: the
+    subcommand then finds its defaults in ``ctx.default_map[<name>]``.
+    """
+    loaded = load(ctx.command, config_path(config))
+    if ctx.default_map:  # e.g. set by a caller of the app: those win over the file
+        _merge(loaded.default_map, ctx.default_map)
+    ctx.default_map = loaded.default_map
+    params = {p.name: p for p in ctx.command.params}
+    given = {"log_format": log_format, "log_level": log_level, "region": region}
+    out = RootSettings(config=loaded)
+    for key, value in given.items():
+        source = describe_source(ctx, params[key]) if key in params else "default"
+        if value is not None and source != "default":
+            out.values[key] = check_root_value(key, value, source)
+            out.sources[key] = source
+        elif key in loaded.root:
+            out.values[key] = loaded.root[key]
+            out.sources[key] = loaded.path.name if loaded.path else DEFAULT_CONFIG_FILE
+        else:
+            out.values[key] = value
+            out.sources[key] = "default"
+    out.values["config"] = str(loaded.path) if loaded.path else None
+    if "config" in params:
+        out.sources["config"] = (
+            describe_source(ctx, params["config"]) if config else "default (./detect.toml)"
+        )
+    if out.values.get("region"):
+        # boto3, s3fs and polars all read these; an explicit setting beats the AWS chain.
+        os.environ["AWS_REGION"] = os.environ["AWS_DEFAULT_REGION"] = str(out.values["region"])
+    ctx.meta["detect.settings"] = out
+    return out
+
+
+def _merge(into: dict[str, Any], other: dict[str, Any]) -> None:
+    for k, v in other.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _merge(into[k], v)
+        else:
+            into[k] = v
