@@ -172,6 +172,8 @@ class RetryStats:
     throttled: int = 0
     by_reason: dict[str, int] = field(default_factory=dict)
     backoff_seconds: float = 0.0
+    call_seconds: float = 0.0  # waiting for answers (retries included, backoff not)
+    rate_wait_seconds: float = 0.0  # held back by the client-side rate limit
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -180,6 +182,8 @@ class RetryStats:
             "throttled": self.throttled,
             "retry_reasons": dict(sorted(self.by_reason.items(), key=lambda kv: -kv[1])),
             "backoff_seconds": round(self.backoff_seconds, 3),
+            "api_seconds": round(self.call_seconds, 3),
+            "rate_limit_wait_seconds": round(self.rate_wait_seconds, 3),
         }
 
 
@@ -223,8 +227,9 @@ class Retrier:
         last: BaseException | None = None
         for attempt in range(self.max_attempts):
             if self.limiter is not None:
-                self.limiter.acquire()
+                self.stats.rate_wait_seconds += self.limiter.acquire()
             self.stats.calls += 1
+            started = time.monotonic()
             try:
                 return fn(**kwargs)
             except Exception as exc:
@@ -245,5 +250,7 @@ class Retrier:
                 if self.on_retry is not None:
                     self.on_retry(operation, exc, delay)
                 self._sleep(delay)
+            finally:
+                self.stats.call_seconds += time.monotonic() - started
         assert last is not None
         raise RetriesExhausted(operation, self.max_attempts, last)
