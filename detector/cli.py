@@ -100,6 +100,9 @@ def _root(
             ctx, config=config, log_format=log_format, log_level=log_level, region=region
         )
     except settings.ConfigError as exc:
+        peek = settings.peek_root(config)
+        if peek.get("log_format") and log_format is None:
+            logging_setup.configure(peek["log_format"], "warning", command=command)
         usage_error(str(exc))
     fmt, level = root.values.get("log_format"), root.values.get("log_level")
     if (fmt, level) != (log_format, log_level):  # the file said how to log

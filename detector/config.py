@@ -31,6 +31,7 @@ never silently falls back to a default.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tomllib
 from collections.abc import Iterator
@@ -315,6 +316,24 @@ def load(group: Any, path: Path | None) -> LoadedConfig:
                 f"{fname}: unknown table [{raw_key}] (commands: {', '.join(commands)})"
             )
     return loaded
+
+
+def peek_root(explicit: str | None) -> dict[str, str]:
+    """The root settings of a file that failed to load, if it can be read at all.
+
+    So that a bad key in a file that also says ``log_format = "json"`` is still reported
+    as a JSON record.
+    """
+    try:
+        path = config_path(explicit)
+        data = read_toml(path) if path else {}
+    except ConfigError:
+        return {}
+    out = {}
+    for key in ROOT_SETTINGS:
+        with contextlib.suppress(KeyError, ConfigError):
+            out[key] = check_root_value(key, data[key], "")
+    return out
 
 
 # ------------------------------------------------------------------ the root callback

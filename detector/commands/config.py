@@ -27,7 +27,9 @@ def _show_value(value: Any) -> Any:
         return value.value
     if isinstance(value, tuple | list):
         return [_show_value(v) for v in value]
-    return value
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)  # paths and the like
 
 
 def _context_for(root: Any, command: tuple[str, ...]) -> Any:
@@ -72,7 +74,7 @@ def effective(
             value, source = boto3.Session().region_name, "AWS chain (AWS_REGION, profile)"
         rows.append({"setting": key, "value": value or _ROOT_DEFAULTS.get(key), "source": source})
     group = root.command
-    shared_done: set[str] = set()
+    shared_rows: dict[str, dict[str, Any]] = {}
     per_command: list[dict[str, Any]] = []
     for s in settings.iter_settings(group):
         if s.command[0] == "config":
@@ -80,22 +82,23 @@ def effective(
         sub = _context_for(root, s.command)
         value, source = s.param.consume_value(sub, {})
         where = _source_of(s, source, loaded)
+        row = {
+            "setting": f"{'.'.join(s.command)}.{s.key}",
+            "value": _show_value(value),
+            "source": where,
+        }
         if s.shared:
             name = s.shared[len(settings.ENV_PREFIX) :].lower()
-            if name in shared_done:
-                continue
-            shared_done.add(name)
-            if flags and flags.get(name) is not None:
-                value, where = flags[name], "flag"
-            rows.append({"setting": name, "value": _show_value(value), "source": where})
+            flag = (flags or {}).get(name)
+            if flag is not None:
+                shared_rows.setdefault(name, {"setting": name, "value": flag, "source": "flag"})
+            elif where.endswith("]"):  # this command's own table overrides the shared value
+                per_command.append(row)
+            else:
+                shared_rows.setdefault(name, {**row, "setting": name})
         elif all_options or where != "default":
-            per_command.append(
-                {
-                    "setting": f"{'.'.join(s.command)}.{s.key}",
-                    "value": _show_value(value),
-                    "source": where,
-                }
-            )
+            per_command.append(row)
+    rows += shared_rows.values()
     return rows + per_command
 
 
