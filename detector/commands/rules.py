@@ -193,7 +193,7 @@ def test_rule(
         message = str(exc)
         fail(message, EXIT_USAGE if "no such file" in message else 3)
     one = ruleset.only(rule_id)
-    rule = one.get(rule_id)
+    rule = ruleset.get(rule_id)  # as configured, so a rule that ships disabled says so
     result = evaluate_rules(events, one, window=every, explain=True)
     stats = result.stats.get(rule_id)
     if output == OutputFormat.json:

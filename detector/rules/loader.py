@@ -15,6 +15,7 @@ and the reason. Conditions are compiled into polars expressions once, here.
 from __future__ import annotations
 
 import copy
+import difflib
 import functools
 import hashlib
 import json
@@ -683,7 +684,7 @@ def _build_rule(pending: _Pending, compiler: Compiler) -> Rule:
 def _check_ids(ids: Iterable[str], known: Sequence[str], what: str) -> None:
     for rid in ids:
         if rid not in known:
-            close = [k for k in known if rid in k or k in rid][:3]
+            close = difflib.get_close_matches(rid, list(known), n=3, cutoff=0.6)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise RuleError(what, rid, f"no such rule{hint} (`detect rules list` shows the ids)")
 

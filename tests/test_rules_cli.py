@@ -1,0 +1,183 @@
+"""`detect rules list | test | docs`, and rule findings through score and findings.
+
+One test runs the real console script in a subprocess, as a user or cron would; the rest
+invoke the same typer app in-process (same exit codes and stderr), because starting
+`detect` costs seconds of imports (scikit-learn) per call.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_rules_helpers import ev, iam
+from typer.testing import CliRunner
+
+from detector.cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str) -> Any:
+    """``detect ARGS`` in-process: result with exit_code, stdout, stderr."""
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+def write_log(path: Path, *events: dict) -> str:
+    path.write_text("".join(json.dumps(e) + "\n" for e in events))
+    return str(path)
+
+
+@pytest.fixture
+def audit_log(tmp_path) -> str:
+    return write_log(
+        tmp_path / "audit.log",
+        ev(
+            "patch",
+            "configmaps",
+            ns="kube-system",
+            name="aws-auth",
+            user=iam(),
+            body={"data": {"mapRoles": "..."}},
+        ),
+        ev(
+            "patch",
+            "configmaps",
+            ns="kube-system",
+            name="aws-auth",
+            user="eks:node-manager",
+            body={"data": {}},
+        ),
+        ev("get", "pods", ns="default"),
+    )
+
+
+def test_list_table_and_json():
+    table = cli("rules", "list")
+    assert table.exit_code == 0, table.stderr
+    assert "aws-auth-changed" in table.stdout and "rules enabled" in table.stdout
+    listed = cli(
+        "rules", "list", "--format", "json", "--disable", "pod-exec", "--enable", "secret-created"
+    )
+    assert listed.exit_code == 0, listed.stderr
+    data = json.loads(listed.stdout)
+    by_id = {r["id"]: r for r in data["rules"]}
+    assert not by_id["pod-exec"]["enabled"] and by_id["secret-created"]["enabled"]
+    assert by_id["privileged-container"]["falco"] == ["Create Privileged Pod"]
+    assert data["fingerprint"].startswith("rules-")
+
+
+def test_unknown_id_and_bad_file_are_one_line_exit_2(tmp_path):
+    unknown = cli("rules", "list", "--disable", "pod-exce")
+    assert unknown.exit_code == 2
+    assert unknown.stderr.count("\n") == 1
+    assert "'pod-exce': no such rule; did you mean pod-exec?" in unknown.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- rule: mine\n  title: t\n  severity: urgent\n")
+    broken = cli("rules", "list", "--rules", str(bad))
+    assert broken.exit_code == 2
+    assert broken.stderr.strip() == (
+        f"error: {bad}: rule 'mine': missing required key(s): tactic, technique, "
+        "description, condition"
+    )
+
+
+def test_subprocess_rule_test_shows_what_fired_and_why(detect, audit_log):
+    result = detect("rules", "test", "aws-auth-changed", audit_log)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "matching the condition: 2" in out
+    assert "removed by exception eks_identities: 1" in out
+    assert "FIRED: 1 finding(s)" in out
+    assert "alice@eng-admin patched ConfigMap kube-system/aws-auth" in out
+    as_json = json.loads(
+        cli("rules", "test", "aws-auth-changed", audit_log, "--format", "json").stdout
+    )
+    assert as_json["stats"]["excluded"] == {"eks_identities": 1, "known_aws_auth_editors": 0}
+    assert len(as_json["findings"]) == 1
+
+
+def test_rule_test_explains_silence_and_can_fail_ci(audit_log):
+    silent = cli("rules", "test", "events-deleted", audit_log, "--expect-fire")
+    assert silent.exit_code == 1
+    assert "did not fire: no event matches the condition" in silent.stdout
+    stage = cli("rules", "test", "pod-exec", audit_log)
+    assert stage.exit_code == 0
+    assert "did not fire: no event is at stage ResponseStarted" in stage.stdout
+    disabled = cli("rules", "test", "namespace-created", audit_log)
+    assert disabled.exit_code == 0 and "(ships disabled)" in disabled.stdout
+
+
+def test_rule_test_usage_errors(audit_log, tmp_path):
+    typo = cli("rules", "test", "aws-auth-change", audit_log)
+    assert typo.exit_code == 2 and "did you mean aws-auth-changed" in typo.stderr
+    missing = cli("rules", "test", "pod-exec", str(tmp_path / "nope.log"))
+    assert missing.exit_code == 2 and "no such file" in missing.stderr
+    window = cli("rules", "test", "pod-exec", audit_log, "--window", "ten")
+    assert window.exit_code == 2 and "--window" in window.stderr
+
+
+def test_override_file_changes_what_fires(audit_log, tmp_path):
+    site = tmp_path / "site.yaml"
+    site.write_text(
+        "- list: user_known_aws_auth_editors\n  append: true\n"
+        "  items: ['arn:aws:iam::111122223333:role/eng-admin/*']\n"
+    )
+    result = cli("rules", "test", "aws-auth-changed", audit_log, "--rules", str(site))
+    assert result.exit_code == 0
+    assert "removed by exception known_aws_auth_editors: 1" in result.stdout
+    assert "did not fire: every matching event is covered by an exception" in result.stdout
+
+
+def test_docs_check_and_stdout(tmp_path):
+    current = cli("rules", "docs", "--check", "--output", str(ROOT / "docs" / "rules.md"))
+    assert current.exit_code == 0, current.stderr
+    stale = tmp_path / "rules.md"
+    stale.write_text("old\n")
+    check = cli("rules", "docs", "--check", "--output", str(stale))
+    assert check.exit_code == 1 and "out of date" in check.stderr
+    assert cli("rules", "docs", "--output", "-").stdout.startswith("# Detection rules")
+    written = cli("rules", "docs", "--output", str(stale))
+    assert written.exit_code == 0 and stale.read_text().startswith("# Detection rules")
+
+
+@pytest.mark.parametrize("sub", ["list", "test", "docs"])
+def test_help_has_an_example(sub):
+    result = cli("rules", sub, "--help")
+    assert result.exit_code == 0 and "Example" in result.stdout
+
+
+def test_rule_findings_are_filed_and_listed_through_detect_findings(tmp_path):
+    lake = str(tmp_path / "lake")
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
+    log = write_log(
+        tmp_path / "audit.log",
+        ev(
+            "patch",
+            "configmaps",
+            ns="kube-system",
+            name="aws-auth",
+            user=iam(),
+            at=at,
+            body={"data": {"mapRoles": "..."}},
+        ),
+        ev("deletecollection", "events", ns="prod", user="mallory", at=at),
+    )
+    ingested = cli("ingest", log, "--lake", lake, "--cluster", "prod")
+    assert ingested.exit_code == 0, ingested.stderr
+    scored = cli("score", "--lake", lake, "--since", "2h", "--rules-only", "--format", "json")
+    assert scored.exit_code == 0, scored.stderr
+    detectors = {f["detector"] for f in json.loads(scored.stdout)["findings"]}
+    assert detectors == {"rule:aws-auth-changed", "rule:events-deleted"}
+    listed = cli("findings", "--lake", lake, "--since", "2h", "--format", "json")
+    assert listed.exit_code == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    rows = rows["findings"] if isinstance(rows, dict) else rows
+    aws = next(r for r in rows if r["detector"] == "rule:aws-auth-changed")
+    assert aws["reasons"] == ["alice@eng-admin patched ConfigMap kube-system/aws-auth"]
+    shown = cli("findings", "show", aws["finding_id"], "--lake", lake)
+    assert shown.exit_code == 0, shown.stderr
+    assert "aws-auth" in shown.stdout
