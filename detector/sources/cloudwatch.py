@@ -464,7 +464,7 @@ class Exporter:
         self.summary.mode = "follow" if follow else "batch"
         if follow and until is not None:
             raise ExportConfigError("--until cannot be combined with --follow")
-        if boto3.Session().get_credentials() is None:
+        if self._client is None and boto3.Session().get_credentials() is None:
             raise _translate(
                 NoCredentialsError(), log_group=self.opts.log_group, region="", starting=True
             )
@@ -654,7 +654,7 @@ class Exporter:
         keys = getattr(self.lake, "_keys", None)
         if not isinstance(keys, dict) or not keys:
             return
-        horizon = from_ms(hi - self.opts.overlap_ms) - timedelta(hours=2)
+        horizon = from_ms(hi - self.opts.overlap_ms) - timedelta(hours=1)
         cut = (horizon.strftime("%Y-%m-%d"), horizon.strftime("%H"))
         for part in [p for p in keys if (p[1], p[2]) < cut]:
             del keys[part]
