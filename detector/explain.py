@@ -1,106 +1,85 @@
-"""Why a window was flagged: the features furthest above the principal's own normal range.
+"""Why a window was flagged: its most surprising features, as sentences an analyst can check.
 
-Method (robust deviations): in the model's ``log1p`` space, a feature's deviation is how far
-the window's value sits above the principal's median, in units of the principal's own
-spread (its 99th percentile minus its median, floored at ``log1p(1)`` so that going from
-0 to 1 counts as one step)::
-
-    deviation = (log1p(value) - log1p(median)) / max(log1p(p99) - log1p(median), log1p(1))
-
-A principal never seen in training is compared with the population instead (median and
-99th percentile over all principals' windows). The 3 to 5 features with the largest
-deviations are the explanation. This ranks what is unusual *for this principal*, which is
-what the forest was given through the novelty and relative-volume features; it is cheap
-(only flagged windows are explained), deterministic, and each sentence carries the numbers
-that justify it.
+Method: the forest scores, per family of features, the family's most *surprising* feature
+(:func:`detector.features.feature_surprises`: ``-log10`` of the probability that this
+principal's window reaches that value, from its own baseline smoothed towards its IAM role
+or peer group and the population). The explanation lists the 3 to 5 features with the
+highest surprise, most surprising first, so what is shown is what the model was given, and
+each sentence carries the numbers behind it: the value, the principal's own usual (median
+of its baseline windows) and the 99th percentile over all principals.
 """
 
 from __future__ import annotations
 
 import math
+from datetime import datetime
 from typing import Any
 
 import polars as pl
 
-from detector.features import BY_NAME, FEATURES, RELATIVE, Baseline
+from detector.features import BY_NAME, FEATURES, RELATIVE, Baseline, feature_surprises
 
-#: A change of one unit from zero is one "step" of deviation.
-FLOOR = math.log1p(1.0)
 MIN_FEATURES, MAX_FEATURES = 3, 5
-#: Features below this deviation are only listed to reach MIN_FEATURES.
-NOTABLE = 0.5
+#: Surprise (-log10 p) from which a feature is worth a sentence on its own: p <= 10%.
+NOTABLE = 1.0
 
-_RELATIVE_BASE = dict(RELATIVE)
-
-
-def deviations(rows: pl.DataFrame, baseline: Baseline) -> pl.DataFrame:
-    """Long frame (row, feature, value, baseline, population, deviation) for feature rows."""
-    stats_cols = [c for f in FEATURES for c in (f"median_{f}", f"p99_{f}")]
-    pop = {r["feature"]: r for r in baseline.population.iter_rows(named=True)}
-    joined = rows.with_row_index("row").join(
-        baseline.principals.select("cluster", "principal", *stats_cols),
-        on=["cluster", "principal"],
-        how="left",
-    )
-    known = joined.select("row", pl.col(f"median_{FEATURES[0]}").is_not_null().alias("known"))
-    long = []
-    for f in FEATURES:
-        p = pop.get(f, {"median": 0.0, "p99": 0.0})
-        long.append(
-            joined.select(
-                "row",
-                pl.lit(f).alias("feature"),
-                pl.col(f).cast(pl.Float64).alias("value"),
-                pl.col(f"median_{f}").fill_null(p["median"]).cast(pl.Float64).alias("baseline"),
-                pl.col(f"p99_{f}").fill_null(p["p99"]).cast(pl.Float64).alias("spread_p99"),
-                pl.lit(float(p["p99"])).alias("population"),
-            )
-        )
-    frame = pl.concat(long).join(known, on="row")
-    t = lambda c: pl.col(c).clip(0.0).log1p()  # noqa: E731
-    spread = (t("spread_p99") - t("baseline")).clip(FLOOR)
-    return frame.with_columns(((t("value") - t("baseline")) / spread).alias("deviation")).drop(
-        "spread_p99"
-    )
+_PAIRS = {feat: base for feat, base in RELATIVE} | {base: feat for feat, base in RELATIVE}
 
 
 def explain(rows: pl.DataFrame, baseline: Baseline) -> list[list[dict[str, Any]]]:
-    """For each feature row, its 3 to 5 most unusual features, most unusual first.
+    """For each feature row, its 3 to 5 most surprising features, most surprising first.
 
-    Each item is ``{name, value, baseline, population, deviation, known}``.
+    Each item is ``{name, value, baseline, population, surprise, known, detail}``; fewer
+    than 3 items only when fewer features are above zero.
     """
     if rows.height == 0:
         return []
-    dev = deviations(rows, baseline).sort(
-        ["row", "deviation", "feature"], descending=[False, True, False]
+    surprises = feature_surprises(rows, baseline)
+    stats = [c for f in FEATURES for c in (f"median_{f}",)]
+    joined = rows.with_row_index("row").join(
+        baseline.principals.select("cluster", "principal", "windows", *stats),
+        on=["cluster", "principal"],
+        how="left",
     )
+    pop = {r["feature"]: r for r in baseline.population.iter_rows(named=True)}
+    ranked = surprises.sort(["row", "surprise", "feature"], descending=[False, True, False])
     out: list[list[dict[str, Any]]] = [[] for _ in range(rows.height)]
-    for (row,), group in dev.group_by("row", maintain_order=True):
+    for (row,), group in ranked.group_by("row", maintain_order=True):
+        ctx = joined.row(int(row), named=True)
+        known = ctx["windows"] is not None
         chosen: list[dict[str, Any]] = []
-        names: set[str] = set()
         for item in group.iter_rows(named=True):
             if len(chosen) >= MAX_FEATURES:
                 break
-            base = _RELATIVE_BASE.get(item["feature"])
-            if base in names:  # "Nx usual requests" adds nothing next to "made N requests"
-                continue
-            if item["deviation"] < NOTABLE and len(chosen) >= MIN_FEATURES:
+            if item["surprise"] < NOTABLE and len(chosen) >= MIN_FEATURES:
                 break
-            if item["deviation"] <= 0 and chosen:
-                break
+            name = item["feature"]
+            if _PAIRS.get(name) in {c["name"] for c in chosen}:
+                continue  # "made 12x its usual requests" next to "made 600 requests"
+            p = pop.get(name, {"median": 0.0, "p99": 0.0})
+            usual = ctx.get(f"median_{name}") if known else None
             chosen.append(
                 {
-                    "name": item["feature"],
-                    "value": item["value"],
-                    "baseline": item["baseline"],
-                    "population": item["population"],
-                    "deviation": item["deviation"],
-                    "known": item["known"],
+                    "name": name,
+                    "value": item["x"],
+                    "baseline": float(usual) if usual is not None else float(p["median"]),
+                    "population": float(p["p99"]),
+                    "surprise": item["surprise"],
+                    "known": known,
+                    "detail": _detail(name, ctx),
                 }
             )
-            names.add(item["feature"])
         out[int(row)] = chosen
     return out
+
+
+def _detail(name: str, ctx: dict[str, Any]) -> str | None:
+    if name == "rare_action":
+        return ctx.get("rare_action_name")
+    if name == "hour_rarity":
+        start: datetime = ctx["window_start"]
+        return f"{start:%H}:00 UTC"
+    return None
 
 
 def fmt(feature: str, value: float | None) -> str:
@@ -109,31 +88,43 @@ def fmt(feature: str, value: float | None) -> str:
         return "n/a"
     if feature == "error_ratio":
         return f"{value:.0%}"
-    if feature == "hour_rarity":
-        return f"{value:.2f}"
     if not BY_NAME[feature].integer:
         return f"{value:.1f}"
     return f"{round(value):d}" if float(value).is_integer() else f"{value:.1f}"
 
 
+def phrase(item: dict[str, Any]) -> str:
+    """What the principal did, e.g. "read or listed secrets in 9 namespaces"."""
+    name = item["name"]
+    detail = item.get("detail")
+    if name == "rare_action" and detail:
+        return f"made a kind of request rare for principals like it ({detail})"
+    if name == "hour_rarity" and detail:
+        return f"was active at {detail}, an hour of day it is rarely active"
+    return BY_NAME[name].phrase.format(v=fmt(name, item["value"]))
+
+
 def sentence(item: dict[str, Any]) -> str:
     """One reason: "read or listed secrets in 9 namespaces; usual for this principal: 0; ..."."""
     name = item["name"]
-    what = BY_NAME[name].phrase.format(v=fmt(name, item["value"]))
     usual = (
         f"usual for this principal: {fmt(name, item['baseline'])}"
         if item.get("known", True)
         else f"no history for this principal (median of all principals: "
         f"{fmt(name, item['baseline'])})"
     )
-    return f"{what}; {usual}; 99th percentile of all principals: {fmt(name, item['population'])}"
+    if name == "rare_action":
+        return f"{phrase(item)}; rarity {item['value']:.1f} (-log10 of its share of windows)"
+    if name == "hour_rarity":
+        return f"{phrase(item)} (rarity {item['value']:.2f}; usual: {fmt(name, item['baseline'])})"
+    return (
+        f"{phrase(item)}; {usual}; "
+        f"99th percentile of all principals: {fmt(name, item['population'])}"
+    )
 
 
 def title(items: list[dict[str, Any]]) -> str:
     """Finding title from its top reason: "Unusual activity: read or listed secrets ..."."""
     if not items:
         return "Unusual activity"
-    first = items[0]
-    return "Unusual activity: " + BY_NAME[first["name"]].phrase.format(
-        v=fmt(first["name"], first["value"])
-    )
+    return "Unusual activity: " + phrase(items[0])

@@ -2,16 +2,21 @@
 
 One code path for training and scoring, in two steps:
 
-1. :func:`window_counts` (polars lazy, streamed one time chunk at a time by
+1. :func:`window_counts` (polars lazy, streamed a few hours at a time by
    :func:`lake_windows`) reduces canonical events to per-window counts plus the distinct
    values each window touched (source IPs, user agents, namespaces, resources and
-   verb-resource pairs). This is the only step whose cost grows with the number of events.
-2. :func:`finish_features` turns those window rows into the model's features: counts,
-   ratios, novelty against the principal's own history and volume relative to the
-   principal's typical window. The history is a :class:`Baseline` (saved with the model) at
-   scoring time; at training time it is the principal's own earlier windows (prequential:
-   a value is new in the first window it appears in), so that novelty is not constant zero
-   on the training rows, which would make it invisible to the forest.
+   *actions*). This is the only step whose cost grows with the number of events.
+2. :func:`finish_features` turns window rows into the model's features: counts, ratios,
+   novelty against the principal's own history, the rarity of its actions among principals
+   of its kind, and volume relative to its typical window. The history is a
+   :class:`Baseline`, learned at training time and saved with the model.
+
+Novelty on the training rows themselves is computed *leave one fold out* (a fold is a UTC
+day for ranges of three days or more): a value counts as new in a training window when the
+principal used it on no other day of the range. Scoring a day against the baseline of the
+previous days asks the same question, so the forest is trained on the distribution it
+will score. (Computing novelty against the full training range would make it constant zero
+on the training rows, and a constant feature is invisible to an isolation forest.)
 
 Each request is counted once: the API server logs an event per stage. We keep the
 ``ResponseComplete`` (or ``Panic``) event of ordinary requests and, for long-running ones
@@ -35,7 +40,7 @@ if TYPE_CHECKING:
     from detector.lake import Lake, Partition
 
 #: Bump when a feature's definition changes: a model trained on other definitions is refused.
-FEATURES_VERSION = 1
+FEATURES_VERSION = 2
 
 DEFAULT_WINDOW = timedelta(minutes=10)
 KEYS = ("cluster", "principal", "window_start")
@@ -59,6 +64,8 @@ WORKLOAD_RESOURCES = (
 INTERACTIVE_SUBRESOURCES = ("exec", "attach", "portforward")
 #: Requests that may log ``ResponseStarted`` and run past the end of a window or range.
 LONG_RUNNING_SUBRESOURCES = (*INTERACTIVE_SUBRESOURCES, "proxy", "log")
+#: Namespaces whose objects are the cluster's own machinery: actions there are told apart.
+SYSTEM_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
 
 # Pod-spec fields in a request body (JSON text; whitespace tolerant, key order free).
 _PRIVILEGED = r'"privileged"\s*:\s*true'
@@ -73,8 +80,11 @@ INPUT_COLUMNS = (
     "audit_id",
     "stage",
     "verb",
+    "request_uri",
+    "user_name",
     "principal",
     "principal_kind",
+    "iam_arn",
     "source_ip",
     "user_agent",
     "resource",
@@ -93,7 +103,7 @@ DIMENSIONS = (
     ("_user_agents", "new_user_agents", "distinct_user_agents"),
     ("_namespaces", "new_namespaces", "distinct_namespaces"),
     ("_resources", "new_resources", "distinct_resources"),
-    ("_verb_resources", "new_verb_resources", None),
+    ("_actions", "new_verb_resources", None),
 )
 LIST_COLUMNS = tuple(d[0] for d in DIMENSIONS)
 
@@ -136,6 +146,7 @@ CATALOGUE: tuple[Feature, ...] = (
     _f("secret_namespaces", "read or listed secrets in {v} namespaces", "sensitive"),
     _f("rbac_writes", "changed RBAC roles or bindings {v} times", "sensitive"),
     _f("exec_attach_portforward", "opened {v} exec/attach/port-forward sessions", "sensitive"),
+    _f("system_exec", "opened {v} exec/attach sessions into system namespaces", "sensitive"),
     _f("token_requests", "requested {v} service-account tokens", "sensitive"),
     _f("webhook_writes", "changed admission webhook configurations {v} times", "sensitive"),
     _f("aws_auth_writes", "changed the aws-auth ConfigMap {v} times", "sensitive"),
@@ -160,11 +171,20 @@ CATALOGUE: tuple[Feature, ...] = (
         "novelty",
         integer=False,
     ),
+    _f(
+        "rare_action",
+        "made a kind of request rare for principals of its kind (rarity {v})",
+        "novelty",
+        integer=False,
+    ),
     _f("requests_vs_usual", "made {v}x its usual number of requests", "relative", integer=False),
     _f("writes_vs_usual", "made {v}x its usual number of writes", "relative", integer=False),
     _f("secret_reads_vs_usual", "read secrets {v}x as often as usual", "relative", integer=False),
     _f(
-        "errors_vs_usual", "had {v}x its usual number of failed requests", "relative", integer=False
+        "errors_vs_usual",
+        "had {v}x its usual number of failed requests",
+        "relative",
+        integer=False,
     ),
 )
 FEATURES: tuple[str, ...] = tuple(f.name for f in CATALOGUE)
@@ -177,40 +197,13 @@ RELATIVE = (
     ("secret_reads_vs_usual", "secret_reads"),
     ("errors_vs_usual", "errors"),
 )
-_RELATIVE_BASES = tuple((base, feat) for feat, base in RELATIVE)
+RELATIVE_BASES = tuple(base for _, base in RELATIVE)
 
-#: Counts produced by :func:`window_counts` (besides the distinct-value lists).
-WINDOW_COUNTS = (
-    "requests",
-    "reads",
-    "writes",
-    "deletes",
-    "cluster_list_watch",
-    "status_401",
-    "status_403",
-    "status_404",
-    "status_409",
-    "status_429",
-    "status_5xx",
-    "errors",
-    "denied",
-    "distinct_names",
-    "secret_reads",
-    "secret_namespaces",
-    "rbac_writes",
-    "exec_attach_portforward",
-    "token_requests",
-    "webhook_writes",
-    "aws_auth_writes",
-    "event_deletes",
-    "privileged_workloads",
-    "hostpath_workloads",
-    "hostnetwork_workloads",
-    "hostpid_workloads",
-)
-
-#: Columns of a feature frame besides the features themselves.
+#: Columns of a feature frame besides the features: identity, the principal's parent in the
+#: surprise hierarchy and the rarest action's name (for explanations).
 ID_COLUMNS = ("cluster", "principal", "principal_kind", "window_start", "window_end")
+#: ``parent``: the principal's IAM role (sessions of one role share it) or its peer group.
+DETAIL_COLUMNS = ("parent", "rare_action_name")
 
 
 # --------------------------------------------------------------------------- expressions
@@ -242,9 +235,18 @@ def is_workload_write() -> pl.Expr:
     )
 
 
+def is_aws_auth() -> pl.Expr:
+    """The EKS aws-auth ConfigMap (IAM -> Kubernetes identity mapping)."""
+    return (
+        (pl.col("resource") == "configmaps")
+        & (pl.col("namespace") == "kube-system")
+        & (pl.col("name") == "aws-auth")
+    )
+
+
 def body_matches(pattern: str) -> pl.Expr:
     """Workload writes whose request body matches ``pattern`` (false when no body was logged)."""
-    return is_workload_write() & pl.col("request_object").str.contains(pattern).fill_null(False)
+    return (is_workload_write() & pl.col("request_object").str.contains(pattern)).fill_null(False)
 
 
 def count(expr: pl.Expr, name: str) -> pl.Expr:
@@ -258,6 +260,56 @@ def resource_path() -> pl.Expr:
         pl.when(pl.col("subresource").is_not_null())
         .then(pl.concat_str([pl.col("resource"), pl.col("subresource")], separator="/"))
         .otherwise(pl.col("resource"))
+    )
+
+
+def action() -> pl.Expr:
+    """What a request did, as a short string: verb, resource and what makes it sensitive.
+
+    ``verb resource[/subresource]``, then `` in <ns>`` for system namespaces,
+    `` aws-auth`` for that ConfigMap and `` privileged``/`` hostPath``/`` hostNetwork``/
+    `` hostPID`` for risky workload specs; non-resource requests use the URL path.
+
+    Examples
+    --------
+    >>> df = pl.DataFrame({"verb": ["create"], "resource": ["pods"], "subresource": ["exec"],
+    ...     "namespace": ["kube-system"], "name": ["x"], "request_uri": ["/api/v1/..."],
+    ...     "_privileged": [False], "_hostpath": [False], "_hostnetwork": [False],
+    ...     "_hostpid": [False]})
+    >>> df.select(action())["action"].to_list()
+    ['create pods/exec in kube-system']
+    """
+    path = pl.col("request_uri").str.replace(r"\?.*$", "")
+    tag = lambda flag, text: pl.when(pl.col(flag)).then(pl.lit(text))  # noqa: E731
+    return pl.concat_str(
+        [
+            pl.col("verb").fill_null("-"),
+            pl.lit(" "),
+            pl.coalesce(resource_path(), path, pl.lit("?")),
+            pl.when(pl.col("namespace").is_in(SYSTEM_NAMESPACES)).then(
+                pl.lit(" in ") + pl.col("namespace")
+            ),
+            pl.when(is_aws_auth()).then(pl.lit(" aws-auth")),
+            tag("_privileged", " privileged"),
+            tag("_hostpath", " hostPath"),
+            tag("_hostnetwork", " hostNetwork"),
+            tag("_hostpid", " hostPID"),
+        ],
+        ignore_nulls=True,
+    ).alias("action")
+
+
+def peer_group() -> pl.Expr:
+    """Whom a principal is compared with for action rarity: its kind, but nodes apart.
+
+    On EKS nodes authenticate through an IAM role, so their ``principal_kind`` is
+    ``iam_role`` like people and CI; what is routine for a kubelet (minting service-account
+    tokens, reading every pod's secrets) is not for a person.
+    """
+    return (
+        pl.when(pl.col("user_name").str.starts_with("system:node:"))
+        .then(pl.lit("node"))
+        .otherwise(pl.col("principal_kind"))
     )
 
 
@@ -277,10 +329,10 @@ def request_rows(
     lf = events.select(columns)
     stage = pl.col("stage")
     done = stage.is_in(["ResponseComplete", "Panic"])
-    long_running = is_long_running()
-    ordinary = lf.filter(done & ~long_running.fill_null(False))
+    long_running = is_long_running().fill_null(False)
+    ordinary = lf.filter(done & ~long_running)
     started = lf.filter(stage == "ResponseStarted")
-    unstarted = lf.filter(done & long_running.fill_null(False)).join(
+    unstarted = lf.filter(done & long_running).join(
         started.select("audit_id"), on="audit_id", how="anti"
     )
     return pl.concat([ordinary, started, unstarted], how="vertical")
@@ -303,8 +355,11 @@ def window_counts(events: pl.LazyFrame, *, window: timedelta = DEFAULT_WINDOW) -
     namespace = pl.col("namespace")
     mutating = verb_in(MUTATING_VERBS)
     secret_read = is_secret_read()
+    interactive = subresource.is_in(INTERACTIVE_SUBRESOURCES)
     aggs = [
         pl.col("principal_kind").drop_nulls().first().alias("principal_kind"),
+        peer_group().drop_nulls().first().alias("peer_group"),
+        pl.coalesce(pl.col("iam_arn"), peer_group()).drop_nulls().first().alias("parent"),
         pl.len().cast(pl.UInt32).alias("requests"),
         count(verb_in(READ_VERBS), "reads"),
         count(verb_in(WRITE_VERBS), "writes"),
@@ -331,29 +386,27 @@ def window_counts(events: pl.LazyFrame, *, window: timedelta = DEFAULT_WINDOW) -
             & mutating,
             "rbac_writes",
         ),
-        count(subresource.is_in(INTERACTIVE_SUBRESOURCES), "exec_attach_portforward"),
+        count(interactive, "exec_attach_portforward"),
+        count(
+            subresource.is_in(["exec", "attach"]) & namespace.is_in(SYSTEM_NAMESPACES),
+            "system_exec",
+        ),
         count(
             (resource == "serviceaccounts") & (subresource == "token") & (verb == "create"),
             "token_requests",
         ),
         count(resource.is_in(WEBHOOK_RESOURCES) & mutating, "webhook_writes"),
-        count(
-            (resource == "configmaps")
-            & (namespace == "kube-system")
-            & (pl.col("name") == "aws-auth")
-            & mutating,
-            "aws_auth_writes",
-        ),
+        count(is_aws_auth() & mutating, "aws_auth_writes"),
         count((resource == "events") & verb_in(DELETE_VERBS), "event_deletes"),
-        count(body_matches(_PRIVILEGED), "privileged_workloads"),
-        count(body_matches(_HOST_PATH), "hostpath_workloads"),
-        count(body_matches(_HOST_NETWORK), "hostnetwork_workloads"),
-        count(body_matches(_HOST_PID), "hostpid_workloads"),
+        count(pl.col("_privileged"), "privileged_workloads"),
+        count(pl.col("_hostpath"), "hostpath_workloads"),
+        count(pl.col("_hostnetwork"), "hostnetwork_workloads"),
+        count(pl.col("_hostpid"), "hostpid_workloads"),
         distinct_values(pl.col("source_ip"), "_source_ips"),
         distinct_values(pl.col("user_agent"), "_user_agents"),
         distinct_values(namespace, "_namespaces"),
         distinct_values(resource, "_resources"),
-        distinct_values(pl.concat_str([verb, resource_path()], separator=" "), "_verb_resources"),
+        distinct_values(pl.col("action"), "_actions"),
     ]
     every = f"{int(window.total_seconds())}s"
     return (
@@ -361,7 +414,12 @@ def window_counts(events: pl.LazyFrame, *, window: timedelta = DEFAULT_WINDOW) -
         .with_columns(
             pl.col("principal").fill_null("<unknown>"),
             pl.col("event_time").dt.truncate(every).alias("window_start"),
+            body_matches(_PRIVILEGED).alias("_privileged"),
+            body_matches(_HOST_PATH).alias("_hostpath"),
+            body_matches(_HOST_NETWORK).alias("_hostnetwork"),
+            body_matches(_HOST_PID).alias("_hostpid"),
         )
+        .with_columns(action())
         .group_by(list(KEYS))
         .agg(aggs)
         .with_columns((pl.col("window_start") + window).alias("window_end"))
@@ -372,9 +430,8 @@ def window_schema() -> pl.Schema:
     """Schema of :func:`window_counts` output (for empty ranges)."""
     from detector.schema import events_polars_schema
 
-    return window_counts(
-        pl.LazyFrame(schema=events_polars_schema(with_cluster=True))
-    ).collect_schema()
+    empty = pl.LazyFrame(schema=events_polars_schema(with_cluster=True))
+    return window_counts(empty).collect_schema()
 
 
 def empty_windows() -> pl.DataFrame:
@@ -462,109 +519,196 @@ def iter_lake_windows(
 # --------------------------------------------------------------------------- baseline
 @dataclass
 class Baseline:
-    """What the model knows about each principal from its training range.
+    """What the model knows from its training range (saved with it as Parquet).
 
     Attributes
     ----------
     seen
         (cluster, principal, dimension, value): every source IP, user agent, namespace,
-        resource and verb-resource pair each principal used.
+        resource and action each principal used.
     principals
-        One row per (cluster, principal): windows active, first/last window, a 24-bin
-        hour-of-day histogram of active windows, and the median and 99th percentile of every
-        feature over the principal's windows.
+        One row per (cluster, principal): windows active, a 24-bin hour-of-day histogram of
+        active windows, and the median and 99th percentile of every feature over the
+        principal's windows.
+    actions
+        (peer_group, action, windows): in how many windows principals of each peer group
+        (:func:`peer_group`) made each kind of request; ``action = "*"`` holds the group's
+        total windows.
     population
-        Per feature: median and 99th percentile over all principals' windows.
+        (feature, median, p99) over all principals' windows.
+    tails
+        (level, key, feature, bin, n_ge): in how many windows of each principal
+        (``level="own"``), IAM role or peer group (``"parent"``) and of everyone (``"pop"``)
+        each feature reached each value bin or more; ``bin = -1`` rows hold window totals.
+        See :func:`feature_surprises`.
     """
 
     seen: pl.DataFrame
     principals: pl.DataFrame
-    population: pl.DataFrame  # columns: feature, median, p99
+    actions: pl.DataFrame
+    population: pl.DataFrame
+    tails: pl.DataFrame | None = None
 
-    def population_median(self, feature: str) -> float:
+    def population_stat(self, feature: str, stat: str = "median") -> float:
         row = self.population.filter(pl.col("feature") == feature)
-        return float(row["median"][0]) if row.height else 0.0
+        return float(row[stat][0]) if row.height else 0.0
 
 
-def _seen_values(windows: pl.DataFrame) -> pl.DataFrame:
-    frames = [
-        windows.select("cluster", "principal", "window_start", pl.col(col).alias("value"))
+def fold_length(start: datetime, end: datetime) -> timedelta:
+    """Leave-one-out fold for training novelty: a day, or a third of ranges under 3 days."""
+    span = end - start
+    if span >= timedelta(days=3):
+        return timedelta(days=1)
+    return max(timedelta(hours=1), timedelta(hours=int(span.total_seconds() // 3 // 3600)))
+
+
+def _with_fold(windows: pl.DataFrame, fold: timedelta) -> pl.DataFrame:
+    every = f"{int(fold.total_seconds())}s"
+    return windows.with_columns(pl.col("window_start").dt.truncate(every).alias("_fold"))
+
+
+def _exploded(windows: pl.DataFrame, col: str, extra: tuple[str, ...] = ()) -> pl.DataFrame:
+    return (
+        windows.select(*KEYS, *extra, pl.col(col).alias("value"))
         .explode("value")
         .drop_nulls("value")
-        .with_columns(pl.lit(col.lstrip("_")).alias("dimension"))
-        for col, _, _ in DIMENSIONS
-    ]
-    return pl.concat(frames, how="vertical").select(
-        "cluster", "principal", "dimension", "value", "window_start"
     )
 
 
-def _hour_histogram() -> pl.Expr:
+def _hour_histogram(name: str = "hour_counts") -> pl.Expr:
     hours = pl.col("window_start").dt.hour().cast(pl.Int64)
-    return pl.concat_list([(hours == h).sum().cast(pl.UInt32) for h in range(24)]).alias(
-        "hour_counts"
-    )
+    return pl.concat_list([(hours == h).sum().cast(pl.UInt32) for h in range(24)]).alias(name)
 
 
-def fit_baseline(windows: pl.DataFrame) -> tuple[Baseline, pl.DataFrame]:
-    """Learn a :class:`Baseline` from training window rows; also return their features.
+def _rarity(n: pl.Expr, total: pl.Expr) -> pl.Expr:
+    """-log10 of the smoothed share of windows: 0 = every window, ~log10(total) = never."""
+    return -(((n.cast(pl.Float64) + 1.0) / (total.cast(pl.Float64) + 1.0)).log10())
 
-    The features of the training rows use prequential novelty (see the module docstring).
+
+def build_baseline(windows: pl.DataFrame) -> Baseline:
+    """The history :func:`finish_features` compares windows with, from training window rows.
+
+    Only what novelty, rarity and relative volume need; :func:`fit_baseline` adds the
+    per-feature statistics used by explanations.
     """
-    values = _seen_values(windows)
-    seen = (
-        values.group_by("cluster", "principal", "dimension", "value")
-        .agg(pl.col("window_start").min().alias("first_window"))
-        .sort("cluster", "principal", "dimension", "value")
+    pkeys = ["cluster", "principal"]
+    seen = pl.concat(
+        [
+            _exploded(windows, col)
+            .select(*pkeys, pl.lit(col.lstrip("_")).alias("dimension"), "value")
+            .unique()
+            for col, _, _ in DIMENSIONS
+        ]
+    ).sort("cluster", "principal", "dimension", "value")
+    principals = (
+        windows.group_by(pkeys)
+        .agg(
+            pl.len().cast(pl.UInt32).alias("windows"),
+            _hour_histogram(),
+            *[pl.col(c).median().cast(pl.Float64).alias(f"median_{c}") for c in RELATIVE_BASES],
+        )
+        .sort(pkeys)
     )
-    per_principal = windows.group_by("cluster", "principal").agg(
-        pl.len().cast(pl.UInt32).alias("windows"),
-        pl.col("window_start").min().alias("first_window"),
-        pl.col("window_start").max().alias("last_window"),
-        _hour_histogram(),
-        *[pl.col(c).median().alias(f"median_{c}") for c, _ in _RELATIVE_BASES],
+    acts = _exploded(windows, "_actions", ("peer_group",))
+    actions = pl.concat(
+        [
+            acts.group_by("peer_group", pl.col("value").alias("action")).agg(
+                pl.len().cast(pl.UInt32).alias("windows")
+            ),
+            windows.group_by("peer_group").agg(
+                pl.lit("*").alias("action"), pl.len().cast(pl.UInt32).alias("windows")
+            ),
+        ]
+    ).sort("peer_group", "action")
+    population = pl.DataFrame(
+        {
+            "feature": list(RELATIVE_BASES),
+            "median": [float(windows[c].median() or 0.0) for c in RELATIVE_BASES],
+            "p99": [float(windows[c].quantile(0.99, "nearest") or 0.0) for c in RELATIVE_BASES],
+        }
     )
-    features = _finish(windows, per_principal, seen=seen, prequential=True)
-    stats = features.group_by("cluster", "principal").agg(
+    return Baseline(seen=seen, principals=principals, actions=actions, population=population)
+
+
+def cross_fit_features(windows: pl.DataFrame, *, fold: timedelta) -> pl.DataFrame:
+    """Features of training rows, each fold scored against a baseline of the other folds.
+
+    This is exactly what scoring does (a new day against the days before), through the same
+    :func:`finish_features`, so the forest learns the distribution it will score. With a
+    single fold the rows are featurized against their own range.
+    """
+    w = _with_fold(windows, fold)
+    folds = w["_fold"].unique().sort().to_list()
+    if len(folds) < 2:
+        return finish_features(windows, build_baseline(windows))
+    parts = []
+    for k in folds:
+        inside = w.filter(pl.col("_fold") == k).drop("_fold")
+        outside = w.filter(pl.col("_fold") != k).drop("_fold")
+        parts.append(finish_features(inside, build_baseline(outside)))
+    return pl.concat(parts).sort(KEYS)
+
+
+def fit_baseline(
+    windows: pl.DataFrame, *, fold: timedelta = timedelta(days=1)
+) -> tuple[Baseline, pl.DataFrame]:
+    """Learn the :class:`Baseline` from training window rows; also return their features.
+
+    The features are cross-fitted (:func:`cross_fit_features`); the baseline saved for
+    scoring is built from all rows and carries each principal's median and 99th percentile
+    of every feature (what explanations call "usual") and the population's.
+    """
+    pkeys = ["cluster", "principal"]
+    features = cross_fit_features(windows, fold=fold)
+    baseline = build_baseline(windows)
+    stats = features.group_by(pkeys).agg(
         *[pl.col(f).median().alias(f"median_{f}") for f in FEATURES],
         *[pl.col(f).quantile(0.99, "nearest").alias(f"p99_{f}") for f in FEATURES],
     )
-    principals = per_principal.join(stats, on=["cluster", "principal"], how="left").sort(
-        "cluster", "principal"
+    own = [f"median_{c}" for c in RELATIVE_BASES if c not in FEATURES]
+    baseline.principals = (
+        baseline.principals.select(*pkeys, "windows", "hour_counts", *own)
+        .join(stats, on=pkeys, how="left")
+        .sort(pkeys)
     )
-    population = pl.DataFrame(
-        {
-            "feature": list(FEATURES),
-            "median": [float(features[f].median() or 0.0) for f in FEATURES],
-            "p99": [float(features[f].quantile(0.99, "nearest") or 0.0) for f in FEATURES],
-        }
+    extra = baseline.population.filter(~pl.col("feature").is_in(FEATURES))
+    baseline.population = pl.concat(
+        [
+            pl.DataFrame(
+                {
+                    "feature": list(FEATURES),
+                    "median": [float(features[f].median() or 0.0) for f in FEATURES],
+                    "p99": [float(features[f].quantile(0.99, "nearest") or 0.0) for f in FEATURES],
+                }
+            ),
+            extra,
+        ]
     )
-    baseline = Baseline(
-        seen=seen.drop("first_window"), principals=principals, population=population
-    )
+    baseline.tails = tail_counts(features)
     return baseline, features
 
 
-# --------------------------------------------------------------------------- step 2: features
-def finish_features(windows: pl.DataFrame, baseline: Baseline) -> pl.DataFrame:
-    """Window rows -> feature rows, with novelty and relative volume against ``baseline``."""
-    return _finish(
-        windows,
-        baseline.principals,
-        seen=baseline.seen,
-        prequential=False,
-        population=baseline.population,
+def _rarest(rare: pl.DataFrame) -> pl.DataFrame:
+    """Per window: the rarity of its rarest action, and that action."""
+    return (
+        rare.sort([*KEYS, "_r", "value"], descending=[False, False, False, True, False])
+        .group_by(KEYS, maintain_order=True)
+        .agg(
+            pl.col("_r").first().alias("rare_action"),
+            pl.col("value").first().alias("rare_action_name"),
+        )
     )
 
 
-def _finish(
-    windows: pl.DataFrame,
-    principals: pl.DataFrame,
-    *,
-    seen: pl.DataFrame,
-    prequential: bool,
-    population: pl.DataFrame | None = None,
+# --------------------------------------------------------------------------- step 2: features
+def finish_features(
+    windows: pl.DataFrame, baseline: Baseline, *, recent: pl.DataFrame | None = None
 ) -> pl.DataFrame:
+    """Window rows -> feature rows, with novelty, rarity and relative volume vs ``baseline``.
+
+    ``recent`` holds values seen shortly before the windows (same columns as
+    ``baseline.seen``; see :func:`recent_values`): they are not new either.
+    """
     keys = list(KEYS)
     pkeys = ["cluster", "principal"]
     out = windows.with_columns(
@@ -577,57 +721,288 @@ def _finish(
             if dist
         ],
     )
-    # Novelty: distinct values of the window the principal had not used before.
+    # Novelty: values the principal used in neither the baseline nor recently, counted in
+    # the first window that uses them (a new address used all day is one new address).
+    seen = baseline.seen if recent is None else pl.concat([baseline.seen, recent])
     for col, new_name, _ in DIMENSIONS:
-        dim = col.lstrip("_")
-        vals = out.select(*keys, pl.col(col).alias("value")).explode("value").drop_nulls("value")
-        known = seen.filter(pl.col("dimension") == dim)
-        if prequential:
-            # Known = first used in an earlier window of the training range.
-            vals = vals.join(
-                known.select(*pkeys, "value", "first_window"), on=[*pkeys, "value"], how="left"
-            ).filter(pl.col("first_window") >= pl.col("window_start"))
-        else:
-            vals = vals.join(known.select(*pkeys, "value"), on=[*pkeys, "value"], how="anti")
-        new = vals.group_by(keys).agg(pl.len().cast(pl.UInt32).alias(new_name))
+        known = seen.filter(pl.col("dimension") == col.lstrip("_")).select(*pkeys, "value")
+        new = (
+            _exploded(windows, col)
+            .join(known, on=[*pkeys, "value"], how="anti")
+            .filter(pl.col("window_start") == pl.col("window_start").min().over(*pkeys, "value"))
+            .group_by(keys)
+            .agg(pl.len().cast(pl.UInt32).alias(new_name))
+        )
         out = out.join(new, on=keys, how="left").with_columns(pl.col(new_name).fill_null(0))
-
-    hist_cols = [
-        "first_window",
-        "windows",
-        "hour_counts",
-        *[f"median_{base}" for base, _ in _RELATIVE_BASES],
-    ]
-    out = out.join(principals.select(*pkeys, *hist_cols), on=pkeys, how="left")
-    known_principal = pl.col("windows").is_not_null()
-    if prequential:
-        first_seen = pl.col("window_start") == pl.col("first_window")
-    else:
-        first_seen = ~known_principal
-    hour_share = (
-        pl.col("hour_counts")
-        .list.get(pl.col("window_start").dt.hour().cast(pl.Int64))
-        .cast(pl.Float64)
+    # Rarity of the window's rarest action among baseline windows of the same peer group.
+    totals = baseline.actions.filter(pl.col("action") == "*").select(
+        "peer_group", pl.col("windows").alias("_kt")
+    )
+    counts = baseline.actions.filter(pl.col("action") != "*").select(
+        "peer_group", pl.col("action").alias("value"), pl.col("windows").alias("_at")
+    )
+    rare = _rarest(
+        _exploded(windows, "_actions", ("peer_group",))
+        .join(counts, on=["peer_group", "value"], how="left")
+        .join(totals, on="peer_group", how="left")
+        .with_columns(_rarity(pl.col("_at").fill_null(0), pl.col("_kt").fill_null(0)).alias("_r"))
+    )
+    medians = [f"median_{c}" for c in RELATIVE_BASES]
+    out = out.join(rare, on=keys, how="left").join(
+        baseline.principals.select(*pkeys, "windows", "hour_counts", *medians),
+        on=pkeys,
+        how="left",
+    )
+    # Share of the principal's baseline windows at this hour of day, against an even spread.
+    hour = pl.col("window_start").dt.hour().cast(pl.Int64)
+    share = (
+        pl.col("hour_counts").list.get(hour).cast(pl.Float64)
         * 24.0
         / pl.col("windows").cast(pl.Float64)
     )
-    rarity = pl.when(known_principal).then((1.0 - hour_share).clip(0.0, 1.0)).otherwise(1.0)
-
-    def usual(base: str) -> pl.Expr:
-        fallback = 0.0
-        if population is not None:
-            row = population.filter(pl.col("feature") == base)
-            if row.height:
-                fallback = float(row["median"][0])
-        return pl.col(f"median_{base}").fill_null(fallback)
-
+    known = pl.col("windows").is_not_null()
+    if recent is not None:
+        known = known | pl.struct(pkeys).is_in(
+            recent.select(pl.struct(pkeys)).to_series().implode()
+        )
+    first = (~known) & (pl.col("window_start") == pl.col("window_start").min().over(pkeys))
     relative = [
-        ((pl.col(base).cast(pl.Float64) + 1.0) / (usual(base) + 1.0)).alias(feat)
+        (
+            (pl.col(base).cast(pl.Float64) + 1.0)
+            / (pl.col(f"median_{base}").fill_null(baseline.population_stat(base)) + 1.0)
+        ).alias(feat)
         for feat, base in RELATIVE
     ]
     out = out.with_columns(
-        first_seen.cast(pl.UInt32).alias("first_seen_principal"),
-        rarity.alias("hour_rarity"),
+        first.cast(pl.UInt32).alias("first_seen_principal"),
+        pl.when(known).then((1.0 - share).clip(0.0, 1.0)).otherwise(1.0).alias("hour_rarity"),
+        pl.col("rare_action").fill_null(0.0),
         *relative,
     )
-    return out.select(*ID_COLUMNS, *[pl.col(f).cast(pl.Float64) for f in FEATURES]).sort(keys)
+    return out.select(
+        *ID_COLUMNS, *[pl.col(f).cast(pl.Float64) for f in FEATURES], *DETAIL_COLUMNS
+    ).sort(keys)
+
+
+# --------------------------------------------------------------------------- model inputs
+#: The forest sees one input per family: the surprise of the family's most surprising feature.
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "surprise_volume": (
+        "requests",
+        "reads",
+        "writes",
+        "deletes",
+        "cluster_list_watch",
+        "requests_vs_usual",
+        "writes_vs_usual",
+    ),
+    "surprise_errors": (
+        "status_401",
+        "status_403",
+        "status_404",
+        "status_409",
+        "status_429",
+        "status_5xx",
+        "denied",
+        "error_ratio",
+        "errors_vs_usual",
+    ),
+    "surprise_spread": (
+        "distinct_namespaces",
+        "distinct_resources",
+        "distinct_names",
+        "distinct_source_ips",
+        "distinct_user_agents",
+    ),
+    "surprise_sensitive": (
+        "secret_reads",
+        "secret_namespaces",
+        "rbac_writes",
+        "exec_attach_portforward",
+        "system_exec",
+        "token_requests",
+        "webhook_writes",
+        "aws_auth_writes",
+        "event_deletes",
+        "privileged_workloads",
+        "hostpath_workloads",
+        "hostnetwork_workloads",
+        "hostpid_workloads",
+        "secret_reads_vs_usual",
+    ),
+    "surprise_novelty": (
+        "new_source_ips",
+        "new_user_agents",
+        "new_namespaces",
+        "new_resources",
+        "new_verb_resources",
+        "first_seen_principal",
+    ),
+    "surprise_hour": ("hour_rarity",),
+    "surprise_rare_action": ("rare_action",),
+}
+MODEL_INPUTS: tuple[str, ...] = tuple(FAMILIES)
+FAMILY_OF: dict[str, str] = {f: fam for fam, fs in FAMILIES.items() for f in fs}
+#: Weight (in windows) of the parent's and the population's distribution in a principal's.
+PRIOR_WEIGHT = 5.0
+_LEVELS = ("own", "parent", "pop")
+
+
+def value_bin(x: pl.Expr) -> pl.Expr:
+    """Eighth-of-an-octave bins of a non-negative value: 0 only for 0, then 1, 2, ..."""
+    return (
+        pl.when(x > 0)
+        .then(pl.max_horizontal(pl.lit(1), (8.0 * (x.clip(0.0) + 1.0).log(2)).floor()))
+        .otherwise(0)
+        .cast(pl.Int32)
+    )
+
+
+def _level_keys() -> dict[str, pl.Expr]:
+    return {
+        "own": pl.concat_str([pl.col("cluster"), pl.col("principal")], separator="\x1f"),
+        "parent": pl.col("parent").fill_null("-"),
+        "pop": pl.lit("*"),
+    }
+
+
+def _long(features: pl.DataFrame, fold: timedelta | None = None) -> pl.DataFrame:
+    """One row per (window row, feature) with a non-zero value, keyed for every level."""
+    keys = _level_keys()
+    extra = []
+    if fold is not None:
+        every = f"{int(fold.total_seconds())}s"
+        extra = [pl.col("window_start").dt.truncate(every).alias("_fold")]
+    base = features.with_row_index("row").select(
+        "row", *[e.alias(f"key_{lvl}") for lvl, e in keys.items()], *extra, *FEATURES
+    )
+    return (
+        base.unpivot(
+            index=["row", *[f"key_{lvl}" for lvl in _LEVELS], *(["_fold"] if extra else [])],
+            on=list(FEATURES),
+            variable_name="feature",
+            value_name="x",
+        )
+        .filter(pl.col("x") > 0)
+        .with_columns(value_bin(pl.col("x")).alias("bin"))
+    )
+
+
+def tail_counts(features: pl.DataFrame, *, fold: timedelta | None = None) -> pl.DataFrame:
+    """The ``tails`` table of :class:`Baseline` (per ``_fold`` too when ``fold`` is given)."""
+    long = _long(features, fold)
+    keys = _level_keys()
+    by_fold = ["_fold"] if fold is not None else []
+    rows = features.select(
+        *[e.alias(f"key_{lvl}") for lvl, e in keys.items()],
+        *(
+            [pl.col("window_start").dt.truncate(f"{int(fold.total_seconds())}s").alias("_fold")]
+            if fold is not None
+            else []
+        ),
+    )
+    parts = []
+    for lvl in _LEVELS:
+        k = f"key_{lvl}"
+        hist = (
+            long.group_by(k, *by_fold, "feature", "bin")
+            .agg(pl.len().alias("n"))
+            .sort(k, *by_fold, "feature", "bin", descending=[False] * (2 + len(by_fold)) + [True])
+            .with_columns(pl.col("n").cum_sum().over(k, *by_fold, "feature").alias("n_ge"))
+            .drop("n")
+        )
+        totals = rows.group_by(k, *by_fold).agg(
+            pl.lit("*").alias("feature"), pl.lit(-1, pl.Int32).alias("bin"), pl.len().alias("n_ge")
+        )
+        parts.append(
+            pl.concat([hist, totals.select(hist.columns)]).select(
+                pl.lit(lvl).alias("level"),
+                pl.col(k).alias("key"),
+                *by_fold,
+                "feature",
+                "bin",
+                pl.col("n_ge").cast(pl.UInt32),
+            )
+        )
+    return pl.concat(parts).sort("level", "key", *by_fold, "feature", "bin")
+
+
+def _lookup(query: pl.DataFrame, tails: pl.DataFrame, lvl: str, name: str, by_fold: list[str]):
+    """Attach ``n_ge`` (windows with a value in the query's bin or above) and the total."""
+    k = f"key_{lvl}"
+    table = tails.filter(pl.col("level") == lvl).rename({"key": k})
+    counts = (
+        table.filter(pl.col("bin") >= 0)
+        .select(k, *by_fold, "feature", "bin", pl.col("n_ge").alias(name))
+        .sort("bin")
+    )
+    totals = table.filter(pl.col("bin") < 0).select(k, *by_fold, pl.col("n_ge").alias(f"{name}_n"))
+    return (
+        query.sort("bin")
+        .join_asof(
+            counts,
+            on="bin",
+            by=[k, *by_fold, "feature"],
+            strategy="forward",
+            check_sortedness=False,
+        )
+        .join(totals, on=[k, *by_fold], how="left")
+        .with_columns(pl.col(name).fill_null(0), pl.col(f"{name}_n").fill_null(0))
+    )
+
+
+def feature_surprises(
+    features: pl.DataFrame, baseline: Baseline, *, loo_fold: timedelta | None = None
+) -> pl.DataFrame:
+    """Per (row, feature) with a non-zero value: how surprising the value is for the principal.
+
+    ``surprise = -log10 P(X >= x)``, where P is the principal's own share of baseline windows
+    at that value or above, smoothed towards its parent's (IAM role or peer group), itself
+    smoothed towards the population's, each prior weighing :data:`PRIOR_WEIGHT` windows::
+
+        p_pop = (n_pop + 1) / (N_pop + 1)
+        p_parent = (n_parent + w * p_pop) / (N_parent + w)
+        p_own = (n_own + w * p_parent) / (N_own + w)
+
+    A principal never seen falls back on its role and then everyone; a value nobody reached
+    scores about log10 of the number of baseline windows. With ``loo_fold`` (training), each
+    row's own fold is left out of the counts, as :func:`cross_fit_features` does for novelty.
+    """
+    if baseline.tails is None:
+        raise ValueError("baseline has no tail counts (fit it with fit_baseline)")
+    query = _long(features, loo_fold)
+    w = PRIOR_WEIGHT
+    by_fold = ["_fold"] if loo_fold is not None else []
+    fold_tails = tail_counts(features, fold=loo_fold) if loo_fold is not None else None
+    for lvl in _LEVELS:
+        query = _lookup(query, baseline.tails, lvl, f"n_{lvl}", [])
+        if fold_tails is not None:
+            query = _lookup(query, fold_tails, lvl, f"f_{lvl}", by_fold).with_columns(
+                (pl.col(f"n_{lvl}") - pl.col(f"f_{lvl}")).alias(f"n_{lvl}"),
+                (pl.col(f"n_{lvl}_n") - pl.col(f"f_{lvl}_n")).alias(f"n_{lvl}_n"),
+            )
+    n = lambda c: pl.col(c).cast(pl.Float64)  # noqa: E731
+    p_pop = (n("n_pop") + 1.0) / (n("n_pop_n") + 1.0)
+    p_parent = (n("n_parent") + w * p_pop) / (n("n_parent_n") + w)
+    p_own = (n("n_own") + w * p_parent) / (n("n_own_n") + w)
+    return query.select("row", "feature", "x", (-p_own.log10()).clip(0.0).alias("surprise")).sort(
+        "row", "feature"
+    )
+
+
+def model_inputs(
+    features: pl.DataFrame, baseline: Baseline, *, loo_fold: timedelta | None = None
+) -> pl.DataFrame:
+    """The forest's input: per row, the largest feature surprise of each family."""
+    surprises = feature_surprises(features, baseline, loo_fold=loo_fold).with_columns(
+        pl.col("feature").replace_strict(FAMILY_OF, default=None).alias("family")
+    )
+    per_row = surprises.group_by("row").agg(
+        pl.col("surprise").filter(pl.col("family") == fam).max().alias(fam) for fam in MODEL_INPUTS
+    )
+    rows = pl.DataFrame({"row": pl.arange(0, features.height, eager=True, dtype=pl.UInt32)})
+    return (
+        rows.join(per_row, on="row", how="left")
+        .sort("row")
+        .select(pl.col(fam).fill_null(0.0).cast(pl.Float64) for fam in MODEL_INPUTS)
+    )

@@ -41,7 +41,7 @@ from sklearn.utils._param_validation import Interval, RealNotInt, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from detector import __version__
-from detector.features import FEATURES, FEATURES_VERSION, Baseline
+from detector.features import FEATURES, FEATURES_VERSION, MODEL_INPUTS, Baseline, model_inputs
 from detector.findings_schema import SEVERITIES
 from detector.storage import Location
 
@@ -56,6 +56,9 @@ DEFAULT_ALERT_RATE = 0.001
 #: The only non-default types a model file may contain. skops refuses anything else, so a
 #: crafted file cannot make ``load`` instantiate arbitrary classes.
 TRUSTED_TYPES = ("sklearn.tree._tree.Tree",)
+
+#: Baseline tables saved as Parquet next to the model (population stats live in the card).
+BASELINE_TABLES = ("principals", "seen", "actions", "tails")
 
 
 class ModelError(Exception):
@@ -134,8 +137,10 @@ class AuditIsolationForest(OutlierMixin, BaseEstimator):
     ----------
     n_estimators : int, default=200
         Number of trees.
-    max_samples : "auto", int or float, default="auto"
-        Rows drawn to build each tree (``"auto"``: min(256, n_samples)).
+    max_samples : "auto", int or float, default=1024
+        Rows drawn to build each tree (at most the number of rows; ``"auto"``: 256). More
+        than scikit-learn's 256 because benign traffic has many mid-sized clusters (one
+        per kind of principal and activity) that a small sample leaves looking isolated.
     alert_rate : float, default=0.001
         Share of training rows whose score is above ``threshold_`` (the alert budget).
     threshold_method : {"budget", "sigma"}, default="budget"
@@ -173,10 +178,11 @@ class AuditIsolationForest(OutlierMixin, BaseEstimator):
     Notes
     -----
     ``score_samples`` follows scikit-learn (lower = more abnormal); :meth:`anomaly_score` is
-    its negation (higher = more unusual), which is what findings report. Severity bands are
-    spaced by the spread of the training scores above the threshold: medium from the highest
-    training score, high and critical one and two such steps further (see
-    ``docs/features.md``).
+    its negation (higher = more unusual), which is what findings report. Severity bands come
+    from the training scores: ``low`` from the threshold, ``medium`` from the score only one
+    in ``10 / alert_rate`` training windows reached, ``high`` above every training window and
+    ``critical`` as far again above it as the highest training window was above the
+    threshold.
 
     Examples
     --------
@@ -204,7 +210,7 @@ class AuditIsolationForest(OutlierMixin, BaseEstimator):
         self,
         *,
         n_estimators: int = 200,
-        max_samples: int | float | str = "auto",
+        max_samples: int | float | str = 1024,
         alert_rate: float = DEFAULT_ALERT_RATE,
         threshold_method: str = "budget",
         log_transform: bool = True,
@@ -228,9 +234,12 @@ class AuditIsolationForest(OutlierMixin, BaseEstimator):
         self._validate_params()
         X = validate_data(self, X, dtype=np.float64)
         Xt = self._transform(X)
+        max_samples = self.max_samples
+        if isinstance(max_samples, Integral):
+            max_samples = min(int(max_samples), X.shape[0])
         self.scorer_ = BACKENDS[self.backend](
             n_estimators=self.n_estimators,
-            max_samples=self.max_samples,
+            max_samples=max_samples,
             random_state=self.random_state,
         ).fit(Xt)
         self._calibrate(self.scorer_.score(Xt))
@@ -245,13 +254,16 @@ class AuditIsolationForest(OutlierMixin, BaseEstimator):
             threshold = float(np.quantile(scores, 1.0 - self.alert_rate, method="higher"))
         self.threshold_ = threshold
         self.offset_ = -threshold
-        top = float(scores.max())
-        step = max(top - threshold, 0.02)
+        # Bands by how rare a score was in training: low = the alert budget, medium = ten
+        # times rarer, high = above every training window, critical = as far again above.
+        top = max(float(scores.max()), threshold)
+        medium = float(np.quantile(scores, 1.0 - self.alert_rate / 10.0, method="higher"))
+        medium = min(max(medium, threshold), top)
         self.severity_cutoffs_ = {
             "low": threshold,
-            "medium": max(top, threshold) + 1e-9,
-            "high": max(top, threshold) + step,
-            "critical": max(top, threshold) + 2 * step,
+            "medium": medium,
+            "high": np.nextafter(top, np.inf),
+            "critical": top + max(top - threshold, 0.01),
         }
 
     def anomaly_score(self, X: Any) -> np.ndarray:
@@ -338,7 +350,8 @@ class Model:
         return float(self.estimator.threshold_)
 
     def matrix(self, features: pl.DataFrame) -> np.ndarray:
-        return features.select(FEATURES).to_numpy().astype(np.float64, copy=False)
+        """The estimator's input for feature rows (see :func:`detector.features.model_inputs`)."""
+        return model_inputs(features, self.baseline).to_numpy()
 
     def score(self, features: pl.DataFrame) -> np.ndarray:
         """Anomaly scores of feature rows (higher = more unusual)."""
@@ -351,14 +364,10 @@ class Model:
         """Write the model files, then the card; returns the card."""
         loc = Location.of(model_dir)
         blob = self.estimator.scorer_.to_bytes()
-        principals = _parquet(self.baseline.principals)
-        seen = _parquet(self.baseline.seen)
-        version = _sha256(blob + principals + seen)[:16]
-        files = {
-            f"model-{version}.skops": blob,
-            f"baseline-{version}-principals.parquet": principals,
-            f"baseline-{version}-seen.parquet": seen,
-        }
+        tables = {name: _parquet(getattr(self.baseline, name)) for name in BASELINE_TABLES}
+        version = _sha256(blob + b"".join(tables.values()))[:16]
+        files = {f"model-{version}.skops": blob}
+        files.update({f"baseline-{version}-{name}.parquet": data for name, data in tables.items()})
         for name, data in files.items():
             loc.put_atomic(loc.path(name), data)
         est = self.estimator
@@ -369,6 +378,7 @@ class Model:
             "backend": est.backend,
             "params": est.get_params(),
             "features": list(FEATURES),
+            "model_inputs": list(MODEL_INPUTS),
             "features_version": FEATURES_VERSION,
             "window_seconds": int(self.window.total_seconds()),
             "threshold": est.threshold_,
@@ -377,8 +387,7 @@ class Model:
             "severity_cutoffs": est.severity_cutoffs_,
             "training_scores": {"mean": est.score_mean_, "std": est.score_std_},
             "baseline": {
-                "principals_file": f"baseline-{version}-principals.parquet",
-                "seen_file": f"baseline-{version}-seen.parquet",
+                "files": {name: f"baseline-{version}-{name}.parquet" for name in BASELINE_TABLES},
                 "principals": self.baseline.principals.height,
                 "population": self.baseline.population.to_dicts(),
             },
@@ -423,7 +432,7 @@ class Model:
         params = card["params"]
         est = AuditIsolationForest(**params)
         est.scorer_ = scorer
-        est.n_features_in_ = len(card["features"])
+        est.n_features_in_ = len(card["model_inputs"])
         est.threshold_ = float(card["threshold"])
         est.offset_ = -est.threshold_
         est.score_mean_ = float(card["training_scores"]["mean"])
@@ -431,8 +440,10 @@ class Model:
         est.severity_cutoffs_ = {k: float(v) for k, v in card["severity_cutoffs"].items()}
         base = card["baseline"]
         baseline = Baseline(
-            principals=pl.read_parquet(io.BytesIO(blobs[base["principals_file"]])),
-            seen=pl.read_parquet(io.BytesIO(blobs[base["seen_file"]])),
+            **{
+                name: pl.read_parquet(io.BytesIO(blobs[base["files"][name]]))
+                for name in BASELINE_TABLES
+            },
             population=pl.DataFrame(
                 base["population"],
                 schema={"feature": pl.String, "median": pl.Float64, "p99": pl.Float64},
@@ -462,8 +473,14 @@ def _check_card(card: dict[str, Any], model_dir: str) -> None:
         )
     if card["backend"] not in BACKENDS:
         raise ModelError(f"model backend {card['backend']!r} is not available here")
-    if list(card["features"]) != list(FEATURES) or card.get("features_version") != FEATURES_VERSION:
-        theirs, ours = set(card["features"]), set(FEATURES)
+    same = (
+        list(card["features"]) == list(FEATURES)
+        and list(card.get("model_inputs") or ()) == list(MODEL_INPUTS)
+        and card.get("features_version") == FEATURES_VERSION
+    )
+    if not same:
+        theirs = set(card["features"]) | set(card.get("model_inputs") or ())
+        ours = set(FEATURES) | set(MODEL_INPUTS)
         detail = []
         if ours - theirs:
             detail.append(f"missing {', '.join(sorted(ours - theirs)[:3])}")

@@ -7,6 +7,7 @@ replacing what an earlier run wrote for the same windows (see :mod:`detector.fin
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,12 +21,13 @@ from detector import explain as explain_mod
 from detector import findings as findings_store
 from detector.features import (
     DEFAULT_WINDOW,
-    FEATURES,
     align,
     check_window,
     finish_features,
     fit_baseline,
+    fold_length,
     lake_windows,
+    model_inputs,
     request_rows,
 )
 from detector.findings_schema import (
@@ -54,16 +56,6 @@ class ScoringError(Exception):
 
 
 # --------------------------------------------------------------------------- training
-def default_warmup(start: datetime, end: datetime) -> timedelta:
-    """Leading part of a training range used for the baseline only, not as training rows.
-
-    Every value is new in the first windows of a range (prequential novelty), so those
-    windows would teach the forest that novelty is normal: one day, or a quarter of a
-    shorter range.
-    """
-    return min(timedelta(days=1), (end - start) / 4)
-
-
 def fit_model(
     windows: pl.DataFrame,
     *,
@@ -73,7 +65,6 @@ def fit_model(
     alert_rate: float = DEFAULT_ALERT_RATE,
     seed: int | None = 0,
     threshold_method: str = "budget",
-    warmup: timedelta | None = None,
 ) -> tuple[Model, dict[str, Any]]:
     """Baseline + estimator from window rows; returns the model and training facts."""
     if windows.height < MIN_TRAIN_WINDOWS:
@@ -81,14 +72,14 @@ def fit_model(
             f"only {windows.height} principal windows in the training range (need at least "
             f"{MIN_TRAIN_WINDOWS}): widen --since/--until or ingest more events"
         )
-    baseline, feats = fit_baseline(windows)
-    warmup = default_warmup(start, end) if warmup is None else warmup
-    rows = feats.filter(pl.col("window_start") >= start + warmup)
-    if rows.height < MIN_TRAIN_WINDOWS:
-        rows = feats
-    X = rows.select(FEATURES).to_numpy().astype(np.float64)
+    fold = fold_length(start, end)
+    baseline, rows = fit_baseline(windows, fold=fold)
+    X = model_inputs(rows, baseline, loo_fold=fold).to_numpy()
     est = AuditIsolationForest(
-        alert_rate=alert_rate, threshold_method=threshold_method, random_state=seed
+        alert_rate=alert_rate,
+        threshold_method=threshold_method,
+        log_transform=False,  # the inputs are already log-probabilities
+        random_state=seed,
     ).fit(X)
     facts = {
         "training": {
@@ -96,7 +87,7 @@ def fit_model(
             "until": _iso(end),
             "windows": windows.height,
             "rows_fit": rows.height,
-            "warmup_seconds": int(warmup.total_seconds()),
+            "novelty_fold_seconds": int(fold.total_seconds()),
             "requests": int(windows["requests"].sum()),
             "principals": baseline.principals.height,
             "clusters": sorted(windows["cluster"].unique().to_list()),
@@ -158,8 +149,11 @@ class ScoreResult:
 
 
 def rules_available() -> bool:
-    """Whether this installation has the rules engine (``detector.rules``)."""
-    return importlib.util.find_spec("detector.rules") is not None
+    """Whether this installation has the rules engine (``detector.rules`` with its API)."""
+    if importlib.util.find_spec("detector.rules") is None:
+        return False
+    rules = importlib.import_module("detector.rules")
+    return all(hasattr(rules, n) for n in ("load_ruleset", "evaluate_rules", "RuleError"))
 
 
 def score_range(
@@ -211,13 +205,7 @@ def score_range(
                     f"the range, found {windows.height}: widen --since"
                 )
             model, _ = fit_model(
-                windows,
-                window=window,
-                start=start,
-                end=end,
-                alert_rate=alert_rate,
-                seed=seed,
-                warmup=timedelta(0),
+                windows, window=window, start=start, end=end, alert_rate=alert_rate, seed=seed
             )
             model.card = {"model_version": "cold-start"}
             result.cold_start = True

@@ -1,7 +1,202 @@
-"""`detect score` (being written; registers nothing yet)."""
+"""`detect score`: a time range of the lake -> findings (model and rules), filed in the lake."""
 
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import polars as pl
 import typer
+from rich.table import Table
+
+from detector.commands._common import (
+    EXIT_FINDINGS,
+    EXIT_USAGE,
+    ClusterOpt,
+    FormatOpt,
+    LakeOpt,
+    OutputFormat,
+    SinceOpt,
+    UntilOpt,
+    emit_json,
+    fail,
+    progress_status,
+    stdout,
+    usage_error,
+)
+from detector.commands.train import ModelDirOpt, SeedOpt
+from detector.findings_schema import SEVERITIES
+from detector.model import DEFAULT_MODEL_DIR
+from detector.storage import StorageError
+from detector.timeparse import TimeArgumentError, parse_range
+
+SEVERITY_STYLE = {
+    "critical": "bold red",
+    "high": "red",
+    "medium": "yellow",
+    "low": "cyan",
+    "info": "dim",
+}
+
+
+def score(
+    lake: LakeOpt = "./lake",
+    since: SinceOpt = "1h",
+    until: UntilOpt = None,
+    model_dir: ModelDirOpt = DEFAULT_MODEL_DIR,
+    output: FormatOpt = OutputFormat.table,
+    fit_on_window: Annotated[
+        bool,
+        typer.Option(
+            "--fit-on-window",
+            help="Cold start: fit a model on the scored range itself (findings marked so).",
+        ),
+    ] = False,
+    rules_only: Annotated[
+        bool, typer.Option("--rules-only", help="Run the rules only, not the model.")
+    ] = False,
+    rules: Annotated[
+        list[str] | None,
+        typer.Option("--rules", help="Extra rules file (YAML); repeat for several."),
+    ] = None,
+    disable: Annotated[
+        list[str] | None,
+        typer.Option("--disable", help="Rule id to switch off; repeat for several."),
+    ] = None,
+    fail_on: Annotated[
+        str | None,
+        typer.Option(
+            "--fail-on",
+            help="Exit 1 if any finding is at or above this severity (low, medium, high...).",
+        ),
+    ] = None,
+    seed: SeedOpt = 0,
+    cluster: ClusterOpt = None,
+) -> None:
+    """Score a time range of the lake: features, model and rules -> findings.
+
+    The range is widened to whole feature windows. Findings go to LAKE/findings/ and the
+    events behind them to LAKE/findings_events/; scoring the same range again replaces that
+    range's findings instead of adding copies. The table lists the most severe first.
+
+    Exit codes: 0 done, 1 findings at or above --fail-on, 2 bad arguments or no model
+    (train one with `detect train`), 3 storage failure.
+
+    Example:
+
+    \b
+        detect score --lake ./lake --since 1h --fail-on high
+    """
+    from detector.lake import Lake
+    from detector.model import Model, ModelError, ModelNotFound
+    from detector.scoring import ScoringError, score_range
+
+    if fail_on is not None and fail_on not in SEVERITIES:
+        usage_error(f"--fail-on must be one of {', '.join(SEVERITIES)}, not {fail_on!r}")
+    if rules_only and fit_on_window:
+        usage_error("--rules-only and --fit-on-window exclude each other")
+    try:
+        start, end = parse_range(since, until)
+    except TimeArgumentError as exc:
+        usage_error(str(exc))
+
+    model = None
+    if not rules_only and not fit_on_window:
+        try:
+            model = Model.load(model_dir)
+        except ModelNotFound:
+            fail(
+                f"no model in {model_dir}: train one with `detect train --lake {lake} "
+                "--since 14d` (or score with --fit-on-window or --rules-only)",
+                EXIT_USAGE,
+            )
+        except ModelError as exc:
+            fail(str(exc), EXIT_USAGE)
+        except StorageError as exc:
+            fail(str(exc))
+    try:
+        with progress_status("scoring: reading events...") as status:
+
+            def progress(done: int, total: int) -> None:
+                if status is not None:
+                    status.update(f"scoring: featurized {done}/{total} chunks of hours")
+
+            result = score_range(
+                Lake(lake),
+                start,
+                end,
+                model=model,
+                fit_on_window=fit_on_window,
+                use_model=not rules_only,
+                rule_files=list(rules or []),
+                disabled_rules=list(disable or []),
+                seed=seed,
+                cluster=cluster,
+                progress=progress,
+            )
+    except ScoringError as exc:
+        fail(str(exc), EXIT_USAGE)
+    except StorageError as exc:
+        fail(str(exc))
+
+    summary = {
+        "since": result.start,
+        "until": result.end,
+        "windows": result.windows,
+        "requests": result.requests,
+        "model_version": result.model_version,
+        "cold_start": result.cold_start,
+        "rules": result.rules,
+        "findings": len(result.findings),
+    }
+    if output == OutputFormat.json:
+        emit_json({**summary, "findings": findings_json(result.findings)})
+    else:
+        render_findings(result.findings)
+        stdout.print(
+            f"{len(result.findings)} finding(s) in {result.start:%Y-%m-%d %H:%M}Z to "
+            f"{result.end:%Y-%m-%d %H:%M}Z: {result.windows:,} principal windows, "
+            f"{result.requests:,} requests; model {result.model_version or 'not used'}"
+            f"{' (cold start)' if result.cold_start else ''}; rules {result.rules}; "
+            f"written to {lake}/findings/",
+            markup=False,
+        )
+    if fail_on is not None and len(result.findings):
+        worst = int(result.findings["severity_rank"].max())
+        if worst >= SEVERITIES.index(fail_on):
+            raise typer.Exit(EXIT_FINDINGS)
+
+
+def findings_json(df: pl.DataFrame) -> list[dict[str, Any]]:
+    """Findings as JSON-ready dicts (datetimes become ISO strings in emit_json)."""
+    return df.to_dicts()
+
+
+def render_findings(df: pl.DataFrame, *, title: str | None = None) -> None:
+    """The findings table: severity, score, detector, principal, window, title."""
+    if df.is_empty():
+        stdout.print("no findings", markup=False)
+        return
+    table = Table(title=title, show_lines=False, expand=False)
+    for col in ("id", "severity", "score", "detector", "principal", "window (UTC)", "title"):
+        table.add_column(col, overflow="fold")
+    for row in df.iter_rows(named=True):
+        table.add_row(
+            row["finding_id"],
+            f"[{SEVERITY_STYLE.get(row['severity'], '')}]{row['severity']}[/]",
+            f"{row['score']:.3f}" if row["detector"].startswith("model") else f"{row['score']:g}",
+            row["detector"],
+            _escape(row["principal"]),
+            f"{row['window_start']:%Y-%m-%d %H:%M}-{row['window_end']:%H:%M}",
+            _escape(row["title"]),
+        )
+    stdout.print(table)
+
+
+def _escape(text: str | None) -> str:
+    from rich.markup import escape
+
+    return escape(text or "")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's command(s) to the app."""
+    app.command("score")(score)
