@@ -338,6 +338,47 @@ def test_events_sharing_a_millisecond_at_boundaries_are_all_exported(logs, lake_
     assert checkpoint(lake_dir)["watermark_ms"] >= s + 10_000
 
 
+def test_a_gap_in_the_checkpoint_is_remembered_and_closed_later(logs, lake_dir):
+    """Hourly cron with a failed hour: later hours are recorded, the backfill closes the gap."""
+    group = new_group(logs)
+    t = (now_ms() - 70 * 60_000) // 60_000 * 60_000
+    minute = 60_000
+    put(
+        logs,
+        group,
+        AUDIT_STREAMS[0],
+        [(t + m * minute, audit_message(f"g-{m}", t + m * minute)) for m in (5, 25, 45)],
+    )
+    opts = ExportOptions(
+        log_group=group, cluster="gap", rate=0, latency=timedelta(0), overlap=timedelta(0)
+    )
+
+    def at(m: int) -> datetime:
+        return datetime.fromtimestamp((t + m * minute) / 1000, UTC)
+
+    def run(a: int | None, b: int):
+        return Exporter(lake_dir, opts).run(since=at(a) if a is not None else None, until=at(b))
+
+    run(0, 10)
+    gap = run(20, 30)  # 10..20 failed
+    assert "recorded as exported" in gap.checkpoint_note
+    run(40, 50)  # 30..40 failed too
+    state = checkpoint(lake_dir)
+    assert state["watermark_ms"] == t + 10 * minute
+    assert state["islands"] == [
+        [t + 20 * minute, t + 30 * minute],
+        [t + 40 * minute, t + 50 * minute],
+    ]
+    run(10, 20)  # backfill: the watermark jumps over the first island
+    state = checkpoint(lake_dir)
+    assert state["watermark_ms"] == t + 30 * minute
+    assert state["islands"] == [[t + 40 * minute, t + 50 * minute]]
+    run(None, 60)  # resume: reads 30..60 and absorbs the second island
+    state = checkpoint(lake_dir)
+    assert (state["watermark_ms"], state["islands"]) == (t + 60 * minute, [])
+    assert sorted(lake_events(lake_dir)["audit_id"]) == ["g-25", "g-45", "g-5"]
+
+
 # ----------------------------------------------------------------------------- resume
 def _popen_export(*args: str, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(

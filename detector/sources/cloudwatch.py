@@ -72,6 +72,8 @@ MAX_PAGE_LIMIT = 10_000
 DESCRIBE_LIMIT = 50
 STATE_DIR = "cloudwatch"
 CHECKPOINT_KIND = "cloudwatch-export"
+#: Exported ranges kept beyond the watermark (oldest dropped first: only less advancing).
+MAX_ISLANDS = 100
 
 _CONFIG_ERRORS = {
     "AccessDeniedException",
@@ -425,6 +427,7 @@ class Exporter:
         self.fetched_hi: int | None = None  # read up to here (maybe not flushed yet)
         self.completed_hi: int | None = None
         self.next_lo = 0
+        self.run_lo = 0
         self.contiguous = True
         self._seen: dict[str, int] = {}
         self._pending_events = 0
@@ -524,11 +527,13 @@ class Exporter:
             lo = to_ms(since)
         self.next_lo = lo
         self.until_ms = to_ms(until, ceil=True) if until is not None else None
+        self.run_lo = lo
         self.contiguous = self.watermark is None or lo <= self.watermark
         if not self.contiguous:
             self.summary.checkpoint_note = (
-                f"range starts after the checkpoint ({iso_ms(self.watermark)}): the checkpoint "
-                "is left as it is so the gap before --since is not skipped"
+                f"range starts after the checkpoint ({iso_ms(self.watermark)}): it is recorded "
+                "as exported, and the checkpoint moves past it once the gap before it is "
+                "exported (run with --since at or before the checkpoint)"
             )
         self.summary.start = from_ms(lo)
 
@@ -684,15 +689,42 @@ class Exporter:
         self._advance()
 
     def _advance(self) -> None:
+        """Move the checkpoint to what is durable now (call only when nothing is pending).
+
+        The watermark covers one contiguous span from the first ``--since``. A run that
+        starts after it (a gap) records its range in ``islands``; when a later run closes
+        the gap, the watermark jumps over every island it now touches.
+        """
         if self.lease is None or not self.lease.held:
             return
         hi = self.completed_hi
-        if self.contiguous and hi is not None and (self.watermark is None or hi > self.watermark):
-            self.lease.update(watermark_ms=hi, watermark=iso_ms(hi))
-            self.watermark = hi
-            self.summary.watermark_after = hi
-        else:
+        if hi is None:
             self.lease.renew_if_due()
+            return
+        data = self.lease.data or {}
+        old_islands = [tuple(x) for x in data.get("islands") or []]
+        islands = list(old_islands)
+        watermark = self.watermark
+        if self.contiguous:
+            watermark = hi if watermark is None else max(watermark, hi)
+        elif hi > self.run_lo:
+            islands.append((self.run_lo, hi))
+        islands = _merge(islands)
+        while islands and watermark is not None and islands[0][0] <= watermark:
+            watermark = max(watermark, islands.pop(0)[1])
+        islands = islands[-MAX_ISLANDS:]
+        if watermark == self.watermark and islands == old_islands:
+            self.lease.renew_if_due()
+            return
+        self.lease.update(
+            watermark_ms=watermark,
+            watermark=iso_ms(watermark),
+            islands=[list(x) for x in islands],
+        )
+        if watermark is not None and watermark >= self.run_lo:
+            self.contiguous = True  # the gap was closed (by islands or this run)
+        self.watermark = watermark
+        self.summary.watermark_after = watermark
 
     def finish(self) -> ExportSummary:
         """Flush, checkpoint and release the lease."""
@@ -758,6 +790,17 @@ class Exporter:
         except Exception:
             pass
         self.summary.seconds = time.monotonic() - self._started
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted, non-overlapping, non-touching ``[lo, hi)`` ranges."""
+    merged: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if merged and lo <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        else:
+            merged.append((lo, hi))
+    return merged
 
 
 def _watermark_of(data: dict[str, Any] | None) -> int | None:
