@@ -770,3 +770,24 @@ def test_reason_names_the_person_behind_an_iam_role(ruleset):
     ]
     assert found["principal"][0] == "arn:aws:iam::111122223333:role/eng-admin/alice"
     assert found["principal_kind"][0] == "iam_role"
+
+
+def test_reason_names_session_and_role_when_the_username_is_the_session_arn(ruleset):
+    user = {"username": "arn:aws:sts::111122223333:assumed-role/developer/ivan", "groups": []}
+    found = run(
+        ruleset,
+        "pod-port-forward",
+        [
+            ev(
+                "create",
+                "pods",
+                ns="shop",
+                name="db-0",
+                sub="portforward",
+                code=101,
+                stage="ResponseStarted",
+                user=user,
+            )
+        ],
+    )
+    assert found["reasons"].to_list() == [["ivan@developer port-forwarded to pod shop/db-0"]]

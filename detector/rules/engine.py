@@ -146,10 +146,22 @@ def humanize(window: timedelta) -> str:
 
 
 def _who() -> pl.Expr:
-    """``session@username`` for IAM sessions (alice@eng-admin), else the username."""
+    """``session@role`` for IAM role sessions (alice@eng-admin), else the username.
+
+    EKS may map a role to a username of its own (``eng-admin``) or to the session ARN
+    itself; either way analysts know people by session name and role.
+    """
     session, user = pl.col("iam_session_name"), pl.col("user_name")
+    assumed = user.str.extract_groups(r"^arn:aws:sts::\d+:assumed-role/([^/]+)/(.+)$")
+    role = pl.coalesce(
+        pl.col("iam_arn").str.extract(r":role/(?:.*/)?([^/]+)$", 1), assumed.struct.field("1")
+    )
     return (
-        pl.when(session.is_not_null() & user.is_not_null())
+        pl.when(session.is_not_null() & role.is_not_null())
+        .then(pl.concat_str([session, pl.lit("@"), role]))
+        .when(assumed.struct.field("2").is_not_null())
+        .then(pl.concat_str([assumed.struct.field("2"), pl.lit("@"), assumed.struct.field("1")]))
+        .when(session.is_not_null() & user.is_not_null())
         .then(pl.concat_str([session, pl.lit("@"), user]))
         .otherwise(pl.coalesce(user, pl.col("principal"), pl.lit("system:anonymous")))
     )
