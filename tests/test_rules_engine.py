@@ -157,6 +157,17 @@ def test_parse_builds_a_tree_not_code():
     assert type(tree).__name__ == "And"
 
 
+def test_rule_without_column_terms_still_runs(tmp_path):
+    rs = only_site_rules(tmp_path, rule_yaml(condition="request_object.kind = Pod"))
+    assert not rs.get("test-rule").has_prefilter
+    events = frame(
+        ev("create", "pods", ns="a", code=201, body={"kind": "Pod", "spec": {}}),
+        ev("create", "services", ns="a", code=201, body={"kind": "Service"}),
+        ev("get", "pods", ns="a"),
+    )
+    assert evaluate_rules(events, rs).findings["event_count"].to_list() == [1]
+
+
 # --------------------------------------------------------------------------- exceptions
 def test_single_and_multi_field_exceptions(tmp_path):
     rs = only_site_rules(

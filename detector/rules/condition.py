@@ -634,7 +634,9 @@ def _scalar_op(e: pl.Expr, op: str, values: list[str], kind: str, field_name: st
     raise ConditionError(f"unknown operator {op!r}")
 
 
-def predicate(field_name: str, op: str, values: Sequence[str], quantifier: str | None = None):
+def predicate(
+    field_name: str, op: str, values: Sequence[str], quantifier: str | None = None
+) -> pl.Expr:
     """A null-safe boolean expression for ``field op values`` (lists: any/all elements).
 
     ``field_name`` may be written ``all(field)`` or ``any(field)`` as in conditions.
@@ -768,9 +770,7 @@ class Compiler:
         """
         tree = self.expand(parse(text))
         full = self.to_expr(tree)
-        conjuncts = tree.items if isinstance(tree, And) else (tree,)
-        cheap = [c for c in conjuncts if not uses_json(c)]
-        prefilter = self.to_expr(And(tuple(cheap))) if cheap else pl.lit(True)
+        prefilter = self.to_expr(And(cheap)) if (cheap := cheap_conjuncts(tree)) else pl.lit(True)
         return prefilter, full, tree
 
 
@@ -786,6 +786,12 @@ def iter_preds(node: Node) -> Iterator[Pred]:
             yield from iter_preds(i)
     elif isinstance(node, Not):
         yield from iter_preds(node.item)
+
+
+def cheap_conjuncts(tree: Node) -> tuple[Node, ...]:
+    """The top-level ``and`` terms of an expanded tree that read no JSON body."""
+    conjuncts = tree.items if isinstance(tree, And) else (tree,)
+    return tuple(c for c in conjuncts if not uses_json(c))
 
 
 def uses_json(node: Node) -> bool:

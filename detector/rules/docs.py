@@ -12,7 +12,7 @@ from pathlib import Path
 
 from detector.findings_schema import SEVERITIES
 from detector.rules.condition import DERIVED_FIELDS
-from detector.rules.loader import Rule, RuleSet, builtin_files, load_ruleset
+from detector.rules.loader import ExceptionSpec, Rule, RuleSet, builtin_files, load_ruleset
 
 #: Falco k8saudit rules (2023 names, as in Falco's test matrix) we deliberately do not map.
 FALCO_NOT_MAPPED: dict[str, str] = {
@@ -106,18 +106,17 @@ def _summary(rules: list[Rule]) -> list[str]:
     return out
 
 
-def _exception_text(e: object) -> str:
-    spec = e  # ExceptionSpec
+def _exception_text(spec: ExceptionSpec) -> str:
     parts = []
-    for row in spec.rows:  # type: ignore[attr-defined]
+    for row in spec.rows:
         cells = []
-        for f, c, v in zip(spec.fields, spec.comps, row, strict=True):  # type: ignore[attr-defined]
+        for f, c, v in zip(spec.fields, spec.comps, row, strict=True):
             vals = ", ".join(str(x) for x in v) if isinstance(v, tuple | list) else str(v)
             cells.append(f"{f} {c} ({vals})")
         parts.append(" and ".join(cells))
     text = " or ".join(_code(p) for p in parts) if parts else "(no values)"
-    reason = " ".join(spec.reason.split())  # type: ignore[attr-defined]
-    return f"**{spec.name}**: {text}" + (f". {reason}" if reason else "")  # type: ignore[attr-defined]
+    reason = " ".join(spec.reason.split())
+    return f"**{spec.name}**: {text}" + (f". {reason}" if reason else "")
 
 
 def _rule_section(r: Rule) -> list[str]:
@@ -249,6 +248,11 @@ are built-in macros (handy as tuning placeholders).
 
 Every predicate is false on a missing value, so `not` reads naturally: `not namespace =
 kube-system` holds for cluster-scoped objects. `!=` is `not =`.
+
+Write the column tests first (`resource = ... and verb in (...)`): the top-level `and`
+terms that read no request/response body are run over every event in one shared pass, and
+the rest (body regexes, exceptions) only over what passes. A condition made only of body
+fields still works, but reads every body in the range.
 
 ### Fields
 

@@ -523,9 +523,15 @@ def evaluate_rules(
         stats = _explain(lf, rules)
     if not rules:
         return RuleResult(empty_findings(), empty_links(), stats)
-    candidates = lf.filter(pl.any_horizontal([r.prefilter_expr for r in rules])).collect()
-    if candidates.is_empty():
-        return RuleResult(empty_findings(), empty_links(), stats)
+    # Rules with a cheap prefilter share one pass and one small in-memory candidate set; a
+    # (user) rule made only of body tests gets its own streaming filter instead, so it never
+    # pulls the whole range into memory.
+    shared = [r for r in rules if r.has_prefilter]
+    candidates = (
+        lf.filter(pl.any_horizontal([r.prefilter_expr for r in shared])).collect()
+        if shared
+        else prepare_events(pl.DataFrame(schema=CANONICAL_COLUMNS)).collect()
+    )
     masks = candidates.select([r.match.alias(f"_m{i}") for i, r in enumerate(rules)])
 
     baseline_rules = [r for r in rules if r.threshold and r.threshold.uses_baseline]
@@ -536,12 +542,15 @@ def evaluate_rules(
         n_windows = _history_span_windows(hist_lf, window)
         hist_candidates = hist_lf.filter(
             pl.any_horizontal([r.prefilter_expr for r in baseline_rules])
-        ).collect()
+        ).collect()  # prefilters are column-only: cheap even over 7 days
 
     finding_frames: list[pl.DataFrame] = []
     keyed_frames: list[tuple[Rule, pl.DataFrame]] = []
     for i, rule in enumerate(rules):
-        matched = candidates.filter(masks[f"_m{i}"])
+        if rule.has_prefilter:
+            matched = candidates.filter(masks[f"_m{i}"])
+        else:
+            matched = lf.filter(rule.match).collect()
         if matched.is_empty():
             continue
         matched = _dedupe(matched, rule.stages)

@@ -35,6 +35,7 @@ from detector.rules.condition import (
     Compiler,
     ConditionError,
     Node,
+    cheap_conjuncts,
     predicate,
     resolve_field,
 )
@@ -130,7 +131,7 @@ class ExceptionSpec:
     reason: str = ""
 
 
-@dataclass
+@dataclass(eq=False)  # identity: compiled polars expressions do not compare with ==
 class Rule:
     """One rule, validated and compiled (``match`` is the full boolean expression)."""
 
@@ -158,6 +159,8 @@ class Rule:
     exception_exprs: dict[str, pl.Expr] = field(default_factory=dict, repr=False)
     stage_expr: pl.Expr = field(default_factory=lambda: pl.lit(True), repr=False)
     tree: Node | None = field(default=None, repr=False)
+    #: False when every term of the condition reads a JSON body (no cheap first pass).
+    has_prefilter: bool = True
 
     @property
     def detector(self) -> str:
@@ -678,6 +681,7 @@ def _build_rule(pending: _Pending, compiler: Compiler) -> Rule:
         exception_exprs=exception_exprs,
         stage_expr=pl.col("stage").fill_null("ResponseComplete").is_in(list(stages)),
         tree=tree,
+        has_prefilter=bool(cheap_conjuncts(tree)),
     )
 
 
