@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import logging
 import os
 import socket
 import time
@@ -37,6 +38,8 @@ import orjson
 from detector.lake import Lake
 from detector.ratelimit import Retrier, RetriesExhausted, client_config, describe_error
 from detector.storage import endpoint_url
+
+log = logging.getLogger(__name__)
 
 
 class StateError(RuntimeError):
@@ -333,6 +336,16 @@ class Lease:
         while True:
             current = self.obj.read()
             reason = self.busy_reason(current.data)
+            if reason is None and current.data:
+                holder = current.data.get("owner") or {}
+                until = float(current.data.get("lease_until_ms") or 0) / 1000
+                if until > self.clock() and holder.get("run_id") != self.owner.run_id:
+                    log.warning(
+                        "taking over %s from pid %s on %s: that process is gone",
+                        self.obj.uri,
+                        holder.get("pid"),
+                        holder.get("host"),
+                    )
             if reason is None:
                 try:
                     self._write({**(current.data or {}), **(fields or {})}, current.etag)

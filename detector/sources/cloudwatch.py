@@ -32,6 +32,7 @@ How an export runs (``detect export``; docs/operations.md has the operator's vie
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import re
 import threading
@@ -62,6 +63,8 @@ from detector.state import (
     StateObject,
 )
 from detector.storage import StorageError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_STREAM_PREFIX = "kube-apiserver-audit-"
 #: FilterLogEvents takes at most 100 stream names per call.
@@ -408,6 +411,7 @@ class Exporter:
             limiter=self.limiter,
             sleep=self._sleep,
             should_stop=self.stop.is_set,
+            on_retry=_log_retry,
         )
         self.ingestor = Ingestor(self.lake, cluster=options.cluster, flush_rows=2**62)
         self.summary = ExportSummary(
@@ -560,6 +564,7 @@ class Exporter:
         """Read ``[next_lo, now - latency)`` in chunks; returns True when there is more to do."""
         assert self.reader is not None
         lo, hi = self.next_lo, self.pass_end()
+        read_before = self.summary.events_read
         self.summary.passes += 1
         if self.summary.passes > 1:
             try:
@@ -588,6 +593,15 @@ class Exporter:
         self._maybe_flush()
         if self.lease is not None:
             self.lease.renew_if_due()
+        log.info(
+            "pass %d: %s .. %s, %d events read (%d written in all), checkpoint %s",
+            self.summary.passes,
+            iso_ms(lo),
+            iso_ms(max(lo, hi)),
+            self.summary.events_read - read_before,
+            self.ingestor.summary.events_written,
+            iso_ms(self.watermark),
+        )
         if self.stop.is_set():
             return False
         return self.follow
@@ -790,6 +804,10 @@ class Exporter:
         except Exception:
             pass
         self.summary.seconds = time.monotonic() - self._started
+
+
+def _log_retry(operation: str, exc: BaseException, delay: float) -> None:
+    log.info("%s: %s; retrying in %.2fs", operation, describe_error(exc), delay)
 
 
 def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
