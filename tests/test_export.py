@@ -233,6 +233,65 @@ def test_retrier_backs_off_with_jitter_and_gives_up():
     assert stopping.stats.calls == 1
 
 
+class _StubLogs:
+    """Answers like AWS can and moto does not: empty pages with a token, stray streams."""
+
+    def __init__(self, streams: list[str]) -> None:
+        self.streams = streams
+        self.filter_calls: list[dict] = []
+
+    def describe_log_streams(self, **kw):
+        names = [s for s in self.streams if s.startswith(kw["logStreamNamePrefix"])]
+        start = int(kw.get("nextToken") or 0)
+        page = names[start : start + kw["limit"]]
+        more = start + kw["limit"] < len(names)
+        return {
+            "logStreams": [{"logStreamName": n} for n in page],
+            **({"nextToken": str(start + kw["limit"])} if more else {}),
+        }
+
+    def filter_log_events(self, **kw):
+        self.filter_calls.append(kw)
+        token = kw.get("nextToken")
+        first = kw["logStreamNames"][0]
+        if token is None:
+            return {"events": [], "nextToken": "t1"}
+        if token == "t1":
+            return {"events": [], "nextToken": "t2"}
+        if token == "t2":
+            return {
+                "events": [
+                    {
+                        "logStreamName": OTHER_STREAM,
+                        "timestamp": 5,
+                        "eventId": "x",
+                        "message": "{}",
+                    },
+                    {"logStreamName": first, "timestamp": 5, "eventId": "a", "message": "{}"},
+                    {"logStreamName": first, "timestamp": 99, "eventId": "late", "message": "{}"},
+                ],
+                "nextToken": "t3",
+            }
+        return {
+            "events": [{"logStreamName": first, "timestamp": 10, "eventId": "b", "message": "{}"}]
+        }
+
+
+def test_reader_batches_streams_follows_empty_pages_and_filters_client_side():
+    from detector.sources.cloudwatch import LogsReader
+
+    audit = [f"kube-apiserver-audit-{i:03d}" for i in range(250)]
+    stub = _StubLogs([*audit, OTHER_STREAM, "kube-scheduler-1"])
+    reader = LogsReader(stub, "/aws/eks/x/cluster", retrier=Retrier(), page_limit=50_000)
+    assert reader.streams() == audit  # 6 DescribeLogStreams pages of 50
+    pages = list(reader.pages(audit, 0, 50))
+    assert [len(c["logStreamNames"]) for c in stub.filter_calls[::4]] == [100, 100, 50]
+    assert all(c["limit"] == 10_000 for c in stub.filter_calls)  # capped at the API maximum
+    events = [e["eventId"] for p in pages for e in p.events]
+    assert events == ["a", "b"] * 3  # other streams and out-of-range stamps dropped
+    assert sum(p.ignored for p in pages) == 2 * 3
+
+
 # ----------------------------------------------------------------------------- batch export
 def test_three_streams_two_windows_paged_counts_and_content_exact(logs, lake_dir):
     group = new_group(logs)
