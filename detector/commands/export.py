@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -252,12 +254,13 @@ def export(
             return
         last_draw[0] = now
         rate_now = summary.events_read / summary.seconds if summary.seconds else 0
-        stderr.print(
-            f"\r{summary.events_read:,} events, {summary.pages:,} pages, {rate_now:,.0f}/s, "
-            f"{summary.api.retries} retries  window {window}",
-            end="",
-            markup=False,
+        line = (
+            f"{summary.events_read:,} events, {summary.pages:,} pages, {rate_now:,.0f}/s, "
+            f"{summary.api.retries} retries  window {window}"
         )
+        width = shutil.get_terminal_size((100, 20)).columns - 1
+        sys.stderr.write("\r" + line[:width].ljust(width))
+        sys.stderr.flush()
 
     stop = threading.Event()
     received: list[int] = []

@@ -579,7 +579,7 @@ class Exporter:
             t = lo
             while t < hi and not self.stop.is_set():
                 end = min(hi, t + chunk_ms)
-                self._window = f"{iso_ms(t)} .. {iso_ms(end)}"
+                self._window = f"{from_ms(t):%Y-%m-%d %H:%M:%S}..{from_ms(end):%H:%M:%S}Z"
                 complete = self._read_chunk(t, end)
                 if not complete:
                     break
