@@ -7,6 +7,7 @@ faults come from a real HTTP proxy in front of it (tests/throttle_proxy.py), and
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -756,13 +757,18 @@ def test_configuration_errors_are_one_line_and_exit_2(logs, lake_dir, tmp_path):
     assert summary["events_read"] == 0 and "audit log type enabled" in summary["warnings"][0]
 
 
-def test_help_example_runs_as_written(logs, tmp_path):
-    group = "/aws/eks/prod/cluster"
+def test_help_example_runs_as_written(logs, tmp_path, request):
+    group = "/aws/eks/prod/cluster"  # the name in the example, shared by the whole session
+    created = False
     try:
         logs.create_log_group(logGroupName=group)
-        logs.create_log_stream(logGroupName=group, logStreamName=AUDIT_STREAMS[0])
+        created = True
     except logs.exceptions.ResourceAlreadyExistsException:
         pass
+    with contextlib.suppress(logs.exceptions.ResourceAlreadyExistsException):
+        logs.create_log_stream(logGroupName=group, logStreamName=AUDIT_STREAMS[0])
+    if created:
+        request.addfinalizer(lambda: logs.delete_log_group(logGroupName=group))
     t = now_ms() - 20 * 60_000
     put(logs, group, AUDIT_STREAMS[0], [(t, audit_message(f"ex-{uuid.uuid4()}", t))])
     helptext = cli("export", "--help").stdout

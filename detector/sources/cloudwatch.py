@@ -523,7 +523,11 @@ class Exporter:
         overlap = self.opts.overlap_ms
         resume = self.watermark - overlap if self.watermark is not None else None
         if since is None:
-            assert resume is not None
+            if resume is None:  # the checkpoint vanished between our read and our claim
+                raise NoCheckpoint(
+                    f"no checkpoint for log group {self.opts.log_group} in {self.lake.uri}: "
+                    "pass --since"
+                )
             lo = resume
         elif follow and resume is not None:
             lo = min(to_ms(since), resume)  # follow never leaves a gap behind the checkpoint
