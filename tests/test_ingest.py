@@ -16,7 +16,7 @@ from detector.lake import Lake
 from detector.normalize import REDACTED, events_from_dicts
 
 EXTERNAL = Path(__file__).parent / "data" / "external"
-FALCO = EXTERNAL / "falco_k8s_audit_fixtures"
+FALCO = Path(__file__).parent / "data" / "falco"  # Falco fixtures (see NOTICE.md there)
 AUDIT2RBAC = EXTERNAL / "audit2rbac" / "demo.log"
 
 
