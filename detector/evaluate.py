@@ -206,7 +206,7 @@ def evaluate(
     train_start, train_end = align(since or first, train_until, window)
     test_start, test_end = align(train_until, until or last, window)
     windows = lake_windows(lake, train_start, train_end, window=window)
-    model, _ = fit_model(
+    model = fit_model(
         windows, window=window, start=train_start, end=train_end, alert_rate=alert_rate, seed=seed
     )
     model.card = {"model_version": "evaluate"}

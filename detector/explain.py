@@ -3,7 +3,7 @@
 Method: the forest scores, per family of features, the family's most *surprising* feature
 (:func:`detector.features.feature_surprises`: ``-log10`` of the probability that this
 principal's window reaches that value, from its own baseline smoothed towards its IAM role
-or peer group and the population). The explanation lists the 3 to 5 features with the
+or kind and the population). The explanation lists the 3 to 5 features with the
 highest surprise, most surprising first, so what is shown is what the model was given, and
 each sentence carries the numbers behind it: the value, the principal's own usual (median
 of its baseline windows) and the 99th percentile over all principals.
@@ -101,7 +101,16 @@ def phrase(item: dict[str, Any]) -> str:
         return f"made a kind of request rare for principals like it ({detail})"
     if name == "hour_rarity" and detail:
         return f"was active at {detail}, an hour of day it is rarely active"
-    return BY_NAME[name].phrase.format(v=fmt(name, item["value"]))
+    return render_phrase(name, item["value"])
+
+
+def render_phrase(name: str, value: float) -> str:
+    """A catalogue phrase with its value, in singular or plural."""
+    text = fmt(name, value)
+    one = text == "1"
+    return BY_NAME[name].phrase.format(
+        v=text, s="" if one else "s", times="once" if one else f"{text} times"
+    )
 
 
 def sentence(item: dict[str, Any]) -> str:

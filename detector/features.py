@@ -81,7 +81,6 @@ INPUT_COLUMNS = (
     "stage",
     "verb",
     "request_uri",
-    "user_name",
     "principal",
     "principal_kind",
     "iam_arn",
@@ -113,7 +112,7 @@ class Feature:
     """One model feature: its name, what a value means in a sentence, and its family."""
 
     name: str
-    phrase: str  # "{v}" is the formatted value
+    phrase: str  # "{v}": the value; "{s}": plural s; "{times}": "once" / "N times"
     family: str
     integer: bool = True
 
@@ -124,44 +123,44 @@ def _f(name: str, phrase: str, family: str, *, integer: bool = True) -> Feature:
 
 #: The feature catalogue, in model column order. docs/features.md documents each one.
 CATALOGUE: tuple[Feature, ...] = (
-    _f("requests", "made {v} requests", "volume"),
-    _f("reads", "made {v} read requests (get/list/watch)", "volume"),
-    _f("writes", "made {v} write requests (create/update/patch)", "volume"),
-    _f("deletes", "made {v} delete requests", "volume"),
-    _f("cluster_list_watch", "listed or watched across all namespaces {v} times", "volume"),
-    _f("status_401", "got {v} 401 Unauthorized responses", "errors"),
-    _f("status_403", "got {v} 403 Forbidden responses", "errors"),
-    _f("status_404", "got {v} 404 Not Found responses", "errors"),
-    _f("status_409", "got {v} 409 Conflict responses", "errors"),
-    _f("status_429", "got {v} 429 Too Many Requests responses", "errors"),
-    _f("status_5xx", "got {v} server errors (5xx)", "errors"),
-    _f("denied", "was denied by authorization {v} times", "errors"),
+    _f("requests", "made {v} request{s}", "volume"),
+    _f("reads", "made {v} read request{s} (get/list/watch)", "volume"),
+    _f("writes", "made {v} write request{s} (create/update/patch)", "volume"),
+    _f("deletes", "made {v} delete request{s}", "volume"),
+    _f("cluster_list_watch", "listed or watched across all namespaces {times}", "volume"),
+    _f("status_401", "got {v} 401 Unauthorized response{s}", "errors"),
+    _f("status_403", "got {v} 403 Forbidden response{s}", "errors"),
+    _f("status_404", "got {v} 404 Not Found response{s}", "errors"),
+    _f("status_409", "got {v} 409 Conflict response{s}", "errors"),
+    _f("status_429", "got {v} 429 Too Many Requests response{s}", "errors"),
+    _f("status_5xx", "got {v} server error{s} (5xx)", "errors"),
+    _f("denied", "was denied by authorization {times}", "errors"),
     _f("error_ratio", "had {v} of its requests fail", "errors", integer=False),
-    _f("distinct_namespaces", "touched {v} namespaces", "spread"),
-    _f("distinct_resources", "touched {v} resource types", "spread"),
-    _f("distinct_names", "touched {v} distinct object names", "spread"),
-    _f("distinct_source_ips", "came from {v} source IPs", "spread"),
-    _f("distinct_user_agents", "used {v} user agents", "spread"),
-    _f("secret_reads", "read or listed secrets {v} times", "sensitive"),
-    _f("secret_namespaces", "read or listed secrets in {v} namespaces", "sensitive"),
-    _f("rbac_writes", "changed RBAC roles or bindings {v} times", "sensitive"),
-    _f("exec_attach_portforward", "opened {v} exec/attach/port-forward sessions", "sensitive"),
-    _f("system_exec", "opened {v} exec/attach sessions into system namespaces", "sensitive"),
-    _f("token_requests", "requested {v} service-account tokens", "sensitive"),
-    _f("webhook_writes", "changed admission webhook configurations {v} times", "sensitive"),
-    _f("aws_auth_writes", "changed the aws-auth ConfigMap {v} times", "sensitive"),
-    _f("event_deletes", "deleted Kubernetes events {v} times", "sensitive"),
-    _f("privileged_workloads", "wrote {v} workloads with privileged containers", "sensitive"),
-    _f("hostpath_workloads", "wrote {v} workloads mounting a host path", "sensitive"),
-    _f("hostnetwork_workloads", "wrote {v} workloads on the host network", "sensitive"),
-    _f("hostpid_workloads", "wrote {v} workloads sharing the host PID namespace", "sensitive"),
-    _f("new_source_ips", "came from {v} source IPs never seen for this principal", "novelty"),
-    _f("new_user_agents", "used {v} user agents never seen for this principal", "novelty"),
-    _f("new_namespaces", "touched {v} namespaces never seen for this principal", "novelty"),
-    _f("new_resources", "touched {v} resource types never seen for this principal", "novelty"),
+    _f("distinct_namespaces", "touched {v} namespace{s}", "spread"),
+    _f("distinct_resources", "touched {v} resource type{s}", "spread"),
+    _f("distinct_names", "touched {v} distinct object name{s}", "spread"),
+    _f("distinct_source_ips", "came from {v} source IP{s}", "spread"),
+    _f("distinct_user_agents", "used {v} user agent{s}", "spread"),
+    _f("secret_reads", "read or listed secrets {times}", "sensitive"),
+    _f("secret_namespaces", "read or listed secrets in {v} namespace{s}", "sensitive"),
+    _f("rbac_writes", "changed RBAC roles or bindings {times}", "sensitive"),
+    _f("exec_attach_portforward", "opened {v} exec/attach/port-forward session{s}", "sensitive"),
+    _f("system_exec", "opened {v} exec/attach session{s} in system namespaces", "sensitive"),
+    _f("token_requests", "requested {v} service-account token{s}", "sensitive"),
+    _f("webhook_writes", "changed admission webhook configurations {times}", "sensitive"),
+    _f("aws_auth_writes", "changed the aws-auth ConfigMap {times}", "sensitive"),
+    _f("event_deletes", "deleted Kubernetes events {times}", "sensitive"),
+    _f("privileged_workloads", "wrote {v} workload{s} with privileged containers", "sensitive"),
+    _f("hostpath_workloads", "wrote {v} workload{s} mounting a host path", "sensitive"),
+    _f("hostnetwork_workloads", "wrote {v} workload{s} on the host network", "sensitive"),
+    _f("hostpid_workloads", "wrote {v} workload{s} sharing the host PID namespace", "sensitive"),
+    _f("new_source_ips", "came from {v} source IP{s} never seen for this principal", "novelty"),
+    _f("new_user_agents", "used {v} user agent{s} never seen for this principal", "novelty"),
+    _f("new_namespaces", "touched {v} namespace{s} never seen for this principal", "novelty"),
+    _f("new_resources", "touched {v} resource type{s} never seen for this principal", "novelty"),
     _f(
         "new_verb_resources",
-        "made {v} kinds of request (verb and resource) never seen for this principal",
+        "made {v} kind{s} of request (verb and resource) never seen for this principal",
         "novelty",
     ),
     _f("first_seen_principal", "is a principal never seen before", "novelty"),
@@ -202,7 +201,7 @@ RELATIVE_BASES = tuple(base for _, base in RELATIVE)
 #: Columns of a feature frame besides the features: identity, the principal's parent in the
 #: surprise hierarchy and the rarest action's name (for explanations).
 ID_COLUMNS = ("cluster", "principal", "principal_kind", "window_start", "window_end")
-#: ``parent``: the principal's IAM role (sessions of one role share it) or its peer group.
+#: ``parent``: the principal's IAM role (sessions of one role share it) or else its kind.
 DETAIL_COLUMNS = ("parent", "rare_action_name")
 
 
@@ -299,20 +298,6 @@ def action() -> pl.Expr:
     ).alias("action")
 
 
-def peer_group() -> pl.Expr:
-    """Whom a principal is compared with for action rarity: its kind, but nodes apart.
-
-    On EKS nodes authenticate through an IAM role, so their ``principal_kind`` is
-    ``iam_role`` like people and CI; what is routine for a kubelet (minting service-account
-    tokens, reading every pod's secrets) is not for a person.
-    """
-    return (
-        pl.when(pl.col("user_name").str.starts_with("system:node:"))
-        .then(pl.lit("node"))
-        .otherwise(pl.col("principal_kind"))
-    )
-
-
 def distinct_values(expr: pl.Expr, name: str) -> pl.Expr:
     """The sorted distinct non-null values of ``expr`` in the group, as a list column."""
     return expr.drop_nulls().unique().sort().alias(name)
@@ -358,8 +343,10 @@ def window_counts(events: pl.LazyFrame, *, window: timedelta = DEFAULT_WINDOW) -
     interactive = subresource.is_in(INTERACTIVE_SUBRESOURCES)
     aggs = [
         pl.col("principal_kind").drop_nulls().first().alias("principal_kind"),
-        peer_group().drop_nulls().first().alias("peer_group"),
-        pl.coalesce(pl.col("iam_arn"), peer_group()).drop_nulls().first().alias("parent"),
+        pl.coalesce(pl.col("iam_arn"), pl.col("principal_kind"))
+        .drop_nulls()
+        .first()
+        .alias("parent"),
         pl.len().cast(pl.UInt32).alias("requests"),
         count(verb_in(READ_VERBS), "reads"),
         count(verb_in(WRITE_VERBS), "writes"),
@@ -531,14 +518,13 @@ class Baseline:
         active windows, and the median and 99th percentile of every feature over the
         principal's windows.
     actions
-        (peer_group, action, windows): in how many windows principals of each peer group
-        (:func:`peer_group`) made each kind of request; ``action = "*"`` holds the group's
-        total windows.
+        (principal_kind, action, windows): in how many windows principals of each kind made
+        each kind of request; ``action = "*"`` holds the kind's total windows.
     population
         (feature, median, p99) over all principals' windows.
     tails
         (level, key, feature, bin, n_ge): in how many windows of each principal
-        (``level="own"``), IAM role or peer group (``"parent"``) and of everyone (``"pop"``)
+        (``level="own"``), IAM role or principal kind (``"parent"``) and of everyone (``"pop"``)
         each feature reached each value bin or more; ``bin = -1`` rows hold window totals.
         See :func:`feature_surprises`.
     """
@@ -585,6 +571,47 @@ def _rarity(n: pl.Expr, total: pl.Expr) -> pl.Expr:
     return -(((n.cast(pl.Float64) + 1.0) / (total.cast(pl.Float64) + 1.0)).log10())
 
 
+def seen_values(windows: pl.DataFrame) -> pl.DataFrame:
+    """(cluster, principal, dimension, value) for every distinct value the windows used."""
+    return pl.concat(
+        [
+            _exploded(windows, col)
+            .select("cluster", "principal", pl.lit(col.lstrip("_")).alias("dimension"), "value")
+            .unique()
+            for col, _, _ in DIMENSIONS
+        ]
+    ).sort("cluster", "principal", "dimension", "value")
+
+
+def recent_values(
+    lake: Lake,
+    start: datetime,
+    end: datetime,
+    *,
+    principals: list[str],
+    window: timedelta = DEFAULT_WINDOW,
+    cluster: str | None = None,
+) -> pl.DataFrame:
+    """Values ``principals`` used in ``[start, end)`` (just before a scored range).
+
+    Scoring passes them to :func:`finish_features` so that a value first used an hour
+    before the range (and after the baseline) is not new again in this range.
+    """
+    frames = []
+    if end > start and principals:
+        wanted = pl.Series(principals, dtype=pl.String).implode()
+        for parts in chunk_partitions(lake.partitions(start, end, cluster=cluster), window):
+            lf = lake.scan_partitions(parts).filter(
+                (pl.col("event_time") >= start)
+                & (pl.col("event_time") < end)
+                & pl.col("principal").is_in(wanted)
+            )
+            frames.append(window_counts(lf, window=window).collect())
+    if not frames:
+        return seen_values(empty_windows())
+    return seen_values(pl.concat(frames))
+
+
 def build_baseline(windows: pl.DataFrame) -> Baseline:
     """The history :func:`finish_features` compares windows with, from training window rows.
 
@@ -592,14 +619,7 @@ def build_baseline(windows: pl.DataFrame) -> Baseline:
     per-feature statistics used by explanations.
     """
     pkeys = ["cluster", "principal"]
-    seen = pl.concat(
-        [
-            _exploded(windows, col)
-            .select(*pkeys, pl.lit(col.lstrip("_")).alias("dimension"), "value")
-            .unique()
-            for col, _, _ in DIMENSIONS
-        ]
-    ).sort("cluster", "principal", "dimension", "value")
+    seen = seen_values(windows)
     principals = (
         windows.group_by(pkeys)
         .agg(
@@ -609,17 +629,17 @@ def build_baseline(windows: pl.DataFrame) -> Baseline:
         )
         .sort(pkeys)
     )
-    acts = _exploded(windows, "_actions", ("peer_group",))
+    acts = _exploded(windows, "_actions", ("principal_kind",))
     actions = pl.concat(
         [
-            acts.group_by("peer_group", pl.col("value").alias("action")).agg(
+            acts.group_by("principal_kind", pl.col("value").alias("action")).agg(
                 pl.len().cast(pl.UInt32).alias("windows")
             ),
-            windows.group_by("peer_group").agg(
+            windows.group_by("principal_kind").agg(
                 pl.lit("*").alias("action"), pl.len().cast(pl.UInt32).alias("windows")
             ),
         ]
-    ).sort("peer_group", "action")
+    ).sort("principal_kind", "action")
     population = pl.DataFrame(
         {
             "feature": list(RELATIVE_BASES),
@@ -734,17 +754,17 @@ def finish_features(
             .agg(pl.len().cast(pl.UInt32).alias(new_name))
         )
         out = out.join(new, on=keys, how="left").with_columns(pl.col(new_name).fill_null(0))
-    # Rarity of the window's rarest action among baseline windows of the same peer group.
+    # Rarity of the window's rarest action among baseline windows of the same principal kind.
     totals = baseline.actions.filter(pl.col("action") == "*").select(
-        "peer_group", pl.col("windows").alias("_kt")
+        "principal_kind", pl.col("windows").alias("_kt")
     )
     counts = baseline.actions.filter(pl.col("action") != "*").select(
-        "peer_group", pl.col("action").alias("value"), pl.col("windows").alias("_at")
+        "principal_kind", pl.col("action").alias("value"), pl.col("windows").alias("_at")
     )
     rare = _rarest(
-        _exploded(windows, "_actions", ("peer_group",))
-        .join(counts, on=["peer_group", "value"], how="left")
-        .join(totals, on="peer_group", how="left")
+        _exploded(windows, "_actions", ("principal_kind",))
+        .join(counts, on=["principal_kind", "value"], how="left")
+        .join(totals, on="principal_kind", how="left")
         .with_columns(_rarity(pl.col("_at").fill_null(0), pl.col("_kt").fill_null(0)).alias("_r"))
     )
     medians = [f"median_{c}" for c in RELATIVE_BASES]
@@ -957,7 +977,7 @@ def feature_surprises(
     """Per (row, feature) with a non-zero value: how surprising the value is for the principal.
 
     ``surprise = -log10 P(X >= x)``, where P is the principal's own share of baseline windows
-    at that value or above, smoothed towards its parent's (IAM role or peer group), itself
+    at that value or above, smoothed towards its parent's (IAM role, else principal kind), itself
     smoothed towards the population's, each prior weighing :data:`PRIOR_WEIGHT` windows::
 
         p_pop = (n_pop + 1) / (N_pop + 1)

@@ -162,8 +162,9 @@ class AuditIsolationForest(OutlierMixin, BaseEstimator):
     threshold_ : float
         Anomaly score at and above which a row is an alert.
     offset_ : float
-        ``-threshold_``, so that ``decision_function = score_samples - offset_`` is negative
-        exactly for alerts (scikit-learn's outlier convention).
+        Just above ``-threshold_``, so that ``decision_function = score_samples - offset_`` is
+        negative exactly for alerts (``anomaly_score >= threshold_``), as scikit-learn's
+        outlier convention wants.
     score_mean_, score_std_ : float
         Mean and standard deviation of the training anomaly scores.
     severity_cutoffs_ : dict of str to float
@@ -253,7 +254,7 @@ class AuditIsolationForest(OutlierMixin, BaseEstimator):
         else:
             threshold = float(np.quantile(scores, 1.0 - self.alert_rate, method="higher"))
         self.threshold_ = threshold
-        self.offset_ = -threshold
+        self.offset_ = _offset(threshold)
         # Bands by how rare a score was in training: low = the alert budget, medium = ten
         # times rarer, high = above every training window, critical = as far again above.
         top = max(float(scores.max()), threshold)
@@ -299,6 +300,10 @@ class AuditIsolationForest(OutlierMixin, BaseEstimator):
         return tags
 
 
+def _offset(threshold: float) -> float:
+    return -float(np.nextafter(threshold, -np.inf))
+
+
 # --------------------------------------------------------------------------- the saved model
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -339,11 +344,20 @@ class Model:
     estimator: AuditIsolationForest
     baseline: Baseline
     window: timedelta
+    #: What it was trained on: range, windows, principals... (``training`` in the card).
+    training: dict[str, Any] = field(default_factory=dict)
+    #: sha256 of the training matrix (``data_fingerprint`` in the card).
+    fingerprint: str = ""
     card: dict[str, Any] = field(default_factory=dict)
 
     @property
     def version(self) -> str:
         return str(self.card.get("model_version", "unsaved"))
+
+    @property
+    def trained_until(self) -> datetime | None:
+        until = self.training.get("until")
+        return datetime.fromisoformat(until.replace("Z", "+00:00")) if until else None
 
     @property
     def threshold(self) -> float:
@@ -360,9 +374,14 @@ class Model:
         return self.estimator.anomaly_score(self.matrix(features))
 
     # ----------------------------------------------------------------- save
-    def save(self, model_dir: str, *, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Write the model files, then the card; returns the card."""
+    def save(self, model_dir: str) -> dict[str, Any]:
+        """Write the model files, then the card; returns the card.
+
+        Files of models older than the one this replaces are removed afterwards (the
+        replaced one stays, for a reader that loaded its card just before).
+        """
         loc = Location.of(model_dir)
+        previous = _current_version(loc)
         blob = self.estimator.scorer_.to_bytes()
         tables = {name: _parquet(getattr(self.baseline, name)) for name in BASELINE_TABLES}
         version = _sha256(blob + b"".join(tables.values()))[:16]
@@ -393,11 +412,17 @@ class Model:
             },
             "files": {name: _sha256(data) for name, data in files.items()},
             "trusted_types": list(TRUSTED_TYPES),
+            "training": self.training,
+            "data_fingerprint": self.fingerprint,
             "libraries": library_versions(),
-            **(extra or {}),
         }
         loc.put_atomic(loc.path(CARD_NAME), (json.dumps(card, indent=2) + "\n").encode())
         self.card = card
+        keep = {version, previous}
+        for pattern in ("model-*.skops", "baseline-*-*.parquet"):
+            for path in loc.glob(loc.path(pattern)):
+                if path.rsplit("/", 1)[1].split("-")[1].split(".")[0] not in keep:
+                    loc.fs.rm(path)
         return card
 
     # ----------------------------------------------------------------- load
@@ -434,7 +459,7 @@ class Model:
         est.scorer_ = scorer
         est.n_features_in_ = len(card["model_inputs"])
         est.threshold_ = float(card["threshold"])
-        est.offset_ = -est.threshold_
+        est.offset_ = _offset(est.threshold_)
         est.score_mean_ = float(card["training_scores"]["mean"])
         est.score_std_ = float(card["training_scores"]["std"])
         est.severity_cutoffs_ = {k: float(v) for k, v in card["severity_cutoffs"].items()}
@@ -453,8 +478,17 @@ class Model:
             estimator=est,
             baseline=baseline,
             window=timedelta(seconds=int(card["window_seconds"])),
+            training=dict(card.get("training") or {}),
+            fingerprint=str(card.get("data_fingerprint", "")),
             card=card,
         )
+
+
+def _current_version(loc: Location) -> str | None:
+    try:
+        return json.loads(_read(loc, loc.path(CARD_NAME))).get("model_version")
+    except (FileNotFoundError, ValueError, AttributeError):
+        return None
 
 
 def _read(loc: Location, path: str) -> bytes:

@@ -28,6 +28,7 @@ from detector.features import (
     fold_length,
     lake_windows,
     model_inputs,
+    recent_values,
     request_rows,
 )
 from detector.findings_schema import (
@@ -45,6 +46,9 @@ from detector.schema import CANONICAL_COLUMNS
 MIN_TRAIN_WINDOWS = 50
 #: The flagged events kept per finding (the first ones in time); ``event_count`` is exact.
 MAX_EVENTS_PER_FINDING = 10_000
+#: How far before a scored range (but after the training range) a value counts as already
+#: seen for novelty: a new address used all afternoon is new once, not once per hourly run.
+NOVELTY_MEMORY = timedelta(hours=24)
 #: History handed to rules that compare with the past (``RuleSet.needs_history``).
 RULES_HISTORY = timedelta(days=7)
 
@@ -65,8 +69,8 @@ def fit_model(
     alert_rate: float = DEFAULT_ALERT_RATE,
     seed: int | None = 0,
     threshold_method: str = "budget",
-) -> tuple[Model, dict[str, Any]]:
-    """Baseline + estimator from window rows; returns the model and training facts."""
+) -> Model:
+    """Baseline + estimator from window rows (not saved)."""
     if windows.height < MIN_TRAIN_WINDOWS:
         raise ScoringError(
             f"only {windows.height} principal windows in the training range (need at least "
@@ -81,21 +85,24 @@ def fit_model(
         log_transform=False,  # the inputs are already log-probabilities
         random_state=seed,
     ).fit(X)
-    facts = {
-        "training": {
-            "since": _iso(start),
-            "until": _iso(end),
-            "windows": windows.height,
-            "rows_fit": rows.height,
-            "novelty_fold_seconds": int(fold.total_seconds()),
-            "requests": int(windows["requests"].sum()),
-            "principals": baseline.principals.height,
-            "clusters": sorted(windows["cluster"].unique().to_list()),
-            "seed": seed,
-        },
-        "data_fingerprint": fingerprint(X),
+    training = {
+        "since": _iso(start),
+        "until": _iso(end),
+        "windows": windows.height,
+        "rows_fit": rows.height,
+        "novelty_fold_seconds": int(fold.total_seconds()),
+        "requests": int(windows["requests"].sum()),
+        "principals": baseline.principals.height,
+        "clusters": sorted(windows["cluster"].unique().to_list()),
+        "seed": seed,
     }
-    return Model(estimator=est, baseline=baseline, window=window), facts
+    return Model(
+        estimator=est,
+        baseline=baseline,
+        window=window,
+        training=training,
+        fingerprint=fingerprint(X),
+    )
 
 
 def train_model(
@@ -115,7 +122,7 @@ def train_model(
     check_window(window)
     start, end = align(start, end, window)
     windows = lake_windows(lake, start, end, window=window, cluster=cluster, progress=progress)
-    model, facts = fit_model(
+    model = fit_model(
         windows,
         window=window,
         start=start,
@@ -125,9 +132,7 @@ def train_model(
         threshold_method=threshold_method,
     )
     if model_dir is not None:
-        model.save(model_dir, extra=facts)
-    else:
-        model.card = {"model_version": "unsaved", **facts}
+        model.save(model_dir)
     return model
 
 
@@ -204,7 +209,7 @@ def score_range(
                     f"--fit-on-window needs at least {MIN_TRAIN_WINDOWS} principal windows in "
                     f"the range, found {windows.height}: widen --since"
                 )
-            model, _ = fit_model(
+            model = fit_model(
                 windows, window=window, start=start, end=end, alert_rate=alert_rate, seed=seed
             )
             model.card = {"model_version": "cold-start"}
@@ -212,7 +217,18 @@ def score_range(
         if model is None:
             raise ScoringError("no model given")
         result.model_version = model.version
-        found = model_findings(windows, model, now=now, cold_start=fit_on_window)
+        recent = None
+        if not fit_on_window and windows.height:
+            lookback = max(start - NOVELTY_MEMORY, model.trained_until or start - NOVELTY_MEMORY)
+            recent = recent_values(
+                lake,
+                lookback,
+                start,
+                principals=windows["principal"].unique().to_list(),
+                window=window,
+                cluster=cluster,
+            )
+        found = model_findings(windows, model, now=now, cold_start=fit_on_window, recent=recent)
         events = flagged_events(lake, parts, found) if found.height else _no_events()
         found = _attach_events(found, events)
         frames.append(("model", found, events))
@@ -248,12 +264,17 @@ def score_range(
 
 
 def model_findings(
-    windows: pl.DataFrame, model: Model, *, now: datetime, cold_start: bool = False
+    windows: pl.DataFrame,
+    model: Model,
+    *,
+    now: datetime,
+    cold_start: bool = False,
+    recent: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """One finding per window scoring at or above the model's threshold (no events yet)."""
     if windows.is_empty():
         return empty_findings()
-    feats = finish_features(windows, model.baseline)
+    feats = finish_features(windows, model.baseline, recent=recent)
     scores = model.score(feats)
     flagged_idx = np.flatnonzero(scores >= model.threshold)
     if flagged_idx.size == 0:
@@ -365,25 +386,23 @@ def rule_findings(
         raise ScoringError(str(exc)) from None
     history = (
         lake.scan_events(start - RULES_HISTORY, start, cluster=cluster)
-        if getattr(ruleset, "needs_history", False)
+        if ruleset.needs_history
         else None
     )
     result = rules.evaluate_rules(
-        lake.scan_events(start, end, cluster=cluster), ruleset, window=window, history=history
+        lake.scan_events(start, end, cluster=cluster),
+        ruleset,
+        window=window,
+        history=history,
+        now=now,
     )
-    found = result.findings
-    if isinstance(found, pl.LazyFrame):
-        found = found.collect()
-    found = found.select(list(FINDINGS_COLUMNS)).filter(
+    found = result.findings.select(list(FINDINGS_COLUMNS)).filter(
         (pl.col("window_start") >= start) & (pl.col("window_start") < end)
     )
     if found.is_empty():
         return empty_findings(), _no_events(), _rule_count(ruleset)
     found = found.with_columns(pl.col("created_at").fill_null(now))
-    links = result.events
-    if isinstance(links, pl.LazyFrame):
-        links = links.collect()
-    links = links.select("finding_id", "audit_id", "stage").filter(
+    links = result.events.select("finding_id", "audit_id", "stage").filter(
         pl.col("finding_id").is_in(found["finding_id"].implode())
     )
     events = (
@@ -401,8 +420,7 @@ def rule_findings(
 
 
 def _rule_count(ruleset: Any) -> str:
-    n = getattr(ruleset, "rules", None)
-    return f"{len(n)} rules" if n is not None else "rules"
+    return f"{len(ruleset.enabled_rules)} rules"
 
 
 def _iso(t: datetime) -> str:

@@ -18,8 +18,13 @@ from detector.commands._common import (
     stdout,
     usage_error,
 )
-from detector.commands.train import AlertRateOpt, SeedOpt, WindowOpt, parse_window
-from detector.model import DEFAULT_ALERT_RATE
+from detector.commands.train import (
+    DEFAULT_ALERT_RATE,
+    AlertRateOpt,
+    SeedOpt,
+    WindowOpt,
+    parse_window,
+)
 from detector.storage import StorageError
 from detector.timeparse import TimeArgumentError, parse_instant
 

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import polars as pl
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from detector.commands._common import (
@@ -23,9 +24,8 @@ from detector.commands._common import (
     stdout,
     usage_error,
 )
-from detector.commands.train import ModelDirOpt, SeedOpt
+from detector.commands.train import DEFAULT_MODEL_DIR, ModelDirOpt, SeedOpt
 from detector.findings_schema import SEVERITIES
-from detector.model import DEFAULT_MODEL_DIR
 from detector.storage import StorageError
 from detector.timeparse import TimeArgumentError, parse_range
 
@@ -171,31 +171,50 @@ def findings_json(df: pl.DataFrame) -> list[dict[str, Any]]:
     return df.to_dicts()
 
 
+def short_principal(principal: str | None) -> str:
+    """A principal as shown in tables: IAM ARNs without the ``arn:aws:iam::<account>:`` part."""
+    if not principal:
+        return "-"
+    if principal.startswith("arn:aws:") and principal.count(":") >= 5:
+        return principal.split(":", 5)[5]
+    return principal
+
+
 def render_findings(df: pl.DataFrame, *, title: str | None = None) -> None:
-    """The findings table: severity, score, detector, principal, window, title."""
+    """One line per finding: id, severity, score, window, detector, principal, title."""
     if df.is_empty():
         stdout.print("no findings", markup=False)
         return
-    table = Table(title=title, show_lines=False, expand=False)
-    for col in ("id", "severity", "score", "detector", "principal", "window (UTC)", "title"):
-        table.add_column(col, overflow="fold")
+    table = Table(title=title, box=None, pad_edge=False, header_style="bold")
+    table.add_column("id", no_wrap=True, min_width=20)
+    table.add_column("severity", no_wrap=True)
+    table.add_column("score", no_wrap=True, justify="right")
+    table.add_column("window (UTC)", no_wrap=True)
+    table.add_column("detector", no_wrap=True, overflow="ellipsis", max_width=22)
+    table.add_column("principal", no_wrap=True, overflow="ellipsis", max_width=36)
+    table.add_column("title", no_wrap=True, overflow="ellipsis", max_width=72)
     for row in df.iter_rows(named=True):
+        model = row["detector"].startswith("model")
         table.add_row(
             row["finding_id"],
             f"[{SEVERITY_STYLE.get(row['severity'], '')}]{row['severity']}[/]",
-            f"{row['score']:.3f}" if row["detector"].startswith("model") else f"{row['score']:g}",
-            row["detector"],
-            _escape(row["principal"]),
-            f"{row['window_start']:%Y-%m-%d %H:%M}-{row['window_end']:%H:%M}",
-            _escape(row["title"]),
+            f"{row['score']:.3f}" if model else f"{row['score']:g}",
+            f"{row['window_start']:%m-%d %H:%M}",
+            "model" if model else row["detector"].removeprefix("rule:"),
+            escape(short_principal(row["principal"])),
+            escape(row["title"] or ""),
         )
-    stdout.print(table)
+    _wide().print(table)
 
 
-def _escape(text: str | None) -> str:
-    from rich.markup import escape
+def _wide():
+    """stdout, but at least 200 columns wide when it is not a terminal (files, pipes, cron
+    logs), so one finding stays on one line."""
+    from rich.console import Console
 
-    return escape(text or "")
+    if stdout.is_terminal:
+        return stdout
+    return Console(highlight=False, soft_wrap=True, width=max(stdout.width, 200))
 
 
 def register(app: typer.Typer) -> None:

@@ -20,9 +20,13 @@ from detector.commands._common import (
     stdout,
     usage_error,
 )
-from detector.model import DEFAULT_ALERT_RATE, DEFAULT_MODEL_DIR
 from detector.storage import StorageError
 from detector.timeparse import TimeArgumentError, parse_duration, parse_range
+
+# The same values as detector.model's; repeated so that `detect --help` does not import
+# scikit-learn (seconds). tests/test_model.py keeps them in step.
+DEFAULT_ALERT_RATE = 0.001
+DEFAULT_MODEL_DIR = "models"
 
 ModelDirOpt = Annotated[
     str,

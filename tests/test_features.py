@@ -1,0 +1,326 @@
+"""Features on hand-built audit events: counts, one count per request, novelty, rarity."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import polars as pl
+import pytest
+
+from detector import features as F
+from detector.lake import Lake
+from detector.normalize import events_from_dicts
+
+T0 = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
+SA = "system:serviceaccount:shop:cart"
+ADMIN_ARN = "arn:aws:iam::111122223333:role/eng-admin"
+
+
+def ev(
+    i: int,
+    *,
+    t: float = 0,
+    stage: str = "ResponseComplete",
+    verb: str = "get",
+    user: str = SA,
+    session: str | None = None,
+    ip: str = "10.0.0.1",
+    ua: str = "cart/1.0",
+    resource: str | None = "pods",
+    sub: str | None = None,
+    ns: str | None = "shop",
+    name: str | None = None,
+    group: str = "",
+    code: int = 200,
+    decision: str = "allow",
+    body: dict | None = None,
+    audit: str | None = None,
+) -> dict:
+    """One raw audit.k8s.io/v1 Event, ``t`` seconds after T0."""
+    ts = (T0 + timedelta(seconds=t)).isoformat().replace("+00:00", "Z")
+    obj = {
+        "resource": resource,
+        "namespace": ns,
+        "name": name,
+        "apiGroup": group,
+        "apiVersion": "v1",
+        "subresource": sub,
+    }
+    u: dict = {"username": user, "groups": ["system:authenticated"]}
+    if session:
+        u["extra"] = {
+            "canonicalArn": [ADMIN_ARN],
+            "arn": [f"arn:aws:sts::111122223333:assumed-role/eng-admin/{session}"],
+            "sessionName": [session],
+        }
+    e = {
+        "kind": "Event",
+        "apiVersion": "audit.k8s.io/v1",
+        "level": "RequestResponse",
+        "auditID": audit or f"00000000-0000-0000-0000-{i:012d}",
+        "stage": stage,
+        "requestURI": f"/api/v1/namespaces/{ns}/{resource}",
+        "verb": verb,
+        "user": u,
+        "sourceIPs": [ip],
+        "userAgent": ua,
+        "objectRef": {k: v for k, v in obj.items() if v is not None},
+        "responseStatus": {"code": code},
+        "requestReceivedTimestamp": ts,
+        "stageTimestamp": ts,
+        "annotations": {"authorization.k8s.io/decision": decision},
+    }
+    if resource is None:
+        del e["objectRef"]
+        e["requestURI"] = "/version"
+    if body is not None:
+        e["requestObject"] = body
+    return e
+
+
+def windows_of(events: list[dict], window: timedelta = F.DEFAULT_WINDOW) -> pl.DataFrame:
+    return F.window_counts(events_from_dicts(events).lazy(), window=window).collect()
+
+
+def one(df: pl.DataFrame, principal: str | None = None) -> dict:
+    if principal is not None:
+        df = df.filter(pl.col("principal").str.contains(principal, literal=True))
+    assert df.height == 1, df
+    return df.row(0, named=True)
+
+
+POD = {"kind": "Pod", "spec": {"containers": [{"name": "c", "image": "busybox"}]}}
+PRIVILEGED_POD = {
+    "kind": "Pod",
+    "spec": {
+        "hostPID": True,
+        "hostNetwork": True,
+        "containers": [{"name": "c", "securityContext": {"privileged": True}}],
+        "volumes": [{"name": "root", "hostPath": {"path": "/"}}],
+    },
+}
+
+
+def test_counts_of_one_window():
+    events = [
+        ev(1, verb="get"),
+        ev(2, verb="list", ns=None),  # cluster-wide list
+        ev(3, verb="watch", ns=None, stage="ResponseStarted"),
+        ev(4, verb="create", resource="configmaps", name="c1"),
+        ev(5, verb="patch", resource="configmaps", name="c1", code=409),
+        ev(6, verb="delete", resource="pods", name="p1", code=404),
+        ev(7, verb="get", resource="secrets", ns="shop", name="s1"),
+        ev(8, verb="list", resource="secrets", ns="billing", code=403, decision="forbid"),
+        ev(9, verb="create", resource="rolebindings", group="rbac.authorization.k8s.io"),
+        ev(10, verb="create", resource="pods", sub="exec", name="p2", code=101),
+        ev(11, verb="create", resource="pods", sub="exec", ns="kube-system", name="dns"),
+        ev(12, verb="create", resource="serviceaccounts", sub="token", name="builder"),
+        ev(13, verb="create", resource="mutatingwebhookconfigurations", ns=None, group="x"),
+        ev(14, verb="update", resource="configmaps", ns="kube-system", name="aws-auth"),
+        ev(15, verb="deletecollection", resource="events", ns="kube-system"),
+        ev(16, verb="create", resource="pods", body=PRIVILEGED_POD),
+        ev(17, verb="create", resource="pods", body=POD),
+        ev(18, verb="get", code=500, ip="10.0.0.2", ua="curl/8"),
+        ev(19, verb="get", code=401, resource=None, ns=None),
+        ev(20, verb="get", code=429),
+    ]
+    w = one(windows_of(events))
+    assert w["requests"] == 20
+    assert (w["reads"], w["writes"], w["deletes"]) == (8, 10, 2)
+    assert w["cluster_list_watch"] == 2
+    assert (w["status_401"], w["status_403"], w["status_404"], w["status_409"]) == (1, 1, 1, 1)
+    assert (w["status_429"], w["status_5xx"], w["errors"], w["denied"]) == (1, 1, 6, 1)
+    assert (w["secret_reads"], w["secret_namespaces"]) == (2, 2)
+    assert (w["rbac_writes"], w["exec_attach_portforward"], w["system_exec"]) == (1, 2, 1)
+    assert (w["token_requests"], w["webhook_writes"], w["aws_auth_writes"]) == (1, 1, 1)
+    assert w["event_deletes"] == 1
+    for flag in ("privileged", "hostpath", "hostnetwork", "hostpid"):
+        assert w[f"{flag}_workloads"] == 1, flag
+    assert set(w["_source_ips"]) == {"10.0.0.1", "10.0.0.2"}
+    assert set(w["_namespaces"]) == {"shop", "billing", "kube-system"}
+    assert "create pods privileged hostPath hostNetwork hostPID" in w["_actions"]
+    assert "update configmaps in kube-system aws-auth" in w["_actions"]
+    assert "get /version" in w["_actions"]
+    assert w["window_end"] - w["window_start"] == timedelta(minutes=10)
+
+
+def test_each_request_is_counted_once_across_stages():
+    events = [
+        ev(1, stage="RequestReceived", audit="a"),  # never counted
+        ev(2, stage="ResponseComplete", audit="a"),
+        ev(3, verb="watch", stage="ResponseStarted", audit="w"),
+        ev(4, verb="watch", stage="ResponseComplete", audit="w", t=120),
+        # an exec whose ResponseStarted was not logged: its ResponseComplete counts
+        ev(5, verb="create", sub="exec", stage="ResponseComplete", audit="x"),
+        ev(6, verb="get", stage="Panic", audit="p", code=500),
+    ]
+    w = one(windows_of(events))
+    assert w["requests"] == 4
+    assert w["exec_attach_portforward"] == 1
+    assert w["status_5xx"] == 1
+
+
+def test_windows_split_principals_and_time():
+    events = [
+        ev(1, t=0),
+        ev(2, t=599),
+        ev(3, t=600),
+        ev(4, t=5, user="system:serviceaccount:shop:other"),
+    ]
+    w = windows_of(events)
+    assert w.height == 3
+    cart = w.filter(pl.col("principal") == SA).sort("window_start")
+    assert cart["requests"].to_list() == [2, 1]
+    hourly = windows_of(events, timedelta(hours=1))
+    assert one(hourly, "cart")["requests"] == 3
+
+
+def baseline_days(days: int = 4, **kw) -> list[dict]:
+    """A principal doing the same thing every day at 10:00 for ``days`` days."""
+    out = []
+    for d in range(days):
+        t = -86_400 * (days - d)
+        out += [ev(1000 * d + 1, t=t, **kw), ev(1000 * d + 2, t=t + 30, **{"verb": "list", **kw})]
+    return out
+
+
+def test_novelty_against_the_baseline():
+    base_windows = windows_of(baseline_days())
+    baseline = F.build_baseline(base_windows)
+    today = [
+        ev(1, ip="198.51.100.9", ua="python-requests/2.32"),  # new IP and UA
+        ev(2, resource="secrets", ns="billing"),  # new resource, namespace and action
+        ev(3, t=60, ip="198.51.100.9"),  # same new IP again: not new twice
+        ev(4, t=700, ip="198.51.100.9"),  # next window: already counted
+        ev(5, t=5, user="system:serviceaccount:shop:stranger"),
+    ]
+    f = F.finish_features(windows_of(today), baseline).sort("window_start")
+    first = f.filter(pl.col("principal") == SA).row(0, named=True)
+    later = f.filter(pl.col("principal") == SA).row(1, named=True)
+    assert first["new_source_ips"] == 1 and later["new_source_ips"] == 0
+    assert first["new_user_agents"] == 1
+    assert (first["new_namespaces"], first["new_resources"]) == (1, 1)
+    assert first["new_verb_resources"] == 1  # "get secrets"; "get pods" is routine
+    assert first["first_seen_principal"] == 0
+    stranger = one(f, "stranger")
+    assert stranger["first_seen_principal"] == 1
+    assert stranger["new_source_ips"] == 1  # everything is new for a new principal
+    # values seen shortly before the scored range are not new either
+    recent = F.seen_values(windows_of([ev(9, t=-3600, ip="198.51.100.9")]))
+    again = F.finish_features(windows_of(today), baseline, recent=recent)
+    assert again.filter(pl.col("principal") == SA)["new_source_ips"].sum() == 0
+
+
+def test_hour_rarity_and_relative_volume():
+    baseline = F.build_baseline(windows_of(baseline_days()))
+    night = [ev(i, t=-10 * 3600 + i, verb="get") for i in range(1, 9)]  # 8 requests at 00:00
+    f = one(F.finish_features(windows_of(night), baseline))
+    assert f["hour_rarity"] == 1.0  # never active at midnight
+    assert f["requests_vs_usual"] == pytest.approx((8 + 1) / (2 + 1))
+    usual = one(F.finish_features(windows_of([ev(1), ev(2, verb="list")]), baseline))
+    assert usual["hour_rarity"] == 0.0
+    assert usual["requests_vs_usual"] == 1.0
+
+
+def test_action_rarity_is_relative_to_the_principal_kind():
+    people = []
+    for d in range(3):
+        for k, who in enumerate(("alice", "bob", "carol")):
+            people.append(
+                ev(100 * d + k, t=-86_400 * (d + 1), user="eng-admin", session=who, ua="kubectl")
+            )
+    controllers = baseline_days(3, verb="create", resource="serviceaccounts", sub="token")
+    baseline = F.build_baseline(windows_of(people + controllers))
+    mint = ev(
+        1,
+        user="eng-admin",
+        session="alice",
+        verb="create",
+        resource="serviceaccounts",
+        sub="token",
+        ua="kubectl",
+    )
+    f = one(F.finish_features(windows_of([mint, ev(2)]), baseline), "alice")
+    assert f["rare_action_name"] == "create serviceaccounts/token"
+    assert f["rare_action"] == pytest.approx(1.0)  # -log10((0 + 1) / (9 windows + 1))
+    routine = one(F.finish_features(windows_of([mint | {"user": ev(3)["user"]}]), baseline))
+    assert routine["rare_action"] < 0.5  # the service account mints tokens every day
+
+
+def test_surprise_is_high_for_what_nobody_did_and_low_for_the_routine():
+    events = []
+    for d in range(6):
+        for k in range(6):
+            t = -86_400 * (d + 1) + 600 * k
+            events += [
+                ev(1000 * d + 10 * k + j, t=t + j, resource="secrets", verb="get") for j in range(3)
+            ]
+    base_windows = windows_of(events)
+    baseline, _ = F.fit_baseline(base_windows, fold=timedelta(days=1))
+    probe = [
+        ev(1, resource="secrets", verb="get"),
+        ev(2, resource="secrets", verb="get"),
+        ev(3, resource="secrets", verb="get"),
+        ev(4, verb="update", resource="configmaps", ns="kube-system", name="aws-auth"),
+    ]
+    f = F.finish_features(windows_of(probe), baseline)
+    s = {
+        r["feature"]: r["surprise"] for r in F.feature_surprises(f, baseline).iter_rows(named=True)
+    }
+    assert s["secret_reads"] < 0.5
+    assert s["aws_auth_writes"] > 2.0
+    x = F.model_inputs(f, baseline)
+    assert x.columns == list(F.MODEL_INPUTS)
+    assert x["surprise_sensitive"][0] == pytest.approx(s["aws_auth_writes"])
+
+
+def test_training_features_are_what_scoring_would_compute_for_each_fold():
+    events = []
+    for d in range(3):
+        t = -86_400 * (d + 1)
+        events += [ev(100 * d + 1, t=t, ip=f"10.0.1.{d}"), ev(100 * d + 2, t=t + 9)]
+    windows = windows_of(events)
+    fold = timedelta(days=1)
+    crossed = F.cross_fit_features(windows, fold=fold)
+    days = sorted(windows["window_start"].dt.truncate("1d").unique().to_list())
+    for day in days:
+        inside = windows.filter(pl.col("window_start").dt.truncate("1d") == day)
+        outside = windows.filter(pl.col("window_start").dt.truncate("1d") != day)
+        direct = F.finish_features(inside, F.build_baseline(outside))
+        got = crossed.filter(pl.col("window_start").dt.truncate("1d") == day)
+        assert got.select(F.FEATURES).equals(direct.select(F.FEATURES))
+    assert crossed["new_source_ips"].to_list() == [1, 1, 1]  # a new address every day
+
+
+def test_chunked_lake_reading_matches_one_pass(tmp_path):
+    events = [ev(i, t=i * 300, user=f"system:serviceaccount:shop:sa{i % 3}") for i in range(200)]
+    df = events_from_dicts(events)
+    lake = Lake(str(tmp_path / "lake"))
+    lake.write_events(df)
+    start, end = T0 - timedelta(hours=1), T0 + timedelta(hours=18)
+    window = timedelta(minutes=7)  # does not divide an hour: chunks must follow lcm(7m, 1h)
+    chunks = F.chunk_partitions(lake.partitions(start, end), window, min_hours=1)
+    assert len(chunks) >= 2
+    streamed = F.lake_windows(lake, start, end, window=window).sort(F.KEYS)
+    whole = F.window_counts(df.lazy(), window=window).collect().sort(F.KEYS)
+    cols = ["principal", "window_start", "requests", "reads"]
+    assert streamed.select(cols).equals(whole.select(cols))
+
+
+def test_align_and_window_checks():
+    s, e = F.align(T0 + timedelta(minutes=3), T0 + timedelta(minutes=21), timedelta(minutes=10))
+    assert (s, e) == (T0, T0 + timedelta(minutes=30))
+    with pytest.raises(ValueError, match="window"):
+        F.check_window(timedelta(seconds=30))
+    assert F.fold_length(T0, T0 + timedelta(days=14)) == timedelta(days=1)
+    assert F.fold_length(T0, T0 + timedelta(days=2)) == timedelta(hours=16)
+
+
+def test_every_feature_is_documented():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "features.md").read_text()
+    missing = [f for f in (*F.FEATURES, *F.MODEL_INPUTS) if f"`{f}`" not in doc]
+    assert not missing, f"docs/features.md does not describe {missing}"
+    assert json.dumps(sorted(F.FAMILY_OF)) == json.dumps(sorted(F.FEATURES))
