@@ -45,13 +45,18 @@ def venv_python(path: Path) -> Path:
 
 
 def ensure_venv(
-    name: str, requirements: tuple[str, ...], *, extra_args: tuple[str, ...] = ()
+    name: str,
+    requirements: tuple[str, ...],
+    *,
+    constraints: Path | None = None,
 ) -> Path:
     """The venv ``.venvs/<name>`` with ``requirements`` installed (built once, then reused)."""
     VENVS.mkdir(parents=True, exist_ok=True)
     path = VENVS / name
     stamp = path / ".requirements"
-    wanted = "\n".join([*requirements, *extra_args]) + "\n"
+    extra_args: tuple[str, ...] = ("-c", str(constraints)) if constraints else ()
+    pins = constraints.read_text() if constraints else ""
+    wanted = "\n".join(requirements) + "\n" + pins
     with open(VENVS / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if stamp.exists() and stamp.read_text() == wanted and venv_python(path).exists():
