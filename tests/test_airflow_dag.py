@@ -164,7 +164,8 @@ def run_airflow(
         timeout=600,
         check=False,
     )
-    TIMINGS[f"dag.test {dag_id}" if dag_id != "-" else "DagBag import"] = time.monotonic() - started
+    label = f"dag.test {dag_id} {logical}" if dag_id != "-" else "DagBag import"
+    TIMINGS[label] = time.monotonic() - started
     assert proc.returncode == 0 and out.exists(), proc.stdout[-6000:] + proc.stderr[-6000:]
     result = json.loads(out.read_text())
     result["log"] = proc.stdout + proc.stderr
