@@ -139,7 +139,10 @@ def reset() -> None:
         sys.stderr = _installed.pop("stderr")
     handler = _installed.pop("handler", None)
     if handler is not None:
-        logging.getLogger(LOGGER).removeHandler(handler)
+        root = logging.getLogger(LOGGER)
+        root.removeHandler(handler)
+        root.setLevel(logging.NOTSET)
+        root.propagate = True  # back to defaults: pytest's caplog and embedding apps
         warnings_logger = _installed.pop("warnings", None)
         if warnings_logger is not None:
             warnings_logger.removeHandler(handler)
