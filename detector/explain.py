@@ -12,7 +12,7 @@ of its baseline windows) and the 99th percentile over all principals.
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import polars as pl
@@ -26,15 +26,22 @@ NOTABLE = 1.0
 _PAIRS = {feat: base for feat, base in RELATIVE} | {base: feat for feat, base in RELATIVE}
 
 
-def explain(rows: pl.DataFrame, baseline: Baseline) -> list[list[dict[str, Any]]]:
+def explain(
+    rows: pl.DataFrame,
+    baseline: Baseline,
+    *,
+    loo_fold: timedelta | None = None,
+    fold_tails: pl.DataFrame | None = None,
+) -> list[list[dict[str, Any]]]:
     """For each feature row, its 3 to 5 most surprising features, most surprising first.
 
     Each item is ``{name, value, baseline, population, surprise, known, detail}``; fewer
-    than 3 items only when fewer features are above zero.
+    than 3 items only when fewer features are above zero. ``loo_fold``/``fold_tails``
+    explain cross-fitted training rows (cold start), see :func:`feature_surprises`.
     """
     if rows.height == 0:
         return []
-    surprises = feature_surprises(rows, baseline)
+    surprises = feature_surprises(rows, baseline, loo_fold=loo_fold, fold_tails=fold_tails)
     stats = [c for f in FEATURES for c in (f"median_{f}",)]
     joined = rows.with_row_index("row").join(
         baseline.principals.select("cluster", "principal", "windows", *stats),

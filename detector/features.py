@@ -972,7 +972,11 @@ def _lookup(query: pl.DataFrame, tails: pl.DataFrame, lvl: str, name: str, by_fo
 
 
 def feature_surprises(
-    features: pl.DataFrame, baseline: Baseline, *, loo_fold: timedelta | None = None
+    features: pl.DataFrame,
+    baseline: Baseline,
+    *,
+    loo_fold: timedelta | None = None,
+    fold_tails: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """Per (row, feature) with a non-zero value: how surprising the value is for the principal.
 
@@ -986,14 +990,17 @@ def feature_surprises(
 
     A principal never seen falls back on its role and then everyone; a value nobody reached
     scores about log10 of the number of baseline windows. With ``loo_fold`` (training), each
-    row's own fold is left out of the counts, as :func:`cross_fit_features` does for novelty.
+    row's own fold is left out of the counts, as :func:`cross_fit_features` does for novelty;
+    ``fold_tails`` (``tail_counts(all_training_rows, fold=loo_fold)``) must then be given when
+    ``features`` are only some of the training rows.
     """
     if baseline.tails is None:
         raise ValueError("baseline has no tail counts (fit it with fit_baseline)")
     query = _long(features, loo_fold)
     w = PRIOR_WEIGHT
     by_fold = ["_fold"] if loo_fold is not None else []
-    fold_tails = tail_counts(features, fold=loo_fold) if loo_fold is not None else None
+    if loo_fold is not None and fold_tails is None:
+        fold_tails = tail_counts(features, fold=loo_fold)
     for lvl in _LEVELS:
         query = _lookup(query, baseline.tails, lvl, f"n_{lvl}", [])
         if fold_tails is not None:

@@ -30,6 +30,7 @@ from detector.features import (
     model_inputs,
     recent_values,
     request_rows,
+    tail_counts,
 )
 from detector.findings_schema import (
     FINDINGS_COLUMNS,
@@ -71,6 +72,35 @@ def fit_model(
     threshold_method: str = "budget",
 ) -> Model:
     """Baseline + estimator from window rows (not saved)."""
+    return _fit(
+        windows,
+        window=window,
+        start=start,
+        end=end,
+        alert_rate=alert_rate,
+        seed=seed,
+        threshold_method=threshold_method,
+    ).model
+
+
+@dataclass
+class _Fitted:
+    model: Model
+    rows: pl.DataFrame  # the cross-fitted training feature rows
+    scores: np.ndarray  # their anomaly scores
+    fold: timedelta
+
+
+def _fit(
+    windows: pl.DataFrame,
+    *,
+    window: timedelta,
+    start: datetime,
+    end: datetime,
+    alert_rate: float,
+    seed: int | None,
+    threshold_method: str = "budget",
+) -> _Fitted:
     if windows.height < MIN_TRAIN_WINDOWS:
         raise ScoringError(
             f"only {windows.height} principal windows in the training range (need at least "
@@ -96,13 +126,14 @@ def fit_model(
         "clusters": sorted(windows["cluster"].unique().to_list()),
         "seed": seed,
     }
-    return Model(
+    model = Model(
         estimator=est,
         baseline=baseline,
         window=window,
         training=training,
         fingerprint=fingerprint(X),
     )
+    return _Fitted(model=model, rows=rows, scores=est.anomaly_score(X), fold=fold)
 
 
 def train_model(
@@ -209,26 +240,35 @@ def score_range(
                     f"--fit-on-window needs at least {MIN_TRAIN_WINDOWS} principal windows in "
                     f"the range, found {windows.height}: widen --since"
                 )
-            model = fit_model(
+            # Each part of the range is judged against the rest of it (cross-fitting), which
+            # is exactly how the model's own training rows were scored.
+            fitted = _fit(
                 windows, window=window, start=start, end=end, alert_rate=alert_rate, seed=seed
             )
+            model = fitted.model
             model.card = {"model_version": "cold-start"}
             result.cold_start = True
-        if model is None:
-            raise ScoringError("no model given")
-        result.model_version = model.version
-        recent = None
-        if not fit_on_window and windows.height:
-            lookback = max(start - NOVELTY_MEMORY, model.trained_until or start - NOVELTY_MEMORY)
-            recent = recent_values(
-                lake,
-                lookback,
-                start,
-                principals=windows["principal"].unique().to_list(),
-                window=window,
-                cluster=cluster,
+            result.model_version = model.version
+            found = findings_from_scores(
+                fitted.rows, fitted.scores, model, now=now, cold_start=True, loo_fold=fitted.fold
             )
-        found = model_findings(windows, model, now=now, cold_start=fit_on_window, recent=recent)
+        else:
+            if model is None:
+                raise ScoringError("no model given")
+            result.model_version = model.version
+            recent = None
+            if windows.height:
+                memory_start = start - NOVELTY_MEMORY
+                lookback = max(memory_start, model.trained_until or memory_start)
+                recent = recent_values(
+                    lake,
+                    lookback,
+                    start,
+                    principals=windows["principal"].unique().to_list(),
+                    window=window,
+                    cluster=cluster,
+                )
+            found = model_findings(windows, model, now=now, recent=recent)
         events = flagged_events(lake, parts, found) if found.height else _no_events()
         found = _attach_events(found, events)
         frames.append(("model", found, events))
@@ -268,21 +308,35 @@ def model_findings(
     model: Model,
     *,
     now: datetime,
-    cold_start: bool = False,
     recent: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """One finding per window scoring at or above the model's threshold (no events yet)."""
     if windows.is_empty():
         return empty_findings()
     feats = finish_features(windows, model.baseline, recent=recent)
-    scores = model.score(feats)
+    return findings_from_scores(feats, model.score(feats), model, now=now)
+
+
+def findings_from_scores(
+    feats: pl.DataFrame,
+    scores: np.ndarray,
+    model: Model,
+    *,
+    now: datetime,
+    cold_start: bool = False,
+    loo_fold: timedelta | None = None,
+) -> pl.DataFrame:
+    """Findings for the feature rows whose score reaches the threshold, with reasons."""
     flagged_idx = np.flatnonzero(scores >= model.threshold)
     if flagged_idx.size == 0:
         return empty_findings()
     rows = feats[flagged_idx]
     flagged_scores = scores[flagged_idx]
     severities = model.estimator.severity(flagged_scores)
-    explanations = explain_mod.explain(rows, model.baseline)
+    fold_tails = tail_counts(feats, fold=loo_fold) if loo_fold is not None else None
+    explanations = explain_mod.explain(
+        rows, model.baseline, loo_fold=loo_fold, fold_tails=fold_tails
+    )
     reasons = [[explain_mod.sentence(i) for i in items] for items in explanations]
     titles = [explain_mod.title(items) for items in explanations]
     top = [

@@ -15,7 +15,6 @@ from detector.commands._common import (
     emit_json,
     fail,
     progress_status,
-    stdout,
     usage_error,
 )
 from detector.commands.train import (
@@ -103,20 +102,24 @@ def _pct(x: float | None) -> str:
 
 
 def render(report) -> None:
+    """Per-scenario detection, then the metrics of each set of detectors."""
+    from detector.commands.score import short_principal, wide_console
+
+    out = wide_console()
     names = [d.name for d in report.detectors]
-    table = Table(title="scenarios in the scored range")
+    table = Table(
+        title="scenarios in the scored range", box=None, header_style="bold", title_justify="left"
+    )
     for col in ("scenario", "principal", "tactic", *names):
-        table.add_column(col, overflow="fold")
+        table.add_column(col, no_wrap=True)
     for s in report.scenarios:
         cells = []
         for n in names:
             hit = s.get(n)
             cells.append(f"[green]yes[/] ({hit['severity']})" if hit else "[red]no[/]")
-        table.add_row(
-            f"{s['id']} {s['scenario']}", s["principal"] or "-", s["tactic"] or "-", *cells
-        )
-    stdout.print(table)
-    summary = Table(title="detection")
+        table.add_row(s["id"], short_principal(s["principal"]), s["tactic"] or "-", *cells)
+    out.print(table)
+    summary = Table(title="detection", box=None, header_style="bold", title_justify="left")
     for col in (
         "detectors",
         "scenarios detected",
@@ -126,7 +129,7 @@ def render(report) -> None:
         "false alerts/day",
         "false alerts/day (benign principals)",
     ):
-        summary.add_column(col)
+        summary.add_column(col, no_wrap=True, justify="right")
     for d in report.detectors:
         summary.add_row(
             d.name,
@@ -137,9 +140,9 @@ def render(report) -> None:
             f"{d.false_per_day:.1f}",
             f"{d.false_per_day_benign:.1f}",
         )
-    stdout.print(summary)
+    out.print(summary)
     t0, t1 = report.test
-    stdout.print(
+    out.print(
         f"trained {report.train[0]:%Y-%m-%d %H:%M}Z to {report.train[1]:%Y-%m-%d %H:%M}Z, "
         f"scored {t0:%Y-%m-%d %H:%M}Z to {t1:%Y-%m-%d %H:%M}Z; threshold "
         f"{report.model_threshold:.4f}"

@@ -20,7 +20,6 @@ from detector.storage import StorageError
 from detector.timeparse import TimeArgumentError, parse_instant
 
 findings_app = typer.Typer(
-    help="List findings, or show one with its reasons and events.",
     invoke_without_command=True,
     no_args_is_help=False,
 )
@@ -49,9 +48,11 @@ def list_cmd(
     ] = None,
     output: FormatOpt = OutputFormat.table,
 ) -> None:
-    """List findings in the lake, most severe first.
+    """List findings in the lake (most severe first), or show one with its events.
 
     Use `detect findings show FINDING_ID` for one finding's reasons and events.
+
+    Exit codes: 0 done, 2 bad arguments or unknown finding, 3 storage failure.
 
     Example:
 

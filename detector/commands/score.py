@@ -204,10 +204,10 @@ def render_findings(df: pl.DataFrame, *, title: str | None = None) -> None:
             escape(short_principal(row["principal"])),
             escape(row["title"] or ""),
         )
-    _wide().print(table)
+    wide_console().print(table)
 
 
-def _wide():
+def wide_console():
     """stdout, but at least 200 columns wide when it is not a terminal (files, pipes, cron
     logs), so one finding stays on one line."""
     from rich.console import Console

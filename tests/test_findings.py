@@ -1,0 +1,202 @@
+"""Findings in the lake: a scored range is replaced, never duplicated; list and show."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import polars as pl
+import pytest
+
+from detector import findings as store
+from detector.findings_schema import (
+    FINDINGS_COLUMNS,
+    FINDINGS_EVENTS_COLUMNS,
+    SEVERITIES,
+    with_finding_ids,
+)
+from detector.lake import Lake
+
+T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+W = timedelta(minutes=10)
+
+
+def finding(
+    principal: str,
+    start: datetime,
+    *,
+    severity: str = "low",
+    score: float = 0.7,
+    detector: str = "model:iforest",
+    created: datetime = T0,
+) -> dict:
+    return {
+        "finding_id": None,
+        "detector": detector,
+        "severity": severity,
+        "severity_rank": SEVERITIES.index(severity),
+        "score": score,
+        "threshold": 0.65,
+        "cluster": "prod",
+        "principal": principal,
+        "principal_kind": "iam_role",
+        "window_start": start,
+        "window_end": start + W,
+        "title": f"Unusual activity by {principal}",
+        "reasons": ["made 9 requests; usual for this principal: 1; 99th percentile: 4"],
+        "top_features": [{"name": "requests", "value": 9.0, "baseline": 1.0, "population": 4.0}],
+        "tactic": None,
+        "technique": None,
+        "event_count": 1,
+        "audit_ids": [f"a-{principal}-{start:%H%M}"],
+        "created_at": created,
+        "model_version": "v1",
+        "cold_start": False,
+    }
+
+
+def frames(rows: list[dict]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    df = with_finding_ids(pl.DataFrame(rows, schema=FINDINGS_COLUMNS, orient="row"))
+    events = pl.DataFrame(
+        {
+            "finding_id": df["finding_id"],
+            "audit_id": [ids[0] for ids in df["audit_ids"]],
+            "stage": ["ResponseComplete"] * df.height,
+            "event_time": df["window_start"],
+            "principal": df["principal"],
+            "cluster": df["cluster"],
+        }
+    )
+    full = pl.DataFrame(schema=FINDINGS_EVENTS_COLUMNS)
+    events = pl.concat([full, events], how="diagonal_relaxed").select(full.columns)
+    return df, events.cast(dict(FINDINGS_EVENTS_COLUMNS))
+
+
+@pytest.fixture
+def lake(tmp_path) -> Lake:
+    return Lake(str(tmp_path / "lake"))
+
+
+def files(lake: Lake, table: str = "findings") -> list[str]:
+    return [
+        p.rsplit("/", 2)[-2] + "/" + p.rsplit("/", 1)[1]
+        for p in lake.loc.glob(lake.loc.path(table, "date=*", "*.parquet"))
+    ]
+
+
+def test_rescoring_the_same_range_replaces_it(lake):
+    start, end = T0, T0 + timedelta(hours=1)
+    f, e = frames([finding("alice", T0), finding("bob", T0 + W, severity="high", score=0.9)])
+    store.write_range(lake, "model", start, end, f, e)
+    f2, e2 = frames([finding("alice", T0, created=T0 + timedelta(hours=1))])
+    store.write_range(lake, "model", start, end, f2, e2)
+    listed = store.list_findings(lake, since=T0 - timedelta(days=1))
+    assert listed["principal"].to_list() == ["alice"]
+    assert files(lake) == ["date=2026-11-27/model-20261127T100000Z-20261127T110000Z.parquet"]
+    assert files(lake, "findings_events") == files(lake)
+
+
+def test_a_range_with_no_findings_left_removes_the_old_ones(lake):
+    f, e = frames([finding("alice", T0)])
+    store.write_range(lake, "model", T0, T0 + timedelta(hours=1), f, e)
+    empty_f, empty_e = frames([])
+    summary = store.write_range(lake, "model", T0, T0 + timedelta(hours=1), empty_f, empty_e)
+    assert summary.removed_findings == 1
+    assert store.list_findings(lake, since=T0 - timedelta(days=1)).is_empty()
+    assert files(lake) == [] and files(lake, "findings_events") == []
+
+
+def test_an_overlapping_range_takes_over_only_its_windows(lake):
+    first, e1 = frames([finding("alice", T0), finding("bob", T0 + timedelta(minutes=40))])
+    store.write_range(lake, "model", T0, T0 + timedelta(hours=1), first, e1)
+    # the next hourly run starts half an hour later and finds carol instead of bob
+    second, e2 = frames([finding("carol", T0 + timedelta(minutes=50))])
+    store.write_range(
+        lake, "model", T0 + timedelta(minutes=30), T0 + timedelta(minutes=90), second, e2
+    )
+    listed = store.list_findings(lake, since=T0 - timedelta(days=1))
+    assert sorted(listed["principal"].to_list()) == ["alice", "carol"]
+    assert len(files(lake)) == 2
+    ev = pl.read_parquet(lake.loc.glob(lake.loc.path("findings_events", "*", "*.parquet"))[0])
+    assert set(ev["finding_id"]) <= set(listed["finding_id"])
+
+
+def test_ranges_across_midnight_file_rows_by_window_date(lake):
+    late = T0.replace(hour=23, minute=50)
+    f, e = frames([finding("alice", late), finding("bob", late + W)])
+    store.write_range(lake, "model", late, late + 2 * W, f, e)
+    assert sorted(x.split("/")[0] for x in files(lake)) == ["date=2026-11-27", "date=2026-11-28"]
+    store.write_range(lake, "model", late, late + 2 * W, *frames([]))
+    assert files(lake) == []
+
+
+def test_model_and_rule_findings_are_replaced_independently(lake):
+    m, me = frames([finding("alice", T0)])
+    r, re_ = frames([finding("alice", T0, detector="rule:pod-exec", severity="medium")])
+    store.write_range(lake, "model", T0, T0 + W, m, me)
+    store.write_range(lake, "rules", T0, T0 + W, r, re_)
+    store.write_range(lake, "rules", T0, T0 + W, *frames([]))  # --rules-only found nothing
+    listed = store.list_findings(lake, since=T0 - timedelta(days=1))
+    assert listed["detector"].to_list() == ["model:iforest"]
+
+
+def test_a_crash_between_write_and_trim_leaves_duplicates_readers_drop(lake, monkeypatch):
+    old, oe = frames([finding("alice", T0)])
+    store.write_range(lake, "model", T0, T0 + timedelta(hours=1), old, oe)
+    new, ne = frames([finding("alice", T0, score=0.8, created=T0 + timedelta(hours=2))])
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store, "_read", crash)  # the trim step reads the old file first
+    with pytest.raises(KeyboardInterrupt):
+        store.write_range(
+            lake, "model", T0 + timedelta(minutes=0), T0 + timedelta(minutes=30), new, ne
+        )
+    monkeypatch.undo()
+    assert len(files(lake)) == 2  # both files hold alice's window
+    listed = store.list_findings(lake, since=T0 - timedelta(days=1))
+    assert listed.height == 1 and listed["score"][0] == 0.8  # newest wins
+    _, events = store.get_finding(lake, listed["finding_id"][0])
+    assert events.height == 1
+
+
+def test_list_filters_and_order(lake):
+    f, e = frames(
+        [
+            finding("arn:aws:iam::1:role/dev/alice", T0, severity="low", score=0.7),
+            finding("arn:aws:iam::1:role/dev/bob", T0, severity="high", score=0.9),
+            finding("system:serviceaccount:shop:cart", T0 + W, severity="medium", score=0.8),
+            finding("arn:aws:iam::1:role/dev/alice", T0 - timedelta(days=3), severity="critical"),
+        ]
+    )
+    store.write_range(lake, "model", T0 - timedelta(days=3), T0 + timedelta(hours=1), f, e)
+    everything = store.list_findings(lake)
+    assert everything["severity"].to_list() == ["critical", "high", "medium", "low"]
+    recent = store.list_findings(lake, since=T0 - timedelta(hours=1))
+    assert recent.height == 3
+    assert store.list_findings(lake, since=T0 - timedelta(hours=1), principal="alice").height == 1
+    assert store.list_findings(lake, min_severity="medium")["severity"].to_list() == [
+        "critical",
+        "high",
+        "medium",
+    ]
+    with pytest.raises(ValueError, match="severity"):
+        store.list_findings(lake, min_severity="urgent")
+
+
+def test_show_returns_the_finding_and_its_events(lake):
+    f, e = frames([finding("alice", T0), finding("bob", T0)])
+    store.write_range(lake, "model", T0, T0 + W, f, e)
+    fid = f.filter(pl.col("principal") == "bob")["finding_id"][0]
+    row, events = store.get_finding(lake, fid)
+    assert row["principal"] == "bob" and row["reasons"]
+    assert events["audit_id"].to_list() == ["a-bob-1000"]
+    with pytest.raises(store.FindingNotFound):
+        store.get_finding(lake, "0" * 20)
+
+
+def test_range_file_names_round_trip():
+    name = store.range_file("model", T0, T0 + timedelta(hours=1))
+    assert name == "model-20261127T100000Z-20261127T110000Z.parquet"
+    assert store.parse_range_file(name) == ("model", T0, T0 + timedelta(hours=1))
+    assert store.parse_range_file("part-0001.parquet") is None
