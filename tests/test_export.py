@@ -86,6 +86,14 @@ def audit_message(audit_id: str, ts: int, *, verb: str = "get", user: str = "ali
     ).decode()
 
 
+@pytest.fixture(autouse=True)
+def _conftest_region(monkeypatch):
+    """The region conftest sets, even if an earlier in-process CLI run changed it (the root
+    callback exports --region / the config file's region into the environment)."""
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+
 @pytest.fixture
 def logs(moto_endpoint):
     return boto3.client("logs", endpoint_url=moto_endpoint)

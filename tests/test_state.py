@@ -21,6 +21,14 @@ from detector.state import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _conftest_region(monkeypatch):
+    """The region conftest sets, even if an earlier in-process CLI run changed it (the root
+    callback exports --region / the config file's region into the environment)."""
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+
 @pytest.fixture(params=["local", "s3"])
 def lake(request, tmp_path) -> Lake:
     if request.param == "local":
