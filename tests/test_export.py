@@ -877,12 +877,6 @@ def fill_streams(logs, group: str, streams: list[str], n: int, t: int, *, tag: s
     return ids
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="detector/sources/files.py recognises Firehose records only when messageType is "
-    "the first key; moto's Firehose (like any producer free to order JSON keys) writes "
-    "logEvents first, so the object is read as one NDJSON line and quarantined",
-)
 def test_real_subscription_filter_firehose_delivery_ingests(
     logs, s3_bucket, moto_endpoint, lake_dir
 ):

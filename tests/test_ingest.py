@@ -525,3 +525,33 @@ def test_the_shipped_samples_ingest_identically_in_all_four_formats(tmp_path):
     assert keys["audit.log.gz"] == keys["cloudwatch"] == keys["export"] == keys["firehose"]
     # Export-task and Firehose objects carry the log group, so the cluster comes from it.
     assert Lake(str(tmp_path / "firehose")).clusters() == [labels["cluster"]]
+
+
+def test_firehose_records_in_any_key_order_and_a_damaged_record_costs_only_itself(tmp_path):
+    events = [make_event(i) for i in range(6)]
+
+    def record(evs: list[dict], start: int) -> bytes:
+        # logEvents first, as moto's Firehose writes it; CloudWatch puts messageType first.
+        return orjson.dumps(
+            {
+                "logEvents": [
+                    {"id": f"e{start + j}", "timestamp": 1, "message": orjson.dumps(e).decode()}
+                    for j, e in enumerate(evs)
+                ],
+                "logGroup": "/aws/eks/blue/cluster",
+                "logStream": "kube-apiserver-audit-1",
+                "messageType": "DATA_MESSAGE",
+                "owner": "1",
+                "subscriptionFilters": ["f"],
+            }
+        )
+
+    damaged = b'{"logEvents": [{"id": "x", "message": "{\\"kind\\": \\"Ev'  # cut mid-record
+    body = record(events[:3], 0) + damaged + record(events[3:], 3)
+    path = tmp_path / "firehose.gz"
+    path.write_bytes(gzip.compress(body))
+    got, quarantine = read_events([str(path)])
+    assert got["audit_id"].to_list() == [e["auditID"] for e in events]
+    assert got["cluster"].unique().to_list() == ["blue"]
+    assert quarantine.height == 1
+    assert quarantine["reason"][0].startswith("invalid Firehose record")

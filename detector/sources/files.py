@@ -13,12 +13,14 @@ batch size rather than the input size.
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import io
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import orjson
@@ -35,7 +37,14 @@ FORMATS = ("auto", "ndjson", "cloudwatch-json", "export-gz", "firehose")
 BATCH_BYTES = 48 * 1024 * 1024
 
 _ISO_PREFIX = re.compile(rb"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:?\d{2}) ")
-_FIREHOSE_BOUNDARY = re.compile(rb'\}\s*(?=\{\s*"messageType")')
+#: Top-level keys of a CloudWatch Logs subscription record, in whatever order a producer
+#: wrote them (CloudWatch puts messageType first; other writers, moto's included, do not).
+_SUBSCRIPTION_KEYS = (
+    "messageType|owner|logGroup|logStream|subscriptionFilters|logEvents|policyLevel"
+)
+_SUBSCRIPTION_KEY = re.compile(rb'\{\s*"(' + _SUBSCRIPTION_KEYS.encode() + rb')"')
+_SUBSCRIPTION_START = re.compile(r'\{\s*"(' + _SUBSCRIPTION_KEYS + r')"')
+_PAGE_START = re.compile(r'\{\s*"(events|searchedLogStreams|nextToken)"')
 _EKS_GROUP = re.compile(r"^/aws/eks/([^/]+)/cluster$")
 
 
@@ -111,7 +120,7 @@ def sniff_format(head: bytes) -> str:
         return "export-gz"
     if text.startswith(b"{"):
         first = text[:4096]
-        if re.match(rb'\{\s*"messageType"', first):
+        if _SUBSCRIPTION_KEY.match(first):
             return "firehose"
         if re.match(rb'\{\s*"(events|searchedLogStreams|nextToken)"', first) or (
             b"\n" in text and text.split(b"\n", 1)[0].strip() == b"{"
@@ -240,69 +249,25 @@ def _messages_batch(
 
 def _cloudwatch_json_batches(uri: str, stream: BinaryIO) -> Iterator[LineBatch]:
     """One or more ``filter-log-events`` documents, concatenated or one per line."""
-    data = stream.read()
-    decoder_pos = 0
-    text = data.decode("utf-8", "replace")
-    import json
-
-    decoder = json.JSONDecoder()
-    page = 0
-    while True:
-        while decoder_pos < len(text) and text[decoder_pos].isspace():
-            decoder_pos += 1
-        if decoder_pos >= len(text):
-            return
-        page += 1
-        try:
-            doc, decoder_pos = decoder.raw_decode(text, decoder_pos)
-        except json.JSONDecodeError as exc:
-            yield LineBatch(
-                pa.array([], pa.large_binary()),
-                pa.array([], pa.string()),
-                uri,
-                rejected=[
-                    (
-                        uri,
-                        f"page {page}",
-                        f"invalid JSON page: {exc.msg}",
-                        text[decoder_pos : decoder_pos + 65536].encode(),
-                    )
-                ],
-            )
-            return
+    for page, doc, raw, error in iter_concatenated_json(stream, restart=_PAGE_START):
         events = doc.get("events") if isinstance(doc, dict) else None
-        if not isinstance(events, list):
-            yield LineBatch(
-                pa.array([], pa.large_binary()),
-                pa.array([], pa.string()),
-                uri,
-                rejected=[
-                    (
-                        uri,
-                        f"page {page}",
-                        "not a filter-log-events page (no events list)",
-                        orjson.dumps(doc)[:65536],
-                    )
-                ],
+        if error is not None or not isinstance(events, list):
+            reason = (
+                f"invalid JSON page: {error}"
+                if error is not None
+                else "not a filter-log-events page (no events list)"
             )
+            yield _rejected_only(uri, (uri, f"page {page}", reason, raw or orjson.dumps(doc)))
             continue
         messages, ids, streams, rejected = [], [], [], []
         for i, ev in enumerate(events):
             msg = ev.get("message") if isinstance(ev, dict) else None
-            eid = (
-                str(ev.get("eventId", f"page {page} event {i + 1}"))
-                if isinstance(ev, dict)
-                else f"page {page} event {i + 1}"
-            )
+            eid = f"page {page} event {i + 1}"
+            if isinstance(ev, dict) and ev.get("eventId"):
+                eid = str(ev["eventId"])
             if not isinstance(msg, str):
-                rejected.append(
-                    (
-                        uri,
-                        eid,
-                        "CloudWatch event without a message string",
-                        orjson.dumps(ev)[:65536],
-                    )
-                )
+                reason = "CloudWatch event without a message string"
+                rejected.append((uri, eid, reason, orjson.dumps(ev)[:65536]))
                 continue
             messages.append(msg)
             ids.append(eid)
@@ -312,64 +277,98 @@ def _cloudwatch_json_batches(uri: str, stream: BinaryIO) -> Iterator[LineBatch]:
         yield batch
 
 
+def _rejected_only(uri: str, record: tuple[str, str, str, bytes]) -> LineBatch:
+    source, position, reason, raw = record
+    return LineBatch(
+        pa.array([], pa.large_binary()),
+        pa.array([], pa.string()),
+        uri,
+        rejected=[(source, position, reason, raw[:65536])],
+    )
+
+
+def iter_concatenated_json(
+    stream: BinaryIO, *, restart: re.Pattern[str], chunk_bytes: int = BATCH_BYTES
+) -> Iterator[tuple[int, Any, bytes, str | None]]:
+    """Top-level JSON values written back to back (any key order, any whitespace between).
+
+    Yields ``(n, value, b"", None)`` per value, or ``(n, None, raw, reason)`` for a damaged
+    stretch, after which decoding resumes where ``restart`` (the opening of a top-level
+    value of this format) next matches, so one corrupt record costs only itself.
+    """
+    decoder = json.JSONDecoder()
+    utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+    buf, pos, eof, n = "", 0, False, 0
+    while True:
+        while pos < len(buf) and buf[pos] in " \t\r\n":
+            pos += 1
+        if pos >= len(buf):
+            if eof:
+                return
+            chunk = stream.read(chunk_bytes)
+            eof = not chunk
+            buf, pos = utf8.decode(chunk, final=eof), 0
+            continue
+        try:
+            value, end = decoder.raw_decode(buf, pos)
+        except json.JSONDecodeError as exc:
+            if not eof and len(buf) - pos < 8 * chunk_bytes:
+                chunk = stream.read(chunk_bytes)  # the value may just be incomplete
+                eof = not chunk
+                buf, pos = buf[pos:] + utf8.decode(chunk, final=eof), 0
+                continue
+            n += 1
+            found = restart.search(buf, pos + 1)
+            stop = found.start() if found else len(buf)
+            yield n, None, buf[pos:stop][:65536].encode(), f"invalid JSON at char {exc.pos - pos}"
+            pos = stop
+            continue
+        n += 1
+        yield n, value, b"", None
+        pos = end
+
+
 def _firehose_batches(uri: str, stream: BinaryIO) -> Iterator[LineBatch]:
-    """Concatenated subscription records; CONTROL_MESSAGE records are skipped."""
-    record_no = 0
-    carry = b""
+    """CloudWatch subscription records (gzip members back to back, no newline between
+    records, keys in any order); CONTROL_MESSAGE records are skipped."""
     pending: tuple[list[str], list[str], list[str]] = ([], [], [])
     cluster: str | None = None
     pending_bytes = 0
     rejected: list[tuple[str, str, str, bytes]] = []
-    eof = False
-    while not eof:
-        chunk = stream.read(BATCH_BYTES)
-        eof = not chunk
-        data = carry + chunk
-        pieces = _FIREHOSE_BOUNDARY.split(data)
-        if not eof:
-            carry = pieces.pop()  # may be incomplete
-        for piece in pieces:
-            piece = piece.strip()
-            if not piece:
-                continue
-            record_no += 1
-            if not piece.endswith(b"}"):
-                piece += b"}"  # the split consumed the record's closing brace
-            try:
-                record = orjson.loads(piece)
-            except orjson.JSONDecodeError as exc:
+    for record_no, record, raw, error in iter_concatenated_json(
+        stream, restart=_SUBSCRIPTION_START
+    ):
+        if error is not None or not isinstance(record, dict):
+            reason = f"invalid Firehose record: {error or 'not a JSON object'}"
+            rejected.append((uri, f"record {record_no}", reason, raw))
+            continue
+        if record.get("messageType") == "CONTROL_MESSAGE":
+            continue
+        group_cluster = cluster_from_log_group(record.get("logGroup"))
+        if group_cluster and cluster and group_cluster != cluster and pending[0]:
+            yield _flush_firehose(uri, pending, cluster, rejected)  # one cluster per batch
+            pending, rejected, pending_bytes = ([], [], []), [], 0
+        cluster = group_cluster or cluster
+        log_stream = str(record.get("logStream") or "")
+        for i, ev in enumerate(record.get("logEvents") or []):
+            msg = ev.get("message") if isinstance(ev, dict) else None
+            eid = (
+                str(ev.get("id"))
+                if isinstance(ev, dict) and ev.get("id")
+                else f"record {record_no} event {i + 1}"
+            )
+            if not isinstance(msg, str):
                 rejected.append(
-                    (uri, f"record {record_no}", f"invalid Firehose record: {exc}", piece[:65536])
+                    (uri, eid, "log event without a message string", orjson.dumps(ev)[:65536])
                 )
                 continue
-            if record.get("messageType") == "CONTROL_MESSAGE":
-                continue
-            group_cluster = cluster_from_log_group(record.get("logGroup"))
-            if group_cluster and cluster and group_cluster != cluster:
-                # One batch per cluster: flush before switching.
-                yield _flush_firehose(uri, pending, cluster, rejected)
-                pending, rejected, pending_bytes = ([], [], []), [], 0
-            cluster = group_cluster or cluster
-            log_stream = str(record.get("logStream") or "")
-            for i, ev in enumerate(record.get("logEvents") or []):
-                msg = ev.get("message") if isinstance(ev, dict) else None
-                eid = (
-                    str(ev.get("id"))
-                    if isinstance(ev, dict) and ev.get("id")
-                    else f"record {record_no} event {i + 1}"
-                )
-                if not isinstance(msg, str):
-                    rejected.append(
-                        (uri, eid, "log event without a message string", orjson.dumps(ev)[:65536])
-                    )
-                    continue
-                pending[0].append(msg)
-                pending[1].append(eid)
-                pending[2].append(log_stream)
-                pending_bytes += len(msg)
-            if pending_bytes >= BATCH_BYTES:
-                yield _flush_firehose(uri, pending, cluster, rejected)
-                pending, rejected, pending_bytes = ([], [], []), [], 0
+            pending[0].append(msg)
+            pending[1].append(eid)
+            pending[2].append(log_stream)
+            pending_bytes += len(msg)
+        if pending_bytes >= BATCH_BYTES:
+            yield _flush_firehose(uri, pending, cluster, rejected)
+            pending, rejected, pending_bytes = ([], [], []), [], 0
     if pending[0] or rejected:
         yield _flush_firehose(uri, pending, cluster, rejected)
 
