@@ -400,9 +400,20 @@ def setup_root(
         )
     if out.values.get("region"):
         # boto3, s3fs and polars all read these; an explicit setting beats the AWS chain.
+        # Restored when the command ends, for callers that run the app in-process.
+        saved = {k: os.environ.get(k) for k in ("AWS_REGION", "AWS_DEFAULT_REGION")}
         os.environ["AWS_REGION"] = os.environ["AWS_DEFAULT_REGION"] = str(out.values["region"])
+        ctx.call_on_close(lambda: _restore_env(saved))
     ctx.meta["detect.settings"] = out
     return out
+
+
+def _restore_env(saved: dict[str, str | None]) -> None:
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def _merge(into: dict[str, Any], other: dict[str, Any]) -> None:

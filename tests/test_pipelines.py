@@ -308,8 +308,10 @@ def test_irsa_service_account_and_policies():
             assert all("*" not in a for a in actions)
 
 
-def test_configmap_is_a_valid_detect_config(tmp_path):
+def test_configmap_is_a_valid_detect_config(tmp_path, monkeypatch):
     """The detect.toml in the ConfigMap loads with the real CLI's checks."""
+    monkeypatch.setenv("AWS_REGION", "us-east-1")  # the file sets a region: keep ours
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     from typer.testing import CliRunner
 
     from detector.cli import app
@@ -317,9 +319,7 @@ def test_configmap_is_a_valid_detect_config(tmp_path):
     cm = next(doc for _, doc in manifests() if doc["kind"] == "ConfigMap")
     toml = tmp_path / "detect.toml"
     toml.write_text(cm["data"]["detect.toml"])
-    result = CliRunner().invoke(
-        app, ["--config", str(toml), "config", "show", "--format", "json"], env={"AWS_REGION": ""}
-    )
+    result = CliRunner().invoke(app, ["--config", str(toml), "config", "show", "--format", "json"])
     assert result.exit_code == 0, result.stderr
     rows = {r["setting"]: r for r in json.loads(result.stdout)["settings"]}
     assert rows["lake"]["value"].startswith("s3://")
