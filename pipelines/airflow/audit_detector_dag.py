@@ -279,7 +279,11 @@ def score(
     max_active_runs=1,  # one exporter per log group: hours run one after the other
     default_args=DEFAULT_ARGS,
     tags=["security", "audit-detector"],
-    doc_md=__doc__,
+    doc_md=(
+        "Exports the closed hour of EKS audit logs from CloudWatch Logs into the lake, then "
+        "scores it (only if the export read the whole hour). Settings: Airflow Variables "
+        "`detect_*` or env `DETECT_*`; see the DAG file and docs/operations.md."
+    ),
 )
 def audit_detector_hourly() -> None:
     wait = TimeDeltaSensor(
