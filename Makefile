@@ -38,4 +38,4 @@ format: setup
 	$(VENV)/bin/ruff check --fix .
 
 clean:
-	rm -rf .uv $(VENV) lake .pytest_cache .ruff_cache
+	rm -rf .uv $(VENV) .venvs lake .demo .pytest_cache .ruff_cache

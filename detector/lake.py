@@ -83,6 +83,7 @@ class Lake:
         # Keys already in each partition, loaded once per process: an ingest of many
         # batches into the same hour reads that hour's keys once, not once per batch.
         self._keys: dict[Partition, pl.DataFrame] = {}
+        self._quarantine_keys: pl.DataFrame | None = None
 
     @property
     def uri(self) -> str:
@@ -106,6 +107,18 @@ class Lake:
                 keys = pl.DataFrame(schema={k: pl.String for k in EVENT_KEY})
             self._keys[part] = keys
         return self._keys[part]
+
+    def forget_keys_before(self, moment: datetime) -> int:
+        """Drop cached dedup keys of hours ending before ``moment``; returns how many hours.
+
+        A long-running writer (``export --follow``) would otherwise keep every hour's keys.
+        Safe: if an event for a forgotten hour arrives after all, its keys are read again.
+        """
+        cut = moment.astimezone(UTC).strftime("%Y-%m-%d %H")
+        old = [p for p in self._keys if f"{p[1]} {p[2]}" < cut]
+        for part in old:
+            del self._keys[part]
+        return len(old)
 
     def _read_columns(self, path: str, columns: list[str]) -> pl.DataFrame:
         with self.loc.fs.open(path, "rb") as fh:
@@ -229,15 +242,28 @@ class Lake:
 
     # ---------------------------------------------------------------- quarantine
     def write_quarantine(self, df: pl.DataFrame) -> int:
-        """Store lines that could not become events, by quarantine date."""
+        """Store lines that could not become events, once each, by quarantine date.
+
+        Unique on (source, source_position): re-running an ingest or a resumed export
+        over the same input must not count its bad lines again.
+        """
         if df.is_empty():
             return 0
-        df = df.select(list(QUARANTINE_COLUMNS))
+        key = ["source", "source_position"]
+        df = df.select(list(QUARANTINE_COLUMNS)).unique(
+            subset=key, keep="first", maintain_order=True
+        )
+        if self._quarantine_keys is None:
+            self._quarantine_keys = self.scan_quarantine().select(key).unique().collect()
+        df = df.join(self._quarantine_keys, on=key, how="anti", nulls_equal=True)
+        if df.is_empty():
+            return 0
         for (date,), group in df.group_by(
             pl.col("quarantined_at").dt.strftime("%Y-%m-%d"), maintain_order=True
         ):
             path = self.loc.path(QUARANTINE_DIR, f"date={date}", _part_name())
             self.loc.put_atomic(path, _parquet_bytes(group))
+        self._quarantine_keys = pl.concat([self._quarantine_keys, df.select(key)])
         return df.height
 
     def scan_quarantine(self) -> pl.LazyFrame:

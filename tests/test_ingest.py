@@ -555,3 +555,16 @@ def test_firehose_records_in_any_key_order_and_a_damaged_record_costs_only_itsel
     assert got["cluster"].unique().to_list() == ["blue"]
     assert quarantine.height == 1
     assert quarantine["reason"][0].startswith("invalid Firehose record")
+
+
+def test_reingest_does_not_quarantine_the_same_bad_line_twice(tmp_path):
+    path = write_ndjson(tmp_path / "a.log", [make_event(1)])
+    with path.open("ab") as fh:
+        fh.write(b"{broken\n")
+    lake = str(tmp_path / "lake")
+    first = ingest_paths([str(path)], lake)
+    second = ingest_paths([str(path)], lake)
+    assert first.quarantined == second.quarantined == 1  # each run reports what it saw
+    stored = Lake(lake).scan_quarantine().collect()
+    assert stored.select("source_position", "reason").rows() == [("2", stored["reason"][0])]
+    assert stored.height == 1

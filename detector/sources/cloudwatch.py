@@ -674,13 +674,8 @@ class Exporter:
         them all. Hours ending well before the re-read horizon are dropped (if an event
         lands there after all, the lake just reads its keys again).
         """
-        keys = getattr(self.lake, "_keys", None)
-        if not isinstance(keys, dict) or not keys:
-            return
         horizon = from_ms(hi - self.opts.overlap_ms) - timedelta(hours=1)
-        cut = (horizon.strftime("%Y-%m-%d"), horizon.strftime("%H"))
-        for part in [p for p in keys if (p[1], p[2]) < cut]:
-            del keys[part]
+        self.lake.forget_keys_before(horizon)
 
     # ------------------------------------------------------------------ flushing
     def _maybe_flush(self) -> None:
