@@ -33,7 +33,7 @@ from detector.sources.files import (
 )
 
 DEFAULT_CLUSTER = "default"
-FLUSH_ROWS = 250_000
+FLUSH_ROWS = 100_000
 MANIFEST_DIR = "ingested-objects"
 
 
