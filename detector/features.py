@@ -278,7 +278,7 @@ def action() -> pl.Expr:
     >>> df.select(action())["action"].to_list()
     ['create pods/exec in kube-system']
     """
-    path = pl.col("request_uri").str.replace(r"\?.*$", "")
+    path = pl.col("request_uri").str.split_exact("?", 1).struct.field("field_0")
     tag = lambda flag, text: pl.when(pl.col(flag)).then(pl.lit(text))  # noqa: E731
     return pl.concat_str(
         [
@@ -311,16 +311,14 @@ def request_rows(
 
     ``columns`` are the event columns kept (they must include the ones the filter reads).
     """
-    lf = events.select(columns)
     stage = pl.col("stage")
     done = stage.is_in(["ResponseComplete", "Panic"])
     long_running = is_long_running().fill_null(False)
-    ordinary = lf.filter(done & ~long_running)
-    started = lf.filter(stage == "ResponseStarted")
-    unstarted = lf.filter(done & long_running).join(
-        started.select("audit_id"), on="audit_id", how="anti"
+    started = stage == "ResponseStarted"
+    was_started = pl.col("audit_id").is_in(pl.col("audit_id").filter(started).implode())
+    return events.select(columns).filter(
+        (done & ~long_running) | started | (done & long_running & ~was_started)
     )
-    return pl.concat([ordinary, started, unstarted], how="vertical")
 
 
 def window_counts(events: pl.LazyFrame, *, window: timedelta = DEFAULT_WINDOW) -> pl.LazyFrame:
@@ -610,6 +608,14 @@ def recent_values(
     if not frames:
         return seen_values(empty_windows())
     return seen_values(pl.concat(frames))
+
+
+def unseen_principals(windows: pl.DataFrame, baseline: Baseline) -> list[str]:
+    """Principals of ``windows`` that used some value their baseline does not hold."""
+    fresh = seen_values(windows).join(
+        baseline.seen, on=["cluster", "principal", "dimension", "value"], how="anti"
+    )
+    return sorted(fresh["principal"].unique().to_list())
 
 
 def build_baseline(windows: pl.DataFrame) -> Baseline:

@@ -31,6 +31,7 @@ from detector.features import (
     recent_values,
     request_rows,
     tail_counts,
+    unseen_principals,
 )
 from detector.findings_schema import (
     FINDINGS_COLUMNS,
@@ -264,7 +265,7 @@ def score_range(
                     lake,
                     lookback,
                     start,
-                    principals=windows["principal"].unique().to_list(),
+                    principals=unseen_principals(windows, model.baseline),
                     window=window,
                     cluster=cluster,
                 )
@@ -461,6 +462,7 @@ def rule_findings(
     )
     events = (
         lake.scan_partitions(_parts_for(parts, found))
+        .filter(pl.col("audit_id").is_in(links["audit_id"].unique().implode()))
         .join(links.lazy(), on=["audit_id", "stage"], how="inner")
         .unique(["finding_id", "audit_id", "stage"], keep="first")
         .sort("finding_id", "event_time", "audit_id")
