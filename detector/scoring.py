@@ -19,6 +19,7 @@ import polars as pl
 
 from detector import explain as explain_mod
 from detector import findings as findings_store
+from detector import model as model_module
 from detector.features import (
     DEFAULT_WINDOW,
     align,
@@ -41,7 +42,7 @@ from detector.findings_schema import (
     with_finding_ids,
 )
 from detector.lake import Lake, Partition
-from detector.model import DEFAULT_ALERT_RATE, AuditIsolationForest, Model, fingerprint
+from detector.model import DEFAULT_ALERT_RATE, Model, fingerprint
 from detector.schema import CANONICAL_COLUMNS
 
 #: Training needs at least this many windows (principal x 10 minutes) to mean anything.
@@ -110,7 +111,7 @@ def _fit(
     fold = fold_length(start, end)
     baseline, rows = fit_baseline(windows, fold=fold)
     X = model_inputs(rows, baseline, loo_fold=fold).to_numpy()
-    est = AuditIsolationForest(
+    est = model_module.AuditIsolationForest(  # imports scikit-learn: training only
         alert_rate=alert_rate,
         threshold_method=threshold_method,
         log_transform=False,  # the inputs are already log-probabilities
@@ -127,12 +128,8 @@ def _fit(
         "clusters": sorted(windows["cluster"].unique().to_list()),
         "seed": seed,
     }
-    model = Model(
-        estimator=est,
-        baseline=baseline,
-        window=window,
-        training=training,
-        fingerprint=fingerprint(X),
+    model = Model.from_estimator(
+        est, baseline=baseline, window=window, training=training, fingerprint=fingerprint(X)
     )
     return _Fitted(model=model, rows=rows, scores=est.anomaly_score(X), fold=fold)
 
@@ -333,7 +330,7 @@ def findings_from_scores(
         return empty_findings()
     rows = feats[flagged_idx]
     flagged_scores = scores[flagged_idx]
-    severities = model.estimator.severity(flagged_scores)
+    severities = model.severity(flagged_scores)
     fold_tails = tail_counts(feats, fold=loo_fold) if loo_fold is not None else None
     explanations = explain_mod.explain(
         rows, model.baseline, loo_fold=loo_fold, fold_tails=fold_tails
@@ -346,7 +343,7 @@ def findings_from_scores(
     ]
     df = rows.select("cluster", "principal", "principal_kind", "window_start", "window_end")
     df = df.with_columns(
-        pl.lit(f"model:{model.estimator.backend}").alias("detector"),
+        pl.lit(f"model:{model.backend}").alias("detector"),
         pl.Series("severity", severities, dtype=pl.String),
         pl.Series("severity_rank", [SEVERITIES.index(s) for s in severities], dtype=pl.Int8),
         pl.Series("score", flagged_scores, dtype=pl.Float64),

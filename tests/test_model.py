@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,6 +18,7 @@ from detector.model import (
     CARD_NAME,
     DEFAULT_ALERT_RATE,
     DEFAULT_MODEL_DIR,
+    ArrayForest,
     AuditIsolationForest,
     Model,
     ModelError,
@@ -115,7 +115,7 @@ def test_save_load_round_trip(tmp_path, trained, scored):
         assert key in card, key
     on_disk = json.loads((tmp_path / "models" / CARD_NAME).read_text())
     assert on_disk["files"] == card["files"]
-    assert not list((tmp_path / "models").glob("*.pkl"))
+    assert [p.suffix for p in (tmp_path / "models").glob("model-*")] == [".npz"]
 
 
 def test_missing_model_is_its_own_error(tmp_path):
@@ -131,7 +131,7 @@ def _saved(tmp_path: Path, model: Model) -> Path:
 
 def test_a_modified_model_file_is_refused(tmp_path, trained):
     d = _saved(tmp_path, trained)
-    blob = next(d.glob("model-*.skops"))
+    blob = next(d.glob("model-*.npz"))
     data = bytearray(blob.read_bytes())
     data[len(data) // 2] ^= 0xFF
     blob.write_bytes(bytes(data))
@@ -158,21 +158,55 @@ def test_a_model_for_other_features_is_refused(tmp_path, trained):
     assert "secret_reads" in str(err.value) and "old_feature" in str(err.value)
 
 
-def test_types_outside_the_allow_list_are_refused_even_with_a_matching_hash(tmp_path, trained):
+def test_a_pickled_object_in_the_model_file_is_refused_even_with_a_matching_hash(tmp_path, trained):
     import hashlib
-
-    import skops.io as sio
-    from sklearn.preprocessing import FunctionTransformer
+    import io
 
     d = _saved(tmp_path, trained)
-    blob = next(d.glob("model-*.skops"))
-    evil = sio.dumps(FunctionTransformer(func=np.linalg.inv))
-    blob.write_bytes(evil)
+    blob = next(d.glob("model-*.npz"))
+    buf = io.BytesIO()
+    np.savez(buf, left=np.array([print], dtype=object))  # loading it would need pickle
+    blob.write_bytes(buf.getvalue())
     card = json.loads((d / CARD_NAME).read_text())
-    card["files"][blob.name] = hashlib.sha256(evil).hexdigest()
+    card["files"][blob.name] = hashlib.sha256(buf.getvalue()).hexdigest()
     (d / CARD_NAME).write_text(json.dumps(card))
-    with pytest.raises(ModelError, match="allow-list"):
+    with pytest.raises(ModelError, match="not a forest of arrays"):
         Model.load(str(d))
+
+
+def test_array_forest_scores_exactly_like_scikit_learn():
+    from sklearn.ensemble import IsolationForest
+
+    rng = np.random.default_rng(3)
+    X = np.r_[rng.normal(size=(3000, 4)), rng.normal(6, 1, size=(20, 4))]
+    forest = IsolationForest(
+        n_estimators=50, max_samples=512, max_features=0.75, random_state=0
+    ).fit(X)
+    arrays = ArrayForest.from_sklearn(forest)
+    Y = np.r_[X[:500], rng.normal(3, 3, size=(500, 4))]
+    assert np.allclose(arrays.score(Y), -forest.score_samples(Y), rtol=0, atol=1e-12)
+    again = ArrayForest.from_bytes(arrays.to_bytes())
+    assert np.array_equal(again.score(Y), arrays.score(Y))
+
+
+def test_scoring_a_saved_model_does_not_import_scikit_learn(tmp_path, trained, scored):
+    import subprocess
+    import sys
+
+    d = _saved(tmp_path, trained)
+    code = (
+        "import sys, polars as pl; from detector.model import Model; "
+        f"m = Model.load({str(d)!r}); print(m.score(pl.read_parquet(sys.argv[1])).size); "
+        "print('sklearn' in sys.modules)"
+    )
+    scored.write_parquet(tmp_path / "rows.parquet")
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "rows.parquet")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert out == [str(scored.height), "False"]
 
 
 def test_model_store_on_s3(s3_bucket, trained, scored):
@@ -221,7 +255,13 @@ def test_retraining_keeps_the_current_and_previous_model_files_only(tmp_path, tr
     versions = []
     for seed in (1, 2, 3):
         est = AuditIsolationForest(n_estimators=5, random_state=seed, log_transform=False)
-        model = dataclasses.replace(trained, estimator=est.fit(X), card={})
+        model = Model.from_estimator(
+            est.fit(X),
+            baseline=trained.baseline,
+            window=trained.window,
+            training={},
+            fingerprint="",
+        )
         versions.append(model.save(str(d))["model_version"])
     left = {p.name.split("-")[1].split(".")[0] for p in d.glob("*-*")}
     assert left == set(versions[1:])
