@@ -11,12 +11,14 @@ One code path for training and scoring, in two steps:
    of its kind, and volume relative to its typical window. The history is a
    :class:`Baseline`, learned at training time and saved with the model.
 
-Novelty on the training rows themselves is computed *leave one fold out* (a fold is a UTC
-day for ranges of three days or more): a value counts as new in a training window when the
-principal used it on no other day of the range. Scoring a day against the baseline of the
-previous days asks the same question, so the forest is trained on the distribution it
-will score. (Computing novelty against the full training range would make it constant zero
-on the training rows, and a constant feature is invisible to an isolation forest.)
+Training rows are *cross-fitted* (:func:`cross_fit_features`): the training range is cut
+into folds (a UTC day for ranges of three days or more) and each fold is featurized against
+a baseline of the other folds, through the same :func:`finish_features`, exactly as scoring
+judges a new day against the days before. (Against the whole training range novelty would
+be constant zero on the training rows, and a constant feature is invisible to an isolation
+forest.) :func:`model_inputs` then turns features into what the forest sees: per family of
+features, the largest *surprise* (``-log10`` of how rarely the principal, its IAM role and
+everyone reached such a value), see docs/features.md.
 
 Each request is counted once: the API server logs an event per stage. We keep the
 ``ResponseComplete`` (or ``Panic``) event of ordinary requests and, for long-running ones
@@ -539,7 +541,7 @@ class Baseline:
 
 
 def fold_length(start: datetime, end: datetime) -> timedelta:
-    """Leave-one-out fold for training novelty: a day, or a third of ranges under 3 days."""
+    """Fold of the cross-fitting of training rows: a day, or a third of ranges under 3 days."""
     span = end - start
     if span >= timedelta(days=3):
         return timedelta(days=1)

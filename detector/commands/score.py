@@ -146,7 +146,6 @@ def score(
         "model_version": result.model_version,
         "cold_start": result.cold_start,
         "rules": result.rules,
-        "findings": len(result.findings),
     }
     if output == OutputFormat.json:
         emit_json({**summary, "findings": findings_json(result.findings)})
