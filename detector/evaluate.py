@@ -24,10 +24,14 @@ from typing import Any
 import polars as pl
 
 from detector.features import DEFAULT_WINDOW, align, lake_windows
+from detector.findings_schema import SEVERITIES
 from detector.lake import Lake
 from detector.model import DEFAULT_ALERT_RATE
 from detector.scoring import fit_model, score_range
 from detector.timeparse import parse_instant
+
+#: The lowest severity that is an alert: what evaluation counts as detected or false.
+ALERT_SEVERITY = "low"
 
 
 class LabelsError(ValueError):
@@ -220,7 +224,9 @@ def evaluate(
     )
     attackers = scenario_principals(lake, in_test, test_start, test_end)
     days = (test_end - test_start).total_seconds() / 86_400
-    findings = result.findings
+    # Info findings (routine exec, port-forward) are records for the analyst, not alerts:
+    # they neither detect a scenario nor count as false alerts.
+    findings = result.findings.filter(pl.col("severity_rank") >= SEVERITIES.index(ALERT_SEVERITY))
     sets = [("model", findings.filter(pl.col("detector").str.starts_with("model")))]
     if result.rules not in ("not run", "not available"):
         sets.append(("model+rules", findings))
