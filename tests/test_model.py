@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pytest
-from sklearn.utils.estimator_checks import parametrize_with_checks
+from sklearn.utils.estimator_checks import check_estimator
 
 from detector import explain
 from detector import features as F
@@ -58,9 +58,17 @@ def scored(windows, trained) -> pl.DataFrame:
     return F.finish_features(windows.filter(pl.col("window_start") >= CUT), trained.baseline)
 
 
-@parametrize_with_checks([AuditIsolationForest(n_estimators=10, random_state=0)])
-def test_scikit_learn_estimator_checks(estimator, check):
-    check(estimator)
+#: scikit-learn checks that need things we do not install (pandas, the array API flag).
+OPTIONAL_CHECKS = {"check_array_api_input", "check_classifier_data_not_an_array"}
+
+
+def test_scikit_learn_estimator_checks():
+    results = check_estimator(AuditIsolationForest(n_estimators=10, random_state=0), on_fail=None)
+    failed = [(r["check_name"], r["exception"]) for r in results if r["status"] == "failed"]
+    skipped = {r["check_name"] for r in results if r["status"] == "skipped"}
+    assert not failed
+    assert skipped <= OPTIONAL_CHECKS
+    assert sum(r["status"] == "passed" for r in results) >= 40
 
 
 def test_threshold_follows_the_alert_budget_and_predict_agrees():
