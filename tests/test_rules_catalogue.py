@@ -47,6 +47,31 @@ CASES: dict[str, tuple[list[dict], list[dict], str]] = {
             ev(
                 "create",
                 "rolebindings",
+                ns="kube-system",
+                name="b",
+                group=RBAC,
+                code=201,
+                body=binding("RoleBinding", "edit", ("User", "bob"), ns="kube-system"),
+            )
+        ],
+        [
+            ev(
+                "create",
+                "rolebindings",
+                ns="default",
+                name="b",
+                group=RBAC,
+                code=201,
+                body=binding("RoleBinding", "edit", ("User", "bob"), ns="default"),
+            )
+        ],
+        "the same RoleBinding in an application namespace (recorded by rbac-changed-in-namespace)",
+    ),
+    "rbac-changed-in-namespace": (
+        [
+            ev(
+                "create",
+                "rolebindings",
                 ns="default",
                 name="b",
                 group=RBAC,
