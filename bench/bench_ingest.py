@@ -26,8 +26,9 @@ DETECT = Path(sys.executable).parent / "detect"
 def _child_peak_rss_mb(code: str, *args: str) -> tuple[float, float, str]:
     """Run python code in a fresh process; (seconds, peak RSS MB, stdout)."""
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, check=True
+    )
     seconds = time.perf_counter() - started
     return seconds, _last_child_rss(), proc.stdout
 
@@ -63,9 +64,7 @@ def main() -> None:
     lines = sum(1 for _ in log.open("rb"))
 
     # (a) the parse floor, in its own process so its peak RSS is its own
-    floor_code = (
-        "import sys, pyarrow.json as pj; t = pj.read_json(sys.argv[1]); print(t.num_rows)"
-    )
+    floor_code = "import sys, pyarrow.json as pj; t = pj.read_json(sys.argv[1]); print(t.num_rows)"
     a_sec, a_rss, _ = _child_peak_rss_mb(floor_code, str(log))
 
     # (b) detect ingest into a fresh lake (RUSAGE_CHILDREN is a max over children, so run
@@ -73,8 +72,11 @@ def main() -> None:
     lake = work / "lake"
     shutil.rmtree(lake, ignore_errors=True)
     started = time.perf_counter()
-    proc = subprocess.Popen([str(DETECT), "ingest", str(log), "--lake", str(lake), "--format",
-                             "json"], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(DETECT), "ingest", str(log), "--lake", str(lake), "--format", "json"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     b_sec = time.perf_counter() - started
     out = proc.stdout.read() if proc.stdout else ""
@@ -84,13 +86,19 @@ def main() -> None:
     b_rss = usage.ru_maxrss / 1024
 
     print(f"ingest benchmark: {lines:,} events, {size_mb:,.0f} MB NDJSON (2 cores)")
-    print(f"  (a) pyarrow.json.read_json : {a_sec:6.2f}s  {lines / a_sec:>10,.0f} events/s  "
-          f"{size_mb / a_sec:6.0f} MB/s  peak RSS {a_rss:,.0f} MB")
-    print(f"  (b) detect ingest          : {b_sec:6.2f}s  {lines / b_sec:>10,.0f} events/s  "
-          f"{size_mb / b_sec:6.0f} MB/s  peak RSS {b_rss:,.0f} MB")
+    print(
+        f"  (a) pyarrow.json.read_json : {a_sec:6.2f}s  {lines / a_sec:>10,.0f} events/s  "
+        f"{size_mb / a_sec:6.0f} MB/s  peak RSS {a_rss:,.0f} MB"
+    )
+    print(
+        f"  (b) detect ingest          : {b_sec:6.2f}s  {lines / b_sec:>10,.0f} events/s  "
+        f"{size_mb / b_sec:6.0f} MB/s  peak RSS {b_rss:,.0f} MB"
+    )
     print(f"  ratio b/a = {b_sec / a_sec:.2f} (target <= 1.5); peak RSS target <= 1500 MB")
-    print(f"  lake: {summary['events_written']:,} events written, "
-          f"{summary['quarantined']} quarantined")
+    print(
+        f"  lake: {summary['events_written']:,} events written, "
+        f"{summary['quarantined']} quarantined"
+    )
 
 
 if __name__ == "__main__":

@@ -299,7 +299,9 @@ def test_secret_bodies_are_redacted_but_keys_kept():
         "metadata": {
             "name": "db",
             "annotations": {
-                "kubectl.kubernetes.io/last-applied-configuration": '{"data":{"password":"c2VjcmV0"}}'
+                "kubectl.kubernetes.io/last-applied-configuration": (
+                    '{"data":{"password":"c2VjcmV0"}}'
+                )
             },
         },
         "data": {"password": "c2VjcmV0"},
