@@ -93,7 +93,9 @@ def demo(
         emit_json(report)
     else:
         stdout.print(
-            f"\nnext: detect findings --lake {lake} --since 2d    "
+            f"\nthe ten labeled attacks are spread over the last day: "
+            f"detect score --lake {lake} --since 1d\n"
+            f"next: detect findings --lake {lake} --since 2d    "
             f"detect evaluate --lake {lake} --labels {workdir}/labels.json "
             f"--train-until {(end - timedelta(days=1)):%Y-%m-%dT%H:%M}Z",
             markup=False,
@@ -182,7 +184,7 @@ def train_and_score(
         f"(rules: {result.rules}) -> {lake.uri}/findings/",
     )
     if output == OutputFormat.table:
-        render_findings(findings, title="findings, last hour")
+        render_findings(findings, title="alerts, last hour", alerts_only=True)
     return {"model_version": card.get("model_version"), "findings": findings.to_dicts()}
 
 

@@ -150,7 +150,7 @@ def score(
     if output == OutputFormat.json:
         emit_json({**summary, "findings": findings_json(result.findings)})
     else:
-        render_findings(result.findings)
+        render_findings(result.findings, alerts_only=True)
         stdout.print(
             f"{len(result.findings)} finding(s) in {result.start:%Y-%m-%d %H:%M}Z to "
             f"{result.end:%Y-%m-%d %H:%M}Z: {result.windows:,} principal windows, "
@@ -179,10 +179,26 @@ def short_principal(principal: str | None) -> str:
     return principal
 
 
-def render_findings(df: pl.DataFrame, *, title: str | None = None) -> None:
-    """One line per finding: id, severity, score, window, detector, principal, title."""
+def render_findings(
+    df: pl.DataFrame, *, title: str | None = None, alerts_only: bool = False
+) -> None:
+    """One line per finding: id, severity, score, window, detector, principal, title.
+
+    With ``alerts_only`` the ``info`` records (routine exec, port-forward, namespaced RBAC,
+    single denied secret reads) are counted on one line instead of listed: they are in the
+    lake for investigations, but a screen of them would hide the alerts.
+    """
+    if alerts_only:
+        records = df.filter(pl.col("severity") == "info")
+        df = df.filter(pl.col("severity") != "info")
+        if records.height:
+            stdout.print(
+                f"{records.height} info record(s) not shown (routine activity kept for "
+                "investigations): detect findings --min-severity info",
+                markup=False,
+            )
     if df.is_empty():
-        stdout.print("no findings", markup=False)
+        stdout.print("no alerts" if alerts_only else "no findings", markup=False)
         return
     table = Table(title=title, box=None, pad_edge=False, header_style="bold")
     table.add_column("id", no_wrap=True, min_width=20)
