@@ -73,17 +73,42 @@ def run(args: list[str]) -> tuple[float, float, str]:
 
 
 def build(work: Path, events: int, seed: int) -> Path:
-    """Two simulated days with ``events`` events per day, ingested into work/lake."""
-    from detector.ingest import ingest_paths
-    from detector.simulate import write_simulation
+    """Two simulated days with ``events`` events per day, ingested into work/lake.
 
+    Done in subprocesses: a child forked from a big parent starts with the parent's
+    resident pages, so building in-process would inflate every later peak-RSS figure.
+    """
     lake = work / "lake"
     if (work / "lake.done").exists():
         return lake
     t = time.perf_counter()
-    write_simulation(work / "sim", days=2, rate=events / 86_400, seed=seed, end=END)
-    ingest_paths([str(work / "sim" / "audit.log")], str(lake), cluster="bench")
-    (work / "sim" / "audit.log").unlink()
+    sim = work / "sim"
+    end = END.strftime(ISO)
+    rate = f"{events / 86_400:.6f}"
+    subprocess.run(
+        [
+            str(DETECT),
+            "simulate",
+            "--out",
+            str(sim),
+            "--days",
+            "2",
+            "--rate",
+            rate,
+            "--seed",
+            str(seed),
+            "--end",
+            end,
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    subprocess.run(
+        [str(DETECT), "ingest", str(sim / "audit.log"), "--lake", str(lake), "--cluster", "bench"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    (sim / "audit.log").unlink()
     (work / "lake.done").touch()
     print(f"built {lake} in {time.perf_counter() - t:.0f}s", file=sys.stderr)
     return lake
