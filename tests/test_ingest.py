@@ -570,3 +570,38 @@ def test_reingest_does_not_quarantine_the_same_bad_line_twice(tmp_path):
     stored = Lake(lake).scan_quarantine().collect()
     assert stored.select("source_position", "reason").rows() == [("2", stored["reason"][0])]
     assert stored.height == 1
+
+
+def test_prefetched_keeps_order_raises_producer_errors_and_stops_early():
+    from detector.ingest import prefetched
+
+    assert list(prefetched(iter(range(50)))) == list(range(50))
+
+    def failing():
+        yield 1
+        raise OSError("disk went away")
+
+    got = []
+    with pytest.raises(OSError, match="disk went away"):
+        for item in prefetched(failing()):
+            got.append(item)
+    assert got == [1]
+
+    produced = []
+
+    def endless():
+        i = 0
+        while True:
+            produced.append(i)
+            yield i
+            i += 1
+
+    for item in prefetched(endless()):
+        if item == 3:
+            break
+    import time
+
+    time.sleep(0.3)
+    settled = len(produced)
+    time.sleep(0.3)
+    assert len(produced) == settled <= 6  # the producer stopped, at most a slot ahead
