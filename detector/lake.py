@@ -146,7 +146,9 @@ class Lake:
             stats.duplicates += before - group.height
             if group.is_empty():
                 continue
-            rows = group.select(list(EVENT_COLUMNS)).sort("event_time")
+            rows = group.select(list(EVENT_COLUMNS))
+            if not rows["event_time"].is_sorted():  # usually already in order: skip the gather
+                rows = rows.sort("event_time")
             path = self.partition_path(part) + "/" + _part_name()
             self.loc.put_atomic(path, _parquet_bytes(rows))
             self._keys[part] = pl.concat([existing, rows.select(list(EVENT_KEY))])

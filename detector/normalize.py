@@ -180,19 +180,25 @@ def redact_object(text: str | None, *, is_secret_resource: bool) -> tuple[str | 
 def _redact(df: pl.DataFrame) -> pl.DataFrame:
     """Secret payloads and credentials out, before anything is written."""
     objects = ("request_object", "response_object", "annotations")
-    cleaned = df.with_columns(
-        pl.col(c)
-        .str.replace_all(_BEARER, "${1} " + REDACTED)
-        .str.replace_all(_SECRET_KEYS, '${1}"' + REDACTED + '"')
+    # Find first, replace only where found: most bodies hold no credential, and searching
+    # is much cheaper than rewriting and comparing every string.
+    found = {
+        c: (pl.col(c).str.contains(_BEARER) | pl.col(c).str.contains(_SECRET_KEYS)).fill_null(False)
         for c in objects
-    )
-    redacted = pl.any_horizontal(
-        [(pl.col(c) != pl.col(f"__orig_{c}")).fill_null(False) for c in objects]
-    )
-    cleaned = (
-        cleaned.with_columns(df.select([pl.col(c).alias(f"__orig_{c}") for c in objects]))
-        .with_columns(redacted.alias("redacted"))
-        .drop([f"__orig_{c}" for c in objects])
+    }
+    cleaned = df.with_columns(
+        *(
+            pl.when(found[c])
+            .then(
+                pl.col(c)
+                .str.replace_all(_BEARER, "${1} " + REDACTED)
+                .str.replace_all(_SECRET_KEYS, '${1}"' + REDACTED + '"')
+            )
+            .otherwise(pl.col(c))
+            .alias(c)
+            for c in objects
+        ),
+        pl.any_horizontal(list(found.values())).alias("redacted"),
     )
     secretish = (
         (pl.col("resource") == "secrets")
