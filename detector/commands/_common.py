@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date, datetime
 from enum import StrEnum
@@ -103,3 +103,15 @@ def progress_status(message: str) -> Iterator[Any]:
             yield status
     else:
         yield None
+
+
+@contextmanager
+def chunk_progress(label: str) -> Iterator[Callable[[int, int], None]]:
+    """A spinner (TTY only) and the callback that moves it as chunks of hours are featurized."""
+    with progress_status(f"{label}: reading events...") as status:
+
+        def update(done: int, total: int) -> None:
+            if status is not None:
+                status.update(f"{label}: featurized {done}/{total} chunks of hours")
+
+        yield update

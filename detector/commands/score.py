@@ -18,9 +18,9 @@ from detector.commands._common import (
     OutputFormat,
     SinceOpt,
     UntilOpt,
+    chunk_progress,
     emit_json,
     fail,
-    progress_status,
     stdout,
     usage_error,
 )
@@ -114,12 +114,7 @@ def score(
         except StorageError as exc:
             fail(str(exc))
     try:
-        with progress_status("scoring: reading events...") as status:
-
-            def progress(done: int, total: int) -> None:
-                if status is not None:
-                    status.update(f"scoring: featurized {done}/{total} chunks of hours")
-
+        with chunk_progress("scoring") as progress:
             result = score_range(
                 Lake(lake),
                 start,

@@ -14,9 +14,9 @@ from detector.commands._common import (
     FormatOpt,
     LakeOpt,
     OutputFormat,
+    chunk_progress,
     emit_json,
     fail,
-    progress_status,
     stdout,
     usage_error,
 )
@@ -121,12 +121,7 @@ def train(
     except TimeArgumentError as exc:
         usage_error(str(exc))
     try:
-        with progress_status("training: reading the baseline...") as status:
-
-            def progress(done: int, total: int) -> None:
-                if status is not None:
-                    status.update(f"training: featurized {done}/{total} chunks of hours")
-
+        with chunk_progress("training") as progress:
             model = train_model(
                 Lake(lake),
                 start,
