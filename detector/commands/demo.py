@@ -36,12 +36,12 @@ def demo(
     ] = "models",
     output: FormatOpt = OutputFormat.table,
 ) -> None:
-    """Generate EKS audit traffic ending now, ingest it, train, and score the last hour.
+    """Generate EKS audit traffic ending now, ingest it, train, and score the last day.
 
-    Writes two days of simulated traffic with ten labeled attacks to WORKDIR, ingests it
-    into a fresh demo lake (a lake not made by the demo is never touched), prints what is
-    in the lake, trains the model on everything but the last hour and prints the findings
-    of the last hour.
+    Writes two days of simulated traffic with ten labeled attacks in the last day to
+    WORKDIR, ingests it into a fresh demo lake (a lake not made by the demo is never
+    touched), prints what is in the lake, trains the model on the first day and prints the
+    alerts of the last day, the last hour's included.
 
     Example:
 
@@ -93,9 +93,7 @@ def demo(
         emit_json(report)
     else:
         stdout.print(
-            f"\nthe ten labeled attacks are spread over the last day: "
-            f"detect score --lake {lake} --since 1d\n"
-            f"next: detect findings --lake {lake} --since 2d    "
+            f"\nnext: detect findings --lake {lake} --since 1d    "
             f"detect evaluate --lake {lake} --labels {workdir}/labels.json "
             f"--train-until {(end - timedelta(days=1)):%Y-%m-%dT%H:%M}Z",
             markup=False,
@@ -154,38 +152,51 @@ def render_overview(overview: dict) -> None:
 
 
 def train_and_score(
-    lake,
+    lake,  # type: ignore[no-untyped-def]
     start: datetime,
     end: datetime,
     *,
-    model_dir: str,  # type: ignore[no-untyped-def]
+    model_dir: str,
     output: OutputFormat,
 ) -> dict:
-    """Train on all but the last hour, score the last hour, show the findings."""
+    """Train on the first day, score the last day as the hourly job would, show the alerts.
+
+    The simulator puts its attacks in the last day, so the model learns the cluster from
+    the day before them (as it would have in production) and the alerts show what the
+    hourly ``detect score --since 1h`` runs of that day raised, the last hour included.
+    """
+    import polars as pl
+
     from detector.commands.score import render_findings
     from detector.findings import sort_findings
     from detector.scoring import score_range, train_model
 
+    day_start = end - timedelta(days=1)
     with progress_status("training"):
-        model = train_model(lake, start, end - timedelta(hours=1), model_dir=model_dir)
+        model = train_model(lake, start, day_start, model_dir=model_dir)
     card = model.card or {}
     say(
         output,
-        f"3/4 trained the model on {start:%Y-%m-%d %H:%M} to "
-        f"{end - timedelta(hours=1):%Y-%m-%d %H:%M} UTC -> {model_dir}/ "
-        f"(version {card.get('model_version', '?')})",
+        f"3/4 trained the model on {start:%Y-%m-%d %H:%M} to {day_start:%Y-%m-%d %H:%M} UTC "
+        f"(the day before the attacks) -> {model_dir}/ (version {card.get('model_version', '?')})",
     )
-    with progress_status("scoring the last hour"):
-        result = score_range(lake, end - timedelta(hours=1), end, model=model)
+    with progress_status("scoring the last day"):
+        result = score_range(lake, day_start, end, model=model)
     findings = sort_findings(result.findings)
+    alerts = findings.filter(pl.col("severity") != "info")
+    last_hour = alerts.filter(pl.col("window_end") > end - timedelta(hours=1))
     say(
         output,
-        f"4/4 scored the last hour: {findings.height} finding(s) "
-        f"(rules: {result.rules}) -> {lake.uri}/findings/",
+        f"4/4 scored the last day (model and {result.rules}): {alerts.height} alert(s), "
+        f"{last_hour.height} in the last hour; findings -> {lake.uri}/findings/",
     )
     if output == OutputFormat.table:
-        render_findings(findings, title="alerts, last hour", alerts_only=True)
-    return {"model_version": card.get("model_version"), "findings": findings.to_dicts()}
+        render_findings(findings, title="alerts, last day", alerts_only=True)
+    return {
+        "model_version": card.get("model_version"),
+        "findings": findings.to_dicts(),
+        "alerts_last_hour": last_hour.height,
+    }
 
 
 def register(app: typer.Typer) -> None:
