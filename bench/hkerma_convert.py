@@ -26,7 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-DEFAULT_CSV = Path("/work/shared/data/external/hkerma_kubernetes_event_dataset/audit-logs.csv")
+# The copy kept with its licence in tests/data/hkerma/ (gzipped; the converter reads .gz).
+DEFAULT_CSV = Path(__file__).resolve().parents[1] / "tests/data/hkerma/audit-logs.csv.gz"
 
 COLUMNS = (
     "host",
