@@ -10,19 +10,9 @@ from detector.model import CARD_NAME
 
 def test_demo_runs_the_loop_and_catches_the_planted_attacks(tmp_path: Path, detect):
     lake, work = tmp_path / "lake", tmp_path / "demo"
-    run = detect(
-        "demo",
-        "--lake",
-        str(lake),
-        "--workdir",
-        str(work),
-        "--rate",
-        "0.3",
-        "--model-dir",
-        str(tmp_path / "models"),
-        "--format",
-        "json",
-    )
+    args = ("demo", "--lake", str(lake), "--workdir", str(work), "--rate", "0.3")
+    args += ("--model-dir", str(tmp_path / "models"), "--format", "json")
+    run = detect(*args)
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout)
     assert report["ingest"]["events_written"] == report["simulation"]["events"] > 10_000
@@ -34,20 +24,10 @@ def test_demo_runs_the_loop_and_catches_the_planted_attacks(tmp_path: Path, dete
     card = json.loads((tmp_path / "models" / CARD_NAME).read_text())
     assert card["model_version"] == report["model_version"]
 
-    again = detect(
-        "demo",
-        "--lake",
-        str(lake),
-        "--workdir",
-        str(work),
-        "--rate",
-        "0.3",
-        "--model-dir",
-        str(tmp_path / "models"),
-        "--format",
-        "json",
-    )
+    again = detect(*args)
     assert again.returncode == 0, again.stderr  # its own lake: replaced, not refused
+    second = json.loads(again.stdout)
+    assert second["lake"]["events"] == second["simulation"]["events"]  # not added to the first
 
 
 def test_demo_refuses_a_lake_it_did_not_make(tmp_path: Path, detect):
