@@ -34,10 +34,10 @@ LIBRARY_RUN = """
 import json, resource, sys, time
 from datetime import datetime
 t0 = time.perf_counter()
-from detector.features import lake_windows
-from detector.lake import Lake
-from detector.model import Model
-from detector.scoring import score_range
+from detector.features.windows import lake_windows
+from detector.lake.events import Lake
+from detector.model.estimator import Model
+from detector.detect.score import score_range
 lake, models, since, until = sys.argv[1:5]
 since, until = datetime.fromisoformat(since), datetime.fromisoformat(until)
 t1 = time.perf_counter()
@@ -117,7 +117,7 @@ def build(work: Path, events: int, seed: int) -> Path:
 def count_events(lake: Path, since: datetime, until: datetime) -> int:
     import polars as pl
 
-    from detector.lake import Lake
+    from detector.lake.events import Lake
 
     return Lake(str(lake)).scan_events(since, until).select(pl.len()).collect().item()
 

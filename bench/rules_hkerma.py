@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from hkerma_convert import DEFAULT_CSV, write_ndjson
 
-from detector.ingest import read_events
+from detector.pipeline.ingest import read_events
 from detector.rules import evaluate_rules, load_ruleset
 
 

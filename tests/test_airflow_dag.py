@@ -298,7 +298,7 @@ def airflow_settings(scenario: dict, **override: str) -> dict[str, str]:
 def lake_frame(scenario: dict, table: str):
     import polars as pl
 
-    from detector.lake import Lake
+    from detector.lake.events import Lake
 
     lake = Lake(scenario["lake"])
     files = lake.loc.glob(lake.loc.path(table, "**", "*.parquet"))

@@ -20,7 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from detector.cli import app
-from detector.findings_schema import FINDINGS_COLUMNS, FINDINGS_EVENTS_COLUMNS
+from detector.lake.findings_schema import FINDINGS_COLUMNS, FINDINGS_EVENTS_COLUMNS
 from tests.venvs import tools_venv, venv_python
 
 DEMO_LOG = Path(__file__).parent / "data" / "external" / "audit2rbac" / "demo.log"
@@ -115,8 +115,8 @@ def written_lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
     bad.write_text(DEMO_LOG.read_text().splitlines()[0] + "\n{not json\n")
     code, out, err = run_cli("ingest", str(DEMO_LOG), str(bad), "--lake", str(lake))
     assert code == 0, out + err
-    from detector.findings import write_range
-    from detector.lake import Lake
+    from detector.lake.events import Lake
+    from detector.lake.findings import write_range
 
     store = Lake(str(lake))
     events = store.scan_events().collect()

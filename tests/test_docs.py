@@ -8,8 +8,8 @@ import pytest
 import typer.main
 
 from detector.cli import app
-from detector.findings_schema import FINDINGS_COLUMNS
-from detector.schema import CANONICAL_COLUMNS, QUARANTINE_COLUMNS
+from detector.events.schema import CANONICAL_COLUMNS, QUARANTINE_COLUMNS
+from detector.lake.findings_schema import FINDINGS_COLUMNS
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

@@ -10,10 +10,17 @@ import pytest
 from typer.testing import CliRunner
 
 from detector.cli import app
-from detector.evaluate import DetectorStats, LabelsError, Scenario, _hits, evaluate, load_labels
-from detector.ingest import ingest_paths
-from detector.lake import Lake
-from detector.simulate import write_simulation
+from detector.detect.evaluate import (
+    DetectorStats,
+    LabelsError,
+    Scenario,
+    _hits,
+    evaluate,
+    load_labels,
+)
+from detector.lake.events import Lake
+from detector.pipeline.ingest import ingest_paths
+from detector.simulate.traffic import write_simulation
 
 END = datetime(2026, 11, 20, tzinfo=UTC)
 CUT = END - timedelta(days=1)

@@ -28,7 +28,7 @@ import pytest
 from botocore.exceptions import ClientError, ConnectionClosedError
 from throttle_proxy import FaultProxy
 
-from detector.lake import Lake
+from detector.lake.events import Lake
 from detector.ratelimit import (
     RateLimiter,
     Retrier,
@@ -880,7 +880,7 @@ def fill_streams(logs, group: str, streams: list[str], n: int, t: int, *, tag: s
 def test_real_subscription_filter_firehose_delivery_ingests(
     logs, s3_bucket, moto_endpoint, lake_dir
 ):
-    from detector.ingest import ingest_paths
+    from detector.pipeline.ingest import ingest_paths
 
     firehose = boto3.client("firehose", endpoint_url=moto_endpoint)
     name = f"audit-{uuid.uuid4().hex[:8]}"

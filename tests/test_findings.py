@@ -7,14 +7,14 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 import pytest
 
-from detector import findings as store
-from detector.findings_schema import (
+from detector.lake import findings as store
+from detector.lake.events import Lake
+from detector.lake.findings_schema import (
     FINDINGS_COLUMNS,
     FINDINGS_EVENTS_COLUMNS,
     SEVERITIES,
     with_finding_ids,
 )
-from detector.lake import Lake
 
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 W = timedelta(minutes=10)

@@ -11,9 +11,9 @@ import orjson
 import polars as pl
 import pytest
 
-from detector.ingest import ingest_paths, read_events
-from detector.lake import Lake
-from detector.normalize import REDACTED, events_from_dicts
+from detector.events.normalize import REDACTED, events_from_dicts
+from detector.lake.events import Lake
+from detector.pipeline.ingest import ingest_paths, read_events
 
 EXTERNAL = Path(__file__).parent / "data" / "external"
 FALCO = Path(__file__).parent / "data" / "falco"  # Falco fixtures (see NOTICE.md there)
@@ -573,7 +573,7 @@ def test_reingest_does_not_quarantine_the_same_bad_line_twice(tmp_path):
 
 
 def test_prefetched_keeps_order_raises_producer_errors_and_stops_early():
-    from detector.ingest import prefetched
+    from detector.pipeline.ingest import prefetched
 
     assert list(prefetched(iter(range(50)))) == list(range(50))
 

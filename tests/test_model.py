@@ -12,9 +12,11 @@ import pyarrow as pa
 import pytest
 from sklearn.utils.estimator_checks import check_estimator
 
-from detector import explain
-from detector import features as F
-from detector.model import (
+from detector.detect.score import fit_model
+from detector.events.normalize import normalize_lines
+from detector.features import windows as F
+from detector.model import explain
+from detector.model.estimator import (
     CARD_NAME,
     DEFAULT_ALERT_RATE,
     DEFAULT_MODEL_DIR,
@@ -24,9 +26,7 @@ from detector.model import (
     ModelError,
     ModelNotFound,
 )
-from detector.normalize import normalize_lines
-from detector.scoring import fit_model
-from detector.simulate import simulate
+from detector.simulate.traffic import simulate
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
 CUT = START + timedelta(days=2)
@@ -203,7 +203,7 @@ def test_scoring_a_saved_model_does_not_import_scikit_learn(tmp_path, trained, s
 
     d = _saved(tmp_path, trained)
     code = (
-        "import sys, polars as pl; from detector.model import Model; "
+        "import sys, polars as pl; from detector.model.estimator import Model; "
         f"m = Model.load({str(d)!r}); print(m.score(pl.read_parquet(sys.argv[1])).size); "
         "print('sklearn' in sys.modules)"
     )
@@ -251,7 +251,7 @@ def test_explanation_puts_the_planted_feature_first(windows, trained):
 
 
 def test_command_defaults_match_the_library():
-    from detector.commands import train
+    from detector.cli.commands import train
 
     assert train.DEFAULT_ALERT_RATE == DEFAULT_ALERT_RATE
     assert train.DEFAULT_MODEL_DIR == DEFAULT_MODEL_DIR

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 from test_rules_helpers import T0, ev, frame
 
-from detector.findings_schema import FINDINGS_COLUMNS, SEVERITIES
+from detector.lake.findings_schema import FINDINGS_COLUMNS, SEVERITIES
 from detector.rules import RuleError, evaluate_rules, load_ruleset
 from detector.rules.condition import Compiler, ConditionError, glob_to_regex, parse
 from detector.rules.engine import LINK_COLUMNS

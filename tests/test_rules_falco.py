@@ -27,7 +27,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from detector.ingest import read_events
+from detector.pipeline.ingest import read_events
 from detector.rules import evaluate_rules, load_ruleset
 from detector.rules.docs import FALCO_NOT_MAPPED
 

@@ -1,5 +1,5 @@
 """Raw audit Event builders shared by the rules tests (no tests here): minimal events,
-normalized the real way through detector.normalize."""
+normalized the real way through detector.events.normalize."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import polars as pl
 
-from detector.normalize import events_from_dicts
+from detector.events.normalize import events_from_dicts
 
 T0 = datetime(2026, 11, 27, 10, 1, tzinfo=UTC)
 _ids = itertools.count(1)

@@ -15,7 +15,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from detector.ingest import read_events
+from detector.pipeline.ingest import read_events
 from detector.rules import evaluate_rules, load_ruleset
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,14 +11,14 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from detector import findings as store
 from detector.cli import app
-from detector.findings_schema import SEVERITIES
-from detector.lake import Lake
-from detector.model import Model
-from detector.normalize import normalize_lines
-from detector.scoring import score_range, train_model
-from detector.simulate import simulate
+from detector.detect.score import score_range, train_model
+from detector.events.normalize import normalize_lines
+from detector.lake import findings as store
+from detector.lake.events import Lake
+from detector.lake.findings_schema import SEVERITIES
+from detector.model.estimator import Model
+from detector.simulate.traffic import simulate
 
 END = datetime(2026, 11, 20, tzinfo=UTC)
 START = END - timedelta(days=2)

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
-from detector.simulate import (
+from detector.simulate.traffic import (
     FORMATS,
     SCENARIOS,
     default_end,

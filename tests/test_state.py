@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from detector.lake import Lake
-from detector.state import (
+from detector.lake.events import Lake
+from detector.lake.state import (
     CheckpointBusy,
     CheckpointConflict,
     Lease,

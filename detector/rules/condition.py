@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from detector.schema import CANONICAL_COLUMNS
+from detector.events.schema import CANONICAL_COLUMNS
 
 # --------------------------------------------------------------------------- errors
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from detector.findings_schema import SEVERITIES
+from detector.lake.findings_schema import SEVERITIES
 from detector.rules.condition import DERIVED_FIELDS
 from detector.rules.loader import ExceptionSpec, Rule, RuleSet, builtin_files, load_ruleset
 

@@ -21,7 +21,8 @@ from datetime import UTC, datetime, timedelta
 
 import polars as pl
 
-from detector.findings_schema import (
+from detector.events.schema import CANONICAL_COLUMNS
+from detector.lake.findings_schema import (
     FINDINGS_COLUMNS,
     TOP_FEATURE,
     empty_findings,
@@ -29,7 +30,6 @@ from detector.findings_schema import (
 )
 from detector.rules.condition import DERIVED_FIELDS, resolve_field
 from detector.rules.loader import Rule, RuleSet
-from detector.schema import CANONICAL_COLUMNS
 
 #: At most this many distinct "what happened" sentences per finding; the rest are counted.
 MAX_REASONS = 5

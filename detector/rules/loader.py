@@ -29,7 +29,7 @@ from typing import Any
 import polars as pl
 import yaml
 
-from detector.findings_schema import SEVERITIES
+from detector.lake.findings_schema import SEVERITIES
 from detector.rules.condition import (
     WORD_OPS,
     Compiler,

@@ -21,7 +21,7 @@ How an export runs (``detect export``; docs/operations.md has the operator's vie
    behind the watermark, so an event ingested up to ``latency + overlap`` after its
    timestamp is still caught. Re-read events are dropped by ``eventId`` within a process
    and by the lake's (``audit_id``, ``stage``) key across processes.
-5. **Ownership.** The checkpoint carries a lease (:mod:`detector.state`): a second
+5. **Ownership.** The checkpoint carries a lease (:mod:`detector.lake.state`): a second
    exporter on the same group stops before writing anything.
 6. **Faults.** Calls are paced by a client-side rate limit and retried with exponential
    backoff and jitter on throttling, 5xx, timeouts and resets
@@ -42,8 +42,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from detector.ingest import Ingestor, IngestSummary
-from detector.lake import Lake
+from detector.lake.events import Lake
+from detector.lake.state import (
+    CheckpointBusy,
+    CheckpointConflict,
+    Lease,
+    Owner,
+    StateError,
+    StateObject,
+)
+from detector.pipeline.ingest import Ingestor, IngestSummary
 from detector.ratelimit import (
     RateLimiter,
     Retrier,
@@ -53,14 +61,6 @@ from detector.ratelimit import (
     client_config,
     describe_error,
     error_code,
-)
-from detector.state import (
-    CheckpointBusy,
-    CheckpointConflict,
-    Lease,
-    Owner,
-    StateError,
-    StateObject,
 )
 from detector.storage import StorageError
 

@@ -27,7 +27,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from detector.normalize import MAX_LINE_BYTES
+from detector.events.normalize import MAX_LINE_BYTES
 from detector.storage import Location, filesystem, full_uri, is_s3, strip_protocol
 
 FORMATS = ("auto", "ndjson", "cloudwatch-json", "export-gz", "firehose")

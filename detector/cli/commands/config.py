@@ -1,0 +1,157 @@
+"""`detect config show`: the effective settings and where each one came from."""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from detector import config as settings
+from detector.cli.options import FormatOpt, OutputFormat, emit_json, stdout
+
+config_app = typer.Typer(
+    name="config",
+    help="Settings: detect.toml < DETECT_* environment variables < flags.",
+    no_args_is_help=True,
+)
+
+_ROOT_DEFAULTS = {"log_format": "text", "log_level": "warning"}
+
+
+def _show_value(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, tuple | list):
+        return [_show_value(v) for v in value]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)  # paths and the like
+
+
+def _context_for(root: Any, command: tuple[str, ...]) -> Any:
+    """A context for ``command`` under the real root: it sees the same default_map."""
+    ctx, group = root, root.command
+    for name in command:
+        cmd = group.commands[name]
+        ctx = cmd.context_class(cmd, parent=ctx, info_name=name)
+        group = cmd
+    return ctx
+
+
+def _source_of(s: settings.Setting, source: Any, loaded: settings.LoadedConfig) -> str:
+    if source.name == "ENVIRONMENT":
+        envs = [s.param.envvar] if isinstance(s.param.envvar, str) else list(s.param.envvar or [])
+        return next((f"env {e}" for e in envs if os.environ.get(e)), "env")
+    if source.name == "DEFAULT_MAP":
+        return loaded.origin.get((s.command, s.param.name or s.key), settings.DEFAULT_CONFIG_FILE)
+    return "default"
+
+
+def effective(
+    ctx: Any, *, all_options: bool = False, flags: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Rows of (setting, value, source): root settings, shared settings, then per command."""
+    root = ctx.find_root()
+    state: settings.RootSettings = root.meta.get("detect.settings") or settings.RootSettings()
+    loaded = state.config
+    rows: list[dict[str, Any]] = [
+        {
+            "setting": "config",
+            "value": state.values.get("config"),
+            "source": state.sources.get("config", "default"),
+        }
+    ]
+    for key in ("log_format", "log_level", "region"):
+        value = state.values.get(key)
+        source = state.sources.get(key, "default")
+        if value is None and key == "region":
+            import boto3
+
+            value, source = boto3.Session().region_name, "AWS chain (AWS_REGION, profile)"
+        rows.append({"setting": key, "value": value or _ROOT_DEFAULTS.get(key), "source": source})
+    group = root.command
+    shared_rows: dict[str, dict[str, Any]] = {}
+    per_command: list[dict[str, Any]] = []
+    for s in settings.iter_settings(group):
+        if s.command[0] == "config":
+            continue
+        sub = _context_for(root, s.command)
+        value, source = s.param.consume_value(sub, {})
+        where = _source_of(s, source, loaded)
+        row = {
+            "setting": f"{'.'.join(s.command)}.{s.key}",
+            "value": _show_value(value),
+            "source": where,
+        }
+        if s.shared:
+            name = s.shared[len(settings.ENV_PREFIX) :].lower()
+            flag = (flags or {}).get(name)
+            if flag is not None:
+                shared_rows.setdefault(name, {"setting": name, "value": flag, "source": "flag"})
+            elif where.endswith("]"):  # this command's own table overrides the shared value
+                per_command.append(row)
+            else:
+                shared_rows.setdefault(name, {**row, "setting": name})
+        elif all_options or where != "default":
+            per_command.append(row)
+    rows += shared_rows.values()
+    return rows + per_command
+
+
+@config_app.command("show")
+def show(
+    ctx: typer.Context,
+    all_options: Annotated[
+        bool,
+        typer.Option("--all", help="Every option of every command, not only the ones set."),
+    ] = False,
+    lake: Annotated[str | None, typer.Option("--lake", help="As the commands' --lake.")] = None,
+    cluster: Annotated[
+        str | None, typer.Option("--cluster", help="As the commands' --cluster.")
+    ] = None,
+    model_dir: Annotated[
+        str | None, typer.Option("--model-dir", help="As the commands' --model-dir.")
+    ] = None,
+    log_group: Annotated[
+        str | None, typer.Option("--log-group", help="As export's --log-group.")
+    ] = None,
+    output: FormatOpt = OutputFormat.table,
+) -> None:
+    """Print the effective configuration and where each value came from.
+
+    Precedence, lowest first: the option's default, detect.toml (top-level keys are shared
+    by every command that has the option; [command] tables hold one command's options),
+    environment variables DETECT_<NAME>, flags. Shared settings are listed always; other
+    options when something sets them (all of them with --all).
+
+    Exit codes: 0 shown, 2 unknown key or bad value in the file (named in the message).
+
+    Example:
+
+    \b
+        detect config show
+        DETECT_LAKE=s3://audit-lake/prod detect --config prod.toml config show --format json
+    """
+    flags = {"lake": lake, "cluster": cluster, "model_dir": model_dir, "log_group": log_group}
+    rows = effective(ctx, all_options=all_options, flags=flags)
+    if output == OutputFormat.json:
+        emit_json({"settings": rows})
+        return
+    table = Table(box=None, pad_edge=False, show_edge=False)
+    table.add_column("setting", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    table.add_column("source", style="dim")
+    for row in rows:
+        value = row["value"]
+        shown = "-" if value is None or value == [] else str(value)
+        table.add_row(escape(row["setting"]), escape(shown), escape(row["source"]))
+    stdout.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``detect config show`` to the app."""
+    app.add_typer(config_app, name="config")

@@ -1,0 +1,159 @@
+"""`detect evaluate`: detection, precision, recall and false alerts on labeled data."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from detector.cli.commands.train import (
+    DEFAULT_ALERT_RATE,
+    AlertRateOpt,
+    SeedOpt,
+    WindowOpt,
+    parse_window,
+)
+from detector.cli.options import (
+    EXIT_USAGE,
+    FormatOpt,
+    LakeOpt,
+    OutputFormat,
+    emit_json,
+    fail,
+    progress_status,
+    usage_error,
+)
+from detector.storage import StorageError
+from detector.timeparse import TimeArgumentError, parse_instant
+
+
+def evaluate(
+    lake: LakeOpt = "./lake",
+    labels: Annotated[
+        str, typer.Option("--labels", help="labels.json written by `detect simulate`.")
+    ] = "labels.json",
+    train_until: Annotated[
+        str,
+        typer.Option(
+            "--train-until",
+            help="Train on events before this instant (ISO-8601), score the rest.",
+        ),
+    ] = ...,  # type: ignore[assignment]
+    until: Annotated[
+        str | None, typer.Option("--until", help="End of the scored range; default: last event.")
+    ] = None,
+    window: WindowOpt = "10m",
+    alert_rate: AlertRateOpt = DEFAULT_ALERT_RATE,
+    seed: SeedOpt = 0,
+    no_rules: Annotated[bool, typer.Option("--no-rules", help="Evaluate the model alone.")] = False,
+    output: FormatOpt = OutputFormat.table,
+) -> None:
+    """Train on labeled data up to --train-until, score the rest and measure the detection.
+
+    Prints, for each labeled scenario in the scored range, whether the model alone (and the
+    model with the rules, when the rules engine is installed) raised a finding about it;
+    then precision, recall, and false alerts per day on principals that take part in no
+    scenario. Nothing is written to the lake or the model store.
+
+    Example:
+
+    \b
+        detect simulate --out sim --days 7 --seed 1
+        detect ingest sim/audit.log --lake sim/lake
+        detect evaluate --lake sim/lake --labels sim/labels.json --train-until 2026-11-26T00:00:00Z
+    """
+    from detector.detect.evaluate import LabelsError, load_labels
+    from detector.detect.evaluate import evaluate as run_evaluate
+    from detector.detect.score import ScoringError
+    from detector.lake.events import Lake
+
+    win = parse_window(window)
+    try:
+        cut = parse_instant(train_until)
+        end = parse_instant(until) if until else None
+    except TimeArgumentError as exc:
+        usage_error(str(exc))
+    try:
+        scenarios = load_labels(labels)
+        with progress_status("evaluating: training and scoring..."):
+            report = run_evaluate(
+                Lake(lake),
+                scenarios,
+                train_until=cut,
+                until=end,
+                window=win,
+                alert_rate=alert_rate,
+                seed=seed,
+                rules=not no_rules,
+            )
+    except (LabelsError, ScoringError) as exc:
+        fail(str(exc), EXIT_USAGE)
+    except StorageError as exc:
+        fail(str(exc))
+    if output == OutputFormat.json:
+        emit_json(report.to_dict())
+        return
+    render(report)
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.0%}"
+
+
+def render(report) -> None:
+    """Per-scenario detection, then the metrics of each set of detectors."""
+    from detector.cli.commands.score import short_principal, wide_console
+
+    out = wide_console()
+    names = [d.name for d in report.detectors]
+    table = Table(
+        title="scenarios in the scored range", box=None, header_style="bold", title_justify="left"
+    )
+    for col in ("scenario", "principal", "tactic", *names):
+        table.add_column(col, no_wrap=True)
+    for s in report.scenarios:
+        cells = []
+        for n in names:
+            hit = s.get(n)
+            cells.append(f"[green]yes[/] ({hit['severity']})" if hit else "[red]no[/]")
+        table.add_row(s["id"], short_principal(s["principal"]), s["tactic"] or "-", *cells)
+    out.print(table)
+    summary = Table(title="detection", box=None, header_style="bold", title_justify="left")
+    for col in (
+        "detectors",
+        "scenarios detected",
+        "recall",
+        "findings",
+        "precision",
+        "false alerts/day",
+        "false alerts/day (benign principals)",
+    ):
+        summary.add_column(col, no_wrap=True, justify="right")
+    for d in report.detectors:
+        summary.add_row(
+            d.name,
+            f"{d.detected}/{d.scenarios}",
+            _pct(d.recall),
+            str(d.findings),
+            _pct(d.precision),
+            f"{d.false_per_day:.1f}",
+            f"{d.false_per_day_benign:.1f}",
+        )
+    out.print(summary)
+    t0, t1 = report.test
+    out.print(
+        f"trained {report.train[0]:%Y-%m-%d %H:%M}Z to {report.train[1]:%Y-%m-%d %H:%M}Z, "
+        f"scored {t0:%Y-%m-%d %H:%M}Z to {t1:%Y-%m-%d %H:%M}Z; threshold "
+        f"{report.model_threshold:.4f}"
+        + (
+            f"; {report.skipped_scenarios} scenario(s) outside the scored range"
+            if report.skipped_scenarios
+            else ""
+        ),
+        markup=False,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate")(evaluate)

@@ -1,0 +1,334 @@
+"""`detect export`: CloudWatch Logs (EKS audit streams) into the lake, batch or follow."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Annotated
+
+import typer
+
+from detector.cli.options import (
+    EXIT_OK,
+    EXIT_RUNTIME,
+    EXIT_USAGE,
+    FormatOpt,
+    LakeOpt,
+    OutputFormat,
+    emit_json,
+    fail,
+    progress_enabled,
+    stderr,
+    stdout,
+    usage_error,
+)
+from detector.sources.cloudwatch import (
+    DEFAULT_STREAM_PREFIX,
+    MAX_PAGE_LIMIT,
+    ExportConfigError,
+    Exporter,
+    ExportError,
+    ExportOptions,
+    ExportSummary,
+)
+from detector.sources.files import cluster_from_log_group
+from detector.timeparse import TimeArgumentError, parse_duration, parse_instant
+
+
+def _duration(text: str, flag: str, *, allow_zero: bool = True) -> timedelta:
+    try:
+        value = parse_duration(text)
+    except TimeArgumentError as exc:
+        usage_error(f"{flag}: {exc}")
+    if value < timedelta(0) or (not allow_zero and value == timedelta(0)):
+        usage_error(f"{flag} must be {'at least 0' if allow_zero else 'more than 0'}")
+    return value
+
+
+def _positive(value: float, flag: str) -> None:
+    if value <= 0:
+        usage_error(f"{flag} must be more than 0")
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event, received: list[int]) -> Iterator[None]:
+    """SIGTERM/SIGINT ask for a clean stop (flush, checkpoint); a second one aborts."""
+
+    def handler(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            signal.signal(signum, signal.SIG_DFL)
+            raise KeyboardInterrupt
+        received.append(signum)
+        stop.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def export(
+    log_group: Annotated[
+        str,
+        typer.Option(
+            "--log-group",
+            envvar="DETECT_LOG_GROUP",
+            help="CloudWatch log group, e.g. /aws/eks/prod/cluster.",
+            show_default=False,
+        ),
+    ],
+    lake: LakeOpt = "./lake",
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            "--cluster",
+            envvar="DETECT_CLUSTER",
+            help="Cluster name in the lake (default: from /aws/eks/NAME/cluster).",
+        ),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since",
+            help="Start: a duration before now (1h, 7d) or ISO-8601. Default: resume from "
+            "the checkpoint in LAKE/_state/.",
+        ),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(
+            "--until",
+            help="End (exclusive), same forms as --since; default now minus --latency.",
+        ),
+    ] = None,
+    follow: Annotated[
+        bool,
+        typer.Option("--follow", help="Keep exporting new events until SIGTERM/SIGINT."),
+    ] = False,
+    interval: Annotated[
+        str, typer.Option("--interval", help="Follow mode: time between passes.")
+    ] = "30s",
+    latency: Annotated[
+        str,
+        typer.Option(
+            "--latency",
+            help="Read only windows closed this long ago (CloudWatch ingestion delay).",
+        ),
+    ] = "2m",
+    overlap: Annotated[
+        str | None,
+        typer.Option(
+            "--overlap",
+            help="Re-read this much behind the checkpoint to catch late events "
+            "(default: the --latency value).",
+            show_default=False,
+        ),
+    ] = None,
+    stream_prefix: Annotated[
+        str, typer.Option("--stream-prefix", help="Audit log streams start with this.")
+    ] = DEFAULT_STREAM_PREFIX,
+    rate: Annotated[
+        float,
+        typer.Option("--rate", help="Client-side limit on CloudWatch API requests per second."),
+    ] = 5.0,
+    max_attempts: Annotated[
+        int,
+        typer.Option(
+            "--max-attempts",
+            help="Tries per API call on throttling, 5xx, timeouts or resets before giving up.",
+        ),
+    ] = 8,
+    flush_events: Annotated[
+        int, typer.Option("--flush-events", help="Write to the lake every N events...")
+    ] = 50_000,
+    flush_interval: Annotated[
+        str, typer.Option("--flush-interval", help="...or every T, whichever comes first.")
+    ] = "60s",
+    chunk: Annotated[
+        str,
+        typer.Option(
+            "--chunk", help="Read the range in chunks this long; the checkpoint moves per chunk."
+        ),
+    ] = "15m",
+    lease: Annotated[
+        str,
+        typer.Option(
+            "--lease",
+            help="How long the checkpoint stays claimed by an exporter that stops renewing it.",
+        ),
+    ] = "3m",
+    wait_for_lease: Annotated[
+        str,
+        typer.Option(
+            "--wait-for-lease",
+            help="If another exporter holds the log group, wait this long for it (standby).",
+        ),
+    ] = "0s",
+    page_limit: Annotated[
+        int, typer.Option("--page-limit", hidden=True, help="FilterLogEvents limit per page.")
+    ] = MAX_PAGE_LIMIT,
+    backoff: Annotated[
+        str, typer.Option("--backoff", hidden=True, help="Base of the exponential backoff.")
+    ] = "0.5s",
+    output: FormatOpt = OutputFormat.table,
+) -> None:
+    """Export EKS audit events from CloudWatch Logs into the lake.
+
+    Reads the kube-apiserver-audit-* streams of the log group over closed windows (ending
+    --latency before now), re-reading --overlap behind the checkpoint so late events are
+    caught, and writes each event to the lake once (unique on audit ID and stage). The
+    checkpoint in LAKE/_state/cloudwatch/ moves only after events are durably written, so
+    a run killed at any moment resumes without loss or duplicates. One exporter per log
+    group: a second one stops with a message. Bad events go to LAKE/quarantine/ with their
+    CloudWatch eventId.
+
+    Without --since, resumes from the checkpoint (the first run needs --since). With
+    --follow, runs until SIGTERM/SIGINT, then flushes, checkpoints and exits 0.
+
+    Exit codes: 0 done; 2 bad arguments, no checkpoint and no --since, missing
+    credentials, unknown log group or access denied; 3 CloudWatch or the lake failing
+    after retries, or another exporter holding the log group; 128+N a batch run stopped
+    by signal N (progress saved).
+
+    Example:
+
+    \b
+        detect export --log-group /aws/eks/prod/cluster --lake ./lake --since 1h
+        detect export --log-group /aws/eks/prod/cluster --lake s3://audit-lake/prod --follow
+    """
+    cluster = cluster or cluster_from_log_group(log_group)
+    if not cluster:
+        usage_error(
+            f"cannot tell the cluster from log group {log_group!r} (not /aws/eks/NAME/cluster): "
+            "pass --cluster"
+        )
+    if follow and until:
+        usage_error("--until cannot be combined with --follow")
+    if rate < 0:
+        usage_error("--rate must be 0 (no limit) or more")
+    _positive(max_attempts, "--max-attempts")
+    _positive(flush_events, "--flush-events")
+    _positive(page_limit, "--page-limit")
+    latency_td = _duration(latency, "--latency")
+    options = ExportOptions(
+        log_group=log_group,
+        cluster=cluster,
+        stream_prefix=stream_prefix,
+        latency=latency_td,
+        overlap=_duration(overlap, "--overlap") if overlap is not None else None,
+        chunk=_duration(chunk, "--chunk", allow_zero=False),
+        interval=_duration(interval, "--interval", allow_zero=False),
+        flush_events=flush_events,
+        flush_seconds=_duration(
+            flush_interval, "--flush-interval", allow_zero=False
+        ).total_seconds(),
+        page_limit=page_limit,
+        rate=rate,
+        max_attempts=max_attempts,
+        backoff_base=_duration(backoff, "--backoff").total_seconds(),
+        lease_seconds=_duration(lease, "--lease", allow_zero=False).total_seconds(),
+        wait_for_lease=_duration(wait_for_lease, "--wait-for-lease").total_seconds(),
+    )
+    try:
+        since_at = parse_instant(since) if since else None
+        until_at = parse_instant(until) if until else None
+    except TimeArgumentError as exc:
+        usage_error(str(exc))
+    if since_at and until_at and until_at <= since_at:
+        usage_error("--until must be after --since")
+
+    interactive = progress_enabled() and output == OutputFormat.table
+    last_draw = [0.0]
+
+    def progress(summary: ExportSummary, window: str) -> None:
+        now = time.monotonic()
+        if now - last_draw[0] < 0.2:
+            return
+        last_draw[0] = now
+        rate_now = summary.events_read / summary.seconds if summary.seconds else 0
+        line = (
+            f"{summary.events_read:,} events, {summary.pages:,} pages, {rate_now:,.0f}/s, "
+            f"{summary.api.retries} retries  window {window}"
+        )
+        width = shutil.get_terminal_size((100, 20)).columns - 1
+        sys.stderr.write("\r" + line[:width].ljust(width))
+        sys.stderr.flush()
+
+    stop = threading.Event()
+    received: list[int] = []
+    exporter = Exporter(lake, options, stop=stop, progress=progress if interactive else None)
+    with _stop_on_signals(stop, received):
+        try:
+            summary = exporter.run(since=since_at, until=until_at, follow=follow)
+        except ExportConfigError as exc:
+            if interactive:
+                stderr.print()
+            fail(str(exc), EXIT_USAGE)
+        except ExportError as exc:
+            if interactive:
+                stderr.print()
+            if output == OutputFormat.json:
+                emit_json({**exporter.summary.to_dict(), "error": str(exc)})
+            fail(str(exc), EXIT_RUNTIME)
+    if interactive:
+        stderr.print()
+    if received:
+        summary.stopped_by = signal.Signals(received[0]).name
+    if output == OutputFormat.json:
+        emit_json(summary.to_dict())
+    else:
+        render_summary(summary)
+    if received and not follow:
+        raise typer.Exit(128 + received[0])
+    raise typer.Exit(EXIT_OK)
+
+
+def render_summary(summary: ExportSummary) -> None:
+    """The human summary of an export."""
+    d = summary.to_dict()
+    cp = d["checkpoint"]
+    stdout.print(
+        f"exported {d['events_read']:,} events from {d['log_group']} "
+        f"({len(d['streams'])} audit streams) into {d['lake']} in {d['seconds']:.1f}s: "
+        f"{d['events_written']:,} new, {d['duplicates']:,} already in the lake, "
+        f"{d['quarantined']:,} quarantined",
+        markup=False,
+    )
+    window = d["window"]
+    if window["start"] and window["end"]:
+        stdout.print(
+            f"  window: {window['start']:%Y-%m-%dT%H:%M:%S}Z .. {window['end']:%Y-%m-%dT%H:%M:%S}Z",
+            markup=False,
+        )
+    stdout.print(
+        f"  API: {d['api_calls']} calls ({d['pages']} pages), {d['retries']} retries "
+        f"({d['throttled']} throttled)",
+        markup=False,
+    )
+    moved = "advanced" if cp["advanced"] else "unchanged"
+    stdout.print(f"  checkpoint {moved}: {cp['after'] or 'none'} ({cp['uri']})", markup=False)
+    if cp["note"]:
+        stdout.print(f"  note: {cp['note']}", markup=False)
+    for reason, count in d["quarantine_reasons"].items():
+        stdout.print(f"  quarantined: {count:,} x {reason}", markup=False)
+    if d["ignored_other_streams"]:
+        stdout.print(
+            f"  ignored {d['ignored_other_streams']:,} events of non-audit streams", markup=False
+        )
+    for warning in d["warnings"]:
+        stderr.print(f"warning: {warning}", markup=False)
+    if summary.stopped_by:
+        stdout.print(f"  stopped by {summary.stopped_by}; progress saved", markup=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``detect export`` to the app."""
+    app.command("export")(export)

@@ -1,0 +1,319 @@
+"""`detect rules list | test | docs`: see, try and document the detection rules.
+
+The options ``--rules FILE`` and ``--disable ID`` mean the same here as on ``detect
+score``; :data:`RulesFileOpt`, :data:`DisableOpt` and :data:`EnableOpt` are defined once
+for both.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from detector.cli.options import (
+    EXIT_FINDINGS,
+    EXIT_USAGE,
+    FormatOpt,
+    OutputFormat,
+    emit_json,
+    fail,
+    stdout,
+    usage_error,
+)
+
+RulesFileOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--rules",
+        help="Extra rules file (YAML): adds rules or overrides built-in ones; repeatable.",
+    ),
+]
+DisableOpt = Annotated[
+    list[str] | None,
+    typer.Option("--disable", help="Rule id to switch off; repeatable."),
+]
+EnableOpt = Annotated[
+    list[str] | None,
+    typer.Option("--enable", help="Rule id that ships disabled to switch on; repeatable."),
+]
+
+SEVERITY_STYLE = {
+    "critical": "bold red",
+    "high": "red",
+    "medium": "yellow",
+    "low": "cyan",
+    "info": "dim",
+}
+
+rules_app = typer.Typer(
+    name="rules",
+    help="List, try and document the detection rules (YAML, see docs/rules.md).",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _load(
+    rules: list[str] | None, disable: list[str] | None, enable: list[str] | None = None
+) -> Any:
+    from detector.rules import RuleError, load_ruleset
+
+    try:
+        return load_ruleset(extra_files=rules or None, disabled=disable, enabled=enable)
+    except RuleError as exc:
+        usage_error(str(exc))
+
+
+@rules_app.command("list")
+def list_rules(
+    rules: RulesFileOpt = None,
+    disable: DisableOpt = None,
+    enable: EnableOpt = None,
+    output: FormatOpt = OutputFormat.table,
+) -> None:
+    """Show every rule: id, severity, tactic, technique, title and whether it is on.
+
+    With --rules, the rules as your override files leave them. JSON output carries the
+    whole definition (condition, exceptions, Falco/GuardDuty mapping, references).
+
+    Exit codes: 0 done, 2 a rules file or rule id is wrong.
+
+    Example:
+
+    \b
+        detect rules list
+        detect rules list --rules site-rules.yaml --disable pod-exec --format json
+    """
+    ruleset = _load(rules, disable, enable)
+    if output == OutputFormat.json:
+        emit_json(
+            {
+                "fingerprint": ruleset.fingerprint,
+                "files": ruleset.files,
+                "rules": [r.to_dict() for r in ruleset.rules],
+            }
+        )
+        return
+    table = Table(show_lines=False, expand=False)
+    table.add_column("id", no_wrap=True)
+    for col in ("severity", "tactic", "technique", "title", "enabled"):
+        table.add_column(col, overflow="fold")
+    for r in sorted(ruleset.rules, key=lambda r: (not r.enabled, -r.severity_rank, r.id)):
+        table.add_row(
+            r.id,
+            f"[{SEVERITY_STYLE[r.severity]}]{r.severity}[/]",
+            r.tactic,
+            r.technique,
+            escape(r.title),
+            "yes" if r.enabled else "[dim]no[/]",
+        )
+    stdout.print(table)
+    stdout.print(
+        f"{len(ruleset.enabled_rules)} of {len(ruleset.rules)} rules enabled; "
+        f"ruleset {ruleset.fingerprint}",
+        markup=False,
+    )
+
+
+def _parse_window(text: str) -> timedelta:
+    from detector.timeparse import TimeArgumentError, parse_duration
+
+    try:
+        window = parse_duration(text)
+    except TimeArgumentError as exc:
+        usage_error(f"--window: {exc}")
+    if window.total_seconds() < 1:
+        usage_error("--window must be at least 1s")
+    return window
+
+
+@rules_app.command("test")
+def test_rule(
+    rule_id: Annotated[str, typer.Argument(help="The rule to run (see `detect rules list`).")],
+    paths: Annotated[
+        list[str],
+        typer.Argument(help="Audit log files or folders (plain or .gz).", show_default=False),
+    ],
+    rules: RulesFileOpt = None,
+    window: Annotated[
+        str, typer.Option("--window", help="Grouping window: findings per principal per window.")
+    ] = "10m",
+    input_format: Annotated[
+        str,
+        typer.Option(
+            "--input-format",
+            "--from",
+            help="Input format: auto, ndjson, cloudwatch-json, export-gz or firehose.",
+        ),
+    ] = "auto",
+    fail_if_silent: Annotated[
+        bool,
+        typer.Option("--expect-fire", help="Exit 1 if the rule raises no finding (for CI)."),
+    ] = False,
+    output: FormatOpt = OutputFormat.table,
+) -> None:
+    """Run one rule over audit files and show what fired and why (or why not).
+
+    The rule runs even if it ships disabled. For each finding: principal, window, count,
+    the sentences analysts will read and the audit IDs. When nothing fires, the counts say
+    where the events stopped: wrong stage, condition not met, removed by an exception, or
+    below the threshold. Test your overrides with --rules before deploying them.
+
+    Exit codes: 0 done, 1 nothing fired and --expect-fire was given, 2 unknown rule or bad
+    rules file, 3 an input could not be read.
+
+    Example:
+
+    \b
+        detect rules test aws-auth-changed /var/log/kubernetes/audit.log
+        detect rules test pod-exec ./audit/ --rules site-rules.yaml --expect-fire
+    """
+    from detector.pipeline.ingest import read_events
+    from detector.rules import evaluate_rules
+    from detector.sources.files import InputError
+
+    every = _parse_window(window)
+    ruleset = _load(rules, None)
+    if rule_id not in ruleset.ids:
+        close = difflib.get_close_matches(rule_id, ruleset.ids, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        usage_error(f"no rule {rule_id!r}{hint} (`detect rules list` shows the ids)")
+    try:
+        events, quarantine = read_events(paths, fmt=input_format)
+    except InputError as exc:
+        message = str(exc)
+        fail(message, EXIT_USAGE if "no such file" in message else 3)
+    one = ruleset.only(rule_id)
+    rule = ruleset.get(rule_id)  # as configured, so a rule that ships disabled says so
+    result = evaluate_rules(events, one, window=every, explain=True)
+    stats = result.stats.get(rule_id)
+    if output == OutputFormat.json:
+        emit_json(
+            {
+                "rule": rule.to_dict(),
+                "events": events.height,
+                "quarantined": quarantine.height,
+                "stats": None if stats is None else stats.__dict__,
+                "findings": result.findings.to_dicts(),
+                "finding_events": result.events.to_dicts(),
+            }
+        )
+    else:
+        _render_test(rule, events.height, quarantine.height, stats, result.findings)
+    if fail_if_silent and result.findings.is_empty():
+        raise typer.Exit(EXIT_FINDINGS)
+
+
+def _render_test(rule: Any, n_events: int, n_quarantined: int, stats: Any, findings: Any) -> None:
+    """The human report of `rules test`: the funnel, then each finding with its reasons."""
+    p = stdout.print
+    state = "" if rule.enabled else " (ships disabled)"
+    p(
+        f"rule {rule.id}{state}: {rule.title} [{rule.severity}, {rule.tactic} {rule.technique}]",
+        markup=False,
+    )
+    p(
+        f"read {n_events:,} events"
+        + (f" ({n_quarantined:,} input lines quarantined)" if n_quarantined else ""),
+        markup=False,
+    )
+    if stats is not None:
+        p(f"  in stages {', '.join(rule.stages)}: {stats.in_stages:,}", markup=False)
+        p(f"  matching the condition: {stats.condition:,}", markup=False)
+        for name, count in stats.excluded.items():
+            p(f"  removed by exception {name}: {count:,}", markup=False)
+        p(f"  distinct requests counted: {stats.requests:,}", markup=False)
+        if rule.threshold is not None and stats.best_value is not None:
+            p(
+                f"  highest per-window value: {stats.best_value:g} "
+                f"(threshold {stats.best_threshold:g})",
+                markup=False,
+            )
+    if findings.is_empty():
+        p("did not fire: " + _why_silent(rule, stats), markup=False)
+        return
+    p(f"FIRED: {findings.height} finding(s)", markup=False)
+    for row in findings.iter_rows(named=True):
+        p(
+            f"- {row['severity']} {row['principal']} "
+            f"{row['window_start']:%Y-%m-%d %H:%M}-{row['window_end']:%H:%M} UTC, "
+            f"{row['event_count']} event(s), score {row['score']:g}",
+            markup=False,
+        )
+        for reason in row["reasons"]:
+            p(f"    {reason}", markup=False)
+        ids = row["audit_ids"]
+        shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+        p(f"    audit IDs: {shown}", markup=False)
+
+
+def _why_silent(rule: Any, stats: Any) -> str:
+    if stats is None or stats.events == 0:
+        return "no events were read"
+    if stats.in_stages == 0:
+        return f"no event is at stage {' or '.join(rule.stages)} (see the rule's stages)"
+    if stats.condition == 0:
+        return "no event matches the condition"
+    if stats.requests == 0:
+        return "every matching event is covered by an exception"
+    if rule.threshold is not None:
+        return (
+            f"below the threshold: at most {stats.best_value:g} per window, "
+            f"threshold {stats.best_threshold:g}"
+        )
+    return "no finding"
+
+
+@rules_app.command("docs")
+def docs(
+    out: Annotated[
+        Path, typer.Option("--output", "-o", help="Where to write the Markdown ('-': stdout).")
+    ] = Path("docs/rules.md"),
+    check: Annotated[
+        bool,
+        typer.Option("--check", help="Write nothing; exit 1 if the file is not up to date."),
+    ] = False,
+) -> None:
+    """Generate docs/rules.md from the built-in rule files.
+
+    The page lists every rule (severity, ATT&CK tactic and technique, condition,
+    exceptions with their reasons, the Falco rules and GuardDuty findings it corresponds
+    to) and the condition language. CI runs it with --check.
+
+    Exit codes: 0 written (or up to date), 1 --check found the file out of date.
+
+    Example:
+
+    \b
+        detect rules docs
+        detect rules docs --check
+    """
+    from detector.rules.docs import render_docs
+
+    text = render_docs()
+    if str(out) == "-":
+        sys.stdout.write(text)
+        return
+    if check:
+        current = out.read_text(encoding="utf-8") if out.exists() else None
+        if current != text:
+            fail(f"{out} is out of date: run `detect rules docs --output {out}`", EXIT_FINDINGS)
+        stdout.print(f"{out} is up to date", markup=False)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    stdout.print(f"wrote {out} ({text.count(chr(10))} lines)", markup=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `detect rules ...` to the app."""
+    app.add_typer(rules_app, name="rules")

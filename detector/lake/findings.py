@@ -1,0 +1,255 @@
+"""Findings in the lake: write a scored range, list, show one finding with its events.
+
+Layout (the contract in :mod:`detector.lake.findings_schema`, documented in docs/schema.md)::
+
+    LAKE/findings/date=YYYY-MM-DD/<kind>-<start>-<end>.parquet
+    LAKE/findings_events/date=YYYY-MM-DD/<kind>-<start>-<end>.parquet
+
+``kind`` is ``model`` or ``rules`` and ``<start>-<end>`` the scored range (whole windows),
+so re-scoring the same range rewrites the same file names atomically. Rows are filed under
+the UTC date of their ``window_start``.
+
+Replacing a range that *partly* overlaps earlier runs (hourly cron over ``--since 1h``
+with aligned windows, or a person re-scoring a day) is done in two steps: first write the
+new files, then remove the overlapped windows from the older files of the same kind
+(rewrite them atomically, or delete them when nothing is left). A crash between the steps
+leaves a finding in two files, never none; readers drop such duplicates by ``finding_id``
+(which is derived from detector, principal and window, so the two rows have the same id),
+keeping the newest. ``model`` and ``rules`` files are replaced independently, so
+``detect score --rules-only`` does not erase the model's findings for the range.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import polars as pl
+
+from detector.lake.findings_schema import (
+    FINDINGS_COLUMNS,
+    FINDINGS_EVENTS_COLUMNS,
+    SEVERITIES,
+    empty_findings,
+)
+from detector.lake.events import Lake
+from detector.storage import polars_storage_options
+
+FINDINGS_DIR = "findings"
+FINDINGS_EVENTS_DIR = "findings_events"
+KINDS = ("model", "rules")
+_STAMP = "%Y%m%dT%H%M%SZ"
+_NAME = re.compile(r"^(?P<kind>[a-z]+)-(?P<start>\d{8}T\d{6}Z)-(?P<end>\d{8}T\d{6}Z)\.parquet$")
+
+
+class FindingNotFound(LookupError):
+    pass
+
+
+def range_file(kind: str, start: datetime, end: datetime) -> str:
+    """File name of a scored range: ``model-20261127T100000Z-20261127T110000Z.parquet``."""
+    return f"{kind}-{start.astimezone(UTC):{_STAMP}}-{end.astimezone(UTC):{_STAMP}}.parquet"
+
+
+def parse_range_file(name: str) -> tuple[str, datetime, datetime] | None:
+    m = _NAME.match(name)
+    if not m:
+        return None
+    parse = lambda s: datetime.strptime(s, _STAMP).replace(tzinfo=UTC)  # noqa: E731
+    return m["kind"], parse(m["start"]), parse(m["end"])
+
+
+def _dates(start: datetime, end: datetime) -> list[str]:
+    day = start.astimezone(UTC).date()
+    last = (end.astimezone(UTC) - timedelta(microseconds=1)).date()
+    out = []
+    while day <= last:
+        out.append(day.isoformat())
+        day += timedelta(days=1)
+    return out
+
+
+def _parquet(df: pl.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    df.write_parquet(buf, compression="zstd", statistics=True)
+    return buf.getvalue()
+
+
+def _read(lake: Lake, path: str, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    with lake.loc.fs.open(path, "rb") as fh:
+        df = pl.read_parquet(fh)
+    return df.select(
+        [
+            pl.col(c).cast(t) if c in df.columns else pl.lit(None, t).alias(c)
+            for c, t in schema.items()
+        ]
+    )
+
+
+@dataclass
+class WriteSummary:
+    findings: int = 0
+    events: int = 0
+    files: int = 0
+    trimmed_files: int = 0
+    removed_findings: int = 0
+
+
+def write_range(
+    lake: Lake,
+    kind: str,
+    start: datetime,
+    end: datetime,
+    findings: pl.DataFrame,
+    events: pl.DataFrame,
+) -> WriteSummary:
+    """Make ``findings`` (and their ``events``) the findings of ``kind`` for ``[start, end)``.
+
+    Findings must have ``window_start`` in ``[start, end)``; anything a previous run of the
+    same kind wrote for windows in this range is replaced.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+    name = range_file(kind, start, end)
+    summary = WriteSummary()
+    findings = findings.select(list(FINDINGS_COLUMNS))
+    events = events.select(list(FINDINGS_EVENTS_COLUMNS))
+    dated = findings.with_columns(pl.col("window_start").dt.strftime("%Y-%m-%d").alias("_date"))
+    written: set[str] = set()
+    for (date,), group in dated.group_by("_date", maintain_order=True):
+        group = group.drop("_date").sort(
+            ["severity_rank", "score", "finding_id"], descending=[True, True, False]
+        )
+        ev = events.filter(pl.col("finding_id").is_in(group["finding_id"].implode()))
+        # Events first: a finding is never visible without its events.
+        lake.loc.put_atomic(lake.loc.path(FINDINGS_EVENTS_DIR, f"date={date}", name), _parquet(ev))
+        lake.loc.put_atomic(lake.loc.path(FINDINGS_DIR, f"date={date}", name), _parquet(group))
+        written.add(str(date))
+        summary.findings += group.height
+        summary.events += ev.height
+        summary.files += 1
+    # Then take the overlapped windows out of older files of the same kind.
+    in_range = (pl.col("window_start") >= start) & (pl.col("window_start") < end)
+    for date in _dates(start, end):
+        for path in lake.loc.glob(lake.loc.path(FINDINGS_DIR, f"date={date}", f"{kind}-*.parquet")):
+            fname = path.rsplit("/", 1)[1]
+            parsed = parse_range_file(fname)
+            if parsed is None or (fname == name and date in written):
+                continue
+            _, f_start, f_end = parsed
+            if f_end <= start or f_start >= end:
+                continue
+            old = _read(lake, path, FINDINGS_COLUMNS)
+            keep = old.filter(~in_range)
+            if keep.height == old.height:
+                continue
+            summary.trimmed_files += 1
+            summary.removed_findings += old.height - keep.height
+            ev_path = lake.loc.path(FINDINGS_EVENTS_DIR, f"date={date}", fname)
+            if keep.is_empty():
+                lake.loc.fs.rm(path)
+                if lake.loc.exists(ev_path):
+                    lake.loc.fs.rm(ev_path)
+                continue
+            lake.loc.put_atomic(path, _parquet(keep))
+            if lake.loc.exists(ev_path):
+                old_ev = _read(lake, ev_path, FINDINGS_EVENTS_COLUMNS)
+                ids = keep["finding_id"].implode()
+                lake.loc.put_atomic(
+                    ev_path, _parquet(old_ev.filter(pl.col("finding_id").is_in(ids)))
+                )
+    return summary
+
+
+# --------------------------------------------------------------------------- reading
+def _files(lake: Lake, table: str, since: datetime | None, until: datetime | None) -> list[str]:
+    out = []
+    for d in lake.loc.glob(lake.loc.path(table, "date=*")):
+        date = d.rsplit("date=", 1)[1]
+        if since and date < since.astimezone(UTC).date().isoformat():
+            continue
+        if until and date > until.astimezone(UTC).date().isoformat():
+            continue
+        out.extend(lake.loc.glob(d + "/*.parquet"))
+    return out
+
+
+def _scan(lake: Lake, files: list[str], schema: dict[str, pl.DataType]) -> pl.LazyFrame:
+    if not files:
+        return pl.LazyFrame(schema=schema)
+    return pl.scan_parquet(
+        [lake.loc.uri_of(f) for f in files],
+        schema=pl.Schema(schema),
+        missing_columns="insert",
+        extra_columns="ignore",
+        hive_partitioning=False,
+        storage_options=polars_storage_options(lake.uri),
+    )
+
+
+def severity_at_least(min_severity: str) -> pl.Expr:
+    if min_severity not in SEVERITIES:
+        raise ValueError(f"severity must be one of {', '.join(SEVERITIES)}, not {min_severity!r}")
+    return pl.col("severity_rank") >= SEVERITIES.index(min_severity)
+
+
+def list_findings(
+    lake: Lake,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    principal: str | None = None,
+    min_severity: str | None = None,
+    detector: str | None = None,
+) -> pl.DataFrame:
+    """Findings with ``window_start`` in ``[since, until)``, most severe first.
+
+    ``principal`` matches principals containing the text; ``detector`` a prefix
+    (``model``, ``rule:``...).
+    """
+    lf = _scan(lake, _files(lake, FINDINGS_DIR, since, until), FINDINGS_COLUMNS)
+    if since:
+        lf = lf.filter(pl.col("window_start") >= since)
+    if until:
+        lf = lf.filter(pl.col("window_start") < until)
+    if principal:
+        lf = lf.filter(pl.col("principal").str.contains(principal, literal=True))
+    if min_severity:
+        lf = lf.filter(severity_at_least(min_severity))
+    if detector:
+        lf = lf.filter(pl.col("detector").str.starts_with(detector))
+    df = lf.collect()
+    if df.is_empty():
+        return empty_findings()
+    return sort_findings(df.sort("created_at", descending=True).unique("finding_id", keep="first"))
+
+
+def sort_findings(df: pl.DataFrame) -> pl.DataFrame:
+    """Most severe first, then highest score, then time."""
+    return df.sort(
+        ["severity_rank", "score", "window_start", "finding_id"],
+        descending=[True, True, False, False],
+    )
+
+
+def get_finding(lake: Lake, finding_id: str) -> tuple[dict, pl.DataFrame]:
+    """One finding (as a dict) and its events, in time order."""
+    df = (
+        _scan(lake, _files(lake, FINDINGS_DIR, None, None), FINDINGS_COLUMNS)
+        .filter(pl.col("finding_id") == finding_id)
+        .collect()
+    )
+    if df.is_empty():
+        raise FindingNotFound(f"no finding {finding_id} in {lake.uri}")
+    row = df.sort("created_at", descending=True).row(0, named=True)
+    day = row["window_start"].astimezone(UTC)
+    events = (
+        _scan(lake, _files(lake, FINDINGS_EVENTS_DIR, day, day), FINDINGS_EVENTS_COLUMNS)
+        .filter(pl.col("finding_id") == finding_id)
+        .unique(["audit_id", "stage"], keep="first", maintain_order=True)
+        .sort("event_time")
+        .collect()
+    )
+    return row, events
