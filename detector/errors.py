@@ -1,0 +1,33 @@
+"""Exceptions that carry their exit code, raised where the problem is found.
+
+The entry point (:func:`detector.cli.app.main`) handles them once: one ``error:`` line on
+stderr (or a JSON record with ``--log-format json``) and ``exit_code``. Library code never
+picks an exit code by matching message text; it raises the class that says what kind of
+problem it is. Exit codes (README "Exit codes"): 0 ok, 1 findings at or above ``--fail-on``,
+2 usage or configuration error, 3 runtime failure, 128+N stopped by signal N.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FINDINGS = 1
+EXIT_USAGE = 2
+EXIT_RUNTIME = 3
+
+
+class DetectError(Exception):
+    """Base of every error a user can act on; the message is one line that says what to do."""
+
+    exit_code: int = EXIT_RUNTIME
+
+
+class UsageError(DetectError):
+    """A bad flag, argument or setting: the user can fix it by changing the command or config."""
+
+    exit_code = EXIT_USAGE
+
+
+class RuntimeFailure(DetectError):
+    """The command was right but the world was not: a source unreachable, unreadable input."""
+
+    exit_code = EXIT_RUNTIME
