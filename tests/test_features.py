@@ -9,7 +9,8 @@ import polars as pl
 import pytest
 
 from detector.events.normalize import events_from_dicts
-from detector.features import windows as F
+from detector import features as F
+from detector.detect import scan
 from detector.lake.events import Lake
 
 T0 = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
@@ -300,9 +301,9 @@ def test_chunked_lake_reading_matches_one_pass(tmp_path):
     lake.write_events(df)
     start, end = T0 - timedelta(hours=1), T0 + timedelta(hours=18)
     window = timedelta(minutes=7)  # does not divide an hour: chunks must follow lcm(7m, 1h)
-    chunks = F.chunk_partitions(lake.partitions(start, end), window, min_hours=1)
+    chunks = scan.chunk_partitions(lake.partitions(start, end), window, min_hours=1)
     assert len(chunks) >= 2
-    streamed = F.lake_windows(lake, start, end, window=window).sort(F.KEYS)
+    streamed = scan.lake_windows(lake, start, end, window=window).sort(F.KEYS)
     whole = F.window_counts(df.lazy(), window=window).collect().sort(F.KEYS)
     cols = ["principal", "window_start", "requests", "reads"]
     assert streamed.select(cols).equals(whole.select(cols))

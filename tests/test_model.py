@@ -12,16 +12,16 @@ import pyarrow as pa
 import pytest
 from sklearn.utils.estimator_checks import check_estimator
 
-from detector.detect.score import fit_model
+from detector.detect.train import fit_model
 from detector.events.normalize import normalize_lines
-from detector.features import windows as F
+from detector import features as F
 from detector.model import explain
-from detector.model.estimator import (
+from detector.model.estimator import AuditIsolationForest
+from detector.model.forest import ArrayForest
+from detector.model.storage import (
     CARD_NAME,
     DEFAULT_ALERT_RATE,
     DEFAULT_MODEL_DIR,
-    ArrayForest,
-    AuditIsolationForest,
     Model,
     ModelError,
     ModelNotFound,
@@ -80,13 +80,9 @@ def test_threshold_follows_the_alert_budget_and_predict_agrees():
     assert ((est.predict(X) == -1) == (scores >= est.threshold_)).all()
     assert ((est.decision_function(X) < 0) == (est.predict(X) == -1)).all()
     cut = est.severity_cutoffs_
-    assert cut["low"] <= cut["medium"] <= cut["high"] <= cut["critical"]
-    assert est.severity([cut["low"] - 1e-6, cut["low"], cut["high"], cut["critical"] + 1]) == [
-        None,
-        "low",
-        "high",
-        "critical",
-    ]
+    assert cut["low"] < cut["medium"] < cut["high"] < cut["critical"]
+    probes = [cut["low"] - 1e-6, cut["low"], cut["medium"], cut["high"], cut["critical"] + 1]
+    assert est.severity(probes) == [None, "low", "medium", "high", "critical"]
     sigma = AuditIsolationForest(threshold_method="sigma", random_state=0).fit(X)
     assert sigma.threshold_ == pytest.approx(sigma.score_mean_ + 3 * sigma.score_std_)
 
@@ -102,7 +98,7 @@ def test_same_seed_same_model_other_seed_other_model(windows, trained, scored):
 
 
 def test_save_load_round_trip(tmp_path, trained, scored):
-    card = trained.save(str(tmp_path / "models"))
+    card = trained.save(str(tmp_path / "models")).card
     loaded = Model.load(str(tmp_path / "models"))
     assert np.array_equal(loaded.score(scored), trained.score(scored))
     assert loaded.threshold == trained.threshold
@@ -203,7 +199,7 @@ def test_scoring_a_saved_model_does_not_import_scikit_learn(tmp_path, trained, s
 
     d = _saved(tmp_path, trained)
     code = (
-        "import sys, polars as pl; from detector.model.estimator import Model; "
+        "import sys, polars as pl; from detector.model.storage import Model; "
         f"m = Model.load({str(d)!r}); print(m.score(pl.read_parquet(sys.argv[1])).size); "
         "print('sklearn' in sys.modules)"
     )
@@ -263,14 +259,8 @@ def test_retraining_keeps_the_current_and_previous_model_files_only(tmp_path, tr
     versions = []
     for seed in (1, 2, 3):
         est = AuditIsolationForest(n_estimators=5, random_state=seed, log_transform=False)
-        model = Model.from_estimator(
-            est.fit(X),
-            baseline=trained.baseline,
-            window=trained.window,
-            training={},
-            fingerprint="",
-        )
-        versions.append(model.save(str(d))["model_version"])
+        model = Model(scorer=est.fit(X).scorer_, baseline=trained.baseline, window=trained.window)
+        versions.append(model.save(str(d)).version)
     left = {p.name.split("-")[1].split(".")[0] for p in d.glob("*-*")}
     assert left == set(versions[1:])
     assert Model.load(str(d)).version == versions[-1]

@@ -12,18 +12,20 @@ import pytest
 from typer.testing import CliRunner
 
 from detector.cli import app
-from detector.detect.score import score_range, train_model
+from detector.detect.score import ScoreOptions, score_range
+from detector.detect.train import train_model
 from detector.events.normalize import normalize_lines
 from detector.lake import findings as store
 from detector.lake.events import Lake
 from detector.lake.findings_schema import SEVERITIES
-from detector.model.estimator import Model
+from detector.model.storage import Model
 from detector.simulate.traffic import simulate
 
 END = datetime(2026, 11, 20, tzinfo=UTC)
 START = END - timedelta(days=2)
 CUT = END - timedelta(days=1)  # the simulator puts its attacks in the last day
 ISO = "%Y-%m-%dT%H:%M:%SZ"
+NO_RULES = ScoreOptions(use_rules=False)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +60,7 @@ def test_score_finds_the_stolen_token_and_files_findings_with_their_events(sim_l
     lake_uri, labels = sim_lake
     lake = Lake(lake_uri)
     model = Model.load(model_dir)
-    result = score_range(lake, CUT, END, model=model, use_rules=False)
+    result = score_range(lake, CUT, END, model=model, options=NO_RULES)
     found = result.findings
     assert found.height > 0
     assert found["detector"].unique().to_list() == ["model:iforest"]
@@ -80,9 +82,9 @@ def test_scoring_the_same_range_twice_replaces_its_findings(sim_lake, model_dir)
     lake = Lake(sim_lake[0])
     model = Model.load(model_dir)
     since, until = CUT + timedelta(hours=6), CUT + timedelta(hours=12)
-    first = score_range(lake, since, until, model=model, use_rules=False)
+    first = score_range(lake, since, until, model=model, options=NO_RULES)
     files = sorted(lake.loc.glob(lake.loc.path("findings*", "*", "*.parquet")))
-    again = score_range(lake, since, until, model=model, use_rules=False)
+    again = score_range(lake, since, until, model=model, options=NO_RULES)
     assert sorted(again.findings["finding_id"]) == sorted(first.findings["finding_id"])
     assert sorted(lake.loc.glob(lake.loc.path("findings*", "*", "*.parquet"))) == files
     listed = store.list_findings(lake, since=since, until=until)
@@ -92,7 +94,11 @@ def test_scoring_the_same_range_twice_replaces_its_findings(sim_lake, model_dir)
 def test_cold_start_fits_on_the_window_and_says_so(sim_lake):
     lake = Lake(sim_lake[0])
     result = score_range(
-        lake, CUT, END, model=None, fit_on_window=True, use_rules=False, write=False
+        lake,
+        CUT,
+        END,
+        model=None,
+        options=ScoreOptions(fit_on_window=True, use_rules=False, write=False),
     )
     assert result.cold_start
     assert result.findings.height > 0
@@ -175,7 +181,7 @@ def test_cli_score_without_a_model_says_how_to_train(sim_lake, tmp_path, detect)
 
 def test_cli_findings_list_json_and_table(sim_lake, model_dir):
     lake_uri, _ = sim_lake
-    score_range(Lake(lake_uri), CUT, END, model=Model.load(model_dir), use_rules=False)
+    score_range(Lake(lake_uri), CUT, END, model=Model.load(model_dir), options=NO_RULES)
     runner = CliRunner()
     res = runner.invoke(
         app,

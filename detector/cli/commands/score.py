@@ -71,6 +71,13 @@ def score(
     ] = None,
     seed: SeedOpt = 0,
     cluster: ClusterOpt = None,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Refuse (exit 2) rather than warn when the model is stale or from other clusters.",
+        ),
+    ] = False,
 ) -> None:
     """Score a time range of the lake: features, model and rules -> findings.
 
@@ -86,9 +93,9 @@ def score(
     \b
         detect score --lake ./lake --since 1h --fail-on high
     """
-    from detector.detect.score import ScoringError, score_range
+    from detector.detect.score import ScoreOptions, ScoringError, score_range
     from detector.lake.events import Lake
-    from detector.model.estimator import Model, ModelError, ModelNotFound
+    from detector.model.storage import Model, ModelError, ModelNotFound
 
     if fail_on is not None and fail_on not in SEVERITIES:
         usage_error(f"--fail-on must be one of {', '.join(SEVERITIES)}, not {fail_on!r}")
@@ -120,12 +127,15 @@ def score(
                 start,
                 end,
                 model=model,
-                fit_on_window=fit_on_window,
-                use_model=not rules_only,
-                rule_files=list(rules or []),
-                disabled_rules=list(disable or []),
-                seed=seed,
-                cluster=cluster,
+                options=ScoreOptions(
+                    fit_on_window=fit_on_window,
+                    use_model=not rules_only,
+                    rule_files=tuple(rules or ()),
+                    disabled_rules=tuple(disable or ()),
+                    seed=seed,
+                    cluster=cluster,
+                    strict=strict,
+                ),
                 progress=progress,
             )
     except ScoringError as exc:

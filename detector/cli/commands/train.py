@@ -91,6 +91,10 @@ def train(
     ] = ThresholdMethod.budget,
     seed: SeedOpt = 0,
     cluster: ClusterOpt = None,
+    strict: Annotated[
+        bool,
+        typer.Option("--strict", help="Refuse (exit 2) rather than warn when the baseline is thin."),
+    ] = False,
     output: FormatOpt = OutputFormat.table,
 ) -> None:
     """Fit the anomaly model on a baseline range of the lake and save it with a model card.
@@ -110,7 +114,7 @@ def train(
     \b
         detect train --lake ./lake --since 14d --model-dir models
     """
-    from detector.detect.score import ScoringError, train_model
+    from detector.detect.train import ScoringError, train_model
     from detector.lake.events import Lake
 
     win = parse_window(window)
@@ -132,6 +136,7 @@ def train(
                 seed=seed,
                 threshold_method=threshold.value,
                 cluster=cluster,
+                strict=strict,
                 progress=progress,
             )
     except ScoringError as exc:
