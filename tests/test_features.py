@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 import pytest
 
-from detector.events.normalize import events_from_dicts
 from detector import features as F
 from detector.detect import scan
+from detector.events.normalize import events_from_dicts
 from detector.lake.events import Lake
 
 T0 = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)

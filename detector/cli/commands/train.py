@@ -93,7 +93,9 @@ def train(
     cluster: ClusterOpt = None,
     strict: Annotated[
         bool,
-        typer.Option("--strict", help="Refuse (exit 2) rather than warn when the baseline is thin."),
+        typer.Option(
+            "--strict", help="Refuse (exit 2) rather than warn when the baseline is thin."
+        ),
     ] = False,
     output: FormatOpt = OutputFormat.table,
 ) -> None:
