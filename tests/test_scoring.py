@@ -216,3 +216,129 @@ def test_help_ends_with_a_runnable_example(command):
     assert "Example" in text
     example = text[text.rindex("Example") :]
     assert f"detect {command[0]}" in example
+
+
+# --------------------------------------------------------------------------- one read per run
+class CountingLake(Lake):
+    """A real lake that records which partitions each scan reads (a spy, not a mock: every
+    call goes to the real files)."""
+
+    def __init__(self, uri: str) -> None:
+        super().__init__(uri)
+        self.scans: list[set] = []
+
+    def scan_partitions(self, parts):
+        parts = list(parts)
+        self.scans.append(set(parts))
+        return super().scan_partitions(parts)
+
+
+def test_score_reads_the_scored_range_once_for_model_rules_and_events(sim_lake, model_dir):
+    from detector import rules
+
+    lake = CountingLake(sim_lake[0])
+    since, until = CUT + timedelta(hours=12), END
+    result = score_range(lake, since, until, model=Model.load(model_dir))
+    assert result.rules != "not run" and result.findings.height > 0
+    assert {"model", "rules"} <= {k for k in result.written}
+    scored = set(lake.partitions(since, until))
+    touching = [s for s in lake.scans if s & scored]
+    # the one read; plus, only when the rules name the columns they need, the other
+    # columns of the flagged events
+    extra = 1 if hasattr(rules.RuleSet, "columns_needed") else 0
+    assert 1 <= len(touching) <= 1 + extra, touching
+    assert touching[0] == scored
+    # the events behind every finding come back whole
+    assert result.events["finding_id"].n_unique() == result.findings.height
+    assert result.events["annotations"].null_count() < result.events.height
+
+
+# --------------------------------------------------------------------------- what findings say
+def test_model_findings_carry_attack_ids_and_plain_reasons(sim_lake, model_dir):
+    model = Model.load(model_dir)
+    cut = model.severity_cutoffs
+    assert cut["low"] < cut["medium"] < cut["high"] < cut["critical"]
+    found = score_range(Lake(sim_lake[0]), CUT, END, model=model, options=NO_RULES).findings
+    assert found["tactic"].drop_nulls().len() > 0
+    with_tactic = found.filter(pl.col("tactic").is_not_null())
+    assert with_tactic["technique"].str.contains(r"^T\d{4}(\.\d{3})?$").all()
+    for reasons in found["reasons"].to_list():
+        for text in reasons:
+            assert '\\"' not in text and "log10" not in text, text
+            assert "all namespaces" not in text, text
+            assert not ("its usual" in text and "no history" in text), text
+
+
+# --------------------------------------------------------------------------- traps (issue 15)
+def test_training_on_a_thin_baseline_warns_and_strict_refuses(sim_lake, tmp_path):
+    from detector.detect.scan import lake_windows
+    from detector.detect.train import ThinBaseline, baseline_warnings
+
+    lake = Lake(sim_lake[0])
+    notes: list[str] = []
+    train_model(lake, END - timedelta(days=14), CUT, model_dir=None, warnings=notes)
+    assert any("only" in n and "of the 13 days" in n for n in notes), notes
+    with pytest.raises(ThinBaseline, match="only 3 hours long"):
+        train_model(lake, CUT - timedelta(hours=3), CUT, model_dir=str(tmp_path), strict=True)
+    assert not list(tmp_path.iterdir())  # nothing saved
+    window = timedelta(minutes=10)
+    whole_day = lake_windows(lake, START, CUT)
+    assert baseline_warnings(whole_day, START, CUT, window=window) == []
+
+
+def test_scoring_with_a_stale_model_or_another_clusters_warns_and_strict_refuses(
+    sim_lake, model_dir
+):
+    from detector.detect.score import model_warnings
+    from detector.detect.train import ScoringError
+
+    model = Model.load(model_dir)
+    lake = Lake(sim_lake[0])
+    later = END + timedelta(days=10)
+    result = score_range(lake, later, later + timedelta(hours=1), model=model, options=NO_RULES)
+    assert any("days before the end of the scored range" in w for w in result.warnings)
+    with pytest.raises(ScoringError, match="--strict"):
+        score_range(
+            lake,
+            later,
+            later + timedelta(hours=1),
+            model=model,
+            options=ScoreOptions(use_rules=False, strict=True),
+        )
+    fresh = score_range(lake, CUT, CUT + timedelta(hours=1), model=model, options=NO_RULES)
+    assert fresh.warnings == []
+    other = pl.DataFrame({"cluster": ["demo", "prod-eu"]})
+    warned = model_warnings(model, other, CUT, END)
+    assert len(warned) == 1 and "prod-eu" in warned[0] and "demo" in warned[0]
+
+
+def test_cli_strict_flags(sim_lake, model_dir):
+    runner = CliRunner()
+    later = END + timedelta(days=10)
+    args = ["score", "--lake", sim_lake[0], "--model-dir", model_dir, "--rules-only"]
+    base = ["--since", later.strftime(ISO), "--until", (later + timedelta(hours=1)).strftime(ISO)]
+    res = runner.invoke(app, ["score", "--lake", sim_lake[0], "--model-dir", model_dir, *base])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(
+        app, ["score", "--lake", sim_lake[0], "--model-dir", model_dir, *base, "--strict"]
+    )
+    assert res.exit_code == 2 and "--strict" in res.stderr, res.output
+    assert args  # --rules-only uses no model: nothing to be stale
+    res = runner.invoke(app, [*args, *base, "--strict"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "--lake",
+            sim_lake[0],
+            "--since",
+            (CUT - timedelta(hours=3)).strftime(ISO),
+            "--until",
+            CUT.strftime(ISO),
+            "--model-dir",
+            model_dir + "-thin",
+            "--strict",
+        ],
+    )
+    assert res.exit_code == 2 and "only 3 hours" in res.stderr, res.output
