@@ -104,9 +104,26 @@ def fit(
     return Fitted(model=model, rows=rows, scores=est.anomaly_score(X), fold=fold)
 
 
-def fit_model(windows: pl.DataFrame, **kw) -> Model:  # type: ignore[no-untyped-def]
+def fit_model(
+    windows: pl.DataFrame,
+    *,
+    window: timedelta,
+    start: datetime,
+    end: datetime,
+    alert_rate: float = DEFAULT_ALERT_RATE,
+    seed: int | None = 0,
+    threshold_method: str = "budget",
+) -> Model:
     """:func:`fit`, the model alone."""
-    return fit(windows, **kw).model
+    return fit(
+        windows,
+        window=window,
+        start=start,
+        end=end,
+        alert_rate=alert_rate,
+        seed=seed,
+        threshold_method=threshold_method,
+    ).model
 
 
 def baseline_warnings(
