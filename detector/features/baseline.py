@@ -89,8 +89,8 @@ def unseen_principals(windows: pl.DataFrame, baseline: Baseline) -> list[str]:
 def build_baseline(windows: pl.DataFrame) -> Baseline:
     """The history :func:`finish_features` compares windows with, from training window rows.
 
-    Only what novelty, rarity and relative volume need; :func:`fit_baseline` adds the
-    per-feature statistics used by explanations.
+    Only what novelty, rarity and relative volume need; ``features.fit.fit_baseline``
+    builds the saved baseline from it, with the per-feature statistics explanations use.
     """
     pkeys = ["cluster", "principal"]
     seen = seen_values(windows)

@@ -45,7 +45,8 @@ def finish_features(
     """Window rows -> feature rows, with novelty, rarity and relative volume vs ``baseline``.
 
     ``recent`` holds values seen shortly before the windows (same columns as
-    ``baseline.seen``; see :func:`recent_values`): they are not new either.
+    ``baseline.seen``; see :func:`detector.detect.scan.recent_values`): they are not new
+    either.
     """
     keys = list(KEYS)
     pkeys = ["cluster", "principal"]
