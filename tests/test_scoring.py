@@ -76,6 +76,8 @@ def test_score_finds_the_stolen_token_and_files_findings_with_their_events(sim_l
     assert (events["principal"] == row["principal"]).all()
     assert events["event_time"].min() >= row["window_start"]
     assert events["event_time"].max() < row["window_end"]
+    # columns the model's read did not need are read back for the flagged events alone
+    assert events["source"].null_count() == 0 and events["user_groups"].null_count() == 0
 
 
 def test_scoring_the_same_range_twice_replaces_its_findings(sim_lake, model_dir):
