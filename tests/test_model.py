@@ -447,3 +447,16 @@ def test_attack_mapping_comes_from_the_strongest_mapped_feature():
     assert explain.attack(items[1:]) == ("Credential Access", "T1552.007")
     assert explain.attack([{"name": "status_5xx"}]) == (None, None)
     assert set(F.ATTACK) <= set(F.FEATURES)
+
+
+def test_a_baseline_table_without_its_columns_is_refused(tmp_path, trained):
+    import hashlib
+
+    d = _saved(tmp_path, trained)
+    table = next(d.glob("baseline-*-seen.parquet"))
+    pl.DataFrame({"x": [1]}).write_parquet(table)
+    card = _card(d)
+    card["files"][table.name] = hashlib.sha256(table.read_bytes()).hexdigest()
+    (d / CARD_NAME).write_text(json.dumps(card))
+    with pytest.raises(ModelError, match=r"seen .* lacks cluster"):
+        Model.load(str(d))

@@ -55,6 +55,13 @@ DEFAULT_ALERT_RATE = 0.001
 
 #: Baseline tables saved as Parquet next to the model (population stats live in the card).
 BASELINE_TABLES = ("principals", "seen", "actions", "tails")
+#: Columns scoring reads from each baseline table (checked on load).
+BASELINE_COLUMNS = {
+    "principals": ("cluster", "principal", "windows", "hour_counts"),
+    "seen": ("cluster", "principal", "dimension", "value"),
+    "actions": ("principal_kind", "action", "windows"),
+    "tails": ("level", "key", "feature", "bin", "n_ge"),
+}
 #: Names of the files a model directory holds for us; nothing else is ever touched.
 OWN_FILE = re.compile(
     r"^(model-(?P<v1>[0-9a-f]{16})\.npz|baseline-(?P<v2>[0-9a-f]{16})-"
@@ -263,6 +270,13 @@ class Model:
             )
         except (pl.exceptions.PolarsError, OSError, TypeError, ValueError) as exc:
             raise ModelError(f"model baseline in {model_dir} is unreadable ({exc})") from None
+        for name, cols in BASELINE_COLUMNS.items():
+            lacking = [c for c in cols if c not in tables[name].columns]
+            if lacking:
+                raise ModelError(
+                    f"model baseline table {name} in {model_dir} lacks {', '.join(lacking)}; "
+                    "retrain with `detect train`"
+                )
         scores = card.get("training_scores") or {}
         scorer = Scorer(
             forest=forest,
