@@ -325,3 +325,16 @@ def test_every_feature_is_documented():
     missing = [f for f in (*F.FEATURES, *F.MODEL_INPUTS) if f"`{f}`" not in doc]
     assert not missing, f"docs/features.md does not describe {missing}"
     assert json.dumps(sorted(F.FAMILY_OF)) == json.dumps(sorted(F.FEATURES))
+
+
+def test_windows_of_a_frame_read_once_match_the_chunked_lake_read(tmp_path):
+    events = [ev(i, t=i * 250, user=f"system:serviceaccount:shop:sa{i % 3}") for i in range(300)]
+    lake = Lake(str(tmp_path / "lake"))
+    lake.write_events(events_from_dicts(events))
+    start, end = T0 - timedelta(hours=1), T0 + timedelta(hours=22)
+    frame = scan.read_range(lake, lake.partitions(start, end), start, end, columns=F.INPUT_COLUMNS)
+    got = scan.frame_windows(frame, start, end).sort(F.KEYS)
+    want = scan.lake_windows(lake, start, end).sort(F.KEYS)
+    cols = ["principal", "window_start", "requests", "reads"]
+    assert got.height == want.height > 20
+    assert got.select(cols).equals(want.select(cols))

@@ -26,6 +26,13 @@ from detector.lake.events import Lake, Partition
 Progress = Callable[[int, int], None] | None
 
 
+def chunk_span(window: timedelta, *, min_hours: int = 6) -> int:
+    """Seconds in a chunk: a multiple of lcm(window, 1h), at least ``min_hours`` when possible."""
+    w = int(window.total_seconds())
+    span = w * 3600 // math.gcd(w, 3600)
+    return span * max(1, -(-min_hours * 3600 // span))
+
+
 def chunk_partitions(
     parts: list[Partition], window: timedelta, *, min_hours: int = 6
 ) -> list[list[Partition]]:
@@ -35,9 +42,7 @@ def chunk_partitions(
     least ``min_hours`` when possible, so per-query overhead is amortised while memory stays
     bounded by one group of hours.
     """
-    w = int(window.total_seconds())
-    span = w * 3600 // math.gcd(w, 3600)
-    span = span * max(1, -(-min_hours * 3600 // span))
+    span = chunk_span(window, min_hours=min_hours)
     groups: dict[int, list[Partition]] = {}
     for part in parts:
         _, date, hour = part
@@ -86,6 +91,27 @@ def iter_windows(
         ).collect()
         if progress:
             progress(i + 1, len(chunks))
+
+
+def frame_windows(
+    frame: pl.DataFrame, start: datetime, end: datetime, *, window: timedelta = DEFAULT_WINDOW
+) -> pl.DataFrame:
+    """Window rows of a frame already read, aggregated a chunk of hours at a time.
+
+    The same chunks as a training read (:func:`chunk_partitions`), so a range gives the
+    same windows either way, and the aggregation's temporary columns (one string per event)
+    exist for one chunk at a time, not the whole range.
+    """
+    span = timedelta(seconds=chunk_span(window))
+    lo = datetime.fromtimestamp(
+        int(start.timestamp()) // int(span.total_seconds()) * int(span.total_seconds()), UTC
+    )
+    frames = []
+    while lo < end:
+        part = _in_range(frame.lazy(), max(lo, start), min(lo + span, end))
+        frames.append(window_counts(part, window=window).collect())
+        lo += span
+    return pl.concat(frames, how="vertical") if frames else empty_windows()
 
 
 def lake_windows(

@@ -23,7 +23,7 @@ import numpy as np
 import polars as pl
 
 from detector import rules
-from detector.detect.scan import Progress, read_range, recent_values
+from detector.detect.scan import Progress, frame_windows, read_range, recent_values
 from detector.detect.train import MIN_TRAIN_WINDOWS, ScoringError, fit
 from detector.events.schema import CANONICAL_COLUMNS, EVENT_KEY
 from detector.features import (
@@ -35,7 +35,6 @@ from detector.features import (
     request_rows,
     tail_counts,
     unseen_principals,
-    window_counts,
 )
 from detector.lake import findings as findings_store
 from detector.lake.events import Lake, Partition
@@ -166,7 +165,7 @@ def score_range(
     found: list[tuple[str, pl.DataFrame, pl.DataFrame]] = []  # (kind, findings, links)
 
     if opts.use_model:
-        windows = window_counts(frame.lazy(), window=window).collect()
+        windows = frame_windows(frame, start, end, window=window)
         result.windows = windows.height
         result.requests = int(windows["requests"].sum() or 0)
         if opts.fit_on_window:
