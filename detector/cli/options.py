@@ -64,6 +64,42 @@ FormatOpt = Annotated[
 ]
 
 
+class ExecutorName(StrEnum):
+    local = "local"
+    ray = "ray"
+
+
+ExecutorOpt = Annotated[
+    ExecutorName,
+    typer.Option(
+        "--executor",
+        envvar="DETECT_EXECUTOR",
+        help="Where per-(cluster, day) work runs: here, or on Ray (pip install "
+        "'audit-detector[ray]'). Same findings either way.",
+    ),
+]
+AddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        envvar="RAY_ADDRESS",
+        help="Ray cluster to join (ray://head:10001); default: RAY_ADDRESS or a local Ray.",
+    ),
+]
+
+
+def executor_for(name: ExecutorName, address: str | None) -> Any:
+    """The executor of ``--executor``/``--address``, or a one-line usage error (exit 2)."""
+    from detector.detect.executor import ExecutorError, make_executor
+
+    if name == ExecutorName.local:
+        address = None  # RAY_ADDRESS in the environment is not a request for Ray
+    try:
+        return make_executor(name.value, address)
+    except ExecutorError as exc:
+        usage_error(str(exc))
+
+
 def fail(message: str, code: int = EXIT_RUNTIME) -> NoReturn:
     """One line on stderr and an exit code: what went wrong and, where we know, what to do."""
     stderr.print(f"error: {message}", markup=False)

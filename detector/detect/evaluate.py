@@ -23,9 +23,9 @@ from typing import Any
 
 import polars as pl
 
-from detector.detect.scan import lake_windows
+from detector.detect.executor import Executor
 from detector.detect.score import ScoreOptions, score_range
-from detector.detect.train import fit_model
+from detector.detect.train import fit_model, training_windows
 from detector.errors import UsageError
 from detector.features import DEFAULT_WINDOW, align
 from detector.lake.events import Lake
@@ -207,12 +207,16 @@ def evaluate(
     alert_rate: float = DEFAULT_ALERT_RATE,
     seed: int = 0,
     rules: bool = True,
+    executor: Executor | None = None,
 ) -> EvalReport:
-    """Train before ``train_until``, score after, compare with ``scenarios``."""
+    """Train before ``train_until``, score after, compare with ``scenarios``.
+
+    ``executor``: where the per-partition reads run (see :mod:`detector.detect.executor`).
+    """
     first, last = lake_span(lake)
     train_start, train_end = align(since or first, train_until, window)
     test_start, test_end = align(train_until, until or last, window)
-    windows = lake_windows(lake, train_start, train_end, window=window)
+    windows = training_windows(lake, train_start, train_end, window=window, executor=executor)
     model = fit_model(
         windows, window=window, start=train_start, end=train_end, alert_rate=alert_rate, seed=seed
     ).named("evaluate")
@@ -222,6 +226,7 @@ def evaluate(
         test_end,
         model=model,
         options=ScoreOptions(use_rules=rules, write=False),
+        executor=executor,
     )
     in_test = [s for s in scenarios if s.start < test_end and s.end > test_start]
     report = EvalReport(

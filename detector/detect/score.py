@@ -23,6 +23,8 @@ import numpy as np
 import polars as pl
 
 from detector import rules
+from detector.detect import partitioned
+from detector.detect.executor import Executor, is_local
 from detector.detect.scan import Progress, frame_windows, read_range, recent_values
 from detector.detect.train import MIN_TRAIN_WINDOWS, ScoringError, fit
 from detector.events.schema import CANONICAL_COLUMNS, EVENT_KEY
@@ -141,8 +143,14 @@ def score_range(
     model: Model | None,
     options: ScoreOptions | None = None,
     progress: Progress = None,
+    executor: Executor | None = None,
 ) -> ScoreResult:
-    """Findings for ``[start, end)`` widened to whole windows (see module docstring)."""
+    """Findings for ``[start, end)`` widened to whole windows (see module docstring).
+
+    With a non-local ``executor`` the events are read per partition where it runs
+    (:mod:`detector.detect.partitioned`) and only window rows and findings come back; the
+    findings are the same.
+    """
     opts = options or ScoreOptions()
     now = opts.now or datetime.now(UTC)
     use_saved = opts.use_model and not opts.fit_on_window
@@ -155,17 +163,27 @@ def score_range(
     result = ScoreResult(start=start, end=end, findings=empty_findings(), events=_no_events())
     ruleset = load_rules(opts) if opts.use_rules else None
 
-    parts = lake.partitions(start, end, cluster=opts.cluster)
-    frame = read_range(
-        lake, parts, start, end, columns=frame_columns(ruleset, use_model=opts.use_model)
-    )
-    result.events_read = frame.height
+    local = is_local(executor)
+    columns = frame_columns(ruleset, use_model=opts.use_model)
+    if local:
+        parts = lake.partitions(start, end, cluster=opts.cluster)
+        frame = read_range(lake, parts, start, end, columns=columns)
+        result.events_read = frame.height
+        clusters = frame.select("cluster").unique()
+    else:  # window rows per (cluster, day) on the executor; no frame on the driver
+        assert executor is not None
+        windows, result.events_read, names = partitioned.windows(
+            lake, start, end, window=window, cluster=opts.cluster, executor=executor
+        )
+        clusters = pl.DataFrame({"cluster": names}, schema={"cluster": pl.String})
     if progress:
         progress(1, 2)
     found: list[tuple[str, pl.DataFrame, pl.DataFrame]] = []  # (kind, findings, links)
 
+    mfound = None
     if opts.use_model:
-        windows = frame_windows(frame, start, end, window=window)
+        if local:
+            windows = frame_windows(frame, start, end, window=window)
         result.windows = windows.height
         result.requests = int(windows["requests"].sum() or 0)
         if opts.fit_on_window:
@@ -174,7 +192,7 @@ def score_range(
             result.model_version = "cold-start"
         else:
             assert model is not None
-            result.warnings += model_warnings(model, frame, start, end)
+            result.warnings += model_warnings(model, clusters, start, end)
             if result.warnings and opts.strict:
                 raise ScoringError(f"{result.warnings[0]} (--strict)")
             for text in result.warnings:
@@ -193,16 +211,47 @@ def score_range(
                     cluster=opts.cluster,
                 )
             mfound = model_findings(windows, model, now=now, recent=recent)
-        found.append(("model", mfound, model_links(frame, mfound)))
+        if local:
+            found.append(("model", mfound, model_links(frame, mfound)))
 
-    if ruleset is not None:
-        rfound, rlinks = rule_findings(
-            frame, lake, ruleset, start, end, window=window, cluster=opts.cluster, now=now
+    if local:
+        if ruleset is not None:
+            rfound, rlinks = rule_findings(
+                frame, lake, ruleset, start, end, window=window, cluster=opts.cluster, now=now
+            )
+            found.append(("rules", rfound, rlinks))
+        events = flagged_events(lake, parts, frame, [links for _, _, links in found])
+    else:  # rules and flagged events per cluster on the executor
+        assert executor is not None
+        rfound, rlinks, mlinks, events = partitioned.findings_by_cluster(
+            lake,
+            start,
+            end,
+            clusters=clusters["cluster"].to_list(),
+            cluster=opts.cluster,
+            columns=columns,
+            ruleset=ruleset,
+            window=window,
+            now=now,
+            model_found=mfound,
+            executor=executor,
         )
+        if mfound is not None:
+            found.append(("model", mfound, mlinks if mlinks is not None else _no_links()))
+        if ruleset is not None:
+            found.append(
+                (
+                    "rules",
+                    rfound if rfound is not None else empty_findings(),
+                    rlinks if rlinks is not None else _no_links(),
+                )
+            )
+        if events.is_empty():
+            events = _no_events()
+        else:
+            events = events.sort("finding_id", "event_time", "audit_id")
+    if ruleset is not None:
         result.rules = f"{len(ruleset.enabled_rules)} rules"
-        found.append(("rules", rfound, rlinks))
-
-    events = flagged_events(lake, parts, frame, [links for _, _, links in found])
     for kind, df, links in found:
         ids = links["finding_id"].unique().implode()
         kind_events = events.filter(pl.col("finding_id").is_in(ids))
@@ -224,7 +273,10 @@ def score_range(
 
 
 def model_warnings(model: Model, frame: pl.DataFrame, start: datetime, end: datetime) -> list[str]:
-    """Why a model may not fit the scored range: stale, or trained on other clusters."""
+    """Why a model may not fit the scored range: stale, or trained on other clusters.
+
+    ``frame``: any frame with a ``cluster`` column naming the clusters scored.
+    """
     out = []
     until = model.trained_until
     if until is not None and end - until > MAX_MODEL_AGE:

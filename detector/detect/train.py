@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import polars as pl
 
+from detector.detect.executor import Executor, is_local
 from detector.detect.scan import Progress, lake_windows
 from detector.errors import UsageError
 from detector.features import DEFAULT_WINDOW, align, check_window, fit_baseline, fold_length
@@ -161,6 +162,28 @@ def _human(d: timedelta) -> str:
     return f"{hours:.0f} hours" if hours >= 1 else f"{d.total_seconds() / 60:.0f} minutes"
 
 
+def training_windows(
+    lake: Lake,
+    start: datetime,
+    end: datetime,
+    *,
+    window: timedelta = DEFAULT_WINDOW,
+    cluster: str | None = None,
+    progress: Progress = None,
+    executor: Executor | None = None,
+) -> pl.DataFrame:
+    """Window rows of a training range: streamed here, or per partition on ``executor``."""
+    if is_local(executor):
+        return lake_windows(lake, start, end, window=window, cluster=cluster, progress=progress)
+    assert executor is not None
+    from detector.detect import partitioned
+
+    rows, _, _ = partitioned.windows(
+        lake, start, end, window=window, cluster=cluster, executor=executor
+    )
+    return rows
+
+
 @dataclass
 class TrainResult:
     model: Model
@@ -181,17 +204,22 @@ def train_model(
     strict: bool = False,
     progress: Progress = None,
     warnings: list[str] | None = None,
+    executor: Executor | None = None,
 ) -> Model:
     """Fit on ``[start, end)`` of the lake and save to ``model_dir`` (unless ``None``).
 
     Thin-baseline warnings are appended to ``warnings`` (when given) and logged; with
-    ``strict`` they raise :class:`ThinBaseline` before anything is saved.
+    ``strict`` they raise :class:`ThinBaseline` before anything is saved. A non-local
+    ``executor`` computes the window rows per (cluster, day) partition where it runs; the
+    baseline and the forest are fitted here on all of them, so the model is the same.
     """
     import logging
 
     check_window(window)
     start, end = align(start, end, window)
-    windows = lake_windows(lake, start, end, window=window, cluster=cluster, progress=progress)
+    windows = training_windows(
+        lake, start, end, window=window, cluster=cluster, progress=progress, executor=executor
+    )
     thin = baseline_warnings(windows, start, end, window=window)
     if thin and strict:
         raise ThinBaseline(f"{thin[0]} (--strict)")

@@ -16,10 +16,14 @@ from detector.cli.commands.train import (
 )
 from detector.cli.options import (
     EXIT_USAGE,
+    AddressOpt,
+    ExecutorName,
+    ExecutorOpt,
     FormatOpt,
     LakeOpt,
     OutputFormat,
     emit_json,
+    executor_for,
     fail,
     progress_status,
     usage_error,
@@ -48,6 +52,8 @@ def evaluate(
     seed: SeedOpt = 0,
     no_rules: Annotated[bool, typer.Option("--no-rules", help="Evaluate the model alone.")] = False,
     output: FormatOpt = OutputFormat.table,
+    executor: ExecutorOpt = ExecutorName.local,
+    address: AddressOpt = None,
 ) -> None:
     """Train on labeled data up to --train-until, score the rest and measure the detection.
 
@@ -74,6 +80,7 @@ def evaluate(
         end = parse_instant(until) if until else None
     except TimeArgumentError as exc:
         usage_error(str(exc))
+    runner = executor_for(executor, address)
     try:
         scenarios = load_labels(labels)
         with progress_status("evaluating: training and scoring..."):
@@ -86,6 +93,7 @@ def evaluate(
                 alert_rate=alert_rate,
                 seed=seed,
                 rules=not no_rules,
+                executor=runner,
             )
     except (LabelsError, ScoringError) as exc:
         fail(str(exc), EXIT_USAGE)

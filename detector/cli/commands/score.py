@@ -13,7 +13,10 @@ from detector.cli.commands.train import DEFAULT_MODEL_DIR, ModelDirOpt, SeedOpt
 from detector.cli.options import (
     EXIT_FINDINGS,
     EXIT_USAGE,
+    AddressOpt,
     ClusterOpt,
+    ExecutorName,
+    ExecutorOpt,
     FormatOpt,
     LakeOpt,
     OutputFormat,
@@ -21,6 +24,7 @@ from detector.cli.options import (
     UntilOpt,
     chunk_progress,
     emit_json,
+    executor_for,
     fail,
     stdout,
     usage_error,
@@ -78,6 +82,8 @@ def score(
             help="Refuse (exit 2) rather than warn when the model is stale or from other clusters.",
         ),
     ] = False,
+    executor: ExecutorOpt = ExecutorName.local,
+    address: AddressOpt = None,
 ) -> None:
     """Score a time range of the lake: features, model and rules -> findings.
 
@@ -92,6 +98,7 @@ def score(
 
     \b
         detect score --lake ./lake --since 1h --fail-on high
+        detect score --lake s3://audit/lake --since 90d --executor ray
     """
     from detector.detect.score import ScoreOptions, ScoringError, score_range
     from detector.lake.events import Lake
@@ -106,6 +113,7 @@ def score(
     except TimeArgumentError as exc:
         usage_error(str(exc))
 
+    runner = executor_for(executor, address)
     model = None
     if not rules_only and not fit_on_window:
         try:
@@ -137,6 +145,7 @@ def score(
                     strict=strict,
                 ),
                 progress=progress,
+                executor=runner,
             )
     except ScoringError as exc:
         fail(str(exc), EXIT_USAGE)

@@ -10,12 +10,16 @@ import typer
 
 from detector.cli.options import (
     EXIT_USAGE,
+    AddressOpt,
     ClusterOpt,
+    ExecutorName,
+    ExecutorOpt,
     FormatOpt,
     LakeOpt,
     OutputFormat,
     chunk_progress,
     emit_json,
+    executor_for,
     fail,
     stdout,
     usage_error,
@@ -98,6 +102,8 @@ def train(
         ),
     ] = False,
     output: FormatOpt = OutputFormat.table,
+    executor: ExecutorOpt = ExecutorName.local,
+    address: AddressOpt = None,
 ) -> None:
     """Fit the anomaly model on a baseline range of the lake and save it with a model card.
 
@@ -115,6 +121,7 @@ def train(
 
     \b
         detect train --lake ./lake --since 14d --model-dir models
+        detect train --lake s3://audit/lake --since 14d --executor ray
     """
     from detector.detect.train import ScoringError, train_model
     from detector.lake.events import Lake
@@ -126,6 +133,7 @@ def train(
         start, end = parse_range(since, until)
     except TimeArgumentError as exc:
         usage_error(str(exc))
+    runner = executor_for(executor, address)
     try:
         with chunk_progress("training") as progress:
             model = train_model(
@@ -140,6 +148,7 @@ def train(
                 cluster=cluster,
                 strict=strict,
                 progress=progress,
+                executor=runner,
             )
     except ScoringError as exc:
         fail(str(exc), EXIT_USAGE)
