@@ -38,6 +38,7 @@ CLUSTERS = {"east": 11, "west": 12}
 def ray_cluster():
     """One local Ray for the whole session: its start-up is the cost of this module."""
     import ray  # the ray extra: `make setup` installs every extra
+
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
