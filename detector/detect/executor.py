@@ -17,6 +17,7 @@ error, and nothing here imports it otherwise.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -69,8 +70,10 @@ class RayExecutor:
             ) from None
         self._ray = ray
         if not ray.is_initialized():
+            joins = address or os.environ.get("RAY_ADDRESS")
+            extra = {} if joins else {"include_dashboard": False}  # a local Ray: no dashboard
             try:
-                ray.init(address=address, log_to_driver=False, include_dashboard=False)
+                ray.init(address=address, log_to_driver=False, **extra)
             except (ConnectionError, ValueError, RuntimeError) as exc:
                 raise ExecutorError(f"cannot join the Ray cluster at {address}: {exc}") from None
         self._remote: dict[Callable[..., Any], Any] = {}
