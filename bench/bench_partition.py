@@ -8,7 +8,7 @@ then, with every process held to ONE core (POLARS_MAX_THREADS=1, OMP/BLAS thread
   `--executor ray`), and the central fit's seconds per thousand windows;
 - score: events/s per core of `detect score` over one day (model and every default rule);
 - S3: requests per partition of ingest, of a training task and of a score, counted by a
-  loopback proxy in front of a moto S3 server (same code path as a real bucket).
+  moto S3 server on loopback from its request log (same client code path as a real bucket).
 
     python bench/bench_partition.py [--events 300000] [--workdir DIR]
 """
@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -134,26 +136,21 @@ def local_costs(log: Path, work: Path, env: dict[str, str]) -> dict[str, float]:
     }
 
 
-class _Counting:
-    """A FaultProxy (tests/throttle_proxy.py) with no faults, counting S3 request kinds."""
+class _S3Requests(logging.Handler):
+    """Counts the requests moto's server logs (one line per request), by S3 request kind."""
 
-    def __init__(self, upstream: str) -> None:
-        from tests.throttle_proxy import FaultProxy
+    LINE = re.compile(r'"(GET|PUT|HEAD|POST|DELETE) (\S+) HTTP')
 
+    def __init__(self) -> None:
+        super().__init__()
         self.kinds: Counter[str] = Counter()
-        forward = FaultProxy._forward
-        kinds = self.kinds
 
-        def counted(proxy, method, path, headers, body):  # type: ignore[no-untyped-def]
-            query = path.partition("?")[2]
-            kind = method
-            if method == "GET" and ("list-type" in query or path.count("/") <= 1):
-                kind = "LIST"
-            kinds[kind] += 1
-            return forward(proxy, method, path, headers, body)
-
-        self.proxy = FaultProxy(upstream, operations=())
-        self.proxy._forward = counted.__get__(self.proxy)  # type: ignore[method-assign]
+    def emit(self, record: logging.LogRecord) -> None:
+        found = self.LINE.search(record.getMessage())
+        if found:
+            method, path = found.groups()
+            listing = method == "GET" and "list-type=" in path.partition("?")[2]
+            self.kinds["LIST" if listing else method] += 1
 
 
 def s3_costs(log: Path, env: dict[str, str]) -> dict[str, dict[str, int]]:
@@ -170,9 +167,12 @@ def s3_costs(log: Path, env: dict[str, str]) -> dict[str, dict[str, int]]:
     creds["AWS_DEFAULT_REGION"] = "us-east-1"
     os.environ.update(creds)
     boto3.client("s3", endpoint_url=upstream).create_bucket(Bucket="bench")
-    counting = _Counting(upstream)
-    counting.proxy.start()
-    env = {**env, **creds, "AWS_ENDPOINT_URL": counting.proxy.url}
+    counting = _S3Requests()
+    werkzeug = logging.getLogger("werkzeug")
+    werkzeug.addHandler(counting)
+    werkzeug.propagate = False  # counted, not printed
+    werkzeug.setLevel(logging.INFO)
+    env = {**env, **creds, "AWS_ENDPOINT_URL": upstream}
     lake, models = "s3://bench/lake", "s3://bench/models"
     out: dict[str, dict[str, int]] = {}
     try:
@@ -216,7 +216,7 @@ def s3_costs(log: Path, env: dict[str, str]) -> dict[str, dict[str, int]]:
             run(args, env)
             out[name] = dict(counting.kinds)
     finally:
-        counting.proxy.stop()
+        werkzeug.removeHandler(counting)
         server.stop()
     return out
 
@@ -232,7 +232,6 @@ def main() -> None:
     log = simulate(work, args.events, args.seed)
     env = {**os.environ, **ONE_CORE}
     local = local_costs(log, work, env)
-    s3 = s3_costs(log, env)
     print(f"per-partition costs, one core per process ({os.cpu_count()} cores here)")
     print(f"  events in the file (2 days, 1 cluster)  {local['events']:>12,}")
     print(f"  ingest                  {local['ingest_eps_core']:>12,.0f} events/s per core")
@@ -243,7 +242,8 @@ def main() -> None:
         f"({local['train_windows']:,} windows a day)"
     )
     print(f"  score (model + rules)   {local['score_eps_core']:>12,.0f} events/s per core")
-    for name, kinds in s3.items():
+    sys.stdout.flush()
+    for name, kinds in s3_costs(log, env).items():
         print(f"  S3 requests, {name:<32} {json.dumps(kinds, sort_keys=True)}")
 
 
