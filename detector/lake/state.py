@@ -31,13 +31,16 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from detector.lake.events import Lake
+from detector.lake.table import put_atomic
 from detector.ratelimit import Retrier, RetriesExhausted, client_config, describe_error
 from detector.storage import endpoint_url
+
+if TYPE_CHECKING:
+    from detector.lake.events import Lake
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +136,7 @@ class StateObject:
                 current = self._local_read()
                 if current.etag != etag:
                     raise CheckpointConflict(f"{self.uri} was changed by another process")
-                self.lake.loc.put_atomic(self.path, body)
+                put_atomic(self.lake.loc, self.path, body)
         except OSError as exc:
             raise StateError(f"{self.uri}: cannot write: {exc}") from None
         return hashlib.md5(body).hexdigest()

@@ -8,23 +8,23 @@ flushes them every ``flush_rows`` events (or when asked), so a 5 GB input never 
 
 from __future__ import annotations
 
-import hashlib
 import queue
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
-import orjson
 import polars as pl
 import pyarrow as pa
 
 from detector.events.normalize import normalize_lines, quarantine_frame
 from detector.events.schema import CANONICAL_COLUMNS, QUARANTINE_COLUMNS
 from detector.lake.events import Lake, WriteStats
+from detector.lake.manifest import ObjectManifest
+from detector.lake.table import safe_part
 from detector.sources.files import (
     InputError,
     LineBatch,
@@ -36,7 +36,6 @@ from detector.sources.files import (
 
 DEFAULT_CLUSTER = "default"
 FLUSH_ROWS = 100_000
-MANIFEST_DIR = "ingested-objects"
 
 
 @dataclass
@@ -193,45 +192,6 @@ class Ingestor:
         return stats
 
 
-# --------------------------------------------------------------------------- S3 manifest
-class ObjectManifest:
-    """Which S3 objects (uri + ETag) earlier runs ingested, so nightly runs read only new ones.
-
-    Kept in ``LAKE/_state/ingested-objects/`` as small JSON files, one per run, each
-    written after that run's events were flushed: a run killed midway records nothing for
-    the objects it did not finish, and re-reading them is harmless (the lake deduplicates).
-    """
-
-    def __init__(self, lake: Lake) -> None:
-        self.lake = lake
-        self._dir = lake.state_path(MANIFEST_DIR)
-        self._done: set[tuple[str, str]] | None = None
-
-    def done(self) -> set[tuple[str, str]]:
-        if self._done is None:
-            seen: set[tuple[str, str]] = set()
-            for path in self.lake.loc.glob(self._dir + "/*.json"):
-                with self.lake.loc.fs.open(path, "rb") as fh:
-                    for item in orjson.loads(fh.read()).get("objects", []):
-                        seen.add((item["uri"], item["etag"]))
-            self._done = seen
-        return self._done
-
-    def record(self, objects: list[tuple[str, str]]) -> None:
-        if not objects:
-            return
-        body = orjson.dumps(
-            {
-                "recorded_at": datetime.now(UTC).isoformat(),
-                "objects": [{"uri": u, "etag": e} for u, e in objects],
-            }
-        )
-        name = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        digest = hashlib.sha1(body).hexdigest()[:12]
-        self.lake.loc.put_atomic(f"{self._dir}/{name}-{digest}.json", body)
-        self.done().update(objects)
-
-
 # --------------------------------------------------------------------------- entry points
 ProgressFn = Callable[[IngestSummary, str], None]
 
@@ -294,6 +254,9 @@ def ingest_paths(
     the caller decides the exit code.
     """
     lake = Lake(lake) if isinstance(lake, str) else lake
+    if cluster:
+        safe_part(cluster, "cluster name")
+    lake.require_root()
     started = time.monotonic()
     ingestor = Ingestor(lake, cluster=cluster, flush_rows=flush_rows)
     manifest = ObjectManifest(lake)
@@ -323,7 +286,9 @@ def ingest_paths(
             continue
         if identity:
             pending_objects.append(identity)
-        if ingestor.buffered == 0 and pending_objects:  # a flush just happened
+        # Record objects only when a flush just wrote all they produced: events *and*
+        # quarantined lines (an object of bad lines only leaves the event buffer empty).
+        if ingestor.buffered == 0 and not ingestor._quarantine and pending_objects:
             manifest.record(pending_objects)
             pending_objects = []
     ingestor.flush()

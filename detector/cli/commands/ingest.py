@@ -19,9 +19,9 @@ from detector.cli.options import (
     stdout,
     usage_error,
 )
+from detector.errors import DetectError
 from detector.pipeline.ingest import IngestSummary, ingest_paths
 from detector.sources.files import FORMATS
-from detector.storage import StorageError
 
 
 def ingest(
@@ -81,8 +81,8 @@ def ingest(
             reprocess=reprocess,
             progress=progress if interactive else None,
         )
-    except StorageError as exc:
-        fail(str(exc))
+    except DetectError as exc:  # StorageError, a missing bucket (2), an unsafe cluster name (2)
+        fail(str(exc), exc.exit_code)
     if interactive:
         stderr.print()
     if output == OutputFormat.json:
