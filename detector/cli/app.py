@@ -41,6 +41,8 @@ COMMAND_MODULES = (
     "evaluate",
     "rules",
     "athena",
+    "lake",
+    "compact",
     "config",
 )
 

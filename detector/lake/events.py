@@ -335,4 +335,4 @@ class Lake:
 
     # ---------------------------------------------------------------- state
     def state_path(self, *parts: str) -> str:
-        return self.loc.path(STATE_DIR, *(safe_part(p, "state name") for p in parts))
+        return self.loc.path(STATE_DIR, *(safe_part(p, "state name", limit=240) for p in parts))

@@ -49,6 +49,7 @@ class IngestSummary:
     bytes: int = 0
     events_written: int = 0
     duplicates: int = 0
+    other_cluster: int = 0  # of duplicates: already stored under another cluster name
     quarantined: int = 0
     quarantine_reasons: Counter[str] = field(default_factory=Counter)
     files_written: int = 0
@@ -65,6 +66,7 @@ class IngestSummary:
             "bytes": self.bytes,
             "events_written": self.events_written,
             "duplicates": self.duplicates,
+            "other_cluster": self.other_cluster,
             "quarantined": self.quarantined,
             "quarantine_reasons": dict(self.quarantine_reasons.most_common()),
             "files_written": self.files_written,
@@ -188,6 +190,7 @@ class Ingestor:
         self.lake.write_quarantine(quarantine)
         self.summary.events_written += stats.written
         self.summary.duplicates += stats.duplicates
+        self.summary.other_cluster += stats.other_cluster
         self.summary.files_written += stats.files
         return stats
 
