@@ -14,8 +14,9 @@ Two layers:
   SIGKILLed is recognised as dead (same host and PID namespace, PID gone or reused by a
   restarted container) and replaced at once, otherwise its lease runs out.
 
-The lake deduplicates per process, so "one writer per log group" is what makes concurrent
-exporters safe, and the conditional write is what enforces it.
+"One exporter per log group" keeps checkpoints consistent; the lake's own writer lock
+(:mod:`detector.lake.lock`, a :class:`Lease` on ``_state/locks/writer.json``) is what keeps
+concurrent writers from storing an event twice.
 """
 
 from __future__ import annotations
