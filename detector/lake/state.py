@@ -37,11 +37,14 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from detector.lake.table import put_atomic
-from detector.ratelimit import Retrier, RetriesExhausted, client_config, describe_error
 from detector.storage import endpoint_url
 
 if TYPE_CHECKING:
     from detector.lake.events import Lake
+    from detector.ratelimit import Retrier
+
+# detector.ratelimit (botocore, about a second to import) is imported where S3 is used, so a
+# local lake's writer lock costs no start-up time.
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +95,16 @@ class StateObject:
         self.lake = lake
         self.path = lake.state_path(*parts)
         self.uri = lake.loc.uri_of(self.path)
-        self.retrier = retrier or Retrier(max_attempts=6, base=0.2, cap=5)
+        self._retrier = retrier
         self._client: Any = None
+
+    @property
+    def retrier(self) -> Retrier:
+        if self._retrier is None:
+            from detector.ratelimit import Retrier
+
+            self._retrier = Retrier(max_attempts=6, base=0.2, cap=5)
+        return self._retrier
 
     # ------------------------------------------------------------------ public
     def read(self) -> Versioned:
@@ -153,12 +164,16 @@ class StateObject:
         if self._client is None:
             import boto3
 
+            from detector.ratelimit import client_config
+
             self._client = boto3.client(
                 "s3", endpoint_url=endpoint_url(), config=client_config(read_timeout=30)
             )
         return self._client
 
     def _s3_call(self, operation: str, **kwargs: Any) -> Any:
+        from detector.ratelimit import RetriesExhausted
+
         try:
             return self.retrier.call(operation, getattr(self.client, _snake(operation)), **kwargs)
         except RetriesExhausted as exc:
@@ -166,6 +181,8 @@ class StateObject:
 
     def _s3_read(self) -> Versioned:
         from botocore.exceptions import BotoCoreError, ClientError
+
+        from detector.ratelimit import describe_error
 
         bucket, key = self._bucket_key
         try:
@@ -182,6 +199,8 @@ class StateObject:
 
     def _s3_write(self, body: bytes, etag: str | None) -> str:
         from botocore.exceptions import BotoCoreError, ClientError
+
+        from detector.ratelimit import describe_error
 
         bucket, key = self._bucket_key
         condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
