@@ -191,6 +191,13 @@ def test_a_bad_lake_file_is_skipped_with_a_warning_and_listed_by_lake_check(tmp_
     kinds = {Path(p["path"]).name: p["problem"] for p in report["problems"]}
     assert "response_code is Int64" in kinds[bad[0].name]
     assert kinds[bad[1].name].startswith("unreadable")
+    stray = lake / "events" / "cluster=prod[1]"  # as an older version could write it
+    stray.mkdir()
+    report = check_lake(Lake(str(lake)))
+    assert [p.problem for p in report.problems if "prod[1]" in p.path] == [
+        "not a partition of this table (ignored)"
+    ]
+    stray.rmdir()
     for b in bad:
         b.unlink()
     assert cli("lake", "check", "--lake", str(lake)).returncode == 0
@@ -326,3 +333,36 @@ def test_compact_and_lake_check_cli(tmp_path):
 def test_state_names_cannot_leave_the_state_folder(tmp_path):
     with pytest.raises(T.UnsafeName):
         Lake(str(tmp_path / "lake")).state_path("..", "x")
+
+
+# ----------------------------------------------------------------------------- writer lock
+def test_a_live_writer_elsewhere_holds_the_s3_lock_and_an_expired_one_does_not(
+    tmp_path, s3_bucket, monkeypatch
+):
+    """The lock is a lease in S3, taken with conditional writes (moto honours IfMatch /
+    IfNoneMatch): a holder on another host blocks writers until its lease runs out."""
+    import boto3
+
+    from detector.lake import lock
+
+    lake = f"s3://{s3_bucket}/lake"
+    events = ingest_mod.read_events([str(audit_file(tmp_path / "a.log", range(5)))])[0]
+    key = "lake/_state/" + "/".join(lock.LOCK_PARTS)
+    holder = {"host": "another-host", "pid": 1, "pidns": "1", "run_id": "elsewhere"}
+
+    def hold(until_ms: int) -> None:
+        doc = {"owner": holder, "lease_until_ms": until_ms, "seq": 1}
+        boto3.client("s3").put_object(Bucket=s3_bucket, Key=key, Body=orjson.dumps(doc))
+
+    far = 4_000_000_000_000  # year 2096
+    hold(far)
+    monkeypatch.setattr(lock, "WAIT_SECONDS", 0.0)
+    with pytest.raises(lock.LakeBusy, match="another writer holds the lock"):
+        Lake(lake).write_events(events)
+    assert Lake(lake).scan_events().collect().height == 0  # nothing written meanwhile
+    assert lock.LakeBusy.exit_code == 3
+
+    hold(1_000)  # expired long ago: a crashed writer on another host
+    assert Lake(lake).write_events(events).written == 5
+    state = orjson.loads(boto3.client("s3").get_object(Bucket=s3_bucket, Key=key)["Body"].read())
+    assert state["owner"]["run_id"] != "elsewhere" and "released_at" in state
