@@ -31,6 +31,7 @@ from detector.events.schema import (
     QUARANTINE_COLUMNS,
     events_polars_schema,
 )
+from detector.lake.lock import writer_lock
 from detector.lake.table import Table, new_name, parquet_bytes, safe_part
 from detector.storage import Location, require_bucket
 
@@ -120,14 +121,16 @@ class Lake:
             out.append(self._file_keys[path])
         return out
 
-    def _existing_keys(self, part: Partition) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
+    def _existing_keys(
+        self, part: Partition, clusters: list[str]
+    ) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
         """Keys stored in this hour: (this cluster, other clusters, names of those clusters)."""
         cluster, date, hour = part
         empty = pl.DataFrame(schema={k: pl.String for k in EVENT_KEY})
         own: list[pl.DataFrame] = []
         others: list[pl.DataFrame] = []
         names: list[str] = []
-        for c in self.clusters():
+        for c in clusters:
             files = self.partition_files((c, date, hour))
             if not files:
                 continue
@@ -164,8 +167,6 @@ class Lake:
         lake for that hour (any cluster), only the first row of each (audit_id, stage) is
         kept. Cluster names are validated before anything is written.
         """
-        from detector.lake.lock import writer_lock
-
         stats = WriteStats()
         if df.is_empty():
             return stats
@@ -173,13 +174,14 @@ class Lake:
             safe_part(name, "cluster name")
         df = df.with_columns(partition_expr())
         with writer_lock(self) as lease:
+            clusters = self.clusters()  # listed under the lock: no writer adds one meanwhile
             for (cluster, date, hour), group in df.group_by(
                 ["cluster", "date", "hour"], maintain_order=True
             ):
                 part: Partition = (str(cluster), str(date), str(hour))
                 before = group.height
                 group = group.unique(subset=list(EVENT_KEY), keep="first", maintain_order=True)
-                own, others, names = self._existing_keys(part)
+                own, others, names = self._existing_keys(part, clusters)
                 if own.height:
                     group = group.join(own, on=list(EVENT_KEY), how="anti")
                 if others.height:
@@ -308,8 +310,6 @@ class Lake:
         Unique on (source, source_position): re-running an ingest or a resumed export
         over the same input must not count its bad lines again.
         """
-        from detector.lake.lock import writer_lock
-
         if df.is_empty():
             return 0
         key = ["source", "source_position"]
