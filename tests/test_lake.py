@@ -224,6 +224,10 @@ def test_a_missing_bucket_is_a_configuration_error(tmp_path, moto_endpoint):
     proc = cli("ingest", str(src), "--lake", "s3://no-such-bucket-here/lake")
     assert proc.returncode == 2, proc.stderr
     assert "bucket 'no-such-bucket-here' does not exist" in proc.stderr
+    from detector.storage import MissingBucket
+
+    with pytest.raises(MissingBucket):  # reading it is no empty lake either
+        Lake("s3://no-such-bucket-here/lake").scan_events()
 
 
 def test_an_object_is_marked_done_only_after_its_quarantined_lines_are_stored(

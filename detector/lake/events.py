@@ -225,6 +225,7 @@ class Lake:
         cluster: str | None = None,
     ) -> list[Partition]:
         """Partitions that can hold events in ``[start, end)``, found by listing, in time order."""
+        self.require_root()  # a missing bucket is an error, not an empty lake
         clusters = [safe_part(cluster, "cluster name")] if cluster else self.clusters()
         lo = start.astimezone(UTC).replace(minute=0, second=0, microsecond=0) if start else None
         found: list[Partition] = []
