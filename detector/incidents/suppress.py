@@ -168,8 +168,14 @@ def active(suppressions: list[Suppression], now: datetime) -> list[Suppression]:
     return out
 
 
+def glob_regex(pattern: str) -> str:
+    """A shell glob as an anchored regex that Rust's regex engine (polars) accepts."""
+    body = fnmatch.translate(pattern)  # "(?s:...)\\Z": \Z is Python-only
+    return "^" + body.removesuffix("\\Z") + "$"
+
+
 def _glob(col: str, pattern: str) -> pl.Expr:
-    return pl.col(col).fill_null("").str.contains(fnmatch.translate(pattern))
+    return pl.col(col).fill_null("").str.contains(glob_regex(pattern))
 
 
 def _cidr(col: str, value: str) -> pl.Expr:
