@@ -8,16 +8,14 @@ import hashlib
 import hmac
 import json
 import logging
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import boto3
 import orjson
 import polars as pl
 import pytest
-from alerts_data import T0, W, finding, frames
+from alerts_data import T0, Receiver, W, finding, frames
 from throttle_proxy import FaultProxy
 
 from detector.delivery import config as sink_config
@@ -32,44 +30,6 @@ from detector.lake.events import Lake
 
 ROLE = "arn:aws:iam::111122223333:role/dev"
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
-
-
-class Receiver:
-    """A loopback HTTP server that records requests and answers from a plan of statuses."""
-
-    def __init__(self, statuses: list[int] | None = None) -> None:
-        self.requests: list[dict] = []
-        self.statuses = list(statuses or [])
-        rec = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                status = rec.statuses.pop(0) if rec.statuses else 200
-                rec.requests.append({"headers": dict(self.headers), "body": body, "status": status})
-                self.send_response(status)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/hook/SECRET-PATH"
-
-    @property
-    def delivered(self) -> list[dict]:
-        return [json.loads(r["body"]) for r in self.requests if r["status"] < 300]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ from alerts_data import T0, W, finding, frames
 from detector.incidents import suppress, workflow
 from detector.incidents.group import Incident, group
 from detector.incidents.status import AmbiguousId, UnknownId, resolve_prefix
-from detector.lake import incidents as table
 from detector.lake import findings as findings_store
+from detector.lake import incidents as table
 from detector.lake.events import Lake
 
 ROLE = "arn:aws:iam::111122223333:role/dev"

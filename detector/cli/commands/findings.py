@@ -151,5 +151,47 @@ def show(
         )
 
 
+def _set_status(finding_id: str, lake: str, status: str, reason: str | None) -> None:
+    from detector.errors import DetectError
+    from detector.incidents.workflow import set_finding_status
+    from detector.lake.events import Lake
+
+    try:
+        done = set_finding_status(Lake(lake), finding_id, status, reason)
+    except DetectError as exc:
+        fail(str(exc), exc.exit_code)
+    except StorageError as exc:
+        fail(str(exc))
+    stdout.print(f"finding {done['finding_id']}: {status}", markup=False)
+
+
+_IdArg = Annotated[str, typer.Argument(help="Finding id or a unique prefix of it (4+ chars).")]
+_ReasonOpt = Annotated[str | None, typer.Option("--reason", help="Why (kept in the lake).")]
+
+
+@findings_app.command("ack")
+def ack(finding_id: _IdArg, lake: LakeOpt = "./lake", reason: _ReasonOpt = None) -> None:
+    """Acknowledge a finding (OCSF status In Progress).
+
+    Example:
+
+    \b
+        detect findings ack 3f9c0a --lake ./lake --reason "checking with the team"
+    """
+    _set_status(finding_id, lake, "acknowledged", reason)
+
+
+@findings_app.command("resolve")
+def resolve(finding_id: _IdArg, lake: LakeOpt = "./lake", reason: _ReasonOpt = None) -> None:
+    """Resolve a finding; its incident resolves once all its findings are resolved.
+
+    Example:
+
+    \b
+        detect findings resolve 3f9c0a --lake ./lake --reason "expected: migration job"
+    """
+    _set_status(finding_id, lake, "resolved", reason)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(findings_app, name="findings")
