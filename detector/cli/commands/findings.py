@@ -108,6 +108,7 @@ def show(
         fail(str(exc), 2)
     except StorageError as exc:
         fail(str(exc))
+    row.update(_status_of(lake, row))
     if output == OutputFormat.json:
         emit_json({**row, "events": events.drop("finding_id").to_dicts()})
         return
@@ -122,6 +123,12 @@ def show(
     out.print(
         f"principal {row['principal']} ({row['principal_kind']}) in cluster {row['cluster']}, "
         f"{row['window_start']:%Y-%m-%d %H:%M}-{row['window_end']:%H:%M} UTC",
+        markup=False,
+    )
+    out.print(
+        f"status {row['status']}"
+        + (f" (suppressed by {row['suppression']})" if row["suppression"] else "")
+        + (f"; incident {row['incident_id']}" if row["incident_id"] else ""),
         markup=False,
     )
     if row.get("tactic"):
@@ -149,6 +156,21 @@ def show(
             f"{ev['response_code'] or '-'} {ev['source_ip'] or '-'} {ev['user_agent'] or '-'}",
             markup=False,
         )
+
+
+def _status_of(lake: str, row: dict) -> dict:
+    """Workflow status of one finding (new when it never reached an incident)."""
+    import polars as pl
+
+    from detector.lake.events import Lake
+    from detector.lake.incidents import read_status
+
+    st = read_status(Lake(lake), since=row["window_start"]).filter(
+        pl.col("finding_id") == row["finding_id"]
+    )
+    if st.is_empty():
+        return {"status": "new", "suppression": None, "incident_id": None}
+    return st.select("status", "suppression", "incident_id").row(0, named=True)
 
 
 def _set_status(finding_id: str, lake: str, status: str, reason: str | None) -> None:
