@@ -379,5 +379,9 @@ def test_sink_config_errors_name_the_sink_and_key():
         sink_config.parse_sinks([{"name": "a", "type": "webhook", "url": "http://example.com/x"}])
     with pytest.raises(sink_config.SinkConfigError, match="used twice"):
         sink_config.parse_sinks([{"name": "a", "type": "sns", "topic_arn": "x"}] * 2)
+    with pytest.raises(sink_config.SinkConfigError, match="source_name must be"):
+        sink_config.parse_sinks(
+            [{"name": "a", "type": "ocsf", "format": "parquet", "path": "/x", "source_name": ".."}]
+        )
     with pytest.raises(sink_config.SinkConfigError, match="DETECT_NOPE"):
         build(sink(name="a", type="webhook", url_env="DETECT_NOPE"))

@@ -61,6 +61,7 @@ SPECIFIC: dict[str, set[str]] = {
 }
 REQUIRED = {"sns": ("topic_arn",), "ocsf": ("path",)}
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
 class SinkConfigError(settings.ConfigError, UsageError):
@@ -220,6 +221,10 @@ def parse_sink(item: Any, where: str) -> SinkConfig:
             raise SinkConfigError(f"{where}: format must be jsonl or parquet")
         if fmt == "parquet" and options["path"] == "-":
             raise SinkConfigError(f"{where}: parquet needs a path (a folder or s3:// prefix)")
+        for key in ("source_name", "account_id", "region"):  # these become path segments
+            value = options.get(key)
+            if value is not None and not _SEGMENT.match(str(value)):
+                raise SinkConfigError(f"{where}: {key} must be letters, digits, - or _")
     severity = item.get("min_severity", "low")
     if severity not in SEVERITIES or severity == "info":
         raise SinkConfigError(
