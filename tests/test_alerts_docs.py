@@ -101,7 +101,7 @@ def test_incident_figures_count_attacks_and_benign_incidents():
     )
     f = incident_figures(report)
     assert (f.incidents, f.reached, f.max_per_attack, f.benign) == (3, 1, 2, 1)
-    assert f.benign_per_day == 0.5 and f.targets_met
+    assert f.benign_per_day == 0.5 and f.unmatched == 1 and f.targets_met
     # a third incident about the same attack breaks the "at most 2 per attack" target
     more, more_ev = frames([finding(attacker, T0 + timedelta(hours=16), severity="high")])
     report.findings = pl.concat([df, more])

@@ -29,7 +29,8 @@ class IncidentFigures:
     scenarios: int = 0
     reached: int = 0
     per_scenario: dict[str, int] = field(default_factory=dict)
-    benign: int = 0
+    benign: int = 0  # about principals that act in no scenario
+    unmatched: int = 0  # hit no scenario, whoever the principal
     days: float = 1.0
 
     @property
@@ -58,6 +59,7 @@ class IncidentFigures:
             "incidents_per_scenario": self.per_scenario,
             "benign_incidents": self.benign,
             "benign_incidents_per_day": self.benign_per_day,
+            "incidents_matching_no_attack": self.unmatched,
             "targets_met": self.targets_met,
         }
 
@@ -85,7 +87,9 @@ def incident_figures(
         hit: set[str] = set().union(*(hits.get(f, set()) for f in inc.finding_ids))
         for sid in hit:
             out.per_scenario[sid] += 1
-        if not hit and inc.principal not in report.attackers:
-            out.benign += 1
+        if not hit:
+            out.unmatched += 1
+            if inc.principal not in report.attackers:
+                out.benign += 1
     out.reached = sum(1 for n in out.per_scenario.values() if n > 0)
     return out
