@@ -109,8 +109,9 @@ def render_incidents(f) -> None:
         f"incidents at min severity {f.min_severity} (what reaches a sink): "
         f"{f.incidents} delivered; {f.reached}/{f.scenarios} attacks reach a sink, "
         f"at most {f.max_per_attack} incident(s) per attack; benign "
-        f"{f.benign_per_day:.1f} incident(s)/day ({f.unmatched} matching no attack); targets (every attack, <=2 per attack, "
-        f"<=2 benign/day) {'met' if f.targets_met else 'NOT met'}",
+        f"{f.benign_per_day:.1f} incident(s)/day ({f.unmatched} matching no attack); "
+        "targets (every attack, <=2 per attack, <=2 benign/day) "
+        + ("met" if f.targets_met else "NOT met"),
         markup=False,
     )
 
