@@ -102,7 +102,7 @@ def test_findings_ack_and_resolve_by_prefix(scored):
     assert cli("findings", "ack", fid[:8], "--lake", lake).exit_code == 0
     done = cli("findings", "resolve", fid[:8], "--lake", lake)
     assert done.exit_code == 0 and f"finding {fid}: resolved" in done.stdout
-    shown = json.loads(cli("findings", "show", fid, "--lake", lake, "--format", "json").stdout)
+    shown = json.loads(cli("findings", "show", fid[:7], "--lake", lake, "--format", "json").stdout)
     assert shown["status"] == "resolved" and shown["incident_id"]
 
 

@@ -24,6 +24,7 @@ from detector.delivery.records import (
     DeliveryStore,
     write_dead_letters,
 )
+from detector.errors import DetectError, RuntimeFailure
 from detector.incidents import suppress, workflow
 from detector.incidents.group import DEFAULT_HORIZON, Incident
 from detector.lake import incidents as table
@@ -79,7 +80,7 @@ def send(
     """Deliver ``incidents`` with the lake's delivery state; save state and dead letters."""
     now = now or datetime.now(UTC)
     kw = {"sleep": sleep} if sleep is not None else {}
-    built = [sink_mod.build(c, **kw) for c in sink_configs if c.enabled]
+    built = [_build(c, kw) for c in sink_configs if c.enabled]
     store = DeliveryStore(lake)
     state = store.load()
     report = deliver(incidents, built, state, now=now, lake=lake.uri)
@@ -91,6 +92,18 @@ def send(
         report.state = merged
     write_dead_letters(lake, report.dead_letters, now)
     return report
+
+
+def _build(cfg: SinkConfig, kw: dict[str, Any]) -> sink_mod.Sink:
+    """A sink, or one line saying which could not start (no credentials, no region...)."""
+    try:
+        return sink_mod.build(cfg, **kw)
+    except DetectError:
+        raise
+    except Exception as exc:  # botocore's NoCredentialsError, NoRegionError, ClientError...
+        raise RuntimeFailure(
+            f"sink {cfg.name!r} ({cfg.type}) cannot start: {type(exc).__name__}: {exc}"[:300]
+        ) from None
 
 
 def _merge(a: DeliveryState, b: DeliveryState) -> DeliveryState:

@@ -103,6 +103,8 @@ def show(
     from detector.lake.findings import FindingNotFound, get_finding
 
     try:
+        if len(finding_id) < 20:  # a prefix: ids are 20 hex characters
+            finding_id = _full_id(lake, finding_id)
         row, events = get_finding(Lake(lake), finding_id)
     except FindingNotFound as exc:
         fail(str(exc), 2)
@@ -156,6 +158,20 @@ def show(
             f"{ev['response_code'] or '-'} {ev['source_ip'] or '-'} {ev['user_agent'] or '-'}",
             markup=False,
         )
+
+
+def _full_id(lake: str, prefix: str) -> str:
+    """The finding id that ``prefix`` starts (unique, 4+ characters), or a usage error."""
+    from detector.errors import DetectError
+    from detector.incidents.status import resolve_prefix
+    from detector.lake.events import Lake
+    from detector.lake.findings import list_findings
+
+    ids = list_findings(Lake(lake), min_severity="info")["finding_id"].to_list()
+    try:
+        return resolve_prefix(prefix, ids, "finding")
+    except DetectError as exc:
+        fail(str(exc), exc.exit_code)
 
 
 def _status_of(lake: str, row: dict) -> dict:
