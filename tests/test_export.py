@@ -36,7 +36,7 @@ from detector.ratelimit import (
     RetryAborted,
     is_retryable,
 )
-from detector.sources.cloudwatch import Exporter, ExportOptions, iso_ms
+from detector.pipeline.export import Exporter, ExportOptions, iso_ms
 
 AUDIT_STREAMS = [
     "kube-apiserver-audit-0a1b2c3d4e5f",
