@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import gzip
 import json
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 import polars as pl
 import pytest
+from factories import cloudwatch_page, export_task_object, firehose_object, make_event, ndjson
 
 from detector.events.normalize import REDACTED, events_from_dicts
 from detector.lake.events import Lake
@@ -20,45 +22,8 @@ FALCO = Path(__file__).parent / "data" / "falco"  # Falco fixtures (see NOTICE.m
 AUDIT2RBAC = EXTERNAL / "audit2rbac" / "demo.log"
 
 
-def make_event(i: int, **overrides) -> dict:
-    """A realistic audit.k8s.io/v1 event (EKS IAM session) with overridable parts."""
-    ev = {
-        "kind": "Event",
-        "apiVersion": "audit.k8s.io/v1",
-        "level": "Metadata",
-        "auditID": f"00000000-0000-0000-0000-{i:012d}",
-        "stage": "ResponseComplete",
-        "requestURI": "/api/v1/namespaces/app/pods",
-        "verb": "list",
-        "user": {
-            "username": "eng-admin",
-            "uid": "aws-iam-authenticator:111122223333:AROAEXAMPLE",
-            "groups": ["system:authenticated", "eng"],
-            "extra": {
-                "arn": ["arn:aws:sts::111122223333:assumed-role/eng-admin/alice"],
-                "canonicalArn": ["arn:aws:iam::111122223333:role/eng-admin"],
-                "sessionName": ["alice"],
-                "accessKeyId": ["ASIAEXAMPLE"],
-            },
-        },
-        "sourceIPs": ["203.0.113.7", "10.0.0.1"],
-        "userAgent": "kubectl/v1.31.2 (darwin/arm64) kubernetes/abcdef0",
-        "objectRef": {"resource": "pods", "namespace": "app", "apiVersion": "v1"},
-        "responseStatus": {"metadata": {}, "code": 200},
-        "requestReceivedTimestamp": f"2026-11-27T10:{i % 60:02d}:00.100000Z",
-        "stageTimestamp": f"2026-11-27T10:{i % 60:02d}:00.200000Z",
-        "annotations": {
-            "authorization.k8s.io/decision": "allow",
-            "authorization.k8s.io/reason": 'RBAC: allowed by ClusterRoleBinding "eng"',
-        },
-    }
-    ev.update(overrides)
-    return ev
-
-
 def write_ndjson(path: Path, events: list[dict], *, gz: bool = False) -> Path:
-    data = b"".join(orjson.dumps(e) + b"\n" for e in events)
-    path.write_bytes(gzip.compress(data) if gz else data)
+    path.write_bytes(ndjson(events, gz=gz))
     return path
 
 
@@ -113,57 +78,6 @@ def test_impersonation_and_forbidden_fields_from_audit2rbac():
 
 
 # ----------------------------------------------------------------- the four formats
-def _cloudwatch_page(events: list[dict]) -> dict:
-    return {
-        "events": [
-            {
-                "logStreamName": "kube-apiserver-audit-0123abcd",
-                "timestamp": 1795000000000 + i,
-                "message": orjson.dumps(e).decode(),
-                "ingestionTime": 1795000001000 + i,
-                "eventId": f"{37000000000000000000000000000000000000000000000000000000 + i}",
-            }
-            for i, e in enumerate(events)
-        ],
-        "searchedLogStreams": [],
-    }
-
-
-def _firehose_object(events: list[dict]) -> bytes:
-    control = {
-        "messageType": "CONTROL_MESSAGE",
-        "logGroup": "",
-        "logStream": "",
-        "logEvents": [
-            {
-                "id": "",
-                "timestamp": 1795000000000,
-                "message": "CWL CONTROL MESSAGE: Checking health",
-            }
-        ],
-    }
-    records = [control]
-    for start in range(0, len(events), 3):
-        records.append(
-            {
-                "messageType": "DATA_MESSAGE",
-                "owner": "111122223333",
-                "logGroup": "/aws/eks/prod-east/cluster",
-                "logStream": "kube-apiserver-audit-0123abcd",
-                "subscriptionFilters": ["to-firehose"],
-                "logEvents": [
-                    {
-                        "id": f"evt-{start + j}",
-                        "timestamp": 1795000000000,
-                        "message": orjson.dumps(e).decode(),
-                    }
-                    for j, e in enumerate(events[start : start + 3])
-                ],
-            }
-        )
-    return gzip.compress(b"".join(orjson.dumps(r) for r in records))  # no newlines between
-
-
 @pytest.mark.parametrize("fmt", ["ndjson", "ndjson-gz", "cloudwatch-json", "export-gz", "firehose"])
 def test_each_input_format_yields_the_same_events(tmp_path, fmt):
     events = [make_event(i) for i in range(10)]
@@ -173,15 +87,11 @@ def test_each_input_format_yields_the_same_events(tmp_path, fmt):
     elif fmt == "ndjson-gz":
         write_ndjson(path, events, gz=True)
     elif fmt == "cloudwatch-json":
-        path.write_text(json.dumps(_cloudwatch_page(events), indent=2))
+        path.write_text(json.dumps(cloudwatch_page(events), indent=2))
     elif fmt == "export-gz":
-        lines = [
-            f"2026-11-27T10:00:0{i % 10}.000Z {orjson.dumps(e).decode()}"
-            for i, e in enumerate(events)
-        ]
-        path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+        path.write_bytes(export_task_object(events))
     else:
-        path.write_bytes(_firehose_object(events))
+        path.write_bytes(firehose_object(events))
     got, quarantine = read_events([str(path)])
     assert quarantine.height == 0
     assert got["audit_id"].to_list() == [e["auditID"] for e in events]
@@ -446,7 +356,7 @@ def test_s3_lake_round_trip_and_s3_inputs_are_remembered(tmp_path, s3_bucket, mo
         Key="in/a.log.gz",
         Body=gzip.compress(b"\n".join(orjson.dumps(e) for e in events[:6])),
     )
-    s3.put_object(Bucket=s3_bucket, Key="in/b.gz", Body=_firehose_object(events[6:]))
+    s3.put_object(Bucket=s3_bucket, Key="in/b.gz", Body=firehose_object(events[6:]))
     lake = f"s3://{s3_bucket}/lake"
     first = ingest_paths([f"s3://{s3_bucket}/in/"], lake, cluster="prod")
     assert (first.inputs, first.events_written) == (2, 12)
@@ -596,12 +506,10 @@ def test_prefetched_keeps_order_raises_producer_errors_and_stops_early():
             yield i
             i += 1
 
-    for item in prefetched(endless()):
+    stream = prefetched(endless())
+    for item in stream:
         if item == 3:
             break
-    import time
-
-    time.sleep(0.3)
-    settled = len(produced)
-    time.sleep(0.3)
-    assert len(produced) == settled <= 6  # the producer stopped, at most a slot ahead
+    stream.close()  # returns once the producer thread has stopped
+    assert not [t for t in threading.enumerate() if t.name == "ingest-prefetch" and t.is_alive()]
+    assert len(produced) <= 6  # the producer stopped, at most a slot ahead
