@@ -725,6 +725,65 @@ def test_bad_events_are_quarantined_with_their_event_id(logs, lake_dir):
     assert all(s.endswith(f"{group}#{AUDIT_STREAMS[0]}") for s in q["source"])
 
 
+def test_a_text_message_does_not_stick_the_log_group_and_resume_goes_on(logs, lake_dir):
+    # "x^2 + y^2" starts like a zlib header: polars tried to inflate the batch, the export
+    # failed, and every resume re-read the same message and failed again.
+    group = new_group(logs, AUDIT_STREAMS[:1])
+    t = now_ms() - 10 * 60_000
+    pretty = json.dumps(json.loads(audit_message("pretty", t + 4)), indent=2)  # raw newlines
+    items = [
+        (t, audit_message("good-0", t)),
+        (t + 1, "x^2 + y^2"),
+        (t + 2, "\ufeff" + audit_message("bom", t + 2)[:20]),
+        (t + 3, audit_message("good-1", t + 3)),
+        (t + 4, pretty),
+    ]
+    put(logs, group, AUDIT_STREAMS[0], items)
+    args = ["export", "--log-group", group, "--lake", lake_dir, *FAST]
+    rc, first, err = run_json(cli, *args, "--since", "1h")
+    assert rc == 0, err
+    assert (first["events_written"], first["quarantined"]) == (3, 2)
+    rc, resumed, err = run_json(cli, *args)  # from the checkpoint: nothing stuck
+    assert rc == 0, err
+    assert (
+        resumed["checkpoint"]["after"] == first["checkpoint"]["after"]
+        or resumed["checkpoint"]["advanced"]
+    )
+    assert sorted(lake_events(lake_dir)["audit_id"]) == ["good-0", "good-1", "pretty"]
+    reasons = Lake(lake_dir).scan_quarantine().collect()["reason"].to_list()
+    assert len(reasons) == 2 and all(r.startswith("invalid JSON") for r in reasons)
+
+
+def test_the_after_write_hook_sees_each_batch_and_its_payload_rides_with_the_checkpoint(
+    logs, lake_dir
+):
+    group = new_group(logs, AUDIT_STREAMS[:1])
+    t = now_ms() - 30 * 60_000
+    put(logs, group, AUDIT_STREAMS[0], [(t + i, audit_message(f"h-{i}", t + i)) for i in range(30)])
+    seen: list[tuple[int, int | None, dict | None]] = []
+
+    def after_write(batch):
+        # The batch is in the lake already; the checkpoint has not moved yet.
+        assert set(batch.events["audit_id"]) <= set(lake_events(lake_dir)["audit_id"])
+        assert (checkpoint(lake_dir) or {}).get("watermark_ms") != batch.watermark_ms
+        seen.append((batch.events.height, batch.watermark_ms, batch.payload))
+        return {"sent": sorted(batch.events["audit_id"])}
+
+    opts = ExportOptions(log_group=group, cluster="hook", rate=0, latency=timedelta(seconds=30))
+    since = datetime.fromtimestamp((t - 60_000) / 1000, UTC)
+    Exporter(lake_dir, opts, after_write=after_write).run(since=since)
+    assert seen[0][0] == 30 and seen[0][2] is None
+    state = checkpoint(lake_dir)
+    assert state["payload"] == {"sent": [f"h-{i}" for i in sorted(range(30), key=str)]}
+    assert state["watermark_ms"] == seen[0][1]
+
+    # The next run starts with the payload as it was at the checkpoint.
+    resumed = Exporter(lake_dir, opts, after_write=lambda batch: None)
+    resumed.run()
+    assert resumed.payload == state["payload"]
+    assert checkpoint(lake_dir)["payload"] == state["payload"]
+
+
 def test_configuration_errors_are_one_line_and_exit_2(logs, lake_dir, tmp_path):
     group = new_group(logs, AUDIT_STREAMS[:1])
     no_checkpoint = cli("export", "--log-group", group, "--lake", lake_dir)

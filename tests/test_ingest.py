@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import threading
+import zlib
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from factories import cloudwatch_page, export_task_object, firehose_object, make
 from detector.events.normalize import REDACTED, events_from_dicts
 from detector.lake.events import Lake
 from detector.pipeline.ingest import ingest_paths, read_events
+from detector.sources.files import BOM
 
 EXTERNAL = Path(__file__).parent / "data" / "external"
 FALCO = Path(__file__).parent / "data" / "falco"  # Falco fixtures (see NOTICE.md there)
@@ -513,3 +516,145 @@ def test_prefetched_keeps_order_raises_producer_errors_and_stops_early():
     stream.close()  # returns once the producer thread has stopped
     assert not [t for t in threading.enumerate() if t.name == "ingest-prefetch" and t.is_alive()]
     assert len(produced) <= 6  # the producer stopped, at most a slot ahead
+
+
+# ----------------------------------------------------------------- hostile input (issue 10)
+def _lake_ids(lake: str) -> list[str]:
+    return sorted(Lake(lake).scan_events().collect()["audit_id"])
+
+
+def _quarantine(lake: str) -> pl.DataFrame:
+    return Lake(lake).scan_quarantine().collect().sort("source", "source_position")
+
+
+@pytest.mark.parametrize("line", [b"x^2 + y^2", b"\x1f\x8b not gzip", b"(\xb5/\xfd zstd?"])
+def test_a_line_that_looks_like_compressed_data_is_quarantined_and_the_run_goes_on(tmp_path, line):
+    # polars used to take "x^" (0x78 0x5E, a zlib header) at the start of a parse chunk as
+    # compressed input: "corrupt deflate stream" aborted the run, other files included. A
+    # bad line reaches the start of a chunk wherever it is: the parser bisects around it.
+    first = tmp_path / "in" / "a.log"
+    first.parent.mkdir()
+    events = ndjson([make_event(i) for i in range(5)]).splitlines(keepends=True)
+    first.write_bytes(b"".join(events[:2]) + line + b"\n" + b"".join(events[2:]))
+    write_ndjson(tmp_path / "in" / "b.log", [make_event(i) for i in range(5, 9)])
+    lake = str(tmp_path / "lake")
+    summary = ingest_paths([str(tmp_path / "in")], lake)
+    assert summary.failed_inputs == []
+    assert _lake_ids(lake) == [make_event(i)["auditID"] for i in range(9)]
+    bad = _quarantine(lake)
+    assert bad.select("source_position", "reason").rows() == [("3", bad["reason"][0])]
+    assert bad["reason"][0].startswith(("invalid JSON", "invalid UTF-8"))
+
+
+def test_a_utf8_byte_order_mark_is_not_part_of_the_first_event(tmp_path):
+    events = [make_event(i) for i in range(3)]
+    log = tmp_path / "audit.log"
+    log.write_bytes(BOM + ndjson(events))
+    page = tmp_path / "page.json"
+    page.write_bytes(BOM + json.dumps(cloudwatch_page(events), indent=2).encode())
+    twice = tmp_path / "two-pages.json"  # two BOM-prefixed pages concatenated (cat a b)
+    twice.write_bytes(
+        BOM
+        + json.dumps(cloudwatch_page(events[:2])).encode()
+        + b"\n"
+        + BOM
+        + json.dumps(cloudwatch_page(events[2:], t0=1795000009000)).encode()
+    )
+    for path in (log, page, twice):
+        got, quarantine = read_events([str(path)])
+        assert quarantine.height == 0, quarantine["reason"].to_list()
+        assert got["audit_id"].to_list() == [e["auditID"] for e in events]
+
+
+def _deep(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def test_a_deeply_nested_page_or_record_costs_only_itself(tmp_path):
+    events = [make_event(i) for i in range(6)]
+    pages = tmp_path / "pages.json"
+    pages.write_text(
+        json.dumps(cloudwatch_page(events[:3]))
+        + '\n{"events": '
+        + _deep(200_000)
+        + "}\n"
+        + json.dumps(cloudwatch_page(events[3:], t0=1795000009000))
+    )
+    fire = tmp_path / "firehose.gz"
+    deep_record = '{"messageType": "DATA_MESSAGE", "logEvents": ' + _deep(200_000) + "}"
+    fire.write_bytes(
+        gzip.decompress(firehose_object(events[:3]))
+        + deep_record.encode()
+        + gzip.decompress(firehose_object(events[3:], ids=[f"late-{i}" for i in range(3)]))
+    )
+    fire.write_bytes(gzip.compress(fire.read_bytes()))
+    for path in (pages, fire):
+        got, quarantine = read_events([str(path)])
+        assert got["audit_id"].to_list() == [e["auditID"] for e in events]
+        assert quarantine.height == 1
+        assert quarantine["reason"][0].endswith("JSON nested too deeply")
+
+
+def test_a_fifo_in_an_input_folder_is_skipped_with_a_warning(tmp_path, detect):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_ndjson(folder / "a.log", [make_event(i) for i in range(4)])
+    os.mkfifo(folder / "b.pipe")  # opening it for reading would wait for a writer forever
+    lake = str(tmp_path / "lake")
+    # A subprocess with a timeout: the bug this guards is a hang, which must fail, not hang.
+    done = detect("ingest", str(folder), "--lake", lake, "--format", "json", timeout=120)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert (summary["inputs"], summary["events_written"]) == (1, 4)
+    assert len(summary["warnings"]) == 1 and "b.pipe" in summary["warnings"][0]
+    assert "not a regular file" in summary["warnings"][0]
+
+
+def _complete_lines_before(cut: bytes) -> int:
+    """Whole lines in what an independent decoder gets out of a cut gzip stream."""
+    out = zlib.decompressobj(31).decompress(cut)
+    return out.count(b"\n")
+
+
+@pytest.mark.parametrize("keep", [0.1, 0.5, 0.97])
+def test_a_truncated_gzip_keeps_every_complete_line_and_quarantines_the_cut(tmp_path, keep):
+    # 20k events of ~1.1 KB: more than one read block, so cuts fall inside later blocks too.
+    events = [make_event(i, requestURI=f"/api/v1/namespaces/n{i}/pods") for i in range(20_000)]
+    whole = ndjson(events, gz=True)
+    cut = whole[: int(len(whole) * keep)]
+    path = tmp_path / "audit.log.gz"
+    path.write_bytes(cut)
+    complete = _complete_lines_before(cut)
+    assert 0 < complete < len(events)
+    lake = str(tmp_path / "lake")
+    summary = ingest_paths([str(path)], lake)
+    assert summary.failed_inputs == []
+    assert _lake_ids(lake) == sorted(e["auditID"] for e in events[:complete])
+    bad = _quarantine(lake)
+    assert bad.height == 1
+    assert bad["source_position"][0] == str(complete + 1)
+    assert bad["reason"][0].startswith("truncated gzip")
+
+
+def test_a_small_truncated_gzip_still_gives_its_lines(tmp_path):
+    events = [make_event(i) for i in range(40)]
+    whole = ndjson(events, gz=True)
+    path = tmp_path / "small.gz"
+    path.write_bytes(whole[:-30])
+    complete = _complete_lines_before(whole[:-30])
+    got, quarantine = read_events([str(path)])
+    assert got.height == complete > 30
+    assert quarantine["reason"].str.starts_with("truncated gzip").all()
+
+
+def test_a_gzip_damaged_in_the_middle_keeps_what_precedes_the_damage(tmp_path):
+    # Log shippers append gzip members; the third one here has a broken header.
+    events = [make_event(i) for i in range(900)]
+    members = [bytearray(ndjson(events[k : k + 300], gz=True)) for k in (0, 300, 600)]
+    members[2][2] = 7  # compression method: 8 is deflate, 7 is nothing
+    path = tmp_path / "damaged.gz"
+    path.write_bytes(b"".join(members))
+    got, quarantine = read_events([str(path)])
+    assert got["audit_id"].to_list() == [e["auditID"] for e in events[:600]]
+    assert quarantine["reason"].to_list() == [quarantine["reason"][0]]
+    assert quarantine["reason"][0].startswith("damaged gzip")

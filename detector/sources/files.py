@@ -335,7 +335,7 @@ def _ndjson_batches(
     strip_timestamp: bool,
     damage: Callable[[], str | None] = lambda: None,
 ) -> Iterator[LineBatch]:
-    next_line = 1
+    next_line, reported = 1, False
     for block, first_line, oversize in iter_line_blocks(stream):
         rejected = [
             (uri, str(n), f"line too long: {size} bytes (limit {MAX_LINE_BYTES})", head)
@@ -347,7 +347,7 @@ def _ndjson_batches(
             tail_no = first_line + block.count(b"\n", 0, cut)
             rejected.append((uri, str(tail_no), f"{why}; line cut off", block[cut:][:RAW_KEEP]))
             block = block[:cut]
-            next_line = tail_no + 1
+            next_line, reported = tail_no + 1, True
         if not block:
             yield LineBatch(
                 pa.array([], pa.large_binary()), pa.array([], pa.string()), uri, rejected=rejected
@@ -366,10 +366,8 @@ def _ndjson_batches(
             nbytes=len(block),
             terminated=True,
         )
-        if why:
-            return
     why = damage()
-    if why:  # the damage fell on a line boundary: nothing was cut, but say it happened
+    if why and not reported:  # the damage fell on a line boundary: say it happened anyway
         yield _rejected_only(uri, (uri, str(next_line), why, b""))
 
 
@@ -490,14 +488,7 @@ def iter_concatenated_json(
             continue
         try:
             value, end = decoder.raw_decode(buf, pos)
-        except RecursionError:
-            n += 1
-            found = restart.search(buf, pos + 1)
-            stop = found.start() if found else len(buf)
-            yield n, None, buf[pos:stop][:RAW_KEEP].encode(), "JSON nested too deeply"
-            pos = stop
-            continue
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             if not eof and len(buf) - pos < 8 * chunk_bytes:
                 chunk = stream.read(chunk_bytes)  # the value may just be incomplete
                 eof = not chunk
@@ -506,12 +497,11 @@ def iter_concatenated_json(
             n += 1
             found = restart.search(buf, pos + 1)
             stop = found.start() if found else len(buf)
-            yield (
-                n,
-                None,
-                buf[pos:stop][:RAW_KEEP].encode(),
-                f"invalid JSON at char {exc.pos - pos}",
-            )
+            if isinstance(exc, RecursionError):  # stdlib json recurses per nesting level
+                reason = "JSON nested too deeply"
+            else:
+                reason = f"invalid JSON at char {exc.pos - pos}"
+            yield n, None, buf[pos:stop][:RAW_KEEP].encode(), reason
             pos = stop
             continue
         n += 1
