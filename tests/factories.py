@@ -121,7 +121,8 @@ def cloudwatch_page(
                 "timestamp": t0 + i,
                 "message": _text(m).decode("utf-8", "replace") if not isinstance(m, str) else m,
                 "ingestionTime": t0 + 1000 + i,
-                "eventId": f"{37000000000000000000000000000000000000000000000000000000 + i}",
+                # unique across pages, 56 digits like CloudWatch's
+                "eventId": str(37 * 10**54 + (t0 - 1795000000000 + i) * 10**3),
             }
             for i, m in enumerate(messages)
         ],

@@ -442,8 +442,8 @@ def _cloudwatch_json_batches(uri: str, stream: BinaryIO) -> Iterator[LineBatch]:
             eid = f"page {page} event {i + 1}"
             if isinstance(ev, dict) and ev.get("eventId"):
                 eid = str(ev["eventId"])
-            if not isinstance(msg, str):
-                reason = "CloudWatch event without a message string"
+            if not isinstance(msg, str) or not msg.strip():
+                reason = "CloudWatch event without a message"
                 rejected.append((uri, eid, reason, _json_text(ev)))
                 continue
             messages.append(msg)
@@ -543,8 +543,8 @@ def _firehose_batches(uri: str, stream: BinaryIO) -> Iterator[LineBatch]:
                 if isinstance(ev, dict) and ev.get("id")
                 else f"record {record_no} event {i + 1}"
             )
-            if not isinstance(msg, str):
-                rejected.append((uri, eid, "log event without a message string", _json_text(ev)))
+            if not isinstance(msg, str) or not msg.strip():
+                rejected.append((uri, eid, "log event without a message", _json_text(ev)))
                 continue
             pending[0].append(msg)
             pending[1].append(eid)
