@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 
 from detector.events.normalize import normalize_lines
 from detector.lake.events import Lake
-from detector.pipeline.ingest import ingest_paths
+from detector.pipeline.ingest import EventBuffer, ingest_paths
+from detector.sources.cloudwatch import page_batch
 from detector.sources.files import BOM
 
 FUZZ = settings(
@@ -174,3 +175,27 @@ def test_the_normalizer_accounts_for_every_line(lines):
     )
     assert result.events.height + result.quarantine.height == len(raw)
     assert result.quarantine["reason"].str.len_chars().min() or not result.quarantine.height
+
+
+@FUZZ
+@given(items=mix(garbage_text | st.sampled_from(["", "  ", "\n"])))
+def test_cloudwatch_pages_as_the_exporter_reads_them(items):
+    # What `detect export` does with each FilterLogEvents page, without the network: the
+    # page's events become one batch; nothing in a message can stop the export.
+    messages, ids = _events(items)
+    page = [
+        {
+            "eventId": f"e{i}",
+            "logStreamName": "kube-apiserver-audit-1",
+            "timestamp": 1795000000000 + i,
+            "message": orjson.dumps(m).decode() if isinstance(m, dict) else m,
+        }
+        for i, m in enumerate(messages)
+    ]
+    buffer = EventBuffer(cluster="fuzz")
+    buffer.add(page_batch(page, region="us-east-1", log_group="/aws/eks/f/cluster", cluster="f"))
+    events, quarantine = buffer.take()
+    assert sorted(events["audit_id"]) == ids
+    assert quarantine.height == len(items) - len(ids)
+    assert quarantine["source_position"].n_unique() == quarantine.height
+    assert all(reason.strip() for reason in quarantine["reason"])

@@ -101,7 +101,7 @@ def expand_inputs(paths: list[str], *, on_skip: Callable[[str], None] | None = N
     """Files under each path (folders recursively, ``s3://`` prefixes, globs), sorted.
 
     Local entries that are not regular files (FIFOs, sockets, devices) are skipped with a
-    warning (``on_skip`` gets it too): reading a FIFO would hang the run.
+    warning, given to ``on_skip`` (else logged): reading a FIFO would hang the run.
     """
     found: list[str] = []
     for path in paths:
@@ -122,9 +122,10 @@ def expand_inputs(paths: list[str], *, on_skip: Callable[[str], None] | None = N
                 warning = (
                     f"{full_uri(path, m)}: skipped, not a regular file (FIFO, socket or device)"
                 )
-                log.warning("%s", warning)
                 if on_skip is not None:
                     on_skip(warning)
+                else:
+                    log.warning("%s", warning)
                 continue
             found.append(full_uri(path, m))
     return found
