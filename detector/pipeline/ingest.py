@@ -1,13 +1,20 @@
-"""Sources -> normalize -> lake, with counts a user can check and bounded memory.
+"""Readers -> normalize -> lake, with counts a user can check and bounded memory.
 
-:class:`Ingestor` is the one write path into the lake: ``detect ingest`` uses it for files
-and S3 objects, ``detect export`` for CloudWatch pages. It buffers normalized events and
-flushes them every ``flush_rows`` events (or when asked), so a 5 GB input never needs
-5 GB of RAM, and it never loses good rows because a neighbour was bad.
+Three small parts, used by ``detect ingest`` (files, S3 objects) and by the CloudWatch
+exporter (:mod:`detector.pipeline.export`), each deciding *when* to write on its own terms:
+
+- :class:`EventBuffer` normalizes :class:`~detector.sources.files.LineBatch` objects and
+  holds the events and quarantine rows until they are taken. It knows nothing of a lake,
+  so tests and ``rules test`` use it to normalize in memory.
+- :func:`write_to_lake` writes what a buffer held, once each, and counts it.
+- :class:`Ingestor` is the two together with a row limit: ``detect ingest`` flushes every
+  ``flush_rows`` events, so a 5 GB input never needs 5 GB of RAM, and it never loses good
+  rows because a neighbour was bad.
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -18,7 +25,6 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import polars as pl
-import pyarrow as pa
 
 from detector.events.normalize import normalize_lines, quarantine_frame
 from detector.events.schema import CANONICAL_COLUMNS, QUARANTINE_COLUMNS
@@ -30,9 +36,12 @@ from detector.sources.files import (
     LineBatch,
     expand_inputs,
     is_s3,
+    messages_batch,
     object_identity,
     read_batches,
 )
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CLUSTER = "default"
 FLUSH_ROWS = 100_000
@@ -45,6 +54,7 @@ class IngestSummary:
     inputs: int = 0
     skipped_inputs: int = 0  # S3 objects already ingested by an earlier run
     failed_inputs: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # e.g. a FIFO skipped in a folder
     lines: int = 0
     bytes: int = 0
     events_written: int = 0
@@ -62,6 +72,7 @@ class IngestSummary:
             "inputs": self.inputs,
             "skipped_inputs": self.skipped_inputs,
             "failed_inputs": self.failed_inputs,
+            "warnings": self.warnings,
             "lines": self.lines,
             "bytes": self.bytes,
             "events_written": self.events_written,
@@ -82,60 +93,62 @@ def _reason_family(reason: str) -> str:
     return reason.split(":", 1)[0]
 
 
-class Ingestor:
-    """Normalize batches of raw messages and write them to a lake, exactly once each."""
+class EventBuffer:
+    """Normalize batches of raw messages and hold the rows until :meth:`take`.
 
-    def __init__(
-        self,
-        lake: Lake,
-        *,
-        cluster: str | None = None,
-        flush_rows: int = FLUSH_ROWS,
-        collect: bool = False,
-    ) -> None:
-        self.lake = lake
+    Counts go to ``summary`` as batches arrive (lines, bytes, quarantined, event time
+    range); what is written is counted by :func:`write_to_lake`.
+    """
+
+    def __init__(self, *, cluster: str | None = None, summary: IngestSummary | None = None):
         self.cluster = cluster
-        self.flush_rows = flush_rows
-        self.summary = IngestSummary()
+        self.summary = summary if summary is not None else IngestSummary()
         self._events: list[pl.DataFrame] = []
         self._quarantine: list[pl.DataFrame] = []
-        self._buffered = 0
-        # collect=True keeps everything in memory instead of writing (read_events, tests).
-        self._collect = collect
-        self.collected_events: list[pl.DataFrame] = []
-        self.collected_quarantine: list[pl.DataFrame] = []
+        self._rows = 0
+        self._bytes = 0
 
     @property
     def buffered(self) -> int:
-        return self._buffered
+        """Event rows held."""
+        return self._rows
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Raw input bytes behind the rows held."""
+        return self._bytes
+
+    @property
+    def empty(self) -> bool:
+        return not self._events and not self._quarantine
 
     def add(self, batch: LineBatch) -> None:
-        """Normalize one batch and buffer it; flushes when the buffer is full."""
+        """Normalize one batch and hold its events and quarantine rows."""
         cluster = self.cluster or batch.cluster or DEFAULT_CLUSTER
         self.summary.lines += len(batch.lines) + len(batch.rejected)
         self.summary.bytes += batch.nbytes
+        self._bytes += batch.nbytes
         if batch.rejected:
             self._add_quarantine(quarantine_frame(list(batch.rejected)))
-        if len(batch.lines):
-            result = normalize_lines(
-                batch.lines,
-                positions=batch.positions,
-                source=batch.source,
-                cluster=cluster,
-                terminated=batch.terminated,
-            )
-            self._add_quarantine(result.quarantine)
-            if result.events.height:
-                self._events.append(result.events)
-                self._buffered += result.events.height
-                lo, hi = result.events.select(
-                    pl.col("event_time").min().alias("lo"), pl.col("event_time").max().alias("hi")
-                ).row(0)
-                s = self.summary
-                s.first_event = lo if s.first_event is None else min(s.first_event, lo)
-                s.last_event = hi if s.last_event is None else max(s.last_event, hi)
-        if self._buffered >= self.flush_rows:
-            self.flush()
+        if not len(batch.lines):
+            return
+        result = normalize_lines(
+            batch.lines,
+            positions=batch.positions,
+            source=batch.source,
+            cluster=cluster,
+            terminated=batch.terminated,
+        )
+        self._add_quarantine(result.quarantine)
+        if result.events.height:
+            self._events.append(result.events)
+            self._rows += result.events.height
+            lo, hi = result.events.select(
+                pl.col("event_time").min().alias("lo"), pl.col("event_time").max().alias("hi")
+            ).row(0)
+            s = self.summary
+            s.first_event = lo if s.first_event is None else min(s.first_event, lo)
+            s.last_event = hi if s.last_event is None else max(s.last_event, hi)
 
     def add_messages(
         self,
@@ -145,16 +158,8 @@ class Ingestor:
         source: str | list[str],
         cluster: str | None = None,
     ) -> None:
-        """Buffer raw audit messages (CloudWatch ``message`` strings)."""
-        self.add(
-            LineBatch(
-                lines=pa.array(messages, pa.large_string()).cast(pa.large_binary()),
-                positions=pa.array(positions, pa.string()),
-                source=source if isinstance(source, str) else pa.array(source, pa.string()),
-                cluster=cluster,
-                nbytes=sum(len(m) for m in messages),
-            )
-        )
+        """Normalize and hold raw audit messages (CloudWatch ``message`` strings)."""
+        self.add(messages_batch(source, messages, positions, cluster=cluster))
 
     def quarantine_raw(self, records: list[tuple[str, str, str, bytes | str]]) -> None:
         """Set aside inputs rejected before normalizing (source, position, reason, raw)."""
@@ -169,8 +174,8 @@ class Ingestor:
                 _reason_family(r) for r in df["reason"].to_list()
             )
 
-    def flush(self) -> WriteStats:
-        """Write everything buffered. After it returns, those events are durable in the lake."""
+    def take(self) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """(events, quarantine) held so far, and an empty buffer."""
         events = (
             pl.concat(self._events, how="vertical")
             if self._events
@@ -181,18 +186,50 @@ class Ingestor:
             if self._quarantine
             else pl.DataFrame(schema=QUARANTINE_COLUMNS)
         )
-        self._events, self._quarantine, self._buffered = [], [], 0
-        if self._collect:
-            self.collected_events.append(events)
-            self.collected_quarantine.append(quarantine)
-            return WriteStats(written=events.height)
-        stats = self.lake.write_events(events)
-        self.lake.write_quarantine(quarantine)
-        self.summary.events_written += stats.written
-        self.summary.duplicates += stats.duplicates
-        self.summary.other_cluster += stats.other_cluster
-        self.summary.files_written += stats.files
-        return stats
+        self._events, self._quarantine, self._rows, self._bytes = [], [], 0, 0
+        return events, quarantine
+
+
+def write_to_lake(
+    lake: Lake, events: pl.DataFrame, quarantine: pl.DataFrame, summary: IngestSummary
+) -> WriteStats:
+    """Write taken rows; when it returns they are durable in the lake, each once.
+
+    Events go first: a crash between the two writes loses no event, and re-reading the
+    input adds only the quarantine rows that are missing (both tables deduplicate).
+    """
+    stats = lake.write_events(events)
+    lake.write_quarantine(quarantine)
+    summary.events_written += stats.written
+    summary.duplicates += stats.duplicates
+    summary.other_cluster += stats.other_cluster
+    summary.files_written += stats.files
+    return stats
+
+
+class Ingestor:
+    """An :class:`EventBuffer` written to a lake every ``flush_rows`` events."""
+
+    def __init__(self, lake: Lake, *, cluster: str | None = None, flush_rows: int = FLUSH_ROWS):
+        self.lake = lake
+        self.flush_rows = flush_rows
+        self.buffer = EventBuffer(cluster=cluster)
+        self.summary = self.buffer.summary
+
+    @property
+    def buffered(self) -> int:
+        return self.buffer.buffered
+
+    def add(self, batch: LineBatch) -> None:
+        """Normalize one batch and buffer it; flushes when the buffer is full."""
+        self.buffer.add(batch)
+        if self.buffer.buffered >= self.flush_rows:
+            self.flush()
+
+    def flush(self) -> WriteStats:
+        """Write everything buffered. After it returns, those events are durable in the lake."""
+        events, quarantine = self.buffer.take()
+        return write_to_lake(self.lake, events, quarantine, self.summary)
 
 
 # --------------------------------------------------------------------------- entry points
@@ -207,7 +244,8 @@ def prefetched(items: Iterator[T]) -> Iterator[T]:
     Reading and splitting the next block (file I/O, gunzip, numpy) overlaps with parsing
     and writing this one (polars, which releases the GIL): about 15% off an ingest on two
     cores. One item ahead at most, so memory stays bounded; an error in the producer is
-    raised in the caller; a caller that stops early stops the producer.
+    raised in the caller; a caller that stops early stops the producer, and the producer
+    has finished when the generator is closed (so a test can count without waiting).
     """
     slot: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
     stop = threading.Event()
@@ -239,6 +277,13 @@ def prefetched(items: Iterator[T]) -> Iterator[T]:
             yield value
     finally:
         stop.set()
+        with_room = True
+        while with_room:  # unblock a producer waiting on a full slot, then wait for it
+            try:
+                slot.get_nowait()
+            except queue.Empty:
+                with_room = False
+        thread.join(timeout=30)
 
 
 def ingest_paths(
@@ -254,7 +299,8 @@ def ingest_paths(
     """Ingest files, folders and S3 prefixes into the lake.
 
     An input that cannot be read is recorded in ``failed_inputs`` and the others go on;
-    the caller decides the exit code.
+    the caller decides the exit code. Damage inside an input (bad lines, a cut gzip) is
+    quarantined with a reason and never stops the run.
     """
     lake = Lake(lake) if isinstance(lake, str) else lake
     if cluster:
@@ -267,7 +313,7 @@ def ingest_paths(
     uris: list[str] = []
     for path in paths:
         try:
-            uris.extend(expand_inputs([path]))
+            uris.extend(expand_inputs([path], on_skip=summary.warnings.append))
         except InputError as exc:
             summary.failed_inputs.append(str(exc))
     pending_objects: list[tuple[str, str]] = []
@@ -289,9 +335,9 @@ def ingest_paths(
             continue
         if identity:
             pending_objects.append(identity)
-        # Record objects only when a flush just wrote all they produced: events *and*
-        # quarantined lines (an object of bad lines only leaves the event buffer empty).
-        if ingestor.buffered == 0 and not ingestor._quarantine and pending_objects:
+        # Record objects only once all their rows (quarantine too) are durable: a kill
+        # between the two would otherwise lose bad lines the manifest says were read.
+        if ingestor.buffer.empty and pending_objects:  # a flush just happened
             manifest.record(pending_objects)
             pending_objects = []
     ingestor.flush()
@@ -304,11 +350,8 @@ def read_events(
     paths: list[str], *, cluster: str | None = None, fmt: str = "auto"
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Normalize small inputs in memory: (events, quarantine). For tests and `rules test`."""
-    ingestor = Ingestor(Lake("."), cluster=cluster, collect=True)
+    buffer = EventBuffer(cluster=cluster)
     for uri in expand_inputs(paths):
         for batch in read_batches(uri, fmt):
-            ingestor.add(batch)
-    ingestor.flush()
-    events = pl.concat(ingestor.collected_events, how="vertical")
-    quarantine = pl.concat(ingestor.collected_quarantine, how="vertical")
-    return events, quarantine
+            buffer.add(batch)
+    return buffer.take()

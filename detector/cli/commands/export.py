@@ -28,15 +28,14 @@ from detector.cli.options import (
     stdout,
     usage_error,
 )
-from detector.sources.cloudwatch import (
-    DEFAULT_STREAM_PREFIX,
-    MAX_PAGE_LIMIT,
+from detector.pipeline.export import (
     ExportConfigError,
     Exporter,
     ExportError,
     ExportOptions,
     ExportSummary,
 )
+from detector.sources.cloudwatch import DEFAULT_STREAM_PREFIX, MAX_PAGE_LIMIT
 from detector.sources.files import cluster_from_log_group
 from detector.timeparse import TimeArgumentError, parse_duration, parse_instant
 

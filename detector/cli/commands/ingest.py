@@ -85,6 +85,8 @@ def ingest(
         fail(str(exc), exc.exit_code)
     if interactive:
         stderr.print()
+    for warning in summary.warnings:
+        stderr.print(f"warning: {warning}", markup=False)
     if output == OutputFormat.json:
         emit_json(summary.to_dict())
     else:
