@@ -36,7 +36,7 @@ REDACTED = "<redacted>"
 #: settings, not credentials) are kept. Only string values (or lists of strings, the shape
 #: of HTTP header maps) are replaced; an object under such a key is walked instead.
 CREDENTIAL_KEY = (
-    r"[A-Za-z0-9_.\-]*(?:password|passwd|passphrase|secret|token|api[_-]?key|apikey"
+    r"[A-Za-z0-9_.\-/]*(?:password|passwd|passphrase|secret|token|api[_-]?key|apikey"
     r"|access[_-]?key|private[_-]?key|secret[_-]?key|session[_-]?key|authorization|auth"
     r"|credentials?|cookie)"
 )
@@ -90,6 +90,11 @@ PATTERNS: tuple[Pattern, ...] = (
         + CREDENTIAL_KEY
         + r'\\+"\s*,\s*\\+"value\\+"\s*:\s*)(\\+")(?:[^"\\]|\\[^"])*(?:\\+")?',
         "${1}${2}" + REDACTED + "${2}",
+    ),
+    Pattern(
+        "credential assigned in free text (YAML or properties in a value, a header line)",
+        r"(?i)\b(" + CREDENTIAL_KEY + r")(\s*[:=]\s*(?:(?:bearer|basic)\s+)?)[^\s\"'\\,;&{\[]+",
+        "${1}${2}" + REDACTED,
     ),
     Pattern(
         "Bearer or Basic credential (whole token, including any $ or punctuation)",
@@ -359,7 +364,8 @@ def redact_events(df: pl.DataFrame) -> pl.DataFrame:
         (pl.col("resource") == "serviceaccounts") & (pl.col("subresource") == "token")
     )
     has_body = pl.col("request_object").is_not_null() | pl.col("response_object").is_not_null()
-    needs = (about_secrets & has_body) | pl.any_horizontal(
+    webhook_patch = pl.col("annotations").str.contains("patch.webhook.admission.k8s.io/")
+    needs = (about_secrets & (has_body | webhook_patch.fill_null(False))) | pl.any_horizontal(
         pl.col(c).str.contains(NEEDS_STRUCTURE).fill_null(False) for c in _STRUCTURED
     )
     idx = df.select(pl.arg_where(needs.fill_null(False))).to_series()
