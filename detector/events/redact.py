@@ -20,6 +20,7 @@ a ConfigMap has a ``db_password``), values are not. ``docs/security.md`` lists t
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -153,36 +154,34 @@ _SEARCH = _any(PATTERNS)
 _SEARCH_QUARANTINE = _any((*QUARANTINE_PATTERNS, *PATTERNS))
 
 
-def _rewrite(col: pl.Expr, patterns: Iterable[Pattern]) -> pl.Expr:
-    for p in patterns:
-        col = col.str.replace_all(p.regex, p.replacement)
-    return col
-
-
 def redact_text_columns(
     df: pl.DataFrame, columns: Iterable[str], *, quarantine: bool = False
-) -> tuple[pl.DataFrame, pl.Expr]:
-    """Rewrite ``columns`` where a pattern hits; returns the frame and a "changed" expression.
+) -> tuple[pl.DataFrame, pl.Series | None]:
+    """Rewrite ``columns`` where a pattern hits; returns the frame and which rows changed.
 
-    The expression is True for rows where any column was rewritten: callers fold it into
-    the ``redacted`` flag of events.
+    Search first, over whole columns (one regex per column); then only the rows that hit
+    are taken out, rewritten pattern by pattern (skipping patterns none of them holds) and
+    put back. ``None`` when nothing hit, the common case for a batch.
     """
     columns = [c for c in columns if c in df.columns]
     patterns = (*QUARANTINE_PATTERNS, *PATTERNS) if quarantine else PATTERNS
     search = _SEARCH_QUARANTINE if quarantine else _SEARCH
-    found = {c: pl.col(c).str.contains(search).fill_null(False) for c in columns}
-    flags = df.select(*(found[c].alias(c) for c in columns))
-    hit = [c for c in columns if flags[c].any()]
+    found = df.select(pl.col(c).str.contains(search).fill_null(False) for c in columns)
+    hit = [c for c in columns if found[c].any()]
     if not hit:
-        return df, pl.lit(False)
-    out = df.with_columns(
-        flags.select(pl.any_horizontal(hit).alias("_text_redacted")).to_series(),
-        *(
-            pl.when(found[c]).then(_rewrite(pl.col(c), patterns)).otherwise(pl.col(c)).alias(c)
-            for c in hit
-        ),
-    )
-    return out, pl.col("_text_redacted")
+        return df, None
+    rows = found.select(pl.any_horizontal(hit)).to_series()
+    idx = rows.arg_true()
+    sub = df[idx].select(hit)
+    for p in patterns:
+        present = sub.select(pl.col(c).str.contains(p.regex).any() for c in hit).row(0)
+        sub = sub.with_columns(
+            pl.col(c).str.replace_all(p.regex, p.replacement)
+            for c, yes in zip(hit, present, strict=True)
+            if yes
+        )
+    out = df.with_columns(df[c].scatter(idx, sub[c]) for c in hit)
+    return out, rows
 
 
 def redact_text(text: str, *, quarantine: bool = False) -> str:
@@ -200,8 +199,7 @@ def redact_quarantine(df: pl.DataFrame) -> pl.DataFrame:
     """
     if df.is_empty():
         return df
-    out, _ = redact_text_columns(df, ["raw", "reason", "source"], quarantine=True)
-    return out.drop("_text_redacted", strict=False)
+    return redact_text_columns(df, ["raw", "reason", "source"], quarantine=True)[0]
 
 
 # --------------------------------------------------------------------------- structure
@@ -221,6 +219,7 @@ NEEDS_STRUCTURE = (
 )
 
 
+@functools.lru_cache(maxsize=4096)
 def is_credential_key(key: str) -> bool:
     """True when a JSON key names a credential (see :data:`CREDENTIAL_KEY`)."""
     return _CREDENTIAL_KEY_RE.fullmatch(key) is not None
@@ -391,8 +390,6 @@ def redact_events(df: pl.DataFrame) -> pl.DataFrame:
         flag = flag.scatter(idx, flag.gather(idx) | pl.Series(changed, dtype=pl.Boolean))
     df = df.with_columns(flag.alias("redacted"))
     out, text_hit = redact_text_columns(df, TEXT_COLUMNS)
-    if "_text_redacted" not in out.columns:
+    if text_hit is None:
         return out
-    return out.with_columns((pl.col("redacted") | text_hit).alias("redacted")).drop(
-        "_text_redacted"
-    )
+    return out.with_columns(out["redacted"] | text_hit)

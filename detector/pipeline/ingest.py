@@ -22,7 +22,7 @@ import orjson
 import polars as pl
 import pyarrow as pa
 
-from detector.events.normalize import normalize_lines, quarantine_frame
+from detector.events.normalize import TimeBounds, normalize_lines, quarantine_frame
 from detector.events.schema import CANONICAL_COLUMNS, QUARANTINE_COLUMNS
 from detector.lake.events import Lake, WriteStats
 from detector.sources.files import (
@@ -91,8 +91,10 @@ class Ingestor:
         cluster: str | None = None,
         flush_rows: int = FLUSH_ROWS,
         collect: bool = False,
+        time_bounds: TimeBounds | None = None,
     ) -> None:
         self.lake = lake
+        self.time_bounds = time_bounds
         self.cluster = cluster
         self.flush_rows = flush_rows
         self.summary = IngestSummary()
@@ -122,6 +124,7 @@ class Ingestor:
                 source=batch.source,
                 cluster=cluster,
                 terminated=batch.terminated,
+                bounds=self.time_bounds,
             )
             self._add_quarantine(result.quarantine)
             if result.events.height:
@@ -287,6 +290,7 @@ def ingest_paths(
     reprocess: bool = False,
     flush_rows: int = FLUSH_ROWS,
     progress: ProgressFn | None = None,
+    time_bounds: TimeBounds | None = None,
 ) -> IngestSummary:
     """Ingest files, folders and S3 prefixes into the lake.
 
@@ -295,7 +299,7 @@ def ingest_paths(
     """
     lake = Lake(lake) if isinstance(lake, str) else lake
     started = time.monotonic()
-    ingestor = Ingestor(lake, cluster=cluster, flush_rows=flush_rows)
+    ingestor = Ingestor(lake, cluster=cluster, flush_rows=flush_rows, time_bounds=time_bounds)
     manifest = ObjectManifest(lake)
     summary = ingestor.summary
     uris: list[str] = []
