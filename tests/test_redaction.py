@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from detector.events.normalize import events_from_dicts, quarantine_frame
-from detector.events.redact import REDACTED, is_credential_key, redact_text
+from detector.events.redact import PATTERNS, REDACTED, is_credential_key, redact_text
 
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 AT = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
@@ -515,3 +515,9 @@ def test_quarantined_text_loses_secret_payloads_even_when_cut():
     assert "hunter2" not in row["raw"]
     assert row["raw"].startswith('{"kind":"Event","objectRef":{"resource":"secrets"}')
     assert row["raw_size"] == len(raw) + 4
+
+
+def test_every_pattern_is_listed_in_security_md():
+    text = (Path(__file__).resolve().parent.parent / "docs" / "security.md").read_text()
+    for pattern in PATTERNS:
+        assert pattern.name in text, pattern.name
