@@ -14,10 +14,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from detector.events.normalize import events_from_dicts, quarantine_frame
+from detector.events.normalize import events_from_dicts, normalize_lines, quarantine_frame
 from detector.events.redact import PATTERNS, REDACTED, is_credential_key, redact_text
 
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
@@ -521,3 +522,19 @@ def test_every_pattern_is_listed_in_security_md():
     text = (Path(__file__).resolve().parent.parent / "docs" / "security.md").read_text()
     for pattern in PATTERNS:
         assert pattern.name in text, pattern.name
+
+
+@pytest.mark.parametrize("depth", [300, 1000])
+def test_a_body_nested_past_the_stack_is_dropped_not_fatal(depth):
+    # 300 levels: walkable, but deeper than orjson writes; 1000: deeper than Python's stack.
+    body = '{"a":' * depth + '{"data":{"password":"' + mark(60) + '"}}' + "}" * depth
+    ev = orjson.dumps(event(1, "create", "secrets", requestObject={"kind": "Secret"}))
+    line = ev.replace(b'{"kind":"Secret"}', body.encode())
+    result = normalize_lines(
+        pa.array([line, orjson.dumps(event(2, "get", "pods"))]),
+        positions=pa.array(["1", "2"]),
+        source="t",
+        cluster="c",
+    )
+    assert result.events["request_object"].to_list() == [REDACTED, None]
+    assert result.events["redacted"].to_list() == [True, False]

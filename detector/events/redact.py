@@ -219,9 +219,19 @@ NEEDS_STRUCTURE = (
 )
 
 
-@functools.lru_cache(maxsize=4096)
 def is_credential_key(key: str) -> bool:
-    """True when a JSON key names a credential (see :data:`CREDENTIAL_KEY`)."""
+    """True when a JSON key names a credential (see :data:`CREDENTIAL_KEY`).
+
+    Keys repeat across millions of bodies, so short ones are memoised; a long key (hostile
+    input can make them megabytes) is checked uncached so the cache stays small.
+    """
+    if len(key) > 128:
+        return _CREDENTIAL_KEY_RE.fullmatch(key) is not None
+    return _is_credential_key_cached(key)
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_credential_key_cached(key: str) -> bool:
     return _CREDENTIAL_KEY_RE.fullmatch(key) is not None
 
 
@@ -247,7 +257,10 @@ def _nested(text: str, secret: bool, *, drop_unparsed: bool) -> tuple[str, bool]
     except orjson.JSONDecodeError:
         return (REDACTED, True) if drop_unparsed else (text, False)
     if _walk(inner, secret):
-        return orjson.dumps(inner).decode(), True
+        try:
+            return orjson.dumps(inner).decode(), True
+        except orjson.JSONEncodeError:  # nested deeper than orjson writes
+            return REDACTED, True
     return text, False
 
 
@@ -336,12 +349,20 @@ def redact_json(
         return None, False
     try:
         obj = orjson.loads(text)
+        changed = _walk(obj, secret)
     except orjson.JSONDecodeError:
         drop = secret if drop_unparsed is None else drop_unparsed
         return (REDACTED, True) if drop else (text, False)
-    if _walk(obj, secret):
+    except RecursionError:
+        # Nesting deeper than Python's stack (hostile input): what cannot be walked cannot
+        # be shown to be clean, so it is dropped whole rather than stop the batch.
+        return REDACTED, True
+    if not changed:
+        return text, False
+    try:
         return orjson.dumps(obj).decode(), True
-    return text, False
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes (255 levels)
+        return REDACTED, True
 
 
 # --------------------------------------------------------------------------- events
