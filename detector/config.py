@@ -69,9 +69,10 @@ DURATION_KEYS = frozenset(
         "wait_for_lease",
         "backoff",
         "window",
+        "max_future",
     }
 )
-INSTANT_KEYS = frozenset({"since", "until", "end", "train_until"})
+INSTANT_KEYS = frozenset({"since", "until", "end", "train_until", "earliest"})
 
 #: Top-level keys owned by a layer above this one (``[[sinks]]``: detector.delivery.config),
 #: each with the checker that layer registers when imported: ``check(value, file_name)``

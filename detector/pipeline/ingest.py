@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import polars as pl
 
-from detector.events.normalize import normalize_lines, quarantine_frame
+from detector.events.normalize import TimeBounds, normalize_lines, quarantine_frame
 from detector.events.schema import CANONICAL_COLUMNS, QUARANTINE_COLUMNS
 from detector.lake.events import Lake, WriteStats
 from detector.lake.manifest import ObjectManifest
@@ -100,7 +100,14 @@ class EventBuffer:
     range); what is written is counted by :func:`write_to_lake`.
     """
 
-    def __init__(self, *, cluster: str | None = None, summary: IngestSummary | None = None):
+    def __init__(
+        self,
+        *,
+        cluster: str | None = None,
+        summary: IngestSummary | None = None,
+        time_bounds: TimeBounds | None = None,
+    ) -> None:
+        self.time_bounds = time_bounds
         self.cluster = cluster
         self.summary = summary if summary is not None else IngestSummary()
         self._events: list[pl.DataFrame] = []
@@ -138,6 +145,7 @@ class EventBuffer:
             source=batch.source,
             cluster=cluster,
             terminated=batch.terminated,
+            bounds=self.time_bounds,
         )
         self._add_quarantine(result.quarantine)
         if result.events.height:
@@ -210,10 +218,17 @@ def write_to_lake(
 class Ingestor:
     """An :class:`EventBuffer` written to a lake every ``flush_rows`` events."""
 
-    def __init__(self, lake: Lake, *, cluster: str | None = None, flush_rows: int = FLUSH_ROWS):
+    def __init__(
+        self,
+        lake: Lake,
+        *,
+        cluster: str | None = None,
+        flush_rows: int = FLUSH_ROWS,
+        time_bounds: TimeBounds | None = None,
+    ):
         self.lake = lake
         self.flush_rows = flush_rows
-        self.buffer = EventBuffer(cluster=cluster)
+        self.buffer = EventBuffer(cluster=cluster, time_bounds=time_bounds)
         self.summary = self.buffer.summary
 
     @property
@@ -295,6 +310,7 @@ def ingest_paths(
     reprocess: bool = False,
     flush_rows: int = FLUSH_ROWS,
     progress: ProgressFn | None = None,
+    time_bounds: TimeBounds | None = None,
 ) -> IngestSummary:
     """Ingest files, folders and S3 prefixes into the lake.
 
@@ -307,7 +323,7 @@ def ingest_paths(
         safe_part(cluster, "cluster name")
     lake.require_root()
     started = time.monotonic()
-    ingestor = Ingestor(lake, cluster=cluster, flush_rows=flush_rows)
+    ingestor = Ingestor(lake, cluster=cluster, flush_rows=flush_rows, time_bounds=time_bounds)
     manifest = ObjectManifest(lake)
     summary = ingestor.summary
     uris: list[str] = []

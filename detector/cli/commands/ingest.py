@@ -20,8 +20,10 @@ from detector.cli.options import (
     usage_error,
 )
 from detector.errors import DetectError
+from detector.events.normalize import TimeBounds
 from detector.pipeline.ingest import IngestSummary, ingest_paths
 from detector.sources.files import FORMATS
+from detector.timeparse import TimeArgumentError, parse_duration, parse_instant
 
 
 def ingest(
@@ -43,6 +45,14 @@ def ingest(
         bool,
         typer.Option(help="Read S3 objects again even if an earlier run ingested them."),
     ] = False,
+    earliest: Annotated[
+        str,
+        typer.Option(help="Quarantine events stamped before this instant (ISO-8601 or 30d)."),
+    ] = "2014-01-01",
+    max_future: Annotated[
+        str,
+        typer.Option(help="Quarantine events stamped more than this ahead of the clock."),
+    ] = "1d",
     output: FormatOpt = OutputFormat.table,
 ) -> None:
     """Read audit events from files or S3 objects and add them to the lake.
@@ -64,6 +74,10 @@ def ingest(
     """
     if input_format not in FORMATS:
         usage_error(f"--input-format must be one of {', '.join(FORMATS)}, not {input_format!r}")
+    try:
+        bounds = TimeBounds(earliest=parse_instant(earliest), max_future=parse_duration(max_future))
+    except TimeArgumentError as exc:
+        usage_error(f"--earliest/--max-future: {exc}")
     interactive = progress_enabled() and output == OutputFormat.table
 
     def progress(summary: IngestSummary, uri: str) -> None:
@@ -80,6 +94,7 @@ def ingest(
             fmt=input_format,
             reprocess=reprocess,
             progress=progress if interactive else None,
+            time_bounds=bounds,
         )
     except DetectError as exc:  # StorageError, a missing bucket (2), an unsafe cluster name (2)
         fail(str(exc), exc.exit_code)
