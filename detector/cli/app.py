@@ -38,6 +38,8 @@ COMMAND_MODULES = (
     "train",
     "score",
     "findings",
+    "timeline",
+    "report",
     "evaluate",
     "rules",
     "athena",

@@ -108,8 +108,9 @@ def show(
         fail(str(exc), 2)
     except StorageError as exc:
         fail(str(exc))
+    identity = finding_identity(row, events)
     if output == OutputFormat.json:
-        emit_json({**row, "events": events.drop("finding_id").to_dicts()})
+        emit_json({**row, "identity": identity, "events": events.drop("finding_id").to_dicts()})
         return
     out = stdout
     out.print(f"{row['title']}", markup=False, style="bold")
@@ -124,6 +125,7 @@ def show(
         f"{row['window_start']:%Y-%m-%d %H:%M}-{row['window_end']:%H:%M} UTC",
         markup=False,
     )
+    render_identity(identity)
     if row.get("tactic"):
         out.print(f"MITRE ATT&CK: {row['tactic']} {row.get('technique') or ''}", markup=False)
     out.print("why:", markup=False)
@@ -149,6 +151,43 @@ def show(
             f"{ev['response_code'] or '-'} {ev['source_ip'] or '-'} {ev['user_agent'] or '-'}",
             markup=False,
         )
+
+
+def finding_identity(row: dict, events) -> dict:  # type: ignore[no-untyped-def]
+    """Who it was (both ARN forms, account, access keys) and where to look next.
+
+    The CloudTrail lookup spans the window plus an hour each side: the same credentials are
+    usually used against AWS APIs around the Kubernetes requests, not only inside them.
+    """
+    import os
+    from datetime import timedelta
+
+    from detector.events.identity import identity_summary
+
+    keys = events["access_key_id"].drop_nulls().unique(maintain_order=True).to_list()
+    return identity_summary(
+        row["principal"],
+        keys,
+        start=row["window_start"] - timedelta(hours=1),
+        end=row["window_end"] + timedelta(hours=1),
+        region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+    )
+
+
+def render_identity(identity: dict) -> None:
+    """The identity lines of `findings show`: readable name, full ARNs, keys, next steps."""
+    if identity["kind"] == "other":
+        return
+    out = stdout
+    out.print(f"identity {identity['display']}  account {identity['account']}", markup=False)
+    for label, key in (("  stored as", "principal"), ("  STS ARN  ", "sts_arn")):
+        if identity.get(key):
+            out.print(f"{label} {identity[key]}", markup=False)
+    if identity["access_key_ids"]:
+        out.print(f"  access key(s) {', '.join(identity['access_key_ids'])}", markup=False)
+    for link in identity["links"]:
+        out.print(f"  {link['label']}:", markup=False)
+        out.print(f"    {link['target']}", markup=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
