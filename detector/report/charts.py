@@ -12,7 +12,8 @@ converter's) local time would not line up with the tables beside it.
 
 from __future__ import annotations
 
-import re
+from datetime import UTC, datetime
+from html.parser import HTMLParser
 
 import altair as alt
 import polars as pl
@@ -28,7 +29,36 @@ SEVERITY_COLORS = {
     "critical": "#c92a2a",
 }
 WIDTH = 760
-_UNSAFE = re.compile(r"<\s*(script|foreignObject|iframe)|\son[a-z]+\s*=|javascript:", re.I)
+_SCRIPTING_TAGS = {"script", "foreignobject", "iframe", "object", "embed"}
+
+
+class _ScriptFinder(HTMLParser):
+    """Finds markup that could run code: a scripting element, an ``on*`` handler or a
+    ``javascript:`` URL. A parser, not a regex: escaped label text such as
+    ``aria-label="&lt;svg onload=...&gt;"`` is an attribute value, not an attribute."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.found: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag.lower() in _SCRIPTING_TAGS:
+            self.found.append(f"<{tag}>")
+        for name, value in attrs:
+            if name.lower().startswith("on"):
+                self.found.append(f"{tag} {name}=")
+            if value and value.strip().lower().startswith("javascript:"):
+                self.found.append(f"{tag} {name}=javascript:")
+
+    handle_startendtag = handle_starttag
+
+
+def unsafe_markup(svg: str) -> list[str]:
+    """What in this markup could execute in a page (empty when nothing)."""
+    finder = _ScriptFinder()
+    finder.feed(svg)
+    finder.close()
+    return finder.found
 
 
 class UnsafeChart(ValueError):
@@ -40,16 +70,21 @@ def to_svg(chart: alt.TopLevelMixin) -> str:
     import vl_convert as vlc
 
     svg = vlc.vegalite_to_svg(chart.to_dict())
-    if _UNSAFE.search(svg):
-        raise UnsafeChart("rendered chart holds script-like markup")
+    if found := unsafe_markup(svg):
+        raise UnsafeChart(f"rendered chart holds script-like markup: {found[:3]}")
     return svg
 
 
-def _time_x(field: str = "hour", title: str = "hour (UTC)") -> alt.X:
+#: The report's range as ISO strings: every time axis spans it, so charts line up.
+Domain = tuple[str, str]
+
+
+def _time_x(domain: Domain | None, field: str = "hour", title: str = "hour (UTC)") -> alt.X:
+    scale = alt.Scale(type="utc", domain=list(domain)) if domain else alt.Scale(type="utc")
     return alt.X(
         f"{field}:T",
         title=title,
-        scale=alt.Scale(type="utc"),
+        scale=scale,
         axis=alt.Axis(format="%m-%d %H:%M", labelAngle=0, labelOverlap=True),
     )
 
@@ -59,14 +94,20 @@ def _iso(df: pl.DataFrame, *cols: str) -> pl.DataFrame:
     return df.with_columns(pl.col(c).dt.strftime("%Y-%m-%dT%H:%M:%SZ") for c in cols)
 
 
-def events_per_hour(hourly: pl.DataFrame) -> str:
+def domain_of(start: datetime, end: datetime) -> Domain:
+    """The chart domain of a report range (whole hours, UTC)."""
+    lo = start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    return (lo.strftime("%Y-%m-%dT%H:%M:%SZ"), end.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+
+def events_per_hour(hourly: pl.DataFrame, domain: Domain | None = None) -> str:
     """Events per hour, one line per cluster."""
     data = _iso(hourly.select("cluster", "hour", "events"), "hour")
     chart = (
         alt.Chart(alt.Data(values=data.to_dicts()))
         .mark_line(point=alt.OverlayMarkDef(size=18))
         .encode(
-            x=_time_x(),
+            x=_time_x(domain),
             y=alt.Y("events:Q", title="events"),
             color=alt.Color("cluster:N", title="cluster"),
             tooltip=["cluster:N", "hour:T", "events:Q"],
@@ -76,7 +117,9 @@ def events_per_hour(hourly: pl.DataFrame) -> str:
     return to_svg(chart)
 
 
-def rate_against_usual(rates: pl.DataFrame, column: str, level: Level) -> str:
+def rate_against_usual(
+    rates: pl.DataFrame, column: str, level: Level, domain: Domain | None = None
+) -> str:
     """An hourly rate, its usual level (dashed) and the alarm line (red); hours above the
     alarm line are red points."""
     data = _iso(
@@ -84,12 +127,14 @@ def rate_against_usual(rates: pl.DataFrame, column: str, level: Level) -> str:
     ).with_columns((pl.col("rate") > level.alarm).alias("above"))
     base = alt.Chart(alt.Data(values=data.to_dicts()))
     line = base.mark_line(color="#495057").encode(
-        x=_time_x(), y=alt.Y("rate:Q", title="share of requests", axis=alt.Axis(format="%"))
+        x=_time_x(domain), y=alt.Y("rate:Q", title="share of requests", axis=alt.Axis(format="%"))
     )
     above = (
         base.transform_filter("datum.above")
         .mark_point(color="#c92a2a", filled=True, size=60)
-        .encode(x=_time_x(), y="rate:Q", tooltip=["hour:T", alt.Tooltip("rate:Q", format=".2%")])
+        .encode(
+            x=_time_x(domain), y="rate:Q", tooltip=["hour:T", alt.Tooltip("rate:Q", format=".2%")]
+        )
     )
     lines = alt.Data(
         values=[
@@ -116,7 +161,7 @@ def rate_against_usual(rates: pl.DataFrame, column: str, level: Level) -> str:
     return to_svg(chart)
 
 
-def by_severity(df: pl.DataFrame, time_col: str, title: str) -> str:
+def by_severity(df: pl.DataFrame, time_col: str, title: str, domain: Domain | None = None) -> str:
     """Counts per hour, stacked by severity in severity order and colours."""
     data = _iso(
         df.group_by(pl.col(time_col).dt.truncate("1h").alias("hour"), "severity")
@@ -125,11 +170,15 @@ def by_severity(df: pl.DataFrame, time_col: str, title: str) -> str:
         "hour",
     )
     present = [s for s in SEVERITIES if s in set(data["severity"].to_list())]
+    hours = 24.0
+    if domain:
+        lo, hi = (datetime.fromisoformat(d.replace("Z", "+00:00")) for d in domain)
+        hours = max((hi - lo).total_seconds() / 3600, 1.0)
     chart = (
         alt.Chart(alt.Data(values=data.to_dicts()))
-        .mark_bar()
+        .mark_bar(size=max(2.0, min(40.0, 0.8 * WIDTH / hours)), align="left")
         .encode(
-            x=_time_x(),
+            x=_time_x(domain),
             y=alt.Y("count:Q", title="count", stack="zero"),
             color=alt.Color(
                 "severity:N",

@@ -235,22 +235,27 @@ def _charts(data: ReportData, top: pl.DataFrame) -> dict[str, Any]:
     """Inline SVG of every chart that has data (``Markup``: already escaped by vl-convert
     and checked by :func:`charts.to_svg`)."""
     out: dict[str, Any] = {"events": None, "rates": [], "findings": None, "incidents": None}
+    domain = charts.domain_of(data.start, data.end)
     if data.hourly.height:
-        out["events"] = Markup(charts.events_per_hour(data.hourly))
+        out["events"] = Markup(charts.events_per_hour(data.hourly, domain))
         for name, column, level in (
             ("denied-rate", "denied_rate", data.levels[0]),
             ("unauthenticated-rate", "unauthenticated_rate", data.levels[1]),
         ):
             out["rates"].append(
-                (name, Markup(charts.rate_against_usual(data.rates, column, level)))
+                (name, Markup(charts.rate_against_usual(data.rates, column, level, domain)))
             )
     if data.findings.height:
         out["findings"] = Markup(
-            charts.by_severity(data.findings, "window_start", "Findings per hour by severity")
+            charts.by_severity(
+                data.findings, "window_start", "Findings per hour by severity", domain
+            )
         )
     if data.incidents is not None and data.incidents.height:
         inc = data.incidents.with_columns(pl.col("severity").fill_null("info"))
-        out["incidents"] = Markup(charts.by_severity(inc, "time", "Incidents per hour by severity"))
+        out["incidents"] = Markup(
+            charts.by_severity(inc, "time", "Incidents per hour by severity", domain)
+        )
     if top.height:
         labels = top.with_columns(
             pl.col("principal")
