@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 from datetime import UTC, datetime
 
@@ -111,3 +112,42 @@ def test_the_summary_keeps_both_arn_forms_and_the_keys():
     assert s["principal"] == STORED and s["sts_arn"] == STS
     assert s["account"] == "111122223333" and s["access_key_ids"] == ["ASIAEXAMPLEKEY000001"]
     assert identity_summary("system:anonymous")["links"] == []
+
+
+def test_findings_show_and_list_speak_both_forms(tmp_path, detect):
+    from datetime import timedelta
+
+    import polars as pl
+
+    from detector.lake.events import Lake
+    from tests.lakefill import GRACE, GRACE_KEY, event, finding, write_events, write_findings
+
+    lake = Lake(str(tmp_path / "lake"))
+    at = datetime(2026, 11, 29, 23, 20, tzinfo=UTC)
+    ev = write_events(lake, [event(GRACE, at + timedelta(minutes=1), verb="create")])
+    found = write_findings(lake, at, at + timedelta(hours=1), [(finding(GRACE, at, ev), ev)])
+    fid = found["finding_id"][0]
+
+    run = detect("findings", "show", fid, "--lake", lake.uri, env={"AWS_REGION": "eu-west-1"})
+    assert run.returncode == 0, run.stderr
+    assert "identity developer (session grace)  account 111122223333" in run.stdout
+    assert f"stored as {GRACE}" in run.stdout and f"STS ARN   {STS}" in run.stdout
+    assert f"AttributeValue={GRACE_KEY} --start-time 2026-11-29T22:20:00Z" in run.stdout
+
+    run = detect("findings", "show", fid, "--lake", lake.uri, "--format", "json")
+    doc = json.loads(run.stdout)
+    assert doc["identity"]["access_key_ids"] == [GRACE_KEY]
+    assert pl.DataFrame(doc["events"])["access_key_id"].to_list() == [GRACE_KEY]
+
+    listed = detect(
+        "findings",
+        "--lake",
+        lake.uri,
+        "--since",
+        "2026-11-29T00:00:00Z",
+        "--principal",
+        STS,
+        "--format",
+        "json",
+    )
+    assert [f["finding_id"] for f in json.loads(listed.stdout)] == [fid]

@@ -38,7 +38,10 @@ def list_cmd(
     ] = None,
     principal: Annotated[
         str | None,
-        typer.Option("--principal", help="Only principals containing this text."),
+        typer.Option(
+            "--principal",
+            help="Only principals containing this text (an STS assumed-role ARN is accepted).",
+        ),
     ] = None,
     min_severity: Annotated[
         str | None,
@@ -63,6 +66,7 @@ def list_cmd(
     if ctx.invoked_subcommand is not None:
         return
     from detector.cli.commands.score import findings_json, render_findings
+    from detector.events.identity import canonical_principal
     from detector.lake.events import Lake
     from detector.lake.findings import list_findings
 
@@ -75,7 +79,11 @@ def list_cmd(
         usage_error(str(exc))
     try:
         df = list_findings(
-            Lake(lake), since=start, until=end, principal=principal, min_severity=min_severity
+            Lake(lake),
+            since=start,
+            until=end,
+            principal=canonical_principal(principal) if principal else None,
+            min_severity=min_severity,
         )
     except StorageError as exc:
         fail(str(exc))
