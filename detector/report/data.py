@@ -77,16 +77,15 @@ def hourly_counts(
         lf = lf.select(
             "cluster", "event_time", "response_code", "decision", "principal", "principal_kind"
         )
-        hours.append(_hour_counts(lf).collect())
         denied = pl.col("response_code").is_in([401, 403]) | (pl.col("decision") == "forbid")
-        principals.append(
-            lf.group_by("principal", "principal_kind")
-            .agg(
-                pl.len().cast(pl.UInt32).alias("events"),
-                denied.fill_null(False).sum().cast(pl.UInt32).alias("denied"),
-            )
-            .collect()
+        per_principal = lf.group_by("principal", "principal_kind").agg(
+            pl.len().cast(pl.UInt32).alias("events"),
+            denied.fill_null(False).sum().cast(pl.UInt32).alias("denied"),
         )
+        # one read of the hour for both aggregates (polars shares the common scan)
+        per_hour, per_principal = pl.collect_all([_hour_counts(lf), per_principal])
+        hours.append(per_hour)
+        principals.append(per_principal)
     hourly = (
         pl.concat(hours)
         .group_by("cluster", "hour")
