@@ -317,3 +317,19 @@ def test_lake_text_in_chart_labels_is_escaped_by_the_renderer():
     top = pl.DataFrame({"label": [XSS_PRINCIPAL], "events": [5], "denied": [1]})
     svg = charts.top_principals(top)
     assert "<svg onload" not in svg and re.search(r"&lt;svg onload=alert\(2\)&gt;", svg)
+
+
+def test_incidents_are_read_by_column_name_and_a_bad_file_is_skipped(tmp_path):
+    from detector.report.data import read_incidents
+
+    lake = Lake(str(tmp_path / "lake"))
+    assert read_incidents(lake, START, END) is None  # no table: the report skips the chart
+    part = tmp_path / "lake" / "incidents" / "date=2026-11-29"
+    part.mkdir(parents=True)
+    pl.DataFrame(
+        {"id": ["i-1", "i-2"], "opened_at": [START + timedelta(hours=1), START - timedelta(days=3)]}
+    ).write_parquet(part / "a.parquet")
+    (part / "b.parquet").write_bytes(b"PAR1 not really parquet")
+    df = read_incidents(lake, START, END)
+    assert df is not None and df["incident_id"].to_list() == ["i-1"]  # the old one is out of range
+    assert df["severity"].to_list() == [None] and df["finding_ids"].to_list() == [None]

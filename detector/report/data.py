@@ -206,13 +206,15 @@ def read_incidents(lake: Lake, start: datetime, end: datetime) -> pl.DataFrame |
     df = raw.select(
         pl.col(id_col).cast(pl.String).alias("incident_id"),
         pl.col(t_col).cast(ts).alias("time"),
-        pl.col(end_col).cast(ts).alias("end"),
+        pl.coalesce(pl.col(end_col).cast(ts), pl.col(t_col).cast(ts)).alias("end"),
         text("severity"),
         text("title"),
         text("principal"),
         text("status"),
         (
-            pl.col(f_col).cast(pl.List(pl.String)) if f_col else pl.lit(None, pl.List(pl.String))
+            pl.col(f_col).cast(pl.List(pl.String))
+            if f_col and isinstance(raw.schema[f_col], pl.List)
+            else pl.lit(None, pl.List(pl.String))
         ).alias("finding_ids"),
     )
     if "updated_at" in cols:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,9 @@ from detector.report.timeline import collapse_runs, denied_expr, describe_entry
 
 #: Raw events listed per finding (the count of all is shown).
 MAX_EVENTS = 200
+#: The CloudTrail lookup spans a finding's window and this much on each side: the same
+#: credentials are usually used against AWS APIs around the Kubernetes requests.
+LOOKUP_MARGIN = timedelta(hours=1)
 #: Principals in the top-principals chart and table.
 TOP_PRINCIPALS = 15
 
@@ -155,8 +158,8 @@ def build_context(data: ReportData) -> dict[str, Any]:
                 "identity": identity_summary(
                     f["principal"],
                     keys,
-                    start=f["window_start"],
-                    end=f["window_end"],
+                    start=f["window_start"] - LOOKUP_MARGIN,
+                    end=f["window_end"] + LOOKUP_MARGIN,
                     region=data.region,
                 ),
                 "timeline": _timeline_rows(collapse_runs(ev), own),
