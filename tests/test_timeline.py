@@ -176,3 +176,21 @@ def test_cli_says_so_when_the_principal_did_nothing_and_refuses_a_bad_range(lake
     assert run.returncode == 0 and "no activity for nobody" in run.stdout
     run = detect("timeline", GRACE, "--lake", lake.uri, "--since", "yesterday")
     assert run.returncode == 2 and "invalid time" in run.stderr
+
+
+def test_timeline_and_report_read_an_s3_lake(s3_bucket):
+    """The same reads against S3 (moto's server on loopback), as on a production lake."""
+    from detector.report.data import collect
+    from detector.report.html import render
+
+    lake = Lake(f"s3://{s3_bucket}/lake")
+    rows = [event(GRACE, T0 + i * 60 * S) for i in range(3)]
+    ev = write_events(lake, rows)
+    write_findings(
+        lake, T0.replace(minute=0), T0 + timedelta(hours=1), [(finding(GRACE, T0, ev), ev)]
+    )
+    tl = build_timeline(lake, GRACE_STS, T0 - timedelta(hours=1), T0 + timedelta(hours=1))
+    assert tl.requests == 3 and tl.findings.height == 1 and tl.access_key_ids == [GRACE_KEY]
+    data = collect(lake, T0 - timedelta(hours=1), T0 + timedelta(hours=1), max_findings=5)
+    assert data.events.height == 3
+    assert "developer (session grace)" in render(data)
