@@ -194,3 +194,42 @@ def test_timeline_and_report_read_an_s3_lake(s3_bucket):
     data = collect(lake, T0 - timedelta(hours=1), T0 + timedelta(hours=1), max_findings=5)
     assert data.events.height == 3
     assert "developer (session grace)" in render(data)
+
+
+def test_interleaved_routine_collapses_within_a_window_but_not_across_outcomes():
+    at = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
+    rows = []
+    for i in range(6):  # a controller: watch, lease update, watch, lease update...
+        rows.append(event("c", at + 20 * i * S, verb="watch", resource="pods", name=None))
+        rows.append(
+            event(
+                "c",
+                at + (20 * i + 5) * S,
+                verb="update",
+                resource="leases",
+                namespace="kube-system",
+                name="c",
+            )
+        )
+    rows.append(
+        event(
+            "c",
+            at + 200 * S,
+            verb="watch",
+            resource="pods",
+            name=None,
+            response_code=403,
+            decision="forbid",
+        )
+    )
+    rows.append(event("c", at + 11 * 60 * S, verb="watch", resource="pods", name=None))
+    df = pl.DataFrame(rows)
+    assert collapse_runs(df).height == 14  # consecutive runs only: nothing to collapse
+    runs = merge_runs(collapse_runs(df, every=timedelta(minutes=10)), every=timedelta(minutes=10))
+    got = [(r["verb"], r["target"], r["denied"], r["count"]) for r in runs.iter_rows(named=True)]
+    assert got == [
+        ("watch", "pods", False, 6),
+        ("update", "leases", False, 6),
+        ("watch", "pods", True, 1),
+        ("watch", "pods", False, 1),  # the next window: a new entry
+    ]

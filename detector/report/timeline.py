@@ -2,10 +2,11 @@
 
 An analyst following a principal needs the order of things ("listed secrets, was denied,
 then came back from a new address and exec'd into a pod"), not ten thousand rows. Routine
-is collapsed: a *run* of consecutive requests with the same verb, resource and namespace
-and the same outcome (allowed or denied) becomes one entry with a count, the names it
-touched and the addresses it came from. Denied requests never merge with allowed ones, a
-finding is its own entry, and the first request from each source address is marked.
+is collapsed: the requests with the same verb, resource and namespace and the same
+outcome (allowed or denied) within one 10-minute window (``--every``) become one entry with
+a count, the names it touched and the addresses it came from, placed at its first request;
+consecutive entries of the same key are joined. Denied requests never merge with allowed
+ones, a finding is its own entry, and the first request from each source address is marked.
 
 Memory is bounded by the number of runs, not of events: the lake is read one hour
 partition at a time (only the principal's rows, only the columns shown), each hour is
@@ -15,7 +16,7 @@ collapsed on its own, and runs that continue across an hour boundary are merged 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import polars as pl
@@ -43,6 +44,8 @@ EVENT_FIELDS = (
 )
 #: What makes two consecutive requests "the same routine".
 RUN_KEY = ("verb", "target", "namespace", "denied")
+#: Default collapsing window of `detect timeline` (the feature and finding window length).
+DEFAULT_EVERY = timedelta(minutes=10)
 #: Sample names kept per run (the count of distinct names is kept too).
 SAMPLE_NAMES = 3
 
@@ -80,11 +83,47 @@ def denied_expr() -> pl.Expr:
     return (code.is_in([401, 403]) | (pl.col("decision") == "forbid")).fill_null(False)
 
 
-def collapse_runs(events: pl.DataFrame) -> pl.DataFrame:
-    """Consecutive events (in time order) with the same :data:`RUN_KEY` -> one row each.
+def _event_aggs(*, key: bool = True) -> list[pl.Expr]:
+    """Aggregations of events into an entry; ``key=False`` when the key is grouped on."""
+    return [
+        pl.col("event_time").first().alias("time"),
+        pl.col("event_time").last().alias("last_time"),
+        pl.len().cast(pl.UInt32).alias("count"),
+        *(pl.col(k).first() for k in RUN_KEY if key),
+        pl.col("name").drop_nulls().unique(maintain_order=True).head(SAMPLE_NAMES).alias("names"),
+        pl.col("name").drop_nulls().n_unique().cast(pl.UInt32).alias("name_count"),
+        pl.col("response_code").drop_nulls().unique().sort().alias("response_codes"),
+        pl.col("source_ip").drop_nulls().unique(maintain_order=True).alias("source_ips"),
+        pl.col("user_agent").first(),
+        pl.col("audit_id").first(),
+        pl.col("cluster").first(),
+    ]
 
-    ``events`` holds canonical event columns (at least those in :data:`EVENT_FIELDS`);
-    the result has :data:`RUNS_SCHEMA`, in time order.
+
+def _run_aggs(*, key: bool = True) -> list[pl.Expr]:
+    """Aggregations of entries into one; ``key=False`` when the key is grouped on."""
+    return [
+        pl.col("time").min(),
+        pl.col("last_time").max(),
+        pl.col("count").sum(),
+        *(pl.col(k).first() for k in RUN_KEY if key),
+        pl.col("names").explode().drop_nulls().unique(maintain_order=True).head(SAMPLE_NAMES),
+        pl.col("name_count").sum(),  # an upper bound when a name recurs in several parts
+        pl.col("response_codes").explode().drop_nulls().unique().sort(),
+        pl.col("source_ips").explode().drop_nulls().unique(maintain_order=True),
+        pl.col("user_agent").first(),
+        pl.col("audit_id").first(),
+        pl.col("cluster").first(),
+    ]
+
+
+def collapse_runs(events: pl.DataFrame, *, every: timedelta | None = None) -> pl.DataFrame:
+    """Events -> entries with :data:`RUNS_SCHEMA`, in time order.
+
+    Without ``every``: each run of consecutive events with the same :data:`RUN_KEY` is one
+    entry. With ``every`` (``10m``): all events with the same key within one window of that
+    length are one entry, so routine that interleaves (a controller's watches and lease
+    updates) collapses too; the entry is placed at its first event.
     """
     if events.is_empty():
         return pl.DataFrame(schema=RUNS_SCHEMA)
@@ -99,44 +138,32 @@ def collapse_runs(events: pl.DataFrame) -> pl.DataFrame:
         .alias("target"),
         denied_expr().alias("denied"),
     )
-    df = df.with_columns(pl.struct(list(RUN_KEY)).rle_id().alias("_run"))
-    runs = df.group_by("_run", maintain_order=True).agg(
-        pl.col("event_time").first().alias("time"),
-        pl.col("event_time").last().alias("last_time"),
-        pl.len().cast(pl.UInt32).alias("count"),
-        *(pl.col(k).first() for k in RUN_KEY),
-        pl.col("name").drop_nulls().unique(maintain_order=True).head(SAMPLE_NAMES).alias("names"),
-        pl.col("name").drop_nulls().n_unique().cast(pl.UInt32).alias("name_count"),
-        pl.col("response_code").drop_nulls().unique().sort().alias("response_codes"),
-        pl.col("source_ip").drop_nulls().unique(maintain_order=True).alias("source_ips"),
-        pl.col("user_agent").first(),
-        pl.col("audit_id").first(),
-        pl.col("cluster").first(),
-    )
-    return runs.select(list(RUNS_SCHEMA)).cast(RUNS_SCHEMA)
+    if every:
+        keys = [pl.col("event_time").dt.truncate(every).alias("_bucket"), *RUN_KEY]
+    else:
+        keys = [pl.struct(list(RUN_KEY)).rle_id().alias("_run")]
+    runs = df.group_by(keys, maintain_order=True).agg(_event_aggs(key=not every))
+    return runs.sort("time", maintain_order=True).select(list(RUNS_SCHEMA)).cast(RUNS_SCHEMA)
 
 
-def merge_runs(runs: pl.DataFrame) -> pl.DataFrame:
-    """Join runs that continue one another (across hour partitions) into one."""
+def merge_runs(runs: pl.DataFrame, *, every: timedelta | None = None) -> pl.DataFrame:
+    """Join entries computed per hour partition: parts of one window (with ``every``), then
+    entries that continue one another (the same key, next in time order)."""
     if runs.height < 2:
         return runs
+    if every:
+        runs = (
+            runs.sort("time", maintain_order=True)
+            .group_by(
+                pl.col("time").dt.truncate(every).alias("_bucket"), *RUN_KEY, maintain_order=True
+            )
+            .agg(_run_aggs(key=False))
+        )
     runs = runs.sort("time", maintain_order=True).with_columns(
         pl.struct(list(RUN_KEY)).rle_id().alias("_run")
     )
-    merged = runs.group_by("_run", maintain_order=True).agg(
-        pl.col("time").first(),
-        pl.col("last_time").last(),
-        pl.col("count").sum(),
-        *(pl.col(k).first() for k in RUN_KEY),
-        pl.col("names").explode().drop_nulls().unique(maintain_order=True).head(SAMPLE_NAMES),
-        pl.col("name_count").sum(),  # an upper bound when a name recurs across hours
-        pl.col("response_codes").explode().drop_nulls().unique().sort(),
-        pl.col("source_ips").explode().drop_nulls().unique(maintain_order=True),
-        pl.col("user_agent").first(),
-        pl.col("audit_id").first(),
-        pl.col("cluster").first(),
-    )
-    return merged.select(list(RUNS_SCHEMA)).cast(RUNS_SCHEMA)
+    merged = runs.group_by("_run", maintain_order=True).agg(_run_aggs())
+    return merged.sort("time", maintain_order=True).select(list(RUNS_SCHEMA)).cast(RUNS_SCHEMA)
 
 
 def describe_entry(entry: dict[str, Any]) -> str:
@@ -235,8 +262,10 @@ def build_timeline(
     end: datetime,
     *,
     cluster: str | None = None,
+    every: timedelta | None = DEFAULT_EVERY,
 ) -> Timeline:
-    """Read the principal's events hour by hour and collapse them (see the module doc)."""
+    """Read the principal's events hour by hour and collapse them (see the module doc and
+    :func:`collapse_runs` for ``every``)."""
     wanted = canonical_principal(principal)
     match = principal_filter(principal)
     runs: list[pl.DataFrame] = []
@@ -248,7 +277,7 @@ def build_timeline(
         if hour.is_empty():
             continue
         principals.update(hour["principal"].unique().to_list())
-        runs.append(collapse_runs(hour))
+        runs.append(collapse_runs(hour, every=every))
         sources.append(
             hour.filter(pl.col("source_ip").is_not_null())
             .sort("event_time")
@@ -261,7 +290,9 @@ def build_timeline(
             )
         )
         keys.append(hour.select("access_key_id").drop_nulls().unique())
-    all_runs = merge_runs(pl.concat(runs)) if runs else pl.DataFrame(schema=RUNS_SCHEMA)
+    all_runs = (
+        merge_runs(pl.concat(runs), every=every) if runs else pl.DataFrame(schema=RUNS_SCHEMA)
+    )
     if sources:
         src = (
             pl.concat(sources)

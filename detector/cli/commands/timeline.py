@@ -22,7 +22,7 @@ from detector.cli.options import (
     usage_error,
 )
 from detector.storage import StorageError
-from detector.timeparse import TimeArgumentError, parse_range
+from detector.timeparse import TimeArgumentError, parse_duration, parse_range
 
 KIND_STYLE = {"denied": "red", "finding": "bold yellow", "source": "cyan", "requests": ""}
 
@@ -41,14 +41,23 @@ def timeline(
     since: SinceOpt = "24h",
     until: UntilOpt = None,
     cluster: ClusterOpt = None,
+    every: Annotated[
+        str,
+        typer.Option(
+            "--every",
+            help="Collapse the same request within windows of this length (10m, 1h); "
+            "0 collapses only consecutive runs.",
+        ),
+    ] = "10m",
     output: FormatOpt = OutputFormat.table,
 ) -> None:
     """One principal's activity in time order: requests, denied requests, findings and the
     source addresses it came from.
 
-    Runs of the same verb on the same resource and namespace with the same outcome are
-    collapsed to one line with a count; denied requests (401, 403, RBAC forbid) are never
-    merged with allowed ones; the first request from each address is marked.
+    Requests with the same verb, resource, namespace and outcome within a window (--every)
+    are collapsed to one line with a count, placed at the first; denied requests (401, 403,
+    RBAC forbid) are never merged with allowed ones; the first request from each address
+    is marked.
 
     Exit codes: 0 done (also when the principal did nothing), 2 bad arguments, 3 storage
     failure.
@@ -67,10 +76,11 @@ def timeline(
         usage_error("PRINCIPAL is empty")
     try:
         start, end = parse_range(since, until)
+        window = None if every.strip() == "0" else parse_duration(every)
     except TimeArgumentError as exc:
         usage_error(str(exc))
     try:
-        tl = build_timeline(Lake(lake), principal, start, end, cluster=cluster)
+        tl = build_timeline(Lake(lake), principal, start, end, cluster=cluster, every=window)
     except StorageError as exc:
         fail(str(exc))
     identity = identity_summary(
