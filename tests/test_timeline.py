@@ -88,18 +88,17 @@ def test_routine_is_collapsed_denials_stand_apart_and_the_order_is_kept(lake):
     # 15 gets of pods across 22:50-23:04 (two hour partitions) are one entry, not 15 or 2
     assert (runs[0]["verb"], runs[0]["target"], runs[0]["count"]) == ("get", "pods", 15)
     assert runs[0]["name_count"] == 15 and runs[0]["names"] == ["web-0", "web-1", "web-2"]
-    # denied lists of secrets in three namespaces: three entries, each marked denied
+    # denied lists of secrets swept across three namespaces: one denied entry naming them
     denied = [r for r in runs if r["denied"]]
-    assert [r["namespace"] for r in denied] == ["kube-system", "payments", "default"]
-    assert all(r["response_codes"] == [403] for r in denied)
+    assert len(denied) == 1
+    assert denied[0]["namespaces"] == ["kube-system", "payments", "default"]
+    assert (denied[0]["count"], denied[0]["response_codes"]) == (3, [403])
     # the allowed list after them is not merged into the denied one
-    assert runs[4]["denied"] is False and runs[4]["namespace"] == "default"
+    assert runs[2]["denied"] is False and runs[2]["namespaces"] == ["default"]
     kinds = [e["kind"] for e in tl.entries()]
     assert kinds == [
         "source",
         "requests",
-        "denied",
-        "denied",
         "denied",
         "requests",
         "source",
@@ -152,7 +151,7 @@ def test_cli_prints_the_timeline_and_json(lake, detect):
     out = run.stdout
     assert "timeline of developer (session grace)  account 111122223333" in out
     assert "20 requests (3 denied)" in out
-    assert "DENIED list secrets in kube-system -> 403" in out
+    assert "DENIED list secrets in kube-system, payments, default -> 403" in out
     assert "first request from 91.219.236.55" in out
     assert "HIGH Binding to the cluster-admin role" in out
     assert f"AttributeValue={GRACE_KEY}" in out and "--region eu-west-1" in out

@@ -43,10 +43,11 @@ EVENT_FIELDS = (
     "access_key_id",
 )
 #: What makes two consecutive requests "the same routine".
-RUN_KEY = ("verb", "target", "namespace", "denied")
+#: The namespace is not part of it: a sweep across namespaces is one entry that lists them.
+RUN_KEY = ("verb", "target", "denied")
 #: Default collapsing window of `detect timeline` (the feature and finding window length).
 DEFAULT_EVERY = timedelta(minutes=10)
-#: Sample names kept per run (the count of distinct names is kept too).
+#: Sample names (and namespaces) kept per entry (the count of distinct ones is kept too).
 SAMPLE_NAMES = 3
 
 RUNS_SCHEMA: dict[str, pl.DataType] = {
@@ -55,8 +56,9 @@ RUNS_SCHEMA: dict[str, pl.DataType] = {
     "count": pl.UInt32(),
     "verb": pl.String(),
     "target": pl.String(),
-    "namespace": pl.String(),
     "denied": pl.Boolean(),
+    "namespaces": pl.List(pl.String()),
+    "namespace_count": pl.UInt32(),
     "names": pl.List(pl.String()),
     "name_count": pl.UInt32(),
     "response_codes": pl.List(pl.Int32()),
@@ -90,6 +92,12 @@ def _event_aggs(*, key: bool = True) -> list[pl.Expr]:
         pl.col("event_time").last().alias("last_time"),
         pl.len().cast(pl.UInt32).alias("count"),
         *(pl.col(k).first() for k in RUN_KEY if key),
+        pl.col("namespace")
+        .drop_nulls()
+        .unique(maintain_order=True)
+        .head(SAMPLE_NAMES)
+        .alias("namespaces"),
+        pl.col("namespace").drop_nulls().n_unique().cast(pl.UInt32).alias("namespace_count"),
         pl.col("name").drop_nulls().unique(maintain_order=True).head(SAMPLE_NAMES).alias("names"),
         pl.col("name").drop_nulls().n_unique().cast(pl.UInt32).alias("name_count"),
         pl.col("response_code").drop_nulls().unique().sort().alias("response_codes"),
@@ -107,6 +115,8 @@ def _run_aggs(*, key: bool = True) -> list[pl.Expr]:
         pl.col("last_time").max(),
         pl.col("count").sum(),
         *(pl.col(k).first() for k in RUN_KEY if key),
+        pl.col("namespaces").explode().drop_nulls().unique(maintain_order=True).head(SAMPLE_NAMES),
+        pl.col("namespace_count").max(),  # a lower bound when parts saw different ones
         pl.col("names").explode().drop_nulls().unique(maintain_order=True).head(SAMPLE_NAMES),
         pl.col("name_count").sum(),  # an upper bound when a name recurs in several parts
         pl.col("response_codes").explode().drop_nulls().unique().sort(),
@@ -166,6 +176,12 @@ def merge_runs(runs: pl.DataFrame, *, every: timedelta | None = None) -> pl.Data
     return merged.sort("time", maintain_order=True).select(list(RUNS_SCHEMA)).cast(RUNS_SCHEMA)
 
 
+def _sample(values: list[str], count: int) -> str:
+    """``a, b, c +7``: a few values and how many more there were."""
+    more = count - len(values)
+    return ", ".join(values) + (f" +{more}" if more > 0 else "")
+
+
 def describe_entry(entry: dict[str, Any]) -> str:
     """One entry as a phrase: ``get pods in default (web-1, web-2 +8)``."""
     kind = entry["kind"]
@@ -173,11 +189,10 @@ def describe_entry(entry: dict[str, Any]) -> str:
         return f"{entry['severity'].upper()} {entry['title']}  [{entry['finding_id']}]"
     if kind == "source":
         return f"first request from {entry['source_ip']} ({entry['user_agent'] or '-'})"
-    where = f" in {entry['namespace']}" if entry["namespace"] else ""
-    names = ", ".join(entry["names"])
-    more = entry["name_count"] - len(entry["names"])
-    if names:
-        names = f" ({names}{f' +{more}' if more > 0 else ''})"
+    where = _sample(entry["namespaces"], entry["namespace_count"])
+    where = f" in {where}" if where else ""
+    names = _sample(entry["names"], entry["name_count"])
+    names = f" ({names})" if names else ""
     codes = ",".join(str(c) for c in entry["response_codes"])
     denied = "DENIED " if kind == "denied" else ""
     return f"{denied}{entry['verb'] or '-'} {entry['target']}{where}{names} -> {codes or '-'}"
