@@ -2,9 +2,9 @@
 
 An analyst following a principal needs the order of things ("listed secrets, was denied,
 then came back from a new address and exec'd into a pod"), not ten thousand rows. Routine
-is collapsed: the requests with the same verb, resource and namespace and the same
-outcome (allowed or denied) within one 10-minute window (``--every``) become one entry with
-a count, the names it touched and the addresses it came from, placed at its first request;
+is collapsed: the requests with the same verb and resource and the same outcome (allowed
+or denied) within one 10-minute window (``--every``) become one entry with a count, the
+namespaces and names it touched and the addresses it came from, placed at its first request;
 consecutive entries of the same key are joined. Denied requests never merge with allowed
 ones, a finding is its own entry, and the first request from each source address is marked.
 

@@ -54,8 +54,8 @@ def timeline(
     """One principal's activity in time order: requests, denied requests, findings and the
     source addresses it came from.
 
-    Requests with the same verb, resource, namespace and outcome within a window (--every)
-    are collapsed to one line with a count, placed at the first; denied requests (401, 403,
+    Requests with the same verb, resource and outcome within a window (--every) are
+    collapsed to one line with a count and the namespaces and names, placed at the first; denied requests (401, 403,
     RBAC forbid) are never merged with allowed ones; the first request from each address
     is marked.
 
