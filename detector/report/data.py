@@ -10,8 +10,8 @@ break when that table grows).
 The "usual level" of the denied (403) and unauthenticated (401) rates is the median of the
 hourly rates over a baseline before the report's range (default the 7 days before it); an
 hour is marked when its rate is above ``usual + 3 x 1.4826 x MAD`` (a robust three-sigma
-line) and at least one percentage point above usual, so a quiet baseline with a median of
-0 does not flag a single denied request.
+line) and at least 0.1 percentage point above usual, so after a quiet baseline (median and
+MAD of 0) a stray denial in a busy hour (one in two thousand) is not marked.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ INCIDENT_END = ("last_seen", "end", "window_end", "updated_at")
 INCIDENT_FINDINGS = ("finding_ids", "findings")
 #: Alarm line: usual + K x robust sigma, and at least MIN_STEP above usual.
 ALARM_K = 3.0
-MIN_STEP = 0.01
+MIN_STEP = 0.001
 
 _HOURLY = {
     "cluster": pl.String(),

@@ -55,9 +55,9 @@ def timeline(
     source addresses it came from.
 
     Requests with the same verb, resource and outcome within a window (--every) are
-    collapsed to one line with a count and the namespaces and names, placed at the first; denied requests (401, 403,
-    RBAC forbid) are never merged with allowed ones; the first request from each address
-    is marked.
+    collapsed to one line with a count and the namespaces and names, placed at the first;
+    denied requests (401, 403, RBAC forbid) are never merged with allowed ones; the first
+    request from each address is marked.
 
     Exit codes: 0 done (also when the principal did nothing), 2 bad arguments, 3 storage
     failure.
