@@ -40,6 +40,8 @@ COMMAND_MODULES = (
     "findings",
     "incidents",
     "suppressions",
+    "timeline",
+    "report",
     "evaluate",
     "rules",
     "athena",

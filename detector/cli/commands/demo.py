@@ -89,15 +89,27 @@ def demo(
 
     report: dict = {"simulation": sim.as_dict(), "ingest": summary.to_dict(), "lake": overview}
     report.update(train_and_score(lake_obj, sim.start, end, model_dir=model_dir, output=output))
+    report["report"] = write_demo_report(lake_obj, end, workdir)
+    say(output, f"report of the last day -> {report['report']}")
     if output == OutputFormat.json:
         emit_json(report)
     else:
         stdout.print(
-            f"\nnext: detect findings --lake {lake} --since 1d    "
+            f"\nnext: open {report['report']}    detect findings --lake {lake} --since 1d    "
             f"detect evaluate --lake {lake} --labels {workdir}/labels.json "
             f"--train-until {(end - timedelta(days=1)):%Y-%m-%dT%H:%M}Z",
             markup=False,
         )
+
+
+def write_demo_report(lake, end: datetime, workdir: Path) -> str:  # type: ignore[no-untyped-def]
+    """The HTML report of the scored day (the day before is its baseline), in WORKDIR."""
+    from detector.report.data import collect
+    from detector.report.html import write_report
+
+    with progress_status("writing the report"):
+        data = collect(lake, end - timedelta(days=1), end, baseline=timedelta(days=1))
+        return str(write_report(data, workdir / "report.html").resolve())
 
 
 def say(output: OutputFormat, message: str) -> None:
@@ -135,6 +147,8 @@ def lake_overview(lake) -> dict:  # type: ignore[no-untyped-def]
 def render_overview(overview: dict) -> None:
     from rich.table import Table
 
+    from detector.events.identity import display_principal
+
     hours = overview["events_per_hour"]
     peak = max((h["events"] for h in hours), default=1)
     stdout.print(f"\nlake: {overview['events']:,} events in {len(hours)} hours", markup=False)
@@ -145,7 +159,9 @@ def render_overview(overview: dict) -> None:
     for col in ("principal", "kind", "events"):
         table.add_column(col)
     for row in overview["top_principals"]:
-        table.add_row(row["principal"], row["principal_kind"], f"{row['events']:,}")
+        table.add_row(
+            display_principal(row["principal"]), row["principal_kind"], f"{row['events']:,}"
+        )
     stdout.print(table)
     lines = sum(q["lines"] for q in overview["quarantined"])
     stdout.print(f"quarantined lines: {lines}", markup=False)

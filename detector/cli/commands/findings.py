@@ -38,7 +38,10 @@ def list_cmd(
     ] = None,
     principal: Annotated[
         str | None,
-        typer.Option("--principal", help="Only principals containing this text."),
+        typer.Option(
+            "--principal",
+            help="Only principals containing this text (an STS assumed-role ARN is accepted).",
+        ),
     ] = None,
     min_severity: Annotated[
         str | None,
@@ -63,6 +66,7 @@ def list_cmd(
     if ctx.invoked_subcommand is not None:
         return
     from detector.cli.commands.score import findings_json, render_findings
+    from detector.events.identity import canonical_principal
     from detector.lake.events import Lake
     from detector.lake.findings import list_findings
 
@@ -75,7 +79,11 @@ def list_cmd(
         usage_error(str(exc))
     try:
         df = list_findings(
-            Lake(lake), since=start, until=end, principal=principal, min_severity=min_severity
+            Lake(lake),
+            since=start,
+            until=end,
+            principal=canonical_principal(principal) if principal else None,
+            min_severity=min_severity,
         )
     except StorageError as exc:
         fail(str(exc))
@@ -111,8 +119,9 @@ def show(
     except StorageError as exc:
         fail(str(exc))
     row.update(_status_of(lake, row))
+    identity = finding_identity(row, events)
     if output == OutputFormat.json:
-        emit_json({**row, "events": events.drop("finding_id").to_dicts()})
+        emit_json({**row, "identity": identity, "events": events.drop("finding_id").to_dicts()})
         return
     out = stdout
     out.print(f"{row['title']}", markup=False, style="bold")
@@ -133,6 +142,7 @@ def show(
         + (f"; incident {row['incident_id']}" if row["incident_id"] else ""),
         markup=False,
     )
+    render_identity(identity)
     if row.get("tactic"):
         out.print(f"MITRE ATT&CK: {row['tactic']} {row.get('technique') or ''}", markup=False)
     out.print("why:", markup=False)
@@ -229,6 +239,41 @@ def resolve(finding_id: _IdArg, lake: LakeOpt = "./lake", reason: _ReasonOpt = N
         detect findings resolve 3f9c0a --lake ./lake --reason "expected: migration job"
     """
     _set_status(finding_id, lake, "resolved", reason)
+def finding_identity(row: dict, events) -> dict:  # type: ignore[no-untyped-def]
+    """Who it was (both ARN forms, account, access keys) and where to look next.
+
+    The CloudTrail lookup spans the window plus an hour each side: the same credentials are
+    usually used against AWS APIs around the Kubernetes requests, not only inside them.
+    """
+    import os
+    from datetime import timedelta
+
+    from detector.events.identity import identity_summary
+
+    keys = events["access_key_id"].drop_nulls().unique(maintain_order=True).to_list()
+    return identity_summary(
+        row["principal"],
+        keys,
+        start=row["window_start"] - timedelta(hours=1),
+        end=row["window_end"] + timedelta(hours=1),
+        region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+    )
+
+
+def render_identity(identity: dict) -> None:
+    """The identity lines of `findings show`: readable name, full ARNs, keys, next steps."""
+    if identity["kind"] == "other":
+        return
+    out = stdout
+    out.print(f"identity {identity['display']}  account {identity['account']}", markup=False)
+    for label, key in (("  stored as", "principal"), ("  STS ARN  ", "sts_arn")):
+        if identity.get(key):
+            out.print(f"{label} {identity[key]}", markup=False)
+    if identity["access_key_ids"]:
+        out.print(f"  access key(s) {', '.join(identity['access_key_ids'])}", markup=False)
+    for link in identity["links"]:
+        out.print(f"  {link['label']}:", markup=False)
+        out.print(f"    {link['target']}", markup=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -223,12 +223,10 @@ def findings_json(df: pl.DataFrame) -> list[dict[str, Any]]:
 
 
 def short_principal(principal: str | None) -> str:
-    """A principal as shown in tables: IAM ARNs without the ``arn:aws:iam::<account>:`` part."""
-    if not principal:
-        return "-"
-    if principal.startswith("arn:aws:") and principal.count(":") >= 5:
-        return principal.split(":", 5)[5]
-    return principal
+    """A principal as shown in tables: ``developer (session grace)`` for IAM role sessions."""
+    from detector.events.identity import display_principal
+
+    return display_principal(principal)
 
 
 def render_findings(
