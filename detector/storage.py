@@ -16,8 +16,10 @@ from typing import Any
 
 import fsspec
 
+from detector.errors import RuntimeFailure
 
-class StorageError(RuntimeError):
+
+class StorageError(RuntimeFailure):
     """A lake location cannot be read or written (missing credentials, no such bucket...)."""
 
 

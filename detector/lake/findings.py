@@ -36,6 +36,7 @@ from detector.lake.findings_schema import (
 )
 from detector.lake.events import Lake
 from detector.storage import polars_storage_options
+from detector.errors import UsageError
 
 FINDINGS_DIR = "findings"
 FINDINGS_EVENTS_DIR = "findings_events"
@@ -44,7 +45,7 @@ _STAMP = "%Y%m%dT%H%M%SZ"
 _NAME = re.compile(r"^(?P<kind>[a-z]+)-(?P<start>\d{8}T\d{6}Z)-(?P<end>\d{8}T\d{6}Z)\.parquet$")
 
 
-class FindingNotFound(LookupError):
+class FindingNotFound(UsageError, LookupError):
     pass
 
 

@@ -38,11 +38,12 @@ import orjson
 from detector.lake.events import Lake
 from detector.ratelimit import Retrier, RetriesExhausted, client_config, describe_error
 from detector.storage import endpoint_url
+from detector.errors import RuntimeFailure
 
 log = logging.getLogger(__name__)
 
 
-class StateError(RuntimeError):
+class StateError(RuntimeFailure):
     """The state document cannot be read or written (permissions, bucket gone, bad JSON)."""
 
 

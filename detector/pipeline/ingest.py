@@ -27,6 +27,7 @@ from detector.events.schema import CANONICAL_COLUMNS, QUARANTINE_COLUMNS
 from detector.lake.events import Lake, WriteStats
 from detector.sources.files import (
     InputError,
+    InputNotFound,
     LineBatch,
     expand_inputs,
     is_s3,
@@ -302,6 +303,8 @@ def ingest_paths(
     for path in paths:
         try:
             uris.extend(expand_inputs([path]))
+        except InputNotFound:
+            raise  # a path naming nothing is a typo: stop before anything is read
         except InputError as exc:
             summary.failed_inputs.append(str(exc))
     pending_objects: list[tuple[str, str]] = []

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from detector.errors import EXIT_USAGE, RuntimeFailure
 from detector.lake.events import Lake
 from detector.lake.state import (
     CheckpointBusy,
@@ -89,12 +90,14 @@ _CONFIG_ERRORS = {
 }
 
 
-class ExportError(RuntimeError):
+class ExportError(RuntimeFailure):
     """The export cannot go on (source unreachable, lake unwritable...): exit 3."""
 
 
 class ExportConfigError(ExportError):
     """Fixable by the user (credentials, log group name, permissions, arguments): exit 2."""
+
+    exit_code = EXIT_USAGE
 
 
 class NoCheckpoint(ExportConfigError):

@@ -27,6 +27,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from detector.errors import EXIT_USAGE, RuntimeFailure
 from detector.events.normalize import MAX_LINE_BYTES
 from detector.storage import Location, filesystem, full_uri, is_s3, strip_protocol
 
@@ -48,8 +49,14 @@ _PAGE_START = re.compile(r'\{\s*"(events|searchedLogStreams|nextToken)"')
 _EKS_GROUP = re.compile(r"^/aws/eks/([^/]+)/cluster$")
 
 
-class InputError(RuntimeError):
+class InputError(RuntimeFailure):
     """An input that cannot be read at all (missing, no permission, not gzip...)."""
+
+
+class InputNotFound(InputError):
+    """A path that names nothing: a typo in the command, so a usage error (exit 2)."""
+
+    exit_code = EXIT_USAGE
 
 
 @dataclass
@@ -89,7 +96,7 @@ def expand_inputs(paths: list[str]) -> list[str]:
         elif fs.exists(bare):
             matches = [bare]
         else:
-            raise InputError(f"{path}: no such file, folder or object")
+            raise InputNotFound(f"{path}: no such file, folder or object")
         found.extend(full_uri(path, m) for m in sorted(matches) if not fs.isdir(m))
     return found
 
@@ -99,7 +106,7 @@ def open_input(uri: str) -> BinaryIO:
     try:
         fh = filesystem(uri).open(strip_protocol(uri), "rb")
     except FileNotFoundError as exc:
-        raise InputError(f"{uri}: no such file or object") from exc
+        raise InputNotFound(f"{uri}: no such file or object") from exc
     except PermissionError as exc:
         raise InputError(f"{uri}: permission denied") from exc
     except OSError as exc:
@@ -439,6 +446,7 @@ def object_identity(uri: str) -> tuple[str, str]:
 __all__ = [
     "FORMATS",
     "InputError",
+    "InputNotFound",
     "LineBatch",
     "cluster_from_log_group",
     "expand_inputs",

@@ -10,18 +10,16 @@ from detector.cli.options import (
     EXIT_RUNTIME,
     ClusterOpt,
     FormatOpt,
+    InputFormat,
+    InputFormatOpt,
     LakeOpt,
     OutputFormat,
     emit_json,
-    fail,
     progress_enabled,
     stderr,
     stdout,
-    usage_error,
 )
 from detector.pipeline.ingest import IngestSummary, ingest_paths
-from detector.sources.files import FORMATS
-from detector.storage import StorageError
 
 
 def ingest(
@@ -31,14 +29,7 @@ def ingest(
     ],
     lake: LakeOpt = "./lake",
     cluster: ClusterOpt = None,
-    input_format: Annotated[
-        str,
-        typer.Option(
-            "--input-format",
-            "--from",
-            help="Input format: auto, ndjson, cloudwatch-json, export-gz or firehose.",
-        ),
-    ] = "auto",
+    input_format: InputFormatOpt = InputFormat.auto,
     reprocess: Annotated[
         bool,
         typer.Option(help="Read S3 objects again even if an earlier run ingested them."),
@@ -53,8 +44,8 @@ def ingest(
     stage), lines that cannot be read go to LAKE/quarantine/ with a reason, and S3 objects
     are remembered so the next run reads only new ones.
 
-    Exit codes: 0 done (even with quarantined lines), 2 bad arguments, 3 an input could not
-    be read.
+    Exit codes: 0 done (even with quarantined lines), 2 bad arguments or a path that names
+    nothing (before anything is read), 3 an input could not be read.
 
     Example:
 
@@ -62,8 +53,6 @@ def ingest(
         detect ingest /var/log/kubernetes/audit.log --lake ./lake --cluster prod
         detect ingest s3://my-bucket/eks-audit-export/ --lake s3://audit-lake/prod
     """
-    if input_format not in FORMATS:
-        usage_error(f"--input-format must be one of {', '.join(FORMATS)}, not {input_format!r}")
     interactive = progress_enabled() and output == OutputFormat.table
 
     def progress(summary: IngestSummary, uri: str) -> None:
@@ -72,17 +61,14 @@ def ingest(
             end="",
         )
 
-    try:
-        summary = ingest_paths(
-            paths,
-            lake,
-            cluster=cluster,
-            fmt=input_format,
-            reprocess=reprocess,
-            progress=progress if interactive else None,
-        )
-    except StorageError as exc:
-        fail(str(exc))
+    summary = ingest_paths(
+        paths,
+        lake,
+        cluster=cluster,
+        fmt=input_format.value,
+        reprocess=reprocess,
+        progress=progress if interactive else None,
+    )
     if interactive:
         stderr.print()
     if output == OutputFormat.json:
