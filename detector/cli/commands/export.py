@@ -282,7 +282,7 @@ def render_summary(summary: ExportSummary) -> None:
     read = d["events_read"] + d["overlap_skipped"]
     reread = f" ({d['overlap_skipped']:,} re-read in the overlap)" if d["overlap_skipped"] else ""
     stdout.print(
-        f"read {read:,} events from {d['log_group']} "
+        f"exported {read:,} events from {d['log_group']} "
         f"({len(d['streams'])} audit streams) into {d['lake']} in {d['seconds']:.1f}s: "
         f"{d['events_written']:,} new, {d['duplicates']:,} already in the lake{reread}, "
         f"{d['quarantined']:,} quarantined",
