@@ -66,6 +66,7 @@ def _stop_on_signals(stop: threading.Event, received: list[int]) -> Iterator[Non
 
 
 def export(
+    ctx: typer.Context,
     log_group: Annotated[
         str,
         typer.Option(
@@ -203,7 +204,7 @@ def export(
     if region:
         from detector.config import apply_region
 
-        apply_region(typer.get_current_context(), region)
+        apply_region(ctx, region)
     cluster = cluster or cluster_from_log_group(log_group)
     if not cluster:
         raise UsageError(

@@ -47,8 +47,10 @@ def score(
         ),
     ] = False,
     no_model: Annotated[
-        bool,
-        typer.Option("--no-model", "--rules-only", help="Leave the model out: the rules alone."),
+        bool, typer.Option("--no-model", help="Leave the model out: the rules alone.")
+    ] = False,
+    rules_only: Annotated[  # the first name of --no-model, kept working
+        bool, typer.Option("--rules-only", hidden=True, help="Same as --no-model.")
     ] = False,
     no_rules: NoRulesOpt = False,
     rules: RulesFileOpt = None,
@@ -72,13 +74,14 @@ def score(
 
     \b
         detect score --lake ./lake --since 1h --fail-on high
-        detect score --lake ./lake --since 1h --no-model --enable pod-port-forward
+        detect score --lake ./lake --since 1h --no-model --enable namespace-created
     """
     from detector.detect.score import score_range
     from detector.lake.events import Lake
     from detector.model.estimator import Model, ModelNotFound
 
     start, end = check_range(since, until or datetime.now(UTC))
+    no_model = no_model or rules_only
     if no_model and no_rules:
         raise UsageError("--no-model and --no-rules leave nothing to score")
     if no_model and fit_on_window:
@@ -140,7 +143,7 @@ def summary_line(result, lake: str, *, model_used: bool) -> str:  # type: ignore
     )
     return (
         f"{len(result.findings)} finding(s) in {result.start:%Y-%m-%d %H:%M}Z to "
-        f"{result.end:%Y-%m-%d %H:%M}Z: {model}; rules {result.rules}; "
+        f"{result.end:%Y-%m-%d %H:%M}Z: {model}; {result.rules}; "
         f"written to {lake}/findings/"
     )
 
