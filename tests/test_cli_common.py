@@ -118,7 +118,7 @@ BAD_VALUES = [
 ]
 
 
-@pytest.mark.parametrize(("args", "needle"), BAD_VALUES, ids=lambda a: " ".join(a))
+@pytest.mark.parametrize(("args", "needle"), BAD_VALUES, ids=[" ".join(a) for a, _ in BAD_VALUES])
 def test_bad_values_are_one_usage_error_line(cwd, args, needle):
     assert_one_error_line(invoke(*args), needle)
 
@@ -138,14 +138,16 @@ def test_usage_error_is_a_json_record_with_log_format_json(cwd):
 
 
 # ------------------------------------------------------------------ detect.toml, every command
-@pytest.mark.parametrize("path", LEAVES, ids=lambda p: " ".join(p))
+@pytest.mark.parametrize("path", [*LEAVES, ("findings",)], ids=lambda p: " ".join(p))
 def test_config_typo_stops_every_command_naming_file_and_key(cwd, path):
     (cwd / "detect.toml").write_text('lake = "./lake"\n[score]\nfail_on = "hihg"\n')
     result = invoke(*path)
     assert_one_error_line(result, "detect.toml [score]", "fail_on = 'hihg'")
 
 
-@pytest.mark.parametrize("path", [("config", "show"), ("findings",), ("rules", "list")])
+@pytest.mark.parametrize(
+    "path", [("config", "show"), ("findings",), ("rules", "list")], ids=" ".join
+)
 def test_config_that_is_not_utf8_is_one_line(cwd, path):
     (cwd / "detect.toml").write_bytes(b'lake = "caf\xe9"\n')
     assert_one_error_line(invoke(*path), "detect.toml", "not UTF-8")

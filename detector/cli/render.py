@@ -24,8 +24,13 @@ SEVERITY_STYLE = {
 
 #: Width of tables written to files, pipes and cron logs (no terminal to ask).
 PIPE_WIDTH = 200
-#: The principal column never gets narrower than this (or its longest value, if shorter).
-PRINCIPAL_MIN = 48
+#: Principals longer than this are cut (with an ellipsis) to keep a line readable.
+PRINCIPAL_MAX = 100
+#: The title keeps at least this much room, whatever the terminal.
+TITLE_MIN = 20
+
+
+_HEADERS = ("id", "severity", "score", "window (UTC)", "detector", "principal", "title")
 
 
 def findings_json(df: pl.DataFrame) -> list[dict[str, Any]]:
@@ -97,16 +102,22 @@ def render_findings(
                 row["title"] or "",
             )
         )
-    detector_w = max(len(r[4]) for r in rows)
-    principal_w = min(max(len(r[5]) for r in rows), PRINCIPAL_MIN)
+    # Identifying columns get their full width; the title takes what is left of the line.
+    out = wide_console()
+    widths = [max(len(str(r[i])) for r in rows) for i in range(6)]
+    widths[1], widths[5] = len("severity"), min(widths[5], PRINCIPAL_MAX)
+    fixed = sum(max(w, len(h)) for w, h in zip(widths, _HEADERS, strict=False)) + 2 * 6
+    title_w = max(TITLE_MIN, out.width - fixed)
     table = Table(title=title, box=None, pad_edge=False, header_style="bold")
-    table.add_column("id", no_wrap=True, min_width=20)
-    table.add_column("severity", no_wrap=True)
-    table.add_column("score", no_wrap=True, justify="right")
-    table.add_column("window (UTC)", no_wrap=True)
-    table.add_column("detector", no_wrap=True, min_width=detector_w)
-    table.add_column("principal", no_wrap=True, min_width=principal_w)
-    table.add_column("title", no_wrap=True, overflow="ellipsis")
+    for i, header in enumerate(_HEADERS[:6]):
+        table.add_column(
+            header,
+            no_wrap=True,
+            min_width=max(widths[i], len(header)),
+            justify="right" if header == "score" else "left",
+            overflow="ellipsis",
+        )
+    table.add_column("title", no_wrap=True, overflow="ellipsis", max_width=title_w)
     for r in rows:
         table.add_row(*r[:5], escape(r[5]), escape(r[6]))
-    wide_console().print(table)
+    out.print(table)
