@@ -250,3 +250,32 @@ def test_ctrl_c_during_start_up_is_exit_130_without_traceback():
     assert proc.returncode == 128 + signal.SIGINT, proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip() == "interrupted"
+
+
+# ------------------------------------------------------------------ the machine, not the code
+def test_paths_that_are_files_where_folders_are_due(cwd):
+    (cwd / "afile").write_text("x")
+    assert_one_error_line(invoke("simulate", "--out", "afile"), "--out", "is a file")
+    assert_one_error_line(invoke("demo", "--lake", "afile"), "--lake afile: a file, not a folder")
+
+
+def test_unwritable_output_is_one_line_exit_3(cwd):
+    (cwd / "afile").write_text("x")
+    result = invoke("rules", "docs", "--output", "afile/rules.md")
+    assert_one_error_line(result, "afile", code=3)
+
+
+def test_no_aws_credentials_is_a_configuration_error(cwd, detect):
+    """A real process with the whole AWS chain empty (env, files, instance metadata)."""
+    env = {
+        "AWS_ACCESS_KEY_ID": "",
+        "AWS_SECRET_ACCESS_KEY": "",
+        "AWS_SHARED_CREDENTIALS_FILE": str(cwd / "none"),
+        "AWS_CONFIG_FILE": str(cwd / "none"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    args = ("score", "--lake", "s3://no-such-bucket-for-cli-test/lake", "--no-model")
+    proc = detect(*args, "--since", "1h", env=env, cwd=str(cwd))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: no AWS credentials found")
+    assert len(proc.stderr.splitlines()) == 1

@@ -41,6 +41,33 @@ def click_message(exc: click_exceptions.ClickException) -> str:
     return message
 
 
+def environment_error(exc: Exception) -> int | None:
+    """Report errors of the machine rather than of our code; None for anything else.
+
+    A file that cannot be written (``--output /proc/x``), a path that is a file where a
+    folder is due, or AWS credentials and region missing from the whole AWS chain, are
+    told as one line by their class (never by their text): OS errors exit 3, a missing
+    AWS credential or region is configuration (exit 2).
+    """
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        report(f"{exc.strerror}{where}")
+        return EXIT_RUNTIME
+    botocore = sys.modules.get("botocore.exceptions")
+    if botocore is not None and isinstance(
+        exc, botocore.NoCredentialsError | botocore.PartialCredentialsError
+    ):
+        report(
+            "no AWS credentials found (set AWS_PROFILE, AWS_ACCESS_KEY_ID/"
+            "AWS_SECRET_ACCESS_KEY, or run with an IAM role such as IRSA)"
+        )
+        return EXIT_USAGE
+    if botocore is not None and isinstance(exc, botocore.NoRegionError):
+        report("no AWS region: set AWS_REGION, or pass --region")
+        return EXIT_USAGE
+    return None
+
+
 class DetectGroup(TyperGroup):
     """The root group: runs the command and handles what it raises, once."""
 
@@ -71,6 +98,10 @@ class DetectGroup(TyperGroup):
         except typer.Abort:
             report("aborted")
             code = EXIT_INTERRUPTED
+        except Exception as exc:
+            code = environment_error(exc)
+            if code is None:  # a bug: main() says how to see its traceback
+                raise
         finally:
             logging_setup.reset()
         if standalone_mode:

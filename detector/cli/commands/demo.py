@@ -57,6 +57,9 @@ def demo(
     from detector.simulate.traffic import write_simulation
 
     root = Path(lake)
+    for path, flag in ((root, "--lake"), (workdir, "--workdir")):
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"{flag} {path}: a file, not a folder")
     if root.exists() and any(root.iterdir()) and not (root / DEMO_MARKER).exists():
         raise UsageError(
             f"{lake} holds a lake the demo did not make; pass --lake to a new folder "

@@ -21,7 +21,9 @@ from detector.errors import UsageError
 
 
 def simulate(
-    out: Annotated[Path, typer.Option("--out", help="Folder to write into (created).")],
+    out: Annotated[
+        Path, typer.Option("--out", file_okay=False, help="Folder to write into (created).")
+    ],
     days: Annotated[float, typer.Option(help="Length of the traffic, in days.", min=0.05)] = 2.0,
     rate: Annotated[
         float, typer.Option(help="Average events per second over the whole range.", min=0.01)
