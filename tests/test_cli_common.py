@@ -279,3 +279,10 @@ def test_no_aws_credentials_is_a_configuration_error(cwd, detect):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("error: no AWS credentials found")
     assert len(proc.stderr.splitlines()) == 1
+
+
+def test_root_usage_error_is_a_json_record_too(cwd):
+    result = invoke("--config", "x.toml", "--log-format", "json", "--log-level", "loud", "findings")
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "--log-level" in json.loads(line)["message"]

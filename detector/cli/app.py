@@ -68,6 +68,21 @@ def environment_error(exc: Exception) -> int | None:
     return None
 
 
+def _asked_for_json(args: list[str]) -> bool:
+    """``--log-format json`` before the command name, or DETECT_LOG_FORMAT=json."""
+    values = iter(args)
+    for arg in values:
+        if arg == "--log-format":
+            return next(values, "").lower() == "json"
+        if arg.startswith("--log-format="):
+            return arg.split("=", 1)[1].lower() == "json"
+        if arg in ("--config", "--log-level", "--region"):
+            next(values, None)
+        elif not arg.startswith("-"):
+            break  # the command name: its own options are not ours
+    return os.environ.get("DETECT_LOG_FORMAT", "").lower() == "json"
+
+
 class DetectGroup(TyperGroup):
     """The root group: runs the command and handles what it raises, once."""
 
@@ -81,6 +96,9 @@ class DetectGroup(TyperGroup):
     ) -> Any:
         from detector import logging_setup
 
+        if _asked_for_json(sys.argv[1:] if args is None else list(args)):
+            # So that an error found before the root callback runs is a JSON record too.
+            logging_setup.configure("json", "warning")
         try:
             result = super().main(
                 args, prog_name or "detect", complete_var, standalone_mode=False, **extra
