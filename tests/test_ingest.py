@@ -391,8 +391,8 @@ def test_cli_ingest_json_summary_and_exit_codes(tmp_path, detect):
     assert summary["quarantine_reasons"] == {"invalid JSON": 1}
 
     missing = detect("ingest", str(tmp_path / "nope.log"), "--lake", lake)
-    assert missing.returncode == 3
-    assert "no such file" in missing.stderr
+    assert missing.returncode == 2  # a path naming nothing is a usage error, found first
+    assert "no such file" in missing.stderr and missing.stdout == ""
     assert "Traceback" not in missing.stderr
 
     bad_format = detect("ingest", str(path), "--lake", lake, "--input-format", "xml")

@@ -24,6 +24,7 @@ from typing import Any
 import polars as pl
 
 from detector.detect.score import fit_model, score_range
+from detector.errors import UsageError
 from detector.features.windows import DEFAULT_WINDOW, align, lake_windows
 from detector.lake.events import Lake
 from detector.lake.findings_schema import SEVERITIES
@@ -34,7 +35,7 @@ from detector.timeparse import parse_instant
 ALERT_SEVERITY = "low"
 
 
-class LabelsError(ValueError):
+class LabelsError(UsageError, ValueError):
     """The labels file is missing, not JSON, or not a list of scenarios."""
 
 

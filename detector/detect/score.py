@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from detector.errors import UsageError
 from detector.events.schema import CANONICAL_COLUMNS
 from detector.features.windows import (
     DEFAULT_WINDOW,
@@ -58,7 +59,7 @@ RULES_HISTORY = timedelta(days=7)
 Progress = Callable[[int, int], None] | None
 
 
-class ScoringError(Exception):
+class ScoringError(UsageError):
     """Training or scoring cannot proceed; the message says why in one line."""
 
 
@@ -201,6 +202,7 @@ def score_range(
     use_rules: bool = True,
     rule_files: list[str] | None = None,
     disabled_rules: list[str] | None = None,
+    enabled_rules: list[str] | None = None,
     window: timedelta | None = None,
     seed: int | None = 0,
     alert_rate: float = DEFAULT_ALERT_RATE,
@@ -280,6 +282,7 @@ def score_range(
                 window=window,
                 rule_files=rule_files,
                 disabled=disabled_rules,
+                enabled=enabled_rules,
                 parts=parts,
                 cluster=cluster,
                 now=now,
@@ -426,6 +429,7 @@ def rule_findings(
     rule_files: list[str] | None,
     disabled: list[str] | None,
     parts: list[Partition],
+    enabled: list[str] | None = None,
     cluster: str | None,
     now: datetime,
 ) -> tuple[pl.DataFrame, pl.DataFrame, str]:
@@ -433,7 +437,9 @@ def rule_findings(
     from detector import rules
 
     try:
-        ruleset = rules.load_ruleset(extra_files=rule_files or None, disabled=disabled or None)
+        ruleset = rules.load_ruleset(
+            extra_files=rule_files or None, disabled=disabled or None, enabled=enabled or None
+        )
     except rules.RuleError as exc:
         raise ScoringError(str(exc)) from None
     history = (

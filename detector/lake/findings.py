@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 
 import polars as pl
 
+from detector.errors import UsageError
 from detector.lake.events import Lake
 from detector.lake.findings_schema import (
     FINDINGS_COLUMNS,
@@ -43,7 +44,7 @@ _STAMP = "%Y%m%dT%H%M%SZ"
 _NAME = re.compile(r"^(?P<kind>[a-z]+)-(?P<start>\d{8}T\d{6}Z)-(?P<end>\d{8}T\d{6}Z)\.parquet$")
 
 
-class FindingNotFound(LookupError):
+class FindingNotFound(UsageError, LookupError):
     pass
 
 

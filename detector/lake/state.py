@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from detector.errors import RuntimeFailure
 from detector.lake.table import put_atomic
 from detector.storage import endpoint_url
 
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class StateError(RuntimeError):
+class StateError(RuntimeFailure):
     """The state document cannot be read or written (permissions, bucket gone, bad JSON)."""
 
 

@@ -43,6 +43,7 @@ import numpy as np
 import polars as pl
 
 from detector import __version__
+from detector.errors import UsageError
 from detector.features.windows import (
     FEATURES,
     FEATURES_VERSION,
@@ -70,7 +71,7 @@ BASELINE_TABLES = ("principals", "seen", "actions", "tails")
 BANDS = ("low", "medium", "high", "critical")
 
 
-class ModelError(Exception):
+class ModelError(UsageError):
     """A model cannot be used; the message says why in one line and what to do."""
 
 

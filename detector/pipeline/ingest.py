@@ -33,6 +33,7 @@ from detector.lake.manifest import ObjectManifest
 from detector.lake.table import safe_part
 from detector.sources.files import (
     InputError,
+    InputNotFound,
     LineBatch,
     expand_inputs,
     is_s3,
@@ -330,6 +331,8 @@ def ingest_paths(
     for path in paths:
         try:
             uris.extend(expand_inputs([path], on_skip=summary.warnings.append))
+        except InputNotFound:
+            raise  # a path naming nothing is a typo: stop before anything is read
         except InputError as exc:
             summary.failed_inputs.append(str(exc))
     pending_objects: list[tuple[str, str]] = []

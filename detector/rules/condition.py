@@ -38,12 +38,13 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
+from detector.errors import UsageError
 from detector.events.schema import CANONICAL_COLUMNS
 
 # --------------------------------------------------------------------------- errors
 
 
-class ConditionError(ValueError):
+class ConditionError(UsageError, ValueError):
     """A condition that cannot be parsed or compiled; ``pos`` is a 0-based column or -1."""
 
     def __init__(self, message: str, pos: int = -1) -> None:

@@ -45,7 +45,7 @@ _HEADER = """\
      tests/test_rules_docs.py fails when this file and the YAML disagree. -->
 
 Rules name the known-bad in Kubernetes audit events: no training, no baseline, so they
-work on the first day (`detect score --rules-only`). `detect score` runs every enabled rule
+work on the first day (`detect score --no-model`). `detect score` runs every enabled rule
 next to the model and files rule findings in the same findings table, with
 `detector = rule:<id>`. One finding is raised per rule, per principal (or source IP), per
 window (10 minutes by default), with the number of requests, the audit IDs and plain

@@ -29,6 +29,7 @@ from typing import Any
 import polars as pl
 import yaml
 
+from detector.errors import UsageError
 from detector.lake.findings_schema import SEVERITIES
 from detector.rules.condition import (
     WORD_OPS,
@@ -85,7 +86,7 @@ _THRESHOLD_KEYS = {"by", "count", "distinct", "value", "baseline", "label"}
 _EXCEPTION_KEYS = {"name", "field", "fields", "comp", "comps", "values", "reason"}
 
 
-class RuleError(ValueError):
+class RuleError(UsageError, ValueError):
     """A rule file that cannot be used: which file, which rule, and why."""
 
     def __init__(self, file: str | None, rule_id: str | None, reason: str) -> None:

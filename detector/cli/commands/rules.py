@@ -1,15 +1,13 @@
 """`detect rules list | test | docs`: see, try and document the detection rules.
 
-The options ``--rules FILE`` and ``--disable ID`` mean the same here as on ``detect
-score``; :data:`RulesFileOpt`, :data:`DisableOpt` and :data:`EnableOpt` are defined once
-for both.
+The options ``--rules FILE``, ``--enable ID`` and ``--disable ID`` mean the same here as on
+``detect score``: they are the shared aliases of :mod:`detector.cli.options`.
 """
 
 from __future__ import annotations
 
 import difflib
 import sys
-from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,42 +17,31 @@ from rich.table import Table
 
 from detector.cli.options import (
     EXIT_FINDINGS,
-    EXIT_USAGE,
+    DisableOpt,
+    EnableOpt,
     FormatOpt,
+    InputFormat,
+    InputFormatOpt,
     OutputFormat,
+    RulesFileOpt,
+    WindowOpt,
     emit_json,
-    fail,
+    stderr,
     stdout,
-    usage_error,
 )
-
-RulesFileOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--rules",
-        help="Extra rules file (YAML): adds rules or overrides built-in ones; repeatable.",
-    ),
-]
-DisableOpt = Annotated[
-    list[str] | None,
-    typer.Option("--disable", help="Rule id to switch off; repeatable."),
-]
-EnableOpt = Annotated[
-    list[str] | None,
-    typer.Option("--enable", help="Rule id that ships disabled to switch on; repeatable."),
-]
-
-SEVERITY_STYLE = {
-    "critical": "bold red",
-    "high": "red",
-    "medium": "yellow",
-    "low": "cyan",
-    "info": "dim",
-}
+from detector.cli.render import SEVERITY_STYLE, format_score
+from detector.errors import UsageError
 
 rules_app = typer.Typer(
     name="rules",
-    help="List, try and document the detection rules (YAML, see docs/rules.md).",
+    help=(
+        "List, try and document the detection rules (YAML, see docs/rules.md).\n\n"
+        "Example:\n\n"
+        "\b\n"
+        "    detect rules list\n"
+        "    detect rules test pod-exec /var/log/kubernetes/audit.log --expect-fire\n"
+        "    detect rules docs --check"
+    ),
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="rich",
@@ -65,12 +52,9 @@ rules_app = typer.Typer(
 def _load(
     rules: list[str] | None, disable: list[str] | None, enable: list[str] | None = None
 ) -> Any:
-    from detector.rules import RuleError, load_ruleset
+    from detector.rules import load_ruleset
 
-    try:
-        return load_ruleset(extra_files=rules or None, disabled=disable, enabled=enable)
-    except RuleError as exc:
-        usage_error(str(exc))
+    return load_ruleset(extra_files=rules or None, disabled=disable, enabled=enable)
 
 
 @rules_app.command("list")
@@ -124,18 +108,6 @@ def list_rules(
     )
 
 
-def _parse_window(text: str) -> timedelta:
-    from detector.timeparse import TimeArgumentError, parse_duration
-
-    try:
-        window = parse_duration(text)
-    except TimeArgumentError as exc:
-        usage_error(f"--window: {exc}")
-    if window.total_seconds() < 1:
-        usage_error("--window must be at least 1s")
-    return window
-
-
 @rules_app.command("test")
 def test_rule(
     rule_id: Annotated[str, typer.Argument(help="The rule to run (see `detect rules list`).")],
@@ -144,17 +116,8 @@ def test_rule(
         typer.Argument(help="Audit log files or folders (plain or .gz).", show_default=False),
     ],
     rules: RulesFileOpt = None,
-    window: Annotated[
-        str, typer.Option("--window", help="Grouping window: findings per principal per window.")
-    ] = "10m",
-    input_format: Annotated[
-        str,
-        typer.Option(
-            "--input-format",
-            "--from",
-            help="Input format: auto, ndjson, cloudwatch-json, export-gz or firehose.",
-        ),
-    ] = "auto",
+    window: WindowOpt = "10m",  # type: ignore[assignment]
+    input_format: InputFormatOpt = InputFormat.auto,
     fail_if_silent: Annotated[
         bool,
         typer.Option("--expect-fire", help="Exit 1 if the rule raises no finding (for CI)."),
@@ -179,22 +142,16 @@ def test_rule(
     """
     from detector.pipeline.ingest import read_events
     from detector.rules import evaluate_rules
-    from detector.sources.files import InputError
 
-    every = _parse_window(window)
     ruleset = _load(rules, None)
     if rule_id not in ruleset.ids:
         close = difflib.get_close_matches(rule_id, ruleset.ids, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        usage_error(f"no rule {rule_id!r}{hint} (`detect rules list` shows the ids)")
-    try:
-        events, quarantine = read_events(paths, fmt=input_format)
-    except InputError as exc:
-        message = str(exc)
-        fail(message, EXIT_USAGE if "no such file" in message else 3)
+        raise UsageError(f"no rule {rule_id!r}{hint} (`detect rules list` shows the ids)")
+    events, quarantine = read_events(paths, fmt=input_format.value)
     one = ruleset.only(rule_id)
     rule = ruleset.get(rule_id)  # as configured, so a rule that ships disabled says so
-    result = evaluate_rules(events, one, window=every, explain=True)
+    result = evaluate_rules(events, one, window=window, explain=True)
     stats = result.stats.get(rule_id)
     if output == OutputFormat.json:
         emit_json(
@@ -246,7 +203,7 @@ def _render_test(rule: Any, n_events: int, n_quarantined: int, stats: Any, findi
         p(
             f"- {row['severity']} {row['principal']} "
             f"{row['window_start']:%Y-%m-%d %H:%M}-{row['window_end']:%H:%M} UTC, "
-            f"{row['event_count']} event(s), score {row['score']:g}",
+            f"{row['event_count']} event(s), score {format_score(row['score'])}",
             markup=False,
         )
         for reason in row["reasons"]:
@@ -306,7 +263,11 @@ def docs(
     if check:
         current = out.read_text(encoding="utf-8") if out.exists() else None
         if current != text:
-            fail(f"{out} is out of date: run `detect rules docs --output {out}`", EXIT_FINDINGS)
+            stderr.print(
+                f"error: {out} is out of date: run `detect rules docs --output {out}`",
+                markup=False,
+            )
+            raise typer.Exit(EXIT_FINDINGS)
         stdout.print(f"{out} is up to date", markup=False)
         return
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -97,7 +97,7 @@ def timeline(
 
 
 def render_timeline(tl, identity: dict) -> None:  # type: ignore[no-untyped-def]
-    from detector.cli.commands.score import wide_console
+    from detector.cli.render import wide_console
     from detector.report.timeline import describe_entry
 
     out = stdout
