@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from detector.model.estimator import CARD_NAME
+from detector.model.storage import CARD_NAME
 
 
 def test_demo_runs_the_loop_and_catches_the_planted_attacks(tmp_path: Path, detect):

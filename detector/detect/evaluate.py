@@ -23,19 +23,21 @@ from typing import Any
 
 import polars as pl
 
-from detector.detect.score import fit_model, score_range
+from detector.detect.scan import lake_windows
+from detector.detect.score import ScoreOptions, score_range
+from detector.detect.train import fit_model
 from detector.errors import UsageError
-from detector.features.windows import DEFAULT_WINDOW, align, lake_windows
+from detector.features import DEFAULT_WINDOW, align
 from detector.lake.events import Lake
 from detector.lake.findings_schema import SEVERITIES
-from detector.model.estimator import DEFAULT_ALERT_RATE
+from detector.model.storage import DEFAULT_ALERT_RATE
 from detector.timeparse import parse_instant
 
 #: The lowest severity that is an alert: what evaluation counts as detected or false.
 ALERT_SEVERITY = "low"
 
 
-class LabelsError(UsageError, ValueError):
+class LabelsError(UsageError):
     """The labels file is missing, not JSON, or not a list of scenarios."""
 
 
@@ -135,11 +137,6 @@ class EvalReport:
     detectors: list[DetectorStats] = field(default_factory=list)
     model_threshold: float | None = None
     skipped_scenarios: int = 0
-    #: what was scored (not serialised): the incident figures are computed from these
-    findings: pl.DataFrame | None = None
-    events: pl.DataFrame | None = None
-    in_test: list[Scenario] = field(default_factory=list)
-    attackers: set[str] = field(default_factory=set)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -218,9 +215,14 @@ def evaluate(
     windows = lake_windows(lake, train_start, train_end, window=window)
     model = fit_model(
         windows, window=window, start=train_start, end=train_end, alert_rate=alert_rate, seed=seed
+    ).named("evaluate")
+    result = score_range(
+        lake,
+        test_start,
+        test_end,
+        model=model,
+        options=ScoreOptions(use_rules=rules, write=False),
     )
-    model.card = {"model_version": "evaluate"}
-    result = score_range(lake, test_start, test_end, model=model, use_rules=rules, write=False)
     in_test = [s for s in scenarios if s.start < test_end and s.end > test_start]
     report = EvalReport(
         train=(train_start, train_end),
@@ -229,14 +231,12 @@ def evaluate(
         skipped_scenarios=len(scenarios) - len(in_test),
     )
     attackers = scenario_principals(lake, in_test, test_start, test_end)
-    report.findings, report.events = result.findings, result.events
-    report.in_test, report.attackers = in_test, attackers
     days = (test_end - test_start).total_seconds() / 86_400
     # Info findings (routine exec, port-forward) are records for the analyst, not alerts:
     # they neither detect a scenario nor count as false alerts.
     findings = result.findings.filter(pl.col("severity_rank") >= SEVERITIES.index(ALERT_SEVERITY))
     sets = [("model", findings.filter(pl.col("detector").str.starts_with("model")))]
-    if result.rules not in ("not run", "not available"):
+    if result.rules != "not run":
         sets.append(("model+rules", findings))
     per_scenario: dict[str, dict[str, Any]] = {
         s.id: {

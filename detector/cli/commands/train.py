@@ -51,6 +51,12 @@ def train(
     ] = ThresholdMethod.budget,
     seed: SeedOpt = 0,
     cluster: ClusterOpt = None,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict", help="Refuse (exit 2) rather than warn when the baseline is thin."
+        ),
+    ] = False,
     output: FormatOpt = OutputFormat.table,
 ) -> None:
     """Fit the anomaly model on a baseline range of the lake and save it with a model card.
@@ -71,7 +77,7 @@ def train(
     \b
         detect train --lake ./lake --since 14d --model-dir models
     """
-    from detector.detect.score import train_model
+    from detector.detect.train import train_model
     from detector.lake.events import Lake
 
     start, end = check_range(since, until or datetime.now(UTC))
@@ -86,6 +92,7 @@ def train(
             seed=seed,
             threshold_method=threshold.value,
             cluster=cluster,
+            strict=strict,
             progress=progress,
         )
     card = model.card
