@@ -773,6 +773,16 @@ class Compiler:
         prefilter = self.to_expr(And(cheap)) if (cheap := cheap_conjuncts(tree)) else pl.lit(True)
         return prefilter, full, tree
 
+    def gate(self, tree: Node) -> pl.Expr | None:
+        """The top-level ``and`` terms made only of equality/membership tests on columns.
+
+        The first pass over every event of a range runs only these (hash lookups, no regex,
+        no string rewriting); the rest of the prefilter and the full condition run on the
+        rows that pass. ``None`` when the condition has no such term.
+        """
+        terms = gate_conjuncts(tree)
+        return self.to_expr(And(terms)) if terms else None
+
 
 def _looks_like_field(name: str) -> bool:
     return name in CANONICAL_COLUMNS or name in DERIVED_FIELDS or "." in name or "[" in name
@@ -792,6 +802,35 @@ def cheap_conjuncts(tree: Node) -> tuple[Node, ...]:
     """The top-level ``and`` terms of an expanded tree that read no JSON body."""
     conjuncts = tree.items if isinstance(tree, And) else (tree,)
     return tuple(c for c in conjuncts if not uses_json(c))
+
+
+#: Operators that need no regex and no string rewriting: hash lookups and comparisons.
+_GATE_OPS = ("=", "!=", "in", "intersects", "exists", "<", "<=", ">", ">=")
+
+
+def is_gate(node: Node) -> bool:
+    """Whether a node only compares plain columns by equality, membership or order."""
+    if isinstance(node, Const):
+        return True
+    if isinstance(node, Pred):
+        return (
+            node.field.name in CANONICAL_COLUMNS
+            and node.field.name not in _JSON_COLUMNS
+            and _column_kind(CANONICAL_COLUMNS[node.field.name]) != "list"
+            and node.field.quantifier is None
+            and node.op in _GATE_OPS
+        )
+    if isinstance(node, And | Or):
+        return all(is_gate(i) for i in node.items)
+    if isinstance(node, Not):
+        return is_gate(node.item)
+    return False
+
+
+def gate_conjuncts(tree: Node) -> tuple[Node, ...]:
+    """The top-level ``and`` terms of an expanded tree that :func:`is_gate` accepts."""
+    conjuncts = tree.items if isinstance(tree, And) else (tree,)
+    return tuple(c for c in conjuncts if is_gate(c) and not isinstance(c, Const))
 
 
 def uses_json(node: Node) -> bool:

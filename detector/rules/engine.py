@@ -528,11 +528,13 @@ def evaluate_rules(
     # pulls the whole range into memory.
     shared = [r for r in rules if r.has_prefilter]
     candidates = (
-        lf.filter(pl.any_horizontal([r.prefilter_expr for r in shared])).collect()
+        _gate(lf, [r.gate_expr for r in shared])
         if shared
         else prepare_events(pl.DataFrame(schema=CANONICAL_COLUMNS)).collect()
     )
-    masks = candidates.select([r.match.alias(f"_m{i}") for i, r in enumerate(rules)])
+    # Second pass on the candidates: each rule's whole column-only prefilter (regexes on
+    # names and paths), then its full condition only on the rows that passed its own.
+    premasks = candidates.select([r.prefilter_expr.alias(f"_p{i}") for i, r in enumerate(rules)])
 
     baseline_rules = [r for r in rules if r.threshold and r.threshold.uses_baseline]
     hist_candidates: pl.DataFrame | None = None
@@ -548,7 +550,8 @@ def evaluate_rules(
     keyed_frames: list[tuple[Rule, pl.DataFrame]] = []
     for i, rule in enumerate(rules):
         if rule.has_prefilter:
-            matched = candidates.filter(masks[f"_m{i}"])
+            own = candidates.filter(premasks[f"_p{i}"])
+            matched = own.filter(rule.match) if not own.is_empty() else own
         else:
             matched = lf.filter(rule.match).collect()
         if matched.is_empty():
@@ -591,6 +594,23 @@ def evaluate_rules(
         descending=[True, False, False, False],
     )
     return RuleResult(findings.select(list(FINDINGS_COLUMNS)), links, stats)
+
+
+def _gate(lf: pl.LazyFrame, gates: list[pl.Expr]) -> pl.DataFrame:
+    """The events that pass any rule's gate (regex-free column tests), in one pass.
+
+    The string columns the gates read are low-cardinality (verb, resource, stage...):
+    as categoricals, each membership test compares small integers instead of hashing a
+    string per row and per rule, which halves the cost of this, the only pass over all
+    events. The casts live only in the mask's computation; candidates keep their types.
+    """
+    union = pl.any_horizontal(gates)
+    schema = lf.collect_schema()
+    strings = [c for c in union.meta.root_names() if schema.get(c) == pl.String]
+    casts = [pl.col(c).cast(pl.Categorical) for c in dict.fromkeys(strings)]
+    df = lf.collect()
+    mask = df.lazy().with_columns(casts).select(union.alias("_gate")).collect().to_series()
+    return df.filter(mask)
 
 
 def _explain(lf: pl.LazyFrame, rules: list[Rule]) -> dict[str, RuleStats]:

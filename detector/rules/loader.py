@@ -161,6 +161,8 @@ class Rule:
     tree: Node | None = field(default=None, repr=False)
     #: False when every term of the condition reads a JSON body (no cheap first pass).
     has_prefilter: bool = True
+    #: Equality/membership terms only (no regex): the first pass over every event.
+    gate: pl.Expr | None = field(default=None, repr=False)
 
     @property
     def detector(self) -> str:
@@ -188,6 +190,11 @@ class Rule:
     @property
     def prefilter_expr(self) -> pl.Expr:
         return self.stage_expr & self.prefilter
+
+    @property
+    def gate_expr(self) -> pl.Expr:
+        """Stage and the regex-free terms: what every event of a range is tested with."""
+        return self.stage_expr & self.gate if self.gate is not None else self.prefilter_expr
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``rules list --format json`` and the docs."""
@@ -682,6 +689,7 @@ def _build_rule(pending: _Pending, compiler: Compiler) -> Rule:
         stage_expr=pl.col("stage").fill_null("ResponseComplete").is_in(list(stages)),
         tree=tree,
         has_prefilter=bool(cheap_conjuncts(tree)),
+        gate=compiler.gate(tree),
     )
 
 
