@@ -15,7 +15,6 @@ order of preference (exec sessions at ResponseStarted, most writes at ResponseCo
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -28,56 +27,15 @@ from detector.lake.findings_schema import (
     empty_findings,
     with_finding_ids,
 )
-from detector.rules.condition import DERIVED_FIELDS, resolve_field
+from detector.rules.condition import resolve_field
 from detector.rules.loader import Rule, RuleSet
-
-#: At most this many distinct "what happened" sentences per finding; the rest are counted.
-MAX_REASONS = 5
+from detector.rules.narrate import KEYS as _KEYS
+from detector.rules.narrate import reasons, threshold_sentence, who
 
 LINK_COLUMNS: dict[str, pl.DataType] = {
     "finding_id": pl.String(),
     "audit_id": pl.String(),
     "stage": pl.String(),
-}
-
-_KEYS = ["cluster", "_key", "window_start"]
-
-_PAST = {
-    "create": "created",
-    "update": "updated",
-    "patch": "patched",
-    "delete": "deleted",
-    "deletecollection": "deleted all",
-    "get": "read",
-    "list": "listed",
-    "watch": "watched",
-    "proxy": "proxied to",
-}
-
-_KINDS = {
-    "pods": "Pod",
-    "secrets": "Secret",
-    "configmaps": "ConfigMap",
-    "services": "Service",
-    "serviceaccounts": "ServiceAccount",
-    "namespaces": "Namespace",
-    "nodes": "Node",
-    "deployments": "Deployment",
-    "daemonsets": "DaemonSet",
-    "statefulsets": "StatefulSet",
-    "replicasets": "ReplicaSet",
-    "jobs": "Job",
-    "cronjobs": "CronJob",
-    "roles": "Role",
-    "rolebindings": "RoleBinding",
-    "clusterroles": "ClusterRole",
-    "clusterrolebindings": "ClusterRoleBinding",
-    "validatingwebhookconfigurations": "ValidatingWebhookConfiguration",
-    "mutatingwebhookconfigurations": "MutatingWebhookConfiguration",
-    "events": "Event",
-    "persistentvolumes": "PersistentVolume",
-    "persistentvolumeclaims": "PersistentVolumeClaim",
-    "customresourcedefinitions": "CustomResourceDefinition",
 }
 
 
@@ -133,151 +91,6 @@ def _every(window: timedelta) -> str:
     if seconds <= 0:
         raise ValueError(f"window must be positive, not {window}")
     return f"{seconds}s"
-
-
-def humanize(window: timedelta) -> str:
-    """``10 minutes``, ``1 hour``, ``90 seconds``: for sentences analysts read."""
-    seconds = int(window.total_seconds())
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if seconds % size == 0 and seconds >= size:
-            n = seconds // size
-            return f"{n} {unit}{'s' if n != 1 else ''}"
-    return f"{seconds} seconds"
-
-
-def _who() -> pl.Expr:
-    """``session@role`` for IAM role sessions (alice@eng-admin), else the username.
-
-    EKS may map a role to a username of its own (``eng-admin``) or to the session ARN
-    itself; either way analysts know people by session name and role.
-    """
-    session, user = pl.col("iam_session_name"), pl.col("user_name")
-    assumed = user.str.extract_groups(r"^arn:aws:sts::\d+:assumed-role/([^/]+)/(.+)$")
-    role = pl.coalesce(
-        pl.col("iam_arn").str.extract(r":role/(?:.*/)?([^/]+)$", 1), assumed.struct.field("1")
-    )
-    return (
-        pl.when(session.is_not_null() & role.is_not_null())
-        .then(pl.concat_str([session, pl.lit("@"), role]))
-        .when(assumed.struct.field("2").is_not_null())
-        .then(pl.concat_str([assumed.struct.field("2"), pl.lit("@"), assumed.struct.field("1")]))
-        .when(session.is_not_null() & user.is_not_null())
-        .then(pl.concat_str([session, pl.lit("@"), user]))
-        .otherwise(pl.coalesce(user, pl.col("principal"), pl.lit("system:anonymous")))
-    )
-
-
-def _action() -> pl.Expr:
-    """What one event did, as words: "patched ConfigMap kube-system/aws-auth"."""
-    verb, res, sub = pl.col("verb"), pl.col("resource"), pl.col("subresource")
-    ns, code = pl.col("namespace"), pl.col("response_code")
-    name = DERIVED_FIELDS["object_name"].build()
-    has_ns = ns.is_not_null() & (ns != "")
-    failed = code.fill_null(0) >= 400
-    past = (
-        pl.when(failed)
-        .then(pl.concat_str([pl.lit("tried to "), verb.fill_null("request")]))
-        .otherwise(verb.replace_strict(_PAST, default=verb, return_dtype=pl.String))
-        .fill_null("requested")
-    )
-    kind = res.replace_strict(_KINDS, default=res, return_dtype=pl.String)
-    obj = (
-        pl.when(res == "namespaces")
-        .then(name)
-        .when(name.is_not_null() & has_ns)
-        .then(pl.concat_str([ns, pl.lit("/"), name]))
-        .otherwise(name)
-    )
-    scope = pl.when(has_ns & (res != "namespaces")).then(
-        pl.concat_str([pl.lit(" in namespace "), ns])
-    )
-    pod_verbs = {
-        "exec": "opened an exec session in pod ",
-        "attach": "attached to pod ",
-        "portforward": "port-forwarded to pod ",
-        "ephemeralcontainers": "added an ephemeral container to pod ",
-    }
-    action = pl.when(res.is_null()).then(
-        pl.concat_str([past, pl.lit(" "), DERIVED_FIELDS["request_path"].build().fill_null("?")])
-    )
-    for subresource, words in pod_verbs.items():
-        action = action.when((res == "pods") & (sub == subresource)).then(
-            pl.concat_str(
-                [
-                    pl.when(failed).then(pl.concat_str([past, pl.lit(": ")])).otherwise(pl.lit("")),
-                    pl.lit(words),
-                    obj.fill_null("?"),
-                ]
-            )
-        )
-    action = (
-        action.when((res == "serviceaccounts") & (sub == "token"))
-        .then(
-            pl.concat_str(
-                [
-                    pl.when(failed).then(pl.lit("tried to request")).otherwise(pl.lit("requested")),
-                    pl.lit(" a token for service account "),
-                    obj.fill_null("?"),
-                ]
-            )
-        )
-        .when(name.is_null())
-        .then(
-            pl.concat_str([past, pl.lit(" "), res, scope.fill_null(pl.lit(" in all namespaces"))])
-        )
-        .when(sub.is_not_null() & (sub != ""))
-        .then(
-            pl.concat_str(
-                [past, pl.lit(" "), kind, pl.lit(" "), obj, pl.lit(" ("), sub, pl.lit(")")]
-            )
-        )
-        .otherwise(pl.concat_str([past, pl.lit(" "), kind, pl.lit(" "), obj]))
-    )
-    outcome = (
-        pl.when(code.is_in([401, 403]))
-        .then(pl.concat_str([pl.lit(" (denied, HTTP "), code.cast(pl.String), pl.lit(")")]))
-        .when(failed)
-        .then(pl.concat_str([pl.lit(" (failed, HTTP "), code.cast(pl.String), pl.lit(")")]))
-        .otherwise(pl.lit(""))
-    )
-    return pl.concat_str([action.fill_null("made a request"), outcome])
-
-
-def _render(template: str) -> pl.Expr:
-    """A rule's ``output`` template with ``{field}`` values filled in; null if all empty."""
-    pieces: list[pl.Expr] = []
-    present: list[pl.Expr] = []
-    pos = 0
-    for m in re.finditer(r"\{([^{}]+)\}", template):
-        if m.start() > pos:
-            pieces.append(pl.lit(template[pos : m.start()]))
-        resolved = resolve_field(m.group(1).strip())
-        value = (
-            resolved.expr.list.drop_nulls().list.unique(maintain_order=True).list.join(", ")
-            if resolved.kind == "list"
-            else resolved.expr.cast(pl.String)
-        )
-        value = pl.when(value != "").then(value)
-        present.append(value.is_not_null())
-        pieces.append(value.fill_null("?"))
-        pos = m.end()
-    if pos < len(template):
-        pieces.append(pl.lit(template[pos:]))
-    text = pl.concat_str(pieces)
-    return pl.when(pl.any_horizontal(present)).then(text) if present else text
-
-
-def _line(rule: Rule) -> pl.Expr:
-    """One sentence per event: who did what, plus the rule's own detail."""
-    base = pl.concat_str([_who(), pl.lit(" "), _action()])
-    if rule.output:
-        detail = _render(rule.output)
-        return (
-            pl.when(detail.is_not_null())
-            .then(pl.concat_str([base, pl.lit("; "), detail]))
-            .otherwise(base)
-        )
-    return base
 
 
 def _dedupe(matched: pl.DataFrame, stages: tuple[str, ...]) -> pl.DataFrame:
@@ -337,7 +150,7 @@ def _aggregate(keyed: pl.DataFrame, rule: Rule) -> pl.DataFrame:
         pl.col("audit_id").n_unique().cast(pl.Int64).alias("event_count"),
         pl.col("audit_id").sort_by("event_time").unique(maintain_order=True).alias("audit_ids"),
         pl.col("principal_kind").drop_nulls().first().alias("principal_kind"),
-        _who().drop_nulls().first().alias("_who"),
+        who().drop_nulls().first().alias("_who"),
         value.cast(pl.Float64).alias("_value"),
         pl.col("principal").drop_nulls().unique().sort().alias("_principals"),
     )
@@ -361,62 +174,6 @@ def _usual(
     return per_window.group_by(["cluster", "_key"]).agg(
         (pl.col("_v").sum() / max(n_windows, 1)).alias("_usual")
     )
-
-
-def _reasons(keyed: pl.DataFrame, rule: Rule) -> pl.DataFrame:
-    """Up to MAX_REASONS distinct sentences per finding, most frequent first, with counts."""
-    lines = keyed.with_columns(_line(rule).alias("_text"))
-    counted = lines.group_by([*_KEYS, "_text"]).agg(
-        pl.col("audit_id").n_unique().alias("_n"), pl.col("event_time").min().alias("_first")
-    )
-    counted = counted.with_columns(
-        pl.when(pl.col("_n") > 1)
-        .then(pl.format("{} ({} events)", pl.col("_text"), pl.col("_n")))
-        .otherwise(pl.col("_text"))
-        .alias("_text")
-    ).sort(["_n", "_first"], descending=[True, False])
-    top = counted.group_by(_KEYS, maintain_order=True).agg(
-        pl.col("_text").head(MAX_REASONS).alias("_lines"),
-        (pl.len().cast(pl.Int64) - MAX_REASONS).alias("_more"),
-        (pl.col("_n").sum() - pl.col("_n").head(MAX_REASONS).sum()).alias("_more_events"),
-    )
-    more = pl.when(pl.col("_more") > 0).then(
-        pl.format(
-            "and {} more distinct actions ({} events)", pl.col("_more"), pl.col("_more_events")
-        )
-    )
-    return top.select(*_KEYS, pl.concat_list("_lines", more).list.drop_nulls().alias("_lines"))
-
-
-def _threshold_sentence(rule: Rule, window: timedelta, with_usual: bool) -> pl.Expr:
-    t = rule.threshold
-    assert t is not None
-    value = pl.col("_value").cast(pl.Int64).cast(pl.String)
-    thr = pl.col("threshold").ceil().cast(pl.Int64).cast(pl.String)
-    who = (
-        pl.concat_str([pl.lit("source IP "), pl.col("_key")])
-        if t.by == "source_ip"
-        else pl.col("_who").fill_null(pl.col("_key"))
-    )
-    parts = [
-        who,
-        pl.lit(": "),
-        value,
-        pl.lit(f" {t.label} within {humanize(window)} (threshold "),
-        thr,
-    ]
-    if with_usual:
-        parts += [
-            pl.lit("; usual "),
-            pl.col("_usual").round(1).cast(pl.String),
-            pl.lit(" per window"),
-        ]
-    parts.append(pl.lit(")"))
-    sentence = pl.concat_str(parts)
-    if t.by == "source_ip":
-        principals = pl.col("_principals").list.head(5).list.join(", ")
-        sentence = pl.concat_str([sentence, pl.lit("; identities: "), principals.fill_null("?")])
-    return sentence
 
 
 def _findings_for_rule(
@@ -450,11 +207,11 @@ def _findings_for_rule(
     fired = groups.filter(pl.col("_value") >= pl.col("threshold"))
     if fired.is_empty():
         return empty_findings(), keyed, groups
-    reasons = _reasons(keyed.join(fired.select(_KEYS), on=_KEYS, how="semi"), rule)
-    fired = fired.join(reasons, on=_KEYS, how="left")
+    lines_by_key = reasons(keyed.join(fired.select(_KEYS), on=_KEYS, how="semi"), rule)
+    fired = fired.join(lines_by_key, on=_KEYS, how="left")
     lines = pl.col("_lines")
     if t is not None:
-        lines = pl.concat_list(_threshold_sentence(rule, window, with_usual), pl.col("_lines"))
+        lines = pl.concat_list(threshold_sentence(rule, window, with_usual), pl.col("_lines"))
     kind = (
         pl.lit("source_ip") if t is not None and t.by == "source_ip" else pl.col("principal_kind")
     )
