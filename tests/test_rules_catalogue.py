@@ -760,8 +760,34 @@ def test_exec_counts_one_session_once_across_stages(ruleset):
     completed = dict(started, stage="ResponseComplete")
     found = run(ruleset, "pod-exec", [started, completed])
     assert found["event_count"].to_list() == [1]
-    # a session whose ResponseComplete arrives alone (a later scoring run) is not re-counted
-    assert run(ruleset, "pod-exec", [completed]).is_empty()
+    # a log holding only the ResponseComplete (stages filtered, a cut stream) still fires
+    assert run(ruleset, "pod-exec", [completed])["event_count"].to_list() == [1]
+    # a session opened in an earlier range (counted there at ResponseStarted) that closes in
+    # this one is not counted again when this log records ResponseStarted
+    later = T0 + timedelta(hours=2)
+    closed_late = dict(completed, stageTimestamp=later.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+    other = ev(
+        "create",
+        "pods",
+        ns="default",
+        name="q",
+        sub="exec",
+        code=101,
+        stage="ResponseStarted",
+        at=later,
+    )
+    found = run(ruleset, "pod-exec", [closed_late, other])
+    assert found["event_count"].to_list() == [1]
+    assert found["audit_ids"].to_list()[0] == [other["auditID"]]
+
+
+@pytest.mark.parametrize("verb", ["create", "get"])
+@pytest.mark.parametrize("sub", ["exec", "attach", "portforward"])
+def test_sessions_fire_at_any_stage_and_verb(ruleset, verb, sub):
+    rule = "pod-port-forward" if sub == "portforward" else "pod-exec"
+    for stage in ("RequestReceived", "ResponseStarted", "ResponseComplete"):
+        event = ev(verb, "pods", ns="default", name="p", sub=sub, code=101, stage=stage)
+        assert run(ruleset, rule, [event])["event_count"].to_list() == [1], (stage, verb)
 
 
 def test_websocket_exec_uses_verb_get(ruleset):

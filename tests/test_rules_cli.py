@@ -100,15 +100,32 @@ def test_subprocess_rule_test_shows_what_fired_and_why(detect, audit_log):
     assert len(as_json["findings"]) == 1
 
 
-def test_rule_test_explains_silence_and_can_fail_ci(audit_log):
+def test_rule_test_explains_silence_and_can_fail_ci(audit_log, tmp_path):
+    started_only = tmp_path / "stage.yaml"
+    started_only.write_text(
+        "- rule: aws-auth-changed\n  override: {stages: replace}\n  stages: [ResponseStarted]\n"
+    )
     silent = cli("rules", "test", "events-deleted", audit_log, "--expect-fire")
     assert silent.exit_code == 1
     assert "did not fire: no event matches the condition" in silent.stdout
-    stage = cli("rules", "test", "pod-exec", audit_log)
+    stage = cli("rules", "test", "aws-auth-changed", audit_log, "--rules", str(started_only))
     assert stage.exit_code == 0
     assert "did not fire: no event is at stage ResponseStarted" in stage.stdout
     disabled = cli("rules", "test", "namespace-created", audit_log)
     assert disabled.exit_code == 0 and "(ships disabled)" in disabled.stdout
+
+
+def test_rule_test_names_the_term_that_stopped_each_event(audit_log):
+    # pod-exec over a configmap patch and a plain pod read: each stops at the first term
+    # of the condition it fails, as written in the rule, and the events are named.
+    out = cli("rules", "test", "pod-exec", audit_log)
+    assert out.exit_code == 0, out.stderr
+    assert "what stopped each event (first failing term):" in out.stdout
+    assert "2 x condition: resource = pods" in out.stdout
+    assert "1 x condition: subresource in (exec, attach)" in out.stdout
+    data = json.loads(cli("rules", "test", "pod-exec", audit_log, "--format", "json").stdout)
+    stopped = {e["verb"] + " " + e["resource"]: e["stopped_by"] for e in data["stopped"]}
+    assert stopped["get pods"] == "condition: subresource in (exec, attach)"
 
 
 def test_rule_test_usage_errors(audit_log, tmp_path):

@@ -283,8 +283,11 @@ fields still works, but reads every body in the range.
   any JSONPath in quotes: `request_object["$.subjects[?(@.kind == 'User')].name"]`.
 - A deep key, every value of a key anywhere in the body, as a list:
   `request_object..privileged` (all containers, init and ephemeral containers, pod
-  templates of Deployments, DaemonSets, StatefulSets, Jobs and CronJobs). The key's
-  values must be scalars, arrays of scalars or flat objects (`..hostPath.path`).
+  templates of Deployments, DaemonSets, StatefulSets, Jobs and CronJobs). A deep key
+  collects scalar values (and arrays of scalars); it cannot be followed by a path
+  (`request_object..securityContext.privileged` is refused when the rule loads: it would
+  miss every securityContext that holds another object). Name the last key
+  (`..privileged`) or write the full path.
 - Derived fields:
 
 {derived}
@@ -312,6 +315,28 @@ test` counts how many each exception removed.
       values: [["system:serviceaccount:argocd:*", [apps, tools]]]
 ```
 
+Exceptions used by several rules are named once as an `exception_set` and named in each
+rule's `exceptions` list (mixed freely with inline exceptions). A later file can replace
+a set or append to it, and every rule using it follows:
+
+```yaml
+- exception_set: rbac_routine_writers
+  items:
+    - name: gitops_controllers
+      field: user_name
+      comp: glob
+      values: [gitops_controllers]
+
+- rule: rbac-changed
+  ...
+  exceptions: [rbac_routine_writers, {name: ci, field: principal, values: [ci-bot]}]
+```
+
+Identities may be written in either form: an IAM session as CloudTrail and `aws sts
+get-caller-identity` show it (`arn:aws:sts::ACCT:assumed-role/ROLE/SESSION`) also matches
+the form principals are stored in (`arn:aws:iam::ACCT:role/ROLE/SESSION`, what `detect
+findings` shows), so either can be pasted into a list or an exception.
+
 ### Thresholds and baselines
 
 ```yaml
@@ -332,9 +357,11 @@ as zero).
 
 An event is logged once per stage (the lake's key is audit ID + stage). A rule counts the
 stages listed in `stages`, in order of preference, and each request once. Most rules count
-`ResponseComplete`; exec, attach and port-forward count `ResponseStarted`, when the
-session opens (their `ResponseComplete` comes when it closes, maybe hours later);
-authorization failures accept both, since a denied watch is logged at both.
+`ResponseComplete`; exec, attach and port-forward prefer `ResponseStarted`, when the
+session opens (their `ResponseComplete` comes when it closes, maybe hours later), and fall
+back to `ResponseComplete` or `RequestReceived` when that is all the log holds (stages
+filtered by the audit policy, a cut stream); authorization failures accept both, since a
+denied watch is logged at both.
 
 <a id="tuning"></a>
 ### Tuning and overrides
@@ -343,8 +370,8 @@ Later files (`--rules`) win over the built-in ones:
 
 ```yaml
 # site-rules.yaml
-- list: user_known_rbac_editors       # append to a tuning list
-  append: true
+- list: user_known_rbac_editors       # append to a tuning list (an IAM session
+  append: true                        # in its sts or its stored iam form)
   items: ["arn:aws:sts::111122223333:assumed-role/platform-ci/*"]
 
 - rule: pod-exec                      # switch a rule off (or on: enabled: true)

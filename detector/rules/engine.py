@@ -27,7 +27,7 @@ from detector.lake.findings_schema import (
     empty_findings,
     with_finding_ids,
 )
-from detector.rules.condition import resolve_field
+from detector.rules.condition import DERIVED_FIELDS, resolve_field
 from detector.rules.loader import Rule, RuleSet
 from detector.rules.narrate import KEYS as _KEYS
 from detector.rules.narrate import reasons, threshold_sentence, who
@@ -93,8 +93,44 @@ def _every(window: timedelta) -> str:
     return f"{seconds}s"
 
 
-def _dedupe(matched: pl.DataFrame, stages: tuple[str, ...]) -> pl.DataFrame:
+@dataclass(frozen=True)
+class _Frame:
+    """What a frame says about itself: where it starts and which stages its log records."""
+
+    start: datetime | None
+    stages: frozenset[str]
+
+
+def _frame_facts(lf: pl.LazyFrame) -> _Frame:
+    row = lf.select(
+        pl.col("event_time").min().alias("start"),
+        pl.col("stage").drop_nulls().unique().implode().alias("stages"),
+    ).collect()
+    return _Frame(row["start"][0], frozenset(row["stages"].explode().drop_nulls().to_list()))
+
+
+def _carried_over(matched: pl.DataFrame, stages: tuple[str, ...], facts: _Frame) -> pl.Expr:
+    """Rows of requests already counted in an earlier range: leave them out.
+
+    A long-running request (exec, port-forward) is logged when it opens and again when it
+    closes, maybe in a later scoring range. When this log records the preferred stage at
+    all, a later-stage row of a request received before the range began was counted with
+    its first stage then. A log that never records that stage (filtered by the audit
+    policy) counts the later stage instead, so the request is still found once.
+    """
+    if facts.start is None or stages[0] not in facts.stages or "received_time" not in matched:
+        return pl.lit(False)
+    return (pl.col("stage") != stages[0]).fill_null(True) & (
+        pl.col("received_time") < facts.start
+    ).fill_null(False)
+
+
+def _dedupe(
+    matched: pl.DataFrame, stages: tuple[str, ...], facts: _Frame | None = None
+) -> pl.DataFrame:
     """One row per request: the first of the rule's stages, in its order of preference."""
+    if facts is not None and len(stages) > 1:
+        matched = matched.filter(~_carried_over(matched, stages, facts))
     rank = (
         pl.col("stage")
         .fill_null("ResponseComplete")
@@ -303,6 +339,7 @@ def evaluate_rules(
             pl.any_horizontal([r.prefilter_expr for r in baseline_rules])
         ).collect()  # prefilters are column-only: cheap even over 7 days
 
+    facts = _frame_facts(lf) if any(len(r.stages) > 1 for r in rules) else None
     finding_frames: list[pl.DataFrame] = []
     keyed_frames: list[tuple[Rule, pl.DataFrame]] = []
     for i, rule in enumerate(rules):
@@ -313,7 +350,7 @@ def evaluate_rules(
             matched = lf.filter(rule.match).collect()
         if matched.is_empty():
             continue
-        matched = _dedupe(matched, rule.stages)
+        matched = _dedupe(matched, rule.stages, facts)
         usual = None
         if hist_candidates is not None and rule in baseline_rules:
             hist_matched = _dedupe(hist_candidates.filter(rule.match), rule.stages)
@@ -351,6 +388,35 @@ def evaluate_rules(
         descending=[True, False, False, False],
     )
     return RuleResult(findings.select(list(FINDINGS_COLUMNS)), links, stats)
+
+
+#: Columns ``why_not`` returns besides ``stopped_by``: enough to recognise each event.
+WHY_COLUMNS = ("audit_id", "stage", "event_time", "verb", "resource", "subresource", "target")
+
+
+def why_not(events: pl.LazyFrame | pl.DataFrame, rule: Rule) -> pl.DataFrame:
+    """For each event, what stopped it: the rule's stages, the first ``and`` term of the
+    condition it fails (as the author wrote it, macros by name), or the exception that
+    removed it; ``counted`` when it passed all of them.
+
+    ``detect rules test`` prints this for a rule that did not fire, so an author sees
+    which term to fix instead of a count of events that "did not match".
+    """
+    lf = prepare_events(events)
+    terms = rule.compiler.conjuncts(rule.condition) if rule.compiler else []
+    stopped = pl.when(~rule.stage_expr).then(pl.lit(f"stage: not one of {', '.join(rule.stages)}"))
+    for text, expr in terms:
+        stopped = stopped.when(~expr).then(pl.lit(f"condition: {text}"))
+    if not terms:
+        stopped = stopped.when(~rule.condition_expr).then(pl.lit("condition"))
+    for name, expr in rule.exception_exprs.items():
+        stopped = stopped.when(expr).then(pl.lit(f"exception: {name}"))
+    target = DERIVED_FIELDS["target"].build()
+    return lf.select(
+        *[c for c in WHY_COLUMNS if c != "target"],
+        target.alias("target"),
+        stopped.otherwise(pl.lit("counted")).alias("stopped_by"),
+    ).collect()
 
 
 def _gate(lf: pl.LazyFrame, gates: list[pl.Expr]) -> pl.DataFrame:

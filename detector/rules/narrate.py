@@ -20,6 +20,7 @@ from detector.rules.loader import Rule
 #: Group keys of a finding (engine.py groups by the same).
 KEYS = ["cluster", "_key", "window_start"]
 
+#: At most this many distinct "what happened" sentences per finding; the rest are counted.
 MAX_REASONS = 5
 
 _PAST = {
@@ -193,7 +194,7 @@ def _render(template: str) -> pl.Expr:
     return pl.when(pl.any_horizontal(present)).then(text) if present else text
 
 
-def _line(rule: Rule) -> pl.Expr:
+def line(rule: Rule) -> pl.Expr:
     """One sentence per event: who did what, plus the rule's own detail."""
     base = pl.concat_str([who(), pl.lit(" "), _action()])
     if rule.output:
@@ -208,7 +209,7 @@ def _line(rule: Rule) -> pl.Expr:
 
 def reasons(keyed: pl.DataFrame, rule: Rule) -> pl.DataFrame:
     """Up to MAX_REASONS distinct sentences per finding, most frequent first, with counts."""
-    lines = keyed.with_columns(_line(rule).alias("_text"))
+    lines = keyed.with_columns(line(rule).alias("_text"))
     counted = lines.group_by([*KEYS, "_text"]).agg(
         pl.col("audit_id").n_unique().alias("_n"), pl.col("event_time").min().alias("_first")
     )

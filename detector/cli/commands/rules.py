@@ -177,8 +177,10 @@ def test_rule(
         detect rules test aws-auth-changed /var/log/kubernetes/audit.log
         detect rules test pod-exec ./audit/ --rules site-rules.yaml --expect-fire
     """
+    import polars as pl
+
     from detector.pipeline.ingest import read_events
-    from detector.rules import evaluate_rules
+    from detector.rules import evaluate_rules, why_not
     from detector.sources.files import InputError
 
     every = _parse_window(window)
@@ -196,6 +198,7 @@ def test_rule(
     rule = ruleset.get(rule_id)  # as configured, so a rule that ships disabled says so
     result = evaluate_rules(events, one, window=every, explain=True)
     stats = result.stats.get(rule_id)
+    stopped = why_not(events, rule) if result.findings.is_empty() else None
     if output == OutputFormat.json:
         emit_json(
             {
@@ -205,10 +208,15 @@ def test_rule(
                 "stats": None if stats is None else stats.__dict__,
                 "findings": result.findings.to_dicts(),
                 "finding_events": result.events.to_dicts(),
+                "stopped": None
+                if stopped is None
+                else stopped.with_columns(pl.col("event_time").dt.to_string()).to_dicts(),
             }
         )
     else:
         _render_test(rule, events.height, quarantine.height, stats, result.findings)
+        if stopped is not None:
+            _render_stopped(stopped)
     if fail_if_silent and result.findings.is_empty():
         raise typer.Exit(EXIT_FINDINGS)
 
@@ -254,6 +262,36 @@ def _render_test(rule: Any, n_events: int, n_quarantined: int, stats: Any, findi
         ids = row["audit_ids"]
         shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
         p(f"    audit IDs: {shown}", markup=False)
+
+
+#: Events listed per stopping term in `rules test` (the rest are counted).
+_STOPPED_SHOWN = 5
+
+
+def _render_stopped(stopped: Any) -> None:
+    """Per term of the condition (or stage, or exception): how many events it stopped,
+    then the first few of them, so an author sees which term to change."""
+    import polars as pl
+
+    if stopped.is_empty():
+        return
+    p = stdout.print
+    p("what stopped each event (first failing term):", markup=False)
+    groups = stopped.group_by("stopped_by", maintain_order=True).agg(
+        pl.len().alias("n"), pl.all().head(_STOPPED_SHOWN)
+    )
+    for row in groups.sort("n", descending=True).iter_rows(named=True):
+        p(f"  {row['n']:,} x {row['stopped_by']}", markup=False)
+        for i in range(len(row["audit_id"])):
+            what = " ".join(
+                str(v) for v in (row["verb"][i], row["resource"][i], row["subresource"][i]) if v
+            )
+            p(
+                f"      {row['audit_id'][i]} {row['stage'][i]}: {what} {row['target'][i]}",
+                markup=False,
+            )
+        if row["n"] > _STOPPED_SHOWN:
+            p(f"      and {row['n'] - _STOPPED_SHOWN:,} more", markup=False)
 
 
 def _why_silent(rule: Any, stats: Any) -> str:
