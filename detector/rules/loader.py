@@ -89,6 +89,7 @@ _ENGINE_COLUMNS = (
     "audit_id",
     "stage",
     "event_time",
+    "received_time",
     "principal",
     "principal_kind",
     "user_name",
