@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from test_rules_helpers import T0, binding, ev, frame, iam, pod, role, workload
@@ -595,6 +596,318 @@ for _rid, (_verb, _res, _code) in ACTIVITY.items():
         [ev(_verb, _res, ns=_ns, name="x", code=409 if _verb == "create" else 404)],
         "the same request failing",
     )
+
+
+def exec_ev(command: list[str], *, verb: str = "create", user: Any = "alice", **kw: Any) -> dict:
+    query = "&".join(f"command={quote(c, safe='')}" for c in command)
+    uri = f"/api/v1/namespaces/shop/pods/p/exec?{query}&container=app&stdin=true"
+    return ev(
+        verb,
+        "pods",
+        ns="shop",
+        name="p",
+        sub="exec",
+        code=101,
+        uri=uri,
+        user=user,
+        stage="ResponseStarted",
+        **kw,
+    )
+
+
+def csr(user: Any = "alice", sub: str | None = None, verb: str = "create") -> dict:
+    return ev(
+        verb,
+        "certificatesigningrequests",
+        name="c",
+        sub=sub,
+        group="certificates.k8s.io",
+        code=201 if verb == "create" else 200,
+        user=user,
+        body={
+            "kind": "CertificateSigningRequest",
+            "metadata": {"name": "c"},
+            "spec": {"signerName": "kubernetes.io/kube-apiserver-client", "request": "LS0t"},
+        },
+    )
+
+
+def caps(*added: str, ns: str = "shop") -> dict:
+    body = pod(ns)
+    body["spec"]["containers"][0]["securityContext"] = {"capabilities": {"add": list(added)}}
+    return body
+
+
+def root_pod(escalation: bool) -> dict:
+    body = pod("shop")
+    body["spec"]["containers"][0]["securityContext"] = {
+        "runAsUser": 0,
+        "allowPrivilegeEscalation": escalation,
+    }
+    return body
+
+
+def cronjob() -> dict:
+    return {
+        "kind": "CronJob",
+        "metadata": {"name": "c"},
+        "spec": {
+            "schedule": "*/5 * * * *",
+            "jobTemplate": {
+                "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "alpine"}]}}}
+            },
+        },
+    }
+
+
+def ingress(tls: bool) -> dict:
+    spec: dict[str, Any] = {"rules": [{"host": "shop.example.com"}]}
+    if tls:
+        spec["tls"] = [{"hosts": ["shop.example.com"], "secretName": "shop-tls"}]
+    return {"kind": "Ingress", "metadata": {"name": "i"}, "spec": spec}
+
+
+def sa_token_secret(kind: str) -> dict:
+    return {
+        "kind": "Secret",
+        "type": kind,
+        "metadata": {
+            "name": "t",
+            "annotations": {"kubernetes.io/service-account.name": "argocd-application-controller"},
+        },
+    }
+
+
+def impersonating(user: Any, as_user: str = "system:admin") -> dict:
+    return dict(ev("list", "secrets", ns="shop", user=user), impersonatedUser={"username": as_user})
+
+
+SA = "system:serviceaccount:shop:app"
+NODE = "system:node:ip-10-0-1-7.ec2.internal"
+
+# Round two (issue 13): each positive and closest benign neighbour follows the peer rule
+# named in the rule's references.
+CASES.update(
+    {
+        "exec-credential-read": (
+            [exec_ev(["cat", "/var/run/secrets/kubernetes.io/serviceaccount/token"], verb="get")],
+            [exec_ev(["cat", "/app/config.yaml"])],
+            "an exec reading an application file",
+        ),
+        "pod-copy-out": (
+            [exec_ev(["tar", "cf", "-", "/var/lib/data"])],
+            [exec_ev(["tar", "-xmf", "-", "-C", "/tmp"])],
+            "kubectl cp into the pod (tar x)",
+        ),
+        "nodes-proxy-access": (
+            [
+                ev(
+                    "get",
+                    "nodes",
+                    name="ip-10-0-1-7",
+                    sub="proxy",
+                    uri="/api/v1/nodes/ip-10-0-1-7/proxy/runningpods/",
+                )
+            ],
+            [
+                ev(
+                    "get",
+                    "nodes",
+                    name="ip-10-0-1-7",
+                    sub="proxy",
+                    uri="/api/v1/nodes/ip-10-0-1-7/proxy/metrics/cadvisor",
+                )
+            ],
+            "a metrics scrape through the proxy",
+        ),
+        "role-grants-nodes-proxy": (
+            [
+                ev(
+                    "create",
+                    "clusterroles",
+                    name="r",
+                    group=RBAC,
+                    code=201,
+                    body=role("ClusterRole", ["nodes/proxy"], ["get"]),
+                )
+            ],
+            [
+                ev(
+                    "create",
+                    "clusterroles",
+                    name="r",
+                    group=RBAC,
+                    code=201,
+                    body=role("ClusterRole", ["nodes"], ["get", "list"]),
+                )
+            ],
+            "a role reading nodes, not their kubelet",
+        ),
+        "role-grants-escalation-verbs": (
+            [
+                ev(
+                    "create",
+                    "clusterroles",
+                    name="r",
+                    group=RBAC,
+                    code=201,
+                    body=role("ClusterRole", ["users", "groups"], ["impersonate"]),
+                )
+            ],
+            [
+                ev(
+                    "create",
+                    "clusterroles",
+                    name="r",
+                    group=RBAC,
+                    code=201,
+                    body=role("ClusterRole", ["users", "groups"], ["get"]),
+                )
+            ],
+            "a role reading the same resources",
+        ),
+        "impersonation-by-person": (
+            [impersonating(iam())],
+            [impersonating("system:serviceaccount:kube-system:generic-garbage-collector")],
+            "a controller's request with impersonation",
+        ),
+        "secrets-listed-cluster-wide": (
+            [ev("list", "secrets", user=iam())],
+            [ev("list", "secrets", ns="shop", user=iam())],
+            "the same list in one namespace",
+        ),
+        "service-account-token-secret-created": (
+            [
+                ev(
+                    "create",
+                    "secrets",
+                    ns="argocd",
+                    name="t",
+                    code=201,
+                    body=sa_token_secret("kubernetes.io/service-account-token"),
+                )
+            ],
+            [
+                ev(
+                    "create",
+                    "secrets",
+                    ns="argocd",
+                    name="t",
+                    code=201,
+                    body=sa_token_secret("Opaque"),
+                )
+            ],
+            "an Opaque secret",
+        ),
+        "privileged-sa-token-requested": (
+            [
+                ev(
+                    "create",
+                    "serviceaccounts",
+                    ns="argocd",
+                    name="argocd-application-controller",
+                    sub="token",
+                    code=201,
+                )
+            ],
+            [
+                ev(
+                    "create",
+                    "serviceaccounts",
+                    ns="argocd",
+                    name="argocd-application-controller",
+                    sub="token",
+                    code=201,
+                    user=NODE,
+                )
+            ],
+            "the kubelet minting the token for the controller's own pod",
+        ),
+        "csr-created-by-person": ([csr(iam())], [csr(NODE)], "a kubelet's CSR"),
+        "csr-approved-by-person": (
+            [csr("alice", sub="approval", verb="update")],
+            [
+                csr(
+                    "system:serviceaccount:kube-system:certificate-controller",
+                    sub="approval",
+                    verb="update",
+                )
+            ],
+            "the controller approving a kubelet CSR",
+        ),
+        "dangerous-capabilities": (
+            [ev("create", "pods", ns="shop", code=201, body=caps("SYS_PTRACE"))],
+            [ev("create", "pods", ns="shop", code=201, body=caps("NET_BIND_SERVICE"))],
+            "a harmless capability",
+        ),
+        "root-with-privilege-escalation": (
+            [ev("create", "pods", ns="shop", code=201, body=root_pod(True))],
+            [ev("create", "pods", ns="shop", code=201, body=root_pod(False))],
+            "root with privilege escalation off",
+        ),
+        "cronjob-created-by-person": (
+            [ev("create", "cronjobs", ns="shop", group="batch", code=201, body=cronjob())],
+            [
+                ev(
+                    "create",
+                    "cronjobs",
+                    ns="shop",
+                    group="batch",
+                    code=201,
+                    body=cronjob(),
+                    user="system:serviceaccount:argocd:argocd-application-controller",
+                )
+            ],
+            "a GitOps controller applying the same CronJob",
+        ),
+        "daemonset-created-by-person": (
+            [
+                ev(
+                    "create",
+                    "daemonsets",
+                    ns="shop",
+                    group="apps",
+                    code=201,
+                    body=workload("DaemonSet", ns="shop"),
+                )
+            ],
+            [
+                ev(
+                    "create",
+                    "deployments",
+                    ns="shop",
+                    group="apps",
+                    code=201,
+                    body=workload("Deployment", ns="shop"),
+                )
+            ],
+            "a Deployment",
+        ),
+        "ingress-without-tls": (
+            [
+                ev(
+                    "create",
+                    "ingresses",
+                    ns="shop",
+                    group="networking.k8s.io",
+                    code=201,
+                    body=ingress(False),
+                )
+            ],
+            [
+                ev(
+                    "create",
+                    "ingresses",
+                    ns="shop",
+                    group="networking.k8s.io",
+                    code=201,
+                    body=ingress(True),
+                )
+            ],
+            "the same Ingress with TLS",
+        ),
+    }
+)
 
 
 @pytest.fixture(scope="module")

@@ -404,6 +404,58 @@ def _uri_param(name: str) -> pl.Expr:
     )
 
 
+def _aws_auth_mappings() -> pl.Expr:
+    """``ARN -> groups`` for each entry of aws-auth's mapRoles/mapUsers (YAML in a string).
+
+    The ConfigMap's values are YAML documents inside JSON strings; each top-level ``- ``
+    item maps one IAM role or user. Block (``- system:masters``) and flow (``[a, b]``)
+    group lists are both read. An entry without groups says so.
+    """
+    entries = []
+    for key in ("mapRoles", "mapUsers"):
+        text = _json_path("request_object", f"$.data.{key}")
+        entries.append(text.str.replace(r"^\s*-", "\n-").str.split("\n-").list.slice(1))
+    item = pl.element()
+    arn = item.str.extract(r"(?:rolearn|userarn)\s*:\s*['\"]?([^\s'\"]+)", 1)
+    block = item.str.extract(r"groups[ \t]*:[ \t]*\n((?:[ \t]*-[ \t]*\S+[ \t]*(?:\n|$))+)", 1)
+    flow = item.str.extract(r"groups\s*:\s*\[([^\]]*)\]", 1)
+    groups = pl.coalesce(
+        block.str.extract_all(r"-\s*[^\s'\"]+")
+        .list.eval(pl.element().str.replace(r"^-\s*", ""))
+        .list.join(", "),
+        flow.str.replace_all(r"['\"\s]", "").str.replace_all(",", ", "),
+    )
+    line = pl.concat_str([arn, pl.lit(" -> "), groups.fill_null("no groups")])
+    return pl.concat_list(entries).list.eval(line).list.drop_nulls()
+
+
+def _webhook_targets() -> pl.Expr:
+    """Where a webhook configuration sends objects: ``service ns/name`` or its URL."""
+    service = r'"service"\s*:\s*\{[^{}]*\}'
+    services = (
+        pl.col("request_object")
+        .str.extract_all(service)
+        .list.eval(
+            pl.concat_str(
+                [
+                    pl.lit("service "),
+                    pl.element()
+                    .str.replace(r'^"service"\s*:\s*', "")
+                    .str.json_path_match("$.namespace"),
+                    pl.lit("/"),
+                    pl.element()
+                    .str.replace(r'^"service"\s*:\s*', "")
+                    .str.json_path_match("$.name"),
+                ]
+            )
+        )
+    )
+    urls = deep_values("request_object", "url").list.eval(
+        pl.concat_str([pl.lit("URL "), pl.element()])
+    )
+    return pl.concat_list([services, urls]).list.drop_nulls().list.unique(maintain_order=True)
+
+
 @dataclass(frozen=True)
 class DerivedField:
     kind: str
@@ -432,6 +484,24 @@ DERIVED_FIELDS: dict[str, DerivedField] = {
         "list",
         _host_namespaces,
         "which of hostNetwork, hostPID, hostIPC the request body sets to true",
+    ),
+    "added_capabilities": DerivedField(
+        "list",
+        lambda: deep_values("request_object", "add").list.eval(
+            pl.element().str.to_uppercase().str.replace(r"^CAP_", "")
+        ),
+        "every Linux capability added to a container (`securityContext.capabilities.add`), "
+        "upper case, without a `CAP_` prefix",
+    ),
+    "aws_auth_mappings": DerivedField(
+        "list",
+        _aws_auth_mappings,
+        "`ARN -> groups` for each IAM role or user mapped in an aws-auth body",
+    ),
+    "webhook_targets": DerivedField(
+        "list",
+        _webhook_targets,
+        "where a webhook configuration body sends objects (`service ns/name`, `URL ...`)",
     ),
     "subjects": DerivedField(
         "list", _subjects, "names of the subjects of a RoleBinding/ClusterRoleBinding body"

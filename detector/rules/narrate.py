@@ -186,7 +186,8 @@ def _render(template: str) -> pl.Expr:
         )
         value = pl.when(value != "").then(value)
         present.append(value.is_not_null())
-        pieces.append(value.fill_null("?"))
+        # An empty list is a fact ("host paths none"); a missing scalar is unknown.
+        pieces.append(value.fill_null("none" if resolved.kind == "list" else "?"))
         pos = m.end()
     if pos < len(template):
         pieces.append(pl.lit(template[pos:]))
