@@ -183,7 +183,7 @@ def test_columns_needed_are_enough_to_score():
     ruleset = load_ruleset()
     cols = ruleset.columns_needed()
     assert {"verb", "resource", "request_object", "audit_id", "stage", "received_time"} <= cols
-    assert "user_agent" not in cols and "level" not in cols
+    assert "user_agent" in cols and "level" not in cols and "user_uid" not in cols
     events = frame(
         ev("patch", "configmaps", ns="kube-system", name="aws-auth", user=iam(), body={"data": {}})
     )

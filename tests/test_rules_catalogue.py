@@ -3,6 +3,7 @@ neighbour (the same action by a system identity, in another namespace, one flag 
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from typing import Any
 from urllib.parse import quote
@@ -11,6 +12,7 @@ import pytest
 from test_rules_helpers import T0, binding, ev, frame, iam, pod, role, workload
 
 from detector.rules import evaluate_rules, load_ruleset
+from detector.rules.iplists import IP_LISTS_ENV
 
 RBAC = "rbac.authorization.k8s.io"
 ADMREG = "admissionregistration.k8s.io"
@@ -682,6 +684,11 @@ def impersonating(user: Any, as_user: str = "system:admin") -> dict:
     return dict(ev("list", "secrets", ns="shop", user=user), impersonatedUser={"username": as_user})
 
 
+#: A Tor exit range (not AWS) and an address from the shipped AWS snapshot (eu-west-1).
+TOR_IP = "185.220.101.5"
+AWS_IP = "3.5.140.9"
+
+
 SA = "system:serviceaccount:shop:app"
 NODE = "system:node:ip-10-0-1-7.ec2.internal"
 
@@ -883,6 +890,16 @@ CASES.update(
             ],
             "a Deployment",
         ),
+        "system-identity-outside-aws": (
+            [ev("get", "pods", ns="shop", user=NODE, ip=TOR_IP)],
+            [ev("get", "pods", ns="shop", user=NODE, ip=AWS_IP)],
+            "the kubelet calling from an AWS address",
+        ),
+        "denied-ip-caller": (
+            [ev("get", "pods", ns="shop", user=iam(), ip=TOR_IP)],
+            [ev("get", "pods", ns="shop", user=iam(), ip="185.220.102.5")],
+            "the next /24, not on the list",
+        ),
         "ingress-without-tls": (
             [
                 ev(
@@ -911,8 +928,19 @@ CASES.update(
 
 
 @pytest.fixture(scope="module")
-def ruleset():
-    return load_ruleset()
+def ruleset(tmp_path_factory):
+    """The built-in rules, with one deny list configured as detect.toml's ip_lists would."""
+    deny = tmp_path_factory.mktemp("iplists") / "tor-exits.txt"
+    deny.write_text("# test feed\n185.220.101.0/24\n2001:db8::/32\n")
+    saved = os.environ.get(IP_LISTS_ENV)
+    os.environ[IP_LISTS_ENV] = str(deny)
+    try:
+        return load_ruleset()
+    finally:
+        if saved is None:
+            os.environ.pop(IP_LISTS_ENV)
+        else:
+            os.environ[IP_LISTS_ENV] = saved
 
 
 def run(ruleset, rule_id: str, events: list[dict]):
@@ -1155,3 +1183,81 @@ def test_reason_names_session_and_role_when_the_username_is_the_session_arn(rule
         ],
     )
     assert found["reasons"].to_list() == [["ivan@developer port-forwarded to pod shop/db-0"]]
+
+
+def test_reasons_name_the_evidence(ruleset):
+    """An analyst reads what happened in the terms of the activity, not just "patched"."""
+    aws_auth = ev(
+        "patch",
+        "configmaps",
+        ns="kube-system",
+        name="aws-auth",
+        user=iam(),
+        body={
+            "data": {
+                "mapRoles": "- rolearn: arn:aws:iam::111122223333:role/backdoor\n"
+                "  username: backdoor\n  groups:\n    - system:masters\n"
+            }
+        },
+    )
+    (reasons,) = run(ruleset, "aws-auth-changed", [aws_auth])["reasons"].to_list()
+    assert reasons[0].endswith("mappings arn:aws:iam::111122223333:role/backdoor -> system:masters")
+    hook = ev(
+        "create",
+        "mutatingwebhookconfigurations",
+        name="h",
+        group=ADMREG,
+        code=201,
+        body={
+            "kind": "MutatingWebhookConfiguration",
+            "webhooks": [
+                {"name": "a", "clientConfig": {"url": "https://203.0.113.9/mutate"}},
+                {"name": "b", "clientConfig": {"service": {"namespace": "x", "name": "y"}}},
+            ],
+        },
+    )
+    (reasons,) = run(ruleset, "admission-webhook-changed", [hook])["reasons"].to_list()
+    assert "sends objects to service x/y, URL https://203.0.113.9/mutate" in reasons[0]
+    priv = ev(
+        "create",
+        "pods",
+        ns="shop",
+        code=201,
+        body=pod("shop", image="evil/miner:1", privileged=True, host_path="/etc"),
+    )
+    (reasons,) = run(ruleset, "privileged-container", [priv])["reasons"].to_list()
+    assert "images evil/miner:1; host paths /etc; added capabilities none" in reasons[0]
+
+
+def test_outside_aws_needs_a_public_address_and_a_system_identity(ruleset):
+    rule = "system-identity-outside-aws"
+    private = ev("get", "pods", ns="shop", user=NODE, ip="10.0.1.7")
+    person = ev("get", "pods", ns="shop", user=iam(), ip=TOR_IP)
+    eks = ev("get", "pods", ns="shop", user="eks:node-manager", ip=TOR_IP)
+    sa = ev("get", "pods", ns="shop", user="system:serviceaccount:kube-system:coredns", ip=TOR_IP)
+    assert run(ruleset, rule, [private, person]).is_empty()
+    found = run(ruleset, rule, [eks, sa])
+    assert sorted(found["principal"]) == [
+        "eks:node-manager",
+        "system:serviceaccount:kube-system:coredns",
+    ]
+    assert f"from {TOR_IP} (public, outside AWS)" in found["reasons"][0][0]
+
+
+def test_ip_lists_reject_bad_lines_and_need_no_network(tmp_path):
+    from detector.rules.condition import ConditionError
+    from detector.rules.iplists import derive_aws_ranges, read_networks
+
+    bad = tmp_path / "bad.txt"
+    bad.write_text("10.0.0.0/8\nnot-an-ip\n")
+    with pytest.raises(ConditionError, match=r"bad.txt, line 2: not an address or CIDR"):
+        read_networks(bad)
+    source = tmp_path / "ip-ranges.json"
+    source.write_text(
+        '{"syncToken": "1", "createDate": "2026-01-02-03-04-05", "prefixes": ['
+        '{"ip_prefix": "3.5.140.0/23"}, {"ip_prefix": "3.5.142.0/23"}, {"ip_prefix": "52.0.0.0/15"}'
+        "]}"
+    )
+    text = derive_aws_ranges(source)
+    assert "createDate 2026-01-02-03-04-05" in text
+    assert text.splitlines()[2:] == ["3.5.140.0/22", "52.0.0.0/15"]

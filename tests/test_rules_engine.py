@@ -535,7 +535,7 @@ def test_missing_rules_file():
 
 
 #: How a rule's references name the peer rule it follows (issue 13).
-PEERS = ("Stratus Red Team:", "Sigma:", "Elastic:", "Datadog:", "Panther:")
+PEERS = ("Stratus Red Team:", "Sigma:", "Elastic:", "Datadog:", "Panther:", "GuardDuty:")
 
 
 def test_builtin_catalogue_shape():

@@ -414,7 +414,8 @@ def _aws_auth_mappings() -> pl.Expr:
     entries = []
     for key in ("mapRoles", "mapUsers"):
         text = _json_path("request_object", f"$.data.{key}")
-        entries.append(text.str.replace(r"^\s*-", "\n-").str.split("\n-").list.slice(1))
+        split = text.str.replace(r"^\s*-", "\n-").str.split("\n-").list.slice(1)
+        entries.append(split.fill_null(pl.lit([], dtype=pl.List(pl.String))))
     item = pl.element()
     arn = item.str.extract(r"(?:rolearn|userarn)\s*:\s*['\"]?([^\s'\"]+)", 1)
     block = item.str.extract(r"groups[ \t]*:[ \t]*\n((?:[ \t]*-[ \t]*\S+[ \t]*(?:\n|$))+)", 1)
@@ -426,7 +427,8 @@ def _aws_auth_mappings() -> pl.Expr:
         flow.str.replace_all(r"['\"\s]", "").str.replace_all(",", ", "),
     )
     line = pl.concat_str([arn, pl.lit(" -> "), groups.fill_null("no groups")])
-    return pl.concat_list(entries).list.eval(line).list.drop_nulls()
+    found = pl.concat_list(entries).list.eval(line).list.drop_nulls()
+    return pl.when(found.list.len() > 0).then(found)
 
 
 def _webhook_targets() -> pl.Expr:
@@ -454,6 +456,12 @@ def _webhook_targets() -> pl.Expr:
         pl.concat_str([pl.lit("URL "), pl.element()])
     )
     return pl.concat_list([services, urls]).list.drop_nulls().list.unique(maintain_order=True)
+
+
+def _source_in(kind: str) -> pl.Expr:
+    from detector.rules.iplists import source_in  # iplists reports ConditionError
+
+    return source_in(kind)
 
 
 @dataclass(frozen=True)
@@ -502,6 +510,26 @@ DERIVED_FIELDS: dict[str, DerivedField] = {
         "list",
         _webhook_targets,
         "where a webhook configuration body sends objects (`service ns/name`, `URL ...`)",
+    ),
+    "source_ip_public": DerivedField(
+        "bool",
+        lambda: ~_source_in("non_public"),
+        "true when `source_ip` is a public IPv4 address (not private, CGNAT, loopback, "
+        "link-local, reserved)",
+        uses_json=False,
+    ),
+    "source_ip_in_aws": DerivedField(
+        "bool",
+        lambda: _source_in("aws"),
+        "true when `source_ip` is in AWS's published ranges (the shipped snapshot, "
+        "`detect rules aws-ranges` refreshes it)",
+        uses_json=False,
+    ),
+    "source_ip_denied": DerivedField(
+        "bool",
+        lambda: _source_in("denied"),
+        "true when `source_ip` is on a deny list named in detect.toml (`ip_lists`)",
+        uses_json=False,
     ),
     "subjects": DerivedField(
         "list", _subjects, "names of the subjects of a RoleBinding/ClusterRoleBinding body"

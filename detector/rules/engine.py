@@ -321,7 +321,7 @@ def evaluate_rules(
     # pulls the whole range into memory.
     shared = [r for r in rules if r.has_prefilter]
     candidates = (
-        _gate(lf, [r.gate_expr for r in shared])
+        _gate(lf, shared)
         if shared
         else prepare_events(pl.DataFrame(schema=CANONICAL_COLUMNS)).collect()
     )
@@ -419,17 +419,21 @@ def why_not(events: pl.LazyFrame | pl.DataFrame, rule: Rule) -> pl.DataFrame:
     ).collect()
 
 
-def _gate(lf: pl.LazyFrame, gates: list[pl.Expr]) -> pl.DataFrame:
+def _gate(lf: pl.LazyFrame, rules: list[Rule]) -> pl.DataFrame:
     """The events that pass any rule's gate (regex-free column tests), in one pass.
 
     The string columns the gates read are low-cardinality (verb, resource, stage...):
     as categoricals, each membership test compares small integers instead of hashing a
     string per row and per rule, which halves the cost of this, the only pass over all
     events. The casts live only in the mask's computation; candidates keep their types.
+    A rule without a gate term is tested with its whole prefilter, whose columns (string
+    functions may read them) are left as strings.
     """
+    gates = [r.gate_expr for r in rules]
     union = pl.any_horizontal(gates)
     schema = lf.collect_schema()
-    strings = [c for c in union.meta.root_names() if schema.get(c) == pl.String]
+    loose = {c for r in rules if r.gate is None for c in r.prefilter_expr.meta.root_names()}
+    strings = [c for c in union.meta.root_names() if schema.get(c) == pl.String and c not in loose]
     casts = [pl.col(c).cast(pl.Categorical) for c in dict.fromkeys(strings)]
     df = lf.collect()
     mask = df.lazy().with_columns(casts).select(union.alias("_gate")).collect().to_series()
