@@ -198,3 +198,36 @@ def test_rule_findings_are_filed_and_listed_through_detect_findings(tmp_path):
     shown = cli("findings", "show", aws["finding_id"], "--lake", lake)
     assert shown.exit_code == 0, shown.stderr
     assert "aws-auth" in shown.stdout
+
+
+def test_aws_ranges_refresh_from_a_supplied_file(tmp_path):
+    source = tmp_path / "ip-ranges.json"
+    source.write_text(
+        '{"syncToken": "9", "createDate": "2026-11-01-00-00-00", "prefixes": ['
+        '{"ip_prefix": "3.5.140.0/23", "service": "AMAZON"}]}'
+    )
+    out = tmp_path / "aws.txt"
+    done = cli("rules", "aws-ranges", str(source), "--output", str(out))
+    assert done.exit_code == 0, done.stderr
+    assert out.read_text().splitlines()[2:] == ["3.5.140.0/23"]
+    assert "createDate 2026-11-01-00-00-00" in done.stdout
+    source.write_text('{"prefixes": "nope"}')
+    bad = cli("rules", "aws-ranges", str(source), "--output", str(out))
+    assert bad.exit_code == 2 and "not AWS's ip-ranges.json" in bad.stderr
+
+
+def test_ip_lists_named_in_detect_toml_reach_the_rules(tmp_path, monkeypatch):
+    monkeypatch.delenv("DETECT_IP_LISTS", raising=False)
+    (tmp_path / "feeds").mkdir()
+    (tmp_path / "feeds" / "tor.txt").write_text("185.220.101.0/24\n")
+    config = tmp_path / "detect.toml"
+    config.write_text('ip_lists = ["feeds/tor.txt"]\n')
+    log = write_log(tmp_path / "audit.log", ev("get", "pods", ns="a", ip="185.220.101.9"))
+    fired = cli("--config", str(config), "rules", "test", "denied-ip-caller", log)
+    assert fired.exit_code == 0, fired.stderr
+    assert "FIRED: 1 finding(s)" in fired.stdout and "from 185.220.101.9" in fired.stdout
+    silent = cli("rules", "test", "denied-ip-caller", log)
+    assert "did not fire" in silent.stdout
+    config.write_text('ip_lists = "feeds/tor.txt"\n')
+    bad = cli("--config", str(config), "rules", "list")
+    assert bad.exit_code == 2 and "ip_lists" in bad.stderr and "list of file paths" in bad.stderr

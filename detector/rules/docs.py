@@ -363,6 +363,27 @@ back to `ResponseComplete` or `RequestReceived` when that is all the log holds (
 filtered by the audit policy, a cut stream); authorization failures accept both, since a
 denied watch is logged at both.
 
+### Address lists
+
+`source_ip_in_aws` reads a dated snapshot of AWS's published IPv4 ranges shipped with the
+tool (merged CIDRs; its header gives the `createDate` of the `ip-ranges.json` it came
+from). Nothing is fetched at run time; refresh it from a file you download:
+
+```
+curl -sO https://ip-ranges.amazonaws.com/ip-ranges.json
+detect rules aws-ranges ip-ranges.json
+```
+
+`source_ip_denied` reads deny lists (Tor exits, threat feeds, your own blocks): text files
+of addresses or CIDRs, one a line, `#` comments, named at the top of `detect.toml`
+(relative to it) or in `DETECT_IP_LISTS` (paths separated by `:`), which wins:
+
+```toml
+ip_lists = ["feeds/tor-exits.txt", "feeds/blocked.txt"]
+```
+
+Only IPv4 addresses are judged; IPv6 entries and sources are ignored.
+
 <a id="tuning"></a>
 ### Tuning and overrides
 

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import polars as pl
 
+from detector.config import IP_LISTS_ENV
 from detector.rules.condition import ConditionError
 
-#: Paths of deny-list files, separated by os.pathsep (set from detect.toml's ip_lists).
-IP_LISTS_ENV = "DETECT_IP_LISTS"
+__all__ = ["IP_LISTS_ENV", "derive_aws_ranges", "read_networks", "source_in"]
 #: Refuse lists beyond this many entries (a wrong file, not a threat feed).
 MAX_ENTRIES = 2_000_000
 

@@ -352,6 +352,48 @@ def docs(
     stdout.print(f"wrote {out} ({text.count(chr(10))} lines)", markup=False)
 
 
+@rules_app.command("aws-ranges")
+def aws_ranges(
+    ip_ranges: Annotated[
+        Path, typer.Argument(help="AWS's ip-ranges.json, downloaded by you.", metavar="FILE")
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Where to write (default: the snapshot the rules read)."
+        ),
+    ] = None,
+) -> None:
+    """Refresh the AWS address ranges the rules use, from a file you supply.
+
+    The rules never fetch anything at run time: system-identity-outside-aws reads a small
+    snapshot (merged IPv4 CIDRs with the source's createDate) shipped with the tool. This
+    command derives a new snapshot from AWS's ip-ranges.json
+    (https://ip-ranges.amazonaws.com/ip-ranges.json, fetched however your network allows).
+
+    Exit codes: 0 written, 2 the file is not AWS's ip-ranges.json.
+
+    Example:
+
+    \b
+        curl -sO https://ip-ranges.amazonaws.com/ip-ranges.json
+        detect rules aws-ranges ip-ranges.json
+    """
+    from detector.rules.condition import ConditionError
+    from detector.rules.iplists import aws_ranges_path, derive_aws_ranges
+
+    try:
+        text = derive_aws_ranges(ip_ranges)
+    except ConditionError as exc:
+        usage_error(exc.message)
+    target = out or aws_ranges_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text, encoding="utf-8")
+    stdout.print(
+        f"wrote {target}: {text.splitlines()[1].lstrip('# ')}", markup=False, soft_wrap=True
+    )
+
+
 def register(app: typer.Typer) -> None:
     """Add `detect rules ...` to the app."""
     app.add_typer(rules_app, name="rules")
