@@ -991,6 +991,10 @@ def cheap_conjuncts(tree: Node) -> tuple[Node, ...]:
     return tuple(c for c in conjuncts if not uses_json(c))
 
 
+#: Derived fields as cheap as a column test: each distinct source address is classified
+#: once and mapped back (a hash lookup per row), so they may gate the first pass.
+GATE_DERIVED = ("source_ip_public", "source_ip_in_aws", "source_ip_denied")
+
 #: Operators that need no regex and no string rewriting: hash lookups and comparisons.
 _GATE_OPS = ("=", "!=", "in", "intersects", "exists", "<", "<=", ">", ">=")
 
@@ -999,6 +1003,8 @@ def is_gate(node: Node) -> bool:
     """Whether a node only compares plain columns by equality, membership or order."""
     if isinstance(node, Const):
         return True
+    if isinstance(node, Pred) and node.field.name in GATE_DERIVED:
+        return node.op in _GATE_OPS and node.field.quantifier is None
     if isinstance(node, Pred):
         return (
             node.field.name in CANONICAL_COLUMNS

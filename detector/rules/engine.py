@@ -320,14 +320,15 @@ def evaluate_rules(
     # (user) rule made only of body tests gets its own streaming filter instead, so it never
     # pulls the whole range into memory.
     shared = [r for r in rules if r.has_prefilter]
-    candidates = (
-        _gate(lf, shared)
-        if shared
-        else prepare_events(pl.DataFrame(schema=CANONICAL_COLUMNS)).collect()
-    )
-    # Second pass on the candidates: each rule's whole column-only prefilter (regexes on
-    # names and paths), then its full condition only on the rows that passed its own.
-    premasks = candidates.select([r.prefilter_expr.alias(f"_p{i}") for i, r in enumerate(rules)])
+    if shared:
+        candidates, gmasks = _gate(lf, shared)
+    else:
+        candidates = prepare_events(pl.DataFrame(schema=CANONICAL_COLUMNS)).collect()
+        gmasks = pl.DataFrame()
+    # Second pass on the candidates: for each rule, the rows its own gate let through
+    # (masks kept from the first pass), then its prefilter (regexes on names and paths)
+    # and full condition only on those.
+    gate_of = {id(r): f"_g{i}" for i, r in enumerate(shared)}
 
     baseline_rules = [r for r in rules if r.threshold and r.threshold.uses_baseline]
     hist_candidates: pl.DataFrame | None = None
@@ -342,10 +343,10 @@ def evaluate_rules(
     facts = _frame_facts(lf) if any(len(r.stages) > 1 for r in rules) else None
     finding_frames: list[pl.DataFrame] = []
     keyed_frames: list[tuple[Rule, pl.DataFrame]] = []
-    for i, rule in enumerate(rules):
+    for rule in rules:
         if rule.has_prefilter:
-            own = candidates.filter(premasks[f"_p{i}"])
-            matched = own.filter(rule.match) if not own.is_empty() else own
+            own = candidates.filter(gmasks[gate_of[id(rule)]])
+            matched = own.filter(rule.prefilter_expr & rule.match) if not own.is_empty() else own
         else:
             matched = lf.filter(rule.match).collect()
         if matched.is_empty():
@@ -419,25 +420,28 @@ def why_not(events: pl.LazyFrame | pl.DataFrame, rule: Rule) -> pl.DataFrame:
     ).collect()
 
 
-def _gate(lf: pl.LazyFrame, rules: list[Rule]) -> pl.DataFrame:
-    """The events that pass any rule's gate (regex-free column tests), in one pass.
+def _gate(lf: pl.LazyFrame, rules: list[Rule]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The events that pass any rule's gate (regex-free column tests), in one pass, and
+    each rule's gate mask over them (``_g<i>``, in the order of ``rules``).
 
     The string columns the gates read are low-cardinality (verb, resource, stage...):
     as categoricals, each membership test compares small integers instead of hashing a
     string per row and per rule, which halves the cost of this, the only pass over all
-    events. The casts live only in the mask's computation; candidates keep their types.
+    events. The casts live only in the masks' computation; candidates keep their types.
     A rule without a gate term is tested with its whole prefilter, whose columns (string
     functions may read them) are left as strings.
     """
-    gates = [r.gate_expr for r in rules]
-    union = pl.any_horizontal(gates)
+    gates = [r.gate_expr.alias(f"_g{i}") for i, r in enumerate(rules)]
     schema = lf.collect_schema()
     loose = {c for r in rules if r.gate is None for c in r.prefilter_expr.meta.root_names()}
-    strings = [c for c in union.meta.root_names() if schema.get(c) == pl.String and c not in loose]
-    casts = [pl.col(c).cast(pl.Categorical) for c in dict.fromkeys(strings)]
+    loose.add("source_ip")  # classified per distinct address as a string (iplists)
+    used = {c for g in gates for c in g.meta.root_names()}
+    strings = [c for c in sorted(used) if schema.get(c) == pl.String and c not in loose]
+    casts = [pl.col(c).cast(pl.Categorical) for c in strings]
     df = lf.collect()
-    mask = df.lazy().with_columns(casts).select(union.alias("_gate")).collect().to_series()
-    return df.filter(mask)
+    masks = df.lazy().with_columns(casts).select(gates).collect()
+    keep = masks.select(pl.any_horizontal(pl.all()).alias("_any")).to_series()
+    return df.filter(keep), masks.filter(keep)
 
 
 def _explain(lf: pl.LazyFrame, rules: list[Rule]) -> dict[str, RuleStats]:

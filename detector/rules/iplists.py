@@ -135,6 +135,7 @@ def source_in(kind: str) -> pl.Expr:
     starts, ends = _cached(kind, key)
 
     def classify(s: pl.Series) -> pl.Series:
+        s = s.cast(pl.String)  # the first pass may hand it over as a categorical
         distinct = s.drop_nulls().unique()
         if distinct.is_empty():
             return pl.Series(s.name, [None] * len(s), dtype=pl.Boolean)
