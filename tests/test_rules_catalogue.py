@@ -1261,3 +1261,17 @@ def test_ip_lists_reject_bad_lines_and_need_no_network(tmp_path):
     text = derive_aws_ranges(source)
     assert "createDate 2026-01-02-03-04-05" in text
     assert text.splitlines()[2:] == ["3.5.140.0/22", "52.0.0.0/15"]
+
+
+def test_a_get_only_grant_of_pods_exec_is_still_exec(ruleset):
+    grant = ev(
+        "create",
+        "roles",
+        ns="shop",
+        name="r",
+        group=RBAC,
+        code=201,
+        body=role("Role", ["pods", "pods/exec"], ["get"]),
+    )
+    (reasons,) = run(ruleset, "clusterrole-pod-exec", [grant])["reasons"].to_list()
+    assert reasons[0].endswith("rule resources pods, pods/exec; verbs get")
