@@ -563,3 +563,25 @@ def test_builtin_catalogue_shape():
             }
         ), r.id
     assert rs.fingerprint.startswith("rules-") and rs.fingerprint == load_ruleset().fingerprint
+
+
+def test_sentences_stay_true_for_cluster_scoped_lists_and_new_keys(tmp_path):
+    ruleset = only_site_rules(
+        tmp_path,
+        rule_yaml("lists", "verb = list")
+        + rule_yaml(
+            "burst",
+            "verb = delete",
+            threshold="{by: principal, count: requests, value: 1, baseline: {factor: 3, min: 1}}",
+        ),
+    )
+    events = frame(ev("list", "nodes"), ev("list", "pods"))
+    found = evaluate_rules(events, ruleset.only("lists")).findings
+    lines = {line for reasons in found["reasons"].to_list() for line in reasons}
+    assert {"alice listed nodes", "alice listed pods in all namespaces"} <= lines
+    history = frame(ev("delete", "pods", ns="a", name="x", user="bob", at=T0 - timedelta(days=1)))
+    found = evaluate_rules(
+        frame(ev("delete", "pods", ns="a", name="p")), ruleset.only("burst"), history=history
+    ).findings
+    first = found["reasons"][0][0]
+    assert "none in the baseline range" in first and "usual" not in first

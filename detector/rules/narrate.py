@@ -17,6 +17,31 @@ import polars as pl
 from detector.rules.condition import DERIVED_FIELDS, resolve_field
 from detector.rules.loader import Rule
 
+#: Resources that live outside namespaces: a list of them is not "in all namespaces".
+CLUSTER_SCOPED = [
+    "nodes",
+    "namespaces",
+    "persistentvolumes",
+    "clusterroles",
+    "clusterrolebindings",
+    "customresourcedefinitions",
+    "validatingwebhookconfigurations",
+    "mutatingwebhookconfigurations",
+    "certificatesigningrequests",
+    "storageclasses",
+    "priorityclasses",
+    "ingressclasses",
+    "runtimeclasses",
+    "apiservices",
+    "csinodes",
+    "csidrivers",
+    "volumeattachments",
+    "tokenreviews",
+    "subjectaccessreviews",
+    "selfsubjectaccessreviews",
+    "selfsubjectrulesreviews",
+]
+
 #: Group keys of a finding (engine.py groups by the same).
 KEYS = ["cluster", "_key", "window_start"]
 
@@ -150,7 +175,19 @@ def _action() -> pl.Expr:
         )
         .when(name.is_null())
         .then(
-            pl.concat_str([past, pl.lit(" "), res, scope.fill_null(pl.lit(" in all namespaces"))])
+            pl.concat_str(
+                [
+                    past,
+                    pl.lit(" "),
+                    res,
+                    # "in all namespaces" only where namespaces exist
+                    scope.fill_null(
+                        pl.when(res.is_in(CLUSTER_SCOPED))
+                        .then(pl.lit(""))
+                        .otherwise(pl.lit(" in all namespaces"))
+                    ),
+                ]
+            )
         )
         .when(sub.is_not_null() & (sub != ""))
         .then(
@@ -251,11 +288,20 @@ def threshold_sentence(rule: Rule, window: timedelta, with_usual: bool) -> pl.Ex
         thr,
     ]
     if with_usual:
-        parts += [
-            pl.lit("; usual "),
-            pl.col("_usual").round(1).cast(pl.String),
-            pl.lit(" per window"),
-        ]
+        # A key with no matching request in the baseline has no "usual" to compare with.
+        parts.append(
+            pl.when(pl.col("_usual") > 0)
+            .then(
+                pl.concat_str(
+                    [
+                        pl.lit("; usual "),
+                        pl.col("_usual").round(1).cast(pl.String),
+                        pl.lit(" per window"),
+                    ]
+                )
+            )
+            .otherwise(pl.lit("; none in the baseline range"))
+        )
     parts.append(pl.lit(")"))
     sentence = pl.concat_str(parts)
     if t.by == "source_ip":
