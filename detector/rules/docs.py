@@ -53,7 +53,9 @@ sentences saying what happened, for example
 "alice@eng-admin patched ConfigMap kube-system/aws-auth (2 events)".
 
 - `detect rules list` shows the rules; `detect rules test RULE_ID FILE...` runs one over
-  audit files and says what fired and why (or where the events stopped).
+  audit files and says what fired and why; when it does not fire, it names for each event
+  what stopped it: the rule's stages, the first `and` term of the condition it fails (as
+  written, macros by name), or the exception that removed it.
 - `--rules FILE` (repeatable) adds rules or overrides built-in ones; `--disable ID` turns a
   rule off, `--enable ID` turns on one that ships disabled. Both work on `detect score`.
 - Tune with exceptions and the `user_known_*` lists, not by editing conditions (see
