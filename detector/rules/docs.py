@@ -57,8 +57,8 @@ sentences saying what happened, for example
   what stopped it: the rule's stages, the first `and` term of the condition it fails (as
   written, macros by name), or the exception that removed it.
 - `--rules FILE` (repeatable) adds rules or overrides built-in ones; `--disable ID` turns a
-  rule off (both also on `detect score`); `--enable ID` (on `rules list` and `rules
-  test`) shows one that ships disabled. To run a disabled rule when scoring, switch it on
+  rule off (both also on `detect score`); `rules list --enable ID` lists one that ships
+  disabled as enabled, and `rules test` runs any rule, disabled or not. To run a disabled rule when scoring, switch it on
   in a rules file (`- rule: ID` with `enabled: true`).
 - Tune with exceptions and the `user_known_*` lists, not by editing conditions (see
   [Tuning](#tuning)).
