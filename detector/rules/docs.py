@@ -58,8 +58,9 @@ sentences saying what happened, for example
   written, macros by name), or the exception that removed it.
 - `--rules FILE` (repeatable) adds rules or overrides built-in ones; `--disable ID` turns a
   rule off (both also on `detect score`); `rules list --enable ID` lists one that ships
-  disabled as enabled, and `rules test` runs any rule, disabled or not. To run a disabled rule when scoring, switch it on
-  in a rules file (`- rule: ID` with `enabled: true`).
+  disabled as enabled, and `rules test` runs any rule, disabled or not. To run a
+  disabled rule when scoring, switch it on in a rules file (`- rule: ID` with
+  `enabled: true`).
 - Tune with exceptions and the `user_known_*` lists, not by editing conditions (see
   [Tuning](#tuning)).
 """

@@ -1,9 +1,11 @@
 """Evaluate a :class:`RuleSet` over canonical events and group the hits into findings.
 
-Evaluation is two-phase so a day of events costs one cheap pass: every event is tested
-against the union of the rules' column-only prefilters (verb, resource, namespace, codes);
-only those candidates (typically well under 1%) have the full conditions, with their
-JSON-body regexes and exceptions, evaluated. Both phases are polars expressions.
+Evaluation is staged so a day of events costs one cheap pass: every event is tested
+against each rule's gate, the regex-free terms of its condition (verb, resource, stage,
+codes, principal kind, source-address class), with the string columns as categoricals;
+only the candidates (typically a few percent) go further, and for each rule only the rows
+its own gate let through get its column prefilter (name and path regexes), its full
+condition (JSON-body regexes) and its exceptions. All of it is polars expressions.
 
 Findings are grouped: one per rule, per principal (or source IP for rules that count per
 IP), per window (``floor(event_time, window)``), carrying the count and the exact audit IDs,
