@@ -422,6 +422,13 @@ def why_not(events: pl.LazyFrame | pl.DataFrame, rule: Rule) -> pl.DataFrame:
     ).collect()
 
 
+#: Columns with a handful of distinct values, tested by many rules: worth a categorical.
+#: (A name or user name is tested by one or two rules; one string compare beats a hash.)
+_LOW_CARDINALITY = frozenset(
+    {"verb", "resource", "subresource", "stage", "namespace", "principal_kind", "decision"}
+)
+
+
 def _gate(lf: pl.LazyFrame, rules: list[Rule]) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The events that pass any rule's gate (regex-free column tests), in one pass, and
     each rule's gate mask over them (``_g<i>``, in the order of ``rules``).
@@ -438,7 +445,11 @@ def _gate(lf: pl.LazyFrame, rules: list[Rule]) -> tuple[pl.DataFrame, pl.DataFra
     loose = {c for r in rules if r.gate is None for c in r.prefilter_expr.meta.root_names()}
     loose.add("source_ip")  # classified per distinct address as a string (iplists)
     used = {c for g in gates for c in g.meta.root_names()}
-    strings = [c for c in sorted(used) if schema.get(c) == pl.String and c not in loose]
+    strings = [
+        c
+        for c in sorted(used)
+        if c in _LOW_CARDINALITY and schema.get(c) == pl.String and c not in loose
+    ]
     casts = [pl.col(c).cast(pl.Categorical) for c in strings]
     df = lf.collect()
     masks = df.lazy().with_columns(casts).select(gates).collect()
