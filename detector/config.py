@@ -45,6 +45,9 @@ from typer.core import TyperOption
 from detector.errors import UsageError
 
 CONFIG_ENV = "DETECT_CONFIG"
+#: Top-level ``ip_lists = ["tor-exits.txt"]``: deny lists for the rules, passed on in env.
+IP_LISTS_KEY = "ip_lists"
+IP_LISTS_ENV = "DETECT_IP_LISTS"
 DEFAULT_CONFIG_FILE = "detect.toml"
 ENV_PREFIX = "DETECT_"
 #: Where the AWS SDKs look for a region, in their order.
@@ -94,6 +97,8 @@ class LoadedConfig:
     origin: dict[tuple[tuple[str, ...], str], str] = field(default_factory=dict)
     #: parsed values of EXTRA_KEYS (``sinks``...)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: ``ip_lists = [...]``: deny-list files for the rules, absolute (relative to the file)
+    ip_lists: list[str] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------ the command tree
@@ -232,6 +237,13 @@ def _put(default_map: dict[str, Any], command: tuple[str, ...], name: str, value
     node[name] = value
 
 
+def _ip_lists(value: Any, path: Path) -> list[str]:
+    """``ip_lists``: files of addresses/CIDRs the rules treat as denied (relative to the file)."""
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{path.name}: {IP_LISTS_KEY} = {value!r}: expected a list of file paths")
+    return [str((path.parent / v) if not Path(v).is_absolute() else Path(v)) for v in value]
+
+
 def load(group: Any, path: Path | None) -> LoadedConfig:
     """Read and check ``path`` against the commands of ``group``; build the default_map."""
     loaded = LoadedConfig(path=path)
@@ -282,6 +294,8 @@ def load(group: Any, path: Path | None) -> LoadedConfig:
         key = raw_key.replace("-", "_")
         if key in EXTRA_KEYS:
             loaded.extra[key] = EXTRA_KEYS[key](value, fname)
+        elif key == IP_LISTS_KEY:
+            loaded.ip_lists = _ip_lists(value, path)
         elif key in ROOT_SETTINGS:
             loaded.root[key] = check_root_value(key, value, fname)
         elif key in shared:
@@ -295,7 +309,8 @@ def load(group: Any, path: Path | None) -> LoadedConfig:
                 f"; it is an option of {', '.join(owners)}: put it under "
                 f"[{owners[0].replace(' ', '.')}]"
                 if owners
-                else f"; top-level keys: {', '.join(sorted([*ROOT_SETTINGS, *shared]))}"
+                else f"; top-level keys: "
+                f"{', '.join(sorted([*ROOT_SETTINGS, *shared, IP_LISTS_KEY]))}"
             )
             raise ConfigError(f"{fname}: unknown key {raw_key!r}{hint}")
     for raw_key, value in tables.items():
@@ -397,6 +412,11 @@ def setup_root(
         )
     if out.values.get("region"):
         apply_region(ctx, str(out.values["region"]))
+    if loaded.ip_lists and not os.environ.get(IP_LISTS_ENV):
+        # Read by the rules when they compile (detector.rules.iplists); env beats file.
+        saved_lists = {IP_LISTS_ENV: os.environ.get(IP_LISTS_ENV)}
+        os.environ[IP_LISTS_ENV] = os.pathsep.join(loaded.ip_lists)
+        ctx.call_on_close(lambda: _restore_env(saved_lists))
     ctx.meta["detect.settings"] = out
     return out
 

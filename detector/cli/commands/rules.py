@@ -140,8 +140,10 @@ def test_rule(
         detect rules test aws-auth-changed /var/log/kubernetes/audit.log
         detect rules test pod-exec ./audit/ --rules site-rules.yaml --expect-fire
     """
+    import polars as pl
+
     from detector.pipeline.ingest import read_events
-    from detector.rules import evaluate_rules
+    from detector.rules import evaluate_rules, why_not
 
     ruleset = _load(rules, None)
     if rule_id not in ruleset.ids:
@@ -153,6 +155,7 @@ def test_rule(
     rule = ruleset.get(rule_id)  # as configured, so a rule that ships disabled says so
     result = evaluate_rules(events, one, window=window, explain=True)
     stats = result.stats.get(rule_id)
+    stopped = why_not(events, rule) if result.findings.is_empty() else None
     if output == OutputFormat.json:
         emit_json(
             {
@@ -162,10 +165,15 @@ def test_rule(
                 "stats": None if stats is None else stats.__dict__,
                 "findings": result.findings.to_dicts(),
                 "finding_events": result.events.to_dicts(),
+                "stopped": None
+                if stopped is None
+                else stopped.with_columns(pl.col("event_time").dt.to_string()).to_dicts(),
             }
         )
     else:
         _render_test(rule, events.height, quarantine.height, stats, result.findings)
+        if stopped is not None:
+            _render_stopped(stopped)
     if fail_if_silent and result.findings.is_empty():
         raise typer.Exit(EXIT_FINDINGS)
 
@@ -211,6 +219,36 @@ def _render_test(rule: Any, n_events: int, n_quarantined: int, stats: Any, findi
         ids = row["audit_ids"]
         shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
         p(f"    audit IDs: {shown}", markup=False)
+
+
+#: Events listed per stopping term in `rules test` (the rest are counted).
+_STOPPED_SHOWN = 5
+
+
+def _render_stopped(stopped: Any) -> None:
+    """Per term of the condition (or stage, or exception): how many events it stopped,
+    then the first few of them, so an author sees which term to change."""
+    import polars as pl
+
+    if stopped.is_empty():
+        return
+    p = stdout.print
+    p("what stopped each event (first failing term):", markup=False)
+    groups = stopped.group_by("stopped_by", maintain_order=True).agg(
+        pl.len().alias("n"), pl.all().head(_STOPPED_SHOWN)
+    )
+    for row in groups.sort("n", descending=True).iter_rows(named=True):
+        p(f"  {row['n']:,} x {row['stopped_by']}", markup=False)
+        for i in range(len(row["audit_id"])):
+            what = " ".join(
+                str(v) for v in (row["verb"][i], row["resource"][i], row["subresource"][i]) if v
+            )
+            p(
+                f"      {row['audit_id'][i]} {row['stage'][i]}: {what} {row['target'][i]}",
+                markup=False,
+            )
+        if row["n"] > _STOPPED_SHOWN:
+            p(f"      and {row['n'] - _STOPPED_SHOWN:,} more", markup=False)
 
 
 def _why_silent(rule: Any, stats: Any) -> str:
@@ -273,6 +311,48 @@ def docs(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
     stdout.print(f"wrote {out} ({text.count(chr(10))} lines)", markup=False)
+
+
+@rules_app.command("aws-ranges")
+def aws_ranges(
+    ip_ranges: Annotated[
+        Path, typer.Argument(help="AWS's ip-ranges.json, downloaded by you.", metavar="FILE")
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Where to write (default: the snapshot the rules read)."
+        ),
+    ] = None,
+) -> None:
+    """Refresh the AWS address ranges the rules use, from a file you supply.
+
+    The rules never fetch anything at run time: system-identity-outside-aws reads a small
+    snapshot (merged IPv4 CIDRs with the source's createDate) shipped with the tool. This
+    command derives a new snapshot from AWS's ip-ranges.json
+    (https://ip-ranges.amazonaws.com/ip-ranges.json, fetched however your network allows).
+
+    Exit codes: 0 written, 2 the file is not AWS's ip-ranges.json.
+
+    Example:
+
+    \b
+        curl -sO https://ip-ranges.amazonaws.com/ip-ranges.json
+        detect rules aws-ranges ip-ranges.json
+    """
+    from detector.rules.condition import ConditionError
+    from detector.rules.iplists import aws_ranges_path, derive_aws_ranges
+
+    try:
+        text = derive_aws_ranges(ip_ranges)
+    except ConditionError as exc:
+        usage_error(exc.message)
+    target = out or aws_ranges_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text, encoding="utf-8")
+    stdout.print(
+        f"wrote {target}: {text.splitlines()[1].lstrip('# ')}", markup=False, soft_wrap=True
+    )
 
 
 def register(app: typer.Typer) -> None:
