@@ -340,13 +340,9 @@ def aws_ranges(
         curl -sO https://ip-ranges.amazonaws.com/ip-ranges.json
         detect rules aws-ranges ip-ranges.json
     """
-    from detector.rules.condition import ConditionError
     from detector.rules.iplists import aws_ranges_path, derive_aws_ranges
 
-    try:
-        text = derive_aws_ranges(ip_ranges)
-    except ConditionError as exc:
-        usage_error(exc.message)
+    text = derive_aws_ranges(ip_ranges)  # a file that is not ip-ranges.json: ConditionError (2)
     target = out or aws_ranges_path()
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(text, encoding="utf-8")
