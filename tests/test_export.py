@@ -26,9 +26,11 @@ import orjson
 import polars as pl
 import pytest
 from botocore.exceptions import ClientError, ConnectionClosedError
+from factories import audit_message
 from throttle_proxy import FaultProxy
 
 from detector.lake.events import Lake
+from detector.pipeline.export import Exporter, ExportOptions, iso_ms
 from detector.ratelimit import (
     RateLimiter,
     Retrier,
@@ -36,7 +38,6 @@ from detector.ratelimit import (
     RetryAborted,
     is_retryable,
 )
-from detector.sources.cloudwatch import Exporter, ExportOptions, iso_ms
 
 AUDIT_STREAMS = [
     "kube-apiserver-audit-0a1b2c3d4e5f",
@@ -62,28 +63,6 @@ def iso(ms: int) -> str:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def audit_message(audit_id: str, ts: int, *, verb: str = "get", user: str = "alice") -> str:
-    """A compact but realistic EKS audit event, stamped at ``ts`` (ms)."""
-    return orjson.dumps(
-        {
-            "kind": "Event",
-            "apiVersion": "audit.k8s.io/v1",
-            "level": "Metadata",
-            "auditID": audit_id,
-            "stage": "ResponseComplete",
-            "requestURI": f"/api/v1/namespaces/ns-{sum(map(ord, audit_id)) % 5}/pods",
-            "verb": verb,
-            "user": {"username": user, "groups": ["system:authenticated"]},
-            "sourceIPs": ["203.0.113.7"],
-            "userAgent": "kubectl/v1.31.2",
-            "objectRef": {"resource": "pods", "namespace": "app", "apiVersion": "v1"},
-            "responseStatus": {"metadata": {}, "code": 200},
-            "requestReceivedTimestamp": iso(ts - 1),
-            "stageTimestamp": iso(ts),
-        }
-    ).decode()
 
 
 @pytest.fixture(autouse=True)
@@ -458,48 +437,76 @@ def _popen_export(*args: str, env: dict | None = None) -> subprocess.Popen:
     )
 
 
-def test_sigkill_at_any_moment_then_restart_exports_every_event_once(logs, lake_dir):
+#: An exporter that kills itself with SIGKILL at a chosen point: after its Nth batch is
+#: durable in the lake but before the checkpoint moves ("after-write"), or while holding
+#: the events of its Nth page in memory, not yet written ("page"). Real kills, chosen
+#: moments: the test is the same on every run.
+_KILLED_EXPORTER = """
+import os, signal, sys
+from datetime import UTC, datetime, timedelta
+from detector.pipeline.export import Exporter, ExportOptions
+
+lake, group, since_ms, point, n = sys.argv[1:]
+n, seen = int(n), {"writes": 0}
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def after_write(batch):
+    seen["writes"] += 1
+    if point == "after-write" and seen["writes"] == n:
+        die()
+
+def progress(summary, window):
+    if point == "page" and summary.pages == n:
+        die()
+
+options = ExportOptions(
+    log_group=group, cluster="kill", latency=timedelta(minutes=1), chunk=timedelta(minutes=3),
+    flush_events=400, page_limit=200, rate=0, backoff_base=0.01,
+)
+since = datetime.fromtimestamp(int(since_ms) / 1000, UTC) if since_ms != "-" else None
+Exporter(lake, options, after_write=after_write, progress=progress).run(since=since)
+"""
+
+
+def _killed_export(lake: str, group: str, since_ms: int | None, point: str, n: int) -> None:
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_EXPORTER, lake, group, str(since_ms or "-"), point, str(n)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+
+
+def test_sigkill_at_chosen_moments_then_restart_exports_every_event_once(logs, lake_dir):
     group = new_group(logs)
     end = now_ms() - 5 * 60_000
-    expected = fill(logs, group, per_stream=4000, start=end - 60 * 60_000, end=end, tag="k")
-    args = [
-        "--log-group",
-        group,
-        "--lake",
-        lake_dir,
-        "--latency",
-        "1m",
-        "--chunk",
-        "3m",
-        "--flush-events",
-        "400",
-        "--page-limit",
-        "200",
-        *FAST,
-    ]
+    expected = fill(logs, group, per_stream=1500, start=end - 60 * 60_000, end=end, tag="k")
 
-    # 1) killed right after its first checkpoint: some events durable, most not.
-    proc = _popen_export(*args, "--since", iso(end - 61 * 60_000))
-    deadline = time.monotonic() + 60
-    while (checkpoint(lake_dir) or {}).get("watermark_ms") is None:
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL
+    # 1) killed with its 3rd batch in the lake but the checkpoint not yet moved past it.
+    _killed_export(lake_dir, group, end - 61 * 60_000, "after-write", 3)
     partial = lake_events(lake_dir).height
     assert 0 < partial < len(expected)
     killed_at = checkpoint(lake_dir)["watermark_ms"]
     assert killed_at < end
+    assert (
+        lake_events(lake_dir)
+        .filter(pl.col("event_time") >= datetime.fromtimestamp(killed_at / 1000, UTC))
+        .height
+        > 0
+    )
 
-    # 2) resumed (no --since: from the checkpoint) and killed again at a random instant.
-    proc = _popen_export(*args)
-    time.sleep(random.uniform(0.8, 2.0))
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    # 2) resumed from the checkpoint, killed holding its 12th page unwritten.
+    _killed_export(lake_dir, group, None, "page", 12)
+    assert checkpoint(lake_dir)["watermark_ms"] >= killed_at
 
-    # 3) resumed to the end.
-    proc = _popen_export(*args, "--format", "json")
+    # 3) resumed to the end through the CLI.
+    args = ["--log-group", group, "--lake", lake_dir, "--cluster", "kill", "--latency", "1m"]
+    proc = _popen_export(*args, "--chunk", "3m", "--format", "json", *FAST)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert json.loads(out)["complete"] is True
@@ -517,9 +524,11 @@ def test_late_event_behind_the_watermark_is_caught_on_the_next_pass(logs, lake_d
     expected = fill(
         logs, group, per_stream=50, start=t0 - 10 * 60_000, end=t0 - 2 * 60_000, tag="l"
     )
+    now = [t0 / 1000]  # the exporter's clock: moved by the test, not by sleeping
     exp = Exporter(
         lake_dir,
         ExportOptions(log_group=group, cluster="late", rate=0, latency=timedelta(seconds=30)),
+        clock=lambda: now[0],
     )
     exp.start(since=datetime.fromtimestamp((t0 - 11 * 60_000) / 1000, UTC), follow=True)
     assert exp.run_pass() is True
@@ -542,7 +551,7 @@ def test_late_event_behind_the_watermark_is_caught_on_the_next_pass(logs, lake_d
         AUDIT_STREAMS[2],
         [(watermark - 45_000, audit_message("too-late", watermark - 45_000))],
     )
-    time.sleep(0.05)
+    now[0] += 1.0
     exp.run_pass()
     summary = exp.finish()
     ids = set(lake_events(lake_dir)["audit_id"])
@@ -716,6 +725,65 @@ def test_bad_events_are_quarantined_with_their_event_id(logs, lake_dir):
     assert sorted(q["source_position"]) == sorted([ids[t + 1], ids[t + 2]])
     assert all(r.startswith("invalid JSON") for r in q["reason"])
     assert all(s.endswith(f"{group}#{AUDIT_STREAMS[0]}") for s in q["source"])
+
+
+def test_a_text_message_does_not_stick_the_log_group_and_resume_goes_on(logs, lake_dir):
+    # "x^2 + y^2" starts like a zlib header: polars tried to inflate the batch, the export
+    # failed, and every resume re-read the same message and failed again.
+    group = new_group(logs, AUDIT_STREAMS[:1])
+    t = now_ms() - 10 * 60_000
+    pretty = json.dumps(json.loads(audit_message("pretty", t + 4)), indent=2)  # raw newlines
+    items = [
+        (t, audit_message("good-0", t)),
+        (t + 1, "x^2 + y^2"),
+        (t + 2, "\ufeff" + audit_message("bom", t + 2)[:20]),
+        (t + 3, audit_message("good-1", t + 3)),
+        (t + 4, pretty),
+    ]
+    put(logs, group, AUDIT_STREAMS[0], items)
+    args = ["export", "--log-group", group, "--lake", lake_dir, *FAST]
+    rc, first, err = run_json(cli, *args, "--since", "1h")
+    assert rc == 0, err
+    assert (first["events_written"], first["quarantined"]) == (3, 2)
+    rc, resumed, err = run_json(cli, *args)  # from the checkpoint: nothing stuck
+    assert rc == 0, err
+    assert (
+        resumed["checkpoint"]["after"] == first["checkpoint"]["after"]
+        or resumed["checkpoint"]["advanced"]
+    )
+    assert sorted(lake_events(lake_dir)["audit_id"]) == ["good-0", "good-1", "pretty"]
+    reasons = Lake(lake_dir).scan_quarantine().collect()["reason"].to_list()
+    assert len(reasons) == 2 and all(r.startswith("invalid JSON") for r in reasons)
+
+
+def test_the_after_write_hook_sees_each_batch_and_its_payload_rides_with_the_checkpoint(
+    logs, lake_dir
+):
+    group = new_group(logs, AUDIT_STREAMS[:1])
+    t = now_ms() - 30 * 60_000
+    put(logs, group, AUDIT_STREAMS[0], [(t + i, audit_message(f"h-{i}", t + i)) for i in range(30)])
+    seen: list[tuple[int, int | None, dict | None]] = []
+
+    def after_write(batch):
+        # The batch is in the lake already; the checkpoint has not moved yet.
+        assert set(batch.events["audit_id"]) <= set(lake_events(lake_dir)["audit_id"])
+        assert (checkpoint(lake_dir) or {}).get("watermark_ms") != batch.watermark_ms
+        seen.append((batch.events.height, batch.watermark_ms, batch.payload))
+        return {"sent": sorted(batch.events["audit_id"])}
+
+    opts = ExportOptions(log_group=group, cluster="hook", rate=0, latency=timedelta(seconds=30))
+    since = datetime.fromtimestamp((t - 60_000) / 1000, UTC)
+    Exporter(lake_dir, opts, after_write=after_write).run(since=since)
+    assert seen[0][0] == 30 and seen[0][2] is None
+    state = checkpoint(lake_dir)
+    assert state["payload"] == {"sent": [f"h-{i}" for i in sorted(range(30), key=str)]}
+    assert state["watermark_ms"] == seen[0][1]
+
+    # The next run starts with the payload as it was at the checkpoint.
+    resumed = Exporter(lake_dir, opts, after_write=lambda batch: None)
+    resumed.run()
+    assert resumed.payload == state["payload"]
+    assert checkpoint(lake_dir)["payload"] == state["payload"]
 
 
 def test_configuration_errors_are_one_line_and_exit_2(logs, lake_dir, tmp_path):

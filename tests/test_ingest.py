@@ -4,61 +4,29 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import threading
+import zlib
 from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 import polars as pl
 import pytest
+from factories import cloudwatch_page, export_task_object, firehose_object, make_event, ndjson
 
 from detector.events.normalize import REDACTED, events_from_dicts
 from detector.lake.events import Lake
 from detector.pipeline.ingest import ingest_paths, read_events
+from detector.sources.files import BOM
 
 EXTERNAL = Path(__file__).parent / "data" / "external"
 FALCO = Path(__file__).parent / "data" / "falco"  # Falco fixtures (see NOTICE.md there)
 AUDIT2RBAC = EXTERNAL / "audit2rbac" / "demo.log"
 
 
-def make_event(i: int, **overrides) -> dict:
-    """A realistic audit.k8s.io/v1 event (EKS IAM session) with overridable parts."""
-    ev = {
-        "kind": "Event",
-        "apiVersion": "audit.k8s.io/v1",
-        "level": "Metadata",
-        "auditID": f"00000000-0000-0000-0000-{i:012d}",
-        "stage": "ResponseComplete",
-        "requestURI": "/api/v1/namespaces/app/pods",
-        "verb": "list",
-        "user": {
-            "username": "eng-admin",
-            "uid": "aws-iam-authenticator:111122223333:AROAEXAMPLE",
-            "groups": ["system:authenticated", "eng"],
-            "extra": {
-                "arn": ["arn:aws:sts::111122223333:assumed-role/eng-admin/alice"],
-                "canonicalArn": ["arn:aws:iam::111122223333:role/eng-admin"],
-                "sessionName": ["alice"],
-                "accessKeyId": ["ASIAEXAMPLE"],
-            },
-        },
-        "sourceIPs": ["203.0.113.7", "10.0.0.1"],
-        "userAgent": "kubectl/v1.31.2 (darwin/arm64) kubernetes/abcdef0",
-        "objectRef": {"resource": "pods", "namespace": "app", "apiVersion": "v1"},
-        "responseStatus": {"metadata": {}, "code": 200},
-        "requestReceivedTimestamp": f"2026-11-27T10:{i % 60:02d}:00.100000Z",
-        "stageTimestamp": f"2026-11-27T10:{i % 60:02d}:00.200000Z",
-        "annotations": {
-            "authorization.k8s.io/decision": "allow",
-            "authorization.k8s.io/reason": 'RBAC: allowed by ClusterRoleBinding "eng"',
-        },
-    }
-    ev.update(overrides)
-    return ev
-
-
 def write_ndjson(path: Path, events: list[dict], *, gz: bool = False) -> Path:
-    data = b"".join(orjson.dumps(e) + b"\n" for e in events)
-    path.write_bytes(gzip.compress(data) if gz else data)
+    path.write_bytes(ndjson(events, gz=gz))
     return path
 
 
@@ -113,57 +81,6 @@ def test_impersonation_and_forbidden_fields_from_audit2rbac():
 
 
 # ----------------------------------------------------------------- the four formats
-def _cloudwatch_page(events: list[dict]) -> dict:
-    return {
-        "events": [
-            {
-                "logStreamName": "kube-apiserver-audit-0123abcd",
-                "timestamp": 1795000000000 + i,
-                "message": orjson.dumps(e).decode(),
-                "ingestionTime": 1795000001000 + i,
-                "eventId": f"{37000000000000000000000000000000000000000000000000000000 + i}",
-            }
-            for i, e in enumerate(events)
-        ],
-        "searchedLogStreams": [],
-    }
-
-
-def _firehose_object(events: list[dict]) -> bytes:
-    control = {
-        "messageType": "CONTROL_MESSAGE",
-        "logGroup": "",
-        "logStream": "",
-        "logEvents": [
-            {
-                "id": "",
-                "timestamp": 1795000000000,
-                "message": "CWL CONTROL MESSAGE: Checking health",
-            }
-        ],
-    }
-    records = [control]
-    for start in range(0, len(events), 3):
-        records.append(
-            {
-                "messageType": "DATA_MESSAGE",
-                "owner": "111122223333",
-                "logGroup": "/aws/eks/prod-east/cluster",
-                "logStream": "kube-apiserver-audit-0123abcd",
-                "subscriptionFilters": ["to-firehose"],
-                "logEvents": [
-                    {
-                        "id": f"evt-{start + j}",
-                        "timestamp": 1795000000000,
-                        "message": orjson.dumps(e).decode(),
-                    }
-                    for j, e in enumerate(events[start : start + 3])
-                ],
-            }
-        )
-    return gzip.compress(b"".join(orjson.dumps(r) for r in records))  # no newlines between
-
-
 @pytest.mark.parametrize("fmt", ["ndjson", "ndjson-gz", "cloudwatch-json", "export-gz", "firehose"])
 def test_each_input_format_yields_the_same_events(tmp_path, fmt):
     events = [make_event(i) for i in range(10)]
@@ -173,15 +90,11 @@ def test_each_input_format_yields_the_same_events(tmp_path, fmt):
     elif fmt == "ndjson-gz":
         write_ndjson(path, events, gz=True)
     elif fmt == "cloudwatch-json":
-        path.write_text(json.dumps(_cloudwatch_page(events), indent=2))
+        path.write_text(json.dumps(cloudwatch_page(events), indent=2))
     elif fmt == "export-gz":
-        lines = [
-            f"2026-11-27T10:00:0{i % 10}.000Z {orjson.dumps(e).decode()}"
-            for i, e in enumerate(events)
-        ]
-        path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+        path.write_bytes(export_task_object(events))
     else:
-        path.write_bytes(_firehose_object(events))
+        path.write_bytes(firehose_object(events))
     got, quarantine = read_events([str(path)])
     assert quarantine.height == 0
     assert got["audit_id"].to_list() == [e["auditID"] for e in events]
@@ -273,11 +186,12 @@ def test_missing_optional_fields_do_not_fail_the_row():
         "stage": "ResponseComplete",
         "stageTimestamp": "2026-11-27T10:00:00Z",
         "verb": "get",
+        "user": {"username": "alice"},  # required: an event without it is quarantined
         "somethingNew": {"nested": [1, 2]},
     }
     df = events_from_dicts([bare])
     assert df.height == 1
-    assert df["principal_kind"][0] == "anonymous"  # no user at all
+    assert df["principal"][0] == "alice"
     assert df["response_code"][0] is None
 
 
@@ -446,7 +360,7 @@ def test_s3_lake_round_trip_and_s3_inputs_are_remembered(tmp_path, s3_bucket, mo
         Key="in/a.log.gz",
         Body=gzip.compress(b"\n".join(orjson.dumps(e) for e in events[:6])),
     )
-    s3.put_object(Bucket=s3_bucket, Key="in/b.gz", Body=_firehose_object(events[6:]))
+    s3.put_object(Bucket=s3_bucket, Key="in/b.gz", Body=firehose_object(events[6:]))
     lake = f"s3://{s3_bucket}/lake"
     first = ingest_paths([f"s3://{s3_bucket}/in/"], lake, cluster="prod")
     assert (first.inputs, first.events_written) == (2, 12)
@@ -477,8 +391,8 @@ def test_cli_ingest_json_summary_and_exit_codes(tmp_path, detect):
     assert summary["quarantine_reasons"] == {"invalid JSON": 1}
 
     missing = detect("ingest", str(tmp_path / "nope.log"), "--lake", lake)
-    assert missing.returncode == 3
-    assert "no such file" in missing.stderr
+    assert missing.returncode == 2  # a path naming nothing is a usage error, found first
+    assert "no such file" in missing.stderr and missing.stdout == ""
     assert "Traceback" not in missing.stderr
 
     bad_format = detect("ingest", str(path), "--lake", lake, "--input-format", "xml")
@@ -596,12 +510,152 @@ def test_prefetched_keeps_order_raises_producer_errors_and_stops_early():
             yield i
             i += 1
 
-    for item in prefetched(endless()):
+    stream = prefetched(endless())
+    for item in stream:
         if item == 3:
             break
-    import time
+    stream.close()  # returns once the producer thread has stopped
+    assert not [t for t in threading.enumerate() if t.name == "ingest-prefetch" and t.is_alive()]
+    assert len(produced) <= 6  # the producer stopped, at most a slot ahead
 
-    time.sleep(0.3)
-    settled = len(produced)
-    time.sleep(0.3)
-    assert len(produced) == settled <= 6  # the producer stopped, at most a slot ahead
+
+# ----------------------------------------------------------------- hostile input (issue 10)
+def _lake_ids(lake: str) -> list[str]:
+    return sorted(Lake(lake).scan_events().collect()["audit_id"])
+
+
+def _quarantine(lake: str) -> pl.DataFrame:
+    return Lake(lake).scan_quarantine().collect().sort("source", "source_position")
+
+
+@pytest.mark.parametrize("line", [b"x^2 + y^2", b"\x1f\x8b not gzip", b"(\xb5/\xfd zstd?"])
+def test_a_line_that_looks_like_compressed_data_is_quarantined_and_the_run_goes_on(tmp_path, line):
+    # polars used to take "x^" (0x78 0x5E, a zlib header) at the start of a parse chunk as
+    # compressed input: "corrupt deflate stream" aborted the run, other files included. A
+    # bad line reaches the start of a chunk wherever it is: the parser bisects around it.
+    first = tmp_path / "in" / "a.log"
+    first.parent.mkdir()
+    events = ndjson([make_event(i) for i in range(5)]).splitlines(keepends=True)
+    first.write_bytes(b"".join(events[:2]) + line + b"\n" + b"".join(events[2:]))
+    write_ndjson(tmp_path / "in" / "b.log", [make_event(i) for i in range(5, 9)])
+    lake = str(tmp_path / "lake")
+    summary = ingest_paths([str(tmp_path / "in")], lake)
+    assert summary.failed_inputs == []
+    assert _lake_ids(lake) == [make_event(i)["auditID"] for i in range(9)]
+    bad = _quarantine(lake)
+    assert bad.select("source_position", "reason").rows() == [("3", bad["reason"][0])]
+    assert bad["reason"][0].startswith(("invalid JSON", "invalid UTF-8"))
+
+
+def test_a_utf8_byte_order_mark_is_not_part_of_the_first_event(tmp_path):
+    events = [make_event(i) for i in range(3)]
+    log = tmp_path / "audit.log"
+    log.write_bytes(BOM + ndjson(events))
+    page = tmp_path / "page.json"
+    page.write_bytes(BOM + json.dumps(cloudwatch_page(events), indent=2).encode())
+    twice = tmp_path / "two-pages.json"  # two BOM-prefixed pages concatenated (cat a b)
+    twice.write_bytes(
+        BOM
+        + json.dumps(cloudwatch_page(events[:2])).encode()
+        + b"\n"
+        + BOM
+        + json.dumps(cloudwatch_page(events[2:], t0=1795000009000)).encode()
+    )
+    for path in (log, page, twice):
+        got, quarantine = read_events([str(path)])
+        assert quarantine.height == 0, quarantine["reason"].to_list()
+        assert got["audit_id"].to_list() == [e["auditID"] for e in events]
+
+
+def _deep(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def test_a_deeply_nested_page_or_record_costs_only_itself(tmp_path):
+    events = [make_event(i) for i in range(6)]
+    pages = tmp_path / "pages.json"
+    pages.write_text(
+        json.dumps(cloudwatch_page(events[:3]))
+        + '\n{"events": '
+        + _deep(200_000)
+        + "}\n"
+        + json.dumps(cloudwatch_page(events[3:], t0=1795000009000))
+    )
+    fire = tmp_path / "firehose.gz"
+    deep_record = '{"messageType": "DATA_MESSAGE", "logEvents": ' + _deep(200_000) + "}"
+    fire.write_bytes(
+        gzip.decompress(firehose_object(events[:3]))
+        + deep_record.encode()
+        + gzip.decompress(firehose_object(events[3:], ids=[f"late-{i}" for i in range(3)]))
+    )
+    fire.write_bytes(gzip.compress(fire.read_bytes()))
+    for path in (pages, fire):
+        got, quarantine = read_events([str(path)])
+        assert got["audit_id"].to_list() == [e["auditID"] for e in events]
+        assert quarantine.height == 1
+        assert quarantine["reason"][0].endswith("JSON nested too deeply")
+
+
+def test_a_fifo_in_an_input_folder_is_skipped_with_a_warning(tmp_path, detect):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_ndjson(folder / "a.log", [make_event(i) for i in range(4)])
+    os.mkfifo(folder / "b.pipe")  # opening it for reading would wait for a writer forever
+    lake = str(tmp_path / "lake")
+    # A subprocess with a timeout: the bug this guards is a hang, which must fail, not hang.
+    done = detect("ingest", str(folder), "--lake", lake, "--format", "json", timeout=120)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert (summary["inputs"], summary["events_written"]) == (1, 4)
+    assert len(summary["warnings"]) == 1 and "b.pipe" in summary["warnings"][0]
+    assert "not a regular file" in summary["warnings"][0]
+
+
+def _complete_lines_before(cut: bytes) -> int:
+    """Whole lines in what an independent decoder gets out of a cut gzip stream."""
+    out = zlib.decompressobj(31).decompress(cut)
+    return out.count(b"\n")
+
+
+@pytest.mark.parametrize("keep", [0.1, 0.5, 0.97])
+def test_a_truncated_gzip_keeps_every_complete_line_and_quarantines_the_cut(tmp_path, keep):
+    # 20k events of ~1.1 KB: more than one read block, so cuts fall inside later blocks too.
+    events = [make_event(i, requestURI=f"/api/v1/namespaces/n{i}/pods") for i in range(20_000)]
+    whole = ndjson(events, gz=True)
+    cut = whole[: int(len(whole) * keep)]
+    path = tmp_path / "audit.log.gz"
+    path.write_bytes(cut)
+    complete = _complete_lines_before(cut)
+    assert 0 < complete < len(events)
+    lake = str(tmp_path / "lake")
+    summary = ingest_paths([str(path)], lake)
+    assert summary.failed_inputs == []
+    assert _lake_ids(lake) == sorted(e["auditID"] for e in events[:complete])
+    bad = _quarantine(lake)
+    assert bad.height == 1
+    assert bad["source_position"][0] == str(complete + 1)
+    assert bad["reason"][0].startswith("truncated gzip")
+
+
+def test_a_small_truncated_gzip_still_gives_its_lines(tmp_path):
+    events = [make_event(i) for i in range(40)]
+    whole = ndjson(events, gz=True)
+    path = tmp_path / "small.gz"
+    path.write_bytes(whole[:-30])
+    complete = _complete_lines_before(whole[:-30])
+    got, quarantine = read_events([str(path)])
+    assert got.height == complete > 30
+    assert quarantine["reason"].str.starts_with("truncated gzip").all()
+
+
+def test_a_gzip_damaged_in_the_middle_keeps_what_precedes_the_damage(tmp_path):
+    # Log shippers append gzip members; the third one here has a broken header.
+    events = [make_event(i) for i in range(900)]
+    members = [bytearray(ndjson(events[k : k + 300], gz=True)) for k in (0, 300, 600)]
+    members[2][2] = 7  # compression method: 8 is deflate, 7 is nothing
+    path = tmp_path / "damaged.gz"
+    path.write_bytes(b"".join(members))
+    got, quarantine = read_events([str(path)])
+    assert got["audit_id"].to_list() == [e["auditID"] for e in events[:600]]
+    assert quarantine["reason"].to_list() == [quarantine["reason"][0]]
+    assert quarantine["reason"][0].startswith("damaged gzip")

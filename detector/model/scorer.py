@@ -96,6 +96,10 @@ class Scorer:
         """Severity band of each anomaly score (``None`` below the threshold)."""
         return severity_of(scores, self.severity_cutoffs)
 
+    def trees_bytes(self) -> bytes:
+        """The trees as a ``.npz`` file (the rest of the scorer goes in the model card)."""
+        return self.forest.to_bytes()
+
     @classmethod
     def fit(
         cls,

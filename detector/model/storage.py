@@ -181,7 +181,7 @@ class Model:
         """
         loc = Location.of(model_dir)
         previous = _current_version(loc)
-        blob = self.scorer.forest.to_bytes()
+        blob = self.scorer.trees_bytes()
         tables = {name: _parquet(getattr(self.baseline, name)) for name in BASELINE_TABLES}
         version = _sha256(blob + b"".join(tables.values()))[:16]
         files = {f"model-{version}.npz": blob}

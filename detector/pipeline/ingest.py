@@ -1,42 +1,51 @@
-"""Sources -> normalize -> lake, with counts a user can check and bounded memory.
+"""Readers -> normalize -> lake, with counts a user can check and bounded memory.
 
-:class:`Ingestor` is the one write path into the lake: ``detect ingest`` uses it for files
-and S3 objects, ``detect export`` for CloudWatch pages. It buffers normalized events and
-flushes them every ``flush_rows`` events (or when asked), so a 5 GB input never needs
-5 GB of RAM, and it never loses good rows because a neighbour was bad.
+Three small parts, used by ``detect ingest`` (files, S3 objects) and by the CloudWatch
+exporter (:mod:`detector.pipeline.export`), each deciding *when* to write on its own terms:
+
+- :class:`EventBuffer` normalizes :class:`~detector.sources.files.LineBatch` objects and
+  holds the events and quarantine rows until they are taken. It knows nothing of a lake,
+  so tests and ``rules test`` use it to normalize in memory.
+- :func:`write_to_lake` writes what a buffer held, once each, and counts it.
+- :class:`Ingestor` is the two together with a row limit: ``detect ingest`` flushes every
+  ``flush_rows`` events, so a 5 GB input never needs 5 GB of RAM, and it never loses good
+  rows because a neighbour was bad.
 """
 
 from __future__ import annotations
 
-import hashlib
+import logging
 import queue
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
-import orjson
 import polars as pl
-import pyarrow as pa
 
-from detector.events.normalize import normalize_lines, quarantine_frame
+from detector.events.normalize import TimeBounds, normalize_lines, quarantine_frame
 from detector.events.schema import CANONICAL_COLUMNS, QUARANTINE_COLUMNS
 from detector.lake.events import Lake, WriteStats
+from detector.lake.manifest import ObjectManifest
+from detector.lake.table import safe_part
 from detector.sources.files import (
     InputError,
+    InputNotFound,
     LineBatch,
     expand_inputs,
     is_s3,
+    messages_batch,
     object_identity,
     read_batches,
 )
 
+log = logging.getLogger(__name__)
+
 DEFAULT_CLUSTER = "default"
 FLUSH_ROWS = 100_000
-MANIFEST_DIR = "ingested-objects"
 
 
 @dataclass
@@ -46,10 +55,12 @@ class IngestSummary:
     inputs: int = 0
     skipped_inputs: int = 0  # S3 objects already ingested by an earlier run
     failed_inputs: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # e.g. a FIFO skipped in a folder
     lines: int = 0
     bytes: int = 0
     events_written: int = 0
     duplicates: int = 0
+    other_cluster: int = 0  # of duplicates: already stored under another cluster name
     quarantined: int = 0
     quarantine_reasons: Counter[str] = field(default_factory=Counter)
     files_written: int = 0
@@ -62,10 +73,12 @@ class IngestSummary:
             "inputs": self.inputs,
             "skipped_inputs": self.skipped_inputs,
             "failed_inputs": self.failed_inputs,
+            "warnings": self.warnings,
             "lines": self.lines,
             "bytes": self.bytes,
             "events_written": self.events_written,
             "duplicates": self.duplicates,
+            "other_cluster": self.other_cluster,
             "quarantined": self.quarantined,
             "quarantine_reasons": dict(self.quarantine_reasons.most_common()),
             "files_written": self.files_written,
@@ -81,60 +94,70 @@ def _reason_family(reason: str) -> str:
     return reason.split(":", 1)[0]
 
 
-class Ingestor:
-    """Normalize batches of raw messages and write them to a lake, exactly once each."""
+class EventBuffer:
+    """Normalize batches of raw messages and hold the rows until :meth:`take`.
+
+    Counts go to ``summary`` as batches arrive (lines, bytes, quarantined, event time
+    range); what is written is counted by :func:`write_to_lake`.
+    """
 
     def __init__(
         self,
-        lake: Lake,
         *,
         cluster: str | None = None,
-        flush_rows: int = FLUSH_ROWS,
-        collect: bool = False,
+        summary: IngestSummary | None = None,
+        time_bounds: TimeBounds | None = None,
     ) -> None:
-        self.lake = lake
+        self.time_bounds = time_bounds
         self.cluster = cluster
-        self.flush_rows = flush_rows
-        self.summary = IngestSummary()
+        self.summary = summary if summary is not None else IngestSummary()
         self._events: list[pl.DataFrame] = []
         self._quarantine: list[pl.DataFrame] = []
-        self._buffered = 0
-        # collect=True keeps everything in memory instead of writing (read_events, tests).
-        self._collect = collect
-        self.collected_events: list[pl.DataFrame] = []
-        self.collected_quarantine: list[pl.DataFrame] = []
+        self._rows = 0
+        self._bytes = 0
 
     @property
     def buffered(self) -> int:
-        return self._buffered
+        """Event rows held."""
+        return self._rows
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Raw input bytes behind the rows held."""
+        return self._bytes
+
+    @property
+    def empty(self) -> bool:
+        return not self._events and not self._quarantine
 
     def add(self, batch: LineBatch) -> None:
-        """Normalize one batch and buffer it; flushes when the buffer is full."""
+        """Normalize one batch and hold its events and quarantine rows."""
         cluster = self.cluster or batch.cluster or DEFAULT_CLUSTER
         self.summary.lines += len(batch.lines) + len(batch.rejected)
         self.summary.bytes += batch.nbytes
+        self._bytes += batch.nbytes
         if batch.rejected:
             self._add_quarantine(quarantine_frame(list(batch.rejected)))
-        if len(batch.lines):
-            result = normalize_lines(
-                batch.lines,
-                positions=batch.positions,
-                source=batch.source,
-                cluster=cluster,
-                terminated=batch.terminated,
-            )
-            self._add_quarantine(result.quarantine)
-            if result.events.height:
-                self._events.append(result.events)
-                self._buffered += result.events.height
-                lo, hi = result.events.select(
-                    pl.col("event_time").min().alias("lo"), pl.col("event_time").max().alias("hi")
-                ).row(0)
-                s = self.summary
-                s.first_event = lo if s.first_event is None else min(s.first_event, lo)
-                s.last_event = hi if s.last_event is None else max(s.last_event, hi)
-        if self._buffered >= self.flush_rows:
-            self.flush()
+        if not len(batch.lines):
+            return
+        result = normalize_lines(
+            batch.lines,
+            positions=batch.positions,
+            source=batch.source,
+            cluster=cluster,
+            terminated=batch.terminated,
+            bounds=self.time_bounds,
+        )
+        self._add_quarantine(result.quarantine)
+        if result.events.height:
+            self._events.append(result.events)
+            self._rows += result.events.height
+            lo, hi = result.events.select(
+                pl.col("event_time").min().alias("lo"), pl.col("event_time").max().alias("hi")
+            ).row(0)
+            s = self.summary
+            s.first_event = lo if s.first_event is None else min(s.first_event, lo)
+            s.last_event = hi if s.last_event is None else max(s.last_event, hi)
 
     def add_messages(
         self,
@@ -144,16 +167,8 @@ class Ingestor:
         source: str | list[str],
         cluster: str | None = None,
     ) -> None:
-        """Buffer raw audit messages (CloudWatch ``message`` strings)."""
-        self.add(
-            LineBatch(
-                lines=pa.array(messages, pa.large_string()).cast(pa.large_binary()),
-                positions=pa.array(positions, pa.string()),
-                source=source if isinstance(source, str) else pa.array(source, pa.string()),
-                cluster=cluster,
-                nbytes=sum(len(m) for m in messages),
-            )
-        )
+        """Normalize and hold raw audit messages (CloudWatch ``message`` strings)."""
+        self.add(messages_batch(source, messages, positions, cluster=cluster))
 
     def quarantine_raw(self, records: list[tuple[str, str, str, bytes | str]]) -> None:
         """Set aside inputs rejected before normalizing (source, position, reason, raw)."""
@@ -168,8 +183,8 @@ class Ingestor:
                 _reason_family(r) for r in df["reason"].to_list()
             )
 
-    def flush(self) -> WriteStats:
-        """Write everything buffered. After it returns, those events are durable in the lake."""
+    def take(self) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """(events, quarantine) held so far, and an empty buffer."""
         events = (
             pl.concat(self._events, how="vertical")
             if self._events
@@ -180,56 +195,57 @@ class Ingestor:
             if self._quarantine
             else pl.DataFrame(schema=QUARANTINE_COLUMNS)
         )
-        self._events, self._quarantine, self._buffered = [], [], 0
-        if self._collect:
-            self.collected_events.append(events)
-            self.collected_quarantine.append(quarantine)
-            return WriteStats(written=events.height)
-        stats = self.lake.write_events(events)
-        self.lake.write_quarantine(quarantine)
-        self.summary.events_written += stats.written
-        self.summary.duplicates += stats.duplicates
-        self.summary.files_written += stats.files
-        return stats
+        self._events, self._quarantine, self._rows, self._bytes = [], [], 0, 0
+        return events, quarantine
 
 
-# --------------------------------------------------------------------------- S3 manifest
-class ObjectManifest:
-    """Which S3 objects (uri + ETag) earlier runs ingested, so nightly runs read only new ones.
+def write_to_lake(
+    lake: Lake, events: pl.DataFrame, quarantine: pl.DataFrame, summary: IngestSummary
+) -> WriteStats:
+    """Write taken rows; when it returns they are durable in the lake, each once.
 
-    Kept in ``LAKE/_state/ingested-objects/`` as small JSON files, one per run, each
-    written after that run's events were flushed: a run killed midway records nothing for
-    the objects it did not finish, and re-reading them is harmless (the lake deduplicates).
+    Events go first: a crash between the two writes loses no event, and re-reading the
+    input adds only the quarantine rows that are missing (both tables deduplicate).
     """
+    stats = lake.write_events(events)
+    lake.write_quarantine(quarantine)
+    summary.events_written += stats.written
+    summary.duplicates += stats.duplicates
+    summary.other_cluster += stats.other_cluster
+    summary.files_written += stats.files
+    return stats
 
-    def __init__(self, lake: Lake) -> None:
+
+class Ingestor:
+    """An :class:`EventBuffer` written to a lake every ``flush_rows`` events."""
+
+    def __init__(
+        self,
+        lake: Lake,
+        *,
+        cluster: str | None = None,
+        flush_rows: int = FLUSH_ROWS,
+        time_bounds: TimeBounds | None = None,
+    ):
         self.lake = lake
-        self._dir = lake.state_path(MANIFEST_DIR)
-        self._done: set[tuple[str, str]] | None = None
+        self.flush_rows = flush_rows
+        self.buffer = EventBuffer(cluster=cluster, time_bounds=time_bounds)
+        self.summary = self.buffer.summary
 
-    def done(self) -> set[tuple[str, str]]:
-        if self._done is None:
-            seen: set[tuple[str, str]] = set()
-            for path in self.lake.loc.glob(self._dir + "/*.json"):
-                with self.lake.loc.fs.open(path, "rb") as fh:
-                    for item in orjson.loads(fh.read()).get("objects", []):
-                        seen.add((item["uri"], item["etag"]))
-            self._done = seen
-        return self._done
+    @property
+    def buffered(self) -> int:
+        return self.buffer.buffered
 
-    def record(self, objects: list[tuple[str, str]]) -> None:
-        if not objects:
-            return
-        body = orjson.dumps(
-            {
-                "recorded_at": datetime.now(UTC).isoformat(),
-                "objects": [{"uri": u, "etag": e} for u, e in objects],
-            }
-        )
-        name = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        digest = hashlib.sha1(body).hexdigest()[:12]
-        self.lake.loc.put_atomic(f"{self._dir}/{name}-{digest}.json", body)
-        self.done().update(objects)
+    def add(self, batch: LineBatch) -> None:
+        """Normalize one batch and buffer it; flushes when the buffer is full."""
+        self.buffer.add(batch)
+        if self.buffer.buffered >= self.flush_rows:
+            self.flush()
+
+    def flush(self) -> WriteStats:
+        """Write everything buffered. After it returns, those events are durable in the lake."""
+        events, quarantine = self.buffer.take()
+        return write_to_lake(self.lake, events, quarantine, self.summary)
 
 
 # --------------------------------------------------------------------------- entry points
@@ -244,7 +260,8 @@ def prefetched(items: Iterator[T]) -> Iterator[T]:
     Reading and splitting the next block (file I/O, gunzip, numpy) overlaps with parsing
     and writing this one (polars, which releases the GIL): about 15% off an ingest on two
     cores. One item ahead at most, so memory stays bounded; an error in the producer is
-    raised in the caller; a caller that stops early stops the producer.
+    raised in the caller; a caller that stops early stops the producer, and the producer
+    has finished when the generator is closed (so a test can count without waiting).
     """
     slot: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
     stop = threading.Event()
@@ -276,6 +293,13 @@ def prefetched(items: Iterator[T]) -> Iterator[T]:
             yield value
     finally:
         stop.set()
+        with_room = True
+        while with_room:  # unblock a producer waiting on a full slot, then wait for it
+            try:
+                slot.get_nowait()
+            except queue.Empty:
+                with_room = False
+        thread.join(timeout=30)
 
 
 def ingest_paths(
@@ -287,21 +311,28 @@ def ingest_paths(
     reprocess: bool = False,
     flush_rows: int = FLUSH_ROWS,
     progress: ProgressFn | None = None,
+    time_bounds: TimeBounds | None = None,
 ) -> IngestSummary:
     """Ingest files, folders and S3 prefixes into the lake.
 
     An input that cannot be read is recorded in ``failed_inputs`` and the others go on;
-    the caller decides the exit code.
+    the caller decides the exit code. Damage inside an input (bad lines, a cut gzip) is
+    quarantined with a reason and never stops the run.
     """
     lake = Lake(lake) if isinstance(lake, str) else lake
+    if cluster:
+        safe_part(cluster, "cluster name")
+    lake.require_root()
     started = time.monotonic()
-    ingestor = Ingestor(lake, cluster=cluster, flush_rows=flush_rows)
+    ingestor = Ingestor(lake, cluster=cluster, flush_rows=flush_rows, time_bounds=time_bounds)
     manifest = ObjectManifest(lake)
     summary = ingestor.summary
     uris: list[str] = []
     for path in paths:
         try:
-            uris.extend(expand_inputs([path]))
+            uris.extend(expand_inputs([path], on_skip=summary.warnings.append))
+        except InputNotFound:
+            raise  # a path naming nothing is a typo: stop before anything is read
         except InputError as exc:
             summary.failed_inputs.append(str(exc))
     pending_objects: list[tuple[str, str]] = []
@@ -323,7 +354,9 @@ def ingest_paths(
             continue
         if identity:
             pending_objects.append(identity)
-        if ingestor.buffered == 0 and pending_objects:  # a flush just happened
+        # Record objects only once all their rows (quarantine too) are durable: a kill
+        # between the two would otherwise lose bad lines the manifest says were read.
+        if ingestor.buffer.empty and pending_objects:  # a flush just happened
             manifest.record(pending_objects)
             pending_objects = []
     ingestor.flush()
@@ -336,11 +369,8 @@ def read_events(
     paths: list[str], *, cluster: str | None = None, fmt: str = "auto"
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Normalize small inputs in memory: (events, quarantine). For tests and `rules test`."""
-    ingestor = Ingestor(Lake("."), cluster=cluster, collect=True)
+    buffer = EventBuffer(cluster=cluster)
     for uri in expand_inputs(paths):
         for batch in read_batches(uri, fmt):
-            ingestor.add(batch)
-    ingestor.flush()
-    events = pl.concat(ingestor.collected_events, how="vertical")
-    quarantine = pl.concat(ingestor.collected_quarantine, how="vertical")
-    return events, quarantine
+            buffer.add(batch)
+    return buffer.take()

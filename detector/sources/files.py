@@ -14,11 +14,14 @@ batch size rather than the input size.
 from __future__ import annotations
 
 import codecs
-import gzip
 import io
 import json
+import logging
+import os
 import re
-from collections.abc import Iterator
+import stat
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -26,9 +29,13 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+from fsspec.implementations.local import LocalFileSystem
 
+from detector.errors import EXIT_USAGE, RuntimeFailure
 from detector.events.normalize import MAX_LINE_BYTES
 from detector.storage import Location, filesystem, full_uri, is_s3, strip_protocol
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("auto", "ndjson", "cloudwatch-json", "export-gz", "firehose")
 
@@ -46,10 +53,19 @@ _SUBSCRIPTION_KEY = re.compile(rb'\{\s*"(' + _SUBSCRIPTION_KEYS.encode() + rb')"
 _SUBSCRIPTION_START = re.compile(r'\{\s*"(' + _SUBSCRIPTION_KEYS + r')"')
 _PAGE_START = re.compile(r'\{\s*"(events|searchedLogStreams|nextToken)"')
 _EKS_GROUP = re.compile(r"^/aws/eks/([^/]+)/cluster$")
+BOM = b"\xef\xbb\xbf"
+#: Cap on the raw bytes a reader keeps of a rejected record (the quarantine caps again).
+RAW_KEEP = 65536
 
 
-class InputError(RuntimeError):
+class InputError(RuntimeFailure):
     """An input that cannot be read at all (missing, no permission, not gzip...)."""
+
+
+class InputNotFound(InputError):
+    """A path that names nothing: a typo in the command, so a usage error (exit 2)."""
+
+    exit_code = EXIT_USAGE
 
 
 @dataclass
@@ -67,17 +83,32 @@ class LineBatch:
     terminated: bool = False
 
 
-def cluster_from_log_group(group: str | None) -> str | None:
+def cluster_from_log_group(group: object) -> str | None:
     """``/aws/eks/prod/cluster`` -> ``prod``."""
-    if not group:
+    if not group or not isinstance(group, str):
         return None
     match = _EKS_GROUP.match(group)
     return match.group(1) if match else None
 
 
 # --------------------------------------------------------------------------- opening
-def expand_inputs(paths: list[str]) -> list[str]:
-    """Files under each path (folders recursively, ``s3://`` prefixes, globs), sorted."""
+def _is_regular(fs: object, path: str) -> bool:
+    """False for a FIFO, socket or device in a local folder: opening one can block forever
+    (a FIFO waits for a writer), and none of them is an audit log a run should read."""
+    if not isinstance(fs, LocalFileSystem):
+        return True
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return True  # vanished or unreadable: open_input says why
+
+
+def expand_inputs(paths: list[str], *, on_skip: Callable[[str], None] | None = None) -> list[str]:
+    """Files under each path (folders recursively, ``s3://`` prefixes, globs), sorted.
+
+    Local entries that are not regular files (FIFOs, sockets, devices) are skipped with a
+    warning, given to ``on_skip`` (else logged): reading a FIFO would hang the run.
+    """
     found: list[str] = []
     for path in paths:
         fs = filesystem(path)
@@ -89,17 +120,33 @@ def expand_inputs(paths: list[str]) -> list[str]:
         elif fs.exists(bare):
             matches = [bare]
         else:
-            raise InputError(f"{path}: no such file, folder or object")
-        found.extend(full_uri(path, m) for m in sorted(matches) if not fs.isdir(m))
+            raise InputNotFound(f"{path}: no such file, folder or object")
+        for m in sorted(matches):
+            if fs.isdir(m):
+                continue
+            if not _is_regular(fs, m):
+                warning = (
+                    f"{full_uri(path, m)}: skipped, not a regular file (FIFO, socket or device)"
+                )
+                if on_skip is not None:
+                    on_skip(warning)
+                else:
+                    log.warning("%s", warning)
+                continue
+            found.append(full_uri(path, m))
     return found
 
 
 def open_input(uri: str) -> BinaryIO:
-    """A binary stream of the input's content, gunzipped when it is gzip (by magic bytes)."""
+    """A binary stream of the input's content, gunzipped when it is gzip (by magic bytes).
+
+    A gzip stream is decompressed by :class:`Gunzip`, which ends early at a cut or damaged
+    member instead of raising, so every line before the damage is still read.
+    """
     try:
         fh = filesystem(uri).open(strip_protocol(uri), "rb")
     except FileNotFoundError as exc:
-        raise InputError(f"{uri}: no such file or object") from exc
+        raise InputNotFound(f"{uri}: no such file or object") from exc
     except PermissionError as exc:
         raise InputError(f"{uri}: permission denied") from exc
     except OSError as exc:
@@ -107,8 +154,100 @@ def open_input(uri: str) -> BinaryIO:
     head = fh.read(2)
     fh.seek(0)
     if head == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=fh, mode="rb")  # type: ignore[return-value]
+        return Gunzip(fh)  # type: ignore[return-value]
     return fh  # type: ignore[return-value]
+
+
+class Gunzip(io.RawIOBase):
+    """gzip members back to back, decompressed as they are read.
+
+    Unlike :class:`gzip.GzipFile`, a stream cut short (an upload killed midway, a disk that
+    filled up) or damaged in the middle does not raise and lose the block being read: the
+    stream ends at the last byte that could be decompressed and :attr:`damage` says why,
+    so the reader keeps every complete line before the damage and quarantines the rest.
+    """
+
+    CHUNK = 256 * 1024
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._d = zlib.decompressobj(31)
+        self._member_bytes = 0  # compressed bytes fed to the current member
+        self._out: list[bytes] = []
+        self._out_len = 0
+        self._done = False
+        self.damage: str | None = None
+        self.consumed = 0  # compressed bytes read
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        want = -1 if size is None else size
+        while not self._done and (want < 0 or self._out_len < want):
+            self._fill()
+        data = b"".join(self._out)
+        if want < 0 or len(data) <= want:
+            self._out, self._out_len = [], 0
+            return data
+        self._out, self._out_len = [data[want:]], len(data) - want
+        return data[:want]
+
+    def _emit(self, data: bytes) -> None:
+        if data:
+            self._out.append(data)
+            self._out_len += len(data)
+
+    def _fill(self) -> None:
+        chunk = self._raw.read(self.CHUNK)
+        if not chunk:
+            if self._member_bytes and not self._d.eof:
+                self._emit(self._d.flush())
+                self.damage = (
+                    f"truncated gzip: the input ends inside a compressed member "
+                    f"(after {self.consumed:,} compressed bytes)"
+                )
+            self._done = True
+            return
+        self.consumed += len(chunk)
+        self._feed(chunk)
+
+    def _feed(self, data: bytes) -> None:
+        while data and not self._done:
+            if self._d.eof:  # the previous member ended: the next one, or padding
+                rest = data.lstrip(b"\x00")
+                if not rest:
+                    return
+                if not rest.startswith(b"\x1f\x8b"):
+                    self.damage = "damaged gzip: data after the last complete member is not gzip"
+                    self._done = True
+                    return
+                self._d, self._member_bytes, data = zlib.decompressobj(31), 0, rest
+            saved = self._d.copy()
+            try:
+                self._emit(self._d.decompress(data))
+            except zlib.error as exc:
+                self._salvage(saved, data, exc)
+                return
+            self._member_bytes += len(data)
+            data = self._d.unused_data if self._d.eof else b""
+
+    def _salvage(self, decoder: zlib._Decompress, data: bytes, exc: zlib.error) -> None:
+        """Replay the damaged chunk in small steps to keep what precedes the damage."""
+        step = 512
+        for i in range(0, len(data), step):
+            try:
+                self._emit(decoder.decompress(data[i : i + step]))
+            except zlib.error:
+                break
+            if decoder.eof:
+                break
+        self.damage = f"damaged gzip: {exc}"
+        self._done = True
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
 
 
 def sniff_format(head: bytes) -> str:
@@ -196,12 +335,26 @@ def iter_line_blocks(
 
 
 # --------------------------------------------------------------------------- readers
-def _ndjson_batches(uri: str, stream: BinaryIO, *, strip_timestamp: bool) -> Iterator[LineBatch]:
+def _ndjson_batches(
+    uri: str,
+    stream: BinaryIO,
+    *,
+    strip_timestamp: bool,
+    damage: Callable[[], str | None] = lambda: None,
+) -> Iterator[LineBatch]:
+    next_line, reported = 1, False
     for block, first_line, oversize in iter_line_blocks(stream):
         rejected = [
             (uri, str(n), f"line too long: {size} bytes (limit {MAX_LINE_BYTES})", head)
             for n, size, head in oversize
         ]
+        why = damage() if block and not block.endswith(b"\n") else None
+        if why:  # only the last block can lack its newline: the line the damage cut
+            cut = block.rfind(b"\n") + 1
+            tail_no = first_line + block.count(b"\n", 0, cut)
+            rejected.append((uri, str(tail_no), f"{why}; line cut off", block[cut:][:RAW_KEEP]))
+            block = block[:cut]
+            next_line, reported = tail_no + 1, True
         if not block:
             yield LineBatch(
                 pa.array([], pa.large_binary()), pa.array([], pa.string()), uri, rejected=rejected
@@ -211,6 +364,7 @@ def _ndjson_batches(uri: str, stream: BinaryIO, *, strip_timestamp: bool) -> Ite
         if strip_timestamp:
             lines = _strip_export_timestamp(lines)
         numbers = np.arange(first_line, first_line + len(lines), dtype=np.int64)
+        next_line = max(next_line, first_line + len(lines))
         yield LineBatch(
             lines=lines,
             positions=pa.array(numbers).cast(pa.string()),
@@ -219,6 +373,9 @@ def _ndjson_batches(uri: str, stream: BinaryIO, *, strip_timestamp: bool) -> Ite
             nbytes=len(block),
             terminated=True,
         )
+    why = damage()
+    if why and not reported:  # the damage fell on a line boundary: say it happened anyway
+        yield _rejected_only(uri, (uri, str(next_line), why, b""))
 
 
 def _strip_export_timestamp(lines: pa.Array) -> pa.Array:
@@ -234,17 +391,44 @@ def _strip_export_timestamp(lines: pa.Array) -> pa.Array:
     return pc.if_else(looks_like_ts, second, lines)
 
 
-def _messages_batch(
-    uri: str, messages: list[str], ids: list[str], streams: list[str], cluster: str | None
+def messages_batch(
+    source: str | list[str],
+    messages: list[str],
+    ids: list[str],
+    *,
+    cluster: str | None = None,
 ) -> LineBatch:
-    encoded = pa.array(messages, pa.large_string()).cast(pa.large_binary())
+    """A batch of CloudWatch ``message`` strings (one audit event each, in principle).
+
+    Raw line breaks become spaces: inside a JSON string they must be escaped, so a raw one
+    can only be whitespace between tokens (a pretty-printed event, still valid) or damage;
+    either way the message stays one line for the NDJSON parser and keeps its position.
+    """
+    encoded = pa.array(messages, pa.large_string())
+    if any("\n" in m or "\r" in m for m in messages):
+        encoded = pc.replace_substring_regex(encoded, pattern="[\r\n]", replacement=" ")
     return LineBatch(
-        lines=encoded,
+        lines=encoded.cast(pa.large_binary()),
         positions=pa.array(ids, pa.string()),
-        source=pa.array([f"{uri}#{s}" if s else uri for s in streams], pa.string()),
+        source=source if isinstance(source, str) else pa.array(source, pa.string()),
         cluster=cluster,
         nbytes=sum(len(m) for m in messages),
     )
+
+
+def _messages_batch(
+    uri: str, messages: list[str], ids: list[str], streams: list[str], cluster: str | None
+) -> LineBatch:
+    sources = [f"{uri}#{s}" if s else uri for s in streams]
+    return messages_batch(sources, messages, ids, cluster=cluster)
+
+
+def _json_text(value: Any) -> bytes:
+    """A record's JSON text for the quarantine, whatever its depth (orjson stops at 255)."""
+    try:
+        return orjson.dumps(value)[:RAW_KEEP]
+    except (orjson.JSONEncodeError, TypeError):
+        return repr(value)[:RAW_KEEP].encode("utf-8", "replace")
 
 
 def _cloudwatch_json_batches(uri: str, stream: BinaryIO) -> Iterator[LineBatch]:
@@ -257,7 +441,7 @@ def _cloudwatch_json_batches(uri: str, stream: BinaryIO) -> Iterator[LineBatch]:
                 if error is not None
                 else "not a filter-log-events page (no events list)"
             )
-            yield _rejected_only(uri, (uri, f"page {page}", reason, raw or orjson.dumps(doc)))
+            yield _rejected_only(uri, (uri, f"page {page}", reason, raw or _json_text(doc)))
             continue
         messages, ids, streams, rejected = [], [], [], []
         for i, ev in enumerate(events):
@@ -265,9 +449,9 @@ def _cloudwatch_json_batches(uri: str, stream: BinaryIO) -> Iterator[LineBatch]:
             eid = f"page {page} event {i + 1}"
             if isinstance(ev, dict) and ev.get("eventId"):
                 eid = str(ev["eventId"])
-            if not isinstance(msg, str):
-                reason = "CloudWatch event without a message string"
-                rejected.append((uri, eid, reason, orjson.dumps(ev)[:65536]))
+            if not isinstance(msg, str) or not msg.strip():
+                reason = "CloudWatch event without a message"
+                rejected.append((uri, eid, reason, _json_text(ev)))
                 continue
             messages.append(msg)
             ids.append(eid)
@@ -283,7 +467,7 @@ def _rejected_only(uri: str, record: tuple[str, str, str, bytes]) -> LineBatch:
         pa.array([], pa.large_binary()),
         pa.array([], pa.string()),
         uri,
-        rejected=[(source, position, reason, raw[:65536])],
+        rejected=[(source, position, reason, raw[:RAW_KEEP])],
     )
 
 
@@ -300,7 +484,7 @@ def iter_concatenated_json(
     utf8 = codecs.getincrementaldecoder("utf-8")("replace")
     buf, pos, eof, n = "", 0, False, 0
     while True:
-        while pos < len(buf) and buf[pos] in " \t\r\n":
+        while pos < len(buf) and buf[pos] in " \t\r\n\ufeff":  # BOMs of concatenated files too
             pos += 1
         if pos >= len(buf):
             if eof:
@@ -311,7 +495,7 @@ def iter_concatenated_json(
             continue
         try:
             value, end = decoder.raw_decode(buf, pos)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             if not eof and len(buf) - pos < 8 * chunk_bytes:
                 chunk = stream.read(chunk_bytes)  # the value may just be incomplete
                 eof = not chunk
@@ -320,7 +504,11 @@ def iter_concatenated_json(
             n += 1
             found = restart.search(buf, pos + 1)
             stop = found.start() if found else len(buf)
-            yield n, None, buf[pos:stop][:65536].encode(), f"invalid JSON at char {exc.pos - pos}"
+            if isinstance(exc, RecursionError):  # stdlib json recurses per nesting level
+                reason = "JSON nested too deeply"
+            else:
+                reason = f"invalid JSON at char {exc.pos - pos}"
+            yield n, None, buf[pos:stop][:RAW_KEEP].encode(), reason
             pos = stop
             continue
         n += 1
@@ -344,23 +532,26 @@ def _firehose_batches(uri: str, stream: BinaryIO) -> Iterator[LineBatch]:
             continue
         if record.get("messageType") == "CONTROL_MESSAGE":
             continue
+        log_events = record.get("logEvents")
+        if not isinstance(log_events, list):
+            reason = "invalid Firehose record: logEvents is not a list"
+            rejected.append((uri, f"record {record_no}", reason, _json_text(record)))
+            continue
         group_cluster = cluster_from_log_group(record.get("logGroup"))
         if group_cluster and cluster and group_cluster != cluster and pending[0]:
             yield _flush_firehose(uri, pending, cluster, rejected)  # one cluster per batch
             pending, rejected, pending_bytes = ([], [], []), [], 0
         cluster = group_cluster or cluster
         log_stream = str(record.get("logStream") or "")
-        for i, ev in enumerate(record.get("logEvents") or []):
+        for i, ev in enumerate(log_events):
             msg = ev.get("message") if isinstance(ev, dict) else None
             eid = (
                 str(ev.get("id"))
                 if isinstance(ev, dict) and ev.get("id")
                 else f"record {record_no} event {i + 1}"
             )
-            if not isinstance(msg, str):
-                rejected.append(
-                    (uri, eid, "log event without a message string", orjson.dumps(ev)[:65536])
-                )
+            if not isinstance(msg, str) or not msg.strip():
+                rejected.append((uri, eid, "log event without a message", _json_text(ev)))
                 continue
             pending[0].append(msg)
             pending[1].append(eid)
@@ -380,24 +571,40 @@ def _flush_firehose(uri, pending, cluster, rejected) -> LineBatch:  # type: igno
 
 
 def read_batches(uri: str, fmt: str = "auto") -> Iterator[LineBatch]:
-    """Batches of raw audit messages from one file or object."""
-    stream = open_input(uri)
+    """Batches of raw audit messages from one file or object.
+
+    A UTF-8 byte-order mark at the start is dropped (editors on Windows write one; it is
+    not part of the first event). Damage that ends a gzip stream early is reported as a
+    quarantine record, after everything before it was read.
+    """
+    if fmt not in FORMATS:
+        raise InputError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    raw = open_input(uri)
+    stream: BinaryIO = raw
+
+    def damage() -> str | None:
+        return getattr(raw, "damage", None)
+
     try:
+        head = stream.read(65536)
+        if head.startswith(BOM):
+            head = head[len(BOM) :]
         if fmt == "auto":
-            head = stream.peek(65536) if hasattr(stream, "peek") else b""
-            if not head:
-                head = stream.read(65536)
-                stream = _Prefixed(head, stream)
-            fmt = sniff_format(head[:65536])
+            fmt = sniff_format(head)
+        stream = _Prefixed(head, raw)  # type: ignore[assignment]
         if fmt in ("ndjson", "export-gz"):
-            yield from _ndjson_batches(uri, stream, strip_timestamp=fmt == "export-gz")
-        elif fmt == "cloudwatch-json":
+            yield from _ndjson_batches(
+                uri, stream, strip_timestamp=fmt == "export-gz", damage=damage
+            )
+            return
+        if fmt == "cloudwatch-json":
             yield from _cloudwatch_json_batches(uri, stream)
-        elif fmt == "firehose":
-            yield from _firehose_batches(uri, stream)
         else:
-            raise InputError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+            yield from _firehose_batches(uri, stream)
+        why = damage()
+        if why:
+            yield _rejected_only(uri, (uri, "end of input", why, b""))
+    except (OSError, EOFError) as exc:
         raise InputError(f"{uri}: read failed: {exc}") from exc
     finally:
         stream.close()
@@ -439,6 +646,7 @@ def object_identity(uri: str) -> tuple[str, str]:
 __all__ = [
     "FORMATS",
     "InputError",
+    "InputNotFound",
     "LineBatch",
     "cluster_from_log_group",
     "expand_inputs",

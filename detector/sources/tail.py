@@ -1,0 +1,143 @@
+"""Follow a local audit log that an API server appends to, across rotation.
+
+A self-managed kube-apiserver writes ``--audit-log-path`` and rotates it itself
+(``--audit-log-maxsize``: the file is renamed and a new one created) or is rotated by
+logrotate (rename, or ``copytruncate``). :class:`FileTail` is polled, not event-driven:
+each :meth:`FileTail.poll` returns the complete lines appended since the last call, so the
+caller decides the pace and nothing blocks.
+
+- Only complete lines are returned; a line still being written stays for the next poll.
+- Rotation by rename: the file we had open is read to its end first (its last line is
+  complete: the writer has moved on), then the new file is read from its start.
+- Truncation in place (copytruncate): the file is read again from its start.
+- :attr:`FileTail.position` (inode, byte offset) says where the next poll starts; a caller
+  that stores it with its checkpoint resumes exactly there after a restart, provided the
+  file was not rotated in between (then it starts at the start of the current file).
+
+Positions in the batches are ``INODE:OFFSET`` (byte offset of the line in that file), so
+a quarantined line names the file version and place it came from even across rotations.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import numpy as np
+import pyarrow as pa
+
+from detector.events.normalize import MAX_LINE_BYTES
+from detector.sources.files import BATCH_BYTES, BOM, LineBatch, _split_lines
+
+
+@dataclass(frozen=True)
+class TailPosition:
+    """Where the next poll starts: the file's inode and a byte offset in it."""
+
+    inode: int
+    offset: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {"inode": self.inode, "offset": self.offset}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, int]) -> TailPosition:
+        return cls(int(data["inode"]), int(data["offset"]))
+
+
+class FileTail:
+    """Complete lines appended to ``path`` since the last :meth:`poll`."""
+
+    def __init__(
+        self, path: str, position: TailPosition | None = None, *, batch_bytes: int = BATCH_BYTES
+    ) -> None:
+        self.path = path
+        self.batch_bytes = batch_bytes
+        self._fh: BinaryIO | None = None
+        self._inode = position.inode if position else None
+        self._offset = position.offset if position else 0
+
+    @property
+    def position(self) -> TailPosition | None:
+        return TailPosition(self._inode, self._offset) if self._inode is not None else None
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def poll(self) -> list[LineBatch]:
+        """Batches of the complete lines written since the last poll (maybe none)."""
+        batches: list[LineBatch] = []
+        current = self._stat()
+        if self._fh is None:
+            if current is None:
+                return batches
+            self._open(current)
+        assert self._fh is not None
+        if current is not None and current.st_ino != self._inode:
+            # Rotated by rename: finish the old file (its last line is complete), then
+            # start the new one from its beginning.
+            batches += self._read_available(final=True)
+            self.close()
+            self._inode, self._offset = None, 0
+            self._open(current)
+        elif current is not None and current.st_size < self._offset:
+            self._offset = 0  # truncated in place (copytruncate): read it again
+        batches += self._read_available(final=False)
+        return batches
+
+    # ------------------------------------------------------------------ internals
+    def _stat(self) -> os.stat_result | None:
+        try:
+            return os.stat(self.path)
+        except FileNotFoundError:
+            return None  # between a rename and the new file's creation
+
+    def _open(self, st: os.stat_result) -> None:
+        self._fh = open(self.path, "rb")  # noqa: SIM115 - held open across polls on purpose
+        opened = os.fstat(self._fh.fileno()).st_ino
+        if opened != self._inode or st.st_size < self._offset:
+            self._offset = 0  # another file than the stored position's: from its start
+        self._inode = opened
+
+    def _read_available(self, *, final: bool) -> list[LineBatch]:
+        assert self._fh is not None and self._inode is not None
+        batches: list[LineBatch] = []
+        while True:
+            self._fh.seek(self._offset)
+            data = self._fh.read(self.batch_bytes)
+            if not data:
+                return batches
+            start = self._offset
+            if start == 0 and data.startswith(BOM):
+                data, start = data[len(BOM) :], len(BOM)
+                self._offset = start
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:
+                if final or len(data) > MAX_LINE_BYTES:
+                    cut = len(data)  # the writer left (or the line is damage): take it
+                else:
+                    return batches  # a line still being written
+            block = data[:cut]
+            batches.append(self._batch(block, start))
+            self._offset = start + cut
+            if cut < len(data) and not final and len(data) < self.batch_bytes:
+                return batches
+
+    def _batch(self, block: bytes, start: int) -> LineBatch:
+        lines = _split_lines(block)
+        # The array's offsets buffer holds each line's start in ``block`` (int64).
+        starts = start + np.frombuffer(lines.buffers()[1], dtype=np.int64)[: len(lines)]
+        positions = [f"{self._inode}:{o}" for o in starts.tolist()]
+        return LineBatch(
+            lines=lines,
+            positions=pa.array(positions, pa.string()),
+            source=self.path,
+            nbytes=len(block),
+            terminated=True,
+        )
+
+
+__all__ = ["FileTail", "TailPosition"]
