@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from detector.cli.commands.score import short_principal
+from detector.cli.render import short_principal
 from detector.events.identity import (
     canonical_principal,
     display_principal,
