@@ -127,6 +127,7 @@ def render_overview(overview: dict, *, shown_hours: int = 12) -> None:
     """Events per hour (the last ``shown_hours``), top principals, quarantined lines."""
     from rich.table import Table
 
+
     hours = overview["events_per_hour"]
     shown = hours[-shown_hours:]
     peak = max((h["events"] for h in shown), default=1)
@@ -167,7 +168,8 @@ def train_and_score(
     """
     import polars as pl
 
-    from detector.detect.score import score_range, train_model
+    from detector.detect.score import score_range
+    from detector.detect.train import train_model
     from detector.lake.findings import sort_findings
 
     day_start = end - timedelta(days=1)

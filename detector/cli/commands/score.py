@@ -76,6 +76,13 @@ def score(
             help="Send new and changed incidents to the [[sinks]] in detect.toml.",
         ),
     ] = True,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Refuse (exit 2) rather than warn when the model is stale or from other clusters.",
+        ),
+    ] = False,
 ) -> None:
     """Score a time range of the lake: features, model and rules -> findings.
 
@@ -93,9 +100,9 @@ def score(
         detect score --lake ./lake --since 1h --fail-on high
         detect score --lake ./lake --since 1h --no-model --enable namespace-created
     """
-    from detector.detect.score import score_range
+    from detector.detect.score import ScoreOptions, score_range
     from detector.lake.events import Lake
-    from detector.model.estimator import Model, ModelNotFound
+    from detector.model.storage import Model, ModelNotFound
 
     start, end = check_range(since, until or datetime.now(UTC))
     no_model = no_model or rules_only
@@ -118,14 +125,17 @@ def score(
             start,
             end,
             model=model,
-            fit_on_window=fit_on_window,
-            use_model=not no_model,
-            use_rules=not no_rules,
-            rule_files=list(rules or []),
-            enabled_rules=list(enable or []),
-            disabled_rules=list(disable or []),
-            seed=seed,
-            cluster=cluster,
+            options=ScoreOptions(
+                fit_on_window=fit_on_window,
+                use_model=not no_model,
+                use_rules=not no_rules,
+                rule_files=tuple(rules or ()),
+                enabled_rules=tuple(enable or ()),
+                disabled_rules=tuple(disable or ()),
+                seed=seed,
+                cluster=cluster,
+                strict=strict,
+            ),
             progress=progress,
         )
     alerts = _alerts(ctx, lake, result, suppressions, deliver)
@@ -197,6 +207,8 @@ def _alerts_line(alerts: Any) -> str:
         f"{alerts.incidents} incident(s) touched, {alerts.changed} changed, "
         f"{alerts.suppressed_findings} finding(s) suppressed{sent}"
     )
+
+
 
 
 def register(app: typer.Typer) -> None:
