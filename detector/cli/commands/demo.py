@@ -168,8 +168,7 @@ def train_and_score(
     """
     import polars as pl
 
-    from detector.detect.score import score_range
-    from detector.detect.train import train_model
+    from detector.detect.score import score_range, train_model
     from detector.lake.findings import sort_findings
 
     day_start = end - timedelta(days=1)

@@ -76,13 +76,6 @@ def score(
             help="Send new and changed incidents to the [[sinks]] in detect.toml.",
         ),
     ] = True,
-    strict: Annotated[
-        bool,
-        typer.Option(
-            "--strict",
-            help="Refuse (exit 2) rather than warn when the model is stale or from other clusters.",
-        ),
-    ] = False,
 ) -> None:
     """Score a time range of the lake: features, model and rules -> findings.
 
@@ -100,9 +93,9 @@ def score(
         detect score --lake ./lake --since 1h --fail-on high
         detect score --lake ./lake --since 1h --no-model --enable namespace-created
     """
-    from detector.detect.score import ScoreOptions, score_range
+    from detector.detect.score import score_range
     from detector.lake.events import Lake
-    from detector.model.storage import Model, ModelNotFound
+    from detector.model.estimator import Model, ModelNotFound
 
     start, end = check_range(since, until or datetime.now(UTC))
     no_model = no_model or rules_only
@@ -125,17 +118,14 @@ def score(
             start,
             end,
             model=model,
-            options=ScoreOptions(
-                fit_on_window=fit_on_window,
-                use_model=not no_model,
-                use_rules=not no_rules,
-                rule_files=tuple(rules or ()),
-                enabled_rules=tuple(enable or ()),
-                disabled_rules=tuple(disable or ()),
-                seed=seed,
-                cluster=cluster,
-                strict=strict,
-            ),
+            fit_on_window=fit_on_window,
+            use_model=not no_model,
+            use_rules=not no_rules,
+            rule_files=list(rules or []),
+            enabled_rules=list(enable or []),
+            disabled_rules=list(disable or []),
+            seed=seed,
+            cluster=cluster,
             progress=progress,
         )
     alerts = _alerts(ctx, lake, result, suppressions, deliver)
