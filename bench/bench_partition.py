@@ -134,6 +134,7 @@ def local_costs(log: Path, work: Path, env: dict[str, str]) -> dict[str, float]:
         "lake_bytes_per_event": size / n_all,
         "train_task_eps_core": train["events"] / train["windows_seconds"],
         "train_windows": train["windows"],
+        "train_windows_per_day": train["windows"] / ((DAY - START).days or 1),
         "fit_s_per_1k_windows": train["fit_seconds"] / train["windows"] * 1000,
         "score_events": score["events"],
         "score_eps_core": score["events"] / score["seconds"],
@@ -197,11 +198,97 @@ def s3_costs(log: Path, env: dict[str, str]) -> dict[str, dict[str, int]]:
     return out
 
 
+# Public AWS prices and quotas (us-east-1, looked up 2026-11-30; sources in docs/operations.md).
+CW_INGEST_PER_GB = 0.50  # CloudWatch Logs ingestion, standard class, first tier
+FILTER_TPS = 5  # FilterLogEvents per account and Region
+FILTER_PAGE = (10_000, 1_048_576)  # events, bytes per FilterLogEvents page
+S3_PUT_LIST_PER_1K = 0.005
+S3_GET_HEAD_PER_1K = 0.0004
+ATHENA_PER_TB = 5.0
+
+
+def sizing(local: dict, s3: dict, raw_bytes: float, args: argparse.Namespace) -> None:
+    """The organisation of the issue, from the per-partition figures just measured."""
+    per_day, clusters = args.org_events, args.clusters
+    hunt, train_days, cores = args.hunt_days, args.train_days, args.worker_cores
+    ingest_core_h = per_day / local["ingest_eps_core"] / 3600
+    train_events = per_day * train_days
+    train_core_h = train_events / local["train_task_eps_core"] / 3600
+    windows = local["train_windows_per_day"] * clusters * train_days
+    fit_h = windows / 1000 * local["fit_s_per_1k_windows"] / 3600
+    hunt_core_h = per_day * hunt / local["score_eps_core"] / 3600
+    lake_gb_day = per_day * local["lake_bytes_per_event"] / 1e9
+    raw_gb_day = per_day * raw_bytes / 1e9
+    per_page = min(FILTER_PAGE[0], FILTER_PAGE[1] / raw_bytes)
+    filter_ceiling = FILTER_TPS * per_page * 86_400
+
+    def requests(kinds: dict[str, int], times: float) -> tuple[float, float]:
+        puts = (kinds.get("PUT", 0) + kinds.get("LIST", 0)) * times
+        gets = (kinds.get("GET", 0) + kinds.get("HEAD", 0)) * times
+        return puts + gets, puts / 1000 * S3_PUT_LIST_PER_1K + gets / 1000 * S3_GET_HEAD_PER_1K
+
+    ingest_req, ingest_usd = requests(s3["ingest"], clusters * 30 / 2)  # measured: 2 days
+    train_req, train_usd = requests(s3["train"], clusters * train_days * 30)
+    hunt_req, hunt_usd = requests(s3["score"], clusters * hunt)
+    print(
+        f"\nsizing: {clusters} clusters, {per_day / 1e6:,.0f}M events a day "
+        f"({per_day / clusters / 1e6:,.1f}M per (cluster, day) partition), nightly retrain "
+        f"on {train_days} days, retro-hunt of {hunt} days, workers of {cores} cores"
+    )
+    rows = [
+        (
+            "ingest (continuous)",
+            f"{ingest_core_h:,.1f} core-h/day = {ingest_core_h / 24:,.2f} cores on average",
+            f"S3 {ingest_req:,.0f} requests/month ${ingest_usd:,.2f}",
+        ),
+        (
+            f"retrain, {clusters * train_days:,} partition tasks",
+            f"{train_core_h:,.2f} core-h; {train_core_h / cores * 60:,.1f} min on 1 worker",
+            f"S3 {train_req:,.0f} requests/month ${train_usd:,.2f}",
+        ),
+        (
+            f"retrain, central fit of {windows:,.0f} windows",
+            f"{fit_h * 60:,.0f} min on the head (one core)",
+            "",
+        ),
+        (
+            f"retro-hunt, {clusters * hunt:,} partitions",
+            f"{hunt_core_h:,.0f} core-h; {hunt_core_h / (8 * cores):,.1f} h on 8 workers, "
+            f"{hunt_core_h / (32 * cores):,.1f} h on 32",
+            f"S3 {hunt_req:,.0f} requests ${hunt_usd:,.2f}",
+        ),
+        (
+            "lake",
+            f"{lake_gb_day:,.1f} GB/day, {lake_gb_day * hunt / 1000:,.2f} TB for {hunt} days",
+            f"Athena full scan of {hunt} days ${lake_gb_day * hunt / 1000 * ATHENA_PER_TB:,.2f}",
+        ),
+        (
+            "CloudWatch Logs",
+            f"{raw_gb_day:,.0f} GB/day ingested",
+            f"${raw_gb_day * CW_INGEST_PER_GB:,.0f}/day, ${raw_gb_day * CW_INGEST_PER_GB * 30:,.0f}"
+            "/month",
+        ),
+        (
+            "FilterLogEvents",
+            f"{per_day / 86_400 / per_page:,.2f} TPS needed on average "
+            f"(quota {FILTER_TPS}/account/Region)",
+            f"ceiling {filter_ceiling / 1e6:,.0f}M events/day per account and Region",
+        ),
+    ]
+    for name, work, aws in rows:
+        print(f"  {name:<40} {work:<58} {aws}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=300_000, help="events per day")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workdir", default=None)
+    parser.add_argument("--clusters", type=int, default=50)
+    parser.add_argument("--org-events", type=float, default=100e6, help="events a day")
+    parser.add_argument("--hunt-days", type=int, default=90)
+    parser.add_argument("--train-days", type=int, default=14)
+    parser.add_argument("--worker-cores", type=int, default=4)
     args = parser.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-partition-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -219,8 +306,13 @@ def main() -> None:
     )
     print(f"  score (model + rules)   {local['score_eps_core']:>12,.0f} events/s per core")
     sys.stdout.flush()
-    for name, kinds in s3_costs(log, env).items():
-        print(f"  S3 requests, {name:<32} {json.dumps(kinds, sort_keys=True)}")
+    s3 = s3_costs(log, env)
+    for name, kinds in s3.items():
+        print(f"  S3 requests, {name:<42} {json.dumps(kinds, sort_keys=True)}")
+    raw_bytes = log.stat().st_size / sum(1 for _ in log.open("rb"))
+    print(f"  audit JSON as CloudWatch holds it      {raw_bytes:>12,.0f} bytes per event")
+    keys = dict(zip(("ingest", "train", "score"), s3.values(), strict=True))
+    sizing(local, keys, raw_bytes, args)
 
 
 if __name__ == "__main__":
