@@ -1,7 +1,8 @@
 """`--executor ray`: the same model and the same findings as the local executor.
 
 A real local Ray cluster (2 CPUs, no dashboard) is started once for the session by the
-``ray_cluster`` fixture; the work is split into (cluster, day) partitions there. The lake
+``ray_cluster`` fixture, and one test uses it (under pytest-xdist, one worker starts Ray);
+the work is split into (cluster, day) partitions there. The lake
 holds two clusters and the scored range crosses midnight, so window rows from several
 partitions, novelty across days and per-cluster rules all meet.
 """
@@ -80,7 +81,7 @@ def test_partitions_are_cluster_days_made_of_whole_local_chunks(two_clusters):
     assert all(p[0] == c for c, _, parts in units for p in parts)
 
 
-def test_ray_executor_trains_the_same_model_and_finds_the_same(two_clusters, ray_cluster):
+def test_ray_executor_trains_the_same_model_and_finds_the_same(two_clusters, ray_cluster, tmp_path):
     lake, labels = two_clusters
     ray = make_executor("ray")
     local_model = train_model(lake, START, CUT, model_dir=None)
@@ -110,19 +111,17 @@ def test_ray_executor_trains_the_same_model_and_finds_the_same(two_clusters, ray
     report_there = evaluate(lake, scenarios, train_until=CUT, executor=ray)
     assert report_there.to_dict() == report_here.to_dict()
 
-
-def test_cli_score_with_ray_writes_what_the_local_run_writes(two_clusters, ray_cluster, tmp_path):
-    lake, _ = two_clusters
+    # The command as a user runs it (in this test so that one xdist worker starts Ray).
     models = str(tmp_path / "models")
-    train_model(lake, START, CUT, model_dir=models)
+    local_model.save(models)
     args = ["score", "--lake", lake.uri, "--model-dir", models, "--since", CUT.isoformat()]
     args += ["--until", END.isoformat(), "--format", "json"]
     runner = CliRunner()
     local = runner.invoke(app, args)
-    assert local.exit_code == 0, local.output
+    assert local.exit_code in (0, 1), local.output
     local_written = pl.read_parquet(f"{lake.uri}/findings/**/*.parquet").drop("created_at")
     distributed = runner.invoke(app, [*args, "--executor", "ray"])
-    assert distributed.exit_code == 0, distributed.output
+    assert distributed.exit_code == local.exit_code, distributed.output
     ray_written = pl.read_parquet(f"{lake.uri}/findings/**/*.parquet").drop("created_at")
     assert ray_written.height == local_written.height > 0
     assert _sorted(ray_written, "finding_id").equals(_sorted(local_written, "finding_id"))
