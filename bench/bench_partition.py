@@ -58,7 +58,7 @@ out = {}
 if step == "ingest":
     from detector.pipeline.ingest import ingest_paths
     t = time.process_time()
-    ingest_paths([log], lake)
+    ingest_paths([log], lake, cluster="bench")
     out["seconds"] = time.process_time() - t
 elif step == "train":
     from detector.detect.executor import partition_units
