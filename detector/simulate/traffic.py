@@ -268,14 +268,14 @@ class _Actor:
 
 
 def _sa_user(
-    ns: str, name: str, uid: str, pod: _Pod | None = None, node: _Node | None = None
+    namespace: str, name: str, uid: str, pod: _Pod | None = None, node: _Node | None = None
 ) -> dict[str, Any]:
     user: dict[str, Any] = {
-        "username": f"system:serviceaccount:{ns}:{name}",
+        "username": f"system:serviceaccount:{namespace}:{name}",
         "uid": uid,
         "groups": [
             "system:serviceaccounts",
-            f"system:serviceaccounts:{ns}",
+            f"system:serviceaccounts:{namespace}",
             "system:authenticated",
         ],
     }
@@ -522,18 +522,18 @@ class _World:
         self._day_cache: dict[tuple[str, int], tuple[float, _Actor]] = {}
 
     # -- small deterministic helpers --------------------------------------------------------
-    def hex(self, n: int) -> str:
-        return "".join(self.rnd.choices(_HEX, k=n))
+    def hex(self, length: int) -> str:
+        return "".join(self.rnd.choices(_HEX, k=length))
 
-    def b32(self, n: int) -> str:
-        return "".join(self.rnd.choices(_B32, k=n))
+    def b32(self, length: int) -> str:
+        return "".join(self.rnd.choices(_B32, k=length))
 
     def uuid(self) -> str:
         h = self.hex(32)
         return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-a{h[17:20]}-{h[20:]}"
 
-    def suffix(self, n: int = 5) -> str:
-        return "".join(self.rnd.choices(_ALNUM, k=n))
+    def suffix(self, length: int = 5) -> str:
+        return "".join(self.rnd.choices(_ALNUM, k=length))
 
     def pod_ip(self, node: int) -> str:
         a, b, c, _ = self.nodes[node].ip.split(".")
@@ -541,7 +541,7 @@ class _World:
 
     def _pod(
         self,
-        ns: str,
+        namespace: str,
         name: str,
         app: str,
         sa: str,
@@ -552,7 +552,7 @@ class _World:
         attach: bool = True,
     ) -> _Pod:
         p = _Pod(
-            ns,
+            namespace,
             name,
             app,
             sa,
@@ -570,12 +570,18 @@ class _World:
         return p
 
     def _deployment(
-        self, ns: str, app: str, replicas: int, sa: str, cms: tuple[str, ...], sec: tuple[str, ...]
+        self,
+        namespace: str,
+        app: str,
+        replicas: int,
+        sa: str,
+        cms: tuple[str, ...],
+        sec: tuple[str, ...],
     ) -> None:
         rs = self.suffix(self.rnd.choice((9, 10)))
         for _ in range(replicas):
             node = self.rnd.randrange(6)
-            self._pod(ns, f"{app}-{rs}-{self.suffix()}", app, sa, node, cms, sec)
+            self._pod(namespace, f"{app}-{rs}-{self.suffix()}", app, sa, node, cms, sec)
 
     def daemon_pods(self, node: int, attach: bool = True) -> list[_Pod]:
         return [
@@ -583,71 +589,80 @@ class _World:
             for ns, ds, sa in _DAEMONSETS
         ]
 
-    def _pod_actor(self, p: _Pod) -> _Actor:
-        node = self.nodes[p.node]
-        user = _sa_user(p.ns, p.sa, self.uuid(), p, node)
+    def _pod_actor(self, pod: _Pod) -> _Actor:
+        node = self.nodes[pod.node]
+        user = _sa_user(pod.ns, pod.sa, self.uuid(), pod, node)
         reason = (
-            f'RBAC: allowed by RoleBinding "{p.sa}" of Role "{p.sa}" to ServiceAccount '
-            f'"{p.sa}/{p.ns}"'
+            f'RBAC: allowed by RoleBinding "{pod.sa}" of Role "{pod.sa}" to ServiceAccount '
+            f'"{pod.sa}/{pod.ns}"'
         )
-        return _Actor(user, [p.ip], _POD_UA.get(p.app, "Go-http-client/2.0"), _allow(reason))
+        return _Actor(user, [pod.ip], _POD_UA.get(pod.app, "Go-http-client/2.0"), _allow(reason))
 
-    def human_actor(self, h: _Human, day: int) -> tuple[float, _Actor]:
+    def human_actor(self, human: _Human, day: int) -> tuple[float, _Actor]:
         """(presence multiplier, actor) of a human on one local day: credentials rotate daily,
         the source address depends on office or VPN day."""
-        key = (h.session, day)
+        key = (human.session, day)
         hit = self._day_cache.get(key)
         if hit is not None:
             return hit
-        r = random.Random(f"human:{self.seed}:{h.session}:{day}")
+        r = random.Random(f"human:{self.seed}:{human.session}:{day}")
         weekday = (day + 3) % 7  # 1970-01-01 was a Thursday; 0 = Monday
         if weekday < 5:
             present = 1.0 if r.random() < 0.88 else 0.0
             late = r.random() < 0.15
             mult = present * (2.0 if late else 1.0)
         else:
-            oncall = (day // 7) % 2 == h.oncall_week_parity and h.kind != "platform"
+            oncall = (day // 7) % 2 == human.oncall_week_parity and human.kind != "platform"
             mult = 1.0 if oncall and r.random() < 0.6 else 0.0
         ips = [r.choice(_OFFICE_IPS)] if r.random() < 0.45 else [r.choice(_VPN_POOL)]
         if r.random() < 0.1:
             ips.append(r.choice(_VPN_POOL))
         key_id = "ASIA" + "".join(r.choices(_B32, k=16))
-        actor = self.make_human_actor(h, key_id, ips)
+        actor = self.make_human_actor(human, key_id, ips)
         self._day_cache[key] = (mult, actor)
         return mult, actor
 
     def make_human_actor(
-        self, h: _Human, key_id: str, ips: list[str], ua: str | None = None
+        self, human: _Human, key_id: str, ips: list[str], ua: str | None = None
     ) -> _Actor:
-        if h.kind == "platform":
+        if human.kind == "platform":
             user = _iam_user(
-                "kubernetes-admin", h.role, h.session, ["system:masters"], key_id, h.role_id
+                "kubernetes-admin",
+                human.role,
+                human.session,
+                ["system:masters"],
+                key_id,
+                human.role_id,
             )
             allow = _ALLOW_NODE
-        elif h.kind == "admin":
-            user = _iam_user("eng-admin", h.role, h.session, ["eng-admins"], key_id, h.role_id)
+        elif human.kind == "admin":
+            user = _iam_user(
+                "eng-admin", human.role, human.session, ["eng-admins"], key_id, human.role_id
+            )
             allow = _allow(
                 'RBAC: allowed by ClusterRoleBinding "eng-admins" of ClusterRole '
                 '"cluster-admin" to Group "eng-admins"'
             )
         else:
-            username = f"arn:aws:sts::{ACCOUNT_ID}:assumed-role/{h.role}/{h.session}"
-            user = _iam_user(username, h.role, h.session, ["developers"], key_id, h.role_id)
+            username = f"arn:aws:sts::{ACCOUNT_ID}:assumed-role/{human.role}/{human.session}"
+            user = _iam_user(
+                username, human.role, human.session, ["developers"], key_id, human.role_id
+            )
             allow = _allow(
                 'RBAC: allowed by ClusterRoleBinding "developers-edit" of ClusterRole "edit" '
                 'to Group "developers"'
             )
-        ua = ua or f"kubectl/v1.31.2 ({h.os}) kubernetes/{_KUBECTL_GIT}"
+        ua = ua or f"kubectl/v1.31.2 ({human.os}) kubernetes/{_KUBECTL_GIT}"
         return _Actor(user, ips, ua, allow)
 
-    def human_level(self, h: _Human, t_us: int) -> float:
+    def human_level(self, human: _Human, t_us: int) -> float:
         """Activity multiplier (mean about 1 over a week) for the hour starting at ``t_us``."""
-        if t_us < h.join_us:
+        if t_us < human.join_us:
             return 0.0
-        local = t_us + h.tz * _HOUR_US
+        local = t_us + human.tz * _HOUR_US
         day, rem = divmod(local, _DAY_US)
         hour = rem // _HOUR_US
-        mult, _ = self.human_actor(h, day)
+        mult, _ = self.human_actor(human, day)
         if mult == 0.0:
             return 0.0
         weekday = (day + 3) % 7
@@ -755,7 +770,7 @@ class _Factory:
     """Builds Event dicts into ``buf`` as ``(stageTimestamp_us, event, stream)`` tuples."""
 
     def __init__(self, world: _World, rng: np.random.Generator, rnd: random.Random) -> None:
-        self.w = world
+        self.world = world
         self.rng = rng
         self.rnd = rnd
         self.ids = _Ids(rng)
@@ -765,10 +780,10 @@ class _Factory:
         self._iplists: dict[str, list[str]] = {}
 
     # -- formatting ---------------------------------------------------------------------------
-    def ts(self, us: int) -> str:
+    def ts(self, at_us: int) -> str:
         """RFC 3339 with microseconds and ``Z``, as the API server writes; the
         ``YYYY-MM-DDTHH:MM:`` prefix is cached per minute (strftime is the slow part)."""
-        m, frac = divmod(us, 60 * _US)
+        m, frac = divmod(at_us, 60 * _US)
         p = self._tcache.get(m)
         if p is None:
             if len(self._tcache) > 4096:
@@ -779,19 +794,19 @@ class _Factory:
         return f"{p}{sec:02d}.{frac:06d}Z"
 
     def ref(
-        self, res: str, ns: str | None, name: str | None, sub: str | None
+        self, res: str, namespace: str | None, name: str | None, sub: str | None
     ) -> tuple[str, dict[str, str]]:
         """(request path, objectRef) of a resource reference, memoized: both are the same
         for every request to the same object, and the objectRef dict is shared."""
-        key = (res, ns, name, sub)
+        key = (res, namespace, name, sub)
         hit = self._refs.get(key)
         if hit is None:
             r = _R[res]
             p = r.base
             o = {"resource": r.resource}
-            if ns and r.namespaced:
-                p += f"/namespaces/{ns}"
-                o["namespace"] = ns
+            if namespace and r.namespaced:
+                p += f"/namespaces/{namespace}"
+                o["namespace"] = namespace
             p += f"/{r.resource}"
             if name:
                 p += f"/{name}"
@@ -808,12 +823,12 @@ class _Factory:
             hit = self._refs[key] = (p, o)
         return hit
 
-    def path(self, res: str, ns: str | None) -> str:
+    def path(self, res: str, namespace: str | None) -> str:
         """The collection path of ``res`` (in ``ns``), for list/watch URIs with selectors."""
-        return self.ref(res, ns, None, None)[0]
+        return self.ref(res, namespace, None, None)[0]
 
-    def suffix(self, n: int = 5) -> str:
-        return "".join(self.rnd.choices(_ALNUM, k=n))
+    def suffix(self, length: int = 5) -> str:
+        return "".join(self.rnd.choices(_ALNUM, k=length))
 
     def uuid(self) -> str:
         h = "".join(self.rnd.choices(_HEX, k=32))
@@ -825,33 +840,33 @@ class _Factory:
             lst = self._iplists[ip] = [ip]
         return lst
 
-    def rv(self, t: int) -> int:
-        return 180_000_000 + (t // 40_000) % 700_000_000 + self.rnd.randrange(50)
+    def rv(self, at_us: int) -> int:
+        return 180_000_000 + (at_us // 40_000) % 700_000_000 + self.rnd.randrange(50)
 
-    def watch_q(self, t: int, secs: int, selector: str = "") -> str:
+    def watch_q(self, at_us: int, secs: int, selector: str = "") -> str:
         sel = f"&fieldSelector={selector}" if selector else ""
         return (
-            f"?allowWatchBookmarks=true{sel}&resourceVersion={self.rv(t)}"
+            f"?allowWatchBookmarks=true{sel}&resourceVersion={self.rv(at_us)}"
             f"&timeout={secs // 60}m{secs % 60}s&timeoutSeconds={secs}&watch=true"
         )
 
     # -- the one event builder ---------------------------------------------------------------
     def req(
         self,
-        t: int,
-        a: _Actor,
+        at_us: int,
+        actor: _Actor,
         verb: str,
         res: str | None = None,
-        ns: str | None = None,
+        namespace: str | None = None,
         name: str | None = None,
         sub: str | None = None,
         *,
         code: int = 200,
-        q: str = "",
+        query: str = "",
         uri: str | None = None,
         level: str | None = None,
-        rq: Any = None,
-        rs: Any = None,
+        request_object: Any = None,
+        response_object: Any = None,
         ip: str | None = None,
         ua: str | None = None,
         lat: int | None = None,
@@ -870,25 +885,25 @@ class _Factory:
         aid = self.ids()
         if res is not None:
             r: _Res | None = _R[res]
-            path, oref = self.ref(res, ns, name, sub)
+            path, oref = self.ref(res, namespace, name, sub)
             if uri is None:
                 if verb == "create" and name and not sub:
                     # The URI of a create names the collection; the server copies the new
                     # object's name into objectRef.
-                    path = self.ref(res, ns, None, None)[0]
-                uri = path + q
+                    path = self.ref(res, namespace, None, None)[0]
+                uri = path + query
         else:
             r = oref = None
             assert uri is not None
         if ip is None:
-            ips = a.ips
+            ips = actor.ips
             ip = ips[0] if len(ips) == 1 else ips[int(rnd.random() * len(ips))]
         if lat is None:
             lat = 900 + int(rnd.random() ** 3 * (60_000 if verb in ("list", "create") else 25_000))
         if level is None:
-            if rs is not None:
+            if response_object is not None:
                 level = "RequestResponse"
-            elif rq is not None:
+            elif request_object is not None:
                 level = "Request"
             elif r is None or r.resource in ("secrets", "configmaps", "tokenreviews"):
                 level = "Metadata"
@@ -904,24 +919,26 @@ class _Factory:
             "stage": "ResponseComplete" if dur is None else "ResponseStarted",
             "requestURI": uri,
             "verb": verb,
-            "user": a.user if code != 401 else {},
+            "user": actor.user if code != 401 else {},
         }
         if imp is not None:
             ev["impersonatedUser"] = imp
         ev["sourceIPs"] = self.iplist(ip)
-        ev["userAgent"] = ua or a.ua
+        ev["userAgent"] = ua or actor.ua
         if oref is not None:
             ev["objectRef"] = oref
         if code in _RS:
             ev["responseStatus"] = _RS[code]
         else:
-            ev["responseStatus"] = self.failure(code, verb, r, ns, name, sub, uri, imp or a.user)
-        if rq is not None:
-            ev["requestObject"] = rq
-        if rs is not None:
-            ev["responseObject"] = rs
-        ev["requestReceivedTimestamp"] = self.ts(t)
-        ev["stageTimestamp"] = self.ts(t + lat)
+            ev["responseStatus"] = self.failure(
+                code, verb, r, namespace, name, sub, uri, imp or actor.user
+            )
+        if request_object is not None:
+            ev["requestObject"] = request_object
+        if response_object is not None:
+            ev["responseObject"] = response_object
+        ev["requestReceivedTimestamp"] = self.ts(at_us)
+        ev["stageTimestamp"] = self.ts(at_us + lat)
         if code == 401:
             # Failed authentication: logged once, at ResponseStarted, with no user and no
             # authorization decision.
@@ -930,22 +947,22 @@ class _Factory:
         elif code == 403:
             ev["annotations"] = ann or _FORBID
         else:
-            ev["annotations"] = ann or a.allow
+            ev["annotations"] = ann or actor.allow
         s = stream if stream is not None else (0 if rnd.random() < 0.5 else 1)
-        self.buf.append((t + lat, ev, s))
+        self.buf.append((at_us + lat, ev, s))
         if dur is not None:
             done = dict(ev)
             done["stage"] = "ResponseComplete"
-            done["stageTimestamp"] = self.ts(t + dur)
-            self.buf.append((t + dur, done, s))
+            done["stageTimestamp"] = self.ts(at_us + dur)
+            self.buf.append((at_us + dur, done, s))
         return aid
 
     def failure(
         self,
         code: int,
         verb: str,
-        r: _Res | None,
-        ns: str | None,
+        resource: _Res | None,
+        namespace: str | None,
         name: str | None,
         sub: str | None,
         uri: str,
@@ -953,7 +970,7 @@ class _Factory:
     ) -> dict[str, Any]:
         if code == 401:
             return _RS_401
-        if r is None:
+        if resource is None:
             path = uri.split("?", 1)[0]
             return {
                 "metadata": {},
@@ -964,17 +981,17 @@ class _Factory:
                 "details": {},
                 "code": code,
             }
-        what = f"{r.resource}/{sub}" if sub else r.resource
-        details: dict[str, Any] = {"name": name, "group": r.group, "kind": r.resource}
+        what = f"{resource.resource}/{sub}" if sub else resource.resource
+        details: dict[str, Any] = {"name": name, "group": resource.group, "kind": resource.resource}
         if not name:
             del details["name"]
-        if not r.group:
+        if not resource.group:
             del details["group"]
         if code == 404:
             return {
                 "metadata": {},
                 "status": "Failure",
-                "message": f'{r.resource} "{name}" not found',
+                "message": f'{resource.resource} "{name}" not found',
                 "reason": "NotFound",
                 "details": details,
                 "code": 404,
@@ -983,20 +1000,24 @@ class _Factory:
             return {
                 "metadata": {},
                 "status": "Failure",
-                "message": f"Operation cannot be fulfilled on {r.resource}.{r.group or 'core'} "
+                "message": f"Operation cannot be fulfilled on {resource.resource}.{resource.group or 'core'} "
                 f'"{name}": the object has been modified; please apply your changes to the '
                 "latest version and try again",
                 "reason": "Conflict",
                 "details": details,
                 "code": 409,
             }
-        obj = f'{r.resource} "{name}"' if name else r.resource
-        scope = f'in the namespace "{ns}"' if ns and r.namespaced else "at the cluster scope"
+        obj = f'{resource.resource} "{name}"' if name else resource.resource
+        scope = (
+            f'in the namespace "{namespace}"'
+            if namespace and resource.namespaced
+            else "at the cluster scope"
+        )
         return {
             "metadata": {},
             "status": "Failure",
             "message": f'{obj} is forbidden: User "{user.get("username", "")}" cannot {verb} '
-            f'resource "{what}" in API group "{r.group}" {scope}',
+            f'resource "{what}" in API group "{resource.group}" {scope}',
             "reason": "Forbidden",
             "details": details,
             "code": 403,
@@ -1013,11 +1034,11 @@ class _Factory:
         sig = base64.urlsafe_b64encode(rb(256)).rstrip(b"=")
         return b".".join((head, body, sig)).decode()
 
-    def b64(self, n: int) -> str:
-        return base64.b64encode(self.rng.bytes(n)).decode()
+    def b64(self, length: int) -> str:
+        return base64.b64encode(self.rng.bytes(length)).decode()
 
     def token_request(
-        self, t: int, ns: str, sa: str, seconds: int, bound: _Pod | None
+        self, at_us: int, namespace: str, sa: str, seconds: int, bound: _Pod | None
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         spec: dict[str, Any] = {
             "audiences": ["https://kubernetes.default.svc"],
@@ -1041,22 +1062,26 @@ class _Factory:
         rs = {
             "kind": "TokenRequest",
             "apiVersion": "authentication.k8s.io/v1",
-            "metadata": {"name": sa, "namespace": ns, "creationTimestamp": self.ts(t)[:19] + "Z"},
+            "metadata": {
+                "name": sa,
+                "namespace": namespace,
+                "creationTimestamp": self.ts(at_us)[:19] + "Z",
+            },
             "spec": spec,
             "status": {
                 "token": self.jwt(),
-                "expirationTimestamp": self.ts(t + seconds * _US)[:19] + "Z",
+                "expirationTimestamp": self.ts(at_us + seconds * _US)[:19] + "Z",
             },
         }
         return rq, rs
 
 
 def _pod_body(
-    p: _Pod, image: str, *, privileged: bool = False, host: bool = False, uid: str | None = None
+    pod: _Pod, image: str, *, privileged: bool = False, host: bool = False, uid: str | None = None
 ) -> dict[str, Any]:
     """A Pod object as a controller or a user sends it (spec trimmed to what matters)."""
     container: dict[str, Any] = {
-        "name": p.app,
+        "name": pod.app,
         "image": image,
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
         "volumeMounts": [
@@ -1084,7 +1109,7 @@ def _pod_body(
             },
         },
     ]
-    spec: dict[str, Any] = {"serviceAccountName": p.sa}
+    spec: dict[str, Any] = {"serviceAccountName": pod.sa}
     if host:
         spec["hostNetwork"] = True
         volumes += [
@@ -1106,7 +1131,7 @@ def _pod_body(
     spec["containers"] = [container]
     spec["volumes"] = volumes
     spec["restartPolicy"] = "Always"
-    meta: dict[str, Any] = {"name": p.name, "namespace": p.ns, "labels": {"app": p.app}}
+    meta: dict[str, Any] = {"name": pod.name, "namespace": pod.ns, "labels": {"app": pod.app}}
     if uid:
         meta["uid"] = uid
     return {"kind": "Pod", "apiVersion": "v1", "metadata": meta, "spec": spec}
@@ -1141,10 +1166,10 @@ class _Periodic:
 class _Benign:
     """Generates benign traffic hour by hour into a :class:`_Factory`."""
 
-    def __init__(self, world: _World, f: _Factory, rate: float) -> None:
-        self.w = world
-        self.f = f
-        self.rnd = f.rnd
+    def __init__(self, world: _World, factory: _Factory, rate: float) -> None:
+        self.world = world
+        self.factory = factory
+        self.rnd = factory.rnd
         self.rate = rate
         self.procs: list[_Proc] = []
         self.periodic: list[_Periodic] = []
@@ -1156,11 +1181,11 @@ class _Benign:
         self,
         share: float,
         per_call: float,
-        fn: Callable[[int], None],
+        action: Callable[[int], None],
         profile: Callable[[int], float] | None = None,
         start_us: int = 0,
     ) -> None:
-        self.procs.append(_Proc(share, per_call, fn, profile, start_us))
+        self.procs.append(_Proc(share, per_call, action, profile, start_us))
 
     def _lease(self, share: float, fns: list[tuple[Callable[[int], None], int]]) -> None:
         """Lease renewals: ``share`` of all events split over ``fns`` (fn, start)."""
@@ -1172,7 +1197,7 @@ class _Benign:
     def _build(self) -> None:
         """Register every benign process. Shares add up to 1 so that ``rate`` is the average
         total; ``per_call`` is each call's mean number of events (measured)."""
-        w = self.w
+        w = self.world
         nodes = w.nodes
         # Kubelets: 40% of traffic.
         self._lease(0.13, [(self._node_lease(n), n.join_us) for n in nodes])
@@ -1216,14 +1241,14 @@ class _Benign:
                 per_human,
                 sum(wt * n for wt, n, _ in cmds) / sum(wt for wt, _, _ in cmds),
                 self._human_fn(h),
-                (lambda t, h=h: self.w.human_level(h, t)),
+                (lambda at_us, human=h: self.world.human_level(human, at_us)),
                 h.join_us,
             )
 
     # -- hour slices ---------------------------------------------------------------------------
     def run(self, t0: int, t1: int) -> None:
         """Generate all benign requests received in ``[t0, t1)``."""
-        rng = self.f.rng
+        rng = self.factory.rng
         rate = self.rate
         for p in self.procs:
             a = max(t0, p.start_us)
@@ -1251,97 +1276,120 @@ class _Benign:
             while t < t1:
                 fn(t + int(rnd.random() * 300_000))
                 t += p.period_us
-        join = self.w.nodes[6].join_us
+        join = self.world.nodes[6].join_us
         if t0 <= join < t1:
             self.node_join(join)
 
     # -- kubelets ------------------------------------------------------------------------------
-    def _node(self, t: int) -> _Node:
-        nodes = self.w.nodes
+    def _node(self, at_us: int) -> _Node:
+        nodes = self.world.nodes
         n = nodes[int(self.rnd.random() * 7)]
-        if n.join_us > t:
+        if n.join_us > at_us:
             n = nodes[int(self.rnd.random() * 6)]
         return n
 
-    def _node_lease(self, n: _Node) -> Callable[[int], None]:
-        def fn(t: int) -> None:
-            self.f.req(t, n.actor, "update", "leases", "kube-node-lease", n.name, q="?timeout=10s")
+    def _node_lease(self, node: _Node) -> Callable[[int], None]:
+        def fn(at_us: int) -> None:
+            self.factory.req(
+                at_us,
+                node.actor,
+                "update",
+                "leases",
+                "kube-node-lease",
+                node.name,
+                query="?timeout=10s",
+            )
 
         return fn
 
-    def kubelet_get_node(self, t: int) -> None:
-        n = self._node(t)
-        self.f.req(t, n.actor, "get", "nodes", None, n.name, q="?resourceVersion=0&timeout=10s")
+    def kubelet_get_node(self, at_us: int) -> None:
+        n = self._node(at_us)
+        self.factory.req(
+            at_us, n.actor, "get", "nodes", None, n.name, query="?resourceVersion=0&timeout=10s"
+        )
 
-    def kubelet_patch_node_status(self, t: int) -> None:
-        n = self._node(t)
-        self.f.req(t, n.actor, "patch", "nodes", None, n.name, "status", q="?timeout=10s")
+    def kubelet_patch_node_status(self, at_us: int) -> None:
+        n = self._node(at_us)
+        self.factory.req(
+            at_us, n.actor, "patch", "nodes", None, n.name, "status", query="?timeout=10s"
+        )
 
-    def _node_pod(self, n: _Node) -> _Pod | None:
-        pods = n.pods or (self.w.new_node_pods if n is self.w.nodes[6] else [])
+    def _node_pod(self, node: _Node) -> _Pod | None:
+        pods = node.pods or (self.world.new_node_pods if node is self.world.nodes[6] else [])
         return pods[int(self.rnd.random() * len(pods))] if pods else None
 
-    def kubelet_watch_object(self, t: int) -> None:
-        n = self._node(t)
+    def kubelet_watch_object(self, at_us: int) -> None:
+        n = self._node(at_us)
         p = self._node_pod(n)
         if p is None:
             return
-        f = self.f
+        f = self.factory
         if p.secrets and self.rnd.random() < 0.4:
             res, name = "secrets", p.secrets[0]
         else:
             res, name = "configmaps", p.configmaps[int(self.rnd.random() * len(p.configmaps))]
         secs = 300 + int(self.rnd.random() * 300)
-        q = f.watch_q(t, secs, f"metadata.name%3D{name}")
+        q = f.watch_q(at_us, secs, f"metadata.name%3D{name}")
         uri = f.path(res, p.ns) + q
-        f.req(t, n.actor, "watch", res, p.ns, name, uri=uri, dur=secs * _US)
+        f.req(at_us, n.actor, "watch", res, p.ns, name, uri=uri, dur=secs * _US)
 
-    def kubelet_watch_pods(self, t: int) -> None:
-        n = self._node(t)
-        f = self.f
+    def kubelet_watch_pods(self, at_us: int) -> None:
+        n = self._node(at_us)
+        f = self.factory
         secs = 300 + int(self.rnd.random() * 300)
-        q = f.watch_q(t, secs, f"spec.nodeName%3D{n.name}")
-        f.req(t, n.actor, "watch", "pods", q=q, dur=secs * _US)
+        q = f.watch_q(at_us, secs, f"spec.nodeName%3D{n.name}")
+        f.req(at_us, n.actor, "watch", "pods", query=q, dur=secs * _US)
 
-    def kubelet_patch_pod_status(self, t: int) -> None:
-        n = self._node(t)
+    def kubelet_patch_pod_status(self, at_us: int) -> None:
+        n = self._node(at_us)
         p = self._node_pod(n)
         if p is not None:
-            self.f.req(t, n.actor, "patch", "pods", p.ns, p.name, "status")
+            self.factory.req(at_us, n.actor, "patch", "pods", p.ns, p.name, "status")
 
-    def kubelet_token(self, t: int) -> None:
-        n = self._node(t)
+    def kubelet_token(self, at_us: int) -> None:
+        n = self._node(at_us)
         p = self._node_pod(n)
         if p is None:
             return
-        f = self.f
-        rq, rs = f.token_request(t, p.ns, p.sa, 3607, p)
-        f.req(t, n.actor, "create", "serviceaccounts", p.ns, p.sa, "token", code=201, rq=rq, rs=rs)
+        f = self.factory
+        rq, rs = f.token_request(at_us, p.ns, p.sa, 3607, p)
+        f.req(
+            at_us,
+            n.actor,
+            "create",
+            "serviceaccounts",
+            p.ns,
+            p.sa,
+            "token",
+            code=201,
+            request_object=rq,
+            response_object=rs,
+        )
 
-    def kubelet_misc(self, t: int) -> None:
-        n = self._node(t)
-        f = self.f
+    def kubelet_misc(self, at_us: int) -> None:
+        n = self._node(at_us)
+        f = self.factory
         x = self.rnd.random()
         if x < 0.35:
-            f.req(t, n.actor, "get", "csinodes", None, n.name)
+            f.req(at_us, n.actor, "get", "csinodes", None, n.name)
         elif x < 0.6:
             secs = 300 + int(self.rnd.random() * 300)
-            f.req(t, n.actor, "watch", "services", q=f.watch_q(t, secs), dur=secs * _US)
+            f.req(at_us, n.actor, "watch", "services", query=f.watch_q(at_us, secs), dur=secs * _US)
         elif x < 0.8:
             p = self._node_pod(n)
             if p is not None:
-                f.req(t, n.actor, "get", "pods", p.ns, p.name)
+                f.req(at_us, n.actor, "get", "pods", p.ns, p.name)
         else:
-            f.req(t, n.actor, "get", "leases", "kube-node-lease", n.name, q="?timeout=10s")
+            f.req(at_us, n.actor, "get", "leases", "kube-node-lease", n.name, query="?timeout=10s")
 
-    def node_join(self, t: int) -> None:
+    def node_join(self, at_us: int) -> None:
         """A node joins: CSR approval and privileged daemonset pods (rare but benign)."""
-        w, f = self.w, self.f
+        w, f = self.world, self.factory
         n = w.nodes[6]
         csr = f"csr-{f.suffix()}"
-        f.req(t, n.actor, "create", "csrs", None, csr, code=201)
+        f.req(at_us, n.actor, "create", "csrs", None, csr, code=201)
         f.req(
-            t + 2 * _US,
+            at_us + 2 * _US,
             _EKS_ACTORS["eks:certificate-controller"],
             "update",
             "csrs",
@@ -1365,38 +1413,56 @@ class _Benign:
                 uid=p.uid,
             )
             f.req(
-                t + (5 + i) * _US, ctrl, "create", "pods", p.ns, p.name, code=201, rq=body, rs=resp
+                at_us + (5 + i) * _US,
+                ctrl,
+                "create",
+                "pods",
+                p.ns,
+                p.name,
+                code=201,
+                request_object=body,
+                response_object=resp,
             )
-            f.req(t + (6 + i) * _US, _SCHED, "create", "pods", p.ns, p.name, "binding", code=201)
+            f.req(
+                at_us + (6 + i) * _US, _SCHED, "create", "pods", p.ns, p.name, "binding", code=201
+            )
 
     # -- control plane -------------------------------------------------------------------------
-    def _cp_lease(self, name: str, a: _Actor, ua_name: str) -> Callable[[int], None]:
+    def _cp_lease(self, name: str, actor: _Actor, ua_name: str) -> Callable[[int], None]:
         ua = f"{ua_name}/{_EKS_VERSION} (linux/amd64) kubernetes/{_K8S_GIT}/leader-election"
 
-        def fn(t: int) -> None:
+        def fn(at_us: int) -> None:
             code = 409 if self.rnd.random() < 0.002 else 200
-            self.f.req(
-                t, a, "update", "leases", "kube-system", name, q="?timeout=5s", ua=ua, code=code
+            self.factory.req(
+                at_us,
+                actor,
+                "update",
+                "leases",
+                "kube-system",
+                name,
+                query="?timeout=5s",
+                ua=ua,
+                code=code,
             )
 
         return fn
 
     def _any_pod(self) -> _Pod:
-        pods = self.w.pods
+        pods = self.world.pods
         return pods[int(self.rnd.random() * len(pods))]
 
-    def scheduler_bind(self, t: int) -> None:
+    def scheduler_bind(self, at_us: int) -> None:
         p = self._any_pod()
-        self.f.req(t, _SCHED, "create", "pods", p.ns, p.name, "binding", code=201)
+        self.factory.req(at_us, _SCHED, "create", "pods", p.ns, p.name, "binding", code=201)
 
-    def kcm_controllers(self, t: int) -> None:
-        f, rnd = self.f, self.rnd
+    def kcm_controllers(self, at_us: int) -> None:
+        f, rnd = self.factory, self.rnd
         x = rnd.random()
         ns = _APP_NS[int(rnd.random() * len(_APP_NS))]
         if x < 0.3:
             app = _APPS[ns][0][0]
             f.req(
-                t,
+                at_us,
                 _kcm_actor("endpointslice-controller"),
                 "update",
                 "endpointslices",
@@ -1406,12 +1472,18 @@ class _Benign:
         elif x < 0.45:
             app = _APPS[ns][0][0]
             f.req(
-                t, _kcm_actor("deployment-controller"), "update", "deployments", ns, app, "status"
+                at_us,
+                _kcm_actor("deployment-controller"),
+                "update",
+                "deployments",
+                ns,
+                app,
+                "status",
             )
         elif x < 0.55:
-            p = self.w.deploy_pods[int(rnd.random() * len(self.w.deploy_pods))]
+            p = self.world.deploy_pods[int(rnd.random() * len(self.world.deploy_pods))]
             f.req(
-                t,
+                at_us,
                 _kcm_actor("replicaset-controller"),
                 "update",
                 "replicasets",
@@ -1424,35 +1496,37 @@ class _Benign:
             res = ("pods", "replicasets", "deployments", "endpointslices", "jobs", "leases")[
                 int(rnd.random() * 6)
             ]
-            f.req(t, _KCM, "watch", res, q=f.watch_q(t, secs), dur=secs * _US)
+            f.req(at_us, _KCM, "watch", res, query=f.watch_q(at_us, secs), dur=secs * _US)
         elif x < 0.83:
             f.req(
-                t,
+                at_us,
                 _kcm_actor("generic-garbage-collector"),
                 "list",
                 "replicasets",
-                q="?limit=500&resourceVersion=0",
+                query="?limit=500&resourceVersion=0",
             )
         elif x < 0.9:
             app = _APPS[ns][0][0]
             a = _kcm_actor("horizontal-pod-autoscaler")
-            f.req(t, a, "get", "deployments", ns, app, "scale")
-            f.req(t + 3000, a, "list", "podmetrics", ns, q=f"?labelSelector=app%3D{app}")
+            f.req(at_us, a, "get", "deployments", ns, app, "scale")
+            f.req(at_us + 3000, a, "list", "podmetrics", ns, query=f"?labelSelector=app%3D{app}")
         elif x < 0.95:
-            f.req(t, _kcm_actor("node-controller"), "get", "nodes", None, self._node(t).name)
+            f.req(
+                at_us, _kcm_actor("node-controller"), "get", "nodes", None, self._node(at_us).name
+            )
         elif x < 0.985:
             f.req(
-                t,
+                at_us,
                 _kcm_actor("resourcequota-controller"),
                 "list",
                 "pods",
                 ns,
-                q="?limit=500&resourceVersion=0",
+                query="?limit=500&resourceVersion=0",
             )
         else:
             name = ("admin", "edit", "view")[int(rnd.random() * 3)]
             f.req(
-                t,
+                at_us,
                 _kcm_actor("clusterrole-aggregation-controller"),
                 "update",
                 "clusterroles",
@@ -1460,36 +1534,36 @@ class _Benign:
                 name,
             )
 
-    def eks_components(self, t: int) -> None:
-        f, rnd = self.f, self.rnd
+    def eks_components(self, at_us: int) -> None:
+        f, rnd = self.factory, self.rnd
         x = rnd.random()
         if x < 0.25:
             a = _EKS_ACTORS["eks:cloud-controller-manager"]
-            n = self._node(t)
+            n = self._node(at_us)
             if rnd.random() < 0.7:
-                f.req(t, a, "get", "nodes", None, n.name)
+                f.req(at_us, a, "get", "nodes", None, n.name)
             else:
-                f.req(t, a, "patch", "nodes", None, n.name, "status")
+                f.req(at_us, a, "patch", "nodes", None, n.name, "status")
         elif x < 0.45:
             a = _EKS_ACTORS["eks:node-manager"]
             if rnd.random() < 0.5:
-                f.req(t, a, "get", "configmaps", "kube-system", "aws-auth")
+                f.req(at_us, a, "get", "configmaps", "kube-system", "aws-auth")
             else:
-                f.req(t, a, "list", "nodes", q="?limit=500")
+                f.req(at_us, a, "list", "nodes", query="?limit=500")
         elif x < 0.6:
             a = _EKS_ACTORS["eks:certificate-controller"]
             secs = 300 + int(rnd.random() * 300)
-            f.req(t, a, "watch", "csrs", q=f.watch_q(t, secs), dur=secs * _US)
+            f.req(at_us, a, "watch", "csrs", query=f.watch_q(at_us, secs), dur=secs * _US)
         elif x < 0.75:
             a = _EKS_ACTORS["eks:authenticator"]
-            f.req(t, a, "get", "configmaps", "kube-system", "aws-auth")
+            f.req(at_us, a, "get", "configmaps", "kube-system", "aws-auth")
         elif x < 0.85:
-            f.req(t, _EKS_ACTORS["eks:k8s-metrics"], "get", uri="/metrics", level="Metadata")
+            f.req(at_us, _EKS_ACTORS["eks:k8s-metrics"], "get", uri="/metrics", level="Metadata")
         elif x < 0.97:
             a = _EKS_ACTORS["eks:addon-manager"]
             ds = ("aws-node", "kube-proxy", "coredns")[int(rnd.random() * 3)]
             res = "deployments" if ds == "coredns" else "daemonsets"
-            f.req(t, a, "get", res, "kube-system", ds)
+            f.req(at_us, a, "get", res, "kube-system", ds)
         else:
             # Rare but benign: the add-on manager reconciles the CoreDNS ConfigMap.
             a = _EKS_ACTORS["eks:addon-manager"]
@@ -1500,95 +1574,128 @@ class _Benign:
                 "data": {"Corefile": _COREFILE},
             }
             f.req(
-                t,
+                at_us,
                 a,
                 "patch",
                 "configmaps",
                 "kube-system",
                 "coredns",
-                rq=body,
-                rs=body,
-                q="?fieldManager=eks&force=true",
+                request_object=body,
+                response_object=body,
+                query="?fieldManager=eks&force=true",
             )
 
     # -- platform service accounts ------------------------------------------------------------
-    def _pod_of(self, ns: str, app: str) -> _Pod:
-        pods = self.w.pods_by_app[app]
+    def _pod_of(self, namespace: str, app: str) -> _Pod:
+        pods = self.world.pods_by_app[app]
         return pods[int(self.rnd.random() * len(pods))]
 
-    def kube_system_sas(self, t: int) -> None:
-        f, rnd, w = self.f, self.rnd, self.w
+    def kube_system_sas(self, at_us: int) -> None:
+        f, rnd, w = self.factory, self.rnd, self.world
         x = rnd.random()
         secs = 300 + int(rnd.random() * 300)
         if x < 0.25:
             p = self._pod_of("kube-system", "coredns")
             res = ("endpointslices", "services", "namespaces")[int(rnd.random() * 3)]
-            f.req(t, w.pod_actor[p.name], "watch", res, q=f.watch_q(t, secs), dur=secs * _US)
+            f.req(
+                at_us,
+                w.pod_actor[p.name],
+                "watch",
+                res,
+                query=f.watch_q(at_us, secs),
+                dur=secs * _US,
+            )
         elif x < 0.45:
-            n = self._node(t)
+            n = self._node(at_us)
             p = next(p for p in (n.pods or w.new_node_pods) if p.app == "aws-node")
             a = w.pod_actor[p.name]
             y = rnd.random()
             if y < 0.5:
-                f.req(t, a, "get", "nodes", None, n.name)
+                f.req(at_us, a, "get", "nodes", None, n.name)
             elif y < 0.8:
                 q = f"?fieldSelector=spec.nodeName%3D{n.name}&limit=500"
-                f.req(t, a, "list", "pods", q=q)
+                f.req(at_us, a, "list", "pods", query=q)
             else:
-                f.req(t, a, "list", "eniconfigs", q="?limit=500")
+                f.req(at_us, a, "list", "eniconfigs", query="?limit=500")
         elif x < 0.65:
-            n = self._node(t)
+            n = self._node(at_us)
             p = next(p for p in (n.pods or w.new_node_pods) if p.app == "kube-proxy")
             res = ("services", "endpointslices", "nodes")[int(rnd.random() * 3)]
-            f.req(t, w.pod_actor[p.name], "watch", res, q=f.watch_q(t, secs), dur=secs * _US)
+            f.req(
+                at_us,
+                w.pod_actor[p.name],
+                "watch",
+                res,
+                query=f.watch_q(at_us, secs),
+                dur=secs * _US,
+            )
         elif x < 0.8:
             p = self._pod_of("kube-system", "ebs-csi-controller")
             a = w.pod_actor[p.name]
             if rnd.random() < 0.6:
-                f.req(t, a, "update", "leases", "kube-system", "ebs-csi-aws-com", q="?timeout=10s")
+                f.req(
+                    at_us,
+                    a,
+                    "update",
+                    "leases",
+                    "kube-system",
+                    "ebs-csi-aws-com",
+                    query="?timeout=10s",
+                )
             else:
-                f.req(t, a, "list", "volumeattachments", q="?limit=500&resourceVersion=0")
+                f.req(at_us, a, "list", "volumeattachments", query="?limit=500&resourceVersion=0")
         elif x < 0.92:
             p = self._pod_of("kube-system", "cluster-autoscaler")
             a = w.pod_actor[p.name]
             if rnd.random() < 0.5:
                 f.req(
-                    t, a, "update", "leases", "kube-system", "cluster-autoscaler", q="?timeout=10s"
+                    at_us,
+                    a,
+                    "update",
+                    "leases",
+                    "kube-system",
+                    "cluster-autoscaler",
+                    query="?timeout=10s",
                 )
             else:
-                f.req(t, a, "list", "pods", q="?limit=500&resourceVersion=0")
+                f.req(at_us, a, "list", "pods", query="?limit=500&resourceVersion=0")
         else:
             p = self._pod_of("kube-system", "metrics-server")
-            f.req(t, w.pod_actor[p.name], "get", "nodes", None, self._node(t).name)
+            f.req(at_us, w.pod_actor[p.name], "get", "nodes", None, self._node(at_us).name)
 
-    def monitoring(self, t: int) -> None:
-        f, rnd, w = self.f, self.rnd, self.w
+    def monitoring(self, at_us: int) -> None:
+        f, rnd, w = self.factory, self.rnd, self.world
         x = rnd.random()
         if x < 0.45:
             a = w.pod_actor["prometheus-k8s-0"]
-            n = self._node(t)
+            n = self._node(at_us)
             sub = "proxy/metrics/cadvisor" if rnd.random() < 0.5 else "proxy/metrics"
-            f.req(t, a, "get", "nodes", None, n.name, sub)
+            f.req(at_us, a, "get", "nodes", None, n.name, sub)
         elif x < 0.7:
             a = w.pod_actor["prometheus-k8s-0"]
             res = ("pods", "endpoints", "services", "nodes")[int(rnd.random() * 4)]
             secs = 300 + int(rnd.random() * 300)
-            f.req(t, a, "watch", res, q=f.watch_q(t, secs), dur=secs * _US)
+            f.req(at_us, a, "watch", res, query=f.watch_q(at_us, secs), dur=secs * _US)
         elif x < 0.95:
             a = w.pod_actor[self._pod_of("monitoring", "kube-state-metrics").name]
             res = ("pods", "deployments", "nodes", "jobs", "secrets", "configmaps", "pvcs")[
                 int(rnd.random() * 7)
             ]
             secs = 300 + int(rnd.random() * 300)
-            f.req(t, a, "watch", res, q=f.watch_q(t, secs), dur=secs * _US)
+            f.req(at_us, a, "watch", res, query=f.watch_q(at_us, secs), dur=secs * _US)
         else:
             a = w.pod_actor[self._pod_of("monitoring", "grafana").name]
             f.req(
-                t, a, "list", "configmaps", "monitoring", q="?labelSelector=grafana_dashboard%3D1"
+                at_us,
+                a,
+                "list",
+                "configmaps",
+                "monitoring",
+                query="?labelSelector=grafana_dashboard%3D1",
             )
 
-    def argocd(self, t: int) -> None:
-        f, rnd, w = self.f, self.rnd, self.w
+    def argocd(self, at_us: int) -> None:
+        f, rnd, w = self.factory, self.rnd, self.world
         a = w.pod_actor["argocd-application-controller-0"]
         x = rnd.random()
         if x < 0.4:
@@ -1605,27 +1712,27 @@ class _Benign:
                 "applications",
             )[int(rnd.random() * 10)]
             secs = 300 + int(rnd.random() * 300)
-            f.req(t, a, "watch", res, q=f.watch_q(t, secs), dur=secs * _US)
+            f.req(at_us, a, "watch", res, query=f.watch_q(at_us, secs), dur=secs * _US)
         elif x < 0.65:
             ns = _APP_NS[int(rnd.random() * len(_APP_NS))]
-            f.req(t, a, "patch", "applications", "argocd", ns, q="")
+            f.req(at_us, a, "patch", "applications", "argocd", ns, query="")
         elif x < 0.85:
             ns = _APP_NS[int(rnd.random() * len(_APP_NS))]
             app = _APPS[ns][0][0]
             res = ("deployments", "services", "configmaps")[int(rnd.random() * 3)]
             name = f"{app}-config" if res == "configmaps" else app
-            f.req(t, a, "get", res, ns, name)
+            f.req(at_us, a, "get", res, ns, name)
         elif x < 0.97:
             ns = _APP_NS[int(rnd.random() * len(_APP_NS))]
             app = _APPS[ns][0][0]
             f.req(
-                t,
+                at_us,
                 a,
                 "patch",
                 "deployments",
                 ns,
                 app,
-                q="?fieldManager=argocd-controller&force=true",
+                query="?fieldManager=argocd-controller&force=true",
             )
         else:
             # Rare but benign: a sync creates a RoleBinding in an application namespace.
@@ -1645,22 +1752,22 @@ class _Benign:
             )
             code = 409 if rnd.random() < 0.5 else 201
             f.req(
-                t,
+                at_us,
                 a,
                 "create",
                 "rolebindings",
                 ns,
                 f"{ns}-readers",
                 code=code,
-                rq=body,
-                rs=body if code == 201 else None,
+                request_object=body,
+                response_object=body if code == 201 else None,
             )
         if rnd.random() < 0.1:
             s = w.pod_actor[self._pod_of("argocd", "argocd-server").name]
-            f.req(t + 50_000, s, "list", "applications", "argocd", q="?limit=500")
+            f.req(at_us + 50_000, s, "list", "applications", "argocd", query="?limit=500")
 
-    def app_sas(self, t: int) -> None:
-        f, rnd, w = self.f, self.rnd, self.w
+    def app_sas(self, at_us: int) -> None:
+        f, rnd, w = self.factory, self.rnd, self.world
         x = rnd.random()
         if x < 0.75:
             talkers = _TALKERS
@@ -1669,40 +1776,40 @@ class _Benign:
             a = w.pod_actor[p.name]
             y = rnd.random()
             if y < 0.45:
-                f.req(t, a, "get", "configmaps", ns, f"{app}-config")
+                f.req(at_us, a, "get", "configmaps", ns, f"{app}-config")
             elif y < 0.75:
-                f.req(t, a, "get", "secrets", ns, f"{app}-secrets")
+                f.req(at_us, a, "get", "secrets", ns, f"{app}-secrets")
             else:
-                f.req(t, a, "update", "leases", ns, f"{app}-leader", q="?timeout=10s")
+                f.req(at_us, a, "update", "leases", ns, f"{app}-leader", query="?timeout=10s")
         elif x < 0.9:
             p = self._pod_of("ingress-nginx", "ingress-nginx-controller")
             a = w.pod_actor[p.name]
             if rnd.random() < 0.6:
                 f.req(
-                    t,
+                    at_us,
                     a,
                     "update",
                     "leases",
                     "ingress-nginx",
                     "ingress-nginx-leader",
-                    q="?timeout=10s",
+                    query="?timeout=10s",
                 )
             else:
                 res = ("ingresses", "services", "endpointslices", "secrets")[int(rnd.random() * 4)]
                 secs = 300 + int(rnd.random() * 300)
-                f.req(t, a, "watch", res, q=f.watch_q(t, secs), dur=secs * _US)
+                f.req(at_us, a, "watch", res, query=f.watch_q(at_us, secs), dur=secs * _US)
         else:
             p = self._pod_of("cert-manager", "cert-manager")
             a = w.pod_actor[p.name]
             if rnd.random() < 0.9:
                 f.req(
-                    t,
+                    at_us,
                     a,
                     "update",
                     "leases",
                     "kube-system",
                     "cert-manager-controller",
-                    q="?timeout=10s",
+                    query="?timeout=10s",
                 )
             else:
                 # Rare: a certificate renewal rewrites a TLS secret (body carries key material).
@@ -1715,50 +1822,59 @@ class _Benign:
                     "type": "kubernetes.io/tls",
                     "data": {"tls.crt": f.b64(90), "tls.key": f.b64(60), "ca.crt": f.b64(60)},
                 }
-                f.req(t, a, "update", "secrets", ns, name, rq=body, rs=body)
+                f.req(
+                    at_us,
+                    a,
+                    "update",
+                    "secrets",
+                    ns,
+                    name,
+                    request_object=body,
+                    response_object=body,
+                )
 
     # -- CI -------------------------------------------------------------------------------------
-    def _ci_profile(self, t: int) -> float:
-        local = t - 5 * _HOUR_US
+    def _ci_profile(self, at_us: int) -> float:
+        local = at_us - 5 * _HOUR_US
         day, rem = divmod(local, _DAY_US)
         hour = rem // _HOUR_US
         if (day + 3) % 7 >= 5:
             return 0.05 / _CI_MEAN
         return (1.0 if 8 <= hour < 19 else 0.05) / _CI_MEAN
 
-    def ci_deploy(self, t: int) -> None:
+    def ci_deploy(self, at_us: int) -> None:
         """One pipeline run: a fresh STS session applies an app's manifests and waits."""
-        f, rnd = self.f, self.rnd
+        f, rnd = self.factory, self.rnd
         self.ci_run += 1 + int(rnd.random() * 3)
         key = "ASIA" + "".join(rnd.choices(_B32, k=16))
         a = _ci_actor(
-            self.w, f"gha-{self.ci_run}", _CI_POOL[int(rnd.random() * len(_CI_POOL))], key
+            self.world, f"gha-{self.ci_run}", _CI_POOL[int(rnd.random() * len(_CI_POOL))], key
         )
         ns = _APP_NS[int(rnd.random() * len(_APP_NS))]
         app = _APPS[ns][int(rnd.random() * len(_APPS[ns]))][0]
         sha = "".join(rnd.choices(_HEX, k=12))
-        t += int(rnd.random() * 2 * _US)
-        f.req(t, a, "get", uri="/api", level="Metadata", ann=_allow(_DISCOVERY_REASON))
-        t += 300_000
-        f.req(t, a, "get", uri="/apis", level="Metadata", ann=_allow(_DISCOVERY_REASON))
-        t += 500_000
-        f.req(t, a, "get", "configmaps", ns, f"{app}-config")
+        at_us += int(rnd.random() * 2 * _US)
+        f.req(at_us, a, "get", uri="/api", level="Metadata", ann=_allow(_DISCOVERY_REASON))
+        at_us += 300_000
+        f.req(at_us, a, "get", uri="/apis", level="Metadata", ann=_allow(_DISCOVERY_REASON))
+        at_us += 500_000
+        f.req(at_us, a, "get", "configmaps", ns, f"{app}-config")
         cm = {
             "kind": "ConfigMap",
             "apiVersion": "v1",
             "metadata": {"name": f"{app}-config", "namespace": ns},
             "data": {"LOG_LEVEL": "info", "RELEASE": sha},
         }
-        t += 200_000
+        at_us += 200_000
         f.req(
-            t,
+            at_us,
             a,
             "patch",
             "configmaps",
             ns,
             f"{app}-config",
-            rq=cm,
-            q="?fieldManager=kubectl-client-side-apply&fieldValidation=Strict",
+            request_object=cm,
+            query="?fieldManager=kubectl-client-side-apply&fieldValidation=Strict",
         )
         if rnd.random() < 0.2:
             sec = {
@@ -1768,52 +1884,52 @@ class _Benign:
                 "type": "Opaque",
                 "data": {"DB_PASSWORD": f.b64(18), "API_KEY": f.b64(24)},
             }
-            t += 200_000
-            f.req(t, a, "get", "secrets", ns, f"{app}-secrets")
-            t += 200_000
+            at_us += 200_000
+            f.req(at_us, a, "get", "secrets", ns, f"{app}-secrets")
+            at_us += 200_000
             f.req(
-                t,
+                at_us,
                 a,
                 "patch",
                 "secrets",
                 ns,
                 f"{app}-secrets",
-                rq=sec,
-                rs=sec,
-                q="?fieldManager=kubectl-client-side-apply&fieldValidation=Strict",
+                request_object=sec,
+                response_object=sec,
+                query="?fieldManager=kubectl-client-side-apply&fieldValidation=Strict",
             )
-        t += 300_000
-        f.req(t, a, "get", "services", ns, app)
-        t += 200_000
+        at_us += 300_000
+        f.req(at_us, a, "get", "services", ns, app)
+        at_us += 200_000
         f.req(
-            t,
+            at_us,
             a,
             "patch",
             "services",
             ns,
             app,
-            q="?fieldManager=kubectl-client-side-apply&fieldValidation=Strict",
+            query="?fieldManager=kubectl-client-side-apply&fieldValidation=Strict",
         )
-        t += 300_000
-        f.req(t, a, "get", "deployments", ns, app)
+        at_us += 300_000
+        f.req(at_us, a, "get", "deployments", ns, app)
         image = f"{ACCOUNT_ID}.dkr.ecr.{REGION}.amazonaws.com/{app}:{sha}"
         patch = {"spec": {"template": {"spec": {"containers": [{"name": app, "image": image}]}}}}
-        t += 200_000
+        at_us += 200_000
         f.req(
-            t,
+            at_us,
             a,
             "patch",
             "deployments",
             ns,
             app,
-            rq=patch,
-            q="?fieldManager=kubectl-client-side-apply&fieldValidation=Strict",
+            request_object=patch,
+            query="?fieldManager=kubectl-client-side-apply&fieldValidation=Strict",
         )
-        t += 1_000_000
+        at_us += 1_000_000
         wait = int((20 + rnd.random() * 70) * _US)
-        q = f"?fieldSelector=metadata.name%3D{app}&resourceVersion={f.rv(t)}&watch=true"
+        q = f"?fieldSelector=metadata.name%3D{app}&resourceVersion={f.rv(at_us)}&watch=true"
         f.req(
-            t,
+            at_us,
             a,
             "watch",
             "deployments",
@@ -1822,35 +1938,37 @@ class _Benign:
             uri=f.path("deployments", ns) + q,
             dur=wait,
         )
-        t += wait + 200_000
-        f.req(t, a, "list", "replicasets", ns, q=f"?labelSelector=app%3D{app}&limit=500")
-        t += 200_000
-        f.req(t, a, "list", "pods", ns, q=f"?labelSelector=app%3D{app}&limit=500")
+        at_us += wait + 200_000
+        f.req(at_us, a, "list", "replicasets", ns, query=f"?labelSelector=app%3D{app}&limit=500")
+        at_us += 200_000
+        f.req(at_us, a, "list", "pods", ns, query=f"?labelSelector=app%3D{app}&limit=500")
 
     # -- humans -----------------------------------------------------------------------------------
-    def _human_fn(self, h: _Human) -> Callable[[int], None]:
-        cmds = _ADMIN_CMDS if h.kind in ("admin", "platform") else _DEV_CMDS
+    def _human_fn(self, human: _Human) -> Callable[[int], None]:
+        cmds = _ADMIN_CMDS if human.kind in ("admin", "platform") else _DEV_CMDS
         cum = list(np.cumsum([c[0] for c in cmds]))
         total = cum[-1]
 
-        def fn(t: int) -> None:
-            local_day = (t + h.tz * _HOUR_US) // _DAY_US
-            _, a = self.w.human_actor(h, local_day)
+        def fn(at_us: int) -> None:
+            local_day = (at_us + human.tz * _HOUR_US) // _DAY_US
+            _, a = self.world.human_actor(human, local_day)
             if self.rnd.random() < 0.08:
-                a = _Actor(a.user, a.ips, h.secondary_ua, a.allow)
+                a = _Actor(a.user, a.ips, human.secondary_ua, a.allow)
             if self.rnd.random() < 0.8:
-                ns = h.namespaces[int(self.rnd.random() * len(h.namespaces))]
+                ns = human.namespaces[int(self.rnd.random() * len(human.namespaces))]
             else:
                 ns = _APP_NS[int(self.rnd.random() * len(_APP_NS))]
             i = bisect(cum, self.rnd.random() * total)
-            cmds[min(i, len(cmds) - 1)][2](self, h, a, t, ns)
+            cmds[min(i, len(cmds) - 1)][2](self, human, a, at_us, ns)
 
         return fn
 
 
-def _ci_actor(w: _World, session: str, ip: str, key: str) -> _Actor:
+def _ci_actor(world: _World, session: str, ip: str, key: str) -> _Actor:
     """The CI deployer: one IAM role, a new STS session (``gha-<run>``) per pipeline run."""
-    user = _iam_user("ci-deployer", "gha-deployer", session, ["ci-deployers"], key, w.ci_role_id)
+    user = _iam_user(
+        "ci-deployer", "gha-deployer", session, ["ci-deployers"], key, world.ci_role_id
+    )
     allow = _allow(
         'RBAC: allowed by ClusterRoleBinding "ci-deployers" of ClusterRole "ci-deployer" to '
         'Group "ci-deployers"'
@@ -1951,12 +2069,12 @@ _COREFILE = (
 
 
 def _rolebinding(
-    name: str, ns: str | None, role_kind: str, role: str, subjects: list[dict[str, str]]
+    name: str, namespace: str | None, role_kind: str, role: str, subjects: list[dict[str, str]]
 ) -> dict[str, Any]:
-    kind = "RoleBinding" if ns else "ClusterRoleBinding"
+    kind = "RoleBinding" if namespace else "ClusterRoleBinding"
     meta: dict[str, Any] = {"name": name, "creationTimestamp": None}
-    if ns:
-        meta["namespace"] = ns
+    if namespace:
+        meta["namespace"] = namespace
     return {
         "kind": kind,
         "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -1970,216 +2088,263 @@ def _rolebinding(
 # Each takes (benign, human, actor, t, namespace) and logs what one kubectl command logs.
 
 
-def _pick_pod(b: _Benign, ns: str) -> _Pod:
-    pods = b.w.pods_by_ns[ns]
-    return pods[int(b.rnd.random() * len(pods))]
+def _pick_pod(traffic: _Benign, namespace: str) -> _Pod:
+    pods = traffic.world.pods_by_ns[namespace]
+    return pods[int(traffic.rnd.random() * len(pods))]
 
 
-def _c_get_pods(b: _Benign, h: _Human, a: _Actor, t: int, ns: str) -> None:
-    b.f.req(t, a, "list", "pods", ns, q="?limit=500")
+def _c_get_pods(traffic: _Benign, human: _Human, actor: _Actor, at_us: int, namespace: str) -> None:
+    traffic.factory.req(at_us, actor, "list", "pods", namespace, query="?limit=500")
 
 
-def _c_describe_pod(b: _Benign, h: _Human, a: _Actor, t: int, ns: str) -> None:
-    p = _pick_pod(b, ns)
-    b.f.req(t, a, "get", "pods", ns, p.name)
+def _c_describe_pod(
+    traffic: _Benign, human: _Human, actor: _Actor, at_us: int, namespace: str
+) -> None:
+    p = _pick_pod(traffic, namespace)
+    traffic.factory.req(at_us, actor, "get", "pods", namespace, p.name)
     q = (
-        f"?fieldSelector=involvedObject.name%3D{p.name}%2CinvolvedObject.namespace%3D{ns}"
+        f"?fieldSelector=involvedObject.name%3D{p.name}%2CinvolvedObject.namespace%3D{namespace}"
         f"%2CinvolvedObject.uid%3D{p.uid}&limit=500"
     )
-    b.f.req(t + 60_000, a, "list", "events", ns, q=q)
+    traffic.factory.req(at_us + 60_000, actor, "list", "events", namespace, query=q)
 
 
-def _c_logs(b: _Benign, h: _Human, a: _Actor, t: int, ns: str) -> None:
-    p = _pick_pod(b, ns)
-    b.f.req(t, a, "get", "pods", ns, p.name)
-    b.f.req(
-        t + 40_000,
-        a,
+def _c_logs(traffic: _Benign, human: _Human, actor: _Actor, at_us: int, namespace: str) -> None:
+    p = _pick_pod(traffic, namespace)
+    traffic.factory.req(at_us, actor, "get", "pods", namespace, p.name)
+    traffic.factory.req(
+        at_us + 40_000,
+        actor,
         "get",
         "pods",
-        ns,
+        namespace,
         p.name,
         "log",
-        q=f"?container={p.app}&tailLines=200",
-        lat=int(80_000 + b.rnd.random() * 900_000),
+        query=f"?container={p.app}&tailLines=200",
+        lat=int(80_000 + traffic.rnd.random() * 900_000),
     )
 
 
-def _c_get_deploy(b: _Benign, h: _Human, a: _Actor, t: int, ns: str) -> None:
-    b.f.req(t, a, "list", "deployments", ns, q="?limit=500")
+def _c_get_deploy(
+    traffic: _Benign, human: _Human, actor: _Actor, at_us: int, namespace: str
+) -> None:
+    traffic.factory.req(at_us, actor, "list", "deployments", namespace, query="?limit=500")
 
 
-def _c_get_svc(b: _Benign, h: _Human, a: _Actor, t: int, ns: str) -> None:
-    res = "services" if b.rnd.random() < 0.6 else "ingresses"
-    b.f.req(t, a, "list", res, ns, q="?limit=500")
+def _c_get_svc(traffic: _Benign, human: _Human, actor: _Actor, at_us: int, namespace: str) -> None:
+    res = "services" if traffic.rnd.random() < 0.6 else "ingresses"
+    traffic.factory.req(at_us, actor, "list", res, namespace, query="?limit=500")
 
 
-def _c_get_cm(b: _Benign, h: _Human, a: _Actor, t: int, ns: str) -> None:
-    app = _APPS[ns][0][0]
-    b.f.req(t, a, "get", "configmaps", ns, f"{app}-config")
+def _c_get_cm(traffic: _Benign, human: _Human, actor: _Actor, at_us: int, namespace: str) -> None:
+    app = _APPS[namespace][0][0]
+    traffic.factory.req(at_us, actor, "get", "configmaps", namespace, f"{app}-config")
 
 
-def _c_get_nodes(b: _Benign, h: _Human, a: _Actor, t: int, ns: str) -> None:
-    b.f.req(t, a, "list", "nodes", q="?limit=500")
+def _c_get_nodes(
+    traffic: _Benign, human: _Human, actor: _Actor, at_us: int, namespace: str
+) -> None:
+    traffic.factory.req(at_us, actor, "list", "nodes", query="?limit=500")
 
 
-def _c_top(b: _Benign, h: _Human, a: _Actor, t: int, ns: str) -> None:
-    b.f.req(t, a, "list", "podmetrics", ns)
+def _c_top(traffic: _Benign, human: _Human, actor: _Actor, at_us: int, namespace: str) -> None:
+    traffic.factory.req(at_us, actor, "list", "podmetrics", namespace)
 
 
-def _c_events(b: _Benign, h: _Human, a: _Actor, t: int, ns: str) -> None:
-    b.f.req(t, a, "list", "events", ns, q="?limit=500")
+def _c_events(traffic: _Benign, human: _Human, actor: _Actor, at_us: int, namespace: str) -> None:
+    traffic.factory.req(at_us, actor, "list", "events", namespace, query="?limit=500")
 
 
-def _c_watch_pods(b: _Benign, h: _Human, a: _Actor, t: int, ns: str) -> None:
-    f = b.f
-    f.req(t, a, "list", "pods", ns, q="?limit=500")
-    dur = int((10 + b.rnd.random() * 290) * _US)
-    f.req(t + 90_000, a, "watch", "pods", ns, q=f"?resourceVersion={f.rv(t)}&watch=true", dur=dur)
-
-
-def _c_restart(b: _Benign, h: _Human, a: _Actor, t: int, ns: str) -> None:
-    if ns not in h.namespaces and h.kind == "developer":
-        ns = h.namespaces[0]
-    app = _APPS[ns][0][0]
-    body = {
-        "spec": {
-            "template": {
-                "metadata": {
-                    "annotations": {"kubectl.kubernetes.io/restartedAt": b.f.ts(t)[:19] + "Z"}
-                }
-            }
-        }
-    }
-    b.f.req(t, a, "get", "deployments", ns, app)
-    b.f.req(
-        t + 80_000, a, "patch", "deployments", ns, app, rq=body, q="?fieldManager=kubectl-rollout"
-    )
-
-
-def _c_exec(b: _Benign, h: _Human, a: _Actor, t: int, ns: str) -> None:
-    if ns not in h.namespaces:
-        ns = h.namespaces[0]
-    p = _pick_pod(b, ns)
-    cmd = ("sh", "bash", "env", "printenv")[int(b.rnd.random() * 4)]
-    tty = (
-        "&stdin=true&stdout=true&tty=true" if cmd in ("sh", "bash") else "&stderr=true&stdout=true"
-    )
-    dur = int((2 + b.rnd.random() * (600 if cmd in ("sh", "bash") else 3)) * _US)
-    b.f.req(t, a, "get", "pods", ns, p.name)
-    b.f.req(
-        t + 70_000,
-        a,
-        "create",
+def _c_watch_pods(
+    traffic: _Benign, human: _Human, actor: _Actor, at_us: int, namespace: str
+) -> None:
+    f = traffic.factory
+    f.req(at_us, actor, "list", "pods", namespace, query="?limit=500")
+    dur = int((10 + traffic.rnd.random() * 290) * _US)
+    f.req(
+        at_us + 90_000,
+        actor,
+        "watch",
         "pods",
-        ns,
-        p.name,
-        "exec",
-        code=101,
-        q=f"?command={cmd}&container={p.app}{tty}",
+        namespace,
+        query=f"?resourceVersion={f.rv(at_us)}&watch=true",
         dur=dur,
     )
 
 
-def _c_port_forward(b: _Benign, h: _Human, a: _Actor, t: int, ns: str) -> None:
-    if ns not in h.namespaces:
-        ns = h.namespaces[0]
-    p = _pick_pod(b, ns)
-    b.f.req(t, a, "get", "pods", ns, p.name)
-    dur = int((30 + b.rnd.random() * 1200) * _US)
-    b.f.req(t + 70_000, a, "create", "pods", ns, p.name, "portforward", code=101, dur=dur)
-
-
-def _c_404(b: _Benign, h: _Human, a: _Actor, t: int, ns: str) -> None:
-    app = _APPS[ns][0][0]
-    if b.rnd.random() < 0.5:
-        b.f.req(t, a, "get", "pods", ns, f"{app}-{b.f.suffix(9)}-{b.f.suffix()}", code=404)
-    else:
-        b.f.req(t, a, "get", "deployments", ns, f"{app}-v2", code=404)
-
-
-def _c_403(b: _Benign, h: _Human, a: _Actor, t: int, ns: str) -> None:
-    other = "kube-system" if b.rnd.random() < 0.5 else _APP_NS[int(b.rnd.random() * 6)]
-    if other in h.namespaces:
-        other = "kube-system"
-    b.f.req(t, a, "list", "secrets", other, code=403, q="?limit=500")
-
-
-def _c_discovery(b: _Benign, h: _Human, a: _Actor, t: int, ns: str) -> None:
-    ann = _allow(_DISCOVERY_REASON)
-    b.f.req(t, a, "get", uri="/api?timeout=32s", level="Metadata", ann=ann)
-    b.f.req(t + 40_000, a, "get", uri="/apis?timeout=32s", level="Metadata", ann=ann)
-
-
-def _c_other_ns(b: _Benign, h: _Human, a: _Actor, t: int, ns: str) -> None:
-    other = _APP_NS[int(b.rnd.random() * len(_APP_NS))]
-    b.f.req(t, a, "list", "pods", other, q="?limit=500")
-
-
-def _c_apply_cm(b: _Benign, h: _Human, a: _Actor, t: int, ns: str) -> None:
-    if ns not in h.namespaces:
-        ns = h.namespaces[0]
-    app = _APPS[ns][0][0]
+def _c_restart(traffic: _Benign, human: _Human, actor: _Actor, at_us: int, namespace: str) -> None:
+    if namespace not in human.namespaces and human.kind == "developer":
+        namespace = human.namespaces[0]
+    app = _APPS[namespace][0][0]
     body = {
-        "kind": "ConfigMap",
-        "apiVersion": "v1",
-        "metadata": {"name": f"{app}-config", "namespace": ns},
-        "data": {"LOG_LEVEL": "debug" if b.rnd.random() < 0.5 else "info"},
+        "spec": {
+            "template": {
+                "metadata": {
+                    "annotations": {
+                        "kubectl.kubernetes.io/restartedAt": traffic.factory.ts(at_us)[:19] + "Z"
+                    }
+                }
+            }
+        }
     }
-    b.f.req(t, a, "get", "configmaps", ns, f"{app}-config")
-    b.f.req(
-        t + 90_000,
-        a,
+    traffic.factory.req(at_us, actor, "get", "deployments", namespace, app)
+    traffic.factory.req(
+        at_us + 80_000,
+        actor,
         "patch",
-        "configmaps",
-        ns,
-        f"{app}-config",
-        rq=body,
-        rs=body,
-        q="?fieldManager=kubectl-client-side-apply&fieldValidation=Strict",
+        "deployments",
+        namespace,
+        app,
+        request_object=body,
+        query="?fieldManager=kubectl-rollout",
     )
 
 
-def _c_rolebinding(b: _Benign, h: _Human, a: _Actor, t: int, ns: str) -> None:
+def _c_exec(traffic: _Benign, human: _Human, actor: _Actor, at_us: int, namespace: str) -> None:
+    if namespace not in human.namespaces:
+        namespace = human.namespaces[0]
+    p = _pick_pod(traffic, namespace)
+    cmd = ("sh", "bash", "env", "printenv")[int(traffic.rnd.random() * 4)]
+    tty = (
+        "&stdin=true&stdout=true&tty=true" if cmd in ("sh", "bash") else "&stderr=true&stdout=true"
+    )
+    dur = int((2 + traffic.rnd.random() * (600 if cmd in ("sh", "bash") else 3)) * _US)
+    traffic.factory.req(at_us, actor, "get", "pods", namespace, p.name)
+    traffic.factory.req(
+        at_us + 70_000,
+        actor,
+        "create",
+        "pods",
+        namespace,
+        p.name,
+        "exec",
+        code=101,
+        query=f"?command={cmd}&container={p.app}{tty}",
+        dur=dur,
+    )
+
+
+def _c_port_forward(
+    traffic: _Benign, human: _Human, actor: _Actor, at_us: int, namespace: str
+) -> None:
+    if namespace not in human.namespaces:
+        namespace = human.namespaces[0]
+    p = _pick_pod(traffic, namespace)
+    traffic.factory.req(at_us, actor, "get", "pods", namespace, p.name)
+    dur = int((30 + traffic.rnd.random() * 1200) * _US)
+    traffic.factory.req(
+        at_us + 70_000, actor, "create", "pods", namespace, p.name, "portforward", code=101, dur=dur
+    )
+
+
+def _c_404(traffic: _Benign, human: _Human, actor: _Actor, at_us: int, namespace: str) -> None:
+    app = _APPS[namespace][0][0]
+    if traffic.rnd.random() < 0.5:
+        traffic.factory.req(
+            at_us,
+            actor,
+            "get",
+            "pods",
+            namespace,
+            f"{app}-{traffic.factory.suffix(9)}-{traffic.factory.suffix()}",
+            code=404,
+        )
+    else:
+        traffic.factory.req(at_us, actor, "get", "deployments", namespace, f"{app}-v2", code=404)
+
+
+def _c_403(traffic: _Benign, human: _Human, actor: _Actor, at_us: int, namespace: str) -> None:
+    other = "kube-system" if traffic.rnd.random() < 0.5 else _APP_NS[int(traffic.rnd.random() * 6)]
+    if other in human.namespaces:
+        other = "kube-system"
+    traffic.factory.req(at_us, actor, "list", "secrets", other, code=403, query="?limit=500")
+
+
+def _c_discovery(
+    traffic: _Benign, human: _Human, actor: _Actor, at_us: int, namespace: str
+) -> None:
+    ann = _allow(_DISCOVERY_REASON)
+    traffic.factory.req(at_us, actor, "get", uri="/api?timeout=32s", level="Metadata", ann=ann)
+    traffic.factory.req(
+        at_us + 40_000, actor, "get", uri="/apis?timeout=32s", level="Metadata", ann=ann
+    )
+
+
+def _c_other_ns(traffic: _Benign, human: _Human, actor: _Actor, at_us: int, namespace: str) -> None:
+    other = _APP_NS[int(traffic.rnd.random() * len(_APP_NS))]
+    traffic.factory.req(at_us, actor, "list", "pods", other, query="?limit=500")
+
+
+def _c_apply_cm(traffic: _Benign, human: _Human, actor: _Actor, at_us: int, namespace: str) -> None:
+    if namespace not in human.namespaces:
+        namespace = human.namespaces[0]
+    app = _APPS[namespace][0][0]
+    body = {
+        "kind": "ConfigMap",
+        "apiVersion": "v1",
+        "metadata": {"name": f"{app}-config", "namespace": namespace},
+        "data": {"LOG_LEVEL": "debug" if traffic.rnd.random() < 0.5 else "info"},
+    }
+    traffic.factory.req(at_us, actor, "get", "configmaps", namespace, f"{app}-config")
+    traffic.factory.req(
+        at_us + 90_000,
+        actor,
+        "patch",
+        "configmaps",
+        namespace,
+        f"{app}-config",
+        request_object=body,
+        response_object=body,
+        query="?fieldManager=kubectl-client-side-apply&fieldValidation=Strict",
+    )
+
+
+def _c_rolebinding(
+    traffic: _Benign, human: _Human, actor: _Actor, at_us: int, namespace: str
+) -> None:
     """Rare but benign: grant a colleague view in one's own namespace."""
-    ns = h.namespaces[0]
-    mate = b.w.humans[int(b.rnd.random() * len(b.w.humans))]
+    namespace = human.namespaces[0]
+    mate = traffic.world.humans[int(traffic.rnd.random() * len(traffic.world.humans))]
     subject = f"arn:aws:sts::{ACCOUNT_ID}:assumed-role/developer/{mate.session}"
     body = _rolebinding(
         f"{mate.session}-view",
-        ns,
+        namespace,
         "ClusterRole",
         "view",
         [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": subject}],
     )
-    b.f.req(
-        t,
-        a,
+    traffic.factory.req(
+        at_us,
+        actor,
         "create",
         "rolebindings",
-        ns,
+        namespace,
         f"{mate.session}-view",
         code=201,
-        rq=body,
-        rs=body,
-        q="?fieldManager=kubectl-create&fieldValidation=Strict",
+        request_object=body,
+        response_object=body,
+        query="?fieldManager=kubectl-create&fieldValidation=Strict",
     )
 
 
-def _c_get_secret(b: _Benign, h: _Human, a: _Actor, t: int, ns: str) -> None:
-    if ns not in h.namespaces:
-        ns = h.namespaces[0]
-    b.f.req(t, a, "get", "secrets", ns, f"{_APPS[ns][0][0]}-secrets")
+def _c_get_secret(
+    traffic: _Benign, human: _Human, actor: _Actor, at_us: int, namespace: str
+) -> None:
+    if namespace not in human.namespaces:
+        namespace = human.namespaces[0]
+    traffic.factory.req(
+        at_us, actor, "get", "secrets", namespace, f"{_APPS[namespace][0][0]}-secrets"
+    )
 
 
-def _c_can_i(b: _Benign, h: _Human, a: _Actor, t: int, ns: str) -> None:
+def _c_can_i(traffic: _Benign, human: _Human, actor: _Actor, at_us: int, namespace: str) -> None:
     body = {
         "kind": "SelfSubjectAccessReview",
         "apiVersion": "authorization.k8s.io/v1",
         "metadata": {"creationTimestamp": None},
         "spec": {
             "resourceAttributes": {
-                "namespace": ns,
+                "namespace": namespace,
                 "verb": "create",
                 "group": "apps",
                 "resource": "deployments",
@@ -2187,53 +2352,72 @@ def _c_can_i(b: _Benign, h: _Human, a: _Actor, t: int, ns: str) -> None:
         },
         "status": {"allowed": False},
     }
-    b.f.req(t, a, "create", "ssar", code=201, rq=body)
+    traffic.factory.req(at_us, actor, "create", "ssar", code=201, request_object=body)
 
 
-def _c_delete_pod(b: _Benign, h: _Human, a: _Actor, t: int, ns: str) -> None:
-    if ns not in h.namespaces:
-        ns = h.namespaces[0]
-    p = _pick_pod(b, ns)
-    b.f.req(t, a, "delete", "pods", ns, p.name)
+def _c_delete_pod(
+    traffic: _Benign, human: _Human, actor: _Actor, at_us: int, namespace: str
+) -> None:
+    if namespace not in human.namespaces:
+        namespace = human.namespaces[0]
+    p = _pick_pod(traffic, namespace)
+    traffic.factory.req(at_us, actor, "delete", "pods", namespace, p.name)
 
 
-def _c_kube_system(b: _Benign, h: _Human, a: _Actor, t: int, ns: str) -> None:
-    b.f.req(t, a, "list", "pods", "kube-system", q="?limit=500")
-    if b.rnd.random() < 0.5:
-        p = _pick_pod(b, "kube-system")
-        b.f.req(
-            t + 2 * _US,
-            a,
+def _c_kube_system(
+    traffic: _Benign, human: _Human, actor: _Actor, at_us: int, namespace: str
+) -> None:
+    traffic.factory.req(at_us, actor, "list", "pods", "kube-system", query="?limit=500")
+    if traffic.rnd.random() < 0.5:
+        p = _pick_pod(traffic, "kube-system")
+        traffic.factory.req(
+            at_us + 2 * _US,
+            actor,
             "get",
             "pods",
             "kube-system",
             p.name,
             "log",
-            q=f"?container={p.app}&tailLines=100",
+            query=f"?container={p.app}&tailLines=100",
         )
 
 
-def _c_all_pods(b: _Benign, h: _Human, a: _Actor, t: int, ns: str) -> None:
-    b.f.req(t, a, "list", "pods", q="?limit=500")
+def _c_all_pods(traffic: _Benign, human: _Human, actor: _Actor, at_us: int, namespace: str) -> None:
+    traffic.factory.req(at_us, actor, "list", "pods", query="?limit=500")
 
 
-def _c_impersonate(b: _Benign, h: _Human, a: _Actor, t: int, ns: str) -> None:
+def _c_impersonate(
+    traffic: _Benign, human: _Human, actor: _Actor, at_us: int, namespace: str
+) -> None:
     """Rare but benign: an admin checks what a developer sees (``kubectl --as``)."""
-    dev = next((x for x in b.w.humans if x.kind == "developer"), h)
+    dev = next((x for x in traffic.world.humans if x.kind == "developer"), human)
     imp = {
         "username": f"arn:aws:sts::{ACCOUNT_ID}:assumed-role/developer/{dev.session}",
         "groups": ["developers", "system:authenticated"],
     }
-    code = 200 if ns in dev.namespaces else 403
-    b.f.req(t, a, "list", "pods", ns, q="?limit=500", imp=imp, code=code)
+    code = 200 if namespace in dev.namespaces else 403
+    traffic.factory.req(
+        at_us, actor, "list", "pods", namespace, query="?limit=500", imp=imp, code=code
+    )
 
 
-def _c_token(b: _Benign, h: _Human, a: _Actor, t: int, ns: str) -> None:
+def _c_token(traffic: _Benign, human: _Human, actor: _Actor, at_us: int, namespace: str) -> None:
     """Rare but benign: an admin mints a short token for an app's own service account."""
-    ns = h.namespaces[0]
-    sa = _APPS[ns][0][0]
-    rq, rs = b.f.token_request(t, ns, sa, 600, None)
-    b.f.req(t, a, "create", "serviceaccounts", ns, sa, "token", code=201, rq=rq, rs=rs)
+    namespace = human.namespaces[0]
+    sa = _APPS[namespace][0][0]
+    rq, rs = traffic.factory.token_request(at_us, namespace, sa, 600, None)
+    traffic.factory.req(
+        at_us,
+        actor,
+        "create",
+        "serviceaccounts",
+        namespace,
+        sa,
+        "token",
+        code=201,
+        request_object=rq,
+        response_object=rs,
+    )
 
 
 #: (weight, expected events, command) for developers and for admins.
@@ -2278,10 +2462,10 @@ _ADMIN_CMDS = [
 class _Attacks:
     """Plans the ten scenarios and logs their events into their own factory."""
 
-    def __init__(self, world: _World, f: _Factory, start_us: int, end_us: int) -> None:
-        self.w = world
-        self.f = f
-        self.rnd = f.rnd
+    def __init__(self, world: _World, factory: _Factory, start_us: int, end_us: int) -> None:
+        self.world = world
+        self.factory = factory
+        self.rnd = factory.rnd
         self.start_us = start_us
         self.end_us = end_us
         self.labels: list[dict[str, Any]] = []
@@ -2301,22 +2485,22 @@ class _Attacks:
             )
         return lo, hi
 
-    def when(self, duration_us: int, tz: int | None = None, night: bool = False) -> int:
+    def when(self, duration_us: int, utc_offset: int | None = None, night: bool = False) -> int:
         lo, hi = self.window(duration_us)
         rnd = self.rnd
-        if night and tz is not None:
+        if night and utc_offset is not None:
             for _ in range(200):
                 t = lo + int(rnd.random() * (hi - lo))
-                hour = ((t + tz * _HOUR_US) % _DAY_US) // _HOUR_US
+                hour = ((t + utc_offset * _HOUR_US) % _DAY_US) // _HOUR_US
                 if hour < 6 or hour >= 22:
                     return t
         return lo + int(rnd.random() * (hi - lo))
 
-    def step(self, t: int, lo: float, hi: float) -> int:
-        return t + int((lo + self.rnd.random() * (hi - lo)) * _US)
+    def step(self, at_us: int, low: float, high: float) -> int:
+        return at_us + int((low + self.rnd.random() * (high - low)) * _US)
 
     def record(self, name: str, principal: str, mark: int, extra: dict[str, Any]) -> None:
-        events = self.f.buf[mark:]
+        events = self.factory.buf[mark:]
         ids: list[str] = []
         seen: set[str] = set()
         for _, ev, _ in events:
@@ -2346,7 +2530,7 @@ class _Attacks:
         return f"{prefix}.{self.rnd.randrange(2, 254)}"
 
     def run(self, names: Iterable[str]) -> None:
-        humans = self.w.humans
+        humans = self.world.humans
         admins = [h for h in humans if h.kind == "admin"]
         devs = [h for h in humans if h.kind == "developer" and h.join_us <= self.start_us]
         self.rnd.shuffle(admins)
@@ -2366,23 +2550,23 @@ class _Attacks:
             self.delete_events()
 
     def _human(
-        self, name: str, t: int, *, new_ip: str | None = None, ua: str | None = None
+        self, name: str, at_us: int, *, new_ip: str | None = None, ua: str | None = None
     ) -> _Actor:
         """The cast human's identity at ``t`` with fresh credentials; the day's usual address
         unless ``new_ip`` is given."""
         h = self.cast[name]
         key = "ASIA" + "".join(self.rnd.choices(_B32, k=16))
         if new_ip is None:
-            day = (t + h.tz * _HOUR_US) // _DAY_US
-            _, usual = self.w.human_actor(h, day)
+            day = (at_us + h.tz * _HOUR_US) // _DAY_US
+            _, usual = self.world.human_actor(h, day)
             ips = [usual.ips[0]]
         else:
             ips = [new_ip]
-        return self.w.make_human_actor(h, key, ips, ua)
+        return self.world.make_human_actor(h, key, ips, ua)
 
     # -- the scenarios ------------------------------------------------------------------------
     def stolen_sa_token(self) -> None:
-        f, w = self.f, self.w
+        f, w = self.factory, self.world
         pod = next(p for p in w.pods if p.app == "payments-api")
         real = w.pod_actor[pod.name]
         a = _Actor(
@@ -2418,7 +2602,7 @@ class _Attacks:
         self.record("stolen_sa_token", a.username, mark, {"source_ips": a.ips, "user_agent": a.ua})
 
     def cluster_admin_binding(self) -> None:
-        f = self.f
+        f = self.factory
         h = self.cast["cluster_admin_binding"]
         t = self.when(10 * 60 * _US, h.tz, night=True)
         a = self._human(
@@ -2432,7 +2616,7 @@ class _Attacks:
             'to Group "developers"'
         )
         mark = len(f.buf)
-        f.req(t, a, "list", "clusterrolebindings", q="?limit=500", ann=reason)
+        f.req(t, a, "list", "clusterrolebindings", query="?limit=500", ann=reason)
         t = self.step(t, 5, 60)
         f.req(t, a, "get", "clusterroles", None, "cluster-admin", ann=reason)
         name = f"{h.session}-cluster-admin"
@@ -2460,9 +2644,9 @@ class _Attacks:
             None,
             name,
             code=201,
-            rq=body,
-            rs=resp,
-            q="?fieldManager=kubectl-create&fieldValidation=Strict",
+            request_object=body,
+            response_object=resp,
+            query="?fieldManager=kubectl-create&fieldValidation=Strict",
             ann=reason,
         )
         admin = _allow(
@@ -2470,9 +2654,9 @@ class _Attacks:
             f'User "{subject}"'
         )
         t = self.step(t, 10, 40)
-        f.req(t, a, "list", "secrets", "kube-system", q="?limit=500", ann=admin)
+        f.req(t, a, "list", "secrets", "kube-system", query="?limit=500", ann=admin)
         t = self.step(t, 5, 30)
-        f.req(t, a, "list", "pods", q="?limit=500", ann=admin)
+        f.req(t, a, "list", "pods", query="?limit=500", ann=admin)
         self.record(
             "cluster_admin_binding",
             principal_of(a.user),
@@ -2481,7 +2665,7 @@ class _Attacks:
         )
 
     def aws_auth_edit(self) -> None:
-        f, w = self.f, self.w
+        f, w = self.factory, self.world
         h = self.cast["aws_auth_edit"]
         t = self.when(10 * 60 * _US, h.tz, night=True)
         a = self._human("aws_auth_edit", t)
@@ -2526,9 +2710,9 @@ class _Attacks:
             "configmaps",
             "kube-system",
             "aws-auth",
-            rq=body,
-            rs=resp,
-            q="?fieldManager=kubectl-edit&fieldValidation=Strict",
+            request_object=body,
+            response_object=resp,
+            query="?fieldManager=kubectl-edit&fieldValidation=Strict",
         )
         t = self.step(t, 5, 30)
         f.req(t, a, "get", "configmaps", "kube-system", "aws-auth")
@@ -2537,7 +2721,7 @@ class _Attacks:
         )
 
     def anonymous_probing(self) -> None:
-        f = self.f
+        f = self.factory
         ip = self.outside_ip("45.155.205")
         user = {"username": "system:anonymous", "groups": ["system:unauthenticated"]}
         a = _Actor(user, [ip], "Mozilla/5.0 zgrab/0.x", _allow(_PUBLIC_INFO_REASON))
@@ -2583,13 +2767,13 @@ class _Attacks:
         )
 
     def exec_kube_system(self) -> None:
-        f, w = self.f, self.w
+        f, w = self.factory, self.world
         h = self.cast["exec_kube_system"]
         # Leave room for the delete_events follow-up by the same principal.
         t = self.when(35 * 60 * _US, h.tz, night=self.rnd.random() < 0.5)
         a = self._human("exec_kube_system", t)
         mark = len(f.buf)
-        f.req(t, a, "list", "pods", "kube-system", q="?limit=500")
+        f.req(t, a, "list", "pods", "kube-system", query="?limit=500")
         p = next(p for p in w.pods if p.app == "aws-node")
         t = self.step(t, 5, 40)
         f.req(t, a, "get", "pods", "kube-system", p.name)
@@ -2605,7 +2789,7 @@ class _Attacks:
             "exec",
             code=101,
             level="Request",
-            q="?command=sh&container=aws-node&stdin=true&stdout=true&tty=true",
+            query="?command=sh&container=aws-node&stdin=true&stdout=true&tty=true",
             dur=dur,
         )
         self.exec_actor = a
@@ -2618,7 +2802,7 @@ class _Attacks:
         )
 
     def delete_events(self) -> None:
-        f = self.f
+        f = self.factory
         a = getattr(self, "exec_actor", None)
         if a is None:
             self.cast.setdefault("delete_events", self.cast["exec_kube_system"])
@@ -2627,23 +2811,23 @@ class _Attacks:
         else:
             t = self.exec_end + int((60 + self.rnd.random() * 400) * _US)
         mark = len(f.buf)
-        f.req(t, a, "list", "events", "kube-system", q="?limit=500")
+        f.req(t, a, "list", "events", "kube-system", query="?limit=500")
         t = self.step(t, 10, 60)
         f.req(t, a, "deletecollection", "events", "kube-system")
         t = self.step(t, 3, 20)
-        f.req(t, a, "list", "events", "kube-system", q="?limit=500")
+        f.req(t, a, "list", "events", "kube-system", query="?limit=500")
         self.record(
             "delete_events", principal_of(a.user), mark, {"source_ips": a.ips, "user_agent": a.ua}
         )
 
     def webhook_registration(self) -> None:
-        f, w = self.f, self.w
+        f, w = self.factory, self.world
         run = 9000 + self.rnd.randrange(900)
         key = "ASIA" + "".join(self.rnd.choices(_B32, k=16))
         a = _ci_actor(w, f"gha-{run}", self.outside_ip("193.142.146"), key)
         mark = len(f.buf)
         t = self.when(10 * 60 * _US, -5, night=True)
-        f.req(t, a, "list", "mwc", q="?limit=500")
+        f.req(t, a, "list", "mwc", query="?limit=500")
         name = "pod-policy-injector"
         hook = {
             "name": "inject.pod-policy.io",
@@ -2689,9 +2873,9 @@ class _Attacks:
             None,
             name,
             code=201,
-            rq=body,
-            rs=resp,
-            q="?fieldManager=kubectl-client-side-apply&fieldValidation=Strict",
+            request_object=body,
+            response_object=resp,
+            query="?fieldManager=kubectl-client-side-apply&fieldValidation=Strict",
         )
         t = self.step(t, 1, 5)
         f.req(t, a, "get", "mwc", None, name)
@@ -2703,7 +2887,7 @@ class _Attacks:
         )
 
     def permission_enumeration(self) -> None:
-        f, w = self.f, self.w
+        f, w = self.factory, self.world
         pod = next(p for p in w.pods if p.app == "catalog-indexer")
         user = _sa_user("catalog", "default", f.uuid(), pod, w.nodes[pod.node])
         a = _Actor(
@@ -2730,7 +2914,7 @@ class _Attacks:
                 "spec": {"namespace": ns},
                 "status": {"resourceRules": None, "nonResourceRules": None, "incomplete": False},
             }
-            f.req(t, a, "create", "ssrr", code=201, rq=body, ann=review)
+            f.req(t, a, "create", "ssrr", code=201, request_object=body, ann=review)
         checks = [
             ("secrets", "get"),
             ("pods", "create"),
@@ -2752,7 +2936,7 @@ class _Attacks:
                 "spec": {"resourceAttributes": attrs},
                 "status": {"allowed": False},
             }
-            f.req(t, a, "create", "ssar", code=201, rq=body, ann=review)
+            f.req(t, a, "create", "ssar", code=201, request_object=body, ann=review)
         targets = [
             "secrets",
             "pods",
@@ -2766,18 +2950,18 @@ class _Attacks:
         spaces = ["kube-system", "default", "catalog", "payments", "monitoring", "argocd"]
         for res in ("nodes", "namespaces", "clusterroles", "clusterrolebindings", "crds", "pvs"):
             t = self.step(t, 0.3, 4)
-            f.req(t, a, "list", res, q="?limit=500", code=403)
+            f.req(t, a, "list", res, query="?limit=500", code=403)
         for ns in spaces:
             picks = self.rnd.sample(targets, 5)
             for res in picks:
                 t = self.step(t, 0.3, 4)
-                f.req(t, a, "list", res, ns, q="?limit=500", code=403)
+                f.req(t, a, "list", res, ns, query="?limit=500", code=403)
         self.record(
             "permission_enumeration", a.username, mark, {"source_ips": a.ips, "user_agent": a.ua}
         )
 
     def privileged_workload(self) -> None:
-        f, w = self.f, self.w
+        f, w = self.factory, self.world
         t = self.when(15 * 60 * _US)
         a = self._human("privileged_workload", t)
         mark = len(f.buf)
@@ -2851,10 +3035,10 @@ class _Attacks:
             "default",
             name,
             code=201,
-            rq=body,
-            rs=resp,
+            request_object=body,
+            response_object=resp,
             ann=ann,
-            q="?fieldManager=kubectl-run",
+            query="?fieldManager=kubectl-run",
         )
         for _ in range(3):
             t = self.step(t, 1, 4)
@@ -2871,7 +3055,7 @@ class _Attacks:
             "attach",
             code=101,
             level="Request",
-            q="?container=debugger&stdin=true&stdout=true&tty=true",
+            query="?container=debugger&stdin=true&stdout=true&tty=true",
             dur=dur,
         )
         self.record(
@@ -2882,19 +3066,30 @@ class _Attacks:
         )
 
     def token_for_privileged_sa(self) -> None:
-        f = self.f
+        f = self.factory
         h = self.cast["token_for_privileged_sa"]
         t = self.when(10 * 60 * _US, h.tz, night=self.rnd.random() < 0.5)
         a = self._human("token_for_privileged_sa", t, new_ip=self.outside_ip("104.244.72"))
         mark = len(f.buf)
-        f.req(t, a, "list", "serviceaccounts", "kube-system", q="?limit=500")
+        f.req(t, a, "list", "serviceaccounts", "kube-system", query="?limit=500")
         sa = "clusterrole-aggregation-controller"
         t = self.step(t, 10, 60)
         f.req(t, a, "get", "serviceaccounts", "kube-system", sa)
         rq, rs = f.token_request(t, "kube-system", sa, 86400, None)
         rq["spec"]["expirationSeconds"] = 86400
         t = self.step(t, 5, 30)
-        f.req(t, a, "create", "serviceaccounts", "kube-system", sa, "token", code=201, rq=rq, rs=rs)
+        f.req(
+            t,
+            a,
+            "create",
+            "serviceaccounts",
+            "kube-system",
+            sa,
+            "token",
+            code=201,
+            request_object=rq,
+            response_object=rs,
+        )
         self.record(
             "token_for_privileged_sa",
             principal_of(a.user),
@@ -2913,15 +3108,15 @@ def default_end() -> datetime:
     return datetime.now(UTC).replace(second=0, microsecond=0)
 
 
-def _us(dt: datetime) -> int:
-    if dt.tzinfo is None:
-        raise ValueError(f"datetime must be timezone-aware (UTC), got naive {dt!r}")
-    delta = dt - datetime(1970, 1, 1, tzinfo=UTC)
+def _us(moment: datetime) -> int:
+    if moment.tzinfo is None:
+        raise ValueError(f"datetime must be timezone-aware (UTC), got naive {moment!r}")
+    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
     return (delta.days * 86400 + delta.seconds) * _US + delta.microseconds
 
 
-def _iso(us: int) -> str:
-    return datetime.fromtimestamp(us / _US, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def _iso(at_us: int) -> str:
+    return datetime.fromtimestamp(at_us / _US, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass(slots=True)
@@ -3121,9 +3316,9 @@ def _gzip_writer(path: Path) -> gzip.GzipFile:
     return gzip.GzipFile(filename="", mode="wb", fileobj=path.open("wb"), compresslevel=6, mtime=0)
 
 
-def _close_gzip(g: gzip.GzipFile) -> None:
-    raw = g.fileobj
-    g.close()
+def _close_gzip(stream: gzip.GzipFile) -> None:
+    raw = stream.fileobj
+    stream.close()
     if raw is not None:
         raw.close()
 
@@ -3341,7 +3536,7 @@ class _FirehoseWriter(_Writer):
         for s, items in by_stream.items():
             for i in range(0, len(items), self.RECORD):
                 chunks.append((items[i][0], s, items[i : i + self.RECORD]))
-        chunks.sort(key=lambda c: (c[0], c[1]))
+        chunks.sort(key=lambda chunk: (chunk[0], chunk[1]))
         parts.extend(self._record(s, items) for _, s, items in chunks)
         arrival = first_ts + self.BUFFER_US
         tm = time.gmtime(arrival // _US)
