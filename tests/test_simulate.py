@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
-from detector.simulate.traffic import (
+from detector.simulate import (
     FORMATS,
     SCENARIOS,
     default_end,
