@@ -24,9 +24,10 @@ import orjson
 from detector.simulate.actors import ACCOUNT_ID, HEX_DIGITS, US
 from detector.simulate.factory import EventFactory
 from detector.simulate.simulation import EventBatch, default_end, simulate
+from detector.sources import formats
 
-#: Output formats understood by :func:`write_simulation`.
-FORMATS = ("ndjson", "cloudwatch-json", "export-gz", "firehose")
+#: Output formats understood by :func:`write_simulation`: every input format ingest reads.
+FORMATS = formats.INPUT_FORMATS
 
 # --------------------------------------------------------------------------------------------
 # Writers
@@ -67,8 +68,8 @@ class SimulationSummary:
 
 
 def _gzip_writer(path: Path) -> gzip.GzipFile:
-    """A gzip stream with no name and mtime 0 in its header, so output is byte-reproducible."""
-    return gzip.GzipFile(filename="", mode="wb", fileobj=path.open("wb"), compresslevel=6, mtime=0)
+    """A reproducible gzip stream into a new file (see :func:`formats.gzip_stream`)."""
+    return formats.gzip_stream(path.open("wb"))
 
 
 def _close_gzip(stream: gzip.GzipFile) -> None:
@@ -81,11 +82,6 @@ def _close_gzip(stream: gzip.GzipFile) -> None:
 def _event_id(ts_ms: int, rnd: random.Random) -> str:
     """A CloudWatch-Logs-like 56-digit event id (time-ordered prefix, random tail)."""
     return f"{ts_ms:013d}{rnd.getrandbits(142) % 10**43:043d}"
-
-
-def _iso_ms(ts_ms: int) -> str:
-    s, ms = divmod(ts_ms, 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s)) + f".{ms:03d}Z"
 
 
 class _Writer:
@@ -119,7 +115,7 @@ class _NdjsonWriter(_Writer):
         else:
             for line in lines:
                 write(line)
-                write(b"\n")
+                write(formats.NDJSON_LINE_END)
 
     def close(self) -> None:
         self.fh.close()  # closes the gzip stream (writing its trailer) or the file
@@ -131,7 +127,7 @@ class _CloudWatchWriter(_Writer):
     """Pages of ``aws logs filter-log-events --interleaved`` output, 10,000 events each
     (``page-0001.json`` ...; ``.json.gz`` when ``gz``: same JSON, gzip-compressed)."""
 
-    PAGE = 10_000
+    PAGE = formats.MAX_PAGE_EVENTS
 
     def __init__(self, out: Path, streams: list[str], seed: int, gz: bool) -> None:
         self.dir = out / "cloudwatch"
@@ -144,38 +140,25 @@ class _CloudWatchWriter(_Writer):
 
     def add(self, batch: EventBatch, lines: list[bytes] | None, ids: list[str]) -> None:
         assert lines is not None
-        dumps = orjson.dumps
-        for line, ts, s, eid in zip(lines, batch.times_us, batch.streams, ids, strict=True):
+        dumps, event = orjson.dumps, formats.cloudwatch_event
+        for line, ts_us, stream, event_id in zip(
+            lines, batch.times_us, batch.streams, ids, strict=True
+        ):
             if len(self.page) >= self.PAGE:
                 self._flush(last=False)
-            ms = ts // 1000
+            ms = ts_us // 1000
+            # CloudWatch ingests an event 0.6 to 4.6 s after the API server logged it.
+            ingested = ms + 600 + self.rnd.randrange(4000)
             self.page.append(
-                dumps(
-                    {
-                        "logStreamName": self.streams[s],
-                        "timestamp": ms,
-                        "message": line.decode(),
-                        "ingestionTime": ms + 600 + self.rnd.randrange(4000),
-                        "eventId": eid,
-                    }
-                )
+                dumps(event(self.streams[stream], ms, line.decode(), ingested, event_id))
             )
 
     def _flush(self, last: bool) -> None:
-        n = len(self.files) + 1
-        path = self.dir / (f"page-{n:04d}.json" + (".gz" if self.gz else ""))
-        searched = b",".join(
-            orjson.dumps({"logStreamName": s, "searchedCompletely": True}) for s in self.streams
-        )
-        tail = b"" if last else b',"nextToken":"' + f"Bf{n:06d}{'A' * 48}".encode() + b'"'
-        doc = b"".join(
-            (
-                b'{"events":[',
-                b",".join(self.page),
-                b'],"searchedLogStreams":[' + searched + b"]" + tail + b"}\n",
-            )
-        )
-        path.write_bytes(gzip.compress(doc, compresslevel=6, mtime=0) if self.gz else doc)
+        number = len(self.files) + 1
+        path = self.dir / (f"page-{number:04d}.json" + (".gz" if self.gz else ""))
+        token = None if last else f"Bf{number:06d}{'A' * 48}"
+        doc = formats.cloudwatch_page(self.page, self.streams, token)
+        path.write_bytes(formats.gzip_bytes(doc) if self.gz else doc)
         self.files.append(path)
         self.page = []
 
@@ -205,10 +188,10 @@ class _ExportWriter(_Writer):
                     part += 1
                 d = self.dir / self.streams[s]
                 d.mkdir(parents=True, exist_ok=True)
-                path = d / f"{part:06d}.gz"
+                path = d / formats.export_object_name(part)
                 self.files.append(path)
                 fh, n = _gzip_writer(path), 0
-            fh.write(_iso_ms(ts // 1000).encode() + b" " + line + b"\n")
+            fh.write(formats.export_line(ts // 1000, line))
             self.open[s] = (fh, n + 1, part)
 
     def close(self) -> None:
@@ -248,41 +231,22 @@ class _FirehoseWriter(_Writer):
             self.window = w
             self.pending.append((ts, s, line, eid))
 
-    def _record(self, stream: int, items: list[tuple[int, int, bytes, str]]) -> bytes:
-        doc = {
-            "messageType": "DATA_MESSAGE",
-            "owner": ACCOUNT_ID,
-            "logGroup": f"/aws/eks/{self.cluster}/cluster",
-            "logStream": self.streams[stream],
-            "subscriptionFilters": [f"eks-audit-{self.cluster}-to-firehose"],
-            "logEvents": [
-                {"id": eid, "timestamp": ts // 1000, "message": line.decode()}
-                for ts, _, line, eid in items
-            ],
-        }
-        return gzip.compress(orjson.dumps(doc), compresslevel=6, mtime=0)
+    def _record(self, stream: int, items: list[tuple[int, int, bytes, str]]) -> dict[str, Any]:
+        return formats.subscription_record(
+            ACCOUNT_ID,
+            formats.eks_log_group(self.cluster),
+            self.streams[stream],
+            [f"eks-audit-{self.cluster}-to-firehose"],
+            ((event_id, ts_us // 1000, line.decode()) for ts_us, _, line, event_id in items),
+        )
 
     def _flush(self) -> None:
         if not self.pending:
             return
         first_ts = self.pending[0][0]
-        parts: list[bytes] = []
+        records: list[dict[str, Any]] = []
         if self.first:
-            control = {
-                "messageType": "CONTROL_MESSAGE",
-                "owner": "CloudwatchLogs",
-                "logGroup": "",
-                "logStream": "",
-                "subscriptionFilters": [],
-                "logEvents": [
-                    {
-                        "id": "",
-                        "timestamp": first_ts // 1000,
-                        "message": "CWL CONTROL MESSAGE: Checking health of destination Firehose.",
-                    }
-                ],
-            }
-            parts.append(gzip.compress(orjson.dumps(control), compresslevel=6, mtime=0))
+            records.append(formats.control_record(first_ts // 1000))
             self.first = False
         by_stream: dict[int, list[tuple[int, int, bytes, str]]] = {}
         for item in self.pending:
@@ -292,7 +256,7 @@ class _FirehoseWriter(_Writer):
             for i in range(0, len(items), self.RECORD):
                 chunks.append((items[i][0], s, items[i : i + self.RECORD]))
         chunks.sort(key=lambda chunk: (chunk[0], chunk[1]))
-        parts.extend(self._record(s, items) for _, s, items in chunks)
+        records.extend(self._record(stream, items) for _, stream, items in chunks)
         arrival = first_ts + self.BUFFER_US
         tm = time.gmtime(arrival // US)
         d = self.out / time.strftime("%Y/%m/%d/%H", tm)
@@ -301,7 +265,7 @@ class _FirehoseWriter(_Writer):
         uid = f"{uid[:8]}-{uid[8:12]}-{uid[12:16]}-{uid[16:20]}-{uid[20:]}"
         stamp = time.strftime("%Y-%m-%d-%H-%M-%S", tm)
         path = d / f"eks-audit-{self.cluster}-1-{stamp}-{uid}.gz"
-        path.write_bytes(b"".join(parts))
+        path.write_bytes(formats.firehose_object(records))
         self.files.append(path)
         self.pending = []
 
