@@ -290,7 +290,8 @@ class EventFactory:
             return {
                 "metadata": {},
                 "status": "Failure",
-                "message": f"Operation cannot be fulfilled on {resource.resource}.{resource.group or 'core'} "
+                "message": "Operation cannot be fulfilled on "
+                f"{resource.resource}.{resource.group or 'core'} "
                 f'"{name}": the object has been modified; please apply your changes to the '
                 "latest version and try again",
                 "reason": "Conflict",

@@ -59,7 +59,7 @@ EXPORT_GZ = "export-gz"
 FIREHOSE = "firehose"
 #: Every concrete format, in the order the docs list them.
 INPUT_FORMATS = (NDJSON, CLOUDWATCH_JSON, EXPORT_GZ, FIREHOSE)
-#: Readers only: guess the format from the first bytes (:func:`~detector.sources.files.sniff_format`).
+#: Readers only: guess the format from the first bytes (see ``files.sniff_format``).
 AUTO = "auto"
 
 # --------------------------------------------------------------------------- gzip
