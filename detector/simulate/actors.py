@@ -208,8 +208,8 @@ def iam_user(
 
 
 def controller_actor(controller: str) -> Actor:
-    a = _CONTROLLER_ACTORS.get(controller)
-    if a is None:
+    actor = _CONTROLLER_ACTORS.get(controller)
+    if actor is None:
         user = {
             "username": f"system:serviceaccount:kube-system:{controller}",
             "uid": stable_uuid(controller),
@@ -227,10 +227,10 @@ def controller_actor(controller: str) -> Actor:
             f"kube-controller-manager/{EKS_VERSION} (linux/amd64) kubernetes/{K8S_GIT}/"
             f"system:serviceaccount:kube-system:{controller}"
         )
-        a = _CONTROLLER_ACTORS[controller] = Actor(
+        actor = _CONTROLLER_ACTORS[controller] = Actor(
             user, ["10.0.137.24"], ua, allow_annotations(reason)
         )
-    return a
+    return actor
 
 
 def stable_uuid(name: str) -> str:

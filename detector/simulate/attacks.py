@@ -124,10 +124,10 @@ class AttackScenarios:
         rnd = self.rnd
         if night and utc_offset is not None:
             for _ in range(200):
-                t = lo + int(rnd.random() * (hi - lo))
-                hour = ((t + utc_offset * HOUR_US) % DAY_US) // HOUR_US
+                at_us = lo + int(rnd.random() * (hi - lo))
+                hour = ((at_us + utc_offset * HOUR_US) % DAY_US) // HOUR_US
                 if hour < 6 or hour >= 22:
-                    return t
+                    return at_us
         return lo + int(rnd.random() * (hi - lo))
 
     def step(self, at_us: int, low: float, high: float) -> int:
@@ -165,8 +165,12 @@ class AttackScenarios:
 
     def run(self, names: Iterable[str]) -> None:
         humans = self.world.humans
-        admins = [h for h in humans if h.kind == "admin"]
-        devs = [h for h in humans if h.kind == "developer" and h.join_us <= self.start_us]
+        admins = [human for human in humans if human.kind == "admin"]
+        devs = [
+            human
+            for human in humans
+            if human.kind == "developer" and human.join_us <= self.start_us
+        ]
         self.rnd.shuffle(admins)
         self.rnd.shuffle(devs)
         self.cast = {
@@ -188,58 +192,71 @@ class AttackScenarios:
     ) -> Actor:
         """The cast human's identity at ``t`` with fresh credentials; the day's usual address
         unless ``new_ip`` is given."""
-        h = self.cast[name]
+        human = self.cast[name]
         key = "ASIA" + "".join(self.rnd.choices(BASE32_ALPHABET, k=16))
         if new_ip is None:
-            day = (at_us + h.tz * HOUR_US) // DAY_US
-            _, usual = self.world.human_actor(h, day)
+            day = (at_us + human.tz * HOUR_US) // DAY_US
+            _, usual = self.world.human_actor(human, day)
             ips = [usual.ips[0]]
         else:
             ips = [new_ip]
-        return self.world.make_human_actor(h, key, ips, ua)
+        return self.world.make_human_actor(human, key, ips, ua)
 
     # -- the scenarios ------------------------------------------------------------------------
     def stolen_sa_token(self) -> None:
-        f, w = self.factory, self.world
-        pod = next(p for p in w.pods if p.app == "payments-api")
-        real = w.pod_actor[pod.name]
-        a = Actor(real.user, [self.outside_ip("185.220.101")], "python-requests/2.32.3", real.allow)
-        mark = len(f.buf)
-        t = self.when(15 * 60 * US)
+        factory, world = self.factory, self.world
+        pod = next(p for p in world.pods if p.app == "payments-api")
+        real = world.pod_actor[pod.name]
+        actor = Actor(
+            real.user, [self.outside_ip("185.220.101")], "python-requests/2.32.3", real.allow
+        )
+        mark = len(factory.buf)
+        at_us = self.when(15 * 60 * US)
         disc = allow_annotations(DISCOVERY_REASON)
-        f.req(t, a, "get", uri="/api", level="Metadata", ann=disc)
-        t = self.step(t, 0.5, 3)
-        f.req(t, a, "get", uri="/apis", level="Metadata", ann=disc)
-        t = self.step(t, 3, 20)
-        f.req(t, a, "list", "secrets", "payments")
+        factory.req(at_us, actor, "get", uri="/api", level="Metadata", ann=disc)
+        at_us = self.step(at_us, 0.5, 3)
+        factory.req(at_us, actor, "get", uri="/apis", level="Metadata", ann=disc)
+        at_us = self.step(at_us, 3, 20)
+        factory.req(at_us, actor, "list", "secrets", "payments")
         for name in ("payments-api-secrets", "payments-worker-secrets", "payments-db"):
-            t = self.step(t, 1, 8)
-            f.req(
-                t, a, "get", "secrets", "payments", name, code=404 if name == "payments-db" else 200
+            at_us = self.step(at_us, 1, 8)
+            factory.req(
+                at_us,
+                actor,
+                "get",
+                "secrets",
+                "payments",
+                name,
+                code=404 if name == "payments-db" else 200,
             )
         others = [ns for ns in ALL_NAMESPACES if ns not in ("payments", "kube-node-lease")]
         self.rnd.shuffle(others)
         for ns in others:
-            t = self.step(t, 2, 25)
+            at_us = self.step(at_us, 2, 25)
             if ns == "checkout":
-                f.req(t, a, "list", "secrets", ns)
-                t = self.step(t, 1, 5)
-                f.req(t, a, "get", "secrets", ns, "checkout-api-secrets")
+                factory.req(at_us, actor, "list", "secrets", ns)
+                at_us = self.step(at_us, 1, 5)
+                factory.req(at_us, actor, "get", "secrets", ns, "checkout-api-secrets")
             else:
-                f.req(t, a, "list", "secrets", ns, code=403)
-        t = self.step(t, 2, 20)
-        f.req(t, a, "list", "secrets", code=403)
-        t = self.step(t, 1, 10)
-        f.req(t, a, "list", "namespaces", code=403)
-        self.record("stolen_sa_token", a.username, mark, {"source_ips": a.ips, "user_agent": a.ua})
+                factory.req(at_us, actor, "list", "secrets", ns, code=403)
+        at_us = self.step(at_us, 2, 20)
+        factory.req(at_us, actor, "list", "secrets", code=403)
+        at_us = self.step(at_us, 1, 10)
+        factory.req(at_us, actor, "list", "namespaces", code=403)
+        self.record(
+            "stolen_sa_token",
+            actor.username,
+            mark,
+            {"source_ips": actor.ips, "user_agent": actor.ua},
+        )
 
     def cluster_admin_binding(self) -> None:
-        f = self.factory
-        h = self.cast["cluster_admin_binding"]
-        t = self.when(10 * 60 * US, h.tz, night=True)
-        a = self._human(
+        factory = self.factory
+        human = self.cast["cluster_admin_binding"]
+        at_us = self.when(10 * 60 * US, human.tz, night=True)
+        actor = self._human(
             "cluster_admin_binding",
-            t,
+            at_us,
             new_ip=self.outside_ip("91.219.236"),
             ua=f"kubectl/v1.31.2 (linux/amd64) kubernetes/{KUBECTL_GIT}",
         )
@@ -247,12 +264,12 @@ class AttackScenarios:
             'RBAC: allowed by ClusterRoleBinding "developers-rbac" of ClusterRole "rbac-manager" '
             'to Group "developers"'
         )
-        mark = len(f.buf)
-        f.req(t, a, "list", "clusterrolebindings", query="?limit=500", ann=reason)
-        t = self.step(t, 5, 60)
-        f.req(t, a, "get", "clusterroles", None, "cluster-admin", ann=reason)
-        name = f"{h.session}-cluster-admin"
-        subject = a.username
+        mark = len(factory.buf)
+        factory.req(at_us, actor, "list", "clusterrolebindings", query="?limit=500", ann=reason)
+        at_us = self.step(at_us, 5, 60)
+        factory.req(at_us, actor, "get", "clusterroles", None, "cluster-admin", ann=reason)
+        name = f"{human.session}-cluster-admin"
+        subject = actor.username
         body = rolebinding_body(
             name,
             None,
@@ -260,17 +277,17 @@ class AttackScenarios:
             "cluster-admin",
             [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": subject}],
         )
-        t = self.step(t, 20, 90)
+        at_us = self.step(at_us, 20, 90)
         resp = rolebinding_body(name, None, "ClusterRole", "cluster-admin", body["subjects"])
         resp["metadata"] = {
             "name": name,
-            "uid": f.uuid(),
+            "uid": factory.uuid(),
             "resourceVersion": "2918811",
-            "creationTimestamp": f.ts(t)[:19] + "Z",
+            "creationTimestamp": factory.ts(at_us)[:19] + "Z",
         }
-        f.req(
-            t,
-            a,
+        factory.req(
+            at_us,
+            actor,
             "create",
             "clusterrolebindings",
             None,
@@ -285,26 +302,26 @@ class AttackScenarios:
             f'RBAC: allowed by ClusterRoleBinding "{name}" of ClusterRole "cluster-admin" to '
             f'User "{subject}"'
         )
-        t = self.step(t, 10, 40)
-        f.req(t, a, "list", "secrets", "kube-system", query="?limit=500", ann=admin)
-        t = self.step(t, 5, 30)
-        f.req(t, a, "list", "pods", query="?limit=500", ann=admin)
+        at_us = self.step(at_us, 10, 40)
+        factory.req(at_us, actor, "list", "secrets", "kube-system", query="?limit=500", ann=admin)
+        at_us = self.step(at_us, 5, 30)
+        factory.req(at_us, actor, "list", "pods", query="?limit=500", ann=admin)
         self.record(
             "cluster_admin_binding",
-            principal_of(a.user),
+            principal_of(actor.user),
             mark,
-            {"source_ips": a.ips, "user_agent": a.ua},
+            {"source_ips": actor.ips, "user_agent": actor.ua},
         )
 
     def aws_auth_edit(self) -> None:
-        f, w = self.factory, self.world
-        h = self.cast["aws_auth_edit"]
-        t = self.when(10 * 60 * US, h.tz, night=True)
-        a = self._human("aws_auth_edit", t)
-        mark = len(f.buf)
-        f.req(t, a, "get", "configmaps", "kube-system", "aws-auth")
+        factory, world = self.factory, self.world
+        human = self.cast["aws_auth_edit"]
+        at_us = self.when(10 * 60 * US, human.tz, night=True)
+        actor = self._human("aws_auth_edit", at_us)
+        mark = len(factory.buf)
+        factory.req(at_us, actor, "get", "configmaps", "kube-system", "aws-auth")
         roles = (
-            f"- rolearn: arn:aws:iam::{ACCOUNT_ID}:role/{w.node_role}\n"
+            f"- rolearn: arn:aws:iam::{ACCOUNT_ID}:role/{world.node_role}\n"
             "  username: system:node:{{EC2PrivateDNSName}}\n  groups:\n"
             "  - system:bootstrappers\n  - system:nodes\n"
             f"- rolearn: arn:aws:iam::{ACCOUNT_ID}:role/eng-admin\n  username: eng-admin\n"
@@ -319,7 +336,7 @@ class AttackScenarios:
         meta = {
             "name": "aws-auth",
             "namespace": "kube-system",
-            "uid": f.uuid(),
+            "uid": factory.uuid(),
             "resourceVersion": "2917740",
         }
         body = {
@@ -334,10 +351,10 @@ class AttackScenarios:
             "metadata": {**meta, "resourceVersion": "2919307"},
             "data": {"mapRoles": roles + backdoor},
         }
-        t = self.step(t, 40, 180)
-        f.req(
-            t,
-            a,
+        at_us = self.step(at_us, 40, 180)
+        factory.req(
+            at_us,
+            actor,
             "update",
             "configmaps",
             "kube-system",
@@ -346,19 +363,22 @@ class AttackScenarios:
             response_object=resp,
             query="?fieldManager=kubectl-edit&fieldValidation=Strict",
         )
-        t = self.step(t, 5, 30)
-        f.req(t, a, "get", "configmaps", "kube-system", "aws-auth")
+        at_us = self.step(at_us, 5, 30)
+        factory.req(at_us, actor, "get", "configmaps", "kube-system", "aws-auth")
         self.record(
-            "aws_auth_edit", principal_of(a.user), mark, {"source_ips": a.ips, "user_agent": a.ua}
+            "aws_auth_edit",
+            principal_of(actor.user),
+            mark,
+            {"source_ips": actor.ips, "user_agent": actor.ua},
         )
 
     def anonymous_probing(self) -> None:
-        f = self.factory
+        factory = self.factory
         ip = self.outside_ip("45.155.205")
         user = {"username": "system:anonymous", "groups": ["system:unauthenticated"]}
-        a = Actor(user, [ip], "Mozilla/5.0 zgrab/0.x", allow_annotations(PUBLIC_INFO_REASON))
-        mark = len(f.buf)
-        t = self.when(8 * 60 * US)
+        actor = Actor(user, [ip], "Mozilla/5.0 zgrab/0.x", allow_annotations(PUBLIC_INFO_REASON))
+        mark = len(factory.buf)
+        at_us = self.when(8 * 60 * US)
         probes: list[tuple[str, str | None, str | None, int]] = [
             ("/", None, None, 403),
             ("/version", None, None, 200),
@@ -387,10 +407,10 @@ class AttackScenarios:
         ]
         uas = ("Mozilla/5.0 zgrab/0.x", "python-requests/2.31.0", "curl/7.88.1")
         for i, (uri, res, ns, code) in enumerate(probes):
-            t = self.step(t, 0.2, 12)
+            at_us = self.step(at_us, 0.2, 12)
             ua = uas[0] if i < 6 else uas[1 + int(self.rnd.random() * 2)]
             verb = "list" if res else "get"
-            f.req(t, a, verb, res, ns, uri=uri, code=code, ua=ua, level="Metadata")
+            factory.req(at_us, actor, verb, res, ns, uri=uri, code=code, ua=ua, level="Metadata")
         self.record(
             "anonymous_probing",
             "system:anonymous",
@@ -399,73 +419,76 @@ class AttackScenarios:
         )
 
     def exec_kube_system(self) -> None:
-        f, w = self.factory, self.world
-        h = self.cast["exec_kube_system"]
+        factory, world = self.factory, self.world
+        human = self.cast["exec_kube_system"]
         # Leave room for the delete_events follow-up by the same principal.
-        t = self.when(35 * 60 * US, h.tz, night=self.rnd.random() < 0.5)
-        a = self._human("exec_kube_system", t)
-        mark = len(f.buf)
-        f.req(t, a, "list", "pods", "kube-system", query="?limit=500")
-        p = next(p for p in w.pods if p.app == "aws-node")
-        t = self.step(t, 5, 40)
-        f.req(t, a, "get", "pods", "kube-system", p.name)
-        t = self.step(t, 2, 10)
+        at_us = self.when(35 * 60 * US, human.tz, night=self.rnd.random() < 0.5)
+        actor = self._human("exec_kube_system", at_us)
+        mark = len(factory.buf)
+        factory.req(at_us, actor, "list", "pods", "kube-system", query="?limit=500")
+        pod = next(pod for pod in world.pods if pod.app == "aws-node")
+        at_us = self.step(at_us, 5, 40)
+        factory.req(at_us, actor, "get", "pods", "kube-system", pod.name)
+        at_us = self.step(at_us, 2, 10)
         dur = int((60 + self.rnd.random() * 240) * US)
-        f.req(
-            t,
-            a,
+        factory.req(
+            at_us,
+            actor,
             "create",
             "pods",
             "kube-system",
-            p.name,
+            pod.name,
             "exec",
             code=101,
             level="Request",
             query="?command=sh&container=aws-node&stdin=true&stdout=true&tty=true",
             dur=dur,
         )
-        self.exec_actor = a
-        self.exec_end = t + dur
+        self.exec_actor = actor
+        self.exec_end = at_us + dur
         self.record(
             "exec_kube_system",
-            principal_of(a.user),
+            principal_of(actor.user),
             mark,
-            {"source_ips": a.ips, "user_agent": a.ua},
+            {"source_ips": actor.ips, "user_agent": actor.ua},
         )
 
     def delete_events(self) -> None:
-        f = self.factory
-        a = getattr(self, "exec_actor", None)
-        if a is None:
+        factory = self.factory
+        actor = getattr(self, "exec_actor", None)
+        if actor is None:
             self.cast.setdefault("delete_events", self.cast["exec_kube_system"])
-            t = self.when(10 * 60 * US)
-            a = self._human("exec_kube_system", t)
+            at_us = self.when(10 * 60 * US)
+            actor = self._human("exec_kube_system", at_us)
         else:
-            t = self.exec_end + int((60 + self.rnd.random() * 400) * US)
-        mark = len(f.buf)
-        f.req(t, a, "list", "events", "kube-system", query="?limit=500")
-        t = self.step(t, 10, 60)
-        f.req(t, a, "deletecollection", "events", "kube-system")
-        t = self.step(t, 3, 20)
-        f.req(t, a, "list", "events", "kube-system", query="?limit=500")
+            at_us = self.exec_end + int((60 + self.rnd.random() * 400) * US)
+        mark = len(factory.buf)
+        factory.req(at_us, actor, "list", "events", "kube-system", query="?limit=500")
+        at_us = self.step(at_us, 10, 60)
+        factory.req(at_us, actor, "deletecollection", "events", "kube-system")
+        at_us = self.step(at_us, 3, 20)
+        factory.req(at_us, actor, "list", "events", "kube-system", query="?limit=500")
         self.record(
-            "delete_events", principal_of(a.user), mark, {"source_ips": a.ips, "user_agent": a.ua}
+            "delete_events",
+            principal_of(actor.user),
+            mark,
+            {"source_ips": actor.ips, "user_agent": actor.ua},
         )
 
     def webhook_registration(self) -> None:
-        f, w = self.factory, self.world
+        factory, world = self.factory, self.world
         run = 9000 + self.rnd.randrange(900)
         key = "ASIA" + "".join(self.rnd.choices(BASE32_ALPHABET, k=16))
-        a = ci_actor(w, f"gha-{run}", self.outside_ip("193.142.146"), key)
-        mark = len(f.buf)
-        t = self.when(10 * 60 * US, -5, night=True)
-        f.req(t, a, "list", "mwc", query="?limit=500")
+        actor = ci_actor(world, f"gha-{run}", self.outside_ip("193.142.146"), key)
+        mark = len(factory.buf)
+        at_us = self.when(10 * 60 * US, -5, night=True)
+        factory.req(at_us, actor, "list", "mwc", query="?limit=500")
         name = "pod-policy-injector"
         hook = {
             "name": "inject.pod-policy.io",
             "clientConfig": {
                 "url": "https://pod-policy.example.net:8443/mutate",
-                "caBundle": f.b64(48),
+                "caBundle": factory.b64(48),
             },
             "rules": [
                 {
@@ -491,15 +514,15 @@ class AttackScenarios:
             **body,
             "metadata": {
                 "name": name,
-                "uid": f.uuid(),
+                "uid": factory.uuid(),
                 "resourceVersion": "2920071",
-                "creationTimestamp": f.ts(t)[:19] + "Z",
+                "creationTimestamp": factory.ts(at_us)[:19] + "Z",
             },
         }
-        t = self.step(t, 5, 40)
-        f.req(
-            t,
-            a,
+        at_us = self.step(at_us, 5, 40)
+        factory.req(
+            at_us,
+            actor,
             "create",
             "mwc",
             None,
@@ -509,20 +532,22 @@ class AttackScenarios:
             response_object=resp,
             query="?fieldManager=kubectl-client-side-apply&fieldValidation=Strict",
         )
-        t = self.step(t, 1, 5)
-        f.req(t, a, "get", "mwc", None, name)
+        at_us = self.step(at_us, 1, 5)
+        factory.req(at_us, actor, "get", "mwc", None, name)
         self.record(
             "webhook_registration",
-            principal_of(a.user),
+            principal_of(actor.user),
             mark,
-            {"source_ips": a.ips, "user_agent": a.ua},
+            {"source_ips": actor.ips, "user_agent": actor.ua},
         )
 
     def permission_enumeration(self) -> None:
-        f, w = self.factory, self.world
-        pod = next(p for p in w.pods if p.app == "catalog-indexer")
-        user = service_account_user("catalog", "default", f.uuid(), pod, w.nodes[pod.node])
-        a = Actor(
+        factory, world = self.factory, self.world
+        pod = next(p for p in world.pods if p.app == "catalog-indexer")
+        user = service_account_user(
+            "catalog", "default", factory.uuid(), pod, world.nodes[pod.node]
+        )
+        actor = Actor(
             user,
             [pod.ip],
             f"kubectl/v1.31.2 (linux/amd64) kubernetes/{KUBECTL_GIT}",
@@ -532,13 +557,13 @@ class AttackScenarios:
             'RBAC: allowed by ClusterRoleBinding "system:basic-user" of ClusterRole '
             '"system:basic-user" to Group "system:authenticated"'
         )
-        mark = len(f.buf)
-        t = self.when(12 * 60 * US)
-        f.req(t, a, "get", uri="/api?timeout=32s", level="Metadata")
-        t = self.step(t, 0.1, 0.5)
-        f.req(t, a, "get", uri="/apis?timeout=32s", level="Metadata")
+        mark = len(factory.buf)
+        at_us = self.when(12 * 60 * US)
+        factory.req(at_us, actor, "get", uri="/api?timeout=32s", level="Metadata")
+        at_us = self.step(at_us, 0.1, 0.5)
+        factory.req(at_us, actor, "get", uri="/apis?timeout=32s", level="Metadata")
         for ns in ("catalog", "default", "kube-system", "payments"):
-            t = self.step(t, 1, 6)
+            at_us = self.step(at_us, 1, 6)
             body = {
                 "kind": "SelfSubjectRulesReview",
                 "apiVersion": "authorization.k8s.io/v1",
@@ -546,7 +571,7 @@ class AttackScenarios:
                 "spec": {"namespace": ns},
                 "status": {"resourceRules": None, "nonResourceRules": None, "incomplete": False},
             }
-            f.req(t, a, "create", "ssrr", code=201, request_object=body, ann=review)
+            factory.req(at_us, actor, "create", "ssrr", code=201, request_object=body, ann=review)
         checks = [
             ("secrets", "get"),
             ("pods", "create"),
@@ -556,7 +581,7 @@ class AttackScenarios:
             ("serviceaccounts/token", "create"),
         ]
         for res, verb in checks:
-            t = self.step(t, 0.5, 3)
+            at_us = self.step(at_us, 0.5, 3)
             resource, _, sub = res.partition("/")
             attrs: dict[str, Any] = {"namespace": "kube-system", "verb": verb, "resource": resource}
             if sub:
@@ -568,7 +593,7 @@ class AttackScenarios:
                 "spec": {"resourceAttributes": attrs},
                 "status": {"allowed": False},
             }
-            f.req(t, a, "create", "ssar", code=201, request_object=body, ann=review)
+            factory.req(at_us, actor, "create", "ssar", code=201, request_object=body, ann=review)
         targets = [
             "secrets",
             "pods",
@@ -581,24 +606,27 @@ class AttackScenarios:
         ]
         spaces = ["kube-system", "default", "catalog", "payments", "monitoring", "argocd"]
         for res in ("nodes", "namespaces", "clusterroles", "clusterrolebindings", "crds", "pvs"):
-            t = self.step(t, 0.3, 4)
-            f.req(t, a, "list", res, query="?limit=500", code=403)
+            at_us = self.step(at_us, 0.3, 4)
+            factory.req(at_us, actor, "list", res, query="?limit=500", code=403)
         for ns in spaces:
             picks = self.rnd.sample(targets, 5)
             for res in picks:
-                t = self.step(t, 0.3, 4)
-                f.req(t, a, "list", res, ns, query="?limit=500", code=403)
+                at_us = self.step(at_us, 0.3, 4)
+                factory.req(at_us, actor, "list", res, ns, query="?limit=500", code=403)
         self.record(
-            "permission_enumeration", a.username, mark, {"source_ips": a.ips, "user_agent": a.ua}
+            "permission_enumeration",
+            actor.username,
+            mark,
+            {"source_ips": actor.ips, "user_agent": actor.ua},
         )
 
     def privileged_workload(self) -> None:
-        f, w = self.factory, self.world
-        t = self.when(15 * 60 * US)
-        a = self._human("privileged_workload", t)
-        mark = len(f.buf)
-        node = w.nodes[int(self.rnd.random() * 6)]
-        name = f"node-debugger-{f.suffix()}"
+        factory, world = self.factory, self.world
+        at_us = self.when(15 * 60 * US)
+        actor = self._human("privileged_workload", at_us)
+        mark = len(factory.buf)
+        node = world.nodes[int(self.rnd.random() * 6)]
+        name = f"node-debugger-{factory.suffix()}"
         container = {
             "name": "debugger",
             "image": "docker.io/library/alpine:3.20",
@@ -651,17 +679,17 @@ class AttackScenarios:
             "metadata": {
                 "name": name,
                 "namespace": "default",
-                "uid": f.uuid(),
+                "uid": factory.uuid(),
                 "resourceVersion": "2920554",
-                "creationTimestamp": f.ts(t)[:19] + "Z",
+                "creationTimestamp": factory.ts(at_us)[:19] + "Z",
             },
             "spec": spec,
             "status": {"phase": "Pending", "qosClass": "BestEffort"},
         }
-        ann = {**a.allow, "pod-security.kubernetes.io/enforce-policy": "privileged:latest"}
-        f.req(
-            t,
-            a,
+        ann = {**actor.allow, "pod-security.kubernetes.io/enforce-policy": "privileged:latest"}
+        factory.req(
+            at_us,
+            actor,
             "create",
             "pods",
             "default",
@@ -673,13 +701,13 @@ class AttackScenarios:
             query="?fieldManager=kubectl-run",
         )
         for _ in range(3):
-            t = self.step(t, 1, 4)
-            f.req(t, a, "get", "pods", "default", name)
-        t = self.step(t, 1, 5)
+            at_us = self.step(at_us, 1, 4)
+            factory.req(at_us, actor, "get", "pods", "default", name)
+        at_us = self.step(at_us, 1, 5)
         dur = int((120 + self.rnd.random() * 400) * US)
-        f.req(
-            t,
-            a,
+        factory.req(
+            at_us,
+            actor,
             "create",
             "pods",
             "default",
@@ -692,27 +720,27 @@ class AttackScenarios:
         )
         self.record(
             "privileged_workload",
-            principal_of(a.user),
+            principal_of(actor.user),
             mark,
-            {"source_ips": a.ips, "user_agent": a.ua},
+            {"source_ips": actor.ips, "user_agent": actor.ua},
         )
 
     def token_for_privileged_sa(self) -> None:
-        f = self.factory
-        h = self.cast["token_for_privileged_sa"]
-        t = self.when(10 * 60 * US, h.tz, night=self.rnd.random() < 0.5)
-        a = self._human("token_for_privileged_sa", t, new_ip=self.outside_ip("104.244.72"))
-        mark = len(f.buf)
-        f.req(t, a, "list", "serviceaccounts", "kube-system", query="?limit=500")
+        factory = self.factory
+        human = self.cast["token_for_privileged_sa"]
+        at_us = self.when(10 * 60 * US, human.tz, night=self.rnd.random() < 0.5)
+        actor = self._human("token_for_privileged_sa", at_us, new_ip=self.outside_ip("104.244.72"))
+        mark = len(factory.buf)
+        factory.req(at_us, actor, "list", "serviceaccounts", "kube-system", query="?limit=500")
         sa = "clusterrole-aggregation-controller"
-        t = self.step(t, 10, 60)
-        f.req(t, a, "get", "serviceaccounts", "kube-system", sa)
-        rq, rs = f.token_request(t, "kube-system", sa, 86400, None)
+        at_us = self.step(at_us, 10, 60)
+        factory.req(at_us, actor, "get", "serviceaccounts", "kube-system", sa)
+        rq, rs = factory.token_request(at_us, "kube-system", sa, 86400, None)
         rq["spec"]["expirationSeconds"] = 86400
-        t = self.step(t, 5, 30)
-        f.req(
-            t,
-            a,
+        at_us = self.step(at_us, 5, 30)
+        factory.req(
+            at_us,
+            actor,
             "create",
             "serviceaccounts",
             "kube-system",
@@ -724,7 +752,7 @@ class AttackScenarios:
         )
         self.record(
             "token_for_privileged_sa",
-            principal_of(a.user),
+            principal_of(actor.user),
             mark,
-            {"source_ips": a.ips, "user_agent": a.ua},
+            {"source_ips": actor.ips, "user_agent": actor.ua},
         )

@@ -99,8 +99,8 @@ class BenignTraffic:
     def _build(self) -> None:
         """Register every benign process. Shares add up to 1 so that ``rate`` is the average
         total; ``per_call`` is each call's mean number of events (measured)."""
-        w = self.world
-        nodes = w.nodes
+        world = self.world
+        nodes = world.nodes
         # Kubelets: 40% of traffic.
         self._lease(0.13, [(self._node_lease(n), n.join_us) for n in nodes])
         for share, per, fn in (
@@ -147,9 +147,9 @@ class BenignTraffic:
         # CI deploys: 0.6% (a few dozen runs a day at 2 events/s), company hours (UTC-5).
         self._proc(0.006, 12.5, self.ci_deploy, self._ci_profile)
         # Humans: 6%, spread over the engineers present at the start.
-        humans = [h for h in w.humans if h.join_us <= w.start_us]
+        humans = [h for h in world.humans if h.join_us <= world.start_us]
         per_human = 0.06 / len(humans)
-        for h in w.humans:
+        for h in world.humans:
             cmds = ADMIN_COMMANDS if h.kind in ("admin", "platform") else DEVELOPER_COMMANDS
             self._proc(
                 per_human,
@@ -197,10 +197,10 @@ class BenignTraffic:
     # -- kubelets ------------------------------------------------------------------------------
     def _node(self, at_us: int) -> Node:
         nodes = self.world.nodes
-        n = nodes[int(self.rnd.random() * 7)]
-        if n.join_us > at_us:
-            n = nodes[int(self.rnd.random() * 6)]
-        return n
+        node = nodes[int(self.rnd.random() * 7)]
+        if node.join_us > at_us:
+            node = nodes[int(self.rnd.random() * 6)]
+        return node
 
     def _node_lease(self, node: Node) -> Callable[[int], None]:
         def fn(at_us: int) -> None:
@@ -217,15 +217,21 @@ class BenignTraffic:
         return fn
 
     def kubelet_get_node(self, at_us: int) -> None:
-        n = self._node(at_us)
+        node = self._node(at_us)
         self.factory.req(
-            at_us, n.actor, "get", "nodes", None, n.name, query="?resourceVersion=0&timeout=10s"
+            at_us,
+            node.actor,
+            "get",
+            "nodes",
+            None,
+            node.name,
+            query="?resourceVersion=0&timeout=10s",
         )
 
     def kubelet_patch_node_status(self, at_us: int) -> None:
-        n = self._node(at_us)
+        node = self._node(at_us)
         self.factory.req(
-            at_us, n.actor, "patch", "nodes", None, n.name, "status", query="?timeout=10s"
+            at_us, node.actor, "patch", "nodes", None, node.name, "status", query="?timeout=10s"
         )
 
     def _node_pod(self, node: Node) -> Pod | None:
@@ -233,47 +239,47 @@ class BenignTraffic:
         return pods[int(self.rnd.random() * len(pods))] if pods else None
 
     def kubelet_watch_object(self, at_us: int) -> None:
-        n = self._node(at_us)
-        p = self._node_pod(n)
-        if p is None:
+        node = self._node(at_us)
+        pod = self._node_pod(node)
+        if pod is None:
             return
-        f = self.factory
-        if p.secrets and self.rnd.random() < 0.4:
-            res, name = "secrets", p.secrets[0]
+        factory = self.factory
+        if pod.secrets and self.rnd.random() < 0.4:
+            res, name = "secrets", pod.secrets[0]
         else:
-            res, name = "configmaps", p.configmaps[int(self.rnd.random() * len(p.configmaps))]
+            res, name = "configmaps", pod.configmaps[int(self.rnd.random() * len(pod.configmaps))]
         secs = 300 + int(self.rnd.random() * 300)
-        q = f.watch_q(at_us, secs, f"metadata.name%3D{name}")
-        uri = f.path(res, p.ns) + q
-        f.req(at_us, n.actor, "watch", res, p.ns, name, uri=uri, dur=secs * US)
+        q = factory.watch_q(at_us, secs, f"metadata.name%3D{name}")
+        uri = factory.path(res, pod.ns) + q
+        factory.req(at_us, node.actor, "watch", res, pod.ns, name, uri=uri, dur=secs * US)
 
     def kubelet_watch_pods(self, at_us: int) -> None:
-        n = self._node(at_us)
-        f = self.factory
+        node = self._node(at_us)
+        factory = self.factory
         secs = 300 + int(self.rnd.random() * 300)
-        q = f.watch_q(at_us, secs, f"spec.nodeName%3D{n.name}")
-        f.req(at_us, n.actor, "watch", "pods", query=q, dur=secs * US)
+        q = factory.watch_q(at_us, secs, f"spec.nodeName%3D{node.name}")
+        factory.req(at_us, node.actor, "watch", "pods", query=q, dur=secs * US)
 
     def kubelet_patch_pod_status(self, at_us: int) -> None:
-        n = self._node(at_us)
-        p = self._node_pod(n)
-        if p is not None:
-            self.factory.req(at_us, n.actor, "patch", "pods", p.ns, p.name, "status")
+        node = self._node(at_us)
+        pod = self._node_pod(node)
+        if pod is not None:
+            self.factory.req(at_us, node.actor, "patch", "pods", pod.ns, pod.name, "status")
 
     def kubelet_token(self, at_us: int) -> None:
-        n = self._node(at_us)
-        p = self._node_pod(n)
-        if p is None:
+        node = self._node(at_us)
+        pod = self._node_pod(node)
+        if pod is None:
             return
-        f = self.factory
-        rq, rs = f.token_request(at_us, p.ns, p.sa, 3607, p)
-        f.req(
+        factory = self.factory
+        rq, rs = factory.token_request(at_us, pod.ns, pod.sa, 3607, pod)
+        factory.req(
             at_us,
-            n.actor,
+            node.actor,
             "create",
             "serviceaccounts",
-            p.ns,
-            p.sa,
+            pod.ns,
+            pod.sa,
             "token",
             code=201,
             request_object=rq,
@@ -281,28 +287,43 @@ class BenignTraffic:
         )
 
     def kubelet_misc(self, at_us: int) -> None:
-        n = self._node(at_us)
-        f = self.factory
+        node = self._node(at_us)
+        factory = self.factory
         x = self.rnd.random()
         if x < 0.35:
-            f.req(at_us, n.actor, "get", "csinodes", None, n.name)
+            factory.req(at_us, node.actor, "get", "csinodes", None, node.name)
         elif x < 0.6:
             secs = 300 + int(self.rnd.random() * 300)
-            f.req(at_us, n.actor, "watch", "services", query=f.watch_q(at_us, secs), dur=secs * US)
+            factory.req(
+                at_us,
+                node.actor,
+                "watch",
+                "services",
+                query=factory.watch_q(at_us, secs),
+                dur=secs * US,
+            )
         elif x < 0.8:
-            p = self._node_pod(n)
-            if p is not None:
-                f.req(at_us, n.actor, "get", "pods", p.ns, p.name)
+            pod = self._node_pod(node)
+            if pod is not None:
+                factory.req(at_us, node.actor, "get", "pods", pod.ns, pod.name)
         else:
-            f.req(at_us, n.actor, "get", "leases", "kube-node-lease", n.name, query="?timeout=10s")
+            factory.req(
+                at_us,
+                node.actor,
+                "get",
+                "leases",
+                "kube-node-lease",
+                node.name,
+                query="?timeout=10s",
+            )
 
     def node_join(self, at_us: int) -> None:
         """A node joins: CSR approval and privileged daemonset pods (rare but benign)."""
-        w, f = self.world, self.factory
-        n = w.nodes[6]
-        csr = f"csr-{f.suffix()}"
-        f.req(at_us, n.actor, "create", "csrs", None, csr, code=201)
-        f.req(
+        world, factory = self.world, self.factory
+        node = world.nodes[6]
+        csr = f"csr-{factory.suffix()}"
+        factory.req(at_us, node.actor, "create", "csrs", None, csr, code=201)
+        factory.req(
             at_us + 2 * US,
             EKS_ACTORS["eks:certificate-controller"],
             "update",
@@ -312,33 +333,40 @@ class BenignTraffic:
             "approval",
         )
         ctrl = controller_actor("daemon-set-controller")
-        for i, p in enumerate(w.new_node_pods):
+        for i, pod in enumerate(world.new_node_pods):
             body = pod_body(
-                p,
-                f"602401143452.dkr.ecr.{REGION}.amazonaws.com/eks/{p.app}:v1",
-                privileged=p.app in ("aws-node", "kube-proxy", "ebs-csi-node"),
-                host=p.app != "node-exporter",
+                pod,
+                f"602401143452.dkr.ecr.{REGION}.amazonaws.com/eks/{pod.app}:v1",
+                privileged=pod.app in ("aws-node", "kube-proxy", "ebs-csi-node"),
+                host=pod.app != "node-exporter",
             )
             resp = pod_body(
-                p,
+                pod,
                 body["spec"]["containers"][0]["image"],
-                privileged=p.app in ("aws-node", "kube-proxy", "ebs-csi-node"),
-                host=p.app != "node-exporter",
-                uid=p.uid,
+                privileged=pod.app in ("aws-node", "kube-proxy", "ebs-csi-node"),
+                host=pod.app != "node-exporter",
+                uid=pod.uid,
             )
-            f.req(
+            factory.req(
                 at_us + (5 + i) * US,
                 ctrl,
                 "create",
                 "pods",
-                p.ns,
-                p.name,
+                pod.ns,
+                pod.name,
                 code=201,
                 request_object=body,
                 response_object=resp,
             )
-            f.req(
-                at_us + (6 + i) * US, SCHEDULER, "create", "pods", p.ns, p.name, "binding", code=201
+            factory.req(
+                at_us + (6 + i) * US,
+                SCHEDULER,
+                "create",
+                "pods",
+                pod.ns,
+                pod.name,
+                "binding",
+                code=201,
             )
 
     # -- control plane -------------------------------------------------------------------------
@@ -366,26 +394,26 @@ class BenignTraffic:
         return pods[int(self.rnd.random() * len(pods))]
 
     def scheduler_bind(self, at_us: int) -> None:
-        p = self._any_pod()
-        self.factory.req(at_us, SCHEDULER, "create", "pods", p.ns, p.name, "binding", code=201)
+        pod = self._any_pod()
+        self.factory.req(at_us, SCHEDULER, "create", "pods", pod.ns, pod.name, "binding", code=201)
 
     def kcm_controllers(self, at_us: int) -> None:
-        f, rnd = self.factory, self.rnd
+        factory, rnd = self.factory, self.rnd
         x = rnd.random()
         ns = APP_NAMESPACES[int(rnd.random() * len(APP_NAMESPACES))]
         if x < 0.3:
             app = APPS[ns][0][0]
-            f.req(
+            factory.req(
                 at_us,
                 controller_actor("endpointslice-controller"),
                 "update",
                 "endpointslices",
                 ns,
-                f"{app}-{f.suffix()}",
+                f"{app}-{factory.suffix()}",
             )
         elif x < 0.45:
             app = APPS[ns][0][0]
-            f.req(
+            factory.req(
                 at_us,
                 controller_actor("deployment-controller"),
                 "update",
@@ -395,14 +423,14 @@ class BenignTraffic:
                 "status",
             )
         elif x < 0.55:
-            p = self.world.deploy_pods[int(rnd.random() * len(self.world.deploy_pods))]
-            f.req(
+            pod = self.world.deploy_pods[int(rnd.random() * len(self.world.deploy_pods))]
+            factory.req(
                 at_us,
                 controller_actor("replicaset-controller"),
                 "update",
                 "replicasets",
-                p.ns,
-                p.name.rsplit("-", 1)[0],
+                pod.ns,
+                pod.name.rsplit("-", 1)[0],
                 "status",
             )
         elif x < 0.75:
@@ -410,11 +438,16 @@ class BenignTraffic:
             res = ("pods", "replicasets", "deployments", "endpointslices", "jobs", "leases")[
                 int(rnd.random() * 6)
             ]
-            f.req(
-                at_us, CONTROLLER_MANAGER, "watch", res, query=f.watch_q(at_us, secs), dur=secs * US
+            factory.req(
+                at_us,
+                CONTROLLER_MANAGER,
+                "watch",
+                res,
+                query=factory.watch_q(at_us, secs),
+                dur=secs * US,
             )
         elif x < 0.83:
-            f.req(
+            factory.req(
                 at_us,
                 controller_actor("generic-garbage-collector"),
                 "list",
@@ -423,11 +456,13 @@ class BenignTraffic:
             )
         elif x < 0.9:
             app = APPS[ns][0][0]
-            a = controller_actor("horizontal-pod-autoscaler")
-            f.req(at_us, a, "get", "deployments", ns, app, "scale")
-            f.req(at_us + 3000, a, "list", "podmetrics", ns, query=f"?labelSelector=app%3D{app}")
+            actor = controller_actor("horizontal-pod-autoscaler")
+            factory.req(at_us, actor, "get", "deployments", ns, app, "scale")
+            factory.req(
+                at_us + 3000, actor, "list", "podmetrics", ns, query=f"?labelSelector=app%3D{app}"
+            )
         elif x < 0.95:
-            f.req(
+            factory.req(
                 at_us,
                 controller_actor("node-controller"),
                 "get",
@@ -436,7 +471,7 @@ class BenignTraffic:
                 self._node(at_us).name,
             )
         elif x < 0.985:
-            f.req(
+            factory.req(
                 at_us,
                 controller_actor("resourcequota-controller"),
                 "list",
@@ -446,7 +481,7 @@ class BenignTraffic:
             )
         else:
             name = ("admin", "edit", "view")[int(rnd.random() * 3)]
-            f.req(
+            factory.req(
                 at_us,
                 controller_actor("clusterrole-aggregation-controller"),
                 "update",
@@ -456,47 +491,51 @@ class BenignTraffic:
             )
 
     def eks_components(self, at_us: int) -> None:
-        f, rnd = self.factory, self.rnd
+        factory, rnd = self.factory, self.rnd
         x = rnd.random()
         if x < 0.25:
-            a = EKS_ACTORS["eks:cloud-controller-manager"]
-            n = self._node(at_us)
+            actor = EKS_ACTORS["eks:cloud-controller-manager"]
+            node = self._node(at_us)
             if rnd.random() < 0.7:
-                f.req(at_us, a, "get", "nodes", None, n.name)
+                factory.req(at_us, actor, "get", "nodes", None, node.name)
             else:
-                f.req(at_us, a, "patch", "nodes", None, n.name, "status")
+                factory.req(at_us, actor, "patch", "nodes", None, node.name, "status")
         elif x < 0.45:
-            a = EKS_ACTORS["eks:node-manager"]
+            actor = EKS_ACTORS["eks:node-manager"]
             if rnd.random() < 0.5:
-                f.req(at_us, a, "get", "configmaps", "kube-system", "aws-auth")
+                factory.req(at_us, actor, "get", "configmaps", "kube-system", "aws-auth")
             else:
-                f.req(at_us, a, "list", "nodes", query="?limit=500")
+                factory.req(at_us, actor, "list", "nodes", query="?limit=500")
         elif x < 0.6:
-            a = EKS_ACTORS["eks:certificate-controller"]
+            actor = EKS_ACTORS["eks:certificate-controller"]
             secs = 300 + int(rnd.random() * 300)
-            f.req(at_us, a, "watch", "csrs", query=f.watch_q(at_us, secs), dur=secs * US)
+            factory.req(
+                at_us, actor, "watch", "csrs", query=factory.watch_q(at_us, secs), dur=secs * US
+            )
         elif x < 0.75:
-            a = EKS_ACTORS["eks:authenticator"]
-            f.req(at_us, a, "get", "configmaps", "kube-system", "aws-auth")
+            actor = EKS_ACTORS["eks:authenticator"]
+            factory.req(at_us, actor, "get", "configmaps", "kube-system", "aws-auth")
         elif x < 0.85:
-            f.req(at_us, EKS_ACTORS["eks:k8s-metrics"], "get", uri="/metrics", level="Metadata")
+            factory.req(
+                at_us, EKS_ACTORS["eks:k8s-metrics"], "get", uri="/metrics", level="Metadata"
+            )
         elif x < 0.97:
-            a = EKS_ACTORS["eks:addon-manager"]
+            actor = EKS_ACTORS["eks:addon-manager"]
             ds = ("aws-node", "kube-proxy", "coredns")[int(rnd.random() * 3)]
             res = "deployments" if ds == "coredns" else "daemonsets"
-            f.req(at_us, a, "get", res, "kube-system", ds)
+            factory.req(at_us, actor, "get", res, "kube-system", ds)
         else:
             # Rare but benign: the add-on manager reconciles the CoreDNS ConfigMap.
-            a = EKS_ACTORS["eks:addon-manager"]
+            actor = EKS_ACTORS["eks:addon-manager"]
             body = {
                 "kind": "ConfigMap",
                 "apiVersion": "v1",
                 "metadata": {"name": "coredns", "namespace": "kube-system"},
                 "data": {"Corefile": COREFILE},
             }
-            f.req(
+            factory.req(
                 at_us,
-                a,
+                actor,
                 "patch",
                 "configmaps",
                 "kube-system",
@@ -512,51 +551,51 @@ class BenignTraffic:
         return pods[int(self.rnd.random() * len(pods))]
 
     def kube_system_sas(self, at_us: int) -> None:
-        f, rnd, w = self.factory, self.rnd, self.world
+        factory, rnd, world = self.factory, self.rnd, self.world
         x = rnd.random()
         secs = 300 + int(rnd.random() * 300)
         if x < 0.25:
-            p = self._pod_of("kube-system", "coredns")
+            pod = self._pod_of("kube-system", "coredns")
             res = ("endpointslices", "services", "namespaces")[int(rnd.random() * 3)]
-            f.req(
+            factory.req(
                 at_us,
-                w.pod_actor[p.name],
+                world.pod_actor[pod.name],
                 "watch",
                 res,
-                query=f.watch_q(at_us, secs),
+                query=factory.watch_q(at_us, secs),
                 dur=secs * US,
             )
         elif x < 0.45:
-            n = self._node(at_us)
-            p = next(p for p in (n.pods or w.new_node_pods) if p.app == "aws-node")
-            a = w.pod_actor[p.name]
+            node = self._node(at_us)
+            pod = next(pod for pod in (node.pods or world.new_node_pods) if pod.app == "aws-node")
+            actor = world.pod_actor[pod.name]
             y = rnd.random()
             if y < 0.5:
-                f.req(at_us, a, "get", "nodes", None, n.name)
+                factory.req(at_us, actor, "get", "nodes", None, node.name)
             elif y < 0.8:
-                q = f"?fieldSelector=spec.nodeName%3D{n.name}&limit=500"
-                f.req(at_us, a, "list", "pods", query=q)
+                q = f"?fieldSelector=spec.nodeName%3D{node.name}&limit=500"
+                factory.req(at_us, actor, "list", "pods", query=q)
             else:
-                f.req(at_us, a, "list", "eniconfigs", query="?limit=500")
+                factory.req(at_us, actor, "list", "eniconfigs", query="?limit=500")
         elif x < 0.65:
-            n = self._node(at_us)
-            p = next(p for p in (n.pods or w.new_node_pods) if p.app == "kube-proxy")
+            node = self._node(at_us)
+            pod = next(pod for pod in (node.pods or world.new_node_pods) if pod.app == "kube-proxy")
             res = ("services", "endpointslices", "nodes")[int(rnd.random() * 3)]
-            f.req(
+            factory.req(
                 at_us,
-                w.pod_actor[p.name],
+                world.pod_actor[pod.name],
                 "watch",
                 res,
-                query=f.watch_q(at_us, secs),
+                query=factory.watch_q(at_us, secs),
                 dur=secs * US,
             )
         elif x < 0.8:
-            p = self._pod_of("kube-system", "ebs-csi-controller")
-            a = w.pod_actor[p.name]
+            pod = self._pod_of("kube-system", "ebs-csi-controller")
+            actor = world.pod_actor[pod.name]
             if rnd.random() < 0.6:
-                f.req(
+                factory.req(
                     at_us,
-                    a,
+                    actor,
                     "update",
                     "leases",
                     "kube-system",
@@ -564,14 +603,16 @@ class BenignTraffic:
                     query="?timeout=10s",
                 )
             else:
-                f.req(at_us, a, "list", "volumeattachments", query="?limit=500&resourceVersion=0")
+                factory.req(
+                    at_us, actor, "list", "volumeattachments", query="?limit=500&resourceVersion=0"
+                )
         elif x < 0.92:
-            p = self._pod_of("kube-system", "cluster-autoscaler")
-            a = w.pod_actor[p.name]
+            pod = self._pod_of("kube-system", "cluster-autoscaler")
+            actor = world.pod_actor[pod.name]
             if rnd.random() < 0.5:
-                f.req(
+                factory.req(
                     at_us,
-                    a,
+                    actor,
                     "update",
                     "leases",
                     "kube-system",
@@ -579,36 +620,42 @@ class BenignTraffic:
                     query="?timeout=10s",
                 )
             else:
-                f.req(at_us, a, "list", "pods", query="?limit=500&resourceVersion=0")
+                factory.req(at_us, actor, "list", "pods", query="?limit=500&resourceVersion=0")
         else:
-            p = self._pod_of("kube-system", "metrics-server")
-            f.req(at_us, w.pod_actor[p.name], "get", "nodes", None, self._node(at_us).name)
+            pod = self._pod_of("kube-system", "metrics-server")
+            factory.req(
+                at_us, world.pod_actor[pod.name], "get", "nodes", None, self._node(at_us).name
+            )
 
     def monitoring(self, at_us: int) -> None:
-        f, rnd, w = self.factory, self.rnd, self.world
+        factory, rnd, world = self.factory, self.rnd, self.world
         x = rnd.random()
         if x < 0.45:
-            a = w.pod_actor["prometheus-k8s-0"]
-            n = self._node(at_us)
+            actor = world.pod_actor["prometheus-k8s-0"]
+            node = self._node(at_us)
             sub = "proxy/metrics/cadvisor" if rnd.random() < 0.5 else "proxy/metrics"
-            f.req(at_us, a, "get", "nodes", None, n.name, sub)
+            factory.req(at_us, actor, "get", "nodes", None, node.name, sub)
         elif x < 0.7:
-            a = w.pod_actor["prometheus-k8s-0"]
+            actor = world.pod_actor["prometheus-k8s-0"]
             res = ("pods", "endpoints", "services", "nodes")[int(rnd.random() * 4)]
             secs = 300 + int(rnd.random() * 300)
-            f.req(at_us, a, "watch", res, query=f.watch_q(at_us, secs), dur=secs * US)
+            factory.req(
+                at_us, actor, "watch", res, query=factory.watch_q(at_us, secs), dur=secs * US
+            )
         elif x < 0.95:
-            a = w.pod_actor[self._pod_of("monitoring", "kube-state-metrics").name]
+            actor = world.pod_actor[self._pod_of("monitoring", "kube-state-metrics").name]
             res = ("pods", "deployments", "nodes", "jobs", "secrets", "configmaps", "pvcs")[
                 int(rnd.random() * 7)
             ]
             secs = 300 + int(rnd.random() * 300)
-            f.req(at_us, a, "watch", res, query=f.watch_q(at_us, secs), dur=secs * US)
+            factory.req(
+                at_us, actor, "watch", res, query=factory.watch_q(at_us, secs), dur=secs * US
+            )
         else:
-            a = w.pod_actor[self._pod_of("monitoring", "grafana").name]
-            f.req(
+            actor = world.pod_actor[self._pod_of("monitoring", "grafana").name]
+            factory.req(
                 at_us,
-                a,
+                actor,
                 "list",
                 "configmaps",
                 "monitoring",
@@ -616,8 +663,8 @@ class BenignTraffic:
             )
 
     def argocd(self, at_us: int) -> None:
-        f, rnd, w = self.factory, self.rnd, self.world
-        a = w.pod_actor["argocd-application-controller-0"]
+        factory, rnd, world = self.factory, self.rnd, self.world
+        actor = world.pod_actor["argocd-application-controller-0"]
         x = rnd.random()
         if x < 0.4:
             res = (
@@ -633,22 +680,24 @@ class BenignTraffic:
                 "applications",
             )[int(rnd.random() * 10)]
             secs = 300 + int(rnd.random() * 300)
-            f.req(at_us, a, "watch", res, query=f.watch_q(at_us, secs), dur=secs * US)
+            factory.req(
+                at_us, actor, "watch", res, query=factory.watch_q(at_us, secs), dur=secs * US
+            )
         elif x < 0.65:
             ns = APP_NAMESPACES[int(rnd.random() * len(APP_NAMESPACES))]
-            f.req(at_us, a, "patch", "applications", "argocd", ns, query="")
+            factory.req(at_us, actor, "patch", "applications", "argocd", ns, query="")
         elif x < 0.85:
             ns = APP_NAMESPACES[int(rnd.random() * len(APP_NAMESPACES))]
             app = APPS[ns][0][0]
             res = ("deployments", "services", "configmaps")[int(rnd.random() * 3)]
             name = f"{app}-config" if res == "configmaps" else app
-            f.req(at_us, a, "get", res, ns, name)
+            factory.req(at_us, actor, "get", res, ns, name)
         elif x < 0.97:
             ns = APP_NAMESPACES[int(rnd.random() * len(APP_NAMESPACES))]
             app = APPS[ns][0][0]
-            f.req(
+            factory.req(
                 at_us,
-                a,
+                actor,
                 "patch",
                 "deployments",
                 ns,
@@ -672,9 +721,9 @@ class BenignTraffic:
                 ],
             )
             code = 409 if rnd.random() < 0.5 else 201
-            f.req(
+            factory.req(
                 at_us,
-                a,
+                actor,
                 "create",
                 "rolebindings",
                 ns,
@@ -684,31 +733,33 @@ class BenignTraffic:
                 response_object=body if code == 201 else None,
             )
         if rnd.random() < 0.1:
-            s = w.pod_actor[self._pod_of("argocd", "argocd-server").name]
-            f.req(at_us + 50_000, s, "list", "applications", "argocd", query="?limit=500")
+            s = world.pod_actor[self._pod_of("argocd", "argocd-server").name]
+            factory.req(at_us + 50_000, s, "list", "applications", "argocd", query="?limit=500")
 
     def app_sas(self, at_us: int) -> None:
-        f, rnd, w = self.factory, self.rnd, self.world
+        factory, rnd, world = self.factory, self.rnd, self.world
         x = rnd.random()
         if x < 0.75:
             talkers = TALKERS
             ns, app = talkers[int(rnd.random() * len(talkers))]
-            p = self._pod_of(ns, app)
-            a = w.pod_actor[p.name]
+            pod = self._pod_of(ns, app)
+            actor = world.pod_actor[pod.name]
             y = rnd.random()
             if y < 0.45:
-                f.req(at_us, a, "get", "configmaps", ns, f"{app}-config")
+                factory.req(at_us, actor, "get", "configmaps", ns, f"{app}-config")
             elif y < 0.75:
-                f.req(at_us, a, "get", "secrets", ns, f"{app}-secrets")
+                factory.req(at_us, actor, "get", "secrets", ns, f"{app}-secrets")
             else:
-                f.req(at_us, a, "update", "leases", ns, f"{app}-leader", query="?timeout=10s")
+                factory.req(
+                    at_us, actor, "update", "leases", ns, f"{app}-leader", query="?timeout=10s"
+                )
         elif x < 0.9:
-            p = self._pod_of("ingress-nginx", "ingress-nginx-controller")
-            a = w.pod_actor[p.name]
+            pod = self._pod_of("ingress-nginx", "ingress-nginx-controller")
+            actor = world.pod_actor[pod.name]
             if rnd.random() < 0.6:
-                f.req(
+                factory.req(
                     at_us,
-                    a,
+                    actor,
                     "update",
                     "leases",
                     "ingress-nginx",
@@ -718,14 +769,16 @@ class BenignTraffic:
             else:
                 res = ("ingresses", "services", "endpointslices", "secrets")[int(rnd.random() * 4)]
                 secs = 300 + int(rnd.random() * 300)
-                f.req(at_us, a, "watch", res, query=f.watch_q(at_us, secs), dur=secs * US)
+                factory.req(
+                    at_us, actor, "watch", res, query=factory.watch_q(at_us, secs), dur=secs * US
+                )
         else:
-            p = self._pod_of("cert-manager", "cert-manager")
-            a = w.pod_actor[p.name]
+            pod = self._pod_of("cert-manager", "cert-manager")
+            actor = world.pod_actor[pod.name]
             if rnd.random() < 0.9:
-                f.req(
+                factory.req(
                     at_us,
-                    a,
+                    actor,
                     "update",
                     "leases",
                     "kube-system",
@@ -741,11 +794,15 @@ class BenignTraffic:
                     "apiVersion": "v1",
                     "metadata": {"name": name, "namespace": ns},
                     "type": "kubernetes.io/tls",
-                    "data": {"tls.crt": f.b64(90), "tls.key": f.b64(60), "ca.crt": f.b64(60)},
+                    "data": {
+                        "tls.crt": factory.b64(90),
+                        "tls.key": factory.b64(60),
+                        "ca.crt": factory.b64(60),
+                    },
                 }
-                f.req(
+                factory.req(
                     at_us,
-                    a,
+                    actor,
                     "update",
                     "secrets",
                     ns,
@@ -765,25 +822,35 @@ class BenignTraffic:
 
     def ci_deploy(self, at_us: int) -> None:
         """One pipeline run: a fresh STS session applies an app's manifests and waits."""
-        f, rnd = self.factory, self.rnd
+        factory, rnd = self.factory, self.rnd
         self.ci_run += 1 + int(rnd.random() * 3)
         key = "ASIA" + "".join(rnd.choices(BASE32_ALPHABET, k=16))
-        a = ci_actor(
+        actor = ci_actor(
             self.world, f"gha-{self.ci_run}", CI_POOL[int(rnd.random() * len(CI_POOL))], key
         )
         ns = APP_NAMESPACES[int(rnd.random() * len(APP_NAMESPACES))]
         app = APPS[ns][int(rnd.random() * len(APPS[ns]))][0]
         sha = "".join(rnd.choices(HEX_DIGITS, k=12))
         at_us += int(rnd.random() * 2 * US)
-        f.req(
-            at_us, a, "get", uri="/api", level="Metadata", ann=allow_annotations(DISCOVERY_REASON)
+        factory.req(
+            at_us,
+            actor,
+            "get",
+            uri="/api",
+            level="Metadata",
+            ann=allow_annotations(DISCOVERY_REASON),
         )
         at_us += 300_000
-        f.req(
-            at_us, a, "get", uri="/apis", level="Metadata", ann=allow_annotations(DISCOVERY_REASON)
+        factory.req(
+            at_us,
+            actor,
+            "get",
+            uri="/apis",
+            level="Metadata",
+            ann=allow_annotations(DISCOVERY_REASON),
         )
         at_us += 500_000
-        f.req(at_us, a, "get", "configmaps", ns, f"{app}-config")
+        factory.req(at_us, actor, "get", "configmaps", ns, f"{app}-config")
         cm = {
             "kind": "ConfigMap",
             "apiVersion": "v1",
@@ -791,9 +858,9 @@ class BenignTraffic:
             "data": {"LOG_LEVEL": "info", "RELEASE": sha},
         }
         at_us += 200_000
-        f.req(
+        factory.req(
             at_us,
-            a,
+            actor,
             "patch",
             "configmaps",
             ns,
@@ -807,14 +874,14 @@ class BenignTraffic:
                 "apiVersion": "v1",
                 "metadata": {"name": f"{app}-secrets", "namespace": ns},
                 "type": "Opaque",
-                "data": {"DB_PASSWORD": f.b64(18), "API_KEY": f.b64(24)},
+                "data": {"DB_PASSWORD": factory.b64(18), "API_KEY": factory.b64(24)},
             }
             at_us += 200_000
-            f.req(at_us, a, "get", "secrets", ns, f"{app}-secrets")
+            factory.req(at_us, actor, "get", "secrets", ns, f"{app}-secrets")
             at_us += 200_000
-            f.req(
+            factory.req(
                 at_us,
-                a,
+                actor,
                 "patch",
                 "secrets",
                 ns,
@@ -824,11 +891,11 @@ class BenignTraffic:
                 query="?fieldManager=kubectl-client-side-apply&fieldValidation=Strict",
             )
         at_us += 300_000
-        f.req(at_us, a, "get", "services", ns, app)
+        factory.req(at_us, actor, "get", "services", ns, app)
         at_us += 200_000
-        f.req(
+        factory.req(
             at_us,
-            a,
+            actor,
             "patch",
             "services",
             ns,
@@ -836,13 +903,13 @@ class BenignTraffic:
             query="?fieldManager=kubectl-client-side-apply&fieldValidation=Strict",
         )
         at_us += 300_000
-        f.req(at_us, a, "get", "deployments", ns, app)
+        factory.req(at_us, actor, "get", "deployments", ns, app)
         image = f"{ACCOUNT_ID}.dkr.ecr.{REGION}.amazonaws.com/{app}:{sha}"
         patch = {"spec": {"template": {"spec": {"containers": [{"name": app, "image": image}]}}}}
         at_us += 200_000
-        f.req(
+        factory.req(
             at_us,
-            a,
+            actor,
             "patch",
             "deployments",
             ns,
@@ -852,21 +919,23 @@ class BenignTraffic:
         )
         at_us += 1_000_000
         wait = int((20 + rnd.random() * 70) * US)
-        q = f"?fieldSelector=metadata.name%3D{app}&resourceVersion={f.rv(at_us)}&watch=true"
-        f.req(
+        q = f"?fieldSelector=metadata.name%3D{app}&resourceVersion={factory.rv(at_us)}&watch=true"
+        factory.req(
             at_us,
-            a,
+            actor,
             "watch",
             "deployments",
             ns,
             app,
-            uri=f.path("deployments", ns) + q,
+            uri=factory.path("deployments", ns) + q,
             dur=wait,
         )
         at_us += wait + 200_000
-        f.req(at_us, a, "list", "replicasets", ns, query=f"?labelSelector=app%3D{app}&limit=500")
+        factory.req(
+            at_us, actor, "list", "replicasets", ns, query=f"?labelSelector=app%3D{app}&limit=500"
+        )
         at_us += 200_000
-        f.req(at_us, a, "list", "pods", ns, query=f"?labelSelector=app%3D{app}&limit=500")
+        factory.req(at_us, actor, "list", "pods", ns, query=f"?labelSelector=app%3D{app}&limit=500")
 
     # -- humans -----------------------------------------------------------------------------------
     def _human_fn(self, human: Human) -> Callable[[int], None]:
@@ -876,15 +945,15 @@ class BenignTraffic:
 
         def fn(at_us: int) -> None:
             local_day = (at_us + human.tz * HOUR_US) // DAY_US
-            _, a = self.world.human_actor(human, local_day)
+            _, actor = self.world.human_actor(human, local_day)
             if self.rnd.random() < 0.08:
-                a = Actor(a.user, a.ips, human.secondary_ua, a.allow)
+                actor = Actor(actor.user, actor.ips, human.secondary_ua, actor.allow)
             if self.rnd.random() < 0.8:
                 ns = human.namespaces[int(self.rnd.random() * len(human.namespaces))]
             else:
                 ns = APP_NAMESPACES[int(self.rnd.random() * len(APP_NAMESPACES))]
             i = bisect(cum, self.rnd.random() * total)
-            cmds[min(i, len(cmds) - 1)][2](self, human, a, at_us, ns)
+            cmds[min(i, len(cmds) - 1)][2](self, human, actor, at_us, ns)
 
         return fn
 

@@ -52,11 +52,11 @@ def get_pods(
 def describe_pod(
     traffic: BenignTraffic, human: Human, actor: Actor, at_us: int, namespace: str
 ) -> None:
-    p = pick_pod(traffic, namespace)
-    traffic.factory.req(at_us, actor, "get", "pods", namespace, p.name)
+    pod = pick_pod(traffic, namespace)
+    traffic.factory.req(at_us, actor, "get", "pods", namespace, pod.name)
     q = (
-        f"?fieldSelector=involvedObject.name%3D{p.name}%2CinvolvedObject.namespace%3D{namespace}"
-        f"%2CinvolvedObject.uid%3D{p.uid}&limit=500"
+        f"?fieldSelector=involvedObject.name%3D{pod.name}%2CinvolvedObject.namespace%3D{namespace}"
+        f"%2CinvolvedObject.uid%3D{pod.uid}&limit=500"
     )
     traffic.factory.req(at_us + 60_000, actor, "list", "events", namespace, query=q)
 
@@ -64,17 +64,17 @@ def describe_pod(
 def get_logs(
     traffic: BenignTraffic, human: Human, actor: Actor, at_us: int, namespace: str
 ) -> None:
-    p = pick_pod(traffic, namespace)
-    traffic.factory.req(at_us, actor, "get", "pods", namespace, p.name)
+    pod = pick_pod(traffic, namespace)
+    traffic.factory.req(at_us, actor, "get", "pods", namespace, pod.name)
     traffic.factory.req(
         at_us + 40_000,
         actor,
         "get",
         "pods",
         namespace,
-        p.name,
+        pod.name,
         "log",
-        query=f"?container={p.app}&tailLines=200",
+        query=f"?container={pod.app}&tailLines=200",
         lat=int(80_000 + traffic.rnd.random() * 900_000),
     )
 
@@ -120,16 +120,16 @@ def get_events(
 def watch_pods(
     traffic: BenignTraffic, human: Human, actor: Actor, at_us: int, namespace: str
 ) -> None:
-    f = traffic.factory
-    f.req(at_us, actor, "list", "pods", namespace, query="?limit=500")
+    factory = traffic.factory
+    factory.req(at_us, actor, "list", "pods", namespace, query="?limit=500")
     dur = int((10 + traffic.rnd.random() * 290) * US)
-    f.req(
+    factory.req(
         at_us + 90_000,
         actor,
         "watch",
         "pods",
         namespace,
-        query=f"?resourceVersion={f.rv(at_us)}&watch=true",
+        query=f"?resourceVersion={factory.rv(at_us)}&watch=true",
         dur=dur,
     )
 
@@ -169,23 +169,23 @@ def exec_shell(
 ) -> None:
     if namespace not in human.namespaces:
         namespace = human.namespaces[0]
-    p = pick_pod(traffic, namespace)
+    pod = pick_pod(traffic, namespace)
     cmd = ("sh", "bash", "env", "printenv")[int(traffic.rnd.random() * 4)]
     tty = (
         "&stdin=true&stdout=true&tty=true" if cmd in ("sh", "bash") else "&stderr=true&stdout=true"
     )
     dur = int((2 + traffic.rnd.random() * (600 if cmd in ("sh", "bash") else 3)) * US)
-    traffic.factory.req(at_us, actor, "get", "pods", namespace, p.name)
+    traffic.factory.req(at_us, actor, "get", "pods", namespace, pod.name)
     traffic.factory.req(
         at_us + 70_000,
         actor,
         "create",
         "pods",
         namespace,
-        p.name,
+        pod.name,
         "exec",
         code=101,
-        query=f"?command={cmd}&container={p.app}{tty}",
+        query=f"?command={cmd}&container={pod.app}{tty}",
         dur=dur,
     )
 
@@ -195,11 +195,19 @@ def port_forward(
 ) -> None:
     if namespace not in human.namespaces:
         namespace = human.namespaces[0]
-    p = pick_pod(traffic, namespace)
-    traffic.factory.req(at_us, actor, "get", "pods", namespace, p.name)
+    pod = pick_pod(traffic, namespace)
+    traffic.factory.req(at_us, actor, "get", "pods", namespace, pod.name)
     dur = int((30 + traffic.rnd.random() * 1200) * US)
     traffic.factory.req(
-        at_us + 70_000, actor, "create", "pods", namespace, p.name, "portforward", code=101, dur=dur
+        at_us + 70_000,
+        actor,
+        "create",
+        "pods",
+        namespace,
+        pod.name,
+        "portforward",
+        code=101,
+        dur=dur,
     )
 
 
@@ -340,8 +348,8 @@ def delete_pod(
 ) -> None:
     if namespace not in human.namespaces:
         namespace = human.namespaces[0]
-    p = pick_pod(traffic, namespace)
-    traffic.factory.req(at_us, actor, "delete", "pods", namespace, p.name)
+    pod = pick_pod(traffic, namespace)
+    traffic.factory.req(at_us, actor, "delete", "pods", namespace, pod.name)
 
 
 def look_at_kube_system(
@@ -349,16 +357,16 @@ def look_at_kube_system(
 ) -> None:
     traffic.factory.req(at_us, actor, "list", "pods", "kube-system", query="?limit=500")
     if traffic.rnd.random() < 0.5:
-        p = pick_pod(traffic, "kube-system")
+        pod = pick_pod(traffic, "kube-system")
         traffic.factory.req(
             at_us + 2 * US,
             actor,
             "get",
             "pods",
             "kube-system",
-            p.name,
+            pod.name,
             "log",
-            query=f"?container={p.app}&tailLines=100",
+            query=f"?container={pod.app}&tailLines=100",
         )
 
 

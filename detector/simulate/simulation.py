@@ -98,15 +98,15 @@ class Simulation:
         self._ss = np.random.SeedSequence(self.seed).spawn(2)
         self.world = World(self.seed, cluster, self.start_us, self.end_us)
         self.log_streams: list[str] = list(self.world.streams)
-        f = EventFactory(
+        factory = EventFactory(
             self.world,
             np.random.default_rng(self._ss[0]),
             random.Random(f"attacks:{self.seed}"),
         )
-        attacks = AttackScenarios(self.world, f, self.start_us, self.end_us)
+        attacks = AttackScenarios(self.world, factory, self.start_us, self.end_us)
         if names:
             attacks.run(names)
-        self._attack_events = sorted(f.buf, key=_first)
+        self._attack_events = sorted(factory.buf, key=_first)
         #: One dict per injected scenario (see the docstring of :mod:`detector.simulate`).
         self.labels: list[dict[str, Any]] = attacks.labels
 
@@ -131,24 +131,24 @@ class Simulation:
         Memory stays bounded by one hour of events plus the long-running requests (watches,
         exec sessions) whose ``ResponseComplete`` falls in a later hour.
         """
-        f = EventFactory(
+        factory = EventFactory(
             self.world,
             np.random.default_rng(self._ss[1]),
             random.Random(f"benign:{self.seed}"),
         )
-        benign = BenignTraffic(self.world, f, self.rate)
+        benign = BenignTraffic(self.world, factory, self.rate)
         carry: list[tuple[int, dict[str, Any], int]] = []
         attacks = self._attack_events
         ai = 0
         t0 = self.start_us
         while t0 < self.end_us:
             t1 = min((t0 // HOUR_US + 1) * HOUR_US, self.end_us)
-            f.buf = carry
+            factory.buf = carry
             benign.run(t0, t1)
             while ai < len(attacks) and attacks[ai][0] < t1:
-                f.buf.append(attacks[ai])
+                factory.buf.append(attacks[ai])
                 ai += 1
-            buf = f.buf
+            buf = factory.buf
             buf.sort(key=_first)
             cut = bisect(buf, t1 - 1, key=_first)
             out, carry = buf[:cut], buf[cut:]

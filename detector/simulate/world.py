@@ -151,18 +151,18 @@ class World:
             self.nodes.append(Node(name, ip, self.uuid(), f"i-0{self.hex(16)}", join))
         self.node_role = f"eks-{cluster}-node-role"
         node_role_id = "AROA" + self.b32(17)
-        for n in self.nodes:
+        for node in self.nodes:
             key = "ASIA" + self.b32(16)
             user = iam_user(
-                f"system:node:{n.name}",
+                f"system:node:{node.name}",
                 self.node_role,
-                n.instance,
+                node.instance,
                 ["system:bootstrappers", "system:nodes"],
                 key,
                 node_role_id,
             )
             ua = f"kubelet/{EKS_VERSION} (linux/amd64) kubernetes/{K8S_GIT}"
-            n.actor = Actor(user, [n.ip], ua, ALLOW_NODE)
+            node.actor = Actor(user, [node.ip], ua, ALLOW_NODE)
 
         # Pods.
         self.pods: list[Pod] = []
@@ -185,16 +185,16 @@ class World:
             self.daemon_pods(i)
         self.pods_by_ns: dict[str, list[Pod]] = {}
         self.pods_by_app: dict[str, list[Pod]] = {}
-        for p in self.pods:
-            self.pods_by_ns.setdefault(p.ns, []).append(p)
-            self.pods_by_app.setdefault(p.app, []).append(p)
-        self.deploy_pods = [p for p in self.pods if not p.ds and p.name.count("-") >= 2]
+        for pod in self.pods:
+            self.pods_by_ns.setdefault(pod.ns, []).append(pod)
+            self.pods_by_app.setdefault(pod.app, []).append(pod)
+        self.deploy_pods = [pod for pod in self.pods if not pod.ds and pod.name.count("-") >= 2]
         self.new_node_pods = self.daemon_pods(6, attach=False)
 
         # Service-account actors (one per pod for pod-bound tokens).
         self.pod_actor: dict[str, Actor] = {}
-        for p in [*self.pods, *self.new_node_pods]:
-            self.pod_actor[p.name] = self._pod_actor(p)
+        for pod in [*self.pods, *self.new_node_pods]:
+            self.pod_actor[pod.name] = self._pod_actor(pod)
         self.sa_uid: dict[tuple[str, str], str] = {}
 
         # Humans: one platform admin (kubernetes-admin), three eng-admins sharing the
@@ -269,7 +269,7 @@ class World:
         ds: bool = False,
         attach: bool = True,
     ) -> Pod:
-        p = Pod(
+        pod = Pod(
             namespace,
             name,
             app,
@@ -283,9 +283,9 @@ class World:
             ds,
         )
         if attach:
-            self.pods.append(p)
-            self.nodes[node].pods.append(p)
-        return p
+            self.pods.append(pod)
+            self.nodes[node].pods.append(pod)
+        return pod
 
     def _deployment(
         self,

@@ -60,7 +60,7 @@ class SimulationSummary:
             "cluster": self.cluster,
             "events": self.events,
             "scenarios": self.scenarios,
-            "files": [str(p) for p in self.files],
+            "files": [str(path) for path in self.files],
             "bytes_written": self.bytes_written,
             "seconds": round(self.seconds, 3),
             "events_per_second": round(self.events / self.seconds) if self.seconds else None,
@@ -181,8 +181,8 @@ class _ExportWriter(_Writer):
     def add(self, batch: EventBatch, lines: list[bytes] | None, ids: list[str]) -> None:
         assert lines is not None
         for line, ts, s in zip(lines, batch.times_us, batch.streams, strict=True):
-            fh, n, part = self.open.get(s, (None, 0, 0))
-            if fh is None or n >= self.CHUNK:
+            fh, lines_written, part = self.open.get(s, (None, 0, 0))
+            if fh is None or lines_written >= self.CHUNK:
                 if fh is not None:
                     _close_gzip(fh)
                     part += 1
@@ -190,9 +190,9 @@ class _ExportWriter(_Writer):
                 d.mkdir(parents=True, exist_ok=True)
                 path = d / formats.export_object_name(part)
                 self.files.append(path)
-                fh, n = _gzip_writer(path), 0
+                fh, lines_written = _gzip_writer(path), 0
             fh.write(formats.export_line(ts // 1000, line))
-            self.open[s] = (fh, n + 1, part)
+            self.open[s] = (fh, lines_written + 1, part)
 
     def close(self) -> None:
         for fh, _, _ in self.open.values():
@@ -225,10 +225,10 @@ class _FirehoseWriter(_Writer):
     def add(self, batch: EventBatch, lines: list[bytes] | None, ids: list[str]) -> None:
         assert lines is not None
         for line, ts, s, eid in zip(lines, batch.times_us, batch.streams, ids, strict=True):
-            w = ts // self.BUFFER_US
-            if self.window is not None and w != self.window:
+            window = ts // self.BUFFER_US
+            if self.window is not None and window != self.window:
                 self._flush()
-            self.window = w
+            self.window = window
             self.pending.append((ts, s, line, eid))
 
     def _record(self, stream: int, items: list[tuple[int, int, bytes, str]]) -> dict[str, Any]:
@@ -324,7 +324,7 @@ def write_simulation(
             writers.append(_ExportWriter(out, sim.log_streams, task))
         else:
             writers.append(_FirehoseWriter(out, sim.log_streams, cluster, sim.seed))
-    others = any(not isinstance(w, _NdjsonWriter) for w in writers)
+    others = any(not isinstance(writer, _NdjsonWriter) for writer in writers)
     id_rnd = random.Random(f"eventid:{seed}")
     count = 0
     try:
@@ -333,13 +333,13 @@ def write_simulation(
             # plain audit.log path serializes straight into its buffer instead.
             lines = batch.lines() if others else None
             ids = [_event_id(ts // 1000, id_rnd) for ts in batch.times_us] if others else []
-            for w in writers:
-                w.add(batch, lines, ids)
+            for writer in writers:
+                writer.add(batch, lines, ids)
             count += len(batch.events)
     finally:
-        for w in writers:
-            w.close()
-    files = [labels_path] + [p for w in writers for p in w.files]
+        for writer in writers:
+            writer.close()
+    files = [labels_path] + [path for writer in writers for path in writer.files]
     return SimulationSummary(
         out_dir=out,
         start=sim.start,
@@ -350,6 +350,6 @@ def write_simulation(
         events=count,
         scenarios=len(sim.labels),
         files=tuple(files),
-        bytes_written=sum(p.stat().st_size for p in files),
+        bytes_written=sum(path.stat().st_size for path in files),
         seconds=time.perf_counter() - began,
     )
