@@ -20,9 +20,11 @@ ACCOUNT_ID = "111122223333"
 #: The region of the simulated cluster; node names end in ``.ec2.internal`` there.
 REGION = "us-east-1"
 
+#: Version strings the control plane and kubectl put in their user agents.
 K8S_GIT = "7f9249a"
 EKS_VERSION = f"v1.31.2-eks-{K8S_GIT}"
 KUBECTL_GIT = "5864a46"
+# Times are integer epoch microseconds throughout: exact, and cheap to compare and sort.
 US = 1_000_000
 HOUR_US = 3600 * US
 DAY_US = 24 * HOUR_US
@@ -57,6 +59,7 @@ PUBLIC_INFO_REASON = (
 
 
 def allow_annotations(reason: str) -> dict[str, str]:
+    """The annotations of a request RBAC allowed, with the binding that allowed it."""
     return {"authorization.k8s.io/decision": "allow", "authorization.k8s.io/reason": reason}
 
 
@@ -82,6 +85,7 @@ class Resource:
 def _resource(
     resource: str, group: str = "", version: str = "v1", namespaced: bool = True
 ) -> Resource:
+    """A :class:`Resource`; the core group (``/api/v1``) unless ``group`` is given."""
     return Resource(resource, group, version, namespaced)
 
 
@@ -168,6 +172,8 @@ class Actor:
 def service_account_user(
     namespace: str, name: str, uid: str, pod: Pod | None = None, node: Node | None = None
 ) -> dict[str, Any]:
+    """A service-account user; with ``pod`` and ``node``, the bound-token extras
+    Kubernetes >= 1.30 adds."""
     user: dict[str, Any] = {
         "username": f"system:serviceaccount:{namespace}:{name}",
         "uid": uid,
@@ -208,6 +214,8 @@ def iam_user(
 
 
 def controller_actor(controller: str) -> Actor:
+    """The service account of one kube-controller-manager controller (created once,
+    shared: controllers run with per-controller credentials)."""
     actor = _CONTROLLER_ACTORS.get(controller)
     if actor is None:
         user = {
@@ -234,12 +242,15 @@ def controller_actor(controller: str) -> Actor:
 
 
 def stable_uuid(name: str) -> str:
+    """A UUID derived from ``name`` alone: control-plane identities keep their uid across
+    seeds, as they do across restarts of a real cluster."""
     h = random.Random(f"uid:{name}").getrandbits(128)
     s = f"{h:032x}"
     return f"{s[:8]}-{s[8:12]}-4{s[13:16]}-a{s[17:20]}-{s[20:]}"
 
 
 def system_actor(username: str, ip: str, ua: str, reason: str = "") -> Actor:
+    """A control-plane component authenticated by certificate (no IAM session)."""
     user = {"username": username, "uid": stable_uuid(username), "groups": ["system:authenticated"]}
     return Actor(user, [ip], ua, allow_annotations(reason))
 
@@ -269,6 +280,7 @@ CLOUD_CONTROLLER_MANAGER = system_actor(
 
 
 def eks_actor(name: str, ua: str) -> Actor:
+    """An ``eks:*`` component running inside the managed control plane (loopback address)."""
     return system_actor(
         name,
         "127.0.0.1",

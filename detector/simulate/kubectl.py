@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 def rolebinding_body(
     name: str, namespace: str | None, role_kind: str, role: str, subjects: list[dict[str, str]]
 ) -> dict[str, Any]:
+    """A RoleBinding (``namespace`` given) or ClusterRoleBinding request body, as kubectl
+    sends it; attacks bind roles with the same shape as people do."""
     kind = "RoleBinding" if namespace else "ClusterRoleBinding"
     meta: dict[str, Any] = {"name": name, "creationTimestamp": None}
     if namespace:
@@ -35,10 +37,11 @@ def rolebinding_body(
 
 
 # -- human commands ------------------------------------------------------------------------------
-# Each takes (benign, human, actor, t, namespace) and logs what one kubectl command logs.
+# Each takes (traffic, human, actor, at_us, namespace) and logs what one kubectl command logs.
 
 
 def pick_pod(traffic: BenignTraffic, namespace: str) -> Pod:
+    """A random pod in ``namespace`` (the one a command is about)."""
     pods = traffic.world.pods_by_ns[namespace]
     return pods[int(traffic.rnd.random() * len(pods))]
 

@@ -35,6 +35,7 @@ def default_end() -> datetime:
 
 
 def to_us(moment: datetime) -> int:
+    """Epoch microseconds of an aware datetime (exact: no float rounding)."""
     if moment.tzinfo is None:
         raise ValueError(f"datetime must be timezone-aware (UTC), got naive {moment!r}")
     delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
@@ -42,6 +43,7 @@ def to_us(moment: datetime) -> int:
 
 
 def iso_us(at_us: int) -> str:
+    """Epoch microseconds as the RFC 3339 form ``labels.json`` uses."""
     return datetime.fromtimestamp(at_us / US, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 

@@ -34,6 +34,8 @@ from detector.simulate.actors import (
 
 @dataclass(slots=True)
 class Node:
+    """A worker node: its kubelet's identity and the pods scheduled on it."""
+
     name: str
     ip: str
     uid: str
@@ -45,6 +47,8 @@ class Node:
 
 @dataclass(slots=True)
 class Pod:
+    """A pod: where it runs, which service account and which config it reads."""
+
     ns: str
     name: str
     app: str
@@ -60,6 +64,8 @@ class Pod:
 
 @dataclass(slots=True)
 class Human:
+    """An engineer: IAM role and session, time zone, namespaces and habits."""
+
     session: str
     role: str  # IAM role name
     kind: str  # "admin" | "developer" | "platform"
