@@ -23,6 +23,7 @@ from detector.simulate.attacks import SCENARIOS, AttackScenarios
 from detector.simulate.benign import BenignTraffic
 from detector.simulate.factory import EventFactory
 from detector.simulate.world import World
+from detector.sources import formats
 
 # --------------------------------------------------------------------------------------------
 # Public API
@@ -122,7 +123,7 @@ class Simulation:
             "rate": self.rate,
             "account": ACCOUNT_ID,
             "region": REGION,
-            "log_group": f"/aws/eks/{self.cluster}/cluster",
+            "log_group": formats.eks_log_group(self.cluster),
             "log_streams": self.log_streams,
             "scenarios": self.labels,
         }
