@@ -19,7 +19,7 @@ from detector.lake import findings as store
 from detector.lake.events import Lake
 from detector.lake.findings_schema import SEVERITIES
 from detector.model.storage import Model
-from detector.simulate.traffic import simulate
+from detector.simulate import simulate
 
 END = datetime(2026, 11, 20, tzinfo=UTC)
 START = END - timedelta(days=2)

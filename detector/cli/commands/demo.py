@@ -54,7 +54,7 @@ def demo(
     from detector.lake.events import Lake
     from detector.lake.overview import lake_overview
     from detector.pipeline.ingest import ingest_paths
-    from detector.simulate.traffic import write_simulation
+    from detector.simulate import write_simulation
 
     root = Path(lake)
     for path, flag in ((root, "--lake"), (workdir, "--workdir")):
