@@ -26,7 +26,7 @@ from detector.detect.score import ScoreOptions, score_range
 from detector.detect.train import train_model
 from detector.events.normalize import normalize_lines
 from detector.lake.events import Lake
-from detector.simulate.traffic import simulate
+from detector.simulate import simulate
 
 END = datetime(2026, 11, 20, 12, tzinfo=UTC)
 START = END - timedelta(days=3)
