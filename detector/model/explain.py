@@ -119,7 +119,9 @@ def _detail(
         column, dimension = _NAMED_NOVELTY[name]
         usual = usual_values.get((ctx["cluster"], ctx["principal"], dimension), [])
         known = set(usual)
-        new = [v for v in (ctx.get(column) or []) if v is not None and v not in known]
+        # sorted: a window's value lists are unordered (features/windows.py), and the same
+        # window must get the same sentence on every run and executor
+        new = sorted(v for v in (ctx.get(column) or []) if v is not None and v not in known)
         if not new:
             return None
         text = "new: " + ", ".join(new[:_MAX_NAMED]) + (" ..." if len(new) > _MAX_NAMED else "")
