@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,12 @@ DURATION_KEYS = frozenset(
 )
 INSTANT_KEYS = frozenset({"since", "until", "end", "train_until"})
 
+#: Top-level keys owned by a layer above this one (``[[sinks]]``: detector.delivery.config),
+#: each with the checker that layer registers when imported: ``check(value, file_name)``
+#: returns the parsed value or raises :class:`ConfigError`. The parsed value lands in
+#: ``LoadedConfig.extra``.
+EXTRA_KEYS: dict[str, Callable[[Any, str], Any]] = {}
+
 
 class ConfigError(ValueError):
     """A configuration file or value that cannot be used; the message names the key."""
@@ -102,6 +108,8 @@ class LoadedConfig:
     default_map: dict[str, Any] = field(default_factory=dict)
     #: (command path, param name) -> where the file said it: "detect.toml" or "detect.toml [export]"
     origin: dict[tuple[tuple[str, ...], str], str] = field(default_factory=dict)
+    #: parsed values of EXTRA_KEYS (``sinks``...)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------ the command tree
@@ -291,7 +299,9 @@ def load(group: Any, path: Path | None) -> LoadedConfig:
         if raw_key in tables:
             continue
         key = raw_key.replace("-", "_")
-        if key in ROOT_SETTINGS:
+        if key in EXTRA_KEYS:
+            loaded.extra[key] = EXTRA_KEYS[key](value, fname)
+        elif key in ROOT_SETTINGS:
             loaded.root[key] = check_root_value(key, value, fname)
         elif key in shared:
             for s in shared[key]:

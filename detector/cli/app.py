@@ -38,6 +38,8 @@ COMMAND_MODULES = (
     "train",
     "score",
     "findings",
+    "incidents",
+    "suppressions",
     "evaluate",
     "rules",
     "athena",

@@ -134,6 +134,11 @@ class EvalReport:
     detectors: list[DetectorStats] = field(default_factory=list)
     model_threshold: float | None = None
     skipped_scenarios: int = 0
+    #: what was scored (not serialised): the incident figures are computed from these
+    findings: pl.DataFrame | None = None
+    events: pl.DataFrame | None = None
+    in_test: list[Scenario] = field(default_factory=list)
+    attackers: set[str] = field(default_factory=set)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -223,6 +228,8 @@ def evaluate(
         skipped_scenarios=len(scenarios) - len(in_test),
     )
     attackers = scenario_principals(lake, in_test, test_start, test_end)
+    report.findings, report.events = result.findings, result.events
+    report.in_test, report.attackers = in_test, attackers
     days = (test_end - test_start).total_seconds() / 86_400
     # Info findings (routine exec, port-forward) are records for the analyst, not alerts:
     # they neither detect a scenario nor count as false alerts.

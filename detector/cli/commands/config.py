@@ -99,6 +99,10 @@ def effective(
         elif all_options or where != "default":
             per_command.append(row)
     rows += shared_rows.values()
+    # [[sinks]]: where each secret comes from and whether it is set, never its value
+    for sink in loaded.extra.get("sinks", []):
+        where = loaded.path.name if loaded.path else settings.DEFAULT_CONFIG_FILE
+        rows.append({"setting": f"sinks.{sink.name}", "value": sink.describe(), "source": where})
     return rows + per_command
 
 

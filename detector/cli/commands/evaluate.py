@@ -91,10 +91,29 @@ def evaluate(
         fail(str(exc), EXIT_USAGE)
     except StorageError as exc:
         fail(str(exc))
+    from detector.incidents.evaluate import incident_figures
+
+    figures = incident_figures(report)
     if output == OutputFormat.json:
-        emit_json(report.to_dict())
+        emit_json({**report.to_dict(), "incidents": figures.to_dict()})
         return
     render(report)
+    render_incidents(figures)
+
+
+def render_incidents(f) -> None:
+    """The alert figures: what reaches a sink at the default minimum severity."""
+    from detector.cli.commands.score import wide_console
+
+    wide_console().print(
+        f"incidents at min severity {f.min_severity} (what reaches a sink): "
+        f"{f.incidents} delivered; {f.reached}/{f.scenarios} attacks reach a sink, "
+        f"at most {f.max_per_attack} incident(s) per attack; benign "
+        f"{f.benign_per_day:.1f} incident(s)/day ({f.unmatched} matching no attack); "
+        "targets (every attack, <=2 per attack, <=2 benign/day) "
+        + ("met" if f.targets_met else "NOT met"),
+        markup=False,
+    )
 
 
 def _pct(x: float | None) -> str:

@@ -103,11 +103,14 @@ def show(
     from detector.lake.findings import FindingNotFound, get_finding
 
     try:
+        if len(finding_id) < 20:  # a prefix: ids are 20 hex characters
+            finding_id = _full_id(lake, finding_id)
         row, events = get_finding(Lake(lake), finding_id)
     except FindingNotFound as exc:
         fail(str(exc), 2)
     except StorageError as exc:
         fail(str(exc))
+    row.update(_status_of(lake, row))
     if output == OutputFormat.json:
         emit_json({**row, "events": events.drop("finding_id").to_dicts()})
         return
@@ -122,6 +125,12 @@ def show(
     out.print(
         f"principal {row['principal']} ({row['principal_kind']}) in cluster {row['cluster']}, "
         f"{row['window_start']:%Y-%m-%d %H:%M}-{row['window_end']:%H:%M} UTC",
+        markup=False,
+    )
+    out.print(
+        f"status {row['status']}"
+        + (f" (suppressed by {row['suppression']})" if row["suppression"] else "")
+        + (f"; incident {row['incident_id']}" if row["incident_id"] else ""),
         markup=False,
     )
     if row.get("tactic"):
@@ -149,6 +158,77 @@ def show(
             f"{ev['response_code'] or '-'} {ev['source_ip'] or '-'} {ev['user_agent'] or '-'}",
             markup=False,
         )
+
+
+def _full_id(lake: str, prefix: str) -> str:
+    """The finding id that ``prefix`` starts (unique, 4+ characters), or a usage error."""
+    from detector.errors import DetectError
+    from detector.incidents.status import resolve_prefix
+    from detector.lake.events import Lake
+    from detector.lake.findings import list_findings
+
+    ids = list_findings(Lake(lake), min_severity="info")["finding_id"].to_list()
+    try:
+        return resolve_prefix(prefix, ids, "finding")
+    except DetectError as exc:
+        fail(str(exc), exc.exit_code)
+
+
+def _status_of(lake: str, row: dict) -> dict:
+    """Workflow status of one finding (new when it never reached an incident)."""
+    import polars as pl
+
+    from detector.lake.events import Lake
+    from detector.lake.incidents import read_status
+
+    st = read_status(Lake(lake), since=row["window_start"]).filter(
+        pl.col("finding_id") == row["finding_id"]
+    )
+    if st.is_empty():
+        return {"status": "new", "suppression": None, "incident_id": None}
+    return st.select("status", "suppression", "incident_id").row(0, named=True)
+
+
+def _set_status(finding_id: str, lake: str, status: str, reason: str | None) -> None:
+    from detector.errors import DetectError
+    from detector.incidents.workflow import set_finding_status
+    from detector.lake.events import Lake
+
+    try:
+        done = set_finding_status(Lake(lake), finding_id, status, reason)
+    except DetectError as exc:
+        fail(str(exc), exc.exit_code)
+    except StorageError as exc:
+        fail(str(exc))
+    stdout.print(f"finding {done['finding_id']}: {status}", markup=False)
+
+
+_IdArg = Annotated[str, typer.Argument(help="Finding id or a unique prefix of it (4+ chars).")]
+_ReasonOpt = Annotated[str | None, typer.Option("--reason", help="Why (kept in the lake).")]
+
+
+@findings_app.command("ack")
+def ack(finding_id: _IdArg, lake: LakeOpt = "./lake", reason: _ReasonOpt = None) -> None:
+    """Acknowledge a finding (OCSF status In Progress).
+
+    Example:
+
+    \b
+        detect findings ack 3f9c0a --lake ./lake --reason "checking with the team"
+    """
+    _set_status(finding_id, lake, "acknowledged", reason)
+
+
+@findings_app.command("resolve")
+def resolve(finding_id: _IdArg, lake: LakeOpt = "./lake", reason: _ReasonOpt = None) -> None:
+    """Resolve a finding; its incident resolves once all its findings are resolved.
+
+    Example:
+
+    \b
+        detect findings resolve 3f9c0a --lake ./lake --reason "expected: migration job"
+    """
+    _set_status(finding_id, lake, "resolved", reason)
 
 
 def register(app: typer.Typer) -> None:

@@ -39,6 +39,7 @@ SEVERITY_STYLE = {
 
 
 def score(
+    ctx: typer.Context,
     lake: LakeOpt = "./lake",
     since: SinceOpt = "1h",
     until: UntilOpt = None,
@@ -71,6 +72,21 @@ def score(
     ] = None,
     seed: SeedOpt = 0,
     cluster: ClusterOpt = None,
+    suppressions: Annotated[
+        str | None,
+        typer.Option(
+            "--suppressions",
+            envvar="DETECT_SUPPRESSIONS",
+            help="Suppressions YAML applied before delivery (default ./suppressions.yaml if any).",
+        ),
+    ] = None,
+    deliver: Annotated[
+        bool,
+        typer.Option(
+            "--deliver/--no-deliver",
+            help="Send new and changed incidents to the [[sinks]] in detect.toml.",
+        ),
+    ] = True,
 ) -> None:
     """Score a time range of the lake: features, model and rules -> findings.
 
@@ -132,6 +148,7 @@ def score(
         fail(str(exc), EXIT_USAGE)
     except StorageError as exc:
         fail(str(exc))
+    alerts = _alerts(ctx, lake, result, suppressions, deliver)
 
     summary = {
         "since": result.start,
@@ -141,6 +158,7 @@ def score(
         "model_version": result.model_version,
         "cold_start": result.cold_start,
         "rules": result.rules,
+        "incidents": alerts.to_dict(),
     }
     if output == OutputFormat.json:
         emit_json({**summary, "findings": findings_json(result.findings)})
@@ -154,10 +172,49 @@ def score(
             f"written to {lake}/findings/",
             markup=False,
         )
+        stdout.print(_alerts_line(alerts), markup=False)
     if fail_on is not None and len(result.findings):
         worst = int(result.findings["severity_rank"].max())
         if worst >= SEVERITIES.index(fail_on):
             raise typer.Exit(EXIT_FINDINGS)
+
+
+def _alerts(
+    ctx: typer.Context, lake: str, result: Any, suppressions: str | None, deliver: bool
+) -> Any:
+    """Incidents, suppressions and delivery after the findings are written (docs/alerts.md)."""
+    from detector.cli.commands.incidents import configured_sinks
+    from detector.delivery.run import after_score
+    from detector.errors import DetectError
+    from detector.lake.events import Lake
+
+    try:
+        return after_score(
+            Lake(lake),
+            result.findings,
+            result.events,
+            sink_configs=configured_sinks(ctx),
+            suppressions_path=suppressions,
+            deliver_alerts=deliver,
+        )
+    except DetectError as exc:
+        fail(str(exc), exc.exit_code)
+    except StorageError as exc:
+        fail(str(exc))
+
+
+def _alerts_line(alerts: Any) -> str:
+    d = alerts.delivery
+    sent = (
+        f"; delivered {d['sent']} alert(s) ({d['new']} new, {d['updates']} updates), "
+        f"{d['throttled']} throttled, {d['failed']} failed"
+        if d
+        else ""
+    )
+    return (
+        f"{alerts.incidents} incident(s) touched, {alerts.changed} changed, "
+        f"{alerts.suppressed_findings} finding(s) suppressed{sent}"
+    )
 
 
 def findings_json(df: pl.DataFrame) -> list[dict[str, Any]]:

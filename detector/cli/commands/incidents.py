@@ -1,0 +1,273 @@
+"""`detect incidents`: list, show, acknowledge, resolve, reopen; `deliver` sends what is due."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from detector.cli.options import (
+    FormatOpt,
+    LakeOpt,
+    OutputFormat,
+    emit_json,
+    fail,
+    stdout,
+    usage_error,
+)
+from detector.errors import DetectError
+from detector.lake.findings_schema import SEVERITIES
+from detector.storage import StorageError
+from detector.timeparse import TimeArgumentError, parse_instant
+
+incidents_app = typer.Typer(invoke_without_command=True, no_args_is_help=False)
+
+IdArg = Annotated[str, typer.Argument(help="Incident id, or a unique prefix of it (4+ chars).")]
+ReasonOpt = Annotated[
+    str | None, typer.Option("--reason", help="Why (kept with the status in the lake).")
+]
+
+
+@incidents_app.callback()
+def list_cmd(
+    ctx: typer.Context,
+    lake: LakeOpt = "./lake",
+    since: Annotated[
+        str, typer.Option("--since", help="Incidents first seen after this (7d, ISO-8601).")
+    ] = "7d",
+    status: Annotated[
+        str | None,
+        typer.Option("--status", help="Only this status: new, acknowledged, suppressed, resolved."),
+    ] = None,
+    min_severity: Annotated[
+        str | None, typer.Option("--min-severity", help="Only this severity and above.")
+    ] = None,
+    output: FormatOpt = OutputFormat.table,
+) -> None:
+    """List incidents: findings of one principal (or source IP) grouped, most severe first.
+
+    `detect score` groups the findings it writes into incidents and sends them to the
+    sinks in detect.toml ([[sinks]]). Exit codes: 0 done, 2 bad arguments or unknown id,
+    3 storage failure.
+
+    Example:
+
+    \b
+        detect incidents --lake ./lake --since 7d --status new
+        detect incidents show 3f9c0a --lake ./lake
+        detect incidents ack 3f9c0a --reason "on it (OPS-12)" --lake ./lake
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    import polars as pl
+
+    from detector.lake.events import Lake
+    from detector.lake.incidents import read_incidents
+
+    if min_severity is not None and min_severity not in SEVERITIES:
+        usage_error(f"--min-severity must be one of {', '.join(SEVERITIES)}, not {min_severity!r}")
+    try:
+        start = parse_instant(since)
+    except TimeArgumentError as exc:
+        usage_error(str(exc))
+    try:
+        df = read_incidents(Lake(lake), since=start).filter(pl.col("last_seen") >= start)
+    except StorageError as exc:
+        fail(str(exc))
+    if status:
+        df = df.filter(pl.col("status") == status)
+    if min_severity:
+        df = df.filter(pl.col("severity_rank") >= SEVERITIES.index(min_severity))
+    if output == OutputFormat.json:
+        emit_json(df.drop("timeline").to_dicts())
+        return
+    if df.is_empty():
+        stdout.print("no incidents", markup=False)
+        return
+    from detector.cli.commands.score import SEVERITY_STYLE, short_principal, wide_console
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for col in ("id", "severity", "status", "first seen (UTC)", "findings", "principal", "title"):
+        table.add_column(col, no_wrap=True, overflow="ellipsis", max_width=72)
+    for r in df.iter_rows(named=True):
+        who = r["key"] if r["key_kind"] == "source_ip" else short_principal(r["principal"])
+        table.add_row(
+            r["incident_id"],
+            f"[{SEVERITY_STYLE.get(r['severity'], '')}]{r['severity']}[/]",
+            r["status"] + (f" ({r['suppression']})" if r["suppression"] else ""),
+            f"{r['first_seen']:%m-%d %H:%M}",
+            str(len(r["finding_ids"])),
+            escape(who or "-"),
+            escape(r["title"] or ""),
+        )
+    wide_console().print(table)
+
+
+@incidents_app.command("show")
+def show(
+    incident_id: IdArg, lake: LakeOpt = "./lake", output: FormatOpt = OutputFormat.table
+) -> None:
+    """Show one incident: severity and why, status, and the timeline of its findings.
+
+    Example:
+
+    \b
+        detect incidents show 3f9c0a --lake ./lake
+    """
+    from detector.incidents.workflow import find_incident
+    from detector.lake.events import Lake
+
+    inc = _run(lambda: find_incident(Lake(lake), incident_id))
+    if output == OutputFormat.json:
+        emit_json(inc.to_row())
+        return
+    out = stdout
+    out.print(inc.title, markup=False, style="bold")
+    out.print(
+        f"incident {inc.incident_id} v{inc.version}  severity {inc.severity}  status "
+        f"{inc.status}{f' by {inc.suppression}' if inc.suppression else ''}",
+        markup=False,
+    )
+    who = f"source IP {inc.key}" if inc.key_kind == "source_ip" else f"principal {inc.principal}"
+    out.print(
+        f"{who} in cluster {inc.cluster}, {inc.first_seen:%Y-%m-%d %H:%M} to "
+        f"{inc.last_seen:%Y-%m-%d %H:%M} UTC",
+        markup=False,
+    )
+    out.print(f"why this severity: {inc.severity_reason}", markup=False)
+    if inc.tactics:
+        out.print(f"tactics: {' -> '.join(inc.tactics)}", markup=False)
+    out.print("timeline:", markup=False)
+    for t in inc.timeline:
+        tag = f"  [suppressed by {t['suppression']}]" if t.get("suppression") else ""
+        out.print(
+            f"  {t['time']:%m-%d %H:%M}  {t['severity']:<8} {t['finding_id']}  "
+            f"{t['detector']}: {t['title']}{tag}",
+            markup=False,
+        )
+    out.print(f"findings: detect findings show <id> --lake {lake}", markup=False)
+
+
+def _run(fn: Any) -> Any:
+    try:
+        return fn()
+    except DetectError as exc:
+        fail(str(exc), exc.exit_code)
+    except StorageError as exc:
+        fail(str(exc))
+
+
+def _set(
+    incident_id: str, lake: str, status: str, reason: str | None, output: OutputFormat
+) -> None:
+    from detector.incidents.workflow import set_incident_status
+    from detector.lake.events import Lake
+
+    inc = _run(lambda: set_incident_status(Lake(lake), incident_id, status, reason))
+    if output == OutputFormat.json:
+        emit_json({"incident_id": inc.incident_id, "status": inc.status})
+    else:
+        stdout.print(f"incident {inc.incident_id}: {inc.status}", markup=False)
+
+
+@incidents_app.command("ack")
+def ack(
+    incident_id: IdArg,
+    lake: LakeOpt = "./lake",
+    reason: ReasonOpt = None,
+    output: FormatOpt = OutputFormat.table,
+) -> None:
+    """Acknowledge an incident (OCSF In Progress): someone is on it; updates still arrive.
+
+    Example:
+
+    \b
+        detect incidents ack 3f9c0a --reason "looking (OPS-12)" --lake ./lake
+    """
+    _set(incident_id, lake, "acknowledged", reason, output)
+
+
+@incidents_app.command("resolve")
+def resolve(
+    incident_id: IdArg,
+    lake: LakeOpt = "./lake",
+    reason: ReasonOpt = None,
+    output: FormatOpt = OutputFormat.table,
+) -> None:
+    """Resolve an incident: closed; new activity of the principal opens a new incident.
+
+    Example:
+
+    \b
+        detect incidents resolve 3f9c0a --reason "token rotated" --lake ./lake
+    """
+    _set(incident_id, lake, "resolved", reason, output)
+
+
+@incidents_app.command("reopen")
+def reopen(
+    incident_id: IdArg,
+    lake: LakeOpt = "./lake",
+    reason: ReasonOpt = None,
+    output: FormatOpt = OutputFormat.table,
+) -> None:
+    """Set an incident back to new.
+
+    Example:
+
+    \b
+        detect incidents reopen 3f9c0a --lake ./lake
+    """
+    _set(incident_id, lake, "new", reason, output)
+
+
+@incidents_app.command("deliver")
+def deliver_cmd(
+    ctx: typer.Context, lake: LakeOpt = "./lake", output: FormatOpt = OutputFormat.table
+) -> None:
+    """Send what is due to the sinks in detect.toml: incidents updated in the last day that a
+    sink has not received at their current version (after an outage, say). Nothing already
+    delivered is sent again.
+
+    Example:
+
+    \b
+        detect --config prod.toml incidents deliver --lake s3://audit-lake/prod
+    """
+    from detector.delivery.run import pending, send
+    from detector.lake.events import Lake
+
+    sinks = configured_sinks(ctx)
+    if not sinks:
+        usage_error("no [[sinks]] in the configuration (see docs/alerts.md)")
+    the_lake = Lake(lake)
+    report = _run(lambda: send(the_lake, pending(the_lake, _now()), sinks))
+    if output == OutputFormat.json:
+        emit_json(report.summary())
+    else:
+        s = report.summary()
+        stdout.print(
+            f"sent {s['sent']} ({s['new']} new, {s['updates']} updates), "
+            f"{s['throttled']} throttled, {s['failed']} failed",
+            markup=False,
+        )
+
+
+def _now():
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
+
+
+def configured_sinks(ctx: typer.Context) -> list:
+    """The [[sinks]] of the loaded configuration (checked when the file was read)."""
+    state = ctx.find_root().meta.get("detect.settings")
+    return list(state.config.extra.get("sinks", [])) if state else []
+
+
+def register(app: typer.Typer) -> None:
+    import detector.delivery.config  # noqa: F401  registers [[sinks]] with the config reader
+
+    app.add_typer(incidents_app, name="incidents")

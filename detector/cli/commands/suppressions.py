@@ -1,0 +1,89 @@
+"""`detect suppressions`: check a suppressions file and see what it would silence."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+import typer
+
+from detector.cli.options import FormatOpt, OutputFormat, emit_json, fail, stdout
+from detector.errors import DetectError
+from detector.storage import StorageError
+from detector.timeparse import TimeArgumentError, parse_instant
+
+
+def suppressions(
+    path: Annotated[str, typer.Argument(help="The suppressions YAML file.")] = "suppressions.yaml",
+    lake: Annotated[
+        str | None,
+        typer.Option(
+            "--lake",
+            envvar="DETECT_LAKE",
+            help="Also count the findings in the lake each one matches.",
+        ),
+    ] = None,
+    since: Annotated[str, typer.Option("--since", help="...over findings since this.")] = "7d",
+    output: FormatOpt = OutputFormat.table,
+) -> None:
+    """Check a suppressions file (exit 2 on the first problem) and list each suppression
+    with its expiry and, given --lake, how many findings it matches.
+
+    Suppressions are applied by `detect score` before delivery (--suppressions, default
+    ./suppressions.yaml); suppressed findings stay in the lake with status suppressed.
+
+    Example:
+
+    \b
+        detect suppressions suppressions.yaml --lake ./lake --since 30d
+    """
+    from detector.incidents import suppress
+
+    now = datetime.now(UTC)
+    try:
+        sups = suppress.load(path)
+        counts: dict[str, int] = {}
+        if lake:
+            from detector.lake.events import Lake
+            from detector.lake.findings import list_findings
+            from detector.lake.incidents import findings_events
+
+            start = parse_instant(since)
+            the_lake = Lake(lake)
+            found = list_findings(the_lake, since=start, min_severity="info")
+            events = findings_events(the_lake, found) if found.height else None
+            hits = suppress.apply(found, events, sups, now)
+            for name in hits["suppression"].drop_nulls().to_list():
+                counts[name] = counts.get(name, 0) + 1
+    except DetectError as exc:
+        fail(str(exc), exc.exit_code)
+    except TimeArgumentError as exc:
+        fail(str(exc), 2)
+    except StorageError as exc:
+        fail(str(exc))
+    rows = [
+        {
+            "name": s.name,
+            "state": "expired" if s.expired(now) else "active",
+            "expires": s.expires.strftime("%Y-%m-%d"),
+            "match": s.match,
+            "reason": s.reason,
+            **({"findings_matched": counts.get(s.name, 0)} if lake else {}),
+        }
+        for s in sups
+    ]
+    if output == OutputFormat.json:
+        emit_json(rows)
+        return
+    for r in rows:
+        cond = ", ".join(f"{k}={v}" for k, v in r["match"].items())
+        extra = f", {r['findings_matched']} finding(s) matched" if lake else ""
+        stdout.print(
+            f"{r['name']}: {r['state']} until {r['expires']}{extra}; {cond}; reason: {r['reason']}",
+            markup=False,
+        )
+    stdout.print(f"{len(rows)} suppression(s) in {path}: ok", markup=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("suppressions")(suppressions)

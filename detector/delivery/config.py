@@ -1,0 +1,268 @@
+"""``[[sinks]]`` in detect.toml: parsed and checked whole when the file is read.
+
+::
+
+    [[sinks]]
+    name = "secops-webhook"
+    type = "webhook"                  # webhook, slack, sns, eventbridge, securityhub, ocsf
+    url_env = "DETECT_WEBHOOK_URL"    # secrets only from the environment ...
+    secret_file = "/run/secrets/hmac" # ... or a file; never in detect.toml itself
+    min_severity = "medium"           # default low; info is never delivered
+    detectors = ["rule:*"]            # optional filters (globs), any of which must match
+    clusters = ["prod"]
+    namespaces = ["payments"]
+    retries = 3                       # attempts after the first, with exponential backoff
+    backoff = "1s"
+    throttle = "15m"                  # at most one update per principal per sink per 15m
+
+Why secrets never sit in the file: detect.toml is committed to git and printed by
+``detect config show``; a Slack webhook URL or an HMAC key in it leaks to everyone who can
+read either. ``describe()`` shows where a secret comes from and whether it is set, never the
+value.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from detector import config as settings
+from detector.errors import UsageError
+from detector.lake.findings_schema import SEVERITIES
+from detector.timeparse import TimeArgumentError, parse_duration
+
+TYPES = ("webhook", "slack", "sns", "eventbridge", "securityhub", "ocsf")
+COMMON = {
+    "name",
+    "type",
+    "min_severity",
+    "detectors",
+    "clusters",
+    "namespaces",
+    "retries",
+    "backoff",
+    "throttle",
+    "timeout",
+    "enabled",
+}
+SPECIFIC: dict[str, set[str]] = {
+    "webhook": {"url", "url_env", "url_file", "secret_env", "secret_file", "allow_http"},
+    "slack": {"url_env", "url_file", "lake", "allow_http"},
+    "sns": {"topic_arn", "region"},
+    "eventbridge": {"event_bus", "source", "region"},
+    "securityhub": {"account_id", "region", "product_arn"},
+    "ocsf": {"path", "format", "source_name", "account_id", "region"},
+}
+REQUIRED = {"sns": ("topic_arn",), "ocsf": ("path",)}
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+class SinkConfigError(settings.ConfigError, UsageError):
+    """A sink that cannot be used as configured; names the sink and key, never a secret."""
+
+
+class SecretMissing(SinkConfigError):
+    pass
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    name: str
+    type: str
+    min_severity: str = "low"
+    detectors: tuple[str, ...] = ()
+    clusters: tuple[str, ...] = ()
+    namespaces: tuple[str, ...] = ()
+    retries: int = 3
+    backoff: float = 1.0
+    throttle: float = 900.0
+    timeout: float = 10.0
+    enabled: bool = True
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def min_rank(self) -> int:
+        return SEVERITIES.index(self.min_severity)
+
+    def secret(self, what: str) -> str | None:
+        """``url`` or ``secret`` from ``<what>_env`` or ``<what>_file`` (None when neither)."""
+        env, path = self.options.get(f"{what}_env"), self.options.get(f"{what}_file")
+        if env:
+            value = os.environ.get(env)
+            if not value:
+                raise SecretMissing(
+                    f"sink {self.name!r}: environment variable {env} ({what}) is not set"
+                )
+            return value.strip()
+        if path:
+            try:
+                return Path(path).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise SecretMissing(
+                    f"sink {self.name!r}: {what}_file {path} cannot be read: "
+                    f"{exc.strerror or type(exc).__name__}"
+                ) from None
+        return self.options.get(what) if what == "url" else None
+
+    def describe(self) -> str:
+        """One line for ``detect config show``: secrets as their source, never their value."""
+        parts = [f"type={self.type}", f"min_severity={self.min_severity}"]
+        for key, value in sorted(self.options.items()):
+            if key.endswith("_env"):
+                state = "set" if os.environ.get(value) else "NOT SET"
+                parts.append(f"{key}={value} ({state})")
+            elif key.endswith("_file"):
+                parts.append(f"{key}={value}")
+            elif key == "url":  # allowed for webhooks only; shown without path or query
+                u = urlsplit(value)
+                parts.append(
+                    f"url={u.scheme}://{u.hostname}{':' + str(u.port) if u.port else ''}/…"
+                )
+            else:
+                parts.append(f"{key}={value}")
+        for key in ("detectors", "clusters", "namespaces"):
+            if getattr(self, key):
+                parts.append(f"{key}={','.join(getattr(self, key))}")
+        return " ".join(parts)
+
+    def accepts(
+        self, severity_rank: int, detectors: list[str], cluster: str | None, namespaces: list[str]
+    ) -> bool:
+        """Whether an incident passes this sink's severity and filters (info never does)."""
+        if not self.enabled or severity_rank < max(self.min_rank, 1):
+            return False
+        if self.detectors and not any(
+            fnmatch.fnmatchcase(d, p) for d in detectors for p in self.detectors
+        ):
+            return False
+        if self.clusters and not any(fnmatch.fnmatchcase(cluster or "", p) for p in self.clusters):
+            return False
+        return not self.namespaces or any(
+            fnmatch.fnmatchcase(n, p) for n in namespaces for p in self.namespaces
+        )
+
+
+def _strings(value: Any, where: str, key: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise SinkConfigError(f"{where}: {key} must be a list of strings")
+    return tuple(value)
+
+
+def _seconds(value: Any, where: str, key: str) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return parse_duration(value).total_seconds()
+        except TimeArgumentError as exc:
+            raise SinkConfigError(f"{where}: {key} = {value!r}: {exc}") from None
+    raise SinkConfigError(f'{where}: {key} must be a duration such as "30s"')
+
+
+def _loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_url(url: str, where: str, allow_http: bool) -> None:
+    scheme = urlsplit(url).scheme
+    if scheme == "https" or (scheme == "http" and (allow_http or _loopback(url))):
+        return
+    raise SinkConfigError(
+        f"{where}: the URL must be https:// (http only to loopback or with allow_http = true)"
+    )
+
+
+def parse_sink(item: Any, where: str) -> SinkConfig:
+    if not isinstance(item, dict):
+        raise SinkConfigError(f"{where}: expected a table ([[sinks]])")
+    name = item.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise SinkConfigError(f"{where}: name must be lowercase letters, digits, - or _")
+    where = f"{where} {name!r}"
+    kind = item.get("type")
+    if kind not in TYPES:
+        raise SinkConfigError(f"{where}: type must be one of {', '.join(TYPES)}, not {kind!r}")
+    unknown = set(item) - COMMON - SPECIFIC[kind]
+    if unknown:
+        raise SinkConfigError(
+            f"{where}: unknown key(s) {', '.join(sorted(unknown))} for a {kind} sink "
+            f"(known: {', '.join(sorted(SPECIFIC[kind]))})"
+        )
+    for key in REQUIRED.get(kind, ()):
+        if not isinstance(item.get(key), str) or not item[key]:
+            raise SinkConfigError(f"{where}: {key} is required for a {kind} sink")
+    options = {k: v for k, v in item.items() if k in SPECIFIC[kind]}
+    if kind in ("webhook", "slack"):
+        sources = [k for k in ("url", "url_env", "url_file") if k in options]
+        if len(sources) != 1:
+            raise SinkConfigError(f"{where}: give exactly one of url_env or url_file")
+        if "url" in options:
+            check_url(str(options["url"]), where, bool(options.get("allow_http")))
+        if kind == "webhook" and "secret_env" in options and "secret_file" in options:
+            raise SinkConfigError(f"{where}: give one of secret_env or secret_file")
+    if kind == "ocsf":
+        fmt = options.setdefault("format", "jsonl")
+        if fmt not in ("jsonl", "parquet"):
+            raise SinkConfigError(f"{where}: format must be jsonl or parquet")
+        if fmt == "parquet" and options["path"] == "-":
+            raise SinkConfigError(f"{where}: parquet needs a path (a folder or s3:// prefix)")
+        for key in ("source_name", "account_id", "region"):  # these become path segments
+            value = options.get(key)
+            if value is not None and not _SEGMENT.match(str(value)):
+                raise SinkConfigError(f"{where}: {key} must be letters, digits, - or _")
+    severity = item.get("min_severity", "low")
+    if severity not in SEVERITIES or severity == "info":
+        raise SinkConfigError(
+            f"{where}: min_severity must be one of {', '.join(SEVERITIES[1:])} "
+            "(info is a record, never an alert)"
+        )
+    retries = item.get("retries", 3)
+    if not isinstance(retries, int) or isinstance(retries, bool) or not 0 <= retries <= 10:
+        raise SinkConfigError(f"{where}: retries must be an integer from 0 to 10")
+    enabled = item.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise SinkConfigError(f"{where}: enabled must be true or false")
+    return SinkConfig(
+        name=name,
+        type=kind,
+        min_severity=severity,
+        detectors=_strings(item.get("detectors", []), where, "detectors"),
+        clusters=_strings(item.get("clusters", []), where, "clusters"),
+        namespaces=_strings(item.get("namespaces", []), where, "namespaces"),
+        retries=retries,
+        backoff=_seconds(item.get("backoff", "1s"), where, "backoff"),
+        throttle=_seconds(item.get("throttle", "15m"), where, "throttle"),
+        timeout=_seconds(item.get("timeout", "10s"), where, "timeout"),
+        enabled=enabled,
+        options=options,
+    )
+
+
+def parse_sinks(value: Any, source: str = "detect.toml") -> list[SinkConfig]:
+    """Every ``[[sinks]]`` entry, checked; names must be unique (they key delivery records)."""
+    if not isinstance(value, list):
+        raise SinkConfigError(f"{source}: sinks must be an array of tables ([[sinks]])")
+    out = [parse_sink(item, f"{source} [[sinks]] #{i + 1}") for i, item in enumerate(value)]
+    names = [s.name for s in out]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise SinkConfigError(f"{source}: sink name(s) used twice: {', '.join(dupes)}")
+    return out
+
+
+settings.EXTRA_KEYS["sinks"] = parse_sinks

@@ -1,0 +1,145 @@
+"""Decide what each sink must hear and send it: the one call batch and stream share.
+
+``deliver(incidents, sinks, state)`` is pure with respect to the lake: it returns the new
+state (to checkpoint) and the dead letters (to file). ``detect score`` calls it once per
+run through :func:`deliver_to_lake`; ``detect watch`` calls it per batch and stores
+``report.state.to_dict()`` with its checkpoint.
+
+Per sink and incident:
+
+- never delivered and at or above the sink's minimum severity (``info`` never): sent as
+  ``new``;
+- delivered at an older version: sent as ``update`` of the same alert (same id), unless
+  the same principal had an update on this sink less than ``throttle`` ago and the
+  severity did not rise, in which case it waits (``throttled``) and a later run sends the
+  latest version: nothing is lost, the channel just is not flooded;
+- suppressed or resolved incidents are not sent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from detector.delivery.payloads import Alert
+from detector.delivery.records import DeliveryState
+from detector.delivery.sinks import Sink
+from detector.incidents.group import Incident
+from detector.incidents.status import DELIVERED
+from detector.lake.findings_schema import SEVERITIES
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DeliveryReport:
+    state: DeliveryState
+    sent: list[dict[str, Any]] = field(default_factory=list)  # incident_id, version, sink, kind
+    throttled: list[dict[str, Any]] = field(default_factory=list)
+    dead_letters: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        per_sink: dict[str, int] = {}
+        for s in self.sent:
+            per_sink[s["sink"]] = per_sink.get(s["sink"], 0) + 1
+        return {
+            "sent": len(self.sent),
+            "new": sum(1 for s in self.sent if s["kind"] == "new"),
+            "updates": sum(1 for s in self.sent if s["kind"] == "update"),
+            "throttled": len(self.throttled),
+            "failed": len(self.dead_letters),
+            "per_sink": per_sink,
+        }
+
+
+def plan(
+    incidents: Iterable[Incident], sink: Sink, state: DeliveryState, now: datetime, lake: str
+) -> tuple[list[Alert], list[dict[str, Any]]]:
+    """The alerts ``sink`` must receive now, and those held back by the throttle."""
+    cfg = sink.cfg
+    due: list[Alert] = []
+    held: list[dict[str, Any]] = []
+    for inc in sorted(incidents, key=lambda i: (i.first_seen, i.incident_id)):
+        if inc.status not in DELIVERED:
+            continue
+        if not cfg.accepts(inc.severity_rank, inc.detectors, inc.cluster, inc.namespaces):
+            continue
+        rec = state.delivered(inc.incident_id, cfg.name)
+        if rec is None:
+            due.append(Alert(inc, "new", lake))
+            continue
+        if rec["version"] >= inc.version:
+            continue
+        alert = Alert(inc, "update", lake)
+        raised = SEVERITIES.index(inc.severity) > SEVERITIES.index(rec["severity"])
+        last = state.last_update_at(cfg.name, alert.who)
+        if not raised and last is not None and (now - last).total_seconds() < cfg.throttle:
+            held.append({"incident_id": inc.incident_id, "version": inc.version, "sink": cfg.name})
+            continue
+        due.append(alert)
+    return due, held
+
+
+def deliver(
+    incidents: Iterable[Incident],
+    sinks: list[Sink],
+    state: DeliveryState,
+    *,
+    now: datetime | None = None,
+    lake: str = "./lake",
+) -> DeliveryReport:
+    """Send what is due to every sink; returns a new state (the input is not changed)."""
+    now = now or datetime.now(UTC)
+    incidents = list(incidents)
+    report = DeliveryReport(state=state.copy())
+    for sink in sinks:
+        due, held = plan(incidents, sink, report.state, now, lake)
+        report.throttled += held
+        if not due:
+            continue
+        try:
+            outcomes = sink.send(due)
+        finally:
+            sink.close()
+        for o in outcomes:
+            inc = o.alert.incident
+            if o.ok:
+                report.state.record(
+                    inc.incident_id, inc.version, sink.name, inc.severity, o.alert.who, now
+                )
+                report.sent.append(
+                    {
+                        "incident_id": inc.incident_id,
+                        "version": inc.version,
+                        "sink": sink.name,
+                        "kind": o.alert.kind,
+                    }
+                )
+            else:
+                log.warning(
+                    "sink %s: incident %s v%d not delivered after %d attempt(s): %s",
+                    sink.name,
+                    inc.incident_id,
+                    inc.version,
+                    o.attempts,
+                    o.error,
+                )
+                report.dead_letters.append(
+                    {
+                        "incident_id": inc.incident_id,
+                        "version": inc.version,
+                        "sink": sink.name,
+                        "sink_type": sink.cfg.type,
+                        "kind": o.alert.kind,
+                        "idempotency_key": o.alert.key,
+                        "attempts": o.attempts,
+                        "error": o.error,
+                        "failed_at": now,
+                        "payload": o.payload,
+                    }
+                )
+    report.state.prune(now)
+    return report

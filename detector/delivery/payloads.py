@@ -1,0 +1,413 @@
+"""What each sink receives for one alert (an incident at one version), as plain dicts.
+
+Pure functions, no I/O: the same alert always gives the same bytes, so a retried or
+re-sent delivery is recognisably the same one (``key`` = ``<incident_id>:v<version>``,
+and every payload carries it). Examples of each payload are in docs/alerts.md.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from detector import __version__
+from detector.incidents.group import Incident
+from detector.incidents.status import ASFF_WORKFLOW, OCSF_STATUS_ID, OCSF_STATUS_NAME
+
+PRODUCT = "audit-detector"
+VENDOR = "audit-detector"
+#: uuid5 namespace for falcosidekick's ``uuid``: stable per alert key.
+_NS = uuid.UUID("6f1c5e8a-4a8e-4b7e-9c1d-2d7a1e0b9f31")
+
+FALCO_PRIORITY = {
+    "critical": "Critical",
+    "high": "Error",
+    "medium": "Warning",
+    "low": "Notice",
+    "info": "Informational",
+}
+OCSF_SEVERITY_ID = {"info": 1, "low": 2, "medium": 3, "high": 4, "critical": 5}
+OCSF_SEVERITY = {
+    "info": "Informational",
+    "low": "Low",
+    "medium": "Medium",
+    "high": "High",
+    "critical": "Critical",
+}
+EVENTBRIDGE_DETAIL_TYPE = {
+    "new": "Audit Detector Incident Created",
+    "update": "Audit Detector Incident Updated",
+}
+#: ASFF's TTPs namespace has these ATT&CK tactics; others fall back to a behaviour type.
+ASFF_TTPS = {
+    "Initial Access",
+    "Execution",
+    "Persistence",
+    "Privilege Escalation",
+    "Defense Evasion",
+    "Credential Access",
+    "Discovery",
+    "Lateral Movement",
+    "Collection",
+    "Command and Control",
+}
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One incident at one version, to one or more sinks; ``kind`` is new or update."""
+
+    incident: Incident
+    kind: str  # "new" or "update"
+    lake: str = "./lake"
+
+    @property
+    def key(self) -> str:
+        return f"{self.incident.incident_id}:v{self.incident.version}"
+
+    @property
+    def who(self) -> str:
+        inc = self.incident
+        return inc.key if inc.key_kind == "source_ip" else (inc.principal or inc.key)
+
+    @property
+    def open_command(self) -> str:
+        return f"detect incidents show {self.incident.incident_id} --lake {self.lake}"
+
+
+def _iso(ts: datetime | None) -> str | None:
+    if ts is None:
+        return None
+    return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _ms(ts: datetime | None) -> int | None:
+    return None if ts is None else int(ts.timestamp() * 1000)
+
+
+def reasons(inc: Incident, limit: int = 8) -> list[str]:
+    """One line per finding, worst first: what an analyst reads before opening it."""
+    rows = sorted(inc.timeline, key=lambda t: (-t["severity_rank"], t["time"]))
+    out = []
+    for t in rows[:limit]:
+        tag = f" [suppressed by {t['suppression']}]" if t.get("suppression") else ""
+        out.append(f"{t['severity']}: {t['title']} ({t['detector']}, {_iso(t['time'])}){tag}")
+    if len(rows) > limit:
+        out.append(f"... and {len(rows) - limit} more finding(s)")
+    return out
+
+
+def incident_doc(alert: Alert) -> dict[str, Any]:
+    """The incident as JSON: SNS message, EventBridge detail, the webhook's full record."""
+    inc = alert.incident
+    return {
+        "schema": "audit-detector/incident/v1",
+        "kind": alert.kind,
+        "idempotency_key": alert.key,
+        "incident_id": inc.incident_id,
+        "version": inc.version,
+        "status": inc.status,
+        "severity": inc.severity,
+        "base_severity": inc.base_severity,
+        "severity_reason": inc.severity_reason,
+        "title": inc.title,
+        "cluster": inc.cluster,
+        "principal": inc.principal,
+        "principal_kind": inc.principal_kind,
+        "grouped_by": inc.key_kind,
+        "source_ips": inc.source_ips,
+        "namespaces": inc.namespaces,
+        "first_seen": _iso(inc.first_seen),
+        "last_seen": _iso(inc.last_seen),
+        "tactics": inc.tactics,
+        "techniques": inc.techniques,
+        "detectors": inc.detectors,
+        "finding_ids": inc.finding_ids,
+        "reasons": reasons(inc),
+        "open": alert.open_command,
+    }
+
+
+# --------------------------------------------------------------------------- webhook
+def falcosidekick(alert: Alert) -> dict[str, Any]:
+    """A Falco event as falcosidekick accepts it on ``POST /`` (its ``types.FalcoPayload``).
+
+    ``rule`` is the worst finding's detector, so falcosidekick's per-rule routing and
+    Falco's rule-name filters keep working; ``output_fields`` uses Falco's k8saudit field
+    names where one exists (``ka.user.name``, ``ka.sourceips``) and ``detect.*`` for ours.
+    """
+    inc = alert.incident
+    worst = max(inc.timeline, key=lambda t: t["severity_rank"]) if inc.timeline else {}
+    priority = FALCO_PRIORITY[inc.severity]
+    output = (
+        f"{_iso(inc.last_seen)}: {priority} {inc.title} (user={inc.principal} "
+        f"cluster={inc.cluster} incident={inc.incident_id} version={inc.version})"
+    )
+    return {
+        "uuid": str(uuid.uuid5(_NS, alert.key)),
+        "output": output,
+        "priority": priority,
+        "rule": worst.get("detector", PRODUCT),
+        "time": _iso(inc.last_seen),
+        "source": "k8saudit",
+        "hostname": inc.cluster,
+        "tags": [
+            "k8s",
+            PRODUCT,
+            f"incident_{alert.kind}",
+            *[t.lower().replace(" ", "_") for t in inc.tactics],
+            *inc.techniques,
+        ],
+        "output_fields": {
+            "ka.user.name": inc.principal,
+            "ka.sourceips": inc.source_ips,
+            "ka.target.namespace": inc.namespaces[0] if len(inc.namespaces) == 1 else None,
+            "detect.incident.id": inc.incident_id,
+            "detect.incident.version": inc.version,
+            "detect.incident.kind": alert.kind,
+            "detect.idempotency_key": alert.key,
+            "detect.severity": inc.severity,
+            "detect.severity_reason": inc.severity_reason,
+            "detect.status": inc.status,
+            "detect.cluster": inc.cluster,
+            "detect.first_seen": _iso(inc.first_seen),
+            "detect.tactics": inc.tactics,
+            "detect.detectors": inc.detectors,
+            "detect.finding_ids": inc.finding_ids,
+            "detect.reasons": reasons(inc),
+            "detect.open": alert.open_command,
+        },
+    }
+
+
+# --------------------------------------------------------------------------- slack
+def slack(alert: Alert) -> dict[str, Any]:
+    """An incoming-webhook message: title, severity, cluster, principal, reasons, command.
+
+    Incoming webhooks cannot edit a message, so an update is a new message that says
+    "update" and carries the same incident id.
+    """
+    inc = alert.incident
+    head = "New incident" if alert.kind == "new" else f"Incident updated (v{inc.version})"
+    text = f"[{inc.severity.upper()}] {head}: {inc.title}"
+    lines = "\n".join(f"• {r}" for r in reasons(inc, limit=5))
+    fields = [
+        (
+            "Severity",
+            f"{inc.severity}"
+            + (f" (raised from {inc.base_severity})" if inc.base_severity != inc.severity else ""),
+        ),
+        ("Cluster", inc.cluster or "-"),
+        ("Principal", inc.principal or "-"),
+        ("Source IPs", ", ".join(inc.source_ips[:3]) or "-"),
+        ("Window", f"{_iso(inc.first_seen)} to {_iso(inc.last_seen)}"),
+        ("Tactics", " → ".join(inc.tactics) or "-"),
+    ]
+    return {
+        "text": text,
+        "blocks": [
+            {"type": "header", "text": {"type": "plain_text", "text": text[:150]}},
+            {
+                "type": "section",
+                "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{_esc(v)}"} for k, v in fields],
+            },
+            {"type": "section", "text": {"type": "mrkdwn", "text": f"*Why*\n{_esc(lines)}"}},
+            {
+                "type": "context",
+                "elements": [
+                    {
+                        "type": "mrkdwn",
+                        "text": f"Open: `{_esc(alert.open_command)}` · id {alert.key}",
+                    }
+                ],
+            },
+        ],
+    }
+
+
+def _esc(text: str) -> str:
+    """Slack mrkdwn escaping: &, <, > only (principals may contain them)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+# --------------------------------------------------------------------------- SNS / EventBridge
+def sns_subject(alert: Alert) -> str:
+    """SNS subjects: ASCII, at most 100 characters, no line breaks."""
+    raw = f"[{alert.incident.severity}] {alert.incident.title}"
+    ascii_only = raw.encode("ascii", "replace").decode().replace("\n", " ")
+    return ascii_only[:100]
+
+
+def eventbridge_entry(alert: Alert, source: str, bus: str) -> dict[str, Any]:
+    import orjson
+
+    return {
+        "Source": source,
+        "DetailType": EVENTBRIDGE_DETAIL_TYPE[alert.kind],
+        "Detail": orjson.dumps(incident_doc(alert)).decode(),
+        "EventBusName": bus,
+        "Time": alert.incident.last_seen,
+    }
+
+
+# --------------------------------------------------------------------------- Security Hub
+def asff_id(inc: Incident) -> str:
+    """The same finding Id for every version: Security Hub updates it in place."""
+    return f"{PRODUCT}/{inc.cluster or 'cluster'}/{inc.incident_id}"
+
+
+def asff(
+    alert: Alert,
+    account_id: str,
+    region: str,
+    product_arn: str | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    inc = alert.incident
+    now = now or datetime.now(UTC)
+    types = [f"TTPs/{t}" for t in inc.tactics if t in ASFF_TTPS]
+    if "Impact" in inc.tactics:
+        types.append("Effects/Resource Consumption")
+    if not types:
+        types = ["Unusual Behaviors/User"]
+    description = " | ".join([inc.severity_reason, *reasons(inc, limit=4)])
+    return {
+        "SchemaVersion": "2018-10-08",
+        "Id": asff_id(inc),
+        "ProductArn": product_arn
+        or f"arn:aws:securityhub:{region}:{account_id}:product/{account_id}/default",
+        "GeneratorId": f"{PRODUCT}/incidents",
+        "AwsAccountId": account_id,
+        "Types": types,
+        "FirstObservedAt": _iso(inc.first_seen),
+        "LastObservedAt": _iso(inc.last_seen),
+        "CreatedAt": _iso(inc.created_at or now),
+        "UpdatedAt": _iso(now),
+        "Severity": {"Label": inc.severity.upper(), "Original": inc.severity},
+        "Title": inc.title[:256],
+        "Description": description[:1024],
+        "Resources": [
+            {
+                "Type": "Other",
+                "Id": f"kubernetes-cluster/{inc.cluster or 'cluster'}",
+                "Region": region,
+                "Details": {
+                    "Other": {"principal": (inc.principal or "")[:1024], "grouped_by": inc.key_kind}
+                },
+            }
+        ],
+        "ProductFields": {
+            "audit-detector/incident_id": inc.incident_id,
+            "audit-detector/version": str(inc.version),
+            "audit-detector/idempotency_key": alert.key,
+            "audit-detector/open": alert.open_command[:2048],
+        },
+        "Workflow": {"Status": ASFF_WORKFLOW[inc.status]},
+        "RecordState": "ARCHIVED" if inc.status == "resolved" else "ACTIVE",
+    }
+
+
+# --------------------------------------------------------------------------- OCSF
+def ocsf(
+    alert: Alert, *, account_id: str | None = None, region: str | None = None
+) -> dict[str, Any]:
+    """An OCSF 1.x Detection Finding (class 2004): create on new, update on a new version."""
+    inc = alert.incident
+    activity = 1 if alert.kind == "new" else 2
+    attacks = [
+        {
+            "tactic": {"name": t["tactic"]},
+            **({"technique": {"uid": t["technique"]}} if t.get("technique") else {}),
+        }
+        for t in inc.timeline
+        if t.get("tactic")
+    ]
+    seen: set[str] = set()
+    unique_attacks = []
+    for a in attacks:
+        k = repr(a)
+        if k not in seen:
+            seen.add(k)
+            unique_attacks.append(a)
+    record: dict[str, Any] = {
+        "activity_id": activity,
+        "activity_name": "Create" if activity == 1 else "Update",
+        "category_uid": 2,
+        "category_name": "Findings",
+        "class_uid": 2004,
+        "class_name": "Detection Finding",
+        "type_uid": 2004 * 100 + activity,
+        "type_name": f"Detection Finding: {'Create' if activity == 1 else 'Update'}",
+        "time": _ms(inc.updated_at or inc.last_seen),
+        "start_time": _ms(inc.first_seen),
+        "end_time": _ms(inc.last_seen),
+        "count": len(inc.timeline),
+        "severity_id": OCSF_SEVERITY_ID[inc.severity],
+        "severity": OCSF_SEVERITY[inc.severity],
+        "status_id": OCSF_STATUS_ID[inc.status],
+        "status": OCSF_STATUS_NAME[inc.status],
+        "message": inc.title,
+        "metadata": {
+            "version": "1.5.0",
+            "uid": alert.key,
+            "correlation_uid": inc.incident_id,
+            "product": {"name": PRODUCT, "vendor_name": VENDOR, "version": __version__},
+            "labels": [f"cluster:{inc.cluster}", f"grouped_by:{inc.key_kind}"],
+        },
+        "finding_info": {
+            "uid": inc.incident_id,
+            "title": inc.title,
+            "desc": inc.severity_reason,
+            "created_time": _ms(inc.created_at or inc.first_seen),
+            "modified_time": _ms(inc.updated_at),
+            "first_seen_time": _ms(inc.first_seen),
+            "last_seen_time": _ms(inc.last_seen),
+            "types": inc.detectors,
+            "data_sources": ["kubernetes audit log"],
+            **({"attacks": unique_attacks} if unique_attacks else {}),
+        },
+        "resources": [
+            {
+                "type": "Kubernetes Cluster",
+                "uid": inc.cluster,
+                "name": inc.cluster,
+                **({"region": region} if region else {}),
+            }
+        ],
+        "evidences": [
+            {
+                "name": "principal",
+                "data": {
+                    "principal": inc.principal,
+                    "principal_kind": inc.principal_kind,
+                    "source_ips": inc.source_ips,
+                    "namespaces": inc.namespaces,
+                },
+            }
+        ],
+        "unmapped": {
+            "finding_ids": inc.finding_ids,
+            "reasons": reasons(inc),
+            "open": alert.open_command,
+        },
+    }
+    if account_id or region:
+        record["cloud"] = {
+            "provider": "AWS",
+            **({"region": region} if region else {}),
+            **(
+                {
+                    "account": {
+                        "uid": account_id,
+                        "type_id": 10,
+                        "type": "AWS Account",
+                        "name": account_id,
+                    }
+                }
+                if account_id
+                else {}
+            ),
+        }
+    return record

@@ -1,0 +1,152 @@
+"""Which alert went where: delivery records (exactly once per incident version and sink),
+and dead letters for what could not be delivered.
+
+:class:`DeliveryState` is a plain, JSON-able value: ``detect score`` keeps it in
+``LAKE/_state/deliveries.json`` (compare-and-swap, like the export checkpoint), and
+``detect watch`` can store ``state.to_dict()`` inside its own checkpoint so that the
+position in the stream and what was sent commit together.
+
+Exactly once, and where it cannot be: a record is written after the sink accepted the
+alert. A crash between the two re-sends that alert on the next run with the *same*
+idempotency key (``<incident_id>:v<version>``), the same falcosidekick ``uuid``, the same
+Security Hub finding Id (an in-place update) and, on FIFO SNS topics, the same
+deduplication id; Slack and plain SNS cannot deduplicate, so a crash in that instant can
+show one message twice there (docs/alerts.md says so).
+
+Dead letters: ``LAKE/dead_letters/date=YYYY-MM-DD/<stamp>-<sink>.parquet`` with the
+payload as JSON (no URL, no key), the error and the attempts. The alert stays pending and
+is tried again by the next run.
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import polars as pl
+
+from detector.lake.events import Lake
+from detector.lake.state import CheckpointConflict, StateObject
+
+STATE_FILE = "deliveries.json"
+DEAD_LETTERS_DIR = "dead_letters"
+#: Records older than this are dropped from the state: incidents that old are closed.
+RETENTION = timedelta(days=30)
+
+DEAD_LETTER_COLUMNS: dict[str, pl.DataType] = {
+    "incident_id": pl.String(),
+    "version": pl.Int64(),
+    "sink": pl.String(),
+    "sink_type": pl.String(),
+    "kind": pl.String(),
+    "idempotency_key": pl.String(),
+    "attempts": pl.Int64(),
+    "error": pl.String(),
+    "failed_at": pl.Datetime("us", "UTC"),
+    "payload": pl.String(),
+}
+
+
+@dataclass
+class DeliveryState:
+    """(incident, sink) -> last version delivered; (sink, principal) -> last update time."""
+
+    sent: dict[str, dict[str, Any]] = field(default_factory=dict)
+    last_update: dict[str, str] = field(default_factory=dict)
+
+    @staticmethod
+    def _k(*parts: str) -> str:
+        return "|".join(parts)
+
+    def delivered(self, incident_id: str, sink: str) -> dict[str, Any] | None:
+        return self.sent.get(self._k(incident_id, sink))
+
+    def record(
+        self, incident_id: str, version: int, sink: str, severity: str, who: str, at: datetime
+    ) -> None:
+        self.sent[self._k(incident_id, sink)] = {
+            "version": version,
+            "severity": severity,
+            "at": at.isoformat(),
+            "key": f"{incident_id}:v{version}",
+        }
+        # a new alert counts too: its first update waits out the throttle like any other
+        self.last_update[self._k(sink, who)] = at.isoformat()
+
+    def last_update_at(self, sink: str, who: str) -> datetime | None:
+        at = self.last_update.get(self._k(sink, who))
+        return datetime.fromisoformat(at) if at else None
+
+    def prune(self, now: datetime) -> None:
+        cut = (now - RETENTION).isoformat()
+        self.sent = {k: v for k, v in self.sent.items() if v["at"] >= cut}
+        self.last_update = {k: v for k, v in self.last_update.items() if v >= cut}
+
+    def copy(self) -> DeliveryState:
+        return DeliveryState.from_dict(self.to_dict())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": 1, "sent": dict(self.sent), "last_update": dict(self.last_update)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> DeliveryState:
+        if not data:
+            return cls()
+        return cls(
+            sent={k: dict(v) for k, v in data.get("sent", {}).items()},
+            last_update=dict(data.get("last_update", {})),
+        )
+
+
+class DeliveryStore:
+    """The state in ``LAKE/_state/deliveries.json``, written compare-and-swap."""
+
+    def __init__(self, lake: Lake) -> None:
+        self.obj = StateObject(lake, STATE_FILE)
+        self.etag: str | None = None
+
+    def load(self) -> DeliveryState:
+        doc = self.obj.read()
+        self.etag = doc.etag
+        return DeliveryState.from_dict(doc.data)
+
+    def save(self, state: DeliveryState) -> None:
+        """Raises CheckpointConflict when another run saved in between (it then re-reads)."""
+        self.etag = self.obj.write(state.to_dict(), etag=self.etag)
+
+
+__all__ = ["CheckpointConflict", "DeliveryState", "DeliveryStore", "write_dead_letters"]
+
+
+def write_dead_letters(lake: Lake, rows: list[dict[str, Any]], now: datetime) -> int:
+    """File failed deliveries (one file per sink and run)."""
+    if not rows:
+        return 0
+    df = pl.DataFrame(
+        [{**r, "payload": orjson.dumps(r.get("payload")).decode()} for r in rows],
+        schema=DEAD_LETTER_COLUMNS,
+    )
+    for (sink,), group in df.group_by("sink", maintain_order=True):
+        buf = io.BytesIO()
+        group.write_parquet(buf, compression="zstd")
+        name = f"{now.astimezone(UTC):%Y%m%dT%H%M%SZ}-{sink}-{uuid.uuid4().hex[:8]}.parquet"
+        lake.loc.put_atomic(
+            lake.loc.path(DEAD_LETTERS_DIR, f"date={now.astimezone(UTC):%Y-%m-%d}", name),
+            buf.getvalue(),
+        )
+    return df.height
+
+
+def read_dead_letters(lake: Lake) -> pl.DataFrame:
+    files = lake.loc.glob(lake.loc.path(DEAD_LETTERS_DIR, "date=*", "*.parquet"))
+    if not files:
+        return pl.DataFrame(schema=DEAD_LETTER_COLUMNS)
+    frames = []
+    for f in files:
+        with lake.loc.fs.open(f, "rb") as fh:
+            frames.append(pl.read_parquet(fh))
+    return pl.concat(frames, how="diagonal_relaxed")

@@ -1,0 +1,167 @@
+"""After findings are written: incidents, suppressions, delivery, records. One call.
+
+``detect score`` calls :func:`process` with the findings it just wrote; ``detect watch``
+uses the same pieces per batch (``incidents.workflow.update`` then
+``delivery.deliver.deliver`` with its own checkpointed state).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from detector.delivery import sinks as sink_mod
+from detector.delivery.config import SinkConfig
+from detector.delivery.deliver import DeliveryReport, deliver
+from detector.delivery.records import (
+    CheckpointConflict,
+    DeliveryState,
+    DeliveryStore,
+    write_dead_letters,
+)
+from detector.errors import DetectError, RuntimeFailure
+from detector.incidents import suppress, workflow
+from detector.incidents.group import DEFAULT_HORIZON, Incident
+from detector.lake import incidents as table
+from detector.lake.events import Lake
+
+log = logging.getLogger(__name__)
+
+#: A suppressions file found here is used when none is given (kept in git with detect.toml).
+DEFAULT_SUPPRESSIONS = "suppressions.yaml"
+#: Incidents updated this recently are re-checked for pending deliveries (a sink that was
+#: down on the last run gets them now).
+PENDING_LOOKBACK = timedelta(days=1)
+
+
+@dataclass
+class AlertSummary:
+    incidents: int = 0
+    changed: int = 0
+    suppressed_findings: int = 0
+    delivery: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "incidents": self.incidents,
+            "changed": self.changed,
+            "suppressed_findings": self.suppressed_findings,
+            "delivery": self.delivery,
+        }
+
+
+def suppressions_for(path: str | None) -> list[suppress.Suppression]:
+    if path:
+        return suppress.load(path)
+    if Path(DEFAULT_SUPPRESSIONS).is_file():
+        return suppress.load(DEFAULT_SUPPRESSIONS)
+    return []
+
+
+def pending(lake: Lake, now: datetime) -> list[Incident]:
+    df = table.read_incidents(lake, since=now - PENDING_LOOKBACK - timedelta(days=7))
+    df = df.filter(pl.col("updated_at") >= now - PENDING_LOOKBACK)
+    return [Incident.from_row(r) for r in df.iter_rows(named=True)]
+
+
+def send(
+    lake: Lake,
+    incidents: list[Incident],
+    sink_configs: list[SinkConfig],
+    *,
+    now: datetime | None = None,
+    sleep: Any = None,
+) -> DeliveryReport:
+    """Deliver ``incidents`` with the lake's delivery state; save state and dead letters."""
+    now = now or datetime.now(UTC)
+    kw = {"sleep": sleep} if sleep is not None else {}
+    built = [_build(c, kw) for c in sink_configs if c.enabled]
+    store = DeliveryStore(lake)
+    state = store.load()
+    report = deliver(incidents, built, state, now=now, lake=lake.uri)
+    try:
+        store.save(report.state)
+    except CheckpointConflict:  # another run delivered meanwhile: keep both runs' records
+        merged = _merge(store.load(), report.state)
+        store.save(merged)
+        report.state = merged
+    write_dead_letters(lake, report.dead_letters, now)
+    return report
+
+
+def _build(cfg: SinkConfig, kw: dict[str, Any]) -> sink_mod.Sink:
+    """A sink, or one line saying which could not start (no credentials, no region...)."""
+    try:
+        return sink_mod.build(cfg, **kw)
+    except DetectError:
+        raise
+    except Exception as exc:  # botocore's NoCredentialsError, NoRegionError, ClientError...
+        raise RuntimeFailure(
+            f"sink {cfg.name!r} ({cfg.type}) cannot start: {type(exc).__name__}: {exc}"[:300]
+        ) from None
+
+
+def _merge(a: DeliveryState, b: DeliveryState) -> DeliveryState:
+    out = a.copy()
+    for k, v in b.sent.items():
+        if k not in out.sent or out.sent[k]["version"] < v["version"]:
+            out.sent[k] = v
+    for k, v in b.last_update.items():
+        out.last_update[k] = max(v, out.last_update.get(k, v))
+    return out
+
+
+def process(
+    lake: Lake,
+    findings: pl.DataFrame,
+    events: pl.DataFrame | None,
+    *,
+    sink_configs: list[SinkConfig] | None = None,
+    suppressions: list[suppress.Suppression] | None = None,
+    horizon: timedelta = DEFAULT_HORIZON,
+    now: datetime | None = None,
+    deliver_alerts: bool = True,
+) -> AlertSummary:
+    """Group new findings into incidents (suppressions first), then deliver what is due."""
+    now = now or datetime.now(UTC)
+    res = workflow.update(
+        lake, findings, events, suppressions=suppressions, horizon=horizon, now=now
+    )
+    summary = AlertSummary(
+        incidents=len(res.incidents),
+        changed=len(res.changed),
+        suppressed_findings=res.suppressed_findings,
+    )
+    if deliver_alerts and sink_configs:
+        candidates = {i.incident_id: i for i in pending(lake, now)}
+        candidates.update({i.incident_id: i for i in res.incidents})
+        report = send(lake, list(candidates.values()), sink_configs, now=now)
+        summary.delivery = report.summary()
+    return summary
+
+
+def after_score(
+    lake: Lake,
+    findings: pl.DataFrame,
+    events: pl.DataFrame | None,
+    *,
+    sink_configs: list[SinkConfig],
+    suppressions_path: str | None,
+    deliver_alerts: bool = True,
+    now: datetime | None = None,
+) -> AlertSummary:
+    """What ``detect score`` calls once its findings are written (one line in the command)."""
+    return process(
+        lake,
+        findings,
+        events,
+        sink_configs=sink_configs,
+        suppressions=suppressions_for(suppressions_path),
+        deliver_alerts=deliver_alerts,
+        now=now,
+    )

@@ -1,0 +1,482 @@
+"""Sinks: send alerts to one destination, with retries and backoff, and say what failed.
+
+Every sink takes a list of alerts and returns one :class:`Outcome` per alert; nothing
+raises for a delivery failure (it becomes a dead letter). Retries: a transport error, a
+throttle (HTTP 429, AWS throttling) or a server error (5xx) is retried ``retries`` times
+with exponential backoff; a client error (other 4xx, a rejected finding) is not, since
+sending the same bytes again cannot fix it. ``sleep`` is injectable so tests run without
+waiting.
+
+Secrets (webhook URLs, HMAC keys) are read when the sink is built and kept out of every
+message, log line and dead letter: errors name the sink, never its URL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from detector.delivery import payloads
+from detector.delivery.config import SinkConfig, check_url
+from detector.delivery.payloads import Alert
+from detector.storage import endpoint_url
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-Detect-Signature-256"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+SECURITYHUB_BATCH = 100
+EVENTBRIDGE_BATCH = 10
+
+
+@dataclass
+class Outcome:
+    alert: Alert
+    ok: bool
+    attempts: int = 1
+    error: str | None = None
+    payload: Any = None
+
+
+class Retryable(Exception):
+    """A failure worth another attempt (transport, throttling, 5xx)."""
+
+
+class Permanent(Exception):
+    """A failure another attempt cannot fix (4xx, a rejected record)."""
+
+
+def _retry(
+    cfg: SinkConfig, sleep: Callable[[float], None], fn: Callable[[], None]
+) -> tuple[bool, int, str | None]:
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            fn()
+            return True, attempt, None
+        except Permanent as exc:
+            return False, attempt, str(exc)
+        except Retryable as exc:
+            if attempt > cfg.retries:
+                return False, attempt, str(exc)
+            delay = min(cfg.backoff * 2 ** (attempt - 1), 300.0)
+            log.info(
+                "sink %s: attempt %d failed (%s); retrying in %.1fs", cfg.name, attempt, exc, delay
+            )
+            sleep(delay)
+
+
+class Sink:
+    def __init__(
+        self,
+        cfg: SinkConfig,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.cfg = cfg
+        self.sleep = sleep
+        self.now = now
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    def send(self, alerts: list[Alert]) -> list[Outcome]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Flush what the sink buffers (OCSF Parquet writes its file here)."""
+
+
+# --------------------------------------------------------------------------- HTTP
+def _post(url: str, body: bytes, headers: dict[str, str], timeout: float, name: str) -> None:
+    req = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": "application/json", **headers}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            resp.read()
+    except urllib.error.HTTPError as exc:
+        msg = f"sink {name}: HTTP {exc.code}"
+        if exc.code == 429 or exc.code >= 500:
+            raise Retryable(msg) from None
+        raise Permanent(msg) from None
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise Retryable(f"sink {name}: {type(reason).__name__}: connection failed") from None
+
+
+class _HttpSink(Sink):
+    def __init__(self, cfg: SinkConfig, **kw: Any) -> None:
+        super().__init__(cfg, **kw)
+        url = cfg.secret("url")
+        assert url is not None  # config guarantees one source
+        check_url(url, f"sink {cfg.name!r}", bool(cfg.options.get("allow_http")))
+        self._url = url
+
+    def body(self, alert: Alert) -> dict[str, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def headers(self, alert: Alert, body: bytes) -> dict[str, str]:
+        return {IDEMPOTENCY_HEADER: alert.key}
+
+    def send(self, alerts: list[Alert]) -> list[Outcome]:
+        out = []
+        for alert in alerts:
+            payload = self.body(alert)
+            data = orjson.dumps(payload)
+            headers = self.headers(alert, data)
+            ok, attempts, err = _retry(
+                self.cfg,
+                self.sleep,
+                lambda d=data, h=headers: _post(self._url, d, h, self.cfg.timeout, self.name),
+            )
+            out.append(Outcome(alert, ok, attempts, err, payload))
+        return out
+
+
+class WebhookSink(_HttpSink):
+    """JSON body in falcosidekick's input format, signed with HMAC-SHA256 when keyed.
+
+    ``X-Detect-Signature-256: sha256=<hex of HMAC(key, body)>`` as GitHub does, so a
+    receiver checks it with a constant-time compare before trusting the body.
+    """
+
+    def __init__(self, cfg: SinkConfig, **kw: Any) -> None:
+        super().__init__(cfg, **kw)
+        secret = cfg.secret("secret")
+        self._key = secret.encode() if secret else None
+
+    def body(self, alert: Alert) -> dict[str, Any]:
+        return payloads.falcosidekick(alert)
+
+    def headers(self, alert: Alert, body: bytes) -> dict[str, str]:
+        h = super().headers(alert, body)
+        if self._key:
+            h[SIGNATURE_HEADER] = "sha256=" + sign(self._key, body)
+        return h
+
+
+def sign(key: bytes, body: bytes) -> str:
+    return hmac.new(key, body, hashlib.sha256).hexdigest()
+
+
+class SlackSink(_HttpSink):
+    def body(self, alert: Alert) -> dict[str, Any]:
+        lake = self.cfg.options.get("lake")
+        if lake:
+            alert = Alert(alert.incident, alert.kind, lake)
+        return payloads.slack(alert)
+
+    def headers(self, alert: Alert, body: bytes) -> dict[str, str]:
+        return {}  # Slack rejects nothing for extra headers, but needs none
+
+
+# --------------------------------------------------------------------------- AWS
+def _client(service: str, region: str | None) -> Any:
+    import boto3
+
+    return boto3.client(service, region_name=region, endpoint_url=endpoint_url())
+
+
+def _aws_error(name: str, exc: Exception) -> Exception:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "Error")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        msg = f"sink {name}: {code}"
+        if (
+            status >= 500
+            or "Throttl" in code
+            or code in ("TooManyRequestsException", "LimitExceededException")
+        ):
+            return Retryable(msg)
+        return Permanent(msg)
+    if isinstance(exc, BotoCoreError):
+        return Retryable(f"sink {name}: {type(exc).__name__}")
+    return exc
+
+
+class SnsSink(Sink):
+    def __init__(self, cfg: SinkConfig, **kw: Any) -> None:
+        super().__init__(cfg, **kw)
+        self.topic = cfg.options["topic_arn"]
+        self.client = _client("sns", cfg.options.get("region") or _arn_region(self.topic))
+
+    def send(self, alerts: list[Alert]) -> list[Outcome]:
+        out = []
+        fifo = self.topic.endswith(".fifo")
+        for alert in alerts:
+            doc = payloads.incident_doc(alert)
+            args: dict[str, Any] = {
+                "TopicArn": self.topic,
+                "Subject": payloads.sns_subject(alert),
+                "Message": orjson.dumps(doc).decode(),
+                "MessageAttributes": {
+                    "severity": {"DataType": "String", "StringValue": alert.incident.severity},
+                    "kind": {"DataType": "String", "StringValue": alert.kind},
+                    "incident_id": {
+                        "DataType": "String",
+                        "StringValue": alert.incident.incident_id,
+                    },
+                },
+            }
+            if fifo:  # FIFO topics drop a second message with the same id within 5 minutes
+                args["MessageGroupId"] = alert.incident.incident_id
+                args["MessageDeduplicationId"] = alert.key.replace(":", "-")
+
+            def call(a: dict[str, Any] = args) -> None:
+                try:
+                    self.client.publish(**a)
+                except Exception as exc:
+                    raise _aws_error(self.name, exc) from None
+
+            ok, attempts, err = _retry(self.cfg, self.sleep, call)
+            out.append(Outcome(alert, ok, attempts, err, doc))
+        return out
+
+
+def _arn_region(arn: str) -> str | None:
+    parts = arn.split(":")
+    return parts[3] if len(parts) > 4 and parts[3] else None
+
+
+class _BatchSink(Sink):
+    """Put records in batches; resend only the records a partial failure names."""
+
+    batch = 10
+
+    def put(self, records: list[dict[str, Any]]) -> dict[int, tuple[bool, str]]:
+        """Index in ``records`` -> (retryable, error) for each record that failed."""
+        raise NotImplementedError  # pragma: no cover
+
+    def record(self, alert: Alert) -> dict[str, Any]:
+        raise NotImplementedError  # pragma: no cover
+
+    def send(self, alerts: list[Alert]) -> list[Outcome]:
+        outcomes = [Outcome(a, False, 0, None, self.record(a)) for a in alerts]
+        for start in range(0, len(outcomes), self.batch):
+            pending = outcomes[start : start + self.batch]
+            while pending:
+                for o in pending:
+                    o.attempts += 1
+                try:
+                    failed = self.put([o.payload for o in pending])
+                except Exception as exc:
+                    err = _aws_error(self.name, exc)
+                    if not isinstance(err, Retryable | Permanent):
+                        raise
+                    failed = {
+                        i: (isinstance(err, Retryable), str(err)) for i in range(len(pending))
+                    }
+                retry = []
+                for i, o in enumerate(pending):
+                    if i not in failed:
+                        o.ok, o.error = True, None
+                        continue
+                    retryable, o.error = failed[i]
+                    if retryable and o.attempts <= self.cfg.retries:
+                        retry.append(o)
+                if retry:
+                    delay = min(self.cfg.backoff * 2 ** (retry[0].attempts - 1), 300.0)
+                    log.info(
+                        "sink %s: %d record(s) failed; retrying in %.1fs",
+                        self.name,
+                        len(retry),
+                        delay,
+                    )
+                    self.sleep(delay)
+                pending = retry
+        return outcomes
+
+
+class EventBridgeSink(_BatchSink):
+    batch = EVENTBRIDGE_BATCH
+
+    def __init__(self, cfg: SinkConfig, **kw: Any) -> None:
+        super().__init__(cfg, **kw)
+        self.client = _client("events", cfg.options.get("region"))
+        self.bus = cfg.options.get("event_bus", "default")
+        self.source = cfg.options.get("source", payloads.PRODUCT)
+
+    def record(self, alert: Alert) -> dict[str, Any]:
+        return payloads.eventbridge_entry(alert, self.source, self.bus)
+
+    def put(self, records: list[dict[str, Any]]) -> dict[int, tuple[bool, str]]:
+        resp = self.client.put_events(Entries=records)
+        failed = {}
+        for i, entry in enumerate(resp.get("Entries", [])):
+            if entry.get("ErrorCode"):
+                code = entry["ErrorCode"]
+                failed[i] = (
+                    code in ("InternalFailure", "ThrottlingException"),
+                    f"sink {self.name}: {code}",
+                )
+        return failed
+
+
+class SecurityHubSink(_BatchSink):
+    """ASFF through BatchImportFindings: at most 100 a call; the same Id updates in place."""
+
+    batch = SECURITYHUB_BATCH
+
+    def __init__(self, cfg: SinkConfig, **kw: Any) -> None:
+        super().__init__(cfg, **kw)
+        region = cfg.options.get("region")
+        self.client = _client("securityhub", region)
+        self.region = region or self.client.meta.region_name
+        account = cfg.options.get("account_id")
+        if not account:
+            account = _client("sts", self.region).get_caller_identity()["Account"]
+        self.account = str(account)
+
+    def record(self, alert: Alert) -> dict[str, Any]:
+        return payloads.asff(
+            alert, self.account, self.region, self.cfg.options.get("product_arn"), now=self.now()
+        )
+
+    def put(self, records: list[dict[str, Any]]) -> dict[int, tuple[bool, str]]:
+        resp = self.client.batch_import_findings(Findings=records)
+        index = {r["Id"]: i for i, r in enumerate(records)}
+        failed = {}
+        for f in resp.get("FailedFindings", []):
+            i = index.get(f.get("Id"))
+            if i is not None:
+                code = f.get("ErrorCode", "Error")
+                failed[i] = (
+                    code in ("InternalFailure", "ThrottlingException", "ServiceUnavailable"),
+                    f"sink {self.name}: {code}: {f.get('ErrorMessage', '')}"[:300],
+                )
+        return failed
+
+
+# --------------------------------------------------------------------------- OCSF
+class OcsfSink(Sink):
+    """OCSF Detection Findings as JSON lines (a file or ``-`` for stdout), or Parquet in
+    Amazon Security Lake's custom-source layout
+    ``<path>/ext/<source>/region=<r>/accountId=<a>/eventDay=YYYYMMDD/<file>.parquet``.
+    """
+
+    def __init__(self, cfg: SinkConfig, **kw: Any) -> None:
+        super().__init__(cfg, **kw)
+        self.path = cfg.options["path"]
+        self.format = cfg.options.get("format", "jsonl")
+        self.source = cfg.options.get("source_name", payloads.PRODUCT)
+        self.region = cfg.options.get("region") or "us-east-1"
+        self.account = str(cfg.options.get("account_id") or "000000000000")
+        self._rows: list[dict[str, Any]] = []
+
+    def record(self, alert: Alert) -> dict[str, Any]:
+        acct = self.cfg.options.get("account_id")
+        return payloads.ocsf(
+            alert, account_id=str(acct) if acct else None, region=self.cfg.options.get("region")
+        )
+
+    def send(self, alerts: list[Alert]) -> list[Outcome]:
+        recs = [self.record(a) for a in alerts]
+        if self.format == "parquet":
+            try:
+                write_security_lake(
+                    self.path, self.source, self.region, self.account, recs, self.now()
+                )
+            except Exception as exc:  # storage errors: every alert of the batch failed
+                err = f"sink {self.name}: {type(exc).__name__}: {exc}"[:300]
+                return [Outcome(a, False, 1, err, r) for a, r in zip(alerts, recs, strict=True)]
+            return [Outcome(a, True, 1, None, r) for a, r in zip(alerts, recs, strict=True)]
+        data = b"".join(orjson.dumps(r) + b"\n" for r in recs)
+        try:
+            if self.path == "-":
+                import sys
+
+                sys.stdout.buffer.write(data)
+                sys.stdout.flush()
+            else:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                with open(self.path, "ab") as fh:
+                    fh.write(data)
+        except OSError as exc:
+            err = f"sink {self.name}: {exc.strerror or exc}"
+            return [Outcome(a, False, 1, err, r) for a, r in zip(alerts, recs, strict=True)]
+        return [Outcome(a, True, 1, None, r) for a, r in zip(alerts, recs, strict=True)]
+
+
+def security_lake_dir(root: str, source: str, region: str, account: str, day: datetime) -> str:
+    return (
+        f"{root.rstrip('/')}/ext/{source}/region={region}/accountId={account}/eventDay={day:%Y%m%d}"
+    )
+
+
+def write_security_lake(
+    root: str, source: str, region: str, account: str, records: list[dict[str, Any]], now: datetime
+) -> list[str]:
+    """One Parquet file per eventDay (of each record's ``time``), nested OCSF columns."""
+    import io
+    import uuid as _uuid
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from detector.storage import Location
+
+    loc = Location.of(root)
+    by_day: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        day = datetime.fromtimestamp(r["time"] / 1000, UTC)
+        by_day.setdefault(f"{day:%Y%m%d}", []).append(r)
+    written = []
+    for day, rows in sorted(by_day.items()):
+        # unmapped/evidences hold free-form maps: stored as JSON text so one schema fits all
+        flat = [
+            {
+                **r,
+                "unmapped": orjson.dumps(r.get("unmapped")).decode(),
+                "evidences": [
+                    {**e, "data": orjson.dumps(e.get("data")).decode()}
+                    for e in r.get("evidences", [])
+                ],
+            }
+            for r in rows
+        ]
+        table = pa.Table.from_pylist(flat)
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd")
+        path = loc.path(
+            "ext",
+            source,
+            f"region={region}",
+            f"accountId={account}",
+            f"eventDay={day}",
+            f"{now:%Y%m%dT%H%M%S}-{_uuid.uuid4().hex[:8]}.zstd.parquet",
+        )
+        loc.put_atomic(path, buf.getvalue())
+        written.append(loc.uri_of(path))
+    return written
+
+
+SINK_TYPES: dict[str, type[Sink]] = {
+    "webhook": WebhookSink,
+    "slack": SlackSink,
+    "sns": SnsSink,
+    "eventbridge": EventBridgeSink,
+    "securityhub": SecurityHubSink,
+    "ocsf": OcsfSink,
+}
+
+
+def build(cfg: SinkConfig, **kw: Any) -> Sink:
+    """The sink for ``cfg``; reads its secrets now (a missing one is a usage error)."""
+    return SINK_TYPES[cfg.type](cfg, **kw)

@@ -1,0 +1,315 @@
+"""Group findings into incidents: one principal (or source IP) within a horizon is one incident.
+
+Why: a stolen token used across two windows, anonymous probing that trips five rules and a
+developer's privileged pod that trips four detectors are each *one* thing to an analyst.
+Sinks receive incidents, never raw findings, so those cases are one alert each.
+
+How, incrementally so that a batch run and the stream give the same incidents:
+findings are taken in time order; a finding joins the open incident with the same key
+(cluster plus principal, or plus source IP for anonymous traffic) whose last finding is at
+most ``horizon`` before it; otherwise it opens a new incident whose id is derived from its
+key and first finding, so re-running over the same findings gives the same ids. A finding
+already in an incident is never moved. A resolved incident is closed: new activity of the
+same principal opens a new one.
+
+Severity: the worst alert finding's (suppressed ones left out), raised when the findings
+chain ATT&CK tactics, as GuardDuty's attack sequences do: two distinct tactics raise it one
+level, three or more make it critical. ``severity_reason`` says which finding set it and,
+when detectors disagree about the same activity (a rule says high, the model medium), why
+the incident took the worse one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import polars as pl
+
+from detector.incidents.status import ACKNOWLEDGED, NEW, RESOLVED, SUPPRESSED
+from detector.lake.findings_schema import SEVERITIES
+
+DEFAULT_HORIZON = timedelta(hours=6)
+#: The lowest severity that is an alert; ``info`` findings are records, never delivered.
+ALERT_RANK = SEVERITIES.index("low")
+ANONYMOUS = frozenset({"system:anonymous", ""})
+
+#: ATT&CK enterprise tactics in kill-chain order (the rules' ``tactic`` names).
+TACTIC_ORDER = (
+    "Reconnaissance",
+    "Resource Development",
+    "Initial Access",
+    "Execution",
+    "Persistence",
+    "Privilege Escalation",
+    "Defense Evasion",
+    "Credential Access",
+    "Discovery",
+    "Lateral Movement",
+    "Collection",
+    "Command and Control",
+    "Exfiltration",
+    "Impact",
+)
+
+
+@dataclass
+class Incident:
+    """One incident; ``version`` grows whenever what a sink shows would change."""
+
+    incident_id: str
+    cluster: str
+    key_kind: str  # "principal" or "source_ip"
+    key: str
+    principal: str | None
+    principal_kind: str | None
+    first_seen: datetime
+    last_seen: datetime
+    version: int = 0
+    severity: str = "info"
+    severity_rank: int = 0
+    base_severity: str = "info"
+    severity_reason: str = ""
+    title: str = ""
+    tactics: list[str] = field(default_factory=list)
+    techniques: list[str] = field(default_factory=list)
+    detectors: list[str] = field(default_factory=list)
+    finding_ids: list[str] = field(default_factory=list)
+    source_ips: list[str] = field(default_factory=list)
+    namespaces: list[str] = field(default_factory=list)
+    status: str = NEW
+    suppression: str | None = None
+    status_reason: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    #: one entry per finding: time, finding_id, detector, severity, title, tactic, suppression
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def alert_findings(self) -> list[dict[str, Any]]:
+        return [
+            t
+            for t in self.timeline
+            if t["severity_rank"] >= ALERT_RANK and t.get("suppression") is None
+        ]
+
+    def to_row(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Incident:
+        known = {f for f in cls.__dataclass_fields__}
+        data = {k: v for k, v in row.items() if k in known}
+        for k in (
+            "tactics",
+            "techniques",
+            "detectors",
+            "finding_ids",
+            "source_ips",
+            "namespaces",
+            "timeline",
+        ):
+            data[k] = list(data.get(k) or [])
+        data["timeline"] = [dict(t) for t in data["timeline"]]
+        return cls(**data)
+
+
+def incident_id(cluster: str, key_kind: str, key: str, first_finding_id: str) -> str:
+    """Stable: the same key and first finding always give the same id (sha256, 20 hex)."""
+    text = f"incident|{cluster}|{key_kind}|{key}|{first_finding_id}"
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _main_source_ips(events: pl.DataFrame | None) -> dict[str, list[str]]:
+    """finding_id -> its source IPs, most requests first."""
+    if events is None or events.is_empty() or "source_ip" not in events.columns:
+        return {}
+    counts = (
+        events.filter(pl.col("source_ip").is_not_null())
+        .group_by("finding_id", "source_ip")
+        .len()
+        .sort(["finding_id", "len", "source_ip"], descending=[False, True, False])
+        .group_by("finding_id", maintain_order=True)
+        .agg(pl.col("source_ip"))
+    )
+    return dict(zip(counts["finding_id"], counts["source_ip"].to_list(), strict=True))
+
+
+def _namespaces(events: pl.DataFrame | None) -> dict[str, list[str]]:
+    if events is None or events.is_empty() or "namespace" not in events.columns:
+        return {}
+    ns = (
+        events.filter(pl.col("namespace").is_not_null())
+        .group_by("finding_id")
+        .agg(pl.col("namespace").unique().sort())
+    )
+    return dict(zip(ns["finding_id"], ns["namespace"].to_list(), strict=True))
+
+
+def group_key(row: dict[str, Any], ips: list[str]) -> tuple[str, str]:
+    """(key_kind, key): the principal, or the main source IP for unauthenticated traffic."""
+    principal = row.get("principal") or ""
+    anonymous = row.get("principal_kind") == "anonymous" or principal in ANONYMOUS
+    if anonymous and ips:
+        return "source_ip", ips[0]
+    return "principal", principal or "unknown"
+
+
+def _raise(rank: int, steps: int) -> int:
+    top = len(SEVERITIES) - 1
+    if steps >= 3:
+        return top
+    if steps == 2:
+        return min(rank + 1, top)
+    return rank
+
+
+def recompute(inc: Incident) -> None:
+    """Severity, title, tactics and status from the timeline (suppressed findings left out)."""
+    inc.timeline.sort(key=lambda t: (t["time"], t["finding_id"]))
+    alerts = inc.alert_findings
+    counted = alerts or [t for t in inc.timeline if t.get("suppression") is None]
+    inc.tactics = []
+    for t in sorted(alerts, key=lambda t: t["time"]):
+        if t.get("tactic") and t["tactic"] not in inc.tactics:
+            inc.tactics.append(t["tactic"])
+    inc.techniques = sorted({t["technique"] for t in alerts if t.get("technique")})
+    inc.detectors = sorted({t["detector"] for t in inc.timeline})
+    inc.finding_ids = [t["finding_id"] for t in inc.timeline]
+    if not counted:  # every finding suppressed
+        worst = max(inc.timeline, key=lambda t: t["severity_rank"])
+        inc.base_severity = inc.severity = worst["severity"]
+        inc.severity_rank = worst["severity_rank"]
+        names = sorted({t["suppression"] for t in inc.timeline if t.get("suppression")})
+        inc.suppression = names[0] if names else None
+        if inc.status in (NEW, ACKNOWLEDGED):
+            inc.status = SUPPRESSED
+        inc.severity_reason = "all findings suppressed"
+        inc.title = worst["title"] or ""
+        return
+    if inc.status == SUPPRESSED:  # a finding no suppression covers: it is news again
+        inc.status = NEW
+        inc.suppression = None
+    worst = max(counted, key=lambda t: (t["severity_rank"], -t["time"].timestamp()))
+    base = worst["severity_rank"]
+    steps = len(inc.tactics)
+    rank = _raise(base, steps) if alerts else base
+    inc.base_severity = SEVERITIES[base]
+    inc.severity_rank = rank
+    inc.severity = SEVERITIES[rank]
+    reason = f"worst finding {worst['finding_id']} ({worst['detector']}) is {worst['severity']}"
+    if rank > base:
+        reason += f"; raised to {inc.severity}: tactics chained {' -> '.join(inc.tactics)}"
+    others = {
+        t["detector"]: t["severity"]
+        for t in counted
+        if t["detector"] != worst["detector"] and t["severity_rank"] < base
+    }
+    if others:
+        said = ", ".join(f"{d} said {s}" for d, s in sorted(others.items()))
+        reason += f"; {said}: the incident takes the most severe reading of the same activity"
+    inc.severity_reason = reason
+    who = inc.key if inc.key_kind == "source_ip" else (inc.principal or inc.key)
+    n = len(inc.timeline)
+    inc.title = (
+        worst["title"] if n == 1 else f"{worst['title']} (+{n - 1} more finding(s) for {who})"
+    )
+
+
+def _content(inc: Incident) -> tuple[Any, ...]:
+    """What a sink shows: a change here is a new version."""
+    return (
+        inc.severity,
+        inc.status == SUPPRESSED,
+        tuple(t["finding_id"] for t in inc.alert_findings),
+    )
+
+
+def group(
+    findings: pl.DataFrame,
+    existing: Iterable[Incident],
+    *,
+    events: pl.DataFrame | None = None,
+    suppressed: dict[str, str] | None = None,
+    horizon: timedelta = DEFAULT_HORIZON,
+    now: datetime | None = None,
+) -> tuple[list[Incident], set[str]]:
+    """Add ``findings`` to ``existing`` incidents (or open new ones).
+
+    ``suppressed`` maps finding ids to the suppression that matched them. Returns every
+    incident touched and the ids of those whose version changed (what sinks must hear).
+    """
+    now = now or datetime.now(UTC)
+    suppressed = suppressed or {}
+    incidents = {i.incident_id: i for i in existing}
+    placed = {fid: i.incident_id for i in incidents.values() for fid in i.finding_ids}
+    before = {k: _content(v) for k, v in incidents.items()}
+    touched: set[str] = set()
+    ips = _main_source_ips(events)
+    nss = _namespaces(events)
+    open_by_key: dict[tuple[str, str, str], Incident] = {}
+    for inc in sorted(incidents.values(), key=lambda i: i.last_seen):
+        if inc.status != RESOLVED:
+            open_by_key[(inc.cluster, inc.key_kind, inc.key)] = inc
+    rows = findings.sort(["window_start", "finding_id"]).iter_rows(named=True)
+    for row in rows:
+        fid = row["finding_id"]
+        sup = suppressed.get(fid)
+        if fid in placed:  # re-scored: refresh what may have changed, never move it
+            inc = incidents[placed[fid]]
+            for t in inc.timeline:
+                if t["finding_id"] == fid:
+                    t.update(_entry(row, sup))
+            touched.add(inc.incident_id)
+            continue
+        f_ips = ips.get(fid, [])
+        kind, key = group_key(row, f_ips)
+        cluster = row.get("cluster") or ""
+        inc = open_by_key.get((cluster, kind, key))
+        if inc is None or row["window_start"] > inc.last_seen + horizon:
+            inc = Incident(
+                incident_id=incident_id(cluster, kind, key, fid),
+                cluster=cluster,
+                key_kind=kind,
+                key=key,
+                principal=row.get("principal"),
+                principal_kind=row.get("principal_kind"),
+                first_seen=row["window_start"],
+                last_seen=row["window_end"],
+                created_at=now,
+            )
+            incidents[inc.incident_id] = inc
+            open_by_key[(cluster, kind, key)] = inc
+        inc.timeline.append(_entry(row, sup))
+        inc.first_seen = min(inc.first_seen, row["window_start"])
+        inc.last_seen = max(inc.last_seen, row["window_end"])
+        inc.source_ips = sorted(set(inc.source_ips) | set(f_ips))
+        inc.namespaces = sorted(set(inc.namespaces) | set(nss.get(fid, [])))
+        placed[fid] = inc.incident_id
+        touched.add(inc.incident_id)
+    changed: set[str] = set()
+    for iid in touched:
+        inc = incidents[iid]
+        recompute(inc)
+        if before.get(iid) != _content(inc):
+            inc.version += 1
+            inc.updated_at = now
+            changed.add(iid)
+    return [incidents[i] for i in sorted(touched)], changed
+
+
+def _entry(row: dict[str, Any], suppression: str | None) -> dict[str, Any]:
+    return {
+        "time": row["window_start"],
+        "finding_id": row["finding_id"],
+        "detector": row["detector"],
+        "severity": row["severity"],
+        "severity_rank": int(row["severity_rank"]),
+        "title": row.get("title") or "",
+        "tactic": row.get("tactic"),
+        "technique": row.get("technique"),
+        "suppression": suppression,
+    }

@@ -1,0 +1,263 @@
+"""Suppressions as code: a YAML file of match conditions, each with a reason and an expiry.
+
+The file is kept in git next to the rules, reviewed like code, and applied before delivery.
+A suppressed finding stays in the lake with status ``suppressed`` and the suppression's
+name, so an investigation still finds it and an auditor sees who silenced what and why::
+
+    suppressions:
+      - name: kube-probe-health
+        reason: the load balancer's health check hits /readyz anonymously (TICKET-42)
+        expires: 2027-03-31          # a date (UTC end of day) or an ISO-8601 instant
+        match:                        # every condition given must hold (AND)
+          detector: "rule:anonymous-*"        # glob on the detector
+          principal: "system:anonymous"       # glob on the principal ...
+          principal_regex: "^arn:aws:sts::\\d+:assumed-role/ci-.*"  # ... or a regex
+          cluster: prod
+          namespace: kube-system              # every event of the finding in it
+          source_ip: 10.0.0.0/8               # every event from this address or CIDR
+          user_agent: "kube-probe/*"          # every event's user agent (glob)
+
+Detector, principal and cluster are properties of the finding. Namespace, source IP and
+user agent are properties of its events: the finding matches when *all* its events match,
+so one hostile request mixed into a health check's window is never silenced with it.
+An expired suppression is not applied and says so in the log (warning), once per run.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import logging
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import yaml
+
+from detector.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+FINDING_KEYS = ("detector", "principal", "principal_regex", "cluster")
+EVENT_KEYS = ("namespace", "source_ip", "user_agent")
+MATCH_KEYS = FINDING_KEYS + EVENT_KEYS
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
+
+
+class SuppressionError(UsageError):
+    """The suppressions file cannot be used; the message names the entry and key."""
+
+
+@dataclass(frozen=True)
+class Suppression:
+    name: str
+    reason: str
+    expires: datetime
+    match: dict[str, str] = field(default_factory=dict)
+
+    def expired(self, now: datetime) -> bool:
+        return now >= self.expires
+
+
+def _expiry(value: Any, where: str) -> datetime:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, date):
+        return datetime.combine(value, time.max, tzinfo=UTC)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise SuppressionError(f"{where}: expires {value!r} is not a date") from None
+        if len(value) == 10:
+            return datetime.combine(parsed.date(), time.max, tzinfo=UTC)
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    raise SuppressionError(f"{where}: expires is required (a date such as 2027-03-31)")
+
+
+def parse(data: Any, source: str = "suppressions") -> list[Suppression]:
+    """Check a loaded YAML document; every problem is one line naming the entry."""
+    if data is None:
+        return []
+    items = data.get("suppressions") if isinstance(data, dict) else data
+    if not isinstance(items, list):
+        raise SuppressionError(f"{source}: expected a list under 'suppressions:'")
+    out: list[Suppression] = []
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        where = f"{source}: suppression {i + 1}"
+        if not isinstance(item, dict):
+            raise SuppressionError(f"{where}: expected a mapping with name, reason, expires, match")
+        unknown = set(item) - {"name", "reason", "expires", "match"}
+        if unknown:
+            raise SuppressionError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+        name = item.get("name")
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise SuppressionError(f"{where}: name must be letters, digits, . _ : - (got {name!r})")
+        where = f"{source}: suppression {name!r}"
+        if name in seen:
+            raise SuppressionError(f"{where}: duplicate name")
+        seen.add(name)
+        reason = item.get("reason")
+        if not isinstance(reason, str) or not reason.strip():
+            raise SuppressionError(f"{where}: a reason is required")
+        match = item.get("match")
+        if not isinstance(match, dict) or not match:
+            raise SuppressionError(f"{where}: match needs at least one of {', '.join(MATCH_KEYS)}")
+        bad = set(match) - set(MATCH_KEYS)
+        if bad:
+            raise SuppressionError(
+                f"{where}: unknown match key(s) {', '.join(sorted(bad))} "
+                f"(known: {', '.join(MATCH_KEYS)})"
+            )
+        clean: dict[str, str] = {}
+        for key, value in match.items():
+            if not isinstance(value, str) or not value:
+                raise SuppressionError(f"{where}: match.{key} must be a non-empty string")
+            if key == "principal_regex":
+                try:
+                    re.compile(value)
+                except re.error as exc:
+                    raise SuppressionError(f"{where}: match.principal_regex: {exc}") from None
+            if key == "source_ip":
+                try:
+                    ipaddress.ip_network(value, strict=False)
+                except ValueError:
+                    raise SuppressionError(
+                        f"{where}: match.source_ip {value!r} is not an address or CIDR"
+                    ) from None
+            clean[key] = value
+        out.append(Suppression(name, reason.strip(), _expiry(item.get("expires"), where), clean))
+    return out
+
+
+def load(path: str | Path | None) -> list[Suppression]:
+    """Suppressions from a YAML file (safe_load: nothing in it is executed)."""
+    if path is None:
+        return []
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SuppressionError(f"suppressions file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SuppressionError(f"suppressions file {path} cannot be read: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SuppressionError(f"suppressions file {path} is not YAML: {exc}") from None
+    return parse(data, str(path))
+
+
+def active(suppressions: list[Suppression], now: datetime) -> list[Suppression]:
+    """The suppressions still in force; each expired one is logged as a warning."""
+    out = []
+    for s in suppressions:
+        if s.expired(now):
+            log.warning(
+                "suppression %s expired on %s and is no longer applied (reason was: %s)",
+                s.name,
+                s.expires.strftime("%Y-%m-%d"),
+                s.reason,
+            )
+        else:
+            out.append(s)
+    return out
+
+
+def glob_regex(pattern: str) -> str:
+    """A shell glob as an anchored regex that Rust's regex engine (polars) accepts."""
+    body = fnmatch.translate(pattern)  # "(?s:...)\\Z": \Z is Python-only
+    return "^" + body.removesuffix("\\Z") + "$"
+
+
+def _glob(col: str, pattern: str) -> pl.Expr:
+    return pl.col(col).fill_null("").str.contains(glob_regex(pattern))
+
+
+def _cidr(col: str, value: str) -> pl.Expr:
+    """Address in network, compared on the integer form (IPv4 and IPv6 kept apart)."""
+    net = ipaddress.ip_network(value, strict=False)
+    return pl.col(col).map_elements(
+        lambda ip: _in_net(ip, net), return_dtype=pl.Boolean, skip_nulls=False
+    )
+
+
+def _in_net(ip: str | None, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    try:
+        return ip is not None and ipaddress.ip_address(ip) in net
+    except ValueError:
+        return False
+
+
+def _finding_expr(s: Suppression) -> pl.Expr:
+    m = s.match
+    expr = pl.lit(True)
+    if "detector" in m:
+        expr &= _glob("detector", m["detector"])
+    if "principal" in m:
+        expr &= _glob("principal", m["principal"])
+    if "principal_regex" in m:
+        expr &= pl.col("principal").fill_null("").str.contains(m["principal_regex"])
+    if "cluster" in m:
+        expr &= _glob("cluster", m["cluster"])
+    return expr
+
+
+def _event_expr(s: Suppression) -> pl.Expr | None:
+    m = s.match
+    parts = []
+    if "namespace" in m:
+        parts.append(_glob("namespace", m["namespace"]))
+    if "source_ip" in m:
+        parts.append(_cidr("source_ip", m["source_ip"]))
+    if "user_agent" in m:
+        parts.append(_glob("user_agent", m["user_agent"]))
+    if not parts:
+        return None
+    expr = parts[0]
+    for p in parts[1:]:
+        expr &= p
+    return expr
+
+
+def apply(
+    findings: pl.DataFrame,
+    events: pl.DataFrame | None,
+    suppressions: list[Suppression],
+    now: datetime,
+) -> pl.DataFrame:
+    """``finding_id`` -> ``suppression`` (name of the first matching suppression, or null).
+
+    The first suppression in file order wins, so the file reads top to bottom like a
+    firewall. Events are only looked at for suppressions with event conditions.
+    """
+    ids = findings.select("finding_id")
+    result = ids.with_columns(pl.lit(None, pl.String).alias("suppression"))
+    for s in active(suppressions, now):
+        hit = findings.filter(_finding_expr(s)).select("finding_id")
+        ev_expr = _event_expr(s)
+        if ev_expr is not None:
+            if events is None or events.is_empty():
+                continue
+            per_finding = (
+                events.filter(pl.col("finding_id").is_in(hit["finding_id"].implode()))
+                .group_by("finding_id")
+                .agg(ev_expr.fill_null(False).all().alias("_all"))
+                .filter(pl.col("_all"))
+                .select("finding_id")
+            )
+            hit = per_finding
+        result = result.with_columns(
+            pl.when(
+                pl.col("suppression").is_null()
+                & pl.col("finding_id").is_in(hit["finding_id"].implode())
+            )
+            .then(pl.lit(s.name))
+            .otherwise(pl.col("suppression"))
+            .alias("suppression")
+        )
+    return result

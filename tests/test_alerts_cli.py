@@ -1,0 +1,145 @@
+"""`detect score` delivers incidents once; `detect incidents`, `findings ack|resolve` and
+`detect suppressions` through the CLI (in-process, like test_rules_cli)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from alerts_data import Receiver
+from test_rules_helpers import ev, iam
+from typer.testing import CliRunner
+
+from detector.cli import app
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> Any:
+    return CliRunner().invoke(app, list(args), catch_exceptions=False, env=env)
+
+
+@pytest.fixture
+def scored(tmp_path):
+    """A lake with two rule findings (two principals) and a webhook sink on loopback."""
+    receiver = Receiver()
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
+    log = tmp_path / "audit.log"
+    events = [
+        ev(
+            "patch",
+            "configmaps",
+            ns="kube-system",
+            name="aws-auth",
+            user=iam(),
+            at=at,
+            body={"data": {"mapRoles": "..."}},
+        ),
+        ev("deletecollection", "events", ns="prod", user="mallory", at=at),
+    ]
+    log.write_text("".join(json.dumps(e) + "\n" for e in events))
+    lake = str(tmp_path / "lake")
+    config = tmp_path / "detect.toml"
+    config.write_text(
+        f'lake = "{lake}"\n[[sinks]]\nname = "hook"\ntype = "webhook"\n'
+        'url_env = "TEST_ALERT_URL"\nsecret_env = "TEST_ALERT_KEY"\n'
+    )
+    env = {"TEST_ALERT_URL": receiver.url, "TEST_ALERT_KEY": "hush-hush"}
+    assert cli("ingest", str(log), "--lake", lake, "--cluster", "prod").exit_code == 0
+    yield {"lake": lake, "config": str(config), "env": env, "receiver": receiver, "tmp": tmp_path}
+    receiver.close()
+
+
+def score(s: dict, *extra: str) -> Any:
+    out = cli(
+        "--config",
+        s["config"],
+        "score",
+        "--since",
+        "2h",
+        "--rules-only",
+        "--format",
+        "json",
+        *extra,
+        env=s["env"],
+    )
+    assert out.exit_code == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_score_delivers_each_incident_once_across_runs(scored):
+    first = score(scored)
+    assert first["incidents"]["delivery"]["new"] == 2
+    again = score(scored)  # the same range re-scored: same incidents, nothing new to send
+    assert again["incidents"]["delivery"]["sent"] == 0
+    users = sorted(b["output_fields"]["ka.user.name"] for b in scored["receiver"].delivered)
+    assert len(users) == 2 and "mallory" in users
+
+
+def test_incidents_list_show_ack_by_prefix(scored):
+    score(scored)
+    lake = scored["lake"]
+    listed = json.loads(cli("incidents", "--lake", lake, "--format", "json").stdout)
+    assert len(listed) == 2 and {i["status"] for i in listed} == {"new"}
+    iid = listed[0]["incident_id"]
+    shown = cli("incidents", "show", iid[:6], "--lake", lake)
+    assert shown.exit_code == 0 and "why this severity" in shown.stdout
+    acked = cli("incidents", "ack", iid[:6], "--lake", lake, "--reason", "on it")
+    assert acked.exit_code == 0, acked.stderr
+    statuses = {
+        i["incident_id"]: i["status"]
+        for i in json.loads(cli("incidents", "--lake", lake, "--format", "json").stdout)
+    }
+    assert statuses[iid] == "acknowledged"
+    unknown = cli("incidents", "show", "ffffffff", "--lake", lake)
+    assert unknown.exit_code == 2 and "no incident" in unknown.stderr
+
+
+def test_findings_ack_and_resolve_by_prefix(scored):
+    out = score(scored)
+    fid = out["findings"][0]["finding_id"]
+    lake = scored["lake"]
+    assert cli("findings", "ack", fid[:8], "--lake", lake).exit_code == 0
+    done = cli("findings", "resolve", fid[:8], "--lake", lake)
+    assert done.exit_code == 0 and f"finding {fid}: resolved" in done.stdout
+    shown = json.loads(cli("findings", "show", fid[:7], "--lake", lake, "--format", "json").stdout)
+    assert shown["status"] == "resolved" and shown["incident_id"]
+
+
+def test_suppressed_findings_are_not_delivered_and_stay_in_the_lake(scored):
+    sup = scored["tmp"] / "suppressions.yaml"
+    sup.write_text(
+        "suppressions:\n  - name: mallory-cleanup\n    reason: nightly events cleanup job\n"
+        "    expires: 2099-12-31\n    match:\n      principal: mallory\n      namespace: prod\n"
+    )
+    checked = cli("suppressions", str(sup), "--lake", scored["lake"], "--since", "2h")
+    assert checked.exit_code == 0 and "mallory-cleanup: active" in checked.stdout
+    out = score(scored, "--suppressions", str(sup))
+    assert out["incidents"]["suppressed_findings"] == 1
+    assert out["incidents"]["delivery"]["new"] == 1
+    users = [b["output_fields"]["ka.user.name"] for b in scored["receiver"].delivered]
+    assert "mallory" not in users
+    listed = json.loads(
+        cli(
+            "incidents", "--lake", scored["lake"], "--status", "suppressed", "--format", "json"
+        ).stdout
+    )
+    assert [i["suppression"] for i in listed] == ["mallory-cleanup"]
+
+
+def test_config_show_never_prints_a_sink_secret(scored):
+    shown = cli(
+        "--config", scored["config"], "config", "show", "--format", "json", env=scored["env"]
+    )
+    assert shown.exit_code == 0, shown.stderr
+    assert "hush-hush" not in shown.stdout and scored["receiver"].url not in shown.stdout
+    row = next(r for r in json.loads(shown.stdout)["settings"] if r["setting"] == "sinks.hook")
+    assert "url_env=TEST_ALERT_URL (set)" in row["value"]
+
+
+def test_a_bad_sink_is_a_one_line_config_error(tmp_path):
+    bad = tmp_path / "detect.toml"
+    bad.write_text('[[sinks]]\nname = "x"\ntype = "pager"\n')
+    out = cli("--config", str(bad), "config", "show")
+    assert out.exit_code == 2 and "type must be one of" in out.stderr
+    assert out.stderr.count("\n") == 1

@@ -1,0 +1,387 @@
+"""Delivery against real endpoints: local HTTP receivers for the webhook and Slack, moto's
+server on loopback for SNS, EventBridge, Security Hub and S3; OCSF validated with
+py-ocsf-models (Prowler's maintained pydantic models of the OCSF schema)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import boto3
+import orjson
+import polars as pl
+import pytest
+from alerts_data import T0, Receiver, W, finding, frames
+from throttle_proxy import FaultProxy
+
+from detector.delivery import config as sink_config
+from detector.delivery import payloads
+from detector.delivery.deliver import deliver
+from detector.delivery.records import DeliveryState, read_dead_letters
+from detector.delivery.run import send
+from detector.delivery.sinks import SIGNATURE_HEADER
+from detector.delivery.sinks import build as build_sink
+from detector.incidents.group import Incident, group
+from detector.lake.events import Lake
+
+ROLE = "arn:aws:iam::111122223333:role/dev"
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def sink(**kw) -> sink_config.SinkConfig:
+    return sink_config.parse_sink({"backoff": "1s", **kw}, "test")
+
+
+class FakeSleep:
+    """Backoff waits recorded instead of slept (no sleeps in tests)."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+def build(cfg, sleep=None):
+    """A sink whose backoff waits are recorded, never slept."""
+    return build_sink(cfg, sleep=sleep or FakeSleep())
+
+
+def incidents(rows=None) -> list[Incident]:
+    rows = rows or [
+        finding(ROLE, T0, severity="high", detector="rule:exec", tactic="Execution"),
+        finding(ROLE, T0 + W, severity="medium"),
+    ]
+    df, ev = frames(rows)
+    incs, _ = group(df, [], events=ev, now=T0)
+    return incs
+
+
+def grow(inc: Incident, severity: str = "medium", at: datetime = T0 + 2 * W) -> Incident:
+    df, ev = frames([finding(inc.principal, at, severity=severity, detector="rule:more")])
+    (out,), _ = group(df, [Incident.from_row(inc.to_row())], events=ev, now=at)
+    return out
+
+
+# --------------------------------------------------------------------------- webhook
+def test_webhook_is_signed_and_falcosidekick_shaped(receiver, monkeypatch):
+    monkeypatch.setenv("TEST_HOOK_URL", receiver.url)
+    monkeypatch.setenv("TEST_HOOK_KEY", "k3y")
+    cfg = sink(name="hook", type="webhook", url_env="TEST_HOOK_URL", secret_env="TEST_HOOK_KEY")
+    report = deliver(incidents(), [build(cfg)], DeliveryState(), now=NOW)
+    assert report.summary()["new"] == 1
+    (req,) = receiver.requests
+    expected = "sha256=" + hmac.new(b"k3y", req["body"], hashlib.sha256).hexdigest()
+    assert req["headers"][SIGNATURE_HEADER] == expected
+    body = json.loads(req["body"])
+    # falcosidekick's types.FalcoPayload: output, priority, rule, time, output_fields...
+    assert body["priority"] in {"Critical", "Error", "Warning", "Notice"}
+    assert body["rule"] == "rule:exec" and body["source"] == "k8saudit"
+    datetime.fromisoformat(body["time"].replace("Z", "+00:00"))
+    assert body["output_fields"]["ka.user.name"] == ROLE
+    assert req["headers"]["Idempotency-Key"] == body["output_fields"]["detect.idempotency_key"]
+
+
+def test_each_incident_version_reaches_a_sink_once_and_updates_are_throttled(receiver):
+    cfg = sink(name="hook", type="webhook", url=receiver.url, throttle="15m")
+    hook = build(cfg)
+    (inc,) = incidents()
+    state = deliver([inc], [hook], DeliveryState(), now=NOW).state
+    state = deliver([inc], [hook], state, now=NOW + timedelta(minutes=1)).state  # same version
+    assert len(receiver.delivered) == 1
+    v2 = grow(inc)  # a new finding, same severity: an update, but within the throttle
+    report = deliver([v2], [hook], state, now=NOW + timedelta(minutes=5))
+    assert report.throttled and len(receiver.delivered) == 1
+    report = deliver([v2], [hook], report.state, now=NOW + timedelta(minutes=16))
+    assert report.summary()["updates"] == 1
+    first, update = receiver.delivered
+    assert (
+        update["output_fields"]["detect.incident.id"]
+        == first["output_fields"]["detect.incident.id"]
+    )
+    assert update["output_fields"]["detect.incident.kind"] == "update"
+    # a rise in severity is not held back by the throttle
+    v3 = grow(v2, severity="critical", at=T0 + 3 * W)
+    report = deliver([v3], [hook], report.state, now=NOW + timedelta(minutes=17))
+    assert report.summary()["updates"] == 1 and len(receiver.delivered) == 3
+    # the state survives a checkpoint round trip (what detect watch stores)
+    state = DeliveryState.from_dict(json.loads(json.dumps(report.state.to_dict())))
+    assert deliver([v3], [hook], state, now=NOW + timedelta(hours=1)).sent == []
+
+
+def test_info_and_suppressed_incidents_are_never_delivered(receiver):
+    hook = build(sink(name="hook", type="webhook", url=receiver.url))
+    (info,) = incidents([finding(ROLE, T0, severity="info")])
+    (sup,) = incidents([finding("arn:aws:iam::1:role/x", T0, severity="high")])
+    sup.status = "suppressed"
+    assert deliver([info, sup], [hook], DeliveryState(), now=NOW).sent == []
+    assert receiver.requests == []
+    with pytest.raises(sink_config.SinkConfigError, match="info is a record"):
+        sink(name="x", type="webhook", url=receiver.url, min_severity="info")
+
+
+def test_failures_are_retried_then_dead_lettered_without_the_secret(tmp_path, caplog):
+    lake = Lake(str(tmp_path / "lake"))
+    r = Receiver(statuses=[503] * 4)
+    try:
+        cfg = sink(name="hook", type="webhook", url=r.url, retries=3)
+        sleep = FakeSleep()
+        with caplog.at_level(logging.INFO):
+            report = send(lake, incidents(), [cfg], now=NOW, sleep=sleep)
+        assert len(r.requests) == 4 and sleep.waits == [1.0, 2.0, 4.0]
+        dead = read_dead_letters(lake)
+        assert dead.select("sink", "attempts", "error").row(0) == ("hook", 4, "sink hook: HTTP 503")
+        assert "SECRET-PATH" not in caplog.text + dead.write_csv()
+        # the receiver is back: the next run delivers what is pending, once
+        report = send(lake, incidents(), [cfg], now=NOW + timedelta(minutes=1), sleep=sleep)
+        assert report.summary()["new"] == 1 and len(r.delivered) == 1
+        report = send(lake, incidents(), [cfg], now=NOW + timedelta(minutes=2), sleep=sleep)
+        assert report.sent == [] and len(r.delivered) == 1
+    finally:
+        r.close()
+
+
+def test_client_errors_are_not_retried(tmp_path):
+    r = Receiver(statuses=[400])
+    try:
+        sleep = FakeSleep()
+        report = deliver(
+            incidents(),
+            [build(sink(name="h", type="webhook", url=r.url), sleep=sleep)],
+            DeliveryState(),
+            now=NOW,
+        )
+        assert len(r.requests) == 1 and sleep.waits == [] and len(report.dead_letters) == 1
+    finally:
+        r.close()
+
+
+# --------------------------------------------------------------------------- slack
+def test_slack_message_is_readable(receiver, monkeypatch):
+    monkeypatch.setenv("TEST_SLACK", receiver.url)
+    cfg = sink(name="slack", type="slack", url_env="TEST_SLACK", lake="s3://audit-lake/prod")
+    deliver(incidents(), [build(cfg)], DeliveryState(), now=NOW)
+    (msg,) = receiver.delivered
+    text = json.dumps(msg)
+    assert msg["text"].startswith("[HIGH] New incident:")
+    for needle in ("prod", ROLE, "rule:exec", "detect incidents show", "s3://audit-lake/prod"):
+        assert needle in text
+    with pytest.raises(sink_config.SinkConfigError, match="unknown key"):
+        sink(name="s", type="slack", url=receiver.url)  # a Slack URL is a secret
+
+
+# --------------------------------------------------------------------------- AWS
+@pytest.fixture
+def aws(moto_endpoint, monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    return moto_endpoint
+
+
+def queue(name: str) -> tuple[str, str]:
+    sqs = boto3.client("sqs")
+    url = sqs.create_queue(QueueName=name)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    return url, arn
+
+
+def drain(url: str) -> list[dict]:
+    out = []
+    sqs = boto3.client("sqs")
+    while True:
+        msgs = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
+        if not msgs:
+            return out
+        out += [json.loads(m["Body"]) for m in msgs]
+        for m in msgs:
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+
+
+def test_sns_publishes_the_incident(aws):
+    topic = boto3.client("sns").create_topic(Name="alerts")["TopicArn"]
+    url, arn = queue("sns-alerts")
+    boto3.client("sns").subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn)
+    report = deliver(
+        incidents(),
+        [build(sink(name="sns", type="sns", topic_arn=topic))],
+        DeliveryState(),
+        now=NOW,
+    )
+    assert report.summary()["new"] == 1
+    (note,) = drain(url)
+    doc = json.loads(note["Message"])
+    assert note["Subject"].startswith("[high]")
+    assert doc["kind"] == "new" and doc["principal"] == ROLE and doc["version"] == 1
+
+
+def test_eventbridge_puts_one_detail_type_per_kind(aws):
+    events = boto3.client("events")
+    url, arn = queue("eb-alerts")
+    events.put_rule(Name="alerts", EventPattern=json.dumps({"source": ["audit-detector"]}))
+    events.put_targets(Rule="alerts", Targets=[{"Id": "q", "Arn": arn}])
+    eb = build(sink(name="eb", type="eventbridge"))
+    (inc,) = incidents()
+    state = deliver([inc], [eb], DeliveryState(), now=NOW).state
+    deliver([grow(inc, "critical")], [eb], state, now=NOW + timedelta(minutes=1))
+    got = drain(url)
+    assert [g["detail-type"] for g in got] == [
+        "Audit Detector Incident Created",
+        "Audit Detector Incident Updated",
+    ]
+    assert {g["detail"]["incident_id"] for g in got} == {inc.incident_id}
+
+
+class PartialFailureProxy(FaultProxy):
+    """In front of moto: marks the first ``n`` findings of the first import as failed with
+    InternalFailure, as Security Hub does under load (moto itself only fails bad input)."""
+
+    def __init__(self, upstream: str, n: int) -> None:
+        super().__init__(upstream, operations=())
+        self.n = n
+        self.calls: list[int] = []
+
+    def _forward(self, method, path, headers, body):
+        status, hdrs, payload = super()._forward(method, path, headers, body)
+        if path.startswith("/findings/import"):
+            sent = json.loads(body)["Findings"]
+            self.calls.append(len(sent))
+            if len(self.calls) == 1:
+                doc = json.loads(payload)
+                doc["FailedFindings"] = [
+                    {"Id": f["Id"], "ErrorCode": "InternalFailure", "ErrorMessage": "retry"}
+                    for f in sent[: self.n]
+                ]
+                doc["FailedCount"], doc["SuccessCount"] = self.n, len(sent) - self.n
+                payload = json.dumps(doc).encode()
+        return status, hdrs, payload
+
+
+def test_security_hub_batches_of_100_retry_partial_failures_and_update_in_place(aws, monkeypatch):
+    rows = [finding(f"arn:aws:iam::1:role/r{i}", T0, severity="medium") for i in range(130)]
+    incs = incidents(rows)
+    with PartialFailureProxy(aws, n=3) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        sleep = FakeSleep()
+        hub = build(
+            sink(name="hub", type="securityhub", account_id="123456789012", region="us-east-1"),
+            sleep=sleep,
+        )
+        report = deliver(incs, [hub], DeliveryState(), now=NOW)
+        assert proxy.calls == [100, 3, 30] and sleep.waits == [1.0]
+        assert report.summary()["new"] == 130 and not report.dead_letters
+        v2 = grow(incs[0], "critical")
+        assert v2.incident_id == incs[0].incident_id
+        deliver([v2], [hub], report.state, now=NOW + timedelta(minutes=1))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", aws)
+    client = boto3.client("securityhub")
+    found = []
+    for page in client.get_paginator("get_findings").paginate():
+        found += page["Findings"]
+    assert len(found) == 130  # the update replaced the finding with the same Id
+    updated = [f for f in found if f["Id"] == payloads.asff_id(incs[0])]
+    assert updated[0]["Severity"]["Label"] == "CRITICAL"
+
+
+# --------------------------------------------------------------------------- OCSF
+def _subset(ours, theirs, path="") -> list[str]:
+    """Paths in ``ours`` that the validated model dropped or changed (misnamed fields)."""
+    if isinstance(ours, dict):
+        if not isinstance(theirs, dict):
+            return [path]
+        out = []
+        for k, v in ours.items():
+            if k == "unmapped":  # free-form by definition
+                continue
+            out += [f"{path}.{k}"] if k not in theirs else _subset(v, theirs[k], f"{path}.{k}")
+        return out
+    if isinstance(ours, list):
+        if not isinstance(theirs, list) or len(ours) != len(theirs):
+            return [path]
+        return [p for a, b in zip(ours, theirs, strict=True) for p in _subset(a, b, path)]
+    return [] if ours == theirs else [path]
+
+
+def validate_ocsf(record: dict) -> None:
+    from py_ocsf_models.events.findings.detection_finding import DetectionFinding
+
+    model = DetectionFinding.model_validate(record)
+    dumped = json.loads(model.model_dump_json(exclude_none=True))
+    assert _subset(record, dumped) == []
+    assert model.class_uid == 2004 and model.type_uid == 2004 * 100 + record["activity_id"]
+
+
+def test_ocsf_json_lines_are_valid_detection_findings(tmp_path):
+    out = tmp_path / "ocsf" / "findings.jsonl"
+    oc = build(
+        sink(name="ocsf", type="ocsf", path=str(out), account_id="123456789012", region="eu-west-1")
+    )
+    (inc,) = incidents()
+    state = deliver([inc], [oc], DeliveryState(), now=NOW).state
+    deliver([grow(inc, "critical")], [oc], state, now=NOW + timedelta(minutes=1))
+    lines = [orjson.loads(x) for x in out.read_bytes().splitlines()]
+    assert [x["activity_id"] for x in lines] == [1, 2]
+    assert lines[0]["finding_info"]["uid"] == lines[1]["finding_info"]["uid"] == inc.incident_id
+    assert [x["status_id"] for x in lines] == [1, 1]
+    for rec in lines:
+        validate_ocsf(rec)
+
+
+def test_ocsf_parquet_lands_in_the_security_lake_layout_on_s3(aws, s3_bucket):
+    oc = build(
+        sink(
+            name="lake",
+            type="ocsf",
+            format="parquet",
+            path=f"s3://{s3_bucket}",
+            source_name="k8s-audit",
+            account_id="123456789012",
+            region="eu-west-1",
+        )
+    )
+    report = deliver(incidents(), [oc], DeliveryState(), now=NOW)
+    assert report.summary()["new"] == 1
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=s3_bucket)["Contents"]]
+    (key,) = keys
+    assert key.startswith(
+        "ext/k8s-audit/region=eu-west-1/accountId=123456789012/eventDay=20261127/"
+    )
+    body = boto3.client("s3").get_object(Bucket=s3_bucket, Key=key)["Body"].read()
+    row = pl.read_parquet(body).row(0, named=True)
+    assert row["class_uid"] == 2004 and row["finding_info"]["uid"] == incidents()[0].incident_id
+    validate_ocsf(
+        {
+            **row,
+            "unmapped": json.loads(row["unmapped"]),
+            "evidences": [{**e, "data": json.loads(e["data"])} for e in row["evidences"]],
+        }
+    )
+
+
+# --------------------------------------------------------------------------- config
+def test_sink_config_errors_name_the_sink_and_key():
+    with pytest.raises(sink_config.SinkConfigError, match=r"'a'.*exactly one of url_env"):
+        sink_config.parse_sinks([{"name": "a", "type": "webhook"}])
+    with pytest.raises(sink_config.SinkConfigError, match="https://"):
+        sink_config.parse_sinks([{"name": "a", "type": "webhook", "url": "http://example.com/x"}])
+    with pytest.raises(sink_config.SinkConfigError, match="used twice"):
+        sink_config.parse_sinks([{"name": "a", "type": "sns", "topic_arn": "x"}] * 2)
+    with pytest.raises(sink_config.SinkConfigError, match="source_name must be"):
+        sink_config.parse_sinks(
+            [{"name": "a", "type": "ocsf", "format": "parquet", "path": "/x", "source_name": ".."}]
+        )
+    with pytest.raises(sink_config.SinkConfigError, match="DETECT_NOPE"):
+        build(sink(name="a", type="webhook", url_env="DETECT_NOPE"))

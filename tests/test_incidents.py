@@ -1,0 +1,241 @@
+"""Incidents: grouping, tactic chaining, suppressions as code, statuses by id prefix."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import polars as pl
+import pytest
+from alerts_data import T0, W, finding, frames
+
+from detector.incidents import suppress, workflow
+from detector.incidents.group import Incident, group
+from detector.incidents.status import AmbiguousId, UnknownId, resolve_prefix
+from detector.lake import findings as findings_store
+from detector.lake import incidents as table
+from detector.lake.events import Lake
+
+ROLE = "arn:aws:iam::111122223333:role/dev"
+
+
+@pytest.fixture
+def lake(tmp_path) -> Lake:
+    return Lake(str(tmp_path / "lake"))
+
+
+def test_stolen_token_across_two_windows_is_one_incident():
+    df, ev = frames([finding(ROLE, T0, severity="medium"), finding(ROLE, T0 + W)])
+    incs, changed = group(df, [], events=ev)
+    assert len(incs) == 1 and changed == {incs[0].incident_id}
+    assert incs[0].finding_ids == df.sort("window_start")["finding_id"].to_list()
+    assert incs[0].severity == "medium"
+
+
+def test_findings_further_apart_than_the_horizon_are_two_incidents():
+    df, ev = frames([finding(ROLE, T0), finding(ROLE, T0 + timedelta(hours=7))])
+    incs, _ = group(df, [], events=ev, horizon=timedelta(hours=6))
+    assert len(incs) == 2
+
+
+def test_anonymous_probing_is_grouped_by_source_ip():
+    rows = [
+        finding("system:anonymous", T0, detector=f"rule:r{i}", kind="anonymous") for i in range(5)
+    ]
+    df, ev = frames(rows, source_ip="203.0.113.9")
+    other, ev2 = frames(
+        [finding("system:anonymous", T0, detector="rule:r9", kind="anonymous")],
+        source_ip="198.51.100.1",
+    )
+    incs, _ = group(pl.concat([df, other]), [], events=pl.concat([ev, ev2]))
+    keys = sorted((i.key_kind, i.key, len(i.finding_ids)) for i in incs)
+    assert keys == [("source_ip", "198.51.100.1", 1), ("source_ip", "203.0.113.9", 5)]
+
+
+def test_chained_tactics_raise_severity_and_say_why():
+    rows = [
+        finding(ROLE, T0, severity="low", detector="rule:list-secrets", tactic="Discovery"),
+        finding(
+            ROLE, T0 + W, severity="medium", detector="rule:read-token", tactic="Credential Access"
+        ),
+        finding(
+            ROLE,
+            T0 + 2 * W,
+            severity="medium",
+            detector="rule:bind-admin",
+            tactic="Privilege Escalation",
+        ),
+    ]
+    df, ev = frames(rows[:2])
+    (two,), _ = group(df, [], events=ev)
+    assert (two.base_severity, two.severity) == ("medium", "high")
+    assert "Discovery -> Credential Access" in two.severity_reason
+    df, ev = frames(rows)
+    (three,), _ = group(df, [], events=ev)
+    assert three.severity == "critical"
+    assert three.tactics == ["Discovery", "Credential Access", "Privilege Escalation"]
+
+
+def test_model_and_rule_disagreeing_is_explained():
+    rows = [
+        finding(ROLE, T0, severity="medium"),
+        finding(ROLE, T0, severity="high", detector="rule:exec"),
+    ]
+    df, ev = frames(rows)
+    (inc,), _ = group(df, [], events=ev)
+    assert inc.severity == "high"
+    assert "model:iforest said medium" in inc.severity_reason
+
+
+def test_info_findings_never_raise_and_never_alert():
+    rows = [
+        finding(ROLE, T0, severity="info", detector="rule:a", tactic="Execution"),
+        finding(ROLE, T0, severity="info", detector="rule:b", tactic="Discovery"),
+    ]
+    df, ev = frames(rows)
+    (inc,), _ = group(df, [], events=ev)
+    assert inc.severity == "info"
+
+
+def test_a_new_finding_is_a_new_version_a_rescore_is_not():
+    df, ev = frames([finding(ROLE, T0)])
+    (inc,), _ = group(df, [], events=ev)
+    assert inc.version == 1
+    again, changed = group(df, [inc], events=ev)
+    assert changed == set() and again[0].version == 1
+    df2, ev2 = frames([finding(ROLE, T0 + W, severity="high")])
+    (grown,), changed = group(df2, [Incident.from_row(inc.to_row())], events=ev2)
+    assert changed == {inc.incident_id} and grown.version == 2 and grown.severity == "high"
+
+
+SUPPRESSIONS = """
+suppressions:
+  - name: lb-health
+    reason: the load balancer's health check (TICKET-42)
+    expires: 2099-01-01
+    match:
+      principal: system:anonymous
+      user_agent: "kube-probe/*"
+      source_ip: 10.0.0.0/8
+  - name: old-ci
+    reason: CI runner before the migration
+    expires: 2020-01-01
+    match:
+      principal_regex: "^arn:aws:iam::\\\\d+:role/ci-.*"
+"""
+
+
+def test_suppressions_match_on_every_event_and_expired_ones_are_logged(tmp_path, caplog):
+    path = tmp_path / "suppressions.yaml"
+    path.write_text(SUPPRESSIONS)
+    sups = suppress.load(path)
+    probe, probe_ev = frames(
+        [finding("system:anonymous", T0, kind="anonymous")],
+        source_ip="10.1.2.3",
+        user_agent="kube-probe/1.30",
+    )
+    hostile, hostile_ev = frames(
+        [finding("system:anonymous", T0 + W, detector="rule:x", kind="anonymous")],
+        source_ip="10.1.2.3",
+        user_agent="curl/8.0",
+    )
+    ci, ci_ev = frames([finding("arn:aws:iam::111122223333:role/ci-runner", T0)])
+    df = pl.concat([probe, hostile, ci])
+    ev = pl.concat([probe_ev, hostile_ev, ci_ev])
+    with caplog.at_level(logging.WARNING):
+        hits = dict(suppress.apply(df, ev, sups, T0).iter_rows())
+    assert hits[probe["finding_id"][0]] == "lb-health"
+    assert hits[hostile["finding_id"][0]] is None  # one curl request is not a health check
+    assert hits[ci["finding_id"][0]] is None  # expired
+    assert "suppression old-ci expired on 2020-01-01" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("suppressions: [{name: a, reason: r, expires: 2030-01-01, match: {}}]", "match needs"),
+        ("suppressions: [{name: a, reason: r, match: {principal: x}}]", "expires is required"),
+        ("suppressions: [{name: a, expires: 2030-01-01, match: {principal: x}}]", "reason"),
+        (
+            "suppressions: [{name: a, reason: r, expires: 2030-01-01, match: {source_ip: x}}]",
+            "not an address or CIDR",
+        ),
+        (
+            "suppressions: [{name: a, reason: r, expires: 2030-01-01, match: {pod: x}}]",
+            "unknown match key",
+        ),
+        (
+            "suppressions: [{name: '../x', reason: r, expires: 2030-01-01, match: {principal: x}}]",
+            "name must be",
+        ),
+        ("!!python/object/apply:os.system ['true']", "not YAML"),
+    ],
+)
+def test_bad_suppressions_are_one_line_errors(tmp_path, text, message):
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    with pytest.raises(suppress.SuppressionError, match=message):
+        suppress.load(path)
+
+
+def test_suppressed_findings_stay_in_the_lake_with_the_suppression_name(lake, tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(SUPPRESSIONS)
+    df, ev = frames(
+        [finding("system:anonymous", T0, kind="anonymous")],
+        source_ip="10.9.9.9",
+        user_agent="kube-probe/1.30",
+    )
+    findings_store.write_range(lake, "model", T0, T0 + W, df, ev)
+    res = workflow.update(lake, df, ev, suppressions=suppress.load(path), now=T0)
+    assert res.suppressed_findings == 1
+    (inc,) = res.incidents
+    assert (inc.status, inc.suppression) == ("suppressed", "lb-health")
+    listed = workflow.findings_with_status(lake, findings_store.list_findings(lake))
+    assert listed.select("status", "suppression").row(0) == ("suppressed", "lb-health")
+    assert table.read_incidents(lake)["status"].to_list() == ["suppressed"]
+
+
+def test_ack_and_resolve_by_unique_prefix(lake):
+    df, ev = frames([finding(ROLE, T0), finding(ROLE, T0 + W, detector="rule:y")])
+    findings_store.write_range(lake, "model", T0, T0 + 2 * W, df, ev)
+    (inc,) = workflow.update(lake, df, ev, now=T0).incidents
+    acked = workflow.set_incident_status(lake, inc.incident_id[:6], "acknowledged", "on it")
+    assert acked.status == "acknowledged"
+    assert table.read_incidents(lake)["status"].to_list() == ["acknowledged"]
+    for fid in df["finding_id"]:
+        workflow.set_finding_status(lake, fid[:8], "resolved")
+    # every finding resolved: the incident is resolved too
+    assert table.read_incidents(lake)["status"].to_list() == ["resolved"]
+    # a new finding after the incident was resolved opens a new incident
+    df3, ev3 = frames([finding(ROLE, T0 + 3 * W)])
+    res = workflow.update(lake, df3, ev3, now=T0)
+    assert res.incidents[0].incident_id != inc.incident_id
+
+
+def test_prefixes_must_be_unique_and_long_enough():
+    ids = ["abcdef01", "abcdef02", "12345678"]
+    assert resolve_prefix("1234", ids, "finding") == "12345678"
+    with pytest.raises(AmbiguousId, match="matches 2"):
+        resolve_prefix("abcdef", ids, "finding")
+    with pytest.raises(UnknownId, match="too short"):
+        resolve_prefix("ab", ids, "finding")
+    with pytest.raises(UnknownId, match="no finding"):
+        resolve_prefix("ffff", ids, "finding")
+
+
+def test_incidents_round_trip_through_the_lake(lake):
+    df, ev = frames(
+        [
+            finding(ROLE, T0, tactic="Discovery", detector="rule:a"),
+            finding(ROLE, T0 + W, tactic="Execution", detector="rule:b"),
+        ]
+    )
+    res = workflow.update(lake, df, ev, now=T0)
+    back = [Incident.from_row(r) for r in table.read_incidents(lake).iter_rows(named=True)]
+    assert [b.to_row() for b in back] == [i.to_row() for i in res.incidents]
+    # the next batch joins the stored incident rather than opening another
+    df2, ev2 = frames([finding(ROLE, T0 + 2 * W)])
+    res2 = workflow.update(lake, df2, ev2, now=T0)
+    assert [i.incident_id for i in res2.incidents] == [res.incidents[0].incident_id]
+    assert res2.incidents[0].version == 2
