@@ -35,6 +35,7 @@ COMMAND_MODULES = (
     "simulate",
     "ingest",
     "export",
+    "watch",
     "train",
     "score",
     "findings",

@@ -1,0 +1,324 @@
+"""`detect watch`: follow CloudWatch, a local audit.log or a replay; alert as events arrive."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import typer
+
+from detector.cli.commands.export import _duration, _positive, _stop_on_signals
+from detector.cli.commands.train import DEFAULT_MODEL_DIR, ModelDirOpt
+from detector.cli.options import EXIT_OK, ClusterOpt, LakeOpt, fail, usage_error
+from detector.timeparse import TimeArgumentError, parse_instant
+
+log = logging.getLogger("detector.watch")
+
+
+def watch(
+    ctx: typer.Context,
+    log_group: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--log-group",
+            envvar="DETECT_LOG_GROUP",
+            help="CloudWatch log group to follow (repeat for several), as `detect export`.",
+            show_default=False,
+        ),
+    ] = None,
+    tail: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tail", help="Local audit.log an API server appends to (rotation followed)."
+        ),
+    ] = None,
+    replay: Annotated[
+        str | None,
+        typer.Option(
+            "--replay", help="Replay this audit log through the same path (no AWS needed)."
+        ),
+    ] = None,
+    speed: Annotated[
+        float,
+        typer.Option("--speed", help="Replay: replayed seconds per real second (0: flat out)."),
+    ] = 60.0,
+    once: Annotated[
+        bool,
+        typer.Option(
+            "--once", help="Process what is available (a replay: all of it), then exit 0."
+        ),
+    ] = False,
+    lake: LakeOpt = "./lake",
+    cluster: ClusterOpt = None,
+    model_dir: ModelDirOpt = DEFAULT_MODEL_DIR,
+    rules_only: Annotated[
+        bool, typer.Option("--rules-only", help="Run the rules only, not the model.")
+    ] = False,
+    rules: Annotated[
+        list[str] | None,
+        typer.Option("--rules", help="Extra rules file (YAML); repeat for several."),
+    ] = None,
+    disable: Annotated[
+        list[str] | None,
+        typer.Option("--disable", help="Rule id to switch off; repeat for several."),
+    ] = None,
+    grace: Annotated[
+        str,
+        typer.Option(
+            "--grace", help="Model: score a window this long after it closes (late events)."
+        ),
+    ] = "2m",
+    poll: Annotated[str, typer.Option("--poll", help="Time between reads of each source.")] = "5s",
+    latency: Annotated[
+        str,
+        typer.Option(
+            "--latency",
+            help="CloudWatch: read up to this long before now; later arrivals are caught by "
+            "--overlap.",
+        ),
+    ] = "2s",
+    overlap: Annotated[
+        str | None,
+        typer.Option(
+            "--overlap",
+            help="CloudWatch: re-read this much behind the checkpoint (default: --grace).",
+            show_default=False,
+        ),
+    ] = None,
+    since: Annotated[
+        str,
+        typer.Option("--since", help="CloudWatch, first run only: where to start (then resume)."),
+    ] = "10m",
+    lease: Annotated[
+        str,
+        typer.Option(
+            "--lease", help="A replica that stops renewing its lease loses it after this long."
+        ),
+    ] = "3m",
+    port: Annotated[
+        int | None,
+        typer.Option(
+            "--port",
+            envvar="DETECT_WATCH_PORT",
+            help="Serve /healthz, /readyz and /metrics on this port (0: any free port).",
+            show_default=False,
+        ),
+    ] = None,
+    status_every: Annotated[
+        str, typer.Option("--status-every", help="A one-line status on stderr (info level).")
+    ] = "1m",
+    model_check: Annotated[
+        str,
+        typer.Option("--model-check", help="How often to look for a newly trained model."),
+    ] = "30s",
+    rate: Annotated[
+        float,
+        typer.Option("--rate", help="Client-side limit on CloudWatch API requests per second."),
+    ] = 5.0,
+    suppressions: Annotated[
+        str | None,
+        typer.Option(
+            "--suppressions",
+            envvar="DETECT_SUPPRESSIONS",
+            help="Suppressions YAML applied before delivery (default ./suppressions.yaml if any).",
+        ),
+    ] = None,
+    deliver: Annotated[
+        bool,
+        typer.Option(
+            "--deliver/--no-deliver", help="Send incidents to the sinks configured in detect.toml."
+        ),
+    ] = True,
+    backoff: Annotated[
+        str, typer.Option("--backoff", hidden=True, help="Base of the exponential backoff.")
+    ] = "0.5s",
+) -> None:
+    """Detect as events arrive and alert within seconds, exactly once per incident version.
+
+    Follows CloudWatch log groups with the code of `detect export --follow` (same
+    checkpoint, lease and lake writes), a local audit.log (--tail) or a replayed file
+    (--replay). Each batch, once durable in the lake, runs the rules over the windows it
+    touched (the first event of a rule, principal and window opens a finding and alerts;
+    later ones update it); the model scores each principal's window --grace after it
+    closes. Incidents go to the sinks of detect.toml; what was sent is stored with the
+    stream checkpoint, so a restart (even after SIGKILL) neither loses nor repeats an alert
+    (an alert sent in the instant before a crash is re-sent with the same idempotency key).
+
+    Two replicas on one log group: one leads, the other stands by (/readyz 503) and takes
+    over when the leader's lease lapses. SIGTERM drains: flush, detect, deliver,
+    checkpoint, exit 0. A newly trained model is picked up without a restart.
+
+    Exit codes: 0 stopped cleanly or done; 2 bad arguments or configuration; 3 cannot
+    start (another replica holds the source with --once, lake unreachable).
+
+    Example:
+
+    \b
+        detect watch --replay audit.log --speed 60 --lake ./lake
+        detect watch --log-group /aws/eks/prod/cluster --lake s3://audit-lake/prod --port 9102
+    """
+    from detector.cli.commands.incidents import configured_sinks
+    from detector.delivery.run import suppressions_for
+    from detector.delivery.stream import StreamAlerter
+    from detector.detect.stream import ModelReloader, StreamDetector
+    from detector.errors import DetectError
+    from detector.lake.events import Lake
+    from detector.lake.state import Owner
+    from detector.pipeline.export import ExportOptions
+    from detector.pipeline.watch import (
+        CloudWatchSource,
+        ReplaySource,
+        TailSource,
+        Watcher,
+        WatchError,
+        WatchOptions,
+    )
+    from detector.pipeline.watch_metrics import WatchMetrics
+    from detector.sources.files import cluster_from_log_group
+
+    groups, tails = list(log_group or []), list(tail or [])
+    if not groups and not tails and not replay:
+        usage_error("nothing to watch: give --log-group, --tail or --replay")
+    if speed < 0:
+        usage_error("--speed must be 0 (flat out) or more")
+    if rate < 0:
+        usage_error("--rate must be 0 (no limit) or more")
+    if port is not None and not 0 <= port <= 65535:
+        usage_error("--port must be 0..65535")
+    grace_td = _duration(grace, "--grace")
+    poll_s = _duration(poll, "--poll", allow_zero=False).total_seconds()
+    lease_s = _duration(lease, "--lease", allow_zero=False).total_seconds()
+    _positive(lease_s, "--lease")
+    try:
+        since_at = parse_instant(since)
+    except TimeArgumentError as exc:
+        usage_error(str(exc))
+
+    the_lake = Lake(lake)
+    metrics = WatchMetrics()
+    reloader = None
+    if not rules_only:
+        reloader = ModelReloader(
+            model_dir,
+            every=_duration(model_check, "--model-check").total_seconds(),
+            on_change=lambda m: metrics.set_model(m.version if m is not None else None),
+        )
+        reloader.check()
+        if reloader.model is None:
+            log.warning("no model in %s yet: rules only until `detect train` writes one", model_dir)
+    try:
+        sinks = configured_sinks(ctx) if deliver else []
+        detector = StreamDetector(
+            the_lake,
+            model=reloader,
+            rule_files=list(rules or []) or None,
+            disabled_rules=list(disable or []) or None,
+            grace=grace_td,
+            cluster=None,
+        )
+        alerter = StreamAlerter(
+            the_lake, detector, sinks, suppressions=suppressions_for(suppressions), metrics=metrics
+        )
+    except DetectError as exc:
+        fail(str(exc), exc.exit_code)
+
+    stop = threading.Event()
+    owner = Owner()
+    factories: list[Any] = []
+    for group in groups:
+        name = cluster or cluster_from_log_group(group)
+        if not name:
+            usage_error(f"cannot tell the cluster from log group {group!r}: pass --cluster")
+        opts = ExportOptions(
+            log_group=group,
+            cluster=name,
+            latency=_duration(latency, "--latency"),
+            overlap=_duration(overlap, "--overlap") if overlap is not None else grace_td,
+            chunk=timedelta(minutes=15),
+            interval=timedelta(seconds=poll_s),
+            flush_seconds=poll_s,
+            rate=rate,
+            backoff_base=_duration(backoff, "--backoff").total_seconds(),
+            lease_seconds=lease_s,
+        )
+        factories.append(
+            lambda o=opts: CloudWatchSource(
+                the_lake, o, alerter.consume, metrics, since=since_at, owner=owner, stop=stop
+            )
+        )
+    for path in tails:
+        factories.append(
+            lambda p=path: TailSource(
+                the_lake,
+                p,
+                alerter.consume,
+                metrics,
+                cluster=cluster,
+                lease_seconds=lease_s,
+                owner=owner,
+            )
+        )
+    if replay:
+        factories.append(
+            lambda: ReplaySource(
+                the_lake,
+                replay,
+                alerter.consume,
+                metrics,
+                speed=0.0 if once else speed,
+                poll=poll_s,
+                cluster=cluster,
+                tail=timedelta(minutes=10) + grace_td + timedelta(minutes=5),
+                lease_seconds=lease_s,
+                owner=owner,
+                stop=stop,
+            )
+        )
+    watcher = Watcher(
+        factories,
+        metrics,
+        WatchOptions(
+            poll=poll_s,
+            once=once,
+            port=port,
+            status_every=_duration(
+                status_every, "--status-every", allow_zero=False
+            ).total_seconds(),
+        ),
+        stop=stop,
+        on_tick=(lambda: reloader()) if reloader is not None else None,
+    )
+    received: list[int] = []
+    started = datetime.now(UTC)
+    with _stop_on_signals(stop, received):
+        try:
+            watcher.run()
+        except WatchError as exc:
+            fail(str(exc))
+        except DetectError as exc:
+            fail(str(exc), exc.exit_code)
+    seconds = (datetime.now(UTC) - started).total_seconds()
+    log.info("%s", metrics.status_line())
+    typer.echo(
+        f"watch stopped{' by ' + _signame(received[0]) if received else ''} after {seconds:.1f}s: "
+        f"{metrics.totals['events']} events, "
+        f"{int(sum(c._value.get() for c in metrics.alerts_sent._metrics.values()))} alerts sent, "
+        f"{metrics.totals['quarantined']} quarantined",
+        err=True,
+    )
+    raise typer.Exit(EXIT_OK)
+
+
+def _signame(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``detect watch`` to the app."""
+    import detector.delivery.config  # noqa: F401  registers [[sinks]] with the config reader
+
+    app.command("watch")(watch)
