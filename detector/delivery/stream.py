@@ -47,6 +47,8 @@ class ConsumeResult:
     findings: int = 0
     sent: list[dict[str, Any]] = field(default_factory=list)
     failed: int = 0
+    model_windows: int = 0
+    late_windows: int = 0  # closed windows scored again because late events arrived
 
 
 class StreamAlerter:
@@ -82,7 +84,11 @@ class StreamAlerter:
         delivery = DeliveryState.from_dict(payload.get("delivery"))
         started = time.monotonic()
         found = self.detector.process(events, now, state)
-        out = ConsumeResult(findings=found.findings.height)
+        out = ConsumeResult(
+            findings=found.findings.height,
+            model_windows=found.model_windows,
+            late_windows=found.late_windows,
+        )
         candidates = {}
         if found.findings.height:
             res = workflow.update(

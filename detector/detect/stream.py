@@ -29,8 +29,9 @@ from typing import Any
 
 import polars as pl
 
-from detector.detect.score import ScoreResult, score_range
+from detector.detect.score import NOVELTY_MEMORY, ScoreResult, score_range
 from detector.features.windows import DEFAULT_WINDOW
+from detector.lake import findings as findings_store
 from detector.lake.events import Lake
 from detector.lake.findings_schema import FINDINGS_EVENTS_COLUMNS, empty_findings
 from detector.model.estimator import Model
@@ -128,8 +129,12 @@ class StreamDetector:
             due = {ws for ws in state.open_windows if ws + w_ms <= close_ms} | late
             if len(state.open_windows) > MAX_OPEN_WINDOWS:
                 due |= set(sorted(state.open_windows)[: -MAX_OPEN_WINDOWS // 2])
-            for lo, hi in _spans(due, w_ms):
-                frames.append(self._score(lo, hi, use_model=True, model=model))
+            if due:
+                lo = min(due)
+                hi = max(due) + w_ms
+                if late:  # later windows' novelty may change too: rewrite up to the close
+                    hi = max(hi, close_ms // w_ms * w_ms)
+                frames.append(self._score_model(model, lo, hi))
             result.model_windows = len(due)
             result.late_windows = len(late)
             state.open_windows -= due
@@ -138,14 +143,43 @@ class StreamDetector:
             result.events = pl.concat([f.events for f in frames], how="vertical")
         return result
 
-    def _score(
-        self, lo: int, hi: int, *, use_model: bool, model: Model | None = None
-    ) -> ScoreResult:
+    def _score_model(self, model: Model, lo: int, hi: int) -> ScoreResult:
+        """Model findings of the windows in ``[lo, hi)``, computed as a batch run would.
+
+        A batch ``detect score`` counts a value as new in the first window of its range that
+        uses it, and looks before the range only for values used since the model's training
+        (at most 24 hours back). Scoring ``[start, hi)`` with that same start and writing
+        only ``[lo, hi)`` gives exactly the batch's answer for a range starting at ``start``:
+        the model's training end, within the last 24 hours (the nightly training keeps it so).
+        """
+        w_ms = int(model.window.total_seconds() * 1000)
+        start = lo - int(NOVELTY_MEMORY.total_seconds() * 1000)
+        if model.trained_until is not None:
+            start = max(start, _ms(model.trained_until))
+        start = min(lo, -(-start // w_ms) * w_ms)
+        res = score_range(
+            self.lake,
+            _dt(start),
+            _dt(hi),
+            model=model,
+            use_rules=False,
+            write=False,
+            cluster=self.cluster,
+        )
+        keep = pl.col("window_start") >= _dt(lo)
+        res.findings = res.findings.filter(keep)
+        res.events = res.events.filter(
+            pl.col("finding_id").is_in(res.findings["finding_id"].implode())
+        )
+        findings_store.write_range(self.lake, "model", _dt(lo), _dt(hi), res.findings, res.events)
+        return res
+
+    def _score(self, lo: int, hi: int, *, use_model: bool) -> ScoreResult:
         return score_range(
             self.lake,
             _dt(lo),
             _dt(hi),
-            model=model,
+            model=None,
             use_model=use_model,
             use_rules=not use_model,
             rule_files=self.rule_files,

@@ -44,6 +44,14 @@ def watch(
         float,
         typer.Option("--speed", help="Replay: replayed seconds per real second (0: flat out)."),
     ] = 60.0,
+    step: Annotated[
+        str | None,
+        typer.Option(
+            "--step",
+            help="Replay: replayed time per step (default --poll x --speed; flat out: 1m).",
+            show_default=False,
+        ),
+    ] = None,
     once: Annotated[
         bool,
         typer.Option(
@@ -268,6 +276,7 @@ def watch(
                 alerter.consume,
                 metrics,
                 speed=0.0 if once else speed,
+                step=_duration(step, "--step", allow_zero=False) if step else None,
                 poll=poll_s,
                 cluster=cluster,
                 tail=timedelta(minutes=10) + grace_td + timedelta(minutes=5),
