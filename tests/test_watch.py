@@ -230,12 +230,14 @@ def test_sigkill_at_chosen_moments_every_due_alert_arrives_once_per_key(sim, mod
         args = ["watch", "--replay", str(sim), "--once", "--step", "10m", "--lake",
                 str(tmp_path / "lake"), "--model-dir", model_dir]  # fmt: skip
         env = {**os.environ, "WATCH_HOOK_URL": receiver.url}
+        after: dict[str, int] = {}  # requests received when each killed run died
         for point, n in (("sent", 2), ("written", 3), ("checkpointed", 2)):
             proc = subprocess.run(
                 [sys.executable, "-c", _KILLED_WATCH, point, str(n), *args],
                 capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env, check=False,
             )  # fmt: skip
             assert proc.returncode == -signal.SIGKILL, proc.stderr
+            after[point] = len(receiver.requests)
         proc = subprocess.run(
             [*detect_cmd(), *args], capture_output=True, text=True, timeout=120, cwd=tmp_path,
             env=env, check=False,
@@ -244,9 +246,13 @@ def test_sigkill_at_chosen_moments_every_due_alert_arrives_once_per_key(sim, mod
         got = keys(receiver)
         assert set(got) == set(expected)  # every due alert arrived
         dupes = {k: n for k, n in Counter(got).items() if n > 1}
-        # Only the "sent" kill can repeat an alert, and then with the same key and body.
-        assert len(dupes) <= 1 and all(n == 2 for n in dupes.values())
+        # Only the "sent" kill repeats alerts: those its last batch sent before the checkpoint
+        # could record them, each once more, with the same key and the same body.
+        assert all(n == 2 for n in dupes.values())
         for k in dupes:
+            first, second = [i for i, key in enumerate(got) if key == k]
+            assert first < after["sent"] <= second < after["written"]
+            assert got[after["sent"] - len(dupes) : after["sent"]].count(k) == 1
             bodies = {r["body"] for r in receiver.requests if r["headers"]["Idempotency-Key"] == k}
             assert len(bodies) == 1
     finally:
@@ -264,6 +270,25 @@ def anonymous_denied(i: int, ts_ms: int, ip: str) -> str:
         sourceIPs=[ip],
         responseStatus={"metadata": {}, "code": 403},
         annotations={"authorization.k8s.io/decision": "forbid"},
+    )
+    return orjson.dumps(ev).decode()
+
+
+def rbac_change(i: int, ts_ms: int) -> str:
+    """A cluster-wide RBAC change by an IAM role (rule rbac-changed: medium)."""
+    ev = make_event(
+        i,
+        at=ts_ms,
+        auditID=str(uuid.uuid4()),
+        verb="create",
+        requestURI="/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+        objectRef={
+            "resource": "clusterrolebindings",
+            "name": "backdoor",
+            "apiGroup": "rbac.authorization.k8s.io",
+            "apiVersion": "v1",
+        },
+        responseStatus={"metadata": {}, "code": 201},
     )
     return orjson.dumps(ev).decode()
 
@@ -340,18 +365,30 @@ def test_two_replicas_one_leads_the_standby_takes_over_without_gap_or_duplicate(
         t1 = int(time.time() * 1000)
         put(logs, group, [anonymous_denied(1, t1, "198.51.100.1")], t1)
         wait_for(lambda: len(keys(receiver)) == 1, "the first alert, from the leader")
+        s3 = boto3.client("s3", endpoint_url=moto_endpoint)
+
+        def recorded() -> bool:
+            # the chosen moment: the alert is recorded in the export checkpoint
+            listed = s3.list_objects_v2(Bucket=s3_bucket, Prefix="lake/_state/cloudwatch/")
+            (obj,) = listed["Contents"]
+            doc = json.loads(s3.get_object(Bucket=s3_bucket, Key=obj["Key"])["Body"].read())
+            return bool(((doc.get("payload") or {}).get("delivery") or {}).get("sent"))
+
+        wait_for(recorded, "the checkpoint to record the alert")
 
         leader.kill()  # SIGKILL: no release, the lease is still on the books
         leader.wait(timeout=30)
         t2 = int(time.time() * 1000)
-        put(logs, group, [anonymous_denied(2, t2, "198.51.100.2")], t2)
+        # Another principal: a new incident (a second anonymous event in the same window
+        # would only update the first finding, and rightly send nothing).
+        put(logs, group, [rbac_change(2, t2)], t2)
         wait_for(
             lambda: get(f"http://127.0.0.1:{standby_port}/readyz")[0] == 200, "the takeover", 30
         )
         wait_for(lambda: len(keys(receiver)) == 2, "the second alert, from the new leader")
         assert len(set(keys(receiver))) == 2
         metrics = get(f"http://127.0.0.1:{standby_port}/metrics")[1]
-        assert 'detect_watch_alerts_sent_total{severity="low",sink="hook"}' in metrics
+        assert 'detect_watch_alerts_sent_total{severity="medium",sink="hook"}' in metrics
         assert "detect_watch_lag_seconds" in metrics
         standby = procs[ports.index(standby_port)]
         standby.send_signal(signal.SIGTERM)
