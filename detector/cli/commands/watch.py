@@ -23,8 +23,8 @@ def watch(
         list[str] | None,
         typer.Option(
             "--log-group",
-            envvar="DETECT_LOG_GROUP",
-            help="CloudWatch log group to follow (repeat for several), as `detect export`.",
+            help="CloudWatch log group to follow (repeat for several), as `detect export`; "
+            "in detect.toml: [watch] log_group = [...].",
             show_default=False,
         ),
     ] = None,
