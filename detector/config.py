@@ -42,11 +42,16 @@ from typing import Any
 import typer
 from typer.core import TyperOption
 
-from detector.timeparse import TimeArgumentError, parse_duration, parse_instant
+from detector.errors import UsageError
 
 CONFIG_ENV = "DETECT_CONFIG"
+#: Top-level ``ip_lists = ["tor-exits.txt"]``: deny lists for the rules, passed on in env.
+IP_LISTS_KEY = "ip_lists"
+IP_LISTS_ENV = "DETECT_IP_LISTS"
 DEFAULT_CONFIG_FILE = "detect.toml"
 ENV_PREFIX = "DETECT_"
+#: Where the AWS SDKs look for a region, in their order.
+AWS_REGION_ENVS = ("AWS_REGION", "AWS_DEFAULT_REGION")
 
 #: Settings of the root command (``detect --log-format json export ...``), with their
 #: allowed values (None: any string).
@@ -56,31 +61,13 @@ ROOT_SETTINGS: dict[str, tuple[str, ...] | None] = {
     "region": None,
 }
 
-#: Options whose values are durations (``10m``) or instants (``1h``, ISO-8601): checked
-#: when the file is read, not only when the command runs.
-DURATION_KEYS = frozenset(
-    {
-        "interval",
-        "latency",
-        "overlap",
-        "flush_interval",
-        "chunk",
-        "lease",
-        "wait_for_lease",
-        "backoff",
-        "window",
-    }
-)
-INSTANT_KEYS = frozenset({"since", "until", "end", "train_until"})
-
 #: Top-level keys owned by a layer above this one (``[[sinks]]``: detector.delivery.config),
 #: each with the checker that layer registers when imported: ``check(value, file_name)``
 #: returns the parsed value or raises :class:`ConfigError`. The parsed value lands in
 #: ``LoadedConfig.extra``.
 EXTRA_KEYS: dict[str, Callable[[Any, str], Any]] = {}
 
-
-class ConfigError(ValueError):
+class ConfigError(UsageError, ValueError):
     """A configuration file or value that cannot be used; the message names the key."""
 
 
@@ -110,6 +97,8 @@ class LoadedConfig:
     origin: dict[tuple[tuple[str, ...], str], str] = field(default_factory=dict)
     #: parsed values of EXTRA_KEYS (``sinks``...)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: ``ip_lists = [...]``: deny-list files for the rules, absolute (relative to the file)
+    ip_lists: list[str] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------ the command tree
@@ -187,6 +176,11 @@ def read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+            "save the file as UTF-8"
+        ) from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot be read: {exc.strerror or exc}") from None
 
@@ -214,18 +208,10 @@ def check_value(setting: Setting, value: Any, where: str) -> Any:
         raise ConfigError(f"{label}: expected {getattr(annotation, '__name__', 'a value')}")
     ctx = setting_context(setting)
     try:
-        param.process_value(ctx, value)
+        param.process_value(ctx, value)  # the option's own parser: choices, bounds, times
     except typer.BadParameter as exc:
-        message = exc.message.removeprefix("Value error, ")
+        message = exc.message.replace("Value error, ", "")
         raise ConfigError(f"{label}: {message}") from None
-    for item in items:
-        try:
-            if key in DURATION_KEYS:
-                parse_duration(item)
-            elif key in INSTANT_KEYS:
-                parse_instant(item)
-        except TimeArgumentError as exc:
-            raise ConfigError(f"{label}: {exc}") from None
     return value
 
 
@@ -249,6 +235,13 @@ def _put(default_map: dict[str, Any], command: tuple[str, ...], name: str, value
     for part in command:
         node = node.setdefault(part, {})
     node[name] = value
+
+
+def _ip_lists(value: Any, path: Path) -> list[str]:
+    """``ip_lists``: files of addresses/CIDRs the rules treat as denied (relative to the file)."""
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{path.name}: {IP_LISTS_KEY} = {value!r}: expected a list of file paths")
+    return [str((path.parent / v) if not Path(v).is_absolute() else Path(v)) for v in value]
 
 
 def load(group: Any, path: Path | None) -> LoadedConfig:
@@ -301,6 +294,8 @@ def load(group: Any, path: Path | None) -> LoadedConfig:
         key = raw_key.replace("-", "_")
         if key in EXTRA_KEYS:
             loaded.extra[key] = EXTRA_KEYS[key](value, fname)
+        elif key == IP_LISTS_KEY:
+            loaded.ip_lists = _ip_lists(value, path)
         elif key in ROOT_SETTINGS:
             loaded.root[key] = check_root_value(key, value, fname)
         elif key in shared:
@@ -314,7 +309,8 @@ def load(group: Any, path: Path | None) -> LoadedConfig:
                 f"; it is an option of {', '.join(owners)}: put it under "
                 f"[{owners[0].replace(' ', '.')}]"
                 if owners
-                else f"; top-level keys: {', '.join(sorted([*ROOT_SETTINGS, *shared]))}"
+                else f"; top-level keys: "
+                f"{', '.join(sorted([*ROOT_SETTINGS, *shared, IP_LISTS_KEY]))}"
             )
             raise ConfigError(f"{fname}: unknown key {raw_key!r}{hint}")
     for raw_key, value in tables.items():
@@ -403,19 +399,38 @@ def setup_root(
         else:
             out.values[key] = value
             out.sources[key] = "default"
+    if out.values.get("region") is None:
+        # AWS_REGION alone is honoured (boto3 reads only AWS_DEFAULT_REGION).
+        for env in AWS_REGION_ENVS:
+            if os.environ.get(env):
+                out.values["region"], out.sources["region"] = os.environ[env], f"env {env}"
+                break
     out.values["config"] = str(loaded.path) if loaded.path else None
     if "config" in params:
         out.sources["config"] = (
             describe_source(ctx, params["config"]) if config else "default (./detect.toml)"
         )
     if out.values.get("region"):
-        # boto3, s3fs and polars all read these; an explicit setting beats the AWS chain.
-        # Restored when the command ends, for callers that run the app in-process.
-        saved = {k: os.environ.get(k) for k in ("AWS_REGION", "AWS_DEFAULT_REGION")}
-        os.environ["AWS_REGION"] = os.environ["AWS_DEFAULT_REGION"] = str(out.values["region"])
-        ctx.call_on_close(lambda: _restore_env(saved))
+        apply_region(ctx, str(out.values["region"]))
+    if loaded.ip_lists and not os.environ.get(IP_LISTS_ENV):
+        # Read by the rules when they compile (detector.rules.iplists); env beats file.
+        saved_lists = {IP_LISTS_ENV: os.environ.get(IP_LISTS_ENV)}
+        os.environ[IP_LISTS_ENV] = os.pathsep.join(loaded.ip_lists)
+        ctx.call_on_close(lambda: _restore_env(saved_lists))
     ctx.meta["detect.settings"] = out
     return out
+
+
+def apply_region(ctx: Any, region: str) -> None:
+    """Make ``region`` the one boto3, s3fs and polars use, until ``ctx`` closes.
+
+    They read AWS_DEFAULT_REGION (boto3) or AWS_REGION (others): both are set, so an
+    explicit setting beats the AWS chain and AWS_REGION alone is enough. Restored when the
+    command ends, for callers that run the app in-process.
+    """
+    saved = {k: os.environ.get(k) for k in AWS_REGION_ENVS}
+    os.environ["AWS_REGION"] = os.environ["AWS_DEFAULT_REGION"] = region
+    ctx.call_on_close(lambda: _restore_env(saved))
 
 
 def _restore_env(saved: dict[str, str | None]) -> None:

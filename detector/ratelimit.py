@@ -26,6 +26,8 @@ from botocore.exceptions import (
     IncompleteReadError,
 )
 
+from detector.errors import RuntimeFailure
+
 T = TypeVar("T")
 
 #: Error codes that mean "try again later", across CloudWatch Logs, S3 and STS.
@@ -101,7 +103,7 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-class RetriesExhausted(RuntimeError):
+class RetriesExhausted(RuntimeFailure):
     """A call kept failing with retryable errors for all allowed attempts."""
 
     def __init__(self, operation: str, attempts: int, last: BaseException) -> None:
@@ -111,7 +113,7 @@ class RetriesExhausted(RuntimeError):
         super().__init__(f"{operation} failed {attempts} times; last: {describe_error(last)}")
 
 
-class RetryAborted(RuntimeError):
+class RetryAborted(RuntimeFailure):
     """A retryable failure while a stop was requested: give up now, quietly."""
 
     def __init__(self, operation: str, last: BaseException) -> None:

@@ -16,9 +16,49 @@ from typing import Any
 
 import fsspec
 
+from detector.errors import EXIT_USAGE, RuntimeFailure
 
-class StorageError(RuntimeError):
+
+class StorageError(RuntimeFailure):
     """A lake location cannot be read or written (missing credentials, no such bucket...)."""
+
+
+class MissingBucket(StorageError):
+    """The lake's S3 bucket does not exist: a configuration error, reported at once."""
+
+    exit_code = EXIT_USAGE
+
+
+@functools.lru_cache(maxsize=64)
+def _bucket_checked(bucket: str, endpoint: str | None) -> bool:
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    # No retries: a missing bucket is an answer, not a transient failure.
+    client = boto3.client(
+        "s3", endpoint_url=endpoint, config=Config(retries={"max_attempts": 1, "mode": "standard"})
+    )
+    try:
+        client.head_bucket(Bucket=bucket)
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code"))
+        if code in ("404", "NoSuchBucket", "NotFound"):
+            raise MissingBucket(
+                f"S3 bucket {bucket!r} does not exist (create it, or fix --lake / lake in "
+                "detect.toml)"
+            ) from None
+        # 403 and the like: we may still be allowed to use our prefix; let the real
+        # request say what is wrong.
+    except BotoCoreError:
+        pass
+    return True
+
+
+def require_bucket(uri: str) -> None:
+    """Raise :class:`MissingBucket` (exit 2) when ``uri`` is on S3 and its bucket is absent."""
+    if is_s3(uri):
+        _bucket_checked(uri.split("://", 1)[1].split("/", 1)[0], endpoint_url())
 
 
 def is_s3(uri: str) -> bool:
@@ -119,7 +159,11 @@ class Location:
         return full_uri(self.uri, path)
 
     def put_atomic(self, path: str, data: bytes) -> None:
-        """Write ``data`` so readers see the whole object or nothing."""
+        """Write ``data`` so readers see the whole object or nothing.
+
+        The lake's own files go through :func:`detector.lake.table.put_atomic`, which keeps
+        temporary files out of the table folders; this one serves model folders.
+        """
         if self.is_s3:
             self.fs.pipe_file(path, data)
             return
@@ -133,7 +177,11 @@ class Location:
         os.replace(tmp, path)
 
     def glob(self, pattern: str) -> list[str]:
-        """Paths matching a glob under the root; temp files never match."""
+        """Paths matching a glob under the root; temp files never match.
+
+        Only for patterns whose fixed part holds no glob characters; the lake itself lists
+        folders instead (:mod:`detector.lake.table`), so a root like ``lake[1]`` works.
+        """
         return sorted(p for p in self.fs.glob(pattern) if "/.tmp-" not in p)
 
     def exists(self, path: str) -> bool:

@@ -1,7 +1,10 @@
 """Time arguments: ``1h``, ``30m``, ``7d``, ``2w`` (relative to now) or ISO-8601 instants.
 
 Users type ``detect score --since 1h`` and schedulers pass ``{{ data_interval_start }}``;
-both must land on the same UTC instants, so parsing lives in one place.
+both must land on the same UTC instants, so parsing lives in one place, with one set of
+bounds: a duration is at most :data:`MAX_DURATION`, an instant lies in
+[:data:`EARLIEST`, :data:`LATEST`). Anything outside is a :class:`TimeArgumentError` (a
+usage error, exit 2), never an ``OverflowError`` deep inside a command.
 """
 
 from __future__ import annotations
@@ -9,23 +12,39 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
+from detector.errors import UsageError
+
 _REL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$", re.IGNORECASE)
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
+#: The longest duration any option takes: ten years covers every baseline and backfill.
+MAX_DURATION = timedelta(days=3650)
+#: Instants outside these bounds are typos (or epoch-zero defaults), not audit time.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 
-class TimeArgumentError(ValueError):
-    """A time argument that is neither a duration nor an ISO-8601 instant."""
+
+class TimeArgumentError(UsageError, ValueError):
+    """A time argument that is neither a duration nor an ISO-8601 instant, or out of range."""
 
 
 def parse_duration(text: str) -> timedelta:
-    """``90s``, ``10m``, ``1h``, ``7d``, ``2w`` -> timedelta."""
+    """``90s``, ``10m``, ``1h``, ``7d``, ``2w`` -> timedelta, at most :data:`MAX_DURATION`."""
     match = _REL.match(text)
     if not match:
         raise TimeArgumentError(
             f"invalid duration {text!r}: use a number and a unit s, m, h, d or w (e.g. 10m, 1h)"
         )
     value, unit = match.groups()
-    return timedelta(**{_UNITS[unit.lower()]: float(value)})
+    try:
+        duration = timedelta(**{_UNITS[unit.lower()]: float(value)})
+    except OverflowError:
+        duration = None
+    if duration is None or duration > MAX_DURATION:
+        raise TimeArgumentError(
+            f"duration {text!r} out of range: at most {MAX_DURATION.days}d (10 years)"
+        )
+    return duration
 
 
 def parse_instant(text: str, *, now: datetime | None = None) -> datetime:
@@ -39,7 +58,7 @@ def parse_instant(text: str, *, now: datetime | None = None) -> datetime:
     if text.lower() == "now":
         return now
     if _REL.match(text):
-        return now - parse_duration(text)
+        return check_instant(now - parse_duration(text), text)
     try:
         value = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
@@ -49,7 +68,30 @@ def parse_instant(text: str, *, now: datetime | None = None) -> datetime:
         ) from None
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 and the like
+        raise TimeArgumentError(f"time {text!r} out of range") from None
+    return check_instant(value, text)
+
+
+def check_instant(value: datetime, text: str) -> datetime:
+    """``value`` if within [EARLIEST, LATEST), else a :class:`TimeArgumentError`."""
+    if not EARLIEST <= value < LATEST:
+        raise TimeArgumentError(
+            f"time {text!r} out of range: between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d}"
+        )
+    return value
+
+
+def check_range(start: datetime, end: datetime) -> tuple[datetime, datetime]:
+    """``(start, end)`` if ``end`` is after ``start``, else a :class:`TimeArgumentError`."""
+    if end <= start:
+        raise TimeArgumentError(
+            f"empty time range: --until ({end:%Y-%m-%dT%H:%M:%SZ}) is not "
+            f"after --since ({start:%Y-%m-%dT%H:%M:%SZ})"
+        )
+    return start, end
 
 
 def parse_range(
@@ -59,9 +101,4 @@ def parse_range(
     now = now or datetime.now(UTC)
     start = parse_instant(since, now=now)
     end = parse_instant(until, now=now) if until else now
-    if end <= start:
-        raise TimeArgumentError(
-            f"empty time range: --until ({end:%Y-%m-%dT%H:%M:%SZ}) is not "
-            f"after --since ({start:%Y-%m-%dT%H:%M:%SZ})"
-        )
-    return start, end
+    return check_range(start, end)

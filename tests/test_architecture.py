@@ -67,3 +67,19 @@ def test_no_module_imports_from_a_layer_above_its_own():
             if LAYER_OF[_top(target)] > LAYER_OF[own]:
                 wrong.append(f"{path.relative_to(ROOT)} imports {target}")
     assert not wrong, "\n".join(sorted(wrong))
+
+
+def test_docs_architecture_names_every_module():
+    """docs/architecture.md has a line for each module (or for its whole folder, `simulate/`)."""
+    text = (ROOT.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    missing = []
+    for path in ROOT.rglob("*.py"):
+        rel = path.relative_to(ROOT)
+        if rel.name == "__init__.py" or rel.parts[0] == "__main__.py":
+            continue
+        named = f"`{rel.as_posix()}`" in text or any(
+            f"`{'/'.join(rel.parts[:i])}/`" in text for i in range(1, len(rel.parts))
+        )
+        if not named and not (len(rel.parts) == 3 and rel.parts[:2] == ("cli", "commands")):
+            missing.append(rel.as_posix())
+    assert not missing, f"add to docs/architecture.md: {sorted(missing)}"

@@ -194,7 +194,9 @@ def test_missing_config_file_is_an_error(cwd):
 def test_bad_root_flag_value(cwd):
     result = invoke("--log-format", "xml", "config", "show")
     assert result.exit_code == 2
-    assert "log_format = 'xml'" in result.stderr
+    assert result.stderr.startswith("error: Invalid value for '--log-format'")
+    assert "'xml' is not one of 'text', 'json'" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
 
 
 # ------------------------------------------------------------------ JSON logs

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from detector.model.estimator import CARD_NAME
+from detector.model.storage import CARD_NAME
 
 
 def test_demo_runs_the_loop_and_catches_the_planted_attacks(tmp_path: Path, detect):
@@ -21,6 +21,8 @@ def test_demo_runs_the_loop_and_catches_the_planted_attacks(tmp_path: Path, dete
     attackers = {s["principal"] for s in labels["scenarios"]}
     alerts = [f for f in report["findings"] if f["severity"] != "info"]
     assert {f["principal"] for f in alerts} & attackers
+    page = Path(report["report"])
+    assert page.is_file() and "<svg" in page.read_text() and str(page) in run.stderr
     card = json.loads((tmp_path / "models" / CARD_NAME).read_text())
     assert card["model_version"] == report["model_version"]
 

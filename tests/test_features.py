@@ -8,8 +8,9 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 import pytest
 
+from detector import features as F
+from detector.detect import scan
 from detector.events.normalize import events_from_dicts
-from detector.features import windows as F
 from detector.lake.events import Lake
 
 T0 = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
@@ -300,9 +301,9 @@ def test_chunked_lake_reading_matches_one_pass(tmp_path):
     lake.write_events(df)
     start, end = T0 - timedelta(hours=1), T0 + timedelta(hours=18)
     window = timedelta(minutes=7)  # does not divide an hour: chunks must follow lcm(7m, 1h)
-    chunks = F.chunk_partitions(lake.partitions(start, end), window, min_hours=1)
+    chunks = scan.chunk_partitions(lake.partitions(start, end), window, min_hours=1)
     assert len(chunks) >= 2
-    streamed = F.lake_windows(lake, start, end, window=window).sort(F.KEYS)
+    streamed = scan.lake_windows(lake, start, end, window=window).sort(F.KEYS)
     whole = F.window_counts(df.lazy(), window=window).collect().sort(F.KEYS)
     cols = ["principal", "window_start", "requests", "reads"]
     assert streamed.select(cols).equals(whole.select(cols))
@@ -324,3 +325,16 @@ def test_every_feature_is_documented():
     missing = [f for f in (*F.FEATURES, *F.MODEL_INPUTS) if f"`{f}`" not in doc]
     assert not missing, f"docs/features.md does not describe {missing}"
     assert json.dumps(sorted(F.FAMILY_OF)) == json.dumps(sorted(F.FEATURES))
+
+
+def test_windows_of_a_frame_read_once_match_the_chunked_lake_read(tmp_path):
+    events = [ev(i, t=i * 250, user=f"system:serviceaccount:shop:sa{i % 3}") for i in range(300)]
+    lake = Lake(str(tmp_path / "lake"))
+    lake.write_events(events_from_dicts(events))
+    start, end = T0 - timedelta(hours=1), T0 + timedelta(hours=22)
+    frame = scan.read_range(lake, lake.partitions(start, end), start, end, columns=F.INPUT_COLUMNS)
+    got = scan.frame_windows(frame, start, end).sort(F.KEYS)
+    want = scan.lake_windows(lake, start, end).sort(F.KEYS)
+    cols = ["principal", "window_start", "requests", "reads"]
+    assert got.height == want.height > 20
+    assert got.select(cols).equals(want.select(cols))

@@ -147,7 +147,7 @@ def test_a_crash_between_write_and_trim_leaves_duplicates_readers_drop(lake, mon
     def crash(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(store, "_read", crash)  # the trim step reads the old file first
+    monkeypatch.setattr(store.Table, "read", crash)  # the trim step reads the old file first
     with pytest.raises(KeyboardInterrupt):
         store.write_range(
             lake, "model", T0 + timedelta(minutes=0), T0 + timedelta(minutes=30), new, ne

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,16 +13,16 @@ import pyarrow as pa
 import pytest
 from sklearn.utils.estimator_checks import check_estimator
 
-from detector.detect.score import fit_model
+from detector import features as F
+from detector.detect.train import fit_model
 from detector.events.normalize import normalize_lines
-from detector.features import windows as F
 from detector.model import explain
-from detector.model.estimator import (
+from detector.model.estimator import AuditIsolationForest
+from detector.model.forest import ArrayForest
+from detector.model.storage import (
     CARD_NAME,
     DEFAULT_ALERT_RATE,
     DEFAULT_MODEL_DIR,
-    ArrayForest,
-    AuditIsolationForest,
     Model,
     ModelError,
     ModelNotFound,
@@ -80,13 +81,9 @@ def test_threshold_follows_the_alert_budget_and_predict_agrees():
     assert ((est.predict(X) == -1) == (scores >= est.threshold_)).all()
     assert ((est.decision_function(X) < 0) == (est.predict(X) == -1)).all()
     cut = est.severity_cutoffs_
-    assert cut["low"] <= cut["medium"] <= cut["high"] <= cut["critical"]
-    assert est.severity([cut["low"] - 1e-6, cut["low"], cut["high"], cut["critical"] + 1]) == [
-        None,
-        "low",
-        "high",
-        "critical",
-    ]
+    assert cut["low"] < cut["medium"] < cut["high"] < cut["critical"]
+    probes = [cut["low"] - 1e-6, cut["low"], cut["medium"], cut["high"], cut["critical"] + 1]
+    assert est.severity(probes) == [None, "low", "medium", "high", "critical"]
     sigma = AuditIsolationForest(threshold_method="sigma", random_state=0).fit(X)
     assert sigma.threshold_ == pytest.approx(sigma.score_mean_ + 3 * sigma.score_std_)
 
@@ -102,7 +99,7 @@ def test_same_seed_same_model_other_seed_other_model(windows, trained, scored):
 
 
 def test_save_load_round_trip(tmp_path, trained, scored):
-    card = trained.save(str(tmp_path / "models"))
+    card = trained.save(str(tmp_path / "models")).card
     loaded = Model.load(str(tmp_path / "models"))
     assert np.array_equal(loaded.score(scored), trained.score(scored))
     assert loaded.threshold == trained.threshold
@@ -203,7 +200,7 @@ def test_scoring_a_saved_model_does_not_import_scikit_learn(tmp_path, trained, s
 
     d = _saved(tmp_path, trained)
     code = (
-        "import sys, polars as pl; from detector.model.estimator import Model; "
+        "import sys, polars as pl; from detector.model.storage import Model; "
         f"m = Model.load({str(d)!r}); print(m.score(pl.read_parquet(sys.argv[1])).size); "
         "print('sklearn' in sys.modules)"
     )
@@ -263,14 +260,203 @@ def test_retraining_keeps_the_current_and_previous_model_files_only(tmp_path, tr
     versions = []
     for seed in (1, 2, 3):
         est = AuditIsolationForest(n_estimators=5, random_state=seed, log_transform=False)
-        model = Model.from_estimator(
-            est.fit(X),
-            baseline=trained.baseline,
-            window=trained.window,
-            training={},
-            fingerprint="",
-        )
-        versions.append(model.save(str(d))["model_version"])
+        model = Model(scorer=est.fit(X).scorer_, baseline=trained.baseline, window=trained.window)
+        versions.append(model.save(str(d)).version)
     left = {p.name.split("-")[1].split(".")[0] for p in d.glob("*-*")}
     assert left == set(versions[1:])
     assert Model.load(str(d)).version == versions[-1]
+
+
+# --------------------------------------------------------------------------- files we do not own
+def test_saving_never_touches_files_it_did_not_write(tmp_path, trained):
+    d = tmp_path / "models"
+    d.mkdir()
+    theirs = {
+        "notes.txt": b"keep me",
+        "model-notes.md": b"ours? no",
+        "baseline-2024-report.parquet": b"someone else's",
+        "model-0123456789abcdef.npz.bak": b"a backup",
+    }
+    for name, data in theirs.items():
+        (d / name).write_bytes(data)
+    (d / "sub").mkdir()
+    (d / "sub" / "model-x.npz").write_bytes(b"nested")
+    for seed in (1, 2, 3):
+        replace_seed = dict(trained.training, seed=seed)
+        Model(
+            scorer=trained.scorer,
+            baseline=trained.baseline,
+            window=trained.window,
+            training=replace_seed,
+            fingerprint=str(seed),
+        ).save(str(d))
+    for name, data in theirs.items():
+        assert (d / name).read_bytes() == data, name
+    assert (d / "sub" / "model-x.npz").read_bytes() == b"nested"
+    assert not list(d.glob(".tmp-*"))
+
+
+def _card(d: Path) -> dict:
+    return json.loads((d / CARD_NAME).read_text())
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        (lambda c: c.update(threshold=1e9), "threshold"),
+        (lambda c: c.update(threshold="high"), "threshold"),
+        (lambda c: c.update(threshold=None), "threshold"),
+        (lambda c: c.pop("threshold"), "lacks threshold"),
+        (lambda c: c.pop("severity_cutoffs"), "lacks severity_cutoffs"),
+        (lambda c: c["severity_cutoffs"].pop("medium"), "severity_cutoffs"),
+        (lambda c: c["severity_cutoffs"].update(medium=c["severity_cutoffs"]["high"]), "rise"),
+        (lambda c: c["severity_cutoffs"].update(high="x"), "not a number"),
+        (lambda c: c.update(window_seconds="600"), "window_seconds"),
+        (lambda c: c.update(window_seconds=True), "window_seconds"),
+        (lambda c: c.update(files=["model.npz"]), "files"),
+        (lambda c: c.update(model_version="../../etc/passwd"), "model_version"),
+        (lambda c: c.update(params=[1, 2]), "params"),
+        (lambda c: c["baseline"].update(population="all"), "population"),
+        (lambda c: c["files"].update({"../outside.npz": "0" * 64}), "not one of this model's"),
+        (lambda c: c.update(training="yesterday"), "training"),
+    ],
+)
+def test_a_malformed_card_is_refused_with_one_line(tmp_path, trained, change, why):
+    d = _saved(tmp_path, trained)
+    card = _card(d)
+    change(card)
+    (d / CARD_NAME).write_text(json.dumps(card))
+    with pytest.raises(ModelError, match=why) as err:
+        Model.load(str(d))
+    assert "\n" not in str(err.value)
+
+
+def test_a_card_that_is_not_an_object_is_refused(tmp_path, trained):
+    d = _saved(tmp_path, trained)
+    (d / CARD_NAME).write_text("[1, 2, 3]")
+    with pytest.raises(ModelError, match="not a JSON object"):
+        Model.load(str(d))
+
+
+def test_cli_score_with_a_malformed_card_exits_2_with_a_clear_error(tmp_path, trained):
+    from typer.testing import CliRunner
+
+    from detector.cli import app
+
+    d = _saved(tmp_path, trained)
+    card = _card(d)
+    card["severity_cutoffs"] = "everything is critical"
+    (d / CARD_NAME).write_text(json.dumps(card))
+    res = CliRunner().invoke(
+        app, ["score", "--lake", str(tmp_path / "lake"), "--since", "1h", "--model-dir", str(d)]
+    )
+    assert res.exit_code == 2, res.output
+    assert "severity_cutoffs" in res.stderr and "unexpected" not in res.stderr
+
+
+def _tamper_trees(d: Path, edit) -> None:
+    """Edit the forest's arrays and re-sign them in the card (an attacker who can write
+    the model directory can do both)."""
+    import hashlib
+    import io
+
+    blob = next(d.glob("model-*.npz"))
+    with np.load(blob, allow_pickle=False) as z:
+        arrays = {k: z[k].copy() for k in z.files}
+    edit(arrays)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    blob.write_bytes(buf.getvalue())
+    card = _card(d)
+    card["files"][blob.name] = hashlib.sha256(buf.getvalue()).hexdigest()
+    (d / CARD_NAME).write_text(json.dumps(card))
+
+
+def _first_split(a: dict) -> int:
+    return int(np.flatnonzero(a["left"] >= 0)[1])  # an internal node below the root
+
+
+@pytest.mark.parametrize(
+    ("edit", "why"),
+    [
+        # a child pointing back at its tree's root: a cycle
+        (lambda a: a["left"].__setitem__(_first_split(a), 0), "before its parent"),
+        (lambda a: a["right"].__setitem__(0, len(a["left"]) + 5), "outside its tree"),
+        (lambda a: a["left"].__setitem__(0, a["roots"][1]), "outside its tree"),
+        (lambda a: a["feature"].__setitem__(0, 99), "feature out of range"),
+        (lambda a: a["threshold"].__setitem__(0, np.nan), "non-finite"),
+        (lambda a: a["meta"].__setitem__(2, 10**12), None),
+        (lambda a: a.__setitem__("roots", a["roots"][::-1].copy()), "roots"),
+    ],
+)
+def test_broken_trees_are_refused_on_load(tmp_path, trained, scored, edit, why):
+    d = _saved(tmp_path, trained)
+    _tamper_trees(d, edit)
+    if why is None:  # a declared depth is not trusted: the real one is computed
+        loaded = Model.load(str(d))
+        assert np.array_equal(loaded.score(scored), trained.score(scored))
+        return
+    with pytest.raises(ModelError, match=why) as err:
+        Model.load(str(d))
+    assert "\n" not in str(err.value)
+
+
+# --------------------------------------------------------------------------- reasons and bands
+def test_severity_bands_are_distinct_even_when_training_is_small():
+    from detector.model.scorer import BANDS, calibrate
+
+    rng = np.random.default_rng(1)
+    for n in (60, 2000, 50_000):
+        scores = rng.uniform(0.3, 0.7, size=n)
+        threshold, cuts = calibrate(scores, alert_rate=0.001)
+        values = [cuts[b] for b in BANDS]
+        assert values[0] == threshold
+        assert all(a < b for a, b in itertools.pairwise(values)), (n, cuts)
+    same = np.full(100, 0.5)  # nothing to tell apart: the bands still differ
+    _, cuts = calibrate(same, alert_rate=0.01)
+    assert len({cuts[b] for b in BANDS}) == 4
+
+
+def test_sentences_for_a_principal_with_no_history_do_not_claim_a_usual():
+    item = {
+        "name": "requests_vs_usual",
+        "value": 37.0,
+        "baseline": 3.0,
+        "population": 80.0,
+        "surprise": 2.0,
+        "known": False,
+        "detail": None,
+    }
+    text = explain.sentence(item)
+    assert "its usual" not in text and "37" in text and "median principal" in text
+    assert "its usual" not in explain.title([item])
+    rare = {**item, "name": "rare_action", "value": 2.0, "detail": "create serviceaccounts/token"}
+    assert "log10" not in explain.sentence(rare) and "1 in 100" in explain.sentence(rare)
+    hour = {**item, "name": "hour_rarity", "value": 1.0, "detail": "03:00 UTC"}
+    assert "rarely" not in explain.sentence(hour)  # no history of its hours: say so
+    wide = {**item, "name": "cluster_list_watch", "value": 2.0, "known": True}
+    assert "all namespaces" not in explain.sentence(wide)
+
+
+def test_attack_mapping_comes_from_the_strongest_mapped_feature():
+    items = [
+        {"name": "requests", "surprise": 3.0},
+        {"name": "secret_namespaces", "surprise": 2.0},
+    ]
+    assert explain.attack(items) == ("Discovery", "T1613")
+    assert explain.attack(items[1:]) == ("Credential Access", "T1552.007")
+    assert explain.attack([{"name": "status_5xx"}]) == (None, None)
+    assert set(F.ATTACK) <= set(F.FEATURES)
+
+
+def test_a_baseline_table_without_its_columns_is_refused(tmp_path, trained):
+    import hashlib
+
+    d = _saved(tmp_path, trained)
+    table = next(d.glob("baseline-*-seen.parquet"))
+    pl.DataFrame({"x": [1]}).write_parquet(table)
+    card = _card(d)
+    card["files"][table.name] = hashlib.sha256(table.read_bytes()).hexdigest()
+    (d / CARD_NAME).write_text(json.dumps(card))
+    with pytest.raises(ModelError, match=r"seen .* lacks cluster"):
+        Model.load(str(d))

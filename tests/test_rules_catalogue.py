@@ -3,13 +3,16 @@ neighbour (the same action by a system identity, in another namespace, one flag 
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from test_rules_helpers import T0, binding, ev, frame, iam, pod, role, workload
 
 from detector.rules import evaluate_rules, load_ruleset
+from detector.rules.iplists import IP_LISTS_ENV
 
 RBAC = "rbac.authorization.k8s.io"
 ADMREG = "admissionregistration.k8s.io"
@@ -597,9 +600,347 @@ for _rid, (_verb, _res, _code) in ACTIVITY.items():
     )
 
 
+def exec_ev(command: list[str], *, verb: str = "create", user: Any = "alice", **kw: Any) -> dict:
+    query = "&".join(f"command={quote(c, safe='')}" for c in command)
+    uri = f"/api/v1/namespaces/shop/pods/p/exec?{query}&container=app&stdin=true"
+    return ev(
+        verb,
+        "pods",
+        ns="shop",
+        name="p",
+        sub="exec",
+        code=101,
+        uri=uri,
+        user=user,
+        stage="ResponseStarted",
+        **kw,
+    )
+
+
+def csr(user: Any = "alice", sub: str | None = None, verb: str = "create") -> dict:
+    return ev(
+        verb,
+        "certificatesigningrequests",
+        name="c",
+        sub=sub,
+        group="certificates.k8s.io",
+        code=201 if verb == "create" else 200,
+        user=user,
+        body={
+            "kind": "CertificateSigningRequest",
+            "metadata": {"name": "c"},
+            "spec": {"signerName": "kubernetes.io/kube-apiserver-client", "request": "LS0t"},
+        },
+    )
+
+
+def caps(*added: str, ns: str = "shop") -> dict:
+    body = pod(ns)
+    body["spec"]["containers"][0]["securityContext"] = {"capabilities": {"add": list(added)}}
+    return body
+
+
+def root_pod(escalation: bool) -> dict:
+    body = pod("shop")
+    body["spec"]["containers"][0]["securityContext"] = {
+        "runAsUser": 0,
+        "allowPrivilegeEscalation": escalation,
+    }
+    return body
+
+
+def cronjob() -> dict:
+    return {
+        "kind": "CronJob",
+        "metadata": {"name": "c"},
+        "spec": {
+            "schedule": "*/5 * * * *",
+            "jobTemplate": {
+                "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "alpine"}]}}}
+            },
+        },
+    }
+
+
+def ingress(tls: bool) -> dict:
+    spec: dict[str, Any] = {"rules": [{"host": "shop.example.com"}]}
+    if tls:
+        spec["tls"] = [{"hosts": ["shop.example.com"], "secretName": "shop-tls"}]
+    return {"kind": "Ingress", "metadata": {"name": "i"}, "spec": spec}
+
+
+def sa_token_secret(kind: str) -> dict:
+    return {
+        "kind": "Secret",
+        "type": kind,
+        "metadata": {
+            "name": "t",
+            "annotations": {"kubernetes.io/service-account.name": "argocd-application-controller"},
+        },
+    }
+
+
+def impersonating(user: Any, as_user: str = "system:admin") -> dict:
+    return dict(ev("list", "secrets", ns="shop", user=user), impersonatedUser={"username": as_user})
+
+
+#: A Tor exit range (not AWS) and an address from the shipped AWS snapshot (eu-west-1).
+TOR_IP = "185.220.101.5"
+AWS_IP = "3.5.140.9"
+
+
+SA = "system:serviceaccount:shop:app"
+NODE = "system:node:ip-10-0-1-7.ec2.internal"
+
+# Round two (issue 13): each positive and closest benign neighbour follows the peer rule
+# named in the rule's references.
+CASES.update(
+    {
+        "exec-credential-read": (
+            [exec_ev(["cat", "/var/run/secrets/kubernetes.io/serviceaccount/token"], verb="get")],
+            [exec_ev(["cat", "/app/config.yaml"])],
+            "an exec reading an application file",
+        ),
+        "pod-copy-out": (
+            [exec_ev(["tar", "cf", "-", "/var/lib/data"])],
+            [exec_ev(["tar", "-xmf", "-", "-C", "/tmp"])],
+            "kubectl cp into the pod (tar x)",
+        ),
+        "nodes-proxy-access": (
+            [
+                ev(
+                    "get",
+                    "nodes",
+                    name="ip-10-0-1-7",
+                    sub="proxy",
+                    uri="/api/v1/nodes/ip-10-0-1-7/proxy/runningpods/",
+                )
+            ],
+            [
+                ev(
+                    "get",
+                    "nodes",
+                    name="ip-10-0-1-7",
+                    sub="proxy",
+                    uri="/api/v1/nodes/ip-10-0-1-7/proxy/metrics/cadvisor",
+                )
+            ],
+            "a metrics scrape through the proxy",
+        ),
+        "role-grants-nodes-proxy": (
+            [
+                ev(
+                    "create",
+                    "clusterroles",
+                    name="r",
+                    group=RBAC,
+                    code=201,
+                    body=role("ClusterRole", ["nodes/proxy"], ["get"]),
+                )
+            ],
+            [
+                ev(
+                    "create",
+                    "clusterroles",
+                    name="r",
+                    group=RBAC,
+                    code=201,
+                    body=role("ClusterRole", ["nodes"], ["get", "list"]),
+                )
+            ],
+            "a role reading nodes, not their kubelet",
+        ),
+        "role-grants-escalation-verbs": (
+            [
+                ev(
+                    "create",
+                    "clusterroles",
+                    name="r",
+                    group=RBAC,
+                    code=201,
+                    body=role("ClusterRole", ["users", "groups"], ["impersonate"]),
+                )
+            ],
+            [
+                ev(
+                    "create",
+                    "clusterroles",
+                    name="r",
+                    group=RBAC,
+                    code=201,
+                    body=role("ClusterRole", ["users", "groups"], ["get"]),
+                )
+            ],
+            "a role reading the same resources",
+        ),
+        "impersonation-by-person": (
+            [impersonating(iam())],
+            [impersonating("system:serviceaccount:kube-system:generic-garbage-collector")],
+            "a controller's request with impersonation",
+        ),
+        "secrets-listed-cluster-wide": (
+            [ev("list", "secrets", user=iam())],
+            [ev("list", "secrets", ns="shop", user=iam())],
+            "the same list in one namespace",
+        ),
+        "service-account-token-secret-created": (
+            [
+                ev(
+                    "create",
+                    "secrets",
+                    ns="argocd",
+                    name="t",
+                    code=201,
+                    body=sa_token_secret("kubernetes.io/service-account-token"),
+                )
+            ],
+            [
+                ev(
+                    "create",
+                    "secrets",
+                    ns="argocd",
+                    name="t",
+                    code=201,
+                    body=sa_token_secret("Opaque"),
+                )
+            ],
+            "an Opaque secret",
+        ),
+        "privileged-sa-token-requested": (
+            [
+                ev(
+                    "create",
+                    "serviceaccounts",
+                    ns="argocd",
+                    name="argocd-application-controller",
+                    sub="token",
+                    code=201,
+                )
+            ],
+            [
+                ev(
+                    "create",
+                    "serviceaccounts",
+                    ns="argocd",
+                    name="argocd-application-controller",
+                    sub="token",
+                    code=201,
+                    user=NODE,
+                )
+            ],
+            "the kubelet minting the token for the controller's own pod",
+        ),
+        "csr-created-by-person": ([csr(iam())], [csr(NODE)], "a kubelet's CSR"),
+        "csr-approved-by-person": (
+            [csr("alice", sub="approval", verb="update")],
+            [
+                csr(
+                    "system:serviceaccount:kube-system:certificate-controller",
+                    sub="approval",
+                    verb="update",
+                )
+            ],
+            "the controller approving a kubelet CSR",
+        ),
+        "dangerous-capabilities": (
+            [ev("create", "pods", ns="shop", code=201, body=caps("SYS_PTRACE"))],
+            [ev("create", "pods", ns="shop", code=201, body=caps("NET_BIND_SERVICE"))],
+            "a harmless capability",
+        ),
+        "root-with-privilege-escalation": (
+            [ev("create", "pods", ns="shop", code=201, body=root_pod(True))],
+            [ev("create", "pods", ns="shop", code=201, body=root_pod(False))],
+            "root with privilege escalation off",
+        ),
+        "cronjob-created-by-person": (
+            [ev("create", "cronjobs", ns="shop", group="batch", code=201, body=cronjob())],
+            [
+                ev(
+                    "create",
+                    "cronjobs",
+                    ns="shop",
+                    group="batch",
+                    code=201,
+                    body=cronjob(),
+                    user="system:serviceaccount:argocd:argocd-application-controller",
+                )
+            ],
+            "a GitOps controller applying the same CronJob",
+        ),
+        "daemonset-created-by-person": (
+            [
+                ev(
+                    "create",
+                    "daemonsets",
+                    ns="shop",
+                    group="apps",
+                    code=201,
+                    body=workload("DaemonSet", ns="shop"),
+                )
+            ],
+            [
+                ev(
+                    "create",
+                    "deployments",
+                    ns="shop",
+                    group="apps",
+                    code=201,
+                    body=workload("Deployment", ns="shop"),
+                )
+            ],
+            "a Deployment",
+        ),
+        "system-identity-outside-aws": (
+            [ev("get", "pods", ns="shop", user=NODE, ip=TOR_IP)],
+            [ev("get", "pods", ns="shop", user=NODE, ip=AWS_IP)],
+            "the kubelet calling from an AWS address",
+        ),
+        "denied-ip-caller": (
+            [ev("get", "pods", ns="shop", user=iam(), ip=TOR_IP)],
+            [ev("get", "pods", ns="shop", user=iam(), ip="185.220.102.5")],
+            "the next /24, not on the list",
+        ),
+        "ingress-without-tls": (
+            [
+                ev(
+                    "create",
+                    "ingresses",
+                    ns="shop",
+                    group="networking.k8s.io",
+                    code=201,
+                    body=ingress(False),
+                )
+            ],
+            [
+                ev(
+                    "create",
+                    "ingresses",
+                    ns="shop",
+                    group="networking.k8s.io",
+                    code=201,
+                    body=ingress(True),
+                )
+            ],
+            "the same Ingress with TLS",
+        ),
+    }
+)
+
+
 @pytest.fixture(scope="module")
-def ruleset():
-    return load_ruleset()
+def ruleset(tmp_path_factory):
+    """The built-in rules, with one deny list configured as detect.toml's ip_lists would."""
+    deny = tmp_path_factory.mktemp("iplists") / "tor-exits.txt"
+    deny.write_text("# test feed\n185.220.101.0/24\n2001:db8::/32\n")
+    saved = os.environ.get(IP_LISTS_ENV)
+    os.environ[IP_LISTS_ENV] = str(deny)
+    try:
+        return load_ruleset()
+    finally:
+        if saved is None:
+            os.environ.pop(IP_LISTS_ENV)
+        else:
+            os.environ[IP_LISTS_ENV] = saved
 
 
 def run(ruleset, rule_id: str, events: list[dict]):
@@ -760,8 +1101,34 @@ def test_exec_counts_one_session_once_across_stages(ruleset):
     completed = dict(started, stage="ResponseComplete")
     found = run(ruleset, "pod-exec", [started, completed])
     assert found["event_count"].to_list() == [1]
-    # a session whose ResponseComplete arrives alone (a later scoring run) is not re-counted
-    assert run(ruleset, "pod-exec", [completed]).is_empty()
+    # a log holding only the ResponseComplete (stages filtered, a cut stream) still fires
+    assert run(ruleset, "pod-exec", [completed])["event_count"].to_list() == [1]
+    # a session opened in an earlier range (counted there at ResponseStarted) that closes in
+    # this one is not counted again when this log records ResponseStarted
+    later = T0 + timedelta(hours=2)
+    closed_late = dict(completed, stageTimestamp=later.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+    other = ev(
+        "create",
+        "pods",
+        ns="default",
+        name="q",
+        sub="exec",
+        code=101,
+        stage="ResponseStarted",
+        at=later,
+    )
+    found = run(ruleset, "pod-exec", [closed_late, other])
+    assert found["event_count"].to_list() == [1]
+    assert found["audit_ids"].to_list()[0] == [other["auditID"]]
+
+
+@pytest.mark.parametrize("verb", ["create", "get"])
+@pytest.mark.parametrize("sub", ["exec", "attach", "portforward"])
+def test_sessions_fire_at_any_stage_and_verb(ruleset, verb, sub):
+    rule = "pod-port-forward" if sub == "portforward" else "pod-exec"
+    for stage in ("RequestReceived", "ResponseStarted", "ResponseComplete"):
+        event = ev(verb, "pods", ns="default", name="p", sub=sub, code=101, stage=stage)
+        assert run(ruleset, rule, [event])["event_count"].to_list() == [1], (stage, verb)
 
 
 def test_websocket_exec_uses_verb_get(ruleset):
@@ -816,3 +1183,95 @@ def test_reason_names_session_and_role_when_the_username_is_the_session_arn(rule
         ],
     )
     assert found["reasons"].to_list() == [["ivan@developer port-forwarded to pod shop/db-0"]]
+
+
+def test_reasons_name_the_evidence(ruleset):
+    """An analyst reads what happened in the terms of the activity, not just "patched"."""
+    aws_auth = ev(
+        "patch",
+        "configmaps",
+        ns="kube-system",
+        name="aws-auth",
+        user=iam(),
+        body={
+            "data": {
+                "mapRoles": "- rolearn: arn:aws:iam::111122223333:role/backdoor\n"
+                "  username: backdoor\n  groups:\n    - system:masters\n"
+            }
+        },
+    )
+    (reasons,) = run(ruleset, "aws-auth-changed", [aws_auth])["reasons"].to_list()
+    assert reasons[0].endswith("mappings arn:aws:iam::111122223333:role/backdoor -> system:masters")
+    hook = ev(
+        "create",
+        "mutatingwebhookconfigurations",
+        name="h",
+        group=ADMREG,
+        code=201,
+        body={
+            "kind": "MutatingWebhookConfiguration",
+            "webhooks": [
+                {"name": "a", "clientConfig": {"url": "https://203.0.113.9/mutate"}},
+                {"name": "b", "clientConfig": {"service": {"namespace": "x", "name": "y"}}},
+            ],
+        },
+    )
+    (reasons,) = run(ruleset, "admission-webhook-changed", [hook])["reasons"].to_list()
+    assert "sends objects to service x/y, URL https://203.0.113.9/mutate" in reasons[0]
+    priv = ev(
+        "create",
+        "pods",
+        ns="shop",
+        code=201,
+        body=pod("shop", image="evil/miner:1", privileged=True, host_path="/etc"),
+    )
+    (reasons,) = run(ruleset, "privileged-container", [priv])["reasons"].to_list()
+    assert "images evil/miner:1; host paths /etc; added capabilities none" in reasons[0]
+
+
+def test_outside_aws_needs_a_public_address_and_a_system_identity(ruleset):
+    rule = "system-identity-outside-aws"
+    private = ev("get", "pods", ns="shop", user=NODE, ip="10.0.1.7")
+    person = ev("get", "pods", ns="shop", user=iam(), ip=TOR_IP)
+    eks = ev("get", "pods", ns="shop", user="eks:node-manager", ip=TOR_IP)
+    sa = ev("get", "pods", ns="shop", user="system:serviceaccount:kube-system:coredns", ip=TOR_IP)
+    assert run(ruleset, rule, [private, person]).is_empty()
+    found = run(ruleset, rule, [eks, sa])
+    assert sorted(found["principal"]) == [
+        "eks:node-manager",
+        "system:serviceaccount:kube-system:coredns",
+    ]
+    assert f"from {TOR_IP} (public, outside AWS)" in found["reasons"][0][0]
+
+
+def test_ip_lists_reject_bad_lines_and_need_no_network(tmp_path):
+    from detector.rules.condition import ConditionError
+    from detector.rules.iplists import derive_aws_ranges, read_networks
+
+    bad = tmp_path / "bad.txt"
+    bad.write_text("10.0.0.0/8\nnot-an-ip\n")
+    with pytest.raises(ConditionError, match=r"bad.txt, line 2: not an address or CIDR"):
+        read_networks(bad)
+    source = tmp_path / "ip-ranges.json"
+    source.write_text(
+        '{"syncToken": "1", "createDate": "2026-01-02-03-04-05", "prefixes": ['
+        '{"ip_prefix": "3.5.140.0/23"}, {"ip_prefix": "3.5.142.0/23"}, {"ip_prefix": "52.0.0.0/15"}'
+        "]}"
+    )
+    text = derive_aws_ranges(source)
+    assert "createDate 2026-01-02-03-04-05" in text
+    assert text.splitlines()[2:] == ["3.5.140.0/22", "52.0.0.0/15"]
+
+
+def test_a_get_only_grant_of_pods_exec_is_still_exec(ruleset):
+    grant = ev(
+        "create",
+        "roles",
+        ns="shop",
+        name="r",
+        group=RBAC,
+        code=201,
+        body=role("Role", ["pods", "pods/exec"], ["get"]),
+    )
+    (reasons,) = run(ruleset, "clusterrole-pod-exec", [grant])["reasons"].to_list()
+    assert reasons[0].endswith("rule resources pods, pods/exec; verbs get")

@@ -100,15 +100,32 @@ def test_subprocess_rule_test_shows_what_fired_and_why(detect, audit_log):
     assert len(as_json["findings"]) == 1
 
 
-def test_rule_test_explains_silence_and_can_fail_ci(audit_log):
+def test_rule_test_explains_silence_and_can_fail_ci(audit_log, tmp_path):
+    started_only = tmp_path / "stage.yaml"
+    started_only.write_text(
+        "- rule: aws-auth-changed\n  override: {stages: replace}\n  stages: [ResponseStarted]\n"
+    )
     silent = cli("rules", "test", "events-deleted", audit_log, "--expect-fire")
     assert silent.exit_code == 1
     assert "did not fire: no event matches the condition" in silent.stdout
-    stage = cli("rules", "test", "pod-exec", audit_log)
+    stage = cli("rules", "test", "aws-auth-changed", audit_log, "--rules", str(started_only))
     assert stage.exit_code == 0
     assert "did not fire: no event is at stage ResponseStarted" in stage.stdout
     disabled = cli("rules", "test", "namespace-created", audit_log)
     assert disabled.exit_code == 0 and "(ships disabled)" in disabled.stdout
+
+
+def test_rule_test_names_the_term_that_stopped_each_event(audit_log):
+    # pod-exec over a configmap patch and a plain pod read: each stops at the first term
+    # of the condition it fails, as written in the rule, and the events are named.
+    out = cli("rules", "test", "pod-exec", audit_log)
+    assert out.exit_code == 0, out.stderr
+    assert "what stopped each event (first failing term):" in out.stdout
+    assert "2 x condition: resource = pods" in out.stdout
+    assert "1 x condition: subresource in (exec, attach)" in out.stdout
+    data = json.loads(cli("rules", "test", "pod-exec", audit_log, "--format", "json").stdout)
+    stopped = {e["verb"] + " " + e["resource"]: e["stopped_by"] for e in data["stopped"]}
+    assert stopped["get pods"] == "condition: subresource in (exec, attach)"
 
 
 def test_rule_test_usage_errors(audit_log, tmp_path):
@@ -181,3 +198,36 @@ def test_rule_findings_are_filed_and_listed_through_detect_findings(tmp_path):
     shown = cli("findings", "show", aws["finding_id"], "--lake", lake)
     assert shown.exit_code == 0, shown.stderr
     assert "aws-auth" in shown.stdout
+
+
+def test_aws_ranges_refresh_from_a_supplied_file(tmp_path):
+    source = tmp_path / "ip-ranges.json"
+    source.write_text(
+        '{"syncToken": "9", "createDate": "2026-11-01-00-00-00", "prefixes": ['
+        '{"ip_prefix": "3.5.140.0/23", "service": "AMAZON"}]}'
+    )
+    out = tmp_path / "aws.txt"
+    done = cli("rules", "aws-ranges", str(source), "--output", str(out))
+    assert done.exit_code == 0, done.stderr
+    assert out.read_text().splitlines()[2:] == ["3.5.140.0/23"]
+    assert "createDate 2026-11-01-00-00-00" in done.stdout
+    source.write_text('{"prefixes": "nope"}')
+    bad = cli("rules", "aws-ranges", str(source), "--output", str(out))
+    assert bad.exit_code == 2 and "not AWS's ip-ranges.json" in bad.stderr
+
+
+def test_ip_lists_named_in_detect_toml_reach_the_rules(tmp_path, monkeypatch):
+    monkeypatch.delenv("DETECT_IP_LISTS", raising=False)
+    (tmp_path / "feeds").mkdir()
+    (tmp_path / "feeds" / "tor.txt").write_text("185.220.101.0/24\n")
+    config = tmp_path / "detect.toml"
+    config.write_text('ip_lists = ["feeds/tor.txt"]\n')
+    log = write_log(tmp_path / "audit.log", ev("get", "pods", ns="a", ip="185.220.101.9"))
+    fired = cli("--config", str(config), "rules", "test", "denied-ip-caller", log)
+    assert fired.exit_code == 0, fired.stderr
+    assert "FIRED: 1 finding(s)" in fired.stdout and "from 185.220.101.9" in fired.stdout
+    silent = cli("rules", "test", "denied-ip-caller", log)
+    assert "did not fire" in silent.stdout
+    config.write_text('ip_lists = "feeds/tor.txt"\n')
+    bad = cli("--config", str(config), "rules", "list")
+    assert bad.exit_code == 2 and "ip_lists" in bad.stderr and "list of file paths" in bad.stderr

@@ -58,11 +58,19 @@ def test_default_rules_do_not_flood_a_normal_cluster(hkerma):
     found = evaluate_rules(events, ruleset).findings
     per_rule = dict(found.group_by("detector").len().iter_rows())
     print("\nhkerma findings per rule (default rules):", per_rule or "none")
-    alerts = found.filter(pl.col("severity") != "info")
+    alerts = found.filter(pl.col("severity").is_in(["medium", "high", "critical"]))
     per_alert_rule = dict(alerts.group_by("detector").len().iter_rows())
     assert per_alert_rule == {"rule:rbac-changed": 2, "rule:admission-webhook-changed": 1}
+    # Helm installing two node agents by hand is persistence-shaped: low, for the record.
+    low = found.filter(pl.col("severity") == "low")
+    assert dict(low.group_by("detector").len().iter_rows()) == {
+        "rule:daemonset-created-by-person": 2
+    }
     # Helm's namespaced Roles/RoleBindings are kept as info records, not alerts.
-    assert per_rule.keys() - per_alert_rule.keys() <= {"rule:rbac-changed-in-namespace"}
+    assert per_rule.keys() - per_alert_rule.keys() <= {
+        "rule:rbac-changed-in-namespace",
+        "rule:daemonset-created-by-person",
+    }
     assert set(found["principal"]) == {"kubernetes-admin"}
 
 

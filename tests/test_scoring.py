@@ -12,18 +12,20 @@ import pytest
 from typer.testing import CliRunner
 
 from detector.cli import app
-from detector.detect.score import score_range, train_model
+from detector.detect.score import ScoreOptions, score_range
+from detector.detect.train import train_model
 from detector.events.normalize import normalize_lines
 from detector.lake import findings as store
 from detector.lake.events import Lake
 from detector.lake.findings_schema import SEVERITIES
-from detector.model.estimator import Model
+from detector.model.storage import Model
 from detector.simulate.traffic import simulate
 
 END = datetime(2026, 11, 20, tzinfo=UTC)
 START = END - timedelta(days=2)
 CUT = END - timedelta(days=1)  # the simulator puts its attacks in the last day
 ISO = "%Y-%m-%dT%H:%M:%SZ"
+NO_RULES = ScoreOptions(use_rules=False)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +60,7 @@ def test_score_finds_the_stolen_token_and_files_findings_with_their_events(sim_l
     lake_uri, labels = sim_lake
     lake = Lake(lake_uri)
     model = Model.load(model_dir)
-    result = score_range(lake, CUT, END, model=model, use_rules=False)
+    result = score_range(lake, CUT, END, model=model, options=NO_RULES)
     found = result.findings
     assert found.height > 0
     assert found["detector"].unique().to_list() == ["model:iforest"]
@@ -74,15 +76,17 @@ def test_score_finds_the_stolen_token_and_files_findings_with_their_events(sim_l
     assert (events["principal"] == row["principal"]).all()
     assert events["event_time"].min() >= row["window_start"]
     assert events["event_time"].max() < row["window_end"]
+    # columns the model's read did not need are read back for the flagged events alone
+    assert events["source"].null_count() == 0 and events["user_groups"].null_count() == 0
 
 
 def test_scoring_the_same_range_twice_replaces_its_findings(sim_lake, model_dir):
     lake = Lake(sim_lake[0])
     model = Model.load(model_dir)
     since, until = CUT + timedelta(hours=6), CUT + timedelta(hours=12)
-    first = score_range(lake, since, until, model=model, use_rules=False)
+    first = score_range(lake, since, until, model=model, options=NO_RULES)
     files = sorted(lake.loc.glob(lake.loc.path("findings*", "*", "*.parquet")))
-    again = score_range(lake, since, until, model=model, use_rules=False)
+    again = score_range(lake, since, until, model=model, options=NO_RULES)
     assert sorted(again.findings["finding_id"]) == sorted(first.findings["finding_id"])
     assert sorted(lake.loc.glob(lake.loc.path("findings*", "*", "*.parquet"))) == files
     listed = store.list_findings(lake, since=since, until=until)
@@ -92,7 +96,11 @@ def test_scoring_the_same_range_twice_replaces_its_findings(sim_lake, model_dir)
 def test_cold_start_fits_on_the_window_and_says_so(sim_lake):
     lake = Lake(sim_lake[0])
     result = score_range(
-        lake, CUT, END, model=None, fit_on_window=True, use_rules=False, write=False
+        lake,
+        CUT,
+        END,
+        model=None,
+        options=ScoreOptions(fit_on_window=True, use_rules=False, write=False),
     )
     assert result.cold_start
     assert result.findings.height > 0
@@ -175,7 +183,7 @@ def test_cli_score_without_a_model_says_how_to_train(sim_lake, tmp_path, detect)
 
 def test_cli_findings_list_json_and_table(sim_lake, model_dir):
     lake_uri, _ = sim_lake
-    score_range(Lake(lake_uri), CUT, END, model=Model.load(model_dir), use_rules=False)
+    score_range(Lake(lake_uri), CUT, END, model=Model.load(model_dir), options=NO_RULES)
     runner = CliRunner()
     res = runner.invoke(
         app,
@@ -210,3 +218,129 @@ def test_help_ends_with_a_runnable_example(command):
     assert "Example" in text
     example = text[text.rindex("Example") :]
     assert f"detect {command[0]}" in example
+
+
+# --------------------------------------------------------------------------- one read per run
+class CountingLake(Lake):
+    """A real lake that records which partitions each scan reads (a spy, not a mock: every
+    call goes to the real files)."""
+
+    def __init__(self, uri: str) -> None:
+        super().__init__(uri)
+        self.scans: list[set] = []
+
+    def scan_partitions(self, parts):
+        parts = list(parts)
+        self.scans.append(set(parts))
+        return super().scan_partitions(parts)
+
+
+def test_score_reads_the_scored_range_once_for_model_rules_and_events(sim_lake, model_dir):
+    from detector import rules
+
+    lake = CountingLake(sim_lake[0])
+    since, until = CUT + timedelta(hours=12), END
+    result = score_range(lake, since, until, model=Model.load(model_dir))
+    assert result.rules != "not run" and result.findings.height > 0
+    assert {"model", "rules"} <= {k for k in result.written}
+    scored = set(lake.partitions(since, until))
+    touching = [s for s in lake.scans if s & scored]
+    # the one read; plus, only when the rules name the columns they need, the other
+    # columns of the flagged events
+    extra = 1 if hasattr(rules.RuleSet, "columns_needed") else 0
+    assert 1 <= len(touching) <= 1 + extra, touching
+    assert touching[0] == scored
+    # the events behind every finding come back whole
+    assert result.events["finding_id"].n_unique() == result.findings.height
+    assert result.events["annotations"].null_count() < result.events.height
+
+
+# --------------------------------------------------------------------------- what findings say
+def test_model_findings_carry_attack_ids_and_plain_reasons(sim_lake, model_dir):
+    model = Model.load(model_dir)
+    cut = model.severity_cutoffs
+    assert cut["low"] < cut["medium"] < cut["high"] < cut["critical"]
+    found = score_range(Lake(sim_lake[0]), CUT, END, model=model, options=NO_RULES).findings
+    assert found["tactic"].drop_nulls().len() > 0
+    with_tactic = found.filter(pl.col("tactic").is_not_null())
+    assert with_tactic["technique"].str.contains(r"^T\d{4}(\.\d{3})?$").all()
+    for reasons in found["reasons"].to_list():
+        for text in reasons:
+            assert '\\"' not in text and "log10" not in text, text
+            assert "all namespaces" not in text, text
+            assert not ("its usual" in text and "no history" in text), text
+
+
+# --------------------------------------------------------------------------- traps (issue 15)
+def test_training_on_a_thin_baseline_warns_and_strict_refuses(sim_lake, tmp_path):
+    from detector.detect.scan import lake_windows
+    from detector.detect.train import ThinBaseline, baseline_warnings
+
+    lake = Lake(sim_lake[0])
+    notes: list[str] = []
+    train_model(lake, END - timedelta(days=14), CUT, model_dir=None, warnings=notes)
+    assert any("only" in n and "of the 13 days" in n for n in notes), notes
+    with pytest.raises(ThinBaseline, match="only 3 hours long"):
+        train_model(lake, CUT - timedelta(hours=3), CUT, model_dir=str(tmp_path), strict=True)
+    assert not list(tmp_path.iterdir())  # nothing saved
+    window = timedelta(minutes=10)
+    whole_day = lake_windows(lake, START, CUT)
+    assert baseline_warnings(whole_day, START, CUT, window=window) == []
+
+
+def test_scoring_with_a_stale_model_or_another_clusters_warns_and_strict_refuses(
+    sim_lake, model_dir
+):
+    from detector.detect.score import model_warnings
+    from detector.detect.train import ScoringError
+
+    model = Model.load(model_dir)
+    lake = Lake(sim_lake[0])
+    later = END + timedelta(days=10)
+    result = score_range(lake, later, later + timedelta(hours=1), model=model, options=NO_RULES)
+    assert any("days before the end of the scored range" in w for w in result.warnings)
+    with pytest.raises(ScoringError, match="--strict"):
+        score_range(
+            lake,
+            later,
+            later + timedelta(hours=1),
+            model=model,
+            options=ScoreOptions(use_rules=False, strict=True),
+        )
+    fresh = score_range(lake, CUT, CUT + timedelta(hours=1), model=model, options=NO_RULES)
+    assert fresh.warnings == []
+    other = pl.DataFrame({"cluster": ["demo", "prod-eu"]})
+    warned = model_warnings(model, other, CUT, END)
+    assert len(warned) == 1 and "prod-eu" in warned[0] and "demo" in warned[0]
+
+
+def test_cli_strict_flags(sim_lake, model_dir):
+    runner = CliRunner()
+    later = END + timedelta(days=10)
+    args = ["score", "--lake", sim_lake[0], "--model-dir", model_dir, "--rules-only"]
+    base = ["--since", later.strftime(ISO), "--until", (later + timedelta(hours=1)).strftime(ISO)]
+    res = runner.invoke(app, ["score", "--lake", sim_lake[0], "--model-dir", model_dir, *base])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(
+        app, ["score", "--lake", sim_lake[0], "--model-dir", model_dir, *base, "--strict"]
+    )
+    assert res.exit_code == 2 and "--strict" in res.stderr, res.output
+    assert args  # --rules-only uses no model: nothing to be stale
+    res = runner.invoke(app, [*args, *base, "--strict"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "--lake",
+            sim_lake[0],
+            "--since",
+            (CUT - timedelta(hours=3)).strftime(ISO),
+            "--until",
+            CUT.strftime(ISO),
+            "--model-dir",
+            model_dir + "-thin",
+            "--strict",
+        ],
+    )
+    assert res.exit_code == 2 and "only 3 hours" in res.stderr, res.output

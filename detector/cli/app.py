@@ -1,8 +1,10 @@
 """The ``detect`` command: a thin typer shell over the library.
 
-Each command lives in ``detector/commands/<name>.py`` and registers itself on the app; it
-parses arguments, calls one library function and renders the result. Errors that a user can
-fix become one line on stderr and an exit code (see README "Exit codes"), never a traceback.
+Each command lives in ``detector/cli/commands/<name>.py`` and registers itself on the app;
+it parses arguments, calls the library and renders the result. Errors are handled once,
+here: a :class:`detector.errors.DetectError` raised anywhere below, or a usage error found
+while parsing the command line, becomes one ``error:`` line on stderr (a JSON record with
+``--log-format json``) and its exit code (README "Exit codes"), never a traceback or a box.
 """
 
 from __future__ import annotations
@@ -10,17 +12,134 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from typing import Any
 
 import typer
+from typer._click import exceptions as click_exceptions
+from typer.core import TyperGroup
 
 from detector import __version__
+from detector.cli.options import LogFormat, LogLevel, RegionOpt, stderr
+from detector.errors import EXIT_RUNTIME, EXIT_USAGE, DetectError
+
+#: Exit code of a run stopped by Ctrl-C (128 + SIGINT).
+EXIT_INTERRUPTED = 130
+
+
+def report(message: str) -> None:
+    """The one line every error becomes (turned into a JSON record under --log-format json)."""
+    stderr.print(f"error: {message}", markup=False)
+
+
+def click_message(exc: click_exceptions.ClickException) -> str:
+    """A usage error found by the parser, as one line (no usage block, no box)."""
+    message = exc.format_message().replace("Value error, ", "")
+    message = " ".join(message.split())
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, click_exceptions.UsageError) and ctx is not None:
+        message += f" (see `{ctx.command_path} --help`)"
+    return message
+
+
+def environment_error(exc: Exception) -> int | None:
+    """Report errors of the machine rather than of our code; None for anything else.
+
+    A file that cannot be written (``--output /proc/x``), a path that is a file where a
+    folder is due, or AWS credentials and region missing from the whole AWS chain, are
+    told as one line by their class (never by their text): OS errors exit 3, a missing
+    AWS credential or region is configuration (exit 2).
+    """
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        report(f"{exc.strerror}{where}")
+        return EXIT_RUNTIME
+    botocore = sys.modules.get("botocore.exceptions")
+    if botocore is not None and isinstance(
+        exc, botocore.NoCredentialsError | botocore.PartialCredentialsError
+    ):
+        report(
+            "no AWS credentials found (set AWS_PROFILE, AWS_ACCESS_KEY_ID/"
+            "AWS_SECRET_ACCESS_KEY, or run with an IAM role such as IRSA)"
+        )
+        return EXIT_USAGE
+    if botocore is not None and isinstance(exc, botocore.NoRegionError):
+        report("no AWS region: set AWS_REGION, or pass --region")
+        return EXIT_USAGE
+    return None
+
+
+def _asked_for_json(args: list[str]) -> bool:
+    """``--log-format json`` before the command name, or DETECT_LOG_FORMAT=json."""
+    values = iter(args)
+    for arg in values:
+        if arg == "--log-format":
+            return next(values, "").lower() == "json"
+        if arg.startswith("--log-format="):
+            return arg.split("=", 1)[1].lower() == "json"
+        if arg in ("--config", "--log-level", "--region"):
+            next(values, None)
+        elif not arg.startswith("-"):
+            break  # the command name: its own options are not ours
+    return os.environ.get("DETECT_LOG_FORMAT", "").lower() == "json"
+
+
+class DetectGroup(TyperGroup):
+    """The root group: runs the command and handles what it raises, once."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        from detector import logging_setup
+
+        if _asked_for_json(sys.argv[1:] if args is None else list(args)):
+            # So that an error found before the root callback runs is a JSON record too.
+            logging_setup.configure("json", "warning")
+        try:
+            result = super().main(
+                args, prog_name or "detect", complete_var, standalone_mode=False, **extra
+            )
+            code = result if isinstance(result, int) else 0
+        except DetectError as exc:
+            report(str(exc))
+            code = exc.exit_code
+        except click_exceptions.NoArgsIsHelpError as exc:
+            exc.show()
+            code = exc.exit_code
+        except click_exceptions.ClickException as exc:
+            report(click_message(exc))
+            code = exc.exit_code
+        except typer.Abort:
+            report("aborted")
+            code = EXIT_INTERRUPTED
+        except Exception as exc:
+            code = environment_error(exc)
+            if code is None:  # a bug: main() says how to see its traceback
+                raise
+        finally:
+            logging_setup.reset()
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
 
 app = typer.Typer(
     name="detect",
+    cls=DetectGroup,
     help=(
         "Find threats and misuse in Kubernetes API-server audit logs.\n\n"
         "Audit events go from CloudWatch Logs, S3 objects or files into a Parquet lake; "
-        "`score` turns a time range of the lake into findings with a plain reason each."
+        "`score` turns a time range of the lake into findings with a plain reason each.\n\n"
+        "Example:\n\n"
+        "\b\n"
+        "    detect demo\n"
+        "    detect ingest /var/log/kubernetes/audit.log --lake ./lake --cluster prod\n"
+        "    detect score --lake ./lake --since 1h\n"
+        "    detect score --help"
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -41,9 +160,13 @@ COMMAND_MODULES = (
     "findings",
     "incidents",
     "suppressions",
+    "timeline",
+    "report",
     "evaluate",
     "rules",
     "athena",
+    "lake",
+    "compact",
     "config",
 )
 
@@ -67,49 +190,46 @@ def _root(
         help="Settings file (TOML); default ./detect.toml if present. See `detect config show`.",
         show_default=False,
     ),
-    log_format: str | None = typer.Option(
+    log_format: LogFormat | None = typer.Option(
         None,
         "--log-format",
         envvar="DETECT_LOG_FORMAT",
         help="stderr as text (default) or json: one JSON object per line, for log shippers.",
         show_default=False,
+        case_sensitive=False,
     ),
-    log_level: str | None = typer.Option(
+    log_level: LogLevel | None = typer.Option(
         None,
         "--log-level",
         envvar="DETECT_LOG_LEVEL",
-        help="debug, info, warning (default) or error.",
+        help="Least severe log records shown (default: warning).",
         show_default=False,
+        case_sensitive=False,
     ),
-    region: str | None = typer.Option(
-        None,
-        "--region",
-        envvar="DETECT_REGION",
-        help="AWS region (default: the AWS chain: AWS_REGION, profile, instance metadata).",
-        show_default=False,
-    ),
+    region: RegionOpt = None,
 ) -> None:
     """Find threats and misuse in Kubernetes API-server audit logs."""
-    # Settings: detect.toml < DETECT_* env < flags, through click's default_map.
+    # Settings: detect.toml < DETECT_* env < flags, through click's default_map. The whole
+    # file is checked here, for every command; a bad key is a ConfigError (exit 2).
     from detector import config as settings
     from detector import logging_setup
-    from detector.cli.options import usage_error
 
     command = ctx.invoked_subcommand
-    logging_setup.configure(log_format or "text", log_level or "warning", command=command)
-    ctx.call_on_close(logging_setup.reset)
+    fmt = log_format.value if log_format else None
+    level = log_level.value if log_level else None
+    logging_setup.configure(fmt or "text", level or "warning", command=command)
     try:
         root = settings.setup_root(
-            ctx, config=config, log_format=log_format, log_level=log_level, region=region
+            ctx, config=config, log_format=fmt, log_level=level, region=region
         )
-    except settings.ConfigError as exc:
+    except settings.ConfigError:
         peek = settings.peek_root(config)
-        if peek.get("log_format") and log_format is None:
+        if peek.get("log_format") and fmt is None:  # the error itself as the file asks
             logging_setup.configure(peek["log_format"], "warning", command=command)
-        usage_error(str(exc))
-    fmt, level = root.values.get("log_format"), root.values.get("log_level")
-    if (fmt, level) != (log_format, log_level):  # the file said how to log
-        logging_setup.configure(fmt or "text", level or "warning", command=command)
+        raise
+    fmt_now, level_now = root.values.get("log_format"), root.values.get("log_level")
+    if (fmt_now, level_now) != (fmt, level):  # the file said how to log
+        logging_setup.configure(fmt_now or "text", level_now or "warning", command=command)
 
 
 for _name in COMMAND_MODULES:
@@ -117,16 +237,19 @@ for _name in COMMAND_MODULES:
 
 
 def main() -> None:
-    """Console entry point: expected errors are one line; a bug says how to see its traceback."""
+    """Console entry point; a bug (not a DetectError) says how to see its traceback."""
     try:
         app()
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except Exception as exc:  # the last line of defence: no traceback for users
         if os.environ.get("DETECT_DEBUG"):
             raise
         sys.stderr.write(
             f"error: unexpected {type(exc).__name__}: {exc} (set DETECT_DEBUG=1 for a traceback)\n"
         )
-        sys.exit(3)
+        sys.exit(EXIT_RUNTIME)
+
+
+__all__ = ["EXIT_USAGE", "app", "main"]

@@ -1,7 +1,14 @@
-"""Options, output and error handling shared by every command (defined once, as in csvkit).
+"""Options, parameter types and output helpers shared by every command (declared once).
 
-Exit codes (README "Exit codes"): 0 ok, 1 findings at or above ``--fail-on``, 2 usage or
-configuration error, 3 runtime failure (source unreachable, unreadable input...).
+As in csvkit's ``_init_common_parser``, an option that two commands share is one
+``Annotated`` alias here, so its name, help, environment variable and checks cannot drift
+apart. Time and duration values go through one parser each (:class:`Instant`,
+:class:`Duration`) with the bounds of :mod:`detector.timeparse`; a bad value is a usage
+error raised while the command line is parsed, before any work starts.
+
+Errors are not handled here: commands raise :class:`detector.errors.DetectError` subclasses
+and the entry point (:mod:`detector.cli.app`) turns them into one ``error:`` line and the
+exit code (README "Exit codes").
 """
 
 from __future__ import annotations
@@ -10,27 +17,136 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 
-EXIT_OK = 0
-EXIT_FINDINGS = 1
-EXIT_USAGE = 2
-EXIT_RUNTIME = 3
+from detector.errors import EXIT_FINDINGS, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, DetectError
+from detector.errors import UsageError as _UsageError
+from detector.lake.findings_schema import SEVERITIES
+from detector.sources.files import FORMATS as _INPUT_FORMATS
+from detector.timeparse import (
+    MAX_DURATION,
+    TimeArgumentError,
+    check_instant,
+    parse_duration,
+    parse_instant,
+)
+
+__all__ = ["EXIT_FINDINGS", "EXIT_OK", "EXIT_RUNTIME", "EXIT_USAGE"]
+
+# The same values as detector.model.estimator's; repeated so that `detect --help` does not
+# import scikit-learn (seconds). tests/test_model.py keeps them in step.
+DEFAULT_ALERT_RATE = 0.001
+DEFAULT_MODEL_DIR = "models"
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 stdout = Console(highlight=False, soft_wrap=True)
 
 
+# ------------------------------------------------------------------ choices
 class OutputFormat(StrEnum):
     table = "table"
     json = "json"
 
 
+InputFormat = StrEnum("InputFormat", {f.replace("-", "_"): f for f in _INPUT_FORMATS})  # type: ignore[misc]
+InputFormat.__doc__ = "Formats of audit input: detected per file (auto) or forced."
+
+Severity = StrEnum("Severity", {s: s for s in SEVERITIES})  # type: ignore[misc]
+Severity.__doc__ = "Finding severities, lowest first (detector.lake.findings_schema)."
+
+
+class LogFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
+class LogLevel(StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+# ------------------------------------------------------------------ time parameter types
+class Instant:
+    """Parser of time options: a duration before now (``1h``) or an ISO-8601 instant.
+
+    Accepts what a TOML file gives too (a native TOML datetime). Returns an aware UTC
+    datetime within the bounds of :mod:`detector.timeparse`; anything else raises
+    :class:`TimeArgumentError` (a ``ValueError``), which typer reports as a bad value of
+    the option.
+    """
+
+    metavar = "TIME"
+
+    def __call__(self, value: Any) -> datetime:
+        if isinstance(value, datetime):
+            aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+            return check_instant(aware.astimezone(UTC), value.isoformat())
+        return parse_instant(str(value))
+
+
+class Duration:
+    """Parser of duration options (``90s``, ``10m``, ``1h``, ``7d``, ``2w``) with bounds.
+
+    Every duration option is between ``minimum`` and ``maximum`` (default: 0 and
+    :data:`detector.timeparse.MAX_DURATION`); ``positive`` refuses 0.
+    """
+
+    metavar = "DURATION"
+
+    def __init__(
+        self,
+        *,
+        minimum: timedelta = timedelta(0),
+        maximum: timedelta = MAX_DURATION,
+        positive: bool = False,
+        whole_seconds: bool = False,
+    ) -> None:
+        self.minimum, self.maximum = minimum, maximum
+        self.positive, self.whole_seconds = positive, whole_seconds
+
+    def __call__(self, value: Any) -> timedelta:
+        text = str(value)
+        duration = value if isinstance(value, timedelta) else parse_duration(text)
+        seconds = duration.total_seconds()
+        if self.positive and seconds <= 0:
+            raise TimeArgumentError(f"{text!r}: must be more than 0")
+        if self.whole_seconds and seconds != int(seconds):
+            raise TimeArgumentError(f"{text!r}: must be whole seconds")
+        if not self.minimum <= duration <= self.maximum:
+            raise TimeArgumentError(
+                f"{text!r}: must be between {_human(self.minimum)} and {_human(self.maximum)}"
+            )
+        return duration
+
+
+def _human(td: timedelta) -> str:
+    seconds = int(td.total_seconds())
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def instant_option(*names: str, help: str, **kw: Any) -> Any:
+    """A ``typer.Option`` whose value is an :class:`Instant`."""
+    return typer.Option(*names, parser=Instant(), metavar=Instant.metavar, help=help, **kw)
+
+
+def duration_option(*names: str, help: str, parser: Duration | None = None, **kw: Any) -> Any:
+    """A ``typer.Option`` whose value is a :class:`Duration` (default bounds)."""
+    return typer.Option(
+        *names, parser=parser or Duration(), metavar=Duration.metavar, help=help, **kw
+    )
+
+
+# ------------------------------------------------------------------ shared options
 LakeOpt = Annotated[
     str,
     typer.Option(
@@ -41,14 +157,14 @@ LakeOpt = Annotated[
     ),
 ]
 SinceOpt = Annotated[
-    str,
-    typer.Option(
+    datetime,
+    instant_option(
         "--since", help="Start of the range: a duration before now (1h, 30m, 7d) or ISO-8601."
     ),
 ]
 UntilOpt = Annotated[
-    str | None,
-    typer.Option(
+    datetime | None,
+    instant_option(
         "--until", help="End of the range (exclusive), same forms as --since; default now."
     ),
 ]
@@ -62,18 +178,114 @@ FormatOpt = Annotated[
     OutputFormat,
     typer.Option("--format", help="Output: a table for people or JSON for machines."),
 ]
+InputFormatOpt = Annotated[
+    InputFormat,
+    typer.Option(
+        "--input-format",
+        "--from",
+        help="Input format (default: detected per file).",
+        case_sensitive=False,
+    ),
+]
+ModelDirOpt = Annotated[
+    str,
+    typer.Option(
+        "--model-dir",
+        envvar="DETECT_MODEL_DIR",
+        help="Model store: a local folder or s3://bucket/prefix.",
+    ),
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed: same data + seed, same result.")]
+WindowOpt = Annotated[
+    timedelta,
+    duration_option(
+        "--window",
+        help="Window per principal (1m to 1d), e.g. 10m, 1h.",
+        parser=Duration(
+            minimum=timedelta(minutes=1), maximum=timedelta(days=1), whole_seconds=True
+        ),
+    ),
+]
 
 
+def _alert_rate(value: Any) -> float:
+    """An alert budget: a share strictly between 0 and 0.5."""
+    try:
+        rate = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{value!r} is not a number") from None
+    if not 0 < rate < 0.5:
+        raise ValueError(f"{value!r}: must be between 0 and 0.5 (e.g. 0.001)")
+    return rate
+
+
+AlertRateOpt = Annotated[
+    float,
+    typer.Option(
+        "--alert-rate",
+        parser=_alert_rate,
+        metavar="SHARE",
+        help="Alert budget: share of baseline windows above the threshold (0.001 = 1 in 1000).",
+    ),
+]
+RulesFileOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--rules",
+        help="Extra rules file (YAML): adds rules or overrides built-in ones; repeatable.",
+    ),
+]
+DisableOpt = Annotated[
+    list[str] | None,
+    typer.Option("--disable", help="Rule id to switch off; repeatable."),
+]
+EnableOpt = Annotated[
+    list[str] | None,
+    typer.Option("--enable", help="Rule id that ships disabled to switch on; repeatable."),
+]
+NoRulesOpt = Annotated[
+    bool, typer.Option("--no-rules", help="Leave the rules out: the model alone.")
+]
+FailOnOpt = Annotated[
+    Severity | None,
+    typer.Option(
+        "--fail-on",
+        help="Exit 1 if any finding is at or above this severity.",
+        case_sensitive=False,
+    ),
+]
+MinSeverityOpt = Annotated[
+    Severity | None,
+    typer.Option("--min-severity", help="Only this severity and above.", case_sensitive=False),
+]
+RegionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--region",
+        envvar="DETECT_REGION",
+        help="AWS region (default: AWS_REGION, AWS_DEFAULT_REGION, the profile).",
+        show_default=False,
+    ),
+]
+
+
+# ------------------------------------------------------------------ errors (compatibility)
 def fail(message: str, code: int = EXIT_RUNTIME) -> NoReturn:
-    """One line on stderr and an exit code: what went wrong and, where we know, what to do."""
-    stderr.print(f"error: {message}", markup=False)
-    raise typer.Exit(code)
+    """Raise an error with this exit code; the entry point prints it as one line.
+
+    Prefer raising the :mod:`detector.errors` class that says what went wrong.
+    """
+    error = _UsageError(message) if code == EXIT_USAGE else DetectError(message)
+    error.exit_code = code
+    raise error
 
 
 def usage_error(message: str) -> NoReturn:
-    fail(message, EXIT_USAGE)
+    """Raise a :class:`detector.errors.UsageError` (exit 2)."""
+    raise _UsageError(message)
 
 
+# ------------------------------------------------------------------ output
 def _default(value: Any) -> Any:
     if isinstance(value, datetime | date):
         return value.isoformat().replace("+00:00", "Z")
@@ -115,3 +327,9 @@ def chunk_progress(label: str) -> Iterator[Callable[[int, int], None]]:
                 status.update(f"{label}: featurized {done}/{total} chunks of hours")
 
         yield update
+
+
+def configured_sinks(ctx: typer.Context) -> list[Any]:
+    """The [[sinks]] of the loaded configuration (checked when the file was read)."""
+    state = ctx.find_root().meta.get("detect.settings")
+    return list(state.config.extra.get("sinks", [])) if state else []

@@ -23,18 +23,21 @@ from typing import Any
 
 import polars as pl
 
-from detector.detect.score import fit_model, score_range
-from detector.features.windows import DEFAULT_WINDOW, align, lake_windows
+from detector.detect.scan import lake_windows
+from detector.detect.score import ScoreOptions, score_range
+from detector.detect.train import fit_model
+from detector.errors import UsageError
+from detector.features import DEFAULT_WINDOW, align
 from detector.lake.events import Lake
 from detector.lake.findings_schema import SEVERITIES
-from detector.model.estimator import DEFAULT_ALERT_RATE
+from detector.model.storage import DEFAULT_ALERT_RATE
 from detector.timeparse import parse_instant
 
 #: The lowest severity that is an alert: what evaluation counts as detected or false.
 ALERT_SEVERITY = "low"
 
 
-class LabelsError(ValueError):
+class LabelsError(UsageError):
     """The labels file is missing, not JSON, or not a list of scenarios."""
 
 
@@ -217,9 +220,14 @@ def evaluate(
     windows = lake_windows(lake, train_start, train_end, window=window)
     model = fit_model(
         windows, window=window, start=train_start, end=train_end, alert_rate=alert_rate, seed=seed
+    ).named("evaluate")
+    result = score_range(
+        lake,
+        test_start,
+        test_end,
+        model=model,
+        options=ScoreOptions(use_rules=rules, write=False),
     )
-    model.card = {"model_version": "evaluate"}
-    result = score_range(lake, test_start, test_end, model=model, use_rules=rules, write=False)
     in_test = [s for s in scenarios if s.start < test_end and s.end > test_start]
     report = EvalReport(
         train=(train_start, train_end),
@@ -235,7 +243,7 @@ def evaluate(
     # they neither detect a scenario nor count as false alerts.
     findings = result.findings.filter(pl.col("severity_rank") >= SEVERITIES.index(ALERT_SEVERITY))
     sets = [("model", findings.filter(pl.col("detector").str.starts_with("model")))]
-    if result.rules not in ("not run", "not available"):
+    if result.rules != "not run":
         sets.append(("model+rules", findings))
     per_scenario: dict[str, dict[str, Any]] = {
         s.id: {

@@ -1,15 +1,20 @@
-"""Train and score: a lake time range -> features -> model (+ rules) -> findings.
+"""Scoring: a lake time range -> one read -> model and rules -> findings and their events.
 
-``train_model`` fits the model on a baseline range and saves it; ``score_range`` turns a
-range into findings (model and rules) and, unless asked not to, files them in the lake,
-replacing what an earlier run wrote for the same windows (see :mod:`detector.lake.findings`).
+:func:`score_range` reads the range **once** (:func:`detector.detect.scan.read_range`) into
+the columns the window features, the rules (``RuleSet.columns_needed()``, all canonical
+columns when the rules engine does not say) and the flagged-event lookup need. The model's
+windows, the rules and the events behind every finding come from that frame. Reads of other
+ranges: the rules' history (the days before, only when a rule compares with the past), the
+values principals used in the hours before the range (novelty memory), and, when the frame
+lacks some canonical columns, those columns for the flagged events only.
+
+Findings are filed in the lake unless asked not to, replacing what an earlier run wrote for
+the same windows (see :mod:`detector.lake.findings`).
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-from collections.abc import Callable
+import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,17 +22,16 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from detector.events.schema import CANONICAL_COLUMNS
-from detector.features.windows import (
+from detector import rules
+from detector.detect.scan import Progress, frame_windows, read_range, recent_values
+from detector.detect.train import MIN_TRAIN_WINDOWS, ScoringError, fit
+from detector.events.schema import CANONICAL_COLUMNS, EVENT_KEY
+from detector.features import (
     DEFAULT_WINDOW,
+    INPUT_COLUMNS,
     align,
     check_window,
     finish_features,
-    fit_baseline,
-    fold_length,
-    lake_windows,
-    model_inputs,
-    recent_values,
     request_rows,
     tail_counts,
     unseen_principals,
@@ -41,12 +45,11 @@ from detector.lake.findings_schema import (
     empty_findings,
     with_finding_ids,
 )
-from detector.model import estimator as model_module
 from detector.model import explain as explain_mod
-from detector.model.estimator import DEFAULT_ALERT_RATE, Model, fingerprint
+from detector.model.storage import DEFAULT_ALERT_RATE, Model
 
-#: Training needs at least this many windows (principal x 10 minutes) to mean anything.
-MIN_TRAIN_WINDOWS = 50
+log = logging.getLogger(__name__)
+
 #: The flagged events kept per finding (the first ones in time); ``event_count`` is exact.
 MAX_EVENTS_PER_FINDING = 10_000
 #: How far before a scored range (but after the training range) a value counts as already
@@ -54,118 +57,37 @@ MAX_EVENTS_PER_FINDING = 10_000
 NOVELTY_MEMORY = timedelta(hours=24)
 #: History handed to rules that compare with the past (``RuleSet.needs_history``).
 RULES_HISTORY = timedelta(days=7)
-
-Progress = Callable[[int, int], None] | None
-
-
-class ScoringError(Exception):
-    """Training or scoring cannot proceed; the message says why in one line."""
+#: A model older than this relative to the end of the scored range is stale: warned about.
+MAX_MODEL_AGE = timedelta(days=7)
+#: Columns the flagged-event lookup needs to find a finding's events in the frame.
+LOOKUP_COLUMNS = ("cluster", "principal", "event_time", "audit_id", "stage", "verb", "subresource")
 
 
-# --------------------------------------------------------------------------- training
-def fit_model(
-    windows: pl.DataFrame,
-    *,
-    window: timedelta,
-    start: datetime,
-    end: datetime,
-    alert_rate: float = DEFAULT_ALERT_RATE,
-    seed: int | None = 0,
-    threshold_method: str = "budget",
-) -> Model:
-    """Baseline + estimator from window rows (not saved)."""
-    return _fit(
-        windows,
-        window=window,
-        start=start,
-        end=end,
-        alert_rate=alert_rate,
-        seed=seed,
-        threshold_method=threshold_method,
-    ).model
+@dataclass(frozen=True)
+class ScoreOptions:
+    """What a scoring run does (the flags of ``detect score``).
+
+    ``fit_on_window``: fit a model on the range itself (cold start, findings marked so).
+    ``rule_files``/``disabled_rules``/``enabled_rules``: passed to ``rules.load_ruleset``.
+    ``window``: feature window when no saved model sets it. ``strict``: refuse to score
+    with a stale model or one trained on other clusters instead of warning.
+    """
+
+    use_model: bool = True
+    use_rules: bool = True
+    fit_on_window: bool = False
+    rule_files: tuple[str, ...] = ()
+    disabled_rules: tuple[str, ...] = ()
+    enabled_rules: tuple[str, ...] = ()
+    window: timedelta | None = None
+    seed: int | None = 0
+    alert_rate: float = DEFAULT_ALERT_RATE
+    cluster: str | None = None
+    write: bool = True
+    strict: bool = False
+    now: datetime | None = None
 
 
-@dataclass
-class _Fitted:
-    model: Model
-    rows: pl.DataFrame  # the cross-fitted training feature rows
-    scores: np.ndarray  # their anomaly scores
-    fold: timedelta
-
-
-def _fit(
-    windows: pl.DataFrame,
-    *,
-    window: timedelta,
-    start: datetime,
-    end: datetime,
-    alert_rate: float,
-    seed: int | None,
-    threshold_method: str = "budget",
-) -> _Fitted:
-    if windows.height < MIN_TRAIN_WINDOWS:
-        raise ScoringError(
-            f"only {windows.height} principal windows in the training range (need at least "
-            f"{MIN_TRAIN_WINDOWS}): widen --since/--until or ingest more events"
-        )
-    fold = fold_length(start, end)
-    baseline, rows = fit_baseline(windows, fold=fold)
-    X = model_inputs(rows, baseline, loo_fold=fold).to_numpy()
-    est = model_module.AuditIsolationForest(  # imports scikit-learn: training only
-        alert_rate=alert_rate,
-        threshold_method=threshold_method,
-        log_transform=False,  # the inputs are already log-probabilities
-        random_state=seed,
-    ).fit(X)
-    training = {
-        "since": _iso(start),
-        "until": _iso(end),
-        "windows": windows.height,
-        "rows_fit": rows.height,
-        "novelty_fold_seconds": int(fold.total_seconds()),
-        "requests": int(windows["requests"].sum()),
-        "principals": baseline.principals.height,
-        "clusters": sorted(windows["cluster"].unique().to_list()),
-        "seed": seed,
-    }
-    model = Model.from_estimator(
-        est, baseline=baseline, window=window, training=training, fingerprint=fingerprint(X)
-    )
-    return _Fitted(model=model, rows=rows, scores=est.anomaly_score(X), fold=fold)
-
-
-def train_model(
-    lake: Lake,
-    start: datetime,
-    end: datetime,
-    *,
-    model_dir: str | None,
-    window: timedelta = DEFAULT_WINDOW,
-    alert_rate: float = DEFAULT_ALERT_RATE,
-    seed: int | None = 0,
-    threshold_method: str = "budget",
-    cluster: str | None = None,
-    progress: Progress = None,
-) -> Model:
-    """Fit on ``[start, end)`` of the lake and save to ``model_dir`` (unless ``None``)."""
-    check_window(window)
-    start, end = align(start, end, window)
-    windows = lake_windows(lake, start, end, window=window, cluster=cluster, progress=progress)
-    model = fit_model(
-        windows,
-        window=window,
-        start=start,
-        end=end,
-        alert_rate=alert_rate,
-        seed=seed,
-        threshold_method=threshold_method,
-    )
-    if model_dir is not None:
-        model.save(model_dir)
-    return model
-
-
-# --------------------------------------------------------------------------- scoring
 @dataclass
 class ScoreResult:
     """What a scoring run found (and wrote)."""
@@ -176,18 +98,39 @@ class ScoreResult:
     events: pl.DataFrame
     windows: int = 0
     requests: int = 0
+    events_read: int = 0
     model_version: str | None = None
     cold_start: bool = False
-    rules: str = "not run"  # "not run", "not available", or "<n> rules"
+    rules: str = "not run"  # "not run" or "<n> rules"
+    warnings: list[str] = field(default_factory=list)
     written: dict[str, Any] = field(default_factory=dict)
 
 
-def rules_available() -> bool:
-    """Whether this installation has the rules engine (``detector.rules`` with its API)."""
-    if importlib.util.find_spec("detector.rules") is None:
-        return False
-    rules = importlib.import_module("detector.rules")
-    return all(hasattr(rules, n) for n in ("load_ruleset", "evaluate_rules", "RuleError"))
+def _no_events() -> pl.DataFrame:
+    return pl.DataFrame(schema=FINDINGS_EVENTS_COLUMNS)
+
+
+def load_rules(options: ScoreOptions) -> Any:
+    """The rule set of a run; a bad rules file is a :class:`ScoringError` (usage)."""
+    try:
+        return rules.load_ruleset(
+            extra_files=list(options.rule_files) or None,
+            disabled=list(options.disabled_rules) or None,
+            enabled=list(options.enabled_rules) or None,
+        )
+    except rules.RuleError as exc:
+        raise ScoringError(str(exc)) from None
+
+
+def frame_columns(ruleset: Any | None, *, use_model: bool) -> set[str]:
+    """The columns the run's one read must hold (see module docstring)."""
+    cols = set(LOOKUP_COLUMNS)
+    if use_model:
+        cols |= set(INPUT_COLUMNS)
+    if ruleset is not None:
+        needed = getattr(ruleset, "columns_needed", None)
+        cols |= set(needed()) if callable(needed) else set(CANONICAL_COLUMNS)
+    return cols
 
 
 def score_range(
@@ -196,63 +139,46 @@ def score_range(
     end: datetime,
     *,
     model: Model | None,
-    fit_on_window: bool = False,
-    use_model: bool = True,
-    use_rules: bool = True,
-    rule_files: list[str] | None = None,
-    disabled_rules: list[str] | None = None,
-    window: timedelta | None = None,
-    seed: int | None = 0,
-    alert_rate: float = DEFAULT_ALERT_RATE,
-    cluster: str | None = None,
-    write: bool = True,
-    now: datetime | None = None,
+    options: ScoreOptions | None = None,
     progress: Progress = None,
 ) -> ScoreResult:
-    """Findings for ``[start, end)`` widened to whole windows.
-
-    With ``fit_on_window`` a model is fitted on the range itself (cold start, no saved
-    model needed) and its findings are marked ``cold_start``.
-    """
-    now = now or datetime.now(UTC)
+    """Findings for ``[start, end)`` widened to whole windows (see module docstring)."""
+    opts = options or ScoreOptions()
+    now = opts.now or datetime.now(UTC)
+    use_saved = opts.use_model and not opts.fit_on_window
+    if use_saved and model is None:
+        raise ScoringError("no model given")
     window = check_window(
-        model.window if model is not None and not fit_on_window else (window or DEFAULT_WINDOW)
+        model.window if use_saved and model is not None else (opts.window or DEFAULT_WINDOW)
     )
     start, end = align(start, end, window)
-    result = ScoreResult(
-        start=start,
-        end=end,
-        findings=empty_findings(),
-        events=pl.DataFrame(schema=FINDINGS_EVENTS_COLUMNS),
-    )
-    parts = lake.partitions(start, end, cluster=cluster)
-    frames: list[tuple[str, pl.DataFrame, pl.DataFrame]] = []
+    result = ScoreResult(start=start, end=end, findings=empty_findings(), events=_no_events())
+    ruleset = load_rules(opts) if opts.use_rules else None
 
-    if use_model:
-        windows = lake_windows(lake, start, end, window=window, cluster=cluster, progress=progress)
+    parts = lake.partitions(start, end, cluster=opts.cluster)
+    frame = read_range(
+        lake, parts, start, end, columns=frame_columns(ruleset, use_model=opts.use_model)
+    )
+    result.events_read = frame.height
+    if progress:
+        progress(1, 2)
+    found: list[tuple[str, pl.DataFrame, pl.DataFrame]] = []  # (kind, findings, links)
+
+    if opts.use_model:
+        windows = frame_windows(frame, start, end, window=window)
         result.windows = windows.height
         result.requests = int(windows["requests"].sum() or 0)
-        if fit_on_window:
-            if windows.height < MIN_TRAIN_WINDOWS:
-                raise ScoringError(
-                    f"--fit-on-window needs at least {MIN_TRAIN_WINDOWS} principal windows in "
-                    f"the range, found {windows.height}: widen --since"
-                )
-            # Each part of the range is judged against the rest of it (cross-fitting), which
-            # is exactly how the model's own training rows were scored.
-            fitted = _fit(
-                windows, window=window, start=start, end=end, alert_rate=alert_rate, seed=seed
-            )
-            model = fitted.model
-            model.card = {"model_version": "cold-start"}
+        if opts.fit_on_window:
+            mfound = _cold_start(windows, window, start, end, opts, now)
             result.cold_start = True
-            result.model_version = model.version
-            found = findings_from_scores(
-                fitted.rows, fitted.scores, model, now=now, cold_start=True, loo_fold=fitted.fold
-            )
+            result.model_version = "cold-start"
         else:
-            if model is None:
-                raise ScoringError("no model given")
+            assert model is not None
+            result.warnings += model_warnings(model, frame, start, end)
+            if result.warnings and opts.strict:
+                raise ScoringError(f"{result.warnings[0]} (--strict)")
+            for text in result.warnings:
+                log.warning(text)
             result.model_version = model.version
             recent = None
             if windows.height:
@@ -264,41 +190,81 @@ def score_range(
                     start,
                     principals=unseen_principals(windows, model.baseline),
                     window=window,
-                    cluster=cluster,
+                    cluster=opts.cluster,
                 )
-            found = model_findings(windows, model, now=now, recent=recent)
-        events = flagged_events(lake, parts, found) if found.height else _no_events()
-        found = _attach_events(found, events)
-        frames.append(("model", found, events))
+            mfound = model_findings(windows, model, now=now, recent=recent)
+        found.append(("model", mfound, model_links(frame, mfound)))
 
-    if use_rules:
-        if rules_available():
-            rfound, revents, result.rules = rule_findings(
-                lake,
-                start,
-                end,
-                window=window,
-                rule_files=rule_files,
-                disabled=disabled_rules,
-                parts=parts,
-                cluster=cluster,
-                now=now,
-            )
-            frames.append(("rules", rfound, revents))
-        else:
-            if rule_files:
-                raise ScoringError("--rules given but this installation has no rules engine yet")
-            result.rules = "not available"
-
-    for kind, found, events in frames:
-        if write:
-            result.written[kind] = findings_store.write_range(lake, kind, start, end, found, events)
-    if frames:
-        result.findings = findings_store.sort_findings(
-            pl.concat([f for _, f, _ in frames], how="vertical")
+    if ruleset is not None:
+        rfound, rlinks = rule_findings(
+            frame, lake, ruleset, start, end, window=window, cluster=opts.cluster, now=now
         )
-        result.events = pl.concat([e for _, _, e in frames], how="vertical")
+        result.rules = f"{len(ruleset.enabled_rules)} rules"
+        found.append(("rules", rfound, rlinks))
+
+    events = flagged_events(lake, parts, frame, [links for _, _, links in found])
+    for kind, df, links in found:
+        ids = links["finding_id"].unique().implode()
+        kind_events = events.filter(pl.col("finding_id").is_in(ids))
+        df = _attach_events(df, kind_events)
+        if opts.write:
+            result.written[kind] = findings_store.write_range(
+                lake, kind, start, end, df, kind_events
+            )
+        found_df = df
+        result.findings = (
+            found_df if result.findings.is_empty() else pl.concat([result.findings, found_df])
+        )
+    if found:
+        result.findings = findings_store.sort_findings(result.findings)
+        result.events = events
+    if progress:
+        progress(2, 2)
     return result
+
+
+def model_warnings(model: Model, frame: pl.DataFrame, start: datetime, end: datetime) -> list[str]:
+    """Why a model may not fit the scored range: stale, or trained on other clusters."""
+    out = []
+    until = model.trained_until
+    if until is not None and end - until > MAX_MODEL_AGE:
+        age = (end - until).total_seconds() / 86_400
+        out.append(
+            f"model {model.version} was trained on data ending {until:%Y-%m-%d %H:%M} UTC, "
+            f"{age:.0f} days before the end of the scored range: retrain with `detect train`"
+        )
+    trained = set(model.training.get("clusters") or ())
+    scored = set(frame["cluster"].unique().drop_nulls().to_list()) if frame.height else set()
+    other = sorted(scored - trained)
+    if trained and other:
+        out.append(
+            f"model {model.version} was trained on cluster(s) {', '.join(sorted(trained))}, "
+            f"not on {', '.join(other)} scored here: its baseline knows none of their principals"
+        )
+    return out
+
+
+def _cold_start(
+    windows: pl.DataFrame,
+    window: timedelta,
+    start: datetime,
+    end: datetime,
+    opts: ScoreOptions,
+    now: datetime,
+) -> pl.DataFrame:
+    """Fit on the range itself; each part judged against the rest (cross-fitting)."""
+    if windows.height < MIN_TRAIN_WINDOWS:
+        raise ScoringError(
+            f"--fit-on-window needs at least {MIN_TRAIN_WINDOWS} principal windows in "
+            f"the range, found {windows.height}: widen --since"
+        )
+    fitted = fit(
+        windows, window=window, start=start, end=end, alert_rate=opts.alert_rate, seed=opts.seed
+    )
+    model = fitted.model.named("cold-start")
+    return findings_from_scores(
+        fitted.rows, fitted.scores, model, now=now, cold_start=True, loo_fold=fitted.fold
+    )
 
 
 def model_findings(
@@ -337,6 +303,7 @@ def findings_from_scores(
     )
     reasons = [[explain_mod.sentence(i) for i in items] for items in explanations]
     titles = [explain_mod.title(items) for items in explanations]
+    attack = [explain_mod.attack(items) for items in explanations]
     top = [
         [{k: i[k] for k in ("name", "value", "baseline", "population")} for i in items]
         for items in explanations
@@ -351,8 +318,8 @@ def findings_from_scores(
         pl.Series("title", titles, dtype=pl.String),
         pl.Series("reasons", reasons, dtype=pl.List(pl.String)),
         pl.Series("top_features", top, dtype=FINDINGS_COLUMNS["top_features"]),
-        pl.lit(None, pl.String).alias("tactic"),
-        pl.lit(None, pl.String).alias("technique"),
+        pl.Series("tactic", [a[0] for a in attack], dtype=pl.String),
+        pl.Series("technique", [a[1] for a in attack], dtype=pl.String),
         pl.lit(0, pl.Int64).alias("event_count"),
         pl.lit(None, pl.List(pl.String)).alias("audit_ids"),
         pl.lit(now, FINDINGS_COLUMNS["created_at"]).alias("created_at"),
@@ -363,40 +330,111 @@ def findings_from_scores(
     return with_finding_ids(df.select(list(FINDINGS_COLUMNS)))
 
 
-def _no_events() -> pl.DataFrame:
-    return pl.DataFrame(schema=FINDINGS_EVENTS_COLUMNS)
-
-
-def _parts_for(parts: list[Partition], found: pl.DataFrame) -> list[Partition]:
-    """The hour partitions that overlap any finding's window (and cluster)."""
-    spans = found.select("cluster", "window_start", "window_end").unique().rows()
-    keep = []
-    for part in parts:
-        c, date, hour = part
-        h0 = datetime.strptime(f"{date} {hour}", "%Y-%m-%d %H").replace(tzinfo=UTC)
-        h1 = h0 + timedelta(hours=1)
-        if any(c == fc and ws < h1 and we > h0 for fc, ws, we in spans):
-            keep.append(part)
-    return keep
-
-
-def flagged_events(lake: Lake, parts: list[Partition], found: pl.DataFrame) -> pl.DataFrame:
-    """The counted events (one per request) of each flagged window, with ``finding_id``."""
-    keys = found.select("finding_id", "cluster", "principal", "window_start", "window_end")
-    lf = lake.scan_partitions(_parts_for(parts, found)).filter(
-        pl.col("principal").is_in(keys["principal"].unique().implode())
+# --------------------------------------------------------------------------- rules
+def rule_findings(
+    frame: pl.DataFrame,
+    lake: Lake,
+    ruleset: Any,
+    start: datetime,
+    end: datetime,
+    *,
+    window: timedelta,
+    cluster: str | None,
+    now: datetime,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The rules over the run's frame: findings in the range and their (finding, event) links."""
+    history = (
+        lake.scan_events(start - RULES_HISTORY, start, cluster=cluster)
+        if ruleset.needs_history
+        else None
     )
-    events = (
-        request_rows(lf, columns=list(CANONICAL_COLUMNS))
+    result = rules.evaluate_rules(frame, ruleset, window=window, history=history, now=now)
+    found = result.findings.select(list(FINDINGS_COLUMNS)).filter(
+        (pl.col("window_start") >= start) & (pl.col("window_start") < end)
+    )
+    if found.is_empty():
+        return empty_findings(), _no_links()
+    found = found.with_columns(
+        pl.col("created_at").fill_null(now),
+        pl.col("event_count").fill_null(pl.col("audit_ids").list.len().cast(pl.Int64)),
+    )
+    links = result.events.select("finding_id", "audit_id", "stage").filter(
+        pl.col("finding_id").is_in(found["finding_id"].implode())
+    )
+    return found, links.unique()
+
+
+# --------------------------------------------------------------------------- events
+def _no_links() -> pl.DataFrame:
+    return pl.DataFrame(schema={"finding_id": pl.String, "audit_id": pl.String, "stage": pl.String})
+
+
+def model_links(frame: pl.DataFrame, found: pl.DataFrame) -> pl.DataFrame:
+    """(finding_id, audit_id, stage) of the counted events (one per request) of each window."""
+    if found.is_empty():
+        return _no_links()
+    keys = found.select("finding_id", "cluster", "principal", "window_start", "window_end")
+    lf = frame.lazy().filter(pl.col("principal").is_in(keys["principal"].unique().implode()))
+    return (
+        request_rows(lf, columns=list(LOOKUP_COLUMNS))
         .join(keys.lazy(), on=["cluster", "principal"], how="inner")
         .filter(
             (pl.col("event_time") >= pl.col("window_start"))
             & (pl.col("event_time") < pl.col("window_end"))
         )
-        .sort("finding_id", "event_time", "audit_id")
+        .select("finding_id", "audit_id", "stage")
         .collect()
     )
-    return events.select(list(FINDINGS_EVENTS_COLUMNS))
+
+
+def flagged_events(
+    lake: Lake, parts: list[Partition], frame: pl.DataFrame, links: list[pl.DataFrame]
+) -> pl.DataFrame:
+    """The canonical rows behind every finding of the run, with ``finding_id``.
+
+    Rows come from the run's frame; columns the frame does not hold (when the rules need
+    only some) are read for the flagged events alone, from the hours that hold them.
+    """
+    all_links = pl.concat(links) if links else _no_links()
+    if all_links.is_empty():
+        return _no_events()
+    key = list(EVENT_KEY)
+    rows = (
+        frame.lazy()
+        .join(all_links.lazy(), on=key, how="inner")
+        .unique(["finding_id", *key], keep="first")
+        .collect()
+    )
+    missing = [c for c in CANONICAL_COLUMNS if c not in rows.columns]
+    if missing:
+        rest = _read_columns_of(lake, parts, rows, missing)
+        rows = rows.join(rest, on=["cluster", *key], how="left")
+    return rows.select(list(FINDINGS_EVENTS_COLUMNS)).sort("finding_id", "event_time", "audit_id")
+
+
+def _read_columns_of(
+    lake: Lake, parts: list[Partition], rows: pl.DataFrame, columns: list[str]
+) -> pl.DataFrame:
+    """``columns`` of the events in ``rows`` (by cluster, audit_id, stage), from their hours."""
+    hours = set(
+        rows.select(
+            "cluster",
+            pl.col("event_time").dt.strftime("%Y-%m-%d").alias("d"),
+            pl.col("event_time").dt.strftime("%H").alias("h"),
+        )
+        .unique()
+        .rows()
+    )
+    wanted = [p for p in parts if p in hours]
+    keys = rows.select("cluster", *EVENT_KEY).unique()
+    return (
+        lake.scan_partitions(wanted)
+        .filter(pl.col("audit_id").is_in(keys["audit_id"].unique().implode()))
+        .select("cluster", *EVENT_KEY, *columns)
+        .join(keys.lazy(), on=["cluster", *EVENT_KEY], how="semi")
+        .unique(["cluster", *EVENT_KEY], keep="first")
+        .collect()
+    )
 
 
 def _attach_events(found: pl.DataFrame, events: pl.DataFrame) -> pl.DataFrame:
@@ -407,74 +445,18 @@ def _attach_events(found: pl.DataFrame, events: pl.DataFrame) -> pl.DataFrame:
         pl.len().cast(pl.Int64).alias("_n"),
         pl.col("audit_id").head(MAX_EVENTS_PER_FINDING).alias("_ids"),
     )
+    model = pl.col("detector").str.starts_with("model:")
     return (
         found.join(per, on="finding_id", how="left")
         .with_columns(
-            pl.col("_n").fill_null(0).alias("event_count"),
-            pl.col("_ids").fill_null(pl.lit([], pl.List(pl.String))).alias("audit_ids"),
+            pl.when(model | pl.col("event_count").is_null())
+            .then(pl.col("_n").fill_null(0))
+            .otherwise(pl.col("event_count"))
+            .alias("event_count"),
+            pl.when(model | pl.col("audit_ids").is_null())
+            .then(pl.col("_ids").fill_null(pl.lit([], pl.List(pl.String))))
+            .otherwise(pl.col("audit_ids"))
+            .alias("audit_ids"),
         )
         .select(list(FINDINGS_COLUMNS))
     )
-
-
-def rule_findings(
-    lake: Lake,
-    start: datetime,
-    end: datetime,
-    *,
-    window: timedelta,
-    rule_files: list[str] | None,
-    disabled: list[str] | None,
-    parts: list[Partition],
-    cluster: str | None,
-    now: datetime,
-) -> tuple[pl.DataFrame, pl.DataFrame, str]:
-    """Run the rules engine over the range; findings and their events (canonical rows)."""
-    from detector import rules
-
-    try:
-        ruleset = rules.load_ruleset(extra_files=rule_files or None, disabled=disabled or None)
-    except rules.RuleError as exc:
-        raise ScoringError(str(exc)) from None
-    history = (
-        lake.scan_events(start - RULES_HISTORY, start, cluster=cluster)
-        if ruleset.needs_history
-        else None
-    )
-    result = rules.evaluate_rules(
-        lake.scan_events(start, end, cluster=cluster),
-        ruleset,
-        window=window,
-        history=history,
-        now=now,
-    )
-    found = result.findings.select(list(FINDINGS_COLUMNS)).filter(
-        (pl.col("window_start") >= start) & (pl.col("window_start") < end)
-    )
-    if found.is_empty():
-        return empty_findings(), _no_events(), _rule_count(ruleset)
-    found = found.with_columns(pl.col("created_at").fill_null(now))
-    links = result.events.select("finding_id", "audit_id", "stage").filter(
-        pl.col("finding_id").is_in(found["finding_id"].implode())
-    )
-    events = (
-        lake.scan_partitions(_parts_for(parts, found))
-        .filter(pl.col("audit_id").is_in(links["audit_id"].unique().implode()))
-        .join(links.lazy(), on=["audit_id", "stage"], how="inner")
-        .unique(["finding_id", "audit_id", "stage"], keep="first")
-        .sort("finding_id", "event_time", "audit_id")
-        .collect()
-        .select(list(FINDINGS_EVENTS_COLUMNS))
-    )
-    found = found.with_columns(
-        pl.col("event_count").fill_null(pl.col("audit_ids").list.len().cast(pl.Int64))
-    )
-    return found, events, _rule_count(ruleset)
-
-
-def _rule_count(ruleset: Any) -> str:
-    return f"{len(ruleset.enabled_rules)} rules"
-
-
-def _iso(t: datetime) -> str:
-    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -1,4 +1,4 @@
-"""Raw audit lines -> canonical event rows, with redaction and a quarantine for the rest.
+"""Raw audit lines -> canonical event rows, redacted, and a quarantine for the rest.
 
 The hot path is columnar: a batch of lines is parsed in one polars ``read_ndjson`` call
 against an explicit schema and every derived column is a polars expression. Python only
@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import io
 import re
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from detector.events.redact import REDACTED as REDACTED
+from detector.events.redact import redact_events, redact_quarantine
 from detector.events.schema import (
     CANONICAL_COLUMNS,
     QUARANTINE_COLUMNS,
@@ -33,18 +36,26 @@ from detector.events.schema import (
 #: bodies near 3 MiB and CloudWatch cuts entries at 256 KB, so anything larger is damage.
 MAX_LINE_BYTES = 4 * 1024 * 1024
 
-REDACTED = "<redacted>"
 _TS_FORMAT = "%Y-%m-%dT%H:%M:%S%.f%#z"
 
-# Bearer/Basic credentials anywhere in a body or annotation, and JSON members whose key
-# names a credential (TokenReview spec.token, webhook client configs, proxied headers).
-_BEARER = r"(?i)\b(bearer|basic)\s+[A-Za-z0-9\-._~+/]{8,}=*"
-_SECRET_KEYS = (
-    r'(?i)("(?:authorization|proxy-authorization|token|id_token|access_token|refresh_token'
-    r'|password|client_secret|x-api-key)"\s*:\s*)"(?:[^"\\]|\\.)*"'
-)
-_NEEDS_OBJECT_REDACTION = r'"kind":\s*"(?:Secret|SecretList|TokenRequest)"'
-_LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+#: Default sane range of event times. Kubernetes audit logging (and so any real event) is
+#: younger than 2014; an event more than a day ahead of the wall clock is a broken clock or
+#: a forgery. Outside it, one row would make every later score/train over the lake fail
+#: (Python datetimes stop at year 9999), so such events are quarantined instead.
+DEFAULT_EARLIEST = datetime(2014, 1, 1, tzinfo=UTC)
+DEFAULT_MAX_FUTURE = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class TimeBounds:
+    """The event times accepted into the lake; ``clock`` is injectable for tests."""
+
+    earliest: datetime = DEFAULT_EARLIEST
+    max_future: timedelta = DEFAULT_MAX_FUTURE
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+
+    def latest(self) -> datetime:
+        return self.clock() + self.max_future
 
 
 @dataclass
@@ -128,116 +139,27 @@ def _parse_isolating(
     return frames, good_idx, bad
 
 
-# --------------------------------------------------------------------------- redaction
-def _redact_secret_like(obj: Any, *, force: bool) -> bool:
-    """Replace Secret payload values in place; ``force`` when the body is a Secret patch."""
-    changed = False
-    if isinstance(obj, list):
-        for item in obj:
-            if isinstance(item, dict) and "op" in item and "path" in item:
-                path = str(item.get("path", ""))
-                if force and path.startswith(("/data", "/stringData")) and "value" in item:
-                    item["value"] = _redact_values(item["value"])
-                    changed = True
-            else:
-                changed |= _redact_secret_like(item, force=force)
-        return changed
-    if not isinstance(obj, dict):
-        return False
-    kind = obj.get("kind")
-    if kind in ("SecretList", "List") or "items" in obj:
-        changed |= _redact_secret_like(obj.get("items") or [], force=force or kind == "SecretList")
-    if kind == "TokenRequest":
-        status = obj.get("status")
-        if isinstance(status, dict) and "token" in status:
-            status["token"] = REDACTED
-            changed = True
-    if kind == "Secret" or (force and kind is None):
-        for key in ("data", "stringData"):
-            if isinstance(obj.get(key), dict) and obj[key]:
-                obj[key] = _redact_values(obj[key])
-                changed = True
-        annotations = (obj.get("metadata") or {}).get("annotations")
-        if isinstance(annotations, dict) and _LAST_APPLIED in annotations:
-            annotations[_LAST_APPLIED] = REDACTED
-            changed = True
-    return changed
-
-
-def _redact_values(value: Any) -> Any:
-    if isinstance(value, dict):
-        return dict.fromkeys(value, REDACTED)
-    return REDACTED
-
-
-def redact_object(text: str | None, *, is_secret_resource: bool) -> tuple[str | None, bool]:
-    """Redact one request/response body (JSON text); returns (text, changed)."""
-    if text is None:
-        return None, False
-    try:
-        obj = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        # A body that is not JSON (rare: a raw string) cannot be inspected: drop it whole.
-        return (REDACTED, True) if is_secret_resource else (text, False)
-    if _redact_secret_like(obj, force=is_secret_resource):
-        return orjson.dumps(obj).decode(), True
-    return text, False
-
-
-def _redact(df: pl.DataFrame) -> pl.DataFrame:
-    """Secret payloads and credentials out, before anything is written."""
-    objects = ("request_object", "response_object", "annotations")
-    # Find first, replace only where found: most bodies hold no credential, and searching
-    # is much cheaper than rewriting and comparing every string.
-    found = {
-        c: (pl.col(c).str.contains(_BEARER) | pl.col(c).str.contains(_SECRET_KEYS)).fill_null(False)
-        for c in objects
-    }
-    cleaned = df.with_columns(
-        *(
-            pl.when(found[c])
-            .then(
-                pl.col(c)
-                .str.replace_all(_BEARER, "${1} " + REDACTED)
-                .str.replace_all(_SECRET_KEYS, '${1}"' + REDACTED + '"')
-            )
-            .otherwise(pl.col(c))
-            .alias(c)
-            for c in objects
-        ),
-        pl.any_horizontal(list(found.values())).alias("redacted"),
-    )
-    secretish = (
-        (pl.col("resource") == "secrets")
-        | ((pl.col("resource") == "serviceaccounts") & (pl.col("subresource") == "token"))
-    ) & (pl.col("request_object").is_not_null() | pl.col("response_object").is_not_null())
-    secretish = (
-        secretish
-        | pl.col("request_object").str.contains(_NEEDS_OBJECT_REDACTION).fill_null(False)
-        | pl.col("response_object").str.contains(_NEEDS_OBJECT_REDACTION).fill_null(False)
-    )
-    idx = cleaned.select(pl.arg_where(secretish.fill_null(False))).to_series()
-    if idx.len() == 0:
-        return cleaned
-    rows = cleaned[idx].select("resource", "request_object", "response_object", "redacted")
-    new_req, new_resp, new_flag = [], [], []
-    for resource, req, resp, flag in rows.iter_rows():
-        is_secret = resource == "secrets"
-        req2, c1 = redact_object(req, is_secret_resource=is_secret)
-        resp2, c2 = redact_object(resp, is_secret_resource=is_secret)
-        new_req.append(req2)
-        new_resp.append(resp2)
-        new_flag.append(bool(flag) or c1 or c2)
-    return cleaned.with_columns(
-        cleaned["request_object"].scatter(idx, pl.Series(new_req, dtype=pl.String)),
-        cleaned["response_object"].scatter(idx, pl.Series(new_resp, dtype=pl.String)),
-        cleaned["redacted"].scatter(idx, pl.Series(new_flag, dtype=pl.Boolean)),
-    )
-
-
 # --------------------------------------------------------------------------- identity
 def _extra(field: str) -> pl.Expr:
     return pl.col("user").struct.field("extra").struct.field(field).list.first().alias(field)
+
+
+_ASSUMED_ROLE = re.compile(r"^arn:(aws[a-z-]*):sts::(\d{12}):assumed-role/([^/]+)/(.+)$")
+
+
+def stored_principal(value: str) -> str:
+    """The form :func:`principal_exprs` stores for an identity a user names, for one string.
+
+    EKS reports an IAM session as the role's canonical ARN plus the session name, so
+    ``arn:aws:sts::ACCT:assumed-role/ROLE/SESSION`` (what ``aws sts get-caller-identity``
+    and CloudTrail show) is stored as ``arn:aws:iam::ACCT:role/ROLE/SESSION``. Anything
+    else (usernames, IAM role or user ARNs, globs over them) is returned unchanged.
+    """
+    m = _ASSUMED_ROLE.match(value)
+    if not m:
+        return value
+    partition, account, role, session = m.groups()
+    return f"arn:{partition}:iam::{account}:role/{role}/{session}"
 
 
 def principal_exprs() -> list[pl.Expr]:
@@ -245,7 +167,9 @@ def principal_exprs() -> list[pl.Expr]:
 
     EKS maps many IAM sessions onto one Kubernetes username (``eng-admin``), so for IAM
     identities the principal is the canonical ARN plus the session name: one person, one
-    principal. Everything else is identified by its username.
+    principal. Everything else is identified by its username. A ``user`` with no username
+    (``{}``, what the API server logs for a failed authentication, 401) is anonymous; an
+    event with no ``user`` at all never gets here (quarantined: the field is required).
     """
     user = pl.col("user_name")
     arn = pl.col("iam_arn")
@@ -352,14 +276,15 @@ def canonicalize(raw: pl.DataFrame, *, cluster: pl.Expr) -> pl.DataFrame:
         "source",
         "source_position",
     )
-    return _redact(df).select(list(CANONICAL_COLUMNS))
+    return redact_events(df).select(list(CANONICAL_COLUMNS))
 
 
 # --------------------------------------------------------------------------- entry points
 def quarantine_frame(
     records: list[tuple[str, str, str, bytes | str]], *, now: datetime | None = None
 ) -> pl.DataFrame:
-    """Quarantine rows from (source, position, reason, raw) tuples; raw capped and decoded."""
+    """Quarantine rows from (source, position, reason, raw) tuples; raw capped, decoded and
+    redacted (the one way rows enter the quarantine, so nothing skips redaction)."""
     now = now or datetime.now(UTC)
     rows = []
     for source, position, reason, raw in records:
@@ -374,7 +299,15 @@ def quarantine_frame(
                 data[:QUARANTINE_RAW_CAP].decode("utf-8", "replace"),
             )
         )
-    return pl.DataFrame(rows, schema=QUARANTINE_COLUMNS, orient="row")
+    return redact_quarantine(pl.DataFrame(rows, schema=QUARANTINE_COLUMNS, orient="row"))
+
+
+def _span(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def _raw(lines: pa.Array, i: int) -> bytes:
@@ -389,12 +322,15 @@ def normalize_lines(
     cluster: pa.Array | str,
     now: datetime | None = None,
     terminated: bool = False,
+    bounds: TimeBounds | None = None,
 ) -> Normalized:
     """Normalize a batch of raw lines (binary or string array, one audit Event JSON each).
 
     ``positions`` (line numbers or CloudWatch event ids) and ``source`` say where each line
-    came from, so a quarantined line can be found again in its input.
+    came from, so a quarantined line can be found again in its input. Events stamped
+    outside ``bounds`` (default :class:`TimeBounds`) are quarantined with a reason.
     """
+    bounds = bounds or TimeBounds()
     n = len(lines)
     lines = lines.cast(pa.large_binary())
     positions = (
@@ -442,8 +378,10 @@ def normalize_lines(
             pl.Series("_line", good_idx, dtype=pl.Int64),
         )
         events = canonicalize(raw, cluster=pl.col("_cluster")).with_columns(
-            raw["_line"].alias("_line")
+            raw["_line"].alias("_line"), raw["user"].is_null().alias("_no_user")
         )
+        earliest, latest = bounds.earliest, bounds.latest()
+        times = (pl.col("event_time"), pl.col("received_time"))
         missing = (
             pl.when(pl.col("audit_id").is_null() | (pl.col("audit_id") == ""))
             .then(pl.lit("missing auditID"))
@@ -451,6 +389,17 @@ def normalize_lines(
             .then(pl.lit("missing or invalid stageTimestamp/timestamp"))
             .when(pl.col("stage").is_null())
             .then(pl.lit("missing stage"))
+            .when(pl.col("_no_user"))
+            .then(pl.lit("missing user"))
+            .when(pl.any_horizontal(t < earliest for t in times))
+            .then(pl.lit(f"timestamp out of range: before {earliest:%Y-%m-%d %H:%M:%S}Z"))
+            .when(pl.any_horizontal(t > latest for t in times))
+            .then(
+                pl.lit(
+                    f"timestamp out of range: more than {_span(bounds.max_future)} "
+                    f"after the clock ({latest - bounds.max_future:%Y-%m-%d %H:%M:%S}Z)"
+                )
+            )
         )
         flagged = events.with_columns(missing.alias("_reason"))
         rejects = flagged.filter(pl.col("_reason").is_not_null())
@@ -463,7 +412,7 @@ def normalize_lines(
                     _raw(lines, line_no),
                 )
             )
-        events = flagged.filter(pl.col("_reason").is_null()).drop("_line", "_reason")
+        events = flagged.filter(pl.col("_reason").is_null()).drop("_line", "_reason", "_no_user")
     else:
         events = pl.DataFrame(schema=CANONICAL_COLUMNS)
     return Normalized(events=events, quarantine=quarantine_frame(records, now=now))

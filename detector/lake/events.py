@@ -7,17 +7,18 @@ Layout (see docs/schema.md)::
     LAKE/_state/...
 
 Idempotency is what lets every stage be re-run after a crash or by a scheduler's retry:
-an event is unique on (``audit_id``, ``stage``), and a write only adds rows whose key is
-not already in the partition (the key can only be in the partition of its own event time).
-Each part file is written in one atomic step, so a killed writer leaves whole files or
-nothing, and the next run adds exactly what is missing.
+an event is unique on (``audit_id``, ``stage``) across the whole lake, whatever cluster name
+a run was given, and a write only adds rows whose key is not already stored (the key can
+only be in the hour of its own event time, under any cluster). Rows already stored under
+another cluster are skipped with a warning and counted apart (``other_cluster``). Writes
+hold the lake's writer lock (:mod:`detector.lake.lock`), so two writers never both decide
+a key is new. Files are listed, written and scanned through :mod:`detector.lake.table`,
+which states the file-level guarantees (atomic, no globs, safe names, bad files skipped).
 """
 
 from __future__ import annotations
 
-import io
-import time
-import uuid
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -30,7 +31,11 @@ from detector.events.schema import (
     QUARANTINE_COLUMNS,
     events_polars_schema,
 )
-from detector.storage import Location, polars_storage_options
+from detector.lake.lock import writer_lock
+from detector.lake.table import Table, new_name, parquet_bytes, safe_part
+from detector.storage import Location, require_bucket
+
+log = logging.getLogger(__name__)
 
 EVENTS_DIR = "events"
 QUARANTINE_DIR = "quarantine"
@@ -40,15 +45,8 @@ STATE_DIR = "_state"
 Partition = tuple[str, str, str]
 
 
-def _part_name() -> str:
-    # Time first so a listing is in write order; uuid so concurrent writers never collide.
-    return f"part-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}.parquet"
-
-
-def _parquet_bytes(df: pl.DataFrame) -> bytes:
-    buf = io.BytesIO()
-    df.write_parquet(buf, compression="zstd", statistics=True, row_group_size=128_000)
-    return buf.getvalue()
+_part_name = new_name  # kept for callers of the old private names
+_parquet_bytes = parquet_bytes
 
 
 def partition_expr() -> list[pl.Expr]:
@@ -61,16 +59,22 @@ def partition_expr() -> list[pl.Expr]:
 
 @dataclass
 class WriteStats:
-    """What a write did: rows added, rows already present, files written."""
+    """What a write did: rows added, rows already present, files written.
+
+    ``other_cluster`` counts rows skipped because the same (audit_id, stage) is already
+    stored under another cluster name (they are also counted in ``duplicates``).
+    """
 
     written: int = 0
     duplicates: int = 0
     files: int = 0
     partitions: set[Partition] = field(default_factory=set)
+    other_cluster: int = 0
 
     def add(self, other: WriteStats) -> None:
         self.written += other.written
         self.duplicates += other.duplicates
+        self.other_cluster += other.other_cluster
         self.files += other.files
         self.partitions |= other.partitions
 
@@ -80,33 +84,67 @@ class Lake:
 
     def __init__(self, uri: str) -> None:
         self.loc = Location.of(uri)
-        # Keys already in each partition, loaded once per process: an ingest of many
-        # batches into the same hour reads that hour's keys once, not once per batch.
-        self._keys: dict[Partition, pl.DataFrame] = {}
-        self._quarantine_keys: pl.DataFrame | None = None
+        self.events = Table(
+            self.loc, EVENTS_DIR, ("cluster", "date", "hour"), events_polars_schema()
+        )
+        self.quarantine = Table(self.loc, QUARANTINE_DIR, ("date",), pl.Schema(QUARANTINE_COLUMNS))
+        # Dedup keys of each file already read, so an ingest of many batches into one hour
+        # reads that hour's files once; files other writers add later are read when seen.
+        self._file_keys: dict[str, pl.DataFrame] = {}
+        self._file_hour: dict[str, str] = {}
+        self._root_checked = False
 
     @property
     def uri(self) -> str:
         return self.loc.uri
 
+    def require_root(self) -> None:
+        """Fail at once (exit 2) when the lake's S3 bucket does not exist."""
+        if not self._root_checked:
+            require_bucket(self.uri)
+            self._root_checked = True
+
     # ---------------------------------------------------------------- events: write
     def partition_path(self, part: Partition) -> str:
-        cluster, date, hour = part
-        return self.loc.path(EVENTS_DIR, f"cluster={cluster}", f"date={date}", f"hour={hour}")
+        return self.events.dir(part)
 
     def partition_files(self, part: Partition) -> list[str]:
-        return self.loc.glob(self.partition_path(part) + "/*.parquet")
+        """Live files of a partition that scan with the events schema (bad ones skipped)."""
+        return self.events.usable(self.events.entries(part))
 
-    def _existing_keys(self, part: Partition) -> pl.DataFrame:
-        if part not in self._keys:
-            files = self.partition_files(part)
-            if files:
-                frames = [self._read_columns(f, list(EVENT_KEY)) for f in files]
-                keys = pl.concat(frames).unique()
+    def _keys_of(self, paths: list[str], hour: str) -> list[pl.DataFrame]:
+        out = []
+        for path in paths:
+            if path not in self._file_keys:
+                self._file_keys[path] = self.events.read(path, list(EVENT_KEY))
+                self._file_hour[path] = hour
+            out.append(self._file_keys[path])
+        return out
+
+    def _existing_keys(
+        self, part: Partition, clusters: list[str]
+    ) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
+        """Keys stored in this hour: (this cluster, other clusters, names of those clusters)."""
+        cluster, date, hour = part
+        empty = pl.DataFrame(schema={k: pl.String for k in EVENT_KEY})
+        own: list[pl.DataFrame] = []
+        others: list[pl.DataFrame] = []
+        names: list[str] = []
+        for c in clusters:
+            files = self.partition_files((c, date, hour))
+            if not files:
+                continue
+            keys = self._keys_of(files, f"{date} {hour}")
+            if c == cluster:
+                own.extend(keys)
             else:
-                keys = pl.DataFrame(schema={k: pl.String for k in EVENT_KEY})
-            self._keys[part] = keys
-        return self._keys[part]
+                others.extend(keys)
+                names.append(c)
+        return (
+            pl.concat(own) if own else empty,
+            pl.concat(others) if others else empty,
+            names,
+        )
 
     def forget_keys_before(self, moment: datetime) -> int:
         """Drop cached dedup keys of hours ending before ``moment``; returns how many hours.
@@ -115,52 +153,69 @@ class Lake:
         Safe: if an event for a forgotten hour arrives after all, its keys are read again.
         """
         cut = moment.astimezone(UTC).strftime("%Y-%m-%d %H")
-        old = [p for p in self._keys if f"{p[1]} {p[2]}" < cut]
-        for part in old:
-            del self._keys[part]
-        return len(old)
-
-    def _read_columns(self, path: str, columns: list[str]) -> pl.DataFrame:
-        with self.loc.fs.open(path, "rb") as fh:
-            return pl.read_parquet(fh, columns=columns)
+        old = [p for p, h in self._file_hour.items() if h < cut]
+        hours = {self._file_hour[p] for p in old}
+        for path in old:
+            del self._file_keys[path]
+            del self._file_hour[path]
+        return len(hours)
 
     def write_events(self, df: pl.DataFrame) -> WriteStats:
         """Add canonical event rows (with ``cluster``) that the lake does not hold yet.
 
         Rows are split by partition; within a batch and against the files already in the
-        partition, only the first row of each (audit_id, stage) is kept.
+        lake for that hour (any cluster), only the first row of each (audit_id, stage) is
+        kept. Cluster names are validated before anything is written.
         """
         stats = WriteStats()
         if df.is_empty():
             return stats
+        for name in df["cluster"].unique().to_list():
+            safe_part(name, "cluster name")
         df = df.with_columns(partition_expr())
-        for (cluster, date, hour), group in df.group_by(
-            ["cluster", "date", "hour"], maintain_order=True
-        ):
-            part: Partition = (str(cluster), str(date), str(hour))
-            before = group.height
-            group = group.unique(subset=list(EVENT_KEY), keep="first", maintain_order=True)
-            existing = self._existing_keys(part)
-            if existing.height:
-                group = group.join(existing, on=list(EVENT_KEY), how="anti")
-            stats.duplicates += before - group.height
-            if group.is_empty():
-                continue
-            rows = group.select(list(EVENT_COLUMNS))
-            if not rows["event_time"].is_sorted():  # usually already in order: skip the gather
-                rows = rows.sort("event_time")
-            path = self.partition_path(part) + "/" + _part_name()
-            self.loc.put_atomic(path, _parquet_bytes(rows))
-            self._keys[part] = pl.concat([existing, rows.select(list(EVENT_KEY))])
-            stats.written += rows.height
-            stats.files += 1
-            stats.partitions.add(part)
+        with writer_lock(self) as lease:
+            clusters = self.clusters()  # listed under the lock: no writer adds one meanwhile
+            for (cluster, date, hour), group in df.group_by(
+                ["cluster", "date", "hour"], maintain_order=True
+            ):
+                part: Partition = (str(cluster), str(date), str(hour))
+                before = group.height
+                group = group.unique(subset=list(EVENT_KEY), keep="first", maintain_order=True)
+                own, others, names = self._existing_keys(part, clusters)
+                if own.height:
+                    group = group.join(own, on=list(EVENT_KEY), how="anti")
+                if others.height:
+                    n = group.height
+                    group = group.join(others, on=list(EVENT_KEY), how="anti")
+                    if n - group.height:
+                        stats.other_cluster += n - group.height
+                        log.warning(
+                            "%d events for cluster %s at %s %s:00 are already in the lake under "
+                            "cluster %s; skipped (the lake is unique on audit ID and stage)",
+                            n - group.height,
+                            cluster,
+                            date,
+                            hour,
+                            ", ".join(names),
+                        )
+                stats.duplicates += before - group.height
+                if group.is_empty():
+                    continue
+                rows = group.select(list(EVENT_COLUMNS))
+                if not rows["event_time"].is_sorted():  # usually already in order
+                    rows = rows.sort("event_time")
+                path = self.events.write(part, rows)
+                self._file_keys[path] = rows.select(list(EVENT_KEY))
+                self._file_hour[path] = f"{date} {hour}"
+                stats.written += rows.height
+                stats.files += 1
+                stats.partitions.add(part)
+                lease.renew_if_due()
         return stats
 
     # ---------------------------------------------------------------- events: read
     def clusters(self) -> list[str]:
-        dirs = self.loc.glob(self.loc.path(EVENTS_DIR, "cluster=*"))
-        return [d.rsplit("cluster=", 1)[1] for d in dirs]
+        return self.events.values(())
 
     def partitions(
         self,
@@ -170,18 +225,21 @@ class Lake:
         cluster: str | None = None,
     ) -> list[Partition]:
         """Partitions that can hold events in ``[start, end)``, found by listing, in time order."""
-        clusters = [cluster] if cluster else self.clusters()
+        self.require_root()  # a missing bucket is an error, not an empty lake
+        clusters = [safe_part(cluster, "cluster name")] if cluster else self.clusters()
         lo = start.astimezone(UTC).replace(minute=0, second=0, microsecond=0) if start else None
         found: list[Partition] = []
         for c in clusters:
-            date_dirs = self.loc.glob(self.loc.path(EVENTS_DIR, f"cluster={c}", "date=*"))
-            for ddir in date_dirs:
-                date = ddir.rsplit("date=", 1)[1]
-                day = datetime.strptime(date, "%Y-%m-%d").replace(tzinfo=UTC)
+            for date in self.events.values((c,)):
+                try:
+                    day = datetime.strptime(date, "%Y-%m-%d").replace(tzinfo=UTC)
+                except ValueError:
+                    continue  # not a partition this code wrote
                 if (start and day + timedelta(days=1) <= lo) or (end and day >= end):
                     continue
-                for hdir in self.loc.glob(ddir + "/hour=*"):
-                    hour = hdir.rsplit("hour=", 1)[1]
+                for hour in self.events.values((c, date)):
+                    if not (hour.isdigit() and len(hour) == 2 and int(hour) < 24):
+                        continue
                     at = day + timedelta(hours=int(hour))
                     if (lo and at < lo) or (end and at >= end):
                         continue
@@ -192,17 +250,9 @@ class Lake:
         """Lazy scan of whole partitions, with ``cluster`` restored as a column."""
         by_cluster: dict[str, list[str]] = {}
         for part in parts:
-            files = self.partition_files(part)
-            by_cluster.setdefault(part[0], []).extend(self.loc.uri_of(f) for f in files)
-        schema = events_polars_schema()
+            by_cluster.setdefault(part[0], []).extend(self.partition_files(part))
         frames = [
-            pl.scan_parquet(
-                files,
-                schema=schema,
-                missing_columns="insert",
-                extra_columns="ignore",
-                storage_options=polars_storage_options(self.uri),
-            ).with_columns(pl.lit(cluster, pl.String).alias("cluster"))
+            self.events.scan(files).with_columns(pl.lit(cluster, pl.String).alias("cluster"))
             for cluster, files in by_cluster.items()
             if files
         ]
@@ -243,6 +293,18 @@ class Lake:
             yield part, lf
 
     # ---------------------------------------------------------------- quarantine
+    def _quarantine_keys(self) -> pl.DataFrame:
+        key = ["source", "source_position"]
+        frames = []
+        for (date,) in self.quarantine.partitions():
+            for path in self.quarantine.usable(self.quarantine.entries((date,))):
+                if path not in self._file_keys:
+                    self._file_keys[path] = self.quarantine.read(path, key)
+                frames.append(self._file_keys[path])
+        if not frames:
+            return pl.DataFrame(schema={k: pl.String for k in key})
+        return pl.concat(frames)
+
     def write_quarantine(self, df: pl.DataFrame) -> int:
         """Store lines that could not become events, once each, by quarantine date.
 
@@ -255,31 +317,23 @@ class Lake:
         df = df.select(list(QUARANTINE_COLUMNS)).unique(
             subset=key, keep="first", maintain_order=True
         )
-        if self._quarantine_keys is None:
-            self._quarantine_keys = self.scan_quarantine().select(key).unique().collect()
-        df = df.join(self._quarantine_keys, on=key, how="anti", nulls_equal=True)
-        if df.is_empty():
-            return 0
-        for (date,), group in df.group_by(
-            pl.col("quarantined_at").dt.strftime("%Y-%m-%d"), maintain_order=True
-        ):
-            path = self.loc.path(QUARANTINE_DIR, f"date={date}", _part_name())
-            self.loc.put_atomic(path, _parquet_bytes(group))
-        self._quarantine_keys = pl.concat([self._quarantine_keys, df.select(key)])
+        with writer_lock(self):
+            df = df.join(self._quarantine_keys(), on=key, how="anti", nulls_equal=True)
+            if df.is_empty():
+                return 0
+            for (date,), group in df.group_by(
+                pl.col("quarantined_at").dt.strftime("%Y-%m-%d"), maintain_order=True
+            ):
+                path = self.quarantine.write((str(date),), group)
+                self._file_keys[path] = group.select(key)
         return df.height
 
     def scan_quarantine(self) -> pl.LazyFrame:
-        files = self.loc.glob(self.loc.path(QUARANTINE_DIR, "date=*", "*.parquet"))
-        if not files:
-            return pl.LazyFrame(schema=QUARANTINE_COLUMNS)
-        return pl.scan_parquet(
-            [self.loc.uri_of(f) for f in files],
-            schema=pl.Schema(QUARANTINE_COLUMNS),
-            missing_columns="insert",
-            extra_columns="ignore",
-            storage_options=polars_storage_options(self.uri),
-        )
+        files: list[str] = []
+        for part in self.quarantine.partitions():
+            files.extend(self.quarantine.usable(self.quarantine.entries(part)))
+        return self.quarantine.scan(files)
 
     # ---------------------------------------------------------------- state
     def state_path(self, *parts: str) -> str:
-        return self.loc.path(STATE_DIR, *parts)
+        return self.loc.path(STATE_DIR, *(safe_part(p, "state name", limit=240) for p in parts))

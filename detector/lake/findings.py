@@ -21,21 +21,21 @@ keeping the newest. ``model`` and ``rules`` files are replaced independently, so
 
 from __future__ import annotations
 
-import io
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import polars as pl
 
+from detector.errors import UsageError
+from detector.lake.events import Lake
 from detector.lake.findings_schema import (
     FINDINGS_COLUMNS,
     FINDINGS_EVENTS_COLUMNS,
     SEVERITIES,
     empty_findings,
 )
-from detector.lake.events import Lake
-from detector.storage import polars_storage_options
+from detector.lake.table import Table
 
 FINDINGS_DIR = "findings"
 FINDINGS_EVENTS_DIR = "findings_events"
@@ -44,7 +44,7 @@ _STAMP = "%Y%m%dT%H%M%SZ"
 _NAME = re.compile(r"^(?P<kind>[a-z]+)-(?P<start>\d{8}T\d{6}Z)-(?P<end>\d{8}T\d{6}Z)\.parquet$")
 
 
-class FindingNotFound(LookupError):
+class FindingNotFound(UsageError, LookupError):
     pass
 
 
@@ -71,21 +71,12 @@ def _dates(start: datetime, end: datetime) -> list[str]:
     return out
 
 
-def _parquet(df: pl.DataFrame) -> bytes:
-    buf = io.BytesIO()
-    df.write_parquet(buf, compression="zstd", statistics=True)
-    return buf.getvalue()
+def findings_table(lake: Lake) -> Table:
+    return Table(lake.loc, FINDINGS_DIR, ("date",), pl.Schema(FINDINGS_COLUMNS))
 
 
-def _read(lake: Lake, path: str, schema: dict[str, pl.DataType]) -> pl.DataFrame:
-    with lake.loc.fs.open(path, "rb") as fh:
-        df = pl.read_parquet(fh)
-    return df.select(
-        [
-            pl.col(c).cast(t) if c in df.columns else pl.lit(None, t).alias(c)
-            for c, t in schema.items()
-        ]
-    )
+def findings_events_table(lake: Lake) -> Table:
+    return Table(lake.loc, FINDINGS_EVENTS_DIR, ("date",), pl.Schema(FINDINGS_EVENTS_COLUMNS))
 
 
 @dataclass
@@ -114,6 +105,7 @@ def write_range(
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
     name = range_file(kind, start, end)
     summary = WriteSummary()
+    table, ev_table = findings_table(lake), findings_events_table(lake)
     findings = findings.select(list(FINDINGS_COLUMNS))
     events = events.select(list(FINDINGS_EVENTS_COLUMNS))
     dated = findings.with_columns(pl.col("window_start").dt.strftime("%Y-%m-%d").alias("_date"))
@@ -124,8 +116,8 @@ def write_range(
         )
         ev = events.filter(pl.col("finding_id").is_in(group["finding_id"].implode()))
         # Events first: a finding is never visible without its events.
-        lake.loc.put_atomic(lake.loc.path(FINDINGS_EVENTS_DIR, f"date={date}", name), _parquet(ev))
-        lake.loc.put_atomic(lake.loc.path(FINDINGS_DIR, f"date={date}", name), _parquet(group))
+        ev_table.write((str(date),), ev, name)
+        table.write((str(date),), group, name)
         written.add(str(date))
         summary.findings += group.height
         summary.events += ev.height
@@ -133,60 +125,46 @@ def write_range(
     # Then take the overlapped windows out of older files of the same kind.
     in_range = (pl.col("window_start") >= start) & (pl.col("window_start") < end)
     for date in _dates(start, end):
-        for path in lake.loc.glob(lake.loc.path(FINDINGS_DIR, f"date={date}", f"{kind}-*.parquet")):
+        for path in table.files((date,)):
             fname = path.rsplit("/", 1)[1]
+            if not fname.startswith(f"{kind}-"):
+                continue
             parsed = parse_range_file(fname)
             if parsed is None or (fname == name and date in written):
                 continue
             _, f_start, f_end = parsed
             if f_end <= start or f_start >= end:
                 continue
-            old = _read(lake, path, FINDINGS_COLUMNS)
+            old = table.read(path)
             keep = old.filter(~in_range)
             if keep.height == old.height:
                 continue
             summary.trimmed_files += 1
             summary.removed_findings += old.height - keep.height
-            ev_path = lake.loc.path(FINDINGS_EVENTS_DIR, f"date={date}", fname)
+            ev_path = f"{ev_table.dir((date,))}/{fname}"
             if keep.is_empty():
-                lake.loc.fs.rm(path)
-                if lake.loc.exists(ev_path):
-                    lake.loc.fs.rm(ev_path)
+                table.delete([path])
+                ev_table.delete([ev_path])
                 continue
-            lake.loc.put_atomic(path, _parquet(keep))
+            table.write((date,), keep, fname)
             if lake.loc.exists(ev_path):
-                old_ev = _read(lake, ev_path, FINDINGS_EVENTS_COLUMNS)
+                old_ev = ev_table.read(ev_path)
                 ids = keep["finding_id"].implode()
-                lake.loc.put_atomic(
-                    ev_path, _parquet(old_ev.filter(pl.col("finding_id").is_in(ids)))
-                )
+                ev_table.write((date,), old_ev.filter(pl.col("finding_id").is_in(ids)), fname)
     return summary
 
 
 # --------------------------------------------------------------------------- reading
-def _files(lake: Lake, table: str, since: datetime | None, until: datetime | None) -> list[str]:
-    out = []
-    for d in lake.loc.glob(lake.loc.path(table, "date=*")):
-        date = d.rsplit("date=", 1)[1]
+def _scan_dates(table: Table, since: datetime | None, until: datetime | None) -> pl.LazyFrame:
+    """Scan the usable files of the date partitions that can hold ``[since, until]``."""
+    files: list[str] = []
+    for date in table.values(()):
         if since and date < since.astimezone(UTC).date().isoformat():
             continue
         if until and date > until.astimezone(UTC).date().isoformat():
             continue
-        out.extend(lake.loc.glob(d + "/*.parquet"))
-    return out
-
-
-def _scan(lake: Lake, files: list[str], schema: dict[str, pl.DataType]) -> pl.LazyFrame:
-    if not files:
-        return pl.LazyFrame(schema=schema)
-    return pl.scan_parquet(
-        [lake.loc.uri_of(f) for f in files],
-        schema=pl.Schema(schema),
-        missing_columns="insert",
-        extra_columns="ignore",
-        hive_partitioning=False,
-        storage_options=polars_storage_options(lake.uri),
-    )
+        files.extend(table.usable(table.entries((date,))))
+    return table.scan(files)
 
 
 def severity_at_least(min_severity: str) -> pl.Expr:
@@ -209,7 +187,7 @@ def list_findings(
     ``principal`` matches principals containing the text; ``detector`` a prefix
     (``model``, ``rule:``...).
     """
-    lf = _scan(lake, _files(lake, FINDINGS_DIR, since, until), FINDINGS_COLUMNS)
+    lf = _scan_dates(findings_table(lake), since, until)
     if since:
         lf = lf.filter(pl.col("window_start") >= since)
     if until:
@@ -237,7 +215,7 @@ def sort_findings(df: pl.DataFrame) -> pl.DataFrame:
 def get_finding(lake: Lake, finding_id: str) -> tuple[dict, pl.DataFrame]:
     """One finding (as a dict) and its events, in time order."""
     df = (
-        _scan(lake, _files(lake, FINDINGS_DIR, None, None), FINDINGS_COLUMNS)
+        _scan_dates(findings_table(lake), None, None)
         .filter(pl.col("finding_id") == finding_id)
         .collect()
     )
@@ -246,7 +224,7 @@ def get_finding(lake: Lake, finding_id: str) -> tuple[dict, pl.DataFrame]:
     row = df.sort("created_at", descending=True).row(0, named=True)
     day = row["window_start"].astimezone(UTC)
     events = (
-        _scan(lake, _files(lake, FINDINGS_EVENTS_DIR, day, day), FINDINGS_EVENTS_COLUMNS)
+        _scan_dates(findings_events_table(lake), day, day)
         .filter(pl.col("finding_id") == finding_id)
         .unique(["audit_id", "stage"], keep="first", maintain_order=True)
         .sort("event_time")

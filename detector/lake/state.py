@@ -14,8 +14,9 @@ Two layers:
   SIGKILLed is recognised as dead (same host and PID namespace, PID gone or reused by a
   restarted container) and replaced at once, otherwise its lease runs out.
 
-The lake deduplicates per process, so "one writer per log group" is what makes concurrent
-exporters safe, and the conditional write is what enforces it.
+"One exporter per log group" keeps checkpoints consistent; the lake's own writer lock
+(:mod:`detector.lake.lock`, a :class:`Lease` on ``_state/locks/writer.json``) is what keeps
+concurrent writers from storing an event twice.
 """
 
 from __future__ import annotations
@@ -31,18 +32,25 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from detector.lake.events import Lake
-from detector.ratelimit import Retrier, RetriesExhausted, client_config, describe_error
+from detector.errors import RuntimeFailure
+from detector.lake.table import put_atomic
 from detector.storage import endpoint_url
+
+if TYPE_CHECKING:
+    from detector.lake.events import Lake
+    from detector.ratelimit import Retrier
+
+# detector.ratelimit (botocore, about a second to import) is imported where S3 is used, so a
+# local lake's writer lock costs no start-up time.
 
 log = logging.getLogger(__name__)
 
 
-class StateError(RuntimeError):
+class StateError(RuntimeFailure):
     """The state document cannot be read or written (permissions, bucket gone, bad JSON)."""
 
 
@@ -88,8 +96,16 @@ class StateObject:
         self.lake = lake
         self.path = lake.state_path(*parts)
         self.uri = lake.loc.uri_of(self.path)
-        self.retrier = retrier or Retrier(max_attempts=6, base=0.2, cap=5)
+        self._retrier = retrier
         self._client: Any = None
+
+    @property
+    def retrier(self) -> Retrier:
+        if self._retrier is None:
+            from detector.ratelimit import Retrier
+
+            self._retrier = Retrier(max_attempts=6, base=0.2, cap=5)
+        return self._retrier
 
     # ------------------------------------------------------------------ public
     def read(self) -> Versioned:
@@ -133,7 +149,7 @@ class StateObject:
                 current = self._local_read()
                 if current.etag != etag:
                     raise CheckpointConflict(f"{self.uri} was changed by another process")
-                self.lake.loc.put_atomic(self.path, body)
+                put_atomic(self.lake.loc, self.path, body)
         except OSError as exc:
             raise StateError(f"{self.uri}: cannot write: {exc}") from None
         return hashlib.md5(body).hexdigest()
@@ -149,12 +165,16 @@ class StateObject:
         if self._client is None:
             import boto3
 
+            from detector.ratelimit import client_config
+
             self._client = boto3.client(
                 "s3", endpoint_url=endpoint_url(), config=client_config(read_timeout=30)
             )
         return self._client
 
     def _s3_call(self, operation: str, **kwargs: Any) -> Any:
+        from detector.ratelimit import RetriesExhausted
+
         try:
             return self.retrier.call(operation, getattr(self.client, _snake(operation)), **kwargs)
         except RetriesExhausted as exc:
@@ -162,6 +182,8 @@ class StateObject:
 
     def _s3_read(self) -> Versioned:
         from botocore.exceptions import BotoCoreError, ClientError
+
+        from detector.ratelimit import describe_error
 
         bucket, key = self._bucket_key
         try:
@@ -178,6 +200,8 @@ class StateObject:
 
     def _s3_write(self, body: bytes, etag: str | None) -> str:
         from botocore.exceptions import BotoCoreError, ClientError
+
+        from detector.ratelimit import describe_error
 
         bucket, key = self._bucket_key
         condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}

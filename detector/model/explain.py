@@ -17,7 +17,7 @@ from typing import Any
 
 import polars as pl
 
-from detector.features.windows import BY_NAME, FEATURES, RELATIVE, Baseline, feature_surprises
+from detector.features import ATTACK, BY_NAME, FEATURES, RELATIVE, Baseline, feature_surprises
 
 MIN_FEATURES, MAX_FEATURES = 3, 5
 #: Surprise (-log10 p) from which a feature is worth a sentence on its own: p <= 10%.
@@ -89,6 +89,19 @@ def _detail(name: str, ctx: dict[str, Any]) -> str | None:
     return None
 
 
+def attack(items: list[dict[str, Any]]) -> tuple[str | None, str | None]:
+    """ATT&CK (tactic, technique) of a finding: that of its most surprising mapped feature.
+
+    A rare action names its own kind of request, so it borrows the mapping of the sensitive
+    feature the same window shows, if any; features that only say "unusual" map to nothing.
+    """
+    for item in items:
+        mapped = ATTACK.get(item["name"])
+        if mapped:
+            return mapped
+    return None, None
+
+
 def fmt(feature: str, value: float | None) -> str:
     """A feature value as an analyst reads it (counts as integers, ratios as %/x)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -104,10 +117,15 @@ def phrase(item: dict[str, Any]) -> str:
     """What the principal did, e.g. "read or listed secrets in 9 namespaces"."""
     name = item["name"]
     detail = item.get("detail")
+    known = item.get("known", True)
     if name == "rare_action" and detail:
         return f"made a kind of request rare for principals like it ({detail})"
     if name == "hour_rarity" and detail:
+        if not known:
+            return f"was active at {detail}, with no history of its usual hours"
         return f"was active at {detail}, an hour of day it is rarely active"
+    if name in _RELATIVE and not known:
+        return _new_relative(name, item["value"])
     return render_phrase(name, item["value"])
 
 
@@ -123,20 +141,45 @@ def render_phrase(name: str, value: float) -> str:
 def sentence(item: dict[str, Any]) -> str:
     """One reason: "read or listed secrets in 9 namespaces; usual for this principal: 0; ..."."""
     name = item["name"]
+    known = item.get("known", True)
+    if name == "rare_action":
+        share = 10 ** -float(item["value"])
+        return f"{phrase(item)}; principals of its kind make it in {_share(share)} of their windows"
+    if name == "hour_rarity":
+        return phrase(item)
+    if name in _RELATIVE and not known:
+        return f"{phrase(item)}; no history for this principal"
     usual = (
         f"usual for this principal: {fmt(name, item['baseline'])}"
-        if item.get("known", True)
+        if known
         else f"no history for this principal (median of all principals: "
         f"{fmt(name, item['baseline'])})"
     )
-    if name == "rare_action":
-        return f"{phrase(item)}; rarity {item['value']:.1f} (-log10 of its share of windows)"
-    if name == "hour_rarity":
-        return f"{phrase(item)} (rarity {item['value']:.2f}; usual: {fmt(name, item['baseline'])})"
     return (
         f"{phrase(item)}; {usual}; "
         f"99th percentile of all principals: {fmt(name, item['population'])}"
     )
+
+
+_RELATIVE = dict(RELATIVE)
+
+
+def _new_relative(name: str, value: float) -> str:
+    """A relative feature for a principal with no history: compared with the median one."""
+    what = {
+        "requests_vs_usual": "requests",
+        "writes_vs_usual": "writes",
+        "secret_reads_vs_usual": "secret reads",
+        "errors_vs_usual": "failed requests",
+    }[name]
+    return f"made {fmt(name, value)}x as many {what} as the median principal"
+
+
+def _share(p: float) -> str:
+    """A probability as an analyst reads it: "1 in 40", "12%"."""
+    if p >= 0.1:
+        return f"{p:.0%}"
+    return f"about 1 in {round(1 / p):,}"
 
 
 def title(items: list[dict[str, Any]]) -> str:

@@ -658,20 +658,20 @@ class Exporter:
         the gap, the watermark jumps over every island it now touches.
         """
         data = (self.lease.data if self.lease is not None else None) or {}
-        old_islands = [tuple(x) for x in data.get("islands") or []]
+        old_islands = [(int(x[0]), int(x[1])) for x in data.get("islands") or []]
         hi = self.completed_hi
         if hi is None:
-            return self.watermark, old_islands, old_islands  # type: ignore[return-value]
+            return self.watermark, old_islands, old_islands
         islands = list(old_islands)
         watermark = self.watermark
         if self.contiguous:
             watermark = hi if watermark is None else max(watermark, hi)
         elif hi > self.run_lo:
             islands.append((self.run_lo, hi))
-        islands = _merge(islands)  # type: ignore[arg-type]
+        islands = _merge(islands)
         while islands and watermark is not None and islands[0][0] <= watermark:
             watermark = max(watermark, islands.pop(0)[1])
-        return watermark, islands[-MAX_ISLANDS:], old_islands  # type: ignore[return-value]
+        return watermark, islands[-MAX_ISLANDS:], old_islands
 
     def _advance(self, payload: dict[str, Any] | None = None) -> None:
         """Move the checkpoint to what is durable now (call only when nothing is pending),

@@ -14,7 +14,6 @@ exporter (:mod:`detector.pipeline.export`), each deciding *when* to write on its
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import queue
 import threading
@@ -22,17 +21,19 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
-import orjson
 import polars as pl
 
-from detector.events.normalize import normalize_lines, quarantine_frame
+from detector.events.normalize import TimeBounds, normalize_lines, quarantine_frame
 from detector.events.schema import CANONICAL_COLUMNS, QUARANTINE_COLUMNS
 from detector.lake.events import Lake, WriteStats
+from detector.lake.manifest import ObjectManifest
+from detector.lake.table import safe_part
 from detector.sources.files import (
     InputError,
+    InputNotFound,
     LineBatch,
     expand_inputs,
     is_s3,
@@ -45,7 +46,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CLUSTER = "default"
 FLUSH_ROWS = 100_000
-MANIFEST_DIR = "ingested-objects"
 
 
 @dataclass
@@ -60,6 +60,7 @@ class IngestSummary:
     bytes: int = 0
     events_written: int = 0
     duplicates: int = 0
+    other_cluster: int = 0  # of duplicates: already stored under another cluster name
     quarantined: int = 0
     quarantine_reasons: Counter[str] = field(default_factory=Counter)
     files_written: int = 0
@@ -77,6 +78,7 @@ class IngestSummary:
             "bytes": self.bytes,
             "events_written": self.events_written,
             "duplicates": self.duplicates,
+            "other_cluster": self.other_cluster,
             "quarantined": self.quarantined,
             "quarantine_reasons": dict(self.quarantine_reasons.most_common()),
             "files_written": self.files_written,
@@ -99,7 +101,14 @@ class EventBuffer:
     range); what is written is counted by :func:`write_to_lake`.
     """
 
-    def __init__(self, *, cluster: str | None = None, summary: IngestSummary | None = None):
+    def __init__(
+        self,
+        *,
+        cluster: str | None = None,
+        summary: IngestSummary | None = None,
+        time_bounds: TimeBounds | None = None,
+    ) -> None:
+        self.time_bounds = time_bounds
         self.cluster = cluster
         self.summary = summary if summary is not None else IngestSummary()
         self._events: list[pl.DataFrame] = []
@@ -137,6 +146,7 @@ class EventBuffer:
             source=batch.source,
             cluster=cluster,
             terminated=batch.terminated,
+            bounds=self.time_bounds,
         )
         self._add_quarantine(result.quarantine)
         if result.events.height:
@@ -201,6 +211,7 @@ def write_to_lake(
     lake.write_quarantine(quarantine)
     summary.events_written += stats.written
     summary.duplicates += stats.duplicates
+    summary.other_cluster += stats.other_cluster
     summary.files_written += stats.files
     return stats
 
@@ -208,10 +219,17 @@ def write_to_lake(
 class Ingestor:
     """An :class:`EventBuffer` written to a lake every ``flush_rows`` events."""
 
-    def __init__(self, lake: Lake, *, cluster: str | None = None, flush_rows: int = FLUSH_ROWS):
+    def __init__(
+        self,
+        lake: Lake,
+        *,
+        cluster: str | None = None,
+        flush_rows: int = FLUSH_ROWS,
+        time_bounds: TimeBounds | None = None,
+    ):
         self.lake = lake
         self.flush_rows = flush_rows
-        self.buffer = EventBuffer(cluster=cluster)
+        self.buffer = EventBuffer(cluster=cluster, time_bounds=time_bounds)
         self.summary = self.buffer.summary
 
     @property
@@ -228,45 +246,6 @@ class Ingestor:
         """Write everything buffered. After it returns, those events are durable in the lake."""
         events, quarantine = self.buffer.take()
         return write_to_lake(self.lake, events, quarantine, self.summary)
-
-
-# --------------------------------------------------------------------------- S3 manifest
-class ObjectManifest:
-    """Which S3 objects (uri + ETag) earlier runs ingested, so nightly runs read only new ones.
-
-    Kept in ``LAKE/_state/ingested-objects/`` as small JSON files, one per run, each
-    written after that run's events were flushed: a run killed midway records nothing for
-    the objects it did not finish, and re-reading them is harmless (the lake deduplicates).
-    """
-
-    def __init__(self, lake: Lake) -> None:
-        self.lake = lake
-        self._dir = lake.state_path(MANIFEST_DIR)
-        self._done: set[tuple[str, str]] | None = None
-
-    def done(self) -> set[tuple[str, str]]:
-        if self._done is None:
-            seen: set[tuple[str, str]] = set()
-            for path in self.lake.loc.glob(self._dir + "/*.json"):
-                with self.lake.loc.fs.open(path, "rb") as fh:
-                    for item in orjson.loads(fh.read()).get("objects", []):
-                        seen.add((item["uri"], item["etag"]))
-            self._done = seen
-        return self._done
-
-    def record(self, objects: list[tuple[str, str]]) -> None:
-        if not objects:
-            return
-        body = orjson.dumps(
-            {
-                "recorded_at": datetime.now(UTC).isoformat(),
-                "objects": [{"uri": u, "etag": e} for u, e in objects],
-            }
-        )
-        name = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        digest = hashlib.sha1(body).hexdigest()[:12]
-        self.lake.loc.put_atomic(f"{self._dir}/{name}-{digest}.json", body)
-        self.done().update(objects)
 
 
 # --------------------------------------------------------------------------- entry points
@@ -332,6 +311,7 @@ def ingest_paths(
     reprocess: bool = False,
     flush_rows: int = FLUSH_ROWS,
     progress: ProgressFn | None = None,
+    time_bounds: TimeBounds | None = None,
 ) -> IngestSummary:
     """Ingest files, folders and S3 prefixes into the lake.
 
@@ -340,14 +320,19 @@ def ingest_paths(
     quarantined with a reason and never stops the run.
     """
     lake = Lake(lake) if isinstance(lake, str) else lake
+    if cluster:
+        safe_part(cluster, "cluster name")
+    lake.require_root()
     started = time.monotonic()
-    ingestor = Ingestor(lake, cluster=cluster, flush_rows=flush_rows)
+    ingestor = Ingestor(lake, cluster=cluster, flush_rows=flush_rows, time_bounds=time_bounds)
     manifest = ObjectManifest(lake)
     summary = ingestor.summary
     uris: list[str] = []
     for path in paths:
         try:
             uris.extend(expand_inputs([path], on_skip=summary.warnings.append))
+        except InputNotFound:
+            raise  # a path naming nothing is a typo: stop before anything is read
         except InputError as exc:
             summary.failed_inputs.append(str(exc))
     pending_objects: list[tuple[str, str]] = []

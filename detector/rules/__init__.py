@@ -21,6 +21,7 @@ from detector.rules.engine import (
     RuleStats,
     evaluate_rules,
     prepare_events,
+    why_not,
 )
 from detector.rules.loader import (
     ENGINE_VERSION,
@@ -48,4 +49,5 @@ __all__ = [
     "evaluate_rules",
     "load_ruleset",
     "prepare_events",
+    "why_not",
 ]

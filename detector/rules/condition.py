@@ -38,12 +38,14 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
+from detector.errors import UsageError
+from detector.events.normalize import stored_principal
 from detector.events.schema import CANONICAL_COLUMNS
 
 # --------------------------------------------------------------------------- errors
 
 
-class ConditionError(ValueError):
+class ConditionError(UsageError, ValueError):
     """A condition that cannot be parsed or compiled; ``pos`` is a 0-based column or -1."""
 
     def __init__(self, message: str, pos: int = -1) -> None:
@@ -120,6 +122,10 @@ WORD_OPS = (
 UNARY_OPS = ("exists",)
 OPERATORS = (*COMPARISON_OPS, *WORD_OPS, *UNARY_OPS)
 KEYWORDS = {"and", "or", "not", *WORD_OPS, *UNARY_OPS}
+
+#: Bounds on what a rules file may ask the loader to build (hostile or careless files).
+MAX_LIST_VALUES = 100_000
+MAX_CONDITION_NODES = 20_000
 
 #: Macros every rule file can use without defining them (Falco's tuning placeholders).
 BUILTIN_MACROS = {"always_true": True, "never_true": False}
@@ -315,8 +321,10 @@ def deep_values(column: str, key: str, sub_path: str | None = None) -> pl.Expr:
     them in a template, so "any container is privileged" needs all of them. The values are
     found with one regex per row (scalars, flat arrays of scalars, or flat objects when a
     ``sub_path`` follows), which keeps this vectorized; nested objects under ``key`` are
-    not descended into (``..securityContext.privileged`` does not work, ``..privileged``
-    does).
+    not descended into, which is why conditions may not follow a deep key with a path
+    (:func:`resolve_field` refuses ``..securityContext.privileged``; ``..privileged``
+    works). ``sub_path`` is for derived fields over objects known to be flat
+    (``hostPath: {path, type}``).
     """
     k = re.escape(key)
     prefix = rf'"{k}"\s*:\s*'
@@ -397,6 +405,66 @@ def _uri_param(name: str) -> pl.Expr:
     )
 
 
+def _aws_auth_mappings() -> pl.Expr:
+    """``ARN -> groups`` for each entry of aws-auth's mapRoles/mapUsers (YAML in a string).
+
+    The ConfigMap's values are YAML documents inside JSON strings; each top-level ``- ``
+    item maps one IAM role or user. Block (``- system:masters``) and flow (``[a, b]``)
+    group lists are both read. An entry without groups says so.
+    """
+    entries = []
+    for key in ("mapRoles", "mapUsers"):
+        text = _json_path("request_object", f"$.data.{key}")
+        split = text.str.replace(r"^\s*-", "\n-").str.split("\n-").list.slice(1)
+        entries.append(split.fill_null(pl.lit([], dtype=pl.List(pl.String))))
+    item = pl.element()
+    arn = item.str.extract(r"(?:rolearn|userarn)\s*:\s*['\"]?([^\s'\"]+)", 1)
+    block = item.str.extract(r"groups[ \t]*:[ \t]*\n((?:[ \t]*-[ \t]*\S+[ \t]*(?:\n|$))+)", 1)
+    flow = item.str.extract(r"groups\s*:\s*\[([^\]]*)\]", 1)
+    groups = pl.coalesce(
+        block.str.extract_all(r"-\s*[^\s'\"]+")
+        .list.eval(pl.element().str.replace(r"^-\s*", ""))
+        .list.join(", "),
+        flow.str.replace_all(r"['\"\s]", "").str.replace_all(",", ", "),
+    )
+    line = pl.concat_str([arn, pl.lit(" -> "), groups.fill_null("no groups")])
+    found = pl.concat_list(entries).list.eval(line).list.drop_nulls()
+    return pl.when(found.list.len() > 0).then(found)
+
+
+def _webhook_targets() -> pl.Expr:
+    """Where a webhook configuration sends objects: ``service ns/name`` or its URL."""
+    service = r'"service"\s*:\s*\{[^{}]*\}'
+    services = (
+        pl.col("request_object")
+        .str.extract_all(service)
+        .list.eval(
+            pl.concat_str(
+                [
+                    pl.lit("service "),
+                    pl.element()
+                    .str.replace(r'^"service"\s*:\s*', "")
+                    .str.json_path_match("$.namespace"),
+                    pl.lit("/"),
+                    pl.element()
+                    .str.replace(r'^"service"\s*:\s*', "")
+                    .str.json_path_match("$.name"),
+                ]
+            )
+        )
+    )
+    urls = deep_values("request_object", "url").list.eval(
+        pl.concat_str([pl.lit("URL "), pl.element()])
+    )
+    return pl.concat_list([services, urls]).list.drop_nulls().list.unique(maintain_order=True)
+
+
+def _source_in(kind: str) -> pl.Expr:
+    from detector.rules.iplists import source_in  # iplists reports ConditionError
+
+    return source_in(kind)
+
+
 @dataclass(frozen=True)
 class DerivedField:
     kind: str
@@ -425,6 +493,44 @@ DERIVED_FIELDS: dict[str, DerivedField] = {
         "list",
         _host_namespaces,
         "which of hostNetwork, hostPID, hostIPC the request body sets to true",
+    ),
+    "added_capabilities": DerivedField(
+        "list",
+        lambda: deep_values("request_object", "add").list.eval(
+            pl.element().str.to_uppercase().str.replace(r"^CAP_", "")
+        ),
+        "every Linux capability added to a container (`securityContext.capabilities.add`), "
+        "upper case, without a `CAP_` prefix",
+    ),
+    "aws_auth_mappings": DerivedField(
+        "list",
+        _aws_auth_mappings,
+        "`ARN -> groups` for each IAM role or user mapped in an aws-auth body",
+    ),
+    "webhook_targets": DerivedField(
+        "list",
+        _webhook_targets,
+        "where a webhook configuration body sends objects (`service ns/name`, `URL ...`)",
+    ),
+    "source_ip_public": DerivedField(
+        "bool",
+        lambda: ~_source_in("non_public"),
+        "true when `source_ip` is a public IPv4 address (not private, CGNAT, loopback, "
+        "link-local, reserved)",
+        uses_json=False,
+    ),
+    "source_ip_in_aws": DerivedField(
+        "bool",
+        lambda: _source_in("aws"),
+        "true when `source_ip` is in AWS's published ranges (the shipped snapshot, "
+        "`detect rules aws-ranges` refreshes it)",
+        uses_json=False,
+    ),
+    "source_ip_denied": DerivedField(
+        "bool",
+        lambda: _source_in("denied"),
+        "true when `source_ip` is on a deny list named in detect.toml (`ip_lists`)",
+        uses_json=False,
     ),
     "subjects": DerivedField(
         "list", _subjects, "names of the subjects of a RoleBinding/ClusterRoleBinding body"
@@ -511,8 +617,15 @@ def resolve_field(name: str) -> ResolvedField:
         if rest.startswith("."):
             key, _, sub = rest[1:].partition(".")
             if not key or not _KEY.match(key):
-                raise ConditionError(f"bad deep key in {name!r}: write {head}..key[.sub.path]")
-            return ResolvedField(deep_values(head, key, sub or None), "list", True)
+                raise ConditionError(f"bad deep key in {name!r}: write {head}..key")
+            if sub:
+                raise ConditionError(
+                    f"{name!r}: a deep key collects the scalar values of one key anywhere in "
+                    f"the body and cannot be followed by a path (it would miss objects that "
+                    f"hold objects); write {head}..{sub.rsplit('.', 1)[-1]} for that key "
+                    f"anywhere, or a full path such as {head}.spec.{key}.{sub}"
+                )
+            return ResolvedField(deep_values(head, key), "list", True)
         if not all(_KEY.match(part) for part in rest.split(".")):
             raise ConditionError(
                 f"bad JSON path in {name!r}; for keys with dots or slashes write "
@@ -684,21 +797,43 @@ class Compiler:
     macros: dict[str, str] = field(default_factory=dict)
     lists: dict[str, list[str]] = field(default_factory=dict)
     _macro_ast: dict[str, Node] = field(default_factory=dict)
+    _list_cache: dict[str, list[str]] = field(default_factory=dict)
+    _nodes: int = 0
 
     def expand_list(self, name: str, _seen: tuple[str, ...] = ()) -> list[str]:
+        """A list's values with the lists it names expanded, each value once.
+
+        Lists may name lists; expansions are memoized and de-duplicated, so lists that name
+        each other many times over cost their distinct values, not the number of paths
+        through them (a 600-byte file could otherwise ask for 10^12 values). A cycle, or a
+        list of more than :data:`MAX_LIST_VALUES` distinct values, is an error.
+        """
+        if name in self._list_cache:
+            return self._list_cache[name]
         if name in _seen:
             raise ConditionError(f"list {name!r} includes itself ({' -> '.join((*_seen, name))})")
-        out: list[str] = []
+        out: dict[str, None] = {}
         for item in self.lists[name]:
             text = str(item)
             if text in self.lists:
-                out.extend(self.expand_list(text, (*_seen, name)))
+                out.update(dict.fromkeys(self.expand_list(text, (*_seen, name))))
             else:
-                out.append(text)
-        return out
+                out[text] = None
+            if len(out) > MAX_LIST_VALUES:
+                raise ConditionError(
+                    f"list {name!r} expands to more than {MAX_LIST_VALUES:,} values"
+                )
+        self._list_cache[name] = list(out)
+        return self._list_cache[name]
 
     def values(self, values: Sequence[Value | str]) -> list[str]:
-        """Literal values with bare list names expanded (Falco: ``in (my_list, other)``)."""
+        """Literal values with bare list names expanded (Falco: ``in (my_list, other)``).
+
+        An IAM session named as ``arn:aws:sts::ACCT:assumed-role/ROLE/SESSION`` also
+        matches in the form principals are stored in (``arn:aws:iam::ACCT:role/ROLE/
+        SESSION``), so a tuning entry copied from CloudTrail or ``get-caller-identity``
+        suppresses what it names.
+        """
         out: list[str] = []
         for v in values:
             text, quoted = (v.text, v.quoted) if isinstance(v, Value) else (str(v), False)
@@ -706,10 +841,25 @@ class Compiler:
                 out.extend(self.expand_list(text))
             else:
                 out.append(text)
-        return out
+        stored = [stored_principal(v) for v in out]
+        return list(dict.fromkeys([*out, *(v for v in stored if v not in out)]))
 
     def expand(self, node: Node, _stack: tuple[str, ...] = ()) -> Node:
-        """Replace macro references by their (expanded) trees; detect cycles and unknowns."""
+        """Replace macro references by their (expanded) trees; detect cycles and unknowns.
+
+        Macros that use each other many times over would expand exponentially; past
+        :data:`MAX_CONDITION_NODES` nodes in one condition the rule is refused.
+        """
+        self._nodes = 0
+        return self._expand(node, _stack)
+
+    def _expand(self, node: Node, _stack: tuple[str, ...]) -> Node:
+        self._nodes += 1
+        if self._nodes > MAX_CONDITION_NODES:
+            raise ConditionError(
+                f"condition expands to more than {MAX_CONDITION_NODES:,} terms "
+                "(macros that use each other many times over?)"
+            )
         if isinstance(node, MacroRef):
             if node.name in BUILTIN_MACROS:
                 return Const(BUILTIN_MACROS[node.name])
@@ -728,13 +878,13 @@ class Compiler:
                     self._macro_ast[node.name] = parse(self.macros[node.name])
                 except ConditionError as exc:
                     raise ConditionError(f"in macro {node.name!r}: {exc.message}") from None
-            return self.expand(self._macro_ast[node.name], (*_stack, node.name))
+            return self._expand(self._macro_ast[node.name], (*_stack, node.name))
         if isinstance(node, And):
-            return And(tuple(self.expand(i, _stack) for i in node.items))
+            return And(tuple(self._expand(i, _stack) for i in node.items))
         if isinstance(node, Or):
-            return Or(tuple(self.expand(i, _stack) for i in node.items))
+            return Or(tuple(self._expand(i, _stack) for i in node.items))
         if isinstance(node, Not):
-            return Not(self.expand(node.item, _stack))
+            return Not(self._expand(node.item, _stack))
         return node
 
     def to_expr(self, node: Node) -> pl.Expr:
@@ -773,6 +923,54 @@ class Compiler:
         prefilter = self.to_expr(And(cheap)) if (cheap := cheap_conjuncts(tree)) else pl.lit(True)
         return prefilter, full, tree
 
+    def gate(self, tree: Node) -> pl.Expr | None:
+        """The top-level ``and`` terms made only of equality/membership tests on columns.
+
+        The first pass over every event of a range runs only these (hash lookups, no regex,
+        no string rewriting); the rest of the prefilter and the full condition run on the
+        rows that pass. ``None`` when the condition has no such term.
+        """
+        terms = gate_conjuncts(tree)
+        return self.to_expr(And(terms)) if terms else None
+
+    def conjuncts(self, text: str) -> list[tuple[str, pl.Expr]]:
+        """The top-level ``and`` terms of a condition as written (macros by name), compiled.
+
+        For ``detect rules test``: the first term an event fails is what stopped it, and
+        analysts recognise the term they wrote, not its expansion.
+        """
+        tree = parse(text)
+        items = tree.items if isinstance(tree, And) else (tree,)
+        return [(node_text(i), self.to_expr(self.expand(i))) for i in items]
+
+
+def _value_text(v: Value) -> str:
+    if v.quoted or not re.fullmatch(r"[^\s(),=<>!\"']+", v.text):
+        return '"' + v.text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return v.text
+
+
+def node_text(node: Node, parent: str = "") -> str:
+    """A syntax tree back as condition text (parenthesised only where needed)."""
+    if isinstance(node, Const):
+        return "always_true" if node.value else "never_true"
+    if isinstance(node, MacroRef):
+        return node.name
+    if isinstance(node, Not):
+        return "not " + node_text(node.item, "not")
+    if isinstance(node, And | Or):
+        word = "and" if isinstance(node, And) else "or"
+        text = f" {word} ".join(node_text(i, word) for i in node.items)
+        return f"({text})" if parent and parent != word else text
+    field_text = node.field.name
+    if node.field.quantifier:
+        field_text = f"{node.field.quantifier}({field_text})"
+    if node.op in UNARY_OPS:
+        return f"{field_text} {node.op}"
+    if node.op in COMPARISON_OPS:
+        return f"{field_text} {node.op} {_value_text(node.values[0])}"
+    return f"{field_text} {node.op} ({', '.join(_value_text(v) for v in node.values)})"
+
 
 def _looks_like_field(name: str) -> bool:
     return name in CANONICAL_COLUMNS or name in DERIVED_FIELDS or "." in name or "[" in name
@@ -792,6 +990,41 @@ def cheap_conjuncts(tree: Node) -> tuple[Node, ...]:
     """The top-level ``and`` terms of an expanded tree that read no JSON body."""
     conjuncts = tree.items if isinstance(tree, And) else (tree,)
     return tuple(c for c in conjuncts if not uses_json(c))
+
+
+#: Derived fields as cheap as a column test: each distinct source address is classified
+#: once and mapped back (a hash lookup per row), so they may gate the first pass.
+GATE_DERIVED = ("source_ip_public", "source_ip_in_aws", "source_ip_denied")
+
+#: Operators that need no regex and no string rewriting: hash lookups and comparisons.
+_GATE_OPS = ("=", "!=", "in", "intersects", "exists", "<", "<=", ">", ">=")
+
+
+def is_gate(node: Node) -> bool:
+    """Whether a node only compares plain columns by equality, membership or order."""
+    if isinstance(node, Const):
+        return True
+    if isinstance(node, Pred) and node.field.name in GATE_DERIVED:
+        return node.op in _GATE_OPS and node.field.quantifier is None
+    if isinstance(node, Pred):
+        return (
+            node.field.name in CANONICAL_COLUMNS
+            and node.field.name not in _JSON_COLUMNS
+            and _column_kind(CANONICAL_COLUMNS[node.field.name]) != "list"
+            and node.field.quantifier is None
+            and node.op in _GATE_OPS
+        )
+    if isinstance(node, And | Or):
+        return all(is_gate(i) for i in node.items)
+    if isinstance(node, Not):
+        return is_gate(node.item)
+    return False
+
+
+def gate_conjuncts(tree: Node) -> tuple[Node, ...]:
+    """The top-level ``and`` terms of an expanded tree that :func:`is_gate` accepts."""
+    conjuncts = tree.items if isinstance(tree, And) else (tree,)
+    return tuple(c for c in conjuncts if is_gate(c) and not isinstance(c, Const))
 
 
 def uses_json(node: Node) -> bool:

@@ -45,7 +45,7 @@ _HEADER = """\
      tests/test_rules_docs.py fails when this file and the YAML disagree. -->
 
 Rules name the known-bad in Kubernetes audit events: no training, no baseline, so they
-work on the first day (`detect score --rules-only`). `detect score` runs every enabled rule
+work on the first day (`detect score --no-model`). `detect score` runs every enabled rule
 next to the model and files rule findings in the same findings table, with
 `detector = rule:<id>`. One finding is raised per rule, per principal (or source IP), per
 window (10 minutes by default), with the number of requests, the audit IDs and plain
@@ -53,9 +53,14 @@ sentences saying what happened, for example
 "alice@eng-admin patched ConfigMap kube-system/aws-auth (2 events)".
 
 - `detect rules list` shows the rules; `detect rules test RULE_ID FILE...` runs one over
-  audit files and says what fired and why (or where the events stopped).
+  audit files and says what fired and why; when it does not fire, it names for each event
+  what stopped it: the rule's stages, the first `and` term of the condition it fails (as
+  written, macros by name), or the exception that removed it.
 - `--rules FILE` (repeatable) adds rules or overrides built-in ones; `--disable ID` turns a
-  rule off, `--enable ID` turns on one that ships disabled. Both work on `detect score`.
+  rule off (both also on `detect score`); `rules list --enable ID` lists one that ships
+  disabled as enabled, and `rules test` runs any rule, disabled or not. To run a
+  disabled rule when scoring, switch it on in a rules file (`- rule: ID` with
+  `enabled: true`).
 - Tune with exceptions and the `user_known_*` lists, not by editing conditions (see
   [Tuning](#tuning)).
 """
@@ -283,8 +288,11 @@ fields still works, but reads every body in the range.
   any JSONPath in quotes: `request_object["$.subjects[?(@.kind == 'User')].name"]`.
 - A deep key, every value of a key anywhere in the body, as a list:
   `request_object..privileged` (all containers, init and ephemeral containers, pod
-  templates of Deployments, DaemonSets, StatefulSets, Jobs and CronJobs). The key's
-  values must be scalars, arrays of scalars or flat objects (`..hostPath.path`).
+  templates of Deployments, DaemonSets, StatefulSets, Jobs and CronJobs). A deep key
+  collects scalar values (and arrays of scalars); it cannot be followed by a path
+  (`request_object..securityContext.privileged` is refused when the rule loads: it would
+  miss every securityContext that holds another object). Name the last key
+  (`..privileged`) or write the full path.
 - Derived fields:
 
 {derived}
@@ -312,6 +320,28 @@ test` counts how many each exception removed.
       values: [["system:serviceaccount:argocd:*", [apps, tools]]]
 ```
 
+Exceptions used by several rules are named once as an `exception_set` and named in each
+rule's `exceptions` list (mixed freely with inline exceptions). A later file can replace
+a set or append to it, and every rule using it follows:
+
+```yaml
+- exception_set: rbac_routine_writers
+  items:
+    - name: gitops_controllers
+      field: user_name
+      comp: glob
+      values: [gitops_controllers]
+
+- rule: rbac-changed
+  ...
+  exceptions: [rbac_routine_writers, {name: ci, field: principal, values: [ci-bot]}]
+```
+
+Identities may be written in either form: an IAM session as CloudTrail and `aws sts
+get-caller-identity` show it (`arn:aws:sts::ACCT:assumed-role/ROLE/SESSION`) also matches
+the form principals are stored in (`arn:aws:iam::ACCT:role/ROLE/SESSION`, what `detect
+findings` shows), so either can be pasted into a list or an exception.
+
 ### Thresholds and baselines
 
 ```yaml
@@ -332,9 +362,32 @@ as zero).
 
 An event is logged once per stage (the lake's key is audit ID + stage). A rule counts the
 stages listed in `stages`, in order of preference, and each request once. Most rules count
-`ResponseComplete`; exec, attach and port-forward count `ResponseStarted`, when the
-session opens (their `ResponseComplete` comes when it closes, maybe hours later);
-authorization failures accept both, since a denied watch is logged at both.
+`ResponseComplete`; exec, attach and port-forward prefer `ResponseStarted`, when the
+session opens (their `ResponseComplete` comes when it closes, maybe hours later), and fall
+back to `ResponseComplete` or `RequestReceived` when that is all the log holds (stages
+filtered by the audit policy, a cut stream); authorization failures accept both, since a
+denied watch is logged at both.
+
+### Address lists
+
+`source_ip_in_aws` reads a dated snapshot of AWS's published IPv4 ranges shipped with the
+tool (merged CIDRs; its header gives the `createDate` of the `ip-ranges.json` it came
+from). Nothing is fetched at run time; refresh it from a file you download:
+
+```
+curl -sO https://ip-ranges.amazonaws.com/ip-ranges.json
+detect rules aws-ranges ip-ranges.json
+```
+
+`source_ip_denied` reads deny lists (Tor exits, threat feeds, your own blocks): text files
+of addresses or CIDRs, one a line, `#` comments, named at the top of `detect.toml`
+(relative to it) or in `DETECT_IP_LISTS` (paths separated by `:`), which wins:
+
+```toml
+ip_lists = ["feeds/tor-exits.txt", "feeds/blocked.txt"]
+```
+
+Only IPv4 addresses are judged; IPv6 entries and sources are ignored.
 
 <a id="tuning"></a>
 ### Tuning and overrides
@@ -343,8 +396,8 @@ Later files (`--rules`) win over the built-in ones:
 
 ```yaml
 # site-rules.yaml
-- list: user_known_rbac_editors       # append to a tuning list
-  append: true
+- list: user_known_rbac_editors       # append to a tuning list (an IAM session
+  append: true                        # in its sts or its stored iam form)
   items: ["arn:aws:sts::111122223333:assumed-role/platform-ci/*"]
 
 - rule: pod-exec                      # switch a rule off (or on: enabled: true)

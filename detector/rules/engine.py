@@ -1,9 +1,11 @@
 """Evaluate a :class:`RuleSet` over canonical events and group the hits into findings.
 
-Evaluation is two-phase so a day of events costs one cheap pass: every event is tested
-against the union of the rules' column-only prefilters (verb, resource, namespace, codes);
-only those candidates (typically well under 1%) have the full conditions, with their
-JSON-body regexes and exceptions, evaluated. Both phases are polars expressions.
+Evaluation is staged so a day of events costs one cheap pass: every event is tested
+against each rule's gate, the regex-free terms of its condition (verb, resource, stage,
+codes, principal kind, source-address class), with the string columns as categoricals;
+only the candidates (typically a few percent) go further, and for each rule only the rows
+its own gate let through get its column prefilter (name and path regexes), its full
+condition (JSON-body regexes) and its exceptions. All of it is polars expressions.
 
 Findings are grouped: one per rule, per principal (or source IP for rules that count per
 IP), per window (``floor(event_time, window)``), carrying the count and the exact audit IDs,
@@ -15,7 +17,6 @@ order of preference (exec sessions at ResponseStarted, most writes at ResponseCo
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -30,54 +31,13 @@ from detector.lake.findings_schema import (
 )
 from detector.rules.condition import DERIVED_FIELDS, resolve_field
 from detector.rules.loader import Rule, RuleSet
-
-#: At most this many distinct "what happened" sentences per finding; the rest are counted.
-MAX_REASONS = 5
+from detector.rules.narrate import KEYS as _KEYS
+from detector.rules.narrate import reasons, threshold_sentence, who
 
 LINK_COLUMNS: dict[str, pl.DataType] = {
     "finding_id": pl.String(),
     "audit_id": pl.String(),
     "stage": pl.String(),
-}
-
-_KEYS = ["cluster", "_key", "window_start"]
-
-_PAST = {
-    "create": "created",
-    "update": "updated",
-    "patch": "patched",
-    "delete": "deleted",
-    "deletecollection": "deleted all",
-    "get": "read",
-    "list": "listed",
-    "watch": "watched",
-    "proxy": "proxied to",
-}
-
-_KINDS = {
-    "pods": "Pod",
-    "secrets": "Secret",
-    "configmaps": "ConfigMap",
-    "services": "Service",
-    "serviceaccounts": "ServiceAccount",
-    "namespaces": "Namespace",
-    "nodes": "Node",
-    "deployments": "Deployment",
-    "daemonsets": "DaemonSet",
-    "statefulsets": "StatefulSet",
-    "replicasets": "ReplicaSet",
-    "jobs": "Job",
-    "cronjobs": "CronJob",
-    "roles": "Role",
-    "rolebindings": "RoleBinding",
-    "clusterroles": "ClusterRole",
-    "clusterrolebindings": "ClusterRoleBinding",
-    "validatingwebhookconfigurations": "ValidatingWebhookConfiguration",
-    "mutatingwebhookconfigurations": "MutatingWebhookConfiguration",
-    "events": "Event",
-    "persistentvolumes": "PersistentVolume",
-    "persistentvolumeclaims": "PersistentVolumeClaim",
-    "customresourcedefinitions": "CustomResourceDefinition",
 }
 
 
@@ -135,153 +95,44 @@ def _every(window: timedelta) -> str:
     return f"{seconds}s"
 
 
-def humanize(window: timedelta) -> str:
-    """``10 minutes``, ``1 hour``, ``90 seconds``: for sentences analysts read."""
-    seconds = int(window.total_seconds())
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if seconds % size == 0 and seconds >= size:
-            n = seconds // size
-            return f"{n} {unit}{'s' if n != 1 else ''}"
-    return f"{seconds} seconds"
+@dataclass(frozen=True)
+class _Frame:
+    """What a frame says about itself: where it starts and which stages its log records."""
+
+    start: datetime | None
+    stages: frozenset[str]
 
 
-def _who() -> pl.Expr:
-    """``session@role`` for IAM role sessions (alice@eng-admin), else the username.
+def _frame_facts(lf: pl.LazyFrame) -> _Frame:
+    row = lf.select(
+        pl.col("event_time").min().alias("start"),
+        pl.col("stage").drop_nulls().unique().implode().alias("stages"),
+    ).collect()
+    return _Frame(row["start"][0], frozenset(row["stages"].explode().drop_nulls().to_list()))
 
-    EKS may map a role to a username of its own (``eng-admin``) or to the session ARN
-    itself; either way analysts know people by session name and role.
+
+def _carried_over(matched: pl.DataFrame, stages: tuple[str, ...], facts: _Frame) -> pl.Expr:
+    """Rows of requests already counted in an earlier range: leave them out.
+
+    A long-running request (exec, port-forward) is logged when it opens and again when it
+    closes, maybe in a later scoring range. When this log records the preferred stage at
+    all, a later-stage row of a request received before the range began was counted with
+    its first stage then. A log that never records that stage (filtered by the audit
+    policy) counts the later stage instead, so the request is still found once.
     """
-    session, user = pl.col("iam_session_name"), pl.col("user_name")
-    assumed = user.str.extract_groups(r"^arn:aws:sts::\d+:assumed-role/([^/]+)/(.+)$")
-    role = pl.coalesce(
-        pl.col("iam_arn").str.extract(r":role/(?:.*/)?([^/]+)$", 1), assumed.struct.field("1")
-    )
-    return (
-        pl.when(session.is_not_null() & role.is_not_null())
-        .then(pl.concat_str([session, pl.lit("@"), role]))
-        .when(assumed.struct.field("2").is_not_null())
-        .then(pl.concat_str([assumed.struct.field("2"), pl.lit("@"), assumed.struct.field("1")]))
-        .when(session.is_not_null() & user.is_not_null())
-        .then(pl.concat_str([session, pl.lit("@"), user]))
-        .otherwise(pl.coalesce(user, pl.col("principal"), pl.lit("system:anonymous")))
-    )
+    if facts.start is None or stages[0] not in facts.stages or "received_time" not in matched:
+        return pl.lit(False)
+    return (pl.col("stage") != stages[0]).fill_null(True) & (
+        pl.col("received_time") < facts.start
+    ).fill_null(False)
 
 
-def _action() -> pl.Expr:
-    """What one event did, as words: "patched ConfigMap kube-system/aws-auth"."""
-    verb, res, sub = pl.col("verb"), pl.col("resource"), pl.col("subresource")
-    ns, code = pl.col("namespace"), pl.col("response_code")
-    name = DERIVED_FIELDS["object_name"].build()
-    has_ns = ns.is_not_null() & (ns != "")
-    failed = code.fill_null(0) >= 400
-    past = (
-        pl.when(failed)
-        .then(pl.concat_str([pl.lit("tried to "), verb.fill_null("request")]))
-        .otherwise(verb.replace_strict(_PAST, default=verb, return_dtype=pl.String))
-        .fill_null("requested")
-    )
-    kind = res.replace_strict(_KINDS, default=res, return_dtype=pl.String)
-    obj = (
-        pl.when(res == "namespaces")
-        .then(name)
-        .when(name.is_not_null() & has_ns)
-        .then(pl.concat_str([ns, pl.lit("/"), name]))
-        .otherwise(name)
-    )
-    scope = pl.when(has_ns & (res != "namespaces")).then(
-        pl.concat_str([pl.lit(" in namespace "), ns])
-    )
-    pod_verbs = {
-        "exec": "opened an exec session in pod ",
-        "attach": "attached to pod ",
-        "portforward": "port-forwarded to pod ",
-        "ephemeralcontainers": "added an ephemeral container to pod ",
-    }
-    action = pl.when(res.is_null()).then(
-        pl.concat_str([past, pl.lit(" "), DERIVED_FIELDS["request_path"].build().fill_null("?")])
-    )
-    for subresource, words in pod_verbs.items():
-        action = action.when((res == "pods") & (sub == subresource)).then(
-            pl.concat_str(
-                [
-                    pl.when(failed).then(pl.concat_str([past, pl.lit(": ")])).otherwise(pl.lit("")),
-                    pl.lit(words),
-                    obj.fill_null("?"),
-                ]
-            )
-        )
-    action = (
-        action.when((res == "serviceaccounts") & (sub == "token"))
-        .then(
-            pl.concat_str(
-                [
-                    pl.when(failed).then(pl.lit("tried to request")).otherwise(pl.lit("requested")),
-                    pl.lit(" a token for service account "),
-                    obj.fill_null("?"),
-                ]
-            )
-        )
-        .when(name.is_null())
-        .then(
-            pl.concat_str([past, pl.lit(" "), res, scope.fill_null(pl.lit(" in all namespaces"))])
-        )
-        .when(sub.is_not_null() & (sub != ""))
-        .then(
-            pl.concat_str(
-                [past, pl.lit(" "), kind, pl.lit(" "), obj, pl.lit(" ("), sub, pl.lit(")")]
-            )
-        )
-        .otherwise(pl.concat_str([past, pl.lit(" "), kind, pl.lit(" "), obj]))
-    )
-    outcome = (
-        pl.when(code.is_in([401, 403]))
-        .then(pl.concat_str([pl.lit(" (denied, HTTP "), code.cast(pl.String), pl.lit(")")]))
-        .when(failed)
-        .then(pl.concat_str([pl.lit(" (failed, HTTP "), code.cast(pl.String), pl.lit(")")]))
-        .otherwise(pl.lit(""))
-    )
-    return pl.concat_str([action.fill_null("made a request"), outcome])
-
-
-def _render(template: str) -> pl.Expr:
-    """A rule's ``output`` template with ``{field}`` values filled in; null if all empty."""
-    pieces: list[pl.Expr] = []
-    present: list[pl.Expr] = []
-    pos = 0
-    for m in re.finditer(r"\{([^{}]+)\}", template):
-        if m.start() > pos:
-            pieces.append(pl.lit(template[pos : m.start()]))
-        resolved = resolve_field(m.group(1).strip())
-        value = (
-            resolved.expr.list.drop_nulls().list.unique(maintain_order=True).list.join(", ")
-            if resolved.kind == "list"
-            else resolved.expr.cast(pl.String)
-        )
-        value = pl.when(value != "").then(value)
-        present.append(value.is_not_null())
-        pieces.append(value.fill_null("?"))
-        pos = m.end()
-    if pos < len(template):
-        pieces.append(pl.lit(template[pos:]))
-    text = pl.concat_str(pieces)
-    return pl.when(pl.any_horizontal(present)).then(text) if present else text
-
-
-def _line(rule: Rule) -> pl.Expr:
-    """One sentence per event: who did what, plus the rule's own detail."""
-    base = pl.concat_str([_who(), pl.lit(" "), _action()])
-    if rule.output:
-        detail = _render(rule.output)
-        return (
-            pl.when(detail.is_not_null())
-            .then(pl.concat_str([base, pl.lit("; "), detail]))
-            .otherwise(base)
-        )
-    return base
-
-
-def _dedupe(matched: pl.DataFrame, stages: tuple[str, ...]) -> pl.DataFrame:
+def _dedupe(
+    matched: pl.DataFrame, stages: tuple[str, ...], facts: _Frame | None = None
+) -> pl.DataFrame:
     """One row per request: the first of the rule's stages, in its order of preference."""
+    if facts is not None and len(stages) > 1:
+        matched = matched.filter(~_carried_over(matched, stages, facts))
     rank = (
         pl.col("stage")
         .fill_null("ResponseComplete")
@@ -337,7 +188,7 @@ def _aggregate(keyed: pl.DataFrame, rule: Rule) -> pl.DataFrame:
         pl.col("audit_id").n_unique().cast(pl.Int64).alias("event_count"),
         pl.col("audit_id").sort_by("event_time").unique(maintain_order=True).alias("audit_ids"),
         pl.col("principal_kind").drop_nulls().first().alias("principal_kind"),
-        _who().drop_nulls().first().alias("_who"),
+        who().drop_nulls().first().alias("_who"),
         value.cast(pl.Float64).alias("_value"),
         pl.col("principal").drop_nulls().unique().sort().alias("_principals"),
     )
@@ -361,62 +212,6 @@ def _usual(
     return per_window.group_by(["cluster", "_key"]).agg(
         (pl.col("_v").sum() / max(n_windows, 1)).alias("_usual")
     )
-
-
-def _reasons(keyed: pl.DataFrame, rule: Rule) -> pl.DataFrame:
-    """Up to MAX_REASONS distinct sentences per finding, most frequent first, with counts."""
-    lines = keyed.with_columns(_line(rule).alias("_text"))
-    counted = lines.group_by([*_KEYS, "_text"]).agg(
-        pl.col("audit_id").n_unique().alias("_n"), pl.col("event_time").min().alias("_first")
-    )
-    counted = counted.with_columns(
-        pl.when(pl.col("_n") > 1)
-        .then(pl.format("{} ({} events)", pl.col("_text"), pl.col("_n")))
-        .otherwise(pl.col("_text"))
-        .alias("_text")
-    ).sort(["_n", "_first"], descending=[True, False])
-    top = counted.group_by(_KEYS, maintain_order=True).agg(
-        pl.col("_text").head(MAX_REASONS).alias("_lines"),
-        (pl.len().cast(pl.Int64) - MAX_REASONS).alias("_more"),
-        (pl.col("_n").sum() - pl.col("_n").head(MAX_REASONS).sum()).alias("_more_events"),
-    )
-    more = pl.when(pl.col("_more") > 0).then(
-        pl.format(
-            "and {} more distinct actions ({} events)", pl.col("_more"), pl.col("_more_events")
-        )
-    )
-    return top.select(*_KEYS, pl.concat_list("_lines", more).list.drop_nulls().alias("_lines"))
-
-
-def _threshold_sentence(rule: Rule, window: timedelta, with_usual: bool) -> pl.Expr:
-    t = rule.threshold
-    assert t is not None
-    value = pl.col("_value").cast(pl.Int64).cast(pl.String)
-    thr = pl.col("threshold").ceil().cast(pl.Int64).cast(pl.String)
-    who = (
-        pl.concat_str([pl.lit("source IP "), pl.col("_key")])
-        if t.by == "source_ip"
-        else pl.col("_who").fill_null(pl.col("_key"))
-    )
-    parts = [
-        who,
-        pl.lit(": "),
-        value,
-        pl.lit(f" {t.label} within {humanize(window)} (threshold "),
-        thr,
-    ]
-    if with_usual:
-        parts += [
-            pl.lit("; usual "),
-            pl.col("_usual").round(1).cast(pl.String),
-            pl.lit(" per window"),
-        ]
-    parts.append(pl.lit(")"))
-    sentence = pl.concat_str(parts)
-    if t.by == "source_ip":
-        principals = pl.col("_principals").list.head(5).list.join(", ")
-        sentence = pl.concat_str([sentence, pl.lit("; identities: "), principals.fill_null("?")])
-    return sentence
 
 
 def _findings_for_rule(
@@ -450,11 +245,11 @@ def _findings_for_rule(
     fired = groups.filter(pl.col("_value") >= pl.col("threshold"))
     if fired.is_empty():
         return empty_findings(), keyed, groups
-    reasons = _reasons(keyed.join(fired.select(_KEYS), on=_KEYS, how="semi"), rule)
-    fired = fired.join(reasons, on=_KEYS, how="left")
+    lines_by_key = reasons(keyed.join(fired.select(_KEYS), on=_KEYS, how="semi"), rule)
+    fired = fired.join(lines_by_key, on=_KEYS, how="left")
     lines = pl.col("_lines")
     if t is not None:
-        lines = pl.concat_list(_threshold_sentence(rule, window, with_usual), pl.col("_lines"))
+        lines = pl.concat_list(threshold_sentence(rule, window, with_usual), pl.col("_lines"))
     kind = (
         pl.lit("source_ip") if t is not None and t.by == "source_ip" else pl.col("principal_kind")
     )
@@ -527,12 +322,15 @@ def evaluate_rules(
     # (user) rule made only of body tests gets its own streaming filter instead, so it never
     # pulls the whole range into memory.
     shared = [r for r in rules if r.has_prefilter]
-    candidates = (
-        lf.filter(pl.any_horizontal([r.prefilter_expr for r in shared])).collect()
-        if shared
-        else prepare_events(pl.DataFrame(schema=CANONICAL_COLUMNS)).collect()
-    )
-    masks = candidates.select([r.match.alias(f"_m{i}") for i, r in enumerate(rules)])
+    if shared:
+        candidates, gmasks = _gate(lf, shared)
+    else:
+        candidates = prepare_events(pl.DataFrame(schema=CANONICAL_COLUMNS)).collect()
+        gmasks = pl.DataFrame()
+    # Second pass on the candidates: for each rule, the rows its own gate let through
+    # (masks kept from the first pass), then its prefilter (regexes on names and paths)
+    # and full condition only on those.
+    gate_of = {id(r): f"_g{i}" for i, r in enumerate(shared)}
 
     baseline_rules = [r for r in rules if r.threshold and r.threshold.uses_baseline]
     hist_candidates: pl.DataFrame | None = None
@@ -544,16 +342,18 @@ def evaluate_rules(
             pl.any_horizontal([r.prefilter_expr for r in baseline_rules])
         ).collect()  # prefilters are column-only: cheap even over 7 days
 
+    facts = _frame_facts(lf) if any(len(r.stages) > 1 for r in rules) else None
     finding_frames: list[pl.DataFrame] = []
     keyed_frames: list[tuple[Rule, pl.DataFrame]] = []
-    for i, rule in enumerate(rules):
+    for rule in rules:
         if rule.has_prefilter:
-            matched = candidates.filter(masks[f"_m{i}"])
+            own = candidates.filter(gmasks[gate_of[id(rule)]])
+            matched = own.filter(rule.prefilter_expr & rule.match) if not own.is_empty() else own
         else:
             matched = lf.filter(rule.match).collect()
         if matched.is_empty():
             continue
-        matched = _dedupe(matched, rule.stages)
+        matched = _dedupe(matched, rule.stages, facts)
         usual = None
         if hist_candidates is not None and rule in baseline_rules:
             hist_matched = _dedupe(hist_candidates.filter(rule.match), rule.stages)
@@ -591,6 +391,70 @@ def evaluate_rules(
         descending=[True, False, False, False],
     )
     return RuleResult(findings.select(list(FINDINGS_COLUMNS)), links, stats)
+
+
+#: Columns ``why_not`` returns besides ``stopped_by``: enough to recognise each event.
+WHY_COLUMNS = ("audit_id", "stage", "event_time", "verb", "resource", "subresource", "target")
+
+
+def why_not(events: pl.LazyFrame | pl.DataFrame, rule: Rule) -> pl.DataFrame:
+    """For each event, what stopped it: the rule's stages, the first ``and`` term of the
+    condition it fails (as the author wrote it, macros by name), or the exception that
+    removed it; ``counted`` when it passed all of them.
+
+    ``detect rules test`` prints this for a rule that did not fire, so an author sees
+    which term to fix instead of a count of events that "did not match".
+    """
+    lf = prepare_events(events)
+    terms = rule.compiler.conjuncts(rule.condition) if rule.compiler else []
+    stopped = pl.when(~rule.stage_expr).then(pl.lit(f"stage: not one of {', '.join(rule.stages)}"))
+    for text, expr in terms:
+        stopped = stopped.when(~expr).then(pl.lit(f"condition: {text}"))
+    if not terms:
+        stopped = stopped.when(~rule.condition_expr).then(pl.lit("condition"))
+    for name, expr in rule.exception_exprs.items():
+        stopped = stopped.when(expr).then(pl.lit(f"exception: {name}"))
+    target = DERIVED_FIELDS["target"].build()
+    return lf.select(
+        *[c for c in WHY_COLUMNS if c != "target"],
+        target.alias("target"),
+        stopped.otherwise(pl.lit("counted")).alias("stopped_by"),
+    ).collect()
+
+
+#: Columns with a handful of distinct values, tested by many rules: worth a categorical.
+#: (A name or user name is tested by one or two rules; one string compare beats a hash.)
+_LOW_CARDINALITY = frozenset(
+    {"verb", "resource", "subresource", "stage", "namespace", "principal_kind", "decision"}
+)
+
+
+def _gate(lf: pl.LazyFrame, rules: list[Rule]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The events that pass any rule's gate (regex-free column tests), in one pass, and
+    each rule's gate mask over them (``_g<i>``, in the order of ``rules``).
+
+    The string columns the gates read are low-cardinality (verb, resource, stage...):
+    as categoricals, each membership test compares small integers instead of hashing a
+    string per row and per rule, which halves the cost of this, the only pass over all
+    events. The casts live only in the masks' computation; candidates keep their types.
+    A rule without a gate term is tested with its whole prefilter, whose columns (string
+    functions may read them) are left as strings.
+    """
+    gates = [r.gate_expr.alias(f"_g{i}") for i, r in enumerate(rules)]
+    schema = lf.collect_schema()
+    loose = {c for r in rules if r.gate is None for c in r.prefilter_expr.meta.root_names()}
+    loose.add("source_ip")  # classified per distinct address as a string (iplists)
+    used = {c for g in gates for c in g.meta.root_names()}
+    strings = [
+        c
+        for c in sorted(used)
+        if c in _LOW_CARDINALITY and schema.get(c) == pl.String and c not in loose
+    ]
+    casts = [pl.col(c).cast(pl.Categorical) for c in strings]
+    df = lf.collect()
+    masks = df.lazy().with_columns(casts).select(gates).collect()
+    keep = masks.select(pl.any_horizontal(pl.all()).alias("_any")).to_series()
+    return df.filter(keep), masks.filter(keep)
 
 
 def _explain(lf: pl.LazyFrame, rules: list[Rule]) -> dict[str, RuleStats]:

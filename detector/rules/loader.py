@@ -29,6 +29,7 @@ from typing import Any
 import polars as pl
 import yaml
 
+from detector.errors import UsageError
 from detector.lake.findings_schema import SEVERITIES
 from detector.rules.condition import (
     WORD_OPS,
@@ -82,10 +83,24 @@ _RULE_OPTIONAL = (
 _RULE_KEYS = {"rule", *_RULE_REQUIRED, *_RULE_OPTIONAL, "override"}
 _LIST_FIELDS = ("references", "falco", "guardduty", "tags")
 _THRESHOLD_KEYS = {"by", "count", "distinct", "value", "baseline", "label"}
+#: Columns the engine reads for every rule: request identity, stage de-duplication,
+#: windows, grouping keys and the finding's principal.
+_ENGINE_COLUMNS = (
+    "cluster",
+    "audit_id",
+    "stage",
+    "event_time",
+    "received_time",
+    "principal",
+    "principal_kind",
+    "user_name",
+    "source_ip",
+)
+_ITEM_KINDS = ("rule", "macro", "list", "exception_set", "required_engine_version")
 _EXCEPTION_KEYS = {"name", "field", "fields", "comp", "comps", "values", "reason"}
 
 
-class RuleError(ValueError):
+class RuleError(UsageError, ValueError):
     """A rule file that cannot be used: which file, which rule, and why."""
 
     def __init__(self, file: str | None, rule_id: str | None, reason: str) -> None:
@@ -161,6 +176,10 @@ class Rule:
     tree: Node | None = field(default=None, repr=False)
     #: False when every term of the condition reads a JSON body (no cheap first pass).
     has_prefilter: bool = True
+    #: Equality/membership terms only (no regex): the first pass over every event.
+    gate: pl.Expr | None = field(default=None, repr=False)
+    #: The compiler the rule was built with (lists and macros), for explanations.
+    compiler: Compiler | None = field(default=None, repr=False)
 
     @property
     def detector(self) -> str:
@@ -188,6 +207,11 @@ class Rule:
     @property
     def prefilter_expr(self) -> pl.Expr:
         return self.stage_expr & self.prefilter
+
+    @property
+    def gate_expr(self) -> pl.Expr:
+        """Stage and the regex-free terms: what every event of a range is tested with."""
+        return self.stage_expr & self.gate if self.gate is not None else self.prefilter_expr
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``rules list --format json`` and the docs."""
@@ -239,6 +263,7 @@ class RuleSet:
     lists: dict[str, list[str]]
     macros: dict[str, str]
     files: list[str]
+    exception_sets: dict[str, list[Any]] = field(default_factory=dict)
 
     def get(self, rule_id: str) -> Rule:
         for r in self.rules:
@@ -267,6 +292,7 @@ class RuleSet:
             "rules": [r.definition for r in self.enabled_rules],
             "lists": self.lists,
             "macros": self.macros,
+            **({"exception_sets": self.exception_sets} if self.exception_sets else {}),
         }
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode())
         return "rules-" + digest.hexdigest()[:12]
@@ -276,7 +302,28 @@ class RuleSet:
         for rid in rule_ids:
             self.get(rid)
         rules = [replace(r, enabled=r.id in rule_ids) for r in self.rules]
-        return RuleSet(rules, self.lists, self.macros, self.files)
+        return RuleSet(rules, self.lists, self.macros, self.files, self.exception_sets)
+
+    def columns_needed(self) -> set[str]:
+        """The canonical columns the enabled rules read, narration and grouping included.
+
+        Scoring reads a range once for every detector; it asks each for its columns so the
+        one scan reads only those. Derived from the compiled expressions themselves, so a
+        user rule naming any column is covered.
+        """
+        from detector.events.schema import CANONICAL_COLUMNS
+        from detector.rules.narrate import line
+
+        exprs: list[pl.Expr] = []
+        for r in self.enabled_rules:
+            exprs += [r.stage_expr, r.prefilter, r.condition_expr, line(r)]
+            exprs += list(r.exception_exprs.values())
+            if r.threshold is not None and r.threshold.distinct:
+                exprs.append(resolve_field(r.threshold.distinct).expr)
+        names: set[str] = set(_ENGINE_COLUMNS)
+        for e in exprs:
+            names.update(e.meta.root_names())
+        return {n for n in names if n in CANONICAL_COLUMNS}
 
 
 # --------------------------------------------------------------------------- reading
@@ -329,12 +376,12 @@ def _parse(text: str, label: str) -> list[dict[str, Any]]:
 
 
 def _kind(item: dict[str, Any], label: str, index: int) -> str:
-    kinds = [k for k in ("rule", "macro", "list", "required_engine_version") if k in item]
+    kinds = [k for k in _ITEM_KINDS if k in item]
     if len(kinds) != 1:
         raise RuleError(
             label,
             item.get("rule") if isinstance(item.get("rule"), str) else None,
-            f"item {index + 1} must have exactly one of rule, macro, list or "
+            f"item {index + 1} must have exactly one of rule, macro, list, exception_set or "
             f"required_engine_version (has {sorted(item)})",
         )
     return kinds[0]
@@ -364,6 +411,8 @@ class _Registry:
     macros: dict[str, str] = field(default_factory=dict)
     rules: dict[str, _Pending] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
+    #: Named exception sets: exception mappings a rule pulls in by naming the set.
+    exception_sets: dict[str, list[Any]] = field(default_factory=dict)
 
     def add_file(self, path: Path, label: str, *, builtin: bool) -> None:
         self.files.append(label)
@@ -379,6 +428,8 @@ class _Registry:
                 self._add_list(item, label, builtin=builtin)
             elif kind == "macro":
                 self._add_macro(item, label, builtin=builtin)
+            elif kind == "exception_set":
+                self._add_exception_set(item, label, builtin=builtin)
             else:
                 self._add_rule(item, label, builtin=builtin)
 
@@ -396,6 +447,30 @@ class _Registry:
             self.lists[name] = [*self.lists[name], *items]
         else:
             self.lists[name] = items
+
+    def _add_exception_set(self, item: dict[str, Any], label: str, *, builtin: bool) -> None:
+        """``- exception_set: NAME`` with ``items:`` (exceptions as in a rule), reusable.
+
+        A rule names the set as one entry of its ``exceptions`` list; a later file can
+        replace the set or append to it (``append: true``), which every rule using it sees.
+        """
+        name = item["exception_set"]
+        extra = set(item) - {"exception_set", "items", "append"}
+        items = item.get("items")
+        if not isinstance(name, str) or extra or not isinstance(items, list):
+            raise RuleError(
+                label, None, f"exception_set {name!r}: needs exception_set and items (a list)"
+            )
+        if not all(isinstance(e, dict) for e in items):
+            raise RuleError(label, None, f"exception_set {name!r}: each item is an exception")
+        if name in self.exception_sets and builtin:
+            raise RuleError(label, None, f"exception_set {name!r} is defined twice")
+        if item.get("append"):
+            if name not in self.exception_sets:
+                raise RuleError(label, None, f"exception_set {name!r}: nothing to append to")
+            self.exception_sets[name] = [*self.exception_sets[name], *items]
+        else:
+            self.exception_sets[name] = list(items)
 
     def _add_macro(self, item: dict[str, Any], label: str, *, builtin: bool) -> None:
         name = item["macro"]
@@ -483,11 +558,17 @@ def _merge_exceptions(old: Any, new: Any, label: str, rid: str) -> list[dict[str
     """Falco's rule: appending an exception with an existing name appends its values."""
     if not isinstance(old, list) or not isinstance(new, list):
         raise RuleError(label, rid, "exceptions must be a list")
-    merged = [dict(e) for e in old]
+    merged: list[Any] = [dict(e) if isinstance(e, dict) else e for e in old]
     for exc in new:
+        if isinstance(exc, str):
+            if exc not in merged:
+                merged.append(exc)
+            continue
         if not isinstance(exc, dict):
-            raise RuleError(label, rid, "each exception is a mapping")
-        same = next((e for e in merged if e.get("name") == exc.get("name")), None)
+            raise RuleError(label, rid, "each exception is a mapping or an exception_set name")
+        same = next(
+            (e for e in merged if isinstance(e, dict) and e.get("name") == exc.get("name")), None
+        )
         if same is None:
             merged.append(dict(exc))
         else:
@@ -535,11 +616,39 @@ def _parse_threshold(raw: Any, label: str, rid: str) -> Threshold:
     return Threshold(by, distinct, value, factor, minimum, str(label_text))
 
 
-def _parse_exceptions(raw: Any, label: str, rid: str) -> tuple[ExceptionSpec, ...]:
+def _expand_sets(raw: list[Any], sets: dict[str, list[Any]], label: str, rid: str) -> list[Any]:
+    """Replace each exception_set name in a rule's exceptions by the set's exceptions."""
+    out: list[Any] = []
+    for exc in raw:
+        if isinstance(exc, str):
+            if exc not in sets:
+                close = difflib.get_close_matches(exc, list(sets), n=3, cutoff=0.6)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                raise RuleError(label, rid, f"no exception_set named {exc!r}{hint}")
+            out.extend(dict(e) for e in sets[exc])
+        elif isinstance(exc, dict) and (
+            same := next((e for e in out if e.get("name") == exc.get("name")), None)
+        ):
+            # An override appending to an exception that came from a set (Falco's rule:
+            # an exception of the same name adds its values).
+            if set(exc) - {"name", "values"}:
+                raise RuleError(
+                    label, rid, f"exception {exc.get('name')!r} is given twice with fields"
+                )
+            same["values"] = [*(same.get("values") or []), *(exc.get("values") or [])]
+        else:
+            out.append(exc)
+    return out
+
+
+def _parse_exceptions(
+    raw: Any, label: str, rid: str, sets: dict[str, list[Any]] | None = None
+) -> tuple[ExceptionSpec, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list):
         raise RuleError(label, rid, "exceptions must be a list")
+    raw = _expand_sets(raw, sets or {}, label, rid)
     out: list[ExceptionSpec] = []
     for exc in raw:
         if not isinstance(exc, dict) or "name" not in exc:
@@ -606,7 +715,9 @@ def _exception_expr(spec: ExceptionSpec, compiler: Compiler) -> pl.Expr:
     return pl.any_horizontal(row_exprs) if row_exprs else pl.lit(False)
 
 
-def _build_rule(pending: _Pending, compiler: Compiler) -> Rule:
+def _build_rule(
+    pending: _Pending, compiler: Compiler, sets: dict[str, list[Any]] | None = None
+) -> Rule:
     d, label = pending.data, pending.source
     rid = d["rule"]
 
@@ -635,7 +746,7 @@ def _build_rule(pending: _Pending, compiler: Compiler) -> Rule:
     if not isinstance(enabled, bool):
         raise RuleError(label, rid, "enabled must be true or false")
     threshold = _parse_threshold(d["threshold"], label, rid) if "threshold" in d else None
-    exceptions = _parse_exceptions(d.get("exceptions"), label, rid)
+    exceptions = _parse_exceptions(d.get("exceptions"), label, rid, sets)
     output = d.get("output")
     if output is not None and not isinstance(output, str):
         raise RuleError(label, rid, "output must be a string")
@@ -682,6 +793,8 @@ def _build_rule(pending: _Pending, compiler: Compiler) -> Rule:
         stage_expr=pl.col("stage").fill_null("ResponseComplete").is_in(list(stages)),
         tree=tree,
         has_prefilter=bool(cheap_conjuncts(tree)),
+        gate=compiler.gate(tree),
+        compiler=compiler,
     )
 
 
@@ -718,7 +831,7 @@ def load_ruleset(
             compiler.expand_list(name)
         except ConditionError as exc:
             raise RuleError(None, None, exc.message) from None
-    rules = [_build_rule(p, compiler) for p in reg.rules.values()]
+    rules = [_build_rule(p, compiler, reg.exception_sets) for p in reg.rules.values()]
     ids = [r.id for r in rules]
     _check_ids(disabled or [], ids, "--disable")
     _check_ids(enabled or [], ids, "--enable")
@@ -727,4 +840,4 @@ def load_ruleset(
             r.enabled = False
         elif r.id in (enabled or []):
             r.enabled = True
-    return RuleSet(rules, reg.lists, reg.macros, reg.files)
+    return RuleSet(rules, reg.lists, reg.macros, reg.files, reg.exception_sets)

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from fsspec.implementations.local import LocalFileSystem
 
-from detector.errors import RuntimeFailure
+from detector.errors import EXIT_USAGE, RuntimeFailure
 from detector.events.normalize import MAX_LINE_BYTES
 from detector.storage import Location, filesystem, full_uri, is_s3, strip_protocol
 
@@ -59,7 +59,13 @@ RAW_KEEP = 65536
 
 
 class InputError(RuntimeFailure):
-    """An input that cannot be read at all (missing, no permission...): exit 3."""
+    """An input that cannot be read at all (missing, no permission, not gzip...)."""
+
+
+class InputNotFound(InputError):
+    """A path that names nothing: a typo in the command, so a usage error (exit 2)."""
+
+    exit_code = EXIT_USAGE
 
 
 @dataclass
@@ -114,7 +120,7 @@ def expand_inputs(paths: list[str], *, on_skip: Callable[[str], None] | None = N
         elif fs.exists(bare):
             matches = [bare]
         else:
-            raise InputError(f"{path}: no such file, folder or object")
+            raise InputNotFound(f"{path}: no such file, folder or object")
         for m in sorted(matches):
             if fs.isdir(m):
                 continue
@@ -140,7 +146,7 @@ def open_input(uri: str) -> BinaryIO:
     try:
         fh = filesystem(uri).open(strip_protocol(uri), "rb")
     except FileNotFoundError as exc:
-        raise InputError(f"{uri}: no such file or object") from exc
+        raise InputNotFound(f"{uri}: no such file or object") from exc
     except PermissionError as exc:
         raise InputError(f"{uri}: permission denied") from exc
     except OSError as exc:
@@ -640,6 +646,7 @@ def object_identity(uri: str) -> tuple[str, str]:
 __all__ = [
     "FORMATS",
     "InputError",
+    "InputNotFound",
     "LineBatch",
     "cluster_from_log_group",
     "expand_inputs",

@@ -15,7 +15,13 @@ from detector.cli.options import FormatOpt, OutputFormat, emit_json, stdout
 
 config_app = typer.Typer(
     name="config",
-    help="Settings: detect.toml < DETECT_* environment variables < flags.",
+    help=(
+        "Settings: detect.toml < DETECT_* environment variables < flags.\n\n"
+        "Example:\n\n"
+        "\b\n"
+        "    detect config show\n"
+        "    detect --config prod.toml config show --all --format json"
+    ),
     no_args_is_help=True,
 )
 
@@ -68,17 +74,17 @@ def effective(
     for key in ("log_format", "log_level", "region"):
         value = state.values.get(key)
         source = state.sources.get(key, "default")
-        if value is None and key == "region":
+        if value is None and key == "region":  # no setting, no AWS_REGION: the profile's
             import boto3
 
-            value, source = boto3.Session().region_name, "AWS chain (AWS_REGION, profile)"
+            value, source = boto3.Session().region_name, "AWS profile"
         rows.append({"setting": key, "value": value or _ROOT_DEFAULTS.get(key), "source": source})
     group = root.command
     shared_rows: dict[str, dict[str, Any]] = {}
     per_command: list[dict[str, Any]] = []
     for s in settings.iter_settings(group):
-        if s.command[0] == "config":
-            continue
+        if s.command[0] == "config" or s.key in settings.ROOT_SETTINGS:
+            continue  # root settings (region) are listed once, above
         sub = _context_for(root, s.command)
         value, source = s.param.consume_value(sub, {})
         where = _source_of(s, source, loaded)

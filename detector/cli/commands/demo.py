@@ -12,12 +12,14 @@ import typer
 from detector.cli.options import (
     FormatOpt,
     OutputFormat,
+    SeedOpt,
     emit_json,
     progress_status,
     stderr,
     stdout,
-    usage_error,
 )
+from detector.cli.render import render_findings, short_principal, wide_console
+from detector.errors import UsageError
 
 DEMO_MARKER = "_state/demo.json"
 DEMO_CLUSTER = "demo"
@@ -30,8 +32,8 @@ def demo(
     ] = Path(".demo"),
     days: Annotated[float, typer.Option(help="Days of traffic, ending now.", min=0.2)] = 2.0,
     rate: Annotated[float, typer.Option(help="Average events per second.", min=0.05)] = 1.0,
-    seed: Annotated[int, typer.Option(help="Simulator seed.")] = 7,
-    model_dir: Annotated[
+    seed: SeedOpt = 7,
+    model_dir: Annotated[  # not the shared --model-dir: DETECT_MODEL_DIR is production's
         str, typer.Option("--model-dir", help="Where the demo model is saved.")
     ] = "models",
     output: FormatOpt = OutputFormat.table,
@@ -50,12 +52,16 @@ def demo(
         detect findings --lake ./lake --since 1d
     """
     from detector.lake.events import Lake
+    from detector.lake.overview import lake_overview
     from detector.pipeline.ingest import ingest_paths
     from detector.simulate.traffic import write_simulation
 
     root = Path(lake)
+    for path, flag in ((root, "--lake"), (workdir, "--workdir")):
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"{flag} {path}: a file, not a folder")
     if root.exists() and any(root.iterdir()) and not (root / DEMO_MARKER).exists():
-        usage_error(
+        raise UsageError(
             f"{lake} holds a lake the demo did not make; pass --lake to a new folder "
             "(the demo replaces its own lake each run)"
         )
@@ -89,15 +95,27 @@ def demo(
 
     report: dict = {"simulation": sim.as_dict(), "ingest": summary.to_dict(), "lake": overview}
     report.update(train_and_score(lake_obj, sim.start, end, model_dir=model_dir, output=output))
+    report["report"] = write_demo_report(lake_obj, end, workdir)
+    say(output, f"report of the last day -> {report['report']}")
     if output == OutputFormat.json:
         emit_json(report)
     else:
         stdout.print(
-            f"\nnext: detect findings --lake {lake} --since 1d    "
+            f"\nnext: open {report['report']}    detect findings --lake {lake} --since 1d    "
             f"detect evaluate --lake {lake} --labels {workdir}/labels.json "
             f"--train-until {(end - timedelta(days=1)):%Y-%m-%dT%H:%M}Z",
             markup=False,
         )
+
+
+def write_demo_report(lake, end: datetime, workdir: Path) -> str:  # type: ignore[no-untyped-def]
+    """The HTML report of the scored day (the day before is its baseline), in WORKDIR."""
+    from detector.report.data import collect
+    from detector.report.html import write_report
+
+    with progress_status("writing the report"):
+        data = collect(lake, end - timedelta(days=1), end, baseline=timedelta(days=1))
+        return str(write_report(data, workdir / "report.html").resolve())
 
 
 def say(output: OutputFormat, message: str) -> None:
@@ -105,48 +123,31 @@ def say(output: OutputFormat, message: str) -> None:
     (stdout if output == OutputFormat.table else stderr).print(message, markup=False)
 
 
-def lake_overview(lake) -> dict:  # type: ignore[no-untyped-def]
-    """Events per hour, top principals and quarantined lines: what an operator checks first."""
-    import polars as pl
-
-    events = lake.scan_events()
-    per_hour = (
-        events.group_by(pl.col("event_time").dt.truncate("1h").alias("hour"))
-        .agg(pl.len().alias("events"))
-        .sort("hour")
-        .collect()
-    )
-    top = (
-        events.group_by("principal", "principal_kind")
-        .agg(pl.len().alias("events"))
-        .sort("events", descending=True)
-        .head(10)
-        .collect()
-    )
-    quarantine = lake.scan_quarantine().group_by("reason").agg(pl.len().alias("lines")).collect()
-    return {
-        "events": int(per_hour["events"].sum()),
-        "events_per_hour": per_hour.to_dicts(),
-        "top_principals": top.to_dicts(),
-        "quarantined": quarantine.to_dicts(),
-    }
-
-
-def render_overview(overview: dict) -> None:
+def render_overview(overview: dict, *, shown_hours: int = 12) -> None:
+    """Events per hour (the last ``shown_hours``), top principals, quarantined lines."""
     from rich.table import Table
 
+
     hours = overview["events_per_hour"]
-    peak = max((h["events"] for h in hours), default=1)
-    stdout.print(f"\nlake: {overview['events']:,} events in {len(hours)} hours", markup=False)
-    for h in hours[-12:]:
+    shown = hours[-shown_hours:]
+    peak = max((h["events"] for h in shown), default=1)
+    stdout.print(
+        f"\nlake: {overview['events']:,} events over {len(hours)} hours; "
+        f"events per hour, the last {len(shown)}:",
+        markup=False,
+    )
+    for h in shown:
         bar = "#" * max(1, round(40 * h["events"] / peak))
         stdout.print(f"  {h['hour']:%Y-%m-%d %H:00}  {h['events']:>7,}  {bar}", markup=False)
     table = Table(title="top principals", title_justify="left")
-    for col in ("principal", "kind", "events"):
-        table.add_column(col)
+    table.add_column("principal", no_wrap=True)
+    table.add_column("kind", no_wrap=True)
+    table.add_column("events", justify="right")
     for row in overview["top_principals"]:
-        table.add_row(row["principal"], row["principal_kind"], f"{row['events']:,}")
-    stdout.print(table)
+        table.add_row(
+            short_principal(row["principal"]), row["principal_kind"], f"{row['events']:,}"
+        )
+    wide_console().print(table)
     lines = sum(q["lines"] for q in overview["quarantined"])
     stdout.print(f"quarantined lines: {lines}", markup=False)
 
@@ -167,8 +168,8 @@ def train_and_score(
     """
     import polars as pl
 
-    from detector.cli.commands.score import render_findings
-    from detector.detect.score import score_range, train_model
+    from detector.detect.score import score_range
+    from detector.detect.train import train_model
     from detector.lake.findings import sort_findings
 
     day_start = end - timedelta(days=1)
@@ -191,7 +192,12 @@ def train_and_score(
         f"{last_hour.height} in the last hour; findings -> {lake.uri}/findings/",
     )
     if output == OutputFormat.table:
-        render_findings(findings, title="alerts, last day", alerts_only=True)
+        render_findings(
+            findings,
+            title="alerts, last day",
+            alerts_only=True,
+            hint=f"detect findings --lake {lake.uri} --since 1d",
+        )
     return {
         "model_version": card.get("model_version"),
         "findings": findings.to_dicts(),

@@ -2,30 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from datetime import datetime
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from detector.cli.commands.train import (
+from detector.cli.options import (
     DEFAULT_ALERT_RATE,
     AlertRateOpt,
-    SeedOpt,
-    WindowOpt,
-    parse_window,
-)
-from detector.cli.options import (
-    EXIT_USAGE,
     FormatOpt,
     LakeOpt,
+    NoRulesOpt,
     OutputFormat,
+    SeedOpt,
+    UntilOpt,
+    WindowOpt,
     emit_json,
-    fail,
+    instant_option,
     progress_status,
-    usage_error,
 )
-from detector.storage import StorageError
-from detector.timeparse import TimeArgumentError, parse_instant
+from detector.cli.render import short_principal, wide_console
 
 
 def evaluate(
@@ -34,19 +31,16 @@ def evaluate(
         str, typer.Option("--labels", help="labels.json written by `detect simulate`.")
     ] = "labels.json",
     train_until: Annotated[
-        str,
-        typer.Option(
-            "--train-until",
-            help="Train on events before this instant (ISO-8601), score the rest.",
+        datetime,
+        instant_option(
+            "--train-until", help="Train on events before this instant, score the rest."
         ),
     ] = ...,  # type: ignore[assignment]
-    until: Annotated[
-        str | None, typer.Option("--until", help="End of the scored range; default: last event.")
-    ] = None,
-    window: WindowOpt = "10m",
+    until: UntilOpt = None,
+    window: WindowOpt = "10m",  # type: ignore[assignment]
     alert_rate: AlertRateOpt = DEFAULT_ALERT_RATE,
     seed: SeedOpt = 0,
-    no_rules: Annotated[bool, typer.Option("--no-rules", help="Evaluate the model alone.")] = False,
+    no_rules: NoRulesOpt = False,
     output: FormatOpt = OutputFormat.table,
 ) -> None:
     """Train on labeled data up to --train-until, score the rest and measure the detection.
@@ -54,7 +48,8 @@ def evaluate(
     Prints, for each labeled scenario in the scored range, whether the model alone (and the
     model with the rules, when the rules engine is installed) raised a finding about it;
     then precision, recall, and false alerts per day on principals that take part in no
-    scenario. Nothing is written to the lake or the model store.
+    scenario. The scored range ends at --until (default: the last event). Nothing is
+    written to the lake or the model store.
 
     Example:
 
@@ -63,34 +58,22 @@ def evaluate(
         detect ingest sim/audit.log --lake sim/lake
         detect evaluate --lake sim/lake --labels sim/labels.json --train-until 2026-11-26T00:00:00Z
     """
-    from detector.detect.evaluate import LabelsError, load_labels
     from detector.detect.evaluate import evaluate as run_evaluate
-    from detector.detect.score import ScoringError
+    from detector.detect.evaluate import load_labels
     from detector.lake.events import Lake
 
-    win = parse_window(window)
-    try:
-        cut = parse_instant(train_until)
-        end = parse_instant(until) if until else None
-    except TimeArgumentError as exc:
-        usage_error(str(exc))
-    try:
-        scenarios = load_labels(labels)
-        with progress_status("evaluating: training and scoring..."):
-            report = run_evaluate(
-                Lake(lake),
-                scenarios,
-                train_until=cut,
-                until=end,
-                window=win,
-                alert_rate=alert_rate,
-                seed=seed,
-                rules=not no_rules,
-            )
-    except (LabelsError, ScoringError) as exc:
-        fail(str(exc), EXIT_USAGE)
-    except StorageError as exc:
-        fail(str(exc))
+    scenarios = load_labels(labels)
+    with progress_status("evaluating: training and scoring..."):
+        report = run_evaluate(
+            Lake(lake),
+            scenarios,
+            train_until=train_until,
+            until=until,
+            window=window,
+            alert_rate=alert_rate,
+            seed=seed,
+            rules=not no_rules,
+        )
     from detector.incidents.evaluate import incident_figures
 
     figures = incident_figures(report)
@@ -101,10 +84,8 @@ def evaluate(
     render_incidents(figures)
 
 
-def render_incidents(f) -> None:
+def render_incidents(f: Any) -> None:
     """The alert figures: what reaches a sink at the default minimum severity."""
-    from detector.cli.commands.score import wide_console
-
     wide_console().print(
         f"incidents at min severity {f.min_severity} (what reaches a sink): "
         f"{f.incidents} delivered; {f.reached}/{f.scenarios} attacks reach a sink, "
@@ -122,8 +103,6 @@ def _pct(x: float | None) -> str:
 
 def render(report) -> None:
     """Per-scenario detection, then the metrics of each set of detectors."""
-    from detector.cli.commands.score import short_principal, wide_console
-
     out = wide_console()
     names = [d.name for d in report.detectors]
     table = Table(

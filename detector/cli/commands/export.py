@@ -9,27 +9,29 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated
 
 import typer
 
 from detector.cli.options import (
     EXIT_OK,
-    EXIT_RUNTIME,
-    EXIT_USAGE,
+    ClusterOpt,
+    Duration,
     FormatOpt,
     LakeOpt,
     OutputFormat,
+    RegionOpt,
+    UntilOpt,
+    duration_option,
     emit_json,
-    fail,
+    instant_option,
     progress_enabled,
     stderr,
     stdout,
-    usage_error,
 )
+from detector.errors import UsageError
 from detector.pipeline.export import (
-    ExportConfigError,
     Exporter,
     ExportError,
     ExportOptions,
@@ -37,22 +39,10 @@ from detector.pipeline.export import (
 )
 from detector.sources.cloudwatch import DEFAULT_STREAM_PREFIX, MAX_PAGE_LIMIT
 from detector.sources.files import cluster_from_log_group
-from detector.timeparse import TimeArgumentError, parse_duration, parse_instant
+from detector.timeparse import check_range
 
-
-def _duration(text: str, flag: str, *, allow_zero: bool = True) -> timedelta:
-    try:
-        value = parse_duration(text)
-    except TimeArgumentError as exc:
-        usage_error(f"{flag}: {exc}")
-    if value < timedelta(0) or (not allow_zero and value == timedelta(0)):
-        usage_error(f"{flag} must be {'at least 0' if allow_zero else 'more than 0'}")
-    return value
-
-
-def _positive(value: float, flag: str) -> None:
-    if value <= 0:
-        usage_error(f"{flag} must be more than 0")
+#: Durations that must be more than zero (a chunk, a pass interval, a lease...).
+POSITIVE = Duration(positive=True)
 
 
 @contextmanager
@@ -75,6 +65,7 @@ def _stop_on_signals(stop: threading.Event, received: list[int]) -> Iterator[Non
 
 
 def export(
+    ctx: typer.Context,
     log_group: Annotated[
         str,
         typer.Option(
@@ -85,46 +76,34 @@ def export(
         ),
     ],
     lake: LakeOpt = "./lake",
-    cluster: Annotated[
-        str | None,
-        typer.Option(
-            "--cluster",
-            envvar="DETECT_CLUSTER",
-            help="Cluster name in the lake (default: from /aws/eks/NAME/cluster).",
-        ),
-    ] = None,
+    cluster: ClusterOpt = None,
     since: Annotated[
-        str | None,
-        typer.Option(
+        datetime | None,
+        instant_option(
             "--since",
             help="Start: a duration before now (1h, 7d) or ISO-8601. Default: resume from "
             "the checkpoint in LAKE/_state/.",
         ),
     ] = None,
-    until: Annotated[
-        str | None,
-        typer.Option(
-            "--until",
-            help="End (exclusive), same forms as --since; default now minus --latency.",
-        ),
-    ] = None,
+    until: UntilOpt = None,
     follow: Annotated[
         bool,
         typer.Option("--follow", help="Keep exporting new events until SIGTERM/SIGINT."),
     ] = False,
     interval: Annotated[
-        str, typer.Option("--interval", help="Follow mode: time between passes.")
-    ] = "30s",
+        timedelta,
+        duration_option("--interval", parser=POSITIVE, help="Follow mode: time between passes."),
+    ] = "30s",  # type: ignore[assignment]
     latency: Annotated[
-        str,
-        typer.Option(
+        timedelta,
+        duration_option(
             "--latency",
             help="Read only windows closed this long ago (CloudWatch ingestion delay).",
         ),
-    ] = "2m",
+    ] = "2m",  # type: ignore[assignment]
     overlap: Annotated[
-        str | None,
-        typer.Option(
+        timedelta | None,
+        duration_option(
             "--overlap",
             help="Re-read this much behind the checkpoint to catch late events "
             "(default: the --latency value).",
@@ -136,47 +115,65 @@ def export(
     ] = DEFAULT_STREAM_PREFIX,
     rate: Annotated[
         float,
-        typer.Option("--rate", help="Client-side limit on CloudWatch API requests per second."),
+        typer.Option(
+            "--rate", min=0.0, help="Client-side limit on CloudWatch API requests per second."
+        ),
     ] = 5.0,
     max_attempts: Annotated[
         int,
         typer.Option(
             "--max-attempts",
+            min=1,
             help="Tries per API call on throttling, 5xx, timeouts or resets before giving up.",
         ),
     ] = 8,
     flush_events: Annotated[
-        int, typer.Option("--flush-events", help="Write to the lake every N events...")
+        int, typer.Option("--flush-events", min=1, help="Write to the lake every N events...")
     ] = 50_000,
     flush_interval: Annotated[
-        str, typer.Option("--flush-interval", help="...or every T, whichever comes first.")
-    ] = "60s",
-    chunk: Annotated[
-        str,
-        typer.Option(
-            "--chunk", help="Read the range in chunks this long; the checkpoint moves per chunk."
+        timedelta,
+        duration_option(
+            "--flush-interval", parser=POSITIVE, help="...or every T, whichever comes first."
         ),
-    ] = "15m",
+    ] = "60s",  # type: ignore[assignment]
+    chunk: Annotated[
+        timedelta,
+        duration_option(
+            "--chunk",
+            parser=POSITIVE,
+            help="Read the range in chunks this long; the checkpoint moves per chunk.",
+        ),
+    ] = "15m",  # type: ignore[assignment]
     lease: Annotated[
-        str,
-        typer.Option(
+        timedelta,
+        duration_option(
             "--lease",
+            parser=POSITIVE,
             help="How long the checkpoint stays claimed by an exporter that stops renewing it.",
         ),
-    ] = "3m",
+    ] = "3m",  # type: ignore[assignment]
     wait_for_lease: Annotated[
-        str,
-        typer.Option(
+        timedelta,
+        duration_option(
             "--wait-for-lease",
             help="If another exporter holds the log group, wait this long for it (standby).",
         ),
-    ] = "0s",
+    ] = "0s",  # type: ignore[assignment]
     page_limit: Annotated[
-        int, typer.Option("--page-limit", hidden=True, help="FilterLogEvents limit per page.")
+        int,
+        typer.Option(
+            "--page-limit",
+            min=1,
+            max=MAX_PAGE_LIMIT,
+            hidden=True,
+            help="FilterLogEvents limit per page.",
+        ),
     ] = MAX_PAGE_LIMIT,
     backoff: Annotated[
-        str, typer.Option("--backoff", hidden=True, help="Base of the exponential backoff.")
-    ] = "0.5s",
+        timedelta,
+        duration_option("--backoff", hidden=True, help="Base of the exponential backoff."),
+    ] = "0.5s",  # type: ignore[assignment]
+    region: RegionOpt = None,
     output: FormatOpt = OutputFormat.table,
 ) -> None:
     """Export EKS audit events from CloudWatch Logs into the lake.
@@ -203,46 +200,37 @@ def export(
         detect export --log-group /aws/eks/prod/cluster --lake ./lake --since 1h
         detect export --log-group /aws/eks/prod/cluster --lake s3://audit-lake/prod --follow
     """
+    if region:
+        from detector.config import apply_region
+
+        apply_region(ctx, region)
     cluster = cluster or cluster_from_log_group(log_group)
     if not cluster:
-        usage_error(
+        raise UsageError(
             f"cannot tell the cluster from log group {log_group!r} (not /aws/eks/NAME/cluster): "
             "pass --cluster"
         )
     if follow and until:
-        usage_error("--until cannot be combined with --follow")
-    if rate < 0:
-        usage_error("--rate must be 0 (no limit) or more")
-    _positive(max_attempts, "--max-attempts")
-    _positive(flush_events, "--flush-events")
-    _positive(page_limit, "--page-limit")
-    latency_td = _duration(latency, "--latency")
+        raise UsageError("--until cannot be combined with --follow")
+    if since and until:
+        check_range(since, until)
     options = ExportOptions(
         log_group=log_group,
         cluster=cluster,
         stream_prefix=stream_prefix,
-        latency=latency_td,
-        overlap=_duration(overlap, "--overlap") if overlap is not None else None,
-        chunk=_duration(chunk, "--chunk", allow_zero=False),
-        interval=_duration(interval, "--interval", allow_zero=False),
+        latency=latency,
+        overlap=overlap,
+        chunk=chunk,
+        interval=interval,
         flush_events=flush_events,
-        flush_seconds=_duration(
-            flush_interval, "--flush-interval", allow_zero=False
-        ).total_seconds(),
+        flush_seconds=flush_interval.total_seconds(),
         page_limit=page_limit,
         rate=rate,
         max_attempts=max_attempts,
-        backoff_base=_duration(backoff, "--backoff").total_seconds(),
-        lease_seconds=_duration(lease, "--lease", allow_zero=False).total_seconds(),
-        wait_for_lease=_duration(wait_for_lease, "--wait-for-lease").total_seconds(),
+        backoff_base=backoff.total_seconds(),
+        lease_seconds=lease.total_seconds(),
+        wait_for_lease=wait_for_lease.total_seconds(),
     )
-    try:
-        since_at = parse_instant(since) if since else None
-        until_at = parse_instant(until) if until else None
-    except TimeArgumentError as exc:
-        usage_error(str(exc))
-    if since_at and until_at and until_at <= since_at:
-        usage_error("--until must be after --since")
 
     interactive = progress_enabled() and output == OutputFormat.table
     last_draw = [0.0]
@@ -266,17 +254,13 @@ def export(
     exporter = Exporter(lake, options, stop=stop, progress=progress if interactive else None)
     with _stop_on_signals(stop, received):
         try:
-            summary = exporter.run(since=since_at, until=until_at, follow=follow)
-        except ExportConfigError as exc:
-            if interactive:
-                stderr.print()
-            fail(str(exc), EXIT_USAGE)
-        except ExportError as exc:
+            summary = exporter.run(since=since, until=until, follow=follow)
+        except ExportError as exc:  # reported by the entry point; the summary so far first
             if interactive:
                 stderr.print()
             if output == OutputFormat.json:
                 emit_json({**exporter.summary.to_dict(), "error": str(exc)})
-            fail(str(exc), EXIT_RUNTIME)
+            raise
     if interactive:
         stderr.print()
     if received:
@@ -294,10 +278,13 @@ def render_summary(summary: ExportSummary) -> None:
     """The human summary of an export."""
     d = summary.to_dict()
     cp = d["checkpoint"]
+    # Every event read is new, already in the lake or quarantined: the three add up.
+    read = d["events_read"] + d["overlap_skipped"]
+    reread = f" ({d['overlap_skipped']:,} re-read in the overlap)" if d["overlap_skipped"] else ""
     stdout.print(
-        f"exported {d['events_read']:,} events from {d['log_group']} "
+        f"exported {read:,} events from {d['log_group']} "
         f"({len(d['streams'])} audit streams) into {d['lake']} in {d['seconds']:.1f}s: "
-        f"{d['events_written']:,} new, {d['duplicates']:,} already in the lake, "
+        f"{d['events_written']:,} new, {d['duplicates']:,} already in the lake{reread}, "
         f"{d['quarantined']:,} quarantined",
         markup=False,
     )

@@ -9,15 +9,14 @@ import typer
 from detector.cli.options import (
     FormatOpt,
     LakeOpt,
+    MinSeverityOpt,
     OutputFormat,
+    SinceOpt,
+    UntilOpt,
     emit_json,
-    fail,
     stdout,
-    usage_error,
 )
-from detector.lake.findings_schema import SEVERITIES
-from detector.storage import StorageError
-from detector.timeparse import TimeArgumentError, parse_instant
+from detector.cli.render import findings_json, format_score, render_findings
 
 findings_app = typer.Typer(
     invoke_without_command=True,
@@ -29,26 +28,21 @@ findings_app = typer.Typer(
 def list_cmd(
     ctx: typer.Context,
     lake: LakeOpt = "./lake",
-    since: Annotated[
-        str,
-        typer.Option("--since", help="Findings whose window starts after this (24h, ISO-8601)."),
-    ] = "24h",
-    until: Annotated[
-        str | None, typer.Option("--until", help="...and before this (exclusive); default now.")
-    ] = None,
+    since: SinceOpt = "24h",  # type: ignore[assignment]
+    until: UntilOpt = None,
     principal: Annotated[
         str | None,
-        typer.Option("--principal", help="Only principals containing this text."),
-    ] = None,
-    min_severity: Annotated[
-        str | None,
         typer.Option(
-            "--min-severity", help=f"Only this severity and above ({', '.join(SEVERITIES)})."
+            "--principal",
+            help="Only principals containing this text (an STS assumed-role ARN is accepted).",
         ),
     ] = None,
+    min_severity: MinSeverityOpt = None,
     output: FormatOpt = OutputFormat.table,
 ) -> None:
-    """List findings in the lake (most severe first), or show one with its events.
+    """List findings in the lake (most severe first, every severity unless
+    --min-severity), or show one with its events. A finding is listed when its window
+    starts in [--since, --until).
 
     Use `detect findings show FINDING_ID` for one finding's reasons and events.
 
@@ -62,23 +56,17 @@ def list_cmd(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from detector.cli.commands.score import findings_json, render_findings
+    from detector.events.identity import canonical_principal
     from detector.lake.events import Lake
     from detector.lake.findings import list_findings
 
-    if min_severity is not None and min_severity not in SEVERITIES:
-        usage_error(f"--min-severity must be one of {', '.join(SEVERITIES)}, not {min_severity!r}")
-    try:
-        start = parse_instant(since)
-        end = parse_instant(until) if until else None
-    except TimeArgumentError as exc:
-        usage_error(str(exc))
-    try:
-        df = list_findings(
-            Lake(lake), since=start, until=end, principal=principal, min_severity=min_severity
-        )
-    except StorageError as exc:
-        fail(str(exc))
+    df = list_findings(
+        Lake(lake),
+        since=since,
+        until=until,
+        principal=canonical_principal(principal) if principal else None,
+        min_severity=min_severity.value if min_severity else None,
+    )
     if output == OutputFormat.json:
         emit_json(findings_json(df))
     else:
@@ -100,25 +88,22 @@ def show(
         detect findings show 3f9c0a1b2c3d4e5f6a7b --lake ./lake
     """
     from detector.lake.events import Lake
-    from detector.lake.findings import FindingNotFound, get_finding
+    from detector.lake.findings import get_finding
 
-    try:
-        if len(finding_id) < 20:  # a prefix: ids are 20 hex characters
-            finding_id = _full_id(lake, finding_id)
-        row, events = get_finding(Lake(lake), finding_id)
-    except FindingNotFound as exc:
-        fail(str(exc), 2)
-    except StorageError as exc:
-        fail(str(exc))
+    if len(finding_id) < 20:  # a prefix: ids are 20 hex characters
+        finding_id = _full_id(lake, finding_id)
+    row, events = get_finding(Lake(lake), finding_id)
     row.update(_status_of(lake, row))
+    identity = finding_identity(row, events)
     if output == OutputFormat.json:
-        emit_json({**row, "events": events.drop("finding_id").to_dicts()})
+        emit_json({**row, "identity": identity, "events": events.drop("finding_id").to_dicts()})
         return
     out = stdout
     out.print(f"{row['title']}", markup=False, style="bold")
     out.print(
-        f"finding {row['finding_id']}  severity {row['severity']}  score {row['score']:.3f}"
-        f"  threshold {row['threshold']:.3f}  detector {row['detector']}"
+        f"finding {row['finding_id']}  severity {row['severity']}  "
+        f"score {format_score(row['score'])}"
+        f"  threshold {format_score(row['threshold'])}  detector {row['detector']}"
         f"{'  (cold start)' if row['cold_start'] else ''}",
         markup=False,
     )
@@ -133,6 +118,7 @@ def show(
         + (f"; incident {row['incident_id']}" if row["incident_id"] else ""),
         markup=False,
     )
+    render_identity(identity)
     if row.get("tactic"):
         out.print(f"MITRE ATT&CK: {row['tactic']} {row.get('technique') or ''}", markup=False)
     out.print("why:", markup=False)
@@ -162,16 +148,12 @@ def show(
 
 def _full_id(lake: str, prefix: str) -> str:
     """The finding id that ``prefix`` starts (unique, 4+ characters), or a usage error."""
-    from detector.errors import DetectError
     from detector.incidents.status import resolve_prefix
     from detector.lake.events import Lake
     from detector.lake.findings import list_findings
 
     ids = list_findings(Lake(lake), min_severity="info")["finding_id"].to_list()
-    try:
-        return resolve_prefix(prefix, ids, "finding")
-    except DetectError as exc:
-        fail(str(exc), exc.exit_code)
+    return resolve_prefix(prefix, ids, "finding")
 
 
 def _status_of(lake: str, row: dict) -> dict:
@@ -190,16 +172,10 @@ def _status_of(lake: str, row: dict) -> dict:
 
 
 def _set_status(finding_id: str, lake: str, status: str, reason: str | None) -> None:
-    from detector.errors import DetectError
     from detector.incidents.workflow import set_finding_status
     from detector.lake.events import Lake
 
-    try:
-        done = set_finding_status(Lake(lake), finding_id, status, reason)
-    except DetectError as exc:
-        fail(str(exc), exc.exit_code)
-    except StorageError as exc:
-        fail(str(exc))
+    done = set_finding_status(Lake(lake), finding_id, status, reason)
     stdout.print(f"finding {done['finding_id']}: {status}", markup=False)
 
 
@@ -229,6 +205,41 @@ def resolve(finding_id: _IdArg, lake: LakeOpt = "./lake", reason: _ReasonOpt = N
         detect findings resolve 3f9c0a --lake ./lake --reason "expected: migration job"
     """
     _set_status(finding_id, lake, "resolved", reason)
+def finding_identity(row: dict, events) -> dict:  # type: ignore[no-untyped-def]
+    """Who it was (both ARN forms, account, access keys) and where to look next.
+
+    The CloudTrail lookup spans the window plus an hour each side: the same credentials are
+    usually used against AWS APIs around the Kubernetes requests, not only inside them.
+    """
+    import os
+    from datetime import timedelta
+
+    from detector.events.identity import identity_summary
+
+    keys = events["access_key_id"].drop_nulls().unique(maintain_order=True).to_list()
+    return identity_summary(
+        row["principal"],
+        keys,
+        start=row["window_start"] - timedelta(hours=1),
+        end=row["window_end"] + timedelta(hours=1),
+        region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+    )
+
+
+def render_identity(identity: dict) -> None:
+    """The identity lines of `findings show`: readable name, full ARNs, keys, next steps."""
+    if identity["kind"] == "other":
+        return
+    out = stdout
+    out.print(f"identity {identity['display']}  account {identity['account']}", markup=False)
+    for label, key in (("  stored as", "principal"), ("  STS ARN  ", "sts_arn")):
+        if identity.get(key):
+            out.print(f"{label} {identity[key]}", markup=False)
+    if identity["access_key_ids"]:
+        out.print(f"  access key(s) {', '.join(identity['access_key_ids'])}", markup=False)
+    for link in identity["links"]:
+        out.print(f"  {link['label']}:", markup=False)
+        out.print(f"    {link['target']}", markup=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -12,6 +12,7 @@ from detector.cli.options import (
     FormatOpt,
     LakeOpt,
     OutputFormat,
+    configured_sinks,
     emit_json,
     fail,
     stdout,
@@ -86,7 +87,7 @@ def list_cmd(
     if df.is_empty():
         stdout.print("no incidents", markup=False)
         return
-    from detector.cli.commands.score import SEVERITY_STYLE, short_principal, wide_console
+    from detector.cli.render import SEVERITY_STYLE, short_principal, wide_console
 
     table = Table(box=None, pad_edge=False, header_style="bold")
     for col in ("id", "severity", "status", "first seen (UTC)", "findings", "principal", "title"):
@@ -259,12 +260,6 @@ def _now():
     from datetime import UTC, datetime
 
     return datetime.now(UTC)
-
-
-def configured_sinks(ctx: typer.Context) -> list:
-    """The [[sinks]] of the loaded configuration (checked when the file was read)."""
-    state = ctx.find_root().meta.get("detect.settings")
-    return list(state.config.extra.get("sinks", [])) if state else []
 
 
 def register(app: typer.Typer) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Annotated
 
 import typer
@@ -10,18 +11,19 @@ from detector.cli.options import (
     EXIT_RUNTIME,
     ClusterOpt,
     FormatOpt,
+    InputFormat,
+    InputFormatOpt,
     LakeOpt,
     OutputFormat,
+    duration_option,
     emit_json,
-    fail,
+    instant_option,
     progress_enabled,
     stderr,
     stdout,
-    usage_error,
 )
+from detector.events.normalize import TimeBounds
 from detector.pipeline.ingest import IngestSummary, ingest_paths
-from detector.sources.files import FORMATS
-from detector.storage import StorageError
 
 
 def ingest(
@@ -31,18 +33,19 @@ def ingest(
     ],
     lake: LakeOpt = "./lake",
     cluster: ClusterOpt = None,
-    input_format: Annotated[
-        str,
-        typer.Option(
-            "--input-format",
-            "--from",
-            help="Input format: auto, ndjson, cloudwatch-json, export-gz or firehose.",
-        ),
-    ] = "auto",
+    input_format: InputFormatOpt = InputFormat.auto,
     reprocess: Annotated[
         bool,
         typer.Option(help="Read S3 objects again even if an earlier run ingested them."),
     ] = False,
+    earliest: Annotated[
+        datetime,
+        instant_option(help="Quarantine events stamped before this instant (ISO-8601 or 30d)."),
+    ] = "2014-01-01",  # type: ignore[assignment]
+    max_future: Annotated[
+        timedelta,
+        duration_option(help="Quarantine events stamped more than this ahead of the clock."),
+    ] = "1d",  # type: ignore[assignment]
     output: FormatOpt = OutputFormat.table,
 ) -> None:
     """Read audit events from files or S3 objects and add them to the lake.
@@ -53,8 +56,8 @@ def ingest(
     stage), lines that cannot be read go to LAKE/quarantine/ with a reason, and S3 objects
     are remembered so the next run reads only new ones.
 
-    Exit codes: 0 done (even with quarantined lines), 2 bad arguments, 3 an input could not
-    be read.
+    Exit codes: 0 done (even with quarantined lines), 2 bad arguments or a path that names
+    nothing (before anything is read), 3 an input could not be read.
 
     Example:
 
@@ -62,8 +65,7 @@ def ingest(
         detect ingest /var/log/kubernetes/audit.log --lake ./lake --cluster prod
         detect ingest s3://my-bucket/eks-audit-export/ --lake s3://audit-lake/prod
     """
-    if input_format not in FORMATS:
-        usage_error(f"--input-format must be one of {', '.join(FORMATS)}, not {input_format!r}")
+    bounds = TimeBounds(earliest=earliest, max_future=max_future)
     interactive = progress_enabled() and output == OutputFormat.table
 
     def progress(summary: IngestSummary, uri: str) -> None:
@@ -72,17 +74,15 @@ def ingest(
             end="",
         )
 
-    try:
-        summary = ingest_paths(
-            paths,
-            lake,
-            cluster=cluster,
-            fmt=input_format,
-            reprocess=reprocess,
-            progress=progress if interactive else None,
-        )
-    except StorageError as exc:
-        fail(str(exc))
+    summary = ingest_paths(
+        paths,
+        lake,
+        cluster=cluster,
+        fmt=input_format.value,
+        reprocess=reprocess,
+        progress=progress if interactive else None,
+        time_bounds=bounds,
+    )
     if interactive:
         stderr.print()
     for warning in summary.warnings:

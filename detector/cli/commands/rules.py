@@ -1,15 +1,13 @@
 """`detect rules list | test | docs`: see, try and document the detection rules.
 
-The options ``--rules FILE`` and ``--disable ID`` mean the same here as on ``detect
-score``; :data:`RulesFileOpt`, :data:`DisableOpt` and :data:`EnableOpt` are defined once
-for both.
+The options ``--rules FILE``, ``--enable ID`` and ``--disable ID`` mean the same here as on
+``detect score``: they are the shared aliases of :mod:`detector.cli.options`.
 """
 
 from __future__ import annotations
 
 import difflib
 import sys
-from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,42 +17,31 @@ from rich.table import Table
 
 from detector.cli.options import (
     EXIT_FINDINGS,
-    EXIT_USAGE,
+    DisableOpt,
+    EnableOpt,
     FormatOpt,
+    InputFormat,
+    InputFormatOpt,
     OutputFormat,
+    RulesFileOpt,
+    WindowOpt,
     emit_json,
-    fail,
+    stderr,
     stdout,
-    usage_error,
 )
-
-RulesFileOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--rules",
-        help="Extra rules file (YAML): adds rules or overrides built-in ones; repeatable.",
-    ),
-]
-DisableOpt = Annotated[
-    list[str] | None,
-    typer.Option("--disable", help="Rule id to switch off; repeatable."),
-]
-EnableOpt = Annotated[
-    list[str] | None,
-    typer.Option("--enable", help="Rule id that ships disabled to switch on; repeatable."),
-]
-
-SEVERITY_STYLE = {
-    "critical": "bold red",
-    "high": "red",
-    "medium": "yellow",
-    "low": "cyan",
-    "info": "dim",
-}
+from detector.cli.render import SEVERITY_STYLE, format_score
+from detector.errors import UsageError
 
 rules_app = typer.Typer(
     name="rules",
-    help="List, try and document the detection rules (YAML, see docs/rules.md).",
+    help=(
+        "List, try and document the detection rules (YAML, see docs/rules.md).\n\n"
+        "Example:\n\n"
+        "\b\n"
+        "    detect rules list\n"
+        "    detect rules test pod-exec /var/log/kubernetes/audit.log --expect-fire\n"
+        "    detect rules docs --check"
+    ),
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="rich",
@@ -65,12 +52,9 @@ rules_app = typer.Typer(
 def _load(
     rules: list[str] | None, disable: list[str] | None, enable: list[str] | None = None
 ) -> Any:
-    from detector.rules import RuleError, load_ruleset
+    from detector.rules import load_ruleset
 
-    try:
-        return load_ruleset(extra_files=rules or None, disabled=disable, enabled=enable)
-    except RuleError as exc:
-        usage_error(str(exc))
+    return load_ruleset(extra_files=rules or None, disabled=disable, enabled=enable)
 
 
 @rules_app.command("list")
@@ -124,18 +108,6 @@ def list_rules(
     )
 
 
-def _parse_window(text: str) -> timedelta:
-    from detector.timeparse import TimeArgumentError, parse_duration
-
-    try:
-        window = parse_duration(text)
-    except TimeArgumentError as exc:
-        usage_error(f"--window: {exc}")
-    if window.total_seconds() < 1:
-        usage_error("--window must be at least 1s")
-    return window
-
-
 @rules_app.command("test")
 def test_rule(
     rule_id: Annotated[str, typer.Argument(help="The rule to run (see `detect rules list`).")],
@@ -144,17 +116,8 @@ def test_rule(
         typer.Argument(help="Audit log files or folders (plain or .gz).", show_default=False),
     ],
     rules: RulesFileOpt = None,
-    window: Annotated[
-        str, typer.Option("--window", help="Grouping window: findings per principal per window.")
-    ] = "10m",
-    input_format: Annotated[
-        str,
-        typer.Option(
-            "--input-format",
-            "--from",
-            help="Input format: auto, ndjson, cloudwatch-json, export-gz or firehose.",
-        ),
-    ] = "auto",
+    window: WindowOpt = "10m",  # type: ignore[assignment]
+    input_format: InputFormatOpt = InputFormat.auto,
     fail_if_silent: Annotated[
         bool,
         typer.Option("--expect-fire", help="Exit 1 if the rule raises no finding (for CI)."),
@@ -177,25 +140,22 @@ def test_rule(
         detect rules test aws-auth-changed /var/log/kubernetes/audit.log
         detect rules test pod-exec ./audit/ --rules site-rules.yaml --expect-fire
     """
-    from detector.pipeline.ingest import read_events
-    from detector.rules import evaluate_rules
-    from detector.sources.files import InputError
+    import polars as pl
 
-    every = _parse_window(window)
+    from detector.pipeline.ingest import read_events
+    from detector.rules import evaluate_rules, why_not
+
     ruleset = _load(rules, None)
     if rule_id not in ruleset.ids:
         close = difflib.get_close_matches(rule_id, ruleset.ids, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        usage_error(f"no rule {rule_id!r}{hint} (`detect rules list` shows the ids)")
-    try:
-        events, quarantine = read_events(paths, fmt=input_format)
-    except InputError as exc:
-        message = str(exc)
-        fail(message, EXIT_USAGE if "no such file" in message else 3)
+        raise UsageError(f"no rule {rule_id!r}{hint} (`detect rules list` shows the ids)")
+    events, quarantine = read_events(paths, fmt=input_format.value)
     one = ruleset.only(rule_id)
     rule = ruleset.get(rule_id)  # as configured, so a rule that ships disabled says so
-    result = evaluate_rules(events, one, window=every, explain=True)
+    result = evaluate_rules(events, one, window=window, explain=True)
     stats = result.stats.get(rule_id)
+    stopped = why_not(events, rule) if result.findings.is_empty() else None
     if output == OutputFormat.json:
         emit_json(
             {
@@ -205,10 +165,15 @@ def test_rule(
                 "stats": None if stats is None else stats.__dict__,
                 "findings": result.findings.to_dicts(),
                 "finding_events": result.events.to_dicts(),
+                "stopped": None
+                if stopped is None
+                else stopped.with_columns(pl.col("event_time").dt.to_string()).to_dicts(),
             }
         )
     else:
         _render_test(rule, events.height, quarantine.height, stats, result.findings)
+        if stopped is not None:
+            _render_stopped(stopped)
     if fail_if_silent and result.findings.is_empty():
         raise typer.Exit(EXIT_FINDINGS)
 
@@ -246,7 +211,7 @@ def _render_test(rule: Any, n_events: int, n_quarantined: int, stats: Any, findi
         p(
             f"- {row['severity']} {row['principal']} "
             f"{row['window_start']:%Y-%m-%d %H:%M}-{row['window_end']:%H:%M} UTC, "
-            f"{row['event_count']} event(s), score {row['score']:g}",
+            f"{row['event_count']} event(s), score {format_score(row['score'])}",
             markup=False,
         )
         for reason in row["reasons"]:
@@ -254,6 +219,36 @@ def _render_test(rule: Any, n_events: int, n_quarantined: int, stats: Any, findi
         ids = row["audit_ids"]
         shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
         p(f"    audit IDs: {shown}", markup=False)
+
+
+#: Events listed per stopping term in `rules test` (the rest are counted).
+_STOPPED_SHOWN = 5
+
+
+def _render_stopped(stopped: Any) -> None:
+    """Per term of the condition (or stage, or exception): how many events it stopped,
+    then the first few of them, so an author sees which term to change."""
+    import polars as pl
+
+    if stopped.is_empty():
+        return
+    p = stdout.print
+    p("what stopped each event (first failing term):", markup=False)
+    groups = stopped.group_by("stopped_by", maintain_order=True).agg(
+        pl.len().alias("n"), pl.all().head(_STOPPED_SHOWN)
+    )
+    for row in groups.sort("n", descending=True).iter_rows(named=True):
+        p(f"  {row['n']:,} x {row['stopped_by']}", markup=False)
+        for i in range(len(row["audit_id"])):
+            what = " ".join(
+                str(v) for v in (row["verb"][i], row["resource"][i], row["subresource"][i]) if v
+            )
+            p(
+                f"      {row['audit_id'][i]} {row['stage'][i]}: {what} {row['target'][i]}",
+                markup=False,
+            )
+        if row["n"] > _STOPPED_SHOWN:
+            p(f"      and {row['n'] - _STOPPED_SHOWN:,} more", markup=False)
 
 
 def _why_silent(rule: Any, stats: Any) -> str:
@@ -306,12 +301,54 @@ def docs(
     if check:
         current = out.read_text(encoding="utf-8") if out.exists() else None
         if current != text:
-            fail(f"{out} is out of date: run `detect rules docs --output {out}`", EXIT_FINDINGS)
+            stderr.print(
+                f"error: {out} is out of date: run `detect rules docs --output {out}`",
+                markup=False,
+            )
+            raise typer.Exit(EXIT_FINDINGS)
         stdout.print(f"{out} is up to date", markup=False)
         return
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
     stdout.print(f"wrote {out} ({text.count(chr(10))} lines)", markup=False)
+
+
+@rules_app.command("aws-ranges")
+def aws_ranges(
+    ip_ranges: Annotated[
+        Path, typer.Argument(help="AWS's ip-ranges.json, downloaded by you.", metavar="FILE")
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Where to write (default: the snapshot the rules read)."
+        ),
+    ] = None,
+) -> None:
+    """Refresh the AWS address ranges the rules use, from a file you supply.
+
+    The rules never fetch anything at run time: system-identity-outside-aws reads a small
+    snapshot (merged IPv4 CIDRs with the source's createDate) shipped with the tool. This
+    command derives a new snapshot from AWS's ip-ranges.json
+    (https://ip-ranges.amazonaws.com/ip-ranges.json, fetched however your network allows).
+
+    Exit codes: 0 written, 2 the file is not AWS's ip-ranges.json.
+
+    Example:
+
+    \b
+        curl -sO https://ip-ranges.amazonaws.com/ip-ranges.json
+        detect rules aws-ranges ip-ranges.json
+    """
+    from detector.rules.iplists import aws_ranges_path, derive_aws_ranges
+
+    text = derive_aws_ranges(ip_ranges)  # a file that is not ip-ranges.json: ConditionError (2)
+    target = out or aws_ranges_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text, encoding="utf-8")
+    stdout.print(
+        f"wrote {target}: {text.splitlines()[1].lstrip('# ')}", markup=False, soft_wrap=True
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -2,46 +2,42 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import polars as pl
 import typer
-from rich.markup import escape
-from rich.table import Table
 
-from detector.cli.commands.train import DEFAULT_MODEL_DIR, ModelDirOpt, SeedOpt
 from detector.cli.options import (
+    DEFAULT_MODEL_DIR,
     EXIT_FINDINGS,
-    EXIT_USAGE,
     ClusterOpt,
+    DisableOpt,
+    EnableOpt,
+    FailOnOpt,
     FormatOpt,
     LakeOpt,
+    ModelDirOpt,
+    NoRulesOpt,
     OutputFormat,
+    RulesFileOpt,
+    SeedOpt,
     SinceOpt,
     UntilOpt,
     chunk_progress,
+    configured_sinks,
     emit_json,
-    fail,
     stdout,
-    usage_error,
 )
+from detector.cli.render import findings_json, render_findings
+from detector.errors import UsageError
 from detector.lake.findings_schema import SEVERITIES
-from detector.storage import StorageError
-from detector.timeparse import TimeArgumentError, parse_range
-
-SEVERITY_STYLE = {
-    "critical": "bold red",
-    "high": "red",
-    "medium": "yellow",
-    "low": "cyan",
-    "info": "dim",
-}
+from detector.timeparse import check_range
 
 
 def score(
     ctx: typer.Context,
     lake: LakeOpt = "./lake",
-    since: SinceOpt = "1h",
+    since: SinceOpt = "1h",  # type: ignore[assignment]
     until: UntilOpt = None,
     model_dir: ModelDirOpt = DEFAULT_MODEL_DIR,
     output: FormatOpt = OutputFormat.table,
@@ -52,24 +48,17 @@ def score(
             help="Cold start: fit a model on the scored range itself (findings marked so).",
         ),
     ] = False,
-    rules_only: Annotated[
-        bool, typer.Option("--rules-only", help="Run the rules only, not the model.")
+    no_model: Annotated[
+        bool, typer.Option("--no-model", help="Leave the model out: the rules alone.")
     ] = False,
-    rules: Annotated[
-        list[str] | None,
-        typer.Option("--rules", help="Extra rules file (YAML); repeat for several."),
-    ] = None,
-    disable: Annotated[
-        list[str] | None,
-        typer.Option("--disable", help="Rule id to switch off; repeat for several."),
-    ] = None,
-    fail_on: Annotated[
-        str | None,
-        typer.Option(
-            "--fail-on",
-            help="Exit 1 if any finding is at or above this severity (low, medium, high...).",
-        ),
-    ] = None,
+    rules_only: Annotated[  # the first name of --no-model, kept working
+        bool, typer.Option("--rules-only", hidden=True, help="Same as --no-model.")
+    ] = False,
+    no_rules: NoRulesOpt = False,
+    rules: RulesFileOpt = None,
+    enable: EnableOpt = None,
+    disable: DisableOpt = None,
+    fail_on: FailOnOpt = None,
     seed: SeedOpt = 0,
     cluster: ClusterOpt = None,
     suppressions: Annotated[
@@ -87,12 +76,20 @@ def score(
             help="Send new and changed incidents to the [[sinks]] in detect.toml.",
         ),
     ] = True,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Refuse (exit 2) rather than warn when the model is stale or from other clusters.",
+        ),
+    ] = False,
 ) -> None:
     """Score a time range of the lake: features, model and rules -> findings.
 
     The range is widened to whole feature windows. Findings go to LAKE/findings/ and the
     events behind them to LAKE/findings_events/; scoring the same range again replaces that
     range's findings instead of adding copies. The table lists the most severe first.
+    --no-model (day one, before any training) and --no-rules leave one detector out.
 
     Exit codes: 0 done, 1 findings at or above --fail-on, 2 bad arguments or no model
     (train one with `detect train`), 3 storage failure.
@@ -101,106 +98,101 @@ def score(
 
     \b
         detect score --lake ./lake --since 1h --fail-on high
+        detect score --lake ./lake --since 1h --no-model --enable namespace-created
     """
-    from detector.detect.score import ScoringError, score_range
+    from detector.detect.score import ScoreOptions, score_range
     from detector.lake.events import Lake
-    from detector.model.estimator import Model, ModelError, ModelNotFound
+    from detector.model.storage import Model, ModelNotFound
 
-    if fail_on is not None and fail_on not in SEVERITIES:
-        usage_error(f"--fail-on must be one of {', '.join(SEVERITIES)}, not {fail_on!r}")
-    if rules_only and fit_on_window:
-        usage_error("--rules-only and --fit-on-window exclude each other")
-    try:
-        start, end = parse_range(since, until)
-    except TimeArgumentError as exc:
-        usage_error(str(exc))
-
+    start, end = check_range(since, until or datetime.now(UTC))
+    no_model = no_model or rules_only
+    if no_model and no_rules:
+        raise UsageError("--no-model and --no-rules leave nothing to score")
+    if no_model and fit_on_window:
+        raise UsageError("--no-model and --fit-on-window exclude each other")
     model = None
-    if not rules_only and not fit_on_window:
+    if not no_model and not fit_on_window:
         try:
             model = Model.load(model_dir)
         except ModelNotFound:
-            fail(
+            raise UsageError(
                 f"no model in {model_dir}: train one with `detect train --lake {lake} "
-                "--since 14d` (or score with --fit-on-window or --rules-only)",
-                EXIT_USAGE,
-            )
-        except ModelError as exc:
-            fail(str(exc), EXIT_USAGE)
-        except StorageError as exc:
-            fail(str(exc))
-    try:
-        with chunk_progress("scoring") as progress:
-            result = score_range(
-                Lake(lake),
-                start,
-                end,
-                model=model,
+                "--since 14d` (or score with --fit-on-window or --no-model)"
+            ) from None
+    with chunk_progress("scoring") as progress:
+        result = score_range(
+            Lake(lake),
+            start,
+            end,
+            model=model,
+            options=ScoreOptions(
                 fit_on_window=fit_on_window,
-                use_model=not rules_only,
-                rule_files=list(rules or []),
-                disabled_rules=list(disable or []),
+                use_model=not no_model,
+                use_rules=not no_rules,
+                rule_files=tuple(rules or ()),
+                enabled_rules=tuple(enable or ()),
+                disabled_rules=tuple(disable or ()),
                 seed=seed,
                 cluster=cluster,
-                progress=progress,
-            )
-    except ScoringError as exc:
-        fail(str(exc), EXIT_USAGE)
-    except StorageError as exc:
-        fail(str(exc))
-    alerts = _alerts(ctx, lake, result, suppressions, deliver)
-
-    summary = {
-        "since": result.start,
-        "until": result.end,
-        "windows": result.windows,
-        "requests": result.requests,
-        "model_version": result.model_version,
-        "cold_start": result.cold_start,
-        "rules": result.rules,
-        "incidents": alerts.to_dict(),
-    }
-    if output == OutputFormat.json:
-        emit_json({**summary, "findings": findings_json(result.findings)})
-    else:
-        render_findings(result.findings, alerts_only=True)
-        stdout.print(
-            f"{len(result.findings)} finding(s) in {result.start:%Y-%m-%d %H:%M}Z to "
-            f"{result.end:%Y-%m-%d %H:%M}Z: {result.windows:,} principal windows, "
-            f"{result.requests:,} requests; model {result.model_version or 'not used'}"
-            f"{' (cold start)' if result.cold_start else ''}; rules {result.rules}; "
-            f"written to {lake}/findings/",
-            markup=False,
+                strict=strict,
+            ),
+            progress=progress,
         )
+    alerts = _alerts(ctx, lake, result, suppressions, deliver)
+    if output == OutputFormat.json:
+        emit_json(
+            {
+                "since": result.start,
+                "until": result.end,
+                "windows": result.windows,
+                "requests": result.requests,
+                "model_version": result.model_version,
+                "cold_start": result.cold_start,
+                "rules": result.rules,
+                "incidents": alerts.to_dict(),
+                "findings": findings_json(result.findings),
+            }
+        )
+    else:
+        hint = f"detect findings --lake {lake} --since {result.start:%Y-%m-%dT%H:%MZ}"
+        render_findings(result.findings, alerts_only=True, hint=hint)
+        stdout.print(summary_line(result, lake, model_used=not no_model), markup=False)
         stdout.print(_alerts_line(alerts), markup=False)
-    if fail_on is not None and len(result.findings):
-        worst = int(result.findings["severity_rank"].max())
-        if worst >= SEVERITIES.index(fail_on):
-            raise typer.Exit(EXIT_FINDINGS)
+    worst = int(result.findings["severity_rank"].max()) if len(result.findings) else -1
+    if fail_on is not None and worst >= SEVERITIES.index(fail_on.value):
+        raise typer.Exit(EXIT_FINDINGS)
+
+
+def summary_line(result, lake: str, *, model_used: bool) -> str:  # type: ignore[no-untyped-def]
+    """What was scored and by what: windows and requests only when the model counted them."""
+    model = (
+        f"{result.windows:,} principal windows, {result.requests:,} requests; model "
+        f"{result.model_version}{' (cold start)' if result.cold_start else ''}"
+        if model_used
+        else "model not used"
+    )
+    return (
+        f"{len(result.findings)} finding(s) in {result.start:%Y-%m-%d %H:%M}Z to "
+        f"{result.end:%Y-%m-%d %H:%M}Z: {model}; {result.rules}; "
+        f"written to {lake}/findings/"
+    )
 
 
 def _alerts(
     ctx: typer.Context, lake: str, result: Any, suppressions: str | None, deliver: bool
 ) -> Any:
     """Incidents, suppressions and delivery after the findings are written (docs/alerts.md)."""
-    from detector.cli.commands.incidents import configured_sinks
     from detector.delivery.run import after_score
-    from detector.errors import DetectError
     from detector.lake.events import Lake
 
-    try:
-        return after_score(
-            Lake(lake),
-            result.findings,
-            result.events,
-            sink_configs=configured_sinks(ctx),
-            suppressions_path=suppressions,
-            deliver_alerts=deliver,
-        )
-    except DetectError as exc:
-        fail(str(exc), exc.exit_code)
-    except StorageError as exc:
-        fail(str(exc))
+    return after_score(
+        Lake(lake),
+        result.findings,
+        result.events,
+        sink_configs=configured_sinks(ctx),
+        suppressions_path=suppressions,
+        deliver_alerts=deliver,
+    )
 
 
 def _alerts_line(alerts: Any) -> str:
@@ -217,71 +209,6 @@ def _alerts_line(alerts: Any) -> str:
     )
 
 
-def findings_json(df: pl.DataFrame) -> list[dict[str, Any]]:
-    """Findings as JSON-ready dicts (datetimes become ISO strings in emit_json)."""
-    return df.to_dicts()
-
-
-def short_principal(principal: str | None) -> str:
-    """A principal as shown in tables: IAM ARNs without the ``arn:aws:iam::<account>:`` part."""
-    if not principal:
-        return "-"
-    if principal.startswith("arn:aws:") and principal.count(":") >= 5:
-        return principal.split(":", 5)[5]
-    return principal
-
-
-def render_findings(
-    df: pl.DataFrame, *, title: str | None = None, alerts_only: bool = False
-) -> None:
-    """One line per finding: id, severity, score, window, detector, principal, title.
-
-    With ``alerts_only`` the ``info`` records (routine exec, port-forward, namespaced RBAC,
-    single denied secret reads) are counted on one line instead of listed: they are in the
-    lake for investigations, but a screen of them would hide the alerts.
-    """
-    if alerts_only:
-        records = df.filter(pl.col("severity") == "info")
-        df = df.filter(pl.col("severity") != "info")
-        if records.height:
-            stdout.print(
-                f"{records.height} info record(s) not shown (routine activity kept for "
-                "investigations): detect findings --min-severity info",
-                markup=False,
-            )
-    if df.is_empty():
-        stdout.print("no alerts" if alerts_only else "no findings", markup=False)
-        return
-    table = Table(title=title, box=None, pad_edge=False, header_style="bold")
-    table.add_column("id", no_wrap=True, min_width=20)
-    table.add_column("severity", no_wrap=True)
-    table.add_column("score", no_wrap=True, justify="right")
-    table.add_column("window (UTC)", no_wrap=True)
-    table.add_column("detector", no_wrap=True, overflow="ellipsis", max_width=22)
-    table.add_column("principal", no_wrap=True, overflow="ellipsis", max_width=36)
-    table.add_column("title", no_wrap=True, overflow="ellipsis", max_width=72)
-    for row in df.iter_rows(named=True):
-        model = row["detector"].startswith("model")
-        table.add_row(
-            row["finding_id"],
-            f"[{SEVERITY_STYLE.get(row['severity'], '')}]{row['severity']}[/]",
-            f"{row['score']:.3f}" if model else f"{row['score']:g}",
-            f"{row['window_start']:%m-%d %H:%M}",
-            "model" if model else row["detector"].removeprefix("rule:"),
-            escape(short_principal(row["principal"])),
-            escape(row["title"] or ""),
-        )
-    wide_console().print(table)
-
-
-def wide_console():
-    """stdout, but at least 200 columns wide when it is not a terminal (files, pipes, cron
-    logs), so one finding stays on one line."""
-    from rich.console import Console
-
-    if stdout.is_terminal:
-        return stdout
-    return Console(highlight=False, soft_wrap=True, width=max(stdout.width, 200))
 
 
 def register(app: typer.Typer) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -9,34 +10,36 @@ import typer
 
 from detector.cli.options import (
     FormatOpt,
+    InputFormat,
     OutputFormat,
     emit_json,
+    instant_option,
     progress_status,
     stdout,
-    usage_error,
 )
-from detector.timeparse import TimeArgumentError, parse_instant
+from detector.errors import UsageError
 
 
 def simulate(
-    out: Annotated[Path, typer.Option("--out", help="Folder to write into (created).")],
+    out: Annotated[
+        Path, typer.Option("--out", file_okay=False, help="Folder to write into (created).")
+    ],
     days: Annotated[float, typer.Option(help="Length of the traffic, in days.", min=0.05)] = 2.0,
     rate: Annotated[
         float, typer.Option(help="Average events per second over the whole range.", min=0.01)
     ] = 2.0,
     seed: Annotated[int, typer.Option(help="Random seed: same seed, same bytes.")] = 0,
     end: Annotated[
-        str | None,
-        typer.Option(help="End of the traffic: ISO-8601 or a duration before now (default now)."),
+        datetime | None,
+        instant_option("--end", help="End of the traffic (default now)."),
     ] = None,
     cluster: Annotated[
         str, typer.Option(help="Cluster name (log group /aws/eks/NAME/cluster).")
     ] = "demo",
     input_formats: Annotated[
-        list[str] | None,
+        list[InputFormat] | None,
         typer.Option(
-            "--as",
-            help="Output formats (repeatable): ndjson, cloudwatch-json, export-gz, firehose.",
+            "--as", help="Output format, one of the input formats (repeatable; default ndjson)."
         ),
     ] = None,
     gzip: Annotated[
@@ -63,21 +66,16 @@ def simulate(
     """
     from detector.simulate.traffic import FORMATS, write_simulation
 
-    formats = input_formats or ["ndjson"]
-    unknown = sorted(set(formats) - set(FORMATS))
-    if unknown:
-        usage_error(f"--as must be among {', '.join(FORMATS)}; got {', '.join(unknown)}")
-    try:
-        end_at = parse_instant(end) if end else None
-    except TimeArgumentError as exc:
-        usage_error(f"--end: {exc}")
+    formats = [f.value for f in input_formats or [InputFormat.ndjson]]
+    if InputFormat.auto.value in formats:
+        raise UsageError(f"--as takes a format to write: {', '.join(FORMATS)}, not auto")
     with progress_status(f"simulating {days:g} day(s) at {rate:g} events/s"):
         summary = write_simulation(
             out,
             days=days,
             rate=rate,
             seed=seed,
-            end=end_at,
+            end=end,
             cluster=cluster,
             formats=formats,
             gzip=gzip,

@@ -1,0 +1,120 @@
+"""Rendering shared by several commands: findings tables, principals, wide output.
+
+Commands never import each other; what two of them print the same way lives here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from detector.cli.options import stdout
+from detector.events.identity import display_principal
+
+SEVERITY_STYLE = {
+    "critical": "bold red",
+    "high": "red",
+    "medium": "yellow",
+    "low": "cyan",
+    "info": "dim",
+}
+
+#: Width of tables written to files, pipes and cron logs (no terminal to ask).
+PIPE_WIDTH = 200
+#: Principals longer than this are cut (with an ellipsis) to keep a line readable.
+PRINCIPAL_MAX = 100
+#: The title keeps at least this much room, whatever the terminal.
+TITLE_MIN = 20
+
+
+_HEADERS = ("id", "severity", "score", "window (UTC)", "detector", "principal", "title")
+
+
+def findings_json(df: pl.DataFrame) -> list[dict[str, Any]]:
+    """Findings as JSON-ready dicts (datetimes become ISO strings in emit_json)."""
+    return df.to_dicts()
+
+
+def short_principal(principal: str | None) -> str:
+    """A principal as shown in tables: ``developer (session grace)`` for IAM role sessions."""
+    return display_principal(principal)
+
+
+def format_score(score: float | None) -> str:
+    """One format for every detector's score (model scores near 1, rule counts above)."""
+    return "-" if score is None else f"{score:.2f}"
+
+
+def wide_console() -> Console:
+    """stdout, but at least :data:`PIPE_WIDTH` columns wide when it is not a terminal
+    (files, pipes, cron logs), so one finding stays on one line."""
+    if stdout.is_terminal:
+        return stdout
+    return Console(highlight=False, soft_wrap=True, width=max(stdout.width, PIPE_WIDTH))
+
+
+def render_findings(
+    df: pl.DataFrame,
+    *,
+    title: str | None = None,
+    alerts_only: bool = False,
+    hint: str | None = None,
+) -> None:
+    """One line per finding: id, severity, score, window, detector, principal, title.
+
+    With ``alerts_only`` the ``info`` records (routine exec, port-forward, namespaced RBAC,
+    single denied secret reads) are counted on one line instead of listed: they are in the
+    lake for investigations, but a screen of them would hide the alerts. ``hint`` is the
+    command that lists them (``detect findings`` lists every severity by default).
+
+    The identifying columns (detector, principal) are never cut: the title gives way.
+    """
+    if alerts_only:
+        records = df.filter(pl.col("severity") == "info")
+        df = df.filter(pl.col("severity") != "info")
+        if records.height:
+            stdout.print(
+                f"{records.height} info record(s) not shown (routine activity kept for "
+                f"investigations){': ' + hint if hint else ''}",
+                markup=False,
+            )
+    if df.is_empty():
+        stdout.print("no alerts" if alerts_only else "no findings", markup=False)
+        return
+    rows = []
+    for row in df.iter_rows(named=True):
+        model = row["detector"].startswith("model")
+        rows.append(
+            (
+                row["finding_id"],
+                f"[{SEVERITY_STYLE.get(row['severity'], '')}]{row['severity']}[/]",
+                format_score(row["score"]),
+                f"{row['window_start']:%m-%d %H:%M}",
+                "model" if model else row["detector"].removeprefix("rule:"),
+                short_principal(row["principal"]),
+                row["title"] or "",
+            )
+        )
+    # Identifying columns get their full width; the title takes what is left of the line.
+    out = wide_console()
+    widths = [max(len(str(r[i])) for r in rows) for i in range(6)]
+    widths[1], widths[5] = len("severity"), min(widths[5], PRINCIPAL_MAX)
+    fixed = sum(max(w, len(h)) for w, h in zip(widths, _HEADERS, strict=False)) + 2 * 6
+    title_w = max(TITLE_MIN, out.width - fixed)
+    table = Table(title=title, box=None, pad_edge=False, header_style="bold")
+    for i, header in enumerate(_HEADERS[:6]):
+        table.add_column(
+            header,
+            no_wrap=True,
+            min_width=max(widths[i], len(header)),
+            justify="right" if header == "score" else "left",
+            overflow="ellipsis",
+        )
+    table.add_column("title", no_wrap=True, overflow="ellipsis", max_width=title_w)
+    for r in rows:
+        table.add_row(*r[:5], escape(r[5]), escape(r[6]))
+    out.print(table)

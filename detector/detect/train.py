@@ -1,0 +1,211 @@
+"""Training: a baseline range of the lake -> window rows -> baseline + forest -> saved model.
+
+The range is streamed a few hours at a time into window rows (:func:`detector.detect.scan.
+iter_windows`), so memory is bounded by windows (principals x windows), not events. The
+window rows are then cross-fitted (:func:`detector.features.fit_baseline`), turned into the
+forest's inputs and fitted. :func:`baseline_warnings` says when the baseline is too thin to
+mean much (issue: a model trained on two days of a fourteen-day request says nothing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import polars as pl
+
+from detector.detect.scan import Progress, lake_windows
+from detector.errors import UsageError
+from detector.features import DEFAULT_WINDOW, align, check_window, fit_baseline, fold_length
+from detector.features import model_inputs as inputs_of
+from detector.lake.events import Lake
+from detector.model.storage import DEFAULT_ALERT_RATE, Model, fingerprint
+
+#: Training needs at least this many windows (principal x 10 minutes) to mean anything.
+MIN_TRAIN_WINDOWS = 50
+#: A baseline shorter than this misses daily rhythms and weekly jobs: warned about.
+MIN_BASELINE = timedelta(days=1)
+#: Share of the requested range that must hold events before the baseline counts as covered.
+MIN_COVERAGE = 0.5
+
+
+class ScoringError(UsageError):
+    """Training or scoring cannot proceed; the message says why in one line."""
+
+
+class ThinBaseline(ScoringError):
+    """The baseline is too thin to trust (raised instead of a warning with ``strict``)."""
+
+
+@dataclass
+class Fitted:
+    """A fitted model with its cross-fitted training rows and their scores."""
+
+    model: Model
+    rows: pl.DataFrame  # the cross-fitted training feature rows
+    scores: np.ndarray  # their anomaly scores
+    fold: timedelta
+
+
+def _iso(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def fit(
+    windows: pl.DataFrame,
+    *,
+    window: timedelta,
+    start: datetime,
+    end: datetime,
+    alert_rate: float = DEFAULT_ALERT_RATE,
+    seed: int | None = 0,
+    threshold_method: str = "budget",
+) -> Fitted:
+    """Baseline + estimator from window rows (not saved)."""
+    from detector.model.estimator import AuditIsolationForest  # scikit-learn: training only
+
+    if windows.height < MIN_TRAIN_WINDOWS:
+        raise ScoringError(
+            f"only {windows.height} principal windows in the training range (need at least "
+            f"{MIN_TRAIN_WINDOWS}): widen --since/--until or ingest more events"
+        )
+    fold = fold_length(start, end)
+    baseline, rows = fit_baseline(windows, fold=fold)
+    X = inputs_of(rows, baseline, loo_fold=fold).to_numpy()
+    est = AuditIsolationForest(
+        alert_rate=alert_rate,
+        threshold_method=threshold_method,
+        log_transform=False,  # the inputs are already log-probabilities
+        random_state=seed,
+    ).fit(X)
+    first, last = windows["window_start"].min(), windows["window_end"].max()
+    training = {
+        "since": _iso(start),
+        "until": _iso(end),
+        "first_window": _iso(first) if first else None,
+        "last_window_end": _iso(last) if last else None,
+        "windows": windows.height,
+        "rows_fit": rows.height,
+        "novelty_fold_seconds": int(fold.total_seconds()),
+        "requests": int(windows["requests"].sum()),
+        "principals": baseline.principals.height,
+        "clusters": sorted(windows["cluster"].unique().to_list()),
+        "seed": seed,
+    }
+    model = Model(
+        scorer=est.scorer_,
+        baseline=baseline,
+        window=window,
+        params=est.get_params(),
+        training=training,
+        fingerprint=fingerprint(X),
+    )
+    return Fitted(model=model, rows=rows, scores=est.anomaly_score(X), fold=fold)
+
+
+def fit_model(
+    windows: pl.DataFrame,
+    *,
+    window: timedelta,
+    start: datetime,
+    end: datetime,
+    alert_rate: float = DEFAULT_ALERT_RATE,
+    seed: int | None = 0,
+    threshold_method: str = "budget",
+) -> Model:
+    """:func:`fit`, the model alone."""
+    return fit(
+        windows,
+        window=window,
+        start=start,
+        end=end,
+        alert_rate=alert_rate,
+        seed=seed,
+        threshold_method=threshold_method,
+    ).model
+
+
+def baseline_warnings(
+    windows: pl.DataFrame, start: datetime, end: datetime, *, window: timedelta
+) -> list[str]:
+    """Why a baseline is too thin to trust, one sentence each (empty when it is fine).
+
+    Thin: shorter than :data:`MIN_BASELINE`, or events covering less than
+    :data:`MIN_COVERAGE` of the requested range (``--since 14d`` on a lake holding 2 days).
+    """
+    out = []
+    span = end - start
+    if span < MIN_BASELINE:
+        out.append(
+            f"the baseline is only {_human(span)} long (at least {_human(MIN_BASELINE)} is "
+            "needed to learn daily rhythms): widen --since"
+        )
+    if windows.height:
+        first = windows["window_start"].min()
+        last = windows["window_end"].max()
+        covered = last - first  # type: ignore[operator]
+        if span > window and covered < span * MIN_COVERAGE:
+            out.append(
+                f"the lake holds events for only {_human(covered)} of the {_human(span)} "
+                f"baseline requested ({first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M} UTC): "
+                "the model learns from that alone"
+            )
+    return out
+
+
+def _human(d: timedelta) -> str:
+    hours = d.total_seconds() / 3600
+    if hours >= 48:
+        return f"{hours / 24:.0f} days"
+    return f"{hours:.0f} hours" if hours >= 1 else f"{d.total_seconds() / 60:.0f} minutes"
+
+
+@dataclass
+class TrainResult:
+    model: Model
+    warnings: list[str]
+
+
+def train_model(
+    lake: Lake,
+    start: datetime,
+    end: datetime,
+    *,
+    model_dir: str | None,
+    window: timedelta = DEFAULT_WINDOW,
+    alert_rate: float = DEFAULT_ALERT_RATE,
+    seed: int | None = 0,
+    threshold_method: str = "budget",
+    cluster: str | None = None,
+    strict: bool = False,
+    progress: Progress = None,
+    warnings: list[str] | None = None,
+) -> Model:
+    """Fit on ``[start, end)`` of the lake and save to ``model_dir`` (unless ``None``).
+
+    Thin-baseline warnings are appended to ``warnings`` (when given) and logged; with
+    ``strict`` they raise :class:`ThinBaseline` before anything is saved.
+    """
+    import logging
+
+    check_window(window)
+    start, end = align(start, end, window)
+    windows = lake_windows(lake, start, end, window=window, cluster=cluster, progress=progress)
+    thin = baseline_warnings(windows, start, end, window=window)
+    if thin and strict:
+        raise ThinBaseline(f"{thin[0]} (--strict)")
+    for text in thin:
+        logging.getLogger(__name__).warning(text)
+    if warnings is not None:
+        warnings.extend(thin)
+    model = fit_model(
+        windows,
+        window=window,
+        start=start,
+        end=end,
+        alert_rate=alert_rate,
+        seed=seed,
+        threshold_method=threshold_method,
+    )
+    return model.save(model_dir) if model_dir is not None else model

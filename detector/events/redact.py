@@ -1,0 +1,416 @@
+"""Credentials out of every string before it reaches the lake: events and quarantine alike.
+
+Two layers, because audit text comes in two shapes:
+
+* **Text patterns** (:data:`PATTERNS`), run as polars expressions over whole columns. They
+  work on any text, including JSON escaped inside a string (a ``last-applied-configuration``
+  annotation, a webhook patch) and the truncated or garbled lines that end in quarantine,
+  where nothing can be parsed. Each column is *searched* first and rewritten only where a
+  pattern hits, because searching is far cheaper than rewriting and nearly all rows are
+  clean: the hot path stays columnar, with no Python per row.
+* **Structure** (:func:`redact_json`), for the few rows that need it: a Secret's ``data``
+  and ``stringData`` hold credentials under any key name, so only knowing that the object
+  *is* a Secret (its ``kind``, or an event about the ``secrets`` resource) finds them.
+  Lists, ``Table`` rows, JSON patches, merge patches, TokenRequests and JSON nested inside
+  strings are walked object by object. Only rows flagged by a search get here.
+
+Every replacement writes :data:`REDACTED`; names of keys are kept (a rule can still see that
+a ConfigMap has a ``db_password``), values are not. ``docs/security.md`` lists the classes.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import polars as pl
+
+REDACTED = "<redacted>"
+
+#: Key names that hold a credential, matched case-insensitively against the WHOLE key: the
+#: key must end in one of these words (``db_password``, ``X-Api-Key``, ``clientSecret``,
+#: ``aws_session_token``), so ``secretName`` or ``tokenExpirationSeconds`` (references and
+#: settings, not credentials) are kept. Only string values (or lists of strings, the shape
+#: of HTTP header maps) are replaced; an object under such a key is walked instead.
+CREDENTIAL_KEY = (
+    r"[A-Za-z0-9_.\-/]*(?:password|passwd|passphrase|secret|token|api[_-]?key|apikey"
+    r"|access[_-]?key|private[_-]?key|secret[_-]?key|session[_-]?key|authorization|auth"
+    r"|credentials?|cookie)"
+)
+_CREDENTIAL_KEY_RE = re.compile(CREDENTIAL_KEY, re.IGNORECASE)
+
+#: Query parameters that carry a credential in a URL (``?access_token=``, SAS ``sig=``,
+#: S3 presigned ``X-Amz-Signature``/``X-Amz-Credential``/``X-Amz-Security-Token``).
+CREDENTIAL_PARAM = (
+    r"[A-Za-z0-9_.\-]*(?:token|sig|signature|password|passwd|pwd|secret|api[_-]?key|apikey"
+    r"|credential|auth|key)"
+)
+
+# A JSON string at nesting level 0 ("..."), possibly cut short (quarantined lines), and one
+# escaped inside another string (\"...\", \\\"...\\\" ...). The escaped form ends at the
+# first escaped quote: a credential containing a quote may be cut there, a limit noted in
+# docs/security.md; the structured layer handles those precisely when the JSON parses.
+_STR0 = r'"(?:[^"\\]|\\.)*"?'
+_STR_ESC = r'\\+"(?:[^"\\]|\\[^"])*(?:\\+")?'
+_LIST0 = r'\[\s*"(?:[^"\\]|\\.)*(?:"(?:\s*,\s*"(?:[^"\\]|\\.)*")*\s*\]|$)'
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """One text pattern: what it finds (for docs and tests) and how it rewrites."""
+
+    name: str
+    regex: str
+    replacement: str
+
+
+#: Applied to every string column that reaches the lake, in this order.
+PATTERNS: tuple[Pattern, ...] = (
+    Pattern(
+        "credential-named JSON member (string or list of strings)",
+        r'(?i)("' + CREDENTIAL_KEY + r'"\s*:\s*)(?:' + _STR0 + "|" + _LIST0 + ")",
+        '${1}"' + REDACTED + '"',
+    ),
+    Pattern(
+        "credential-named JSON member escaped inside a string",
+        r'(?i)(\\+"' + CREDENTIAL_KEY + r'\\+"\s*:\s*)(\\+")(?:[^"\\]|\\[^"])*(?:\\+")?',
+        "${1}${2}" + REDACTED + "${2}",
+    ),
+    Pattern(
+        "environment variable with a credential name ({name: DB_PASSWORD, value: ...})",
+        r'(?i)("name"\s*:\s*"' + CREDENTIAL_KEY + r'"\s*,\s*"value"\s*:\s*)' + _STR0,
+        '${1}"' + REDACTED + '"',
+    ),
+    Pattern(
+        "environment variable with a credential name, escaped inside a string",
+        r'(?i)(\\+"name\\+"\s*:\s*\\+"'
+        + CREDENTIAL_KEY
+        + r'\\+"\s*,\s*\\+"value\\+"\s*:\s*)(\\+")(?:[^"\\]|\\[^"])*(?:\\+")?',
+        "${1}${2}" + REDACTED + "${2}",
+    ),
+    Pattern(
+        "credential assigned in free text (YAML or properties in a value, a header line)",
+        r"(?i)\b(" + CREDENTIAL_KEY + r")(\s*[:=]\s*(?:(?:bearer|basic)\s+)?)[^\s\"'\\,;&{\[]+",
+        "${1}${2}" + REDACTED,
+    ),
+    Pattern(
+        "Bearer or Basic credential (whole token, including any $ or punctuation)",
+        r"(?i)\b(bearer|basic)\s+[^\s\"'\\,;]{8,}",
+        "${1} " + REDACTED,
+    ),
+    Pattern(
+        "credential query parameter in a URL (access_token=, sig=, password=, ...)",
+        r"(?i)([?&;]" + CREDENTIAL_PARAM + r"=)[^&#\s\"'\\]*",
+        "${1}" + REDACTED,
+    ),
+    Pattern(
+        "password in a URL (scheme://user:password@host)",
+        r"(?i)\b([a-z][a-z0-9+.\-]*://[^/\s:@\"'\\]*:)[^/\s@\"'\\]+@",
+        "${1}" + REDACTED + "@",
+    ),
+    Pattern(
+        "PEM private key",
+        r"-----BEGIN ([A-Z ]*)PRIVATE KEY-----(?:[^-\"]|-[^-\"])*"
+        r"(?:-----END [A-Z ]*PRIVATE KEY-----)?",
+        "-----BEGIN ${1}PRIVATE KEY-----" + REDACTED,
+    ),
+)
+
+# Members whose whole value is dropped in quarantined text, where the structure that tells a
+# Secret's data from a ConfigMap's cannot be trusted (the line may be cut or garbled): Secret
+# payloads, JSON-patch values, the annotations that embed whole objects or patches.
+_QUARANTINE_MEMBER = (
+    r"(?:data|stringData|value|kubectl\.kubernetes\.io/last-applied-configuration"
+    r"|patch\.webhook\.admission\.k8s\.io/[^\"\\]*)"
+)
+_OBJ = r'\{(?:[^{}"\\]|"(?:[^"\\]|\\.)*"?|\\.|\{(?:[^{}"\\]|"(?:[^"\\]|\\.)*"?|\\.)*\}?)*\}?'
+
+#: Applied to quarantined text (raw line and reason) before :data:`PATTERNS`.
+QUARANTINE_PATTERNS: tuple[Pattern, ...] = (
+    Pattern(
+        "Secret data/stringData, patch values, last-applied and webhook-patch annotations",
+        r'(\\*"'
+        + _QUARANTINE_MEMBER
+        + r'\\*"\s*:\s*)(?:'
+        + "|".join((_OBJ, _STR0, _STR_ESC))
+        + ")",
+        '${1}"' + REDACTED + '"',
+    ),
+)
+
+# --------------------------------------------------------------------------- text layer
+
+
+def _any(patterns: Iterable[Pattern]) -> str:
+    """One search regex for a set of patterns (capture groups are harmless in a search)."""
+    return "|".join(f"(?:{p.regex})" for p in patterns)
+
+
+_SEARCH = _any(PATTERNS)
+_SEARCH_QUARANTINE = _any((*QUARANTINE_PATTERNS, *PATTERNS))
+
+
+def redact_text_columns(
+    df: pl.DataFrame, columns: Iterable[str], *, quarantine: bool = False
+) -> tuple[pl.DataFrame, pl.Series | None]:
+    """Rewrite ``columns`` where a pattern hits; returns the frame and which rows changed.
+
+    Search first, over whole columns (one regex per column); then only the rows that hit
+    are taken out, rewritten pattern by pattern (skipping patterns none of them holds) and
+    put back. ``None`` when nothing hit, the common case for a batch.
+    """
+    columns = [c for c in columns if c in df.columns]
+    patterns = (*QUARANTINE_PATTERNS, *PATTERNS) if quarantine else PATTERNS
+    search = _SEARCH_QUARANTINE if quarantine else _SEARCH
+    found = df.select(pl.col(c).str.contains(search).fill_null(False) for c in columns)
+    hit = [c for c in columns if found[c].any()]
+    if not hit:
+        return df, None
+    rows = found.select(pl.any_horizontal(hit)).to_series()
+    idx = rows.arg_true()
+    sub = df[idx].select(hit)
+    for p in patterns:
+        present = sub.select(pl.col(c).str.contains(p.regex).any() for c in hit).row(0)
+        sub = sub.with_columns(
+            pl.col(c).str.replace_all(p.regex, p.replacement)
+            for c, yes in zip(hit, present, strict=True)
+            if yes
+        )
+    out = df.with_columns(df[c].scatter(idx, sub[c]) for c in hit)
+    return out, rows
+
+
+def redact_text(text: str, *, quarantine: bool = False) -> str:
+    """One string through the text layer (for callers outside a frame, and tests)."""
+    df = pl.DataFrame({"t": [text]}, schema={"t": pl.String})
+    out, _ = redact_text_columns(df, ["t"], quarantine=quarantine)
+    return out["t"][0]
+
+
+def redact_quarantine(df: pl.DataFrame) -> pl.DataFrame:
+    """Quarantine rows with credentials removed from the raw text, the reason and source.
+
+    Raw text is often not JSON (that is why it is here): only text patterns apply, and the
+    aggressive :data:`QUARANTINE_PATTERNS` drop every Secret-payload-shaped member whole.
+    """
+    if df.is_empty():
+        return df
+    return redact_text_columns(df, ["raw", "reason", "source"], quarantine=True)[0]
+
+
+# --------------------------------------------------------------------------- structure
+_LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+_SECRET_KINDS = r"(?:Secret|SecretList|TokenRequest)"
+
+#: Rows whose bodies need the structured layer: anything naming a Secret/TokenRequest kind
+#: (also escaped inside an annotation string), or a credential key escaped inside a string
+#: (the text layer handles those too, but cannot parse a quote inside an escaped value).
+NEEDS_STRUCTURE = (
+    r'\\*"kind\\*"\s*:\s*\\*"'
+    + _SECRET_KINDS
+    + r'\\*"'
+    + r'|(?i)\\+"'
+    + CREDENTIAL_KEY
+    + r'\\+"\s*:'
+)
+
+
+def is_credential_key(key: str) -> bool:
+    """True when a JSON key names a credential (see :data:`CREDENTIAL_KEY`).
+
+    Keys repeat across millions of bodies, so short ones are memoised; a long key (hostile
+    input can make them megabytes) is checked uncached so the cache stays small.
+    """
+    if len(key) > 128:
+        return _CREDENTIAL_KEY_RE.fullmatch(key) is not None
+    return _is_credential_key_cached(key)
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_credential_key_cached(key: str) -> bool:
+    return _CREDENTIAL_KEY_RE.fullmatch(key) is not None
+
+
+def _all_values(value: Any) -> Any:
+    """A Secret payload with every value replaced and its keys kept."""
+    if isinstance(value, dict):
+        return dict.fromkeys(value, REDACTED)
+    return REDACTED
+
+
+def _scalar_or_strings(value: Any) -> bool:
+    return isinstance(value, str) or (
+        isinstance(value, list) and all(isinstance(v, str) for v in value) and bool(value)
+    )
+
+
+def _nested(text: str, secret: bool, *, drop_unparsed: bool) -> tuple[str, bool]:
+    """JSON inside a string (an annotation, a patch value): parse, walk, write back."""
+    if text[:1] not in ("{", "["):
+        return text, False
+    try:
+        inner = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return (REDACTED, True) if drop_unparsed else (text, False)
+    if _walk(inner, secret):
+        try:
+            return orjson.dumps(inner).decode(), True
+        except orjson.JSONEncodeError:  # nested deeper than orjson writes
+            return REDACTED, True
+    return text, False
+
+
+def _patch_op(op: dict[str, Any], secret: bool) -> bool:
+    """One JSON-patch operation: its ``value`` is whatever ``path`` says it is."""
+    if "value" not in op:
+        return False
+    path = str(op.get("path", ""))
+    last = path.rsplit("/", 1)[-1].replace("~1", "/").replace("~0", "~")
+    value = op["value"]
+    if secret and path.startswith(("/data", "/stringData")):
+        op["value"] = _all_values(value)
+        return True
+    if is_credential_key(last) and _scalar_or_strings(value):
+        op["value"] = REDACTED
+        return True
+    if isinstance(value, str):
+        new, changed = _nested(value, secret, drop_unparsed=secret and last == _LAST_APPLIED)
+        op["value"] = new
+        return changed
+    if isinstance(value, (dict, list)):
+        return _walk(value, secret)
+    return False
+
+
+def _walk(obj: Any, secret: bool) -> bool:
+    """Redact in place; ``secret`` when the enclosing event is about the secrets resource.
+
+    In a secrets event any ``data``/``stringData`` map is a Secret payload, whatever the
+    object says its kind is (merge patches and ``Table`` rows often carry none).
+    """
+    changed = False
+    if isinstance(obj, list):
+        for item in obj:
+            if isinstance(item, dict) and "op" in item and "path" in item:
+                changed |= _patch_op(item, secret)
+            elif isinstance(item, (dict, list)):
+                changed |= _walk(item, secret)
+        return changed
+    if not isinstance(obj, dict):
+        return False
+    kind = obj.get("kind")
+    if kind == "SecretList":
+        for item in obj.get("items") or []:
+            changed |= _walk(item, True)
+    is_secret = kind == "Secret" or (secret and kind in (None, "PartialObjectMetadata"))
+    status = obj.get("status")
+    if kind == "TokenRequest" and isinstance(status, dict) and "token" in status:
+        obj["status"]["token"] = REDACTED
+        changed = True
+    name = obj.get("name")
+    if isinstance(name, str) and is_credential_key(name) and isinstance(obj.get("value"), str):
+        obj["value"] = REDACTED  # an environment variable: {name: DB_PASSWORD, value: ...}
+        changed = True
+    for key, value in obj.items():
+        if kind == "SecretList" and key == "items":
+            continue
+        if key in ("data", "stringData") and is_secret and isinstance(value, dict) and value:
+            obj[key] = _all_values(value)
+            changed = True
+        elif is_credential_key(key) and _scalar_or_strings(value):
+            obj[key] = REDACTED if isinstance(value, str) else [REDACTED] * len(value)
+            changed = True
+        elif isinstance(value, str):
+            secret_here = secret or is_secret
+            drop = secret_here and (key == _LAST_APPLIED or key.startswith("patch.webhook"))
+            new, hit = _nested(value, secret_here, drop_unparsed=drop)
+            if hit:
+                obj[key] = new
+                changed = True
+        elif isinstance(value, (dict, list)):
+            changed |= _walk(value, secret or (is_secret and key != "metadata"))
+    return changed
+
+
+def redact_json(
+    text: str | None, *, secret: bool, drop_unparsed: bool | None = None
+) -> tuple[str | None, bool]:
+    """Redact one JSON document (a body or the annotations); returns (text, changed).
+
+    ``secret`` when the event is about the secrets resource: then a body that is not JSON
+    (a raw string) cannot be inspected and is dropped whole (``drop_unparsed``, default
+    ``secret``).
+    """
+    if text is None:
+        return None, False
+    try:
+        obj = orjson.loads(text)
+        changed = _walk(obj, secret)
+    except orjson.JSONDecodeError:
+        drop = secret if drop_unparsed is None else drop_unparsed
+        return (REDACTED, True) if drop else (text, False)
+    except RecursionError:
+        # Nesting deeper than Python's stack (hostile input): what cannot be walked cannot
+        # be shown to be clean, so it is dropped whole rather than stop the batch.
+        return REDACTED, True
+    if not changed:
+        return text, False
+    try:
+        return orjson.dumps(obj).decode(), True
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes (255 levels)
+        return REDACTED, True
+
+
+# --------------------------------------------------------------------------- events
+#: Event columns that can hold free text from the request, and so a credential.
+TEXT_COLUMNS = (
+    "request_uri",
+    "user_agent",
+    "reason",
+    "annotations",
+    "request_object",
+    "response_object",
+)
+_STRUCTURED = ("request_object", "response_object", "annotations")
+
+
+def redact_events(df: pl.DataFrame) -> pl.DataFrame:
+    """Canonical event rows with every credential replaced and ``redacted`` set where so."""
+    about_secrets = (pl.col("resource") == "secrets") | (
+        (pl.col("resource") == "serviceaccounts") & (pl.col("subresource") == "token")
+    )
+    has_body = pl.col("request_object").is_not_null() | pl.col("response_object").is_not_null()
+    webhook_patch = pl.col("annotations").str.contains("patch.webhook.admission.k8s.io/")
+    needs = (about_secrets & (has_body | webhook_patch.fill_null(False))) | pl.any_horizontal(
+        pl.col(c).str.contains(NEEDS_STRUCTURE).fill_null(False) for c in _STRUCTURED
+    )
+    idx = df.select(pl.arg_where(needs.fill_null(False))).to_series()
+    flag = df["redacted"].fill_null(False)
+    if idx.len():
+        rows = df[idx].select("resource", *_STRUCTURED)
+        new: dict[str, list[str | None]] = {c: [] for c in _STRUCTURED}
+        changed: list[bool] = []
+        for resource, *texts in rows.iter_rows():
+            any_change = False
+            for c, text in zip(_STRUCTURED, texts, strict=True):
+                # The annotations map is not a Secret body: never dropped whole.
+                body = c != "annotations"
+                out, hit = redact_json(
+                    text, secret=resource == "secrets", drop_unparsed=None if body else False
+                )
+                new[c].append(out)
+                any_change |= hit
+            changed.append(any_change)
+        df = df.with_columns(
+            *(df[c].scatter(idx, pl.Series(new[c], dtype=pl.String)) for c in _STRUCTURED)
+        )
+        flag = flag.scatter(idx, flag.gather(idx) | pl.Series(changed, dtype=pl.Boolean))
+    df = df.with_columns(flag.alias("redacted"))
+    out, text_hit = redact_text_columns(df, TEXT_COLUMNS)
+    if text_hit is None:
+        return out
+    return out.with_columns(out["redacted"] | text_hit)

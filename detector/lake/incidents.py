@@ -1,0 +1,201 @@
+"""Incidents and workflow statuses in the lake: two small tables, each one file per date.
+
+Layout::
+
+    LAKE/incidents/date=YYYY-MM-DD/incidents.parquet       one row per incident (date of first_seen)
+    LAKE/finding_status/date=YYYY-MM-DD/status.parquet     finding -> incident, status, suppression
+
+Why one file per date, rewritten whole: incidents are few (tens a day) and change often
+(a new finding, an acknowledgement), so an upsert that reads a day's file and replaces it
+atomically is simpler and safer than append-and-compact. Writers of the same date must not
+run concurrently (a cron ``detect score`` and a person's ``detect incidents ack`` on the
+same day can race; the later write wins, and the next scoring run restores grouping from
+the findings). Small and self-contained on purpose, to move onto the shared partitioned
+table helper when it lands.
+
+Columns are documented in docs/alerts.md.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import polars as pl
+
+from detector.lake.events import Lake
+from detector.storage import polars_storage_options
+
+INCIDENTS_DIR = "incidents"
+STATUS_DIR = "finding_status"
+_TS = pl.Datetime("us", "UTC")
+_L = pl.List(pl.String())
+
+TIMELINE_ENTRY = pl.Struct(
+    {
+        "time": _TS,
+        "finding_id": pl.String(),
+        "detector": pl.String(),
+        "severity": pl.String(),
+        "severity_rank": pl.Int8(),
+        "title": pl.String(),
+        "tactic": pl.String(),
+        "technique": pl.String(),
+        "suppression": pl.String(),
+    }
+)
+
+INCIDENT_COLUMNS: dict[str, pl.DataType] = {
+    "incident_id": pl.String(),
+    "version": pl.Int64(),
+    "cluster": pl.String(),
+    "key_kind": pl.String(),
+    "key": pl.String(),
+    "principal": pl.String(),
+    "principal_kind": pl.String(),
+    "first_seen": _TS,
+    "last_seen": _TS,
+    "severity": pl.String(),
+    "severity_rank": pl.Int8(),
+    "base_severity": pl.String(),
+    "severity_reason": pl.String(),
+    "title": pl.String(),
+    "tactics": _L,
+    "techniques": _L,
+    "detectors": _L,
+    "finding_ids": _L,
+    "source_ips": _L,
+    "namespaces": _L,
+    "status": pl.String(),
+    "suppression": pl.String(),
+    "status_reason": pl.String(),
+    "created_at": _TS,
+    "updated_at": _TS,
+    "timeline": pl.List(TIMELINE_ENTRY),
+}
+
+STATUS_COLUMNS: dict[str, pl.DataType] = {
+    "finding_id": pl.String(),
+    "window_start": _TS,
+    "incident_id": pl.String(),
+    "status": pl.String(),
+    "suppression": pl.String(),
+    "status_reason": pl.String(),
+    "updated_at": _TS,
+}
+
+
+def _parquet(df: pl.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    df.write_parquet(buf, compression="zstd")
+    return buf.getvalue()
+
+
+def _frame(rows: list[dict[str, Any]], schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    if not rows:
+        return pl.DataFrame(schema=schema)
+    return pl.DataFrame([{k: r.get(k) for k in schema} for r in rows], schema=schema)
+
+
+def _dated_files(lake: Lake, table: str, since: datetime | None) -> list[str]:
+    out = []
+    for d in lake.loc.glob(lake.loc.path(table, "date=*")):
+        day = d.rsplit("date=", 1)[1]
+        if since is not None and day < since.astimezone(UTC).date().isoformat():
+            continue
+        out.extend(lake.loc.glob(d + "/*.parquet"))
+    return out
+
+
+def _read(lake: Lake, files: list[str], schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    if not files:
+        return pl.DataFrame(schema=schema)
+    return pl.scan_parquet(
+        [lake.loc.uri_of(f) for f in files],
+        schema=pl.Schema(schema),
+        missing_columns="insert",
+        extra_columns="ignore",
+        hive_partitioning=False,
+        storage_options=polars_storage_options(lake.uri),
+    ).collect()
+
+
+def _upsert(
+    lake: Lake,
+    table: str,
+    fname: str,
+    df: pl.DataFrame,
+    key: str,
+    date_col: str,
+    schema: dict[str, pl.DataType],
+) -> int:
+    """Replace rows with the same ``key`` in each date's file, add the others."""
+    if df.is_empty():
+        return 0
+    dated = df.with_columns(pl.col(date_col).dt.strftime("%Y-%m-%d").alias("_date"))
+    for (day,), group in dated.group_by("_date", maintain_order=True):
+        group = group.drop("_date")
+        path = lake.loc.path(table, f"date={day}", fname)
+        if lake.loc.exists(path):
+            old = _read(lake, [path], schema)
+            group = pl.concat([old.filter(~pl.col(key).is_in(group[key].implode())), group])
+        lake.loc.put_atomic(path, _parquet(group.sort(key)))
+    return df.height
+
+
+# ---------------------------------------------------------------------------- incidents
+def write_incidents(lake: Lake, rows: Iterable[dict[str, Any]]) -> int:
+    """Upsert incidents (dicts with the INCIDENT_COLUMNS) by ``incident_id``."""
+    df = _frame(list(rows), INCIDENT_COLUMNS)
+    return _upsert(
+        lake, INCIDENTS_DIR, "incidents.parquet", df, "incident_id", "first_seen", INCIDENT_COLUMNS
+    )
+
+
+def read_incidents(lake: Lake, *, since: datetime | None = None) -> pl.DataFrame:
+    """Incidents whose first finding is on or after ``since``'s date (all when None)."""
+    df = _read(lake, _dated_files(lake, INCIDENTS_DIR, since), INCIDENT_COLUMNS)
+    return df.sort(["severity_rank", "last_seen"], descending=[True, True])
+
+
+def recent_incidents(lake: Lake, before: datetime, horizon: timedelta) -> pl.DataFrame:
+    """Incidents that a finding at ``before`` could still join: last seen within the horizon.
+
+    Reads first_seen dates back to ``before - horizon - 7 days``: an incident kept open for
+    longer than a week by steady activity is split (a new one opens), which is what an
+    analyst wants from a week-long trickle anyway.
+    """
+    df = read_incidents(lake, since=before - horizon - timedelta(days=7))
+    return df.filter(pl.col("last_seen") >= before - horizon)
+
+
+# ---------------------------------------------------------------------------- finding status
+def write_status(lake: Lake, rows: Iterable[dict[str, Any]]) -> int:
+    """Upsert finding statuses by ``finding_id`` (filed under the finding's window date)."""
+    df = _frame(list(rows), STATUS_COLUMNS)
+    return _upsert(
+        lake, STATUS_DIR, "status.parquet", df, "finding_id", "window_start", STATUS_COLUMNS
+    )
+
+
+def read_status(lake: Lake, *, since: datetime | None = None) -> pl.DataFrame:
+    return _read(lake, _dated_files(lake, STATUS_DIR, since), STATUS_COLUMNS)
+
+
+def findings_events(lake: Lake, findings: pl.DataFrame) -> pl.DataFrame:
+    """The events behind ``findings`` (from LAKE/findings_events/ on their dates)."""
+    from detector.lake.findings import FINDINGS_EVENTS_DIR
+    from detector.lake.findings_schema import FINDINGS_EVENTS_COLUMNS
+
+    if findings.is_empty():
+        return pl.DataFrame(schema=FINDINGS_EVENTS_COLUMNS)
+    days = findings["window_start"].dt.strftime("%Y-%m-%d").unique().to_list()
+    files = [
+        f
+        for d in sorted(days)
+        for f in lake.loc.glob(lake.loc.path(FINDINGS_EVENTS_DIR, f"date={d}", "*.parquet"))
+    ]
+    ids = findings["finding_id"].implode()
+    return _read(lake, files, FINDINGS_EVENTS_COLUMNS).filter(pl.col("finding_id").is_in(ids))

@@ -1,0 +1,55 @@
+"""Which S3 objects earlier runs ingested, so nightly runs read only new ones.
+
+Kept in ``LAKE/_state/ingested-objects/`` as small JSON files, one per flush that finished
+objects, each named by time and content digest and written atomically through
+:mod:`detector.lake.table`. An object is recorded only after everything read from it
+(events *and* quarantined lines) is durable in the lake: a run killed midway records
+nothing for the objects it did not finish, and reading them again is harmless (the lake
+deduplicates both tables).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from datetime import UTC, datetime
+
+import orjson
+
+from detector.lake.events import Lake
+from detector.lake.table import list_files, put_atomic, read_bytes
+
+MANIFEST_DIR = "ingested-objects"
+
+
+class ObjectManifest:
+    """The set of (uri, ETag) pairs ingested into one lake."""
+
+    def __init__(self, lake: Lake) -> None:
+        self.lake = lake
+        self._dir = lake.state_path(MANIFEST_DIR)
+        self._done: set[tuple[str, str]] | None = None
+
+    def done(self) -> set[tuple[str, str]]:
+        if self._done is None:
+            seen: set[tuple[str, str]] = set()
+            for path in list_files(self.lake.loc, self._dir, ".json"):
+                for item in orjson.loads(read_bytes(self.lake.loc, path)).get("objects", []):
+                    seen.add((item["uri"], item["etag"]))
+            self._done = seen
+        return self._done
+
+    def record(self, objects: list[tuple[str, str]]) -> None:
+        """Remember ``objects`` as ingested; call only once their rows are flushed."""
+        if not objects:
+            return
+        body = orjson.dumps(
+            {
+                "recorded_at": datetime.now(UTC).isoformat(),
+                "objects": [{"uri": u, "etag": e} for u, e in objects],
+            }
+        )
+        name = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        digest = hashlib.sha1(body).hexdigest()[:12]
+        put_atomic(self.lake.loc, f"{self._dir}/{name}-{digest}.json", body)
+        self.done().update(objects)

@@ -1,0 +1,374 @@
+"""One partitioned-table helper: the only code that names, lists, writes and scans lake files.
+
+Every table of the lake (``events``, ``quarantine``, ``findings``, ``findings_events``) and
+every JSON document under ``_state/`` (checkpoints, leases, S3 object manifests) goes through
+here, so each guarantee below is kept in one place:
+
+1. **Names stay inside the lake.** A partition value or file name becomes a path only after
+   :func:`safe_part` accepted it: ASCII letters, digits, ``.``, ``_``, ``-``; starting with a
+   letter or digit; at most :data:`MAX_PART` characters. ``..``, ``/``, glob characters
+   (``*?[]{}``) and over-long names are refused with :class:`UnsafeName` (exit 2) before
+   anything is written. Names are validated, not encoded, so a path in the lake reads the
+   same as the name the user gave (docs/schema.md).
+2. **No glob, ever.** Directories are *listed* and the entries filtered by exact rules; the
+   lake root and user-given names are never used as patterns, so ``prod[1]`` or a root
+   folder called ``lake*`` mean exactly themselves.
+3. **Atomic writes, out of readers' sight.** A file appears whole or not at all: on S3 one
+   PUT; locally the bytes go to ``LAKE/_tmp/`` (outside every table, so
+   ``pl.scan_parquet("LAKE/events/")`` never meets a half-written file), are fsynced, then
+   renamed into place. Leftovers of a killed writer stay in ``_tmp/`` and are removed by
+   ``detect compact``.
+4. **Explicit file lists, scanned with the table's schema.** Readers scan the list of files
+   that listing returned, with the declared schema (missing columns become nulls). A file
+   whose footer cannot be read or whose column types differ from the schema is skipped with
+   a warning (and listed by ``detect lake check``): one bad file never stops a run.
+5. **Replace a set of files without a gap or a double.** :meth:`Table.replace` writes the
+   new file, then a marker ``_replaced-<id>.json`` naming the files it supersedes. A listing
+   that sees the marker *and* its output leaves the inputs out; one that does not sees the
+   inputs only. The inputs are deleted later (:meth:`Table.purge_replaced`, after a grace
+   period long enough for scans that listed them to finish), then the marker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import orjson
+import polars as pl
+
+from detector.errors import RuntimeFailure, UsageError
+from detector.storage import Location, polars_storage_options
+
+log = logging.getLogger(__name__)
+
+TMP_DIR = "_tmp"
+MAX_PART = 100
+_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_DATA = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.parquet$")
+_MARKER = re.compile(r"^_replaced-[0-9a-f]{16,32}\.json$")
+
+
+class UnsafeName(UsageError):
+    """A name given for a path part (a cluster, a partition value) that could leave the lake."""
+
+
+class LakeFileError(RuntimeFailure):
+    """A lake file cannot be used (unreadable footer, wrong column types)."""
+
+
+def safe_part(value: str, what: str = "name", *, limit: int = MAX_PART) -> str:
+    """``value`` if it may be one path component in the lake, else :class:`UnsafeName`.
+
+    ``limit`` stays under every filesystem's 255-byte name limit once ``key=`` is added.
+    """
+    if not isinstance(value, str) or not value:
+        raise UnsafeName(f"{what} must not be empty")
+    if len(value) > limit:
+        raise UnsafeName(f"{what} is {len(value)} characters long; at most {limit} are allowed")
+    if not _PART.match(value):
+        raise UnsafeName(
+            f"{what} {value[:60]!r} is not allowed: use letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def new_name(prefix: str = "part", suffix: str = ".parquet") -> str:
+    """A fresh name: time first so a listing is in write order, uuid so writers never collide."""
+    return (
+        f"{prefix}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}{suffix}"
+    )
+
+
+def parquet_bytes(df: pl.DataFrame, *, row_group_size: int = 128_000) -> bytes:
+    buf = io.BytesIO()
+    df.write_parquet(buf, compression="zstd", statistics=True, row_group_size=row_group_size)
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- file operations
+def put_atomic(loc: Location, path: str, data: bytes) -> None:
+    """Write ``data`` at ``path`` so readers see the whole file or nothing (guarantee 3)."""
+    if loc.is_s3:
+        loc.fs.pipe_file(path, data)
+        return
+    tmp_dir = loc.path(TMP_DIR)
+    os.makedirs(tmp_dir, exist_ok=True)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = os.path.join(tmp_dir, f"{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def list_dir(loc: Location, path: str) -> list[tuple[str, int]]:
+    """(name, size) of the entries directly in ``path``; [] when it does not exist (guarantee 2)."""
+    if not loc.is_s3:
+        try:
+            with os.scandir(path) as it:
+                return sorted((e.name, e.stat().st_size if e.is_file() else -1) for e in it)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+    try:
+        entries = loc.fs.ls(path, detail=True)
+    except FileNotFoundError:
+        return []
+    out = []
+    for e in entries:
+        name = e["name"].rstrip("/").rsplit("/", 1)[-1]
+        out.append((name, int(e.get("size") or 0) if e.get("type") == "file" else -1))
+    return sorted(out)
+
+
+def list_files(loc: Location, path: str, suffix: str) -> list[str]:
+    """Full paths of plain files in ``path`` whose name is safe and ends with ``suffix``."""
+    return [
+        f"{path}/{name}"
+        for name, size in list_dir(loc, path)
+        if size >= 0 and name.endswith(suffix) and _PART.match(name)
+    ]
+
+
+def read_bytes(loc: Location, path: str) -> bytes:
+    with loc.fs.open(path, "rb") as fh:
+        return fh.read()
+
+
+def remove(loc: Location, paths: Iterable[str]) -> None:
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            loc.fs.rm(path)
+
+
+# --------------------------------------------------------------------------- file checks
+_checked: dict[tuple[str, int, str], str | None] = {}
+_checked_lock = threading.Lock()
+
+
+def schema_problem(loc: Location, path: str, size: int, schema: pl.Schema) -> str | None:
+    """Why ``path`` cannot be scanned with ``schema`` (None: it can). Cached per (path, size)."""
+    key = (path, size, str(schema))
+    with _checked_lock:
+        if key in _checked:
+            return _checked[key]
+    try:
+        with loc.fs.open(path, "rb") as fh:
+            found = pl.read_parquet_schema(fh)
+    except Exception as exc:  # any reader error means the same thing: unusable file
+        problem: str | None = f"unreadable Parquet ({type(exc).__name__}: {str(exc)[:120]})"
+    else:
+        wrong = [
+            f"{c} is {found[c]} (expected {t})"
+            for c, t in schema.items()
+            if c in found and found[c] != t
+        ]
+        problem = "wrong column type: " + "; ".join(wrong) if wrong else None
+    with _checked_lock:
+        _checked[key] = problem
+    return problem
+
+
+@dataclass
+class FileEntry:
+    path: str
+    size: int
+
+
+@dataclass
+class Table:
+    """A hive-partitioned Parquet table ``LAKE/<name>/<k1>=<v1>/.../*.parquet``."""
+
+    loc: Location
+    name: str
+    keys: tuple[str, ...]
+    schema: pl.Schema
+    _warned: set[str] = field(default_factory=set)
+
+    # ------------------------------------------------------------------ paths
+    @property
+    def root(self) -> str:
+        return self.loc.path(self.name)
+
+    def dir(self, values: Sequence[str]) -> str:
+        """Directory of the partition given by the first ``len(values)`` keys (validated)."""
+        if len(values) > len(self.keys):
+            raise ValueError(f"{self.name} has {len(self.keys)} partition keys")
+        parts = [f"{k}={safe_part(str(v), k)}" for k, v in zip(self.keys, values, strict=False)]
+        return self.loc.path(self.name, *parts)
+
+    def values(self, prefix: Sequence[str] = ()) -> list[str]:
+        """Values of the next partition key under ``prefix``, found by listing."""
+        key = self.keys[len(prefix)]
+        out = []
+        for name, size in list_dir(self.loc, self.dir(prefix)):
+            if size < 0 and name.startswith(key + "="):
+                value = name[len(key) + 1 :]
+                if _PART.match(value) and len(value) <= MAX_PART:
+                    out.append(value)
+        return out
+
+    def partitions(self) -> list[tuple[str, ...]]:
+        """Every partition, by listing each level."""
+        found: list[tuple[str, ...]] = [()]
+        for _ in self.keys:
+            found = [(*p, v) for p in found for v in self.values(p)]
+        return found
+
+    # ------------------------------------------------------------------ listing
+    def entries(self, values: Sequence[str]) -> list[FileEntry]:
+        """Live data files of one partition: listed, markers applied (guarantee 5)."""
+        directory = self.dir(values)
+        listing = list_dir(self.loc, directory)
+        data = {n: s for n, s in listing if s >= 0 and _DATA.match(n)}
+        for name, _size in listing:
+            if _MARKER.match(name):
+                marker = self._read_marker(f"{directory}/{name}")
+                if marker and marker["output"] in data:
+                    for dropped in marker["inputs"]:
+                        data.pop(dropped, None)
+        return [FileEntry(f"{directory}/{n}", s) for n, s in sorted(data.items())]
+
+    def files(self, values: Sequence[str]) -> list[str]:
+        return [e.path for e in self.entries(values)]
+
+    def _read_marker(self, path: str) -> dict | None:
+        try:
+            doc = orjson.loads(read_bytes(self.loc, path))
+            if isinstance(doc.get("output"), str) and isinstance(doc.get("inputs"), list):
+                return doc
+        except (FileNotFoundError, orjson.JSONDecodeError):
+            pass
+        return None
+
+    # ------------------------------------------------------------------ writing
+    def write(self, values: Sequence[str], df: pl.DataFrame, name: str | None = None) -> str:
+        """Write ``df`` as one new file of a partition (atomic); returns its path."""
+        file = name or new_name()
+        if not _DATA.match(file):
+            raise UnsafeName(f"file name {file!r} is not allowed")
+        path = f"{self.dir(values)}/{file}"
+        put_atomic(self.loc, path, parquet_bytes(df))
+        return path
+
+    def replace(self, values: Sequence[str], inputs: Sequence[str], df: pl.DataFrame) -> str:
+        """Make ``df`` stand for the files ``inputs`` of a partition, atomically for readers.
+
+        The marker is written before its output exists and takes effect only once the output
+        is there, so every listing sees either the inputs or the output, never both or none.
+        """
+        directory = self.dir(values)
+        output = new_name()
+        marker_id = uuid.uuid4().hex
+        marker = orjson.dumps(
+            {
+                "output": output,
+                "inputs": [p.rsplit("/", 1)[-1] for p in inputs],
+                "created_at": time.time(),
+            }
+        )
+        # Marker first: without its output it changes nothing. Then the output, whose
+        # appearance switches readers from the inputs to it in one step.
+        put_atomic(self.loc, f"{directory}/_replaced-{marker_id}.json", marker)
+        put_atomic(self.loc, f"{directory}/{output}", parquet_bytes(df))
+        return f"{directory}/{output}"
+
+    def purge_replaced(self, values: Sequence[str], older_than: float) -> int:
+        """Delete inputs of markers older than ``older_than`` seconds, then the markers."""
+        directory = self.dir(values)
+        listing = dict(list_dir(self.loc, directory))
+        removed = 0
+        for name in sorted(listing):
+            if not _MARKER.match(name):
+                continue
+            path = f"{directory}/{name}"
+            marker = self._read_marker(path)
+            if marker is None:
+                continue
+            if time.time() - float(marker.get("created_at") or 0) < older_than:
+                continue
+            if marker["output"] not in listing:
+                # The writer died before its output: the marker never took effect.
+                remove(self.loc, [path])
+                continue
+            gone = [f"{directory}/{n}" for n in marker["inputs"] if n in listing]
+            remove(self.loc, gone)  # inputs first: until they are gone the marker is needed
+            remove(self.loc, [path])
+            removed += len(gone)
+        return removed
+
+    def delete(self, paths: Iterable[str]) -> None:
+        remove(self.loc, paths)
+
+    # ------------------------------------------------------------------ reading
+    def usable(self, entries: Iterable[FileEntry]) -> list[str]:
+        """Paths of files that scan with the table's schema; others are skipped with a warning."""
+        good = []
+        for e in entries:
+            problem = schema_problem(self.loc, e.path, e.size, self.schema)
+            if problem is None:
+                good.append(e.path)
+            elif e.path not in self._warned:
+                self._warned.add(e.path)
+                log.warning(
+                    "skipping %s: %s (see `detect lake check`)", self.loc.uri_of(e.path), problem
+                )
+        return good
+
+    def scan(self, files: Sequence[str]) -> pl.LazyFrame:
+        """Lazy scan of an explicit list of files with the table's schema."""
+        if not files:
+            return pl.LazyFrame(schema=self.schema)
+        return pl.scan_parquet(
+            [self.loc.uri_of(f) for f in files],
+            schema=self.schema,
+            missing_columns="insert",
+            extra_columns="ignore",
+            hive_partitioning=False,
+            glob=False,
+            storage_options=polars_storage_options(self.loc.uri),
+        )
+
+    def read(self, path: str, columns: Sequence[str] | None = None) -> pl.DataFrame:
+        """One file, conformed to the schema (missing columns as nulls)."""
+        with self.loc.fs.open(path, "rb") as fh:
+            df = pl.read_parquet(fh, columns=list(columns) if columns else None)
+        wanted = columns or list(self.schema)
+        return df.select(
+            [
+                pl.col(c).cast(self.schema[c])
+                if c in df.columns
+                else pl.lit(None, self.schema[c]).alias(c)
+                for c in wanted
+            ]
+        )
+
+    def check(self, values: Sequence[str], *, deep: bool = True) -> list[tuple[str, str]]:
+        """(path, problem) for the live files of a partition that readers would skip or fail on."""
+        problems = []
+        for e in self.entries(values):
+            problem = schema_problem(self.loc, e.path, e.size, self.schema)
+            if problem is None and deep:
+                try:
+                    with self.loc.fs.open(e.path, "rb") as fh:
+                        pl.read_parquet(fh)
+                except Exception as exc:
+                    problem = f"unreadable data ({type(exc).__name__}: {str(exc)[:120]})"
+            if problem:
+                problems.append((e.path, problem))
+        return problems

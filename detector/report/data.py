@@ -1,0 +1,321 @@
+"""What the HTML report shows, computed from the lake with bounded memory.
+
+Events are read one hour partition at a time and reduced to counts at once (per cluster
+and hour, per principal), so the report of a month costs the memory of one hour plus a
+few thousand count rows. Findings and their events come from ``findings/`` and
+``findings_events/``; incidents from ``incidents/`` when that table exists (it is written
+by ``detector.incidents``; its columns are read by name, tolerantly, so the report does not
+break when that table grows).
+
+The "usual level" of the denied (403) and unauthenticated (401) rates is the median of the
+hourly rates over a baseline before the report's range (default the 7 days before it); an
+hour is marked when its rate is above ``usual + 3 x 1.4826 x MAD`` (a robust three-sigma
+line) and at least 0.1 percentage point above usual, so after a quiet baseline (median and
+MAD of 0) a stray denial in a busy hour (one in two thousand) is not marked.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import polars as pl
+
+from detector.lake.events import Lake
+from detector.lake.findings import list_findings
+from detector.lake.findings_schema import FINDINGS_EVENTS_COLUMNS
+from detector.report.timeline import collapse_runs
+from detector.storage import polars_storage_options
+
+log = logging.getLogger(__name__)
+
+INCIDENTS_DIR = "incidents"
+FINDINGS_EVENTS_DIR = "findings_events"
+#: Candidate names of an incident's columns, first found wins.
+INCIDENT_ID = ("incident_id", "id")
+INCIDENT_TIME = ("first_seen", "start", "window_start", "started_at", "opened_at", "created_at")
+INCIDENT_END = ("last_seen", "end", "window_end", "updated_at")
+INCIDENT_FINDINGS = ("finding_ids", "findings")
+#: Alarm line: usual + K x robust sigma, and at least MIN_STEP above usual.
+ALARM_K = 3.0
+MIN_STEP = 0.001
+
+_HOURLY = {
+    "cluster": pl.String(),
+    "hour": pl.Datetime("us", "UTC"),
+    "events": pl.UInt32(),
+    "denied": pl.UInt32(),
+    "unauthenticated": pl.UInt32(),
+}
+_PRINCIPALS = {
+    "principal": pl.String(),
+    "principal_kind": pl.String(),
+    "events": pl.UInt32(),
+    "denied": pl.UInt32(),
+}
+
+
+def _hour_counts(lf: pl.LazyFrame) -> pl.LazyFrame:
+    code = pl.col("response_code")
+    forbidden = (code == 403) | (pl.col("decision") == "forbid")
+    return lf.group_by("cluster", pl.col("event_time").dt.truncate("1h").alias("hour")).agg(
+        pl.len().cast(pl.UInt32).alias("events"),
+        forbidden.fill_null(False).sum().cast(pl.UInt32).alias("denied"),
+        (code == 401).fill_null(False).sum().cast(pl.UInt32).alias("unauthenticated"),
+    )
+
+
+def hourly_counts(
+    lake: Lake, start: datetime, end: datetime, *, cluster: str | None = None
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Per (cluster, hour) counts and per-principal counts, one hour partition at a time."""
+    hours: list[pl.DataFrame] = []
+    principals: list[pl.DataFrame] = []
+    for _part, lf in lake.iter_hours(start, end, cluster=cluster):
+        lf = lf.select(
+            "cluster", "event_time", "response_code", "decision", "principal", "principal_kind"
+        )
+        denied = pl.col("response_code").is_in([401, 403]) | (pl.col("decision") == "forbid")
+        per_principal = lf.group_by("principal", "principal_kind").agg(
+            pl.len().cast(pl.UInt32).alias("events"),
+            denied.fill_null(False).sum().cast(pl.UInt32).alias("denied"),
+        )
+        # one read of the hour for both aggregates (polars shares the common scan)
+        per_hour, per_principal = pl.collect_all([_hour_counts(lf), per_principal])
+        hours.append(per_hour)
+        principals.append(per_principal)
+    hourly = (
+        pl.concat(hours)
+        .group_by("cluster", "hour")
+        .agg(pl.col("events", "denied", "unauthenticated").sum())
+        .sort("hour", "cluster")
+        if hours
+        else pl.DataFrame(schema=_HOURLY)
+    )
+    by_principal = (
+        pl.concat(principals)
+        .group_by("principal", "principal_kind")
+        .agg(pl.col("events", "denied").sum())
+        .sort(["events", "principal"], descending=[True, False])
+        if principals
+        else pl.DataFrame(schema=_PRINCIPALS)
+    )
+    return hourly.cast(_HOURLY), by_principal.cast(_PRINCIPALS)
+
+
+@dataclass
+class Level:
+    """A rate's usual level and the alarm line drawn above it."""
+
+    name: str  # "denied (403)" or "unauthenticated (401)"
+    usual: float
+    alarm: float
+    baseline_hours: int  # hours the usual level was measured on (0: measured on the range)
+
+
+def usual_level(rates: pl.Series, name: str, *, baseline_hours: int) -> Level:
+    """Median and robust alarm line of hourly rates (see the module doc)."""
+    clean = rates.drop_nulls()
+    if clean.is_empty():
+        return Level(name, 0.0, MIN_STEP, baseline_hours)
+    median = float(clean.median())  # type: ignore[arg-type]
+    mad = float((clean - median).abs().median())  # type: ignore[arg-type]
+    return Level(name, median, median + max(ALARM_K * 1.4826 * mad, MIN_STEP), baseline_hours)
+
+
+def rates_by_hour(hourly: pl.DataFrame) -> pl.DataFrame:
+    """All clusters together: events, denied and 401 rates per hour."""
+    return (
+        hourly.group_by("hour")
+        .agg(pl.col("events", "denied", "unauthenticated").sum())
+        .sort("hour")
+        .with_columns(
+            (pl.col("denied") / pl.col("events")).alias("denied_rate"),
+            (pl.col("unauthenticated") / pl.col("events")).alias("unauthenticated_rate"),
+        )
+    )
+
+
+def findings_events(lake: Lake, finding_ids: list[str], start: datetime, end: datetime):  # type: ignore[no-untyped-def]
+    """The stored events of these findings (``findings_events/``), by date partition."""
+    schema = pl.Schema(FINDINGS_EVENTS_COLUMNS)
+    if not finding_ids:
+        return pl.DataFrame(schema=schema)
+    days = sorted({(start + timedelta(days=i)).date() for i in range((end - start).days + 2)})
+    files: list[str] = []
+    for day in days:
+        part = lake.loc.path(FINDINGS_EVENTS_DIR, f"date={day.isoformat()}")
+        files.extend(lake.loc.glob(part + "/*.parquet"))
+    if not files:
+        return pl.DataFrame(schema=schema)
+    return (
+        pl.scan_parquet(
+            [lake.loc.uri_of(f) for f in files],
+            schema=schema,
+            missing_columns="insert",
+            extra_columns="ignore",
+            storage_options=polars_storage_options(lake.uri),
+        )
+        .filter(pl.col("finding_id").is_in(pl.Series(finding_ids, dtype=pl.String).implode()))
+        .unique(["finding_id", "audit_id", "stage"], keep="first")
+        .sort("finding_id", "event_time")
+        .collect()
+    )
+
+
+def _first(columns: list[str], names: tuple[str, ...]) -> str | None:
+    return next((n for n in names if n in columns), None)
+
+
+def read_incidents(lake: Lake, start: datetime, end: datetime) -> pl.DataFrame | None:
+    """Incidents overlapping the range, or ``None`` when the lake has no incidents table.
+
+    Columns are normalised to ``incident_id``, ``time``, ``end``, ``severity``, ``title``,
+    ``principal``, ``finding_ids`` (missing ones are null); files that cannot be read are
+    skipped with the rest kept, as the table is another module's and may be mid-write.
+    """
+    files = lake.loc.glob(lake.loc.path(INCIDENTS_DIR, "**", "*.parquet"))
+    if not files:
+        return None
+    frames = []
+    for f in files:
+        try:
+            with lake.loc.fs.open(f, "rb") as fh:
+                frames.append(pl.read_parquet(fh))
+        except Exception as exc:  # an unreadable file must not sink the report
+            log.warning("skipped unreadable incidents file %s: %s", lake.loc.uri_of(f), exc)
+            continue
+    if not frames:
+        return None
+    raw = pl.concat(frames, how="diagonal_relaxed")
+    cols = raw.columns
+    id_col, t_col = _first(cols, INCIDENT_ID), _first(cols, INCIDENT_TIME)
+    if id_col is None or t_col is None:
+        return None
+    end_col = _first(cols, INCIDENT_END) or t_col
+    f_col = _first(cols, INCIDENT_FINDINGS)
+
+    def text(name: str) -> pl.Expr:
+        return (pl.col(name).cast(pl.String) if name in cols else pl.lit(None, pl.String)).alias(
+            name
+        )
+
+    ts = pl.Datetime("us", "UTC")
+    df = raw.select(
+        pl.col(id_col).cast(pl.String).alias("incident_id"),
+        pl.col(t_col).cast(ts).alias("time"),
+        pl.coalesce(pl.col(end_col).cast(ts), pl.col(t_col).cast(ts)).alias("end"),
+        text("severity"),
+        text("title"),
+        text("principal"),
+        text("status"),
+        (
+            pl.col(f_col).cast(pl.List(pl.String))
+            if f_col and isinstance(raw.schema[f_col], pl.List)
+            else pl.lit(None, pl.List(pl.String))
+        ).alias("finding_ids"),
+    )
+    if "updated_at" in cols:
+        df = df.with_columns(raw["updated_at"].cast(ts).alias("_v"))
+        df = df.sort("_v", descending=True).unique("incident_id", keep="first").drop("_v")
+    else:
+        df = df.unique("incident_id", keep="last", maintain_order=True)
+    return df.filter((pl.col("end") >= start) & (pl.col("time") < end)).sort("time")
+
+
+@dataclass
+class ReportData:
+    """Everything the page shows; built by :func:`collect`."""
+
+    start: datetime
+    end: datetime
+    lake_uri: str
+    hourly: pl.DataFrame
+    rates: pl.DataFrame
+    levels: list[Level]
+    principals: pl.DataFrame
+    findings: pl.DataFrame
+    detailed: pl.DataFrame  # the findings given a section (alerts, most severe first)
+    events: pl.DataFrame  # findings_events of the detailed findings
+    incidents: pl.DataFrame | None
+    region: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def runs_of(self, finding_id: str) -> pl.DataFrame:
+        """A finding's events collapsed into a timeline."""
+        return collapse_runs(self.events.filter(pl.col("finding_id") == finding_id))
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "events": int(self.hourly["events"].sum()) if self.hourly.height else 0,
+            "clusters": sorted(self.hourly["cluster"].unique().to_list()),
+            "findings": self.findings.height,
+            "alerts": self.findings.filter(pl.col("severity") != "info").height,
+            "incidents": None if self.incidents is None else self.incidents.height,
+        }
+
+
+def collect(
+    lake: Lake,
+    start: datetime,
+    end: datetime,
+    *,
+    cluster: str | None = None,
+    baseline: timedelta = timedelta(days=7),
+    max_findings: int = 50,
+    region: str | None = None,
+) -> ReportData:
+    """Read what the report needs for ``[start, end)`` (see the module doc)."""
+    notes: list[str] = []
+    hourly, principals = hourly_counts(lake, start, end, cluster=cluster)
+    rates = rates_by_hour(hourly)
+    base_hourly, _ = hourly_counts(lake, start - baseline, start, cluster=cluster)
+    base = rates_by_hour(base_hourly)
+    if base.height:
+        ref, hours = base, base.height
+    else:
+        ref, hours = rates, 0
+        notes.append(
+            "no events in the baseline before the range: the usual level is the range's own median"
+        )
+    levels = [
+        usual_level(ref["denied_rate"], "denied (403)", baseline_hours=hours),
+        usual_level(ref["unauthenticated_rate"], "unauthenticated (401)", baseline_hours=hours),
+    ]
+    findings = list_findings(lake, since=start, until=end)
+    if cluster:
+        findings = findings.filter(pl.col("cluster") == cluster)
+    incidents = read_incidents(lake, start, end)
+    alerts = findings.filter(pl.col("severity") != "info")
+    wanted: list[str] = []
+    if incidents is not None:  # an incident's findings first, so its links resolve
+        known = set(findings["finding_id"].to_list())
+        for ids in incidents["finding_ids"].drop_nulls().to_list():
+            wanted.extend(i for i in ids if i in known)
+    wanted.extend(alerts["finding_id"].to_list())
+    wanted = list(dict.fromkeys(wanted))
+    if len(wanted) > max_findings:
+        notes.append(
+            f"{len(wanted)} findings qualify for a section; the {max_findings} most severe are "
+            "shown (raise --max-findings for more)"
+        )
+    keep = pl.Series(wanted[:max_findings], dtype=pl.String).implode()
+    detailed = findings.filter(pl.col("finding_id").is_in(keep))
+    events = findings_events(lake, detailed["finding_id"].to_list(), start, end)
+    return ReportData(
+        start=start,
+        end=end,
+        lake_uri=lake.uri,
+        hourly=hourly,
+        rates=rates,
+        levels=levels,
+        principals=principals,
+        findings=findings,
+        detailed=detailed,
+        events=events,
+        incidents=incidents,
+        region=region,
+        notes=notes,
+    )

@@ -1,0 +1,301 @@
+"""The HTML report: one self-contained file an analyst opens with no network.
+
+Everything is inline: styles, charts (SVG rendered in Python, :mod:`detector.report.charts`)
+and one small script that opens the collapsed raw-events block an anchor link points into.
+Everything from the lake is untrusted (principal names, user agents, resource names are
+chosen by whoever sent the request), so the page is built with Jinja2 autoescaping, ids
+derived from lake values are reduced to safe characters, and a Content-Security-Policy
+allows no network access and no script but ours (by its hash): an injection that slipped
+past escaping would still not run.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
+
+from detector.events.identity import display_principal, identity_summary, parse_principal
+from detector.report import charts
+from detector.report.data import ReportData
+from detector.report.timeline import collapse_runs, denied_expr, describe_entry
+
+#: Raw events listed per finding (the count of all is shown).
+MAX_EVENTS = 200
+#: The CloudTrail lookup spans a finding's window and this much on each side: the same
+#: credentials are usually used against AWS APIs around the Kubernetes requests.
+LOOKUP_MARGIN = timedelta(hours=1)
+#: Principals in the top-principals chart and table.
+TOP_PRINCIPALS = 15
+
+#: Opens the <details> that holds the anchor target (raw events are collapsed), then
+#: scrolls to it; runs on load and on every hash change.
+SCRIPT = """
+function showTarget() {
+  var id = decodeURIComponent(location.hash.slice(1));
+  if (!id) return;
+  var el = document.getElementById(id);
+  if (!el) return;
+  for (var p = el; p; p = p.parentElement) {
+    if (p.tagName === "DETAILS") p.open = true;
+  }
+  el.scrollIntoView({block: "center"});
+}
+window.addEventListener("hashchange", showTarget);
+window.addEventListener("DOMContentLoaded", showTarget);
+"""
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def anchor(prefix: str, *values: str | None) -> str:
+    """An element id for lake values: kept when already safe, else a short hash of them."""
+    joined = "-".join(v or "" for v in values)
+    if _SAFE_ID.match(joined):
+        return f"{prefix}-{joined}"
+    return f"{prefix}-{hashlib.sha256(joined.encode()).hexdigest()[:16]}"
+
+
+def _ts(value: datetime | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
+    return value.astimezone(UTC).strftime(fmt) if value else ""
+
+
+def _cut(text: str | None, width: int = 120) -> str:
+    text = text or ""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _timeline_rows(runs: pl.DataFrame, event_anchor: dict[str, str]) -> list[dict[str, Any]]:
+    rows = []
+    for r in runs.iter_rows(named=True):
+        entry = {"kind": "denied" if r["denied"] else "requests", **r}
+        rows.append(
+            {
+                "time": _ts(r["time"], "%m-%d %H:%M:%S"),
+                "last_time": _ts(r["last_time"], "%H:%M:%S") if r["last_time"] != r["time"] else "",
+                "count": f"{r['count']:,}",
+                "what": describe_entry(entry),
+                "source_ips": ", ".join(r["source_ips"]),
+                "denied": r["denied"],
+                "event_anchor": event_anchor.get(r["audit_id"] or ""),
+            }
+        )
+    return rows
+
+
+def _events_rows(events: pl.DataFrame, finding_id: str) -> list[dict[str, Any]]:
+    rows = []
+    flagged = events.head(MAX_EVENTS).with_columns(denied_expr().alias("_denied"))
+    for e in flagged.iter_rows(named=True):
+        rows.append(
+            {
+                "anchor": anchor("ev", finding_id, e["audit_id"]),
+                "time": _ts(e["event_time"]),
+                "verb": e["verb"] or "",
+                "target": "/".join(x for x in (e["resource"], e["subresource"]) if x),
+                "where": "/".join(x for x in (e["namespace"], e["name"]) if x),
+                "code": e["response_code"] if e["response_code"] is not None else "",
+                "source_ip": e["source_ip"] or "",
+                "user_agent": _cut(e["user_agent"]),
+                "audit_id": e["audit_id"] or "",
+                "denied": e["_denied"],
+            }
+        )
+    return rows
+
+
+def build_context(data: ReportData) -> dict[str, Any]:
+    """Plain values for the template (strings are escaped by the template, not here)."""
+    findings = data.findings
+    detailed_ids = data.detailed["finding_id"].to_list()
+    f_anchor = {fid: anchor("finding", fid) for fid in detailed_ids}
+
+    # incidents: anchors first, so findings can link back
+    incidents: list[dict[str, Any]] | None = None
+    incidents_of: dict[str, list[dict[str, str]]] = {}
+    if data.incidents is not None:
+        incidents = []
+        for inc in data.incidents.iter_rows(named=True):
+            ref = {
+                "incident_id": inc["incident_id"],
+                "anchor": anchor("incident", inc["incident_id"]),
+            }
+            for fid in inc["finding_ids"] or []:
+                incidents_of.setdefault(fid, []).append(ref)
+            incidents.append({**inc, **ref})
+
+    # where each finding's raw events live: (finding, audit id) -> row anchor
+    event_anchor: dict[str, str] = {}
+    detailed = []
+    by_id = {r["finding_id"]: r for r in data.detailed.iter_rows(named=True)}
+    order = sorted(
+        detailed_ids,
+        key=lambda i: (-by_id[i]["severity_rank"], -(by_id[i]["score"] or 0), i),
+    )
+    for fid in order:
+        f = by_id[fid]
+        ev = data.events.filter(pl.col("finding_id") == fid)
+        own = {
+            a: anchor("ev", fid, a) for a in ev.head(MAX_EVENTS)["audit_id"].drop_nulls().to_list()
+        }
+        for a, target in own.items():
+            event_anchor.setdefault(a, target)
+        keys = ev["access_key_id"].drop_nulls().unique(maintain_order=True).to_list()
+        detailed.append(
+            {
+                **f,
+                "anchor": f_anchor[fid],
+                "events_anchor": anchor("events", fid),
+                "window": f"{_ts(f['window_start'], '%Y-%m-%d %H:%M')}–"
+                f"{_ts(f['window_end'], '%H:%M')}",
+                "identity": identity_summary(
+                    f["principal"],
+                    keys,
+                    start=f["window_start"] - LOOKUP_MARGIN,
+                    end=f["window_end"] + LOOKUP_MARGIN,
+                    region=data.region,
+                ),
+                "timeline": _timeline_rows(collapse_runs(ev), own),
+                "events": _events_rows(ev, fid),
+                "events_cut": ev.height > MAX_EVENTS,
+                "incidents": incidents_of.get(fid, []),
+                "reasons": f["reasons"] or [],
+            }
+        )
+
+    if incidents is not None:
+        for inc in incidents:
+            ids = inc["finding_ids"] or []
+            inc["findings"] = [
+                {
+                    "finding_id": fid,
+                    "anchor": f_anchor.get(fid),
+                    "title": by_id[fid]["title"] if fid in by_id else fid,
+                    "severity": by_id[fid]["severity"] if fid in by_id else "info",
+                }
+                for fid in ids
+            ]
+            ev = data.events.filter(
+                pl.col("finding_id").is_in(pl.Series(ids, dtype=pl.String).implode())
+            ).unique(["audit_id", "stage"], keep="first")
+            inc["timeline"] = _timeline_rows(collapse_runs(ev), event_anchor)
+            inc["display"] = display_principal(inc.get("principal"))
+            inc["time"], inc["end"] = _ts(inc["time"]), _ts(inc["end"])
+            inc["severity"] = inc.get("severity") or "info"
+            inc["title"] = inc.get("title") or f"Incident {inc['incident_id']}"
+
+    firsts: dict[str, list[dict[str, str]]] = {}
+    for f in detailed:
+        firsts.setdefault(f["principal"], []).append(
+            {"anchor": f["anchor"], "severity": f["severity"]}
+        )
+    top = data.principals.head(TOP_PRINCIPALS)
+    principals = [
+        {
+            **p,
+            "display": display_principal(p["principal"]),
+            "account": parse_principal(p["principal"]).account,
+            "findings": firsts.get(p["principal"], [])[:8],
+        }
+        for p in top.iter_rows(named=True)
+    ]
+    findings_table = [
+        {
+            "severity": f["severity"],
+            "window": _ts(f["window_start"], "%m-%d %H:%M"),
+            "detector": f["detector"],
+            "principal": f["principal"],
+            "display": display_principal(f["principal"]),
+            "title": f["title"] or "",
+            "anchor": f_anchor.get(f["finding_id"]),
+        }
+        for f in findings.iter_rows(named=True)
+    ]
+    return {
+        "start": _ts(data.start, "%Y-%m-%d %H:%M"),
+        "end": _ts(data.end, "%Y-%m-%d %H:%M"),
+        "generated": _ts(datetime.now(UTC), "%Y-%m-%d %H:%M UTC"),
+        "lake": data.lake_uri,
+        "summary": data.summary(),
+        "notes": data.notes,
+        "levels": data.levels,
+        "principals": principals,
+        "incidents": incidents,
+        "findings_table": findings_table,
+        "detailed": detailed,
+        "charts": _charts(data, top),
+    }
+
+
+def _charts(data: ReportData, top: pl.DataFrame) -> dict[str, Any]:
+    """Inline SVG of every chart that has data (``Markup``: already escaped by vl-convert
+    and checked by :func:`charts.to_svg`)."""
+    out: dict[str, Any] = {"events": None, "rates": [], "findings": None, "incidents": None}
+    domain = charts.domain_of(data.start, data.end)
+    if data.hourly.height:
+        out["events"] = Markup(charts.events_per_hour(data.hourly, domain))
+        for name, column, level in (
+            ("denied-rate", "denied_rate", data.levels[0]),
+            ("unauthenticated-rate", "unauthenticated_rate", data.levels[1]),
+        ):
+            out["rates"].append(
+                (name, Markup(charts.rate_against_usual(data.rates, column, level, domain)))
+            )
+    if data.findings.height:
+        out["findings"] = Markup(
+            charts.by_severity(
+                data.findings, "window_start", "Findings per hour by severity", domain
+            )
+        )
+    if data.incidents is not None and data.incidents.height:
+        inc = data.incidents.with_columns(pl.col("severity").fill_null("info"))
+        out["incidents"] = Markup(
+            charts.by_severity(inc, "time", "Incidents per hour by severity", domain)
+        )
+    if top.height:
+        labels = top.with_columns(
+            pl.col("principal")
+            .map_elements(display_principal, return_dtype=pl.String)
+            .alias("label")
+        )
+        # Two principals may read the same (one role, two accounts): keep labels distinct.
+        labels = labels.with_columns(
+            pl.when(pl.col("label").is_duplicated())
+            .then(pl.col("principal"))
+            .otherwise(pl.col("label"))
+            .alias("label")
+        )
+        out["principals"] = Markup(charts.top_principals(labels))
+    return out
+
+
+def render(data: ReportData) -> str:
+    """The report page as one string."""
+    env = Environment(
+        loader=FileSystemLoader(Path(__file__).parent / "templates"),
+        autoescape=select_autoescape(["html", "j2"], default=True),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    digest = base64.b64encode(hashlib.sha256(SCRIPT.encode()).digest()).decode()
+    template = env.get_template("report.html.j2")
+    return template.render(
+        **build_context(data), script=Markup(SCRIPT), script_hash=f"sha256-{digest}"
+    )
+
+
+def write_report(data: ReportData, path: str | Path) -> Path:
+    """Write the page atomically (a reader never sees half a report)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(render(data), encoding="utf-8")
+    tmp.replace(target)
+    return target

@@ -1,0 +1,183 @@
+"""IP address lists for rules: AWS's published ranges (a dated snapshot) and deny lists.
+
+GuardDuty's MaliciousIPCaller findings flag EKS API calls from addresses on threat lists,
+and a node, kube-system or ``eks:`` identity calling from a public address outside AWS
+means its credentials left the cluster. Both need address-in-network tests over millions
+of rows, so networks become sorted, merged integer intervals and each address is found
+with one binary search (``search_sorted``), vectorized, never a Python loop per event.
+
+No network access at run time: the AWS ranges ship as a small derived file
+(``data/aws-ip-ranges.txt``, merged CIDRs with the source's date), refreshed from a
+user-supplied ``ip-ranges.json`` by ``detect rules aws-ranges``. Deny lists are text files
+of addresses or CIDRs, one a line (``#`` comments), named in ``detect.toml``
+(``ip_lists = [...]``, exported as ``DETECT_IP_LISTS``). IPv4 only: EKS audit source
+addresses are IPv4 in practice; IPv6 entries of a list are ignored (and counted).
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import json
+import os
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+
+import polars as pl
+
+from detector.config import IP_LISTS_ENV
+from detector.rules.condition import ConditionError
+
+__all__ = ["IP_LISTS_ENV", "derive_aws_ranges", "read_networks", "source_in"]
+#: Refuse lists beyond this many entries (a wrong file, not a threat feed).
+MAX_ENTRIES = 2_000_000
+
+#: Addresses that are not on the public internet: private, shared (CGNAT), loopback,
+#: link-local, documentation and multicast ranges.
+NON_PUBLIC = (
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "224.0.0.0/3",
+)
+
+
+def aws_ranges_path() -> Path:
+    return Path(str(resources.files("detector.rules") / "data" / "aws-ip-ranges.txt"))
+
+
+def parse_networks(lines: Iterable[str], label: str) -> list[ipaddress.IPv4Network]:
+    """Addresses or CIDRs, one a line; ``#`` starts a comment. Bad lines name their number."""
+    out: list[ipaddress.IPv4Network] = []
+    for number, raw in enumerate(lines, 1):
+        text = raw.split("#", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            net = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise ConditionError(
+                f"{label}, line {number}: not an address or CIDR: {text!r:.60}"
+            ) from None
+        if isinstance(net, ipaddress.IPv4Network):
+            out.append(net)
+        if len(out) > MAX_ENTRIES:
+            raise ConditionError(f"{label}: more than {MAX_ENTRIES:,} entries")
+    return out
+
+
+def read_networks(path: str | Path) -> list[ipaddress.IPv4Network]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return parse_networks(fh, str(path))
+    except FileNotFoundError:
+        raise ConditionError(f"IP list {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConditionError(f"IP list {path}: cannot read: {exc}") from None
+
+
+def intervals(networks: Iterable[ipaddress.IPv4Network]) -> tuple[pl.Series, pl.Series]:
+    """Merged, sorted ``[start, end]`` integer intervals of the networks."""
+    merged = ipaddress.collapse_addresses(networks)
+    pairs = sorted((int(n.network_address), int(n.broadcast_address)) for n in merged)
+    return (
+        pl.Series("start", [p[0] for p in pairs], dtype=pl.UInt32),
+        pl.Series("end", [p[1] for p in pairs], dtype=pl.UInt32),
+    )
+
+
+def ipv4_number(col: pl.Expr) -> pl.Expr:
+    """A dotted IPv4 address as an integer; null for anything else (IPv6, garbage)."""
+    parts = col.str.extract_groups(r"^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$")
+    octets = [parts.struct.field(str(i)).cast(pl.UInt32, strict=False) for i in (1, 2, 3, 4)]
+    valid = pl.all_horizontal([o <= 255 for o in octets])
+    number = octets[0] * 16777216 + octets[1] * 65536 + octets[2] * 256 + octets[3]
+    return pl.when(valid).then(number)
+
+
+def in_intervals(number: pl.Expr, starts: pl.Series, ends: pl.Series) -> pl.Expr:
+    """Whether each integer lies in one of the intervals (null stays null)."""
+    if starts.is_empty():
+        return pl.when(number.is_not_null()).then(pl.lit(False))
+    idx = pl.lit(starts).search_sorted(number, side="right").cast(pl.Int64) - 1
+    end = pl.lit(ends).gather(idx.clip(lower_bound=0))
+    return pl.when(number.is_null()).then(None).otherwise((idx >= 0) & (number <= end))
+
+
+@functools.lru_cache(maxsize=8)
+def _cached(kind: str, key: str) -> tuple[pl.Series, pl.Series]:
+    if kind == "non_public":
+        return intervals(ipaddress.ip_network(n) for n in NON_PUBLIC)
+    if kind == "aws":
+        return intervals(read_networks(aws_ranges_path()))
+    files = [f for f in key.split(os.pathsep) if f]
+    return intervals(n for f in files for n in read_networks(f))
+
+
+def source_in(kind: str) -> pl.Expr:
+    """``source_ip`` in the non-public ranges, AWS's ranges or the configured deny lists.
+
+    A range holds few distinct addresses and many events, so each distinct address is
+    classified once (one binary search each) and the answer mapped back onto the rows.
+    No deny list configured: constant false, so the rule costs nothing.
+    """
+    key = os.environ.get(IP_LISTS_ENV, "") if kind == "denied" else ""
+    if kind == "denied" and not key.strip(os.pathsep + " "):
+        return pl.lit(False)
+    starts, ends = _cached(kind, key)
+
+    def classify(s: pl.Series) -> pl.Series:
+        s = s.cast(pl.String)  # the first pass may hand it over as a categorical
+        distinct = s.drop_nulls().unique()
+        if distinct.is_empty():
+            return pl.Series(s.name, [None] * len(s), dtype=pl.Boolean)
+        answer = (
+            distinct.to_frame("ip")
+            .select(in_intervals(ipv4_number(pl.col("ip")), starts, ends))
+            .to_series()
+        )
+        return s.replace_strict(distinct, answer, default=None, return_dtype=pl.Boolean)
+
+    return pl.col("source_ip").map_batches(classify, return_dtype=pl.Boolean)
+
+
+def derive_aws_ranges(ip_ranges_json: str | Path) -> str:
+    """The snapshot file's text from AWS's ``ip-ranges.json``: merged IPv4 CIDRs, dated.
+
+    Every prefix counts (service AMAZON is the superset AWS publishes for all of its
+    services, EC2 included), merged into the fewest CIDRs; the header keeps the source's
+    createDate and syncToken so a finding can say how old its reference was.
+    """
+    try:
+        data = json.loads(Path(ip_ranges_json).read_text(encoding="utf-8"))
+        prefixes = [p["ip_prefix"] for p in data["prefixes"]]
+        created, token = data["createDate"], data["syncToken"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConditionError(
+            f"{ip_ranges_json}: not AWS's ip-ranges.json ({type(exc).__name__}: {exc})"
+        ) from None
+    merged = list(ipaddress.collapse_addresses(parse_networks(prefixes, str(ip_ranges_json))))
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d")
+    header = [
+        "# AWS public IPv4 ranges, merged from ip-ranges.json",
+        f"# createDate {created} syncToken {token} ({len(prefixes)} prefixes, "
+        f"{len(merged)} merged); derived {stamp} by `detect rules aws-ranges`",
+    ]
+    return "\n".join([*header, *(str(n) for n in merged)]) + "\n"
+
+
+def aws_ranges_date() -> str | None:
+    """The createDate recorded in the shipped snapshot (for docs and `rules list`)."""
+    with open(aws_ranges_path(), encoding="utf-8") as fh:
+        for line in fh:
+            if line.startswith("# createDate "):
+                return line.split()[2]
+    return None

@@ -1,0 +1,288 @@
+"""Shared CLI suites: every command gets the same edge cases (csvkit's mixins, as pytest).
+
+Commands are found by walking the typer app, so a new command is covered the day it is
+registered: its --help needs an Example, a broken detect.toml must stop it with one line
+naming the file and key, and bad time, duration, choice and log-level values are a usage
+error (exit 2) on one ``error:`` line, never a traceback or a rich box.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer.main
+from typer.testing import CliRunner
+
+from detector.cli import app
+from tests.conftest import ROOT
+
+ENV_NAMES = (
+    "DETECT_LAKE",
+    "DETECT_CLUSTER",
+    "DETECT_MODEL_DIR",
+    "DETECT_LOG_GROUP",
+    "DETECT_CONFIG",
+    "DETECT_LOG_FORMAT",
+    "DETECT_LOG_LEVEL",
+    "DETECT_REGION",
+)
+
+
+def _walk(group, prefix: tuple[str, ...] = ()):
+    """(path, command) for the root, every group and every command under it."""
+    yield prefix, group
+    for name, cmd in sorted(group.commands.items()):
+        if getattr(cmd, "hidden", False):
+            continue
+        if hasattr(cmd, "commands"):
+            yield from _walk(cmd, (*prefix, name))
+        else:
+            yield (*prefix, name), cmd
+
+
+ROOT_COMMAND = typer.main.get_command(app)
+EVERY = [path for path, _ in _walk(ROOT_COMMAND)]
+LEAVES = [path for path, cmd in _walk(ROOT_COMMAND) if not hasattr(cmd, "commands")]
+
+
+@pytest.fixture
+def cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty working directory (no detect.toml) and no DETECT_* settings."""
+    monkeypatch.chdir(tmp_path)
+    for name in ENV_NAMES:
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path
+
+
+def invoke(*args: str, env: dict[str, str | None] | None = None):
+    return CliRunner().invoke(app, list(args), env=env)
+
+
+def assert_one_error_line(result, *needles: str, code: int = 2) -> str:
+    """Exit ``code`` with exactly one ``error:`` line on stderr: no traceback, no box."""
+    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
+        result.exception
+    )
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output and "╭" not in result.output
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+# ------------------------------------------------------------------ help
+@pytest.mark.parametrize("path", EVERY, ids=lambda p: " ".join(("detect", *p)))
+def test_every_help_has_an_example(cwd, path):
+    result = invoke(*path, "--help")
+    assert result.exit_code == 0, result.output
+    assert "Example" in result.stdout, f"`detect {' '.join(path)} --help` has no Example"
+
+
+# ------------------------------------------------------------------ bad values: exit 2
+BAD_VALUES = [
+    (["score", "--since", "99999999999d"], "--since"),
+    (["train", "--since", "99999999999d"], "--since"),
+    (["findings", "--since", "99999999999d"], "--since"),
+    (["score", "--since", "yesterday"], "invalid time"),
+    (["score", "--since", "1h", "--until", "0001-01-01"], "out of range"),
+    (["score", "--since", "2h", "--until", "3h"], "empty time range"),
+    (["evaluate", "--train-until", "99999999999d"], "--train-until"),
+    (["simulate", "--out", "x", "--end", "99999999999d"], "--end"),
+    (["export", "--log-group", "/aws/eks/x/cluster", "--since", "99999999999d"], "--since"),
+    (["export", "--log-group", "/aws/eks/x/cluster", "--latency", "99999999999d"], "--latency"),
+    (["export", "--log-group", "/aws/eks/x/cluster", "--chunk", "0s"], "--chunk"),
+    (["export", "--log-group", "/aws/eks/x/cluster", "--interval", "-1m"], "--interval"),
+    (["export", "--log-group", "/aws/eks/x/cluster", "--rate", "-1"], "--rate"),
+    (["train", "--window", "99999999999d"], "--window"),
+    (["train", "--window", "30s"], "--window"),
+    (["train", "--alert-rate", "2"], "--alert-rate"),
+    (["rules", "test", "pod-exec", "x.log", "--window", "2d"], "--window"),
+    (["--log-level", "loud", "config", "show"], "--log-level"),
+    (["--log-format", "xml", "config", "show"], "--log-format"),
+    (["score", "--format", "xml"], "--format"),
+    (["score", "--fail-on", "hihg"], "--fail-on"),
+    (["findings", "--min-severity", "loud"], "--min-severity"),
+    (["ingest", "x.log", "--input-format", "xml"], "--input-format"),
+    (["rules", "test", "pod-exec", "x.log", "--from", "xml"], "--input-format"),
+    (["simulate", "--out", "x", "--as", "xml"], "--as"),
+    (["score", "--bogus"], "--bogus"),
+    (["score", "--no-model", "--no-rules"], "nothing to score"),
+]
+
+
+@pytest.mark.parametrize(("args", "needle"), BAD_VALUES, ids=[" ".join(a) for a, _ in BAD_VALUES])
+def test_bad_values_are_one_usage_error_line(cwd, args, needle):
+    assert_one_error_line(invoke(*args), needle)
+
+
+def test_bad_log_level_from_the_environment(cwd):
+    result = invoke("config", "show", env={"DETECT_LOG_LEVEL": "loud"})
+    assert_one_error_line(result, "loud")
+
+
+def test_usage_error_is_a_json_record_with_log_format_json(cwd):
+    result = invoke("--log-format", "json", "score", "--since", "99999999999d")
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    record = json.loads(line)
+    assert record["level"] == "error" and record["command"] == "score"
+    assert "--since" in record["message"] and "out of range" in record["message"]
+
+
+# ------------------------------------------------------------------ detect.toml, every command
+@pytest.mark.parametrize("path", [*LEAVES, ("findings",)], ids=lambda p: " ".join(p))
+def test_config_typo_stops_every_command_naming_file_and_key(cwd, path):
+    (cwd / "detect.toml").write_text('lake = "./lake"\n[score]\nfail_on = "hihg"\n')
+    result = invoke(*path)
+    assert_one_error_line(result, "detect.toml [score]", "fail_on = 'hihg'")
+
+
+@pytest.mark.parametrize(
+    "path", [("config", "show"), ("findings",), ("rules", "list")], ids=" ".join
+)
+def test_config_that_is_not_utf8_is_one_line(cwd, path):
+    (cwd / "detect.toml").write_bytes(b'lake = "caf\xe9"\n')
+    assert_one_error_line(invoke(*path), "detect.toml", "not UTF-8")
+
+
+def test_config_durations_and_times_use_the_same_bounds_as_flags(cwd):
+    (cwd / "detect.toml").write_text('[export]\nlatency = "99999999999d"\n')
+    assert_one_error_line(invoke("config", "show"), "[export]: latency", "out of range")
+    (cwd / "detect.toml").write_text('[train]\nsince = "99999999999d"\n')
+    assert_one_error_line(invoke("findings"), "[train]: since", "out of range")
+
+
+# ------------------------------------------------------------------ AWS_REGION
+AWS_ONLY = {"AWS_DEFAULT_REGION": None, "AWS_REGION": "eu-west-3"}
+
+
+def test_aws_region_alone_shows_in_config_show(cwd):
+    result = invoke("config", "show", "--format", "json", env=AWS_ONLY)
+    assert result.exit_code == 0, result.stderr
+    rows = {r["setting"]: r for r in json.loads(result.stdout)["settings"]}
+    assert (rows["region"]["value"], rows["region"]["source"]) == ("eu-west-3", "env AWS_REGION")
+    assert sum(1 for r in json.loads(result.stdout)["settings"] if r["setting"] == "region") == 1
+
+
+def _group_in(region: str, name: str) -> str:
+    """An EKS audit log group with one event, in ``region`` only (moto keeps regions apart)."""
+    import time
+
+    import boto3
+
+    logs = boto3.client("logs", region_name=region)
+    group = f"/aws/eks/{name}/cluster"
+    logs.create_log_group(logGroupName=group)
+    stream = "kube-apiserver-audit-0123456789abcdef"
+    logs.create_log_stream(logGroupName=group, logStreamName=stream)
+    at = int(time.time() * 1000) - 5 * 60_000
+    event = {
+        "kind": "Event",
+        "apiVersion": "audit.k8s.io/v1",
+        "level": "Metadata",
+        "auditID": f"{name}-1",
+        "stage": "ResponseComplete",
+        "requestURI": "/api/v1/namespaces",
+        "verb": "list",
+        "user": {"username": "alice"},
+        "objectRef": {"resource": "namespaces", "apiVersion": "v1"},
+        "responseStatus": {"code": 200},
+        "requestReceivedTimestamp": "2026-01-01T00:00:00.000000Z",
+        "stageTimestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(at / 1000)),
+    }
+    logs.put_log_events(
+        logGroupName=group,
+        logStreamName=stream,
+        logEvents=[{"timestamp": at, "message": json.dumps(event)}],
+    )
+    return group
+
+
+def test_export_honours_aws_region_alone(cwd, moto_endpoint):
+    group = _group_in("eu-west-3", "regioncli")
+    args = ("export", "--log-group", group, "--lake", str(cwd / "lake"), "--since", "10m")
+    result = invoke(*args, "--format", "json", env=AWS_ONLY)
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["region"], summary["events_written"]) == ("eu-west-3", 1)
+
+
+def test_export_region_flag(cwd, moto_endpoint):
+    group = _group_in("ap-south-1", "regionflag")
+    args = ("export", "--log-group", group, "--lake", str(cwd / "lake"), "--since", "10m")
+    result = invoke(*args, "--region", "ap-south-1", "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["region"] == "ap-south-1"
+    assert os.environ["AWS_REGION"] == "us-east-1"  # restored when the command ended
+
+
+# ------------------------------------------------------------------ Ctrl-C at start-up
+def test_ctrl_c_during_start_up_is_exit_130_without_traceback():
+    """SIGINT arrives while the app's modules are being imported (typer first)."""
+    code = (
+        "import builtins, os, signal\n"
+        "real = builtins.__import__\n"
+        "def imp(name, *a, **k):\n"
+        "    if name == 'typer':\n"
+        "        builtins.__import__ = real\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "    return real(name, *a, **k)\n"
+        "builtins.__import__ = imp\n"
+        "from detector.cli import main\n"
+        "main()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "config", "show"],
+        capture_output=True,
+        text=True,
+        cwd=str(ROOT),
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 128 + signal.SIGINT, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == "interrupted"
+
+
+# ------------------------------------------------------------------ the machine, not the code
+def test_paths_that_are_files_where_folders_are_due(cwd):
+    (cwd / "afile").write_text("x")
+    assert_one_error_line(invoke("simulate", "--out", "afile"), "--out", "is a file")
+    assert_one_error_line(invoke("demo", "--lake", "afile"), "--lake afile: a file, not a folder")
+
+
+def test_unwritable_output_is_one_line_exit_3(cwd):
+    (cwd / "afile").write_text("x")
+    result = invoke("rules", "docs", "--output", "afile/rules.md")
+    assert_one_error_line(result, "afile", code=3)
+
+
+def test_no_aws_credentials_is_a_configuration_error(cwd, detect):
+    """A real process with the whole AWS chain empty (env, files, instance metadata)."""
+    env = {
+        "AWS_ACCESS_KEY_ID": "",
+        "AWS_SECRET_ACCESS_KEY": "",
+        "AWS_SHARED_CREDENTIALS_FILE": str(cwd / "none"),
+        "AWS_CONFIG_FILE": str(cwd / "none"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    args = ("score", "--lake", "s3://no-such-bucket-for-cli-test/lake", "--no-model")
+    proc = detect(*args, "--since", "1h", env=env, cwd=str(cwd))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: no AWS credentials found")
+    assert len(proc.stderr.splitlines()) == 1
+
+
+def test_root_usage_error_is_a_json_record_too(cwd):
+    result = invoke("--config", "x.toml", "--log-format", "json", "--log-level", "loud", "findings")
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "--log-level" in json.loads(line)["message"]

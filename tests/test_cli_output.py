@@ -1,0 +1,160 @@
+"""What the commands print: counts that add up, whole identities, hints that can be run.
+
+Scoring runs in-process on the committed six-hour sample (``data/samples/audit.log.gz``,
+4,761 events) ingested once per session; the rest renders small hand-made frames.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime, timedelta
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from detector.cli import app
+from detector.cli.render import render_findings
+from tests.conftest import ROOT
+
+SAMPLE = ROOT / "data" / "samples" / "audit.log.gz"
+RANGE = ("--since", "2026-11-27T12:00:00Z", "--until", "2026-11-27T18:00:00Z")
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(scope="session")
+def sample_lake(tmp_path_factory: pytest.TempPathFactory) -> str:
+    lake = str(tmp_path_factory.mktemp("cli-output") / "lake")
+    result = invoke("ingest", str(SAMPLE), "--lake", lake, "--cluster", "demo")
+    assert result.exit_code == 0, result.stderr
+    return lake
+
+
+# ------------------------------------------------------------------ score
+def test_no_model_reports_no_windows_and_names_the_lake_in_its_hint(sample_lake):
+    result = invoke("score", "--lake", sample_lake, *RANGE, "--no-model")
+    assert result.exit_code == 0, result.stderr
+    assert "principal windows" not in result.stdout
+    assert "model not used" in result.stdout
+    hint = next(x for x in result.stdout.splitlines() if "info record(s) not shown" in x)
+    assert f"detect findings --lake {sample_lake}" in hint
+    assert "--min-severity info" not in hint  # findings lists info already
+
+
+def test_rules_only_is_a_hidden_alias_of_no_model(sample_lake):
+    def ids(*flags: str) -> list[str]:
+        out = invoke("score", "--lake", sample_lake, *RANGE, *flags, "--format", "json")
+        assert out.exit_code == 0, out.stderr
+        return sorted(f["finding_id"] for f in json.loads(out.stdout)["findings"])
+
+    assert ids("--rules-only") == ids("--no-model") != []
+    assert "--rules-only" not in invoke("score", "--help").stdout
+
+
+def test_score_enable_switches_on_a_rule_that_ships_disabled(sample_lake):
+    def run(*flags: str) -> dict:
+        out = invoke(
+            "score", "--lake", sample_lake, *RANGE, "--no-model", *flags, "--format", "json"
+        )
+        assert out.exit_code == 0, out.stderr
+        return json.loads(out.stdout)
+
+    plain, enabled = run(), run("--enable", "namespace-created")
+    count = re.compile(r"(\d+) rules")
+    assert int(count.search(enabled["rules"])[1]) == int(count.search(plain["rules"])[1]) + 1
+    unknown = CliRunner().invoke(
+        app, ["score", "--lake", sample_lake, *RANGE, "--no-model", "--enable", "nope"]
+    )
+    assert unknown.exit_code == 2 and "nope" in unknown.stderr
+
+
+# ------------------------------------------------------------------ ingest
+def test_missing_input_is_exit_2_before_anything_is_ingested(tmp_path):
+    lake = tmp_path / "lake"
+    result = CliRunner().invoke(
+        app, ["ingest", str(SAMPLE), str(tmp_path / "nope.log"), "--lake", str(lake)]
+    )
+    assert result.exit_code == 2
+    assert result.stdout == ""  # no "ingested 0 lines" summary before the error
+    assert (
+        result.stderr.strip() == f"error: {tmp_path / 'nope.log'}: no such file, folder or object"
+    )
+    assert not (lake / "events").exists()  # the good input was not half-ingested either
+
+
+# ------------------------------------------------------------------ findings table
+def _findings(principal: str, detector: str) -> pl.DataFrame:
+    start = datetime(2026, 11, 27, 14, 40, tzinfo=UTC)
+    rows = [
+        ("model:iforest", "arn:aws:iam::111122223333:role/eng-admin/frank", 0.8721, "high"),
+        (detector, principal, 36.0, "medium"),
+        ("rule:pod-exec", "role/developer/grace", 1.0, "low"),
+        ("rule:pod-exec", "role/developer/grace", 1.0, "info"),
+    ]
+    return pl.DataFrame(
+        {
+            "finding_id": [f"{i:020x}" for i in range(len(rows))],
+            "severity": [r[3] for r in rows],
+            "score": [r[2] for r in rows],
+            "window_start": [start + timedelta(minutes=10 * i) for i in range(len(rows))],
+            "detector": [r[0] for r in rows],
+            "principal": [r[1] for r in rows],
+            "title": ["Spike of denied requests from one identity, " * 4] * len(rows),
+        }
+    )
+
+
+def test_findings_table_keeps_detector_and_principal_whole_and_one_score_format(capsys):
+    principal = "system:serviceaccount:very-long-namespace-name:a-long-service-account"
+    detector = "rule:auth-failure-spike-principal-long"
+    render_findings(
+        _findings(principal, detector), alerts_only=True, hint="detect findings --lake s3://l/p"
+    )
+    out = capsys.readouterr().out
+    rows = [x for x in out.splitlines() if re.match(r"^[0-9a-f]{20} ", x)]
+    assert len(rows) == 3 and all(len(x) <= 200 for x in rows)
+    assert principal in out and detector.removeprefix("rule:") in out
+    assert "role/eng-admin/frank" in out
+    scores = [x.split()[2] for x in rows]
+    assert scores == ["0.87", "36.00", "1.00"]
+    assert "1 info record(s) not shown" in out and "detect findings --lake s3://l/p" in out
+
+
+# ------------------------------------------------------------------ export summary
+def test_export_summary_counts_add_up(capsys):
+    from detector.cli.commands.export import render_summary
+    from detector.sources.cloudwatch import ExportSummary
+
+    summary = ExportSummary(log_group="/aws/eks/prod/cluster", cluster="prod", lake="./lake")
+    summary.events_read, summary.overlap_skipped = 121, 96
+    summary.ingest.events_written, summary.ingest.duplicates = 26, 95
+    render_summary(summary)
+    line = capsys.readouterr().out.splitlines()[0]
+    numbers = re.search(
+        r"exported ([\d,]+) events .*: ([\d,]+) new, ([\d,]+) already in the lake"
+        r" \(([\d,]+) re-read in the overlap\), ([\d,]+) quarantined",
+        line,
+    )
+    assert numbers, line
+    total, new, already, _, quarantined = (int(n.replace(",", "")) for n in numbers.groups())
+    assert (total, new, already, quarantined) == (217, 26, 191, 0)
+    assert new + already + quarantined == total
+
+
+# ------------------------------------------------------------------ demo overview
+def test_demo_overview_says_how_many_hours_its_histogram_shows(capsys):
+    from detector.cli.commands.demo import render_overview
+
+    start = datetime(2026, 11, 25, tzinfo=UTC)
+    hours = [{"hour": start + timedelta(hours=i), "events": 100 + i} for i in range(49)]
+    render_overview(
+        {"events": 5_000, "events_per_hour": hours, "top_principals": [], "quarantined": []}
+    )
+    out = capsys.readouterr().out
+    head = next(x for x in out.splitlines() if x.startswith("lake:"))
+    assert "49 hours" in head and "the last 12" in head
+    assert sum(1 for x in out.splitlines() if x.rstrip().endswith("#")) == 12

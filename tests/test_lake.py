@@ -1,0 +1,372 @@
+"""The lake's file-level guarantees (detector/lake/table.py): names stay inside the lake, no
+globs, temporary files out of readers' sight, bad files skipped and listed, one key per
+event across clusters, S3 manifests recorded only after everything is flushed, compaction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import polars as pl
+import pytest
+
+from detector.lake import table as T
+from detector.lake.events import Lake
+from detector.lake.maintenance import check_lake, compact
+from detector.pipeline import ingest as ingest_mod
+from detector.pipeline.ingest import ingest_paths
+
+
+def event(i: int, *, minute: int | None = None, hour: int = 10) -> dict:
+    m = i % 60 if minute is None else minute
+    return {
+        "kind": "Event",
+        "apiVersion": "audit.k8s.io/v1",
+        "level": "Metadata",
+        "auditID": f"00000000-0000-0000-0000-{i:012d}",
+        "stage": "ResponseComplete",
+        "requestURI": "/api/v1/namespaces/app/pods",
+        "verb": "list",
+        "user": {"username": "alice", "groups": ["system:authenticated"]},
+        "sourceIPs": ["203.0.113.7"],
+        "objectRef": {"resource": "pods", "namespace": "app", "apiVersion": "v1"},
+        "responseStatus": {"metadata": {}, "code": 200},
+        "requestReceivedTimestamp": f"2026-11-27T{hour:02d}:{m:02d}:00.100000Z",
+        "stageTimestamp": f"2026-11-27T{hour:02d}:{m:02d}:00.200000Z",
+    }
+
+
+def audit_file(path: Path, ids: range, **kw) -> Path:
+    path.write_bytes(b"".join(orjson.dumps(event(i, **kw)) + b"\n" for i in ids))
+    return path
+
+
+def files_under(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def lake_rows(lake: str) -> int:
+    return Lake(lake).scan_events().select(pl.len()).collect().item()
+
+
+# ----------------------------------------------------------------------------- names
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``detect ARGS`` in-process (start-up costs seconds; the code path is the same)."""
+    from typer.testing import CliRunner
+
+    from detector.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
+
+
+@pytest.mark.parametrize(
+    "cluster", ["../../..", "..", "a/b", "prod[1]", "*", "prod?", ".hidden", "x" * 300]
+)
+def test_unsafe_cluster_names_are_refused_before_anything_is_written(
+    tmp_path, monkeypatch, cluster
+):
+    src = audit_file(tmp_path / "audit.log", range(10))
+    work = tmp_path / "deep" / "er" / "still"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    before = files_under(tmp_path)
+    proc = cli("ingest", str(src), "--lake", "lake", "--cluster", cluster)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: cluster name"), proc.stderr
+    assert files_under(tmp_path) == before  # nothing written, inside the lake or out of it
+
+
+def test_a_writer_given_an_unsafe_cluster_writes_nothing(tmp_path):
+    events = ingest_mod.read_events([str(audit_file(tmp_path / "a.log", range(4)))])[0]
+    mixed = events.with_columns(
+        pl.when(pl.col("audit_id").str.ends_with("3"))
+        .then(pl.lit("../x"))
+        .otherwise(pl.lit("prod"))
+        .alias("cluster")
+    )
+    with pytest.raises(T.UnsafeName):
+        Lake(str(tmp_path / "lake")).write_events(mixed)
+    assert files_under(tmp_path) == [tmp_path / "a.log"]
+
+
+def test_a_lake_path_with_glob_characters_means_itself(tmp_path):
+    lake = str(tmp_path / "la[k]e*?{x}")
+    decoy = tmp_path / "lake"  # what "la[k]e" would match as a pattern
+    src = audit_file(tmp_path / "audit.log", range(10))
+    for _ in range(3):
+        ingest_paths([str(src)], lake, cluster="prod")
+    ingest_paths([str(src)], str(decoy), cluster="prod")
+    assert lake_rows(lake) == 10
+    assert Lake(lake).partitions() == [("prod", "2026-11-27", "10")]
+    assert check_lake(Lake(lake)).problems == []
+
+
+def test_names_are_validated_not_encoded():
+    assert T.safe_part("prod-eu.west_1") == "prod-eu.west_1"
+    for bad in ("../x", "a b", "é", "x" * 101, "a\x00"):
+        with pytest.raises(T.UnsafeName):
+            T.safe_part(bad)
+
+
+# ----------------------------------------------------------------------------- temp files
+_KILL_DURING_WRITE = """
+import os, signal, sys
+import polars as pl
+from detector.lake.events import Lake
+from detector.pipeline.ingest import read_events
+events, _ = read_events([sys.argv[2]], cluster="prod")
+lake = Lake(sys.argv[1])
+lake.write_events(events.head(5))
+real_replace = os.replace
+def die(src, dst):
+    if dst.endswith(".parquet"):
+        os.kill(os.getpid(), signal.SIGKILL)  # kill -9 between writing and renaming
+    real_replace(src, dst)
+os.replace = die
+lake.write_events(events.tail(5))
+"""
+
+
+def test_a_writer_killed_mid_write_leaves_nothing_readers_glob(tmp_path):
+    lake = tmp_path / "lake"
+    src = audit_file(tmp_path / "audit.log", range(10))
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILL_DURING_WRITE, str(lake), str(src)], check=False
+    )
+    assert proc.returncode == -9
+    assert all(p.suffix == ".parquet" for p in files_under(lake / "events"))
+    leftovers = files_under(lake / T.TMP_DIR)
+    assert len(leftovers) == 1
+    # What a user of the lake does outside this tool works, and sees the first write only.
+    assert pl.scan_parquet(f"{lake}/events/").collect().height == 5
+    assert lake_rows(str(lake)) == 5
+    # The killed writer still "holds" the writer lock: it is taken over at once (same host,
+    # its PID is gone), so the next run neither waits for the lease to run out nor fails.
+    ingest_paths([str(src)], str(lake), cluster="prod")
+    assert lake_rows(str(lake)) == 10
+    assert compact(Lake(str(lake)), grace=0).tmp_removed == len(leftovers)
+    assert not (lake / T.TMP_DIR).exists() or not any((lake / T.TMP_DIR).iterdir())
+
+
+# ----------------------------------------------------------------------------- bad files
+def _bad_files(lake: Path) -> list[Path]:
+    part = lake / "events" / "cluster=prod" / "date=2026-11-27" / "hour=10"
+    good = next(part.glob("*.parquet"))
+    wide = pl.read_parquet(good).with_columns(pl.col("response_code").cast(pl.Int64))
+    wide = wide.with_columns(pl.col("audit_id") + "-wide")
+    wide_path = part / "part-20990101T000000-wide00000000.parquet"
+    wide.write_parquet(wide_path)
+    corrupt = part / "part-20990101T000000-corrupt00000.parquet"
+    corrupt.write_bytes(b"PAR1" + os.urandom(64) + b"PAR1")
+    return [wide_path, corrupt]
+
+
+def test_a_bad_lake_file_is_skipped_with_a_warning_and_listed_by_lake_check(tmp_path, caplog):
+    lake = tmp_path / "lake"
+    src = audit_file(tmp_path / "audit.log", range(10))
+    ingest_paths([str(src)], str(lake), cluster="prod")
+    bad = _bad_files(lake)
+
+    with caplog.at_level("WARNING"):
+        assert lake_rows(str(lake)) == 10  # the good file is read, the bad ones skipped
+    assert sum("skipping" in r.getMessage() for r in caplog.records) == 2
+    more = audit_file(tmp_path / "more.log", range(10, 20))
+    summary = ingest_paths([str(src), str(more)], str(lake), cluster="prod")
+    assert (summary.events_written, summary.duplicates) == (10, 10)
+    assert lake_rows(str(lake)) == 20
+
+    proc = cli("lake", "check", "--lake", str(lake), "--format", "json")
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads(proc.stdout)
+    assert sorted(Path(p["path"]).name for p in report["problems"]) == sorted(b.name for b in bad)
+    kinds = {Path(p["path"]).name: p["problem"] for p in report["problems"]}
+    assert "response_code is Int64" in kinds[bad[0].name]
+    assert kinds[bad[1].name].startswith("unreadable")
+    stray = lake / "events" / "cluster=prod[1]"  # as an older version could write it
+    stray.mkdir()
+    report = check_lake(Lake(str(lake)))
+    assert [p.problem for p in report.problems if "prod[1]" in p.path] == [
+        "not a partition of this table (ignored)"
+    ]
+    stray.rmdir()
+    for b in bad:
+        b.unlink()
+    assert cli("lake", "check", "--lake", str(lake)).returncode == 0
+
+
+# ----------------------------------------------------------------------------- clusters
+def test_events_stored_under_another_cluster_are_skipped_and_counted(tmp_path, caplog):
+    lake = str(tmp_path / "lake")
+    src = audit_file(tmp_path / "audit.log", range(20))
+    ingest_paths([str(src)], lake, cluster="prod")
+    more = audit_file(tmp_path / "more.log", range(15, 25))
+    with caplog.at_level("WARNING"):
+        summary = ingest_paths([str(src), str(more)], lake)  # no --cluster: "default"
+    assert summary.events_written == 5 and summary.other_cluster == 20
+    assert summary.to_dict()["other_cluster"] == 20
+    assert any("under cluster prod" in r.getMessage() for r in caplog.records)
+    got = Lake(lake).scan_events().collect()
+    assert got.height == 25 and got["audit_id"].n_unique() == 25
+
+
+# ----------------------------------------------------------------------------- S3
+def test_a_missing_bucket_is_a_configuration_error(tmp_path, moto_endpoint):
+    src = audit_file(tmp_path / "audit.log", range(3))
+    proc = cli("ingest", str(src), "--lake", "s3://no-such-bucket-here/lake")
+    assert proc.returncode == 2, proc.stderr
+    assert "bucket 'no-such-bucket-here' does not exist" in proc.stderr
+    from detector.storage import MissingBucket
+
+    with pytest.raises(MissingBucket):  # reading it is no empty lake either
+        Lake("s3://no-such-bucket-here/lake").scan_events()
+
+
+def test_an_object_is_marked_done_only_after_its_quarantined_lines_are_stored(
+    tmp_path, s3_bucket, monkeypatch
+):
+    import boto3
+
+    s3 = boto3.client("s3")
+    bad_lines = b"not json\n{also not\n"
+    s3.put_object(Bucket=s3_bucket, Key="in/a-bad.log", Body=bad_lines)
+    s3.put_object(
+        Bucket=s3_bucket,
+        Key="in/b-good.log",
+        Body=audit_file(tmp_path / "g", range(5)).read_bytes(),
+    )
+    lake = f"s3://{s3_bucket}/lake"
+    real = ingest_mod.read_batches
+
+    def killed_on_second(uri, fmt):
+        if uri.endswith("b-good.log"):
+            raise KeyboardInterrupt  # the process dies here: no flush, no cleanup
+        return real(uri, fmt)
+
+    monkeypatch.setattr(ingest_mod, "read_batches", killed_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        ingest_paths([f"s3://{s3_bucket}/in/"], lake)
+    monkeypatch.setattr(ingest_mod, "read_batches", real)
+    summary = ingest_paths([f"s3://{s3_bucket}/in/"], lake)
+    assert summary.inputs == 2  # the bad-lines object was not marked done
+    assert Lake(lake).scan_quarantine().collect().height == 2
+    assert lake_rows(lake) == 5
+
+
+# ----------------------------------------------------------------------------- compaction
+def _many_small_files(lake: str, n: int) -> None:
+    for k in range(n):
+        ids = range(k * 10, k * 10 + 10)
+        events = ingest_mod.read_events([str(_tmp_file(lake, k, ids))], cluster="prod")[0]
+        Lake(lake).write_events(events)
+
+
+def _tmp_file(lake: str, k: int, ids: range) -> Path:
+    path = Path(lake).parent / f"batch-{k}.log"
+    return audit_file(path, ids, minute=k)
+
+
+def test_compact_merges_partitions_atomically_and_idempotently(tmp_path):
+    lake = str(tmp_path / "lake")
+    _many_small_files(lake, 6)
+    store = Lake(lake)
+    part = ("prod", "2026-11-27", "10")
+    assert len(store.partition_files(part)) == 6
+    before = store.scan_events().collect().sort("audit_id")
+
+    planned = store.scan_events()  # a reader that listed the files before compaction
+    summary = compact(store, grace=3600)
+    assert (summary.partitions, summary.files_before, summary.files_after) == (1, 6, 1)
+    assert planned.collect().sort("audit_id").equals(before)  # old files kept for it
+    assert Lake(lake).scan_events().collect().sort("audit_id").equals(before)
+    assert len(Lake(lake).partition_files(part)) == 1
+
+    again = compact(Lake(lake), grace=3600)
+    assert again.partitions == 0 and again.purged == 0
+    # A writer appending after compaction: new rows kept, old ones still deduplicated.
+    more = audit_file(tmp_path / "more.log", range(55, 70), minute=30)
+    summary = ingest_paths([str(more)], store, cluster="prod")
+    assert (summary.events_written, summary.duplicates) == (10, 5)
+    merged = compact(Lake(lake), grace=0)  # deletes the six, merges the two live files
+    assert (merged.purged, merged.partitions, merged.files_before) == (6, 1, 2)
+    assert compact(Lake(lake), grace=0).purged == 2
+    part_dir = Path(store.partition_path(part))
+    assert len(list(part_dir.glob("*.parquet"))) == 1
+    assert lake_rows(lake) == 70
+    assert check_lake(Lake(lake)).problems == []
+
+
+def test_a_replace_marker_without_its_output_changes_nothing(tmp_path):
+    lake = str(tmp_path / "lake")
+    _many_small_files(lake, 2)
+    store = Lake(lake)
+    part = ("prod", "2026-11-27", "10")
+    files = store.partition_files(part)
+    marker = {
+        "output": "part-x-never-written.parquet",
+        "inputs": [f.rsplit("/", 1)[1] for f in files],
+    }
+    Path(store.partition_path(part), "_replaced-" + "0" * 32 + ".json").write_bytes(
+        orjson.dumps({**marker, "created_at": 0})
+    )
+    assert store.partition_files(part) == files and lake_rows(lake) == 20
+    compact(store, grace=0)
+    assert lake_rows(lake) == 20 and len(store.partition_files(part)) == 1
+
+
+def test_compact_and_lake_check_cli(tmp_path):
+    lake = str(tmp_path / "lake")
+    _many_small_files(lake, 3)
+    proc = cli("compact", "--lake", lake, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["files_before"] == 3
+    assert cli("compact", "--lake", lake, "--grace", "soon").returncode == 2
+    for command in (["compact"], ["lake", "check"]):
+        help_text = cli(*command, "--help").stdout
+        assert "Example:" in help_text
+
+
+def test_state_names_cannot_leave_the_state_folder(tmp_path):
+    with pytest.raises(T.UnsafeName):
+        Lake(str(tmp_path / "lake")).state_path("..", "x")
+
+
+# ----------------------------------------------------------------------------- writer lock
+def test_a_live_writer_elsewhere_holds_the_s3_lock_and_an_expired_one_does_not(
+    tmp_path, s3_bucket, monkeypatch
+):
+    """The lock is a lease in S3, taken with conditional writes (moto honours IfMatch /
+    IfNoneMatch): a holder on another host blocks writers until its lease runs out."""
+    import boto3
+
+    from detector.lake import lock
+
+    lake = f"s3://{s3_bucket}/lake"
+    events = ingest_mod.read_events([str(audit_file(tmp_path / "a.log", range(5)))])[0]
+    key = "lake/_state/" + "/".join(lock.LOCK_PARTS)
+    holder = {"host": "another-host", "pid": 1, "pidns": "1", "run_id": "elsewhere"}
+
+    def hold(until_ms: int) -> None:
+        doc = {"owner": holder, "lease_until_ms": until_ms, "seq": 1}
+        boto3.client("s3").put_object(Bucket=s3_bucket, Key=key, Body=orjson.dumps(doc))
+
+    far = 4_000_000_000_000  # year 2096
+    hold(far)
+    monkeypatch.setattr(lock, "WAIT_SECONDS", 0.0)
+    with pytest.raises(lock.LakeBusy, match="another writer holds the lock"):
+        Lake(lake).write_events(events)
+    assert Lake(lake).scan_events().collect().height == 0  # nothing written meanwhile
+    assert lock.LakeBusy.exit_code == 3
+
+    hold(1_000)  # expired long ago: a crashed writer on another host
+    assert Lake(lake).write_events(events).written == 5
+    state = orjson.loads(boto3.client("s3").get_object(Bucket=s3_bucket, Key=key)["Body"].read())
+    assert state["owner"]["run_id"] != "elsewhere" and "released_at" in state

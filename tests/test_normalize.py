@@ -1,0 +1,131 @@
+"""Normalize: which events are refused (with a reason) before they can poison the lake.
+
+An event stamped in year 9999 or 0001 used to be accepted, after which every ``score`` and
+``train`` over the lake failed with an OverflowError; an event with no ``user`` was taken
+for an anonymous request and raised anonymous-access alerts.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pyarrow as pa
+
+from detector.events.normalize import TimeBounds, normalize_lines
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+FIXED = TimeBounds(clock=lambda: NOW)
+
+
+def event(i: int, at: datetime | str, **kw) -> dict:
+    stamp = at if isinstance(at, str) else at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    ev = {
+        "kind": "Event",
+        "apiVersion": "audit.k8s.io/v1",
+        "level": "Metadata",
+        "auditID": f"bbbbbbbb-0000-0000-0000-{i:012d}",
+        "stage": "ResponseComplete",
+        "requestURI": "/api/v1/namespaces/app/pods",
+        "verb": "list",
+        "user": {"username": "alice", "groups": ["system:authenticated"]},
+        "sourceIPs": ["203.0.113.9"],
+        "objectRef": {"resource": "pods", "namespace": "app", "apiVersion": "v1"},
+        "responseStatus": {"metadata": {}, "code": 200},
+        "requestReceivedTimestamp": stamp,
+        "stageTimestamp": stamp,
+    }
+    ev.update(kw)
+    return ev
+
+
+def normalize(events: list[dict], bounds: TimeBounds = FIXED):
+    lines = pa.array([orjson.dumps(e) for e in events], pa.binary())
+    positions = pa.array([str(i + 1) for i in range(len(events))])
+    return normalize_lines(lines, positions=positions, source="t", cluster="c", bounds=bounds)
+
+
+def reasons(result) -> dict[str, str]:
+    return dict(zip(result.quarantine["source_position"], result.quarantine["reason"], strict=True))
+
+
+def test_events_outside_the_sane_time_range_are_quarantined_with_a_reason():
+    result = normalize(
+        [
+            event(1, NOW - timedelta(hours=1)),
+            event(2, "9999-12-31T23:59:59.999999Z"),
+            event(3, "0001-01-01T00:00:00Z"),
+            event(4, "2013-12-31T23:59:59Z"),
+            event(5, NOW + timedelta(hours=25)),
+            event(6, NOW + timedelta(hours=23)),  # a fast clock, within a day: kept
+            event(7, "2014-01-01T00:00:00Z"),
+            # a sane stage time with an absurd receive time poisons received_time
+            {**event(8, NOW), "requestReceivedTimestamp": "9999-01-01T00:00:00Z"},
+        ]
+    )
+    assert sorted(result.events["audit_id"].str.slice(-1).to_list()) == ["1", "6", "7"]
+    got = reasons(result)
+    assert set(got) == {"2", "3", "4", "5", "8"}
+    assert got["3"] == got["4"] == "timestamp out of range: before 2014-01-01 00:00:00Z"
+    assert got["2"] == got["5"] == got["8"]
+    assert got["2"] == (
+        "timestamp out of range: more than 1d after the clock (2026-11-27 12:00:00Z)"
+    )
+
+
+def test_the_time_range_is_configurable():
+    bounds = TimeBounds(
+        earliest=datetime(2026, 1, 1, tzinfo=UTC), max_future=timedelta(0), clock=lambda: NOW
+    )
+    result = normalize(
+        [event(1, "2025-06-01T00:00:00Z"), event(2, NOW + timedelta(minutes=5)), event(3, NOW)],
+        bounds,
+    )
+    assert result.events["audit_id"].to_list() == ["bbbbbbbb-0000-0000-0000-000000000003"]
+    assert reasons(result)["1"] == "timestamp out of range: before 2026-01-01 00:00:00Z"
+    assert reasons(result)["2"].startswith("timestamp out of range: more than 0s after")
+
+
+def test_an_event_without_user_is_quarantined_and_an_empty_user_is_anonymous():
+    no_user = event(1, NOW)
+    del no_user["user"]
+    failed_login = event(2, NOW, user={}, responseStatus={"code": 401})  # what a 401 logs
+    result = normalize([no_user, failed_login, event(3, NOW)])
+    assert reasons(result) == {"1": "missing user"}
+    assert result.events["principal"].to_list() == ["system:anonymous", "alice"]
+    assert result.events["principal_kind"].to_list() == ["anonymous", "other"]
+
+
+def test_a_far_future_event_no_longer_breaks_score(tmp_path, detect):
+    now = datetime.now(UTC).replace(microsecond=0)
+    log = tmp_path / "audit.log"
+    events = [event(1, now - timedelta(minutes=10)), event(2, "9999-12-31T23:59:59Z")]
+    log.write_bytes(b"\n".join(orjson.dumps(e) for e in events) + b"\n")
+    lake = str(tmp_path / "lake")
+    ingested = detect("ingest", str(log), "--lake", lake, "--format", "json")
+    assert ingested.returncode == 0, ingested.stderr
+    summary = json.loads(ingested.stdout)
+    assert summary["events_written"] == 1
+    assert summary["quarantine_reasons"] == {"timestamp out of range": 1}
+    scored = detect("score", "--lake", lake, "--since", "1h", "--rules-only", "--format", "json")
+    assert scored.returncode == 0, scored.stderr
+
+
+def test_the_time_range_is_read_from_detect_toml(tmp_path, detect):
+    now = datetime.now(UTC).replace(microsecond=0)
+    log = tmp_path / "audit.log"
+    events = [event(1, now - timedelta(days=3)), event(2, now - timedelta(minutes=1))]
+    log.write_bytes(b"\n".join(orjson.dumps(e) for e in events) + b"\n")
+    config = tmp_path / "detect.toml"
+    config.write_text('[ingest]\nearliest = "2d"\nmax_future = "1h"\n')
+    lake = str(tmp_path / "lake")
+    ingested = detect(
+        "--config", str(config), "ingest", str(log), "--lake", lake, "--format", "json"
+    )
+    assert ingested.returncode == 0, ingested.stderr
+    assert json.loads(ingested.stdout)["events_written"] == 1
+    config.write_text('[ingest]\nmax_future = "soon"\n')
+    refused = detect("--config", str(config), "ingest", str(log), "--lake", lake)
+    assert refused.returncode == 2
+    assert "max_future" in refused.stderr

@@ -1,0 +1,336 @@
+"""`detect report`: one self-contained HTML page, checked in a real headless Chromium.
+
+The page is opened from disk by Debian's chromium (driven by Playwright; no browser is
+downloaded): it must load with no console error and no network request, draw every chart,
+and its links between incidents, findings and raw events must bring the target into view.
+Hostile strings from the lake (principal names, user agents, object names) must show as
+text and never run. A screenshot of the run is saved in pytest's tmp_path (outside the
+repository) and its path printed.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from detector.lake.events import Lake
+from detector.report import charts
+from detector.report.data import usual_level
+from tests.lakefill import GRACE, GRACE_KEY, event, finding, write_events, write_findings
+
+CHROMIUM = "/usr/bin/chromium"
+START = datetime(2026, 11, 29, 18, 0, tzinfo=UTC)
+END = START + timedelta(hours=6)
+XSS_AGENT = "<script>alert('agent')</script>"
+XSS_NAME = '"><img src=x onerror=alert(1)>'
+XSS_PRINCIPAL = "system:serviceaccount:web:<svg onload=alert(2)>"
+RANGE = ("--since", START.isoformat(), "--until", END.isoformat())
+
+
+def _build(root: Path, *, incidents: bool) -> tuple[Lake, pl.DataFrame]:
+    lake = Lake(str(root / "lake"))
+    rows = []
+    # baseline: two days before the range, ~1% denied, two clusters
+    for h in range(48):
+        at = START - timedelta(hours=48 - h)
+        for i in range(40):
+            denied = i == 0 and h % 2 == 0
+            rows.append(
+                event(
+                    "system:serviceaccount:default:app",
+                    at + timedelta(seconds=60 * i),
+                    cluster="prod" if i % 4 else "staging",
+                    response_code=403 if denied else 200,
+                    decision="forbid" if denied else "allow",
+                )
+            )
+    # the range: steady traffic, a hostile principal, and at 20:00 a burst of denials
+    for h in range(6):
+        at = START + timedelta(hours=h)
+        rows += [
+            event(
+                "system:serviceaccount:default:app",
+                at + timedelta(seconds=60 * i),
+                cluster="prod" if i % 4 else "staging",
+            )
+            for i in range(40)
+        ]
+        rows += [
+            event(XSS_PRINCIPAL, at + timedelta(seconds=30 * i), user_agent=XSS_AGENT)
+            for i in range(10)
+        ]
+    denials = [
+        event(
+            GRACE,
+            START + timedelta(hours=2, seconds=5 * i),
+            verb="list",
+            resource="secrets",
+            namespace=f"ns-{i}",
+            name=None,
+            response_code=403,
+            decision="forbid",
+            source_ip="91.219.236.55",
+            user_agent=XSS_AGENT,
+        )
+        for i in range(30)
+    ]
+    denials += [
+        event(
+            "system:anonymous",
+            START + timedelta(hours=2, seconds=7 * i),
+            verb="get",
+            resource=None,
+            request_uri="/version",
+            response_code=401,
+            source_ip="45.155.205.249",
+        )
+        for i in range(12)
+    ]
+    binding = [
+        event(
+            GRACE,
+            START + timedelta(hours=3, minutes=5),
+            verb="create",
+            resource="clusterrolebindings",
+            namespace=None,
+            name=XSS_NAME,
+            response_code=201,
+            source_ip="91.219.236.55",
+        )
+    ]
+    all_rows = write_events(lake, rows + denials + binding)
+    schema = all_rows.schema
+    grace_denied = pl.DataFrame(denials[:30], schema=schema, orient="row")
+    bind_df = pl.DataFrame(binding, schema=schema, orient="row")
+    hostile = pl.DataFrame(rows[-10:], schema=schema, orient="row")
+    found = write_findings(
+        lake,
+        START,
+        END,
+        [
+            (
+                finding(
+                    GRACE,
+                    START + timedelta(hours=2),
+                    grace_denied,
+                    severity="medium",
+                    title="Spike of denied requests from one identity",
+                    detector="rule:auth-failure-spike-principal",
+                ),
+                grace_denied,
+            ),
+            (finding(GRACE, START + timedelta(hours=3), bind_df), bind_df),
+            (
+                finding(
+                    XSS_PRINCIPAL,
+                    START + timedelta(hours=5),
+                    hostile,
+                    severity="low",
+                    title=f"Unusual activity by {XSS_PRINCIPAL}",
+                    detector="model:iforest",
+                ),
+                hostile,
+            ),
+        ],
+    )
+    if incidents:
+        grace_ids = found.filter(pl.col("principal") == GRACE)["finding_id"].to_list()
+        table = pl.DataFrame(
+            {
+                "incident_id": ["inc-0001"],
+                "first_seen": [START + timedelta(hours=2)],
+                "last_seen": [START + timedelta(hours=3, minutes=10)],
+                "severity": ["high"],
+                "title": ["developer (session grace) escalated to cluster-admin"],
+                "principal": [GRACE],
+                "status": ["new"],
+                "finding_ids": [grace_ids],
+            }
+        )
+        path = root / "lake" / "incidents" / "date=2026-11-29"
+        path.mkdir(parents=True)
+        table.write_parquet(path / "incidents.parquet")
+    return lake, found
+
+
+@pytest.fixture(scope="module")
+def lake_with_incidents(tmp_path_factory) -> tuple[Lake, pl.DataFrame]:
+    return _build(tmp_path_factory.mktemp("report"), incidents=True)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "install Debian's chromium (see .ci/run)"
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+def _open(browser, path: Path):  # type: ignore[no-untyped-def]
+    """The page, and what went wrong while it loaded: console errors, page errors,
+    dialogs (an alert() from injected markup) and any request that left the file."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    problems: list[str] = []
+    page.on(
+        "console",
+        lambda m: (
+            problems.append(f"console {m.type}: {m.text}")
+            if m.type in ("error", "warning")
+            else None
+        ),
+    )
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.on("dialog", lambda d: (problems.append(f"dialog: {d.message}"), d.dismiss()))
+    page.on(
+        "request",
+        lambda r: problems.append(f"request: {r.url}") if not r.url.startswith("file://") else None,
+    )
+    page.goto(path.as_uri())
+    page.wait_for_load_state("load")
+    return page, problems
+
+
+def test_report_loads_offline_draws_every_chart_and_links_work(
+    lake_with_incidents, browser, detect, tmp_path
+):
+    from playwright.sync_api import expect
+
+    lake, _ = lake_with_incidents
+    out = tmp_path / "report.html"
+    run = detect("report", "--lake", lake.uri, *RANGE, "--baseline", "2d", "-o", str(out))
+    assert run.returncode == 0, run.stderr
+    assert str(out) in run.stdout and "3 finding(s)" in run.stdout
+
+    page, problems = _open(browser, out)
+    # every chart drawn: inline SVG with marks, one per expected chart
+    names = page.eval_on_selector_all("[data-chart]", "els => els.map(e => e.dataset.chart)")
+    assert sorted(names) == sorted(
+        ["events", "denied-rate", "unauthenticated-rate", "findings", "incidents", "principals"]
+    )
+    for name in names:
+        marks = page.locator(f'[data-chart="{name}"] svg g[class*="mark-"] path')
+        assert marks.count() > 0, f"chart {name} has no marks"
+    # the denial burst is drawn above the alarm line: red points on the 403 chart
+    assert page.locator('[data-chart="denied-rate"] svg g.mark-symbol path').count() >= 1
+
+    # incident -> finding: the finding's section is brought into view
+    incident = page.locator("article.incident#incident-inc-0001")
+    expect(incident).to_be_visible()
+    link = incident.locator("a.to-finding", has_text="cluster-admin")
+    target = link.get_attribute("href")
+    link.click()
+    article = page.locator(f"article{target}")
+    expect(article).to_be_in_viewport()
+    assert page.evaluate("location.hash") == target
+    # finding timeline -> its raw event: the collapsed block opens and the row shows
+    raw = article.locator("table.timeline a.to-event").first
+    row_id = raw.get_attribute("href")
+    expect(page.locator(f"tr{row_id}")).to_be_hidden()
+    raw.click()
+    expect(page.locator(f"tr{row_id}")).to_be_in_viewport()
+    expect(page.locator(f"tr{row_id}")).to_contain_text(XSS_NAME)  # shown as text
+    # finding -> back to its incident
+    article.locator("a.to-incident").click()
+    expect(incident).to_be_in_viewport()
+    # the incident's own timeline links to raw events too
+    inc_raw = incident.locator("a.to-event").first
+    inc_row = inc_raw.get_attribute("href")
+    inc_raw.click()
+    expect(page.locator(f"tr{inc_row}")).to_be_in_viewport()
+
+    # hostile strings are text: no injected element exists, nothing ran
+    assert page.locator("img[src=x]").count() == 0
+    assert page.locator("script").count() == 1  # ours
+    assert page.locator("svg[onload]").count() == 0
+    expect(page.get_by_text(XSS_AGENT).first).to_be_attached()
+    expect(page.locator("#principals table")).to_contain_text(XSS_PRINCIPAL)
+    # identity: readable, full ARN kept, CloudTrail lookup of the key printed
+    expect(article).to_contain_text("developer (session grace)")
+    expect(article).to_contain_text(GRACE)
+    expect(article).to_contain_text(f"AttributeValue={GRACE_KEY}")
+
+    shot = tmp_path / "report.png"
+    page.goto(out.as_uri())
+    page.screenshot(path=str(shot), full_page=True)
+    print(f"screenshot: {shot}")
+    page.close()
+    assert problems == []
+
+
+def test_without_an_incidents_table_the_chart_is_skipped_and_the_rest_drawn(
+    tmp_path, browser, detect
+):
+    lake, _ = _build(tmp_path, incidents=False)
+    out = tmp_path / "r.html"
+    run = detect("report", "--lake", lake.uri, *RANGE, "-o", str(out))
+    assert run.returncode == 0, run.stderr
+    page, problems = _open(browser, out)
+    names = page.eval_on_selector_all("[data-chart]", "els => els.map(e => e.dataset.chart)")
+    assert "incidents" not in names and "findings" in names
+    assert page.locator("#incidents").count() == 0
+    assert "No incidents table in this lake." in page.inner_text("#over-time")
+    page.close()
+    assert problems == []
+
+
+def test_an_empty_range_still_writes_a_page_that_says_so(tmp_path, detect):
+    out = tmp_path / "empty.html"
+    run = detect("report", "--lake", str(tmp_path / "nothing"), "--since", "1h", "-o", str(out))
+    assert run.returncode == 0, run.stderr
+    page = out.read_text()
+    assert "No events in this range." in page and "<svg" not in page
+
+
+def test_bad_arguments_are_usage_errors(tmp_path, detect):
+    run = detect("report", "--lake", str(tmp_path), "--baseline", "a week")
+    assert run.returncode == 2 and "invalid duration" in run.stderr
+
+
+def test_usual_level_is_the_median_and_a_quiet_baseline_does_not_alarm_on_one_denial():
+    level = usual_level(pl.Series([0.01, 0.012, 0.011, 0.2, 0.01]), "denied", baseline_hours=5)
+    assert level.usual == pytest.approx(0.011)
+    assert 0.011 < level.alarm < 0.2
+    quiet = usual_level(pl.Series([0.0] * 24), "denied", baseline_hours=24)
+    assert (quiet.usual, quiet.alarm) == (0.0, 0.001)
+    assert 1 / 2000 < quiet.alarm < 3 / 1000  # one stray denial is not marked, three are
+
+
+def test_a_rendered_chart_with_script_like_markup_is_refused(monkeypatch):
+    import vl_convert
+
+    monkeypatch.setattr(vl_convert, "vegalite_to_svg", lambda spec: "<svg onload=alert(1)></svg>")
+    hourly = pl.DataFrame(
+        {"cluster": ["a"], "hour": [START], "events": [1]},
+        schema={"cluster": pl.String, "hour": pl.Datetime("us", "UTC"), "events": pl.UInt32},
+    )
+    with pytest.raises(charts.UnsafeChart):
+        charts.events_per_hour(hourly)
+
+
+def test_lake_text_in_chart_labels_is_escaped_by_the_renderer():
+    top = pl.DataFrame({"label": [XSS_PRINCIPAL], "events": [5], "denied": [1]})
+    svg = charts.top_principals(top)
+    assert "<svg onload" not in svg and re.search(r"&lt;svg onload=alert\(2\)&gt;", svg)
+
+
+def test_incidents_are_read_by_column_name_and_a_bad_file_is_skipped(tmp_path):
+    from detector.report.data import read_incidents
+
+    lake = Lake(str(tmp_path / "lake"))
+    assert read_incidents(lake, START, END) is None  # no table: the report skips the chart
+    part = tmp_path / "lake" / "incidents" / "date=2026-11-29"
+    part.mkdir(parents=True)
+    pl.DataFrame(
+        {"id": ["i-1", "i-2"], "opened_at": [START + timedelta(hours=1), START - timedelta(days=3)]}
+    ).write_parquet(part / "a.parquet")
+    (part / "b.parquet").write_bytes(b"PAR1 not really parquet")
+    df = read_incidents(lake, START, END)
+    assert df is not None and df["incident_id"].to_list() == ["i-1"]  # the old one is out of range
+    assert df["severity"].to_list() == [None] and df["finding_ids"].to_list() == [None]

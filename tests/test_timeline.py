@@ -1,0 +1,234 @@
+"""`detect timeline`: a principal's requests, denials, findings and addresses in time order."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import polars as pl
+import pytest
+
+from detector.lake.events import Lake
+from detector.report.timeline import build_timeline, collapse_runs, merge_runs
+from tests.lakefill import (
+    GRACE,
+    GRACE_KEY,
+    GRACE_STS,
+    HEIDI,
+    event,
+    finding,
+    write_events,
+    write_findings,
+)
+
+T0 = datetime(2026, 11, 29, 22, 50, tzinfo=UTC)
+S = timedelta(seconds=1)
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory) -> Lake:
+    """grace: routine gets across an hour boundary, denied secret lists, a new address, a
+    cluster-admin binding (a finding); heidi (same role) and a service account as noise."""
+    lake = Lake(str(tmp_path_factory.mktemp("timeline") / "lake"))
+    rows = [event(GRACE, T0 + i * 60 * S, name=f"web-{i}") for i in range(15)]  # 22:50-23:04
+    rows += [
+        event(
+            GRACE,
+            T0 + (20 * 60 + i) * S,
+            verb="list",
+            resource="secrets",
+            namespace=ns,
+            name=None,
+            response_code=403,
+            decision="forbid",
+        )
+        for i, ns in enumerate(["kube-system", "payments", "default"])
+    ]
+    rows.append(
+        event(
+            GRACE,
+            T0 + 25 * 60 * S,
+            verb="list",
+            resource="secrets",
+            namespace="default",
+            name=None,
+            response_code=200,
+        )
+    )
+    attack = [
+        event(
+            GRACE,
+            T0 + 30 * 60 * S,
+            verb="create",
+            resource="clusterrolebindings",
+            namespace=None,
+            name="grace-cluster-admin",
+            response_code=201,
+            source_ip="91.219.236.55",
+        ),
+    ]
+    rows += attack
+    rows += [event(HEIDI, T0 + i * 90 * S) for i in range(5)]
+    rows += [event("system:serviceaccount:default:app", T0 + i * S) for i in range(20)]
+    write_events(lake, rows)
+    attack_df = pl.DataFrame(attack, schema=pl.DataFrame(rows).schema, orient="row")
+    write_findings(
+        lake,
+        T0.replace(minute=0),
+        T0 + timedelta(hours=2),
+        [(finding(GRACE, T0.replace(minute=0) + timedelta(minutes=80), attack_df), attack_df)],
+    )
+    return lake
+
+
+def test_routine_is_collapsed_denials_stand_apart_and_the_order_is_kept(lake):
+    tl = build_timeline(lake, GRACE, T0 - timedelta(hours=1), T0 + timedelta(hours=2))
+    assert tl.requests == 20 and tl.denied == 3
+    runs = tl.runs.to_dicts()
+    # 15 gets of pods across 22:50-23:04 (two hour partitions) are one entry, not 15 or 2
+    assert (runs[0]["verb"], runs[0]["target"], runs[0]["count"]) == ("get", "pods", 15)
+    assert runs[0]["name_count"] == 15 and runs[0]["names"] == ["web-0", "web-1", "web-2"]
+    # denied lists of secrets swept across three namespaces: one denied entry naming them
+    denied = [r for r in runs if r["denied"]]
+    assert len(denied) == 1
+    assert denied[0]["namespaces"] == ["kube-system", "payments", "default"]
+    assert (denied[0]["count"], denied[0]["response_codes"]) == (3, [403])
+    # the allowed list after them is not merged into the denied one
+    assert runs[2]["denied"] is False and runs[2]["namespaces"] == ["default"]
+    kinds = [e["kind"] for e in tl.entries()]
+    assert kinds == [
+        "source",
+        "requests",
+        "denied",
+        "requests",
+        "source",
+        "finding",  # its window starts with the request that raised it: listed first
+        "requests",
+    ]
+    times = [e["time"] for e in tl.entries()]
+    assert times == sorted(times)
+
+
+def test_new_source_addresses_and_access_keys_are_reported(lake):
+    tl = build_timeline(lake, GRACE, T0 - timedelta(hours=1), T0 + timedelta(hours=2))
+    assert tl.sources["source_ip"].to_list() == ["10.0.1.5", "91.219.236.55"]
+    assert tl.sources["requests"].to_list() == [19, 1]
+    assert tl.access_key_ids == [GRACE_KEY]
+
+
+def test_the_sts_form_finds_the_same_principal_and_a_role_finds_all_its_sessions(lake):
+    window = (T0 - timedelta(hours=1), T0 + timedelta(hours=2))
+    by_sts = build_timeline(lake, GRACE_STS, *window)
+    assert by_sts.requests == 20 and by_sts.findings.height == 1
+    role = build_timeline(lake, "arn:aws:iam::111122223333:role/developer", *window)
+    assert role.principals == [GRACE, HEIDI] and role.requests == 25
+    # a prefix of another principal is not a match
+    assert build_timeline(lake, GRACE[:-1], *window).requests == 0
+
+
+def test_runs_split_at_an_hour_boundary_are_merged():
+    at = datetime(2026, 1, 1, 10, 59, 58, tzinfo=UTC)
+    rows = [event("u", at + i * S) for i in range(4)]
+    df = pl.DataFrame(rows)
+    split = pl.concat([collapse_runs(df.head(2)), collapse_runs(df.tail(2))])
+    assert split.height == 2
+    merged = merge_runs(split)
+    assert merged["count"].to_list() == [4]
+    assert merged["last_time"][0] == at + 3 * S
+
+
+def test_cli_prints_the_timeline_and_json(lake, detect):
+    args = (
+        "--lake",
+        lake.uri,
+        "--since",
+        "2026-11-29T22:00:00Z",
+        "--until",
+        "2026-11-30T01:00:00Z",
+    )
+    run = detect("timeline", GRACE_STS, *args, env={"AWS_REGION": "eu-west-1"})
+    assert run.returncode == 0, run.stderr
+    out = run.stdout
+    assert "timeline of developer (session grace)  account 111122223333" in out
+    assert "20 requests (3 denied)" in out
+    assert "DENIED list secrets in kube-system, payments, default -> 403" in out
+    assert "first request from 91.219.236.55" in out
+    assert "HIGH Binding to the cluster-admin role" in out
+    assert f"AttributeValue={GRACE_KEY}" in out and "--region eu-west-1" in out
+
+    run = detect("timeline", GRACE, *args, "--format", "json")
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    assert doc["principal"] == GRACE and doc["summary"]["requests"] == 20
+    assert doc["identity"]["sts_arn"] == GRACE_STS
+    assert doc["identity"]["access_key_ids"] == [GRACE_KEY]
+    first = doc["entries"][1]
+    assert (first["kind"], first["count"], first["time"]) == (
+        "requests",
+        15,
+        "2026-11-29T22:50:00Z",
+    )
+
+
+def test_cli_says_so_when_the_principal_did_nothing_and_refuses_a_bad_range(lake, detect):
+    run = detect("timeline", "nobody", "--lake", lake.uri, "--since", "2026-11-29T22:00:00Z")
+    assert run.returncode == 0 and "no activity for nobody" in run.stdout
+    run = detect("timeline", GRACE, "--lake", lake.uri, "--since", "yesterday")
+    assert run.returncode == 2 and "invalid time" in run.stderr
+
+
+def test_timeline_and_report_read_an_s3_lake(s3_bucket):
+    """The same reads against S3 (moto's server on loopback), as on a production lake."""
+    from detector.report.data import collect
+    from detector.report.html import render
+
+    lake = Lake(f"s3://{s3_bucket}/lake")
+    rows = [event(GRACE, T0 + i * 60 * S) for i in range(3)]
+    ev = write_events(lake, rows)
+    write_findings(
+        lake, T0.replace(minute=0), T0 + timedelta(hours=1), [(finding(GRACE, T0, ev), ev)]
+    )
+    tl = build_timeline(lake, GRACE_STS, T0 - timedelta(hours=1), T0 + timedelta(hours=1))
+    assert tl.requests == 3 and tl.findings.height == 1 and tl.access_key_ids == [GRACE_KEY]
+    data = collect(lake, T0 - timedelta(hours=1), T0 + timedelta(hours=1), max_findings=5)
+    assert data.events.height == 3
+    assert "developer (session grace)" in render(data)
+
+
+def test_interleaved_routine_collapses_within_a_window_but_not_across_outcomes():
+    at = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
+    rows = []
+    for i in range(6):  # a controller: watch, lease update, watch, lease update...
+        rows.append(event("c", at + 20 * i * S, verb="watch", resource="pods", name=None))
+        rows.append(
+            event(
+                "c",
+                at + (20 * i + 5) * S,
+                verb="update",
+                resource="leases",
+                namespace="kube-system",
+                name="c",
+            )
+        )
+    rows.append(
+        event(
+            "c",
+            at + 200 * S,
+            verb="watch",
+            resource="pods",
+            name=None,
+            response_code=403,
+            decision="forbid",
+        )
+    )
+    rows.append(event("c", at + 11 * 60 * S, verb="watch", resource="pods", name=None))
+    df = pl.DataFrame(rows)
+    assert collapse_runs(df).height == 14  # consecutive runs only: nothing to collapse
+    runs = merge_runs(collapse_runs(df, every=timedelta(minutes=10)), every=timedelta(minutes=10))
+    got = [(r["verb"], r["target"], r["denied"], r["count"]) for r in runs.iter_rows(named=True)]
+    assert got == [
+        ("watch", "pods", False, 6),
+        ("update", "leases", False, 6),
+        ("watch", "pods", True, 1),
+        ("watch", "pods", False, 1),  # the next window: a new entry
+    ]
