@@ -67,6 +67,7 @@ ROOT_SETTINGS: dict[str, tuple[str, ...] | None] = {
 #: ``LoadedConfig.extra``.
 EXTRA_KEYS: dict[str, Callable[[Any, str], Any]] = {}
 
+
 class ConfigError(UsageError, ValueError):
     """A configuration file or value that cannot be used; the message names the key."""
 

@@ -34,8 +34,9 @@ from throttle_proxy import FaultProxy
 
 from detector.delivery import config as sink_config
 from detector.delivery.stream import StreamAlerter
-from detector.detect.score import score_range, train_model
+from detector.detect.score import ScoreOptions, score_range
 from detector.detect.stream import ModelReloader, StreamDetector
+from detector.detect.train import train_model
 from detector.lake.events import Lake
 from detector.lake.findings import list_findings
 from detector.pipeline.export import ExportOptions
@@ -60,10 +61,25 @@ def sim(tmp_path_factory) -> Path:
     """72 minutes of simulated EKS traffic with its planted attacks (about 4,200 events)."""
     out = tmp_path_factory.mktemp("watch-sim")
     proc = subprocess.run(
-        [*detect_cmd(), "simulate", "--out", str(out), "--days", "0.05", "--rate", "1",
-         "--end", END, "--seed", "3"],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        [
+            *detect_cmd(),
+            "simulate",
+            "--out",
+            str(out),
+            "--days",
+            "0.05",
+            "--rate",
+            "1",
+            "--end",
+            END,
+            "--seed",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     return out / "audit.log"
 
@@ -128,7 +144,7 @@ def keys(receiver: Receiver) -> list[str]:
 def test_stream_findings_equal_a_batch_score_and_a_late_event_reopens_its_window_once(
     sim, model_dir, tmp_path
 ):
-    from detector.model.estimator import Model
+    from detector.model.storage import Model
 
     model = Model.load(model_dir)
     events, _ = read_events([str(sim)])
@@ -160,7 +176,7 @@ def test_stream_findings_equal_a_batch_score_and_a_late_event_reopens_its_window
 
     stream = list_findings(lake, min_severity="info")
     lo, hi = events["event_time"].min(), events["event_time"].max() + timedelta(seconds=1)
-    batch = score_range(lake, lo, hi, model=model, write=False).findings
+    batch = score_range(lake, lo, hi, model=model, options=ScoreOptions(write=False)).findings
     assert stream.filter(pl.col("detector").str.starts_with("model")).height > 0
     assert stream.filter(pl.col("detector").str.starts_with("rule")).height > 0
     assert (
@@ -213,7 +229,7 @@ main()
 
 
 def test_sigkill_at_chosen_moments_every_due_alert_arrives_once_per_key(sim, model_dir, tmp_path):
-    from detector.model.estimator import Model
+    from detector.model.storage import Model
 
     reference = Receiver()
     receiver = Receiver()
@@ -227,21 +243,41 @@ def test_sigkill_at_chosen_moments_every_due_alert_arrives_once_per_key(sim, mod
         (tmp_path / "detect.toml").write_text(
             '[[sinks]]\nname = "hook"\ntype = "webhook"\nurl_env = "WATCH_HOOK_URL"\nretries = 0\n'
         )
-        args = ["watch", "--replay", str(sim), "--once", "--step", "10m", "--lake",
-                str(tmp_path / "lake"), "--model-dir", model_dir]  # fmt: skip
+        args = [
+            "watch",
+            "--replay",
+            str(sim),
+            "--once",
+            "--step",
+            "10m",
+            "--lake",
+            str(tmp_path / "lake"),
+            "--model-dir",
+            model_dir,
+        ]
         env = {**os.environ, "WATCH_HOOK_URL": receiver.url}
         after: dict[str, int] = {}  # requests received when each killed run died
         for point, n in (("sent", 2), ("written", 3), ("checkpointed", 2)):
             proc = subprocess.run(
                 [sys.executable, "-c", _KILLED_WATCH, point, str(n), *args],
-                capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env, check=False,
-            )  # fmt: skip
+                capture_output=True,
+                text=True,
+                timeout=120,
+                cwd=tmp_path,
+                env=env,
+                check=False,
+            )
             assert proc.returncode == -signal.SIGKILL, proc.stderr
             after[point] = len(receiver.requests)
         proc = subprocess.run(
-            [*detect_cmd(), *args], capture_output=True, text=True, timeout=120, cwd=tmp_path,
-            env=env, check=False,
-        )  # fmt: skip
+            [*detect_cmd(), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+            env=env,
+            check=False,
+        )
         assert proc.returncode == 0, proc.stderr
         got = keys(receiver)
         assert set(got) == set(expected)  # every due alert arrived
@@ -303,9 +339,13 @@ def put(logs, group: str, messages: list[str], ts_ms: int) -> None:
 
 def _spawn(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [*detect_cmd(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=env, cwd=cwd,
-    )  # fmt: skip
+        [*detect_cmd(), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=cwd,
+    )
 
 
 def test_two_replicas_one_leads_the_standby_takes_over_without_gap_or_duplicate(
@@ -348,7 +388,7 @@ def test_two_replicas_one_leads_the_standby_takes_over_without_gap_or_duplicate(
             ],
             env,
             tmp_path,
-        )  # fmt: skip
+        )
         for p in ports
     ]
     try:
@@ -421,10 +461,24 @@ def test_tail_with_rotation_quarantines_bad_lines_serves_probes_and_drains_on_si
     lake = str(tmp_path / "lake")
     t0 = int(time.time() * 1000)
     proc = _spawn(
-        ["watch", "--tail", str(log_path), "--lake", lake, "--rules-only", "--poll", "0.2s",
-         "--port", str(port), "--no-deliver", "--cluster", "self"],
-        dict(os.environ), tmp_path,
-    )  # fmt: skip
+        [
+            "watch",
+            "--tail",
+            str(log_path),
+            "--lake",
+            lake,
+            "--rules-only",
+            "--poll",
+            "0.2s",
+            "--port",
+            str(port),
+            "--no-deliver",
+            "--cluster",
+            "self",
+        ],
+        dict(os.environ),
+        tmp_path,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         wait_for(lambda: get(base + "/readyz")[0] == 200, "ready")
@@ -480,13 +534,21 @@ def test_throttling_and_5xx_from_cloudwatch_are_survived(moto_endpoint, tmp_path
             metrics = WatchMetrics()
             alerter = StreamAlerter(lake, StreamDetector(lake), [hook_sink(receiver.url)])
             opts = ExportOptions(
-                log_group=group, cluster="flaky", latency=timedelta(0), rate=0,
-                backoff_base=0.001, lease_seconds=30,
-            )  # fmt: skip
+                log_group=group,
+                cluster="flaky",
+                latency=timedelta(0),
+                rate=0,
+                backoff_base=0.001,
+                lease_seconds=30,
+            )
             src = CloudWatchSource(
-                lake, opts, alerter.consume, metrics, since=datetime.now(UTC) - timedelta(minutes=5),
+                lake,
+                opts,
+                alerter.consume,
+                metrics,
+                since=datetime.now(UTC) - timedelta(minutes=5),
                 client=client,
-            )  # fmt: skip
+            )
             Watcher([lambda: src], metrics, WatchOptions(once=True)).run()
             assert sum(proxy.injected.values()) == len(faults)
         assert (

@@ -29,12 +29,12 @@ from typing import Any
 
 import polars as pl
 
-from detector.detect.score import NOVELTY_MEMORY, ScoreResult, score_range
+from detector.detect.score import NOVELTY_MEMORY, ScoreOptions, ScoreResult, score_range
 from detector.features.windows import DEFAULT_WINDOW
 from detector.lake import findings as findings_store
 from detector.lake.events import Lake
 from detector.lake.findings_schema import FINDINGS_EVENTS_COLUMNS, empty_findings
-from detector.model.estimator import Model
+from detector.model.storage import Model
 
 log = logging.getLogger(__name__)
 
@@ -157,15 +157,8 @@ class StreamDetector:
         if model.trained_until is not None:
             start = max(start, _ms(model.trained_until))
         start = min(lo, -(-start // w_ms) * w_ms)
-        res = score_range(
-            self.lake,
-            _dt(start),
-            _dt(hi),
-            model=model,
-            use_rules=False,
-            write=False,
-            cluster=self.cluster,
-        )
+        opts = ScoreOptions(use_rules=False, write=False, cluster=self.cluster)
+        res = score_range(self.lake, _dt(start), _dt(hi), model=model, options=opts)
         keep = pl.col("window_start") >= _dt(lo)
         res.findings = res.findings.filter(keep)
         res.events = res.events.filter(
@@ -175,18 +168,15 @@ class StreamDetector:
         return res
 
     def _score(self, lo: int, hi: int, *, use_model: bool) -> ScoreResult:
-        return score_range(
-            self.lake,
-            _dt(lo),
-            _dt(hi),
-            model=None,
+        opts = ScoreOptions(
             use_model=use_model,
             use_rules=not use_model,
-            rule_files=self.rule_files,
-            disabled_rules=self.disabled_rules,
+            rule_files=tuple(self.rule_files or ()),
+            disabled_rules=tuple(self.disabled_rules or ()),
             window=self.window(),
             cluster=self.cluster,
         )
+        return score_range(self.lake, _dt(lo), _dt(hi), model=None, options=opts)
 
 
 def _ms(t: datetime) -> int:
@@ -252,7 +242,7 @@ class ModelReloader:
 
     def check(self) -> bool:
         """Reload if the card changed; True when a different model is now in use."""
-        from detector.model.estimator import CARD_NAME, ModelError
+        from detector.model.storage import CARD_NAME, ModelError
         from detector.storage import Location
 
         self._checked = self.clock()

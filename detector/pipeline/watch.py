@@ -65,7 +65,7 @@ class Busy(Exception):
 
 def state_name(kind: str, key: str) -> tuple[str, ...]:
     """``_state`` parts for a local source: readable, unique, never a path outside the lake."""
-    slug = re.sub(r"[^A-Za-z0-9._-]+", ".", key.strip("/")).strip(".")[-60:] or "source"
+    slug = re.sub(r"[^A-Za-z0-9._-]+", ".", key)[-60:].strip("._-") or "source"
     digest = hashlib.sha1(key.encode()).hexdigest()[:8]
     return ("watch", kind, f"{slug}-{digest}.json")
 

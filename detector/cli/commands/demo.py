@@ -127,7 +127,6 @@ def render_overview(overview: dict, *, shown_hours: int = 12) -> None:
     """Events per hour (the last ``shown_hours``), top principals, quarantined lines."""
     from rich.table import Table
 
-
     hours = overview["events_per_hour"]
     shown = hours[-shown_hours:]
     peak = max((h["events"] for h in shown), default=1)

@@ -205,6 +205,8 @@ def resolve(finding_id: _IdArg, lake: LakeOpt = "./lake", reason: _ReasonOpt = N
         detect findings resolve 3f9c0a --lake ./lake --reason "expected: migration job"
     """
     _set_status(finding_id, lake, "resolved", reason)
+
+
 def finding_identity(row: dict, events) -> dict:  # type: ignore[no-untyped-def]
     """Who it was (both ARN forms, account, access keys) and where to look next.
 

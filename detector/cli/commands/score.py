@@ -209,7 +209,5 @@ def _alerts_line(alerts: Any) -> str:
     )
 
 
-
-
 def register(app: typer.Typer) -> None:
     app.command("score")(score)

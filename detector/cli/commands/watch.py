@@ -9,10 +9,21 @@ from typing import Annotated, Any
 
 import typer
 
-from detector.cli.commands.export import _duration, _positive, _stop_on_signals
-from detector.cli.commands.train import DEFAULT_MODEL_DIR, ModelDirOpt
-from detector.cli.options import EXIT_OK, ClusterOpt, LakeOpt, fail, usage_error
-from detector.timeparse import TimeArgumentError, parse_instant
+from detector.cli.commands.export import POSITIVE, _stop_on_signals
+from detector.cli.options import (
+    DEFAULT_MODEL_DIR,
+    EXIT_OK,
+    ClusterOpt,
+    DisableOpt,
+    LakeOpt,
+    ModelDirOpt,
+    RegionOpt,
+    RulesFileOpt,
+    configured_sinks,
+    duration_option,
+    instant_option,
+)
+from detector.errors import UsageError
 
 log = logging.getLogger("detector.watch")
 
@@ -42,12 +53,15 @@ def watch(
     ] = None,
     speed: Annotated[
         float,
-        typer.Option("--speed", help="Replay: replayed seconds per real second (0: flat out)."),
+        typer.Option(
+            "--speed", min=0.0, help="Replay: replayed seconds per real second (0: flat out)."
+        ),
     ] = 60.0,
     step: Annotated[
-        str | None,
-        typer.Option(
+        timedelta | None,
+        duration_option(
             "--step",
+            parser=POSITIVE,
             help="Replay: replayed time per step (default --poll x --speed; flat out: 1m).",
             show_default=False,
         ),
@@ -64,66 +78,74 @@ def watch(
     rules_only: Annotated[
         bool, typer.Option("--rules-only", help="Run the rules only, not the model.")
     ] = False,
-    rules: Annotated[
-        list[str] | None,
-        typer.Option("--rules", help="Extra rules file (YAML); repeat for several."),
-    ] = None,
-    disable: Annotated[
-        list[str] | None,
-        typer.Option("--disable", help="Rule id to switch off; repeat for several."),
-    ] = None,
+    rules: RulesFileOpt = None,
+    disable: DisableOpt = None,
     grace: Annotated[
-        str,
-        typer.Option(
+        timedelta,
+        duration_option(
             "--grace", help="Model: score a window this long after it closes (late events)."
         ),
-    ] = "2m",
-    poll: Annotated[str, typer.Option("--poll", help="Time between reads of each source.")] = "5s",
+    ] = "2m",  # type: ignore[assignment]
+    poll: Annotated[
+        timedelta,
+        duration_option("--poll", parser=POSITIVE, help="Time between reads of each source."),
+    ] = "5s",  # type: ignore[assignment]
     latency: Annotated[
-        str,
-        typer.Option(
+        timedelta,
+        duration_option(
             "--latency",
             help="CloudWatch: read up to this long before now; later arrivals are caught by "
             "--overlap.",
         ),
-    ] = "2s",
+    ] = "2s",  # type: ignore[assignment]
     overlap: Annotated[
-        str | None,
-        typer.Option(
+        timedelta | None,
+        duration_option(
             "--overlap",
             help="CloudWatch: re-read this much behind the checkpoint (default: --grace).",
             show_default=False,
         ),
     ] = None,
     since: Annotated[
-        str,
-        typer.Option("--since", help="CloudWatch, first run only: where to start (then resume)."),
-    ] = "10m",
-    lease: Annotated[
-        str,
-        typer.Option(
-            "--lease", help="A replica that stops renewing its lease loses it after this long."
+        datetime,
+        instant_option(
+            "--since", help="CloudWatch, first run only: where to start (then it resumes)."
         ),
-    ] = "3m",
+    ] = "10m",  # type: ignore[assignment]
+    lease: Annotated[
+        timedelta,
+        duration_option(
+            "--lease",
+            parser=POSITIVE,
+            help="A replica that stops renewing its lease loses it after this long.",
+        ),
+    ] = "3m",  # type: ignore[assignment]
     port: Annotated[
         int | None,
         typer.Option(
             "--port",
+            min=0,
+            max=65535,
             envvar="DETECT_WATCH_PORT",
             help="Serve /healthz, /readyz and /metrics on this port (0: any free port).",
             show_default=False,
         ),
     ] = None,
     status_every: Annotated[
-        str, typer.Option("--status-every", help="A one-line status on stderr (info level).")
-    ] = "1m",
+        timedelta,
+        duration_option(
+            "--status-every", parser=POSITIVE, help="A one-line status on stderr (info level)."
+        ),
+    ] = "1m",  # type: ignore[assignment]
     model_check: Annotated[
-        str,
-        typer.Option("--model-check", help="How often to look for a newly trained model."),
-    ] = "30s",
+        timedelta,
+        duration_option("--model-check", help="How often to look for a newly trained model."),
+    ] = "30s",  # type: ignore[assignment]
     rate: Annotated[
         float,
-        typer.Option("--rate", help="Client-side limit on CloudWatch API requests per second."),
+        typer.Option(
+            "--rate", min=0.0, help="Client-side limit on CloudWatch API requests per second."
+        ),
     ] = 5.0,
     suppressions: Annotated[
         str | None,
@@ -140,8 +162,10 @@ def watch(
         ),
     ] = True,
     backoff: Annotated[
-        str, typer.Option("--backoff", hidden=True, help="Base of the exponential backoff.")
-    ] = "0.5s",
+        timedelta,
+        duration_option("--backoff", hidden=True, help="Base of the exponential backoff."),
+    ] = "0.5s",  # type: ignore[assignment]
+    region: RegionOpt = None,
 ) -> None:
     """Detect as events arrive and alert within seconds, exactly once per incident version.
 
@@ -167,11 +191,9 @@ def watch(
         detect watch --replay audit.log --speed 60 --lake ./lake
         detect watch --log-group /aws/eks/prod/cluster --lake s3://audit-lake/prod --port 9102
     """
-    from detector.cli.commands.incidents import configured_sinks
     from detector.delivery.run import suppressions_for
     from detector.delivery.stream import StreamAlerter
     from detector.detect.stream import ModelReloader, StreamDetector
-    from detector.errors import DetectError
     from detector.lake.events import Lake
     from detector.lake.state import Owner
     from detector.pipeline.export import ExportOptions
@@ -180,29 +202,20 @@ def watch(
         ReplaySource,
         TailSource,
         Watcher,
-        WatchError,
         WatchOptions,
     )
     from detector.pipeline.watch_metrics import WatchMetrics
     from detector.sources.files import cluster_from_log_group
 
+    if region:
+        from detector.config import apply_region
+
+        apply_region(ctx, region)
     groups, tails = list(log_group or []), list(tail or [])
     if not groups and not tails and not replay:
-        usage_error("nothing to watch: give --log-group, --tail or --replay")
-    if speed < 0:
-        usage_error("--speed must be 0 (flat out) or more")
-    if rate < 0:
-        usage_error("--rate must be 0 (no limit) or more")
-    if port is not None and not 0 <= port <= 65535:
-        usage_error("--port must be 0..65535")
-    grace_td = _duration(grace, "--grace")
-    poll_s = _duration(poll, "--poll", allow_zero=False).total_seconds()
-    lease_s = _duration(lease, "--lease", allow_zero=False).total_seconds()
-    _positive(lease_s, "--lease")
-    try:
-        since_at = parse_instant(since)
-    except TimeArgumentError as exc:
-        usage_error(str(exc))
+        raise UsageError("nothing to watch: give --log-group, --tail or --replay")
+    poll_s = poll.total_seconds()
+    lease_s = lease.total_seconds()
 
     the_lake = Lake(lake)
     metrics = WatchMetrics()
@@ -210,27 +223,23 @@ def watch(
     if not rules_only:
         reloader = ModelReloader(
             model_dir,
-            every=_duration(model_check, "--model-check").total_seconds(),
+            every=model_check.total_seconds(),
             on_change=lambda m: metrics.set_model(m.version if m is not None else None),
         )
         reloader.check()
         if reloader.model is None:
             log.warning("no model in %s yet: rules only until `detect train` writes one", model_dir)
-    try:
-        sinks = configured_sinks(ctx) if deliver else []
-        detector = StreamDetector(
-            the_lake,
-            model=reloader,
-            rule_files=list(rules or []) or None,
-            disabled_rules=list(disable or []) or None,
-            grace=grace_td,
-            cluster=None,
-        )
-        alerter = StreamAlerter(
-            the_lake, detector, sinks, suppressions=suppressions_for(suppressions), metrics=metrics
-        )
-    except DetectError as exc:
-        fail(str(exc), exc.exit_code)
+    sinks = configured_sinks(ctx) if deliver else []
+    detector = StreamDetector(
+        the_lake,
+        model=reloader,
+        rule_files=list(rules or []) or None,
+        disabled_rules=list(disable or []) or None,
+        grace=grace,
+    )
+    alerter = StreamAlerter(
+        the_lake, detector, sinks, suppressions=suppressions_for(suppressions), metrics=metrics
+    )
 
     stop = threading.Event()
     owner = Owner()
@@ -238,22 +247,22 @@ def watch(
     for group in groups:
         name = cluster or cluster_from_log_group(group)
         if not name:
-            usage_error(f"cannot tell the cluster from log group {group!r}: pass --cluster")
+            raise UsageError(f"cannot tell the cluster from log group {group!r}: pass --cluster")
         opts = ExportOptions(
             log_group=group,
             cluster=name,
-            latency=_duration(latency, "--latency"),
-            overlap=_duration(overlap, "--overlap") if overlap is not None else grace_td,
+            latency=latency,
+            overlap=overlap if overlap is not None else grace,
             chunk=timedelta(minutes=15),
             interval=timedelta(seconds=poll_s),
             flush_seconds=poll_s,
             rate=rate,
-            backoff_base=_duration(backoff, "--backoff").total_seconds(),
+            backoff_base=backoff.total_seconds(),
             lease_seconds=lease_s,
         )
         factories.append(
             lambda o=opts: CloudWatchSource(
-                the_lake, o, alerter.consume, metrics, since=since_at, owner=owner, stop=stop
+                the_lake, o, alerter.consume, metrics, since=since, owner=owner, stop=stop
             )
         )
     for path in tails:
@@ -276,10 +285,10 @@ def watch(
                 alerter.consume,
                 metrics,
                 speed=0.0 if once else speed,
-                step=_duration(step, "--step", allow_zero=False) if step else None,
+                step=step,
                 poll=poll_s,
                 cluster=cluster,
-                tail=timedelta(minutes=10) + grace_td + timedelta(minutes=5),
+                tail=timedelta(minutes=10) + grace + timedelta(minutes=5),
                 lease_seconds=lease_s,
                 owner=owner,
                 stop=stop,
@@ -292,9 +301,7 @@ def watch(
             poll=poll_s,
             once=once,
             port=port,
-            status_every=_duration(
-                status_every, "--status-every", allow_zero=False
-            ).total_seconds(),
+            status_every=status_every.total_seconds(),
         ),
         stop=stop,
         on_tick=(lambda: reloader()) if reloader is not None else None,
@@ -302,12 +309,7 @@ def watch(
     received: list[int] = []
     started = datetime.now(UTC)
     with _stop_on_signals(stop, received):
-        try:
-            watcher.run()
-        except WatchError as exc:
-            fail(str(exc))
-        except DetectError as exc:
-            fail(str(exc), exc.exit_code)
+        watcher.run()  # a DetectError is one line and its exit code, from the entry point
     seconds = (datetime.now(UTC) - started).total_seconds()
     log.info("%s", metrics.status_line())
     typer.echo(
@@ -328,6 +330,4 @@ def _signame(signum: int) -> str:
 
 def register(app: typer.Typer) -> None:
     """Add ``detect watch`` to the app."""
-    import detector.delivery.config  # noqa: F401  registers [[sinks]] with the config reader
-
     app.command("watch")(watch)
