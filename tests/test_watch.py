@@ -48,6 +48,7 @@ from detector.pipeline.watch import (
     WatchOptions,
 )
 from detector.pipeline.watch_metrics import WatchMetrics
+from detector.ratelimit import client_config
 
 END = "2026-11-27T12:00:00Z"
 STEP = timedelta(minutes=10)
@@ -526,10 +527,11 @@ def test_throttling_and_5xx_from_cloudwatch_are_survived(moto_endpoint, tmp_path
     t = int(time.time() * 1000) - 30_000
     put(logs, group, [anonymous_denied(i, t + i, "198.51.100.3") for i in range(5)], t)
     receiver = Receiver()
-    faults = ["throttle", "503", "throttle", "reset"]
+    faults = ["throttle", "unavailable", "throttle", "reset"]
     try:
         with FaultProxy(moto_endpoint, faults=faults) as proxy:
-            client = boto3.client("logs", endpoint_url=proxy.url)
+            # botocore's own retries off, as the CLI's client: every retry is ours, counted
+            client = boto3.client("logs", endpoint_url=proxy.url, config=client_config())
             lake = Lake(str(tmp_path / "lake"))
             metrics = WatchMetrics()
             alerter = StreamAlerter(lake, StreamDetector(lake), [hook_sink(receiver.url)])
