@@ -23,13 +23,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import polars as pl
 
-from detector.detect.score import NOVELTY_MEMORY, ScoreOptions, ScoreResult, score_range
+from detector.detect.score import (
+    NOVELTY_MEMORY,
+    ScoreOptions,
+    ScoreResult,
+    load_rules,
+    score_range,
+)
 from detector.features.windows import DEFAULT_WINDOW
 from detector.lake import findings as findings_store
 from detector.lake.events import Lake
@@ -101,6 +107,7 @@ class StreamDetector:
         self.grace = grace
         self._window = window
         self.cluster = cluster
+        self._ruleset: Any = None
 
     def window(self) -> timedelta:
         m = self.model()
@@ -176,6 +183,9 @@ class StreamDetector:
             window=self.window(),
             cluster=self.cluster,
         )
+        if self._ruleset is None:  # compiled once: loading is most of a small batch's cost
+            self._ruleset = load_rules(opts)
+        opts = replace(opts, ruleset=self._ruleset)
         return score_range(self.lake, _dt(lo), _dt(hi), model=None, options=opts)
 
 

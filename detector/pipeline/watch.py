@@ -40,7 +40,7 @@ from typing import Any, Protocol
 
 import polars as pl
 
-from detector.errors import RuntimeFailure, UsageError
+from detector.errors import DetectError, RuntimeFailure, UsageError
 from detector.lake.events import Lake
 from detector.lake.state import CheckpointBusy, Lease, Owner, StateError, StateObject
 from detector.pipeline.export import DurableBatch, Exporter, ExportError, ExportOptions, from_ms
@@ -410,6 +410,7 @@ class Watcher:
         finished = 0
         try:
             while not self.stop.is_set():
+                round_started = time.monotonic()
                 self.metrics.beat()
                 if self.on_tick is not None:
                     self.on_tick()
@@ -434,9 +435,10 @@ class Watcher:
                 if time.monotonic() - last_status >= self.opts.status_every:
                     log.info("%s", self.metrics.status_line())
                     last_status = time.monotonic()
+                # the poll interval runs from the start of this round, not its end
                 wait = self.opts.standby_poll if busy_wait else self.opts.poll
                 if not any(_replaying(s) for s in slots):
-                    self.stop.wait(wait)
+                    self.stop.wait(max(0.0, wait - (time.monotonic() - round_started)))
         finally:
             self._drain(slots)
             if self.server is not None:
@@ -448,9 +450,10 @@ class Watcher:
         now = time.monotonic()
         if now < slot["retry_at"]:
             return False
+        made: Any = None
         try:
             if slot["src"] is None:
-                src = slot["make"]()
+                src = made = slot["make"]()
                 try:
                     src.start()
                 except Busy as exc:
@@ -468,10 +471,14 @@ class Watcher:
         except (UsageError, WatchError):
             raise
         except Exception as exc:  # any failure: restart from the checkpoint
-            src = slot["src"]
+            src = slot["src"] or made
             name = src.name if src is not None else "source"
+            if getattr(src, "finite", False) and isinstance(exc, DetectError):
+                raise  # a replay's file missing or unreadable: retrying cannot help
             self.metrics.source_errors.labels(source=name).inc()
-            if self.opts.once:
+            if self.opts.once:  # a run that must finish: the error is its result
+                if isinstance(exc, DetectError):
+                    raise
                 raise WatchError(f"{name}: {type(exc).__name__}: {exc}"[:400]) from None
             log.warning(
                 "%s failed (%s: %s); restarting from its checkpoint in %.0fs",
