@@ -212,6 +212,10 @@ def latency(seconds: float, rate: float, burst: int) -> None:
                 _event(now, USERS[rng.randrange(len(USERS))], verb=_verb(rng))
                 for _ in range(max(1, int(rate)))
             ]
+            # a principal never seen in training, new every minute, deleting secrets: the
+            # model's kind of finding (no rule needs to fire for it)
+            rogue = f"system:serviceaccount:rogue-{now // 60_000 % 1000}:miner"
+            batch += [_event(now, rogue, verb="delete") for _ in range(5)]
             ip = None
             if time.time() >= next_attack:
                 n += 1

@@ -583,3 +583,44 @@ def test_a_newly_trained_model_is_picked_up_without_a_restart(sim, model_dir, tm
     assert second is not first and seen[-1] == second.version
     (live / "model.json").write_text("{half written")
     assert reloader() is second  # a broken card keeps the model in use
+
+
+def test_a_lake_that_fails_is_retried_and_nothing_is_lost(moto_endpoint, tmp_path):
+    """The lake's bucket is missing at first (a real S3 error from moto): the source fails,
+    is restarted from its checkpoint with a backoff, and catches up once the bucket exists."""
+    import threading
+
+    bucket = f"late-{uuid.uuid4().hex[:10]}"
+    log_path = tmp_path / "audit.log"
+    t0 = int(time.time() * 1000)
+    log_path.write_text(
+        "".join(anonymous_denied(i, t0 + i, "198.51.100.4") + "\n" for i in range(3))
+    )
+    lake = Lake(f"s3://{bucket}/lake")
+    metrics = WatchMetrics()
+    alerter = StreamAlerter(lake, StreamDetector(lake), [], metrics=metrics)
+    from detector.pipeline.watch import TailSource
+
+    stop = threading.Event()
+    watcher = Watcher(
+        [lambda: TailSource(lake, str(log_path), alerter.consume, metrics, cluster="s3")],
+        metrics,
+        WatchOptions(poll=0.1, max_backoff=1.0),
+        stop=stop,
+    )
+    runner = threading.Thread(target=watcher.run, daemon=True)
+    runner.start()
+    try:
+        wait_for(
+            lambda: sum(c._value.get() for c in metrics.source_errors._metrics.values()) >= 1,
+            "the first failure",
+        )
+        boto3.client("s3", endpoint_url=moto_endpoint).create_bucket(Bucket=bucket)
+        wait_for(lambda: metrics.totals["events"] == 3, "the events, once the lake is back")
+    finally:
+        stop.set()
+        runner.join(timeout=60)
+    got = lake.scan_events(
+        datetime.fromtimestamp(t0 / 1000 - 60, UTC), datetime.now(UTC) + timedelta(minutes=1)
+    ).collect()
+    assert got.height == 3

@@ -59,6 +59,10 @@ class WatchError(RuntimeFailure):
     """The watch cannot start or go on (exit 3)."""
 
 
+class LakeUnavailable(RuntimeFailure):
+    """The lake cannot be read or written now; the loop retries the source later."""
+
+
 class Busy(Exception):
     """Another replica holds this source's lease: stand by."""
 
@@ -126,8 +130,8 @@ class CloudWatchSource:
             reason = Lease(obj, owner=self.owner, seconds=self.opts.lease_seconds).busy_reason(
                 obj.read().data
             )
-        except (StateError, StorageError) as exc:
-            raise WatchError(f"lake: {exc}") from None
+        except (StateError, StorageError) as exc:  # retried by the loop (exit 3 with --once)
+            raise LakeUnavailable(f"lake: {exc}") from None
         if reason is not None:
             raise Busy(reason)
         try:
