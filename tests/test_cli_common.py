@@ -115,6 +115,19 @@ BAD_VALUES = [
     (["simulate", "--out", "x", "--as", "xml"], "--as"),
     (["score", "--bogus"], "--bogus"),
     (["score", "--no-model", "--no-rules"], "nothing to score"),
+    (["report", "--since", "99999999999d"], "--since"),
+    (["report", "--since", "1h", "--until", "2h"], "empty time range"),
+    (["report", "--baseline", "a week"], "--baseline"),
+    (["timeline", "x", "--since", "yesterday"], "--since"),
+    (["timeline", "x", "--every", "-1m"], "--every"),
+    (["timeline", " "], "PRINCIPAL is empty"),
+    (["incidents", "--since", "99999999999d"], "--since"),
+    (["incidents", "--status", "closed"], "--status"),
+    (["incidents", "--min-severity", "loud"], "--min-severity"),
+    (["suppressions", "--since", "yesterday"], "--since"),
+    (["compact", "--grace", "1y"], "--grace"),
+    (["compact", "--min-files", "1"], "--min-files"),
+    (["lake", "check", "--format", "xml"], "--format"),
 ]
 
 

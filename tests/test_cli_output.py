@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from detector.cli import app
 from detector.cli.render import render_findings
+from detector.events.identity import display_principal
 from tests.conftest import ROOT
 
 SAMPLE = ROOT / "data" / "samples" / "audit.log.gz"
@@ -118,7 +119,11 @@ def test_findings_table_keeps_detector_and_principal_whole_and_one_score_format(
     rows = [x for x in out.splitlines() if re.match(r"^[0-9a-f]{20} ", x)]
     assert len(rows) == 3 and all(len(x) <= 200 for x in rows)
     assert principal in out and detector.removeprefix("rule:") in out
-    assert "role/eng-admin/frank" in out
+    # An IAM role session is shown in its readable form (display_principal), never cut.
+    assert display_principal("arn:aws:iam::111122223333:role/eng-admin/frank") == (
+        "eng-admin (session frank)"
+    )
+    assert "eng-admin (session frank)" in out
     scores = [x.split()[2] for x in rows]
     assert scores == ["0.87", "36.00", "1.00"]
     assert "1 info record(s) not shown" in out and "detect findings --lake s3://l/p" in out
@@ -127,7 +132,7 @@ def test_findings_table_keeps_detector_and_principal_whole_and_one_score_format(
 # ------------------------------------------------------------------ export summary
 def test_export_summary_counts_add_up(capsys):
     from detector.cli.commands.export import render_summary
-    from detector.sources.cloudwatch import ExportSummary
+    from detector.pipeline.export import ExportSummary
 
     summary = ExportSummary(log_group="/aws/eks/prod/cluster", cluster="prod", lake="./lake")
     summary.events_read, summary.overlap_skipped = 121, 96

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated
 
 import typer
 
-from detector.cli.options import FormatOpt, LakeOpt, OutputFormat, emit_json, fail, stdout
-from detector.errors import DetectError, UsageError
+from detector.cli.options import (
+    FormatOpt,
+    LakeOpt,
+    OutputFormat,
+    duration_option,
+    emit_json,
+    stdout,
+)
 from detector.lake.events import Lake
 from detector.lake.maintenance import DEFAULT_GRACE, compact
-from detector.timeparse import parse_duration
 
 
 def compact_command(
@@ -20,12 +26,12 @@ def compact_command(
         typer.Option("--min-files", min=2, help="Merge partitions holding at least this many."),
     ] = 2,
     grace: Annotated[
-        str,
-        typer.Option(
+        timedelta,
+        duration_option(
             "--grace",
             help="Keep replaced files this long for scans already running, then delete them.",
         ),
-    ] = f"{int(DEFAULT_GRACE // 60)}m",
+    ] = f"{int(DEFAULT_GRACE // 60)}m",  # type: ignore[assignment]
     output: FormatOpt = OutputFormat.table,
 ) -> None:
     """Merge each partition's small files into one (events and quarantine).
@@ -43,14 +49,7 @@ def compact_command(
         detect compact --lake ./lake
         detect compact --lake s3://audit-lake/prod --grace 1h --format json
     """
-    try:
-        try:
-            grace_s = parse_duration(grace).total_seconds()
-        except ValueError as exc:
-            raise UsageError(f"--grace: {exc}") from None
-        summary = compact(Lake(lake), min_files=min_files, grace=grace_s)
-    except DetectError as exc:
-        fail(str(exc), exc.exit_code)
+    summary = compact(Lake(lake), min_files=min_files, grace=grace.total_seconds())
     if output == OutputFormat.json:
         emit_json(summary.to_dict())
         return

@@ -171,12 +171,17 @@ def _status_of(lake: str, row: dict) -> dict:
     return st.select("status", "suppression", "incident_id").row(0, named=True)
 
 
-def _set_status(finding_id: str, lake: str, status: str, reason: str | None) -> None:
+def _set_status(
+    finding_id: str, lake: str, status: str, reason: str | None, output: OutputFormat
+) -> None:
     from detector.incidents.workflow import set_finding_status
     from detector.lake.events import Lake
 
     done = set_finding_status(Lake(lake), finding_id, status, reason)
-    stdout.print(f"finding {done['finding_id']}: {status}", markup=False)
+    if output == OutputFormat.json:
+        emit_json({"finding_id": done["finding_id"], "status": status})
+    else:
+        stdout.print(f"finding {done['finding_id']}: {status}", markup=False)
 
 
 _IdArg = Annotated[str, typer.Argument(help="Finding id or a unique prefix of it (4+ chars).")]
@@ -184,7 +189,12 @@ _ReasonOpt = Annotated[str | None, typer.Option("--reason", help="Why (kept in t
 
 
 @findings_app.command("ack")
-def ack(finding_id: _IdArg, lake: LakeOpt = "./lake", reason: _ReasonOpt = None) -> None:
+def ack(
+    finding_id: _IdArg,
+    lake: LakeOpt = "./lake",
+    reason: _ReasonOpt = None,
+    output: FormatOpt = OutputFormat.table,
+) -> None:
     """Acknowledge a finding (OCSF status In Progress).
 
     Example:
@@ -192,11 +202,16 @@ def ack(finding_id: _IdArg, lake: LakeOpt = "./lake", reason: _ReasonOpt = None)
     \b
         detect findings ack 3f9c0a --lake ./lake --reason "checking with the team"
     """
-    _set_status(finding_id, lake, "acknowledged", reason)
+    _set_status(finding_id, lake, "acknowledged", reason, output)
 
 
 @findings_app.command("resolve")
-def resolve(finding_id: _IdArg, lake: LakeOpt = "./lake", reason: _ReasonOpt = None) -> None:
+def resolve(
+    finding_id: _IdArg,
+    lake: LakeOpt = "./lake",
+    reason: _ReasonOpt = None,
+    output: FormatOpt = OutputFormat.table,
+) -> None:
     """Resolve a finding; its incident resolves once all its findings are resolved.
 
     Example:
@@ -204,7 +219,7 @@ def resolve(finding_id: _IdArg, lake: LakeOpt = "./lake", reason: _ReasonOpt = N
     \b
         detect findings resolve 3f9c0a --lake ./lake --reason "expected: migration job"
     """
-    _set_status(finding_id, lake, "resolved", reason)
+    _set_status(finding_id, lake, "resolved", reason, output)
 
 
 def finding_identity(row: dict, events) -> dict:  # type: ignore[no-untyped-def]

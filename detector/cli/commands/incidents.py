@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -11,19 +13,21 @@ from rich.table import Table
 from detector.cli.options import (
     FormatOpt,
     LakeOpt,
+    MinSeverityOpt,
     OutputFormat,
+    SinceOpt,
     configured_sinks,
     emit_json,
-    fail,
     stdout,
-    usage_error,
 )
-from detector.errors import DetectError
+from detector.errors import UsageError
+from detector.incidents.status import STATUSES
 from detector.lake.findings_schema import SEVERITIES
-from detector.storage import StorageError
-from detector.timeparse import TimeArgumentError, parse_instant
 
 incidents_app = typer.Typer(invoke_without_command=True, no_args_is_help=False)
+
+Status = StrEnum("Status", {s: s for s in STATUSES})  # type: ignore[misc]
+Status.__doc__ = "Incident statuses (detector.incidents.status)."
 
 IdArg = Annotated[str, typer.Argument(help="Incident id, or a unique prefix of it (4+ chars).")]
 ReasonOpt = Annotated[
@@ -35,16 +39,12 @@ ReasonOpt = Annotated[
 def list_cmd(
     ctx: typer.Context,
     lake: LakeOpt = "./lake",
-    since: Annotated[
-        str, typer.Option("--since", help="Incidents first seen after this (7d, ISO-8601).")
-    ] = "7d",
+    since: SinceOpt = "7d",  # type: ignore[assignment]
     status: Annotated[
-        str | None,
-        typer.Option("--status", help="Only this status: new, acknowledged, suppressed, resolved."),
+        Status | None,
+        typer.Option("--status", help="Only this status.", case_sensitive=False),
     ] = None,
-    min_severity: Annotated[
-        str | None, typer.Option("--min-severity", help="Only this severity and above.")
-    ] = None,
+    min_severity: MinSeverityOpt = None,
     output: FormatOpt = OutputFormat.table,
 ) -> None:
     """List incidents: findings of one principal (or source IP) grouped, most severe first.
@@ -67,20 +67,11 @@ def list_cmd(
     from detector.lake.events import Lake
     from detector.lake.incidents import read_incidents
 
-    if min_severity is not None and min_severity not in SEVERITIES:
-        usage_error(f"--min-severity must be one of {', '.join(SEVERITIES)}, not {min_severity!r}")
-    try:
-        start = parse_instant(since)
-    except TimeArgumentError as exc:
-        usage_error(str(exc))
-    try:
-        df = read_incidents(Lake(lake), since=start).filter(pl.col("last_seen") >= start)
-    except StorageError as exc:
-        fail(str(exc))
+    df = read_incidents(Lake(lake), since=since).filter(pl.col("last_seen") >= since)
     if status:
-        df = df.filter(pl.col("status") == status)
+        df = df.filter(pl.col("status") == status.value)
     if min_severity:
-        df = df.filter(pl.col("severity_rank") >= SEVERITIES.index(min_severity))
+        df = df.filter(pl.col("severity_rank") >= SEVERITIES.index(min_severity.value))
     if output == OutputFormat.json:
         emit_json(df.drop("timeline").to_dicts())
         return
@@ -120,7 +111,7 @@ def show(
     from detector.incidents.workflow import find_incident
     from detector.lake.events import Lake
 
-    inc = _run(lambda: find_incident(Lake(lake), incident_id))
+    inc = find_incident(Lake(lake), incident_id)
     if output == OutputFormat.json:
         emit_json(inc.to_row())
         return
@@ -151,22 +142,13 @@ def show(
     out.print(f"findings: detect findings show <id> --lake {lake}", markup=False)
 
 
-def _run(fn: Any) -> Any:
-    try:
-        return fn()
-    except DetectError as exc:
-        fail(str(exc), exc.exit_code)
-    except StorageError as exc:
-        fail(str(exc))
-
-
 def _set(
     incident_id: str, lake: str, status: str, reason: str | None, output: OutputFormat
 ) -> None:
     from detector.incidents.workflow import set_incident_status
     from detector.lake.events import Lake
 
-    inc = _run(lambda: set_incident_status(Lake(lake), incident_id, status, reason))
+    inc = set_incident_status(Lake(lake), incident_id, status, reason)
     if output == OutputFormat.json:
         emit_json({"incident_id": inc.incident_id, "status": inc.status})
     else:
@@ -242,9 +224,9 @@ def deliver_cmd(
 
     sinks = configured_sinks(ctx)
     if not sinks:
-        usage_error("no [[sinks]] in the configuration (see docs/alerts.md)")
+        raise UsageError("no [[sinks]] in the configuration (see docs/alerts.md)")
     the_lake = Lake(lake)
-    report = _run(lambda: send(the_lake, pending(the_lake, _now()), sinks))
+    report = send(the_lake, pending(the_lake, datetime.now(UTC)), sinks)
     if output == OutputFormat.json:
         emit_json(report.summary())
     else:
@@ -254,12 +236,6 @@ def deliver_cmd(
             f"{s['throttled']} throttled, {s['failed']} failed",
             markup=False,
         )
-
-
-def _now():
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC)
 
 
 def register(app: typer.Typer) -> None:

@@ -12,16 +12,20 @@ from detector.cli.options import (
     LakeOpt,
     OutputFormat,
     emit_json,
-    fail,
     stdout,
 )
-from detector.errors import DetectError
 from detector.lake.events import Lake
 from detector.lake.maintenance import check_lake
 
 lake_app = typer.Typer(
     name="lake",
-    help="Look after the lake: find unreadable files (see also `detect compact`).",
+    help=(
+        "Look after the lake: find unreadable files (see also `detect compact`).\n\n"
+        "Example:\n\n"
+        "\b\n"
+        "    detect lake check --lake ./lake\n"
+        "    detect lake check --help"
+    ),
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -53,10 +57,7 @@ def check(
         detect lake check --lake ./lake
         detect lake check --lake s3://audit-lake/prod --quick --format json
     """
-    try:
-        report = check_lake(Lake(lake), deep=not quick)
-    except DetectError as exc:
-        fail(str(exc), exc.exit_code)
+    report = check_lake(Lake(lake), deep=not quick)
     if output == OutputFormat.json:
         emit_json(report.to_dict())
     else:

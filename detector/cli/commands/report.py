@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -13,30 +14,28 @@ from detector.cli.options import (
     LakeOpt,
     SinceOpt,
     UntilOpt,
-    fail,
+    duration_option,
     progress_status,
     stdout,
-    usage_error,
 )
-from detector.storage import StorageError
-from detector.timeparse import TimeArgumentError, parse_duration, parse_range
+from detector.timeparse import check_range
 
 
 def report(
     lake: LakeOpt = "./lake",
-    since: SinceOpt = "24h",
+    since: SinceOpt = "24h",  # type: ignore[assignment]
     until: UntilOpt = None,
     out: Annotated[Path, typer.Option("--output", "-o", help="The HTML file to write.")] = Path(
         "report.html"
     ),
     cluster: ClusterOpt = None,
     baseline: Annotated[
-        str,
-        typer.Option(
+        timedelta,
+        duration_option(
             "--baseline",
             help="How far before --since the usual denied/401 rates are measured (7d, 48h).",
         ),
-    ] = "7d",
+    ] = "7d",  # type: ignore[assignment]
     max_findings: Annotated[
         int,
         typer.Option(
@@ -53,7 +52,8 @@ def report(
     by severity, the top principals, and for each alert and incident its timeline and raw
     events, linked both ways. Charts are inline SVG; nothing is fetched when it opens.
 
-    Exit codes: 0 written, 2 bad arguments, 3 storage failure.
+    Exit codes: 0 written, 2 bad arguments, 3 storage failure or the page could not be
+    written.
 
     Example:
 
@@ -65,29 +65,20 @@ def report(
     from detector.report.data import collect
     from detector.report.html import write_report
 
-    try:
-        start, end = parse_range(since, until)
-        base = parse_duration(baseline)
-    except TimeArgumentError as exc:
-        usage_error(str(exc))
+    start, end = check_range(since, until or datetime.now(UTC))
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    try:
-        with progress_status("reading the lake"):
-            data = collect(
-                Lake(lake),
-                start,
-                end,
-                cluster=cluster,
-                baseline=base,
-                max_findings=max_findings,
-                region=region,
-            )
-        with progress_status("drawing the report"):
-            path = write_report(data, out)
-    except StorageError as exc:
-        fail(str(exc))
-    except OSError as exc:
-        fail(f"cannot write {out}: {exc.strerror or exc}", 2)
+    with progress_status("reading the lake"):
+        data = collect(
+            Lake(lake),
+            start,
+            end,
+            cluster=cluster,
+            baseline=baseline,
+            max_findings=max_findings,
+            region=region,
+        )
+    with progress_status("drawing the report"):
+        path = write_report(data, out)
     s = data.summary()
     stdout.print(
         f"report of {start:%Y-%m-%d %H:%M}Z to {end:%Y-%m-%d %H:%M}Z: {s['events']:,} events, "

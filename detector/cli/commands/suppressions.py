@@ -7,10 +7,7 @@ from typing import Annotated
 
 import typer
 
-from detector.cli.options import FormatOpt, OutputFormat, emit_json, fail, stdout
-from detector.errors import DetectError
-from detector.storage import StorageError
-from detector.timeparse import TimeArgumentError, parse_instant
+from detector.cli.options import FormatOpt, OutputFormat, SinceOpt, emit_json, stdout
 
 
 def suppressions(
@@ -23,7 +20,7 @@ def suppressions(
             help="Also count the findings in the lake each one matches.",
         ),
     ] = None,
-    since: Annotated[str, typer.Option("--since", help="...over findings since this.")] = "7d",
+    since: SinceOpt = "7d",  # type: ignore[assignment]
     output: FormatOpt = OutputFormat.table,
 ) -> None:
     """Check a suppressions file (exit 2 on the first problem) and list each suppression
@@ -40,27 +37,19 @@ def suppressions(
     from detector.incidents import suppress
 
     now = datetime.now(UTC)
-    try:
-        sups = suppress.load(path)
-        counts: dict[str, int] = {}
-        if lake:
-            from detector.lake.events import Lake
-            from detector.lake.findings import list_findings
-            from detector.lake.incidents import findings_events
+    sups = suppress.load(path)
+    counts: dict[str, int] = {}
+    if lake:
+        from detector.lake.events import Lake
+        from detector.lake.findings import list_findings
+        from detector.lake.incidents import findings_events
 
-            start = parse_instant(since)
-            the_lake = Lake(lake)
-            found = list_findings(the_lake, since=start, min_severity="info")
-            events = findings_events(the_lake, found) if found.height else None
-            hits = suppress.apply(found, events, sups, now)
-            for name in hits["suppression"].drop_nulls().to_list():
-                counts[name] = counts.get(name, 0) + 1
-    except DetectError as exc:
-        fail(str(exc), exc.exit_code)
-    except TimeArgumentError as exc:
-        fail(str(exc), 2)
-    except StorageError as exc:
-        fail(str(exc))
+        the_lake = Lake(lake)
+        found = list_findings(the_lake, since=since, min_severity="info")
+        events = findings_events(the_lake, found) if found.height else None
+        hits = suppress.apply(found, events, sups, now)
+        for name in hits["suppression"].drop_nulls().to_list():
+            counts[name] = counts.get(name, 0) + 1
     rows = [
         {
             "name": s.name,

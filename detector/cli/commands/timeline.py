@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -11,20 +12,27 @@ from rich.table import Table
 
 from detector.cli.options import (
     ClusterOpt,
+    Duration,
     FormatOpt,
     LakeOpt,
     OutputFormat,
     SinceOpt,
     UntilOpt,
+    duration_option,
     emit_json,
-    fail,
     stdout,
-    usage_error,
 )
-from detector.storage import StorageError
-from detector.timeparse import TimeArgumentError, parse_duration, parse_range
+from detector.errors import UsageError
+from detector.timeparse import check_range
 
 KIND_STYLE = {"denied": "red", "finding": "bold yellow", "source": "cyan", "requests": ""}
+
+
+class _Every(Duration):
+    """A duration, or a bare ``0``: collapse only consecutive runs (a zero window)."""
+
+    def __call__(self, value: Any) -> timedelta:
+        return timedelta(0) if str(value).strip() == "0" else super().__call__(value)
 
 
 def timeline(
@@ -38,17 +46,18 @@ def timeline(
         ),
     ],
     lake: LakeOpt = "./lake",
-    since: SinceOpt = "24h",
+    since: SinceOpt = "24h",  # type: ignore[assignment]
     until: UntilOpt = None,
     cluster: ClusterOpt = None,
     every: Annotated[
-        str,
-        typer.Option(
+        timedelta,
+        duration_option(
             "--every",
+            parser=_Every(),
             help="Collapse the same request within windows of this length (10m, 1h); "
             "0 collapses only consecutive runs.",
         ),
-    ] = "10m",
+    ] = "10m",  # type: ignore[assignment]
     output: FormatOpt = OutputFormat.table,
 ) -> None:
     """One principal's activity in time order: requests, denied requests, findings and the
@@ -73,16 +82,10 @@ def timeline(
     from detector.report.timeline import build_timeline
 
     if not principal.strip():
-        usage_error("PRINCIPAL is empty")
-    try:
-        start, end = parse_range(since, until)
-        window = None if every.strip() == "0" else parse_duration(every)
-    except TimeArgumentError as exc:
-        usage_error(str(exc))
-    try:
-        tl = build_timeline(Lake(lake), principal, start, end, cluster=cluster, every=window)
-    except StorageError as exc:
-        fail(str(exc))
+        raise UsageError("PRINCIPAL is empty")
+    start, end = check_range(since, until or datetime.now(UTC))
+    window = every or None  # a zero window: only consecutive runs are collapsed
+    tl = build_timeline(Lake(lake), principal, start, end, cluster=cluster, every=window)
     identity = identity_summary(
         tl.principal,
         tl.access_key_ids,
