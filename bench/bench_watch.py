@@ -2,11 +2,11 @@
 
 1. **Latency.** moto's server on loopback (its own process), one log group, a local webhook
    receiver, and `detect watch` as a subprocess at its default poll interval (5 s). A
-   producer puts benign events at a steady rate and, every few seconds, one anonymous
-   request from a new address (rule ``anonymous-request-denied``: a new incident each).
-   Latency = the alert's arrival at the webhook minus the moment ``PutLogEvents`` returned
-   (the event is readable from CloudWatch from then on). For model findings (a model with
-   1-minute windows trained on the same benign traffic, ``--grace 10s``), latency is
+   producer puts benign events at a steady rate and, every 3 seconds, a planted attack: a
+   cluster-wide RBAC change by a new user (rule ``rbac-changed``), so each is its own
+   alert. Latency = the alert's arrival at the webhook minus the moment ``PutLogEvents``
+   returned (the event is readable from CloudWatch from then on). For model findings (a
+   model with 1-minute windows trained on the same benign traffic, ``--grace 10s``), latency is
    counted from the window's close plus the grace: the earliest a finding can be due.
 2. **Events/s sustained**: a burst of events put at once, timed until the watcher's
    ``detect_watch_events_total`` reaches it.
@@ -76,9 +76,18 @@ def _event(ts: int, user: str, *, verb: str = "get", ip: str = "10.0.0.9", code:
     }
 
 
-def _anonymous(ts: int, ip: str) -> dict:
-    ev = _event(ts, "system:anonymous", ip=ip, code=403)
-    ev["user"] = {"username": "system:anonymous", "groups": ["system:unauthenticated"]}
+def _rbac_change(ts: int, user: str) -> dict:
+    """A cluster-wide RBAC change (rule rbac-changed): by a new user each time, so each is
+    a new finding and a new incident (a second one by the same user in the same window
+    would only update the first finding, by design)."""
+    ev = _event(ts, user, verb="create", code=201)
+    ev["requestURI"] = "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings"
+    ev["objectRef"] = {
+        "resource": "clusterrolebindings",
+        "name": "bench",
+        "apiGroup": "rbac.authorization.k8s.io",
+        "apiVersion": "v1",
+    }
     return ev
 
 
@@ -216,19 +225,19 @@ def latency(seconds: float, rate: float, burst: int) -> None:
             # model's kind of finding (no rule needs to fire for it)
             rogue = f"system:serviceaccount:rogue-{now // 60_000 % 1000}:miner"
             batch += [_event(now, rogue, verb="delete") for _ in range(5)]
-            ip = None
+            who = None
             if time.time() >= next_attack:
                 n += 1
-                ip = f"198.51.{n // 250}.{n % 250 + 1}"
-                batch.append(_anonymous(now, ip))
+                who = f"bench-admin-{n}"
+                batch.append(_rbac_change(now, who))
                 next_attack = time.time() + 3
             logs.put_log_events(
                 logGroupName=group,
                 logStreamName=STREAM,
                 logEvents=[{"timestamp": now, "message": orjson.dumps(e).decode()} for e in batch],
             )
-            if ip:
-                put_at[ip] = time.time()
+            if who:
+                put_at[who] = time.time()
             time.sleep(max(0.0, 1.0 - (time.time() - started) % 1.0))
         time.sleep(15)  # the last alerts of the run
         rule_lat, model_lat = [], []
@@ -238,9 +247,9 @@ def latency(seconds: float, rate: float, burst: int) -> None:
                 close = datetime.fromisoformat(body["time"].replace("Z", "+00:00")).timestamp()
                 model_lat.append(at - (close + 10))
                 continue
-            for ip in fields.get("ka.sourceips") or []:
-                if ip in put_at and fields.get("detect.incident.kind") == "new":
-                    rule_lat.append(at - put_at[ip])
+            who = fields.get("ka.user.name")
+            if who in put_at and fields.get("detect.incident.kind") == "new":
+                rule_lat.append(at - put_at[who])
         if rule_lat:
             print(
                 f"single-event rule alerts: {len(rule_lat)} of {len(put_at)} planted; latency "

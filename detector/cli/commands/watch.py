@@ -97,7 +97,7 @@ def watch(
             help="CloudWatch: read up to this long before now; later arrivals are caught by "
             "--overlap.",
         ),
-    ] = "2s",  # type: ignore[assignment]
+    ] = "1s",  # type: ignore[assignment]
     overlap: Annotated[
         timedelta | None,
         duration_option(
