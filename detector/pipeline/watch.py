@@ -127,15 +127,19 @@ class CloudWatchSource:
         ex = self._new_exporter()
         try:
             obj = ex.checkpoint()
+            data = obj.read().data
             reason = Lease(obj, owner=self.owner, seconds=self.opts.lease_seconds).busy_reason(
-                obj.read().data
+                data
             )
         except (StateError, StorageError) as exc:  # retried by the loop (exit 3 with --once)
             raise LakeUnavailable(f"lake: {exc}") from None
         if reason is not None:
             raise Busy(reason)
+        # --since is where a log group's first run starts; later (a restart, a standby taking
+        # over hours after it started) the checkpoint says where to resume, nothing older.
+        resume = bool(data and data.get("watermark_ms") is not None)
         try:
-            ex.start(since=self.since, follow=True)
+            ex.start(since=None if resume else self.since, follow=True)
         except ExportError as exc:
             if "another exporter" in str(exc):  # lost the race for the lease
                 raise Busy(str(exc)) from None
