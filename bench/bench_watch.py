@@ -369,7 +369,9 @@ if __name__ == "__main__":
     ap.add_argument("--days", type=float, default=1.0, help="replayed traffic for memory")
     ap.add_argument("--replay-rate", type=float, default=1.0)
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--skip-latency", action="store_true")
     args = ap.parse_args()
-    latency(args.seconds, args.rate, args.burst)
+    if not args.skip_latency:
+        latency(args.seconds, args.rate, args.burst)
     if not args.skip_memory:
         memory(args.days, args.replay_rate)
