@@ -23,8 +23,8 @@ setup: $(STAMP)
 demo: setup  ## generate two days of EKS traffic, ingest, train, score the last hour
 	$(VENV)/bin/detect demo
 
-test: setup  ## the whole test suite
-	$(VENV)/bin/pytest
+test: setup  ## the whole test suite, on every core (pytest-xdist)
+	$(VENV)/bin/pytest -n auto
 
 bench: setup  ## benchmarks: print events/s, MB/s and peak RSS
 	$(VENV)/bin/python bench/run.py

@@ -73,7 +73,10 @@ def main() -> None:
     shutil.rmtree(lake, ignore_errors=True)
     started = time.perf_counter()
     proc = subprocess.Popen(
-        [str(DETECT), "ingest", str(log), "--lake", str(lake), "--format", "json"],
+        [
+            *(str(DETECT), "ingest", str(log), "--lake", str(lake)),
+            *("--cluster", "bench", "--format", "json"),
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -113,7 +113,9 @@ def written_lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
     lake = root / "lake"
     bad = root / "bad.log"
     bad.write_text(DEMO_LOG.read_text().splitlines()[0] + "\n{not json\n")
-    code, out, err = run_cli("ingest", str(DEMO_LOG), str(bad), "--lake", str(lake))
+    code, out, err = run_cli(
+        "ingest", str(DEMO_LOG), str(bad), "--lake", str(lake), "--cluster", "default"
+    )
     assert code == 0, out + err
     from detector.lake.events import Lake
     from detector.lake.findings import write_range

@@ -77,7 +77,8 @@ def test_score_enable_switches_on_a_rule_that_ships_disabled(sample_lake):
 def test_missing_input_is_exit_2_before_anything_is_ingested(tmp_path):
     lake = tmp_path / "lake"
     result = CliRunner().invoke(
-        app, ["ingest", str(SAMPLE), str(tmp_path / "nope.log"), "--lake", str(lake)]
+        app,
+        ["ingest", str(SAMPLE), str(tmp_path / "nope.log"), "--lake", str(lake), "--cluster", "x"],
     )
     assert result.exit_code == 2
     assert result.stdout == ""  # no "ingested 0 lines" summary before the error

@@ -33,7 +33,7 @@ def write_ndjson(path: Path, events: list[dict], *, gz: bool = False) -> Path:
 # ----------------------------------------------------------------- real data nobody here wrote
 def test_real_external_events_all_ingest_and_malformed_one_is_quarantined(lake_dir):
     inputs = [str(FALCO / "*.json"), str(AUDIT2RBAC)]
-    summary = ingest_paths(inputs, lake_dir)
+    summary = ingest_paths(inputs, lake_dir, cluster="prod")
     events, _ = read_events(inputs)
     lake_events = Lake(lake_dir).scan_events().collect()
     # 51 well-formed Falco events + 37 audit2rbac events. Four Falco fixtures are hand-edited
@@ -300,7 +300,7 @@ def test_bad_lines_are_quarantined_with_reasons_and_neighbours_kept(tmp_path):
     path = tmp_path / "audit.log"
     path.write_bytes(b"\n".join(lines) + b"\n")
     lake = str(tmp_path / "lake")
-    summary = ingest_paths([str(path)], lake)
+    summary = ingest_paths([str(path)], lake, cluster="default")
     assert summary.events_written == 20
     assert summary.quarantined == len(bad)
     q = Lake(lake).scan_quarantine().collect().sort("source_position", descending=False)
@@ -324,8 +324,8 @@ def test_reingest_adds_nothing_and_partitions_by_event_hour(tmp_path):
     events[5]["stageTimestamp"] = "2026-11-27T11:59:59.999999Z"
     path = write_ndjson(tmp_path / "a.log", events)
     lake = str(tmp_path / "lake")
-    first = ingest_paths([str(path)], lake)
-    second = ingest_paths([str(path)], lake)
+    first = ingest_paths([str(path)], lake, cluster="default")
+    second = ingest_paths([str(path)], lake, cluster="default")
     assert (first.events_written, first.duplicates) == (30, 0)
     assert (second.events_written, second.duplicates) == (0, 30)
     parts = Lake(lake).partitions()
@@ -342,7 +342,7 @@ def test_scan_events_prunes_to_the_range(tmp_path):
         for i, h in enumerate(range(0, 24, 2))
     ]
     lake = str(tmp_path / "lake")
-    ingest_paths([str(write_ndjson(tmp_path / "a.log", events))], lake)
+    ingest_paths([str(write_ndjson(tmp_path / "a.log", events))], lake, cluster="default")
     start, end = datetime(2026, 11, 27, 6, tzinfo=UTC), datetime(2026, 11, 27, 12, tzinfo=UTC)
     assert [p[2] for p in Lake(lake).partitions(start, end)] == ["06", "08", "10"]
     got = Lake(lake).scan_events(start, end).collect()
@@ -384,7 +384,7 @@ def test_cli_ingest_json_summary_and_exit_codes(tmp_path, detect):
     with path.open("ab") as fh:
         fh.write(b"not json\n")
     lake = str(tmp_path / "lake")
-    ok = detect("ingest", str(path), "--lake", lake, "--format", "json")
+    ok = detect("ingest", str(path), "--lake", lake, "--cluster", "prod", "--format", "json")
     assert ok.returncode == 0, ok.stderr
     summary = json.loads(ok.stdout)
     assert (summary["events_written"], summary["quarantined"]) == (5, 1)
@@ -430,7 +430,7 @@ def test_the_shipped_samples_ingest_identically_in_all_four_formats(tmp_path):
     keys = {}
     for fmt in ("audit.log.gz", "cloudwatch", "export", "firehose"):
         lake = str(tmp_path / fmt)
-        summary = ingest_paths([str(SAMPLES / fmt)], lake)
+        summary = ingest_paths([str(SAMPLES / fmt)], lake, cluster="demo")
         assert summary.quarantined == 0, fmt
         events = Lake(lake).scan_events().collect()
         keys[fmt] = set(events.select("audit_id", "stage").iter_rows())
@@ -478,8 +478,8 @@ def test_reingest_does_not_quarantine_the_same_bad_line_twice(tmp_path):
     with path.open("ab") as fh:
         fh.write(b"{broken\n")
     lake = str(tmp_path / "lake")
-    first = ingest_paths([str(path)], lake)
-    second = ingest_paths([str(path)], lake)
+    first = ingest_paths([str(path)], lake, cluster="default")
+    second = ingest_paths([str(path)], lake, cluster="default")
     assert first.quarantined == second.quarantined == 1  # each run reports what it saw
     stored = Lake(lake).scan_quarantine().collect()
     assert stored.select("source_position", "reason").rows() == [("2", stored["reason"][0])]
@@ -539,7 +539,7 @@ def test_a_line_that_looks_like_compressed_data_is_quarantined_and_the_run_goes_
     first.write_bytes(b"".join(events[:2]) + line + b"\n" + b"".join(events[2:]))
     write_ndjson(tmp_path / "in" / "b.log", [make_event(i) for i in range(5, 9)])
     lake = str(tmp_path / "lake")
-    summary = ingest_paths([str(tmp_path / "in")], lake)
+    summary = ingest_paths([str(tmp_path / "in")], lake, cluster="prod")
     assert summary.failed_inputs == []
     assert _lake_ids(lake) == [make_event(i)["auditID"] for i in range(9)]
     bad = _quarantine(lake)
@@ -603,7 +603,9 @@ def test_a_fifo_in_an_input_folder_is_skipped_with_a_warning(tmp_path, detect):
     os.mkfifo(folder / "b.pipe")  # opening it for reading would wait for a writer forever
     lake = str(tmp_path / "lake")
     # A subprocess with a timeout: the bug this guards is a hang, which must fail, not hang.
-    done = detect("ingest", str(folder), "--lake", lake, "--format", "json", timeout=120)
+    done = detect(
+        "ingest", str(folder), "--lake", lake, "--cluster", "prod", "--format", "json", timeout=120
+    )
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert (summary["inputs"], summary["events_written"]) == (1, 4)
@@ -628,7 +630,7 @@ def test_a_truncated_gzip_keeps_every_complete_line_and_quarantines_the_cut(tmp_
     complete = _complete_lines_before(cut)
     assert 0 < complete < len(events)
     lake = str(tmp_path / "lake")
-    summary = ingest_paths([str(path)], lake)
+    summary = ingest_paths([str(path)], lake, cluster="default")
     assert summary.failed_inputs == []
     assert _lake_ids(lake) == sorted(e["auditID"] for e in events[:complete])
     bad = _quarantine(lake)
@@ -659,3 +661,91 @@ def test_a_gzip_damaged_in_the_middle_keeps_what_precedes_the_damage(tmp_path):
     assert got["audit_id"].to_list() == [e["auditID"] for e in events[:600]]
     assert quarantine["reason"].to_list() == [quarantine["reason"][0]]
     assert quarantine["reason"][0].startswith("damaged gzip")
+
+
+# ----------------------------------------------------------------- which cluster (issue 15)
+def _ingest_cli(*args: str):
+    from typer.testing import CliRunner
+
+    from detector.cli.app import app
+
+    return CliRunner().invoke(app, ["ingest", *args])
+
+
+def test_without_cluster_a_plain_log_into_an_empty_lake_is_refused_and_nothing_is_written(
+    tmp_path,
+):
+    path = write_ndjson(tmp_path / "audit.log", [make_event(i) for i in range(5)])
+    lake = tmp_path / "lake"
+    result = _ingest_cli(str(path), "--lake", str(lake))
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        f"error: cannot tell which cluster {path} is from: pass --cluster NAME"
+    )
+    assert result.stdout == ""
+    assert not list(lake.rglob("*.parquet"))  # no event, no quarantine row, under no name
+
+
+def test_without_cluster_firehose_records_name_it_by_their_log_group(tmp_path):
+    path = tmp_path / "firehose-object"
+    path.write_bytes(firehose_object([make_event(i) for i in range(6)]))
+    lake = str(tmp_path / "lake")
+    summary = ingest_paths([str(path)], lake)
+    assert summary.events_written == 6
+    assert summary.clusters == {"prod-east": "log group"}
+    assert Lake(lake).clusters() == ["prod-east"]
+
+
+def test_without_cluster_an_export_task_prefix_under_aws_eks_names_it(tmp_path):
+    # CloudWatch export tasks write <prefix>/<task-id>/<log-stream>/000000.gz.
+    obj = tmp_path / "exports/aws/eks/staging/cluster/0f1e-task/kube-apiserver-audit-ab12"
+    obj.mkdir(parents=True)
+    (obj / "000000.gz").write_bytes(export_task_object([make_event(i) for i in range(4)]))
+    lake = str(tmp_path / "lake")
+    summary = ingest_paths([str(tmp_path / "exports")], lake)
+    assert summary.events_written == 4 and summary.clusters == {"staging": "path"}
+    assert Lake(lake).clusters() == ["staging"]
+
+
+def test_cluster_from_path_reads_only_recognisable_parts():
+    from detector.sources.files import cluster_from_path
+
+    key = "s3://b/logs/aws/eks/prod/cluster/0f1e-task/kube-apiserver-audit-ab12/000000.gz"
+    assert cluster_from_path(key) == "prod"
+    assert cluster_from_path("s3://b/archive/cluster=blue/2026/a.log.gz") == "blue"
+    assert cluster_from_path("s3://b/cluster=a/aws/eks/b/x.gz") == "b"  # nearest the file
+    # a user-chosen prefix, a task id and an EKS stream name say nothing about the cluster
+    assert cluster_from_path("s3://b/eks-audit/0f1e-task/kube-apiserver-audit-ab/0.gz") is None
+    assert cluster_from_path("/var/log/kubernetes/audit.log") is None
+    assert cluster_from_path("s3://b/aws/eks/x.gz") is None  # a file name is not a folder
+
+
+def test_without_cluster_the_lakes_only_cluster_is_used_and_said(tmp_path, caplog):
+    lake = str(tmp_path / "lake")
+    ingest_paths([str(write_ndjson(tmp_path / "a.log", [make_event(1)]))], lake, cluster="prod")
+    more = write_ndjson(tmp_path / "b.log", [make_event(i) for i in range(2, 5)])
+    with caplog.at_level("INFO", logger="detector.pipeline.ingest"):
+        summary = ingest_paths([str(more)], lake)
+    assert summary.events_written == 3 and summary.clusters == {"prod": "lake"}
+    assert any(
+        "cluster prod, the only cluster in the lake" in r.getMessage() for r in caplog.records
+    )
+    last = write_ndjson(tmp_path / "c.log", [make_event(5)])
+    result = _ingest_cli(str(last), "--lake", lake)
+    assert result.exit_code == 0, result.stderr
+    assert "cluster prod: the only cluster in the lake" in result.stdout
+    got = Lake(lake).scan_events().collect()
+    assert got.height == 5 and got["cluster"].unique().to_list() == ["prod"]
+
+
+def test_without_cluster_a_lake_of_two_clusters_is_refused_before_writing(tmp_path):
+    lake = str(tmp_path / "lake")
+    ingest_paths([str(write_ndjson(tmp_path / "a.log", [make_event(1)]))], lake, cluster="prod")
+    ingest_paths([str(write_ndjson(tmp_path / "b.log", [make_event(2)]))], lake, cluster="dev")
+    before = sorted(p.name for p in (tmp_path / "lake").rglob("*.parquet"))
+    more = write_ndjson(tmp_path / "c.log", [make_event(i) for i in range(3, 6)])
+    result = _ingest_cli(str(more), "--lake", lake, "--format", "json")
+    assert result.exit_code == 2
+    assert f"cannot tell which cluster {more} is from: pass --cluster NAME" in result.stderr
+    assert "dev, prod" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "lake").rglob("*.parquet")) == before

@@ -108,7 +108,9 @@ def _ingest(data: bytes, name: str, expected_ids: list[str], bad: int) -> None:
         path = Path(tmp, name)
         path.write_bytes(data)
         lake = str(Path(tmp, "lake"))
-        summary = ingest_paths([str(path)], lake)  # must not raise, whatever the input
+        summary = ingest_paths(
+            [str(path)], lake, cluster="fuzz"
+        )  # must not raise, whatever the input
         assert summary.failed_inputs == []
         got = Lake(lake).scan_events().collect() if expected_ids else None
         assert (sorted(got["audit_id"]) if got is not None else []) == expected_ids

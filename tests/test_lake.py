@@ -210,7 +210,7 @@ def test_events_stored_under_another_cluster_are_skipped_and_counted(tmp_path, c
     ingest_paths([str(src)], lake, cluster="prod")
     more = audit_file(tmp_path / "more.log", range(15, 25))
     with caplog.at_level("WARNING"):
-        summary = ingest_paths([str(src), str(more)], lake)  # no --cluster: "default"
+        summary = ingest_paths([str(src), str(more)], lake, cluster="default")
     assert summary.events_written == 5 and summary.other_cluster == 20
     assert summary.to_dict()["other_cluster"] == 20
     assert any("under cluster prod" in r.getMessage() for r in caplog.records)
@@ -221,7 +221,7 @@ def test_events_stored_under_another_cluster_are_skipped_and_counted(tmp_path, c
 # ----------------------------------------------------------------------------- S3
 def test_a_missing_bucket_is_a_configuration_error(tmp_path, moto_endpoint):
     src = audit_file(tmp_path / "audit.log", range(3))
-    proc = cli("ingest", str(src), "--lake", "s3://no-such-bucket-here/lake")
+    proc = cli("ingest", str(src), "--lake", "s3://no-such-bucket-here/lake", "--cluster", "prod")
     assert proc.returncode == 2, proc.stderr
     assert "bucket 'no-such-bucket-here' does not exist" in proc.stderr
     from detector.storage import MissingBucket
@@ -253,9 +253,9 @@ def test_an_object_is_marked_done_only_after_its_quarantined_lines_are_stored(
 
     monkeypatch.setattr(ingest_mod, "read_batches", killed_on_second)
     with pytest.raises(KeyboardInterrupt):
-        ingest_paths([f"s3://{s3_bucket}/in/"], lake)
+        ingest_paths([f"s3://{s3_bucket}/in/"], lake, cluster="prod")
     monkeypatch.setattr(ingest_mod, "read_batches", real)
-    summary = ingest_paths([f"s3://{s3_bucket}/in/"], lake)
+    summary = ingest_paths([f"s3://{s3_bucket}/in/"], lake, cluster="prod")
     assert summary.inputs == 2  # the bad-lines object was not marked done
     assert Lake(lake).scan_quarantine().collect().height == 2
     assert lake_rows(lake) == 5

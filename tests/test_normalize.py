@@ -103,7 +103,7 @@ def test_a_far_future_event_no_longer_breaks_score(tmp_path, detect):
     events = [event(1, now - timedelta(minutes=10)), event(2, "9999-12-31T23:59:59Z")]
     log.write_bytes(b"\n".join(orjson.dumps(e) for e in events) + b"\n")
     lake = str(tmp_path / "lake")
-    ingested = detect("ingest", str(log), "--lake", lake, "--format", "json")
+    ingested = detect("ingest", str(log), "--lake", lake, "--cluster", "prod", "--format", "json")
     assert ingested.returncode == 0, ingested.stderr
     summary = json.loads(ingested.stdout)
     assert summary["events_written"] == 1
@@ -121,11 +121,22 @@ def test_the_time_range_is_read_from_detect_toml(tmp_path, detect):
     config.write_text('[ingest]\nearliest = "2d"\nmax_future = "1h"\n')
     lake = str(tmp_path / "lake")
     ingested = detect(
-        "--config", str(config), "ingest", str(log), "--lake", lake, "--format", "json"
+        "--config",
+        str(config),
+        "ingest",
+        str(log),
+        "--lake",
+        lake,
+        "--cluster",
+        "prod",
+        "--format",
+        "json",
     )
     assert ingested.returncode == 0, ingested.stderr
     assert json.loads(ingested.stdout)["events_written"] == 1
     config.write_text('[ingest]\nmax_future = "soon"\n')
-    refused = detect("--config", str(config), "ingest", str(log), "--lake", lake)
+    refused = detect(
+        "--config", str(config), "ingest", str(log), "--lake", lake, "--cluster", "prod"
+    )
     assert refused.returncode == 2
     assert "max_future" in refused.stderr

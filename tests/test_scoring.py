@@ -66,6 +66,14 @@ def test_score_finds_the_stolen_token_and_files_findings_with_their_events(sim_l
     assert found["detector"].unique().to_list() == ["model:iforest"]
     stolen = next(x for x in labels if x["scenario"] == "stolen_sa_token")
     assert _scenario_found(found, stolen)
+    # a new address or client is named next to the ones this identity usually uses
+    named = [
+        r
+        for rs in found["reasons"].to_list()
+        for r in rs
+        if ("source IP" in r or "user agent" in r) and "never seen" in r
+    ]
+    assert named and all("(new: " in r for r in named), named
     # every finding has reasons, and its events are in findings_events with its id
     assert all(1 <= len(r) <= 5 for r in found["reasons"].to_list())
     listed = store.list_findings(lake, since=CUT)

@@ -166,10 +166,11 @@ RELATIVE = (
 RELATIVE_BASES = tuple(base for _, base in RELATIVE)
 
 #: Columns of a feature frame besides the features: identity, the principal's parent in the
-#: surprise hierarchy and the rarest action's name (for explanations).
+#: surprise hierarchy, the rarest action's name and the window's addresses and clients (for
+#: explanations that name new values next to usual ones).
 ID_COLUMNS = ("cluster", "principal", "principal_kind", "window_start", "window_end")
 #: ``parent``: the principal's IAM role (sessions of one role share it) or else its kind.
-DETAIL_COLUMNS = ("parent", "rare_action_name")
+DETAIL_COLUMNS = ("parent", "rare_action_name", "_source_ips", "_user_agents")
 
 
 #: The forest sees one input per family: the surprise of the family's most surprising feature.

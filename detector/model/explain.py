@@ -49,6 +49,7 @@ def explain(
         how="left",
     )
     pop = {r["feature"]: r for r in baseline.population.iter_rows(named=True)}
+    usual_values = _usual_values(rows, baseline)
     ranked = surprises.sort(["row", "surprise", "feature"], descending=[False, True, False])
     out: list[list[dict[str, Any]]] = [[] for _ in range(rows.height)]
     for (row,), group in ranked.group_by("row", maintain_order=True):
@@ -73,19 +74,59 @@ def explain(
                     "population": float(p["p99"]),
                     "surprise": item["surprise"],
                     "known": known,
-                    "detail": _detail(name, ctx),
+                    "detail": _detail(name, ctx, usual_values),
                 }
             )
         out[int(row)] = chosen
     return out
 
 
-def _detail(name: str, ctx: dict[str, Any]) -> str | None:
+#: Novelty features whose evidence is a value an analyst can look up: (window list column,
+#: baseline dimension). A stolen token shows as a new address or client next to usual ones.
+_NAMED_NOVELTY = {
+    "new_source_ips": ("_source_ips", "source_ip"),
+    "new_user_agents": ("_user_agents", "user_agent"),
+}
+#: How many new and usual values a reason names (the rest are in the finding's events).
+_MAX_NAMED = 3
+
+
+def _usual_values(rows: pl.DataFrame, baseline: Baseline) -> dict[tuple[str, str, str], list]:
+    """Baseline values of the flagged principals, per (cluster, principal, dimension).
+
+    Read only for the rows being explained (a few flagged windows), never the whole seen
+    table, so the cost follows the findings, not the baseline.
+    """
+    dims = [d for _, d in _NAMED_NOVELTY.values()]
+    if rows.is_empty() or not all(c in rows.columns for c, _ in _NAMED_NOVELTY.values()):
+        return {}
+    seen = baseline.seen.filter(pl.col("dimension").is_in(dims)).join(
+        rows.select("cluster", "principal").unique(), on=["cluster", "principal"], how="semi"
+    )
+    grouped = seen.group_by("cluster", "principal", "dimension").agg(pl.col("value").sort())
+    return {(r[0], r[1], r[2]): r[3] for r in grouped.iter_rows()}
+
+
+def _detail(
+    name: str, ctx: dict[str, Any], usual_values: dict[tuple[str, str, str], list]
+) -> str | None:
     if name == "rare_action":
         return ctx.get("rare_action_name")
     if name == "hour_rarity":
         start: datetime = ctx["window_start"]
         return f"{start:%H}:00 UTC"
+    if name in _NAMED_NOVELTY:
+        column, dimension = _NAMED_NOVELTY[name]
+        usual = usual_values.get((ctx["cluster"], ctx["principal"], dimension), [])
+        known = set(usual)
+        new = [v for v in (ctx.get(column) or []) if v is not None and v not in known]
+        if not new:
+            return None
+        text = "new: " + ", ".join(new[:_MAX_NAMED]) + (" ..." if len(new) > _MAX_NAMED else "")
+        if usual:
+            more = " ..." if len(usual) > _MAX_NAMED else ""
+            text += "; usual: " + ", ".join(usual[:_MAX_NAMED]) + more
+        return text
     return None
 
 
@@ -126,6 +167,8 @@ def phrase(item: dict[str, Any]) -> str:
         return f"was active at {detail}, an hour of day it is rarely active"
     if name in _RELATIVE and not known:
         return _new_relative(name, item["value"])
+    if name in _NAMED_NOVELTY and detail:
+        return f"{render_phrase(name, item['value'])} ({detail})"
     return render_phrase(name, item["value"])
 
 

@@ -10,6 +10,12 @@ exporter (:mod:`detector.pipeline.export`), each deciding *when* to write on its
 - :class:`Ingestor` is the two together with a row limit: ``detect ingest`` flushes every
   ``flush_rows`` events, so a 5 GB input never needs 5 GB of RAM, and it never loses good
   rows because a neighbour was bad.
+
+The cluster of an event is never a silent default (a lake once held the same events as
+``prod`` from an export and as ``default`` from an ingest): it is ``--cluster``, else what
+the source says (the EKS log group of Firehose records, an ``aws/eks/<name>/`` or
+``cluster=<name>/`` part of the path), else the lake's only cluster, else the ingest stops
+with a usage error before any event of that input is written (:class:`ClusterUnknown`).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Any, TypeVar
 
 import polars as pl
 
+from detector.errors import UsageError
 from detector.events.normalize import TimeBounds, normalize_lines, quarantine_frame
 from detector.events.schema import CANONICAL_COLUMNS, QUARANTINE_COLUMNS
 from detector.lake.events import Lake, WriteStats
@@ -35,6 +42,7 @@ from detector.sources.files import (
     InputError,
     InputNotFound,
     LineBatch,
+    cluster_from_path,
     expand_inputs,
     is_s3,
     messages_batch,
@@ -44,8 +52,34 @@ from detector.sources.files import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CLUSTER = "default"
 FLUSH_ROWS = 100_000
+#: Cluster name of events normalized in memory only (``read_events``): nothing is stored.
+IN_MEMORY_CLUSTER = "default"
+
+#: How a cluster name was chosen, as the summary says it.
+CLUSTER_ORIGINS = {
+    "flag": "--cluster",
+    "log group": "from the EKS log group",
+    "path": "from the input path",
+    "lake": "the only cluster in the lake",
+    "memory": "a label for events read in memory only",
+}
+
+
+class ClusterUnknown(UsageError):
+    """No ``--cluster``, and neither the input nor the lake says which cluster it is from.
+
+    A usage error (exit 2) raised before any event of that input is buffered: guessing a
+    name would store the same events twice under two names.
+    """
+
+
+@dataclass(frozen=True)
+class ClusterGuess:
+    """A cluster name for events whose batch carries none, and where it came from."""
+
+    name: str
+    origin: str  # a key of CLUSTER_ORIGINS
 
 
 @dataclass
@@ -60,6 +94,8 @@ class IngestSummary:
     bytes: int = 0
     events_written: int = 0
     duplicates: int = 0
+    #: cluster name -> how it was chosen (a key of CLUSTER_ORIGINS)
+    clusters: dict[str, str] = field(default_factory=dict)
     other_cluster: int = 0  # of duplicates: already stored under another cluster name
     quarantined: int = 0
     quarantine_reasons: Counter[str] = field(default_factory=Counter)
@@ -78,6 +114,7 @@ class IngestSummary:
             "bytes": self.bytes,
             "events_written": self.events_written,
             "duplicates": self.duplicates,
+            "clusters": dict(self.clusters),
             "other_cluster": self.other_cluster,
             "quarantined": self.quarantined,
             "quarantine_reasons": dict(self.quarantine_reasons.most_common()),
@@ -92,6 +129,12 @@ class IngestSummary:
 def _reason_family(reason: str) -> str:
     """Group quarantine reasons for the summary ("invalid JSON: ... at 12" -> "invalid JSON")."""
     return reason.split(":", 1)[0]
+
+
+def _source_name(batch: LineBatch) -> str:
+    """The input a batch came from (CloudWatch sources are ``URI#logStream``)."""
+    where = batch.source if isinstance(batch.source, str) else batch.source[0].as_py()
+    return str(where).split("#", 1)[0]
 
 
 class EventBuffer:
@@ -130,9 +173,25 @@ class EventBuffer:
     def empty(self) -> bool:
         return not self._events and not self._quarantine
 
-    def add(self, batch: LineBatch) -> None:
-        """Normalize one batch and hold its events and quarantine rows."""
-        cluster = self.cluster or batch.cluster or DEFAULT_CLUSTER
+    def add(self, batch: LineBatch, fallback: ClusterGuess | None = None) -> None:
+        """Normalize one batch and hold its events and quarantine rows.
+
+        The cluster is the buffer's own, else the batch's (its log group), else
+        ``fallback``; with none of them a batch holding lines raises
+        :class:`ClusterUnknown` before anything of it is held.
+        """
+        cluster = ""
+        if len(batch.lines):  # quarantine rows carry no cluster: only events need one
+            cluster, origin = self._cluster_of(batch, fallback)
+            if cluster not in self.summary.clusters:
+                self.summary.clusters[cluster] = origin
+                if origin == "lake":
+                    log.info(
+                        "%s names no cluster and --cluster was not given: its events go to "
+                        "cluster %s, the only cluster in the lake",
+                        _source_name(batch),
+                        cluster,
+                    )
         self.summary.lines += len(batch.lines) + len(batch.rejected)
         self.summary.bytes += batch.nbytes
         self._bytes += batch.nbytes
@@ -158,6 +217,18 @@ class EventBuffer:
             s = self.summary
             s.first_event = lo if s.first_event is None else min(s.first_event, lo)
             s.last_event = hi if s.last_event is None else max(s.last_event, hi)
+
+    def _cluster_of(self, batch: LineBatch, fallback: ClusterGuess | None) -> tuple[str, str]:
+        """(name, origin): the buffer's own, else the batch's log group, else ``fallback``."""
+        if self.cluster:
+            return self.cluster, "flag"
+        if batch.cluster:
+            return batch.cluster, "log group"
+        if fallback is not None:
+            return fallback.name, fallback.origin
+        raise ClusterUnknown(
+            f"cannot tell which cluster {_source_name(batch)} is from: pass --cluster NAME"
+        )
 
     def add_messages(
         self,
@@ -236,9 +307,9 @@ class Ingestor:
     def buffered(self) -> int:
         return self.buffer.buffered
 
-    def add(self, batch: LineBatch) -> None:
+    def add(self, batch: LineBatch, fallback: ClusterGuess | None = None) -> None:
         """Normalize one batch and buffer it; flushes when the buffer is full."""
-        self.buffer.add(batch)
+        self.buffer.add(batch, fallback)
         if self.buffer.buffered >= self.flush_rows:
             self.flush()
 
@@ -318,11 +389,17 @@ def ingest_paths(
     An input that cannot be read is recorded in ``failed_inputs`` and the others go on;
     the caller decides the exit code. Damage inside an input (bad lines, a cut gzip) is
     quarantined with a reason and never stops the run.
+
+    Without ``cluster``, events are stored under the cluster their source names (log
+    group, path), else under the lake's only cluster; an input with neither raises
+    :class:`ClusterUnknown` (exit 2) before any of its events is written.
     """
     lake = Lake(lake) if isinstance(lake, str) else lake
     if cluster:
         safe_part(cluster, "cluster name")
     lake.require_root()
+    lake_clusters = [] if cluster else sorted(lake.clusters())
+    lake_guess = ClusterGuess(lake_clusters[0], "lake") if len(lake_clusters) == 1 else None
     started = time.monotonic()
     ingestor = Ingestor(lake, cluster=cluster, flush_rows=flush_rows, time_bounds=time_bounds)
     manifest = ObjectManifest(lake)
@@ -344,11 +421,19 @@ def ingest_paths(
                 summary.skipped_inputs += 1
                 continue
         summary.inputs += 1
+        fallback = lake_guess
+        if not cluster and (named := cluster_from_path(uri)):
+            fallback = ClusterGuess(safe_part(named, "cluster name"), "path")
         try:
             for batch in prefetched(read_batches(uri, fmt)):
-                ingestor.add(batch)
+                ingestor.add(batch, fallback)
                 if progress:
                     progress(summary, uri)
+        except ClusterUnknown as exc:
+            if len(lake_clusters) > 1:
+                held = ", ".join(lake_clusters[:5]) + (", ..." if len(lake_clusters) > 5 else "")
+                raise ClusterUnknown(f"{exc} (the lake holds clusters {held})") from None
+            raise
         except InputError as exc:
             summary.failed_inputs.append(str(exc))
             continue
@@ -368,9 +453,14 @@ def ingest_paths(
 def read_events(
     paths: list[str], *, cluster: str | None = None, fmt: str = "auto"
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Normalize small inputs in memory: (events, quarantine). For tests and `rules test`."""
+    """Normalize small inputs in memory: (events, quarantine). For tests and `rules test`.
+
+    Nothing is stored, so events whose cluster is not known are labelled ``default``.
+    """
     buffer = EventBuffer(cluster=cluster)
     for uri in expand_inputs(paths):
+        named = cluster_from_path(uri)
+        fallback = ClusterGuess(named or IN_MEMORY_CLUSTER, "path" if named else "memory")
         for batch in read_batches(uri, fmt):
-            buffer.add(batch)
+            buffer.add(batch, fallback)
     return buffer.take()

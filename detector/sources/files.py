@@ -53,6 +53,13 @@ _SUBSCRIPTION_KEY = re.compile(rb'\{\s*"(' + _SUBSCRIPTION_KEYS.encode() + rb')"
 _SUBSCRIPTION_START = re.compile(r'\{\s*"(' + _SUBSCRIPTION_KEYS + r')"')
 _PAGE_START = re.compile(r'\{\s*"(events|searchedLogStreams|nextToken)"')
 _EKS_GROUP = re.compile(r"^/aws/eks/([^/]+)/cluster$")
+#: An EKS cluster name (letters, digits, '-' and '_', starting with a letter or digit).
+_CLUSTER_NAME = r"([A-Za-z0-9][A-Za-z0-9._-]{0,99})"
+#: Path segments naming a cluster: ``aws/eks/<name>/`` (the EKS log group, as users often
+#: reuse it for an export-task prefix) or a ``cluster=<name>/`` partition folder.
+_PATH_CLUSTER = re.compile(
+    r"(?:^|/)aws/eks/" + _CLUSTER_NAME + r"(?=/)|(?:^|/)cluster=" + _CLUSTER_NAME + r"(?=/)"
+)
 BOM = b"\xef\xbb\xbf"
 #: Cap on the raw bytes a reader keeps of a rejected record (the quarantine caps again).
 RAW_KEEP = 65536
@@ -89,6 +96,22 @@ def cluster_from_log_group(group: object) -> str | None:
         return None
     match = _EKS_GROUP.match(group)
     return match.group(1) if match else None
+
+
+def cluster_from_path(uri: str) -> str | None:
+    """The cluster named by a path or S3 key, else None.
+
+    CloudWatch export tasks write ``<prefix>/<task-id>/<log-stream>/000000.gz``: the task
+    id and the EKS stream name (``kube-apiserver-audit-<hash>``) never name the cluster, and
+    the prefix is the user's choice, so only a recognisable part counts: an
+    ``aws/eks/<name>/`` run of segments or a ``cluster=<name>/`` folder. The one nearest the
+    file wins (``s3://b/cluster=a/aws/eks/b/x.gz`` -> ``b``).
+    """
+    path = strip_protocol(uri)
+    found = None
+    for match in _PATH_CLUSTER.finditer(path):
+        found = match.group(1) or match.group(2)
+    return found
 
 
 # --------------------------------------------------------------------------- opening
@@ -649,6 +672,7 @@ __all__ = [
     "InputNotFound",
     "LineBatch",
     "cluster_from_log_group",
+    "cluster_from_path",
     "expand_inputs",
     "is_s3",
     "object_identity",

@@ -9,7 +9,6 @@ import typer
 
 from detector.cli.options import (
     EXIT_RUNTIME,
-    ClusterOpt,
     FormatOpt,
     InputFormat,
     InputFormatOpt,
@@ -23,7 +22,20 @@ from detector.cli.options import (
     stdout,
 )
 from detector.events.normalize import TimeBounds
-from detector.pipeline.ingest import IngestSummary, ingest_paths
+from detector.pipeline.ingest import CLUSTER_ORIGINS, IngestSummary, ingest_paths
+
+#: Ingest's own --cluster: same flag and variable as elsewhere, but never a silent default.
+IngestClusterOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--cluster",
+        envvar="DETECT_CLUSTER",
+        help="Cluster the events are from. Without it: the EKS log group of Firehose records, "
+        "an aws/eks/NAME/ or cluster=NAME/ part of the path, else the lake's only cluster; "
+        "else exit 2.",
+        show_default=False,
+    ),
+]
 
 
 def ingest(
@@ -32,7 +44,7 @@ def ingest(
         typer.Argument(help="Files, folders or s3:// prefixes (plain or .gz).", show_default=False),
     ],
     lake: LakeOpt = "./lake",
-    cluster: ClusterOpt = None,
+    cluster: IngestClusterOpt = None,
     input_format: InputFormatOpt = InputFormat.auto,
     reprocess: Annotated[
         bool,
@@ -56,14 +68,20 @@ def ingest(
     stage), lines that cannot be read go to LAKE/quarantine/ with a reason, and S3 objects
     are remembered so the next run reads only new ones.
 
-    Exit codes: 0 done (even with quarantined lines), 2 bad arguments or a path that names
-    nothing (before anything is read), 3 an input could not be read.
+    The cluster is --cluster, else what the input says (the log group of Firehose records,
+    an aws/eks/NAME/ or cluster=NAME/ part of the path), else the lake's only cluster. With
+    none of these the run stops before writing that input's events: naming the same events
+    differently in two runs would store them twice.
+
+    Exit codes: 0 done (even with quarantined lines), 2 bad arguments, a path that names
+    nothing (before anything is read) or no way to tell the cluster, 3 an input could not
+    be read.
 
     Example:
 
     \b
         detect ingest /var/log/kubernetes/audit.log --lake ./lake --cluster prod
-        detect ingest s3://my-bucket/eks-audit-export/ --lake s3://audit-lake/prod
+        detect ingest s3://my-bucket/eks-audit-export/ --lake s3://audit-lake/prod --cluster prod
     """
     bounds = TimeBounds(earliest=earliest, max_future=max_future)
     interactive = progress_enabled() and output == OutputFormat.table
@@ -111,6 +129,8 @@ def render_summary(summary: IngestSummary, lake: str) -> None:
         ),
         markup=False,
     )
+    for name, origin in summary.clusters.items():
+        stdout.print(f"  cluster {name}: {CLUSTER_ORIGINS.get(origin, origin)}", markup=False)
     for reason, count in d["quarantine_reasons"].items():
         stdout.print(f"  quarantined: {count:,} x {reason}", markup=False)
 
