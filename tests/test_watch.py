@@ -91,7 +91,7 @@ def model_dir(sim, tmp_path_factory) -> str:
     a high alert rate so that this little traffic gives model findings."""
     root = tmp_path_factory.mktemp("watch-model")
     lake = Lake(str(root / "lake"))
-    events, _ = read_events([str(sim)])
+    events, _ = read_events([str(sim)], cluster="demo")
     lake.write_events(events)
     lo = events["event_time"].min()
     train_model(lake, lo, TRAINED_UNTIL, model_dir=str(root / "model"), alert_rate=0.1)
@@ -111,7 +111,9 @@ def replay_in_process(
     metrics = WatchMetrics()
     detector = StreamDetector(lake, model=(lambda: model) if model else None)
     alerter = StreamAlerter(lake, detector, sinks, metrics=metrics)
-    src = ReplaySource(lake, str(path), alerter.consume, metrics, speed=0, step=STEP)
+    src = ReplaySource(
+        lake, str(path), alerter.consume, metrics, speed=0, step=STEP, cluster="demo"
+    )
     Watcher([lambda: src], metrics, WatchOptions(once=True, poll=0.01)).run()
     return alerter, src
 
@@ -148,7 +150,7 @@ def test_stream_findings_equal_a_batch_score_and_a_late_event_reopens_its_window
     from detector.model.storage import Model
 
     model = Model.load(model_dir)
-    events, _ = read_events([str(sim)])
+    events, _ = read_events([str(sim)], cluster="demo")
     # The stream runs after the model's training range, as it does between nightly trainings.
     events = events.filter(pl.col("event_time") >= TRAINED_UNTIL)
     # Hold back one principal's requests in one window: they arrive after its grace.
@@ -251,6 +253,8 @@ def test_sigkill_at_chosen_moments_every_due_alert_arrives_once_per_key(sim, mod
             "--once",
             "--step",
             "10m",
+            "--cluster",
+            "demo",
             "--lake",
             str(tmp_path / "lake"),
             "--model-dir",
@@ -575,7 +579,7 @@ def test_a_newly_trained_model_is_picked_up_without_a_restart(sim, model_dir, tm
     assert first is not None and seen == [first.version]
     assert reloader() is first  # unchanged card: nothing reloaded
     lake = Lake(str(tmp_path / "lake"))
-    events, _ = read_events([str(sim)])
+    events, _ = read_events([str(sim)], cluster="demo")
     lake.write_events(events)
     lo, hi = events["event_time"].min(), events["event_time"].max()
     train_model(lake, lo, hi + timedelta(seconds=1), model_dir=str(live), seed=7)

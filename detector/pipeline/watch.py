@@ -44,8 +44,9 @@ from detector.errors import DetectError, RuntimeFailure, UsageError
 from detector.lake.events import Lake
 from detector.lake.state import CheckpointBusy, Lease, Owner, StateError, StateObject
 from detector.pipeline.export import DurableBatch, Exporter, ExportError, ExportOptions, from_ms
-from detector.pipeline.ingest import EventBuffer, read_events, write_to_lake
+from detector.pipeline.ingest import ClusterUnknown, EventBuffer, read_events, write_to_lake
 from detector.pipeline.watch_metrics import HealthServer, WatchMetrics
+from detector.sources.files import cluster_from_path
 from detector.sources.tail import FileTail, TailPosition
 from detector.storage import StorageError
 
@@ -72,6 +73,21 @@ def state_name(kind: str, key: str) -> tuple[str, ...]:
     slug = re.sub(r"[^A-Za-z0-9._-]+", ".", key)[-60:].strip("._-") or "source"
     digest = hashlib.sha1(key.encode()).hexdigest()[:8]
     return ("watch", kind, f"{slug}-{digest}.json")
+
+
+def cluster_for(lake: Lake, path: str, given: str | None) -> str:
+    """The cluster of a local file's events, as `detect ingest` decides it: ``--cluster``,
+    else an ``aws/eks/<name>/`` or ``cluster=<name>/`` part of the path, else the lake's
+    only cluster; never a silent default (a usage error says to pass ``--cluster``)."""
+    if given:
+        return given
+    named = cluster_from_path(path)
+    if named:
+        return named
+    clusters = lake.clusters()
+    if len(clusters) == 1:
+        return clusters[0]
+    raise ClusterUnknown(f"cannot tell which cluster {path} is from: pass --cluster NAME")
 
 
 class Source(Protocol):
@@ -128,9 +144,7 @@ class CloudWatchSource:
         try:
             obj = ex.checkpoint()
             data = obj.read().data
-            reason = Lease(obj, owner=self.owner, seconds=self.opts.lease_seconds).busy_reason(
-                data
-            )
+            reason = Lease(obj, owner=self.owner, seconds=self.opts.lease_seconds).busy_reason(data)
         except (StateError, StorageError) as exc:  # retried by the loop (exit 3 with --once)
             raise LakeUnavailable(f"lake: {exc}") from None
         if reason is not None:
@@ -254,6 +268,7 @@ class TailSource(_LeasedSource):
         self.tail: FileTail | None = None
 
     def start(self) -> None:
+        self.cluster = cluster_for(self.lake, self.path, self.cluster)
         super().start()
         pos = self.previous.get("position")
         self.tail = FileTail(self.path, TailPosition.from_dict(pos) if pos else None)
@@ -322,6 +337,7 @@ class ReplaySource(_LeasedSource):
         self._t0: tuple[float, int] | None = None
 
     def start(self) -> None:
+        self.cluster = cluster_for(self.lake, self.path, self.cluster)
         super().start()
         events, quarantine = read_events([self.path], cluster=self.cluster)
         self.events = events.sort("event_time").with_columns(

@@ -188,7 +188,7 @@ def watch(
     Example:
 
     \b
-        detect watch --replay audit.log --speed 60 --lake ./lake
+        detect watch --replay audit.log --cluster demo --speed 60 --lake ./lake
         detect watch --log-group /aws/eks/prod/cluster --lake s3://audit-lake/prod --port 9102
     """
     from detector.delivery.run import suppressions_for
