@@ -38,7 +38,7 @@ def _last_child_rss() -> float:
 
 
 def generate(out: Path, events: int, seed: int) -> Path:
-    from detector.simulate.traffic import write_simulation
+    from detector.simulate import write_simulation
 
     days = 2.0
     rate = events / (days * 86400)

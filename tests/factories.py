@@ -9,11 +9,12 @@ filter-log-events`` output, CloudWatch export-task objects, Firehose subscriptio
 
 from __future__ import annotations
 
-import gzip
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+
+from detector.sources import formats
 
 #: The default event time of :func:`make_event` (minute ``i % 60`` of this hour).
 BASE_TIME = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
@@ -98,6 +99,8 @@ def audit_message(
 
 
 # --------------------------------------------------------------------------- formats
+# The framing comes from detector.sources.formats, the module the readers and the simulator
+# use, so a test input is shaped exactly as the code under test expects it.
 def _text(message: dict[str, Any] | str | bytes) -> bytes:
     if isinstance(message, dict):
         return orjson.dumps(message)
@@ -106,37 +109,35 @@ def _text(message: dict[str, Any] | str | bytes) -> bytes:
 
 def ndjson(messages: list[dict[str, Any] | str | bytes], *, gz: bool = False) -> bytes:
     """An API server audit log: one message per line (gzip-compressed with ``gz``)."""
-    data = b"".join(_text(m) + b"\n" for m in messages)
-    return gzip.compress(data) if gz else data
+    data = formats.ndjson_text(_text(m) for m in messages)
+    return formats.gzip_bytes(data) if gz else data
 
 
 def cloudwatch_page(
     messages: list[dict[str, Any] | str], *, stream: str = AUDIT_STREAM, t0: int = 1795000000000
 ) -> dict[str, Any]:
     """``aws logs filter-log-events`` output holding ``messages``; eventIds are unique."""
-    return {
-        "events": [
-            {
-                "logStreamName": stream,
-                "timestamp": t0 + i,
-                "message": _text(m).decode("utf-8", "replace") if not isinstance(m, str) else m,
-                "ingestionTime": t0 + 1000 + i,
+    events = [
+        orjson.dumps(
+            formats.cloudwatch_event(
+                stream,
+                t0 + i,
+                _text(m).decode("utf-8", "replace") if not isinstance(m, str) else m,
+                t0 + 1000 + i,
                 # unique across pages, 56 digits like CloudWatch's
-                "eventId": str(37 * 10**54 + (t0 - 1795000000000 + i) * 10**3),
-            }
-            for i, m in enumerate(messages)
-        ],
-        "searchedLogStreams": [],
-    }
+                str(37 * 10**54 + (t0 - 1795000000000 + i) * 10**3),
+            )
+        )
+        for i, m in enumerate(messages)
+    ]
+    return orjson.loads(formats.cloudwatch_page(events, [], None))
 
 
 def export_task_object(messages: list[dict[str, Any] | str], *, t0: int = 1795000000000) -> bytes:
     """A CloudWatch export-task object: gzip of ``ISO-TIMESTAMP SPACE message`` lines."""
-    lines = [
-        f"{iso(t0 + i)[:23]}Z {m if isinstance(m, str) else _text(m).decode()}"
-        for i, m in enumerate(messages)
-    ]
-    return gzip.compress(("\n".join(lines) + "\n").encode())
+    return formats.gzip_bytes(
+        b"".join(formats.export_line(t0 + i, _text(m)) for i, m in enumerate(messages))
+    )
 
 
 def firehose_object(
@@ -150,27 +151,20 @@ def firehose_object(
 ) -> bytes:
     """A Firehose object from a CloudWatch subscription: a CONTROL_MESSAGE, then records of
     ``per_record`` log events, back to back with no newline (one gzip member here)."""
-    control = {
-        "messageType": "CONTROL_MESSAGE",
-        "logGroup": "",
-        "logStream": "",
-        "logEvents": [{"id": "", "timestamp": t0, "message": "CWL CONTROL MESSAGE: Checking"}],
-    }
-    records: list[dict[str, Any]] = [control]
     texts = [m if isinstance(m, str) else _text(m).decode() for m in messages]
     ids = ids or [f"evt-{i}" for i in range(len(texts))]
+    records = [formats.control_record(t0)]
     for start in range(0, len(texts), per_record):
         records.append(
-            {
-                "messageType": "DATA_MESSAGE",
-                "owner": "111122223333",
-                "logGroup": group,
-                "logStream": stream,
-                "subscriptionFilters": ["to-firehose"],
-                "logEvents": [
-                    {"id": ids[start + j], "timestamp": t0 + start + j, "message": text}
+            formats.subscription_record(
+                "111122223333",
+                group,
+                stream,
+                ["to-firehose"],
+                (
+                    (ids[start + j], t0 + start + j, text)
                     for j, text in enumerate(texts[start : start + per_record])
-                ],
-            }
+                ),
+            )
         )
-    return gzip.compress(b"".join(orjson.dumps(r) for r in records))
+    return formats.firehose_object(records, member_per_record=False)

@@ -20,7 +20,7 @@ from detector.detect.evaluate import (
 )
 from detector.lake.events import Lake
 from detector.pipeline.ingest import ingest_paths
-from detector.simulate.traffic import write_simulation
+from detector.simulate import write_simulation
 
 END = datetime(2026, 11, 20, tzinfo=UTC)
 CUT = END - timedelta(days=1)

@@ -27,7 +27,7 @@ from detector.model.storage import (
     ModelError,
     ModelNotFound,
 )
-from detector.simulate.traffic import simulate
+from detector.simulate import simulate
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
 CUT = START + timedelta(days=2)

@@ -19,7 +19,7 @@ from detector.lake import findings as store
 from detector.lake.events import Lake
 from detector.lake.findings_schema import SEVERITIES
 from detector.model.storage import Model
-from detector.simulate.traffic import simulate
+from detector.simulate import simulate
 
 END = datetime(2026, 11, 20, tzinfo=UTC)
 START = END - timedelta(days=2)
@@ -352,3 +352,39 @@ def test_cli_strict_flags(sim_lake, model_dir):
         ],
     )
     assert res.exit_code == 2 and "only 3 hours" in res.stderr, res.output
+
+
+def test_retrain_leaves_out_alerted_windows_until_judged_benign(sim_lake, tmp_path):
+    """The nightly retrain must not learn an attack it alerted on as normal (issue 15)."""
+    import shutil
+
+    from detector.detect.scan import lake_windows
+    from detector.detect.train import alerted_windows
+    from detector.features import DEFAULT_WINDOW
+    from detector.lake.incidents import write_status
+
+    lake = Lake(str(shutil.copytree(sim_lake[0], tmp_path / "lake")))  # findings are written
+    rules = score_range(lake, CUT, END, model=None, options=ScoreOptions(use_model=False))
+    alerts = rules.findings.filter(pl.col("severity") != "info")
+    assert alerts.height > 0
+    full = lake_windows(lake, START, END, window=DEFAULT_WINDOW).height
+    left_out = train_model(lake, START, END, model_dir=None).training["windows"]
+    assert left_out < full
+    # an analyst judges every alert benign: the same retrain now learns from all windows
+    write_status(
+        lake,
+        [
+            {
+                "finding_id": r["finding_id"],
+                "window_start": r["window_start"],
+                "incident_id": None,
+                "status": "resolved",
+                "suppression": None,
+                "status_reason": "benign: expected for this test",
+                "updated_at": END,
+            }
+            for r in alerts.iter_rows(named=True)
+        ],
+    )
+    assert alerted_windows(lake, START, END).is_empty()
+    assert train_model(lake, START, END, model_dir=None).training["windows"] == full

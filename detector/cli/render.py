@@ -118,3 +118,25 @@ def render_findings(
     for r in rows:
         table.add_row(*r[:5], escape(r[5]), escape(r[6]))
     out.print(table)
+
+
+def render_incidents(df: pl.DataFrame, *, title: str | None = None) -> None:
+    """One line per incident: what reaches people, most severe first (``detect incidents``)."""
+    if df.is_empty():
+        stdout.print("no incidents", markup=False)
+        return
+    table = Table(title=title, box=None, pad_edge=False, header_style="bold", title_justify="left")
+    for col in ("id", "severity", "status", "first seen (UTC)", "findings", "principal", "title"):
+        table.add_column(col, no_wrap=True, overflow="ellipsis", max_width=72)
+    for r in df.iter_rows(named=True):
+        who = r["key"] if r["key_kind"] == "source_ip" else short_principal(r["principal"])
+        table.add_row(
+            r["incident_id"],
+            f"[{SEVERITY_STYLE.get(r['severity'], '')}]{r['severity']}[/]",
+            r["status"] + (f" ({r['suppression']})" if r["suppression"] else ""),
+            f"{r['first_seen']:%m-%d %H:%M}",
+            str(len(r["finding_ids"])),
+            escape(who or "-"),
+            escape(r["title"] or ""),
+        )
+    wide_console().print(table)

@@ -9,6 +9,7 @@ mean much (issue: a model trained on two days of a fourteen-day request says not
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -161,6 +162,58 @@ def _human(d: timedelta) -> str:
     return f"{hours:.0f} hours" if hours >= 1 else f"{d.total_seconds() / 60:.0f} minutes"
 
 
+#: A finding's status that says "reviewed: this was expected": its windows may be learnt.
+BENIGN_PREFIX = "benign"
+
+
+def alerted_windows(lake: Lake, start: datetime, end: datetime) -> pl.DataFrame:
+    """(cluster, principal, window_start, window_end) of alerts not judged benign.
+
+    An alert (severity low or more) in the training range stays out of the baseline unless
+    an analyst said it was expected: its finding is ``suppressed`` (a suppression is that
+    statement, kept in git), or ``resolved`` with a reason starting ``benign``
+    (``detect findings resolve ID --benign``). Otherwise the nightly retrain would learn
+    last night's attack as normal.
+    """
+    from detector.lake.findings import list_findings
+    from detector.lake.incidents import read_status
+
+    found = list_findings(lake, since=start, until=end, min_severity="low")
+    if found.is_empty():
+        return found.select("cluster", "principal", "window_start", "window_end")
+    status = read_status(lake, since=start)
+    judged = status.filter(
+        (pl.col("status") == "suppressed")
+        | (
+            (pl.col("status") == "resolved")
+            & pl.col("status_reason")
+            .fill_null("")
+            .str.to_lowercase()
+            .str.starts_with(BENIGN_PREFIX)
+        )
+    ).select("finding_id")
+    return (
+        found.join(judged, on="finding_id", how="anti")
+        .select("cluster", "principal", "window_start", "window_end")
+        .unique()
+    )
+
+
+def without_alerted(windows: pl.DataFrame, alerted: pl.DataFrame) -> pl.DataFrame:
+    """Training window rows minus those overlapping an alert of the same principal."""
+    if alerted.is_empty() or windows.is_empty():
+        return windows
+    keys = ["cluster", "principal"]
+    hit = (
+        windows.select(*keys, "window_start", "window_end")
+        .join(alerted.rename({"window_start": "_as", "window_end": "_ae"}), on=keys, how="inner")
+        .filter((pl.col("window_start") < pl.col("_ae")) & (pl.col("window_end") > pl.col("_as")))
+        .select(*keys, "window_start")
+        .unique()
+    )
+    return windows.join(hit, on=[*keys, "window_start"], how="anti")
+
+
 @dataclass
 class TrainResult:
     model: Model
@@ -187,11 +240,15 @@ def train_model(
     Thin-baseline warnings are appended to ``warnings`` (when given) and logged; with
     ``strict`` they raise :class:`ThinBaseline` before anything is saved.
     """
-    import logging
-
     check_window(window)
     start, end = align(start, end, window)
     windows = lake_windows(lake, start, end, window=window, cluster=cluster, progress=progress)
+    kept = without_alerted(windows, alerted_windows(lake, start, end))
+    if kept.height < windows.height:
+        logging.getLogger(__name__).info(
+            "left out %d window(s) alerted on and not judged benign", windows.height - kept.height
+        )
+        windows = kept
     thin = baseline_warnings(windows, start, end, window=window)
     if thin and strict:
         raise ThinBaseline(f"{thin[0]} (--strict)")

@@ -33,26 +33,25 @@ from fsspec.implementations.local import LocalFileSystem
 
 from detector.errors import EXIT_USAGE, RuntimeFailure
 from detector.events.normalize import MAX_LINE_BYTES
+from detector.sources import formats
+from detector.sources.formats import AUTO, CLOUDWATCH_JSON, EXPORT_GZ, FIREHOSE, NDJSON
 from detector.storage import Location, filesystem, full_uri, is_s3, strip_protocol
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("auto", "ndjson", "cloudwatch-json", "export-gz", "firehose")
+#: What ``--input-format`` accepts: the four formats (:mod:`detector.sources.formats`) or auto.
+FORMATS = (AUTO, *formats.INPUT_FORMATS)
 
 #: Bytes of input per batch: big enough for polars to parse at full speed, small enough
 #: that a batch and its parsed columns stay well under a few hundred MB.
 BATCH_BYTES = 48 * 1024 * 1024
 
-_ISO_PREFIX = re.compile(rb"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:?\d{2}) ")
-#: Top-level keys of a CloudWatch Logs subscription record, in whatever order a producer
-#: wrote them (CloudWatch puts messageType first; other writers, moto's included, do not).
-_SUBSCRIPTION_KEYS = (
-    "messageType|owner|logGroup|logStream|subscriptionFilters|logEvents|policyLevel"
-)
-_SUBSCRIPTION_KEY = re.compile(rb'\{\s*"(' + _SUBSCRIPTION_KEYS.encode() + rb')"')
-_SUBSCRIPTION_START = re.compile(r'\{\s*"(' + _SUBSCRIPTION_KEYS + r')"')
-_PAGE_START = re.compile(r'\{\s*"(events|searchedLogStreams|nextToken)"')
-_EKS_GROUP = re.compile(r"^/aws/eks/([^/]+)/cluster$")
+# The shapes each format is recognised by live next to their writers in formats.py.
+_ISO_PREFIX = formats.EXPORT_PREFIX
+_SUBSCRIPTION_KEY = formats.SUBSCRIPTION_START_BYTES
+_SUBSCRIPTION_START = formats.SUBSCRIPTION_START
+_PAGE_START = formats.PAGE_START
+_EKS_GROUP = formats.EKS_LOG_GROUP_PATTERN
 #: An EKS cluster name (letters, digits, '-' and '_', starting with a letter or digit).
 _CLUSTER_NAME = r"([A-Za-z0-9][A-Za-z0-9._-]{0,99})"
 #: Path segments naming a cluster: ``aws/eks/<name>/`` (the EKS log group, as users often
@@ -277,18 +276,18 @@ def sniff_format(head: bytes) -> str:
     """Guess the format from the first bytes of the (decompressed) content."""
     text = head.lstrip()
     if not text:
-        return "ndjson"
+        return NDJSON
     if _ISO_PREFIX.match(text):
-        return "export-gz"
+        return EXPORT_GZ
     if text.startswith(b"{"):
         first = text[:4096]
         if _SUBSCRIPTION_KEY.match(first):
-            return "firehose"
-        if re.match(rb'\{\s*"(events|searchedLogStreams|nextToken)"', first) or (
+            return FIREHOSE
+        if formats.PAGE_START_BYTES.match(first) or (
             b"\n" in text and text.split(b"\n", 1)[0].strip() == b"{"
         ):
-            return "cloudwatch-json"
-    return "ndjson"
+            return CLOUDWATCH_JSON
+    return NDJSON
 
 
 # --------------------------------------------------------------------------- line splitting
@@ -403,7 +402,7 @@ def _ndjson_batches(
 
 def _strip_export_timestamp(lines: pa.Array) -> pa.Array:
     """``2026-11-27T10:00:00.000Z {...}`` -> ``{...}``; lines without the prefix unchanged."""
-    parts = pc.split_pattern(lines, pattern=b" ", max_splits=1)
+    parts = pc.split_pattern(lines, pattern=formats.EXPORT_SEPARATOR, max_splits=1)
     has_two = pc.equal(pc.list_value_length(parts), 2)
     first = pc.list_element(parts, 0)
     looks_like_ts = pc.and_(
@@ -553,7 +552,7 @@ def _firehose_batches(uri: str, stream: BinaryIO) -> Iterator[LineBatch]:
             reason = f"invalid Firehose record: {error or 'not a JSON object'}"
             rejected.append((uri, f"record {record_no}", reason, raw))
             continue
-        if record.get("messageType") == "CONTROL_MESSAGE":
+        if record.get("messageType") == formats.CONTROL_MESSAGE:
             continue
         log_events = record.get("logEvents")
         if not isinstance(log_events, list):
@@ -593,7 +592,7 @@ def _flush_firehose(uri, pending, cluster, rejected) -> LineBatch:  # type: igno
     return batch
 
 
-def read_batches(uri: str, fmt: str = "auto") -> Iterator[LineBatch]:
+def read_batches(uri: str, fmt: str = AUTO) -> Iterator[LineBatch]:
     """Batches of raw audit messages from one file or object.
 
     A UTF-8 byte-order mark at the start is dropped (editors on Windows write one; it is
@@ -612,15 +611,13 @@ def read_batches(uri: str, fmt: str = "auto") -> Iterator[LineBatch]:
         head = stream.read(65536)
         if head.startswith(BOM):
             head = head[len(BOM) :]
-        if fmt == "auto":
+        if fmt == AUTO:
             fmt = sniff_format(head)
         stream = _Prefixed(head, raw)  # type: ignore[assignment]
-        if fmt in ("ndjson", "export-gz"):
-            yield from _ndjson_batches(
-                uri, stream, strip_timestamp=fmt == "export-gz", damage=damage
-            )
+        if fmt in (NDJSON, EXPORT_GZ):
+            yield from _ndjson_batches(uri, stream, strip_timestamp=fmt == EXPORT_GZ, damage=damage)
             return
-        if fmt == "cloudwatch-json":
+        if fmt == CLOUDWATCH_JSON:
             yield from _cloudwatch_json_batches(uri, stream)
         else:
             yield from _firehose_batches(uri, stream)

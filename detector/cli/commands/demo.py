@@ -18,7 +18,7 @@ from detector.cli.options import (
     stderr,
     stdout,
 )
-from detector.cli.render import render_findings, short_principal, wide_console
+from detector.cli.render import render_findings, render_incidents, short_principal, wide_console
 from detector.errors import UsageError
 
 DEMO_MARKER = "_state/demo.json"
@@ -54,7 +54,7 @@ def demo(
     from detector.lake.events import Lake
     from detector.lake.overview import lake_overview
     from detector.pipeline.ingest import ingest_paths
-    from detector.simulate.traffic import write_simulation
+    from detector.simulate import write_simulation
 
     root = Path(lake)
     for path, flag in ((root, "--lake"), (workdir, "--workdir")):
@@ -167,9 +167,11 @@ def train_and_score(
     """
     import polars as pl
 
+    from detector.delivery.run import after_score
     from detector.detect.score import score_range
     from detector.detect.train import train_model
     from detector.lake.findings import sort_findings
+    from detector.lake.incidents import read_incidents
 
     day_start = end - timedelta(days=1)
     with progress_status("training"):
@@ -190,7 +192,26 @@ def train_and_score(
         f"4/4 scored the last day (model and {result.rules}): {alerts.height} alert(s), "
         f"{last_hour.height} in the last hour; findings -> {lake.uri}/findings/",
     )
+    # What reaches people: the findings of one principal grouped into incidents, as
+    # `detect score` does before delivery (no sinks in the demo: nothing leaves the machine).
+    after_score(
+        lake,
+        result.findings,
+        result.events,
+        sink_configs=[],
+        suppressions_path=None,
+        deliver_alerts=False,
+    )
+    incidents = read_incidents(lake, since=day_start).filter(
+        (pl.col("last_seen") >= day_start) & (pl.col("severity") != "info")
+    )
+    say(
+        output,
+        f"   {incidents.height} incident(s) group those alerts by principal: what a sink "
+        "(Slack, webhook, SNS, EventBridge, Security Hub, OCSF) would receive",
+    )
     if output == OutputFormat.table:
+        render_incidents(incidents, title="incidents, last day")
         render_findings(
             findings,
             title="alerts, last day",
@@ -200,6 +221,7 @@ def train_and_score(
     return {
         "model_version": card.get("model_version"),
         "findings": findings.to_dicts(),
+        "incidents": incidents.drop("timeline").to_dicts(),
         "alerts_last_hour": last_hour.height,
     }
 

@@ -210,6 +210,14 @@ def resolve(
     finding_id: _IdArg,
     lake: LakeOpt = "./lake",
     reason: _ReasonOpt = None,
+    benign: Annotated[
+        bool,
+        typer.Option(
+            "--benign",
+            help="It was expected: the nightly retrain may learn its windows as normal "
+            "(alerts not judged benign stay out of the baseline).",
+        ),
+    ] = False,
     output: FormatOpt = OutputFormat.table,
 ) -> None:
     """Resolve a finding; its incident resolves once all its findings are resolved.
@@ -217,8 +225,10 @@ def resolve(
     Example:
 
     \b
-        detect findings resolve 3f9c0a --lake ./lake --reason "expected: migration job"
+        detect findings resolve 3f9c0a --lake ./lake --benign --reason "migration job"
     """
+    if benign:
+        reason = f"benign: {reason}" if reason else "benign"
     _set_status(finding_id, lake, "resolved", reason, output)
 
 

@@ -7,8 +7,6 @@ from enum import StrEnum
 from typing import Annotated
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
 from detector.cli.options import (
     FormatOpt,
@@ -20,6 +18,7 @@ from detector.cli.options import (
     emit_json,
     stdout,
 )
+from detector.cli.render import render_incidents
 from detector.errors import UsageError
 from detector.incidents.status import STATUSES
 from detector.lake.findings_schema import SEVERITIES
@@ -75,26 +74,7 @@ def list_cmd(
     if output == OutputFormat.json:
         emit_json(df.drop("timeline").to_dicts())
         return
-    if df.is_empty():
-        stdout.print("no incidents", markup=False)
-        return
-    from detector.cli.render import SEVERITY_STYLE, short_principal, wide_console
-
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for col in ("id", "severity", "status", "first seen (UTC)", "findings", "principal", "title"):
-        table.add_column(col, no_wrap=True, overflow="ellipsis", max_width=72)
-    for r in df.iter_rows(named=True):
-        who = r["key"] if r["key_kind"] == "source_ip" else short_principal(r["principal"])
-        table.add_row(
-            r["incident_id"],
-            f"[{SEVERITY_STYLE.get(r['severity'], '')}]{r['severity']}[/]",
-            r["status"] + (f" ({r['suppression']})" if r["suppression"] else ""),
-            f"{r['first_seen']:%m-%d %H:%M}",
-            str(len(r["finding_ids"])),
-            escape(who or "-"),
-            escape(r["title"] or ""),
-        )
-    wide_console().print(table)
+    render_incidents(df)
 
 
 @incidents_app.command("show")

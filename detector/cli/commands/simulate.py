@@ -64,7 +64,7 @@ def simulate(
         detect simulate --out ./sim --days 2 --rate 2 --seed 7
         detect ingest ./sim/audit.log --lake ./lake --cluster demo
     """
-    from detector.simulate.traffic import FORMATS, write_simulation
+    from detector.simulate import FORMATS, write_simulation
 
     formats = [f.value for f in input_formats or [InputFormat.ndjson]]
     if InputFormat.auto.value in formats:
