@@ -7,7 +7,14 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["bench_ingest.py", "bench_export.py", "bench_score.py", "bench_watch.py"]
+BENCHES = [
+    "bench_ingest.py",
+    "bench_export.py",
+    "bench_score.py",
+    "rules_speed.py",
+    "bench_compact.py",
+    "bench_watch.py",
+]
 
 if __name__ == "__main__":
     failed = []
