@@ -86,6 +86,8 @@ class ScoreOptions:
     write: bool = True
     strict: bool = False
     now: datetime | None = None
+    #: a rule set loaded once by the caller (``detect watch`` per batch); None: load it here
+    ruleset: Any = None
 
 
 @dataclass
@@ -153,7 +155,7 @@ def score_range(
     )
     start, end = align(start, end, window)
     result = ScoreResult(start=start, end=end, findings=empty_findings(), events=_no_events())
-    ruleset = load_rules(opts) if opts.use_rules else None
+    ruleset = (opts.ruleset or load_rules(opts)) if opts.use_rules else None
 
     parts = lake.partitions(start, end, cluster=opts.cluster)
     frame = read_range(
