@@ -13,6 +13,7 @@ BENCHES = [
     "bench_score.py",
     "rules_speed.py",
     "bench_compact.py",
+    "bench_watch.py",
     "bench_e2e.py",
 ]
 

@@ -159,7 +159,7 @@ def test_show_table_output(cwd):
     ("toml", "message"),
     [
         ('lake = "s3://x"\nlaek = "y"\n', "unknown key 'laek'"),
-        ('latency = "5m"\n', "'latency'; it is an option of export: put it under [export]"),
+        ('latency = "5m"\n', "'latency'; it is an option of export, watch: put it under [export]"),
         ('[exprt]\nlatency = "5m"\n', "unknown table [exprt]"),
         ('[export]\nlatncy = "5m"\n', "detect.toml [export]: unknown key 'latncy'"),
         ('[export]\nrate = "fast"\n', "[export]: rate = 'fast': Input should be a valid number"),

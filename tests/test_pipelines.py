@@ -248,7 +248,7 @@ def test_expected_resources_are_there():
         ("ConfigMap", "audit-detector-config"),
         ("CronJob", "audit-detector-hourly"),
         ("CronJob", "audit-detector-retrain"),
-        ("Deployment", "audit-detector-export"),
+        ("Deployment", "audit-detector-watch"),
         ("Namespace", "audit-detector"),
         ("ServiceAccount", "audit-detector"),
     ]
@@ -277,7 +277,7 @@ def test_pods_are_locked_down(name, template):
         assert mounts["/etc/detect"] == "config"
 
 
-def test_cronjobs_do_not_overlap_and_deployment_is_a_single_exporter():
+def test_cronjobs_do_not_overlap_and_deployment_runs_watch_with_probes():
     docs = {doc["metadata"]["name"]: doc for _, doc in manifests()}
     for name in ("audit-detector-hourly", "audit-detector-retrain"):
         spec = docs[name]["spec"]
@@ -286,10 +286,17 @@ def test_cronjobs_do_not_overlap_and_deployment_is_a_single_exporter():
         assert spec["jobTemplate"]["spec"]["backoffLimit"] >= 1
     hourly = docs["audit-detector-hourly"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     assert hourly["containers"][0]["command"] == ["detect-hourly"]
-    deployment = docs["audit-detector-export"]["spec"]
-    assert deployment["replicas"] == 1 and deployment["strategy"]["type"] == "Recreate"
-    args = deployment["template"]["spec"]["containers"][0]["args"]
-    assert args[:2] == ["export", "--follow"]
+    deployment = docs["audit-detector-watch"]["spec"]
+    # a leader and a standby (one lease per log group); Recreate: a new pod never waits
+    # behind an old leader for readiness
+    assert deployment["replicas"] == 2 and deployment["strategy"]["type"] == "Recreate"
+    (container,) = deployment["template"]["spec"]["containers"]
+    args = container["args"]
+    assert "watch" in args
+    port = int(args[args.index("--port") + 1])
+    assert container["ports"][0]["containerPort"] == port
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
 
 
 def test_irsa_service_account_and_policies():

@@ -154,6 +154,7 @@ COMMAND_MODULES = (
     "simulate",
     "ingest",
     "export",
+    "watch",
     "train",
     "score",
     "findings",

@@ -88,6 +88,8 @@ class ScoreOptions:
     write: bool = True
     strict: bool = False
     now: datetime | None = None
+    #: a rule set loaded once by the caller (``detect watch`` per batch); None: load it here
+    ruleset: Any = None
 
 
 @dataclass
@@ -161,7 +163,7 @@ def score_range(
     )
     start, end = align(start, end, window)
     result = ScoreResult(start=start, end=end, findings=empty_findings(), events=_no_events())
-    ruleset = load_rules(opts) if opts.use_rules else None
+    ruleset = (opts.ruleset or load_rules(opts)) if opts.use_rules else None
 
     local = is_local(executor)
     columns = frame_columns(ruleset, use_model=opts.use_model)

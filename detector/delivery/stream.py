@@ -1,0 +1,139 @@
+"""The stream's consumer: findings of each durable batch -> incidents -> sinks, exactly once.
+
+``detect watch`` hands every batch that is durable in the lake to :meth:`StreamAlerter.consume`
+(through the export loop's after-write hook, or the tail/replay loop). It returns the new
+checkpoint payload: the stream detector's open windows and the delivery state (which
+incident version reached which sink). The caller stores it with the stream position in one
+conditional write, so after a SIGKILL the batches after the checkpoint are processed again
+with the payload as it was: an alert recorded as sent is never sent again, and one sent but
+not yet recorded (a crash in between) is sent again with the same idempotency key
+(``<incident_id>:v<version>``, docs/alerts.md).
+
+Why this lives in ``delivery`` and not in ``pipeline``: it needs the detectors, the incident
+workflow and the sinks, all above the pipeline layer; the pipeline's watch loop receives it
+as a plain callable (dependency injection) and stays below them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import polars as pl
+
+from detector.delivery import sinks as sink_mod
+from detector.delivery.config import SinkConfig
+from detector.delivery.deliver import DeliveryReport, deliver
+from detector.delivery.records import DeliveryState, write_dead_letters
+from detector.delivery.run import _build, pending
+from detector.detect.stream import StreamDetector, StreamState
+from detector.incidents import suppress, workflow
+from detector.incidents.group import DEFAULT_HORIZON
+from detector.lake.events import Lake
+from detector.pipeline.watch_metrics import WatchMetrics
+
+log = logging.getLogger(__name__)
+
+#: How often (stream clock) incidents not in a batch are re-checked for deliveries that
+#: are due (throttled updates, a sink that was down).
+PENDING_EVERY = timedelta(minutes=1)
+
+
+@dataclass
+class ConsumeResult:
+    findings: int = 0
+    sent: list[dict[str, Any]] = field(default_factory=list)
+    failed: int = 0
+    model_windows: int = 0
+    late_windows: int = 0  # closed windows scored again because late events arrived
+
+
+class StreamAlerter:
+    """Detect, group and deliver one batch; state in and out as the checkpoint payload."""
+
+    def __init__(
+        self,
+        lake: Lake,
+        detector: StreamDetector,
+        sink_configs: list[SinkConfig],
+        *,
+        suppressions: list[suppress.Suppression] | None = None,
+        horizon: timedelta = DEFAULT_HORIZON,
+        metrics: WatchMetrics | None = None,
+        sink_kw: dict[str, Any] | None = None,
+    ) -> None:
+        self.lake = lake
+        self.detector = detector
+        self.sink_configs = [c for c in sink_configs if c.enabled]
+        self.suppressions = suppressions or []
+        self.horizon = horizon
+        self.metrics = metrics
+        self.sink_kw = sink_kw or {}
+        self._pending_at: datetime | None = None
+        self.last: ConsumeResult = ConsumeResult()
+
+    def consume(
+        self, events: pl.DataFrame, now: datetime, payload: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """Findings due for this batch, incidents, deliveries; returns the new payload."""
+        payload = payload or {}
+        state = StreamState.from_dict(payload.get("detect"))
+        delivery = DeliveryState.from_dict(payload.get("delivery"))
+        started = time.monotonic()
+        found = self.detector.process(events, now, state)
+        out = ConsumeResult(
+            findings=found.findings.height,
+            model_windows=found.model_windows,
+            late_windows=found.late_windows,
+        )
+        candidates = {}
+        if found.findings.height:
+            res = workflow.update(
+                self.lake,
+                found.findings,
+                found.events,
+                suppressions=self.suppressions,
+                horizon=self.horizon,
+                now=now,
+            )
+            candidates = {i.incident_id: i for i in res.incidents}
+            if self.metrics is not None:
+                self.metrics.count_findings(found.findings)
+        if self.sink_configs and (
+            self._pending_at is None or now - self._pending_at >= PENDING_EVERY
+        ):
+            self._pending_at = now
+            for inc in pending(self.lake, now):
+                candidates.setdefault(inc.incident_id, inc)
+        if candidates and self.sink_configs:
+            report = self._deliver(list(candidates.values()), delivery, now)
+            delivery = report.state
+            out.sent, out.failed = report.sent, len(report.dead_letters)
+        self.last = out
+        if self.metrics is not None:
+            self.metrics.batch_seconds.observe(time.monotonic() - started)
+        return {"detect": state.to_dict(), "delivery": delivery.to_dict()}
+
+    def _deliver(self, incidents: list, state: DeliveryState, now: datetime) -> DeliveryReport:
+        built: list[sink_mod.Sink] = [_build(c, dict(self.sink_kw)) for c in self.sink_configs]
+        report = deliver(incidents, built, state, now=now, lake=self.lake.uri)
+        write_dead_letters(self.lake, report.dead_letters, now)
+        if self.metrics is not None:
+            sev = {i.incident_id: i.severity for i in incidents}
+            for s in report.sent:
+                self.metrics.alerts_sent.labels(
+                    severity=sev.get(s["incident_id"], "unknown"), sink=s["sink"]
+                ).inc()
+            for d in report.dead_letters:
+                self.metrics.delivery_failures.labels(sink=d["sink"]).inc()
+        for s in report.sent:
+            log.info(
+                "alert %s v%d sent to %s (%s)", s["incident_id"], s["version"], s["sink"], s["kind"]
+            )
+        return report
+
+
+__all__ = ["StreamAlerter"]

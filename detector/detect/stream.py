@@ -1,0 +1,286 @@
+"""Streaming detection: the batch detectors, run per batch as events land in the lake.
+
+Why it reuses :func:`detector.detect.score.score_range` instead of keeping counters in
+memory: a finding is defined by what the lake holds for its window, so re-evaluating the
+touched windows from the lake gives *the* answer a batch ``detect score`` gives over the
+same range (the equality is tested), survives restarts without any detector state of its
+own, and needs no second implementation of any rule.
+
+- **Rules** (single-event and threshold) run on every batch over the windows the batch
+  touched. A window's finding id is fixed by (rule, principal, window), so the first event
+  opens the finding and later ones rewrite the same finding (count, audit IDs); a
+  threshold rule's finding appears in the batch that crosses its threshold.
+- **Model**: a principal's window is scored once the stream clock passes its end plus the
+  lateness ``grace`` (default 2 minutes). A batch that brings events into a window already
+  scored (later than the grace) re-scores that window once, so the lake converges to what
+  a batch run over the range says.
+
+State kept between batches (:class:`StreamState`, JSON in the export checkpoint): the
+windows seen but not yet model-scored. Nothing else: everything else is in the lake.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import polars as pl
+
+from detector.detect.score import (
+    NOVELTY_MEMORY,
+    ScoreOptions,
+    ScoreResult,
+    load_rules,
+    score_range,
+)
+from detector.features.windows import DEFAULT_WINDOW
+from detector.lake import findings as findings_store
+from detector.lake.events import Lake
+from detector.lake.findings_schema import FINDINGS_EVENTS_COLUMNS, empty_findings
+from detector.model.storage import Model
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GRACE = timedelta(minutes=2)
+#: Open windows kept in the state at most (oldest scored first when exceeded): bounds the
+#: checkpoint however far the stream falls behind.
+MAX_OPEN_WINDOWS = 10_000
+
+
+@dataclass
+class StreamState:
+    """Windows (start, epoch ms) with events whose model scoring is still due."""
+
+    open_windows: set[int] = field(default_factory=set)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": 1, "open_windows": sorted(self.open_windows)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> StreamState:
+        if not data:
+            return cls()
+        return cls(open_windows={int(x) for x in data.get("open_windows") or []})
+
+
+@dataclass
+class StreamResult:
+    """What one batch produced: findings (rules and model) and their events."""
+
+    findings: pl.DataFrame
+    events: pl.DataFrame
+    rule_windows: int = 0
+    model_windows: int = 0
+    late_windows: int = 0
+
+    @classmethod
+    def empty(cls) -> StreamResult:
+        return cls(empty_findings(), pl.DataFrame(schema=FINDINGS_EVENTS_COLUMNS))
+
+
+ModelSource = Callable[[], "Model | None"]
+
+
+class StreamDetector:
+    """Rules on every batch, the model on windows as they close (see the module doc)."""
+
+    def __init__(
+        self,
+        lake: Lake,
+        *,
+        model: ModelSource | None = None,
+        use_rules: bool = True,
+        rule_files: list[str] | None = None,
+        disabled_rules: list[str] | None = None,
+        grace: timedelta = DEFAULT_GRACE,
+        window: timedelta | None = None,
+        cluster: str | None = None,
+    ) -> None:
+        self.lake = lake
+        self.model = model or (lambda: None)
+        self.use_rules = use_rules
+        self.rule_files = rule_files
+        self.disabled_rules = disabled_rules
+        self.grace = grace
+        self._window = window
+        self.cluster = cluster
+        self._ruleset: Any = None
+
+    def window(self) -> timedelta:
+        m = self.model()
+        return m.window if m is not None else (self._window or DEFAULT_WINDOW)
+
+    def process(self, events: pl.DataFrame, now: datetime, state: StreamState) -> StreamResult:
+        """Findings due now for a batch durable in the lake (``events`` may be empty: a tick).
+
+        ``now`` is the stream clock: every event stamped before it that will ever arrive
+        in time has arrived (the export watermark, the tail's wall clock, the replay clock).
+        """
+        result = StreamResult.empty()
+        w = self.window()
+        w_ms = int(w.total_seconds() * 1000)
+        touched = _window_starts(events, w_ms)
+        frames: list[ScoreResult] = []
+        if self.use_rules and touched:
+            for lo, hi in _spans(touched, w_ms):
+                frames.append(self._score(lo, hi, use_model=False))
+                result.rule_windows += (hi - lo) // w_ms
+        model = self.model()
+        if model is not None:
+            close_ms = _ms(now) - int(self.grace.total_seconds() * 1000)
+            late = {ws for ws in touched if ws + w_ms <= close_ms}
+            state.open_windows |= set(touched) - late
+            due = {ws for ws in state.open_windows if ws + w_ms <= close_ms} | late
+            if len(state.open_windows) > MAX_OPEN_WINDOWS:
+                due |= set(sorted(state.open_windows)[: -MAX_OPEN_WINDOWS // 2])
+            if due:
+                lo = min(due)
+                hi = max(due) + w_ms
+                if late:  # later windows' novelty may change too: rewrite up to the close
+                    hi = max(hi, close_ms // w_ms * w_ms)
+                frames.append(self._score_model(model, lo, hi))
+            result.model_windows = len(due)
+            result.late_windows = len(late)
+            state.open_windows -= due
+        if frames:
+            result.findings = pl.concat([f.findings for f in frames], how="vertical")
+            result.events = pl.concat([f.events for f in frames], how="vertical")
+        return result
+
+    def _score_model(self, model: Model, lo: int, hi: int) -> ScoreResult:
+        """Model findings of the windows in ``[lo, hi)``, computed as a batch run would.
+
+        A batch ``detect score`` counts a value as new in the first window of its range that
+        uses it, and looks before the range only for values used since the model's training
+        (at most 24 hours back). Scoring ``[start, hi)`` with that same start and writing
+        only ``[lo, hi)`` gives exactly the batch's answer for a range starting at ``start``:
+        the model's training end, within the last 24 hours (the nightly training keeps it so).
+        """
+        w_ms = int(model.window.total_seconds() * 1000)
+        start = lo - int(NOVELTY_MEMORY.total_seconds() * 1000)
+        if model.trained_until is not None:
+            start = max(start, _ms(model.trained_until))
+        start = min(lo, -(-start // w_ms) * w_ms)
+        opts = ScoreOptions(use_rules=False, write=False, cluster=self.cluster)
+        res = score_range(self.lake, _dt(start), _dt(hi), model=model, options=opts)
+        keep = pl.col("window_start") >= _dt(lo)
+        res.findings = res.findings.filter(keep)
+        res.events = res.events.filter(
+            pl.col("finding_id").is_in(res.findings["finding_id"].implode())
+        )
+        findings_store.write_range(self.lake, "model", _dt(lo), _dt(hi), res.findings, res.events)
+        return res
+
+    def _score(self, lo: int, hi: int, *, use_model: bool) -> ScoreResult:
+        opts = ScoreOptions(
+            use_model=use_model,
+            use_rules=not use_model,
+            rule_files=tuple(self.rule_files or ()),
+            disabled_rules=tuple(self.disabled_rules or ()),
+            window=self.window(),
+            cluster=self.cluster,
+        )
+        if self._ruleset is None:  # compiled once: loading is most of a small batch's cost
+            self._ruleset = load_rules(opts)
+        opts = replace(opts, ruleset=self._ruleset)
+        return score_range(self.lake, _dt(lo), _dt(hi), model=None, options=opts)
+
+
+def _ms(t: datetime) -> int:
+    return int(t.timestamp() * 1000)
+
+
+def _dt(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def _window_starts(events: pl.DataFrame, w_ms: int) -> list[int]:
+    """Distinct window starts (epoch ms) of the events' times, in one columnar pass."""
+    if events.is_empty():
+        return []
+    ms = events.select(pl.col("event_time").dt.epoch("ms").alias("t"))["t"]
+    starts = ((ms // w_ms) * w_ms).unique().sort()
+    return [int(x) for x in starts.to_list() if x is not None]
+
+
+def _spans(starts: set[int] | list[int], w_ms: int) -> list[tuple[int, int]]:
+    """Contiguous ``[lo, hi)`` ranges covering the given window starts."""
+    spans: list[tuple[int, int]] = []
+    for s in sorted(starts):
+        if spans and spans[-1][1] == s:
+            spans[-1] = (spans[-1][0], s + w_ms)
+        else:
+            spans.append((s, s + w_ms))
+    return spans
+
+
+__all__ = ["DEFAULT_GRACE", "StreamDetector", "StreamResult", "StreamState"]
+
+
+class ModelReloader:
+    """The model in ``model_dir``, reloaded when its card changes (a nightly ``detect train``).
+
+    Checked at most every ``every`` seconds: the card is small (one GET on S3). A card that
+    fails to load (half-written, corrupt) keeps the model in use and is tried again later.
+    """
+
+    def __init__(
+        self,
+        model_dir: str,
+        *,
+        every: float = 30.0,
+        on_change: Callable[[Model | None], None] | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        import time
+
+        self.model_dir = model_dir
+        self.every = every
+        self.on_change = on_change
+        self.clock = clock or time.monotonic
+        self.model: Model | None = None
+        self._card: bytes | None = None
+        self._checked = float("-inf")
+
+    def __call__(self) -> Model | None:
+        if self.clock() - self._checked >= self.every:
+            self.check()
+        return self.model
+
+    def check(self) -> bool:
+        """Reload if the card changed; True when a different model is now in use."""
+        from detector.model.storage import CARD_NAME, ModelError
+        from detector.storage import Location
+
+        self._checked = self.clock()
+        loc = Location.of(self.model_dir)
+        try:
+            with loc.fs.open(loc.path(CARD_NAME), "rb") as fh:
+                card = fh.read()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            log.warning(
+                "model card in %s unreadable: %s; keeping the model in use", self.model_dir, exc
+            )
+            return False
+        if card == self._card:
+            return False
+        try:
+            model = Model.load(self.model_dir)
+        except (ModelError, OSError) as exc:
+            log.warning(
+                "new model in %s not loaded: %s; keeping the one in use", self.model_dir, exc
+            )
+            return False
+        self._card = card
+        old = self.model.version if self.model is not None else None
+        self.model = model
+        if old is not None:
+            log.warning("model %s replaced by %s (card changed)", old, model.version)
+        if self.on_change is not None:
+            self.on_change(model)
+        return True

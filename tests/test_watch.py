@@ -1,0 +1,630 @@
+"""`detect watch`: the stream equals the batch, alerts reach a real webhook once despite
+SIGKILLs, two replicas share one log group, probes and metrics, SIGTERM drains.
+
+Real parts only: a simulated EKS audit log with planted attacks, a loopback HTTP receiver
+(tests/alerts_data.Receiver) as the webhook, moto's server on loopback for CloudWatch Logs
+and S3 (conftest), the real ``detect`` console script in subprocesses. Kills happen at
+chosen points (a patched hook in the killed process), never at random times; waiting is
+polling for a condition with a bounded deadline, never a sleep.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import boto3
+import orjson
+import polars as pl
+import pytest
+from alerts_data import Receiver
+from conftest import detect_cmd, free_port
+from factories import make_event
+from throttle_proxy import FaultProxy
+
+from detector.delivery import config as sink_config
+from detector.delivery.stream import StreamAlerter
+from detector.detect.score import ScoreOptions, score_range
+from detector.detect.stream import ModelReloader, StreamDetector
+from detector.detect.train import train_model
+from detector.lake.events import Lake
+from detector.lake.findings import list_findings
+from detector.pipeline.export import ExportOptions
+from detector.pipeline.ingest import read_events
+from detector.pipeline.watch import (
+    CloudWatchSource,
+    ReplaySource,
+    Watcher,
+    WatchOptions,
+)
+from detector.pipeline.watch_metrics import WatchMetrics
+from detector.ratelimit import client_config
+
+END = "2026-11-27T12:00:00Z"
+STEP = timedelta(minutes=10)
+TRAINED_UNTIL = datetime(2026, 11, 27, 11, 30, tzinfo=UTC)
+COMPARED = ["finding_id", "detector", "severity", "event_count", "audit_ids"]
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="session")
+def sim(tmp_path_factory) -> Path:
+    """72 minutes of simulated EKS traffic with its planted attacks (about 4,200 events)."""
+    out = tmp_path_factory.mktemp("watch-sim")
+    proc = subprocess.run(
+        [
+            *detect_cmd(),
+            "simulate",
+            "--out",
+            str(out),
+            "--days",
+            "0.05",
+            "--rate",
+            "1",
+            "--end",
+            END,
+            "--seed",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return out / "audit.log"
+
+
+@pytest.fixture(scope="session")
+def model_dir(sim, tmp_path_factory) -> str:
+    """A model trained (batch `detect train`) on the traffic before :data:`TRAINED_UNTIL`;
+    a high alert rate so that this little traffic gives model findings."""
+    root = tmp_path_factory.mktemp("watch-model")
+    lake = Lake(str(root / "lake"))
+    events, _ = read_events([str(sim)], cluster="demo")
+    lake.write_events(events)
+    lo = events["event_time"].min()
+    train_model(lake, lo, TRAINED_UNTIL, model_dir=str(root / "model"), alert_rate=0.1)
+    return str(root / "model")
+
+
+def hook_sink(url: str) -> sink_config.SinkConfig:
+    return sink_config.parse_sink(
+        {"name": "hook", "type": "webhook", "url": url, "retries": 0}, "test"
+    )
+
+
+def replay_in_process(
+    lake: Lake, path: Path, sinks, model=None
+) -> tuple[StreamAlerter, ReplaySource]:
+    """The library path `detect watch --replay FILE --once --step 10m` takes."""
+    metrics = WatchMetrics()
+    detector = StreamDetector(lake, model=(lambda: model) if model else None)
+    alerter = StreamAlerter(lake, detector, sinks, metrics=metrics)
+    src = ReplaySource(
+        lake, str(path), alerter.consume, metrics, speed=0, step=STEP, cluster="demo"
+    )
+    Watcher([lambda: src], metrics, WatchOptions(once=True, poll=0.01)).run()
+    return alerter, src
+
+
+def wait_for(condition, what: str, timeout: float = 60.0):
+    """Poll ``condition`` until it is true (returns its value) or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)  # a poll interval, not a wait for something to happen
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def keys(receiver: Receiver) -> list[str]:
+    return [r["headers"]["Idempotency-Key"] for r in receiver.requests if r["status"] < 300]
+
+
+# ----------------------------------------------------------------------- stream == batch
+def test_stream_findings_equal_a_batch_score_and_a_late_event_reopens_its_window_once(
+    sim, model_dir, tmp_path
+):
+    from detector.model.storage import Model
+
+    model = Model.load(model_dir)
+    events, _ = read_events([str(sim)], cluster="demo")
+    # The stream runs after the model's training range, as it does between nightly trainings.
+    events = events.filter(pl.col("event_time") >= TRAINED_UNTIL)
+    # Hold back one principal's requests in one window: they arrive after its grace.
+    win = datetime(2026, 11, 27, 11, 40, tzinfo=UTC)
+    who = events.filter(pl.col("event_time") >= win)["principal"][0]
+    late_mask = (
+        (pl.col("principal") == who)
+        & (pl.col("event_time") >= win)
+        & (pl.col("event_time") < win + timedelta(minutes=10))
+    )
+    late = events.filter(late_mask)
+    assert late.height > 0
+    on_time = tmp_path / "on_time.log"
+    raw = [json.loads(line) for line in sim.read_text().splitlines()]
+    keep = set(events["audit_id"]) - set(late["audit_id"])
+    on_time.write_text("".join(json.dumps(e) + "\n" for e in raw if e["auditID"] in keep))
+
+    lake = Lake(str(tmp_path / "lake"))
+    alerter, src = replay_in_process(lake, on_time, [], model)
+    lake.write_events(late)
+    now = datetime.fromisoformat(END) + timedelta(minutes=30)
+    payload = alerter.consume(late, now, src.payload)
+    assert alerter.last.late_windows == 1  # the closed window is scored again, once
+    alerter.consume(late.clear(), now + timedelta(minutes=1), payload)
+    assert alerter.last.late_windows == 0 and alerter.last.findings == 0
+
+    stream = list_findings(lake, min_severity="info")
+    lo, hi = events["event_time"].min(), events["event_time"].max() + timedelta(seconds=1)
+    batch = score_range(lake, lo, hi, model=model, options=ScoreOptions(write=False)).findings
+    assert stream.filter(pl.col("detector").str.starts_with("model")).height > 0
+    assert stream.filter(pl.col("detector").str.starts_with("rule")).height > 0
+    assert (
+        stream.select(COMPARED).sort("finding_id").equals(batch.select(COMPARED).sort("finding_id"))
+    )
+    assert stream["score"].sort().to_list() == pytest.approx(batch["score"].sort().to_list())
+
+
+# --------------------------------------------------------------------------- SIGKILLs
+#: `detect watch` with a kill switch: SIGKILL when the Nth of a chosen moment comes.
+#: "sent": a sink accepted alerts but the checkpoint does not know yet; "written": a batch
+#: is durable in the lake, nothing detected yet; "checkpointed": right after a checkpoint.
+_KILLED_WATCH = """
+import os, signal, sys
+import detector.delivery.stream as ds
+import detector.pipeline.watch as pw
+point, n = sys.argv[1], int(sys.argv[2])
+seen = {"n": 0}
+
+def tick():
+    seen["n"] += 1
+    if seen["n"] == n:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+if point == "sent":
+    real = ds.StreamAlerter._deliver
+    def patched(self, *a, **k):
+        report = real(self, *a, **k)
+        if report.sent:
+            tick()
+        return report
+    ds.StreamAlerter._deliver = patched
+elif point == "written":
+    real_w = pw.write_to_lake
+    def patched_w(*a, **k):
+        out = real_w(*a, **k)
+        tick()
+        return out
+    pw.write_to_lake = patched_w
+else:
+    real_c = pw._LeasedSource._commit
+    def patched_c(self, *a, **k):
+        real_c(self, *a, **k)
+        tick()
+    pw._LeasedSource._commit = patched_c
+from detector.cli.app import main
+sys.argv = ["detect", *sys.argv[3:]]
+main()
+"""
+
+
+def test_sigkill_at_chosen_moments_every_due_alert_arrives_once_per_key(sim, model_dir, tmp_path):
+    from detector.model.storage import Model
+
+    reference = Receiver()
+    receiver = Receiver()
+    try:
+        replay_in_process(
+            Lake(str(tmp_path / "ref")), sim, [hook_sink(reference.url)], Model.load(model_dir)
+        )
+        expected = keys(reference)
+        assert len(expected) == len(set(expected)) >= 5  # planted attacks alert, once each
+
+        (tmp_path / "detect.toml").write_text(
+            '[[sinks]]\nname = "hook"\ntype = "webhook"\nurl_env = "WATCH_HOOK_URL"\nretries = 0\n'
+        )
+        args = [
+            "watch",
+            "--replay",
+            str(sim),
+            "--once",
+            "--step",
+            "10m",
+            "--cluster",
+            "demo",
+            "--lake",
+            str(tmp_path / "lake"),
+            "--model-dir",
+            model_dir,
+        ]
+        env = {**os.environ, "WATCH_HOOK_URL": receiver.url}
+        after: dict[str, int] = {}  # requests received when each killed run died
+        for point, n in (("sent", 2), ("written", 3), ("checkpointed", 2)):
+            proc = subprocess.run(
+                [sys.executable, "-c", _KILLED_WATCH, point, str(n), *args],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                cwd=tmp_path,
+                env=env,
+                check=False,
+            )
+            assert proc.returncode == -signal.SIGKILL, proc.stderr
+            after[point] = len(receiver.requests)
+        proc = subprocess.run(
+            [*detect_cmd(), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+            env=env,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        got = keys(receiver)
+        assert set(got) == set(expected)  # every due alert arrived
+        dupes = {k: n for k, n in Counter(got).items() if n > 1}
+        # Only the "sent" kill repeats alerts: those its last batch sent before the checkpoint
+        # could record them, each once more, with the same key and the same body.
+        assert all(n == 2 for n in dupes.values())
+        for k in dupes:
+            first, second = [i for i, key in enumerate(got) if key == k]
+            assert first < after["sent"] <= second < after["written"]
+            assert got[after["sent"] - len(dupes) : after["sent"]].count(k) == 1
+            bodies = {r["body"] for r in receiver.requests if r["headers"]["Idempotency-Key"] == k}
+            assert len(bodies) == 1
+    finally:
+        reference.close()
+        receiver.close()
+
+
+# --------------------------------------------------------------------- two replicas
+def anonymous_denied(i: int, ts_ms: int, ip: str) -> str:
+    ev = make_event(
+        i,
+        at=ts_ms,
+        auditID=str(uuid.uuid4()),
+        user={"username": "system:anonymous", "groups": ["system:unauthenticated"]},
+        sourceIPs=[ip],
+        responseStatus={"metadata": {}, "code": 403},
+        annotations={"authorization.k8s.io/decision": "forbid"},
+    )
+    return orjson.dumps(ev).decode()
+
+
+def rbac_change(i: int, ts_ms: int) -> str:
+    """A cluster-wide RBAC change by an IAM role (rule rbac-changed: medium)."""
+    ev = make_event(
+        i,
+        at=ts_ms,
+        auditID=str(uuid.uuid4()),
+        verb="create",
+        requestURI="/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+        objectRef={
+            "resource": "clusterrolebindings",
+            "name": "backdoor",
+            "apiGroup": "rbac.authorization.k8s.io",
+            "apiVersion": "v1",
+        },
+        responseStatus={"metadata": {}, "code": 201},
+    )
+    return orjson.dumps(ev).decode()
+
+
+def put(logs, group: str, messages: list[str], ts_ms: int) -> None:
+    logs.put_log_events(
+        logGroupName=group,
+        logStreamName="kube-apiserver-audit-0a1b",
+        logEvents=[{"timestamp": ts_ms, "message": m} for m in messages],
+    )
+
+
+def _spawn(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [*detect_cmd(), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=cwd,
+    )
+
+
+def test_two_replicas_one_leads_the_standby_takes_over_without_gap_or_duplicate(
+    moto_endpoint, s3_bucket, tmp_path
+):
+    logs = boto3.client("logs", endpoint_url=moto_endpoint)
+    group = f"/aws/eks/ha-{uuid.uuid4().hex[:6]}/cluster"
+    logs.create_log_group(logGroupName=group)
+    logs.create_log_stream(logGroupName=group, logStreamName="kube-apiserver-audit-0a1b")
+    receiver = Receiver()
+    (tmp_path / "detect.toml").write_text(
+        '[[sinks]]\nname = "hook"\ntype = "webhook"\nurl_env = "WATCH_HOOK_URL"\n'
+    )
+    env = {**os.environ, "WATCH_HOOK_URL": receiver.url, "AWS_ENDPOINT_URL": moto_endpoint}
+    ports = [free_port(), free_port()]
+    lake = f"s3://{s3_bucket}/lake"
+    procs = [
+        _spawn(
+            [
+                "--log-level",
+                "info",
+                "watch",
+                "--log-group",
+                group,
+                "--lake",
+                lake,
+                "--rules-only",
+                "--lease",
+                "4s",
+                "--poll",
+                "0.3s",
+                "--latency",
+                "0s",
+                "--rate",
+                "0",
+                "--since",
+                "5m",
+                "--port",
+                str(p),
+            ],
+            env,
+            tmp_path,
+        )
+        for p in ports
+    ]
+    try:
+        ready = wait_for(
+            lambda: [p for p in ports if get(f"http://127.0.0.1:{p}/readyz")[0] == 200],
+            "a leader",
+        )
+        (leader_port,) = ready
+        standby_port = next(p for p in ports if p != leader_port)
+        assert get(f"http://127.0.0.1:{standby_port}/readyz")[0] == 503  # waiting
+        assert get(f"http://127.0.0.1:{standby_port}/healthz")[0] == 200  # but alive
+        leader = procs[ports.index(leader_port)]
+
+        t1 = int(time.time() * 1000)
+        put(logs, group, [anonymous_denied(1, t1, "198.51.100.1")], t1)
+        wait_for(lambda: len(keys(receiver)) == 1, "the first alert, from the leader")
+        s3 = boto3.client("s3", endpoint_url=moto_endpoint)
+
+        def recorded() -> bool:
+            # the chosen moment: the alert is recorded in the export checkpoint
+            listed = s3.list_objects_v2(Bucket=s3_bucket, Prefix="lake/_state/cloudwatch/")
+            (obj,) = listed["Contents"]
+            doc = json.loads(s3.get_object(Bucket=s3_bucket, Key=obj["Key"])["Body"].read())
+            return bool(((doc.get("payload") or {}).get("delivery") or {}).get("sent"))
+
+        wait_for(recorded, "the checkpoint to record the alert")
+
+        leader.kill()  # SIGKILL: no release, the lease is still on the books
+        leader.wait(timeout=30)
+        t2 = int(time.time() * 1000)
+        # Another principal: a new incident (a second anonymous event in the same window
+        # would only update the first finding, and rightly send nothing).
+        put(logs, group, [rbac_change(2, t2)], t2)
+        wait_for(
+            lambda: get(f"http://127.0.0.1:{standby_port}/readyz")[0] == 200, "the takeover", 30
+        )
+        wait_for(lambda: len(keys(receiver)) == 2, "the second alert, from the new leader")
+        assert len(set(keys(receiver))) == 2
+        metrics = get(f"http://127.0.0.1:{standby_port}/metrics")[1]
+        assert 'detect_watch_alerts_sent_total{severity="medium",sink="hook"}' in metrics
+        assert "detect_watch_lag_seconds" in metrics
+        standby = procs[ports.index(standby_port)]
+        standby.send_signal(signal.SIGTERM)
+        assert standby.wait(timeout=60) == 0
+        events = (
+            Lake(lake)
+            .scan_events(
+                datetime.fromtimestamp(t1 / 1000 - 60, UTC),
+                datetime.now(UTC) + timedelta(minutes=1),
+            )
+            .collect()
+        )
+        assert events.height == 2  # no gap, nothing twice
+        assert len(keys(receiver)) == 2  # the drain sent nothing again
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.communicate(timeout=30)
+        receiver.close()
+
+
+# ------------------------------------------------------- tail, quarantine, probes, SIGTERM
+def test_tail_with_rotation_quarantines_bad_lines_serves_probes_and_drains_on_sigterm(
+    tmp_path,
+):
+    log_path = tmp_path / "audit.log"
+    log_path.write_text("")
+    port = free_port()
+    lake = str(tmp_path / "lake")
+    t0 = int(time.time() * 1000)
+    proc = _spawn(
+        [
+            "watch",
+            "--tail",
+            str(log_path),
+            "--lake",
+            lake,
+            "--rules-only",
+            "--poll",
+            "0.2s",
+            "--port",
+            str(port),
+            "--no-deliver",
+            "--cluster",
+            "self",
+        ],
+        dict(os.environ),
+        tmp_path,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: get(base + "/readyz")[0] == 200, "ready")
+        with log_path.open("a") as fh:
+            fh.write(anonymous_denied(1, t0, "198.51.100.9") + "\n")
+            fh.write("{not json at all\n")
+            fh.write(anonymous_denied(2, t0 + 1, "198.51.100.9") + "\n")
+
+        def metric(name: str) -> float:
+            for line in get(base + "/metrics")[1].splitlines():
+                if line.startswith(name) and not line.startswith("#"):
+                    return float(line.rsplit(" ", 1)[1])
+            return 0.0
+
+        wait_for(lambda: metric("detect_watch_events_total") == 2, "two events")
+        wait_for(lambda: metric("detect_watch_quarantined_total") == 1, "one quarantined line")
+        log_path.rename(tmp_path / "audit.log.1")  # the API server rotates
+        log_path.write_text(anonymous_denied(3, t0 + 2, "198.51.100.9") + "\n")
+        wait_for(lambda: metric("detect_watch_events_total") == 3, "the event after rotation")
+        assert get(base + "/healthz")[0] == 200
+        assert metric('detect_watch_findings_total{detector_kind="rule"}') >= 1
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        _, err = proc.communicate(timeout=30)
+    assert "watch stopped by SIGTERM" in err
+    got = Lake(lake).scan_events(
+        datetime.fromtimestamp(t0 / 1000 - 60, UTC), datetime.now(UTC) + timedelta(minutes=1)
+    )
+    assert got.collect().height == 3
+    reasons = Lake(lake).scan_quarantine().collect()["reason"].to_list()
+    assert len(reasons) == 1 and reasons[0]
+    state = json.loads(next((Path(lake) / "_state" / "watch" / "tail").glob("*.json")).read_text())
+    assert state["position"]["offset"] > 0 and state["payload"]["detect"] is not None
+
+
+# ------------------------------------------------------------- faults and a new model
+def test_throttling_and_5xx_from_cloudwatch_are_survived(moto_endpoint, tmp_path):
+    logs = boto3.client("logs", endpoint_url=moto_endpoint)
+    group = f"/aws/eks/flaky-{uuid.uuid4().hex[:6]}/cluster"
+    logs.create_log_group(logGroupName=group)
+    logs.create_log_stream(logGroupName=group, logStreamName="kube-apiserver-audit-0a1b")
+    t = int(time.time() * 1000) - 30_000
+    put(logs, group, [anonymous_denied(i, t + i, "198.51.100.3") for i in range(5)], t)
+    receiver = Receiver()
+    faults = ["throttle", "unavailable", "throttle", "reset"]
+    try:
+        with FaultProxy(moto_endpoint, faults=faults) as proxy:
+            # botocore's own retries off, as the CLI's client: every retry is ours, counted
+            client = boto3.client("logs", endpoint_url=proxy.url, config=client_config())
+            lake = Lake(str(tmp_path / "lake"))
+            metrics = WatchMetrics()
+            alerter = StreamAlerter(lake, StreamDetector(lake), [hook_sink(receiver.url)])
+            opts = ExportOptions(
+                log_group=group,
+                cluster="flaky",
+                latency=timedelta(0),
+                rate=0,
+                backoff_base=0.001,
+                lease_seconds=30,
+            )
+            src = CloudWatchSource(
+                lake,
+                opts,
+                alerter.consume,
+                metrics,
+                since=datetime.now(UTC) - timedelta(minutes=5),
+                client=client,
+            )
+            Watcher([lambda: src], metrics, WatchOptions(once=True)).run()
+            assert sum(proxy.injected.values()) == len(faults)
+        assert (
+            lake.scan_events(datetime.now(UTC) - timedelta(minutes=5), datetime.now(UTC))
+            .collect()
+            .height
+            == 5
+        )
+        assert len(keys(receiver)) == 1
+    finally:
+        receiver.close()
+
+
+def test_a_newly_trained_model_is_picked_up_without_a_restart(sim, model_dir, tmp_path):
+    import shutil
+
+    live = tmp_path / "model"
+    shutil.copytree(model_dir, live)
+    seen = []
+    reloader = ModelReloader(str(live), every=0, on_change=lambda m: seen.append(m.version))
+    first = reloader()
+    assert first is not None and seen == [first.version]
+    assert reloader() is first  # unchanged card: nothing reloaded
+    lake = Lake(str(tmp_path / "lake"))
+    events, _ = read_events([str(sim)], cluster="demo")
+    lake.write_events(events)
+    lo, hi = events["event_time"].min(), events["event_time"].max()
+    train_model(lake, lo, hi + timedelta(seconds=1), model_dir=str(live), seed=7)
+    second = reloader()
+    assert second is not first and seen[-1] == second.version
+    (live / "model.json").write_text("{half written")
+    assert reloader() is second  # a broken card keeps the model in use
+
+
+def test_a_lake_that_fails_is_retried_and_nothing_is_lost(moto_endpoint, tmp_path):
+    """The lake's bucket is missing at first (a real S3 error from moto): the source fails,
+    is restarted from its checkpoint with a backoff, and catches up once the bucket exists."""
+    import threading
+
+    bucket = f"late-{uuid.uuid4().hex[:10]}"
+    log_path = tmp_path / "audit.log"
+    t0 = int(time.time() * 1000)
+    log_path.write_text(
+        "".join(anonymous_denied(i, t0 + i, "198.51.100.4") + "\n" for i in range(3))
+    )
+    lake = Lake(f"s3://{bucket}/lake")
+    metrics = WatchMetrics()
+    alerter = StreamAlerter(lake, StreamDetector(lake), [], metrics=metrics)
+    from detector.pipeline.watch import TailSource
+
+    stop = threading.Event()
+    watcher = Watcher(
+        [lambda: TailSource(lake, str(log_path), alerter.consume, metrics, cluster="s3")],
+        metrics,
+        WatchOptions(poll=0.1, max_backoff=1.0),
+        stop=stop,
+    )
+    runner = threading.Thread(target=watcher.run, daemon=True)
+    runner.start()
+    try:
+        wait_for(
+            lambda: sum(c._value.get() for c in metrics.source_errors._metrics.values()) >= 1,
+            "the first failure",
+        )
+        boto3.client("s3", endpoint_url=moto_endpoint).create_bucket(Bucket=bucket)
+        wait_for(lambda: metrics.totals["events"] == 3, "the events, once the lake is back")
+    finally:
+        stop.set()
+        runner.join(timeout=60)
+    got = lake.scan_events(
+        datetime.fromtimestamp(t0 / 1000 - 60, UTC), datetime.now(UTC) + timedelta(minutes=1)
+    ).collect()
+    assert got.height == 3
