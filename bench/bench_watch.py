@@ -334,7 +334,7 @@ def memory(days: float, rate: float) -> None:
     t0 = time.time()
     proc = subprocess.Popen(
         [str(DETECT), "watch", "--replay", str(log), "--speed", "0", "--step", "5m",
-         "--lake", str(work / "lake"), "--rules-only", "--no-deliver", "--port", str(port),
+         "--lake", str(work / "lake"), "--no-model", "--no-deliver", "--port", str(port),
          "--cluster", "demo"],
         cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip

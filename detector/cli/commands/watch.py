@@ -75,8 +75,9 @@ def watch(
     lake: LakeOpt = "./lake",
     cluster: ClusterOpt = None,
     model_dir: ModelDirOpt = DEFAULT_MODEL_DIR,
-    rules_only: Annotated[
-        bool, typer.Option("--rules-only", help="Run the rules only, not the model.")
+    no_model: Annotated[
+        bool,
+        typer.Option("--no-model", "--rules-only", help="Leave the model out: the rules alone."),
     ] = False,
     rules: RulesFileOpt = None,
     disable: DisableOpt = None,
@@ -220,7 +221,7 @@ def watch(
     the_lake = Lake(lake)
     metrics = WatchMetrics()
     reloader = None
-    if not rules_only:
+    if not no_model:
         reloader = ModelReloader(
             model_dir,
             every=model_check.total_seconds(),
