@@ -425,7 +425,7 @@ class Exporter:
             raise _translate(
                 exc, log_group=self.opts.log_group, region=self.region, starting=True
             ) from None
-        if since is None and _watermark_of(existing) is None:
+        if since is None and _watermark_of(existing) is None and _start_of(existing) is None:
             raise NoCheckpoint(
                 f"no checkpoint for log group {self.opts.log_group} in {self.lake.uri} "
                 "(first run?): pass --since (e.g. --since 1h) to say where to start"
@@ -464,6 +464,10 @@ class Exporter:
         self.summary.watermark_before = self.summary.watermark_after = self.watermark
         overlap = self.opts.overlap_ms
         resume = self.watermark - overlap if self.watermark is not None else None
+        if since is None and resume is None and _start_of(previous) is not None:
+            # An earlier run claimed the group and was stopped before its first window
+            # closed: resume where it was asked to start, not with an error.
+            resume = _start_of(previous)
         if since is None:
             if resume is None:  # the checkpoint vanished between our read and our claim
                 raise NoCheckpoint(
@@ -478,6 +482,10 @@ class Exporter:
         self.next_lo = lo
         self.until_ms = to_ms(until, ceil=True) if until is not None else None
         self.run_lo = lo
+        if self.watermark is None and _start_of(previous) is None:
+            # First claim of this group: record where it starts, so a run stopped before
+            # its first window closes can be resumed without --since (nothing is lost).
+            self.lease.update(start_ms=lo, start=iso_ms(lo))
         self.contiguous = self.watermark is None or lo <= self.watermark
         if not self.contiguous:
             self.summary.checkpoint_note = (
@@ -792,3 +800,9 @@ def _watermark_of(data: dict[str, Any] | None) -> int | None:
         return None
     value = data.get("watermark_ms")
     return int(value) if isinstance(value, int | float) else None
+
+
+def _start_of(data: dict[str, Any] | None) -> int | None:
+    """Where the first run on a group was asked to start (``start_ms``), if recorded."""
+    value = (data or {}).get("start_ms")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
