@@ -22,6 +22,7 @@ import orjson
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.json as pj
 
 from detector.events.redact import REDACTED as REDACTED
 from detector.events.redact import redact_events, redact_quarantine
@@ -79,7 +80,7 @@ def _ndjson_bytes(lines: pa.Array, *, terminated: bool = False) -> bytes:
     return lines.buffers()[2].to_pybytes()[lo:hi] if lo else lines.buffers()[2].to_pybytes()[:hi]
 
 
-def _read(data: bytes) -> pl.DataFrame:
+def _read(data: bytes, schema: dict[str, pl.DataType] = RAW_EVENT_SCHEMA) -> pl.DataFrame:
     # polars sniffs the first bytes for a compression magic number (gzip, zlib, zstd) and
     # inflates the whole buffer if one matches: a text line such as "x^2 + y^2" (0x78 0x5E,
     # a zlib header) then fails as a "corrupt deflate stream". An event starts with "{", so
@@ -88,7 +89,113 @@ def _read(data: bytes) -> pl.DataFrame:
     if data[:1] not in (b"{", b" ", b"\n", b"\t", b"\r", b""):
         data = b"\n" + data
     # scan+collect is ~12% faster than read_ndjson on 48 MB blocks (measured, polars 2.1)
-    return pl.scan_ndjson(io.BytesIO(data), schema=RAW_EVENT_SCHEMA).collect()
+    return pl.scan_ndjson(io.BytesIO(data), schema=schema).collect()
+
+
+# --------------------------------------------------------------------------- fast path
+#: Free-form members read as JSON text. pyarrow cannot keep a sub-object as text, so the
+#: fast path parses every other field with pyarrow and gets these another way (below).
+_OBJECT_FIELDS = ("requestObject", "responseObject", "annotations")
+
+
+def _arrow_type(dtype: pa.DataType) -> pa.DataType:
+    """pyarrow's JSON reader converts to string/list only, not their large forms."""
+    if pa.types.is_large_string(dtype) or pa.types.is_string_view(dtype):
+        return pa.string()
+    if pa.types.is_large_list(dtype) or pa.types.is_list(dtype):
+        return pa.list_(_arrow_type(dtype.value_type))
+    if pa.types.is_struct(dtype):
+        return pa.struct([pa.field(f.name, _arrow_type(f.type)) for f in dtype])
+    return dtype
+
+
+_SCALAR_SCHEMA = {k: v for k, v in RAW_EVENT_SCHEMA.items() if k not in _OBJECT_FIELDS}
+_ARROW_PARSE = pj.ParseOptions(
+    explicit_schema=pa.schema(
+        [
+            pa.field(f.name, _arrow_type(f.type))
+            for f in pl.DataFrame(schema=_SCALAR_SCHEMA).to_arrow().schema
+        ]
+    ),
+    unexpected_field_behavior="ignore",
+)
+#: Larger than any line we parse (MAX_LINE_BYTES): a line straddling two blocks fails.
+_ARROW_READ = pj.ReadOptions(block_size=8 * 1024 * 1024)
+
+# ``annotations`` as the last member of the line (where the API server writes it) holding a
+# compact map of plain strings (only ``\"`` escapes): then the text polars would give is
+# this one with ``": "`` and ``", "`` separators, so both paths store the same bytes. The
+# match is certain in valid JSON: ``[,{]`` before the key rules out a longer key, no brace
+# inside the map and exactly one ``}`` after it put the map at the top level.
+_ANN_STR = r'"(?:[^"\\\x00-\x1f]|\\")*"'
+_ANN_LAST = (
+    r'[,{]\s*"annotations"\s*:\s*(\{(?:'
+    + _ANN_STR
+    + ":"
+    + _ANN_STR
+    + "(?:,"
+    + _ANN_STR
+    + ":"
+    + _ANN_STR
+    + r")*)?\})\s*\}\s*$"
+)
+
+
+def _read_fast(lines: pa.Array, data: bytes) -> pl.DataFrame | None:
+    """``_read(data)`` for a clean block at about half the cost, or None if unsure.
+
+    pyarrow parses the typed fields (its JSON reader is ~3x faster than polars' here).
+    The object members come from the line text: ``annotations`` by :data:`_ANN_LAST`, and
+    the few lines it cannot vouch for (bodies, ``\\u`` escapes that could spell a key,
+    any other layout) are parsed for those members alone by polars, the reference. Any
+    doubt (a parse error, a skipped or extra row, invalid UTF-8) returns None, and the
+    caller takes the careful path that isolates and explains bad lines: quarantine
+    reasons never depend on which path ran.
+    """
+    n = len(lines)
+    try:
+        table = pj.read_json(io.BytesIO(data), read_options=_ARROW_READ, parse_options=_ARROW_PARSE)
+        if table.num_rows != n:
+            return None
+        text = pl.Series("t", lines).cast(pl.String)
+    except (pa.ArrowException, pl.exceptions.PolarsError):
+        return None
+    ann = (
+        text.str.extract(_ANN_LAST, 1)
+        .str.replace_all('":"', '": "', literal=True)
+        .str.replace_all('","', '", "', literal=True)
+    )
+    doubt = (
+        text.str.contains('"requestObject"', literal=True)
+        | text.str.contains('"responseObject"', literal=True)
+        | text.str.contains("\\u", literal=True)
+        | (text.str.contains('"annotations"', literal=True) & ann.is_null())
+        | (text.str.count_matches('"annotations"', literal=True) > 1)
+    )
+    objects = pl.DataFrame(
+        {
+            "requestObject": pl.Series([None] * n, dtype=pl.String),
+            "responseObject": pl.Series([None] * n, dtype=pl.String),
+            "annotations": ann,
+        }
+    )
+    rows = doubt.arg_true()
+    if len(rows):
+        some = pc.take(lines, pa.array(rows.to_numpy()))
+        try:
+            found = _read(_ndjson_bytes(some), {k: pl.String() for k in _OBJECT_FIELDS})
+        except (pl.exceptions.PolarsError, OSError):
+            return None
+        if found.height != len(rows):
+            return None
+        objects = objects.with_columns(
+            pl.Series(k, objects[k]).scatter(rows, found[k]) for k in _OBJECT_FIELDS
+        )
+    df = pl.from_arrow(table)
+    assert isinstance(df, pl.DataFrame)
+    return pl.concat([df, objects], how="horizontal").select(
+        pl.col(k).cast(v) for k, v in RAW_EVENT_SCHEMA.items()
+    )
 
 
 def _first_line(message: str) -> str:
@@ -114,6 +221,10 @@ def _parse_isolating(
     frames: list[pl.DataFrame] = []
     good_idx: list[int] = []
     bad: list[tuple[int, str]] = []
+    if len(lines):
+        fast = _read_fast(lines, _ndjson_bytes(lines, terminated=terminated))
+        if fast is not None:
+            return [fast], index.to_pylist(), bad
     stack = [(0, len(lines))]
     while stack:
         lo, hi = stack.pop()
