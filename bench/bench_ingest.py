@@ -106,7 +106,9 @@ def bench_shape(work: Path, name: str, events: int, seed: int, runs: int) -> flo
     log = input_file(work, name, events, seed)
     lines = sum(1 for _ in log.open("rb"))
     size_mb = log.stat().st_size / 1e6
-    print(f"{name}: {lines:,} events, {size_mb:,.0f} MB NDJSON, {size_mb * 1e6 / lines:,.0f} B/event")
+    print(
+        f"{name}: {lines:,} events, {size_mb:,.0f} MB NDJSON, {size_mb * 1e6 / lines:,.0f} B/event"
+    )
     floors, ingests = [], []
     for i in range(runs):
         a = measure([sys.executable, "-c", FLOOR_CODE, str(log)])
@@ -150,7 +152,10 @@ def main() -> None:
         big = input_file(work, "large-4x", 4 * args.events, args.seed)
         size_mb = big.stat().st_size / 1e6
         run = ingest(big, work / "lake")
-        base = rss.get("large") or ingest(input_file(work, "large", args.events, args.seed), work / "lake").rss_mb
+        base = (
+            rss.get("large")
+            or ingest(input_file(work, "large", args.events, args.seed), work / "lake").rss_mb
+        )
         verdict = "flat" if run.rss_mb <= max(base * 1.25, base + 100) else "NOT flat"
         print(
             f"RSS check: 1x input peak {base:,.0f} MB; 4x input ({size_mb:,.0f} MB) peak "
