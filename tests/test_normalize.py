@@ -177,3 +177,5 @@ def test_fast_parse_steps_aside_for_a_block_it_cannot_vouch_for() -> None:
     good = orjson.dumps(event(1, NOW))
     for bad in (b'{"auditID": ', b"   ", b'{"verb": "\xff"}', b'{"verb": 5}', b"[1]"):
         assert _fast([good, bad, good]) is None, bad
+    # a skipped blank line and a line holding two events: the count matches, rows would not
+    assert _fast([good, b"    ", good + b"\r" + good]) is None

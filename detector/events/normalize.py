@@ -176,6 +176,10 @@ def _read_fast(lines: pa.Array, *, terminated: bool) -> pl.DataFrame | None:
         text = pl.Series("t", lines).cast(pl.String)
     except (pa.ArrowException, pl.exceptions.PolarsError):
         return None
+    # Row i must be line i: a whitespace-only line (skipped) next to a line holding two
+    # events (split at its inner line break) would keep the count and shift the rows.
+    if text.str.contains(r"^[ \t\r\n]*$|[\r\n][^\r\n]").any():
+        return None
     ann = (
         text.str.extract(_ANN_LAST, 1)
         .str.replace_all('":"', '": "', literal=True)
