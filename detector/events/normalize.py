@@ -178,7 +178,9 @@ def _read_fast(lines: pa.Array, *, terminated: bool) -> pl.DataFrame | None:
         return None
     # Row i must be line i: a whitespace-only line (skipped) next to a line holding two
     # events (split at its inner line break) would keep the count and shift the rows.
-    if text.str.contains(r"^[ \t\r\n]*$|[\r\n][^\r\n]").any():
+    # (Two scans: the first is a memchr search, the second stops at the first byte; as one
+    # regex neither shortcut applies, and it cost 8x more.)
+    if text.str.contains(r"[\r\n][^\r\n]").any() or not text.str.contains(r"[^ \t\r\n]").all():
         return None
     ann = (
         text.str.extract(_ANN_LAST, 1)
