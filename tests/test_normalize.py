@@ -140,3 +140,53 @@ def test_the_time_range_is_read_from_detect_toml(tmp_path, detect):
     )
     assert refused.returncode == 2
     assert "max_future" in refused.stderr
+
+
+def _fast(lines: list[bytes]):  # type: ignore[no-untyped-def]
+    from detector.events.normalize import _read_fast
+
+    return _read_fast(
+        pa.array([line + b"\n" for line in lines], pa.large_binary()), terminated=True
+    )
+
+
+def test_fast_parse_gives_the_careful_parse_columns_byte_for_byte() -> None:
+    """The pyarrow fast path takes annotations from the line text and sends doubtful lines
+    to polars: every layout below must come out exactly as polars alone reads it, or the
+    lake would hold two spellings of one annotation map (and rules see different text)."""
+    at = NOW - timedelta(hours=1)
+    compact = orjson.dumps  # the API server's layout: no spaces, annotations last
+    ann = {
+        "authorization.k8s.io/decision": "allow",
+        "authorization.k8s.io/reason": 'RBAC: allowed by ClusterRoleBinding "x" of "y"',
+        "note": "é, <>&",
+    }
+    lines = [
+        compact(event(1, at, annotations=ann)),
+        compact(event(2, at, annotations={})),
+        compact(event(3, at)),  # no annotations at all
+        json.dumps(event(4, at, annotations=ann)).encode(),  # spaced: polars decides
+        compact({"annotations": ann, **event(5, at)}),  # annotations first
+        compact(event(6, at, annotations={"a": "back\\slash", "b": "x/y"})),
+        compact(event(7, at, annotations={"n": 1, "l": ["v"], "o": {"k": "v"}})),
+        compact(event(8, at, requestObject={"metadata": {"annotations": {"a": "b"}}})),
+        compact(event(9, at, annotations=ann)).replace(b'"annotations"', b'"annot\\u0061tions"'),
+        compact(event(10, at, responseObject={"kind": "Status", "code": 403}, annotations=ann)),
+        compact(event(11, at, annotations=ann))[:-1] + b',"annotations":{"dup":"last"}}',
+    ]
+    from detector.events.normalize import _read
+
+    fast, careful = _fast(lines), _read(b"".join(line + b"\n" for line in lines))
+    assert fast is not None
+    assert fast.to_dicts() == careful.to_dicts()
+    assert fast.schema == careful.schema
+
+
+def test_fast_parse_steps_aside_for_a_block_it_cannot_vouch_for() -> None:
+    """A bad line, a blank line or invalid UTF-8 anywhere in the block: the careful path
+    (which isolates and explains bad lines) must run instead."""
+    good = orjson.dumps(event(1, NOW))
+    for bad in (b'{"auditID": ', b"   ", b'{"verb": "\xff"}', b'{"verb": 5}', b"[1]"):
+        assert _fast([good, bad, good]) is None, bad
+    # a skipped blank line and a line holding two events: the count matches, rows would not
+    assert _fast([good, b"    ", good + b"\r" + good]) is None
