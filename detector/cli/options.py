@@ -258,6 +258,21 @@ MinSeverityOpt = Annotated[
     Severity | None,
     typer.Option("--min-severity", help="Only this severity and above.", case_sensitive=False),
 ]
+SuppressionsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--suppressions",
+        envvar="DETECT_SUPPRESSIONS",
+        help="Suppressions YAML applied before delivery (default ./suppressions.yaml if any).",
+    ),
+]
+DeliverOpt = Annotated[
+    bool,
+    typer.Option(
+        "--deliver/--no-deliver",
+        help="Send new and changed incidents to the [[sinks]] in detect.toml.",
+    ),
+]
 RegionOpt = Annotated[
     str | None,
     typer.Option(

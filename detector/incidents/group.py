@@ -31,29 +31,15 @@ import polars as pl
 
 from detector.incidents.status import ACKNOWLEDGED, NEW, RESOLVED, SUPPRESSED
 from detector.lake.findings_schema import SEVERITIES
+from detector.rules.loader import TACTICS
 
 DEFAULT_HORIZON = timedelta(hours=6)
 #: The lowest severity that is an alert; ``info`` findings are records, never delivered.
 ALERT_RANK = SEVERITIES.index("low")
 ANONYMOUS = frozenset({"system:anonymous", ""})
 
-#: ATT&CK enterprise tactics in kill-chain order (the rules' ``tactic`` names).
-TACTIC_ORDER = (
-    "Reconnaissance",
-    "Resource Development",
-    "Initial Access",
-    "Execution",
-    "Persistence",
-    "Privilege Escalation",
-    "Defense Evasion",
-    "Credential Access",
-    "Discovery",
-    "Lateral Movement",
-    "Collection",
-    "Command and Control",
-    "Exfiltration",
-    "Impact",
-)
+#: ATT&CK enterprise tactics in kill-chain order: the rules' own list (one spelling).
+TACTIC_ORDER = TACTICS
 
 
 @dataclass

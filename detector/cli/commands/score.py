@@ -12,6 +12,7 @@ from detector.cli.options import (
     EXIT_FINDINGS,
     AddressOpt,
     ClusterOpt,
+    DeliverOpt,
     DisableOpt,
     EnableOpt,
     ExecutorName,
@@ -25,6 +26,7 @@ from detector.cli.options import (
     RulesFileOpt,
     SeedOpt,
     SinceOpt,
+    SuppressionsOpt,
     UntilOpt,
     chunk_progress,
     configured_sinks,
@@ -65,21 +67,8 @@ def score(
     fail_on: FailOnOpt = None,
     seed: SeedOpt = 0,
     cluster: ClusterOpt = None,
-    suppressions: Annotated[
-        str | None,
-        typer.Option(
-            "--suppressions",
-            envvar="DETECT_SUPPRESSIONS",
-            help="Suppressions YAML applied before delivery (default ./suppressions.yaml if any).",
-        ),
-    ] = None,
-    deliver: Annotated[
-        bool,
-        typer.Option(
-            "--deliver/--no-deliver",
-            help="Send new and changed incidents to the [[sinks]] in detect.toml.",
-        ),
-    ] = True,
+    suppressions: SuppressionsOpt = None,
+    deliver: DeliverOpt = True,
     strict: Annotated[
         bool,
         typer.Option(

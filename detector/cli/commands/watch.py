@@ -14,11 +14,13 @@ from detector.cli.options import (
     DEFAULT_MODEL_DIR,
     EXIT_OK,
     ClusterOpt,
+    DeliverOpt,
     DisableOpt,
     LakeOpt,
     ModelDirOpt,
     RegionOpt,
     RulesFileOpt,
+    SuppressionsOpt,
     configured_sinks,
     duration_option,
     instant_option,
@@ -148,20 +150,8 @@ def watch(
             "--rate", min=0.0, help="Client-side limit on CloudWatch API requests per second."
         ),
     ] = 5.0,
-    suppressions: Annotated[
-        str | None,
-        typer.Option(
-            "--suppressions",
-            envvar="DETECT_SUPPRESSIONS",
-            help="Suppressions YAML applied before delivery (default ./suppressions.yaml if any).",
-        ),
-    ] = None,
-    deliver: Annotated[
-        bool,
-        typer.Option(
-            "--deliver/--no-deliver", help="Send incidents to the sinks configured in detect.toml."
-        ),
-    ] = True,
+    suppressions: SuppressionsOpt = None,
+    deliver: DeliverOpt = True,
     backoff: Annotated[
         timedelta,
         duration_option("--backoff", hidden=True, help="Base of the exponential backoff."),
