@@ -83,3 +83,14 @@ def test_docs_architecture_names_every_module():
         if not named and not (len(rel.parts) == 3 and rel.parts[:2] == ("cli", "commands")):
             missing.append(rel.as_posix())
     assert not missing, f"add to docs/architecture.md: {sorted(missing)}"
+
+
+def test_commands_never_import_each_other():
+    """Shared CLI code lives in cli/options.py and cli/render.py, not in another command."""
+    wrong = [
+        f"{path.name} imports {target}"
+        for path in (ROOT / "cli" / "commands").glob("*.py")
+        for target in _imports(path)
+        if target.startswith("detector.cli.commands")
+    ]
+    assert not wrong, wrong

@@ -14,7 +14,9 @@ exit code (README "Exit codes").
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
@@ -258,6 +260,27 @@ MinSeverityOpt = Annotated[
     Severity | None,
     typer.Option("--min-severity", help="Only this severity and above.", case_sensitive=False),
 ]
+#: Durations that must be more than zero (a chunk, a pass interval, a lease...).
+POSITIVE = Duration(positive=True)
+CloudWatchRateOpt = Annotated[
+    float,
+    typer.Option(
+        "--rate", min=0.0, help="Client-side limit on CloudWatch API requests per second."
+    ),
+]
+LeaseOpt = Annotated[
+    timedelta,
+    duration_option(
+        "--lease",
+        parser=POSITIVE,
+        help="How long a log group stays claimed by a process that stops renewing its lease "
+        "(then another exporter or replica takes over).",
+    ),
+]
+BackoffOpt = Annotated[
+    timedelta,
+    duration_option("--backoff", hidden=True, help="Base of the exponential backoff."),
+]
 SuppressionsOpt = Annotated[
     str | None,
     typer.Option(
@@ -384,3 +407,23 @@ def configured_sinks(ctx: typer.Context) -> list[Any]:
     """The [[sinks]] of the loaded configuration (checked when the file was read)."""
     state = ctx.find_root().meta.get("detect.settings")
     return list(state.config.extra.get("sinks", [])) if state else []
+
+
+@contextmanager
+def stop_on_signals(stop: threading.Event, received: list[int]) -> Iterator[None]:
+    """SIGTERM/SIGINT ask a long-running command (export, watch) for a clean stop: flush,
+    checkpoint, exit 0; a second signal aborts."""
+
+    def handler(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            signal.signal(signum, signal.SIG_DFL)
+            raise KeyboardInterrupt
+        received.append(signum)
+        stop.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)

@@ -7,8 +7,6 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Annotated
 
@@ -16,10 +14,13 @@ import typer
 
 from detector.cli.options import (
     EXIT_OK,
+    POSITIVE,
+    BackoffOpt,
+    CloudWatchRateOpt,
     ClusterOpt,
-    Duration,
     FormatOpt,
     LakeOpt,
+    LeaseOpt,
     OutputFormat,
     RegionOpt,
     UntilOpt,
@@ -29,6 +30,7 @@ from detector.cli.options import (
     progress_enabled,
     stderr,
     stdout,
+    stop_on_signals,
 )
 from detector.errors import UsageError
 from detector.pipeline.export import (
@@ -40,28 +42,6 @@ from detector.pipeline.export import (
 from detector.sources.cloudwatch import DEFAULT_STREAM_PREFIX, MAX_PAGE_LIMIT
 from detector.sources.files import cluster_from_log_group
 from detector.timeparse import check_range
-
-#: Durations that must be more than zero (a chunk, a pass interval, a lease...).
-POSITIVE = Duration(positive=True)
-
-
-@contextmanager
-def _stop_on_signals(stop: threading.Event, received: list[int]) -> Iterator[None]:
-    """SIGTERM/SIGINT ask for a clean stop (flush, checkpoint); a second one aborts."""
-
-    def handler(signum: int, _frame: object) -> None:
-        if stop.is_set():
-            signal.signal(signum, signal.SIG_DFL)
-            raise KeyboardInterrupt
-        received.append(signum)
-        stop.set()
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 def export(
@@ -113,12 +93,7 @@ def export(
     stream_prefix: Annotated[
         str, typer.Option("--stream-prefix", help="Audit log streams start with this.")
     ] = DEFAULT_STREAM_PREFIX,
-    rate: Annotated[
-        float,
-        typer.Option(
-            "--rate", min=0.0, help="Client-side limit on CloudWatch API requests per second."
-        ),
-    ] = 5.0,
+    rate: CloudWatchRateOpt = 5.0,
     max_attempts: Annotated[
         int,
         typer.Option(
@@ -144,14 +119,7 @@ def export(
             help="Read the range in chunks this long; the checkpoint moves per chunk.",
         ),
     ] = "15m",  # type: ignore[assignment]
-    lease: Annotated[
-        timedelta,
-        duration_option(
-            "--lease",
-            parser=POSITIVE,
-            help="How long the checkpoint stays claimed by an exporter that stops renewing it.",
-        ),
-    ] = "3m",  # type: ignore[assignment]
+    lease: LeaseOpt = "3m",  # type: ignore[assignment]
     wait_for_lease: Annotated[
         timedelta,
         duration_option(
@@ -169,10 +137,7 @@ def export(
             help="FilterLogEvents limit per page.",
         ),
     ] = MAX_PAGE_LIMIT,
-    backoff: Annotated[
-        timedelta,
-        duration_option("--backoff", hidden=True, help="Base of the exponential backoff."),
-    ] = "0.5s",  # type: ignore[assignment]
+    backoff: BackoffOpt = "0.5s",  # type: ignore[assignment]
     region: RegionOpt = None,
     output: FormatOpt = OutputFormat.table,
 ) -> None:
@@ -252,7 +217,7 @@ def export(
     stop = threading.Event()
     received: list[int] = []
     exporter = Exporter(lake, options, stop=stop, progress=progress if interactive else None)
-    with _stop_on_signals(stop, received):
+    with stop_on_signals(stop, received):
         try:
             summary = exporter.run(since=since, until=until, follow=follow)
         except ExportError as exc:  # reported by the entry point; the summary so far first

@@ -9,14 +9,17 @@ from typing import Annotated, Any
 
 import typer
 
-from detector.cli.commands.export import POSITIVE, _stop_on_signals
 from detector.cli.options import (
     DEFAULT_MODEL_DIR,
     EXIT_OK,
+    POSITIVE,
+    BackoffOpt,
+    CloudWatchRateOpt,
     ClusterOpt,
     DeliverOpt,
     DisableOpt,
     LakeOpt,
+    LeaseOpt,
     ModelDirOpt,
     RegionOpt,
     RulesFileOpt,
@@ -24,6 +27,7 @@ from detector.cli.options import (
     configured_sinks,
     duration_option,
     instant_option,
+    stop_on_signals,
 )
 from detector.errors import UsageError
 
@@ -115,14 +119,7 @@ def watch(
             "--since", help="CloudWatch, first run only: where to start (then it resumes)."
         ),
     ] = "10m",  # type: ignore[assignment]
-    lease: Annotated[
-        timedelta,
-        duration_option(
-            "--lease",
-            parser=POSITIVE,
-            help="A replica that stops renewing its lease loses it after this long.",
-        ),
-    ] = "3m",  # type: ignore[assignment]
+    lease: LeaseOpt = "3m",  # type: ignore[assignment]
     port: Annotated[
         int | None,
         typer.Option(
@@ -144,18 +141,10 @@ def watch(
         timedelta,
         duration_option("--model-check", help="How often to look for a newly trained model."),
     ] = "30s",  # type: ignore[assignment]
-    rate: Annotated[
-        float,
-        typer.Option(
-            "--rate", min=0.0, help="Client-side limit on CloudWatch API requests per second."
-        ),
-    ] = 5.0,
+    rate: CloudWatchRateOpt = 5.0,
     suppressions: SuppressionsOpt = None,
     deliver: DeliverOpt = True,
-    backoff: Annotated[
-        timedelta,
-        duration_option("--backoff", hidden=True, help="Base of the exponential backoff."),
-    ] = "0.5s",  # type: ignore[assignment]
+    backoff: BackoffOpt = "0.5s",  # type: ignore[assignment]
     region: RegionOpt = None,
 ) -> None:
     """Detect as events arrive and alert within seconds, exactly once per incident version.
@@ -299,7 +288,7 @@ def watch(
     )
     received: list[int] = []
     started = datetime.now(UTC)
-    with _stop_on_signals(stop, received):
+    with stop_on_signals(stop, received):
         watcher.run()  # a DetectError is one line and its exit code, from the entry point
     seconds = (datetime.now(UTC) - started).total_seconds()
     log.info("%s", metrics.status_line())
