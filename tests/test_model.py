@@ -460,3 +460,14 @@ def test_a_baseline_table_without_its_columns_is_refused(tmp_path, trained):
     (d / CARD_NAME).write_text(json.dumps(card))
     with pytest.raises(ModelError, match=r"seen .* lacks cluster"):
         Model.load(str(d))
+
+
+def test_named_new_values_are_capped_in_count_and_length():
+    """A client-chosen user agent of any length cannot blow up a stored reason."""
+    from detector.model.explain import _detail
+
+    huge = "a" + "x" * 10_000
+    ctx = {"cluster": "c", "principal": "p", "_user_agents": [huge, "b", "c", "d", "usual/1"]}
+    text = _detail("new_user_agents", ctx, {("c", "p", "user_agent"): ["usual/1"]})
+    assert text is not None and len(text) < 400
+    assert text.startswith("new: axxx") and ", b, c ...; usual: usual/1" in text

@@ -87,8 +87,14 @@ _NAMED_NOVELTY = {
     "new_source_ips": ("_source_ips", "source_ip"),
     "new_user_agents": ("_user_agents", "user_agent"),
 }
-#: How many new and usual values a reason names (the rest are in the finding's events).
+#: How many new and usual values a reason names (the rest are in the finding's events),
+#: and how much of each (a user agent is client-chosen text of any length).
 _MAX_NAMED = 3
+_MAX_VALUE_CHARS = 120
+
+
+def _short(value: str) -> str:
+    return value if len(value) <= _MAX_VALUE_CHARS else value[: _MAX_VALUE_CHARS - 3] + "..."
 
 
 def _usual_values(rows: pl.DataFrame, baseline: Baseline) -> dict[tuple[str, str, str], list]:
@@ -124,10 +130,11 @@ def _detail(
         new = sorted(v for v in (ctx.get(column) or []) if v is not None and v not in known)
         if not new:
             return None
-        text = "new: " + ", ".join(new[:_MAX_NAMED]) + (" ..." if len(new) > _MAX_NAMED else "")
+        text = "new: " + ", ".join(map(_short, new[:_MAX_NAMED]))
+        text += " ..." if len(new) > _MAX_NAMED else ""
         if usual:
             more = " ..." if len(usual) > _MAX_NAMED else ""
-            text += "; usual: " + ", ".join(usual[:_MAX_NAMED]) + more
+            text += "; usual: " + ", ".join(map(_short, usual[:_MAX_NAMED])) + more
         return text
     return None
 
