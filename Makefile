@@ -15,7 +15,7 @@ $(UV):
 	.uv/bin/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
 
 $(STAMP): $(UV) pyproject.toml uv.lock
-	$(UV) sync --frozen --all-extras --python "$$($(PYTHON) -c 'import sys; print(sys.executable)')"
+	$(UV) sync --frozen --all-extras --compile-bytecode --python "$$($(PYTHON) -c 'import sys; print(sys.executable)')"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -27,6 +27,7 @@ test: setup  ## the whole test suite, on every core (pytest-xdist)
 	$(VENV)/bin/pytest -n auto
 
 bench: setup  ## benchmarks: print events/s, MB/s and peak RSS
+	$(VENV)/bin/python -m compileall -q detector
 	$(VENV)/bin/python bench/run.py
 
 lint: setup

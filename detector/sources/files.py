@@ -215,6 +215,11 @@ class Gunzip(io.RawIOBase):
         self._out, self._out_len = [data[want:]], len(data) - want
         return data[:want]
 
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
     def _emit(self, data: bytes) -> None:
         if data:
             self._out.append(data)
@@ -291,30 +296,55 @@ def sniff_format(head: bytes) -> str:
 
 
 # --------------------------------------------------------------------------- line splitting
-def _split_lines(block: bytes) -> pa.Array:
+def _split_lines(block: bytes | bytearray) -> pa.Array:
     """The lines of ``block`` as a zero-copy binary array, each element keeping its newline.
 
     Keeping the newline makes the array's data buffer the block itself: the normalizer can
     hand any run of lines to the JSON parser as one slice, with no copy and no join. Line
-    boundaries come from numpy, not a Python loop.
+    boundaries come from numpy, not a Python loop, a slice at a time so the scratch memory
+    stays small whatever the block size. ``block`` must not change afterwards (a
+    ``bytearray`` from :func:`iter_line_blocks` is never touched again).
     """
     if not block:
         return pa.array([], pa.large_binary())
     if not block.endswith(b"\n"):
-        block += b"\n"
-    ends = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10).astype(np.int64) + 1
-    offsets = np.concatenate(([0], ends)).astype(np.int64)
+        block = bytes(block) + b"\n"
+    view = np.frombuffer(block, dtype=np.uint8)
+    step = 4 * 1024 * 1024
+    ends = [np.flatnonzero(view[i : i + step] == 10) + (i + 1) for i in range(0, len(view), step)]
+    offsets = np.concatenate([np.zeros(1, np.int64), *ends]).astype(np.int64, copy=False)
     return pa.LargeBinaryArray.from_buffers(
         pa.large_binary(),
-        len(ends),
-        [None, pa.py_buffer(offsets.tobytes()), pa.py_buffer(block)],
+        len(offsets) - 1,
+        [None, pa.py_buffer(offsets), pa.py_buffer(block)],
     )
+
+
+def _read_into(stream: BinaryIO, buf: bytearray, start: int) -> int:
+    """Fill ``buf[start:]`` from ``stream`` as far as it goes; returns the bytes read.
+
+    Every stream here has ``readinto`` (files, S3 objects, :class:`Gunzip`,
+    :class:`_Prefixed`), so bytes land in the block with no intermediate copy; a short read
+    is followed by more reads, so only the end of the input stops it early.
+    """
+    pos = start
+    with memoryview(buf) as view:
+        while pos < len(buf):
+            got = stream.readinto(view[pos:])  # type: ignore[attr-defined]
+            if not got:
+                break
+            pos += got
+    return pos - start
 
 
 def iter_line_blocks(
     stream: BinaryIO, *, batch_bytes: int = BATCH_BYTES
-) -> Iterator[tuple[bytes, int, list[tuple[int, int, bytes]]]]:
+) -> Iterator[tuple[bytearray, int, list[tuple[int, int, bytes]]]]:
     """Blocks of whole lines: (block, number of its first line, oversize lines).
+
+    Each block is one buffer read into directly (the unfinished last line is moved to the
+    next one): a block costs its own size in memory, not the two or three copies that
+    joining and slicing ``bytes`` would make. A block is never reused after it is yielded.
 
     A line longer than :data:`MAX_LINE_BYTES` is never held whole: it is skipped while
     reading and reported as (line number, size, first bytes), so a 10 GB line costs no
@@ -323,19 +353,22 @@ def iter_line_blocks(
     line_no = 1
     carry = b""
     while True:
-        chunk = stream.read(batch_bytes)
-        if not chunk:
+        buf = bytearray(len(carry) + batch_bytes)
+        buf[: len(carry)] = carry
+        got = _read_into(stream, buf, len(carry))
+        del buf[len(carry) + got :]
+        if not got:
             if carry:
-                yield carry, line_no, []
+                yield bytearray(carry), line_no, []
             return
-        data = carry + chunk
-        cut = data.rfind(b"\n")
+        cut = buf.rfind(b"\n")
         if cut < 0:
-            if len(data) <= MAX_LINE_BYTES:
-                carry = data
+            if len(buf) <= MAX_LINE_BYTES:
+                carry = bytes(buf)
                 continue
             # Oversize line: swallow it up to its newline.
-            size, head = len(data), data[:65536]
+            size, head = len(buf), bytes(buf[:65536])
+            del buf
             while True:
                 more = stream.read(batch_bytes)
                 if not more:
@@ -347,13 +380,15 @@ def iter_line_blocks(
                     rest = more[nl + 1 :]
                     break
                 size += len(more)
-            yield b"", line_no, [(line_no, size, head)]
+            yield bytearray(), line_no, [(line_no, size, head)]
             line_no += 1
             carry = rest
             continue
-        block, carry = data[: cut + 1], data[cut + 1 :]
-        yield block, line_no, []
-        line_no += block.count(b"\n", 0)
+        carry = bytes(buf[cut + 1 :])
+        del buf[cut + 1 :]
+        lines_in_block = buf.count(b"\n")
+        yield buf, line_no, []
+        line_no += lines_in_block
 
 
 # --------------------------------------------------------------------------- readers
@@ -374,7 +409,9 @@ def _ndjson_batches(
         if why:  # only the last block can lack its newline: the line the damage cut
             cut = block.rfind(b"\n") + 1
             tail_no = first_line + block.count(b"\n", 0, cut)
-            rejected.append((uri, str(tail_no), f"{why}; line cut off", block[cut:][:RAW_KEEP]))
+            rejected.append(
+                (uri, str(tail_no), f"{why}; line cut off", bytes(block[cut:][:RAW_KEEP]))
+            )
             block = block[:cut]
             next_line, reported = tail_no + 1, True
         if not block:
@@ -647,6 +684,19 @@ class _Prefixed(io.RawIOBase):
             out, self._head = self._head[:size], self._head[size:]
             return out
         return self._rest.read(size)
+
+    def readinto(self, buffer: Any) -> int:
+        if self._head:
+            n = min(len(self._head), len(buffer))
+            buffer[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        readinto = getattr(self._rest, "readinto", None)
+        if readinto is not None:
+            return int(readinto(buffer) or 0)
+        data = self._rest.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
     def close(self) -> None:
         self._rest.close()
