@@ -519,6 +519,49 @@ def test_prefetched_keeps_order_raises_producer_errors_and_stops_early():
     assert len(produced) <= 6  # the producer stopped, at most a slot ahead
 
 
+def test_ordered_map_keeps_input_order_raises_at_the_failing_item_and_stops_early():
+    from detector.pipeline.ingest import ordered_map
+
+    # Later items finish first (each waits for the one after it to start): order must hold.
+    started = [threading.Event() for _ in range(21)]
+
+    def slow_first(i: int) -> int:
+        started[i].set()
+        if i % 2 == 0:
+            started[i + 1].wait(timeout=30)
+        return i * i
+
+    assert list(ordered_map(slow_first, iter(range(20)), workers=2)) == [i * i for i in range(20)]
+
+    def failing(i: int) -> int:
+        if i == 3:
+            raise ValueError("bad batch 3")
+        return i
+
+    got = []
+    with pytest.raises(ValueError, match="bad batch 3"):
+        for item in ordered_map(failing, iter(range(10)), workers=2):
+            got.append(item)
+    assert got == [0, 1, 2]  # every result before the failing one, none after
+
+    taken = []
+
+    def endless():
+        i = 0
+        while True:
+            taken.append(i)
+            yield i
+            i += 1
+
+    stream = ordered_map(lambda i: i, endless(), workers=2)
+    for item in stream:
+        if item == 3:
+            break
+    stream.close()  # returns once no worker is running
+    assert not [t for t in threading.enumerate() if t.name.startswith("ingest-normalize")]
+    assert len(taken) <= 6
+
+
 # ----------------------------------------------------------------- hostile input (issue 10)
 def _lake_ids(lake: str) -> list[str]:
     return sorted(Lake(lake).scan_events().collect()["audit_id"])

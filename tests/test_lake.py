@@ -218,6 +218,34 @@ def test_events_stored_under_another_cluster_are_skipped_and_counted(tmp_path, c
     assert got.height == 25 and got["audit_id"].n_unique() == 25
 
 
+def test_dedup_keys_held_in_memory_are_bounded_and_dropping_them_loses_no_dedup(
+    tmp_path, monkeypatch
+):
+    """Memory of an ingest must not grow with its input; keys pushed out are read again."""
+    monkeypatch.setattr("detector.lake.events.KEY_CACHE_ROWS", 25)
+    lake = str(tmp_path / "lake")
+    # Three hours, written in batches of 10 (flush_rows), back and forth between hours.
+    src = tmp_path / "audit.log"
+    src.write_bytes(
+        b"".join(orjson.dumps(event(i, hour=10 + (i // 10) % 3)) + b"\n" for i in range(90))
+    )
+    held = []
+    original = Lake.write_events
+
+    def spy(self, df):
+        stats = original(self, df)
+        held.append(self.keys.rows)
+        return stats
+
+    monkeypatch.setattr(Lake, "write_events", spy)
+    first = ingest_paths([str(src)], lake, cluster="prod", flush_rows=10)
+    again = ingest_paths([str(src)], lake, cluster="prod", flush_rows=10)
+    assert first.events_written == 90
+    assert again.events_written == 0 and again.duplicates == 90
+    assert max(held) <= 25 + 10  # the bound, plus the one file just written
+    assert lake_rows(lake) == 90
+
+
 # ----------------------------------------------------------------------------- S3
 def test_a_missing_bucket_is_a_configuration_error(tmp_path, moto_endpoint):
     src = audit_file(tmp_path / "audit.log", range(3))

@@ -19,7 +19,8 @@ which states the file-level guarantees (atomic, no globs, safe names, bad files 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -57,6 +58,63 @@ def partition_expr() -> list[pl.Expr]:
     ]
 
 
+#: Dedup keys held in memory at most, in rows (~60 bytes each): a long or large ingest
+#: keeps a flat footprint; keys pushed out are read again from their file if needed.
+KEY_CACHE_ROWS = 1_000_000
+
+
+class KeyCache:
+    """Dedup keys of lake files already read, least recently used first out.
+
+    Without a bound, an ingest of 4M events held 4M keys (about 250 MB) to the end: memory
+    grew with the input. Writes touch the hours of their own events, so in practice only
+    the hours an input is still writing stay in; a file whose keys were dropped is read
+    again when its hour is written to again, so the bound costs time, never correctness.
+    """
+
+    def __init__(self, max_rows: int | None = None) -> None:
+        self.max_rows = KEY_CACHE_ROWS if max_rows is None else max_rows
+        self._keys: OrderedDict[str, pl.DataFrame] = OrderedDict()
+        self._hour: dict[str, str] = {}
+        self._rows = 0
+
+    def get(self, path: str, hour: str, read: Callable[[], pl.DataFrame]) -> pl.DataFrame:
+        """The keys of ``path``, read with ``read`` unless held."""
+        keys = self._keys.get(path)
+        if keys is None:
+            return self.put(path, hour, read())
+        self._keys.move_to_end(path)
+        return keys
+
+    def put(self, path: str, hour: str, keys: pl.DataFrame) -> pl.DataFrame:
+        """Hold the keys of a file just written or read; drops the oldest over the bound."""
+        self.drop(path)
+        self._keys[path] = keys
+        self._hour[path] = hour
+        self._rows += keys.height
+        while self._rows > self.max_rows and len(self._keys) > 1:
+            self.drop(next(iter(self._keys)))
+        return keys
+
+    def drop(self, path: str) -> None:
+        keys = self._keys.pop(path, None)
+        if keys is not None:
+            self._rows -= keys.height
+            del self._hour[path]
+
+    def forget_before(self, cut: str) -> int:
+        """Drop the keys of hours before ``cut`` ("YYYY-MM-DD HH"); returns how many hours."""
+        old = [p for p, h in self._hour.items() if h < cut]
+        hours = {self._hour[p] for p in old}
+        for path in old:
+            self.drop(path)
+        return len(hours)
+
+    @property
+    def rows(self) -> int:
+        return self._rows
+
+
 @dataclass
 class WriteStats:
     """What a write did: rows added, rows already present, files written.
@@ -90,8 +148,8 @@ class Lake:
         self.quarantine = Table(self.loc, QUARANTINE_DIR, ("date",), pl.Schema(QUARANTINE_COLUMNS))
         # Dedup keys of each file already read, so an ingest of many batches into one hour
         # reads that hour's files once; files other writers add later are read when seen.
-        self._file_keys: dict[str, pl.DataFrame] = {}
-        self._file_hour: dict[str, str] = {}
+        self.keys = KeyCache()
+        self._quarantine_cache = KeyCache()
         self._root_checked = False
 
     @property
@@ -113,13 +171,10 @@ class Lake:
         return self.events.usable(self.events.entries(part))
 
     def _keys_of(self, paths: list[str], hour: str) -> list[pl.DataFrame]:
-        out = []
-        for path in paths:
-            if path not in self._file_keys:
-                self._file_keys[path] = self.events.read(path, list(EVENT_KEY))
-                self._file_hour[path] = hour
-            out.append(self._file_keys[path])
-        return out
+        return [
+            self.keys.get(path, hour, lambda p=path: self.events.read(p, list(EVENT_KEY)))
+            for path in paths
+        ]
 
     def _existing_keys(
         self, part: Partition, clusters: list[str]
@@ -152,13 +207,7 @@ class Lake:
         A long-running writer (``export --follow``) would otherwise keep every hour's keys.
         Safe: if an event for a forgotten hour arrives after all, its keys are read again.
         """
-        cut = moment.astimezone(UTC).strftime("%Y-%m-%d %H")
-        old = [p for p, h in self._file_hour.items() if h < cut]
-        hours = {self._file_hour[p] for p in old}
-        for path in old:
-            del self._file_keys[path]
-            del self._file_hour[path]
-        return len(hours)
+        return self.keys.forget_before(moment.astimezone(UTC).strftime("%Y-%m-%d %H"))
 
     def write_events(self, df: pl.DataFrame) -> WriteStats:
         """Add canonical event rows (with ``cluster``) that the lake does not hold yet.
@@ -205,8 +254,7 @@ class Lake:
                 if not rows["event_time"].is_sorted():  # usually already in order
                     rows = rows.sort("event_time")
                 path = self.events.write(part, rows)
-                self._file_keys[path] = rows.select(list(EVENT_KEY))
-                self._file_hour[path] = f"{date} {hour}"
+                self.keys.put(path, f"{date} {hour}", rows.select(list(EVENT_KEY)))
                 stats.written += rows.height
                 stats.files += 1
                 stats.partitions.add(part)
@@ -298,9 +346,11 @@ class Lake:
         frames = []
         for (date,) in self.quarantine.partitions():
             for path in self.quarantine.usable(self.quarantine.entries((date,))):
-                if path not in self._file_keys:
-                    self._file_keys[path] = self.quarantine.read(path, key)
-                frames.append(self._file_keys[path])
+                frames.append(
+                    self._quarantine_cache.get(
+                        path, date, lambda p=path: self.quarantine.read(p, key)
+                    )
+                )
         if not frames:
             return pl.DataFrame(schema={k: pl.String for k in key})
         return pl.concat(frames)
@@ -325,7 +375,7 @@ class Lake:
                 pl.col("quarantined_at").dt.strftime("%Y-%m-%d"), maintain_order=True
             ):
                 path = self.quarantine.write((str(date),), group)
-                self._file_keys[path] = group.select(key)
+                self._quarantine_cache.put(path, str(date), group.select(key))
         return df.height
 
     def scan_quarantine(self) -> pl.LazyFrame:

@@ -42,9 +42,10 @@ log = logging.getLogger(__name__)
 #: What ``--input-format`` accepts: the four formats (:mod:`detector.sources.formats`) or auto.
 FORMATS = (AUTO, *formats.INPUT_FORMATS)
 
-#: Bytes of input per batch: big enough for polars to parse at full speed, small enough
-#: that a batch and its parsed columns stay well under a few hundred MB.
-BATCH_BYTES = 48 * 1024 * 1024
+#: Bytes of input per batch: big enough for pyarrow to parse at full speed (four of its
+#: 8 MB parse blocks), small enough that the few batches an ingest has in flight (one
+#: read ahead, two normalizing) and their parsed columns stay a few hundred MB.
+BATCH_BYTES = 32 * 1024 * 1024
 
 # The shapes each format is recognised by live next to their writers in formats.py.
 _ISO_PREFIX = formats.EXPORT_PREFIX
