@@ -60,7 +60,7 @@ def partition_expr() -> list[pl.Expr]:
 
 #: Dedup keys held in memory at most, in rows (~60 bytes each): a long or large ingest
 #: keeps a flat footprint; keys pushed out are read again from their file if needed.
-KEY_CACHE_ROWS = 1_000_000
+KEY_CACHE_ROWS = 500_000
 
 
 class KeyCache:
