@@ -428,16 +428,18 @@ NORMALIZE_WORKERS = 2
 def ordered_map(fn: Callable[[T], U], items: Iterator[T], *, workers: int) -> Iterator[U]:
     """``map(fn, items)`` on ``workers`` threads, results in input order.
 
-    At most ``workers`` items are in hand at once (memory stays bounded); an error in
-    ``fn`` is raised in the caller at that item's turn, after the results before it; a
-    caller that stops early leaves nothing running once the generator is closed.
+    One item more than ``workers`` is submitted, so the workers keep going while the
+    caller works on a result (a write); at most ``workers + 1`` items are in hand at once,
+    so memory stays bounded. An error in ``fn`` is raised in the caller at that item's
+    turn, after the results before it; a caller that stops early leaves nothing running
+    once the generator is closed.
     """
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest-normalize")
     pending: deque[Future[U]] = deque()
     try:
         for item in items:
             pending.append(pool.submit(fn, item))
-            if len(pending) >= workers:
+            if len(pending) > workers:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
