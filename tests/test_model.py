@@ -194,6 +194,18 @@ def test_array_forest_scores_exactly_like_scikit_learn():
     assert np.array_equal(again.score(Y), arrays.score(Y))
 
 
+def test_trees_built_on_every_core_are_the_trees_built_on_one():
+    """Training builds trees on all cores; a model must not depend on the machine."""
+    from sklearn.ensemble import IsolationForest
+
+    rng = np.random.default_rng(5)
+    X = np.r_[rng.normal(size=(2000, 3)), rng.normal(5, 1, size=(10, 3))]
+    ours = AuditIsolationForest(n_estimators=40, log_transform=False, random_state=7).fit(X)
+    one_core = IsolationForest(n_estimators=40, max_samples=1024, random_state=7, n_jobs=1)
+    expected = ArrayForest.from_sklearn(one_core.fit(X))
+    assert ours.scorer_.forest.to_bytes() == expected.to_bytes()
+
+
 def test_scoring_a_saved_model_does_not_import_scikit_learn(tmp_path, trained, scored):
     import subprocess
     import sys

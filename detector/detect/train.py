@@ -9,6 +9,7 @@ mean much (issue: a model trained on two days of a fourteen-day request says not
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -42,12 +43,18 @@ class ThinBaseline(ScoringError):
 
 @dataclass
 class Fitted:
-    """A fitted model with its cross-fitted training rows and their scores."""
+    """A fitted model with its cross-fitted training rows (and their scores, on demand)."""
 
     model: Model
     rows: pl.DataFrame  # the cross-fitted training feature rows
-    scores: np.ndarray  # their anomaly scores
+    inputs: np.ndarray  # those rows as the forest sees them
     fold: timedelta
+
+    @functools.cached_property
+    def scores(self) -> np.ndarray:
+        """Anomaly scores of the training rows: computed when asked (a cold-start score
+        reports them), never by `detect train`, which only saves the model."""
+        return self.model.scorer.anomaly_score(self.inputs)
 
 
 def _iso(t: datetime) -> str:
@@ -103,7 +110,7 @@ def fit(
         training=training,
         fingerprint=fingerprint(X),
     )
-    return Fitted(model=model, rows=rows, scores=est.anomaly_score(X), fold=fold)
+    return Fitted(model=model, rows=rows, inputs=X, fold=fold)
 
 
 def fit_model(

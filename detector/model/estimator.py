@@ -122,10 +122,13 @@ class AuditIsolationForest(OutlierMixin, BaseEstimator):
         max_samples = self.max_samples
         if isinstance(max_samples, Integral):
             max_samples = min(int(max_samples), X.shape[0])
+        # Trees are built on every core (threads; the tree builder releases the GIL).
+        # Each tree's seed is drawn before the work is split, so the forest is the same.
         forest = IsolationForest(
             n_estimators=self.n_estimators,
             max_samples=max_samples,
             random_state=self.random_state,
+            n_jobs=-1,
         ).fit(transform(X, log=self.log_transform))
         self.scorer_ = Scorer.fit(
             ArrayForest.from_sklearn(forest),
