@@ -297,18 +297,18 @@ def sniff_format(head: bytes) -> str:
 
 
 # --------------------------------------------------------------------------- line splitting
-def _split_lines(block: bytes | bytearray) -> pa.Array:
+def _split_lines(block: bytes | memoryview) -> pa.Array:
     """The lines of ``block`` as a zero-copy binary array, each element keeping its newline.
 
     Keeping the newline makes the array's data buffer the block itself: the normalizer can
     hand any run of lines to the JSON parser as one slice, with no copy and no join. Line
     boundaries come from numpy, not a Python loop, a slice at a time so the scratch memory
-    stays small whatever the block size. ``block`` must not change afterwards (a
-    ``bytearray`` from :func:`iter_line_blocks` is never touched again).
+    stays small whatever the block size. ``block`` must not change afterwards (blocks
+    from :func:`iter_line_blocks` never do).
     """
-    if not block:
+    if not len(block):
         return pa.array([], pa.large_binary())
-    if not block.endswith(b"\n"):
+    if block[-1] != 10:  # b"\n"
         block = bytes(block) + b"\n"
     view = np.frombuffer(block, dtype=np.uint8)
     step = 4 * 1024 * 1024
@@ -321,7 +321,7 @@ def _split_lines(block: bytes | bytearray) -> pa.Array:
     )
 
 
-def _read_into(stream: BinaryIO, buf: bytearray, start: int) -> int:
+def _read_into(stream: BinaryIO, buf: np.ndarray, start: int) -> int:
     """Fill ``buf[start:]`` from ``stream`` as far as it goes; returns the bytes read.
 
     Every stream here has ``readinto`` (files, S3 objects, :class:`Gunzip`,
@@ -338,14 +338,29 @@ def _read_into(stream: BinaryIO, buf: bytearray, start: int) -> int:
     return pos - start
 
 
+def _last_newline(buf: np.ndarray, size: int) -> int:
+    """Index of the last ``\\n`` in ``buf[:size]``, or -1; looks at the end first."""
+    hi, step = size, 64 * 1024
+    while hi > 0:
+        lo = max(0, hi - step)
+        found = np.flatnonzero(buf[lo:hi] == 10)
+        if found.size:
+            return lo + int(found[-1])
+        hi, step = lo, step * 4
+    return -1
+
+
 def iter_line_blocks(
     stream: BinaryIO, *, batch_bytes: int = BATCH_BYTES
-) -> Iterator[tuple[bytearray, int, list[tuple[int, int, bytes]]]]:
+) -> Iterator[tuple[memoryview, int, list[tuple[int, int, bytes]]]]:
     """Blocks of whole lines: (block, number of its first line, oversize lines).
 
-    Each block is one buffer read into directly (the unfinished last line is moved to the
-    next one): a block costs its own size in memory, not the two or three copies that
-    joining and slicing ``bytes`` would make. A block is never reused after it is yielded.
+    Each block is one buffer read into directly, with the unfinished last line of the
+    previous block moved to its front: a block costs its own size in memory, not the
+    copies that joining and slicing ``bytes`` would make. The buffer is numpy's
+    (uninitialised: zero-filling 32 MB under the GIL stalled the other stages) and every
+    scan of it is numpy too, so reading holds the GIL for almost nothing. A block is
+    never written again after it is yielded.
 
     A line longer than :data:`MAX_LINE_BYTES` is never held whole: it is skipped while
     reading and reported as (line number, size, first bytes), so a 10 GB line costs no
@@ -354,21 +369,21 @@ def iter_line_blocks(
     line_no = 1
     carry = b""
     while True:
-        buf = bytearray(len(carry) + batch_bytes)
-        buf[: len(carry)] = carry
+        buf = np.empty(len(carry) + batch_bytes, dtype=np.uint8)
+        buf[: len(carry)] = np.frombuffer(carry, dtype=np.uint8)
         got = _read_into(stream, buf, len(carry))
-        del buf[len(carry) + got :]
+        size = len(carry) + got
         if not got:
             if carry:
-                yield bytearray(carry), line_no, []
+                yield memoryview(carry), line_no, []
             return
-        cut = buf.rfind(b"\n")
+        cut = _last_newline(buf, size)
         if cut < 0:
-            if len(buf) <= MAX_LINE_BYTES:
-                carry = bytes(buf)
+            if size <= MAX_LINE_BYTES:
+                carry = buf[:size].tobytes()
                 continue
             # Oversize line: swallow it up to its newline.
-            size, head = len(buf), bytes(buf[:65536])
+            head = buf[:65536].tobytes()
             del buf
             while True:
                 more = stream.read(batch_bytes)
@@ -381,14 +396,13 @@ def iter_line_blocks(
                     rest = more[nl + 1 :]
                     break
                 size += len(more)
-            yield bytearray(), line_no, [(line_no, size, head)]
+            yield memoryview(b""), line_no, [(line_no, size, head)]
             line_no += 1
             carry = rest
             continue
-        carry = bytes(buf[cut + 1 :])
-        del buf[cut + 1 :]
-        lines_in_block = buf.count(b"\n")
-        yield buf, line_no, []
+        carry = buf[cut + 1 : size].tobytes()
+        lines_in_block = int(np.count_nonzero(buf[: cut + 1] == 10))
+        yield memoryview(buf)[: cut + 1], line_no, []
         line_no += lines_in_block
 
 
@@ -406,16 +420,15 @@ def _ndjson_batches(
             (uri, str(n), f"line too long: {size} bytes (limit {MAX_LINE_BYTES})", head)
             for n, size, head in oversize
         ]
-        why = damage() if block and not block.endswith(b"\n") else None
+        why = damage() if len(block) and block[-1] != 10 else None
         if why:  # only the last block can lack its newline: the line the damage cut
-            cut = block.rfind(b"\n") + 1
-            tail_no = first_line + block.count(b"\n", 0, cut)
-            rejected.append(
-                (uri, str(tail_no), f"{why}; line cut off", bytes(block[cut:][:RAW_KEEP]))
-            )
-            block = block[:cut]
+            data = bytes(block)
+            cut = data.rfind(b"\n") + 1
+            tail_no = first_line + data.count(b"\n", 0, cut)
+            rejected.append((uri, str(tail_no), f"{why}; line cut off", data[cut:][:RAW_KEEP]))
+            block = memoryview(data)[:cut]
             next_line, reported = tail_no + 1, True
-        if not block:
+        if not len(block):
             yield LineBatch(
                 pa.array([], pa.large_binary()), pa.array([], pa.string()), uri, rejected=rejected
             )
