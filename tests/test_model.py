@@ -483,3 +483,21 @@ def test_named_new_values_are_capped_in_count_and_length():
     text = _detail("new_user_agents", ctx, {("c", "p", "user_agent"): ["usual/1"]})
     assert text is not None and len(text) < 400
     assert text.startswith("new: axxx") and ", b, c ...; usual: usual/1" in text
+
+
+def test_fold_baselines_from_one_pass_equal_rebuilding_them_from_the_rows(windows):
+    """Cross-fitting builds each fold's "other folds" baseline from per-fold sums and
+    unions; it must be exactly ``build_baseline`` of those rows, on realistic traffic."""
+    from polars.testing import assert_frame_equal
+
+    from detector.features.fit import _FoldHistory, _with_fold
+
+    w = _with_fold(windows, timedelta(hours=6))
+    history = _FoldHistory(w)
+    folds = w["_fold"].unique().sort().to_list()
+    assert len(folds) >= 8
+    for k in folds:
+        rebuilt = F.build_baseline(w.filter(pl.col("_fold") != k).drop("_fold"))
+        summed = history.excluding(k)
+        for part in ("seen", "principals", "actions", "population"):
+            assert_frame_equal(getattr(summed, part), getattr(rebuilt, part))

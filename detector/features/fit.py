@@ -14,8 +14,8 @@ from datetime import datetime, timedelta
 
 import polars as pl
 
-from detector.features.baseline import Baseline, build_baseline
-from detector.features.catalogue import FEATURES, KEYS, RELATIVE_BASES
+from detector.features.baseline import Baseline, build_baseline, exploded
+from detector.features.catalogue import DIMENSIONS, FEATURES, KEYS, RELATIVE_BASES
 from detector.features.compare import finish_features
 from detector.features.surprise import tail_counts
 
@@ -33,22 +33,107 @@ def _with_fold(windows: pl.DataFrame, fold: timedelta) -> pl.DataFrame:
     return windows.with_columns(pl.col("window_start").dt.truncate(every).alias("_fold"))
 
 
+class _FoldHistory:
+    """Per fold, what :func:`build_baseline` reads, computed in one pass over the rows.
+
+    The baseline of "every fold but k" is then a union (values seen), a sum (windows,
+    hour-of-day histograms, action counts) or a group-by over a few numeric columns
+    (medians), equal to ``build_baseline`` of those rows. Rebuilding it from the rows for
+    each of 14 folds exploded every window's value lists 14 times: a 25-cluster, 14-day
+    retrain took 231 s and 14.6 GB on the Ray head, where this takes a fraction of both.
+    """
+
+    _PKEYS = ("cluster", "principal")
+
+    def __init__(self, w: pl.DataFrame) -> None:
+        pkeys = list(self._PKEYS)
+        self.seen = pl.concat(
+            [
+                exploded(w, col, ("_fold",))
+                .select(*pkeys, pl.lit(col.lstrip("_")).alias("dimension"), "value", "_fold")
+                .unique()
+                for col, _, _ in DIMENSIONS
+            ]
+        )
+        hours = pl.col("window_start").dt.hour().cast(pl.Int64)
+        self.windows = w.group_by(*pkeys, "_fold").agg(
+            pl.len().alias("windows"),
+            *[(hours == h).sum().alias(f"_h{h}") for h in range(24)],
+        )
+        self.numeric = w.select(*pkeys, "_fold", *RELATIVE_BASES)
+        acts = exploded(w, "_actions", ("principal_kind", "_fold"))
+        self.actions = pl.concat(
+            [
+                acts.group_by("principal_kind", pl.col("value").alias("action"), "_fold").agg(
+                    pl.len().alias("windows")
+                ),
+                w.group_by("principal_kind", "_fold").agg(
+                    pl.lit("*").alias("action"), pl.len().alias("windows")
+                ),
+            ],
+            how="diagonal",
+        )
+
+    def excluding(self, fold: object) -> Baseline:
+        """``build_baseline`` of the rows outside ``fold``, without touching the rows."""
+        pkeys = list(self._PKEYS)
+        others = pl.col("_fold") != fold
+        seen = (
+            self.seen.filter(others)
+            .drop("_fold")
+            .unique()
+            .sort("cluster", "principal", "dimension", "value")
+        )
+        numeric = self.numeric.filter(others)
+        counts = (
+            self.windows.filter(others)
+            .group_by(pkeys)
+            .agg(pl.col("windows").sum(), *[pl.col(f"_h{h}").sum() for h in range(24)])
+            .select(
+                *pkeys,
+                pl.col("windows").cast(pl.UInt32),
+                pl.concat_list([pl.col(f"_h{h}").cast(pl.UInt32) for h in range(24)]).alias(
+                    "hour_counts"
+                ),
+            )
+        )
+        medians = numeric.group_by(pkeys).agg(
+            *[pl.col(c).median().cast(pl.Float64).alias(f"median_{c}") for c in RELATIVE_BASES]
+        )
+        principals = counts.join(medians, on=pkeys, how="inner").sort(pkeys)
+        actions = (
+            self.actions.filter(others)
+            .group_by("principal_kind", "action")
+            .agg(pl.col("windows").sum().cast(pl.UInt32))
+            .sort("principal_kind", "action")
+        )
+        population = pl.DataFrame(
+            {
+                "feature": list(RELATIVE_BASES),
+                "median": [float(numeric[c].median() or 0.0) for c in RELATIVE_BASES],
+                "p99": [float(numeric[c].quantile(0.99, "nearest") or 0.0) for c in RELATIVE_BASES],
+            }
+        )
+        return Baseline(seen=seen, principals=principals, actions=actions, population=population)
+
+
 def cross_fit_features(windows: pl.DataFrame, *, fold: timedelta) -> pl.DataFrame:
     """Features of training rows, each fold scored against a baseline of the other folds.
 
     This is exactly what scoring does (a new day against the days before), through the same
     :func:`finish_features`, so the forest learns the distribution it will score. With a
-    single fold the rows are featurized against their own range.
+    single fold the rows are featurized against their own range. The baselines of the
+    other folds come from :class:`_FoldHistory`, built once.
     """
     w = _with_fold(windows, fold)
     folds = w["_fold"].unique().sort().to_list()
     if len(folds) < 2:
         return finish_features(windows, build_baseline(windows))
+    history = _FoldHistory(w)
     parts = []
     for k in folds:
         inside = w.filter(pl.col("_fold") == k).drop("_fold")
-        outside = w.filter(pl.col("_fold") != k).drop("_fold")
-        parts.append(finish_features(inside, build_baseline(outside)))
+        parts.append(finish_features(inside, history.excluding(k)))
     return pl.concat(parts).sort(KEYS)
 
 
