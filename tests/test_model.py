@@ -501,3 +501,17 @@ def test_fold_baselines_from_one_pass_equal_rebuilding_them_from_the_rows(window
         summed = history.excluding(k)
         for part in ("seen", "principals", "actions", "population"):
             assert_frame_equal(getattr(summed, part), getattr(rebuilt, part))
+
+
+def test_forest_inputs_computed_a_slice_at_a_time_are_the_inputs_of_all_rows(windows, monkeypatch):
+    from polars.testing import assert_frame_equal
+
+    from detector.features import surprise
+    from detector.features.fit import fit_baseline
+
+    fold = timedelta(hours=6)
+    baseline, rows = fit_baseline(windows, fold=fold)
+    whole = surprise.model_inputs(rows, baseline, loo_fold=fold)
+    monkeypatch.setattr(surprise, "INPUT_CHUNK_ROWS", 97)
+    assert rows.height > 3 * 97
+    assert_frame_equal(surprise.model_inputs(rows, baseline, loo_fold=fold), whole)

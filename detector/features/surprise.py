@@ -170,13 +170,35 @@ def feature_surprises(
     )
 
 
+#: Feature rows turned into forest inputs at once. The long (row, feature) frame and its
+#: lookups take ~2.7 KB per row at their peak, so a many-cluster retrain (millions of
+#: window rows on the Ray head) works through them a slice at a time; rows are independent
+#: once the fold counts of all of them are known, so the inputs are the same.
+INPUT_CHUNK_ROWS = 250_000
+
+
 def model_inputs(
     features: pl.DataFrame, baseline: Baseline, *, loo_fold: timedelta | None = None
 ) -> pl.DataFrame:
     """The forest's input: per row, the largest feature surprise of each family."""
-    surprises = feature_surprises(features, baseline, loo_fold=loo_fold).with_columns(
-        pl.col("feature").replace_strict(FAMILY_OF, default=None).alias("family")
+    fold_tails = tail_counts(features, fold=loo_fold) if loo_fold is not None else None
+    return pl.concat(
+        [
+            _chunk_inputs(features.slice(i, INPUT_CHUNK_ROWS), baseline, loo_fold, fold_tails)
+            for i in range(0, max(features.height, 1), INPUT_CHUNK_ROWS)
+        ]
     )
+
+
+def _chunk_inputs(
+    features: pl.DataFrame,
+    baseline: Baseline,
+    loo_fold: timedelta | None,
+    fold_tails: pl.DataFrame | None,
+) -> pl.DataFrame:
+    surprises = feature_surprises(
+        features, baseline, loo_fold=loo_fold, fold_tails=fold_tails
+    ).with_columns(pl.col("feature").replace_strict(FAMILY_OF, default=None).alias("family"))
     per_row = surprises.group_by("row").agg(
         pl.col("surprise").filter(pl.col("family") == fam).max().alias(fam) for fam in MODEL_INPUTS
     )
