@@ -318,7 +318,7 @@ ExecutorOpt = Annotated[
         "--executor",
         envvar="DETECT_EXECUTOR",
         help="Where per-(cluster, day) work runs: here, or on Ray (pip install "
-        "'audit-detector[ray]'). Same findings either way.",
+        "'audit-detector\\[ray]'). Same findings either way.",
     ),
 ]
 AddressOpt = Annotated[
