@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import queue
 import threading
 import time
@@ -420,9 +421,9 @@ def prefetched(items: Iterator[T]) -> Iterator[T]:
 U = TypeVar("U")
 
 #: Batches normalized at once: parsing is partly single-threaded (polars string kernels on
-#: one column, Python glue), so two batches in flight keep both cores of a small machine
-#: busy; each costs about a block of memory (see BATCH_BYTES).
-NORMALIZE_WORKERS = 2
+#: one column, Python glue), so one batch per core keeps the cores busy; each costs about
+#: 100 MB (a block, see BATCH_BYTES, and its parsed columns), hence at most four.
+NORMALIZE_WORKERS = min(4, max(2, os.cpu_count() or 2))
 
 
 def ordered_map(fn: Callable[[T], U], items: Iterator[T], *, workers: int) -> Iterator[U]:
