@@ -15,6 +15,7 @@ BENCHES = [
     "bench_compact.py",
     "bench_watch.py",
     "bench_e2e.py",
+    "bench_central_fit.py",
 ]
 
 if __name__ == "__main__":
