@@ -15,6 +15,7 @@ the same windows (see :mod:`detector.lake.findings`).
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -182,49 +183,43 @@ def score_range(
         progress(1, 2)
     found: list[tuple[str, pl.DataFrame, pl.DataFrame]] = []  # (kind, findings, links)
 
-    mfound = None
-    if opts.use_model:
-        if local:
-            windows = frame_windows(frame, start, end, window=window)
-        result.windows = windows.height
-        result.requests = int(windows["requests"].sum() or 0)
-        if opts.fit_on_window:
-            mfound = _cold_start(windows, window, start, end, opts, now)
-            result.cold_start = True
-            result.model_version = "cold-start"
-        else:
-            assert model is not None
-            result.warnings += model_warnings(model, clusters, start, end)
-            if result.warnings and opts.strict:
-                raise ScoringError(f"{result.warnings[0]} (--strict)")
-            for text in result.warnings:
-                log.warning(text)
-            result.model_version = model.version
-            recent = None
-            if windows.height:
-                memory_start = start - NOVELTY_MEMORY
-                lookback = max(memory_start, model.trained_until or memory_start)
-                recent = recent_values(
+    if local:
+        # The model and the rules only read the frame: the rules run on a second thread
+        # while the model scores (polars and numpy release the GIL), and their results are
+        # joined in a fixed order, so the findings are the same as one after the other.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rules") as pool:
+            pending = (
+                pool.submit(
+                    rule_findings,
+                    frame,
                     lake,
-                    lookback,
+                    ruleset,
                     start,
-                    principals=unseen_principals(windows, model.baseline),
+                    end,
                     window=window,
                     cluster=opts.cluster,
+                    now=now,
                 )
-            mfound = model_findings(windows, model, now=now, recent=recent)
-        if local:
-            found.append(("model", mfound, model_links(frame, mfound)))
-
-    if local:
-        if ruleset is not None:
-            rfound, rlinks = rule_findings(
-                frame, lake, ruleset, start, end, window=window, cluster=opts.cluster, now=now
+                if ruleset is not None
+                else None
             )
-            found.append(("rules", rfound, rlinks))
+            if opts.use_model:
+                windows = frame_windows(frame, start, end, window=window)
+                mfound = _model_branch(
+                    lake, windows, clusters, model, window, start, end, opts, now, result
+                )
+                found.append(("model", mfound, model_links(frame, mfound)))
+            if pending is not None:
+                rfound, rlinks = pending.result()
+                found.append(("rules", rfound, rlinks))
         events = flagged_events(lake, parts, frame, [links for _, _, links in found])
     else:  # rules and flagged events per cluster on the executor
         assert executor is not None
+        mfound = None
+        if opts.use_model:
+            mfound = _model_branch(
+                lake, windows, clusters, model, window, start, end, opts, now, result
+            )
         rfound, rlinks, mlinks, events = partitioned.findings_by_cluster(
             lake,
             start,
@@ -272,6 +267,50 @@ def score_range(
     if progress:
         progress(2, 2)
     return result
+
+
+def _model_branch(
+    lake: Lake,
+    windows: pl.DataFrame,
+    clusters: pl.DataFrame,
+    model: Model | None,
+    window: timedelta,
+    start: datetime,
+    end: datetime,
+    opts: ScoreOptions,
+    now: datetime,
+    result: ScoreResult,
+) -> pl.DataFrame:
+    """The model's findings over the range's window rows (no events yet).
+
+    Fills the model's part of ``result``: windows, requests, version, warnings.
+    """
+    result.windows = windows.height
+    result.requests = int(windows["requests"].sum() or 0)
+    if opts.fit_on_window:
+        result.cold_start = True
+        result.model_version = "cold-start"
+        return _cold_start(windows, window, start, end, opts, now)
+    assert model is not None
+    result.warnings += model_warnings(model, clusters, start, end)
+    if result.warnings and opts.strict:
+        raise ScoringError(f"{result.warnings[0]} (--strict)")
+    for text in result.warnings:
+        log.warning(text)
+    result.model_version = model.version
+    recent = None
+    if windows.height:
+        memory_start = start - NOVELTY_MEMORY
+        lookback = max(memory_start, model.trained_until or memory_start)
+        recent = recent_values(
+            lake,
+            lookback,
+            start,
+            principals=unseen_principals(windows, model.baseline),
+            window=window,
+            cluster=opts.cluster,
+        )
+    return model_findings(windows, model, now=now, recent=recent)
 
 
 def model_warnings(model: Model, frame: pl.DataFrame, start: datetime, end: datetime) -> list[str]:
