@@ -177,8 +177,6 @@ def role(kind: str, resources: list[str], verbs: list[str], name: str = "r"):
 
 def test_plain_ip_lists_give_the_same_answers_as_the_checked_parser(tmp_path):
     """The integer fast path (AWS snapshot, deny lists) and ipaddress agree on membership."""
-    import polars as pl
-
     from detector.rules import iplists
 
     lst = tmp_path / "deny.txt"
