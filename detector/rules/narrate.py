@@ -9,6 +9,7 @@ can change without touching evaluation, and so it runs only on the rows of fired
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import timedelta
 
@@ -230,6 +231,22 @@ def _render(template: str) -> pl.Expr:
         pieces.append(pl.lit(template[pos:]))
     text = pl.concat_str(pieces)
     return pl.when(pl.any_horizontal(present)).then(text) if present else text
+
+
+@functools.cache
+def _base_columns() -> frozenset[str]:
+    return frozenset(pl.concat_str([who(), pl.lit(" "), _action()]).meta.root_names())
+
+
+def line_columns(rule: Rule) -> set[str]:
+    """The columns :func:`line` reads for ``rule`` (without building the whole sentence).
+
+    The who-did-what part is the same for every rule: its columns are found once.
+    """
+    cols = set(_base_columns())
+    if rule.output:
+        cols.update(_render(rule.output).meta.root_names())
+    return cols
 
 
 def line(rule: Rule) -> pl.Expr:
