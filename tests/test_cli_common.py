@@ -303,7 +303,7 @@ def test_root_usage_error_is_a_json_record_too(cwd):
 
 # ------------------------------------------------------------------ commands imported on demand
 def _entry_point(args: list[str], *, lazy: bool, cwd: Path) -> tuple[str, list[str]]:
-    """Run ``detect args`` in a fresh interpreter: (stdout, detector modules imported).
+    """Run ``detect args`` in a fresh interpreter: (stdout, detector and pyarrow modules).
 
     ``lazy``: through the console entry point (``detector.cli.main``, commands imported
     on demand) rather than the app module (every command registered at import).
@@ -318,7 +318,7 @@ def _entry_point(args: list[str], *, lazy: bool, cwd: Path) -> tuple[str, list[s
         "except SystemExit:\n"
         "    pass\n"
         "sys.stdout.flush()\n"
-        "mods = sorted(m for m in sys.modules if m.startswith('detector.'))\n"
+        "mods = sorted(m for m in sys.modules if m.startswith(('detector.', 'pyarrow')))\n"
         "sys.stderr.write('MODULES ' + json.dumps(mods))\n"
     )
     env = {**os.environ, "TERMINAL_WIDTH": "100", "COLUMNS": "100"}
@@ -342,6 +342,15 @@ def test_the_entry_point_imports_only_the_command_it_runs(tmp_path):
     assert "detector.cli.commands.score" in modules
     for unused in ("detector.cli.commands.ingest", "detector.pipeline.export"):
         assert unused not in modules
+
+
+def test_scoring_with_rules_imports_neither_the_ingest_code_nor_pyarrow(tmp_path):
+    """Rules compile without events.normalize; score reads and writes with polars alone."""
+    args = ["score", "--lake", str(tmp_path / "lake"), "--no-model", "--since", "1h"]
+    out, modules = _entry_point([*args, "--format", "json"], lazy=True, cwd=tmp_path)
+    assert json.loads(out)["rules"].endswith(" rules")
+    assert "detector.events.normalize" not in modules
+    assert "pyarrow" not in modules
 
 
 @pytest.mark.parametrize("args", [["--help"], ["config", "show"]])

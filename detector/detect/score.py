@@ -24,7 +24,6 @@ import numpy as np
 import polars as pl
 
 from detector import rules
-from detector.detect import partitioned
 from detector.detect.executor import Executor, is_local
 from detector.detect.scan import Progress, frame_windows, read_range, recent_values
 from detector.detect.train import MIN_TRAIN_WINDOWS, ScoringError, fit
@@ -175,6 +174,8 @@ def score_range(
         clusters = frame.select("cluster").unique()
     else:  # window rows per (cluster, day) on the executor; no frame on the driver
         assert executor is not None
+        from detector.detect import partitioned  # pyarrow: only for remote executors
+
         windows, result.events_read, names = partitioned.windows(
             lake, start, end, window=window, cluster=opts.cluster, executor=executor
         )
@@ -215,6 +216,8 @@ def score_range(
         events = flagged_events(lake, parts, frame, [links for _, _, links in found])
     else:  # rules and flagged events per cluster on the executor
         assert executor is not None
+        from detector.detect import partitioned
+
         mfound = None
         if opts.use_model:
             mfound = _model_branch(
