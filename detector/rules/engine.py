@@ -313,12 +313,50 @@ def _history_span_windows(history: pl.LazyFrame, window: timedelta) -> int:
 # --------------------------------------------------------------------------- entry points
 
 
+@dataclass(frozen=True)
+class History:
+    """A baseline range as threshold rules use it: its candidate rows and its length.
+
+    ``candidates``: the range's events that pass any baseline rule's prefilter (None when
+    no enabled rule compares with a baseline); ``n_windows``: the range's span in windows.
+    Read apart from the evaluation (:func:`read_history`) so a caller can read it while it
+    reads the events themselves.
+    """
+
+    candidates: pl.DataFrame | None
+    n_windows: int = 1
+
+
+def _baseline_rules(ruleset: RuleSet) -> list[Rule]:
+    return [r for r in ruleset.enabled_rules if r.threshold and r.threshold.uses_baseline]
+
+
+def _history_plan(
+    history: pl.LazyFrame | pl.DataFrame, baseline_rules: list[Rule], window: timedelta
+) -> tuple[pl.LazyFrame, int]:
+    hist_lf = prepare_events(history)
+    n_windows = _history_span_windows(hist_lf, window)
+    # prefilters are column-only: cheap even over 7 days
+    return hist_lf.filter(pl.any_horizontal([r.prefilter_expr for r in baseline_rules])), n_windows
+
+
+def read_history(
+    history: pl.LazyFrame | pl.DataFrame, ruleset: RuleSet, *, window: timedelta
+) -> History:
+    """``history`` (a baseline range's events) read for ``ruleset`` (see :class:`History`)."""
+    baseline_rules = _baseline_rules(ruleset)
+    if not baseline_rules:
+        return History(None)
+    plan, n_windows = _history_plan(history, baseline_rules, window)
+    return History(plan.collect(), n_windows)
+
+
 def evaluate_rules(
     events: pl.LazyFrame | pl.DataFrame,
     ruleset: RuleSet,
     *,
     window: timedelta = timedelta(minutes=10),
-    history: pl.LazyFrame | pl.DataFrame | None = None,
+    history: pl.LazyFrame | pl.DataFrame | History | None = None,
     now: datetime | None = None,
     explain: bool = False,
 ) -> RuleResult:
@@ -326,7 +364,8 @@ def evaluate_rules(
 
     ``history`` is the canonical events of a baseline range before ``events`` (e.g. the
     previous 7 days): threshold rules with a ``baseline`` compare each key with its own
-    usual there. Without it they use their absolute threshold. ``explain`` adds per-rule
+    usual there (read already when a :class:`History`). Without it they use their
+    absolute threshold. ``explain`` adds per-rule
     counts (:class:`RuleStats`) for ``detect rules test``.
     """
     created = now or datetime.now(UTC)
@@ -353,15 +392,14 @@ def evaluate_rules(
     # and full condition only on those.
     gate_of = {id(r): f"_g{i}" for i, r in enumerate(shared)}
 
-    baseline_rules = [r for r in rules if r.threshold and r.threshold.uses_baseline]
+    baseline_rules = _baseline_rules(ruleset)
     hist_plan: pl.LazyFrame | None = None
     n_windows = 1
-    if history is not None and baseline_rules:
-        hist_lf = prepare_events(history)
-        n_windows = _history_span_windows(hist_lf, window)
-        hist_plan = hist_lf.filter(
-            pl.any_horizontal([r.prefilter_expr for r in baseline_rules])
-        )  # prefilters are column-only: cheap even over 7 days
+    read: History | None = history if isinstance(history, History) else None
+    if read is not None:
+        n_windows = read.n_windows
+    elif history is not None and baseline_rules:
+        hist_plan, n_windows = _history_plan(history, baseline_rules, window)
 
     facts = _frame_facts(lf) if any(len(r.stages) > 1 for r in rules) else None
     # One lazy query per rule (and the history's candidates), run together: polars plans
@@ -380,6 +418,8 @@ def evaluate_rules(
         plans.append(hist_plan)
     done = pl.collect_all(plans)
     hist_candidates = done.pop() if hist_plan is not None else None
+    if read is not None:
+        hist_candidates = read.candidates
 
     counted: list[tuple[Rule, pl.DataFrame, bool]] = []  # (rule, keyed, with_usual)
     group_plans: list[pl.LazyFrame] = []
