@@ -463,7 +463,6 @@ def evaluate_rules(
             )
         ]
     )
-    keyed_frames = fired_rules
     if not finding_frames:
         return RuleResult(empty_findings(), empty_links(), stats)
     findings = with_finding_ids(pl.concat(finding_frames, how="vertical"))
@@ -477,7 +476,7 @@ def evaluate_rules(
                 .with_columns(pl.lit(rule.detector).alias("detector"))
                 .join(ids.lazy(), on=["detector", *_KEYS], how="inner")
                 .select("finding_id", "audit_id", "stage")
-                for rule, keyed in keyed_frames
+                for rule, keyed in fired_rules
             ],
             how="vertical",
         )
