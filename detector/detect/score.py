@@ -554,8 +554,11 @@ def flagged_events(
     if all_links.is_empty():
         return _no_events()
     key = list(EVENT_KEY)
+    # A cheap membership test first: the join then hashes the flagged rows, not the range.
+    ids = all_links["audit_id"].unique().implode()
     rows = (
         frame.lazy()
+        .filter(pl.col("audit_id").is_in(ids))
         .join(all_links.lazy(), on=key, how="inner")
         .unique(["finding_id", *key], keep="first")
         .collect()
