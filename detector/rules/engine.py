@@ -31,7 +31,7 @@ from detector.lake.findings_schema import (
     with_finding_ids,
 )
 from detector.rules.condition import DERIVED_FIELDS, resolve_field
-from detector.rules.loader import Rule, RuleSet
+from detector.rules.loader import ENGINE_COLUMNS, Rule, RuleSet
 from detector.rules.narrate import KEYS as _KEYS
 from detector.rules.narrate import reasons, threshold_sentence, who
 
@@ -334,10 +334,23 @@ def _baseline_rules(ruleset: RuleSet) -> list[Rule]:
 def _history_plan(
     history: pl.LazyFrame | pl.DataFrame, baseline_rules: list[Rule], window: timedelta
 ) -> tuple[pl.LazyFrame, int]:
+    """The baseline rules' candidates in ``history`` (a lazy query) and its span in windows.
+
+    Only the columns those rules and the engine read: a week of events is scanned for a
+    few hundred rows, and every other column would be decoded for nothing.
+    """
     hist_lf = prepare_events(history)
     n_windows = _history_span_windows(hist_lf, window)
+    names = set(ENGINE_COLUMNS)
+    for r in baseline_rules:
+        names.update(r.prefilter_expr.meta.root_names())
+        names.update(r.match.meta.root_names())
+        if r.threshold is not None and r.threshold.distinct:
+            names.update(resolve_field(r.threshold.distinct).expr.meta.root_names())
+    columns = [c for c in hist_lf.collect_schema() if c in names]
     # prefilters are column-only: cheap even over 7 days
-    return hist_lf.filter(pl.any_horizontal([r.prefilter_expr for r in baseline_rules])), n_windows
+    candidates = hist_lf.filter(pl.any_horizontal([r.prefilter_expr for r in baseline_rules]))
+    return candidates.select(columns), n_windows
 
 
 def read_history(

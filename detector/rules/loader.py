@@ -85,7 +85,7 @@ _LIST_FIELDS = ("references", "falco", "guardduty", "tags")
 _THRESHOLD_KEYS = {"by", "count", "distinct", "value", "baseline", "label"}
 #: Columns the engine reads for every rule: request identity, stage de-duplication,
 #: windows, grouping keys and the finding's principal.
-_ENGINE_COLUMNS = (
+ENGINE_COLUMNS = (
     "cluster",
     "audit_id",
     "stage",
@@ -315,7 +315,7 @@ class RuleSet:
         from detector.rules.narrate import line_columns
 
         exprs: list[pl.Expr] = []
-        names: set[str] = set(_ENGINE_COLUMNS)
+        names: set[str] = set(ENGINE_COLUMNS)
         for r in self.enabled_rules:
             exprs += [r.stage_expr, r.prefilter, r.condition_expr]
             exprs += list(r.exception_exprs.values())
