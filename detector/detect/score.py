@@ -8,6 +8,10 @@ ranges: the rules' history (the days before, only when a rule compares with the 
 values principals used in the hours before the range (novelty memory), and, when the frame
 lacks some canonical columns, those columns for the flagged events only.
 
+The model and the rules share nothing but that frame, so they run side by side: the rules
+(and, before the frame is read, their history) on a second thread, the model on the
+caller's; polars and numpy release the GIL, and their results are joined in a fixed order.
+
 Findings are filed in the lake unless asked not to, replacing what an earlier run wrote for
 the same windows (see :mod:`detector.lake.findings`).
 """
