@@ -299,3 +299,70 @@ def test_root_usage_error_is_a_json_record_too(cwd):
     assert result.exit_code == 2
     (line,) = result.stderr.strip().splitlines()
     assert "--log-level" in json.loads(line)["message"]
+
+
+# ------------------------------------------------------------------ commands imported on demand
+def _entry_point(args: list[str], *, lazy: bool, cwd: Path) -> tuple[str, list[str]]:
+    """Run ``detect args`` in a fresh interpreter: (stdout, detector and pyarrow modules).
+
+    ``lazy``: through the console entry point (``detector.cli.main``, commands imported
+    on demand) rather than the app module (every command registered at import).
+    """
+    entry = "from detector.cli import main" if lazy else "from detector.cli.app import main"
+    code = (
+        "import json, sys\n"
+        f"{entry}\n"
+        f"sys.argv = ['detect', *{args!r}]\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "sys.stdout.flush()\n"
+        "mods = sorted(m for m in sys.modules if m.startswith(('detector.', 'pyarrow')))\n"
+        "sys.stderr.write('MODULES ' + json.dumps(mods))\n"
+    )
+    env = {**os.environ, "TERMINAL_WIDTH": "100", "COLUMNS": "100"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=str(cwd),
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    modules = json.loads(proc.stderr.rsplit("MODULES ", 1)[1])
+    return proc.stdout, modules
+
+
+def test_the_entry_point_imports_only_the_command_it_runs(tmp_path):
+    """`detect score` does not import the ingest readers or CloudWatch/boto (start-up time)."""
+    out, modules = _entry_point(["score", "--help"], lazy=True, cwd=tmp_path)
+    assert "Usage: detect score" in out
+    assert "detector.cli.commands.score" in modules
+    for unused in ("detector.cli.commands.ingest", "detector.pipeline.export"):
+        assert unused not in modules
+
+
+def test_scoring_with_rules_imports_neither_the_ingest_code_nor_pyarrow(tmp_path):
+    """Rules compile without events.normalize; score reads and writes with polars alone."""
+    args = ["score", "--lake", str(tmp_path / "lake"), "--no-model", "--since", "1h"]
+    out, modules = _entry_point([*args, "--format", "json"], lazy=True, cwd=tmp_path)
+    assert json.loads(out)["rules"].endswith(" rules")
+    assert "detector.events.normalize" not in modules
+    assert "pyarrow" not in modules
+
+
+@pytest.mark.parametrize("args", [["--help"], ["config", "show"]])
+def test_the_entry_point_knows_every_command_when_it_lists_them(tmp_path, args):
+    lazy, _ = _entry_point(args, lazy=True, cwd=tmp_path)
+    eager, _ = _entry_point(args, lazy=False, cwd=tmp_path)
+    assert lazy == eager
+    assert lazy.strip()
+
+
+def test_the_entry_point_checks_a_config_file_against_every_command(tmp_path):
+    (tmp_path / "detect.toml").write_text('[ingest]\ncluster = "prod"\n')
+    out, modules = _entry_point(["config", "show"], lazy=True, cwd=tmp_path)
+    assert any(line.split()[:2] == ["ingest.cluster", "prod"] for line in out.splitlines())
+    assert "detector.cli.commands.ingest" in modules

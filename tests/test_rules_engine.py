@@ -12,7 +12,7 @@ import pytest
 from test_rules_helpers import T0, ev, frame
 
 from detector.lake.findings_schema import FINDINGS_COLUMNS, SEVERITIES
-from detector.rules import RuleError, evaluate_rules, load_ruleset
+from detector.rules import RuleError, evaluate_rules, load_ruleset, read_history
 from detector.rules.condition import Compiler, ConditionError, glob_to_regex, parse
 from detector.rules.engine import LINK_COLUMNS
 
@@ -383,6 +383,11 @@ def test_baseline_from_history_raises_the_bar_for_a_noisy_principal():
     assert with_history.select("principal", "score", "threshold").rows() == [("alice", 12.0, 10.0)]
     assert "none in the baseline range" in with_history["reasons"][0][0]
     assert rs.needs_history
+    # read ahead (what `detect score` does while it reads the range): the same findings
+    read = read_history(history, rs, window=timedelta(minutes=10))
+    assert read.candidates is not None and read.n_windows == 6
+    ahead = evaluate_rules(now_events, rs, history=read).findings
+    assert ahead.drop("created_at").equals(with_history.drop("created_at"))
 
 
 def test_denied_watch_logged_at_two_stages_counts_once():

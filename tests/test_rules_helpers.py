@@ -173,3 +173,29 @@ def role(kind: str, resources: list[str], verbs: list[str], name: str = "r"):
         "metadata": {"name": name},
         "rules": [{"apiGroups": [""], "resources": resources, "verbs": verbs}],
     }
+
+
+def test_plain_ip_lists_give_the_same_answers_as_the_checked_parser(tmp_path):
+    """The integer fast path (AWS snapshot, deny lists) and ipaddress agree on membership."""
+    from detector.rules import iplists
+
+    lst = tmp_path / "deny.txt"
+    lst.write_text(
+        "# comment\n10.1.2.3\n10.1.2.0/24  # host bits below\n10.1.3.7/23\n"
+        "192.168.0.0/16\n192.168.5.0/24\n203.0.113.9/32\n"
+    )
+    fast = iplists._plain_intervals([lst])
+    checked = iplists.intervals(iplists.read_networks(lst))
+    assert fast is not None
+    probes = [0, 167838207, 167838208, 167838211, 167838719, 167838720, 3232235520]
+    probes += [3232301055, 3232301056, 3405803785, 3405803786, 2**32 - 1]
+    df = pl.DataFrame({"n": pl.Series(probes, dtype=pl.UInt32)})
+    assert df.select(iplists.in_intervals(pl.col("n"), *fast)).equals(
+        df.select(iplists.in_intervals(pl.col("n"), *checked))
+    )
+    aws = iplists._plain_intervals([iplists.aws_ranges_path()])
+    assert aws is not None and len(aws[0]) > 0
+    lst.write_text("10.1.2.3\n2001:db8::/32\n")  # IPv6: left to the checked path
+    assert iplists._plain_intervals([lst]) is None
+    lst.write_text("010.1.2.3\n")  # ipaddress refuses leading zeros: so does the fast path
+    assert iplists._plain_intervals([lst]) is None

@@ -14,9 +14,15 @@ from typing import Any
 
 EXIT_INTERRUPTED = 130
 
+#: Set by :func:`main`: the app then imports only the command it runs (see
+#: ``detector.cli.app.DetectGroup``). Library users and tests get every command.
+lazy_commands = False
+
 
 def main() -> None:
     """Console entry point (``detect``)."""
+    global lazy_commands
+    lazy_commands = True
     try:
         from detector.cli.app import main as run
     except KeyboardInterrupt:

@@ -84,7 +84,29 @@ def _asked_for_json(args: list[str]) -> bool:
 
 
 class DetectGroup(TyperGroup):
-    """The root group: runs the command and handles what it raises, once."""
+    """The root group: runs the command and handles what it raises, once.
+
+    Run from the console entry point (:func:`detector.cli.main`), it imports only the
+    command it runs: each command module imports what its work needs (CloudWatch and boto,
+    the ingest readers, the report's charts...) and `detect score` should not pay for
+    the others. Listing commands (``--help``, a mistyped name), ``detect config`` (which
+    shows every command's settings) and a config file (checked against every command)
+    load them all.
+    """
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name not in self.commands:
+            one = cmd_name in COMMAND_MODULES and cmd_name != "config"
+            load_commands(self, (cmd_name,) if one else COMMAND_MODULES)
+            if cmd_name not in self.commands:
+                load_commands(self, COMMAND_MODULES)  # a command named unlike its module
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        load_commands(self, COMMAND_MODULES)
+        # Commands before groups, as typer orders them when it builds the group itself.
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: isinstance(self.commands[n], TyperGroup))
 
     def main(  # type: ignore[override]
         self,
@@ -215,6 +237,13 @@ def _root(
     from detector import logging_setup
 
     command = ctx.invoked_subcommand
+    if isinstance(ctx.command, DetectGroup):
+        try:
+            configured = settings.config_path(config) is not None
+        except settings.ConfigError:
+            configured = False  # setup_root below reports it
+        if configured:  # the file is checked against every command's options
+            load_commands(ctx.command, COMMAND_MODULES)
     fmt = log_format.value if log_format else None
     level = log_level.value if log_level else None
     logging_setup.configure(fmt or "text", level or "warning", command=command)
@@ -232,8 +261,50 @@ def _root(
         logging_setup.configure(fmt_now or "text", level_now or "warning", command=command)
 
 
-for _name in COMMAND_MODULES:
-    importlib.import_module(f"detector.cli.commands.{_name}").register(app)
+#: Command modules registered on ``app`` so far.
+_loaded: set[str] = set()
+
+
+def load_commands(group: TyperGroup | None, names: tuple[str, ...]) -> None:
+    """Import and register the command modules ``names`` (once each).
+
+    ``group``: the click group typer built from ``app`` for this run, when it exists
+    already: the new commands are added to it too.
+    """
+    for name in names:
+        if name in _loaded:
+            continue
+        _loaded.add(name)
+        n_commands, n_groups = len(app.registered_commands), len(app.registered_groups)
+        importlib.import_module(f"detector.cli.commands.{name}").register(app)
+        if group is None:
+            continue
+        for info in app.registered_commands[n_commands:]:
+            cmd = typer.main.get_command_from_info(
+                info,
+                pretty_exceptions_short=app.pretty_exceptions_short,
+                rich_markup_mode=app.rich_markup_mode,
+            )
+            group.add_command(cmd, cmd.name)
+        for group_info in app.registered_groups[n_groups:]:
+            sub = typer.main.get_group_from_info(
+                group_info,
+                pretty_exceptions_short=app.pretty_exceptions_short,
+                suggest_commands=app.suggest_commands,
+                rich_markup_mode=app.rich_markup_mode,
+            )
+            group.add_command(sub, sub.name)
+
+
+def _lazy() -> bool:
+    """True when the console entry point asked for commands to be imported on demand."""
+    from detector import cli
+
+    return bool(getattr(cli, "lazy_commands", False))
+
+
+if not _lazy():  # the library's and the tests' ``app``: every command, registered now
+    load_commands(None, COMMAND_MODULES)
 
 
 def main() -> None:

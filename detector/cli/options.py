@@ -29,7 +29,11 @@ from rich.console import Console
 from detector.errors import EXIT_FINDINGS, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, DetectError
 from detector.errors import UsageError as _UsageError
 from detector.lake.findings_schema import SEVERITIES
-from detector.sources.files import FORMATS as _INPUT_FORMATS
+
+# The format names, not the readers: sources.files imports pyarrow.compute and fsspec,
+# which `detect score` and most commands never use.
+from detector.sources.formats import AUTO as _AUTO
+from detector.sources.formats import INPUT_FORMATS as _INPUT_FORMATS
 from detector.timeparse import (
     MAX_DURATION,
     TimeArgumentError,
@@ -55,7 +59,7 @@ class OutputFormat(StrEnum):
     json = "json"
 
 
-InputFormat = StrEnum("InputFormat", {f.replace("-", "_"): f for f in _INPUT_FORMATS})  # type: ignore[misc]
+InputFormat = StrEnum("InputFormat", {f.replace("-", "_"): f for f in (_AUTO, *_INPUT_FORMATS)})  # type: ignore[misc]
 InputFormat.__doc__ = "Formats of audit input: detected per file (auto) or forced."
 
 Severity = StrEnum("Severity", {s: s for s in SEVERITIES})  # type: ignore[misc]

@@ -8,6 +8,10 @@ ranges: the rules' history (the days before, only when a rule compares with the 
 values principals used in the hours before the range (novelty memory), and, when the frame
 lacks some canonical columns, those columns for the flagged events only.
 
+The model and the rules share nothing but that frame, so they run side by side: the rules
+(and, before the frame is read, their history) on a second thread, the model on the
+caller's; polars and numpy release the GIL, and their results are joined in a fixed order.
+
 Findings are filed in the lake unless asked not to, replacing what an earlier run wrote for
 the same windows (see :mod:`detector.lake.findings`).
 """
@@ -15,6 +19,7 @@ the same windows (see :mod:`detector.lake.findings`).
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,7 +28,6 @@ import numpy as np
 import polars as pl
 
 from detector import rules
-from detector.detect import partitioned
 from detector.detect.executor import Executor, is_local
 from detector.detect.scan import Progress, frame_windows, read_range, recent_values
 from detector.detect.train import MIN_TRAIN_WINDOWS, ScoringError, fit
@@ -165,93 +169,16 @@ def score_range(
     result = ScoreResult(start=start, end=end, findings=empty_findings(), events=_no_events())
     ruleset = (opts.ruleset or load_rules(opts)) if opts.use_rules else None
 
-    local = is_local(executor)
     columns = frame_columns(ruleset, use_model=opts.use_model)
-    if local:
-        parts = lake.partitions(start, end, cluster=opts.cluster)
-        frame = read_range(lake, parts, start, end, columns=columns)
-        result.events_read = frame.height
-        clusters = frame.select("cluster").unique()
+    if is_local(executor):
+        found, events = _local_findings(
+            lake, start, end, window, columns, ruleset, model, opts, now, result, progress
+        )
     else:  # window rows per (cluster, day) on the executor; no frame on the driver
         assert executor is not None
-        windows, result.events_read, names = partitioned.windows(
-            lake, start, end, window=window, cluster=opts.cluster, executor=executor
+        found, events = _remote_findings(
+            lake, start, end, window, columns, ruleset, model, opts, now, result, progress, executor
         )
-        clusters = pl.DataFrame({"cluster": names}, schema={"cluster": pl.String})
-    if progress:
-        progress(1, 2)
-    found: list[tuple[str, pl.DataFrame, pl.DataFrame]] = []  # (kind, findings, links)
-
-    mfound = None
-    if opts.use_model:
-        if local:
-            windows = frame_windows(frame, start, end, window=window)
-        result.windows = windows.height
-        result.requests = int(windows["requests"].sum() or 0)
-        if opts.fit_on_window:
-            mfound = _cold_start(windows, window, start, end, opts, now)
-            result.cold_start = True
-            result.model_version = "cold-start"
-        else:
-            assert model is not None
-            result.warnings += model_warnings(model, clusters, start, end)
-            if result.warnings and opts.strict:
-                raise ScoringError(f"{result.warnings[0]} (--strict)")
-            for text in result.warnings:
-                log.warning(text)
-            result.model_version = model.version
-            recent = None
-            if windows.height:
-                memory_start = start - NOVELTY_MEMORY
-                lookback = max(memory_start, model.trained_until or memory_start)
-                recent = recent_values(
-                    lake,
-                    lookback,
-                    start,
-                    principals=unseen_principals(windows, model.baseline),
-                    window=window,
-                    cluster=opts.cluster,
-                )
-            mfound = model_findings(windows, model, now=now, recent=recent)
-        if local:
-            found.append(("model", mfound, model_links(frame, mfound)))
-
-    if local:
-        if ruleset is not None:
-            rfound, rlinks = rule_findings(
-                frame, lake, ruleset, start, end, window=window, cluster=opts.cluster, now=now
-            )
-            found.append(("rules", rfound, rlinks))
-        events = flagged_events(lake, parts, frame, [links for _, _, links in found])
-    else:  # rules and flagged events per cluster on the executor
-        assert executor is not None
-        rfound, rlinks, mlinks, events = partitioned.findings_by_cluster(
-            lake,
-            start,
-            end,
-            clusters=clusters["cluster"].to_list(),
-            cluster=opts.cluster,
-            columns=columns,
-            ruleset=ruleset,
-            window=window,
-            now=now,
-            model_found=mfound,
-            executor=executor,
-        )
-        if mfound is not None:
-            found.append(("model", mfound, mlinks if mlinks is not None else _no_links()))
-        if ruleset is not None:
-            found.append(
-                (
-                    "rules",
-                    rfound if rfound is not None else empty_findings(),
-                    rlinks if rlinks is not None else _no_links(),
-                )
-            )
-        if events.is_empty():
-            events = _no_events()
-        else:
-            events = events.sort("finding_id", "event_time", "audit_id")
     if ruleset is not None:
         result.rules = f"{len(ruleset.enabled_rules)} rules"
     for kind, df, links in found:
@@ -272,6 +199,169 @@ def score_range(
     if progress:
         progress(2, 2)
     return result
+
+
+def _local_findings(
+    lake: Lake,
+    start: datetime,
+    end: datetime,
+    window: timedelta,
+    columns: set[str],
+    ruleset: Any,
+    model: Model | None,
+    opts: ScoreOptions,
+    now: datetime,
+    result: ScoreResult,
+    progress: Progress,
+) -> tuple[list[tuple[str, pl.DataFrame, pl.DataFrame]], pl.DataFrame]:
+    """(kind, findings, links) per detector and the flagged events, from one read here.
+
+    The model and the rules only read the frame: the rules run on a second thread while
+    the model scores (polars and numpy release the GIL), and their results are joined in a
+    fixed order, so the findings are the same as one after the other. That thread first
+    reads the rules' history, while this one reads the range.
+    """
+    found: list[tuple[str, pl.DataFrame, pl.DataFrame]] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rules") as pool:
+        history = (
+            pool.submit(rules_history, lake, ruleset, start, window, opts.cluster)
+            if ruleset is not None
+            else None
+        )
+        parts = lake.partitions(start, end, cluster=opts.cluster)
+        frame = read_range(lake, parts, start, end, columns=columns)
+        result.events_read = frame.height
+        if progress:
+            progress(1, 2)
+
+        def rules_branch() -> tuple[pl.DataFrame, pl.DataFrame]:
+            assert history is not None
+            return rule_findings(
+                frame,
+                lake,
+                ruleset,
+                start,
+                end,
+                window=window,
+                cluster=opts.cluster,
+                now=now,
+                history=history.result(),
+            )
+
+        pending = pool.submit(rules_branch) if ruleset is not None else None
+        if opts.use_model:
+            windows = frame_windows(frame, start, end, window=window)
+            clusters = frame.select("cluster").unique()
+            mfound = _model_branch(
+                lake, windows, clusters, model, window, start, end, opts, now, result
+            )
+            found.append(("model", mfound, model_links(frame, mfound)))
+        if pending is not None:
+            rfound, rlinks = pending.result()
+            found.append(("rules", rfound, rlinks))
+    return found, flagged_events(lake, parts, frame, [links for _, _, links in found])
+
+
+def _remote_findings(
+    lake: Lake,
+    start: datetime,
+    end: datetime,
+    window: timedelta,
+    columns: set[str],
+    ruleset: Any,
+    model: Model | None,
+    opts: ScoreOptions,
+    now: datetime,
+    result: ScoreResult,
+    progress: Progress,
+    executor: Executor,
+) -> tuple[list[tuple[str, pl.DataFrame, pl.DataFrame]], pl.DataFrame]:
+    """As :func:`_local_findings`, with the events read per partition on ``executor``."""
+    from detector.detect import partitioned  # pyarrow: only for remote executors
+
+    windows, result.events_read, names = partitioned.windows(
+        lake, start, end, window=window, cluster=opts.cluster, executor=executor
+    )
+    clusters = pl.DataFrame({"cluster": names}, schema={"cluster": pl.String})
+    if progress:
+        progress(1, 2)
+    found: list[tuple[str, pl.DataFrame, pl.DataFrame]] = []
+    mfound = None
+    if opts.use_model:
+        mfound = _model_branch(
+            lake, windows, clusters, model, window, start, end, opts, now, result
+        )
+    rfound, rlinks, mlinks, events = partitioned.findings_by_cluster(
+        lake,
+        start,
+        end,
+        clusters=clusters["cluster"].to_list(),
+        cluster=opts.cluster,
+        columns=columns,
+        ruleset=ruleset,
+        window=window,
+        now=now,
+        model_found=mfound,
+        executor=executor,
+    )
+    if mfound is not None:
+        found.append(("model", mfound, mlinks if mlinks is not None else _no_links()))
+    if ruleset is not None:
+        found.append(
+            (
+                "rules",
+                rfound if rfound is not None else empty_findings(),
+                rlinks if rlinks is not None else _no_links(),
+            )
+        )
+    events = (
+        _no_events() if events.is_empty() else events.sort("finding_id", "event_time", "audit_id")
+    )
+    return found, events
+
+
+def _model_branch(
+    lake: Lake,
+    windows: pl.DataFrame,
+    clusters: pl.DataFrame,
+    model: Model | None,
+    window: timedelta,
+    start: datetime,
+    end: datetime,
+    opts: ScoreOptions,
+    now: datetime,
+    result: ScoreResult,
+) -> pl.DataFrame:
+    """The model's findings over the range's window rows (no events yet).
+
+    Fills the model's part of ``result``: windows, requests, version, warnings.
+    """
+    result.windows = windows.height
+    result.requests = int(windows["requests"].sum() or 0)
+    if opts.fit_on_window:
+        result.cold_start = True
+        result.model_version = "cold-start"
+        return _cold_start(windows, window, start, end, opts, now)
+    assert model is not None
+    result.warnings += model_warnings(model, clusters, start, end)
+    if result.warnings and opts.strict:
+        raise ScoringError(f"{result.warnings[0]} (--strict)")
+    for text in result.warnings:
+        log.warning(text)
+    result.model_version = model.version
+    recent = None
+    if windows.height:
+        memory_start = start - NOVELTY_MEMORY
+        lookback = max(memory_start, model.trained_until or memory_start)
+        recent = recent_values(
+            lake,
+            lookback,
+            start,
+            principals=unseen_principals(windows, model.baseline),
+            window=window,
+            cluster=opts.cluster,
+        )
+    return model_findings(windows, model, now=now, recent=recent)
 
 
 def model_warnings(model: Model, frame: pl.DataFrame, start: datetime, end: datetime) -> list[str]:
@@ -385,6 +475,20 @@ def findings_from_scores(
 
 
 # --------------------------------------------------------------------------- rules
+def rules_history(
+    lake: Lake, ruleset: Any, start: datetime, window: timedelta, cluster: str | None
+) -> Any:
+    """The days before ``start`` as the rules that compare with the past read them.
+
+    None when no enabled rule does. Read apart from the evaluation so that it runs while
+    the scored range is read.
+    """
+    if not ruleset.needs_history:
+        return None
+    events = lake.scan_events(start - RULES_HISTORY, start, cluster=cluster)
+    return rules.read_history(events, ruleset, window=window)
+
+
 def rule_findings(
     frame: pl.DataFrame,
     lake: Lake,
@@ -395,13 +499,14 @@ def rule_findings(
     window: timedelta,
     cluster: str | None,
     now: datetime,
+    history: Any = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The rules over the run's frame: findings in the range and their (finding, event) links."""
-    history = (
-        lake.scan_events(start - RULES_HISTORY, start, cluster=cluster)
-        if ruleset.needs_history
-        else None
-    )
+    """The rules over the run's frame: findings in the range and their (finding, event) links.
+
+    ``history``: the rules' history read already (:func:`rules_history`); None: read here.
+    """
+    if history is None and ruleset.needs_history:
+        history = lake.scan_events(start - RULES_HISTORY, start, cluster=cluster)
     result = rules.evaluate_rules(frame, ruleset, window=window, history=history, now=now)
     found = result.findings.select(list(FINDINGS_COLUMNS)).filter(
         (pl.col("window_start") >= start) & (pl.col("window_start") < end)
@@ -453,8 +558,11 @@ def flagged_events(
     if all_links.is_empty():
         return _no_events()
     key = list(EVENT_KEY)
+    # A cheap membership test first: the join then hashes the flagged rows, not the range.
+    ids = all_links["audit_id"].unique().implode()
     rows = (
         frame.lazy()
+        .filter(pl.col("audit_id").is_in(ids))
         .join(all_links.lazy(), on=key, how="inner")
         .unique(["finding_id", *key], keep="first")
         .collect()

@@ -14,8 +14,12 @@ Free-form objects (request/response bodies, annotations, ``user.extra``) are rea
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import polars as pl
-import pyarrow as pa
+
+if TYPE_CHECKING:  # only named in a signature: importing pyarrow costs every command
+    import pyarrow as pa
 
 SCHEMA_VERSION = 1
 

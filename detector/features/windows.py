@@ -117,16 +117,18 @@ def action() -> pl.Expr:
     >>> df.select(action())["action"].to_list()
     ['create pods/exec in kube-system']
     """
-    path = pl.col("request_uri").str.split_exact("?", 1).struct.field("field_0")
+    # The URL path only where there is no resource (the one place it is used), and the
+    # namespace only where it is a system one: string work on a few rows, not every event.
+    uri = pl.when(pl.col("resource").is_null()).then(pl.col("request_uri"))
+    path = uri.str.split_exact("?", 1).struct.field("field_0")
+    namespace = pl.col("namespace")
     tag = lambda flag, text: pl.when(pl.col(flag)).then(pl.lit(text))  # noqa: E731
     return pl.concat_str(
         [
             pl.col("verb").fill_null("-"),
             pl.lit(" "),
             pl.coalesce(resource_path(), path, pl.lit("?")),
-            pl.when(pl.col("namespace").is_in(SYSTEM_NAMESPACES)).then(
-                pl.lit(" in ") + pl.col("namespace")
-            ),
+            pl.lit(" in ") + pl.when(namespace.is_in(SYSTEM_NAMESPACES)).then(namespace),
             pl.when(is_aws_auth()).then(pl.lit(" aws-auth")),
             tag("_privileged", " privileged"),
             tag("_hostpath", " hostPath"),

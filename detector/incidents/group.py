@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -83,7 +83,17 @@ class Incident:
         ]
 
     def to_row(self) -> dict[str, Any]:
-        return asdict(self)
+        """The incident as plain data, lists and timeline entries copied.
+
+        Not :func:`dataclasses.asdict`: its deep copy of every timeline value took most of
+        the incident step of `detect score`; the values are immutable (str, numbers,
+        datetimes), so copying the containers gives the same data.
+        """
+        row = {f.name: getattr(self, f.name) for f in fields(self)}
+        for key, value in row.items():
+            if isinstance(value, list):
+                row[key] = [_copied(v) for v in value]
+        return row
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Incident:
@@ -101,6 +111,15 @@ class Incident:
             data[k] = list(data.get(k) or [])
         data["timeline"] = [dict(t) for t in data["timeline"]]
         return cls(**data)
+
+
+def _copied(value: Any) -> Any:
+    """``value`` with its containers copied (what asdict does for plain data)."""
+    if isinstance(value, dict):
+        return {k: _copied(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_copied(v) for v in value)
+    return value
 
 
 def incident_id(cluster: str, key_kind: str, key: str, first_finding_id: str) -> str:

@@ -17,10 +17,12 @@ Public API (what ``detect score`` uses)::
 from detector.rules.condition import ConditionError
 from detector.rules.engine import (
     LINK_COLUMNS,
+    History,
     RuleResult,
     RuleStats,
     evaluate_rules,
     prepare_events,
+    read_history,
     why_not,
 )
 from detector.rules.loader import (
@@ -39,6 +41,7 @@ __all__ = [
     "LINK_COLUMNS",
     "ConditionError",
     "ExceptionSpec",
+    "History",
     "Rule",
     "RuleError",
     "RuleResult",
@@ -49,5 +52,6 @@ __all__ = [
     "evaluate_rules",
     "load_ruleset",
     "prepare_events",
+    "read_history",
     "why_not",
 ]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 import polars as pl
 
@@ -30,9 +31,12 @@ from detector.lake.findings_schema import (
     with_finding_ids,
 )
 from detector.rules.condition import DERIVED_FIELDS, resolve_field
-from detector.rules.loader import Rule, RuleSet
+from detector.rules.loader import ENGINE_COLUMNS, Rule, RuleSet
 from detector.rules.narrate import KEYS as _KEYS
 from detector.rules.narrate import reasons, threshold_sentence, who
+
+#: A frame, eager or lazy: helpers that only add columns work on both.
+_F = TypeVar("_F", pl.DataFrame, pl.LazyFrame)
 
 LINK_COLUMNS: dict[str, pl.DataType] = {
     "finding_id": pl.String(),
@@ -111,7 +115,7 @@ def _frame_facts(lf: pl.LazyFrame) -> _Frame:
     return _Frame(row["start"][0], frozenset(row["stages"].explode().drop_nulls().to_list()))
 
 
-def _carried_over(matched: pl.DataFrame, stages: tuple[str, ...], facts: _Frame) -> pl.Expr:
+def _carried_over(matched: pl.LazyFrame, stages: tuple[str, ...], facts: _Frame) -> pl.Expr:
     """Rows of requests already counted in an earlier range: leave them out.
 
     A long-running request (exec, port-forward) is logged when it opens and again when it
@@ -120,7 +124,11 @@ def _carried_over(matched: pl.DataFrame, stages: tuple[str, ...], facts: _Frame)
     its first stage then. A log that never records that stage (filtered by the audit
     policy) counts the later stage instead, so the request is still found once.
     """
-    if facts.start is None or stages[0] not in facts.stages or "received_time" not in matched:
+    if (
+        facts.start is None
+        or stages[0] not in facts.stages
+        or "received_time" not in matched.collect_schema()
+    ):
         return pl.lit(False)
     return (pl.col("stage") != stages[0]).fill_null(True) & (
         pl.col("received_time") < facts.start
@@ -128,9 +136,12 @@ def _carried_over(matched: pl.DataFrame, stages: tuple[str, ...], facts: _Frame)
 
 
 def _dedupe(
-    matched: pl.DataFrame, stages: tuple[str, ...], facts: _Frame | None = None
-) -> pl.DataFrame:
-    """One row per request: the first of the rule's stages, in its order of preference."""
+    matched: pl.LazyFrame, stages: tuple[str, ...], facts: _Frame | None = None
+) -> pl.LazyFrame:
+    """One row per request: the first of the rule's stages, in its order of preference.
+
+    Lazy, so that every rule's query runs in one :func:`polars.collect_all`.
+    """
     if facts is not None and len(stages) > 1:
         matched = matched.filter(~_carried_over(matched, stages, facts))
     rank = (
@@ -164,7 +175,7 @@ def _value_expr(rule: Rule) -> pl.Expr:
     return pl.col("audit_id").n_unique()
 
 
-def _keyed(matched: pl.DataFrame, rule: Rule, every: str) -> pl.DataFrame:
+def _keyed(matched: _F, rule: Rule, every: str) -> _F:
     """Matched rows with their group key, window and (for distinct counts) the value."""
     extra = []
     t = rule.threshold
@@ -177,7 +188,7 @@ def _keyed(matched: pl.DataFrame, rule: Rule, every: str) -> pl.DataFrame:
     )
 
 
-def _aggregate(keyed: pl.DataFrame, rule: Rule) -> pl.DataFrame:
+def _aggregate(keyed: pl.LazyFrame, rule: Rule) -> pl.LazyFrame:
     t = rule.threshold
     value = (
         pl.col("_distinct").drop_nulls().n_unique()
@@ -214,46 +225,56 @@ def _usual(
     )
 
 
-def _findings_for_rule(
-    matched: pl.DataFrame,
-    rule: Rule,
-    window: timedelta,
-    usual: pl.DataFrame | None,
-    fingerprint: str,
-    created: datetime,
-) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """(findings, keyed rows, all groups with value and threshold) for one rule."""
-    every = _every(window)
-    keyed = _keyed(matched, rule, every)
-    groups = _aggregate(keyed, rule)
+def _groups(keyed: pl.DataFrame, rule: Rule, usual: pl.DataFrame | None) -> pl.LazyFrame:
+    """Every (key, window) group of one rule with its value and threshold (a lazy query).
+
+    ``keyed``: the rule's counted requests with their group key and window (:func:`_keyed`).
+    """
+    groups = _aggregate(keyed.lazy(), rule)
     t = rule.threshold
-    with_usual = usual is not None and t is not None and t.uses_baseline
     if t is None:
-        groups = groups.with_columns(pl.lit(1.0).alias("threshold"))
-    elif with_usual:
+        return groups.with_columns(pl.lit(1.0).alias("threshold"))
+    if _with_usual(rule, usual):
         assert usual is not None and t.baseline_factor is not None
-        groups = groups.join(usual, on=["cluster", "_key"], how="left").with_columns(
+        groups = groups.join(usual.lazy(), on=["cluster", "_key"], how="left").with_columns(
             pl.col("_usual").fill_null(0.0)
         )
-        groups = groups.with_columns(
+        return groups.with_columns(
             pl.max_horizontal(
                 pl.lit(float(t.baseline_min or 1)), pl.col("_usual") * t.baseline_factor
             ).alias("threshold")
         )
-    else:
-        groups = groups.with_columns(pl.lit(float(t.value)).alias("threshold"))
-    fired = groups.filter(pl.col("_value") >= pl.col("threshold"))
-    if fired.is_empty():
-        return empty_findings(), keyed, groups
-    lines_by_key = reasons(keyed.join(fired.select(_KEYS), on=_KEYS, how="semi"), rule)
-    fired = fired.join(lines_by_key, on=_KEYS, how="left")
+    return groups.with_columns(pl.lit(float(t.value)).alias("threshold"))
+
+
+def _with_usual(rule: Rule, usual: pl.DataFrame | None) -> bool:
+    t = rule.threshold
+    return usual is not None and t is not None and t.uses_baseline
+
+
+def _findings_for_rule(
+    fired: pl.DataFrame,
+    lines_by_key: pl.DataFrame,
+    rule: Rule,
+    window: timedelta,
+    with_usual: bool,
+    fingerprint: str,
+    created: datetime,
+) -> pl.LazyFrame:
+    """The findings of one rule's groups that reached their threshold (a lazy query).
+
+    ``lines_by_key``: the sentences of each fired group (:func:`narrate.reasons`). Lazy so
+    that the queries of every rule run together (:func:`polars.collect_all`).
+    """
+    t = rule.threshold
+    joined = fired.lazy().join(lines_by_key.lazy(), on=_KEYS, how="left")
     lines = pl.col("_lines")
     if t is not None:
         lines = pl.concat_list(threshold_sentence(rule, window, with_usual), pl.col("_lines"))
     kind = (
         pl.lit("source_ip") if t is not None and t.by == "source_ip" else pl.col("principal_kind")
     )
-    findings = fired.select(
+    findings = joined.select(
         pl.lit(None, pl.String).alias("finding_id"),
         pl.lit(rule.detector).alias("detector"),
         pl.lit(rule.severity).alias("severity"),
@@ -276,7 +297,7 @@ def _findings_for_rule(
         pl.lit(fingerprint).alias("model_version"),
         pl.lit(False).alias("cold_start"),
     )
-    return findings.cast(FINDINGS_COLUMNS), keyed, groups  # type: ignore[arg-type]
+    return findings.cast(FINDINGS_COLUMNS)  # type: ignore[arg-type]
 
 
 def _history_span_windows(history: pl.LazyFrame, window: timedelta) -> int:
@@ -292,12 +313,63 @@ def _history_span_windows(history: pl.LazyFrame, window: timedelta) -> int:
 # --------------------------------------------------------------------------- entry points
 
 
+@dataclass(frozen=True)
+class History:
+    """A baseline range as threshold rules use it: its candidate rows and its length.
+
+    ``candidates``: the range's events that pass any baseline rule's prefilter (None when
+    no enabled rule compares with a baseline); ``n_windows``: the range's span in windows.
+    Read apart from the evaluation (:func:`read_history`) so a caller can read it while it
+    reads the events themselves.
+    """
+
+    candidates: pl.DataFrame | None
+    n_windows: int = 1
+
+
+def _baseline_rules(ruleset: RuleSet) -> list[Rule]:
+    return [r for r in ruleset.enabled_rules if r.threshold and r.threshold.uses_baseline]
+
+
+def _history_plan(
+    history: pl.LazyFrame | pl.DataFrame, baseline_rules: list[Rule], window: timedelta
+) -> tuple[pl.LazyFrame, int]:
+    """The baseline rules' candidates in ``history`` (a lazy query) and its span in windows.
+
+    Only the columns those rules and the engine read: a week of events is scanned for a
+    few hundred rows, and every other column would be decoded for nothing.
+    """
+    hist_lf = prepare_events(history)
+    n_windows = _history_span_windows(hist_lf, window)
+    names = set(ENGINE_COLUMNS)
+    for r in baseline_rules:
+        names.update(r.prefilter_expr.meta.root_names())
+        names.update(r.match.meta.root_names())
+        if r.threshold is not None and r.threshold.distinct:
+            names.update(resolve_field(r.threshold.distinct).expr.meta.root_names())
+    columns = [c for c in hist_lf.collect_schema() if c in names]
+    # prefilters are column-only: cheap even over 7 days
+    candidates = hist_lf.filter(pl.any_horizontal([r.prefilter_expr for r in baseline_rules]))
+    return candidates.select(columns), n_windows
+
+
+def read_history(
+    history: pl.LazyFrame | pl.DataFrame, ruleset: RuleSet, *, window: timedelta
+) -> History:
+    """``history`` (a baseline range's events) read for ``ruleset`` (see :class:`History`)."""
+    baseline_rules = _baseline_rules(ruleset)
+    if not baseline_rules:
+        return History(None)
+    plan, n_windows = _history_plan(history, baseline_rules, window)
+    return History(plan.collect(), n_windows)
+
+
 def evaluate_rules(
     events: pl.LazyFrame | pl.DataFrame,
     ruleset: RuleSet,
     *,
     window: timedelta = timedelta(minutes=10),
-    history: pl.LazyFrame | pl.DataFrame | None = None,
+    history: pl.LazyFrame | pl.DataFrame | History | None = None,
     now: datetime | None = None,
     explain: bool = False,
 ) -> RuleResult:
@@ -305,7 +377,8 @@ def evaluate_rules(
 
     ``history`` is the canonical events of a baseline range before ``events`` (e.g. the
     previous 7 days): threshold rules with a ``baseline`` compare each key with its own
-    usual there. Without it they use their absolute threshold. ``explain`` adds per-rule
+    usual there (read already when a :class:`History`). Without it they use their
+    absolute threshold. ``explain`` adds per-rule
     counts (:class:`RuleStats`) for ``detect rules test``.
     """
     created = now or datetime.now(UTC)
@@ -332,60 +405,97 @@ def evaluate_rules(
     # and full condition only on those.
     gate_of = {id(r): f"_g{i}" for i, r in enumerate(shared)}
 
-    baseline_rules = [r for r in rules if r.threshold and r.threshold.uses_baseline]
-    hist_candidates: pl.DataFrame | None = None
+    baseline_rules = _baseline_rules(ruleset)
+    hist_plan: pl.LazyFrame | None = None
     n_windows = 1
-    if history is not None and baseline_rules:
-        hist_lf = prepare_events(history)
-        n_windows = _history_span_windows(hist_lf, window)
-        hist_candidates = hist_lf.filter(
-            pl.any_horizontal([r.prefilter_expr for r in baseline_rules])
-        ).collect()  # prefilters are column-only: cheap even over 7 days
+    read: History | None = history if isinstance(history, History) else None
+    if read is not None:
+        n_windows = read.n_windows
+    elif history is not None and baseline_rules:
+        hist_plan, n_windows = _history_plan(history, baseline_rules, window)
 
     facts = _frame_facts(lf) if any(len(r.stages) > 1 for r in rules) else None
-    finding_frames: list[pl.DataFrame] = []
-    keyed_frames: list[tuple[Rule, pl.DataFrame]] = []
+    # One lazy query per rule (and the history's candidates), run together: polars plans
+    # them once and spreads them over the cores instead of a few eager steps per rule.
+    plans: list[pl.LazyFrame] = []
     for rule in rules:
         if rule.has_prefilter:
-            own = candidates.filter(gmasks[gate_of[id(rule)]])
-            matched = own.filter(rule.prefilter_expr & rule.match) if not own.is_empty() else own
+            # The gate's mask is applied eagerly: left to the optimiser it would be merged
+            # with the regexes below, which would then run on every candidate.
+            own = candidates.filter(gmasks[gate_of[id(rule)]]).lazy()
+            matched = own.filter(rule.prefilter_expr & rule.match)
         else:
-            matched = lf.filter(rule.match).collect()
-        if matched.is_empty():
+            matched = lf.filter(rule.match)
+        plans.append(_keyed(_dedupe(matched, rule.stages, facts), rule, every))
+    if hist_plan is not None:
+        plans.append(hist_plan)
+    done = pl.collect_all(plans)
+    hist_candidates = done.pop() if hist_plan is not None else None
+    if read is not None:
+        hist_candidates = read.candidates
+
+    counted: list[tuple[Rule, pl.DataFrame, bool]] = []  # (rule, keyed, with_usual)
+    group_plans: list[pl.LazyFrame] = []
+    for rule, keyed in zip(rules, done, strict=True):
+        if keyed.is_empty():
             continue
-        matched = _dedupe(matched, rule.stages, facts)
         usual = None
         if hist_candidates is not None and rule in baseline_rules:
-            hist_matched = _dedupe(hist_candidates.filter(rule.match), rule.stages)
-            usual = _usual(hist_matched, rule, every, n_windows)
-        findings, keyed, groups = _findings_for_rule(
-            matched, rule, window, usual, fingerprint, created
-        )
+            hist_matched = _dedupe(hist_candidates.lazy().filter(rule.match), rule.stages)
+            usual = _usual(hist_matched.collect(), rule, every, n_windows)
+        counted.append((rule, keyed, _with_usual(rule, usual)))
+        group_plans.append(_groups(keyed, rule, usual))
+    all_groups = pl.collect_all(group_plans)
+
+    fired_rules: list[tuple[Rule, pl.DataFrame]] = []
+    fired_groups: list[tuple[pl.DataFrame, bool]] = []
+    for (rule, keyed, with_usual), groups in zip(counted, all_groups, strict=True):
+        fired = groups.filter(pl.col("_value") >= pl.col("threshold"))
         if rule.id in stats:
             s = stats[rule.id]
-            s.requests = matched.height
-            s.findings = findings.height
+            s.requests = keyed.height
+            s.findings = fired.height
             if rule.threshold is not None and not groups.is_empty():
                 best = groups.sort("_value", descending=True).row(0, named=True)
                 s.best_value, s.best_threshold = best["_value"], best["threshold"]
-        if not findings.is_empty():
-            finding_frames.append(findings)
-            keyed_frames.append((rule, keyed))
+        if not fired.is_empty():
+            fired_rules.append((rule, keyed))
+            fired_groups.append((fired, with_usual))
+    # The sentences only for the requests of groups that fired, every rule in one pass.
+    lines = reasons(
+        [
+            (rule, keyed.join(fired.select(_KEYS), on=_KEYS, how="semi"))
+            for (rule, keyed), (fired, _) in zip(fired_rules, fired_groups, strict=True)
+        ]
+    )
+    finding_frames = pl.collect_all(
+        [
+            _findings_for_rule(fired, lines_by_key, rule, window, with_usual, fingerprint, created)
+            for (rule, _), (fired, with_usual), lines_by_key in zip(
+                fired_rules, fired_groups, lines, strict=True
+            )
+        ]
+    )
     if not finding_frames:
         return RuleResult(empty_findings(), empty_links(), stats)
     findings = with_finding_ids(pl.concat(finding_frames, how="vertical"))
     ids = findings.select(
         "finding_id", "detector", "cluster", pl.col("principal").alias("_key"), "window_start"
     )
-    links = pl.concat(
-        [
-            keyed.with_columns(pl.lit(rule.detector).alias("detector"))
-            .join(ids, on=["detector", *_KEYS], how="inner")
-            .select("finding_id", "audit_id", "stage")
-            for rule, keyed in keyed_frames
-        ],
-        how="vertical",
-    ).cast(LINK_COLUMNS)  # type: ignore[arg-type]
+    links = (
+        pl.concat(
+            [
+                keyed.lazy()
+                .with_columns(pl.lit(rule.detector).alias("detector"))
+                .join(ids.lazy(), on=["detector", *_KEYS], how="inner")
+                .select("finding_id", "audit_id", "stage")
+                for rule, keyed in fired_rules
+            ],
+            how="vertical",
+        )
+        .cast(LINK_COLUMNS)  # type: ignore[arg-type]
+        .collect()
+    )
     findings = findings.sort(
         ["severity_rank", "window_start", "detector", "principal"],
         descending=[True, False, False, False],

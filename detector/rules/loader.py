@@ -85,7 +85,7 @@ _LIST_FIELDS = ("references", "falco", "guardduty", "tags")
 _THRESHOLD_KEYS = {"by", "count", "distinct", "value", "baseline", "label"}
 #: Columns the engine reads for every rule: request identity, stage de-duplication,
 #: windows, grouping keys and the finding's principal.
-_ENGINE_COLUMNS = (
+ENGINE_COLUMNS = (
     "cluster",
     "audit_id",
     "stage",
@@ -312,15 +312,16 @@ class RuleSet:
         user rule naming any column is covered.
         """
         from detector.events.schema import CANONICAL_COLUMNS
-        from detector.rules.narrate import line
+        from detector.rules.narrate import line_columns
 
         exprs: list[pl.Expr] = []
+        names: set[str] = set(ENGINE_COLUMNS)
         for r in self.enabled_rules:
-            exprs += [r.stage_expr, r.prefilter, r.condition_expr, line(r)]
+            exprs += [r.stage_expr, r.prefilter, r.condition_expr]
             exprs += list(r.exception_exprs.values())
             if r.threshold is not None and r.threshold.distinct:
                 exprs.append(resolve_field(r.threshold.distinct).expr)
-        names: set[str] = set(_ENGINE_COLUMNS)
+            names |= line_columns(r)
         for e in exprs:
             names.update(e.meta.root_names())
         return {n for n in names if n in CANONICAL_COLUMNS}

@@ -9,6 +9,7 @@ can change without touching evaluation, and so it runs only on the rows of fired
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import timedelta
 
@@ -232,6 +233,22 @@ def _render(template: str) -> pl.Expr:
     return pl.when(pl.any_horizontal(present)).then(text) if present else text
 
 
+@functools.cache
+def _base_columns() -> frozenset[str]:
+    return frozenset(pl.concat_str([who(), pl.lit(" "), _action()]).meta.root_names())
+
+
+def line_columns(rule: Rule) -> set[str]:
+    """The columns :func:`line` reads for ``rule`` (without building the whole sentence).
+
+    The who-did-what part is the same for every rule: its columns are found once.
+    """
+    cols = set(_base_columns())
+    if rule.output:
+        cols.update(_render(rule.output).meta.root_names())
+    return cols
+
+
 def line(rule: Rule) -> pl.Expr:
     """One sentence per event: who did what, plus the rule's own detail."""
     base = pl.concat_str([who(), pl.lit(" "), _action()])
@@ -245,11 +262,41 @@ def line(rule: Rule) -> pl.Expr:
     return base
 
 
-def reasons(keyed: pl.DataFrame, rule: Rule) -> pl.DataFrame:
-    """Up to MAX_REASONS distinct sentences per finding, most frequent first, with counts."""
-    lines = keyed.with_columns(line(rule).alias("_text"))
-    counted = lines.group_by([*KEYS, "_text"]).agg(
-        pl.col("audit_id").n_unique().alias("_n"), pl.col("event_time").min().alias("_first")
+def reasons(fired: list[tuple[Rule, pl.DataFrame]]) -> list[pl.DataFrame]:
+    """Per rule, up to MAX_REASONS distinct sentences per finding, most frequent first.
+
+    ``fired``: each rule with the rows of its findings (grouped by ``KEYS``). The sentence
+    expression is large and the rows are few, so its cost is per evaluation, not per row:
+    the rows of every rule are stacked and the sentences built in one pass, each rule's
+    own ``output`` detail filled in first. Returns one frame (``KEYS``, ``_lines``) per rule.
+    """
+    if not fired:
+        return []
+    stacked = pl.concat(
+        [
+            rows.select(
+                pl.exclude("^_.*$"),
+                pl.col("_key"),
+                (_render(rule.output) if rule.output else pl.lit(None, pl.String)).alias("_detail"),
+                pl.lit(i, pl.Int32).alias("_rule"),
+            )
+            for i, (rule, rows) in enumerate(fired)
+        ],
+        how="vertical",
+    )
+    base = pl.concat_str([who(), pl.lit(" "), _action()])
+    detail = pl.col("_detail")
+    text = (
+        pl.when(detail.is_not_null())
+        .then(pl.concat_str([base, pl.lit("; "), detail]))
+        .otherwise(base)
+    )
+    keys = ["_rule", *KEYS]
+    counted = (
+        stacked.lazy()
+        .with_columns(text.alias("_text"))
+        .group_by([*keys, "_text"])
+        .agg(pl.col("audit_id").n_unique().alias("_n"), pl.col("event_time").min().alias("_first"))
     )
     counted = counted.with_columns(
         pl.when(pl.col("_n") > 1)
@@ -257,7 +304,7 @@ def reasons(keyed: pl.DataFrame, rule: Rule) -> pl.DataFrame:
         .otherwise(pl.col("_text"))
         .alias("_text")
     ).sort(["_n", "_first"], descending=[True, False])
-    top = counted.group_by(KEYS, maintain_order=True).agg(
+    top = counted.group_by(keys, maintain_order=True).agg(
         pl.col("_text").head(MAX_REASONS).alias("_lines"),
         (pl.len().cast(pl.Int64) - MAX_REASONS).alias("_more"),
         (pl.col("_n").sum() - pl.col("_n").head(MAX_REASONS).sum()).alias("_more_events"),
@@ -267,7 +314,12 @@ def reasons(keyed: pl.DataFrame, rule: Rule) -> pl.DataFrame:
             "and {} more distinct actions ({} events)", pl.col("_more"), pl.col("_more_events")
         )
     )
-    return top.select(*KEYS, pl.concat_list("_lines", more).list.drop_nulls().alias("_lines"))
+    lines = top.select(
+        "_rule", *KEYS, pl.concat_list("_lines", more).list.drop_nulls().alias("_lines")
+    ).collect()
+    parts = lines.partition_by("_rule", as_dict=True, include_key=False)
+    empty = lines.clear().drop("_rule")
+    return [parts.get((i,), empty) for i in range(len(fired))]
 
 
 def threshold_sentence(rule: Rule, window: timedelta, with_usual: bool) -> pl.Expr:
