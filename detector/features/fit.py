@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 import polars as pl
 
-from detector.features.baseline import Baseline, build_baseline, exploded
+from detector.features.baseline import Baseline, build_baseline
 from detector.features.catalogue import DIMENSIONS, FEATURES, KEYS, RELATIVE_BASES
 from detector.features.compare import finish_features
 from detector.features.surprise import tail_counts
@@ -47,12 +47,23 @@ class _FoldHistory:
 
     def __init__(self, w: pl.DataFrame) -> None:
         pkeys = list(self._PKEYS)
+        # Values per (principal, fold) are gathered before they are exploded, so the key
+        # strings are not copied to every value of every window.
+        lists = [col for col, _, _ in DIMENSIONS]
+        per_fold = w.group_by(*pkeys, "_fold").agg(
+            pl.col(c).list.explode(keep_nulls=False, empty_as_null=False).unique() for c in lists
+        )
         self.seen = pl.concat(
             [
-                exploded(w, col, ("_fold",))
-                .select(*pkeys, pl.lit(col.lstrip("_")).alias("dimension"), "value", "_fold")
-                .unique()
-                for col, _, _ in DIMENSIONS
+                per_fold.select(
+                    *pkeys,
+                    pl.lit(c.lstrip("_")).alias("dimension"),
+                    pl.col(c).alias("value"),
+                    "_fold",
+                )
+                .explode("value")
+                .drop_nulls("value")
+                for c in lists
             ]
         )
         hours = pl.col("window_start").dt.hour().cast(pl.Int64)
@@ -61,7 +72,11 @@ class _FoldHistory:
             *[(hours == h).sum().alias(f"_h{h}") for h in range(24)],
         )
         self.numeric = w.select(*pkeys, "_fold", *RELATIVE_BASES)
-        acts = exploded(w, "_actions", ("principal_kind", "_fold"))
+        acts = (
+            w.select("principal_kind", "_fold", pl.col("_actions").alias("value"))
+            .explode("value")
+            .drop_nulls("value")
+        )
         self.actions = pl.concat(
             [
                 acts.group_by("principal_kind", pl.col("value").alias("action"), "_fold").agg(
