@@ -66,16 +66,33 @@ def hour_histogram(name: str = "hour_counts") -> pl.Expr:
     return pl.concat_list([(hours == h).sum().cast(pl.UInt32) for h in range(24)]).alias(name)
 
 
-def seen_values(windows: pl.DataFrame) -> pl.DataFrame:
-    """(cluster, principal, dimension, value) for every distinct value the windows used."""
+def seen_values(windows: pl.DataFrame, by: tuple[str, ...] = ()) -> pl.DataFrame:
+    """(cluster, principal, dimension, value) for every distinct value the windows used
+    (and ``by`` columns, e.g. a training fold, to tell values per group apart).
+
+    Values are gathered per principal before they are exploded: exploding each window's
+    lists copied the key strings to every value of every window (the peak of a training
+    over millions of windows).
+    """
+    keys = ["cluster", "principal", *by]
+    lists = [col for col, _, _ in DIMENSIONS]
+    per_key = windows.group_by(keys).agg(
+        pl.col(c).list.explode(keep_nulls=False, empty_as_null=False).unique() for c in lists
+    )
     return pl.concat(
         [
-            exploded(windows, col)
-            .select("cluster", "principal", pl.lit(col.lstrip("_")).alias("dimension"), "value")
-            .unique()
-            for col, _, _ in DIMENSIONS
+            per_key.select(
+                "cluster",
+                "principal",
+                pl.lit(c.lstrip("_")).alias("dimension"),
+                pl.col(c).alias("value"),
+                *by,
+            )
+            .explode("value")
+            .drop_nulls("value")
+            for c in lists
         ]
-    ).sort("cluster", "principal", "dimension", "value")
+    ).sort("cluster", "principal", "dimension", "value", *by)
 
 
 def unseen_principals(windows: pl.DataFrame, baseline: Baseline) -> list[str]:
@@ -103,7 +120,11 @@ def build_baseline(windows: pl.DataFrame) -> Baseline:
         )
         .sort(pkeys)
     )
-    acts = exploded(windows, "_actions", ("principal_kind",))
+    acts = (
+        windows.select("principal_kind", pl.col("_actions").alias("value"))
+        .explode("value")
+        .drop_nulls("value")
+    )
     actions = pl.concat(
         [
             acts.group_by("principal_kind", pl.col("value").alias("action")).agg(

@@ -14,8 +14,8 @@ from datetime import datetime, timedelta
 
 import polars as pl
 
-from detector.features.baseline import Baseline, build_baseline
-from detector.features.catalogue import DIMENSIONS, FEATURES, KEYS, RELATIVE_BASES
+from detector.features.baseline import Baseline, build_baseline, seen_values
+from detector.features.catalogue import FEATURES, KEYS, RELATIVE_BASES
 from detector.features.compare import finish_features
 from detector.features.surprise import tail_counts
 
@@ -47,25 +47,7 @@ class _FoldHistory:
 
     def __init__(self, w: pl.DataFrame) -> None:
         pkeys = list(self._PKEYS)
-        # Values per (principal, fold) are gathered before they are exploded, so the key
-        # strings are not copied to every value of every window.
-        lists = [col for col, _, _ in DIMENSIONS]
-        per_fold = w.group_by(*pkeys, "_fold").agg(
-            pl.col(c).list.explode(keep_nulls=False, empty_as_null=False).unique() for c in lists
-        )
-        self.seen = pl.concat(
-            [
-                per_fold.select(
-                    *pkeys,
-                    pl.lit(c.lstrip("_")).alias("dimension"),
-                    pl.col(c).alias("value"),
-                    "_fold",
-                )
-                .explode("value")
-                .drop_nulls("value")
-                for c in lists
-            ]
-        )
+        self.seen = seen_values(w, by=("_fold",))
         hours = pl.col("window_start").dt.hour().cast(pl.Int64)
         self.windows = w.group_by(*pkeys, "_fold").agg(
             pl.len().alias("windows"),
