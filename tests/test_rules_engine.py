@@ -100,6 +100,44 @@ def test_operators_and_precedence(condition, expected):
     assert matches(condition) == expected
 
 
+BINDING = pl.DataFrame(
+    {
+        "request_object": [
+            '{"subjects": [{"kind": "Group", "name": "eng"}, {"kind": "User", "name": "alice"},'
+            ' {"kind": "User", "name": "mallory"}], "roleRef": {"name": "admin"}}',
+            '{"subjects": [{"kind": "User", "name": "alice"}], "roleRef": {"name": "view"}}',
+            "not json at all",
+            None,
+        ]
+    }
+)
+
+
+@pytest.mark.parametrize(
+    ("condition", "expected"),
+    [
+        # A filter, a wildcard, a recursive descent: every match counts, not the first only.
+        ("""request_object["$.subjects[?(@.kind == 'User')].name"] = mallory""", [1, 0, 0, 0]),
+        ("""request_object["$.subjects[*].name"] in (mallory)""", [1, 0, 0, 0]),
+        ("""request_object["$..name"] = admin""", [1, 0, 0, 0]),
+        ("""all(request_object["$.subjects[*].kind"]) = User""", [0, 1, 0, 0]),
+        ("""request_object["$.subjects[0:2].name"] = mallory""", [0, 0, 0, 0]),
+        ("""request_object["$.subjects[*]"] exists""", [1, 1, 0, 0]),
+        # One value: as before.
+        ("""request_object["$.roleRef.name"] = view""", [0, 1, 0, 0]),
+    ],
+)
+def test_a_jsonpath_that_can_match_several_values_holds_if_any_does(condition, expected):
+    _, full, _ = Compiler().compile(condition)
+    got = BINDING.with_columns(full.alias("m"))["m"].to_list()
+    assert got == [bool(x) for x in expected]
+
+
+def test_an_invalid_jsonpath_is_refused_when_the_rule_loads():
+    with pytest.raises(ConditionError, match="invalid JSONPath"):
+        Compiler().compile("""request_object["$.subjects[?(@.kind =="] = x""")
+
+
 def test_lists_expand_and_nest_and_quoted_values_stay_literal():
     lists = {"a": ["get", "b"], "b": ["delete"]}
     assert matches("verb in (a)", lists) == [False, True, True, False]

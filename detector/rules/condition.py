@@ -22,7 +22,8 @@ what an analyst expects: ``not namespace = kube-system`` is true for cluster-sco
 
 Fields are canonical columns (``verb``, ``user_name``, ``response_code``...), JSON paths into
 the request/response bodies (``request_object.roleRef.name``; or any JSONPath, quoted:
-``request_object["$.subjects[?(@.kind == 'User')].name"]``), deep keys that collect every
+``request_object["$.subjects[?(@.kind == 'User')].name"]``, a list when the path can
+match several values), deep keys that collect every
 value of a key anywhere in a body (``request_object..privileged``: all containers, init and
 ephemeral containers, pod templates of Deployments/DaemonSets/CronJobs...), and a few
 derived fields (:data:`DERIVED_FIELDS`). Deep keys and list columns (``user_groups``) are
@@ -36,6 +37,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+import orjson
 import polars as pl
 
 from detector.errors import UsageError
@@ -351,6 +353,39 @@ def _json_path(column: str, path: str) -> pl.Expr:
     return pl.col(column).str.json_path_match(path)
 
 
+#: JSONPath steps that can match more than one value: a wildcard, a filter, a recursive
+#: descent, a slice or a union. polars' ``json_path_match`` returns only the first match,
+#: so a rule on ``$.subjects[?(@.kind == 'User')].name`` saw the first User and missed the
+#: rest; such paths give a list of every match instead (see :func:`_json_path_all`).
+_MULTI_MATCH = re.compile(r"\[\s*\*\s*\]|\.\.|\.\*|\[\s*\?|\[[^\]'\"]*[:,][^\]'\"]*\]")
+
+
+def _json_path_all(column: str, path: str) -> pl.Expr:
+    """Every value ``path`` matches in each body, as a list of strings (like
+    ``json_path_match`` gives one: strings as they are, other values as compact JSON, JSON
+    nulls left out). jsonpath-ng evaluates it, row by row, only over the rows that reach
+    this term (body terms run after the cheap ones); a body that does not parse, or nests
+    too deeply for it, gives null, which every predicate reads as false."""
+    from jsonpath_ng.exceptions import JSONPathError
+    from jsonpath_ng.ext import parse
+
+    try:
+        compiled = parse(path)
+    except JSONPathError as exc:
+        raise ConditionError(f"invalid JSONPath {path!r}: {exc}") from None
+
+    def matches(text: str) -> list[str] | None:
+        try:
+            found = [m.value for m in compiled.find(orjson.loads(text))]
+        except (orjson.JSONDecodeError, RecursionError, TypeError, ValueError):
+            return None
+        return [
+            v if isinstance(v, str) else orjson.dumps(v).decode() for v in found if v is not None
+        ]
+
+    return pl.col(column).map_elements(matches, return_dtype=pl.List(pl.String), skip_nulls=True)
+
+
 def _object_name() -> pl.Expr:
     return pl.coalesce(
         pl.when(pl.col("name") != "").then(pl.col("name")),
@@ -612,6 +647,8 @@ def resolve_field(name: str) -> ResolvedField:
         path = _unquote(quoted)
         if not path.startswith("$"):
             raise ConditionError(f"a JSONPath starts with '$': {path!r}")
+        if _MULTI_MATCH.search(path):
+            return ResolvedField(_json_path_all(column, path), "list", True)
         return ResolvedField(_json_path(column, path), "str", True)
     if name in CANONICAL_COLUMNS:
         kind = _column_kind(CANONICAL_COLUMNS[name])

@@ -285,7 +285,10 @@ fields still works, but reads every body in the range.
   `principal`, `principal_kind`, `source_ip`, `user_agent`, `resource`, `subresource`,
   `namespace`, `name`, `api_group`, `response_code`, `decision`, `request_uri`, `stage`...
 - A JSON path into a body: `request_object.spec.type`, `response_object.metadata.name`;
-  any JSONPath in quotes: `request_object["$.subjects[?(@.kind == 'User')].name"]`.
+  any JSONPath in quotes: `request_object["$.subjects[?(@.kind == 'User')].name"]`. A path
+  that can match several values (a filter `[?(...)]`, a wildcard `[*]` or `.*`, a recursive
+  `..`, a slice or a union) is a list of every match, like a deep key: the condition holds
+  if it holds for any of them, or for `all(...)` of them.
 - A deep key, every value of a key anywhere in the body, as a list:
   `request_object..privileged` (all containers, init and ephemeral containers, pod
   templates of Deployments, DaemonSets, StatefulSets, Jobs and CronJobs). A deep key
