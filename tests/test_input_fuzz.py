@@ -201,3 +201,35 @@ def test_cloudwatch_pages_as_the_exporter_reads_them(items):
     assert quarantine.height == len(items) - len(ids)
     assert quarantine["source_position"].n_unique() == quarantine.height
     assert all(reason.strip() for reason in quarantine["reason"])
+
+
+@FUZZ
+@given(
+    lines=st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")), max_size=30),
+    last_newline=st.booleans(),
+    batch=st.integers(min_value=1, max_value=64),
+)
+def test_blocks_cover_the_input_exactly_with_their_line_numbers(lines, last_newline, batch):
+    """The reader's blocks (one buffer each, numpy scans) hold every byte once, in order,
+    cut only after a newline, numbered from the first line of each; and the lines the
+    normalizer gets are the input's lines."""
+    import io
+
+    from detector.sources.files import _split_lines, iter_line_blocks
+
+    data = b"\n".join(lines) + (b"\n" if last_newline and lines else b"")
+    seen, expected_line = b"", 1
+    got_lines: list[bytes] = []
+    for block, first, oversize, offsets in iter_line_blocks(io.BytesIO(data), batch_bytes=batch):
+        assert not oversize
+        block = bytes(block)
+        assert first == expected_line
+        assert block.endswith(b"\n") or seen + block == data  # only the very end lacks one
+        got_lines += [x.rstrip(b"\n") for x in _split_lines(block, offsets).to_pylist()]
+        seen += block
+        expected_line += block.count(b"\n")
+    assert seen == data
+    expected = data.split(b"\n") if data else []
+    if data.endswith(b"\n"):
+        expected = expected[:-1]
+    assert got_lines == expected
