@@ -11,7 +11,16 @@ ROOT = Path(detector.__file__).parent
 
 #: Lowest first. A module may import from its own layer and any layer before it.
 LAYERS: list[tuple[str, ...]] = [
-    ("__init__", "errors", "timeparse", "logging_setup", "ratelimit", "storage", "config"),
+    (
+        "__init__",
+        "errors",
+        "timeparse",
+        "logging_setup",
+        "ratelimit",
+        "storage",
+        "config",
+        "warmup",
+    ),
     ("events",),
     ("sources",),
     ("lake",),

@@ -9,11 +9,8 @@ mean much (issue: a model trained on two days of a fourteen-day request says not
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import importlib
 import logging
-import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -27,6 +24,7 @@ from detector.features import DEFAULT_WINDOW, align, check_window, fit_baseline,
 from detector.features import model_inputs as inputs_of
 from detector.lake.events import Lake
 from detector.model.storage import DEFAULT_ALERT_RATE, Model, fingerprint
+from detector.warmup import import_in_background
 
 #: Training needs at least this many windows (principal x 10 minutes) to mean anything.
 MIN_TRAIN_WINDOWS = 50
@@ -253,19 +251,6 @@ class TrainResult:
     warnings: list[str]
 
 
-def _import_in_background(module: str) -> None:
-    """Start importing ``module`` on another thread (importing scikit-learn takes ~1 s of
-    interpreter work; the window features meanwhile run in polars, off the GIL). Whoever
-    imports it next waits for this import to finish (the import lock), so nothing races;
-    an import error is raised again there, where it can be reported."""
-
-    def run() -> None:
-        with contextlib.suppress(Exception):
-            importlib.import_module(module)
-
-    threading.Thread(target=run, name=f"import-{module}", daemon=True).start()
-
-
 def train_model(
     lake: Lake,
     start: datetime,
@@ -291,7 +276,7 @@ def train_model(
     """
     check_window(window)
     start, end = align(start, end, window)
-    _import_in_background("detector.model.estimator")  # scikit-learn, while windows compute
+    import_in_background("detector.model.estimator")  # scikit-learn, while windows compute
     windows = training_windows(
         lake, start, end, window=window, cluster=cluster, progress=progress, executor=executor
     )
