@@ -143,3 +143,30 @@ def test_a_bad_sink_is_a_one_line_config_error(tmp_path):
     out = cli("--config", str(bad), "config", "show")
     assert out.exit_code == 2 and "type must be one of" in out.stderr
     assert out.stderr.count("\n") == 1
+
+
+def test_resolving_an_incident_tells_the_sinks_that_heard_of_it_once(scored):
+    """An analyst resolves in the tool; the next delivery closes the alert where it was
+    raised (an update saying resolved), once, and tells no sink that never had it."""
+    score(scored)
+    lake, receiver = scored["lake"], scored["receiver"]
+    listed = json.loads(cli("incidents", "--lake", lake, "--format", "json").stdout)
+    iid = listed[0]["incident_id"]
+    assert len(receiver.delivered) == 2
+    done = cli("incidents", "resolve", iid[:8], "--lake", lake, "--reason", "rotated the key")
+    assert done.exit_code == 0, done.stderr
+
+    def deliver() -> dict:
+        out = cli(
+            "--config", scored["config"], "incidents", "deliver", "--lake", lake,
+            "--format", "json", env=scored["env"],
+        )  # fmt: skip
+        assert out.exit_code == 0, out.stderr
+        return json.loads(out.stdout)
+
+    assert deliver()["updates"] == 1
+    closing = receiver.delivered[-1]["output_fields"]
+    assert closing["detect.incident.id"] == iid and closing["detect.status"] == "resolved"
+    assert closing["detect.incident.kind"] == "update"
+    assert deliver()["sent"] == 0  # once
+    assert score(scored)["incidents"]["delivery"]["sent"] == 0  # re-scoring reopens nothing

@@ -120,12 +120,14 @@ def test_each_incident_version_reaches_a_sink_once_and_updates_are_throttled(rec
     assert deliver([v3], [hook], state, now=NOW + timedelta(hours=1)).sent == []
 
 
-def test_info_and_suppressed_incidents_are_never_delivered(receiver):
+def test_info_suppressed_and_never_sent_resolved_incidents_are_not_delivered(receiver):
     hook = build(sink(name="hook", type="webhook", url=receiver.url))
     (info,) = incidents([finding(ROLE, T0, severity="info")])
     (sup,) = incidents([finding("arn:aws:iam::1:role/x", T0, severity="high")])
     sup.status = "suppressed"
-    assert deliver([info, sup], [hook], DeliveryState(), now=NOW).sent == []
+    (closed,) = incidents([finding("arn:aws:iam::1:role/y", T0, severity="high")])
+    closed.status, closed.version = "resolved", closed.version + 1  # resolved before any send
+    assert deliver([info, sup, closed], [hook], DeliveryState(), now=NOW).sent == []
     assert receiver.requests == []
     with pytest.raises(sink_config.SinkConfigError, match="info is a record"):
         sink(name="x", type="webhook", url=receiver.url, min_severity="info")

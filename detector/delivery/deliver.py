@@ -13,7 +13,9 @@ Per sink and incident:
   the same principal had an update on this sink less than ``throttle`` ago and the
   severity did not rise, in which case it waits (``throttled``) and a later run sends the
   latest version: nothing is lost, the channel just is not flooded;
-- suppressed or resolved incidents are not sent.
+- a resolved incident is sent once more as an ``update`` (status resolved) to the sinks
+  that were sent it before, so they can close it; suppressed incidents, and resolved ones a
+  sink never heard of, are not sent.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from detector.delivery.payloads import Alert
 from detector.delivery.records import DeliveryState
 from detector.delivery.sinks import Sink
 from detector.incidents.group import Incident
-from detector.incidents.status import DELIVERED
+from detector.incidents.status import DELIVERED, RESOLVED
 from detector.lake.findings_schema import SEVERITIES
 
 log = logging.getLogger(__name__)
@@ -63,11 +65,16 @@ def plan(
     due: list[Alert] = []
     held: list[dict[str, Any]] = []
     for inc in sorted(incidents, key=lambda i: (i.first_seen, i.incident_id)):
+        rec = state.delivered(inc.incident_id, cfg.name)
+        if inc.status == RESOLVED:
+            # Closing is news only where the opening was: never throttled, never first.
+            if rec is not None and rec["version"] < inc.version:
+                due.append(Alert(inc, "update", lake))
+            continue
         if inc.status not in DELIVERED:
             continue
         if not cfg.accepts(inc.severity_rank, inc.detectors, inc.cluster, inc.namespaces):
             continue
-        rec = state.delivered(inc.incident_id, cfg.name)
         if rec is None:
             due.append(Alert(inc, "new", lake))
             continue

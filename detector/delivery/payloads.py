@@ -190,7 +190,12 @@ def slack(alert: Alert) -> dict[str, Any]:
     "update" and carries the same incident id.
     """
     inc = alert.incident
-    head = "New incident" if alert.kind == "new" else f"Incident updated (v{inc.version})"
+    if alert.kind == "new":
+        head = "New incident"
+    elif inc.status == "resolved":
+        head = f"Incident resolved (v{inc.version})"
+    else:
+        head = f"Incident updated (v{inc.version})"
     text = f"[{inc.severity.upper()}] {head}: {inc.title}"
     lines = "\n".join(f"• {r}" for r in reasons(inc, limit=5))
     fields = [
