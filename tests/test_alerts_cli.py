@@ -170,3 +170,24 @@ def test_resolving_an_incident_tells_the_sinks_that_heard_of_it_once(scored):
     assert closing["detect.incident.kind"] == "update"
     assert deliver()["sent"] == 0  # once
     assert score(scored)["incidents"]["delivery"]["sent"] == 0  # re-scoring reopens nothing
+
+
+def test_findings_list_shows_and_filters_by_workflow_status(scored):
+    score(scored)
+    lake = scored["lake"]
+
+    def listed(*extra: str) -> list[dict]:
+        out = cli("findings", "--lake", lake, "--since", "2h", "--format", "json", *extra)
+        assert out.exit_code == 0, out.stderr
+        return json.loads(out.stdout)
+
+    every = listed()
+    assert {f["status"] for f in every} == {"new"} and all(f["incident_id"] for f in every)
+    fid = every[0]["finding_id"]
+    assert cli("findings", "resolve", fid[:8], "--lake", lake).exit_code == 0
+    assert [f["finding_id"] for f in listed("--status", "resolved")] == [fid]
+    assert fid not in [f["finding_id"] for f in listed("--status", "new")]
+    table = cli("findings", "--lake", lake, "--since", "2h")
+    assert "status" in table.stdout and "resolved" in table.stdout
+    bad = cli("findings", "--lake", lake, "--status", "closed")
+    assert bad.exit_code == 2 and "--status must be one of" in bad.stderr

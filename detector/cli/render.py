@@ -85,28 +85,31 @@ def render_findings(
     if df.is_empty():
         stdout.print("no alerts" if alerts_only else "no findings", markup=False)
         return
+    with_status = "status" in df.columns  # `detect findings` joins the workflow status
+    headers = list(_HEADERS[:6]) + (["status"] if with_status else [])
     rows = []
     for row in df.iter_rows(named=True):
         model = row["detector"].startswith("model")
-        rows.append(
-            (
-                row["finding_id"],
-                f"[{SEVERITY_STYLE.get(row['severity'], '')}]{row['severity']}[/]",
-                format_score(row["score"]),
-                f"{row['window_start']:%m-%d %H:%M}",
-                "model" if model else row["detector"].removeprefix("rule:"),
-                short_principal(row["principal"]),
-                row["title"] or "",
-            )
-        )
+        cells = [
+            row["finding_id"],
+            f"[{SEVERITY_STYLE.get(row['severity'], '')}]{row['severity']}[/]",
+            format_score(row["score"]),
+            f"{row['window_start']:%m-%d %H:%M}",
+            "model" if model else row["detector"].removeprefix("rule:"),
+            short_principal(row["principal"]),
+        ]
+        if with_status:
+            cells.append(row["status"] or "new")
+        rows.append((*cells, row["title"] or ""))
     # Identifying columns get their full width; the title takes what is left of the line.
     out = wide_console()
-    widths = [max(len(str(r[i])) for r in rows) for i in range(6)]
+    n = len(headers)
+    widths = [max(len(str(r[i])) for r in rows) for i in range(n)]
     widths[1], widths[5] = len("severity"), min(widths[5], PRINCIPAL_MAX)
-    fixed = sum(max(w, len(h)) for w, h in zip(widths, _HEADERS, strict=False)) + 2 * 6
+    fixed = sum(max(w, len(h)) for w, h in zip(widths, headers, strict=True)) + 2 * n
     title_w = max(TITLE_MIN, out.width - fixed)
     table = Table(title=title, box=None, pad_edge=False, header_style="bold")
-    for i, header in enumerate(_HEADERS[:6]):
+    for i, header in enumerate(headers):
         table.add_column(
             header,
             no_wrap=True,
@@ -116,7 +119,7 @@ def render_findings(
         )
     table.add_column("title", no_wrap=True, overflow="ellipsis", max_width=title_w)
     for r in rows:
-        table.add_row(*r[:5], escape(r[5]), escape(r[6]))
+        table.add_row(*r[:5], escape(r[5]), *r[6:n], escape(r[n]))
     out.print(table)
 
 

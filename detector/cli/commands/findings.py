@@ -17,6 +17,7 @@ from detector.cli.options import (
     stdout,
 )
 from detector.cli.render import findings_json, format_score, render_findings
+from detector.errors import UsageError
 
 findings_app = typer.Typer(
     invoke_without_command=True,
@@ -38,11 +39,19 @@ def list_cmd(
         ),
     ] = None,
     min_severity: MinSeverityOpt = None,
+    status: Annotated[
+        str | None,
+        typer.Option(
+            "--status",
+            help="Only findings with this workflow status: new, acknowledged, suppressed "
+            "or resolved.",
+        ),
+    ] = None,
     output: FormatOpt = OutputFormat.table,
 ) -> None:
     """List findings in the lake (most severe first, every severity unless
-    --min-severity), or show one with its events. A finding is listed when its window
-    starts in [--since, --until).
+    --min-severity) with their workflow status, or show one with its events. A finding is
+    listed when its window starts in [--since, --until).
 
     Use `detect findings show FINDING_ID` for one finding's reasons and events.
 
@@ -52,21 +61,30 @@ def list_cmd(
 
     \b
         detect findings --lake ./lake --since 7d --min-severity medium
+        detect findings --lake ./lake --since 7d --status new
         detect findings show 3f9c0a1b2c3d4e5f6a7b --lake ./lake
     """
     if ctx.invoked_subcommand is not None:
         return
     from detector.events.identity import canonical_principal
+    from detector.incidents.status import STATUSES
+    from detector.incidents.workflow import findings_with_status
     from detector.lake.events import Lake
     from detector.lake.findings import list_findings
 
+    if status is not None and status not in STATUSES:
+        raise UsageError(f"--status must be one of {', '.join(STATUSES)}, not {status!r}")
+    the_lake = Lake(lake)
     df = list_findings(
-        Lake(lake),
+        the_lake,
         since=since,
         until=until,
         principal=canonical_principal(principal) if principal else None,
         min_severity=min_severity.value if min_severity else None,
     )
+    df = findings_with_status(the_lake, df)
+    if status is not None:
+        df = df.filter(df["status"] == status)
     if output == OutputFormat.json:
         emit_json(findings_json(df))
     else:
