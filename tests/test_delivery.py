@@ -387,3 +387,20 @@ def test_sink_config_errors_name_the_sink_and_key():
         )
     with pytest.raises(sink_config.SinkConfigError, match="DETECT_NOPE"):
         build(sink(name="a", type="webhook", url_env="DETECT_NOPE"))
+
+
+def test_a_resolved_incident_is_archived_in_security_hub(aws):
+    """Security Hub keeps a finding ACTIVE until told otherwise: resolving the incident in
+    the tool must reach it as Workflow RESOLVED and RecordState ARCHIVED, same finding Id."""
+    from detector.incidents.workflow import apply_status
+
+    hub = build(sink(name="hub", type="securityhub", account_id="123456789012", region="us-east-1"))
+    (inc,) = incidents()
+    state = deliver([inc], [hub], DeliveryState(), now=NOW).state
+    apply_status(inc, "resolved", "key rotated", NOW + timedelta(minutes=5))
+    report = deliver([inc], [hub], state, now=NOW + timedelta(minutes=6))
+    assert report.summary()["updates"] == 1
+    (stored,) = boto3.client("securityhub").get_findings()["Findings"]
+    assert stored["Id"] == payloads.asff_id(inc)
+    assert stored["Workflow"]["Status"] == "RESOLVED" and stored["RecordState"] == "ARCHIVED"
+    assert deliver([inc], [hub], report.state, now=NOW + timedelta(hours=1)).sent == []

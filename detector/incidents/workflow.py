@@ -106,7 +106,7 @@ def find_incident(lake: Lake, prefix: str) -> Incident:
     return Incident.from_row(df.filter(pl.col("incident_id") == iid).row(0, named=True))
 
 
-def _set_status(inc: Incident, status: str, reason: str | None, now: datetime) -> None:
+def apply_status(inc: Incident, status: str, reason: str | None, now: datetime) -> None:
     """Set ``inc``'s status. Resolving (or reopening) is a new version: sinks that were
     told about the incident are told it was closed (Security Hub archives its finding,
     Slack and webhooks get an update saying so) by the next delivery, which picks up
@@ -125,7 +125,7 @@ def set_incident_status(
         raise UnknownId(f"status must be new, acknowledged or resolved, not {status!r}")
     now = now or datetime.now(UTC)
     inc = find_incident(lake, prefix)
-    _set_status(inc, status, reason, now)
+    apply_status(inc, status, reason, now)
     table.write_incidents(lake, [inc.to_row()])
     rows = [
         {
@@ -181,7 +181,7 @@ def set_finding_status(
             pl.col("incident_id") == inc.incident_id
         )
         if st.height and st["status"].is_in([RESOLVED, SUPPRESSED]).all():
-            _set_status(inc, RESOLVED, reason, now)
+            apply_status(inc, RESOLVED, reason, now)
             table.write_incidents(lake, [inc.to_row()])
     return {"finding_id": fid, "status": status, "incident_id": incident_id}
 
