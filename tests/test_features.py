@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import polars as pl
 import pytest
+from factories import audit_id, iso, make_event
 
 from detector import features as F
 from detector.detect import scan
@@ -38,8 +39,16 @@ def ev(
     body: dict | None = None,
     audit: str | None = None,
 ) -> dict:
-    """One raw audit.k8s.io/v1 Event, ``t`` seconds after T0."""
-    ts = (T0 + timedelta(seconds=t)).isoformat().replace("+00:00", "Z")
+    """One raw audit.k8s.io/v1 Event, ``t`` seconds after T0 (the factories' event, with
+    what window features read set here; received and completed at the same instant)."""
+    at = T0 + timedelta(seconds=t)
+    u: dict = {"username": user, "groups": ["system:authenticated"]}
+    if session:
+        u["extra"] = {
+            "canonicalArn": [ADMIN_ARN],
+            "arn": [f"arn:aws:sts::111122223333:assumed-role/eng-admin/{session}"],
+            "sessionName": [session],
+        }
     obj = {
         "resource": resource,
         "namespace": ns,
@@ -48,33 +57,24 @@ def ev(
         "apiVersion": "v1",
         "subresource": sub,
     }
-    u: dict = {"username": user, "groups": ["system:authenticated"]}
-    if session:
-        u["extra"] = {
-            "canonicalArn": [ADMIN_ARN],
-            "arn": [f"arn:aws:sts::111122223333:assumed-role/eng-admin/{session}"],
-            "sessionName": [session],
-        }
-    e = {
-        "kind": "Event",
-        "apiVersion": "audit.k8s.io/v1",
-        "level": "RequestResponse",
-        "auditID": audit or f"00000000-0000-0000-0000-{i:012d}",
-        "stage": stage,
-        "requestURI": f"/api/v1/namespaces/{ns}/{resource}",
-        "verb": verb,
-        "user": u,
-        "sourceIPs": [ip],
-        "userAgent": ua,
-        "objectRef": {k: v for k, v in obj.items() if v is not None},
-        "responseStatus": {"code": code},
-        "requestReceivedTimestamp": ts,
-        "stageTimestamp": ts,
-        "annotations": {"authorization.k8s.io/decision": decision},
-    }
+    e = make_event(
+        i,
+        at=at,
+        level="RequestResponse",
+        auditID=audit or audit_id(i),
+        stage=stage,
+        requestURI=f"/api/v1/namespaces/{ns}/{resource}" if resource else "/version",
+        verb=verb,
+        user=u,
+        sourceIPs=[ip],
+        userAgent=ua,
+        objectRef={k: v for k, v in obj.items() if v is not None},
+        responseStatus={"code": code},
+        requestReceivedTimestamp=iso(at),
+        annotations={"authorization.k8s.io/decision": decision},
+    )
     if resource is None:
         del e["objectRef"]
-        e["requestURI"] = "/version"
     if body is not None:
         e["requestObject"] = body
     return e

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from factories import ndjson
 from test_rules_helpers import ev, iam
 from typer.testing import CliRunner
 
@@ -27,7 +28,7 @@ def cli(*args: str) -> Any:
 
 
 def write_log(path: Path, *events: dict) -> str:
-    path.write_text("".join(json.dumps(e) + "\n" for e in events))
+    path.write_bytes(ndjson(list(events)))
     return str(path)
 
 

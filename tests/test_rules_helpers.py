@@ -1,5 +1,6 @@
-"""Raw audit Event builders shared by the rules tests (no tests here): minimal events,
-normalized the real way through detector.events.normalize."""
+"""Raw audit Event builders shared by the rules tests (no tests here): the factories' event
+(tests/factories.py) cut down to what a rule looks at, normalized the real way through
+detector.events.normalize."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import polars as pl
+from factories import audit_id as factory_audit_id
+from factories import iso, make_event
 
 from detector.events.normalize import events_from_dicts
 
@@ -61,21 +64,22 @@ def ev(
             parts.append(sub)
         uri = "/".join(parts)
     at = at or T0
-    event: dict[str, Any] = {
-        "kind": "Event",
-        "apiVersion": "audit.k8s.io/v1",
-        "level": "RequestResponse" if body is not None else "Metadata",
-        "auditID": audit_id or f"00000000-0000-0000-0000-{next(_ids):012d}",
-        "stage": stage,
-        "requestURI": uri,
-        "verb": verb,
-        "user": {"username": user} if isinstance(user, str) else user,
-        "sourceIPs": [ip],
-        "userAgent": "kubectl/v1.31.0 (linux/amd64) kubernetes/abc",
-        "responseStatus": {"code": code},
-        "requestReceivedTimestamp": at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        "stageTimestamp": (at + timedelta(milliseconds=5)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-    }
+    n = next(_ids)
+    event = make_event(
+        n,
+        at=at + timedelta(milliseconds=5),
+        level="RequestResponse" if body is not None else "Metadata",
+        auditID=audit_id or factory_audit_id(n),
+        stage=stage,
+        requestURI=uri,
+        verb=verb,
+        user={"username": user} if isinstance(user, str) else user,
+        sourceIPs=[ip],
+        userAgent="kubectl/v1.31.0 (linux/amd64) kubernetes/abc",
+        responseStatus={"code": code},
+        requestReceivedTimestamp=iso(at),
+    )
+    del event["objectRef"], event["annotations"]  # set below only when asked for
     if resource:
         ref: dict[str, Any] = {"resource": resource, "apiVersion": "v1"}
         if group:
