@@ -35,7 +35,7 @@ from throttle_proxy import FaultProxy
 from detector.delivery import config as sink_config
 from detector.delivery.stream import StreamAlerter
 from detector.detect.score import ScoreOptions, score_range
-from detector.detect.stream import ModelReloader, StreamDetector
+from detector.detect.stream import ModelReloader, StreamDetector, StreamState
 from detector.detect.train import train_model
 from detector.lake.events import Lake
 from detector.lake.findings import list_findings
@@ -628,3 +628,34 @@ def test_a_lake_that_fails_is_retried_and_nothing_is_lost(moto_endpoint, tmp_pat
         datetime.fromtimestamp(t0 / 1000 - 60, UTC), datetime.now(UTC) + timedelta(minutes=1)
     ).collect()
     assert got.height == 3
+
+
+def test_edited_rule_files_are_picked_up_without_a_restart_and_a_broken_edit_is_not(
+    tmp_path, caplog
+):
+    from test_rules_engine import rule_yaml
+    from test_rules_helpers import T0, ev, frame
+
+    lake = Lake(str(tmp_path / "lake"))
+    events = frame(
+        ev("delete", "pods", ns="shop", name="a", at=T0),
+        ev("create", "configmaps", ns="shop", name="b", at=T0 + timedelta(minutes=20)),
+    )
+    lake.write_events(events)
+    site = tmp_path / "site.yaml"
+    site.write_text(rule_yaml("site-watch", "verb = delete and resource = pods"))
+    detector = StreamDetector(lake, rule_files=[str(site)], rules_check=0)
+
+    def fired(batch: pl.DataFrame) -> set[str]:
+        res = detector.process(batch, T0 + timedelta(hours=1), StreamState())
+        return set(res.findings.filter(pl.col("detector") == "rule:site-watch")["principal"])
+
+    first, second = events[0], events[1]
+    assert fired(first) == {"alice"}
+    assert fired(second) == set()  # a configmap creation: not what the rule says yet
+    site.write_text(rule_yaml("site-watch", "verb = create and resource = configmaps"))
+    assert fired(second) == {"alice"}  # the edit is in force, no restart
+    site.write_text("- rule: site-watch\n  title: [unclosed\n")
+    with caplog.at_level("WARNING"):
+        assert fired(second) == {"alice"}  # a half-saved file keeps the rules in use
+    assert any("do not load" in r.getMessage() for r in caplog.records)

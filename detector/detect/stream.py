@@ -21,10 +21,13 @@ windows seen but not yet model-scored. Nothing else: everything else is in the l
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -33,6 +36,7 @@ from detector.detect.score import (
     NOVELTY_MEMORY,
     ScoreOptions,
     ScoreResult,
+    ScoringError,
     load_rules,
     score_range,
 )
@@ -48,6 +52,8 @@ DEFAULT_GRACE = timedelta(minutes=2)
 #: Open windows kept in the state at most (oldest scored first when exceeded): bounds the
 #: checkpoint however far the stream falls behind.
 MAX_OPEN_WINDOWS = 10_000
+#: How often site rule files are looked at for edits (see ``StreamDetector._rules``).
+RULES_CHECK_SECONDS = 30.0
 
 
 @dataclass
@@ -98,6 +104,7 @@ class StreamDetector:
         grace: timedelta = DEFAULT_GRACE,
         window: timedelta | None = None,
         cluster: str | None = None,
+        rules_check: float = RULES_CHECK_SECONDS,
     ) -> None:
         self.lake = lake
         self.model = model or (lambda: None)
@@ -107,7 +114,10 @@ class StreamDetector:
         self.grace = grace
         self._window = window
         self.cluster = cluster
+        self.rules_check = rules_check
         self._ruleset: Any = None
+        self._rules_stamp: tuple[tuple[str, str], ...] | None = None
+        self._rules_checked = float("-inf")
 
     def window(self) -> timedelta:
         m = self.model()
@@ -183,10 +193,51 @@ class StreamDetector:
             window=self.window(),
             cluster=self.cluster,
         )
-        if self._ruleset is None:  # compiled once: loading is most of a small batch's cost
-            self._ruleset = load_rules(opts)
-        opts = replace(opts, ruleset=self._ruleset)
+        opts = replace(opts, ruleset=self._rules(opts))
         return score_range(self.lake, _dt(lo), _dt(hi), model=None, options=opts)
+
+    def _rules(self, opts: ScoreOptions) -> Any:
+        """The compiled rules, recompiled when a site rule file changes (an operator edits a
+        rule; no restart). Compiling is most of a small batch's cost, so the files are only
+        looked at every ``rules_check`` seconds. Files that no longer load (a typo mid-edit)
+        keep the rules in use, with a warning, until they change again."""
+        now = time.monotonic()
+        if self._ruleset is not None and (
+            not self.rule_files or now - self._rules_checked < self.rules_check
+        ):
+            return self._ruleset
+        self._rules_checked = now
+        stamp = _files_stamp(self.rule_files or [])
+        if self._ruleset is not None and stamp == self._rules_stamp:
+            return self._ruleset
+        try:
+            ruleset = load_rules(opts)
+        except ScoringError as exc:
+            if self._ruleset is None:
+                raise
+            log.warning("rule files changed but do not load (%s); keeping the rules in use", exc)
+            self._rules_stamp = stamp
+            return self._ruleset
+        if self._ruleset is not None:
+            log.warning(
+                "rule files changed: %d rules reloaded (%s)",
+                len(ruleset.enabled_rules),
+                ", ".join(self.rule_files or []),
+            )
+        self._ruleset, self._rules_stamp = ruleset, stamp
+        return ruleset
+
+
+def _files_stamp(paths: list[str]) -> tuple[tuple[str, str], ...]:
+    """(path, sha256 of its bytes, or why it cannot be read) per file, to notice any edit."""
+    out = []
+    for path in paths:
+        try:
+            digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        except OSError as exc:
+            digest = f"unreadable: {exc.strerror}"
+        out.append((path, digest))
+    return tuple(out)
 
 
 def _ms(t: datetime) -> int:
@@ -235,8 +286,6 @@ class ModelReloader:
         on_change: Callable[[Model | None], None] | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
-        import time
-
         self.model_dir = model_dir
         self.every = every
         self.on_change = on_change

@@ -139,7 +139,11 @@ def watch(
     ] = "1m",  # type: ignore[assignment]
     model_check: Annotated[
         timedelta,
-        duration_option("--model-check", help="How often to look for a newly trained model."),
+        duration_option(
+            "--model-check",
+            help="How often to look for a newly trained model and for edits to --rules files "
+            "(both are picked up without a restart).",
+        ),
     ] = "30s",  # type: ignore[assignment]
     rate: CloudWatchRateOpt = 5.0,
     suppressions: SuppressionsOpt = None,
@@ -216,6 +220,7 @@ def watch(
         rule_files=list(rules or []) or None,
         disabled_rules=list(disable or []) or None,
         grace=grace,
+        rules_check=model_check.total_seconds(),
     )
     alerter = StreamAlerter(
         the_lake, detector, sinks, suppressions=suppressions_for(suppressions), metrics=metrics
