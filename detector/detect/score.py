@@ -170,15 +170,12 @@ def score_range(
     ruleset = (opts.ruleset or load_rules(opts)) if opts.use_rules else None
 
     columns = frame_columns(ruleset, use_model=opts.use_model)
+    run = _Run(lake, start, end, window, columns, ruleset, model, opts, now, result, progress)
     if is_local(executor):
-        found, events = _local_findings(
-            lake, start, end, window, columns, ruleset, model, opts, now, result, progress
-        )
+        found, events = _local_findings(run)
     else:  # window rows per (cluster, day) on the executor; no frame on the driver
         assert executor is not None
-        found, events = _remote_findings(
-            lake, start, end, window, columns, ruleset, model, opts, now, result, progress, executor
-        )
+        found, events = _remote_findings(run, executor)
     if ruleset is not None:
         result.rules = f"{len(ruleset.enabled_rules)} rules"
     for kind, df, links in found:
@@ -201,18 +198,25 @@ def score_range(
     return result
 
 
+@dataclass(frozen=True, eq=False)
+class _Run:
+    """One scoring run's inputs, fixed once the range is aligned, for the steps doing it."""
+
+    lake: Lake
+    start: datetime
+    end: datetime
+    window: timedelta
+    columns: set[str]
+    ruleset: Any
+    model: Model | None
+    opts: ScoreOptions
+    now: datetime
+    result: ScoreResult
+    progress: Progress
+
+
 def _local_findings(
-    lake: Lake,
-    start: datetime,
-    end: datetime,
-    window: timedelta,
-    columns: set[str],
-    ruleset: Any,
-    model: Model | None,
-    opts: ScoreOptions,
-    now: datetime,
-    result: ScoreResult,
-    progress: Progress,
+    run: _Run,
 ) -> tuple[list[tuple[str, pl.DataFrame, pl.DataFrame]], pl.DataFrame]:
     """(kind, findings, links) per detector and the flagged events, from one read here.
 
@@ -221,6 +225,8 @@ def _local_findings(
     fixed order, so the findings are the same as one after the other. That thread first
     reads the rules' history, while this one reads the range.
     """
+    lake, start, end, window, opts = run.lake, run.start, run.end, run.window, run.opts
+    ruleset, result, progress = run.ruleset, run.result, run.progress
     found: list[tuple[str, pl.DataFrame, pl.DataFrame]] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rules") as pool:
         history = (
@@ -229,7 +235,7 @@ def _local_findings(
             else None
         )
         parts = lake.partitions(start, end, cluster=opts.cluster)
-        frame = read_range(lake, parts, start, end, columns=columns)
+        frame = read_range(lake, parts, start, end, columns=run.columns)
         result.events_read = frame.height
         if progress:
             progress(1, 2)
@@ -244,7 +250,7 @@ def _local_findings(
                 end,
                 window=window,
                 cluster=opts.cluster,
-                now=now,
+                now=run.now,
                 history=history.result(),
             )
 
@@ -252,9 +258,7 @@ def _local_findings(
         if opts.use_model:
             windows = frame_windows(frame, start, end, window=window)
             clusters = frame.select("cluster").unique()
-            mfound = _model_branch(
-                lake, windows, clusters, model, window, start, end, opts, now, result
-            )
+            mfound = _model_branch(run, windows, clusters)
             found.append(("model", mfound, model_links(frame, mfound)))
         if pending is not None:
             rfound, rlinks = pending.result()
@@ -263,21 +267,13 @@ def _local_findings(
 
 
 def _remote_findings(
-    lake: Lake,
-    start: datetime,
-    end: datetime,
-    window: timedelta,
-    columns: set[str],
-    ruleset: Any,
-    model: Model | None,
-    opts: ScoreOptions,
-    now: datetime,
-    result: ScoreResult,
-    progress: Progress,
-    executor: Executor,
+    run: _Run, executor: Executor
 ) -> tuple[list[tuple[str, pl.DataFrame, pl.DataFrame]], pl.DataFrame]:
     """As :func:`_local_findings`, with the events read per partition on ``executor``."""
     from detector.detect import partitioned  # pyarrow: only for remote executors
+
+    lake, start, end, window, opts = run.lake, run.start, run.end, run.window, run.opts
+    ruleset, result, progress = run.ruleset, run.result, run.progress
 
     windows, result.events_read, names = partitioned.windows(
         lake, start, end, window=window, cluster=opts.cluster, executor=executor
@@ -288,19 +284,17 @@ def _remote_findings(
     found: list[tuple[str, pl.DataFrame, pl.DataFrame]] = []
     mfound = None
     if opts.use_model:
-        mfound = _model_branch(
-            lake, windows, clusters, model, window, start, end, opts, now, result
-        )
+        mfound = _model_branch(run, windows, clusters)
     rfound, rlinks, mlinks, events = partitioned.findings_by_cluster(
         lake,
         start,
         end,
         clusters=clusters["cluster"].to_list(),
         cluster=opts.cluster,
-        columns=columns,
+        columns=run.columns,
         ruleset=ruleset,
         window=window,
-        now=now,
+        now=run.now,
         model_found=mfound,
         executor=executor,
     )
@@ -320,22 +314,13 @@ def _remote_findings(
     return found, events
 
 
-def _model_branch(
-    lake: Lake,
-    windows: pl.DataFrame,
-    clusters: pl.DataFrame,
-    model: Model | None,
-    window: timedelta,
-    start: datetime,
-    end: datetime,
-    opts: ScoreOptions,
-    now: datetime,
-    result: ScoreResult,
-) -> pl.DataFrame:
+def _model_branch(run: _Run, windows: pl.DataFrame, clusters: pl.DataFrame) -> pl.DataFrame:
     """The model's findings over the range's window rows (no events yet).
 
     Fills the model's part of ``result``: windows, requests, version, warnings.
     """
+    lake, model, window, start, end = run.lake, run.model, run.window, run.start, run.end
+    opts, now, result = run.opts, run.now, run.result
     result.windows = windows.height
     result.requests = int(windows["requests"].sum() or 0)
     if opts.fit_on_window:
