@@ -31,8 +31,10 @@ def finding(
     kind: str = "iam_role",
     cluster: str = "prod",
     title: str | None = None,
+    **overrides: object,
 ) -> dict:
-    return {
+    """One findings row (schema FINDINGS_COLUMNS); ``overrides`` replace any column."""
+    row = {
         "finding_id": None,
         "detector": detector,
         "severity": severity,
@@ -55,6 +57,7 @@ def finding(
         "model_version": "v1",
         "cold_start": False,
     }
+    return {**row, **overrides}
 
 
 def frames(

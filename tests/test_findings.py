@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import polars as pl
 import pytest
+from alerts_data import T0, W, frames
+from alerts_data import finding as alert_finding
 
 from detector.lake import findings as store
 from detector.lake.events import Lake
-from detector.lake.findings_schema import (
-    FINDINGS_COLUMNS,
-    FINDINGS_EVENTS_COLUMNS,
-    SEVERITIES,
-    with_finding_ids,
-)
-
-T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
-W = timedelta(minutes=10)
 
 
 def finding(
@@ -29,46 +22,19 @@ def finding(
     detector: str = "model:iforest",
     created: datetime = T0,
 ) -> dict:
-    return {
-        "finding_id": None,
-        "detector": detector,
-        "severity": severity,
-        "severity_rank": SEVERITIES.index(severity),
-        "score": score,
-        "threshold": 0.65,
-        "cluster": "prod",
-        "principal": principal,
-        "principal_kind": "iam_role",
-        "window_start": start,
-        "window_end": start + W,
-        "title": f"Unusual activity by {principal}",
-        "reasons": ["made 9 requests; usual for this principal: 1; 99th percentile: 4"],
-        "top_features": [{"name": "requests", "value": 9.0, "baseline": 1.0, "population": 4.0}],
-        "tactic": None,
-        "technique": None,
-        "event_count": 1,
-        "audit_ids": [f"a-{principal}-{start:%H%M}"],
-        "created_at": created,
-        "model_version": "v1",
-        "cold_start": False,
-    }
-
-
-def frames(rows: list[dict]) -> tuple[pl.DataFrame, pl.DataFrame]:
-    df = with_finding_ids(pl.DataFrame(rows, schema=FINDINGS_COLUMNS, orient="row"))
-    events = pl.DataFrame(
-        {
-            "finding_id": df["finding_id"],
-            "audit_id": [ids[0] for ids in df["audit_ids"]],
-            "stage": ["ResponseComplete"] * df.height,
-            "event_time": df["window_start"],
-            "principal": df["principal"],
-            "cluster": df["cluster"],
-        }
+    """A model finding as the scorer writes it (the alerts tests' row, with a reason)."""
+    return alert_finding(
+        principal,
+        start,
+        severity=severity,
+        detector=detector,
+        score=score,
+        title=f"Unusual activity by {principal}",
+        reasons=["made 9 requests; usual for this principal: 1; 99th percentile: 4"],
+        top_features=[{"name": "requests", "value": 9.0, "baseline": 1.0, "population": 4.0}],
+        audit_ids=[f"a-{principal}-{start:%H%M}"],
+        created_at=created,
     )
-    full = pl.DataFrame(schema=FINDINGS_EVENTS_COLUMNS)
-    events = pl.concat([full, events], how="diagonal_relaxed").select(full.columns)
-    return df, events.cast(dict(FINDINGS_EVENTS_COLUMNS))
 
 
 @pytest.fixture
