@@ -415,28 +415,34 @@ def evaluate_rules(
         hist_plan, n_windows = _history_plan(history, baseline_rules, window)
 
     facts = _frame_facts(lf) if any(len(r.stages) > 1 for r in rules) else None
-    # One lazy query per rule (and the history's candidates), run together: polars plans
-    # them once and spreads them over the cores instead of a few eager steps per rule.
+    # Each stage is one lazy query per rule (and the history's candidates), run together:
+    # polars plans them once and spreads them over the cores. First the rows matching each
+    # rule's condition; then, only for the rules that matched something (on most days
+    # most match nothing, and each query costs milliseconds even on no rows), one row
+    # per request with its group key.
     plans: list[pl.LazyFrame] = []
     for rule in rules:
         if rule.has_prefilter:
             # The gate's mask is applied eagerly: left to the optimiser it would be merged
             # with the regexes below, which would then run on every candidate.
             own = candidates.filter(gmasks[gate_of[id(rule)]]).lazy()
-            matched = own.filter(rule.prefilter_expr & rule.match)
+            plans.append(own.filter(rule.prefilter_expr & rule.match))
         else:
-            matched = lf.filter(rule.match)
-        plans.append(_keyed(_dedupe(matched, rule.stages, facts), rule, every))
+            plans.append(lf.filter(rule.match))
     if hist_plan is not None:
         plans.append(hist_plan)
-    done = pl.collect_all(plans)
-    hist_candidates = done.pop() if hist_plan is not None else None
+    matched = pl.collect_all(plans)
+    hist_candidates = matched.pop() if hist_plan is not None else None
     if read is not None:
         hist_candidates = read.candidates
+    hit = [(rule, m) for rule, m in zip(rules, matched, strict=True) if not m.is_empty()]
+    done = pl.collect_all(
+        [_keyed(_dedupe(m.lazy(), rule.stages, facts), rule, every) for rule, m in hit]
+    )
 
     counted: list[tuple[Rule, pl.DataFrame, bool]] = []  # (rule, keyed, with_usual)
     group_plans: list[pl.LazyFrame] = []
-    for rule, keyed in zip(rules, done, strict=True):
+    for (rule, _), keyed in zip(hit, done, strict=True):
         if keyed.is_empty():
             continue
         usual = None
