@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -29,7 +30,7 @@ import polars as pl
 import pytest
 from alerts_data import Receiver
 from conftest import detect_cmd, free_port
-from factories import make_event
+from factories import BASE_TIME, make_event
 from throttle_proxy import FaultProxy
 
 from detector.delivery import config as sink_config
@@ -523,6 +524,76 @@ def test_tail_with_rotation_quarantines_bad_lines_serves_probes_and_drains_on_si
 
 
 # ------------------------------------------------------------- faults and a new model
+def test_a_replay_out_of_time_order_with_bad_lines_is_staged_resumed_and_cleaned_up(tmp_path):
+    """A replayed file is read a block at a time into per-hour staging files, not held in
+    memory: events written hours out of order still arrive in time order, each once, in
+    the step whose clock covers them; bad lines are filed once, also across a restart; the
+    staging folder is gone when the source stops or ends."""
+    hours = [2, 0, 1]  # the file's hours out of order
+    lines, n = [], 0
+    for h in hours:
+        for k in range(30):
+            at = BASE_TIME + timedelta(hours=h, minutes=2 * k)
+            lines.append(orjson.dumps(make_event(n, at=at)).decode())
+            n += 1
+        lines.append('{"kind": "Event", "auditID": "cut')  # a truncated line per hour
+    log_file = tmp_path / "audit.log"
+    log_file.write_text("\n".join(lines) + "\n")
+    lake = Lake(str(tmp_path / "lake"))
+    seen: list[tuple[datetime, list[str], list[datetime]]] = []
+    stop = None
+    staging: list[str] = []
+
+    def consume(events, now, payload):
+        seen.append((now, events["audit_id"].to_list(), events["event_time"].to_list()))
+        if stop is not None and len(seen) == 4:
+            stop.set()  # a SIGTERM after the fourth step: drained and checkpointed
+        return {"steps": (payload or {}).get("steps", 0) + 1}
+
+    def run(stop_event):
+        metrics = WatchMetrics()
+        src = ReplaySource(
+            lake,
+            str(log_file),
+            consume,
+            metrics,
+            speed=0,
+            step=STEP,
+            cluster="demo",
+            stop=stop_event,
+        )
+        original = src.start
+
+        def start():
+            original()
+            staging.append(src.staged.root)
+            assert any(os.scandir(src.staged.root))  # staged on disk, one folder per hour
+
+        src.start = start
+        Watcher([lambda: src], metrics, WatchOptions(once=True, poll=0.01), stop=stop_event).run()
+        return metrics
+
+    stop = threading.Event()
+    first = run(stop)
+    assert stop.is_set() and len(seen) == 4
+    stop = None
+    second = run(None)
+
+    delivered = [a for _, ids, _ in seen for a in ids]
+    assert sorted(delivered) == sorted(f"00000000-0000-0000-0000-{i:012d}" for i in range(n))
+    times = [t for _, _, ts in seen for t in ts]
+    assert times == sorted(times)  # the stream clock never goes back
+    assert all(t < now for now, _, ts in seen for t in ts)
+    lake_ids = lake.scan_events().select("audit_id").collect()["audit_id"]
+    assert lake_ids.len() == n and lake_ids.n_unique() == n
+    quarantine = lake.scan_quarantine().collect()
+    assert quarantine.height == len(hours)
+    assert quarantine["reason"].str.contains("JSON|json|truncat").all()
+    filed = [m.totals["quarantined"] for m in (first, second)]
+    assert filed == [len(hours), 0]  # the restart does not file them again
+    assert len(staging) == 2 and not any(os.path.exists(p) for p in staging)
+
+
 def test_throttling_and_5xx_from_cloudwatch_are_survived(moto_endpoint, tmp_path):
     logs = boto3.client("logs", endpoint_url=moto_endpoint)
     group = f"/aws/eks/flaky-{uuid.uuid4().hex[:6]}/cluster"

@@ -30,7 +30,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import re
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -41,12 +44,13 @@ from typing import Any, Protocol
 import polars as pl
 
 from detector.errors import DetectError, RuntimeFailure, UsageError
+from detector.events.schema import CANONICAL_COLUMNS, QUARANTINE_COLUMNS
 from detector.lake.events import Lake
 from detector.lake.state import CheckpointBusy, Lease, Owner, StateError, StateObject
 from detector.pipeline.export import DurableBatch, Exporter, ExportError, ExportOptions, from_ms
-from detector.pipeline.ingest import ClusterUnknown, EventBuffer, read_events, write_to_lake
+from detector.pipeline.ingest import ClusterUnknown, EventBuffer, write_to_lake
 from detector.pipeline.watch_metrics import HealthServer, WatchMetrics
-from detector.sources.files import cluster_from_path
+from detector.sources.files import cluster_from_path, expand_inputs, read_batches
 from detector.sources.tail import FileTail, TailPosition
 from detector.storage import StorageError
 
@@ -299,6 +303,11 @@ class ReplaySource(_LeasedSource):
     ``speed`` is replayed seconds per real second (60: an hour a minute; 0: no pacing).
     After the last event the clock runs on to ``tail`` past it, so every window closes and
     is scored, then the source is done.
+
+    The file is never held in memory: :meth:`start` reads it a block at a time into a
+    local staging folder of Parquet files, one folder per event hour (a log need not be
+    in time order), and each step reads only the hours it covers, so memory follows a
+    step's events, not the file. The folder is removed when the source finishes or fails.
     """
 
     kind = "replay"
@@ -330,8 +339,7 @@ class ReplaySource(_LeasedSource):
         default_step = poll * speed if speed > 0 else 60.0
         self.step_ms = int((step.total_seconds() if step else default_step) * 1000)
         self.stop = stop or threading.Event()
-        self.events: pl.DataFrame | None = None
-        self.quarantine: pl.DataFrame | None = None
+        self.staged: _Staged | None = None
         self.at_ms = 0
         self.end_ms = 0
         self._t0: tuple[float, int] | None = None
@@ -339,22 +347,23 @@ class ReplaySource(_LeasedSource):
     def start(self) -> None:
         self.cluster = cluster_for(self.lake, self.path, self.cluster)
         super().start()
-        events, quarantine = read_events([self.path], cluster=self.cluster)
-        self.events = events.sort("event_time").with_columns(
-            pl.col("event_time").dt.epoch("ms").alias("_ms")
-        )
-        self.quarantine = quarantine
-        if self.events.is_empty():
+        resuming = self.previous.get("position_ms") is not None
+        # Bad lines are filed now (the quarantine table deduplicates), unless the run that
+        # checkpointed filed them already.
+        self.staged = _Staged.read(self.path, self.cluster, None if resuming else self._file)
+        if self.staged.first_ms is None:
             self.at_ms = self.end_ms = int(self.clock() * 1000)
         else:
-            first, last = self.events["_ms"].min(), self.events["_ms"].max()
-            self.at_ms = int(self.previous.get("position_ms") or first)  # type: ignore[arg-type]
-            self.end_ms = int(last) + 1 + self.tail_ms  # type: ignore[arg-type]
-        if self.previous.get("position_ms") is not None:
-            self.quarantine = quarantine.clear()  # filed by the run that checkpointed
+            assert self.staged.last_ms is not None
+            self.at_ms = int(self.previous.get("position_ms") or self.staged.first_ms)
+            self.end_ms = self.staged.last_ms + 1 + self.tail_ms
+
+    def _file(self, quarantine: pl.DataFrame) -> None:
+        self.lake.write_quarantine(quarantine)
+        self.metrics.count_quarantine(quarantine)
 
     def step(self) -> None:
-        assert self.events is not None and self.quarantine is not None
+        assert self.staged is not None
         if self.at_ms >= self.end_ms:
             self.done = True
             return
@@ -363,10 +372,9 @@ class ReplaySource(_LeasedSource):
             self._pace(hi)
             if self.stop.is_set():
                 return
-        part = self.events.filter((pl.col("_ms") >= self.at_ms) & (pl.col("_ms") < hi))
-        quarantine, self.quarantine = self.quarantine, self.quarantine.clear()
+        part = self.staged.between(self.at_ms, hi)
         now = from_ms(hi)
-        self._commit(part.drop("_ms"), quarantine, now, position_ms=hi)
+        self._commit(part, pl.DataFrame(schema=QUARANTINE_COLUMNS), now, position_ms=hi)
         self.at_ms = hi
         self.metrics.lag.labels(source=self.name).set(0)
         self.done = self.at_ms >= self.end_ms
@@ -382,7 +390,94 @@ class ReplaySource(_LeasedSource):
             self.stop.wait(left)
 
     def finish(self) -> None:
-        super().finish()
+        try:
+            super().finish()
+        finally:
+            if self.staged is not None:
+                self.staged.remove()
+                self.staged = None
+
+
+_HOUR_MS = 3_600_000
+#: Quarantine rows held while a replayed file is staged before they are filed.
+_QUARANTINE_ROWS = 50_000
+
+
+@dataclass
+class _Staged:
+    """A replayed file's events on local disk, one folder per event hour (see ReplaySource)."""
+
+    root: str
+    hours: dict[int, list[str]]
+    first_ms: int | None
+    last_ms: int | None
+
+    @classmethod
+    def read(
+        cls, path: str, cluster: str | None, file_quarantine: Callable[[pl.DataFrame], None] | None
+    ) -> _Staged:
+        """Normalize ``path`` a block at a time into a new staging folder.
+
+        ``file_quarantine`` gets the bad lines, a bounded batch at a time (None: dropped).
+        """
+        staged = cls(tempfile.mkdtemp(prefix="detect-replay-"), {}, None, None)
+        held: list[pl.DataFrame] = []
+        try:
+            buffer = EventBuffer(cluster=cluster)
+            for uri in expand_inputs([path]):
+                for batch in read_batches(uri):
+                    buffer.add(batch)
+                    events, quarantine = buffer.take()
+                    staged._add(events)
+                    if quarantine.height and file_quarantine is not None:
+                        held.append(quarantine)
+                        if sum(q.height for q in held) >= _QUARANTINE_ROWS:
+                            file_quarantine(pl.concat(held))
+                            held = []
+            if held and file_quarantine is not None:
+                file_quarantine(pl.concat(held))
+        except BaseException:
+            staged.remove()
+            raise
+        return staged
+
+    def _add(self, events: pl.DataFrame) -> None:
+        if events.is_empty():
+            return
+        ms = events.with_columns(pl.col("event_time").dt.epoch("ms").alias("_ms"))
+        lo, hi = ms["_ms"].min(), ms["_ms"].max()
+        assert isinstance(lo, int) and isinstance(hi, int)
+        self.first_ms = lo if self.first_ms is None else min(self.first_ms, lo)
+        self.last_ms = hi if self.last_ms is None else max(self.last_ms, hi)
+        hour = (pl.col("_ms") // _HOUR_MS).alias("_hour")
+        for (h,), part in ms.with_columns(hour).partition_by("_hour", as_dict=True).items():
+            files = self.hours.setdefault(int(h), [])
+            folder = os.path.join(self.root, str(h))
+            os.makedirs(folder, exist_ok=True)
+            name = os.path.join(folder, f"{len(files):06d}.parquet")
+            part.drop("_hour").write_parquet(name, compression="lz4", statistics=False)
+            files.append(name)
+
+    def between(self, lo_ms: int, hi_ms: int) -> pl.DataFrame:
+        """The events with ``lo_ms <= event time < hi_ms``, in time order."""
+        files = [
+            f
+            for h in range(lo_ms // _HOUR_MS, (hi_ms - 1) // _HOUR_MS + 1)
+            for f in self.hours.get(h, ())
+        ]
+        if not files:
+            return pl.DataFrame(schema=CANONICAL_COLUMNS)
+        ms = pl.col("_ms")
+        return (
+            pl.scan_parquet(files)
+            .filter((ms >= lo_ms) & (ms < hi_ms))
+            .sort("_ms", maintain_order=True)
+            .drop("_ms")
+            .collect()
+        )
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- the loop
