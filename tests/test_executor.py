@@ -101,7 +101,8 @@ def test_ray_executor_trains_the_same_model_and_finds_the_same(two_clusters, ray
     assert ray_model.training == local_model.training
 
     opts = ScoreOptions(write=False, now=NOW)
-    here = score_range(lake, CUT, END, model=local_model, options=opts)
+    one_read = ScoreOptions(write=False, now=NOW, by_partition=False)
+    here = score_range(lake, CUT, END, model=local_model, options=one_read)
     there = score_range(lake, CUT, END, model=local_model, options=opts, executor=ray)
     assert here.findings.height > 0
     assert {"model", "rules"} <= {
@@ -135,6 +136,29 @@ def test_ray_executor_trains_the_same_model_and_finds_the_same(two_clusters, ray
     ray_written = pl.read_parquet(f"{lake.uri}/findings/**/*.parquet").drop("created_at")
     assert ray_written.height == local_written.height > 0
     assert _sorted(ray_written, "finding_id").equals(_sorted(local_written, "finding_id"))
+
+
+def test_a_local_range_longer_than_a_day_read_a_partition_at_a_time_finds_the_same(
+    two_clusters,
+):
+    """A local run reads a range of more than a day (cluster, day) partition by partition,
+    so its memory does not grow with the range: the findings, their events and the counts
+    are those of the one read of the whole range."""
+    lake, _ = two_clusters
+    model = train_model(lake, START, CUT, model_dir=None)
+    one = score_range(
+        lake, CUT, END, model=model, options=ScoreOptions(write=False, now=NOW, by_partition=False)
+    )
+    auto = score_range(lake, CUT, END, model=model, options=ScoreOptions(write=False, now=NOW))
+    assert END - CUT > timedelta(days=1)
+    assert one.findings.height > 0 and set(one.findings["cluster"]) == set(CLUSTERS)
+    assert auto.findings.equals(one.findings)
+    assert auto.events.equals(one.events)
+    assert (auto.windows, auto.requests, auto.events_read) == (
+        one.windows,
+        one.requests,
+        one.events_read,
+    )
 
 
 def test_executor_ray_without_ray_installed_is_a_usage_error(two_clusters, monkeypatch):

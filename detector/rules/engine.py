@@ -396,7 +396,7 @@ def evaluate_rules(
     # pulls the whole range into memory.
     shared = [r for r in rules if r.has_prefilter]
     if shared:
-        candidates, gmasks = _gate(lf, shared)
+        candidates, gmasks = _gate(lf, shared, in_memory=isinstance(events, pl.DataFrame))
     else:
         candidates = prepare_events(pl.DataFrame(schema=CANONICAL_COLUMNS)).collect()
         gmasks = pl.DataFrame()
@@ -545,9 +545,15 @@ _LOW_CARDINALITY = frozenset(
 )
 
 
-def _gate(lf: pl.LazyFrame, rules: list[Rule]) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _gate(
+    lf: pl.LazyFrame, rules: list[Rule], *, in_memory: bool = True
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The events that pass any rule's gate (regex-free column tests), in one pass, and
     each rule's gate mask over them (``_g<i>``, in the order of ``rules``).
+
+    ``in_memory``: ``lf`` is a frame already read. Otherwise it is a scan (a partition
+    task's range, days or months of one cluster): it is streamed, and only the candidates
+    and their masks are kept, so memory follows the candidates, not the range.
 
     The string columns the gates read are low-cardinality (verb, resource, stage...):
     as categoricals, each membership test compares small integers instead of hashing a
@@ -557,6 +563,11 @@ def _gate(lf: pl.LazyFrame, rules: list[Rule]) -> tuple[pl.DataFrame, pl.DataFra
     functions may read them) are left as strings.
     """
     gates = [r.gate_expr.alias(f"_g{i}") for i, r in enumerate(rules)]
+    if not in_memory:
+        names = [f"_g{i}" for i in range(len(rules))]
+        gated = lf.with_columns(gates).filter(pl.any_horizontal(names))
+        out = gated.collect(engine="streaming")
+        return out.drop(names), out.select(names)
     schema = lf.collect_schema()
     loose = {c for r in rules if r.gate is None for c in r.prefilter_expr.meta.root_names()}
     loose.add("source_ip")  # classified per distinct address as a string (iplists)

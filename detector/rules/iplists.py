@@ -195,7 +195,9 @@ def source_in(kind: str) -> pl.Expr:
         )
         return s.replace_strict(distinct, answer, default=None, return_dtype=pl.Boolean)
 
-    return pl.col("source_ip").map_batches(classify, return_dtype=pl.Boolean)
+    # Row by row in effect (each address's answer depends on it alone): declared so, the
+    # streaming engine runs it on each batch instead of gathering the whole column first.
+    return pl.col("source_ip").map_batches(classify, return_dtype=pl.Boolean, is_elementwise=True)
 
 
 def derive_aws_ranges(ip_ranges_json: str | Path) -> str:

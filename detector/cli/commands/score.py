@@ -85,6 +85,7 @@ def score(
     events behind them to LAKE/findings_events/; scoring the same range again replaces that
     range's findings instead of adding copies. The table lists the most severe first.
     --no-model (day one, before any training) and --no-rules leave one detector out.
+    A range longer than a day is read a cluster-day at a time, so memory stays flat.
 
     Exit codes: 0 done, 1 findings at or above --fail-on, 2 bad arguments or no model
     (train one with `detect train`), 3 storage failure.
