@@ -150,6 +150,25 @@ def _fast(lines: list[bytes]):  # type: ignore[no-untyped-def]
     )
 
 
+def test_the_decision_is_read_whatever_text_comes_before_it_in_the_annotations() -> None:
+    """Non-ASCII text earlier in the map (another annotation, the reason) must not hide the
+    decision: rules on allowed and forbidden requests read it, and an attacker who could
+    blank it by naming a binding "café" would slip past them."""
+    at = NOW - timedelta(hours=1)
+    maps = [
+        {"authorization.k8s.io/reason": 'RBAC: allowed by RoleBinding "café-été"'},
+        {"example.com/note": "日本語のメモ", "x": "ü" * 50},
+        {},
+    ]
+    events = [
+        event(i, at, annotations={**m, "authorization.k8s.io/decision": d})
+        for i, (m, d) in enumerate(zip(maps, ["allow", "forbid", "allow"], strict=True))
+    ]
+    got = normalize(events).events
+    assert got["decision"].to_list() == ["allow", "forbid", "allow"]
+    assert got["reason"].to_list()[0] == 'RBAC: allowed by RoleBinding \\"café-été\\"'
+
+
 def test_fast_parse_gives_the_careful_parse_columns_byte_for_byte() -> None:
     """The pyarrow fast path takes annotations from the line text and sends doubtful lines
     to polars: every layout below must come out exactly as polars alone reads it, or the

@@ -355,7 +355,11 @@ def _annotation(key: str) -> pl.Expr:
     """
     member = '"' + key + '":'
     col = pl.col("annotations")
-    value = col.str.slice(col.str.find(member, literal=True) + len(member))
+    # str.find counts bytes and str.slice characters: the bytes are sliced (the cut falls
+    # right after an ASCII ':', so on a character boundary), else any non-ASCII text
+    # before the key would shift the cut and lose the value.
+    start = col.str.find(member, literal=True) + len(member.encode())
+    value = col.cast(pl.Binary).bin.slice(start).cast(pl.String)
     return value.str.extract(r'^\s*"((?:[^"\\]|\\.)*)"', 1)
 
 
