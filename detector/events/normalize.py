@@ -14,6 +14,7 @@ patches, last-applied annotations) is not regular.
 from __future__ import annotations
 
 import io
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -95,10 +96,66 @@ def _read(data: bytes, schema: dict[str, pl.DataType] = RAW_EVENT_SCHEMA) -> pl.
     return pl.scan_ndjson(io.BytesIO(data), schema=schema).collect()
 
 
-# --------------------------------------------------------------------------- fast path
 #: Free-form members read as JSON text. pyarrow cannot keep a sub-object as text, so the
 #: fast path parses every other field with pyarrow and gets these another way (below).
 _OBJECT_FIELDS = ("requestObject", "responseObject", "annotations")
+#: Escapes polars does not write back when it turns a sub-object into text. In a value it
+#: escapes ``"``, ``\n`` and ``\r`` again but writes a backslash, a tab and the other
+#: control characters as they are (``C:\temp`` for ``C:\\temp``); in a key it escapes
+#: nothing. Neither is JSON. Other ``\u`` escapes come out as the character, which is. The
+#: second pattern walks the line string by string from its start (so it never reads a
+#: closing quote as an opening one) to a key holding any escape.
+_UNKEPT_ESCAPE = (
+    r"\\(?:[\\tbf]|u00[01][0-9a-fA-F]|u005[cC])"
+    r'|^(?:[^"]|"(?:[^"\\]|\\.)*")*"(?:[^"\\]|\\.)*\\.(?:[^"\\]|\\.)*"\s*:'
+)
+
+
+def _loads(text: str) -> Any:
+    """JSON text as Python values: orjson, or :mod:`json` for what orjson refuses (integers
+    past 64 bits); both raise ``ValueError`` or ``RecursionError`` on the rest."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
+def _read_objects(data: bytes, lines: pa.Array, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """:func:`_read` of ``lines`` (``data`` is their NDJSON), with every object member
+    valid JSON text: the lines polars would garble (:data:`_UNKEPT_ESCAPE`, rare: Windows
+    paths, escaped JSON inside a string) have their members written by :mod:`json`, in
+    polars' layout (``{"k": "v"}``), so the lake holds JSON any reader can parse.
+
+    A line :mod:`json` cannot read back (nesting past its recursion limit) keeps polars'
+    text.
+    """
+    df = _read(data, schema)
+    fields = [k for k in _OBJECT_FIELDS if k in df.columns]
+    if not fields or df.height != len(lines):
+        return df
+    text = pl.Series("t", lines).cast(pl.String, strict=False)
+    present = df.select(pl.any_horizontal(pl.col(k).is_not_null() for k in fields)).to_series()
+    rows = (present & text.str.contains(_UNKEPT_ESCAPE).fill_null(False)).arg_true()
+    if rows.is_empty():
+        return df
+    fixed: dict[str, list[str | None]] = {k: [] for k in fields}
+    for i in rows.to_list():
+        try:
+            event = _loads(text[i])
+            written = {
+                k: None if event.get(k) is None else json.dumps(event[k], ensure_ascii=False)
+                for k in fields
+            }
+        except (ValueError, RecursionError, AttributeError):
+            written = {k: df[k][i] for k in fields}
+        for k in fields:
+            fixed[k].append(written[k])
+    return df.with_columns(
+        df[k].scatter(rows, pl.Series(fixed[k], dtype=pl.String)) for k in fields
+    )
+
+
+# --------------------------------------------------------------------------- fast path
 
 
 def _arrow_type(dtype: pa.DataType) -> pa.DataType:
@@ -147,6 +204,11 @@ _ANN_LAST = (
 )
 
 
+#: A JSON string holding only ``,`` or ``:``, where a key or a value starts (after ``{``,
+#: ``:`` or ``,``): the re-spacing above cannot tell it from a separator.
+_SEPARATOR_STRING = r'[{:,]"[,:]"'
+
+
 def _arrow_input(lines: pa.Array, *, terminated: bool) -> pa.BufferReader:
     """The NDJSON text of ``lines`` for pyarrow: the block itself (no copy) for files."""
     if not terminated:
@@ -185,10 +247,9 @@ def _read_fast(lines: pa.Array, *, terminated: bool) -> pl.DataFrame | None:
     # regex neither shortcut applies, and it cost 8x more.)
     if text.str.contains(r"[\r\n][^\r\n]").any() or not text.str.contains(r"[^ \t\r\n]").all():
         return None
-    ann = (
-        text.str.extract(_ANN_LAST, 1)
-        .str.replace_all('":"', '": "', literal=True)
-        .str.replace_all('","', '", "', literal=True)
+    compact = text.str.extract(_ANN_LAST, 1)
+    ann = compact.str.replace_all('":"', '": "', literal=True).str.replace_all(
+        '","', '", "', literal=True
     )
     doubt = (
         text.str.contains('"requestObject"', literal=True)
@@ -196,6 +257,8 @@ def _read_fast(lines: pa.Array, *, terminated: bool) -> pl.DataFrame | None:
         | text.str.contains("\\u", literal=True)
         | (text.str.contains('"annotations"', literal=True) & ann.is_null())
         | (text.str.count_matches('"annotations"', literal=True) > 1)
+        # A key or value that is just "," or ":" would be re-spaced as a separator.
+        | compact.str.contains(_SEPARATOR_STRING).fill_null(False)
     )
     objects = pl.DataFrame(
         {
@@ -208,7 +271,9 @@ def _read_fast(lines: pa.Array, *, terminated: bool) -> pl.DataFrame | None:
     if len(rows):
         some = pc.take(lines, pa.array(rows.to_numpy()))
         try:
-            found = _read(_ndjson_bytes(some), {k: pl.String() for k in _OBJECT_FIELDS})
+            found = _read_objects(
+                _ndjson_bytes(some), some, {k: pl.String() for k in _OBJECT_FIELDS}
+            )
         except (pl.exceptions.PolarsError, OSError):
             return None
         if found.height != len(rows):
@@ -256,7 +321,7 @@ def _parse_isolating(
         chunk = lines.slice(lo, hi - lo)
         data = _ndjson_bytes(chunk, terminated=terminated)
         try:
-            df = _read(data)
+            df = _read_objects(data, chunk, RAW_EVENT_SCHEMA)
         except (pl.exceptions.PolarsError, OSError) as exc:  # all mean bad input
             if hi - lo == 1:
                 bad.append((index[lo].as_py(), _parse_reason(exc, chunk[0].as_py())))
@@ -347,7 +412,8 @@ def _timestamp(col: pl.Expr) -> pl.Expr:
 
 
 def _annotation(key: str) -> pl.Expr:
-    """The string value of ``key`` in the annotations map (JSON text), else null.
+    """The string value of ``key`` in the annotations map (JSON text), else null; its
+    escapes as written (see :func:`_unescaped`).
 
     A literal search for the key, then a regex anchored at its value: 2x cheaper than one
     unanchored regex over every map (the maps hold only strings, so the first occurrence
@@ -361,6 +427,28 @@ def _annotation(key: str) -> pl.Expr:
     start = col.str.find(member, literal=True) + len(member.encode())
     value = col.cast(pl.Binary).bin.slice(start).cast(pl.String)
     return value.str.extract(r'^\s*"((?:[^"\\]|\\.)*)"', 1)
+
+
+def _unescaped(df: pl.DataFrame, columns: tuple[str, ...]) -> pl.DataFrame:
+    """``columns``, JSON string contents with their escapes as written, decoded: stored as
+    the schema shows them (``"x"``, not ``\\"x\\"``).
+
+    Nearly every value holds ``\\"`` escapes alone (an RBAC reason quotes the names it
+    cites): a literal replace. The few with any other escape are decoded as JSON; one JSON
+    cannot decode (a lone surrogate escape) is kept as written rather than lost.
+    """
+    decoded = []
+    for name in columns:
+        written = df[name]
+        out = written.str.replace_all('\\"', '"', literal=True)
+        other = written.str.contains(r'\\[^"]').fill_null(False).arg_true()
+        if len(other):
+            some = written.gather(other).to_frame("s")
+            json_text = pl.concat_str(pl.lit('"'), pl.col("s"), pl.lit('"'))
+            fixed = some.select(pl.coalesce(json_text.str.json_path_match("$"), pl.col("s")))
+            out = out.scatter(other, fixed.to_series())
+        decoded.append(out.alias(name))
+    return df.with_columns(decoded)
 
 
 def canonicalize(raw: pl.DataFrame, *, cluster: pl.Expr) -> pl.DataFrame:
@@ -424,7 +512,7 @@ def canonicalize(raw: pl.DataFrame, *, cluster: pl.Expr) -> pl.DataFrame:
         "source",
         "source_position",
     )
-    return redact_events(df).select(list(CANONICAL_COLUMNS))
+    return redact_events(_unescaped(df, ("decision", "reason"))).select(list(CANONICAL_COLUMNS))
 
 
 # --------------------------------------------------------------------------- entry points
