@@ -14,9 +14,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from detector.events.normalize import events_from_dicts, normalize_lines, quarantine_frame
 from detector.events.redact import PATTERNS, REDACTED, is_credential_key, redact_text
@@ -538,3 +541,56 @@ def test_a_body_nested_past_the_stack_is_dropped_not_fatal(depth):
     )
     assert result.events["request_object"].to_list() == [REDACTED, None]
     assert result.events["redacted"].to_list() == [True, False]
+
+
+#: Any text (quotes, backslashes, control characters, non-ASCII) around what is looked for.
+_TEXT = st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=8)
+
+
+@settings(max_examples=40, derandomize=True, deadline=None)
+@given(
+    data=st.lists(st.tuples(_TEXT.filter(bool), _TEXT), min_size=1, max_size=3),
+    string_data=st.lists(st.tuples(_TEXT.filter(bool), _TEXT), max_size=2),
+    shape=st.sampled_from(["create", "update", "merge-patch", "apply", "get", "list"]),
+)
+def test_no_secret_value_reaches_the_lake_whatever_its_key_or_text(data, string_data, shape):
+    """Property: a Secret's values are gone from every column, whatever its key names and
+    whatever text surrounds them, in every shape a Secret's payload takes in an audit event
+    (body of a create or update, a merge patch, kubectl's last-applied annotation, the
+    response of a get or a list)."""
+    n = 0
+    secret_data, plain = {}, {}
+    for key, around in data:
+        secret_data[key] = around + mark(n) + around
+        n += 1
+    for key, around in string_data:
+        plain[key] = around + mark(n)
+        n += 1
+    secret = {
+        "kind": "Secret",
+        "apiVersion": "v1",
+        "metadata": {"name": "db", "namespace": "app"},
+        "data": secret_data,
+        **({"stringData": plain} if plain else {}),
+    }
+    if shape in ("create", "update"):
+        ev = event(1, shape, "secrets", requestObject=secret, responseObject=secret)
+    elif shape == "merge-patch":
+        ev = event(1, "patch", "secrets", requestObject={"data": secret_data, "stringData": plain})
+    elif shape == "apply":
+        applied = {**secret, "metadata": {**secret["metadata"]}}
+        applied["metadata"]["annotations"] = {LAST_APPLIED: json.dumps(secret)}
+        ev = event(1, "patch", "secrets", requestObject=applied, responseObject=applied)
+    elif shape == "get":
+        ev = event(1, "get", "secrets", responseObject=secret)
+    else:
+        ev = event(1, "list", "secrets", responseObject={"kind": "SecretList", "items": [secret]})
+    df = events_from_dicts([ev])
+    assert df.height == 1
+    for column, dtype in df.schema.items():
+        if dtype != pl.String:
+            continue
+        text = df[column][0] or ""
+        for i in range(n):
+            assert mark(i) not in text, (column, shape)
+    assert df["redacted"][0]
