@@ -75,6 +75,14 @@ def two_clusters(tmp_path_factory) -> tuple[Lake, Path]:
     return lake, root / "labels.json"
 
 
+def assert_same_result(got, expected) -> None:  # type: ignore[no-untyped-def]
+    """Two scoring results of one range: the same findings, events behind them and counts."""
+    assert got.findings.equals(expected.findings)
+    assert got.events.equals(expected.events)
+    counts = ("windows", "requests", "events_read")
+    assert [getattr(got, c) for c in counts] == [getattr(expected, c) for c in counts]
+
+
 def _sorted(df: pl.DataFrame, *keys: str) -> pl.DataFrame:
     return df.sort(list(keys))
 
@@ -109,13 +117,7 @@ def test_ray_executor_trains_the_same_model_and_finds_the_same(two_clusters, ray
         "model" if d.startswith("model:") else "rules" for d in here.findings["detector"]
     }
     assert set(here.findings["cluster"]) == set(CLUSTERS)
-    assert there.findings.equals(here.findings)
-    assert there.events.equals(here.events)
-    assert (there.windows, there.requests, there.events_read) == (
-        here.windows,
-        here.requests,
-        here.events_read,
-    )
+    assert_same_result(there, here)
 
     scenarios = load_labels(labels)
     report_here = evaluate(lake, scenarios, train_until=CUT, executor=LocalExecutor())
@@ -152,13 +154,7 @@ def test_a_local_range_longer_than_a_day_read_a_partition_at_a_time_finds_the_sa
     auto = score_range(lake, CUT, END, model=model, options=ScoreOptions(write=False, now=NOW))
     assert timedelta(days=1) < END - CUT
     assert one.findings.height > 0 and set(one.findings["cluster"]) == set(CLUSTERS)
-    assert auto.findings.equals(one.findings)
-    assert auto.events.equals(one.events)
-    assert (auto.windows, auto.requests, auto.events_read) == (
-        one.windows,
-        one.requests,
-        one.events_read,
-    )
+    assert_same_result(auto, one)
 
 
 def test_executor_ray_without_ray_installed_is_a_usage_error(two_clusters, monkeypatch):
