@@ -16,6 +16,7 @@ order of preference (exec sessions at ResponseStarted, most writes at ResponseCo
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -552,8 +553,9 @@ def _gate(
     each rule's gate mask over them (``_g<i>``, in the order of ``rules``).
 
     ``in_memory``: ``lf`` is a frame already read. Otherwise it is a scan (a partition
-    task's range, days or months of one cluster): it is streamed, and only the candidates
-    and their masks are kept, so memory follows the candidates, not the range.
+    task's range, days or months of one cluster): it is read a day at a time, and only the
+    candidates and their masks are kept, so memory follows a day and the candidates, not
+    the range. (polars' streaming engine would materialise the whole range for the masks.)
 
     The string columns the gates read are low-cardinality (verb, resource, stage...):
     as categoricals, each membership test compares small integers instead of hashing a
@@ -564,10 +566,11 @@ def _gate(
     """
     gates = [r.gate_expr.alias(f"_g{i}") for i, r in enumerate(rules)]
     if not in_memory:
-        names = [f"_g{i}" for i in range(len(rules))]
-        gated = lf.with_columns(gates).filter(pl.any_horizontal(names))
-        out = gated.collect(engine="streaming")
-        return out.drop(names), out.select(names)
+        parts = [_compact(_gate(day.collect().lazy(), rules)) for day in _days(lf)]
+        return (
+            pl.concat([c for c, _ in parts], how="vertical"),
+            pl.concat([m for _, m in parts], how="vertical"),
+        )
     schema = lf.collect_schema()
     loose = {c for r in rules if r.gate is None for c in r.prefilter_expr.meta.root_names()}
     loose.add("source_ip")  # classified per distinct address as a string (iplists)
@@ -582,6 +585,32 @@ def _gate(
     masks = df.lazy().with_columns(casts).select(gates).collect()
     keep = masks.select(pl.any_horizontal(pl.all()).alias("_any")).to_series()
     return df.filter(keep), masks.filter(keep)
+
+
+def _compact(frames: tuple[pl.DataFrame, pl.DataFrame]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The frames with their own copy of their strings: a filtered frame's strings still
+    point into the whole day's buffers, which would stay alive with them."""
+    out = []
+    for df in frames:
+        buffer = io.BytesIO()
+        df.write_ipc(buffer)
+        buffer.seek(0)
+        out.append(pl.read_ipc(buffer))
+    return out[0], out[1]
+
+
+def _days(lf: pl.LazyFrame) -> list[pl.LazyFrame]:
+    """``lf`` cut into UTC days of ``event_time`` (rows without one last), each a filter a
+    Parquet scan applies as it reads."""
+    time = pl.col("event_time")
+    lo, hi = lf.select(time.min().alias("lo"), time.max().alias("hi")).collect().row(0)
+    out = []
+    if lo is not None and hi is not None:
+        day = lo.replace(hour=0, minute=0, second=0, microsecond=0)
+        while day <= hi:
+            out.append(lf.filter((time >= day) & (time < day + timedelta(days=1))))
+            day += timedelta(days=1)
+    return [*out, lf.filter(time.is_null())]
 
 
 def _explain(lf: pl.LazyFrame, rules: list[Rule]) -> dict[str, RuleStats]:
