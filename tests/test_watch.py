@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -117,6 +118,9 @@ def replay_in_process(
     )
     Watcher([lambda: src], metrics, WatchOptions(once=True, poll=0.01)).run()
     return alerter, src
+
+
+_OUT = {"capture_output": True, "text": True, "check": True, "timeout": 60}
 
 
 def wait_for(condition, what: str, timeout: float = 60.0):
@@ -524,11 +528,22 @@ def test_tail_with_rotation_quarantines_bad_lines_serves_probes_and_drains_on_si
 
 
 # ------------------------------------------------------------- faults and a new model
-def test_a_replay_out_of_time_order_with_bad_lines_is_staged_resumed_and_cleaned_up(tmp_path):
+def test_a_replay_out_of_time_order_with_bad_lines_is_staged_resumed_and_cleaned_up(
+    tmp_path, monkeypatch
+):
     """A replayed file is read a block at a time into per-hour staging files, not held in
     memory: events written hours out of order still arrive in time order, each once, in
     the step whose clock covers them; bad lines are filed once, also across a restart; the
-    staging folder is gone when the source stops or ends."""
+    staging folder is gone when the source stops or ends, and one a killed replay left
+    behind is removed by the next."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))  # this test's own temp folder
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], **_OUT)
+    abandoned = temp / f"detect-replay-{int(gone.stdout)}-k1ll3d"  # its process has exited
+    running = temp / f"detect-replay-{os.getpid()}-l1v3"
+    for folder in (abandoned, running):
+        (folder / "0").mkdir(parents=True)
     hours = [2, 0, 1]  # the file's hours out of order
     lines, n = [], 0
     for h in hours:
@@ -592,6 +607,8 @@ def test_a_replay_out_of_time_order_with_bad_lines_is_staged_resumed_and_cleaned
     filed = [m.totals["quarantined"] for m in (first, second)]
     assert filed == [len(hours), 0]  # the restart does not file them again
     assert len(staging) == 2 and not any(os.path.exists(p) for p in staging)
+    assert all(p.startswith(str(temp)) for p in staging)
+    assert not abandoned.exists() and running.exists()
 
 
 def test_throttling_and_5xx_from_cloudwatch_are_survived(moto_endpoint, tmp_path):

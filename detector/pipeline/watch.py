@@ -350,7 +350,12 @@ class ReplaySource(_LeasedSource):
         resuming = self.previous.get("position_ms") is not None
         # Bad lines are filed now (the quarantine table deduplicates), unless the run that
         # checkpointed filed them already.
-        self.staged = _Staged.read(self.path, self.cluster, None if resuming else self._file)
+        self.staged = _Staged.read(
+            self.path,
+            self.cluster,
+            None if resuming else self._file,
+            on_block=self.lease.renew_if_due,  # a big file takes a while: keep the lease
+        )
         if self.staged.first_ms is None:
             self.at_ms = self.end_ms = int(self.clock() * 1000)
         else:
@@ -399,6 +404,26 @@ class ReplaySource(_LeasedSource):
 
 
 _HOUR_MS = 3_600_000
+#: Staging folders are ``<temp dir>/detect-replay-<pid>-<random>``.
+_STAGING = "detect-replay-"
+
+
+def _remove_abandoned() -> None:
+    """Remove staging folders whose process no longer runs (a replay killed mid-way)."""
+    root = tempfile.gettempdir()
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(root):
+            m = re.fullmatch(re.escape(_STAGING) + r"(\d+)-\w+", entry.name)
+            if m is None or not entry.is_dir(follow_symlinks=False):
+                continue
+            try:
+                os.kill(int(m.group(1)), 0)
+            except ProcessLookupError:
+                shutil.rmtree(entry.path, ignore_errors=True)
+            except (PermissionError, OverflowError):
+                continue  # alive under another user, or not a process id
+
+
 #: Quarantine rows held while a replayed file is staged before they are filed.
 _QUARANTINE_ROWS = 50_000
 
@@ -414,13 +439,21 @@ class _Staged:
 
     @classmethod
     def read(
-        cls, path: str, cluster: str | None, file_quarantine: Callable[[pl.DataFrame], None] | None
+        cls,
+        path: str,
+        cluster: str | None,
+        file_quarantine: Callable[[pl.DataFrame], None] | None,
+        *,
+        on_block: Callable[[], object] | None = None,
     ) -> _Staged:
         """Normalize ``path`` a block at a time into a new staging folder.
 
-        ``file_quarantine`` gets the bad lines, a bounded batch at a time (None: dropped).
+        ``file_quarantine`` gets the bad lines, a bounded batch at a time (None: dropped);
+        ``on_block`` is called after each block. Folders a killed replay left behind (their
+        process is gone) are removed first.
         """
-        staged = cls(tempfile.mkdtemp(prefix="detect-replay-"), {}, None, None)
+        _remove_abandoned()
+        staged = cls(tempfile.mkdtemp(prefix=f"{_STAGING}{os.getpid()}-"), {}, None, None)
         held: list[pl.DataFrame] = []
         try:
             buffer = EventBuffer(cluster=cluster)
@@ -429,6 +462,8 @@ class _Staged:
                     buffer.add(batch)
                     events, quarantine = buffer.take()
                     staged._add(events)
+                    if on_block is not None:
+                        on_block()
                     if quarantine.height and file_quarantine is not None:
                         held.append(quarantine)
                         if sum(q.height for q in held) >= _QUARANTINE_ROWS:
