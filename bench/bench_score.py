@@ -13,7 +13,8 @@ the last day (each a fresh process, wall time, events/s and peak RSS):
     the 14-day training of the performance issue);
 (e) scoring the last min(days, 7) days (the library path, findings not written): a range
     longer than a day is read a (cluster, day) partition at a time, so its peak RSS stays
-    near (a)'s.
+    near (a)'s; next to it the same range read as one frame (``by_partition=False``), whose
+    memory grows with the range.
 
 Run with `make bench` or `python bench/bench_score.py --events N --days D --workdir DIR`.
 """
@@ -57,9 +58,10 @@ from datetime import datetime
 from detector.detect.score import ScoreOptions, score_range
 from detector.lake.events import Lake
 from detector.model.storage import Model
-lake, models, since, until = sys.argv[1:5]
+lake, models, since, until, by_partition = sys.argv[1:6]
 since, until = datetime.fromisoformat(since), datetime.fromisoformat(until)
-score_range(Lake(lake), since, until, model=Model.load(models), options=ScoreOptions(write=False))
+options = ScoreOptions(write=False, by_partition=by_partition == "yes")
+score_range(Lake(lake), since, until, model=Model.load(models), options=options)
 """
 
 
@@ -240,8 +242,11 @@ def main() -> None:
     # Not written: findings in the days trained on would leave their windows out of (d).
     long_args = [sys.executable, "-c", LONG_RANGE, str(lake), str(models)]
     long_args += [since.isoformat(), END.isoformat()]
-    t_e, rss_e, _ = repeat(long_args, 1 if long_days > 2 else args.runs)
-    print(line(f"(e) detect score over {long_days} days (a day at a time)", n_long, t_e, rss_e))
+    long_runs = 1 if long_days > 2 else args.runs
+    t_e, rss_e, _ = repeat([*long_args, "yes"], long_runs)
+    print(line(f"(e) score {long_days} days, a day at a time", n_long, t_e, rss_e))
+    t_f, rss_f, _ = repeat([*long_args, "no"], long_runs)
+    print(line(f"    the same {long_days} days as one frame", n_long, t_f, rss_f))
     print("  target: >= 1,000,000 events/s end to end for (a), peak RSS <= 1 GB")
 
 
