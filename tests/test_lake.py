@@ -246,6 +246,46 @@ def test_dedup_keys_held_in_memory_are_bounded_and_dropping_them_loses_no_dedup(
     assert lake_rows(lake) == 90
 
 
+def test_each_row_lands_in_its_own_cluster_and_hour_in_order_or_not(tmp_path):
+    """A batch is cut into (cluster, hour) partitions: runs of rows when it is in time
+    order (the usual case), a grouping when hours and clusters interleave (so a request
+    repeated in two runs of one hour is still written once). Either way every row is in
+    the file of its cluster and hour, once, and a second write adds none."""
+    from detector.events.normalize import events_from_dicts
+
+    hours = [10, 10, 11, 12, 12]  # in order
+    mixed = [10, 12, 10, 11, 12, 11, 10]  # interleaved
+    batches = [
+        events_from_dicts([event(i, hour=h) for i, h in enumerate(hours)]),
+        pl.concat(
+            [
+                events_from_dicts([event(100 + i, hour=h)]).with_columns(
+                    pl.lit("east" if i % 2 else "west").alias("cluster")
+                )
+                for i, h in enumerate(mixed)
+            ]
+        ),
+    ]
+    batches[1] = pl.concat([batches[1], batches[1].head(1)])  # a repeat, in another run
+    lake = Lake(str(tmp_path / "lake"))
+    for batch in batches:
+        assert lake.write_events(batch).written == batch.unique(["audit_id", "stage"]).height
+        assert lake.write_events(batch).written == 0
+    for part in lake.partitions():
+        rows = lake.scan_partitions([part]).collect()
+        cluster, date, hour = part
+        assert (rows["cluster"] == cluster).all()
+        assert rows["event_time"].dt.strftime("%Y-%m-%d %H").unique().to_list() == [
+            f"{date} {hour}"
+        ]
+    stored = lake.scan_events().collect()
+    expected = pl.concat(batches, how="vertical").unique(["audit_id", "stage"])
+    assert stored.height == expected.height
+    assert sorted(zip(stored["cluster"], stored["audit_id"], strict=True)) == sorted(
+        zip(expected["cluster"], expected["audit_id"], strict=True)
+    )
+
+
 # ----------------------------------------------------------------------------- S3
 def test_a_missing_bucket_is_a_configuration_error(tmp_path, moto_endpoint):
     src = audit_file(tmp_path / "audit.log", range(3))

@@ -18,6 +18,7 @@ which states the file-level guarantees (atomic, no globs, safe names, bad files 
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
@@ -50,12 +51,32 @@ _part_name = new_name  # kept for callers of the old private names
 _parquet_bytes = parquet_bytes
 
 
-def partition_expr() -> list[pl.Expr]:
-    """Partition columns derived from ``event_time`` (UTC)."""
-    return [
-        pl.col("event_time").dt.strftime("%Y-%m-%d").alias("date"),
-        pl.col("event_time").dt.strftime("%H").alias("hour"),
-    ]
+def _by_partition(df: pl.DataFrame) -> Iterator[tuple[Partition, pl.DataFrame]]:
+    """``df``'s rows per partition, in order of first appearance.
+
+    Events usually arrive in time order, so each hour is one run of rows: those are
+    sliced (no copy, and no date strings formatted per row). Rows out of order fall back
+    to a group-by.
+    """
+    hour = (pl.col("event_time").dt.epoch("s") // 3600).alias("_hour")
+    keys = df.select("cluster", hour)
+    change = (keys["_hour"] != keys["_hour"].shift(1)) | (
+        keys["cluster"] != keys["cluster"].shift(1)
+    )
+    starts = [0, *change.fill_null(False).arg_true().to_list()]
+    if len(starts) == keys.n_unique():
+        bounds = [*starts, df.height]
+        for lo, hi in itertools.pairwise(bounds):
+            group = df.slice(lo, hi - lo)
+            yield _partition_of(group), group
+        return
+    for _, group in df.with_columns(hour).group_by(["cluster", "_hour"], maintain_order=True):
+        yield _partition_of(group), group.drop("_hour")
+
+
+def _partition_of(group: pl.DataFrame) -> Partition:
+    at = group["event_time"][0]
+    return (str(group["cluster"][0]), at.strftime("%Y-%m-%d"), at.strftime("%H"))
 
 
 #: Dedup keys held in memory at most, in rows (~60 bytes each): a long or large ingest
@@ -221,13 +242,10 @@ class Lake:
             return stats
         for name in df["cluster"].unique().to_list():
             safe_part(name, "cluster name")
-        df = df.with_columns(partition_expr())
         with writer_lock(self) as lease:
             clusters = self.clusters()  # listed under the lock: no writer adds one meanwhile
-            for (cluster, date, hour), group in df.group_by(
-                ["cluster", "date", "hour"], maintain_order=True
-            ):
-                part: Partition = (str(cluster), str(date), str(hour))
+            for part, group in _by_partition(df):
+                cluster, date, hour = part
                 before = group.height
                 group = group.unique(subset=list(EVENT_KEY), keep="first", maintain_order=True)
                 own, others, names = self._existing_keys(part, clusters)
