@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import orjson
 import polars as pl
 import pyarrow as pa
 import pytest
+from factories import make_event
 from typer.testing import CliRunner
 
 from detector.cli import app
 from detector.detect.evaluate import evaluate, load_labels
 from detector.detect.executor import LocalExecutor, make_executor, partition_units
+from detector.detect.partitioned import rule_spans
 from detector.detect.score import ScoreOptions, score_range
 from detector.detect.train import train_model
 from detector.events.normalize import normalize_lines
@@ -155,6 +158,59 @@ def test_a_local_range_longer_than_a_day_read_a_partition_at_a_time_finds_the_sa
     assert timedelta(days=1) < END - CUT
     assert one.findings.height > 0 and set(one.findings["cluster"]) == set(CLUSTERS)
     assert_same_result(auto, one)
+
+
+def test_a_hunt_longer_than_a_week_finds_with_the_rules_what_weekly_runs_would(tmp_path):
+    """The rules run per cluster over spans of at most a week (a task's memory follows a
+    week of candidates, not a 90-day hunt): a 10-day range finds, with the rules, exactly
+    what one run per span finds, the events behind the findings included. Planted: an
+    identity denied 12 times in every window of the first span's last two days, then 12
+    times in one window of the second: against the week before the second span that is
+    its usual, not a spike (against the week before the whole range it would be one)."""
+    end = datetime(2026, 12, 1, tzinfo=UTC)
+    start = end - timedelta(days=10)
+    lake = Lake(str(tmp_path / "lake"))
+    sim = simulate(start=start, end=end, rate=0.02, seed=5, cluster="east")
+    lines = list(sim.iter_lines())
+    busy = [datetime(2026, 11, 24, tzinfo=UTC) + timedelta(minutes=10 * w) for w in range(288)]
+    for n, at in enumerate(
+        [t + timedelta(seconds=s) for t in busy for s in range(12)]
+        + [datetime(2026, 11, 27, 1, tzinfo=UTC) + timedelta(seconds=s) for s in range(12)]
+    ):
+        denied = make_event(
+            900_000 + n,
+            at=at,
+            responseStatus={"metadata": {}, "code": 403},
+            annotations={"authorization.k8s.io/decision": "forbid"},
+        )
+        lines.append(orjson.dumps(denied))
+    lake.write_events(
+        normalize_lines(
+            pa.array(lines, pa.binary()),
+            positions=pa.array([str(i) for i in range(len(lines))]),
+            source="sim",
+            cluster="east",
+        ).events
+    )
+    spans = rule_spans(start, end, timedelta(minutes=10))
+    assert len(spans) == 2  # a week boundary falls inside the range
+    opts = ScoreOptions(write=False, now=NOW, use_model=False)
+    hunt = score_range(lake, start, end, model=None, options=opts)
+    runs = [score_range(lake, lo, hi, model=None, options=opts) for lo, hi in spans]
+    assert hunt.findings.height > 0 and all(r.findings.height for r in runs)
+    spikes = hunt.findings.filter(
+        (pl.col("detector") == "rule:auth-failure-spike-principal")
+        & pl.col("principal").str.ends_with("/eng-admin/alice")
+    )
+    # the busy days spike against the quiet week before them; the later window does not
+    assert spikes["window_start"].dt.date().unique().sort().to_list() == [
+        date(2026, 11, 24),
+        date(2026, 11, 25),
+    ]
+    by_id = ["finding_id"]
+    assert hunt.findings.sort(by_id).equals(pl.concat([r.findings for r in runs]).sort(by_id))
+    keys = ["finding_id", "audit_id", "stage"]
+    assert hunt.events.sort(keys).equals(pl.concat([r.events for r in runs]).sort(keys))
 
 
 def test_executor_ray_without_ray_installed_is_a_usage_error(two_clusters, monkeypatch):

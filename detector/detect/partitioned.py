@@ -9,23 +9,24 @@ partitions, times) so a Ray worker can run them, and both returning Arrow tables
   whole local chunks. The driver concatenates them: fitting the forest, the baseline and the
   model's features (novelty is "first window in the range") need every window, and windows
   are few.
-- :func:`cluster_findings`, per cluster: the rules over the cluster's range (read lazily;
-  the engine collects only its prefiltered candidates), with the same history as a local
-  run, then the events behind that cluster's model and rule findings. Rules are per cluster
-  rather than per day because a request's stages may fall on both sides of midnight and a
-  rule counts it once.
+- :func:`cluster_findings`, per cluster and span of up to a week (:func:`rule_spans`): the
+  rules over that stretch of the cluster's range (read a day at a time; the engine keeps
+  only its prefiltered candidates) with the 7 days before it as history, then the events
+  behind that cluster's model and rule findings there. Rules run over spans rather than
+  days because a request's stages may fall on both sides of midnight and a rule counts it
+  once; at a span's edge it is known as carried over, as between consecutive runs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import polars as pl
 import pyarrow as pa
 
-from detector.detect.executor import Executor, partition_units
+from detector.detect.executor import Executor, partition_span, partition_units
 from detector.detect.scan import _in_range, chunk_partitions, ordered_columns
 from detector.features import INPUT_COLUMNS, empty_windows, window_counts
 from detector.lake.events import Lake, Partition
@@ -119,6 +120,33 @@ def cluster_findings(
     return arrow[0], arrow[1], arrow[2], events.to_arrow()
 
 
+#: A rules task covers one cluster over at most this many partition slices (a week with
+#: 10-minute windows). Within it a request logged on both sides of midnight counts once; at
+#: its edge the later stage is known as carried over, as between consecutive runs, and
+#: the threshold rules compare with the 7 days before the span. So a 90-day hunt finds
+#: what weekly runs would, with a week of candidates in a task's memory, not 90 days'.
+RULES_SPAN_SLICES = 7
+
+
+def rule_spans(
+    start: datetime, end: datetime, window: timedelta
+) -> list[tuple[datetime, datetime]]:
+    """``[start, end)`` cut at epoch multiples of :data:`RULES_SPAN_SLICES` partition
+    slices (whole windows, whole hours)."""
+    step = partition_span(window) * RULES_SPAN_SLICES
+    spans = []
+    lo, edge = start, (int(start.timestamp()) // step + 1) * step
+    while lo < end:
+        hi = min(end, datetime.fromtimestamp(edge, UTC))
+        spans.append((lo, hi))
+        lo, edge = hi, edge + step
+    return spans
+
+
+def _hour_of(part: Partition) -> datetime:
+    return datetime.strptime(f"{part[1]} {part[2]}", "%Y-%m-%d %H").replace(tzinfo=UTC)
+
+
 def findings_by_cluster(
     lake: Lake,
     start: datetime,
@@ -133,16 +161,24 @@ def findings_by_cluster(
     model_found: pl.DataFrame | None,
     executor: Executor,
 ) -> tuple[pl.DataFrame | None, pl.DataFrame | None, pl.DataFrame | None, pl.DataFrame]:
-    """:func:`cluster_findings` over every cluster, concatenated (same tuple, as frames)."""
+    """:func:`cluster_findings` over every cluster and rules span (:func:`rule_spans`),
+    concatenated (same tuple, as frames)."""
     parts = lake.partitions(start, end, cluster=cluster)
     cols = ordered_columns(columns)
     calls = []
-    for name in clusters:
-        mine = [p for p in parts if p[0] == name]
-        found = None
-        if model_found is not None:
-            found = model_found.filter(pl.col("cluster") == name).to_arrow()
-        calls.append((lake.uri, mine, start, end, cols, ruleset, window, cluster, now, found))
+    for lo, hi in rule_spans(start, end, window):
+        first, last = lo.replace(minute=0, second=0, microsecond=0), hi
+        in_span = [p for p in parts if first <= _hour_of(p) < last]
+        for name in clusters:
+            mine = [p for p in in_span if p[0] == name]
+            found = None
+            if model_found is not None:
+                found = model_found.filter(
+                    (pl.col("cluster") == name)
+                    & (pl.col("window_start") >= lo)
+                    & (pl.col("window_start") < hi)
+                ).to_arrow()
+            calls.append((lake.uri, mine, lo, hi, cols, ruleset, window, cluster, now, found))
     done = executor.map(cluster_findings, calls)
 
     def gather(i: int) -> pl.DataFrame | None:
