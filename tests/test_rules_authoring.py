@@ -3,10 +3,15 @@ identities accepted in either form, and the columns scoring must read for the ru
 
 from __future__ import annotations
 
+import functools
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_rules_engine import only_site_rules, rule_yaml, write
 from test_rules_helpers import ev, frame, iam
 
+from detector.errors import UsageError
 from detector.events.normalize import stored_principal
 from detector.rules import RuleError, evaluate_rules, load_ruleset
 
@@ -190,3 +195,42 @@ def test_columns_needed_are_enough_to_score():
     full = evaluate_rules(events, ruleset).findings
     narrow = evaluate_rules(events.select([c for c in events.columns if c in cols]), ruleset)
     assert full.drop("created_at").equals(narrow.findings.drop("created_at"))
+
+
+#: Pieces of the condition language, its fields, macros and operators, and stray characters.
+_PIECES = [
+    *("and", "or", "not", "(", ")", "in", "=", "!=", "exists", "glob", "contains"),
+    *("startswith", "intersects", ">", "<", ">=", "verb", "resource", "request_object"),
+    *("request_object.spec", 'request_object["$.a[?(@.b == 1)]"]', 'request_object["$..x"]'),
+    *("user_name", "source_ip", "kmodify", "not_failed", "(a, b)", "'x'", '"y"', "1"),
+    *("-1e999", "all(images)", "any(x)", "..", "[", "]", "\\", "'", '"', "*", "?"),
+]
+
+
+@settings(max_examples=150, derandomize=True, deadline=None)
+@given(
+    text=st.one_of(
+        st.lists(st.sampled_from(_PIECES), min_size=1, max_size=12).map(" ".join),
+        st.text(max_size=40),
+    )
+)
+def test_any_condition_text_is_refused_in_one_line_or_runs(text):
+    """Property: a site rule's condition, whatever its text, either fails to load with a
+    usage error (exit 2, one line naming the problem) or evaluates over events without
+    error: a rule file cannot load and then break scoring."""
+    compiler, events = _default_compiler_and_events()
+    try:
+        prefilter, full, _ = compiler.compile(text)
+    except UsageError as exc:
+        assert "\n" not in str(exc).strip()
+        return
+    events.lazy().filter(prefilter & full).collect()
+
+
+@functools.cache
+def _default_compiler_and_events():  # type: ignore[no-untyped-def]
+    """The shipped rules' compiler (macros and lists) and two events, built once."""
+    compiler = next(r.compiler for r in load_ruleset().enabled_rules if r.compiler)
+    body = {"kind": "Pod", "spec": {"a": [{"b": 1}], "x": "y"}}
+    events = frame(ev("create", "pods", ns="app", body=body), ev("get", "secrets", code=403))
+    return compiler, events
