@@ -104,6 +104,11 @@ BAD_VALUES = [
     (["train", "--window", "99999999999d"], "--window"),
     (["train", "--window", "30s"], "--window"),
     (["train", "--alert-rate", "2"], "--alert-rate"),
+    (["train", "--seed", "-1"], "--seed"),  # numpy and scikit-learn take 0 to 2**32 - 1
+    (["score", "--seed", str(2**32)], "--seed"),
+    (["evaluate", "--seed", "99999999999999999999999"], "--seed"),
+    (["simulate", "--out", "x", "--seed", "-1"], "--seed"),
+    (["demo", "--seed", str(2**32)], "--seed"),
     (["rules", "test", "pod-exec", "x.log", "--window", "2d"], "--window"),
     (["--log-level", "loud", "config", "show"], "--log-level"),
     (["--log-format", "xml", "config", "show"], "--log-format"),

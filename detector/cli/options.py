@@ -201,7 +201,13 @@ ModelDirOpt = Annotated[
         help="Model store: a local folder or s3://bucket/prefix.",
     ),
 ]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed: same data + seed, same result.")]
+#: Seeds numpy and scikit-learn accept (a random_state is 0 to 2**32 - 1): anything else
+#: would fail mid-run as an unexpected error instead of a usage error up front.
+MAX_SEED = 2**32 - 1
+SeedOpt = Annotated[
+    int,
+    typer.Option("--seed", min=0, max=MAX_SEED, help="Random seed: same data + seed, same result."),
+]
 WindowOpt = Annotated[
     timedelta,
     duration_option(

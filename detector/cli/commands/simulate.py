@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from detector.cli.options import (
+    MAX_SEED,
     FormatOpt,
     InputFormat,
     OutputFormat,
@@ -28,7 +29,9 @@ def simulate(
     rate: Annotated[
         float, typer.Option(help="Average events per second over the whole range.", min=0.01)
     ] = 2.0,
-    seed: Annotated[int, typer.Option(help="Random seed: same seed, same bytes.")] = 0,
+    seed: Annotated[
+        int, typer.Option(min=0, max=MAX_SEED, help="Random seed: same seed, same bytes.")
+    ] = 0,
     end: Annotated[
         datetime | None,
         instant_option("--end", help="End of the traffic (default now)."),
