@@ -108,6 +108,8 @@ BAD_VALUES = [
     (["score", "--seed", str(2**32)], "--seed"),
     (["evaluate", "--seed", "99999999999999999999999"], "--seed"),
     (["simulate", "--out", "x", "--seed", "-1"], "--seed"),
+    (["simulate", "--out", "x", "--days", "1e308"], "--days"),  # was an OverflowError
+    (["simulate", "--out", "x", "--rate", "inf"], "--rate"),  # was numpy's "lam too large"
     (["demo", "--seed", str(2**32)], "--seed"),
     (["rules", "test", "pod-exec", "x.log", "--window", "2d"], "--window"),
     (["--log-level", "loud", "config", "show"], "--log-level"),
