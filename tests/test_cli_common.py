@@ -110,6 +110,7 @@ BAD_VALUES = [
     (["simulate", "--out", "x", "--seed", "-1"], "--seed"),
     (["simulate", "--out", "x", "--days", "1e308"], "--days"),  # was an OverflowError
     (["simulate", "--out", "x", "--rate", "inf"], "--rate"),  # was numpy's "lam too large"
+    (["watch", "--replay", "x.log", "--speed", "inf"], "--speed"),  # failed and restarted forever
     (["demo", "--seed", str(2**32)], "--seed"),
     (["rules", "test", "pod-exec", "x.log", "--window", "2d"], "--window"),
     (["--log-level", "loud", "config", "show"], "--log-level"),

@@ -34,6 +34,12 @@ from detector.errors import UsageError
 log = logging.getLogger("detector.watch")
 
 
+#: Replayed seconds per real second, at most: a day a second, already faster than any
+#: replay runs (0 is flat out). An infinite speed made the replay's step infinite, and
+#: the source failed and restarted forever.
+MAX_SPEED = 86_400.0
+
+
 def watch(
     ctx: typer.Context,
     log_group: Annotated[
@@ -60,7 +66,10 @@ def watch(
     speed: Annotated[
         float,
         typer.Option(
-            "--speed", min=0.0, help="Replay: replayed seconds per real second (0: flat out)."
+            "--speed",
+            min=0.0,
+            max=MAX_SPEED,
+            help="Replay: replayed seconds per real second (0: flat out).",
         ),
     ] = 60.0,
     step: Annotated[
