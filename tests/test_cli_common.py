@@ -112,6 +112,8 @@ BAD_VALUES = [
     (["simulate", "--out", "x", "--rate", "inf"], "--rate"),  # was numpy's "lam too large"
     (["watch", "--replay", "x.log", "--speed", "inf"], "--speed"),  # failed and restarted forever
     (["demo", "--seed", str(2**32)], "--seed"),
+    (["demo", "--days", "1e308"], "--days"),
+    (["demo", "--rate", "inf"], "--rate"),
     (["rules", "test", "pod-exec", "x.log", "--window", "2d"], "--window"),
     (["--log-level", "loud", "config", "show"], "--log-level"),
     (["--log-format", "xml", "config", "show"], "--log-format"),

@@ -201,6 +201,11 @@ ModelDirOpt = Annotated[
         help="Model store: a local folder or s3://bucket/prefix.",
     ),
 ]
+#: Simulated traffic: a year at most, and a rate far past any one cluster's (the 50-cluster
+#: organisation of docs/operations.md logs ~23 events a second per cluster). Beyond them
+#: the generator cannot count its events, and a typo is a usage error, not a crash.
+MAX_SIM_DAYS = 366.0
+MAX_SIM_RATE = 100_000.0
 #: Seeds numpy and scikit-learn accept (a random_state is 0 to 2**32 - 1): anything else
 #: would fail mid-run as an unexpected error instead of a usage error up front.
 MAX_SEED = 2**32 - 1

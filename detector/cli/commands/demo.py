@@ -10,6 +10,8 @@ from typing import Annotated
 import typer
 
 from detector.cli.options import (
+    MAX_SIM_DAYS,
+    MAX_SIM_RATE,
     FormatOpt,
     OutputFormat,
     SeedOpt,
@@ -30,8 +32,12 @@ def demo(
     workdir: Annotated[
         Path, typer.Option(help="Where the generated audit log and labels.json go.")
     ] = Path(".demo"),
-    days: Annotated[float, typer.Option(help="Days of traffic, ending now.", min=0.2)] = 2.0,
-    rate: Annotated[float, typer.Option(help="Average events per second.", min=0.05)] = 1.0,
+    days: Annotated[
+        float, typer.Option(help="Days of traffic, ending now.", min=0.2, max=MAX_SIM_DAYS)
+    ] = 2.0,
+    rate: Annotated[
+        float, typer.Option(help="Average events per second.", min=0.05, max=MAX_SIM_RATE)
+    ] = 1.0,
     seed: SeedOpt = 7,
     model_dir: Annotated[  # not the shared --model-dir: DETECT_MODEL_DIR is production's
         str, typer.Option("--model-dir", help="Where the demo model is saved.")

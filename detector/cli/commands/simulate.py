@@ -10,6 +10,8 @@ import typer
 
 from detector.cli.options import (
     MAX_SEED,
+    MAX_SIM_DAYS,
+    MAX_SIM_RATE,
     FormatOpt,
     InputFormat,
     OutputFormat,
@@ -20,24 +22,18 @@ from detector.cli.options import (
 )
 from detector.errors import UsageError
 
-#: A year of traffic at most, and a rate far past any one cluster's (the 50-cluster
-#: organisation of docs/operations.md logs ~23 events a second per cluster): beyond them
-#: the generator cannot count its events, and a typo is a usage error, not a crash.
-MAX_DAYS = 366.0
-MAX_RATE = 100_000.0
-
 
 def simulate(
     out: Annotated[
         Path, typer.Option("--out", file_okay=False, help="Folder to write into (created).")
     ],
     days: Annotated[
-        float, typer.Option(help="Length of the traffic, in days.", min=0.05, max=MAX_DAYS)
+        float, typer.Option(help="Length of the traffic, in days.", min=0.05, max=MAX_SIM_DAYS)
     ] = 2.0,
     rate: Annotated[
         float,
         typer.Option(
-            help="Average events per second over the whole range.", min=0.01, max=MAX_RATE
+            help="Average events per second over the whole range.", min=0.01, max=MAX_SIM_RATE
         ),
     ] = 2.0,
     seed: Annotated[
