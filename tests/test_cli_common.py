@@ -120,6 +120,8 @@ BAD_VALUES = [
     (["score", "--format", "xml"], "--format"),
     (["score", "--fail-on", "hihg"], "--fail-on"),
     (["findings", "--min-severity", "loud"], "--min-severity"),
+    (["findings", "show", "abcd", "--limit", "0"], "--limit"),
+    (["findings", "show", "abcd", "--limit", "99999999999999999999"], "--limit"),  # was exit 3
     (["ingest", "x.log", "--input-format", "xml"], "--input-format"),
     (["rules", "test", "pod-exec", "x.log", "--from", "xml"], "--input-format"),
     (["simulate", "--out", "x", "--as", "xml"], "--as"),

@@ -52,6 +52,7 @@ from detector.lake.events import Lake, Partition
 from detector.lake.findings_schema import (
     FINDINGS_COLUMNS,
     FINDINGS_EVENTS_COLUMNS,
+    MAX_EVENTS_PER_FINDING,
     SEVERITIES,
     empty_findings,
     with_finding_ids,
@@ -61,8 +62,6 @@ from detector.model.storage import DEFAULT_ALERT_RATE, Model
 
 log = logging.getLogger(__name__)
 
-#: The flagged events kept per finding (the first ones in time); ``event_count`` is exact.
-MAX_EVENTS_PER_FINDING = 10_000
 #: How far before a scored range (but after the training range) a value counts as already
 #: seen for novelty: a new address used all afternoon is new once, not once per hourly run.
 NOVELTY_MEMORY = timedelta(hours=24)

@@ -22,6 +22,8 @@ _TS = pl.Datetime("us", "UTC")
 
 #: Severity names in increasing order; ``severity_rank`` is the index.
 SEVERITIES = ("info", "low", "medium", "high", "critical")
+#: The flagged events kept per finding (the first ones in time); ``event_count`` is exact.
+MAX_EVENTS_PER_FINDING = 10_000
 
 TOP_FEATURE = pl.Struct(
     {

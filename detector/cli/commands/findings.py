@@ -18,6 +18,7 @@ from detector.cli.options import (
 )
 from detector.cli.render import findings_json, format_score, render_findings
 from detector.errors import UsageError
+from detector.lake.findings_schema import MAX_EVENTS_PER_FINDING
 
 findings_app = typer.Typer(
     invoke_without_command=True,
@@ -96,7 +97,15 @@ def show(
     finding_id: Annotated[str, typer.Argument(help="The finding's id (first column of the list).")],
     lake: LakeOpt = "./lake",
     output: FormatOpt = OutputFormat.table,
-    limit: Annotated[int, typer.Option("--limit", help="Events to print (table only).")] = 50,
+    limit: Annotated[
+        int,
+        typer.Option(
+            "--limit",
+            min=1,
+            max=MAX_EVENTS_PER_FINDING,  # a finding keeps no more
+            help="Events to print (table only).",
+        ),
+    ] = 50,
 ) -> None:
     """Show one finding: why it was raised and the events behind it.
 
