@@ -29,6 +29,12 @@ class MissingBucket(StorageError):
     exit_code = EXIT_USAGE
 
 
+class MissingLake(StorageError):
+    """A command that reads the lake was given a local folder that does not exist."""
+
+    exit_code = EXIT_USAGE
+
+
 @functools.lru_cache(maxsize=64)
 def _bucket_checked(bucket: str, endpoint: str | None) -> bool:
     import boto3

@@ -126,6 +126,14 @@ BAD_VALUES = [
     (["rules", "test", "pod-exec", "x.log", "--from", "xml"], "--input-format"),
     (["simulate", "--out", "x", "--as", "xml"], "--as"),
     (["score", "--bogus"], "--bogus"),
+    (["score", "--lake", " "], "--lake"),  # resolved to the filesystem root
+    (["score", "--lake", "s3://"], "--lake"),
+    (["findings", "--lake", "a\nb"], "--lake"),
+    # a folder that is not there: an error, not "no alerts" from a mistyped --lake
+    (["score", "--lake", "no-such-lake", "--no-model"], "no lake at no-such-lake"),
+    (["train", "--lake", "no-such-lake"], "no lake at"),
+    (["report", "--lake", "no-such-lake"], "no lake at"),
+    (["timeline", "x", "--lake", "no-such-lake"], "no lake at"),
     (["score", "--no-model", "--no-rules"], "nothing to score"),
     (["report", "--since", "99999999999d"], "--since"),
     (["report", "--since", "1h", "--until", "2h"], "empty time range"),
@@ -358,6 +366,7 @@ def test_the_entry_point_imports_only_the_command_it_runs(tmp_path):
 
 def test_scoring_with_rules_imports_neither_the_ingest_code_nor_pyarrow(tmp_path):
     """Rules compile without events.normalize; score reads and writes with polars alone."""
+    (tmp_path / "lake").mkdir()  # a lake nothing was written to yet
     args = ["score", "--lake", str(tmp_path / "lake"), "--no-model", "--since", "1h"]
     out, modules = _entry_point([*args, "--format", "json"], lazy=True, cwd=tmp_path)
     assert json.loads(out)["rules"].endswith(" rules")

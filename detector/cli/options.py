@@ -153,11 +153,26 @@ def duration_option(*names: str, help: str, parser: Duration | None = None, **kw
 
 
 # ------------------------------------------------------------------ shared options
+def lake_root(value: Any) -> str:
+    """A lake root as written, refused when it cannot name one: blank (it would resolve to
+    the filesystem root), holding control characters, or an S3 URI without a bucket."""
+    text = str(value)
+    if not text.strip():
+        raise ValueError("is empty: give a folder or s3://bucket/prefix")
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise ValueError(f"{text!r} holds control characters")
+    scheme, sep, rest = text.partition("://")
+    if sep and scheme.lower() in ("s3", "s3a") and not rest.split("/", 1)[0]:
+        raise ValueError(f"{text!r} names no bucket: s3://bucket/prefix")
+    return text
+
+
 LakeOpt = Annotated[
     str,
     typer.Option(
         "--lake",
         envvar="DETECT_LAKE",
+        parser=lake_root,
         help="Lake root: a local folder or s3://bucket/prefix.",
         show_default=True,
     ),

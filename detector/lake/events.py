@@ -35,7 +35,7 @@ from detector.events.schema import (
 )
 from detector.lake.lock import writer_lock
 from detector.lake.table import Table, new_name, parquet_bytes, safe_part
-from detector.storage import Location, require_bucket
+from detector.storage import Location, MissingLake, require_bucket
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +182,19 @@ class Lake:
         if not self._root_checked:
             require_bucket(self.uri)
             self._root_checked = True
+
+    def require_existing(self) -> Lake:
+        """This lake, if it is there: else fail at once (exit 2). Commands that only read
+        the lake call it, so a mistyped ``--lake`` is an error rather than an empty range
+        reported as "no alerts". On S3 the bucket must exist (an empty prefix is a lake
+        nothing was written to yet); a local folder must exist."""
+        self.require_root()
+        if not self.loc.is_s3 and not self.loc.fs.isdir(self.loc.root):
+            raise MissingLake(
+                f"no lake at {self.uri}: nothing was ingested or exported there "
+                "(check --lake or DETECT_LAKE)"
+            )
+        return self
 
     # ---------------------------------------------------------------- events: write
     def partition_path(self, part: Partition) -> str:

@@ -72,7 +72,7 @@ def evaluate(
     runner = executor_for(executor, address)
     with progress_status("evaluating: training and scoring..."):
         report = run_evaluate(
-            Lake(lake),
+            Lake(lake).require_existing(),
             scenarios,
             train_until=train_until,
             until=until,

@@ -69,7 +69,7 @@ def report(
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     with progress_status("reading the lake"):
         data = collect(
-            Lake(lake),
+            Lake(lake).require_existing(),
             start,
             end,
             cluster=cluster,

@@ -119,7 +119,7 @@ def score(
             ) from None
     with chunk_progress("scoring") as progress:
         result = score_range(
-            Lake(lake),
+            Lake(lake).require_existing(),
             start,
             end,
             model=model,

@@ -85,7 +85,9 @@ def timeline(
         raise UsageError("PRINCIPAL is empty")
     start, end = check_range(since, until or datetime.now(UTC))
     window = every or None  # a zero window: only consecutive runs are collapsed
-    tl = build_timeline(Lake(lake), principal, start, end, cluster=cluster, every=window)
+    tl = build_timeline(
+        Lake(lake).require_existing(), principal, start, end, cluster=cluster, every=window
+    )
     identity = identity_summary(
         tl.principal,
         tl.access_key_ids,

@@ -91,7 +91,7 @@ def train(
     runner = executor_for(executor, address)
     with chunk_progress("training") as progress:
         model = train_model(
-            Lake(lake),
+            Lake(lake).require_existing(),
             start,
             end,
             model_dir=model_dir,
