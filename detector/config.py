@@ -43,6 +43,7 @@ import typer
 from typer.core import TyperOption
 
 from detector.errors import UsageError
+from detector.userfiles import read_user_file
 
 CONFIG_ENV = "DETECT_CONFIG"
 #: Top-level ``ip_lists = ["tor-exits.txt"]``: deny lists for the rules, passed on in env.
@@ -173,8 +174,7 @@ def config_path(explicit: str | None) -> Path | None:
 
 def read_toml(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
+        return tomllib.loads(read_user_file(path))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     except UnicodeDecodeError as exc:

@@ -18,6 +18,7 @@ LAYERS: list[tuple[str, ...]] = [
         "logging_setup",
         "ratelimit",
         "storage",
+        "userfiles",
         "config",
         "warmup",
     ),

@@ -28,7 +28,6 @@ import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -36,6 +35,7 @@ from detector import config as settings
 from detector.errors import UsageError
 from detector.lake.findings_schema import SEVERITIES
 from detector.timeparse import TimeArgumentError, parse_duration
+from detector.userfiles import read_user_file
 
 TYPES = ("webhook", "slack", "sns", "eventbridge", "securityhub", "ocsf")
 COMMON = {
@@ -103,8 +103,8 @@ class SinkConfig:
             return value.strip()
         if path:
             try:
-                return Path(path).read_text(encoding="utf-8").strip()
-            except OSError as exc:
+                return read_user_file(path).strip()
+            except (OSError, UnicodeDecodeError) as exc:
                 raise SecretMissing(
                     f"sink {self.name!r}: {what}_file {path} cannot be read: "
                     f"{exc.strerror or type(exc).__name__}"

@@ -32,6 +32,7 @@ from detector.lake.events import Lake
 from detector.lake.findings_schema import SEVERITIES
 from detector.model.storage import DEFAULT_ALERT_RATE
 from detector.timeparse import parse_instant
+from detector.userfiles import read_user_file
 
 #: The lowest severity that is an alert: what evaluation counts as detected or false.
 ALERT_SEVERITY = "low"
@@ -56,9 +57,11 @@ class Scenario:
 def load_labels(path: str | Path) -> list[Scenario]:
     """Scenarios from a labels file: a list, or an object with a ``scenarios`` list."""
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(read_user_file(path))
     except FileNotFoundError:
         raise LabelsError(f"labels file {path} does not exist") from None
+    except OSError as exc:
+        raise LabelsError(f"labels file {path} cannot be read: {exc.strerror or exc}") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise LabelsError(f"labels file {path} is not JSON: {exc}") from None
     items = data.get("scenarios") if isinstance(data, dict) else data

@@ -38,6 +38,7 @@ import polars as pl
 import yaml
 
 from detector.errors import UsageError
+from detector.userfiles import read_user_file
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ def load(path: str | Path | None) -> list[Suppression]:
         return []
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = read_user_file(p)
     except FileNotFoundError:
         raise SuppressionError(f"suppressions file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:

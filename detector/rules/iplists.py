@@ -30,6 +30,7 @@ import polars as pl
 
 from detector.config import IP_LISTS_ENV
 from detector.rules.condition import ConditionError
+from detector.userfiles import read_user_file
 
 __all__ = ["IP_LISTS_ENV", "derive_aws_ranges", "read_networks", "source_in"]
 #: Refuse lists beyond this many entries (a wrong file, not a threat feed).
@@ -77,8 +78,7 @@ def parse_networks(lines: Iterable[str], label: str) -> list[ipaddress.IPv4Netwo
 
 def read_networks(path: str | Path) -> list[ipaddress.IPv4Network]:
     try:
-        with open(path, encoding="utf-8") as fh:
-            return parse_networks(fh, str(path))
+        return parse_networks(read_user_file(path).splitlines(), str(path))
     except FileNotFoundError:
         raise ConditionError(f"IP list {path}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -130,8 +130,7 @@ def _plain_intervals(paths: list[str | Path]) -> tuple[pl.Series, pl.Series] | N
     pairs: list[tuple[int, int]] = []
     for path in paths:
         try:
-            with open(path, encoding="utf-8") as fh:
-                lines = fh.read().splitlines()
+            lines = read_user_file(path).splitlines()
         except (OSError, UnicodeDecodeError):
             return None
         for raw in lines:

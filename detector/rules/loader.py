@@ -40,6 +40,7 @@ from detector.rules.condition import (
     predicate,
     resolve_field,
 )
+from detector.userfiles import read_user_file
 
 #: Bumped when the rule format changes incompatibly; files may require a minimum.
 ENGINE_VERSION = 1
@@ -350,7 +351,7 @@ def _parse_cached(text: str, label: str) -> list[dict[str, Any]]:
 def _read_items(path: Path, label: str) -> list[dict[str, Any]]:
     """A rule file's items (parsed once per process and content; callers get a copy)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_user_file(path)
     except FileNotFoundError:
         raise RuleError(label, None, "no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
