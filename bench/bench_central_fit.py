@@ -21,12 +21,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
-DETECT = Path(sys.executable).parent / "detect"
-END = datetime(2026, 11, 27, tzinfo=UTC)
-ISO = "%Y-%m-%dT%H:%M:%SZ"
+from bench_score import END, simulate_into  # one simulate-then-ingest setup
 
 FIT = """
 import json, resource, sys, time
@@ -71,21 +69,8 @@ def one_day_windows(work: Path, events: int, seed: int) -> Path:
     out = work / "windows-1d.parquet"
     if out.exists():
         return out
-    sim, lake = work / "sim", work / "lake"
-    rate = f"{events / 86_400:.6f}"
-    subprocess.run(
-        [
-            *(str(DETECT), "simulate", "--out", str(sim), "--days", "1"),
-            *("--rate", rate, "--seed", str(seed), "--end", END.strftime(ISO)),
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    subprocess.run(
-        [str(DETECT), "ingest", str(sim / "audit.log"), "--lake", str(lake), "--cluster", "c"],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
+    lake = work / "lake"
+    simulate_into(lake, work / "sim", days=1, events=events, seed=seed, cluster="c")
     code = (
         "import sys; from datetime import datetime; from detector.lake.events import Lake; "
         "from detector.detect.train import training_windows; "

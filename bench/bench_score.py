@@ -82,6 +82,28 @@ def run(args: list[str]) -> tuple[float, float, str]:
         return seconds, usage.ru_maxrss / 1024, out.read()
 
 
+def simulate_into(
+    lake: Path, sim: Path, *, days: float, events: int, seed: int, cluster: str
+) -> None:
+    """``days`` simulated days ending at :data:`END`, ``events`` a day, ingested into
+    ``lake`` under ``cluster`` with the real commands; the simulated log is removed after."""
+    rate = f"{events / 86_400:.6f}"
+    subprocess.run(
+        [
+            *(str(DETECT), "simulate", "--out", str(sim), "--days", str(days)),
+            *("--rate", rate, "--seed", str(seed), "--end", END.strftime(ISO)),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    subprocess.run(
+        [str(DETECT), "ingest", str(sim / "audit.log"), "--lake", str(lake), "--cluster", cluster],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    (sim / "audit.log").unlink()
+
+
 def build(work: Path, events: int, days: int, seed: int) -> Path:
     """``days`` simulated days with ``events`` events per day, ingested into a lake.
 
@@ -93,22 +115,7 @@ def build(work: Path, events: int, days: int, seed: int) -> Path:
     if done.exists():
         return lake
     t = time.perf_counter()
-    sim = work / "sim"
-    rate = f"{events / 86_400:.6f}"
-    subprocess.run(
-        [
-            *(str(DETECT), "simulate", "--out", str(sim), "--days", str(days)),
-            *("--rate", rate, "--seed", str(seed), "--end", END.strftime(ISO)),
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    subprocess.run(
-        [str(DETECT), "ingest", str(sim / "audit.log"), "--lake", str(lake), "--cluster", "bench"],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    (sim / "audit.log").unlink()
+    simulate_into(lake, work / "sim", days=days, events=events, seed=seed, cluster="bench")
     done.touch()
     print(f"built {lake} in {time.perf_counter() - t:.0f}s", file=sys.stderr)
     return lake
