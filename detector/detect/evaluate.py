@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from detector.detect.score import ScoreOptions, score_range
 from detector.detect.train import fit_model, training_windows
 from detector.errors import UsageError
 from detector.features import DEFAULT_WINDOW, align
-from detector.lake.events import Lake
+from detector.lake.events import Lake, partition_start
 from detector.lake.findings_schema import SEVERITIES
 from detector.model.storage import DEFAULT_ALERT_RATE
 from detector.timeparse import parse_instant
@@ -162,8 +162,7 @@ def lake_span(lake: Lake) -> tuple[datetime, datetime]:
     parts = lake.partitions()
     if not parts:
         raise LabelsError(f"the lake {lake.uri} holds no events")
-    hour = lambda p: datetime.strptime(f"{p[1]} {p[2]}", "%Y-%m-%d %H").replace(tzinfo=UTC)  # noqa: E731
-    return hour(parts[0]), hour(parts[-1]) + timedelta(hours=1)
+    return partition_start(parts[0]), partition_start(parts[-1]) + timedelta(hours=1)
 
 
 def _hits(findings: pl.DataFrame, scenarios: list[Scenario]) -> list[set[str]]:

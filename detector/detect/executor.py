@@ -19,12 +19,12 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any, Protocol
 
 from detector.detect.scan import chunk_span
 from detector.errors import UsageError
-from detector.lake.events import Partition
+from detector.lake.events import Partition, partition_start
 
 #: ``--executor`` values.
 EXECUTORS = ("local", "ray")
@@ -123,7 +123,6 @@ def partition_units(
     span = partition_span(window)
     units: dict[tuple[str, int], list[Partition]] = {}
     for part in parts:
-        cluster, date, hour = part
-        at = datetime.strptime(f"{date} {hour}", "%Y-%m-%d %H").replace(tzinfo=UTC)
-        units.setdefault((cluster, int(at.timestamp()) // span * span), []).append(part)
+        start = int(partition_start(part).timestamp()) // span * span
+        units.setdefault((part[0], start), []).append(part)
     return [(c, t, sorted(units[(c, t)])) for c, t in sorted(units)]

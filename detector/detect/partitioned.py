@@ -29,7 +29,7 @@ import pyarrow as pa
 from detector.detect.executor import Executor, partition_span, partition_units
 from detector.detect.scan import _in_range, chunk_partitions, ordered_columns
 from detector.features import INPUT_COLUMNS, empty_windows, window_counts
-from detector.lake.events import Lake, Partition
+from detector.lake.events import Lake, Partition, partition_start
 
 
 def _frame(table: pa.Table) -> pl.DataFrame:
@@ -143,10 +143,6 @@ def rule_spans(
     return spans
 
 
-def _hour_of(part: Partition) -> datetime:
-    return datetime.strptime(f"{part[1]} {part[2]}", "%Y-%m-%d %H").replace(tzinfo=UTC)
-
-
 def findings_by_cluster(
     lake: Lake,
     start: datetime,
@@ -168,7 +164,7 @@ def findings_by_cluster(
     calls = []
     for lo, hi in rule_spans(start, end, window):
         first, last = lo.replace(minute=0, second=0, microsecond=0), hi
-        in_span = [p for p in parts if first <= _hour_of(p) < last]
+        in_span = [p for p in parts if first <= partition_start(p) < last]
         for name in clusters:
             mine = [p for p in in_span if p[0] == name]
             found = None

@@ -21,7 +21,7 @@ import polars as pl
 
 from detector.events.schema import CANONICAL_COLUMNS
 from detector.features import DEFAULT_WINDOW, empty_windows, seen_values, window_counts
-from detector.lake.events import Lake, Partition
+from detector.lake.events import Lake, Partition, partition_start
 
 Progress = Callable[[int, int], None] | None
 
@@ -45,9 +45,7 @@ def chunk_partitions(
     span = chunk_span(window, min_hours=min_hours)
     groups: dict[int, list[Partition]] = {}
     for part in parts:
-        _, date, hour = part
-        at = datetime.strptime(f"{date} {hour}", "%Y-%m-%d %H").replace(tzinfo=UTC)
-        groups.setdefault(int(at.timestamp()) // span, []).append(part)
+        groups.setdefault(int(partition_start(part).timestamp()) // span, []).append(part)
     return [groups[k] for k in sorted(groups)]
 
 

@@ -47,6 +47,11 @@ STATE_DIR = "_state"
 Partition = tuple[str, str, str]
 
 
+def partition_start(part: Partition) -> datetime:
+    """The UTC hour a partition holds events from."""
+    return datetime.strptime(f"{part[1]} {part[2]}", "%Y-%m-%d %H").replace(tzinfo=UTC)
+
+
 _part_name = new_name  # kept for callers of the old private names
 _parquet_bytes = parquet_bytes
 
