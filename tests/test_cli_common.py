@@ -303,6 +303,64 @@ def test_ctrl_c_during_start_up_is_exit_130_without_traceback():
     assert proc.stderr.strip() == "interrupted"
 
 
+# ------------------------------------------------------------------ the process's end
+_ENDING = (
+    "import atexit, sys, threading\n"
+    "from detector.cli import main\n"
+    "marker = sys.argv.pop(1)\n"
+    "atexit.register(lambda: open(marker, 'w').write('ran'))\n"
+    "atexit.register(print, 'last words')  # buffered: stdout is a pipe\n"
+    "if sys.argv.pop(1) == 'busy':  # a thread still writing when the command is done\n"
+    "    out = sys.argv.pop(1)\n"
+    "    gate = threading.Event()\n"
+    "    def finish():\n"
+    "        gate.wait(); open(out, 'w').write('finished')\n"
+    "    threading.Thread(target=finish).start()\n"
+    "    threading._register_atexit(gate.set)  # as thread pools do: once the process ends\n"
+    "main()\n"
+)
+
+
+def _ending(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``_ENDING`` with stdout a buffered pipe, as under cron (whatever this shell set)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    return subprocess.run(
+        [sys.executable, "-c", _ENDING, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(ROOT),
+        timeout=120,
+        check=False,
+    )
+
+
+def test_a_command_ends_with_its_code_its_whole_output_and_its_exit_handlers(tmp_path):
+    """The CLI skips interpreter teardown at its end (detector.cli._leave): what a user or
+    cron relies on at exit must survive that. The output is larger than stdout's buffer,
+    so its tail is still buffered when the command returns."""
+    marker = tmp_path / "atexit"
+    proc = _ending(tmp_path, str(marker), "idle", "rules", "list", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout) > 16_384
+    document, last = proc.stdout.rsplit("\n", 2)[:2]
+    assert len(json.loads(document)["rules"]) >= 40
+    assert last == "last words"
+    assert marker.read_text() == "ran"
+
+    proc = _ending(tmp_path, str(marker), "idle", "score", "--since", "yesterday-ish")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ")
+
+
+def test_a_thread_still_working_at_the_end_is_waited_for(tmp_path):
+    marker, out = tmp_path / "atexit", tmp_path / "thread"
+    proc = _ending(tmp_path, str(marker), "busy", str(out), "rules", "list", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text() == "finished"
+    assert marker.read_text() == "ran"
+
+
 # ------------------------------------------------------------------ the machine, not the code
 def test_paths_that_are_files_where_folders_are_due(cwd):
     (cwd / "afile").write_text("x")
@@ -348,16 +406,14 @@ def _entry_point(args: list[str], *, lazy: bool, cwd: Path) -> tuple[str, list[s
     """
     entry = "from detector.cli import main" if lazy else "from detector.cli.app import main"
     code = (
-        "import json, sys\n"
+        "import atexit, json, sys\n"
         f"{entry}\n"
         f"sys.argv = ['detect', *{args!r}]\n"
-        "try:\n"
-        "    main()\n"
-        "except SystemExit:\n"
-        "    pass\n"
-        "sys.stdout.flush()\n"
-        "mods = sorted(m for m in sys.modules if m.startswith(('detector.', 'pyarrow')))\n"
-        "sys.stderr.write('MODULES ' + json.dumps(mods))\n"
+        "def modules():\n"
+        "    mods = sorted(m for m in sys.modules if m.startswith(('detector.', 'pyarrow')))\n"
+        "    sys.stderr.write('MODULES ' + json.dumps(mods))\n"
+        "atexit.register(modules)  # the entry point ends the process itself\n"
+        "main()\n"
     )
     env = {**os.environ, "TERMINAL_WIDTH": "100", "COLUMNS": "100"}
     proc = subprocess.run(

@@ -28,7 +28,37 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(EXIT_INTERRUPTED)
-    run()
+    try:
+        run()
+    except SystemExit as done:
+        if isinstance(done.code, int) or done.code is None:
+            _leave(done.code or 0)
+        raise
+
+
+def _leave(code: int) -> None:
+    """End the process with ``code`` without tearing the interpreter down, when that is safe.
+
+    Teardown frees everything a run still holds, object by object: after `detect score`
+    over 1M events that is ~0.15 s of a ~2 s command, spent after the work is done. It is
+    skipped only when the main thread is the last Python thread (nothing else may still be
+    writing); the ``atexit`` handlers still run first (logging's flush, ``weakref.finalize``
+    clean-ups, Ray's shutdown), then stdout and stderr are flushed. Any doubt: the normal exit.
+    """
+    import atexit
+    import os
+    import threading
+
+    run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
+    if threading.active_count() != 1 or run_exit_handlers is None:
+        sys.exit(code)
+    run_exit_handlers()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (BrokenPipeError, ValueError):  # a reader that left, or a closed stream
+        sys.exit(code)
+    os._exit(code)
 
 
 class _Package(types.ModuleType):
@@ -46,7 +76,7 @@ class _Package(types.ModuleType):
 
     @app.setter
     def app(self, value: Any) -> None:  # the import system storing the submodule
-        pass
+        sys.stdout.flush()
 
 
 sys.modules[__name__].__class__ = _Package
