@@ -193,6 +193,56 @@ def test_stream_findings_equal_a_batch_score_and_a_late_event_reopens_its_window
     assert stream["score"].sort().to_list() == pytest.approx(batch["score"].sort().to_list())
 
 
+def test_the_rules_history_kept_between_batches_is_what_a_fresh_read_gives(tmp_path):
+    """`detect watch` keeps the threshold rules' week of history hour by hour between
+    batches (detector.detect.history.HistoryCache). Each batch must still compare with
+    exactly the week a batch run reads, after a late event and a rule change too, while
+    reading again only the hours that changed."""
+    from lakefill import event, write_events
+
+    from detector.detect.history import HistoryCache, rules_history
+    from detector.rules import load_ruleset
+
+    lake = Lake(str(tmp_path / "lake"))
+    t0 = datetime(2026, 11, 20, tzinfo=UTC)
+    denied = {"response_code": 403, "decision": "forbid"}
+    rows = [event("web", t0 + timedelta(hours=h, minutes=5)) for h in range(30)]
+    rows += [
+        event("ci", t0 + timedelta(hours=h, minutes=m), **denied)
+        for h in range(0, 30, 3)
+        for m in (1, 27, 55)
+    ]
+    write_events(lake, rows)
+    window = timedelta(minutes=10)
+    cache = HistoryCache()
+
+    def kept_equals_fresh(ruleset, start: datetime) -> int:
+        fresh = rules_history(lake, ruleset, start, window, None)
+        kept = rules_history(lake, ruleset, start, window, None, cache)
+        assert kept.n_windows == fresh.n_windows
+        by = ["audit_id", "stage"]
+        assert kept.candidates.sort(by).equals(fresh.candidates.sort(by))
+        return kept.candidates.height
+
+    rules = load_ruleset()
+    start = t0 + timedelta(hours=27, minutes=20)  # hours 0..26 whole, 27 cut by the start
+    assert kept_equals_fresh(rules, start) == 28  # ci's denials before 27:20
+    assert cache.hours_read == 27
+    assert kept_equals_fresh(rules, start + window) == 29  # and 27:27
+    assert cache.hours_read == 27  # the next batch: no whole hour read again
+    assert kept_equals_fresh(rules, start + 4 * window) == 30  # 28:00: hour 27 is whole now
+    assert cache.hours_read == 28
+
+    write_events(lake, [event("ci", t0 + timedelta(hours=4, minutes=2), **denied)])  # late
+    assert kept_equals_fresh(rules, start + 4 * window) == 31
+    assert cache.hours_read == 29  # hour 4 alone, for its new file
+
+    fewer = load_ruleset(disabled=["auth-failure-spike-source-ip"])
+    assert fewer.fingerprint != rules.fingerprint
+    kept_equals_fresh(fewer, start + 4 * window)
+    assert cache.hours_read == 29 + 28  # other rules: every hour read again
+
+
 # --------------------------------------------------------------------------- SIGKILLs
 #: `detect watch` with a kill switch: SIGKILL when the Nth of a chosen moment comes.
 #: "sent": a sink accepted alerts but the checkpoint does not know yet; "written": a batch

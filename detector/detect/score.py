@@ -34,6 +34,7 @@ import polars as pl
 
 from detector import rules
 from detector.detect.executor import Executor, LocalExecutor, is_local, partition_span
+from detector.detect.history import RULES_HISTORY, HistoryCache, rules_history
 from detector.detect.scan import Progress, frame_windows, read_range, recent_values
 from detector.detect.train import MIN_TRAIN_WINDOWS, ScoringError, fit
 from detector.events.schema import CANONICAL_COLUMNS, EVENT_KEY
@@ -65,8 +66,6 @@ log = logging.getLogger(__name__)
 #: How far before a scored range (but after the training range) a value counts as already
 #: seen for novelty: a new address used all afternoon is new once, not once per hourly run.
 NOVELTY_MEMORY = timedelta(hours=24)
-#: History handed to rules that compare with the past (``RuleSet.needs_history``).
-RULES_HISTORY = timedelta(days=7)
 #: A model older than this relative to the end of the scored range is stale: warned about.
 MAX_MODEL_AGE = timedelta(days=7)
 #: Columns the flagged-event lookup needs to find a finding's events in the frame.
@@ -101,6 +100,8 @@ class ScoreOptions:
     #: read the range a (cluster, day) partition at a time, as on Ray, rather than in one
     #: frame; None: when the range is longer than a partition's slice (see score_range)
     by_partition: bool | None = None
+    #: the rules' history hours kept between runs (``detect watch``, batch after batch)
+    history_cache: HistoryCache | None = None
 
 
 @dataclass
@@ -242,7 +243,9 @@ def _local_findings(
     found: list[tuple[str, pl.DataFrame, pl.DataFrame]] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rules") as pool:
         history = (
-            pool.submit(rules_history, lake, ruleset, start, window, opts.cluster)
+            pool.submit(
+                rules_history, lake, ruleset, start, window, opts.cluster, opts.history_cache
+            )
             if ruleset is not None
             else None
         )
@@ -472,20 +475,6 @@ def findings_from_scores(
 
 
 # --------------------------------------------------------------------------- rules
-def rules_history(
-    lake: Lake, ruleset: Any, start: datetime, window: timedelta, cluster: str | None
-) -> Any:
-    """The days before ``start`` as the rules that compare with the past read them.
-
-    None when no enabled rule does. Read apart from the evaluation so that it runs while
-    the scored range is read.
-    """
-    if not ruleset.needs_history:
-        return None
-    events = lake.scan_events(start - RULES_HISTORY, start, cluster=cluster)
-    return rules.read_history(events, ruleset, window=window)
-
-
 def rule_findings(
     frame: pl.DataFrame,
     lake: Lake,

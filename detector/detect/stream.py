@@ -32,6 +32,7 @@ from typing import Any
 
 import polars as pl
 
+from detector.detect.history import HistoryCache
 from detector.detect.score import (
     NOVELTY_MEMORY,
     ScoreOptions,
@@ -118,6 +119,8 @@ class StreamDetector:
         self._ruleset: Any = None
         self._rules_stamp: tuple[tuple[str, str], ...] | None = None
         self._rules_checked = float("-inf")
+        #: the threshold rules' week of history, hour by hour, kept from batch to batch
+        self.history = HistoryCache()
 
     def window(self) -> timedelta:
         m = self.model()
@@ -192,6 +195,7 @@ class StreamDetector:
             disabled_rules=tuple(self.disabled_rules or ()),
             window=self.window(),
             cluster=self.cluster,
+            history_cache=self.history,
         )
         opts = replace(opts, ruleset=self._rules(opts))
         return score_range(self.lake, _dt(lo), _dt(hi), model=None, options=opts)

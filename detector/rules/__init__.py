@@ -18,11 +18,14 @@ from detector.rules.condition import ConditionError
 from detector.rules.engine import (
     LINK_COLUMNS,
     History,
+    HistorySlice,
     RuleResult,
     RuleStats,
     evaluate_rules,
+    join_history,
     prepare_events,
     read_history,
+    read_history_slices,
     why_not,
 )
 from detector.rules.loader import (
@@ -42,6 +45,7 @@ __all__ = [
     "ConditionError",
     "ExceptionSpec",
     "History",
+    "HistorySlice",
     "Rule",
     "RuleError",
     "RuleResult",
@@ -50,8 +54,10 @@ __all__ = [
     "Threshold",
     "builtin_files",
     "evaluate_rules",
+    "join_history",
     "load_ruleset",
     "prepare_events",
     "read_history",
+    "read_history_slices",
     "why_not",
 ]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
@@ -301,14 +302,19 @@ def _findings_for_rule(
     return findings.cast(FINDINGS_COLUMNS)  # type: ignore[arg-type]
 
 
-def _history_span_windows(history: pl.LazyFrame, window: timedelta) -> int:
-    span = history.select(
-        pl.col("event_time").min().alias("lo"), pl.col("event_time").max().alias("hi")
-    ).collect()
-    lo, hi = span["lo"][0], span["hi"][0]
-    if lo is None or hi is None:
+#: A frame's first and last event times, as one row (``lo``, ``hi``).
+_TIME_SPAN = (pl.col("event_time").min().alias("lo"), pl.col("event_time").max().alias("hi"))
+
+
+def _span_windows(first: datetime | None, last: datetime | None, window: timedelta) -> int:
+    if first is None or last is None:
         return 1
-    return max(1, math.ceil((hi - lo) / window))
+    return max(1, math.ceil((last - first) / window))
+
+
+def _history_span_windows(history: pl.LazyFrame, window: timedelta) -> int:
+    span = history.select(_TIME_SPAN).collect()
+    return _span_windows(span["lo"][0], span["hi"][0], window)
 
 
 # --------------------------------------------------------------------------- entry points
@@ -335,13 +341,17 @@ def _baseline_rules(ruleset: RuleSet) -> list[Rule]:
 def _history_plan(
     history: pl.LazyFrame | pl.DataFrame, baseline_rules: list[Rule], window: timedelta
 ) -> tuple[pl.LazyFrame, int]:
-    """The baseline rules' candidates in ``history`` (a lazy query) and its span in windows.
+    """The baseline rules' candidates in ``history`` (a lazy query) and its span in windows."""
+    hist_lf = prepare_events(history)
+    return _candidates_plan(hist_lf, baseline_rules), _history_span_windows(hist_lf, window)
+
+
+def _candidates_plan(hist_lf: pl.LazyFrame, baseline_rules: list[Rule]) -> pl.LazyFrame:
+    """The rows of ``hist_lf`` any baseline rule's prefilter lets through.
 
     Only the columns those rules and the engine read: a week of events is scanned for a
     few hundred rows, and every other column would be decoded for nothing.
     """
-    hist_lf = prepare_events(history)
-    n_windows = _history_span_windows(hist_lf, window)
     names = set(ENGINE_COLUMNS)
     for r in baseline_rules:
         names.update(r.prefilter_expr.meta.root_names())
@@ -351,18 +361,54 @@ def _history_plan(
     columns = [c for c in hist_lf.collect_schema() if c in names]
     # prefilters are column-only: cheap even over 7 days
     candidates = hist_lf.filter(pl.any_horizontal([r.prefilter_expr for r in baseline_rules]))
-    return candidates.select(columns), n_windows
+    return candidates.select(columns)
+
+
+@dataclass(frozen=True)
+class HistorySlice:
+    """A piece of a baseline range (an hour of the lake): its candidates and time span.
+
+    Slices of the pieces of a range join into that range's :class:`History`
+    (:func:`join_history`), so a caller that keeps them between runs (``detect watch``,
+    batch after batch over a sliding week) reads again only the pieces that changed.
+    """
+
+    candidates: pl.DataFrame
+    first: datetime | None
+    last: datetime | None
+
+
+def read_history_slices(
+    pieces: Sequence[pl.LazyFrame | pl.DataFrame], ruleset: RuleSet
+) -> list[HistorySlice]:
+    """Each piece of a baseline range read for ``ruleset``'s baseline rules, in one pass."""
+    baseline_rules = _baseline_rules(ruleset)
+    plans: list[pl.LazyFrame] = []
+    for piece in pieces:
+        lf = prepare_events(piece)
+        plans += [_candidates_plan(lf, baseline_rules), lf.select(_TIME_SPAN)]
+    done = pl.collect_all(plans)
+    return [
+        HistorySlice(done[i], done[i + 1]["lo"][0], done[i + 1]["hi"][0])
+        for i in range(0, len(done), 2)
+    ]
+
+
+def join_history(slices: Sequence[HistorySlice], window: timedelta) -> History:
+    """The :class:`History` of a range from the slices of its pieces (at least one)."""
+    firsts = [s.first for s in slices if s.first is not None]
+    lasts = [s.last for s in slices if s.last is not None]
+    n_windows = _span_windows(min(firsts, default=None), max(lasts, default=None), window)
+    return History(pl.concat([s.candidates for s in slices], how="vertical"), n_windows)
 
 
 def read_history(
     history: pl.LazyFrame | pl.DataFrame, ruleset: RuleSet, *, window: timedelta
 ) -> History:
     """``history`` (a baseline range's events) read for ``ruleset`` (see :class:`History`)."""
-    baseline_rules = _baseline_rules(ruleset)
-    if not baseline_rules:
+    if not _baseline_rules(ruleset):
         return History(None)
-    plan, n_windows = _history_plan(history, baseline_rules, window)
-    return History(plan.collect(), n_windows)
+    return join_history(read_history_slices([history], ruleset), window)
 
 
 def evaluate_rules(
