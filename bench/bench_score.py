@@ -14,7 +14,9 @@ the last day (each a fresh process, wall time, events/s and peak RSS):
 (e) scoring the last min(days, 7) days (the library path, findings not written): a range
     longer than a day is read a (cluster, day) partition at a time, so its peak RSS stays
     near (a)'s; next to it the same range read as one frame (``by_partition=False``), whose
-    memory grows with the range.
+    memory grows with the range;
+(f) what `detect watch` pays before each batch for the threshold rules' history (the
+    7 days before it): read fresh, and kept hour by hour between batches.
 
 Run with `make bench` or `python bench/bench_score.py --events N --days D --workdir DIR`.
 """
@@ -62,6 +64,28 @@ lake, models, since, until, by_partition = sys.argv[1:6]
 since, until = datetime.fromisoformat(since), datetime.fromisoformat(until)
 options = ScoreOptions(write=False, by_partition=by_partition == "yes")
 score_range(Lake(lake), since, until, model=Model.load(models), options=options)
+"""
+
+# (f): the rules' history as `detect watch` reads it before each batch, fresh or kept.
+HISTORY = """
+import json, statistics, sys, time
+from datetime import datetime, timedelta
+from detector.detect.history import HistoryCache, rules_history
+from detector.detect.score import ScoreOptions, load_rules
+from detector.lake.events import Lake
+lake, since = Lake(sys.argv[1]), datetime.fromisoformat(sys.argv[2])
+ruleset, cache, window = load_rules(ScoreOptions()), HistoryCache(), timedelta(minutes=10)
+fresh, kept = [], []
+for i in range(6):  # six batches, ten minutes apart
+    start = since + i * window
+    t = time.perf_counter()
+    rules_history(lake, ruleset, start, window, None)
+    fresh.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    rules_history(lake, ruleset, start, window, None, cache)
+    kept.append(time.perf_counter() - t)
+print(json.dumps({"fresh": statistics.median(fresh), "first": kept[0],
+                  "kept": statistics.median(kept[1:]), "hours": cache.hours_read}))
 """
 
 
@@ -254,6 +278,15 @@ def main() -> None:
     print(line(f"(e) score {long_days} days, a day at a time", n_long, t_e, rss_e))
     t_f, rss_f, _ = repeat([*long_args, "no"], long_runs)
     print(line(f"    the same {long_days} days as one frame", n_long, t_f, rss_f))
+    # (f) what detect watch pays per batch for the threshold rules' week of history.
+    mid_day = (DAY + timedelta(hours=12, minutes=20)).isoformat()
+    _, _, out_f = run([sys.executable, "-c", HISTORY, str(lake), mid_day])
+    h = json.loads(out_f)
+    print(
+        f"(f) watch: the rules' history before each batch ({min(args.days - 1, 7)} day(s)): "
+        f"read fresh {h['fresh']:.3f} s; kept hour by hour {h['kept']:.3f} s "
+        f"(the first batch {h['first']:.3f} s, {h['hours']} hours read)"
+    )
     print("  target: >= 1,000,000 events/s end to end for (a), peak RSS <= 1 GB")
 
 
