@@ -381,16 +381,18 @@ class HistorySlice:
 def read_history_slices(
     pieces: Sequence[pl.LazyFrame | pl.DataFrame], ruleset: RuleSet
 ) -> list[HistorySlice]:
-    """Each piece of a baseline range read for ``ruleset``'s baseline rules, in one pass."""
+    """Each piece of a baseline range read for ``ruleset``'s baseline rules.
+
+    Time spans and candidates are two passes: in one, polars would share each piece's
+    scan between them and hold all of its rows (a week: 380 MB instead of 120 MB).
+    """
     baseline_rules = _baseline_rules(ruleset)
-    plans: list[pl.LazyFrame] = []
-    for piece in pieces:
-        lf = prepare_events(piece)
-        plans += [_candidates_plan(lf, baseline_rules), lf.select(_TIME_SPAN)]
-    done = pl.collect_all(plans)
+    frames = [prepare_events(piece) for piece in pieces]
+    spans = pl.collect_all([lf.select(_TIME_SPAN) for lf in frames])
+    candidates = pl.collect_all([_candidates_plan(lf, baseline_rules) for lf in frames])
     return [
-        HistorySlice(done[i], done[i + 1]["lo"][0], done[i + 1]["hi"][0])
-        for i in range(0, len(done), 2)
+        HistorySlice(rows, span["lo"][0], span["hi"][0])
+        for rows, span in zip(candidates, spans, strict=True)
     ]
 
 
