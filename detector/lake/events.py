@@ -79,6 +79,18 @@ def _by_partition(df: pl.DataFrame) -> Iterator[tuple[Partition, pl.DataFrame]]:
         yield _partition_of(group), group.drop("_hour")
 
 
+def _first_of_each_key(group: pl.DataFrame) -> pl.DataFrame:
+    """The first row of each (audit_id, stage) of ``group``, in input order.
+
+    A batch rarely repeats a key, and asking whether it does costs a fifth of the ordered
+    ``unique`` (0.05 against 0.27 CPU-seconds per 1M events): the usual batch skips it.
+    """
+    key = pl.struct(list(EVENT_KEY))
+    if not group.select(key.is_duplicated().any()).item():
+        return group
+    return group.unique(subset=list(EVENT_KEY), keep="first", maintain_order=True)
+
+
 def _partition_of(group: pl.DataFrame) -> Partition:
     at = group["event_time"][0]
     return (str(group["cluster"][0]), at.strftime("%Y-%m-%d"), at.strftime("%H"))
@@ -265,7 +277,7 @@ class Lake:
             for part, group in _by_partition(df):
                 cluster, date, hour = part
                 before = group.height
-                group = group.unique(subset=list(EVENT_KEY), keep="first", maintain_order=True)
+                group = _first_of_each_key(group)
                 own, others, names = self._existing_keys(part, clusters)
                 if own.height:
                     group = group.join(own, on=list(EVENT_KEY), how="anti")

@@ -91,8 +91,23 @@ def new_name(prefix: str = "part", suffix: str = ".parquet") -> str:
 
 def parquet_bytes(df: pl.DataFrame, *, row_group_size: int = 128_000) -> bytes:
     buf = io.BytesIO()
-    df.write_parquet(buf, compression="zstd", statistics=True, row_group_size=row_group_size)
+    _own_lists(df).write_parquet(
+        buf, compression="zstd", statistics=True, row_group_size=row_group_size
+    )
     return buf.getvalue()
+
+
+def _own_lists(df: pl.DataFrame) -> pl.DataFrame:
+    """``df`` with its list columns copied into buffers of their own.
+
+    A slice of a frame (a batch cut into its hours) shares its list columns' values with
+    the whole batch, and polars' Parquet writer walks all of them for each slice: writing a
+    1M-event batch as 52 hour files took 2.4 CPU-seconds instead of 1.2. The copy costs 0.04.
+    """
+    lists = [name for name, dtype in df.schema.items() if isinstance(dtype, pl.List)]
+    if not lists:
+        return df
+    return df.with_columns(pl.col(lists).gather(pl.int_range(pl.len())))
 
 
 # --------------------------------------------------------------------------- file operations
