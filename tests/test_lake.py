@@ -286,6 +286,30 @@ def test_each_row_lands_in_its_own_cluster_and_hour_in_order_or_not(tmp_path):
     )
 
 
+def test_a_batch_keeps_the_first_row_of_a_repeated_request_and_every_row_its_lists(tmp_path):
+    """Within a batch the first row of each (audit_id, stage) wins, and the list columns
+    (groups, source IPs) of rows cut into hour files are each row's own (the writer
+    copies them out of the batch first: see table.parquet_bytes)."""
+    from detector.events.normalize import events_from_dicts
+
+    raw = []
+    for i in range(12):
+        e = event(i, hour=10 + i % 3)
+        e["user"]["groups"] = [f"team-{i}", "system:authenticated"][: 1 + i % 2]
+        e["sourceIPs"] = [f"203.0.113.{i}"] * (1 + i % 3)
+        raw.append(e)
+    repeat = {**event(4, hour=11), "verb": "delete"}  # request 4 again, later in the batch
+    batch = events_from_dicts([*raw, repeat])
+    lake = Lake(str(tmp_path / "lake"))
+    assert lake.write_events(batch).written == 12
+    stored = lake.scan_events().collect().sort("audit_id")
+    first = batch.head(12).sort("audit_id")
+    assert stored["verb"].to_list() == ["list"] * 12
+    assert stored["user_groups"].to_list() == first["user_groups"].to_list()
+    assert stored["source_ips"].to_list() == first["source_ips"].to_list()
+    assert stored["user_groups"][5].to_list() == ["team-5", "system:authenticated"]
+
+
 # ----------------------------------------------------------------------------- S3
 def test_a_missing_bucket_is_a_configuration_error(tmp_path, moto_endpoint):
     src = audit_file(tmp_path / "audit.log", range(3))
