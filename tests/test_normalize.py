@@ -11,6 +11,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import orjson
+import polars as pl
 import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -273,6 +274,47 @@ def test_any_annotations_and_body_read_the_same_on_both_paths_and_back_as_writte
         if not row["redacted"]:  # the same, unless a credential was taken out
             assert stored == {**m, "authorization.k8s.io/decision": d}
             assert stored_body == body
+
+
+_DIGITS = st.text(alphabet="0123456789", min_size=1, max_size=1)
+#: The API server's shape with any digits (months 13, leap seconds, February 30...).
+_SHAPED = st.builds(
+    lambda d: "{}{}{}{}-{}{}-{}{}T{}{}:{}{}:{}{}.{}{}{}{}{}{}Z".format(*d),
+    st.lists(_DIGITS, min_size=20, max_size=20),
+)
+_VALID = st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31)).map(
+    lambda d: f"{d.year:04d}-{d:%m-%dT%H:%M:%S.%f}Z"
+)
+_NEAR = st.sampled_from(
+    [
+        "2026-11-27 10:00:00Z",
+        "2026-11-27T10:00Z",
+        "2026-11-27T10:00:00.1234567Z",
+        "2026-11-27T10:00:00+02:00",
+        "2026-11-27T10:00:00.5Z",
+        "2026-11-27",
+        "",
+    ]
+)
+
+
+@settings(max_examples=200, derandomize=True, deadline=None)
+@given(
+    st.one_of(
+        st.lists(st.one_of(_VALID, st.none()), min_size=1, max_size=8),  # arrow reads these
+        st.lists(st.one_of(_VALID, _SHAPED, _NEAR, st.none(), _ANY_TEXT), min_size=1, max_size=8),
+    )
+)
+def test_event_times_read_by_arrow_are_what_polars_reads(values) -> None:
+    """Property: the fast timestamp parse (arrow's cast, for columns in the API server's
+    shape) gives exactly polars' reading, null where polars finds no time."""
+    from detector.events.normalize import _times, _timestamp
+
+    text = pl.Series("t", values, dtype=pl.String)
+    expected = text.to_frame().select(_timestamp(pl.col("t"))).to_series()
+    got = _times(text)
+    assert got.dtype == expected.dtype
+    assert got.to_list() == expected.to_list()
 
 
 def test_bodies_with_any_escape_are_stored_as_json_that_reads_back() -> None:

@@ -457,6 +457,28 @@ def _timestamp(col: pl.Expr) -> pl.Expr:
     return col.str.to_datetime(_TS_FORMAT, time_unit="us", time_zone="UTC", strict=False)
 
 
+#: The API server's own timestamps (RFC3339Micro): ``2026-11-27T10:00:00.123456Z``.
+_API_SERVER_TIME = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$"
+_UTC_MICROS = pa.timestamp("us", "UTC")
+
+
+def _times(text: pl.Series) -> pl.Series:
+    """RFC 3339 text -> UTC instants, null where it is none: what :func:`_timestamp` gives.
+
+    Polars parses ~250 ns a value, a tenth of a batch's normalizing on one core for two
+    columns; arrow's ISO-8601 cast takes ~20 ns. Arrow accepts shapes polars refuses (a
+    space for the ``T``, no seconds) and refuses some polars takes (a leap second), so it
+    runs only when every value has the API server's own shape (checked by one regex, ~35
+    ns) and polars parses the column when any does not, or when arrow refuses one.
+    """
+    if text.len() and text.str.contains(_API_SERVER_TIME).all():  # nulls stay null
+        try:
+            return pl.Series(text.name, pc.cast(text.to_arrow(), _UTC_MICROS))
+        except pa.ArrowInvalid:  # a date that does not exist, a leap second
+            pass
+    return text.to_frame().select(_timestamp(pl.col(text.name))).to_series()
+
+
 def _annotation(key: str) -> pl.Expr:
     """The string value of ``key`` in the annotations map (JSON text), else null; its
     escapes as written (see :func:`_unescaped`).
@@ -508,9 +530,10 @@ def canonicalize(raw: pl.DataFrame, *, cluster: pl.Expr) -> pl.DataFrame:
         pl.col("metadata").struct.field("creationTimestamp"),
         pl.col("requestReceivedTimestamp"),
     )
+    stamps = raw.select(event_ts.alias("event_time"), pl.col("requestReceivedTimestamp"))
     df = raw.with_columns(
-        _timestamp(event_ts).alias("event_time"),
-        _timestamp(pl.col("requestReceivedTimestamp")).alias("_received"),
+        _times(stamps["event_time"]),
+        _times(stamps["requestReceivedTimestamp"]).alias("_received"),
         user.struct.field("username").alias("user_name"),
         user.struct.field("uid").alias("user_uid"),
         user.struct.field("groups").alias("user_groups"),
