@@ -459,9 +459,7 @@ def test_two_replicas_one_leads_the_standby_takes_over_without_gap_or_duplicate(
         (leader_port,) = ready
         standby_port = next(p for p in ports if p != leader_port)
         # On a loaded machine the leader may be ready before the other one serves at all.
-        wait_for(
-            lambda: get(f"http://127.0.0.1:{standby_port}/healthz")[0] == 200, "the standby"
-        )
+        wait_for(lambda: get(f"http://127.0.0.1:{standby_port}/healthz")[0] == 200, "the standby")
         assert get(f"http://127.0.0.1:{standby_port}/readyz")[0] == 503  # alive, waiting
         leader = procs[ports.index(leader_port)]
 
