@@ -76,7 +76,7 @@ class _Package(types.ModuleType):
 
     @app.setter
     def app(self, value: Any) -> None:  # the import system storing the submodule
-        sys.stdout.flush()
+        pass
 
 
 sys.modules[__name__].__class__ = _Package
