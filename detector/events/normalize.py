@@ -474,7 +474,7 @@ def _times(text: pl.Series) -> pl.Series:
     if text.len() and text.str.contains(_API_SERVER_TIME).all():  # nulls stay null
         try:
             return pl.Series(text.name, pc.cast(text.to_arrow(), _UTC_MICROS))
-        except pa.ArrowInvalid:  # a date that does not exist, a leap second
+        except pa.ArrowException:  # a date that does not exist, a leap second
             pass
     return text.to_frame().select(_timestamp(pl.col(text.name))).to_series()
 
