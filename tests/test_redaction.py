@@ -511,6 +511,22 @@ def test_text_patterns_work_on_cut_and_escaped_text(text, kept):
     assert out == kept
 
 
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        ("é password: hunter2 ü", "é password: <redacted> ü"),
+        ("épassword=hunter2", "épassword=<redacted>"),  # an ASCII word boundary: redacts more
+        ("\ufffd\ufffdBearer abcdefgh$hunter2", "\ufffd\ufffdBearer <redacted>"),
+        ("\u00e9https://u:hunter2@host/x", "\u00e9https://u:<redacted>@host/x"),
+    ],
+)
+def test_text_patterns_work_next_to_non_ascii_text(text, kept):
+    """Binary garbage lands in quarantine as text full of replacement characters: the
+    patterns use an ASCII word boundary, which the regex engine runs fast on such text."""
+    for quarantine in (False, True):
+        assert redact_text(text, quarantine=quarantine) == kept
+
+
 def test_quarantined_text_loses_secret_payloads_even_when_cut():
     raw = b'{"kind":"Event","objectRef":{"resource":"secrets"},"requestObject":{"data":{"a":"hun'
     row = quarantine_frame([("f", "1", "invalid JSON: EOF near ter2", raw + b"ter2")]).row(
