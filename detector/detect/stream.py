@@ -177,7 +177,10 @@ class StreamDetector:
         if model.trained_until is not None:
             start = max(start, _ms(model.trained_until))
         start = min(lo, -(-start // w_ms) * w_ms)
-        opts = ScoreOptions(use_rules=False, write=False, cluster=self.cluster)
+        # Read a few hours at a time, as on Ray (the same findings): the range reaches back
+        # up to a day, whose events held at once were the peak of a watch process (at 1M
+        # events a day, 630 MB against 450 MB for the same 7 hours, in the same time).
+        opts = ScoreOptions(use_rules=False, write=False, cluster=self.cluster, by_partition=True)
         res = score_range(self.lake, _dt(start), _dt(hi), model=model, options=opts)
         keep = pl.col("window_start") >= _dt(lo)
         res.findings = res.findings.filter(keep)
