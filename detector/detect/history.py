@@ -82,7 +82,7 @@ class HistoryCache:
             else:
                 missing.append((part, key))
         # One pass over what is not kept: the hours to (re)read, then the two edge hours.
-        pieces = [lake.scan_partitions([part]) for part, _ in missing]
+        pieces = [lake.scan_files(part[0], list(files)) for part, (files, _) in missing]
         pieces.append(lake.scan_partitions([p for p in parts if p not in whole]))
         fresh = rules.read_history_slices([_within(p, lo, start) for p in pieces], ruleset)
         for (part, key), piece in zip(missing, fresh, strict=False):

@@ -34,7 +34,7 @@ import polars as pl
 
 from detector import rules
 from detector.detect.executor import Executor, LocalExecutor, is_local, partition_span
-from detector.detect.history import RULES_HISTORY, HistoryCache, rules_history
+from detector.detect.history import HistoryCache, rules_history
 from detector.detect.scan import Progress, frame_windows, read_range, recent_values
 from detector.detect.train import MIN_TRAIN_WINDOWS, ScoringError, fit
 from detector.events.schema import CANONICAL_COLUMNS, EVENT_KEY
@@ -491,8 +491,8 @@ def rule_findings(
 
     ``history``: the rules' history read already (:func:`rules_history`); None: read here.
     """
-    if history is None and ruleset.needs_history:
-        history = lake.scan_events(start - RULES_HISTORY, start, cluster=cluster)
+    if history is None:
+        history = rules_history(lake, ruleset, start, window, cluster)
     result = rules.evaluate_rules(frame, ruleset, window=window, history=history, now=now)
     found = result.findings.select(list(FINDINGS_COLUMNS)).filter(
         (pl.col("window_start") >= start) & (pl.col("window_start") < end)

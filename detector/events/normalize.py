@@ -111,13 +111,15 @@ _UNKEPT_ESCAPE = (
 )
 
 
-def _loads(text: str) -> Any:
+def _loads(text: str | bytes) -> Any:
     """JSON text as Python values: orjson, or :mod:`json` for what orjson refuses (integers
-    past 64 bits); both raise ``ValueError`` or ``RecursionError`` on the rest."""
+    past 64 bits, lone surrogate escapes). Raises ``UnicodeDecodeError`` for bytes that are
+    not UTF-8, ``RecursionError`` for nesting past :mod:`json`'s limit, ``ValueError`` for
+    the rest."""
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
-        return json.loads(text)
+        return json.loads(text.decode("utf-8") if isinstance(text, bytes) else text)
 
 
 def _read_objects(data: bytes, lines: pa.Array, schema: dict[str, pl.DataType]) -> pl.DataFrame:
@@ -366,19 +368,16 @@ def _screen(lines: pa.Array) -> tuple[list[int], list[tuple[int, str]]]:
         if not raw.strip():
             continue
         try:
-            value = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            try:
-                value = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                refused.append((i, "invalid UTF-8"))
-                continue
-            except RecursionError:
-                objects.append(i)
-                continue
-            except ValueError as exc:
-                refused.append((i, f"invalid JSON: {_first_line(str(exc))}"))
-                continue
+            value = _loads(raw)
+        except UnicodeDecodeError:
+            refused.append((i, "invalid UTF-8"))
+            continue
+        except RecursionError:
+            objects.append(i)
+            continue
+        except ValueError as exc:
+            refused.append((i, f"invalid JSON: {_first_line(str(exc))}"))
+            continue
         if isinstance(value, dict):
             objects.append(i)
         else:

@@ -347,15 +347,22 @@ class Lake:
         by_cluster: dict[str, list[str]] = {}
         for part in parts:
             by_cluster.setdefault(part[0], []).extend(self.partition_files(part))
-        frames = [
-            self.events.scan(files).with_columns(pl.lit(cluster, pl.String).alias("cluster"))
-            for cluster, files in by_cluster.items()
-            if files
-        ]
-        columns = ["cluster", *EVENT_COLUMNS]
+        frames = [self.scan_files(cluster, files) for cluster, files in by_cluster.items()]
         if not frames:
+            return self.scan_files("", [])
+        return pl.concat(frames, how="vertical")
+
+    def scan_files(self, cluster: str, files: list[str]) -> pl.LazyFrame:
+        """Lazy scan of event files already listed (:meth:`partition_files`) of one cluster,
+        with ``cluster`` restored as a column: for a caller that keyed something on the
+        listing, so what it reads is what it listed, with no second listing."""
+        if not files:
             return pl.LazyFrame(schema=events_polars_schema(with_cluster=True))
-        return pl.concat(frames, how="vertical").select(columns)
+        return (
+            self.events.scan(files)
+            .with_columns(pl.lit(cluster, pl.String).alias("cluster"))
+            .select(["cluster", *EVENT_COLUMNS])
+        )
 
     def scan_events(
         self,

@@ -651,7 +651,7 @@ def _days(lf: pl.LazyFrame) -> list[pl.LazyFrame]:
     """``lf`` cut into UTC days of ``event_time`` (rows without one last), each a filter a
     Parquet scan applies as it reads."""
     time = pl.col("event_time")
-    lo, hi = lf.select(time.min().alias("lo"), time.max().alias("hi")).collect().row(0)
+    lo, hi = lf.select(_TIME_SPAN).collect().row(0)
     out = []
     if lo is not None and hi is not None:
         day = lo.replace(hour=0, minute=0, second=0, microsecond=0)
