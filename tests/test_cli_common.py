@@ -361,6 +361,21 @@ def test_a_thread_still_working_at_the_end_is_waited_for(tmp_path):
     assert marker.read_text() == "ran"
 
 
+def test_a_command_started_without_stdout_ends_without_a_traceback(tmp_path):
+    """cron with ``>&-``: Python starts with ``sys.stdout`` None; the end of the process
+    must not fail on it (the command's own error, if any, stays one line)."""
+    proc = subprocess.run(
+        ["sh", "-c", f'"{sys.executable}" -m detector rules list --format json >&-'],
+        capture_output=True,
+        text=True,
+        cwd=str(ROOT),
+        timeout=120,
+        check=False,
+    )
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) <= 1
+
+
 # ------------------------------------------------------------------ the machine, not the code
 def test_paths_that_are_files_where_folders_are_due(cwd):
     (cwd / "afile").write_text("x")

@@ -53,11 +53,13 @@ def _leave(code: int) -> None:
     if threading.active_count() != 1 or run_exit_handlers is None:
         sys.exit(code)
     run_exit_handlers()
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except (BrokenPipeError, ValueError):  # a reader that left, or a closed stream
-        sys.exit(code)
+    for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # started with the descriptor closed (``>&-``)
+            continue
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a reader that left, a closed stream
+            sys.exit(code)
     os._exit(code)
 
 
