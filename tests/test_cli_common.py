@@ -361,19 +361,46 @@ def test_a_thread_still_working_at_the_end_is_waited_for(tmp_path):
     assert marker.read_text() == "ran"
 
 
-def test_a_command_started_without_stdout_ends_without_a_traceback(tmp_path):
-    """cron with ``>&-``: Python starts with ``sys.stdout`` None; the end of the process
-    must not fail on it (the command's own error, if any, stays one line)."""
-    proc = subprocess.run(
-        ["sh", "-c", f'"{sys.executable}" -m detector rules list --format json >&-'],
+def _started_without(tmp_path: Path, redirect: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``detect ARGS`` under ``sh`` with ``redirect`` (``>&-``: Python starts with that
+    stream None, as under a cron line that closes it)."""
+    command = " ".join([f'"{sys.executable}" -m detector', *args, redirect])
+    return subprocess.run(
+        ["sh", "-c", command],
         capture_output=True,
         text=True,
         cwd=str(ROOT),
         timeout=120,
         check=False,
     )
-    assert "Traceback" not in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) <= 1
+
+
+def test_a_command_started_without_stdout_says_so_in_one_line(tmp_path):
+    """Writing to a stdout the process was started without is one clear line and exit 3
+    (as ``ls >&-`` fails), not an AttributeError from inside a library; the work before
+    the write is done. A usage error is still a usage error."""
+    out = tmp_path / "rules.md"
+    proc = _started_without(tmp_path, ">&-", "rules", "docs", "--output", str(out))
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr == "error: cannot write: standard output is closed\n"
+    assert out.read_text().startswith("#")
+
+    proc = _started_without(tmp_path, ">&-", "rules", "list", "--format", "json")
+    assert (proc.returncode, proc.stderr) == (3, "error: cannot write: standard output is closed\n")
+
+    proc = _started_without(tmp_path, ">&-", "score", "--since", "yesterday-ish")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and len(proc.stderr.splitlines()) == 1
+
+
+def test_a_command_started_without_stderr_keeps_its_exit_code(tmp_path):
+    """Nothing can be said on a closed stderr; the exit code still tells, and stdout
+    still gets the output."""
+    proc = _started_without(tmp_path, "2>&-", "score", "--since", "yesterday-ish")
+    assert (proc.returncode, proc.stderr) == (2, "")
+    proc = _started_without(tmp_path, "2>&-", "rules", "list", "--format", "json")
+    assert proc.returncode == 0
+    assert len(json.loads(proc.stdout)["rules"]) >= 40
 
 
 # ------------------------------------------------------------------ the machine, not the code

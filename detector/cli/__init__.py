@@ -8,6 +8,9 @@ exit 130 and one line, not a traceback from the middle of an import.
 
 from __future__ import annotations
 
+import errno
+import io
+import os
 import sys
 import types
 from typing import Any
@@ -23,6 +26,7 @@ def main() -> None:
     """Console entry point (``detect``)."""
     global lazy_commands
     lazy_commands = True
+    _stand_in_for_closed_streams()
     try:
         from detector.cli.app import main as run
     except KeyboardInterrupt:
@@ -36,6 +40,35 @@ def main() -> None:
         raise
 
 
+class _ClosedStream(io.TextIOBase):
+    """Stands for a standard stream the process was started without (``>&-``).
+
+    Python sets such a stream to None, and the first ``print`` failed with an
+    ``AttributeError`` deep in a library. Writing here is an ``OSError`` naming the
+    stream instead, which the CLI reports in one line (exit 3), as ``ls >&-`` does;
+    a command that writes nothing there is not affected.
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EBADF, f"cannot write: {self.name} is closed")
+
+
+def _stand_in_for_closed_streams() -> None:
+    """Give a closed stdout a stream that fails clearly, and a closed stderr the null device
+    (nothing can be said there; the exit code still tells)."""
+    if sys.stdout is None:
+        sys.stdout = _ClosedStream("standard output")
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (the process's stderr until exit)
+
+
 def _leave(code: int) -> None:
     """End the process with ``code`` without tearing the interpreter down, when that is safe.
 
@@ -46,7 +79,6 @@ def _leave(code: int) -> None:
     clean-ups, Ray's shutdown), then stdout and stderr are flushed. Any doubt: the normal exit.
     """
     import atexit
-    import os
     import threading
 
     run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
@@ -54,7 +86,7 @@ def _leave(code: int) -> None:
         sys.exit(code)
     run_exit_handlers()
     for stream in (sys.stdout, sys.stderr):
-        if stream is None:  # started with the descriptor closed (``>&-``)
+        if stream is None or isinstance(stream, _ClosedStream):  # started without it
             continue
         try:
             stream.flush()
