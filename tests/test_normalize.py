@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import polars as pl
 import pyarrow as pa
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -220,6 +221,74 @@ def test_fast_parse_steps_aside_for_a_block_it_cannot_vouch_for() -> None:
         assert _fast([good, bad, good]) is None, bad
     # a skipped blank line and a line holding two events: the count matches, rows would not
     assert _fast([good, b"    ", good + b"\r" + good]) is None
+
+
+#: Lines real input holds besides events: cut short (anywhere, just after a nested
+#: object's "}" included), binary, another program's log, JSON that is no object, an
+#: object with a mistyped field, blank space, braces inside strings (a good line).
+_GOOD = orjson.dumps(event(0, NOW - timedelta(hours=1), requestObject={"a": {"b": "{x}"}}))
+_BAD_LINES = st.one_of(
+    st.integers(1, len(_GOOD) - 1).map(lambda cut: _GOOD[:cut]),
+    st.just(_GOOD[: _GOOD.index(b"}") + 1]),
+    st.binary(min_size=1, max_size=20).filter(lambda b: b"\n" not in b and b"\r" not in b),
+    st.sampled_from(
+        [b"I1127 12:00:00 kubelet started", b"[1, 2]", b'"text"', b"5", b"null", b"     "]
+    ),
+    st.just(orjson.dumps(event(0, NOW, user="alice"))),
+)
+
+
+@settings(max_examples=80, derandomize=True, deadline=None)
+@given(
+    bad=st.lists(st.tuples(st.integers(0, 30), _BAD_LINES), min_size=1, max_size=6),
+    good=st.integers(1, 30),
+)
+def test_bad_lines_among_good_ones_leave_the_good_ones_read_as_if_alone(bad, good) -> None:
+    """Property: whatever bad lines a block holds, its good lines come out exactly as they
+    do without them, and each bad line is set aside once, at its position, with the
+    careful path's reason. (A block the fast path refuses is retried fast without the lines
+    that cannot be objects; the reference is the careful path alone, which the test gets
+    by switching that retry off: the one substitution, of our own code, not of a service.)"""
+    from detector.events import normalize as module
+
+    events = [
+        orjson.dumps(event(i, NOW - timedelta(minutes=i), requestObject={"n": "{" * (i % 3)}))
+        for i in range(1, good + 1)
+    ]
+    lines = list(events)
+    for at, line in sorted(bad, key=lambda b: -b[0]):
+        lines.insert(min(at, len(lines)), line)
+    positions = pa.array([str(i + 1) for i in range(len(lines))])
+
+    def run(block: list[bytes], where: pa.Array):  # type: ignore[no-untyped-def]
+        got = normalize_lines(
+            pa.array(block, pa.binary()), positions=where, source="t", cluster="c", bounds=FIXED
+        )
+        return got.events.drop("ingested_at", strict=False), got.quarantine
+
+    mixed, quarantined = run(lines, positions)
+    alone_at = pa.array(
+        [p for p, line in zip(positions.to_pylist(), lines, strict=True) if line in events]
+    )
+    alone, _ = run(events, alone_at)
+    assert mixed.to_dicts() == alone.to_dicts()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(module, "_without_misshapen", lambda *a, **k: None)
+        careful_events, careful_quarantine = run(lines, positions)
+    assert careful_events.to_dicts() == alone.to_dicts()
+    assert reasons_of(quarantined) == reasons_of(careful_quarantine)
+    blank = {str(i + 1) for i, line in enumerate(lines) if not line.strip()}
+    assert (
+        set(reasons_of(quarantined))
+        == {str(i + 1) for i, line in enumerate(lines) if line not in events} - blank
+    )
+
+
+def reasons_of(quarantine: pl.DataFrame) -> dict[str, str]:
+    """Position -> reason, each position once."""
+    pairs = list(zip(quarantine["source_position"], quarantine["reason"], strict=True))
+    assert len({p for p, _ in pairs}) == len(pairs)
+    return dict(pairs)
 
 
 #: Annotation text as clients and webhooks can make it: any character, quotes, backslashes,
