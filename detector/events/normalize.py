@@ -220,6 +220,19 @@ def _arrow_input(lines: pa.Array, *, terminated: bool) -> pa.BufferReader:
     return pa.BufferReader(lines.buffers()[2].slice(lo, hi - lo))
 
 
+def _opens_object(lines: pa.Array) -> np.ndarray:
+    """Which lines open a JSON object (``{`` after any whitespace), on bytes.
+
+    Only such blocks go to pyarrow: pyarrow 26 crashes the process (a null pointer,
+    apache/arrow#47409) on a block whose first line is a bare ``null``, and reads one
+    further down as an event with every field null, where polars says "not a JSON object".
+    """
+    opens = pc.starts_with(lines, "{")
+    if not pc.all(opens).as_py():  # rare: a bad line, or space before the object
+        opens = pc.match_substring_regex(lines, r"^[ \t\r\n]*\{")
+    return opens.to_numpy(zero_copy_only=False)
+
+
 def _read_fast(lines: pa.Array, *, terminated: bool) -> pl.DataFrame | None:
     """``_read(data)`` for a clean block at about half the cost, or None if unsure.
 
@@ -232,6 +245,8 @@ def _read_fast(lines: pa.Array, *, terminated: bool) -> pl.DataFrame | None:
     reasons never depend on which path ran.
     """
     n = len(lines)
+    if not _opens_object(lines).all():
+        return None
     try:
         table = pj.read_json(
             _arrow_input(lines, terminated=terminated),
@@ -311,11 +326,13 @@ def _parse_isolating(
 ) -> tuple[list[pl.DataFrame], list[int], list[tuple[int, str]]]:
     """Parse ``lines``; on failure set the bad lines aside with a reason, keep the rest.
 
-    A block the fast path refuses is first screened line by line (:func:`_screen`), so
-    lines that are not JSON objects cost one C-speed check each; the rest is bisected
-    only when polars still refuses it (a field of the wrong type), so only the bad lines
-    are set aside. (Bisecting alone cost two polars parses per bad line: a megabyte of
-    garbage took seconds.)
+    A block the fast path refuses is parsed fast again without the lines that cannot be
+    objects (:func:`_without_misshapen`). What still fails is screened line by line
+    (:func:`_screen`): lines that are not JSON objects cost one C-speed check each, and
+    objects with a value polars' schema refuses (a string where ``user`` is an object)
+    are parsed alone, which gives their reason. The rest is parsed as one; only when
+    polars still refuses it is it bisected. (Bisecting a block with a mistyped line in a
+    hundred took minutes: two polars parses of ever smaller halves per bad line.)
     """
     frames: list[pl.DataFrame] = []
     good_idx: list[int] = []
@@ -327,11 +344,37 @@ def _parse_isolating(
         retried = _without_misshapen(lines, index, terminated=terminated)
         if retried is not None:
             return retried
-    objects, refused = _screen(lines)
+    objects, refused, misfits = _screen(lines)
     bad.extend((index[i].as_py(), reason) for i, reason in refused)
-    if len(objects) < len(lines):
-        take = pa.array(objects, pa.int64())
-        lines, index = pc.take(lines, take), pc.take(index, take)
+    fitting = [i for i in objects if i not in misfits]
+    for part in [fitting, *([i] for i in sorted(misfits))]:
+        if not part:
+            continue
+        take = pa.array(part, pa.int64())
+        some, some_index = pc.take(lines, take), pc.take(index, take)
+        fast = _read_fast(some, terminated=terminated) if len(part) > 1 else None
+        if fast is not None:
+            frames.append(fast)
+            good_idx.extend(some_index.to_pylist())
+        else:
+            _bisect(some, some_index, terminated, frames, good_idx, bad)
+    if len(frames) > 1 and misfits:  # back in input order
+        order = np.argsort(np.asarray(good_idx), kind="stable")
+        frames = [pl.concat(frames, how="vertical")[order]]
+        good_idx = [good_idx[i] for i in order]
+    return frames, good_idx, sorted(bad)
+
+
+def _bisect(
+    lines: pa.Array,
+    index: pa.Array,
+    terminated: bool,
+    frames: list[pl.DataFrame],
+    good_idx: list[int],
+    bad: list[tuple[int, str]],
+) -> None:
+    """Parse ``lines`` with polars, halving what it refuses down to the bad lines: the
+    good ones go to ``frames``/``good_idx`` (in input order), the bad to ``bad``."""
     stack = [(0, len(lines))] if len(lines) else []
     while stack:
         lo, hi = stack.pop()
@@ -354,7 +397,6 @@ def _parse_isolating(
             continue
         frames.append(df)
         good_idx.extend(index.slice(lo, hi - lo).to_pylist())
-    return frames, good_idx, sorted(bad)
 
 
 def _count_byte(lines: pa.Array, byte: int) -> np.ndarray:
@@ -382,17 +424,17 @@ def _without_misshapen(
     which reads every line in Python and polars: 1.7x the time and 1.5x the memory. None
     when no line is misshapen or the rest still fails: the careful path decides.
     """
-    # On bytes: a line that is not UTF-8 is misshapen, and so is a line with space around
+    # On bytes: a line that is not UTF-8 is misshapen, and so is a line with space after
     # its object (it is then screened and kept, like any other object the shape misses).
     ends = [pc.ends_with(lines, end) for end in ("}", "}\n", "}\r\n")]
-    shaped = pc.and_(pc.starts_with(lines, "{"), pc.or_(pc.or_(ends[0], ends[1]), ends[2]))
+    closes = pc.or_(pc.or_(ends[0], ends[1]), ends[2]).to_numpy(zero_copy_only=False)
     # cut just after a nested object's "}": the braces no longer pair up
     paired = _count_byte(lines, ord("{")) == _count_byte(lines, ord("}"))
-    odd = np.flatnonzero(~(shaped.to_numpy(zero_copy_only=False) & paired))
+    odd = np.flatnonzero(~(_opens_object(lines) & closes & paired))
     if odd.size == 0 or odd.size == len(lines):
         return None
     odd_at = pa.array(odd, pa.int64())
-    objects, refused = _screen(pc.take(lines, odd_at))
+    objects, refused, _ = _screen(pc.take(lines, odd_at))
     keep = np.ones(len(lines), dtype=bool)
     keep[odd] = False
     keep[odd[objects]] = True  # an object after all (a spacing the shape misses)
@@ -404,9 +446,10 @@ def _without_misshapen(
     return [fast], pc.take(index, kept).to_pylist(), sorted(bad)
 
 
-def _screen(lines: pa.Array) -> tuple[list[int], list[tuple[int, str]]]:
-    """Positions of the lines holding a JSON object, and a reason for each other line
-    (whitespace-only lines are neither: the parser skips them).
+def _screen(lines: pa.Array) -> tuple[list[int], list[tuple[int, str]], set[int]]:
+    """Positions of the lines holding a JSON object, a reason for each other line
+    (whitespace-only lines are neither: the parser skips them), and the objects holding a
+    value polars' schema would refuse (:func:`_fits`).
 
     orjson first; what it refuses, :mod:`json` (integers past 64 bits, lone surrogate
     escapes), so no valid line is refused here that polars would take. A line nested too
@@ -414,6 +457,7 @@ def _screen(lines: pa.Array) -> tuple[list[int], list[tuple[int, str]]]:
     """
     objects: list[int] = []
     refused: list[tuple[int, str]] = []
+    misfits: set[int] = set()
     for i, raw in enumerate(lines.to_pylist()):
         if not raw.strip():
             continue
@@ -430,9 +474,46 @@ def _screen(lines: pa.Array) -> tuple[list[int], list[tuple[int, str]]]:
             continue
         if isinstance(value, dict):
             objects.append(i)
+            if not _fits(value):
+                misfits.add(i)
         else:
             refused.append((i, "not a JSON object"))
-    return objects, refused
+    return objects, refused, misfits
+
+
+def _shape_of(dtype: pl.DataType) -> Any:
+    """A polars dtype as :func:`_fits` checks it: None for any value (strings: polars
+    takes any value as text), ``int``, a dict of the members that are not None, or a
+    1-tuple for a list. Members taking any value are left out: none to check."""
+    if isinstance(dtype, pl.Struct):
+        members = {f.name: _shape_of(f.dtype) for f in dtype.fields}
+        return {name: shape for name, shape in members.items() if shape is not None}
+    if isinstance(dtype, pl.List):
+        return (_shape_of(dtype.inner),)
+    if dtype == pl.Int64:
+        return int
+    if dtype == pl.String:
+        return None
+    raise TypeError(f"no JSON shape for {dtype}")
+
+
+_RAW_SHAPE = _shape_of(pl.Struct(RAW_EVENT_SCHEMA))
+
+
+def _fits(value: Any, shape: Any = _RAW_SHAPE) -> bool:
+    """Whether polars reads ``value`` as the dtype ``shape`` stands for (as its NDJSON
+    reader does: any value is text for a string, null for anything). Only a hint: a line
+    it passes that polars refuses is still found, by bisection; one it fails is parsed
+    alone. (Plain Python types, not polars dtypes: this runs for every screened line.)"""
+    if value is None or shape is None:
+        return True
+    if shape is int:
+        return type(value) is int and -(2**63) <= value < 2**63
+    if type(shape) is dict:
+        return type(value) is dict and all(
+            _fits(value.get(name), member) for name, member in shape.items()
+        )
+    return type(value) is list and (shape[0] is None or all(_fits(v, shape[0]) for v in value))
 
 
 # --------------------------------------------------------------------------- identity
