@@ -276,6 +276,7 @@ _BAD_LINES = st.one_of(
             orjson.dumps(event(0, NOW, sourceIPs="203.0.113.9")),
             orjson.dumps(event(0, NOW, responseStatus={"code": "200"})),
             orjson.dumps(event(0, NOW, objectRef={"resource": "pods"}, user={"groups": "g"})),
+            _GOOD[:-1] + b',"requestObject":' + b"[" * 5000 + b"]" * 5000 + b"}",  # too deep
         ]
     ),
 )

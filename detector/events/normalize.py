@@ -448,8 +448,9 @@ def _without_misshapen(
 
 def _screen(lines: pa.Array) -> tuple[list[int], list[tuple[int, str]], set[int]]:
     """Positions of the lines holding a JSON object, a reason for each other line
-    (whitespace-only lines are neither: the parser skips them), and the objects holding a
-    value polars' schema would refuse (:func:`_fits`).
+    (whitespace-only lines are neither: the parser skips them), and the objects to parse
+    alone: those holding a value polars' schema would refuse (:func:`_fits`), and those
+    nested too deeply to tell.
 
     orjson first; what it refuses, :mod:`json` (integers past 64 bits, lone surrogate
     escapes), so no valid line is refused here that polars would take. A line nested too
@@ -466,8 +467,9 @@ def _screen(lines: pa.Array) -> tuple[list[int], list[tuple[int, str]], set[int]
         except UnicodeDecodeError:
             refused.append((i, "invalid UTF-8"))
             continue
-        except RecursionError:
+        except RecursionError:  # polars decides, alone: it may refuse it too
             objects.append(i)
+            misfits.add(i)
             continue
         except ValueError as exc:
             refused.append((i, f"invalid JSON: {_first_line(str(exc))}"))
