@@ -208,6 +208,9 @@ def test_fast_parse_gives_the_careful_parse_columns_byte_for_byte() -> None:
         compact(event(9, at, annotations=ann)).replace(b'"annotations"', b'"annot\\u0061tions"'),
         compact(event(10, at, responseObject={"kind": "Status", "code": 403}, annotations=ann)),
         compact(event(11, at, annotations=ann))[:-1] + b',"annotations":{"dup":"last"}}',
+        # non-ASCII before the map: str.find counts bytes where str.slice counts characters
+        compact(event(12, at, annotations=ann, user={"username": "josé", "groups": ["é"]})),
+        compact(event(13, at, annotations={"n": "ü"}, userAgent='"annotations":{"a":"b"}}')),
     ]
     fast, careful = _fast(lines), _careful(lines)
     assert fast is not None

@@ -189,12 +189,17 @@ _ARROW_READ = pj.ReadOptions(block_size=8 * 1024 * 1024, use_threads=False)
 
 # ``annotations`` as the last member of the line (where the API server writes it) holding a
 # compact map of plain strings (only ``\"`` escapes): then the text polars would give is
-# this one with ``": "`` and ``", "`` separators, so both paths store the same bytes. The
-# match is certain in valid JSON: ``[,{]`` before the key rules out a longer key, no brace
-# inside the map and exactly one ``}`` after it put the map at the top level.
+# this one with ``": "`` and ``", "`` separators, so both paths store the same bytes. It is
+# matched on the line's tail from the first ``"annotations"`` (a regex over the whole line
+# cost 0.9 CPU-s per 1M events, this 0.5). The match is certain in valid JSON: the quotes
+# rule out a longer key, a string cannot hold them unescaped, and no brace inside the map
+# and exactly one ``}`` after it put the map at the top level. ``str.find`` counts bytes
+# and ``str.slice`` characters: after a non-ASCII character the tail misses the key, the
+# match fails and the line is parsed by polars (see ``doubt``), as is any line where the
+# key occurs twice.
 _ANN_STR = r'"(?:[^"\\\x00-\x1f]|\\")*"'
 _ANN_LAST = (
-    r'[,{]\s*"annotations"\s*:\s*(\{(?:'
+    r'^"annotations"\s*:\s*(\{(?:'
     + _ANN_STR
     + ":"
     + _ANN_STR
@@ -264,7 +269,9 @@ def _read_fast(lines: pa.Array, *, terminated: bool) -> pl.DataFrame | None:
     # regex neither shortcut applies, and it cost 8x more.)
     if text.str.contains(r"[\r\n][^\r\n]").any() or not text.str.contains(r"[^ \t\r\n]").all():
         return None
-    compact = text.str.extract(_ANN_LAST, 1)
+    compact = text.str.slice(text.str.find('"annotations"', literal=True)).str.extract(
+        _ANN_LAST, 1
+    )
     ann = compact.str.replace_all('":"', '": "', literal=True).str.replace_all(
         '","', '", "', literal=True
     )
