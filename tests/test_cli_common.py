@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -290,17 +291,19 @@ def test_ctrl_c_during_start_up_is_exit_130_without_traceback():
         "from detector.cli import main\n"
         "main()\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code, "config", "show"],
-        capture_output=True,
-        text=True,
-        cwd=str(ROOT),
-        timeout=120,
-        check=False,
-    )
+    proc = _child([sys.executable, "-c", code, "config", "show"])
     assert proc.returncode == 128 + signal.SIGINT, proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip() == "interrupted"
+
+
+def _child(
+    argv: list[str], *, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` (a Python snippet, or ``sh -c``) as its own process, output captured."""
+    return subprocess.run(
+        argv, capture_output=True, text=True, env=env, cwd=str(cwd), timeout=120, check=False
+    )
 
 
 # ------------------------------------------------------------------ the process's end
@@ -321,18 +324,10 @@ _ENDING = (
 )
 
 
-def _ending(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _ending(*args: str) -> subprocess.CompletedProcess[str]:
     """Run ``_ENDING`` with stdout a buffered pipe, as under cron (whatever this shell set)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
-    return subprocess.run(
-        [sys.executable, "-c", _ENDING, *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=str(ROOT),
-        timeout=120,
-        check=False,
-    )
+    return _child([sys.executable, "-c", _ENDING, *args], env=env)
 
 
 def test_a_command_ends_with_its_code_its_whole_output_and_its_exit_handlers(tmp_path):
@@ -340,7 +335,7 @@ def test_a_command_ends_with_its_code_its_whole_output_and_its_exit_handlers(tmp
     cron relies on at exit must survive that. The output is larger than stdout's buffer,
     so its tail is still buffered when the command returns."""
     marker = tmp_path / "atexit"
-    proc = _ending(tmp_path, str(marker), "idle", "rules", "list", "--format", "json")
+    proc = _ending(str(marker), "idle", "rules", "list", "--format", "json")
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout) > 16_384
     document, last = proc.stdout.rsplit("\n", 2)[:2]
@@ -348,31 +343,24 @@ def test_a_command_ends_with_its_code_its_whole_output_and_its_exit_handlers(tmp
     assert last == "last words"
     assert marker.read_text() == "ran"
 
-    proc = _ending(tmp_path, str(marker), "idle", "score", "--since", "yesterday-ish")
+    proc = _ending(str(marker), "idle", "score", "--since", "yesterday-ish")
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ")
 
 
 def test_a_thread_still_working_at_the_end_is_waited_for(tmp_path):
     marker, out = tmp_path / "atexit", tmp_path / "thread"
-    proc = _ending(tmp_path, str(marker), "busy", str(out), "rules", "list", "--format", "json")
+    proc = _ending(str(marker), "busy", str(out), "rules", "list", "--format", "json")
     assert proc.returncode == 0, proc.stderr
     assert out.read_text() == "finished"
     assert marker.read_text() == "ran"
 
 
-def _started_without(tmp_path: Path, redirect: str, *args: str) -> subprocess.CompletedProcess[str]:
+def _started_without(redirect: str, *args: str) -> subprocess.CompletedProcess[str]:
     """``detect ARGS`` under ``sh`` with ``redirect`` (``>&-``: Python starts with that
     stream None, as under a cron line that closes it)."""
-    command = " ".join([f'"{sys.executable}" -m detector', *args, redirect])
-    return subprocess.run(
-        ["sh", "-c", command],
-        capture_output=True,
-        text=True,
-        cwd=str(ROOT),
-        timeout=120,
-        check=False,
-    )
+    command = " ".join([shlex.join([sys.executable, "-m", "detector", *args]), redirect])
+    return _child(["sh", "-c", command])
 
 
 def test_a_command_started_without_stdout_says_so_in_one_line(tmp_path):
@@ -380,25 +368,25 @@ def test_a_command_started_without_stdout_says_so_in_one_line(tmp_path):
     (as ``ls >&-`` fails), not an AttributeError from inside a library; the work before
     the write is done. A usage error is still a usage error."""
     out = tmp_path / "rules.md"
-    proc = _started_without(tmp_path, ">&-", "rules", "docs", "--output", str(out))
+    proc = _started_without(">&-", "rules", "docs", "--output", str(out))
     assert proc.returncode == 3, proc.stderr
     assert proc.stderr == "error: cannot write: standard output is closed\n"
     assert out.read_text().startswith("#")
 
-    proc = _started_without(tmp_path, ">&-", "rules", "list", "--format", "json")
+    proc = _started_without(">&-", "rules", "list", "--format", "json")
     assert (proc.returncode, proc.stderr) == (3, "error: cannot write: standard output is closed\n")
 
-    proc = _started_without(tmp_path, ">&-", "score", "--since", "yesterday-ish")
+    proc = _started_without(">&-", "score", "--since", "yesterday-ish")
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and len(proc.stderr.splitlines()) == 1
 
 
-def test_a_command_started_without_stderr_keeps_its_exit_code(tmp_path):
+def test_a_command_started_without_stderr_keeps_its_exit_code():
     """Nothing can be said on a closed stderr; the exit code still tells, and stdout
     still gets the output."""
-    proc = _started_without(tmp_path, "2>&-", "score", "--since", "yesterday-ish")
+    proc = _started_without("2>&-", "score", "--since", "yesterday-ish")
     assert (proc.returncode, proc.stderr) == (2, "")
-    proc = _started_without(tmp_path, "2>&-", "rules", "list", "--format", "json")
+    proc = _started_without("2>&-", "rules", "list", "--format", "json")
     assert proc.returncode == 0
     assert len(json.loads(proc.stdout)["rules"]) >= 40
 
@@ -458,15 +446,7 @@ def _entry_point(args: list[str], *, lazy: bool, cwd: Path) -> tuple[str, list[s
         "main()\n"
     )
     env = {**os.environ, "TERMINAL_WIDTH": "100", "COLUMNS": "100"}
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        cwd=str(cwd),
-        env=env,
-        timeout=120,
-        check=False,
-    )
+    proc = _child([sys.executable, "-c", code], env=env, cwd=cwd)
     modules = json.loads(proc.stderr.rsplit("MODULES ", 1)[1])
     return proc.stdout, modules
 
