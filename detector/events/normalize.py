@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
@@ -193,10 +193,9 @@ _ARROW_READ = pj.ReadOptions(block_size=8 * 1024 * 1024, use_threads=False)
 # matched on the line's tail from the first ``"annotations"`` (a regex over the whole line
 # cost 0.9 CPU-s per 1M events, this 0.5). The match is certain in valid JSON: the quotes
 # rule out a longer key, a string cannot hold them unescaped, and no brace inside the map
-# and exactly one ``}`` after it put the map at the top level. ``str.find`` counts bytes
-# and ``str.slice`` characters: after a non-ASCII character the tail misses the key, the
-# match fails and the line is parsed by polars (see ``doubt``), as is a line where the key
-# occurs again after the map (a duplicate key: the map is then not last).
+# and exactly one ``}`` after it put the map at the top level. A line where the key occurs
+# again after the map (a duplicate key: the map is then not last) fails the match and is
+# parsed by polars (see ``doubt``).
 _ANN_STR = r'"(?:[^"\\\x00-\x1f]|\\")*"'
 _ANN_LAST = (
     r'^"annotations"\s*:\s*(\{(?:'
@@ -269,7 +268,7 @@ def _read_fast(lines: pa.Array, *, terminated: bool) -> pl.DataFrame | None:
     if text.str.contains(r"[\r\n][^\r\n]").any():
         return None
     key_at = text.str.find('"annotations"', literal=True)
-    compact = text.str.slice(key_at).str.extract(_ANN_LAST, 1)
+    compact = _text_from(text, key_at).str.extract(_ANN_LAST, 1)
     ann = compact.str.replace_all('":"', '": "', literal=True).str.replace_all(
         '","', '", "', literal=True
     )
@@ -617,6 +616,19 @@ def _times(text: pl.Series) -> pl.Series:
     return text.to_frame().select(_timestamp(pl.col(text.name))).to_series()
 
 
+_Text = TypeVar("_Text", pl.Series, pl.Expr)
+
+
+def _text_from(text: _Text, byte: _Text) -> _Text:
+    """``text`` from byte offset ``byte`` on (a column or an expression).
+
+    ``str.find`` counts bytes and ``str.slice`` characters: any non-ASCII text before the
+    offset would shift a character cut. Callers cut next to an ASCII character they found,
+    so on a character boundary, and the bytes read back as text.
+    """
+    return text.cast(pl.Binary).bin.slice(byte).cast(pl.String)
+
+
 def _annotation(key: str) -> pl.Expr:
     """The string value of ``key`` in the annotations map (JSON text), else null; its
     escapes as written (see :func:`_unescaped`).
@@ -627,12 +639,8 @@ def _annotation(key: str) -> pl.Expr:
     """
     member = '"' + key + '":'
     col = pl.col("annotations")
-    # str.find counts bytes and str.slice characters: the bytes are sliced (the cut falls
-    # right after an ASCII ':', so on a character boundary), else any non-ASCII text
-    # before the key would shift the cut and lose the value.
     start = col.str.find(member, literal=True) + len(member.encode())
-    value = col.cast(pl.Binary).bin.slice(start).cast(pl.String)
-    return value.str.extract(r'^\s*"((?:[^"\\]|\\.)*)"', 1)
+    return _text_from(col, start).str.extract(r'^\s*"((?:[^"\\]|\\.)*)"', 1)
 
 
 def _unescaped(df: pl.DataFrame, columns: tuple[str, ...]) -> pl.DataFrame:
