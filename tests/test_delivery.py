@@ -389,6 +389,25 @@ def test_sink_config_errors_name_the_sink_and_key():
         build(sink(name="a", type="webhook", url_env="DETECT_NOPE"))
 
 
+def test_a_sink_secret_file_that_cannot_be_read_is_one_clear_error(tmp_path):
+    """Missing, not text (a key saved in binary), or far too big: the sink and the file are
+    named, the secret never printed, and no error from inside Python escapes."""
+    binary = tmp_path / "key.bin"
+    binary.write_bytes(b"\xffsecret\xfe")
+    big = tmp_path / "big.key"
+    big.write_bytes(b"k" * (16 * 2**20 + 1))
+    for path, why in [
+        (binary, "not UTF-8 text"),
+        (tmp_path / "missing.key", "No such file"),
+        (big, "larger than 16 MB"),
+    ]:
+        cfg = sink(name="a", type="webhook", url="https://example.com/x", secret_file=str(path))
+        with pytest.raises(sink_config.SinkConfigError) as err:
+            build(cfg)
+        assert f"sink 'a': secret_file {path} cannot be read: {why}" in str(err.value)
+        assert "secret" not in str(err.value).replace("secret_file", "")
+
+
 def test_a_resolved_incident_is_archived_in_security_hub(aws):
     """Security Hub keeps a finding ACTIVE until told otherwise: resolving the incident in
     the tool must reach it as Workflow RESOLVED and RecordState ARCHIVED, same finding Id."""

@@ -107,7 +107,7 @@ class SinkConfig:
             except (OSError, UnicodeDecodeError) as exc:
                 raise SecretMissing(
                     f"sink {self.name!r}: {what}_file {path} cannot be read: "
-                    f"{exc.strerror or type(exc).__name__}"
+                    f"{getattr(exc, 'strerror', None) or 'not UTF-8 text'}"
                 ) from None
         return self.options.get(what) if what == "url" else None
 
