@@ -719,23 +719,20 @@ def glob_to_regex(pattern: str) -> str:
     out: list[str] = []
     literal_from = i = 0
     while i < len(pattern):
-        c = pattern[i]
-        token = None
+        c, token, last = pattern[i], None, i
         if c == "*":
             token = ".*"
         elif c == "?":
             token = "."
-        elif c == "[" and pattern.find("]", i + 2) != -1:
-            end = pattern.find("]", i + 2)
-            body = pattern[i + 1 : end]
+        elif c == "[" and (close := pattern.find("]", i + 2)) != -1:
+            body = pattern[i + 1 : close]
             if body.startswith("!"):
                 body = "^" + body[1:]
-            token = "[" + body.replace("\\", "\\\\") + "]"
+            token, last = "[" + body.replace("\\", "\\\\") + "]", close
         if token is not None:
             out += [_regex_escape(pattern[literal_from:i]), token]
-            i = end if c == "[" else i
-            literal_from = i + 1
-        i += 1
+            literal_from = last + 1
+        i = last + 1
     out.append(_regex_escape(pattern[literal_from:]))
     return "".join(out)
 
