@@ -312,11 +312,6 @@ def _span_windows(first: datetime | None, last: datetime | None, window: timedel
     return max(1, math.ceil((last - first) / window))
 
 
-def _history_span_windows(history: pl.LazyFrame, window: timedelta) -> int:
-    span = history.select(_TIME_SPAN).collect()
-    return _span_windows(span["lo"][0], span["hi"][0], window)
-
-
 # --------------------------------------------------------------------------- entry points
 
 
@@ -336,14 +331,6 @@ class History:
 
 def _baseline_rules(ruleset: RuleSet) -> list[Rule]:
     return [r for r in ruleset.enabled_rules if r.threshold and r.threshold.uses_baseline]
-
-
-def _history_plan(
-    history: pl.LazyFrame | pl.DataFrame, baseline_rules: list[Rule], window: timedelta
-) -> tuple[pl.LazyFrame, int]:
-    """The baseline rules' candidates in ``history`` (a lazy query) and its span in windows."""
-    hist_lf = prepare_events(history)
-    return _candidates_plan(hist_lf, baseline_rules), _history_span_windows(hist_lf, window)
 
 
 def _candidates_plan(hist_lf: pl.LazyFrame, baseline_rules: list[Rule]) -> pl.LazyFrame:
@@ -455,16 +442,13 @@ def evaluate_rules(
     gate_of = {id(r): f"_g{i}" for i, r in enumerate(shared)}
 
     baseline_rules = _baseline_rules(ruleset)
-    hist_plan: pl.LazyFrame | None = None
-    n_windows = 1
-    read: History | None = history if isinstance(history, History) else None
-    if read is not None:
-        n_windows = read.n_windows
-    elif history is not None and baseline_rules:
-        hist_plan, n_windows = _history_plan(history, baseline_rules, window)
+    if history is not None and not isinstance(history, History):  # a baseline's events
+        history = read_history(history, ruleset, window=window)
+    hist_candidates = history.candidates if history is not None else None
+    n_windows = history.n_windows if history is not None else 1
 
     facts = _frame_facts(lf) if any(len(r.stages) > 1 for r in rules) else None
-    # Each stage is one lazy query per rule (and the history's candidates), run together:
+    # Each stage is one lazy query per rule, run together:
     # polars plans them once and spreads them over the cores. First the rows matching each
     # rule's condition; then, only for the rules that matched something (on most days
     # most match nothing, and each query costs milliseconds even on no rows), one row
@@ -478,12 +462,7 @@ def evaluate_rules(
             plans.append(own.filter(rule.prefilter_expr & rule.match))
         else:
             plans.append(lf.filter(rule.match))
-    if hist_plan is not None:
-        plans.append(hist_plan)
     matched = pl.collect_all(plans)
-    hist_candidates = matched.pop() if hist_plan is not None else None
-    if read is not None:
-        hist_candidates = read.candidates
     hit = [(rule, m) for rule, m in zip(rules, matched, strict=True) if not m.is_empty()]
     done = pl.collect_all(
         [_keyed(_dedupe(m.lazy(), rule.stages, facts), rule, every) for rule, m in hit]
