@@ -103,6 +103,31 @@ def test_an_event_without_user_is_quarantined_and_an_empty_user_is_anonymous():
     assert result.events["principal_kind"].to_list() == ["anonymous", "other"]
 
 
+def test_a_value_of_the_wrong_type_is_named_by_its_field_and_never_quoted():
+    """An operator reads which field broke the schema; the value itself, which may be a
+    secret no redaction pattern knows (polars' own message quoted it), stays out."""
+    secret = "hunter2-correct-horse"
+    result = normalize(
+        [
+            event(1, NOW, user=secret),
+            event(2, NOW, responseStatus={"code": secret}),
+            event(3, NOW, user={"username": "bob", "groups": [secret, 7, {"a": secret}]}),
+            event(4, NOW),
+            event(5, NOW, sourceIPs=secret),
+            event(6, NOW, responseStatus={"code": 200.5}),
+            event(7, NOW, user={"username": "bob", "extra": {"arn": secret}}),
+        ]
+    )
+    assert reasons(result) == {
+        "1": "wrong type: user: an object expected, got a string",
+        "2": "wrong type: responseStatus.code: an integer expected, got a string",
+        "5": "wrong type: sourceIPs: an array expected, got a string",
+        "6": "wrong type: responseStatus.code: an integer expected, got a number",
+        "7": "wrong type: user.extra.arn: an array expected, got a string",
+    }
+    assert result.events["audit_id"].to_list() == [event(i, NOW)["auditID"] for i in (3, 4)]
+
+
 def test_a_far_future_event_no_longer_breaks_score(tmp_path, detect):
     now = datetime.now(UTC).replace(microsecond=0)
     log = tmp_path / "audit.log"

@@ -362,7 +362,11 @@ def _parse_isolating(
             frames.append(fast)
             good_idx.extend(some_index.to_pylist())
         else:
+            refused_before = len(bad)
             _bisect(some, some_index, terminated, frames, good_idx, bad)
+            misfit = misfits.get(part[0]) if len(part) == 1 else None
+            if misfit and len(bad) > refused_before and bad[-1][1].startswith("wrong type"):
+                bad[-1] = (bad[-1][0], f"wrong type: {misfit}")
     if len(frames) > 1 and misfits:  # back in input order
         order = np.argsort(np.asarray(good_idx), kind="stable")
         frames = [pl.concat(frames, how="vertical")[order]]
@@ -451,11 +455,11 @@ def _without_misshapen(
     return [fast], pc.take(index, kept).to_pylist(), sorted(bad)
 
 
-def _screen(lines: pa.Array) -> tuple[list[int], list[tuple[int, str]], set[int]]:
+def _screen(lines: pa.Array) -> tuple[list[int], list[tuple[int, str]], dict[int, str | None]]:
     """Positions of the lines holding a JSON object, a reason for each other line
     (whitespace-only lines are neither: the parser skips them), and the objects to parse
-    alone: those holding a value polars' schema would refuse (:func:`_fits`), and those
-    nested too deeply to tell.
+    alone: those holding a value polars' schema would refuse, with the reason
+    :func:`_misfit` gives, and those nested too deeply to tell (no reason: polars gives it).
 
     orjson first; what it refuses, :mod:`json` (integers past 64 bits, lone surrogate
     escapes), so no valid line is refused here that polars would take. A line nested too
@@ -463,7 +467,7 @@ def _screen(lines: pa.Array) -> tuple[list[int], list[tuple[int, str]], set[int]
     """
     objects: list[int] = []
     refused: list[tuple[int, str]] = []
-    misfits: set[int] = set()
+    misfits: dict[int, str | None] = {}
     for i, raw in enumerate(lines.to_pylist()):
         if not raw.strip():
             continue
@@ -474,22 +478,23 @@ def _screen(lines: pa.Array) -> tuple[list[int], list[tuple[int, str]], set[int]
             continue
         except RecursionError:  # polars decides, alone: it may refuse it too
             objects.append(i)
-            misfits.add(i)
+            misfits[i] = None
             continue
         except ValueError as exc:
             refused.append((i, f"invalid JSON: {_first_line(str(exc))}"))
             continue
         if isinstance(value, dict):
             objects.append(i)
-            if not _fits(value):
-                misfits.add(i)
+            misfit = _misfit(value)
+            if misfit:
+                misfits[i] = misfit
         else:
             refused.append((i, "not a JSON object"))
     return objects, refused, misfits
 
 
 def _shape_of(dtype: pl.DataType) -> Any:
-    """A polars dtype as :func:`_fits` checks it: None for any value (strings: polars
+    """A polars dtype as :func:`_misfit` checks it: None for any value (strings: polars
     takes any value as text), ``int``, a dict of the members that are not None, or a
     1-tuple for a list. Members taking any value are left out: none to check."""
     if isinstance(dtype, pl.Struct):
@@ -507,20 +512,50 @@ def _shape_of(dtype: pl.DataType) -> Any:
 _RAW_SHAPE = _shape_of(pl.Struct(RAW_EVENT_SCHEMA))
 
 
-def _fits(value: Any, shape: Any = _RAW_SHAPE) -> bool:
-    """Whether polars reads ``value`` as the dtype ``shape`` stands for (as its NDJSON
-    reader does: any value is text for a string, null for anything). Only a hint: a line
-    it passes that polars refuses is still found, by bisection; one it fails is parsed
-    alone. (Plain Python types, not polars dtypes: this runs for every screened line.)"""
+def _json_type(value: Any) -> str:
+    """What a parsed JSON value is, in JSON's words (for a quarantine reason)."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    names = {dict: "an object", list: "an array", str: "a string", float: "a number"}
+    return names.get(type(value), "a value")
+
+
+def _misfit(value: Any, shape: Any = _RAW_SHAPE, path: str = "") -> str | None:
+    """Where ``value`` is not what polars reads as the dtype ``shape`` stands for (as its
+    NDJSON reader does: any value is text for a string, null for anything), said as a
+    reason: ``user: an object expected, got a string``; None where it fits.
+
+    The field is named and the value never quoted: polars' own message names a dtype
+    (hundreds of characters for ``user``) and quotes the value, which may be a secret no
+    pattern recognises. Only a hint for the parse: a line it passes that polars refuses
+    is still found, by bisection; one it fails is parsed alone, and polars decides.
+    (Plain Python types, not polars dtypes: this runs for every screened line.)
+    """
     if value is None or shape is None:
-        return True
+        return None
     if shape is int:
-        return type(value) is int and -(2**63) <= value < 2**63
-    if type(shape) is dict:
-        return type(value) is dict and all(
-            _fits(value.get(name), member) for name, member in shape.items()
-        )
-    return type(value) is list and (shape[0] is None or all(_fits(v, shape[0]) for v in value))
+        if type(value) is int:
+            return None if -(2**63) <= value < 2**63 else f"{path}: an integer past 64 bits"
+        expected = "an integer"
+    elif type(shape) is dict:
+        if type(value) is dict:
+            for name, member in shape.items():
+                found = _misfit(value.get(name), member, f"{path}.{name}" if path else name)
+                if found:
+                    return found
+            return None
+        expected = "an object"
+    elif type(value) is list:
+        for i, item in enumerate(value if shape[0] is not None else ()):
+            found = _misfit(item, shape[0], f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    else:
+        expected = "an array"
+    return f"{path}: {expected} expected, got {_json_type(value)}"
 
 
 # --------------------------------------------------------------------------- identity
