@@ -15,15 +15,23 @@ import os
 MAX_USER_FILE_BYTES = 16 * 1024 * 1024
 
 
-def read_user_file(path: str | os.PathLike[str], *, limit: int = MAX_USER_FILE_BYTES) -> str:
-    """The UTF-8 text of a small local file a user named, never reading past ``limit``.
+def read_user_bytes(path: str | os.PathLike[str], *, limit: int = MAX_USER_FILE_BYTES) -> bytes:
+    """The bytes of a small local file a user named, never reading past ``limit``.
 
-    Fails as reading it whole would (``OSError``: missing, a folder, unreadable;
-    ``UnicodeDecodeError``), so callers keep their messages; a file over ``limit`` is an
-    ``OSError`` too (``EFBIG``) instead of filling memory.
+    Fails as reading it whole would (``OSError``: missing, a folder, unreadable); a file
+    over ``limit`` is an ``OSError`` too (``EFBIG``) instead of filling memory.
     """
     with open(path, "rb") as fh:
         data = fh.read(limit + 1)
     if len(data) > limit:
         raise OSError(errno.EFBIG, f"larger than {limit // 2**20} MB, not a file of this kind")
-    return data.decode("utf-8")
+    return data
+
+
+def read_user_file(path: str | os.PathLike[str], *, limit: int = MAX_USER_FILE_BYTES) -> str:
+    """The UTF-8 text of a small local file a user named (:func:`read_user_bytes`).
+
+    ``UnicodeDecodeError`` where it is not UTF-8, as reading it whole would fail, so
+    callers keep their messages.
+    """
+    return read_user_bytes(path, limit=limit).decode("utf-8")

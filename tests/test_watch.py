@@ -798,3 +798,30 @@ def test_edited_rule_files_are_picked_up_without_a_restart_and_a_broken_edit_is_
     with caplog.at_level("WARNING"):
         assert fired(second) == {"alice"}  # a half-saved file keeps the rules in use
     assert any("do not load" in r.getMessage() for r in caplog.records)
+
+
+_STAMP_OF_ZERO = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+from detector.detect.stream import _files_stamp
+print(_files_stamp([sys.argv[1], sys.argv[2]]))
+"""
+
+
+def test_a_rules_path_pointed_at_an_endless_file_is_unreadable_not_read(tmp_path):
+    """`detect watch` looks at its rule files every few seconds to notice an edit. A path
+    an operator points at a log or ``/dev/zero`` by mistake is refused by the loader (16
+    MB at most); the edit check must not read it whole either (it read until memory ran
+    out). A child process under a 2 GB address-space limit, so a regression fails this
+    test with a MemoryError instead of exhausting the machine."""
+    site = tmp_path / "site.yaml"
+    site.write_text("[]\n")
+    done = subprocess.run(
+        [sys.executable, "-c", _STAMP_OF_ZERO, str(site), "/dev/zero"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-500:]
+    assert "unreadable: larger than 16 MB" in done.stdout
+    assert str(site) in done.stdout and done.stdout.count("unreadable") == 1

@@ -27,7 +27,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -46,6 +45,7 @@ from detector.lake import findings as findings_store
 from detector.lake.events import Lake
 from detector.lake.findings_schema import FINDINGS_EVENTS_COLUMNS, empty_findings
 from detector.model.storage import Model
+from detector.userfiles import read_user_bytes
 
 log = logging.getLogger(__name__)
 
@@ -236,11 +236,15 @@ class StreamDetector:
 
 
 def _files_stamp(paths: list[str]) -> tuple[tuple[str, str], ...]:
-    """(path, sha256 of its bytes, or why it cannot be read) per file, to notice any edit."""
+    """(path, sha256 of its bytes, or why it cannot be read) per file, to notice any edit.
+
+    Read as the loader reads them (:func:`read_user_bytes`): a rules path pointed at a
+    log or ``/dev/zero`` is "unreadable" here too, checked without reading it whole.
+    """
     out = []
     for path in paths:
         try:
-            digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+            digest = hashlib.sha256(read_user_bytes(path)).hexdigest()
         except OSError as exc:
             digest = f"unreadable: {exc.strerror}"
         out.append((path, digest))
