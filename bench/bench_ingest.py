@@ -182,7 +182,8 @@ def bench_shape(work: Path, name: str, events: int, seed: int, runs: int) -> flo
         ingests.append(b)
         print(
             f"  run {i + 1}: (a) pyarrow.json.read_json {a.wall:6.2f}s wall {a.cpu:6.2f}s cpu "
-            f"{a.rss_mb:5,.0f} MB | (b) detect ingest {b.wall:6.2f}s wall {b.cpu:6.2f}s cpu "
+            f"({a.user:.2f} user) {a.rss_mb:5,.0f} MB | (b) detect ingest {b.wall:6.2f}s wall "
+            f"{b.cpu:6.2f}s cpu ({b.user:.2f} user) "
             f"{b.rss_mb:5,.0f} MB | b/a wall {b.wall / a.wall:4.2f} cpu {b.cpu / a.cpu:4.2f} "
             f"user {b.user / a.user:4.2f}"
         )
