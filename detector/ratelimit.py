@@ -24,6 +24,9 @@ from botocore.exceptions import (
     ConnectionError,
     HTTPClientError,
     IncompleteReadError,
+    NoCredentialsError,
+    NoRegionError,
+    PartialCredentialsError,
 )
 
 from detector.errors import RuntimeFailure
@@ -89,6 +92,23 @@ def is_retryable(exc: BaseException) -> bool:
     # HTTPClientError: connection closed/reset, read timeout; ConnectionError: refused,
     # connect timeout, proxy trouble; IncompleteReadError: a body cut short.
     return isinstance(exc, HTTPClientError | ConnectionError | IncompleteReadError)
+
+
+def is_setup_error(exc: BaseException) -> bool:
+    """AWS credentials or region missing from the whole chain: configuration (exit 2), told
+    once by the CLI, never wrapped as one call's failure (retrying cannot mend it)."""
+    return isinstance(exc, NoCredentialsError | PartialCredentialsError | NoRegionError)
+
+
+def unreachable_endpoint(exc: BaseException) -> str | None:
+    """``scheme://host[:port]`` of an endpoint that could not be reached (connection
+    refused or timed out, TLS, proxy); None for any other error. Only the endpoint: the
+    request's path and query stay out of the error line."""
+    if not isinstance(exc, ConnectionError | HTTPClientError):
+        return None
+    url = str(getattr(exc, "kwargs", {}).get("endpoint_url") or "")
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{rest.split('/', 1)[0].split('?', 1)[0]}" if sep else "the AWS endpoint"
 
 
 def describe_error(exc: BaseException) -> str:

@@ -16,12 +16,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import orjson
 import pytest
 import typer.main
 from typer.testing import CliRunner
 
 from detector.cli import app
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
+from tests.factories import make_event
 
 ENV_NAMES = (
     "DETECT_LAKE",
@@ -129,6 +131,11 @@ BAD_VALUES = [
     (["score", "--bogus"], "--bogus"),
     (["score", "--lake", " "], "--lake"),  # resolved to the filesystem root
     (["score", "--lake", "s3://"], "--lake"),
+    (["score", "--lake", "s3://Bad_Bucket!/x"], "not an S3 bucket name"),  # was botocore's text
+    (["score", "--lake", "S3://bucket/x"], "lower case"),  # was a local folder named "S3:"
+    (["ingest", "s3://", "--cluster", "c"], "names no bucket"),  # was "cannot traverse all of S3"
+    (["ingest", "s3:///x", "--cluster", "c"], "names no bucket"),
+    (["ingest", "s3://Bad_Bucket!/x", "--cluster", "c"], "not an S3 bucket name"),
     (["findings", "--lake", "a\nb"], "--lake"),
     # a folder that is not there: an error, not "no alerts" from a mistyped --lake
     (["score", "--lake", "no-such-lake", "--no-model"], "no lake at no-such-lake"),
@@ -418,6 +425,52 @@ def test_no_aws_credentials_is_a_configuration_error(cwd, detect):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("error: no AWS credentials found")
     assert len(proc.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("score", "--lake", "s3://bucket/lake", "--no-model", "--since", "1h"),
+        ("ingest", "s3://bucket/exports/", "--lake", "lake", "--cluster", "c"),
+    ],
+    ids=["lake", "input"],
+)
+def test_an_aws_endpoint_that_cannot_be_reached_is_one_runtime_error_line(cwd, detect, args):
+    """A real process against a loopback port nobody listens on: the connection is refused,
+    which is a failure of the world (exit 3) said in one line naming the endpoint, not an
+    "unexpected" error that looks like a bug."""
+    (cwd / "x.log").write_bytes(orjson.dumps(make_event(1)) + b"\n")
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    env = {
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SECRET_ACCESS_KEY": "y",
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_MAX_ATTEMPTS": "1",
+    }
+    proc = detect(*args, env=env, cwd=str(cwd))
+    assert proc.returncode == 3, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert endpoint in lines[0] and "unexpected" not in lines[0], lines[0]
+
+
+def test_missing_aws_credentials_while_taking_the_lake_lock_is_a_configuration_error(cwd, detect):
+    """The writer lock is the first S3 call of an ingest: its read said "cannot read:
+    NoCredentialsError" with exit 3 where every other command says what to set, exit 2."""
+    (cwd / "x.log").write_bytes(orjson.dumps(make_event(1)) + b"\n")
+    env = {
+        "AWS_ACCESS_KEY_ID": "",
+        "AWS_SECRET_ACCESS_KEY": "",
+        "AWS_SHARED_CREDENTIALS_FILE": str(cwd / "none"),
+        "AWS_CONFIG_FILE": str(cwd / "none"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_REGION": "us-east-1",
+    }
+    args = ("ingest", "x.log", "--lake", "s3://no-such-bucket-for-cli-test/lake", "--cluster", "c")
+    proc = detect(*args, env=env, cwd=str(cwd))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: no AWS credentials found"), proc.stderr
 
 
 def test_root_usage_error_is_a_json_record_too(cwd):

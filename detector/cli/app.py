@@ -45,26 +45,35 @@ def environment_error(exc: Exception) -> int | None:
     """Report errors of the machine rather than of our code; None for anything else.
 
     A file that cannot be written (``--output /proc/x``), a path that is a file where a
-    folder is due, or AWS credentials and region missing from the whole AWS chain, are
-    told as one line by their class (never by their text): OS errors exit 3, a missing
-    AWS credential or region is configuration (exit 2).
+    folder is due, AWS credentials and region missing from the whole AWS chain, or an AWS
+    endpoint that cannot be reached, are told as one line by their class (never by their
+    text): OS errors and an unreachable endpoint exit 3, a missing AWS credential or
+    region is configuration (exit 2).
     """
     if isinstance(exc, OSError) and exc.strerror:
         where = f": {exc.filename}" if exc.filename else ""
         report(f"{exc.strerror}{where}")
         return EXIT_RUNTIME
-    botocore = sys.modules.get("botocore.exceptions")
-    if botocore is not None and isinstance(
-        exc, botocore.NoCredentialsError | botocore.PartialCredentialsError
-    ):
+    if "botocore.exceptions" not in sys.modules:  # no AWS call was made
+        return None
+    from detector import ratelimit
+
+    if ratelimit.is_setup_error(exc):
+        if type(exc).__name__ == "NoRegionError":
+            report("no AWS region: set AWS_REGION, or pass --region")
+        else:
+            report(
+                "no AWS credentials found (set AWS_PROFILE, AWS_ACCESS_KEY_ID/"
+                "AWS_SECRET_ACCESS_KEY, or run with an IAM role such as IRSA)"
+            )
+        return EXIT_USAGE
+    endpoint = ratelimit.unreachable_endpoint(exc)
+    if endpoint:
         report(
-            "no AWS credentials found (set AWS_PROFILE, AWS_ACCESS_KEY_ID/"
-            "AWS_SECRET_ACCESS_KEY, or run with an IAM role such as IRSA)"
+            f"cannot reach {endpoint} ({type(exc).__name__}): check the network, the region "
+            "and AWS_ENDPOINT_URL"
         )
-        return EXIT_USAGE
-    if botocore is not None and isinstance(exc, botocore.NoRegionError):
-        report("no AWS region: set AWS_REGION, or pass --region")
-        return EXIT_USAGE
+        return EXIT_RUNTIME
     return None
 
 

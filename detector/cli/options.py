@@ -34,6 +34,7 @@ from detector.lake.findings_schema import SEVERITIES
 # which `detect score` and most commands never use.
 from detector.sources.formats import AUTO as _AUTO
 from detector.sources.formats import INPUT_FORMATS as _INPUT_FORMATS
+from detector.storage import s3_uri_problem
 from detector.timeparse import (
     MAX_DURATION,
     TimeArgumentError,
@@ -155,15 +156,15 @@ def duration_option(*names: str, help: str, parser: Duration | None = None, **kw
 # ------------------------------------------------------------------ shared options
 def lake_root(value: Any) -> str:
     """A lake root as written, refused when it cannot name one: blank (it would resolve to
-    the filesystem root), holding control characters, or an S3 URI without a bucket."""
+    the filesystem root), holding control characters, or an S3 URI without a bucket name."""
     text = str(value)
     if not text.strip():
         raise ValueError("is empty: give a folder or s3://bucket/prefix")
     if any(ord(c) < 32 or ord(c) == 127 for c in text):
         raise ValueError(f"{text!r} holds control characters")
-    scheme, sep, rest = text.partition("://")
-    if sep and scheme.lower() in ("s3", "s3a") and not rest.split("/", 1)[0]:
-        raise ValueError(f"{text!r} names no bucket: s3://bucket/prefix")
+    problem = s3_uri_problem(text)
+    if problem:
+        raise ValueError(problem)
     return text
 
 

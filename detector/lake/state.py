@@ -183,7 +183,7 @@ class StateObject:
     def _s3_read(self) -> Versioned:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        from detector.ratelimit import describe_error
+        from detector.ratelimit import describe_error, is_setup_error
 
         bucket, key = self._bucket_key
         try:
@@ -195,13 +195,15 @@ class StateObject:
                 return Versioned(None, None)
             raise StateError(f"{self.uri}: cannot read: {describe_error(exc)}") from None
         except BotoCoreError as exc:
+            if is_setup_error(exc):
+                raise
             raise StateError(f"{self.uri}: cannot read: {describe_error(exc)}") from None
         return Versioned(_loads(body, self.uri), resp["ETag"])
 
     def _s3_write(self, body: bytes, etag: str | None) -> str:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        from detector.ratelimit import describe_error
+        from detector.ratelimit import describe_error, is_setup_error
 
         bucket, key = self._bucket_key
         condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
@@ -232,6 +234,8 @@ class StateObject:
                     raise CheckpointConflict(f"{self.uri} was changed by another process") from None
                 raise StateError(f"{self.uri}: cannot write: {describe_error(exc)}") from None
             except BotoCoreError as exc:
+                if is_setup_error(exc):
+                    raise
                 raise StateError(f"{self.uri}: cannot write: {describe_error(exc)}") from None
         raise StateError(f"{self.uri}: cannot write: conditional write kept conflicting")
 

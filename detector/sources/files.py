@@ -35,7 +35,14 @@ from detector.errors import EXIT_USAGE, RuntimeFailure
 from detector.events.normalize import MAX_LINE_BYTES
 from detector.sources import formats
 from detector.sources.formats import AUTO, CLOUDWATCH_JSON, EXPORT_GZ, FIREHOSE, NDJSON
-from detector.storage import Location, filesystem, full_uri, is_s3, strip_protocol
+from detector.storage import (
+    Location,
+    filesystem,
+    full_uri,
+    is_s3,
+    s3_uri_problem,
+    strip_protocol,
+)
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +141,9 @@ def expand_inputs(paths: list[str], *, on_skip: Callable[[str], None] | None = N
     """
     found: list[str] = []
     for path in paths:
+        problem = s3_uri_problem(path)
+        if problem:
+            raise InputNotFound(problem)
         fs = filesystem(path)
         bare = strip_protocol(path)
         if any(ch in bare for ch in "*?["):
