@@ -1,14 +1,19 @@
-"""Small files a user names: rules, suppressions, labels, IP lists, sink secrets, detect.toml.
+"""Files a user names: small ones read whole, and the outputs a command writes.
 
-They are read whole, so each is checked to be of a sane size first: a log or ``/dev/zero``
-given by mistake is refused instead of filling memory. No heavy imports: the CLI reads
-``detect.toml`` with it before it knows which command runs.
+Read: rules, suppressions, labels, IP lists, sink secrets, detect.toml. Each is checked to
+be of a sane size first: a log or ``/dev/zero`` given by mistake is refused instead of
+filling memory. Written: a report, the rules' docs, an address-range snapshot, atomically
+where the path is a file. No heavy imports: the CLI reads ``detect.toml`` with it before
+it knows which command runs.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import stat
+import uuid
+from pathlib import Path
 
 #: Files a user points at (rules, suppressions, labels, IP lists, secrets, detect.toml) are
 #: small; a bigger one is the wrong file (a log, ``/dev/zero``) and is refused, not read.
@@ -35,3 +40,31 @@ def read_user_file(path: str | os.PathLike[str], *, limit: int = MAX_USER_FILE_B
     callers keep their messages.
     """
     return read_user_bytes(path, limit=limit).decode("utf-8")
+
+
+def write_user_file(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8) at a path a user named, so a reader never sees half of it.
+
+    A file is written beside itself and renamed over (through a symlink: the file it
+    points at). A path that is not a file, such as ``/dev/null`` or a FIFO, is written
+    into as a shell's ``>`` would: renaming over it replaced the device itself (as root,
+    ``-o /dev/null`` left a regular file there). Returns the path written.
+    """
+    try:
+        special = not stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        special = False
+    if special:  # opened as named: /dev/stdout resolves to no path
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        return Path(path)
+    target = Path(os.path.realpath(path))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return Path(path)

@@ -10,7 +10,10 @@ repository) and its path printed.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
+import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -287,6 +290,51 @@ def test_an_empty_range_still_writes_a_page_that_says_so(tmp_path, detect):
     assert run.returncode == 0, run.stderr
     page = out.read_text()
     assert "No events in this range." in page and "<svg" not in page
+
+
+def test_the_page_goes_where_a_shell_user_sends_it_and_never_replaces_what_is_there(
+    tmp_path, detect
+):
+    """``-o -`` and a FIFO (``/dev/null``, ``/dev/stdout`` and a pipe alike) are written
+    into, the summary line to stderr; a symlink's file is written through the link. The
+    page used to be renamed over the path: as root, ``-o /dev/null`` replaced the device
+    with a regular file, and a FIFO or a link became a file. A ``cat`` child reads the
+    FIFO; if the FIFO was replaced instead, nothing ever opens it for writing, and the
+    reader is killed before the test fails."""
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    args = ("report", "--lake", str(lake), *RANGE)  # a fixed range: the same page each run
+
+    piped = detect(*args, "-o", "-")
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout.startswith("<!doctype html") and piped.stdout.rstrip().endswith("</html>")
+    assert "-> standard output" in piped.stderr
+
+    fifo = tmp_path / "pipe.html"
+    os.mkfifo(fifo)
+    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE)
+    run = detect(*args, "-o", str(fifo))
+    still_a_fifo = stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    if not still_a_fifo:
+        reader.kill()
+    page = reader.communicate()[0].decode()
+    assert still_a_fifo and run.returncode == 0, run.stderr
+    assert page.startswith("<!doctype html") and page.rstrip().endswith("</html>")
+    assert run.stdout == "" and f"-> {fifo}" in run.stderr
+
+    (tmp_path / "reports").mkdir()
+    link = tmp_path / "latest.html"
+    link.symlink_to(tmp_path / "reports" / "today.html")
+    run = detect(*args, "-o", str(link))
+    assert run.returncode == 0, run.stderr
+    through = (tmp_path / "reports" / "today.html").read_text()
+    assert link.is_symlink() and through.startswith("<!doctype html") and len(through) == len(page)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "lake",
+        "latest.html",
+        "pipe.html",
+        "reports",
+    ]
 
 
 def test_bad_arguments_are_usage_errors(tmp_path, detect):

@@ -26,6 +26,7 @@ from detector.events.identity import display_principal, identity_summary, parse_
 from detector.report import charts
 from detector.report.data import ReportData
 from detector.report.timeline import collapse_runs, denied_expr, describe_entry
+from detector.userfiles import write_user_file
 
 #: Raw events listed per finding (the count of all is shown).
 MAX_EVENTS = 200
@@ -293,9 +294,4 @@ def render(data: ReportData) -> str:
 
 def write_report(data: ReportData, path: str | Path) -> Path:
     """Write the page atomically (a reader never sees half a report)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(render(data), encoding="utf-8")
-    tmp.replace(target)
-    return target
+    return write_user_file(path, render(data))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
@@ -16,6 +17,7 @@ from detector.cli.options import (
     UntilOpt,
     duration_option,
     progress_status,
+    stderr,
     stdout,
 )
 from detector.timeparse import check_range
@@ -25,9 +27,9 @@ def report(
     lake: LakeOpt = "./lake",
     since: SinceOpt = "24h",  # type: ignore[assignment]
     until: UntilOpt = None,
-    out: Annotated[Path, typer.Option("--output", "-o", help="The HTML file to write.")] = Path(
-        "report.html"
-    ),
+    out: Annotated[
+        Path, typer.Option("--output", "-o", help="The HTML file to write ('-': stdout).")
+    ] = Path("report.html"),
     cluster: ClusterOpt = None,
     baseline: Annotated[
         timedelta,
@@ -60,10 +62,11 @@ def report(
     \b
         detect report --lake ./lake --since 24h -o report.html
         detect report --lake s3://audit-lake/prod --since 7d --baseline 14d -o week.html
+        detect report --since 24h -o - | aws s3 cp - s3://reports/today.html
     """
     from detector.lake.events import Lake
     from detector.report.data import collect
-    from detector.report.html import write_report
+    from detector.report.html import render, write_report
 
     start, end = check_range(since, until or datetime.now(UTC))
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
@@ -78,11 +81,20 @@ def report(
             region=region,
         )
     with progress_status("drawing the report"):
-        path = write_report(data, out)
+        if str(out) == "-":
+            sys.stdout.write(render(data))
+            sys.stdout.flush()
+            written = Path("-")
+        else:
+            written = write_report(data, out)
+    # Where the page went to a stream (-o -, /dev/stdout, a pipe), the summary goes to
+    # stderr: appended to the page, it would end up in whatever reads it.
+    to_file = str(out) != "-" and written.is_file()
     s = data.summary()
-    stdout.print(
+    (stdout if to_file else stderr).print(
         f"report of {start:%Y-%m-%d %H:%M}Z to {end:%Y-%m-%d %H:%M}Z: {s['events']:,} events, "
-        f"{s['alerts']} alert(s), {s['findings']} finding(s) -> {path.resolve()}",
+        f"{s['alerts']} alert(s), {s['findings']} finding(s) -> "
+        f"{written.resolve() if to_file else 'standard output' if str(out) == '-' else out}",
         markup=False,
     )
 

@@ -31,6 +31,7 @@ from detector.cli.options import (
 )
 from detector.cli.render import SEVERITY_STYLE, format_score
 from detector.errors import UsageError
+from detector.userfiles import write_user_file
 
 rules_app = typer.Typer(
     name="rules",
@@ -308,8 +309,7 @@ def docs(
             raise typer.Exit(EXIT_FINDINGS)
         stdout.print(f"{out} is up to date", markup=False)
         return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, encoding="utf-8")
+    write_user_file(out, text)
     stdout.print(f"wrote {out} ({text.count(chr(10))} lines)", markup=False)
 
 
@@ -344,8 +344,7 @@ def aws_ranges(
 
     text = derive_aws_ranges(ip_ranges)  # a file that is not ip-ranges.json: ConditionError (2)
     target = out or aws_ranges_path()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(text, encoding="utf-8")
+    write_user_file(target, text)
     stdout.print(
         f"wrote {target}: {text.splitlines()[1].lstrip('# ')}", markup=False, soft_wrap=True
     )
