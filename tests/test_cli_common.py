@@ -146,6 +146,8 @@ BAD_VALUES = [
     (["report", "--since", "99999999999d"], "--since"),
     (["report", "--since", "1h", "--until", "2h"], "empty time range"),
     (["report", "--baseline", "a week"], "--baseline"),
+    (["report", "-o", ""], "--output"),  # was "Is a directory: ." after reading the lake
+    (["rules", "docs", "-o", " "], "--output"),
     (["timeline", "x", "--since", "yesterday"], "--since"),
     (["timeline", "x", "--every", "-1m"], "--every"),
     (["timeline", " "], "PRINCIPAL is empty"),

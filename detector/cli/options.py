@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -154,6 +155,14 @@ def duration_option(*names: str, help: str, parser: Duration | None = None, **kw
 
 
 # ------------------------------------------------------------------ shared options
+def output_file(value: Any) -> Path:
+    """A file a command writes, refused when blank: ``-o ""`` named the working folder."""
+    text = str(value)
+    if not text.strip():
+        raise ValueError("is empty: give a file, or - for standard output")
+    return Path(text)
+
+
 def lake_root(value: Any) -> str:
     """A lake root as written, refused when it cannot name one: blank (it would resolve to
     the filesystem root), holding control characters, or an S3 URI without a bucket name."""

@@ -16,6 +16,7 @@ from detector.cli.options import (
     SinceOpt,
     UntilOpt,
     duration_option,
+    output_file,
     progress_status,
     stderr,
     stdout,
@@ -28,7 +29,10 @@ def report(
     since: SinceOpt = "24h",  # type: ignore[assignment]
     until: UntilOpt = None,
     out: Annotated[
-        Path, typer.Option("--output", "-o", help="The HTML file to write ('-': stdout).")
+        Path,
+        typer.Option(
+            "--output", "-o", parser=output_file, help="The HTML file to write ('-': stdout)."
+        ),
     ] = Path("report.html"),
     cluster: ClusterOpt = None,
     baseline: Annotated[

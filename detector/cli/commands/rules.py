@@ -26,6 +26,7 @@ from detector.cli.options import (
     RulesFileOpt,
     WindowOpt,
     emit_json,
+    output_file,
     stderr,
     stdout,
 )
@@ -272,7 +273,13 @@ def _why_silent(rule: Any, stats: Any) -> str:
 @rules_app.command("docs")
 def docs(
     out: Annotated[
-        Path, typer.Option("--output", "-o", help="Where to write the Markdown ('-': stdout).")
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            parser=output_file,
+            help="Where to write the Markdown ('-': stdout).",
+        ),
     ] = Path("docs/rules.md"),
     check: Annotated[
         bool,
@@ -321,7 +328,10 @@ def aws_ranges(
     out: Annotated[
         Path | None,
         typer.Option(
-            "--output", "-o", help="Where to write (default: the snapshot the rules read)."
+            "--output",
+            "-o",
+            parser=output_file,
+            help="Where to write (default: the snapshot the rules read).",
         ),
     ] = None,
 ) -> None:
