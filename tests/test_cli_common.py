@@ -172,13 +172,15 @@ def test_bad_values_are_one_usage_error_line(cwd, args, needle):
         ["score", "--lake", "lake", "--no-model", "--suppressions", "/dev/zero"],
         ["evaluate", "--lake", "lake", "--labels", "/dev/zero", "--train-until", "1d"],
         ["rules", "list", "--rules", "/dev/zero"],
+        ["rules", "aws-ranges", "/dev/zero", "-o", "ranges.txt"],  # was read until killed
         ["--config", "big.toml", "config", "show"],
     ],
-    ids=["suppressions", "labels", "rules", "config"],
+    ids=["suppressions", "labels", "rules", "aws-ranges", "config"],
 )
 def test_an_endless_or_huge_file_where_a_small_one_is_due_is_one_line(cwd, args):
-    """Rules, suppressions, labels and detect.toml are read whole: /dev/zero or a log given
-    by mistake is refused at 16 MB, not read until memory runs out."""
+    """Rules, suppressions, labels, AWS's ip-ranges.json and detect.toml are read whole:
+    /dev/zero or a log given by mistake is refused at 16 MB, not read until memory runs
+    out."""
     (cwd / "lake").mkdir()
     (cwd / "big.toml").write_bytes(b"# " + b"x" * (17 * 2**20) + b"\n")
     assert_one_error_line(invoke(*args), "larger than 16 MB")
