@@ -415,17 +415,28 @@ def test_unwritable_output_is_one_line_exit_3(cwd):
     assert_one_error_line(result, "afile", code=3)
 
 
-def test_no_aws_credentials_is_a_configuration_error(cwd, detect):
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("score", "--lake", "s3://no-such-bucket-for-cli-test/lake", "--no-model", "--since", "1h"),
+        # The writer lock is an ingest's first S3 call: it said "cannot read:
+        # NoCredentialsError", exit 3, where every other command says what to set.
+        ("ingest", "x.log", "--lake", "s3://no-such-bucket-for-cli-test/lake", "--cluster", "c"),
+    ],
+    ids=["score", "ingest-lock"],
+)
+def test_no_aws_credentials_is_a_configuration_error(cwd, detect, args):
     """A real process with the whole AWS chain empty (env, files, instance metadata)."""
+    (cwd / "x.log").write_bytes(orjson.dumps(make_event(1)) + b"\n")
     env = {
         "AWS_ACCESS_KEY_ID": "",
         "AWS_SECRET_ACCESS_KEY": "",
         "AWS_SHARED_CREDENTIALS_FILE": str(cwd / "none"),
         "AWS_CONFIG_FILE": str(cwd / "none"),
         "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_REGION": "us-east-1",
     }
-    args = ("score", "--lake", "s3://no-such-bucket-for-cli-test/lake", "--no-model")
-    proc = detect(*args, "--since", "1h", env=env, cwd=str(cwd))
+    proc = detect(*args, env=env, cwd=str(cwd))
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("error: no AWS credentials found")
     assert len(proc.stderr.splitlines()) == 1
@@ -457,24 +468,6 @@ def test_an_aws_endpoint_that_cannot_be_reached_is_one_runtime_error_line(cwd, d
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert endpoint in lines[0] and "unexpected" not in lines[0], lines[0]
-
-
-def test_missing_aws_credentials_while_taking_the_lake_lock_is_a_configuration_error(cwd, detect):
-    """The writer lock is the first S3 call of an ingest: its read said "cannot read:
-    NoCredentialsError" with exit 3 where every other command says what to set, exit 2."""
-    (cwd / "x.log").write_bytes(orjson.dumps(make_event(1)) + b"\n")
-    env = {
-        "AWS_ACCESS_KEY_ID": "",
-        "AWS_SECRET_ACCESS_KEY": "",
-        "AWS_SHARED_CREDENTIALS_FILE": str(cwd / "none"),
-        "AWS_CONFIG_FILE": str(cwd / "none"),
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "AWS_REGION": "us-east-1",
-    }
-    args = ("ingest", "x.log", "--lake", "s3://no-such-bucket-for-cli-test/lake", "--cluster", "c")
-    proc = detect(*args, env=env, cwd=str(cwd))
-    assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.startswith("error: no AWS credentials found"), proc.stderr
 
 
 def test_root_usage_error_is_a_json_record_too(cwd):
