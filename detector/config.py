@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -222,10 +223,17 @@ def setting_context(setting: Setting) -> Any:
     return cmd.context_class(cmd, info_name=setting.command[-1])
 
 
+#: An AWS region name as botocore accepts one (``us-east-1``, ``us-gov-west-1``); checked
+#: here so a typo is one line at start-up, not an error deep in the first AWS call.
+REGION_NAME = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?")
+
+
 def check_root_value(key: str, value: Any, where: str) -> str:
     allowed = ROOT_SETTINGS[key]
     if not isinstance(value, str):
         raise ConfigError(f"{where}: {key} = {value!r}: expected a string (in quotes)")
+    if key == "region" and not REGION_NAME.fullmatch(value):
+        raise ConfigError(f"{where}: {key} = {value!r}: not an AWS region name (us-east-1)")
     if allowed is not None and value.lower() not in allowed:
         raise ConfigError(f"{where}: {key} = {value!r}: expected one of {', '.join(allowed)}")
     return value.lower() if allowed is not None else value

@@ -120,6 +120,8 @@ BAD_VALUES = [
     (["rules", "test", "pod-exec", "x.log", "--window", "2d"], "--window"),
     (["--log-level", "loud", "config", "show"], "--log-level"),
     (["--log-format", "xml", "config", "show"], "--log-format"),
+    (["--region", "us east", "config", "show"], "not an AWS region name"),  # was taken as is
+    (["export", "--log-group", "/aws/eks/x/cluster", "--region", "a\x00"], "--region"),
     (["score", "--format", "xml"], "--format"),
     (["score", "--fail-on", "hihg"], "--fail-on"),
     (["findings", "--min-severity", "loud"], "--min-severity"),

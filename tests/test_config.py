@@ -140,6 +140,17 @@ def test_root_settings_region_and_log_level(cwd):
     }
 
 
+def test_a_region_that_is_no_region_name_is_refused_in_the_file_too(cwd):
+    """A blank, spaced or control-character region was taken as is and failed at the first
+    AWS call, deep inside botocore (a NUL byte: "unexpected ValueError")."""
+    for value in (" ", "us east", "\\u0000"):
+        (cwd / "detect.toml").write_text(f'region = "{value}"\n')
+        result = invoke("config", "show")
+        assert result.exit_code == 2, result.stdout + result.stderr
+        assert "not an AWS region name" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_all_lists_every_option(cwd):
     result = invoke("config", "show", "--all", "--format", "json")
     names = {row["setting"] for row in json.loads(result.stdout)["settings"]}

@@ -387,6 +387,11 @@ def test_sink_config_errors_name_the_sink_and_key():
         )
     with pytest.raises(sink_config.SinkConfigError, match="DETECT_NOPE"):
         build(sink(name="a", type="webhook", url_env="DETECT_NOPE"))
+    for region in ("us east", "", 5):  # a typo, found at start-up and not at the first alert
+        with pytest.raises(sink_config.SinkConfigError, match="region must be an AWS region"):
+            sink_config.parse_sinks(
+                [{"name": "a", "type": "sns", "topic_arn": "x", "region": region}]
+            )
 
 
 def test_a_sink_secret_file_that_cannot_be_read_is_one_clear_error(tmp_path):

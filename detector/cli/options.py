@@ -27,6 +27,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 
+from detector.config import REGION_NAME
 from detector.errors import EXIT_FINDINGS, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, DetectError
 from detector.errors import UsageError as _UsageError
 from detector.lake.findings_schema import SEVERITIES
@@ -336,11 +337,23 @@ DeliverOpt = Annotated[
         help="Send new and changed incidents to the [[sinks]] in detect.toml.",
     ),
 ]
+
+
+def region_name(value: Any) -> str:
+    """An AWS region as botocore accepts one: a typo is one line now, not an error deep in
+    the first AWS call."""
+    text = str(value)
+    if not REGION_NAME.fullmatch(text):
+        raise ValueError(f"{text!r} is not an AWS region name (us-east-1)")
+    return text
+
+
 RegionOpt = Annotated[
     str | None,
     typer.Option(
         "--region",
         envvar="DETECT_REGION",
+        parser=region_name,
         help="AWS region (default: AWS_REGION, AWS_DEFAULT_REGION, the profile).",
         show_default=False,
     ),

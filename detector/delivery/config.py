@@ -225,6 +225,10 @@ def parse_sink(item: Any, where: str) -> SinkConfig:
             value = options.get(key)
             if value is not None and not _SEGMENT.match(str(value)):
                 raise SinkConfigError(f"{where}: {key} must be letters, digits, - or _")
+    region = options.get("region")
+    named = isinstance(region, str) and settings.REGION_NAME.fullmatch(region)
+    if region is not None and not named:
+        raise SinkConfigError(f"{where}: region must be an AWS region name (us-east-1)")
     severity = item.get("min_severity", "low")
     if severity not in SEVERITIES or severity == "info":
         raise SinkConfigError(
