@@ -387,7 +387,26 @@ def test_sink_config_errors_name_the_sink_and_key():
         )
     with pytest.raises(sink_config.SinkConfigError, match="DETECT_NOPE"):
         build(sink(name="a", type="webhook", url_env="DETECT_NOPE"))
-    for region in ("us east", "", 5):  # a typo, found at start-up and not at the first alert
+    # Found at start-up, not at the first alert (each of these failed there, or hung):
+    for key, value, why in [
+        ("secret_env", 5, "non-empty string"),
+        ("url_file", "", "non-empty string"),
+        ("url_env", "MY HOOK", "name an environment variable"),
+        ("secret_file", "key\x00", "control characters"),
+        ("allow_http", "yes", "true or false"),
+        ("backoff", float("inf"), "at most 3650d"),
+        ("timeout", 1e308, "at most 3650d"),
+    ]:
+        cfg = {"name": "a", "type": "webhook", "url": "https://example.com/x", key: value}
+        if key in ("url_file", "url_env"):
+            del cfg["url"]
+        with pytest.raises(sink_config.SinkConfigError, match=f"'a': {key} .*{why}"):
+            sink_config.parse_sinks([cfg])
+    account = sink_config.parse_sinks(
+        [{"name": "a", "type": "securityhub", "account_id": 123456789012}]
+    )[0].options["account_id"]
+    assert account == "123456789012"  # a TOML number, taken as its digits
+    for region in ("us east", "us_east_1"):
         with pytest.raises(sink_config.SinkConfigError, match="region must be an AWS region"):
             sink_config.parse_sinks(
                 [{"name": "a", "type": "sns", "topic_arn": "x", "region": region}]

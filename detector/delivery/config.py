@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 from detector import config as settings
 from detector.errors import UsageError
 from detector.lake.findings_schema import SEVERITIES
-from detector.timeparse import TimeArgumentError, parse_duration
+from detector.timeparse import MAX_DURATION, TimeArgumentError, parse_duration
 from detector.userfiles import read_user_file
 
 TYPES = ("webhook", "slack", "sns", "eventbridge", "securityhub", "ocsf")
@@ -158,14 +158,17 @@ def _strings(value: Any, where: str, key: str) -> tuple[str, ...]:
 
 
 def _seconds(value: Any, where: str, key: str) -> float:
-    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+    """A duration as a number of seconds or text ("30s"), within the bounds of every
+    duration (a number of 1e308 or inf slept forever, or overflowed, at the first retry)."""
+    limit = MAX_DURATION.total_seconds()
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= limit:
         return float(value)
     if isinstance(value, str):
         try:
             return parse_duration(value).total_seconds()
         except TimeArgumentError as exc:
             raise SinkConfigError(f"{where}: {key} = {value!r}: {exc}") from None
-    raise SinkConfigError(f'{where}: {key} must be a duration such as "30s"')
+    raise SinkConfigError(f'{where}: {key} must be a duration such as "30s" (at most 3650d)')
 
 
 def _loopback(url: str) -> bool:
@@ -185,6 +188,29 @@ def check_url(url: str, where: str, allow_http: bool) -> None:
     raise SinkConfigError(
         f"{where}: the URL must be https:// (http only to loopback or with allow_http = true)"
     )
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _check_option(key: str, value: Any, where: str) -> Any:
+    """A sink's own key, checked to hold what its code will use it as: ``allow_http`` a
+    boolean, every other one a non-blank string without control characters, and ``*_env``
+    a variable name (a number there failed at the first alert as "str expected, not
+    int"). An ``account_id`` written as a TOML number is taken as its digits."""
+    if key == "allow_http":
+        if not isinstance(value, bool):
+            raise SinkConfigError(f"{where}: {key} must be true or false")
+        return value
+    if key == "account_id" and isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise SinkConfigError(f"{where}: {key} must be a non-empty string (in quotes)")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise SinkConfigError(f"{where}: {key} holds control characters")
+    if key.endswith("_env") and not _ENV_NAME.fullmatch(value):
+        raise SinkConfigError(f"{where}: {key} must name an environment variable, not {value!r}")
+    return value
 
 
 def parse_sink(item: Any, where: str) -> SinkConfig:
@@ -207,6 +233,7 @@ def parse_sink(item: Any, where: str) -> SinkConfig:
         if not isinstance(item.get(key), str) or not item[key]:
             raise SinkConfigError(f"{where}: {key} is required for a {kind} sink")
     options = {k: v for k, v in item.items() if k in SPECIFIC[kind]}
+    options = {key: _check_option(key, value, where) for key, value in options.items()}
     if kind in ("webhook", "slack"):
         sources = [k for k in ("url", "url_env", "url_file") if k in options]
         if len(sources) != 1:
