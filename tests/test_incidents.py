@@ -150,6 +150,36 @@ def test_suppressions_match_on_every_event_and_expired_ones_are_logged(tmp_path,
     assert "suppression old-ci expired on 2020-01-01" in caplog.text
 
 
+def test_a_glob_with_several_stars_applies_as_it_reads():
+    """``*kube-probe*`` was translated by fnmatch into a Python-only atomic group: the file
+    loaded, then applying it to a finding failed inside polars."""
+    sups = suppress.parse(
+        {
+            "suppressions": [
+                {
+                    "name": "probes",
+                    "reason": "health checks from any agent build (TICKET-7)",
+                    "expires": "2099-01-01",
+                    "match": {"detector": "rule:*-*", "user_agent": "*kube-probe*"},
+                }
+            ]
+        }
+    )
+    rule = "rule:anonymous-access"
+    probe, probe_ev = frames(
+        [finding("system:anonymous", T0, detector=rule)], user_agent="x kube-probe/1.3"
+    )
+    other, other_ev = frames(
+        [finding("system:anonymous", T0 + W, detector=rule)], user_agent="curl/8.0"
+    )
+    hits = dict(
+        suppress.apply(
+            pl.concat([probe, other]), pl.concat([probe_ev, other_ev]), sups, T0
+        ).iter_rows()
+    )
+    assert hits == {probe["finding_id"][0]: "probes", other["finding_id"][0]: None}
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -169,6 +199,17 @@ def test_suppressions_match_on_every_event_and_expired_ones_are_logged(tmp_path,
             "name must be",
         ),
         ("!!python/object/apply:os.system ['true']", "not YAML"),
+        # Python's regex engine takes these; polars', which applies them, does not:
+        (
+            "suppressions: [{name: a, reason: r, expires: 2030-01-01, "
+            "match: {principal_regex: '^(?!ci-).*'}}]",
+            "principal_regex: invalid regex",
+        ),
+        (
+            "suppressions: [{name: a, reason: r, expires: 2030-01-01, "
+            "match: {user_agent: 'kube[z-a]*'}}]",
+            "user_agent: invalid regex",
+        ),
     ],
 )
 def test_bad_suppressions_are_one_line_errors(tmp_path, text, message):

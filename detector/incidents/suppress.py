@@ -25,7 +25,6 @@ An expired suppression is not applied and says so in the log (warning), once per
 
 from __future__ import annotations
 
-import fnmatch
 import ipaddress
 import logging
 import re
@@ -38,6 +37,7 @@ import polars as pl
 import yaml
 
 from detector.errors import UsageError
+from detector.rules.condition import ConditionError, check_regex, glob_to_regex
 from detector.userfiles import read_user_file
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 FINDING_KEYS = ("detector", "principal", "principal_regex", "cluster")
 EVENT_KEYS = ("namespace", "source_ip", "user_agent")
 MATCH_KEYS = FINDING_KEYS + EVENT_KEYS
+#: Matched as shell globs (the others: a regex, an address or CIDR).
+GLOB_KEYS = ("detector", "principal", "cluster", "namespace", "user_agent")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
 
 
@@ -118,11 +120,13 @@ def parse(data: Any, source: str = "suppressions") -> list[Suppression]:
         for key, value in match.items():
             if not isinstance(value, str) or not value:
                 raise SuppressionError(f"{where}: match.{key} must be a non-empty string")
-            if key == "principal_regex":
+            if key in GLOB_KEYS or key == "principal_regex":
+                # Compiled by polars' engine, the one that applies it: Python's accepts
+                # lookarounds and backreferences it refuses.
                 try:
-                    re.compile(value)
-                except re.error as exc:
-                    raise SuppressionError(f"{where}: match.principal_regex: {exc}") from None
+                    check_regex(value if key == "principal_regex" else glob_regex(value))
+                except ConditionError as exc:
+                    raise SuppressionError(f"{where}: match.{key}: {exc}") from None
             if key == "source_ip":
                 try:
                     ipaddress.ip_network(value, strict=False)
@@ -170,9 +174,12 @@ def active(suppressions: list[Suppression], now: datetime) -> list[Suppression]:
 
 
 def glob_regex(pattern: str) -> str:
-    """A shell glob as an anchored regex that Rust's regex engine (polars) accepts."""
-    body = fnmatch.translate(pattern)  # "(?s:...)\\Z": \Z is Python-only
-    return "^" + body.removesuffix("\\Z") + "$"
+    """A shell glob as an anchored regex for polars, as the rules' ``glob`` reads it.
+
+    (``fnmatch.translate`` wrote Python-only atomic groups for two ``*``: a suppression
+    on ``"*kube-probe*"`` loaded, then failed on the first finding it was applied to.)
+    """
+    return "^(?:" + glob_to_regex(pattern) + ")$"
 
 
 def _glob(col: str, pattern: str) -> pl.Expr:
