@@ -202,6 +202,23 @@ def test_usage_error_is_a_json_record_with_log_format_json(cwd):
     assert "--since" in record["message"] and "out of range" in record["message"]
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--config", "x\ny\x1b[31m.toml", "config", "show"),
+        ("ingest", "audit\n.log", "--cluster", "c"),
+        ("rules", "list", "--rules", "rules\r.yaml"),
+    ],
+    ids=["config", "input", "rules"],
+)
+def test_an_error_quoting_what_was_typed_stays_one_line_whatever_it_holds(cwd, args):
+    """A path holding a line break or a terminal escape was echoed as is: two lines, or a
+    terminal recoloured. Control characters are shown escaped."""
+    line = assert_one_error_line(invoke(*args))
+    assert "\x1b" not in line and "\r" not in line
+    assert "\\n" in line or "\\r" in line or "\\x1b" in line
+
+
 # ------------------------------------------------------------------ detect.toml, every command
 @pytest.mark.parametrize("path", [*LEAVES, ("findings",)], ids=lambda p: " ".join(p))
 def test_config_typo_stops_every_command_naming_file_and_key(cwd, path):

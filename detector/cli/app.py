@@ -26,9 +26,14 @@ from detector.errors import EXIT_RUNTIME, EXIT_USAGE, DetectError
 EXIT_INTERRUPTED = 130
 
 
+#: Control characters a message may carry from what a user typed (a path holding a line
+#: break), shown escaped: an error stays one line, and no input rewrites the terminal.
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(32), 127]} | {10: "\\n", 13: "\\r", 9: "\\t"}
+
+
 def report(message: str) -> None:
     """The one line every error becomes (turned into a JSON record under --log-format json)."""
-    stderr.print(f"error: {message}", markup=False)
+    stderr.print(f"error: {message.translate(_CONTROL)}", markup=False)
 
 
 def click_message(exc: click_exceptions.ClickException) -> str:
