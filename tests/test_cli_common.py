@@ -114,6 +114,8 @@ BAD_VALUES = [
     (["simulate", "--out", "x", "--days", "1e308"], "--days"),  # was an OverflowError
     (["simulate", "--out", "x", "--rate", "inf"], "--rate"),  # was numpy's "lam too large"
     (["watch", "--replay", "x.log", "--speed", "inf"], "--speed"),  # failed and restarted forever
+    (["watch", "--tail", ".", "--cluster", "c"], "it is a folder"),  # failed under the lease
+    (["watch", "--tail", "/dev/zero", "--cluster", "c"], "not a regular file"),  # read forever
     (["demo", "--seed", str(2**32)], "--seed"),
     (["demo", "--days", "1e308"], "--days"),
     (["demo", "--rate", "inf"], "--rate"),

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 
 import orjson
+import pytest
 from factories import make_event
 
 from detector.events.normalize import normalize_lines
-from detector.sources.tail import FileTail, TailPosition
+from detector.sources.files import InputNotFound
+from detector.sources.tail import FileTail, TailPosition, check_tailable
 
 
 def line(i: int) -> bytes:
@@ -80,3 +82,52 @@ def test_a_stored_position_resumes_exactly_and_positions_name_the_file_version(t
         fh.write(line(2))
     again = FileTail(str(log), saved)
     assert ids(again.poll()) == aid(2)
+
+
+def test_a_big_file_is_read_a_poll_budget_at_a_time_and_rotation_waits_for_it(tmp_path):
+    """Followed from its start, a file of many GB was read whole into one poll's batches.
+    Each poll now stops at ``poll_bytes`` (``behind`` says more is waiting), every line
+    still comes once and in order, and a rename rotation finishes the old file first,
+    however many polls that takes."""
+    log = tmp_path / "audit.log"
+    log.write_bytes(b"".join(line(i) for i in range(40)))
+    size = len(line(0))
+    tail = FileTail(str(log), batch_bytes=3 * size, poll_bytes=7 * size)
+    got, polls = [], 0
+    while True:
+        batches = tail.poll()
+        polls += 1
+        assert sum(b.nbytes for b in batches) <= 9 * size  # the budget plus one batch
+        got += ids(batches)
+        if not tail.behind:
+            break
+    assert got == aid(*range(40)) and polls > 4
+
+    with log.open("ab") as fh:
+        fh.write(b"".join(line(i) for i in range(40, 70)))
+    log.rename(tmp_path / "audit.log.1")
+    log.write_bytes(line(70))
+    got = []
+    while True:
+        got += ids(tail.poll())
+        if not tail.behind:
+            break
+    assert got == aid(*range(40, 71))
+
+
+def test_only_a_regular_file_can_be_followed(tmp_path):
+    """/dev/zero (a device) was read without end until memory ran out; a folder failed
+    after the lease was taken. A file that does not exist yet is fine: the API server may
+    create it later."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for path, what in [
+        ("/dev/zero", "not a regular file"),
+        (fifo, "not a regular file"),
+        (tmp_path, "a folder"),
+    ]:
+        with pytest.raises(InputNotFound, match=what):
+            check_tailable(str(path))
+    check_tailable(str(tmp_path / "not-yet.log"))
+    (tmp_path / "audit.log").write_bytes(line(0))
+    check_tailable(str(tmp_path / "audit.log"))

@@ -292,7 +292,9 @@ class TailSource(_LeasedSource):
 
     def finish(self) -> None:
         if self.tail is not None and self.lease.held:
-            self.step()  # what was appended up to now
+            self.step()  # what was appended up to now, a poll's worth at a time
+            while self.tail.behind:
+                self.step()
             self.tail.close()
         super().finish()
 
@@ -663,9 +665,14 @@ class Watcher:
 
 
 def _replaying(slot: dict[str, Any]) -> bool:
-    """A replay paces itself (or runs flat out): the loop does not wait between its steps."""
+    """A replay paces itself (or runs flat out), and a tail with more to read than one
+    step takes is catching up: the loop does not wait between their steps."""
     src = slot["src"]
-    return isinstance(src, ReplaySource) and not slot.get("finished")
+    if slot.get("finished"):
+        return False
+    return isinstance(src, ReplaySource) or (
+        isinstance(src, TailSource) and src.tail is not None and src.tail.behind
+    )
 
 
 __all__ = [

@@ -21,6 +21,7 @@ a quarantined line names the file version and place it came from even across rot
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -28,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from detector.events.normalize import MAX_LINE_BYTES
-from detector.sources.files import BATCH_BYTES, BOM, LineBatch, _split_lines
+from detector.sources.files import BATCH_BYTES, BOM, InputNotFound, LineBatch, _split_lines
 
 
 @dataclass(frozen=True)
@@ -46,14 +47,39 @@ class TailPosition:
         return cls(int(data["inode"]), int(data["offset"]))
 
 
+def check_tailable(path: str) -> None:
+    """Refuse a path that can only be followed as a regular file: a folder, a device or a
+    FIFO (``/dev/zero`` was read without end until memory ran out). A path that does not
+    exist yet is fine: the API server may create it later."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise InputNotFound(f"{path}: cannot follow: {exc.strerror}") from None
+    if not stat.S_ISREG(mode):
+        what = "a folder" if stat.S_ISDIR(mode) else "not a regular file (FIFO, socket or device)"
+        raise InputNotFound(f"{path}: cannot follow it, it is {what}: give the audit log file")
+
+
 class FileTail:
-    """Complete lines appended to ``path`` since the last :meth:`poll`."""
+    """Complete lines appended to ``path`` since the last :meth:`poll`, at most
+    ``poll_bytes`` a poll: a big file followed from its start is read a slice at a time
+    (:attr:`behind` says more is waiting), not held whole in memory."""
 
     def __init__(
-        self, path: str, position: TailPosition | None = None, *, batch_bytes: int = BATCH_BYTES
+        self,
+        path: str,
+        position: TailPosition | None = None,
+        *,
+        batch_bytes: int = BATCH_BYTES,
+        poll_bytes: int = 4 * BATCH_BYTES,
     ) -> None:
         self.path = path
         self.batch_bytes = batch_bytes
+        self.poll_bytes = max(poll_bytes, batch_bytes)
+        #: the last poll stopped at ``poll_bytes`` with more to read: poll again now
+        self.behind = False
         self._fh: BinaryIO | None = None
         self._inode = position.inode if position else None
         self._offset = position.offset if position else 0
@@ -68,8 +94,11 @@ class FileTail:
             self._fh = None
 
     def poll(self) -> list[LineBatch]:
-        """Batches of the complete lines written since the last poll (maybe none)."""
+        """Batches of the complete lines written since the last poll (maybe none), up to
+        ``poll_bytes``; :attr:`behind` is then set and the next poll goes on from there."""
         batches: list[LineBatch] = []
+        budget = self.poll_bytes
+        self.behind = False
         current = self._stat()
         if self._fh is None:
             if current is None:
@@ -79,14 +108,16 @@ class FileTail:
         if current is not None and current.st_ino != self._inode:
             # Rotated by rename: finish the old file (its last line is complete), then
             # start the new one from its beginning.
-            batches += self._read_available(final=True)
+            batches, budget = self._read_available(final=True, budget=budget)
+            if self.behind:  # the old file is not finished yet: on with it next poll
+                return batches
             self.close()
             self._inode, self._offset = None, 0
             self._open(current)
         elif current is not None and current.st_size < self._offset:
             self._offset = 0  # truncated in place (copytruncate): read it again
-        batches += self._read_available(final=False)
-        return batches
+        more, _ = self._read_available(final=False, budget=budget)
+        return batches + more
 
     # ------------------------------------------------------------------ internals
     def _stat(self) -> os.stat_result | None:
@@ -102,14 +133,18 @@ class FileTail:
             self._offset = 0  # another file than the stored position's: from its start
         self._inode = opened
 
-    def _read_available(self, *, final: bool) -> list[LineBatch]:
+    def _read_available(self, *, final: bool, budget: int) -> tuple[list[LineBatch], int]:
+        """Batches from the offset on, while ``budget`` bytes last; what is left of it."""
         assert self._fh is not None and self._inode is not None
         batches: list[LineBatch] = []
         while True:
+            if budget <= 0:
+                self.behind = True
+                return batches, budget
             self._fh.seek(self._offset)
             data = self._fh.read(self.batch_bytes)
             if not data:
-                return batches
+                return batches, budget
             start = self._offset
             if start == 0 and data.startswith(BOM):
                 data, start = data[len(BOM) :], len(BOM)
@@ -119,12 +154,13 @@ class FileTail:
                 if final or len(data) > MAX_LINE_BYTES:
                     cut = len(data)  # the writer left (or the line is damage): take it
                 else:
-                    return batches  # a line still being written
+                    return batches, budget  # a line still being written
             block = data[:cut]
             batches.append(self._batch(block, start))
             self._offset = start + cut
+            budget -= cut
             if cut < len(data) and not final and len(data) < self.batch_bytes:
-                return batches
+                return batches, budget
 
     def _batch(self, block: bytes, start: int) -> LineBatch:
         lines = _split_lines(block)
@@ -140,4 +176,4 @@ class FileTail:
         )
 
 
-__all__ = ["FileTail", "TailPosition"]
+__all__ = ["FileTail", "TailPosition", "check_tailable"]

@@ -199,6 +199,7 @@ def watch(
     )
     from detector.pipeline.watch_metrics import WatchMetrics
     from detector.sources.files import cluster_from_log_group
+    from detector.sources.tail import check_tailable
 
     if region:
         from detector.config import apply_region
@@ -207,6 +208,8 @@ def watch(
     groups, tails = list(log_group or []), list(tail or [])
     if not groups and not tails and not replay:
         raise UsageError("nothing to watch: give --log-group, --tail or --replay")
+    for path in tails:
+        check_tailable(path)
     poll_s = poll.total_seconds()
     lease_s = lease.total_seconds()
 
