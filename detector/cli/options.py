@@ -27,7 +27,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 
-from detector.config import REGION_NAME
+from detector.config import REGION_NAME, holds_control_characters
 from detector.errors import EXIT_FINDINGS, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, DetectError
 from detector.errors import UsageError as _UsageError
 from detector.lake.findings_schema import SEVERITIES
@@ -170,7 +170,7 @@ def lake_root(value: Any) -> str:
     text = str(value)
     if not text.strip():
         raise ValueError("is empty: give a folder or s3://bucket/prefix")
-    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+    if holds_control_characters(text):
         raise ValueError(f"{text!r} holds control characters")
     problem = s3_uri_problem(text)
     if problem:

@@ -206,7 +206,7 @@ def _check_option(key: str, value: Any, where: str) -> Any:
         value = str(value)
     if not isinstance(value, str) or not value.strip():
         raise SinkConfigError(f"{where}: {key} must be a non-empty string (in quotes)")
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+    if settings.holds_control_characters(value):
         raise SinkConfigError(f"{where}: {key} holds control characters")
     if key.endswith("_env") and not _ENV_NAME.fullmatch(value):
         raise SinkConfigError(f"{where}: {key} must name an environment variable, not {value!r}")
