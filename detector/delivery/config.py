@@ -232,8 +232,7 @@ def parse_sink(item: Any, where: str) -> SinkConfig:
     for key in REQUIRED.get(kind, ()):
         if not isinstance(item.get(key), str) or not item[key]:
             raise SinkConfigError(f"{where}: {key} is required for a {kind} sink")
-    options = {k: v for k, v in item.items() if k in SPECIFIC[kind]}
-    options = {key: _check_option(key, value, where) for key, value in options.items()}
+    options = {k: _check_option(k, v, where) for k, v in item.items() if k in SPECIFIC[kind]}
     if kind in ("webhook", "slack"):
         sources = [k for k in ("url", "url_env", "url_file") if k in options]
         if len(sources) != 1:
