@@ -378,6 +378,31 @@ def test_s3_lake_round_trip_and_s3_inputs_are_remembered(tmp_path, s3_bucket, mo
     assert all(k.startswith("lake/events/cluster=prod/date=2026-11-27/hour=10/part-") for k in keys)
 
 
+def test_a_key_holding_glob_characters_is_read_as_named_and_a_pattern_must_match(
+    tmp_path, s3_bucket, moto_endpoint
+):
+    """S3 keys may hold ``?``, ``*`` or ``[``: such a key was taken as a pattern that
+    matched nothing, and the run said "0 inputs" as if it had succeeded. A name that exists
+    is now read as named, and a pattern that matches nothing is an error (exit 2)."""
+    import boto3
+
+    from detector.sources.files import InputNotFound
+
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint)
+    s3.put_object(Bucket=s3_bucket, Key="q?run=1/audit.log", Body=orjson.dumps(make_event(1)))
+    s3.put_object(Bucket=s3_bucket, Key="r/audit.log", Body=orjson.dumps(make_event(2)))
+    local = tmp_path / "logs[1]"
+    local.mkdir()
+    (local / "audit.log").write_bytes(orjson.dumps(make_event(3)))
+    lake = str(tmp_path / "lake")
+    named = [f"s3://{s3_bucket}/q?run=1/", str(local)]
+    assert ingest_paths(named, lake, cluster="c").events_written == 2
+    assert ingest_paths([f"s3://{s3_bucket}/*/audit.log"], lake, cluster="c").inputs == 1
+    for pattern in (f"s3://{s3_bucket}/zz*/", str(tmp_path / "logs[2]")):
+        with pytest.raises(InputNotFound, match="no file, folder or object matches"):
+            ingest_paths([pattern], lake, cluster="c")
+
+
 # ----------------------------------------------------------------- CLI
 def test_cli_ingest_json_summary_and_exit_codes(tmp_path, detect):
     path = write_ndjson(tmp_path / "a.log", [make_event(i) for i in range(5)])

@@ -146,8 +146,11 @@ def expand_inputs(paths: list[str], *, on_skip: Callable[[str], None] | None = N
             raise InputNotFound(problem)
         fs = filesystem(path)
         bare = strip_protocol(path)
-        if any(ch in bare for ch in "*?["):
+        if any(ch in bare for ch in "*?[") and not fs.exists(bare):
+            # A pattern; a name that merely holds ?, * or [ (an S3 key may) is taken as is.
             matches = fs.glob(bare)
+            if not matches:
+                raise InputNotFound(f"{path}: no file, folder or object matches")
         elif fs.isdir(bare):
             matches = [p for p in fs.find(bare) if not p.rsplit("/", 1)[-1].startswith(".")]
         elif fs.exists(bare):
