@@ -281,6 +281,26 @@ def test_reader_batches_streams_follows_empty_pages_and_filters_client_side():
 
 
 # ----------------------------------------------------------------------------- batch export
+def test_an_empty_stream_prefix_exports_every_stream_and_a_long_group_name_resumes(logs, lake_dir):
+    """``--stream-prefix ''`` was sent to AWS, which refuses an empty prefix (a two-line
+    "ParamValidationError"); it now means every stream. A group name may have 512
+    characters: its checkpoint name was refused past 240 ("state name is 630 characters
+    long"), and is now cut, the digest keeping it unique, so a second run resumes."""
+    group = "/custom/" + "g" * 480 + f"/{uuid.uuid4().hex[:8]}"
+    logs.create_log_group(logGroupName=group)
+    end = now_ms() - 10 * 60_000
+    for stream in ("apiserver-a", "other-b"):
+        logs.create_log_stream(logGroupName=group, logStreamName=stream)
+        put(logs, group, stream, [(end - 60_000, audit_message(f"{stream}-1", end - 60_000))])
+    args = ("export", "--log-group", group, "--cluster", "c", "--lake", lake_dir)
+    code, _, err = run_json(cli, *args, "--stream-prefix", "", "--since", "1h")
+    assert code == 0, err
+    assert sorted(lake_events(lake_dir)["audit_id"]) == ["apiserver-a-1", "other-b-1"]
+    code, _, err = run_json(cli, *args, "--stream-prefix", "")
+    assert code == 0, err  # resumed from the checkpoint: no --since needed
+    assert lake_events(lake_dir).height == 2
+
+
 def test_three_streams_two_windows_paged_counts_and_content_exact(logs, lake_dir):
     group = new_group(logs)
     end = now_ms() - 10 * 60_000

@@ -159,7 +159,8 @@ def checkpoint_parts(region: str, log_group: str) -> tuple[str, ...]:
     """``_state`` path parts of a group's checkpoint: readable, unique, path-safe."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", ".", log_group.strip("/")).strip(".") or "group"
     digest = hashlib.sha1(log_group.encode()).hexdigest()[:8]
-    return (STATE_DIR, region, f"{slug}-{digest}.json")
+    # A group name may be 512 characters, a lake name part 240: the digest keeps it unique.
+    return (STATE_DIR, region, f"{slug[:200]}-{digest}.json")
 
 
 # --------------------------------------------------------------------------- summary

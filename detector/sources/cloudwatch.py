@@ -66,11 +66,9 @@ class LogsReader:
         names: list[str] = []
         token: str | None = None
         while True:
-            kwargs: dict[str, Any] = {
-                "logGroupName": self.log_group,
-                "logStreamNamePrefix": self.stream_prefix,
-                "limit": DESCRIBE_LIMIT,
-            }
+            kwargs: dict[str, Any] = {"logGroupName": self.log_group, "limit": DESCRIBE_LIMIT}
+            if self.stream_prefix:  # an empty prefix: every stream (AWS refuses "")
+                kwargs["logStreamNamePrefix"] = self.stream_prefix
             if token:
                 kwargs["nextToken"] = token
             resp = self.retrier.call(

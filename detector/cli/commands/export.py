@@ -91,7 +91,10 @@ def export(
         ),
     ] = None,
     stream_prefix: Annotated[
-        str, typer.Option("--stream-prefix", help="Audit log streams start with this.")
+        str,
+        typer.Option(
+            "--stream-prefix", help="Audit log streams start with this ('': every stream)."
+        ),
     ] = DEFAULT_STREAM_PREFIX,
     rate: CloudWatchRateOpt = 5.0,
     max_attempts: Annotated[
