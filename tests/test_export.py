@@ -992,3 +992,18 @@ def test_real_subscription_filter_firehose_delivery_ingests(
     summary = ingest_paths([f"s3://{s3_bucket}/subscription/"], lake_dir)
     assert summary.quarantined == 0
     assert set(lake_events(lake_dir)["audit_id"]) == ids
+
+
+def test_a_value_aws_can_never_take_is_a_usage_error_in_one_line():
+    """botocore checks parameters before sending them (a group name over 512 characters):
+    that is the user's input, exit 2, said in one line, not a two-line "AWS:" failure."""
+    from botocore.exceptions import ParamValidationError
+
+    from detector.pipeline.export import ExportConfigError, _translate
+
+    report = "Invalid length for parameter logGroupName, value: 600, valid max length: 512"
+    err = _translate(
+        ParamValidationError(report=report), log_group="g", region="us-east-1", starting=True
+    )
+    assert isinstance(err, ExportConfigError) and err.exit_code == 2
+    assert str(err) == f"AWS refuses a value given: {report}"

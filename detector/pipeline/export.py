@@ -275,6 +275,7 @@ def _translate(exc: BaseException, *, log_group: str, region: str, starting: boo
         ClientError,
         NoCredentialsError,
         NoRegionError,
+        ParamValidationError,
         PartialCredentialsError,
     )
 
@@ -307,6 +308,9 @@ def _translate(exc: BaseException, *, log_group: str, region: str, starting: boo
         return ExportError(str(exc))
     if isinstance(exc, StateError | StorageError):
         return ExportError(f"lake: {exc}")
+    if isinstance(exc, ParamValidationError):  # a value AWS can never take: our input
+        detail = " ".join(str(exc).split()).removeprefix("Parameter validation failed: ")
+        return ExportConfigError(f"AWS refuses a value given: {detail}")
     if isinstance(exc, BotoCoreError):
         return ExportError(f"AWS: {describe_error(exc)}")
     if isinstance(exc, OSError):
