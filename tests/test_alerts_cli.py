@@ -191,3 +191,40 @@ def test_findings_list_shows_and_filters_by_workflow_status(scored):
     assert "status" in table.stdout and "resolved" in table.stdout
     bad = cli("findings", "--lake", lake, "--status", "closed")
     assert bad.exit_code == 2 and "--status must be one of" in bad.stderr
+
+
+def test_a_damaged_file_in_any_findings_table_is_skipped_not_fatal(scored):
+    """A findings, findings_events, incidents or finding_status file readers cannot use
+    (disk damage, another tool's file under the same name) made `findings`, `incidents`,
+    `report` and `score` end with "unexpected ComputeError"; those tables were read
+    without the check every other lake read makes. Now each command runs on, with a
+    warning, `detect lake check` lists the files, and re-scoring the range writes each of
+    them again (the incidents regrouped from the findings)."""
+    from pathlib import Path
+
+    first = score(scored)
+    lake = Path(scored["lake"])
+    damaged = {}
+
+    def damage(table: str) -> None:
+        path = sorted((lake / table).rglob("*.parquet"))[0]
+        path.write_bytes(b"not parquet at all")
+        damaged[table] = path
+
+    for table in ("findings_events", "incidents", "finding_status"):
+        damage(table)  # the findings stay readable, so their status and events are looked up
+    for args in (
+        ("findings", "--since", "2h"),
+        ("incidents", "--since", "2h"),
+        ("report", "--since", "2h", "-o", str(scored["tmp"] / "r.html")),
+    ):
+        out = cli("--config", scored["config"], *args, env=scored["env"])
+        assert out.exit_code == 0, (args, out.stderr)
+        assert "unexpected" not in out.stderr
+    damage("findings")
+    check = cli("lake", "check", "--lake", str(lake), "--format", "json")
+    listed = {p["table"] for p in json.loads(check.stdout)["problems"]}
+    assert check.exit_code == 1 and listed == set(damaged)
+    again = score(scored)  # the same range: each damaged file is written again, whole
+    assert again["incidents"]["incidents"] == first["incidents"]["incidents"]
+    assert cli("lake", "check", "--lake", str(lake)).exit_code == 0

@@ -125,7 +125,7 @@ def write_range(
     # Then take the overlapped windows out of older files of the same kind.
     in_range = (pl.col("window_start") >= start) & (pl.col("window_start") < end)
     for date in _dates(start, end):
-        for path in table.files((date,)):
+        for path in table.usable(table.entries((date,))):  # a damaged file stays, skipped
             fname = path.rsplit("/", 1)[1]
             if not fname.startswith(f"{kind}-"):
                 continue
@@ -155,7 +155,7 @@ def write_range(
 
 
 # --------------------------------------------------------------------------- reading
-def _scan_dates(table: Table, since: datetime | None, until: datetime | None) -> pl.LazyFrame:
+def scan_dates(table: Table, since: datetime | None, until: datetime | None) -> pl.LazyFrame:
     """Scan the usable files of the date partitions that can hold ``[since, until]``."""
     files: list[str] = []
     for date in table.values(()):
@@ -187,7 +187,7 @@ def list_findings(
     ``principal`` matches principals containing the text; ``detector`` a prefix
     (``model``, ``rule:``...).
     """
-    lf = _scan_dates(findings_table(lake), since, until)
+    lf = scan_dates(findings_table(lake), since, until)
     if since:
         lf = lf.filter(pl.col("window_start") >= since)
     if until:
@@ -215,7 +215,7 @@ def sort_findings(df: pl.DataFrame) -> pl.DataFrame:
 def get_finding(lake: Lake, finding_id: str) -> tuple[dict, pl.DataFrame]:
     """One finding (as a dict) and its events, in time order."""
     df = (
-        _scan_dates(findings_table(lake), None, None)
+        scan_dates(findings_table(lake), None, None)
         .filter(pl.col("finding_id") == finding_id)
         .collect()
     )
@@ -224,7 +224,7 @@ def get_finding(lake: Lake, finding_id: str) -> tuple[dict, pl.DataFrame]:
     row = df.sort("created_at", descending=True).row(0, named=True)
     day = row["window_start"].astimezone(UTC)
     events = (
-        _scan_dates(findings_events_table(lake), day, day)
+        scan_dates(findings_events_table(lake), day, day)
         .filter(pl.col("finding_id") == finding_id)
         .unique(["audit_id", "stage"], keep="first", maintain_order=True)
         .sort("event_time")

@@ -10,8 +10,9 @@ Why one file per date, rewritten whole: incidents are few (tens a day) and chang
 atomically is simpler and safer than append-and-compact. Writers of the same date must not
 run concurrently (a cron ``detect score`` and a person's ``detect incidents ack`` on the
 same day can race; the later write wins, and the next scoring run restores grouping from
-the findings). Small and self-contained on purpose, to move onto the shared partitioned
-table helper when it lands.
+the findings). Both are :class:`~detector.lake.table.Table` s, read as every lake table is
+(:func:`~detector.lake.findings.scan_dates`): a file readers cannot use is skipped with a
+warning (``detect lake check`` lists it), and an upsert replaces it rather than failing.
 
 Columns are documented in docs/alerts.md.
 """
@@ -20,13 +21,14 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import polars as pl
 
 from detector.lake.events import Lake
-from detector.storage import polars_storage_options
+from detector.lake.findings import findings_events_table, scan_dates
+from detector.lake.table import Table
 
 INCIDENTS_DIR = "incidents"
 STATUS_DIR = "finding_status"
@@ -99,49 +101,31 @@ def _frame(rows: list[dict[str, Any]], schema: dict[str, pl.DataType]) -> pl.Dat
     return pl.DataFrame([{k: r.get(k) for k in schema} for r in rows], schema=schema)
 
 
-def _dated_files(lake: Lake, table: str, since: datetime | None) -> list[str]:
-    out = []
-    for d in lake.loc.glob(lake.loc.path(table, "date=*")):
-        day = d.rsplit("date=", 1)[1]
-        if since is not None and day < since.astimezone(UTC).date().isoformat():
-            continue
-        out.extend(lake.loc.glob(d + "/*.parquet"))
-    return out
+def incidents_table(lake: Lake) -> Table:
+    return Table(lake.loc, INCIDENTS_DIR, ("date",), pl.Schema(INCIDENT_COLUMNS))
 
 
-def _read(lake: Lake, files: list[str], schema: dict[str, pl.DataType]) -> pl.DataFrame:
-    if not files:
-        return pl.DataFrame(schema=schema)
-    return pl.scan_parquet(
-        [lake.loc.uri_of(f) for f in files],
-        schema=pl.Schema(schema),
-        missing_columns="insert",
-        extra_columns="ignore",
-        hive_partitioning=False,
-        storage_options=polars_storage_options(lake.uri),
-    ).collect()
+def status_table(lake: Lake) -> Table:
+    return Table(lake.loc, STATUS_DIR, ("date",), pl.Schema(STATUS_COLUMNS))
 
 
-def _upsert(
-    lake: Lake,
-    table: str,
-    fname: str,
-    df: pl.DataFrame,
-    key: str,
-    date_col: str,
-    schema: dict[str, pl.DataType],
-) -> int:
-    """Replace rows with the same ``key`` in each date's file, add the others."""
+def _upsert(table: Table, fname: str, df: pl.DataFrame, key: str, date_col: str) -> int:
+    """Replace rows with the same ``key`` in each date's file, add the others.
+
+    A day's file that cannot be read (damaged, or of another schema) is replaced with a
+    warning: its rows are lost, and the next scoring run groups its findings again.
+    """
     if df.is_empty():
         return 0
     dated = df.with_columns(pl.col(date_col).dt.strftime("%Y-%m-%d").alias("_date"))
     for (day,), group in dated.group_by("_date", maintain_order=True):
         group = group.drop("_date")
-        path = lake.loc.path(table, f"date={day}", fname)
-        if lake.loc.exists(path):
-            old = _read(lake, [path], schema)
+        path = f"{table.dir((day,))}/{fname}"
+        current = [e for e in table.entries((day,)) if e.path == path]
+        if table.usable(current):
+            old = table.scan([path]).collect()
             group = pl.concat([old.filter(~pl.col(key).is_in(group[key].implode())), group])
-        lake.loc.put_atomic(path, _parquet(group.sort(key)))
+        table.loc.put_atomic(path, _parquet(group.select(list(table.schema)).sort(key)))
     return df.height
 
 
@@ -149,14 +133,12 @@ def _upsert(
 def write_incidents(lake: Lake, rows: Iterable[dict[str, Any]]) -> int:
     """Upsert incidents (dicts with the INCIDENT_COLUMNS) by ``incident_id``."""
     df = _frame(list(rows), INCIDENT_COLUMNS)
-    return _upsert(
-        lake, INCIDENTS_DIR, "incidents.parquet", df, "incident_id", "first_seen", INCIDENT_COLUMNS
-    )
+    return _upsert(incidents_table(lake), "incidents.parquet", df, "incident_id", "first_seen")
 
 
 def read_incidents(lake: Lake, *, since: datetime | None = None) -> pl.DataFrame:
     """Incidents whose first finding is on or after ``since``'s date (all when None)."""
-    df = _read(lake, _dated_files(lake, INCIDENTS_DIR, since), INCIDENT_COLUMNS)
+    df = scan_dates(incidents_table(lake), since, None).collect()
     return df.sort(["severity_rank", "last_seen"], descending=[True, True])
 
 
@@ -175,27 +157,19 @@ def recent_incidents(lake: Lake, before: datetime, horizon: timedelta) -> pl.Dat
 def write_status(lake: Lake, rows: Iterable[dict[str, Any]]) -> int:
     """Upsert finding statuses by ``finding_id`` (filed under the finding's window date)."""
     df = _frame(list(rows), STATUS_COLUMNS)
-    return _upsert(
-        lake, STATUS_DIR, "status.parquet", df, "finding_id", "window_start", STATUS_COLUMNS
-    )
+    return _upsert(status_table(lake), "status.parquet", df, "finding_id", "window_start")
 
 
 def read_status(lake: Lake, *, since: datetime | None = None) -> pl.DataFrame:
-    return _read(lake, _dated_files(lake, STATUS_DIR, since), STATUS_COLUMNS)
+    return scan_dates(status_table(lake), since, None).collect()
 
 
 def findings_events(lake: Lake, findings: pl.DataFrame) -> pl.DataFrame:
     """The events behind ``findings`` (from LAKE/findings_events/ on their dates)."""
-    from detector.lake.findings import FINDINGS_EVENTS_DIR
-    from detector.lake.findings_schema import FINDINGS_EVENTS_COLUMNS
-
+    table = findings_events_table(lake)
     if findings.is_empty():
-        return pl.DataFrame(schema=FINDINGS_EVENTS_COLUMNS)
-    days = findings["window_start"].dt.strftime("%Y-%m-%d").unique().to_list()
-    files = [
-        f
-        for d in sorted(days)
-        for f in lake.loc.glob(lake.loc.path(FINDINGS_EVENTS_DIR, f"date={d}", "*.parquet"))
-    ]
+        return pl.DataFrame(schema=table.schema)
+    times = findings["window_start"]
     ids = findings["finding_id"].implode()
-    return _read(lake, files, FINDINGS_EVENTS_COLUMNS).filter(pl.col("finding_id").is_in(ids))
+    lf = scan_dates(table, times.min(), times.max())  # type: ignore[arg-type]
+    return lf.filter(pl.col("finding_id").is_in(ids)).collect()

@@ -28,6 +28,7 @@ import polars as pl
 from detector.events.schema import EVENT_KEY
 from detector.lake.events import Lake
 from detector.lake.findings import findings_events_table, findings_table
+from detector.lake.incidents import incidents_table, status_table
 from detector.lake.lock import writer_lock
 from detector.lake.table import TMP_DIR, Table, list_dir, remove, schema_problem
 
@@ -39,7 +40,14 @@ _KEYS = {"events": list(EVENT_KEY), "quarantine": ["source", "source_position"]}
 
 
 def lake_tables(lake: Lake) -> list[Table]:
-    return [lake.events, lake.quarantine, findings_table(lake), findings_events_table(lake)]
+    return [
+        lake.events,
+        lake.quarantine,
+        findings_table(lake),
+        findings_events_table(lake),
+        incidents_table(lake),
+        status_table(lake),
+    ]
 
 
 # --------------------------------------------------------------------------- check

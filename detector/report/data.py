@@ -24,15 +24,12 @@ from typing import Any
 import polars as pl
 
 from detector.lake.events import Lake
-from detector.lake.findings import list_findings
-from detector.lake.findings_schema import FINDINGS_EVENTS_COLUMNS
+from detector.lake.findings import findings_events_table, list_findings, scan_dates
 from detector.report.timeline import collapse_runs
-from detector.storage import polars_storage_options
 
 log = logging.getLogger(__name__)
 
 INCIDENTS_DIR = "incidents"
-FINDINGS_EVENTS_DIR = "findings_events"
 #: Candidate names of an incident's columns, first found wins.
 INCIDENT_ID = ("incident_id", "id")
 INCIDENT_TIME = ("first_seen", "start", "window_start", "started_at", "opened_at", "created_at")
@@ -139,25 +136,13 @@ def rates_by_hour(hourly: pl.DataFrame) -> pl.DataFrame:
 
 
 def findings_events(lake: Lake, finding_ids: list[str], start: datetime, end: datetime):  # type: ignore[no-untyped-def]
-    """The stored events of these findings (``findings_events/``), by date partition."""
-    schema = pl.Schema(FINDINGS_EVENTS_COLUMNS)
+    """The stored events of these findings (``findings_events/``), by date partition: the
+    usable files of the days from ``start`` to the day after ``end``, as every lake read."""
+    table = findings_events_table(lake)
     if not finding_ids:
-        return pl.DataFrame(schema=schema)
-    days = sorted({(start + timedelta(days=i)).date() for i in range((end - start).days + 2)})
-    files: list[str] = []
-    for day in days:
-        part = lake.loc.path(FINDINGS_EVENTS_DIR, f"date={day.isoformat()}")
-        files.extend(lake.loc.glob(part + "/*.parquet"))
-    if not files:
-        return pl.DataFrame(schema=schema)
+        return pl.DataFrame(schema=table.schema)
     return (
-        pl.scan_parquet(
-            [lake.loc.uri_of(f) for f in files],
-            schema=schema,
-            missing_columns="insert",
-            extra_columns="ignore",
-            storage_options=polars_storage_options(lake.uri),
-        )
+        scan_dates(table, start, end + timedelta(days=1))
         .filter(pl.col("finding_id").is_in(pl.Series(finding_ids, dtype=pl.String).implode()))
         .unique(["finding_id", "audit_id", "stage"], keep="first")
         .sort("finding_id", "event_time")
