@@ -46,7 +46,22 @@ def test_labels_load_from_the_simulator_document(sim):
         (None, "does not exist"),
         ("{not json", "not JSON"),
         ('{"x": 1}', "no list"),
-        ('[{"id": "a"}]', "malformed"),
+        ('[{"id": "a"}]', "scenario 0 in .*: start is required"),
+        # Each said by key; these were "'int' object has no attribute 'get'", or a
+        # scenario silently never matched (a numeric principal, an end before its start):
+        ("[5]", "scenario 0 in .*: expected an object"),
+        (
+            '[{"principal": 5, "start": "2026-11-19T08:00:00Z", "end": "2026-11-19T09:00:00Z"}]',
+            "principal must be a string",
+        ),
+        (
+            '[{"principal": "a", "start": "2026-11-19T09:00:00Z", "end": "2026-11-19T08:00:00Z"}]',
+            "end is before start",
+        ),
+        (
+            '[{"start": "2026-11-19T08:00:00Z", "end": "2026-11-19T09:00:00Z", "audit_ids": "x"}]',
+            "audit_ids must be a list of strings",
+        ),
     ],
 )
 def test_bad_labels_are_one_clear_error(tmp_path, content, message):

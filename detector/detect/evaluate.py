@@ -67,24 +67,40 @@ def load_labels(path: str | Path) -> list[Scenario]:
     items = data.get("scenarios") if isinstance(data, dict) else data
     if not isinstance(items, list):
         raise LabelsError(f"labels file {path} has no list of scenarios")
-    out = []
-    for i, item in enumerate(items):
+    return [_scenario(item, i, path) for i, item in enumerate(items)]
+
+
+def _scenario(item: Any, i: int, path: str | Path) -> Scenario:
+    """One labelled scenario, each problem said by key (a labels file is hand-edited)."""
+    where = f"scenario {i} in {path}"
+    if not isinstance(item, dict):
+        raise LabelsError(f"{where}: expected an object with start, end and principal")
+    for key in ("principal", "tactic", "technique"):
+        if item.get(key) is not None and not isinstance(item[key], str):
+            raise LabelsError(f"{where}: {key} must be a string")
+    ids = item.get("audit_ids") or []
+    if not isinstance(ids, list) or not all(isinstance(a, str) for a in ids):
+        raise LabelsError(f"{where}: audit_ids must be a list of strings")
+    times = {}
+    for key in ("start", "end"):
+        if not isinstance(item.get(key), str):
+            raise LabelsError(f"{where}: {key} is required, an ISO-8601 instant")
         try:
-            out.append(
-                Scenario(
-                    id=str(item.get("id", i)),
-                    scenario=str(item.get("scenario") or item.get("name") or item.get("id", i)),
-                    principal=item.get("principal"),
-                    tactic=item.get("tactic"),
-                    technique=item.get("technique"),
-                    start=parse_instant(str(item["start"])),
-                    end=parse_instant(str(item["end"])),
-                    audit_ids=frozenset(item.get("audit_ids") or ()),
-                )
-            )
-        except (KeyError, TypeError, AttributeError, ValueError) as exc:
-            raise LabelsError(f"scenario {i} in {path} is malformed: {exc}") from None
-    return out
+            times[key] = parse_instant(item[key])
+        except ValueError as exc:
+            raise LabelsError(f"{where}: {key}: {exc}") from None
+    if times["end"] < times["start"]:
+        raise LabelsError(f"{where}: end is before start")
+    return Scenario(
+        id=str(item.get("id", i)),
+        scenario=str(item.get("scenario") or item.get("name") or item.get("id", i)),
+        principal=item.get("principal"),
+        tactic=item.get("tactic"),
+        technique=item.get("technique"),
+        start=times["start"],
+        end=times["end"],
+        audit_ids=frozenset(ids),
+    )
 
 
 @dataclass
