@@ -825,3 +825,27 @@ def test_a_rules_path_pointed_at_an_endless_file_is_unreadable_not_read(tmp_path
     assert done.returncode == 0, done.stderr[-500:]
     assert "unreadable: larger than 16 MB" in done.stdout
     assert str(site) in done.stdout and done.stdout.count("unreadable") == 1
+
+
+def test_the_probe_endpoints_drop_silent_clients_and_answer_past_them():
+    """Each connection to /healthz holds a thread: a client that connects and sends half a
+    request (or nothing) held one forever, so enough of them would starve the probes and
+    get the pod restarted. They are dropped after ``idle_timeout``; the server closing the
+    socket is what the test waits for (no sleep), bounded by a socket timeout."""
+    import socket
+
+    from detector.pipeline.watch_metrics import HealthServer
+
+    server = HealthServer(WatchMetrics(), 0, host="127.0.0.1", idle_timeout=0.2).start()
+    try:
+        silent = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(20)]
+        for s in silent[:10]:
+            s.sendall(b"GET /healthz HTTP/1.1\r\n")  # half a request
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=5) as r:
+            assert r.status == 200
+        for s in silent:
+            s.settimeout(5)
+            assert s.recv(1024) == b""  # closed by the server, not by us
+            s.close()
+    finally:
+        server.stop()

@@ -141,15 +141,34 @@ def _samples(metric: Counter | Gauge) -> list:
     return [child._value for child in metric._metrics.values()]
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """A client gone mid-answer (a probe that timed out) is logged in one debug line; the
+    standard server printed a traceback to stderr for it."""
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        log.debug("health endpoint: client %s went away mid-request", client_address)
+
+
 class HealthServer:
     """``/healthz``, ``/readyz`` and ``/metrics`` on a daemon thread (port 0: any free)."""
 
     def __init__(
-        self, metrics: WatchMetrics, port: int, *, host: str = "0.0.0.0", stale_after: float = 120
+        self,
+        metrics: WatchMetrics,
+        port: int,
+        *,
+        host: str = "0.0.0.0",
+        stale_after: float = 120,
+        idle_timeout: float = 10.0,
     ) -> None:
         m = metrics
 
         class Handler(BaseHTTPRequestHandler):
+            # A client that connects and stays silent (or sends half a request) is dropped
+            # after this long: each connection holds a thread, and the probes must not wait
+            # behind a pile of them.
+            timeout = idle_timeout
+
             def log_message(self, *args: object) -> None:
                 pass
 
@@ -172,7 +191,7 @@ class HealthServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server = _QuietServer((host, port), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
