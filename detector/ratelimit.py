@@ -94,10 +94,18 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, HTTPClientError | ConnectionError | IncompleteReadError)
 
 
-def is_setup_error(exc: BaseException) -> bool:
-    """AWS credentials or region missing from the whole chain: configuration (exit 2), told
-    once by the CLI, never wrapped as one call's failure (retrying cannot mend it)."""
-    return isinstance(exc, NoCredentialsError | PartialCredentialsError | NoRegionError)
+def setup_problem(exc: BaseException) -> str | None:
+    """What to set when AWS credentials or a region are missing from the whole chain: a
+    configuration error (exit 2), said the same way by every command and never wrapped as
+    one call's failure (retrying cannot mend it); None for any other error."""
+    if isinstance(exc, NoRegionError):
+        return "no AWS region: set AWS_REGION, or pass --region"
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+        return (
+            "no AWS credentials found (set AWS_PROFILE, AWS_ACCESS_KEY_ID/"
+            "AWS_SECRET_ACCESS_KEY, or run with an IAM role such as IRSA)"
+        )
+    return None
 
 
 def unreachable_endpoint(exc: BaseException) -> str | None:

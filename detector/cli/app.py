@@ -63,14 +63,9 @@ def environment_error(exc: Exception) -> int | None:
         return None
     from detector import ratelimit
 
-    if ratelimit.is_setup_error(exc):
-        if type(exc).__name__ == "NoRegionError":
-            report("no AWS region: set AWS_REGION, or pass --region")
-        else:
-            report(
-                "no AWS credentials found (set AWS_PROFILE, AWS_ACCESS_KEY_ID/"
-                "AWS_SECRET_ACCESS_KEY, or run with an IAM role such as IRSA)"
-            )
+    problem = ratelimit.setup_problem(exc)
+    if problem:
+        report(problem)
         return EXIT_USAGE
     endpoint = ratelimit.unreachable_endpoint(exc)
     if endpoint:

@@ -183,7 +183,7 @@ class StateObject:
     def _s3_read(self) -> Versioned:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        from detector.ratelimit import describe_error, is_setup_error
+        from detector.ratelimit import describe_error, setup_problem
 
         bucket, key = self._bucket_key
         try:
@@ -195,7 +195,7 @@ class StateObject:
                 return Versioned(None, None)
             raise StateError(f"{self.uri}: cannot read: {describe_error(exc)}") from None
         except BotoCoreError as exc:
-            if is_setup_error(exc):
+            if setup_problem(exc):
                 raise
             raise StateError(f"{self.uri}: cannot read: {describe_error(exc)}") from None
         return Versioned(_loads(body, self.uri), resp["ETag"])
@@ -203,7 +203,7 @@ class StateObject:
     def _s3_write(self, body: bytes, etag: str | None) -> str:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        from detector.ratelimit import describe_error, is_setup_error
+        from detector.ratelimit import describe_error, setup_problem
 
         bucket, key = self._bucket_key
         condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
@@ -234,7 +234,7 @@ class StateObject:
                     raise CheckpointConflict(f"{self.uri} was changed by another process") from None
                 raise StateError(f"{self.uri}: cannot write: {describe_error(exc)}") from None
             except BotoCoreError as exc:
-                if is_setup_error(exc):
+                if setup_problem(exc):
                     raise
                 raise StateError(f"{self.uri}: cannot write: {describe_error(exc)}") from None
         raise StateError(f"{self.uri}: cannot write: conditional write kept conflicting")

@@ -67,6 +67,7 @@ from detector.ratelimit import (
     client_config,
     describe_error,
     error_code,
+    setup_problem,
 )
 from detector.sources.cloudwatch import (
     DEFAULT_STREAM_PREFIX,
@@ -273,21 +274,14 @@ def _translate(exc: BaseException, *, log_group: str, region: str, starting: boo
     from botocore.exceptions import (
         BotoCoreError,
         ClientError,
-        NoCredentialsError,
-        NoRegionError,
         ParamValidationError,
-        PartialCredentialsError,
     )
 
     if isinstance(exc, ExportError):
         return exc
-    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
-        return ExportConfigError(
-            "no AWS credentials found (set AWS_PROFILE, AWS_ACCESS_KEY_ID/"
-            "AWS_SECRET_ACCESS_KEY, or run with an IAM role such as IRSA)"
-        )
-    if isinstance(exc, NoRegionError):
-        return ExportConfigError("no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION)")
+    problem = setup_problem(exc)
+    if problem:
+        return ExportConfigError(problem)
     if isinstance(exc, ClientError):
         code = error_code(exc)
         if code == "ResourceNotFoundException":
