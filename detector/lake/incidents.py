@@ -19,7 +19,6 @@ Columns are documented in docs/alerts.md.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
@@ -89,12 +88,6 @@ STATUS_COLUMNS: dict[str, pl.DataType] = {
 }
 
 
-def _parquet(df: pl.DataFrame) -> bytes:
-    buf = io.BytesIO()
-    df.write_parquet(buf, compression="zstd")
-    return buf.getvalue()
-
-
 def _frame(rows: list[dict[str, Any]], schema: dict[str, pl.DataType]) -> pl.DataFrame:
     if not rows:
         return pl.DataFrame(schema=schema)
@@ -125,7 +118,7 @@ def _upsert(table: Table, fname: str, df: pl.DataFrame, key: str, date_col: str)
         if table.usable(current):
             old = table.scan([path]).collect()
             group = pl.concat([old.filter(~pl.col(key).is_in(group[key].implode())), group])
-        table.loc.put_atomic(path, _parquet(group.select(list(table.schema)).sort(key)))
+        table.write((day,), group.select(list(table.schema)).sort(key), fname)
     return df.height
 
 
