@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import sys
 import uuid
 from pathlib import Path
 
@@ -46,10 +47,15 @@ def write_user_file(path: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` (UTF-8) at a path a user named, so a reader never sees half of it.
 
     A file is written beside itself and renamed over (through a symlink: the file it
-    points at). A path that is not a file, such as ``/dev/null`` or a FIFO, is written
-    into as a shell's ``>`` would: renaming over it replaced the device itself (as root,
-    ``-o /dev/null`` left a regular file there). Returns the path written.
+    points at). ``-`` is standard output, and a path that is not a file, such as
+    ``/dev/null`` or a FIFO, is written into as a shell's ``>`` would: renaming over it
+    replaced the device itself (as root, ``-o /dev/null`` left a regular file there).
+    Returns the path written; ``.is_file()`` tells a file from a stream.
     """
+    if str(path) == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return Path("-")
     try:
         special = not stat.S_ISREG(os.stat(path).st_mode)
     except FileNotFoundError:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
@@ -70,7 +69,7 @@ def report(
     """
     from detector.lake.events import Lake
     from detector.report.data import collect
-    from detector.report.html import render, write_report
+    from detector.report.html import write_report
 
     start, end = check_range(since, until or datetime.now(UTC))
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
@@ -85,20 +84,17 @@ def report(
             region=region,
         )
     with progress_status("drawing the report"):
-        if str(out) == "-":
-            sys.stdout.write(render(data))
-            sys.stdout.flush()
-            written = Path("-")
-        else:
-            written = write_report(data, out)
+        written = write_report(data, out)
     # Where the page went to a stream (-o -, /dev/stdout, a pipe), the summary goes to
     # stderr: appended to the page, it would end up in whatever reads it.
-    to_file = str(out) != "-" and written.is_file()
+    if written.is_file():
+        console, where = stdout, str(written.resolve())
+    else:
+        console, where = stderr, "standard output" if str(written) == "-" else str(written)
     s = data.summary()
-    (stdout if to_file else stderr).print(
+    console.print(
         f"report of {start:%Y-%m-%d %H:%M}Z to {end:%Y-%m-%d %H:%M}Z: {s['events']:,} events, "
-        f"{s['alerts']} alert(s), {s['findings']} finding(s) -> "
-        f"{written.resolve() if to_file else 'standard output' if str(out) == '-' else out}",
+        f"{s['alerts']} alert(s), {s['findings']} finding(s) -> {where}",
         markup=False,
     )
 

@@ -7,7 +7,6 @@ The options ``--rules FILE``, ``--enable ID`` and ``--disable ID`` mean the same
 from __future__ import annotations
 
 import difflib
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -304,7 +303,7 @@ def docs(
 
     text = render_docs()
     if str(out) == "-":
-        sys.stdout.write(text)
+        write_user_file(out, text)
         return
     if check:
         current = out.read_text(encoding="utf-8") if out.exists() else None
