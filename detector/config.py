@@ -178,6 +178,8 @@ def read_toml(path: Path) -> dict[str, Any]:
         return tomllib.loads(read_user_file(path))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses into nested arrays and tables
+        raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(
             f"{path}: not UTF-8 (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "

@@ -190,6 +190,26 @@ def test_an_endless_or_huge_file_where_a_small_one_is_due_is_one_line(cwd, args)
     assert_one_error_line(invoke(*args), "larger than 16 MB")
 
 
+@pytest.mark.parametrize(
+    ("name", "text", "args"),
+    [
+        ("labels.json", "[" * 100_000 + "]" * 100_000, ("evaluate", "--labels", "labels.json")),
+        ("detect.toml", "x = " + "[" * 5000 + "]" * 5000, ("config", "show")),
+        ("s.yaml", "- " + "[" * 5000 + "]" * 5000, ("suppressions", "s.yaml")),
+        ("r.yaml", "- " + "[" * 5000 + "]" * 5000, ("rules", "list", "--rules", "r.yaml")),
+    ],
+    ids=["labels", "config", "suppressions", "rules"],
+)
+def test_a_file_nested_too_deeply_is_one_line(cwd, name, text, args):
+    """JSON, TOML and pure-Python YAML parsers recurse: a small file of nested brackets
+    ended a command with "unexpected RecursionError" (labels, detect.toml, suppressions)."""
+    (cwd / "lake").mkdir()
+    (cwd / name).write_text(text)
+    extra = ("--lake", "lake", "--train-until", "1d") if args[0] == "evaluate" else ()
+    extra = ("--lake", "lake") if args[0] == "suppressions" else extra
+    assert_one_error_line(invoke(*args, *extra), "nest")
+
+
 def test_bad_log_level_from_the_environment(cwd):
     result = invoke("config", "show", env={"DETECT_LOG_LEVEL": "loud"})
     assert_one_error_line(result, "loud")

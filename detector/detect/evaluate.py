@@ -64,6 +64,8 @@ def load_labels(path: str | Path) -> list[Scenario]:
         raise LabelsError(f"labels file {path} cannot be read: {exc.strerror or exc}") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise LabelsError(f"labels file {path} is not JSON: {exc}") from None
+    except RecursionError:
+        raise LabelsError(f"labels file {path} is not JSON: nested too deeply") from None
     items = data.get("scenarios") if isinstance(data, dict) else data
     if not isinstance(items, list):
         raise LabelsError(f"labels file {path} has no list of scenarios")

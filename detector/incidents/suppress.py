@@ -38,6 +38,7 @@ import yaml
 
 from detector.errors import UsageError
 from detector.rules.condition import ConditionError, check_regex, glob_to_regex
+from detector.rules.loader import YAML_LOADER, yaml_problem
 from detector.userfiles import read_user_file
 
 log = logging.getLogger(__name__)
@@ -151,9 +152,13 @@ def load(path: str | Path | None) -> list[Suppression]:
     except (OSError, UnicodeDecodeError) as exc:
         raise SuppressionError(f"suppressions file {path} cannot be read: {exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=YAML_LOADER)  # safe: nothing in it is executed
+    except RecursionError:
+        raise SuppressionError(
+            f"suppressions file {path}: not valid YAML: nested too deeply"
+        ) from None
     except yaml.YAMLError as exc:
-        raise SuppressionError(f"suppressions file {path} is not YAML: {exc}") from None
+        raise SuppressionError(f"suppressions file {path}: {yaml_problem(exc)}") from None
     return parse(data, str(path))
 
 

@@ -339,8 +339,18 @@ def builtin_files() -> list[Path]:
     return [Path(str(root / n)) for n in names]
 
 
-#: libyaml's parser when PyYAML was built with it: ten times faster on the built-in files.
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+#: libyaml's parser when PyYAML was built with it: ten times faster on the built-in files,
+#: and it refuses deep nesting itself (the pure-Python loader recurses until Python stops
+#: it: callers catch ``RecursionError`` too). For every YAML file a user gives.
+YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error in one line: ``not valid YAML at line 3, column 7: <problem>``."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"not valid YAML{where}: {problem}"
 
 
 @functools.lru_cache(maxsize=64)
@@ -361,12 +371,11 @@ def _read_items(path: Path, label: str) -> list[dict[str, Any]]:
 
 def _parse(text: str, label: str) -> list[dict[str, Any]]:
     try:
-        data = yaml.load(text, Loader=_YAML_LOADER)
+        data = yaml.load(text, Loader=YAML_LOADER)
+    except RecursionError:
+        raise RuleError(label, None, "not valid YAML: nested too deeply") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise RuleError(label, None, f"not valid YAML{where}: {problem}") from None
+        raise RuleError(label, None, yaml_problem(exc)) from None
     if data is None:
         return []
     if not isinstance(data, list):
