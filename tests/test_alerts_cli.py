@@ -228,3 +228,23 @@ def test_a_damaged_file_in_any_findings_table_is_skipped_not_fatal(scored):
     again = score(scored)  # the same range: each damaged file is written again, whole
     assert again["incidents"]["incidents"] == first["incidents"]["incidents"]
     assert cli("lake", "check", "--lake", str(lake)).exit_code == 0
+
+
+def test_a_token_quoted_in_an_ack_reason_is_redacted_before_the_lake(scored):
+    """An analyst's reason is stored with the incident and each finding's status; one that
+    quotes what was rotated ("revoked Bearer ...") reached the lake as typed."""
+    import polars as pl
+
+    score(scored)
+    lake = scored["lake"]
+    iid = json.loads(cli("incidents", "--lake", lake, "--format", "json").stdout)[0]["incident_id"]
+    reason = "revoked Bearer eyJhbGciOiJIUzI1NiJ9.c2VjcmV0LXRva2Vu.abc and password=hunter2"
+    assert cli("incidents", "ack", iid, "--lake", lake, "--reason", reason).exit_code == 0
+    stored = pl.concat(
+        [
+            pl.read_parquet(f"{lake}/{table}/**/*.parquet").select("status_reason")
+            for table in ("incidents", "finding_status")
+        ]
+    )["status_reason"].drop_nulls()
+    assert stored.len() and stored.str.contains("revoked Bearer <redacted>").any()
+    assert not stored.str.contains("eyJhbGci|hunter2").any()

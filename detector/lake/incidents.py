@@ -25,6 +25,7 @@ from typing import Any
 
 import polars as pl
 
+from detector.events.redact import redact_text_columns
 from detector.lake.events import Lake
 from detector.lake.findings import findings_events_table, scan_dates
 from detector.lake.table import Table
@@ -110,6 +111,9 @@ def _upsert(table: Table, fname: str, df: pl.DataFrame, key: str, date_col: str)
     """
     if df.is_empty():
         return 0
+    # The reason a person typed (``detect incidents ack --reason``) may quote a token it
+    # rotated: redacted like every other string before it reaches the lake.
+    df, _ = redact_text_columns(df, ["status_reason"])
     dated = df.with_columns(pl.col(date_col).dt.strftime("%Y-%m-%d").alias("_date"))
     for (day,), group in dated.group_by("_date", maintain_order=True):
         group = group.drop("_date")
