@@ -769,6 +769,44 @@ def test_a_lake_that_fails_is_retried_and_nothing_is_lost(moto_endpoint, tmp_pat
     assert got.height == 3
 
 
+def test_a_stop_while_far_behind_ends_within_a_step_and_the_next_run_reads_the_rest(tmp_path):
+    """SIGTERM on a tail with a backlog (a big log followed from its start): the watcher
+    hands over one more poll, checkpoints and exits, rather than reading the whole
+    backlog past the pod's grace period; the next run goes on from the checkpoint, and
+    every line is in the lake once. (It used to read to the end on a stop.)"""
+    from detector.pipeline.watch import TailSource
+
+    log_path = tmp_path / "audit.log"
+    t0 = int(time.time() * 1000)
+    lines = [anonymous_denied(i, t0 + i, "198.51.100.9") + "\n" for i in range(60)]
+    log_path.write_text("".join(lines))
+    poll = 5 * len(lines[0])  # about five lines a step
+    lake = Lake(str(tmp_path / "lake"))
+    metrics = WatchMetrics()
+    alerter = StreamAlerter(lake, StreamDetector(lake), [], metrics=metrics)
+    stop = threading.Event()
+    rounds = []
+
+    def tick() -> None:
+        rounds.append(1)
+        if len(rounds) == 2:  # the second round starts: SIGTERM arrives
+            stop.set()
+
+    def source() -> TailSource:
+        return TailSource(
+            lake, str(log_path), alerter.consume, metrics, cluster="c1", poll_bytes=poll
+        )
+
+    Watcher([source], metrics, WatchOptions(poll=60), stop=stop, on_tick=tick).run()
+    first = metrics.totals["events"]
+    assert 0 < first <= 15  # the two rounds begun before the stop, and one more poll
+    Watcher([source], metrics, WatchOptions(poll=60, once=True)).run()
+    got = lake.scan_events(
+        datetime.fromtimestamp(t0 / 1000 - 60, UTC), datetime.now(UTC) + timedelta(minutes=1)
+    ).collect()
+    assert got.height == len(lines) and got["audit_id"].n_unique() == len(lines)
+
+
 def test_edited_rule_files_are_picked_up_without_a_restart_and_a_broken_edit_is_not(
     tmp_path, caplog
 ):

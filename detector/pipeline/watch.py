@@ -21,8 +21,9 @@ The loop (:class:`Watcher`) steps each source every ``poll``; a replica that fin
 lease held waits as a standby and takes over when the holder is gone or its lease
 expires. A source that fails (CloudWatch or the lake still failing after the retries) is
 restarted from its checkpoint after a backoff; the loop goes on. ``stop`` (SIGTERM)
-drains: the current step ends, each source flushes, hands the rest to the consumer,
-checkpoints and releases its lease.
+drains: the current step ends, each source flushes what it has read (a tail one more
+poll at most, however far behind), hands it to the consumer, checkpoints and releases
+its lease; the next run reads on from the checkpoint.
 """
 
 from __future__ import annotations
@@ -102,9 +103,16 @@ class Source(Protocol):
 
     def step(self) -> None: ...
 
-    def finish(self) -> None: ...
+    def finish(self, *, catch_up: bool = True) -> None:
+        """Hand over what was read, checkpoint, release the lease.
 
-    def abort(self) -> None: ...
+        ``catch_up``: first read what is already waiting, to its end (``--once``). A stop
+        passes False: what is left is read by the next run from the checkpoint, so a
+        SIGTERM ends within a step however far behind the source is.
+        """
+        ...
+
+    def abort(self) -> None: ...  # after a failure: release what can be, read nothing
 
 
 # --------------------------------------------------------------------------- CloudWatch
@@ -182,7 +190,7 @@ class CloudWatchSource:
         self.metrics.lag.labels(source=self.name).set(max(0.0, self.clock() - now.timestamp()))
         return self.consume(batch.events, now, batch.payload)
 
-    def finish(self) -> None:
+    def finish(self, *, catch_up: bool = True) -> None:
         if self.exporter is not None:
             self.exporter.finish()
             self.metrics.leader.labels(source=self.name).set(0)
@@ -237,14 +245,17 @@ class _LeasedSource:
         self.lease.update(payload=payload, **pos)
         self.payload = payload
 
-    def finish(self) -> None:
+    def finish(self, *, catch_up: bool = True) -> None:
+        self._release()
+
+    def _release(self) -> None:
         if self.lease.held:
             self.lease.release()
         self.metrics.leader.labels(source=self.name).set(0)
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):  # the lake may have failed: the lease expires
-            self.finish()
+            self._release()
 
 
 class TailSource(_LeasedSource):
@@ -263,19 +274,23 @@ class TailSource(_LeasedSource):
         lease_seconds: float = 180.0,
         owner: Owner | None = None,
         clock: Callable[[], float] = time.time,
+        poll_bytes: int | None = None,
     ) -> None:
         super().__init__(
             lake, path, consume, metrics, lease_seconds=lease_seconds, owner=owner, clock=clock
         )
         self.name = f"tail:{path}"
         self.path, self.cluster = path, cluster
+        self.poll_bytes = poll_bytes
         self.tail: FileTail | None = None
 
     def start(self) -> None:
         self.cluster = cluster_for(self.lake, self.path, self.cluster)
         super().start()
         pos = self.previous.get("position")
-        self.tail = FileTail(self.path, TailPosition.from_dict(pos) if pos else None)
+        start = TailPosition.from_dict(pos) if pos else None
+        sized = {"poll_bytes": self.poll_bytes} if self.poll_bytes else {}
+        self.tail = FileTail(self.path, start, **sized)
 
     def step(self) -> None:
         assert self.tail is not None
@@ -290,13 +305,18 @@ class TailSource(_LeasedSource):
         pos = self.tail.position
         self._commit(events, quarantine, now, position=pos.to_dict() if pos else None)
 
-    def finish(self) -> None:
+    def finish(self, *, catch_up: bool = True) -> None:
         if self.tail is not None and self.lease.held:
-            self.step()  # what was appended up to now, a poll's worth at a time
-            while self.tail.behind:
+            self.step()  # what was appended up to now: one poll's worth
+            while catch_up and self.tail.behind:
                 self.step()
             self.tail.close()
         super().finish()
+
+    def abort(self) -> None:
+        if self.tail is not None:
+            self.tail.close()
+        super().abort()
 
 
 class ReplaySource(_LeasedSource):
@@ -396,13 +416,22 @@ class ReplaySource(_LeasedSource):
         if left > 0:
             self.stop.wait(left)
 
-    def finish(self) -> None:
+    def finish(self, *, catch_up: bool = True) -> None:
         try:
             super().finish()
         finally:
-            if self.staged is not None:
-                self.staged.remove()
-                self.staged = None
+            self._unstage()
+
+    def abort(self) -> None:
+        try:
+            super().abort()
+        finally:
+            self._unstage()
+
+    def _unstage(self) -> None:
+        if self.staged is not None:
+            self.staged.remove()
+            self.staged = None
 
 
 _HOUR_MS = 3_600_000
@@ -657,7 +686,7 @@ class Watcher:
             if src is None:
                 continue
             try:
-                src.finish()
+                src.finish(catch_up=False)  # the next run reads on from the checkpoint
             except Exception as exc:  # the others still drain
                 log.warning("%s: could not drain cleanly: %s", src.name, exc)
                 src.abort()

@@ -76,8 +76,8 @@ class FileTail:
         poll_bytes: int = 4 * BATCH_BYTES,
     ) -> None:
         self.path = path
-        self.batch_bytes = batch_bytes
-        self.poll_bytes = max(poll_bytes, batch_bytes)
+        self.poll_bytes = max(1, poll_bytes)
+        self.batch_bytes = min(batch_bytes, self.poll_bytes)
         #: the last poll stopped at ``poll_bytes`` with more to read: poll again now
         self.behind = False
         self._fh: BinaryIO | None = None
