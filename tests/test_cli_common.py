@@ -8,8 +8,10 @@ error (exit 2) on one ``error:`` line, never a traceback or a rich box.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -87,6 +89,62 @@ def test_every_help_has_an_example(cwd, path):
     result = invoke(*path, "--help")
     assert result.exit_code == 0, result.output
     assert "Example" in result.stdout, f"`detect {' '.join(path)} --help` has no Example"
+
+
+def _prose(help_text: str) -> list[list[str]]:
+    """The paragraphs of a rendered help between its usage line and its examples (the
+    lines of each, right padding off), leaving out indented blocks."""
+    body = help_text.split("Usage:", 1)[1].split("\n", 1)[1]
+    body = body.split("╭", 1)[0].split(" Example", 1)[0]
+    paragraphs = []
+    for block in re.split(r"\n\s*\n", body):
+        lines = [line.rstrip() for line in block.split("\n") if line.strip()]
+        if lines and not any(line.startswith("     ") for line in lines):
+            paragraphs.append(lines)
+    return paragraphs
+
+
+#: Every command's help as an 80-column terminal shows it. A child process: typer reads
+#: the width once, at import, and this suite's is fixed at 120 (conftest).
+_HELP_AT_80 = """
+import json, sys
+from typer.testing import CliRunner
+from detector.cli import app
+paths = json.loads(sys.argv[1])
+print(json.dumps([CliRunner().invoke(app, [*p, "--help"]).stdout for p in paths]))
+"""
+
+
+@pytest.fixture(scope="module")
+def helps_at_80() -> dict[tuple[str, ...], str]:
+    env = {k: v for k, v in os.environ.items() if k != "TERMINAL_WIDTH"} | {"COLUMNS": "80"}
+    done = subprocess.run(
+        [sys.executable, "-c", _HELP_AT_80, json.dumps(EVERY)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=True,
+    )
+    return dict(zip(EVERY, json.loads(done.stdout), strict=True))
+
+
+@pytest.mark.parametrize("path", EVERY, ids=lambda p: " ".join(("detect", *p)))
+def test_every_help_is_wrapped_to_an_80_column_terminal(helps_at_80, path):
+    """The docstrings are wrapped at 88 columns in the source; typer keeps those breaks,
+    so an 80-column terminal showed a word or two alone on every other line. Each line of
+    prose now holds as many words as fit: the next line's first word would not."""
+    paragraphs = _prose(helps_at_80[path])
+    assert paragraphs
+    for lines in paragraphs:
+        for line, after in itertools.pairwise(lines):
+            word = after.split()[0]
+            assert len(line) + 1 + len(word) >= 80, f"{line!r} then {word!r}"
+
+
+def test_square_brackets_in_help_are_shown_not_taken_for_markup(cwd):
+    assert "[[sinks]]" in invoke("incidents", "--help", env={"COLUMNS": "200"}).stdout
+    assert "[command] tables" in invoke("config", "show", "--help", env={"COLUMNS": "200"}).stdout
 
 
 # ------------------------------------------------------------------ bad values: exit 2

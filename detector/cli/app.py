@@ -19,6 +19,7 @@ from typer._click import exceptions as click_exceptions
 from typer.core import TyperGroup
 
 from detector import __version__
+from detector.cli.helptext import reflow_registered
 from detector.cli.options import LogFormat, LogLevel, RegionOpt, stderr
 from detector.errors import EXIT_RUNTIME, EXIT_USAGE, DetectError
 
@@ -286,6 +287,7 @@ def load_commands(group: TyperGroup | None, names: tuple[str, ...]) -> None:
         _loaded.add(name)
         n_commands, n_groups = len(app.registered_commands), len(app.registered_groups)
         importlib.import_module(f"detector.cli.commands.{name}").register(app)
+        reflow_registered(app.registered_commands[n_commands:], app.registered_groups[n_groups:])
         if group is None:
             continue
         for info in app.registered_commands[n_commands:]:
