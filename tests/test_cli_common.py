@@ -147,6 +147,20 @@ def test_square_brackets_in_help_are_shown_not_taken_for_markup(cwd):
     assert "[command] tables" in invoke("config", "show", "--help", env={"COLUMNS": "200"}).stdout
 
 
+@pytest.mark.parametrize("path", LEAVES, ids=lambda p: " ".join(("detect", *p)))
+def test_square_brackets_in_option_help_are_shown(cwd, path):
+    """An option's help naming a detect.toml table (``[[sinks]]``, ``[watch]``) showed
+    ``[]`` or nothing: rich reads ``[word]`` as markup unless it is escaped."""
+    command = ROOT_COMMAND
+    for name in path:
+        command = command.commands[name]
+    shown = invoke(*path, "--help").stdout
+    for param in command.params:
+        text = (getattr(param, "help", None) or "").replace("\\[", "[")
+        for table in re.findall(r"\[\[?[a-z_]+\]\]?", text):
+            assert table in shown, f"{param.name}: {table} not shown"
+
+
 # ------------------------------------------------------------------ bad values: exit 2
 BAD_VALUES = [
     (["score", "--since", "99999999999d"], "--since"),

@@ -334,7 +334,7 @@ DeliverOpt = Annotated[
     bool,
     typer.Option(
         "--deliver/--no-deliver",
-        help="Send new and changed incidents to the [[sinks]] in detect.toml.",
+        help="Send new and changed incidents to the \\[\\[sinks]] in detect.toml.",
     ),
 ]
 

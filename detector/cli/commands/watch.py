@@ -47,7 +47,7 @@ def watch(
         typer.Option(
             "--log-group",
             help="CloudWatch log group to follow (repeat for several), as `detect export`; "
-            "in detect.toml: [watch] log_group = [...].",
+            "in detect.toml: \\[watch] log_group = [...].",
             show_default=False,
         ),
     ] = None,
