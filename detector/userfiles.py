@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -43,6 +45,27 @@ def read_user_file(path: str | os.PathLike[str], *, limit: int = MAX_USER_FILE_B
     return read_user_bytes(path, limit=limit).decode("utf-8")
 
 
+#: A temporary file of :func:`write_user_file` older than this was left by a run that was
+#: killed (SIGKILL, power loss) before it could remove it; a younger one may be another
+#: run's, still being written.
+STALE_TEMP_SECONDS = 3600
+
+
+def _remove_stale_temps(target: Path) -> None:
+    """Remove ``target``'s temporary files that killed runs left beside it."""
+    own = re.compile(r"\." + re.escape(target.name) + r"\.[0-9a-f]{8}\.tmp")
+    cutoff = time.time() - STALE_TEMP_SECONDS
+    try:
+        for entry in os.scandir(target.parent):
+            if not own.fullmatch(entry.name):
+                continue
+            info = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(info.st_mode) and info.st_mtime < cutoff:
+                os.unlink(entry.path)
+    except OSError:  # tidying up only: the write itself says what is wrong
+        pass
+
+
 def write_user_file(path: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` (UTF-8) at a path a user named, so a reader never sees half of it.
 
@@ -50,6 +73,7 @@ def write_user_file(path: str | os.PathLike[str], text: str) -> Path:
     points at). ``-`` is standard output, and a path that is not a file, such as
     ``/dev/null`` or a FIFO, is written into as a shell's ``>`` would: renaming over it
     replaced the device itself (as root, ``-o /dev/null`` left a regular file there).
+    Temporary files a killed run left beside the file are removed (after an hour).
     Returns the path written; ``.is_file()`` tells a file from a stream.
     """
     if str(path) == "-":
@@ -66,6 +90,7 @@ def write_user_file(path: str | os.PathLike[str], text: str) -> Path:
         return Path(path)
     target = Path(os.path.realpath(path))
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(target)
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         tmp.write_text(text, encoding="utf-8")

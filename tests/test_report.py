@@ -14,6 +14,7 @@ import os
 import re
 import stat
 import subprocess
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -335,6 +336,27 @@ def test_the_page_goes_where_a_shell_user_sends_it_and_never_replaces_what_is_th
         "pipe.html",
         "reports",
     ]
+
+
+def test_temporary_files_a_killed_write_left_are_removed_by_the_next_write(tmp_path):
+    """A run killed between writing its temporary file and renaming it (SIGKILL, the OOM
+    killer) left ``.report.html.<hex>.tmp`` beside the page for good. The next write of
+    that page removes such files once an hour old; a younger one may be another run's,
+    still being written, and stays, as do files of other names."""
+    from detector.userfiles import STALE_TEMP_SECONDS, write_user_file
+
+    page = tmp_path / "report.html"
+    stale = tmp_path / ".report.html.0123abcd.tmp"
+    fresh = tmp_path / ".report.html.4567cdef.tmp"
+    other = tmp_path / ".other.html.0123abcd.tmp"
+    for path in (stale, fresh, other):
+        path.write_text("half a page")
+    old = time.time() - STALE_TEMP_SECONDS - 60
+    for path in (stale, other):
+        os.utime(path, (old, old))
+    write_user_file(page, "<html></html>")
+    assert page.read_text() == "<html></html>"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([page.name, fresh.name, other.name])
 
 
 def test_bad_arguments_are_usage_errors(tmp_path, detect):
