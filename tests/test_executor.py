@@ -223,3 +223,25 @@ def test_executor_ray_without_ray_installed_is_a_usage_error(two_clusters, monke
     )
     assert result.exit_code == 2
     assert "--executor ray needs Ray: pip install 'audit-detector[ray]'" in result.output
+
+
+def test_a_ray_address_where_nothing_listens_is_one_line_at_once(tmp_path, detect):
+    """A cluster that is down, or a wrong port: Ray's own wait went on past two minutes,
+    printing its retries. Now a connection is tried first (5 s at most): nothing there is
+    one line and exit 3, as an unreachable AWS endpoint is; an address Ray could never
+    read is a usage error. A child process: this one may have joined the test cluster."""
+    from conftest import free_port
+
+    (tmp_path / "lake").mkdir()
+    base = ("score", "--lake", str(tmp_path / "lake"), "--since", "1h", "--no-model")
+    port = free_port()  # bound, then released: nothing listens there
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        run = detect(*base, "--executor", "ray", "--address", address, timeout=60)
+        assert run.returncode == 3, run.stderr
+        assert run.stderr.strip().splitlines() == [
+            f"error: cannot reach the Ray cluster at {address}: Connection refused "
+            "(is the head node up, and is this its GCS port (6379) or Ray Client port "
+            "(10001)?)"
+        ]
+    run = detect(*base, "--executor", "ray", "--address", "head:6379x", timeout=60)
+    assert run.returncode == 2 and "is not host:port or ray://host:port" in run.stderr

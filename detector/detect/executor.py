@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from detector.detect.scan import chunk_span
-from detector.errors import UsageError
+from detector.errors import RuntimeFailure, UsageError
 from detector.lake.events import Partition, partition_start
 
 #: ``--executor`` values.
@@ -32,6 +34,44 @@ EXECUTORS = ("local", "ray")
 
 class ExecutorError(UsageError):
     """An executor that cannot be used here (Ray not installed, bad address...)."""
+
+
+class ClusterUnreachable(RuntimeFailure):
+    """Nothing answers at the Ray address: a cluster down or a wrong port (exit 3, as an
+    unreachable AWS endpoint is)."""
+
+
+#: How long a Ray head may take to accept a connection before the run gives up. Ray's own
+#: wait on an address where nothing listens runs past two minutes, printing its retries.
+CONNECT_TIMEOUT_S = 5.0
+
+
+def _endpoint(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of ``host:port`` or ``ray://host:port``; None for Ray's own words
+    (``auto``, ``local``) and anything without a port, which ``ray.init`` judges."""
+    rest = address.split("://", 1)[1] if "://" in address else address
+    try:
+        parts = urlsplit("//" + rest)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        raise ExecutorError(f"--address {address!r} is not host:port or ray://host:port") from None
+    return (host, port) if host and port else None
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail in one line, within ``timeout``, when nothing accepts a connection at the Ray
+    address (:class:`ClusterUnreachable`); the address's form is Ray's to check."""
+    endpoint = _endpoint(address)
+    if endpoint is None:
+        return
+    try:
+        socket.create_connection(endpoint, timeout=timeout).close()
+    except OSError as exc:
+        why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise ClusterUnreachable(
+            f"cannot reach the Ray cluster at {address}: {why} (is the head node up, and "
+            "is this its GCS port (6379) or Ray Client port (10001)?)"
+        ) from None
 
 
 class Executor(Protocol):
@@ -71,6 +111,8 @@ class RayExecutor:
         self._ray = ray
         if not ray.is_initialized():
             joins = address or os.environ.get("RAY_ADDRESS")
+            if joins:
+                check_reachable(joins)
             extra = {} if joins else {"include_dashboard": False}  # a local Ray: no dashboard
             try:
                 ray.init(address=address, log_to_driver=False, **extra)
