@@ -887,3 +887,26 @@ def test_the_probe_endpoints_drop_silent_clients_and_answer_past_them():
             s.close()
     finally:
         server.stop()
+
+
+def test_a_health_port_already_in_use_is_one_line_naming_the_port(tmp_path, detect):
+    """A second `detect watch` on the same node, or any process on 9102: the error said
+    only 'Address already in use', not what the address was for or which one."""
+    import socket
+
+    log_path = tmp_path / "audit.log"
+    log_path.write_text("")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = detect(
+            *("watch", "--tail", str(log_path), "--cluster", "c1"),
+            *("--lake", str(tmp_path / "lake"), "--no-model", "--port", str(port), "--once"),
+            timeout=60,
+        )
+    assert run.returncode == 3, run.stderr
+    assert run.stderr.strip().splitlines() == [
+        f"error: cannot serve /healthz and /metrics on 0.0.0.0:{port}: Address already in use "
+        "(another process has it? choose one with --port)"
+    ]

@@ -28,6 +28,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from detector.errors import RuntimeFailure
+
 log = logging.getLogger(__name__)
 
 
@@ -191,7 +193,13 @@ class HealthServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.server = _QuietServer((host, port), Handler)
+        try:
+            self.server = _QuietServer((host, port), Handler)
+        except OSError as exc:  # in use, a privileged port, an address not on this host
+            raise RuntimeFailure(
+                f"cannot serve /healthz and /metrics on {host}:{port}: "
+                f"{exc.strerror or exc} (another process has it? choose one with --port)"
+            ) from None
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
