@@ -23,6 +23,14 @@ from pathlib import Path
 MAX_USER_FILE_BYTES = 16 * 1024 * 1024
 
 
+def naming(exc: OSError, path: str | os.PathLike[str]) -> OSError:
+    """``exc`` with ``path`` as its file when the OS named none (a write that ran out of
+    space says only "No space left on device"): the error line then says where."""
+    if exc.filename is not None or not exc.strerror:
+        return exc
+    return type(exc)(exc.errno, exc.strerror, os.fspath(path))
+
+
 def read_user_bytes(path: str | os.PathLike[str], *, limit: int = MAX_USER_FILE_BYTES) -> bytes:
     """The bytes of a small local file a user named, never reading past ``limit``.
 
@@ -95,7 +103,9 @@ def write_user_file(path: str | os.PathLike[str], text: str) -> Path:
     try:
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(target)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise naming(exc, path) from None
         raise
     return Path(path)

@@ -24,7 +24,7 @@ import typer.main
 from typer.testing import CliRunner
 
 from detector.cli import app
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, detect_cmd, free_port
 from tests.factories import make_event
 
 ENV_NAMES = (
@@ -646,3 +646,44 @@ def test_the_entry_point_checks_a_config_file_against_every_command(tmp_path):
     out, modules = _entry_point(["config", "show"], lazy=True, cwd=tmp_path)
     assert any(line.split()[:2] == ["ingest.cluster", "prod"] for line in out.splitlines())
     assert "detector.cli.commands.ingest" in modules
+
+
+# ------------------------------------------------------------------ a full disk
+def _file_size_capped(limit: int) -> None:
+    """In the child: files may not grow past ``limit`` bytes, and a write past it fails
+    with EFBIG instead of killing the process: a full disk, without root or a mount."""
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def test_a_write_that_fails_for_space_names_the_file(tmp_path):
+    """A full disk said only 'error: No space left on device': not which file, nor
+    whether it was the lake or the output. The lake file and the output are named now,
+    and nothing half-written stays beside either."""
+    log = tmp_path / "audit.log"
+    log.write_text(
+        "".join(orjson.dumps(make_event(i)).decode() + "\n" for i in range(2000)),
+    )
+    lake, page = tmp_path / "lake", tmp_path / "out" / "rules.md"
+
+    def capped(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*detect_cmd(), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            preexec_fn=lambda: _file_size_capped(20_000),
+        )
+
+    run = capped("ingest", str(log), "--lake", str(lake), "--cluster", "c1")
+    assert run.returncode == 3, run.stderr
+    line = run.stderr.strip().splitlines()
+    assert len(line) == 1 and line[0].startswith(f"error: File too large: {lake}/events/")
+    assert not list((lake / "_tmp").iterdir())
+
+    run = capped("rules", "docs", "--output", str(page))
+    assert run.returncode == 3, run.stderr
+    assert run.stderr.strip() == f"error: File too large: {page}"
+    assert not list(page.parent.iterdir())

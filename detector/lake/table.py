@@ -47,6 +47,7 @@ import polars as pl
 
 from detector.errors import RuntimeFailure, UsageError
 from detector.storage import Location, polars_storage_options
+from detector.userfiles import naming
 
 log = logging.getLogger(__name__)
 
@@ -126,9 +127,11 @@ def put_atomic(loc: Location, path: str, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise naming(exc, path) from None
         raise
 
 
