@@ -8,6 +8,7 @@ PUT on S3 (S3 objects appear whole or not at all).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from detector.errors import EXIT_USAGE, RuntimeFailure
+from detector.userfiles import naming
 
 if TYPE_CHECKING:
     import fsspec
@@ -192,23 +194,35 @@ class Location:
     def uri_of(self, path: str) -> str:
         return full_uri(self.uri, path)
 
-    def put_atomic(self, path: str, data: bytes) -> None:
+    def put_atomic(self, path: str, data: bytes, *, temp_dir: str | None = None) -> None:
         """Write ``data`` so readers see the whole object or nothing.
 
-        The lake's own files go through :func:`detector.lake.table.put_atomic`, which keeps
-        temporary files out of the table folders; this one serves model folders.
+        Locally: written to a temporary file in ``temp_dir`` (default: beside ``path``, as
+        ``.tmp-*``, which :meth:`glob` skips), flushed to disk, renamed over ``path``. A
+        failure removes the temporary file, and a write that runs out of space names
+        ``path``. The lake keeps its temporary files out of the table folders
+        (:func:`detector.lake.table.put_atomic`).
         """
         if self.is_s3:
             self.fs.pipe_file(path, data)
             return
         directory = os.path.dirname(path)
         os.makedirs(directory, exist_ok=True)
-        tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        if temp_dir is not None:
+            os.makedirs(temp_dir, exist_ok=True)
+        tmp = os.path.join(temp_dir or directory, f".tmp-{uuid.uuid4().hex}")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException as exc:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            if isinstance(exc, OSError):
+                raise naming(exc, path) from None
+            raise
 
     def glob(self, pattern: str) -> list[str]:
         """Paths matching a glob under the root; temp files never match.

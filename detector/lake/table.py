@@ -47,7 +47,6 @@ import polars as pl
 
 from detector.errors import RuntimeFailure, UsageError
 from detector.storage import Location, polars_storage_options
-from detector.userfiles import naming
 
 log = logging.getLogger(__name__)
 
@@ -113,26 +112,9 @@ def _own_lists(df: pl.DataFrame) -> pl.DataFrame:
 
 # --------------------------------------------------------------------------- file operations
 def put_atomic(loc: Location, path: str, data: bytes) -> None:
-    """Write ``data`` at ``path`` so readers see the whole file or nothing (guarantee 3)."""
-    if loc.is_s3:
-        loc.fs.pipe_file(path, data)
-        return
-    tmp_dir = loc.path(TMP_DIR)
-    os.makedirs(tmp_dir, exist_ok=True)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = os.path.join(tmp_dir, f"{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise naming(exc, path) from None
-        raise
+    """Write ``data`` at ``path`` so readers see the whole file or nothing (guarantee 3);
+    the temporary file lives in the lake's ``_tmp`` folder, out of every table's way."""
+    loc.put_atomic(path, data, temp_dir=loc.path(TMP_DIR))
 
 
 def list_dir(loc: Location, path: str) -> list[tuple[str, int]]:
