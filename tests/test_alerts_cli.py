@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -74,6 +75,37 @@ def test_score_delivers_each_incident_once_across_runs(scored):
     assert again["incidents"]["delivery"]["sent"] == 0
     users = sorted(b["output_fields"]["ka.user.name"] for b in scored["receiver"].delivered)
     assert len(users) == 2 and "mallory" in users
+
+
+def _files(root: str) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for p in Path(root).rglob("*") if p.is_file()}
+
+
+def test_a_dry_run_shows_the_findings_and_changes_nothing(scored):
+    """`--dry-run` is for trying rules on a shared lake (or scoring with read access only):
+    a run with other rules otherwise replaces the range's findings for everyone and alerts.
+    It shows what a real run finds, writes no file and sends nothing."""
+    before = _files(scored["lake"])
+    dry = score(scored, "--dry-run")
+    assert dry["written"] is False and dry["incidents"] is None
+    assert _files(scored["lake"]) == before
+    assert scored["receiver"].delivered == []
+    real = score(scored)
+    assert real["written"] is True and real["incidents"]["delivery"]["new"] == 2
+    ids = sorted(f["finding_id"] for f in dry["findings"])
+    assert ids and ids == sorted(f["finding_id"] for f in real["findings"])
+    table = cli(
+        "--config",
+        scored["config"],
+        "score",
+        "--since",
+        "2h",
+        "--rules-only",
+        "--dry-run",
+        env=scored["env"],
+    )
+    assert "not written (--dry-run)" in table.stdout
+    assert "incidents not updated, nothing delivered (--dry-run)" in table.stdout
 
 
 def test_incidents_list_show_ack_by_prefix(scored):

@@ -56,11 +56,13 @@ sentences saying what happened, for example
   audit files and says what fired and why; when it does not fire, it names for each event
   what stopped it: the rule's stages, the first `and` term of the condition it fails (as
   written, macros by name), or the exception that removed it.
-- `--rules FILE` (repeatable) adds rules or overrides built-in ones; `--disable ID` turns a
-  rule off (both also on `detect score`); `rules list --enable ID` lists one that ships
-  disabled as enabled, and `rules test` runs any rule, disabled or not. To run a
-  disabled rule when scoring, switch it on in a rules file (`- rule: ID` with
-  `enabled: true`).
+- `--rules FILE` (repeatable) adds rules or overrides built-in ones, `--disable ID` turns a
+  rule off and `--enable ID` turns on one that ships disabled, on `detect score` and
+  `detect rules list` alike (or for good in a rules file: `- rule: ID` with
+  `enabled: true`); `rules test` runs any rule, disabled or not.
+- `detect score --dry-run` with those flags shows what they would find over a range of
+  the lake, writing and sending nothing: a real run replaces the range's findings for
+  everyone and alerts.
 - Tune with exceptions and the `user_known_*` lists, not by editing conditions (see
   [Tuning](#tuning)).
 """

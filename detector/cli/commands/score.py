@@ -69,6 +69,15 @@ def score(
     cluster: ClusterOpt = None,
     suppressions: SuppressionsOpt = None,
     deliver: DeliverOpt = True,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Show the findings only: write nothing to the lake (findings, incidents) "
+            "and deliver nothing. For trying --rules/--enable/--disable on a shared lake, "
+            "or scoring with read-only access.",
+        ),
+    ] = False,
     strict: Annotated[
         bool,
         typer.Option(
@@ -86,6 +95,8 @@ def score(
     range's findings instead of adding copies. The table lists the most severe first.
     --no-model (day one, before any training) and --no-rules leave one detector out.
     A range longer than a day is read a cluster-day at a time, so memory stays flat.
+    --dry-run shows what a run would find and changes nothing: a run with other rules
+    would otherwise replace the range's findings for everyone, and alert.
 
     Exit codes: 0 done, 1 findings at or above --fail-on, 2 bad arguments or no model
     (train one with `detect train`), 3 storage failure.
@@ -95,6 +106,7 @@ def score(
     \b
         detect score --lake ./lake --since 1h --fail-on high
         detect score --lake ./lake --since 1h --no-model --enable namespace-created
+        detect score --lake ./lake --since 7d --no-model --rules mine.yaml --dry-run
         detect score --lake s3://audit/lake --since 90d --executor ray
     """
     from detector.detect.score import ScoreOptions, score_range
@@ -133,11 +145,12 @@ def score(
                 seed=seed,
                 cluster=cluster,
                 strict=strict,
+                write=not dry_run,
             ),
             progress=progress,
             executor=runner,
         )
-    alerts = _alerts(ctx, lake, result, suppressions, deliver)
+    alerts = None if dry_run else _alerts(ctx, lake, result, suppressions, deliver)
     if output == OutputFormat.json:
         emit_json(
             {
@@ -148,21 +161,27 @@ def score(
                 "model_version": result.model_version,
                 "cold_start": result.cold_start,
                 "rules": result.rules,
-                "incidents": alerts.to_dict(),
+                "written": not dry_run,
+                "incidents": alerts.to_dict() if alerts else None,
                 "findings": findings_json(result.findings),
             }
         )
     else:
-        hint = f"detect findings --lake {lake} --since {result.start:%Y-%m-%dT%H:%MZ}"
+        hint = (
+            None
+            if dry_run
+            else f"detect findings --lake {lake} --since {result.start:%Y-%m-%dT%H:%MZ}"
+        )
         render_findings(result.findings, alerts_only=True, hint=hint)
-        stdout.print(summary_line(result, lake, model_used=not no_model), markup=False)
+        written = None if dry_run else lake
+        stdout.print(summary_line(result, written, model_used=not no_model), markup=False)
         stdout.print(_alerts_line(alerts), markup=False)
     worst = int(result.findings["severity_rank"].max()) if len(result.findings) else -1
     if fail_on is not None and worst >= SEVERITIES.index(fail_on.value):
         raise typer.Exit(EXIT_FINDINGS)
 
 
-def summary_line(result, lake: str, *, model_used: bool) -> str:  # type: ignore[no-untyped-def]
+def summary_line(result, lake: str | None, *, model_used: bool) -> str:  # type: ignore[no-untyped-def]
     """What was scored and by what: windows and requests only when the model counted them."""
     model = (
         f"{result.windows:,} principal windows, {result.requests:,} requests; model "
@@ -173,7 +192,7 @@ def summary_line(result, lake: str, *, model_used: bool) -> str:  # type: ignore
     return (
         f"{len(result.findings)} finding(s) in {result.start:%Y-%m-%d %H:%M}Z to "
         f"{result.end:%Y-%m-%d %H:%M}Z: {model}; {result.rules}; "
-        f"written to {lake}/findings/"
+        + (f"written to {lake}/findings/" if lake else "not written (--dry-run)")
     )
 
 
@@ -195,6 +214,8 @@ def _alerts(
 
 
 def _alerts_line(alerts: Any) -> str:
+    if alerts is None:
+        return "incidents not updated, nothing delivered (--dry-run)"
     d = alerts.delivery
     sent = (
         f"; delivered {d['sent']} alert(s) ({d['new']} new, {d['updates']} updates), "
