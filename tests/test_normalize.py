@@ -421,6 +421,35 @@ def test_any_annotations_and_body_read_the_same_on_both_paths_and_back_as_writte
             assert stored_body == body
 
 
+@settings(max_examples=40, derandomize=True, deadline=None)
+@given(
+    pool=st.lists(st.tuples(_MAPS, _DECISIONS), min_size=1, max_size=3),
+    picks=st.lists(st.integers(0, 3), min_size=2, max_size=30),
+)
+def test_maps_that_repeat_across_a_block_are_read_for_each_line(pool, picks) -> None:
+    """Property: a block repeats a few maps (real traffic: a few dozen among 200k lines),
+    and the fast path reads each distinct map once and joins it back to its lines; each
+    line still gets its own map, decision and reason, in order, lines without
+    annotations included (pick 3 beyond the pool: no annotations at all)."""
+    at = NOW - timedelta(hours=1)
+    events, expected = [], []
+    for i, pick in enumerate(picks):
+        if pick >= len(pool):
+            events.append(event(i, at))
+            expected.append((None, None))
+            continue
+        ann, decision = pool[pick]
+        ann = {**ann, "authorization.k8s.io/decision": decision}
+        events.append(event(i, at, annotations=ann))
+        reason = ann.get("authorization.k8s.io/reason")
+        expected.append((decision, reason if isinstance(reason, str) else None))
+    lines = [orjson.dumps(ev) for ev in events]
+    fast, careful = _fast(lines), _careful(lines)
+    assert fast is None or fast.to_dicts() == careful.to_dicts()
+    got = normalize(events).events
+    assert list(zip(got["decision"], got["reason"], strict=True)) == expected
+
+
 _DIGITS = st.text(alphabet="0123456789", min_size=1, max_size=1)
 #: The API server's shape with any digits (months 13, leap seconds, February 30...).
 _SHAPED = st.builds(

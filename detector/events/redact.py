@@ -162,6 +162,23 @@ _SEARCH = _any(PATTERNS)
 _SEARCH_QUARANTINE = _any((*QUARANTINE_PATTERNS, *PATTERNS))
 
 
+def matching_rows(column: pl.Series, pattern: str) -> pl.Series | None:
+    """Where ``column`` holds a match of ``pattern`` (booleans, null as False); None where
+    no value does, the common case.
+
+    The regex runs over the column's distinct values, not every row: user agents,
+    annotation maps and authorization reasons repeat across a batch (41 distinct among
+    200k), and the search over every row was a fifth of normalizing (0.43 CPU-seconds
+    per 1M events, against 0.09). A column of all-different values costs the distinct
+    pass on top, a third more than the plain search.
+    """
+    distinct = column.unique()
+    hits = distinct.filter(distinct.str.contains(pattern).fill_null(False))
+    if hits.is_empty():
+        return None
+    return column.is_in(hits.implode()).fill_null(False)
+
+
 def redact_text_columns(
     df: pl.DataFrame, columns: Iterable[str], *, quarantine: bool = False
 ) -> tuple[pl.DataFrame, pl.Series | None]:
@@ -174,11 +191,11 @@ def redact_text_columns(
     columns = [c for c in columns if c in df.columns]
     patterns = (*QUARANTINE_PATTERNS, *PATTERNS) if quarantine else PATTERNS
     search = _SEARCH_QUARANTINE if quarantine else _SEARCH
-    found = df.select(pl.col(c).str.contains(search).fill_null(False) for c in columns)
-    hit = [c for c in columns if found[c].any()]
+    found = {c: rows for c in columns if (rows := matching_rows(df[c], search)) is not None}
+    hit = list(found)
     if not hit:
         return df, None
-    rows = found.select(pl.any_horizontal(hit)).to_series()
+    rows = pl.DataFrame(found).select(pl.any_horizontal(hit)).to_series()
     idx = rows.arg_true()
     sub = df[idx].select(hit)
     for p in patterns:
@@ -392,9 +409,13 @@ def redact_events(df: pl.DataFrame) -> pl.DataFrame:
         (pl.col("resource") == "serviceaccounts") & (pl.col("subresource") == "token")
     )
     has_body = pl.col("request_object").is_not_null() | pl.col("response_object").is_not_null()
-    webhook_patch = pl.col("annotations").str.contains("patch.webhook.admission.k8s.io/")
-    needs = (about_secrets & (has_body | webhook_patch.fill_null(False))) | pl.any_horizontal(
-        pl.col(c).str.contains(NEEDS_STRUCTURE).fill_null(False) for c in _STRUCTURED
+    no = pl.repeat(False, pl.len())
+    webhook_patch = matching_rows(df["annotations"], "patch.webhook.admission.k8s.io/")
+    structured = [
+        rows for c in _STRUCTURED if (rows := matching_rows(df[c], NEEDS_STRUCTURE)) is not None
+    ]
+    needs = (about_secrets & (has_body | (no if webhook_patch is None else webhook_patch))) | (
+        pl.any_horizontal(structured) if structured else no
     )
     idx = df.select(pl.arg_where(needs.fill_null(False))).to_series()
     flag = df["redacted"].fill_null(False)
