@@ -170,7 +170,7 @@ def matching_rows(column: pl.Series, pattern: str) -> pl.Series | None:
     annotation maps and authorization reasons repeat across a batch (41 distinct among
     200k), and the search over every row was a fifth of normalizing (0.43 CPU-seconds
     per 1M events, against 0.09). A column of all-different values costs the distinct
-    pass on top, a third more than the plain search.
+    pass on top: 1.4x the plain search (200k different annotation maps).
     """
     distinct = column.unique()
     hits = distinct.filter(distinct.str.contains(pattern).fill_null(False))
