@@ -232,3 +232,56 @@ def test_interleaved_routine_collapses_within_a_window_but_not_across_outcomes()
         ("watch", "pods", True, 1),
         ("watch", "pods", False, 1),  # the next window: a new entry
     ]
+
+
+def test_escape_sequences_in_lake_strings_are_shown_not_sent_to_the_terminal(tmp_path, detect):
+    """A user agent or a name is whatever a client sent: an escape sequence in one (here
+    one that retitles the window, one that clears the screen, a one-byte CSI) reached the
+    analyst's terminal raw through the findings table and the timeline. Every console
+    now shows them as text, as errors already did."""
+    import io
+
+    import orjson
+    from rich.table import Table
+
+    from detector.cli.terminal import SafeConsole
+    from tests.test_rules_helpers import ev
+
+    hostile = "\x1b]0;pwned\x07 \x1b[2J \x9b31m"
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
+    event = ev(
+        "get",
+        "secrets",
+        ns="kube-system",
+        name="db",
+        user="mallory",
+        code=403,
+        decision="forbid",
+        at=at,
+    )
+    event["userAgent"] = f"curl/8 {hostile}"
+    event["objectRef"]["name"] = f"db{hostile}"
+    log = tmp_path / "audit.log"
+    log.write_bytes(orjson.dumps(event) + b"\n")
+    lake = str(tmp_path / "lake")
+    assert detect("ingest", str(log), "--lake", lake, "--cluster", "c1").returncode == 0
+    scored = detect("score", "--lake", lake, "--since", "2h", "--no-model")
+    assert scored.returncode == 0, scored.stderr
+    listed = detect("findings", "--lake", lake, "--since", "2h", "--format", "json")
+    finding = json.loads(listed.stdout)[0]["finding_id"]
+    why = detect("findings", "show", finding, "--lake", lake)
+    assert why.returncode == 0, why.stderr
+    assert "\x1b" not in why.stdout and "db\\x1b]0;pwned" in why.stdout
+    shown = detect("timeline", "mallory", "--lake", lake, "--since", "2h")
+    assert shown.returncode == 0, shown.stderr
+    assert "\x1b" not in shown.stdout and "\x9b" not in shown.stdout
+    assert "curl/8 \\x1b]0;pwned\\x07 \\x1b[2J \\x9b31m" in shown.stdout
+
+    terminal = SafeConsole(file=io.StringIO(), force_terminal=True, width=200, highlight=False)
+    table = Table()
+    table.add_row(f"[red]{hostile}[/]")  # a styled cell, as the timeline's denied entries
+    terminal.print(table)
+    terminal.print(hostile, markup=False)
+    out = terminal.file.getvalue()
+    assert "\x1b]0;" not in out and "\x1b[2J" not in out and "\x9b" not in out
+    assert out.count("\\x1b]0;pwned\\x07") == 2 and "\x1b[31m" in out  # the style still works

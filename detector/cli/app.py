@@ -21,20 +21,20 @@ from typer.core import TyperGroup
 from detector import __version__
 from detector.cli.helptext import reflow_registered
 from detector.cli.options import LogFormat, LogLevel, RegionOpt, stderr
+from detector.cli.terminal import ONE_LINE
 from detector.errors import EXIT_RUNTIME, EXIT_USAGE, DetectError
 
 #: Exit code of a run stopped by Ctrl-C (128 + SIGINT).
 EXIT_INTERRUPTED = 130
 
 
-#: Control characters a message may carry from what a user typed (a path holding a line
-#: break), shown escaped: an error stays one line, and no input rewrites the terminal.
-_CONTROL = {c: f"\\x{c:02x}" for c in [*range(32), 127]} | {10: "\\n", 13: "\\r", 9: "\\t"}
-
-
 def report(message: str) -> None:
-    """The one line every error becomes (turned into a JSON record under --log-format json)."""
-    stderr.print(f"error: {message.translate(_CONTROL)}", markup=False)
+    """The one line every error becomes (turned into a JSON record under --log-format json).
+
+    Control characters a message carries from what a user typed (a path holding a line
+    break) are shown escaped: an error stays one line, and no input rewrites the terminal.
+    """
+    stderr.print(f"error: {message.translate(ONE_LINE)}", markup=False)
 
 
 def click_message(exc: click_exceptions.ClickException) -> str:

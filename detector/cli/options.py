@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
 
+from detector.cli.terminal import SafeConsole
 from detector.config import REGION_NAME, holds_control_characters
 from detector.errors import EXIT_FINDINGS, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, DetectError
 from detector.errors import UsageError as _UsageError
@@ -52,8 +52,8 @@ __all__ = ["EXIT_FINDINGS", "EXIT_OK", "EXIT_RUNTIME", "EXIT_USAGE"]
 DEFAULT_ALERT_RATE = 0.001
 DEFAULT_MODEL_DIR = "models"
 
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
-stdout = Console(highlight=False, soft_wrap=True)
+stderr = SafeConsole(stderr=True, highlight=False, soft_wrap=True)
+stdout = SafeConsole(highlight=False, soft_wrap=True)
 
 
 # ------------------------------------------------------------------ choices

@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from detector.cli.options import stdout
+from detector.cli.terminal import SafeConsole
 from detector.events.identity import display_principal
 
 SEVERITY_STYLE = {
@@ -54,7 +55,7 @@ def wide_console() -> Console:
     (files, pipes, cron logs), so one finding stays on one line."""
     if stdout.is_terminal:
         return stdout
-    return Console(highlight=False, soft_wrap=True, width=max(stdout.width, PIPE_WIDTH))
+    return SafeConsole(highlight=False, soft_wrap=True, width=max(stdout.width, PIPE_WIDTH))
 
 
 def render_findings(
