@@ -21,6 +21,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from detector.controls import ONE_LINE
+
 LOGGER = "detector"
 _STANDARD_ATTRS = frozenset(
     logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys() | {"message", "asctime"}
@@ -51,6 +53,14 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    """One line a record, control characters shown (a message may quote a lake string or
+    what a server answered); a traceback, under --log-level debug, keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return super().formatMessage(record).translate(ONE_LINE)
 
 
 class StderrToLog(io.TextIOBase):
@@ -111,7 +121,7 @@ def configure(log_format: str = "text", level: str = "warning", command: str | N
     if fmt == "json":
         handler.setFormatter(JsonFormatter(command))
     else:
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter("%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger(LOGGER)
     root.addHandler(handler)
     root.setLevel((level or "warning").upper())

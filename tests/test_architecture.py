@@ -14,6 +14,7 @@ LAYERS: list[tuple[str, ...]] = [
     (
         "__init__",
         "errors",
+        "controls",
         "timeparse",
         "logging_setup",
         "ratelimit",

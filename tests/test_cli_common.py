@@ -687,3 +687,20 @@ def test_a_write_that_fails_for_space_names_the_file(tmp_path):
     assert run.returncode == 3, run.stderr
     assert run.stderr.strip() == f"error: File too large: {page}"
     assert not list(page.parent.iterdir())
+
+
+def test_a_text_log_record_is_one_line_with_control_characters_shown(capsys):
+    """A warning may quote a lake string or what a server answered: an escape sequence or
+    a line break in it went to stderr raw (a forged second record, or a terminal driven
+    by the input). The text format shows them, as the error line does."""
+    import logging
+
+    from detector import logging_setup
+
+    logging_setup.configure("text", "warning")
+    try:
+        logging.getLogger("detector.test").warning("sink said %s", "nope\x1b[2J\nERROR forged")
+    finally:
+        logging_setup.reset()
+    err = capsys.readouterr().err
+    assert err == "WARNING detector.test: sink said nope\\x1b[2J\\nERROR forged\n"

@@ -21,7 +21,7 @@ from typer.core import TyperGroup
 from detector import __version__
 from detector.cli.helptext import reflow_registered
 from detector.cli.options import LogFormat, LogLevel, RegionOpt, stderr
-from detector.cli.terminal import ONE_LINE
+from detector.controls import ONE_LINE
 from detector.errors import EXIT_RUNTIME, EXIT_USAGE, DetectError
 
 #: Exit code of a run stopped by Ctrl-C (128 + SIGINT).

@@ -22,7 +22,7 @@ from detector.cli.options import (
     emit_json,
     stdout,
 )
-from detector.cli.terminal import ONE_LINE
+from detector.controls import ONE_LINE
 from detector.errors import UsageError
 from detector.timeparse import check_range
 

@@ -1,0 +1,18 @@
+"""Control characters in text the tool prints: shown as ``\\x1b``, never sent.
+
+Strings from the lake are written by whoever sent the API server a request (a user agent,
+a resource name from a URL path), and errors quote what a user typed. An escape sequence
+printed as is would move an analyst's cursor, rewrite or hide lines, retitle the window or
+plant a link. The consoles (:mod:`detector.cli.terminal`), the error line and the text
+log format all show them through these tables.
+"""
+
+from __future__ import annotations
+
+#: C0 and C1 controls and DEL, shown as ``\\x1b``; tab and line feed stay (our own output
+#: uses them, and they move nothing but the cursor's line).
+UNSAFE = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)] if c not in (9, 10)}
+
+#: :data:`UNSAFE` and line breaks and tabs too: for what must stay on one line (an error,
+#: a log record, an entry of a plain listing).
+ONE_LINE = UNSAFE | {10: "\\n", 13: "\\r", 9: "\\t"}
