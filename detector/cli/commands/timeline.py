@@ -103,7 +103,6 @@ def timeline(
 
 
 def render_timeline(tl, identity: dict) -> None:  # type: ignore[no-untyped-def]
-
     out = stdout
     who = identity["display"]
     if identity.get("account"):
