@@ -225,12 +225,6 @@ def setting_context(setting: Setting) -> Any:
     return cmd.context_class(cmd, info_name=setting.command[-1])
 
 
-def holds_control_characters(text: str) -> bool:
-    """Whether a setting's text holds a control character (a line break, NUL, ESC): no
-    path, name or secret source a user means to give does."""
-    return any(ord(c) < 32 or ord(c) == 127 for c in text)
-
-
 #: An AWS region name as botocore accepts one (``us-east-1``, ``us-gov-west-1``); checked
 #: here so a typo is one line at start-up, not an error deep in the first AWS call.
 REGION_NAME = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?")

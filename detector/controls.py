@@ -16,3 +16,9 @@ UNSAFE = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)] if 
 #: :data:`UNSAFE` and line breaks and tabs too: for what must stay on one line (an error,
 #: a log record, an entry of a plain listing).
 ONE_LINE = UNSAFE | {10: "\\n", 13: "\\r", 9: "\\t"}
+
+
+def holds_control_characters(text: str) -> bool:
+    """Whether text a user gives as a setting holds a C0 control character or DEL (a line
+    break, NUL, ESC): no path, name or secret source a user means to give does."""
+    return any(ord(c) < 32 or ord(c) == 127 for c in text)

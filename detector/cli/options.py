@@ -27,7 +27,8 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from detector.cli.terminal import SafeConsole
-from detector.config import REGION_NAME, holds_control_characters
+from detector.config import REGION_NAME
+from detector.controls import holds_control_characters
 from detector.errors import EXIT_FINDINGS, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, DetectError
 from detector.errors import UsageError as _UsageError
 from detector.lake.findings_schema import SEVERITIES

@@ -32,6 +32,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from detector import config as settings
+from detector.controls import holds_control_characters
 from detector.errors import UsageError
 from detector.lake.findings_schema import SEVERITIES
 from detector.timeparse import MAX_DURATION, TimeArgumentError, parse_duration
@@ -206,7 +207,7 @@ def _check_option(key: str, value: Any, where: str) -> Any:
         value = str(value)
     if not isinstance(value, str) or not value.strip():
         raise SinkConfigError(f"{where}: {key} must be a non-empty string (in quotes)")
-    if settings.holds_control_characters(value):
+    if holds_control_characters(value):
         raise SinkConfigError(f"{where}: {key} holds control characters")
     if key.endswith("_env") and not _ENV_NAME.fullmatch(value):
         raise SinkConfigError(f"{where}: {key} must name an environment variable, not {value!r}")

@@ -212,6 +212,19 @@ def sort_findings(df: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def stored_events(
+    lake: Lake, finding_ids: list[str] | pl.Series, since: datetime, until: datetime
+) -> pl.LazyFrame:
+    """The events stored behind ``finding_ids`` (``findings_events/``), one row per finding
+    and event, from the date partitions that can hold ``[since, until]``."""
+    ids = pl.Series(finding_ids, dtype=pl.String).implode()
+    return (
+        scan_dates(findings_events_table(lake), since, until)
+        .filter(pl.col("finding_id").is_in(ids))
+        .unique(["finding_id", "audit_id", "stage"], keep="first", maintain_order=True)
+    )
+
+
 def get_finding(lake: Lake, finding_id: str) -> tuple[dict, pl.DataFrame]:
     """One finding (as a dict) and its events, in time order."""
     df = (
@@ -223,11 +236,5 @@ def get_finding(lake: Lake, finding_id: str) -> tuple[dict, pl.DataFrame]:
         raise FindingNotFound(f"no finding {finding_id} in {lake.uri}")
     row = df.sort("created_at", descending=True).row(0, named=True)
     day = row["window_start"].astimezone(UTC)
-    events = (
-        scan_dates(findings_events_table(lake), day, day)
-        .filter(pl.col("finding_id") == finding_id)
-        .unique(["audit_id", "stage"], keep="first", maintain_order=True)
-        .sort("event_time")
-        .collect()
-    )
+    events = stored_events(lake, [finding_id], day, day).sort("event_time").collect()
     return row, events

@@ -27,7 +27,7 @@ import polars as pl
 
 from detector.events.redact import redact_text_columns
 from detector.lake.events import Lake
-from detector.lake.findings import findings_events_table, scan_dates
+from detector.lake.findings import findings_events_table, scan_dates, stored_events
 from detector.lake.table import Table
 
 INCIDENTS_DIR = "incidents"
@@ -163,10 +163,7 @@ def read_status(lake: Lake, *, since: datetime | None = None) -> pl.DataFrame:
 
 def findings_events(lake: Lake, findings: pl.DataFrame) -> pl.DataFrame:
     """The events behind ``findings`` (from LAKE/findings_events/ on their dates)."""
-    table = findings_events_table(lake)
     if findings.is_empty():
-        return pl.DataFrame(schema=table.schema)
+        return pl.DataFrame(schema=findings_events_table(lake).schema)
     times = findings["window_start"]
-    ids = findings["finding_id"].implode()
-    lf = scan_dates(table, times.min(), times.max())  # type: ignore[arg-type]
-    return lf.filter(pl.col("finding_id").is_in(ids)).collect()
+    return stored_events(lake, findings["finding_id"], times.min(), times.max()).collect()  # type: ignore[arg-type]

@@ -24,7 +24,7 @@ from typing import Any
 import polars as pl
 
 from detector.lake.events import Lake
-from detector.lake.findings import findings_events_table, list_findings, scan_dates
+from detector.lake.findings import findings_events_table, list_findings, stored_events
 from detector.report.timeline import collapse_runs
 
 log = logging.getLogger(__name__)
@@ -138,13 +138,10 @@ def rates_by_hour(hourly: pl.DataFrame) -> pl.DataFrame:
 def findings_events(lake: Lake, finding_ids: list[str], start: datetime, end: datetime):  # type: ignore[no-untyped-def]
     """The stored events of these findings (``findings_events/``), by date partition: the
     usable files of the days from ``start`` to the day after ``end``, as every lake read."""
-    table = findings_events_table(lake)
     if not finding_ids:
-        return pl.DataFrame(schema=table.schema)
+        return pl.DataFrame(schema=findings_events_table(lake).schema)
     return (
-        scan_dates(table, start, end + timedelta(days=1))
-        .filter(pl.col("finding_id").is_in(pl.Series(finding_ids, dtype=pl.String).implode()))
-        .unique(["finding_id", "audit_id", "stage"], keep="first")
+        stored_events(lake, finding_ids, start, end + timedelta(days=1))
         .sort("finding_id", "event_time")
         .collect()
     )
