@@ -8,7 +8,6 @@ PUT on S3 (S3 objects appear whole or not at all).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import re
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from detector.errors import EXIT_USAGE, RuntimeFailure
-from detector.userfiles import naming
+from detector.userfiles import replace_atomically
 
 if TYPE_CHECKING:
     import fsspec
@@ -211,18 +210,7 @@ class Location:
         if temp_dir is not None:
             os.makedirs(temp_dir, exist_ok=True)
         tmp = os.path.join(temp_dir or directory, f".tmp-{uuid.uuid4().hex}")
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException as exc:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            if isinstance(exc, OSError):
-                raise naming(exc, path) from None
-            raise
+        replace_atomically(path, data, tmp)
 
     def glob(self, pattern: str) -> list[str]:
         """Paths matching a glob under the root; temp files never match.

@@ -9,6 +9,7 @@ it knows which command runs.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -23,12 +24,33 @@ from pathlib import Path
 MAX_USER_FILE_BYTES = 16 * 1024 * 1024
 
 
-def naming(exc: OSError, path: str | os.PathLike[str]) -> OSError:
+def _naming(exc: OSError, path: str | os.PathLike[str]) -> OSError:
     """``exc`` with ``path`` as its file when the OS named none (a write that ran out of
     space says only "No space left on device"): the error line then says where."""
     if exc.filename is not None or not exc.strerror:
         return exc
     return type(exc)(exc.errno, exc.strerror, os.fspath(path))
+
+
+def replace_atomically(
+    path: str | os.PathLike[str], data: bytes, temp: str | os.PathLike[str]
+) -> None:
+    """Write ``data`` to ``temp``, flush it to disk, rename it over ``path``: a reader sees
+    the old file or the new one, never half of it. On failure ``temp`` is removed, and a
+    write that runs out of space names ``path``. The one local atomic write: the lake's,
+    the model folder's and the outputs a user names."""
+    try:
+        with open(temp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(temp, path)
+    except BaseException as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        if isinstance(exc, OSError):
+            raise _naming(exc, path) from None
+        raise
 
 
 def read_user_bytes(path: str | os.PathLike[str], *, limit: int = MAX_USER_FILE_BYTES) -> bytes:
@@ -100,12 +122,5 @@ def write_user_file(path: str | os.PathLike[str], text: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(target)
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(target)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise naming(exc, path) from None
-        raise
+    replace_atomically(target, text.encode("utf-8"), tmp)
     return Path(path)

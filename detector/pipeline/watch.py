@@ -52,7 +52,7 @@ from detector.pipeline.export import DurableBatch, Exporter, ExportError, Export
 from detector.pipeline.ingest import ClusterUnknown, EventBuffer, write_to_lake
 from detector.pipeline.watch_metrics import HealthServer, WatchMetrics
 from detector.sources.files import cluster_from_path, expand_inputs, read_batches
-from detector.sources.tail import FileTail, TailPosition
+from detector.sources.tail import POLL_BYTES, FileTail, TailPosition
 from detector.storage import StorageError
 
 log = logging.getLogger(__name__)
@@ -274,7 +274,7 @@ class TailSource(_LeasedSource):
         lease_seconds: float = 180.0,
         owner: Owner | None = None,
         clock: Callable[[], float] = time.time,
-        poll_bytes: int | None = None,
+        poll_bytes: int = POLL_BYTES,
     ) -> None:
         super().__init__(
             lake, path, consume, metrics, lease_seconds=lease_seconds, owner=owner, clock=clock
@@ -289,8 +289,7 @@ class TailSource(_LeasedSource):
         super().start()
         pos = self.previous.get("position")
         start = TailPosition.from_dict(pos) if pos else None
-        sized = {"poll_bytes": self.poll_bytes} if self.poll_bytes else {}
-        self.tail = FileTail(self.path, start, **sized)
+        self.tail = FileTail(self.path, start, poll_bytes=self.poll_bytes)
 
     def step(self) -> None:
         assert self.tail is not None
