@@ -243,5 +243,9 @@ def test_a_ray_address_where_nothing_listens_is_one_line_at_once(tmp_path, detec
             "(is the head node up, and is this its GCS port (6379) or Ray Client port "
             "(10001)?)"
         ]
-    run = detect(*base, "--executor", "ray", "--address", "head:6379x", timeout=60)
-    assert run.returncode == 2 and "is not host:port or ray://host:port" in run.stderr
+    for address in ("head:6379x", "head:0"):  # port 0 left Ray waiting without end
+        run = detect(*base, "--executor", "ray", "--address", address, timeout=60)
+        assert run.returncode == 2 and "is not host:port or ray://host:port" in run.stderr
+    label = "a" * 100 + ".example:6379"  # a DNS label over 63 characters: "unexpected"
+    run = detect(*base, "--executor", "ray", "--address", label, timeout=60)
+    assert run.returncode == 2 and run.stderr.strip().endswith(": not a host name"), run.stderr

@@ -53,8 +53,12 @@ def _endpoint(address: str) -> tuple[str, int] | None:
     try:
         parts = urlsplit("//" + rest)
         host, port = parts.hostname, parts.port
+        if port == 0 or (host and len(host) > 253):  # no port, or no host name DNS takes
+            raise ValueError(address)
     except ValueError:
-        raise ExecutorError(f"--address {address!r} is not host:port or ray://host:port") from None
+        raise ExecutorError(
+            f"--address {address[:80]!r} is not host:port or ray://host:port"
+        ) from None
     return (host, port) if host and port else None
 
 
@@ -66,6 +70,8 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
         return
     try:
         socket.create_connection(endpoint, timeout=timeout).close()
+    except UnicodeError:  # a host name no resolver can encode (a label over 63 characters)
+        raise ExecutorError(f"--address {address[:80]!r}: not a host name") from None
     except OSError as exc:
         why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
         raise ClusterUnreachable(
