@@ -285,3 +285,27 @@ def test_escape_sequences_in_lake_strings_are_shown_not_sent_to_the_terminal(tmp
     out = terminal.file.getvalue()
     assert "\x1b]0;" not in out and "\x1b[2J" not in out and "\x9b" not in out
     assert out.count("\\x1b]0;pwned\\x07") == 2 and "\x1b[31m" in out  # the style still works
+
+
+def test_one_huge_entry_does_not_pad_every_line_of_a_plain_timeline(tmp_path, detect):
+    """Plain output pads the "what" column to its longest entry: a request for a path of
+    100 KB would have padded every line to 100 KB (a busy principal's week, gigabytes)."""
+    import orjson
+
+    from tests.test_rules_helpers import ev
+
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
+    events = [ev("get", "configmaps", ns="app", name="x" * 100_000, user="mallory", at=at)]
+    events += [
+        ev("delete", f"r{i}", ns="app", name="n", user="mallory", at=at + timedelta(minutes=i))
+        for i in range(1, 21)
+    ]
+    log = tmp_path / "audit.log"
+    log.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
+    lake = str(tmp_path / "lake")
+    assert detect("ingest", str(log), "--lake", lake, "--cluster", "c1").returncode == 0
+    shown = detect("timeline", "mallory", "--lake", lake, "--since", "2h", "--every", "0s")
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert sum(len(line) > 100_000 for line in lines) == 1  # the long entry, whole
+    assert max(len(line) for line in lines if "x" * 1000 not in line) < 300

@@ -136,6 +136,8 @@ def render_timeline(tl, identity: dict) -> None:  # type: ignore[no-untyped-def]
 #: A timeline row: time, until, count, what, style of what, source addresses.
 _Row = tuple[str, str, str, str, str, str]
 _HEADER = ("time (UTC)", "until", "count", "what", "from")
+#: The widest the "what" column is padded to in plain output; a longer entry overflows.
+_PLAIN_WHAT_WIDTH = 160
 
 
 def _row(e: dict[str, Any]) -> _Row:
@@ -176,6 +178,9 @@ def _print_plain(rows: list[_Row]) -> None:
     """
     cells = [(r[0], r[1], r[2], r[3].translate(ONE_LINE), r[5].translate(ONE_LINE)) for r in rows]
     wt, wu, wc, ww = (max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(_HEADER[:4]))
+    # Padded to the longest description, up to a point: one request for a path of a
+    # megabyte would otherwise pad every line of the listing to a megabyte.
+    ww = min(ww, _PLAIN_WHAT_WIDTH)
     lines = (
         f"{t:<{wt}}  {u:<{wu}}  {c:>{wc}}  {w:<{ww}}  {f}".rstrip()
         for t, u, c, w, f in [_HEADER, *cells]
