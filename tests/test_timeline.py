@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 from datetime import UTC, datetime, timedelta
 
 import polars as pl
@@ -309,3 +311,73 @@ def test_one_huge_entry_does_not_pad_every_line_of_a_plain_timeline(tmp_path, de
     lines = shown.stdout.splitlines()
     assert sum(len(line) > 100_000 for line in lines) == 1  # the long entry, whole
     assert max(len(line) for line in lines if "x" * 1000 not in line) < 300
+
+
+def run_on_terminal(*args: str, columns: int = 100) -> str:
+    """``detect *args`` with stdout on a pseudo-terminal (a real one, as an analyst's): what
+    it printed there, with the colour codes."""
+    import pty
+    import subprocess
+
+    from tests.conftest import detect_cmd
+
+    leader, follower = pty.openpty()
+    env = {**os.environ, "COLUMNS": str(columns), "TERM": "xterm-256color"}
+    for name in ("NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
+        env.pop(name, None)
+    proc = subprocess.Popen(
+        [*detect_cmd(), *args], stdout=follower, stderr=subprocess.PIPE, env=env
+    )
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert proc.wait(timeout=120) == 0, proc.stderr.read() if proc.stderr else ""
+    return b"".join(chunks).decode().replace("\r\n", "\n")
+
+
+def test_a_timeline_at_a_terminal_is_one_coloured_line_per_entry(tmp_path, detect):
+    """At a terminal: denied requests in red, each entry on one line however long (a rich
+    table folded long entries over several lines and took minutes for a busy week), and
+    control characters from the lake shown escaped, not sent."""
+    import orjson
+
+    from tests.test_rules_helpers import ev
+
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=50)
+    events = [
+        ev(
+            "get",
+            "secrets",
+            ns="app",
+            name="db",
+            user="mallory",
+            code=403,
+            decision="forbid",
+            at=at,
+        )
+    ]
+    events[0]["userAgent"] = "curl/8 \x1b]0;pwned\x07"
+    events += [
+        ev("list", f"r{i}", ns=f"team-{'n' * 150}-{i}", user="mallory", at=at + timedelta(minutes=i))
+        for i in range(1, 31)
+    ]
+    log = tmp_path / "audit.log"
+    log.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
+    lake = str(tmp_path / "lake")
+    assert detect("ingest", str(log), "--lake", lake, "--cluster", "c1").returncode == 0
+    shown = run_on_terminal("timeline", "mallory", "--lake", lake, "--since", "2h", "--every", "0")
+    lines = shown.splitlines()
+    entries = [line for line in lines if re.match(r"(\x1b\[[0-9;]*m)?\d\d-\d\d \d\d:", line)]
+    assert len(entries) == 32  # 31 requests and the first address, the long ones too
+    denied = [line for line in entries if "secrets" in line]
+    assert len(denied) == 1 and "\x1b[31m" in denied[0]  # red
+    assert "\x1b]0;" not in shown and "curl/8 \\x1b]0;pwned\\x07" in shown
+    assert all(f"team-{'n' * 150}-{i}" in shown for i in range(1, 31))

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
 from detector.cli.options import (
     ClusterOpt,
@@ -124,11 +123,7 @@ def render_timeline(tl, identity: dict) -> None:  # type: ignore[no-untyped-def]
             markup=False,
         )
         return
-    rows = [_row(e) for e in entries]
-    if stdout.is_terminal:
-        _print_styled(rows)
-    else:
-        _print_plain(rows)
+    _print_lines([_row(e) for e in entries])
     for link in identity["links"]:
         out.print(f"{link['label']}:\n  {link['target']}", markup=False)
 
@@ -136,7 +131,7 @@ def render_timeline(tl, identity: dict) -> None:  # type: ignore[no-untyped-def]
 #: A timeline row: time, until, count, what, style of what, source addresses.
 _Row = tuple[str, str, str, str, str, str]
 _HEADER = ("time (UTC)", "until", "count", "what", "from")
-#: The widest the "what" column is padded to in plain output; a longer entry overflows.
+#: The widest the "what" column is padded to; a longer entry overflows.
 _PLAIN_WHAT_WIDTH = 160
 
 
@@ -155,38 +150,52 @@ def _row(e: dict[str, Any]) -> _Row:
     )
 
 
-def _print_styled(rows: list[_Row]) -> None:
-    """For a person at a terminal: a table, denied requests and findings in colour."""
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    table.add_column(_HEADER[0], no_wrap=True)
-    table.add_column(_HEADER[1], no_wrap=True)
-    table.add_column(_HEADER[2], justify="right", no_wrap=True)
-    table.add_column(_HEADER[3], overflow="fold")
-    table.add_column(_HEADER[4], no_wrap=True, overflow="ellipsis", max_width=34)
-    for when, until, count, what, style, ips in rows:
-        shown = escape(what)
-        table.add_row(when, until, count, f"[{style}]{shown}[/]" if style else shown, escape(ips))
-    stdout.print(table)
+def _print_lines(rows: list[_Row]) -> None:
+    """The entries as aligned columns, one entry a line; at a terminal, denied requests and
+    findings in colour and the description padded to the screen's width at most.
 
-
-def _print_plain(rows: list[_Row]) -> None:
-    """For a file, a pipe or a log: the same columns as plain text, one entry a line
-    (control characters shown escaped, line breaks included).
-
-    Laying out a rich table measures and wraps every cell: a busy controller's week
-    (419k entries) took 108 s to print that way, and this takes about a second.
+    Control characters are shown escaped (line breaks included), since these lines do not
+    go through the console. Not a rich table: laying one out measures and wraps every cell,
+    and a busy controller's week (419k entries) took 108 s to print that way; this takes
+    about a second whatever the output.
     """
     cells = [(r[0], r[1], r[2], r[3].translate(ONE_LINE), r[5].translate(ONE_LINE)) for r in rows]
     wt, wu, wc, ww = (max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(_HEADER[:4]))
     # Padded to the longest description, up to a point: one request for a path of a
     # megabyte would otherwise pad every line of the listing to a megabyte.
     ww = min(ww, _PLAIN_WHAT_WIDTH)
-    lines = (
-        f"{t:<{wt}}  {u:<{wu}}  {c:>{wc}}  {w:<{ww}}  {f}".rstrip()
-        for t, u, c, w, f in [_HEADER, *cells]
-    )
+    colours = _colours()
+    if stdout.is_terminal:  # the addresses start on the same screen line when they can
+        ww = max(len(_HEADER[3]), min(ww, stdout.width - (wt + wu + wc + 8) - 16))
+    header = f"{_HEADER[0]:<{wt}}  {_HEADER[1]:<{wu}}  {_HEADER[2]:>{wc}}  {_HEADER[3]:<{ww}}"
+    lines = [(colours.get("header") or str)(f"{header}  {_HEADER[4]}".rstrip())]
+    for (t, u, c, w, f), row in zip(cells, rows, strict=True):
+        paint = colours.get(row[4])
+        pad = " " * (ww - len(w))
+        lines.append(
+            f"{t:<{wt}}  {u:<{wu}}  {c:>{wc}}  {paint(w) if paint else w}{pad}  {f}".rstrip()
+        )
     stdout.file.write("\n".join(lines) + "\n")
     stdout.file.flush()
+
+
+def _colours() -> dict[str, Any]:
+    """Style name -> a function colouring a string, for the console's colour system (none
+    when stdout is not a terminal or colour is off, as with ``NO_COLOR``)."""
+    from rich.console import COLOR_SYSTEMS
+    from rich.style import Style
+
+    system = stdout.color_system if stdout.is_terminal else None
+    if system is None:
+        return {}
+    styles = {*KIND_STYLE.values(), "header"} - {""}
+    return {
+        name: partial(
+            Style.parse("bold" if name == "header" else name).render,
+            color_system=COLOR_SYSTEMS[system],
+        )
+        for name in styles
+    }
 
 
 def register(app: typer.Typer) -> None:
