@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from detector.errors import EXIT_USAGE, RuntimeFailure
-from detector.userfiles import replace_atomically
+from detector.userfiles import remove_stale_temps, replace_atomically
 
 if TYPE_CHECKING:
     import fsspec
@@ -77,6 +77,8 @@ def is_s3(uri: str) -> bool:
 #: What S3 accepts as a bucket in a request (botocore's own check, which would otherwise
 #: fail deep in a listing), or an access point ARN.
 _BUCKET = re.compile(r"[a-zA-Z0-9.\-_]{1,255}|arn:.+")
+#: A temporary file :meth:`Location.put_atomic` writes beside its target.
+_BESIDE_TEMP = re.compile(r"\.tmp-[0-9a-f]{32}")
 
 
 def s3_uri_problem(uri: str) -> str | None:
@@ -199,8 +201,9 @@ class Location:
         Locally: written to a temporary file in ``temp_dir`` (default: beside ``path``, as
         ``.tmp-*``, which :meth:`glob` skips), flushed to disk, renamed over ``path``. A
         failure removes the temporary file, and a write that runs out of space names
-        ``path``. The lake keeps its temporary files out of the table folders
-        (:func:`detector.lake.table.put_atomic`).
+        ``path``. Beside ``path``, temporary files a killed writer left are removed once
+        an hour old (a model folder, dead letters, a Security Lake folder). The lake keeps
+        its temporary files out of the table folders (:func:`detector.lake.table.put_atomic`).
         """
         if self.is_s3:
             self.fs.pipe_file(path, data)
@@ -209,6 +212,8 @@ class Location:
         os.makedirs(directory, exist_ok=True)
         if temp_dir is not None:
             os.makedirs(temp_dir, exist_ok=True)
+        else:
+            remove_stale_temps(directory, _BESIDE_TEMP)
         tmp = os.path.join(temp_dir or directory, f".tmp-{uuid.uuid4().hex}")
         replace_atomically(path, data, tmp)
 

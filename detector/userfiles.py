@@ -75,18 +75,21 @@ def read_user_file(path: str | os.PathLike[str], *, limit: int = MAX_USER_FILE_B
     return read_user_bytes(path, limit=limit).decode("utf-8")
 
 
-#: A temporary file of :func:`write_user_file` older than this was left by a run that was
+#: A temporary file of an atomic write older than this was left by a run that was
 #: killed (SIGKILL, power loss) before it could remove it; a younger one may be another
 #: run's, still being written.
 STALE_TEMP_SECONDS = 3600
 
 
-def _remove_stale_temps(target: Path) -> None:
-    """Remove ``target``'s temporary files that killed runs left beside it."""
-    own = re.compile(r"\." + re.escape(target.name) + r"\.[0-9a-f]{8}\.tmp")
+def remove_stale_temps(directory: str | os.PathLike[str], own: re.Pattern[str]) -> None:
+    """Remove the temporary files named like ``own`` in ``directory`` that killed runs left.
+
+    Only regular files older than :data:`STALE_TEMP_SECONDS`; a younger one may be another
+    run's, still being written.
+    """
     cutoff = time.time() - STALE_TEMP_SECONDS
     try:
-        for entry in os.scandir(target.parent):
+        for entry in os.scandir(directory):
             if not own.fullmatch(entry.name):
                 continue
             info = entry.stat(follow_symlinks=False)
@@ -120,7 +123,9 @@ def write_user_file(path: str | os.PathLike[str], text: str) -> Path:
         return Path(path)
     target = Path(os.path.realpath(path))
     target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(target)
+    remove_stale_temps(
+        target.parent, re.compile(r"\." + re.escape(target.name) + r"\.[0-9a-f]{8}\.tmp")
+    )
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
     replace_atomically(target, text.encode("utf-8"), tmp)
     return Path(path)

@@ -308,6 +308,29 @@ def test_saving_never_touches_files_it_did_not_write(tmp_path, trained):
     assert not list(d.glob(".tmp-*"))
 
 
+def test_a_temporary_file_a_killed_save_left_is_removed_once_an_hour_old(tmp_path, trained):
+    """A `detect train` killed mid-write (SIGKILL, an evicted pod) leaves its temporary
+    file in the model folder: the next save removes it once it is an hour old, and leaves a
+    younger one (another save may be writing it) and files named otherwise alone."""
+    import os
+    import time
+
+    from detector.userfiles import STALE_TEMP_SECONDS
+
+    d = tmp_path / "models"
+    d.mkdir()
+    stale, fresh = d / f".tmp-{'a' * 32}", d / f".tmp-{'b' * 32}"
+    theirs = d / ".tmp-notes"
+    for path in (stale, fresh, theirs):
+        path.write_bytes(b"half a model")
+    old = time.time() - STALE_TEMP_SECONDS - 60
+    for path in (stale, theirs):
+        os.utime(path, (old, old))
+    trained.save(str(d))
+    assert not stale.exists() and fresh.exists() and theirs.exists()
+    assert Model.load(str(d)).version == trained.save(str(d)).version
+
+
 def _card(d: Path) -> dict:
     return json.loads((d / CARD_NAME).read_text())
 
