@@ -391,17 +391,34 @@ def test_lake_text_in_chart_labels_is_escaped_by_the_renderer():
     assert "<svg onload" not in svg and re.search(r"&lt;svg onload=alert\(2\)&gt;", svg)
 
 
-def test_incidents_are_read_by_column_name_and_a_bad_file_is_skipped(tmp_path):
+def test_incidents_active_in_the_range_are_read_and_a_bad_file_is_skipped(tmp_path, caplog):
+    """The report shows the incidents open at any time in its range, the ones that began
+    days before it too, through the incidents table's own reader: a damaged file is skipped
+    with a warning, and a lake that never grouped findings has no incidents section."""
+    from detector.lake.incidents import write_incidents
     from detector.report.data import read_incidents
 
     lake = Lake(str(tmp_path / "lake"))
     assert read_incidents(lake, START, END) is None  # no table: the report skips the chart
-    part = tmp_path / "lake" / "incidents" / "date=2026-11-29"
-    part.mkdir(parents=True)
-    pl.DataFrame(
-        {"id": ["i-1", "i-2"], "opened_at": [START + timedelta(hours=1), START - timedelta(days=3)]}
-    ).write_parquet(part / "a.parquet")
-    (part / "b.parquet").write_bytes(b"PAR1 not really parquet")
+
+    def incident(name: str, first: datetime, last: datetime) -> dict:
+        return {"incident_id": name, "first_seen": first, "last_seen": last, "severity": "high"}
+
+    h = timedelta(hours=1)
+    write_incidents(
+        lake,
+        [
+            incident("inside", START + h, START + 2 * h),
+            incident("began-before", START - timedelta(days=6), START + h),
+            incident("over-before", START - timedelta(days=3), START - h),
+            incident("after", END, END + h),
+        ],
+    )
+    damaged = tmp_path / "lake" / "incidents" / "date=2026-11-28" / "incidents.parquet"
+    damaged.parent.mkdir(parents=True, exist_ok=True)
+    damaged.write_bytes(b"PAR1 not really parquet")
     df = read_incidents(lake, START, END)
-    assert df is not None and df["incident_id"].to_list() == ["i-1"]  # the old one is out of range
-    assert df["severity"].to_list() == [None] and df["finding_ids"].to_list() == [None]
+    assert df is not None and df["incident_id"].to_list() == ["began-before", "inside"]
+    assert df["time"].to_list() == [START - timedelta(days=6), START + h]
+    assert df["severity"].to_list() == ["high", "high"]
+    assert "incidents.parquet" in caplog.text  # the damaged file, named

@@ -366,7 +366,13 @@ def test_a_timeline_at_a_terminal_is_one_coloured_line_per_entry(tmp_path, detec
     ]
     events[0]["userAgent"] = "curl/8 \x1b]0;pwned\x07"
     events += [
-        ev("list", f"r{i}", ns=f"team-{'n' * 150}-{i}", user="mallory", at=at + timedelta(minutes=i))
+        ev(
+            "list",
+            f"r{i}",
+            ns=f"team-{'n' * 150}-{i}",
+            user="mallory",
+            at=at + timedelta(minutes=i),
+        )
         for i in range(1, 31)
     ]
     log = tmp_path / "audit.log"

@@ -139,15 +139,35 @@ def read_incidents(lake: Lake, *, since: datetime | None = None) -> pl.DataFrame
     return df.sort(["severity_rank", "last_seen"], descending=[True, True])
 
 
+#: How long an incident stays open at most: a finding joins an incident first seen no more
+#: than this and the grouping horizon before it (:func:`recent_incidents`); steady activity
+#: past that opens a new one.
+MAX_INCIDENT_SPAN = timedelta(days=7)
+
+
 def recent_incidents(lake: Lake, before: datetime, horizon: timedelta) -> pl.DataFrame:
     """Incidents that a finding at ``before`` could still join: last seen within the horizon.
 
-    Reads first_seen dates back to ``before - horizon - 7 days``: an incident kept open for
-    longer than a week by steady activity is split (a new one opens), which is what an
-    analyst wants from a week-long trickle anyway.
+    Reads first_seen dates back to ``before - horizon - MAX_INCIDENT_SPAN``: an incident kept
+    open for longer than a week by steady activity is split (a new one opens), which is what
+    an analyst wants from a week-long trickle anyway.
     """
-    df = read_incidents(lake, since=before - horizon - timedelta(days=7))
+    df = read_incidents(lake, since=before - horizon - MAX_INCIDENT_SPAN)
     return df.filter(pl.col("last_seen") >= before - horizon)
+
+
+def incidents_overlapping(lake: Lake, start: datetime, end: datetime) -> pl.DataFrame:
+    """Incidents active in ``[start, end)``: first seen before its end, last seen at or after
+    its start, in order of first seen.
+
+    Only the dates that can hold one are read: back to ``MAX_INCIDENT_SPAN`` and a day (more
+    than the grouping horizon) before ``start``.
+    """
+    since = start - MAX_INCIDENT_SPAN - timedelta(days=1)
+    df = scan_dates(incidents_table(lake), since, end).filter(
+        (pl.col("last_seen") >= start) & (pl.col("first_seen") < end)
+    )
+    return df.sort("first_seen", "incident_id").collect()
 
 
 # ---------------------------------------------------------------------------- finding status

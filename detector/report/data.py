@@ -3,9 +3,8 @@
 Events are read one hour partition at a time and reduced to counts at once (per cluster
 and hour, per principal), so the report of a month costs the memory of one hour plus a
 few thousand count rows. Findings and their events come from ``findings/`` and
-``findings_events/``; incidents from ``incidents/`` when that table exists (it is written
-by ``detector.incidents``; its columns are read by name, tolerantly, so the report does not
-break when that table grows).
+``findings_events/``; incidents from ``incidents/`` when that table exists, through its
+own reader (:mod:`detector.lake.incidents`).
 
 The "usual level" of the denied (403) and unauthenticated (401) rates is the median of the
 hourly rates over a baseline before the report's range (default the 7 days before it); an
@@ -16,7 +15,6 @@ MAD of 0) a stray denial in a busy hour (one in two thousand) is not marked.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,16 +23,9 @@ import polars as pl
 
 from detector.lake.events import Lake
 from detector.lake.findings import findings_events_table, list_findings, stored_events
+from detector.lake.incidents import incidents_overlapping, incidents_table
 from detector.report.timeline import collapse_runs
 
-log = logging.getLogger(__name__)
-
-INCIDENTS_DIR = "incidents"
-#: Candidate names of an incident's columns, first found wins.
-INCIDENT_ID = ("incident_id", "id")
-INCIDENT_TIME = ("first_seen", "start", "window_start", "started_at", "opened_at", "created_at")
-INCIDENT_END = ("last_seen", "end", "window_end", "updated_at")
-INCIDENT_FINDINGS = ("finding_ids", "findings")
 #: Alarm line: usual + K x robust sigma, and at least MIN_STEP above usual.
 ALARM_K = 3.0
 MIN_STEP = 0.001
@@ -147,64 +138,25 @@ def findings_events(lake: Lake, finding_ids: list[str], start: datetime, end: da
     )
 
 
-def _first(columns: list[str], names: tuple[str, ...]) -> str | None:
-    return next((n for n in names if n in columns), None)
-
-
 def read_incidents(lake: Lake, start: datetime, end: datetime) -> pl.DataFrame | None:
-    """Incidents overlapping the range, or ``None`` when the lake has no incidents table.
+    """Incidents active in the range as the page shows them (``time`` and ``end`` for first
+    and last seen), or ``None`` when the lake has no incidents table: findings were never
+    grouped there (a lake only ingested into, or scored with ``--dry-run``).
 
-    Columns are normalised to ``incident_id``, ``time``, ``end``, ``severity``, ``title``,
-    ``principal``, ``finding_ids`` (missing ones are null); files that cannot be read are
-    skipped with the rest kept, as the table is another module's and may be mid-write.
+    The incidents table's own reader: a file it cannot use is skipped with a warning.
     """
-    files = lake.loc.glob(lake.loc.path(INCIDENTS_DIR, "**", "*.parquet"))
-    if not files:
+    if not incidents_table(lake).values(()):
         return None
-    frames = []
-    for f in files:
-        try:
-            with lake.loc.fs.open(f, "rb") as fh:
-                frames.append(pl.read_parquet(fh))
-        except Exception as exc:  # an unreadable file must not sink the report
-            log.warning("skipped unreadable incidents file %s: %s", lake.loc.uri_of(f), exc)
-            continue
-    if not frames:
-        return None
-    raw = pl.concat(frames, how="diagonal_relaxed")
-    cols = raw.columns
-    id_col, t_col = _first(cols, INCIDENT_ID), _first(cols, INCIDENT_TIME)
-    if id_col is None or t_col is None:
-        return None
-    end_col = _first(cols, INCIDENT_END) or t_col
-    f_col = _first(cols, INCIDENT_FINDINGS)
-
-    def text(name: str) -> pl.Expr:
-        return (pl.col(name).cast(pl.String) if name in cols else pl.lit(None, pl.String)).alias(
-            name
-        )
-
-    ts = pl.Datetime("us", "UTC")
-    df = raw.select(
-        pl.col(id_col).cast(pl.String).alias("incident_id"),
-        pl.col(t_col).cast(ts).alias("time"),
-        pl.coalesce(pl.col(end_col).cast(ts), pl.col(t_col).cast(ts)).alias("end"),
-        text("severity"),
-        text("title"),
-        text("principal"),
-        text("status"),
-        (
-            pl.col(f_col).cast(pl.List(pl.String))
-            if f_col and isinstance(raw.schema[f_col], pl.List)
-            else pl.lit(None, pl.List(pl.String))
-        ).alias("finding_ids"),
+    return incidents_overlapping(lake, start, end).select(
+        "incident_id",
+        pl.col("first_seen").alias("time"),
+        pl.col("last_seen").alias("end"),
+        "severity",
+        "title",
+        "principal",
+        "status",
+        "finding_ids",
     )
-    if "updated_at" in cols:
-        df = df.with_columns(raw["updated_at"].cast(ts).alias("_v"))
-        df = df.sort("_v", descending=True).unique("incident_id", keep="first").drop("_v")
-    else:
-        df = df.unique("incident_id", keep="last", maintain_order=True)
-    return df.filter((pl.col("end") >= start) & (pl.col("time") < end)).sort("time")
 
 
 @dataclass
