@@ -52,6 +52,31 @@ def test_anonymous_probing_is_grouped_by_source_ip():
     assert keys == [("source_ip", "198.51.100.1", 1), ("source_ip", "203.0.113.9", 5)]
 
 
+def test_a_spike_from_a_source_ip_joins_the_anonymous_probing_from_it():
+    """A rule counting by source IP files its finding with the address as principal (kind
+    ``source_ip``): it belongs to that address's incident, not to one of its own."""
+    probes, ev = frames(
+        [
+            finding(
+                "system:anonymous", T0, detector="rule:anonymous-request-denied", kind="anonymous"
+            )
+        ],
+        source_ip="45.155.205.223",
+    )
+    spike, ev2 = frames(
+        [
+            finding(
+                "45.155.205.223", T0, detector="rule:auth-failure-spike-source-ip", kind="source_ip"
+            )
+        ],
+        source_ip="45.155.205.223",
+    )
+    incs, _ = group(pl.concat([probes, spike]), [], events=pl.concat([ev, ev2]))
+    assert [(i.key_kind, i.key, len(i.finding_ids)) for i in incs] == [
+        ("source_ip", "45.155.205.223", 2)
+    ]
+
+
 def test_chained_tactics_raise_severity_and_say_why():
     rows = [
         finding(ROLE, T0, severity="low", detector="rule:list-secrets", tactic="Discovery"),

@@ -155,8 +155,12 @@ def _namespaces(events: pl.DataFrame | None) -> dict[str, list[str]]:
 
 
 def group_key(row: dict[str, Any], ips: list[str]) -> tuple[str, str]:
-    """(key_kind, key): the principal, or the main source IP for unauthenticated traffic."""
+    """(key_kind, key): the principal, or the source IP for unauthenticated traffic and for
+    the findings of rules that count by source IP (``principal`` holds the address there),
+    so a spike of denials from an address joins the anonymous probing from it."""
     principal = row.get("principal") or ""
+    if row.get("principal_kind") == "source_ip" and principal:
+        return "source_ip", principal
     anonymous = row.get("principal_kind") == "anonymous" or principal in ANONYMOUS
     if anonymous and ips:
         return "source_ip", ips[0]
