@@ -680,6 +680,10 @@ def sa_token_secret(kind: str) -> dict:
     }
 
 
+#: An unprivileged identity a person may impersonate to see what a colleague sees.
+COLLEAGUE = "arn:aws:sts::111122223333:assumed-role/developer/grace"
+
+
 def impersonating(user: Any, as_user: str = "system:admin") -> dict:
     return dict(ev("list", "secrets", ns="shop", user=user), impersonatedUser={"username": as_user})
 
@@ -773,9 +777,17 @@ CASES.update(
             ],
             "a role reading the same resources",
         ),
+        "impersonation-of-privileged-identity": (
+            [impersonating(iam()), impersonating(iam(), "system:node:ip-10-0-1-7.ec2.internal")],
+            [impersonating(iam(), COLLEAGUE)],
+            "a person impersonating a colleague",
+        ),
         "impersonation-by-person": (
-            [impersonating(iam())],
-            [impersonating("system:serviceaccount:kube-system:generic-garbage-collector")],
+            [impersonating(iam(), COLLEAGUE)],
+            [
+                impersonating("system:serviceaccount:kube-system:generic-garbage-collector"),
+                impersonating(iam()),  # as system:admin: the alert above, not this record
+            ],
             "a controller's request with impersonation",
         ),
         "secrets-listed-cluster-wide": (

@@ -603,6 +603,8 @@ def test_builtin_catalogue_shape():
                 "root-with-privilege-escalation",
                 "daemonset-created-by-person",
                 "ingress-without-tls",
+                # the info record beside the Elastic rule impersonation-of-privileged-identity
+                "impersonation-by-person",
             }
         ), r.id
     assert rs.fingerprint.startswith("rules-") and rs.fingerprint == load_ruleset().fingerprint
