@@ -8,7 +8,8 @@ the clock says, as an evicted pod or an OOM kill would, while audit events keep 
    two) or puts them into a CloudWatch log group on moto's server (``--source
    cloudwatch``, the lake then on moto's S3), at ``--rate`` lines a second;
 3. `detect watch` runs, is SIGKILLed after a seeded random 1.5 to 12 s, and is started
-   again, ``--kills`` times; then, the writer done, one ``--once`` run drains the rest;
+   again, ``--kills`` times; then, the writer done, one ``--once`` run drains the rest
+   (``--kills 0``, the control: one run for the whole feed, stopped with SIGTERM);
 4. a clean run (`detect watch --tail --once` over the same lines, no kill, nothing sent)
    is the reference.
 
@@ -37,6 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
+import polars as pl
 from bench_watch import MOTO, Hook, _free_port
 
 DETECT = Path(sys.executable).parent / "detect"
@@ -90,7 +92,6 @@ def _watch_args(source: str, work: Path, lake: str) -> list[str]:
 
 def _lake_state(lake_uri: str) -> dict:
     """Events (audit ID, stage) with their counts, quarantine rows, findings, incidents."""
-    import polars as pl
 
     from detector.lake.events import Lake
     from detector.lake.findings import list_findings
@@ -106,7 +107,18 @@ def _lake_state(lake_uri: str) -> dict:
     incidents = read_incidents(lake).select(
         "key_kind", "key", "first_seen", "last_seen", "severity", pl.col("finding_ids").list.sort()
     )
+    # Findings an incident names that the findings table no longer holds (a re-scored
+    # window lost them), with what the incident's timeline says of them.
+    known = findings["finding_id"].implode()
+    dangling = (
+        read_incidents(lake)
+        .select("incident_id", "timeline")
+        .explode("timeline")
+        .unnest("timeline")
+        .filter(~pl.col("finding_id").is_in(known))
+    )
     return {
+        "dangling": dangling,
         "events": collections.Counter(events.iter_rows()),
         "quarantined": lake.scan_quarantine().select(pl.len()).collect().item(),
         "findings": findings,
@@ -173,6 +185,12 @@ def soak(args: argparse.Namespace) -> int:
                 except subprocess.TimeoutExpired:
                     proc.send_signal(signal.SIGKILL)
                     proc.wait()
+            if not args.kills:  # the control: one run for the whole feed, then SIGTERM
+                proc = subprocess.Popen(command, env=env, stdout=log, stderr=log)
+                writer.join()
+                time.sleep(5)
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=600)
             writer.join()
             drain = [*command, "--once"] + (["--latency", "0s"] if args.source != "tail" else [])
             subprocess.run(drain, env=env, stdout=log, stderr=log, check=True, timeout=600)
@@ -223,8 +241,20 @@ def _report(args: argparse.Namespace, lines: list[bytes], got: dict, want: dict,
         f"{sum(keys.values())} alerts, {len(keys)} keys, {repeats} re-sent, {len(stale)} "
         "incidents whose final version was not delivered"
     )
+    for row in got["dangling"].iter_rows(named=True):
+        print("  an incident names a finding the lake no longer holds:", row)
+    if not same_incidents:  # what differs, for whoever has to find out why
+        shown = [pl.col("finding_ids").list.join(" ")]
+        a = got["incidents"].with_columns(shown)
+        b = want["incidents"].with_columns(shown)
+        for name, df in (("killed", a.join(b, on=a.columns, how="anti")),
+                         ("clean", b.join(a, on=a.columns, how="anti"))):  # fmt: skip
+            print(f"only in the {name} run:")
+            for row in df.iter_rows(named=True):
+                print(" ", row)
     ok = (
         not (missing or extra or twice or got["quarantined"] or stale)
+        and got["dangling"].is_empty()
         and same_findings
         and same_incidents
         and repeats <= args.kills

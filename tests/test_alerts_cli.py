@@ -280,3 +280,28 @@ def test_a_token_quoted_in_an_ack_reason_is_redacted_before_the_lake(scored):
     )["status_reason"].drop_nulls()
     assert stored.len() and stored.str.contains("revoked Bearer <redacted>").any()
     assert not stored.str.contains("eyJhbGci|hunter2").any()
+
+
+def test_rescoring_without_a_finding_withdraws_it_from_its_incident(scored):
+    """A range scored again without a rule (or after late events changed a window) no
+    longer holds that rule's finding; its incident named it all the same, so an analyst
+    opened an incident pointing at nothing. It is withdrawn now, and an incident left with
+    no finding is resolved: the sink that had it hears so, once."""
+    first = score(scored)
+    lake, receiver = scored["lake"], scored["receiver"]
+    gone = next(f for f in first["findings"] if f["principal"] == "mallory")
+    again = score(scored, "--disable", gone["detector"].removeprefix("rule:"))
+    assert again["incidents"]["delivery"]["updates"] == 1
+    closing = receiver.delivered[-1]["output_fields"]
+    assert closing["ka.user.name"] == "mallory" and closing["detect.status"] == "resolved"
+    incidents = json.loads(cli("incidents", "--lake", lake, "--format", "json").stdout)
+    mallory = next(i for i in incidents if i["principal"] == "mallory")
+    assert mallory["finding_ids"] == [] and mallory["status"] == "resolved"
+    other = next(i for i in incidents if i["principal"] != "mallory")
+    assert other["status"] == "new" and other["finding_ids"]
+    assert (
+        score(scored, "--disable", gone["detector"].removeprefix("rule:"))["incidents"]["delivery"][
+            "sent"
+        ]
+        == 0
+    )

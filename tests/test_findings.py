@@ -105,6 +105,23 @@ def test_model_and_rule_findings_are_replaced_independently(lake):
     assert listed["detector"].to_list() == ["model:iforest"]
 
 
+def test_scoring_one_cluster_keeps_the_other_clusters_findings(lake):
+    """One scheduled job per cluster on a shared lake (DETECT_CLUSTER): scoring cluster b
+    over an hour erased cluster a's findings of that hour. A run over every cluster still
+    replaces them all."""
+
+    def of(cluster: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+        return frames([alert_finding("alice", T0, cluster=cluster, detector="rule:pod-exec")])
+
+    store.write_range(lake, "rules", T0, T0 + W, *of("a"), cluster="a")
+    store.write_range(lake, "rules", T0, T0 + W, *of("b"), cluster="b")
+    store.write_range(lake, "rules", T0, T0 + W, *of("a"), cluster="a")  # a's hourly run again
+    listed = store.list_findings(lake, since=T0 - timedelta(days=1))
+    assert sorted(listed["cluster"].to_list()) == ["a", "b"]
+    store.write_range(lake, "rules", T0, T0 + W, *frames([]))  # every cluster: nothing found
+    assert store.list_findings(lake, since=T0 - timedelta(days=1)).is_empty()
+
+
 def test_a_crash_between_write_and_trim_leaves_duplicates_readers_drop(lake, monkeypatch):
     old, oe = frames([finding("alice", T0)])
     store.write_range(lake, "model", T0, T0 + timedelta(hours=1), old, oe)
@@ -163,6 +180,8 @@ def test_show_returns_the_finding_and_its_events(lake):
 
 def test_range_file_names_round_trip():
     name = store.range_file("model", T0, T0 + timedelta(hours=1))
+    scoped = store.range_file("model", T0, T0 + timedelta(hours=1), cluster="eu/prod 1")
+    assert store.parse_range_file(scoped) == ("model", T0, T0 + timedelta(hours=1))
     assert name == "model-20261127T100000Z-20261127T110000Z.parquet"
     assert store.parse_range_file(name) == ("model", T0, T0 + timedelta(hours=1))
     assert store.parse_range_file("part-0001.parquet") is None

@@ -77,6 +77,31 @@ def test_a_spike_from_a_source_ip_joins_the_anonymous_probing_from_it():
     ]
 
 
+def test_findings_a_rescored_span_lost_are_withdrawn_and_an_emptied_incident_resolved():
+    """Windows scored again (late events, a rule disabled) replace their findings in the
+    lake; the incidents holding the ones that are gone lose them too (they named findings
+    nobody could open), and an incident left with none is resolved, which its sinks hear."""
+    from detector.lake.findings import Rescored
+
+    exec_, enum = (
+        finding(ROLE, T0, severity="high", detector="rule:exec"),
+        finding(ROLE, T0 + W, severity="medium", detector="rule:enum"),
+    )
+    df, ev = frames([exec_, enum])
+    (inc,), _ = group(df, [], events=ev)
+    v1, span = inc.version, Rescored("rules", T0, T0 + 2 * W, "prod")
+    kept = df.filter(pl.col("detector") == "rule:enum")
+    (inc,), changed = group(kept, [inc], events=ev, rescored=[span])
+    assert inc.finding_ids == kept["finding_id"].to_list() and inc.severity == "medium"
+    assert changed == {inc.incident_id} and inc.version == v1 + 1 and inc.status == "new"
+
+    untouched = [Rescored("rules", T0, T0 + 2 * W, "staging"), Rescored("model", T0, T0 + 2 * W)]
+    assert group(kept[:0], [inc], events=ev, rescored=untouched)[1] == set()
+    (inc,), changed = group(kept[:0], [inc], events=ev, rescored=[span])
+    assert inc.finding_ids == [] and inc.status == "resolved" and "withdrawn" in inc.status_reason
+    assert changed == {inc.incident_id} and inc.version == v1 + 2
+
+
 def test_chained_tactics_raise_severity_and_say_why():
     rows = [
         finding(ROLE, T0, severity="low", detector="rule:list-secrets", tactic="Discovery"),

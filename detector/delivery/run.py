@@ -8,6 +8,7 @@ uses the same pieces per batch (``incidents.workflow.update`` then
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,6 +30,7 @@ from detector.incidents import suppress, workflow
 from detector.incidents.group import DEFAULT_HORIZON, Incident
 from detector.lake import incidents as table
 from detector.lake.events import Lake
+from detector.lake.findings import Rescored
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +128,21 @@ def process(
     horizon: timedelta = DEFAULT_HORIZON,
     now: datetime | None = None,
     deliver_alerts: bool = True,
+    rescored: Sequence[Rescored] = (),
 ) -> AlertSummary:
-    """Group new findings into incidents (suppressions first), then deliver what is due."""
+    """Group new findings into incidents (suppressions first), then deliver what is due.
+
+    ``rescored``: the spans the findings replaced (their incidents lose what is gone).
+    """
     now = now or datetime.now(UTC)
     res = workflow.update(
-        lake, findings, events, suppressions=suppressions, horizon=horizon, now=now
+        lake,
+        findings,
+        events,
+        suppressions=suppressions,
+        horizon=horizon,
+        now=now,
+        rescored=rescored,
     )
     summary = AlertSummary(
         incidents=len(res.incidents),
@@ -154,6 +166,7 @@ def after_score(
     suppressions_path: str | None,
     deliver_alerts: bool = True,
     now: datetime | None = None,
+    rescored: Sequence[Rescored] = (),
 ) -> AlertSummary:
     """What ``detect score`` calls once its findings are written (one line in the command)."""
     return process(
@@ -164,4 +177,5 @@ def after_score(
         suppressions=suppressions_for(suppressions_path),
         deliver_alerts=deliver_alerts,
         now=now,
+        rescored=rescored,
     )

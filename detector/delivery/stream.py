@@ -90,7 +90,7 @@ class StreamAlerter:
             late_windows=found.late_windows,
         )
         candidates = {}
-        if found.findings.height:
+        if found.findings.height or found.rescored:
             res = workflow.update(
                 self.lake,
                 found.findings,
@@ -98,6 +98,7 @@ class StreamAlerter:
                 suppressions=self.suppressions,
                 horizon=self.horizon,
                 now=now,
+                rescored=found.rescored,
             )
             candidates = {i.incident_id: i for i in res.incidents}
             if self.metrics is not None:

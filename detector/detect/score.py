@@ -50,6 +50,7 @@ from detector.features import (
 )
 from detector.lake import findings as findings_store
 from detector.lake.events import Lake, Partition
+from detector.lake.findings import Rescored
 from detector.lake.findings_schema import (
     FINDINGS_COLUMNS,
     FINDINGS_EVENTS_COLUMNS,
@@ -120,6 +121,8 @@ class ScoreResult:
     rules: str = "not run"  # "not run" or "<n> rules"
     warnings: list[str] = field(default_factory=list)
     written: dict[str, Any] = field(default_factory=dict)
+    #: what the findings written replaced (incidents withdraw what is no longer found)
+    rescored: list[Rescored] = field(default_factory=list)
 
 
 def _no_events() -> pl.DataFrame:
@@ -197,8 +200,9 @@ def score_range(
         df = _attach_events(df, kind_events)
         if opts.write:
             result.written[kind] = findings_store.write_range(
-                lake, kind, start, end, df, kind_events
+                lake, kind, start, end, df, kind_events, cluster=opts.cluster
             )
+            result.rescored.append(Rescored(kind, start, end, opts.cluster))
         found_df = df
         result.findings = (
             found_df if result.findings.is_empty() else pl.concat([result.findings, found_df])

@@ -43,6 +43,7 @@ from detector.detect.score import (
 from detector.features.windows import DEFAULT_WINDOW
 from detector.lake import findings as findings_store
 from detector.lake.events import Lake
+from detector.lake.findings import Rescored
 from detector.lake.findings_schema import FINDINGS_EVENTS_COLUMNS, empty_findings
 from detector.model.storage import Model
 from detector.userfiles import read_user_bytes
@@ -82,6 +83,8 @@ class StreamResult:
     rule_windows: int = 0
     model_windows: int = 0
     late_windows: int = 0
+    #: the spans whose findings this batch wrote anew (incidents withdraw what they lost)
+    rescored: list[Rescored] = field(default_factory=list)
 
     @classmethod
     def empty(cls) -> StreamResult:
@@ -140,6 +143,7 @@ class StreamDetector:
         if self.use_rules and touched:
             for lo, hi in _spans(touched, w_ms):
                 frames.append(self._score(lo, hi, use_model=False))
+                result.rescored += frames[-1].rescored
                 result.rule_windows += (hi - lo) // w_ms
         model = self.model()
         if model is not None:
@@ -155,6 +159,7 @@ class StreamDetector:
                 if late:  # later windows' novelty may change too: rewrite up to the close
                     hi = max(hi, close_ms // w_ms * w_ms)
                 frames.append(self._score_model(model, lo, hi))
+                result.rescored.append(Rescored("model", _dt(lo), _dt(hi), self.cluster))
             result.model_windows = len(due)
             result.late_windows = len(late)
             state.open_windows -= due
@@ -187,7 +192,9 @@ class StreamDetector:
         res.events = res.events.filter(
             pl.col("finding_id").is_in(res.findings["finding_id"].implode())
         )
-        findings_store.write_range(self.lake, "model", _dt(lo), _dt(hi), res.findings, res.events)
+        findings_store.write_range(
+            self.lake, "model", _dt(lo), _dt(hi), res.findings, res.events, cluster=self.cluster
+        )
         return res
 
     def _score(self, lo: int, hi: int, *, use_model: bool) -> ScoreResult:

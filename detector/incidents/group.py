@@ -10,7 +10,10 @@ findings are taken in time order; a finding joins the open incident with the sam
 most ``horizon`` before it; otherwise it opens a new incident whose id is derived from its
 key and first finding, so re-running over the same findings gives the same ids. A finding
 already in an incident is never moved. A resolved incident is closed: new activity of the
-same principal opens a new one.
+same principal opens a new one. When windows are scored again (late events, a rule
+changed), an incident's findings there that the new run did not find are withdrawn from
+it (:class:`~detector.lake.findings.Rescored`); an incident left with none is resolved,
+which its sinks hear.
 
 Severity: the worst alert finding's (suppressed ones left out), raised when the findings
 chain ATT&CK tactics, as GuardDuty's attack sequences do: two distinct tactics raise it one
@@ -22,7 +25,7 @@ the incident took the worse one.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,6 +33,7 @@ from typing import Any
 import polars as pl
 
 from detector.incidents.status import ACKNOWLEDGED, NEW, RESOLVED, SUPPRESSED
+from detector.lake.findings import Rescored
 from detector.lake.findings_schema import SEVERITIES
 from detector.rules.loader import TACTICS
 
@@ -40,6 +44,10 @@ ANONYMOUS = frozenset({"system:anonymous", ""})
 
 #: ATT&CK enterprise tactics in kill-chain order: the rules' own list (one spelling).
 TACTIC_ORDER = TACTICS
+
+
+#: Why an incident whose every finding was withdrawn is resolved.
+WITHDRAWN = "resolved: its findings were withdrawn when their windows were scored again"
 
 
 @dataclass
@@ -177,8 +185,17 @@ def _raise(rank: int, steps: int) -> int:
 
 
 def recompute(inc: Incident) -> None:
-    """Severity, title, tactics and status from the timeline (suppressed findings left out)."""
+    """Severity, title, tactics and status from the timeline (suppressed findings left out).
+
+    An incident every finding of which was withdrawn keeps its last severity and title and
+    is resolved (see :class:`~detector.lake.findings.Rescored`).
+    """
     inc.timeline.sort(key=lambda t: (t["time"], t["finding_id"]))
+    if not inc.timeline:
+        inc.tactics, inc.techniques, inc.detectors, inc.finding_ids = [], [], [], []
+        if inc.status != RESOLVED:
+            inc.status, inc.status_reason = RESOLVED, WITHDRAWN
+        return
     alerts = inc.alert_findings
     counted = alerts or [t for t in inc.timeline if t.get("suppression") is None]
     inc.tactics = []
@@ -245,18 +262,21 @@ def group(
     suppressed: dict[str, str] | None = None,
     horizon: timedelta = DEFAULT_HORIZON,
     now: datetime | None = None,
+    rescored: Sequence[Rescored] = (),
 ) -> tuple[list[Incident], set[str]]:
     """Add ``findings`` to ``existing`` incidents (or open new ones).
 
-    ``suppressed`` maps finding ids to the suppression that matched them. Returns every
-    incident touched and the ids of those whose version changed (what sinks must hear).
+    ``suppressed`` maps finding ids to the suppression that matched them. ``rescored``: the
+    spans whose findings ``findings`` replace; what ``existing`` holds there and they lack
+    is withdrawn. Returns every incident touched and the ids of those whose version
+    changed (what sinks must hear).
     """
     now = now or datetime.now(UTC)
     suppressed = suppressed or {}
     incidents = {i.incident_id: i for i in existing}
-    placed = {fid: i.incident_id for i in incidents.values() for fid in i.finding_ids}
     before = {k: _content(v) for k, v in incidents.items()}
-    touched: set[str] = set()
+    touched = _withdraw(incidents.values(), findings, rescored)
+    placed = {fid: i.incident_id for i in incidents.values() for fid in i.finding_ids}
     ips = _main_source_ips(events)
     nss = _namespaces(events)
     open_by_key: dict[tuple[str, str, str], Incident] = {}
@@ -308,6 +328,27 @@ def group(
             inc.updated_at = now
             changed.add(iid)
     return [incidents[i] for i in sorted(touched)], changed
+
+
+def _withdraw(
+    incidents: Iterable[Incident], findings: pl.DataFrame, rescored: Sequence[Rescored]
+) -> set[str]:
+    """Drop from ``incidents`` the findings a rescored span no longer holds; their ids."""
+    if not rescored:
+        return set()
+    found = set(findings["finding_id"].to_list()) if findings.height else set()
+    touched = set()
+    for inc in incidents:
+        kept = [
+            t
+            for t in inc.timeline
+            if t["finding_id"] in found or not any(r.covers(inc.cluster, t) for r in rescored)
+        ]
+        if len(kept) < len(inc.timeline):
+            inc.timeline = kept
+            inc.finding_ids = [t["finding_id"] for t in kept]
+            touched.add(inc.incident_id)
+    return touched
 
 
 def _entry(row: dict[str, Any], suppression: str | None) -> dict[str, Any]:

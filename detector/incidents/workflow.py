@@ -8,6 +8,7 @@ It returns the incidents whose version changed: exactly what delivery must send.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -25,7 +26,7 @@ from detector.incidents.status import (
 )
 from detector.lake import incidents as table
 from detector.lake.events import Lake
-from detector.lake.findings import list_findings
+from detector.lake.findings import Rescored, list_findings
 
 log = logging.getLogger(__name__)
 
@@ -46,24 +47,36 @@ def update(
     horizon: timedelta = DEFAULT_HORIZON,
     now: datetime | None = None,
     existing: list[Incident] | None = None,
+    rescored: Sequence[Rescored] = (),
 ) -> UpdateResult:
     """Group ``findings`` into incidents; with a lake, read open ones and write the result.
 
     ``existing`` replaces the lake read (for evaluation, which writes nothing).
+    ``rescored``: the spans ``findings`` were scored over, each replacing what the lake
+    held there (see :class:`~detector.lake.findings.Rescored`); given, a run that found
+    nothing still withdraws what incidents held there.
     """
     now = now or datetime.now(UTC)
     result = UpdateResult()
-    if findings.is_empty():
+    if findings.is_empty() and not rescored:
         return result
     sup = suppress.apply(findings, events, suppressions or [], now)
     hits = {f: s for f, s in sup.iter_rows() if s is not None}
     result.suppressed_findings = len(hits)
     if existing is None and lake is not None:
-        first = findings["window_start"].min()
-        old = table.recent_incidents(lake, first, horizon)
+        starts = [r.start for r in rescored]
+        if findings.height:
+            starts.append(findings["window_start"].min())
+        old = table.recent_incidents(lake, min(starts), horizon)
         existing = [Incident.from_row(r) for r in old.iter_rows(named=True)]
     touched, changed = group(
-        findings, existing or [], events=events, suppressed=hits, horizon=horizon, now=now
+        findings,
+        existing or [],
+        events=events,
+        suppressed=hits,
+        horizon=horizon,
+        now=now,
+        rescored=rescored,
     )
     result.incidents = touched
     result.changed = [i for i in touched if i.incident_id in changed]
@@ -93,6 +106,8 @@ def update(
 
 
 def _prior_status(lake: Lake, findings: pl.DataFrame) -> dict[str, str]:
+    if findings.is_empty():
+        return {}
     since = findings["window_start"].min()
     st = table.read_status(lake, since=since)
     st = st.filter(pl.col("finding_id").is_in(findings["finding_id"].implode()))

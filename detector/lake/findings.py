@@ -21,9 +21,11 @@ keeping the newest. ``model`` and ``rules`` files are replaced independently, so
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import polars as pl
 
@@ -41,16 +43,24 @@ FINDINGS_DIR = "findings"
 FINDINGS_EVENTS_DIR = "findings_events"
 KINDS = ("model", "rules")
 _STAMP = "%Y%m%dT%H%M%SZ"
-_NAME = re.compile(r"^(?P<kind>[a-z]+)-(?P<start>\d{8}T\d{6}Z)-(?P<end>\d{8}T\d{6}Z)\.parquet$")
+_NAME = re.compile(
+    r"^(?P<kind>[a-z]+)-(?P<start>\d{8}T\d{6}Z)-(?P<end>\d{8}T\d{6}Z)"
+    r"(?:-(?P<cluster>[0-9a-f]{12}))?\.parquet$"
+)
 
 
 class FindingNotFound(UsageError, LookupError):
     pass
 
 
-def range_file(kind: str, start: datetime, end: datetime) -> str:
-    """File name of a scored range: ``model-20261127T100000Z-20261127T110000Z.parquet``."""
-    return f"{kind}-{start.astimezone(UTC):{_STAMP}}-{end.astimezone(UTC):{_STAMP}}.parquet"
+def range_file(kind: str, start: datetime, end: datetime, cluster: str | None = None) -> str:
+    """File name of a scored range: ``model-20261127T100000Z-20261127T110000Z.parquet``;
+    for one cluster's run, a digest of the cluster name before ``.parquet`` (a name may
+    hold any character), so runs of two clusters over one range keep a file each."""
+    name = f"{kind}-{start.astimezone(UTC):{_STAMP}}-{end.astimezone(UTC):{_STAMP}}"
+    if cluster is not None:
+        name += "-" + hashlib.sha256(cluster.encode()).hexdigest()[:12]
+    return name + ".parquet"
 
 
 def parse_range_file(name: str) -> tuple[str, datetime, datetime] | None:
@@ -95,15 +105,19 @@ def write_range(
     end: datetime,
     findings: pl.DataFrame,
     events: pl.DataFrame,
+    *,
+    cluster: str | None = None,
 ) -> WriteSummary:
     """Make ``findings`` (and their ``events``) the findings of ``kind`` for ``[start, end)``.
 
     Findings must have ``window_start`` in ``[start, end)``; anything a previous run of the
-    same kind wrote for windows in this range is replaced.
+    same kind wrote for windows in this range is replaced. ``cluster``: the run scored that
+    cluster alone, so only that cluster's findings are replaced (one scheduled job per
+    cluster on a shared lake must not erase the others').
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
-    name = range_file(kind, start, end)
+    name = range_file(kind, start, end, cluster)
     summary = WriteSummary()
     table, ev_table = findings_table(lake), findings_events_table(lake)
     findings = findings.select(list(FINDINGS_COLUMNS))
@@ -124,6 +138,8 @@ def write_range(
         summary.files += 1
     # Then take the overlapped windows out of older files of the same kind.
     in_range = (pl.col("window_start") >= start) & (pl.col("window_start") < end)
+    if cluster is not None:
+        in_range &= pl.col("cluster") == cluster
     for date in _dates(start, end):
         for path in table.usable(table.entries((date,))):  # a damaged file stays, skipped
             fname = path.rsplit("/", 1)[1]
@@ -152,6 +168,35 @@ def write_range(
                 ids = keep["finding_id"].implode()
                 ev_table.write((date,), old_ev.filter(pl.col("finding_id").is_in(ids)), fname)
     return summary
+
+
+#: The detectors of each findings kind a scoring run writes (``detector`` prefixes).
+KIND_PREFIX = {"rules": "rule:", "model": "model:"}
+
+
+@dataclass(frozen=True)
+class Rescored:
+    """A scoring run wrote the findings of ``kind`` (``rules`` or ``model``) for the windows
+    starting in ``[start, end)`` anew, replacing what was there before.
+
+    An incident's finding of that kind in that span that the run did not find again is
+    withdrawn: late events changed the window (a long-running request's start arrived
+    after its end), or the rules did.
+    """
+
+    kind: str
+    start: datetime
+    end: datetime
+    #: the run scored this cluster alone (None: every cluster)
+    cluster: str | None = None
+
+    def covers(self, cluster: str, entry: dict[str, Any]) -> bool:
+        """True for a timeline entry, of an incident in ``cluster``, this run replaces."""
+        return (
+            (self.cluster is None or self.cluster == cluster)
+            and str(entry["detector"]).startswith(KIND_PREFIX[self.kind])
+            and self.start <= entry["time"] < self.end
+        )
 
 
 # --------------------------------------------------------------------------- reading

@@ -210,6 +210,7 @@ def _alerts(
         sink_configs=configured_sinks(ctx),
         suppressions_path=suppressions,
         deliver_alerts=deliver,
+        rescored=result.rescored,
     )
 
 
