@@ -120,6 +120,28 @@ class Hook:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
 
 
+def start_moto() -> tuple[subprocess.Popen, str]:
+    """moto's server on a free loopback port, in its own process; this process's AWS_*
+    variables point at it (children started after inherit them). Returns it and its URL."""
+    port = _free_port()
+    moto = subprocess.Popen(
+        [str(MOTO), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    os.environ.update(
+        {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_REGION": "us-east-1",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+    )
+    return moto, endpoint
+
+
 def _metric(port: int, name: str) -> float:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
@@ -166,22 +188,8 @@ def _verb(rng: random.Random) -> str:
 
 def latency(seconds: float, rate: float, burst: int) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-watch-"))
-    port = _free_port()
-    moto = subprocess.Popen(
-        [str(MOTO), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "bench",
-        "AWS_SECRET_ACCESS_KEY": "bench",
-        "AWS_REGION": "us-east-1",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})
+    moto, endpoint = start_moto()
+    env = dict(os.environ)
     hook = Hook()
     watch = None
     try:

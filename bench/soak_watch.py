@@ -39,7 +39,7 @@ from pathlib import Path
 
 import orjson
 import polars as pl
-from bench_watch import MOTO, Hook, _free_port
+from bench_watch import Hook, start_moto
 
 DETECT = Path(sys.executable).parent / "detect"
 GROUP = "/aws/eks/soak/cluster"
@@ -145,18 +145,8 @@ def soak(args: argparse.Namespace) -> int:
     if args.source == "cloudwatch":
         import boto3
 
-        port = _free_port()
-        moto = subprocess.Popen(
-            [str(MOTO), "-H", "127.0.0.1", "-p", str(port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        endpoint = f"http://127.0.0.1:{port}"
-        aws = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "soak",
-               "AWS_SECRET_ACCESS_KEY": "soak", "AWS_REGION": "us-east-1",
-               "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
-        os.environ.update(aws)
-        env.update(aws)
+        moto, endpoint = start_moto()
+        env.update({k: v for k, v in os.environ.items() if k.startswith("AWS_")})
         for _ in range(100):
             try:
                 boto3.client("s3").create_bucket(Bucket="soak")
