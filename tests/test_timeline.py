@@ -23,6 +23,19 @@ from tests.lakefill import (
     write_findings,
 )
 
+
+def ingested(tmp_path, events: list[dict], detect) -> str:  # type: ignore[no-untyped-def]
+    """A lake holding ``events`` (audit events as dicts) in cluster c1, as `detect ingest`
+    writes it; returns its path."""
+    import orjson
+
+    log = tmp_path / "audit.log"
+    log.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
+    lake = str(tmp_path / "lake")
+    assert detect("ingest", str(log), "--lake", lake, "--cluster", "c1").returncode == 0
+    return lake
+
+
 T0 = datetime(2026, 11, 29, 22, 50, tzinfo=UTC)
 S = timedelta(seconds=1)
 
@@ -243,7 +256,6 @@ def test_escape_sequences_in_lake_strings_are_shown_not_sent_to_the_terminal(tmp
     now shows them as text, as errors already did."""
     import io
 
-    import orjson
     from rich.table import Table
 
     from detector.cli.terminal import SafeConsole
@@ -263,10 +275,7 @@ def test_escape_sequences_in_lake_strings_are_shown_not_sent_to_the_terminal(tmp
     )
     event["userAgent"] = f"curl/8 {hostile}"
     event["objectRef"]["name"] = f"db{hostile}"
-    log = tmp_path / "audit.log"
-    log.write_bytes(orjson.dumps(event) + b"\n")
-    lake = str(tmp_path / "lake")
-    assert detect("ingest", str(log), "--lake", lake, "--cluster", "c1").returncode == 0
+    lake = ingested(tmp_path, [event], detect)
     scored = detect("score", "--lake", lake, "--since", "2h", "--no-model")
     assert scored.returncode == 0, scored.stderr
     listed = detect("findings", "--lake", lake, "--since", "2h", "--format", "json")
@@ -292,7 +301,6 @@ def test_escape_sequences_in_lake_strings_are_shown_not_sent_to_the_terminal(tmp
 def test_one_huge_entry_does_not_pad_every_line_of_a_plain_timeline(tmp_path, detect):
     """Plain output pads the "what" column to its longest entry: a request for a path of
     100 KB would have padded every line to 100 KB (a busy principal's week, gigabytes)."""
-    import orjson
 
     from tests.test_rules_helpers import ev
 
@@ -302,10 +310,7 @@ def test_one_huge_entry_does_not_pad_every_line_of_a_plain_timeline(tmp_path, de
         ev("delete", f"r{i}", ns="app", name="n", user="mallory", at=at + timedelta(minutes=i))
         for i in range(1, 21)
     ]
-    log = tmp_path / "audit.log"
-    log.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
-    lake = str(tmp_path / "lake")
-    assert detect("ingest", str(log), "--lake", lake, "--cluster", "c1").returncode == 0
+    lake = ingested(tmp_path, events, detect)
     shown = detect("timeline", "mallory", "--lake", lake, "--since", "2h", "--every", "0s")
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()
@@ -347,7 +352,6 @@ def test_a_timeline_at_a_terminal_is_one_coloured_line_per_entry(tmp_path, detec
     """At a terminal: denied requests in red, each entry on one line however long (a rich
     table folded long entries over several lines and took minutes for a busy week), and
     control characters from the lake shown escaped, not sent."""
-    import orjson
 
     from tests.test_rules_helpers import ev
 
@@ -375,10 +379,7 @@ def test_a_timeline_at_a_terminal_is_one_coloured_line_per_entry(tmp_path, detec
         )
         for i in range(1, 31)
     ]
-    log = tmp_path / "audit.log"
-    log.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
-    lake = str(tmp_path / "lake")
-    assert detect("ingest", str(log), "--lake", lake, "--cluster", "c1").returncode == 0
+    lake = ingested(tmp_path, events, detect)
     shown = run_on_terminal("timeline", "mallory", "--lake", lake, "--since", "2h", "--every", "0")
     lines = shown.splitlines()
     entries = [line for line in lines if re.match(r"(\x1b\[[0-9;]*m)?\d\d-\d\d \d\d:", line)]
