@@ -100,6 +100,10 @@ def test_findings_a_rescored_span_lost_are_withdrawn_and_an_emptied_incident_res
     (inc,), changed = group(kept[:0], [inc], events=ev, rescored=[span])
     assert inc.finding_ids == [] and inc.status == "resolved" and "withdrawn" in inc.status_reason
     assert changed == {inc.incident_id} and inc.version == v1 + 2
+    (back,), changed = group(df, [inc], events=ev, rescored=[span])  # found again (rule back on)
+    assert back.incident_id == inc.incident_id and back.status == "new"
+    assert back.finding_ids == df.sort("window_start")["finding_id"].to_list()
+    assert changed == {back.incident_id} and back.version == v1 + 3  # sinks hear of it
 
 
 def test_chained_tactics_raise_severity_and_say_why():

@@ -299,8 +299,12 @@ def group(
         cluster = row.get("cluster") or ""
         inc = open_by_key.get((cluster, kind, key))
         if inc is None or row["window_start"] > inc.last_seen + horizon:
+            iid = incident_id(cluster, kind, key, fid)
+            # The same first finding again: an incident resolved when its findings were
+            # withdrawn, found again. Its versions go on, so sinks hear of it again.
+            prior = incidents.get(iid)
             inc = Incident(
-                incident_id=incident_id(cluster, kind, key, fid),
+                incident_id=iid,
                 cluster=cluster,
                 key_kind=kind,
                 key=key,
@@ -308,7 +312,8 @@ def group(
                 principal_kind=row.get("principal_kind"),
                 first_seen=row["window_start"],
                 last_seen=row["window_end"],
-                created_at=now,
+                version=prior.version if prior else 0,
+                created_at=prior.created_at if prior else now,
             )
             incidents[inc.incident_id] = inc
             open_by_key[(cluster, kind, key)] = inc
