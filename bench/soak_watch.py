@@ -7,9 +7,10 @@ the clock says, as an evicted pod or an OOM kill would, while audit events keep 
 2. a writer appends them to a file (``--source tail``; writes sometimes cut a line in
    two) or puts them into a CloudWatch log group on moto's server (``--source
    cloudwatch``, the lake then on moto's S3), at ``--rate`` lines a second;
-3. `detect watch` runs, is SIGKILLed after a seeded random 1.5 to 12 s, and is started
-   again, ``--kills`` times; then, the writer done, one ``--once`` run drains the rest
-   (``--kills 0``, the control: one run for the whole feed, stopped with SIGTERM);
+3. `detect watch` runs (``--replicas`` copies, which share the source by lease), one copy
+   is SIGKILLed after a seeded random 1.5 to 12 s and started again, ``--kills`` times;
+   then, the writer done, the copies get SIGTERM and one ``--once`` run drains the rest
+   (``--kills 0``, the control: they run for the whole feed);
 4. a clean run (`detect watch --tail --once` over the same lines, no kill, nothing sent)
    is the reference.
 
@@ -36,6 +37,7 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO
 
 import orjson
 import polars as pl
@@ -88,6 +90,36 @@ def _watch_args(source: str, work: Path, lake: str) -> list[str]:
         return ["watch", "--tail", str(work / "audit.log"), *common]
     return ["watch", "--log-group", GROUP, *common, "--latency", "2s", "--rate", "0",
             "--since", "10m", "--lease", "5s"]  # fmt: skip
+
+
+def _run_and_kill(
+    command: list[str],
+    env: dict[str, str],
+    log: IO[bytes],
+    args: argparse.Namespace,
+    rng: random.Random,
+    writer: threading.Thread,
+) -> None:
+    """``--replicas`` copies of `detect watch`; every seeded 1.5 to 12 s one of them, at
+    random, is SIGKILLed and started again, ``--kills`` times. With ``--kills 0`` (the
+    control) they run for the whole feed and stop on SIGTERM."""
+    start = lambda: subprocess.Popen(command, env=env, stdout=log, stderr=log)  # noqa: E731
+    procs = [start() for _ in range(args.replicas)]
+    try:
+        for _ in range(args.kills):
+            time.sleep(rng.uniform(1.5, 12))
+            k = rng.randrange(len(procs))
+            procs[k].send_signal(signal.SIGKILL)
+            procs[k].wait()
+            procs[k] = start()
+        if not args.kills:
+            writer.join()
+            time.sleep(5)
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait(timeout=600)
 
 
 def _lake_state(lake_uri: str) -> dict:
@@ -166,21 +198,7 @@ def soak(args: argparse.Namespace) -> int:
         writer.start()
         command = [str(DETECT), *_watch_args(args.source, work, lake)]
         with (work / "watch.log").open("ab") as log:
-            for k in range(args.kills):
-                proc = subprocess.Popen(command, env=env, stdout=log, stderr=log)
-                wait = rng.uniform(1.5, 12)
-                try:
-                    proc.wait(timeout=wait)
-                    print(f"run {k}: ended by itself, exit {proc.returncode}", file=sys.stderr)
-                except subprocess.TimeoutExpired:
-                    proc.send_signal(signal.SIGKILL)
-                    proc.wait()
-            if not args.kills:  # the control: one run for the whole feed, then SIGTERM
-                proc = subprocess.Popen(command, env=env, stdout=log, stderr=log)
-                writer.join()
-                time.sleep(5)
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=600)
+            _run_and_kill(command, env, log, args, rng, writer)
             writer.join()
             drain = [*command, "--once"] + (["--latency", "0s"] if args.source != "tail" else [])
             subprocess.run(drain, env=env, stdout=log, stderr=log, check=True, timeout=600)
@@ -223,7 +241,8 @@ def _report(args: argparse.Namespace, lines: list[bytes], got: dict, want: dict,
     same_findings = got["findings"].equals(want["findings"])
     same_incidents = got["incidents"].equals(want["incidents"])
     print(
-        f"{args.source}: {len(lines):,} lines, {args.kills} SIGKILLs (seed {args.seed}): "
+        f"{args.source}: {len(lines):,} lines, {args.replicas} replica(s), {args.kills} SIGKILLs "
+        f"(seed {args.seed}): "
         f"lake {sum(stored.values()):,} rows, {missing} missing, {extra} unknown, {twice} "
         f"stored twice, {got['quarantined']} quarantined; findings {got['findings'].height} "
         f"({'same as' if same_findings else 'NOT the same as'} the clean run's), incidents "
@@ -256,6 +275,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--source", choices=["tail", "cloudwatch"], default="tail")
     parser.add_argument("--kills", type=int, default=15)
+    parser.add_argument("--replicas", type=int, default=1, help="watch processes at once")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--days", type=float, default=0.25, help="simulated traffic")
     parser.add_argument("--events", type=int, default=None, help="the first N lines only")
