@@ -297,6 +297,9 @@ def test_rescoring_without_a_finding_withdraws_it_from_its_incident(scored):
     incidents = json.loads(cli("incidents", "--lake", lake, "--format", "json").stdout)
     mallory = next(i for i in incidents if i["principal"] == "mallory")
     assert mallory["finding_ids"] == [] and mallory["status"] == "resolved"
+    shown = cli("incidents", "show", mallory["incident_id"], "--lake", lake).stdout
+    assert "status reason: resolved: its findings were withdrawn" in shown
+    assert "no finding left, all withdrawn" in shown
     other = next(i for i in incidents if i["principal"] != "mallory")
     assert other["status"] == "new" and other["finding_ids"]
     rule = gone["detector"].removeprefix("rule:")

@@ -193,6 +193,7 @@ def recompute(inc: Incident) -> None:
     inc.timeline.sort(key=lambda t: (t["time"], t["finding_id"]))
     if not inc.timeline:
         inc.tactics, inc.techniques, inc.detectors, inc.finding_ids = [], [], [], []
+        inc.severity_reason = f"no finding left, all withdrawn; it was {inc.severity} with them"
         if inc.status != RESOLVED:
             inc.status, inc.status_reason = RESOLVED, WITHDRAWN
         return

@@ -108,6 +108,8 @@ def show(
         f"{inc.last_seen:%Y-%m-%d %H:%M} UTC",
         markup=False,
     )
+    if inc.status_reason:
+        out.print(f"status reason: {inc.status_reason}", markup=False)
     out.print(f"why this severity: {inc.severity_reason}", markup=False)
     if inc.tactics:
         out.print(f"tactics: {' -> '.join(inc.tactics)}", markup=False)
