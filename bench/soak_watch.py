@@ -10,7 +10,8 @@ the clock says, as an evicted pod or an OOM kill would, while audit events keep 
 3. `detect watch` runs (``--replicas`` copies, which share the source by lease), one copy
    is SIGKILLed after a seeded random 1.5 to 12 s and started again, ``--kills`` times;
    then, the writer done, the copies get SIGTERM and one ``--once`` run drains the rest
-   (``--kills 0``, the control: they run for the whole feed);
+   (``--kills 0``, the control: they run for the whole feed); with ``--compact-every S``,
+   `detect compact` runs every S seconds meanwhile, half its runs SIGKILLed at random;
 4. a clean run (`detect watch --tail --once` over the same lines, no kill, nothing sent)
    is the reference.
 
@@ -122,6 +123,23 @@ def _run_and_kill(
             proc.wait(timeout=600)
 
 
+def _compact(
+    lake: str, env: dict[str, str], args: argparse.Namespace, stop: threading.Event, work: Path
+) -> None:
+    """`detect compact` every ``--compact-every`` seconds while watch writes, half of the
+    runs SIGKILLed at a random moment (a compaction is atomic and idempotent)."""
+    rng = random.Random(args.seed + 1)
+    command = [str(DETECT), "compact", "--lake", lake, "--grace", "30s"]
+    with (work / "compact.log").open("ab") as log:
+        while not stop.wait(args.compact_every):
+            proc = subprocess.Popen(command, env=env, stdout=log, stderr=log)
+            try:
+                proc.wait(timeout=rng.uniform(0.2, 3) if rng.random() < 0.5 else 600)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+
+
 def _lake_state(lake_uri: str) -> dict:
     """Events (audit ID, stage) with their counts, quarantine rows, findings, incidents."""
 
@@ -194,11 +212,18 @@ def soak(args: argparse.Namespace) -> int:
     else:
         (work / "audit.log").touch()
         writer = threading.Thread(target=_append, args=(lines, work / "audit.log", args.rate, rng))
+    stop = threading.Event()
+    compactor = threading.Thread(target=_compact, args=(lake, env, args, stop, work))
     try:
         writer.start()
+        if args.compact_every:
+            compactor.start()
         command = [str(DETECT), *_watch_args(args.source, work, lake)]
         with (work / "watch.log").open("ab") as log:
             _run_and_kill(command, env, log, args, rng, writer)
+            stop.set()
+            if args.compact_every:
+                compactor.join()
             writer.join()
             drain = [*command, "--once"] + (["--latency", "0s"] if args.source != "tail" else [])
             subprocess.run(drain, env=env, stdout=log, stderr=log, check=True, timeout=600)
@@ -276,6 +301,9 @@ if __name__ == "__main__":
     parser.add_argument("--source", choices=["tail", "cloudwatch"], default="tail")
     parser.add_argument("--kills", type=int, default=15)
     parser.add_argument("--replicas", type=int, default=1, help="watch processes at once")
+    parser.add_argument(
+        "--compact-every", type=float, default=0, help="run `detect compact` this often (s)"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--days", type=float, default=0.25, help="simulated traffic")
     parser.add_argument("--events", type=int, default=None, help="the first N lines only")

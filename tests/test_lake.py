@@ -414,6 +414,43 @@ def test_a_replace_marker_without_its_output_changes_nothing(tmp_path):
     assert lake_rows(lake) == 20 and len(store.partition_files(part)) == 1
 
 
+def test_a_purge_killed_between_chained_markers_never_shows_a_row_twice(tmp_path, monkeypatch):
+    """Compacting a compacted file chains two markers: a, b -> X, then X, c -> Y. Purging
+    went by marker name; purging the second first deleted X while the first still needed
+    it to hide a and b, and a kill right then left a, b and Y all live for good (found by
+    bench/soak_watch.py --compact-every, which SIGKILLs compactions)."""
+    lake = str(tmp_path / "lake")
+    _many_small_files(lake, 3)
+    store = Lake(lake)
+    table, part = store.events, ("prod", "2026-11-27", "10")
+    a, b, c = table.files(part)
+    x = table.replace(part, [a, b], table.scan([a, b]).collect())
+    table.replace(part, [x, c], table.scan([x, c]).collect())
+    part_dir = Path(store.partition_path(part))
+    first, second = sorted(part_dir.glob("_replaced-*.json"), key=lambda p: orjson.loads(
+        p.read_bytes())["created_at"])  # fmt: skip
+    first.rename(part_dir / ("_replaced-" + "f" * 32 + ".json"))  # the later name: last by name
+    second.rename(part_dir / ("_replaced-" + "0" * 32 + ".json"))
+    assert lake_rows(lake) == 30
+
+    calls = []
+
+    def killed_at_the_third_removal(loc, paths):  # a SIGKILL mid-purge (in-process stand-in)
+        calls.append(list(paths))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        real_remove(loc, paths)
+
+    real_remove = T.remove
+    monkeypatch.setattr(T, "remove", killed_at_the_third_removal)
+    with pytest.raises(KeyboardInterrupt):
+        table.purge_replaced(part, older_than=0)
+    monkeypatch.setattr(T, "remove", real_remove)
+    assert lake_rows(lake) == 30
+    table.purge_replaced(part, older_than=0)  # the next run finishes
+    assert lake_rows(lake) == 30 and len(table.files(part)) == 1
+
+
 def test_compact_and_lake_check_cli(tmp_path):
     lake = str(tmp_path / "lake")
     _many_small_files(lake, 3)

@@ -25,8 +25,10 @@ here, so each guarantee below is kept in one place:
 5. **Replace a set of files without a gap or a double.** :meth:`Table.replace` writes the
    new file, then a marker ``_replaced-<id>.json`` naming the files it supersedes. A listing
    that sees the marker *and* its output leaves the inputs out; one that does not sees the
-   inputs only. The inputs are deleted later (:meth:`Table.purge_replaced`, after a grace
-   period long enough for scans that listed them to finish), then the marker.
+   inputs only. Markers chain (a compacted file compacted again) and are applied as a
+   whole (:func:`hidden_inputs`). The inputs are deleted later, oldest marker first
+   (:meth:`Table.purge_replaced`, after a grace period long enough for scans that listed
+   them to finish), then the marker.
 """
 
 from __future__ import annotations
@@ -108,6 +110,26 @@ def _own_lists(df: pl.DataFrame) -> pl.DataFrame:
     if not lists:
         return df
     return df.with_columns(pl.col(lists).gather(pl.int_range(pl.len())))
+
+
+def hidden_inputs(markers: list[dict], present: set[str]) -> set[str]:
+    """The files ``markers`` hide, given the data files ``present`` in a partition.
+
+    A marker takes effect once its output is there, or once its output is itself the
+    input of a marker in effect: compacting a compacted file chains two markers (a, b -> X;
+    X, c -> Y), and whether X is still listed, or which marker is read first, must not
+    bring a and b back beside Y (applied one marker at a time in name order, they came
+    back whenever the second marker's name sorted first).
+    """
+    hidden: set[str] = set()
+    waiting = list(markers)
+    while True:
+        ready = [m for m in waiting if m["output"] in present or m["output"] in hidden]
+        if not ready:
+            return hidden
+        for m in ready:
+            hidden.update(m["inputs"])
+            waiting.remove(m)
 
 
 # --------------------------------------------------------------------------- file operations
@@ -236,12 +258,13 @@ class Table:
         directory = self.dir(values)
         listing = list_dir(self.loc, directory)
         data = {n: s for n, s in listing if s >= 0 and _DATA.match(n)}
-        for name, _size in listing:
-            if _MARKER.match(name):
-                marker = self._read_marker(f"{directory}/{name}")
-                if marker and marker["output"] in data:
-                    for dropped in marker["inputs"]:
-                        data.pop(dropped, None)
+        markers = [
+            m
+            for m in (self._read_marker(f"{directory}/{n}") for n, _ in listing if _MARKER.match(n))
+            if m is not None
+        ]
+        for dropped in hidden_inputs(markers, set(data)):
+            data.pop(dropped, None)
         return [FileEntry(f"{directory}/{n}", s) for n, s in sorted(data.items())]
 
     def files(self, values: Sequence[str]) -> list[str]:
@@ -289,26 +312,36 @@ class Table:
         return f"{directory}/{output}"
 
     def purge_replaced(self, values: Sequence[str], older_than: float) -> int:
-        """Delete inputs of markers older than ``older_than`` seconds, then the markers."""
+        """Delete inputs of markers older than ``older_than`` seconds, then the markers.
+
+        Oldest marker first, and never one whose input is the output of a marker still
+        there: compacting a compacted file chains two markers (a, b -> X; X, c -> Y), and
+        purging the second first deleted X while the first still needed it to hide a and
+        b. A kill between the two left a, b and Y all live: their rows twice, for good.
+        """
         directory = self.dir(values)
         listing = dict(list_dir(self.loc, directory))
+        markers = []
+        for name in listing:
+            marker = self._read_marker(f"{directory}/{name}") if _MARKER.match(name) else None
+            if marker is not None:
+                markers.append((float(marker.get("created_at") or 0), name, marker))
+        markers.sort(key=lambda m: (m[0], m[1]))
+        pending = {m[2]["output"] for m in markers}
         removed = 0
-        for name in sorted(listing):
-            if not _MARKER.match(name):
-                continue
+        for created_at, name, marker in markers:
             path = f"{directory}/{name}"
-            marker = self._read_marker(path)
-            if marker is None:
-                continue
-            if time.time() - float(marker.get("created_at") or 0) < older_than:
+            if time.time() - created_at < older_than or pending & set(marker["inputs"]):
                 continue
             if marker["output"] not in listing:
                 # The writer died before its output: the marker never took effect.
                 remove(self.loc, [path])
+                pending.discard(marker["output"])
                 continue
             gone = [f"{directory}/{n}" for n in marker["inputs"] if n in listing]
             remove(self.loc, gone)  # inputs first: until they are gone the marker is needed
             remove(self.loc, [path])
+            pending.discard(marker["output"])
             removed += len(gone)
         return removed
 
