@@ -499,3 +499,33 @@ def test_a_live_writer_elsewhere_holds_the_s3_lock_and_an_expired_one_does_not(
     assert Lake(lake).write_events(events).written == 5
     state = orjson.loads(boto3.client("s3").get_object(Bucket=s3_bucket, Key=key)["Body"].read())
     assert state["owner"]["run_id"] != "elsewhere" and "released_at" in state
+
+
+def test_incidents_are_updated_under_the_writer_lock(tmp_path, s3_bucket, monkeypatch):
+    """One scheduled run per cluster on a shared lake updates the same day's incidents file:
+    each read the file, added its rows and replaced it, so the later dropped the other's.
+    The update now waits for the lake's writer lock like every other write."""
+    from datetime import UTC, datetime
+
+    import boto3
+
+    from detector.lake import lock
+    from detector.lake.incidents import read_incidents, write_incidents
+
+    lake = f"s3://{s3_bucket}/lake-incidents"
+    key = "lake-incidents/_state/" + "/".join(lock.LOCK_PARTS)
+    events = ingest_mod.read_events([str(audit_file(tmp_path / "a.log", range(2)))])[0]
+    Lake(lake).write_events(events)  # the lake exists
+    holder = {"host": "another-host", "pid": 1, "pidns": "1", "run_id": "elsewhere"}
+    doc = {"owner": holder, "lease_until_ms": 4_000_000_000_000, "seq": 1}
+    boto3.client("s3").put_object(Bucket=s3_bucket, Key=key, Body=orjson.dumps(doc))
+    monkeypatch.setattr(lock, "WAIT_SECONDS", 0.0)
+    at = datetime(2026, 11, 27, 10, tzinfo=UTC)
+    row = {"incident_id": "i-1", "cluster": "a", "first_seen": at, "last_seen": at, "version": 1}
+    with pytest.raises(lock.LakeBusy):
+        write_incidents(Lake(lake), [row])
+    assert read_incidents(Lake(lake)).is_empty()  # nothing written meanwhile
+    doc["lease_until_ms"] = 1_000  # the holder's lease ran out (it crashed)
+    boto3.client("s3").put_object(Bucket=s3_bucket, Key=key, Body=orjson.dumps(doc))
+    assert write_incidents(Lake(lake), [row]) == 1
+    assert read_incidents(Lake(lake))["incident_id"].to_list() == ["i-1"]

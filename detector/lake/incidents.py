@@ -7,10 +7,10 @@ Layout::
 
 Why one file per date, rewritten whole: incidents are few (tens a day) and change often
 (a new finding, an acknowledgement), so an upsert that reads a day's file and replaces it
-atomically is simpler and safer than append-and-compact. Writers of the same date must not
-run concurrently (a cron ``detect score`` and a person's ``detect incidents ack`` on the
-same day can race; the later write wins, and the next scoring run restores grouping from
-the findings). Both are :class:`~detector.lake.table.Table` s, read as every lake table is
+atomically is simpler and safer than append-and-compact. Each day's read-modify-write
+holds the lake's writer lock, so writers of the same date (one scheduled run per cluster,
+a person's ``detect incidents ack``) take turns instead of the later dropping the other's
+rows. Both are :class:`~detector.lake.table.Table` s, read as every lake table is
 (:func:`~detector.lake.findings.scan_dates`): a file readers cannot use is skipped with a
 warning (``detect lake check`` lists it), and an upsert replaces it rather than failing.
 
@@ -28,6 +28,7 @@ import polars as pl
 from detector.events.redact import redact_text_columns
 from detector.lake.events import Lake
 from detector.lake.findings import findings_events_table, scan_dates, stored_events
+from detector.lake.lock import writer_lock
 from detector.lake.table import Table
 
 INCIDENTS_DIR = "incidents"
@@ -103,8 +104,13 @@ def status_table(lake: Lake) -> Table:
     return Table(lake.loc, STATUS_DIR, ("date",), pl.Schema(STATUS_COLUMNS))
 
 
-def _upsert(table: Table, fname: str, df: pl.DataFrame, key: str, date_col: str) -> int:
+def _upsert(lake: Lake, table: Table, fname: str, df: pl.DataFrame, key: str, date_col: str) -> int:
     """Replace rows with the same ``key`` in each date's file, add the others.
+
+    Under the lake's writer lock: two processes updating the same day (one scheduled
+    ``detect score`` or ``detect watch`` per cluster on a shared lake, a person's ``ack``)
+    would otherwise each read the file, add their rows and replace it, and the later
+    write would drop the other's rows.
 
     A day's file that cannot be read (damaged, or of another schema) is replaced with a
     warning: its rows are lost, and the next scoring run groups its findings again.
@@ -115,14 +121,15 @@ def _upsert(table: Table, fname: str, df: pl.DataFrame, key: str, date_col: str)
     # rotated: redacted like every other string before it reaches the lake.
     df, _ = redact_text_columns(df, ["status_reason"])
     dated = df.with_columns(pl.col(date_col).dt.strftime("%Y-%m-%d").alias("_date"))
-    for (day,), group in dated.group_by("_date", maintain_order=True):
-        group = group.drop("_date")
-        path = f"{table.dir((day,))}/{fname}"
-        current = [e for e in table.entries((day,)) if e.path == path]
-        if table.usable(current):
-            old = table.scan([path]).collect()
-            group = pl.concat([old.filter(~pl.col(key).is_in(group[key].implode())), group])
-        table.write((day,), group.select(list(table.schema)).sort(key), fname)
+    with writer_lock(lake):
+        for (day,), group in dated.group_by("_date", maintain_order=True):
+            group = group.drop("_date")
+            path = f"{table.dir((day,))}/{fname}"
+            current = [e for e in table.entries((day,)) if e.path == path]
+            if table.usable(current):
+                old = table.scan([path]).collect()
+                group = pl.concat([old.filter(~pl.col(key).is_in(group[key].implode())), group])
+            table.write((day,), group.select(list(table.schema)).sort(key), fname)
     return df.height
 
 
@@ -130,7 +137,9 @@ def _upsert(table: Table, fname: str, df: pl.DataFrame, key: str, date_col: str)
 def write_incidents(lake: Lake, rows: Iterable[dict[str, Any]]) -> int:
     """Upsert incidents (dicts with the INCIDENT_COLUMNS) by ``incident_id``."""
     df = _frame(list(rows), INCIDENT_COLUMNS)
-    return _upsert(incidents_table(lake), "incidents.parquet", df, "incident_id", "first_seen")
+    return _upsert(
+        lake, incidents_table(lake), "incidents.parquet", df, "incident_id", "first_seen"
+    )
 
 
 def read_incidents(lake: Lake, *, since: datetime | None = None) -> pl.DataFrame:
@@ -174,7 +183,7 @@ def incidents_overlapping(lake: Lake, start: datetime, end: datetime) -> pl.Data
 def write_status(lake: Lake, rows: Iterable[dict[str, Any]]) -> int:
     """Upsert finding statuses by ``finding_id`` (filed under the finding's window date)."""
     df = _frame(list(rows), STATUS_COLUMNS)
-    return _upsert(status_table(lake), "status.parquet", df, "finding_id", "window_start")
+    return _upsert(lake, status_table(lake), "status.parquet", df, "finding_id", "window_start")
 
 
 def read_status(lake: Lake, *, since: datetime | None = None) -> pl.DataFrame:
