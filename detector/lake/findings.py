@@ -37,6 +37,7 @@ from detector.lake.findings_schema import (
     SEVERITIES,
     empty_findings,
 )
+from detector.lake.lock import writer_lock
 from detector.lake.table import Table
 
 FINDINGS_DIR = "findings"
@@ -113,60 +114,62 @@ def write_range(
     Findings must have ``window_start`` in ``[start, end)``; anything a previous run of the
     same kind wrote for windows in this range is replaced. ``cluster``: the run scored that
     cluster alone, so only that cluster's findings are replaced (one scheduled job per
-    cluster on a shared lake must not erase the others').
+    cluster on a shared lake must not erase the others'). Under the lake's writer lock, so
+    two runs trimming the same older file take turns.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
-    name = range_file(kind, start, end, cluster)
-    summary = WriteSummary()
-    table, ev_table = findings_table(lake), findings_events_table(lake)
-    findings = findings.select(list(FINDINGS_COLUMNS))
-    events = events.select(list(FINDINGS_EVENTS_COLUMNS))
-    dated = findings.with_columns(pl.col("window_start").dt.strftime("%Y-%m-%d").alias("_date"))
-    written: set[str] = set()
-    for (date,), group in dated.group_by("_date", maintain_order=True):
-        group = group.drop("_date").sort(
-            ["severity_rank", "score", "finding_id"], descending=[True, True, False]
-        )
-        ev = events.filter(pl.col("finding_id").is_in(group["finding_id"].implode()))
-        # Events first: a finding is never visible without its events.
-        ev_table.write((str(date),), ev, name)
-        table.write((str(date),), group, name)
-        written.add(str(date))
-        summary.findings += group.height
-        summary.events += ev.height
-        summary.files += 1
-    # Then take the overlapped windows out of older files of the same kind.
-    in_range = (pl.col("window_start") >= start) & (pl.col("window_start") < end)
-    if cluster is not None:
-        in_range &= pl.col("cluster") == cluster
-    for date in _dates(start, end):
-        for path in table.usable(table.entries((date,))):  # a damaged file stays, skipped
-            fname = path.rsplit("/", 1)[1]
-            if not fname.startswith(f"{kind}-"):
-                continue
-            parsed = parse_range_file(fname)
-            if parsed is None or (fname == name and date in written):
-                continue
-            _, f_start, f_end = parsed
-            if f_end <= start or f_start >= end:
-                continue
-            old = table.read(path)
-            keep = old.filter(~in_range)
-            if keep.height == old.height:
-                continue
-            summary.trimmed_files += 1
-            summary.removed_findings += old.height - keep.height
-            ev_path = f"{ev_table.dir((date,))}/{fname}"
-            if keep.is_empty():
-                table.delete([path])
-                ev_table.delete([ev_path])
-                continue
-            table.write((date,), keep, fname)
-            if lake.loc.exists(ev_path):
-                old_ev = ev_table.read(ev_path)
-                ids = keep["finding_id"].implode()
-                ev_table.write((date,), old_ev.filter(pl.col("finding_id").is_in(ids)), fname)
+    with writer_lock(lake):  # the trim below is a read-modify-write of shared files
+        name = range_file(kind, start, end, cluster)
+        summary = WriteSummary()
+        table, ev_table = findings_table(lake), findings_events_table(lake)
+        findings = findings.select(list(FINDINGS_COLUMNS))
+        events = events.select(list(FINDINGS_EVENTS_COLUMNS))
+        dated = findings.with_columns(pl.col("window_start").dt.strftime("%Y-%m-%d").alias("_date"))
+        written: set[str] = set()
+        for (date,), group in dated.group_by("_date", maintain_order=True):
+            group = group.drop("_date").sort(
+                ["severity_rank", "score", "finding_id"], descending=[True, True, False]
+            )
+            ev = events.filter(pl.col("finding_id").is_in(group["finding_id"].implode()))
+            # Events first: a finding is never visible without its events.
+            ev_table.write((str(date),), ev, name)
+            table.write((str(date),), group, name)
+            written.add(str(date))
+            summary.findings += group.height
+            summary.events += ev.height
+            summary.files += 1
+        # Then take the overlapped windows out of older files of the same kind.
+        in_range = (pl.col("window_start") >= start) & (pl.col("window_start") < end)
+        if cluster is not None:
+            in_range &= pl.col("cluster") == cluster
+        for date in _dates(start, end):
+            for path in table.usable(table.entries((date,))):  # a damaged file stays, skipped
+                fname = path.rsplit("/", 1)[1]
+                if not fname.startswith(f"{kind}-"):
+                    continue
+                parsed = parse_range_file(fname)
+                if parsed is None or (fname == name and date in written):
+                    continue
+                _, f_start, f_end = parsed
+                if f_end <= start or f_start >= end:
+                    continue
+                old = table.read(path)
+                keep = old.filter(~in_range)
+                if keep.height == old.height:
+                    continue
+                summary.trimmed_files += 1
+                summary.removed_findings += old.height - keep.height
+                ev_path = f"{ev_table.dir((date,))}/{fname}"
+                if keep.is_empty():
+                    table.delete([path])
+                    ev_table.delete([ev_path])
+                    continue
+                table.write((date,), keep, fname)
+                if lake.loc.exists(ev_path):
+                    old_ev = ev_table.read(ev_path)
+                    ids = keep["finding_id"].implode()
+                    ev_table.write((date,), old_ev.filter(pl.col("finding_id").is_in(ids)), fname)
     return summary
 
 
