@@ -529,3 +529,33 @@ def test_incidents_are_updated_under_the_writer_lock(tmp_path, s3_bucket, monkey
     boto3.client("s3").put_object(Bucket=s3_bucket, Key=key, Body=orjson.dumps(doc))
     assert write_incidents(Lake(lake), [row]) == 1
     assert read_incidents(Lake(lake))["incident_id"].to_list() == ["i-1"]
+
+
+def test_findings_are_written_under_the_writer_lock(tmp_path, s3_bucket, monkeypatch):
+    """A range's findings write trims older files every cluster's runs share (a
+    read-modify-write): it waits for the lake's writer lock like every other write."""
+    from datetime import UTC, datetime, timedelta
+
+    import boto3
+    from alerts_data import finding, frames
+
+    from detector.lake import findings as store
+    from detector.lake import lock
+
+    lake = f"s3://{s3_bucket}/lake-findings"
+    key = "lake-findings/_state/" + "/".join(lock.LOCK_PARTS)
+    events = ingest_mod.read_events([str(audit_file(tmp_path / "a.log", range(2)))])[0]
+    Lake(lake).write_events(events)  # the lake exists
+    holder = {"host": "another-host", "pid": 1, "pidns": "1", "run_id": "elsewhere"}
+    doc = {"owner": holder, "lease_until_ms": 4_000_000_000_000, "seq": 1}
+    boto3.client("s3").put_object(Bucket=s3_bucket, Key=key, Body=orjson.dumps(doc))
+    monkeypatch.setattr(lock, "WAIT_SECONDS", 0.0)
+    at = datetime(2026, 11, 27, 10, tzinfo=UTC)
+    found = frames([finding("alice", at, detector="rule:pod-exec")])
+    with pytest.raises(lock.LakeBusy):
+        store.write_range(Lake(lake), "rules", at, at + timedelta(minutes=10), *found)
+    assert store.list_findings(Lake(lake)).is_empty()  # nothing written meanwhile
+    doc["lease_until_ms"] = 1_000  # the holder's lease ran out (it crashed)
+    boto3.client("s3").put_object(Bucket=s3_bucket, Key=key, Body=orjson.dumps(doc))
+    store.write_range(Lake(lake), "rules", at, at + timedelta(minutes=10), *found)
+    assert store.list_findings(Lake(lake))["principal"].to_list() == ["alice"]
