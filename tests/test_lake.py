@@ -469,6 +469,24 @@ def test_state_names_cannot_leave_the_state_folder(tmp_path):
 
 
 # ----------------------------------------------------------------------------- writer lock
+#: A lease that lasts until 2096, and one that ran out long ago (a crashed writer).
+HELD, EXPIRED = 4_000_000_000_000, 1_000
+
+
+def hold_lock(bucket: str, prefix: str, until_ms: int) -> str:
+    """The writer lock of the lake at ``s3://bucket/prefix``, written as a writer on another
+    host would hold it until ``until_ms``; returns the lock's key."""
+    import boto3
+
+    from detector.lake import lock
+
+    key = f"{prefix}/_state/" + "/".join(lock.LOCK_PARTS)
+    holder = {"host": "another-host", "pid": 1, "pidns": "1", "run_id": "elsewhere"}
+    doc = {"owner": holder, "lease_until_ms": until_ms, "seq": 1}
+    boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=orjson.dumps(doc))
+    return key
+
+
 def test_a_live_writer_elsewhere_holds_the_s3_lock_and_an_expired_one_does_not(
     tmp_path, s3_bucket, monkeypatch
 ):
@@ -480,22 +498,14 @@ def test_a_live_writer_elsewhere_holds_the_s3_lock_and_an_expired_one_does_not(
 
     lake = f"s3://{s3_bucket}/lake"
     events = ingest_mod.read_events([str(audit_file(tmp_path / "a.log", range(5)))])[0]
-    key = "lake/_state/" + "/".join(lock.LOCK_PARTS)
-    holder = {"host": "another-host", "pid": 1, "pidns": "1", "run_id": "elsewhere"}
-
-    def hold(until_ms: int) -> None:
-        doc = {"owner": holder, "lease_until_ms": until_ms, "seq": 1}
-        boto3.client("s3").put_object(Bucket=s3_bucket, Key=key, Body=orjson.dumps(doc))
-
-    far = 4_000_000_000_000  # year 2096
-    hold(far)
+    key = hold_lock(s3_bucket, "lake", HELD)
     monkeypatch.setattr(lock, "WAIT_SECONDS", 0.0)
     with pytest.raises(lock.LakeBusy, match="another writer holds the lock"):
         Lake(lake).write_events(events)
     assert Lake(lake).scan_events().collect().height == 0  # nothing written meanwhile
     assert lock.LakeBusy.exit_code == 3
 
-    hold(1_000)  # expired long ago: a crashed writer on another host
+    hold_lock(s3_bucket, "lake", EXPIRED)  # a crashed writer on another host
     assert Lake(lake).write_events(events).written == 5
     state = orjson.loads(boto3.client("s3").get_object(Bucket=s3_bucket, Key=key)["Body"].read())
     assert state["owner"]["run_id"] != "elsewhere" and "released_at" in state
@@ -507,26 +517,20 @@ def test_incidents_are_updated_under_the_writer_lock(tmp_path, s3_bucket, monkey
     The update now waits for the lake's writer lock like every other write."""
     from datetime import UTC, datetime
 
-    import boto3
-
     from detector.lake import lock
     from detector.lake.incidents import read_incidents, write_incidents
 
     lake = f"s3://{s3_bucket}/lake-incidents"
-    key = "lake-incidents/_state/" + "/".join(lock.LOCK_PARTS)
     events = ingest_mod.read_events([str(audit_file(tmp_path / "a.log", range(2)))])[0]
     Lake(lake).write_events(events)  # the lake exists
-    holder = {"host": "another-host", "pid": 1, "pidns": "1", "run_id": "elsewhere"}
-    doc = {"owner": holder, "lease_until_ms": 4_000_000_000_000, "seq": 1}
-    boto3.client("s3").put_object(Bucket=s3_bucket, Key=key, Body=orjson.dumps(doc))
+    hold_lock(s3_bucket, "lake-incidents", HELD)
     monkeypatch.setattr(lock, "WAIT_SECONDS", 0.0)
     at = datetime(2026, 11, 27, 10, tzinfo=UTC)
     row = {"incident_id": "i-1", "cluster": "a", "first_seen": at, "last_seen": at, "version": 1}
     with pytest.raises(lock.LakeBusy):
         write_incidents(Lake(lake), [row])
     assert read_incidents(Lake(lake)).is_empty()  # nothing written meanwhile
-    doc["lease_until_ms"] = 1_000  # the holder's lease ran out (it crashed)
-    boto3.client("s3").put_object(Bucket=s3_bucket, Key=key, Body=orjson.dumps(doc))
+    hold_lock(s3_bucket, "lake-incidents", EXPIRED)  # the holder's lease ran out (it crashed)
     assert write_incidents(Lake(lake), [row]) == 1
     assert read_incidents(Lake(lake))["incident_id"].to_list() == ["i-1"]
 
@@ -536,26 +540,21 @@ def test_findings_are_written_under_the_writer_lock(tmp_path, s3_bucket, monkeyp
     read-modify-write): it waits for the lake's writer lock like every other write."""
     from datetime import UTC, datetime, timedelta
 
-    import boto3
     from alerts_data import finding, frames
 
     from detector.lake import findings as store
     from detector.lake import lock
 
     lake = f"s3://{s3_bucket}/lake-findings"
-    key = "lake-findings/_state/" + "/".join(lock.LOCK_PARTS)
     events = ingest_mod.read_events([str(audit_file(tmp_path / "a.log", range(2)))])[0]
     Lake(lake).write_events(events)  # the lake exists
-    holder = {"host": "another-host", "pid": 1, "pidns": "1", "run_id": "elsewhere"}
-    doc = {"owner": holder, "lease_until_ms": 4_000_000_000_000, "seq": 1}
-    boto3.client("s3").put_object(Bucket=s3_bucket, Key=key, Body=orjson.dumps(doc))
+    hold_lock(s3_bucket, "lake-findings", HELD)
     monkeypatch.setattr(lock, "WAIT_SECONDS", 0.0)
     at = datetime(2026, 11, 27, 10, tzinfo=UTC)
     found = frames([finding("alice", at, detector="rule:pod-exec")])
     with pytest.raises(lock.LakeBusy):
         store.write_range(Lake(lake), "rules", at, at + timedelta(minutes=10), *found)
     assert store.list_findings(Lake(lake)).is_empty()  # nothing written meanwhile
-    doc["lease_until_ms"] = 1_000  # the holder's lease ran out (it crashed)
-    boto3.client("s3").put_object(Bucket=s3_bucket, Key=key, Body=orjson.dumps(doc))
+    hold_lock(s3_bucket, "lake-findings", EXPIRED)  # the holder's lease ran out (it crashed)
     store.write_range(Lake(lake), "rules", at, at + timedelta(minutes=10), *found)
     assert store.list_findings(Lake(lake))["principal"].to_list() == ["alice"]
