@@ -451,6 +451,24 @@ def test_a_purge_killed_between_chained_markers_never_shows_a_row_twice(tmp_path
     assert lake_rows(lake) == 30 and len(table.files(part)) == 1
 
 
+@pytest.mark.parametrize(
+    "marker",
+    [b"[1]", b'{"output": "x.parquet", "inputs": [{}]}', b'{"output": 7, "inputs": []}',
+     b'{"output": "x.parquet", "inputs": [], "created_at": "soon"}', b"{"],
+)  # fmt: skip
+def test_a_marker_of_another_shape_hides_nothing_and_breaks_nothing(tmp_path, marker):
+    """A damaged or hand-written ``_replaced-*.json`` made every listing of its partition
+    fail (an unhashable input, a JSON list, a date in words): it is ignored now."""
+    lake = str(tmp_path / "lake")
+    _many_small_files(lake, 2)
+    store = Lake(lake)
+    part = ("prod", "2026-11-27", "10")
+    Path(store.partition_path(part), "_replaced-" + "a" * 32 + ".json").write_bytes(marker)
+    assert lake_rows(lake) == 20 and len(store.partition_files(part)) == 2
+    compact(store, grace=0)
+    assert lake_rows(lake) == 20 and len(store.partition_files(part)) == 1
+
+
 def test_compact_and_lake_check_cli(tmp_path):
     lake = str(tmp_path / "lake")
     _many_small_files(lake, 3)

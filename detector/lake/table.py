@@ -271,13 +271,20 @@ class Table:
         return [e.path for e in self.entries(values)]
 
     def _read_marker(self, path: str) -> dict | None:
+        """A marker as :meth:`replace` writes it, or None: a marker of any other shape
+        (damaged, written by hand) hides nothing, so a listing never fails on it."""
         try:
             doc = orjson.loads(read_bytes(self.loc, path))
-            if isinstance(doc.get("output"), str) and isinstance(doc.get("inputs"), list):
-                return doc
         except (FileNotFoundError, orjson.JSONDecodeError):
-            pass
-        return None
+            return None
+        if not isinstance(doc, dict) or not isinstance(doc.get("output"), str):
+            return None
+        inputs, created = doc.get("inputs"), doc.get("created_at", 0)
+        if not isinstance(inputs, list) or not all(isinstance(n, str) for n in inputs):
+            return None
+        if isinstance(created, bool) or not isinstance(created, int | float):
+            return None
+        return doc
 
     # ------------------------------------------------------------------ writing
     def write(self, values: Sequence[str], df: pl.DataFrame, name: str | None = None) -> str:
