@@ -308,6 +308,24 @@ def test_ack_and_resolve_by_unique_prefix(lake):
     assert res.incidents[0].incident_id != inc.incident_id
 
 
+def test_resolving_the_findings_left_resolves_an_incident_that_lost_one(lake):
+    """A finding withdrawn from its incident (its window scored again without it) keeps its
+    old status row, which still names the incident. Resolving every finding the incident
+    still holds resolves it: the row of the one it lost does not hold it open."""
+    from detector.lake.findings import Rescored
+
+    df, ev = frames([finding(ROLE, T0), finding(ROLE, T0 + W)])
+    findings_store.write_range(lake, "model", T0, T0 + 2 * W, df, ev)
+    (inc,) = workflow.update(lake, df, ev, now=T0).incidents
+    kept = df.filter(pl.col("window_start") == T0)
+    findings_store.write_range(lake, "model", T0, T0 + 2 * W, kept, ev)
+    span = Rescored("model", T0, T0 + 2 * W, "prod")
+    (inc,) = workflow.update(lake, kept, ev, now=T0, rescored=[span]).incidents
+    assert inc.finding_ids == kept["finding_id"].to_list() and inc.status == "new"
+    workflow.set_finding_status(lake, kept["finding_id"][0][:8], "resolved")
+    assert table.read_incidents(lake)["status"].to_list() == ["resolved"]
+
+
 def test_prefixes_must_be_unique_and_long_enough():
     ids = ["abcdef01", "abcdef02", "12345678"]
     assert resolve_prefix("1234", ids, "finding") == "12345678"

@@ -192,10 +192,13 @@ def set_finding_status(
     )
     if incident_id and status == RESOLVED:
         inc = find_incident(lake, incident_id)
+        # The findings it holds now: a withdrawn one keeps its old row naming the incident
+        # (the status comes back with the finding if its window finds it again).
         st = table.read_status(lake, since=inc.first_seen).filter(
-            pl.col("incident_id") == inc.incident_id
+            pl.col("finding_id").is_in(inc.finding_ids)
         )
-        if st.height and st["status"].is_in([RESOLVED, SUPPRESSED]).all():
+        held = len(inc.finding_ids)
+        if held and st.height == held and st["status"].is_in([RESOLVED, SUPPRESSED]).all():
             apply_status(inc, RESOLVED, reason, now)
             table.write_incidents(lake, [inc.to_row()])
     return {"finding_id": fid, "status": status, "incident_id": incident_id}
