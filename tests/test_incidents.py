@@ -106,6 +106,43 @@ def test_findings_a_rescored_span_lost_are_withdrawn_and_an_emptied_incident_res
     assert changed == {back.incident_id} and back.version == v1 + 3  # sinks hear of it
 
 
+def test_an_incident_that_lost_findings_spans_the_findings_it_holds():
+    """first_seen and last_seen are what an analyst reads and what the grouping horizon
+    counts from: after a withdrawal they span the findings left, not the ones gone."""
+    from detector.lake.findings import Rescored
+
+    df, ev = frames([finding(ROLE, T0), finding(ROLE, T0 + W), finding(ROLE, T0 + 3 * W)])
+    (inc,), _ = group(df, [], events=ev)
+    assert (inc.first_seen, inc.last_seen) == (T0, T0 + 4 * W)
+    middle = df.filter(pl.col("window_start") == T0 + W)
+    (inc,), _ = group(middle, [inc], events=ev, rescored=[Rescored("model", T0, T0 + 4 * W)])
+    assert inc.finding_ids == middle["finding_id"].to_list()
+    assert (inc.first_seen, inc.last_seen) == (T0 + W, T0 + 2 * W)
+
+
+def test_an_incident_whose_first_day_changes_is_stored_once(lake):
+    """Incidents are filed under their first_seen date. A late finding before midnight
+    joining an incident first seen after it, or a withdrawal leaving only findings of the
+    next day, moves that date: the incident must move with it, not be kept under both."""
+    from detector.lake.findings import Rescored
+
+    midnight = T0.replace(hour=0) + timedelta(days=1)
+    after = frames([finding(ROLE, midnight + W)])[0]
+    late, ev = frames([finding(ROLE, midnight - W), finding(ROLE, midnight + W)])
+    workflow.update(lake, after, ev, now=T0)
+    (inc,) = workflow.update(lake, late, ev, now=T0).incidents
+    stored = table.read_incidents(lake)
+    assert stored["incident_id"].to_list() == [inc.incident_id]
+    assert stored["first_seen"].to_list() == [midnight - W]
+
+    span = Rescored("model", midnight - W, midnight, "prod")
+    workflow.update(lake, late[:0], ev, now=T0, rescored=[span])
+    stored = table.read_incidents(lake)
+    assert stored["incident_id"].to_list() == [inc.incident_id]
+    assert stored["first_seen"].to_list() == [midnight + W]
+    assert stored["finding_ids"].to_list() == [after["finding_id"].to_list()]
+
+
 def test_chained_tactics_raise_severity_and_say_why():
     rows = [
         finding(ROLE, T0, severity="low", detector="rule:list-secrets", tactic="Discovery"),

@@ -339,7 +339,13 @@ def group(
 def _withdraw(
     incidents: Iterable[Incident], findings: pl.DataFrame, rescored: Sequence[Rescored]
 ) -> set[str]:
-    """Drop from ``incidents`` the findings a rescored span no longer holds; their ids."""
+    """Drop from ``incidents`` the findings a rescored span no longer holds; their ids.
+
+    An incident's times then span the findings left: its first_seen is the first one's
+    window start and its last_seen the last one's window end. A timeline entry keeps only
+    its window start, so the end is the last entry's start plus the window length the
+    incident had (one run scores one window length; every finding has it).
+    """
     if not rescored:
         return set()
     found = set(findings["finding_id"].to_list()) if findings.height else set()
@@ -351,6 +357,10 @@ def _withdraw(
             if t["finding_id"] in found or not any(r.covers(inc.cluster, t) for r in rescored)
         ]
         if len(kept) < len(inc.timeline):
+            if kept:  # span what is left (an emptied incident keeps its times, for history)
+                length = inc.last_seen - max(t["time"] for t in inc.timeline)
+                inc.first_seen = min(t["time"] for t in kept)
+                inc.last_seen = max(t["time"] for t in kept) + length
             inc.timeline = kept
             inc.finding_ids = [t["finding_id"] for t in kept]
             touched.add(inc.incident_id)

@@ -69,6 +69,7 @@ def update(
             starts.append(findings["window_start"].min())
         old = table.recent_incidents(lake, min(starts), horizon)
         existing = [Incident.from_row(r) for r in old.iter_rows(named=True)]
+    filed_under = {i.incident_id: i.first_seen.astimezone(UTC).date() for i in existing or []}
     touched, changed = group(
         findings,
         existing or [],
@@ -81,7 +82,7 @@ def update(
     result.incidents = touched
     result.changed = [i for i in touched if i.incident_id in changed]
     if lake is not None:
-        table.write_incidents(lake, [i.to_row() for i in touched])
+        table.write_incidents(lake, [i.to_row() for i in touched], moved_from=filed_under)
         statuses = []
         prior = _prior_status(lake, findings)
         for inc in touched:

@@ -19,8 +19,8 @@ Columns are documented in docs/alerts.md.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from datetime import datetime, timedelta
+from collections.abc import Iterable, Mapping
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import polars as pl
@@ -104,8 +104,19 @@ def status_table(lake: Lake) -> Table:
     return Table(lake.loc, STATUS_DIR, ("date",), pl.Schema(STATUS_COLUMNS))
 
 
-def _upsert(lake: Lake, table: Table, fname: str, df: pl.DataFrame, key: str, date_col: str) -> int:
+def _upsert(
+    lake: Lake,
+    table: Table,
+    fname: str,
+    df: pl.DataFrame,
+    key: str,
+    date_col: str,
+    moved_from: Mapping[str, date] | None = None,
+) -> int:
     """Replace rows with the same ``key`` in each date's file, add the others.
+
+    ``moved_from``: keys filed under another date before (``key`` -> that date), removed
+    from there in the same locked step, so that a row whose date changed is kept once.
 
     Under the lake's writer lock: two processes updating the same day (one scheduled
     ``detect score`` or ``detect watch`` per cluster on a shared lake, a person's ``ack``)
@@ -121,24 +132,51 @@ def _upsert(lake: Lake, table: Table, fname: str, df: pl.DataFrame, key: str, da
     # rotated: redacted like every other string before it reaches the lake.
     df, _ = redact_text_columns(df, ["status_reason"])
     dated = df.with_columns(pl.col(date_col).dt.strftime("%Y-%m-%d").alias("_date"))
+    new_day = dict(zip(dated[key], dated["_date"], strict=True))
+    leaving: dict[str, list[str]] = {}
+    for k, was in (moved_from or {}).items():
+        if k in new_day and was.isoformat() != new_day[k]:
+            leaving.setdefault(was.isoformat(), []).append(k)
     with writer_lock(lake):
         for (day,), group in dated.group_by("_date", maintain_order=True):
             group = group.drop("_date")
-            path = f"{table.dir((day,))}/{fname}"
-            current = [e for e in table.entries((day,)) if e.path == path]
-            if table.usable(current):
-                old = table.scan([path]).collect()
+            old = _day_rows(table, day, fname)
+            if old is not None:
                 group = pl.concat([old.filter(~pl.col(key).is_in(group[key].implode())), group])
             table.write((day,), group.select(list(table.schema)).sort(key), fname)
+        for day, keys in leaving.items():
+            old = _day_rows(table, day, fname)
+            if old is not None and old[key].is_in(keys).any():
+                table.write((day,), old.filter(~pl.col(key).is_in(keys)), fname)
     return df.height
 
 
+def _day_rows(table: Table, day: str, fname: str) -> pl.DataFrame | None:
+    """The rows of a date's file; None when there is none or it cannot be read."""
+    path = f"{table.dir((day,))}/{fname}"
+    current = [e for e in table.entries((day,)) if e.path == path]
+    return table.scan([path]).collect() if table.usable(current) else None
+
+
 # ---------------------------------------------------------------------------- incidents
-def write_incidents(lake: Lake, rows: Iterable[dict[str, Any]]) -> int:
-    """Upsert incidents (dicts with the INCIDENT_COLUMNS) by ``incident_id``."""
+def write_incidents(
+    lake: Lake, rows: Iterable[dict[str, Any]], *, moved_from: Mapping[str, date] | None = None
+) -> int:
+    """Upsert incidents (dicts with the INCIDENT_COLUMNS) by ``incident_id``.
+
+    ``moved_from``: incident id -> the first_seen date it was filed under, for incidents
+    whose first_seen may have moved to another day (a late finding before it, a withdrawal
+    of its first ones); an incident that did move is taken out of the old day's file.
+    """
     df = _frame(list(rows), INCIDENT_COLUMNS)
     return _upsert(
-        lake, incidents_table(lake), "incidents.parquet", df, "incident_id", "first_seen"
+        lake,
+        incidents_table(lake),
+        "incidents.parquet",
+        df,
+        "incident_id",
+        "first_seen",
+        moved_from,
     )
 
 
