@@ -154,7 +154,12 @@ def _lake_state(lake_uri: str) -> dict:
     # Compared by what they hold, not by id: an incident's id comes from the finding that
     # opened it, and which of a window's findings comes first depends on where the reads
     # cut the stream (killed or not), not on what was found.
-    incidents = read_incidents(lake).select(
+    # An incident every finding of which was withdrawn (a window scored on part of its
+    # events found something the whole window did not) is kept, resolved, for history; where
+    # the reads were cut decides whether one exists, so they are counted, not compared.
+    stored = read_incidents(lake)
+    held = pl.col("finding_ids").list.len() > 0
+    incidents = stored.filter(held).select(
         "key_kind", "key", "first_seen", "last_seen", "severity", pl.col("finding_ids").list.sort()
     )
     # Findings an incident names that the findings table no longer holds (a re-scored
@@ -173,7 +178,8 @@ def _lake_state(lake_uri: str) -> dict:
         "quarantined": lake.scan_quarantine().select(pl.len()).collect().item(),
         "findings": findings,
         "incidents": incidents.sort("key_kind", "key", "first_seen"),
-        "delivery": read_incidents(lake).select("incident_id", "version", "severity"),
+        "emptied": stored.filter(~held).height,
+        "delivery": stored.select("incident_id", "version", "severity", "status"),
     }
 
 
@@ -258,9 +264,11 @@ def _report(args: argparse.Namespace, lines: list[bytes], got: dict, want: dict,
         incident, version = key.rsplit(":v", 1)
         delivered[incident] = max(delivered.get(incident, 0), int(version))
     due = got["delivery"].filter(got["delivery"]["severity"] != "info")
+    # A resolved incident no sink was told of is not sent (nothing to close).
     stale = [
         r["incident_id"] for r in due.iter_rows(named=True)
         if delivered.get(r["incident_id"]) != r["version"]
+        and not (r["status"] == "resolved" and r["incident_id"] not in delivered)
     ]  # fmt: skip
     repeats = sum(n - 1 for n in keys.values())
     same_findings = got["findings"].equals(want["findings"])
@@ -271,7 +279,8 @@ def _report(args: argparse.Namespace, lines: list[bytes], got: dict, want: dict,
         f"lake {sum(stored.values()):,} rows, {missing} missing, {extra} unknown, {twice} "
         f"stored twice, {got['quarantined']} quarantined; findings {got['findings'].height} "
         f"({'same as' if same_findings else 'NOT the same as'} the clean run's), incidents "
-        f"{got['incidents'].height} ({'same' if same_incidents else 'NOT the same'}); "
+        f"{got['incidents'].height} ({'same' if same_incidents else 'NOT the same'}; "
+        f"{got['emptied']} emptied by withdrawals, {want['emptied']} in the clean run); "
         f"{sum(keys.values())} alerts, {len(keys)} keys, {repeats} re-sent, {len(stale)} "
         "incidents whose final version was not delivered"
     )
