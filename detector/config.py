@@ -132,7 +132,12 @@ def is_group(cmd: Any) -> bool:
 
 
 def iter_settings(group: Any, prefix: tuple[str, ...] = ()) -> Iterator[Setting]:
-    """Every configurable option of every command under ``group`` (a typer group)."""
+    """Every configurable option of every command under ``group`` (a typer group).
+
+    A group's own options count too: ``detect findings`` and ``detect incidents`` list
+    from the group's callback, and their ``--lake`` must take the file's ``lake`` as
+    ``findings show`` does.
+    """
     for name in sorted(group.commands):
         cmd = group.commands[name]
         if getattr(cmd, "hidden", False):
@@ -140,7 +145,6 @@ def iter_settings(group: Any, prefix: tuple[str, ...] = ()) -> Iterator[Setting]
         path = (*prefix, name)
         if is_group(cmd):
             yield from iter_settings(cmd, path)
-            continue
         for param in cmd.params:
             if not isinstance(param, TyperOption) or param.is_eager or param.hidden:
                 continue
@@ -277,16 +281,16 @@ def load(group: Any, path: Path | None) -> LoadedConfig:
             if isinstance(value, dict) and (sub in by_command or sub in groups):
                 section(sub, value)
                 continue
-            if prefix in by_command:
-                targets = [by_command[prefix][key]] if key in by_command[prefix] else []
-            else:  # a group's table: every subcommand that has the option
-                targets = [
+            own = by_command.get(prefix, {})
+            targets = [own[key]] if key in own else []
+            if prefix in groups:  # a group's table: every subcommand that has the option too
+                targets += [
                     opts[key]
                     for cmd, opts in by_command.items()
-                    if cmd[: len(prefix)] == prefix and key in opts
+                    if len(cmd) > len(prefix) and cmd[: len(prefix)] == prefix and key in opts
                 ]
             if not targets:
-                what = "command" if prefix in by_command else "group"
+                what = "group" if prefix in groups else "command"
                 known = ", ".join(sorted(by_command.get(prefix, {}))) or "none"
                 raise ConfigError(
                     f"{where}: unknown key {raw_key!r} (not an option of this {what}; "

@@ -233,3 +233,29 @@ def test_json_logs_from_the_real_console_script(cwd, detect):
     proc = detect("athena-ddl", "--lake", "s3://b/l", "--table", "events", cwd=str(cwd))
     assert proc.returncode == 0 and proc.stderr == ""
     assert proc.stdout.startswith("CREATE DATABASE")  # data on stdout is untouched
+
+
+def test_the_listing_groups_take_the_files_lake_and_their_own_table(cwd):
+    """`detect findings` and `detect incidents` list from the group itself, not a
+    subcommand; the file's settings reached only their subcommands, so with `lake` in
+    detect.toml they read ./lake and said "no findings"/"no incidents"."""
+    from alerts_data import T0, W, finding, frames
+
+    from detector.incidents import workflow
+    from detector.lake import findings as findings_store
+    from detector.lake.events import Lake
+
+    lake = Lake(str(cwd / "elsewhere"))
+    df, ev = frames([finding("alice", T0, severity="high"), finding("bob", T0 + W, severity="low")])
+    findings_store.write_range(lake, "model", T0, T0 + 2 * W, df, ev)
+    workflow.update(lake, df, ev, now=T0)
+    (cwd / "detect.toml").write_text(
+        f'lake = "{lake.uri}"\n[findings]\nmin_severity = "high"\nsince = "3650d"\n'
+    )
+    listed = invoke("findings", "--format", "json")
+    assert listed.exit_code == 0, listed.stderr
+    assert [f["principal"] for f in json.loads(listed.stdout)] == ["alice"]
+    incidents = invoke("incidents", "--since", "3650d", "--format", "json")
+    assert incidents.exit_code == 0, incidents.stderr
+    assert sorted(i["principal"] for i in json.loads(incidents.stdout)) == ["alice", "bob"]
+    assert show()["findings.min_severity"]["source"] == "detect.toml [findings]"
