@@ -218,6 +218,14 @@ BAD_VALUES = [
     (["train", "--lake", "no-such-lake"], "no lake at"),
     (["report", "--lake", "no-such-lake"], "no lake at"),
     (["timeline", "x", "--lake", "no-such-lake"], "no lake at"),
+    (["findings", "--lake", "no-such-lake"], "no lake at"),  # was "no findings"
+    (["findings", "show", "abcd", "--lake", "no-such-lake"], "no lake at"),
+    (["findings", "ack", "abcd", "--lake", "no-such-lake"], "no lake at"),
+    (["incidents", "--lake", "no-such-lake"], "no lake at"),  # was "no incidents"
+    (["incidents", "show", "abcd", "--lake", "no-such-lake"], "no lake at"),
+    (["incidents", "resolve", "abcd", "--lake", "no-such-lake"], "no lake at"),
+    (["lake", "check", "--lake", "no-such-lake"], "no lake at"),  # was "0 problem(s)"
+    (["compact", "--lake", "no-such-lake"], "no lake at"),  # was "compacted 0 partition(s)"
     (["score", "--no-model", "--no-rules"], "nothing to score"),
     (["report", "--since", "99999999999d"], "--since"),
     (["report", "--since", "1h", "--until", "2h"], "empty time range"),

@@ -49,7 +49,9 @@ def compact_command(
         detect compact --lake ./lake
         detect compact --lake s3://audit-lake/prod --grace 1h --format json
     """
-    summary = compact(Lake(lake), min_files=min_files, grace=grace.total_seconds())
+    summary = compact(
+        Lake(lake).require_existing(), min_files=min_files, grace=grace.total_seconds()
+    )
     if output == OutputFormat.json:
         emit_json(summary.to_dict())
         return

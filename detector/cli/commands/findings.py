@@ -75,7 +75,7 @@ def list_cmd(
 
     if status is not None and status not in STATUSES:
         raise UsageError(f"--status must be one of {', '.join(STATUSES)}, not {status!r}")
-    the_lake = Lake(lake)
+    the_lake = Lake(lake).require_existing()
     df = list_findings(
         the_lake,
         since=since,
@@ -119,7 +119,7 @@ def show(
 
     if len(finding_id) < 20:  # a prefix: ids are 20 hex characters
         finding_id = _full_id(lake, finding_id)
-    row, events = get_finding(Lake(lake), finding_id)
+    row, events = get_finding(Lake(lake).require_existing(), finding_id)
     row.update(_status_of(lake, row))
     identity = finding_identity(row, events)
     if output == OutputFormat.json:
@@ -179,7 +179,7 @@ def _full_id(lake: str, prefix: str) -> str:
     from detector.lake.events import Lake
     from detector.lake.findings import list_findings
 
-    ids = list_findings(Lake(lake), min_severity="info")["finding_id"].to_list()
+    ids = list_findings(Lake(lake).require_existing(), min_severity="info")["finding_id"].to_list()
     return resolve_prefix(prefix, ids, "finding")
 
 
@@ -204,7 +204,7 @@ def _set_status(
     from detector.incidents.workflow import set_finding_status
     from detector.lake.events import Lake
 
-    done = set_finding_status(Lake(lake), finding_id, status, reason)
+    done = set_finding_status(Lake(lake).require_existing(), finding_id, status, reason)
     if output == OutputFormat.json:
         emit_json({"finding_id": done["finding_id"], "status": status})
     else:

@@ -66,7 +66,9 @@ def list_cmd(
     from detector.lake.events import Lake
     from detector.lake.incidents import read_incidents
 
-    df = read_incidents(Lake(lake), since=since).filter(pl.col("last_seen") >= since)
+    df = read_incidents(Lake(lake).require_existing(), since=since).filter(
+        pl.col("last_seen") >= since
+    )
     if status:
         df = df.filter(pl.col("status") == status.value)
     if min_severity:
@@ -91,7 +93,7 @@ def show(
     from detector.incidents.workflow import find_incident
     from detector.lake.events import Lake
 
-    inc = find_incident(Lake(lake), incident_id)
+    inc = find_incident(Lake(lake).require_existing(), incident_id)
     if output == OutputFormat.json:
         emit_json(inc.to_row())
         return
@@ -130,7 +132,7 @@ def _set(
     from detector.incidents.workflow import set_incident_status
     from detector.lake.events import Lake
 
-    inc = set_incident_status(Lake(lake), incident_id, status, reason)
+    inc = set_incident_status(Lake(lake).require_existing(), incident_id, status, reason)
     if output == OutputFormat.json:
         emit_json({"incident_id": inc.incident_id, "status": inc.status})
     else:
@@ -207,7 +209,7 @@ def deliver_cmd(
     sinks = configured_sinks(ctx)
     if not sinks:
         raise UsageError("no [[sinks]] in the configuration (see docs/alerts.md)")
-    the_lake = Lake(lake)
+    the_lake = Lake(lake).require_existing()
     report = send(the_lake, pending(the_lake, datetime.now(UTC)), sinks)
     if output == OutputFormat.json:
         emit_json(report.summary())

@@ -57,7 +57,7 @@ def check(
         detect lake check --lake ./lake
         detect lake check --lake s3://audit-lake/prod --quick --format json
     """
-    report = check_lake(Lake(lake), deep=not quick)
+    report = check_lake(Lake(lake).require_existing(), deep=not quick)
     if output == OutputFormat.json:
         emit_json(report.to_dict())
     else:

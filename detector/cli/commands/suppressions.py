@@ -44,7 +44,7 @@ def suppressions(
         from detector.lake.findings import list_findings
         from detector.lake.incidents import findings_events
 
-        the_lake = Lake(lake)
+        the_lake = Lake(lake).require_existing()
         found = list_findings(the_lake, since=since, min_severity="info")
         events = findings_events(the_lake, found) if found.height else None
         hits = suppress.apply(found, events, sups, now)
