@@ -46,7 +46,7 @@ def check(
 
     `score`, `train`, `ingest` and the other commands skip such files with a warning rather
     than fail; this command lists them so they can be moved aside or rewritten. Tables
-    checked: events, quarantine, findings, findings_events.
+    checked: events, quarantine, findings, findings_events, incidents, finding_status.
 
     Exit codes: 0 no problem found, 1 problem files listed, 2 bad arguments or missing
     bucket, 3 the lake could not be read.
