@@ -20,7 +20,7 @@ $(STAMP): $(UV) pyproject.toml uv.lock
 
 setup: $(STAMP)
 
-demo: setup  ## generate two days of EKS traffic, ingest, train, score the last hour
+demo: setup  ## generate four days of EKS traffic, ingest, train on three, score the last day
 	$(VENV)/bin/detect demo
 
 test: setup  ## the whole test suite, on every core (pytest-xdist)

@@ -10,7 +10,7 @@ from detector.model.storage import CARD_NAME
 
 def test_demo_runs_the_loop_and_catches_the_planted_attacks(tmp_path: Path, detect):
     lake, work = tmp_path / "lake", tmp_path / "demo"
-    args = ("demo", "--lake", str(lake), "--workdir", str(work), "--rate", "0.3")
+    args = ("demo", "--lake", str(lake), "--workdir", str(work), "--days", "2", "--rate", "0.3")
     args += ("--model-dir", str(tmp_path / "models"), "--format", "json")
     run = detect(*args)
     assert run.returncode == 0, run.stderr
