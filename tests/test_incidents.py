@@ -389,3 +389,25 @@ def test_incidents_round_trip_through_the_lake(lake):
     res2 = workflow.update(lake, df2, ev2, now=T0)
     assert [i.incident_id for i in res2.incidents] == [res.incidents[0].incident_id]
     assert res2.incidents[0].version == 2
+
+
+def test_an_incident_filed_under_two_days_reads_as_its_latest_version(lake):
+    """A run killed between filing a moved incident under its new day and taking it out of
+    the old one (or a lake written before moves were handled) holds two rows of it: readers
+    see one, the latest (two rows made every list show it twice, and which one the next
+    run grouped into was a matter of order)."""
+    midnight = T0.replace(hour=0) + timedelta(days=1)
+    df, ev = frames([finding(ROLE, midnight + W)])
+    (inc,) = workflow.update(lake, df, ev, now=T0).incidents
+    old = inc.to_row() | {"first_seen": midnight - W, "version": inc.version - 1}
+    table.incidents_table(lake).write(
+        ((midnight - W).date().isoformat(),),
+        table._frame([old], table.INCIDENT_COLUMNS),
+        "incidents.parquet",
+    )
+    for read in (
+        table.read_incidents(lake),
+        table.incidents_overlapping(lake, midnight - 2 * W, midnight + 2 * W),
+    ):
+        assert read["incident_id"].to_list() == [inc.incident_id]
+        assert read["version"].to_list() == [inc.version]

@@ -180,9 +180,24 @@ def write_incidents(
     )
 
 
+def _scan_incidents(lake: Lake, since: datetime | None, until: datetime | None) -> pl.LazyFrame:
+    """The incidents filed under the dates of ``[since, until]``, one row per incident.
+
+    An incident whose first day moved is written under its new date and then taken out of
+    the old one (:func:`write_incidents`); a run killed between the two, or a lake written
+    before that was done, holds it under both. The row of the highest version (then the
+    latest update) is the incident; the other is what it was.
+    """
+    return (
+        scan_dates(incidents_table(lake), since, until)
+        .sort(["version", "updated_at"], descending=True, nulls_last=True)
+        .unique("incident_id", keep="first", maintain_order=True)
+    )
+
+
 def read_incidents(lake: Lake, *, since: datetime | None = None) -> pl.DataFrame:
     """Incidents whose first finding is on or after ``since``'s date (all when None)."""
-    df = scan_dates(incidents_table(lake), since, None).collect()
+    df = _scan_incidents(lake, since, None).collect()
     return df.sort(["severity_rank", "last_seen"], descending=[True, True])
 
 
@@ -211,7 +226,7 @@ def incidents_overlapping(lake: Lake, start: datetime, end: datetime) -> pl.Data
     than the grouping horizon) before ``start``.
     """
     since = start - MAX_INCIDENT_SPAN - timedelta(days=1)
-    df = scan_dates(incidents_table(lake), since, end).filter(
+    df = _scan_incidents(lake, since, end).filter(
         (pl.col("last_seen") >= start) & (pl.col("first_seen") < end)
     )
     return df.sort("first_seen", "incident_id").collect()
