@@ -144,8 +144,8 @@ def _lake_state(lake_uri: str) -> dict:
     """Events (audit ID, stage) with their counts, quarantine rows, findings, incidents."""
 
     from detector.lake.events import Lake
-    from detector.lake.findings import list_findings
-    from detector.lake.incidents import read_incidents
+    from detector.lake.findings import list_findings, scan_dates
+    from detector.lake.incidents import incidents_table, read_incidents
 
     lake = Lake(lake_uri)
     far = datetime(1970, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
@@ -158,6 +158,8 @@ def _lake_state(lake_uri: str) -> dict:
     # events found something the whole window did not) is kept, resolved, for history; where
     # the reads were cut decides whether one exists, so they are counted, not compared.
     stored = read_incidents(lake)
+    # Readers keep one row per incident; the table itself should hold one too.
+    rows = scan_dates(incidents_table(lake), None, None).select(pl.len()).collect().item()
     held = pl.col("finding_ids").list.len() > 0
     incidents = stored.filter(held).select(
         "key_kind", "key", "first_seen", "last_seen", "severity", pl.col("finding_ids").list.sort()
@@ -179,6 +181,7 @@ def _lake_state(lake_uri: str) -> dict:
         "findings": findings,
         "incidents": incidents.sort("key_kind", "key", "first_seen"),
         "emptied": stored.filter(~held).height,
+        "filed_twice": rows - stored.height,
         "delivery": stored.select("incident_id", "version", "severity", "status"),
     }
 
@@ -280,7 +283,8 @@ def _report(args: argparse.Namespace, lines: list[bytes], got: dict, want: dict,
         f"stored twice, {got['quarantined']} quarantined; findings {got['findings'].height} "
         f"({'same as' if same_findings else 'NOT the same as'} the clean run's), incidents "
         f"{got['incidents'].height} ({'same' if same_incidents else 'NOT the same'}; "
-        f"{got['emptied']} emptied by withdrawals, {want['emptied']} in the clean run); "
+        f"{got['emptied']} emptied by withdrawals, {want['emptied']} in the clean run, "
+        f"{got['filed_twice']} filed twice); "
         f"{sum(keys.values())} alerts, {len(keys)} keys, {repeats} re-sent, {len(stale)} "
         "incidents whose final version was not delivered"
     )
@@ -298,6 +302,7 @@ def _report(args: argparse.Namespace, lines: list[bytes], got: dict, want: dict,
     ok = (
         not (missing or extra or twice or got["quarantined"] or stale)
         and got["dangling"].is_empty()
+        and not got["filed_twice"]
         and same_findings
         and same_incidents
         and repeats <= args.kills
