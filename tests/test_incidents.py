@@ -411,3 +411,27 @@ def test_an_incident_filed_under_two_days_reads_as_its_latest_version(lake):
     ):
         assert read["incident_id"].to_list() == [inc.incident_id]
         assert read["version"].to_list() == [inc.version]
+
+
+def test_the_list_shows_an_incident_active_since_then_that_began_before(lake):
+    """`detect incidents --since 1d` read only the days from --since on, by first finding:
+    an incident begun two days ago and still growing (a finding an hour ago) was missing
+    from the list an analyst checks each morning."""
+    import json
+    from datetime import UTC, datetime
+
+    from typer.testing import CliRunner
+
+    from detector.cli import app
+
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    steady = [finding(ROLE, now - timedelta(hours=h)) for h in range(55, 0, -5)]
+    old_news = [finding("bob", now - timedelta(days=3))]
+    df, ev = frames(steady + old_news)
+    workflow.update(lake, df, ev, now=now)
+    out = CliRunner().invoke(
+        app, ["incidents", "--lake", lake.uri, "--since", "1d", "--format", "json"]
+    )
+    assert out.exit_code == 0, out.stderr
+    (listed,) = json.loads(out.stdout)
+    assert listed["principal"] == ROLE and len(listed["finding_ids"]) == len(steady)

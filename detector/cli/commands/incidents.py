@@ -25,6 +25,9 @@ from detector.lake.findings_schema import SEVERITIES
 
 incidents_app = typer.Typer(invoke_without_command=True, no_args_is_help=False)
 
+#: The open end of "active since": incidents last seen at or after --since, up to any time.
+END_OF_TIME = datetime(9999, 12, 31, tzinfo=UTC)
+
 Status = StrEnum("Status", {s: s for s in STATUSES})  # type: ignore[misc]
 Status.__doc__ = "Incident statuses (detector.incidents.status)."
 
@@ -48,6 +51,9 @@ def list_cmd(
 ) -> None:
     """List incidents: findings of one principal (or source IP) grouped, most severe first.
 
+    Those active since --since: with a finding at or after it, however long before it the
+    incident began.
+
     `detect score` groups the findings it writes into incidents and sends them to the
     sinks in detect.toml ([[sinks]]). Exit codes: 0 done, 2 bad arguments or unknown id,
     3 storage failure.
@@ -64,10 +70,12 @@ def list_cmd(
     import polars as pl
 
     from detector.lake.events import Lake
-    from detector.lake.incidents import read_incidents
+    from detector.lake.incidents import incidents_overlapping
 
-    df = read_incidents(Lake(lake).require_existing(), since=since).filter(
-        pl.col("last_seen") >= since
+    # Active since then, wherever it began: an incident first seen before --since that
+    # is still growing is the one an analyst most needs in the list.
+    df = incidents_overlapping(Lake(lake).require_existing(), since, END_OF_TIME).sort(
+        ["severity_rank", "last_seen"], descending=[True, True]
     )
     if status:
         df = df.filter(pl.col("status") == status.value)
