@@ -66,7 +66,9 @@ def suppressions_for(path: str | None) -> list[suppress.Suppression]:
 
 
 def pending(lake: Lake, now: datetime) -> list[Incident]:
-    df = table.read_incidents(lake, since=now - PENDING_LOOKBACK - timedelta(days=7))
+    # Updated in the lookback, begun up to the longest an incident stays open before it.
+    first = now - PENDING_LOOKBACK - table.MAX_INCIDENT_SPAN - timedelta(days=1)
+    df = table.read_incidents(lake, since=first)
     df = df.filter(pl.col("updated_at") >= now - PENDING_LOOKBACK)
     return [Incident.from_row(r) for r in df.iter_rows(named=True)]
 
