@@ -179,7 +179,7 @@ def train_and_score(
     from detector.detect.score import score_range
     from detector.detect.train import train_model
     from detector.lake.findings import sort_findings
-    from detector.lake.incidents import read_incidents
+    from detector.lake.incidents import incidents_overlapping
 
     day_start = end - timedelta(days=1)
     with progress_status("training"):
@@ -210,8 +210,10 @@ def train_and_score(
         suppressions_path=None,
         deliver_alerts=False,
     )
-    incidents = read_incidents(lake, since=day_start).filter(
-        (pl.col("last_seen") >= day_start) & (pl.col("severity") != "info")
+    incidents = (
+        incidents_overlapping(lake, day_start, end)
+        .filter(pl.col("severity") != "info")
+        .sort(["severity_rank", "last_seen"], descending=[True, True])
     )
     say(
         output,
