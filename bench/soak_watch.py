@@ -237,6 +237,8 @@ def soak(args: argparse.Namespace) -> int:
             drain = [*command, "--once"] + (["--latency", "0s"] if args.source != "tail" else [])
             subprocess.run(drain, env=env, stdout=log, stderr=log, check=True, timeout=600)
         got = _lake_state(lake)
+        # The killed run's findings, for whoever reads a failed run (moto's lake goes with it).
+        list_findings_all(lake).write_parquet(work / "killed-findings.parquet")
     finally:
         if moto is not None:
             moto.terminate()
@@ -249,6 +251,16 @@ def soak(args: argparse.Namespace) -> int:
     )  # fmt: skip
     want = _lake_state(clean_lake)
     return _report(args, lines, got, want, hook)
+
+
+def list_findings_all(lake_uri: str) -> pl.DataFrame:
+    """Every finding in the lake, info included, with the columns that tell them apart."""
+    from detector.lake.events import Lake
+    from detector.lake.findings import list_findings
+
+    return list_findings(Lake(lake_uri), min_severity="info").select(
+        "finding_id", "detector", "principal", "window_start", "event_count", "audit_ids"
+    )
 
 
 def _report(args: argparse.Namespace, lines: list[bytes], got: dict, want: dict, hook: Hook) -> int:
@@ -290,6 +302,10 @@ def _report(args: argparse.Namespace, lines: list[bytes], got: dict, want: dict,
     )
     for row in got["dangling"].iter_rows(named=True):
         print("  an incident names a finding the lake no longer holds:", row)
+    if not same_findings:
+        a, b = got["findings"], want["findings"]
+        print("findings only in the killed run:", a.join(b, on=a.columns, how="anti").rows())
+        print("findings only in the clean run:", b.join(a, on=a.columns, how="anti").rows())
     if not same_incidents:  # what differs, for whoever has to find out why
         shown = [pl.col("finding_ids").list.join(" ")]
         a = got["incidents"].with_columns(shown)
