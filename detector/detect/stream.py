@@ -54,24 +54,43 @@ DEFAULT_GRACE = timedelta(minutes=2)
 #: Open windows kept in the state at most (oldest scored first when exceeded): bounds the
 #: checkpoint however far the stream falls behind.
 MAX_OPEN_WINDOWS = 10_000
+#: The latest a session's start may arrive after its close and still be counted once
+#: (see ``_reaches``); the export's default lateness (latency plus overlap) is 4 minutes.
+START_LATENESS = timedelta(minutes=15)
 #: How often site rule files are looked at for edits (see ``StreamDetector._rules``).
 RULES_CHECK_SECONDS = 30.0
 
 
 @dataclass
 class StreamState:
-    """Windows (start, epoch ms) with events whose model scoring is still due."""
+    """Windows (start, epoch ms) with events whose model scoring is still due, and the
+    latest event time the stream has brought (epoch ms; see :func:`_reaches`)."""
 
     open_windows: set[int] = field(default_factory=set)
+    latest_ms: int | None = None
+    #: the stages the log has been seen to record (a window or two may hold no session
+    #: start; the rules must not take the log for one that never records them)
+    stages: set[str] = field(default_factory=set)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"version": 1, "open_windows": sorted(self.open_windows)}
+        return {
+            "version": 1,
+            "open_windows": sorted(self.open_windows),
+            "latest_ms": self.latest_ms,
+            "stages": sorted(self.stages),
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> StreamState:
         if not data:
             return cls()
-        return cls(open_windows={int(x) for x in data.get("open_windows") or []})
+        latest = data.get("latest_ms")
+        stages = data.get("stages")
+        return cls(
+            open_windows={int(x) for x in data.get("open_windows") or []},
+            latest_ms=int(latest) if isinstance(latest, int | float) else None,
+            stages={x for x in stages if isinstance(x, str)} if isinstance(stages, list) else set(),
+        )
 
 
 @dataclass
@@ -138,11 +157,13 @@ class StreamDetector:
         result = StreamResult.empty()
         w = self.window()
         w_ms = int(w.total_seconds() * 1000)
-        touched = _window_starts(events, w_ms)
+        touched = _reaches(events, w_ms, state)
+        if not events.is_empty():
+            state.stages |= set(events["stage"].drop_nulls().unique().to_list())
         frames: list[ScoreResult] = []
         if self.use_rules and touched:
             for lo, hi in _spans(touched, w_ms):
-                frames.append(self._score(lo, hi, use_model=False))
+                frames.append(self._score(lo, hi, use_model=False, stages=state.stages))
                 result.rescored += frames[-1].rescored
                 result.rule_windows += (hi - lo) // w_ms
         model = self.model()
@@ -197,7 +218,9 @@ class StreamDetector:
         )
         return res
 
-    def _score(self, lo: int, hi: int, *, use_model: bool) -> ScoreResult:
+    def _score(
+        self, lo: int, hi: int, *, use_model: bool, stages: set[str] | None = None
+    ) -> ScoreResult:
         opts = ScoreOptions(
             use_model=use_model,
             use_rules=not use_model,
@@ -206,6 +229,7 @@ class StreamDetector:
             window=self.window(),
             cluster=self.cluster,
             history_cache=self.history,
+            recorded_stages=frozenset(stages or ()),
         )
         opts = replace(opts, ruleset=self._rules(opts))
         return score_range(self.lake, _dt(lo), _dt(hi), model=None, options=opts)
@@ -273,6 +297,41 @@ def _window_starts(events: pl.DataFrame, w_ms: int) -> list[int]:
     ms = events.select(pl.col("event_time").dt.epoch("ms").alias("t"))["t"]
     starts = ((ms // w_ms) * w_ms).unique().sort()
     return [int(x) for x in starts.to_list() if x is not None]
+
+
+def _reaches(events: pl.DataFrame, w_ms: int, state: StreamState) -> list[int]:
+    """The windows a batch changes: those of its events, and for a session start read after
+    its end, every window from the start's to the latest the stream has seen.
+
+    A long-running request (exec, port-forward, watch) is logged when it opens and when it
+    closes, and is counted once, where it opened. Read from several CloudWatch streams, its
+    close can arrive first: that batch counts it in the close's window, having no start to
+    prefer. The batch that brings the start must score that window again too, or the count
+    stays there as well. Where the close is, only the lake knows; it arrived before, so it
+    is no later than the latest event time the stream had brought before this batch (kept
+    in ``state``), nor more than :data:`START_LATENESS` after the start (a source that
+    delivers a start later than that loses it anyway), which bounds the extra windows of a
+    catch-up far behind the stream's head.
+    """
+    touched = _window_starts(events, w_ms)
+    if events.is_empty():
+        return touched
+    times = events.select(
+        pl.col("event_time").max().dt.epoch("ms").alias("latest"),
+        pl.col("event_time")
+        .filter(pl.col("stage") == "ResponseStarted")
+        .min()
+        .dt.epoch("ms")
+        .alias("first_start"),
+    ).row(0, named=True)
+    before, first = state.latest_ms, times["first_start"]
+    if before is not None and first is not None and first < before:
+        last = min(before, first + int(START_LATENESS.total_seconds() * 1000))
+        reach = range(first // w_ms * w_ms, last // w_ms * w_ms + 1, w_ms)
+        touched = sorted(set(touched) | set(reach))
+    if times["latest"] is not None:
+        state.latest_ms = max(times["latest"], before or times["latest"])
+    return touched
 
 
 def _spans(starts: set[int] | list[int], w_ms: int) -> list[tuple[int, int]]:

@@ -109,12 +109,15 @@ class _Frame:
     stages: frozenset[str]
 
 
-def _frame_facts(lf: pl.LazyFrame) -> _Frame:
+def _frame_facts(lf: pl.LazyFrame, recorded: frozenset[str] = frozenset()) -> _Frame:
+    """Where ``lf`` starts, and the stages its log records: those in it, and ``recorded``
+    (the stages a caller saw in the same log outside this frame)."""
     row = lf.select(
         pl.col("event_time").min().alias("start"),
         pl.col("stage").drop_nulls().unique().implode().alias("stages"),
     ).collect()
-    return _Frame(row["start"][0], frozenset(row["stages"].explode().drop_nulls().to_list()))
+    stages = frozenset(row["stages"].explode().drop_nulls().to_list()) | recorded
+    return _Frame(row["start"][0], stages)
 
 
 def _carried_over(matched: pl.LazyFrame, stages: tuple[str, ...], facts: _Frame) -> pl.Expr:
@@ -408,6 +411,7 @@ def evaluate_rules(
     history: pl.LazyFrame | pl.DataFrame | History | None = None,
     now: datetime | None = None,
     explain: bool = False,
+    recorded_stages: frozenset[str] = frozenset(),
 ) -> RuleResult:
     """Run every enabled rule over ``events``; findings in the findings schema.
 
@@ -415,7 +419,9 @@ def evaluate_rules(
     previous 7 days): threshold rules with a ``baseline`` compare each key with its own
     usual there (read already when a :class:`History`). Without it they use their
     absolute threshold. ``explain`` adds per-rule
-    counts (:class:`RuleStats`) for ``detect rules test``.
+    counts (:class:`RuleStats`) for ``detect rules test``. ``recorded_stages``: stages the
+    same log was seen to record outside ``events`` (``detect watch`` scores a window or
+    two, which may hold no session start although the log records them).
     """
     created = now or datetime.now(UTC)
     rules = ruleset.enabled_rules
@@ -447,7 +453,8 @@ def evaluate_rules(
     hist_candidates = history.candidates if history is not None else None
     n_windows = history.n_windows if history is not None else 1
 
-    facts = _frame_facts(lf) if any(len(r.stages) > 1 for r in rules) else None
+    multi = any(len(r.stages) > 1 for r in rules)
+    facts = _frame_facts(lf, recorded_stages) if multi else None
     # Each stage is one lazy query per rule, run together:
     # polars plans them once and spreads them over the cores. First the rows matching each
     # rule's condition; then, only for the rules that matched something (on most days
