@@ -46,6 +46,7 @@ from detector.pipeline.ingest import read_events
 from detector.pipeline.watch import (
     CloudWatchSource,
     ReplaySource,
+    TailSource,
     Watcher,
     WatchOptions,
 )
@@ -974,3 +975,48 @@ def test_a_session_closed_in_a_quiet_window_is_not_counted_again_there(tmp_path)
     batch = batch.findings.filter(pl.col("detector") == "rule:pod-port-forward")
     assert batch["window_start"].to_list() == [datetime(2026, 11, 27, 21, 30, tzinfo=UTC)]
     assert stream.select(COMPARED).sort("finding_id").equals(batch.select(COMPARED))
+
+
+def test_a_leader_deposed_while_it_detected_writes_nothing(tmp_path):
+    """A leader that stalls past its lease (CPU throttled, a slow store) is replaced; when
+    it woke it wrote the findings of its batch after its successor's, older over newer,
+    and only its checkpoint failed. Its writes now renew its lease first, under the lake's
+    writer lock: deposed, it writes nothing."""
+    from alerts_data import T0, W, finding, frames
+
+    from detector.lake import findings as findings_store
+    from detector.lake.state import CheckpointConflict, Owner
+
+    lake = Lake(str(tmp_path / "lake"))
+    log_path = tmp_path / "audit.log"
+    log_path.write_text(json.dumps(make_event(1)) + "\n")
+    clock = [datetime.now(UTC).timestamp()]
+    metrics = WatchMetrics()
+
+    def source(consume, owner: Owner) -> TailSource:
+        return TailSource(
+            lake, str(log_path), consume, metrics, cluster="c", lease_seconds=60,
+            owner=owner, clock=lambda: clock[0],
+        )  # fmt: skip
+
+    successor = source(lambda events, now, payload: {"by": "successor"}, Owner())
+
+    def take_over() -> None:
+        successor.start()
+        successor.step()
+
+    def stalled(events, now, payload):
+        clock[0] += 120  # past the lease: the standby takes over and goes on
+        other = threading.Thread(target=take_over)  # its own context, as its own process
+        other.start()
+        other.join()
+        df, ev = frames([finding("stale", T0, cluster="c")])
+        findings_store.write_range(lake, "rules", T0, T0 + W, df, ev, cluster="c")
+        return {"by": "deposed"}
+
+    deposed = source(stalled, Owner())
+    deposed.start()
+    with pytest.raises(CheckpointConflict):
+        deposed.step()
+    assert list_findings(lake, min_severity="info").is_empty()
+    assert successor.lease.peek()["payload"] == {"by": "successor"}

@@ -14,6 +14,14 @@ holding ``LAKE/_state/locks/writer.json``, a :class:`~detector.lake.state.Lease`
   interleave their flushes instead of one waiting for the other to finish.
 
 Within one process, threads share one owner identity and a threading lock.
+
+**Fencing.** ``detect watch`` writes findings, incidents and delivery records for a source
+it leads by lease. A leader that stalls past its lease (CPU throttled, a slow store) is
+replaced, and when it wakes its writes would land after the new leader's, older data over
+newer. :func:`fenced` names a check (renew the source's lease, failing if it was taken)
+that every outermost :func:`writer_lock` of the body runs once it holds the lock: a
+deposed leader fails there and writes nothing, and one that passes keeps its lease while
+it writes, so a successor's writes, which need this lock too, come after its own.
 """
 
 from __future__ import annotations
@@ -21,8 +29,9 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -38,6 +47,19 @@ LEASE_SECONDS = 120.0
 WAIT_SECONDS = 2 * LEASE_SECONDS + 30
 
 _OWNER = Owner()
+#: The check the current context's writes must pass (see the module doc), or None.
+_FENCE: ContextVar[Callable[[], object] | None] = ContextVar("writer_fence", default=None)
+
+
+@contextmanager
+def fenced(check: Callable[[], object]) -> Iterator[None]:
+    """Run ``check`` under the writer lock before each write of the body (it raises to stop
+    one): a ``detect watch`` source's lease renewal, so a deposed leader writes nothing."""
+    token = _FENCE.set(check)
+    try:
+        yield
+    finally:
+        _FENCE.reset(token)
 
 
 @dataclass
@@ -86,6 +108,9 @@ def writer_lock(
         _acquire(lease, lake, wait)
         slot.depth, slot.lease = 1, lease
         try:
+            check = _FENCE.get()
+            if check is not None:
+                check()
             yield lease
         finally:
             slot.depth, slot.lease = 0, None

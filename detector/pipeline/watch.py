@@ -47,6 +47,7 @@ import polars as pl
 from detector.errors import DetectError, RuntimeFailure, UsageError
 from detector.events.schema import CANONICAL_COLUMNS, QUARANTINE_COLUMNS
 from detector.lake.events import Lake
+from detector.lake.lock import fenced
 from detector.lake.state import CheckpointBusy, Lease, Owner, StateError, StateObject
 from detector.pipeline.export import DurableBatch, Exporter, ExportError, ExportOptions, from_ms
 from detector.pipeline.ingest import ClusterUnknown, EventBuffer, write_to_lake
@@ -188,7 +189,11 @@ class CloudWatchSource:
         self.metrics.count_events(batch.stats.written)
         self.metrics.count_quarantine(batch.quarantine)
         self.metrics.lag.labels(source=self.name).set(max(0.0, self.clock() - now.timestamp()))
-        return self.consume(batch.events, now, batch.payload)
+        lease = ex.lease if ex is not None else None
+        if lease is None:
+            return self.consume(batch.events, now, batch.payload)
+        with fenced(lease.renew_if_due):  # a deposed leader writes nothing (lake.lock)
+            return self.consume(batch.events, now, batch.payload)
 
     def finish(self, *, catch_up: bool = True) -> None:
         if self.exporter is not None:
@@ -241,7 +246,8 @@ class _LeasedSource:
         stats = write_to_lake(self.lake, events, quarantine, buffer_summary)
         self.metrics.count_events(stats.written)
         self.metrics.count_quarantine(quarantine)
-        payload = self.consume(events, now, self.payload)
+        with fenced(self.lease.renew_if_due):  # a deposed leader writes nothing (lake.lock)
+            payload = self.consume(events, now, self.payload)
         self.lease.update(payload=payload, **pos)
         self.payload = payload
 
