@@ -913,68 +913,65 @@ def test_a_health_port_already_in_use_is_one_line_naming_the_port(tmp_path, dete
     ]
 
 
+#: A port-forward session opened just before 21:40 and closed just after: logged twice.
+SESSION_START = datetime(2026, 11, 27, 21, 39, 59, tzinfo=UTC)
+SESSION_END = SESSION_START + timedelta(seconds=6)
+
+
+def session_lines() -> tuple[dict, dict]:
+    """The session's two log lines: (opened, closed), one audit ID."""
+    from lakefill import GRACE, event
+
+    forward = {"verb": "create", "subresource": "portforward", "audit_id": "pf-1"}
+    at = {"received_time": SESSION_START, **forward}
+    return (
+        event(GRACE, SESSION_START, stage="ResponseStarted", **at),
+        event(GRACE, SESSION_END, stage="ResponseComplete", **at),
+    )
+
+
+def assert_counted_once_where_it_opened(lake: Lake) -> None:
+    """The stream's port-forward findings are a batch score's: one, in the start's window."""
+    rule = pl.col("detector") == "rule:pod-port-forward"
+    stream = list_findings(lake, min_severity="info").filter(rule)
+    lo, hi = SESSION_START - timedelta(minutes=10), SESSION_END + timedelta(minutes=10)
+    batch = score_range(
+        lake, lo, hi, model=None, options=ScoreOptions(use_model=False, write=False)
+    ).findings.filter(rule)
+    assert batch["window_start"].to_list() == [datetime(2026, 11, 27, 21, 30, tzinfo=UTC)]
+    assert stream.select(COMPARED).sort("finding_id").equals(batch.select(COMPARED))
+
+
 def test_a_session_start_read_after_its_end_leaves_no_finding_in_the_ends_window(tmp_path):
-    """A port-forward opened at 21:39:59 and closed at 21:40:05 is logged twice; read from
-    two CloudWatch streams, its end can arrive first. The batch with the end counts the
-    session in the end's window (no start is there to prefer); the batch with the start
-    counts it in the start's window, and must take it out of the end's: a batch score over
-    the range counts it once, where it began (found by the watch soak on CloudWatch)."""
+    """Read from two CloudWatch streams, a session's close can arrive before its start.
+    The batch with the close counts the session in the close's window (no start is there
+    to prefer); the batch with the start counts it in the start's window, and must take it
+    out of the close's: a batch score over the range counts it once, where it began (found
+    by the watch soak on CloudWatch)."""
     from lakefill import GRACE, event, write_events
 
     lake = Lake(str(tmp_path / "lake"))
-    start = datetime(2026, 11, 27, 21, 39, 59, tzinfo=UTC)
-    end = start + timedelta(seconds=6)
-    forward = {"verb": "create", "subresource": "portforward", "audit_id": "pf-1"}
-    opened = event(GRACE, start, stage="ResponseStarted", received_time=start, **forward)
-    closed = event(GRACE, end, stage="ResponseComplete", received_time=start, **forward)
-    before = event(GRACE, start - timedelta(minutes=5))  # the batch touches both windows
-    detector = StreamDetector(lake, cluster="prod")
-    state = StreamState()
-    first = write_events(lake, [before, closed])
-    detector.process(first, end, state)
-    later = write_events(lake, [opened])
-    detector.process(later, end + timedelta(seconds=1), state)
-
-    stream = list_findings(lake, min_severity="info").filter(
-        pl.col("detector") == "rule:pod-port-forward"
-    )
-    lo, hi = start - timedelta(minutes=10), end + timedelta(minutes=10)
-    batch = score_range(
-        lake, lo, hi, model=None, options=ScoreOptions(use_model=False, write=False)
-    )
-    batch = batch.findings.filter(pl.col("detector") == "rule:pod-port-forward")
-    assert batch["window_start"].to_list() == [datetime(2026, 11, 27, 21, 30, tzinfo=UTC)]
-    assert stream.select(COMPARED).sort("finding_id").equals(batch.select(COMPARED))
+    opened, closed = session_lines()
+    before = event(GRACE, SESSION_START - timedelta(minutes=5))  # the batch spans 2 windows
+    detector, state = StreamDetector(lake, cluster="prod"), StreamState()
+    detector.process(write_events(lake, [before, closed]), SESSION_END, state)
+    detector.process(write_events(lake, [opened]), SESSION_END + timedelta(seconds=1), state)
+    assert_counted_once_where_it_opened(lake)
 
 
 def test_a_session_closed_in_a_quiet_window_is_not_counted_again_there(tmp_path):
-    """A port-forward opened at 21:39:59 is counted where it opened. Its close, at 21:40:05,
-    comes in a later batch whose window holds no other session start: that batch took the
-    log for one that never records starts (an audit policy can omit the stage), and
-    counted the session again, in the close's window."""
-    from lakefill import GRACE, event, write_events
+    """A session is counted where it opened. Its close comes in a later batch whose window
+    holds no other session start: that batch took the log for one that never records
+    starts (an audit policy can omit the stage), and counted the session again, in the
+    close's window."""
+    from lakefill import write_events
 
     lake = Lake(str(tmp_path / "lake"))
-    start = datetime(2026, 11, 27, 21, 39, 59, tzinfo=UTC)
-    end = start + timedelta(seconds=6)
-    forward = {"verb": "create", "subresource": "portforward", "audit_id": "pf-1"}
-    opened = event(GRACE, start, stage="ResponseStarted", received_time=start, **forward)
-    closed = event(GRACE, end, stage="ResponseComplete", received_time=start, **forward)
-    detector = StreamDetector(lake, cluster="prod")
-    state = StreamState()
-    detector.process(write_events(lake, [opened]), start, state)
-    detector.process(write_events(lake, [closed]), end, state)
-
-    stream = list_findings(lake, min_severity="info").filter(
-        pl.col("detector") == "rule:pod-port-forward"
-    )
-    lo, hi = start - timedelta(minutes=10), end + timedelta(minutes=10)
-    batch = score_range(
-        lake, lo, hi, model=None, options=ScoreOptions(use_model=False, write=False)
-    )
-    batch = batch.findings.filter(pl.col("detector") == "rule:pod-port-forward")
-    assert batch["window_start"].to_list() == [datetime(2026, 11, 27, 21, 30, tzinfo=UTC)]
-    assert stream.select(COMPARED).sort("finding_id").equals(batch.select(COMPARED))
+    opened, closed = session_lines()
+    detector, state = StreamDetector(lake, cluster="prod"), StreamState()
+    detector.process(write_events(lake, [opened]), SESSION_START, state)
+    detector.process(write_events(lake, [closed]), SESSION_END, state)
+    assert_counted_once_where_it_opened(lake)
 
 
 def test_a_leader_deposed_while_it_detected_writes_nothing(tmp_path):
