@@ -15,8 +15,8 @@ holding ``LAKE/_state/locks/writer.json``, a :class:`~detector.lake.state.Lease`
 
 Within one process, threads share one owner identity and a threading lock.
 
-**Fencing.** ``detect watch`` writes findings, incidents and delivery records for a source
-it leads by lease. A leader that stalls past its lease (CPU throttled, a slow store) is
+**Fencing.** ``detect watch`` writes findings and incidents for a source it leads by
+lease. A leader that stalls past its lease (CPU throttled, a slow store) is
 replaced, and when it wakes its writes would land after the new leader's, older data over
 newer. :func:`fenced` names a check (renew the source's lease, failing if it was taken)
 that every outermost :func:`writer_lock` of the body runs once it holds the lock: a
