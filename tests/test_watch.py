@@ -1017,3 +1017,24 @@ def test_a_leader_deposed_while_it_detected_writes_nothing(tmp_path):
         deposed.step()
     assert list_findings(lake, min_severity="info").is_empty()
     assert successor.lease.peek()["payload"] == {"by": "successor"}
+
+
+def test_the_stream_state_keeps_audit_stages_only_and_survives_a_garbled_payload(tmp_path):
+    """The stages the stream remembers go into its checkpoint: a log line's `stage` can be
+    any text (a token pasted there, a million distinct values), so only the four audit
+    stages are kept; a payload of another shape reads as a fresh state, not a crash."""
+    from lakefill import GRACE, event, write_events
+
+    lake = Lake(str(tmp_path / "lake"))
+    t = SESSION_START
+    odd = [event(GRACE, t, stage=f"Bearer eyJhbGciOiJIUzI1NiJ9.{i}") for i in range(3)]
+    state = StreamState()
+    StreamDetector(lake, cluster="prod").process(
+        write_events(lake, [*odd, event(GRACE, t, stage="ResponseStarted")]), t, state
+    )
+    saved = json.dumps(state.to_dict())
+    assert state.stages == {"ResponseStarted"} and "Bearer" not in saved
+    again = StreamState.from_dict(json.loads(saved))
+    assert (again.stages, again.latest_ms) == (state.stages, state.latest_ms)
+    garbled = {"latest_ms": "soon", "stages": [{"a": 1}, "Panic", None, "x" * 10_000]}
+    assert StreamState.from_dict(garbled) == StreamState(stages={"Panic"})

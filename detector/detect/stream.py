@@ -46,6 +46,7 @@ from detector.lake.events import Lake
 from detector.lake.findings import Rescored
 from detector.lake.findings_schema import FINDINGS_EVENTS_COLUMNS, empty_findings
 from detector.model.storage import Model
+from detector.rules.loader import STAGES
 from detector.userfiles import read_user_bytes
 
 log = logging.getLogger(__name__)
@@ -85,11 +86,12 @@ class StreamState:
         if not data:
             return cls()
         latest = data.get("latest_ms")
-        stages = data.get("stages")
+        whole = isinstance(latest, int) and not isinstance(latest, bool)
+        stages = data.get("stages") if isinstance(data.get("stages"), list) else []
         return cls(
             open_windows={int(x) for x in data.get("open_windows") or []},
-            latest_ms=int(latest) if isinstance(latest, int | float) else None,
-            stages={x for x in stages if isinstance(x, str)} if isinstance(stages, list) else set(),
+            latest_ms=latest if whole else None,
+            stages={x for x in stages if x in STAGES},
         )
 
 
@@ -158,8 +160,9 @@ class StreamDetector:
         w = self.window()
         w_ms = int(w.total_seconds() * 1000)
         touched = _reaches(events, w_ms, state)
-        if not events.is_empty():
-            state.stages |= set(events["stage"].drop_nulls().unique().to_list())
+        if not events.is_empty():  # the audit stages only: the column holds what a log said
+            seen = events["stage"].drop_nulls().unique().to_list()
+            state.stages |= set(seen) & set(STAGES)
         frames: list[ScoreResult] = []
         if self.use_rules and touched:
             for lo, hi in _spans(touched, w_ms):
