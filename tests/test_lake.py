@@ -505,6 +505,19 @@ def hold_lock(bucket: str, prefix: str, until_ms: int) -> str:
     return key
 
 
+def locked_lake(tmp_path: Path, bucket: str, prefix: str, monkeypatch) -> str:
+    """A lake at ``s3://bucket/prefix`` holding a few events, its writer lock held by a
+    live writer elsewhere, and writers that give up at once instead of waiting."""
+    from detector.lake import lock
+
+    lake = f"s3://{bucket}/{prefix}"
+    events = ingest_mod.read_events([str(audit_file(tmp_path / "a.log", range(2)))])[0]
+    Lake(lake).write_events(events)  # the lake exists
+    hold_lock(bucket, prefix, HELD)
+    monkeypatch.setattr(lock, "WAIT_SECONDS", 0.0)
+    return lake
+
+
 def test_a_live_writer_elsewhere_holds_the_s3_lock_and_an_expired_one_does_not(
     tmp_path, s3_bucket, monkeypatch
 ):
@@ -538,11 +551,7 @@ def test_incidents_are_updated_under_the_writer_lock(tmp_path, s3_bucket, monkey
     from detector.lake import lock
     from detector.lake.incidents import read_incidents, write_incidents
 
-    lake = f"s3://{s3_bucket}/lake-incidents"
-    events = ingest_mod.read_events([str(audit_file(tmp_path / "a.log", range(2)))])[0]
-    Lake(lake).write_events(events)  # the lake exists
-    hold_lock(s3_bucket, "lake-incidents", HELD)
-    monkeypatch.setattr(lock, "WAIT_SECONDS", 0.0)
+    lake = locked_lake(tmp_path, s3_bucket, "lake-incidents", monkeypatch)
     at = datetime(2026, 11, 27, 10, tzinfo=UTC)
     row = {"incident_id": "i-1", "cluster": "a", "first_seen": at, "last_seen": at, "version": 1}
     with pytest.raises(lock.LakeBusy):
@@ -563,11 +572,7 @@ def test_findings_are_written_under_the_writer_lock(tmp_path, s3_bucket, monkeyp
     from detector.lake import findings as store
     from detector.lake import lock
 
-    lake = f"s3://{s3_bucket}/lake-findings"
-    events = ingest_mod.read_events([str(audit_file(tmp_path / "a.log", range(2)))])[0]
-    Lake(lake).write_events(events)  # the lake exists
-    hold_lock(s3_bucket, "lake-findings", HELD)
-    monkeypatch.setattr(lock, "WAIT_SECONDS", 0.0)
+    lake = locked_lake(tmp_path, s3_bucket, "lake-findings", monkeypatch)
     at = datetime(2026, 11, 27, 10, tzinfo=UTC)
     found = frames([finding("alice", at, detector="rule:pod-exec")])
     with pytest.raises(lock.LakeBusy):
