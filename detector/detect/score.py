@@ -103,9 +103,6 @@ class ScoreOptions:
     by_partition: bool | None = None
     #: the rules' history hours kept between runs (``detect watch``, batch after batch)
     history_cache: HistoryCache | None = None
-    #: stages the log was seen to record before this run (``detect watch``: see
-    #: :func:`detector.rules.engine.evaluate_rules`)
-    recorded_stages: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -274,7 +271,6 @@ def _local_findings(
                 cluster=opts.cluster,
                 now=run.now,
                 history=history.result(),
-                recorded_stages=opts.recorded_stages,
             )
 
         pending = pool.submit(rules_branch) if ruleset is not None else None
@@ -494,7 +490,6 @@ def rule_findings(
     cluster: str | None,
     now: datetime,
     history: Any = None,
-    recorded_stages: frozenset[str] = frozenset(),
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The rules over the run's frame: findings in the range and their (finding, event) links.
 
@@ -502,9 +497,7 @@ def rule_findings(
     """
     if history is None:
         history = rules_history(lake, ruleset, start, window, cluster)
-    result = rules.evaluate_rules(
-        frame, ruleset, window=window, history=history, now=now, recorded_stages=recorded_stages
-    )
+    result = rules.evaluate_rules(frame, ruleset, window=window, history=history, now=now)
     found = result.findings.select(list(FINDINGS_COLUMNS)).filter(
         (pl.col("window_start") >= start) & (pl.col("window_start") < end)
     )

@@ -46,7 +46,6 @@ from detector.lake.events import Lake
 from detector.lake.findings import Rescored
 from detector.lake.findings_schema import FINDINGS_EVENTS_COLUMNS, empty_findings
 from detector.model.storage import Model
-from detector.rules.loader import STAGES
 from detector.userfiles import read_user_bytes
 
 log = logging.getLogger(__name__)
@@ -69,30 +68,30 @@ class StreamState:
 
     open_windows: set[int] = field(default_factory=set)
     latest_ms: int | None = None
-    #: the stages the log has been seen to record (a window or two may hold no session
-    #: start; the rules must not take the log for one that never records them)
-    stages: set[str] = field(default_factory=set)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": 1,
             "open_windows": sorted(self.open_windows),
             "latest_ms": self.latest_ms,
-            "stages": sorted(self.stages),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> StreamState:
-        if not data:
+        """The state in a checkpoint payload; what is not of the expected shape reads as
+        unset (a payload edited by hand, or written by a build that kept more)."""
+        if not isinstance(data, dict):
             return cls()
         latest = data.get("latest_ms")
-        whole = isinstance(latest, int) and not isinstance(latest, bool)
-        stages = data.get("stages") if isinstance(data.get("stages"), list) else []
+        windows = data.get("open_windows")
         return cls(
-            open_windows={int(x) for x in data.get("open_windows") or []},
-            latest_ms=latest if whole else None,
-            stages={x for x in stages if x in STAGES},
+            open_windows={x for x in windows if _whole(x)} if isinstance(windows, list) else set(),
+            latest_ms=latest if _whole(latest) else None,
         )
+
+
+def _whole(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 @dataclass
@@ -160,13 +159,10 @@ class StreamDetector:
         w = self.window()
         w_ms = int(w.total_seconds() * 1000)
         touched = _reaches(events, w_ms, state)
-        if not events.is_empty():  # the audit stages only: the column holds what a log said
-            seen = events["stage"].drop_nulls().unique().to_list()
-            state.stages |= set(seen) & set(STAGES)
         frames: list[ScoreResult] = []
         if self.use_rules and touched:
             for lo, hi in _spans(touched, w_ms):
-                frames.append(self._score(lo, hi, use_model=False, stages=state.stages))
+                frames.append(self._score(lo, hi, use_model=False))
                 result.rescored += frames[-1].rescored
                 result.rule_windows += (hi - lo) // w_ms
         model = self.model()
@@ -221,9 +217,7 @@ class StreamDetector:
         )
         return res
 
-    def _score(
-        self, lo: int, hi: int, *, use_model: bool, stages: set[str] | None = None
-    ) -> ScoreResult:
+    def _score(self, lo: int, hi: int, *, use_model: bool) -> ScoreResult:
         opts = ScoreOptions(
             use_model=use_model,
             use_rules=not use_model,
@@ -232,7 +226,6 @@ class StreamDetector:
             window=self.window(),
             cluster=self.cluster,
             history_cache=self.history,
-            recorded_stages=frozenset(stages or ()),
         )
         opts = replace(opts, ruleset=self._rules(opts))
         return score_range(self.lake, _dt(lo), _dt(hi), model=None, options=opts)

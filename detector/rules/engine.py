@@ -33,7 +33,7 @@ from detector.lake.findings_schema import (
     with_finding_ids,
 )
 from detector.rules.condition import DERIVED_FIELDS, resolve_field
-from detector.rules.loader import ENGINE_COLUMNS, Rule, RuleSet
+from detector.rules.loader import ENGINE_COLUMNS, STAGES, Rule, RuleSet
 from detector.rules.narrate import KEYS as _KEYS
 from detector.rules.narrate import reasons, threshold_sentence, who
 
@@ -101,6 +101,17 @@ def _every(window: timedelta) -> str:
     return f"{seconds}s"
 
 
+#: Which of the four audit stages a frame holds, as one row of flags named after them.
+#: (A flag per stage, not the column's distinct values: they are 5x cheaper over a week
+#: read an hour at a time, and the column holds whatever text a log wrote there.)
+_STAGES = tuple((pl.col("stage") == s).any().alias(s) for s in STAGES)
+
+
+def _stages_of(row: pl.DataFrame) -> frozenset[str]:
+    """The stages flagged in a row of :data:`_STAGES`."""
+    return frozenset(s for s in STAGES if row[s][0])
+
+
 @dataclass(frozen=True)
 class _Frame:
     """What a frame says about itself: where it starts and which stages its log records."""
@@ -111,13 +122,9 @@ class _Frame:
 
 def _frame_facts(lf: pl.LazyFrame, recorded: frozenset[str] = frozenset()) -> _Frame:
     """Where ``lf`` starts, and the stages its log records: those in it, and ``recorded``
-    (the stages a caller saw in the same log outside this frame)."""
-    row = lf.select(
-        pl.col("event_time").min().alias("start"),
-        pl.col("stage").drop_nulls().unique().implode().alias("stages"),
-    ).collect()
-    stages = frozenset(row["stages"].explode().drop_nulls().to_list()) | recorded
-    return _Frame(row["start"][0], stages)
+    (those its history holds, the week before it)."""
+    row = lf.select(pl.col("event_time").min().alias("start"), *_STAGES).collect()
+    return _Frame(row["start"][0], _stages_of(row) | recorded)
 
 
 def _carried_over(matched: pl.LazyFrame, stages: tuple[str, ...], facts: _Frame) -> pl.Expr:
@@ -330,6 +337,9 @@ class History:
 
     candidates: pl.DataFrame | None
     n_windows: int = 1
+    #: the audit stages the range holds: a log that records session starts there records
+    #: them in the scored range too, even when that range holds none (see :func:`_carried_over`)
+    stages: frozenset[str] = frozenset()
 
 
 def _baseline_rules(ruleset: RuleSet) -> list[Rule]:
@@ -363,9 +373,10 @@ class HistorySlice:
     batch after batch over a sliding week) reads again only the pieces that changed.
     """
 
-    candidates: pl.DataFrame
+    candidates: pl.DataFrame | None
     first: datetime | None
     last: datetime | None
+    stages: frozenset[str] = frozenset()
 
 
 def read_history_slices(
@@ -373,15 +384,19 @@ def read_history_slices(
 ) -> list[HistorySlice]:
     """Each piece of a baseline range read for ``ruleset``'s baseline rules.
 
-    Time spans and candidates are two passes: in one, polars would share each piece's
-    scan between them and hold all of its rows (a week: 380 MB instead of 120 MB).
+    Time spans (and stages) and candidates are two passes: in one, polars would share each
+    piece's scan between them and hold all of its rows (a week: 380 MB instead of 120 MB).
+    Without baseline rules, only the first.
     """
     baseline_rules = _baseline_rules(ruleset)
     frames = [prepare_events(piece) for piece in pieces]
-    spans = pl.collect_all([lf.select(_TIME_SPAN) for lf in frames])
-    candidates = pl.collect_all([_candidates_plan(lf, baseline_rules) for lf in frames])
+    spans = pl.collect_all([lf.select(*_TIME_SPAN, *_STAGES) for lf in frames])
+    if baseline_rules:
+        candidates = pl.collect_all([_candidates_plan(lf, baseline_rules) for lf in frames])
+    else:
+        candidates = [None] * len(frames)
     return [
-        HistorySlice(rows, span["lo"][0], span["hi"][0])
+        HistorySlice(rows, span["lo"][0], span["hi"][0], _stages_of(span))
         for rows, span in zip(candidates, spans, strict=True)
     ]
 
@@ -391,15 +406,18 @@ def join_history(slices: Sequence[HistorySlice], window: timedelta) -> History:
     firsts = [s.first for s in slices if s.first is not None]
     lasts = [s.last for s in slices if s.last is not None]
     n_windows = _span_windows(min(firsts, default=None), max(lasts, default=None), window)
-    return History(pl.concat([s.candidates for s in slices], how="vertical"), n_windows)
+    rows = [s.candidates for s in slices if s.candidates is not None]
+    return History(
+        pl.concat(rows, how="vertical") if rows else None,
+        n_windows,
+        frozenset().union(*(s.stages for s in slices)),
+    )
 
 
 def read_history(
     history: pl.LazyFrame | pl.DataFrame, ruleset: RuleSet, *, window: timedelta
 ) -> History:
     """``history`` (a baseline range's events) read for ``ruleset`` (see :class:`History`)."""
-    if not _baseline_rules(ruleset):
-        return History(None)
     return join_history(read_history_slices([history], ruleset), window)
 
 
@@ -411,7 +429,6 @@ def evaluate_rules(
     history: pl.LazyFrame | pl.DataFrame | History | None = None,
     now: datetime | None = None,
     explain: bool = False,
-    recorded_stages: frozenset[str] = frozenset(),
 ) -> RuleResult:
     """Run every enabled rule over ``events``; findings in the findings schema.
 
@@ -419,9 +436,10 @@ def evaluate_rules(
     previous 7 days): threshold rules with a ``baseline`` compare each key with its own
     usual there (read already when a :class:`History`). Without it they use their
     absolute threshold. ``explain`` adds per-rule
-    counts (:class:`RuleStats`) for ``detect rules test``. ``recorded_stages``: stages the
-    same log was seen to record outside ``events`` (``detect watch`` scores a window or
-    two, which may hold no session start although the log records them).
+    counts (:class:`RuleStats`) for ``detect rules test``. The stages the history holds
+    count as recorded by the log: a range of a window or two (``detect watch``, a cron
+    run every ten minutes) may hold no session start although the log records them, and a
+    session's close must not be counted again there.
     """
     created = now or datetime.now(UTC)
     rules = ruleset.enabled_rules
@@ -454,7 +472,8 @@ def evaluate_rules(
     n_windows = history.n_windows if history is not None else 1
 
     multi = any(len(r.stages) > 1 for r in rules)
-    facts = _frame_facts(lf, recorded_stages) if multi else None
+    recorded = history.stages if history is not None else frozenset()
+    facts = _frame_facts(lf, recorded) if multi else None
     # Each stage is one lazy query per rule, run together:
     # polars plans them once and spreads them over the cores. First the rows matching each
     # rule's condition; then, only for the rules that matched something (on most days

@@ -282,8 +282,13 @@ class RuleSet:
 
     @property
     def needs_history(self) -> bool:
-        """True when an enabled rule compares with a baseline (pass ``history=``)."""
-        return any(r.threshold and r.threshold.uses_baseline for r in self.enabled_rules)
+        """True when an enabled rule compares with a baseline, or counts a request at the
+        first of several stages (the history tells which stages the log records): pass
+        ``history=``."""
+        return any(
+            (r.threshold and r.threshold.uses_baseline) or len(r.stages) > 1
+            for r in self.enabled_rules
+        )
 
     @property
     def fingerprint(self) -> str:
