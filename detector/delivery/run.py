@@ -157,27 +157,3 @@ def process(
         report = send(lake, list(candidates.values()), sink_configs, now=now)
         summary.delivery = report.summary()
     return summary
-
-
-def after_score(
-    lake: Lake,
-    findings: pl.DataFrame,
-    events: pl.DataFrame | None,
-    *,
-    sink_configs: list[SinkConfig],
-    suppressions_path: str | None,
-    deliver_alerts: bool = True,
-    now: datetime | None = None,
-    rescored: Sequence[Rescored] = (),
-) -> AlertSummary:
-    """What ``detect score`` calls once its findings are written (one line in the command)."""
-    return process(
-        lake,
-        findings,
-        events,
-        sink_configs=sink_configs,
-        suppressions=suppressions_for(suppressions_path),
-        deliver_alerts=deliver_alerts,
-        now=now,
-        rescored=rescored,
-    )

@@ -175,7 +175,7 @@ def train_and_score(
     """
     import polars as pl
 
-    from detector.delivery.run import after_score
+    from detector.delivery.run import process, suppressions_for
     from detector.detect.score import score_range
     from detector.detect.train import train_model
     from detector.lake.findings import sort_findings
@@ -202,12 +202,11 @@ def train_and_score(
     )
     # What reaches people: the findings of one principal grouped into incidents, as
     # `detect score` does before delivery (no sinks in the demo: nothing leaves the machine).
-    after_score(
+    process(
         lake,
         result.findings,
         result.events,
-        sink_configs=[],
-        suppressions_path=None,
+        suppressions=suppressions_for(None),
         deliver_alerts=False,
     )
     incidents = (

@@ -200,15 +200,15 @@ def _alerts(
     ctx: typer.Context, lake: str, result: Any, suppressions: str | None, deliver: bool
 ) -> Any:
     """Incidents, suppressions and delivery after the findings are written (docs/alerts.md)."""
-    from detector.delivery.run import after_score
+    from detector.delivery.run import process, suppressions_for
     from detector.lake.events import Lake
 
-    return after_score(
+    return process(
         Lake(lake),
         result.findings,
         result.events,
         sink_configs=configured_sinks(ctx),
-        suppressions_path=suppressions,
+        suppressions=suppressions_for(suppressions),
         deliver_alerts=deliver,
         rescored=result.rescored,
     )
