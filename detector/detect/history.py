@@ -1,12 +1,14 @@
 """The rules' history: the days before a scored range, as threshold rules compare with them.
 
 A threshold rule with a ``baseline`` (many denied requests *for this identity*) compares
-each window with the 7 days before the scored range (:data:`RULES_HISTORY`). A batch run
+each window with the 7 days before the scored range (:data:`RULES_HISTORY`), and a rule
+that counts a session once, where it opened, asks whether those days hold session starts
+(a range of a window or two may hold none, although the log records them). A batch run
 reads them once. ``detect watch`` scores every batch that brings events, each time with
 the week before it: read afresh, that is ~0.3 s at 1M events a day, every few seconds,
 for hours that did not change since the last batch. :class:`HistoryCache` keeps what each
-whole hour gave (its candidate rows and first and last event times, a few hundred rows a
-day) and reads again only the hours whose files changed (a late event adds a file,
+whole hour gave (its candidate rows, first and last event times and stages: a few hundred
+rows a day) and reads again only the hours whose files changed (a late event adds a file,
 ``detect compact`` replaces them) or when the rules change. The history it returns is the
 one a fresh read gives: only the two hours cut by the range's edges are read each time.
 """
@@ -21,7 +23,7 @@ import polars as pl
 from detector import rules
 from detector.lake.events import Lake, Partition, partition_start
 
-#: History handed to rules that compare with the past (``RuleSet.needs_history``).
+#: History handed to rules that look at the past (``RuleSet.needs_history``).
 RULES_HISTORY = timedelta(days=7)
 HOUR = timedelta(hours=1)
 
@@ -38,10 +40,10 @@ def rules_history(
     cluster: str | None,
     cache: HistoryCache | None = None,
 ) -> Any:
-    """The :data:`RULES_HISTORY` before ``start`` as ``ruleset``'s baseline rules read it.
+    """The :data:`RULES_HISTORY` before ``start`` as ``ruleset``'s rules read it.
 
-    None when no enabled rule compares with the past. With ``cache``, unchanged hours
-    come from it.
+    None when no enabled rule looks at the past (``RuleSet.needs_history``). With
+    ``cache``, unchanged hours come from it.
     """
     if not ruleset.needs_history:
         return None

@@ -4,9 +4,10 @@
 the columns the window features, the rules (``RuleSet.columns_needed()``, all canonical
 columns when the rules engine does not say) and the flagged-event lookup need. The model's
 windows, the rules and the events behind every finding come from that frame. Reads of other
-ranges: the rules' history (the days before, only when a rule compares with the past), the
-values principals used in the hours before the range (novelty memory), and, when the frame
-lacks some canonical columns, those columns for the flagged events only.
+ranges: the rules' history (the days before, when a rule compares with the past or counts
+a session at the first stage its log records), the values principals used in the hours
+before the range (novelty memory), and, when the frame lacks some canonical columns, those
+columns for the flagged events only.
 
 The model and the rules share nothing but that frame, so they run side by side: the rules
 (and, before the frame is read, their history) on a second thread, the model on the
