@@ -89,6 +89,9 @@ def test_every_help_has_an_example(cwd, path):
     result = invoke(*path, "--help")
     assert result.exit_code == 0, result.output
     assert "Example" in result.stdout, f"`detect {' '.join(path)} --help` has no Example"
+    # one blank line between the heading and the commands, as in every other help
+    after = result.stdout.split("Example", 1)[1].split("\n")[1:3]
+    assert not after[0].strip() and after[1].strip(), after
 
 
 def _prose(help_text: str) -> list[list[str]]:

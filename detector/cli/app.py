@@ -166,7 +166,7 @@ app = typer.Typer(
         "Find threats and misuse in Kubernetes API-server audit logs.\n\n"
         "Audit events go from CloudWatch Logs, S3 objects or files into a Parquet lake; "
         "`score` turns a time range of the lake into findings with a plain reason each.\n\n"
-        "Example:\n\n"
+        "Example:\n"
         "\b\n"
         "    detect demo\n"
         "    detect ingest /var/log/kubernetes/audit.log --lake ./lake --cluster prod\n"
