@@ -33,26 +33,7 @@ from detector.errors import RuntimeFailure
 
 T = TypeVar("T")
 
-#: Error codes that mean "try again later", across CloudWatch Logs, S3 and STS.
-RETRYABLE_CODES = frozenset(
-    {
-        "ThrottlingException",
-        "Throttling",
-        "ThrottledException",
-        "TooManyRequestsException",
-        "RequestLimitExceeded",
-        "RequestThrottled",
-        "RequestThrottledException",
-        "SlowDown",
-        "ServiceUnavailableException",
-        "ServiceUnavailable",
-        "InternalFailure",
-        "InternalError",
-        "InternalServerError",
-        "RequestTimeout",
-        "RequestTimeoutException",
-    }
-)
+#: Error codes that mean "slow down": the request rate is over a quota.
 THROTTLING_CODES = frozenset(
     {
         "ThrottlingException",
@@ -65,6 +46,17 @@ THROTTLING_CODES = frozenset(
         "SlowDown",
     }
 )
+#: Error codes that mean "try again later", across CloudWatch Logs, S3 and STS: throttling,
+#: and the service's own passing failures.
+RETRYABLE_CODES = THROTTLING_CODES | {
+    "ServiceUnavailableException",
+    "ServiceUnavailable",
+    "InternalFailure",
+    "InternalError",
+    "InternalServerError",
+    "RequestTimeout",
+    "RequestTimeoutException",
+}
 
 
 def client_config(*, connect_timeout: float = 10, read_timeout: float = 60) -> Config:
