@@ -188,6 +188,30 @@ def test_info_findings_never_raise_and_never_alert():
     assert inc.severity == "info"
 
 
+def test_the_title_counts_alerts_apart_from_records():
+    """A developer's routine execs are info records that join the incident of their
+    cluster-admin binding: the title an analyst reads in Slack said "+82 more finding(s)"
+    for two alerts and eighty records."""
+
+    def title(*severities: str) -> str:
+        rows = [
+            finding(ROLE, T0 + i * W, severity=s, detector=f"rule:{s}{i}", title=f"{s} {i}")
+            for i, s in enumerate(severities)
+        ]
+        df, ev = frames(rows)
+        (inc,), _ = group(df, [], events=ev)
+        return inc.title
+
+    assert title("high") == "high 0"
+    assert (
+        title("high", "low", "info", "info")
+        == f"high 0 (+1 more alert(s) and 2 record(s) for {ROLE})"
+    )
+    assert title("medium", "high") == f"high 1 (+1 more alert(s) for {ROLE})"
+    assert title("low", "info") == f"low 0 (+1 record(s) for {ROLE})"
+    assert title("info", "info", "info") == f"info 0 (+2 more record(s) for {ROLE})"
+
+
 def test_a_new_finding_is_a_new_version_a_rescore_is_not():
     df, ev = frames([finding(ROLE, T0)])
     (inc,), _ = group(df, [], events=ev)

@@ -239,11 +239,23 @@ def recompute(inc: Incident) -> None:
         said = ", ".join(f"{d} said {s}" for d, s in sorted(others.items()))
         reason += f"; {said}: the incident takes the most severe reading of the same activity"
     inc.severity_reason = reason
-    who = inc.key if inc.key_kind == "source_ip" else (inc.principal or inc.key)
+    inc.title = _title(inc, worst["title"], len(alerts))
+
+
+def _title(inc: Incident, worst: str, alerts: int) -> str:
+    """The worst finding's title, then what else the incident holds: alerts apart from
+    records (``info`` or suppressed findings), since a developer's routine execs joining
+    an incident are no more alerts ("+82 more finding(s)" read as 82 more alarms)."""
     n = len(inc.timeline)
-    inc.title = (
-        worst["title"] if n == 1 else f"{worst['title']} (+{n - 1} more finding(s) for {who})"
-    )
+    if alerts:
+        more = [f"{alerts - 1} more alert(s)"] if alerts > 1 else []
+        more += [f"{n - alerts} record(s)"] if n > alerts else []
+    else:
+        more = [f"{n - 1} more record(s)"] if n > 1 else []
+    if not more:
+        return worst
+    who = inc.key if inc.key_kind == "source_ip" else (inc.principal or inc.key)
+    return f"{worst} (+{' and '.join(more)} for {who})"
 
 
 def _content(inc: Incident) -> tuple[Any, ...]:
