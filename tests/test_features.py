@@ -38,9 +38,11 @@ def ev(
     decision: str = "allow",
     body: dict | None = None,
     audit: str | None = None,
+    received: float | None = None,
 ) -> dict:
     """One raw audit.k8s.io/v1 Event, ``t`` seconds after T0 (the factories' event, with
-    what window features read set here; received and completed at the same instant)."""
+    what window features read set here; received ``received`` seconds after T0, else at
+    the same instant)."""
     at = T0 + timedelta(seconds=t)
     u: dict = {"username": user, "groups": ["system:authenticated"]}
     if session:
@@ -70,7 +72,7 @@ def ev(
         userAgent=ua,
         objectRef={k: v for k, v in obj.items() if v is not None},
         responseStatus={"code": code},
-        requestReceivedTimestamp=iso(at),
+        requestReceivedTimestamp=iso(at if received is None else T0 + timedelta(seconds=received)),
         annotations={"authorization.k8s.io/decision": decision},
     )
     if resource is None:
@@ -160,6 +162,34 @@ def test_each_request_is_counted_once_across_stages():
     assert w["requests"] == 4
     assert w["exec_attach_portforward"] == 1
     assert w["status_5xx"] == 1
+
+
+def test_a_session_is_counted_where_it_opened_however_the_range_is_cut():
+    """A watch or exec opened before a range and closed in it was counted where it opened
+    (its ResponseStarted): the range must not count its close again, as the rules do not,
+    when the log records starts at all. Scoring by the hour then sees the windows a daily
+    run sees, and a session across a 6-hour chunk of a long read is counted once."""
+    opened_at, closed_at = 2 * 3600 - 60, 2 * 3600 + 120  # 11:59 and 12:02, a chunk edge
+    session = dict(verb="create", sub="exec", audit="x", received=opened_at)
+    opened = ev(1, t=opened_at, stage="ResponseStarted", **session)
+    closed = ev(2, t=closed_at, stage="ResponseComplete", **session)
+    other = ev(3, t=closed_at + 60, verb="watch", stage="ResponseStarted", user="kubelet")
+    # a range starting after the session opened: its close is not counted again
+    assert windows_of([closed, other]).filter(pl.col("principal") == SA).is_empty()
+    # a log that never records starts (filtered by its policy): the close is the count
+    assert one(windows_of([closed]))["exec_attach_portforward"] == 1
+    # the flagged-event lookup takes one principal's rows of a frame: the frame says
+    # where it begins and whether it holds starts, as when its windows were counted
+    later = events_from_dicts([closed, other])
+    part = later.lazy().filter(pl.col("principal") == SA)
+    assert F.request_rows(part, frame=later).collect().is_empty()
+    # a read cut into 6-hour chunks counts the session once, where it opened
+    frame = events_from_dicts([opened, closed, other])
+    counted = scan.frame_windows(frame, T0, T0 + timedelta(hours=4)).filter(
+        pl.col("principal") == SA
+    )
+    assert counted["requests"].to_list() == [1]
+    assert counted["window_start"].to_list() == [T0 + timedelta(hours=1, minutes=50)]
 
 
 def test_windows_split_principals_and_time():

@@ -71,7 +71,16 @@ NOVELTY_MEMORY = timedelta(hours=24)
 #: A model older than this relative to the end of the scored range is stale: warned about.
 MAX_MODEL_AGE = timedelta(days=7)
 #: Columns the flagged-event lookup needs to find a finding's events in the frame.
-LOOKUP_COLUMNS = ("cluster", "principal", "event_time", "audit_id", "stage", "verb", "subresource")
+LOOKUP_COLUMNS = (
+    "cluster",
+    "principal",
+    "event_time",
+    "received_time",
+    "audit_id",
+    "stage",
+    "verb",
+    "subresource",
+)
 
 
 @dataclass(frozen=True)
@@ -526,7 +535,7 @@ def model_links(frame: pl.DataFrame, found: pl.DataFrame) -> pl.DataFrame:
     keys = found.select("finding_id", "cluster", "principal", "window_start", "window_end")
     lf = frame.lazy().filter(pl.col("principal").is_in(keys["principal"].unique().implode()))
     return (
-        request_rows(lf, columns=list(LOOKUP_COLUMNS))
+        request_rows(lf, columns=list(LOOKUP_COLUMNS), frame=frame)
         .join(keys.lazy(), on=["cluster", "principal"], how="inner")
         .filter(
             (pl.col("event_time") >= pl.col("window_start"))

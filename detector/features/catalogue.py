@@ -44,6 +44,7 @@ SYSTEM_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
 INPUT_COLUMNS = (
     "cluster",
     "event_time",
+    "received_time",
     "audit_id",
     "stage",
     "verb",

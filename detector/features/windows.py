@@ -10,8 +10,9 @@ Each request is counted once: the API server logs an event per stage. We keep th
 ``ResponseComplete`` (or ``Panic``) event of ordinary requests and, for long-running ones
 (watch, exec, attach, port-forward, proxy, log) that may never complete inside the range,
 the ``ResponseStarted`` event, falling back to ``ResponseComplete``/``Panic`` when no
-``ResponseStarted`` was logged. ``RequestReceived`` events are never counted. See
-docs/features.md for every feature, its definition and why it matters.
+``ResponseStarted`` was logged (and not for a request received before the range, whose
+start was counted there: :func:`request_rows`). ``RequestReceived`` events are never
+counted. See docs/features.md for every feature, its definition and why it matters.
 """
 
 from __future__ import annotations
@@ -150,11 +151,20 @@ def distinct_values(expr: pl.Expr, name: str) -> pl.Expr:
 
 # --------------------------------------------------------------------------- step 1: events
 def request_rows(
-    events: pl.LazyFrame, *, columns: tuple[str, ...] | list[str] = INPUT_COLUMNS
+    events: pl.LazyFrame,
+    *,
+    columns: tuple[str, ...] | list[str] = INPUT_COLUMNS,
+    frame: pl.LazyFrame | pl.DataFrame | None = None,
 ) -> pl.LazyFrame:
     """One row per request: drop ``RequestReceived`` and the second stage of long-running ones.
 
-    ``columns`` are the event columns kept (they must include the ones the filter reads).
+    A long-running request is counted where it opened, as the rules count it: its close
+    is left out when its start is in the frame, and also when it was received before the
+    frame began and the frame holds starts (the log records them: the start was counted
+    by the range or chunk before). So a range cut anywhere, by the hour or into a long
+    read's chunks, counts it once. ``columns`` are the event columns kept (they must
+    include the ones the filter reads); ``frame``: the frame ``events`` were cut from,
+    when they are a part of it (where it begins and whether it holds starts are its).
     """
     stage = pl.col("stage")
     done = stage.is_in(["ResponseComplete", "Panic"])
@@ -164,8 +174,13 @@ def request_rows(
     # ids are nulled first, so the membership test hashes a few ids instead of every one.
     asks = pl.when(done & long_running).then(pl.col("audit_id"))
     was_started = asks.is_in(pl.col("audit_id").filter(started).implode()).fill_null(False)
+    begins, records = pl.col("event_time").min(), started.any()
+    if frame is not None:
+        facts = frame.lazy().select(begins.alias("begins"), records.alias("records")).collect()
+        begins, records = pl.lit(facts["begins"][0]), pl.lit(bool(facts["records"][0]))
+    earlier = ((pl.col("received_time") < begins) & records).fill_null(False)
     return events.select(columns).filter(
-        (done & ~long_running) | started | (done & long_running & ~was_started)
+        (done & ~long_running) | started | (done & long_running & ~was_started & ~earlier)
     )
 
 
