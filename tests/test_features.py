@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from datetime import UTC, datetime, timedelta
 
 import polars as pl
 import pytest
 from factories import audit_id, iso, make_event
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from detector import features as F
 from detector.detect import scan
@@ -190,6 +193,63 @@ def test_a_session_is_counted_where_it_opened_however_the_range_is_cut():
     )
     assert counted["requests"].to_list() == [1]
     assert counted["window_start"].to_list() == [T0 + timedelta(hours=1, minutes=50)]
+
+
+#: Twelve hours from a 6-hour chunk edge, in 10-minute windows.
+SPAN_S, WINDOW_S = 12 * 3600, 600
+
+
+@settings(max_examples=25, derandomize=True, deadline=None)
+@given(
+    sessions=st.lists(
+        st.tuples(st.integers(0, SPAN_S - 1), st.integers(1, 3 * 3600)), min_size=1, max_size=5
+    ),
+    cuts=st.lists(st.integers(1, SPAN_S // WINDOW_S - 1), max_size=4, unique=True),
+)
+def test_sessions_are_counted_once_however_the_range_is_cut(sessions, cuts):
+    """What the single cases above show, over any sessions and any cuts: the ranges' window
+    rows are the whole range's, and the rules' findings count the same sessions in the same
+    windows (each range scored with the events before it as its history, as `detect
+    score` reads the lake), whether a cron job scores by the hour or a run by the day. The
+    log records starts in every range, as a cluster's controllers' watches make it (a
+    range with none is the quiet-range test in tests/test_watch.py, for the rules)."""
+    from detector.rules import evaluate_rules, load_ruleset
+
+    t0 = datetime(2026, 11, 2, tzinfo=UTC)
+    shift = (t0 - T0).total_seconds()  # ev() counts from T0
+    lines = []
+    for i, (opened, lasting) in enumerate(sessions):
+        session = dict(verb="create", sub="exec", audit=f"s{i}", received=shift + opened)
+        lines.append(ev(2 * i, t=shift + opened, stage="ResponseStarted", **session))
+        if opened + lasting < SPAN_S:
+            lines.append(ev(2 * i + 1, t=shift + opened + lasting, **session))
+    for k in range(SPAN_S // 300):  # a controller's watch every 5 minutes: the log records starts
+        at = shift + k * 300 + 7
+        watch = dict(verb="watch", user="kubelet", audit=f"w{k}", received=at)
+        lines.append(ev(10_000 + k, t=at, stage="ResponseStarted", **watch))
+    events = events_from_dicts(lines, cluster="c").sort("event_time")
+    edges = [t0 + timedelta(seconds=c * WINDOW_S) for c in (0, *sorted(cuts), SPAN_S // WINDOW_S)]
+    pod_exec = load_ruleset().only("pod-exec")
+    cols = ["principal", "window_start", "requests", "exec_attach_portforward"]
+
+    def cut(lo: datetime, hi: datetime) -> pl.DataFrame:
+        return events.filter((pl.col("event_time") >= lo) & (pl.col("event_time") < hi))
+
+    def both(lo: datetime, hi: datetime) -> tuple[pl.DataFrame, pl.DataFrame]:
+        windows = F.window_counts(cut(lo, hi).lazy()).collect().select(cols)
+        found = evaluate_rules(cut(lo, hi), pod_exec, history=cut(t0 - timedelta(days=1), lo))
+        return windows, found.findings.select("window_start", "event_count")
+
+    pieces = [both(lo, hi) for lo, hi in itertools.pairwise(edges)]
+    whole_windows, whole_found = both(edges[0], edges[-1])
+    key = ["principal", "window_start"]
+    assert pl.concat([w for w, _ in pieces]).sort(key).equals(whole_windows.sort(key))
+    assert (
+        pl.concat([f for _, f in pieces])
+        .sort("window_start")
+        .equals(whole_found.sort("window_start"))
+    )
+    assert whole_found["event_count"].sum() == len(sessions)
 
 
 def test_windows_split_principals_and_time():
