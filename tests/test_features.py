@@ -195,6 +195,26 @@ def test_a_session_is_counted_where_it_opened_however_the_range_is_cut():
     assert counted["window_start"].to_list() == [T0 + timedelta(hours=1, minutes=50)]
 
 
+def test_each_cluster_of_a_lake_says_whether_its_log_records_starts():
+    """One lake, two clusters: one logs session starts, the other's audit policy omits
+    them (omitStages). The second's exec sessions are counted at their close, also when
+    received before the range began: with the first cluster's starts taken for its own,
+    they were counted nowhere, by the features and by the rules alike."""
+    from detector.rules import evaluate_rules, load_ruleset
+
+    session = dict(verb="create", sub="exec", audit="x", received=-60)
+    closed = events_from_dicts([ev(1, t=120, **session)], cluster="omits-starts")
+    watch = ev(2, t=60, verb="watch", user="kubelet", stage="ResponseStarted", audit="w")
+    frame = pl.concat([closed, events_from_dicts([watch], cluster="records-starts")])
+    counted = F.window_counts(frame.lazy()).collect().filter(pl.col("principal") == SA)
+    assert counted["exec_attach_portforward"].to_list() == [1]
+    found = evaluate_rules(frame, load_ruleset().only("pod-exec"), history=frame.clear())
+    assert found.findings["event_count"].to_list() == [1]
+    # the lookup of a finding's events, one principal's rows of that frame, agrees
+    part = frame.lazy().filter(pl.col("principal") == SA)
+    assert F.request_rows(part, frame=frame).collect().height == 1
+
+
 #: Twelve hours from a 6-hour chunk edge, in 10-minute windows.
 SPAN_S, WINDOW_S = 12 * 3600, 600
 

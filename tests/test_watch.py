@@ -221,6 +221,7 @@ def test_the_rules_history_kept_between_batches_is_what_a_fresh_read_gives(tmp_p
         fresh = rules_history(lake, ruleset, start, window, None)
         kept = rules_history(lake, ruleset, start, window, None, cache)
         assert kept.n_windows == fresh.n_windows
+        assert kept.stages == fresh.stages == {"prod": {"ResponseComplete"}}
         by = ["audit_id", "stage"]
         assert kept.candidates.sort(by).equals(fresh.candidates.sort(by))
         return kept.candidates.height

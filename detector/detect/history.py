@@ -86,7 +86,11 @@ class HistoryCache:
         # One pass over what is not kept: the hours to (re)read, then the two edge hours.
         pieces = [lake.scan_files(part[0], list(files)) for part, (files, _) in missing]
         pieces.append(lake.scan_partitions([p for p in parts if p not in whole]))
-        fresh = rules.read_history_slices([_within(p, lo, start) for p in pieces], ruleset)
+        fresh = rules.read_history_slices(
+            [_within(p, lo, start) for p in pieces],
+            ruleset,
+            [part[0] for part, _ in missing] + [None],  # the edge hours: maybe several clusters
+        )
         for (part, key), piece in zip(missing, fresh, strict=False):
             kept[part] = (key, piece)
         self.hours_read += len(missing)

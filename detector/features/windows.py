@@ -160,11 +160,12 @@ def request_rows(
 
     A long-running request is counted where it opened, as the rules count it: its close
     is left out when its start is in the frame, and also when it was received before the
-    frame began and the frame holds starts (the log records them: the start was counted
-    by the range or chunk before). So a range cut anywhere, by the hour or into a long
-    read's chunks, counts it once. ``columns`` are the event columns kept (they must
-    include the ones the filter reads); ``frame``: the frame ``events`` were cut from,
-    when they are a part of it (where it begins and whether it holds starts are its).
+    frame began and the frame holds starts of its cluster (that log records them: the
+    start was counted by the range or chunk before; another cluster's audit policy may
+    omit them). So a range cut anywhere, by the hour or into a long read's chunks, counts
+    it once. ``columns`` are the event columns kept (they must include the ones the filter
+    reads); ``frame``: the frame ``events`` were cut from, when they are a part of it
+    (where it begins and which clusters it holds starts of are its).
     """
     stage = pl.col("stage")
     done = stage.is_in(["ResponseComplete", "Panic"])
@@ -174,11 +175,15 @@ def request_rows(
     # ids are nulled first, so the membership test hashes a few ids instead of every one.
     asks = pl.when(done & long_running).then(pl.col("audit_id"))
     was_started = asks.is_in(pl.col("audit_id").filter(started).implode()).fill_null(False)
-    begins, records = pl.col("event_time").min(), started.any()
+    cluster = pl.col("cluster").fill_null("")
+    begins, recording = pl.col("event_time").min(), cluster.filter(started).unique().implode()
     if frame is not None:
-        facts = frame.lazy().select(begins.alias("begins"), records.alias("records")).collect()
-        begins, records = pl.lit(facts["begins"][0]), pl.lit(bool(facts["records"][0]))
-    earlier = ((pl.col("received_time") < begins) & records).fill_null(False)
+        facts = frame.lazy().select(begins.alias("begins"), recording.alias("clusters")).collect()
+        clusters = pl.Series(facts["clusters"][0], dtype=pl.String)
+        begins, recording = pl.lit(facts["begins"][0]), clusters.implode()
+    # The same trick: only closes received before the frame ask about their cluster.
+    asks_cluster = pl.when(done & long_running & (pl.col("received_time") < begins)).then(cluster)
+    earlier = asks_cluster.is_in(recording).fill_null(False)
     return events.select(columns).filter(
         (done & ~long_running) | started | (done & long_running & ~was_started & ~earlier)
     )

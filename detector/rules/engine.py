@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
@@ -101,50 +101,69 @@ def _every(window: timedelta) -> str:
     return f"{seconds}s"
 
 
-#: Which of the four audit stages a frame holds, as one row of flags named after them.
-#: (A flag per stage, not the column's distinct values: they are 5x cheaper over a week
-#: read an hour at a time, and the column holds whatever text a log wrote there.)
+#: Which of the four audit stages a frame holds, as flags named after them: one row per
+#: cluster, since each cluster's audit policy says what its log records. (A flag per
+#: stage, not the column's distinct values: they are 5x cheaper over a week read an hour
+#: at a time, and the column holds whatever text a log wrote there.)
 _STAGES = tuple((pl.col("stage") == s).any().alias(s) for s in STAGES)
+#: The cluster a row is of ("" for none), as the stages are keyed.
+_CLUSTER = pl.col("cluster").fill_null("")
+
+#: Per cluster, the audit stages its log was seen to record.
+Stages = Mapping[str, frozenset[str]]
 
 
-def _stages_of(row: pl.DataFrame) -> frozenset[str]:
-    """The stages flagged in a row of :data:`_STAGES`."""
-    return frozenset(s for s in STAGES if row[s][0])
+def _stages_of(rows: pl.DataFrame) -> dict[str, frozenset[str]]:
+    """The stages flagged in rows of (``cluster``, :data:`_STAGES`)."""
+    return {
+        row["cluster"]: frozenset(s for s in STAGES if row[s]) for row in rows.iter_rows(named=True)
+    }
+
+
+def _merged(*maps: Stages) -> dict[str, frozenset[str]]:
+    out: dict[str, frozenset[str]] = {}
+    for m in maps:
+        for cluster, stages in m.items():
+            out[cluster] = out.get(cluster, frozenset()) | stages
+    return out
 
 
 @dataclass(frozen=True)
 class _Frame:
-    """What a frame says about itself: where it starts and which stages its log records."""
+    """What a frame says about itself: where it starts and, per cluster, which stages its
+    log records."""
 
     start: datetime | None
-    stages: frozenset[str]
+    stages: Stages
 
 
-def _frame_facts(lf: pl.LazyFrame, recorded: frozenset[str] = frozenset()) -> _Frame:
-    """Where ``lf`` starts, and the stages its log records: those in it, and ``recorded``
-    (those its history holds, the week before it)."""
-    row = lf.select(pl.col("event_time").min().alias("start"), *_STAGES).collect()
-    return _Frame(row["start"][0], _stages_of(row) | recorded)
+def _frame_facts(lf: pl.LazyFrame, recorded: Stages | None = None) -> _Frame:
+    """Where ``lf`` starts, and the stages each cluster's log records: those in it, and
+    ``recorded`` (those its history holds, the week before it)."""
+    rows = lf.group_by(_CLUSTER.alias("cluster")).agg(
+        pl.col("event_time").min().alias("start"), *_STAGES
+    )
+    rows = rows.collect()
+    return _Frame(rows["start"].min(), _merged(_stages_of(rows), recorded or {}))  # type: ignore[arg-type]
 
 
 def _carried_over(matched: pl.LazyFrame, stages: tuple[str, ...], facts: _Frame) -> pl.Expr:
     """Rows of requests already counted in an earlier range: leave them out.
 
     A long-running request (exec, port-forward) is logged when it opens and again when it
-    closes, maybe in a later scoring range. When this log records the preferred stage at
-    all, a later-stage row of a request received before the range began was counted with
-    its first stage then. A log that never records that stage (filtered by the audit
-    policy) counts the later stage instead, so the request is still found once.
+    closes, maybe in a later scoring range. When its cluster's log records the preferred
+    stage at all, a later-stage row of a request received before the range began was
+    counted with its first stage then. A log that never records that stage (filtered by
+    the audit policy) counts the later stage instead, so the request is still found once.
     """
-    if (
-        facts.start is None
-        or stages[0] not in facts.stages
-        or "received_time" not in matched.collect_schema()
-    ):
+    clusters = sorted(c for c, seen in facts.stages.items() if stages[0] in seen)
+    if facts.start is None or not clusters or "received_time" not in matched.collect_schema():
         return pl.lit(False)
-    return (pl.col("stage") != stages[0]).fill_null(True) & (
-        pl.col("received_time") < facts.start
-    ).fill_null(False)
+    return (
+        (pl.col("stage") != stages[0]).fill_null(True)
+        & (pl.col("received_time") < facts.start).fill_null(False)
+        & _CLUSTER.is_in(clusters)
+    )
 
 
 def _dedupe(
@@ -337,9 +356,10 @@ class History:
 
     candidates: pl.DataFrame | None
     n_windows: int = 1
-    #: the audit stages the range holds: a log that records session starts there records
-    #: them in the scored range too, even when that range holds none (see :func:`_carried_over`)
-    stages: frozenset[str] = frozenset()
+    #: per cluster, the audit stages the range holds: a log that records session starts
+    #: there records them in the scored range too, even when that range holds none (see
+    #: :func:`_carried_over`)
+    stages: Stages = field(default_factory=dict)
 
 
 def _baseline_rules(ruleset: RuleSet) -> list[Rule]:
@@ -376,27 +396,39 @@ class HistorySlice:
     candidates: pl.DataFrame | None
     first: datetime | None
     last: datetime | None
-    stages: frozenset[str] = frozenset()
+    stages: Stages = field(default_factory=dict)
 
 
 def read_history_slices(
-    pieces: Sequence[pl.LazyFrame | pl.DataFrame], ruleset: RuleSet
+    pieces: Sequence[pl.LazyFrame | pl.DataFrame],
+    ruleset: RuleSet,
+    clusters: Sequence[str | None] | None = None,
 ) -> list[HistorySlice]:
     """Each piece of a baseline range read for ``ruleset``'s baseline rules.
 
     Time spans (and stages) and candidates are two passes: in one, polars would share each
     piece's scan between them and hold all of its rows (a week: 380 MB instead of 120 MB).
-    Without baseline rules, only the first.
+    Without baseline rules, only the first. ``clusters``: the one cluster each piece
+    holds, when known (a lake partition), None for a piece that may hold several: its
+    stages are then read per cluster, which costs 4x more over a week read an hour at a
+    time.
     """
     baseline_rules = _baseline_rules(ruleset)
     frames = [prepare_events(piece) for piece in pieces]
-    spans = pl.collect_all([lf.select(*_TIME_SPAN, *_STAGES) for lf in frames])
+    spans = pl.collect_all(
+        [
+            lf.group_by(_CLUSTER.alias("cluster")).agg(*_TIME_SPAN, *_STAGES)
+            if one is None
+            else lf.select(pl.lit(one).alias("cluster"), *_TIME_SPAN, *_STAGES)
+            for lf, one in zip(frames, clusters or [None] * len(frames), strict=True)
+        ]
+    )
     if baseline_rules:
         candidates = pl.collect_all([_candidates_plan(lf, baseline_rules) for lf in frames])
     else:
         candidates = [None] * len(frames)
     return [
-        HistorySlice(rows, span["lo"][0], span["hi"][0], _stages_of(span))
+        HistorySlice(rows, span["lo"].min(), span["hi"].max(), _stages_of(span))  # type: ignore[arg-type]
         for rows, span in zip(candidates, spans, strict=True)
     ]
 
@@ -410,7 +442,7 @@ def join_history(slices: Sequence[HistorySlice], window: timedelta) -> History:
     return History(
         pl.concat(rows, how="vertical") if rows else None,
         n_windows,
-        frozenset().union(*(s.stages for s in slices)),
+        _merged(*(s.stages for s in slices)),
     )
 
 
@@ -472,8 +504,7 @@ def evaluate_rules(
     n_windows = history.n_windows if history is not None else 1
 
     multi = any(len(r.stages) > 1 for r in rules)
-    recorded = history.stages if history is not None else frozenset()
-    facts = _frame_facts(lf, recorded) if multi else None
+    facts = _frame_facts(lf, history.stages if history is not None else None) if multi else None
     # Each stage is one lazy query per rule, run together:
     # polars plans them once and spreads them over the cores. First the rows matching each
     # rule's condition; then, only for the rules that matched something (on most days
