@@ -52,9 +52,10 @@ _FENCE: ContextVar[Callable[[], object] | None] = ContextVar("writer_fence", def
 
 
 @contextmanager
-def fenced(check: Callable[[], object]) -> Iterator[None]:
+def fenced(check: Callable[[], object] | None) -> Iterator[None]:
     """Run ``check`` under the writer lock before each write of the body (it raises to stop
-    one): a ``detect watch`` source's lease renewal, so a deposed leader writes nothing."""
+    one): a ``detect watch`` source's lease renewal, so a deposed leader writes nothing.
+    None: no check (a source that holds no lease)."""
     token = _FENCE.set(check)
     try:
         yield

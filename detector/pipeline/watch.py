@@ -190,9 +190,7 @@ class CloudWatchSource:
         self.metrics.count_quarantine(batch.quarantine)
         self.metrics.lag.labels(source=self.name).set(max(0.0, self.clock() - now.timestamp()))
         lease = ex.lease if ex is not None else None
-        if lease is None:
-            return self.consume(batch.events, now, batch.payload)
-        with fenced(lease.renew_if_due):  # a deposed leader writes nothing (lake.lock)
+        with fenced(lease.renew_if_due if lease else None):  # a deposed leader writes nothing
             return self.consume(batch.events, now, batch.payload)
 
     def finish(self, *, catch_up: bool = True) -> None:

@@ -140,10 +140,11 @@ class _Frame:
 def _frame_facts(lf: pl.LazyFrame, recorded: Stages | None = None) -> _Frame:
     """Where ``lf`` starts, and the stages each cluster's log records: those in it, and
     ``recorded`` (those its history holds, the week before it)."""
-    rows = lf.group_by(_CLUSTER.alias("cluster")).agg(
-        pl.col("event_time").min().alias("start"), *_STAGES
+    rows = (
+        lf.group_by(_CLUSTER.alias("cluster"))
+        .agg(pl.col("event_time").min().alias("start"), *_STAGES)
+        .collect()
     )
-    rows = rows.collect()
     return _Frame(rows["start"].min(), _merged(_stages_of(rows), recorded or {}))  # type: ignore[arg-type]
 
 
