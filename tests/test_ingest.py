@@ -13,7 +13,14 @@ from pathlib import Path
 import orjson
 import polars as pl
 import pytest
-from factories import cloudwatch_page, export_task_object, firehose_object, make_event, ndjson
+from factories import (
+    audit_id,
+    cloudwatch_page,
+    export_task_object,
+    firehose_object,
+    make_event,
+    ndjson,
+)
 
 from detector.events.normalize import REDACTED, events_from_dicts
 from detector.lake.events import Lake
@@ -762,6 +769,26 @@ def test_without_cluster_firehose_records_name_it_by_their_log_group(tmp_path):
     assert summary.events_written == 6
     assert summary.clusters == {"prod-east": "log group"}
     assert Lake(lake).clusters() == ["prod-east"]
+
+
+@pytest.mark.parametrize("bad", ["..", "a b", "x" * 101, "caf\u00e9"])
+def test_a_firehose_record_whose_log_group_names_no_cluster_costs_only_itself(tmp_path, bad):
+    # The log group comes from the data: a forged one must not stop the run (every later
+    # re-run would stop there too) nor become a path; the record goes to quarantine.
+    good = firehose_object([make_event(i) for i in range(4)], per_record=2)
+    forged = firehose_object(
+        [make_event(i) for i in range(10, 13)], group=f"/aws/eks/{bad}/cluster", per_record=3
+    )
+    (tmp_path / "a.gz").write_bytes(good)
+    (tmp_path / "b.gz").write_bytes(forged)
+    lake = str(tmp_path / "lake")
+    summary = ingest_paths([str(tmp_path / "a.gz"), str(tmp_path / "b.gz")], lake)
+    assert summary.events_written == 4 and summary.clusters == {"prod-east": "log group"}
+    assert Lake(lake).clusters() == ["prod-east"]
+    quarantined = pl.read_parquet(f"{lake}/quarantine/**/*.parquet")
+    assert quarantined.height == 1
+    assert "names no cluster" in quarantined["reason"][0]
+    assert all(audit_id(i) in quarantined["raw"][0] for i in range(10, 13))
 
 
 def test_without_cluster_an_export_task_prefix_under_aws_eks_names_it(tmp_path):

@@ -64,6 +64,7 @@ _EKS_GROUP = formats.EKS_LOG_GROUP_PATTERN
 _CLUSTER_NAME = r"([A-Za-z0-9][A-Za-z0-9._-]{0,99})"
 #: Path segments naming a cluster: ``aws/eks/<name>/`` (the EKS log group, as users often
 #: reuse it for an export-task prefix) or a ``cluster=<name>/`` partition folder.
+_WHOLE_CLUSTER_NAME = re.compile(_CLUSTER_NAME)
 _PATH_CLUSTER = re.compile(
     r"(?:^|/)aws/eks/" + _CLUSTER_NAME + r"(?=/)|(?:^|/)cluster=" + _CLUSTER_NAME + r"(?=/)"
 )
@@ -98,11 +99,29 @@ class LineBatch:
 
 
 def cluster_from_log_group(group: object) -> str | None:
-    """``/aws/eks/prod/cluster`` -> ``prod``."""
+    """``/aws/eks/prod/cluster`` -> ``prod``; None for any other group, and for an EKS
+    group whose name could not be a cluster's (``/aws/eks/../cluster``: see
+    :func:`names_bad_cluster`)."""
     if not group or not isinstance(group, str):
         return None
     match = _EKS_GROUP.match(group)
-    return match.group(1) if match else None
+    if match is None or not _WHOLE_CLUSTER_NAME.fullmatch(match.group(1)):
+        return None
+    return match.group(1)
+
+
+def names_bad_cluster(group: object) -> bool:
+    """True for an EKS log group whose cluster part is no cluster name (``..``, ``a b``).
+
+    EKS names clusters with letters, digits, ``-`` and ``_``, so such a group comes from
+    forged or damaged data: its events are quarantined rather than stored under a name
+    that would be a path outside the lake, or under another cluster's name.
+    """
+    return (
+        isinstance(group, str)
+        and _EKS_GROUP.match(group) is not None
+        and cluster_from_log_group(group) is None
+    )
 
 
 def cluster_from_path(uri: str) -> str | None:
@@ -633,7 +652,12 @@ def _firehose_batches(uri: str, stream: BinaryIO) -> Iterator[LineBatch]:
             reason = "invalid Firehose record: logEvents is not a list"
             rejected.append((uri, f"record {record_no}", reason, _json_text(record)))
             continue
-        group_cluster = cluster_from_log_group(record.get("logGroup"))
+        group = record.get("logGroup")
+        if names_bad_cluster(group):
+            reason = f"invalid Firehose record: log group {str(group)[:120]!r} names no cluster"
+            rejected.append((uri, f"record {record_no}", reason, _json_text(record)))
+            continue
+        group_cluster = cluster_from_log_group(group)
         if group_cluster and cluster and group_cluster != cluster and pending[0]:
             yield _flush_firehose(uri, pending, cluster, rejected)  # one cluster per batch
             pending, rejected, pending_bytes = ([], [], []), [], 0
