@@ -22,7 +22,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from detector.events.normalize import events_from_dicts, normalize_lines, quarantine_frame
-from detector.events.redact import PATTERNS, REDACTED, is_credential_key, redact_text
+from detector.events.redact import (
+    NAME_PATTERNS,
+    PATTERNS,
+    REDACTED,
+    is_credential_key,
+    redact_text,
+)
 
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 AT = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
@@ -69,6 +75,10 @@ def escaped(obj: object) -> str:
 def planted_events() -> list[dict]:
     """Valid events with a credential marker in every place an audit event can hold one."""
     m = mark
+
+    def jwt(n: int) -> str:
+        return f"eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ{m(n)}.c2lnbmF0dXJl"
+
     secret = {
         "kind": "Secret",
         "apiVersion": "v1",
@@ -265,6 +275,51 @@ def planted_events() -> list[dict]:
                 }
             },
         ),
+        # kubectl exec sends its command URL-encoded, a word per parameter
+        event(
+            19,
+            "create",
+            "pods",
+            ref={"subresource": "exec"},
+            requestURI="/api/v1/namespaces/app/pods/web/exec?command=curl&command=-H"
+            f"&command=Authorization%3A+Bearer+{m(60)}&command=mysql+--password%3D{m(61)}"
+            "&stdout=true",
+        ),
+        event(
+            20,
+            "create",
+            "pods",
+            userAgent=f"deployer/1.0 {jwt(62)}",
+            requestObject={"spec": {"containers": [{"name": "a", "args": [jwt(63)]}]}},
+        ),
+        # JSON keeps no key order: value first, or another member between
+        event(
+            21,
+            "create",
+            "deployments",
+            requestObject={
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "app",
+                            "env": [
+                                {"value": m(64), "name": "DB_PASSWORD"},
+                                {"name": "API_TOKEN", "valueFrom": None, "value": m(65)},
+                            ],
+                        }
+                    ]
+                }
+            },
+        ),
+        # a hostile line can put a credential in any field
+        event(
+            22,
+            "get",
+            "configmaps",
+            name=f"password={m(66)}",
+            user={"username": f"Bearer abcdefgh{m(67)}", "groups": [f"x?token={m(68)}"]},
+            impersonatedUser={"username": f"svc token={m(69)}"},
+        ),
     ]
 
 
@@ -352,8 +407,12 @@ def planted_garbage() -> list[bytes]:
         requestObject={"spec": {"db_password": m(53)}},
         responseStatus={"code": "forbidden"},
     )
+    # JSON escapes a tab: in quarantined text it is the two characters \t
+    tabbed = orjson.dumps(event(49, "get", "pods", userAgent=f"x Bearer\tabcdefgh{m(70)} y"))
+    tabbed = tabbed[: tabbed.index(m(70).encode()) + 20]
     return [
         cut_secret,
+        tabbed,
         orjson.dumps(future),
         orjson.dumps(no_user),
         f"curl -H 'Authorization: Bearer abc${m(46)}' https://k8s/x?a=1&password={m(47)}".encode(),
@@ -379,7 +438,7 @@ def test_no_planted_credential_reaches_any_column_of_any_lake_file(tmp_path, det
     log = tmp_path / "audit.log"
     log.write_bytes(b"\n".join(lines) + b"\n")
     planted = markers_in(log.read_text())
-    assert len(planted) == 40  # the fixture itself holds every marker
+    assert len(planted) == 51  # the fixture itself holds every marker
 
     lake = str(tmp_path / "lake")
     ingested = detect("ingest", str(log), "--lake", lake, "--cluster", "prod", "--format", "json")
@@ -461,6 +520,27 @@ def test_aws_auth_mappings_and_exec_commands_are_kept():
     assert df["decision"].to_list() == ["allow"] * 3
 
 
+def test_names_that_look_like_assignments_with_a_colon_are_kept():
+    # ':' separates the parts of a name: the ServiceAccount "proxy" of namespace "oauth"
+    sa = event(
+        1,
+        "get",
+        "secrets",
+        ns="oauth",
+        name="token:cache",
+        user={
+            "username": "system:serviceaccount:oauth:proxy",
+            "groups": ["system:serviceaccounts:oauth", "system:authenticated"],
+        },
+    )
+    row = _one(sa)
+    assert row["user_name"] == "system:serviceaccount:oauth:proxy"
+    assert row["principal"] == "system:serviceaccount:oauth:proxy"
+    assert row["name"] == "token:cache"
+    assert row["user_groups"] == ["system:serviceaccounts:oauth", "system:authenticated"]
+    assert row["redacted"] is False
+
+
 def test_redacted_bodies_stay_valid_json_with_the_secret_keys():
     df = events_from_dicts(planted_events())
     for column in ("request_object", "response_object", "annotations"):
@@ -539,7 +619,7 @@ def test_quarantined_text_loses_secret_payloads_even_when_cut():
 
 def test_every_pattern_is_listed_in_security_md():
     text = (Path(__file__).resolve().parent.parent / "docs" / "security.md").read_text()
-    for pattern in PATTERNS:
+    for pattern in (*PATTERNS, *NAME_PATTERNS):
         assert pattern.name in text, pattern.name
 
 

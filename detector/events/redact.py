@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import polars as pl
+
+from detector.events.schema import EVENT_COLUMNS
 
 REDACTED = "<redacted>"
 
@@ -66,6 +68,14 @@ _LIST0 = r'\[\s*"(?:[^"\\]|\\.)*(?:"(?:\s*,\s*"(?:[^"\\]|\\.)*")*\s*\]|$)'
 _BOUNDARY = r"(?-u:\b)"
 
 
+#: Space between a credential's name or scheme and its value: white space, white space as
+#: JSON escapes it (``\t`` in a body or a quarantined line), or as a URL encodes it (``+``,
+#: ``%20``: ``kubectl exec`` sends each word of its command as a query parameter).
+_SPACE = r"(?:\s|\\+[tnr]|\+|%20|%09)"
+#: ``:`` or ``=`` as such, or URL-encoded (``--password%3Dx``, ``Authorization%3A+Bearer``).
+_ASSIGN = r"(?:[:=]|%3[AaDd])"
+
+
 @dataclass(frozen=True)
 class Pattern:
     """One text pattern: what it finds (for docs and tests) and how it rewrites."""
@@ -75,7 +85,46 @@ class Pattern:
     replacement: str
 
 
-#: Applied to every string column that reaches the lake, in this order.
+def _assigned(name: str, assign: str = _ASSIGN) -> Pattern:
+    """A credential-named word, ``assign``, then its value (``password: x``, ``token=x``)."""
+    return Pattern(
+        name,
+        f"(?i){_BOUNDARY}({CREDENTIAL_KEY})"
+        + f"({_SPACE}*{assign}{_SPACE}*(?:(?:bearer|basic){_SPACE}+)?)"
+        + r"[^\s\"'\\,;&{\[]+",
+        "${1}${2}" + REDACTED,
+    )
+
+
+_BEARER = Pattern(
+    "Bearer or Basic credential (whole token, including any $ or punctuation)",
+    "(?i)" + _BOUNDARY + f"(bearer|basic){_SPACE}+" + r"[^\s\"'\\,;&]{8,}",
+    "${1} " + REDACTED,
+)
+_JWT = Pattern(
+    "JSON Web Token (a service account's or an OIDC token, wherever it appears)",
+    r"eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*",
+    REDACTED,
+)
+_QUERY_PARAM = Pattern(
+    "credential query parameter in a URL (access_token=, sig=, password=, ...)",
+    r"(?i)([?&;]" + CREDENTIAL_PARAM + r"=)[^&#\s\"'\\]*",
+    "${1}" + REDACTED,
+)
+_URL_PASSWORD = Pattern(
+    "password in a URL (scheme://user:password@host)",
+    "(?i)" + _BOUNDARY + r"([a-z][a-z0-9+.\-]*://[^/\s:@\"'\\]*:)[^/\s@\"'\\]+@",
+    "${1}" + REDACTED + "@",
+)
+_PEM = Pattern(
+    "PEM private key",
+    r"-----BEGIN ([A-Z ]*)PRIVATE KEY-----(?:[^-\"]|-[^-\"])*"
+    r"(?:-----END [A-Z ]*PRIVATE KEY-----)?",
+    "-----BEGIN ${1}PRIVATE KEY-----" + REDACTED,
+)
+
+
+#: Applied to every free-text column that reaches the lake, in this order.
 PATTERNS: tuple[Pattern, ...] = (
     Pattern(
         "credential-named JSON member (string or list of strings)",
@@ -99,33 +148,25 @@ PATTERNS: tuple[Pattern, ...] = (
         + r'\\+"\s*,\s*\\+"value\\+"\s*:\s*)(\\+")(?:[^"\\]|\\[^"])*(?:\\+")?',
         "${1}${2}" + REDACTED + "${2}",
     ),
-    Pattern(
-        "credential assigned in free text (YAML or properties in a value, a header line)",
-        f"(?i){_BOUNDARY}({CREDENTIAL_KEY})"
-        + r"(\s*[:=]\s*(?:(?:bearer|basic)\s+)?)[^\s\"'\\,;&{\[]+",
-        "${1}${2}" + REDACTED,
-    ),
-    Pattern(
-        "Bearer or Basic credential (whole token, including any $ or punctuation)",
-        "(?i)" + _BOUNDARY + r"(bearer|basic)\s+[^\s\"'\\,;]{8,}",
-        "${1} " + REDACTED,
-    ),
-    Pattern(
-        "credential query parameter in a URL (access_token=, sig=, password=, ...)",
-        r"(?i)([?&;]" + CREDENTIAL_PARAM + r"=)[^&#\s\"'\\]*",
-        "${1}" + REDACTED,
-    ),
-    Pattern(
-        "password in a URL (scheme://user:password@host)",
-        "(?i)" + _BOUNDARY + r"([a-z][a-z0-9+.\-]*://[^/\s:@\"'\\]*:)[^/\s@\"'\\]+@",
-        "${1}" + REDACTED + "@",
-    ),
-    Pattern(
-        "PEM private key",
-        r"-----BEGIN ([A-Z ]*)PRIVATE KEY-----(?:[^-\"]|-[^-\"])*"
-        r"(?:-----END [A-Z ]*PRIVATE KEY-----)?",
-        "-----BEGIN ${1}PRIVATE KEY-----" + REDACTED,
-    ),
+    _assigned("credential assigned in free text (YAML or properties in a value, a header line)"),
+    _BEARER,
+    _JWT,
+    _QUERY_PARAM,
+    _URL_PASSWORD,
+    _PEM,
+)
+
+#: Applied instead to names and identities (user, principal, namespace, object name...):
+#: the patterns that only a credential matches, and ``=`` as the only assignment, since
+#: ``:`` separates the parts of a name (``system:serviceaccount:oauth:proxy`` is the
+#: ServiceAccount ``proxy`` of the namespace ``oauth``, not an ``oauth`` credential).
+NAME_PATTERNS: tuple[Pattern, ...] = (
+    _assigned("credential assigned with '=' in a name", r"(?:=|%3[Dd])"),
+    _BEARER,
+    _JWT,
+    _QUERY_PARAM,
+    _URL_PASSWORD,
+    _PEM,
 )
 
 # Members whose whole value is dropped in quarantined text, where the structure that tells a
@@ -158,39 +199,63 @@ def _any(patterns: Iterable[Pattern]) -> str:
     return "|".join(f"(?:{p.regex})" for p in patterns)
 
 
-_SEARCH = _any(PATTERNS)
-_SEARCH_QUARANTINE = _any((*QUARANTINE_PATTERNS, *PATTERNS))
+#: What quarantined text (raw line, reason, source) goes through, in this order.
+QUARANTINE_ALL = (*QUARANTINE_PATTERNS, *PATTERNS)
+#: One search regex per pattern set (the three above).
+_SEARCHES = {ps: _any(ps) for ps in (PATTERNS, NAME_PATTERNS, QUARANTINE_ALL)}
+
+
+#: Columns whose every value names one event: searched without the distinct pass.
+PER_EVENT_COLUMNS = ("audit_id", "source_position")
+
+
+def _strings(column: pl.Series) -> pl.Series:
+    """The strings of a column: itself, or the items of a list column (``user_groups``)."""
+    return column.explode() if column.dtype == pl.List(pl.String) else column
+
+
+def _each(expr: pl.Expr, dtype: pl.DataType, apply: Callable[[pl.Expr], pl.Expr]) -> pl.Expr:
+    """``apply`` to a string column, or to every item of a list column."""
+    if dtype == pl.List(pl.String):
+        return expr.list.eval(apply(pl.element()))
+    return apply(expr)
 
 
 def matching_rows(column: pl.Series, pattern: str) -> pl.Series | None:
     """Where ``column`` holds a match of ``pattern`` (booleans, null as False); None where
-    no value does, the common case.
+    no value does, the common case. A list column matches where any item does.
 
     The regex runs over the column's distinct values, not every row: user agents,
     annotation maps and authorization reasons repeat across a batch (41 distinct among
     200k), and the search over every row was a fifth of normalizing (0.43 CPU-seconds
     per 1M events, against 0.09). A column of all-different values costs the distinct
-    pass on top: 1.4x the plain search (200k different annotation maps).
+    pass on top: 1.4x the plain search (200k different annotation maps), so the columns
+    that name one event each (:data:`PER_EVENT_COLUMNS`) are searched row by row.
     """
-    distinct = column.unique()
+    distinct = _strings(column)
+    if column.name not in PER_EVENT_COLUMNS:
+        distinct = distinct.unique()
     hits = distinct.filter(distinct.str.contains(pattern).fill_null(False))
     if hits.is_empty():
         return None
-    return column.is_in(hits.implode()).fill_null(False)
+    found = _each(pl.col(column.name), column.dtype, lambda e: e.is_in(hits.implode()))
+    if column.dtype == pl.List(pl.String):
+        found = found.list.any()
+    return column.to_frame().select(found.fill_null(False)).to_series()
 
 
 def redact_text_columns(
-    df: pl.DataFrame, columns: Iterable[str], *, quarantine: bool = False
+    df: pl.DataFrame, columns: Iterable[str], patterns: tuple[Pattern, ...] = PATTERNS
 ) -> tuple[pl.DataFrame, pl.Series | None]:
-    """Rewrite ``columns`` where a pattern hits; returns the frame and which rows changed.
+    """Rewrite ``columns`` (strings, or lists of strings) where one of ``patterns`` hits;
+    returns the frame and which rows changed.
 
     Search first, over whole columns (one regex per column); then only the rows that hit
     are taken out, rewritten pattern by pattern (skipping patterns none of them holds) and
     put back. ``None`` when nothing hit, the common case for a batch.
     """
     columns = [c for c in columns if c in df.columns]
-    patterns = (*QUARANTINE_PATTERNS, *PATTERNS) if quarantine else PATTERNS
-    search = _SEARCH_QUARANTINE if quarantine else _SEARCH
+    search = _SEARCHES.get(patterns) or _any(patterns)
     found = {c: rows for c in columns if (rows := matching_rows(df[c], search)) is not None}
     hit = list(found)
     if not hit:
@@ -199,20 +264,40 @@ def redact_text_columns(
     idx = rows.arg_true()
     sub = df[idx].select(hit)
     for p in patterns:
-        present = sub.select(pl.col(c).str.contains(p.regex).any() for c in hit).row(0)
+        present = [bool(_strings(sub[c]).str.contains(p.regex).any()) for c in hit]
         sub = sub.with_columns(
-            pl.col(c).str.replace_all(p.regex, p.replacement)
+            _each(pl.col(c), sub[c].dtype, lambda e, p=p: e.str.replace_all(p.regex, p.replacement))
             for c, yes in zip(hit, present, strict=True)
             if yes
         )
-    out = df.with_columns(df[c].scatter(idx, sub[c]) for c in hit)
-    return out, rows
+    return _put_back(df, idx, sub), rows
+
+
+def _put_back(df: pl.DataFrame, idx: pl.Series, sub: pl.DataFrame) -> pl.DataFrame:
+    """``df`` with rows ``idx`` of ``sub``'s columns replaced by ``sub``'s values.
+
+    A scatter for strings; lists cannot be scattered, so those rows are joined back on
+    their index (rare: a credential in ``user_groups`` or ``source_ips``).
+    """
+    lists = [c for c in sub.columns if sub[c].dtype == pl.List(pl.String)]
+    out = df.with_columns(df[c].scatter(idx, sub[c]) for c in sub.columns if c not in lists)
+    if not lists:
+        return out
+    new = sub.select(lists).with_columns(idx.cast(pl.UInt32).alias("_row"))
+    joined = out.select(lists).with_row_index("_row").join(new, on="_row", how="left")
+    return out.with_columns(
+        pl.when(joined["_row"].is_in(idx.cast(pl.UInt32).implode()))
+        .then(joined[f"{c}_right"])
+        .otherwise(joined[c])
+        .alias(c)
+        for c in lists
+    )
 
 
 def redact_text(text: str, *, quarantine: bool = False) -> str:
     """One string through the text layer (for callers outside a frame, and tests)."""
     df = pl.DataFrame({"t": [text]}, schema={"t": pl.String})
-    out, _ = redact_text_columns(df, ["t"], quarantine=quarantine)
+    out, _ = redact_text_columns(df, ["t"], QUARANTINE_ALL if quarantine else PATTERNS)
     return out["t"][0]
 
 
@@ -224,7 +309,7 @@ def redact_quarantine(df: pl.DataFrame) -> pl.DataFrame:
     """
     if df.is_empty():
         return df
-    return redact_text_columns(df, ["raw", "reason", "source"], quarantine=True)[0]
+    return redact_text_columns(df, ["raw", "reason", "source"], QUARANTINE_ALL)[0]
 
 
 # --------------------------------------------------------------------------- structure
@@ -232,8 +317,11 @@ _LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 _SECRET_KINDS = r"(?:Secret|SecretList|TokenRequest)"
 
 #: Rows whose bodies need the structured layer: anything naming a Secret/TokenRequest kind
-#: (also escaped inside an annotation string), or a credential key escaped inside a string
-#: (the text layer handles those too, but cannot parse a quote inside an escaped value).
+#: (also escaped inside an annotation string), a credential key escaped inside a string
+#: (the text layer handles those too, but cannot parse a quote inside an escaped value), or
+#: an object named like a credential (an environment variable or a header, whose ``value``
+#: the text layer finds only right after ``name``: JSON keeps no key order, and hand-written
+#: patches and other clients put ``value`` first or another member between).
 NEEDS_STRUCTURE = (
     r'\\*"kind\\*"\s*:\s*\\*"'
     + _SECRET_KINDS
@@ -241,6 +329,9 @@ NEEDS_STRUCTURE = (
     + r'|(?i)\\+"'
     + CREDENTIAL_KEY
     + r'\\+"\s*:'
+    + r'|(?i)\\*"name\\*"\s*:\s*\\*"'
+    + CREDENTIAL_KEY
+    + r'\\*"'
 )
 
 
@@ -391,7 +482,7 @@ def redact_json(
 
 
 # --------------------------------------------------------------------------- events
-#: Event columns that can hold free text from the request, and so a credential.
+#: Event columns that hold free text from the request: the text layer's every pattern.
 TEXT_COLUMNS = (
     "request_uri",
     "user_agent",
@@ -399,6 +490,19 @@ TEXT_COLUMNS = (
     "annotations",
     "request_object",
     "response_object",
+    "source",
+    "source_position",
+)
+#: Every other string the input gave, lists of strings included, with :data:`NAME_PATTERNS`.
+#: A credential is most often in a URI, a user agent or a body, but a hostile line can put
+#: one in any field (a user name, an object name, a CloudWatch event id), and the lake
+#: keeps what it is given. Not ``cluster`` (a checked name) or ``principal_kind`` (ours).
+#: These columns repeat a few values a batch, so searching them costs their distinct
+#: values (see :func:`matching_rows`).
+NAME_COLUMNS = tuple(
+    c
+    for c, dtype in EVENT_COLUMNS.items()
+    if dtype in (pl.String, pl.List(pl.String)) and c not in (*TEXT_COLUMNS, "principal_kind")
 )
 _STRUCTURED = ("request_object", "response_object", "annotations")
 
@@ -439,7 +543,8 @@ def redact_events(df: pl.DataFrame) -> pl.DataFrame:
         )
         flag = flag.scatter(idx, flag.gather(idx) | pl.Series(changed, dtype=pl.Boolean))
     df = df.with_columns(flag.alias("redacted"))
-    out, text_hit = redact_text_columns(df, TEXT_COLUMNS)
-    if text_hit is None:
-        return out
-    return out.with_columns(out["redacted"] | text_hit)
+    for columns, patterns in ((TEXT_COLUMNS, PATTERNS), (NAME_COLUMNS, NAME_PATTERNS)):
+        df, hit = redact_text_columns(df, columns, patterns)
+        if hit is not None:
+            df = df.with_columns(df["redacted"] | hit)
+    return df
