@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -91,7 +92,11 @@ def frames(
 class Receiver:
     """A loopback HTTP server that records requests and answers from a plan of statuses."""
 
-    def __init__(self, statuses: list[int] | None = None) -> None:
+    def __init__(
+        self, statuses: list[int] | None = None, before: Callable[[], int | None] | None = None
+    ) -> None:
+        """``before``: called as each request arrives; a status it returns overrides the
+        plan (a test's way to hold an answer until something else happened)."""
         self.requests: list[dict] = []
         self.statuses = list(statuses or [])
         rec = self
@@ -103,6 +108,7 @@ class Receiver:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 status = rec.statuses.pop(0) if rec.statuses else 200
+                status = (before() if before else None) or status
                 rec.requests.append({"headers": dict(self.headers), "body": body, "status": status})
                 self.send_response(status)
                 self.send_header("Content-Length", "2")

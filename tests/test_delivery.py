@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -165,6 +166,106 @@ def test_client_errors_are_not_retried(tmp_path):
             now=NOW,
         )
         assert len(r.requests) == 1 and sleep.waits == [] and len(report.dead_letters) == 1
+    finally:
+        r.close()
+
+
+@pytest.mark.parametrize(
+    "url, why",
+    [
+        ("https://hooks.example.com:99999/hook?token=SECRET", "port"),
+        ("https:///hook/SECRET", "names no host"),
+        ("https://hooks.example.com/services/T0/B0/SECRET TOKEN", "spaces"),
+    ],
+)
+def test_a_url_no_request_can_be_sent_to_is_refused_in_one_line_without_it(url, why, monkeypatch):
+    with pytest.raises(sink_config.SinkConfigError, match=why) as raised:
+        sink(name="hook", type="webhook", url=url)
+    assert "SECRET" not in str(raised.value)
+    monkeypatch.setenv("TEST_HOOK_URL", url)  # from the environment: checked when built
+    with pytest.raises(sink_config.SinkConfigError, match=why) as raised:
+        build(sink(name="hook", type="slack", url_env="TEST_HOOK_URL"))
+    assert "SECRET" not in str(raised.value)
+    with pytest.raises(sink_config.SinkConfigError, match="longer than 0s"):
+        sink(name="hook", type="webhook", url="https://hooks.example.com/x", timeout="0s")
+
+
+def test_a_sink_that_answers_garbage_fails_alone_and_the_others_hear_each_alert_once(
+    tmp_path, receiver, caplog
+):
+    """An endpoint that is not HTTP (an SSH port behind a proxy): http.client raised
+    BadStatusLine, which stopped the whole delivery before any record was saved, so every
+    run sent the other sinks everything again."""
+    import socket
+
+    lake = Lake(str(tmp_path / "lake"))
+    with socket.socket() as garbage:
+        garbage.bind(("127.0.0.1", 0))
+        garbage.listen()
+        port = garbage.getsockname()[1]
+
+        def answer() -> None:
+            while True:
+                try:
+                    conn, _ = garbage.accept()
+                except OSError:
+                    return
+                with conn:
+                    conn.recv(65536)
+                    conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+
+        threading.Thread(target=answer, daemon=True).start()
+        bad = sink(name="bad", type="webhook", url=f"http://127.0.0.1:{port}/SECRET-PATH")
+        good = sink(name="good", type="webhook", url=receiver.url, retries=0)
+        three = incidents(
+            [finding(f"arn:aws:iam::1:role/r{i}", T0, severity="high") for i in range(3)]
+        )
+        with caplog.at_level(logging.INFO):
+            for minute in (0, 1):
+                report = send(lake, three, [bad, good], now=NOW + timedelta(minutes=minute))
+                assert report.summary()["failed"] == 3
+    assert len(receiver.delivered) == 3  # once each, not once per run
+    dead = read_dead_letters(lake)
+    assert set(dead["error"]) == {"sink bad: BadStatusLine: not an HTTP answer"}
+    assert "SECRET-PATH" not in caplog.text + dead.write_csv()
+
+
+def test_sinks_are_served_side_by_side(tmp_path):
+    """The first sink answers only once the second has its alert: one after the other,
+    the first timed out and failed (and a hung sink held every sink behind it)."""
+    second_heard = threading.Event()
+    first = Receiver(before=lambda: None if second_heard.wait(timeout=5) else 504)
+    second = Receiver(before=lambda: second_heard.set())
+    try:
+        cfgs = [
+            sink(name="first", type="webhook", url=first.url, retries=0),
+            sink(name="second", type="webhook", url=second.url, retries=0),
+        ]
+        report = send(Lake(str(tmp_path / "lake")), incidents(), cfgs, now=NOW)
+        assert report.summary()["per_sink"] == {"first": 1, "second": 1}
+        assert [s["sink"] for s in report.sent] == ["first", "second"]  # the sinks' order
+    finally:
+        first.close()
+        second.close()
+
+
+def test_what_is_sent_is_recorded_as_it_goes_so_a_kill_re_sends_little(tmp_path, monkeypatch):
+    """The records were saved once every sink had finished: a run killed by its cron
+    timeout while a slow sink was sending re-sent everything, to every sink."""
+    from detector.delivery import deliver as deliver_mod
+    from detector.delivery.records import DeliveryStore
+
+    monkeypatch.setattr(deliver_mod, "CHECKPOINT_EVERY", 0.0)
+    lake = Lake(str(tmp_path / "lake"))
+    recorded: list[int] = []  # records in the lake as each alert arrives
+    r = Receiver(before=lambda: recorded.append(len(DeliveryStore(lake).load().sent)))
+    try:
+        three = incidents(
+            [finding(f"arn:aws:iam::1:role/r{i}", T0, severity="high") for i in range(3)]
+        )
+        send(lake, three, [sink(name="hook", type="webhook", url=r.url)], now=NOW)
+        assert recorded == [0, 1, 2]
+        assert len(DeliveryStore(lake).load().sent) == 3
     finally:
         r.close()
 

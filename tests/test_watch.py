@@ -288,6 +288,34 @@ main()
 """
 
 
+def test_watch_and_a_scoring_job_on_its_lake_send_each_incident_once_between_them(
+    sim, tmp_path, detect
+):
+    """The documented deployment: a watch Deployment, and an hourly job that only scores
+    the same lake with the same sinks. They kept apart records of what they had sent, so
+    the job sent every incident watch had already sent again, as new."""
+    receiver = Receiver()
+    try:
+        lake = tmp_path / "lake"
+        replay_in_process(Lake(str(lake)), sim, [hook_sink(receiver.url)])
+        sent = keys(receiver)
+        assert len(sent) == len(set(sent)) >= 5
+        (tmp_path / "detect.toml").write_text(
+            f'[[sinks]]\nname = "hook"\ntype = "webhook"\nurl = "{receiver.url}"\n'
+        )
+        end = datetime.fromisoformat(END.replace("Z", "+00:00"))
+        scored = detect(
+            *("--config", str(tmp_path / "detect.toml"), "score", "--lake", str(lake)),
+            *("--since", (end - timedelta(hours=2)).isoformat(), "--until", END),
+            *("--no-model", "--format", "json"),
+        )
+        assert scored.returncode == 0, scored.stderr
+        assert json.loads(scored.stdout)["incidents"]["delivery"]["sent"] == 0
+        assert keys(receiver) == sent
+    finally:
+        receiver.close()
+
+
 def test_sigkill_at_chosen_moments_every_due_alert_arrives_once_per_key(sim, model_dir, tmp_path):
     from detector.model.storage import Model
 
@@ -471,13 +499,15 @@ def test_two_replicas_one_leads_the_standby_takes_over_without_gap_or_duplicate(
         s3 = boto3.client("s3", endpoint_url=moto_endpoint)
 
         def recorded() -> bool:
-            # the chosen moment: the alert is recorded in the export checkpoint
-            listed = s3.list_objects_v2(Bucket=s3_bucket, Prefix="lake/_state/cloudwatch/")
-            (obj,) = listed["Contents"]
-            doc = json.loads(s3.get_object(Bucket=s3_bucket, Key=obj["Key"])["Body"].read())
-            return bool(((doc.get("payload") or {}).get("delivery") or {}).get("sent"))
+            # the chosen moment: the alert is in the lake's delivery records (the batch may
+            # not be checkpointed yet: the standby then reads it again and sends nothing)
+            try:
+                body = s3.get_object(Bucket=s3_bucket, Key="lake/_state/deliveries.json")["Body"]
+            except s3.exceptions.NoSuchKey:
+                return False
+            return bool(json.loads(body.read()).get("sent"))
 
-        wait_for(recorded, "the checkpoint to record the alert")
+        wait_for(recorded, "the delivery records to hold the alert")
 
         leader.kill()  # SIGKILL: no release, the lease is still on the books
         leader.wait(timeout=30)

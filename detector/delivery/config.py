@@ -172,6 +172,13 @@ def _seconds(value: Any, where: str, key: str) -> float:
     raise SinkConfigError(f'{where}: {key} must be a duration such as "30s" (at most 3650d)')
 
 
+def _positive(seconds: float, where: str) -> float:
+    """A timeout of 0 fails every delivery at once ("connection failed"): refused here."""
+    if seconds <= 0:
+        raise SinkConfigError(f"{where}: timeout must be longer than 0s")
+    return seconds
+
+
 def _loopback(url: str) -> bool:
     host = urlsplit(url).hostname or ""
     if host == "localhost":
@@ -183,12 +190,21 @@ def _loopback(url: str) -> bool:
 
 
 def check_url(url: str, where: str, allow_http: bool) -> None:
-    scheme = urlsplit(url).scheme
-    if scheme == "https" or (scheme == "http" and (allow_http or _loopback(url))):
-        return
-    raise SinkConfigError(
-        f"{where}: the URL must be https:// (http only to loopback or with allow_http = true)"
-    )
+    """A URL a sink can post to, or one line saying what is wrong with it. The line never
+    quotes the URL: a webhook's path or query is its secret."""
+    parts = urlsplit(url)
+    if parts.scheme != "https" and not (parts.scheme == "http" and (allow_http or _loopback(url))):
+        raise SinkConfigError(
+            f"{where}: the URL must be https:// (http only to loopback or with allow_http = true)"
+        )
+    if any(c.isspace() for c in url) or holds_control_characters(url):
+        raise SinkConfigError(f"{where}: the URL holds spaces or control characters")
+    try:
+        parts.port  # noqa: B018 - raises for a port out of range or not a number
+    except ValueError:
+        raise SinkConfigError(f"{where}: the URL's port is not a number from 1 to 65535") from None
+    if not parts.hostname:
+        raise SinkConfigError(f"{where}: the URL names no host")
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -278,7 +294,7 @@ def parse_sink(item: Any, where: str) -> SinkConfig:
         retries=retries,
         backoff=_seconds(item.get("backoff", "1s"), where, "backoff"),
         throttle=_seconds(item.get("throttle", "15m"), where, "throttle"),
-        timeout=_seconds(item.get("timeout", "10s"), where, "timeout"),
+        timeout=_positive(_seconds(item.get("timeout", "10s"), where, "timeout"), where),
         enabled=enabled,
         options=options,
     )

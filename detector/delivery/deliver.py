@@ -1,9 +1,10 @@
 """Decide what each sink must hear and send it: the one call batch and stream share.
 
 ``deliver(incidents, sinks, state)`` is pure with respect to the lake: it returns the new
-state (to checkpoint) and the dead letters (to file). ``detect score`` calls it once per
-run through :func:`deliver_to_lake`; ``detect watch`` calls it per batch and stores
-``report.state.to_dict()`` with its checkpoint.
+state and the dead letters (to file), and saves the state only through the ``checkpoint``
+it is given. ``detect score`` calls it once per run (:func:`detector.delivery.run.send`),
+``detect watch`` per batch (:mod:`detector.delivery.stream`), both with the lake's
+delivery records.
 
 Per sink and incident:
 
@@ -21,14 +22,17 @@ Per sink and incident:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from detector.delivery.payloads import Alert
 from detector.delivery.records import DeliveryState
-from detector.delivery.sinks import Sink
+from detector.delivery.sinks import Outcome, Sink
 from detector.incidents.group import Incident
 from detector.incidents.status import DELIVERED, RESOLVED
 from detector.lake.findings_schema import SEVERITIES
@@ -90,6 +94,10 @@ def plan(
     return due, held
 
 
+#: Least time between two saves of the delivery records while sinks are sending.
+CHECKPOINT_EVERY = 1.0
+
+
 def deliver(
     incidents: Iterable[Incident],
     sinks: list[Sink],
@@ -97,56 +105,107 @@ def deliver(
     *,
     now: datetime | None = None,
     lake: str = "./lake",
+    checkpoint: Callable[[DeliveryState], None] | None = None,
 ) -> DeliveryReport:
-    """Send what is due to every sink; returns a new state (the input is not changed)."""
+    """Send what is due to every sink; returns a new state (the input is not changed).
+
+    Sinks are served side by side, a thread each, so a slow or failing sink delays no
+    other. Each gets its alerts ``sink.chunk`` at a time; what a chunk delivered is
+    recorded at once and ``checkpoint`` (the caller's save) is called at most every
+    :data:`CHECKPOINT_EVERY` seconds and after the last chunk, so a run killed part way
+    re-sends only what it sent in its last second. A sink that raises (a bug, a library
+    error nobody expected) fails its own alerts into dead letters, naming the error's
+    type only (its text may quote a URL's secret).
+    """
     now = now or datetime.now(UTC)
     incidents = list(incidents)
     report = DeliveryReport(state=state.copy())
+    plans = []
     for sink in sinks:
         due, held = plan(incidents, sink, report.state, now, lake)
         report.throttled += held
-        if not due:
-            continue
+        if due:
+            plans.append((sink, due))
+    if not plans:
+        report.state.prune(now)
+        return report
+    guard = threading.Lock()
+    saved = [time.monotonic()]
+    outcomes: dict[str, list[Outcome]] = {}
+
+    def serve(sink: Sink, due: list[Alert]) -> None:
+        done = outcomes.setdefault(sink.name, [])
         try:
-            outcomes = sink.send(due)
+            for start in range(0, len(due), sink.chunk):
+                chunk = _send(sink, due[start : start + sink.chunk])
+                with guard:
+                    done += chunk
+                    _record(report.state, sink, chunk, now)
+                    if checkpoint is not None and time.monotonic() - saved[0] >= CHECKPOINT_EVERY:
+                        checkpoint(report.state)
+                        saved[0] = time.monotonic()
         finally:
             sink.close()
-        for o in outcomes:
-            inc = o.alert.incident
-            if o.ok:
-                report.state.record(
-                    inc.incident_id, inc.version, sink.name, inc.severity, o.alert.who, now
-                )
-                report.sent.append(
-                    {
-                        "incident_id": inc.incident_id,
-                        "version": inc.version,
-                        "sink": sink.name,
-                        "kind": o.alert.kind,
-                    }
-                )
-            else:
-                log.warning(
-                    "sink %s: incident %s v%d not delivered after %d attempt(s): %s",
-                    sink.name,
-                    inc.incident_id,
-                    inc.version,
-                    o.attempts,
-                    o.error,
-                )
-                report.dead_letters.append(
-                    {
-                        "incident_id": inc.incident_id,
-                        "version": inc.version,
-                        "sink": sink.name,
-                        "sink_type": sink.cfg.type,
-                        "kind": o.alert.kind,
-                        "idempotency_key": o.alert.key,
-                        "attempts": o.attempts,
-                        "error": o.error,
-                        "failed_at": now,
-                        "payload": o.payload,
-                    }
-                )
+
+    with ThreadPoolExecutor(max_workers=len(plans), thread_name_prefix="sink") as pool:
+        for future in [pool.submit(serve, sink, due) for sink, due in plans]:
+            future.result()
+    for sink, _ in plans:  # reported in the sinks' order, whichever finished first
+        _report(report, sink, outcomes.get(sink.name, []), now)
     report.state.prune(now)
+    if checkpoint is not None:
+        checkpoint(report.state)
     return report
+
+
+def _send(sink: Sink, alerts: list[Alert]) -> list[Outcome]:
+    """``sink.send``; whatever it raises fails the chunk instead of the run."""
+    try:
+        return sink.send(alerts)
+    except Exception as exc:
+        err = f"sink {sink.name}: {type(exc).__name__}"
+        return [Outcome(a, False, 1, err, None) for a in alerts]
+
+
+def _record(state: DeliveryState, sink: Sink, outcomes: list[Outcome], now: datetime) -> None:
+    for o in outcomes:
+        if o.ok:
+            inc = o.alert.incident
+            state.record(inc.incident_id, inc.version, sink.name, inc.severity, o.alert.who, now)
+
+
+def _report(report: DeliveryReport, sink: Sink, outcomes: list[Outcome], now: datetime) -> None:
+    for o in outcomes:
+        inc = o.alert.incident
+        if o.ok:
+            report.sent.append(
+                {
+                    "incident_id": inc.incident_id,
+                    "version": inc.version,
+                    "sink": sink.name,
+                    "kind": o.alert.kind,
+                }
+            )
+            continue
+        log.warning(
+            "sink %s: incident %s v%d not delivered after %d attempt(s): %s",
+            sink.name,
+            inc.incident_id,
+            inc.version,
+            o.attempts,
+            o.error,
+        )
+        report.dead_letters.append(
+            {
+                "incident_id": inc.incident_id,
+                "version": inc.version,
+                "sink": sink.name,
+                "sink_type": sink.cfg.type,
+                "kind": o.alert.kind,
+                "idempotency_key": o.alert.key,
+                "attempts": o.attempts,
+                "error": o.error,
+                "failed_at": now,
+                "payload": o.payload,
+            }
+        )

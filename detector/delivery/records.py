@@ -1,10 +1,11 @@
 """Which alert went where: delivery records (exactly once per incident version and sink),
 and dead letters for what could not be delivered.
 
-:class:`DeliveryState` is a plain, JSON-able value: ``detect score`` keeps it in
-``LAKE/_state/deliveries.json`` (compare-and-swap, like the export checkpoint), and
-``detect watch`` can store ``state.to_dict()`` inside its own checkpoint so that the
-position in the stream and what was sent commit together.
+:class:`DeliveryState` is a plain, JSON-able value kept in ``LAKE/_state/deliveries.json``
+(compare-and-swap, like the export checkpoint) by every command that delivers: ``detect
+score``, ``detect incidents deliver`` and ``detect watch`` share it, so each incident
+version reaches each sink once whichever of them sends it (a run that finds the file
+changed under it saves both runs' records, :meth:`DeliveryStore.save_merged`).
 
 Exactly once, and where it cannot be: a record is written after the sink accepted the
 alert. A crash between the two re-sends that alert on the next run with the *same*
@@ -118,8 +119,30 @@ class DeliveryStore:
         """Raises CheckpointConflict when another run saved in between (it then re-reads)."""
         self.etag = self.obj.write(state.to_dict(), etag=self.etag)
 
+    def save_merged(self, state: DeliveryState) -> None:
+        """Save ``state``; when another run (a ``detect score``, ``detect watch``) saved in
+        between, save both runs' records instead, so neither re-sends the other's."""
+        while True:
+            try:
+                self.save(state)
+                return
+            except CheckpointConflict:
+                state = merge(self.load(), state)
 
-__all__ = ["CheckpointConflict", "DeliveryState", "DeliveryStore", "write_dead_letters"]
+
+def merge(a: DeliveryState, b: DeliveryState) -> DeliveryState:
+    """Both states' records: per (incident, sink) the later version, per (sink, principal)
+    the later update."""
+    out = a.copy()
+    for k, v in b.sent.items():
+        if k not in out.sent or out.sent[k]["version"] < v["version"]:
+            out.sent[k] = v
+    for k, v in b.last_update.items():
+        out.last_update[k] = max(v, out.last_update.get(k, v))
+    return out
+
+
+__all__ = ["CheckpointConflict", "DeliveryState", "DeliveryStore", "merge", "write_dead_letters"]
 
 
 def write_dead_letters(lake: Lake, rows: list[dict[str, Any]], now: datetime) -> int:

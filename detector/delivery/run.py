@@ -19,12 +19,7 @@ import polars as pl
 from detector.delivery import sinks as sink_mod
 from detector.delivery.config import SinkConfig
 from detector.delivery.deliver import DeliveryReport, deliver
-from detector.delivery.records import (
-    CheckpointConflict,
-    DeliveryState,
-    DeliveryStore,
-    write_dead_letters,
-)
+from detector.delivery.records import DeliveryStore, write_dead_letters
 from detector.errors import DetectError, RuntimeFailure
 from detector.incidents import suppress, workflow
 from detector.incidents.group import DEFAULT_HORIZON, Incident
@@ -86,14 +81,9 @@ def send(
     kw = {"sleep": sleep} if sleep is not None else {}
     built = [_build(c, kw) for c in sink_configs if c.enabled]
     store = DeliveryStore(lake)
-    state = store.load()
-    report = deliver(incidents, built, state, now=now, lake=lake.uri)
-    try:
-        store.save(report.state)
-    except CheckpointConflict:  # another run delivered meanwhile: keep both runs' records
-        merged = _merge(store.load(), report.state)
-        store.save(merged)
-        report.state = merged
+    report = deliver(
+        incidents, built, store.load(), now=now, lake=lake.uri, checkpoint=store.save_merged
+    )
     write_dead_letters(lake, report.dead_letters, now)
     return report
 
@@ -108,16 +98,6 @@ def _build(cfg: SinkConfig, kw: dict[str, Any]) -> sink_mod.Sink:
         raise RuntimeFailure(
             f"sink {cfg.name!r} ({cfg.type}) cannot start: {type(exc).__name__}: {exc}"[:300]
         ) from None
-
-
-def _merge(a: DeliveryState, b: DeliveryState) -> DeliveryState:
-    out = a.copy()
-    for k, v in b.sent.items():
-        if k not in out.sent or out.sent[k]["version"] < v["version"]:
-            out.sent[k] = v
-    for k, v in b.last_update.items():
-        out.last_update[k] = max(v, out.last_update.get(k, v))
-    return out
 
 
 def process(

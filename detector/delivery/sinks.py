@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import logging
 import time
 import urllib.error
@@ -79,6 +80,10 @@ def _retry(
 
 
 class Sink:
+    #: Alerts handed to :meth:`send` at a time: what is sent is recorded after each chunk,
+    #: so a run killed part way re-sends only the chunk it was in (see deliver.deliver).
+    chunk = 1
+
     def __init__(
         self,
         cfg: SinkConfig,
@@ -117,6 +122,10 @@ def _post(url: str, body: bytes, headers: dict[str, str], timeout: float, name: 
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         reason = getattr(exc, "reason", exc)
         raise Retryable(f"sink {name}: {type(reason).__name__}: connection failed") from None
+    except http.client.HTTPException as exc:  # an answer that is not HTTP (BadStatusLine...)
+        raise Retryable(f"sink {name}: {type(exc).__name__}: not an HTTP answer") from None
+    except ValueError as exc:  # http.client.InvalidURL: its message quotes the URL's secret
+        raise Permanent(f"sink {name}: {type(exc).__name__}: the URL cannot be sent") from None
 
 
 class _HttpSink(Sink):
@@ -260,6 +269,10 @@ class _BatchSink(Sink):
 
     batch = 10
 
+    @property
+    def chunk(self) -> int:  # type: ignore[override]
+        return self.batch
+
     def put(self, records: list[dict[str, Any]]) -> dict[int, tuple[bool, str]]:
         """Index in ``records`` -> (retryable, error) for each record that failed."""
         raise NotImplementedError  # pragma: no cover
@@ -371,6 +384,8 @@ class OcsfSink(Sink):
     ``<path>/ext/<source>/region=<r>/accountId=<a>/eventDay=YYYYMMDD/<file>.parquet``.
     """
 
+    chunk = 1000  # one file (or one append) per run, not one per alert
+
     def __init__(self, cfg: SinkConfig, **kw: Any) -> None:
         super().__init__(cfg, **kw)
         self.path = cfg.options["path"]
@@ -378,7 +393,6 @@ class OcsfSink(Sink):
         self.source = cfg.options.get("source_name", payloads.PRODUCT)
         self.region = cfg.options.get("region") or "us-east-1"
         self.account = str(cfg.options.get("account_id") or "000000000000")
-        self._rows: list[dict[str, Any]] = []
 
     def record(self, alert: Alert) -> dict[str, Any]:
         acct = self.cfg.options.get("account_id")

@@ -2,12 +2,14 @@
 
 ``detect watch`` hands every batch that is durable in the lake to :meth:`StreamAlerter.consume`
 (through the export loop's after-write hook, or the tail/replay loop). It returns the new
-checkpoint payload: the stream detector's open windows and the delivery state (which
-incident version reached which sink). The caller stores it with the stream position in one
-conditional write, so after a SIGKILL the batches after the checkpoint are processed again
-with the payload as it was: an alert recorded as sent is never sent again, and one sent but
-not yet recorded (a crash in between) is sent again with the same idempotency key
-(``<incident_id>:v<version>``, docs/alerts.md).
+checkpoint payload, the stream detector's open windows, which the caller stores with the
+stream position in one conditional write: after a SIGKILL the batches after the checkpoint
+are processed again. What reached which sink is kept apart, in the lake's delivery records
+(``_state/deliveries.json``), the ones ``detect score`` and ``detect incidents deliver``
+keep: a watch Deployment and an hourly scoring job send each incident version once between
+them, and an alert recorded as sent is never sent again, whoever processes its batch again.
+One sent but not yet recorded (a kill in that second) is sent again with the same
+idempotency key (``<incident_id>:v<version>``, docs/alerts.md).
 
 Why this lives in ``delivery`` and not in ``pipeline``: it needs the detectors, the incident
 workflow and the sinks, all above the pipeline layer; the pipeline's watch loop receives it
@@ -27,7 +29,7 @@ import polars as pl
 from detector.delivery import sinks as sink_mod
 from detector.delivery.config import SinkConfig
 from detector.delivery.deliver import DeliveryReport, deliver
-from detector.delivery.records import DeliveryState, write_dead_letters
+from detector.delivery.records import DeliveryState, DeliveryStore, merge, write_dead_letters
 from detector.delivery.run import _build, pending
 from detector.detect.stream import StreamDetector, StreamState
 from detector.incidents import suppress, workflow
@@ -81,7 +83,8 @@ class StreamAlerter:
         """Findings due for this batch, incidents, deliveries; returns the new payload."""
         payload = payload or {}
         state = StreamState.from_dict(payload.get("detect"))
-        delivery = DeliveryState.from_dict(payload.get("delivery"))
+        # Checkpoints written before the delivery records moved to the lake hold them here.
+        earlier = DeliveryState.from_dict(payload.get("delivery"))
         started = time.monotonic()
         found = self.detector.process(events, now, state)
         out = ConsumeResult(
@@ -110,17 +113,22 @@ class StreamAlerter:
             for inc in pending(self.lake, now):
                 candidates.setdefault(inc.incident_id, inc)
         if candidates and self.sink_configs:
-            report = self._deliver(list(candidates.values()), delivery, now)
-            delivery = report.state
+            report = self._deliver(list(candidates.values()), earlier, now)
             out.sent, out.failed = report.sent, len(report.dead_letters)
+        elif earlier.sent:
+            DeliveryStore(self.lake).save_merged(earlier)  # moved to the lake once
         self.last = out
         if self.metrics is not None:
             self.metrics.batch_seconds.observe(time.monotonic() - started)
-        return {"detect": state.to_dict(), "delivery": delivery.to_dict()}
+        return {"detect": state.to_dict()}
 
-    def _deliver(self, incidents: list, state: DeliveryState, now: datetime) -> DeliveryReport:
+    def _deliver(self, incidents: list, earlier: DeliveryState, now: datetime) -> DeliveryReport:
         built: list[sink_mod.Sink] = [_build(c, dict(self.sink_kw)) for c in self.sink_configs]
-        report = deliver(incidents, built, state, now=now, lake=self.lake.uri)
+        store = DeliveryStore(self.lake)
+        state = merge(store.load(), earlier)
+        report = deliver(
+            incidents, built, state, now=now, lake=self.lake.uri, checkpoint=store.save_merged
+        )
         write_dead_letters(self.lake, report.dead_letters, now)
         if self.metrics is not None:
             sev = {i.incident_id: i.severity for i in incidents}
