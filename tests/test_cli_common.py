@@ -238,6 +238,15 @@ BAD_VALUES = [
     (["timeline", "x", "--since", "yesterday"], "--since"),
     (["timeline", "x", "--every", "-1m"], "--every"),
     (["timeline", " "], "PRINCIPAL is empty"),
+    # an empty path (an unset variable) read or wrote the working folder
+    (["ingest", "", "--cluster", "c"], "an input path is empty"),
+    (["rules", "test", "pod-exec", ""], "an input path is empty"),
+    (["simulate", "--out", ""], "--out"),
+    (["train", "--model-dir", ""], "--model-dir"),
+    (["demo", "--days", "1"], "--days"),  # too short to train on: failed after the work
+    (["findings", "--since", "1h", "--until", "2h"], "empty time range"),  # was "no findings"
+    (["athena-ddl", "--lake", "s3://b/l", "--first-date", "2999-01-01"], "--first-date"),
+    (["athena-ddl", "--lake", "s3://b/l", "--first-date", "1960-01-01"], "--first-date"),
     (["incidents", "--since", "99999999999d"], "--since"),
     (["incidents", "--status", "closed"], "--status"),
     (["incidents", "--min-severity", "loud"], "--min-severity"),
@@ -514,6 +523,27 @@ def test_a_command_started_without_stdout_says_so_in_one_line(tmp_path):
     proc = _started_without(">&-", "score", "--since", "yesterday-ish")
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and len(proc.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("fmt", ["table", "json"])
+def test_a_reader_that_leaves_ends_the_run_with_141_not_the_code_of_a_finding(fmt):
+    """``detect ... | head``: the run ended with exit 1, what ``score --fail-on`` returns
+    when it found something, so a pipeline under ``pipefail`` read it as a finding."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first write
+    try:
+        proc = subprocess.run(
+            [*detect_cmd(), "rules", "list", "--format", fmt],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write)
+    assert proc.returncode == 141, proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_a_command_started_without_stderr_keeps_its_exit_code():

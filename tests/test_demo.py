@@ -10,6 +10,9 @@ from detector.model.storage import CARD_NAME
 
 def test_demo_runs_the_loop_and_catches_the_planted_attacks(tmp_path: Path, detect):
     lake, work = tmp_path / "lake", tmp_path / "demo"
+    (work / "sub").mkdir(parents=True)  # a folder in use: --workdir . or ~ once emptied it
+    (work / "notes.txt").write_text("precious")
+    (work / "sub" / "keep.txt").write_text("kept")
     args = ("demo", "--lake", str(lake), "--workdir", str(work), "--days", "2", "--rate", "0.3")
     args += ("--model-dir", str(tmp_path / "models"), "--format", "json")
     run = detect(*args)
@@ -30,6 +33,8 @@ def test_demo_runs_the_loop_and_catches_the_planted_attacks(tmp_path: Path, dete
     assert again.returncode == 0, again.stderr  # its own lake: replaced, not refused
     second = json.loads(again.stdout)
     assert second["lake"]["events"] == second["simulation"]["events"]  # not added to the first
+    assert (work / "notes.txt").read_text() == "precious"
+    assert (work / "sub" / "keep.txt").read_text() == "kept"
 
 
 def test_demo_refuses_a_lake_it_did_not_make(tmp_path: Path, detect):
@@ -39,3 +44,8 @@ def test_demo_refuses_a_lake_it_did_not_make(tmp_path: Path, detect):
     assert run.returncode == 2
     assert "did not make" in run.stderr
     assert (lake / "events").exists()
+
+
+def test_demo_refuses_too_few_days_to_train_on(tmp_path: Path, detect):
+    run = detect("demo", "--lake", str(tmp_path / "lake"), "--days", "1")
+    assert run.returncode == 2 and "--days" in run.stderr

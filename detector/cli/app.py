@@ -9,6 +9,7 @@ while parsing the command line, becomes one ``error:`` line on stderr (a JSON re
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -26,6 +27,8 @@ from detector.errors import EXIT_RUNTIME, EXIT_USAGE, DetectError
 
 #: Exit code of a run stopped by Ctrl-C (128 + SIGINT).
 EXIT_INTERRUPTED = 130
+#: 128 + SIGPIPE: the reader of standard output went away (``detect findings | head``).
+EXIT_BROKEN_PIPE = 141
 
 
 def report(message: str) -> None:
@@ -136,6 +139,15 @@ class DetectGroup(TyperGroup):
                 args, prog_name or "detect", complete_var, standalone_mode=False, **extra
             )
             code = result if isinstance(result, int) else 0
+        except SystemExit as exc:
+            # click and rich end a run whose reader closed the pipe (`| head`) with exit 1,
+            # the code of "--fail-on found something": say what the shell says of SIGPIPE.
+            cause = exc.__context__
+            if exc.code == 1 and (
+                isinstance(cause, BrokenPipeError) or getattr(cause, "errno", 0) == errno.EPIPE
+            ):
+                exc.code = EXIT_BROKEN_PIPE
+            raise
         except DetectError as exc:
             report(str(exc))
             code = exc.exit_code

@@ -165,6 +165,16 @@ def output_file(value: Any) -> Path:
     return Path(text)
 
 
+def output_folder(value: Any) -> Path:
+    """A folder a command writes into, refused when blank (it named the working folder)."""
+    text = str(value)
+    if not text.strip():
+        raise ValueError("is empty: give a folder")
+    if Path(text).is_file():
+        raise ValueError(f"{text!r} is a file, not a folder")
+    return Path(text)
+
+
 def lake_root(value: Any) -> str:
     """A lake root as written, refused when it cannot name one: blank (it would resolve to
     the filesystem root), holding control characters, or an S3 URI without a bucket name."""
@@ -225,6 +235,7 @@ ModelDirOpt = Annotated[
     typer.Option(
         "--model-dir",
         envvar="DETECT_MODEL_DIR",
+        parser=lake_root,
         help="Model store: a local folder or s3://bucket/prefix.",
     ),
 ]

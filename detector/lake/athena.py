@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 
 import polars as pl
 import pyarrow as pa
@@ -226,9 +226,15 @@ def check_arguments(
             raise AthenaArgumentError(f"--cluster {c!r}: not a valid cluster name")
     if first_date is not None:
         try:
-            date.fromisoformat(first_date)
+            first = date.fromisoformat(first_date)
         except ValueError:
             raise AthenaArgumentError(f"--first-date {first_date!r}: use YYYY-MM-DD") from None
+        # the projection runs from it to NOW+1DAYS: a later start projects no partition
+        today = datetime.now(UTC).date()
+        if not date(1970, 1, 1) <= first <= today:
+            raise AthenaArgumentError(
+                f"--first-date {first_date}: must be from 1970-01-01 to today ({today})"
+            )
     known = [t.name for t in tables()]
     for name in only or []:
         if name not in known:

@@ -160,6 +160,8 @@ def expand_inputs(paths: list[str], *, on_skip: Callable[[str], None] | None = N
     """
     found: list[str] = []
     for path in paths:
+        if not path.strip():  # an unset variable ("$AUDIT_LOG"): not the current folder
+            raise InputNotFound("an input path is empty: name a file, folder or s3:// prefix")
         problem = s3_uri_problem(path)
         if problem:
             raise InputNotFound(problem)

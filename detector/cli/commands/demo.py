@@ -25,6 +25,10 @@ from detector.errors import UsageError
 
 DEMO_MARKER = "_state/demo.json"
 DEMO_CLUSTER = "demo"
+#: The model trains on every day but the last (the attacks' day): at least half a day.
+MIN_DEMO_DAYS = 1.5
+#: What the demo writes in --workdir: the only files of that folder it replaces.
+DEMO_FILES = ("audit.log", "labels.json")
 
 
 def demo(
@@ -33,7 +37,12 @@ def demo(
         Path, typer.Option(help="Where the generated audit log and labels.json go.")
     ] = Path(".demo"),
     days: Annotated[
-        float, typer.Option(help="Days of traffic, ending now.", min=0.2, max=MAX_SIM_DAYS)
+        float,
+        typer.Option(
+            help="Days of traffic, ending now: the model trains on all but the last.",
+            min=MIN_DEMO_DAYS,
+            max=MAX_SIM_DAYS,
+        ),
     ] = 4.0,
     rate: Annotated[
         float, typer.Option(help="Average events per second.", min=0.05, max=MAX_SIM_RATE)
@@ -65,6 +74,8 @@ def demo(
     from detector.simulate import write_simulation
 
     root = Path(lake)
+    if not lake.strip():
+        raise UsageError("--lake must name a folder, not be empty")
     for path, flag in ((root, "--lake"), (workdir, "--workdir")):
         if path.exists() and not path.is_dir():
             raise UsageError(f"{flag} {path}: a file, not a folder")
@@ -74,7 +85,8 @@ def demo(
             "(the demo replaces its own lake each run)"
         )
     shutil.rmtree(root, ignore_errors=True)
-    shutil.rmtree(workdir, ignore_errors=True)
+    for name in DEMO_FILES:  # the folder may hold anything else: only the demo's files go
+        (workdir / name).unlink(missing_ok=True)
     (root / "_state").mkdir(parents=True)
     (root / DEMO_MARKER).write_text('{"made_by": "detect demo"}\n')
 
@@ -177,13 +189,19 @@ def train_and_score(
 
     from detector.delivery.run import process, suppressions_for
     from detector.detect.score import score_range
-    from detector.detect.train import train_model
+    from detector.detect.train import ScoringError, train_model
     from detector.lake.findings import sort_findings
     from detector.lake.incidents import incidents_overlapping
 
     day_start = end - timedelta(days=1)
     with progress_status("training"):
-        model = train_model(lake, start, day_start, model_dir=model_dir)
+        try:
+            model = train_model(lake, start, day_start, model_dir=model_dir)
+        except ScoringError as exc:  # its advice names train's flags, not the demo's
+            raise UsageError(
+                f"the demo cannot train on {start:%Y-%m-%d %H:%M} to {day_start:%Y-%m-%d %H:%M} "
+                f"UTC: {str(exc).split(':')[0]}; raise --days or --rate"
+            ) from None
     card = model.card or {}
     say(
         output,

@@ -61,7 +61,7 @@ def evaluate(
 
     \b
         detect simulate --out sim --days 7 --seed 1
-        detect ingest sim/audit.log --lake sim/lake
+        detect ingest sim/audit.log --lake sim/lake --cluster demo
         detect evaluate --lake sim/lake --labels sim/labels.json --train-until 2026-11-26T00:00:00Z
     """
     from detector.detect.evaluate import evaluate as run_evaluate

@@ -17,6 +17,7 @@ from detector.cli.options import (
     OutputFormat,
     emit_json,
     instant_option,
+    output_folder,
     progress_status,
     stdout,
 )
@@ -25,7 +26,8 @@ from detector.errors import UsageError
 
 def simulate(
     out: Annotated[
-        Path, typer.Option("--out", file_okay=False, help="Folder to write into (created).")
+        Path,
+        typer.Option("--out", parser=output_folder, help="Folder to write into (created)."),
     ],
     days: Annotated[
         float, typer.Option(help="Length of the traffic, in days.", min=0.05, max=MAX_SIM_DAYS)
