@@ -68,6 +68,27 @@ def test_copytruncate_reads_the_file_again_from_its_start(tmp_path):
     assert ids(tail.poll()) == aid(2)
 
 
+@pytest.mark.parametrize("resumed", [False, True])
+def test_copytruncate_seen_after_the_file_grew_past_the_offset_again(tmp_path, resumed):
+    """Truncated, then written past the old offset before the next poll (a slow poll, a
+    watch down during logrotate): the size alone did not show it, and the new file's
+    lines up to the old offset, the attack among them, were never read."""
+    log = tmp_path / "audit.log"
+    log.write_bytes(line(0) + line(1))
+    tail = FileTail(str(log))
+    assert ids(tail.poll()) == aid(0, 1)
+    if resumed:  # the same, across a restart from a stored position
+        saved = TailPosition.from_dict(tail.position.to_dict())
+        tail.close()
+    with log.open("r+b") as fh:  # truncate in place (the same inode), then write more
+        fh.truncate(0)
+        fh.write(line(2) + line(3) + line(4))
+    if resumed:
+        tail = FileTail(str(log), saved)
+    assert ids(tail.poll()) == aid(2, 3, 4)
+    assert tail.poll() == []
+
+
 def test_a_stored_position_resumes_exactly_and_positions_name_the_file_version(tmp_path):
     log = tmp_path / "audit.log"
     log.write_bytes(b"\xef\xbb\xbf" + line(0) + line(1))

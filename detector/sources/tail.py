@@ -9,10 +9,16 @@ caller decides the pace and nothing blocks.
 - Only complete lines are returned; a line still being written stays for the next poll.
 - Rotation by rename: the file we had open is read to its end first (its last line is
   complete: the writer has moved on), then the new file is read from its start.
-- Truncation in place (copytruncate): the file is read again from its start.
-- :attr:`FileTail.position` (inode, byte offset) says where the next poll starts; a caller
-  that stores it with its checkpoint resumes exactly there after a restart, provided the
-  file was not rotated in between (then it starts at the start of the current file).
+- Truncation in place (copytruncate): the file is read again from its start. Seen when the
+  file is shorter than the offset, and also when it has grown past the offset again since
+  the last poll (a slow poll, a watch that was down during logrotate): the last line read
+  before the offset (its last :data:`MARK_BYTES` at most) is no longer there. The size
+  alone missed that case, and the new file's first lines, up to the old offset, were
+  never read.
+- :attr:`FileTail.position` (inode, byte offset, that line's digest) says where the next poll
+  starts; a caller that stores it with its checkpoint resumes exactly there after a
+  restart, provided the file was not rotated or rewritten in between (then it starts at
+  the start of the current file).
 
 Positions in the batches are ``INODE:OFFSET`` (byte offset of the line in that file), so
 a quarantined line names the file version and place it came from even across rotations.
@@ -20,6 +26,7 @@ a quarantined line names the file version and place it came from even across rot
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from dataclasses import dataclass
@@ -31,20 +38,39 @@ import pyarrow as pa
 from detector.events.normalize import MAX_LINE_BYTES
 from detector.sources.files import BATCH_BYTES, BOM, InputNotFound, LineBatch, _split_lines
 
+#: The most of the last line before the offset whose digest tells the file read from a
+#: rewritten one of the same inode. The whole line, not its end: an audit line ends with
+#: annotations that repeat from event to event; its times and audit ID come before.
+MARK_BYTES = 4096
+
 
 @dataclass(frozen=True)
 class TailPosition:
-    """Where the next poll starts: the file's inode and a byte offset in it."""
+    """Where the next poll starts: the file's inode, a byte offset in it, and the length
+    and digest of the line (its last :data:`MARK_BYTES`) just before that offset (0 and
+    empty in positions stored before they were kept)."""
 
     inode: int
     offset: int
+    mark_bytes: int = 0
+    mark: str = ""
 
-    def to_dict(self) -> dict[str, int]:
-        return {"inode": self.inode, "offset": self.offset}
+    def to_dict(self) -> dict[str, int | str]:
+        return {
+            "inode": self.inode,
+            "offset": self.offset,
+            "mark_bytes": self.mark_bytes,
+            "mark": self.mark,
+        }
 
     @classmethod
-    def from_dict(cls, data: dict[str, int]) -> TailPosition:
-        return cls(int(data["inode"]), int(data["offset"]))
+    def from_dict(cls, data: dict[str, int | str]) -> TailPosition:
+        return cls(
+            int(data["inode"]),
+            int(data["offset"]),
+            int(data.get("mark_bytes") or 0),
+            str(data.get("mark") or ""),
+        )
 
 
 def check_tailable(path: str) -> None:
@@ -65,6 +91,10 @@ def check_tailable(path: str) -> None:
 #: Bytes a poll reads at most: a big file followed from its start is read this much a
 #: step (1 GB peaked at 829 MB, against 2.8 GB read whole).
 POLL_BYTES = 4 * BATCH_BYTES
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 class FileTail:
@@ -88,10 +118,13 @@ class FileTail:
         self._fh: BinaryIO | None = None
         self._inode = position.inode if position else None
         self._offset = position.offset if position else 0
+        self._mark = (position.mark_bytes, position.mark) if position else (0, "")
 
     @property
     def position(self) -> TailPosition | None:
-        return TailPosition(self._inode, self._offset) if self._inode is not None else None
+        if self._inode is None:
+            return None
+        return TailPosition(self._inode, self._offset, *self._mark)
 
     def close(self) -> None:
         if self._fh is not None:
@@ -117,10 +150,10 @@ class FileTail:
             if self.behind:  # the old file is not finished yet: on with it next poll
                 return batches
             self.close()
-            self._inode, self._offset = None, 0
+            self._inode, self._offset, self._mark = None, 0, (0, "")
             self._open(current)
-        elif current is not None and current.st_size < self._offset:
-            self._offset = 0  # truncated in place (copytruncate): read it again
+        elif current is not None and self._rewritten(current):
+            self._offset, self._mark = 0, (0, "")  # truncated in place (copytruncate)
         more, _ = self._read_available(final=False, budget=budget)
         return batches + more
 
@@ -134,9 +167,19 @@ class FileTail:
     def _open(self, st: os.stat_result) -> None:
         self._fh = open(self.path, "rb")  # noqa: SIM115 - held open across polls on purpose
         opened = os.fstat(self._fh.fileno()).st_ino
-        if opened != self._inode or st.st_size < self._offset:
-            self._offset = 0  # another file than the stored position's: from its start
+        if opened != self._inode or self._rewritten(st):
+            self._offset, self._mark = 0, (0, "")  # not the stored position's file: from 0
         self._inode = opened
+
+    def _rewritten(self, st: os.stat_result) -> bool:
+        """The open file no longer holds what was read before the offset: truncated (it is
+        shorter), or truncated and written past the offset again (its bytes differ)."""
+        if st.st_size < self._offset:
+            return True
+        size, digest = self._mark
+        if not size or self._fh is None or size > self._offset:
+            return False
+        return _digest(os.pread(self._fh.fileno(), size, self._offset - size)) != digest
 
     def _read_available(self, *, final: bool, budget: int) -> tuple[list[LineBatch], int]:
         """Batches from the offset on, while ``budget`` bytes last; what is left of it."""
@@ -163,6 +206,8 @@ class FileTail:
             block = data[:cut]
             batches.append(self._batch(block, start))
             self._offset = start + cut
+            last = block[block.rfind(b"\n", 0, len(block) - 1) + 1 :][-MARK_BYTES:]
+            self._mark = (len(last), _digest(last))
             budget -= cut
             if cut < len(data) and not final and len(data) < self.batch_bytes:
                 return batches, budget
@@ -181,4 +226,4 @@ class FileTail:
         )
 
 
-__all__ = ["POLL_BYTES", "FileTail", "TailPosition", "check_tailable"]
+__all__ = ["MARK_BYTES", "POLL_BYTES", "FileTail", "TailPosition", "check_tailable"]
