@@ -249,3 +249,41 @@ def test_a_ray_address_where_nothing_listens_is_one_line_at_once(tmp_path, detec
     label = "a" * 100 + ".example:6379"  # a DNS label over 63 characters: "unexpected"
     run = detect(*base, "--executor", "ray", "--address", label, timeout=60)
     assert run.returncode == 2 and run.stderr.strip().endswith(": not a host name"), run.stderr
+
+
+class _CountingExecutor(LocalExecutor):
+    """The local executor, counting the tasks it is handed (what a Ray cluster would run)."""
+
+    def __init__(self) -> None:
+        self.tasks = 0
+
+    def map(self, fn, calls):
+        self.tasks += len(calls)
+        return super().map(fn, calls)
+
+
+def test_a_hunt_over_years_of_an_empty_lake_hands_out_tasks_only_where_events_are(tmp_path):
+    """`detect score --since 1970-01-01` on a lake of two days ran the rules once per
+    week of the 56 years, empty or not (99 s); the spans without a partition are skipped,
+    and the findings are those of the days that hold events."""
+    end = datetime(2026, 12, 1, tzinfo=UTC)
+    lake = Lake(str(tmp_path / "lake"))
+    sim = simulate(start=end - timedelta(days=2), end=end, rate=0.05, seed=5, cluster="east")
+    lines = list(sim.iter_lines())
+    lake.write_events(
+        normalize_lines(
+            pa.array(lines, pa.binary()),
+            positions=pa.array([str(i) for i in range(len(lines))]),
+            source="sim",
+            cluster="east",
+        ).events
+    )
+    opts = ScoreOptions(write=False, now=NOW, use_model=False)
+    counting = _CountingExecutor()
+    years = score_range(
+        lake, datetime(1970, 1, 1, tzinfo=UTC), end, model=None, options=opts, executor=counting
+    )
+    days = score_range(lake, end - timedelta(days=7), end, model=None, options=opts)
+    assert days.findings.height > 0
+    assert years.findings.sort("finding_id").equals(days.findings.sort("finding_id"))
+    assert counting.tasks <= 2 * 3  # window rows of each day and rules of each span held

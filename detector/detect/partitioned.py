@@ -167,6 +167,8 @@ def findings_by_cluster(
         in_span = [p for p in parts if first <= partition_start(p) < last]
         for name in clusters:
             mine = [p for p in in_span if p[0] == name]
+            if not mine:  # no event of this cluster in the span: nothing to find or link
+                continue
             found = None
             if model_found is not None:
                 found = model_found.filter(
