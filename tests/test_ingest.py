@@ -844,3 +844,25 @@ def test_without_cluster_a_lake_of_two_clusters_is_refused_before_writing(tmp_pa
     assert f"cannot tell which cluster {more} is from: pass --cluster NAME" in result.stderr
     assert "dev, prod" in result.stderr
     assert sorted(p.name for p in (tmp_path / "lake").rglob("*.parquet")) == before
+
+
+def test_bodies_that_are_not_objects_are_stored_as_json_text(tmp_path):
+    """schema.md: request_object and response_object are JSON text any reader parses.
+    A string body was stored unquoted (``plain text``, ``{"a":1`` from a string holding
+    a cut object), which json.loads and json_extract refuse."""
+    events = [
+        make_event(1, requestObject="plain text body", responseObject='{"a":1'),
+        make_event(2, requestObject=5, responseObject=True),
+        make_event(3, requestObject={"spec": {"replicas": 2}}),
+    ]
+    lake = str(tmp_path / "lake")
+    ingest_paths([str(write_ndjson(tmp_path / "a.log", events))], lake, cluster="c")
+    df = pl.read_parquet(f"{lake}/events/**/*.parquet").sort("audit_id")
+    bodies = [
+        [None if t is None else json.loads(t) for t in df[c]]
+        for c in ("request_object", "response_object")
+    ]
+    assert bodies == [
+        ["plain text body", 5, {"spec": {"replicas": 2}}],
+        ['{"a":1', True, None],
+    ]

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from detector.events.normalize import events_from_dicts, normalize_lines, quarantine_frame
 from detector.events.redact import (
+    DROPPED,
     NAME_PATTERNS,
     PATTERNS,
     REDACTED,
@@ -311,6 +312,8 @@ def planted_events() -> list[dict]:
                 }
             },
         ),
+        # a body that is not an object: stored as a JSON string, so nothing says it is clean
+        event(23, "create", "secrets", requestObject=f"c2VjcmV0{m(71)}"),
         # a hostile line can put a credential in any field
         event(
             22,
@@ -438,7 +441,7 @@ def test_no_planted_credential_reaches_any_column_of_any_lake_file(tmp_path, det
     log = tmp_path / "audit.log"
     log.write_bytes(b"\n".join(lines) + b"\n")
     planted = markers_in(log.read_text())
-    assert len(planted) == 51  # the fixture itself holds every marker
+    assert len(planted) == 52  # the fixture itself holds every marker
 
     lake = str(tmp_path / "lake")
     ingested = detect("ingest", str(log), "--lake", lake, "--cluster", "prod", "--format", "json")
@@ -635,7 +638,7 @@ def test_a_body_nested_past_the_stack_is_dropped_not_fatal(depth):
         source="t",
         cluster="c",
     )
-    assert result.events["request_object"].to_list() == [REDACTED, None]
+    assert result.events["request_object"].to_list() == [DROPPED, None]  # JSON, and no marker
     assert result.events["redacted"].to_list() == [True, False]
 
 

@@ -111,6 +111,13 @@ _UNKEPT_ESCAPE = (
 )
 
 
+#: A free-form member whose value is a string, a number or a boolean: polars gives a
+#: string's text unquoted (``plain text``, ``{"a":1`` from ``"{\"a\":1"``), which is not
+#: JSON; such lines have their members written by :mod:`json` too (``"plain text"``), so
+#: the columns hold JSON text whatever the line held. The API server always writes objects.
+_NOT_AN_OBJECT = r'"(?:requestObject|responseObject|annotations)"\s*:\s*[^\s{\[n]'
+
+
 def _loads(text: str | bytes) -> Any:
     """JSON text as Python values: orjson, or :mod:`json` for what orjson refuses (integers
     past 64 bits, lone surrogate escapes). Raises ``UnicodeDecodeError`` for bytes that are
@@ -125,8 +132,9 @@ def _loads(text: str | bytes) -> Any:
 def _read_objects(data: bytes, lines: pa.Array, schema: dict[str, pl.DataType]) -> pl.DataFrame:
     """:func:`_read` of ``lines`` (``data`` is their NDJSON), with every object member
     valid JSON text: the lines polars would garble (:data:`_UNKEPT_ESCAPE`, rare: Windows
-    paths, escaped JSON inside a string) have their members written by :mod:`json`, in
-    polars' layout (``{"k": "v"}``), so the lake holds JSON any reader can parse.
+    paths, escaped JSON inside a string; :data:`_NOT_AN_OBJECT`, hostile input) have their
+    members written by :mod:`json`, in polars' layout (``{"k": "v"}``), so the lake holds
+    JSON any reader can parse.
 
     A line :mod:`json` cannot read back (nesting past its recursion limit) keeps polars'
     text.
@@ -137,7 +145,8 @@ def _read_objects(data: bytes, lines: pa.Array, schema: dict[str, pl.DataType]) 
         return df
     text = pl.Series("t", lines).cast(pl.String, strict=False)
     present = df.select(pl.any_horizontal(pl.col(k).is_not_null() for k in fields)).to_series()
-    rows = (present & text.str.contains(_UNKEPT_ESCAPE).fill_null(False)).arg_true()
+    rewrite = text.str.contains(_UNKEPT_ESCAPE) | text.str.contains(_NOT_AN_OBJECT)
+    rows = (present & rewrite.fill_null(False)).arg_true()
     if rows.is_empty():
         return df
     fixed: dict[str, list[str | None]] = {k: [] for k in fields}

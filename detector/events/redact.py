@@ -32,6 +32,9 @@ import polars as pl
 from detector.events.schema import EVENT_COLUMNS
 
 REDACTED = "<redacted>"
+#: What a whole body or annotations map becomes when it cannot be walked: the marker as a
+#: JSON string, so the column still holds JSON text (docs/schema.md).
+DROPPED = orjson.dumps(REDACTED).decode()
 
 #: Key names that hold a credential, matched case-insensitively against the WHOLE key: the
 #: key must end in one of these words (``db_password``, ``X-Api-Key``, ``clientSecret``,
@@ -465,20 +468,22 @@ def redact_json(
         return None, False
     try:
         obj = orjson.loads(text)
+        if secret and not isinstance(obj, dict | list) and (drop_unparsed is not False):
+            return DROPPED, True  # a bare string or number: nothing says what it holds
         changed = _walk(obj, secret)
     except orjson.JSONDecodeError:
         drop = secret if drop_unparsed is None else drop_unparsed
-        return (REDACTED, True) if drop else (text, False)
+        return (DROPPED, True) if drop else (text, False)
     except RecursionError:
         # Nesting deeper than Python's stack (hostile input): what cannot be walked cannot
         # be shown to be clean, so it is dropped whole rather than stop the batch.
-        return REDACTED, True
+        return DROPPED, True
     if not changed:
         return text, False
     try:
         return orjson.dumps(obj).decode(), True
     except orjson.JSONEncodeError:  # nested deeper than orjson writes (255 levels)
-        return REDACTED, True
+        return DROPPED, True
 
 
 # --------------------------------------------------------------------------- events
