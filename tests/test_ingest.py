@@ -866,3 +866,20 @@ def test_bodies_that_are_not_objects_are_stored_as_json_text(tmp_path):
         ["plain text body", 5, {"spec": {"replicas": 2}}],
         ['{"a":1', True, None],
     ]
+
+
+def test_a_lone_surrogate_escape_becomes_a_replacement_character_not_a_nul(tmp_path):
+    """``"al\\ud800ice"`` is valid JSON naming no character: it was stored as ``al\\x00ice``,
+    a principal with a NUL byte that C tools cut and no allowlist matches."""
+    names = [b"al\\ud800ice", b"lo\\udc00w", b"ok\\ud83d\\ude00", b"esc\\\\ud800"]
+    lines = [
+        orjson.dumps(make_event(i)).replace(b'"eng-admin"', b'"' + name + b'"')
+        for i, name in enumerate(names)
+    ]
+    path = tmp_path / "a.log"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    lake = str(tmp_path / "lake")
+    summary = ingest_paths([str(path)], lake, cluster="c")
+    assert summary.events_written == 4 and summary.quarantined == 0
+    df = pl.read_parquet(f"{lake}/events/**/*.parquet").sort("audit_id")
+    assert df["user_name"].to_list() == ["al\ufffdice", "lo\ufffdw", "ok\U0001f600", "esc\\ud800"]

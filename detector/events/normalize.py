@@ -348,6 +348,39 @@ def _parse_reason(exc: Exception, line: bytes) -> str:
     return f"wrong type: {text}"
 
 
+#: A UTF-16 surrogate escape: a high one (with the low one that may follow), or a low one.
+_SURROGATE = re.compile(
+    rb"(\\+)u([dD][89abAB][0-9a-fA-F]{2})(\\u[dD][c-fC-F][0-9a-fA-F]{2})?"
+    rb"|(\\+)u([dD][c-fC-F][0-9a-fA-F]{2})"
+)
+
+
+def _lone_surrogate(match: re.Match[bytes]) -> bytes:
+    """A surrogate escape without its other half becomes U+FFFD; a pair is kept, and so is
+    text after an escaped backslash (an even run of backslashes escapes none)."""
+    slashes = match.group(1) or match.group(4)
+    paired = match.group(1) is not None and match.group(3) is not None
+    if len(slashes) % 2 == 0 or paired:
+        return match.group(0)
+    return slashes + b"ufffd" + (match.group(3) or b"")
+
+
+def _lone_surrogates_replaced(lines: pa.Array) -> tuple[pa.Array, bool]:
+    """``lines`` with lone surrogate escapes (``"al\ud800ice"``) written as U+FFFD.
+
+    No text holds such a character: pyarrow refuses the line and polars read it as a NUL
+    byte (``al\x00ice``), a principal no allowlist matches. Only lines holding a surrogate
+    escape are looked at, in Python (hostile or broken input, rare)."""
+    has = pc.match_substring_regex(lines, r"\\u[dD][89a-fA-F]").fill_null(False)
+    rows = np.flatnonzero(has.to_numpy(zero_copy_only=False))
+    if not len(rows):
+        return lines, False
+    values = lines.to_pylist()
+    for i in rows:
+        values[i] = _SURROGATE.sub(_lone_surrogate, values[i])
+    return pa.array(values, lines.type), True
+
+
 def _parse_isolating(
     lines: pa.Array, index: pa.Array, *, terminated: bool = False
 ) -> tuple[list[pl.DataFrame], list[int], list[tuple[int, str]]]:
@@ -368,6 +401,12 @@ def _parse_isolating(
         fast = _read_fast(lines, terminated=terminated)
         if fast is not None:
             return [fast], index.to_pylist(), bad
+        lines, replaced = _lone_surrogates_replaced(lines)
+        if replaced:
+            terminated = False  # the lines were rewritten: no longer slices of one block
+            fast = _read_fast(lines, terminated=False)
+            if fast is not None:
+                return [fast], index.to_pylist(), bad
         retried = _without_misshapen(lines, index, terminated=terminated)
         if retried is not None:
             return retried
