@@ -245,6 +245,7 @@ BAD_VALUES = [
     (["train", "--model-dir", ""], "--model-dir"),
     (["demo", "--days", "1"], "--days"),  # too short to train on: failed after the work
     (["findings", "--since", "1h", "--until", "2h"], "empty time range"),  # was "no findings"
+    (["score", "--since", "1h", "--until", "1h"], "empty time range"),  # was 10 minutes long
     (["athena-ddl", "--lake", "s3://b/l", "--first-date", "2999-01-01"], "--first-date"),
     (["athena-ddl", "--lake", "s3://b/l", "--first-date", "1960-01-01"], "--first-date"),
     (["incidents", "--since", "99999999999d"], "--since"),

@@ -13,6 +13,7 @@ import errno
 import importlib
 import os
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 import typer
@@ -21,7 +22,7 @@ from typer.core import TyperGroup
 
 from detector import __version__
 from detector.cli.helptext import reflow_registered
-from detector.cli.options import LogFormat, LogLevel, RegionOpt, stderr
+from detector.cli.options import INVOCATION_NOW, LogFormat, LogLevel, RegionOpt, stderr
 from detector.controls import ONE_LINE
 from detector.errors import EXIT_RUNTIME, EXIT_USAGE, DetectError
 
@@ -134,6 +135,7 @@ class DetectGroup(TyperGroup):
         if _asked_for_json(sys.argv[1:] if args is None else list(args)):
             # So that an error found before the root callback runs is a JSON record too.
             logging_setup.configure("json", "warning")
+        started = INVOCATION_NOW.set(datetime.now(UTC))
         try:
             result = super().main(
                 args, prog_name or "detect", complete_var, standalone_mode=False, **extra
@@ -165,6 +167,7 @@ class DetectGroup(TyperGroup):
             if code is None:  # a bug: main() says how to see its traceback
                 raise
         finally:
+            INVOCATION_NOW.reset(started)
             logging_setup.reset()
         if standalone_mode:
             sys.exit(code)

@@ -19,6 +19,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -83,6 +84,10 @@ class LogLevel(StrEnum):
 
 
 # ------------------------------------------------------------------ time parameter types
+#: When the running command started (set by the app for each invocation); None: now.
+INVOCATION_NOW: ContextVar[datetime | None] = ContextVar("invocation_now", default=None)
+
+
 class Instant:
     """Parser of time options: a duration before now (``1h``) or an ISO-8601 instant.
 
@@ -98,7 +103,9 @@ class Instant:
         if isinstance(value, datetime):
             aware = value if value.tzinfo else value.replace(tzinfo=UTC)
             return check_instant(aware.astimezone(UTC), value.isoformat())
-        return parse_instant(str(value))
+        # One "now" for every option of a command: `--since 1h --until 1h` is empty, as
+        # the same two instants written out are, not a few microseconds long.
+        return parse_instant(str(value), now=INVOCATION_NOW.get())
 
 
 class Duration:
