@@ -325,7 +325,7 @@ def load(group: Any, path: Path | None) -> LoadedConfig:
                 f"[{owners[0].replace(' ', '.')}]"
                 if owners
                 else f"; top-level keys: "
-                f"{', '.join(sorted([*ROOT_SETTINGS, *shared, IP_LISTS_KEY]))}"
+                f"{', '.join(sorted({*ROOT_SETTINGS, *shared, IP_LISTS_KEY}))}"
             )
             raise ConfigError(f"{fname}: unknown key {raw_key!r}{hint}")
     for raw_key, value in tables.items():

@@ -194,6 +194,30 @@ def test_bad_config_is_one_line_naming_the_key_exit_2(cwd, toml, message):
         assert result.stderr.startswith("error: ")
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("DETECT_EXECUTOR", "spark", "'spark' is not one of 'local', 'ray'"),
+        ("DETECT_WATCH_PORT", "abc", "Input should be a valid integer"),
+    ],
+)
+def test_show_refuses_an_environment_value_the_commands_would_refuse(
+    cwd, monkeypatch, name, value, message
+):
+    """It showed `executor spark` and exited 0; `detect score` then stopped with exit 2."""
+    monkeypatch.setenv(name, value)
+    result = invoke("config", "show")
+    assert result.exit_code == 2, result.stdout
+    assert result.stderr.startswith(f"error: env {name}: ") and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_unknown_key_message_lists_each_top_level_key_once(cwd):
+    (cwd / "detect.toml").write_text("bogus = 1\n")
+    keys = invoke("config", "show").stderr.split("top-level keys: ")[1].strip().split(", ")
+    assert len(keys) == len(set(keys)) and "region" in keys
+
+
 def test_missing_config_file_is_an_error(cwd):
     result = invoke("--config", "nope.toml", "config", "show")
     assert result.exit_code == 2

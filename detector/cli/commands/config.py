@@ -9,9 +9,11 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 from rich.table import Table
+from typer._click import exceptions as click_exceptions
 
 from detector import config as settings
 from detector.cli.options import FormatOpt, OutputFormat, emit_json, stdout
+from detector.errors import UsageError
 
 config_app = typer.Typer(
     name="config",
@@ -57,6 +59,16 @@ def _source_of(s: settings.Setting, source: Any, loaded: settings.LoadedConfig) 
     return "default"
 
 
+def _check_env(s: settings.Setting, ctx: Any, value: Any, where: str) -> None:
+    """A DETECT_* variable holding what the option would refuse (``DETECT_WATCH_PORT=abc``)
+    is the commands' usage error, said here too rather than shown as if it were fine."""
+    try:
+        s.param.process_value(ctx, value)
+    except (click_exceptions.BadParameter, ValueError) as exc:
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        raise UsageError(f"{where}: {s.key} = {value!r}: {message}") from None
+
+
 def effective(
     ctx: Any, *, all_options: bool = False, flags: dict[str, Any] | None = None
 ) -> list[dict[str, Any]]:
@@ -88,6 +100,8 @@ def effective(
         sub = _context_for(root, s.command)
         value, source = s.param.consume_value(sub, {})
         where = _source_of(s, source, loaded)
+        if where.startswith("env ") and value is not None:
+            _check_env(s, sub, value, where)
         row = {
             "setting": f"{'.'.join(s.command)}.{s.key}",
             "value": _show_value(value),
