@@ -222,7 +222,8 @@ def test_a_sink_that_answers_garbage_fails_alone_and_the_others_hear_each_alert_
         )
         with caplog.at_level(logging.INFO):
             for minute in (0, 1):
-                report = send(lake, three, [bad, good], now=NOW + timedelta(minutes=minute))
+                at = NOW + timedelta(minutes=minute)
+                report = send(lake, three, [bad, good], now=at, sleep=FakeSleep())
                 assert report.summary()["failed"] == 3
     assert len(receiver.delivered) == 3  # once each, not once per run
     dead = read_dead_letters(lake)
