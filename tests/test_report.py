@@ -422,3 +422,69 @@ def test_incidents_active_in_the_range_are_read_and_a_bad_file_is_skipped(tmp_pa
     assert df["time"].to_list() == [START - timedelta(days=6), START + h]
     assert df["severity"].to_list() == ["high", "high"]
     assert "incidents.parquet" in caplog.text  # the damaged file, named
+
+
+def test_alerts_get_their_sections_before_the_records_of_an_incident(tmp_path):
+    """The sections went first to an incident's findings in incident order, info records
+    included, then to the alerts, cut at --max-findings: 8 high alerts of a demo day had
+    none, and an incident's in-range finding without one read "(not in this range)"."""
+    from detector.lake.incidents import write_incidents
+    from detector.report.data import collect
+    from detector.report.html import build_context
+
+    lake = Lake(str(tmp_path / "lake"))
+    at = START + timedelta(hours=1)
+    rows = [event(GRACE, at + timedelta(minutes=10 * i)) for i in range(6)]
+    evs = write_events(lake, rows)
+    one = [evs[i : i + 1] for i in range(6)]
+    items = [
+        (finding(GRACE, at + timedelta(minutes=10 * i), one[i], severity="info",
+                 title=f"record {i}", detector="rule:exec-pod"), one[i])
+        for i in range(4)
+    ] + [
+        (finding(GRACE, at + timedelta(minutes=40), one[4], severity="medium", title="mid"),
+         one[4]),
+        (finding(GRACE, at + timedelta(minutes=50), one[5], severity="high", title="top"),
+         one[5]),
+    ]  # fmt: skip
+    found = write_findings(lake, START, END, items)
+    records = found.filter(pl.col("severity") == "info")["finding_id"].to_list()
+    write_incidents(
+        lake,
+        [
+            {"incident_id": "inc-1", "cluster": "prod", "first_seen": at, "last_seen": at,
+             "severity": "medium", "principal": GRACE, "finding_ids": records},
+            {"incident_id": "inc-2", "cluster": "staging", "first_seen": at, "last_seen": at,
+             "severity": "low", "principal": GRACE, "finding_ids": []},
+        ],
+    )  # fmt: skip
+    data = collect(lake, START, END, max_findings=3, cluster="prod")
+    assert data.detailed["title"].to_list() == ["top", "mid", "record 0"]
+    assert data.incidents is not None and data.incidents["incident_id"].to_list() == ["inc-1"]
+    listed = build_context(data)["incidents"][0]["findings"]
+    assert [f["in_range"] for f in listed] == [True] * 4
+    assert [bool(f["anchor"]) for f in listed] == [True, False, False, False]
+    assert any("6 findings qualify" in n for n in data.notes)
+
+
+def test_an_incident_begun_before_the_range_is_drawn_in_its_first_hour(tmp_path):
+    """Binned at its first_seen, it stretched the incidents chart to 7,578 px with the
+    range squeezed into a corner."""
+    from detector.lake.incidents import write_incidents
+    from detector.report.data import collect
+    from detector.report.html import build_context
+
+    lake = Lake(str(tmp_path / "lake"))
+    write_events(lake, [event(GRACE, START + timedelta(hours=1))])
+    write_incidents(
+        lake,
+        [
+            {"incident_id": "old", "cluster": "prod", "first_seen": START - timedelta(days=3),
+             "last_seen": START + timedelta(hours=1), "severity": "high"},
+        ],
+    )  # fmt: skip
+    svg = build_context(collect(lake, START, END))["charts"]["incidents"]
+    events_svg = build_context(collect(lake, START, END))["charts"]["events"]
+    width = re.compile(r'<svg[^>]* width="([0-9.]+)"')
+    drawn, usual = (float(width.search(x).group(1)) for x in (svg, events_svg))
+    assert drawn < 1.1 * usual  # (legends differ by a few pixels)

@@ -138,16 +138,22 @@ def findings_events(lake: Lake, finding_ids: list[str], start: datetime, end: da
     )
 
 
-def read_incidents(lake: Lake, start: datetime, end: datetime) -> pl.DataFrame | None:
-    """Incidents active in the range as the page shows them (``time`` and ``end`` for first
-    and last seen), or ``None`` when the lake has no incidents table: findings were never
-    grouped there (a lake only ingested into, or scored with ``--dry-run``).
+def read_incidents(
+    lake: Lake, start: datetime, end: datetime, *, cluster: str | None = None
+) -> pl.DataFrame | None:
+    """Incidents active in the range (of ``cluster``, or all) as the page shows them
+    (``time`` and ``end`` for first and last seen), or ``None`` when the lake has no
+    incidents table: findings were never grouped there (a lake only ingested into, or
+    scored with ``--dry-run``).
 
     The incidents table's own reader: a file it cannot use is skipped with a warning.
     """
     if not incidents_table(lake).values(()):
         return None
-    return incidents_overlapping(lake, start, end).select(
+    found = incidents_overlapping(lake, start, end)
+    if cluster:
+        found = found.filter(pl.col("cluster") == cluster)
+    return found.select(
         "incident_id",
         pl.col("first_seen").alias("time"),
         pl.col("last_seen").alias("end"),
@@ -221,22 +227,27 @@ def collect(
     findings = list_findings(lake, since=start, until=end)
     if cluster:
         findings = findings.filter(pl.col("cluster") == cluster)
-    incidents = read_incidents(lake, start, end)
-    alerts = findings.filter(pl.col("severity") != "info")
-    wanted: list[str] = []
-    if incidents is not None:  # an incident's findings first, so its links resolve
-        known = set(findings["finding_id"].to_list())
+    incidents = read_incidents(lake, start, end, cluster=cluster)
+    # A section for every alert and for the records of an incident (so its links resolve),
+    # the most severe first when there are more than max_findings: records come last.
+    members: list[str] = []
+    if incidents is not None:
         for ids in incidents["finding_ids"].drop_nulls().to_list():
-            wanted.extend(i for i in ids if i in known)
-    wanted.extend(alerts["finding_id"].to_list())
-    wanted = list(dict.fromkeys(wanted))
-    if len(wanted) > max_findings:
+            members.extend(ids)
+    candidates = findings.filter(
+        (pl.col("severity") != "info")
+        | pl.col("finding_id").is_in(pl.Series(members, dtype=pl.String).implode())
+    )
+    if candidates.height > max_findings:
         notes.append(
-            f"{len(wanted)} findings qualify for a section; the {max_findings} most severe are "
-            "shown (raise --max-findings for more)"
+            f"{candidates.height} findings qualify for a section; the {max_findings} most "
+            "severe are shown (raise --max-findings for more)"
         )
-    keep = pl.Series(wanted[:max_findings], dtype=pl.String).implode()
-    detailed = findings.filter(pl.col("finding_id").is_in(keep))
+    detailed = candidates.sort(
+        ["severity_rank", "score", "window_start", "finding_id"],
+        descending=[True, True, False, False],
+        nulls_last=True,
+    ).head(max_findings)
     events = findings_events(lake, detailed["finding_id"].to_list(), start, end)
     return ReportData(
         start=start,

@@ -172,14 +172,16 @@ def build_context(data: ReportData) -> dict[str, Any]:
         )
 
     if incidents is not None:
+        in_range = {r["finding_id"]: r for r in findings.iter_rows(named=True)}
         for inc in incidents:
             ids = inc["finding_ids"] or []
             inc["findings"] = [
                 {
                     "finding_id": fid,
                     "anchor": f_anchor.get(fid),
-                    "title": by_id[fid]["title"] if fid in by_id else fid,
-                    "severity": by_id[fid]["severity"] if fid in by_id else "info",
+                    "in_range": fid in in_range,
+                    "title": in_range[fid]["title"] if fid in in_range else fid,
+                    "severity": in_range[fid]["severity"] if fid in in_range else "info",
                 }
                 for fid in ids
             ]
@@ -256,7 +258,11 @@ def _charts(data: ReportData, top: pl.DataFrame) -> dict[str, Any]:
             )
         )
     if data.incidents is not None and data.incidents.height:
-        inc = data.incidents.with_columns(pl.col("severity").fill_null("info"))
+        # An incident begun before the range counts in its first hour, not off the chart.
+        inc = data.incidents.with_columns(
+            pl.col("severity").fill_null("info"),
+            pl.max_horizontal("time", pl.lit(data.start, data.incidents.schema["time"])),
+        )
         out["incidents"] = Markup(
             charts.by_severity(inc, "time", "Incidents per hour by severity", domain)
         )
