@@ -160,6 +160,18 @@ def test_a_local_range_longer_than_a_day_read_a_partition_at_a_time_finds_the_sa
     assert_same_result(auto, one)
 
 
+def _store(lake: Lake, lines: list[bytes], cluster: str) -> None:
+    """Raw audit lines into the lake, as `detect ingest` stores them."""
+    lake.write_events(
+        normalize_lines(
+            pa.array(lines, pa.binary()),
+            positions=pa.array([str(i) for i in range(len(lines))]),
+            source="sim",
+            cluster=cluster,
+        ).events
+    )
+
+
 def test_a_hunt_longer_than_a_week_finds_with_the_rules_what_weekly_runs_would(tmp_path):
     """The rules run per cluster over spans of at most a week (a task's memory follows a
     week of candidates, not a 90-day hunt): a 10-day range finds, with the rules, exactly
@@ -184,14 +196,7 @@ def test_a_hunt_longer_than_a_week_finds_with_the_rules_what_weekly_runs_would(t
             annotations={"authorization.k8s.io/decision": "forbid"},
         )
         lines.append(orjson.dumps(denied))
-    lake.write_events(
-        normalize_lines(
-            pa.array(lines, pa.binary()),
-            positions=pa.array([str(i) for i in range(len(lines))]),
-            source="sim",
-            cluster="east",
-        ).events
-    )
+    _store(lake, lines, "east")
     spans = rule_spans(start, end, timedelta(minutes=10))
     assert len(spans) == 2  # a week boundary falls inside the range
     opts = ScoreOptions(write=False, now=NOW, use_model=False)
@@ -270,14 +275,7 @@ def test_a_hunt_over_years_of_an_empty_lake_hands_out_tasks_only_where_events_ar
     lake = Lake(str(tmp_path / "lake"))
     sim = simulate(start=end - timedelta(days=2), end=end, rate=0.05, seed=5, cluster="east")
     lines = list(sim.iter_lines())
-    lake.write_events(
-        normalize_lines(
-            pa.array(lines, pa.binary()),
-            positions=pa.array([str(i) for i in range(len(lines))]),
-            source="sim",
-            cluster="east",
-        ).events
-    )
+    _store(lake, lines, "east")
     opts = ScoreOptions(write=False, now=NOW, use_model=False)
     counting = _CountingExecutor()
     years = score_range(
