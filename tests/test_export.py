@@ -805,6 +805,15 @@ def test_the_after_write_hook_sees_each_batch_and_its_payload_rides_with_the_che
     assert resumed.payload == state["payload"]
     assert checkpoint(lake_dir)["payload"] == state["payload"]
 
+    # A plain export of the group would move the point the consumer resumes from, and
+    # what it read would reach the lake but never the consumer (watch's detection and
+    # alerts): refused, in one line, before anything is read.
+    before = checkpoint(lake_dir)
+    plain = cli("export", "--log-group", group, "--lake", lake_dir, "--cluster", "hook")
+    assert plain.returncode == 2
+    assert "followed by `detect watch`" in one_line_error(plain.stderr)
+    assert checkpoint(lake_dir) == before
+
 
 def test_configuration_errors_are_one_line_and_exit_2(logs, lake_dir, tmp_path):
     group = new_group(logs, AUDIT_STREAMS[:1])

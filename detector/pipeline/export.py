@@ -110,6 +110,10 @@ class NoCheckpoint(ExportConfigError):
     """No ``--since`` and nothing to resume from."""
 
 
+class WatchedGroup(ExportConfigError):
+    """A plain export of a log group whose checkpoint a ``detect watch`` consumer keeps."""
+
+
 @dataclass
 class ExportOptions:
     """Everything that shapes an export besides the time range."""
@@ -428,6 +432,14 @@ class Exporter:
             raise NoCheckpoint(
                 f"no checkpoint for log group {self.opts.log_group} in {self.lake.uri} "
                 "(first run?): pass --since (e.g. --since 1h) to say where to start"
+            )
+        if self.after_write is None and (existing or {}).get("payload"):
+            raise WatchedGroup(
+                f"log group {self.opts.log_group} is followed by `detect watch` in "
+                f"{self.lake.uri} (its checkpoint holds watch's state): an export would move "
+                "the point watch resumes from, and the events in between would reach the lake "
+                "but never its detection or alerts; let watch catch up, or to export this "
+                f"group instead for good, move {state.uri} aside and pass --since"
             )
         self.reader = LogsReader(
             self.client,
