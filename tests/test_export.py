@@ -1016,3 +1016,29 @@ def test_a_value_aws_can_never_take_is_a_usage_error_in_one_line():
     )
     assert isinstance(err, ExportConfigError) and err.exit_code == 2
     assert str(err) == f"AWS refuses a value given: {report}"
+
+
+@pytest.mark.parametrize(
+    "field, value, problem",
+    [
+        ("lease_until_ms", "soon", "lease_until_ms is not a number"),
+        ("owner", "x", "owner is not an object"),
+        ("islands", [[1, "x"]], "islands is not a list of [start, end] numbers"),
+    ],
+)
+def test_a_checkpoint_with_a_field_of_the_wrong_type_is_one_line_naming_it(
+    logs, lake_dir, field, value, problem
+):
+    """Valid JSON with a mistyped field stopped the run with a bare ValueError or
+    AttributeError, naming no file."""
+    group = new_group(logs, AUDIT_STREAMS[:1])
+    t = now_ms() - 30 * 60_000
+    put(logs, group, AUDIT_STREAMS[0], [(t, audit_message("a", t))])
+    assert cli("export", "--log-group", group, "--lake", lake_dir, "--since", "1h").returncode == 0
+    (path,) = Path(lake_dir, "_state", "cloudwatch").rglob("*.json")
+    doc = json.loads(path.read_text())
+    path.write_text(json.dumps({**doc, field: value}))
+    again = cli("export", "--log-group", group, "--lake", lake_dir)
+    assert again.returncode == 3
+    line = one_line_error(again.stderr)
+    assert problem in line and path.name in line and "move it aside" in line

@@ -424,6 +424,7 @@ class Exporter:
         self.summary.checkpoint_uri = state.uri
         try:
             existing = state.read().data
+            _check_checkpoint(existing, state.uri)
         except StateError as exc:
             raise _translate(
                 exc, log_group=self.opts.log_group, region=self.region, starting=True
@@ -804,6 +805,33 @@ def _int_or(value: Any, default: int) -> int:
         return int(value)
     except (TypeError, ValueError):
         return default
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_checkpoint(data: dict[str, Any] | None, uri: str) -> None:
+    """A checkpoint whose fields have the types this code writes, else a :class:`StateError`
+    naming it (a hand edit or a damaged write gave a bare ``ValueError`` with no path)."""
+    if not data:
+        return
+    problems = []
+    for key in ("watermark_ms", "start_ms", "lease_until_ms"):
+        if data.get(key) is not None and not _number(data[key]):
+            problems.append(f"{key} is not a number")
+    if data.get("owner") is not None and not isinstance(data["owner"], dict):
+        problems.append("owner is not an object")
+    if data.get("payload") is not None and not isinstance(data["payload"], dict):
+        problems.append("payload is not an object")
+    islands = data.get("islands")
+    if islands is not None and not (
+        isinstance(islands, list)
+        and all(isinstance(x, list) and len(x) == 2 and all(map(_number, x)) for x in islands)
+    ):
+        problems.append("islands is not a list of [start, end] numbers")
+    if problems:
+        raise StateError(f"{uri}: {'; '.join(problems)}; move it aside to start over")
 
 
 def _watermark_of(data: dict[str, Any] | None) -> int | None:
