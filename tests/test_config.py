@@ -181,6 +181,7 @@ def test_show_table_output(cwd):
         ('[export]\nfollow = "yes"\n', "follow = 'yes': expected true or false"),
         ('log_format = "xml"\n', "log_format = 'xml': expected one of text, json"),
         ('[score]\nsince = "yesterday"\n', "since = 'yesterday': invalid time"),
+        ('cluster = "../../x"\n', "cluster = '../../x': cluster name '../../x' is not allowed"),
         ("lake = \n", "not valid TOML"),
     ],
 )  # fmt: skip

@@ -218,10 +218,30 @@ UntilOpt = Annotated[
         "--until", help="End of the range (exclusive), same forms as --since; default now."
     ),
 ]
+
+
+def cluster_names(value: Any) -> str:
+    """A cluster name, or several separated by commas, each one a lake path part could
+    be (checked here, so a bad name in detect.toml or DETECT_CLUSTER is refused by
+    `detect config show` as by the command); blank: none given."""
+    from detector.lake.table import UnsafeName, safe_part
+
+    text = str(value)
+    for name in filter(None, (part.strip() for part in text.split(","))):
+        try:
+            safe_part(name, "cluster name")
+        except UnsafeName as exc:
+            raise ValueError(str(exc)) from None
+    return text
+
+
 ClusterOpt = Annotated[
     str | None,
     typer.Option(
-        "--cluster", envvar="DETECT_CLUSTER", help="Cluster name (default: all / from the source)."
+        "--cluster",
+        envvar="DETECT_CLUSTER",
+        parser=cluster_names,
+        help="Cluster name (default: all / from the source).",
     ),
 ]
 FormatOpt = Annotated[
