@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 from datetime import UTC, datetime, timedelta
@@ -145,6 +146,78 @@ def test_a_modified_model_file_is_refused(tmp_path, trained):
     assert "\n" not in str(err.value)
 
 
+def _resigned(d: Path, name: str, data: bytes) -> None:
+    """Replace a model file and fix its sha256 in the card: a writer of the model store
+    (the checksum guards against accidents, not against who can write the folder)."""
+    import hashlib
+
+    (d / name).write_bytes(data)
+    card = json.loads((d / CARD_NAME).read_text())
+    card["files"][name] = hashlib.sha256(data).hexdigest()
+    (d / CARD_NAME).write_text(json.dumps(card))
+
+
+def _bytes_entry(blob: bytes) -> bytes:
+    """The forest with its ``left`` array replaced by an entry numpy reads as raw bytes."""
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(blob)) as src, zipfile.ZipFile(out, "w") as dst:
+        for item in src.infolist():
+            if item.filename == "left.npy":
+                dst.writestr("left", b"hello")
+            else:
+                dst.writestr(item, src.read(item))
+    return out.getvalue()
+
+
+def _huge_entry() -> bytes:
+    """An npz whose one array's header declares 74 GiB."""
+    import zipfile
+
+    header = np.lib.format.header_data_from_array_1_0(np.zeros(1))
+    header["shape"] = (10_000_000_000,)
+    npy = io.BytesIO()
+    np.lib.format.write_array_header_1_0(npy, header)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        z.writestr("left.npy", npy.getvalue() + b"\0" * 64)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "forest",
+    [
+        pytest.param(lambda blob: blob[: len(blob) // 2], id="cut zip"),
+        pytest.param(_bytes_entry, id="an entry of bytes"),
+        pytest.param(lambda blob: _huge_entry(), id="74 GiB declared"),
+    ],
+)
+def test_a_forest_file_that_is_no_forest_is_a_model_error_not_a_crash(tmp_path, trained, forest):
+    """BadZipFile, an entry that is not an array and a header declaring 74 GiB got past
+    the model's checks as unexpected errors (exit 3), and killed a running `detect watch`,
+    whose reload keeps the model in use only on a ModelError."""
+    d = _saved(tmp_path, trained)
+    blob = next(d.glob("model-*.npz"))
+    _resigned(d, blob.name, forest(blob.read_bytes()))
+    with pytest.raises(ModelError, match="retrain") as err:
+        Model.load(str(d))
+    assert "\n" not in str(err.value)
+
+
+def test_a_baseline_column_of_the_wrong_type_is_refused(tmp_path, trained):
+    """Only the columns' names were checked: an action column of numbers failed deep in
+    scoring with a multi-line polars error."""
+    d = _saved(tmp_path, trained)
+    table = next(d.glob("baseline-*-actions.parquet"))
+    bad = pl.read_parquet(table).with_columns(pl.col("action").cast(pl.Categorical).to_physical())
+    buf = io.BytesIO()
+    bad.write_parquet(buf)
+    _resigned(d, table.name, buf.getvalue())
+    with pytest.raises(ModelError, match="action of the wrong type"):
+        Model.load(str(d))
+
+
 def test_a_modified_baseline_is_refused(tmp_path, trained):
     d = _saved(tmp_path, trained)
     table = next(d.glob("baseline-*-seen.parquet"))
@@ -267,15 +340,35 @@ def test_command_defaults_match_the_library():
 
 
 def test_retraining_keeps_the_current_and_previous_model_files_only(tmp_path, trained):
+    """Files of older models go, once they are older than PRUNE_AFTER: a younger one may
+    be another training's, still writing its files before its card (two trainings into
+    one folder left a card naming files the other had removed)."""
+    import os
+    import time
+
+    from detector.model.storage import PRUNE_AFTER
+
     d = tmp_path / "models"
     X = np.random.default_rng(0).random((64, len(F.MODEL_INPUTS)))
-    versions = []
-    for seed in (1, 2, 3):
+
+    def model(seed: int) -> Model:
         est = AuditIsolationForest(n_estimators=5, random_state=seed, log_transform=False)
-        model = Model(scorer=est.fit(X).scorer_, baseline=trained.baseline, window=trained.window)
-        versions.append(model.save(str(d)).version)
-    left = {p.name.split("-")[1].split(".")[0] for p in d.glob("*-*")}
-    assert left == set(versions[1:])
+        return Model(scorer=est.fit(X).scorer_, baseline=trained.baseline, window=trained.window)
+
+    def versions_left() -> set[str]:
+        return {p.name.split("-")[1].split(".")[0] for p in d.glob("*-*")}
+
+    versions = [model(seed).save(str(d)).version for seed in (1, 2, 3)]
+    assert versions_left() == set(versions)  # the first one's files are too young to go
+    old = time.time() - PRUNE_AFTER.total_seconds() - 60
+    for path in d.glob("*-*"):
+        os.utime(path, (old, old))
+    # another training's files, written but not yet named by its card: kept
+    other = model(9)
+    blob = other.scorer.trees_bytes()
+    (d / "model-00000000000000ff.npz").write_bytes(blob)
+    versions.append(model(4).save(str(d)).version)
+    assert versions_left() == {*versions[2:], "00000000000000ff"}
     assert Model.load(str(d)).version == versions[-1]
 
 
@@ -354,6 +447,7 @@ def _card(d: Path) -> dict:
         (lambda c: c["baseline"].update(population="all"), "population"),
         (lambda c: c["files"].update({"../outside.npz": "0" * 64}), "not one of this model's"),
         (lambda c: c.update(training="yesterday"), "training"),
+        (lambda c: c.update(log_transform="false"), "log_transform"),  # bool("false") is True
     ],
 )
 def test_a_malformed_card_is_refused_with_one_line(tmp_path, trained, change, why):

@@ -156,8 +156,12 @@ class ArrayForest:
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
-        except (ValueError, OSError, KeyError, EOFError) as exc:
-            raise ForestFileError(f"model file is not a forest of arrays ({exc})") from None
+        except Exception as exc:  # BadZipFile, a header declaring 74 GiB (MemoryError)...
+            raise ForestFileError(
+                f"model file is not a forest of arrays ({type(exc).__name__}: {exc})"[:300]
+            ) from None
+        if not all(isinstance(a, np.ndarray) for a in arrays.values()):
+            raise ForestFileError("model file holds entries that are not arrays")
         if set(arrays) != {*ARRAYS, "meta"}:
             raise ForestFileError(f"model file holds {sorted(arrays)}, not a forest's arrays")
         meta = arrays.pop("meta")

@@ -56,12 +56,33 @@ DEFAULT_ALERT_RATE = 0.001
 #: Baseline tables saved as Parquet next to the model (population stats live in the card).
 BASELINE_TABLES = ("principals", "seen", "actions", "tails")
 #: Columns scoring reads from each baseline table (checked on load).
-BASELINE_COLUMNS = {
-    "principals": ("cluster", "principal", "windows", "hour_counts"),
-    "seen": ("cluster", "principal", "dimension", "value"),
-    "actions": ("principal_kind", "action", "windows"),
-    "tails": ("level", "key", "feature", "bin", "n_ge"),
+BASELINE_COLUMNS: dict[str, dict[str, pl.DataType]] = {
+    "principals": {
+        "cluster": pl.String(),
+        "principal": pl.String(),
+        "windows": pl.UInt32(),
+        "hour_counts": pl.List(pl.UInt32()),
+    },
+    "seen": {
+        "cluster": pl.String(),
+        "principal": pl.String(),
+        "dimension": pl.String(),
+        "value": pl.String(),
+    },
+    "actions": {"principal_kind": pl.String(), "action": pl.String(), "windows": pl.UInt32()},
+    "tails": {
+        "level": pl.String(),
+        "key": pl.String(),
+        "feature": pl.String(),
+        "bin": pl.Int32(),
+        "n_ge": pl.UInt32(),
+    },
 }
+#: A model file younger than this is never removed by another training's clean-up: it
+#: may belong to a training still writing its files (its card comes last).
+PRUNE_AFTER = timedelta(minutes=30)
+#: The principals table's per-feature columns (``median_<feature>``, ``p99_<feature>``).
+_STAT_PREFIXES = ("median_", "p99_")
 #: Names of the files a model directory holds for us; nothing else is ever touched.
 OWN_FILE = re.compile(
     r"^(model-(?P<v1>[0-9a-f]{16})\.npz|baseline-(?P<v2>[0-9a-f]{16})-"
@@ -215,10 +236,13 @@ class Model:
             "libraries": library_versions(),
         }
         loc.put_atomic(loc.path(CARD_NAME), (json.dumps(card, indent=2) + "\n").encode())
-        keep = {version, previous}
+        # Another training into the same folder (a manual run beside the nightly job) may
+        # have written its card since ours, or be about to: its files are kept, the ones
+        # the card names now and any written in the last PRUNE_AFTER.
+        keep = {version, previous, _current_version(loc)}
         for path in loc.glob(loc.path("*")):
             m = OWN_FILE.match(path.rsplit("/", 1)[-1])
-            if m and (m["v1"] or m["v2"]) not in keep:
+            if m and (m["v1"] or m["v2"]) not in keep and _older_than(loc, path, PRUNE_AFTER):
                 loc.fs.rm(path)
         return replace(self, version=version, card=card)
 
@@ -271,11 +295,20 @@ class Model:
         except (pl.exceptions.PolarsError, OSError, TypeError, ValueError) as exc:
             raise ModelError(f"model baseline in {model_dir} is unreadable ({exc})") from None
         for name, cols in BASELINE_COLUMNS.items():
-            lacking = [c for c in cols if c not in tables[name].columns]
+            schema = tables[name].schema
+            lacking = [c for c in cols if c not in schema]
             if lacking:
                 raise ModelError(
                     f"model baseline table {name} in {model_dir} lacks {', '.join(lacking)}; "
                     "retrain with `detect train`"
+                )
+            wrong = [c for c, t in cols.items() if schema[c] != t] + [
+                c for c, t in schema.items() if c.startswith(_STAT_PREFIXES) and t != pl.Float64
+            ]
+            if wrong:
+                raise ModelError(
+                    f"model baseline table {name} in {model_dir} holds {', '.join(wrong)} of "
+                    "the wrong type; retrain with `detect train`"
                 )
         scores = card.get("training_scores") or {}
         scorer = Scorer(
@@ -306,6 +339,22 @@ def _instant(text: Any) -> datetime | None:
     except ValueError:
         return None
     return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def _older_than(loc: Location, path: str, age: timedelta) -> bool:
+    """True when ``path`` was last written more than ``age`` ago (False when unknown)."""
+    try:
+        info = loc.fs.info(path)
+    except OSError:
+        return False
+    stamp = info.get("mtime") or info.get("LastModified") or info.get("created")
+    if isinstance(stamp, datetime):
+        written = stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+    elif _number(stamp):
+        written = datetime.fromtimestamp(float(stamp), UTC)
+    else:
+        return False
+    return datetime.now(UTC) - written > age
 
 
 def _current_version(loc: Location) -> str | None:
@@ -395,6 +444,9 @@ def check_card(card: Any, model_dir: str) -> None:
         raise bad("baseline population is not a list of {feature, median, p99}")
     if not isinstance(card["params"], dict):
         raise bad("params is not an object")
+    transform = card.get("log_transform", card["params"].get("log_transform"))
+    if transform is not None and not isinstance(transform, bool):
+        raise bad(f"log_transform {transform!r} is not true or false")  # bool("false") is True
     for key in ("training", "training_scores"):
         if key in card and not isinstance(card[key], dict):
             raise bad(f"{key} is not an object")
