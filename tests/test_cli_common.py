@@ -746,3 +746,25 @@ def test_a_text_log_record_is_one_line_with_control_characters_shown(capsys):
         logging_setup.reset()
     err = capsys.readouterr().err
     assert err == "WARNING detector.test: sink said nope\\x1b[2J\\nERROR forged\n"
+
+
+def test_an_unexpected_error_is_still_one_line(monkeypatch, capsys):
+    """A bug's message is shown, escaped: polars' errors run over several lines, and the
+    README promises an error is always one line."""
+    import importlib
+
+    import detector.rules
+
+    cli_app = importlib.import_module("detector.cli.app")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("first line\n\nThis error occurred in the following expression")
+
+    monkeypatch.setattr(detector.rules, "load_ruleset", broken)
+    monkeypatch.setattr(sys, "argv", ["detect", "rules", "list"])
+    monkeypatch.delenv("DETECT_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as done:
+        cli_app.main()
+    assert done.value.code == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: unexpected RuntimeError: first line")

@@ -343,8 +343,9 @@ def main() -> None:
     except Exception as exc:  # the last line of defence: no traceback for users
         if os.environ.get("DETECT_DEBUG"):
             raise
+        text = f"{exc}".translate(ONE_LINE)  # polars' errors run over several lines
         sys.stderr.write(
-            f"error: unexpected {type(exc).__name__}: {exc} (set DETECT_DEBUG=1 for a traceback)\n"
+            f"error: unexpected {type(exc).__name__}: {text} (set DETECT_DEBUG=1 for a traceback)\n"
         )
         sys.exit(EXIT_RUNTIME)
 
