@@ -176,7 +176,8 @@ def test_a_hunt_longer_than_a_week_finds_with_the_rules_what_weekly_runs_would(t
     """The rules run per cluster over spans of at most a week (a task's memory follows a
     week of candidates, not a 90-day hunt): a 10-day range finds, with the rules, exactly
     what one run per span finds, the events behind the findings included. Planted: an
-    identity denied 12 times in every window of the first span's last two days, then 12
+    identity denied 24 times in every window of the first span's last two days (over the
+    absolute threshold: the lake holds nothing before the range, so no baseline), then 24
     times in one window of the second: against the week before the second span that is
     its usual, not a spike (against the week before the whole range it would be one)."""
     end = datetime(2026, 12, 1, tzinfo=UTC)
@@ -186,8 +187,8 @@ def test_a_hunt_longer_than_a_week_finds_with_the_rules_what_weekly_runs_would(t
     lines = list(sim.iter_lines())
     busy = [datetime(2026, 11, 24, tzinfo=UTC) + timedelta(minutes=10 * w) for w in range(288)]
     for n, at in enumerate(
-        [t + timedelta(seconds=s) for t in busy for s in range(12)]
-        + [datetime(2026, 11, 27, 1, tzinfo=UTC) + timedelta(seconds=s) for s in range(12)]
+        [t + timedelta(seconds=s) for t in busy for s in range(24)]
+        + [datetime(2026, 11, 27, 1, tzinfo=UTC) + timedelta(seconds=s) for s in range(24)]
     ):
         denied = make_event(
             900_000 + n,

@@ -405,12 +405,13 @@ def test_baseline_from_history_raises_the_bar_for_a_noisy_principal():
         ]
 
     now_events = frame(*denials("noisy-ci", 40, T0), *denials("alice", 12, T0))
-    # history: noisy-ci had 30 denials in each of 6 windows of the hour before
-    hist_start = T0 - timedelta(hours=1)
+    # history: noisy-ci had 30 denials in each of the 150 windows of the 25 hours before
+    # (a baseline range holds at least a day of its cluster: MIN_BASELINE)
+    hist_start = T0 - timedelta(hours=25)
     history = frame(
         *[
             e
-            for w in range(6)
+            for w in range(150)
             for e in denials("noisy-ci", 30, hist_start + timedelta(minutes=10 * w))
         ]
     )
@@ -423,7 +424,7 @@ def test_baseline_from_history_raises_the_bar_for_a_noisy_principal():
     assert rs.needs_history
     # read ahead (what `detect score` does while it reads the range): the same findings
     read = read_history(history, rs, window=timedelta(minutes=10))
-    assert read.candidates is not None and read.n_windows == 6
+    assert read.candidates is not None and read.n_windows == 150
     ahead = evaluate_rules(now_events, rs, history=read).findings
     assert ahead.drop("created_at").equals(with_history.drop("created_at"))
 
@@ -624,7 +625,12 @@ def test_sentences_stay_true_for_cluster_scoped_lists_and_new_keys(tmp_path):
     found = evaluate_rules(events, ruleset.only("lists")).findings
     lines = {line for reasons in found["reasons"].to_list() for line in reasons}
     assert {"alice listed nodes", "alice listed pods in all namespaces"} <= lines
-    history = frame(ev("delete", "pods", ns="a", name="x", user="bob", at=T0 - timedelta(days=1)))
+    history = frame(
+        *[
+            ev("delete", "pods", ns="a", name="x", user="bob", at=T0 - timedelta(hours=h))
+            for h in (1, 48)
+        ]
+    )
     found = evaluate_rules(
         frame(ev("delete", "pods", ns="a", name="p")), ruleset.only("burst"), history=history
     ).findings

@@ -322,6 +322,7 @@ def parse(text: str) -> Node:
 # --------------------------------------------------------------------------- fields
 
 _SCALAR_JSON = r'"(?:[^"\\]|\\.)*"|true|false|null|-?[0-9][0-9.eE+\-]*'
+_QUOTED_BOOLEANS = ['"true"', '"false"']
 _JSON_COLUMNS = ("request_object", "response_object", "annotations")
 _KEY = re.compile(r"^[A-Za-z0-9_\-$@]+$")
 
@@ -330,7 +331,10 @@ def deep_values(column: str, key: str, sub_path: str | None = None) -> pl.Expr:
     """Every value of ``key`` anywhere in a JSON column, as a list of strings.
 
     A JSONPath match returns one value; a pod has many containers and a Deployment nests
-    them in a template, so "any container is privileged" needs all of them. The values are
+    them in a template, so "any container is privileged" needs all of them. Values are
+    strings (numbers and booleans as JSON writes them), except that the strings "true" and
+    "false" keep their quotes: ``..privileged intersects (true)`` is the boolean, never a
+    label or annotation that happens to be called ``privileged``. The values are
     found with one regex per row (scalars, flat arrays of scalars, or flat objects when a
     ``sub_path`` follows), which keeps this vectorized; nested objects under ``key`` are
     not descended into, which is why conditions may not follow a deep key with a path
@@ -345,7 +349,14 @@ def deep_values(column: str, key: str, sub_path: str | None = None) -> pl.Expr:
         value = rf"(?:{_SCALAR_JSON}|\[[^\[\]{{}}]*\])"
         joined = col.str.extract_all(prefix + value).list.join("\n")
         tokens = joined.str.replace_all(prefix, "").str.extract_all(_SCALAR_JSON)
-        return tokens.list.eval(pl.element().str.json_path_match("$"))
+        # The strings "true"/"false" keep their quotes, so that a bare true in a condition
+        # is the JSON boolean: a label `privileged: "true"` is not a privileged container.
+        token = pl.element()
+        return tokens.list.eval(
+            pl.when(token.is_in(_QUOTED_BOOLEANS))
+            .then(token)
+            .otherwise(token.str.json_path_match("$"))
+        )
     value = rf"(?:\{{[^{{}}]*\}}|{_SCALAR_JSON})"
     return col.str.extract_all(prefix + value).list.eval(
         pl.element().str.replace(f"^{prefix}", "").str.json_path_match("$." + sub_path)
@@ -435,10 +446,34 @@ def _image_repositories() -> pl.Expr:
 
 def _subjects() -> pl.Expr:
     names = r'"name"\s*:\s*"(?:[^"\\]|\\.)*"'
-    return (
-        _json_path("request_object", "$.subjects")
-        .str.extract_all(names)
-        .list.eval(pl.element().str.replace(r'^"name"\s*:\s*', "").str.json_path_match("$"))
+    # A JSON patch body has no subjects: the response (the whole binding) has them.
+    subjects = pl.coalesce(
+        _json_path("request_object", "$.subjects"), _json_path("response_object", "$.subjects")
+    )
+    return subjects.str.extract_all(names).list.eval(
+        pl.element().str.replace(r'^"name"\s*:\s*', "").str.json_path_match("$")
+    )
+
+
+def _role_ref(key: str) -> pl.Expr:
+    """A binding's roleRef field from the request body, else (a patch, which leaves the
+    immutable roleRef out) from the response body, which holds the whole binding."""
+    return pl.coalesce(
+        _json_path("request_object", f"$.roleRef.{key}"),
+        _json_path("response_object", f"$.roleRef.{key}"),
+    )
+
+
+def _host_paths() -> pl.Expr:
+    """Every hostPath path, normalised as the kubelet resolves it: ``//`` is ``/``, ``/./``
+    is ``/``, and a trailing ``/.`` or ``/`` goes (``/etc/.`` is ``/etc``, ``//`` is ``/``).
+    The API server refuses ``..`` in a hostPath, so there is nothing else to resolve."""
+    return deep_values("request_object", "hostPath", "path").list.eval(
+        pl.element()
+        .str.replace_all(r"/+", "/")
+        .str.replace_all(r"/(?:\./)+", "/")
+        .str.replace(r"/\.$", "/")
+        .str.replace(r"(.)/$", "${1}")
     )
 
 
@@ -450,17 +485,22 @@ def _host_namespaces() -> pl.Expr:
     return pl.concat_list(flags).list.drop_nulls()
 
 
+#: ``+`` and every ``%XX`` escape of an ASCII character, in either case (``%2f``, ``%2F``,
+#: ``%73`` for ``s``), with what it stands for: decoded in one pass, so ``%252F`` is the
+#: literal ``%2F`` the container receives, as the API server decodes it once.
+_URL_ESCAPES = ["+", *(f"%{i:02X}" for i in range(128))]
+_URL_DECODED = [" ", *(chr(i) for i in range(128))]
+
+
 def _uri_param(name: str) -> pl.Expr:
-    """All values of one query parameter of ``request_uri``, lightly URL-decoded."""
+    """All values of one query parameter of ``request_uri``, URL-decoded (ASCII escapes)."""
     return (
         pl.col("request_uri")
         .str.extract_all(rf"[?&]{name}=[^&]*")
         .list.eval(
             pl.element()
             .str.replace(rf"^[?&]{name}=", "")
-            .str.replace_all(r"\+|%20", " ")
-            .str.replace_all("%2F", "/", literal=True)
-            .str.replace_all("%3D", "=", literal=True)
+            .str.replace_many(_URL_ESCAPES, _URL_DECODED, ascii_case_insensitive=True)
         )
     )
 
@@ -546,8 +586,9 @@ DERIVED_FIELDS: dict[str, DerivedField] = {
     ),
     "host_paths": DerivedField(
         "list",
-        lambda: deep_values("request_object", "hostPath", "path"),
-        "every `hostPath.path` volume in the request body",
+        _host_paths,
+        "every `hostPath.path` in the request body (pod volumes, a PersistentVolume), "
+        "normalised (`//`, `/./`, a trailing `/.` or `/` removed: `/etc/.` is `/etc`)",
     ),
     "host_namespaces": DerivedField(
         "list",
@@ -593,7 +634,21 @@ DERIVED_FIELDS: dict[str, DerivedField] = {
         uses_json=False,
     ),
     "subjects": DerivedField(
-        "list", _subjects, "names of the subjects of a RoleBinding/ClusterRoleBinding body"
+        "list",
+        _subjects,
+        "names of the subjects of a RoleBinding/ClusterRoleBinding body (the request's, "
+        "else the response's: a JSON patch carries only operations)",
+    ),
+    "role_ref": DerivedField(
+        "str",
+        lambda: _role_ref("name"),
+        "the role a RoleBinding/ClusterRoleBinding grants (`roleRef.name`), from the "
+        "request body or, for a patch that leaves it out, the response body",
+    ),
+    "role_ref_kind": DerivedField(
+        "str",
+        lambda: _role_ref("kind"),
+        "`Role` or `ClusterRole`: the kind of `role_ref`",
     ),
     "exec_command": DerivedField(
         "str",

@@ -128,6 +128,43 @@ def _merged(*maps: Stages) -> dict[str, frozenset[str]]:
     return out
 
 
+#: Per cluster, the first and last event of a baseline range.
+Spans = Mapping[str, tuple[datetime, datetime]]
+
+#: The least a baseline range must hold of a cluster, first event to last, to be that
+#: cluster's baseline: a day (``detect train`` calls a shorter baseline thin). With less,
+#: a new lake or cluster ("the first day"), threshold rules keep their absolute
+#: threshold: an empty or minutes-long week is no one's usual, and ``detect watch``
+#: (whose batches see the minutes before them) and ``detect score`` (whose range starts
+#: where the lake does) must not judge the same window against different thresholds.
+MIN_BASELINE = timedelta(days=1)
+
+
+def _spans_of(rows: pl.DataFrame) -> dict[str, tuple[datetime, datetime]]:
+    """The spans in rows of (``cluster``, ``lo``, ``hi``); clusters without events left out."""
+    return {
+        row["cluster"]: (row["lo"], row["hi"])
+        for row in rows.iter_rows(named=True)
+        if row["lo"] is not None and row["hi"] is not None
+    }
+
+
+def _joined(*maps: Spans) -> dict[str, tuple[datetime, datetime]]:
+    out: dict[str, tuple[datetime, datetime]] = {}
+    for m in maps:
+        for cluster, (lo, hi) in m.items():
+            old = out.get(cluster)
+            out[cluster] = (min(lo, old[0]), max(hi, old[1])) if old else (lo, hi)
+    return out
+
+
+def _baselined(history: History | None) -> frozenset[str]:
+    """The clusters ``history`` is a baseline of (:data:`MIN_BASELINE`)."""
+    if history is None:
+        return frozenset()
+    return frozenset(c for c, (lo, hi) in history.spans.items() if hi - lo >= MIN_BASELINE)
+
+
 @dataclass(frozen=True)
 class _Frame:
     """What a frame says about itself: where it starts and, per cluster, which stages its
@@ -257,10 +294,18 @@ def _usual(
     )
 
 
-def _groups(keyed: pl.DataFrame, rule: Rule, usual: pl.DataFrame | None) -> pl.LazyFrame:
+def _groups(
+    keyed: pl.DataFrame,
+    rule: Rule,
+    usual: pl.DataFrame | None,
+    baselined: frozenset[str] = frozenset(),
+) -> pl.LazyFrame:
     """Every (key, window) group of one rule with its value and threshold (a lazy query).
 
     ``keyed``: the rule's counted requests with their group key and window (:func:`_keyed`).
+    ``baselined``: the clusters the baseline range is a baseline of (:func:`_baselined`);
+    the groups of the others (a new lake or cluster: an empty week) keep the absolute
+    threshold.
     """
     groups = _aggregate(keyed.lazy(), rule)
     t = rule.threshold
@@ -272,9 +317,14 @@ def _groups(keyed: pl.DataFrame, rule: Rule, usual: pl.DataFrame | None) -> pl.L
             pl.col("_usual").fill_null(0.0)
         )
         return groups.with_columns(
-            pl.max_horizontal(
-                pl.lit(float(t.baseline_min or 1)), pl.col("_usual") * t.baseline_factor
-            ).alias("threshold")
+            pl.when(_CLUSTER.is_in(sorted(baselined)))
+            .then(
+                pl.max_horizontal(
+                    pl.lit(float(t.baseline_min or 1)), pl.col("_usual") * t.baseline_factor
+                )
+            )
+            .otherwise(pl.lit(float(t.value)))
+            .alias("threshold")
         )
     return groups.with_columns(pl.lit(float(t.value)).alias("threshold"))
 
@@ -361,6 +411,9 @@ class History:
     #: there records them in the scored range too, even when that range holds none (see
     #: :func:`_carried_over`)
     stages: Stages = field(default_factory=dict)
+    #: per cluster, its first and last event in the range: a cluster with less than
+    #: :data:`MIN_BASELINE` there has no baseline
+    spans: Spans = field(default_factory=dict)
 
 
 def _baseline_rules(ruleset: RuleSet) -> list[Rule]:
@@ -398,6 +451,7 @@ class HistorySlice:
     first: datetime | None
     last: datetime | None
     stages: Stages = field(default_factory=dict)
+    spans: Spans = field(default_factory=dict)
 
 
 def read_history_slices(
@@ -429,7 +483,13 @@ def read_history_slices(
     else:
         candidates = [None] * len(frames)
     return [
-        HistorySlice(rows, span["lo"].min(), span["hi"].max(), _stages_of(span))  # type: ignore[arg-type]
+        HistorySlice(
+            rows,
+            span["lo"].min(),  # type: ignore[arg-type]
+            span["hi"].max(),  # type: ignore[arg-type]
+            _stages_of(span),
+            _spans_of(span),
+        )
         for rows, span in zip(candidates, spans, strict=True)
     ]
 
@@ -444,6 +504,7 @@ def join_history(slices: Sequence[HistorySlice], window: timedelta) -> History:
         pl.concat(rows, how="vertical") if rows else None,
         n_windows,
         _merged(*(s.stages for s in slices)),
+        _joined(*(s.spans for s in slices)),
     )
 
 
@@ -503,6 +564,9 @@ def evaluate_rules(
         history = read_history(history, ruleset, window=window)
     hist_candidates = history.candidates if history is not None else None
     n_windows = history.n_windows if history is not None else 1
+    # The clusters with a baseline (a day of events in the range, MIN_BASELINE): the
+    # others, every one when the range is empty, keep the absolute thresholds.
+    baselined = _baselined(history)
 
     multi = any(len(r.stages) > 1 for r in rules)
     facts = _frame_facts(lf, history.stages if history is not None else None) if multi else None
@@ -532,11 +596,11 @@ def evaluate_rules(
         if keyed.is_empty():
             continue
         usual = None
-        if hist_candidates is not None and rule in baseline_rules:
+        if hist_candidates is not None and baselined and rule in baseline_rules:
             hist_matched = _dedupe(hist_candidates.lazy().filter(rule.match), rule.stages)
             usual = _usual(hist_matched.collect(), rule, every, n_windows)
         counted.append((rule, keyed, _with_usual(rule, usual)))
-        group_plans.append(_groups(keyed, rule, usual))
+        group_plans.append(_groups(keyed, rule, usual, baselined))
     all_groups = pl.collect_all(group_plans)
 
     fired_rules: list[tuple[Rule, pl.DataFrame]] = []
