@@ -229,6 +229,26 @@ def put_events(logs, lines: list[str]) -> None:
     )
 
 
+def _exec_into_kube_system(at: datetime) -> dict:
+    from tests.factories import make_event
+
+    uri = "/api/v1/namespaces/kube-system/pods/coredns-1/exec?command=sh&stdin=true&tty=true"
+    return make_event(
+        990_001,
+        at=at,
+        verb="create",
+        requestURI=uri,
+        objectRef={
+            "resource": "pods",
+            "namespace": "kube-system",
+            "name": "coredns-1",
+            "subresource": "exec",
+            "apiVersion": "v1",
+        },
+        responseStatus={"metadata": {}, "code": 101},
+    )
+
+
 @pytest.fixture(scope="module")
 def scenario(moto_endpoint, tmp_path_factory) -> dict:
     """Baseline in the lake (S3 on moto), the scored hour in CloudWatch Logs (moto)."""
@@ -257,6 +277,9 @@ def scenario(moto_endpoint, tmp_path_factory) -> dict:
         elif hour_start.timestamp() * 1000 <= at < hour_end.timestamp() * 1000:
             hour.append(line)
     assert len(baseline) > 10_000 and len(hour) > 1_000
+    # Something to find in the hour whatever the traffic drew (a model trained on half a
+    # day may rightly flag nothing): a person opening a shell in a kube-system pod.
+    hour.append(json.dumps(_exec_into_kube_system(hour_start + timedelta(minutes=30))))
     (tmp / "baseline.log").write_text("\n".join(baseline) + "\n")
     lake = f"s3://{bucket}/lake"
     proc = run_detect("ingest", str(tmp / "baseline.log"), "--lake", lake, "--cluster", CLUSTER)

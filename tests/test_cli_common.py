@@ -243,6 +243,7 @@ BAD_VALUES = [
     (["rules", "test", "pod-exec", ""], "an input path is empty"),
     (["simulate", "--out", ""], "--out"),
     (["train", "--model-dir", ""], "--model-dir"),
+    (["train", "--model-dir", "/etc/passwd"], "is a file, not a folder"),  # was after training
     (["demo", "--days", "1"], "--days"),  # too short to train on: failed after the work
     (["findings", "--since", "1h", "--until", "2h"], "empty time range"),  # was "no findings"
     (["score", "--since", "1h", "--until", "1h"], "empty time range"),  # was 10 minutes long

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from detector.cli import app
 from detector.detect.score import ScoreOptions, score_range
-from detector.detect.train import train_model
+from detector.detect.train import ScoringError, train_model
 from detector.events.normalize import normalize_lines
 from detector.lake import findings as store
 from detector.lake.events import Lake
@@ -286,8 +286,10 @@ def test_training_on_a_thin_baseline_warns_and_strict_refuses(sim_lake, tmp_path
 
     lake = Lake(sim_lake[0])
     notes: list[str] = []
-    train_model(lake, END - timedelta(days=14), CUT, model_dir=None, warnings=notes)
+    model = train_model(lake, END - timedelta(days=14), CUT, model_dir=None, warnings=notes)
     assert any("only" in n and "of the 13 days" in n for n in notes), notes
+    # the folds follow the day of events, not the 13 days asked for (see the test below)
+    assert model.training["novelty_fold_seconds"] == 8 * 3600
     with pytest.raises(ThinBaseline, match="only 3 hours long"):
         train_model(lake, CUT - timedelta(hours=3), CUT, model_dir=str(tmp_path), strict=True)
     assert not list(tmp_path.iterdir())  # nothing saved
@@ -296,11 +298,21 @@ def test_training_on_a_thin_baseline_warns_and_strict_refuses(sim_lake, tmp_path
     assert baseline_warnings(whole_day, START, CUT, window=window) == []
 
 
+@pytest.mark.parametrize("window", [timedelta(days=1), timedelta(hours=6)])
+def test_a_training_range_of_one_window_per_principal_is_refused(sim_lake, tmp_path, window):
+    """Every principal one window (--window 1d over one day): the training windows all
+    scored alike, the threshold was that score, and every window scored later reached
+    it: a model that flagged everything, saved with exit 0."""
+    lake = Lake(sim_lake[0])
+    with pytest.raises(ScoringError, match="all score alike"):
+        train_model(lake, CUT - window, CUT, model_dir=str(tmp_path), window=window)
+    assert not list(tmp_path.iterdir())  # nothing saved
+
+
 def test_scoring_with_a_stale_model_or_another_clusters_warns_and_strict_refuses(
     sim_lake, model_dir
 ):
     from detector.detect.score import model_warnings
-    from detector.detect.train import ScoringError
 
     model = Model.load(model_dir)
     lake = Lake(sim_lake[0])

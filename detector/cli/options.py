@@ -196,6 +196,15 @@ def lake_root(value: Any) -> str:
     return text
 
 
+def model_folder(value: Any) -> str:
+    """A model store as written: as a lake root, and not a local file (training ran to
+    its end, then failed to save with "Not a directory", exit 3)."""
+    text = lake_root(value)
+    if "://" not in text and Path(text).is_file():
+        raise ValueError(f"{text!r} is a file, not a folder")
+    return text
+
+
 LakeOpt = Annotated[
     str,
     typer.Option(
@@ -262,7 +271,7 @@ ModelDirOpt = Annotated[
     typer.Option(
         "--model-dir",
         envvar="DETECT_MODEL_DIR",
-        parser=lake_root,
+        parser=model_folder,
         help="Model store: a local folder or s3://bucket/prefix.",
     ),
 ]

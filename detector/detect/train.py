@@ -80,7 +80,11 @@ def fit(
             f"only {windows.height} principal windows in the training range (need at least "
             f"{MIN_TRAIN_WINDOWS}): widen --since/--until or ingest more events"
         )
-    fold = fold_length(start, end)
+    # The folds follow the events, not the range asked for: the first training of a lake
+    # holding one day, over the default 14 days, had day-long folds with nothing beside
+    # them, and every window looked new against the others (all alike, all flagged).
+    first, last = windows["window_start"].min(), windows["window_end"].max()
+    fold = fold_length(max(start, first), min(end, last))  # type: ignore[type-var]
     baseline, rows = fit_baseline(windows, fold=fold)
     X = inputs_of(rows, baseline, loo_fold=fold).to_numpy()
     est = AuditIsolationForest(
@@ -89,7 +93,15 @@ def fit(
         log_transform=False,  # the inputs are already log-probabilities
         random_state=seed,
     ).fit(X)
-    first, last = windows["window_start"].min(), windows["window_end"].max()
+    if not est.scorer_.score_std > 1e-9:  # (floating-point noise is not spread)
+        # Every training window looks the same to the model (each principal one window:
+        # a --window as long as the range): its threshold is that one score, and every
+        # window scored later would reach it and be flagged.
+        raise ScoringError(
+            f"the {windows.height} training windows all score alike, so the model could not "
+            "tell an unusual window from a usual one: train on events spanning several "
+            "windows of each principal (a range longer than --window)"
+        )
     training = {
         "since": _iso(start),
         "until": _iso(end),
