@@ -527,15 +527,14 @@ def test_a_command_started_without_stdout_says_so_in_one_line(tmp_path):
     assert proc.stderr.startswith("error: ") and len(proc.stderr.splitlines()) == 1
 
 
-@pytest.mark.parametrize("fmt", ["table", "json"])
-def test_a_reader_that_leaves_ends_the_run_with_141_not_the_code_of_a_finding(fmt):
+def test_a_reader_that_leaves_ends_the_run_with_141_not_the_code_of_a_finding():
     """``detect ... | head``: the run ended with exit 1, what ``score --fail-on`` returns
     when it found something, so a pipeline under ``pipefail`` read it as a finding."""
     read, write = os.pipe()
     os.close(read)  # the reader is gone before the first write
     try:
         proc = subprocess.run(
-            [*detect_cmd(), "rules", "list", "--format", fmt],
+            [*detect_cmd(), "rules", "list"],  # rich's table: its own broken-pipe exit
             stdout=write,
             stderr=subprocess.PIPE,
             text=True,

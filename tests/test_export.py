@@ -1024,11 +1024,19 @@ def test_a_value_aws_can_never_take_is_a_usage_error_in_one_line():
         ("lease_until_ms", "soon", "lease_until_ms is not a number"),
         ("owner", "x", "owner is not an object"),
         ("islands", [[1, "x"]], "islands is not a list of [start, end] numbers"),
+        ("payload", [1], "payload is not an object"),
     ],
 )
-def test_a_checkpoint_with_a_field_of_the_wrong_type_is_one_line_naming_it(
-    logs, lake_dir, field, value, problem
-):
+def test_a_checkpoint_field_of_the_wrong_type_is_named(field, value, problem):
+    from detector.lake.state import StateError
+    from detector.pipeline.export import _check_checkpoint
+
+    with pytest.raises(StateError, match="move it aside") as err:
+        _check_checkpoint({"watermark_ms": 1, field: value}, "s3://b/lake/_state/x.json")
+    assert problem in str(err.value) and "x.json" in str(err.value)
+
+
+def test_a_checkpoint_with_a_field_of_the_wrong_type_is_one_line_naming_it(logs, lake_dir):
     """Valid JSON with a mistyped field stopped the run with a bare ValueError or
     AttributeError, naming no file."""
     group = new_group(logs, AUDIT_STREAMS[:1])
@@ -1036,9 +1044,8 @@ def test_a_checkpoint_with_a_field_of_the_wrong_type_is_one_line_naming_it(
     put(logs, group, AUDIT_STREAMS[0], [(t, audit_message("a", t))])
     assert cli("export", "--log-group", group, "--lake", lake_dir, "--since", "1h").returncode == 0
     (path,) = Path(lake_dir, "_state", "cloudwatch").rglob("*.json")
-    doc = json.loads(path.read_text())
-    path.write_text(json.dumps({**doc, field: value}))
+    path.write_text(json.dumps({**json.loads(path.read_text()), "lease_until_ms": "soon"}))
     again = cli("export", "--log-group", group, "--lake", lake_dir)
     assert again.returncode == 3
     line = one_line_error(again.stderr)
-    assert problem in line and path.name in line and "move it aside" in line
+    assert "lease_until_ms is not a number" in line and path.name in line
