@@ -9,7 +9,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from test_rules_helpers import T0, ev, frame
+from test_rules_helpers import T0, denials, ev, frame
 
 from detector.lake.findings_schema import FINDINGS_COLUMNS, SEVERITIES
 from detector.rules import RuleError, evaluate_rules, load_ruleset, read_history
@@ -389,20 +389,6 @@ def test_distinct_count_threshold_by_source_ip(tmp_path):
 
 def test_baseline_from_history_raises_the_bar_for_a_noisy_principal():
     rs = load_ruleset().only("auth-failure-spike-principal")
-
-    def denials(user: str, n: int, start) -> list[dict]:
-        return [
-            ev(
-                "get",
-                "pods",
-                ns="a",
-                code=403,
-                user=user,
-                decision="forbid",
-                at=start + timedelta(seconds=i),
-            )
-            for i in range(n)
-        ]
 
     now_events = frame(*denials("noisy-ci", 40, T0), *denials("alice", 12, T0))
     # history: noisy-ci had 30 denials in each of the 150 windows of the 25 hours before

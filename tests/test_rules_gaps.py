@@ -18,7 +18,7 @@ from typing import Any
 
 import polars as pl
 import pytest
-from test_rules_helpers import T0, ev
+from test_rules_helpers import T0, denials, ev
 
 from detector.events.normalize import events_from_dicts
 from detector.rules import evaluate_rules, load_ruleset
@@ -390,21 +390,6 @@ def test_aws_auth_deleted_with_every_kube_system_configmap_fires(ruleset):
 # --------------------------------------------------------------------------- 9. baselines
 
 
-def denials(n: int, user: str = "alice") -> list[dict[str, Any]]:
-    return [
-        ev(
-            "get",
-            "pods",
-            ns="a",
-            code=403,
-            user=user,
-            decision="forbid",
-            at=T0 + timedelta(seconds=i),
-        )
-        for i in range(n)
-    ]
-
-
 def test_an_empty_baseline_range_keeps_the_absolute_threshold(ruleset):
     """No baseline, no usual: the absolute threshold (20), not the baseline minimum (10).
     An empty week (a new lake, the benign hkerma capture's scheduler start-up 403s), a week
@@ -412,7 +397,7 @@ def test_an_empty_baseline_range_keeps_the_absolute_threshold(ruleset):
     watch` sees the minutes before each batch, `detect score` of the same range may see
     nothing) are no baseline; a day of this cluster in which alice was never denied is."""
     rule = "auth-failure-spike-principal"
-    now = denials(12)  # above the baseline minimum (10), below the absolute threshold (20)
+    now = denials("alice", 12)  # above the baseline minimum (10), below the absolute threshold (20)
 
     def week(cluster: str, *hours_before: float):
         quiet = [ev("get", "pods", ns="a", at=T0 - timedelta(hours=h)) for h in hours_before]

@@ -98,6 +98,22 @@ def ev(
     return event
 
 
+def denials(user: str, n: int, start: datetime = T0) -> list[dict[str, Any]]:
+    """``n`` requests of ``user`` denied by authorization (403), a second apart from ``start``."""
+    return [
+        ev(
+            "get",
+            "pods",
+            ns="a",
+            code=403,
+            user=user,
+            decision="forbid",
+            at=start + timedelta(seconds=i),
+        )
+        for i in range(n)
+    ]
+
+
 def frame(*events: dict[str, Any]) -> pl.DataFrame:
     return events_from_dicts(list(events), cluster="test")
 
