@@ -271,6 +271,26 @@ def test_what_is_sent_is_recorded_as_it_goes_so_a_kill_re_sends_little(tmp_path,
         r.close()
 
 
+def test_records_another_run_saved_survive_this_runs_later_saves(tmp_path):
+    """A delivery saves its records as it goes. When another run saved in between, the
+    first save kept both runs' records, but the next save of this run's own state (its
+    etag now current) wrote the other run's away: they would be sent again."""
+    from detector.delivery.records import DeliveryStore
+
+    lake = Lake(str(tmp_path / "lake"))
+    ours, theirs = DeliveryStore(lake), DeliveryStore(lake)
+    state = ours.load()
+    other = theirs.load()
+    other.record("inc-theirs", 1, "hook", "high", "bob", NOW)
+    theirs.save(other)
+    state.record("inc-ours", 1, "hook", "high", "alice", NOW)
+    ours.save_merged(state)  # a conflict: both kept
+    state.record("inc-later", 1, "hook", "high", "carol", NOW)
+    ours.save_merged(state)  # no conflict now
+    saved = DeliveryStore(lake).load()
+    assert {k.split("|")[0] for k in saved.sent} == {"inc-theirs", "inc-ours", "inc-later"}
+
+
 # --------------------------------------------------------------------------- slack
 def test_slack_message_is_readable(receiver, monkeypatch):
     monkeypatch.setenv("TEST_SLACK", receiver.url)

@@ -152,3 +152,19 @@ def test_only_a_regular_file_can_be_followed(tmp_path):
     check_tailable(str(tmp_path / "not-yet.log"))
     (tmp_path / "audit.log").write_bytes(line(0))
     check_tailable(str(tmp_path / "audit.log"))
+
+
+@pytest.mark.parametrize("mark_bytes, mark", [(-5, "ab"), ("x", "ab"), (10**9, "ab"), (8, 7)])
+def test_a_damaged_stored_mark_falls_back_to_the_size_check(tmp_path, mark_bytes, mark):
+    """A negative length made the check read with a negative size (a ValueError out of
+    every poll); any mark that cannot be ours is ignored."""
+    log = tmp_path / "audit.log"
+    log.write_bytes(line(0) + line(1))
+    first = FileTail(str(log))
+    assert ids(first.poll()) == aid(0, 1)
+    stored = {**first.position.to_dict(), "mark_bytes": mark_bytes, "mark": mark}
+    first.close()
+    with log.open("ab") as fh:
+        fh.write(line(2))
+    again = FileTail(str(log), TailPosition.from_dict(stored))
+    assert ids(again.poll()) == aid(2)

@@ -109,6 +109,8 @@ class DeliveryStore:
     def __init__(self, lake: Lake) -> None:
         self.obj = StateObject(lake, STATE_FILE)
         self.etag: str | None = None
+        #: what other runs saved, learned from a conflict: every later save keeps it
+        self._theirs = DeliveryState()
 
     def load(self) -> DeliveryState:
         doc = self.obj.read()
@@ -121,13 +123,15 @@ class DeliveryStore:
 
     def save_merged(self, state: DeliveryState) -> None:
         """Save ``state``; when another run (a ``detect score``, ``detect watch``) saved in
-        between, save both runs' records instead, so neither re-sends the other's."""
+        between, save both runs' records instead, so neither re-sends the other's. What the
+        other run saved is kept for this store's later saves too: a caller saving its own
+        state again (a delivery checkpointed as it goes) would otherwise write it away."""
         while True:
             try:
-                self.save(state)
+                self.save(merge(self._theirs, state))
                 return
             except CheckpointConflict:
-                state = merge(self.load(), state)
+                self._theirs = merge(self._theirs, self.load())
 
 
 def merge(a: DeliveryState, b: DeliveryState) -> DeliveryState:

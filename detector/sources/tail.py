@@ -65,12 +65,10 @@ class TailPosition:
 
     @classmethod
     def from_dict(cls, data: dict[str, int | str]) -> TailPosition:
-        return cls(
-            int(data["inode"]),
-            int(data["offset"]),
-            int(data.get("mark_bytes") or 0),
-            str(data.get("mark") or ""),
-        )
+        size, mark = data.get("mark_bytes"), data.get("mark")
+        if not (isinstance(size, int) and 0 < size <= MARK_BYTES and isinstance(mark, str)):
+            size, mark = 0, ""  # none kept, or damaged: the size check alone, as before
+        return cls(int(data["inode"]), int(data["offset"]), size, mark)
 
 
 def check_tailable(path: str) -> None:
