@@ -172,14 +172,18 @@ def output_file(value: Any) -> Path:
     return Path(text)
 
 
+def _not_a_file(text: str) -> str:
+    if Path(text).is_file():
+        raise ValueError(f"{text!r} is a file, not a folder")
+    return text
+
+
 def output_folder(value: Any) -> Path:
     """A folder a command writes into, refused when blank (it named the working folder)."""
     text = str(value)
     if not text.strip():
         raise ValueError("is empty: give a folder")
-    if Path(text).is_file():
-        raise ValueError(f"{text!r} is a file, not a folder")
-    return Path(text)
+    return Path(_not_a_file(text))
 
 
 def lake_root(value: Any) -> str:
@@ -200,9 +204,7 @@ def model_folder(value: Any) -> str:
     """A model store as written: as a lake root, and not a local file (training ran to
     its end, then failed to save with "Not a directory", exit 3)."""
     text = lake_root(value)
-    if "://" not in text and Path(text).is_file():
-        raise ValueError(f"{text!r} is a file, not a folder")
-    return text
+    return text if "://" in text else _not_a_file(text)
 
 
 LakeOpt = Annotated[
