@@ -474,3 +474,65 @@ def test_deep_values_keep_booleans_apart_from_strings():
     frame = pl.DataFrame({"request_object": [json.dumps(body)]})
     got = frame.select(deep_values("request_object", "k").alias("v"))["v"].to_list()
     assert got == [['"true"', "true"]]
+
+
+# --------------------------------------------------------------------------- 12. JSON patches
+
+SPEC = "/spec/template/spec"
+PRIVILEGED = f"{SPEC}/containers/0/securityContext/privileged"
+
+
+def json_patch(resource: str, *operations: dict[str, Any], group: str = "apps") -> dict[str, Any]:
+    """``kubectl patch --type=json``: the body logged is the list of operations."""
+    return ev("patch", resource, ns="prod", name="w", group=group, body=list(operations))
+
+
+def op(kind: str, path: str, *value: Any, order: str = "op path value") -> dict[str, Any]:
+    """One JSON-patch operation, its members in ``order`` (JSON objects keep it)."""
+    members = {"op": kind, "path": path, **({"value": value[0]} if value else {})}
+    return {key: members[key] for key in order.split() if key in members}
+
+
+@pytest.mark.parametrize(
+    ("rule_id", "operation"),
+    [
+        ("privileged-container", op("replace", PRIVILEGED, True)),
+        ("privileged-container", op("add", PRIVILEGED, True, order="value path op")),
+        ("host-namespace-pod", op("add", f"{SPEC}/hostNetwork", True)),
+        ("host-namespace-pod", op("add", f"{SPEC}/hostPID", True, order="path op value")),
+        ("sensitive-host-mount", op("add", f"{SPEC}/volumes/0/hostPath/path", "/etc/")),
+        ("sensitive-host-mount", op("add", f"{SPEC}/volumes/2/hostPath", {"path": "/"})),
+    ],
+)
+def test_a_json_patch_setting_a_pod_setting_is_that_setting(ruleset, rule_id, operation):
+    harmless = op("replace", f"{SPEC}/containers/0/image", "nginx:1.27")
+    assert fired(ruleset, rule_id, json_patch("deployments", harmless, operation)) == 1
+    assert fired(ruleset, rule_id, json_patch("deployments", harmless)) == 0
+
+
+@pytest.mark.parametrize(
+    "operation",
+    [
+        op("add", "/rules/0/verbs/-", "*"),
+        op("replace", "/rules/0/resources", ["pods", "*"]),
+        op("add", "/rules/-", {"apiGroups": [""], "resources": ["*"], "verbs": ["get"]}),
+    ],
+)
+def test_a_json_patch_widening_a_cluster_role_to_a_wildcard_fires(ruleset, operation):
+    patch = json_patch("clusterroles", operation, group=RBAC)
+    patch["objectRef"].pop("namespace")
+    assert fired(ruleset, "clusterrole-wildcard", patch) == 1
+
+
+@pytest.mark.parametrize(
+    "operation",
+    [
+        op("test", PRIVILEGED, True),
+        op("test", PRIVILEGED, True, order="path value op"),
+        op("remove", PRIVILEGED),
+        op("replace", PRIVILEGED, False),
+        op("add", f"{SPEC}/template/metadata/labels/privileged", "true"),
+    ],
+)
+def test_a_json_patch_that_only_tests_removes_or_labels_is_not_privileged(ruleset, operation):
+    assert fired(ruleset, "privileged-container", json_patch("deployments", operation)) == 0

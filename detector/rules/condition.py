@@ -341,14 +341,22 @@ def deep_values(column: str, key: str, sub_path: str | None = None) -> pl.Expr:
     (:func:`resolve_field` refuses ``..securityContext.privileged``; ``..privileged``
     works). ``sub_path`` is for derived fields over objects known to be flat
     (``hostPath: {path, type}``).
+
+    A JSON patch (``kubectl patch --type=json``) names the key in an operation's path
+    instead (``{"op": "replace", "path": ".../securityContext/privileged", "value":
+    true}``): those values count too (:func:`_patched_values`), so a patch is no way
+    around a rule that a create or a merge patch would meet.
     """
     k = re.escape(key)
     prefix = rf'"{k}"\s*:\s*'
     col = pl.col(column)
     if sub_path is None:
         value = rf"(?:{_SCALAR_JSON}|\[[^\[\]{{}}]*\])"
-        joined = col.str.extract_all(prefix + value).list.join("\n")
-        tokens = joined.str.replace_all(prefix, "").str.extract_all(_SCALAR_JSON)
+        found = pl.concat_list(
+            col.str.extract_all(prefix + value),
+            _patched_values(col, "/" + key + r"(?:/(?:-|[0-9]+))?", value, f'"{key}":'),
+        )
+        tokens = found.list.join("\n").str.replace_all(prefix, "").str.extract_all(_SCALAR_JSON)
         # The strings "true"/"false" keep their quotes, so that a bare true in a condition
         # is the JSON boolean: a label `privileged: "true"` is not a privileged container.
         token = pl.element()
@@ -358,8 +366,45 @@ def deep_values(column: str, key: str, sub_path: str | None = None) -> pl.Expr:
             .otherwise(token.str.json_path_match("$"))
         )
     value = rf"(?:\{{[^{{}}]*\}}|{_SCALAR_JSON})"
-    return col.str.extract_all(prefix + value).list.eval(
-        pl.element().str.replace(f"^{prefix}", "").str.json_path_match("$." + sub_path)
+    objects = pl.concat_list(
+        col.str.extract_all(prefix + value).list.eval(pl.element().str.replace(f"^{prefix}", "")),
+        _patched_values(col, "/" + key, value, ""),
+        # ".../hostPath/path": the one member a flat object holds, set alone.
+        _patched_values(
+            col, f"/{key}/{sub_path}", _SCALAR_JSON, '{"' + sub_path + '":', suffix="}"
+        ),
+    )
+    return objects.list.eval(pl.element().str.json_path_match("$." + sub_path))
+
+
+#: A JSON-patch operation's path (a JSON string up to its tail), and its ``op`` member.
+_PATCH_PATH = r'"path"\s*:\s*"(?:[^"\\]|\\.)*'
+_PATCH_OP = r'"op"\s*:\s*"[a-z]+"'
+
+
+def _patched_values(
+    col: pl.Expr, tail: str, value: str, prefix: str, *, suffix: str = ""
+) -> pl.Expr:
+    """The values JSON-patch operations in ``col`` set at paths ending in ``tail`` (a
+    regex), each as ``prefix + value + suffix``. Members in any order (``op``, ``path``,
+    ``value`` as kubectl writes them, or ``value`` first); a ``remove`` has no value and a
+    ``test`` only compares, so neither sets anything."""
+    path, value = rf'{_PATCH_PATH}{tail}"', f"(?:{value})"
+    op = rf"(?:{_PATCH_OP}\s*,\s*)?"  # before the member it precedes
+    op_after = rf"(?:\s*,\s*{_PATCH_OP})?"
+    forward = rf'{op}{path}{op_after}\s*,\s*"value"\s*:\s*{value}{op_after}'
+    backward = rf'{op}"value"\s*:\s*{value}{op_after}\s*,\s*{path}{op_after}'
+    operation = pl.element()
+    bare = (
+        operation.str.replace(rf'^{op}{path}{op_after}\s*,\s*"value"\s*:\s*', "")
+        .str.replace(rf'^{op}"value"\s*:\s*', "")
+        .str.replace(rf"{op_after}\s*,\s*{path}{op_after}$", "")
+        .str.replace(rf"\s*,\s*{_PATCH_OP}$", "")
+    )
+    return (
+        col.str.extract_all(f"{forward}|{backward}")
+        .list.eval(operation.filter(~operation.str.contains(r'"op"\s*:\s*"test"')))
+        .list.eval(pl.concat_str(pl.lit(prefix), bare, pl.lit(suffix)))
     )
 
 

@@ -293,7 +293,10 @@ fields still works, but reads every body in the range.
   if it holds for any of them, or for `all(...)` of them.
 - A deep key, every value of a key anywhere in the body, as a list:
   `request_object..privileged` (all containers, init and ephemeral containers, pod
-  templates of Deployments, DaemonSets, StatefulSets, Jobs and CronJobs). A deep key
+  templates of Deployments, DaemonSets, StatefulSets, Jobs and CronJobs), and the values a
+  JSON patch (`kubectl patch --type=json`) sets at a path ending in that key
+  (`{"op": "replace", "path": ".../securityContext/privileged", "value": true}`; a `test`
+  or `remove` sets nothing). A deep key
   collects scalar values (and arrays of scalars); it cannot be followed by a path
   (`request_object..securityContext.privileged` is refused when the rule loads: it would
   miss every securityContext that holds another object). Name the last key
