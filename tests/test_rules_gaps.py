@@ -315,10 +315,12 @@ def test_exec_command_decodes_every_escape_once():
 # --------------------------------------------------------------------------- 7. impersonation
 
 
-def impersonating(user: dict[str, Any], as_user: str) -> dict[str, Any]:
+def impersonating(
+    user: dict[str, Any], as_user: str, groups: tuple[str, ...] = ("system:authenticated",)
+) -> dict[str, Any]:
     event = fixture("some-user_creates_namespace_foo")
     event["user"] = user
-    event["impersonatedUser"] = {"username": as_user, "groups": ["system:authenticated"]}
+    event["impersonatedUser"] = {"username": as_user, "groups": list(groups)}
     return event
 
 
@@ -338,6 +340,33 @@ def test_impersonating_a_privileged_identity_fires_whoever_does_it(ruleset):
     assert fired(ruleset, "impersonation-by-person", impersonating(CI, "grace")) == 0
     assert fired(ruleset, "impersonation-by-person", impersonating(PERSON, "system:anonymous")) == 0
 
+
+
+def test_impersonating_a_privileged_group_fires_whatever_the_user_name(ruleset):
+    """``kubectl --as=nobody --as-group=system:masters`` is cluster-admin: the name is
+    ordinary, the group is not."""
+    masters = impersonating(PERSON, "nobody", ("system:masters", "system:authenticated"))
+    assert fired(ruleset, "impersonation-of-privileged-identity", masters) == 1
+    assert fired(ruleset, "impersonation-by-person", masters) == 0
+    frame = events_from_dicts([masters], cluster="test")
+    found = evaluate_rules(frame, ruleset.only("impersonation-of-privileged-identity")).findings
+    assert "groups system:masters, system:authenticated" in found["reasons"][0][0]
+    # an ordinary name with ordinary groups stays the person's record
+    plain = impersonating(PERSON, "nobody", ("developers", "system:authenticated"))
+    assert fired(ruleset, "impersonation-of-privileged-identity", plain) == 0
+    assert fired(ruleset, "impersonation-by-person", plain) == 1
+
+
+def test_a_reason_names_the_identity_a_request_was_sent_as(ruleset):
+    """Any rule's sentence: the person who sent it, and whose rights it used."""
+    created = impersonating(PERSON, "grace")
+    frame = events_from_dicts([created], cluster="test")
+    found = evaluate_rules(frame, ruleset.only("impersonation-by-person")).findings
+    reason = found["reasons"][0][0]
+    assert "some-user as grace created Namespace foo" in reason, reason
+    alone = events_from_dicts([fixture("some-user_creates_namespace_foo")], cluster="test")
+    found = evaluate_rules(alone, ruleset.only("namespace-created")).findings
+    assert " as " not in found["reasons"][0][0]
 
 # --------------------------------------------------------------------------- 8. deletes
 

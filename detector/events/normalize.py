@@ -840,6 +840,7 @@ def canonicalize(raw: pl.DataFrame, *, cluster: pl.Expr) -> pl.DataFrame:
         "iam_session_name",
         "access_key_id",
         pl.col("impersonatedUser").struct.field("username").alias("impersonated_user"),
+        pl.col("impersonatedUser").struct.field("groups").alias("impersonated_groups"),
         pl.col("sourceIPs").list.first().alias("source_ip"),
         pl.col("sourceIPs").alias("source_ips"),
         pl.col("userAgent").alias("user_agent"),

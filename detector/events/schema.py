@@ -56,6 +56,7 @@ EVENT_COLUMNS: dict[str, pl.DataType] = {
     "iam_session_name": pl.String(),
     "access_key_id": pl.String(),
     "impersonated_user": pl.String(),
+    "impersonated_groups": pl.List(pl.String()),  # kubectl --as-group
     "source_ip": pl.String(),
     "source_ips": pl.List(pl.String()),
     "user_agent": pl.String(),

@@ -208,6 +208,17 @@ def _action() -> pl.Expr:
     return pl.concat_str([action.fill_null("made a request"), outcome])
 
 
+def _sentence() -> pl.Expr:
+    """Who did what to what: "alice@eng-admin patched ConfigMap kube-system/aws-auth".
+
+    A request sent as another identity (``kubectl --as``) says so, "alice@eng-admin as
+    bob read Secret prod/db": the rights it used were bob's, the person was alice.
+    """
+    impersonated = pl.col("impersonated_user")
+    as_whom = pl.when(impersonated.is_not_null()).then(pl.lit(" as ") + impersonated)
+    return pl.concat_str([who(), as_whom, pl.lit(" "), _action()], ignore_nulls=True)
+
+
 def _render(template: str) -> pl.Expr:
     """A rule's ``output`` template with ``{field}`` values filled in; null if all empty."""
     pieces: list[pl.Expr] = []
@@ -235,7 +246,7 @@ def _render(template: str) -> pl.Expr:
 
 @functools.cache
 def _base_columns() -> frozenset[str]:
-    return frozenset(pl.concat_str([who(), pl.lit(" "), _action()]).meta.root_names())
+    return frozenset(_sentence().meta.root_names())
 
 
 def line_columns(rule: Rule) -> set[str]:
@@ -251,7 +262,7 @@ def line_columns(rule: Rule) -> set[str]:
 
 def line(rule: Rule) -> pl.Expr:
     """One sentence per event: who did what, plus the rule's own detail."""
-    base = pl.concat_str([who(), pl.lit(" "), _action()])
+    base = _sentence()
     if rule.output:
         detail = _render(rule.output)
         return (
@@ -284,7 +295,7 @@ def reasons(fired: list[tuple[Rule, pl.DataFrame]]) -> list[pl.DataFrame]:
         ],
         how="vertical",
     )
-    base = pl.concat_str([who(), pl.lit(" "), _action()])
+    base = _sentence()
     detail = pl.col("_detail")
     text = (
         pl.when(detail.is_not_null())
