@@ -341,7 +341,6 @@ def test_impersonating_a_privileged_identity_fires_whoever_does_it(ruleset):
     assert fired(ruleset, "impersonation-by-person", impersonating(PERSON, "system:anonymous")) == 0
 
 
-
 def test_impersonating_a_privileged_group_fires_whatever_the_user_name(ruleset):
     """``kubectl --as=nobody --as-group=system:masters`` is cluster-admin: the name is
     ordinary, the group is not."""
@@ -367,6 +366,7 @@ def test_a_reason_names_the_identity_a_request_was_sent_as(ruleset):
     alone = events_from_dicts([fixture("some-user_creates_namespace_foo")], cluster="test")
     found = evaluate_rules(alone, ruleset.only("namespace-created")).findings
     assert " as " not in found["reasons"][0][0]
+
 
 # --------------------------------------------------------------------------- 8. deletes
 
