@@ -271,6 +271,39 @@ def test_what_is_sent_is_recorded_as_it_goes_so_a_kill_re_sends_little(tmp_path,
         r.close()
 
 
+def test_a_checkpoint_that_fails_stops_every_sink_and_sees_the_callers_context(
+    tmp_path, monkeypatch
+):
+    """`detect watch` checks after each checkpoint that it still leads (a fence in a
+    context variable, lake.lock): the sinks' threads did not see it, and a sink went on
+    sending after the check failed."""
+    import contextvars
+
+    from detector.delivery import deliver as deliver_mod
+
+    monkeypatch.setattr(deliver_mod, "CHECKPOINT_EVERY", 0.0)
+    leader = contextvars.ContextVar("leader", default="nobody")
+    seen: list[str] = []
+
+    def checkpoint(_state: DeliveryState) -> None:
+        seen.append(leader.get())
+        raise RuntimeError("deposed")
+
+    r = Receiver()
+    try:
+        three = incidents(
+            [finding(f"arn:aws:iam::1:role/r{i}", T0, severity="high") for i in range(3)]
+        )
+        hook = build(sink(name="hook", type="webhook", url=r.url))
+        leader.set("replica-a")
+        with pytest.raises(RuntimeError, match="deposed"):
+            deliver(three, [hook], DeliveryState(), now=NOW, checkpoint=checkpoint)
+        assert seen == ["replica-a"]  # the sink's thread ran in the caller's context
+        assert len(r.requests) == 1  # and stopped after the checkpoint that failed
+    finally:
+        r.close()
+
+
 def test_records_another_run_saved_survive_this_runs_later_saves(tmp_path):
     """A delivery saves its records as it goes. When another run saved in between, the
     first save kept both runs' records, but the next save of this run's own state (its

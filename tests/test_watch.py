@@ -1072,6 +1072,34 @@ def test_a_leader_deposed_while_it_detected_writes_nothing(tmp_path):
     assert successor.lease.peek()["payload"] == {"by": "successor"}
 
 
+def test_a_deposed_leader_sends_no_alert(sim, tmp_path):
+    """A replaced leader that woke sent the incidents due (a retry, an update) although its
+    successor sends them too: only lake writes passed its fence. Sending does now, before
+    the first alert and after each checkpoint of what was sent."""
+    from detector.lake.lock import fenced
+    from detector.lake.state import CheckpointConflict
+
+    lake = Lake(str(tmp_path / "lake"))
+    replay_in_process(lake, sim, [])  # incidents filed, nothing sent: no sink yet
+    now = datetime.fromisoformat(END) + timedelta(minutes=5)
+    nothing = lake.scan_events(now, now).collect()
+    receiver = Receiver()
+    try:
+
+        def taken_over() -> None:
+            raise CheckpointConflict("the lease was taken by another replica")
+
+        deposed = StreamAlerter(lake, StreamDetector(lake), [hook_sink(receiver.url)])
+        with fenced(taken_over), pytest.raises(CheckpointConflict):
+            deposed.consume(nothing, now, None)
+        assert receiver.requests == []
+        leader = StreamAlerter(lake, StreamDetector(lake), [hook_sink(receiver.url)])
+        leader.consume(nothing, now, None)
+        assert len(keys(receiver)) > 0  # they were due: the leader sends them
+    finally:
+        receiver.close()
+
+
 def test_the_stream_state_round_trips_and_survives_a_garbled_payload(tmp_path):
     """The stream's state lives in its checkpoint payload: it reads back as it was saved,
     and a payload of another shape (edited by hand, written by the build that also kept

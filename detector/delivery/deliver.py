@@ -21,6 +21,7 @@ Per sink and incident:
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -115,7 +116,9 @@ def deliver(
     :data:`CHECKPOINT_EVERY` seconds and after the last chunk, so a run killed part way
     re-sends only what it sent in its last second. A sink that raises (a bug, a library
     error nobody expected) fails its own alerts into dead letters, naming the error's
-    type only (its text may quote a URL's secret).
+    type only (its text may quote a URL's secret). A ``checkpoint`` that raises (the
+    fence of a ``detect watch`` leader that was replaced) stops every sink before its
+    next chunk, and its error reaches the caller.
     """
     now = now or datetime.now(UTC)
     incidents = list(incidents)
@@ -132,23 +135,35 @@ def deliver(
     guard = threading.Lock()
     saved = [time.monotonic()]
     outcomes: dict[str, list[Outcome]] = {}
+    stopped = threading.Event()  # a checkpoint raised: no sink sends another chunk
 
     def serve(sink: Sink, due: list[Alert]) -> None:
         done = outcomes.setdefault(sink.name, [])
         try:
             for start in range(0, len(due), sink.chunk):
+                if stopped.is_set():
+                    return
                 chunk = _send(sink, due[start : start + sink.chunk])
                 with guard:
                     done += chunk
                     _record(report.state, sink, chunk, now)
                     if checkpoint is not None and time.monotonic() - saved[0] >= CHECKPOINT_EVERY:
-                        checkpoint(report.state)
+                        try:
+                            checkpoint(report.state)
+                        except BaseException:
+                            stopped.set()
+                            raise
                         saved[0] = time.monotonic()
         finally:
             sink.close()
 
+    # Each sink's thread runs in a copy of the caller's context: a checkpoint may depend on
+    # it (detect watch's fence, lake.lock).
     with ThreadPoolExecutor(max_workers=len(plans), thread_name_prefix="sink") as pool:
-        for future in [pool.submit(serve, sink, due) for sink, due in plans]:
+        futures = [
+            pool.submit(contextvars.copy_context().run, serve, sink, due) for sink, due in plans
+        ]
+        for future in futures:
             future.result()
     for sink, _ in plans:  # reported in the sinks' order, whichever finished first
         _report(report, sink, outcomes.get(sink.name, []), now)

@@ -35,6 +35,7 @@ from detector.detect.stream import StreamDetector, StreamState
 from detector.incidents import suppress, workflow
 from detector.incidents.group import DEFAULT_HORIZON
 from detector.lake.events import Lake
+from detector.lake.lock import check_fence
 from detector.pipeline.watch_metrics import WatchMetrics
 
 log = logging.getLogger(__name__)
@@ -126,8 +127,14 @@ class StreamAlerter:
         built: list[sink_mod.Sink] = [_build(c, dict(self.sink_kw)) for c in self.sink_configs]
         store = DeliveryStore(self.lake)
         state = merge(store.load(), earlier)
+
+        def checkpoint(sent: DeliveryState) -> None:
+            store.save_merged(sent)  # what was sent is recorded, deposed or not
+            check_fence()  # then a deposed leader stops (lake.lock)
+
+        check_fence()
         report = deliver(
-            incidents, built, state, now=now, lake=self.lake.uri, checkpoint=store.save_merged
+            incidents, built, state, now=now, lake=self.lake.uri, checkpoint=checkpoint
         )
         write_dead_letters(self.lake, report.dead_letters, now)
         if self.metrics is not None:

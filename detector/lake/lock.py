@@ -21,7 +21,10 @@ replaced, and when it wakes its writes would land after the new leader's, older 
 newer. :func:`fenced` names a check (renew the source's lease, failing if it was taken)
 that every outermost :func:`writer_lock` of the body runs once it holds the lock: a
 deposed leader fails there and writes nothing, and one that passes keeps its lease while
-it writes, so a successor's writes, which need this lock too, come after its own.
+it writes, so a successor's writes, which need this lock too, come after its own. Alert
+delivery runs the same check (:func:`check_fence`) before it sends and after each
+checkpoint of what it sent: a deposed leader sends nothing more, and what it did send is
+recorded first, so its successor does not send it again.
 """
 
 from __future__ import annotations
@@ -61,6 +64,15 @@ def fenced(check: Callable[[], object] | None) -> Iterator[None]:
         yield
     finally:
         _FENCE.reset(token)
+
+
+def check_fence() -> None:
+    """Run the current context's fence check, if :func:`fenced` named one: for what a
+    deposed leader must not do besides writing the lake (sending alerts). Raises as the
+    check does (the lease was taken)."""
+    check = _FENCE.get()
+    if check is not None:
+        check()
 
 
 @dataclass
@@ -109,9 +121,7 @@ def writer_lock(
         _acquire(lease, lake, wait)
         slot.depth, slot.lease = 1, lease
         try:
-            check = _FENCE.get()
-            if check is not None:
-                check()
+            check_fence()
             yield lease
         finally:
             slot.depth, slot.lease = 0, None
