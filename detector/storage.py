@@ -8,6 +8,7 @@ PUT on S3 (S3 objects appear whole or not at all).
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import os
 import re
@@ -217,13 +218,31 @@ class Location:
         tmp = os.path.join(temp_dir or directory, f".tmp-{uuid.uuid4().hex}")
         replace_atomically(path, data, tmp)
 
-    def glob(self, pattern: str) -> list[str]:
-        """Paths matching a glob under the root; temp files never match.
+    def glob(self, *parts: str) -> list[str]:
+        """Paths under the root whose each level below it matches a shell pattern of
+        ``parts`` (``"date=*", "*.parquet"``); temp files never match.
 
-        Only for patterns whose fixed part holds no glob characters; the lake itself lists
-        folders instead (:mod:`detector.lake.table`), so a root like ``lake[1]`` works.
+        The root is listed, never matched: a folder named ``models-[ab]`` is that folder,
+        not a pattern that also finds ``models-a`` (whose model files a training into the
+        other then pruned). One listing per folder level, as :mod:`detector.lake.table`
+        lists the lake's own folders.
         """
-        return sorted(p for p in self.fs.glob(pattern) if "/.tmp-" not in p)
+        level = [self.root]
+        for part in parts:
+            found = []
+            for folder in level:
+                try:
+                    names = self.fs.ls(folder, detail=False)
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                found += [
+                    p
+                    for p in names
+                    if p.rstrip("/") != folder.rstrip("/")  # a file lists itself
+                    and fnmatch.fnmatchcase(p.rstrip("/").rsplit("/", 1)[-1], part)
+                ]
+            level = found
+        return sorted(p for p in level if "/.tmp-" not in p)
 
     def exists(self, path: str) -> bool:
         return self.fs.exists(path)

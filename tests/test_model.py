@@ -372,6 +372,31 @@ def test_retraining_keeps_the_current_and_previous_model_files_only(tmp_path, tr
     assert Model.load(str(d)).version == versions[-1]
 
 
+def test_a_folder_named_like_a_pattern_prunes_only_itself(tmp_path, trained):
+    """``--model-dir 'models-[ab]'`` was a glob: saving there pruned the model files of
+    the sibling folder models-a, whose card then named files that were gone."""
+    import os
+    import time
+
+    from detector.model.storage import PRUNE_AFTER
+
+    X = np.random.default_rng(0).random((64, len(F.MODEL_INPUTS)))
+
+    def model(seed: int) -> Model:
+        est = AuditIsolationForest(n_estimators=5, random_state=seed, log_transform=False)
+        return Model(scorer=est.fit(X).scorer_, baseline=trained.baseline, window=trained.window)
+
+    sibling, odd = tmp_path / "models-a", tmp_path / "models-[ab]"
+    saved = model(1).save(str(sibling))
+    old = time.time() - PRUNE_AFTER.total_seconds() - 60
+    for path in sibling.iterdir():
+        os.utime(path, (old, old))
+    for seed in (2, 3, 4):
+        model(seed).save(str(odd))
+    assert Model.load(str(sibling)).version == saved.version
+    assert Model.load(str(odd)).version != saved.version
+
+
 # --------------------------------------------------------------------------- files we do not own
 def test_saving_never_touches_files_it_did_not_write(tmp_path, trained):
     d = tmp_path / "models"

@@ -169,7 +169,7 @@ def write_dead_letters(lake: Lake, rows: list[dict[str, Any]], now: datetime) ->
 
 
 def read_dead_letters(lake: Lake) -> pl.DataFrame:
-    files = lake.loc.glob(lake.loc.path(DEAD_LETTERS_DIR, "date=*", "*.parquet"))
+    files = lake.loc.glob(DEAD_LETTERS_DIR, "date=*", "*.parquet")
     if not files:
         return pl.DataFrame(schema=DEAD_LETTER_COLUMNS)
     frames = []

@@ -240,7 +240,7 @@ class Model:
         # have written its card since ours, or be about to: its files are kept, the ones
         # the card names now and any written in the last PRUNE_AFTER.
         keep = {version, previous, _current_version(loc)}
-        for path in loc.glob(loc.path("*")):
+        for path in loc.glob("*"):
             m = OWN_FILE.match(path.rsplit("/", 1)[-1])
             if m and (m["v1"] or m["v2"]) not in keep and _older_than(loc, path, PRUNE_AFTER):
                 loc.fs.rm(path)
