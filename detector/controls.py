@@ -22,3 +22,12 @@ def holds_control_characters(text: str) -> bool:
     """Whether text a user gives as a setting holds a C0 control character or DEL (a line
     break, NUL, ESC): no path, name or secret source a user means to give does."""
     return any(ord(c) < 32 or ord(c) == 127 for c in text)
+
+
+#: :data:`UNSAFE` and what XML cannot hold at all (U+FFFE, U+FFFF, lone surrogates): for
+#: text drawn into SVG, whose renderer stops the whole process on a NUL in a label.
+NOT_XML = (
+    UNSAFE
+    | {0xFFFE: "\\ufffe", 0xFFFF: "\\uffff"}
+    | {c: f"\\u{c:04x}" for c in range(0xD800, 0xE000)}
+)

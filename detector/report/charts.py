@@ -14,10 +14,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from html.parser import HTMLParser
+from typing import Any
 
 import altair as alt
 import polars as pl
 
+from detector.controls import NOT_XML
 from detector.lake.findings_schema import SEVERITIES
 from detector.report.data import Level
 
@@ -65,11 +67,24 @@ class UnsafeChart(ValueError):
     """Rendered SVG held markup that could run code; never embedded."""
 
 
+def _shown(value: Any) -> Any:
+    """Every string of a chart specification with control characters shown (``\\x00``):
+    vl-convert aborts the process (a Rust panic, exit 134) on text XML cannot hold, and one
+    audit event with a NUL or ESC in its user name stopped every report of its range."""
+    if isinstance(value, str):
+        return value.translate(NOT_XML)
+    if isinstance(value, list):
+        return [_shown(v) for v in value]
+    if isinstance(value, dict):
+        return {_shown(k): _shown(v) for k, v in value.items()}
+    return value
+
+
 def to_svg(chart: alt.TopLevelMixin) -> str:
     """Render to SVG markup, refusing anything that could execute in the page."""
     import vl_convert as vlc
 
-    svg = vlc.vegalite_to_svg(chart.to_dict())
+    svg = vlc.vegalite_to_svg(_shown(chart.to_dict()))
     if found := unsafe_markup(svg):
         raise UnsafeChart(f"rendered chart holds script-like markup: {found[:3]}")
     return svg

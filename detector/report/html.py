@@ -22,6 +22,7 @@ import polars as pl
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
+from detector.controls import NOT_XML
 from detector.events.identity import display_principal, identity_summary, parse_principal
 from detector.report import charts
 from detector.report.data import ReportData
@@ -283,6 +284,15 @@ def _charts(data: ReportData, top: pl.DataFrame) -> dict[str, Any]:
     return out
 
 
+def _shown(value: Any) -> Any:
+    """Lake text with its control characters shown (``\\x1b``), as every command shows them:
+    a NUL or an escape sequence in a user name is evidence, and an analyst copying it from
+    the page must see it. Our own markup (``Markup``: the charts, the script) is as built."""
+    if isinstance(value, str) and not isinstance(value, Markup):
+        return value.translate(NOT_XML)
+    return value
+
+
 def render(data: ReportData) -> str:
     """The report page as one string."""
     env = Environment(
@@ -290,6 +300,7 @@ def render(data: ReportData) -> str:
         autoescape=select_autoescape(["html", "j2"], default=True),
         trim_blocks=True,
         lstrip_blocks=True,
+        finalize=_shown,
     )
     digest = base64.b64encode(hashlib.sha256(SCRIPT.encode()).digest()).decode()
     template = env.get_template("report.html.j2")
