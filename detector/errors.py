@@ -13,6 +13,10 @@ EXIT_OK = 0
 EXIT_FINDINGS = 1
 EXIT_USAGE = 2
 EXIT_RUNTIME = 3
+#: 128 + SIGINT: a run stopped by Ctrl-C.
+EXIT_INTERRUPTED = 130
+#: 128 + SIGPIPE: the reader of standard output went away (``detect findings | head``).
+EXIT_BROKEN_PIPE = 141
 
 
 class DetectError(Exception):

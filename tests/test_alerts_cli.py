@@ -204,6 +204,32 @@ def test_resolving_an_incident_tells_the_sinks_that_heard_of_it_once(scored):
     assert score(scored)["incidents"]["delivery"]["sent"] == 0  # re-scoring reopens nothing
 
 
+def test_a_delivery_that_fails_ends_with_exit_3_and_the_next_run_sends_it(scored):
+    """`incidents deliver` is a retry job's command: it exited 0 with every alert failed,
+    so cron saw success through a whole outage."""
+    from conftest import free_port
+
+    score(scored)
+    down = scored["tmp"] / "down.toml"
+    down.write_text(
+        f'[[sinks]]\nname = "pager"\ntype = "webhook"\nretries = 0\n'
+        f'url = "http://127.0.0.1:{free_port()}/hook"\n'
+    )
+    args = ("incidents", "deliver", "--lake", scored["lake"], "--format", "json")
+    out = cli("--config", str(down), *args)
+    assert out.exit_code == 3, out.stdout
+    assert json.loads(out.stdout)["failed"] == 2
+    assert "2 alert(s) could not be delivered" in out.stderr
+    # back up: the next run sends both, and exits 0
+    up = scored["tmp"] / "up.toml"
+    up.write_text(
+        f'[[sinks]]\nname = "pager"\ntype = "webhook"\nurl = "{scored["receiver"].url}"\n'
+    )
+    again = cli("--config", str(up), *args)
+    assert again.exit_code == 0, again.stderr
+    assert json.loads(again.stdout)["sent"] == 2
+
+
 def test_findings_list_shows_and_filters_by_workflow_status(scored):
     score(scored)
     lake = scored["lake"]

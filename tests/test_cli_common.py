@@ -547,6 +547,26 @@ def test_a_reader_that_leaves_ends_the_run_with_141_not_the_code_of_a_finding():
     assert "Traceback" not in proc.stderr
 
 
+def test_a_reader_that_stops_part_way_ends_the_run_with_141_not_0():
+    """A reader that takes the first bytes and leaves (a script reading a header): the
+    pipe took 64 KiB of the document, Python's buffered stdout dropped the rest without
+    an error, and the run exited 0 with half a document sent."""
+    read, write = os.pipe()
+    with subprocess.Popen(
+        [*detect_cmd(), "rules", "list", "--format", "json"],  # ~90 KB: more than a pipe holds
+        stdout=write,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        os.close(write)
+        head = os.read(read, 10)  # the writer is blocked on a full pipe until we leave
+        os.close(read)
+        _, err = proc.communicate(timeout=60)
+    assert head.startswith(b"{")
+    assert proc.returncode == 141, err
+    assert "Traceback" not in err and "Exception ignored" not in err
+
+
 def test_a_command_started_without_stderr_keeps_its_exit_code():
     """Nothing can be said on a closed stderr; the exit code still tells, and stdout
     still gets the output."""

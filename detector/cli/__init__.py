@@ -8,6 +8,7 @@ exit 130 and one line, not a traceback from the middle of an import.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
@@ -15,7 +16,7 @@ import sys
 import types
 from typing import Any
 
-EXIT_INTERRUPTED = 130
+from detector.errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED
 
 #: Set by :func:`main`: the app then imports only the command it runs (see
 #: ``detector.cli.app.DetectGroup``). Library users and tests get every command.
@@ -27,6 +28,7 @@ def main() -> None:
     global lazy_commands
     lazy_commands = True
     _stand_in_for_closed_streams()
+    _write_stdout_whole()
     try:
         from detector.cli.app import main as run
     except KeyboardInterrupt:
@@ -60,6 +62,55 @@ class _ClosedStream(io.TextIOBase):
         raise OSError(errno.EBADF, f"cannot write: {self.name} is closed")
 
 
+class _WholeWrites(io.RawIOBase):
+    """A file descriptor whose writes are whole or fail: standard output's, for the CLI.
+
+    A pipe whose reader leaves part way takes part of a write (64 KiB) and refuses the
+    rest; Python's buffered writer took the part as done and dropped the rest without an
+    error, so ``detect findings --format json | reader-that-stops`` ended with exit 0 and
+    a cut document. Here the rest is written again, and fails with ``EPIPE``: the CLI
+    then exits 141 (:data:`detector.errors.EXIT_BROKEN_PIPE`).
+    """
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self._fd = fd
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def isatty(self) -> bool:
+        return os.isatty(self._fd)
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < len(view):
+            done += os.write(self._fd, view[done:])
+        return done
+
+
+def _write_stdout_whole() -> None:
+    """Standard output through :class:`_WholeWrites`, with its encoding and buffering."""
+    out = sys.stdout
+    if not isinstance(out, io.TextIOWrapper):
+        return  # a closed stream's stand-in, or one a caller replaced
+    try:
+        fd = out.fileno()
+    except (OSError, ValueError):
+        return
+    out.flush()
+    sys.stdout = io.TextIOWrapper(
+        io.BufferedWriter(_WholeWrites(fd)),
+        encoding=out.encoding,
+        errors=out.errors,
+        line_buffering=out.line_buffering,
+    )
+
+
 def _stand_in_for_closed_streams() -> None:
     """Give a closed stdout a stream that fails clearly, and a closed stderr the null device
     (nothing can be said there; the exit code still tells)."""
@@ -81,6 +132,7 @@ def _leave(code: int) -> None:
     import atexit
     import threading
 
+    code = _flush_standard_streams(code)
     run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
     if threading.active_count() != 1 or run_exit_handlers is None:
         sys.exit(code)
@@ -90,9 +142,35 @@ def _leave(code: int) -> None:
             continue
         try:
             stream.flush()
-        except (OSError, ValueError):  # a reader that left, a closed stream
+        except (OSError, ValueError):  # a closed stream
             sys.exit(code)
     os._exit(code)
+
+
+def _flush_standard_streams(code: int) -> int:
+    """Flush stdout and stderr; returns the exit code: :data:`EXIT_BROKEN_PIPE` when the
+    reader of one went away before taking all (``| python -c 'read 10 bytes'``), as the
+    shell reports a process SIGPIPE ended. The output the reader did not take was written
+    in one final flush, which failed after the command had already chosen exit 0.
+
+    The stream is then pointed at the null device, so the interpreter's own last flush
+    finds nothing to fail on (it would print a traceback and exit 120)."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is None or isinstance(stream, _ClosedStream):
+            continue
+        try:
+            stream.flush()
+        except OSError as exc:
+            if exc.errno != errno.EPIPE:
+                continue  # said again, and handled, by the flush in _leave
+            with contextlib.suppress(OSError, ValueError):
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, stream.fileno())
+                os.close(null)
+            code = EXIT_BROKEN_PIPE
+        except ValueError:  # a closed stream
+            continue
+    return code
 
 
 class _Package(types.ModuleType):

@@ -24,12 +24,13 @@ from detector import __version__
 from detector.cli.helptext import reflow_registered
 from detector.cli.options import INVOCATION_NOW, LogFormat, LogLevel, RegionOpt, stderr
 from detector.controls import ONE_LINE
-from detector.errors import EXIT_RUNTIME, EXIT_USAGE, DetectError
-
-#: Exit code of a run stopped by Ctrl-C (128 + SIGINT).
-EXIT_INTERRUPTED = 130
-#: 128 + SIGPIPE: the reader of standard output went away (``detect findings | head``).
-EXIT_BROKEN_PIPE = 141
+from detector.errors import (
+    EXIT_BROKEN_PIPE,
+    EXIT_INTERRUPTED,
+    EXIT_RUNTIME,
+    EXIT_USAGE,
+    DetectError,
+)
 
 
 def report(message: str) -> None:

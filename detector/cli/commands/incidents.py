@@ -19,7 +19,7 @@ from detector.cli.options import (
     stdout,
 )
 from detector.cli.render import render_incidents
-from detector.errors import UsageError
+from detector.errors import RuntimeFailure, UsageError
 from detector.incidents.status import STATUSES
 from detector.lake.findings_schema import SEVERITIES
 
@@ -206,6 +206,10 @@ def deliver_cmd(
     sink has not received at their current version (after an outage, say). Nothing already
     delivered is sent again.
 
+    Exit codes: 0 sent (or nothing was due), 2 no sinks configured or a bad option, 3 an
+    alert could not be delivered after its retries (it is kept in LAKE/dead_letters and
+    sent again by the next run), so a cron job that retries sees the outage.
+
     Example:
 
     \b
@@ -219,14 +223,19 @@ def deliver_cmd(
         raise UsageError("no [[sinks]] in the configuration (see docs/alerts.md)")
     the_lake = Lake(lake).require_existing()
     report = send(the_lake, pending(the_lake, datetime.now(UTC)), sinks)
+    s = report.summary()
     if output == OutputFormat.json:
-        emit_json(report.summary())
+        emit_json(s)
     else:
-        s = report.summary()
         stdout.print(
             f"sent {s['sent']} ({s['new']} new, {s['updates']} updates), "
             f"{s['throttled']} throttled, {s['failed']} failed",
             markup=False,
+        )
+    if s["failed"]:
+        raise RuntimeFailure(
+            f"{s['failed']} alert(s) could not be delivered; they are in "
+            f"{the_lake.uri}/dead_letters and the next run sends them again"
         )
 
 
