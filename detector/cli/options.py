@@ -29,7 +29,7 @@ import typer
 
 from detector.cli.terminal import SafeConsole
 from detector.config import REGION_NAME
-from detector.controls import holds_control_characters
+from detector.controls import UNSAFE, holds_control_characters
 from detector.errors import EXIT_FINDINGS, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, DetectError
 from detector.errors import UsageError as _UsageError
 from detector.lake.findings_schema import SEVERITIES
@@ -482,6 +482,17 @@ def emit_json(obj: Any) -> None:
 def progress_enabled() -> bool:
     """Progress bars only for a person at a terminal; cron and Airflow logs stay clean."""
     return sys.stderr.isatty()
+
+
+def progress_line(text: str) -> None:
+    """Redraw one progress line in place on stderr (a person's terminal): the line's own
+    control characters shown (a path may hold them), cut to the terminal's width, then a
+    carriage return that is ours, sent as one."""
+    import shutil
+
+    width = shutil.get_terminal_size((100, 20)).columns - 1
+    sys.stderr.write("\r" + text.translate(UNSAFE)[:width].ljust(width))
+    sys.stderr.flush()
 
 
 @contextmanager

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
 import signal
-import sys
 import threading
 import time
 from datetime import datetime, timedelta
@@ -28,6 +26,7 @@ from detector.cli.options import (
     emit_json,
     instant_option,
     progress_enabled,
+    progress_line,
     stderr,
     stdout,
     stop_on_signals,
@@ -213,9 +212,7 @@ def export(
             f"{summary.events_read:,} events, {summary.pages:,} pages, {rate_now:,.0f}/s, "
             f"{summary.api.retries} retries  window {window}"
         )
-        width = shutil.get_terminal_size((100, 20)).columns - 1
-        sys.stderr.write("\r" + line[:width].ljust(width))
-        sys.stderr.flush()
+        progress_line(line)
 
     stop = threading.Event()
     received: list[int] = []

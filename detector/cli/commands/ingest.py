@@ -18,6 +18,7 @@ from detector.cli.options import (
     emit_json,
     instant_option,
     progress_enabled,
+    progress_line,
     stderr,
     stdout,
 )
@@ -87,10 +88,7 @@ def ingest(
     interactive = progress_enabled() and output == OutputFormat.table
 
     def progress(summary: IngestSummary, uri: str) -> None:
-        stderr.print(
-            f"\r{summary.lines:,} lines, {summary.quarantined:,} quarantined  {uri[-60:]}",
-            end="",
-        )
+        progress_line(f"{summary.lines:,} lines, {summary.quarantined:,} quarantined  {uri[-60:]}")
 
     summary = ingest_paths(
         paths,
