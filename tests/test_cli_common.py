@@ -204,6 +204,8 @@ BAD_VALUES = [
     (["findings", "--min-severity", "loud"], "--min-severity"),
     (["findings", "show", "abcd", "--limit", "0"], "--limit"),
     (["findings", "show", "abcd", "--limit", "99999999999999999999"], "--limit"),  # was exit 3
+    (["report", "--max-findings", "99999999999999999999"], "--max-findings"),  # was exit 3
+    (["export", "--log-group", "/aws/eks/x/cluster", "--max-attempts", "0"], "--max-attempts"),
     (["ingest", "x.log", "--input-format", "xml"], "--input-format"),
     (["rules", "test", "pod-exec", "x.log", "--from", "xml"], "--input-format"),
     (["simulate", "--out", "x", "--as", "xml"], "--as"),

@@ -22,6 +22,10 @@ from detector.cli.options import (
 )
 from detector.timeparse import check_range
 
+#: Sections a page can hold: each carries a timeline and raw events (~10 KB); more
+#: than this is a page no browser opens, and a bigger number overflowed (exit 3).
+MAX_SECTIONS = 10_000
+
 
 def report(
     lake: LakeOpt = "./lake",
@@ -46,6 +50,7 @@ def report(
         typer.Option(
             "--max-findings",
             min=0,
+            max=MAX_SECTIONS,
             help="Findings given a section with their timeline and raw events (most severe).",
         ),
     ] = 50,
