@@ -296,6 +296,41 @@ def test_a_glob_with_several_stars_applies_as_it_reads():
 
 
 @pytest.mark.parametrize(
+    "typed",
+    [
+        "arn:aws:sts::111122223333:assumed-role/developer/grace",  # pasted from CloudTrail
+        "arn:aws:sts::*:assumed-role/developer/*",
+        "arn:aws:iam::111122223333:role/developer/grace",  # the stored form, as before
+    ],
+)
+def test_a_suppression_names_a_session_as_cloudtrail_shows_it(typed):
+    """The README says the STS ARN is accepted wherever an identity is named; a
+    suppression written that way matched nothing and silenced nothing."""
+    sups = suppress.parse(
+        {
+            "suppressions": [
+                {
+                    "name": "grace-migration",
+                    "reason": "the migration grace runs this week (TICKET-9)",
+                    "expires": "2099-01-01",
+                    "match": {"principal": typed},
+                }
+            ]
+        }
+    )
+    grace, grace_ev = frames([finding("arn:aws:iam::111122223333:role/developer/grace", T0)])
+    other, other_ev = frames([finding("arn:aws:iam::111122223333:role/developer/hal", T0)])
+    hits = dict(
+        suppress.apply(
+            pl.concat([grace, other]), pl.concat([grace_ev, other_ev]), sups, T0
+        ).iter_rows()
+    )
+    assert hits[grace["finding_id"][0]] == "grace-migration"
+    # the glob over every developer session takes hal's too; the exact names do not
+    assert hits[other["finding_id"][0]] == ("grace-migration" if "*" in typed else None)
+
+
+@pytest.mark.parametrize(
     ("text", "message"),
     [
         ("suppressions: [{name: a, reason: r, expires: 2030-01-01, match: {}}]", "match needs"),

@@ -12,7 +12,7 @@ from test_rules_engine import only_site_rules, rule_yaml, write
 from test_rules_helpers import ev, frame, iam
 
 from detector.errors import UsageError
-from detector.events.normalize import stored_principal
+from detector.events.identity import canonical_principal
 from detector.rules import RuleError, evaluate_rules, load_ruleset
 
 SETS = """
@@ -163,7 +163,7 @@ def test_nested_path_and_deep_key_see_through_nested_objects(tmp_path):
 def test_an_identity_in_its_sts_form_matches_the_stored_form(tmp_path):
     # docs/rules.md's tuning example: the ARN as CloudTrail shows it suppresses the session.
     assert (
-        stored_principal("arn:aws:sts::111122223333:assumed-role/eng-admin/alice")
+        canonical_principal("arn:aws:sts::111122223333:assumed-role/eng-admin/alice")
         == "arn:aws:iam::111122223333:role/eng-admin/alice"
     )
     events = frame(

@@ -31,6 +31,11 @@ from datetime import UTC, datetime
 from urllib.parse import quote
 
 #: ``arn:PARTITION:sts::ACCOUNT:assumed-role/ROLE/SESSION`` (what STS and CloudTrail show).
+#: The STS form as a user may type it in a pattern: globs in the account, role or session.
+_STS_TYPED = re.compile(
+    r"^arn:(?P<partition>aws[a-z-]*|\*):sts::(?P<account>[\d*?\[\]]+):assumed-role/"
+    r"(?P<role>[^/]+)/(?P<session>.+)$"
+)
 _STS = re.compile(
     r"^arn:(?P<partition>aws[a-z-]*):sts::(?P<account>\d{12}):assumed-role/"
     r"(?P<role>[^/]+)/(?P<session>[^/]+)$"
@@ -120,16 +125,20 @@ def canonical_principal(text: str) -> str:
     """What a user typed, in the form the lake stores (so filters and allowlists match).
 
     Accepts the STS form ``arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION`` and returns
-    ``arn:aws:iam::ACCOUNT:role/ROLE/SESSION``; anything else (the stored form, a role ARN
-    without a session, a Kubernetes user name) is returned as typed, stripped of spaces.
+    ``arn:aws:iam::ACCOUNT:role/ROLE/SESSION``; a glob over it (``assumed-role/ci-*/*``,
+    an account of ``*``) is turned the same way, for rule lists and suppressions. Anything
+    else (the stored form, a role ARN without a session, a Kubernetes user name) is
+    returned as typed, stripped of spaces.
 
     >>> canonical_principal("arn:aws:sts::111122223333:assumed-role/developer/grace")
     'arn:aws:iam::111122223333:role/developer/grace'
+    >>> canonical_principal("arn:aws:sts::*:assumed-role/ci-*/*")
+    'arn:aws:iam::*:role/ci-*/*'
     >>> canonical_principal(" system:anonymous ")
     'system:anonymous'
     """
     text = text.strip()
-    if m := _STS.match(text):
+    if m := _STS_TYPED.match(text):
         return f"arn:{m['partition']}:iam::{m['account']}:role/{m['role']}/{m['session']}"
     return text
 

@@ -624,24 +624,6 @@ def _extra(field: str) -> pl.Expr:
     return pl.col("user").struct.field("extra").struct.field(field).list.first().alias(field)
 
 
-_ASSUMED_ROLE = re.compile(r"^arn:(aws[a-z-]*):sts::(\d{12}):assumed-role/([^/]+)/(.+)$")
-
-
-def stored_principal(value: str) -> str:
-    """The form :func:`principal_exprs` stores for an identity a user names, for one string.
-
-    EKS reports an IAM session as the role's canonical ARN plus the session name, so
-    ``arn:aws:sts::ACCT:assumed-role/ROLE/SESSION`` (what ``aws sts get-caller-identity``
-    and CloudTrail show) is stored as ``arn:aws:iam::ACCT:role/ROLE/SESSION``. Anything
-    else (usernames, IAM role or user ARNs, globs over them) is returned unchanged.
-    """
-    m = _ASSUMED_ROLE.match(value)
-    if not m:
-        return value
-    partition, account, role, session = m.groups()
-    return f"arn:{partition}:iam::{account}:role/{role}/{session}"
-
-
 def principal_exprs() -> list[pl.Expr]:
     """``principal`` and ``principal_kind`` from the username and EKS's ``user.extra``.
 

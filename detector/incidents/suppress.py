@@ -11,7 +11,7 @@ name, so an investigation still finds it and an auditor sees who silenced what a
         match:                        # every condition given must hold (AND)
           detector: "rule:anonymous-*"        # glob on the detector
           principal: "system:anonymous"       # glob on the principal ...
-          principal_regex: "^arn:aws:sts::\\d+:assumed-role/ci-.*"  # ... or a regex
+          principal_regex: "^arn:aws:iam::\\d+:role/ci-.*"  # ... or a regex
           cluster: prod
           namespace: kube-system              # every event of the finding in it
           source_ip: 10.0.0.0/8               # every event from this address or CIDR
@@ -37,6 +37,7 @@ import polars as pl
 import yaml
 
 from detector.errors import UsageError
+from detector.events.identity import canonical_principal
 from detector.rules.condition import ConditionError, check_regex, glob_to_regex
 from detector.rules.loader import YAML_LOADER, yaml_problem
 from detector.userfiles import read_user_file
@@ -212,7 +213,9 @@ def _finding_expr(s: Suppression) -> pl.Expr:
     if "detector" in m:
         expr &= _glob("detector", m["detector"])
     if "principal" in m:
-        expr &= _glob("principal", m["principal"])
+        # as typed, or in the form the lake stores (an STS ARN pasted from CloudTrail)
+        stored = canonical_principal(m["principal"])
+        expr &= _glob("principal", m["principal"]) | _glob("principal", stored)
     if "principal_regex" in m:
         expr &= pl.col("principal").fill_null("").str.contains(m["principal_regex"])
     if "cluster" in m:

@@ -44,15 +44,8 @@ import orjson
 import polars as pl
 
 from detector.errors import UsageError
+from detector.events.identity import canonical_principal
 from detector.events.schema import CANONICAL_COLUMNS
-
-
-def _stored_principal(value: str) -> str:
-    """:func:`detector.events.normalize.stored_principal`, imported when first needed."""
-    from detector.events.normalize import stored_principal
-
-    return stored_principal(value)
-
 
 # --------------------------------------------------------------------------- errors
 
@@ -1009,9 +1002,8 @@ class Compiler:
                 out.extend(self.expand_list(text))
             else:
                 out.append(text)
-        # Only an STS ARN has another stored form; the check keeps the ingest module (and
-        # pyarrow with it) out of every run that only compiles rules.
-        stored = [_stored_principal(v) for v in out if ":assumed-role/" in v]
+        # Only an STS ARN has another stored form.
+        stored = [canonical_principal(v) for v in out if ":assumed-role/" in v]
         return list(dict.fromkeys([*out, *(v for v in stored if v not in out)]))
 
     def expand(self, node: Node, _stack: tuple[str, ...] = ()) -> Node:
