@@ -141,6 +141,32 @@ def test_the_sts_form_finds_the_same_principal_and_a_role_finds_all_its_sessions
     assert build_timeline(lake, GRACE[:-1], *window).requests == 0
 
 
+def test_a_long_running_request_is_one_request_wherever_its_end_falls(tmp_path):
+    """An exec logs a start and an end: the timeline counted both ("2 create pods/exec"),
+    unlike scoring and the rules, which count a request where it opened. Its end in the
+    next hour (a session across 23:00) is not a request either."""
+    lake = Lake(str(tmp_path / "lake"))
+    opened = T0 + 50 * 60 * S
+    rows = []
+    for audit_id, closed in (("short", opened + 60 * S), ("long", opened + 20 * 60 * S)):
+        for stage, at in (("ResponseStarted", opened), ("ResponseComplete", closed)):
+            rows.append(
+                event(
+                    GRACE, at, audit_id=audit_id, stage=stage, received_time=opened,
+                    verb="create", resource="pods", subresource="exec", response_code=101,
+                )
+            )  # fmt: skip
+    # the next hour's log records starts (a kubelet's watch), so an end there without its
+    # start was counted where it opened, in the hour before
+    kubelet = "system:node:ip-10-0-1-5.ec2.internal"
+    rows.append(event(kubelet, T0 + 75 * 60 * S, verb="watch", stage="ResponseStarted"))
+    write_events(lake, rows)
+    tl = build_timeline(lake, GRACE, T0, T0 + timedelta(hours=2))
+    assert tl.requests == 2
+    assert [r["count"] for r in tl.runs.to_dicts()] == [2]
+    assert tl.sources["requests"].to_list() == [2]
+
+
 def test_runs_split_at_an_hour_boundary_are_merged():
     at = datetime(2026, 1, 1, 10, 59, 58, tzinfo=UTC)
     rows = [event("u", at + i * S) for i in range(4)]

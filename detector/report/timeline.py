@@ -22,6 +22,7 @@ from typing import Any
 import polars as pl
 
 from detector.events.identity import canonical_principal
+from detector.features.windows import request_rows
 from detector.lake.events import Lake
 from detector.lake.findings import list_findings
 
@@ -288,7 +289,10 @@ def build_timeline(
     keys: list[pl.DataFrame] = []
     principals: set[str] = set()
     for _part, lf in lake.iter_hours(start, end, cluster=cluster):
-        hour = lf.filter(match).select(*EVENT_FIELDS, "principal").collect()
+        # One row per request, as scoring counts them: an exec or a watch logs a start and
+        # an end, and the timeline said "2 requests" for one exec.
+        columns = dict.fromkeys([*EVENT_FIELDS, "principal", "stage", "received_time"])
+        hour = request_rows(lf.filter(match), columns=list(columns), frame=lf).collect()
         if hour.is_empty():
             continue
         principals.update(hour["principal"].unique().to_list())
