@@ -529,6 +529,29 @@ def test_a_command_started_without_stdout_says_so_in_one_line(tmp_path):
     assert proc.stderr.startswith("error: ") and len(proc.stderr.splitlines()) == 1
 
 
+def test_a_cluster_the_lake_holds_nothing_of_is_named_in_a_warning(tmp_path, detect):
+    """``--cluster prdo`` in a cron job: every run said "no alerts", exit 0, for ever."""
+    from datetime import UTC, datetime, timedelta
+
+    from detector.lake.events import Lake
+    from tests.lakefill import event, write_events
+
+    lake = Lake(str(tmp_path / "lake"))
+    write_events(lake, [event("alice", datetime.now(UTC) - timedelta(minutes=30))])
+    common = ("--lake", lake.uri, "--since", "2h")
+    for args in (
+        ("score", *common, "--rules-only", "--cluster", "prdo"),
+        ("timeline", "alice", *common, "--cluster", "prdo"),
+        ("report", *common, "--cluster", "prdo", "-o", str(tmp_path / "r.html")),
+    ):
+        run = detect(*args)
+        assert run.returncode == 0, run.stderr
+        assert "holds no events of cluster 'prdo' (it holds prod)" in run.stderr, args
+        assert "'prod'" not in run.stderr
+    quiet = detect("score", *common, "--rules-only", "--cluster", "prod")
+    assert "holds no events" not in quiet.stderr
+
+
 def test_a_reader_that_leaves_ends_the_run_with_141_not_the_code_of_a_finding():
     """``detect ... | head``: the run ended with exit 1, what ``score --fail-on`` returns
     when it found something, so a pipeline under ``pipefail`` read it as a finding."""

@@ -462,6 +462,27 @@ def usage_error(message: str) -> NoReturn:
     raise _UsageError(message)
 
 
+def lake_to_read(uri: str, cluster: str | None = None) -> Any:
+    """The lake a reading command reads (it must exist: ``Lake.require_existing``), and a
+    warning for each ``--cluster`` it holds no events of: a typo in a cron job's
+    ``--cluster`` read as "no alerts" for ever. A warning, not an error: a cluster added
+    today may have nothing in the lake yet."""
+    import logging
+
+    from detector.lake.events import Lake
+
+    lake = Lake(uri).require_existing()
+    names = [n for n in (part.strip() for part in (cluster or "").split(",")) if n]
+    held = set(lake.clusters()) if names else set()
+    for name in names:
+        if name not in held:
+            known = f" (it holds {', '.join(sorted(held)[:10])})" if held else ""
+            logging.getLogger("detector.cli").warning(
+                "the lake at %s holds no events of cluster %r%s", lake.uri, name, known
+            )
+    return lake
+
+
 # ------------------------------------------------------------------ output
 def _default(value: Any) -> Any:
     if isinstance(value, datetime | date):

@@ -15,6 +15,7 @@ from detector.cli.options import (
     SinceOpt,
     UntilOpt,
     duration_option,
+    lake_to_read,
     output_file,
     progress_status,
     stderr,
@@ -72,7 +73,6 @@ def report(
         detect report --lake s3://audit-lake/prod --since 7d --baseline 14d -o week.html
         detect report --since 24h -o - | aws s3 cp - s3://reports/today.html
     """
-    from detector.lake.events import Lake
     from detector.report.data import collect
     from detector.report.html import write_report
 
@@ -80,7 +80,7 @@ def report(
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     with progress_status("reading the lake"):
         data = collect(
-            Lake(lake).require_existing(),
+            lake_to_read(lake, cluster),
             start,
             end,
             cluster=cluster,

@@ -32,6 +32,7 @@ from detector.cli.options import (
     configured_sinks,
     emit_json,
     executor_for,
+    lake_to_read,
     stdout,
 )
 from detector.cli.render import findings_json, render_findings
@@ -110,7 +111,6 @@ def score(
         detect score --lake s3://audit/lake --since 90d --executor ray
     """
     from detector.detect.score import ScoreOptions, score_range
-    from detector.lake.events import Lake
     from detector.model.storage import Model, ModelNotFound
 
     start, end = check_range(since, until or datetime.now(UTC))
@@ -131,7 +131,7 @@ def score(
             ) from None
     with chunk_progress("scoring") as progress:
         result = score_range(
-            Lake(lake).require_existing(),
+            lake_to_read(lake, cluster),
             start,
             end,
             model=model,

@@ -19,6 +19,7 @@ from detector.cli.options import (
     UntilOpt,
     duration_option,
     emit_json,
+    lake_to_read,
     stdout,
 )
 from detector.controls import ONE_LINE
@@ -78,7 +79,6 @@ def timeline(
         detect timeline system:anonymous --lake ./lake --since 7d --format json
     """
     from detector.events.identity import identity_summary
-    from detector.lake.events import Lake
     from detector.report.timeline import build_timeline
 
     if not principal.strip():
@@ -86,7 +86,7 @@ def timeline(
     start, end = check_range(since, until or datetime.now(UTC))
     window = every or None  # a zero window: only consecutive runs are collapsed
     tl = build_timeline(
-        Lake(lake).require_existing(), principal, start, end, cluster=cluster, every=window
+        lake_to_read(lake, cluster), principal, start, end, cluster=cluster, every=window
     )
     identity = identity_summary(
         tl.principal,

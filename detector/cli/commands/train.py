@@ -27,6 +27,7 @@ from detector.cli.options import (
     chunk_progress,
     emit_json,
     executor_for,
+    lake_to_read,
     stdout,
 )
 from detector.timeparse import check_range
@@ -85,13 +86,12 @@ def train(
         detect train --lake s3://audit/lake --since 14d --executor ray
     """
     from detector.detect.train import train_model
-    from detector.lake.events import Lake
 
     start, end = check_range(since, until or datetime.now(UTC))
     runner = executor_for(executor, address)
     with chunk_progress("training") as progress:
         model = train_model(
-            Lake(lake).require_existing(),
+            lake_to_read(lake, cluster),
             start,
             end,
             model_dir=model_dir,
