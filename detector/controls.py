@@ -12,6 +12,13 @@ from __future__ import annotations
 #: C0 and C1 controls and DEL, shown as ``\\x1b``; tab and line feed stay (our own output
 #: uses them, and they move nothing but the cursor's line).
 UNSAFE = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)] if c not in (9, 10)}
+#: Characters that move or hide text without being seen: bidirectional overrides and
+#: isolates (a name shown reversed, "Trojan Source"), zero-width spaces and joiners, the
+#: byte-order mark. Shown as ``\\u202e`` with the controls.
+UNSAFE |= {
+    c: f"\\u{c:04x}"
+    for c in [*range(0x200B, 0x2010), *range(0x202A, 0x202F), *range(0x2066, 0x206A), 0xFEFF]
+}
 
 #: :data:`UNSAFE` and line breaks and tabs too: for what must stay on one line (an error,
 #: a log record, an entry of a plain listing).

@@ -277,7 +277,8 @@ def test_interleaved_routine_collapses_within_a_window_but_not_across_outcomes()
 
 def test_escape_sequences_in_lake_strings_are_shown_not_sent_to_the_terminal(tmp_path, detect):
     """A user agent or a name is whatever a client sent: an escape sequence in one (here
-    one that retitles the window, one that clears the screen, a one-byte CSI) reached the
+    one that retitles the window, one that clears the screen, a one-byte CSI; and a
+    right-to-left override that shows a name reversed) reached the
     analyst's terminal raw through the findings table and the timeline. Every console
     now shows them as text, as errors already did."""
     import io
@@ -287,7 +288,7 @@ def test_escape_sequences_in_lake_strings_are_shown_not_sent_to_the_terminal(tmp
     from detector.cli.terminal import SafeConsole
     from tests.test_rules_helpers import ev
 
-    hostile = "\x1b]0;pwned\x07 \x1b[2J \x9b31m"
+    hostile = "\x1b]0;pwned\x07 \x1b[2J \x9b31m \u202etxt.exe\u200b"  # and a name shown reversed
     at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
     event = ev(
         "get",
@@ -311,8 +312,8 @@ def test_escape_sequences_in_lake_strings_are_shown_not_sent_to_the_terminal(tmp
     assert "\x1b" not in why.stdout and "db\\x1b]0;pwned" in why.stdout
     shown = detect("timeline", "mallory", "--lake", lake, "--since", "2h")
     assert shown.returncode == 0, shown.stderr
-    assert "\x1b" not in shown.stdout and "\x9b" not in shown.stdout
-    assert "curl/8 \\x1b]0;pwned\\x07 \\x1b[2J \\x9b31m" in shown.stdout
+    assert not {"\x1b", "\x9b", "\u202e", "\u200b"} & set(shown.stdout)
+    assert "curl/8 \\x1b]0;pwned\\x07 \\x1b[2J \\x9b31m \\u202etxt.exe\\u200b" in shown.stdout
 
     terminal = SafeConsole(file=io.StringIO(), force_terminal=True, width=200, highlight=False)
     table = Table()
