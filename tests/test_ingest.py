@@ -723,6 +723,27 @@ def test_a_fifo_in_an_input_folder_is_skipped_with_a_warning(tmp_path, detect):
     assert "not a regular file" in summary["warnings"][0]
 
 
+def test_hidden_files_in_an_input_folder_are_counted_in_a_warning(tmp_path, detect):
+    """A folder holding only ``.audit.log`` read nothing and said nothing: 0 inputs,
+    exit 0. Hidden files are still skipped (editor swap files, a writer's temporary
+    files), but the summary says so; named alone, one is read."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_ndjson(folder / ".audit.log", [make_event(i) for i in range(3)])
+    write_ndjson(folder / ".audit.log.1", [make_event(i) for i in range(3, 5)])
+    lake = str(tmp_path / "lake")
+    done = detect("ingest", str(folder), "--lake", lake, "--cluster", "prod", "--format", "json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["inputs"] == 0
+    assert summary["warnings"] == [
+        f"{folder}: skipped 2 hidden file(s) (names beginning with '.', such as .audit.log); "
+        "name one to read it"
+    ]
+    named = detect("ingest", str(folder / ".audit.log"), "--lake", lake, "--cluster", "prod")
+    assert named.returncode == 0 and "3 new events" in named.stdout, named.stderr
+
+
 def _complete_lines_before(cut: bytes) -> int:
     """Whole lines in what an independent decoder gets out of a cut gzip stream."""
     out = zlib.decompressobj(31).decompress(cut)

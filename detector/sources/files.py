@@ -156,8 +156,18 @@ def expand_inputs(paths: list[str], *, on_skip: Callable[[str], None] | None = N
     """Files under each path (folders recursively, ``s3://`` prefixes, globs), sorted.
 
     Local entries that are not regular files (FIFOs, sockets, devices) are skipped with a
-    warning, given to ``on_skip`` (else logged): reading a FIFO would hang the run.
+    warning, given to ``on_skip`` (else logged): reading a FIFO would hang the run. Hidden
+    files in a folder (``.audit.log.swp``, a writer's ``.tmp-*``) are skipped too, with one
+    warning per folder that counts them: a folder holding only ``.audit.log`` read nothing
+    and said nothing. A hidden file named on its own is read.
     """
+
+    def skip(warning: str) -> None:
+        if on_skip is not None:
+            on_skip(warning)
+        else:
+            log.warning("%s", warning)
+
     found: list[str] = []
     for path in paths:
         if not path.strip():  # an unset variable ("$AUDIT_LOG"): not the current folder
@@ -173,7 +183,14 @@ def expand_inputs(paths: list[str], *, on_skip: Callable[[str], None] | None = N
             if not matches:
                 raise InputNotFound(f"{path}: no file, folder or object matches")
         elif fs.isdir(bare):
-            matches = [p for p in fs.find(bare) if not p.rsplit("/", 1)[-1].startswith(".")]
+            every = fs.find(bare)
+            matches = [p for p in every if not p.rsplit("/", 1)[-1].startswith(".")]
+            if hidden := sorted(set(every) - set(matches)):
+                example = hidden[0].rsplit("/", 1)[-1]
+                skip(
+                    f"{path}: skipped {len(hidden)} hidden file(s) (names beginning with '.', "
+                    f"such as {example}); name one to read it"
+                )
         elif fs.exists(bare):
             matches = [bare]
         else:
@@ -182,13 +199,7 @@ def expand_inputs(paths: list[str], *, on_skip: Callable[[str], None] | None = N
             if fs.isdir(m):
                 continue
             if not _is_regular(fs, m):
-                warning = (
-                    f"{full_uri(path, m)}: skipped, not a regular file (FIFO, socket or device)"
-                )
-                if on_skip is not None:
-                    on_skip(warning)
-                else:
-                    log.warning("%s", warning)
+                skip(f"{full_uri(path, m)}: skipped, not a regular file (FIFO, socket or device)")
                 continue
             found.append(full_uri(path, m))
     return found
