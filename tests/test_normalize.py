@@ -93,6 +93,23 @@ def test_the_time_range_is_configurable():
     assert reasons(result)["2"].startswith("timestamp out of range: more than 0s after")
 
 
+def test_a_response_code_the_column_cannot_hold_is_quarantined_not_nulled():
+    """``code: 99999999999`` was stored as a null code: an event that said something was
+    changed in silence. It goes to quarantine with its reason; real codes stay."""
+    result = normalize(
+        [
+            event(1, NOW, responseStatus={"code": 99_999_999_999}),
+            event(2, NOW, responseStatus={"code": -(2**40)}),
+            event(3, NOW, responseStatus={"code": 403}),
+            event(4, NOW, responseStatus={}),
+        ]
+    )
+    assert reasons(result) == dict.fromkeys(
+        ("1", "2"), "responseStatus.code out of range (not an HTTP status)"
+    )
+    assert result.events["response_code"].to_list() == [403, None]
+
+
 def test_an_event_without_user_is_quarantined_and_an_empty_user_is_anonymous():
     no_user = event(1, NOW)
     del no_user["user"]

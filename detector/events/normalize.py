@@ -946,8 +946,12 @@ def normalize_lines(
             pl.Series("_cluster", pc.take(clusters, take)),
             pl.Series("_line", good_idx, dtype=pl.Int64),
         )
+        code = raw["responseStatus"].struct.field("code")
         events = canonicalize(raw, cluster=pl.col("_cluster")).with_columns(
-            raw["_line"].alias("_line"), raw["user"].is_null().alias("_no_user")
+            raw["_line"].alias("_line"),
+            raw["user"].is_null().alias("_no_user"),
+            # a code the int32 column cannot hold was stored as null: the event said one
+            (code.is_not_null() & code.cast(pl.Int32, strict=False).is_null()).alias("_bad_code"),
         )
         earliest, latest = bounds.earliest, bounds.latest()
         times = (pl.col("event_time"), pl.col("received_time"))
@@ -960,6 +964,8 @@ def normalize_lines(
             .then(pl.lit("missing stage"))
             .when(pl.col("_no_user"))
             .then(pl.lit("missing user"))
+            .when(pl.col("_bad_code"))
+            .then(pl.lit("responseStatus.code out of range (not an HTTP status)"))
             .when(pl.any_horizontal(t < earliest for t in times))
             .then(pl.lit(f"timestamp out of range: before {earliest:%Y-%m-%d %H:%M:%S}Z"))
             .when(pl.any_horizontal(t > latest for t in times))
@@ -981,7 +987,9 @@ def normalize_lines(
                     _raw(lines, line_no),
                 )
             )
-        events = flagged.filter(pl.col("_reason").is_null()).drop("_line", "_reason", "_no_user")
+        events = flagged.filter(pl.col("_reason").is_null()).drop(
+            "_line", "_reason", "_no_user", "_bad_code"
+        )
     else:
         events = pl.DataFrame(schema=CANONICAL_COLUMNS)
     return Normalized(events=events, quarantine=quarantine_frame(records, now=now))
