@@ -357,6 +357,40 @@ def test_scan_events_prunes_to_the_range(tmp_path):
     assert got["cluster"].unique().to_list() == ["default"]
 
 
+def test_an_object_key_holding_a_credential_is_remembered_without_it(tmp_path, s3_bucket):
+    """The list of ingested S3 objects kept each key as written, so a key such as
+    ``exports/?access_token=...`` put the token in the lake's state. Objects are now
+    known by their key's digest; the key kept for people is redacted. A manifest written
+    before (keys in the clear) still counts its objects as ingested."""
+    import boto3
+
+    from detector.lake.manifest import MANIFEST_DIR
+    from detector.sources.files import object_identity
+
+    s3 = boto3.client("s3")
+    secret = "ghp_QAMARK903Xabcdefghijklmnop"
+    keys = [f"in/?access_token={secret}/a.log", "in/password=hunter2-QAMARK901X/b.log"]
+    for i, key in enumerate(keys):
+        s3.put_object(Bucket=s3_bucket, Key=key, Body=orjson.dumps(make_event(i)))
+    lake = tmp_path / "lake"
+    first = ingest_paths([f"s3://{s3_bucket}/in/"], str(lake), cluster="prod")
+    assert (first.inputs, first.events_written) == (2, 2)
+    state = lake / "_state" / MANIFEST_DIR
+    text = "".join(f.read_text() for f in state.iterdir())
+    assert "QAMARK" not in text and "access_token=<redacted>" in text
+    again = ingest_paths([f"s3://{s3_bucket}/in/"], str(lake), cluster="prod")
+    assert (again.inputs, again.skipped_inputs) == (0, 2)
+    # a manifest from before: the uri in the clear, no digest
+    legacy = [object_identity(f"s3://{s3_bucket}/{k}") for k in keys]
+    for f in state.iterdir():
+        f.unlink()
+    (state / "20261130T000000-legacy.json").write_bytes(
+        orjson.dumps({"objects": [{"uri": u, "etag": e} for u, e in legacy]})
+    )
+    old = ingest_paths([f"s3://{s3_bucket}/in/"], str(lake), cluster="prod")
+    assert (old.inputs, old.skipped_inputs) == (0, 2)
+
+
 def test_s3_lake_round_trip_and_s3_inputs_are_remembered(tmp_path, s3_bucket, moto_endpoint):
     import boto3
 

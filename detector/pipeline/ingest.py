@@ -494,7 +494,7 @@ def ingest_paths(
         identity = None
         if is_s3(uri):
             identity = object_identity(uri)
-            if not reprocess and identity in manifest.done():
+            if not reprocess and identity in manifest:
                 summary.skipped_inputs += 1
                 continue
         summary.inputs += 1
