@@ -108,7 +108,8 @@ def run_cli(*args: str) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def written_lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A lake written by the real code: events + quarantine (ingest), findings (store)."""
+    """A lake written by the real code: events + quarantine (ingest), findings (store),
+    incidents and finding_status (the incident workflow)."""
     root = tmp_path_factory.mktemp("athena")
     lake = root / "lake"
     bad = root / "bad.log"
@@ -147,6 +148,10 @@ def written_lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
     findings = pl.DataFrame([row], schema=FINDINGS_COLUMNS)
     flagged = events.head(1).with_columns(pl.lit("f" * 20).alias("finding_id"))
     write_range(store, "rules", start, end, findings, flagged.select(list(FINDINGS_EVENTS_COLUMNS)))
+    from detector.incidents import workflow
+
+    result = workflow.update(store, findings, flagged, now=end)  # incidents + finding_status
+    assert result.incidents
     return lake
 
 
@@ -162,7 +167,14 @@ def test_ddl_parses_with_projection(sqlglot_python):
         "DATABASE",
     }
     tables = {s["name"]: s for s in stmts[1:]}
-    assert set(tables) == {"events", "findings", "findings_events", "quarantine"}
+    assert set(tables) == {
+        "events",
+        "findings",
+        "findings_events",
+        "quarantine",
+        "incidents",
+        "finding_status",
+    }
     for name, t in tables.items():
         assert t["db"] == "sec"
         assert t["external"] and t["format"] == "PARQUET"

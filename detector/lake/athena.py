@@ -20,6 +20,7 @@ import pyarrow as pa
 from detector.errors import UsageError
 from detector.events.schema import QUARANTINE_COLUMNS, events_arrow_schema
 from detector.lake.findings_schema import FINDINGS_COLUMNS, FINDINGS_EVENTS_COLUMNS
+from detector.lake.incidents import INCIDENT_COLUMNS, INCIDENTS_DIR, STATUS_COLUMNS, STATUS_DIR
 from detector.storage import is_s3
 
 
@@ -106,6 +107,20 @@ def tables() -> list[Table]:
             arrow_schema(QUARANTINE_COLUMNS),
             ("date",),
             "Input lines that could not become events, with the reason",
+        ),
+        Table(
+            "incidents",
+            INCIDENTS_DIR,
+            arrow_schema(INCIDENT_COLUMNS),
+            ("date",),
+            "Incidents by first_seen date; a row per incident, the highest version when two",
+        ),
+        Table(
+            "finding_status",
+            STATUS_DIR,
+            arrow_schema(STATUS_COLUMNS),
+            ("date",),
+            "Each finding's incident and workflow status (acknowledged, suppressed...)",
         ),
     ]
 

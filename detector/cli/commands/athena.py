@@ -30,16 +30,22 @@ def athena_ddl(
     table: Annotated[
         list[str] | None,
         typer.Option(
-            "--table", help="Only this table (events, findings, findings_events, quarantine)."
+            "--table",
+            help=(
+                "Only this table (events, findings, findings_events, quarantine, incidents, "
+                "finding_status)."
+            ),
         ),
     ] = None,
 ) -> None:
     """Print CREATE EXTERNAL TABLE statements for Athena, with partition projection.
 
-    One statement per lake table (events, findings, findings_events, quarantine), columns
-    and types taken from the schema the Parquet files are written with. Partition
-    projection means no crawler and no MSCK REPAIR: new hours are queryable at once. Run the
-    statements in the Athena console or with `aws athena start-query-execution`.
+    One statement per lake table (events, findings, findings_events, quarantine,
+    incidents, finding_status), columns and types taken from the schema the Parquet files
+    are written with. Partition projection means no crawler and no MSCK REPAIR: new hours
+    are queryable at once. Run the statements in the Athena console or with `aws athena
+    start-query-execution`. An incident moved to an earlier first day can show under both
+    days for a moment: take the row of the highest version.
 
     Exit codes: 0 printed, 2 the lake is not on S3 or a bad argument.
 
