@@ -404,6 +404,21 @@ def test_ack_and_resolve_by_unique_prefix(lake):
     assert res.incidents[0].incident_id != inc.incident_id
 
 
+def test_a_resolved_incident_is_reopened_before_it_is_acknowledged(lake):
+    """``ack`` of a resolved incident quietly moved it back to acknowledged: a closed
+    incident in someone's queue again, from a mistyped id as often as not."""
+    df, ev = frames([finding(ROLE, T0)])
+    findings_store.write_range(lake, "model", T0, T0 + W, df, ev)
+    (inc,) = workflow.update(lake, df, ev, now=T0).incidents
+    workflow.set_incident_status(lake, inc.incident_id, "resolved", "rotated")
+    with pytest.raises(UnknownId, match="is resolved: `detect incidents reopen"):
+        workflow.set_incident_status(lake, inc.incident_id, "acknowledged")
+    assert table.read_incidents(lake)["status"].to_list() == ["resolved"]
+    workflow.set_incident_status(lake, inc.incident_id, "new", "it came back")
+    acked = workflow.set_incident_status(lake, inc.incident_id, "acknowledged")
+    assert acked.status == "acknowledged"
+
+
 def test_resolving_the_findings_left_resolves_an_incident_that_lost_one(lake):
     """A finding withdrawn from its incident (its window scored again without it) keeps its
     old status row, which still names the incident. Resolving every finding the incident

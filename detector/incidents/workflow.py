@@ -17,6 +17,7 @@ import polars as pl
 from detector.incidents import suppress
 from detector.incidents.group import DEFAULT_HORIZON, Incident, group
 from detector.incidents.status import (
+    ACKNOWLEDGED,
     NEW,
     RESOLVED,
     STATUSES,
@@ -141,6 +142,12 @@ def set_incident_status(
         raise UnknownId(f"status must be new, acknowledged or resolved, not {status!r}")
     now = now or datetime.now(UTC)
     inc = find_incident(lake, prefix)
+    if inc.status == RESOLVED and status == ACKNOWLEDGED:
+        # Closed incidents are not worked on: a mistyped id, or one to reopen first.
+        raise UnknownId(
+            f"incident {inc.incident_id} is resolved: `detect incidents reopen "
+            f"{inc.incident_id[:8]}` first to work on it again"
+        )
     apply_status(inc, status, reason, now)
     table.write_incidents(lake, [inc.to_row()])
     rows = [
