@@ -77,8 +77,10 @@ def fit(
 
     if windows.height < MIN_TRAIN_WINDOWS:
         raise ScoringError(
-            f"only {windows.height} principal windows in the training range (need at least "
-            f"{MIN_TRAIN_WINDOWS}): widen --since/--until or ingest more events"
+            f"only {windows.height} principal windows in the training range "
+            f"{start:%Y-%m-%d %H:%M}Z to {end:%Y-%m-%d %H:%M}Z (need at least "
+            f"{MIN_TRAIN_WINDOWS}): train over a longer range (detect train --since, "
+            "detect evaluate --train-until) or ingest more events"
         )
     # The folds follow the events, not the range asked for: the first training of a lake
     # holding one day, over the default 14 days, had day-long folds with nothing beside
