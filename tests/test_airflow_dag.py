@@ -324,7 +324,7 @@ def lake_frame(scenario: dict, table: str):
     from detector.lake.events import Lake
 
     lake = Lake(scenario["lake"])
-    files = lake.loc.glob(lake.loc.path(table, "**", "*.parquet"))
+    files = sorted(lake.loc.fs.glob(lake.loc.path(table, "**", "*.parquet")))
     if not files:
         return pl.DataFrame()
     frames = []

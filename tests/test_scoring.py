@@ -93,10 +93,10 @@ def test_scoring_the_same_range_twice_replaces_its_findings(sim_lake, model_dir)
     model = Model.load(model_dir)
     since, until = CUT + timedelta(hours=6), CUT + timedelta(hours=12)
     first = score_range(lake, since, until, model=model, options=NO_RULES)
-    files = sorted(lake.loc.glob(lake.loc.path("findings*", "*", "*.parquet")))
+    files = sorted(lake.loc.glob("findings*", "*", "*.parquet"))
     again = score_range(lake, since, until, model=model, options=NO_RULES)
     assert sorted(again.findings["finding_id"]) == sorted(first.findings["finding_id"])
-    assert sorted(lake.loc.glob(lake.loc.path("findings*", "*", "*.parquet"))) == files
+    assert sorted(lake.loc.glob("findings*", "*", "*.parquet")) == files
     listed = store.list_findings(lake, since=since, until=until)
     assert listed["finding_id"].n_unique() == listed.height
 
