@@ -41,18 +41,22 @@ DROPPED = orjson.dumps(REDACTED).decode()
 #: ``aws_session_token``), so ``secretName`` or ``tokenExpirationSeconds`` (references and
 #: settings, not credentials) are kept. Only string values (or lists of strings, the shape
 #: of HTTP header maps) are replaced; an object under such a key is walked instead.
-CREDENTIAL_KEY = (
-    r"[A-Za-z0-9_.\-/]*(?:password|passwd|passphrase|secret|token|api[_-]?key|apikey"
-    r"|access[_-]?key|private[_-]?key|secret[_-]?key|session[_-]?key|authorization|auth"
-    r"|credentials?|cookie)"
+_CREDENTIAL_WORD = (
+    r"(?:password|passwd|passphrase|secret|token|api[_-]?key|apikey"
+    r"|access[_-]?key|private[_-]?key|secret[_-]?key|session[_-]?key|key[_-]?data"
+    r"|authorization|auth|credentials?|cookie)"
 )
+CREDENTIAL_KEY = r"[A-Za-z0-9_.\-/]*" + _CREDENTIAL_WORD
 _CREDENTIAL_KEY_RE = re.compile(CREDENTIAL_KEY, re.IGNORECASE)
 
 #: Query parameters that carry a credential in a URL (``?access_token=``, SAS ``sig=``,
-#: S3 presigned ``X-Amz-Signature``/``X-Amz-Credential``/``X-Amz-Security-Token``).
+#: S3 presigned ``X-Amz-Signature``/``X-Amz-Credential``/``X-Amz-Security-Token``), and any
+#: parameter whose name holds a %-escape (``?%74oken=``): no client escapes the letters of
+#: a name, so one that does hides it, and decoding it here would cost more than the value.
 CREDENTIAL_PARAM = (
-    r"[A-Za-z0-9_.\-]*(?:token|sig|signature|password|passwd|pwd|secret|api[_-]?key|apikey"
+    r"(?:[A-Za-z0-9_.\-]*(?:token|sig|signature|password|passwd|pwd|secret|api[_-]?key|apikey"
     r"|credential|auth|key)"
+    r"|(?:[A-Za-z0-9_.\-]|%[0-9A-Fa-f]{2})*%[0-9A-Fa-f]{2}(?:[A-Za-z0-9_.\-]|%[0-9A-Fa-f]{2})*)"
 )
 
 # A JSON string at nesting level 0 ("..."), possibly cut short (quarantined lines), and one
@@ -88,14 +92,92 @@ class Pattern:
     replacement: str
 
 
-def _assigned(name: str, assign: str = _ASSIGN) -> Pattern:
-    """A credential-named word, ``assign``, then its value (``password: x``, ``token=x``)."""
+#: Space inside one header line: no line break, escaped or not.
+_HSPACE = r"(?:[ \t]|\\+t|\+|%20|%09)"
+
+#: HTTP authentication schemes that may stand between a credential's name and its value
+#: (``Authorization: token x``): kept, like the name, when the value after them is replaced.
+_SCHEMES = (
+    r"(?:bearer|basic|token|bot|apikey|api-key|ssws|geniekey|splunk|negotiate|ntlm|digest"
+    r"|aws4-hmac-sha256|hoba|mutual|vapid|dpop|gnap|sharedkey|kerberos)"
+)
+
+#: A YAML block scalar's head (``password: |`` or ``>-``) and the line break and indent
+#: before its first line, written or JSON-escaped.
+_BLOCK_HEAD = r"[|>][+-]?[0-9]?[ \t]*(?:\r|\\+r)?(?:\n|\\+n)(?:[ \t]|\\+t)*"
+#: Text that a match may remove from inside a JSON string, one character or escape at a
+#: time: a backslash is taken with its whole run and the character after it, never a quote,
+#: so what is removed holds no quote and no half of an escape at any depth. JSON nested in
+#: a string (a last-applied annotation) writes its own quotes as ``\\"`` and its strings'
+#: quotes as ``\\\\\\"``: cutting a run short would turn one into the other.
+_ESC_CHAR = r'(?:[^"\\]|\\+[^"\\])'
+#: The first character of a value in escaped quotes (``\\"x\\"``): not one that can follow
+#: the end of a string, because in JSON nested inside a string ``\\"`` also ends the string
+#: holding the name (``{\\"a\\":\\"password:\\",\\"b\\":1}``), and taking it as an opening
+#: quote would run into the next member.
+_ESC_FIRST = r'(?:[^"\\\s,:}\]]|\\+[^"\\nrt])'
+#: A value in escaped quotes, once (``\\"x\\"`` in a body) or twice (``\\\\\\"x\\\\\\"`` in an
+#: annotation that holds JSON): the closing quote, optional for cut text, is escaped as the
+#: opening one is, so one of the enclosing JSON's own quotes is never taken for it. Groups:
+#: the opening quote, once or twice escaped.
+_ESC_QUOTED = (
+    r'(\\")' + _ESC_FIRST + _ESC_CHAR + r'*(?:\\")?'
+    r'|(\\\\\\")' + _ESC_FIRST + _ESC_CHAR + r'*(?:\\\\\\")?'
+)
+#: The rest of a line: stops at a line break, written or escaped, and at a quote (in JSON
+#: text the end of the string holding it).
+_LINE = r'(?:[^"\\\r\n]|\\+[^"\\nr])+'
+
+
+def _assigned(name: str, assign: str = _ASSIGN, *, raw_quotes: bool = True) -> Pattern:
+    """A credential-named word, ``assign``, then its value (``password: x``, ``token=x``).
+
+    The value is a word, or a quoted string: single quotes, quotes escaped as in a JSON
+    string (``password: \\"x\\"`` in a body) and, with ``raw_quotes``, plain double
+    quotes (``--password="x"``) in text that is not JSON. In JSON text a raw quote ends the
+    string that holds the name, and a match across it would break the JSON. A closing quote
+    missing (cut text) is not needed. Or the first line of a YAML block scalar
+    (``password: |`` then the value on the next line).
+    """
+    quoted = [_ESC_QUOTED, r"(')(?:[^'\"\\\r\n]|\\+[^\"\\])+'?"]
+    if raw_quotes:
+        quoted.append(r'(")(?:[^"\\\r\n]|\\.)+"?')
+    quotes = "".join(f"${{{4 + i}}}" for i in range(len(quoted) + 1))
     return Pattern(
         name,
         f"(?i){_BOUNDARY}({CREDENTIAL_KEY})"
-        + f"({_SPACE}*{assign}{_SPACE}*(?:(?:bearer|basic){_SPACE}+)?)"
-        + r"[^\s\"'\\,;&{\[]+",
-        "${1}${2}" + REDACTED,
+        + f"({_SPACE}*{assign}{_SPACE}*(?:{_SCHEMES}{_SPACE}+)?)"
+        + f"(?:({_BLOCK_HEAD}){_LINE}|"
+        + "|".join(quoted)
+        + r"|[^\s\"'\\,;&{\[]+)",
+        "${1}${2}${3}" + quotes + REDACTED + quotes,
+    )
+
+
+def _auth_header(*, raw_quotes: bool, names: bool = False) -> Pattern:
+    """``Authorization: <scheme> <credentials>``, any scheme: all after the scheme word to
+    the end of the header value (a line break, written or escaped, ``&`` in a URL, or the
+    quote that ends the enclosing string). A quote right after ``=`` opens a parameter
+    (``Digest username="u", response="..."``) and is taken with its closing quote.
+    Not ``authorization.k8s.io/...`` (no ``:`` after the word) nor "RBAC: allowed by".
+    ``Cookie:`` and ``Set-Cookie:`` the same way, all of their value (every cookie); in
+    names (``names``), where ``:`` separates parts, only with a space after the ``:``.
+    """
+    param = (
+        r'\\"(?:' + _ESC_FIRST + _ESC_CHAR + r'*(?:\\")?|\\")'
+        r'|\\\\\\"(?:' + _ESC_FIRST + _ESC_CHAR + r'*(?:\\\\\\")?|\\\\\\")'
+    )
+    if raw_quotes:
+        param += r'|"[^"\r\n]*"?'
+    return Pattern(
+        "Authorization header with any scheme (token, ApiKey, Digest, AWS4-HMAC-SHA256, ...)"
+        " and Cookie header",
+        f"(?i){_BOUNDARY}((?:[A-Za-z0-9_\\-]*authorization{_HSPACE}*{_ASSIGN}{_HSPACE}*"
+        + f"[A-Za-z][A-Za-z0-9_.\\-]*{_HSPACE}+"
+        + f"|(?:set-)?cookie{_HSPACE}*{_ASSIGN}{_HSPACE}{'+' if names else '*'}))"
+        + f"(?:={_HSPACE}*(?:{param})|"
+        + r"""[^"'\\&\r\n=]|=|\\+[^"'\\nr])+""",
+        "${1}" + REDACTED,
     )
 
 
@@ -121,55 +203,70 @@ _URL_PASSWORD = Pattern(
 )
 _PEM = Pattern(
     "PEM private key",
-    r"-----BEGIN ([A-Z ]*)PRIVATE KEY-----(?:[^-\"]|-[^-\"])*"
+    r"-----BEGIN ([A-Z ]*)PRIVATE KEY-----(?:[^-\"\\]|\\+[^\"\\]|-(?:[^-\"\\]|\\+[^\"\\]))*"
     r"(?:-----END [A-Z ]*PRIVATE KEY-----)?",
     "-----BEGIN ${1}PRIVATE KEY-----" + REDACTED,
 )
 
 
-#: Applied to every free-text column that reaches the lake, in this order.
-PATTERNS: tuple[Pattern, ...] = (
-    Pattern(
-        "credential-named JSON member (string or list of strings)",
-        r'(?i)("' + CREDENTIAL_KEY + r'"\s*:\s*)(?:' + _STR0 + "|" + _LIST0 + ")",
-        '${1}"' + REDACTED + '"',
-    ),
-    Pattern(
-        "credential-named JSON member escaped inside a string",
-        r'(?i)(\\+"' + CREDENTIAL_KEY + r'\\+"\s*:\s*)(\\+")(?:[^"\\]|\\[^"])*(?:\\+")?',
-        "${1}${2}" + REDACTED + "${2}",
-    ),
-    Pattern(
-        "environment variable with a credential name ({name: DB_PASSWORD, value: ...})",
-        r'(?i)("name"\s*:\s*"' + CREDENTIAL_KEY + r'"\s*,\s*"value"\s*:\s*)' + _STR0,
-        '${1}"' + REDACTED + '"',
-    ),
-    Pattern(
-        "environment variable with a credential name, escaped inside a string",
-        r'(?i)(\\+"name\\+"\s*:\s*\\+"'
-        + CREDENTIAL_KEY
-        + r'\\+"\s*,\s*\\+"value\\+"\s*:\s*)(\\+")(?:[^"\\]|\\[^"])*(?:\\+")?',
-        "${1}${2}" + REDACTED + "${2}",
-    ),
-    _assigned("credential assigned in free text (YAML or properties in a value, a header line)"),
-    _BEARER,
-    _JWT,
-    _QUERY_PARAM,
-    _URL_PASSWORD,
-    _PEM,
-)
+def _free_text(*, raw_quotes: bool) -> tuple[Pattern, ...]:
+    return (
+        Pattern(
+            "credential-named JSON member (string or list of strings)",
+            r'(?i)("' + CREDENTIAL_KEY + r'"\s*:\s*)(?:' + _STR0 + "|" + _LIST0 + ")",
+            '${1}"' + REDACTED + '"',
+        ),
+        Pattern(
+            "credential-named JSON member escaped inside a string",
+            r'(?i)(\\+"' + CREDENTIAL_KEY + r'\\+"\s*:\s*)(\\+")(?:[^"\\]|\\[^"])*(?:\\+")?',
+            "${1}${2}" + REDACTED + "${2}",
+        ),
+        Pattern(
+            "environment variable with a credential name ({name: DB_PASSWORD, value: ...})",
+            r'(?i)("name"\s*:\s*"' + CREDENTIAL_KEY + r'"\s*,\s*"value"\s*:\s*)' + _STR0,
+            '${1}"' + REDACTED + '"',
+        ),
+        Pattern(
+            "environment variable with a credential name, escaped inside a string",
+            r'(?i)(\\+"name\\+"\s*:\s*\\+"'
+            + CREDENTIAL_KEY
+            + r'\\+"\s*,\s*\\+"value\\+"\s*:\s*)(\\+")(?:[^"\\]|\\[^"])*(?:\\+")?',
+            "${1}${2}" + REDACTED + "${2}",
+        ),
+        # Before the name patterns: a PEM key in a credential-named value
+        # (``private_key: -----BEGIN ...``) would otherwise lose only its first word.
+        _PEM,
+        _auth_header(raw_quotes=raw_quotes),
+        _assigned(
+            "credential assigned in free text (YAML or properties in a value, a header line)",
+            raw_quotes=raw_quotes,
+        ),
+        _BEARER,
+        _JWT,
+        _QUERY_PARAM,
+        _URL_PASSWORD,
+    )
+
+
+#: Applied to every free-text column that reaches the lake (user agent, URI, reasons,
+#: quarantined lines), in this order.
+PATTERNS: tuple[Pattern, ...] = _free_text(raw_quotes=True)
+#: The same for the columns that hold JSON text (bodies, annotations): a quoted value only
+#: as a JSON string holds one (escaped quotes, or single quotes), so the JSON stays valid.
+JSON_PATTERNS: tuple[Pattern, ...] = _free_text(raw_quotes=False)
 
 #: Applied instead to names and identities (user, principal, namespace, object name...):
 #: the patterns that only a credential matches, and ``=`` as the only assignment, since
 #: ``:`` separates the parts of a name (``system:serviceaccount:oauth:proxy`` is the
 #: ServiceAccount ``proxy`` of the namespace ``oauth``, not an ``oauth`` credential).
 NAME_PATTERNS: tuple[Pattern, ...] = (
+    _PEM,
+    _auth_header(raw_quotes=True, names=True),
     _assigned("credential assigned with '=' in a name", r"(?:=|%3[Dd])"),
     _BEARER,
     _JWT,
     _QUERY_PARAM,
     _URL_PASSWORD,
-    _PEM,
 )
 
 # Members whose whole value is dropped in quarantined text, where the structure that tells a
@@ -204,8 +301,8 @@ def _any(patterns: Iterable[Pattern]) -> str:
 
 #: What quarantined text (raw line, reason, source) goes through, in this order.
 QUARANTINE_ALL = (*QUARANTINE_PATTERNS, *PATTERNS)
-#: One search regex per pattern set (the three above).
-_SEARCHES = {ps: _any(ps) for ps in (PATTERNS, NAME_PATTERNS, QUARANTINE_ALL)}
+#: One search regex per pattern set (the four above).
+_SEARCHES = {ps: _any(ps) for ps in (PATTERNS, JSON_PATTERNS, NAME_PATTERNS, QUARANTINE_ALL)}
 
 
 #: Columns whose every value names one event: searched without the distinct pass.
@@ -297,10 +394,12 @@ def _put_back(df: pl.DataFrame, idx: pl.Series, sub: pl.DataFrame) -> pl.DataFra
     )
 
 
-def redact_text(text: str, *, quarantine: bool = False) -> str:
-    """One string through the text layer (for callers outside a frame, and tests)."""
+def redact_text(text: str, *, quarantine: bool = False, json: bool = False) -> str:
+    """One string through the text layer (for callers outside a frame, and tests); ``json``
+    for JSON text (a body), which must stay JSON."""
     df = pl.DataFrame({"t": [text]}, schema={"t": pl.String})
-    out, _ = redact_text_columns(df, ["t"], QUARANTINE_ALL if quarantine else PATTERNS)
+    patterns = QUARANTINE_ALL if quarantine else JSON_PATTERNS if json else PATTERNS
+    out, _ = redact_text_columns(df, ["t"], patterns)
     return out["t"][0]
 
 
@@ -320,20 +419,25 @@ _LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 _SECRET_KINDS = r"(?:Secret|SecretList|TokenRequest)"
 
 #: Rows whose bodies need the structured layer: anything naming a Secret/TokenRequest kind
-#: (also escaped inside an annotation string), a credential key escaped inside a string
-#: (the text layer handles those too, but cannot parse a quote inside an escaped value), or
-#: an object named like a credential (an environment variable or a header, whose ``value``
-#: the text layer finds only right after ``name``: JSON keeps no key order, and hand-written
-#: patches and other clients put ``value`` first or another member between).
+#: (in any case, also escaped inside an annotation string), a credential key escaped inside
+#: a string (the text layer handles those too, but cannot parse a quote inside an escaped
+#: value), an object named like a credential (an environment variable or a header, whose
+#: ``value`` the text layer finds only right after ``name``: JSON keeps no key order, and
+#: hand-written patches and other clients put ``value`` first or another member between),
+#: or a JSON-patch ``path`` whose last segment names a credential (``/data/db_password``,
+#: ``/metadata/annotations/example.com~1api-token``: its ``value`` is the credential).
 NEEDS_STRUCTURE = (
-    r'\\*"kind\\*"\s*:\s*\\*"'
+    r'(?i)\\*"kind\\*"\s*:\s*\\*"'
     + _SECRET_KINDS
     + r'\\*"'
-    + r'|(?i)\\+"'
+    + r'|\\+"'
     + CREDENTIAL_KEY
     + r'\\+"\s*:'
-    + r'|(?i)\\*"name\\*"\s*:\s*\\*"'
+    + r'|\\*"name\\*"\s*:\s*\\*"'
     + CREDENTIAL_KEY
+    + r'\\*"'
+    + r'|\\*"path\\*"\s*:\s*\\*"(?:[^"\\]|\\[^"])*(?:/|\\+/)[A-Za-z0-9_.\-~]*'
+    + _CREDENTIAL_WORD
     + r'\\*"'
 )
 
@@ -393,6 +497,9 @@ def _patch_op(op: dict[str, Any], secret: bool) -> bool:
     if secret and path.startswith(("/data", "/stringData")):
         op["value"] = _all_values(value)
         return True
+    if secret and path in ("", "/") and not isinstance(value, dict):
+        op["value"] = REDACTED  # the whole Secret, as something that is not an object
+        return True
     if is_credential_key(last) and _scalar_or_strings(value):
         op["value"] = REDACTED
         return True
@@ -422,12 +529,25 @@ def _walk(obj: Any, secret: bool) -> bool:
     if not isinstance(obj, dict):
         return False
     kind = obj.get("kind")
-    if kind == "SecretList":
-        for item in obj.get("items") or []:
-            changed |= _walk(item, True)
-    is_secret = kind == "Secret" or (secret and kind in (None, "PartialObjectMetadata"))
+    kind = kind.lower() if isinstance(kind, str) else kind  # the API server may not check it
+    if kind == "secretlist":
+        items = obj.get("items")
+        if isinstance(items, list):
+            for i, item in enumerate(items):
+                if isinstance(item, dict):
+                    changed |= _walk(item, True)
+                elif item is not None:  # a Secret is an object: anything else goes whole
+                    items[i] = REDACTED
+                    changed = True
+        elif isinstance(items, dict):
+            changed |= _walk(items, True)
+        elif items is not None:
+            obj["items"] = REDACTED
+            changed = True
+    # In a secrets event every body but a list is a Secret, whatever kind it claims.
+    is_secret = kind == "secret" or (secret and kind != "secretlist")
     status = obj.get("status")
-    if kind == "TokenRequest" and isinstance(status, dict) and "token" in status:
+    if kind == "tokenrequest" and isinstance(status, dict) and "token" in status:
         obj["status"]["token"] = REDACTED
         changed = True
     name = obj.get("name")
@@ -435,10 +555,10 @@ def _walk(obj: Any, secret: bool) -> bool:
         obj["value"] = REDACTED  # an environment variable: {name: DB_PASSWORD, value: ...}
         changed = True
     for key, value in obj.items():
-        if kind == "SecretList" and key == "items":
+        if kind == "secretlist" and key == "items":
             continue
-        if key in ("data", "stringData") and is_secret and isinstance(value, dict) and value:
-            obj[key] = _all_values(value)
+        if key in ("data", "stringData") and is_secret and value not in (None, {}):
+            obj[key] = _all_values(value)  # a map keeps its keys; anything else goes whole
             changed = True
         elif is_credential_key(key) and _scalar_or_strings(value):
             obj[key] = REDACTED if isinstance(value, str) else [REDACTED] * len(value)
@@ -468,8 +588,15 @@ def redact_json(
         return None, False
     try:
         obj = orjson.loads(text)
-        if secret and not isinstance(obj, dict | list) and (drop_unparsed is not False):
-            return DROPPED, True  # a bare string or number: nothing says what it holds
+        # A bare string or number, or a list of anything but objects (a JSON patch is a list
+        # of operations): nothing says what it holds.
+        if (
+            secret
+            and drop_unparsed is not False
+            and not isinstance(obj, dict)
+            and not (isinstance(obj, list) and all(isinstance(i, dict) for i in obj))
+        ):
+            return DROPPED, True
         changed = _walk(obj, secret)
     except orjson.JSONDecodeError:
         drop = secret if drop_unparsed is None else drop_unparsed
@@ -487,7 +614,8 @@ def redact_json(
 
 
 # --------------------------------------------------------------------------- events
-#: Event columns that hold free text from the request: the text layer's every pattern.
+#: Event columns that hold free text from the request: the text layer's every pattern,
+#: as :data:`JSON_PATTERNS` for those that hold JSON text.
 TEXT_COLUMNS = (
     "request_uri",
     "user_agent",
@@ -498,6 +626,7 @@ TEXT_COLUMNS = (
     "source",
     "source_position",
 )
+JSON_COLUMNS = ("annotations", "request_object", "response_object")
 #: Every other string the input gave, lists of strings included, with :data:`NAME_PATTERNS`.
 #: A credential is most often in a URI, a user agent or a body, but a hostile line can put
 #: one in any field (a user name, an object name, a CloudWatch event id), and the lake
@@ -548,7 +677,12 @@ def redact_events(df: pl.DataFrame) -> pl.DataFrame:
         )
         flag = flag.scatter(idx, flag.gather(idx) | pl.Series(changed, dtype=pl.Boolean))
     df = df.with_columns(flag.alias("redacted"))
-    for columns, patterns in ((TEXT_COLUMNS, PATTERNS), (NAME_COLUMNS, NAME_PATTERNS)):
+    plain = tuple(c for c in TEXT_COLUMNS if c not in JSON_COLUMNS)
+    for columns, patterns in (
+        (plain, PATTERNS),
+        (JSON_COLUMNS, JSON_PATTERNS),
+        (NAME_COLUMNS, NAME_PATTERNS),
+    ):
         df, hit = redact_text_columns(df, columns, patterns)
         if hit is not None:
             df = df.with_columns(df["redacted"] | hit)
