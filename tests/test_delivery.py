@@ -176,6 +176,7 @@ def test_client_errors_are_not_retried(tmp_path):
         ("https://hooks.example.com:99999/hook?token=SECRET", "port"),
         ("https:///hook/SECRET", "names no host"),
         ("https://hooks.example.com/services/T0/B0/SECRET TOKEN", "spaces"),
+        ("https://alerts:SECRET@hooks.example.com/falco", "credentials in the URL"),
     ],
 )
 def test_a_url_no_request_can_be_sent_to_is_refused_in_one_line_without_it(url, why, monkeypatch):
@@ -224,7 +225,8 @@ def test_a_sink_that_answers_garbage_fails_alone_and_the_others_hear_each_alert_
             for minute in (0, 1):
                 at = NOW + timedelta(minutes=minute)
                 report = send(lake, three, [bad, good], now=at, sleep=FakeSleep())
-                assert report.summary()["failed"] == 3
+                # the first alert fails; the sink is then down and the other two wait
+                assert (report.summary()["failed"], report.summary()["waiting"]) == (1, 2)
     assert len(receiver.delivered) == 3  # once each, not once per run
     dead = read_dead_letters(lake)
     assert set(dead["error"]) == {"sink bad: BadStatusLine: not an HTTP answer"}
@@ -302,6 +304,127 @@ def test_a_checkpoint_that_fails_stops_every_sink_and_sees_the_callers_context(
         assert len(r.requests) == 1  # and stopped after the checkpoint that failed
     finally:
         r.close()
+
+
+class Redirecting:
+    """A loopback server that answers every POST with a redirect (an endpoint moved
+    behind an ingress) and records the requests it gets, GETs included."""
+
+    def __init__(self, status: int = 302) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests: list[str] = []
+        seen = self.requests
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _answer(self, code: int) -> None:
+                seen.append(self.command)
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(code)
+                self.send_header("Location", "/moved")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_POST(self) -> None:
+                self._answer(status)
+
+            def do_GET(self) -> None:
+                self._answer(200)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_a_failure_never_a_delivery(status):
+    """urllib followed a 302 with a GET without the body: the alert reached nobody and was
+    recorded as sent, never to be sent again."""
+    moved = Redirecting(status)
+    try:
+        cfg = sink(name="hook", type="webhook", url=moved.url, retries=2)
+        report = deliver(incidents(), [build(cfg)], DeliveryState(), now=NOW)
+        assert moved.requests == ["POST"]  # not followed, not retried
+        assert report.sent == [] and not report.state.sent
+        assert "redirected; sinks do not follow redirects" in report.dead_letters[0]["error"]
+    finally:
+        moved.close()
+
+
+def test_a_sink_that_fails_waits_and_holds_up_no_other(receiver):
+    """A sink that is down cost every alert its timeout x attempts, each batch, while the
+    other sinks' alerts of the batch waited for it (182 s to reach Slack in `detect
+    watch`), and each pending check added a dead letter per alert. Now its first failure
+    marks it down: its other alerts wait, untried; later deliveries skip it until the
+    wait is over, then one alert probes it with a single attempt."""
+    from detector.delivery.deliver import SinkHealth
+
+    five = incidents([finding(f"arn:aws:iam::1:role/r{i}", T0, severity="high") for i in range(5)])
+    down = Receiver(statuses=[503] * 100)
+    try:
+        health: dict[str, SinkHealth] = {}
+        sleep = FakeSleep()
+        sinks = [
+            build_sink(sink(name="down", type="webhook", url=down.url, retries=3), sleep=sleep),
+            build_sink(sink(name="up", type="webhook", url=receiver.url), sleep=sleep),
+        ]
+        first = deliver(five, sinks, DeliveryState(), now=NOW, health=health)
+        assert len(receiver.delivered) == 5  # the healthy sink hears everything
+        assert len(down.requests) == 4  # one alert: its attempt and 3 retries
+        assert (len(first.dead_letters), len(first.waiting)) == (1, 4)
+        again = deliver(five, sinks, first.state, now=NOW, health=health)
+        assert len(down.requests) == 4 and again.dead_letters == []  # not tried
+        assert len(again.waiting) == 5 and again.sent == []
+        health["down"].retry_at = 0.0  # the wait is over (it doubles at each failure)
+        probe = deliver(five, sinks, again.state, now=NOW, health=health)
+        assert len(down.requests) == 5  # one attempt, no retries
+        assert (len(probe.dead_letters), len(probe.waiting)) == (1, 4)
+        assert health["down"].failures == 2
+        down.statuses = []  # back up: the next probe goes through, the rest follow
+        health["down"].retry_at = 0.0
+        back = deliver(five, sinks, probe.state, now=NOW, health=health)
+        assert len(back.sent) == 5 and back.waiting == [] and health["down"].failures == 0
+        assert {s["sink"] for s in back.sent} == {"down"}
+    finally:
+        down.close()
+
+
+def test_a_throttled_sink_waits_as_long_as_it_asks():
+    """429 with ``Retry-After: 7``: the next attempt came after the fixed backoff (1 s)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    answers = [429, 200]
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(answers.pop(0))
+            self.send_header("Retry-After", "7")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        sleep = FakeSleep()
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        cfg = sink(name="hook", type="webhook", url=url, retries=2)
+        (one,) = incidents([finding(ROLE, T0, severity="high")])
+        report = deliver([one], [build(cfg, sleep)], DeliveryState(), now=NOW)
+        assert len(report.sent) == 1 and sleep.waits == [7.0]
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_records_another_run_saved_survive_this_runs_later_saves(tmp_path):

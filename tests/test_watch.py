@@ -438,6 +438,61 @@ def _spawn(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen:
     )
 
 
+def test_a_second_signal_ends_a_watch_stuck_on_a_hanging_sink_at_once(tmp_path):
+    """A sink that accepts and never answers: SIGTERM drains (the alert it is sending
+    waits for its timeout), and a second signal was meant to abort, but the stuck sink
+    thread was still joined: 150 s later the process was alive, past any grace period."""
+    import socket
+
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen()
+    connected = threading.Event()
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = hung.accept()
+            except OSError:
+                return
+            held.append(conn)  # read nothing, answer nothing
+            connected.set()
+
+    threading.Thread(target=accept, daemon=True).start()
+    port = hung.getsockname()[1]
+    (tmp_path / "detect.toml").write_text(
+        f'[[sinks]]\nname = "hook"\ntype = "webhook"\ntimeout = "120s"\n'
+        f'url = "http://127.0.0.1:{port}/hook"\n'
+    )
+    log_path = tmp_path / "audit.log"
+    t0 = int(time.time() * 1000)
+    log_path.write_text(
+        "".join(anonymous_denied(i, t0 + i, "198.51.100.9") + "\n" for i in range(5))
+    )
+    env = {**os.environ, "DETECT_CONFIG": str(tmp_path / "detect.toml")}
+    proc = _spawn(
+        ["watch", "--tail", str(log_path), "--lake", str(tmp_path / "lake"), "--no-model",
+         "--poll", "0.2s", "--cluster", "c"],
+        env,
+        tmp_path,
+    )  # fmt: skip
+    try:
+        assert connected.wait(timeout=60), "the sink was never called"
+        proc.send_signal(signal.SIGTERM)  # drain: the alert being sent waits for 120 s
+        proc.send_signal(signal.SIGINT)  # another signal (the same one could merge)
+        code = proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        _, err = proc.communicate(timeout=30)
+        hung.close()
+        for conn in held:
+            conn.close()
+    assert code in (128 + signal.SIGTERM, 128 + signal.SIGINT), err
+    assert "aborted by a second signal" in err
+
+
 def test_two_replicas_one_leads_the_standby_takes_over_without_gap_or_duplicate(
     moto_endpoint, s3_bucket, tmp_path
 ):

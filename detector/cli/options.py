@@ -13,6 +13,7 @@ exit code (README "Exit codes").
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -547,12 +548,19 @@ def configured_sinks(ctx: typer.Context) -> list[Any]:
 @contextmanager
 def stop_on_signals(stop: threading.Event, received: list[int]) -> Iterator[None]:
     """SIGTERM/SIGINT ask a long-running command (export, watch) for a clean stop: flush,
-    checkpoint, exit 0; a second signal aborts."""
+    checkpoint, exit 0; a second signal aborts at once, exit 128 + its number.
+
+    At once: raising ``KeyboardInterrupt`` in the main thread still waited for threads
+    stuck on a sink that hangs, past any grace period. The process ends as SIGKILL would
+    end it, which every writer survives (checkpoints come after what they cover)."""
+    import os
 
     def handler(signum: int, _frame: object) -> None:
         if stop.is_set():
-            signal.signal(signum, signal.SIG_DFL)
-            raise KeyboardInterrupt
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.write(f"aborted by a second signal ({signal.Signals(signum).name})\n")
+                sys.stderr.flush()
+            os._exit(128 + signum)
         received.append(signum)
         stop.set()
 

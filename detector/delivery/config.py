@@ -205,6 +205,11 @@ def check_url(url: str, where: str, allow_http: bool) -> None:
         raise SinkConfigError(f"{where}: the URL's port is not a number from 1 to 65535") from None
     if not parts.hostname:
         raise SinkConfigError(f"{where}: the URL names no host")
+    if parts.username is not None or parts.password is not None:
+        raise SinkConfigError(
+            f"{where}: credentials in the URL (user:password@) are not supported: put the "
+            "secret in the URL's path or query from url_env, or sign with secret_env"
+        )
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

@@ -41,12 +41,50 @@ from detector.lake.findings_schema import SEVERITIES
 log = logging.getLogger(__name__)
 
 
+#: A sink that failed is tried again after this long, doubled at each failure in a row, at
+#: most :data:`DOWN_AT_MOST` (wall-clock time: a replay's stream clock runs faster).
+DOWN_FOR = 30.0
+DOWN_AT_MOST = 1800.0
+
+
+@dataclass
+class SinkHealth:
+    """Whether a sink is taking alerts, kept across the deliveries of one process.
+
+    One failed alert (after its retries) marks the sink down: its other alerts wait,
+    pending, instead of each costing ``timeout`` x attempts while every other sink's alerts
+    of the batch wait for this one, and instead of a dead letter per alert per minute of an
+    outage. Once the wait is over, one alert is tried without retries (a probe); it going
+    through brings the sink back. Waiting alerts are neither sent nor dead-lettered: the
+    next delivery after the sink is back sends them.
+    """
+
+    failures: int = 0
+    retry_at: float = 0.0  # time.monotonic()
+
+    def down(self) -> bool:
+        return self.failures > 0 and time.monotonic() < self.retry_at
+
+    def probing(self) -> bool:
+        return self.failures > 0
+
+    def failed(self) -> None:
+        self.failures += 1
+        wait = min(DOWN_FOR * 2 ** (self.failures - 1), DOWN_AT_MOST)
+        self.retry_at = time.monotonic() + wait
+
+    def ok(self) -> None:
+        self.failures, self.retry_at = 0, 0.0
+
+
 @dataclass
 class DeliveryReport:
     state: DeliveryState
     sent: list[dict[str, Any]] = field(default_factory=list)  # incident_id, version, sink, kind
     throttled: list[dict[str, Any]] = field(default_factory=list)
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
+    #: Due alerts not tried because their sink is down (:class:`SinkHealth`): still pending.
+    waiting: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         per_sink: dict[str, int] = {}
@@ -58,6 +96,7 @@ class DeliveryReport:
             "updates": sum(1 for s in self.sent if s["kind"] == "update"),
             "throttled": len(self.throttled),
             "failed": len(self.dead_letters),
+            "waiting": len(self.waiting),
             "per_sink": per_sink,
         }
 
@@ -107,6 +146,7 @@ def deliver(
     now: datetime | None = None,
     lake: str = "./lake",
     checkpoint: Callable[[DeliveryState], None] | None = None,
+    health: dict[str, SinkHealth] | None = None,
 ) -> DeliveryReport:
     """Send what is due to every sink; returns a new state (the input is not changed).
 
@@ -119,14 +159,25 @@ def deliver(
     type only (its text may quote a URL's secret). A ``checkpoint`` that raises (the
     fence of a ``detect watch`` leader that was replaced) stops every sink before its
     next chunk, and its error reaches the caller.
+
+    ``health``: each sink's :class:`SinkHealth` by name, kept by a caller that delivers
+    again and again (``detect watch``); without it a sink that fails is down for the rest
+    of this call only.
     """
     now = now or datetime.now(UTC)
     incidents = list(incidents)
+    health = {} if health is None else health
     report = DeliveryReport(state=state.copy())
     plans = []
     for sink in sinks:
         due, held = plan(incidents, sink, report.state, now, lake)
         report.throttled += held
+        sink_health = health.setdefault(sink.name, SinkHealth())
+        if due and sink_health.down():
+            report.waiting += [_ref(a, sink) for a in due]
+            continue
+        if sink_health.probing():
+            sink.retries = 0  # a probe: one attempt, not a stall of timeout x retries
         if due:
             plans.append((sink, due))
     if not plans:
@@ -139,11 +190,21 @@ def deliver(
 
     def serve(sink: Sink, due: list[Alert]) -> None:
         done = outcomes.setdefault(sink.name, [])
+        sink_health = health[sink.name]
         try:
             for start in range(0, len(due), sink.chunk):
                 if stopped.is_set():
                     return
+                if sink_health.down():  # the chunk before failed whole: the rest waits
+                    with guard:
+                        report.waiting += [_ref(a, sink) for a in due[start:]]
+                    return
                 chunk = _send(sink, due[start : start + sink.chunk])
+                if any(o.ok for o in chunk):
+                    sink_health.ok()
+                    sink.retries = sink.cfg.retries
+                else:
+                    sink_health.failed()
                 with guard:
                     done += chunk
                     _record(report.state, sink, chunk, now)
@@ -167,6 +228,13 @@ def deliver(
             future.result()
     for sink, _ in plans:  # reported in the sinks' order, whichever finished first
         _report(report, sink, outcomes.get(sink.name, []), now)
+    for name in dict.fromkeys(w["sink"] for w in report.waiting):
+        log.warning(
+            "sink %s is down: %d alert(s) wait for it; it is tried again in %.0fs",
+            name,
+            sum(w["sink"] == name for w in report.waiting),
+            max(0.0, health[name].retry_at - time.monotonic()),
+        )
     report.state.prune(now)
     if checkpoint is not None:
         checkpoint(report.state)
@@ -180,6 +248,11 @@ def _send(sink: Sink, alerts: list[Alert]) -> list[Outcome]:
     except Exception as exc:
         err = f"sink {sink.name}: {type(exc).__name__}"
         return [Outcome(a, False, 1, err, None) for a in alerts]
+
+
+def _ref(alert: Alert, sink: Sink) -> dict[str, Any]:
+    inc = alert.incident
+    return {"incident_id": inc.incident_id, "version": inc.version, "sink": sink.name}
 
 
 def _record(state: DeliveryState, sink: Sink, outcomes: list[Outcome], now: datetime) -> None:

@@ -51,15 +51,24 @@ class Outcome:
 
 
 class Retryable(Exception):
-    """A failure worth another attempt (transport, throttling, 5xx)."""
+    """A failure worth another attempt (transport, throttling, 5xx); ``after``: the wait
+    the receiver asked for (``Retry-After``), in seconds."""
+
+    def __init__(self, message: str, after: float | None = None) -> None:
+        super().__init__(message)
+        self.after = after
 
 
 class Permanent(Exception):
     """A failure another attempt cannot fix (4xx, a rejected record)."""
 
 
+#: The longest wait between two attempts, whatever the backoff or ``Retry-After`` say.
+MAX_RETRY_WAIT = 300.0
+
+
 def _retry(
-    cfg: SinkConfig, sleep: Callable[[float], None], fn: Callable[[], None]
+    cfg: SinkConfig, sleep: Callable[[float], None], fn: Callable[[], None], retries: int
 ) -> tuple[bool, int, str | None]:
     attempt = 0
     while True:
@@ -70,9 +79,9 @@ def _retry(
         except Permanent as exc:
             return False, attempt, str(exc)
         except Retryable as exc:
-            if attempt > cfg.retries:
+            if attempt > retries:
                 return False, attempt, str(exc)
-            delay = min(cfg.backoff * 2 ** (attempt - 1), 300.0)
+            delay = min(max(cfg.backoff * 2 ** (attempt - 1), exc.after or 0.0), MAX_RETRY_WAIT)
             log.info(
                 "sink %s: attempt %d failed (%s); retrying in %.1fs", cfg.name, attempt, exc, delay
             )
@@ -94,10 +103,16 @@ class Sink:
         self.cfg = cfg
         self.sleep = sleep
         self.now = now
+        #: Retries per alert: the configured ones, or none while the sink is only being
+        #: probed after an outage (:class:`detector.delivery.deliver.SinkHealth`).
+        self.retries = cfg.retries
 
     @property
     def name(self) -> str:
         return self.cfg.name
+
+    def _retry(self, fn: Callable[[], None]) -> tuple[bool, int, str | None]:
+        return _retry(self.cfg, self.sleep, fn, self.retries)
 
     def send(self, alerts: list[Alert]) -> list[Outcome]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -107,17 +122,43 @@ class Sink:
 
 
 # --------------------------------------------------------------------------- HTTP
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is an answer, not a place to go: urllib followed a 302 with a GET
+    without the body (and with the signature headers, to any host), and the alert,
+    delivered nowhere, was recorded as sent."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
+def _retry_after(exc: urllib.error.HTTPError) -> float | None:
+    """``Retry-After`` in seconds (the delay form; a date is left to the backoff)."""
+    value = (exc.headers or {}).get("Retry-After", "")
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    return seconds if 0 <= seconds <= MAX_RETRY_WAIT else None
+
+
 def _post(url: str, body: bytes, headers: dict[str, str], timeout: float, name: str) -> None:
     req = urllib.request.Request(
         url, data=body, method="POST", headers={"Content-Type": "application/json", **headers}
     )
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with _OPENER.open(req, timeout=timeout) as resp:
             resp.read()
     except urllib.error.HTTPError as exc:
         msg = f"sink {name}: HTTP {exc.code}"
+        if 300 <= exc.code < 400:
+            raise Permanent(
+                f"{msg}: redirected; sinks do not follow redirects, configure the URL it points to"
+            ) from None
         if exc.code == 429 or exc.code >= 500:
-            raise Retryable(msg) from None
+            raise Retryable(msg, after=_retry_after(exc)) from None
         raise Permanent(msg) from None
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         reason = getattr(exc, "reason", exc)
@@ -148,10 +189,8 @@ class _HttpSink(Sink):
             payload = self.body(alert)
             data = orjson.dumps(payload)
             headers = self.headers(alert, data)
-            ok, attempts, err = _retry(
-                self.cfg,
-                self.sleep,
-                lambda d=data, h=headers: _post(self._url, d, h, self.cfg.timeout, self.name),
+            ok, attempts, err = self._retry(
+                lambda d=data, h=headers: _post(self._url, d, h, self.cfg.timeout, self.name)
             )
             out.append(Outcome(alert, ok, attempts, err, payload))
         return out
@@ -254,7 +293,7 @@ class SnsSink(Sink):
                 except Exception as exc:
                     raise _aws_error(self.name, exc) from None
 
-            ok, attempts, err = _retry(self.cfg, self.sleep, call)
+            ok, attempts, err = self._retry(call)
             out.append(Outcome(alert, ok, attempts, err, doc))
         return out
 
@@ -302,10 +341,10 @@ class _BatchSink(Sink):
                         o.ok, o.error = True, None
                         continue
                     retryable, o.error = failed[i]
-                    if retryable and o.attempts <= self.cfg.retries:
+                    if retryable and o.attempts <= self.retries:
                         retry.append(o)
                 if retry:
-                    delay = min(self.cfg.backoff * 2 ** (retry[0].attempts - 1), 300.0)
+                    delay = min(self.cfg.backoff * 2 ** (retry[0].attempts - 1), MAX_RETRY_WAIT)
                     log.info(
                         "sink %s: %d record(s) failed; retrying in %.1fs",
                         self.name,

@@ -28,7 +28,7 @@ import polars as pl
 
 from detector.delivery import sinks as sink_mod
 from detector.delivery.config import SinkConfig
-from detector.delivery.deliver import DeliveryReport, deliver
+from detector.delivery.deliver import DeliveryReport, SinkHealth, deliver
 from detector.delivery.records import DeliveryState, DeliveryStore, merge, write_dead_letters
 from detector.delivery.run import _build, pending
 from detector.detect.stream import StreamDetector, StreamState
@@ -76,6 +76,7 @@ class StreamAlerter:
         self.metrics = metrics
         self.sink_kw = sink_kw or {}
         self._pending_at: datetime | None = None
+        self._health: dict[str, SinkHealth] = {}  # a sink that fails waits, across batches
         self.last: ConsumeResult = ConsumeResult()
 
     def consume(
@@ -134,7 +135,13 @@ class StreamAlerter:
 
         check_fence()
         report = deliver(
-            incidents, built, state, now=now, lake=self.lake.uri, checkpoint=checkpoint
+            incidents,
+            built,
+            state,
+            now=now,
+            lake=self.lake.uri,
+            checkpoint=checkpoint,
+            health=self._health,
         )
         write_dead_letters(self.lake, report.dead_letters, now)
         if self.metrics is not None:

@@ -229,13 +229,15 @@ def deliver_cmd(
     else:
         stdout.print(
             f"sent {s['sent']} ({s['new']} new, {s['updates']} updates), "
-            f"{s['throttled']} throttled, {s['failed']} failed",
+            f"{s['throttled']} throttled, {s['failed']} failed, {s['waiting']} waiting "
+            "for a sink that is down",
             markup=False,
         )
-    if s["failed"]:
+    if s["failed"] or s["waiting"]:
         raise RuntimeFailure(
-            f"{s['failed']} alert(s) could not be delivered; they are in "
-            f"{the_lake.uri}/dead_letters and the next run sends them again"
+            f"{s['failed'] + s['waiting']} alert(s) could not be delivered ({s['failed']} "
+            f"failed, in {the_lake.uri}/dead_letters; {s['waiting']} not tried once their "
+            "sink failed); the next run sends them"
         )
 
 
