@@ -105,6 +105,34 @@ def run_detect(
     )
 
 
+def on_terminal(args: list[str], *, stream: str = "stdout", env: dict[str, str] | None = None):
+    """``detect *args`` with ``stream`` (stdout or stderr) on a pseudo-terminal, as an
+    analyst's is: (exit code, what it wrote there, the other stream's text)."""
+    import pty
+
+    leader, follower = pty.openpty()
+    other = subprocess.PIPE
+    proc = subprocess.Popen(
+        [*detect_cmd(), *args],
+        stdout=follower if stream == "stdout" else other,
+        stderr=follower if stream == "stderr" else other,
+        env=env,
+    )
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    _, rest = proc.communicate(timeout=120)
+    return proc.returncode, b"".join(chunks).decode(), (rest or b"").decode()
+
+
 @pytest.fixture
 def detect():
     """``detect(*args)`` -> CompletedProcess, running the CLI as a subprocess."""

@@ -450,32 +450,14 @@ def test_progress_at_a_terminal_redraws_one_line_and_shows_a_paths_controls(tmp_
     cursor: the console that shows control characters from the lake showed that one too,
     as the text ``\\x0d``, and the line grew without end. A control character in a path
     is still shown, not sent."""
-    import pty
-    import subprocess
-
-    from conftest import detect_cmd
+    from conftest import on_terminal
 
     log = tmp_path / "audit\x1b[2Jlog"
     log.write_text("".join(json.dumps(make_event(i)) + "\n" for i in range(3)))
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen(
-        [*detect_cmd(), "ingest", str(log), "--lake", str(tmp_path / "lake"), "--cluster", "c"],
-        stdout=subprocess.DEVNULL,
-        stderr=follower,
+    code, shown, _ = on_terminal(
+        ["ingest", str(log), "--lake", str(tmp_path / "lake"), "--cluster", "c"], stream="stderr"
     )
-    os.close(follower)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(leader)
-    assert proc.wait(timeout=120) == 0
-    shown = b"".join(chunks).decode()
+    assert code == 0
     assert shown.startswith("\r3 lines, 0 quarantined"), shown
     assert "\\x0d" not in shown and "\x1b" not in shown and "audit\\x1b[2Jlog" in shown
 

@@ -348,31 +348,14 @@ def test_one_huge_entry_does_not_pad_every_line_of_a_plain_timeline(tmp_path, de
 def run_on_terminal(*args: str, columns: int = 100) -> str:
     """``detect *args`` with stdout on a pseudo-terminal (a real one, as an analyst's): what
     it printed there, with the colour codes."""
-    import pty
-    import subprocess
+    from tests.conftest import on_terminal
 
-    from tests.conftest import detect_cmd
-
-    leader, follower = pty.openpty()
     env = {**os.environ, "COLUMNS": str(columns), "TERM": "xterm-256color"}
     for name in ("NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
         env.pop(name, None)
-    proc = subprocess.Popen(
-        [*detect_cmd(), *args], stdout=follower, stderr=subprocess.PIPE, env=env
-    )
-    os.close(follower)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(leader)
-    assert proc.wait(timeout=120) == 0, proc.stderr.read() if proc.stderr else ""
-    return b"".join(chunks).decode().replace("\r\n", "\n")
+    code, shown, err = on_terminal(list(args), env=env)
+    assert code == 0, err
+    return shown.replace("\r\n", "\n")
 
 
 def test_a_timeline_at_a_terminal_is_one_coloured_line_per_entry(tmp_path, detect):
