@@ -301,6 +301,37 @@ def test_an_empty_stream_prefix_exports_every_stream_and_a_long_group_name_resum
     assert lake_events(lake_dir).height == 2
 
 
+def test_a_run_that_reads_no_stream_leaves_the_checkpoint_and_other_streams_are_refused(
+    logs, lake_dir
+):
+    """A mistyped ``--stream-prefix`` matched no stream: the run said so, exited 0 and moved
+    the checkpoint to now, so the next run (the right prefix, resuming) never read the
+    hours before. Now the checkpoint stays where the run was asked to start; and once
+    it has moved, a run reading other streams is refused (it would move it past events of
+    the streams it covers)."""
+    group = new_group(logs)
+    end = now_ms() - 10 * 60_000
+    stamps = [end - i * 60_000 for i in range(5)]
+    put(
+        logs,
+        group,
+        AUDIT_STREAMS[0],
+        [(t, audit_message(f"e{i}", t)) for i, t in enumerate(stamps)],
+    )
+    args = ("export", "--log-group", group, "--cluster", "c", "--lake", lake_dir)
+    mistyped = ("--stream-prefix", "kube-apiserver-audit-x")
+    code, doc, err = run_json(cli, *args, *mistyped, "--since", "1h")
+    assert code == 0, err
+    assert doc["events_written"] == 0 and "no log streams" in " ".join(doc["warnings"])
+    assert checkpoint(lake_dir).get("watermark_ms") is None
+    code, _, err = run_json(cli, *args)  # the right prefix, resuming: nothing skipped
+    assert code == 0, err
+    assert sorted(lake_events(lake_dir)["audit_id"]) == [f"e{i}" for i in range(5)]
+    proc = cli(*args, "--stream-prefix", "authenticator")
+    assert proc.returncode == 2
+    assert "covers the streams starting with 'kube-apiserver-audit-'" in one_line_error(proc.stderr)
+
+
 def test_three_streams_two_windows_paged_counts_and_content_exact(logs, lake_dir):
     group = new_group(logs)
     end = now_ms() - 10 * 60_000

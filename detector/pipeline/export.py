@@ -114,6 +114,10 @@ class WatchedGroup(ExportConfigError):
     """A plain export of a log group whose checkpoint a ``detect watch`` consumer keeps."""
 
 
+class OtherStreams(ExportConfigError):
+    """A run reading other streams than the ones its checkpoint covers."""
+
+
 @dataclass
 class ExportOptions:
     """Everything that shapes an export besides the time range."""
@@ -434,6 +438,14 @@ class Exporter:
                 f"no checkpoint for log group {self.opts.log_group} in {self.lake.uri} "
                 "(first run?): pass --since (e.g. --since 1h) to say where to start"
             )
+        checked = (existing or {}).get("stream_prefix")
+        if _watermark_of(existing) is not None and checked not in (None, self.opts.stream_prefix):
+            raise OtherStreams(
+                f"the checkpoint of log group {self.opts.log_group} in {self.lake.uri} covers "
+                f"the streams starting with {checked!r}: reading {self.opts.stream_prefix!r} "
+                f"instead would move it past events of those it never read; pass "
+                f"--stream-prefix {checked}, or export other streams into another lake"
+            )
         if self.after_write is None and (existing or {}).get("payload"):
             raise WatchedGroup(
                 f"log group {self.opts.log_group} is followed by `detect watch` in "
@@ -573,9 +585,14 @@ class Exporter:
         return self.follow
 
     def _read_chunk(self, lo: int, hi: int) -> bool:
+        """Read ``[lo, hi)``; True when it is complete (the checkpoint may move past it).
+
+        With no stream to read it is not: a run with a mistyped ``--stream-prefix`` (or
+        before the API server's first stream) moved the checkpoint past events it never
+        read, and the next run resumed after them. Holding it loses nothing."""
         assert self.reader is not None
         if not self.streams:
-            return True
+            return False
         remember_from = hi - self.opts.overlap_ms
         try:
             for page in self.reader.pages(self.streams, lo, hi - 1):
