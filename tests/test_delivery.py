@@ -427,6 +427,38 @@ def test_a_throttled_sink_waits_as_long_as_it_asks():
         server.server_close()
 
 
+def test_what_is_owed_is_found_however_old_the_incident_or_long_the_outage(tmp_path, receiver):
+    """`incidents deliver` read the incidents begun in the last nine days and updated in
+    the last one: the resolve of a twelve-day-old incident (a retro-hunt's) never reached
+    the sinks that had it, nor did the dead letters of a sink down for more than a day."""
+    from detector.delivery.run import pending
+    from detector.incidents import workflow
+
+    lake = Lake(str(tmp_path / "lake"))
+    df, ev = frames([finding(ROLE, T0, severity="high")])
+    (old,) = workflow.update(lake, df, ev, now=T0).incidents
+    hook = sink(name="hook", type="webhook", url=receiver.url, retries=0)
+    first = send(lake, pending(lake, T0), [hook], now=T0)
+    assert first.summary()["new"] == 1
+    later = T0 + timedelta(days=12)
+    workflow.set_incident_status(lake, old.incident_id, "resolved", "rotated", now=later)
+    closing = send(lake, pending(lake, later), [hook], now=later)
+    assert closing.summary()["updates"] == 1
+    assert receiver.delivered[-1]["output_fields"]["detect.status"] == "resolved"
+
+    df2, ev2 = frames([finding("arn:aws:iam::111122223333:role/ops", T0, severity="high")])
+    (other,) = workflow.update(lake, df2, ev2, now=T0).incidents
+    down = sink(name="pager", type="webhook", url="http://127.0.0.1:9/hook", retries=0)
+    failed = send(lake, pending(lake, T0), [down], now=T0)
+    assert failed.summary()["failed"] >= 1  # dead letters, one at least for `other`
+    back = sink(name="pager", type="webhook", url=receiver.url, retries=0)
+    three_days = T0 + timedelta(days=3)  # the sink was down for three days
+    owed = {i.incident_id for i in pending(lake, three_days)}
+    assert other.incident_id in owed
+    report = send(lake, pending(lake, three_days), [back], now=three_days)
+    assert other.incident_id in {s["incident_id"] for s in report.sent}
+
+
 def test_records_another_run_saved_survive_this_runs_later_saves(tmp_path):
     """A delivery saves its records as it goes. When another run saved in between, the
     first save kept both runs' records, but the next save of this run's own state (its

@@ -22,6 +22,7 @@ is tried again by the next run.
 from __future__ import annotations
 
 import io
+import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -32,6 +33,8 @@ import polars as pl
 
 from detector.lake.events import Lake
 from detector.lake.state import CheckpointConflict, StateObject
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "deliveries.json"
 DEAD_LETTERS_DIR = "dead_letters"
@@ -168,12 +171,22 @@ def write_dead_letters(lake: Lake, rows: list[dict[str, Any]], now: datetime) ->
     return df.height
 
 
-def read_dead_letters(lake: Lake) -> pl.DataFrame:
-    files = lake.loc.glob(DEAD_LETTERS_DIR, "date=*", "*.parquet")
-    if not files:
-        return pl.DataFrame(schema=DEAD_LETTER_COLUMNS)
+def read_dead_letters(lake: Lake, *, since: datetime | None = None) -> pl.DataFrame:
+    """The dead letters filed on ``since``'s day or after (all when None); a file readers
+    cannot use is skipped with a warning, as every lake table's."""
+    first = f"date={since.astimezone(UTC):%Y-%m-%d}" if since is not None else ""
+    files = [
+        f
+        for f in lake.loc.glob(DEAD_LETTERS_DIR, "date=*", "*.parquet")
+        if f.rsplit("/", 2)[-2] >= first
+    ]
     frames = []
     for f in files:
-        with lake.loc.fs.open(f, "rb") as fh:
-            frames.append(pl.read_parquet(fh))
+        try:
+            with lake.loc.fs.open(f, "rb") as fh:
+                frames.append(pl.read_parquet(fh))
+        except (OSError, pl.exceptions.PolarsError) as exc:
+            log.warning("skipped dead letters %s: %s", f, type(exc).__name__)
+    if not frames:
+        return pl.DataFrame(schema=DEAD_LETTER_COLUMNS)
     return pl.concat(frames, how="diagonal_relaxed")

@@ -19,7 +19,12 @@ import polars as pl
 from detector.delivery import sinks as sink_mod
 from detector.delivery.config import SinkConfig
 from detector.delivery.deliver import DeliveryReport, deliver
-from detector.delivery.records import DeliveryStore, write_dead_letters
+from detector.delivery.records import (
+    RETENTION,
+    DeliveryStore,
+    read_dead_letters,
+    write_dead_letters,
+)
 from detector.errors import DetectError, RuntimeFailure
 from detector.incidents import suppress, workflow
 from detector.incidents.group import DEFAULT_HORIZON, Incident
@@ -61,10 +66,22 @@ def suppressions_for(path: str | None) -> list[suppress.Suppression]:
 
 
 def pending(lake: Lake, now: datetime) -> list[Incident]:
-    # Updated in the lookback, begun up to the longest an incident stays open before it.
-    first = now - PENDING_LOOKBACK - table.MAX_INCIDENT_SPAN - timedelta(days=1)
+    """Incidents a sink may still be owed something of: updated in the last
+    :data:`PENDING_LOOKBACK` (a new finding, a resolve), whatever day they began, and
+    those with a dead letter (an outage longer than the lookback); both within the
+    delivery records' :data:`RETENTION`, before which what a sink was sent is not known.
+
+    Incidents began up to RETENTION ago are read: a resolve of a twelve-day-old incident
+    (a retro-hunt's) was never sent, since only the last nine days were, and a sink down
+    for more than a day was never sent its dead letters.
+    """
+    first = now - RETENTION - table.MAX_INCIDENT_SPAN
     df = table.read_incidents(lake, since=first)
-    df = df.filter(pl.col("updated_at") >= now - PENDING_LOOKBACK)
+    failed = read_dead_letters(lake, since=now - RETENTION)["incident_id"].unique()
+    df = df.filter(
+        (pl.col("updated_at") >= now - PENDING_LOOKBACK)
+        | pl.col("incident_id").is_in(failed.implode())
+    )
     return [Incident.from_row(r) for r in df.iter_rows(named=True)]
 
 
