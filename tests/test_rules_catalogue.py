@@ -939,6 +939,42 @@ CASES.update(
 )
 
 
+def _corefile(verb: str, corefile: str, user: str = "alice") -> dict:
+    body = {"kind": "ConfigMap", "metadata": {"name": "coredns"}, "data": {"Corefile": corefile}}
+    return ev(verb, "configmaps", ns="kube-system", name="coredns", user=user, body=body)
+
+
+def _dashboard(kind: str) -> dict:
+    body = {
+        "kind": "Service",
+        "metadata": {"name": "kubernetes-dashboard", "namespace": "kubernetes-dashboard"},
+        "spec": {"type": kind, "selector": {"k8s-app": "kubernetes-dashboard"}},
+    }
+    return ev("create", "services", ns="kubernetes-dashboard", code=201, body=body)
+
+
+CASES.update(
+    {
+        "cluster-dns-config-changed": (
+            [_corefile("update", ".:53 {\n    errors\n    forward . 203.0.113.53\n}\n")],
+            [
+                _corefile(
+                    "update",
+                    ".:53 {\n    errors\n    forward . /etc/resolv.conf\n}\n",
+                    user="eks:addon-manager",
+                )
+            ],
+            "EKS's add-on manager reconciling CoreDNS",
+        ),
+        "dashboard-exposed": (
+            [_dashboard("LoadBalancer")],
+            [_dashboard("ClusterIP")],
+            "the dashboard inside the cluster (ClusterIP)",
+        ),
+    }
+)
+
+
 @pytest.fixture(scope="module")
 def ruleset(tmp_path_factory):
     """The built-in rules, with one deny list configured as detect.toml's ip_lists would."""

@@ -18,7 +18,7 @@ from typing import Any
 
 import polars as pl
 import pytest
-from test_rules_helpers import T0, denials, ev
+from test_rules_helpers import T0, denials, ev, iam
 
 from detector.events.normalize import events_from_dicts
 from detector.rules import evaluate_rules, load_ruleset
@@ -565,3 +565,295 @@ def test_a_json_patch_widening_a_cluster_role_to_a_wildcard_fires(ruleset, opera
 )
 def test_a_json_patch_that_only_tests_removes_or_labels_is_not_privileged(ruleset, operation):
     assert fired(ruleset, "privileged-container", json_patch("deployments", operation)) == 0
+
+
+# --------------------------------------------------------------------------- 13. QA round 3
+# Each case below is the event a QA review reproduced (add-on tokens taken for the control
+# plane, JSON patches, suffix globs, upper-case keys, missing host paths...), with the
+# closest benign request beside it.
+
+KS = "system:serviceaccount:kube-system:"
+
+
+def sa(ns: str, name: str) -> dict[str, Any]:
+    """A service account's identity as the API server logs it (with its pod)."""
+    return {
+        "username": f"system:serviceaccount:{ns}:{name}",
+        "uid": "5d3f1c9e-0000-4000-8000-00000000abcd",
+        "groups": [
+            "system:serviceaccounts",
+            f"system:serviceaccounts:{ns}",
+            "system:authenticated",
+        ],
+        "extra": {"authentication.kubernetes.io/pod-name": [f"{name}-7d9f8-abcde"]},
+    }
+
+
+def cluster_admin_binding(user: dict[str, Any] | str) -> dict[str, Any]:
+    body = {
+        "apiVersion": f"{RBAC}/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": "pwn"},
+        "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"kind": "User", "name": "mallory"}],
+    }
+    return ev("create", "clusterrolebindings", group=RBAC, user=user, code=201, body=body)
+
+
+def node_proxy(path: str, user: dict[str, Any] | str = "alice", verb: str = "create") -> dict:
+    node = "ip-10-0-1-23.us-west-2.compute.internal"
+    uri = f"/api/v1/nodes/{node.split('/')[0]}{path}"
+    return ev(verb, "nodes", name=node, sub="proxy", user=user, uri=uri)
+
+
+def webhook_created(user: dict[str, Any] | str) -> dict[str, Any]:
+    body = {
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": "x"},
+        "webhooks": [{"name": "x.evil.io", "clientConfig": {"url": "https://203.0.113.9/m"}}],
+    }
+    group = "admissionregistration.k8s.io"
+    return ev("create", "mutatingwebhookconfigurations", group=group, user=user, body=body)
+
+
+@pytest.mark.parametrize(
+    "addon",
+    ["aws-load-balancer-controller", "ebs-csi-controller-sa", "karpenter", "cluster-autoscaler"],
+)
+def test_a_kube_system_add_on_token_is_not_the_control_plane(ruleset, addon):
+    """Add-ons in kube-system run in ordinary pods: a stolen token of one is an attacker."""
+    who = sa("kube-system", addon)
+    assert fired(ruleset, "cluster-admin-binding", cluster_admin_binding(who)) == 1
+    assert fired(ruleset, "rbac-changed", cluster_admin_binding(who)) == 1
+    assert fired(ruleset, "nodes-proxy-access", node_proxy("/proxy/run/prod/api/app?cmd=id", who))
+    assert fired(ruleset, "admission-webhook-changed", webhook_created(who)) == 1
+
+
+@pytest.mark.parametrize(
+    "controller",
+    ["clusterrole-aggregation-controller", "generic-garbage-collector", "namespace-controller"],
+)
+def test_kube_controller_manager_controllers_stay_the_control_plane(ruleset, controller):
+    who = sa("kube-system", controller)
+    assert fired(ruleset, "rbac-changed", cluster_admin_binding(who)) == 0
+    assert fired(ruleset, "admission-webhook-changed", webhook_created(who)) == 0
+    assert fired(ruleset, "cluster-admin-binding", cluster_admin_binding("system:apiserver")) == 0
+
+
+def test_impersonating_a_kube_system_add_on_is_still_privileged(ruleset):
+    event = ev("get", "secrets", ns="kube-system", name="x")
+    event["impersonatedUser"] = {"username": f"{KS}aws-load-balancer-controller"}
+    assert fired(ruleset, "impersonation-of-privileged-identity", event) == 1
+
+
+UNAUTH = {"apiGroup": RBAC, "kind": "Group", "name": "system:unauthenticated"}
+ANON = {"apiGroup": RBAC, "kind": "User", "name": "system:anonymous"}
+READERS = {"apiGroup": RBAC, "kind": "Group", "name": "readers"}
+
+
+@pytest.mark.parametrize("subject", [UNAUTH, ANON])
+def test_a_json_patch_adding_anonymous_to_a_binding_fires(ruleset, subject):
+    patch = [{"op": "add", "path": "/subjects/-", "value": subject}]
+    binding = binding_patch("view-all", "view", patch, [READERS, subject])
+    assert fired(ruleset, "anonymous-binding", binding) == 1
+    # the same in a namespace's RoleBinding
+    role_binding = copy.deepcopy(binding)
+    role_binding["objectRef"].update(resource="rolebindings", namespace="prod", name="ops")
+    role_binding["requestURI"] = f"/apis/{RBAC}/v1/namespaces/prod/rolebindings/ops"
+    assert fired(ruleset, "anonymous-binding", role_binding) == 1
+
+
+def test_a_json_patch_adding_a_person_to_a_binding_is_not_anonymous(ruleset):
+    patch = [{"op": "add", "path": "/subjects/-", "value": EVE}]
+    assert fired(ruleset, "anonymous-binding", binding_patch("v", "view", patch, [EVE])) == 0
+    public = binding_patch(
+        "system:public-info-viewer", "system:public-info-viewer", patch, [UNAUTH]
+    )
+    assert fired(ruleset, "anonymous-binding", public) == 0
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/proxy/run/monitoring/kube-state-metrics-6d4b9/proxy/metrics?cmd=cat+/etc/passwd",
+        "/proxy/exec/monitoring/ksm-6d4b9/proxy/metrics?command=id&output=1",
+        "/proxy/run/prod/api/0b9c6f5e-1111-4222-8333-444455556666/metrics?cmd=id",
+        "/proxy/exec/prod/api-7d9f/x/healthz?command=sh",
+        "/proxy/metrics/../run/prod/api/app?cmd=id",
+        "/proxy/containerLogs/prod/api/app",
+    ],
+)
+def test_a_kubelet_command_ending_in_a_metrics_path_fires(ruleset, path):
+    assert fired(ruleset, "nodes-proxy-access", node_proxy(path)) == 1
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/proxy/metrics",
+        "/proxy/metrics/cadvisor",
+        "/proxy/metrics/resource",
+        "/proxy/metrics/probes",
+        "/proxy/stats/summary",
+        "/proxy/healthz",
+    ],
+)
+def test_kubelet_metrics_scrapes_through_the_proxy_stay_quiet(ruleset, path):
+    prometheus = sa("monitoring", "prometheus-k8s")
+    assert fired(ruleset, "nodes-proxy-access", node_proxy(path, prometheus, "get")) == 0
+    port = node_proxy(path, prometheus, "get")
+    port["requestURI"] = port["requestURI"].replace(".internal/", ".internal:10250/")
+    assert fired(ruleset, "nodes-proxy-access", port) == 0
+
+
+COREFILE = ".:53 {\n    errors\n    kubernetes cluster.local in-addr.arpa ip6.arpa\n}\n"
+
+
+def dns_config(verb: str, name: str = "coredns", user: Any = "alice", **kw: Any) -> dict:
+    body = {"kind": "ConfigMap", "metadata": {"name": name}, "data": {"Corefile": COREFILE}}
+    return ev(verb, "configmaps", ns="kube-system", name=name, user=user, body=body, **kw)
+
+
+@pytest.mark.parametrize(
+    ("verb", "name"), [("update", "coredns"), ("patch", "coredns"), ("delete", "kube-dns")]
+)
+def test_coredns_configuration_changed_by_a_person_fires(ruleset, verb, name):
+    rewrite = dns_config(verb, name)
+    rewrite["requestObject"]["data"]["Corefile"] = COREFILE.replace(
+        "errors", "rewrite name exact kubernetes.default.svc.cluster.local evil.example"
+    )
+    assert fired(ruleset, "cluster-dns-config-changed", rewrite) == 1
+
+
+def test_coredns_reconciled_by_eks_or_another_configmap_stays_quiet(ruleset):
+    eks = dns_config("patch", user={"username": "eks:addon-manager"})
+    assert fired(ruleset, "cluster-dns-config-changed", eks) == 0
+    assert fired(ruleset, "cluster-dns-config-changed", dns_config("update", "kube-proxy")) == 0
+    assert fired(ruleset, "cluster-dns-config-changed", dns_config("get")) == 0
+
+
+def service(verb: str, body: Any, *, ns: str = "default", name: str = "web") -> dict:
+    return ev(verb, "services", ns=ns, name=name, body=body)
+
+
+def test_a_json_patch_making_a_service_a_node_port_fires(ruleset):
+    to_node_port = [{"op": "replace", "path": "/spec/type", "value": "NodePort"}]
+    assert fired(ruleset, "nodeport-service", service("patch", to_node_port)) == 1
+    back = [{"op": "replace", "path": "/spec/type", "value": "ClusterIP"}]
+    assert fired(ruleset, "nodeport-service", service("patch", back)) == 0
+    probe = [{"op": "test", "path": "/spec/type", "value": "NodePort"}]
+    assert fired(ruleset, "nodeport-service", service("patch", probe)) == 0
+
+
+DASHBOARD = {
+    "kind": "Service",
+    "metadata": {"name": "kubernetes-dashboard", "namespace": "kubernetes-dashboard"},
+    "spec": {"type": "LoadBalancer", "selector": {"k8s-app": "kubernetes-dashboard"}},
+}
+
+
+def test_the_dashboard_behind_a_load_balancer_fires(ruleset):
+    ns = "kubernetes-dashboard"
+    created = service("create", DASHBOARD, ns=ns, name="")  # a create names no object
+    assert fired(ruleset, "dashboard-exposed", created) == 1
+    to_lb = {"spec": {"type": "LoadBalancer"}}
+    assert fired(ruleset, "dashboard-exposed", service("patch", to_lb, ns=ns, name=ns)) == 1
+    json_patch = [{"op": "replace", "path": "/spec/type", "value": "LoadBalancer"}]
+    renamed = service("patch", json_patch, ns="tools", name="kubernetes-dashboard-kong-proxy")
+    assert fired(ruleset, "dashboard-exposed", renamed) == 1
+
+
+def test_other_load_balancers_and_an_internal_dashboard_stay_quiet(ruleset):
+    shop = copy.deepcopy(DASHBOARD)
+    shop["metadata"] = {"name": "shop", "namespace": "shop"}
+    shop["spec"]["selector"] = {"app": "shop"}
+    assert fired(ruleset, "dashboard-exposed", service("create", shop, ns="shop", name="shop")) == 0
+    internal = copy.deepcopy(DASHBOARD)
+    internal["metadata"]["annotations"] = {
+        "service.beta.kubernetes.io/aws-load-balancer-scheme": "internal"
+    }
+    ns = "kubernetes-dashboard"
+    assert fired(ruleset, "dashboard-exposed", service("create", internal, ns=ns)) == 0
+    cluster_ip = copy.deepcopy(DASHBOARD)
+    cluster_ip["spec"]["type"] = "ClusterIP"
+    assert fired(ruleset, "dashboard-exposed", service("create", cluster_ip, ns=ns)) == 0
+
+
+def test_upper_case_aws_keys_in_a_configmap_fire(ruleset):
+    data = {"AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE", "AWS_SECRET_ACCESS_KEY": "wJalr"}
+    body = {"kind": "ConfigMap", "metadata": {"name": "app"}, "data": data}
+    created = ev("create", "configmaps", ns="default", code=201, body=body)
+    assert fired(ruleset, "configmap-credentials", created) == 1
+    plain = copy.deepcopy(created)
+    plain["requestObject"]["data"] = {"AWS_REGION": "us-west-2", "LOG_LEVEL": "INFO"}
+    assert fired(ruleset, "configmap-credentials", plain) == 0
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/var/lib/docker/overlay2",
+        "/var/lib/kubelet/kubeconfig",
+        "/var/lib/kubelet/config.json",
+        "/var/lib/kubelet/plugins",
+        "/etc/cron.d",
+        "/etc/shadow",
+        "/etc/eks",
+        "/boot",
+        "/boot/grub",
+        "/root/.ssh",
+        "/var/lib/containerd/io.containerd.runtime.v2.task",
+    ],
+)
+def test_sensitive_subpaths_fire(ruleset, path):
+    assert fired(ruleset, "sensitive-host-mount", mount(path)) == 1
+
+
+def mounts(*paths: str) -> dict[str, Any]:
+    event = mount(paths[0])
+    for key in ("requestObject", "responseObject"):
+        event[key]["spec"]["volumes"] = [
+            {"name": f"h{i}", "hostPath": {"path": p}} for i, p in enumerate(paths)
+        ]
+    return event
+
+
+def test_routine_subpaths_stay_quiet_unless_beside_a_sensitive_one(ruleset):
+    agent = ("/var/log", "/var/lib/docker/containers", "/etc/machine-id", "/etc/localtime")
+    assert fired(ruleset, "sensitive-host-mount", mounts(*agent)) == 0
+    assert fired(ruleset, "sensitive-host-mount", mounts("/etc/ssl/certs/ca-bundle.crt")) == 0
+    assert fired(ruleset, "sensitive-host-mount", mounts("/etc/localtime", "/etc/shadow")) == 1
+
+
+def helm_list(user_agent: str, selector: str | None) -> dict[str, Any]:
+    query = f"?labelSelector={selector}" if selector else ""
+    event = ev("list", "secrets", uri=f"/api/v1/secrets{query}", user=iam())
+    event["userAgent"] = user_agent
+    return event
+
+
+def test_helm_listing_its_releases_is_not_a_secrets_dump(ruleset):
+    rule = "secrets-listed-cluster-wide"
+    assert fired(ruleset, rule, helm_list("Helm/3.16.2", "owner%3Dhelm")) == 0
+    assert fired(ruleset, rule, helm_list("Helm/3.16.2", "name%3Dweb%2Cowner%3Dhelm")) == 0
+    assert fired(ruleset, rule, helm_list("Helm/3.16.2", None)) == 1
+    assert fired(ruleset, rule, helm_list("Helm/3.16.2", "owner%3Dhelmet")) == 1
+    assert fired(ruleset, rule, helm_list("kubectl/v1.31.2", "owner%3Dhelm")) == 1
+
+
+def kube_system_pod(image: str) -> dict[str, Any]:
+    body = {
+        "kind": "Pod",
+        "metadata": {"generateName": "karpenter-6c9f8d7b9-", "namespace": "kube-system"},
+        "spec": {"serviceAccountName": "karpenter", "containers": [{"image": image}]},
+    }
+    who = sa("kube-system", "replicaset-controller")
+    return ev("create", "pods", ns="kube-system", user=who, code=201, body=body)
+
+
+def test_karpenter_in_kube_system_is_a_cluster_image(ruleset):
+    karpenter = "public.ecr.aws/karpenter/controller:1.0.6@sha256:" + "1e" * 32
+    assert fired(ruleset, "pod-in-kube-namespace", kube_system_pod(karpenter)) == 0
+    look_alike = "public.ecr.aws/karpenter/controller-x:1.0.6"
+    assert fired(ruleset, "pod-in-kube-namespace", kube_system_pod(look_alike)) == 1
+    assert fired(ruleset, "pod-in-kube-namespace", kube_system_pod("busybox:1.36")) == 1

@@ -515,6 +515,17 @@ def _host_paths() -> pl.Expr:
     )
 
 
+def _service_type() -> pl.Expr:
+    """A Service body's ``spec.type``; for a JSON patch, the value its last operation on
+    ``/spec/type`` sets (``[{"op": "replace", "path": "/spec/type", "value": "NodePort"}]``
+    carries no ``spec`` to read)."""
+    patched = _patched_values(pl.col("request_object"), "/spec/type", _SCALAR_JSON, "")
+    return pl.coalesce(
+        _json_path("request_object", "$.spec.type"),
+        patched.list.last().str.json_path_match("$"),
+    )
+
+
 def _host_namespaces() -> pl.Expr:
     flags = []
     for key in ("hostNetwork", "hostPID", "hostIPC"):
@@ -632,6 +643,12 @@ DERIVED_FIELDS: dict[str, DerivedField] = {
         "list",
         _host_namespaces,
         "which of hostNetwork, hostPID, hostIPC the request body sets to true",
+    ),
+    "service_type": DerivedField(
+        "str",
+        _service_type,
+        "a Service body's `spec.type` (`NodePort`, `LoadBalancer`...), or the value a JSON "
+        "patch sets at `/spec/type`",
     ),
     "added_capabilities": DerivedField(
         "list",
