@@ -40,7 +40,7 @@ class MissingLake(StorageError):
 
 
 @functools.lru_cache(maxsize=64)
-def _bucket_checked(bucket: str, endpoint: str | None) -> bool:
+def _bucket_checked(bucket: str, endpoint: str | None, setting: str) -> bool:
     import boto3
     from botocore.config import Config
     from botocore.exceptions import BotoCoreError, ClientError
@@ -55,8 +55,7 @@ def _bucket_checked(bucket: str, endpoint: str | None) -> bool:
         code = str(exc.response.get("Error", {}).get("Code"))
         if code in ("404", "NoSuchBucket", "NotFound"):
             raise MissingBucket(
-                f"S3 bucket {bucket!r} does not exist (create it, or fix --lake / lake in "
-                "detect.toml)"
+                f"S3 bucket {bucket!r} does not exist (create it, or fix {setting})"
             ) from None
         # 403 and the like: we may still be allowed to use our prefix; let the real
         # request say what is wrong.
@@ -65,10 +64,11 @@ def _bucket_checked(bucket: str, endpoint: str | None) -> bool:
     return True
 
 
-def require_bucket(uri: str) -> None:
-    """Raise :class:`MissingBucket` (exit 2) when ``uri`` is on S3 and its bucket is absent."""
+def require_bucket(uri: str, setting: str = "--lake / lake in detect.toml") -> None:
+    """Raise :class:`MissingBucket` (exit 2) when ``uri`` is on S3 and its bucket is absent;
+    the message names ``setting``, where the user gave it."""
     if is_s3(uri):
-        _bucket_checked(uri.split("://", 1)[1].split("/", 1)[0], endpoint_url())
+        _bucket_checked(uri.split("://", 1)[1].split("/", 1)[0], endpoint_url(), setting)
 
 
 def is_s3(uri: str) -> bool:

@@ -320,6 +320,17 @@ def test_a_missing_bucket_is_a_configuration_error(tmp_path, moto_endpoint):
 
     with pytest.raises(MissingBucket):  # reading it is no empty lake either
         Lake("s3://no-such-bucket-here/lake").scan_events()
+    # a model folder in a missing bucket: said before training, not after the whole fit
+    # as "unexpected FileNotFoundError", exit 3 (which cron retries, fitting again)
+    lake = str(tmp_path / "lake")
+    assert cli("ingest", str(src), "--lake", lake, "--cluster", "prod").returncode == 0
+    train = cli(
+        "train", "--lake", lake, "--since", "1d", "--model-dir", "s3://no-such-bucket-here/m"
+    )
+    assert train.returncode == 2, train.stderr
+    assert "bucket 'no-such-bucket-here' does not exist (create it, or fix --model-dir)" in (
+        train.stderr
+    )
 
 
 def test_an_object_is_marked_done_only_after_its_quarantined_lines_are_stored(

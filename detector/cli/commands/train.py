@@ -86,8 +86,10 @@ def train(
         detect train --lake s3://audit/lake --since 14d --executor ray
     """
     from detector.detect.train import train_model
+    from detector.storage import require_bucket
 
     start, end = check_range(since, until or datetime.now(UTC))
+    require_bucket(model_dir, "--model-dir")  # before the fit, not after it
     runner = executor_for(executor, address)
     with chunk_progress("training") as progress:
         model = train_model(
