@@ -695,6 +695,20 @@ def test_sink_config_errors_name_the_sink_and_key():
         sink_config.parse_sinks(
             [{"name": "a", "type": "ocsf", "format": "parquet", "path": "/x", "source_name": ".."}]
         )
+    with pytest.raises(sink_config.SinkConfigError, match="needs region and account_id"):
+        # Security Lake files by region and account: a guess filed them as us-east-1 and
+        # 000000000000, where nothing attributes them
+        sink_config.parse_sinks(
+            [
+                {
+                    "name": "a",
+                    "type": "ocsf",
+                    "format": "parquet",
+                    "path": "/x",
+                    "region": "eu-west-1",
+                }
+            ]
+        )
     with pytest.raises(sink_config.SinkConfigError, match="DETECT_NOPE"):
         build(sink(name="a", type="webhook", url_env="DETECT_NOPE"))
     # Found at start-up, not at the first alert (each of these failed there, or hung):

@@ -273,6 +273,12 @@ def parse_sink(item: Any, where: str) -> SinkConfig:
             value = options.get(key)
             if value is not None and not _SEGMENT.match(str(value)):
                 raise SinkConfigError(f"{where}: {key} must be letters, digits, - or _")
+        if fmt == "parquet" and not (options.get("region") and options.get("account_id")):
+            # Security Lake files its custom sources by region and account: a guess (it was
+            # us-east-1 and 000000000000) files findings where nothing attributes them.
+            raise SinkConfigError(
+                f"{where}: parquet (Amazon Security Lake's layout) needs region and account_id"
+            )
     region = options.get("region")
     named = isinstance(region, str) and settings.REGION_NAME.fullmatch(region)
     if region is not None and not named:

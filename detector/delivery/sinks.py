@@ -430,8 +430,9 @@ class OcsfSink(Sink):
         self.path = cfg.options["path"]
         self.format = cfg.options.get("format", "jsonl")
         self.source = cfg.options.get("source_name", payloads.PRODUCT)
-        self.region = cfg.options.get("region") or "us-east-1"
-        self.account = str(cfg.options.get("account_id") or "000000000000")
+        # Both are required for parquet (config.parse_sink); jsonl records carry them if set.
+        self.region = cfg.options.get("region") or ""
+        self.account = str(cfg.options.get("account_id") or "")
 
     def record(self, alert: Alert) -> dict[str, Any]:
         acct = self.cfg.options.get("account_id")
