@@ -641,15 +641,45 @@ def test_ocsf_json_lines_are_valid_detection_findings(tmp_path):
     oc = build(
         sink(name="ocsf", type="ocsf", path=str(out), account_id="123456789012", region="eu-west-1")
     )
-    (inc,) = incidents()
+    # ATT&CK as the rules map it: a technique, and a sub-technique under its parent (the
+    # records a rule with a technique produced failed the validator: no technique name)
+    (inc,) = incidents(
+        [
+            finding(ROLE, T0, severity="high", detector="rule:exec", tactic="Execution",
+                    technique="T1609"),
+            finding(ROLE, T0 + W, severity="medium", tactic="Execution",
+                    technique="T1098.006"),
+        ]
+    )  # fmt: skip
     state = deliver([inc], [oc], DeliveryState(), now=NOW).state
     deliver([grow(inc, "critical")], [oc], state, now=NOW + timedelta(minutes=1))
     lines = [orjson.loads(x) for x in out.read_bytes().splitlines()]
     assert [x["activity_id"] for x in lines] == [1, 2]
+    attacks = lines[0]["finding_info"]["attacks"]
+    assert {"uid": "T1609", "name": "Container Administration Command"} in [
+        a["technique"] for a in attacks
+    ]
+    sub = next(a for a in attacks if "sub_technique" in a)
+    assert sub["technique"] == {"uid": "T1098", "name": "Account Manipulation"}
+    assert sub["sub_technique"] == {
+        "uid": "T1098.006",
+        "name": "Additional Container Cluster Roles",
+    }
     assert lines[0]["finding_info"]["uid"] == lines[1]["finding_info"]["uid"] == inc.incident_id
     assert [x["status_id"] for x in lines] == [1, 1]
     for rec in lines:
         validate_ocsf(rec)
+
+
+def test_every_technique_a_shipped_rule_or_scenario_gives_has_its_attack_name():
+    from detector.rules import load_ruleset
+    from detector.rules.attack import TECHNIQUES
+    from detector.simulate.attacks import SCENARIOS
+
+    given = {r.technique for r in load_ruleset().rules if r.technique}
+    given |= {technique for _tactic, technique, _ in SCENARIOS.values()}
+    assert given and given <= set(TECHNIQUES), sorted(given - set(TECHNIQUES))
+    assert {t.split(".")[0] for t in given} <= set(TECHNIQUES)  # the parents too
 
 
 def test_ocsf_parquet_lands_in_the_security_lake_layout_on_s3(aws, s3_bucket):

@@ -15,6 +15,7 @@ from typing import Any
 from detector import __version__
 from detector.incidents.group import Incident
 from detector.incidents.status import ASFF_WORKFLOW, OCSF_STATUS_ID, OCSF_STATUS_NAME
+from detector.rules.attack import technique_objects
 
 PRODUCT = "audit-detector"
 VENDOR = "audit-detector"
@@ -324,7 +325,7 @@ def ocsf(
     attacks = [
         {
             "tactic": {"name": t["tactic"]},
-            **({"technique": {"uid": t["technique"]}} if t.get("technique") else {}),
+            **(technique_objects(t["technique"]) if t.get("technique") else {}),
         }
         for t in inc.timeline
         if t.get("tactic")
