@@ -241,7 +241,15 @@ def test_a_ray_address_where_nothing_listens_is_one_line_at_once(tmp_path, detec
     (tmp_path / "lake").mkdir()
     base = ("score", "--lake", str(tmp_path / "lake"), "--since", "1h", "--no-model")
     port = free_port()  # bound, then released: nothing listens there
-    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+    import importlib.util
+
+    client = importlib.util.find_spec("grpc") is not None  # ray[client], not in the extra
+    if not client:  # Ray Client's address without it: one line, not Ray's own traceback
+        run = detect(*base, "--executor", "ray", "--address", f"ray://127.0.0.1:{port}")
+        assert run.returncode == 2, run.stderr
+        assert 'Ray Client address, which needs `pip install "ray[client]"`' in run.stderr
+    addresses = [f"127.0.0.1:{port}", *([f"ray://127.0.0.1:{port}"] if client else [])]
+    for address in addresses:
         run = detect(*base, "--executor", "ray", "--address", address, timeout=60)
         assert run.returncode == 3, run.stderr
         assert run.stderr.strip().splitlines() == [

@@ -430,7 +430,7 @@ AddressOpt = Annotated[
     typer.Option(
         "--address",
         envvar="RAY_ADDRESS",
-        help="Ray cluster to join (ray://head:10001); default: RAY_ADDRESS or a local Ray.",
+        help="Ray cluster to join (head:6379); default: RAY_ADDRESS or a local Ray.",
     ),
 ]
 

@@ -62,9 +62,25 @@ def _endpoint(address: str) -> tuple[str, int] | None:
     return (host, port) if host and port else None
 
 
+def _client_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("grpc") is not None
+
+
 def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
     """Fail in one line, within ``timeout``, when nothing accepts a connection at the Ray
-    address (:class:`ClusterUnreachable`); the address's form is Ray's to check."""
+    address (:class:`ClusterUnreachable`); the address's form is Ray's to check.
+
+    A ``ray://`` address is Ray Client's, which needs ``ray[client]`` (gRPC); the extra
+    installs plain ``ray``, which joins a cluster at its GCS address (``head:6379``) or
+    through ``RAY_ADDRESS``: said in one line rather than after Ray's own start-up."""
+    if address.startswith("ray://") and not _client_installed():
+        raise ExecutorError(
+            f"--address {address[:80]!r} is a Ray Client address, which needs "
+            '`pip install "ray[client]"`; or join the cluster at its head\'s GCS address '
+            "(head:6379) from a pod inside it"
+        )
     endpoint = _endpoint(address)
     if endpoint is None:
         return
@@ -100,7 +116,8 @@ class LocalExecutor:
 class RayExecutor:
     """Every partition as a Ray task; joins a running cluster or starts a local one.
 
-    ``address``: ``ray://host:10001`` or ``host:6379`` of a cluster; ``None`` joins the
+    ``address``: ``host:6379`` (the head's GCS) or ``ray://host:10001`` (Ray Client, with
+    ``ray[client]``) of a cluster; ``None`` joins the
     cluster of ``RAY_ADDRESS`` (set by KubeRay in a RayJob) or one already initialised in
     this process, else starts a local one.
     """
