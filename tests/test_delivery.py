@@ -335,7 +335,7 @@ class Redirecting:
                 self._answer(200)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
 
     def close(self) -> None:
@@ -396,6 +396,39 @@ def test_a_sink_that_fails_waits_and_holds_up_no_other(receiver):
         down.close()
 
 
+def test_a_signal_the_kernel_gives_a_sink_thread_is_handled_while_the_sink_hangs():
+    """A process-wide signal goes to any thread that does not block it. Given to a sink's
+    thread, its handler waited for the main thread, which was blocked for good on that
+    hung sink: a second SIGTERM did not end `detect watch` (it ran 150 s past it). The
+    main thread now wakes while it waits. (The signal is aimed at the sink's thread with
+    pthread_kill, in this process: a handler runs only in the main thread of a process.)"""
+    import signal
+
+    arrived, released = threading.Event(), threading.Event()
+
+    def hang() -> int | None:
+        arrived.set()
+        return None if released.wait(timeout=20) else 504  # answered once the handler ran
+
+    r = Receiver(before=hang)
+
+    def poke() -> None:
+        arrived.wait(timeout=20)
+        (sender,) = [t for t in threading.enumerate() if t.name.startswith("sink")]
+        signal.pthread_kill(sender.ident, signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGUSR1, lambda *_: released.set())
+    try:
+        threading.Thread(target=poke, daemon=True).start()
+        (one,) = incidents([finding(ROLE, T0, severity="high")])
+        hook = build(sink(name="hook", type="webhook", url=r.url, retries=0))
+        report = deliver([one], [hook], DeliveryState(), now=NOW)
+        assert len(report.sent) == 1, report.dead_letters  # not the 504 of a handler too late
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+        r.close()
+
+
 def test_a_throttled_sink_waits_as_long_as_it_asks():
     """429 with ``Retry-After: 7``: the next attempt came after the fixed backoff (1 s)."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -414,7 +447,7 @@ def test_a_throttled_sink_waits_as_long_as_it_asks():
             self.end_headers()
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
     try:
         sleep = FakeSleep()
         url = f"http://127.0.0.1:{server.server_address[1]}/hook"

@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -225,7 +225,7 @@ def deliver(
             pool.submit(contextvars.copy_context().run, serve, sink, due) for sink, due in plans
         ]
         for future in futures:
-            future.result()
+            _wait(future)
     for sink, _ in plans:  # reported in the sinks' order, whichever finished first
         _report(report, sink, outcomes.get(sink.name, []), now)
     for name in dict.fromkeys(w["sink"] for w in report.waiting):
@@ -239,6 +239,20 @@ def deliver(
     if checkpoint is not None:
         checkpoint(report.state)
     return report
+
+
+#: How often the main thread wakes while sinks send: a signal the kernel delivered to a
+#: sink's thread (any thread may get it) runs its handler only once the main thread runs.
+WAKE_EVERY = 0.25
+
+
+def _wait(future: Future[None]) -> None:
+    """``future.result()``, waking every :data:`WAKE_EVERY`: blocked for good on a sink that
+    hangs, the main thread never ran the handler of a second SIGTERM delivered to another
+    thread, and ``detect watch`` outlived its grace period."""
+    while not wait([future], timeout=WAKE_EVERY).done:
+        pass
+    future.result()  # what the sink's thread raised (a checkpoint's fence), raised here
 
 
 def _send(sink: Sink, alerts: list[Alert]) -> list[Outcome]:
