@@ -30,7 +30,7 @@ demo: compile  ## generate four days of EKS traffic, ingest, train on three, sco
 	$(VENV)/bin/detect demo
 
 test: compile  ## the whole test suite, on every core (pytest-xdist)
-	$(VENV)/bin/pytest -n auto
+	$(VENV)/bin/pytest -n auto --dist worksteal
 
 bench: compile  ## benchmarks: print events/s, MB/s and peak RSS
 	$(VENV)/bin/python bench/run.py
