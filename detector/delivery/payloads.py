@@ -316,12 +316,17 @@ def asff(
 
 
 # --------------------------------------------------------------------------- OCSF
+_OCSF_ACTIVITY = {1: "Create", 2: "Update", 3: "Close"}
+
+
 def ocsf(
     alert: Alert, *, account_id: str | None = None, region: str | None = None
 ) -> dict[str, Any]:
-    """An OCSF 1.x Detection Finding (class 2004): create on new, update on a new version."""
+    """An OCSF 1.x Detection Finding (class 2004): create on new, update on a new version,
+    close when the incident was resolved (OCSF's activity 3, with status Resolved)."""
     inc = alert.incident
-    activity = 1 if alert.kind == "new" else 2
+    activity = 1 if alert.kind == "new" else 3 if inc.status == "resolved" else 2
+    activity_name = _OCSF_ACTIVITY[activity]
     attacks = [
         {
             "tactic": {"name": t["tactic"]},
@@ -339,13 +344,13 @@ def ocsf(
             unique_attacks.append(a)
     record: dict[str, Any] = {
         "activity_id": activity,
-        "activity_name": "Create" if activity == 1 else "Update",
+        "activity_name": activity_name,
         "category_uid": 2,
         "category_name": "Findings",
         "class_uid": 2004,
         "class_name": "Detection Finding",
         "type_uid": 2004 * 100 + activity,
-        "type_name": f"Detection Finding: {'Create' if activity == 1 else 'Update'}",
+        "type_name": f"Detection Finding: {activity_name}",
         "time": _ms(inc.updated_at or inc.last_seen),
         "start_time": _ms(inc.first_seen),
         "end_time": _ms(inc.last_seen),
