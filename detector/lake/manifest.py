@@ -20,8 +20,9 @@ import time
 from datetime import UTC, datetime
 
 import orjson
+import polars as pl
 
-from detector.events.redact import redact_text
+from detector.events.redact import redact_text_columns
 from detector.lake.events import Lake
 from detector.lake.table import list_files, put_atomic, read_bytes
 
@@ -60,8 +61,12 @@ class ObjectManifest:
         flushed."""
         if not objects:
             return
+        # One pass over the flush's URIs (a run records thousands of objects), not one each.
+        uris = pl.DataFrame({"uri": [u for u, _ in objects]}, schema={"uri": pl.String})
+        shown = redact_text_columns(uris, ["uri"])[0]["uri"]
         items = [
-            {"uri_sha256": uri_digest(u), "uri": redact_text(u), "etag": e} for u, e in objects
+            {"uri_sha256": uri_digest(u), "uri": r, "etag": e}
+            for (u, e), r in zip(objects, shown, strict=True)
         ]
         body = orjson.dumps({"recorded_at": datetime.now(UTC).isoformat(), "objects": items})
         name = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
