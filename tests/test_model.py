@@ -508,6 +508,135 @@ def test_cli_score_with_a_malformed_card_exits_2_with_a_clear_error(tmp_path, tr
     assert "severity_cutoffs" in res.stderr and "unexpected" not in res.stderr
 
 
+# --------------------------------------------------------------------------- card integrity
+def _raised(c: dict, to: float) -> None:
+    """A threshold of ``to`` with bands rising from it: a card ``check_card`` accepts."""
+    c["threshold"] = to
+    c["severity_cutoffs"] = {"low": to, "medium": to + 0.01, "high": to + 0.02, "critical": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        (lambda c: _raised(c, 0.95), "severity_cutoffs.low, severity_cutoffs.medium"),
+        (lambda c: c["severity_cutoffs"].update(critical=0.999), "severity_cutoffs.critical"),
+        (lambda c: c.update(window_seconds=3600), "(window_seconds changed"),
+        (lambda c: c.update(log_transform=not c["log_transform"]), "(log_transform changed"),
+        (lambda c: c.update(alert_rate=0.5), "(alert_rate changed"),
+        (lambda c: c.update(threshold_method="sigma"), "(threshold_method changed"),
+        (lambda c: c["params"].update(log_transform=True), "(params.log_transform changed"),
+        (lambda c: c["training"].update(until="2030-01-01T00:00:00Z"), "(training.until"),
+        (lambda c: c["training"].update(clusters=["prod"]), "(training.clusters changed"),
+        (lambda c: c["training_scores"].update(std=1.0), "(training_scores.std changed"),
+        (lambda c: c["baseline"]["population"][0].update(p99=1e6), "(baseline.population"),
+        (lambda c: c.update(features_version=c["features_version"]), None),  # no change
+        (lambda c: c.pop("alert_rate"), "(alert_rate changed"),
+        (lambda c: c.update(extra_rule="flag nothing"), "(extra_rule changed"),
+        (lambda c: c.update(card_format=2), "(card_format changed"),  # a claim to be old
+    ],
+)
+def test_a_card_edited_by_hand_is_refused(tmp_path, trained, scored, change, why):
+    """Every key but the files' names is recorded inside the forest file: a card that a
+    person or a tool edited (a threshold raised so nothing is flagged, another window) was
+    loaded and used as is; now it is refused with one line naming what changed."""
+    d = _saved(tmp_path, trained)
+    card = _card(d)
+    change(card)
+    (d / CARD_NAME).write_text(json.dumps(card, indent=4))  # layout is not content
+    if why is None:
+        assert np.array_equal(Model.load(str(d)).score(scored), trained.score(scored))
+        return
+    with pytest.raises(ModelError, match="edited by hand or tampered") as err:
+        Model.load(str(d))
+    assert why in str(err.value) and "\n" not in str(err.value)
+    assert "retrain with `detect train`" in str(err.value)
+
+
+def test_a_card_pointing_a_baseline_table_at_another_tables_file_is_refused(tmp_path, trained):
+    d = _saved(tmp_path, trained)
+    card = _card(d)
+    files = card["baseline"]["files"]
+    files["seen"], files["actions"] = files["actions"], files["seen"]
+    (d / CARD_NAME).write_text(json.dumps(card))
+    with pytest.raises(ModelError, match="another table's file"):
+        Model.load(str(d))
+
+
+def test_cli_score_with_an_edited_card_exits_2_naming_the_key(tmp_path, trained):
+    from typer.testing import CliRunner
+
+    from detector.cli import app
+
+    d = _saved(tmp_path, trained)
+    card = _card(d)
+    _raised(card, 0.9)
+    (d / CARD_NAME).write_text(json.dumps(card))
+    res = CliRunner().invoke(
+        app, ["score", "--lake", str(tmp_path / "lake"), "--since", "1h", "--model-dir", str(d)]
+    )
+    assert res.exit_code == 2, res.output
+    err = res.stderr.strip()
+    assert "threshold changed" in err and "edited by hand" in err and "\n" not in err
+
+
+def _as_format_2(d: Path) -> None:
+    """Turn a saved model into what versions before the card record wrote: the forest file
+    without its ``card`` entry, its sha256 in a card of format 2."""
+    import hashlib
+
+    blob = next(d.glob("model-*.npz"))
+    with np.load(blob, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files if k != "card"}
+    assert set(arrays) == {"left", "right", "feature", "threshold", "leaf_value", "roots", "meta"}
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    blob.write_bytes(buf.getvalue())
+    card = _card(d)
+    card["card_format"] = 2
+    card["files"][blob.name] = hashlib.sha256(buf.getvalue()).hexdigest()
+    (d / CARD_NAME).write_text(json.dumps(card, indent=2))
+
+
+def test_a_model_saved_before_the_card_record_loads_with_a_warning(
+    tmp_path, trained, scored, caplog
+):
+    import logging
+
+    d = _saved(tmp_path, trained)
+    _as_format_2(d)
+    with caplog.at_level(logging.WARNING, logger="detector.model.storage"):
+        loaded = Model.load(str(d))
+    assert np.array_equal(loaded.score(scored), trained.score(scored))
+    assert loaded.threshold == trained.threshold
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "card format 2" in warning and "unchecked" in warning and "threshold" in warning
+
+
+def test_a_current_card_whose_forest_file_lost_its_record_is_refused(tmp_path, trained):
+    """Stripping the record (and re-signing the file) does not turn the check off: the
+    card says format 3, which has one."""
+    d = _saved(tmp_path, trained)
+    _as_format_2(d)
+    card = _card(d)
+    card["card_format"] = 3
+    (d / CARD_NAME).write_text(json.dumps(card))
+    with pytest.raises(ModelError, match="holds no record of it"):
+        Model.load(str(d))
+
+
+def test_the_card_record_is_plain_bytes_in_the_forest_file(tmp_path, trained):
+    """The record is a uint8 array read with allow_pickle=False, and it is the card."""
+    d = _saved(tmp_path, trained)
+    with np.load(next(d.glob("model-*.npz")), allow_pickle=False) as z:
+        record = z["card"]
+    assert record.dtype == np.uint8 and record.ndim == 1
+    saved = json.loads(record.tobytes())
+    card = _card(d)
+    assert saved["threshold"] == card["threshold"] == trained.threshold
+    assert saved["window_seconds"] == card["window_seconds"]
+    assert "files" not in saved and "model_version" not in saved
+
+
 def _tamper_trees(d: Path, edit) -> None:
     """Edit the forest's arrays and re-sign them in the card (an attacker who can write
     the model directory can do both)."""

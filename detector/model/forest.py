@@ -12,6 +12,10 @@ every child index inside its own tree and after its parent (so no cycle can exis
 node reached exactly once from its root, features in range and values finite. A file that
 fails any check is refused with one line, never scored (a cycle would otherwise loop or
 give a wrong score).
+
+A model file may also hold one ``uint8`` entry, ``card``: bytes its writer keeps beside the
+trees, under the file's own digest (:mod:`detector.model.storage` records the model card's
+fields there, so that an edited card can be told from the card it was saved with).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ if TYPE_CHECKING:
     from sklearn.ensemble import IsolationForest
 
 ARRAYS = ("left", "right", "feature", "threshold", "leaf_value", "roots")
+#: The optional entry of bytes kept beside the trees (see the module docstring).
+RECORD = "card"
 #: Bounds on what a model file may declare: far above what training produces, low enough
 #: that a hostile file cannot make scoring allocate or loop without end.
 MAX_NODES = 50_000_000
@@ -144,15 +150,22 @@ class ArrayForest:
             out[lo : lo + chunk] = 2.0 ** (-paths / denominator) if denominator else 1.0
         return out
 
-    def to_bytes(self) -> bytes:
+    def to_bytes(self, *, record: bytes | None = None) -> bytes:
+        """The trees as a ``.npz`` file, with ``record`` as its ``card`` entry when given."""
         buf = io.BytesIO()
         meta = np.array([self.max_samples, self.n_features, self.depth], dtype=np.int64)
-        np.savez(buf, **{k: getattr(self, k) for k in ARRAYS}, meta=meta)
+        extra = {} if record is None else {RECORD: np.frombuffer(record, dtype=np.uint8)}
+        np.savez(buf, **{k: getattr(self, k) for k in ARRAYS}, meta=meta, **extra)
         return buf.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ArrayForest:
         """Read and check a saved forest; raises :class:`ForestFileError` with the reason."""
+        return cls.read(data)[0]
+
+    @classmethod
+    def read(cls, data: bytes) -> tuple[ArrayForest, bytes | None]:
+        """:meth:`from_bytes`, and the file's ``card`` entry (``None`` when it has none)."""
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
@@ -162,8 +175,11 @@ class ArrayForest:
             ) from None
         if not all(isinstance(a, np.ndarray) for a in arrays.values()):
             raise ForestFileError("model file holds entries that are not arrays")
-        if set(arrays) != {*ARRAYS, "meta"}:
+        if set(arrays) - {RECORD} != {*ARRAYS, "meta"}:
             raise ForestFileError(f"model file holds {sorted(arrays)}, not a forest's arrays")
+        record = arrays.pop(RECORD, None)
+        if record is not None and (record.ndim != 1 or record.dtype != np.uint8):
+            raise ForestFileError(f"model file's {RECORD} entry is not a 1-d array of bytes")
         meta = arrays.pop("meta")
         if meta.shape != (3,) or meta.dtype.kind not in "iu":
             raise ForestFileError("model file's meta array is not 3 integers")
@@ -172,7 +188,8 @@ class ArrayForest:
             raise ForestFileError("model file declares an impossible forest size")
         arrays = _typed(arrays)
         depth = check_trees(**arrays, n_features=n_features)
-        return cls(**arrays, max_samples=max_samples, n_features=n_features, depth=depth)
+        forest = cls(**arrays, max_samples=max_samples, n_features=n_features, depth=depth)
+        return forest, None if record is None else record.tobytes()
 
 
 def _typed(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -96,9 +96,10 @@ class Scorer:
         """Severity band of each anomaly score (``None`` below the threshold)."""
         return severity_of(scores, self.severity_cutoffs)
 
-    def trees_bytes(self) -> bytes:
-        """The trees as a ``.npz`` file (the rest of the scorer goes in the model card)."""
-        return self.forest.to_bytes()
+    def trees_bytes(self, *, record: bytes | None = None) -> bytes:
+        """The trees as a ``.npz`` file (the rest of the scorer goes in the model card,
+        and ``record``, the card's own record, beside the trees)."""
+        return self.forest.to_bytes(record=record)
 
     @classmethod
     def fit(

@@ -17,6 +17,15 @@ Guarantees:
 - Loading trusts nothing: the card is checked key by key (types, ranges, file names) before
   any value is used, every file's sha256 must match the card, and the trees are checked
   (:mod:`detector.model.forest`). Any failure is a :class:`ModelError` with one line.
+- The card cannot be edited unseen: every key but ``created_at`` and those naming the files
+  (``model_version``, ``files``, ``baseline.files``, which the digests and the file names
+  already tie down) is also recorded, as canonical JSON, inside the forest file, whose
+  sha256 the card holds (:func:`card_record`). A card that differs from its record (a
+  threshold raised, another window, a feature list edited by hand) is refused, naming the
+  keys that differ. Cards of format 2 (saved before the record) are loaded with a warning
+  that their keys are unchecked. This guards against edits and accidents, not against a
+  writer of the model folder who rewrites the forest file and its digest too: that is a new
+  model, as any training writes.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import hashlib
 import io
 import itertools
 import json
+import logging
 import math
 import platform
 import re
@@ -43,8 +53,15 @@ from detector.model.forest import ArrayForest, ForestFileError
 from detector.model.scorer import BANDS, Scorer
 from detector.storage import Location
 
+log = logging.getLogger(__name__)
+
 CARD_NAME = "model.json"
-CARD_FORMAT = 2
+#: 3: the forest file records the card (:func:`card_record`); 2: it does not (still loaded).
+CARD_FORMAT = 3
+LEGACY_CARD_FORMAT = 2
+#: Card keys left out of its record: those naming the files (the record is inside one) and
+#: the time of saving (so that saving one model twice writes the same files, same version).
+UNRECORDED = ("model_version", "files", "created_at")
 DEFAULT_MODEL_DIR = "models"
 #: The only scorer kind this version saves and loads.
 BACKEND = "iforest"
@@ -202,17 +219,10 @@ class Model:
         """
         loc = Location.of(model_dir)
         previous = _current_version(loc)
-        blob = self.scorer.trees_bytes()
-        tables = {name: _parquet(getattr(self.baseline, name)) for name in BASELINE_TABLES}
-        version = _sha256(blob + b"".join(tables.values()))[:16]
-        files = {f"model-{version}.npz": blob}
-        files.update({f"baseline-{version}-{name}.parquet": data for name, data in tables.items()})
-        for name, data in files.items():
-            loc.put_atomic(loc.path(name), data)
-        card = {
+        # Everything the card says but the file names and digests, recorded in the forest
+        # file first (those come after: the names carry the hash of the files).
+        card: dict[str, Any] = {
             "card_format": CARD_FORMAT,
-            "model_version": version,
-            "created_at": _iso(datetime.now(UTC)),
             "backend": BACKEND,
             "params": self.params,
             "features": list(FEATURES),
@@ -226,15 +236,32 @@ class Model:
             "severity_cutoffs": self.scorer.severity_cutoffs,
             "training_scores": {"mean": self.scorer.score_mean, "std": self.scorer.score_std},
             "baseline": {
-                "files": {name: f"baseline-{version}-{name}.parquet" for name in BASELINE_TABLES},
                 "principals": self.baseline.principals.height,
                 "population": self.baseline.population.to_dicts(),
             },
-            "files": {name: _sha256(data) for name, data in files.items()},
             "training": self.training,
             "data_fingerprint": self.fingerprint,
             "libraries": library_versions(),
         }
+        card = json.loads(json.dumps(card))  # as a reader will see it (tuples become lists...)
+        blob = self.scorer.trees_bytes(record=card_record(card))
+        tables = {name: _parquet(getattr(self.baseline, name)) for name in BASELINE_TABLES}
+        version = _sha256(blob + b"".join(tables.values()))[:16]
+        files = {f"model-{version}.npz": blob}
+        files.update({f"baseline-{version}-{name}.parquet": data for name, data in tables.items()})
+        for name, data in files.items():
+            loc.put_atomic(loc.path(name), data)
+        card = {
+            "card_format": CARD_FORMAT,
+            "model_version": version,
+            "created_at": _iso(datetime.now(UTC)),
+            **card,
+        }
+        card["baseline"] = {
+            "files": {name: f"baseline-{version}-{name}.parquet" for name in BASELINE_TABLES},
+            **card["baseline"],
+        }
+        card["files"] = {name: _sha256(data) for name, data in files.items()}
         loc.put_atomic(loc.path(CARD_NAME), (json.dumps(card, indent=2) + "\n").encode())
         # Another training into the same folder (a manual run beside the nightly job) may
         # have written its card since ours, or be about to: its files are kept, the ones
@@ -273,10 +300,12 @@ class Model:
                     "corrupt); refusing to load it: retrain with `detect train`"
                 )
             blobs[name] = data
+        forest_name = f"model-{card['model_version']}.npz"
         try:
-            forest = ArrayForest.from_bytes(blobs[f"model-{card['model_version']}.npz"])
+            forest, record = ArrayForest.read(blobs[forest_name])
         except ForestFileError as exc:
             raise ModelError(f"{exc} in {model_dir}; retrain with `detect train`") from None
+        check_record(card, record, forest_name, model_dir)
         if forest.n_features != len(MODEL_INPUTS):
             raise ModelError(
                 f"model in {model_dir} scores {forest.n_features} inputs, this version "
@@ -406,10 +435,10 @@ def check_card(card: Any, model_dir: str) -> None:
     missing = [k for k in required if k not in card]
     if missing:
         raise bad(f"it lacks {', '.join(missing)}")
-    if card["card_format"] != CARD_FORMAT:
+    if card["card_format"] not in (CARD_FORMAT, LEGACY_CARD_FORMAT):
         raise ModelError(
-            f"model card format {card['card_format']!r} is not the supported {CARD_FORMAT}; "
-            "retrain with `detect train`"
+            f"model card format {card['card_format']!r} is not one of the supported "
+            f"{LEGACY_CARD_FORMAT} and {CARD_FORMAT}; retrain with `detect train`"
         )
     if card["backend"] != BACKEND:
         raise ModelError(f"model backend {card['backend']!r} is not available here")
@@ -433,6 +462,8 @@ def check_card(card: Any, model_dir: str) -> None:
     for name in BASELINE_TABLES:
         if base["files"].get(name) not in files:
             raise bad(f"baseline table {name} is not one of the files it lists")
+        if base["files"][name] != f"baseline-{version}-{name}.parquet":
+            raise bad(f"baseline table {name} is read from another table's file")
     population = base.get("population")
     if not isinstance(population, list) or not all(
         isinstance(r, dict)
@@ -467,6 +498,74 @@ def check_card(card: Any, model_dir: str) -> None:
     if values[0] != threshold or any(b <= a for a, b in itertools.pairwise(values)):
         raise bad("severity_cutoffs do not rise strictly from the threshold")
     _check_features(card, model_dir)
+
+
+def card_record(card: dict[str, Any]) -> bytes:
+    """The record of ``card`` kept in its forest file: canonical JSON of every key but
+    :data:`UNRECORDED` and ``baseline.files``."""
+    kept = {k: v for k, v in card.items() if k not in UNRECORDED}
+    if isinstance(kept.get("baseline"), dict):
+        kept["baseline"] = {k: v for k, v in kept["baseline"].items() if k != "files"}
+    return _canonical(kept).encode()
+
+
+def check_record(
+    card: dict[str, Any], record: bytes | None, forest_name: str, model_dir: str
+) -> None:
+    """Refuse a card that is not the one its forest file recorded (see module docstring).
+
+    A card of format 2 has no record to compare: it is loaded, with a warning.
+    """
+    if record is None:
+        if card["card_format"] != LEGACY_CARD_FORMAT:
+            raise ModelError(
+                f"model card in {model_dir} is format {card['card_format']} but {forest_name} "
+                "holds no record of it (replaced or tampered); retrain with `detect train`"
+            )
+        log.warning(
+            "model %s in %s was saved before cards were recorded in the model file "
+            "(card format %d): its threshold, severity_cutoffs, window_seconds, "
+            "log_transform, baseline population and training range are used unchecked; "
+            "retrain with `detect train` to have them checked",
+            card["model_version"],
+            model_dir,
+            LEGACY_CARD_FORMAT,
+        )
+        return
+    if card_record(card) == record:
+        return
+    try:
+        saved = json.loads(record)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        saved = None
+    if not isinstance(saved, dict):
+        raise ModelError(
+            f"model file {forest_name} in {model_dir} holds a record of its card that is not "
+            "a JSON object; retrain with `detect train`"
+        )
+    changed = _changed(json.loads(card_record(card)), saved)
+    raise ModelError(
+        f"model card in {model_dir} is not the one saved with {forest_name} "
+        f"({', '.join(changed[:5]) or 'a value'} changed: edited by hand or tampered); "
+        "refusing to load it: retrain with `detect train`"
+    )
+
+
+def _changed(ours: dict[str, Any], saved: dict[str, Any]) -> list[str]:
+    """The keys whose values differ, as dotted paths into objects (``severity_cutoffs.low``)."""
+    out = []
+    for key in sorted(set(ours) | set(saved), key=str):
+        if key not in ours or key not in saved:
+            out.append(key)
+        elif isinstance(ours[key], dict) and isinstance(saved[key], dict):
+            out += [f"{key}.{sub}" for sub in _changed(ours[key], saved[key])]
+        elif _canonical(ours[key]) != _canonical(saved[key]):
+            out.append(key)
+    return out
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def _check_features(card: dict[str, Any], model_dir: str) -> None:
