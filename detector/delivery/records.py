@@ -21,6 +21,7 @@ is tried again by the next run.
 
 from __future__ import annotations
 
+import fnmatch
 import io
 import logging
 import uuid
@@ -32,6 +33,7 @@ import orjson
 import polars as pl
 
 from detector.lake.events import Lake
+from detector.lake.incidents import signed_files
 from detector.lake.state import CheckpointConflict, StateObject
 
 log = logging.getLogger(__name__)
@@ -149,7 +151,15 @@ def merge(a: DeliveryState, b: DeliveryState) -> DeliveryState:
     return out
 
 
-__all__ = ["CheckpointConflict", "DeliveryState", "DeliveryStore", "merge", "write_dead_letters"]
+__all__ = [
+    "CheckpointConflict",
+    "DeadLetterReader",
+    "DeliveryState",
+    "DeliveryStore",
+    "merge",
+    "read_dead_letters",
+    "write_dead_letters",
+]
 
 
 def write_dead_letters(lake: Lake, rows: list[dict[str, Any]], now: datetime) -> int:
@@ -174,19 +184,56 @@ def write_dead_letters(lake: Lake, rows: list[dict[str, Any]], now: datetime) ->
 def read_dead_letters(lake: Lake, *, since: datetime | None = None) -> pl.DataFrame:
     """The dead letters filed on ``since``'s day or after (all when None); a file readers
     cannot use is skipped with a warning, as every lake table's."""
-    first = f"date={since.astimezone(UTC):%Y-%m-%d}" if since is not None else ""
-    files = [
-        f
-        for f in lake.loc.glob(DEAD_LETTERS_DIR, "date=*", "*.parquet")
-        if f.rsplit("/", 2)[-2] >= first
-    ]
-    frames = []
-    for f in files:
-        try:
-            with lake.loc.fs.open(f, "rb") as fh:
-                frames.append(pl.read_parquet(fh))
-        except (OSError, pl.exceptions.PolarsError) as exc:
-            log.warning("skipped dead letters %s: %s", f, type(exc).__name__)
-    if not frames:
-        return pl.DataFrame(schema=DEAD_LETTER_COLUMNS)
-    return pl.concat(frames, how="diagonal_relaxed")
+    return DeadLetterReader(lake).read(since=since)
+
+
+class DeadLetterReader:
+    """:func:`read_dead_letters` for a caller that asks again and again (``detect watch``):
+    one listing a call (:func:`~detector.lake.incidents.signed_files`), and only files not
+    read before (or written again since) are read; the others' rows are kept. A file that
+    cannot be read is skipped with a warning and tried again on the next call."""
+
+    def __init__(self, lake: Lake) -> None:
+        self.lake = lake
+        self._files: dict[str, tuple[tuple, pl.DataFrame]] = {}
+        self._all: pl.DataFrame | None = None
+        #: files read over the reader's life (a count for tests and benchmarks)
+        self.files_read = 0
+
+    def read(self, *, since: datetime | None = None) -> pl.DataFrame:
+        first = f"date={since.astimezone(UTC):%Y-%m-%d}" if since is not None else ""
+        root = self.lake.loc.path(DEAD_LETTERS_DIR)
+        live = {}
+        for path, signature in signed_files(self.lake.loc, root).items():
+            parts = path[len(root) :].strip("/").split("/")
+            if (
+                len(parts) == 2
+                and fnmatch.fnmatchcase(parts[0], "date=*")
+                and fnmatch.fnmatchcase(parts[1], "*.parquet")
+                and parts[0] >= first
+            ):
+                live[path] = signature
+        changed = False
+        for path in [p for p in self._files if p not in live]:
+            del self._files[path]
+            changed = True
+        for path, signature in sorted(live.items()):
+            held = self._files.get(path)
+            if held is not None and held[0] == signature:
+                continue
+            try:
+                with self.lake.loc.fs.open(path, "rb") as fh:
+                    self._files[path] = (signature, pl.read_parquet(fh))
+                self.files_read += 1
+            except (OSError, pl.exceptions.PolarsError) as exc:
+                log.warning("skipped dead letters %s: %s", path, type(exc).__name__)
+                self._files.pop(path, None)
+            changed = True
+        if changed or self._all is None:
+            frames = [self._files[p][1] for p in sorted(self._files)]
+            self._all = (
+                pl.concat(frames, how="diagonal_relaxed")
+                if frames
+                else pl.DataFrame(schema=DEAD_LETTER_COLUMNS)
+            )
+        return self._all

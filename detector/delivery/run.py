@@ -21,8 +21,8 @@ from detector.delivery.config import SinkConfig
 from detector.delivery.deliver import DeliveryReport, deliver
 from detector.delivery.records import (
     RETENTION,
+    DeadLetterReader,
     DeliveryStore,
-    read_dead_letters,
     write_dead_letters,
 )
 from detector.errors import DetectError, RuntimeFailure
@@ -74,15 +74,42 @@ def pending(lake: Lake, now: datetime) -> list[Incident]:
     Incidents began up to RETENTION ago are read: a resolve of a twelve-day-old incident
     (a retro-hunt's) was never sent, since only the last nine days were, and a sink down
     for more than a day was never sent its dead letters.
+
+    A caller that asks every minute keeps a :class:`PendingIncidents` instead: the same
+    answer, reading only what changed since its last call.
     """
-    first = now - RETENTION - table.MAX_INCIDENT_SPAN
-    df = table.read_incidents(lake, since=first)
-    failed = read_dead_letters(lake, since=now - RETENTION)["incident_id"].unique()
-    df = df.filter(
-        (pl.col("updated_at") >= now - PENDING_LOOKBACK)
-        | pl.col("incident_id").is_in(failed.implode())
-    )
-    return [Incident.from_row(r) for r in df.iter_rows(named=True)]
+    return PendingIncidents(lake)(now)
+
+
+class PendingIncidents:
+    """:func:`pending`, asked again and again (``detect watch``, every minute).
+
+    Reads the incidents and dead letters of the whole :data:`RETENTION` on its first call,
+    then, on each call, lists both tables (one request each on S3 up to 1,000 files) and
+    reads only the files written since its last call, by this process or any other (a
+    ``detect score`` cron beside the watch, ``detect incidents deliver``, an ``ack``). The
+    answer is always what :func:`pending` would give at that moment; a restarted process
+    starts with a full read.
+    """
+
+    def __init__(self, lake: Lake) -> None:
+        self.lake = lake
+        self.incidents = table.IncidentsReader(lake)
+        self.dead_letters = DeadLetterReader(lake)
+
+    @property
+    def files_read(self) -> int:
+        """Incident and dead-letter files read so far."""
+        return self.incidents.files_read + self.dead_letters.files_read
+
+    def __call__(self, now: datetime) -> list[Incident]:
+        df = self.incidents.read(since=now - RETENTION - table.MAX_INCIDENT_SPAN)
+        failed = self.dead_letters.read(since=now - RETENTION)["incident_id"].unique()
+        df = df.filter(
+            (pl.col("updated_at") >= now - PENDING_LOOKBACK)
+            | pl.col("incident_id").is_in(failed.implode())
+        ).sort(["severity_rank", "last_seen"], descending=[True, True])
+        return [Incident.from_row(r) for r in df.iter_rows(named=True)]
 
 
 def send(

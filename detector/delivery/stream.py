@@ -30,7 +30,7 @@ from detector.delivery import sinks as sink_mod
 from detector.delivery.config import SinkConfig
 from detector.delivery.deliver import DeliveryReport, SinkHealth, deliver
 from detector.delivery.records import DeliveryState, DeliveryStore, merge, write_dead_letters
-from detector.delivery.run import _build, pending
+from detector.delivery.run import PendingIncidents, _build
 from detector.detect.stream import StreamDetector, StreamState
 from detector.incidents import suppress, workflow
 from detector.incidents.group import DEFAULT_HORIZON
@@ -76,6 +76,8 @@ class StreamAlerter:
         self.metrics = metrics
         self.sink_kw = sink_kw or {}
         self._pending_at: datetime | None = None
+        # what is pending, re-read only where the lake changed (a call a minute for months)
+        self._pending = PendingIncidents(lake)
         self._health: dict[str, SinkHealth] = {}  # a sink that fails waits, across batches
         self.last: ConsumeResult = ConsumeResult()
 
@@ -112,7 +114,7 @@ class StreamAlerter:
             self._pending_at is None or now - self._pending_at >= PENDING_EVERY
         ):
             self._pending_at = now
-            for inc in pending(self.lake, now):
+            for inc in self._pending(now):
                 candidates.setdefault(inc.incident_id, inc)
         if candidates and self.sink_configs:
             report = self._deliver(list(candidates.values()), earlier, now)

@@ -54,9 +54,10 @@ log = logging.getLogger(__name__)
 
 TMP_DIR = "_tmp"
 MAX_PART = 100
-_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_DATA = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.parquet$")
-_MARKER = re.compile(r"^_replaced-[0-9a-f]{16,32}\.json$")
+#: A partition value or file name part; a table's data file; a compaction's marker file.
+PART_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+DATA_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.parquet$")
+MARKER_FILE = re.compile(r"^_replaced-[0-9a-f]{16,32}\.json$")
 
 
 class UnsafeName(UsageError):
@@ -76,7 +77,7 @@ def safe_part(value: str, what: str = "name", *, limit: int = MAX_PART) -> str:
         raise UnsafeName(f"{what} must not be empty")
     if len(value) > limit:
         raise UnsafeName(f"{what} is {len(value)} characters long; at most {limit} are allowed")
-    if not _PART.match(value):
+    if not PART_NAME.match(value):
         raise UnsafeName(
             f"{what} {value[:60]!r} is not allowed: use letters, digits, '.', '_' and '-', "
             "starting with a letter or digit"
@@ -163,7 +164,7 @@ def list_files(loc: Location, path: str, suffix: str) -> list[str]:
     return [
         f"{path}/{name}"
         for name, size in list_dir(loc, path)
-        if size >= 0 and name.endswith(suffix) and _PART.match(name)
+        if size >= 0 and name.endswith(suffix) and PART_NAME.match(name)
     ]
 
 
@@ -241,7 +242,7 @@ class Table:
         for name, size in list_dir(self.loc, self.dir(prefix)):
             if size < 0 and name.startswith(key + "="):
                 value = name[len(key) + 1 :]
-                if _PART.match(value) and len(value) <= MAX_PART:
+                if PART_NAME.match(value) and len(value) <= MAX_PART:
                     out.append(value)
         return out
 
@@ -257,10 +258,12 @@ class Table:
         """Live data files of one partition: listed, markers applied (guarantee 5)."""
         directory = self.dir(values)
         listing = list_dir(self.loc, directory)
-        data = {n: s for n, s in listing if s >= 0 and _DATA.match(n)}
+        data = {n: s for n, s in listing if s >= 0 and DATA_FILE.match(n)}
         markers = [
             m
-            for m in (self._read_marker(f"{directory}/{n}") for n, _ in listing if _MARKER.match(n))
+            for m in (
+                self._read_marker(f"{directory}/{n}") for n, _ in listing if MARKER_FILE.match(n)
+            )
             if m is not None
         ]
         for dropped in hidden_inputs(markers, set(data)):
@@ -290,7 +293,7 @@ class Table:
     def write(self, values: Sequence[str], df: pl.DataFrame, name: str | None = None) -> str:
         """Write ``df`` as one new file of a partition (atomic); returns its path."""
         file = name or new_name()
-        if not _DATA.match(file):
+        if not DATA_FILE.match(file):
             raise UnsafeName(f"file name {file!r} is not allowed")
         path = f"{self.dir(values)}/{file}"
         put_atomic(self.loc, path, parquet_bytes(df))
@@ -330,7 +333,7 @@ class Table:
         listing = dict(list_dir(self.loc, directory))
         markers = []
         for name in listing:
-            marker = self._read_marker(f"{directory}/{name}") if _MARKER.match(name) else None
+            marker = self._read_marker(f"{directory}/{name}") if MARKER_FILE.match(name) else None
             if marker is not None:
                 markers.append((float(marker.get("created_at") or 0), name, marker))
         markers.sort(key=lambda m: (m[0], m[1]))
