@@ -815,6 +815,37 @@ def test_a_newly_trained_model_is_picked_up_without_a_restart(sim, model_dir, tm
     assert reloader() is second  # a broken card keeps the model in use
 
 
+def test_a_card_that_does_not_load_is_warned_of_once_and_still_retried(
+    sim, model_dir, tmp_path, caplog
+):
+    """A card edited by hand is refused at every check (30 s) for as long as it stays: one
+    warning, not two a minute for days; the next card that loads is used at once."""
+    import json
+    import logging
+    import shutil
+
+    live = tmp_path / "model"
+    shutil.copytree(model_dir, live)
+    reloader = ModelReloader(str(live), every=0)
+    first = reloader()
+    assert first is not None
+    good = (live / "model.json").read_text()
+    card = json.loads(good)
+    card["threshold"] = card["threshold"] + 1.0  # raised by hand: nothing would be flagged
+    (live / "model.json").write_text(json.dumps(card))
+    with caplog.at_level(logging.WARNING, logger="detector.detect.stream"):
+        for _ in range(3):
+            assert reloader() is first
+    assert [r.getMessage() for r in caplog.records].count(caplog.records[0].getMessage()) == 1
+    assert "threshold" in caplog.records[0].getMessage()
+    lake = Lake(str(tmp_path / "lake"))
+    events, _ = read_events([str(sim)], cluster="demo")
+    lake.write_events(events)
+    lo, hi = events["event_time"].min(), events["event_time"].max()
+    train_model(lake, lo, hi + timedelta(seconds=1), model_dir=str(live), seed=7)
+    assert reloader() is not first
+
+
 def test_a_lake_that_fails_is_retried_and_nothing_is_lost(moto_endpoint, tmp_path):
     """The lake's bucket is missing at first (a real S3 error from moto): the source fails,
     is restarted from its checkpoint with a backoff, and catches up once the bucket exists."""

@@ -348,7 +348,8 @@ class ModelReloader:
     """The model in ``model_dir``, reloaded when its card changes (a nightly ``detect train``).
 
     Checked at most every ``every`` seconds: the card is small (one GET on S3). A card that
-    fails to load (half-written, corrupt) keeps the model in use and is tried again later.
+    fails to load (half-written, corrupt, edited by hand) keeps the model in use and is
+    tried again at each check; the warning is given once per card.
     """
 
     def __init__(
@@ -365,6 +366,7 @@ class ModelReloader:
         self.clock = clock or time.monotonic
         self.model: Model | None = None
         self._card: bytes | None = None
+        self._refused: bytes | None = None  # the last card that did not load
         self._checked = float("-inf")
 
     def __call__(self) -> Model | None:
@@ -394,8 +396,12 @@ class ModelReloader:
         try:
             model = Model.load(self.model_dir)
         except (ModelError, OSError) as exc:
-            log.warning(
-                "new model in %s not loaded: %s; keeping the one in use", self.model_dir, exc
+            # Tried again at each check (its files may still be arriving), said once per
+            # card: a card edited by hand would otherwise warn twice a minute for days.
+            level = logging.DEBUG if card == self._refused else logging.WARNING
+            self._refused = card
+            log.log(
+                level, "new model in %s not loaded: %s; keeping the one in use", self.model_dir, exc
             )
             return False
         self._card = card
