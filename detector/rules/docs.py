@@ -271,10 +271,17 @@ are built-in macros (handy as tuning placeholders).
 | `contains`, `icontains` | substring (case-insensitive) | `str.contains_any` |
 | `glob ("eks:*", "system:node:*")` | shell pattern: `*`, `?`, `[abc]` | `str.contains` (anchored) |
 | `matches ("^re$")` | regular expression (Rust syntax) | `str.contains` |
+| `expands_to (a, b)` | holds a value, or a shell glob of it (any case) | `str.contains` |
 | `exists` | present and not empty | `is_not_null` |
 
 Every predicate is false on a missing value, so `not` reads naturally: `not namespace =
 kube-system` holds for cluster-scoped objects. `!=` is `not =`.
+
+`expands_to` reads a command line as the shell would run it: quotes and backslashes
+removed (`se""crets` is `secrets`), and a word with `*`, `?` or `[...]` counts when it can
+expand, one path component at a time, to a path holding one of the values
+(`/var/run/secrets/*/token`, `~/.aws/cred*`, `/etc/kube*/admin.conf`); a value's first
+path component must keep its first character, so `/*/*` stands for nothing in particular.
 
 Write the column tests first (`resource = ... and verb in (...)`): the top-level `and`
 terms that read no request/response body are run over every event in one shared pass, and
