@@ -50,6 +50,10 @@ CONFIG_ENV = "DETECT_CONFIG"
 #: Top-level ``ip_lists = ["tor-exits.txt"]``: deny lists for the rules, passed on in env.
 IP_LISTS_KEY = "ip_lists"
 IP_LISTS_ENV = "DETECT_IP_LISTS"
+#: Top-level ``aws_ranges = "aws-ip-ranges.txt"``: the AWS ranges the rules read instead of
+#: the snapshot shipped in the package (``detect rules aws-ranges`` writes one), in env.
+AWS_RANGES_KEY = "aws_ranges"
+AWS_RANGES_ENV = "DETECT_AWS_RANGES"
 DEFAULT_CONFIG_FILE = "detect.toml"
 ENV_PREFIX = "DETECT_"
 #: Where the AWS SDKs look for a region, in their order.
@@ -102,6 +106,8 @@ class LoadedConfig:
     extra: dict[str, Any] = field(default_factory=dict)
     #: ``ip_lists = [...]``: deny-list files for the rules, absolute (relative to the file)
     ip_lists: list[str] = field(default_factory=list)
+    #: ``aws_ranges = "..."``: the AWS ranges file for the rules, absolute (relative to the file)
+    aws_ranges: str | None = None
 
 
 # ------------------------------------------------------------------ the command tree
@@ -259,6 +265,13 @@ def _ip_lists(value: Any, path: Path) -> list[str]:
     return [str((path.parent / v) if not Path(v).is_absolute() else Path(v)) for v in value]
 
 
+def _aws_ranges(value: Any, path: Path) -> str:
+    """``aws_ranges``: the AWS ranges file the rules read (relative to the file)."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{path.name}: {AWS_RANGES_KEY} = {value!r}: expected a file path")
+    return str(path.parent / value if not Path(value).is_absolute() else Path(value))
+
+
 def load(group: Any, path: Path | None) -> LoadedConfig:
     """Read and check ``path`` against the commands of ``group``; build the default_map."""
     loaded = LoadedConfig(path=path)
@@ -311,6 +324,8 @@ def load(group: Any, path: Path | None) -> LoadedConfig:
             loaded.extra[key] = EXTRA_KEYS[key](value, fname)
         elif key == IP_LISTS_KEY:
             loaded.ip_lists = _ip_lists(value, path)
+        elif key == AWS_RANGES_KEY:
+            loaded.aws_ranges = _aws_ranges(value, path)
         elif key in ROOT_SETTINGS:
             loaded.root[key] = check_root_value(key, value, fname)
         elif key in shared:
@@ -325,7 +340,7 @@ def load(group: Any, path: Path | None) -> LoadedConfig:
                 f"[{owners[0].replace(' ', '.')}]"
                 if owners
                 else f"; top-level keys: "
-                f"{', '.join(sorted({*ROOT_SETTINGS, *shared, IP_LISTS_KEY}))}"
+                f"{', '.join(sorted({*ROOT_SETTINGS, *shared, IP_LISTS_KEY, AWS_RANGES_KEY}))}"
             )
             raise ConfigError(f"{fname}: unknown key {raw_key!r}{hint}")
     for raw_key, value in tables.items():
@@ -427,11 +442,15 @@ def setup_root(
         )
     if out.values.get("region"):
         apply_region(ctx, str(out.values["region"]))
-    if loaded.ip_lists and not os.environ.get(IP_LISTS_ENV):
-        # Read by the rules when they compile (detector.rules.iplists); env beats file.
-        saved_lists = {IP_LISTS_ENV: os.environ.get(IP_LISTS_ENV)}
-        os.environ[IP_LISTS_ENV] = os.pathsep.join(loaded.ip_lists)
-        ctx.call_on_close(lambda: _restore_env(saved_lists))
+    # Read by the rules when they compile (detector.rules.iplists); env beats file.
+    for env_name, value in (
+        (IP_LISTS_ENV, os.pathsep.join(loaded.ip_lists)),
+        (AWS_RANGES_ENV, loaded.aws_ranges or ""),
+    ):
+        if value and not os.environ.get(env_name):
+            saved_env = {env_name: os.environ.get(env_name)}
+            os.environ[env_name] = value
+            ctx.call_on_close(lambda saved=saved_env: _restore_env(saved))
     ctx.meta["detect.settings"] = out
     return out
 

@@ -217,6 +217,53 @@ def test_aws_ranges_refresh_from_a_supplied_file(tmp_path):
     assert bad.exit_code == 2 and "not AWS's ip-ranges.json" in bad.stderr
 
 
+def test_refreshed_aws_ranges_go_to_a_file_of_yours_and_reach_the_rules(tmp_path, monkeypatch):
+    """The refresh never rewrites the installed package (read-only in an image, replaced on
+    upgrade): it writes ./aws-ip-ranges.txt, or the file detect.toml's aws_ranges names,
+    and the rules read that file instead of the shipped snapshot."""
+    from detector.rules.iplists import shipped_aws_ranges
+
+    monkeypatch.delenv("DETECT_AWS_RANGES", raising=False)
+    monkeypatch.chdir(tmp_path)
+    shipped = shipped_aws_ranges().read_bytes()
+    source = tmp_path / "ip-ranges.json"
+    source.write_text(
+        '{"syncToken": "9", "createDate": "2026-11-01-00-00-00", "prefixes": ['
+        '{"ip_prefix": "198.51.100.0/24", "service": "AMAZON"}]}'
+    )
+    done = cli("rules", "aws-ranges", str(source))
+    assert done.exit_code == 0, done.stderr
+    written = tmp_path / "aws-ip-ranges.txt"
+    assert written.read_text().splitlines()[2:] == ["198.51.100.0/24"]
+    assert 'aws_ranges = "' in done.stdout  # what to add to use it
+    assert shipped_aws_ranges().read_bytes() == shipped
+    # A kubelet calling from 198.51.100.9: outside AWS for the shipped snapshot, inside
+    # the ranges of the file detect.toml names.
+    node = "system:node:ip-10-0-1-7.ec2.internal"
+    log = write_log(tmp_path / "audit.log", ev("get", "pods", ns="a", user=node, ip="198.51.100.9"))
+    rule = "system-identity-outside-aws"
+    assert "FIRED" in cli("rules", "test", rule, log).stdout
+    config = tmp_path / "detect.toml"
+    config.write_text('aws_ranges = "aws-ip-ranges.txt"\n')
+    quiet = cli("--config", str(config), "rules", "test", rule, log)
+    assert quiet.exit_code == 0, quiet.stderr
+    assert "did not fire" in quiet.stdout
+    # A refresh with the setting in place writes where it points, and says nothing more.
+    elsewhere = tmp_path / "feeds"
+    elsewhere.mkdir()
+    config.write_text('aws_ranges = "feeds/aws.txt"\n')
+    again = cli("--config", str(config), "rules", "aws-ranges", str(source))
+    assert again.exit_code == 0, again.stderr
+    assert (elsewhere / "aws.txt").read_text() == written.read_text()
+    assert "aws_ranges =" not in again.stdout
+    (elsewhere / "aws.txt").unlink()
+    missing = cli("--config", str(config), "rules", "test", rule, log)
+    assert missing.exit_code == 2 and "aws.txt" in missing.stderr
+    config.write_text("aws_ranges = 3\n")
+    bad = cli("--config", str(config), "rules", "list")
+    assert bad.exit_code == 2 and "aws_ranges" in bad.stderr and "file path" in bad.stderr
+
+
 def test_ip_lists_named_in_detect_toml_reach_the_rules(tmp_path, monkeypatch):
     monkeypatch.delenv("DETECT_IP_LISTS", raising=False)
     (tmp_path / "feeds").mkdir()

@@ -387,12 +387,18 @@ denied watch is logged at both.
 
 `source_ip_in_aws` reads a dated snapshot of AWS's published IPv4 ranges shipped with the
 tool (merged CIDRs; its header gives the `createDate` of the `ip-ranges.json` it came
-from). Nothing is fetched at run time; refresh it from a file you download:
+from). Nothing is fetched at run time; refresh it from a file you download into a file
+of yours (never into the installed package), which the rules then read instead, once
+`detect.toml` names it (relative to it; or `DETECT_AWS_RANGES`, which wins):
 
 ```
 curl -sO https://ip-ranges.amazonaws.com/ip-ranges.json
-detect rules aws-ranges ip-ranges.json
+detect rules aws-ranges ip-ranges.json        # writes ./aws-ip-ranges.txt
+echo 'aws_ranges = "aws-ip-ranges.txt"' >> detect.toml
 ```
+
+With `aws_ranges` set, `detect rules aws-ranges ip-ranges.json` writes that file, so a
+monthly refresh is those two first lines.
 
 `source_ip_denied` reads deny lists (Tor exits, threat feeds, your own blocks): text files
 of addresses or CIDRs, one a line, `#` comments, named at the top of `detect.toml`

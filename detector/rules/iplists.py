@@ -7,8 +7,11 @@ of rows, so networks become sorted, merged integer intervals and each address is
 with one binary search (``search_sorted``), vectorized, never a Python loop per event.
 
 No network access at run time: the AWS ranges ship as a small derived file
-(``data/aws-ip-ranges.txt``, merged CIDRs with the source's date), refreshed from a
-user-supplied ``ip-ranges.json`` by ``detect rules aws-ranges``. Deny lists are text files
+(``data/aws-ip-ranges.txt``, merged CIDRs with the source's date). ``detect rules
+aws-ranges`` derives a fresh one from a user-supplied ``ip-ranges.json`` into a file of
+the user's (never into the installed package, which may be read-only and is replaced on
+upgrade), which the rules read instead once ``detect.toml`` names it (``aws_ranges``,
+exported as ``DETECT_AWS_RANGES``). Deny lists are text files
 of addresses or CIDRs, one a line (``#`` comments), named in ``detect.toml``
 (``ip_lists = [...]``, exported as ``DETECT_IP_LISTS``). IPv4 only: EKS audit source
 addresses are IPv4 in practice; IPv6 entries of a list are ignored (and counted).
@@ -28,7 +31,7 @@ from pathlib import Path
 
 import polars as pl
 
-from detector.config import IP_LISTS_ENV
+from detector.config import AWS_RANGES_ENV, IP_LISTS_ENV
 from detector.rules.condition import ConditionError
 from detector.userfiles import read_user_file
 
@@ -52,8 +55,20 @@ NON_PUBLIC = (
 )
 
 
-def aws_ranges_path() -> Path:
+def shipped_aws_ranges() -> Path:
+    """The snapshot of AWS's ranges shipped in the package."""
     return Path(str(resources.files("detector.rules") / "data" / "aws-ip-ranges.txt"))
+
+
+def configured_aws_ranges() -> Path | None:
+    """The AWS ranges file the settings name (``aws_ranges``, ``DETECT_AWS_RANGES``), if any."""
+    configured = os.environ.get(AWS_RANGES_ENV, "").strip()
+    return Path(configured) if configured else None
+
+
+def aws_ranges_path() -> Path:
+    """The AWS ranges the rules read: the configured file, else the shipped snapshot."""
+    return configured_aws_ranges() or shipped_aws_ranges()
 
 
 def parse_networks(lines: Iterable[str], label: str) -> list[ipaddress.IPv4Network]:
@@ -157,13 +172,25 @@ def _plain_intervals(paths: list[str | Path]) -> tuple[pl.Series, pl.Series] | N
     )
 
 
+def _versions(key: str) -> tuple[tuple[int, int] | None, ...]:
+    """(mtime, size) of each file of ``key``: a list written again is read again."""
+    out = []
+    for f in key.split(os.pathsep):
+        try:
+            st = os.stat(f) if f else None
+        except OSError:
+            st = None
+        out.append((st.st_mtime_ns, st.st_size) if st else None)
+    return tuple(out)
+
+
 @functools.lru_cache(maxsize=8)
-def _cached(kind: str, key: str) -> tuple[pl.Series, pl.Series]:
+def _cached(
+    kind: str, key: str, versions: tuple[tuple[int, int] | None, ...] = ()
+) -> tuple[pl.Series, pl.Series]:
     if kind == "non_public":
         return intervals(ipaddress.ip_network(n) for n in NON_PUBLIC)
-    files: list[str | Path] = (
-        [aws_ranges_path()] if kind == "aws" else [f for f in key.split(os.pathsep) if f]
-    )
+    files: list[str | Path] = [f for f in key.split(os.pathsep) if f]
     plain = _plain_intervals(files)
     if plain is not None:
         return plain
@@ -177,10 +204,10 @@ def source_in(kind: str) -> pl.Expr:
     classified once (one binary search each) and the answer mapped back onto the rows.
     No deny list configured: constant false, so the rule costs nothing.
     """
-    key = os.environ.get(IP_LISTS_ENV, "") if kind == "denied" else ""
+    key = {"denied": os.environ.get(IP_LISTS_ENV, ""), "aws": str(aws_ranges_path())}.get(kind, "")
     if kind == "denied" and not key.strip(os.pathsep + " "):
         return pl.lit(False)
-    starts, ends = _cached(kind, key)
+    starts, ends = _cached(kind, key, _versions(key))
 
     def classify(s: pl.Series) -> pl.Series:
         s = s.cast(pl.String)  # the first pass may hand it over as a categorical
@@ -222,12 +249,3 @@ def derive_aws_ranges(ip_ranges_json: str | Path) -> str:
         f"{len(merged)} merged); derived {stamp} by `detect rules aws-ranges`",
     ]
     return "\n".join([*header, *(str(n) for n in merged)]) + "\n"
-
-
-def aws_ranges_date() -> str | None:
-    """The createDate recorded in the shipped snapshot (for docs and `rules list`)."""
-    with open(aws_ranges_path(), encoding="utf-8") as fh:
-        for line in fh:
-            if line.startswith("# createDate "):
-                return line.split()[2]
-    return None

@@ -319,6 +319,10 @@ def docs(
     stdout.print(f"wrote {out} ({text.count(chr(10))} lines)", markup=False)
 
 
+#: Where `detect rules aws-ranges` writes when neither -o nor the setting says.
+DEFAULT_AWS_RANGES = "aws-ip-ranges.txt"
+
+
 @rules_app.command("aws-ranges")
 def aws_ranges(
     ip_ranges: Annotated[
@@ -330,16 +334,20 @@ def aws_ranges(
             "--output",
             "-o",
             parser=output_file,
-            help="Where to write (default: the snapshot the rules read).",
+            help="Where to write (default: the aws_ranges file of detect.toml or "
+            "DETECT_AWS_RANGES, else ./aws-ip-ranges.txt).",
         ),
     ] = None,
 ) -> None:
     """Refresh the AWS address ranges the rules use, from a file you supply.
 
     The rules never fetch anything at run time: system-identity-outside-aws reads a small
-    snapshot (merged IPv4 CIDRs with the source's createDate) shipped with the tool. This
-    command derives a new snapshot from AWS's ip-ranges.json
-    (https://ip-ranges.amazonaws.com/ip-ranges.json, fetched however your network allows).
+    snapshot (merged IPv4 CIDRs with the source's createDate) shipped with the tool, or
+    the file `aws_ranges` names in detect.toml (or DETECT_AWS_RANGES). This command
+    derives a new one from AWS's ip-ranges.json
+    (https://ip-ranges.amazonaws.com/ip-ranges.json, fetched however your network allows)
+    into that file, never into the installed package (read-only in an image, replaced on
+    upgrade). Without the setting it writes ./aws-ip-ranges.txt and says what to add.
 
     Exit codes: 0 written, 2 the file is not AWS's ip-ranges.json.
 
@@ -348,15 +356,25 @@ def aws_ranges(
     \b
         curl -sO https://ip-ranges.amazonaws.com/ip-ranges.json
         detect rules aws-ranges ip-ranges.json
+        echo 'aws_ranges = "aws-ip-ranges.txt"' >> detect.toml
     """
-    from detector.rules.iplists import aws_ranges_path, derive_aws_ranges
+    from detector.config import AWS_RANGES_ENV, AWS_RANGES_KEY
+    from detector.rules.iplists import configured_aws_ranges, derive_aws_ranges
 
     text = derive_aws_ranges(ip_ranges)  # a file that is not ip-ranges.json: ConditionError (2)
-    target = out or aws_ranges_path()
+    configured = configured_aws_ranges()
+    target = out or configured or Path(DEFAULT_AWS_RANGES)
     write_user_file(target, text)
     stdout.print(
         f"wrote {target}: {text.splitlines()[1].lstrip('# ')}", markup=False, soft_wrap=True
     )
+    if configured is None or Path(target).resolve() != configured.resolve():
+        stdout.print(
+            f"the rules read it once detect.toml says {AWS_RANGES_KEY} = "
+            f'"{Path(target).resolve()}" (or {AWS_RANGES_ENV} names it)',
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 def register(app: typer.Typer) -> None:
