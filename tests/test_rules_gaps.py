@@ -18,7 +18,7 @@ from typing import Any
 
 import polars as pl
 import pytest
-from test_rules_helpers import T0, denials, ev, iam
+from test_rules_helpers import T0, denials, ev, iam, sa
 
 from detector.events.normalize import events_from_dicts
 from detector.rules import evaluate_rules, load_ruleset
@@ -573,20 +573,6 @@ def test_a_json_patch_that_only_tests_removes_or_labels_is_not_privileged(rulese
 # closest benign request beside it.
 
 KS = "system:serviceaccount:kube-system:"
-
-
-def sa(ns: str, name: str) -> dict[str, Any]:
-    """A service account's identity as the API server logs it (with its pod)."""
-    return {
-        "username": f"system:serviceaccount:{ns}:{name}",
-        "uid": "5d3f1c9e-0000-4000-8000-00000000abcd",
-        "groups": [
-            "system:serviceaccounts",
-            f"system:serviceaccounts:{ns}",
-            "system:authenticated",
-        ],
-        "extra": {"authentication.kubernetes.io/pod-name": [f"{name}-7d9f8-abcde"]},
-    }
 
 
 def cluster_admin_binding(user: dict[str, Any] | str) -> dict[str, Any]:

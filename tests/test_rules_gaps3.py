@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from test_rules_helpers import T0, ev, frame, iam, pod, workload
+from test_rules_helpers import T0, ev, frame, iam, pod, sa, workload
 
 from detector.rules import evaluate_rules, load_ruleset
 from detector.rules.condition import DERIVED_FIELDS
@@ -30,20 +30,6 @@ def ruleset():
 
 def fired(ruleset, rule_id: str, *events: dict[str, Any], **kw: Any) -> int:
     return evaluate_rules(frame(*events), ruleset.only(rule_id), **kw).findings.height
-
-
-def sa(ns: str, name: str) -> dict[str, Any]:
-    """A service account's identity as the API server logs it (with its pod)."""
-    return {
-        "username": f"system:serviceaccount:{ns}:{name}",
-        "uid": "5d3f1c9e-0000-4000-8000-00000000abcd",
-        "groups": [
-            "system:serviceaccounts",
-            f"system:serviceaccounts:{ns}",
-            "system:authenticated",
-        ],
-        "extra": {"authentication.kubernetes.io/pod-name": [f"{name}-7d9f8-abcde"]},
-    }
 
 
 # --------------------------------------------------------------------------- 1. trusted images

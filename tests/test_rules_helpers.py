@@ -18,6 +18,20 @@ T0 = datetime(2026, 11, 27, 10, 1, tzinfo=UTC)
 _ids = itertools.count(1)
 
 
+def sa(ns: str, name: str) -> dict[str, Any]:
+    """A service account's identity as the API server logs it (with its pod)."""
+    return {
+        "username": f"system:serviceaccount:{ns}:{name}",
+        "uid": "5d3f1c9e-0000-4000-8000-00000000abcd",
+        "groups": [
+            "system:serviceaccounts",
+            f"system:serviceaccounts:{ns}",
+            "system:authenticated",
+        ],
+        "extra": {"authentication.kubernetes.io/pod-name": [f"{name}-7d9f8-abcde"]},
+    }
+
+
 def iam(session: str = "alice", role: str = "eng-admin") -> dict[str, Any]:
     """An EKS IAM-role identity: username from aws-auth, ARN and session in user.extra."""
     return {
