@@ -18,7 +18,8 @@ the last day (each a fresh process, wall time, events/s and peak RSS):
 (f) what `detect watch` pays before each batch for the threshold rules' history (the
     7 days before it): read fresh, and kept hour by hour between batches;
 (g) a `detect watch` model batch: the day's last window scored as it closes, which reads
-    back to the model's training end (time and peak RSS of that process).
+    back to the model's training end (time and peak RSS of that process);
+(h) (a)'s steps one after another, wall and CPU time each (``bench/score_phases.py``).
 
 Run with `make bench` or `python bench/bench_score.py --events N --days D --workdir DIR`.
 """
@@ -313,6 +314,12 @@ def main() -> None:
         f"{g['seconds']:.2f} s, peak RSS {rss_g:,.0f} MB"
     )
     print("  target: >= 1,000,000 events/s end to end for (a), peak RSS <= 1 GB")
+    # (h) where (a)'s time goes: its steps one after another, wall and CPU each.
+    print("(h) detect score's steps, one after another in one process:", flush=True)
+    phases = Path(__file__).resolve().parent / "score_phases.py"
+    subprocess.run(
+        [sys.executable, str(phases), "--workdir", str(work), "--days", str(args.days)], check=True
+    )
 
 
 if __name__ == "__main__":

@@ -68,15 +68,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True, help="bench_score.py's --workdir")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--days", type=int, default=2, help="bench_score.py's --days")
     args = parser.parse_args()
     work = Path(args.workdir)
     imports = time.perf_counter() - T0
     imports_cpu = cpu_seconds() - (_C0.ru_utime + _C0.ru_stime)
     print(f"  {'imports':<38} wall {imports:6.3f} s   CPU {imports_cpu:6.3f} s")
-    lake = Lake(str(work / "lake-2d"))
+    lake = Lake(str(work / f"lake-{args.days}d"))
     start, end, now = DAY, DAY + timedelta(days=1), datetime.now(UTC)
     # Loaded once, as the command loads them (a second load hits caches).
-    model = timed("model load", lambda: Model.load(str(work / "models-2d")), 1)
+    model = timed("model load", lambda: Model.load(str(work / f"models-{args.days}d")), 1)
     ruleset = timed("rules load", lambda: load_rules(ScoreOptions()), 1)
     window = model.window
     history = timed(
