@@ -17,7 +17,10 @@ Grammar (``or`` binds loosest, then ``and``, then ``not``)::
 Each operator maps to one polars call (``in`` -> ``is_in``, ``glob``/``matches`` ->
 ``str.contains`` with one anchored regex, ``contains`` -> ``str.contains_any``,
 ``expands_to`` -> ``str.contains`` with one regex of what a shell glob may stand for,
-``exists`` -> ``is_not_null``), so evaluation is columnar: no ``eval``, no per-row Python.
+``exists`` -> ``is_not_null``), so evaluation is columnar: no ``eval``, and no per-row
+Python but for two kinds of body term, which parse the JSON of only the rows that reach
+them (the rules' cheap terms and gate run first: pod-spec writes, not every event): a quoted
+JSONPath and the command-line fields (``container_command_lines``, ``shell_command_lines``).
 Every predicate is null-safe (a missing value is "false", never "unknown"), so ``not`` means
 what an analyst expects: ``not namespace = kube-system`` is true for cluster-scoped objects.
 
@@ -567,6 +570,77 @@ def _container_commands() -> pl.Expr:
     return text.str.extract_all(_JSON_STRING).list.eval(pl.element().str.json_path_match("$"))
 
 
+#: The words of a command line that run a shell, a tool for breaking out of the container
+#: (nsenter, chroot, crictl, insmod...) or one for calling home (nc, socat, curl, wget, an
+#: interpreter): as a whole word, a path's last part (``/bin/sh``) or after ``=``.
+SHELL_COMMAND_WORDS = (
+    r"(^|[^A-Za-z0-9_.-])(sh|bash|dash|ash|zsh|ksh|busybox|nc|ncat|netcat|socat|nsenter"
+    r"|chroot|unshare|curl|wget|python[0-9.]*|perl|ruby|php|telnet|ssh|crictl|ctr|insmod"
+    r"|modprobe)($|[^A-Za-z0-9_.-])"
+)
+_CONTAINER_LISTS = frozenset({"containers", "initContainers", "ephemeralContainers"})
+_PATCHED_COMMAND = re.compile(
+    r"/(?:c|initC|ephemeralC)ontainers/(?:[0-9]+|-)/(?:command|args)(?:/(?:-|[0-9]+))?$"
+)
+
+
+def _words(value: Any) -> list[str]:
+    items = value if isinstance(value, list) else [value]
+    return [v if isinstance(v, str) else orjson.dumps(v).decode() for v in items if v is not None]
+
+
+def command_lines(body: Any) -> list[str]:
+    """Each container's command line in a request body: its ``command`` then its ``args``,
+    joined by spaces (containers, init and ephemeral containers, in pods and pod templates
+    at any depth), and what each JSON-patch operation sets at a container's
+    ``command``/``args``. Probes and lifecycle hooks are not containers: left out."""
+    lines: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in _CONTAINER_LISTS and isinstance(value, list):
+                    for c in value:
+                        if isinstance(c, dict):
+                            words = [*_words(c.get("command")), *_words(c.get("args"))]
+                            if words:
+                                lines.append(" ".join(words))
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                path = item.get("path") if isinstance(item, dict) else None
+                if (
+                    isinstance(path, str)
+                    and item.get("op") in ("add", "replace")
+                    and _PATCHED_COMMAND.search(path)
+                    and (words := _words(item.get("value")))
+                ):
+                    lines.append(" ".join(words))
+                walk(item)
+
+    walk(body)
+    return lines
+
+
+def _command_lines(*, shell_only: bool) -> pl.Expr:
+    """:func:`command_lines` of each request body (all of them, or those naming one of
+    :data:`SHELL_COMMAND_WORDS`), row by row over the rows that reach this term (body
+    terms run after the cheap ones: pod-spec writes); a body that does not parse gives
+    null, which every predicate reads as false."""
+    shell = re.compile(SHELL_COMMAND_WORDS)
+
+    def lines(text: str) -> list[str] | None:
+        try:
+            found = command_lines(orjson.loads(text))
+        except (orjson.JSONDecodeError, RecursionError, TypeError, ValueError):
+            return None
+        return [line for line in found if shell.search(line)] if shell_only else found
+
+    return pl.col("request_object").map_elements(
+        lines, return_dtype=pl.List(pl.String), skip_nulls=True
+    )
+
+
 def _host_namespaces() -> pl.Expr:
     flags = []
     for key in ("hostNetwork", "hostPID", "hostIPC"):
@@ -770,6 +844,21 @@ DERIVED_FIELDS: dict[str, DerivedField] = {
         "every word of the `command` and `args` of every container in the request body "
         "(init and ephemeral containers, pod templates, a JSON patch of either), not of "
         "probes or lifecycle hooks",
+    ),
+    "container_command_lines": DerivedField(
+        "list",
+        lambda: _command_lines(shell_only=False),
+        "each container's command line in the request body: its `command` then its `args`, "
+        "joined by spaces (init and ephemeral containers, pod templates, what a JSON patch "
+        "sets at either), not probes or lifecycle hooks",
+    ),
+    "shell_command_lines": DerivedField(
+        "list",
+        lambda: _command_lines(shell_only=True),
+        "the `container_command_lines` that run a shell, a tool for breaking out or one for "
+        "calling home (sh, bash, busybox, nc, socat, nsenter, chroot, unshare, curl, wget, "
+        "python, perl, ruby, php, telnet, ssh, crictl, ctr, insmod, modprobe: a whole word, "
+        "a path's last part or after `=`)",
     ),
     "in_own_namespace": DerivedField(
         "bool",

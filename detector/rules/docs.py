@@ -88,7 +88,9 @@ def _code(text: str) -> str:
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|")
+    """Text for one table cell: a `|` escaped, a line break written `\\n` (a command line
+    of several lines in a list would otherwise end the row)."""
+    return text.replace("|", "\\|").replace("\n", "\\n")
 
 
 def _summary(rules: list[Rule]) -> list[str]:
