@@ -171,7 +171,10 @@ def compact(
     started = time.monotonic()
     summary = CompactSummary()
     for table in (t for t in lake_tables(lake) if t.name in tables):
-        for part in table.partitions():
+        parts = table.partitions()
+        if parts:
+            table.check_deletes()  # before merging anything: see Table.check_deletes
+        for part in parts:
             summary.purged += table.purge_replaced(part, grace)
             with writer_lock(lake) as lease:
                 files = table.usable(table.entries(part))  # bad files stay, for `lake check`

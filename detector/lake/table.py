@@ -33,7 +33,6 @@ here, so each guarantee below is kept in one place:
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import os
@@ -174,9 +173,23 @@ def read_bytes(loc: Location, path: str) -> bytes:
 
 
 def remove(loc: Location, paths: Iterable[str]) -> None:
+    """Delete ``paths``, one request each, so that a refused delete is an error.
+
+    s3fs's bulk delete reports the keys S3 refused nowhere: a role without
+    ``s3:DeleteObject`` saw every delete succeed and the files stay (a compaction's inputs
+    then counted twice, for good, by every reader that does not apply its markers). A file
+    already gone is not an error.
+    """
     for path in paths:
-        with contextlib.suppress(FileNotFoundError):
-            loc.fs.rm(path)
+        try:
+            loc.fs.rm_file(path)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise RuntimeFailure(
+                f"cannot delete {loc.uri_of(path)}: {type(exc).__name__}: {exc}; the role "
+                "needs s3:DeleteObject there (pipelines/iam/detector-policy.json)"
+            ) from None
 
 
 # --------------------------------------------------------------------------- file checks
@@ -357,6 +370,18 @@ class Table:
 
     def delete(self, paths: Iterable[str]) -> None:
         remove(self.loc, paths)
+
+    def check_deletes(self) -> None:
+        """Raise :class:`RuntimeFailure` unless files of this table can be deleted here.
+
+        A compaction whose merged inputs could never be deleted would leave their rows twice
+        for every reader outside the tool: it writes and deletes an empty probe object
+        (``_delete-check``, a name no reader takes for data; one name, so a refused run
+        leaves one such object, not one a run) before merging anything.
+        """
+        probe = f"{self.root}/_delete-check"
+        self.loc.put_atomic(probe, b"")
+        remove(self.loc, [probe])
 
     # ------------------------------------------------------------------ reading
     def usable(self, entries: Iterable[FileEntry]) -> list[str]:

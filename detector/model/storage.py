@@ -270,7 +270,21 @@ class Model:
         for path in loc.glob("*"):
             m = OWN_FILE.match(path.rsplit("/", 1)[-1])
             if m and (m["v1"] or m["v2"]) not in keep and _older_than(loc, path, PRUNE_AFTER):
-                loc.fs.rm(path)
+                # One request a file, so a refused delete is seen (s3fs's bulk delete
+                # reports none); the model is saved whatever happens here.
+                try:
+                    loc.fs.rm_file(path)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    log.warning(
+                        "old model files in %s kept: cannot delete %s (%s); the role needs "
+                        "s3:DeleteObject on the model store",
+                        model_dir,
+                        path.rsplit("/", 1)[-1],
+                        type(exc).__name__,
+                    )
+                    break
         return replace(self, version=version, card=card)
 
     # ----------------------------------------------------------------- load
