@@ -222,6 +222,8 @@ def test_a_delivery_that_fails_ends_with_exit_3_and_the_next_run_sends_it(scored
     # the first failed (a dead letter); the sink is then down and the second waits
     assert (summary["failed"], summary["waiting"], summary["sent"]) == (1, 1, 0)
     assert "2 alert(s) could not be delivered (1 failed" in out.stderr
+    # a one-shot run does not promise a retry "in 30s" (watch's clock): the next run does
+    assert "the next delivery run" in out.stderr and "tried again in" not in out.stderr
     # back up: the next run sends both, and exits 0
     up = scored["tmp"] / "up.toml"
     up.write_text(

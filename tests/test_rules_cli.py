@@ -248,6 +248,13 @@ def test_refreshed_aws_ranges_go_to_a_file_of_yours_and_reach_the_rules(tmp_path
     quiet = cli("--config", str(config), "rules", "test", rule, log)
     assert quiet.exit_code == 0, quiet.stderr
     assert "did not fire" in quiet.stdout
+    shown = cli("--config", str(config), "config", "show", "--format", "json")
+    rows = {r["setting"]: r for r in json.loads(shown.stdout)["settings"]}
+    assert rows["aws_ranges"] == {
+        "setting": "aws_ranges",
+        "value": str(written),
+        "source": "detect.toml",
+    }
     # A refresh with the setting in place writes where it points, and says nothing more.
     elsewhere = tmp_path / "feeds"
     elsewhere.mkdir()
@@ -273,6 +280,10 @@ def test_ip_lists_named_in_detect_toml_reach_the_rules(tmp_path, monkeypatch):
     log = write_log(tmp_path / "audit.log", ev("get", "pods", ns="a", ip="185.220.101.9"))
     fired = cli("--config", str(config), "rules", "test", "denied-ip-caller", log)
     assert fired.exit_code == 0, fired.stderr
+    shown = cli("--config", str(config), "config", "show", "--format", "json")
+    rows = {r["setting"]: r for r in json.loads(shown.stdout)["settings"]}
+    assert rows["ip_lists"]["value"] == [str(tmp_path / "feeds" / "tor.txt")]
+    assert rows["ip_lists"]["source"] == "detect.toml"
     assert "FIRED: 1 finding(s)" in fired.stdout and "from 185.220.101.9" in fired.stdout
     silent = cli("rules", "test", "denied-ip-caller", log)
     assert "did not fire" in silent.stdout

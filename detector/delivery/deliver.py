@@ -166,6 +166,7 @@ def deliver(
     """
     now = now or datetime.now(UTC)
     incidents = list(incidents)
+    kept = health is not None  # a caller that delivers again (watch) retries on a clock
     health = {} if health is None else health
     report = DeliveryReport(state=state.copy())
     plans = []
@@ -229,12 +230,21 @@ def deliver(
     for sink, _ in plans:  # reported in the sinks' order, whichever finished first
         _report(report, sink, outcomes.get(sink.name, []), now)
     for name in dict.fromkeys(w["sink"] for w in report.waiting):
-        log.warning(
-            "sink %s is down: %d alert(s) wait for it; it is tried again in %.0fs",
-            name,
-            sum(w["sink"] == name for w in report.waiting),
-            max(0.0, health[name].retry_at - time.monotonic()),
-        )
+        waiting = sum(w["sink"] == name for w in report.waiting)
+        if kept:
+            log.warning(
+                "sink %s is down: %d alert(s) wait for it; it is tried again in %.0fs",
+                name,
+                waiting,
+                max(0.0, health[name].retry_at - time.monotonic()),
+            )
+        else:  # a one-shot run (`incidents deliver`, `score`): the next run tries again
+            log.warning(
+                "sink %s is down: %d alert(s) wait for it; the next delivery run "
+                "(`detect incidents deliver`) tries again",
+                name,
+                waiting,
+            )
     report.state.prune(now)
     if checkpoint is not None:
         checkpoint(report.state)

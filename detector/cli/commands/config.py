@@ -91,6 +91,7 @@ def effective(
 
             value, source = boto3.Session().region_name, "AWS profile"
         rows.append({"setting": key, "value": value or _ROOT_DEFAULTS.get(key), "source": source})
+    rows += _address_list_rows(loaded)
     group = root.command
     shared_rows: dict[str, dict[str, Any]] = {}
     per_command: list[dict[str, Any]] = []
@@ -124,6 +125,26 @@ def effective(
         where = loaded.path.name if loaded.path else settings.DEFAULT_CONFIG_FILE
         rows.append({"setting": f"sinks.{sink.name}", "value": sink.describe(), "source": where})
     return rows + per_command
+
+
+def _address_list_rows(loaded: settings.LoadedConfig) -> list[dict[str, Any]]:
+    """The rules' address lists: deny lists (``ip_lists``) and the AWS ranges
+    (``aws_ranges``), from their variable (which wins) or the file's top level."""
+    where = loaded.path.name if loaded.path else settings.DEFAULT_CONFIG_FILE
+    rows = []
+    for key, env_name, from_file in (
+        (settings.IP_LISTS_KEY, settings.IP_LISTS_ENV, os.pathsep.join(loaded.ip_lists)),
+        (settings.AWS_RANGES_KEY, settings.AWS_RANGES_ENV, loaded.aws_ranges or ""),
+    ):
+        value = os.environ.get(env_name, "")
+        if not value:
+            shown = [] if key == settings.IP_LISTS_KEY else "the snapshot shipped with the tool"
+            rows.append({"setting": key, "value": shown, "source": "default"})
+            continue
+        source = where if from_file and value == from_file else f"env {env_name}"
+        shown = [v for v in value.split(os.pathsep) if v] if key == settings.IP_LISTS_KEY else value
+        rows.append({"setting": key, "value": shown, "source": source})
+    return rows
 
 
 @config_app.command("show")
@@ -171,7 +192,10 @@ def show(
     table.add_column("source", style="dim")
     for row in rows:
         value = row["value"]
-        shown = "-" if value is None or value == [] else str(value)
+        if isinstance(value, list):
+            shown = ", ".join(map(str, value)) or "-"
+        else:
+            shown = "-" if value is None else str(value)
         table.add_row(escape(row["setting"]), escape(shown), escape(row["source"]))
     stdout.print(table)
 

@@ -19,7 +19,6 @@ from detector.cli.options import (
     NoRulesOpt,
     OutputFormat,
     SeedOpt,
-    UntilOpt,
     WindowOpt,
     emit_json,
     executor_for,
@@ -40,7 +39,14 @@ def evaluate(
             "--train-until", help="Train on events before this instant, score the rest."
         ),
     ] = ...,  # type: ignore[assignment]
-    until: UntilOpt = None,
+    until: Annotated[
+        datetime | None,
+        instant_option(
+            "--until",
+            help="End of the scored range (exclusive), a duration before now or an "
+            "instant; default: the end of the window holding the lake's last event.",
+        ),
+    ] = None,
     window: WindowOpt = "10m",  # type: ignore[assignment]
     alert_rate: AlertRateOpt = DEFAULT_ALERT_RATE,
     seed: SeedOpt = 0,
