@@ -1080,3 +1080,34 @@ def test_a_checkpoint_with_a_field_of_the_wrong_type_is_one_line_naming_it(logs,
     assert again.returncode == 3
     line = one_line_error(again.stderr)
     assert "lease_until_ms is not a number" in line and path.name in line
+
+
+def test_sigterm_while_cloudwatch_is_retried_at_start_is_a_stop_not_a_failure(tmp_path):
+    """CloudWatch unreachable when a batch export starts: its calls are retried with a
+    backoff. A SIGTERM then (a deploy, a cron timeout) is a stop like any other: exit 143
+    with the summary, the checkpoint unchanged; it was exit 3, "abandoned on shutdown", an
+    error a scheduler would page on."""
+    from conftest import free_port
+
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SECRET_ACCESS_KEY": "y",
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",  # nothing listens there
+    }
+    args = ["--log-level", "info", "export", "--log-group", "/aws/eks/c/cluster"]
+    args += ["--lake", str(tmp_path / "lake"), "--since", "5m", "--format", "json"]
+    proc = subprocess.Popen(
+        [*detect_cmd(), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:  # wait until a call is being retried
+        if "retrying in" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    summary = json.loads(out)
+    assert summary["stopped_by"] == "SIGTERM" and summary["events_written"] == 0
+    assert "error:" not in err

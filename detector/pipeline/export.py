@@ -464,6 +464,8 @@ class Exporter:
         )
         try:
             self.streams = self.reader.streams()
+        except RetryAborted:
+            raise  # a stop asked for while retrying: run() ends it as a stop
         except Exception as exc:
             raise _translate(
                 exc, log_group=self.opts.log_group, region=self.region, starting=True
@@ -763,6 +765,11 @@ class Exporter:
             while self.run_pass():
                 self._wait_for_next_pass()
             self.summary.complete = not self.stop.is_set()
+            return self.finish()
+        except RetryAborted:
+            # Asked to stop while CloudWatch was being retried (unreachable at start-up, for
+            # one): a stop like any other, nothing read past the checkpoint.
+            self.summary.complete = False
             return self.finish()
         except BaseException as exc:
             self._save_what_is_safe()
