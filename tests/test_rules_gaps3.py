@@ -100,8 +100,8 @@ def test_a_trusted_image_running_its_own_program_stays_quiet(ruleset):
 
 def test_container_commands_skip_probes_and_hooks():
     body = node_agent(KUBE_PROXY, ["kube-proxy"], args=["--v=2", 'say "a]b"'])
-    got = frame(ds(body)).select(DERIVED_FIELDS["container_commands"].build().alias("c"))
-    assert got["c"][0].to_list() == ["kube-proxy", "--v=2", 'say "a]b"']
+    got = frame(ds(body)).select(DERIVED_FIELDS["container_command_lines"].build().alias("c"))
+    assert got["c"][0].to_list() == ['kube-proxy --v=2 say "a]b"']
 
 
 # --------------------------------------------------------------------------- 2. controller SA

@@ -542,34 +542,6 @@ def _service_type() -> pl.Expr:
     )
 
 
-#: A JSON string, and an array of JSON strings (quotes and escapes respected, so a ``]``
-#: inside an argument does not end the array).
-_JSON_STRING = r'"(?:[^"\\]|\\.)*"'
-_STRING_ARRAY = rf"\[\s*(?:{_JSON_STRING}\s*(?:,\s*{_JSON_STRING}\s*)*)?\]"
-
-
-def _container_commands() -> pl.Expr:
-    """Every word of every container's ``command`` and ``args`` (containers, init and
-    ephemeral containers, pod templates), and of what a JSON patch sets at a container's
-    ``command``/``args``. A probe's or a lifecycle hook's ``exec: {command: [...]}`` is
-    left out: ``sh -c`` there is routine (CSI drivers' preStop hooks), and it is not what
-    the container runs."""
-    col = pl.col("request_object")
-    key = r'"(?:command|args)"\s*:\s*'
-    found = col.str.extract_all(rf'(?:"exec"\s*:\s*\{{\s*)?{key}{_STRING_ARRAY}')
-    arrays = found.list.eval(
-        pl.element().filter(~pl.element().str.starts_with('"exec"')).str.replace(f"^{key}", "")
-    )
-    patched = _patched_values(
-        col,
-        r"/(?:c|initC|ephemeralC)ontainers/(?:[0-9]+|-)/(?:command|args)(?:/(?:-|[0-9]+))?",
-        f"{_STRING_ARRAY}|{_JSON_STRING}",
-        "",
-    )
-    text = pl.concat_list(arrays, patched).list.join("\n")
-    return text.str.extract_all(_JSON_STRING).list.eval(pl.element().str.json_path_match("$"))
-
-
 #: The words of a command line that run a shell, a tool for breaking out of the container
 #: (nsenter, chroot, crictl, insmod...) or one for calling home (nc, socat, curl, wget, an
 #: interpreter): as a whole word, a path's last part (``/bin/sh``) or after ``=``.
@@ -837,13 +809,6 @@ DERIVED_FIELDS: dict[str, DerivedField] = {
         lambda: _uri_param("container").list.first(),
         "the container named by an exec/attach request",
         uses_json=False,
-    ),
-    "container_commands": DerivedField(
-        "list",
-        _container_commands,
-        "every word of the `command` and `args` of every container in the request body "
-        "(init and ephemeral containers, pod templates, a JSON patch of either), not of "
-        "probes or lifecycle hooks",
     ),
     "container_command_lines": DerivedField(
         "list",
