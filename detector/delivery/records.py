@@ -33,7 +33,7 @@ import orjson
 import polars as pl
 
 from detector.lake.events import Lake
-from detector.lake.incidents import signed_files
+from detector.lake.incidents import FileRows, signed_files
 from detector.lake.state import CheckpointConflict, StateObject
 
 log = logging.getLogger(__name__)
@@ -195,7 +195,7 @@ class DeadLetterReader:
 
     def __init__(self, lake: Lake) -> None:
         self.lake = lake
-        self._files: dict[str, tuple[tuple, pl.DataFrame]] = {}
+        self._rows = FileRows()
         self._all: pl.DataFrame | None = None
         #: files read over the reader's life (a count for tests and benchmarks)
         self.files_read = 0
@@ -213,27 +213,22 @@ class DeadLetterReader:
                 and parts[0] >= first
             ):
                 live[path] = signature
-        changed = False
-        for path in [p for p in self._files if p not in live]:
-            del self._files[path]
-            changed = True
-        for path, signature in sorted(live.items()):
-            held = self._files.get(path)
-            if held is not None and held[0] == signature:
-                continue
-            try:
-                with self.lake.loc.fs.open(path, "rb") as fh:
-                    self._files[path] = (signature, pl.read_parquet(fh))
-                self.files_read += 1
-            except (OSError, pl.exceptions.PolarsError) as exc:
-                log.warning("skipped dead letters %s: %s", path, type(exc).__name__)
-                self._files.pop(path, None)
-            changed = True
+        changed = self._rows.update(live, self._read)
         if changed or self._all is None:
-            frames = [self._files[p][1] for p in sorted(self._files)]
+            frames = self._rows.frames()
             self._all = (
                 pl.concat(frames, how="diagonal_relaxed")
                 if frames
                 else pl.DataFrame(schema=DEAD_LETTER_COLUMNS)
             )
         return self._all
+
+    def _read(self, path: str, _signature: tuple) -> pl.DataFrame | None:
+        try:
+            with self.lake.loc.fs.open(path, "rb") as fh:
+                rows = pl.read_parquet(fh)
+        except (OSError, pl.exceptions.PolarsError) as exc:
+            log.warning("skipped dead letters %s: %s", path, type(exc).__name__)
+            return None
+        self.files_read += 1
+        return rows

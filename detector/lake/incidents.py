@@ -25,7 +25,7 @@ Columns are documented in docs/alerts.md.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -232,6 +232,44 @@ def signed_files(loc: Location, directory: str) -> dict[str, tuple]:
     }
 
 
+class FileRows:
+    """The rows of each file of a listing, kept by the file's signature (:func:`signed_files`).
+
+    What :class:`IncidentsReader` and the dead-letter reader share: :meth:`update` drops
+    files gone from the listing, reads those new or written again (``read`` returns None
+    for a file not read this time, tried again on the next call), and says whether
+    anything changed, so a caller rebuilds its answer only then.
+    """
+
+    def __init__(self) -> None:
+        self._files: dict[str, tuple[tuple, pl.DataFrame]] = {}
+
+    def update(
+        self,
+        live: Mapping[str, tuple],
+        read: Callable[[str, tuple], pl.DataFrame | None],
+    ) -> bool:
+        changed = False
+        for path in [p for p in self._files if p not in live]:
+            del self._files[path]
+            changed = True
+        for path, signature in sorted(live.items()):
+            held = self._files.get(path)
+            if held is not None and held[0] == signature:
+                continue
+            rows = read(path, signature)
+            if rows is None:
+                self._files.pop(path, None)
+            else:
+                self._files[path] = (signature, rows)
+            changed = True
+        return changed
+
+    def frames(self) -> list[pl.DataFrame]:
+        """Each kept file's rows, in path order."""
+        return [self._files[p][1] for p in sorted(self._files)]
+
+
 class IncidentsReader:
     """:func:`read_incidents` for a caller that asks again and again (``detect watch``).
 
@@ -248,7 +286,7 @@ class IncidentsReader:
     def __init__(self, lake: Lake) -> None:
         self.lake = lake
         self.table = incidents_table(lake)
-        self._files: dict[str, tuple[tuple, pl.DataFrame]] = {}
+        self._rows = FileRows()
         self._latest: pl.DataFrame | None = None
         #: files read over the reader's life (a count for tests and benchmarks)
         self.files_read = 0
@@ -256,23 +294,9 @@ class IncidentsReader:
     def read(self, *, since: datetime) -> pl.DataFrame:
         """Incidents filed under ``since``'s date or later, one row each, in no set order."""
         first = since.astimezone(UTC).date().isoformat()
-        live = self._live(first)
-        changed = False
-        for path in [p for p in self._files if p not in live]:
-            del self._files[path]
-            changed = True
-        for path, signature in live.items():
-            held = self._files.get(path)
-            if held is not None and held[0] == signature:
-                continue
-            rows = self._read(path, signature)
-            if rows is None:  # not read this time: tried again on the next call
-                self._files.pop(path, None)
-            else:
-                self._files[path] = (signature, rows)
-            changed = True
+        changed = self._rows.update(self._live(first), self._read)
         if changed or self._latest is None:
-            frames = [self._files[p][1] for p in sorted(self._files)]
+            frames = self._rows.frames()
             every = pl.concat(frames) if frames else pl.DataFrame(schema=INCIDENT_COLUMNS)
             self._latest = _latest(every.lazy()).collect()
         return self._latest
