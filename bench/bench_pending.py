@@ -17,16 +17,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import sys
 import time
-from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.bench_partition import _S3Requests as S3Requests  # noqa: E402
 from detector.delivery.records import write_dead_letters  # noqa: E402
 from detector.delivery.run import PendingIncidents  # noqa: E402
 from detector.incidents import workflow  # noqa: E402
@@ -36,23 +35,6 @@ from tests.alerts_data import T0, W, finding, frames  # noqa: E402
 
 DAYS, PER_DAY = 37, 30
 NOW = T0 + timedelta(days=DAYS)
-
-
-class S3Requests(logging.Handler):
-    """Counts the requests moto's server logs, by kind (a LIST is a GET with list-type)."""
-
-    LINE = re.compile(r'"(?:\x1b\[[0-9;]*m)*(GET|PUT|HEAD|POST|DELETE) (\S+) HTTP')
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.kinds: Counter[str] = Counter()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        m = self.LINE.search(record.getMessage())
-        if m:
-            method, path = m.groups()
-            listing = method == "GET" and "list-type=" in path.partition("?")[2]
-            self.kinds["LIST" if listing else method] += 1
 
 
 def build(lake: Lake) -> None:
