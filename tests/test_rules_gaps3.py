@@ -365,3 +365,15 @@ def test_node_binary_folders_are_sensitive_mounts(ruleset, path, benign):
 
     assert fired(ruleset, "sensitive-host-mount", created(path)) == 1
     assert fired(ruleset, "sensitive-host-mount", created(benign)) == 0
+
+
+def test_an_expands_to_list_too_large_to_compile_is_refused_at_load_in_one_line():
+    """A site list of hundreds of long paths makes a glob pattern past the regex engine's
+    size limit: refused when the rules load (one short line), not mid-scoring."""
+    from detector.rules.condition import ConditionError, predicate
+
+    paths = [f"/very/long/path/number/{i}/with/many/components/secret-{i}" for i in range(400)]
+    with pytest.raises(ConditionError) as refused:
+        predicate("exec_command", "expands_to", paths)
+    message = str(refused.value)
+    assert "size limit" in message and len(message) < 300 and "\n" not in message

@@ -962,7 +962,8 @@ def check_regex(pattern: str) -> None:
     except Exception as exc:  # polars raises ComputeError with the regex crate's message
         found = re.search(r"^error: (.*)$", str(exc), re.M)
         reason = found.group(1) if found else str(exc).strip().splitlines()[0]
-        raise ConditionError(f"invalid regex {pattern!r}: {reason}") from None
+        shown = pattern if len(pattern) <= 120 else pattern[:117] + "..."
+        raise ConditionError(f"invalid regex {shown!r}: {reason}") from None
 
 
 def _number(text: str, field_name: str) -> float:
@@ -1070,7 +1071,9 @@ def _scalar_op(e: pl.Expr, op: str, values: list[str], kind: str, field_name: st
     if op == "icontains":
         return s.str.contains_any(values, ascii_case_insensitive=True)
     if op == "expands_to":
-        return _shell_text(s).str.contains(expansion_regex(tuple(values)))
+        pattern = expansion_regex(tuple(values))
+        check_regex(pattern)  # a list of many long paths may pass the regex size limit
+        return _shell_text(s).str.contains(pattern)
     if op == "startswith":
         return s.str.contains("^(?:" + "|".join(_regex_escape(v) for v in values) + ")")
     if op == "endswith":
