@@ -37,9 +37,11 @@ import io
 import logging
 import os
 import re
+import sys
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -193,15 +195,23 @@ def remove(loc: Location, paths: Iterable[str]) -> None:
 
 
 # --------------------------------------------------------------------------- file checks
-_checked: dict[tuple[str, int, str], str | None] = {}
+#: Files whose schema check is remembered, at most. A ``detect watch`` process meets a few
+#: thousand new files a day (every batch writes some, compaction replaces them): kept
+#: without a bound, with a copy of the schema's text each (~1.4 KB a file), they grew its
+#: memory by megabytes a day for as long as it ran. A file pushed out is checked again
+#: (one footer read) if it is scanned again.
+CHECKED_FILES = 20_000
+_checked: OrderedDict[tuple[str, int, str], str | None] = OrderedDict()
 _checked_lock = threading.Lock()
 
 
 def schema_problem(loc: Location, path: str, size: int, schema: pl.Schema) -> str | None:
-    """Why ``path`` cannot be scanned with ``schema`` (None: it can). Cached per (path, size)."""
-    key = (path, size, str(schema))
+    """Why ``path`` cannot be scanned with ``schema`` (None: it can). Remembered per
+    (path, size, schema) for the :data:`CHECKED_FILES` files used last."""
+    key = (path, size, sys.intern(str(schema)))  # one copy of each schema's text
     with _checked_lock:
         if key in _checked:
+            _checked.move_to_end(key)
             return _checked[key]
     try:
         with loc.fs.open(path, "rb") as fh:
@@ -217,6 +227,8 @@ def schema_problem(loc: Location, path: str, size: int, schema: pl.Schema) -> st
         problem = "wrong column type: " + "; ".join(wrong) if wrong else None
     with _checked_lock:
         _checked[key] = problem
+        while len(_checked) > CHECKED_FILES:
+            _checked.popitem(last=False)
     return problem
 
 
