@@ -7,13 +7,15 @@ on 127.0.0.1 (a free port per test session), and boto3, s3fs and polars reach it
 
 from __future__ import annotations
 
+import fcntl
+import itertools
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -34,6 +36,79 @@ os.environ.update(
 )
 os.environ.pop("AWS_PROFILE", None)
 os.environ.pop("AWS_SESSION_TOKEN", None)
+
+
+#: Modules that share something slow to set up (an Airflow database, a Ray cluster, a
+#: browser, simulated lakes and models trained on them) or hold the longest tests, with
+#: about the seconds each takes on one core. Only the order of the run depends on it
+#: (see pytest_collection_modifyitems): a module missing here or a wrong figure costs
+#: time, never a result.
+HEAVY_MODULES: dict[str, float] = {
+    "test_airflow_dag.py": 40,
+    "test_watch.py": 42,
+    "test_executor.py": 36,
+    "test_export.py": 18,
+    "test_normalize.py": 16,
+    "test_ingest.py": 15,
+    "test_demo.py": 14,
+    "test_scoring.py": 14,
+    "test_report.py": 12,
+    "test_model.py": 12,
+    "test_input_fuzz.py": 10,
+    "test_delivery_pending.py": 8,
+    "test_iam_policy.py": 8,
+    "test_lake_concurrency.py": 7,
+    "test_evaluate.py": 6,
+    "test_simulate.py": 4,
+    "test_athena.py": 3,
+    "test_cli_output.py": 3,
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Order the run for ``--dist worksteal`` (``make test``): every worker starts with a
+    share of the heavy modules, then runs light tests, which are what the others steal.
+
+    worksteal first gives each of the N workers a contiguous 1/N of the collection, and a
+    worker that runs dry steals the second half of another's queue. In file order the
+    heavy modules sat anywhere in those queues: a stolen half could cut one in two, and
+    both workers then built its module fixtures (an Airflow database, a trained model),
+    or the run ended waiting on a long test begun last. Here each worker's share begins
+    with heavy modules, whole and balanced by :data:`HEAVY_MODULES`' seconds, longest
+    first; light tests fill the rest in file order. Every worker computes the same order
+    (xdist requires it); a worker does not know the --dist mode, and the others (load,
+    loadfile...) only hand tests out in other ways from it. Without xdist, file order.
+    """
+    workers = int(getattr(config, "workerinput", {}).get("workercount", 0))
+    if workers < 2:
+        return
+    modules: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        modules.setdefault(item.path.name, []).append(item)
+    heavy = sorted(
+        (name for name in modules if name in HEAVY_MODULES),
+        key=lambda name: (-HEAVY_MODULES[name], name),
+    )
+    light = [item for name, group in modules.items() if name not in HEAVY_MODULES for item in group]
+    # The sizes of worksteal's first shares: each idle worker in turn gets pending // left.
+    sizes, left = [], len(items)
+    for k in range(workers):
+        sizes.append(left // (workers - k))
+        left -= sizes[-1]
+    shares: list[list[pytest.Item]] = [[] for _ in range(workers)]
+    seconds = [0.0] * workers
+    for name in heavy:  # longest first, each to the share with the least so far that has room
+        fits = [k for k in range(workers) if len(shares[k]) + len(modules[name]) <= sizes[k]]
+        k = min(fits or range(workers), key=lambda k: seconds[k])
+        shares[k] += modules[name]
+        seconds[k] += HEAVY_MODULES[name]
+    rest = iter(light)
+    for k in range(workers):
+        shares[k] += itertools.islice(rest, max(0, sizes[k] - len(shares[k])))
+    shares[-1] += rest  # nothing, unless a share overflowed
+    ordered = [item for share in shares for item in share]
+    assert sorted(map(id, ordered)) == sorted(map(id, items))
+    items[:] = ordered
 
 
 def free_port() -> int:
@@ -105,6 +180,24 @@ def run_detect(
     )
 
 
+def run_detect_in_process(
+    *args: str, env: dict[str, str | None] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``detect *args`` through the same typer app in this process, returning what
+    :func:`run_detect` returns. For steps that only prepare what a test is about (a lake
+    to read, findings to show): a ``detect`` process costs 0.6-1 s of start-up. A test
+    about the process itself (exit codes, signals, what reaches a terminal) uses
+    :func:`run_detect`. An exception the CLI would not catch is raised here."""
+    from typer.testing import CliRunner
+
+    from detector.cli import app
+
+    result = CliRunner().invoke(app, list(args), env=env)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
+
+
 def on_terminal(args: list[str], *, stream: str = "stdout", env: dict[str, str] | None = None):
     """``detect *args`` with ``stream`` (stdout or stderr) on a pseudo-terminal, as an
     analyst's is: (exit code, what it wrote there, the other stream's text)."""
@@ -142,3 +235,30 @@ def detect():
 def copy_tree(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+def built_once(
+    tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]
+) -> Path:
+    """``ROOT/name``, made by ``build(path)`` once per test run however many xdist workers
+    ask for it; the others wait for it, then use it as it is.
+
+    Session fixtures are per worker process: a simulated log and the model trained on it
+    were built again by every worker that ran one test needing them (seconds each). Only
+    for what tests treat as read-only (a test that changes it must copy it first, e.g.
+    with :func:`copy_tree`). ROOT is the run's base temporary folder that every worker's
+    own lies in (pytest's own folder without xdist), so nothing survives into a later run.
+    """
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    root = root / "built-once"
+    root.mkdir(exist_ok=True)
+    path, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not done.exists():
+            shutil.rmtree(path, ignore_errors=True)  # a build that failed half-way
+            path.mkdir()
+            build(path)
+            done.touch()
+    return path

@@ -24,7 +24,7 @@ import typer.main
 from typer.testing import CliRunner
 
 from detector.cli import app
-from tests.conftest import ROOT, detect_cmd, free_port
+from tests.conftest import ROOT, built_once, detect_cmd, free_port
 from tests.factories import make_event
 
 ENV_NAMES = (
@@ -119,17 +119,26 @@ print(json.dumps([CliRunner().invoke(app, [*p, "--help"]).stdout for p in paths]
 
 
 @pytest.fixture(scope="module")
-def helps_at_80() -> dict[tuple[str, ...], str]:
-    env = {k: v for k, v in os.environ.items() if k != "TERMINAL_WIDTH"} | {"COLUMNS": "80"}
-    done = subprocess.run(
-        [sys.executable, "-c", _HELP_AT_80, json.dumps(EVERY)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=True,
+def helps_at_80(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, ...], str]:
+    """Every help at 80 columns, rendered once per run (conftest.built_once: 2-4 s of a
+    child process that xdist workers sharing this module's tests each paid)."""
+
+    def build(folder: Path) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "TERMINAL_WIDTH"} | {"COLUMNS": "80"}
+        done = subprocess.run(
+            [sys.executable, "-c", _HELP_AT_80, json.dumps(EVERY)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=True,
+        )
+        (folder / "helps.json").write_text(done.stdout)
+
+    helps = json.loads(
+        (built_once(tmp_path_factory, "helps-at-80", build) / "helps.json").read_text()
     )
-    return dict(zip(EVERY, json.loads(done.stdout), strict=True))
+    return dict(zip(EVERY, helps, strict=True))
 
 
 @pytest.mark.parametrize("path", EVERY, ids=lambda p: " ".join(("detect", *p)))

@@ -18,6 +18,7 @@ import orjson
 import polars as pl
 import pyarrow as pa
 import pytest
+from conftest import built_once, copy_tree
 from factories import make_event
 from typer.testing import CliRunner
 
@@ -60,22 +61,48 @@ def ray_cluster():
 
 @pytest.fixture(scope="module")
 def two_clusters(tmp_path_factory) -> tuple[Lake, Path]:
-    root = tmp_path_factory.mktemp("exec")
-    lake = Lake(str(root / "lake"))
-    labels = []
-    for name, seed in CLUSTERS.items():
-        sim = simulate(start=START, end=END, rate=0.08, seed=seed, cluster=name)
-        lines = list(sim.iter_lines())
-        result = normalize_lines(
-            pa.array(lines, pa.binary()),
-            positions=pa.array([str(i) for i in range(len(lines))]),
-            source="sim",
-            cluster=name,
-        )
-        lake.write_events(result.events)
-        labels += sim.labels
-    (root / "labels.json").write_text(json.dumps(labels, default=str))
-    return lake, root / "labels.json"
+    """The two clusters' lake and their labels, built once per run (conftest.built_once)
+    whichever xdist workers run this module's tests: tests only read it (the one that
+    writes findings writes them into a copy)."""
+
+    def build(root: Path) -> None:
+        lake = Lake(str(root / "lake"))
+        labels = []
+        for name, seed in CLUSTERS.items():
+            sim = simulate(start=START, end=END, rate=0.08, seed=seed, cluster=name)
+            lines = list(sim.iter_lines())
+            result = normalize_lines(
+                pa.array(lines, pa.binary()),
+                positions=pa.array([str(i) for i in range(len(lines))]),
+                source="sim",
+                cluster=name,
+            )
+            lake.write_events(result.events)
+            labels += sim.labels
+        (root / "labels.json").write_text(json.dumps(labels, default=str))
+
+    root = built_once(tmp_path_factory, "executor-two-clusters", build)
+    return Lake(str(root / "lake")), root / "labels.json"
+
+
+@pytest.fixture(scope="module")
+def local_model(two_clusters):  # type: ignore[no-untyped-def]
+    """The model the local executor trains on the two clusters before :data:`CUT`, trained
+    once for the module: two tests compare against it, and training is deterministic (the
+    Ray test checks exactly that: its own training gives the same fingerprint, threshold
+    and training summary). Tests only read it."""
+    lake, _ = two_clusters
+    return train_model(lake, START, CUT, model_dir=None)
+
+
+@pytest.fixture(scope="module")
+def one_read(two_clusters, local_model):  # type: ignore[no-untyped-def]
+    """The local scoring of [CUT, END) in one read of the whole range, without writing:
+    the reference both the Ray run and the partition-at-a-time local run must equal
+    (computed once; the comparisons only read it)."""
+    lake, _ = two_clusters
+    options = ScoreOptions(write=False, now=NOW, by_partition=False)
+    return score_range(lake, CUT, END, model=local_model, options=options)
 
 
 def assert_same_result(got, expected) -> None:  # type: ignore[no-untyped-def]
@@ -102,18 +129,18 @@ def test_partitions_are_cluster_days_made_of_whole_local_chunks(two_clusters):
     assert all(p[0] == c for c, _, parts in units for p in parts)
 
 
-def test_ray_executor_trains_the_same_model_and_finds_the_same(two_clusters, ray_cluster, tmp_path):
+def test_ray_executor_trains_the_same_model_and_finds_the_same(
+    two_clusters, local_model, one_read, ray_cluster, tmp_path
+):
     lake, labels = two_clusters
     ray = make_executor("ray")
-    local_model = train_model(lake, START, CUT, model_dir=None)
     ray_model = train_model(lake, START, CUT, model_dir=None, executor=ray)
     assert ray_model.fingerprint == local_model.fingerprint
     assert ray_model.threshold == local_model.threshold
     assert ray_model.training == local_model.training
 
     opts = ScoreOptions(write=False, now=NOW)
-    one_read = ScoreOptions(write=False, now=NOW, by_partition=False)
-    here = score_range(lake, CUT, END, model=local_model, options=one_read)
+    here = one_read
     there = score_range(lake, CUT, END, model=local_model, options=opts, executor=ray)
     assert here.findings.height > 0
     assert {"model", "rules"} <= {
@@ -127,34 +154,35 @@ def test_ray_executor_trains_the_same_model_and_finds_the_same(two_clusters, ray
     report_there = evaluate(lake, scenarios, train_until=CUT, executor=ray)
     assert report_there.to_dict() == report_here.to_dict()
 
-    # The command as a user runs it (in this test so that one xdist worker starts Ray).
+    # The command as a user runs it (in this test so that one xdist worker starts Ray),
+    # on a copy of the lake: it writes findings, and the other tests share the lake.
+    written = copy_tree(Path(lake.uri), tmp_path / "lake")
     models = str(tmp_path / "models")
     local_model.save(models)
-    args = ["score", "--lake", lake.uri, "--model-dir", models, "--since", CUT.isoformat()]
+    args = ["score", "--lake", str(written), "--model-dir", models, "--since", CUT.isoformat()]
     args += ["--until", END.isoformat(), "--format", "json"]
     runner = CliRunner()
     local = runner.invoke(app, args)
     assert local.exit_code in (0, 1), local.output
-    local_written = pl.read_parquet(f"{lake.uri}/findings/**/*.parquet").drop("created_at")
+    local_written = pl.read_parquet(f"{written}/findings/**/*.parquet").drop("created_at")
     distributed = runner.invoke(app, [*args, "--executor", "ray"])
     assert distributed.exit_code == local.exit_code, distributed.output
-    ray_written = pl.read_parquet(f"{lake.uri}/findings/**/*.parquet").drop("created_at")
+    ray_written = pl.read_parquet(f"{written}/findings/**/*.parquet").drop("created_at")
     assert ray_written.height == local_written.height > 0
     assert _sorted(ray_written, "finding_id").equals(_sorted(local_written, "finding_id"))
 
 
 def test_a_local_range_longer_than_a_day_read_a_partition_at_a_time_finds_the_same(
-    two_clusters,
+    two_clusters, local_model, one_read
 ):
     """A local run reads a range of more than a day (cluster, day) partition by partition,
     so its memory does not grow with the range: the findings, their events and the counts
     are those of the one read of the whole range."""
     lake, _ = two_clusters
-    model = train_model(lake, START, CUT, model_dir=None)
-    one = score_range(
-        lake, CUT, END, model=model, options=ScoreOptions(write=False, now=NOW, by_partition=False)
+    one = one_read
+    auto = score_range(
+        lake, CUT, END, model=local_model, options=ScoreOptions(write=False, now=NOW)
     )
-    auto = score_range(lake, CUT, END, model=model, options=ScoreOptions(write=False, now=NOW))
     assert timedelta(days=1) < END - CUT
     assert one.findings.height > 0 and set(one.findings["cluster"]) == set(CLUSTERS)
     assert_same_result(auto, one)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import os
@@ -766,20 +767,26 @@ def _complete_lines_before(cut: bytes) -> int:
     return out.count(b"\n")
 
 
+@functools.cache
+def _big_gzip() -> tuple[list[str], bytes]:
+    """20k events of ~1.1 KB (their auditIDs) and their gzip log: more than one read block,
+    so cuts fall inside later blocks too. Made once for the three cuts (a second each)."""
+    events = [make_event(i, requestURI=f"/api/v1/namespaces/n{i}/pods") for i in range(20_000)]
+    return [e["auditID"] for e in events], ndjson(events, gz=True)
+
+
 @pytest.mark.parametrize("keep", [0.1, 0.5, 0.97])
 def test_a_truncated_gzip_keeps_every_complete_line_and_quarantines_the_cut(tmp_path, keep):
-    # 20k events of ~1.1 KB: more than one read block, so cuts fall inside later blocks too.
-    events = [make_event(i, requestURI=f"/api/v1/namespaces/n{i}/pods") for i in range(20_000)]
-    whole = ndjson(events, gz=True)
+    ids, whole = _big_gzip()
     cut = whole[: int(len(whole) * keep)]
     path = tmp_path / "audit.log.gz"
     path.write_bytes(cut)
     complete = _complete_lines_before(cut)
-    assert 0 < complete < len(events)
+    assert 0 < complete < len(ids)
     lake = str(tmp_path / "lake")
     summary = ingest_paths([str(path)], lake, cluster="default")
     assert summary.failed_inputs == []
-    assert _lake_ids(lake) == sorted(e["auditID"] for e in events[:complete])
+    assert _lake_ids(lake) == sorted(ids[:complete])
     bad = _quarantine(lake)
     assert bad.height == 1
     assert bad["source_position"][0] == str(complete + 1)

@@ -783,6 +783,8 @@ def test_forest_inputs_computed_a_slice_at_a_time_are_the_inputs_of_all_rows(win
     fold = timedelta(hours=6)
     baseline, rows = fit_baseline(windows, fold=fold)
     whole = surprise.model_inputs(rows, baseline, loo_fold=fold)
-    monkeypatch.setattr(surprise, "INPUT_CHUNK_ROWS", 97)
-    assert rows.height > 3 * 97
+    # A prime chunk size, so the slices fall anywhere: nine whole ones and a part. (It was
+    # 97, a hundred slices: 1.5 s of per-slice cost for no boundary of another kind.)
+    monkeypatch.setattr(surprise, "INPUT_CHUNK_ROWS", 997)
+    assert rows.height > 3 * 997 and rows.height % 997
     assert_frame_equal(surprise.model_inputs(rows, baseline, loo_fold=fold), whole)

@@ -433,7 +433,11 @@ def markers_in(value: object) -> set[str]:
     return {m for m in (mark(n) for n in range(100)) if m in text}
 
 
-def test_no_planted_credential_reaches_any_column_of_any_lake_file(tmp_path, detect):
+def test_no_planted_credential_reaches_any_column_of_any_lake_file(tmp_path):
+    """`detect ingest` and `detect score`, run in this process: what is searched is what
+    they write to the lake and print, not anything about the process."""
+    from tests.conftest import run_detect_in_process as detect
+
     valid, garbage = planted_events(), planted_garbage()
     lines = [orjson.dumps(e) for e in valid]
     lines[5:5] = garbage[:5]

@@ -363,7 +363,10 @@ def planted() -> tuple[list[dict], list[bytes]]:
     return valid, garbage
 
 
-def test_no_gap_marker_reaches_any_column_of_any_lake_file(tmp_path, detect):
+def test_no_gap_marker_reaches_any_column_of_any_lake_file(tmp_path):
+    """`detect ingest`, run in this process: what is searched is what it writes."""
+    from tests.conftest import run_detect_in_process as detect
+
     valid, garbage = planted()
     log = tmp_path / "audit.log"
     log.write_bytes(b"\n".join([orjson.dumps(e) for e in valid] + garbage) + b"\n")

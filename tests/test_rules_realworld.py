@@ -17,6 +17,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pytest
 import yaml
 from test_rules_helpers import ev, frame, iam, sa
@@ -125,7 +126,13 @@ TIGERA_OPERATOR = sa("tigera-operator", "tigera-operator")
 
 
 def fired(ruleset, rule_id: str, *events: dict[str, Any]) -> int:
-    return evaluate_rules(frame(*events), ruleset.only(rule_id)).findings.height
+    return fired_on(ruleset, rule_id, frame(*events))
+
+
+def fired_on(ruleset, rule_id: str, events: pl.DataFrame) -> int:
+    """Findings of one rule on events already normalized: a test asking several rules
+    about the same events normalizes them once (30 ms a time, most of a one-rule check)."""
+    return evaluate_rules(events, ruleset.only(rule_id)).findings.height
 
 
 def rules_fired(ruleset, *events: dict[str, Any]) -> set[str]:
@@ -273,8 +280,9 @@ def test_node_agents_are_trusted_for_their_own_programs_only(ruleset, name, obj,
     everything = ["privileged-container", "sensitive-host-mount", "host-namespace-pod"]
     everything += ["dangerous-capabilities", "root-with-privilege-escalation"]
     everything += ["trusted-image-shell-command"]
+    published = frame(write(ds))
     for rule in everything:
-        assert fired(ruleset, rule, write(ds)) == 0, rule
+        assert fired_on(ruleset, rule, published) == 0, rule
     key, i = container
     shell = copy.deepcopy(ds)
     pod_spec(shell)[key][i].pop("args", None)
@@ -282,7 +290,8 @@ def test_node_agents_are_trusted_for_their_own_programs_only(ruleset, name, obj,
     assert fired(ruleset, "trusted-image-shell-command", write(shell)) == 1
     other = copy.deepcopy(ds)
     pod_spec(other)[key][i]["image"] = "ghcr.io/acme/agent:1.0"
-    reported = {r for r in everything if fired(ruleset, r, write(other))}
+    unknown = frame(write(other))
+    reported = {r for r in everything if fired_on(ruleset, r, unknown)}
     assert reported  # whatever the agent needs, an unknown image needing it is reported
 
 

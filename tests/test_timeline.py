@@ -24,15 +24,19 @@ from tests.lakefill import (
 )
 
 
-def ingested(tmp_path, events: list[dict], detect) -> str:  # type: ignore[no-untyped-def]
+def ingested(tmp_path, events: list[dict]) -> str:  # type: ignore[no-untyped-def]
     """A lake holding ``events`` (audit events as dicts) in cluster c1, as `detect ingest`
-    writes it; returns its path."""
+    writes it (the command, run in this process: the lake is what the tests read, not
+    the ingest process); returns its path."""
     import orjson
+
+    from tests.conftest import run_detect_in_process
 
     log = tmp_path / "audit.log"
     log.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
     lake = str(tmp_path / "lake")
-    assert detect("ingest", str(log), "--lake", lake, "--cluster", "c1").returncode == 0
+    done = run_detect_in_process("ingest", str(log), "--lake", lake, "--cluster", "c1")
+    assert done.returncode == 0, done.stderr
     return lake
 
 
@@ -286,6 +290,7 @@ def test_escape_sequences_in_lake_strings_are_shown_not_sent_to_the_terminal(tmp
     from rich.table import Table
 
     from detector.cli.terminal import SafeConsole
+    from tests.conftest import run_detect_in_process
     from tests.test_rules_helpers import ev
 
     hostile = "\x1b]0;pwned\x07 \x1b[2J \x9b31m \u202etxt.exe\u200b"  # and a name shown reversed
@@ -302,10 +307,12 @@ def test_escape_sequences_in_lake_strings_are_shown_not_sent_to_the_terminal(tmp
     )
     event["userAgent"] = f"curl/8 {hostile}"
     event["objectRef"]["name"] = f"db{hostile}"
-    lake = ingested(tmp_path, [event], detect)
-    scored = detect("score", "--lake", lake, "--since", "2h", "--no-model")
+    lake = ingested(tmp_path, [event])
+    # Scoring and listing only make the finding to show: run in this process. What the
+    # analyst's terminal gets is what the `findings show` and `timeline` processes print.
+    scored = run_detect_in_process("score", "--lake", lake, "--since", "2h", "--no-model")
     assert scored.returncode == 0, scored.stderr
-    listed = detect("findings", "--lake", lake, "--since", "2h", "--format", "json")
+    listed = run_detect_in_process("findings", "--lake", lake, "--since", "2h", "--format", "json")
     finding = json.loads(listed.stdout)[0]["finding_id"]
     why = detect("findings", "show", finding, "--lake", lake)
     assert why.returncode == 0, why.stderr
@@ -337,7 +344,7 @@ def test_one_huge_entry_does_not_pad_every_line_of_a_plain_timeline(tmp_path, de
         ev("delete", f"r{i}", ns="app", name="n", user="mallory", at=at + timedelta(minutes=i))
         for i in range(1, 21)
     ]
-    lake = ingested(tmp_path, events, detect)
+    lake = ingested(tmp_path, events)
     shown = detect("timeline", "mallory", "--lake", lake, "--since", "2h", "--every", "0s")
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()
@@ -389,7 +396,7 @@ def test_a_timeline_at_a_terminal_is_one_coloured_line_per_entry(tmp_path, detec
         )
         for i in range(1, 31)
     ]
-    lake = ingested(tmp_path, events, detect)
+    lake = ingested(tmp_path, events)
     shown = run_on_terminal("timeline", "mallory", "--lake", lake, "--since", "2h", "--every", "0")
     lines = shown.splitlines()
     entries = [line for line in lines if re.match(r"(\x1b\[[0-9;]*m)?\d\d-\d\d \d\d:", line)]

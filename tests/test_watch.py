@@ -30,7 +30,7 @@ import orjson
 import polars as pl
 import pytest
 from alerts_data import Receiver
-from conftest import detect_cmd, free_port
+from conftest import built_once, detect_cmd, free_port
 from factories import BASE_TIME, make_event
 from throttle_proxy import FaultProxy
 
@@ -62,43 +62,49 @@ COMPARED = ["finding_id", "detector", "severity", "event_count", "audit_ids"]
 # ----------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="session")
 def sim(tmp_path_factory) -> Path:
-    """72 minutes of simulated EKS traffic with its planted attacks (about 4,200 events)."""
-    out = tmp_path_factory.mktemp("watch-sim")
-    proc = subprocess.run(
-        [
-            *detect_cmd(),
-            "simulate",
-            "--out",
-            str(out),
-            "--days",
-            "0.05",
-            "--rate",
-            "1",
-            "--end",
-            END,
-            "--seed",
-            "3",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return out / "audit.log"
+    """72 minutes of simulated EKS traffic with its planted attacks (about 4,200 events).
+    Built once per run (conftest.built_once), not once per xdist worker: tests read it."""
+
+    def build(out: Path) -> None:
+        proc = subprocess.run(
+            [
+                *detect_cmd(),
+                "simulate",
+                "--out",
+                str(out),
+                "--days",
+                "0.05",
+                "--rate",
+                "1",
+                "--end",
+                END,
+                "--seed",
+                "3",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+
+    return built_once(tmp_path_factory, "watch-sim", build) / "audit.log"
 
 
 @pytest.fixture(scope="session")
 def model_dir(sim, tmp_path_factory) -> str:
     """A model trained (batch `detect train`) on the traffic before :data:`TRAINED_UNTIL`;
-    a high alert rate so that this little traffic gives model findings."""
-    root = tmp_path_factory.mktemp("watch-model")
-    lake = Lake(str(root / "lake"))
-    events, _ = read_events([str(sim)], cluster="demo")
-    lake.write_events(events)
-    lo = events["event_time"].min()
-    train_model(lake, lo, TRAINED_UNTIL, model_dir=str(root / "model"), alert_rate=0.1)
-    return str(root / "model")
+    a high alert rate so that this little traffic gives model findings. Built once per
+    run, like :func:`sim`: tests load it, or copy it before training into it."""
+
+    def build(root: Path) -> None:
+        lake = Lake(str(root / "lake"))
+        events, _ = read_events([str(sim)], cluster="demo")
+        lake.write_events(events)
+        lo = events["event_time"].min()
+        train_model(lake, lo, TRAINED_UNTIL, model_dir=str(root / "model"), alert_rate=0.1)
+
+    return str(built_once(tmp_path_factory, "watch-model", build) / "model")
 
 
 def hook_sink(url: str) -> sink_config.SinkConfig:
