@@ -755,6 +755,47 @@ def test_a_replay_out_of_time_order_with_bad_lines_is_staged_resumed_and_cleaned
     assert not abandoned.exists() and running.exists()
 
 
+def test_a_long_replay_holds_dedup_keys_of_recent_hours_only(tmp_path):
+    """A watch runs for months: the lake's dedup keys of hours behind the stream clock are
+    let go (held up to the lake's bound, they were most of its memory growth day after
+    day), and dedup still holds: a late duplicate of a let-go hour adds nothing, a late new
+    event is added once, and the whole file replayed again adds nothing."""
+    per_hour, hours = 20, 6
+    lines = [
+        orjson.dumps(make_event(n, at=BASE_TIME + timedelta(minutes=60 * n / per_hour))).decode()
+        for n in range(per_hour * hours)
+    ]
+    log_file = tmp_path / "audit.log"
+    log_file.write_text("\n".join(lines) + "\n")
+    lake = Lake(str(tmp_path / "lake"))
+    held: list[int] = []
+
+    def consume(events, now, payload):
+        held.append(lake.keys.rows)
+        return {}
+
+    def replay(path: Path) -> None:
+        metrics = WatchMetrics()
+        src = ReplaySource(lake, str(path), consume, metrics, speed=0, step=STEP, cluster="demo")
+        Watcher([lambda: src], metrics, WatchOptions(once=True, poll=0.01)).run()
+
+    def lake_ids() -> pl.Series:
+        return lake.scan_events().select("audit_id").collect()["audit_id"]
+
+    replay(log_file)
+    assert lake_ids().len() == per_hour * hours
+    assert max(held) <= 2 * per_hour  # the stream clock's hour and the one before it
+    late = tmp_path / "late.log"
+    late_event = make_event(10_000, at=BASE_TIME + timedelta(minutes=1))
+    late.write_text(lines[0] + "\n" + orjson.dumps(late_event).decode() + "\n")
+    replay(late)
+    again = tmp_path / "again.log"
+    again.write_text(log_file.read_text())
+    replay(again)
+    ids = lake_ids()
+    assert ids.len() == per_hour * hours + 1 and ids.n_unique() == ids.len()
+
+
 def test_throttling_and_5xx_from_cloudwatch_are_survived(moto_endpoint, tmp_path):
     logs = boto3.client("logs", endpoint_url=moto_endpoint)
     group = f"/aws/eks/flaky-{uuid.uuid4().hex[:6]}/cluster"

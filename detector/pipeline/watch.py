@@ -58,6 +58,12 @@ from detector.storage import StorageError
 
 log = logging.getLogger(__name__)
 
+#: Dedup keys held for the hours this close to the stream clock. Earlier hours get events
+#: only from a very late line, and then their keys are read again from the lake; held for
+#: every hour up to the lake's bound (500,000 rows), they were most of a watch process's
+#: memory growth day after day (``export --follow`` trims them alike).
+KEYS_KEPT = timedelta(hours=1)
+
 #: consume(events durable in the lake, stream clock, payload at the checkpoint) -> new payload
 Consume = Callable[[pl.DataFrame, datetime, "dict[str, Any] | None"], "dict[str, Any]"]
 
@@ -242,6 +248,7 @@ class _LeasedSource:
         """Lake first, then the consumer, then position + payload in one conditional write."""
         buffer_summary = EventBuffer().summary
         stats = write_to_lake(self.lake, events, quarantine, buffer_summary)
+        self.lake.forget_keys_before(now - KEYS_KEPT)
         self.metrics.count_events(stats.written)
         self.metrics.count_quarantine(quarantine)
         with fenced(self.lease.renew_if_due):  # a deposed leader writes nothing (lake.lock)
