@@ -74,10 +74,11 @@ class HistoryCache:
         whole = {p for p in parts if lo <= partition_start(p) <= start - HOUR}
         kept: dict[Partition, _Entry] = {}
         missing: list[tuple[Partition, _Key]] = []
+        rules_key = ruleset.fingerprint  # a hash of every rule's definition: once, not per hour
         for part in parts:
             if part not in whole:
                 continue
-            key = (tuple(lake.partition_files(part)), ruleset.fingerprint)
+            key = (tuple(lake.partition_files(part)), rules_key)
             entry = self._hours.get(part)
             if entry is not None and entry[0] == key:
                 kept[part] = entry
