@@ -200,15 +200,27 @@ def test_stream_findings_equal_a_batch_score_and_a_late_event_reopens_its_window
     assert stream["score"].sort().to_list() == pytest.approx(batch["score"].sort().to_list())
 
 
-def test_the_rules_history_kept_between_batches_is_what_a_fresh_read_gives(tmp_path):
+def test_the_rules_history_kept_between_batches_is_what_a_fresh_read_gives(tmp_path, monkeypatch):
     """`detect watch` keeps the threshold rules' week of history hour by hour between
     batches (detector.detect.history.HistoryCache). Each batch must still compare with
     exactly the week a batch run reads, after a late event and a rule change too, while
-    reading again only the hours that changed."""
+    reading again only the hours that changed, and never too many hours in one polars pass
+    (a week of a watch's small files in one pass ran polars out of blocking threads)."""
     from lakefill import event, write_events
 
+    from detector.detect import history
     from detector.detect.history import HistoryCache, rules_history
     from detector.rules import load_ruleset
+
+    passes: list[int] = []
+    read_slices = history.rules.read_history_slices
+
+    def counted(pieces, *args, **kwargs):
+        passes.append(len(pieces))
+        return read_slices(pieces, *args, **kwargs)
+
+    monkeypatch.setattr(history.rules, "read_history_slices", counted)
+    monkeypatch.setattr(history, "HOURS_PER_PASS", 10, raising=False)
 
     lake = Lake(str(tmp_path / "lake"))
     t0 = datetime(2026, 11, 20, tzinfo=UTC)
@@ -236,6 +248,7 @@ def test_the_rules_history_kept_between_batches_is_what_a_fresh_read_gives(tmp_p
     start = t0 + timedelta(hours=27, minutes=20)  # hours 0..26 whole, 27 cut by the start
     assert kept_equals_fresh(rules, start) == 28  # ci's denials before 27:20
     assert cache.hours_read == 27
+    assert max(passes) <= 10 and sum(passes[-3:]) == 27 + 1  # 27 hours and the edges
     assert kept_equals_fresh(rules, start + window) == 29  # and 27:27
     assert cache.hours_read == 27  # the next batch: no whole hour read again
     assert kept_equals_fresh(rules, start + 4 * window) == 30  # 28:00: hour 27 is whole now

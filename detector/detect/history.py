@@ -26,6 +26,11 @@ from detector.lake.events import Lake, Partition, partition_start
 #: History handed to rules that look at the past (``RuleSet.needs_history``).
 RULES_HISTORY = timedelta(days=7)
 HOUR = timedelta(hours=1)
+#: Hours read in one polars pass at most. A watch's first batch reads the whole week, each
+#: hour a dozen small files or more (one per batch written): in one pass polars opened a
+#: blocking thread per file up to its cap and warned "POLARS_MAX_BLOCKING_THREAD_COUNT
+#: reached (512), this may indicate a deadlock".
+HOURS_PER_PASS = 24
 
 #: An hour's entry: (its files, the rules' fingerprint) and what it gave.
 _Key = tuple[tuple[str, ...], str]
@@ -84,14 +89,17 @@ class HistoryCache:
                 kept[part] = entry
             else:
                 missing.append((part, key))
-        # One pass over what is not kept: the hours to (re)read, then the two edge hours.
+        # What is not kept, a day of hours a pass: the hours to (re)read, then the two edges.
         pieces = [lake.scan_files(part[0], list(files)) for part, (files, _) in missing]
         pieces.append(lake.scan_partitions([p for p in parts if p not in whole]))
-        fresh = rules.read_history_slices(
-            [_within(p, lo, start) for p in pieces],
-            ruleset,
-            [part[0] for part, _ in missing] + [None],  # the edge hours: maybe several clusters
-        )
+        clusters = [part[0] for part, _ in missing] + [None]  # edges: maybe several clusters
+        fresh: list[rules.HistorySlice] = []
+        for i in range(0, len(pieces), HOURS_PER_PASS):
+            fresh += rules.read_history_slices(
+                [_within(p, lo, start) for p in pieces[i : i + HOURS_PER_PASS]],
+                ruleset,
+                clusters[i : i + HOURS_PER_PASS],
+            )
         for (part, key), piece in zip(missing, fresh, strict=False):
             kept[part] = (key, piece)
         self.hours_read += len(missing)
