@@ -105,9 +105,11 @@ class KeyCache:
     """Dedup keys of lake files already read, least recently used first out.
 
     Without a bound, an ingest of 4M events held 4M keys (about 250 MB) to the end: memory
-    grew with the input. Writes touch the hours of their own events, so in practice only
-    the hours an input is still writing stay in; a file whose keys were dropped is read
-    again when its hour is written to again, so the bound costs time, never correctness.
+    grew with the input. The bound keeps the hours written last; a long-running writer
+    (``export --follow``, ``detect watch``) also drops the hours behind its clock
+    (:meth:`forget_before`), or it would fill to the bound and stay there. A file whose
+    keys were dropped is read again when its hour is written to again, so dropping costs
+    time, never correctness.
     """
 
     def __init__(self, max_rows: int | None = None) -> None:
