@@ -662,6 +662,11 @@ def cronjob() -> dict:
     }
 
 
+def cronjob_created(**who: Any) -> dict:
+    """A CronJob created in ``shop`` (by ``who``'s ``user``, or the default person)."""
+    return ev("create", "cronjobs", ns="shop", group="batch", code=201, body=cronjob(), **who)
+
+
 def ingress(tls: bool) -> dict:
     spec: dict[str, Any] = {"rules": [{"host": "shop.example.com"}]}
     if tls:
@@ -865,18 +870,8 @@ CASES.update(
             "root with privilege escalation off",
         ),
         "cronjob-created-by-person": (
-            [ev("create", "cronjobs", ns="shop", group="batch", code=201, body=cronjob())],
-            [
-                ev(
-                    "create",
-                    "cronjobs",
-                    ns="shop",
-                    group="batch",
-                    code=201,
-                    body=cronjob(),
-                    user="system:serviceaccount:argocd:argocd-application-controller",
-                )
-            ],
+            [cronjob_created()],
+            [cronjob_created(user="system:serviceaccount:argocd:argocd-application-controller")],
             "a GitOps controller applying the same CronJob",
         ),
         "daemonset-created-by-person": (
@@ -1035,28 +1030,8 @@ CASES.update(
             "a kube-system pod with its own add-on account",
         ),
         "cronjob-created-by-service-account": (
-            [
-                ev(
-                    "create",
-                    "cronjobs",
-                    ns="shop",
-                    group="batch",
-                    code=201,
-                    body=cronjob(),
-                    user=APP_SA,
-                )
-            ],
-            [
-                ev(
-                    "create",
-                    "cronjobs",
-                    ns="shop",
-                    group="batch",
-                    code=201,
-                    body=cronjob(),
-                    user="system:serviceaccount:flux-system:kustomize-controller",
-                )
-            ],
+            [cronjob_created(user=APP_SA)],
+            [cronjob_created(user="system:serviceaccount:flux-system:kustomize-controller")],
             "Flux applying the same CronJob",
         ),
         "service-account-token-requested": (
