@@ -12,7 +12,8 @@
    ``detect_watch_events_total`` reaches it.
 3. **Memory over a day**: `detect simulate --days 1`, replayed flat out (`--replay
    --speed 0 --step 5m`); VmRSS sampled; prints the peak growth after the first replayed
-   hour (target < 10%).
+   hour (target < 10%). ``--repeat-day N`` replays one simulated day N times on
+   consecutive days and prints the peak per day: flat when nothing grows with time.
 
 Targets (issue 11): single-event rules p95 <= 10 s; model findings p95 <= window close +
 grace + 10 s. Run with `make bench` or `python bench/bench_watch.py [--seconds 90]`.
@@ -317,14 +318,34 @@ def _rss_kb(pid: int, field: str = "VmRSS") -> int:
     return 0
 
 
-def memory(days: float, rate: float) -> None:
+def repeat_day(log: Path, copies: int) -> Path:
+    """``log`` (one simulated day, 2026-11-26) followed by ``copies - 1`` copies of it on
+    the days after, each with its own audit IDs: days that bring the rules nothing new, so
+    what still grows from day to day grows with the lake's or the process's age."""
+    first = datetime(2026, 11, 26, tzinfo=UTC)
+    out = log.with_name("repeated.log")
+    lines = log.read_bytes().splitlines()
+    with out.open("wb") as fh:
+        for k in range(copies):
+            day = (first + timedelta(days=k)).strftime("%Y-%m-%dT").encode()
+            for line in lines:
+                if k:
+                    line = line.replace(b'"2026-11-26T', b'"' + day)
+                    line = re.sub(rb'"auditID":\s*"', b'"auditID":"r%d-' % k, line, count=1)
+                fh.write(line + b"\n")
+    return out
+
+
+def memory(days: float, rate: float, repeat: int = 1) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-watch-mem-"))
     subprocess.run(
-        [str(DETECT), "simulate", "--out", str(work / "sim"), "--days", str(days), "--rate",
-         str(rate), "--end", "2026-11-27T00:00:00Z"],
+        [str(DETECT), "simulate", "--out", str(work / "sim"), "--days",
+         str(1 if repeat > 1 else days), "--rate", str(rate), "--end", "2026-11-27T00:00:00Z"],
         check=True, stdout=subprocess.DEVNULL,
     )  # fmt: skip
     log = work / "sim" / "audit.log"
+    if repeat > 1:
+        log = repeat_day(log, repeat)
     times = []
     with log.open("rb") as fh:
         for line in fh:
@@ -348,24 +369,34 @@ def memory(days: float, rate: float) -> None:
     )  # fmt: skip
     rss_1h = None
     samples: list[int] = []
+    by_day: dict[int, int] = {}  # replayed day -> peak RSS, for --repeat-day
+    per_day = len(times) / repeat
     while proc.poll() is None:
         try:
             rss = _rss_kb(proc.pid)
         except OSError:
             break
-        if rss_1h is None and _metric(port, "detect_watch_events_total") >= first_hour:
+        done = _metric(port, "detect_watch_events_total")
+        if rss_1h is None and done >= first_hour:
             rss_1h = rss
         elif rss_1h is not None:
             samples.append(rss)
+            if done > 0:  # 0: the metrics endpoint did not answer this time
+                day = min(repeat - 1, int((done - 1) // per_day))
+                by_day[day] = max(by_day.get(day, 0), rss)
         time.sleep(0.5)
     took = time.time() - t0
     if rss_1h and samples:
         peak = max(samples)
         print(
-            f"24h replay ({len(times):,} events, {days:g} day(s) at {rate:g}/s) in {took:.0f}s: "
+            f"24h replay ({len(times):,} events, {repeat if repeat > 1 else days:g} day(s) at "
+            f"{rate:g}/s) in {took:.0f}s: "
             f"RSS after the first hour {rss_1h / 1024:.0f} MB, peak after it "
             f"{peak / 1024:.0f} MB: growth {100 * (peak - rss_1h) / rss_1h:+.1f}% (target < 10%)"
         )
+        if repeat > 1:
+            peaks = ", ".join(f"{by_day[d] / 1024:.0f}" for d in sorted(by_day))
+            print(f"  the same day replayed {repeat} times: peak RSS per day {peaks} MB")
     else:
         print(f"replay ended in {took:.0f}s before memory could be sampled")
 
@@ -377,10 +408,16 @@ if __name__ == "__main__":
     ap.add_argument("--burst", type=int, default=20_000, help="events for events/s")
     ap.add_argument("--days", type=float, default=1.0, help="replayed traffic for memory")
     ap.add_argument("--replay-rate", type=float, default=1.0)
+    ap.add_argument(
+        "--repeat-day", type=int, default=1,
+        help="replay one simulated day this many times, on consecutive days (memory)",
+    )  # fmt: skip
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--skip-latency", action="store_true")
     args = ap.parse_args()
+    if args.repeat_day < 1:
+        ap.error("--repeat-day must be 1 or more")
     if not args.skip_latency:
         latency(args.seconds, args.rate, args.burst)
     if not args.skip_memory:
-        memory(args.days, args.replay_rate)
+        memory(args.days, args.replay_rate, args.repeat_day)
