@@ -626,6 +626,23 @@ def test_kube_controller_manager_controllers_stay_the_control_plane(ruleset, con
     assert fired(ruleset, "cluster-admin-binding", cluster_admin_binding("system:apiserver")) == 0
 
 
+@pytest.mark.parametrize("verb", ["create", "patch"])
+def test_a_gitops_controller_syncing_a_charts_webhook_is_not_reported(ruleset, verb):
+    """Argo CD re-applies a chart's webhook on every sync whose caBundle an injector
+    rewrote: a high alert each time would be a flood. The same write by a person, or by an
+    account that only borrows the controller's name in another namespace, is reported."""
+    argo = sa("argocd", "argocd-application-controller")
+    flux = sa("flux-system", "kustomize-controller")
+    for who in (argo, flux):
+        event = webhook_created(who)
+        event["verb"] = verb
+        assert fired(ruleset, "admission-webhook-changed", event) == 0
+    for who in (iam("alice", "platform-admin"), sa("default", "argocd-application-controller")):
+        event = webhook_created(who)
+        event["verb"] = verb
+        assert fired(ruleset, "admission-webhook-changed", event) == 1
+
+
 def test_impersonating_a_kube_system_add_on_is_still_privileged(ruleset):
     event = ev("get", "secrets", ns="kube-system", name="x")
     event["impersonatedUser"] = {"username": f"{KS}aws-load-balancer-controller"}
