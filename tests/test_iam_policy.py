@@ -128,3 +128,90 @@ def test_compaction_needs_deletes_and_without_them_merges_nothing(enforcing, tmp
     after = data_files(shipped)
     assert [len(v) for v in after.values()] == [1]  # the merged file; inputs and marker gone
     assert probe not in after
+
+
+def _signed_as(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    """This process's S3 requests signed as ``env``'s user from now on. The tool keeps
+    one s3fs filesystem per endpoint (and s3fs one per set of arguments), both made with
+    the credentials of the moment: dropped, so the next request builds them anew."""
+    import s3fs
+
+    from detector import storage
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    storage._s3fs.cache_clear()
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def _model_versions(env: dict[str, str]) -> set[str]:
+    """The model versions whose files are in the model store (signed as ``env``'s user)."""
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        region_name="us-east-1",
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    )
+    listed = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/_models/")
+    names = [o["Key"].rsplit("/", 1)[-1] for o in listed.get("Contents", [])]
+    return {n.split("-")[1].split(".")[0] for n in names if n.startswith(("model-", "baseline-"))}
+
+
+def test_training_without_deletes_saves_the_model_and_keeps_old_files_with_a_warning(
+    enforcing, monkeypatch, caplog
+):
+    """A nightly retrain under a role without s3:DeleteObject on the model store: each
+    model is saved and loads, and the files of models it replaced stay, with a warning
+    naming the permission (a clean-up it cannot do must not fail the training). With the
+    shipped policy the same training removes them, silently.
+
+    In process, so that the age after which old files go (PRUNE_AFTER, 30 minutes, which
+    a test cannot wait for) can be set to zero; the S3 requests go to the IAM-enforcing
+    moto server all the same."""
+    import logging
+    from datetime import timedelta
+
+    import numpy as np
+
+    from detector import features as F
+    from detector.events.normalize import events_from_dicts
+    from detector.features.fit import fit_baseline
+    from detector.model import storage
+    from detector.model.estimator import AuditIsolationForest
+    from detector.model.storage import Model
+
+    monkeypatch.setattr(storage, "PRUNE_AFTER", timedelta(0))
+    events = events_from_dicts([ev("get", "pods", ns="shop", audit_id=f"m{n}") for n in range(5)])
+    baseline, _ = fit_baseline(F.window_counts(events.lazy()).collect())
+    X = np.random.default_rng(0).random((64, len(F.MODEL_INPUTS)))
+
+    def model(seed: int) -> Model:
+        est = AuditIsolationForest(n_estimators=5, random_state=seed, log_transform=False)
+        return Model(scorer=est.fit(X).scorer_, baseline=baseline, window=F.DEFAULT_WINDOW)
+
+    store = f"{LAKE}/_models"
+    logger = logging.getLogger(storage.__name__)
+    logger.addHandler(caplog.handler)  # whatever another test set 'detector' to propagate
+    monkeypatch.setattr(logger, "level", logging.WARNING)
+    try:
+        _signed_as(monkeypatch, enforcing["no-delete"])
+        kept = [model(seed).save(store).version for seed in (1, 2, 3)]
+        assert Model.load(store).version == kept[-1]
+        assert _model_versions(enforcing["shipped"]) == set(kept)  # nothing removed
+        # (a set: the record may reach caplog's handler both here and through the root)
+        warned = {r.getMessage() for r in caplog.records if r.name == storage.__name__}
+        assert len(warned) == 1  # the third save was the first with files to remove
+        (line,) = warned
+        assert "s3:DeleteObject" in line and "kept" in line
+
+        caplog.clear()
+        _signed_as(monkeypatch, enforcing["shipped"])
+        latest = model(4).save(store).version
+        assert Model.load(store).version == latest
+        # the replaced model (kept[-1]) stays for a reader that loaded its card just before
+        assert _model_versions(enforcing["shipped"]) == {kept[-1], latest}
+        assert not [r for r in caplog.records if r.name == storage.__name__]
+    finally:
+        logger.removeHandler(caplog.handler)
+        _signed_as(monkeypatch, {})
