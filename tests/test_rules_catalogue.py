@@ -976,6 +976,17 @@ KUBE_PROXY = "registry.k8s.io/kube-proxy:v1.30.2"
 APP_SA = "system:serviceaccount:shop:app"
 
 
+def _rules_review(user: Any) -> dict:
+    """``kubectl auth can-i --list -n shop`` as ``user``: a SelfSubjectRulesReview."""
+    body = {
+        "kind": "SelfSubjectRulesReview",
+        "apiVersion": "authorization.k8s.io/v1",
+        "spec": {"namespace": "shop"},
+    }
+    group = "authorization.k8s.io"
+    return ev("create", "selfsubjectrulesreviews", group=group, user=user, code=201, body=body)
+
+
 def _agent(command: list[str]) -> dict:
     """A kube-proxy DaemonSet (a trusted image) created in kube-system with ``command``."""
     body = workload("DaemonSet", ns="kube-system", image=KUBE_PROXY, privileged=True)
@@ -1048,6 +1059,11 @@ CASES.update(
             [_sa_denied(APP_SA, "secrets")],
             [_sa_denied(APP_SA, "configmaps")],
             "the same account refused a ConfigMap",
+        ),
+        "workload-permission-listing": (
+            [_rules_review(APP_SA)],
+            [_rules_review(iam("dev", "developer"))],
+            "a person running kubectl auth can-i --list",
         ),
     }
 )
