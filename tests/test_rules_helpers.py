@@ -209,6 +209,35 @@ def role(kind: str, resources: list[str], verbs: list[str], name: str = "r"):
     }
 
 
+def test_addresses_keep_their_answers_across_chunks_and_past_the_memory_bound(monkeypatch):
+    """source_in remembers each address's answer between the chunks polars hands it (a
+    range read file by file) and starts over past KNOWN_ADDRESSES: every row's answer is
+    still ipaddress's, whichever chunk it came in and whatever was forgotten meanwhile."""
+    import ipaddress
+
+    from detector.rules import iplists
+
+    monkeypatch.setattr(iplists, "KNOWN_ADDRESSES", 3)
+    chunks = [
+        ["10.0.0.1", "8.8.8.8", None],
+        ["10.0.0.1", "172.16.5.4", "1.1.1.1"],  # one known, two new: past the bound
+        ["8.8.8.8", "192.168.1.1", "not-an-address", "10.0.0.1"],
+    ]
+    frame = pl.concat([pl.DataFrame({"source_ip": c}) for c in chunks], rechunk=False)
+    assert frame["source_ip"].n_chunks() == 3
+    got = frame.select(iplists.source_in("non_public")).to_series().to_list()
+
+    def private(address: str | None) -> bool | None:
+        try:
+            ip = ipaddress.ip_address(address or "")
+        except ValueError:
+            return None
+        return any(ip in ipaddress.ip_network(n) for n in iplists.NON_PUBLIC)
+
+    assert got == [private(a) for c in chunks for a in c]
+    assert got[:3] == [True, False, None]
+
+
 def test_plain_ip_lists_give_the_same_answers_as_the_checked_parser(tmp_path):
     """The integer fast path (AWS snapshot, deny lists) and ipaddress agree on membership."""
     from detector.rules import iplists
