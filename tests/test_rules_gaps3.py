@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 from typing import Any
-from urllib.parse import quote
 
 import pytest
-from test_rules_helpers import T0, ev, frame, iam, pod, sa, workload
+from test_rules_helpers import T0, ev, exec_ev, frame, iam, pod, sa, workload
 
 from detector.rules import evaluate_rules, load_ruleset
 from detector.rules.condition import DERIVED_FIELDS
@@ -264,14 +263,6 @@ def test_csrs_of_kubelets_the_controller_and_known_approvers_stay_quiet(ruleset)
 # --------------------------------------------------------------------------- 6. globs
 
 
-def exec_ev(command: list[str]) -> dict[str, Any]:
-    query = "&".join(f"command={quote(c, safe='')}" for c in command)
-    uri = f"/api/v1/namespaces/shop/pods/p/exec?{query}&container=app&stdin=true"
-    return ev(
-        "get", "pods", ns="shop", name="p", sub="exec", code=101, uri=uri, stage="ResponseStarted"
-    )
-
-
 @pytest.mark.parametrize(
     ("attack", "benign"),
     [
@@ -286,8 +277,8 @@ def exec_ev(command: list[str]) -> dict[str, Any]:
     ],
 )
 def test_globbed_and_quoted_credential_paths_fire(ruleset, attack, benign):
-    assert fired(ruleset, "exec-credential-read", exec_ev(["sh", "-c", attack])) == 1
-    assert fired(ruleset, "exec-credential-read", exec_ev(["sh", "-c", benign])) == 0
+    assert fired(ruleset, "exec-credential-read", exec_ev(["sh", "-c", attack], verb="get")) == 1
+    assert fired(ruleset, "exec-credential-read", exec_ev(["sh", "-c", benign], verb="get")) == 0
 
 
 def test_expansion_keeps_the_first_path_component():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import polars as pl
 from factories import audit_id as factory_audit_id
@@ -110,6 +111,25 @@ def ev(
     if body is not None:
         event["requestObject"] = body
     return event
+
+
+def exec_ev(command: list[str], *, verb: str = "create", user: Any = "alice", **kw: Any) -> dict:
+    """An exec session into shop/p running ``command`` (kubectl's ``command=`` parameters),
+    as logged when it opened."""
+    query = "&".join(f"command={quote(c, safe='')}" for c in command)
+    uri = f"/api/v1/namespaces/shop/pods/p/exec?{query}&container=app&stdin=true"
+    return ev(
+        verb,
+        "pods",
+        ns="shop",
+        name="p",
+        sub="exec",
+        code=101,
+        uri=uri,
+        user=user,
+        stage="ResponseStarted",
+        **kw,
+    )
 
 
 def denials(user: str, n: int, start: datetime = T0) -> list[dict[str, Any]]:

