@@ -889,6 +889,11 @@ CASES.update(
             [ev("get", "pods", ns="shop", user=NODE, ip=AWS_IP)],
             "the kubelet calling from an AWS address",
         ),
+        "service-account-outside-aws": (
+            [ev("get", "secrets", ns="shop", user=SA, ip=TOR_IP)],
+            [ev("get", "secrets", ns="shop", user=SA, ip=AWS_IP)],
+            "the pod's own calls through a NAT gateway's AWS address",
+        ),
         "denied-ip-caller": (
             [ev("get", "pods", ns="shop", user=iam(), ip=TOR_IP)],
             [ev("get", "pods", ns="shop", user=iam(), ip="185.220.102.5")],
@@ -1371,6 +1376,11 @@ def test_outside_aws_needs_a_public_address_and_a_system_identity(ruleset):
         "system:serviceaccount:kube-system:coredns",
     ]
     assert f"from {TOR_IP} (public, outside AWS)" in found["reasons"][0][0]
+    # The same kube-system account is not also reported as a workload's.
+    assert run(ruleset, "service-account-outside-aws", [eks, sa]).is_empty()
+    app = ev("get", "pods", ns="shop", user=SA, ip=TOR_IP)
+    assert run(ruleset, rule, [app]).is_empty()
+    assert run(ruleset, "service-account-outside-aws", [app]).height == 1
 
 
 def test_ip_lists_reject_bad_lines_and_need_no_network(tmp_path):

@@ -844,6 +844,28 @@ def test_helm_listing_its_releases_is_not_a_secrets_dump(ruleset):
     assert fired(ruleset, rule, helm_list("kubectl/v1.31.2", "owner%3Dhelm")) == 1
 
 
+@pytest.mark.parametrize(
+    ("ns", "who", "fires"),
+    [
+        ("kube-system", iam(), 1),  # kubectl get secrets -n kube-system -o yaml
+        ("shop", iam(), 0),  # one team's namespace: secret-enumeration counts reads there
+        ("kube-system", sa("monitoring", "prometheus"), 0),  # a controller: the model's
+    ],
+)
+def test_a_person_listing_kube_systems_secrets_is_reported(ruleset, ns, who, fires):
+    listed = ev("list", "secrets", ns=ns, uri=f"/api/v1/namespaces/{ns}/secrets", user=who)
+    assert fired(ruleset, "secrets-listed-cluster-wide", listed) == fires
+    helm = ev(
+        "list",
+        "secrets",
+        ns=ns,
+        uri=f"/api/v1/namespaces/{ns}/secrets?labelSelector=owner%3Dhelm",
+        user=who,
+    )
+    helm["userAgent"] = "Helm/3.16.2"
+    assert fired(ruleset, "secrets-listed-cluster-wide", helm) == 0  # helm list -n kube-system
+
+
 def kube_system_pod(image: str) -> dict[str, Any]:
     body = {
         "kind": "Pod",

@@ -65,9 +65,16 @@ def load(name: str) -> dict[str, dict[str, Any]]:
         return {d["metadata"]["name"]: d for d in yaml.safe_load_all(f) if d}
 
 
+#: Where an in-cluster operator's requests come from: its pod's VPC address.
+OPERATOR_POD_IP = "10.0.7.21"
+
+
 def write(obj: dict[str, Any], actor: str = "person", user: Any = None) -> dict[str, Any]:
-    """The audit event of ``actor`` (or ``user``) creating ``obj``."""
+    """The audit event of ``actor`` creating ``obj``, or of ``user``, an in-cluster
+    operator, from its pod."""
     who, agent, ip = ACTORS[actor]
+    if user is not None:
+        ip = OPERATOR_POD_IP
     resource, group = RESOURCES[obj["kind"]]
     e = ev(
         "create",
