@@ -206,6 +206,18 @@ KNOWN_ADDRESSES = 65_536
 def source_in(kind: str) -> pl.Expr:
     """``source_ip`` in the non-public ranges, AWS's ranges or the configured deny lists.
 
+    One expression per list and version of its files, shared by every rule that tests
+    it: in the first pass over a range, where all the rules' gates run in one query,
+    polars then classifies each address once for all of them, not once per rule.
+    """
+    key = {"denied": os.environ.get(IP_LISTS_ENV, ""), "aws": str(aws_ranges_path())}.get(kind, "")
+    return _source_in(kind, key, _versions(key))
+
+
+@functools.lru_cache(maxsize=16)
+def _source_in(kind: str, key: str, versions: tuple[tuple[int, int] | None, ...]) -> pl.Expr:
+    """:func:`source_in` for the list files ``key`` names, at ``versions``.
+
     A range holds few distinct addresses and many events, so each distinct address is
     classified once (one binary search each) and the answer mapped back onto the rows.
     The answers are remembered between calls: polars hands over a read range a file's
@@ -213,10 +225,9 @@ def source_in(kind: str) -> pl.Expr:
     hundred addresses in each call cost three times the mapping itself. No deny list
     configured: constant false, so the rule costs nothing.
     """
-    key = {"denied": os.environ.get(IP_LISTS_ENV, ""), "aws": str(aws_ranges_path())}.get(kind, "")
     if kind == "denied" and not key.strip(os.pathsep + " "):
         return pl.lit(False)
-    starts, ends = _cached(kind, key, _versions(key))
+    starts, ends = _cached(kind, key, versions)
     known: dict[str, bool | None] = {}
 
     def classify(s: pl.Series) -> pl.Series:
