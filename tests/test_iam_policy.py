@@ -78,17 +78,21 @@ def enforcing() -> Iterator[dict[str, dict[str, str]]]:
         server.communicate(timeout=30)
 
 
-def data_files(env: dict[str, str]) -> dict[str, list[str]]:
-    """Every object under the lake's events/, by folder (signed as ``env``'s user)."""
-    s3 = boto3.client(
+def s3_as(env: dict[str, str]):
+    """An S3 client signing as ``env``'s user."""
+    return boto3.client(
         "s3",
         endpoint_url=env["AWS_ENDPOINT_URL"],
         region_name="us-east-1",
         aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
     )
+
+
+def data_files(env: dict[str, str]) -> dict[str, list[str]]:
+    """Every object under the lake's events/, by folder (signed as ``env``'s user)."""
     out: dict[str, list[str]] = {}
-    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"{PREFIX}/")
+    pages = s3_as(env).get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"{PREFIX}/")
     for page in pages:
         for obj in page.get("Contents", []):
             folder, _, name = obj["Key"].rpartition("/")
@@ -146,14 +150,7 @@ def _signed_as(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
 
 def _model_versions(env: dict[str, str]) -> set[str]:
     """The model versions whose files are in the model store (signed as ``env``'s user)."""
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        region_name="us-east-1",
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-    )
-    listed = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/_models/")
+    listed = s3_as(env).list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/_models/")
     names = [o["Key"].rsplit("/", 1)[-1] for o in listed.get("Contents", [])]
     return {n.split("-")[1].split(".")[0] for n in names if n.startswith(("model-", "baseline-"))}
 
