@@ -201,6 +201,8 @@ def _cached(
 #: each): a cluster's callers are a few hundred to a few thousand; past this many (a
 #: scan from every address of a /16, a long-running watch) it starts over.
 KNOWN_ADDRESSES = 65_536
+#: Not yet classified (an answer itself may be None: an address that does not parse).
+_UNKNOWN = object()
 
 
 def source_in(kind: str) -> pl.Expr:
@@ -236,19 +238,25 @@ def _source_in(kind: str, key: str, versions: tuple[tuple[int, int] | None, ...]
         if distinct.is_empty():
             return pl.Series(s.name, [None] * len(s), dtype=pl.Boolean)
         addresses = distinct.to_list()
-        new = [a for a in addresses if a not in known]
-        if new:
-            if len(known) + len(new) > KNOWN_ADDRESSES:
-                known.clear()
-                new = addresses
+        # Read once, then only this call's own answers: polars calls this from several
+        # threads at once, and another may start the memory over meanwhile.
+        answers = [known.get(a, _UNKNOWN) for a in addresses]
+        missing = [a for a, v in zip(addresses, answers, strict=True) if v is _UNKNOWN]
+        if missing:
             found = (
-                pl.Series("ip", new, dtype=pl.String)
+                pl.Series("ip", missing, dtype=pl.String)
                 .to_frame()
                 .select(in_intervals(ipv4_number(pl.col("ip")), starts, ends))
                 .to_series()
             )
-            known.update(zip(new, found.to_list(), strict=True))
-        answer = pl.Series([known[a] for a in addresses], dtype=pl.Boolean)
+            new = dict(zip(missing, found.to_list(), strict=True))
+            answers = [
+                new[a] if v is _UNKNOWN else v for a, v in zip(addresses, answers, strict=True)
+            ]
+            if len(known) + len(new) > KNOWN_ADDRESSES:
+                known.clear()
+            known.update(new)
+        answer = pl.Series(answers, dtype=pl.Boolean)
         return s.replace_strict(distinct, answer, default=None, return_dtype=pl.Boolean)
 
     # Row by row in effect (each address's answer depends on it alone): declared so, the
