@@ -3,6 +3,7 @@ neighbour (the same action by a system identity, in another namespace, one flag 
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import timedelta
 from typing import Any
@@ -1101,6 +1102,30 @@ def test_silent_on_benign_neighbour(ruleset, rule_id):
     _, neighbour, why = CASES[rule_id]
     findings = run(ruleset, rule_id, neighbour)
     assert findings.is_empty(), f"{rule_id} fired on {why}: {findings['reasons'].to_list()}"
+
+
+def test_repeated_bodies_each_keep_their_own_answer(ruleset):
+    """Body readers remember the answer for each body they parsed (a ReplicaSet's pods
+    repeat one text): bodies met again, interleaved with others of the same length, get
+    their own answers back, not a neighbour's."""
+    default, named = ("ServiceAccount", "default"), ("ServiceAccount", "shopapi")
+    subjects = (default, named, default, named, named, default)
+    events = [
+        ev(
+            "create",
+            "rolebindings",
+            ns="shop",
+            name="b",
+            group=RBAC,
+            code=201,
+            body=binding("RoleBinding", "admin", subject, ns="shop"),
+        )
+        for subject in subjects
+    ]
+    assert len({len(json.dumps(e["requestObject"])) for e in events}) == 1
+    (ids,) = run(ruleset, "default-service-account-admin", events)["audit_ids"].to_list()
+    owned = zip(events, subjects, strict=True)
+    assert sorted(ids) == sorted(e["auditID"] for e, s in owned if s is default)
 
 
 def test_privileged_found_in_any_container_list_and_workload_kind(ruleset):
