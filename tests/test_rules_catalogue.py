@@ -1053,6 +1053,14 @@ CASES.update(
             [_sa_denied(APP_SA, "configmaps")],
             "the same account refused a ConfigMap",
         ),
+        "person-denied-across-resources": (
+            [
+                _sa_denied(iam("dev", "developer"), kind)
+                for kind in ("secrets", "nodes", "clusterroles", "serviceaccounts", "pods")
+            ],
+            [_sa_denied(iam("dev", "developer"), "secrets") for _ in range(5)],
+            "five refusals on one kind (a script retrying)",
+        ),
         "workload-permission-listing": (
             [_rules_review(APP_SA)],
             [_rules_review(iam("dev", "developer"))],

@@ -335,6 +335,50 @@ def test_an_account_denied_all_day_is_judged_against_its_usual(ruleset):
     assert fired(ruleset, rule, *now, history=frame(*week)) == 0
 
 
+PROBED = ("secrets", "nodes", "clusterroles", "serviceaccounts", "pods")
+
+
+def probing(user: Any, kinds: tuple[str, ...], at=T0) -> list[dict]:
+    """``user`` refused once on each of ``kinds``, a few seconds apart."""
+    return [
+        denied(user, "list", kind, ns="kube-system", at=at + timedelta(seconds=3 * i))
+        for i, kind in enumerate(kinds)
+    ]
+
+
+def test_a_person_refused_on_five_kinds_of_resource_in_a_window_fires(ruleset):
+    """Stolen IAM credentials probing what they may do, a request a kind: five refusals,
+    far under the denial spike's twenty, on five kinds. The same five refusals on one kind
+    (a script retrying), on four kinds, or by a service account (its own rule) do not."""
+    rule = "person-denied-across-resources"
+    assert fired(ruleset, rule, *probing(ENGINEER, PROBED)) == 1
+    assert fired(ruleset, rule, *probing(ENGINEER, ("secrets",) * 5)) == 0
+    assert fired(ruleset, rule, *probing(ENGINEER, PROBED[:4])) == 0
+    assert fired(ruleset, rule, *probing(sa("shop", "api"), PROBED)) == 0
+    assert fired(ruleset, rule, *probing(ENGINEER, PROBED)) == 1
+    assert fired(ruleset, "auth-failure-spike-principal", *probing(ENGINEER, PROBED)) == 0
+
+
+def test_a_person_refused_on_every_kind_all_week_sets_a_higher_bar(ruleset):
+    """Against a week in which the person was refused on the same five kinds in every
+    window, five is their usual: the rule waits for three times as many kinds."""
+    rule = "person-denied-across-resources"
+    week = [
+        e
+        for i in range(1, 7 * 144)
+        for e in probing(ENGINEER, PROBED, at=T0 - timedelta(minutes=10 * i))
+    ]
+    more = (*PROBED, "configmaps", "roles", "rolebindings", "namespaces", "jobs", "leases")
+    wider = probing(ENGINEER, (*more, "events", "ingresses", "endpoints", "daemonsets"))
+    assert fired(ruleset, rule, *probing(ENGINEER, PROBED), history=frame(*week)) == 0
+    assert fired(ruleset, rule, *wider, history=frame(*week)) == 1
+
+
+def test_the_rule_ships_off(ruleset):
+    """k9s and Lens make it flood for people with little access (see the rule)."""
+    assert not ruleset.get("person-denied-across-resources").enabled
+
+
 # --------------------------------------------------------------------------- 8. host paths
 
 
