@@ -435,9 +435,16 @@ def test_export_region_flag(cwd, moto_endpoint):
 
 # ------------------------------------------------------------------ Ctrl-C at start-up
 def test_ctrl_c_during_start_up_is_exit_130_without_traceback():
-    """SIGINT arrives while the app's modules are being imported (typer first)."""
+    """SIGINT arrives while the app's modules are being imported (typer first).
+
+    The child first takes Ctrl-C as a process started from a shell does (Python's default
+    handler, the signal unblocked): it inherits the test worker's disposition otherwise,
+    and a worker that ignores SIGINT at that moment made this test pass a signal nobody
+    received (exit 0, once in a full run)."""
     code = (
         "import builtins, os, signal\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})\n"
         "real = builtins.__import__\n"
         "def imp(name, *a, **k):\n"
         "    if name == 'typer':\n"
