@@ -766,6 +766,30 @@ def test_the_dashboard_behind_a_load_balancer_fires(ruleset):
     assert fired(ruleset, "dashboard-exposed", renamed) == 1
 
 
+def test_kubeflows_dashboard_behind_a_load_balancer_fires(ruleset):
+    """GuardDuty's KubeflowDashboardExposed: Kubeflow's central dashboard or pipelines UI
+    given a load balancer (its notebooks and pipelines run code); other kubeflow Services
+    and the same UIs kept internal do not."""
+    central = {
+        "kind": "Service",
+        "metadata": {"name": "centraldashboard", "namespace": "kubeflow"},
+        "spec": {"type": "LoadBalancer", "selector": {"app": "centraldashboard"}},
+    }
+    created = service("create", central, ns="kubeflow", name="")
+    assert fired(ruleset, "dashboard-exposed", created) == 1
+    to_lb = [{"op": "replace", "path": "/spec/type", "value": "LoadBalancer"}]
+    patched = service("patch", to_lb, ns="kubeflow", name="ml-pipeline-ui")
+    assert fired(ruleset, "dashboard-exposed", patched) == 1
+    other = copy.deepcopy(central)
+    other["metadata"]["name"], other["spec"]["selector"] = "katib-ui", {"app": "katib-ui"}
+    assert fired(ruleset, "dashboard-exposed", service("create", other, ns="kubeflow")) == 0
+    internal = copy.deepcopy(central)
+    internal["metadata"]["annotations"] = {
+        "service.beta.kubernetes.io/aws-load-balancer-scheme": "internal"
+    }
+    assert fired(ruleset, "dashboard-exposed", service("create", internal, ns="kubeflow")) == 0
+
+
 def test_other_load_balancers_and_an_internal_dashboard_stay_quiet(ruleset):
     shop = copy.deepcopy(DASHBOARD)
     shop["metadata"] = {"name": "shop", "namespace": "shop"}
