@@ -43,6 +43,13 @@ def secret_reads(names: list[tuple[str, str]], user: Any = "alice") -> list[dict
     ]
 
 
+def admin_binding(service_account: str) -> dict:
+    """A RoleBinding in shop granting ``admin`` to the named ServiceAccount, as created."""
+    subject = ("ServiceAccount", service_account)
+    body = binding("RoleBinding", "admin", subject, ns="shop")
+    return ev("create", "rolebindings", ns="shop", name="b", group=RBAC, code=201, body=body)
+
+
 # rule id -> (positive events, benign neighbour events, what the neighbour shows)
 CASES: dict[str, tuple[list[dict], list[dict], str]] = {
     "rbac-changed": (
@@ -204,28 +211,8 @@ CASES: dict[str, tuple[list[dict], list[dict], str]] = {
         "system:coredns, which changes in normal operation",
     ),
     "default-service-account-admin": (
-        [
-            ev(
-                "create",
-                "rolebindings",
-                ns="shop",
-                name="b",
-                group=RBAC,
-                code=201,
-                body=binding("RoleBinding", "admin", ("ServiceAccount", "default"), ns="shop"),
-            )
-        ],
-        [
-            ev(
-                "create",
-                "rolebindings",
-                ns="shop",
-                name="b",
-                group=RBAC,
-                code=201,
-                body=binding("RoleBinding", "admin", ("ServiceAccount", "shop-api"), ns="shop"),
-            )
-        ],
+        [admin_binding("default")],
+        [admin_binding("shop-api")],
         "admin for a named service account",
     ),
     "anonymous-binding": (
@@ -1116,24 +1103,12 @@ def test_repeated_bodies_each_keep_their_own_answer(ruleset):
     """Body readers remember the answer for each body they parsed (a ReplicaSet's pods
     repeat one text): bodies met again, interleaved with others of the same length, get
     their own answers back, not a neighbour's."""
-    default, named = ("ServiceAccount", "default"), ("ServiceAccount", "shopapi")
-    subjects = (default, named, default, named, named, default)
-    events = [
-        ev(
-            "create",
-            "rolebindings",
-            ns="shop",
-            name="b",
-            group=RBAC,
-            code=201,
-            body=binding("RoleBinding", "admin", subject, ns="shop"),
-        )
-        for subject in subjects
-    ]
+    subjects = ("default", "shopapi", "default", "shopapi", "shopapi", "default")
+    events = [admin_binding(subject) for subject in subjects]
     assert len({len(json.dumps(e["requestObject"])) for e in events}) == 1
     (ids,) = run(ruleset, "default-service-account-admin", events)["audit_ids"].to_list()
     owned = zip(events, subjects, strict=True)
-    assert sorted(ids) == sorted(e["auditID"] for e, s in owned if s is default)
+    assert sorted(ids) == sorted(e["auditID"] for e, s in owned if s == "default")
 
 
 def test_privileged_found_in_any_container_list_and_workload_kind(ruleset):
