@@ -956,6 +956,12 @@ KUBE_PROXY = "registry.k8s.io/kube-proxy:v1.30.2"
 APP_SA = "system:serviceaccount:shop:app"
 
 
+def _daemonset_by(user: Any) -> dict:
+    """``user`` creating an unprivileged DaemonSet in monitoring."""
+    body = workload("DaemonSet", "monitoring", image="docker.io/library/alpine:3.20")
+    return ev("create", "daemonsets", ns="monitoring", group="apps", code=201, body=body, user=user)
+
+
 def _rules_review(user: Any) -> dict:
     """``kubectl auth can-i --list -n shop`` as ``user``: a SelfSubjectRulesReview."""
     body = {
@@ -1047,6 +1053,11 @@ CASES.update(
             ],
             [_sa_denied(iam("dev", "developer"), "secrets") for _ in range(5)],
             "five refusals on one kind (a script retrying)",
+        ),
+        "daemonset-created-by-service-account": (
+            [_daemonset_by(SA)],
+            [_daemonset_by("system:serviceaccount:tigera-operator:tigera-operator")],
+            "Calico's operator creating calico-node",
         ),
         "workload-permission-listing": (
             [_rules_review(APP_SA)],
