@@ -496,3 +496,18 @@ def test_cookie_headers_and_authorization_headers_in_names_lose_their_values():
     assert df["user_name"][1] == "system:serviceaccount:cookie:authorization"
     assert df["user_groups"][1].to_list() == ["system:serviceaccounts:cookie"]
     assert df["redacted"].to_list() == [True, False]
+
+
+def test_an_all_null_column_beside_text_columns_is_skipped_not_fatal():
+    """A frame built by hand (a test, a library caller) may hold a column polars typed Null:
+    it holds no text, so no credential; the columns beside it are still searched and
+    rewritten (searching every column in one query had failed on it, as the per-column
+    search did)."""
+    from detector.events.redact import redact_text_columns
+
+    df = pl.DataFrame({"empty": [None, None], "uri": ["/x?password=hunter2", None]})
+    out, hit = redact_text_columns(df, ["empty", "uri"])
+    assert out["uri"].to_list() == ["/x?password=<redacted>", None]
+    assert hit is not None and hit.to_list() == [True, False]
+    untouched, none = redact_text_columns(df.select("empty"), ["empty"])
+    assert none is None and untouched.equals(df.select("empty"))

@@ -356,12 +356,16 @@ def columns_holding(df: pl.DataFrame, columns: Sequence[str], pattern: str) -> l
         return []
     searches = []
     for c in columns:
+        if df.schema[c] == pl.Null:  # all null (a hand-built frame): no text to hold one
+            continue
         values = pl.col(c).explode() if df.schema[c] == pl.List(pl.String) else pl.col(c)
         if c not in PER_EVENT_COLUMNS:
             values = values.unique()
         searches.append(values.str.contains(pattern).fill_null(False).any().alias(c))
+    if not searches:
+        return []
     found = df.select(searches).row(0, named=True)
-    return [c for c in columns if found[c]]
+    return [c for c in columns if found.get(c)]
 
 
 def redact_text_columns(
