@@ -101,6 +101,13 @@ def _partition_of(group: pl.DataFrame) -> Partition:
 KEY_CACHE_ROWS = 500_000
 
 
+#: How far behind its clock a long-running writer (``export --follow``, ``detect watch``)
+#: keeps the dedup keys of the hours it wrote: earlier hours get events only from a very
+#: late line, and then their keys are read again from the lake. Held for every hour up to
+#: the cache's bound, they were most of a watch process's memory growth day after day.
+KEYS_KEPT = timedelta(hours=1)
+
+
 class KeyCache:
     """Dedup keys of lake files already read, least recently used first out.
 

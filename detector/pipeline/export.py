@@ -48,7 +48,7 @@ from typing import Any
 import polars as pl
 
 from detector.errors import EXIT_USAGE, RuntimeFailure, UsageError
-from detector.lake.events import Lake, WriteStats
+from detector.lake.events import KEYS_KEPT, Lake, WriteStats
 from detector.lake.state import (
     CheckpointBusy,
     CheckpointConflict,
@@ -651,7 +651,7 @@ class Exporter:
         them all. Hours ending well before the re-read horizon are dropped (if an event
         lands there after all, the lake just reads its keys again).
         """
-        horizon = from_ms(hi - self.opts.overlap_ms) - timedelta(hours=1)
+        horizon = from_ms(hi - self.opts.overlap_ms) - KEYS_KEPT
         self.lake.forget_keys_before(horizon)
 
     # ------------------------------------------------------------------ flushing

@@ -46,7 +46,7 @@ import polars as pl
 
 from detector.errors import DetectError, RuntimeFailure, UsageError
 from detector.events.schema import CANONICAL_COLUMNS, QUARANTINE_COLUMNS
-from detector.lake.events import Lake
+from detector.lake.events import KEYS_KEPT, Lake
 from detector.lake.lock import fenced
 from detector.lake.state import CheckpointBusy, Lease, Owner, StateError, StateObject
 from detector.pipeline.export import DurableBatch, Exporter, ExportError, ExportOptions, from_ms
@@ -57,12 +57,6 @@ from detector.sources.tail import POLL_BYTES, FileTail, TailPosition
 from detector.storage import StorageError
 
 log = logging.getLogger(__name__)
-
-#: Dedup keys held for the hours this close to the stream clock. Earlier hours get events
-#: only from a very late line, and then their keys are read again from the lake; held for
-#: every hour up to the lake's bound (500,000 rows), they were most of a watch process's
-#: memory growth day after day (``export --follow`` trims them alike).
-KEYS_KEPT = timedelta(hours=1)
 
 #: consume(events durable in the lake, stream clock, payload at the checkpoint) -> new payload
 Consume = Callable[[pl.DataFrame, datetime, "dict[str, Any] | None"], "dict[str, Any]"]
