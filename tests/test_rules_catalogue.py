@@ -962,6 +962,13 @@ def _daemonset_by(user: Any) -> dict:
     return ev("create", "daemonsets", ns="monitoring", group="apps", code=201, body=body, user=user)
 
 
+def _sent_by(user_agent: str) -> dict:
+    """A person listing pods in shop, sent by ``user_agent``."""
+    event = ev("list", "pods", ns="shop", user=iam())
+    event["userAgent"] = user_agent
+    return event
+
+
 def _rules_review(user: Any) -> dict:
     """``kubectl auth can-i --list -n shop`` as ``user``: a SelfSubjectRulesReview."""
     body = {
@@ -1063,6 +1070,11 @@ CASES.update(
             [_rules_review(APP_SA)],
             [_rules_review(iam("dev", "developer"))],
             "a person running kubectl auth can-i --list",
+        ),
+        "offensive-tool-user-agent": (
+            [_sent_by("stratus-red-team_0c7053a6-86c3-4241-a32c-163c78cde7b6")],
+            [_sent_by("kubectl/v1.31.2 (darwin/arm64) kubernetes/abcdef0")],
+            "kubectl, the same request",
         ),
     }
 )

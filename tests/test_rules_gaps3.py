@@ -412,3 +412,70 @@ def test_an_expands_to_list_too_large_to_compile_is_refused_at_load_in_one_line(
         predicate("exec_command", "expands_to", paths)
     message = str(refused.value)
     assert "size limit" in message and len(message) < 300 and "\n" not in message
+
+
+# --------------------------------------------------------------------------- attack tools' agents
+
+#: What the tools send: Stratus Red Team's own agent, client-go's default for a program
+#: built on it (its name, a slash, its version), a krew plugin's (kubectl-NAME).
+ATTACK_AGENTS = [
+    "stratus-red-team_8cb1ee36-86c3-4241-a32c-163c78cde7b6",
+    "kubectl-access_matrix/v0.0.0 (linux/amd64) kubernetes/$Format",
+    "trufflehog/3.88.0",
+    "kdigger/v0.0.0 (linux/amd64) kubernetes/$Format",
+    "peirates/v0.0.0 (linux/amd64) kubernetes/$Format",
+    "KubeHound-Collector/v1.5.0",
+]
+#: What clusters hear all day: kubectl, controllers and operators on client-go, Helm,
+#: Terraform, the Python and Java clients, consoles (k9s, Lens), scanners a platform team
+#: runs on purpose, and a tool whose name only contains an attack tool's.
+ROUTINE_AGENTS = [
+    "kubectl/v1.31.2 (darwin/arm64) kubernetes/abcdef0",
+    "kube-controller-manager/v1.30.2 (linux/amd64) kubernetes/39683505/"
+    "system:serviceaccount:kube-system:replicaset-controller",
+    "argocd-application-controller/v2.13.1+af54ef8 (linux/amd64) kubernetes/$Format",
+    "Helm/3.16.3",
+    "HashiCorp/1.0 Terraform/1.9.8",
+    "OpenAPI-Generator/31.0.0/python",
+    "kubernetes-java-kotlin-client/19.0.0",
+    "k9s/v0.32.7 (linux/amd64) kubernetes/$Format",
+    "Lens/6.5.2",
+    "kubescape/v3.0.21 (linux/amd64) kubernetes/$Format",
+    "trivy-operator/v0.24.1 (linux/amd64) kubernetes/$Format",
+    "karpenter/v1.1.0",
+    "Go-http-client/2.0",
+    "my-kdigger-dashboard/1.0",
+]
+
+
+@pytest.mark.parametrize("agent", ATTACK_AGENTS)
+def test_an_attack_tools_agent_fires_allowed_or_refused(ruleset, agent):
+    allowed = ev("list", "secrets", ns="prod", user=sa("prod", "web"))
+    refused = ev("list", "secrets", ns="kube-system", user=ENGINEER, code=403, decision=None)
+    for event in (allowed, refused):
+        event["userAgent"] = agent
+        assert fired(ruleset, "offensive-tool-user-agent", event) == 1, (agent, event["verb"])
+
+
+def test_routine_agents_stay_quiet(ruleset):
+    events = []
+    for agent in ROUTINE_AGENTS:
+        event = ev("get", "pods", ns="default", user=ENGINEER)
+        event["userAgent"] = agent
+        events.append(event)
+    assert fired(ruleset, "offensive-tool-user-agent", *events) == 0
+
+
+def test_a_red_teams_identity_named_in_its_list_stays_quiet(tmp_path):
+    site = tmp_path / "red-team.yaml"
+    site.write_text(
+        "- list: user_known_offensive_tool_users\n  append: true\n"
+        "  items: ['arn:aws:iam::*:role/red-team/*']\n"
+    )
+    event = ev("list", "pods", user=iam("mallory", "red-team"))
+    event["userAgent"] = ATTACK_AGENTS[0]
+    stranger = ev("list", "pods", user=iam("eve", "eng-admin"))
+    stranger["userAgent"] = ATTACK_AGENTS[0]
+    tuned = load_ruleset([str(site)])
+    assert fired(tuned, "offensive-tool-user-agent", event) == 0
+    assert fired(tuned, "offensive-tool-user-agent", stranger) == 1
