@@ -157,6 +157,27 @@ def test_unquoted_values_and_json_around_a_bare_name_are_unchanged():
     assert redact_text("--token=abc,def") == f"--token={REDACTED},def"
 
 
+def test_a_credential_named_mapping_keeps_its_keys_and_a_value_on_the_next_line_goes():
+    # A chart's values: ``passwordSecret:`` names the Secret that holds the password (a
+    # mapping of name and key), where ``password:`` over an indented line is the password.
+    data = {
+        "values.yaml": "auth:\n  passwordSecret:\n    name: db\n    key: pw\n  user: bob\n",
+        "plain.yaml": f"password:\n  {mark(9)} x\nuser: bob\n",
+        "quoted.yaml": f'password:\n  "{mark(10)}"\nuser: bob\n',
+        "last.yaml": f"token:\n\n  {mark(11)}",
+    }
+    df = ingest(configmap(1, data))
+    assert markers(all_strings(df)) == set()
+    out = body(df, 0)["data"]
+    assert out["values.yaml"] == data["values.yaml"]
+    assert out["plain.yaml"] == f"password:\n  {REDACTED}\nuser: bob\n"
+    assert out["quoted.yaml"] == f'password:\n  "{REDACTED}"\nuser: bob\n'
+    assert out["last.yaml"] == f"token:\n\n  {REDACTED}"
+    # The same in text that is not JSON (a quarantined line, a user agent).
+    assert redact_text("credentials:\n  secretName: s\n") == "credentials:\n  secretName: s\n"
+    assert redact_text(f"password:\n  {mark(12)}\n") == f"password:\n  {REDACTED}\n"
+
+
 _SAFE = st.text(
     alphabet=st.characters(exclude_categories=["Cs", "Cc", "Zl", "Zp"], exclude_characters="\"'\\"),
     max_size=6,

@@ -129,6 +129,17 @@ _ESC_QUOTED = (
 _LINE = r'(?:[^"\\\r\n]|\\+[^"\\nr])+'
 
 
+#: A line break, written or JSON-escaped, with the blank space around it and any blank lines
+#: after it: what stands between ``password:`` and a value on the next line.
+_NEXT_LINE = r"(?:[ \t]|\\+t)*(?:\r|\\+r)?(?:\n|\\+n)(?:\s|\\+[tnr])*"
+#: A value alone on its line (YAML's plain scalar under its key), up to the line's end: not
+#: a mapping key (``name: x``, ``nested:``), which a ``: `` or a ``:`` at the end tells.
+_LINE_VALUE = r'(?:[^"\\\r\n:]|:[^\s"\\]|\\+[^"\\nr])+'
+#: Where such a line ends: a line break, the quote that ends the string holding it, or the
+#: end of the text. Matched (and written back) so that a key's line is not a value's.
+_LINE_END = r'((?:\r|\\+r)?(?:\n|\\+n)|\\*"|$)'
+
+
 def _assigned(name: str, assign: str = _ASSIGN, *, raw_quotes: bool = True) -> Pattern:
     """A credential-named word, ``assign``, then its value (``password: x``, ``token=x``).
 
@@ -137,20 +148,34 @@ def _assigned(name: str, assign: str = _ASSIGN, *, raw_quotes: bool = True) -> P
     quotes (``--password="x"``) in text that is not JSON. In JSON text a raw quote ends the
     string that holds the name, and a match across it would break the JSON. A closing quote
     missing (cut text) is not needed. Or the first line of a YAML block scalar
-    (``password: |`` then the value on the next line).
+    (``password: |`` then the value on the next line). Or, on the next line, a quoted
+    value or a whole line that is not a key: ``passwordSecret:`` over ``name: x`` (a
+    mapping that names a Secret) keeps it, ``password:`` over ``hunter2`` does not.
     """
     quoted = [_ESC_QUOTED, r"(')(?:[^'\"\\\r\n]|\\+[^\"\\])+'?"]
     if raw_quotes:
         quoted.append(r'(")(?:[^"\\\r\n]|\\.)+"?')
-    quotes = "".join(f"${{{4 + i}}}" for i in range(len(quoted) + 1))
+    # Groups: 1 name, 2 assignment, 3 block head, 4 line break before a quoted value, then
+    # the opening quotes (two in _ESC_QUOTED), then the line break before a line value and
+    # that line's end.
+    first_quote = 5
+    n_quotes = len(quoted) + 1
+    quotes = "".join(f"${{{first_quote + i}}}" for i in range(n_quotes))
+    line_break, line_end = first_quote + n_quotes, first_quote + n_quotes + 1
     return Pattern(
         name,
         f"(?i){_BOUNDARY}({CREDENTIAL_KEY})"
-        + f"({_SPACE}*{assign}{_SPACE}*(?:{_SCHEMES}{_SPACE}+)?)"
-        + f"(?:({_BLOCK_HEAD}){_LINE}|"
+        + f"({_SPACE}*{assign}{_HSPACE}*(?:{_SCHEMES}{_HSPACE}+)?)"
+        + f"(?:({_BLOCK_HEAD}){_LINE}"
+        + f"|((?:{_NEXT_LINE})?)(?:"
         + "|".join(quoted)
-        + r"|[^\s\"'\\,;&{\[]+)",
-        "${1}${2}${3}" + quotes + REDACTED + quotes,
+        + r")|[^\s\"'\\,;&{\[]+"
+        + f"|({_NEXT_LINE}){_LINE_VALUE}{_LINE_END})",
+        f"${{1}}${{2}}${{3}}${{4}}${{{line_break}}}"
+        + quotes
+        + REDACTED
+        + quotes
+        + f"${{{line_end}}}",
     )
 
 
