@@ -330,6 +330,10 @@ QUARANTINE_ALL = (*QUARANTINE_PATTERNS, *PATTERNS)
 _SEARCHES = {ps: _any(ps) for ps in (PATTERNS, JSON_PATTERNS, NAME_PATTERNS, QUARANTINE_ALL)}
 
 
+def _search_of(patterns: tuple[Pattern, ...]) -> str:
+    return _SEARCHES.get(patterns) or _any(patterns)
+
+
 #: Columns whose every value names one event: searched without the distinct pass.
 PER_EVENT_COLUMNS = ("audit_id", "source_position")
 
@@ -370,31 +374,40 @@ def matching_rows(column: pl.Series, pattern: str) -> pl.Series | None:
 
 
 def columns_holding(df: pl.DataFrame, columns: Sequence[str], pattern: str) -> list[str]:
-    """Those of ``columns`` where some value holds a match of ``pattern``.
+    """Those of ``columns`` where some value holds a match of ``pattern``."""
+    return screen(df, [(columns, pattern)])[0]
 
-    One query for all of them, each over its distinct values as :func:`matching_rows`
-    searches: nearly every batch has no hit at all, and a query per column cost a small
-    batch (``detect watch``'s, a test's) ~30 ms of fixed cost in some hundred tiny polars
-    queries, more than the search itself.
+
+def screen(df: pl.DataFrame, searches: Sequence[tuple[Sequence[str], str]]) -> list[list[str]]:
+    """For each ``(columns, pattern)`` of ``searches``, those columns where some value holds
+    a match of the pattern, all in one query.
+
+    Each column is searched over its distinct values as :func:`matching_rows` searches:
+    nearly every batch has no hit at all, and a query per column cost a small batch
+    (``detect watch``'s, a test's) ~30 ms of fixed cost in some hundred tiny polars
+    queries, more than the search itself; a query per search still cost 1.5 ms each.
     """
-    if not columns:
-        return []
-    searches = []
-    for c in columns:
-        if df.schema[c] == pl.Null:  # all null (a hand-built frame): no text to hold one
-            continue
-        values = pl.col(c).explode() if df.schema[c] == pl.List(pl.String) else pl.col(c)
-        if c not in PER_EVENT_COLUMNS:
-            values = values.unique()
-        searches.append(values.str.contains(pattern).fill_null(False).any().alias(c))
-    if not searches:
-        return []
-    found = df.select(searches).row(0, named=True)
-    return [c for c in columns if found.get(c)]
+    exprs = []
+    for k, (columns, pattern) in enumerate(searches):
+        for c in columns:
+            if df.schema[c] == pl.Null:  # all null (a hand-built frame): no text to hold one
+                continue
+            values = pl.col(c).explode() if df.schema[c] == pl.List(pl.String) else pl.col(c)
+            if c not in PER_EVENT_COLUMNS:
+                values = values.unique()
+            exprs.append(values.str.contains(pattern).fill_null(False).any().alias(f"{k}\x00{c}"))
+    found = df.select(exprs).row(0, named=True) if exprs else {}
+    return [
+        [c for c in columns if found.get(f"{k}\x00{c}")] for k, (columns, _) in enumerate(searches)
+    ]
 
 
 def redact_text_columns(
-    df: pl.DataFrame, columns: Iterable[str], patterns: tuple[Pattern, ...] = PATTERNS
+    df: pl.DataFrame,
+    columns: Iterable[str],
+    patterns: tuple[Pattern, ...] = PATTERNS,
+    *,
+    holding: list[str] | None = None,
 ) -> tuple[pl.DataFrame, pl.Series | None]:
     """Rewrite ``columns`` (strings, or lists of strings) where one of ``patterns`` hits;
     returns the frame and which rows changed.
@@ -402,15 +415,14 @@ def redact_text_columns(
     Search first, over whole columns (one query for all of them: :func:`columns_holding`);
     then only the rows that hit are taken out, rewritten pattern by pattern (skipping
     patterns none of them holds) and put back. ``None`` when nothing hit, the common case
-    for a batch.
+    for a batch. ``holding``: the columns a :func:`screen` of this frame already found
+    holding a match (the search is not run again).
     """
     columns = [c for c in columns if c in df.columns]
-    search = _SEARCHES.get(patterns) or _any(patterns)
-    found = {
-        c: rows
-        for c in columns_holding(df, columns, search)
-        if (rows := matching_rows(df[c], search)) is not None
-    }
+    search = _search_of(patterns)
+    if holding is None:
+        holding = columns_holding(df, columns, search)
+    found = {c: rows for c in holding if (rows := matching_rows(df[c], search)) is not None}
     hit = list(found)
     if not hit:
         return df, None
@@ -703,10 +715,17 @@ def redact_events(df: pl.DataFrame) -> pl.DataFrame:
     has_body = pl.col("request_object").is_not_null() | pl.col("response_object").is_not_null()
     no = pl.repeat(False, pl.len())
     webhook_patch = matching_rows(df["annotations"], "patch.webhook.admission.k8s.io/")
+    # One query screens every column for every pattern set; only the JSON columns are
+    # searched again, and only if the structure layer below rewrote some of their rows.
+    plain = tuple(c for c in TEXT_COLUMNS if c not in JSON_COLUMNS)
+    text_sets = ((plain, PATTERNS), (JSON_COLUMNS, JSON_PATTERNS), (NAME_COLUMNS, NAME_PATTERNS))
+    text_sets = tuple((tuple(c for c in cols if c in df.columns), ps) for cols, ps in text_sets)
+    in_structure, *holding = screen(
+        df,
+        [(_STRUCTURED, NEEDS_STRUCTURE), *((cols, _search_of(ps)) for cols, ps in text_sets)],
+    )
     structured = [
-        rows
-        for c in columns_holding(df, _STRUCTURED, NEEDS_STRUCTURE)
-        if (rows := matching_rows(df[c], NEEDS_STRUCTURE)) is not None
+        rows for c in in_structure if (rows := matching_rows(df[c], NEEDS_STRUCTURE)) is not None
     ]
     needs = (about_secrets & (has_body | (no if webhook_patch is None else webhook_patch))) | (
         pl.any_horizontal(structured) if structured else no
@@ -732,14 +751,10 @@ def redact_events(df: pl.DataFrame) -> pl.DataFrame:
             *(df[c].scatter(idx, pl.Series(new[c], dtype=pl.String)) for c in _STRUCTURED)
         )
         flag = flag.scatter(idx, flag.gather(idx) | pl.Series(changed, dtype=pl.Boolean))
+        holding[1] = None  # the JSON columns changed: searched again
     df = df.with_columns(flag.alias("redacted"))
-    plain = tuple(c for c in TEXT_COLUMNS if c not in JSON_COLUMNS)
-    for columns, patterns in (
-        (plain, PATTERNS),
-        (JSON_COLUMNS, JSON_PATTERNS),
-        (NAME_COLUMNS, NAME_PATTERNS),
-    ):
-        df, hit = redact_text_columns(df, columns, patterns)
+    for (columns, patterns), found in zip(text_sets, holding, strict=True):
+        df, hit = redact_text_columns(df, columns, patterns, holding=found)
         if hit is not None:
             df = df.with_columns(df["redacted"] | hit)
     return df
