@@ -910,7 +910,19 @@ class ResolvedField:
 
 
 def resolve_field(name: str) -> ResolvedField:
-    """Turn a field name into an expression; unknown names raise :class:`ConditionError`."""
+    """Turn a field name into an expression; unknown names raise :class:`ConditionError`.
+
+    Remembered per name, since loading the rules resolves some 4,500 field names (each
+    macro expands to its fields again in every rule) and building their expressions was a
+    third of the load; polars expressions are immutable, so rules can share them. Not the
+    address-list fields: which lists they read is configuration (:data:`GATE_DERIVED`).
+    """
+    if name in GATE_DERIVED:
+        return _resolve_field(name)
+    return _remembered_field(name)
+
+
+def _resolve_field(name: str) -> ResolvedField:
     bracket = re.match(r"^([A-Za-z_][A-Za-z0-9_]*)\[\s*(.*)\s*\]$", name, re.S)
     if bracket:
         column, quoted = bracket.groups()
@@ -956,6 +968,10 @@ def resolve_field(name: str) -> ResolvedField:
     )
 
 
+#: Field names are few (the built-in rules use about 300); user rule files add theirs.
+_remembered_field = functools.lru_cache(maxsize=4096)(_resolve_field)
+
+
 # --------------------------------------------------------------------------- operators
 
 
@@ -967,11 +983,13 @@ def _regex_escape(text: str) -> str:
     return _RUST_REGEX_META.sub(r"\\\1", text)
 
 
+@functools.lru_cache(maxsize=8192)
 def glob_to_regex(pattern: str) -> str:
     """``*`` any run, ``?`` one character, ``[abc]``/``[!abc]`` a class; anchored.
 
     Runs of plain characters are escaped at once (rule sets hold hundreds of globs, and
-    a character at a time was a quarter of loading them)."""
+    a character at a time was a quarter of loading them); each glob is translated once
+    (lists are shared by many rules)."""
     out: list[str] = []
     literal_from = i = 0
     while i < len(pattern):
@@ -993,8 +1011,13 @@ def glob_to_regex(pattern: str) -> str:
     return "".join(out)
 
 
+@functools.lru_cache(maxsize=512)
 def check_regex(pattern: str) -> None:
-    """Reject a regex polars cannot compile, at load time rather than mid-scoring."""
+    """Reject a regex polars cannot compile, at load time rather than mid-scoring.
+
+    A pattern that compiled is not compiled again (lists joined into one regex are shared
+    by many rules); one that failed raises each time, as exceptions are not remembered.
+    """
     try:
         pl.Series([""], dtype=pl.String).str.contains(pattern)
     except Exception as exc:  # polars raises ComputeError with the regex crate's message
