@@ -178,6 +178,56 @@ def test_a_credential_named_mapping_keeps_its_keys_and_a_value_on_the_next_line_
     assert redact_text(f"password:\n  {mark(12)}\n") == f"password:\n  {REDACTED}\n"
 
 
+def test_a_value_on_the_next_line_goes_whatever_its_comment_says():
+    # ``: `` in a comment does not make the value's line a mapping key.
+    assert redact_text(f"password:\n  {mark(13)}  # TODO: rotate\n") == (
+        f"password:\n  {REDACTED}  # TODO: rotate\n"
+    )
+    assert redact_text(f"password:\n  {mark(14)} # set by:\n") == (
+        f"password:\n  {REDACTED} # set by:\n"
+    )
+    assert redact_text(f"password:\r\n  {mark(15)}\r") == f"password:\r\n  {REDACTED}\r"
+
+
+@pytest.mark.parametrize("space", ["\u00a0", "\u3000", "\u2007", "\t"])
+def test_any_blank_between_a_credential_name_and_its_value(space):
+    # A no-break space pasted from a wiki, an ideographic space from a CJK input method.
+    for text in (f"DB_PASSWORD={space}{mark(16)}", f"password:{space}{mark(16)}"):
+        assert mark(16) not in redact_text(text), text
+    df = ingest(configmap(1, {"app.env": f"DB_PASSWORD={space}{mark(17)}\n"}))
+    assert markers(all_strings(df)) == set()
+
+
+def test_xml_credentials_and_flags_given_their_value_as_the_next_argument():
+    settings = f"<server><id>r</id><username>u</username><password>{mark(18)}</password></server>"
+    site = (
+        "<property>\n  <name>fs.s3a.secret.key</name>\n"
+        f"  <value>{mark(19)}</value>\n</property>\n"
+        "<property><name>fs.s3a.endpoint</name><value>https://s3.example</value></property>"
+    )
+    args = ["login", "--password", mark(20), "--token-ttl", "5m", "registry.example"]
+    pod = {"kind": "Pod", "spec": {"containers": [{"name": "a", "args": args}]}}
+    applied = {LAST: escaped({"kind": "Pod", "spec": {"containers": [{"args": args}]}})}
+    exec_uri = (
+        "/api/v1/namespaces/app/pods/web/exec?command=docker&command=login"
+        f"&command=--password&command={mark(21)}&command=registry.example&container=web"
+    )
+    df = ingest(
+        configmap(1, {"settings.xml": settings, "core-site.xml": site}),
+        event(2, "create", "pods", requestObject=pod),
+        event(3, "create", "pods", ref={"subresource": "exec"}, requestURI=exec_uri),
+        event(4, "patch", "pods", annotations=applied),
+    )
+    assert markers(all_strings(df)) == set()
+    data = body(df, 0)["data"]
+    assert data["settings.xml"] == settings.replace(mark(18), REDACTED)
+    assert data["core-site.xml"] == site.replace(mark(19), REDACTED)  # the endpoint stays
+    kept = ["login", "--password", REDACTED, "--token-ttl", "5m", "registry.example"]
+    assert body(df, 1)["spec"]["containers"][0]["args"] == kept
+    assert df["request_uri"][2] == exec_uri.replace(mark(21), REDACTED)
+    assert orjson.loads(body(df, 3, "annotations")[LAST])["spec"]["containers"][0]["args"] == kept
+
+
 _SAFE = st.text(
     alphabet=st.characters(exclude_categories=["Cs", "Cc", "Zl", "Zp"], exclude_characters="\"'\\"),
     max_size=6,

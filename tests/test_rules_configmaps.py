@@ -85,6 +85,12 @@ def test_real_charts_configmaps_fire_only_where_a_credential_is_written(ruleset)
         {"DATABASE_URL": "postgresql://app:hunter2@db:5432/app"},
         {"aws.env": "AWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE\n"},
         {"aws_access_key_id": "MY-ID"},
+        {"config.yaml": "db:\n  password:\n    hunter2  # TODO: rotate\n"},
+        {"config.yaml": "db:\n  password: |\n    hunter2\n"},
+        {
+            "hive-site.xml": "<property>\n  <name>javax.jdo.option.ConnectionPassword</name>\n"
+            "  <value>hunter2</value>\n</property>"
+        },
     ],
 )
 def test_a_credential_written_into_a_configmap_fires(ruleset, data):
@@ -99,6 +105,7 @@ def test_a_credential_written_into_a_configmap_fires(ruleset, data):
         {"start.sh": 'PGPASSWORD="${POSTGRES_PASSWORD}" psql -U app -c "select 1"\n'},
         {"entry.sh": 'if [ -z "$PASSWORD" ]; then echo "password is required"; fi\n'},
         {"config.yaml": "db:\n  passwordSecret:\n    name: db\n    key: password\n"},
+        {"settings.xml": "<server><id>r</id><password>${env.REPO_PASSWORD}</password></server>"},
         {"policy.yaml": "passwordPattern: ^.{8,32}$\n"},
         {"README": "Keep the password in a Secret, never in a ConfigMap."},
         {"DATABASE_URL": "postgresql://db:5432/app"},

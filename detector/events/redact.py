@@ -132,12 +132,31 @@ _LINE = r'(?:[^"\\\r\n]|\\+[^"\\nr])+'
 #: A line break, written or JSON-escaped, with the blank space around it and any blank lines
 #: after it: what stands between ``password:`` and a value on the next line.
 _NEXT_LINE = r"(?:[ \t]|\\+t)*(?:\r|\\+r)?(?:\n|\\+n)(?:\s|\\+[tnr])*"
-#: A value alone on its line (YAML's plain scalar under its key), up to the line's end: not
-#: a mapping key (``name: x``, ``nested:``), which a ``: `` or a ``:`` at the end tells.
-_LINE_VALUE = r'(?:[^"\\\r\n:]|:[^\s"\\]|\\+[^"\\nr])+'
-#: Where such a line ends: a line break, the quote that ends the string holding it, or the
-#: end of the text. Matched (and written back) so that a key's line is not a value's.
-_LINE_END = r'((?:\r|\\+r)?(?:\n|\\+n)|\\*"|$)'
+#: One character of a value alone on its line (YAML's plain scalar under its key): not
+#: white space, and a ``:`` only inside a word (``: `` or a ``:`` at the end makes the line
+#: a mapping key: ``name: x``, ``nested:``).
+_LINE_CHAR = r'(?:[^"\\\s:]|:[^\s"\\]|\\+[^"\\nrt])'
+#: Such a value: words of those characters, spaces between them; a word may not open with
+#: ``#``, which after a space begins a comment (``hunter2  # TODO: rotate``: the comment
+#: may say anything, ``: `` included, and is kept).
+_LINE_VALUE = (
+    _LINE_CHAR
+    + "+(?:(?:[ \t]|\\\\+t)+"
+    + r'(?:[^"\\\s:#]|:[^\s"\\]|\\+[^"\\nrt])'
+    + _LINE_CHAR
+    + "*)*"
+)
+#: Where such a line ends: a comment, then a line break, the quote that ends the string
+#: holding it, or the end of the text. Matched (and written back) so that a key's line is
+#: not taken for a value's.
+_LINE_END = (
+    r'((?:(?:[ \t]|\\+t)+#(?:[^"\\\r\n]|\\+[^"\\nr])*)?(?:[ \t]|\\+t)*'
+    r'(?:(?:\r|\\+r)?(?:\n|\\+n)|\r|\\+r|\\*"|$))'
+)
+#: Space between ``:`` or ``=`` and a value on the same line: any white space but a line
+#: break (a no-break space pasted from a wiki, an ideographic space), or as JSON or a URL
+#: writes it.
+_GAP = r"(?:[^\S\r\n]|\\+t|\\+u(?:00[aA]0|3000)|\+|%20|%09)"
 
 
 def _assigned(name: str, assign: str = _ASSIGN, *, raw_quotes: bool = True) -> Pattern:
@@ -165,7 +184,7 @@ def _assigned(name: str, assign: str = _ASSIGN, *, raw_quotes: bool = True) -> P
     return Pattern(
         name,
         f"(?i){_BOUNDARY}({CREDENTIAL_KEY})"
-        + f"({_SPACE}*{assign}{_HSPACE}*(?:{_SCHEMES}{_HSPACE}+)?)"
+        + f"({_SPACE}*{assign}{_GAP}*(?:{_SCHEMES}{_GAP}+)?)"
         + f"(?:({_BLOCK_HEAD}){_LINE}"
         + f"|((?:{_NEXT_LINE})?)(?:"
         + "|".join(quoted)
@@ -234,6 +253,38 @@ _PEM = Pattern(
 )
 
 
+#: Text an XML element may hold, up to the next tag: escapes in JSON text, never a quote.
+_XML_TEXT = r'(?:[^<"\\]|\\+[^"\\])+'
+#: White space between XML tags, written or as JSON escapes it.
+_XML_SPACE = r"(?:\s|\\+[tnr])*"
+_XML_ELEMENT = Pattern(
+    "XML element named like a credential (Maven's settings.xml password)",
+    r"(?i)(<(?:[A-Za-z0-9_.\-]" + CREDENTIAL_KEY + "|" + _CREDENTIAL_WORD + r")>)" + _XML_TEXT,
+    "${1}" + REDACTED,
+)
+_XML_PROPERTY = Pattern(
+    "XML property named like a credential (a name then a value element: Hadoop's and "
+    "Hive's site files)",
+    r"(?i)(<name>"
+    + _XML_SPACE
+    + r"[A-Za-z0-9_.\-/]*(?:"
+    + _CREDENTIAL_WORD
+    + r"|secret\.key)"
+    + _XML_SPACE
+    + "</name>"
+    + _XML_SPACE
+    + "<value>)"
+    + _XML_TEXT,
+    "${1}" + REDACTED,
+)
+_EXEC_FLAG = Pattern(
+    "credential-named flag with its value as the next word of an exec request's command "
+    "(docker login, kubectl --token)",
+    r"(?i)([?&]command=-{1,2}" + CREDENTIAL_KEY + r"&command=)[^&#\s\"'\\]*",
+    "${1}" + REDACTED,
+)
+
+
 def _free_text(*, raw_quotes: bool) -> tuple[Pattern, ...]:
     return (
         Pattern(
@@ -258,6 +309,19 @@ def _free_text(*, raw_quotes: bool) -> tuple[Pattern, ...]:
             + r'\\+"\s*,\s*\\+"value\\+"\s*:\s*)(\\+")(?:[^"\\]|\\[^"])*(?:\\+")?',
             "${1}${2}" + REDACTED + "${2}",
         ),
+        Pattern(
+            "credential-named flag with its value as the next argument (a command's list)",
+            r'(?i)("-{1,2}' + CREDENTIAL_KEY + r'"\s*,\s*)' + _STR0,
+            '${1}"' + REDACTED + '"',
+        ),
+        Pattern(
+            "credential-named flag with its value as the next argument, escaped inside a string",
+            r'(?i)(\\+"-{1,2}' + CREDENTIAL_KEY + r'\\+"\s*,\s*)(\\+")(?:[^"\\]|\\[^"])*(?:\\+")?',
+            "${1}${2}" + REDACTED + "${2}",
+        ),
+        _EXEC_FLAG,
+        _XML_ELEMENT,
+        _XML_PROPERTY,
         # Before the name patterns: a PEM key in a credential-named value
         # (``private_key: -----BEGIN ...``) would otherwise lose only its first word.
         _PEM,
