@@ -187,6 +187,8 @@ def test_a_value_on_the_next_line_goes_whatever_its_comment_says():
         f"password:\n  {REDACTED} # set by:\n"
     )
     assert redact_text(f"password:\r\n  {mark(15)}\r") == f"password:\r\n  {REDACTED}\r"
+    # In an env file a name with nothing after its '=' is empty: the next line is its own.
+    assert redact_text("API_TOKEN=\nLOG_LEVEL=info\n") == "API_TOKEN=\nLOG_LEVEL=info\n"
 
 
 @pytest.mark.parametrize("space", ["\u00a0", "\u3000", "\u2007", "\t"])

@@ -159,7 +159,9 @@ _LINE_END = (
 _GAP = r"(?:[^\S\r\n]|\\+t|\\+u(?:00[aA]0|3000)|\+|%20|%09)"
 
 
-def _assigned(name: str, assign: str = _ASSIGN, *, raw_quotes: bool = True) -> Pattern:
+def _assigned(
+    name: str, assign: str = _ASSIGN, *, raw_quotes: bool = True, next_line: bool = True
+) -> Pattern:
     """A credential-named word, ``assign``, then its value (``password: x``, ``token=x``).
 
     The value is a word, or a quoted string: single quotes, quotes escaped as in a JSON
@@ -169,33 +171,37 @@ def _assigned(name: str, assign: str = _ASSIGN, *, raw_quotes: bool = True) -> P
     missing (cut text) is not needed. Or the first line of a YAML block scalar
     (``password: |`` then the value on the next line). Or, on the next line, a quoted
     value or a whole line that is not a key: ``passwordSecret:`` over ``name: x`` (a
-    mapping that names a Secret) keeps it, ``password:`` over ``hunter2`` does not.
+    mapping that names a Secret) keeps it, ``password:`` over ``hunter2`` does not; not in
+    names (``next_line`` false), where ``:`` separates parts.
     """
     quoted = [_ESC_QUOTED, r"(')(?:[^'\"\\\r\n]|\\+[^\"\\])+'?"]
     if raw_quotes:
         quoted.append(r'(")(?:[^"\\\r\n]|\\.)+"?')
-    # Groups: 1 name, 2 assignment, 3 block head, 4 line break before a quoted value, then
-    # the opening quotes (two in _ESC_QUOTED), then the line break before a line value and
-    # that line's end.
-    first_quote = 5
-    n_quotes = len(quoted) + 1
-    quotes = "".join(f"${{{first_quote + i}}}" for i in range(n_quotes))
-    line_break, line_end = first_quote + n_quotes, first_quote + n_quotes + 1
-    return Pattern(
-        name,
-        f"(?i){_BOUNDARY}({CREDENTIAL_KEY})"
-        + f"({_SPACE}*{assign}{_GAP}*(?:{_SCHEMES}{_GAP}+)?)"
-        + f"(?:({_BLOCK_HEAD}){_LINE}"
-        + f"|((?:{_NEXT_LINE})?)(?:"
+    # Groups, numbered in this order (one that takes no part expands to ""): 1 the name;
+    # on its line, 2 the assignment, 3 a block head and the opening quotes (two in
+    # _ESC_QUOTED); on the next line, the colon, the line break, the opening quotes again
+    # and the end of the value's line. Only after a colon: ``TOKEN=`` over ``OTHER=x`` in
+    # an env file is an empty value.
+    n = len(quoted) + 1
+    same_line = (
+        f"({_SPACE}*{assign}{_GAP}*(?:{_SCHEMES}{_GAP}+)?)"
+        + f"(?:({_BLOCK_HEAD}){_LINE}|"
         + "|".join(quoted)
-        + r")|[^\s\"'\\,;&{\[]+"
-        + f"|({_NEXT_LINE}){_LINE_VALUE}{_LINE_END})",
-        f"${{1}}${{2}}${{3}}${{4}}${{{line_break}}}"
-        + quotes
-        + REDACTED
-        + quotes
-        + f"${{{line_end}}}",
+        + r"|[^\s\"'\\,;&{\[]+)"
     )
+    before = "${1}${2}${3}" + "".join(f"${{{4 + i}}}" for i in range(n))
+    after = before[len("${1}${2}${3}") :]
+    regex = f"(?i){_BOUNDARY}({CREDENTIAL_KEY})(?:{same_line}"
+    if next_line:
+        regex += (
+            f"|({_SPACE}*(?::|%3[Aa]){_GAP}*)({_NEXT_LINE})(?:"
+            + "|".join(quoted)
+            + f"|{_LINE_VALUE}{_LINE_END})"
+        )
+        quotes = "".join(f"${{{6 + n + i}}}" for i in range(n))
+        before += f"${{{4 + n}}}${{{5 + n}}}" + quotes
+        after += quotes + f"${{{6 + 2 * n}}}"
+    return Pattern(name, regex + ")", before + REDACTED + after)
 
 
 def _auth_header(*, raw_quotes: bool, names: bool = False) -> Pattern:
@@ -351,7 +357,7 @@ JSON_PATTERNS: tuple[Pattern, ...] = _free_text(raw_quotes=False)
 NAME_PATTERNS: tuple[Pattern, ...] = (
     _PEM,
     _auth_header(raw_quotes=True, names=True),
-    _assigned("credential assigned with '=' in a name", r"(?:=|%3[Dd])"),
+    _assigned("credential assigned with '=' in a name", r"(?:=|%3[Dd])", next_line=False),
     _BEARER,
     _JWT,
     _QUERY_PARAM,
