@@ -962,3 +962,78 @@ def test_a_lone_surrogate_escape_becomes_a_replacement_character_not_a_nul(tmp_p
     assert summary.events_written == 4 and summary.quarantined == 0
     df = pl.read_parquet(f"{lake}/events/**/*.parquet").sort("audit_id")
     assert df["user_name"].to_list() == ["al\ufffdice", "lo\ufffdw", "ok\U0001f600", "esc\\ud800"]
+
+
+def refuse(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operating system refusing to list ``folder`` or reach what is in it.
+
+    Not as root (CI runs as root, and chmod refuses root nothing): there os.scandir and
+    os.stat refuse it in this process instead, as the kernel would; no server can stand in
+    for a file system's permissions.
+    """
+    if os.geteuid() != 0:
+        folder.chmod(0)  # the caller gives it back its mode, so the folder can be removed
+        return
+    real_scandir, real_stat = os.scandir, os.stat
+
+    def inside(path: object, *, itself: bool) -> bool:
+        if not isinstance(path, (str, os.PathLike)):
+            return False  # a file descriptor
+        full = os.path.abspath(os.fspath(path))
+        return full.startswith(str(folder) + os.sep) or (itself and full == str(folder))
+
+    def scandir(path: object = "."):
+        if inside(path, itself=True):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    def stat(path: object, *args: object, **kwargs: object):
+        if inside(path, itself=False):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr(os, "stat", stat)
+
+
+def test_a_folder_that_cannot_be_read_fails_the_run_and_the_rest_is_ingested(tmp_path, monkeypatch):
+    top = tmp_path / "logs"
+    (top / "ok").mkdir(parents=True)
+    (top / "locked").mkdir()
+    write_ndjson(top / "ok" / "a.log", [make_event(1)])
+    write_ndjson(top / "locked" / "b.log", [make_event(2)])
+    refuse(top / "locked", monkeypatch)
+    try:
+        summary = ingest_paths([str(top)], str(tmp_path / "lake"), cluster="prod")
+        # The folder's events were not read, and the run says so (exit 3, not 0).
+        assert summary.failed_inputs == [
+            f"{top / 'locked'}: cannot read the folder: permission denied"
+        ]
+        assert summary.events_written == 1
+        assert Lake(str(tmp_path / "lake")).scan_events().collect()["audit_id"].to_list() == [
+            audit_id(1)
+        ]
+        # A file named inside it exists but cannot be reached: not "no such file" (exit 2).
+        named = ingest_paths([str(top / "locked" / "b.log")], str(tmp_path / "lake2"))
+        assert named.failed_inputs == [
+            f"{top / 'locked' / 'b.log'}: cannot read: permission denied"
+        ]
+    finally:
+        if os.geteuid() != 0:
+            (top / "locked").chmod(0o755)
+
+
+def test_a_file_name_that_is_not_utf8_is_read_and_named_with_its_bytes_escaped(tmp_path):
+    # Linux takes any bytes in a name; Python holds the ones that are not UTF-8 as lone
+    # surrogates, which no Parquet writer takes: one such file failed the whole folder.
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    write_ndjson(folder / "good.log", [make_event(1)])
+    odd = os.path.join(os.fsencode(folder), b"\xff\xfeaudit.log")
+    with open(odd, "wb") as fh:
+        fh.write(ndjson([make_event(2)]) + b"not json\n")
+    lake = str(tmp_path / "lake")
+    summary = ingest_paths([str(folder)], lake, cluster="prod")
+    assert (summary.events_written, summary.quarantined, summary.failed_inputs) == (2, 1, [])
+    (source,) = Lake(lake).scan_quarantine().collect()["source"].to_list()
+    assert source == f"{folder}/\\xff\\xfeaudit.log"

@@ -484,7 +484,13 @@ def ingest_paths(
     uris: list[str] = []
     for path in paths:
         try:
-            uris.extend(expand_inputs([path], on_skip=summary.warnings.append))
+            uris.extend(
+                expand_inputs(
+                    [path],
+                    on_skip=summary.warnings.append,
+                    on_unreadable=summary.failed_inputs.append,
+                )
+            )
         except InputNotFound:
             raise  # a path naming nothing is a typo: stop before anything is read
         except InputError as exc:

@@ -152,7 +152,37 @@ def _is_regular(fs: object, path: str) -> bool:
         return True  # vanished or unreadable: open_input says why
 
 
-def expand_inputs(paths: list[str], *, on_skip: Callable[[str], None] | None = None) -> list[str]:
+def _unreadable_folders(fs: object, folder: str) -> list[str]:
+    """Local folders under ``folder`` that cannot be listed (no permission): a listing
+    passes over them in silence, and their files would be left out of the run unsaid."""
+    if not isinstance(fs, LocalFileSystem):
+        return []
+    failed: list[str] = []
+    for _ in os.walk(folder, onerror=lambda err: failed.append(str(err.filename))):
+        pass
+    return failed
+
+
+def _unreachable(fs: object, path: str) -> str | None:
+    """Why a local path that does not seem to exist cannot be reached (a folder on its way
+    that may not be searched), or None when it is simply not there."""
+    if not isinstance(fs, LocalFileSystem):
+        return None
+    try:
+        os.stat(path)
+    except PermissionError as exc:
+        return exc.strerror.lower() if exc.strerror else "permission denied"
+    except OSError:
+        return None
+    return None
+
+
+def expand_inputs(
+    paths: list[str],
+    *,
+    on_skip: Callable[[str], None] | None = None,
+    on_unreadable: Callable[[str], None] | None = None,
+) -> list[str]:
     """Files under each path (folders recursively, ``s3://`` prefixes, globs), sorted.
 
     Local entries that are not regular files (FIFOs, sockets, devices) are skipped with a
@@ -160,6 +190,11 @@ def expand_inputs(paths: list[str], *, on_skip: Callable[[str], None] | None = N
     files in a folder (``.audit.log.swp``, a writer's ``.tmp-*``) are skipped too, with one
     warning per folder that counts them: a folder holding only ``.audit.log`` read nothing
     and said nothing. A hidden file named on its own is read.
+
+    A folder inside that cannot be listed is given to ``on_unreadable`` (the caller reads
+    the rest and reports it as an input that failed), else raises :class:`InputError`; a
+    path that cannot be reached for want of permission raises :class:`InputError` (exit 3),
+    not :class:`InputNotFound`.
     """
 
     def skip(warning: str) -> None:
@@ -167,6 +202,12 @@ def expand_inputs(paths: list[str], *, on_skip: Callable[[str], None] | None = N
             on_skip(warning)
         else:
             log.warning("%s", warning)
+
+    def unreadable(folder: str) -> None:
+        reason = f"{folder}: cannot read the folder: permission denied"
+        if on_unreadable is None:
+            raise InputError(reason)
+        on_unreadable(reason)
 
     found: list[str] = []
     for path in paths:
@@ -183,6 +224,8 @@ def expand_inputs(paths: list[str], *, on_skip: Callable[[str], None] | None = N
             if not matches:
                 raise InputNotFound(f"{path}: no file, folder or object matches")
         elif fs.isdir(bare):
+            for folder in _unreadable_folders(fs, bare):
+                unreadable(folder)
             every = fs.find(bare)
             matches = [p for p in every if not p.rsplit("/", 1)[-1].startswith(".")]
             if hidden := sorted(set(every) - set(matches)):
@@ -193,6 +236,8 @@ def expand_inputs(paths: list[str], *, on_skip: Callable[[str], None] | None = N
                 )
         elif fs.exists(bare):
             matches = [bare]
+        elif why := _unreachable(fs, bare):
+            raise InputError(f"{path}: cannot read: {why}")
         else:
             raise InputNotFound(f"{path}: no such file, folder or object")
         for m in sorted(matches):
@@ -703,16 +748,29 @@ def _flush_firehose(uri, pending, cluster, rejected) -> LineBatch:  # type: igno
     return batch
 
 
+def path_text(uri: str) -> str:
+    """``uri`` as text the lake can hold: the bytes of a local name that are not UTF-8
+    (which Python keeps as lone surrogates, and no UTF-8 writer takes) written as ``\\xNN``.
+    A folder holding one such name failed to ingest at all."""
+    try:
+        uri.encode("utf-8")
+    except UnicodeEncodeError:
+        return uri.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return uri
+
+
 def read_batches(uri: str, fmt: str = AUTO) -> Iterator[LineBatch]:
     """Batches of raw audit messages from one file or object.
 
     A UTF-8 byte-order mark at the start is dropped (editors on Windows write one; it is
     not part of the first event). Damage that ends a gzip stream early is reported as a
-    quarantine record, after everything before it was read.
+    quarantine record, after everything before it was read. Batches name their source by
+    :func:`path_text`.
     """
     if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     raw = open_input(uri)
+    uri = path_text(uri)
     stream: BinaryIO = raw
 
     def damage() -> str | None:
