@@ -1433,6 +1433,30 @@ def test_ip_lists_reject_bad_lines_and_need_no_network(tmp_path):
     assert text.splitlines()[2:] == ["3.5.140.0/22", "52.0.0.0/15"]
 
 
+def test_a_list_file_that_is_not_a_list_is_the_settings_fault_and_never_quoted(
+    tmp_path, monkeypatch
+):
+    # A setting pointing at the wrong file (a credentials file, /etc/shadow): the error
+    # goes to logs, so it names the setting and the line, and quotes no line that could
+    # not be an address. A typo in an address is still shown, to be fixed.
+    from detector.config import ConfigError
+
+    secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    wrong = tmp_path / "credentials"
+    wrong.write_text(f"[default]\naws_secret_access_key = {secret}\n")
+    monkeypatch.setenv(IP_LISTS_ENV, str(wrong))
+    with pytest.raises(ConfigError) as caught:
+        load_ruleset()
+    message = str(caught.value)
+    assert message.startswith(f"ip_lists in detect.toml ({IP_LISTS_ENV}): {wrong}, line 1:")
+    assert secret not in message and "default" not in message and "rule" not in message
+    typo = tmp_path / "deny.txt"
+    typo.write_text("10.0.0.0/33\n")
+    monkeypatch.setenv(IP_LISTS_ENV, str(typo))
+    with pytest.raises(ConfigError, match=r"line 1: not an address or CIDR: '10.0.0.0/33'"):
+        load_ruleset()
+
+
 def test_a_get_only_grant_of_pods_exec_is_still_exec(ruleset):
     grant = ev(
         "create",

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import polars as pl
 
-from detector.config import AWS_RANGES_ENV, IP_LISTS_ENV
+from detector.config import AWS_RANGES_ENV, IP_LISTS_ENV, ConfigError
 from detector.rules.condition import ConditionError
 from detector.userfiles import read_user_file
 
@@ -71,6 +71,18 @@ def aws_ranges_path() -> Path:
     return configured_aws_ranges() or shipped_aws_ranges()
 
 
+#: A bad line that looks like an attempt at an address (``10.0.0.0/33``, ``10.0.0.256``) is
+#: quoted in the error; any other is not: the file named may not be a list at all (a
+#: credentials file, /etc/shadow), and an error message goes to logs.
+_ADDRESS_LIKE = re.compile(r"[0-9A-Fa-f:./%]{1,50}")
+
+
+def _shown(text: str) -> str:
+    if _ADDRESS_LIKE.fullmatch(text):
+        return repr(text)
+    return f"a line of {len(text)} characters that no address holds (not shown)"
+
+
 def parse_networks(lines: Iterable[str], label: str) -> list[ipaddress.IPv4Network]:
     """Addresses or CIDRs, one a line; ``#`` starts a comment. Bad lines name their number."""
     out: list[ipaddress.IPv4Network] = []
@@ -82,7 +94,7 @@ def parse_networks(lines: Iterable[str], label: str) -> list[ipaddress.IPv4Netwo
             net = ipaddress.ip_network(text, strict=False)
         except ValueError:
             raise ConditionError(
-                f"{label}, line {number}: not an address or CIDR: {text!r:.60}"
+                f"{label}, line {number}: not an address or CIDR: {_shown(text)}"
             ) from None
         if isinstance(net, ipaddress.IPv4Network):
             out.append(net)
@@ -194,7 +206,17 @@ def _cached(
     plain = _plain_intervals(files)
     if plain is not None:
         return plain
-    return intervals(n for f in files for n in read_networks(f))
+    try:
+        return intervals(n for f in files for n in read_networks(f))
+    except ConditionError as exc:  # the setting's fault, not that of the rule reading it
+        raise ConfigError(f"{_SETTINGS.get(kind, kind)}: {exc.message}") from None
+
+
+#: Where each list's files are named, for errors about them.
+_SETTINGS = {
+    "aws": f"aws_ranges in detect.toml ({AWS_RANGES_ENV})",
+    "denied": f"ip_lists in detect.toml ({IP_LISTS_ENV})",
+}
 
 
 #: Addresses whose answer one :func:`source_in` expression remembers (about 100 bytes
