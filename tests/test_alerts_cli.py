@@ -159,6 +159,26 @@ def test_suppressed_findings_are_not_delivered_and_stay_in_the_lake(scored):
     assert [i["suppression"] for i in listed] == ["mallory-cleanup"]
 
 
+def test_a_bad_suppressions_file_stops_the_score_before_anything_is_written(scored):
+    first = score(scored)
+    assert first["incidents"]["delivery"]["new"] == 2
+    before = _files(scored["lake"])
+    bad = scored["tmp"] / "bad.yaml"
+    bad.write_text(
+        "suppressions:\n  - name: typo\n    reason: r\n    expires: 2099-12-31\n"
+        "    match:\n      principal_regex: '(((('\n"
+    )
+    for extra in ((), ("--dry-run",)):
+        out = cli(
+            "--config", scored["config"], "score", "--since", "2h", "--rules-only",
+            "--suppressions", str(bad), *extra, env=scored["env"],
+        )  # fmt: skip
+        assert out.exit_code == 2, out.stdout + out.stderr
+        assert "principal_regex: invalid regex" in out.stderr
+        # Findings were replaced before the file was read: findings and incidents disagreed.
+        assert _files(scored["lake"]) == before
+
+
 def test_config_show_never_prints_a_sink_secret(scored):
     shown = cli(
         "--config", scored["config"], "config", "show", "--format", "json", env=scored["env"]

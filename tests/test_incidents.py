@@ -344,6 +344,15 @@ def test_a_suppression_names_a_session_as_cloudtrail_shows_it(typed):
             "suppressions: [{name: a, reason: r, expires: 2030-01-01, match: {pod: x}}]",
             "unknown match key",
         ),
+        # dates YAML itself cannot hold: a ValueError from the YAML reader before
+        (
+            "suppressions: [{name: a, reason: r, expires: 0000-01-01, match: {principal: x}}]",
+            "expires '0000-01-01' is not a date",
+        ),
+        (
+            "suppressions: [{name: a, reason: r, expires: 2030-02-30, match: {principal: x}}]",
+            "expires '2030-02-30' is not a date",
+        ),
         (
             "suppressions: [{name: '../x', reason: r, expires: 2030-01-01, match: {principal: x}}]",
             "name must be",

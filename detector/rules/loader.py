@@ -347,7 +347,16 @@ def builtin_files() -> list[Path]:
 #: libyaml's parser when PyYAML was built with it: ten times faster on the built-in files,
 #: and it refuses deep nesting itself (the pure-Python loader recurses until Python stops
 #: it: callers catch ``RecursionError`` too). For every YAML file a user gives.
-YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+class YAML_LOADER(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """The safe loader (nothing in a file is executed), with dates and times left as the
+    text they are: PyYAML's own reading fails outside Python's range (``0000-01-01``,
+    ``2030-02-30``) with a ValueError that is not a YAML error, and the fields that hold a
+    date parse it themselves, with a message naming the entry."""
+
+
+YAML_LOADER.add_constructor(
+    "tag:yaml.org,2002:timestamp", lambda loader, node: loader.construct_scalar(node)
+)
 
 
 def yaml_problem(exc: yaml.YAMLError) -> str:

@@ -120,6 +120,11 @@ def score(
     if no_model and fit_on_window:
         raise UsageError("--no-model and --fit-on-window exclude each other")
     runner = executor_for(executor, address)
+    # Read before anything is scored or written: a bad file found after the findings were
+    # replaced left findings and incidents disagreeing (and --dry-run checks it too).
+    from detector.delivery.run import suppressions_for
+
+    suppressing = suppressions_for(suppressions)
     model = None
     if not no_model and not fit_on_window:
         try:
@@ -150,7 +155,7 @@ def score(
             progress=progress,
             executor=runner,
         )
-    alerts = None if dry_run else _alerts(ctx, lake, result, suppressions, deliver)
+    alerts = None if dry_run else _alerts(ctx, lake, result, suppressing, deliver)
     if output == OutputFormat.json:
         emit_json(
             {
@@ -197,10 +202,10 @@ def summary_line(result, lake: str | None, *, model_used: bool) -> str:  # type:
 
 
 def _alerts(
-    ctx: typer.Context, lake: str, result: Any, suppressions: str | None, deliver: bool
+    ctx: typer.Context, lake: str, result: Any, suppressions: list[Any], deliver: bool
 ) -> Any:
     """Incidents, suppressions and delivery after the findings are written (docs/alerts.md)."""
-    from detector.delivery.run import process, suppressions_for
+    from detector.delivery.run import process
     from detector.lake.events import Lake
 
     return process(
@@ -208,7 +213,7 @@ def _alerts(
         result.findings,
         result.events,
         sink_configs=configured_sinks(ctx),
-        suppressions=suppressions_for(suppressions),
+        suppressions=suppressions,
         deliver_alerts=deliver,
         rescored=result.rescored,
     )
