@@ -408,7 +408,23 @@ def _patched_values(
 
 
 def _json_path(column: str, path: str) -> pl.Expr:
+    _check_json_path(path)
     return pl.col(column).str.json_path_match(path)
+
+
+@functools.lru_cache(maxsize=512)
+def _check_json_path(path: str) -> None:
+    """Reject a JSONPath polars cannot compile at load time: it compiles a path only when a
+    query first runs it, and one bad path in a user's rule stopped all scoring with a
+    page of query plan."""
+    try:
+        pl.Series(["{}"], dtype=pl.String).str.json_path_match(path)
+    except Exception as exc:  # polars raises ComputeError with the parser's message
+        # "error compiling JSON path expression path error: \nEof\n\n\nThis error
+        # occurred in the following expression: ..." -> "path error: Eof"
+        text = str(exc).split("This error occurred")[0]
+        reason = " ".join(text.replace("error compiling JSON path expression", "").split())
+        raise ConditionError(f"invalid JSONPath {path!r}: {reason[:200]}") from None
 
 
 #: JSONPath steps that can match more than one value: a wildcard, a filter, a recursive
