@@ -1430,6 +1430,10 @@ def test_ip_lists_reject_bad_lines_and_need_no_network(tmp_path):
     )
     text = derive_aws_ranges(source)
     assert "createDate 2026-01-02-03-04-05" in text
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)  # past Python's stack: RecursionError
+    with pytest.raises(ConditionError, match=r"not AWS's ip-ranges\.json"):
+        derive_aws_ranges(deep)
     assert text.splitlines()[2:] == ["3.5.140.0/22", "52.0.0.0/15"]
 
 

@@ -632,3 +632,30 @@ def test_sentences_stay_true_for_cluster_scoped_lists_and_new_keys(tmp_path):
     ).findings
     first = found["reasons"][0][0]
     assert "none in the baseline range" in first and "usual" not in first
+
+
+def _chain(kind: str, n: int) -> str:
+    """``n`` macros (or lists) each naming the next, the last a plain one."""
+    if kind == "macro":
+        links = "".join(f"- macro: m{i}\n  condition: m{i + 1}\n" for i in range(n))
+        return links + f"- macro: m{n}\n  condition: verb = get\n"
+    links = "".join(f"- list: l{i}\n  items: [l{i + 1}]\n" for i in range(n))
+    return links + f"- list: l{n}\n  items: [get]\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "rule_id", "message"),
+    [
+        (rule_yaml(condition="(" * 400 + "verb = get" + ")" * 400), "test-rule", "too deeply"),
+        (rule_yaml(condition="not " * 990 + "verb = get"), "test-rule", "too deeply"),
+        (_chain("macro", 3000) + rule_yaml(condition="m0"), "test-rule", "too deeply"),
+        (_chain("list", 3000) + rule_yaml(condition="verb in (l0)"), None, "too deeply"),
+    ],
+)
+def test_conditions_nested_past_pythons_stack_are_one_line_errors(tmp_path, text, rule_id, message):
+    # Each raised RecursionError: "unexpected RecursionError" (exit 3), naming nothing.
+    path = write(tmp_path, text, "deep.yaml")
+    with pytest.raises(RuleError) as err:
+        load_ruleset([path])
+    assert err.value.rule_id == rule_id and message in err.value.reason
+    assert err.value.exit_code == 2 and "\n" not in str(err.value)

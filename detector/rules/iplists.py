@@ -300,7 +300,7 @@ def derive_aws_ranges(ip_ranges_json: str | Path) -> str:
         data = json.loads(read_user_file(ip_ranges_json))  # 16 MB at most: /dev/zero is no list
         prefixes = [p["ip_prefix"] for p in data["prefixes"]]
         created, token = data["createDate"], data["syncToken"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise ConditionError(
             f"{ip_ranges_json}: not AWS's ip-ranges.json ({type(exc).__name__}: {exc})"
         ) from None

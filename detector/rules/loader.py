@@ -781,6 +781,10 @@ def _build_rule(
     except ConditionError as exc:
         at = f" at column {exc.pos + 1}" if exc.pos >= 0 else ""
         raise RuleError(label, rid, f"condition{at}: {exc.message}") from None
+    except RecursionError:
+        raise RuleError(
+            label, rid, "condition: nested too deeply (parentheses, not, or macros naming macros)"
+        ) from None
     exception_exprs = {}
     for spec in exceptions:
         try:
@@ -856,6 +860,8 @@ def load_ruleset(
             compiler.expand_list(name)
         except ConditionError as exc:
             raise RuleError(None, None, exc.message) from None
+        except RecursionError:
+            raise RuleError(None, None, f"list {name!r}: lists name lists too deeply") from None
     rules = [_build_rule(p, compiler, reg.exception_sets) for p in reg.rules.values()]
     ids = [r.id for r in rules]
     _check_ids(disabled or [], ids, "--disable")
