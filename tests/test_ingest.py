@@ -1037,3 +1037,24 @@ def test_a_file_name_that_is_not_utf8_is_read_and_named_with_its_bytes_escaped(t
     assert (summary.events_written, summary.quarantined, summary.failed_inputs) == (2, 1, [])
     (source,) = Lake(lake).scan_quarantine().collect()["source"].to_list()
     assert source == f"{folder}/\\xff\\xfeaudit.log"
+
+
+def test_a_lake_path_that_is_a_file_or_an_input_inside_the_lake_is_a_usage_error(tmp_path):
+    from detector.errors import UsageError
+    from detector.storage import MissingLake
+
+    log = write_ndjson(tmp_path / "a.log", [make_event(1)])
+    not_a_folder = tmp_path / "lake.txt"
+    not_a_folder.write_text("")
+    with pytest.raises(MissingLake, match="it is a file, not a folder") as err:
+        ingest_paths([str(log)], str(not_a_folder), cluster="prod")
+    assert err.value.exit_code == 2  # was exit 3: "writer.json: Not a directory"
+
+    lake = tmp_path / "lake"
+    assert ingest_paths([str(log)], str(lake), cluster="prod").events_written == 1
+    with pytest.raises(UsageError, match="is inside the lake"):
+        ingest_paths([str(lake)], str(lake), cluster="prod")
+    # A folder holding the lake is read without the lake's own files (Parquet, state).
+    again = ingest_paths([str(tmp_path)], str(lake), cluster="prod")
+    assert (again.inputs, again.quarantined) == (1, 0)
+    assert any("of the lake" in w and "itself" in w for w in again.warnings)

@@ -517,6 +517,7 @@ BAD_FILES = [
     (rule_yaml(condition="user_is_admin"), "test-rule", "unknown macro 'user_is_admin'"),
     (rule_yaml(condition="user_name matches '(x'"), "test-rule", "invalid regex"),
     (rule_yaml(stages="[ResponseDone]"), "test-rule", "unknown stage(s)"),
+    (rule_yaml() + rule_yaml(), "test-rule", "defined twice in this file"),
     (
         rule_yaml(threshold="{by: namespace, count: requests, value: 3}"),
         "test-rule",

@@ -204,9 +204,13 @@ class Lake:
         return self.loc.uri
 
     def require_root(self) -> None:
-        """Fail at once (exit 2) when the lake's S3 bucket does not exist."""
+        """Fail at once (exit 2) when the lake's S3 bucket does not exist, or when a local
+        lake's path is a file (a write failed deep in the lock with "Not a directory")."""
         if not self._root_checked:
             require_bucket(self.uri)
+            fs, root = self.loc.fs, self.loc.root
+            if not self.loc.is_s3 and fs.exists(root) and not fs.isdir(root):
+                raise MissingLake(f"no lake at {self.uri}: it is a file, not a folder")
             self._root_checked = True
 
     def require_existing(self) -> Lake:

@@ -450,6 +450,24 @@ def ordered_map(fn: Callable[[T], U], items: Iterator[T], *, workers: int) -> It
         pool.shutdown(wait=True)
 
 
+def _outside_lake(
+    uris: list[str], paths: Iterable[str], lake: Lake, warn: Callable[[str], None]
+) -> list[str]:
+    """``uris`` without the lake's own files: an input inside the lake is a mistake (exit 2;
+    its Parquet files went to quarantine as thousands of lines that are not JSON), and a
+    folder holding the lake (``detect ingest . --lake ./lake``) is read without it."""
+    if lake.loc.is_s3:
+        return uris
+    root = os.path.abspath(lake.loc.root) + os.sep
+    for path in paths:
+        if not is_s3(path) and (os.path.abspath(path) + os.sep).startswith(root):
+            raise UsageError(f"{path} is inside the lake {lake.uri}: ingest reads audit logs")
+    kept = [u for u in uris if is_s3(u) or not os.path.abspath(u).startswith(root)]
+    if len(kept) < len(uris):
+        warn(f"skipped {len(uris) - len(kept)} file(s) of the lake {lake.uri} itself")
+    return kept
+
+
 def ingest_paths(
     paths: Iterable[str],
     lake: Lake | str,
@@ -495,6 +513,7 @@ def ingest_paths(
             raise  # a path naming nothing is a typo: stop before anything is read
         except InputError as exc:
             summary.failed_inputs.append(str(exc))
+    uris = _outside_lake(uris, paths, lake, summary.warnings.append)
     pending_objects: list[tuple[str, str]] = []
     for uri in uris:
         identity = None

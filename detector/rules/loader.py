@@ -438,6 +438,9 @@ class _Registry:
     files: list[str] = field(default_factory=list)
     #: Named exception sets: exception mappings a rule pulls in by naming the set.
     exception_sets: dict[str, list[Any]] = field(default_factory=dict)
+    #: (file, rule id) of each whole definition: a file may replace a rule of another
+    #: file, but a second one in the same file silently replaced the first.
+    defined: set[tuple[str, str]] = field(default_factory=set)
 
     def add_file(self, path: Path, label: str, *, builtin: bool) -> None:
         self.files.append(label)
@@ -540,6 +543,9 @@ class _Registry:
         missing = [k for k in _RULE_REQUIRED if k not in item]
         if missing:
             raise RuleError(label, rid, f"missing required key(s): {', '.join(missing)}")
+        if (label, rid) in self.defined:
+            raise RuleError(label, rid, "rule id is defined twice in this file")
+        self.defined.add((label, rid))
         self.rules[rid] = _Pending(dict(item), label)
 
     def _override_rule(self, item: dict[str, Any], label: str) -> None:
