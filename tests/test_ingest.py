@@ -1049,6 +1049,7 @@ def test_a_lake_path_that_is_a_file_or_an_input_inside_the_lake_is_a_usage_error
     with pytest.raises(MissingLake, match="it is a file, not a folder") as err:
         ingest_paths([str(log)], str(not_a_folder), cluster="prod")
     assert err.value.exit_code == 2  # was exit 3: "writer.json: Not a directory"
+    not_a_folder.unlink()
 
     lake = tmp_path / "lake"
     assert ingest_paths([str(log)], str(lake), cluster="prod").events_written == 1
