@@ -176,6 +176,11 @@ def config_path(explicit: str | None) -> Path | None:
     """The file to read: ``--config``/``DETECT_CONFIG`` (must exist), else ./detect.toml."""
     if explicit:
         path = Path(explicit).expanduser()
+        if path.is_dir():
+            raise ConfigError(
+                f"config file {explicit} is a folder (from --config or {CONFIG_ENV}): "
+                f"name the file, such as {Path(explicit) / DEFAULT_CONFIG_FILE}"
+            )
         if not path.is_file():
             raise ConfigError(f"config file {explicit} not found (from --config or {CONFIG_ENV})")
         return path
@@ -183,9 +188,29 @@ def config_path(explicit: str | None) -> Path | None:
     return default if default.is_file() else None
 
 
+#: The longest text a setting may hold: paths, names, URLs and queries are far shorter. A
+#: 10 MB value took `config show` 51 s to lay out and came back whole in error lines.
+MAX_SETTING_CHARS = 4096
+
+
+def _check_lengths(value: Any, path: Path, key: str = "") -> None:
+    if isinstance(value, str) and len(value) > MAX_SETTING_CHARS:
+        raise ConfigError(
+            f"{path}: {key or 'a value'} holds {len(value):,} characters "
+            f"(at most {MAX_SETTING_CHARS:,})"
+        )
+    if isinstance(value, (dict, list)):
+        for k, v in value.items() if isinstance(value, dict) else enumerate(value):
+            if isinstance(k, str) and len(k) > MAX_SETTING_CHARS:
+                raise ConfigError(f"{path}: a key holds {len(k):,} characters")
+            _check_lengths(v, path, f"{key}.{k}" if key else str(k))
+
+
 def read_toml(path: Path) -> dict[str, Any]:
     try:
-        return tomllib.loads(read_user_file(path))
+        data = tomllib.loads(read_user_file(path))
+        _check_lengths(data, path)
+        return data
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     except RecursionError:  # tomllib recurses into nested arrays and tables

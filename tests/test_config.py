@@ -225,6 +225,21 @@ def test_missing_config_file_is_an_error(cwd):
     assert "config file nope.toml not found" in result.stderr
     result = invoke("config", "show", env={"DETECT_CONFIG": "gone.toml"})
     assert result.exit_code == 2 and "gone.toml" in result.stderr
+    (cwd / "conf").mkdir()  # the folder the file is in, named instead of the file
+    result = invoke("--config", "conf", "config", "show")
+    assert result.exit_code == 2
+    assert "config file conf is a folder" in result.stderr and "conf/detect.toml" in result.stderr
+
+
+def test_a_setting_too_long_to_be_a_path_or_name_is_one_short_error(cwd):
+    # 10 MB in one value took `config show` 51 s, and came back whole in error lines.
+    (cwd / "detect.toml").write_text(f'lake = "{"x" * 100_000}"\n')
+    result = invoke("config", "show")
+    assert result.exit_code == 2
+    assert "lake holds 100,000 characters (at most 4,096)" in result.stderr
+    assert len(result.stderr) < 300
+    (cwd / "detect.toml").write_text(f'[score]\nrules = ["a.yaml", "{"y" * 5000}"]\n')
+    assert "score.rules.1 holds 5,000 characters" in invoke("config", "show").stderr
 
 
 def test_bad_root_flag_value(cwd):

@@ -220,6 +220,11 @@ def test_cli_says_so_when_the_principal_did_nothing_and_refuses_a_bad_range(lake
     assert run.returncode == 0 and "no activity for nobody" in run.stdout
     run = detect("timeline", GRACE, "--lake", lake.uri, "--since", "yesterday")
     assert run.returncode == 2 and "invalid time" in run.stderr
+    # A line break in the principal typed stays on the line it heads, shown.
+    run = detect("timeline", "nobody\nFAKE: 3 findings", "--lake", lake.uri, "--since", "2d")
+    assert run.returncode == 0
+    assert not any(line.startswith("FAKE") for line in run.stdout.splitlines())
+    assert "timeline of nobody\\nFAKE: 3 findings" in run.stdout
 
 
 def test_timeline_and_report_read_an_s3_lake(s3_bucket):

@@ -103,7 +103,9 @@ def timeline(
 
 def render_timeline(tl, identity: dict) -> None:  # type: ignore[no-untyped-def]
     out = stdout
-    who = identity["display"]
+    # What was typed or stored, on the line it heads: a line break in it would print lines
+    # that look like the tool's own.
+    who = identity["display"].translate(ONE_LINE)
     if identity.get("account"):
         who += f"  account {identity['account']}"
     out.print(f"timeline of {who}", markup=False, style="bold")
@@ -118,7 +120,8 @@ def render_timeline(tl, identity: dict) -> None:  # type: ignore[no-untyped-def]
     entries = tl.entries()
     if not entries:
         out.print(
-            f"no activity for {tl.principal} in this range (principals are stored as "
+            f"no activity for {tl.principal.translate(ONE_LINE)} in this range (principals "
+            "are stored as "
             "arn:aws:iam::ACCOUNT:role/ROLE/SESSION; see `detect findings`)",
             markup=False,
         )
