@@ -56,6 +56,16 @@ def test_rules_only_is_a_hidden_alias_of_no_model(sample_lake):
     assert "--rules-only" not in invoke("score", "--help").stdout
 
 
+def test_choices_are_read_in_any_case_as_each_other_choice_is(sample_lake):
+    # --fail-on HIGH and --from CloudWatch were taken; --format JSON was refused.
+    for fmt in ("JSON", "Json"):
+        out = invoke("score", "--lake", sample_lake, *RANGE, "--no-model", "--format", fmt)
+        assert out.exit_code == 0, out.stderr
+        assert json.loads(out.stdout)["written"] is True
+    bad = CliRunner().invoke(app, ["findings", "--lake", sample_lake, "--format", "xml"])
+    assert bad.exit_code == 2 and "'xml' is not one of" in bad.stderr
+
+
 def test_score_enable_switches_on_a_rule_that_ships_disabled(sample_lake):
     def run(*flags: str) -> dict:
         out = invoke(

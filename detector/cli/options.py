@@ -258,7 +258,11 @@ ClusterOpt = Annotated[
 ]
 FormatOpt = Annotated[
     OutputFormat,
-    typer.Option("--format", help="Output: a table for people or JSON for machines."),
+    typer.Option(
+        "--format",
+        help="Output: a table for people or JSON for machines.",
+        case_sensitive=False,  # as every other choice: --fail-on HIGH, --from CloudWatch
+    ),
 ]
 InputFormatOpt = Annotated[
     InputFormat,
