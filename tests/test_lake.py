@@ -179,6 +179,10 @@ def test_a_bad_lake_file_is_skipped_with_a_warning_and_listed_by_lake_check(tmp_
     with caplog.at_level("WARNING"):
         assert lake_rows(str(lake)) == 10  # the good file is read, the bad ones skipped
     assert sum("skipping" in r.getMessage() for r in caplog.records) == 2
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # another Lake object (a scoring run uses several)
+        assert lake_rows(str(lake)) == 10
+    assert not any("skipping" in r.getMessage() for r in caplog.records)  # said once
     more = audit_file(tmp_path / "more.log", range(10, 20))
     summary = ingest_paths([str(src), str(more)], str(lake), cluster="prod")
     assert (summary.events_written, summary.duplicates) == (10, 10)

@@ -43,7 +43,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import orjson
 import polars as pl
@@ -205,6 +205,14 @@ _checked: OrderedDict[tuple[str, int, str], str | None] = OrderedDict()
 _checked_lock = threading.Lock()
 
 
+#: Files already warned about in this process, whichever table object met them: a scoring
+#: run reads a range through several (the events, the rules' history, the flagged-event
+#: lookup), and each warned about the same damaged file again.
+_WARNED: set[str] = set()
+#: Past this many damaged files, each is warned about every time (memory stays bounded).
+MAX_WARNED = 10_000
+
+
 def schema_problem(loc: Location, path: str, size: int, schema: pl.Schema) -> str | None:
     """Why ``path`` cannot be scanned with ``schema`` (None: it can). Remembered per
     (path, size, schema) for the :data:`CHECKED_FILES` files used last."""
@@ -246,7 +254,6 @@ class Table:
     name: str
     keys: tuple[str, ...]
     schema: pl.Schema
-    _warned: set[str] = field(default_factory=set)
 
     # ------------------------------------------------------------------ paths
     @property
@@ -403,8 +410,9 @@ class Table:
             problem = schema_problem(self.loc, e.path, e.size, self.schema)
             if problem is None:
                 good.append(e.path)
-            elif e.path not in self._warned:
-                self._warned.add(e.path)
+            elif (key := self.loc.uri_of(e.path)) not in _WARNED:
+                if len(_WARNED) < MAX_WARNED:
+                    _WARNED.add(key)
                 log.warning(
                     "skipping %s: %s (see `detect lake check`)", self.loc.uri_of(e.path), problem
                 )
