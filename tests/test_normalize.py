@@ -145,6 +145,33 @@ def test_a_value_of_the_wrong_type_is_named_by_its_field_and_never_quoted():
     assert result.events["audit_id"].to_list() == [event(i, NOW)["auditID"] for i in (3, 4)]
 
 
+def test_a_list_or_an_object_where_a_name_belongs_is_quarantined_not_stored_as_text():
+    """polars reads a list or an object in a string member as its JSON text: the id
+    ``["x"]`` or the verb ``{"a":1}`` went into the lake, and rules read them as names. A
+    string that only begins like JSON is a string, and stays."""
+    secret = "hunter2-correct-horse"
+    odd_name = event(5, NOW)
+    odd_name["objectRef"]["name"] = "[not-a-list]"
+    result = normalize(
+        [
+            event(1, NOW, auditID=[secret]),
+            event(2, NOW, verb={"a": secret}),
+            event(3, NOW, user={"username": [secret]}),
+            event(4, NOW, objectRef={"resource": "pods", "namespace": ["a", "b"]}),
+            odd_name,
+            event(6, NOW),
+        ]
+    )
+    assert reasons(result) == {
+        "1": "wrong type: auditID: a string expected, got a list",
+        "2": "wrong type: verb: a string expected, got an object",
+        "3": "wrong type: user.username: a string expected, got a list",
+        "4": "wrong type: objectRef.namespace: a string expected, got a list",
+    }
+    assert result.events["audit_id"].to_list() == [event(i, NOW)["auditID"] for i in (5, 6)]
+    assert result.events["name"].to_list()[0] == "[not-a-list]"
+
+
 def test_a_far_future_event_no_longer_breaks_score(tmp_path):
     """The commands, run in this process (what broke was `score` over the lake, an
     OverflowError, which is raised here as it was there; not the process)."""

@@ -883,6 +883,56 @@ def _raw(lines: pa.Array, i: int) -> bytes:
     return lines[i].as_py().rstrip(b"\r\n")
 
 
+#: Members that hold a name or a word (a string), as (member, field in it): polars reads a
+#: list or an object there as its JSON text (``"auditID": ["x"]`` became the id
+#: ``["x"]``), where a value of another wrong type (``"code": "x"``) is refused.
+_STRING_MEMBERS: tuple[tuple[str, str | None], ...] = (
+    ("auditID", None),
+    ("stage", None),
+    ("verb", None),
+    ("level", None),
+    ("requestURI", None),
+    ("user", "username"),
+    ("impersonatedUser", "username"),
+    ("objectRef", "resource"),
+    ("objectRef", "namespace"),
+    ("objectRef", "name"),
+    ("objectRef", "subresource"),
+    ("objectRef", "apiGroup"),
+)
+
+
+def _not_strings(raw: pl.DataFrame, lines: pa.Array) -> pl.Series:
+    """Per row of ``raw``, why one of :data:`_STRING_MEMBERS` is not a string, or null.
+
+    Only rows where such a member's text opens like JSON (``[``, ``{``) are looked at in
+    their line, which says whether the member was a list or an object or a string that
+    happened to begin so: nearly every batch has none, and the check is one query.
+    """
+    values = [pl.col(m) if k is None else pl.col(m).struct.field(k) for m, k in _STRING_MEMBERS]
+    opens = raw.select(
+        pl.any_horizontal(
+            (v.str.starts_with("[") | v.str.starts_with("{")).fill_null(False) for v in values
+        )
+    ).to_series()
+    reasons: list[str | None] = [None] * raw.height
+    for row in opens.arg_true().to_list():
+        try:
+            event = _loads(_raw(lines, int(raw["_line"][row])))
+        except (ValueError, RecursionError, UnicodeDecodeError):
+            continue
+        for member, key in _STRING_MEMBERS:
+            value = event.get(member) if isinstance(event, dict) else None
+            if key is not None:
+                value = value.get(key) if isinstance(value, dict) else None
+            if isinstance(value, (list, dict)):
+                name = member if key is None else f"{member}.{key}"
+                kind = "a list" if isinstance(value, list) else "an object"
+                reasons[row] = f"wrong type: {name}: a string expected, got {kind}"
+                break
+    return pl.Series("_not_string", reasons, dtype=pl.String)
+
+
 def normalize_lines(
     lines: pa.Array,
     *,
@@ -949,6 +999,7 @@ def normalize_lines(
         code = raw["responseStatus"].struct.field("code")
         events = canonicalize(raw, cluster=pl.col("_cluster")).with_columns(
             raw["_line"].alias("_line"),
+            _not_strings(raw, lines),
             raw["user"].is_null().alias("_no_user"),
             # a code the int32 column cannot hold was stored as null: the event said one
             (code.is_not_null() & code.cast(pl.Int32, strict=False).is_null()).alias("_bad_code"),
@@ -956,7 +1007,9 @@ def normalize_lines(
         earliest, latest = bounds.earliest, bounds.latest()
         times = (pl.col("event_time"), pl.col("received_time"))
         missing = (
-            pl.when(pl.col("audit_id").is_null() | (pl.col("audit_id") == ""))
+            pl.when(pl.col("_not_string").is_not_null())
+            .then(pl.col("_not_string"))
+            .when(pl.col("audit_id").is_null() | (pl.col("audit_id") == ""))
             .then(pl.lit("missing auditID"))
             .when(pl.col("event_time").is_null())
             .then(pl.lit("missing or invalid stageTimestamp/timestamp"))
@@ -988,7 +1041,7 @@ def normalize_lines(
                 )
             )
         events = flagged.filter(pl.col("_reason").is_null()).drop(
-            "_line", "_reason", "_no_user", "_bad_code"
+            "_line", "_reason", "_no_user", "_bad_code", "_not_string"
         )
     else:
         events = pl.DataFrame(schema=CANONICAL_COLUMNS)
