@@ -518,6 +518,10 @@ BAD_FILES = [
     (rule_yaml(condition="user_name matches '(x'"), "test-rule", "invalid regex"),
     (rule_yaml(stages="[ResponseDone]"), "test-rule", "unknown stage(s)"),
     (rule_yaml() + rule_yaml(), "test-rule", "defined twice in this file"),
+    # A built-in macro broken by a user's file: the user's file is named, not the
+    # built-in rule that uses the macro.
+    ("- macro: not_failed\n  condition: not_failed\n", None, "refers to itself"),
+    ("- macro: not_failed\n  condition: verbb = get\n", None, "unknown field 'verbb'"),
     (
         rule_yaml(threshold="{by: namespace, count: requests, value: 3}"),
         "test-rule",
@@ -543,7 +547,7 @@ BAD_FILES = [
     ),
     (
         "- macro: loop\n  condition: loop\n" + rule_yaml(condition="loop"),
-        "test-rule",
+        None,  # the macro itself is named, before any rule that uses it
         "refers to itself",
     ),
     ("- required_engine_version: 99\n", None, "needs rule engine version 99"),
@@ -649,7 +653,7 @@ def _chain(kind: str, n: int) -> str:
     [
         (rule_yaml(condition="(" * 400 + "verb = get" + ")" * 400), "test-rule", "too deeply"),
         (rule_yaml(condition="not " * 990 + "verb = get"), "test-rule", "too deeply"),
-        (_chain("macro", 3000) + rule_yaml(condition="m0"), "test-rule", "too deeply"),
+        (_chain("macro", 3000) + rule_yaml(condition="m0"), None, "too deeply"),
         (_chain("list", 3000) + rule_yaml(condition="verb in (l0)"), None, "too deeply"),
     ],
 )

@@ -441,6 +441,9 @@ class _Registry:
     #: (file, rule id) of each whole definition: a file may replace a rule of another
     #: file, but a second one in the same file silently replaced the first.
     defined: set[tuple[str, str]] = field(default_factory=set)
+    #: Macros a user's file defined or appended to, and the file: checked on their own at
+    #: load, so a broken one is reported against that file, not a built-in rule using it.
+    user_macros: dict[str, str] = field(default_factory=dict)
 
     def add_file(self, path: Path, label: str, *, builtin: bool) -> None:
         self.files.append(label)
@@ -514,6 +517,8 @@ class _Registry:
             self.macros[name] = f"({self.macros[name]}) or ({cond})"
         else:
             self.macros[name] = cond
+        if not builtin:
+            self.user_macros[name] = label
 
     def _add_rule(self, item: dict[str, Any], label: str, *, builtin: bool) -> None:
         rid = item["rule"]
@@ -868,6 +873,15 @@ def load_ruleset(
             raise RuleError(None, None, exc.message) from None
         except RecursionError:
             raise RuleError(None, None, f"list {name!r}: lists name lists too deeply") from None
+    for name, label in reg.user_macros.items():
+        try:
+            compiler.compile(name)
+        except ConditionError as exc:
+            raise RuleError(label, None, f"macro {name!r}: {exc.message}") from None
+        except RecursionError:
+            raise RuleError(
+                label, None, f"macro {name!r}: macros name each other too deeply"
+            ) from None
     rules = [_build_rule(p, compiler, reg.exception_sets) for p in reg.rules.values()]
     ids = [r.id for r in rules]
     _check_ids(disabled or [], ids, "--disable")
