@@ -1059,3 +1059,22 @@ def test_a_lake_path_that_is_a_file_or_an_input_inside_the_lake_is_a_usage_error
     again = ingest_paths([str(tmp_path)], str(lake), cluster="prod")
     assert (again.inputs, again.quarantined) == (1, 0)
     assert any("of the lake" in w and "itself" in w for w in again.warnings)
+
+
+def test_a_broken_link_in_a_folder_is_an_input_that_failed_in_every_command(tmp_path):
+    # ingest said exit 3 and read the rest; `rules test` (read_events) said exit 2, as if
+    # the user had mistyped the path.
+    from detector.sources.files import InputError, InputNotFound
+
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    write_ndjson(folder / "good.log", [make_event(1)])
+    (folder / "rotated.log").symlink_to(tmp_path / "gone.log")
+    summary = ingest_paths([str(folder)], str(tmp_path / "lake"), cluster="prod")
+    assert summary.events_written == 1
+    assert summary.failed_inputs == [
+        f"{folder / 'rotated.log'}: cannot open: no such file (a broken link, or removed)"
+    ]
+    with pytest.raises(InputError) as err:
+        read_events([str(folder)])
+    assert not isinstance(err.value, InputNotFound) and err.value.exit_code == 3

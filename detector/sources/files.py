@@ -259,7 +259,9 @@ def open_input(uri: str) -> BinaryIO:
     try:
         fh = filesystem(uri).open(strip_protocol(uri), "rb")
     except FileNotFoundError as exc:
-        raise InputNotFound(f"{uri}: no such file or object") from exc
+        # Every caller opens what expand_inputs found: gone since (a rotated log) or a
+        # link to nothing is a failure to read (exit 3), not a path mistyped (exit 2).
+        raise InputError(f"{uri}: cannot open: no such file (a broken link, or removed)") from exc
     except PermissionError as exc:
         raise InputError(f"{uri}: permission denied") from exc
     except OSError as exc:
