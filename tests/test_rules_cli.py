@@ -157,6 +157,8 @@ def test_docs_check_and_stdout(tmp_path):
     stale.write_text("old\n")
     check = cli("rules", "docs", "--check", "--output", str(stale))
     assert check.exit_code == 1 and "out of date" in check.stderr
+    missing = cli("rules", "docs", "--check", "--output", str(tmp_path / "none.md"))
+    assert missing.exit_code == 1 and "none.md does not exist" in missing.stderr
     assert cli("rules", "docs", "--output", "-").stdout.startswith("# Detection rules")
     written = cli("rules", "docs", "--output", str(stale))
     assert written.exit_code == 0 and stale.read_text().startswith("# Detection rules")

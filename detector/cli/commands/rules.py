@@ -308,9 +308,9 @@ def docs(
     if check:
         current = out.read_text(encoding="utf-8") if out.exists() else None
         if current != text:
+            state = "is out of date" if current is not None else "does not exist"
             stderr.print(
-                f"error: {out} is out of date: run `detect rules docs --output {out}`",
-                markup=False,
+                f"error: {out} {state}: run `detect rules docs --output {out}`", markup=False
             )
             raise typer.Exit(EXIT_FINDINGS)
         stdout.print(f"{out} is up to date", markup=False)
