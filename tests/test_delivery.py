@@ -505,11 +505,31 @@ def test_records_another_run_saved_survive_this_runs_later_saves(tmp_path):
     other.record("inc-theirs", 1, "hook", "high", "bob", NOW)
     theirs.save(other)
     state.record("inc-ours", 1, "hook", "high", "alice", NOW)
-    ours.save_merged(state)  # a conflict: both kept
+    ours.save_merged(state, NOW)  # a conflict: both kept
     state.record("inc-later", 1, "hook", "high", "carol", NOW)
-    ours.save_merged(state)  # no conflict now
+    ours.save_merged(state, NOW)  # no conflict now
     saved = DeliveryStore(lake).load()
     assert {k.split("|")[0] for k in saved.sent} == {"inc-theirs", "inc-ours", "inc-later"}
+
+
+def test_records_another_run_pruned_are_not_written_back_by_a_merge(tmp_path):
+    """A run that loaded the records before another pruned the old ones wrote them back
+    when its save met the other's and merged: nothing dropped them again."""
+    from detector.delivery.records import RETENTION, DeliveryStore
+
+    lake = Lake(str(tmp_path / "lake"))
+    old = NOW - RETENTION - timedelta(days=1)
+    seed = DeliveryStore(lake)
+    first = seed.load()
+    first.record("inc-old", 1, "hook", "high", "bob", old)
+    seed.save(first)
+    ours, theirs = DeliveryStore(lake), DeliveryStore(lake)
+    state, other = ours.load(), theirs.load()
+    other.prune(NOW)
+    theirs.save(other)  # the other run pruned it
+    state.record("inc-new", 1, "hook", "high", "alice", NOW)
+    ours.save_merged(state, NOW)  # a conflict: merged with what the other run saved
+    assert {k.split("|")[0] for k in DeliveryStore(lake).load().sent} == {"inc-new"}
 
 
 # --------------------------------------------------------------------------- slack

@@ -126,14 +126,19 @@ class DeliveryStore:
         """Raises CheckpointConflict when another run saved in between (it then re-reads)."""
         self.etag = self.obj.write(state.to_dict(), etag=self.etag)
 
-    def save_merged(self, state: DeliveryState) -> None:
+    def save_merged(self, state: DeliveryState, now: datetime) -> None:
         """Save ``state``; when another run (a ``detect score``, ``detect watch``) saved in
         between, save both runs' records instead, so neither re-sends the other's. What the
         other run saved is kept for this store's later saves too: a caller saving its own
-        state again (a delivery checkpointed as it goes) would otherwise write it away."""
+        state again (a delivery checkpointed as it goes) would otherwise write it away.
+
+        Records past :data:`RETENTION` at ``now`` are dropped from what is saved: a run that
+        loaded them before another pruned them wrote them back when the two merged."""
         while True:
+            merged = merge(self._theirs, state)
+            merged.prune(now)
             try:
-                self.save(merge(self._theirs, state))
+                self.save(merged)
                 return
             except CheckpointConflict:
                 self._theirs = merge(self._theirs, self.load())

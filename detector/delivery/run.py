@@ -7,6 +7,7 @@ uses the same pieces per batch (``incidents.workflow.update`` then
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -126,7 +127,12 @@ def send(
     built = [_build(c, kw) for c in sink_configs if c.enabled]
     store = DeliveryStore(lake)
     report = deliver(
-        incidents, built, store.load(), now=now, lake=lake.uri, checkpoint=store.save_merged
+        incidents,
+        built,
+        store.load(),
+        now=now,
+        lake=lake.uri,
+        checkpoint=functools.partial(store.save_merged, now=now),
     )
     write_dead_letters(lake, report.dead_letters, now)
     return report

@@ -120,7 +120,7 @@ class StreamAlerter:
             report = self._deliver(list(candidates.values()), earlier, now)
             out.sent, out.failed = report.sent, len(report.dead_letters)
         elif earlier.sent:
-            DeliveryStore(self.lake).save_merged(earlier)  # moved to the lake once
+            DeliveryStore(self.lake).save_merged(earlier, now)  # moved to the lake once
         self.last = out
         if self.metrics is not None:
             self.metrics.batch_seconds.observe(time.monotonic() - started)
@@ -132,7 +132,7 @@ class StreamAlerter:
         state = merge(store.load(), earlier)
 
         def checkpoint(sent: DeliveryState) -> None:
-            store.save_merged(sent)  # what was sent is recorded, deposed or not
+            store.save_merged(sent, now)  # what was sent is recorded, deposed or not
             check_fence()  # then a deposed leader stops (lake.lock)
 
         check_fence()
