@@ -177,6 +177,10 @@ def test_client_errors_are_not_retried(tmp_path):
         ("https:///hook/SECRET", "names no host"),
         ("https://hooks.example.com/services/T0/B0/SECRET TOKEN", "spaces"),
         ("https://alerts:SECRET@hooks.example.com/falco", "credentials in the URL"),
+        # urllib's own errors quote the host or user part (a secret, exit 3 before)
+        ("https://alerts:SECRET\u2100x@hooks.example.com/falco", "cannot be read"),
+        ("https://[SECRET]/hook", "cannot be read"),
+        ("http://[::1/SECRET", "cannot be read"),
     ],
 )
 def test_a_url_no_request_can_be_sent_to_is_refused_in_one_line_without_it(url, why, monkeypatch):

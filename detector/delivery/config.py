@@ -192,6 +192,18 @@ def _loopback(url: str) -> bool:
 def check_url(url: str, where: str, allow_http: bool) -> None:
     """A URL a sink can post to, or one line saying what is wrong with it. The line never
     quotes the URL: a webhook's path or query is its secret."""
+    try:
+        _check_url(url, where, allow_http)
+    except SinkConfigError:
+        raise
+    except ValueError:  # urllib's own, which quotes the URL's host or user:password
+        raise SinkConfigError(
+            f"{where}: the URL cannot be read (its host or user part is not one a client "
+            "can use; the URL is not shown)"
+        ) from None
+
+
+def _check_url(url: str, where: str, allow_http: bool) -> None:
     parts = urlsplit(url)
     if parts.scheme != "https" and not (parts.scheme == "http" and (allow_http or _loopback(url))):
         raise SinkConfigError(
