@@ -464,6 +464,61 @@ def test_a_throttled_sink_waits_as_long_as_it_asks():
         server.server_close()
 
 
+def test_a_receiver_that_drips_its_answer_or_sends_a_huge_one_holds_no_run():
+    """Each read of the socket is bounded by ``timeout``, not the answer: headers sent a
+    byte at a time held a run for hours; a 200 with a huge body was read whole into
+    memory. The request now has a deadline (3 x timeout) and the body is never read."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    dripped = threading.Event()  # the client went away while headers were still dripping
+    bodies_sent: list[int] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if self.path == "/drip":
+                self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                try:
+                    for _ in range(400):  # 400 header bytes, one per 0.05 s read window
+                        self.wfile.write(b"X")
+                        self.wfile.flush()
+                        dripped.wait(0.05)  # the server's pace, not the test's
+                except OSError:  # the client hung up: what the deadline does
+                    dripped.set()
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(1 << 30))
+            self.end_headers()
+            sent = 0
+            try:
+                while sent < 1 << 30:
+                    self.wfile.write(b"\0" * 65536)
+                    sent += 65536
+            except OSError:
+                pass
+            bodies_sent.append(sent)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        (one,) = incidents([finding(ROLE, T0, severity="high")])
+        drip = sink(name="drip", type="webhook", url=f"{base}/drip", retries=0, timeout="0.2s")
+        report = deliver([one], [build(drip, FakeSleep())], DeliveryState(), now=NOW)
+        assert report.sent == [] and len(report.dead_letters) == 1
+        assert dripped.wait(30)  # cut before the 400 bytes (20 s) were sent
+        huge = sink(name="huge", type="webhook", url=f"{base}/huge", retries=0)
+        report = deliver([one], [build(huge, FakeSleep())], DeliveryState(), now=NOW)
+        assert len(report.sent) == 1  # a 200 is delivered; its body is not ours to read
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert bodies_sent and bodies_sent[0] < 1 << 30  # the client closed, not read it all
+
+
 def test_what_is_owed_is_found_however_old_the_incident_or_long_the_outage(tmp_path, receiver):
     """`incidents deliver` read the incidents begun in the last nine days and updated in
     the last one: the resolve of a twelve-day-old incident (a retro-hunt's) never reached

@@ -13,10 +13,13 @@ message, log line and dead letter: errors name the sink, never its URL.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import http.client
 import logging
+import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -64,7 +67,7 @@ class Permanent(Exception):
 
 
 #: The longest wait between two attempts, whatever the backoff or ``Retry-After`` say.
-MAX_RETRY_WAIT = 300.0
+MAX_RETRY_WAIT = 60.0
 
 
 def _retry(
@@ -131,7 +134,56 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
         return None
 
 
-_OPENER = urllib.request.build_opener(_NoRedirects)
+#: A request's whole time, as a multiple of the sink's ``timeout`` (which bounds each read
+#: of the socket, not the answer: a receiver sending its answer a byte every few seconds
+#: held a run for hours).
+DEADLINE_TIMEOUTS = 3
+_REQUEST = threading.local()  # this thread's request: its deadline and the timer cutting it
+
+
+def _armed(sock: socket.socket) -> None:
+    """Shut ``sock`` down when this thread's request deadline passes: the read it is
+    blocked in then ends, and the attempt fails as a lost connection."""
+    deadline = getattr(_REQUEST, "deadline", None)
+    if deadline is None:
+        return
+
+    fired = threading.Event()
+
+    def cut() -> None:
+        fired.set()
+        with contextlib.suppress(OSError):  # closed already
+            sock.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(deadline, cut)
+    timer.daemon = True
+    timer.start()
+    _REQUEST.timer, _REQUEST.fired = timer, fired
+
+
+class _DeadlineHTTPConnection(http.client.HTTPConnection):
+    def connect(self) -> None:
+        super().connect()
+        _armed(self.sock)
+
+
+class _DeadlineHTTPSConnection(http.client.HTTPSConnection):
+    def connect(self) -> None:
+        super().connect()
+        _armed(self.sock)
+
+
+class _DeadlineHTTP(urllib.request.HTTPHandler):
+    def do_open(self, http_class: Any, req: Any, **kw: Any) -> Any:
+        return super().do_open(_DeadlineHTTPConnection, req, **kw)
+
+
+class _DeadlineHTTPS(urllib.request.HTTPSHandler):
+    def do_open(self, http_class: Any, req: Any, **kw: Any) -> Any:
+        return super().do_open(_DeadlineHTTPSConnection, req, **kw)
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects, _DeadlineHTTP, _DeadlineHTTPS)
 
 
 def _retry_after(exc: urllib.error.HTTPError) -> float | None:
@@ -148,9 +200,15 @@ def _post(url: str, body: bytes, headers: dict[str, str], timeout: float, name: 
     req = urllib.request.Request(
         url, data=body, method="POST", headers={"Content-Type": "application/json", **headers}
     )
+    _REQUEST.deadline = timeout * DEADLINE_TIMEOUTS
     try:
-        with _OPENER.open(req, timeout=timeout) as resp:
-            resp.read()
+        # The status is the answer: the body is not read (a receiver answering with a
+        # gigabyte held it all in memory).
+        with _OPENER.open(req, timeout=timeout):
+            pass
+        fired = getattr(_REQUEST, "fired", None)
+        if fired is not None and fired.is_set():  # headers cut short read as a whole answer
+            raise TimeoutError
     except urllib.error.HTTPError as exc:
         msg = f"sink {name}: HTTP {exc.code}"
         if 300 <= exc.code < 400:
@@ -161,12 +219,23 @@ def _post(url: str, body: bytes, headers: dict[str, str], timeout: float, name: 
             raise Retryable(msg, after=_retry_after(exc)) from None
         raise Permanent(msg) from None
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        fired = getattr(_REQUEST, "fired", None)
+        if fired is not None and fired.is_set():
+            raise Retryable(
+                f"sink {name}: no whole answer within {_REQUEST.deadline:g}s "
+                f"({DEADLINE_TIMEOUTS} x timeout)"
+            ) from None
         reason = getattr(exc, "reason", exc)
         raise Retryable(f"sink {name}: {type(reason).__name__}: connection failed") from None
     except http.client.HTTPException as exc:  # an answer that is not HTTP (BadStatusLine...)
         raise Retryable(f"sink {name}: {type(exc).__name__}: not an HTTP answer") from None
     except ValueError as exc:  # http.client.InvalidURL: its message quotes the URL's secret
         raise Permanent(f"sink {name}: {type(exc).__name__}: the URL cannot be sent") from None
+    finally:
+        timer = getattr(_REQUEST, "timer", None)
+        if timer is not None:
+            timer.cancel()
+        _REQUEST.timer = _REQUEST.deadline = _REQUEST.fired = None
 
 
 class _HttpSink(Sink):
