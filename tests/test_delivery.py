@@ -233,7 +233,11 @@ def test_a_sink_that_answers_garbage_fails_alone_and_the_others_hear_each_alert_
                 assert (report.summary()["failed"], report.summary()["waiting"]) == (1, 2)
     assert len(receiver.delivered) == 3  # once each, not once per run
     dead = read_dead_letters(lake)
-    assert set(dead["error"]) == {"sink bad: BadStatusLine: not an HTTP answer"}
+    # the ones that waited are filed too, so a run days later still owes them
+    assert set(dead["error"]) == {
+        "sink bad: BadStatusLine: not an HTTP answer",
+        "not tried: sink bad was down (an alert before it failed)",
+    }
     assert "SECRET-PATH" not in caplog.text + dead.write_csv()
 
 
@@ -549,6 +553,28 @@ def test_what_is_owed_is_found_however_old_the_incident_or_long_the_outage(tmp_p
     assert other.incident_id in owed
     report = send(lake, pending(lake, three_days), [back], now=three_days)
     assert other.incident_id in {s["incident_id"] for s in report.sent}
+
+
+def test_alerts_that_waited_for_a_sink_down_are_owed_after_any_outage(tmp_path, receiver):
+    """A sink that fails is down for the rest of the run: its other alerts wait, untried.
+    Only the failed one had a dead letter, and a run more than a day later (what is owed:
+    the last day's incidents and the dead letters) never sent the ones that waited."""
+    from detector.delivery.run import pending
+    from detector.incidents import workflow
+
+    lake = Lake(str(tmp_path / "lake"))
+    roles = [f"arn:aws:iam::111122223333:role/team-{i}" for i in range(3)]
+    df, ev = frames([finding(role, T0, severity="high") for role in roles])
+    made = workflow.update(lake, df, ev, now=T0).incidents
+    assert len(made) == 3
+    down = sink(name="pager", type="webhook", url="http://127.0.0.1:9/hook", retries=0)
+    failed = send(lake, pending(lake, T0), [down], now=T0)
+    assert (failed.summary()["failed"], failed.summary()["waiting"]) == (1, 2)
+    back = sink(name="pager", type="webhook", url=receiver.url, retries=0)
+    two_days = T0 + timedelta(days=2)  # the sink was down for two days
+    assert {i.incident_id for i in pending(lake, two_days)} == {i.incident_id for i in made}
+    report = send(lake, pending(lake, two_days), [back], now=two_days)
+    assert sorted(s["incident_id"] for s in report.sent) == sorted(i.incident_id for i in made)
 
 
 def test_records_another_run_saved_survive_this_runs_later_saves(tmp_path):

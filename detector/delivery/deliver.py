@@ -83,7 +83,8 @@ class DeliveryReport:
     sent: list[dict[str, Any]] = field(default_factory=list)  # incident_id, version, sink, kind
     throttled: list[dict[str, Any]] = field(default_factory=list)
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
-    #: Due alerts not tried because their sink is down (:class:`SinkHealth`): still pending.
+    #: Due alerts not tried because their sink is down (:class:`SinkHealth`): still
+    #: pending, and filed with the dead letters so a later run finds them whatever their age.
     waiting: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
@@ -175,7 +176,7 @@ def deliver(
         report.throttled += held
         sink_health = health.setdefault(sink.name, SinkHealth())
         if due and sink_health.down():
-            report.waiting += [_ref(a, sink) for a in due]
+            report.waiting += [_waiting(a, sink, now) for a in due]
             continue
         if sink_health.probing():
             sink.retries = 0  # a probe: one attempt, not a stall of timeout x retries
@@ -198,7 +199,7 @@ def deliver(
                     return
                 if sink_health.down():  # the chunk before failed whole: the rest waits
                     with guard:
-                        report.waiting += [_ref(a, sink) for a in due[start:]]
+                        report.waiting += [_waiting(a, sink, now) for a in due[start:]]
                     return
                 chunk = _send(sink, due[start : start + sink.chunk])
                 if any(o.ok for o in chunk):
@@ -277,6 +278,22 @@ def _send(sink: Sink, alerts: list[Alert]) -> list[Outcome]:
 def _ref(alert: Alert, sink: Sink) -> dict[str, Any]:
     inc = alert.incident
     return {"incident_id": inc.incident_id, "version": inc.version, "sink": sink.name}
+
+
+def _waiting(alert: Alert, sink: Sink, now: datetime) -> dict[str, Any]:
+    """An alert not tried because its sink is down, as a dead letter: the runs after find
+    what is owed by the last day's incidents and by dead letters, so an outage longer than
+    a day lost every alert that had only waited."""
+    return {
+        **_ref(alert, sink),
+        "sink_type": sink.cfg.type,
+        "kind": alert.kind,
+        "idempotency_key": alert.key,
+        "attempts": 0,
+        "error": f"not tried: sink {sink.name} was down (an alert before it failed)",
+        "failed_at": now,
+        "payload": None,
+    }
 
 
 def _record(state: DeliveryState, sink: Sink, outcomes: list[Outcome], now: datetime) -> None:

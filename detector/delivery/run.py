@@ -134,7 +134,7 @@ def send(
         lake=lake.uri,
         checkpoint=functools.partial(store.save_merged, now=now),
     )
-    write_dead_letters(lake, report.dead_letters, now)
+    write_dead_letters(lake, report.dead_letters + report.waiting, now)
     return report
 
 

@@ -145,7 +145,7 @@ class StreamAlerter:
             checkpoint=checkpoint,
             health=self._health,
         )
-        write_dead_letters(self.lake, report.dead_letters, now)
+        write_dead_letters(self.lake, report.dead_letters + report.waiting, now)
         if self.metrics is not None:
             sev = {i.incident_id: i.severity for i in incidents}
             for s in report.sent:
