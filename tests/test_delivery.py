@@ -577,6 +577,38 @@ def test_alerts_that_waited_for_a_sink_down_are_owed_after_any_outage(tmp_path, 
     assert sorted(s["incident_id"] for s in report.sent) == sorted(i.incident_id for i in made)
 
 
+def test_two_runs_delivering_at_once_send_each_alert_once_between_them(tmp_path):
+    """Two runs (a `detect score` and a `detect watch`, two hourly jobs overlapping) each
+    planned from the delivery records they had loaded and sent every incident twice. Both
+    start together here; the receiver answers slowly, so the first is still sending when
+    the second would plan."""
+    lake = Lake(str(tmp_path / "lake"))
+    pace = threading.Event()  # never set: each answer takes 0.1 s, the receiver's pace
+    r = Receiver(before=lambda: pace.wait(0.1) and None)
+    try:
+        hook = sink(name="hook", type="webhook", url=r.url, retries=0)
+        owed = incidents(
+            [finding(f"arn:aws:iam::1:role/r{i}", T0, severity="high") for i in range(4)]
+        )
+        start = threading.Barrier(2)
+        reports: list = []
+
+        def run() -> None:
+            start.wait()
+            reports.append(send(lake, owed, [hook], now=NOW))
+
+        runs = [threading.Thread(target=run) for _ in range(2)]
+        for t in runs:
+            t.start()
+        for t in runs:
+            t.join()
+        keys = [q["headers"].get("Idempotency-Key") for q in r.requests]
+        assert sorted(keys) == sorted({f"{i.incident_id}:v{i.version}" for i in owed})
+        assert sorted(len(rep.sent) for rep in reports) == [0, 4]
+    finally:
+        r.close()
+
+
 def test_records_another_run_saved_survive_this_runs_later_saves(tmp_path):
     """A delivery saves its records as it goes. When another run saved in between, the
     first save kept both runs' records, but the next save of this run's own state (its

@@ -23,6 +23,7 @@ from detector.delivery.deliver import DeliveryReport, deliver
 from detector.delivery.records import (
     RETENTION,
     DeadLetterReader,
+    DeliveryState,
     DeliveryStore,
     write_dead_letters,
 )
@@ -32,6 +33,7 @@ from detector.incidents.group import DEFAULT_HORIZON, Incident
 from detector.lake import incidents as table
 from detector.lake.events import Lake
 from detector.lake.findings import Rescored
+from detector.lake.lock import delivery_lock
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,9 @@ DEFAULT_SUPPRESSIONS = "suppressions.yaml"
 #: Incidents updated this recently are re-checked for pending deliveries (a sink that was
 #: down on the last run gets them now).
 PENDING_LOOKBACK = timedelta(days=1)
+#: How long a delivery waits for another run's to finish (a score's or a watch batch's
+#: takes seconds; a sink down costs its timeout x attempts, once).
+DELIVERY_WAIT = 120.0
 
 
 @dataclass
@@ -125,16 +130,25 @@ def send(
     now = now or datetime.now(UTC)
     kw = {"sleep": sleep} if sleep is not None else {}
     built = [_build(c, kw) for c in sink_configs if c.enabled]
-    store = DeliveryStore(lake)
-    report = deliver(
-        incidents,
-        built,
-        store.load(),
-        now=now,
-        lake=lake.uri,
-        checkpoint=functools.partial(store.save_merged, now=now),
-    )
-    write_dead_letters(lake, report.dead_letters + report.waiting, now)
+    with delivery_lock(lake, wait=DELIVERY_WAIT) as held:
+        if not held:
+            log.warning(
+                "another run has been delivering alerts from %s for over %.0fs: it sends "
+                "what is owed, and what it leaves the next delivery run sends",
+                lake.uri,
+                DELIVERY_WAIT,
+            )
+            return DeliveryReport(state=DeliveryState())
+        store = DeliveryStore(lake)  # read under the lock: what the other run sent, too
+        report = deliver(
+            incidents,
+            built,
+            store.load(),
+            now=now,
+            lake=lake.uri,
+            checkpoint=functools.partial(store.save_merged, now=now),
+        )
+        write_dead_letters(lake, report.dead_letters + report.waiting, now)
     return report
 
 

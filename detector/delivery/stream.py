@@ -30,12 +30,12 @@ from detector.delivery import sinks as sink_mod
 from detector.delivery.config import SinkConfig
 from detector.delivery.deliver import DeliveryReport, SinkHealth, deliver
 from detector.delivery.records import DeliveryState, DeliveryStore, merge, write_dead_letters
-from detector.delivery.run import PendingIncidents, _build
+from detector.delivery.run import DELIVERY_WAIT, PendingIncidents, _build
 from detector.detect.stream import StreamDetector, StreamState
 from detector.incidents import suppress, workflow
 from detector.incidents.group import DEFAULT_HORIZON
 from detector.lake.events import Lake
-from detector.lake.lock import check_fence
+from detector.lake.lock import check_fence, delivery_lock
 from detector.pipeline.watch_metrics import WatchMetrics
 
 log = logging.getLogger(__name__)
@@ -129,23 +129,34 @@ class StreamAlerter:
     def _deliver(self, incidents: list, earlier: DeliveryState, now: datetime) -> DeliveryReport:
         built: list[sink_mod.Sink] = [_build(c, dict(self.sink_kw)) for c in self.sink_configs]
         store = DeliveryStore(self.lake)
-        state = merge(store.load(), earlier)
+        with delivery_lock(self.lake, wait=DELIVERY_WAIT) as held:
+            if not held:  # another run delivers; what it leaves, a later batch's check finds
+                log.warning(
+                    "another run has been delivering alerts from %s for over %.0fs: this "
+                    "batch's alerts wait for the next check",
+                    self.lake.uri,
+                    DELIVERY_WAIT,
+                )
+                if earlier.sent:
+                    store.save_merged(earlier, now)
+                return DeliveryReport(state=DeliveryState())
+            state = merge(store.load(), earlier)  # read under the lock: the other run's too
 
-        def checkpoint(sent: DeliveryState) -> None:
-            store.save_merged(sent, now)  # what was sent is recorded, deposed or not
-            check_fence()  # then a deposed leader stops (lake.lock)
+            def checkpoint(sent: DeliveryState) -> None:
+                store.save_merged(sent, now)  # what was sent is recorded, deposed or not
+                check_fence()  # then a deposed leader stops (lake.lock)
 
-        check_fence()
-        report = deliver(
-            incidents,
-            built,
-            state,
-            now=now,
-            lake=self.lake.uri,
-            checkpoint=checkpoint,
-            health=self._health,
-        )
-        write_dead_letters(self.lake, report.dead_letters + report.waiting, now)
+            check_fence()
+            report = deliver(
+                incidents,
+                built,
+                state,
+                now=now,
+                lake=self.lake.uri,
+                checkpoint=checkpoint,
+                health=self._health,
+            )
+            write_dead_letters(self.lake, report.dead_letters + report.waiting, now)
         if self.metrics is not None:
             sev = {i.incident_id: i.severity for i in incidents}
             for s in report.sent:

@@ -147,3 +147,48 @@ def _acquire(lease: Lease, lake: Lake, wait: float) -> None:
                 ) from None
         time.sleep(delay)  # back off: a flush takes well under a second
         delay = min(0.5, delay * 2)
+
+
+#: The lock of alert delivery: planning what is owed from the delivery records, sending it
+#: and recording it, as one step. Two runs delivering at once (a `detect score` and a
+#: `detect watch`, two hourly jobs overlapping) each planned from the records they loaded
+#: and sent every incident twice.
+DELIVERY_LOCK_PARTS = ("locks", "delivery.json")
+#: Longer than a writer's: a delivery to a slow sink takes longer than a flush.
+DELIVERY_LEASE_SECONDS = 300.0
+
+
+_delivery_threads: dict[str, threading.Lock] = {}
+
+
+@contextmanager
+def delivery_lock(lake: Lake, *, wait: float) -> Iterator[bool]:
+    """Hold the lake's delivery lock for the body: yields True, or False when another run
+    held it for longer than ``wait`` (that run sends what is owed; this one sends nothing).
+
+    A thread lock per lake keeps two threads of one process apart (a lease held by this
+    process is this process's, whichever thread asks), the lease two processes.
+    """
+    with _guard:
+        local = _delivery_threads.setdefault(lake.uri, threading.Lock())
+    started = time.monotonic()
+    if not local.acquire(timeout=wait):
+        yield False
+        return
+    try:
+        lake.require_root()
+        lease = Lease(
+            StateObject(lake, *DELIVERY_LOCK_PARTS), owner=_OWNER, seconds=DELIVERY_LEASE_SECONDS
+        )
+        try:
+            _acquire(lease, lake, max(0.0, wait - (time.monotonic() - started)))
+        except LakeBusy:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            with contextlib.suppress(CheckpointConflict):
+                lease.release()
+    finally:
+        local.release()
