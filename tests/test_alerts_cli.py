@@ -179,6 +179,26 @@ def test_a_bad_suppressions_file_stops_the_score_before_anything_is_written(scor
         assert _files(scored["lake"]) == before
 
 
+def test_a_sink_the_environment_does_not_set_stops_the_score_before_anything_is_written(
+    scored,
+):
+    # The URL variable was only looked up at delivery: the findings were written, the
+    # incidents not, and the run then stopped with exit 2.
+    before = _files(scored["lake"])
+    env = {k: v for k, v in scored["env"].items() if k != "TEST_ALERT_URL"}
+    out = cli(
+        "--config", scored["config"], "score", "--since", "2h", "--rules-only", env=env
+    )  # fmt: skip
+    assert out.exit_code == 2 and "TEST_ALERT_URL" in out.stderr
+    assert _files(scored["lake"]) == before
+    # Not delivering, or trying rules: the sinks are not needed, and not asked for.
+    for extra in ("--no-deliver", "--dry-run"):
+        assert cli(
+            "--config", scored["config"], "score", "--since", "2h", "--rules-only", extra,
+            env=env,
+        ).exit_code == 0  # fmt: skip
+
+
 def test_config_show_never_prints_a_sink_secret(scored):
     shown = cli(
         "--config", scored["config"], "config", "show", "--format", "json", env=scored["env"]

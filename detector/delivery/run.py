@@ -152,6 +152,14 @@ def send(
     return report
 
 
+def check_sinks(sink_configs: Sequence[SinkConfig]) -> None:
+    """Build each enabled sink once and drop it: what only the environment tells (a URL
+    variable unset, no AWS region) is an error before a run scores and writes, not after."""
+    for cfg in sink_configs:
+        if cfg.enabled:
+            _build(cfg, {})
+
+
 def _build(cfg: SinkConfig, kw: dict[str, Any]) -> sink_mod.Sink:
     """A sink, or one line saying which could not start (no credentials, no region...)."""
     try:

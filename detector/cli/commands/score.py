@@ -122,9 +122,11 @@ def score(
     runner = executor_for(executor, address)
     # Read before anything is scored or written: a bad file found after the findings were
     # replaced left findings and incidents disagreeing (and --dry-run checks it too).
-    from detector.delivery.run import suppressions_for
+    from detector.delivery.run import check_sinks, suppressions_for
 
     suppressing = suppressions_for(suppressions)
+    if deliver and not dry_run:
+        check_sinks(configured_sinks(ctx))
     model = None
     if not no_model and not fit_on_window:
         try:
