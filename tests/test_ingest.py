@@ -1069,7 +1069,7 @@ def test_a_broken_link_in_a_folder_is_an_input_that_failed_in_every_command(tmp_
     folder = tmp_path / "logs"
     folder.mkdir()
     write_ndjson(folder / "good.log", [make_event(1)])
-    (folder / "rotated.log").symlink_to(tmp_path / "gone.log")
+    (folder / "rotated.log").symlink_to(folder / "audit-2.log")  # rotated away
     summary = ingest_paths([str(folder)], str(tmp_path / "lake"), cluster="prod")
     assert summary.events_written == 1
     assert summary.failed_inputs == [
@@ -1078,3 +1078,21 @@ def test_a_broken_link_in_a_folder_is_an_input_that_failed_in_every_command(tmp_
     with pytest.raises(InputError) as err:
         read_events([str(folder)])
     assert not isinstance(err.value, InputNotFound) and err.value.exit_code == 3
+
+
+def test_a_link_in_a_folder_to_a_file_outside_it_is_not_read_unless_named(tmp_path):
+    # A link planted in a log folder (to /etc/shadow, a credentials file) put that file's
+    # lines in quarantine, where no redaction pattern knows a password hash.
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    write_ndjson(folder / "audit-1.log", [make_event(1)])
+    (folder / "current.log").symlink_to("audit-1.log")  # inside: read (the same events)
+    outside = tmp_path / "shadow"
+    outside.write_text("root:$6$QQLINKMARKQQ:20228:0:99999:7:::\n")
+    (folder / "shadow.log").symlink_to(outside)
+    lake = str(tmp_path / "lake")
+    summary = ingest_paths([str(folder)], lake, cluster="prod")
+    assert (summary.inputs, summary.events_written, summary.quarantined) == (2, 1, 0)
+    assert any("1 link(s) to files outside the folder" in w for w in summary.warnings)
+    named = ingest_paths([str(folder / "shadow.log")], lake, cluster="prod")
+    assert named.quarantined == 1  # named on its own, it is read, as any file named

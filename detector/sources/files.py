@@ -163,6 +163,18 @@ def _unreadable_folders(fs: object, folder: str) -> list[str]:
     return failed
 
 
+def _links_out_of(fs: object, folder: str, files: list[str]) -> list[str]:
+    """Local ``files`` under ``folder`` that are, through a symbolic link (to the file or a
+    folder on its way), outside it. A folder of logs is read as what it holds: a link
+    planted in it (to /etc/shadow, a credentials file) put that file's lines in the lake's
+    quarantine, which no pattern redacts. A link within the folder (``current`` to today's
+    log) is read."""
+    if not isinstance(fs, LocalFileSystem):
+        return []
+    root = os.path.realpath(folder) + os.sep
+    return sorted(f for f in files if not os.path.realpath(f).startswith(root))
+
+
 def _unreachable(fs: object, path: str) -> str | None:
     """Why a local path that does not seem to exist cannot be reached (a folder on its way
     that may not be searched), or None when it is simply not there."""
@@ -233,6 +245,12 @@ def expand_inputs(
                 skip(
                     f"{path}: skipped {len(hidden)} hidden file(s) (names beginning with '.', "
                     f"such as {example}); name one to read it"
+                )
+            if leaving := _links_out_of(fs, bare, matches):
+                matches = [m for m in matches if m not in leaving]
+                skip(
+                    f"{path}: skipped {len(leaving)} link(s) to files outside the folder "
+                    f"(such as {leaving[0].rsplit('/', 1)[-1]}); name one to read it"
                 )
         elif fs.exists(bare):
             matches = [bare]
