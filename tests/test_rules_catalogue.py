@@ -1454,6 +1454,11 @@ def test_a_list_file_that_is_not_a_list_is_the_settings_fault_and_never_quoted(
     message = str(caught.value)
     assert message.startswith(f"ip_lists in detect.toml ({IP_LISTS_ENV}): {wrong}, line 1:")
     assert secret not in message and "default" not in message and "rule" not in message
+    hexkey = "0123456789abcdef0123456789abcdef"  # an API key of hex digits, address-like
+    wrong.write_text(f"{hexkey}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_ruleset()
+    assert hexkey not in str(caught.value)
     typo = tmp_path / "deny.txt"
     typo.write_text("10.0.0.0/33\n")
     monkeypatch.setenv(IP_LISTS_ENV, str(typo))

@@ -413,9 +413,7 @@ class Table:
             elif (key := self.loc.uri_of(e.path)) not in _WARNED:
                 if len(_WARNED) < MAX_WARNED:
                     _WARNED.add(key)
-                log.warning(
-                    "skipping %s: %s (see `detect lake check`)", self.loc.uri_of(e.path), problem
-                )
+                log.warning("skipping %s: %s (see `detect lake check`)", key, problem)
         return good
 
     def scan(self, files: Sequence[str]) -> pl.LazyFrame:

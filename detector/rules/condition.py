@@ -417,14 +417,7 @@ def _check_json_path(path: str) -> None:
     """Reject a JSONPath polars cannot compile at load time: it compiles a path only when a
     query first runs it, and one bad path in a user's rule stopped all scoring with a
     page of query plan."""
-    try:
-        pl.Series(["{}"], dtype=pl.String).str.json_path_match(path)
-    except Exception as exc:  # polars raises ComputeError with the parser's message
-        # "error compiling JSON path expression path error: \nEof\n\n\nThis error
-        # occurred in the following expression: ..." -> "path error: Eof"
-        text = str(exc).split("This error occurred")[0]
-        reason = " ".join(text.replace("error compiling JSON path expression", "").split())
-        raise ConditionError(f"invalid JSONPath {path!r}: {reason[:200]}") from None
+    _polars_compiles("JSONPath", path, lambda s: s.str.json_path_match(path), "{}")
 
 
 #: JSONPath steps that can match more than one value: a wildcard, a filter, a recursive
@@ -1034,13 +1027,22 @@ def check_regex(pattern: str) -> None:
     A pattern that compiled is not compiled again (lists joined into one regex are shared
     by many rules); one that failed raises each time, as exceptions are not remembered.
     """
+    _polars_compiles("regex", pattern, lambda s: s.str.contains(pattern), "")
+
+
+def _polars_compiles(kind: str, text: str, run: Callable[[pl.Series], object], sample: str) -> None:
+    """Run ``run`` on a one-value series so polars compiles ``text``; its refusal becomes a
+    :class:`ConditionError` of one line (polars' own message runs over several, with the
+    query plan)."""
     try:
-        pl.Series([""], dtype=pl.String).str.contains(pattern)
-    except Exception as exc:  # polars raises ComputeError with the regex crate's message
-        found = re.search(r"^error: (.*)$", str(exc), re.M)
-        reason = found.group(1) if found else str(exc).strip().splitlines()[0]
-        shown = pattern if len(pattern) <= 120 else pattern[:117] + "..."
-        raise ConditionError(f"invalid regex {shown!r}: {reason}") from None
+        run(pl.Series([sample], dtype=pl.String))
+    except Exception as exc:  # polars raises ComputeError with the parser's message
+        message = str(exc).split("This error occurred")[0]
+        found = re.search(r"^error: (.*)$", message, re.M)
+        reason = found.group(1) if found else message
+        reason = " ".join(reason.replace("error compiling JSON path expression", "").split())
+        shown = text if len(text) <= 120 else text[:117] + "..."
+        raise ConditionError(f"invalid {kind} {shown!r}: {reason[:200]}") from None
 
 
 def _number(text: str, field_name: str) -> float:

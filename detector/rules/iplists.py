@@ -71,10 +71,11 @@ def aws_ranges_path() -> Path:
     return configured_aws_ranges() or shipped_aws_ranges()
 
 
-#: A bad line that looks like an attempt at an address (``10.0.0.0/33``, ``10.0.0.256``) is
-#: quoted in the error; any other is not: the file named may not be a list at all (a
-#: credentials file, /etc/shadow), and an error message goes to logs.
-_ADDRESS_LIKE = re.compile(r"[0-9A-Fa-f:./%]{1,50}")
+#: A bad line that looks like an attempt at an address (``10.0.0.0/33``, ``10.0.0.256``,
+#: with a dot or a colon) is quoted in the error; any other is not: the file named may not
+#: be a list at all (a credentials file, /etc/shadow, a hex API key), and an error message
+#: goes to logs.
+_ADDRESS_LIKE = re.compile(r"(?=[^.:]*[.:])[0-9A-Fa-f:./%]{1,50}")
 
 
 def _shown(text: str) -> str:
