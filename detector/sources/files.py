@@ -152,15 +152,17 @@ def _is_regular(fs: object, path: str) -> bool:
         return True  # vanished or unreadable: open_input says why
 
 
-def _unreadable_folders(fs: object, folder: str) -> list[str]:
-    """Local folders under ``folder`` that cannot be listed (no permission): a listing
-    passes over them in silence, and their files would be left out of the run unsaid."""
-    if not isinstance(fs, LocalFileSystem):
-        return []
+def _local_tree(folder: str) -> tuple[list[str], list[str]]:
+    """The files under a local ``folder`` (links to folders not followed) and the folders
+    under it that cannot be listed (no permission): fsspec's listing passed over those in
+    silence, and their files were left out of the run unsaid."""
     failed: list[str] = []
-    for _ in os.walk(folder, onerror=lambda err: failed.append(str(err.filename))):
-        pass
-    return failed
+    files = [
+        os.path.join(where, name)
+        for where, _, names in os.walk(folder, onerror=lambda e: failed.append(str(e.filename)))
+        for name in names
+    ]
+    return files, failed
 
 
 def _links_out_of(fs: object, folder: str, files: list[str]) -> list[str]:
@@ -236,9 +238,12 @@ def expand_inputs(
             if not matches:
                 raise InputNotFound(f"{path}: no file, folder or object matches")
         elif fs.isdir(bare):
-            for folder in _unreadable_folders(fs, bare):
-                unreadable(folder)
-            every = fs.find(bare)
+            if isinstance(fs, LocalFileSystem):
+                every, failed = _local_tree(bare)
+                for folder in failed:
+                    unreadable(folder)
+            else:
+                every = fs.find(bare)
             matches = [p for p in every if not p.rsplit("/", 1)[-1].startswith(".")]
             if hidden := sorted(set(every) - set(matches)):
                 example = hidden[0].rsplit("/", 1)[-1]
