@@ -86,6 +86,8 @@ class DeliveryReport:
     #: Due alerts not tried because their sink is down (:class:`SinkHealth`): still
     #: pending, and filed with the dead letters so a later run finds them whatever their age.
     waiting: list[dict[str, Any]] = field(default_factory=list)
+    #: Nothing was tried: another run held the delivery lock past the wait.
+    busy: bool = False
 
     def summary(self) -> dict[str, Any]:
         per_sink: dict[str, int] = {}

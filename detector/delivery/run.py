@@ -138,7 +138,7 @@ def send(
                 lake.uri,
                 DELIVERY_WAIT,
             )
-            return DeliveryReport(state=DeliveryState())
+            return DeliveryReport(state=DeliveryState(), busy=True)
         store = DeliveryStore(lake)  # read under the lock: what the other run sent, too
         report = deliver(
             incidents,

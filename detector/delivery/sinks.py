@@ -148,15 +148,19 @@ def _armed(sock: socket.socket) -> None:
     if deadline is None:
         return
 
-    fired = threading.Event()
+    fired, guard = threading.Event(), threading.Lock()
 
     def cut() -> None:
-        fired.set()
+        with guard:  # not once the answer was taken whole (see _post)
+            if getattr(timer, "done", False):
+                return
+            fired.set()
         with contextlib.suppress(OSError):  # closed already
             sock.shutdown(socket.SHUT_RDWR)
 
     timer = threading.Timer(deadline, cut)
     timer.daemon = True
+    timer.guard = guard  # type: ignore[attr-defined]
     timer.start()
     _REQUEST.timer, _REQUEST.fired = timer, fired
 
@@ -167,10 +171,9 @@ class _DeadlineHTTPConnection(http.client.HTTPConnection):
         _armed(self.sock)
 
 
-class _DeadlineHTTPSConnection(http.client.HTTPSConnection):
-    def connect(self) -> None:
-        super().connect()
-        _armed(self.sock)
+class _DeadlineHTTPSConnection(http.client.HTTPSConnection, _DeadlineHTTPConnection):
+    """HTTPSConnection.connect's ``super().connect()`` is the deadline connection's: the
+    raw socket is armed before the TLS handshake, which a receiver can drip too."""
 
 
 class _DeadlineHTTP(urllib.request.HTTPHandler):
@@ -206,9 +209,13 @@ def _post(url: str, body: bytes, headers: dict[str, str], timeout: float, name: 
         # gigabyte held it all in memory).
         with _OPENER.open(req, timeout=timeout):
             pass
-        fired = getattr(_REQUEST, "fired", None)
-        if fired is not None and fired.is_set():  # headers cut short read as a whole answer
-            raise TimeoutError
+        timer = getattr(_REQUEST, "timer", None)
+        if timer is not None:
+            with timer.guard:  # the answer is taken: a cut from now on changes nothing
+                timer.done = True
+                fired = _REQUEST.fired.is_set()
+            if fired:  # headers cut short read as a whole answer
+                raise TimeoutError
     except urllib.error.HTTPError as exc:
         msg = f"sink {name}: HTTP {exc.code}"
         if 300 <= exc.code < 400:

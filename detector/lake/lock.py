@@ -39,7 +39,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from detector.errors import RuntimeFailure
-from detector.lake.state import CheckpointBusy, CheckpointConflict, Lease, Owner, StateObject
+from detector.lake.state import (
+    CheckpointBusy,
+    CheckpointConflict,
+    Lease,
+    Owner,
+    StateError,
+    StateObject,
+)
 
 if TYPE_CHECKING:
     from detector.lake.events import Lake
@@ -185,10 +192,29 @@ def delivery_lock(lake: Lake, *, wait: float) -> Iterator[bool]:
         except LakeBusy:
             yield False
             return
+        done = threading.Event()
+        renewer = threading.Thread(
+            target=_keep_renewed, args=(lease, done), name="delivery-lease", daemon=True
+        )
+        renewer.start()
         try:
             yield True
         finally:
+            done.set()
+            renewer.join()
             with contextlib.suppress(CheckpointConflict):
                 lease.release()
     finally:
         local.release()
+
+
+def _keep_renewed(lease: Lease, done: threading.Event) -> None:
+    """Renew ``lease`` every third of its length until ``done``: a delivery to slow sinks
+    can outlast one lease, and another run would then take it and send the same alerts.
+    A renewal that fails (the lease was taken after a stall) stops renewing; the sends
+    already made are recorded with the idempotency key either run would use."""
+    while not done.wait(lease.seconds / 3):
+        try:
+            lease.renew_if_due()
+        except (CheckpointConflict, StateError):
+            return

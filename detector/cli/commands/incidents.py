@@ -233,6 +233,11 @@ def deliver_cmd(
             "for a sink that is down",
             markup=False,
         )
+    if report.busy:
+        raise RuntimeFailure(
+            f"another run was delivering alerts from {the_lake.uri} for longer than this one "
+            "could wait: nothing was sent; the next run sends what is owed"
+        )
     if s["failed"] or s["waiting"]:
         raise RuntimeFailure(
             f"{s['failed'] + s['waiting']} alert(s) could not be delivered ({s['failed']} "
