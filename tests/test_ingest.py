@@ -1055,6 +1055,11 @@ def test_a_lake_path_that_is_a_file_or_an_input_inside_the_lake_is_a_usage_error
     assert ingest_paths([str(log)], str(lake), cluster="prod").events_written == 1
     with pytest.raises(UsageError, match="is inside the lake"):
         ingest_paths([str(lake)], str(lake), cluster="prod")
+    # Through a link to the lake's folder, or paths given as a generator, the same.
+    (tmp_path / "alias").symlink_to(lake, target_is_directory=True)
+    with pytest.raises(UsageError, match="is inside the lake"):
+        ingest_paths(iter([str(tmp_path / "alias")]), str(lake), cluster="prod")
+    (tmp_path / "alias").unlink()
     # A folder holding the lake is read without the lake's own files (Parquet, state).
     again = ingest_paths([str(tmp_path)], str(lake), cluster="prod")
     assert (again.inputs, again.quarantined) == (1, 0)
@@ -1094,5 +1099,15 @@ def test_a_link_in_a_folder_to_a_file_outside_it_is_not_read_unless_named(tmp_pa
     summary = ingest_paths([str(folder)], lake, cluster="prod")
     assert (summary.inputs, summary.events_written, summary.quarantined) == (2, 1, 0)
     assert any("1 link(s) to files outside the folder" in w for w in summary.warnings)
+    # A glob over the folder is the folder too.
+    globbed = ingest_paths([str(folder / "*.log")], lake, cluster="prod")
+    assert (globbed.inputs, globbed.quarantined) == (2, 0)
     named = ingest_paths([str(folder / "shadow.log")], lake, cluster="prod")
     assert named.quarantined == 1  # named on its own, it is read, as any file named
+
+
+def test_a_nul_byte_in_an_input_path_names_nothing(tmp_path):
+    from detector.sources.files import InputNotFound, expand_inputs
+
+    with pytest.raises(InputNotFound):  # not "unexpected ValueError: embedded null byte"
+        expand_inputs([str(tmp_path / "a\x00b.log")])

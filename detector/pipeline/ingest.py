@@ -458,11 +458,11 @@ def _outside_lake(
     folder holding the lake (``detect ingest . --lake ./lake``) is read without it."""
     if lake.loc.is_s3:
         return uris
-    root = os.path.abspath(lake.loc.root) + os.sep
+    root = os.path.realpath(lake.loc.root) + os.sep  # through links to the lake too
     for path in paths:
-        if not is_s3(path) and (os.path.abspath(path) + os.sep).startswith(root):
+        if not is_s3(path) and (os.path.realpath(path) + os.sep).startswith(root):
             raise UsageError(f"{path} is inside the lake {lake.uri}: ingest reads audit logs")
-    kept = [u for u in uris if is_s3(u) or not os.path.abspath(u).startswith(root)]
+    kept = [u for u in uris if is_s3(u) or not os.path.realpath(u).startswith(root)]
     if len(kept) < len(uris):
         warn(f"skipped {len(uris) - len(kept)} file(s) of the lake {lake.uri} itself")
     return kept
@@ -489,6 +489,7 @@ def ingest_paths(
     group, path), else under the lake's only cluster; an input with neither raises
     :class:`ClusterUnknown` (exit 2) before any of its events is written.
     """
+    paths = list(paths)  # read twice (expanded, then checked against the lake)
     lake = Lake(lake) if isinstance(lake, str) else lake
     if cluster:
         safe_part(cluster, "cluster name")

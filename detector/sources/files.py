@@ -157,9 +157,16 @@ def _local_tree(folder: str) -> tuple[list[str], list[str]]:
     under it that cannot be listed (no permission): fsspec's listing passed over those in
     silence, and their files were left out of the run unsaid."""
     failed: list[str] = []
+
+    def refused(err: OSError) -> None:
+        if not isinstance(err, FileNotFoundError):  # gone while walked (rotated): nothing lost
+            failed.append(
+                f"{err.filename}: cannot read the folder: {(err.strerror or str(err)).lower()}"
+            )
+
     files = [
         os.path.join(where, name)
-        for where, _, names in os.walk(folder, onerror=lambda e: failed.append(str(e.filename)))
+        for where, _, names in os.walk(folder, onerror=refused)
         for name in names
     ]
     return files, failed
@@ -177,6 +184,21 @@ def _links_out_of(fs: object, folder: str, files: list[str]) -> list[str]:
     return sorted(f for f in files if not os.path.realpath(f).startswith(root))
 
 
+def _without_links_out(
+    fs: object, path: str, folder: str, matches: list[str], skip: Callable[[str], None]
+) -> list[str]:
+    """``matches`` without :func:`_links_out_of` ``folder``, said once in a warning."""
+    leaving = _links_out_of(fs, folder, matches)
+    if not leaving:
+        return matches
+    skip(
+        f"{path}: skipped {len(leaving)} link(s) to files outside the folder "
+        f"(such as {leaving[0].rsplit('/', 1)[-1]}); name one to read it"
+    )
+    gone = set(leaving)
+    return [m for m in matches if m not in gone]
+
+
 def _unreachable(fs: object, path: str) -> str | None:
     """Why a local path that does not seem to exist cannot be reached (a folder on its way
     that may not be searched), or None when it is simply not there."""
@@ -186,7 +208,7 @@ def _unreachable(fs: object, path: str) -> str | None:
         os.stat(path)
     except PermissionError as exc:
         return exc.strerror.lower() if exc.strerror else "permission denied"
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL byte in the name
         return None
     return None
 
@@ -217,8 +239,7 @@ def expand_inputs(
         else:
             log.warning("%s", warning)
 
-    def unreadable(folder: str) -> None:
-        reason = f"{folder}: cannot read the folder: permission denied"
+    def unreadable(reason: str) -> None:
         if on_unreadable is None:
             raise InputError(reason)
         on_unreadable(reason)
@@ -237,11 +258,13 @@ def expand_inputs(
             matches = fs.glob(bare)
             if not matches:
                 raise InputNotFound(f"{path}: no file, folder or object matches")
+            base = re.split(r"[*?\[]", bare, maxsplit=1)[0].rsplit("/", 1)[0] or "/"
+            matches = _without_links_out(fs, path, base, matches, skip)
         elif fs.isdir(bare):
             if isinstance(fs, LocalFileSystem):
                 every, failed = _local_tree(bare)
-                for folder in failed:
-                    unreadable(folder)
+                for reason in failed:
+                    unreadable(reason)
             else:
                 every = fs.find(bare)
             matches = [p for p in every if not p.rsplit("/", 1)[-1].startswith(".")]
@@ -251,12 +274,7 @@ def expand_inputs(
                     f"{path}: skipped {len(hidden)} hidden file(s) (names beginning with '.', "
                     f"such as {example}); name one to read it"
                 )
-            if leaving := _links_out_of(fs, bare, matches):
-                matches = [m for m in matches if m not in leaving]
-                skip(
-                    f"{path}: skipped {len(leaving)} link(s) to files outside the folder "
-                    f"(such as {leaving[0].rsplit('/', 1)[-1]}); name one to read it"
-                )
+            matches = _without_links_out(fs, path, bare, matches, skip)
         elif fs.exists(bare):
             matches = [bare]
         elif why := _unreachable(fs, bare):
