@@ -570,6 +570,10 @@ def test_alerts_that_waited_for_a_sink_down_are_owed_after_any_outage(tmp_path, 
     down = sink(name="pager", type="webhook", url="http://127.0.0.1:9/hook", retries=0)
     failed = send(lake, pending(lake, T0), [down], now=T0)
     assert (failed.summary()["failed"], failed.summary()["waiting"]) == (1, 2)
+    # A check a minute later, the sink still down: the waiting ones are not filed again
+    # (a watch checks every minute: a file of every waiting alert each time).
+    send(lake, pending(lake, T0 + W), [down], now=T0 + W)
+    assert read_dead_letters(lake).height == 3 + 1
     back = sink(name="pager", type="webhook", url=receiver.url, retries=0)
     two_days = T0 + timedelta(days=2)  # the sink was down for two days
     assert {i.incident_id for i in pending(lake, two_days)} == {i.incident_id for i in made}

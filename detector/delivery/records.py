@@ -161,6 +161,7 @@ __all__ = [
     "DeadLetterReader",
     "DeliveryState",
     "DeliveryStore",
+    "file_dead_letters",
     "merge",
     "read_dead_letters",
     "write_dead_letters",
@@ -184,6 +185,19 @@ def write_dead_letters(lake: Lake, rows: list[dict[str, Any]], now: datetime) ->
             buf.getvalue(),
         )
     return df.height
+
+
+def file_dead_letters(
+    lake: Lake, failed: list[dict[str, Any]], waiting: list[dict[str, Any]], now: datetime
+) -> int:
+    """File a delivery's failed alerts, and those that waited for a sink down unless one
+    for the same version and sink is filed already: a watch checks what is owed every
+    minute, and during an outage each check filed every waiting alert again."""
+    if waiting:
+        filed = read_dead_letters(lake, since=now - RETENTION)
+        seen = set(filed.select("incident_id", "version", "sink").iter_rows())
+        waiting = [w for w in waiting if (w["incident_id"], w["version"], w["sink"]) not in seen]
+    return write_dead_letters(lake, failed + waiting, now)
 
 
 def read_dead_letters(lake: Lake, *, since: datetime | None = None) -> pl.DataFrame:

@@ -25,7 +25,7 @@ from detector.delivery.records import (
     DeadLetterReader,
     DeliveryState,
     DeliveryStore,
-    write_dead_letters,
+    file_dead_letters,
 )
 from detector.errors import DetectError, RuntimeFailure
 from detector.incidents import suppress, workflow
@@ -148,7 +148,7 @@ def send(
             lake=lake.uri,
             checkpoint=functools.partial(store.save_merged, now=now),
         )
-        write_dead_letters(lake, report.dead_letters + report.waiting, now)
+        file_dead_letters(lake, report.dead_letters, report.waiting, now)
     return report
 
 

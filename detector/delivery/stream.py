@@ -29,7 +29,7 @@ import polars as pl
 from detector.delivery import sinks as sink_mod
 from detector.delivery.config import SinkConfig
 from detector.delivery.deliver import DeliveryReport, SinkHealth, deliver
-from detector.delivery.records import DeliveryState, DeliveryStore, merge, write_dead_letters
+from detector.delivery.records import DeliveryState, DeliveryStore, file_dead_letters, merge
 from detector.delivery.run import DELIVERY_WAIT, PendingIncidents, _build
 from detector.detect.stream import StreamDetector, StreamState
 from detector.incidents import suppress, workflow
@@ -156,7 +156,7 @@ class StreamAlerter:
                 checkpoint=checkpoint,
                 health=self._health,
             )
-            write_dead_letters(self.lake, report.dead_letters + report.waiting, now)
+            file_dead_letters(self.lake, report.dead_letters, report.waiting, now)
         if self.metrics is not None:
             sev = {i.incident_id: i.severity for i in incidents}
             for s in report.sent:
