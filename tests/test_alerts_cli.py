@@ -274,6 +274,35 @@ def test_a_delivery_that_fails_ends_with_exit_3_and_the_next_run_sends_it(scored
     assert json.loads(again.stdout)["sent"] == 2
 
 
+def test_a_delivery_kept_from_the_lock_sends_nothing_and_exits_3(scored, monkeypatch):
+    """Another run (here on another host) held the delivery lock for longer than
+    `incidents deliver` waits: it sent nothing and exited 0, so a retry job saw success
+    while what it owed was left to the other run. Run in-process: how long a run waits is
+    a constant (two minutes) no option sets, and it is set to nothing here."""
+    from detector.delivery import run
+    from detector.lake import lock
+    from detector.lake.events import Lake
+    from detector.lake.state import Lease, Owner, StateObject
+
+    score(scored)
+    lake, receiver = scored["lake"], scored["receiver"]
+    iid = json.loads(cli("incidents", "--lake", lake, "--format", "json").stdout)[0]
+    assert cli("incidents", "resolve", iid["incident_id"][:8], "--lake", lake).exit_code == 0
+    held = Lease(StateObject(Lake(lake), *lock.DELIVERY_LOCK_PARTS), owner=Owner(host="elsewhere"))
+    held.acquire()
+    monkeypatch.setattr(run, "DELIVERY_WAIT", 0.0)
+    args = ("--config", scored["config"], "incidents", "deliver", "--lake", lake)
+    before = len(receiver.delivered)
+    busy = cli(*args, "--format", "json", env=scored["env"])
+    assert busy.exit_code == 3, busy.stdout
+    assert "another run was delivering alerts" in busy.stderr
+    assert json.loads(busy.stdout)["sent"] == 0 and len(receiver.delivered) == before
+    held.release()
+    freed = cli(*args, "--format", "json", env=scored["env"])
+    assert freed.exit_code == 0, freed.stderr
+    assert json.loads(freed.stdout)["updates"] == 1  # what was owed, sent by the next run
+
+
 def test_findings_list_shows_and_filters_by_workflow_status(scored):
     score(scored)
     lake = scored["lake"]

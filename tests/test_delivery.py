@@ -523,6 +523,43 @@ def test_a_receiver_that_drips_its_answer_or_sends_a_huge_one_holds_no_run():
     assert bodies_sent and bodies_sent[0] < 1 << 30  # the client closed, not read it all
 
 
+def test_a_receiver_that_drips_its_tls_handshake_holds_no_run():
+    """An https receiver that sends its handshake a byte at a time, each within
+    ``timeout``, fails the attempt as the drip of an answer does: the handshake is bounded
+    as a whole (CPython's ssl bounds it by the socket timeout; the request deadline is
+    armed before it too), so it cannot hold a run for as long as it drips."""
+    import socket
+
+    hung_up = threading.Event()  # the client went away while the handshake still dripped
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def drip_handshake() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)  # the ClientHello
+            try:
+                # a handshake record announcing 16 KiB, then its bytes one per 0.05 s
+                conn.sendall(b"\x16\x03\x03\x40\x00")
+                for _ in range(400):  # 20 s of dripping, if nobody hangs up
+                    conn.sendall(b"\x00")
+                    hung_up.wait(0.05)  # the server's pace, not the test's
+            except OSError:  # the client hung up: what the deadline does
+                hung_up.set()
+
+    server = threading.Thread(target=drip_handshake, daemon=True)
+    server.start()
+    try:
+        url = f"https://127.0.0.1:{listener.getsockname()[1]}/hook"
+        drip = sink(name="drip", type="webhook", url=url, retries=0, timeout="0.2s")
+        (one,) = incidents([finding(ROLE, T0, severity="high")])
+        report = deliver([one], [build(drip, FakeSleep())], DeliveryState(), now=NOW)
+        assert report.sent == [] and len(report.dead_letters) == 1
+        assert hung_up.wait(30)  # cut before the 400 bytes (20 s) were sent
+    finally:
+        listener.close()
+        server.join(30)
+
+
 def test_what_is_owed_is_found_however_old_the_incident_or_long_the_outage(tmp_path, receiver):
     """`incidents deliver` read the incidents begun in the last nine days and updated in
     the last one: the resolve of a twelve-day-old incident (a retro-hunt's) never reached

@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -156,3 +158,25 @@ def test_lease_renewal_and_release_are_recorded(tmp_path):
     data = json.loads((tmp_path / "lake" / "_state" / "g.json").read_text())
     assert data["lease_until_ms"] == 11_000 and "released_at" in data
     assert not list((tmp_path / "lake" / "_state").glob(".tmp-*"))
+
+
+def test_a_delivery_that_outlasts_its_lease_keeps_the_lock(tmp_path, monkeypatch):
+    """The delivery lease was taken once and never renewed: a delivery to slow sinks (30 s
+    deadlines, four attempts, one alert at a time) outlasted its 300 s, and another run
+    took the lock and sent the same alerts again. Here the lease lasts 1.2 s and the
+    delivery goes on past its end. A lease runs on the wall clock and its renewer is a
+    thread, so this test waits for the clock to pass that end."""
+    from detector.lake import lock
+
+    monkeypatch.setattr(lock, "DELIVERY_LEASE_SECONDS", 1.2)
+    lake = Lake(str(tmp_path / "lake"))
+    parts = lock.DELIVERY_LOCK_PARTS
+    other = Lease(StateObject(lake, *parts), owner=Owner(host="elsewhere"), seconds=1.2)
+    with lock.delivery_lock(lake, wait=0) as held:
+        assert held
+        taken_until = other.peek()["lease_until_ms"] / 1000
+        threading.Event().wait(max(0.0, taken_until - time.time()) + 0.5)
+        assert other.peek()["lease_until_ms"] / 1000 > time.time()  # renewed
+        with pytest.raises(CheckpointBusy):
+            other.acquire()
+    other.acquire()  # given up when the delivery ends
