@@ -44,7 +44,7 @@ os.environ.pop("AWS_SESSION_TOKEN", None)
 #: (see pytest_collection_modifyitems): a module missing here or a wrong figure costs
 #: time, never a result.
 HEAVY_MODULES: dict[str, float] = {
-    "test_airflow_dag.py": 40,
+    "test_airflow_dag.py": 32,
     "test_watch.py": 42,
     "test_executor.py": 36,
     "test_export.py": 18,

@@ -54,16 +54,17 @@ def report_timings(request: pytest.FixtureRequest):
 
 
 # Runs inside the Airflow venv: import the DAG folder, dag.test() each (dag_id, logical
-# date) given, one after the other, and write what happened as JSON (Airflow logs a lot on
-# stdout). Runs that follow each other in a test share one process: each process spends
-# about 7 s starting (Airflow's imports, then the execution API that dag.test() serves its
-# tasks from), while the runs hand each other nothing but what is in S3.
+# date, environment) given, one after the other, and write what happened as JSON (Airflow
+# logs a lot on stdout). The module's runs share one process: each process spends about
+# 7 s starting (Airflow's imports, then the execution API that dag.test() serves its tasks
+# from), while the runs hand each other nothing but what is in S3. A run's environment
+# (Airflow Variables as AIRFLOW_VAR_*) is read by its tasks when they run.
 RUNNER = r"""
-import json, sys
+import json, os, sys
 from datetime import datetime
 from airflow.dag_processing.dagbag import DagBag
 
-folder, out, *pairs = sys.argv[1:]
+folder, out, runs = sys.argv[1:]
 bag = DagBag(dag_folder=folder)
 result = {
     "import_errors": {k: str(v) for k, v in bag.import_errors.items()},
@@ -85,7 +86,8 @@ result = {
     },
 }
 result["runs"] = []
-for dag_id, logical in zip(pairs[::2], pairs[1::2]):
+for dag_id, logical, env in json.loads(runs):
+    os.environ.update(env)
     dr = bag.dags[dag_id].test(logical_date=datetime.fromisoformat(logical))
     result["runs"].append({
         "state": str(dr.state),
@@ -148,20 +150,20 @@ def env_path() -> str:
     return os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p != ours)
 
 
-def run_airflow(python: Path, env: dict, tmp: Path, *runs: tuple[str, str], **extra: str) -> dict:
+def run_airflow(python: Path, env: dict, tmp: Path, *runs: tuple[str, str, dict[str, str]]) -> dict:
     """The DagBag of the DAG folder and ``result["runs"]``, one for each (dag_id, logical
-    date) in ``runs``, dag.test() one after the other in one Airflow process."""
+    date, environment) in ``runs``, dag.test() one after the other in one Airflow process."""
     out = tmp / f"result-{time.monotonic_ns()}.json"
     started = time.monotonic()
     proc = subprocess.run(
-        [str(python), "-c", RUNNER, str(DAGS), str(out), *(x for run in runs for x in run)],
-        env={**env, **extra},
+        [str(python), "-c", RUNNER, str(DAGS), str(out), json.dumps(runs)],
+        env=env,
         capture_output=True,
         text=True,
         timeout=600,
         check=False,
     )
-    label = " + ".join(f"dag.test {d} {at}" for d, at in runs) or "DagBag import"
+    label = " + ".join(f"dag.test {d} {at}" for d, at, _ in runs) or "DagBag import"
     TIMINGS[label] = time.monotonic() - started
     assert proc.returncode == 0 and out.exists(), proc.stdout[-6000:] + proc.stderr[-6000:]
     result = json.loads(out.read_text())
@@ -170,8 +172,8 @@ def run_airflow(python: Path, env: dict, tmp: Path, *runs: tuple[str, str], **ex
 
 
 # ---------------------------------------------------------------------- the DAG file
-def test_dagbag_imports_with_no_errors(airflow_python, airflow_env, tmp_path):
-    result = run_airflow(airflow_python, airflow_env, tmp_path)
+def test_dagbag_imports_with_no_errors(dag_runs):
+    result = dag_runs
     assert result["import_errors"] == {}
     dags = result["dags"]
     assert set(dags) == {"audit_detector_hourly", "audit_detector_retrain"}
@@ -335,19 +337,27 @@ def lake_frame(scenario: dict, table: str):
     return pl.concat(frames, how="diagonal_relaxed")
 
 
-def test_retrain_then_hourly_export_and_score_one_hour(
-    airflow_python, airflow_env, scenario, tmp_path
-):
+@pytest.fixture(scope="module")
+def dag_runs(airflow_python, airflow_env, scenario, tmp_path_factory) -> dict:
+    """Three DAG runs in one Airflow process, as a scheduler would start them:
+    1. the daily retrain for the day before the scored hour: fits on the baseline;
+    2. the hourly run for [hour_start, hour_end) (logical date = end of the interval);
+    3. the hourly run for the hour after, its export pointed at a log group that does not
+       exist (exit 2: no retry)."""
     settings = airflow_settings(scenario)
-    # 1. the daily retrain for the day before the scored hour: fits on the baseline, then
-    # 2. the hourly run for [hour_start, hour_end): logical date = end of the interval
-    result = run_airflow(
-        airflow_python, airflow_env, tmp_path,
-        ("audit_detector_retrain", scenario["day"].isoformat()),
-        ("audit_detector_hourly", scenario["hour_end"].isoformat()),
-        **settings,
+    broken = airflow_settings(scenario, AIRFLOW_VAR_DETECT_LOG_GROUP="/aws/eks/nope/cluster")
+    after = (scenario["hour_end"] + timedelta(hours=1)).isoformat()
+    return run_airflow(
+        airflow_python, airflow_env, tmp_path_factory.mktemp("dag-runs"),
+        ("audit_detector_retrain", scenario["day"].isoformat(), settings),
+        ("audit_detector_hourly", scenario["hour_end"].isoformat(), settings),
+        ("audit_detector_hourly", after, broken),
     )  # fmt: skip
-    retrain, run = result["runs"]
+
+
+def test_retrain_then_hourly_export_and_score_one_hour(dag_runs, scenario):
+    result = dag_runs
+    retrain, run, _ = result["runs"]
     assert retrain["tasks"] == {"train": "success"}, result["log"][-8000:]
     assert retrain["data_interval"][1] == scenario["day"].isoformat()
     assert run["data_interval"] == [
@@ -375,17 +385,19 @@ def test_retrain_then_hourly_export_and_score_one_hour(
     assert set(flagged["finding_id"]) <= set(findings["finding_id"])
 
 
-def test_failed_export_does_not_score(airflow_python, airflow_env, scenario, tmp_path):
+def test_failed_export_does_not_score(dag_runs, scenario):
     """Export fails (unknown log group, exit 2: no retry); score must not run."""
-    settings = airflow_settings(scenario, AIRFLOW_VAR_DETECT_LOG_GROUP="/aws/eks/nope/cluster")
-    before = lake_frame(scenario, "findings").height
-    logical = (scenario["hour_end"] + timedelta(hours=1)).isoformat()
-    result = run_airflow(
-        airflow_python, airflow_env, tmp_path, ("audit_detector_hourly", logical), **settings
-    )
-    (run,) = result["runs"]
+    *_, run = dag_runs["runs"]
     tasks = run["tasks"]
-    assert tasks["export"] == "failed", result["log"][-8000:]
+    assert tasks["export"] == "failed", dag_runs["log"][-8000:]
     assert tasks["score"] == "upstream_failed"
     assert "failed" in run["state"]
-    assert lake_frame(scenario, "findings").height == before
+    findings = lake_frame(scenario, "findings")
+    hour_start = scenario["hour_end"]
+    assert (
+        findings.is_empty()
+        or not (
+            (findings["window_start"] >= hour_start)
+            & (findings["window_end"] <= hour_start + timedelta(hours=1))
+        ).any()
+    )
