@@ -238,8 +238,20 @@ def source_in(kind: str) -> pl.Expr:
     it: in the first pass over a range, where all the rules' gates run in one query,
     polars then classifies each address once for all of them, not once per rule.
     """
-    key = {"denied": os.environ.get(IP_LISTS_ENV, ""), "aws": str(aws_ranges_path())}.get(kind, "")
+    key = _list_key(kind)
     return _source_in(kind, key, _versions(key))
+
+
+def _list_key(kind: str) -> str:
+    """The files list ``kind`` reads, joined by ``os.pathsep`` ("" for the fixed ranges)."""
+    return {"denied": os.environ.get(IP_LISTS_ENV, ""), "aws": str(aws_ranges_path())}.get(kind, "")
+
+
+def lists_stamp() -> tuple[tuple[str, tuple[tuple[int, int] | None, ...]], ...]:
+    """The list files rules compile with and their versions: besides its files, all a
+    compiled rule set depends on (see ``rules.loader._compiled``), so one is reused only
+    while this is unchanged, and a list written again or named anew is read again."""
+    return tuple((key, _versions(key)) for key in map(_list_key, ("denied", "aws")))
 
 
 @functools.lru_cache(maxsize=16)

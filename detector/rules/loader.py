@@ -372,15 +372,14 @@ def _parse_cached(text: str, label: str) -> list[dict[str, Any]]:
     return _parse(text, label)
 
 
-def _read_items(path: Path, label: str) -> list[dict[str, Any]]:
-    """A rule file's items (parsed once per process and content; callers get a copy)."""
+def _read_text(path: Path, label: str) -> str:
+    """A rule file's text, or a :class:`RuleError` naming it."""
     try:
-        text = read_user_file(path)
+        return read_user_file(path)
     except FileNotFoundError:
         raise RuleError(label, None, "no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise RuleError(label, None, f"cannot read: {exc}") from None
-    return copy.deepcopy(_parse_cached(text, label))
 
 
 def _parse(text: str, label: str) -> list[dict[str, Any]]:
@@ -445,9 +444,11 @@ class _Registry:
     #: load, so a broken one is reported against that file, not a built-in rule using it.
     user_macros: dict[str, str] = field(default_factory=dict)
 
-    def add_file(self, path: Path, label: str, *, builtin: bool) -> None:
+    def add_file(self, text: str, label: str, *, builtin: bool) -> None:
+        """The items of one file's ``text`` (parsed once per process and content; the
+        registry changes its own copy as later files override and append)."""
         self.files.append(label)
-        for index, item in enumerate(_read_items(path, label)):
+        for index, item in enumerate(copy.deepcopy(_parse_cached(text, label))):
             kind = _kind(item, label, index)
             if kind == "required_engine_version":
                 need = item["required_engine_version"]
@@ -859,12 +860,43 @@ def load_ruleset(
     an unknown id in either is an error, as is any malformed file (:class:`RuleError`
     names the file, the rule and the reason).
     """
-    reg = _Registry()
+    sources: list[tuple[str, str, bool]] = []
     if builtin:
         for path in builtin_files():
-            reg.add_file(path, f"detector/rules/{path.name}", builtin=True)
+            label = f"detector/rules/{path.name}"
+            sources.append((label, _read_text(path, label), True))
     for extra in extra_files or []:
-        reg.add_file(Path(extra), extra, builtin=False)
+        sources.append((extra, _read_text(Path(extra), extra), False))
+    from detector.rules.iplists import lists_stamp  # iplists imports the condition module
+
+    compiled = _compiled(tuple(sources), lists_stamp())
+    # Fresh rule objects: the on/off switches below, and a caller's, are this set's own.
+    rules = [replace(r) for r in compiled.rules]
+    ids = [r.id for r in rules]
+    _check_ids(disabled or [], ids, "--disable")
+    _check_ids(enabled or [], ids, "--enable")
+    for r in rules:
+        if r.id in (disabled or []):
+            r.enabled = False
+        elif r.id in (enabled or []):
+            r.enabled = True
+    return RuleSet(
+        rules, compiled.lists, compiled.macros, list(compiled.files), compiled.exception_sets
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled(sources: tuple[tuple[str, str, bool], ...], lists: tuple[Any, ...]) -> RuleSet:
+    """The rules of ``sources`` ((label, text, built-in) in load order), compiled once per
+    process and content: a load costs ~45 ms, most of it compiling conditions, and one
+    process may load the same files many times (a library caller scoring range after
+    range, the commands a test suite runs in-process: 20 s of the suite's CPU). Keyed by
+    the texts and the IP lists' files and versions (``lists``, which the IP terms compile
+    from), so an edited file compiles anew; an error is raised again at every load
+    (lru_cache keeps no exception)."""
+    reg = _Registry()
+    for label, text, builtin in sources:
+        reg.add_file(text, label, builtin=builtin)
     compiler = Compiler(macros=dict(reg.macros), lists=dict(reg.lists))
     for name in reg.lists:
         try:
@@ -883,12 +915,4 @@ def load_ruleset(
                 label, None, f"macro {name!r}: macros name each other too deeply"
             ) from None
     rules = [_build_rule(p, compiler, reg.exception_sets) for p in reg.rules.values()]
-    ids = [r.id for r in rules]
-    _check_ids(disabled or [], ids, "--disable")
-    _check_ids(enabled or [], ids, "--enable")
-    for r in rules:
-        if r.id in (disabled or []):
-            r.enabled = False
-        elif r.id in (enabled or []):
-            r.enabled = True
     return RuleSet(rules, reg.lists, reg.macros, reg.files, reg.exception_sets)
