@@ -499,13 +499,30 @@ def redact_text_columns(
     rows = pl.DataFrame(found).select(pl.any_horizontal(hit)).to_series()
     idx = rows.arg_true()
     sub = df[idx].select(hit)
-    for p in patterns:
-        present = [bool(_strings(sub[c]).str.contains(p.regex).any()) for c in hit]
-        sub = sub.with_columns(
-            _each(pl.col(c), sub[c].dtype, lambda e, p=p: e.str.replace_all(p.regex, p.replacement))
-            for c, yes in zip(hit, present, strict=True)
-            if yes
-        )
+    # The string columns' rows stacked into one series: each pattern is then tested, and
+    # applied where present, once for all of them. Patterns are large regexes that polars
+    # compiles at every use (0.2 to 1.3 ms each): tested column by column, they cost a
+    # batch with a hit ~65 ms (4.7k events of Firehose samples with Secrets: 3.8 s).
+    # Replacing in a column that does not hold the pattern changes nothing, so the text
+    # is what pattern-by-pattern, column-by-column rewriting gives.
+    strings = [c for c in hit if sub[c].dtype == pl.String]
+    if strings:
+        n = sub.height
+        stacked = pl.concat([sub[c].alias("text") for c in strings])
+        for p in patterns:
+            if stacked.str.contains(p.regex).any():
+                stacked = stacked.str.replace_all(p.regex, p.replacement)
+        sub = sub.with_columns(stacked.slice(i * n, n).alias(c) for i, c in enumerate(strings))
+    for c in (c for c in hit if c not in strings):  # lists of strings: rare (user_groups)
+        for p in patterns:
+            if _strings(sub[c]).str.contains(p.regex).any():
+                sub = sub.with_columns(
+                    _each(
+                        pl.col(c),
+                        sub[c].dtype,
+                        lambda e, p=p: e.str.replace_all(p.regex, p.replacement),
+                    )
+                )
     return _put_back(df, idx, sub), rows
 
 
