@@ -532,7 +532,7 @@ def _steps(
                 size += batch.nbytes
                 key = (fallback, batch.cluster)
                 step.fallback, step.uri = fallback, uri
-                if size >= MERGE_BYTES:  # a big file's block: on its way at once, alone
+                if size >= MERGE_BYTES // 2:  # a big file's block: on its way at once
                     yield emit()
         except InputError as exc:
             step.failed.append(str(exc))
