@@ -76,6 +76,7 @@ from detector.sources.cloudwatch import (
     Page,
     page_batch,
 )
+from detector.sources.files import LineBatch, merge_batches
 from detector.storage import StorageError
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,12 @@ class WatchedGroup(ExportConfigError):
 
 class OtherStreams(ExportConfigError):
     """A run reading other streams than the ones its checkpoint covers."""
+
+
+#: Pages read are normalized together once they hold this many bytes (or at a flush):
+#: CloudWatch pages hold at most 1 MB, so the fixed cost of a normalizing falls to an
+#: eighth or less; more would only hold more raw pages in memory.
+PAGES_BYTES = 8 * 1024 * 1024
 
 
 @dataclass
@@ -361,6 +368,9 @@ class Exporter:
             on_retry=_log_retry,
         )
         self.buffer = EventBuffer(cluster=options.cluster)
+        #: Pages read and not normalized yet: normalized together (see :meth:`_normalize`).
+        self._pages: list[LineBatch] = []
+        self._pages_bytes = 0
         self.summary = ExportSummary(
             log_group=options.log_group,
             cluster=options.cluster,
@@ -632,7 +642,10 @@ class Exporter:
             batch = page_batch(
                 fresh, region=self.region, log_group=self.opts.log_group, cluster=self.opts.cluster
             )
-            self.buffer.add(batch)
+            self._pages.append(batch)
+            self._pages_bytes += batch.nbytes
+            if self._pages_bytes >= PAGES_BYTES:
+                self._normalize()
             s.events_read += len(fresh)
             self._pending_events += len(fresh)
             self._pending_bytes += batch.nbytes
@@ -670,8 +683,17 @@ class Exporter:
         elif behind and not self._pending_events:
             self._advance()  # nothing waits to be written: the checkpoint can move now
 
+    def _normalize(self) -> None:
+        """Normalize the pages read since the last call, as one batch: a page of
+        CloudWatch's is at most a megabyte, and each normalizing costs ~50 ms whatever
+        its size (see ``ingest.MERGE_BYTES``)."""
+        if self._pages:
+            self.buffer.add(merge_batches(self._pages))
+            self._pages, self._pages_bytes = [], 0
+
     def flush(self) -> None:
         """Make everything read so far durable, hand it to the hook, move the checkpoint."""
+        self._normalize()
         events, quarantine = self.buffer.take()
         stats = write_to_lake(self.lake, events, quarantine, self.summary.ingest)
         self.summary.flushes += 1
