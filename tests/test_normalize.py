@@ -163,10 +163,10 @@ def test_a_list_or_an_object_where_a_name_belongs_is_quarantined_not_stored_as_t
         ]
     )
     assert reasons(result) == {
-        "1": "wrong type: auditID: a string expected, got a list",
+        "1": "wrong type: auditID: a string expected, got an array",
         "2": "wrong type: verb: a string expected, got an object",
-        "3": "wrong type: user.username: a string expected, got a list",
-        "4": "wrong type: objectRef.namespace: a string expected, got a list",
+        "3": "wrong type: user.username: a string expected, got an array",
+        "4": "wrong type: objectRef.namespace: a string expected, got an array",
     }
     assert result.events["audit_id"].to_list() == [event(i, NOW)["auditID"] for i in (5, 6)]
     assert result.events["name"].to_list()[0] == "[not-a-list]"

@@ -940,8 +940,7 @@ def _not_strings(raw: pl.DataFrame, lines: pa.Array) -> pl.Series:
                 value = value.get(key) if isinstance(value, dict) else None
             if isinstance(value, (list, dict)):
                 name = member if key is None else f"{member}.{key}"
-                kind = "a list" if isinstance(value, list) else "an object"
-                reasons[row] = f"wrong type: {name}: a string expected, got {kind}"
+                reasons[row] = f"wrong type: {name}: a string expected, got {_json_type(value)}"
                 break
     return pl.Series("_not_string", reasons, dtype=pl.String)
 
