@@ -265,6 +265,47 @@ def test_suppressions_match_on_every_event_and_expired_ones_are_logged(tmp_path,
     assert "suppression old-ci expired on 2020-01-01" in caplog.text
 
 
+def test_among_hundreds_of_suppressions_the_first_that_holds_wins():
+    """All suppressions are tested at once (one after another, a file of 50,000 took 48 s
+    and 500 ~1 s of every scoring run). What each finding gets is still the first in file
+    order that holds, an event condition holding only when every event of the finding
+    matches, and never without events to look at."""
+
+    def entry(name: str, **match: str) -> dict:
+        return {"name": name, "reason": "r", "expires": "2099-01-01", "match": match}
+
+    entries = [entry(f"person-{i}", principal=f"person-{i}") for i in range(400)]
+    entries += [
+        entry("expired-first", principal="*"),
+        entry("system-pods", detector="rule:*", namespace="kube-system"),
+        entry("probes", user_agent="kube-probe/*", source_ip="10.0.0.0/8"),
+        entry("anyone", principal="*"),
+    ]
+    entries[400]["expires"] = "2020-01-01"
+    sups = suppress.parse({"suppressions": entries})
+    system, system_ev = frames(
+        [finding("alice", T0, detector="rule:exec")], namespace="kube-system"
+    )
+    mixed, mixed_ev = frames([finding("alice", T0 + W, detector="rule:exec")])
+    mixed_ev = pl.concat([mixed_ev, system_ev.with_columns(finding_id=mixed["finding_id"])])
+    probe, probe_ev = frames([finding("lb", T0)], user_agent="kube-probe/1.30")
+    person, person_ev = frames([finding("person-7", T0, detector="rule:exec")])
+    lonely, _ = frames([finding("bob", T0 + 2 * W, detector="rule:exec")])  # no events
+    df = pl.concat([system, mixed, probe, person, lonely])
+    ev = pl.concat([system_ev, mixed_ev, probe_ev, person_ev])
+    got = dict(suppress.apply(df, ev, sups, T0).iter_rows())
+    assert got == {
+        system["finding_id"][0]: "system-pods",
+        mixed["finding_id"][0]: "anyone",  # one of its two events is outside kube-system
+        probe["finding_id"][0]: "probes",
+        person["finding_id"][0]: "person-7",
+        lonely["finding_id"][0]: "anyone",
+    }
+    without_events = dict(suppress.apply(df, None, sups, T0).iter_rows())
+    assert set(without_events.values()) == {"anyone", "person-7"}
+    assert dict(suppress.apply(df.clear(), ev, sups, T0).iter_rows()) == {}
+
+
 def test_a_glob_with_several_stars_applies_as_it_reads():
     """``*kube-probe*`` was translated by fnmatch into a Python-only atomic group: the file
     loaded, then applying it to a finding failed inside polars."""

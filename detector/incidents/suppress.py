@@ -189,7 +189,12 @@ def glob_regex(pattern: str) -> str:
 
 
 def _glob(col: str, pattern: str) -> pl.Expr:
-    return pl.col(col).fill_null("").str.contains(glob_regex(pattern))
+    values = pl.col(col).fill_null("")
+    if not any(c in pattern for c in "*?["):
+        # no wildcard: the same test without a regex to compile (most suppressions name
+        # a principal or a cluster as it is, and a file may hold thousands)
+        return values == pattern
+    return values.str.contains(glob_regex(pattern))
 
 
 def _cidr(col: str, value: str) -> pl.Expr:
@@ -250,30 +255,41 @@ def apply(
 
     The first suppression in file order wins, so the file reads top to bottom like a
     firewall. Events are only looked at for suppressions with event conditions.
+
+    Every suppression is tested in one query over the findings and one over their events
+    (a column each), and the first that holds is picked per finding: tested one after
+    another, each cost a few small queries, and a file of 50,000 took 48 s (500: ~1 s of
+    every scoring run and every ``detect watch`` batch with findings).
     """
     ids = findings.select("finding_id")
-    result = ids.with_columns(pl.lit(None, pl.String).alias("suppression"))
-    for s in active(suppressions, now):
-        hit = findings.filter(_finding_expr(s)).select("finding_id")
-        ev_expr = _event_expr(s)
-        if ev_expr is not None:
-            if events is None or events.is_empty():
-                continue
-            per_finding = (
-                events.filter(pl.col("finding_id").is_in(hit["finding_id"].implode()))
-                .group_by("finding_id")
-                .agg(ev_expr.fill_null(False).all().alias("_all"))
-                .filter(pl.col("_all"))
-                .select("finding_id")
-            )
-            hit = per_finding
-        result = result.with_columns(
-            pl.when(
-                pl.col("suppression").is_null()
-                & pl.col("finding_id").is_in(hit["finding_id"].implode())
-            )
-            .then(pl.lit(s.name))
-            .otherwise(pl.col("suppression"))
-            .alias("suppression")
+    live = active(suppressions, now)
+    if not live or findings.is_empty():
+        return ids.with_columns(pl.lit(None, pl.String).alias("suppression"))
+    names = [f"_s{i}" for i in range(len(live))]
+    # finding_id kept in the select: a suppression of event conditions only is a literal,
+    # and a select of literals alone would be one row
+    pairs = list(zip(live, names, strict=True))
+    held = findings.select("finding_id", *(_finding_expr(s).alias(n) for s, n in pairs))
+    on_events = [(n, e) for s, n in pairs if (e := _event_expr(s)) is not None]
+    if on_events and (events is None or events.is_empty()):
+        held = held.with_columns(pl.lit(False).alias(n) for n, _ in on_events)
+    elif on_events:
+        assert events is not None
+        # every event of the finding must match (a finding without events matches none)
+        every = events.group_by("finding_id").agg(
+            e.fill_null(False).all().alias(f"{n}_events") for n, e in on_events
         )
-    return result
+        with_events = {n for n, _ in on_events}
+        held = held.join(every, on="finding_id", how="left", maintain_order="left").select(
+            "finding_id",
+            *(
+                (pl.col(n) & pl.col(f"{n}_events").fill_null(False)).alias(n)
+                if n in with_events
+                else pl.col(n)
+                for n in names
+            ),
+        )
+    grid = held.select(names).to_numpy()
+    first = grid.argmax(axis=1)
+    picked = [live[i].name if row[i] else None for row, i in zip(grid, first, strict=True)]
+    return ids.with_columns(pl.Series("suppression", picked, dtype=pl.String))
