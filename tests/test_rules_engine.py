@@ -664,3 +664,27 @@ def test_conditions_nested_past_pythons_stack_are_one_line_errors(tmp_path, text
         load_ruleset([path])
     assert err.value.rule_id == rule_id and message in err.value.reason
     assert err.value.exit_code == 2 and "\n" not in str(err.value)
+
+
+def test_a_change_to_one_loaded_rule_set_does_not_reach_the_next_load():
+    """Rule sets are compiled once per process for the same files; each load must still
+    be the caller's own. A list tuned in memory, a macro tried or a definition edited by
+    one caller (the rule set is public API) reached every later load, and its
+    fingerprint: the findings' model_version."""
+    first = load_ruleset()
+    fingerprint = first.fingerprint
+    name = next(iter(first.lists))
+    macro = next(iter(first.macros))
+    first.lists[name].append("added-by-first-caller")
+    first.macros[macro] = "never_true"
+    first.rules[0].definition["title"] = "edited by first caller"
+    first.rules[0].exception_exprs["mine"] = pl.lit(True)
+    first.rules[0].compiler.lists[name].append("added-by-first-caller")
+
+    second = load_ruleset()
+    assert "added-by-first-caller" not in second.lists[name]
+    assert second.macros[macro] != "never_true"
+    assert second.rules[0].definition.get("title") != "edited by first caller"
+    assert "mine" not in second.rules[0].exception_exprs
+    assert "added-by-first-caller" not in second.rules[0].compiler.lists[name]
+    assert second.fingerprint == fingerprint

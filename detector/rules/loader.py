@@ -869,9 +869,29 @@ def load_ruleset(
         sources.append((extra, _read_text(Path(extra), extra), False))
     from detector.rules.iplists import lists_stamp  # iplists imports the condition module
 
-    compiled = _compiled(tuple(sources), lists_stamp())
-    # Fresh rule objects: the on/off switches below, and a caller's, are this set's own.
-    rules = [replace(r) for r in compiled.rules]
+    compiled, shared = _compiled(tuple(sources), lists_stamp())
+    # The compiled expressions are shared (nothing changes them); everything a caller may
+    # change is this load's own: the on/off switches below, the lists, macros and
+    # definitions (the rule set is public API: an allow-list tuned in memory must not
+    # reach the next load, nor its fingerprint), and the compiler, whose caches
+    # `rules test` fills while it explains.
+    compiler = replace(
+        shared,
+        macros=dict(shared.macros),
+        lists=copy.deepcopy(shared.lists),
+        _macro_ast=dict(shared._macro_ast),
+        _list_cache=copy.deepcopy(shared._list_cache),
+        _nodes=0,
+    )
+    rules = [
+        replace(
+            r,
+            definition=copy.deepcopy(r.definition),
+            exception_exprs=dict(r.exception_exprs),
+            compiler=compiler,
+        )
+        for r in compiled.rules
+    ]
     ids = [r.id for r in rules]
     _check_ids(disabled or [], ids, "--disable")
     _check_ids(enabled or [], ids, "--enable")
@@ -881,12 +901,18 @@ def load_ruleset(
         elif r.id in (enabled or []):
             r.enabled = True
     return RuleSet(
-        rules, compiled.lists, compiled.macros, list(compiled.files), compiled.exception_sets
+        rules,
+        copy.deepcopy(compiled.lists),
+        dict(compiled.macros),
+        list(compiled.files),
+        copy.deepcopy(compiled.exception_sets),
     )
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled(sources: tuple[tuple[str, str, bool], ...], lists: tuple[Any, ...]) -> RuleSet:
+def _compiled(
+    sources: tuple[tuple[str, str, bool], ...], lists: tuple[Any, ...]
+) -> tuple[RuleSet, Compiler]:
     """The rules of ``sources`` ((label, text, built-in) in load order), compiled once per
     process and content: a load costs ~45 ms, most of it compiling conditions, and one
     process may load the same files many times (a library caller scoring range after
@@ -915,4 +941,4 @@ def _compiled(sources: tuple[tuple[str, str, bool], ...], lists: tuple[Any, ...]
                 label, None, f"macro {name!r}: macros name each other too deeply"
             ) from None
     rules = [_build_rule(p, compiler, reg.exception_sets) for p in reg.rules.values()]
-    return RuleSet(rules, reg.lists, reg.macros, reg.files, reg.exception_sets)
+    return RuleSet(rules, reg.lists, reg.macros, reg.files, reg.exception_sets), compiler
