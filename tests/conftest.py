@@ -38,6 +38,23 @@ os.environ.pop("AWS_PROFILE", None)
 os.environ.pop("AWS_SESSION_TOKEN", None)
 
 
+def _build_click_commands_once() -> None:
+    """``CliRunner().invoke(app, ...)`` builds the whole click command tree from the typer
+    app at every call: ~40 ms of ``get_type_hints`` over every command's parameters, about
+    40 s of the suite's CPU over its in-process runs. The tree depends only on the app, so
+    it is built once per app here. (The ``detect`` console script builds only the command
+    it runs, once per process: this is the test runner's cost, not a user's.)"""
+    import functools
+
+    import typer.testing
+
+    assert hasattr(typer.testing, "_get_command"), "typer.testing changed: drop this shortcut"
+    typer.testing._get_command = functools.cache(typer.testing._get_command)
+
+
+_build_click_commands_once()
+
+
 #: Modules that share something slow to set up (an Airflow database, a Ray cluster, a
 #: browser, simulated lakes and models trained on them) or hold the longest tests, with
 #: about the seconds each takes on one core. Only the order of the run depends on it
