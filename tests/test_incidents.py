@@ -306,6 +306,42 @@ def test_among_hundreds_of_suppressions_the_first_that_holds_wins():
     assert dict(suppress.apply(df.clear(), ev, sups, T0).iter_rows()) == {}
 
 
+def test_source_ip_suppressions_compare_addresses_of_either_version():
+    """Addresses are compared as numbers, each distinct one parsed once (a Python call
+    per event and per suppression made 500 such suppressions over 20,000 events take
+    45 s): IPv4 and IPv6 kept apart, an address that does not parse matching nothing."""
+
+    def entry(name: str, net: str) -> dict:
+        return {"name": name, "reason": "r", "expires": "2099-01-01", "match": {"source_ip": net}}
+
+    sups = suppress.parse(
+        {"suppressions": [entry("v6", "fd00::/8"), entry("v4", "10.0.0.0/8"), entry("all", "::/0")]}
+    )
+    rows = [finding(f"p{i}", T0 + i * W) for i in range(4)]
+    cases = ["10.1.2.3", "fd00::1", "2001:db8::1", "not-an-address"]
+    pairs = [frames([r], source_ip=ip) for r, ip in zip(rows, cases, strict=True)]
+    df = pl.concat([f for f, _ in pairs])
+    ev = pl.concat([e for _, e in pairs])
+    got = dict(suppress.apply(df, ev, sups, T0).iter_rows())
+    assert [got[f["finding_id"][0]] for f, _ in pairs] == ["v4", "v6", "all", None]
+
+
+def test_rows_of_one_finding_share_its_suppression_and_a_null_id_gets_none():
+    sups = suppress.parse(
+        {
+            "suppressions": [
+                {"name": n, "reason": "r", "expires": "2099-01-01", "match": {"principal": p}}
+                for n, p in (("q", "q"), ("p", "p"))
+            ]
+        }
+    )
+    df = pl.DataFrame(
+        {"finding_id": ["a", "a", None], "principal": ["p", "q", "p"], "detector": "d"},
+        schema_overrides={"finding_id": pl.String},
+    ).with_columns(cluster=pl.lit("c"))
+    assert suppress.apply(df, None, sups, T0).rows() == [("a", "q"), ("a", "q"), (None, None)]
+
+
 def test_a_glob_with_several_stars_applies_as_it_reads():
     """``*kube-probe*`` was translated by fnmatch into a Python-only atomic group: the file
     loaded, then applying it to a finding failed inside polars."""

@@ -198,18 +198,37 @@ def _glob(col: str, pattern: str) -> pl.Expr:
 
 
 def _cidr(col: str, value: str) -> pl.Expr:
-    """Address in network, compared on the integer form (IPv4 and IPv6 kept apart)."""
+    """Address in network, compared on the integer form (IPv4 and IPv6 kept apart).
+
+    Reads ``_ip_version`` and ``_ip_int``, which :func:`_with_addresses` derives from
+    ``col`` once per distinct address (a Python call per event and per suppression made
+    500 source_ip suppressions over 20,000 events take 45 s)."""
     net = ipaddress.ip_network(value, strict=False)
-    return pl.col(col).map_elements(
-        lambda ip: _in_net(ip, net), return_dtype=pl.Boolean, skip_nulls=False
+    return (pl.col("_ip_version") == net.version) & pl.col("_ip_int").is_between(
+        pl.lit(int(net.network_address), pl.UInt128),
+        pl.lit(int(net.broadcast_address), pl.UInt128),
     )
 
 
-def _in_net(ip: str | None, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+def _with_addresses(events: pl.DataFrame, col: str = "source_ip") -> pl.DataFrame:
+    """``events`` with the version and integer of each parseable address in ``col``."""
+    distinct = events.get_column(col).drop_nulls().unique().to_list()
+    parsed = {ip: a for ip in distinct if (a := _address(ip)) is not None}
+    table = pl.DataFrame(
+        {
+            col: pl.Series(list(parsed), dtype=events.schema[col]),
+            "_ip_version": pl.Series([a.version for a in parsed.values()], dtype=pl.Int8),
+            "_ip_int": pl.Series([int(a) for a in parsed.values()], dtype=pl.UInt128),
+        }
+    )
+    return events.join(table, on=col, how="left", maintain_order="left")
+
+
+def _address(ip: object) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
-        return ip is not None and ipaddress.ip_address(ip) in net
+        return ipaddress.ip_address(ip)  # type: ignore[arg-type]
     except ValueError:
-        return False
+        return None
 
 
 def _finding_expr(s: Suppression) -> pl.Expr:
@@ -265,13 +284,47 @@ def apply(
     live = active(suppressions, now)
     if not live or findings.is_empty():
         return ids.with_columns(pl.lit(None, pl.String).alias("suppression"))
+    if events is not None and not events.is_empty():
+        key = findings.schema["finding_id"]
+        if events.schema["finding_id"] != key:  # a join needs one type on both sides
+            events = events.with_columns(pl.col("finding_id").cast(key))
+        if any("source_ip" in s.match for s in live):
+            events = _with_addresses(events)
+    else:
+        events = None
+    picked: list[str | None] = [None] * findings.height
+    # a block of suppressions at a time: the grid is findings x suppressions booleans
+    for lo in range(0, len(live), _BLOCK):
+        block = _first_held(findings, events, live[lo : lo + _BLOCK])
+        picked = [p if p is not None else b for p, b in zip(picked, block, strict=True)]
+        if all(p is not None for p in picked):
+            break
+    return ids.with_columns(pl.Series("suppression", picked, dtype=pl.String))
+
+
+#: Suppressions tested at once: the grid held is findings x this many booleans.
+_BLOCK = 1024
+
+
+def _first_held(
+    findings: pl.DataFrame, events: pl.DataFrame | None, live: list[Suppression]
+) -> list[str | None]:
+    """Per finding, the name of the first of ``live`` that holds, or None."""
     names = [f"_s{i}" for i in range(len(live))]
     # finding_id kept in the select: a suppression of event conditions only is a literal,
     # and a select of literals alone would be one row
     pairs = list(zip(live, names, strict=True))
     held = findings.select("finding_id", *(_finding_expr(s).alias(n) for s, n in pairs))
+    fid = findings.get_column("finding_id")
+    if fid.null_count() or fid.is_duplicated().any():
+        # per finding_id, as before: a row matching suppresses every row of its id, and a
+        # null id is never suppressed
+        held = held.with_columns(
+            (pl.col(n).any().over("finding_id") & pl.col("finding_id").is_not_null()).alias(n)
+            for n in names
+        )
     on_events = [(n, e) for s, n in pairs if (e := _event_expr(s)) is not None]
-    if on_events and (events is None or events.is_empty()):
+    if on_events and events is None:
         held = held.with_columns(pl.lit(False).alias(n) for n, _ in on_events)
     elif on_events:
         assert events is not None
@@ -291,5 +344,4 @@ def apply(
         )
     grid = held.select(names).to_numpy()
     first = grid.argmax(axis=1)
-    picked = [live[i].name if row[i] else None for row, i in zip(grid, first, strict=True)]
-    return ids.with_columns(pl.Series("suppression", picked, dtype=pl.String))
+    return [live[i].name if row[i] else None for row, i in zip(grid, first, strict=True)]
