@@ -524,12 +524,13 @@ def _steps(
             fallback = ClusterGuess(safe_part(named, "cluster name"), "path")
         try:
             for batch in read_batches(uri, fmt):
-                if merging and (
-                    (fallback, batch.cluster) != key or size + batch.nbytes > MERGE_BYTES
-                ):
+                # the lines' bytes and the heads kept of lines set aside (a file of
+                # over-long lines gives batches of those alone, with no line bytes)
+                weight = batch.nbytes + sum(len(r[3]) for r in batch.rejected)
+                if merging and ((fallback, batch.cluster) != key or size + weight > MERGE_BYTES):
                     yield emit()
                 merging.append(batch)
-                size += batch.nbytes
+                size += weight
                 key = (fallback, batch.cluster)
                 step.fallback, step.uri = fallback, uri
                 if size >= MERGE_BYTES // 2:  # a big file's block: on its way at once
