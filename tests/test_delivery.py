@@ -155,8 +155,11 @@ def test_failures_are_retried_then_dead_lettered_without_the_secret(tmp_path, ca
         r.close()
 
 
-def test_client_errors_are_not_retried(tmp_path):
-    r = Receiver(statuses=[400])
+@pytest.mark.parametrize("status", [401, 403, 404])
+def test_client_errors_are_not_retried(tmp_path, status):
+    """The same bytes cannot succeed. (A 400, 413 or 422 refuses the alert itself: it is
+    sent once more, shortened; see test_payload_bounds.py.)"""
+    r = Receiver(statuses=[status])
     try:
         sleep = FakeSleep()
         report = deliver(

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from detector.delivery.payloads import Alert
+from detector.delivery.payloads import Alert, shortened
 from detector.delivery.records import DeliveryState
 from detector.delivery.sinks import Outcome, Sink
 from detector.incidents.group import Incident
@@ -51,7 +51,9 @@ DOWN_AT_MOST = 1800.0
 class SinkHealth:
     """Whether a sink is taking alerts, kept across the deliveries of one process.
 
-    One failed alert (after its retries) marks the sink down: its other alerts wait,
+    One failed alert (after its retries) marks the sink down, unless the receiver answered
+    and refused that alert alone (:class:`~detector.delivery.sinks.Rejected`: the sink is
+    up, and the alert is sent again shortened). Down, its other alerts wait,
     pending, instead of each costing ``timeout`` x attempts while every other sink's alerts
     of the batch wait for this one, and instead of a dead letter per alert per minute of an
     outage. Once the wait is over, one alert is tried without retries (a probe); it going
@@ -204,7 +206,8 @@ def deliver(
                         report.waiting += [_waiting(a, sink, now) for a in due[start:]]
                     return
                 chunk = _send(sink, due[start : start + sink.chunk])
-                if any(o.ok for o in chunk):
+                chunk = [_shortened_if_rejected(sink, o) for o in chunk]
+                if any(o.ok or o.rejected for o in chunk):  # the sink answered: it is up
                     sink_health.ok()
                     sink.retries = sink.cfg.retries
                 else:
@@ -275,6 +278,34 @@ def _send(sink: Sink, alerts: list[Alert]) -> list[Outcome]:
     except Exception as exc:
         err = f"sink {sink.name}: {type(exc).__name__}"
         return [Outcome(a, False, 1, err, None) for a in alerts]
+
+
+def _shortened_if_rejected(sink: Sink, outcome: Outcome) -> Outcome:
+    """``outcome``, or, when the receiver refused the alert itself (:class:`Rejected`),
+    that of the alert sent again shortened (:func:`payloads.shortened`), once.
+
+    The lake holds whatever a request carried, and a receiver's limits are its own: an
+    incident whose alert one refuses is still announced there, in a few plain words with
+    its id, rather than only filed as a dead letter. Recorded as the alert it stands for
+    (same incident, version and idempotency key).
+    """
+    if not outcome.rejected:
+        return outcome
+    alert = outcome.alert
+    short = Alert(shortened(alert.incident), alert.kind, alert.lake)
+    (second,) = _send(sink, [short])
+    attempts = outcome.attempts + second.attempts
+    if not second.ok:
+        error = f"{outcome.error}; shortened: {second.error}"
+        return Outcome(alert, False, attempts, error, outcome.payload, second.rejected)
+    log.warning(
+        "sink %s: incident %s v%d: the receiver refused the alert (%s); sent it shortened",
+        sink.name,
+        alert.incident.incident_id,
+        alert.incident.version,
+        outcome.error,
+    )
+    return Outcome(alert, True, attempts, None, second.payload)
 
 
 def _ref(alert: Alert, sink: Sink) -> dict[str, Any]:

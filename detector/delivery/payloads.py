@@ -8,11 +8,13 @@ and every payload carries it). Examples of each payload are in docs/alerts.md.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from detector import __version__
+from detector.controls import ONE_LINE
 from detector.incidents.group import Incident
 from detector.incidents.status import ASFF_WORKFLOW, OCSF_STATUS_ID, OCSF_STATUS_NAME
 from detector.rules.attack import technique_objects
@@ -89,21 +91,105 @@ def _ms(ts: datetime | None) -> int | None:
 
 
 def reasons(inc: Incident, limit: int = 8) -> list[str]:
-    """One line per finding, worst first: what an analyst reads before opening it."""
+    """One line per finding, worst first: what an analyst reads before opening it.
+
+    Each at most :data:`REASON_CHARS` characters: a finding's title quotes what a request
+    carried (a user agent, a name).
+    """
     rows = sorted(inc.timeline, key=lambda t: (-t["severity_rank"], t["time"]))
     out = []
     for t in rows[:limit]:
         tag = f" [suppressed by {t['suppression']}]" if t.get("suppression") else ""
-        out.append(f"{t['severity']}: {t['title']} ({t['detector']}, {_iso(t['time'])}){tag}")
+        line = f"{t['severity']}: {t['title']} ({t['detector']}, {_iso(t['time'])}){tag}"
+        out.append(clip(line, REASON_CHARS))
     if len(rows) > limit:
         out.append(f"... and {len(rows) - limit} more finding(s)")
     return out
 
 
+# --------------------------------------------------------------------------- bounds
+# An incident quotes what whoever sent the API server a request chose: user agents, names,
+# namespaces from a URL path. A receiver refuses an alert over its limits whole (SNS and
+# EventBridge take 256 KB, a Slack section 3,000 characters), so what a sink is sent is
+# bounded whatever the lake holds: texts and list entries are cut, lists keep their first
+# entries and say how many there were (`truncated`). The lake keeps everything
+# (`detect incidents show`). Worst case, every character escaped by JSON as \u00XX: well
+# under 256 KB (tests/test_payload_bounds.py).
+TEXT_CHARS = 2048
+REASON_CHARS = 512
+ITEM_CHARS = 256
+LIST_ITEMS = 20
+FINDING_IDS = 100
+
+
+def clip(text: str | None, limit: int) -> str | None:
+    """``text`` cut to ``limit`` characters, its last an ellipsis where it was cut."""
+    if text is None or len(text) <= limit:
+        return text
+    return text[: limit - 1] + "…"
+
+
+def _listed(
+    values: Sequence[str], name: str, cut: dict[str, int], items: int = LIST_ITEMS
+) -> list[str]:
+    """The first ``items`` values, each clipped; the whole count goes in ``cut`` when cut."""
+    if len(values) > items:
+        cut[name] = len(values)
+    return [clip(v, ITEM_CHARS) for v in values[:items]]  # type: ignore[misc]
+
+
+def _bounded(inc: Incident) -> dict[str, Any]:
+    """The incident's free texts and lists as a sink may be sent them (see above)."""
+    cut: dict[str, int] = {}
+    out = {
+        "severity_reason": clip(inc.severity_reason, TEXT_CHARS),
+        "title": clip(inc.title, TEXT_CHARS),
+        "principal": clip(inc.principal, TEXT_CHARS),
+        "source_ips": _listed(inc.source_ips, "source_ips", cut),
+        "namespaces": _listed(inc.namespaces, "namespaces", cut),
+        "tactics": _listed(inc.tactics, "tactics", cut),
+        "techniques": _listed(inc.techniques, "techniques", cut),
+        "detectors": _listed(inc.detectors, "detectors", cut),
+        "finding_ids": _listed(inc.finding_ids, "finding_ids", cut, FINDING_IDS),
+        "reasons": reasons(inc),
+    }
+    out["truncated"] = cut
+    return out
+
+
+def shortened(inc: Incident) -> Incident:
+    """``inc`` as little as an alert can say, in printable ASCII: what a sink is sent when
+    it refused the whole alert (a size or a character it would not take), so that the
+    incident is still heard of and the rest is in the lake (``detect incidents show``)."""
+
+    def plain(text: str | None, limit: int) -> str | None:
+        if text is None:
+            return None
+        cut = clip(text, limit) or ""
+        return "".join(c if " " <= c <= "~" else "?" for c in cut)
+
+    worst = sorted(inc.timeline, key=lambda t: (-t["severity_rank"], t["time"]))[:3]
+    return replace(
+        inc,
+        title=f"{plain(inc.title, 120)} [shortened: the full alert was refused]",
+        principal=plain(inc.principal, 200),
+        severity_reason=plain(inc.severity_reason, 300) or "",
+        source_ips=[plain(v, 64) or "" for v in inc.source_ips[:3]],
+        namespaces=[plain(v, 64) or "" for v in inc.namespaces[:3]],
+        detectors=[plain(v, 64) or "" for v in inc.detectors[:5]],
+        finding_ids=inc.finding_ids[:10],
+        timeline=[{**t, "title": plain(t["title"], 150)} for t in worst],
+    )
+
+
 def incident_doc(alert: Alert) -> dict[str, Any]:
-    """The incident as JSON: SNS message, EventBridge detail, the webhook's full record."""
+    """The incident as JSON: SNS message, EventBridge detail, the webhook's full record.
+
+    ``truncated`` (only when something was cut): list name -> how many entries it had.
+    """
     inc = alert.incident
-    return {
+    b = _bounded(inc)
+    doc = {
         "schema": "audit-detector/incident/v1",
         "kind": alert.kind,
         "idempotency_key": alert.key,
@@ -112,23 +198,26 @@ def incident_doc(alert: Alert) -> dict[str, Any]:
         "status": inc.status,
         "severity": inc.severity,
         "base_severity": inc.base_severity,
-        "severity_reason": inc.severity_reason,
-        "title": inc.title,
+        "severity_reason": b["severity_reason"],
+        "title": b["title"],
         "cluster": inc.cluster,
-        "principal": inc.principal,
+        "principal": b["principal"],
         "principal_kind": inc.principal_kind,
         "grouped_by": inc.key_kind,
-        "source_ips": inc.source_ips,
-        "namespaces": inc.namespaces,
+        "source_ips": b["source_ips"],
+        "namespaces": b["namespaces"],
         "first_seen": _iso(inc.first_seen),
         "last_seen": _iso(inc.last_seen),
-        "tactics": inc.tactics,
-        "techniques": inc.techniques,
-        "detectors": inc.detectors,
-        "finding_ids": inc.finding_ids,
-        "reasons": reasons(inc),
+        "tactics": b["tactics"],
+        "techniques": b["techniques"],
+        "detectors": b["detectors"],
+        "finding_ids": b["finding_ids"],
+        "reasons": b["reasons"],
         "open": alert.open_command,
     }
+    if b["truncated"]:
+        doc["truncated"] = b["truncated"]
+    return doc
 
 
 # --------------------------------------------------------------------------- webhook
@@ -140,13 +229,14 @@ def falcosidekick(alert: Alert) -> dict[str, Any]:
     names where one exists (``ka.user.name``, ``ka.sourceips``) and ``detect.*`` for ours.
     """
     inc = alert.incident
+    b = _bounded(inc)
     worst = max(inc.timeline, key=lambda t: t["severity_rank"]) if inc.timeline else {}
     priority = FALCO_PRIORITY[inc.severity]
     output = (
-        f"{_iso(inc.last_seen)}: {priority} {inc.title} (user={inc.principal} "
+        f"{_iso(inc.last_seen)}: {priority} {b['title']} (user={b['principal']} "
         f"cluster={inc.cluster} incident={inc.incident_id} version={inc.version})"
     )
-    return {
+    event = {
         "uuid": str(uuid.uuid5(_NS, alert.key)),
         "output": output,
         "priority": priority,
@@ -158,29 +248,32 @@ def falcosidekick(alert: Alert) -> dict[str, Any]:
             "k8s",
             PRODUCT,
             f"incident_{alert.kind}",
-            *[t.lower().replace(" ", "_") for t in inc.tactics],
-            *inc.techniques,
+            *[t.lower().replace(" ", "_") for t in b["tactics"]],
+            *b["techniques"],
         ],
         "output_fields": {
-            "ka.user.name": inc.principal,
-            "ka.sourceips": inc.source_ips,
-            "ka.target.namespace": inc.namespaces[0] if len(inc.namespaces) == 1 else None,
+            "ka.user.name": b["principal"],
+            "ka.sourceips": b["source_ips"],
+            "ka.target.namespace": b["namespaces"][0] if len(inc.namespaces) == 1 else None,
             "detect.incident.id": inc.incident_id,
             "detect.incident.version": inc.version,
             "detect.incident.kind": alert.kind,
             "detect.idempotency_key": alert.key,
             "detect.severity": inc.severity,
-            "detect.severity_reason": inc.severity_reason,
+            "detect.severity_reason": b["severity_reason"],
             "detect.status": inc.status,
             "detect.cluster": inc.cluster,
             "detect.first_seen": _iso(inc.first_seen),
-            "detect.tactics": inc.tactics,
-            "detect.detectors": inc.detectors,
-            "detect.finding_ids": inc.finding_ids,
-            "detect.reasons": reasons(inc),
+            "detect.tactics": b["tactics"],
+            "detect.detectors": b["detectors"],
+            "detect.finding_ids": b["finding_ids"],
+            "detect.reasons": b["reasons"],
             "detect.open": alert.open_command,
         },
     }
+    if b["truncated"]:
+        event["output_fields"]["detect.truncated"] = b["truncated"]
+    return event
 
 
 # --------------------------------------------------------------------------- slack
@@ -188,7 +281,12 @@ def slack(alert: Alert) -> dict[str, Any]:
     """An incoming-webhook message: title, severity, cluster, principal, reasons, command.
 
     Incoming webhooks cannot edit a message, so an update is a new message that says
-    "update" and carries the same incident id.
+    "update" and carries the same incident id. Every text from the lake is shown on one
+    line (a line break in a principal drew a field of its own) and escaped, the top-level
+    ``text`` too (Slack reads it as mrkdwn for the notification: ``<!channel>`` in a user
+    agent pinged the channel), and kept within Block Kit's limits after escaping (a
+    header 150 characters, a field 2,000, a section 3,000): Slack refuses a message past
+    them whole.
     """
     inc = alert.incident
     if alert.kind == "new":
@@ -197,8 +295,8 @@ def slack(alert: Alert) -> dict[str, Any]:
         head = f"Incident resolved (v{inc.version})"
     else:
         head = f"Incident updated (v{inc.version})"
-    text = f"[{inc.severity.upper()}] {head}: {inc.title}"
-    lines = "\n".join(f"• {r}" for r in reasons(inc, limit=5))
+    text = f"[{inc.severity.upper()}] {head}: {_line(inc.title)}"
+    lines = "\n".join(f"• {_line(r)}" for r in reasons(inc, limit=5))
     fields = [
         (
             "Severity",
@@ -206,26 +304,32 @@ def slack(alert: Alert) -> dict[str, Any]:
             + (f" (raised from {inc.base_severity})" if inc.base_severity != inc.severity else ""),
         ),
         ("Cluster", inc.cluster or "-"),
-        ("Principal", inc.principal or "-"),
-        ("Source IPs", ", ".join(inc.source_ips[:3]) or "-"),
+        ("Principal", _line(inc.principal or "-")),
+        ("Source IPs", _line(", ".join(inc.source_ips[:3]) or "-")),
         ("Window", f"{_iso(inc.first_seen)} to {_iso(inc.last_seen)}"),
         ("Tactics", " → ".join(inc.tactics) or "-"),
     ]
     return {
-        "text": text,
+        "text": _esc(text, SLACK_TEXT),
         "blocks": [
-            {"type": "header", "text": {"type": "plain_text", "text": text[:150]}},
+            {"type": "header", "text": {"type": "plain_text", "text": clip(text, SLACK_HEADER)}},
             {
                 "type": "section",
-                "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{_esc(v)}"} for k, v in fields],
+                "fields": [
+                    {"type": "mrkdwn", "text": f"*{k}*\n{_esc(v, SLACK_FIELD - len(k) - 3)}"}
+                    for k, v in fields
+                ],
             },
-            {"type": "section", "text": {"type": "mrkdwn", "text": f"*Why*\n{_esc(lines)}"}},
+            {
+                "type": "section",
+                "text": {"type": "mrkdwn", "text": f"*Why*\n{_esc(lines, SLACK_SECTION - 6)}"},
+            },
             {
                 "type": "context",
                 "elements": [
                     {
                         "type": "mrkdwn",
-                        "text": f"Open: `{_esc(alert.open_command)}` · id {alert.key}",
+                        "text": f"Open: `{_esc(alert.open_command, SLACK_FIELD)}` · id {alert.key}",
                     }
                 ],
             },
@@ -233,17 +337,41 @@ def slack(alert: Alert) -> dict[str, Any]:
     }
 
 
-def _esc(text: str) -> str:
-    """Slack mrkdwn escaping: &, <, > only (principals may contain them)."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+#: Block Kit's limits (characters): a header's plain text, a section field, a section's
+#: text; and the notification text we send (Slack's own limit is 40,000).
+SLACK_HEADER = 150
+SLACK_FIELD = 2000
+SLACK_SECTION = 3000
+SLACK_TEXT = 3000
+_MRKDWN = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+
+
+def _line(text: str) -> str:
+    """``text`` on one line: control characters and line breaks shown as ``\\n``."""
+    return text.translate(ONE_LINE)
+
+
+def _esc(text: str, limit: int) -> str:
+    """Slack mrkdwn escaping (&, <, >: principals may contain them), at most ``limit``
+    characters once escaped, cut before an escape rather than inside one."""
+    out: list[str] = []
+    size = 0
+    for char in text:
+        piece = _MRKDWN.get(char, char)
+        if size + len(piece) > limit - 1:
+            out.append("…")
+            break
+        out.append(piece)
+        size += len(piece)
+    return "".join(out)
 
 
 # --------------------------------------------------------------------------- SNS / EventBridge
 def sns_subject(alert: Alert) -> str:
-    """SNS subjects: ASCII, at most 100 characters, no line breaks."""
-    raw = f"[{alert.incident.severity}] {alert.incident.title}"
-    ascii_only = raw.encode("ascii", "replace").decode().replace("\n", " ")
-    return ascii_only[:100]
+    """SNS subjects: printable ASCII, at most 100 characters (SNS refuses a subject with a
+    line break or any control character, and the alert with it)."""
+    raw = f"[{alert.incident.severity}] {alert.incident.title}"[:100]
+    return "".join(c if " " <= c <= "~" else " " if c in "\t\n\r" else "?" for c in raw)
 
 
 def eventbridge_entry(alert: Alert, source: str, bus: str) -> dict[str, Any]:

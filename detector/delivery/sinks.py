@@ -51,6 +51,8 @@ class Outcome:
     attempts: int = 1
     error: str | None = None
     payload: Any = None
+    #: The receiver answered and refused this alert (:class:`Rejected`): the sink is up.
+    rejected: bool = False
 
 
 class Retryable(Exception):
@@ -66,24 +68,46 @@ class Permanent(Exception):
     """A failure another attempt cannot fix (4xx, a rejected record)."""
 
 
+class Rejected(Permanent):
+    """The receiver answered and refused this alert: its size or its content (HTTP 400,
+    413, 422; AWS's validation errors; a record a batch call names). Another alert may
+    pass, so the sink is not down (:func:`detector.delivery.deliver.deliver`): counted as
+    a sink failure, one incident an attacker could make too big kept every later alert of
+    the sink waiting behind it, run after run."""
+
+
+#: HTTP answers that refuse the alert sent, not the sink's address or credentials.
+REJECTED_STATUS = frozenset({400, 413, 422})
+#: AWS error codes that refuse the request's content (a message too long, a bad field).
+REJECTED_CODES = frozenset(
+    {"InvalidParameter", "InvalidParameterValue", "ValidationError", "ValidationException"}
+    | {"InvalidInputException"}
+)
+
+
 #: The longest wait between two attempts, whatever the backoff or ``Retry-After`` say.
 MAX_RETRY_WAIT = 60.0
 
 
 def _retry(
-    cfg: SinkConfig, sleep: Callable[[float], None], fn: Callable[[], None], retries: int
-) -> tuple[bool, int, str | None]:
+    cfg: SinkConfig,
+    sleep: Callable[[float], None],
+    alert: Alert,
+    payload: Any,
+    fn: Callable[[], None],
+    retries: int,
+) -> Outcome:
     attempt = 0
     while True:
         attempt += 1
         try:
             fn()
-            return True, attempt, None
+            return Outcome(alert, True, attempt, None, payload)
         except Permanent as exc:
-            return False, attempt, str(exc)
+            return Outcome(alert, False, attempt, str(exc), payload, isinstance(exc, Rejected))
         except Retryable as exc:
             if attempt > retries:
-                return False, attempt, str(exc)
+                return Outcome(alert, False, attempt, str(exc), payload)
             delay = min(max(cfg.backoff * 2 ** (attempt - 1), exc.after or 0.0), MAX_RETRY_WAIT)
             log.info(
                 "sink %s: attempt %d failed (%s); retrying in %.1fs", cfg.name, attempt, exc, delay
@@ -114,8 +138,9 @@ class Sink:
     def name(self) -> str:
         return self.cfg.name
 
-    def _retry(self, fn: Callable[[], None]) -> tuple[bool, int, str | None]:
-        return _retry(self.cfg, self.sleep, fn, self.retries)
+    def _retry(self, alert: Alert, payload: Any, fn: Callable[[], None]) -> Outcome:
+        """``fn()`` with this sink's retries, as ``alert``'s outcome carrying ``payload``."""
+        return _retry(self.cfg, self.sleep, alert, payload, fn, self.retries)
 
     def send(self, alerts: list[Alert]) -> list[Outcome]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -224,6 +249,8 @@ def _post(url: str, body: bytes, headers: dict[str, str], timeout: float, name: 
             ) from None
         if exc.code == 429 or exc.code >= 500:
             raise Retryable(msg, after=_retry_after(exc)) from None
+        if exc.code in REJECTED_STATUS:
+            raise Rejected(msg) from None
         raise Permanent(msg) from None
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         fired = getattr(_REQUEST, "fired", None)
@@ -265,10 +292,13 @@ class _HttpSink(Sink):
             payload = self.body(alert)
             data = orjson.dumps(payload)
             headers = self.headers(alert, data)
-            ok, attempts, err = self._retry(
-                lambda d=data, h=headers: _post(self._url, d, h, self.cfg.timeout, self.name)
+            out.append(
+                self._retry(
+                    alert,
+                    payload,
+                    lambda d=data, h=headers: _post(self._url, d, h, self.cfg.timeout, self.name),
+                )
             )
-            out.append(Outcome(alert, ok, attempts, err, payload))
         return out
 
 
@@ -329,7 +359,7 @@ def _aws_error(name: str, exc: Exception) -> Exception:
             or code in ("TooManyRequestsException", "LimitExceededException")
         ):
             return Retryable(msg)
-        return Permanent(msg)
+        return Rejected(msg) if code in REJECTED_CODES else Permanent(msg)
     if isinstance(exc, BotoCoreError):
         return Retryable(f"sink {name}: {type(exc).__name__}")
     return exc
@@ -369,8 +399,7 @@ class SnsSink(Sink):
                 except Exception as exc:
                     raise _aws_error(self.name, exc) from None
 
-            ok, attempts, err = self._retry(call)
-            out.append(Outcome(alert, ok, attempts, err, doc))
+            out.append(self._retry(alert, doc, call))
         return out
 
 
@@ -395,6 +424,29 @@ class _BatchSink(Sink):
     def record(self, alert: Alert) -> dict[str, Any]:
         raise NotImplementedError  # pragma: no cover
 
+    def _failures(self, records: list[dict[str, Any]]) -> dict[int, tuple[bool, str, bool]]:
+        """Index -> (retryable, error, rejected) for each record of one call that failed.
+
+        A record the answer names was refused on its own (:class:`Rejected`); a whole call
+        refused for its content (EventBridge's 256 KB per call) is put again a record at
+        a time, so only the record at fault is refused, not the nine sent with it.
+        """
+        try:
+            return {i: (r, e, not r) for i, (r, e) in self.put(records).items()}
+        except Exception as exc:
+            err = _aws_error(self.name, exc)
+            if not isinstance(err, Retryable | Permanent):
+                raise
+            if isinstance(err, Rejected) and len(records) > 1:
+                failed = {}
+                for i, record in enumerate(records):
+                    alone = self._failures([record])
+                    if alone:
+                        failed[i] = alone[0]
+                return failed
+            failure = (isinstance(err, Retryable), str(err), isinstance(err, Rejected))
+            return dict.fromkeys(range(len(records)), failure)
+
     def send(self, alerts: list[Alert]) -> list[Outcome]:
         outcomes = [Outcome(a, False, 0, None, self.record(a)) for a in alerts]
         for start in range(0, len(outcomes), self.batch):
@@ -402,21 +454,13 @@ class _BatchSink(Sink):
             while pending:
                 for o in pending:
                     o.attempts += 1
-                try:
-                    failed = self.put([o.payload for o in pending])
-                except Exception as exc:
-                    err = _aws_error(self.name, exc)
-                    if not isinstance(err, Retryable | Permanent):
-                        raise
-                    failed = {
-                        i: (isinstance(err, Retryable), str(err)) for i in range(len(pending))
-                    }
+                failed = self._failures([o.payload for o in pending])
                 retry = []
                 for i, o in enumerate(pending):
                     if i not in failed:
-                        o.ok, o.error = True, None
+                        o.ok, o.error, o.rejected = True, None, False
                         continue
-                    retryable, o.error = failed[i]
+                    retryable, o.error, o.rejected = failed[i]
                     if retryable and o.attempts <= self.retries:
                         retry.append(o)
                 if retry:
