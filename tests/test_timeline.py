@@ -337,6 +337,36 @@ def test_escape_sequences_in_lake_strings_are_shown_not_sent_to_the_terminal(tmp
     assert out.count("\\x1b]0;pwned\\x07") == 2 and "\x1b[31m" in out  # the style still works
 
 
+def test_a_line_break_in_a_lake_string_draws_no_line_of_its_own(tmp_path, detect):
+    """`findings show` and `incidents show` print one line per event and per finding: a
+    user agent holding a line break printed a second, forged event line under the real
+    one, lined up with it (found by review). The line break is shown as ``\\n``."""
+    from tests.conftest import run_detect_in_process
+    from tests.test_rules_helpers import ev
+
+    forged = "  18:00:09 delete   secrets                default/all-of-them"
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
+    user = f"mallory\n{forged}"
+    event = ev("get", "secrets", ns="kube-system", name="db", user=user, code=403, at=at)
+    event["userAgent"] = f"kubectl/v1.31\n{forged}"
+    event["objectRef"]["name"] = f"db\n{forged}"
+    lake = ingested(tmp_path, [event])
+    scored = run_detect_in_process("score", "--lake", lake, "--since", "2h", "--no-model")
+    assert scored.returncode == 0, scored.stderr
+    listed = run_detect_in_process("findings", "--lake", lake, "--since", "2h", "--format", "json")
+    finding = json.loads(listed.stdout)[0]
+    shown = detect("findings", "show", finding["finding_id"], "--lake", lake)
+    assert shown.returncode == 0, shown.stderr
+    assert not any(line.startswith(forged) for line in shown.stdout.splitlines())
+    assert f"kubectl/v1.31\\n{forged}" in shown.stdout
+    incidents = run_detect_in_process("incidents", "--lake", lake, "--format", "json")
+    incident = json.loads(incidents.stdout)[0]["incident_id"]
+    shown = detect("incidents", "show", incident, "--lake", lake)
+    assert shown.returncode == 0, shown.stderr
+    assert not any(line.startswith(forged) for line in shown.stdout.splitlines())
+    assert f"principal mallory\\n{forged}" in shown.stdout
+
+
 def test_one_huge_entry_does_not_pad_every_line_of_a_plain_timeline(tmp_path, detect):
     """Plain output pads the "what" column to its longest entry: a request for a path of
     100 KB would have padded every line to 100 KB (a busy principal's week, gigabytes)."""

@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from detector.controls import UNSAFE
+from detector.controls import ONE_LINE, UNSAFE
 
 
 class SafeConsole(Console):
@@ -23,3 +23,9 @@ class SafeConsole(Console):
 
     def render_str(self, text: str, **kwargs: Any) -> Text:
         return super().render_str(text.translate(UNSAFE), **kwargs)
+
+    def line(self, text: str, **kwargs: Any) -> None:
+        """Print ``text`` as one line, markup off: a line break or tab in what it quotes
+        from the lake is shown (``\\n``), so a user agent cannot draw a line of its own (a
+        forged event line under `detect findings show`, lined up with the real ones)."""
+        self.print(text.translate(ONE_LINE), markup=False, **kwargs)

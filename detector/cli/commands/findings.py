@@ -129,32 +129,29 @@ def show(
         emit_json({**row, "identity": identity, "events": events.drop("finding_id").to_dicts()})
         return
     out = stdout
-    out.print(f"{row['title']}", markup=False, style="bold")
-    out.print(
+    out.line(f"{row['title']}", style="bold")
+    out.line(
         f"finding {row['finding_id']}  severity {row['severity']}  "
         f"score {format_score(row['score'])}"
         f"  threshold {format_score(row['threshold'])}  detector {row['detector']}"
         f"{'  (cold start)' if row['cold_start'] else ''}",
-        markup=False,
     )
-    out.print(
+    out.line(
         f"principal {row['principal']} ({row['principal_kind']}) in cluster {row['cluster']}, "
         f"{row['window_start']:%Y-%m-%d %H:%M}-{row['window_end']:%H:%M} UTC",
-        markup=False,
     )
-    out.print(
+    out.line(
         f"status {row['status']}"
         + (f" (suppressed by {row['suppression']})" if row["suppression"] else "")
         + (f"; incident {row['incident_id']}" if row["incident_id"] else ""),
-        markup=False,
     )
     render_identity(identity)
     if row.get("tactic"):
-        out.print(f"MITRE ATT&CK: {row['tactic']} {row.get('technique') or ''}", markup=False)
-    out.print("why:", markup=False)
+        out.line(f"MITRE ATT&CK: {row['tactic']} {row.get('technique') or ''}")
+    out.line("why:")
     for reason in row["reasons"] or []:
-        out.print(f"  - {reason}", markup=False)
-    out.print(f"events ({row['event_count']:,}; showing up to {limit}):", markup=False)
+        out.line(f"  - {reason}")
+    out.line(f"events ({row['event_count']:,}; showing up to {limit}):")
     cols = [
         "event_time",
         "verb",
@@ -169,10 +166,9 @@ def show(
     for ev in events.head(limit).select(cols).iter_rows(named=True):
         target = "/".join(x for x in (ev["resource"], ev["subresource"]) if x) or "-"
         where = "/".join(x for x in (ev["namespace"], ev["name"]) if x) or "-"
-        out.print(
+        out.line(
             f"  {ev['event_time']:%H:%M:%S} {ev['verb'] or '-':<8} {target:<22} {where:<40} "
             f"{ev['response_code'] or '-'} {ev['source_ip'] or '-'} {ev['user_agent'] or '-'}",
-            markup=False,
         )
 
 
@@ -211,7 +207,7 @@ def _set_status(
     if output == OutputFormat.json:
         emit_json({"finding_id": done["finding_id"], "status": status})
     else:
-        stdout.print(f"finding {done['finding_id']}: {status}", markup=False)
+        stdout.line(f"finding {done['finding_id']}: {status}")
 
 
 _IdArg = Annotated[str, typer.Argument(help="Finding id or a unique prefix of it (4+ chars).")]
@@ -288,15 +284,15 @@ def render_identity(identity: dict) -> None:
     if identity["kind"] == "other":
         return
     out = stdout
-    out.print(f"identity {identity['display']}  account {identity['account']}", markup=False)
+    out.line(f"identity {identity['display']}  account {identity['account']}")
     for label, key in (("  stored as", "principal"), ("  STS ARN  ", "sts_arn")):
         if identity.get(key):
-            out.print(f"{label} {identity[key]}", markup=False)
+            out.line(f"{label} {identity[key]}")
     if identity["access_key_ids"]:
-        out.print(f"  access key(s) {', '.join(identity['access_key_ids'])}", markup=False)
+        out.line(f"  access key(s) {', '.join(identity['access_key_ids'])}")
     for link in identity["links"]:
-        out.print(f"  {link['label']}:", markup=False)
-        out.print(f"    {link['target']}", markup=False, soft_wrap=True)
+        out.line(f"  {link['label']}:")
+        out.line(f"    {link['target']}", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -106,32 +106,29 @@ def show(
         emit_json(inc.to_row())
         return
     out = stdout
-    out.print(inc.title, markup=False, style="bold")
-    out.print(
+    out.line(inc.title, style="bold")
+    out.line(
         f"incident {inc.incident_id} v{inc.version}  severity {inc.severity}  status "
         f"{inc.status}{f' by {inc.suppression}' if inc.suppression else ''}",
-        markup=False,
     )
     who = f"source IP {inc.key}" if inc.key_kind == "source_ip" else f"principal {inc.principal}"
-    out.print(
+    out.line(
         f"{who} in cluster {inc.cluster}, {inc.first_seen:%Y-%m-%d %H:%M} to "
         f"{inc.last_seen:%Y-%m-%d %H:%M} UTC",
-        markup=False,
     )
     if inc.status_reason:
-        out.print(f"status reason: {inc.status_reason}", markup=False)
-    out.print(f"why this severity: {inc.severity_reason}", markup=False)
+        out.line(f"status reason: {inc.status_reason}")
+    out.line(f"why this severity: {inc.severity_reason}")
     if inc.tactics:
-        out.print(f"tactics: {' -> '.join(inc.tactics)}", markup=False)
-    out.print("timeline:", markup=False)
+        out.line(f"tactics: {' -> '.join(inc.tactics)}")
+    out.line("timeline:")
     for t in inc.timeline:
         tag = f"  [suppressed by {t['suppression']}]" if t.get("suppression") else ""
-        out.print(
+        out.line(
             f"  {t['time']:%m-%d %H:%M}  {t['severity']:<8} {t['finding_id']}  "
             f"{t['detector']}: {t['title']}{tag}",
-            markup=False,
         )
-    out.print(f"findings: detect findings show <id> --lake {lake}", markup=False)
+    out.line(f"findings: detect findings show <id> --lake {lake}")
 
 
 def _set(
@@ -144,7 +141,7 @@ def _set(
     if output == OutputFormat.json:
         emit_json({"incident_id": inc.incident_id, "status": inc.status})
     else:
-        stdout.print(f"incident {inc.incident_id}: {inc.status}", markup=False)
+        stdout.line(f"incident {inc.incident_id}: {inc.status}")
 
 
 @incidents_app.command("ack")
@@ -227,11 +224,10 @@ def deliver_cmd(
     if output == OutputFormat.json:
         emit_json(s)
     else:
-        stdout.print(
+        stdout.line(
             f"sent {s['sent']} ({s['new']} new, {s['updates']} updates), "
             f"{s['throttled']} throttled, {s['failed']} failed, {s['waiting']} waiting "
             "for a sink that is down",
-            markup=False,
         )
     if report.busy:
         raise RuntimeFailure(
