@@ -202,27 +202,58 @@ def test_an_alert_the_receiver_refuses_is_sent_shortened_and_holds_back_nothing(
     assert critical["output_fields"]["detect.incident.id"] == victim.incident_id
 
 
-def test_an_alert_refused_even_shortened_is_owed_and_the_others_go_through():
+def test_an_alert_refused_even_shortened_is_owed_waits_and_the_others_go_through():
+    """A refusal repeats (the same alert gives the same bytes): the alert is owed, and
+    tried again an hour later, then two, not at every run (a watch checks each minute)."""
     poison, victim = poison_and_victim()
     gateway = Gateway(limit=10**9, refused=(poison.incident_id,))
     state = DeliveryState()
+    dead_letters = []
     try:
-        for run in range(2):  # two one-shot runs (`detect score`, `incidents deliver`)
+        for minutes in (0, 1, 61, 62, 181):
             hook = build_sink(sink(name="hook", type="webhook", url=gateway.url), sleep=no_sleep)
-            report = deliver([poison, victim], [hook], state, now=NOW + timedelta(minutes=run))
+            report = deliver([poison, victim], [hook], state, now=NOW + timedelta(minutes=minutes))
             state = report.state
-            (dead,) = report.dead_letters
-            assert dead["incident_id"] == poison.incident_id and report.waiting == []
-            assert dead["error"] == "sink hook: HTTP 400; shortened: sink hook: HTTP 400"
-            assert "SECRET-PATH" not in dead["error"]
+            assert report.waiting == []
+            dead_letters.append([d["error"] for d in report.dead_letters])
     finally:
         gateway.close()
+    error = "sink hook: HTTP 400; shortened: sink hook: HTTP 400"
+    assert dead_letters == [[error], [], [error], [], [error]]
+    assert "SECRET-PATH" not in error
     # The critical alert went out on the first run, once; the refused one stays owed.
     assert [a["output_fields"]["detect.incident.id"] for a in gateway.accepted] == [
         victim.incident_id
     ]
     assert state.delivered(poison.incident_id, "hook") is None
-    assert len(gateway.refused) == 4  # full and shortened, each run
+    assert len(gateway.refused) == 6  # full and shortened, at 0, 61 and 181 minutes
+    # A new version of the incident is news: tried at once.
+    grown = replace(poison, version=poison.version + 1)
+    gateway = Gateway(limit=10**9)
+    try:
+        hook = build_sink(sink(name="hook", type="webhook", url=gateway.url), sleep=no_sleep)
+        report = deliver([grown], [hook], state, now=NOW + timedelta(minutes=182))
+    finally:
+        gateway.close()
+    assert report.summary()["updates"] == 0 and report.summary()["new"] == 1
+
+
+def test_a_receiver_that_refuses_everything_gets_each_alert_twice_then_waits():
+    """A webhook URL that is not the endpoint it should be answers 400 to every alert: each
+    is tried full and shortened, then waits an hour; it is not sent twice a minute."""
+    incs = [poison_and_victim()[1]]
+    for i in range(4):
+        df, ev = frames([finding(f"arn:aws:iam::1:role/r{i}", T0, severity="high")])
+        incs += group(df, [], events=ev, now=T0)[0]
+    gateway = Gateway(limit=10**9, refused=("incident",))
+    state = DeliveryState()
+    try:
+        for minutes in range(5):  # a watch's checks, a minute apart
+            hook = build_sink(sink(name="hook", type="webhook", url=gateway.url), sleep=no_sleep)
+            state = deliver(incs, [hook], state, now=NOW + timedelta(minutes=minutes)).state
+    finally:
+        gateway.close()
+    assert len(gateway.refused) == 2 * len(incs)
 
 
 def test_a_sink_that_refuses_the_sender_is_still_down():
@@ -345,3 +376,86 @@ def test_eventbridge_puts_alone_the_entries_of_a_call_refused_for_its_size(aws, 
     assert proxy.sizes == [4, 1, 1, 1, 1]
     assert report.summary()["new"] == 4 and report.dead_letters == []
     assert {e["detail"]["incident_id"] for e in _drain(url)} == {i.incident_id for i in incs}
+
+
+class RefusesTheSender(FaultProxy):
+    """In front of moto: every PutEvents entry fails with AccessDeniedException, as
+    EventBridge answers a caller the bus's policy does not let publish (moto has no bus
+    policies to refuse with)."""
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(upstream, operations=())
+        self.calls = 0
+
+    def _forward(self, method, path, headers, body):
+        if not headers.get("X-Amz-Target", "").endswith(".PutEvents"):
+            return super()._forward(method, path, headers, body)
+        self.calls += 1
+        entries = json.loads(body)["Entries"]
+        answer = {
+            "FailedEntryCount": len(entries),
+            "Entries": [{"ErrorCode": "AccessDeniedException", "ErrorMessage": "no"}]
+            * len(entries),
+        }
+        return 200, [("Content-Type", "application/x-amz-json-1.1")], json.dumps(answer).encode()
+
+
+def test_a_record_code_that_refuses_the_sender_marks_the_sink_down(aws, monkeypatch):
+    """Only codes that refuse a record's content (MalformedDetail, InvalidArgument,
+    InvalidInput) are the record's fault; AccessDenied refuses every record alike: no
+    shortened re-send of each, and the sink is down, as for a 403."""
+    from detector.delivery.deliver import SinkHealth
+
+    incs = []
+    for i in range(3):
+        df, ev = frames([finding(f"arn:aws:iam::1:role/r{i}", T0, severity="high")])
+        incs += group(df, [], events=ev, now=T0)[0]
+    health: dict[str, SinkHealth] = {}
+    with RefusesTheSender(aws) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        eb = build_sink(sink(name="eb", type="eventbridge"), sleep=no_sleep)
+        report = deliver(incs, [eb], DeliveryState(), now=NOW, health=health)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", aws)
+    assert proxy.calls == 1 and len(report.dead_letters) == 3
+    assert health["eb"].failures == 1  # down: the next batch's alerts wait
+
+
+def test_a_fenced_leader_sends_no_shortened_alert(monkeypatch):
+    """A `detect watch` leader replaced mid-delivery (its checkpoint raises the fence)
+    sends nothing more, shortened alerts included: the new leader sends them. In-process
+    sink clients, as no server can hold an answer until another thread's checkpoint ran."""
+    import threading as th
+
+    from detector.delivery import deliver as deliver_mod
+    from detector.delivery.sinks import Outcome, Sink
+
+    monkeypatch.setattr(deliver_mod, "CHECKPOINT_EVERY", 0.0)
+    started, fenced = th.Event(), th.Event()
+    imports: list[list[str]] = []
+
+    class Hub:  # refuses every full finding once the fence has been raised
+        def batch_import_findings(self, Findings):
+            started.set()
+            fenced.wait(timeout=30)
+            imports.append([f["Title"] for f in Findings])
+            return {"FailedFindings": [{"Id": f["Id"], "ErrorCode": "InvalidInput"}
+                                       for f in Findings]}  # fmt: skip
+
+    class Quick(Sink):  # its alert is sent once Security Hub is in its call
+        def send(self, alerts):
+            started.wait(timeout=30)
+            return [Outcome(a, True, 1, None, None) for a in alerts]
+
+    def checkpoint(_state):
+        fenced.set()
+        raise RuntimeError("fence: another leader holds the lake")
+
+    hub = build_sink(
+        sink(name="hub", type="securityhub", region="us-east-1", account_id="111122223333"),
+        sleep=no_sleep,
+    )
+    hub.client = Hub()
+    quick = Quick(sink(name="quick", type="webhook", url="https://example.invalid/x"))
+    with pytest.raises(RuntimeError, match="fence"):
+        deliver(poison_and_victim(), [quick, hub], DeliveryState(), now=NOW, checkpoint=checkpoint)
+    assert len(imports) == 1  # the chunk in flight; no shortened re-send after the fence

@@ -144,3 +144,11 @@ def render_incidents(df: pl.DataFrame, *, title: str | None = None) -> None:
             escape(r["title"] or ""),
         )
     wide_console().print(table)
+
+
+def digests_text(summary: dict[str, Any]) -> str:
+    """``, N digest(s) of M alerts`` for a delivery summary where a sink's hourly budget
+    was past (:mod:`detector.delivery.storm`), else nothing."""
+    if not summary.get("digests"):
+        return ""
+    return f", {summary['digests']} digest(s) of {summary['folded']} alerts"

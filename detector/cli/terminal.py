@@ -25,7 +25,8 @@ class SafeConsole(Console):
         return super().render_str(text.translate(UNSAFE), **kwargs)
 
     def line(self, text: str, **kwargs: Any) -> None:
-        """Print ``text`` as one line, markup off: a line break or tab in what it quotes
+        """Print ``text`` as one line, markup and emoji codes off (``:warning:`` in a user
+        agent printed as an emoji): a line break or tab in what it quotes
         from the lake is shown (``\\n``), so a user agent cannot draw a line of its own (a
         forged event line under `detect findings show`, lined up with the real ones)."""
-        self.print(text.translate(ONE_LINE), markup=False, **kwargs)
+        self.print(text.translate(ONE_LINE), markup=False, emoji=False, **kwargs)

@@ -14,6 +14,7 @@
     retries = 3                       # attempts after the first, with exponential backoff
     backoff = "1s"
     throttle = "15m"                  # at most one update per principal per sink per 15m
+    max_alerts_per_hour = 20          # then one digest per throttle (slack 20, others 0: off)
 
 Why secrets never sit in the file: detect.toml is committed to git and printed by
 ``detect config show``; a Slack webhook URL or an HMAC key in it leaks to everyone who can
@@ -49,9 +50,14 @@ COMMON = {
     "retries",
     "backoff",
     "throttle",
+    "max_alerts_per_hour",
     "timeout",
     "enabled",
 }
+#: ``max_alerts_per_hour`` by sink type when not set: people read Slack, and a channel of
+#: hundreds of alerts an hour is read by nobody; the other sinks may feed machines (a
+#: SOAR, a Lambda, Security Hub), which expect every incident, so they are not capped.
+ALERTS_PER_HOUR = {"slack": 20}
 SPECIFIC: dict[str, set[str]] = {
     "webhook": {"url", "url_env", "url_file", "secret_env", "secret_file", "allow_http"},
     "slack": {"url_env", "url_file", "lake", "allow_http"},
@@ -84,6 +90,9 @@ class SinkConfig:
     retries: int = 3
     backoff: float = 1.0
     throttle: float = 900.0
+    #: Alerts sent one by one in an hour, at most (0: no limit); past it, a digest
+    #: (:mod:`detector.delivery.storm`).
+    max_alerts_per_hour: int = 0
     timeout: float = 10.0
     enabled: bool = True
     options: dict[str, Any] = field(default_factory=dict)
@@ -115,6 +124,8 @@ class SinkConfig:
     def describe(self) -> str:
         """One line for ``detect config show``: secrets as their source, never their value."""
         parts = [f"type={self.type}", f"min_severity={self.min_severity}"]
+        if self.max_alerts_per_hour:
+            parts.append(f"max_alerts_per_hour={self.max_alerts_per_hour}")
         for key, value in sorted(self.options.items()):
             if key.endswith("_env"):
                 state = "set" if os.environ.get(value) else "NOT SET"
@@ -307,6 +318,11 @@ def parse_sink(item: Any, where: str) -> SinkConfig:
     enabled = item.get("enabled", True)
     if not isinstance(enabled, bool):
         raise SinkConfigError(f"{where}: enabled must be true or false")
+    per_hour = item.get("max_alerts_per_hour", ALERTS_PER_HOUR.get(kind, 0))
+    if not isinstance(per_hour, int) or isinstance(per_hour, bool) or not 0 <= per_hour <= 10_000:
+        raise SinkConfigError(
+            f"{where}: max_alerts_per_hour must be an integer from 0 (no limit) to 10000"
+        )
     return SinkConfig(
         name=name,
         type=kind,
@@ -317,6 +333,7 @@ def parse_sink(item: Any, where: str) -> SinkConfig:
         retries=retries,
         backoff=_seconds(item.get("backoff", "1s"), where, "backoff"),
         throttle=_seconds(item.get("throttle", "15m"), where, "throttle"),
+        max_alerts_per_hour=per_hour,
         timeout=_positive(_seconds(item.get("timeout", "10s"), where, "timeout"), where),
         enabled=enabled,
         options=options,

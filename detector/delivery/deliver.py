@@ -27,10 +27,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from detector.delivery import storm
 from detector.delivery.payloads import Alert, shortened
 from detector.delivery.records import DeliveryState
 from detector.delivery.sinks import Outcome, Sink
@@ -99,6 +100,8 @@ class DeliveryReport:
             "sent": len(self.sent),
             "new": sum(1 for s in self.sent if s["kind"] == "new"),
             "updates": sum(1 for s in self.sent if s["kind"] == "update"),
+            "digests": sum(1 for s in self.sent if s["kind"] == storm.DIGEST),
+            "folded": sum(s.get("folded", 0) for s in self.sent),
             "throttled": len(self.throttled),
             "failed": len(self.dead_letters),
             "waiting": len(self.waiting),
@@ -109,11 +112,15 @@ class DeliveryReport:
 def plan(
     incidents: Iterable[Incident], sink: Sink, state: DeliveryState, now: datetime, lake: str
 ) -> tuple[list[Alert], list[dict[str, Any]]]:
-    """The alerts ``sink`` must receive now, and those held back by the throttle."""
+    """The alerts ``sink`` must receive now, and those held back by the throttle (an update
+    of a principal updated within it, or alerts past the sink's hourly budget while its
+    last digest is that recent: :mod:`detector.delivery.storm`)."""
     cfg = sink.cfg
     due: list[Alert] = []
     held: list[dict[str, Any]] = []
     for inc in sorted(incidents, key=lambda i: (i.first_seen, i.incident_id)):
+        if state.refused_until(inc.incident_id, inc.version, cfg.name, now):
+            continue  # refused even shortened at this version: tried again later
         rec = state.delivered(inc.incident_id, cfg.name)
         if inc.status == RESOLVED:
             # Closing is news only where the opening was: never throttled, never first.
@@ -136,6 +143,12 @@ def plan(
             held.append({"incident_id": inc.incident_id, "version": inc.version, "sink": cfg.name})
             continue
         due.append(alert)
+    due, past = storm.split(due, cfg, state, now)
+    if past and storm.digest_due(cfg, state, now):
+        due.append(storm.digest(past, cfg))
+    elif past:  # a digest went out within the throttle: these wait for the next one
+        held += [{"incident_id": a.incident.incident_id, "version": a.incident.version,
+                  "sink": cfg.name} for a in past]  # fmt: skip
     return due, held
 
 
@@ -180,7 +193,7 @@ def deliver(
         report.throttled += held
         sink_health = health.setdefault(sink.name, SinkHealth())
         if due and sink_health.down():
-            report.waiting += [_waiting(a, sink, now) for a in due]
+            report.waiting += [_waiting(m, sink, now) for a in due for m in _members(a)]
             continue
         if sink_health.probing():
             sink.retries = 0  # a probe: one attempt, not a stall of timeout x retries
@@ -203,10 +216,13 @@ def deliver(
                     return
                 if sink_health.down():  # the chunk before failed whole: the rest waits
                     with guard:
-                        report.waiting += [_waiting(a, sink, now) for a in due[start:]]
+                        report.waiting += [
+                            _waiting(m, sink, now) for a in due[start:] for m in _members(a)
+                        ]
                     return
                 chunk = _send(sink, due[start : start + sink.chunk])
-                chunk = [_shortened_if_rejected(sink, o) for o in chunk]
+                if not stopped.is_set():  # a fenced leader sends nothing more
+                    chunk = _shortened_where_rejected(sink, chunk)
                 if any(o.ok or o.rejected for o in chunk):  # the sink answered: it is up
                     sink_health.ok()
                     sink.retries = sink.cfg.retries
@@ -280,37 +296,49 @@ def _send(sink: Sink, alerts: list[Alert]) -> list[Outcome]:
         return [Outcome(a, False, 1, err, None) for a in alerts]
 
 
-def _shortened_if_rejected(sink: Sink, outcome: Outcome) -> Outcome:
-    """``outcome``, or, when the receiver refused the alert itself (:class:`Rejected`),
-    that of the alert sent again shortened (:func:`payloads.shortened`), once.
+def _shortened_where_rejected(sink: Sink, chunk: list[Outcome]) -> list[Outcome]:
+    """``chunk``'s outcomes, those of alerts the receiver refused (:class:`Rejected`)
+    replaced by the outcome of the alert sent again shortened (:func:`payloads.shortened`),
+    all of them in one send.
 
     The lake holds whatever a request carried, and a receiver's limits are its own: an
     incident whose alert one refuses is still announced there, in a few plain words with
     its id, rather than only filed as a dead letter. Recorded as the alert it stands for
-    (same incident, version and idempotency key).
+    (same incident, version and idempotency key). Refused again, the outcome stays
+    ``rejected``: the alert then waits before it is tried again (:meth:`DeliveryState.refuse`).
     """
-    if not outcome.rejected:
-        return outcome
-    alert = outcome.alert
-    short = Alert(shortened(alert.incident), alert.kind, alert.lake)
-    (second,) = _send(sink, [short])
-    attempts = outcome.attempts + second.attempts
-    if not second.ok:
-        error = f"{outcome.error}; shortened: {second.error}"
-        return Outcome(alert, False, attempts, error, outcome.payload, second.rejected)
-    log.warning(
-        "sink %s: incident %s v%d: the receiver refused the alert (%s); sent it shortened",
-        sink.name,
-        alert.incident.incident_id,
-        alert.incident.version,
-        outcome.error,
-    )
-    return Outcome(alert, True, attempts, None, second.payload)
+    refused = [i for i, o in enumerate(chunk) if o.rejected]
+    if not refused:
+        return chunk
+    shorts = [replace(chunk[i].alert, incident=shortened(chunk[i].alert.incident)) for i in refused]
+    out = list(chunk)
+    for i, second in zip(refused, _send(sink, shorts), strict=True):
+        first = chunk[i]
+        alert, attempts = first.alert, first.attempts + second.attempts
+        if not second.ok:
+            error = f"{first.error}; shortened: {second.error}"
+            out[i] = Outcome(alert, False, attempts, error, first.payload, second.rejected)
+            continue
+        log.warning(
+            "sink %s: incident %s v%d: the receiver refused the alert (%s); sent it shortened",
+            sink.name,
+            alert.incident.incident_id,
+            alert.incident.version,
+            first.error,
+        )
+        out[i] = Outcome(alert, True, attempts, None, second.payload)
+    return out
 
 
 def _ref(alert: Alert, sink: Sink) -> dict[str, Any]:
     inc = alert.incident
     return {"incident_id": inc.incident_id, "version": inc.version, "sink": sink.name}
+
+
+def _members(alert: Alert) -> tuple[Alert, ...]:
+    """The alerts ``alert`` delivers: those a digest folded, else itself. Records, dead
+    letters and waiting alerts are kept per member: those are what a later run owes."""
+    return alert.folded or (alert,)
 
 
 def _waiting(alert: Alert, sink: Sink, now: datetime) -> dict[str, Any]:
@@ -331,23 +359,34 @@ def _waiting(alert: Alert, sink: Sink, now: datetime) -> dict[str, Any]:
 
 def _record(state: DeliveryState, sink: Sink, outcomes: list[Outcome], now: datetime) -> None:
     for o in outcomes:
-        if o.ok:
-            inc = o.alert.incident
-            state.record(inc.incident_id, inc.version, sink.name, inc.severity, o.alert.who, now)
+        if not o.ok:
+            if o.rejected:  # refused even shortened: it waits before another try
+                for m in _members(o.alert):
+                    state.refuse(m.incident.incident_id, m.incident.version, sink.name, now)
+            continue
+        if o.alert.folded:
+            state.record_digest(sink.name, now)
+        else:
+            state.count_sent(sink.name, o.alert.key, now)
+        for m in _members(o.alert):
+            inc = m.incident
+            state.record(inc.incident_id, inc.version, sink.name, inc.severity, m.who, now)
 
 
 def _report(report: DeliveryReport, sink: Sink, outcomes: list[Outcome], now: datetime) -> None:
     for o in outcomes:
         inc = o.alert.incident
         if o.ok:
-            report.sent.append(
-                {
-                    "incident_id": inc.incident_id,
-                    "version": inc.version,
-                    "sink": sink.name,
-                    "kind": o.alert.kind,
-                }
-            )
+            sent = {
+                "incident_id": inc.incident_id,
+                "version": inc.version,
+                "sink": sink.name,
+                "kind": o.alert.kind,
+                "severity": inc.severity,
+            }
+            if o.alert.folded:
+                sent["folded"] = len(o.alert.folded)
+            report.sent.append(sent)
             continue
         log.warning(
             "sink %s: incident %s v%d not delivered after %d attempt(s): %s",
@@ -357,17 +396,21 @@ def _report(report: DeliveryReport, sink: Sink, outcomes: list[Outcome], now: da
             o.attempts,
             o.error,
         )
-        report.dead_letters.append(
-            {
-                "incident_id": inc.incident_id,
-                "version": inc.version,
-                "sink": sink.name,
-                "sink_type": sink.cfg.type,
-                "kind": o.alert.kind,
-                "idempotency_key": o.alert.key,
-                "attempts": o.attempts,
-                "error": o.error,
-                "failed_at": now,
-                "payload": o.payload,
-            }
-        )
+        error = o.error
+        if o.alert.folded:
+            error = f"folded into digest {inc.incident_id}, which failed: {o.error}"
+        for m in _members(o.alert):
+            report.dead_letters.append(
+                {
+                    "incident_id": m.incident.incident_id,
+                    "version": m.incident.version,
+                    "sink": sink.name,
+                    "sink_type": sink.cfg.type,
+                    "kind": m.kind,
+                    "idempotency_key": m.key,
+                    "attempts": o.attempts,
+                    "error": error,
+                    "failed_at": now,
+                    "payload": None if o.alert.folded else o.payload,  # not a copy each
+                }
+            )

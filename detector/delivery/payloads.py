@@ -42,6 +42,7 @@ OCSF_SEVERITY = {
 EVENTBRIDGE_DETAIL_TYPE = {
     "new": "Audit Detector Incident Created",
     "update": "Audit Detector Incident Updated",
+    "digest": "Audit Detector Alert Digest",
 }
 #: ASFF's TTPs namespace has these ATT&CK tactics; others fall back to a behaviour type.
 ASFF_TTPS = {
@@ -60,11 +61,16 @@ ASFF_TTPS = {
 
 @dataclass(frozen=True)
 class Alert:
-    """One incident at one version, to one or more sinks; ``kind`` is new or update."""
+    """One incident at one version, to one or more sinks; ``kind`` is new or update.
+
+    A ``digest`` stands for the alerts it ``folded`` past a sink's hourly budget
+    (:mod:`detector.delivery.storm`): its incident is a summary of theirs.
+    """
 
     incident: Incident
-    kind: str  # "new" or "update"
+    kind: str  # "new", "update" or "digest"
     lake: str = "./lake"
+    folded: tuple[Alert, ...] = ()
 
     @property
     def key(self) -> str:
@@ -289,7 +295,9 @@ def slack(alert: Alert) -> dict[str, Any]:
     them whole.
     """
     inc = alert.incident
-    if alert.kind == "new":
+    if alert.kind == "digest":
+        head = "Alert digest"
+    elif alert.kind == "new":
         head = "New incident"
     elif inc.status == "resolved":
         head = f"Incident resolved (v{inc.version})"
@@ -344,6 +352,7 @@ SLACK_FIELD = 2000
 SLACK_SECTION = 3000
 SLACK_TEXT = 3000
 _MRKDWN = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+_MRKDWN_TABLE = str.maketrans(_MRKDWN)
 
 
 def _line(text: str) -> str:
@@ -354,6 +363,9 @@ def _line(text: str) -> str:
 def _esc(text: str, limit: int) -> str:
     """Slack mrkdwn escaping (&, <, >: principals may contain them), at most ``limit``
     characters once escaped, cut before an escape rather than inside one."""
+    whole = text.translate(_MRKDWN_TABLE)
+    if len(whole) <= limit:
+        return whole
     out: list[str] = []
     size = 0
     for char in text:
@@ -453,7 +465,7 @@ def ocsf(
     """An OCSF 1.x Detection Finding (class 2004): create on new, update on a new version,
     close when the incident was resolved (OCSF's activity 3, with status Resolved)."""
     inc = alert.incident
-    activity = 1 if alert.kind == "new" else 3 if inc.status == "resolved" else 2
+    activity = 1 if alert.kind in ("new", "digest") else 3 if inc.status == "resolved" else 2
     activity_name = _OCSF_ACTIVITY[activity]
     attacks = [
         {

@@ -42,6 +42,12 @@ STATE_FILE = "deliveries.json"
 DEAD_LETTERS_DIR = "dead_letters"
 #: Records older than this are dropped from the state: incidents that old are closed.
 RETENTION = timedelta(days=30)
+#: How long an alert sent one by one counts against its sink's budget.
+HOURLY = timedelta(hours=1)
+#: How long an alert a receiver refused, shortened too, waits before it is tried again
+#: (doubled at each refusal of the same version, at most a day).
+REFUSED_WAIT = timedelta(hours=1)
+REFUSED_WAIT_AT_MOST = timedelta(days=1)
 
 DEAD_LETTER_COLUMNS: dict[str, pl.DataType] = {
     "incident_id": pl.String(),
@@ -59,10 +65,18 @@ DEAD_LETTER_COLUMNS: dict[str, pl.DataType] = {
 
 @dataclass
 class DeliveryState:
-    """(incident, sink) -> last version delivered; (sink, principal) -> last update time."""
+    """(incident, sink) -> last version delivered; (sink, principal) -> last update time;
+    per sink, the alerts it was sent one by one in the last hour and its last digest (the
+    storm budget, :mod:`detector.delivery.storm`)."""
 
     sent: dict[str, dict[str, Any]] = field(default_factory=dict)
     last_update: dict[str, str] = field(default_factory=dict)
+    #: sink -> {idempotency key: when}: keyed by alert, so two runs' records merge into
+    #: one count (a run saves its own records again and again as it sends).
+    hourly: dict[str, dict[str, str]] = field(default_factory=dict)
+    digests: dict[str, str] = field(default_factory=dict)
+    #: (incident, sink) -> the version a receiver refused even shortened, when, how often
+    refused: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @staticmethod
     def _k(*parts: str) -> str:
@@ -83,6 +97,40 @@ class DeliveryState:
         # a new alert counts too: its first update waits out the throttle like any other
         self.last_update[self._k(sink, who)] = at.isoformat()
 
+    def count_sent(self, sink: str, key: str, at: datetime) -> None:
+        """An alert sent to ``sink`` one by one: it takes one of the sink's hour."""
+        self.hourly.setdefault(sink, {})[key] = at.isoformat()
+
+    def sent_since(self, sink: str, since: datetime) -> int:
+        cut = since.isoformat()
+        return sum(at > cut for at in self.hourly.get(sink, {}).values())
+
+    def record_digest(self, sink: str, at: datetime) -> None:
+        self.digests[sink] = at.isoformat()
+
+    def digest_at(self, sink: str) -> datetime | None:
+        at = self.digests.get(sink)
+        return datetime.fromisoformat(at) if at else None
+
+    def refuse(self, incident_id: str, version: int, sink: str, at: datetime) -> None:
+        """The receiver refused this version's alert, shortened too. A refusal repeats
+        (the same alert gives the same bytes), so it is tried again only after
+        :data:`REFUSED_WAIT`, doubled at each refusal up to a day, or at a new version:
+        a receiver that refuses every alert (a URL that is not the endpoint it should be)
+        is not sent each of them twice a minute for the 30 days a dead letter is owed."""
+        key = self._k(incident_id, sink)
+        prev = self.refused.get(key)
+        times = prev["times"] + 1 if prev and prev["version"] == version else 1
+        self.refused[key] = {"version": version, "at": at.isoformat(), "times": times}
+
+    def refused_until(self, incident_id: str, version: int, sink: str, now: datetime) -> bool:
+        """Whether this version's alert was refused so recently that it waits."""
+        rec = self.refused.get(self._k(incident_id, sink))
+        if rec is None or rec["version"] != version:
+            return False
+        wait = min(REFUSED_WAIT * 2 ** (rec["times"] - 1), REFUSED_WAIT_AT_MOST)
+        return now < datetime.fromisoformat(rec["at"]) + wait
+
     def last_update_at(self, sink: str, who: str) -> datetime | None:
         at = self.last_update.get(self._k(sink, who))
         return datetime.fromisoformat(at) if at else None
@@ -91,20 +139,38 @@ class DeliveryState:
         cut = (now - RETENTION).isoformat()
         self.sent = {k: v for k, v in self.sent.items() if v["at"] >= cut}
         self.last_update = {k: v for k, v in self.last_update.items() if v >= cut}
+        hour = (now - HOURLY).isoformat()
+        hourly = {
+            s: {k: at for k, at in sent.items() if at > hour} for s, sent in self.hourly.items()
+        }
+        self.hourly = {s: sent for s, sent in hourly.items() if sent}
+        self.digests = {k: v for k, v in self.digests.items() if v >= cut}
+        self.refused = {k: v for k, v in self.refused.items() if v["at"] >= cut}
 
     def copy(self) -> DeliveryState:
         return DeliveryState.from_dict(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"version": 1, "sent": dict(self.sent), "last_update": dict(self.last_update)}
+        return {
+            "version": 1,
+            "sent": dict(self.sent),
+            "last_update": dict(self.last_update),
+            "hourly": {s: dict(sent) for s, sent in self.hourly.items()},
+            "digests": dict(self.digests),
+            "refused": {k: dict(v) for k, v in self.refused.items()},
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> DeliveryState:
+        """The state as saved; the keys an older version did not write start empty."""
         if not data:
             return cls()
         return cls(
             sent={k: dict(v) for k, v in data.get("sent", {}).items()},
             last_update=dict(data.get("last_update", {})),
+            hourly={s: dict(sent) for s, sent in data.get("hourly", {}).items()},
+            digests=dict(data.get("digests", {})),
+            refused={k: dict(v) for k, v in data.get("refused", {}).items()},
         )
 
 
@@ -146,13 +212,27 @@ class DeliveryStore:
 
 def merge(a: DeliveryState, b: DeliveryState) -> DeliveryState:
     """Both states' records: per (incident, sink) the later version, per (sink, principal)
-    the later update."""
+    the later update, per sink both runs' alerts of the hour and the later digest."""
     out = a.copy()
     for k, v in b.sent.items():
         if k not in out.sent or out.sent[k]["version"] < v["version"]:
             out.sent[k] = v
     for k, v in b.last_update.items():
         out.last_update[k] = max(v, out.last_update.get(k, v))
+    for sink, sent in b.hourly.items():
+        mine = out.hourly.setdefault(sink, {})
+        for key, at in sent.items():
+            mine[key] = max(at, mine.get(key, at))
+    for k, v in b.digests.items():
+        out.digests[k] = max(v, out.digests.get(k, v))
+    for k, v in b.refused.items():
+        mine = out.refused.get(k)
+        if mine is None or (v["version"], v["times"], v["at"]) > (
+            mine["version"],
+            mine["times"],
+            mine["at"],
+        ):
+            out.refused[k] = dict(v)
     return out
 
 

@@ -24,7 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,13 @@ REJECTED_STATUS = frozenset({400, 413, 422})
 REJECTED_CODES = frozenset(
     {"InvalidParameter", "InvalidParameterValue", "ValidationError", "ValidationException"}
     | {"InvalidInputException"}
+)
+#: Codes a batch call's answer gives a record it refused for its content. The others it
+#: may name (AccessDeniedException, NotAuthorizedForSourceException, InvalidAccountId...)
+#: refuse the sender, every record alike: the sink is then down, as for a 403.
+RECORD_REJECTED_CODES = frozenset(
+    {"MalformedDetail", "InvalidArgument", "InvalidInput", "InvalidInputException"}
+    | {"ValidationException"}
 )
 
 
@@ -332,7 +339,7 @@ class SlackSink(_HttpSink):
     def body(self, alert: Alert) -> dict[str, Any]:
         lake = self.cfg.options.get("lake")
         if lake:
-            alert = Alert(alert.incident, alert.kind, lake)
+            alert = replace(alert, lake=lake)
         return payloads.slack(alert)
 
     def headers(self, alert: Alert, body: bytes) -> dict[str, str]:
@@ -417,8 +424,9 @@ class _BatchSink(Sink):
     def chunk(self) -> int:  # type: ignore[override]
         return self.batch
 
-    def put(self, records: list[dict[str, Any]]) -> dict[int, tuple[bool, str]]:
-        """Index in ``records`` -> (retryable, error) for each record that failed."""
+    def put(self, records: list[dict[str, Any]]) -> dict[int, tuple[bool, str, bool]]:
+        """Index in ``records`` -> (retryable, error, rejected) for each record that failed;
+        rejected: the record itself was refused (:data:`RECORD_REJECTED_CODES`)."""
         raise NotImplementedError  # pragma: no cover
 
     def record(self, alert: Alert) -> dict[str, Any]:
@@ -432,7 +440,7 @@ class _BatchSink(Sink):
         a time, so only the record at fault is refused, not the nine sent with it.
         """
         try:
-            return {i: (r, e, not r) for i, (r, e) in self.put(records).items()}
+            return self.put(records)
         except Exception as exc:
             err = _aws_error(self.name, exc)
             if not isinstance(err, Retryable | Permanent):
@@ -488,7 +496,7 @@ class EventBridgeSink(_BatchSink):
     def record(self, alert: Alert) -> dict[str, Any]:
         return payloads.eventbridge_entry(alert, self.source, self.bus)
 
-    def put(self, records: list[dict[str, Any]]) -> dict[int, tuple[bool, str]]:
+    def put(self, records: list[dict[str, Any]]) -> dict[int, tuple[bool, str, bool]]:
         resp = self.client.put_events(Entries=records)
         failed = {}
         for i, entry in enumerate(resp.get("Entries", [])):
@@ -497,6 +505,7 @@ class EventBridgeSink(_BatchSink):
                 failed[i] = (
                     code in ("InternalFailure", "ThrottlingException"),
                     f"sink {self.name}: {code}",
+                    code in RECORD_REJECTED_CODES,
                 )
         return failed
 
@@ -521,7 +530,7 @@ class SecurityHubSink(_BatchSink):
             alert, self.account, self.region, self.cfg.options.get("product_arn"), now=self.now()
         )
 
-    def put(self, records: list[dict[str, Any]]) -> dict[int, tuple[bool, str]]:
+    def put(self, records: list[dict[str, Any]]) -> dict[int, tuple[bool, str, bool]]:
         resp = self.client.batch_import_findings(Findings=records)
         index = {r["Id"]: i for i, r in enumerate(records)}
         failed = {}
@@ -532,6 +541,7 @@ class SecurityHubSink(_BatchSink):
                 failed[i] = (
                     code in ("InternalFailure", "ThrottlingException", "ServiceUnavailable"),
                     f"sink {self.name}: {code}: {f.get('ErrorMessage', '')}"[:300],
+                    code in RECORD_REJECTED_CODES,
                 )
         return failed
 

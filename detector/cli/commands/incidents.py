@@ -18,7 +18,7 @@ from detector.cli.options import (
     emit_json,
     stdout,
 )
-from detector.cli.render import render_incidents
+from detector.cli.render import digests_text, render_incidents
 from detector.errors import RuntimeFailure, UsageError
 from detector.incidents.status import STATUSES
 from detector.lake.findings_schema import SEVERITIES
@@ -225,7 +225,7 @@ def deliver_cmd(
         emit_json(s)
     else:
         stdout.line(
-            f"sent {s['sent']} ({s['new']} new, {s['updates']} updates), "
+            f"sent {s['sent']} ({s['new']} new, {s['updates']} updates{digests_text(s)}), "
             f"{s['throttled']} throttled, {s['failed']} failed, {s['waiting']} waiting "
             "for a sink that is down",
         )

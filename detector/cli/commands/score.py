@@ -35,7 +35,7 @@ from detector.cli.options import (
     lake_to_read,
     stdout,
 )
-from detector.cli.render import findings_json, render_findings
+from detector.cli.render import digests_text, findings_json, render_findings
 from detector.errors import UsageError
 from detector.lake.findings_schema import SEVERITIES
 from detector.timeparse import check_range
@@ -226,8 +226,8 @@ def _alerts_line(alerts: Any) -> str:
         return "incidents not updated, nothing delivered (--dry-run)"
     d = alerts.delivery
     sent = (
-        f"; delivered {d['sent']} alert(s) ({d['new']} new, {d['updates']} updates), "
-        f"{d['throttled']} throttled, {d['failed']} failed"
+        f"; delivered {d['sent']} alert(s) ({d['new']} new, {d['updates']} updates"
+        f"{digests_text(d)}), {d['throttled']} throttled, {d['failed']} failed"
         if d
         else ""
     )
