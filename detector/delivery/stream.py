@@ -158,11 +158,8 @@ class StreamAlerter:
             )
             file_dead_letters(self.lake, report.dead_letters, report.waiting, now)
         if self.metrics is not None:
-            sev = {i.incident_id: i.severity for i in incidents}
-            for s in report.sent:
-                self.metrics.alerts_sent.labels(
-                    severity=sev.get(s["incident_id"], "unknown"), sink=s["sink"]
-                ).inc()
+            for s in report.sent:  # a digest counts once, at the worst severity it folds
+                self.metrics.alerts_sent.labels(severity=s["severity"], sink=s["sink"]).inc()
             for d in report.dead_letters:
                 self.metrics.delivery_failures.labels(sink=d["sink"]).inc()
         for s in report.sent:
