@@ -9,6 +9,7 @@ and the per-principal throttle holds back none of them. Before, every one was a 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -147,6 +148,11 @@ def test_slack_is_capped_by_default_and_the_others_are_not():
     slack = sink_config.parse_sink({"name": "s", "type": "slack", "url_env": "X"}, "t")
     other = sink_config.parse_sink({"name": "w", "type": "webhook", "url_env": "X"}, "t")
     assert (slack.max_alerts_per_hour, other.max_alerts_per_hour) == (20, 0)
+    with pytest.raises(sink_config.SinkConfigError, match="for sinks people read"):
+        sink_config.parse_sink(
+            {"name": "h", "type": "securityhub", "region": "us-east-1", "max_alerts_per_hour": 5},
+            "t",
+        )
     for bad in (-1, "20", 1.5, True, 10_001):
         with pytest.raises(sink_config.SinkConfigError, match="max_alerts_per_hour must be"):
             sink_config.parse_sink({"name": "w", "type": "webhook", "url_env": "X",
@@ -158,3 +164,139 @@ def receiver():
     r = Receiver()
     yield r
     r.close()
+
+
+def test_a_critical_alert_is_never_held_or_folded(receiver):
+    cfg = hook(receiver.url, per_hour=2)
+    first = incidents(6)
+    state = run(first, cfg, DeliveryState(), NOW).state  # 2 alone, a digest of 4
+    df, ev = frames([finding("arn:aws:iam::1:role/root", T0, severity="critical")])
+    (critical,) = group(df, [], events=ev, now=T0)[0]
+    # The budget is spent and a digest went a minute ago: the critical alert goes at once.
+    report = run([*first, critical], cfg, state, NOW + timedelta(minutes=1))
+    assert [(s["incident_id"], s["kind"]) for s in report.sent] == [(critical.incident_id, "new")]
+
+
+def test_a_closing_goes_where_the_opening_went(receiver):
+    """Closed alone if sent alone, whatever the budget; closed in a digest if opened in one,
+    and a digest of closings only is news, not an alarm (low, resolved)."""
+    from detector.incidents.status import RESOLVED
+
+    cfg = hook(receiver.url, per_hour=2)
+    incs = incidents(5)
+    report = run(incs, cfg, DeliveryState(), NOW)
+    alone = {s["incident_id"] for s in report.sent if s["kind"] == "new"}
+    closed = [replace(i, status=RESOLVED, version=i.version + 1) for i in incs]
+    later = run(closed, cfg, report.state, NOW + timedelta(minutes=20))
+    assert {s["incident_id"] for s in later.sent if s["kind"] == "update"} == alone
+    kinds = [b["output_fields"]["detect.incident.kind"] for b in receiver.delivered[-3:]]
+    assert sorted(kinds) == ["digest", "update", "update"]
+    folded = next(
+        b for b in receiver.delivered[-3:] if b["output_fields"]["detect.incident.kind"] == "digest"
+    )
+    assert folded["priority"] == "Notice" and folded["output_fields"]["detect.status"] == "resolved"
+    assert "3 resolved" in folded["output"]
+    assert sorted(folded["output_fields"]["detect.finding_ids"]) == sorted(
+        i.incident_id for i in incs if i.incident_id not in alone
+    )
+
+
+def test_a_digest_waits_at_least_15_minutes_whatever_the_throttle(receiver):
+    cfg = hook(receiver.url, per_hour=1, throttle="0s")
+    state = run(incidents(3), cfg, DeliveryState(), NOW).state
+    for minutes in (1, 5, 14):  # a watch's checks: no digest each time
+        more = incidents(2, offset=10 * minutes)
+        report = run(more, cfg, state, NOW + timedelta(minutes=minutes))
+        assert report.sent == [] and len(report.owed) == 2
+        state = report.state
+    assert (
+        run(incidents(2, offset=500), cfg, state, NOW + timedelta(minutes=15)).summary()["digests"]
+        == 1
+    )
+
+
+def test_alerts_held_for_a_digest_are_owed_whatever_their_age(tmp_path, receiver):
+    """Held past the budget with the next digest two days off (a throttle of 2 days), the
+    alerts outlived the day a run looks back over for incidents to deliver: filed as owed,
+    every later run finds them, and the digest that goes carries them."""
+    from detector.delivery.run import pending, send
+    from detector.incidents import workflow
+    from detector.lake.events import Lake
+
+    lake = Lake(str(tmp_path / "lake"))
+    cfg = hook(receiver.url, per_hour=1, throttle="2d")
+    rows = [finding(f"arn:aws:iam::1:role/r{i}", T0, severity="low") for i in range(3)]
+    df, ev = frames(rows)
+    made = workflow.update(lake, df, ev, now=T0).incidents
+    first = send(lake, pending(lake, T0), [cfg], now=T0)  # 1 alone, a digest of 2
+    assert first.summary()["folded"] == 2
+    df, ev = frames([finding(f"arn:aws:iam::1:role/late{i}", T0, severity="low") for i in range(2)])
+    late = workflow.update(lake, df, ev, now=T0 + timedelta(minutes=30)).incidents
+    at = T0 + timedelta(minutes=30)  # the hour's one alert is spent, the digest 2 days off
+    held = send(lake, pending(lake, at), [cfg], now=at)
+    assert held.sent == [] and len(held.owed) == 2
+    three_days = T0 + timedelta(days=3)
+    later = send(lake, pending(lake, three_days), [cfg], now=three_days)
+    assert sorted(s["kind"] for s in later.sent) == ["digest", "new"]  # one alone, one folded
+    assert sorted(heard(receiver)) == sorted(i.incident_id for i in made + late)
+
+
+def test_a_refused_digest_waits_its_turn_and_blames_no_alert():
+    cfg_receiver = Receiver(statuses=[200, 400, 400])  # the digest, and its shortened form
+    try:
+        cfg = hook(cfg_receiver.url, per_hour=1)
+        incs = incidents(3)
+        report = run(incs, cfg, DeliveryState(), NOW)
+        assert report.summary()["digests"] == 0 and len(report.dead_letters) == 2
+        assert report.state.refused == {}  # no member is blamed for the digest
+        # The next digest waits its turn (not every minute), then carries both.
+        assert run(incs, cfg, report.state, NOW + timedelta(minutes=1)).sent == []
+        later = run(incs, cfg, report.state, NOW + timedelta(minutes=15))
+        assert [(s["kind"], s.get("folded")) for s in later.sent] == [("digest", 2)]
+    finally:
+        cfg_receiver.close()
+
+
+def test_the_digest_names_a_command_that_lists_what_it_folds(tmp_path, receiver):
+    from tests.conftest import run_detect_in_process
+
+    cfg = hook(receiver.url, per_hour=1)
+    run(incidents(3), cfg, DeliveryState(), NOW)
+    digest = next(
+        b for b in receiver.delivered if b["output_fields"]["detect.incident.kind"] == "digest"
+    )
+    command = digest["output_fields"]["detect.open"]
+    assert command.startswith("detect incidents --lake ./lake --since ")
+    lake = tmp_path / "lake"
+    args = command.split()[1:]
+    args[args.index("./lake")] = str(lake)
+    lake.mkdir()
+    done = run_detect_in_process(*args)
+    assert "--since" not in done.stderr, done.stderr  # the time it gives is read as written
+
+
+def test_a_watch_checks_what_is_owed_when_a_digest_falls_due(tmp_path, receiver):
+    """`detect watch` checks what is owed once a minute, and delivers each batch's own
+    incidents in between: the first batch after a digest fell due took the slot with its
+    own alerts only, and the ones held for it waited another interval, again and again."""
+    from detector.delivery.stream import StreamAlerter
+    from detector.detect.stream import StreamDetector
+    from detector.incidents import workflow
+    from detector.lake.events import Lake
+
+    lake = Lake(str(tmp_path / "lake"))
+    hook_cfg = hook(receiver.url, per_hour=1)
+    start = datetime.now(UTC).replace(microsecond=0)
+    df, ev = frames([finding(f"arn:aws:iam::1:role/r{i}", T0, severity="low") for i in range(3)])
+    workflow.update(lake, df, ev, now=start)
+    alerter = StreamAlerter(lake, StreamDetector(lake), [hook_cfg])
+    nothing = lake.scan_events(start, start).collect()
+    payload = alerter.consume(nothing, start, None)  # one alone, a digest of two
+    df, ev = frames([finding(f"arn:aws:iam::1:role/late{i}", T0, severity="low") for i in range(2)])
+    late = workflow.update(lake, df, ev, now=start + timedelta(minutes=1)).incidents
+    payload = alerter.consume(nothing, start + timedelta(minutes=1), payload)  # held
+    payload = alerter.consume(nothing, start + timedelta(minutes=14, seconds=40), payload)
+    assert all(i.incident_id not in heard(receiver) for i in late)
+    # 20 s after the last check, 1 s after the digest may go: this batch checks what is owed
+    alerter.consume(nothing, start + timedelta(minutes=15, seconds=1), payload)
+    assert all(i.incident_id in heard(receiver) for i in late)

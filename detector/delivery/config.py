@@ -58,6 +58,10 @@ COMMON = {
 #: hundreds of alerts an hour is read by nobody; the other sinks may feed machines (a
 #: SOAR, a Lambda, Security Hub), which expect every incident, so they are not capped.
 ALERTS_PER_HOUR = {"slack": 20}
+#: Sinks a budget may be set on. Security Hub, EventBridge and OCSF keep (or feed) one
+#: record per incident, updated and closed in place: a digest in its stead would leave
+#: those never opened or never closed.
+STORM_TYPES = ("slack", "webhook", "sns")
 SPECIFIC: dict[str, set[str]] = {
     "webhook": {"url", "url_env", "url_file", "secret_env", "secret_file", "allow_http"},
     "slack": {"url_env", "url_file", "lake", "allow_http"},
@@ -322,6 +326,11 @@ def parse_sink(item: Any, where: str) -> SinkConfig:
     if not isinstance(per_hour, int) or isinstance(per_hour, bool) or not 0 <= per_hour <= 10_000:
         raise SinkConfigError(
             f"{where}: max_alerts_per_hour must be an integer from 0 (no limit) to 10000"
+        )
+    if per_hour and kind not in STORM_TYPES:
+        raise SinkConfigError(
+            f"{where}: max_alerts_per_hour is for sinks people read ({', '.join(STORM_TYPES)}); "
+            f"{kind} keeps a record per incident, which a digest would replace"
         )
     return SinkConfig(
         name=name,

@@ -91,6 +91,12 @@ class DeliveryReport:
     waiting: list[dict[str, Any]] = field(default_factory=list)
     #: Nothing was tried: another run held the delivery lock past the wait.
     busy: bool = False
+    #: Alerts past a sink's hourly budget held for its next digest (:mod:`.storm`), as
+    #: dead letters to file: owed to later runs whatever their age. Not failures.
+    owed: list[dict[str, Any]] = field(default_factory=list)
+    #: When the first sink with alerts held for a digest may send it: ``detect watch``
+    #: then checks what is owed, so that digest carries every alert held.
+    next_digest: datetime | None = None
 
     def summary(self) -> dict[str, Any]:
         per_sink: dict[str, int] = {}
@@ -111,10 +117,12 @@ class DeliveryReport:
 
 def plan(
     incidents: Iterable[Incident], sink: Sink, state: DeliveryState, now: datetime, lake: str
-) -> tuple[list[Alert], list[dict[str, Any]]]:
-    """The alerts ``sink`` must receive now, and those held back by the throttle (an update
-    of a principal updated within it, or alerts past the sink's hourly budget while its
-    last digest is that recent: :mod:`detector.delivery.storm`)."""
+) -> tuple[list[Alert], list[dict[str, Any]], list[Alert]]:
+    """The alerts ``sink`` must receive now, those held back by the throttle (an update of a
+    principal updated within it, or an alert past the sink's hourly budget while its last
+    digest is recent), and of those the alerts past the budget (:mod:`.storm`), which
+    are owed: filed like alerts waiting for a sink that is down, so a later run sends
+    them in the next digest whatever their age."""
     cfg = sink.cfg
     due: list[Alert] = []
     held: list[dict[str, Any]] = []
@@ -145,11 +153,10 @@ def plan(
         due.append(alert)
     due, past = storm.split(due, cfg, state, now)
     if past and storm.digest_due(cfg, state, now):
-        due.append(storm.digest(past, cfg))
-    elif past:  # a digest went out within the throttle: these wait for the next one
-        held += [{"incident_id": a.incident.incident_id, "version": a.incident.version,
-                  "sink": cfg.name} for a in past]  # fmt: skip
-    return due, held
+        due.append(storm.digest(past, cfg, now))
+        past = []
+    held += [_ref(a, sink) for a in past]
+    return due, held, past
 
 
 #: Least time between two saves of the delivery records while sinks are sending.
@@ -189,8 +196,13 @@ def deliver(
     report = DeliveryReport(state=state.copy())
     plans = []
     for sink in sinks:
-        due, held = plan(incidents, sink, report.state, now, lake)
+        due, held, past = plan(incidents, sink, report.state, now, lake)
         report.throttled += held
+        if past:
+            report.owed += [_owed(a, sink, now) for a in past]
+            at = storm.next_digest(sink.cfg, report.state)
+            if at is not None and (report.next_digest is None or at < report.next_digest):
+                report.next_digest = at
         sink_health = health.setdefault(sink.name, SinkHealth())
         if due and sink_health.down():
             report.waiting += [_waiting(m, sink, now) for a in due for m in _members(a)]
@@ -341,6 +353,18 @@ def _members(alert: Alert) -> tuple[Alert, ...]:
     return alert.folded or (alert,)
 
 
+def _owed(alert: Alert, sink: Sink, now: datetime) -> dict[str, Any]:
+    """An alert past its sink's hourly budget, held for the next digest, as a dead letter
+    (see :func:`plan`)."""
+    return {
+        **_waiting(alert, sink, now),
+        "error": (
+            f"held: past sink {sink.name}'s {sink.cfg.max_alerts_per_hour} alerts an hour; "
+            "it goes in the sink's next digest"
+        ),
+    }
+
+
 def _waiting(alert: Alert, sink: Sink, now: datetime) -> dict[str, Any]:
     """An alert not tried because its sink is down, as a dead letter: the runs after find
     what is owed by the last day's incidents and by dead letters, so an outage longer than
@@ -359,18 +383,22 @@ def _waiting(alert: Alert, sink: Sink, now: datetime) -> dict[str, Any]:
 
 def _record(state: DeliveryState, sink: Sink, outcomes: list[Outcome], now: datetime) -> None:
     for o in outcomes:
+        digest = o.alert.incident.incident_id if o.alert.folded else None
         if not o.ok:
-            if o.rejected:  # refused even shortened: it waits before another try
-                for m in _members(o.alert):
-                    state.refuse(m.incident.incident_id, m.incident.version, sink.name, now)
+            if o.rejected and digest:  # the next digest waits its turn, not each member
+                state.record_digest(sink.name, now)
+            elif o.rejected:  # refused even shortened: it waits before another try
+                state.refuse(o.alert.incident.incident_id, o.alert.incident.version, sink.name, now)
             continue
-        if o.alert.folded:
+        if digest:
             state.record_digest(sink.name, now)
         else:
             state.count_sent(sink.name, o.alert.key, now)
         for m in _members(o.alert):
             inc = m.incident
-            state.record(inc.incident_id, inc.version, sink.name, inc.severity, m.who, now)
+            state.record(
+                inc.incident_id, inc.version, sink.name, inc.severity, m.who, now, digest=digest
+            )
 
 
 def _report(report: DeliveryReport, sink: Sink, outcomes: list[Outcome], now: datetime) -> None:

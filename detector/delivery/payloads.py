@@ -83,6 +83,10 @@ class Alert:
 
     @property
     def open_command(self) -> str:
+        """The command that shows the incident; for a digest, that lists what it folds."""
+        if self.folded:
+            since = _iso(self.incident.first_seen)
+            return f"detect incidents --lake {self.lake} --since {since}"
         return f"detect incidents show {self.incident.incident_id} --lake {self.lake}"
 
 
@@ -539,7 +543,7 @@ def ocsf(
             }
         ],
         "unmapped": {
-            "finding_ids": inc.finding_ids,
+            "finding_ids": _listed(inc.finding_ids, "finding_ids", {}, FINDING_IDS),
             "reasons": reasons(inc),
             "open": alert.open_command,
         },

@@ -86,13 +86,23 @@ class DeliveryState:
         return self.sent.get(self._k(incident_id, sink))
 
     def record(
-        self, incident_id: str, version: int, sink: str, severity: str, who: str, at: datetime
+        self,
+        incident_id: str,
+        version: int,
+        sink: str,
+        severity: str,
+        who: str,
+        at: datetime,
+        *,
+        digest: str | None = None,
     ) -> None:
+        """``digest``: the id of the digest that delivered this version (a storm)."""
         self.sent[self._k(incident_id, sink)] = {
             "version": version,
             "severity": severity,
             "at": at.isoformat(),
             "key": f"{incident_id}:v{version}",
+            **({"digest": digest} if digest else {}),
         }
         # a new alert counts too: its first update waits out the throttle like any other
         self.last_update[self._k(sink, who)] = at.isoformat()

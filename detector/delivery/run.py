@@ -148,7 +148,7 @@ def send(
             lake=lake.uri,
             checkpoint=functools.partial(store.save_merged, now=now),
         )
-        file_dead_letters(lake, report.dead_letters, report.waiting, now)
+        file_dead_letters(lake, report.dead_letters, report.waiting + report.owed, now)
     return report
 
 

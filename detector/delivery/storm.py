@@ -7,12 +7,14 @@ in one go. Each is an incident of its own, and a channel of hundreds of alerts a
 read by nobody: the floods users of Elastic's and Falco's rules describe.
 
 Past a sink's hourly budget, the alerts due are folded into one *digest*: an alert shaped
-like an incident (so every sink's payload carries it) that counts them by severity and
-names the worst, with the command that lists them all. The most severe alerts take the
-budget first. At most one digest goes to a sink per its ``throttle``; until the next may
-go, the alerts past the budget wait, pending, as a throttled update does. Once the digest
-is delivered its alerts are recorded as delivered at their versions: the digest was their
-delivery, and nothing is lost or sent twice.
+like an incident (so every sink's payload carries it) that counts them and names the worst,
+with the command that lists them all. The most severe alerts take the budget first; a
+critical one is never folded, nor the closing of an incident that was sent alone (closing
+is news where the opening was), while the closing of one that went in a digest goes in a
+digest too. At most one digest goes to a sink per :func:`digest_every`; until the next may
+go, the alerts past the budget wait, filed as owed (like an alert waiting for a sink that
+is down), so every later run finds them whatever their age. Once the digest is delivered
+its alerts are recorded as delivered at their versions: the digest was their delivery.
 """
 
 from __future__ import annotations
@@ -27,65 +29,94 @@ from detector.delivery.config import SinkConfig
 from detector.delivery.payloads import Alert
 from detector.delivery.records import DeliveryState
 from detector.incidents.group import Incident
-from detector.incidents.status import NEW
+from detector.incidents.status import NEW, RESOLVED
 from detector.lake.findings_schema import SEVERITIES
 
 HOUR = timedelta(hours=1)
-#: ``Incident.key_kind`` of a digest, and its ``detector`` in the timeline of what it folds.
+#: The least time between two digests to a sink, whatever its ``throttle`` (0 would send
+#: one with every `detect watch` batch).
+DIGEST_EVERY_AT_LEAST = timedelta(minutes=15)
+#: ``Alert.kind`` of a digest, and ``Incident.key_kind`` of its summary.
 DIGEST = "digest"
+
+
+def digest_every(cfg: SinkConfig) -> timedelta:
+    return max(timedelta(seconds=cfg.throttle), DIGEST_EVERY_AT_LEAST)
 
 
 def split(
     due: list[Alert], cfg: SinkConfig, state: DeliveryState, now: datetime
 ) -> tuple[list[Alert], list[Alert]]:
-    """``due`` as (sent one by one, past the budget): the most severe first take what is
-    left of the sink's hour. Both keep ``due``'s order."""
+    """``due`` as (sent one by one, past the budget), both in ``due``'s order."""
     limit = cfg.max_alerts_per_hour
-    room = max(0, limit - state.sent_since(cfg.name, now - HOUR)) if limit else len(due)
-    if len(due) <= room:
+    if not limit:
         return due, []
-    ranked = sorted(
-        range(len(due)),
-        key=lambda i: (-due[i].incident.severity_rank, due[i].incident.first_seen, i),
-    )
-    keep = set(ranked[:room])
+    always, ranked, folded = [], [], []
+    for i, alert in enumerate(due):
+        inc = alert.incident
+        rec = state.delivered(inc.incident_id, cfg.name)
+        if inc.status == RESOLVED:
+            # closed where it was opened: alone, or in a digest
+            (folded if rec is not None and rec.get("digest") else always).append(i)
+        elif inc.severity == "critical":
+            always.append(i)
+        else:
+            ranked.append(i)
+    room = max(0, limit - state.sent_since(cfg.name, now - HOUR) - len(always))
+    ranked.sort(key=lambda i: (-due[i].incident.severity_rank, due[i].incident.first_seen, i))
+    alone = set(always) | set(ranked[:room])
+    folded_set = set(folded) | set(ranked[room:])
     return (
-        [a for i, a in enumerate(due) if i in keep],
-        [a for i, a in enumerate(due) if i not in keep],
+        [a for i, a in enumerate(due) if i in alone],
+        [a for i, a in enumerate(due) if i in folded_set],
     )
 
 
 def digest_due(cfg: SinkConfig, state: DeliveryState, now: datetime) -> bool:
-    """Whether a digest may go to the sink now: none in its last ``throttle``."""
+    """Whether a digest may go to the sink now: none within :func:`digest_every`."""
     last = state.digest_at(cfg.name)
-    return last is None or (now - last).total_seconds() >= cfg.throttle
+    return last is None or now - last >= digest_every(cfg)
 
 
-def digest(folded: list[Alert], cfg: SinkConfig) -> Alert:
+def next_digest(cfg: SinkConfig, state: DeliveryState) -> datetime | None:
+    """When the sink's next digest may go (None: now)."""
+    last = state.digest_at(cfg.name)
+    return None if last is None else last + digest_every(cfg)
+
+
+def digest(folded: list[Alert], cfg: SinkConfig, now: datetime) -> Alert:
     """One alert standing for ``folded`` (see the module's docstring).
 
     Its id is derived from what it folds, so a run killed after sending it and run again
-    sends the same digest with the same idempotency key.
+    over the same alerts sends the same digest with the same idempotency key.
     """
     incidents = [a.incident for a in folded]
-    worst = max(incidents, key=lambda i: i.severity_rank)
-    counts = Counter(i.severity for i in incidents)
+    open_ = [i for i in incidents if i.status != RESOLVED]
+    worst = max(open_ or incidents, key=lambda i: i.severity_rank)
+    severity = worst.severity if open_ else "low"  # only closings: news, not an alarm
+    kinds = Counter(
+        "resolved" if i.status == RESOLVED else a.kind
+        for a, i in zip(folded, incidents, strict=True)
+    )
+    counts = Counter(i.severity for i in open_)
+    what = ", ".join(
+        f"{kinds[k]} {word}"
+        for k, word in (("new", "new"), ("update", "updated"), ("resolved", "resolved"))
+        if kinds[k]
+    )
     by_severity = ", ".join(f"{counts[s]} {s}" for s in reversed(SEVERITIES) if counts[s])
     clusters = sorted({i.cluster for i in incidents})
     principals = {i.principal or i.key for i in incidents}
-    where = clusters[0] if len(clusters) == 1 else ""
-    lake = folded[0].lake
-    key = "|".join(sorted(a.key for a in folded))
     title = (
-        f"Alert storm: {len(folded)} alerts in one ({by_severity}) from {len(principals)} "
-        f"principal(s), past {cfg.max_alerts_per_hour} an hour; "
-        f"`detect incidents --lake {lake}` lists them"
+        f"Alert storm: {len(folded)} alerts in one ({what}"
+        + (f"; {by_severity}" if by_severity else "")
+        + f") from {len(principals)} principal(s), past {cfg.max_alerts_per_hour} an hour"
     )
     timeline: list[dict[str, Any]] = [
         {
             "time": i.last_seen,
             "finding_id": i.incident_id,
-            "detector": f"incident v{i.version}",
+            "detector": f"incident v{i.version}" + (" resolved" if i.status == RESOLVED else ""),
             "severity": i.severity,
             "severity_rank": i.severity_rank,
             "title": i.title,
@@ -95,9 +126,10 @@ def digest(folded: list[Alert], cfg: SinkConfig) -> Alert:
         }
         for i in incidents
     ]
+    key = "|".join(sorted(a.key for a in folded))
     summary = Incident(
         incident_id=hashlib.sha256(f"digest|{cfg.name}|{key}".encode()).hexdigest()[:20],
-        cluster=where,
+        cluster=",".join(clusters),
         key_kind=DIGEST,
         key=DIGEST,
         principal=None,
@@ -105,21 +137,23 @@ def digest(folded: list[Alert], cfg: SinkConfig) -> Alert:
         first_seen=min(i.first_seen for i in incidents),
         last_seen=max(i.last_seen for i in incidents),
         version=1,
-        severity=worst.severity,
-        severity_rank=worst.severity_rank,
-        base_severity=worst.severity,
+        severity=severity,
+        severity_rank=SEVERITIES.index(severity),
+        base_severity=severity,
         severity_reason=(
             f"the worst of {len(folded)} alerts folded into one: incident "
             f"{worst.incident_id} ({worst.severity})"
         ),
         title=title,
-        tactics=sorted({t for i in incidents for t in i.tactics}),
-        techniques=sorted({t for i in incidents for t in i.techniques}),
+        tactics=sorted({t for i in open_ for t in i.tactics}),
+        techniques=sorted({t for i in open_ for t in i.techniques}),
         detectors=sorted({d for i in incidents for d in i.detectors}),
         finding_ids=[i.incident_id for i in incidents],
         source_ips=sorted({ip for i in incidents for ip in i.source_ips}),
         namespaces=sorted({n for i in incidents for n in i.namespaces}),
-        status=NEW,
+        status=NEW if open_ else RESOLVED,
+        created_at=now,
+        updated_at=now,
         timeline=timeline,
     )
     return replace(folded[0], incident=summary, kind=DIGEST, folded=tuple(folded))

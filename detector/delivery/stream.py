@@ -79,6 +79,9 @@ class StreamAlerter:
         # what is pending, re-read only where the lake changed (a call a minute for months)
         self._pending = PendingIncidents(lake)
         self._health: dict[str, SinkHealth] = {}  # a sink that fails waits, across batches
+        # when a sink's next digest may go: that batch checks what is owed, so the digest
+        # carries every alert held for it, not only the batch's own
+        self._digest_at: datetime | None = None
         self.last: ConsumeResult = ConsumeResult()
 
     def consume(
@@ -110,8 +113,9 @@ class StreamAlerter:
             candidates = {i.incident_id: i for i in res.incidents}
             if self.metrics is not None:
                 self.metrics.count_findings(found.findings)
+        digest_due = self._digest_at is not None and now >= self._digest_at
         if self.sink_configs and (
-            self._pending_at is None or now - self._pending_at >= PENDING_EVERY
+            self._pending_at is None or now - self._pending_at >= PENDING_EVERY or digest_due
         ):
             self._pending_at = now
             for inc in self._pending(now):
@@ -156,7 +160,8 @@ class StreamAlerter:
                 checkpoint=checkpoint,
                 health=self._health,
             )
-            file_dead_letters(self.lake, report.dead_letters, report.waiting, now)
+            file_dead_letters(self.lake, report.dead_letters, report.waiting + report.owed, now)
+            self._digest_at = report.next_digest
         if self.metrics is not None:
             for s in report.sent:  # a digest counts once, at the worst severity it folds
                 self.metrics.alerts_sent.labels(severity=s["severity"], sink=s["sink"]).inc()
