@@ -51,18 +51,20 @@ def split(
     limit = cfg.max_alerts_per_hour
     if not limit:
         return due, []
-    always, ranked, folded = [], [], []
+    closings, critical, ranked, folded = [], [], [], []
     for i, alert in enumerate(due):
         inc = alert.incident
         rec = state.delivered(inc.incident_id, cfg.name)
         if inc.status == RESOLVED:
-            # closed where it was opened: alone, or in a digest
-            (folded if rec is not None and rec.get("digest") else always).append(i)
+            # closed where it was opened: alone, or in a digest. Closings sent alone take
+            # no room from new alerts: their openings were within the budget already.
+            (folded if rec is not None and rec.get("digest") else closings).append(i)
         elif inc.severity == "critical":
-            always.append(i)
+            critical.append(i)
         else:
             ranked.append(i)
-    room = max(0, limit - state.sent_since(cfg.name, now - HOUR) - len(always))
+    room = max(0, limit - state.sent_since(cfg.name, now - HOUR) - len(critical))
+    always = closings + critical
     ranked.sort(key=lambda i: (-due[i].incident.severity_rank, due[i].incident.first_seen, i))
     alone = set(always) | set(ranked[:room])
     folded_set = set(folded) | set(ranked[room:])
