@@ -23,10 +23,20 @@ from detector.errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED
 lazy_commands = False
 
 
+#: numpy's OpenBLAS starts a thread per core that spins waiting for work; nothing here
+#: multiplies matrices big enough to share (the forest walks trees; features are polars),
+#: and the spinning costs most where CPU is short: beside another busy process, `detect
+#: ingest` of 300k events spent 4.5-5.4 user CPU-s with it, 4.4-4.6 without; a day's
+#: `detect train` on a quiet machine 2.9-3.5 s, 2.8-3.3 s without (docs/performance.md).
+#: Set before numpy loads; a user's setting wins.
+BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "1")
+
+
 def main() -> None:
     """Console entry point (``detect``)."""
     global lazy_commands
     lazy_commands = True
+    os.environ.setdefault(*BLAS_THREADS)
     _stand_in_for_closed_streams()
     _write_stdout_whole()
     try:
