@@ -130,3 +130,30 @@ class Receiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def queue(name: str) -> tuple[str, str]:
+    """An SQS queue on the moto server (AWS settings from the environment): (url, arn)."""
+    import boto3
+
+    sqs = boto3.client("sqs")
+    url = sqs.create_queue(QueueName=name)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    return url, arn
+
+
+def drain(url: str) -> list[dict]:
+    """Every message in the queue, as JSON, taken off it."""
+    import boto3
+
+    out = []
+    sqs = boto3.client("sqs")
+    while True:
+        msgs = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
+        if not msgs:
+            return out
+        out += [json.loads(m["Body"]) for m in msgs]
+        for m in msgs:
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])

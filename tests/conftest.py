@@ -156,6 +156,15 @@ def moto_endpoint() -> Iterator[str]:
 
 
 @pytest.fixture
+def aws(moto_endpoint, monkeypatch) -> str:
+    """The moto server's endpoint, with test credentials and a region in the environment."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    return moto_endpoint
+
+
+@pytest.fixture
 def s3_bucket(moto_endpoint: str) -> str:
     """A fresh, empty bucket on the moto server."""
     import boto3

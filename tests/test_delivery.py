@@ -16,7 +16,7 @@ import boto3
 import orjson
 import polars as pl
 import pytest
-from alerts_data import T0, Receiver, W, finding, frames
+from alerts_data import T0, Receiver, W, drain, finding, frames, queue
 from throttle_proxy import FaultProxy
 
 from detector.delivery import config as sink_config
@@ -708,35 +708,6 @@ def test_slack_message_is_readable(receiver, monkeypatch):
 
 
 # --------------------------------------------------------------------------- AWS
-@pytest.fixture
-def aws(moto_endpoint, monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    return moto_endpoint
-
-
-def queue(name: str) -> tuple[str, str]:
-    sqs = boto3.client("sqs")
-    url = sqs.create_queue(QueueName=name)["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
-        "QueueArn"
-    ]
-    return url, arn
-
-
-def drain(url: str) -> list[dict]:
-    out = []
-    sqs = boto3.client("sqs")
-    while True:
-        msgs = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
-        if not msgs:
-            return out
-        out += [json.loads(m["Body"]) for m in msgs]
-        for m in msgs:
-            sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
-
-
 def test_sns_publishes_the_incident(aws):
     topic = boto3.client("sns").create_topic(Name="alerts")["TopicArn"]
     url, arn = queue("sns-alerts")

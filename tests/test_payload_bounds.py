@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import boto3
 import orjson
 import pytest
-from alerts_data import T0, W, finding, frames
+from alerts_data import T0, W, drain, finding, frames, queue
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from throttle_proxy import FaultProxy
@@ -286,34 +286,6 @@ def test_a_sink_that_refuses_the_sender_is_still_down():
     assert (len(report.dead_letters), len(report.waiting)) == (1, 1)
 
 
-@pytest.fixture
-def aws(moto_endpoint, monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    return moto_endpoint
-
-
-def _queue(name: str) -> str:
-    sqs = boto3.client("sqs")
-    url = sqs.create_queue(QueueName=name)["QueueUrl"]
-    return url
-
-
-def _arn(url: str) -> str:
-    attrs = boto3.client("sqs").get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
-    return attrs["Attributes"]["QueueArn"]
-
-
-def _drain(url: str) -> list[dict]:
-    sqs, out = boto3.client("sqs"), []
-    while msgs := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
-        out += [json.loads(m["Body"]) for m in msgs]
-        for m in msgs:
-            sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
-    return out
-
-
 def test_sns_takes_an_incident_with_a_huge_namespace_and_a_control_character(aws):
     """moto checks SNS's 256 KB message limit; AWS also refuses a Subject holding a
     control character, which moto does not check (the subject is asserted instead)."""
@@ -324,12 +296,12 @@ def test_sns_takes_an_incident_with_a_huge_namespace_and_a_control_character(aws
     )
     (poison,), _ = group(df, [], events=ev, now=T0)
     topic = boto3.client("sns").create_topic(Name="alerts")["TopicArn"]
-    url = _queue("sns-alerts")
-    boto3.client("sns").subscribe(TopicArn=topic, Protocol="sqs", Endpoint=_arn(url))
+    url, arn = queue("sns-alerts")
+    boto3.client("sns").subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn)
     sns = build_sink(sink(name="sns", type="sns", topic_arn=topic), sleep=no_sleep)
     report = deliver([poison, victim], [sns], DeliveryState(), now=NOW)
     assert report.summary()["new"] == 2 and report.dead_letters == []
-    notes = _drain(url)
+    notes = drain(url)
     docs = {json.loads(n["Message"])["incident_id"]: n for n in notes}
     assert set(docs) == {poison.incident_id, victim.incident_id}
     subject = docs[poison.incident_id]["Subject"]
@@ -365,9 +337,9 @@ def test_eventbridge_puts_alone_the_entries_of_a_call_refused_for_its_size(aws, 
         incs += group(df, [], events=ev, now=T0)[0]
     one = len(payloads.eventbridge_entry(payloads.Alert(incs[0], "new"), "s", "b")["Detail"])
     events = boto3.client("events")
-    url = _queue("eb-alerts")
+    url, arn = queue("eb-alerts")
     events.put_rule(Name="alerts", EventPattern=json.dumps({"source": ["audit-detector"]}))
-    events.put_targets(Rule="alerts", Targets=[{"Id": "q", "Arn": _arn(url)}])
+    events.put_targets(Rule="alerts", Targets=[{"Id": "q", "Arn": arn}])
     with PutEventsLimit(aws, limit=3 * one) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
         eb = build_sink(sink(name="eb", type="eventbridge"), sleep=no_sleep)
@@ -375,7 +347,7 @@ def test_eventbridge_puts_alone_the_entries_of_a_call_refused_for_its_size(aws, 
     monkeypatch.setenv("AWS_ENDPOINT_URL", aws)
     assert proxy.sizes == [4, 1, 1, 1, 1]
     assert report.summary()["new"] == 4 and report.dead_letters == []
-    assert {e["detail"]["incident_id"] for e in _drain(url)} == {i.incident_id for i in incs}
+    assert {e["detail"]["incident_id"] for e in drain(url)} == {i.incident_id for i in incs}
 
 
 class RefusesTheSender(FaultProxy):

@@ -40,6 +40,19 @@ def ingested(tmp_path, events: list[dict]) -> str:  # type: ignore[no-untyped-de
     return lake
 
 
+def scored_finding(tmp_path, events: list[dict]) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    """A lake holding ``events``, scored with the rules: (its path, its first finding id).
+    Scoring and listing only make the finding to show: run in this process. What the
+    analyst's terminal gets is what the tests' `detect` processes print."""
+    from tests.conftest import run_detect_in_process
+
+    lake = ingested(tmp_path, events)
+    scored = run_detect_in_process("score", "--lake", lake, "--since", "2h", "--no-model")
+    assert scored.returncode == 0, scored.stderr
+    listed = run_detect_in_process("findings", "--lake", lake, "--since", "2h", "--format", "json")
+    return lake, json.loads(listed.stdout)[0]["finding_id"]
+
+
 T0 = datetime(2026, 11, 29, 22, 50, tzinfo=UTC)
 S = timedelta(seconds=1)
 
@@ -295,7 +308,6 @@ def test_escape_sequences_in_lake_strings_are_shown_not_sent_to_the_terminal(tmp
     from rich.table import Table
 
     from detector.cli.terminal import SafeConsole
-    from tests.conftest import run_detect_in_process
     from tests.test_rules_helpers import ev
 
     hostile = "\x1b]0;pwned\x07 \x1b[2J \x9b31m \u202etxt.exe\u200b"  # and a name shown reversed
@@ -312,13 +324,7 @@ def test_escape_sequences_in_lake_strings_are_shown_not_sent_to_the_terminal(tmp
     )
     event["userAgent"] = f"curl/8 {hostile}"
     event["objectRef"]["name"] = f"db{hostile}"
-    lake = ingested(tmp_path, [event])
-    # Scoring and listing only make the finding to show: run in this process. What the
-    # analyst's terminal gets is what the `findings show` and `timeline` processes print.
-    scored = run_detect_in_process("score", "--lake", lake, "--since", "2h", "--no-model")
-    assert scored.returncode == 0, scored.stderr
-    listed = run_detect_in_process("findings", "--lake", lake, "--since", "2h", "--format", "json")
-    finding = json.loads(listed.stdout)[0]["finding_id"]
+    lake, finding = scored_finding(tmp_path, [event])
     why = detect("findings", "show", finding, "--lake", lake)
     assert why.returncode == 0, why.stderr
     assert "\x1b" not in why.stdout and "db\\x1b]0;pwned" in why.stdout
@@ -350,12 +356,8 @@ def test_a_line_break_in_a_lake_string_draws_no_line_of_its_own(tmp_path, detect
     event = ev("get", "secrets", ns="kube-system", name="db", user=user, code=403, at=at)
     event["userAgent"] = f"kubectl/v1.31\n{forged}"
     event["objectRef"]["name"] = f"db\n{forged}"
-    lake = ingested(tmp_path, [event])
-    scored = run_detect_in_process("score", "--lake", lake, "--since", "2h", "--no-model")
-    assert scored.returncode == 0, scored.stderr
-    listed = run_detect_in_process("findings", "--lake", lake, "--since", "2h", "--format", "json")
-    finding = json.loads(listed.stdout)[0]
-    shown = detect("findings", "show", finding["finding_id"], "--lake", lake)
+    lake, finding = scored_finding(tmp_path, [event])
+    shown = detect("findings", "show", finding, "--lake", lake)
     assert shown.returncode == 0, shown.stderr
     assert not any(line.startswith(forged) for line in shown.stdout.splitlines())
     assert f"kubectl/v1.31\\n{forged}" in shown.stdout
