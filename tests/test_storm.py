@@ -85,7 +85,7 @@ def test_past_the_budget_one_digest_per_throttle_and_each_alert_once(receiver):
     # they wait (pending, as a throttled update does), then go as one digest.
     more = incidents(4, offset=100)
     held = run(first + more, cfg, state, NOW + timedelta(minutes=2))
-    assert held.sent == [] and len(held.throttled) == 4
+    assert held.sent == [] and len(held.throttled) == 4 and held.summary()["held"] == 4
     later = run(first + more, cfg, held.state, NOW + timedelta(minutes=16))
     assert [(s["kind"], s.get("folded")) for s in later.sent] == [("digest", 4)]
     # An hour after the first alerts the budget is back: one by one again.
@@ -178,8 +178,9 @@ def test_a_critical_alert_is_never_held_or_folded(receiver):
 
 
 def test_a_closing_goes_where_the_opening_went(receiver):
-    """Closed alone if sent alone, whatever the budget; closed in a digest if opened in one,
-    and a digest of closings only is news, not an alarm (low, resolved)."""
+    """Closed in a digest if opened in one, whatever was sent since (the route of the first
+    delivery is kept); closed alone if opened alone, while the hour has room (after open
+    alerts); a digest of closings only is news, not an alarm (low, resolved)."""
     from detector.incidents.status import RESOLVED
 
     cfg = hook(receiver.url, per_hour=2)
@@ -187,7 +188,7 @@ def test_a_closing_goes_where_the_opening_went(receiver):
     report = run(incs, cfg, DeliveryState(), NOW)
     alone = {s["incident_id"] for s in report.sent if s["kind"] == "new"}
     closed = [replace(i, status=RESOLVED, version=i.version + 1) for i in incs]
-    later = run(closed, cfg, report.state, NOW + timedelta(minutes=20))
+    later = run(closed, cfg, report.state, NOW + timedelta(minutes=61))
     assert {s["incident_id"] for s in later.sent if s["kind"] == "update"} == alone
     kinds = [b["output_fields"]["detect.incident.kind"] for b in receiver.delivered[-3:]]
     assert sorted(kinds) == ["digest", "update", "update"]
@@ -289,14 +290,58 @@ def test_a_watch_checks_what_is_owed_when_a_digest_falls_due(tmp_path, receiver)
     start = datetime.now(UTC).replace(microsecond=0)
     df, ev = frames([finding(f"arn:aws:iam::1:role/r{i}", T0, severity="low") for i in range(3)])
     workflow.update(lake, df, ev, now=start)
-    alerter = StreamAlerter(lake, StreamDetector(lake), [hook_cfg])
+    wall = [start]  # the watch's wall clock, moved with its stream clock here
+    alerter = StreamAlerter(lake, StreamDetector(lake), [hook_cfg], clock=lambda: wall[0])
     nothing = lake.scan_events(start, start).collect()
-    payload = alerter.consume(nothing, start, None)  # one alone, a digest of two
+
+    def batch(at: timedelta, payload):  # type: ignore[no-untyped-def]
+        wall[0] = start + at
+        return alerter.consume(nothing, start + at, payload)
+
+    payload = batch(timedelta(0), None)  # one alone, a digest of two
     df, ev = frames([finding(f"arn:aws:iam::1:role/late{i}", T0, severity="low") for i in range(2)])
     late = workflow.update(lake, df, ev, now=start + timedelta(minutes=1)).incidents
-    payload = alerter.consume(nothing, start + timedelta(minutes=1), payload)  # held
-    payload = alerter.consume(nothing, start + timedelta(minutes=14, seconds=40), payload)
+    payload = batch(timedelta(minutes=1), payload)  # held
+    payload = batch(timedelta(minutes=14, seconds=40), payload)
     assert all(i.incident_id not in heard(receiver) for i in late)
     # 20 s after the last check, 1 s after the digest may go: this batch checks what is owed
-    alerter.consume(nothing, start + timedelta(minutes=15, seconds=1), payload)
+    batch(timedelta(minutes=15, seconds=1), payload)
     assert all(i.incident_id in heard(receiver) for i in late)
+
+
+def test_closings_take_the_room_left_after_new_alerts(receiver):
+    """A bulk resolve of incidents opened alone is capped like any other alert: a new
+    alert goes first, the closings past the room fold."""
+    from detector.incidents.status import RESOLVED
+
+    cfg = hook(receiver.url, per_hour=3)
+    opened = incidents(3)
+    state = run(opened, cfg, DeliveryState(), NOW).state  # all three alone
+    closed = [replace(i, status=RESOLVED, version=i.version + 1) for i in opened]
+    (new,) = incidents(1, offset=50)
+    report = run([*closed, new], cfg, state, NOW + timedelta(minutes=61))
+    alone = [(s["incident_id"], s["kind"]) for s in report.sent if s["kind"] != "digest"]
+    assert alone[0] == (new.incident_id, "new") or (new.incident_id, "new") in alone
+    assert len(alone) == 3 and report.summary()["folded"] == 1
+
+
+def test_the_budget_runs_on_the_wall_clock_whatever_the_stream_clock(receiver):
+    """A watch catching up on hours of backlog (its stream clock racing ahead) got a fresh
+    budget each stream hour; a replay ahead of the wall left a digest time in the future
+    that held every live digest for most of a day."""
+    cfg = hook(receiver.url, per_hour=2)
+    state = DeliveryState()
+    for hour in range(4):  # four stream hours, a second apart on the wall
+        more = incidents(3, offset=10 * hour)
+        stream = NOW + timedelta(hours=hour)
+        report = deliver(more, [build(cfg, sleep=no_sleep)], state, now=stream, wall=NOW)
+        state = report.state
+    alone = [b for b in receiver.delivered if b["output_fields"]["detect.incident.kind"] == "new"]
+    assert len(alone) == 2  # the wall's hour, not four stream hours
+    # A digest time in the future (another host's clock ahead) counts as now.
+    ahead = DeliveryState()
+    ahead.record_digest("hook", NOW + timedelta(hours=20))
+    held = run(incidents(3, offset=90), cfg, ahead, NOW)
+    assert held.summary()["digests"] == 0  # as if one went now
+    later = run(incidents(3, offset=90), cfg, held.state, NOW + timedelta(minutes=15))
+    assert later.summary()["digests"] == 1  # 15 minutes on, not 20 hours

@@ -147,8 +147,11 @@ def render_incidents(df: pl.DataFrame, *, title: str | None = None) -> None:
 
 
 def digests_text(summary: dict[str, Any]) -> str:
-    """``, N digest(s) of M alerts`` for a delivery summary where a sink's hourly budget
-    was past (:mod:`detector.delivery.storm`), else nothing."""
-    if not summary.get("digests"):
-        return ""
-    return f", {summary['digests']} digest(s) of {summary['folded']} alerts"
+    """``, N digest(s) of M alerts, K held for the next`` for a delivery summary where a
+    sink's hourly budget was past (:mod:`detector.delivery.storm`), else nothing."""
+    out = ""
+    if summary.get("digests"):
+        out += f", {summary['digests']} digest(s) of {summary['folded']} alerts"
+    if summary.get("held"):
+        out += f", {summary['held']} held for the next digest"
+    return out

@@ -109,6 +109,7 @@ class DeliveryReport:
             "digests": sum(1 for s in self.sent if s["kind"] == storm.DIGEST),
             "folded": sum(s.get("folded", 0) for s in self.sent),
             "throttled": len(self.throttled),
+            "held": len(self.owed),  # of those, past a sink's hourly budget (.storm)
             "failed": len(self.dead_letters),
             "waiting": len(self.waiting),
             "per_sink": per_sink,
@@ -116,18 +117,24 @@ class DeliveryReport:
 
 
 def plan(
-    incidents: Iterable[Incident], sink: Sink, state: DeliveryState, now: datetime, lake: str
+    incidents: Iterable[Incident],
+    sink: Sink,
+    state: DeliveryState,
+    now: datetime,
+    lake: str,
+    wall: datetime | None = None,
 ) -> tuple[list[Alert], list[dict[str, Any]], list[Alert]]:
     """The alerts ``sink`` must receive now, those held back by the throttle (an update of a
     principal updated within it, or an alert past the sink's hourly budget while its last
     digest is recent), and of those the alerts past the budget (:mod:`.storm`), which
     are owed: filed like alerts waiting for a sink that is down, so a later run sends
-    them in the next digest whatever their age."""
+    them in the next digest whatever their age. ``wall``: see :func:`deliver`."""
+    wall = wall or now
     cfg = sink.cfg
     due: list[Alert] = []
     held: list[dict[str, Any]] = []
     for inc in sorted(incidents, key=lambda i: (i.first_seen, i.incident_id)):
-        if state.refused_until(inc.incident_id, inc.version, cfg.name, now):
+        if state.refused_until(inc.incident_id, inc.version, cfg.name, wall):
             continue  # refused even shortened at this version: tried again later
         rec = state.delivered(inc.incident_id, cfg.name)
         if inc.status == RESOLVED:
@@ -151,8 +158,9 @@ def plan(
             held.append({"incident_id": inc.incident_id, "version": inc.version, "sink": cfg.name})
             continue
         due.append(alert)
-    due, past = storm.split(due, cfg, state, now)
-    if past and storm.digest_due(cfg, state, now):
+    state.clamp(cfg.name, wall)
+    due, past = storm.split(due, cfg, state, wall)
+    if past and storm.digest_due(cfg, state, wall):
         due.append(storm.digest(past, cfg, now))
         past = []
     held += [_ref(a, sink) for a in past]
@@ -172,6 +180,7 @@ def deliver(
     lake: str = "./lake",
     checkpoint: Callable[[DeliveryState], None] | None = None,
     health: dict[str, SinkHealth] | None = None,
+    wall: datetime | None = None,
 ) -> DeliveryReport:
     """Send what is due to every sink; returns a new state (the input is not changed).
 
@@ -188,19 +197,26 @@ def deliver(
     ``health``: each sink's :class:`SinkHealth` by name, kept by a caller that delivers
     again and again (``detect watch``); without it a sink that fails is down for the rest
     of this call only.
+
+    ``wall``: the wall-clock time, for what counts in real time (a sink's alerts of the
+    hour, its last digest, a refused alert's wait), when ``now`` is another clock: a
+    watch's is its stream's, which a catch-up or a replay runs far ahead of or behind
+    the wall (a replay ahead of it held every live digest for most of a day). Default
+    ``now``.
     """
     now = now or datetime.now(UTC)
+    wall = wall or now
     incidents = list(incidents)
     kept = health is not None  # a caller that delivers again (watch) retries on a clock
     health = {} if health is None else health
     report = DeliveryReport(state=state.copy())
     plans = []
     for sink in sinks:
-        due, held, past = plan(incidents, sink, report.state, now, lake)
+        due, held, past = plan(incidents, sink, report.state, now, lake, wall)
         report.throttled += held
         if past:
             report.owed += [_owed(a, sink, now) for a in past]
-            at = storm.next_digest(sink.cfg, report.state)
+            at = storm.next_digest(sink.cfg, report.state, wall)
             if at is not None and (report.next_digest is None or at < report.next_digest):
                 report.next_digest = at
         sink_health = health.setdefault(sink.name, SinkHealth())
@@ -242,7 +258,7 @@ def deliver(
                     sink_health.failed()
                 with guard:
                     done += chunk
-                    _record(report.state, sink, chunk, now)
+                    _record(report.state, sink, chunk, now, wall)
                     if checkpoint is not None and time.monotonic() - saved[0] >= CHECKPOINT_EVERY:
                         try:
                             checkpoint(report.state)
@@ -381,19 +397,24 @@ def _waiting(alert: Alert, sink: Sink, now: datetime) -> dict[str, Any]:
     }
 
 
-def _record(state: DeliveryState, sink: Sink, outcomes: list[Outcome], now: datetime) -> None:
+def _record(
+    state: DeliveryState, sink: Sink, outcomes: list[Outcome], now: datetime, wall: datetime
+) -> None:
+    """What ``outcomes`` delivered, at ``now``; the storm budget's and a refusal's times at
+    ``wall`` (see :func:`deliver`)."""
     for o in outcomes:
         digest = o.alert.incident.incident_id if o.alert.folded else None
         if not o.ok:
             if o.rejected and digest:  # the next digest waits its turn, not each member
-                state.record_digest(sink.name, now)
+                state.record_digest(sink.name, wall)
             elif o.rejected:  # refused even shortened: it waits before another try
-                state.refuse(o.alert.incident.incident_id, o.alert.incident.version, sink.name, now)
+                inc = o.alert.incident
+                state.refuse(inc.incident_id, inc.version, sink.name, wall)
             continue
         if digest:
-            state.record_digest(sink.name, now)
+            state.record_digest(sink.name, wall)
         else:
-            state.count_sent(sink.name, o.alert.key, now)
+            state.count_sent(sink.name, o.alert.key, wall)
         for m in _members(o.alert):
             inc = m.incident
             state.record(

@@ -96,24 +96,46 @@ class DeliveryState:
         *,
         digest: str | None = None,
     ) -> None:
-        """``digest``: the id of the digest that delivered this version (a storm)."""
-        self.sent[self._k(incident_id, sink)] = {
+        """``digest``: the id of the digest that delivered this version (a storm). Where
+        the incident was opened (``opened_in``: its first delivery's digest) is kept
+        across versions: its closing goes there (:mod:`detector.delivery.storm`)."""
+        key = self._k(incident_id, sink)
+        prev = self.sent.get(key)
+        opened_in = prev.get("opened_in") if prev is not None else digest
+        self.sent[key] = {
             "version": version,
             "severity": severity,
             "at": at.isoformat(),
             "key": f"{incident_id}:v{version}",
-            **({"digest": digest} if digest else {}),
+            **({"opened_in": opened_in} if opened_in else {}),
         }
         # a new alert counts too: its first update waits out the throttle like any other
         self.last_update[self._k(sink, who)] = at.isoformat()
 
     def count_sent(self, sink: str, key: str, at: datetime) -> None:
-        """An alert sent to ``sink`` one by one: it takes one of the sink's hour."""
-        self.hourly.setdefault(sink, {})[key] = at.isoformat()
+        """An alert sent to ``sink`` one by one at ``at`` (the wall clock): it takes one of
+        the sink's hour. The sink's alerts older than that hour are let go here, on the
+        same clock (:meth:`prune` runs on the caller's, a watch's stream clock)."""
+        cut = (at - HOURLY).isoformat()
+        sent = {k: v for k, v in self.hourly.get(sink, {}).items() if v > cut}
+        sent[key] = at.isoformat()
+        self.hourly[sink] = sent
 
     def sent_since(self, sink: str, since: datetime) -> int:
         cut = since.isoformat()
         return sum(at > cut for at in self.hourly.get(sink, {}).values())
+
+    def clamp(self, sink: str, wall: datetime) -> None:
+        """The sink's storm times no later than ``wall``: a time ahead of the wall (a host
+        whose clock runs ahead, a replay before these times were kept on the wall clock)
+        counts from now, instead of holding every digest until the wall catches up."""
+        now = wall.isoformat()
+        if self.digests.get(sink, "") > now:
+            self.digests[sink] = now
+        sent = self.hourly.get(sink, {})
+        for key, at in sent.items():
+            if at > now:
+                sent[key] = now
 
     def record_digest(self, sink: str, at: datetime) -> None:
         self.digests[sink] = at.isoformat()
@@ -139,7 +161,7 @@ class DeliveryState:
         if rec is None or rec["version"] != version:
             return False
         wait = min(REFUSED_WAIT * 2 ** (rec["times"] - 1), REFUSED_WAIT_AT_MOST)
-        return now < datetime.fromisoformat(rec["at"]) + wait
+        return now < min(datetime.fromisoformat(rec["at"]), now) + wait
 
     def last_update_at(self, sink: str, who: str) -> datetime | None:
         at = self.last_update.get(self._k(sink, who))
@@ -149,9 +171,10 @@ class DeliveryState:
         cut = (now - RETENTION).isoformat()
         self.sent = {k: v for k, v in self.sent.items() if v["at"] >= cut}
         self.last_update = {k: v for k, v in self.last_update.items() if v >= cut}
-        hour = (now - HOURLY).isoformat()
+        # the hour's alerts are let go by count_sent on the wall clock; here only those a
+        # sink no longer sent to for the retention (a sink renamed or removed)
         hourly = {
-            s: {k: at for k, at in sent.items() if at > hour} for s, sent in self.hourly.items()
+            s: {k: at for k, at in sent.items() if at >= cut} for s, sent in self.hourly.items()
         }
         self.hourly = {s: sent for s, sent in hourly.items() if sent}
         self.digests = {k: v for k, v in self.digests.items() if v >= cut}
@@ -278,13 +301,19 @@ def write_dead_letters(lake: Lake, rows: list[dict[str, Any]], now: datetime) ->
 
 
 def file_dead_letters(
-    lake: Lake, failed: list[dict[str, Any]], waiting: list[dict[str, Any]], now: datetime
+    lake: Lake,
+    failed: list[dict[str, Any]],
+    waiting: list[dict[str, Any]],
+    now: datetime,
+    reader: DeadLetterReader | None = None,
 ) -> int:
-    """File a delivery's failed alerts, and those that waited for a sink down unless one
-    for the same version and sink is filed already: a watch checks what is owed every
-    minute, and during an outage each check filed every waiting alert again."""
+    """File a delivery's failed alerts, and those that waited for a sink down (or for a
+    digest) unless one for the same version and sink is filed already: a watch checks
+    what is owed every minute, and during an outage each check filed every waiting alert
+    again. ``reader``: a caller's own, which reads only the files new since its last call
+    (a watch in a storm read 30 days of files at every batch)."""
     if waiting:
-        filed = read_dead_letters(lake, since=now - RETENTION)
+        filed = (reader or DeadLetterReader(lake)).read(since=now - RETENTION)
         seen = set(filed.select("incident_id", "version", "sink").iter_rows())
         waiting = [w for w in waiting if (w["incident_id"], w["version"], w["sink"]) not in seen]
     return write_dead_letters(lake, failed + waiting, now)

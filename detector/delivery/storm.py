@@ -9,12 +9,14 @@ read by nobody: the floods users of Elastic's and Falco's rules describe.
 Past a sink's hourly budget, the alerts due are folded into one *digest*: an alert shaped
 like an incident (so every sink's payload carries it) that counts them and names the worst,
 with the command that lists them all. The most severe alerts take the budget first; a
-critical one is never folded, nor the closing of an incident that was sent alone (closing
-is news where the opening was), while the closing of one that went in a digest goes in a
-digest too. At most one digest goes to a sink per :func:`digest_every`; until the next may
-go, the alerts past the budget wait, filed as owed (like an alert waiting for a sink that
-is down), so every later run finds them whatever their age. Once the digest is delivered
-its alerts are recorded as delivered at their versions: the digest was their delivery.
+critical one is never folded; the closing of an incident opened in a digest goes in a
+digest too (closing is news where the opening was), and closings of incidents opened alone
+take what room is left after the open alerts. At most one digest goes to a sink per
+:func:`digest_every`; until the next may go, the alerts past the budget wait, filed as owed
+(like an alert waiting for a sink that is down), so every later run finds them whatever
+their age. Once the digest is delivered its alerts are recorded as delivered at their
+versions: the digest was their delivery. The budget and the digests' times run on the wall
+clock, whatever clock the caller delivers on (``deliver``'s ``wall``).
 """
 
 from __future__ import annotations
@@ -56,17 +58,17 @@ def split(
         inc = alert.incident
         rec = state.delivered(inc.incident_id, cfg.name)
         if inc.status == RESOLVED:
-            # closed where it was opened: alone, or in a digest. Closings sent alone take
-            # no room from new alerts: their openings were within the budget already.
-            (folded if rec is not None and rec.get("digest") else closings).append(i)
+            # closed where it was opened: in a digest if it was opened in one; else alone
+            # while there is room, after every open alert (news before closings)
+            (folded if rec is not None and rec.get("opened_in") else closings).append(i)
         elif inc.severity == "critical":
             critical.append(i)
         else:
             ranked.append(i)
     room = max(0, limit - state.sent_since(cfg.name, now - HOUR) - len(critical))
-    always = closings + critical
     ranked.sort(key=lambda i: (-due[i].incident.severity_rank, due[i].incident.first_seen, i))
-    alone = set(always) | set(ranked[:room])
+    ranked += sorted(closings, key=lambda i: (due[i].incident.first_seen, i))
+    alone = set(critical) | set(ranked[:room])
     folded_set = set(folded) | set(ranked[room:])
     return (
         [a for i, a in enumerate(due) if i in alone],
@@ -76,14 +78,14 @@ def split(
 
 def digest_due(cfg: SinkConfig, state: DeliveryState, now: datetime) -> bool:
     """Whether a digest may go to the sink now: none within :func:`digest_every`."""
-    last = state.digest_at(cfg.name)
-    return last is None or now - last >= digest_every(cfg)
+    at = next_digest(cfg, state, now)
+    return at is None or now >= at
 
 
-def next_digest(cfg: SinkConfig, state: DeliveryState) -> datetime | None:
-    """When the sink's next digest may go (None: now)."""
+def next_digest(cfg: SinkConfig, state: DeliveryState, now: datetime) -> datetime | None:
+    """When the sink's next digest may go (None: now); see :meth:`DeliveryState.clamp`."""
     last = state.digest_at(cfg.name)
-    return None if last is None else last + digest_every(cfg)
+    return None if last is None else min(last, now) + digest_every(cfg)
 
 
 def digest(folded: list[Alert], cfg: SinkConfig, now: datetime) -> Alert:

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import polars as pl
@@ -67,7 +68,10 @@ class StreamAlerter:
         horizon: timedelta = DEFAULT_HORIZON,
         metrics: WatchMetrics | None = None,
         sink_kw: dict[str, Any] | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        """``clock``: the wall clock (the stream's is each batch's ``now``): what counts
+        in real time, as a sink's alerts of the hour, runs on it."""
         self.lake = lake
         self.detector = detector
         self.sink_configs = [c for c in sink_configs if c.enabled]
@@ -75,12 +79,13 @@ class StreamAlerter:
         self.horizon = horizon
         self.metrics = metrics
         self.sink_kw = sink_kw or {}
+        self.clock = clock
         self._pending_at: datetime | None = None
         # what is pending, re-read only where the lake changed (a call a minute for months)
         self._pending = PendingIncidents(lake)
         self._health: dict[str, SinkHealth] = {}  # a sink that fails waits, across batches
-        # when a sink's next digest may go: that batch checks what is owed, so the digest
-        # carries every alert held for it, not only the batch's own
+        # when a sink's next digest may go (wall clock): that batch checks what is owed,
+        # so the digest carries every alert held for it, not only the batch's own
         self._digest_at: datetime | None = None
         self.last: ConsumeResult = ConsumeResult()
 
@@ -113,15 +118,16 @@ class StreamAlerter:
             candidates = {i.incident_id: i for i in res.incidents}
             if self.metrics is not None:
                 self.metrics.count_findings(found.findings)
-        digest_due = self._digest_at is not None and now >= self._digest_at
-        if self.sink_configs and (
+        digest_due = self._digest_at is not None and self.clock() >= self._digest_at
+        checked = bool(self.sink_configs) and (
             self._pending_at is None or now - self._pending_at >= PENDING_EVERY or digest_due
-        ):
+        )
+        if checked:
             self._pending_at = now
             for inc in self._pending(now):
                 candidates.setdefault(inc.incident_id, inc)
         if candidates and self.sink_configs:
-            report = self._deliver(list(candidates.values()), earlier, now)
+            report = self._deliver(list(candidates.values()), earlier, now, checked)
             out.sent, out.failed = report.sent, len(report.dead_letters)
         elif earlier.sent:
             DeliveryStore(self.lake).save_merged(earlier, now)  # moved to the lake once
@@ -130,7 +136,10 @@ class StreamAlerter:
             self.metrics.batch_seconds.observe(time.monotonic() - started)
         return {"detect": state.to_dict()}
 
-    def _deliver(self, incidents: list, earlier: DeliveryState, now: datetime) -> DeliveryReport:
+    def _deliver(
+        self, incidents: list, earlier: DeliveryState, now: datetime, checked: bool
+    ) -> DeliveryReport:
+        """Deliver ``incidents`` (``checked``: with everything owed, the minute's check)."""
         built: list[sink_mod.Sink] = [_build(c, dict(self.sink_kw)) for c in self.sink_configs]
         store = DeliveryStore(self.lake)
         with delivery_lock(self.lake, wait=DELIVERY_WAIT) as held:
@@ -159,9 +168,17 @@ class StreamAlerter:
                 lake=self.lake.uri,
                 checkpoint=checkpoint,
                 health=self._health,
+                wall=self.clock(),
             )
-            file_dead_letters(self.lake, report.dead_letters, report.waiting + report.owed, now)
-            self._digest_at = report.next_digest
+            # Alerts held for a digest are filed at the check only: each batch between
+            # holds its own again, and a file a batch (every few seconds) is no record.
+            owed = report.owed if checked else []
+            reader = self._pending.dead_letters
+            file_dead_letters(self.lake, report.dead_letters, report.waiting + owed, now, reader)
+            if report.next_digest is not None:
+                self._digest_at = report.next_digest
+            elif checked:  # everything owed was planned and nothing is held any more
+                self._digest_at = None
         if self.metrics is not None:
             for s in report.sent:  # a digest counts once, at the worst severity it folds
                 self.metrics.alerts_sent.labels(severity=s["severity"], sink=s["sink"]).inc()
