@@ -290,8 +290,13 @@ def test_a_watch_checks_what_is_owed_when_a_digest_falls_due(tmp_path, receiver)
     start = datetime.now(UTC).replace(microsecond=0)
     df, ev = frames([finding(f"arn:aws:iam::1:role/r{i}", T0, severity="low") for i in range(3)])
     workflow.update(lake, df, ev, now=start)
+    from detector.pipeline.watch_metrics import WatchMetrics
+
     wall = [start]  # the watch's wall clock, moved with its stream clock here
-    alerter = StreamAlerter(lake, StreamDetector(lake), [hook_cfg], clock=lambda: wall[0])
+    metrics = WatchMetrics()
+    alerter = StreamAlerter(
+        lake, StreamDetector(lake), [hook_cfg], metrics=metrics, clock=lambda: wall[0]
+    )
     nothing = lake.scan_events(start, start).collect()
 
     def batch(at: timedelta, payload):  # type: ignore[no-untyped-def]
@@ -302,11 +307,13 @@ def test_a_watch_checks_what_is_owed_when_a_digest_falls_due(tmp_path, receiver)
     df, ev = frames([finding(f"arn:aws:iam::1:role/late{i}", T0, severity="low") for i in range(2)])
     late = workflow.update(lake, df, ev, now=start + timedelta(minutes=1)).incidents
     payload = batch(timedelta(minutes=1), payload)  # held
+    assert "2 held for a digest" in metrics.status_line()
     payload = batch(timedelta(minutes=14, seconds=40), payload)
     assert all(i.incident_id not in heard(receiver) for i in late)
     # 20 s after the last check, 1 s after the digest may go: this batch checks what is owed
     batch(timedelta(minutes=15, seconds=1), payload)
     assert all(i.incident_id in heard(receiver) for i in late)
+    assert "held" not in metrics.status_line()
 
 
 def test_closings_take_the_room_left_after_new_alerts(receiver):
@@ -362,3 +369,40 @@ def test_where_an_incident_opened_is_kept_when_an_update_goes_in_a_digest(receiv
     closed = replace(updated, status=RESOLVED, version=updated.version + 1)
     report = run([closed], cfg, state, NOW + timedelta(minutes=61))
     assert [(s["incident_id"], s["kind"]) for s in report.sent] == [(first.incident_id, "update")]
+
+
+def test_a_digest_names_every_alert_it_folds_and_the_rest_wait(receiver, monkeypatch):
+    """A digest of 320 alerts named 100 (the payload's cap on finding ids) and recorded
+    all 320 as delivered (found by a soak). It names all it folds, up to DIGEST_IDS; more
+    wait, owed, for the next digest."""
+    from detector.delivery import payloads, storm
+
+    monkeypatch.setattr(storm, "DIGEST_IDS", 10)
+    monkeypatch.setattr(payloads, "DIGEST_IDS", 10)
+    cfg = hook(receiver.url, per_hour=1)
+    incs = incidents(25)
+    report = run(incs, cfg, DeliveryState(), NOW)
+    (digest,) = [
+        b for b in receiver.delivered if b["output_fields"]["detect.incident.kind"] == "digest"
+    ]
+    assert len(digest["output_fields"]["detect.finding_ids"]) == 10
+    assert "detect.truncated" not in digest["output_fields"]
+    assert report.summary()["folded"] == 10 and report.summary()["held"] == 14
+    later = run(incs, cfg, report.state, NOW + timedelta(minutes=15))
+    assert later.summary()["folded"] == 10 and later.summary()["held"] == 4
+
+
+def test_refused_alerts_take_their_place_in_the_budget():
+    """A receiver answering 400 to everything was sent a whole storm one by one, twice
+    each (refusals did not count; found by a soak)."""
+    receiver = Receiver(statuses=[400] * 1000)
+    try:
+        cfg = hook(receiver.url, per_hour=2)
+        state = DeliveryState()
+        for minute in range(3):  # a watch's checks, each with new incidents
+            more = incidents(4, offset=10 * minute)
+            state = run(more, cfg, state, NOW + timedelta(minutes=minute)).state
+        alone = [r for r in receiver.requests if b"Alert storm" not in r["body"]]
+        assert len(alone) == 2 * 2  # the hour's two, each full and shortened
+    finally:
+        receiver.close()

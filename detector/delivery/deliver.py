@@ -94,6 +94,8 @@ class DeliveryReport:
     #: Alerts past a sink's hourly budget held for its next digest (:mod:`.storm`), as
     #: dead letters to file: owed to later runs whatever their age. Not failures.
     owed: list[dict[str, Any]] = field(default_factory=list)
+    #: Alerts a receiver refused, shortened too, waiting to be tried again: owed.
+    refused: list[dict[str, Any]] = field(default_factory=list)
     #: When the first sink with alerts held for a digest may send it: ``detect watch``
     #: then checks what is owed, so that digest carries every alert held.
     next_digest: datetime | None = None
@@ -112,6 +114,7 @@ class DeliveryReport:
             "held": len(self.owed),  # of those, past a sink's hourly budget (.storm)
             "failed": len(self.dead_letters),
             "waiting": len(self.waiting),
+            "refused": len(self.refused),
             "per_sink": per_sink,
         }
 
@@ -123,19 +126,23 @@ def plan(
     now: datetime,
     lake: str,
     wall: datetime | None = None,
-) -> tuple[list[Alert], list[dict[str, Any]], list[Alert]]:
+) -> tuple[list[Alert], list[dict[str, Any]], list[Alert], list[dict[str, Any]]]:
     """The alerts ``sink`` must receive now, those held back by the throttle (an update of a
     principal updated within it, or an alert past the sink's hourly budget while its last
     digest is recent), and of those the alerts past the budget (:mod:`.storm`), which
     are owed: filed like alerts waiting for a sink that is down, so a later run sends
-    them in the next digest whatever their age. ``wall``: see :func:`deliver`."""
+    them in the next digest whatever their age; and the alerts a receiver refused, shortened
+    too, that wait to be tried again (:meth:`DeliveryState.refuse`). ``wall``: see
+    :func:`deliver`."""
     wall = wall or now
     cfg = sink.cfg
     due: list[Alert] = []
     held: list[dict[str, Any]] = []
+    refused: list[dict[str, Any]] = []
     for inc in sorted(incidents, key=lambda i: (i.first_seen, i.incident_id)):
         if state.refused_until(inc.incident_id, inc.version, cfg.name, wall):
-            continue  # refused even shortened at this version: tried again later
+            refused.append(_ref(Alert(inc, "new", lake), sink))  # owed, tried again later
+            continue
         rec = state.delivered(inc.incident_id, cfg.name)
         if inc.status == RESOLVED:
             # Closing is news only where the opening was: never throttled, never first.
@@ -159,12 +166,13 @@ def plan(
             continue
         due.append(alert)
     state.clamp(cfg.name, wall)
-    due, past = storm.split(due, cfg, state, wall)
+    due, past, later = storm.split(due, cfg, state, wall)
     if past and storm.digest_due(cfg, state, wall):
         due.append(storm.digest(past, cfg, now))
         past = []
+    past += later
     held += [_ref(a, sink) for a in past]
-    return due, held, past
+    return due, held, past, refused
 
 
 #: Least time between two saves of the delivery records while sinks are sending.
@@ -212,8 +220,9 @@ def deliver(
     report = DeliveryReport(state=state.copy())
     plans = []
     for sink in sinks:
-        due, held, past = plan(incidents, sink, report.state, now, lake, wall)
+        due, held, past, refused = plan(incidents, sink, report.state, now, lake, wall)
         report.throttled += held
+        report.refused += refused
         if past:
             report.owed += [_owed(a, sink, now) for a in past]
             at = storm.next_digest(sink.cfg, report.state, wall)
@@ -410,6 +419,7 @@ def _record(
             elif o.rejected:  # refused even shortened: it waits before another try
                 inc = o.alert.incident
                 state.refuse(inc.incident_id, inc.version, sink.name, wall)
+                state.count_sent(sink.name, o.alert.key, wall)  # the receiver got it
             continue
         if digest:
             state.record_digest(sink.name, wall)

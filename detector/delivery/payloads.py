@@ -130,6 +130,9 @@ REASON_CHARS = 512
 ITEM_CHARS = 256
 LIST_ITEMS = 20
 FINDING_IDS = 100
+#: A digest names every incident it folds (:mod:`detector.delivery.storm` folds at most
+#: this many into one): 2,000 ids of 20 characters are 46 KB of JSON.
+DIGEST_IDS = 2000
 
 
 def clip(text: str | None, limit: int) -> str | None:
@@ -160,7 +163,12 @@ def _bounded(inc: Incident) -> dict[str, Any]:
         "tactics": _listed(inc.tactics, "tactics", cut),
         "techniques": _listed(inc.techniques, "techniques", cut),
         "detectors": _listed(inc.detectors, "detectors", cut),
-        "finding_ids": _listed(inc.finding_ids, "finding_ids", cut, FINDING_IDS),
+        "finding_ids": _listed(
+            inc.finding_ids,
+            "finding_ids",
+            cut,
+            DIGEST_IDS if inc.key_kind == "digest" else FINDING_IDS,
+        ),
         "reasons": reasons(inc),
     }
     out["truncated"] = cut
@@ -170,25 +178,29 @@ def _bounded(inc: Incident) -> dict[str, Any]:
 def shortened(inc: Incident) -> Incident:
     """``inc`` as little as an alert can say, in printable ASCII: what a sink is sent when
     it refused the whole alert (a size or a character it would not take), so that the
-    incident is still heard of and the rest is in the lake (``detect incidents show``)."""
+    incident is still heard of and the rest is in the lake (``detect incidents show``).
+    Smaller than any full alert of the same incident: its title, principal and worst
+    finding cut short, one address and namespace, three detectors and finding ids."""
 
     def plain(text: str | None, limit: int) -> str | None:
         if text is None:
             return None
-        cut = clip(text, limit) or ""
+        cut = text if len(text) <= limit else text[: limit - 3] + "..."
         return "".join(c if " " <= c <= "~" else "?" for c in cut)
 
-    worst = sorted(inc.timeline, key=lambda t: (-t["severity_rank"], t["time"]))[:3]
+    worst = sorted(inc.timeline, key=lambda t: (-t["severity_rank"], t["time"]))[:1]
     return replace(
         inc,
-        title=f"{plain(inc.title, 120)} [shortened: the full alert was refused]",
-        principal=plain(inc.principal, 200),
-        severity_reason=plain(inc.severity_reason, 300) or "",
-        source_ips=[plain(v, 64) or "" for v in inc.source_ips[:3]],
-        namespaces=[plain(v, 64) or "" for v in inc.namespaces[:3]],
-        detectors=[plain(v, 64) or "" for v in inc.detectors[:5]],
-        finding_ids=inc.finding_ids[:10],
-        timeline=[{**t, "title": plain(t["title"], 150)} for t in worst],
+        title=f"{plain(inc.title, 60)} [shortened]",
+        principal=plain(inc.principal, 120),
+        severity_reason=plain(inc.severity_reason, 80) or "",
+        source_ips=[plain(v, 45) or "" for v in inc.source_ips[:1]],
+        namespaces=[plain(v, 63) or "" for v in inc.namespaces[:1]],
+        tactics=inc.tactics[:3],
+        techniques=inc.techniques[:3],
+        detectors=[plain(v, 64) or "" for v in inc.detectors[:3]],
+        finding_ids=inc.finding_ids[:3],
+        timeline=[{**t, "title": plain(t["title"], 80)} for t in worst],
     )
 
 

@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from detector.delivery.config import SinkConfig
-from detector.delivery.payloads import Alert
+from detector.delivery.payloads import DIGEST_IDS, Alert
 from detector.delivery.records import DeliveryState
 from detector.incidents.group import Incident
 from detector.incidents.status import NEW, RESOLVED
@@ -48,11 +48,12 @@ def digest_every(cfg: SinkConfig) -> timedelta:
 
 def split(
     due: list[Alert], cfg: SinkConfig, state: DeliveryState, now: datetime
-) -> tuple[list[Alert], list[Alert]]:
-    """``due`` as (sent one by one, past the budget), both in ``due``'s order."""
+) -> tuple[list[Alert], list[Alert], list[Alert]]:
+    """``due`` as (sent one by one, past the budget, past what one digest names), each in
+    ``due``'s order."""
     limit = cfg.max_alerts_per_hour
     if not limit:
-        return due, []
+        return due, [], []
     closings, critical, ranked, folded = [], [], [], []
     for i, alert in enumerate(due):
         inc = alert.incident
@@ -69,10 +70,13 @@ def split(
     ranked.sort(key=lambda i: (-due[i].incident.severity_rank, due[i].incident.first_seen, i))
     ranked += sorted(closings, key=lambda i: (due[i].incident.first_seen, i))
     alone = set(critical) | set(ranked[:room])
-    folded_set = set(folded) | set(ranked[room:])
+    past = folded + ranked[room:]
+    # one digest names all it folds (payloads.DIGEST_IDS): the rest wait for the next
+    in_digest, later = set(past[:DIGEST_IDS]), set(past[DIGEST_IDS:])
     return (
         [a for i, a in enumerate(due) if i in alone],
-        [a for i, a in enumerate(due) if i in folded_set],
+        [a for i, a in enumerate(due) if i in in_digest],
+        [a for i, a in enumerate(due) if i in later],
     )
 
 

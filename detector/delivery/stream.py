@@ -180,6 +180,8 @@ class StreamAlerter:
             elif checked:  # everything owed was planned and nothing is held any more
                 self._digest_at = None
         if self.metrics is not None:
+            if checked:  # everything owed was planned: the whole count
+                self.metrics.alerts_held.set(len(report.owed))
             for s in report.sent:  # a digest counts once, at the worst severity it folds
                 self.metrics.alerts_sent.labels(severity=s["severity"], sink=s["sink"]).inc()
             for d in report.dead_letters:

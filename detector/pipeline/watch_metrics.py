@@ -57,6 +57,11 @@ class WatchMetrics:
             ["sink"],
             registry=r,
         )
+        self.alerts_held = Gauge(
+            "detect_watch_alerts_held",
+            "Alerts past a sink's hourly budget, owed to its next digest (at the last check)",
+            registry=r,
+        )
         self.findings = Counter(
             "detect_watch_findings", "Findings written", ["detector_kind"], registry=r
         )
@@ -126,6 +131,11 @@ class WatchMetrics:
             self.model_info.labels(model_version=version).set(1)
         self.model_version = version
 
+    def held_text(self) -> str:
+        """``N held for a digest, `` when alerts wait past a sink's budget, else nothing."""
+        held = _held(self.alerts_held)
+        return f"{held} held for a digest, " if held else ""
+
     def status_line(self) -> str:
         sent = sum(s.get() for s in _samples(self.alerts_sent))
         failed = sum(s.get() for s in _samples(self.delivery_failures))
@@ -133,9 +143,13 @@ class WatchMetrics:
         return (
             f"watch: {self.totals['events']} events ({self.events_per_second._value.get():.1f}/s), "
             f"lag {max(lags) if lags else 0:.1f}s, {int(sent)} alerts sent, {int(failed)} "
-            f"failed, {self.totals['quarantined']} quarantined, model "
+            f"failed, {self.held_text()}{self.totals['quarantined']} quarantined, model "
             f"{self.model_version or 'none'}, {'ready' if self.ready else 'not ready'}"
         )
+
+
+def _held(gauge: Gauge) -> int:
+    return int(gauge._value.get())
 
 
 def _samples(metric: Counter | Gauge) -> list:

@@ -227,18 +227,25 @@ def deliver_cmd(
         stdout.line(
             f"sent {s['sent']} ({s['new']} new, {s['updates']} updates{digests_text(s)}), "
             f"{s['throttled']} throttled, {s['failed']} failed, {s['waiting']} waiting "
-            "for a sink that is down",
+            "for a sink that is down"
+            + (
+                f", {s['refused']} refused by their receiver, tried again later"
+                if s["refused"]
+                else ""
+            ),
         )
     if report.busy:
         raise RuntimeFailure(
             f"another run was delivering alerts from {the_lake.uri} for longer than this one "
             "could wait: nothing was sent; the next run sends what is owed"
         )
-    if s["failed"] or s["waiting"]:
+    if s["failed"] or s["waiting"] or s["refused"]:
+        owed = s["failed"] + s["waiting"] + s["refused"]
         raise RuntimeFailure(
-            f"{s['failed'] + s['waiting']} alert(s) could not be delivered ({s['failed']} "
-            f"failed, in {the_lake.uri}/dead_letters; {s['waiting']} not tried once their "
-            "sink failed); the next run sends them"
+            f"{owed} alert(s) could not be delivered ({s['failed']} failed, in "
+            f"{the_lake.uri}/dead_letters; {s['waiting']} not tried once their sink failed; "
+            f"{s['refused']} refused by their receiver, waiting to be tried again); a later "
+            "run sends them"
         )
 
 

@@ -313,7 +313,7 @@ def watch(
         f"watch stopped{' by ' + _signame(received[0]) if received else ''} after {seconds:.1f}s: "
         f"{metrics.totals['events']} events, "
         f"{int(sum(c._value.get() for c in metrics.alerts_sent._metrics.values()))} alerts sent, "
-        f"{metrics.totals['quarantined']} quarantined",
+        f"{metrics.held_text()}{metrics.totals['quarantined']} quarantined",
         err=True,
     )
     raise typer.Exit(EXIT_OK)
