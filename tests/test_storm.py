@@ -406,3 +406,34 @@ def test_refused_alerts_take_their_place_in_the_budget():
         assert len(alone) == 2 * 2  # the hour's two, each full and shortened
     finally:
         receiver.close()
+
+
+def test_a_digest_of_the_most_it_folds_fits_every_receiver(receiver):
+    """2,000 alerts quoting what an attacker wrote (control characters JSON writes as six
+    bytes each, long names, many addresses): the digest stays within SNS's and
+    EventBridge's 256 KB and Slack's limits."""
+    import orjson
+
+    from detector.delivery import payloads, storm
+
+    (base,) = incidents(1)
+    text = "\x00<" * 3000
+    folded = [
+        payloads.Alert(
+            replace(base, incident_id=f"{i:020x}", title=text, principal=text + str(i),
+                    namespaces=[text + str(j) for j in range(30)],
+                    source_ips=[f"10.0.{i % 250}.{j}" for j in range(30)]),
+            "new",
+        )
+        for i in range(storm.DIGEST_IDS)
+    ]  # fmt: skip
+    alert = storm.digest(folded, hook(receiver.url, per_hour=1), NOW)
+    for body in (
+        payloads.incident_doc(alert),
+        payloads.falcosidekick(alert),
+        payloads.eventbridge_entry(alert, "s", "b")["Detail"],
+    ):
+        assert len(orjson.dumps(body)) < 256 * 1024
+    slack = payloads.slack(alert)
+    assert all(len(f["text"]) <= 2000 for f in slack["blocks"][1]["fields"])
+    assert len(slack["blocks"][2]["text"]["text"]) <= 3000
