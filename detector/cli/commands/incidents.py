@@ -203,9 +203,10 @@ def deliver_cmd(
     sink has not received at their current version (after an outage, say). Nothing already
     delivered is sent again.
 
-    Exit codes: 0 sent (or nothing was due), 2 no sinks configured or a bad option, 3 an
-    alert could not be delivered after its retries (it is kept in LAKE/dead_letters and
-    sent again by the next run), so a cron job that retries sees the outage.
+    Exit codes: 0 sent (or nothing was due, or held for a sink's next digest), 2 no sinks
+    configured or a bad option, 3 an alert could not be delivered after its retries, or
+    waits to be tried again after its receiver refused it (it is kept in LAKE/dead_letters
+    and sent by a later run), so a cron job that retries sees the outage.
 
     Example:
 
