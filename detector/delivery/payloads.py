@@ -180,7 +180,8 @@ def shortened(inc: Incident) -> Incident:
     it refused the whole alert (a size or a character it would not take), so that the
     incident is still heard of and the rest is in the lake (``detect incidents show``).
     Smaller than any full alert of the same incident: its title, principal and worst
-    finding cut short, one address and namespace, three detectors and finding ids."""
+    finding cut short, one address and namespace, three detectors and finding ids; a
+    digest keeps the ids of every incident it folds (delivered, they are recorded)."""
 
     def plain(text: str | None, limit: int) -> str | None:
         if text is None:
@@ -199,7 +200,8 @@ def shortened(inc: Incident) -> Incident:
         tactics=inc.tactics[:3],
         techniques=inc.techniques[:3],
         detectors=[plain(v, 64) or "" for v in inc.detectors[:3]],
-        finding_ids=inc.finding_ids[:3],
+        # a digest's ids are what it delivers: every one stays, or none is delivered
+        finding_ids=inc.finding_ids if inc.key_kind == "digest" else inc.finding_ids[:3],
         timeline=[{**t, "title": plain(t["title"], 80)} for t in worst],
     )
 
