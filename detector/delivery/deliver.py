@@ -91,9 +91,12 @@ class DeliveryReport:
     waiting: list[dict[str, Any]] = field(default_factory=list)
     #: Nothing was tried: another run held the delivery lock past the wait.
     busy: bool = False
-    #: Alerts past a sink's hourly budget held for its next digest (:mod:`.storm`), as
-    #: dead letters to file: owed to later runs whatever their age. Not failures.
+    #: Alerts held back, as dead letters to file: updates waiting out the throttle and
+    #: alerts past a sink's hourly budget held for its next digest (:mod:`.storm`), owed
+    #: to later runs whatever their age (a run looks back a day otherwise). Not failures.
     owed: list[dict[str, Any]] = field(default_factory=list)
+    #: How many of the throttled alerts are held for a digest.
+    held: int = 0
     #: Alerts a receiver refused, shortened too, waiting to be tried again: owed.
     refused: list[dict[str, Any]] = field(default_factory=list)
     #: When the first sink with alerts held for a digest may send it: ``detect watch``
@@ -111,12 +114,25 @@ class DeliveryReport:
             "digests": sum(1 for s in self.sent if s["kind"] == storm.DIGEST),
             "folded": sum(s.get("folded", 0) for s in self.sent),
             "throttled": len(self.throttled),
-            "held": len(self.owed),  # of those, past a sink's hourly budget (.storm)
+            "held": self.held,  # of those, past a sink's hourly budget (.storm)
             "failed": len(self.dead_letters),
             "waiting": len(self.waiting),
             "refused": len(self.refused),
             "per_sink": per_sink,
         }
+
+
+@dataclass
+class Plan:
+    """What one sink is due (:func:`plan`)."""
+
+    due: list[Alert] = field(default_factory=list)
+    #: updates waiting out the per-principal throttle, owed once it ends
+    throttled: list[Alert] = field(default_factory=list)
+    #: alerts past the sink's hourly budget, owed to its next digest (:mod:`.storm`)
+    past: list[Alert] = field(default_factory=list)
+    #: alerts a receiver refused, shortened too, waiting to be tried again
+    refused: list[Alert] = field(default_factory=list)
 
 
 def plan(
@@ -126,7 +142,7 @@ def plan(
     now: datetime,
     lake: str,
     wall: datetime | None = None,
-) -> tuple[list[Alert], list[dict[str, Any]], list[Alert], list[dict[str, Any]]]:
+) -> Plan:
     """The alerts ``sink`` must receive now, those held back by the throttle (an update of a
     principal updated within it, or an alert past the sink's hourly budget while its last
     digest is recent), and of those the alerts past the budget (:mod:`.storm`), which
@@ -136,12 +152,11 @@ def plan(
     :func:`deliver`."""
     wall = wall or now
     cfg = sink.cfg
-    due: list[Alert] = []
-    held: list[dict[str, Any]] = []
-    refused: list[dict[str, Any]] = []
+    out = Plan()
+    due = out.due
     for inc in sorted(incidents, key=lambda i: (i.first_seen, i.incident_id)):
         if state.refused_until(inc.incident_id, inc.version, cfg.name, wall):
-            refused.append(_ref(Alert(inc, "new", lake), sink))  # owed, tried again later
+            out.refused.append(Alert(inc, "new", lake))  # owed, tried again later
             continue
         rec = state.delivered(inc.incident_id, cfg.name)
         if inc.status == RESOLVED:
@@ -162,17 +177,16 @@ def plan(
         raised = SEVERITIES.index(inc.severity) > SEVERITIES.index(rec["severity"])
         last = state.last_update_at(cfg.name, alert.who)
         if not raised and last is not None and (now - last).total_seconds() < cfg.throttle:
-            held.append({"incident_id": inc.incident_id, "version": inc.version, "sink": cfg.name})
+            out.throttled.append(alert)
             continue
         due.append(alert)
     state.clamp(cfg.name, wall)
-    due, past, later = storm.split(due, cfg, state, wall)
+    out.due, past, later = storm.split(due, cfg, state, wall)
     if past and storm.digest_due(cfg, state, wall):
-        due.append(storm.digest(past, cfg, now))
+        out.due.append(storm.digest(past, cfg, now))
         past = []
-    past += later
-    held += [_ref(a, sink) for a in past]
-    return due, held, past, refused
+    out.past = past + later
+    return out
 
 
 #: Least time between two saves of the delivery records while sinks are sending.
@@ -220,11 +234,14 @@ def deliver(
     report = DeliveryReport(state=state.copy())
     plans = []
     for sink in sinks:
-        due, held, past, refused = plan(incidents, sink, report.state, now, lake, wall)
-        report.throttled += held
-        report.refused += refused
-        if past:
-            report.owed += [_owed(a, sink, now) for a in past]
+        planned = plan(incidents, sink, report.state, now, lake, wall)
+        due = planned.due
+        report.throttled += [_ref(a, sink) for a in planned.throttled + planned.past]
+        report.refused += [_ref(a, sink) for a in planned.refused]
+        report.owed += [_owed(a, sink, now, THROTTLED) for a in planned.throttled]
+        report.held += len(planned.past)
+        if planned.past:
+            report.owed += [_owed(a, sink, now, HELD) for a in planned.past]
             at = storm.next_digest(sink.cfg, report.state, wall)
             if at is not None and (report.next_digest is None or at < report.next_digest):
                 report.next_digest = at
@@ -378,16 +395,17 @@ def _members(alert: Alert) -> tuple[Alert, ...]:
     return alert.folded or (alert,)
 
 
-def _owed(alert: Alert, sink: Sink, now: datetime) -> dict[str, Any]:
-    """An alert past its sink's hourly budget, held for the next digest, as a dead letter
-    (see :func:`plan`)."""
-    return {
-        **_waiting(alert, sink, now),
-        "error": (
-            f"held: past sink {sink.name}'s {sink.cfg.max_alerts_per_hour} alerts an hour; "
-            "it goes in the sink's next digest"
-        ),
-    }
+#: Why an alert is held (a dead letter's ``error``): its sink's budget, or the throttle.
+HELD = "held: past sink {name}'s {limit} alerts an hour; it goes in the sink's next digest"
+THROTTLED = "held: an update within sink {name}'s throttle for its principal; sent once it ends"
+
+
+def _owed(alert: Alert, sink: Sink, now: datetime, why: str) -> dict[str, Any]:
+    """An alert held back (``why``: :data:`HELD` or :data:`THROTTLED`), as a dead letter:
+    a run looks back a day for incidents to deliver, and a throttled update or a digest
+    can outlast it (a throttle of days, runs a day apart). See :func:`plan`."""
+    error = why.format(name=sink.name, limit=sink.cfg.max_alerts_per_hour)
+    return {**_waiting(alert, sink, now), "error": error}
 
 
 def _waiting(alert: Alert, sink: Sink, now: datetime) -> dict[str, Any]:

@@ -335,6 +335,7 @@ def slack(alert: Alert) -> dict[str, Any]:
         ("Window", f"{_iso(inc.first_seen)} to {_iso(inc.last_seen)}"),
         ("Tactics", " → ".join(inc.tactics) or "-"),
     ]
+    folds = [_folded_block(inc.finding_ids)] if alert.kind == "digest" else []
     return {
         "text": _esc(text, SLACK_TEXT),
         "blocks": [
@@ -359,8 +360,24 @@ def slack(alert: Alert) -> dict[str, Any]:
                     }
                 ],
             },
+            *folds,
         ],
     }
+
+
+def _folded_block(ids: list[str]) -> dict[str, Any]:
+    """A digest's folded incident ids, as many as a block's 3,000 characters hold (about
+    130), then how many more: what the channel was told of, by id."""
+    shown: list[str] = []
+    size = len("Folds: ") + len(" and 9999 more")
+    for i in ids:
+        if size + len(i) + 2 > SLACK_SECTION:
+            break
+        shown.append(i)
+        size += len(i) + 2
+    more = f" and {len(ids) - len(shown)} more" if len(shown) < len(ids) else ""
+    text = "Folds: " + ", ".join(_esc(i, ITEM_CHARS) for i in shown) + more
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": text}]}
 
 
 #: Block Kit's limits (characters): a header's plain text, a section field, a section's

@@ -181,7 +181,7 @@ class StreamAlerter:
                 self._digest_at = None
         if self.metrics is not None:
             if checked:  # everything owed was planned: the whole count
-                self.metrics.alerts_held.set(len(report.owed))
+                self.metrics.alerts_held.set(report.held)
             for s in report.sent:  # a digest counts once, at the worst severity it folds
                 self.metrics.alerts_sent.labels(severity=s["severity"], sink=s["sink"]).inc()
             for d in report.dead_letters:
