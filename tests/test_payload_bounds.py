@@ -442,3 +442,77 @@ def test_the_shortened_alert_is_smaller_than_any_full_one():
         full, short = payloads.Alert(inc, "new"), payloads.Alert(payloads.shortened(inc), "new")
         for build in (payloads.falcosidekick, payloads.slack, payloads.incident_doc):
             assert len(orjson.dumps(build(short))) < len(orjson.dumps(build(full)))
+
+
+class UnnamedFailure(FaultProxy):
+    """In front of moto: the first BatchImportFindings answer reports a failed finding
+    with an Id the call did not send (moto never answers so; a proxy is the only way)."""
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(upstream, operations=())
+        self.calls: list[int] = []
+
+    def _forward(self, method, path, headers, body):
+        status, hdrs, payload = super()._forward(method, path, headers, body)
+        if path.startswith("/findings/import"):
+            self.calls.append(len(json.loads(body)["Findings"]))
+            if len(self.calls) == 1:
+                doc = json.loads(payload)
+                doc["FailedFindings"] = [{"Id": "not-sent", "ErrorCode": "InternalFailure"}]
+                doc["FailedCount"] = 1
+                payload = json.dumps(doc).encode()
+        return status, hdrs, payload
+
+
+def test_a_failure_security_hub_ties_to_no_finding_puts_them_all_again(aws, monkeypatch):
+    """A failure naming no finding the call sent was ignored, and every finding of the call
+    counted as delivered, one of them perhaps never taken (noted by the final review).
+    They are put again (a finding with the same Id is updated in place)."""
+    incs = []
+    for i in range(3):
+        df, ev = frames([finding(f"arn:aws:iam::1:role/r{i}", T0, severity="high")])
+        incs += group(df, [], events=ev, now=T0)[0]
+    with UnnamedFailure(aws) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        hub = build_sink(
+            sink(name="hub", type="securityhub", region="us-east-1", account_id="123456789012",
+                 retries=1),
+            sleep=no_sleep,
+        )  # fmt: skip
+        report = deliver(incs, [hub], DeliveryState(), now=NOW)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", aws)
+    assert proxy.calls == [3, 3]
+    assert report.summary()["new"] == 3 and report.dead_letters == []
+
+
+class ShortAnswer(FaultProxy):
+    """In front of moto: the first PutEvents answer lists only its first entry (moto always
+    answers every entry; a proxy is the only way)."""
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(upstream, operations=())
+        self.calls: list[int] = []
+
+    def _forward(self, method, path, headers, body):
+        status, hdrs, payload = super()._forward(method, path, headers, body)
+        if headers.get("X-Amz-Target", "").endswith(".PutEvents"):
+            self.calls.append(len(json.loads(body)["Entries"]))
+            if len(self.calls) == 1:
+                doc = json.loads(payload)
+                doc["Entries"] = doc["Entries"][:1]
+                payload = json.dumps(doc).encode()
+        return status, hdrs, payload
+
+
+def test_entries_eventbridge_does_not_answer_for_are_put_again(aws, monkeypatch):
+    incs = []
+    for i in range(3):
+        df, ev = frames([finding(f"arn:aws:iam::1:role/r{i}", T0, severity="high")])
+        incs += group(df, [], events=ev, now=T0)[0]
+    with ShortAnswer(aws) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        eb = build_sink(sink(name="eb", type="eventbridge", retries=1), sleep=no_sleep)
+        report = deliver(incs, [eb], DeliveryState(), now=NOW)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", aws)
+    assert proxy.calls == [3, 2]
+    assert report.summary()["new"] == 3 and report.dead_letters == []

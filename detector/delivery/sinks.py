@@ -499,7 +499,12 @@ class EventBridgeSink(_BatchSink):
     def put(self, records: list[dict[str, Any]]) -> dict[int, tuple[bool, str, bool]]:
         resp = self.client.put_events(Entries=records)
         failed = {}
-        for i, entry in enumerate(resp.get("Entries", [])):
+        entries = resp.get("Entries", [])
+        # An answer shorter than the call says nothing of the records past its end: they
+        # are not known to be in, so they are tried again (never recorded as delivered).
+        for i in range(len(entries), len(records)):
+            failed[i] = (True, f"sink {self.name}: no answer for the entry", False)
+        for i, entry in enumerate(entries):
             if entry.get("ErrorCode"):
                 code = entry["ErrorCode"]
                 failed[i] = (
@@ -534,15 +539,25 @@ class SecurityHubSink(_BatchSink):
         resp = self.client.batch_import_findings(Findings=records)
         index = {r["Id"]: i for i, r in enumerate(records)}
         failed = {}
+        unnamed = 0
         for f in resp.get("FailedFindings", []):
             i = index.get(f.get("Id"))
-            if i is not None:
-                code = f.get("ErrorCode", "Error")
-                failed[i] = (
-                    code in ("InternalFailure", "ThrottlingException", "ServiceUnavailable"),
-                    f"sink {self.name}: {code}: {f.get('ErrorMessage', '')}"[:300],
-                    code in RECORD_REJECTED_CODES,
-                )
+            if i is None:
+                unnamed += 1
+                continue
+            code = f.get("ErrorCode", "Error")
+            failed[i] = (
+                code in ("InternalFailure", "ThrottlingException", "ServiceUnavailable"),
+                f"sink {self.name}: {code}: {f.get('ErrorMessage', '')}"[:300],
+                code in RECORD_REJECTED_CODES,
+            )
+        if unnamed:
+            # A failure we cannot tie to a record: none of the call's records is known to
+            # be in. Putting a finding again updates it in place, so all are tried again
+            # rather than one recorded as delivered that Security Hub never took.
+            error = f"sink {self.name}: {unnamed} failed finding(s) named no finding sent"
+            for i in range(len(records)):
+                failed.setdefault(i, (True, error, False))
         return failed
 
 
