@@ -162,6 +162,15 @@ class Gateway:
         self.server.server_close()
 
 
+def roles(n: int) -> list[Incident]:
+    """``n`` incidents, one high finding each of as many IAM roles."""
+    incs = []
+    for i in range(n):
+        df, ev = frames([finding(f"arn:aws:iam::1:role/r{i}", T0, severity="high")])
+        incs += group(df, [], events=ev, now=T0)[0]
+    return incs
+
+
 def poison_and_victim() -> tuple[Incident, Incident]:
     """A big incident of an attacker's making, first, and a later critical one."""
     rows = [
@@ -244,9 +253,7 @@ def test_a_receiver_that_refuses_everything_gets_each_alert_twice_then_waits():
     """A webhook URL that is not the endpoint it should be answers 400 to every alert: each
     is tried full and shortened, then waits an hour; it is not sent twice a minute."""
     incs = [poison_and_victim()[1]]
-    for i in range(4):
-        df, ev = frames([finding(f"arn:aws:iam::1:role/r{i}", T0, severity="high")])
-        incs += group(df, [], events=ev, now=T0)[0]
+    incs += roles(4)
     gateway = Gateway(limit=10**9, refused=("incident",))
     state = DeliveryState()
     try:
@@ -333,10 +340,7 @@ class PutEventsLimit(FaultProxy):
 
 
 def test_eventbridge_puts_alone_the_entries_of_a_call_refused_for_its_size(aws, monkeypatch):
-    incs = []
-    for i in range(4):
-        df, ev = frames([finding(f"arn:aws:iam::1:role/r{i}", T0, severity="high")])
-        incs += group(df, [], events=ev, now=T0)[0]
+    incs = roles(4)
     one = len(payloads.eventbridge_entry(payloads.Alert(incs[0], "new"), "s", "b")["Detail"])
     events = boto3.client("events")
     url, arn = queue("eb-alerts")
@@ -380,10 +384,7 @@ def test_a_record_code_that_refuses_the_sender_marks_the_sink_down(aws, monkeypa
     shortened re-send of each, and the sink is down, as for a 403."""
     from detector.delivery.deliver import SinkHealth
 
-    incs = []
-    for i in range(3):
-        df, ev = frames([finding(f"arn:aws:iam::1:role/r{i}", T0, severity="high")])
-        incs += group(df, [], events=ev, now=T0)[0]
+    incs = roles(3)
     health: dict[str, SinkHealth] = {}
     with RefusesTheSender(aws) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
@@ -468,10 +469,7 @@ def test_a_failure_security_hub_ties_to_no_finding_puts_them_all_again(aws, monk
     """A failure naming no finding the call sent was ignored, and every finding of the call
     counted as delivered, one of them perhaps never taken (noted by the final review).
     They are put again (a finding with the same Id is updated in place)."""
-    incs = []
-    for i in range(3):
-        df, ev = frames([finding(f"arn:aws:iam::1:role/r{i}", T0, severity="high")])
-        incs += group(df, [], events=ev, now=T0)[0]
+    incs = roles(3)
     with UnnamedFailure(aws) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
         hub = build_sink(
@@ -505,10 +503,7 @@ class ShortAnswer(FaultProxy):
 
 
 def test_entries_eventbridge_does_not_answer_for_are_put_again(aws, monkeypatch):
-    incs = []
-    for i in range(3):
-        df, ev = frames([finding(f"arn:aws:iam::1:role/r{i}", T0, severity="high")])
-        incs += group(df, [], events=ev, now=T0)[0]
+    incs = roles(3)
     with ShortAnswer(aws) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
         eb = build_sink(sink(name="eb", type="eventbridge", retries=1), sleep=no_sleep)
