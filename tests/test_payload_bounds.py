@@ -37,6 +37,9 @@ ATTACKER = "arn:aws:iam::111122223333:role/dev/mallory"
 VICTIM = "arn:aws:iam::111122223333:role/admin/alice"
 #: SNS's message limit and EventBridge's entry limit.
 AWS_MESSAGE_BYTES = 256 * 1024
+#: The EventBridge source of this module's events: test_delivery's rule on the shared moto
+#: server matches audit-detector's, and its queue must not get these.
+BOUNDS_SOURCE = "audit-detector.bounds-test"
 
 
 def no_sleep(_seconds: float) -> None:
@@ -304,8 +307,9 @@ def test_sns_takes_an_incident_with_a_huge_namespace_and_a_control_character(aws
         namespace="n" * 300_000,
     )
     (poison,), _ = group(df, [], events=ev, now=T0)
-    topic = boto3.client("sns").create_topic(Name="alerts")["TopicArn"]
-    url, arn = queue("sns-alerts")
+    # names of their own: the moto server is shared with test_delivery's queues and rules
+    topic = boto3.client("sns").create_topic(Name="bounds-alerts")["TopicArn"]
+    url, arn = queue("bounds-sns-alerts")
     boto3.client("sns").subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn)
     sns = build_sink(sink(name="sns", type="sns", topic_arn=topic), sleep=no_sleep)
     report = deliver([poison, victim], [sns], DeliveryState(), now=NOW)
@@ -343,12 +347,12 @@ def test_eventbridge_puts_alone_the_entries_of_a_call_refused_for_its_size(aws, 
     incs = roles(4)
     one = len(payloads.eventbridge_entry(payloads.Alert(incs[0], "new"), "s", "b")["Detail"])
     events = boto3.client("events")
-    url, arn = queue("eb-alerts")
-    events.put_rule(Name="alerts", EventPattern=json.dumps({"source": ["audit-detector"]}))
-    events.put_targets(Rule="alerts", Targets=[{"Id": "q", "Arn": arn}])
+    url, arn = queue("bounds-eb-alerts")
+    events.put_rule(Name="bounds-alerts", EventPattern=json.dumps({"source": [BOUNDS_SOURCE]}))
+    events.put_targets(Rule="bounds-alerts", Targets=[{"Id": "q", "Arn": arn}])
     with PutEventsLimit(aws, limit=3 * one) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-        eb = build_sink(sink(name="eb", type="eventbridge"), sleep=no_sleep)
+        eb = build_sink(sink(name="eb", type="eventbridge", source=BOUNDS_SOURCE), sleep=no_sleep)
         report = deliver(incs, [eb], DeliveryState(), now=NOW)
     monkeypatch.setenv("AWS_ENDPOINT_URL", aws)
     assert proxy.sizes == [4, 1, 1, 1, 1]
@@ -388,7 +392,7 @@ def test_a_record_code_that_refuses_the_sender_marks_the_sink_down(aws, monkeypa
     health: dict[str, SinkHealth] = {}
     with RefusesTheSender(aws) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-        eb = build_sink(sink(name="eb", type="eventbridge"), sleep=no_sleep)
+        eb = build_sink(sink(name="eb", type="eventbridge", source=BOUNDS_SOURCE), sleep=no_sleep)
         report = deliver(incs, [eb], DeliveryState(), now=NOW, health=health)
     monkeypatch.setenv("AWS_ENDPOINT_URL", aws)
     assert proxy.calls == 1 and len(report.dead_letters) == 3
@@ -506,7 +510,9 @@ def test_entries_eventbridge_does_not_answer_for_are_put_again(aws, monkeypatch)
     incs = roles(3)
     with ShortAnswer(aws) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-        eb = build_sink(sink(name="eb", type="eventbridge", retries=1), sleep=no_sleep)
+        eb = build_sink(
+            sink(name="eb", type="eventbridge", source=BOUNDS_SOURCE, retries=1), sleep=no_sleep
+        )
         report = deliver(incs, [eb], DeliveryState(), now=NOW)
     monkeypatch.setenv("AWS_ENDPOINT_URL", aws)
     assert proxy.calls == [3, 2]
