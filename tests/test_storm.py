@@ -515,3 +515,48 @@ def test_an_update_held_by_the_throttle_is_owed_whatever_its_age(tmp_path, recei
         (grown.incident_id, grown.version)
     ]
     assert grown.incident_id == first.incident_id and grown.version > first.version
+
+
+@pytest.mark.parametrize(
+    "pacing",
+    [
+        {"hourly": [1], "digests": "x", "refused": None},
+        {"hourly": {"hook": {"k": "not a time"}}, "digests": {"hook": "tomorrow"}},
+        {"refused": {"i|hook": {"version": "1", "at": NOW.isoformat(), "times": 1}}},
+        {"refused": {"i|hook": {"version": 1, "at": "2026-11-27T12:00:00", "times": 0}}},
+    ],
+)
+def test_unreadable_pacing_entries_start_over_and_the_rest_is_kept(pacing):
+    """The state file is the lake's: one written by hand or damaged had its budget and
+    refusal entries read as they were (a string compared as a time, a key error later).
+    They only pace sending: let go, the budget and the wait start over."""
+    sent = {"i|hook": {"version": 2, "severity": "low", "at": NOW.isoformat(), "key": "i:v2"}}
+    state = DeliveryState.from_dict({"sent": sent, "last_update": {}, **pacing})
+    assert state.delivered("i", "hook")["version"] == 2
+    assert (state.hourly, state.digests, state.refused) == ({}, {}, {})
+    assert not state.refused_until("i", 1, "hook", NOW) and state.digest_at("hook") is None
+
+
+def test_unreadable_delivery_records_are_one_line(tmp_path):
+    """Records of what was sent that are not a map stopped every delivery with a
+    traceback; dropping them would send every incident again, so it is one line saying
+    what to do."""
+    from detector.delivery.records import STATE_FILE
+    from tests.conftest import run_detect_in_process
+
+    lake = tmp_path / "lake"
+    (lake / "_state").mkdir(parents=True)
+    (lake / "_state" / STATE_FILE).write_text('{"sent": [], "last_update": {}}')
+    toml = tmp_path / "detect.toml"
+    toml.write_text('[[sinks]]\nname = "hook"\ntype = "webhook"\nurl = "http://127.0.0.1:9/x"\n')
+    done = run_detect_in_process("--config", str(toml), "incidents", "deliver", "--lake", str(lake))
+    assert done.returncode == 3, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert "move _state/deliveries.json aside" in line
+
+
+def test_a_sink_without_a_budget_keeps_no_count_of_its_hour(receiver):
+    """Every alert of every sink was counted, so a Security Hub sink taking thousands a run
+    grew a map saved with every checkpoint and rebuilt at each alert."""
+    report = run(incidents(5), hook(receiver.url, per_hour=0), DeliveryState(), NOW)
+    assert report.summary()["new"] == 5 and report.state.hourly == {}

@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from detector.delivery import storm
-from detector.delivery.payloads import Alert, shortened
+from detector.delivery.payloads import DIGEST, Alert, shortened
 from detector.delivery.records import DeliveryState
 from detector.delivery.sinks import Outcome, Sink
 from detector.incidents.group import Incident
@@ -111,7 +111,7 @@ class DeliveryReport:
             "sent": len(self.sent),
             "new": sum(1 for s in self.sent if s["kind"] == "new"),
             "updates": sum(1 for s in self.sent if s["kind"] == "update"),
-            "digests": sum(1 for s in self.sent if s["kind"] == storm.DIGEST),
+            "digests": sum(1 for s in self.sent if s["kind"] == DIGEST),
             "folded": sum(s.get("folded", 0) for s in self.sent),
             "throttled": len(self.throttled),
             "held": self.held,  # of those, past a sink's hourly budget (.storm)
@@ -428,7 +428,10 @@ def _record(
     state: DeliveryState, sink: Sink, outcomes: list[Outcome], now: datetime, wall: datetime
 ) -> None:
     """What ``outcomes`` delivered, at ``now``; the storm budget's and a refusal's times at
-    ``wall`` (see :func:`deliver`)."""
+    ``wall`` (see :func:`deliver`). Alerts of the hour are counted only for a sink with a
+    budget: Security Hub takes thousands a run, and counting them kept a growing map in
+    every save of the records, rebuilt at each alert."""
+    budget = sink.cfg.max_alerts_per_hour > 0
     for o in outcomes:
         digest = o.alert.incident.incident_id if o.alert.folded else None
         if not o.ok:
@@ -437,11 +440,12 @@ def _record(
             elif o.rejected:  # refused even shortened: it waits before another try
                 inc = o.alert.incident
                 state.refuse(inc.incident_id, inc.version, sink.name, wall)
-                state.count_sent(sink.name, o.alert.key, wall)  # the receiver got it
+                if budget:  # the receiver got it
+                    state.count_sent(sink.name, o.alert.key, wall)
             continue
         if digest:
             state.record_digest(sink.name, wall)
-        else:
+        elif budget:
             state.count_sent(sink.name, o.alert.key, wall)
         for m in _members(o.alert):
             inc = m.incident

@@ -39,10 +39,13 @@ OCSF_SEVERITY = {
     "high": "High",
     "critical": "Critical",
 }
+#: ``Alert.kind`` of a digest (:mod:`detector.delivery.storm`), and ``Incident.key_kind``
+#: of the summary it carries.
+DIGEST = "digest"
 EVENTBRIDGE_DETAIL_TYPE = {
     "new": "Audit Detector Incident Created",
     "update": "Audit Detector Incident Updated",
-    "digest": "Audit Detector Alert Digest",
+    DIGEST: "Audit Detector Alert Digest",
 }
 #: ASFF's TTPs namespace has these ATT&CK tactics; others fall back to a behaviour type.
 ASFF_TTPS = {
@@ -167,7 +170,7 @@ def _bounded(inc: Incident) -> dict[str, Any]:
             inc.finding_ids,
             "finding_ids",
             cut,
-            DIGEST_IDS if inc.key_kind == "digest" else FINDING_IDS,
+            DIGEST_IDS if inc.key_kind == DIGEST else FINDING_IDS,
         ),
         "reasons": reasons(inc),
     }
@@ -201,7 +204,7 @@ def shortened(inc: Incident) -> Incident:
         techniques=inc.techniques[:3],
         detectors=[plain(v, 64) or "" for v in inc.detectors[:3]],
         # a digest's ids are what it delivers: every one stays, or none is delivered
-        finding_ids=inc.finding_ids if inc.key_kind == "digest" else inc.finding_ids[:3],
+        finding_ids=inc.finding_ids if inc.key_kind == DIGEST else inc.finding_ids[:3],
         timeline=[{**t, "title": plain(t["title"], 80)} for t in worst],
     )
 
@@ -313,7 +316,7 @@ def slack(alert: Alert) -> dict[str, Any]:
     them whole.
     """
     inc = alert.incident
-    if alert.kind == "digest":
+    if alert.kind == DIGEST:
         head = "Alert digest"
     elif alert.kind == "new":
         head = "New incident"
@@ -335,7 +338,7 @@ def slack(alert: Alert) -> dict[str, Any]:
         ("Window", f"{_iso(inc.first_seen)} to {_iso(inc.last_seen)}"),
         ("Tactics", " → ".join(inc.tactics) or "-"),
     ]
-    folds = [_folded_block(inc.finding_ids)] if alert.kind == "digest" else []
+    folds = [_folded_block(inc.finding_ids)] if alert.kind == DIGEST else []
     return {
         "text": _esc(text, SLACK_TEXT),
         "blocks": [
@@ -500,7 +503,7 @@ def ocsf(
     """An OCSF 1.x Detection Finding (class 2004): create on new, update on a new version,
     close when the incident was resolved (OCSF's activity 3, with status Resolved)."""
     inc = alert.incident
-    activity = 1 if alert.kind in ("new", "digest") else 3 if inc.status == "resolved" else 2
+    activity = 1 if alert.kind in ("new", DIGEST) else 3 if inc.status == "resolved" else 2
     activity_name = _OCSF_ACTIVITY[activity]
     attacks = [
         {

@@ -25,6 +25,7 @@ import fnmatch
 import io
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -34,7 +35,7 @@ import polars as pl
 
 from detector.lake.events import Lake
 from detector.lake.incidents import FileRows, signed_files
-from detector.lake.state import CheckpointConflict, StateObject
+from detector.lake.state import CheckpointConflict, StateError, StateObject
 
 log = logging.getLogger(__name__)
 
@@ -195,16 +196,70 @@ class DeliveryState:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> DeliveryState:
-        """The state as saved; the keys an older version did not write start empty."""
+        """The state as saved; the keys an older version did not write start empty.
+
+        The records of what was sent must be whole (dropping them would send everything
+        again): a section of another shape is one line naming it. The storm budget's and
+        the refusals' entries only pace sending: one of another shape is let go (logged),
+        and the sink's hour or the alert's wait starts over.
+        """
         if not data:
             return cls()
+        sent, last_update = data.get("sent", {}), data.get("last_update", {})
+        if not _map_of(sent, dict) or not _map_of(last_update, str):
+            raise StateError(
+                "the delivery records (sent, last_update) are not what this version writes; "
+                "move _state/deliveries.json aside to start over (every incident is sent again)"
+            )
         return cls(
-            sent={k: dict(v) for k, v in data.get("sent", {}).items()},
-            last_update=dict(data.get("last_update", {})),
-            hourly={s: dict(sent) for s, sent in data.get("hourly", {}).items()},
-            digests=dict(data.get("digests", {})),
-            refused={k: dict(v) for k, v in data.get("refused", {}).items()},
+            sent={k: dict(v) for k, v in sent.items()},
+            last_update=dict(last_update),
+            hourly={s: dict(v) for s, v in _kept(data, "hourly", _instants).items()},
+            digests=_kept(data, "digests", lambda v: isinstance(v, str) and _instant(v)),
+            refused={k: dict(v) for k, v in _kept(data, "refused", _refusal).items()},
         )
+
+
+def _map_of(value: Any, kind: type) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, kind) for k, v in value.items()
+    )
+
+
+def _instants(value: Any) -> bool:
+    return _map_of(value, str) and all(_instant(t) for t in value.values())
+
+
+def _refusal(value: Any) -> bool:
+    return (
+        isinstance(value, dict)
+        and isinstance(value.get("version"), int)
+        and isinstance(value.get("times"), int)
+        and value["times"] >= 1
+        and isinstance(value.get("at"), str)
+        and _instant(value["at"])
+    )
+
+
+def _instant(text: str) -> bool:
+    try:
+        return datetime.fromisoformat(text).tzinfo is not None
+    except ValueError:
+        return False
+
+
+def _kept(data: dict[str, Any], key: str, valid: Callable[[Any], bool]) -> dict[str, Any]:
+    """``data[key]``'s entries that ``valid`` accepts; the others let go, with a warning."""
+    section = data.get(key, {})
+    if not isinstance(section, dict):
+        log.warning("delivery records: %s is not a map; it starts over", key)
+        return {}
+    kept = {k: v for k, v in section.items() if isinstance(k, str) and valid(v)}
+    if len(kept) < len(section):
+        log.warning(
+            "delivery records: %d %s entries unreadable, let go", len(section) - len(kept), key
+        )
+    return kept
 
 
 class DeliveryStore:

@@ -28,18 +28,15 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from detector.delivery.config import SinkConfig
-from detector.delivery.payloads import DIGEST_IDS, Alert
-from detector.delivery.records import DeliveryState
+from detector.delivery.payloads import DIGEST, DIGEST_IDS, Alert
+from detector.delivery.records import HOURLY, DeliveryState
 from detector.incidents.group import Incident
 from detector.incidents.status import NEW, RESOLVED
 from detector.lake.findings_schema import SEVERITIES
 
-HOUR = timedelta(hours=1)
 #: The least time between two digests to a sink, whatever its ``throttle`` (0 would send
 #: one with every `detect watch` batch).
 DIGEST_EVERY_AT_LEAST = timedelta(minutes=15)
-#: ``Alert.kind`` of a digest, and ``Incident.key_kind`` of its summary.
-DIGEST = "digest"
 
 
 def digest_every(cfg: SinkConfig) -> timedelta:
@@ -66,7 +63,7 @@ def split(
             critical.append(i)
         else:
             ranked.append(i)
-    room = max(0, limit - state.sent_since(cfg.name, now - HOUR) - len(critical))
+    room = max(0, limit - state.sent_since(cfg.name, now - HOURLY) - len(critical))
     ranked.sort(key=lambda i: (-due[i].incident.severity_rank, due[i].incident.first_seen, i))
     ranked += sorted(closings, key=lambda i: (due[i].incident.first_seen, i))
     alone = set(critical) | set(ranked[:room])
