@@ -354,6 +354,43 @@ def test_the_budget_runs_on_the_wall_clock_whatever_the_stream_clock(receiver):
     assert later.summary()["digests"] == 1  # 15 minutes on, not 20 hours
 
 
+def test_the_per_principal_throttle_runs_on_the_wall_clock_whatever_the_stream_clock(receiver):
+    """A watch catching up on a backlog (its stream clock hours ahead in seconds of wall
+    time) let one principal's every update through: the throttle, like the budget, is
+    about how often people are told, so it runs on the wall clock."""
+    cfg = hook(receiver.url, per_hour=0, throttle="15m")
+    sink = build(cfg, sleep=no_sleep)
+    role = "arn:aws:iam::1:role/noisy"
+    df, ev = frames([finding(role, T0, severity="medium")])
+    (inc,), _ = group(df, [], events=ev, now=T0)
+    state = deliver([inc], [sink], DeliveryState(), now=NOW, wall=NOW).state
+    for hour in range(1, 4):  # three stream hours, a second apart on the wall
+        at = T0 + timedelta(hours=hour)
+        df, ev = frames([finding(role, at, severity="medium", detector=f"rule:r{hour}")])
+        (inc,), _ = group(df, [Incident.from_row(inc.to_row())], events=ev, now=at)
+        stream, wall = NOW + timedelta(hours=hour), NOW + timedelta(seconds=hour)
+        report = deliver([inc], [sink], state, now=stream, wall=wall)
+        assert report.sent == [] and len(report.throttled) == 1, hour
+        state = report.state
+    assert len(receiver.delivered) == 1
+    # The wall's 15 minutes on, the latest version goes (once).
+    ended = deliver([inc], [sink], state, now=stream, wall=NOW + timedelta(minutes=16))
+    assert [(s["incident_id"], s["version"]) for s in ended.sent] == [
+        (inc.incident_id, inc.version)
+    ]
+    # A time of the last update ahead of the wall (a state of a replay kept before the
+    # throttle ran on the wall) counts from now, not from the future.
+    ahead = ended.state.copy()
+    ahead.last_update = {k: (NOW + timedelta(days=2)).isoformat() for k in ahead.last_update}
+    df, ev = frames([finding(role, T0 + timedelta(hours=5), severity="medium", detector="rule:z")])
+    (newer,), _ = group(df, [Incident.from_row(inc.to_row())], events=ev, now=T0)
+    later = NOW + timedelta(minutes=40)
+    held = deliver([newer], [sink], ahead, now=later, wall=later)
+    assert held.sent == []
+    late = NOW + timedelta(minutes=56)
+    assert len(deliver([newer], [sink], held.state, now=late, wall=late).sent) == 1
+
+
 def test_where_an_incident_opened_is_kept_when_an_update_goes_in_a_digest(receiver):
     """Opened alone, updated in a digest, closed: alone (the route of the first delivery,
     not of the last, decides; found by review)."""

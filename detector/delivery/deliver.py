@@ -175,8 +175,8 @@ def plan(
             continue
         alert = Alert(inc, "update", lake)
         raised = SEVERITIES.index(inc.severity) > SEVERITIES.index(rec["severity"])
-        last = state.last_update_at(cfg.name, alert.who)
-        if not raised and last is not None and (now - last).total_seconds() < cfg.throttle:
+        last = state.last_update_at(cfg.name, alert.who, wall)
+        if not raised and last is not None and (wall - last).total_seconds() < cfg.throttle:
             out.throttled.append(alert)
             continue
         due.append(alert)
@@ -450,8 +450,9 @@ def _record(
         for m in _members(o.alert):
             inc = m.incident
             state.record(
-                inc.incident_id, inc.version, sink.name, inc.severity, m.who, now, digest=digest
-            )
+                inc.incident_id, inc.version, sink.name, inc.severity, m.who, now,
+                digest=digest, updated=wall,
+            )  # fmt: skip
 
 
 def _report(report: DeliveryReport, sink: Sink, outcomes: list[Outcome], now: datetime) -> None:

@@ -66,9 +66,9 @@ DEAD_LETTER_COLUMNS: dict[str, pl.DataType] = {
 
 @dataclass
 class DeliveryState:
-    """(incident, sink) -> last version delivered; (sink, principal) -> last update time;
-    per sink, the alerts it was sent one by one in the last hour and its last digest (the
-    storm budget, :mod:`detector.delivery.storm`)."""
+    """(incident, sink) -> last version delivered; (sink, principal) -> last update time
+    (wall clock); per sink, the alerts it was sent one by one in the last hour and its last
+    digest (the storm budget, :mod:`detector.delivery.storm`)."""
 
     sent: dict[str, dict[str, Any]] = field(default_factory=dict)
     last_update: dict[str, str] = field(default_factory=dict)
@@ -96,10 +96,13 @@ class DeliveryState:
         at: datetime,
         *,
         digest: str | None = None,
+        updated: datetime | None = None,
     ) -> None:
         """``digest``: the id of the digest that delivered this version (a storm). Where
         the incident was opened (``opened_in``: its first delivery's digest) is kept
-        across versions: its closing goes there (:mod:`detector.delivery.storm`)."""
+        across versions: its closing goes there (:mod:`detector.delivery.storm`).
+        ``updated``: when the principal's throttle starts, on the wall clock (default
+        ``at``); ``at`` is the caller's clock, a watch's stream clock."""
         key = self._k(incident_id, sink)
         prev = self.sent.get(key)
         opened_in = prev.get("opened_in") if prev is not None else digest
@@ -111,7 +114,7 @@ class DeliveryState:
             **({"opened_in": opened_in} if opened_in else {}),
         }
         # a new alert counts too: its first update waits out the throttle like any other
-        self.last_update[self._k(sink, who)] = at.isoformat()
+        self.last_update[self._k(sink, who)] = (updated or at).isoformat()
 
     def count_sent(self, sink: str, key: str, at: datetime) -> None:
         """An alert sent to ``sink`` one by one at ``at`` (the wall clock): it takes one of
@@ -164,9 +167,20 @@ class DeliveryState:
         wait = min(REFUSED_WAIT * 2 ** (rec["times"] - 1), REFUSED_WAIT_AT_MOST)
         return now < min(datetime.fromisoformat(rec["at"]), now) + wait
 
-    def last_update_at(self, sink: str, who: str) -> datetime | None:
-        at = self.last_update.get(self._k(sink, who))
-        return datetime.fromisoformat(at) if at else None
+    def last_update_at(self, sink: str, who: str, wall: datetime) -> datetime | None:
+        """When the principal's last update went to ``sink``, no later than ``wall``: one
+        ahead of it (a host whose clock ran ahead, a replay's stream time kept before the
+        throttle ran on the wall clock) counts from now, instead of holding the
+        principal's updates until the wall catches up."""
+        key = self._k(sink, who)
+        at = self.last_update.get(key)
+        if not at:
+            return None
+        last = datetime.fromisoformat(at)
+        if last > wall:
+            self.last_update[key] = wall.isoformat()
+            return wall
+        return last
 
     def prune(self, now: datetime) -> None:
         cut = (now - RETENTION).isoformat()
