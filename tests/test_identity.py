@@ -151,3 +151,46 @@ def test_findings_show_and_list_speak_both_forms(tmp_path, detect):
         "json",
     )
     assert [f["finding_id"] for f in json.loads(listed.stdout)] == [fid]
+
+
+def test_a_username_that_only_looks_like_an_iam_session_is_never_that_session():
+    """A username is whatever its OIDC claim, certificate CN or static token says. One
+    spelled like alice's stored principal, without the IAM identity EKS logs in
+    ``user.extra``, was stored as alice: it joined her incidents and timeline, fed her
+    baseline, matched her suppressions and linked to her CloudTrail (found by review)."""
+    import pyarrow as pa
+    from factories import make_event
+
+    from detector.events.identity import UNVERIFIED
+    from detector.events.normalize import normalize_lines
+
+    alice = "arn:aws:iam::111122223333:role/eng-admin/alice"
+    users = [
+        None,  # alice herself, through IAM (make_event's user)
+        {"username": alice, "groups": []},
+        {"username": STS, "groups": []},
+        {"username": UNVERIFIED + alice, "groups": []},
+        {"username": "arn:aws:iam::111122223333:user/bob", "groups": []},
+    ]
+    lines = [
+        json.dumps(make_event(i, **({"user": u} if u else {}))).encode()
+        for i, u in enumerate(users)
+    ]
+    events = normalize_lines(
+        pa.array(lines, pa.binary()), positions=pa.array(["1", "2", "3", "4", "5"]),
+        source="t", cluster="c",
+    ).events.sort("audit_id")  # fmt: skip
+    principals = events["principal"].to_list()
+    assert principals == [
+        alice,
+        UNVERIFIED + alice,
+        UNVERIFIED + STS,
+        UNVERIFIED + UNVERIFIED + alice,
+        UNVERIFIED + "arn:aws:iam::111122223333:user/bob",
+    ]
+    assert events["principal_kind"].to_list() == ["iam_role"] + ["other"] * 4
+    for claimed in principals[1:]:  # shown as stored, never as a session, with no links
+        summary = identity_summary(claimed, ["ASIAEXAMPLE"])
+        assert summary["display"] == claimed and summary["kind"] == "other"
+        assert summary["role_arn"] is None and summary["sts_arn"] is None
+        assert "alice" not in json.dumps(summary["links"])

@@ -1330,24 +1330,35 @@ def test_reason_names_the_person_behind_an_iam_role(ruleset):
 
 
 def test_reason_names_session_and_role_when_the_username_is_the_session_arn(ruleset):
-    user = {"username": "arn:aws:sts::111122223333:assumed-role/developer/ivan", "groups": []}
-    found = run(
-        ruleset,
-        "pod-port-forward",
-        [
-            ev(
-                "create",
-                "pods",
-                ns="shop",
-                name="db-0",
-                sub="portforward",
-                code=101,
-                stage="ResponseStarted",
-                user=user,
-            )
-        ],
-    )
-    assert found["reasons"].to_list() == [["ivan@developer port-forwarded to pod shop/db-0"]]
+    """EKS may map a role to the session ARN as username; the session and role come from
+    the IAM identity in ``user.extra``. The same username without it is anyone's claim (an
+    OIDC token, a certificate): named as stored and marked, not as ivan (found by review:
+    it read as ivan's session, joined his incidents and linked to his CloudTrail)."""
+    sts = "arn:aws:sts::111122223333:assumed-role/developer/ivan"
+    iam = {
+        "arn": [sts],
+        "canonicalArn": ["arn:aws:iam::111122223333:role/developer"],
+        "sessionName": ["ivan"],
+    }
+    found = {}
+    for case, user in {
+        "verified": {"username": sts, "groups": [], "extra": iam},
+        "claimed": {"username": sts, "groups": []},
+    }.items():
+        event = ev(
+            "create", "pods", ns="shop", name="db-0", sub="portforward", code=101,
+            stage="ResponseStarted", user=user,
+        )  # fmt: skip
+        found[case] = run(ruleset, "pod-port-forward", [event])
+    assert found["verified"]["reasons"].to_list() == [
+        ["ivan@developer port-forwarded to pod shop/db-0"]
+    ]
+    assert found["verified"]["principal"][0] == "arn:aws:iam::111122223333:role/developer/ivan"
+    assert found["claimed"]["reasons"].to_list() == [
+        [f"unverified:{sts} port-forwarded to pod shop/db-0"]
+    ]
+    assert found["claimed"]["principal"][0] == f"unverified:{sts}"
+    assert found["claimed"]["principal_kind"][0] == "other"
 
 
 def test_reasons_name_the_evidence(ruleset):

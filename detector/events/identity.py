@@ -44,6 +44,11 @@ _STS = re.compile(
 _IAM = re.compile(
     r"^arn:(?P<partition>aws[a-z-]*):iam::(?P<account>\d{12}):(?P<kind>role|user)/(?P<rest>.+)$"
 )
+#: The mark of a principal whose username looks like an ARN but carries no IAM identity
+#: (see :func:`detector.events.normalize.principal_exprs`): shown as stored, never parsed
+#: as the IAM identity it names, and given no investigation links to that identity.
+UNVERIFIED = "unverified:"
+
 _CONSOLE = {
     "aws": "console.aws.amazon.com",
     "aws-cn": "console.amazonaws.cn",

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
+from detector.events.identity import UNVERIFIED
 from detector.events.redact import REDACTED as REDACTED
 from detector.events.redact import redact_events, redact_quarantine
 from detector.events.schema import (
@@ -632,6 +633,13 @@ def principal_exprs() -> list[pl.Expr]:
     principal. Everything else is identified by its username. A ``user`` with no username
     (``{}``, what the API server logs for a failed authentication, 401) is anonymous; an
     event with no ``user`` at all never gets here (quarantined: the field is required).
+
+    A username that merely looks like an ARN, with no IAM identity in ``user.extra`` (an
+    OIDC claim, a certificate's CN, a static token: whoever controls them picks the name),
+    is stored as ``unverified:<username>`` (:data:`~detector.events.identity.UNVERIFIED`),
+    kind ``other``: it read as the IAM session it named, joined that person's incidents,
+    timeline and baseline, matched their suppressions and linked to their CloudTrail. So
+    is a username that begins with the marker itself, so no two usernames share a principal.
     """
     user = pl.col("user_name")
     arn = pl.col("iam_arn")
@@ -639,11 +647,14 @@ def principal_exprs() -> list[pl.Expr]:
     # instance id as session): the node name is the better identity for them.
     is_node = user.str.starts_with("system:node:").fill_null(False)
     is_iam = arn.is_not_null() & arn.str.starts_with("arn:") & ~is_node
+    claimed = ~is_iam & (user.str.starts_with("arn:") | user.str.starts_with(UNVERIFIED))
     kind = (
         pl.when(is_iam & arn.str.contains(r":role/|:assumed-role/"))
         .then(pl.lit("iam_role"))
         .when(is_iam)
         .then(pl.lit("iam_user"))
+        .when(claimed.fill_null(False))
+        .then(pl.lit("other"))
         .when(user.is_in(["system:anonymous"]) | user.is_null())
         .then(pl.lit("anonymous"))
         .when(user.str.starts_with("system:serviceaccount:"))
@@ -652,10 +663,6 @@ def principal_exprs() -> list[pl.Expr]:
         .then(pl.lit("node"))
         .when(user.str.starts_with("system:") | user.str.starts_with("eks:"))
         .then(pl.lit("system"))
-        .when(user.str.starts_with("arn:aws:sts:") & user.str.contains(":assumed-role/"))
-        .then(pl.lit("iam_role"))
-        .when(user.str.starts_with("arn:aws:iam:") & user.str.contains(":user/"))
-        .then(pl.lit("iam_user"))
         .otherwise(pl.lit("other"))
     )
     principal = (
@@ -663,6 +670,8 @@ def principal_exprs() -> list[pl.Expr]:
         .then(pl.concat_str([arn, pl.col("iam_session_name")], separator="/"))
         .when(is_iam)
         .then(arn)
+        .when(claimed.fill_null(False))
+        .then(pl.lit(UNVERIFIED) + user)
         .otherwise(user.fill_null("system:anonymous"))
     )
     return [principal.alias("principal"), kind.alias("principal_kind")]

@@ -15,6 +15,7 @@ from datetime import timedelta
 
 import polars as pl
 
+from detector.events.identity import UNVERIFIED
 from detector.rules.condition import DERIVED_FIELDS, resolve_field
 from detector.rules.loader import Rule
 
@@ -102,21 +103,19 @@ def who() -> pl.Expr:
     """``session@role`` for IAM role sessions (alice@eng-admin), else the username.
 
     EKS may map a role to a username of its own (``eng-admin``) or to the session ARN
-    itself; either way analysts know people by session name and role.
+    itself; either way analysts know people by session name and role, taken from the IAM
+    identity EKS logs in ``user.extra``. A username that only looks like a session ARN is
+    named as its principal (``unverified:arn:...``), not as the session it claims to be.
     """
-    session, user = pl.col("iam_session_name"), pl.col("user_name")
-    assumed = user.str.extract_groups(r"^arn:aws:sts::\d+:assumed-role/([^/]+)/(.+)$")
-    role = pl.coalesce(
-        pl.col("iam_arn").str.extract(r":role/(?:.*/)?([^/]+)$", 1), assumed.struct.field("1")
-    )
+    session, user, principal = pl.col("iam_session_name"), pl.col("user_name"), pl.col("principal")
+    role = pl.col("iam_arn").str.extract(r":role/(?:.*/)?([^/]+)$", 1)
+    claimed = pl.when(principal.str.starts_with(UNVERIFIED)).then(principal)
     return (
         pl.when(session.is_not_null() & role.is_not_null())
         .then(pl.concat_str([session, pl.lit("@"), role]))
-        .when(assumed.struct.field("2").is_not_null())
-        .then(pl.concat_str([assumed.struct.field("2"), pl.lit("@"), assumed.struct.field("1")]))
         .when(session.is_not_null() & user.is_not_null())
         .then(pl.concat_str([session, pl.lit("@"), user]))
-        .otherwise(pl.coalesce(user, pl.col("principal"), pl.lit("system:anonymous")))
+        .otherwise(pl.coalesce(claimed, user, principal, pl.lit("system:anonymous")))
     )
 
 
