@@ -408,6 +408,31 @@ def test_lake_text_in_chart_labels_is_escaped_by_the_renderer():
     assert "<svg onload" not in svg and re.search(r"&lt;svg onload=alert\(2\)&gt;", svg)
 
 
+def test_chart_labels_are_cut_and_stay_distinct():
+    """One event of a 100,000-character username (an OIDC claim says what it likes) made
+    the principals chart take 67 s to draw (found by review); labels are cut to what the
+    chart shows, and principals that read alike keep labels of their own."""
+    from detector.report.html import LABEL_CHARS, principal_labels
+
+    long_role = "arn:aws:iam::111122223333:role/" + "r" * 120
+    principals = [
+        "U" * 100_000,
+        long_role + "/a",
+        long_role + "/b",  # cut alike: told apart by a hash
+        "arn:aws:iam::111122223333:role/dev/grace",
+        "arn:aws:iam::222233334444:role/dev/grace",  # reads alike: its stored form
+    ]
+    top = pl.DataFrame(
+        {"principal": principals, "events": [5] * 5, "denied": [1] * 5},
+        schema={"principal": pl.String, "events": pl.UInt32, "denied": pl.UInt32},
+    )
+    labels = principal_labels(top)["label"].to_list()
+    assert len(set(labels)) == 5 and max(map(len, labels)) <= LABEL_CHARS
+    assert labels[3].endswith("111122223333:role/dev/grace") and "222233334444" in labels[4]
+    svg = charts.top_principals(principal_labels(top))
+    assert "U" * 100 not in svg and "U" * 50 in svg
+
+
 def test_incidents_active_in_the_range_are_read_and_a_bad_file_is_skipped(tmp_path, caplog):
     """The report shows the incidents open at any time in its range, the ones that began
     days before it too, through the incidents table's own reader: a damaged file is skipped
@@ -505,3 +530,19 @@ def test_an_incident_begun_before_the_range_is_drawn_in_its_first_hour(tmp_path)
     width = re.compile(r'<svg[^>]* width="([0-9.]+)"')
     drawn, usual = (float(width.search(x).group(1)) for x in (svg, events_svg))
     assert drawn < 1.1 * usual  # (legends differ by a few pixels)
+
+
+def test_long_lake_text_is_cut_in_table_cells():
+    """A 5,000-character object name ran out of its table and pushed the source and raw
+    columns off the page (found by review): cells show at most CELL_CHARS characters."""
+    from detector.events.schema import events_polars_schema
+    from detector.report.html import CELL_CHARS, _events_rows
+
+    schema = events_polars_schema(with_cluster=True)
+    row = {c: None for c in schema} | {
+        "audit_id": "a1", "event_time": START, "verb": "get", "resource": "pods",
+        "namespace": "app", "name": "B" * 5000, "response_code": 200, "user_agent": "U" * 5000,
+    }  # fmt: skip
+    (shown,) = _events_rows(pl.DataFrame([row], schema=schema), "f1")
+    assert shown["where"].startswith("app/BBB") and len(shown["where"]) == CELL_CHARS
+    assert len(shown["user_agent"]) <= CELL_CHARS

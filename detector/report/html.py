@@ -69,6 +69,11 @@ def _ts(value: datetime | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
     return value.astimezone(UTC).strftime(fmt) if value else ""
 
 
+#: The longest lake text a table cell of the page shows (an object name may be 4 MB long:
+#: ingest keeps lines up to that); the raw event is a command away.
+CELL_CHARS = 300
+
+
 def _cut(text: str | None, width: int = 120) -> str:
     text = text or ""
     return text if len(text) <= width else text[: width - 1] + "…"
@@ -83,8 +88,8 @@ def _timeline_rows(runs: pl.DataFrame, event_anchor: dict[str, str]) -> list[dic
                 "time": _ts(r["time"], "%m-%d %H:%M:%S"),
                 "last_time": _ts(r["last_time"], "%H:%M:%S") if r["last_time"] != r["time"] else "",
                 "count": f"{r['count']:,}",
-                "what": describe_entry(entry),
-                "source_ips": ", ".join(r["source_ips"]),
+                "what": _cut(describe_entry(entry), CELL_CHARS),
+                "source_ips": _cut(", ".join(r["source_ips"]), CELL_CHARS),
                 "denied": r["denied"],
                 "event_anchor": event_anchor.get(r["audit_id"] or ""),
             }
@@ -101,8 +106,10 @@ def _events_rows(events: pl.DataFrame, finding_id: str) -> list[dict[str, Any]]:
                 "anchor": anchor("ev", finding_id, e["audit_id"]),
                 "time": _ts(e["event_time"]),
                 "verb": e["verb"] or "",
-                "target": "/".join(x for x in (e["resource"], e["subresource"]) if x),
-                "where": "/".join(x for x in (e["namespace"], e["name"]) if x),
+                "target": _cut(
+                    "/".join(x for x in (e["resource"], e["subresource"]) if x), CELL_CHARS
+                ),
+                "where": _cut("/".join(x for x in (e["namespace"], e["name"]) if x), CELL_CHARS),
                 "code": e["response_code"] if e["response_code"] is not None else "",
                 "source_ip": e["source_ip"] or "",
                 "user_agent": _cut(e["user_agent"]),
@@ -268,20 +275,34 @@ def _charts(data: ReportData, top: pl.DataFrame) -> dict[str, Any]:
             charts.by_severity(inc, "time", "Incidents per hour by severity", domain)
         )
     if top.height:
-        labels = top.with_columns(
-            pl.col("principal")
-            .map_elements(display_principal, return_dtype=pl.String)
-            .alias("label")
-        )
-        # Two principals may read the same (one role, two accounts): keep labels distinct.
-        labels = labels.with_columns(
-            pl.when(pl.col("label").is_duplicated())
-            .then(pl.col("principal"))
-            .otherwise(pl.col("label"))
-            .alias("label")
-        )
-        out["principals"] = Markup(charts.top_principals(labels))
+        out["principals"] = Markup(charts.top_principals(principal_labels(top)))
     return out
+
+
+#: The longest principal a chart label shows (it is drawn 320 px wide). A username of
+#: 100,000 characters (whatever an OIDC claim says) took the chart renderer 67 s whole.
+LABEL_CHARS = 80
+
+
+def principal_labels(top: pl.DataFrame) -> pl.DataFrame:
+    """``top`` with ``label``: each principal as people read it, cut to
+    :data:`LABEL_CHARS`; two that read the same (one role in two accounts, two names cut
+    alike) are told apart by their stored form, then by a short hash of it."""
+    labels = top["principal"].to_list()
+    shown = [display_principal(p) for p in labels]
+    if len(set(shown)) < len(shown):
+        seen = {s: shown.count(s) for s in shown}
+        shown = [p if seen[s] > 1 else s for p, s in zip(labels, shown, strict=True)]
+    cut = [_cut(s, LABEL_CHARS) for s in shown]
+    if len(set(cut)) < len(cut):
+        tail = LABEL_CHARS - 10
+        cut = [
+            c
+            if cut.count(c) == 1
+            else f"{_cut(s, tail)} #{hashlib.sha256(p.encode()).hexdigest()[:8]}"
+            for p, s, c in zip(labels, shown, cut, strict=True)
+        ]
+    return top.with_columns(pl.Series("label", cut, dtype=pl.String))
 
 
 def _shown(value: Any) -> Any:
