@@ -140,6 +140,71 @@ def test_findings_table_keeps_detector_and_principal_whole_and_one_score_format(
     assert "1 info record(s) not shown" in out and "detect findings --lake s3://l/p" in out
 
 
+def test_a_long_principal_hides_no_column_of_any_row(capsys):
+    """One principal of 200 characters (a role and session name can reach 140) hid the
+    severity, score and window of every row, in pipes too (found by review): it is cut
+    at PRINCIPAL_MAX, and every column stays."""
+    from detector.cli.render import PRINCIPAL_MAX
+
+    render_findings(_findings("P" * 200, "rule:pod-exec"))
+    out = capsys.readouterr().out
+    header = out.splitlines()[0].split()
+    assert header[:5] == ["id", "severity", "score", "window", "(UTC)"], header
+    rows = [x for x in out.splitlines() if re.match(r"^[0-9a-f]{20} ", x)]
+    assert [r.split()[1] for r in rows] == ["high", "medium", "low", "info"]
+    assert "P" * (PRINCIPAL_MAX - 1) + "…" in out and "P" * PRINCIPAL_MAX not in out
+
+
+def test_emoji_codes_in_lake_names_are_printed_as_stored(capsys):
+    """A principal named ``:warning: boss :smile:`` showed as emoji in tables, not as the
+    name a command takes (found by review)."""
+    render_findings(_findings(":warning: boss :smile:", "rule:pod-exec"))
+    assert ":warning: boss :smile:" in capsys.readouterr().out
+
+
+def _incidents() -> pl.DataFrame:
+    rows = [
+        ("critical", "new", None, "eng-admin (session bob)", "Exec into a kube-system pod"),
+        ("high", "suppressed", "ci", "system:serviceaccount:payments:payments-api", "Spike"),
+    ]
+    return pl.DataFrame(
+        {
+            "incident_id": [f"{i:020x}ab" for i in range(len(rows))],
+            "severity": [r[0] for r in rows],
+            "status": [r[1] for r in rows],
+            "suppression": [r[2] for r in rows],
+            "first_seen": [datetime(2026, 11, 27, 14, i, tzinfo=UTC) for i in range(len(rows))],
+            "finding_ids": [["f"] * 46, ["f"] * 7],
+            "key": [r[3] for r in rows],
+            "key_kind": ["principal"] * len(rows),
+            "principal": [r[3] for r in rows],
+            "title": [r[4] + " (+3 more alert(s) and 42 record(s))" for r in rows],
+        }
+    )
+
+
+@pytest.mark.parametrize("columns", [100, 120, 150])
+def test_the_incidents_table_on_a_terminal_keeps_every_identifying_column(monkeypatch, columns):
+    """At 120 columns `detect incidents` dropped the severity, status and findings columns
+    and cut the id to 10 characters; at 150 they read `se… …` (found by review)."""
+    import io
+
+    from rich.console import Console
+
+    from detector.cli import render
+
+    screen = io.StringIO()
+    console = Console(file=screen, width=columns, force_terminal=True, color_system=None)
+    monkeypatch.setattr(render, "stdout", console)
+    render.render_incidents(_incidents())
+    lines = screen.getvalue().splitlines()
+    assert lines[0].split()[:5] == ["id", "severity", "status", "first", "seen"], lines[0]
+    assert all(len(x) <= columns for x in lines), [len(x) for x in lines]
+    first, second = (x.split() for x in lines[1:3])
+    assert first[:5] == ["0" * 20 + "ab", "critical", "new", "11-27", "14:00"]
+    assert first[5] == "46" and second[:3] == ["0" * 19 + "1ab", "high", "suppressed"]
+
+
 # ------------------------------------------------------------------ export summary
 def test_export_summary_counts_add_up(capsys):
     from detector.cli.commands.export import render_summary

@@ -29,7 +29,9 @@ PIPE_WIDTH = 200
 #: Principals longer than this are cut (with an ellipsis) to keep a line readable.
 PRINCIPAL_MAX = 100
 #: The title keeps at least this much room, whatever the terminal.
-TITLE_MIN = 20
+TITLE_MIN = 12
+#: On a narrow terminal these columns are cut down to so many characters, after the title.
+_NARROWED = (("principal", 20), ("detector", 16))
 
 
 _HEADERS = ("id", "severity", "score", "window (UTC)", "detector", "principal", "title")
@@ -72,7 +74,8 @@ def render_findings(
     lake for investigations, but a screen of them would hide the alerts. ``hint`` is the
     command that lists them (``detect findings`` lists every severity by default).
 
-    The identifying columns (detector, principal) are never cut: the title gives way.
+    The title gives way first; on a terminal too narrow for the rest, the principal and the
+    detector are cut next (:func:`_print_fitted`); never a whole column.
     """
     if alerts_only:
         records = df.filter(pl.col("severity") == "info")
@@ -87,13 +90,13 @@ def render_findings(
         stdout.print("no alerts" if alerts_only else "no findings", markup=False)
         return
     with_status = "status" in df.columns  # `detect findings` joins the workflow status
-    headers = list(_HEADERS[:6]) + (["status"] if with_status else [])
+    headers = list(_HEADERS[:6]) + (["status"] if with_status else []) + ["title"]
     rows = []
     for row in df.iter_rows(named=True):
         model = row["detector"].startswith("model")
         cells = [
             row["finding_id"],
-            f"[{SEVERITY_STYLE.get(row['severity'], '')}]{row['severity']}[/]",
+            row["severity"],
             format_score(row["score"]),
             f"{row['window_start']:%m-%d %H:%M}",
             "model" if model else row["detector"].removeprefix("rule:"),
@@ -101,49 +104,81 @@ def render_findings(
         ]
         if with_status:
             cells.append(row["status"] or "new")
-        rows.append((*cells, row["title"] or ""))
-    # Identifying columns get their full width; the title takes what is left of the line.
-    out = wide_console()
-    n = len(headers)
-    widths = [max(len(str(r[i])) for r in rows) for i in range(n)]
-    widths[1], widths[5] = len("severity"), min(widths[5], PRINCIPAL_MAX)
-    fixed = sum(max(w, len(h)) for w, h in zip(widths, headers, strict=True)) + 2 * n
-    title_w = max(TITLE_MIN, out.width - fixed)
-    table = Table(title=title, box=None, pad_edge=False, header_style="bold")
-    for i, header in enumerate(headers):
-        table.add_column(
-            header,
-            no_wrap=True,
-            min_width=max(widths[i], len(header)),
-            justify="right" if header == "score" else "left",
-            overflow="ellipsis",
-        )
-    table.add_column("title", no_wrap=True, overflow="ellipsis", max_width=title_w)
-    for r in rows:
-        table.add_row(*r[:5], escape(r[5]), *r[6:n], escape(r[n]))
-    out.print(table)
+        rows.append([*cells, row["title"] or ""])
+    _print_fitted(headers, rows, title=title, right={"score"})
 
 
 def render_incidents(df: pl.DataFrame, *, title: str | None = None) -> None:
-    """One line per incident: what reaches people, most severe first (``detect incidents``)."""
+    """One line per incident: what reaches people, most severe first (``detect incidents``).
+    Like :func:`render_findings`, the identifying columns stay whole and the title gives way."""
     if df.is_empty():
         stdout.print("no incidents", markup=False)
         return
-    table = Table(title=title, box=None, pad_edge=False, header_style="bold", title_justify="left")
-    for col in ("id", "severity", "status", "first seen (UTC)", "findings", "principal", "title"):
-        table.add_column(col, no_wrap=True, overflow="ellipsis", max_width=72)
+    headers = ["id", "severity", "status", "first seen (UTC)", "findings", "principal", "title"]
+    rows = []
     for r in df.iter_rows(named=True):
         who = r["key"] if r["key_kind"] == "source_ip" else short_principal(r["principal"])
-        table.add_row(
-            r["incident_id"],
-            f"[{SEVERITY_STYLE.get(r['severity'], '')}]{r['severity']}[/]",
-            r["status"] + (f" ({r['suppression']})" if r["suppression"] else ""),
-            f"{r['first_seen']:%m-%d %H:%M}",
-            str(len(r["finding_ids"])),
-            escape(who or "-"),
-            escape(r["title"] or ""),
+        rows.append(
+            [
+                r["incident_id"],
+                r["severity"],
+                r["status"] + (f" ({r['suppression']})" if r["suppression"] else ""),
+                f"{r['first_seen']:%m-%d %H:%M}",
+                str(len(r["finding_ids"])),
+                who or "-",
+                r["title"] or "",
+            ]
         )
-    wide_console().print(table)
+    _print_fitted(headers, rows, title=title, right={"findings"})
+
+
+#: Columns of lake or user text cut (with an ellipsis) past this width; the others are ours
+#: and short. A status carries a suppression's name.
+_CAPPED = {"principal": PRINCIPAL_MAX, "status": 40, "detector": 60}
+
+
+def _print_fitted(
+    headers: list[str], rows: list[list[str]], *, title: str | None, right: set[str]
+) -> None:
+    """A table of plain-text ``rows`` whose columns but the last keep the width of their
+    longest cell (capped by :data:`_CAPPED`), and whose last (a title) takes what is left
+    of the line, at least :data:`TITLE_MIN`; where that does not fit, the columns of
+    :data:`_NARROWED` are cut down, and past that lines wrap. Left to itself, rich shrinks
+    every column alike: at 120 columns `detect incidents` dropped the severity, status and
+    findings columns and cut the id, and one long principal hid three columns of every row
+    (found by review). Cells are escaped here (lake text is never markup); severities
+    styled."""
+    out = wide_console()
+    n = len(headers) - 1
+    widths = [
+        min(max(len(h), *(len(r[i]) for r in rows)), _CAPPED.get(h, 10**6))
+        for i, h in enumerate(headers[:n])
+    ]
+    for name, least in _NARROWED:  # a narrow terminal: these give way after the title
+        over = sum(widths) + 2 * n + TITLE_MIN - out.width
+        if over > 0 and name in headers:
+            i = headers.index(name)
+            widths[i] = max(min(least, widths[i]), widths[i] - over)
+    title_w = max(TITLE_MIN, out.width - sum(widths) - 2 * n)
+    table = Table(title=title, box=None, pad_edge=False, header_style="bold", title_justify="left")
+    for header, width in zip(headers[:n], widths, strict=True):
+        table.add_column(
+            header,
+            no_wrap=True,
+            min_width=width,
+            max_width=width,
+            justify="right" if header in right else "left",
+            overflow="ellipsis",
+        )
+    table.add_column(headers[n], no_wrap=True, overflow="ellipsis", max_width=title_w)
+    severity = headers.index("severity")
+    for r in rows:
+        cells = [escape(c) for c in r]
+        style = SEVERITY_STYLE.get(r[severity], "")
+        cells[severity] = f"[{style}]{cells[severity]}[/]" if style else cells[severity]
+        table.add_row(*cells)
+    # Still too wide: lines wrap on the terminal rather than rich dropping whole columns.
+    out.print(table, width=max(out.width, sum(widths) + 2 * n + title_w))
 
 
 def digests_text(summary: dict[str, Any]) -> str:

@@ -18,8 +18,14 @@ class SafeConsole(Console):
     """A rich console that shows control characters instead of sending them.
 
     Every string rich prints, table cells included, goes through :meth:`render_str`; the
-    escapes are applied there, before markup is read, so styles still work.
+    escapes are applied there, before markup is read, so styles still work. Emoji codes
+    are off: ``:warning: boss`` in a lake name was shown as an emoji, not as stored, and
+    could not be pasted back into a command (found by review); we print none of our own.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("emoji", False)
+        super().__init__(*args, **kwargs)
 
     def render_str(self, text: str, **kwargs: Any) -> Text:
         return super().render_str(text.translate(UNSAFE), **kwargs)
