@@ -546,3 +546,20 @@ def test_long_lake_text_is_cut_in_table_cells():
     (shown,) = _events_rows(pl.DataFrame([row], schema=schema), "f1")
     assert shown["where"].startswith("app/BBB") and len(shown["where"]) == CELL_CHARS
     assert len(shown["user_agent"]) <= CELL_CHARS
+
+
+def test_damaged_files_the_report_skipped_are_named_on_the_page(tmp_path):
+    """A damaged events file was skipped with a warning on stderr only: the page showed
+    fewer events with no word of it (found by review)."""
+    from detector.report.data import collect
+
+    lake = Lake(str(tmp_path / "lake"))
+    write_events(lake, [event(GRACE, START + timedelta(minutes=i)) for i in range(3)])
+    assert not [n for n in collect(lake, START, END).notes if "damaged" in n]
+    (good,) = (tmp_path / "lake" / "events").rglob("*.parquet")
+    (good.parent / "damaged.parquet").write_bytes(b"PAR1 not really parquet")
+    notes = [n for n in collect(lake, START, END).notes if "damaged" in n]
+    assert notes == [
+        f"1 damaged lake file(s) skipped: what they hold is not counted here "
+        f"(`detect lake check --lake {lake.uri}` lists them)"
+    ]

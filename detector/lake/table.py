@@ -42,7 +42,9 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import orjson
@@ -211,6 +213,22 @@ _checked_lock = threading.Lock()
 _WARNED: set[str] = set()
 #: Past this many damaged files, each is warned about every time (memory stays bounded).
 MAX_WARNED = 10_000
+
+
+_SKIPPED: ContextVar[set[str] | None] = ContextVar("skipped_files", default=None)
+
+
+@contextmanager
+def skipped_files() -> Iterator[set[str]]:
+    """The lake files that reads in this block skip as unusable (their URIs), for a
+    caller that says so where its output is read (the report's page), not only in a
+    warning on stderr that a scheduled job's reader never sees."""
+    seen: set[str] = set()
+    token = _SKIPPED.set(seen)
+    try:
+        yield seen
+    finally:
+        _SKIPPED.reset(token)
 
 
 def schema_problem(loc: Location, path: str, size: int, schema: pl.Schema) -> str | None:
@@ -410,7 +428,11 @@ class Table:
             problem = schema_problem(self.loc, e.path, e.size, self.schema)
             if problem is None:
                 good.append(e.path)
-            elif (key := self.loc.uri_of(e.path)) not in _WARNED:
+                continue
+            key = self.loc.uri_of(e.path)
+            if (skipped := _SKIPPED.get()) is not None:
+                skipped.add(key)
+            if key not in _WARNED:
                 if len(_WARNED) < MAX_WARNED:
                     _WARNED.add(key)
                 log.warning("skipping %s: %s (see `detect lake check`)", key, problem)

@@ -24,6 +24,7 @@ import polars as pl
 from detector.lake.events import Lake
 from detector.lake.findings import findings_events_table, list_findings, stored_events
 from detector.lake.incidents import incidents_overlapping, incidents_table
+from detector.lake.table import skipped_files
 from detector.report.timeline import collapse_runs
 
 #: Alarm line: usual + K x robust sigma, and at least MIN_STEP above usual.
@@ -207,7 +208,27 @@ def collect(
     max_findings: int = 50,
     region: str | None = None,
 ) -> ReportData:
-    """Read what the report needs for ``[start, end)`` (see the module doc)."""
+    """Read what the report needs for ``[start, end)`` (see the module doc). Damaged
+    lake files the reads skip are named in a note on the page, not only on stderr."""
+    with skipped_files() as skipped:
+        data = _collect(lake, start, end, cluster, baseline, max_findings, region)
+    if skipped:
+        data.notes.append(
+            f"{len(skipped)} damaged lake file(s) skipped: what they hold is not counted "
+            f"here (`detect lake check --lake {lake.uri}` lists them)"
+        )
+    return data
+
+
+def _collect(
+    lake: Lake,
+    start: datetime,
+    end: datetime,
+    cluster: str | None,
+    baseline: timedelta,
+    max_findings: int,
+    region: str | None,
+) -> ReportData:
     notes: list[str] = []
     hourly, principals = hourly_counts(lake, start, end, cluster=cluster)
     rates = rates_by_hour(hourly)
