@@ -12,13 +12,17 @@ from __future__ import annotations
 #: C0 and C1 controls and DEL, shown as ``\\x1b``; tab and line feed stay (our own output
 #: uses them, and they move nothing but the cursor's line).
 UNSAFE = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)] if c not in (9, 10)}
-#: Characters that move or hide text without being seen: bidirectional overrides and
-#: isolates (a name shown reversed, "Trojan Source"), zero-width spaces and joiners, the
-#: byte-order mark. Shown as ``\\u202e`` with the controls.
+#: Characters that move or hide text without being seen: bidirectional overrides, isolates
+#: and marks (a name shown reversed, "Trojan Source"; the Arabic letter mark too), zero-width
+#: spaces, joiners and invisible operators, the line and paragraph separators (a line break
+#: to some viewers), the byte-order mark. Shown as ``\\u202e`` with the controls.
 UNSAFE |= {
     c: f"\\u{c:04x}"
-    for c in [*range(0x200B, 0x2010), *range(0x202A, 0x202F), *range(0x2066, 0x206A), 0xFEFF]
-}
+    for c in [
+        0x061C, 0x180E, *range(0x200B, 0x2010), 0x2028, 0x2029, *range(0x202A, 0x202F),
+        *range(0x2060, 0x2065), *range(0x2066, 0x206A), 0xFEFF,
+    ]
+}  # fmt: skip
 
 #: :data:`UNSAFE` and line breaks and tabs too: for what must stay on one line (an error,
 #: a log record, an entry of a plain listing).

@@ -310,7 +310,8 @@ def test_escape_sequences_in_lake_strings_are_shown_not_sent_to_the_terminal(tmp
     from detector.cli.terminal import SafeConsole
     from tests.test_rules_helpers import ev
 
-    hostile = "\x1b]0;pwned\x07 \x1b[2J \x9b31m \u202etxt.exe\u200b"  # and a name shown reversed
+    # and a name shown reversed, an Arabic letter mark, a line separator (review)
+    hostile = "\x1b]0;pwned\x07 \x1b[2J \x9b31m \u202etxt.exe\u200b \u061cx\u2028y"
     at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
     event = ev(
         "get",
@@ -330,8 +331,9 @@ def test_escape_sequences_in_lake_strings_are_shown_not_sent_to_the_terminal(tmp
     assert "\x1b" not in why.stdout and "db\\x1b]0;pwned" in why.stdout
     shown = detect("timeline", "mallory", "--lake", lake, "--since", "2h")
     assert shown.returncode == 0, shown.stderr
-    assert not {"\x1b", "\x9b", "\u202e", "\u200b"} & set(shown.stdout)
+    assert not {"\x1b", "\x9b", "\u202e", "\u200b", "\u061c", "\u2028"} & set(shown.stdout)
     assert "curl/8 \\x1b]0;pwned\\x07 \\x1b[2J \\x9b31m \\u202etxt.exe\\u200b" in shown.stdout
+    assert "\\u061cx\\u2028y" in shown.stdout
 
     terminal = SafeConsole(file=io.StringIO(), force_terminal=True, width=200, highlight=False)
     table = Table()

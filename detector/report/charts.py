@@ -19,7 +19,7 @@ from typing import Any
 import altair as alt
 import polars as pl
 
-from detector.controls import NOT_XML
+from detector.controls import NOT_XML, ONE_LINE
 from detector.lake.findings_schema import SEVERITIES
 from detector.report.data import Level
 
@@ -67,12 +67,16 @@ class UnsafeChart(ValueError):
     """Rendered SVG held markup that could run code; never embedded."""
 
 
+#: What XML cannot hold, and line breaks and tabs shown as the page's tables show them.
+LABEL_TEXT = NOT_XML | ONE_LINE
+
+
 def _shown(value: Any) -> Any:
     """Every string of a chart specification with control characters shown (``\\x00``):
     vl-convert aborts the process (a Rust panic, exit 134) on text XML cannot hold, and one
     audit event with a NUL or ESC in its user name stopped every report of its range."""
     if isinstance(value, str):
-        return value.translate(NOT_XML)
+        return value.translate(LABEL_TEXT)
     if isinstance(value, list):
         return [_shown(v) for v in value]
     if isinstance(value, dict):

@@ -22,7 +22,6 @@ import polars as pl
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
-from detector.controls import NOT_XML
 from detector.events.identity import display_principal, identity_summary, parse_principal
 from detector.report import charts
 from detector.report.data import ReportData
@@ -310,8 +309,14 @@ def _shown(value: Any) -> Any:
     a NUL or an escape sequence in a user name is evidence, and an analyst copying it from
     the page must see it. Our own markup (``Markup``: the charts, the script) is as built."""
     if isinstance(value, str) and not isinstance(value, Markup):
-        return value.translate(NOT_XML)
+        return value.translate(PAGE_TEXT)
     return value
+
+
+#: What lake text on the page shows escaped: what XML cannot hold, and line breaks and tabs
+#: as the terminal shows them (``\\n``: HTML drew a line break in a name as a space, so
+#: ``line1\\nFORGED`` read as two words the terminal showed otherwise). The charts' own.
+PAGE_TEXT = charts.LABEL_TEXT
 
 
 def render(data: ReportData) -> str:
