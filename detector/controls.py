@@ -42,3 +42,18 @@ NOT_XML = (
     | {0xFFFE: "\\ufffe", 0xFFFF: "\\uffff"}
     | {c: f"\\u{c:04x}" for c in range(0xD800, 0xE000)}
 )
+
+
+#: The longest lake text (a user agent, a name) a line of the CLI quotes; JSON has it whole.
+TEXT_CHARS = 200
+#: The longest line the CLI prints of lake text (a reason quoting names, a principal).
+LINE_CHARS = 1000
+
+
+def clip(text: str | None, limit: int) -> str | None:
+    """``text`` cut to ``limit`` characters, its last an ellipsis where it was cut: lake
+    text is as long as a client made it (a user agent of 300,000 characters printed a
+    line of that length under `detect timeline`)."""
+    if text is None or len(text) <= limit:
+        return text
+    return text[: limit - 1] + "…"

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 import pytest
 
+from detector.controls import LINE_CHARS, TEXT_CHARS
 from detector.lake.events import Lake
 from detector.report.timeline import build_timeline, collapse_runs, merge_runs
 from tests.lakefill import (
@@ -345,6 +346,25 @@ def test_escape_sequences_in_lake_strings_are_shown_not_sent_to_the_terminal(tmp
     assert out.count("\\x1b]0;pwned\\x07") == 2 and "\x1b[31m" in out  # the style still works
 
 
+def test_a_huge_user_agent_is_cut_where_a_line_quotes_it(tmp_path, detect):
+    """A user agent of 300,000 characters printed a line of that length under `detect
+    timeline` and `findings show` (found by review); --format json keeps it whole."""
+    from tests.conftest import run_detect_in_process
+    from tests.test_rules_helpers import ev
+
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
+    event = ev("get", "secrets", ns="kube-system", name="n" * 5000, user="mallory", code=403, at=at)
+    event["userAgent"] = "A" * 300_000
+    lake, finding = scored_finding(tmp_path, [event])
+    cut = "A" * (TEXT_CHARS - 1) + "…"
+    for args in (("timeline", "mallory", "--since", "2h"), ("findings", "show", finding)):
+        shown = run_detect_in_process(*args, "--lake", lake)
+        assert shown.returncode == 0, shown.stderr
+        assert cut in shown.stdout and max(map(len, shown.stdout.splitlines())) <= LINE_CHARS, args
+    whole = run_detect_in_process("findings", "show", finding, "--lake", lake, "--format", "json")
+    assert "A" * 300_000 in whole.stdout
+
+
 def test_a_line_break_in_a_lake_string_draws_no_line_of_its_own(tmp_path, detect):
     """`findings show` and `incidents show` print one line per event and per finding: a
     user agent holding a line break printed a second, forged event line under the real
@@ -387,8 +407,11 @@ def test_one_huge_entry_does_not_pad_every_line_of_a_plain_timeline(tmp_path, de
     shown = detect("timeline", "mallory", "--lake", lake, "--since", "2h", "--every", "0s")
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()
-    assert sum(len(line) > 100_000 for line in lines) == 1  # the long entry, whole
-    assert max(len(line) for line in lines if "x" * 1000 not in line) < 300
+    # The long name is cut where it is quoted (--format json has it whole): a line of 100 KB
+    # is no line to read (found by review: a 300 KB user agent printed one).
+    (long,) = [line for line in lines if "x" * 100 in line]
+    assert "x" * (TEXT_CHARS - 1) + "…" in long and "x" * TEXT_CHARS not in long
+    assert max(len(line) for line in lines) < 400
 
 
 def run_on_terminal(*args: str, columns: int = 100) -> str:

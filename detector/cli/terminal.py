@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from detector.controls import ONE_LINE, UNSAFE
+from detector.controls import LINE_CHARS, ONE_LINE, UNSAFE, clip
 
 
 class SafeConsole(Console):
@@ -34,5 +34,8 @@ class SafeConsole(Console):
         """Print ``text`` as one line, markup and emoji codes off (``:warning:`` in a user
         agent printed as an emoji): a line break or tab in what it quotes
         from the lake is shown (``\\n``), so a user agent cannot draw a line of its own (a
-        forged event line under `detect findings show`, lined up with the real ones)."""
-        self.print(text.translate(ONE_LINE), markup=False, emoji=False, **kwargs)
+        forged event line under `detect findings show`, lined up with the real ones). Cut
+        at :data:`LINE_CHARS` (a reason quoting a name of 5,000 characters, a principal of
+        100,000): ``--format json`` has the whole text."""
+        text = clip(text.translate(ONE_LINE), LINE_CHARS) or ""
+        self.print(text, markup=False, emoji=False, **kwargs)

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from detector import __version__
-from detector.controls import ONE_LINE
+from detector.controls import ONE_LINE, clip
 from detector.incidents.group import Incident
 from detector.incidents.status import ASFF_WORKFLOW, OCSF_STATUS_ID, OCSF_STATUS_NAME
 from detector.rules.attack import technique_objects
@@ -136,13 +136,6 @@ FINDING_IDS = 100
 #: A digest names every incident it folds (:mod:`detector.delivery.storm` folds at most
 #: this many into one): 2,000 ids of 20 characters are 46 KB of JSON.
 DIGEST_IDS = 2000
-
-
-def clip(text: str | None, limit: int) -> str | None:
-    """``text`` cut to ``limit`` characters, its last an ellipsis where it was cut."""
-    if text is None or len(text) <= limit:
-        return text
-    return text[: limit - 1] + "…"
 
 
 def _listed(

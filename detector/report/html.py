@@ -22,6 +22,7 @@ import polars as pl
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
+from detector.controls import clip
 from detector.events.identity import display_principal, identity_summary, parse_principal
 from detector.report import charts
 from detector.report.data import ReportData
@@ -74,8 +75,7 @@ CELL_CHARS = 300
 
 
 def _cut(text: str | None, width: int = 120) -> str:
-    text = text or ""
-    return text if len(text) <= width else text[: width - 1] + "…"
+    return clip(text, width) or ""
 
 
 def _timeline_rows(runs: pl.DataFrame, event_anchor: dict[str, str]) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ from typing import Any
 
 import polars as pl
 
+from detector.controls import TEXT_CHARS, clip
 from detector.events.identity import canonical_principal
 from detector.features.windows import request_rows
 from detector.lake.events import Lake
@@ -180,7 +181,7 @@ def merge_runs(runs: pl.DataFrame, *, every: timedelta | None = None) -> pl.Data
 def _sample(values: list[str], count: int) -> str:
     """``a, b, c +7``: a few values and how many more there were."""
     more = count - len(values)
-    return ", ".join(values) + (f" +{more}" if more > 0 else "")
+    return ", ".join(clip(v, TEXT_CHARS) or "" for v in values) + (f" +{more}" if more > 0 else "")
 
 
 def describe_entry(entry: dict[str, Any]) -> str:
@@ -189,7 +190,8 @@ def describe_entry(entry: dict[str, Any]) -> str:
     if kind == "finding":
         return f"{entry['severity'].upper()} {entry['title']}  [{entry['finding_id']}]"
     if kind == "source":
-        return f"first request from {entry['source_ip']} ({entry['user_agent'] or '-'})"
+        agent = clip(entry["user_agent"], TEXT_CHARS) or "-"
+        return f"first request from {clip(entry['source_ip'], TEXT_CHARS)} ({agent})"
     where = _sample(entry["namespaces"], entry["namespace_count"])
     where = f" in {where}" if where else ""
     names = _sample(entry["names"], entry["name_count"])

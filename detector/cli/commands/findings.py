@@ -17,6 +17,7 @@ from detector.cli.options import (
     stdout,
 )
 from detector.cli.render import findings_json, format_score, render_findings
+from detector.controls import TEXT_CHARS, clip
 from detector.errors import UsageError
 from detector.lake.findings_schema import MAX_EVENTS_PER_FINDING
 from detector.timeparse import check_range
@@ -164,6 +165,8 @@ def show(
         "user_agent",
     ]
     for ev in events.head(limit).select(cols).iter_rows(named=True):
+        # Lake text is as long as a client made it; --format json has it whole.
+        ev = {k: clip(v, TEXT_CHARS) if isinstance(v, str) else v for k, v in ev.items()}
         target = "/".join(x for x in (ev["resource"], ev["subresource"]) if x) or "-"
         where = "/".join(x for x in (ev["namespace"], ev["name"]) if x) or "-"
         out.line(
