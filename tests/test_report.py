@@ -10,6 +10,7 @@ repository) and its path printed.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import stat
@@ -565,3 +566,18 @@ def test_damaged_files_the_report_skipped_are_named_on_the_page(tmp_path):
         f"1 damaged lake file(s) skipped: what they hold is not counted here "
         f"(`detect lake check --lake {lake.uri}` lists them)"
     ]
+
+
+@pytest.mark.parametrize("hours", [1, 6, 24 * 7])
+def test_time_axis_labels_never_overlap(hours):
+    """A 6-hour range labelled every 15 minutes, 31 px apart, the labels printed over each
+    other (found by review): whatever the range, labels stay a label's width apart."""
+    lo = datetime(2026, 12, 1, 12, tzinfo=UTC)
+    hi = lo + timedelta(hours=hours)
+    times = [lo + (hi - lo) * i / 12 for i in range(12)]
+    df = pl.DataFrame({"time": times, "severity": ["high"] * 12})
+    domain = (lo.isoformat().replace("+00:00", "Z"), hi.isoformat().replace("+00:00", "Z"))
+    svg = charts.by_severity(df, "time", "t", domain)
+    axis = re.search(r'role-axis-label".*?</g>', svg, re.S).group(0)
+    xs = [float(x) for x in re.findall(r"translate\(([0-9.]+),[0-9.]+\)", axis)]
+    assert len(xs) >= 2 and min(b - a for a, b in itertools.pairwise(xs)) >= 60, xs
