@@ -947,6 +947,74 @@ def test_a_lake_that_fails_is_retried_and_nothing_is_lost(moto_endpoint, tmp_pat
     assert got.height == 3
 
 
+def test_a_once_run_that_fails_part_way_leaves_its_checkpoint_before_the_failed_lines(tmp_path):
+    """A `--once` run whose lake failed mid-batch (out of space) exited 3, and its drain
+    stepped once more from where the failed step had read to and checkpointed that:
+    the next run read nothing and 16,252 events were lost (found by a soak). A failed
+    step leaves the checkpoint where it was; the next run reads those lines."""
+    from detector.errors import DetectError
+    from detector.pipeline.watch import WatchError
+
+    log_path = tmp_path / "audit.log"
+    t0 = int(time.time() * 1000)
+    log_path.write_text(
+        "".join(anonymous_denied(i, t0 + i, "198.51.100.7") + "\n" for i in range(8))
+    )
+    lake = Lake(str(tmp_path / "lake"))
+    metrics = WatchMetrics()
+    alerter = StreamAlerter(lake, StreamDetector(lake), [], metrics=metrics)
+
+    def run() -> None:
+        Watcher(
+            [lambda: TailSource(lake, str(log_path), alerter.consume, metrics, cluster="c")],
+            metrics,
+            WatchOptions(poll=0.05, once=True),
+        ).run()
+
+    # The events folder cannot be made (a file is in its place), as a full disk: a write
+    # of events fails, and a step that writes nothing still goes through.
+    blocker = tmp_path / "lake" / "events"
+    blocker.parent.mkdir()
+    blocker.write_text("")
+    with pytest.raises((WatchError, DetectError)):
+        run()
+    blocker.unlink()
+    run()
+    got = lake.scan_events(
+        datetime.fromtimestamp(t0 / 1000 - 60, UTC), datetime.now(UTC) + timedelta(minutes=1)
+    ).collect()
+    assert got.height == 8
+
+
+def test_a_source_that_starts_and_then_fails_waits_longer_each_time():
+    """A source whose start works and whose step fails (a lake out of space, S3 down) was
+    retried every second: the wait was reset at each start (found by a soak). It doubles
+    up to max_backoff until a step goes through. A stand-in source: the failure is the
+    thing under test, and no server fails on cue at its start but not after it."""
+
+    class Failing:
+        name, finite = "tail:x", False
+        steps = 0
+
+        def start(self) -> None: ...
+
+        def step(self) -> None:
+            Failing.steps += 1
+            if Failing.steps <= 4:
+                raise OSError(28, "No space left on device")
+
+        def abort(self) -> None: ...
+
+    watcher = Watcher([Failing], WatchMetrics(), WatchOptions(max_backoff=8.0))
+    slot = {"make": Failing, "src": None, "standby": False, "retry_at": 0.0, "backoff": 1.0}
+    waits = []
+    for _ in range(5):
+        slot["retry_at"] = 0.0  # due now: the waits themselves are what is checked
+        watcher._step(slot)
+        waits.append(slot["backoff"])
+    assert waits == [2.0, 4.0, 8.0, 8.0, 1.0]
+
+
 def test_a_stop_while_far_behind_ends_within_a_step_and_the_next_run_reads_the_rest(tmp_path):
     """SIGTERM on a tail with a backlog (a big log followed from its start): the watcher
     hands over one more poll, checkpoints and exits, rather than reading the whole

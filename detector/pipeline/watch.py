@@ -654,18 +654,24 @@ class Watcher:
                     return False
                 if slot["standby"]:
                     log.warning("%s: took over as leader", src.name)
-                slot["src"], slot["standby"], slot["backoff"] = src, False, 1.0
+                slot["src"], slot["standby"] = src, False
             slot["src"].step()
+            # Only a step that went through resets the wait: a source that starts and then
+            # fails (a lake out of space, S3 down) was retried every second, not 1, 2, 4...
+            slot["backoff"] = 1.0
             return True
         except (UsageError, WatchError):
+            _abandon(slot, made)
             raise
         except Exception as exc:  # any failure: restart from the checkpoint
             src = slot["src"] or made
             name = src.name if src is not None else "source"
             if getattr(src, "finite", False) and isinstance(exc, DetectError):
+                _abandon(slot, made)
                 raise  # a replay's file missing or unreadable: retrying cannot help
             self.metrics.source_errors.labels(source=name).inc()
             if self.opts.once:  # a run that must finish: the error is its result
+                _abandon(slot, made)
                 if isinstance(exc, DetectError):
                     raise
                 raise WatchError(f"{name}: {type(exc).__name__}: {exc}"[:400]) from None
@@ -695,6 +701,18 @@ class Watcher:
                 log.warning("%s: could not drain cleanly: %s", src.name, exc)
                 src.abort()
             slot["src"] = None
+
+
+def _abandon(slot: dict[str, Any], made: Any) -> None:
+    """A source whose step failed, left as its checkpoint says: aborted, never finished.
+    Finishing it (the drain at the end of a run) stepped once more from where the failed
+    step had read to, and checkpointed that position with nothing written: a `--once` run
+    whose lake ran out of space lost the lines of its failed batch (found by a soak)."""
+    src = slot["src"] or made
+    slot["src"] = None
+    if src is not None:
+        with contextlib.suppress(Exception):  # the failure that got here is the one to report
+            src.abort()
 
 
 def _replaying(slot: dict[str, Any]) -> bool:
