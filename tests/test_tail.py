@@ -89,6 +89,57 @@ def test_copytruncate_seen_after_the_file_grew_past_the_offset_again(tmp_path, r
     assert tail.poll() == []
 
 
+@pytest.mark.parametrize("rotation", ["rename", "copytruncate"])
+def test_a_rotation_while_nobody_read_the_file_loses_none_of_its_last_lines(
+    tmp_path, rotation, caplog
+):
+    """Rotated while the watch was down (kube-apiserver's own rotation during a restart,
+    logrotate at night): the lines written after the checkpoint and before the rotation
+    were never read, and nothing said so (found by a soak). They are read from the
+    rotated file first, then the new file from its start."""
+    caplog.set_level("INFO", logger="detector.sources.tail")
+    log = tmp_path / "audit.log"
+    log.write_bytes(line(0) + line(1))
+    first = FileTail(str(log))
+    assert ids(first.poll()) == aid(0, 1)
+    saved = TailPosition.from_dict(first.position.to_dict())
+    first.close()
+    with log.open("ab") as fh:  # written after the checkpoint, before the rotation
+        fh.write(line(2) + line(3))
+    (tmp_path / "audit.log.2").write_bytes(line(90))  # an older rotation: not this one
+    rotated = tmp_path / "audit.log.1"
+    if rotation == "rename":
+        os.rename(log, rotated)
+        log.write_bytes(line(4))
+    else:
+        rotated.write_bytes(log.read_bytes())
+        with log.open("r+b") as fh:  # the same inode, truncated, then written past the offset
+            fh.truncate(0)
+            fh.write(line(4) + line(5) + line(6))
+    resumed = FileTail(str(log), saved)
+    new = aid(4) if rotation == "rename" else aid(4, 5, 6)
+    assert ids(resumed.poll()) + ids(resumed.poll()) == aid(2, 3) + new
+    assert resumed.poll() == []
+    assert "reading its rotated file on from byte" in caplog.text
+
+
+def test_a_rotated_file_that_is_gone_is_said_so(tmp_path, caplog):
+    """Rotated and deleted (or compressed) while nobody read it: what it held after the
+    checkpoint cannot be read, and the log says so instead of nothing."""
+    log = tmp_path / "audit.log"
+    log.write_bytes(line(0))
+    first = FileTail(str(log))
+    assert ids(first.poll()) == aid(0)
+    saved = TailPosition.from_dict(first.position.to_dict())
+    first.close()
+    log.unlink()
+    log.write_bytes(line(1))
+    assert ids(FileTail(str(log), saved).poll()) == aid(1)
+    assert "lines written to that file after it and before its rotation are not read" in (
+        caplog.text
+    )
+
+
 def test_a_stored_position_resumes_exactly_and_positions_name_the_file_version(tmp_path):
     log = tmp_path / "audit.log"
     log.write_bytes(b"\xef\xbb\xbf" + line(0) + line(1))

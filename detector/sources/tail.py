@@ -17,8 +17,10 @@ caller decides the pace and nothing blocks.
   never read.
 - :attr:`FileTail.position` (inode, byte offset, that line's digest) says where the next poll
   starts; a caller that stores it with its checkpoint resumes exactly there after a
-  restart, provided the file was not rotated or rewritten in between (then it starts at
-  the start of the current file).
+  restart. Rotated or rewritten in between, the rest of that file is read first from the
+  file in the same folder that holds the last line read (the renamed file, or a copy
+  logrotate made before truncating), then the current file from its start; with no such
+  file (deleted, compressed) the current file is read from its start, with a warning.
 
 Positions in the batches are ``INODE:OFFSET`` (byte offset of the line in that file), so
 a quarantined line names the file version and place it came from even across rotations.
@@ -27,6 +29,7 @@ a quarantined line names the file version and place it came from even across rot
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import stat
 from dataclasses import dataclass
@@ -37,6 +40,8 @@ import pyarrow as pa
 
 from detector.events.normalize import MAX_LINE_BYTES
 from detector.sources.files import BATCH_BYTES, BOM, InputNotFound, LineBatch, _split_lines
+
+log = logging.getLogger(__name__)
 
 #: The most of the last line before the offset whose digest tells the file read from a
 #: rewritten one of the same inode. The whole line, not its end: an audit line ends with
@@ -165,9 +170,58 @@ class FileTail:
     def _open(self, st: os.stat_result) -> None:
         self._fh = open(self.path, "rb")  # noqa: SIM115 - held open across polls on purpose
         opened = os.fstat(self._fh.fileno()).st_ino
-        if opened != self._inode or self._rewritten(st):
+        stale = opened != self._inode or self._rewritten(st)
+        if stale and self._inode is not None:
+            # Rotated (or copied and truncated) while nobody read it: the lines after the
+            # stored position are in the rotated file. Finish that first (poll reads it to
+            # its end, as after a rename seen live), then the current one from its start.
+            if (rotated := self._rotated_file()) is not None:
+                self.close()
+                self._fh, self._inode = rotated
+                log.info(
+                    "%s: reading its rotated file on from byte %d first", self.path, self._offset
+                )
+                return
+            log.warning(
+                "%s: no file in its folder holds what was read up to byte %d of the file of "
+                "the checkpoint (inode %d): lines written to that file after it and before "
+                "its rotation are not read",
+                self.path, self._offset, self._inode,
+            )  # fmt: skip
+        if stale:
             self._offset, self._mark = 0, (0, "")  # not the stored position's file: from 0
         self._inode = opened
+
+    def _rotated_file(self) -> tuple[BinaryIO, int] | None:
+        """The file in ``path``'s folder that holds what was read up to the stored offset
+        (an open handle and its inode): the stored inode renamed (``audit.log.1``), or a
+        copy that ends with the same line before the offset (logrotate's copytruncate).
+        Only with the stored line's digest to tell it (positions kept before it have none)."""
+        size, digest = self._mark
+        if not size or size > self._offset:
+            return None
+        folder = os.path.dirname(os.path.abspath(self.path))
+        try:
+            entries = [e for e in os.scandir(folder) if e.is_file(follow_symlinks=False)]
+        except OSError:
+            return None
+        here = os.path.abspath(self.path)
+        entries.sort(key=lambda e: (e.inode() != self._inode, -e.stat().st_mtime))
+        for entry in entries:
+            if os.path.abspath(entry.path) == here:
+                continue
+            try:
+                fh = open(entry.path, "rb")  # noqa: SIM115 - returned open
+            except OSError:
+                continue
+            st = os.fstat(fh.fileno())
+            if (
+                st.st_size >= self._offset
+                and _digest(os.pread(fh.fileno(), size, self._offset - size)) == digest
+            ):
+                return fh, st.st_ino
+            fh.close()
+        return None
 
     def _rewritten(self, st: os.stat_result) -> bool:
         """The open file no longer holds what was read before the offset: truncated (it is
