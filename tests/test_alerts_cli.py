@@ -411,3 +411,24 @@ def test_rescoring_without_a_finding_withdraws_it_from_its_incident(scored):
     reopened = next(i for i in incidents if i["incident_id"] == mallory["incident_id"])
     assert reopened["status"] == "new" and reopened["finding_ids"] == [gone["finding_id"]]
     assert reopened["version"] > mallory["version"]
+
+
+def test_a_watch_whose_sink_cannot_start_stops_before_reading(tmp_path, monkeypatch):
+    """A sink whose URL variable is unset passed `detect watch`'s start: it ran ready
+    until the first alert, then exited 2, and on every restart at once (found by a soak).
+    It is a usage error at start, as for `detect score` and `incidents deliver`."""
+    monkeypatch.delenv("UNSET_HOOK_URL", raising=False)
+    config = tmp_path / "detect.toml"
+    config.write_text('[[sinks]]\nname = "unset"\ntype = "slack"\nurl_env = "UNSET_HOOK_URL"\n')
+    log = tmp_path / "audit.log"
+    log.write_text("")
+    (tmp_path / "lake").mkdir()
+    out = cli(
+        "--config", str(config), "watch", "--tail", str(log), "--cluster", "c",
+        "--lake", str(tmp_path / "lake"), "--no-model", "--once",
+    )  # fmt: skip
+    assert out.exit_code == 2, out.stderr
+    assert out.stderr.strip() == (
+        "error: sink 'unset': environment variable UNSET_HOOK_URL (url) is not set"
+    )
+    assert not (tmp_path / "lake" / "_state").exists()  # nothing read or checkpointed
