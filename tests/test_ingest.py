@@ -321,6 +321,9 @@ def test_bad_lines_are_quarantined_with_reasons_and_neighbours_kept(tmp_path):
     assert reasons[20] == "not a JSON object"
     assert reasons[21].startswith("line too long")
     assert q["raw"].str.len_bytes().max() <= 64 * 1024
+    # raw_size is the line's size, not its kept head's (it said 65,536; found by a soak)
+    sizes = dict(zip(q["source_position"].cast(pl.Int64), q["raw_size"], strict=True))
+    assert sizes[21] == len(bad[6]) and sizes[8] == len(bad[0])
     assert set(Lake(lake).scan_events().collect()["audit_id"]) == {
         make_event(i)["auditID"] for i in range(20)
     }

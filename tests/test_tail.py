@@ -140,6 +140,35 @@ def test_a_rotated_file_that_is_gone_is_said_so(tmp_path, caplog):
     )
 
 
+def test_a_line_too_long_written_in_two_goes_is_one_quarantined_line(tmp_path):
+    """Over 4 MB with no line break yet, a line is taken as damage; its rest, written
+    later, was a second bad line ("invalid JSON") of its own (found by a soak). It is
+    passed over, and the lines after it are read as ever, across a restart too."""
+    from detector.events.normalize import MAX_LINE_BYTES
+
+    log = tmp_path / "audit.log"
+    head = b'{"kind":"Event","blob":"' + b"y" * (MAX_LINE_BYTES + 500_000)
+    log.write_bytes(line(0) + head)
+    tail = FileTail(str(log))
+    taken = tail.poll() + tail.poll()  # the whole lines, then the long one as it stands
+    result = [
+        normalize_lines(b.lines, positions=b.positions, source=b.source, cluster="c") for b in taken
+    ]
+    assert [r.events["audit_id"].to_list() for r in result] == [aid(0), []]
+    assert result[1].quarantine["reason"].to_list()[0].startswith("line too long")
+    with log.open("ab") as fh:
+        fh.write(b"y" * 1000)
+    assert tail.poll() == []
+    saved = TailPosition.from_dict(tail.position.to_dict())
+    with log.open("ab") as fh:
+        fh.write(b'"}\n' + line(1))
+    assert ids(tail.poll()) == aid(1)  # no fragment: ids() fails on any quarantined line
+    tail.close()
+    with log.open("ab") as fh:
+        fh.write(line(2))
+    assert ids(FileTail(str(log), saved).poll())[-1:] == aid(2)  # the position still fits
+
+
 def test_a_stored_position_resumes_exactly_and_positions_name_the_file_version(tmp_path):
     log = tmp_path / "audit.log"
     log.write_bytes(b"\xef\xbb\xbf" + line(0) + line(1))

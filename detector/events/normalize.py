@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -858,14 +858,19 @@ def canonicalize(raw: pl.DataFrame, *, cluster: pl.Expr) -> pl.DataFrame:
 
 
 # --------------------------------------------------------------------------- entry points
+#: A quarantine record: (source, position, reason, raw), and the original line's size
+#: where ``raw`` is only its head (a line too long: ``raw_size`` is the line's, not the head's).
+QuarantineRecord = tuple[str, str, str, bytes | str] | tuple[str, str, str, bytes | str, int]
+
+
 def quarantine_frame(
-    records: list[tuple[str, str, str, bytes | str]], *, now: datetime | None = None
+    records: Sequence[QuarantineRecord], *, now: datetime | None = None
 ) -> pl.DataFrame:
-    """Quarantine rows from (source, position, reason, raw) tuples; raw capped, decoded and
+    """Quarantine rows from :data:`QuarantineRecord` tuples; raw capped, decoded and
     redacted (the one way rows enter the quarantine, so nothing skips redaction)."""
     now = now or datetime.now(UTC)
     rows = []
-    for source, position, reason, raw in records:
+    for source, position, reason, raw, *size in records:
         data = raw.encode("utf-8", "replace") if isinstance(raw, str) else raw
         rows.append(
             (
@@ -873,7 +878,7 @@ def quarantine_frame(
                 source,
                 position,
                 reason,
-                len(data),
+                size[0] if size else len(data),
                 data[:QUARANTINE_RAW_CAP].decode("utf-8", "replace"),
             )
         )
@@ -996,14 +1001,16 @@ def normalize_lines(
 
     kept = lines if len(keep_idx) == n else pc.take(lines, keep_idx)
     frames, good_idx, bad = _parse_isolating(kept, keep_idx, terminated=terminated)
-    records: list[tuple[str, str, str, bytes | str]] = []
+    records: list[QuarantineRecord] = []
     for i in pc.filter(index, too_long).to_pylist():
+        line = _raw(lines, i)  # without its line break, as every raw_size
         records.append(
             (
                 sources[i].as_py(),
                 positions[i].as_py(),
-                f"line too long: {sizes[i].as_py()} bytes (limit {MAX_LINE_BYTES})",
-                _raw(lines, i)[:QUARANTINE_RAW_CAP],
+                f"line too long: {len(line)} bytes (limit {MAX_LINE_BYTES})",
+                line[:QUARANTINE_RAW_CAP],
+                len(line),
             )
         )
     for i, reason in bad:

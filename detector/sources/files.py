@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 from fsspec.implementations.local import LocalFileSystem
 
 from detector.errors import EXIT_USAGE, RuntimeFailure
-from detector.events.normalize import MAX_LINE_BYTES
+from detector.events.normalize import MAX_LINE_BYTES, QuarantineRecord
 from detector.sources import formats
 from detector.sources.formats import AUTO, CLOUDWATCH_JSON, EXPORT_GZ, FIREHOSE, NDJSON
 from detector.storage import (
@@ -91,8 +91,8 @@ class LineBatch:
     positions: pa.Array  # string: 1-based line number, or CloudWatch event id
     source: pa.Array | str  # path/URI, or URI#logStream
     cluster: str | None = None  # from the log group name when the format carries one
-    #: lines rejected before parsing (too long to even hold): (source, position, reason, raw)
-    rejected: list[tuple[str, str, str, bytes]] = field(default_factory=list)
+    #: lines rejected before parsing (too long to even hold), as quarantine records
+    rejected: list[QuarantineRecord] = field(default_factory=list)
     nbytes: int = 0
     #: every element ends with its newline (file blocks): lets the parser skip a join
     terminated: bool = False
@@ -584,7 +584,7 @@ def _ndjson_batches(
     next_line, reported = 1, False
     for block, first_line, oversize, offsets in iter_line_blocks(stream):
         rejected = [
-            (uri, str(n), f"line too long: {size} bytes (limit {MAX_LINE_BYTES})", head)
+            (uri, str(n), f"line too long: {size} bytes (limit {MAX_LINE_BYTES})", head, size)
             for n, size, head in oversize
         ]
         why = damage() if len(block) and block[-1] != 10 else None

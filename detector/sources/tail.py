@@ -59,21 +59,26 @@ class TailPosition:
     offset: int
     mark_bytes: int = 0
     mark: str = ""
+    #: the offset is inside a line too long, already taken: the rest of it is passed over
+    skipping: bool = False
 
-    def to_dict(self) -> dict[str, int | str]:
+    def to_dict(self) -> dict[str, int | str | bool]:
         return {
             "inode": self.inode,
             "offset": self.offset,
             "mark_bytes": self.mark_bytes,
             "mark": self.mark,
+            **({"skipping": True} if self.skipping else {}),
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, int | str]) -> TailPosition:
+    def from_dict(cls, data: dict[str, int | str | bool]) -> TailPosition:
         size, mark = data.get("mark_bytes"), data.get("mark")
         if not (isinstance(size, int) and 0 < size <= MARK_BYTES and isinstance(mark, str)):
             size, mark = 0, ""  # none kept, or damaged: the size check alone, as before
-        return cls(int(data["inode"]), int(data["offset"]), size, mark)
+        return cls(
+            int(data["inode"]), int(data["offset"]), size, mark, data.get("skipping") is True
+        )
 
 
 def check_tailable(path: str) -> None:
@@ -122,12 +127,14 @@ class FileTail:
         self._inode = position.inode if position else None
         self._offset = position.offset if position else 0
         self._mark = (position.mark_bytes, position.mark) if position else (0, "")
+        #: inside a line too long that was already taken: the bytes up to its end are skipped
+        self._skipping = position.skipping if position else False
 
     @property
     def position(self) -> TailPosition | None:
         if self._inode is None:
             return None
-        return TailPosition(self._inode, self._offset, *self._mark)
+        return TailPosition(self._inode, self._offset, *self._mark, self._skipping)
 
     def close(self) -> None:
         if self._fh is not None:
@@ -154,9 +161,11 @@ class FileTail:
                 return batches
             self.close()
             self._inode, self._offset, self._mark = None, 0, (0, "")
+            self._skipping = False
             self._open(current)
         elif current is not None and self._rewritten(current):
             self._offset, self._mark = 0, (0, "")  # truncated in place (copytruncate)
+            self._skipping = False
         more, _ = self._read_available(final=False, budget=budget)
         return batches + more
 
@@ -189,7 +198,7 @@ class FileTail:
                 self.path, self._offset, self._inode,
             )  # fmt: skip
         if stale:
-            self._offset, self._mark = 0, (0, "")  # not the stored position's file: from 0
+            self._offset, self._mark, self._skipping = 0, (0, ""), False  # another file: from 0
         self._inode = opened
 
     def _rotated_file(self) -> tuple[BinaryIO, int] | None:
@@ -246,13 +255,25 @@ class FileTail:
             if not data:
                 return batches, budget
             start = self._offset
+            if self._skipping:  # the rest of a line too long, already quarantined
+                end = data.find(b"\n") + 1 or len(data)
+                self._skipping = data[end - 1] != 10
+                self._offset += end
+                last = data[:end][-MARK_BYTES:]  # what is before the offset now
+                self._mark = (len(last), _digest(last))
+                budget -= end
+                continue
             if start == 0 and data.startswith(BOM):
                 data, start = data[len(BOM) :], len(BOM)
                 self._offset = start
             cut = data.rfind(b"\n") + 1
             if cut == 0:
-                if final or len(data) > MAX_LINE_BYTES:
-                    cut = len(data)  # the writer left (or the line is damage): take it
+                if final:
+                    cut = len(data)  # the writer left: take what it wrote
+                elif len(data) > MAX_LINE_BYTES:
+                    # Damage: quarantined as it stands; the rest of it, whenever it comes, is
+                    # passed over, not quarantined again as a line of its own.
+                    cut, self._skipping = len(data), True
                 else:
                     return batches, budget  # a line still being written
             block = data[:cut]
