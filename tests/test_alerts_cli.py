@@ -432,3 +432,17 @@ def test_a_watch_whose_sink_cannot_start_stops_before_reading(tmp_path, monkeypa
         "error: sink 'unset': environment variable UNSET_HOOK_URL (url) is not set"
     )
     assert not (tmp_path / "lake" / "_state").exists()  # nothing read or checkpointed
+
+
+def test_a_misspelt_sink_key_lists_every_key_the_sink_takes(tmp_path):
+    """`throtle` on a webhook listed only the webhook's own keys as known, leaving out
+    `throttle`, `retries` and `min_severity` (found by a soak)."""
+    config = tmp_path / "detect.toml"
+    config.write_text(
+        '[[sinks]]\nname = "hook"\ntype = "webhook"\nurl = "https://h.example/x"\n'
+        'throtle = "0s"\n'
+    )
+    out = cli("--config", str(config), "config", "show")
+    assert out.exit_code == 2 and "unknown key(s) throtle for a webhook sink" in out.stderr
+    known = out.stderr.split("(known: ")[1].rstrip(")\n").split(", ")
+    assert {"throttle", "retries", "min_severity", "url", "secret_env"} <= set(known)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -565,6 +566,9 @@ def test_two_replicas_one_leads_the_standby_takes_over_without_gap_or_duplicate(
         # On a loaded machine the leader may be ready before the other one serves at all.
         wait_for(lambda: get(f"http://127.0.0.1:{standby_port}/healthz")[0] == 200, "the standby")
         assert get(f"http://127.0.0.1:{standby_port}/readyz")[0] == 503  # alive, waiting
+        # A standby says so: its leader gauge is 0, not absent (found by a soak).
+        waiting = get(f"http://127.0.0.1:{standby_port}/metrics")[1]
+        assert re.search(r'detect_watch_leader\{source="[^"]+"\} 0\.0', waiting), waiting
         leader = procs[ports.index(leader_port)]
 
         t1 = int(time.time() * 1000)
@@ -1333,3 +1337,13 @@ def test_the_stream_state_round_trips_and_survives_a_garbled_payload(tmp_path):
     assert StreamState.from_dict(older) == state
     for payload in ([], "x", {"open_windows": "abc", "latest_ms": 1.5}):
         assert StreamState.from_dict(payload) == StreamState()  # type: ignore[arg-type]
+
+
+def test_the_status_line_of_a_standby_says_it_stands_by():
+    """A standby's status line said "lag 0.0s", read as caught up (found by a soak)."""
+    metrics = WatchMetrics()
+    metrics.leader.labels(source="tail:a").set(0)
+    assert "standing by" in metrics.status_line() and "lag" not in metrics.status_line()
+    metrics.leader.labels(source="tail:a").set(1)
+    metrics.lag.labels(source="tail:a").set(2.5)
+    assert "lag 2.5s" in metrics.status_line()

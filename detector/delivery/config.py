@@ -276,7 +276,7 @@ def parse_sink(item: Any, where: str) -> SinkConfig:
     if unknown:
         raise SinkConfigError(
             f"{where}: unknown key(s) {', '.join(sorted(unknown))} for a {kind} sink "
-            f"(known: {', '.join(sorted(SPECIFIC[kind]))})"
+            f"(known: {', '.join(sorted(COMMON | SPECIFIC[kind]))})"
         )
     for key in REQUIRED.get(kind, ()):
         if not isinstance(item.get(key), str) or not item[key]:

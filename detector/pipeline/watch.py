@@ -648,6 +648,7 @@ class Watcher:
                 except Busy as exc:
                     if self.opts.once:
                         raise WatchError(str(exc)) from None
+                    self.metrics.leader.labels(source=src.name).set(0)  # 0, not absent
                     if not slot["standby"]:
                         log.info("standing by: %s", exc)
                     slot["standby"] = True

@@ -140,9 +140,12 @@ class WatchMetrics:
         sent = sum(s.get() for s in _samples(self.alerts_sent))
         failed = sum(s.get() for s in _samples(self.delivery_failures))
         lags = [g.get() for g in _samples(self.lag)]
+        leading = [g.get() for g in _samples(self.leader)]
+        # A standby reads nothing: "lag 0.0s" read as caught up (found by a soak).
+        lag = "standing by" if leading and not any(leading) else f"lag {max(lags or [0]):.1f}s"
         return (
             f"watch: {self.totals['events']} events ({self.events_per_second._value.get():.1f}/s), "
-            f"lag {max(lags) if lags else 0:.1f}s, {int(sent)} alerts sent, {int(failed)} "
+            f"{lag}, {int(sent)} alerts sent, {int(failed)} "
             f"failed, {self.held_text()}{self.totals['quarantined']} quarantined, model "
             f"{self.model_version or 'none'}, {'ready' if self.ready else 'not ready'}"
         )
