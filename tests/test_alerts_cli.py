@@ -439,8 +439,7 @@ def test_a_misspelt_sink_key_lists_every_key_the_sink_takes(tmp_path):
     `throttle`, `retries` and `min_severity` (found by a soak)."""
     config = tmp_path / "detect.toml"
     config.write_text(
-        '[[sinks]]\nname = "hook"\ntype = "webhook"\nurl = "https://h.example/x"\n'
-        'throtle = "0s"\n'
+        '[[sinks]]\nname = "hook"\ntype = "webhook"\nurl = "https://h.example/x"\nthrotle = "0s"\n'
     )
     out = cli("--config", str(config), "config", "show")
     assert out.exit_code == 2 and "unknown key(s) throtle for a webhook sink" in out.stderr
