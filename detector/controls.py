@@ -9,6 +9,8 @@ log format all show them through these tables.
 
 from __future__ import annotations
 
+import re
+
 #: C0 and C1 controls and DEL, shown as ``\\x1b``; tab and line feed stay (our own output
 #: uses them, and they move nothing but the cursor's line).
 UNSAFE = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)] if c not in (9, 10)}
@@ -27,6 +29,16 @@ UNSAFE |= {
 #: :data:`UNSAFE` and line breaks and tabs too: for what must stay on one line (an error,
 #: a log record, an entry of a plain listing).
 ONE_LINE = UNSAFE | {10: "\\n", 13: "\\r", 9: "\\t"}
+
+_SHOWN = {shown: chr(c) for c, shown in ONE_LINE.items()}
+_SHOWN_RE = re.compile(r"\\(?:x[0-9a-f]{2}|u[0-9a-f]{4}|[nrt])")
+
+
+def unshown(text: str) -> str:
+    """What :data:`ONE_LINE` showed as ``text``: the characters it escaped put back, so a
+    name copied from the screen, escapes and all, finds the one stored. Escapes it never
+    writes (``\\x41``) are left as typed."""
+    return _SHOWN_RE.sub(lambda m: _SHOWN.get(m.group(0), m.group(0)), text)
 
 
 def holds_control_characters(text: str) -> bool:

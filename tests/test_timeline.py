@@ -467,3 +467,19 @@ def test_a_timeline_at_a_terminal_is_one_coloured_line_per_entry(tmp_path, detec
     assert len(denied) == 1 and "\x1b[31m" in denied[0]  # red
     assert "\x1b]0;" not in shown and "curl/8 \\x1b]0;pwned\\x07" in shown
     assert all(f"team-{'n' * 150}-{i}" in shown for i in range(1, 31))
+
+
+def test_a_principal_typed_as_the_screen_shows_it_is_found(tmp_path):
+    """A name holding control characters is shown escaped (``\\x1b``); typed back that way
+    it found nothing, and only the raw bytes worked (found by review)."""
+    from tests.conftest import run_detect_in_process
+    from tests.test_rules_helpers import ev
+
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
+    lake = ingested(
+        tmp_path, [ev("get", "pods", ns="app", name="x", user="mal\x1b[2Jl\nory", at=at)]
+    )
+    for typed in ("mal\x1b[2Jl\nory", "mal\\x1b[2Jl\\nory"):
+        shown = run_detect_in_process("timeline", typed, "--lake", lake, "--since", "2h")
+        assert shown.returncode == 0, shown.stderr
+        assert "1 requests" in shown.stdout and "no activity" not in shown.stdout, typed

@@ -22,7 +22,7 @@ from detector.cli.options import (
     lake_to_read,
     stdout,
 )
-from detector.controls import ONE_LINE
+from detector.controls import ONE_LINE, unshown
 from detector.errors import UsageError
 from detector.timeparse import check_range
 
@@ -85,9 +85,11 @@ def timeline(
         raise UsageError("PRINCIPAL is empty")
     start, end = check_range(since, until or datetime.now(UTC))
     window = every or None  # a zero window: only consecutive runs are collapsed
-    tl = build_timeline(
-        lake_to_read(lake, cluster), principal, start, end, cluster=cluster, every=window
-    )
+    the_lake = lake_to_read(lake, cluster)
+    tl = build_timeline(the_lake, principal, start, end, cluster=cluster, every=window)
+    if not tl.entries() and (stored := unshown(principal)) != principal:
+        # Typed as the screen shows it (control characters escaped): the stored name.
+        tl = build_timeline(the_lake, stored, start, end, cluster=cluster, every=window)
     identity = identity_summary(
         tl.principal,
         tl.access_key_ids,
