@@ -990,6 +990,45 @@ def test_a_once_run_that_fails_part_way_leaves_its_checkpoint_before_the_failed_
     assert got.height == 8
 
 
+def test_a_once_run_whose_catch_up_fails_loses_nothing(tmp_path):
+    """The same, where the failing write is in the run's last steps (a `--once` run
+    catching up a poll at a time): the drain after it stepped on from the failed read and
+    checkpointed it (found by review). The run fails; the next one reads the rest."""
+    from detector.pipeline.watch import WatchError
+
+    log_path = tmp_path / "audit.log"
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
+    t0 = int(hour.timestamp() * 1000)
+    lines = [anonymous_denied(i, t0 + i, "198.51.100.7") + "\n" for i in range(4)]
+    lines += [anonymous_denied(i, t0 + 3_600_000 + i, "198.51.100.7") + "\n" for i in range(4)]
+    log_path.write_text("".join(lines))
+    lake = Lake(str(tmp_path / "lake"))
+    metrics = WatchMetrics()
+    alerter = StreamAlerter(lake, StreamDetector(lake), [], metrics=metrics)
+    half = sum(len(x) for x in lines[:4])
+
+    def run() -> None:
+        Watcher(
+            [lambda: TailSource(
+                lake, str(log_path), alerter.consume, metrics, cluster="c", poll_bytes=half
+            )],
+            metrics,
+            WatchOptions(poll=0.05, once=True),
+        ).run()  # fmt: skip
+
+    # The second hour's partition cannot be made (a file is in its place): its write fails.
+    later = hour + timedelta(hours=1)
+    blocker = tmp_path / f"lake/events/cluster=c/date={later:%Y-%m-%d}/hour={later:%H}"
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("")
+    with pytest.raises(WatchError):
+        run()
+    blocker.unlink()
+    run()
+    got = lake.scan_events(hour - timedelta(minutes=1), later + timedelta(hours=1)).collect()
+    assert got.height == 8
+
+
 def test_a_source_that_starts_and_then_fails_waits_longer_each_time():
     """A source whose start works and whose step fails (a lake out of space, S3 down) was
     retried every second: the wait was reset at each start (found by a soak). It doubles
@@ -1342,8 +1381,9 @@ def test_the_stream_state_round_trips_and_survives_a_garbled_payload(tmp_path):
 def test_the_status_line_of_a_standby_says_it_stands_by():
     """A standby's status line said "lag 0.0s", read as caught up (found by a soak)."""
     metrics = WatchMetrics()
-    metrics.leader.labels(source="tail:a").set(0)
+    metrics.standing_by.add("tail:a")
     assert "standing by" in metrics.status_line() and "lag" not in metrics.status_line()
-    metrics.leader.labels(source="tail:a").set(1)
+    metrics.standing_by.discard("tail:a")  # took over, or a leader that stopped
+    metrics.leader.labels(source="tail:a").set(0)
     metrics.lag.labels(source="tail:a").set(2.5)
     assert "lag 2.5s" in metrics.status_line()

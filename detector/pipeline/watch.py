@@ -288,6 +288,9 @@ class TailSource(_LeasedSource):
         self.path, self.cluster = path, cluster
         self.poll_bytes = poll_bytes
         self.tail: FileTail | None = None
+        #: a step failed after the tail had read on: this object never steps again (a
+        #: drain that did checkpointed the failed batch's end with nothing written)
+        self.failed = False
 
     def start(self) -> None:
         self.cluster = cluster_for(self.lake, self.path, self.cluster)
@@ -298,19 +301,25 @@ class TailSource(_LeasedSource):
 
     def step(self) -> None:
         assert self.tail is not None
-        buffer = EventBuffer(cluster=self.cluster)
-        for batch in self.tail.poll():
-            buffer.add(batch)
-        events, quarantine = buffer.take()
-        now = datetime.fromtimestamp(self.clock(), UTC)
-        if events.height:
-            last = events["event_time"].max()
-            self.metrics.lag.labels(source=self.name).set(max(0.0, (now - last).total_seconds()))
-        pos = self.tail.position
-        self._commit(events, quarantine, now, position=pos.to_dict() if pos else None)
+        if self.failed:  # the tail read past what was written: only the checkpoint knows
+            raise WatchError(f"{self.name}: stepped again after a failed step")
+        try:
+            buffer = EventBuffer(cluster=self.cluster)
+            for batch in self.tail.poll():
+                buffer.add(batch)
+            events, quarantine = buffer.take()
+            now = datetime.fromtimestamp(self.clock(), UTC)
+            if events.height:
+                lag = (now - events["event_time"].max()).total_seconds()
+                self.metrics.lag.labels(source=self.name).set(max(0.0, lag))
+            pos = self.tail.position
+            self._commit(events, quarantine, now, position=pos.to_dict() if pos else None)
+        except BaseException:
+            self.failed = True
+            raise
 
     def finish(self, *, catch_up: bool = True) -> None:
-        if self.tail is not None and self.lease.held:
+        if self.tail is not None and self.lease.held and not self.failed:
             self.step()  # what was appended up to now: one poll's worth
             while catch_up and self.tail.behind:
                 self.step()
@@ -613,7 +622,7 @@ class Watcher:
                         slot["src"].done
                         or (self.opts.once and not getattr(slot["src"], "finite", False))
                     ):
-                        slot["src"].finish()
+                        self._finish(slot)
                         slot["finished"], slot["src"] = True, None
                         finished += 1
                 self.metrics.ready = all(
@@ -649,12 +658,14 @@ class Watcher:
                     if self.opts.once:
                         raise WatchError(str(exc)) from None
                     self.metrics.leader.labels(source=src.name).set(0)  # 0, not absent
+                    self.metrics.standing_by.add(src.name)
                     if not slot["standby"]:
                         log.info("standing by: %s", exc)
                     slot["standby"] = True
                     return False
                 if slot["standby"]:
                     log.warning("%s: took over as leader", src.name)
+                self.metrics.standing_by.discard(src.name)
                 slot["src"], slot["standby"] = src, False
             slot["src"].step()
             # Only a step that went through resets the wait: a source that starts and then
@@ -689,6 +700,21 @@ class Watcher:
             slot["retry_at"] = now + slot["backoff"]
             slot["backoff"] = min(self.opts.max_backoff, slot["backoff"] * 2)
             return False
+
+    def _finish(self, slot: dict[str, Any]) -> None:
+        """A source's last steps (a `--once` run catching up, a replay's end). One that
+        fails is abandoned at its checkpoint, as a failed step is (:func:`_abandon`): the
+        drain that follows stepped it on from the failed read and lost that batch."""
+        src = slot["src"]
+        try:
+            src.finish()
+        except (UsageError, WatchError, DetectError):
+            _abandon(slot, None)
+            raise
+        except Exception as exc:
+            _abandon(slot, None)
+            self.metrics.source_errors.labels(source=src.name).inc()
+            raise WatchError(f"{src.name}: {type(exc).__name__}: {exc}"[:400]) from None
 
     def _drain(self, slots: list[dict[str, Any]]) -> None:
         """Stop: flush, hand what is due to the consumer, checkpoint, release."""

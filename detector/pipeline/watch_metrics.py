@@ -89,6 +89,8 @@ class WatchMetrics:
         self._recent: deque[tuple[float, int]] = deque()
         self._beat = time.monotonic()
         self.ready = False
+        #: sources this replica stands by for (another holds their lease)
+        self.standing_by: set[str] = set()
         self.model_version: str | None = None
         self.totals = {"events": 0, "alerts": 0, "failed": 0, "quarantined": 0}
 
@@ -140,9 +142,8 @@ class WatchMetrics:
         sent = sum(s.get() for s in _samples(self.alerts_sent))
         failed = sum(s.get() for s in _samples(self.delivery_failures))
         lags = [g.get() for g in _samples(self.lag)]
-        leading = [g.get() for g in _samples(self.leader)]
         # A standby reads nothing: "lag 0.0s" read as caught up (found by a soak).
-        lag = "standing by" if leading and not any(leading) else f"lag {max(lags or [0]):.1f}s"
+        lag = "standing by" if self.standing_by else f"lag {max(lags or [0]):.1f}s"
         return (
             f"watch: {self.totals['events']} events ({self.events_per_second._value.get():.1f}/s), "
             f"{lag}, {int(sent)} alerts sent, {int(failed)} "
