@@ -434,6 +434,26 @@ def test_a_watch_whose_sink_cannot_start_stops_before_reading(tmp_path, monkeypa
     assert not (tmp_path / "lake" / "_state").exists()  # nothing read or checkpointed
 
 
+def test_a_watch_starts_while_a_sink_s_aws_endpoint_is_down(tmp_path):
+    """What the start checks is the secrets only: a Security Hub sink asks STS for its
+    account when built, and an STS outage at start ended the long-running watch (exit 3)
+    instead of being retried at delivery like any outage (found by review)."""
+    config = tmp_path / "detect.toml"
+    config.write_text('[[sinks]]\nname = "hub"\ntype = "securityhub"\nregion = "us-east-1"\n')
+    log = tmp_path / "audit.log"
+    log.write_text("")
+    (tmp_path / "lake").mkdir()
+    from conftest import free_port
+
+    down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    env = {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_ENDPOINT_URL": down}
+    out = cli(
+        "--config", str(config), "watch", "--tail", str(log), "--cluster", "c",
+        "--lake", str(tmp_path / "lake"), "--no-model", "--once", env=env,
+    )  # fmt: skip
+    assert out.exit_code == 0, out.stderr
+
+
 def test_a_misspelt_sink_key_lists_every_key_the_sink_takes(tmp_path):
     """`throtle` on a webhook listed only the webhook's own keys as known, leaving out
     `throttle`, `retries` and `min_severity` (found by a soak)."""

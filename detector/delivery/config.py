@@ -125,6 +125,13 @@ class SinkConfig:
                 ) from None
         return self.options.get(what) if what == "url" else None
 
+    def check_secrets(self) -> None:
+        """Read the secrets the sink reads when it is built (a :class:`SecretMissing` for
+        one that cannot be), and nothing else: no network, so a long-running command checks
+        them at start without an outage of STS or a receiver stopping it."""
+        self.secret("url")
+        self.secret("secret")
+
     def describe(self) -> str:
         """One line for ``detect config show``: secrets as their source, never their value."""
         parts = [f"type={self.type}", f"min_severity={self.min_severity}"]

@@ -184,7 +184,7 @@ def watch(
         detect watch --replay audit.log --cluster demo --speed 60 --lake ./lake
         detect watch --log-group /aws/eks/prod/cluster --lake s3://audit-lake/prod --port 9102
     """
-    from detector.delivery.run import check_sinks, suppressions_for
+    from detector.delivery.run import suppressions_for
     from detector.delivery.stream import StreamAlerter
     from detector.detect.stream import ModelReloader, StreamDetector
     from detector.lake.events import Lake
@@ -226,9 +226,13 @@ def watch(
         if reloader.model is None:
             log.warning("no model in %s yet: rules only until `detect train` writes one", model_dir)
     sinks = configured_sinks(ctx) if deliver else []
-    # A sink that cannot start (its URL variable unset) is an error now, not at the first
-    # alert: that watch ran ready until an attack, then exited 2 on every restart.
-    check_sinks(sinks)
+    # A sink secret that cannot be read (its URL variable unset) is an error now, not at
+    # the first alert: that watch ran ready until an attack, then exited 2 on every
+    # restart. Only the secrets: a receiver or STS down at start is retried like any
+    # delivery, not the end of a long-running service.
+    for cfg in sinks:
+        if cfg.enabled:
+            cfg.check_secrets()
     detector = StreamDetector(
         the_lake,
         model=reloader,
