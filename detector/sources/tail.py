@@ -19,8 +19,13 @@ caller decides the pace and nothing blocks.
   starts; a caller that stores it with its checkpoint resumes exactly there after a
   restart. Rotated or rewritten in between, the rest of that file is read first from the
   file in the same folder that holds the last line read (the renamed file, or a copy
-  logrotate made before truncating), then the current file from its start; with no such
-  file (deleted, compressed) the current file is read from its start, with a warning.
+  logrotate made before truncating), then every later rotation, oldest first, then the
+  current file from its start; with no such file (deleted, compressed) the current file is
+  read from its start, with a warning.
+- Rotated files are looked for among the files named after the log (``audit.log.1``,
+  ``audit.log-20261201``, kube-apiserver's ``audit-2026-12-01T06-00-00.000.log``), regular
+  files of the log's owner, opened without following links: a file someone else planted
+  in the folder is never read as the log's history.
 
 Positions in the batches are ``INODE:OFFSET`` (byte offset of the line in that file), so
 a quarantined line names the file version and place it came from even across rotations.
@@ -96,6 +101,11 @@ def check_tailable(path: str) -> None:
         raise InputNotFound(f"{path}: cannot follow it, it is {what}: give the audit log file")
 
 
+#: Endings of rotations compressed by logrotate or the API server: they cannot be read on
+#: from a byte offset, so they are passed over (what they hold after the checkpoint is
+#: said to be lost, not read as garbage).
+COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip")
+
 #: Bytes a poll reads at most: a big file followed from its start is read this much a
 #: step (1 GB peaked at 829 MB, against 2.8 GB read whole).
 POLL_BYTES = 4 * BATCH_BYTES
@@ -103,6 +113,19 @@ POLL_BYTES = 4 * BATCH_BYTES
 
 def _digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _open_regular(path: str) -> BinaryIO | None:
+    """``path`` open for reading if it is a regular file, not a link (O_NOFOLLOW) nor a
+    FIFO swapped in since it was listed (O_NONBLOCK: opening one does not wait)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return os.fdopen(fd, "rb")
 
 
 class FileTail:
@@ -152,20 +175,28 @@ class FileTail:
             if current is None:
                 return batches
             self._open(current)
+        elif current is not None and current.st_ino == self._inode and self._rewritten(current):
+            # Truncated in place (copytruncate): the rest of what we read is in the copy
+            # logrotate made, when there is one; then the file again from its start.
+            found = self._switch_to_rotated(current.st_uid)
+            if not found:
+                self._offset, self._mark, self._skipping = 0, (0, ""), False
         assert self._fh is not None
         if current is not None and current.st_ino != self._inode:
-            # Rotated by rename: finish the old file (its last line is complete), then
-            # start the new one from its beginning.
-            batches, budget = self._read_available(final=True, budget=budget)
-            if self.behind:  # the old file is not finished yet: on with it next poll
-                return batches
-            self.close()
-            self._inode, self._offset, self._mark = None, 0, (0, "")
-            self._skipping = False
+            # Rotated: finish the old file (its last line is complete), then any rotation
+            # made after it (two while we were down), then the current one from its start.
+            while True:
+                more, budget = self._read_available(final=True, budget=budget)
+                batches += more
+                if self.behind:  # this file is not finished yet: on with it next poll
+                    return batches
+                finished = os.fstat(self._fh.fileno())
+                self.close()
+                self._inode, self._offset, self._mark = None, 0, (0, "")
+                self._skipping = False
+                if not self._open_rotation_after(finished, current.st_ino):
+                    break
             self._open(current)
-        elif current is not None and self._rewritten(current):
-            self._offset, self._mark = 0, (0, "")  # truncated in place (copytruncate)
-            self._skipping = False
         more, _ = self._read_available(final=False, budget=budget)
         return batches + more
 
@@ -184,12 +215,7 @@ class FileTail:
             # Rotated (or copied and truncated) while nobody read it: the lines after the
             # stored position are in the rotated file. Finish that first (poll reads it to
             # its end, as after a rename seen live), then the current one from its start.
-            if (rotated := self._rotated_file()) is not None:
-                self.close()
-                self._fh, self._inode = rotated
-                log.info(
-                    "%s: reading its rotated file on from byte %d first", self.path, self._offset
-                )
+            if self._switch_to_rotated(st.st_uid):
                 return
             log.warning(
                 "%s: no file in its folder holds what was read up to byte %d of the file of "
@@ -201,36 +227,84 @@ class FileTail:
             self._offset, self._mark, self._skipping = 0, (0, ""), False  # another file: from 0
         self._inode = opened
 
-    def _rotated_file(self) -> tuple[BinaryIO, int] | None:
-        """The file in ``path``'s folder that holds what was read up to the stored offset
-        (an open handle and its inode): the stored inode renamed (``audit.log.1``), or a
-        copy that ends with the same line before the offset (logrotate's copytruncate).
-        Only with the stored line's digest to tell it (positions kept before it have none)."""
-        size, digest = self._mark
-        if not size or size > self._offset:
-            return None
-        folder = os.path.dirname(os.path.abspath(self.path))
+    def _rotations(self, owner: int) -> list[tuple[str, os.stat_result]]:
+        """The files in ``path``'s folder named after it, regular files of ``owner`` (the
+        log's writer), compressed ones left out: where its rotations are."""
+        folder, base = os.path.split(os.path.abspath(self.path))
+        stem, ext = os.path.splitext(base)
+        prefixes = (f"{base}.", f"{base}-")
+        found: list[tuple[str, os.stat_result]] = []
         try:
-            entries = [e for e in os.scandir(folder) if e.is_file(follow_symlinks=False)]
+            entries = list(os.scandir(folder))
         except OSError:
-            return None
-        here = os.path.abspath(self.path)
-        entries.sort(key=lambda e: (e.inode() != self._inode, -e.stat().st_mtime))
+            return found
         for entry in entries:
-            if os.path.abspath(entry.path) == here:
+            name = entry.name
+            named = name.startswith(prefixes) or (
+                bool(ext) and name.startswith(f"{stem}-") and name.endswith(ext)
+            )
+            if not named or name.endswith(COMPRESSED):
                 continue
             try:
-                fh = open(entry.path, "rb")  # noqa: SIM115 - returned open
+                st = entry.stat(follow_symlinks=False)
             except OSError:
+                continue  # gone since it was listed
+            if stat.S_ISREG(st.st_mode) and st.st_uid == owner:
+                found.append((entry.path, st))
+        return found
+
+    def _switch_to_rotated(self, owner: int) -> bool:
+        """Go on from the stored offset in the rotation that holds what was read up to it
+        (the stored inode renamed, ``audit.log.1``, or a copy that ends with the same line
+        before the offset: logrotate's copytruncate). Only with the stored line's digest to
+        tell it, or at offset 0 by the inode alone (positions kept before digests: no)."""
+        size, digest = self._mark
+        if size > self._offset or (not size and self._offset):
+            return False
+        # The stored inode first, then the newest: the likeliest to hold it.
+        candidates = sorted(
+            self._rotations(owner),
+            key=lambda c: (c[1].st_ino != self._inode, -c[1].st_mtime_ns),
+        )
+        for path, listed in candidates:
+            if not size and listed.st_ino != self._inode:
+                continue
+            if (fh := _open_regular(path)) is None:
                 continue
             st = os.fstat(fh.fileno())
-            if (
-                st.st_size >= self._offset
-                and _digest(os.pread(fh.fileno(), size, self._offset - size)) == digest
+            if st.st_size >= self._offset and (
+                not size or _digest(os.pread(fh.fileno(), size, self._offset - size)) == digest
             ):
-                return fh, st.st_ino
+                self.close()
+                self._fh, self._inode = fh, st.st_ino
+                log.info(
+                    "%s: reading its rotated file %s on from byte %d first",
+                    self.path, os.path.basename(path), self._offset,
+                )  # fmt: skip
+                return True
             fh.close()
-        return None
+        return False
+
+    def _open_rotation_after(self, finished: os.stat_result, current: int) -> bool:
+        """Open the rotation written next after ``finished`` (by modification time), if
+        there is one besides the current file: rotated twice while we were down (or
+        between two polls), the middle file was skipped."""
+        key = (finished.st_mtime_ns, finished.st_ino)
+        later = [
+            (st.st_mtime_ns, st.st_ino, path)
+            for path, st in self._rotations(finished.st_uid)
+            if st.st_ino not in (finished.st_ino, current) and (st.st_mtime_ns, st.st_ino) > key
+        ]
+        for _, inode, path in sorted(later):
+            fh = _open_regular(path)
+            if fh is None or os.fstat(fh.fileno()).st_ino != inode:  # replaced since listed
+                if fh is not None:
+                    fh.close()
+                continue
+            self._fh, self._inode = fh, inode
+            log.info("%s: reading %s, rotated after the file before it", self.path, path)
+            return True
+        return False
 
     def _rewritten(self, st: os.stat_result) -> bool:
         """The open file no longer holds what was read before the offset: truncated (it is
@@ -259,8 +333,10 @@ class FileTail:
                 end = data.find(b"\n") + 1 or len(data)
                 self._skipping = data[end - 1] != 10
                 self._offset += end
-                last = data[:end][-MARK_BYTES:]  # what is before the offset now
-                self._mark = (len(last), _digest(last))
+                # What is before the offset now: the end of the long line, not only the
+                # bytes of it this read got (a few, and a weak mark).
+                n = min(MARK_BYTES, self._offset)
+                self._mark = (n, _digest(os.pread(self._fh.fileno(), n, self._offset - n)))
                 budget -= end
                 continue
             if start == 0 and data.startswith(BOM):
