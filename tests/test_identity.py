@@ -171,13 +171,16 @@ def test_a_username_that_only_looks_like_an_iam_session_is_never_that_session():
         {"username": STS, "groups": []},
         {"username": UNVERIFIED + alice, "groups": []},
         {"username": "arn:aws:iam::111122223333:user/bob", "groups": []},
+        # spelled so a display that strips or ignores case read them as alice (review)
+        {"username": " " + alice, "groups": []},
+        {"username": "ARN" + alice[3:], "groups": []},
     ]
     lines = [
         json.dumps(make_event(i, **({"user": u} if u else {}))).encode()
         for i, u in enumerate(users)
     ]
     events = normalize_lines(
-        pa.array(lines, pa.binary()), positions=pa.array(["1", "2", "3", "4", "5"]),
+        pa.array(lines, pa.binary()), positions=pa.array([str(i) for i in range(7)]),
         source="t", cluster="c",
     ).events.sort("audit_id")  # fmt: skip
     principals = events["principal"].to_list()
@@ -187,10 +190,19 @@ def test_a_username_that_only_looks_like_an_iam_session_is_never_that_session():
         UNVERIFIED + STS,
         UNVERIFIED + UNVERIFIED + alice,
         UNVERIFIED + "arn:aws:iam::111122223333:user/bob",
+        UNVERIFIED + " " + alice,
+        UNVERIFIED + "ARN" + alice[3:],
     ]
-    assert events["principal_kind"].to_list() == ["iam_role"] + ["other"] * 4
+    assert events["principal_kind"].to_list() == ["iam_role"] + ["other"] * 6
     for claimed in principals[1:]:  # shown as stored, never as a session, with no links
         summary = identity_summary(claimed, ["ASIAEXAMPLE"])
         assert summary["display"] == claimed and summary["kind"] == "other"
         assert summary["role_arn"] is None and summary["sts_arn"] is None
         assert "alice" not in json.dumps(summary["links"])
+    for spelled in (
+        " " + alice,
+        "\t" + alice,
+        alice + " ",
+        alice + "\n",
+    ):  # as stored, whatever stored it
+        assert display_principal(spelled) == spelled

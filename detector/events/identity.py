@@ -38,11 +38,11 @@ _STS_TYPED = re.compile(
 )
 _STS = re.compile(
     r"^arn:(?P<partition>aws[a-z-]*):sts::(?P<account>\d{12}):assumed-role/"
-    r"(?P<role>[^/]+)/(?P<session>[^/]+)$"
+    r"(?P<role>[^/\s]+)/(?P<session>[^/\s]+)$"
 )
 #: ``arn:PARTITION:iam::ACCOUNT:role/[PATH/]NAME[/SESSION]`` or ``...:user/[PATH/]NAME``.
 _IAM = re.compile(
-    r"^arn:(?P<partition>aws[a-z-]*):iam::(?P<account>\d{12}):(?P<kind>role|user)/(?P<rest>.+)$"
+    r"^arn:(?P<partition>aws[a-z-]*):iam::(?P<account>\d{12}):(?P<kind>role|user)/(?P<rest>\S+)$"
 )
 #: The mark of a principal whose username looks like an ARN but carries no IAM identity
 #: (see :func:`detector.events.normalize.principal_exprs`): shown as stored, never parsed
@@ -106,11 +106,12 @@ def parse_principal(principal: str | None) -> Principal:
     >>> parse_principal("system:serviceaccount:kube-system:coredns").display
     'system:serviceaccount:kube-system:coredns'
     """
-    raw = principal or ""
-    text = raw.strip()
-    if m := _STS.match(text):
+    # Matched as stored, never stripped: the lake's IAM principals have no spaces, and a
+    # username " arn:aws:iam::...:user/alice" is not alice.
+    raw = text = principal or ""
+    if m := _STS.fullmatch(text):
         return Principal(raw, "iam_role", m["account"], m["partition"], m["role"], m["session"])
-    if m := _IAM.match(text):
+    if m := _IAM.fullmatch(text):
         parts = m["rest"].split("/")
         if m["kind"] == "user":
             return Principal(raw, "iam_user", m["account"], m["partition"], parts[-1])

@@ -647,7 +647,10 @@ def principal_exprs() -> list[pl.Expr]:
     # instance id as session): the node name is the better identity for them.
     is_node = user.str.starts_with("system:node:").fill_null(False)
     is_iam = arn.is_not_null() & arn.str.starts_with("arn:") & ~is_node
-    claimed = ~is_iam & (user.str.starts_with("arn:") | user.str.starts_with(UNVERIFIED))
+    # Leading spaces and capitals too: a display that strips or folds them showed
+    # " ARN:aws:iam::...:user/alice" as alice.
+    looks_like_arn = user.str.strip_chars_start().str.to_lowercase().str.starts_with("arn:")
+    claimed = ~is_iam & (looks_like_arn | user.str.starts_with(UNVERIFIED))
     kind = (
         pl.when(is_iam & arn.str.contains(r":role/|:assumed-role/"))
         .then(pl.lit("iam_role"))
