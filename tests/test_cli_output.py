@@ -162,6 +162,16 @@ def test_emoji_codes_in_lake_names_are_printed_as_stored(capsys):
     assert ":warning: boss :smile:" in capsys.readouterr().out
 
 
+def test_escaped_and_wide_characters_are_measured_as_shown(capsys):
+    """Columns were sized by the raw text's length: a principal with an escape character
+    (shown as four, ``\\x1b``) or CJK letters (two cells each) was cut with an ellipsis
+    though the column was sized for it (found by review)."""
+    who = "\x1b[31m管理者\nops"
+    render_findings(_findings(who, "rule:pod-exec"))
+    out = capsys.readouterr().out
+    assert "\\x1b[31m管理者\\nops" in out, out
+
+
 def _incidents() -> pl.DataFrame:
     rows = [
         ("critical", "new", None, "eng-admin (session bob)", "Exec into a kube-system pod"),

@@ -8,12 +8,14 @@ from __future__ import annotations
 from typing import Any
 
 import polars as pl
+from rich.cells import cell_len
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from detector.cli.options import stdout
 from detector.cli.terminal import SafeConsole
+from detector.controls import ONE_LINE
 from detector.events.identity import display_principal
 
 SEVERITY_STYLE = {
@@ -147,11 +149,13 @@ def _print_fitted(
     every column alike: at 120 columns `detect incidents` dropped the severity, status and
     findings columns and cut the id, and one long principal hid three columns of every row
     (found by review). Cells are escaped here (lake text is never markup); severities
-    styled."""
+    styled. Cells are measured as shown: control characters and line breaks escaped
+    (``\\x1b``, ``\\n``: one row is one line), wide letters two cells."""
     out = wide_console()
     n = len(headers) - 1
+    rows = [[c.translate(ONE_LINE) for c in r] for r in rows]
     widths = [
-        min(max(len(h), *(len(r[i]) for r in rows)), _CAPPED.get(h, 10**6))
+        min(max(cell_len(h), *(cell_len(r[i]) for r in rows)), _CAPPED.get(h, 10**6))
         for i, h in enumerate(headers[:n])
     ]
     for name, least in _NARROWED:  # a narrow terminal: these give way after the title
