@@ -17,12 +17,18 @@ UNSAFE = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)] if 
 #: Characters that move or hide text without being seen: bidirectional overrides, isolates
 #: and marks (a name shown reversed, "Trojan Source"; the Arabic letter mark too), zero-width
 #: spaces, joiners and invisible operators, the line and paragraph separators (a line break
-#: to some viewers), the byte-order mark. Shown as ``\\u202e`` with the controls.
+#: to some viewers), the byte-order mark; and letters drawn as nothing: the soft hyphen,
+#: the Hangul fillers, the combining grapheme joiner, interlinear annotation marks, the
+#: invisible musical formatting marks and the tag characters (text hidden in a name, read
+#: by some software, not by people). Shown as ``\\u202e`` (``\\U000e0041`` past U+FFFF)
+#: with the controls.
 UNSAFE |= {
-    c: f"\\u{c:04x}"
+    c: f"\\u{c:04x}" if c <= 0xFFFF else f"\\U{c:08x}"
     for c in [
-        0x061C, 0x180E, *range(0x200B, 0x2010), 0x2028, 0x2029, *range(0x202A, 0x202F),
-        *range(0x2060, 0x2065), *range(0x2066, 0x206A), 0xFEFF,
+        0x00AD, 0x034F, 0x061C, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x180E,
+        *range(0x200B, 0x2010), 0x2028, 0x2029, *range(0x202A, 0x202F),
+        *range(0x2060, 0x2065), *range(0x2066, 0x206A), 0x3164, 0xFEFF, 0xFFA0,
+        *range(0xFFF9, 0xFFFC), *range(0x1D173, 0x1D17B), *range(0xE0000, 0xE0080),
     ]
 }  # fmt: skip
 
@@ -31,7 +37,7 @@ UNSAFE |= {
 ONE_LINE = UNSAFE | {10: "\\n", 13: "\\r", 9: "\\t"}
 
 _SHOWN = {shown: chr(c) for c, shown in ONE_LINE.items()}
-_SHOWN_RE = re.compile(r"\\(?:x[0-9a-f]{2}|u[0-9a-f]{4}|[nrt])")
+_SHOWN_RE = re.compile(r"\\(?:x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8}|[nrt])")
 
 
 def unshown(text: str) -> str:
