@@ -286,12 +286,17 @@ LABEL_CHARS = 80
 def principal_labels(top: pl.DataFrame) -> pl.DataFrame:
     """``top`` with ``label``: each principal as people read it, cut to
     :data:`LABEL_CHARS`; two that read the same (one role in two accounts, two names cut
-    alike) are told apart by their stored form, then by a short hash of it."""
+    alike) are told apart by their stored form, then by a short hash of it. Compared as
+    drawn, control characters and line breaks escaped: ``ops`` + a line break + ``admin``
+    and ``ops\\nadmin`` read the same."""
     labels = top["principal"].to_list()
-    shown = [display_principal(p) for p in labels]
+    shown = [display_principal(p).translate(charts.LABEL_TEXT) for p in labels]
     if len(set(shown)) < len(shown):
         seen = {s: shown.count(s) for s in shown}
-        shown = [p if seen[s] > 1 else s for p, s in zip(labels, shown, strict=True)]
+        shown = [
+            p.translate(charts.LABEL_TEXT) if seen[s] > 1 else s
+            for p, s in zip(labels, shown, strict=True)
+        ]
     cut = [_cut(s, LABEL_CHARS) for s in shown]
     if len(set(cut)) < len(cut):
         tail = LABEL_CHARS - 10
