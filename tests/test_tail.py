@@ -360,3 +360,131 @@ def test_the_mark_after_a_long_line_is_the_end_of_that_line(tmp_path):
         for x, b in zip(lines, batches, strict=True)
     ]
     assert [a for r in got for a in r.events["audit_id"].to_list()] == aid(1, 2)
+
+
+def test_a_later_rotation_is_read_when_the_checkpoint_s_file_is_gone(tmp_path, caplog):
+    """logrotate's compress + delaycompress (Debian's default), two rotations while the
+    watch was down: the file of the checkpoint is now audit.log.2.gz, and the plain
+    audit.log.1 after it was never read either (found by review). What the compressed
+    file held after the checkpoint is said to be lost; the later rotation is read."""
+    import gzip
+
+    log = tmp_path / "audit.log"
+    log.write_bytes(line(0))
+    _age(log, 600)  # the checkpoint, ten minutes ago
+    first = FileTail(str(log))
+    assert ids(first.poll()) == aid(0)
+    saved = TailPosition.from_dict(first.position.to_dict())
+    first.close()
+    with log.open("ab") as fh:
+        fh.write(line(1))
+    (tmp_path / "audit.log.2.gz").write_bytes(gzip.compress(log.read_bytes()))
+    log.unlink()
+    (tmp_path / "audit.log.1").write_bytes(line(2) + line(3))
+    log.write_bytes(line(4))
+    _age(tmp_path / "audit.log.2.gz", 120)
+    _age(tmp_path / "audit.log.1", 60)
+    resumed = FileTail(str(log), saved)
+    assert ids(resumed.poll()) + ids(resumed.poll()) == aid(2, 3, 4)
+    assert "are not read" in caplog.text
+
+
+def test_copytruncate_then_a_rename_between_two_polls_loses_nothing(tmp_path):
+    """logrotate's copytruncate, then the API server's own rotation, both between two
+    polls: the file held open was finished from its old offset, past the end of what it
+    now holds, and the copy and the file's new lines were lost (found by review)."""
+    log = tmp_path / "audit.log"
+    log.write_bytes(line(0))
+    tail = FileTail(str(log))
+    assert ids(tail.poll()) == aid(0)
+    with log.open("ab") as fh:
+        fh.write(line(1))
+    (tmp_path / "audit.log.1").write_bytes(log.read_bytes())  # copytruncate's copy
+    log.write_bytes(line(2))  # truncated in place, written again
+    _age(tmp_path / "audit.log.1", 60)
+    os.rename(log, tmp_path / "audit-2026-12-02T06-00-00.000.log")  # then renamed
+    log.write_bytes(line(3))
+    got = []
+    while not got or tail.behind:
+        got += ids(tail.poll())
+    assert got == aid(1, 2, 3)
+
+
+def test_a_checkpoint_at_byte_0_then_copytruncate_reads_the_copy(tmp_path):
+    """A checkpoint at byte 0 (a first run on an empty log, a quiet cluster) has no line
+    to find a copy by: logrotate's copy of what was written next was never read, and
+    nothing said so (found by review). The rotations modified since the checkpoint are."""
+    log = tmp_path / "audit.log"
+    log.write_bytes(b"")
+    first = FileTail(str(log))
+    assert first.poll() == []
+    saved = TailPosition.from_dict(first.position.to_dict())
+    assert saved.offset == 0
+    first.close()
+    _age(log, 60)  # the checkpoint was a minute ago
+    saved = TailPosition.from_dict({**saved.to_dict(), "mtime_ns": os.stat(log).st_mtime_ns})
+    log.write_bytes(line(0) + line(1))
+    (tmp_path / "audit.log.1").write_bytes(log.read_bytes())
+    with log.open("r+b") as fh:
+        fh.truncate(0)
+        fh.write(line(2))
+    resumed = FileTail(str(log), saved)
+    assert ids(resumed.poll()) + ids(resumed.poll()) == aid(0, 1, 2)
+
+
+@pytest.mark.parametrize("planted", ["a FIFO", "a link to /dev/zero"])
+def test_the_log_replaced_by_what_is_not_a_regular_file_is_not_read(tmp_path, planted, caplog):
+    """Checked only at start, the path was opened as found at each rotation: a FIFO there
+    hung the watch for good (a stop could not drain it), a link to /dev/zero was read
+    128 MB a poll for ever (found by review). It is passed over, said once, until a
+    regular file is there again."""
+    import signal
+
+    log = tmp_path / "audit.log"
+    log.write_bytes(line(0))
+    tail = FileTail(str(log))
+    assert ids(tail.poll()) == aid(0)
+    os.rename(log, tmp_path / "audit.log.1")
+    if planted == "a FIFO":
+        os.mkfifo(log)
+    else:
+        log.symlink_to("/dev/zero")
+
+    def hung(*_):  # a watchdog, not a wait: the bug is a poll that never returns
+        raise TimeoutError("poll blocked on the path")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    try:
+        assert tail.poll() == [] and tail.poll() == []
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert caplog.text.count("not a regular file now") == 1
+    log.unlink()
+    log.write_bytes(line(1))
+    assert ids(tail.poll()) == aid(1)
+
+
+def test_only_names_a_rotation_takes_are_rotations(tmp_path):
+    """``audit.log.bak`` and ``audit-webhook.log`` (another log beside it), modified after
+    a rotation, were read whole as rotations of audit.log (found by review)."""
+    from detector.sources.tail import rotation_names
+
+    names = rotation_names("audit.log")
+    for name in ["audit.log.1", "audit.log.12", "audit.log-20261201", "audit-20261201.log",
+                 "audit-2026-12-01T06-00-00.000.log", "audit.log-2026120106"]:  # fmt: skip
+        assert names.fullmatch(name), name
+    for name in ["audit.log", "audit.log.bak", "audit-webhook.log", "audit.log.1.gz",
+                 "audit.log-20261201.gz", "xaudit.log.1", "audit.log.1/../x"]:  # fmt: skip
+        assert not names.fullmatch(name), name
+
+    log = tmp_path / "audit.log"
+    log.write_bytes(line(0))
+    tail = FileTail(str(log))
+    assert ids(tail.poll()) == aid(0)
+    os.rename(log, tmp_path / "audit.log.1")
+    for other in ("audit.log.bak", "audit-webhook.log"):
+        (tmp_path / other).write_bytes(line(50) + line(51))
+    log.write_bytes(line(1))
+    assert ids(tail.poll()) == aid(1)

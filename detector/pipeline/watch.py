@@ -298,6 +298,11 @@ class TailSource(_LeasedSource):
         pos = self.previous.get("position")
         start = TailPosition.from_dict(pos) if pos else None
         self.tail = FileTail(self.path, start, poll_bytes=self.poll_bytes)
+        if start is None and (pinned := self.tail.pin()) is not None:
+            # The file as found, from its start, stored before the first step (up to 128 MB:
+            # seconds): killed during it and rotated before the re-run, the file was never
+            # read again (the re-run had no inode to look for).
+            self.lease.update(position=pinned.to_dict())
 
     def step(self) -> None:
         assert self.tail is not None

@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import stat
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -66,6 +67,9 @@ class TailPosition:
     mark: str = ""
     #: the offset is inside a line too long, already taken: the rest of it is passed over
     skipping: bool = False
+    #: the file's modification time then (0: not kept): a rotation modified later holds
+    #: lines not read, even when the file of the checkpoint is gone or held none of them
+    mtime_ns: int = 0
 
     def to_dict(self) -> dict[str, int | str | bool]:
         return {
@@ -74,6 +78,7 @@ class TailPosition:
             "mark_bytes": self.mark_bytes,
             "mark": self.mark,
             **({"skipping": True} if self.skipping else {}),
+            **({"mtime_ns": self.mtime_ns} if self.mtime_ns else {}),
         }
 
     @classmethod
@@ -81,8 +86,14 @@ class TailPosition:
         size, mark = data.get("mark_bytes"), data.get("mark")
         if not (isinstance(size, int) and 0 < size <= MARK_BYTES and isinstance(mark, str)):
             size, mark = 0, ""  # none kept, or damaged: the size check alone, as before
+        mtime = data.get("mtime_ns")
         return cls(
-            int(data["inode"]), int(data["offset"]), size, mark, data.get("skipping") is True
+            int(data["inode"]),
+            int(data["offset"]),
+            size,
+            mark,
+            data.get("skipping") is True,
+            mtime if isinstance(mtime, int) and mtime > 0 else 0,
         )
 
 
@@ -101,10 +112,19 @@ def check_tailable(path: str) -> None:
         raise InputNotFound(f"{path}: cannot follow it, it is {what}: give the audit log file")
 
 
-#: Endings of rotations compressed by logrotate or the API server: they cannot be read on
-#: from a byte offset, so they are passed over (what they hold after the checkpoint is
-#: said to be lost, not read as garbage).
-COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip")
+def rotation_names(base: str) -> re.Pattern[str]:
+    """Names a rotation of the log named ``base`` takes: logrotate's ``audit.log.1`` and
+    ``audit.log-20261201`` (dateext; ``audit-20261201.log`` with ``extension``), the API
+    server's ``audit-2026-12-01T06-00-00.000.log``. Not any name that merely starts alike
+    (``audit.log.bak``, ``audit-webhook.log``): those were read whole as rotations. Nor a
+    compressed rotation (``audit.log.2.gz``): it cannot be read on from a byte offset, so
+    what it holds after the checkpoint is said to be lost, not read as garbage."""
+    stem, ext = os.path.splitext(base)
+    b, s, e = re.escape(base), re.escape(stem), re.escape(ext)
+    return re.compile(
+        rf"{b}\.\d+|{b}-\d[\dT_.-]*|{s}-\d[\dT_.-]*{e}" if ext else rf"{b}\.\d+|{b}-\d[\dT_.-]*"
+    )
+
 
 #: Bytes a poll reads at most: a big file followed from its start is read this much a
 #: step (1 GB peaked at 829 MB, against 2.8 GB read whole).
@@ -115,11 +135,13 @@ def _digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def _open_regular(path: str) -> BinaryIO | None:
-    """``path`` open for reading if it is a regular file, not a link (O_NOFOLLOW) nor a
-    FIFO swapped in since it was listed (O_NONBLOCK: opening one does not wait)."""
+def _open_regular(path: str, *, follow: bool = False) -> BinaryIO | None:
+    """``path`` open for reading if it is a regular file: not a link unless ``follow``
+    (O_NOFOLLOW), nor a FIFO or device swapped in since it was checked (O_NONBLOCK:
+    opening a FIFO does not wait; a FIFO at the log's path hung the watch for good)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = os.open(path, flags)
     except OSError:
         return None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -152,12 +174,25 @@ class FileTail:
         self._mark = (position.mark_bytes, position.mark) if position else (0, "")
         #: inside a line too long that was already taken: the bytes up to its end are skipped
         self._skipping = position.skipping if position else False
+        self._mtime = position.mtime_ns if position else 0
+        #: the path is there but not a regular file (a FIFO put in its place): said once
+        self._refused = False
 
     @property
     def position(self) -> TailPosition | None:
         if self._inode is None:
             return None
-        return TailPosition(self._inode, self._offset, *self._mark, self._skipping)
+        if self._fh is not None:
+            self._mtime = os.fstat(self._fh.fileno()).st_mtime_ns
+        return TailPosition(self._inode, self._offset, *self._mark, self._skipping, self._mtime)
+
+    def pin(self) -> TailPosition | None:
+        """Open the file as it is now, and the position of its start: a caller that stores
+        it before the first poll (which may take a while) finds this file again by its
+        inode if it is rotated before a re-run."""
+        if self._fh is None and (current := self._stat()) is not None:
+            self._open(current)
+        return self.position
 
     def close(self) -> None:
         if self._fh is not None:
@@ -175,12 +210,17 @@ class FileTail:
             if current is None:
                 return batches
             self._open(current)
-        elif current is not None and current.st_ino == self._inode and self._rewritten(current):
-            # Truncated in place (copytruncate): the rest of what we read is in the copy
-            # logrotate made, when there is one; then the file again from its start.
-            found = self._switch_to_rotated(current.st_uid)
-            if not found:
-                self._offset, self._mark, self._skipping = 0, (0, ""), False
+            if self._fh is None:  # not a regular file now: nothing to read
+                return batches
+        else:
+            held = os.fstat(self._fh.fileno())
+            if self._rewritten(held):
+                # Truncated in place (copytruncate; renamed since, maybe): the rest of what
+                # we read is in the copy logrotate made, when there is one; then this file
+                # again from its start.
+                found = self._switch_to_rotated(self._owners(held))
+                if not found:
+                    self._offset, self._mark, self._skipping = 0, (0, ""), False
         assert self._fh is not None
         if current is not None and current.st_ino != self._inode:
             # Rotated: finish the old file (its last line is complete), then any rotation
@@ -194,9 +234,13 @@ class FileTail:
                 self.close()
                 self._inode, self._offset, self._mark = None, 0, (0, "")
                 self._skipping = False
-                if not self._open_rotation_after(finished, current.st_ino):
+                key = (finished.st_mtime_ns, finished.st_ino)
+                skip = {current.st_ino, finished.st_ino}
+                if not self._open_rotation_after(key, skip, self._owners(finished)):
                     break
             self._open(current)
+            if self._fh is None:
+                return batches
         more, _ = self._read_available(final=False, budget=budget)
         return batches + more
 
@@ -208,52 +252,75 @@ class FileTail:
             return None  # between a rename and the new file's creation
 
     def _open(self, st: os.stat_result) -> None:
-        self._fh = open(self.path, "rb")  # noqa: SIM115 - held open across polls on purpose
-        opened = os.fstat(self._fh.fileno()).st_ino
-        stale = opened != self._inode or self._rewritten(st)
-        if stale and self._inode is not None:
+        """Open ``path`` (``st``: its stat) and go on from the stored position: in it, in
+        the rotation that holds it, or in the rotations since, then the file from 0."""
+        fh = _open_regular(self.path, follow=True)
+        if fh is None:
+            if not self._refused:
+                log.warning("%s: not a regular file now: not read until it is", self.path)
+            self._refused = True
+            return
+        self._fh, self._refused = fh, False
+        opened = os.fstat(fh.fileno())
+        if self._inode is None:  # a file of its own (the first, or the one after a rotation)
+            self._inode, self._offset, self._mark, self._skipping = opened.st_ino, 0, (0, ""), False
+            return
+        stale = opened.st_ino != self._inode or self._rewritten(st)
+        if stale and self._switch_to_rotated(self._owners(opened)):
             # Rotated (or copied and truncated) while nobody read it: the lines after the
             # stored position are in the rotated file. Finish that first (poll reads it to
             # its end, as after a rename seen live), then the current one from its start.
-            if self._switch_to_rotated(st.st_uid):
-                return
+            return
+        if stale and self._offset:
             log.warning(
                 "%s: no file in its folder holds what was read up to byte %d of the file of "
                 "the checkpoint (inode %d): lines written to that file after it and before "
                 "its rotation are not read",
                 self.path, self._offset, self._inode,
             )  # fmt: skip
+        if (stale or not self._offset) and self._mtime:
+            # The file of the checkpoint gone (deleted, compressed) or copied at byte 0:
+            # the rotations modified since hold lines not read, oldest first (a file of the
+            # stored inode among them is another file: the inode was freed and reused).
+            since = (self._mtime, self._inode)
+            if self._open_rotation_after(since, {opened.st_ino}, self._owners(opened)):
+                self._offset, self._mark, self._skipping = 0, (0, ""), False
+                return
         if stale:
             self._offset, self._mark, self._skipping = 0, (0, ""), False  # another file: from 0
-        self._inode = opened
+        self._inode = opened.st_ino
 
-    def _rotations(self, owner: int) -> list[tuple[str, os.stat_result]]:
-        """The files in ``path``'s folder named after it, regular files of ``owner`` (the
-        log's writer), compressed ones left out: where its rotations are."""
+    @staticmethod
+    def _owners(st: os.stat_result) -> set[int]:
+        """Whose files may be the log's rotations: the log's owner and root (logrotate's
+        ``create`` may give the new file another owner than the old one)."""
+        return {st.st_uid, 0}
+
+    def _rotations(
+        self, owners: set[int], inode: int | None = None
+    ) -> list[tuple[str, os.stat_result]]:
+        """The files in ``path``'s folder named as its rotations (:func:`rotation_names`),
+        regular files of ``owners`` (or of ``inode``, whoever owns it: the new log may have
+        another owner than the one renamed), compressed ones left out."""
         folder, base = os.path.split(os.path.abspath(self.path))
-        stem, ext = os.path.splitext(base)
-        prefixes = (f"{base}.", f"{base}-")
+        named = rotation_names(base)
         found: list[tuple[str, os.stat_result]] = []
         try:
             entries = list(os.scandir(folder))
         except OSError:
             return found
         for entry in entries:
-            name = entry.name
-            named = name.startswith(prefixes) or (
-                bool(ext) and name.startswith(f"{stem}-") and name.endswith(ext)
-            )
-            if not named or name.endswith(COMPRESSED):
+            if not named.fullmatch(entry.name):
                 continue
             try:
                 st = entry.stat(follow_symlinks=False)
             except OSError:
                 continue  # gone since it was listed
-            if stat.S_ISREG(st.st_mode) and st.st_uid == owner:
+            if stat.S_ISREG(st.st_mode) and (st.st_uid in owners or st.st_ino == inode):
                 found.append((entry.path, st))
         return found
 
-    def _switch_to_rotated(self, owner: int) -> bool:
+    def _switch_to_rotated(self, owners: set[int]) -> bool:
         """Go on from the stored offset in the rotation that holds what was read up to it
         (the stored inode renamed, ``audit.log.1``, or a copy that ends with the same line
         before the offset: logrotate's copytruncate). Only with the stored line's digest to
@@ -263,7 +330,7 @@ class FileTail:
             return False
         # The stored inode first, then the newest: the likeliest to hold it.
         candidates = sorted(
-            self._rotations(owner),
+            self._rotations(owners, self._inode),
             key=lambda c: (c[1].st_ino != self._inode, -c[1].st_mtime_ns),
         )
         for path, listed in candidates:
@@ -285,15 +352,15 @@ class FileTail:
             fh.close()
         return False
 
-    def _open_rotation_after(self, finished: os.stat_result, current: int) -> bool:
-        """Open the rotation written next after ``finished`` (by modification time), if
-        there is one besides the current file: rotated twice while we were down (or
-        between two polls), the middle file was skipped."""
-        key = (finished.st_mtime_ns, finished.st_ino)
+    def _open_rotation_after(self, key: tuple[int, int], skip: set[int], owners: set[int]) -> bool:
+        """Open the rotation modified next after ``key`` (the modification time and inode
+        of the file finished, or of the checkpoint), but for the inodes of ``skip`` (the
+        current file, the file finished): rotated twice while we were down (or between two
+        polls), the middle file was skipped."""
         later = [
             (st.st_mtime_ns, st.st_ino, path)
-            for path, st in self._rotations(finished.st_uid)
-            if st.st_ino not in (finished.st_ino, current) and (st.st_mtime_ns, st.st_ino) > key
+            for path, st in self._rotations(owners)
+            if st.st_ino not in skip and (st.st_mtime_ns, st.st_ino) > key
         ]
         for _, inode, path in sorted(later):
             fh = _open_regular(path)
@@ -301,6 +368,7 @@ class FileTail:
                 if fh is not None:
                     fh.close()
                 continue
+            self.close()
             self._fh, self._inode = fh, inode
             log.info("%s: reading %s, rotated after the file before it", self.path, path)
             return True
@@ -375,4 +443,11 @@ class FileTail:
         )
 
 
-__all__ = ["MARK_BYTES", "POLL_BYTES", "FileTail", "TailPosition", "check_tailable"]
+__all__ = [
+    "MARK_BYTES",
+    "POLL_BYTES",
+    "FileTail",
+    "TailPosition",
+    "check_tailable",
+    "rotation_names",
+]
