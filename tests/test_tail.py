@@ -488,3 +488,28 @@ def test_only_names_a_rotation_takes_are_rotations(tmp_path):
         (tmp_path / other).write_bytes(line(50) + line(51))
     log.write_bytes(line(1))
     assert ids(tail.poll()) == aid(1)
+
+
+def test_lines_after_a_hole_of_nul_bytes_are_kept(tmp_path):
+    """copytruncate under a writer that does not append (the API server's own log writer
+    opens its file without O_APPEND): it goes on at its old offset, so the truncated file
+    starts with a hole of NUL bytes, and the event after it was quarantined as invalid
+    JSON (found by review). NUL padding a crash left at a file's end, then appended to,
+    is the same."""
+    log = tmp_path / "audit.log"
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)  # no O_APPEND
+    try:
+        os.write(fd, line(0) + line(1))
+        tail = FileTail(str(log))
+        assert ids(tail.poll()) == aid(0, 1)
+        (tmp_path / "audit.log.1").write_bytes(log.read_bytes())
+        os.truncate(log, 0)
+        os.write(fd, line(2) + b"\0" * 4096)  # after the hole; then a crash's padding
+    finally:
+        os.close(fd)
+    with log.open("ab") as fh:
+        fh.write(line(3))
+    got = []
+    while not got or tail.behind:
+        got += ids(tail.poll())  # ids() fails on any quarantined line
+    assert got == aid(2, 3)

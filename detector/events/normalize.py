@@ -962,6 +962,22 @@ def _not_strings(raw: pl.DataFrame, lines: pa.Array) -> pl.Series:
     return pl.Series("_not_string", reasons, dtype=pl.String)
 
 
+def _without_leading_nuls(lines: pa.Array) -> pa.Array:
+    """``lines`` with the NUL bytes before each dropped. A file truncated under a writer
+    that does not append (logrotate's copytruncate under the API server's own log writer)
+    gets a hole of NULs before its next line, and a crash can leave NUL padding at a
+    file's end that the next write follows: the event after them was quarantined as
+    invalid JSON (found by review). A NUL can only start a line there (JSON holds none
+    raw), so only lines that start with one are looked at, and they are rare. A line of
+    NULs alone stays as it is: quarantined, as every line is accounted for."""
+    starts = pc.starts_with(lines, pattern=b"\x00").fill_null(False)
+    if not pc.any(starts).as_py():
+        return lines
+    held = [lines[i].as_py() for i in pc.indices_nonzero(starts).to_pylist()]
+    fixed = [rest if (rest := line.lstrip(b"\x00")).strip() else line for line in held]
+    return pc.replace_with_mask(lines, starts, pa.array(fixed, pa.large_binary()))
+
+
 def normalize_lines(
     lines: pa.Array,
     *,
@@ -980,7 +996,7 @@ def normalize_lines(
     """
     bounds = bounds or TimeBounds()
     n = len(lines)
-    lines = lines.cast(pa.large_binary())
+    lines = _without_leading_nuls(lines.cast(pa.large_binary()))
     positions = (
         pa.array(positions, pa.string()) if not isinstance(positions, pa.Array) else positions
     )
