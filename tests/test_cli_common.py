@@ -381,6 +381,30 @@ def test_aws_region_alone_shows_in_config_show(cwd):
     assert sum(1 for r in json.loads(result.stdout)["settings"] if r["setting"] == "region") == 1
 
 
+#: No region anywhere: no variable, no profile file to read one from.
+NO_REGION = {
+    "AWS_DEFAULT_REGION": None,
+    "AWS_REGION": None,
+    "AWS_PROFILE": None,
+    "AWS_CONFIG_FILE": "/nonexistent/aws-config",
+    "AWS_ACCESS_KEY_ID": "x",
+    "AWS_SECRET_ACCESS_KEY": "x",
+}
+
+
+def test_no_region_anywhere_is_said_so(cwd):
+    """`detect watch --log-group` with no region retried for ever (1, 2, 4... s) where
+    `detect export` exits 2; `config show` named the AWS profile as the source of a
+    region there was none of (found by review)."""
+    lake = str(cwd / "lake")
+    group = "/aws/eks/x/cluster"
+    result = invoke("watch", "--log-group", group, "--lake", lake, "--no-model", env=NO_REGION)
+    assert_one_error_line(result, "no AWS region", "set AWS_REGION")
+    shown = invoke("config", "show", "--format", "json", env=NO_REGION)
+    rows = {r["setting"]: r for r in json.loads(shown.stdout)["settings"]}
+    assert rows["region"]["value"] is None and rows["region"]["source"].startswith("none")
+
+
 def _group_in(region: str, name: str) -> str:
     """An EKS audit log group with one event, in ``region`` only (moto keeps regions apart)."""
     import time

@@ -52,6 +52,7 @@ from detector.lake.state import CheckpointBusy, Lease, Owner, StateError, StateO
 from detector.pipeline.export import DurableBatch, Exporter, ExportError, ExportOptions, from_ms
 from detector.pipeline.ingest import ClusterUnknown, EventBuffer, write_to_lake
 from detector.pipeline.watch_metrics import HealthServer, WatchMetrics
+from detector.ratelimit import setup_problem
 from detector.sources.files import cluster_from_path, expand_inputs, read_batches
 from detector.sources.tail import POLL_BYTES, FileTail, TailPosition
 from detector.storage import StorageError
@@ -675,7 +676,7 @@ class Watcher:
             slot["src"].step()
             # Only a step that went through resets the wait: a source that starts and then
             # fails (a lake out of space, S3 down) was retried every second, not 1, 2, 4...
-            slot["backoff"] = 1.0
+            slot["backoff"], slot["stepped"] = 1.0, True
             return True
         except (UsageError, WatchError):
             _abandon(slot, made)
@@ -683,6 +684,12 @@ class Watcher:
         except Exception as exc:  # any failure: restart from the checkpoint
             src = slot["src"] or made
             name = src.name if src is not None else "source"
+            if (problem := setup_problem(exc)) is not None and not slot.get("stepped"):
+                # No AWS region or credentials anywhere before a first step: configuration
+                # (exit 2, as `detect export` says it), not an outage; it was retried for
+                # ever. Once a source has run, a credential refresh failing is retried.
+                _abandon(slot, made)
+                raise UsageError(f"{name}: {problem}") from None
             if getattr(src, "finite", False) and isinstance(exc, DetectError):
                 _abandon(slot, made)
                 raise  # a replay's file missing or unreadable: retrying cannot help

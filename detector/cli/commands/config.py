@@ -89,7 +89,8 @@ def effective(
         if value is None and key == "region":  # no setting, no AWS_REGION: the profile's
             import boto3
 
-            value, source = boto3.Session().region_name, "AWS profile"
+            value = boto3.Session().region_name
+            source = "AWS profile" if value else "none: set AWS_REGION or --region"
         rows.append({"setting": key, "value": value or _ROOT_DEFAULTS.get(key), "source": source})
     rows += _address_list_rows(loaded)
     group = root.command
