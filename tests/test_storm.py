@@ -75,6 +75,7 @@ def test_past_the_budget_one_digest_per_throttle_and_each_alert_once(receiver):
     assert [b["priority"] for b in alone] == ["Notice", "Error", "Error", "Error", "Critical"]
     (digest,) = [b for b in receiver.delivered if b not in alone]
     assert digest["output"].split(": ", 1)[1].startswith("Notice Alert storm: 7 alerts in one")
+    assert "None" not in digest["output"] and "user=" not in digest["output"]  # many users
     assert sorted(heard(receiver)) == sorted(i.incident_id for i in first)
     state = report.state
     assert all(state.delivered(i.incident_id, "hook") for i in first)

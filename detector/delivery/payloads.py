@@ -252,8 +252,10 @@ def falcosidekick(alert: Alert) -> dict[str, Any]:
     b = _bounded(inc)
     worst = max(inc.timeline, key=lambda t: t["severity_rank"]) if inc.timeline else {}
     priority = FALCO_PRIORITY[inc.severity]
+    # A digest has no one principal: no `user=None` in the text people read.
+    who = f"user={b['principal']} " if b["principal"] else ""
     output = (
-        f"{_iso(inc.last_seen)}: {priority} {b['title']} (user={b['principal']} "
+        f"{_iso(inc.last_seen)}: {priority} {b['title']} ({who}"
         f"cluster={inc.cluster} incident={inc.incident_id} version={inc.version})"
     )
     event = {
