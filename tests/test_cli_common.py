@@ -209,6 +209,13 @@ BAD_VALUES = [
     (["--region", "us east", "config", "show"], "not an AWS region name"),  # was taken as is
     (["export", "--log-group", "/aws/eks/x/cluster", "--region", "a\x00"], "--region"),
     (["score", "--format", "xml"], "--format"),
+    # blank values said something else (review): "pass --cluster NAME" to one who had
+    (["ingest", "x.log", "--cluster", ""], "is empty"),
+    (["ingest", "x.log", "--cluster", "a,b"], "not allowed"),
+    (["score", "--cluster", " "], "is empty"),
+    (["export", "--log-group", ""], "is empty"),  # "cannot tell the cluster from log group ''"
+    (["watch", "--log-group", " "], "is empty"),
+    (["suppressions", ""], "is empty"),  # "Is a directory: '.'"
     (["score", "--fail-on", "hihg"], "--fail-on"),
     (["findings", "--min-severity", "loud"], "--min-severity"),
     (["findings", "show", "abcd", "--limit", "0"], "--limit"),

@@ -179,6 +179,26 @@ def _not_a_file(text: str) -> str:
     return text
 
 
+def input_file(value: Any) -> str:
+    """A file a command reads, refused when blank (it named the working folder: "Is a
+    directory: '.'")."""
+    text = str(value)
+    if not text.strip():
+        raise ValueError("is empty: give a file")
+    return text
+
+
+def log_group_name(value: Any) -> str:
+    """A CloudWatch log group name, refused when blank or holding control characters
+    (blank was "cannot tell the cluster from log group ''")."""
+    text = str(value)
+    if not text.strip():
+        raise ValueError("is empty: give a log group, e.g. /aws/eks/prod/cluster")
+    if holds_control_characters(text):
+        raise ValueError(f"{text!r} holds control characters")
+    return text
+
+
 def output_folder(value: Any) -> Path:
     """A folder a command writes into, refused when blank (it named the working folder)."""
     text = str(value)
@@ -235,15 +255,34 @@ UntilOpt = Annotated[
 def cluster_names(value: Any) -> str:
     """A cluster name, or several separated by commas, each one a lake path part could
     be (checked here, so a bad name in detect.toml or DETECT_CLUSTER is refused by
-    `detect config show` as by the command); blank: none given."""
+    `detect config show` as by the command). Blank is refused: `--cluster ""` was taken
+    as no name, and the error then asked for the --cluster just given (an empty
+    DETECT_CLUSTER is no setting at all: click never passes it)."""
     from detector.lake.table import UnsafeName, safe_part
 
     text = str(value)
+    if not text.replace(",", "").strip():
+        raise ValueError("is empty: give a cluster name")
     for name in filter(None, (part.strip() for part in text.split(","))):
         try:
             safe_part(name, "cluster name")
         except UnsafeName as exc:
             raise ValueError(str(exc)) from None
+    return text
+
+
+def cluster_name(value: Any) -> str:
+    """One cluster name (a command that writes events into one cluster's partitions):
+    as :func:`cluster_names`, without the commas."""
+    from detector.lake.table import UnsafeName, safe_part
+
+    text = str(value)
+    if not text.strip():
+        raise ValueError("is empty: give a cluster name")
+    try:
+        safe_part(text, "cluster name")
+    except UnsafeName as exc:
+        raise ValueError(str(exc)) from None
     return text
 
 

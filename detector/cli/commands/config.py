@@ -12,7 +12,7 @@ from rich.table import Table
 from typer._click import exceptions as click_exceptions
 
 from detector import config as settings
-from detector.cli.options import FormatOpt, OutputFormat, emit_json, stdout
+from detector.cli.options import FormatOpt, OutputFormat, emit_json, log_group_name, stdout
 from detector.errors import UsageError
 
 config_app = typer.Typer(
@@ -163,7 +163,8 @@ def show(
         str | None, typer.Option("--model-dir", help="As the commands' --model-dir.")
     ] = None,
     log_group: Annotated[
-        str | None, typer.Option("--log-group", help="As export's --log-group.")
+        str | None,
+        typer.Option("--log-group", parser=log_group_name, help="As export's --log-group."),
     ] = None,
     output: FormatOpt = OutputFormat.table,
 ) -> None:

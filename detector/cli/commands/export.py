@@ -25,6 +25,7 @@ from detector.cli.options import (
     duration_option,
     emit_json,
     instant_option,
+    log_group_name,
     progress_enabled,
     progress_line,
     stderr,
@@ -50,6 +51,7 @@ def export(
         typer.Option(
             "--log-group",
             envvar="DETECT_LOG_GROUP",
+            parser=log_group_name,
             help="CloudWatch log group, e.g. /aws/eks/prod/cluster.",
             show_default=False,
         ),

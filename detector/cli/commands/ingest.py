@@ -14,6 +14,7 @@ from detector.cli.options import (
     InputFormatOpt,
     LakeOpt,
     OutputFormat,
+    cluster_name,
     duration_option,
     emit_json,
     instant_option,
@@ -31,6 +32,7 @@ IngestClusterOpt = Annotated[
     typer.Option(
         "--cluster",
         envvar="DETECT_CLUSTER",
+        parser=cluster_name,
         help="Cluster the events are from. Without it: the EKS log group of Firehose records, "
         "an aws/eks/NAME/ or cluster=NAME/ part of the path, else the lake's only cluster; "
         "else exit 2.",

@@ -7,11 +7,20 @@ from typing import Annotated
 
 import typer
 
-from detector.cli.options import FormatOpt, OutputFormat, SinceOpt, emit_json, stdout
+from detector.cli.options import (
+    FormatOpt,
+    OutputFormat,
+    SinceOpt,
+    emit_json,
+    input_file,
+    stdout,
+)
 
 
 def suppressions(
-    path: Annotated[str, typer.Argument(help="The suppressions YAML file.")] = "suppressions.yaml",
+    path: Annotated[
+        str, typer.Argument(parser=input_file, help="The suppressions YAML file.")
+    ] = "suppressions.yaml",
     lake: Annotated[
         str | None,
         typer.Option(

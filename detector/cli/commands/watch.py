@@ -27,6 +27,7 @@ from detector.cli.options import (
     configured_sinks,
     duration_option,
     instant_option,
+    log_group_name,
     stop_on_signals,
 )
 from detector.errors import UsageError
@@ -46,6 +47,7 @@ def watch(
         list[str] | None,
         typer.Option(
             "--log-group",
+            parser=log_group_name,
             help="CloudWatch log group to follow (repeat for several), as `detect export`; "
             "in detect.toml: \\[watch] log_group = [...].",
             show_default=False,
