@@ -209,6 +209,10 @@ BAD_VALUES = [
     (["--region", "us east", "config", "show"], "not an AWS region name"),  # was taken as is
     (["export", "--log-group", "/aws/eks/x/cluster", "--region", "a\x00"], "--region"),
     (["score", "--format", "xml"], "--format"),
+    # an empty range: "no findings", and score scored a whole window (review)
+    (["findings", "--since", "0h"], "empty time range"),
+    (["score", "--since", "0h", "--dry-run", "--no-model"], "empty time range"),
+    (["report", "--since", "2099-01-01"], "empty time range"),
     # blank values said something else (review): "pass --cluster NAME" to one who had
     (["ingest", "x.log", "--cluster", ""], "is empty"),
     (["ingest", "x.log", "--cluster", "a,b"], "not allowed"),

@@ -15,12 +15,12 @@ from detector.cli.options import (
     UntilOpt,
     emit_json,
     stdout,
+    time_range,
 )
 from detector.cli.render import findings_json, format_score, render_findings
 from detector.controls import TEXT_CHARS, clip
 from detector.errors import UsageError
 from detector.lake.findings_schema import MAX_EVENTS_PER_FINDING
-from detector.timeparse import check_range
 
 findings_app = typer.Typer(
     invoke_without_command=True,
@@ -77,8 +77,7 @@ def list_cmd(
 
     if status is not None and status not in STATUSES:
         raise UsageError(f"--status must be one of {', '.join(STATUSES)}, not {status!r}")
-    if until is not None:
-        since, until = check_range(since, until)  # swapped flags: an error, not "no findings"
+    time_range(since, until)  # empty or swapped: an error, not "no findings"
     the_lake = Lake(lake).require_existing()
     df = list_findings(
         the_lake,

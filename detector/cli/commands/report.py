@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -20,8 +20,8 @@ from detector.cli.options import (
     progress_status,
     stderr,
     stdout,
+    time_range,
 )
-from detector.timeparse import check_range
 
 #: Sections a page can hold: each carries a timeline and raw events (~10 KB); more
 #: than this is a page no browser opens, and a bigger number overflowed (exit 3).
@@ -76,7 +76,7 @@ def report(
     from detector.report.data import collect
     from detector.report.html import write_report
 
-    start, end = check_range(since, until or datetime.now(UTC))
+    start, end = time_range(since, until)
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     with progress_status("reading the lake"):
         data = collect(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
@@ -34,11 +33,11 @@ from detector.cli.options import (
     executor_for,
     lake_to_read,
     stdout,
+    time_range,
 )
 from detector.cli.render import digests_text, findings_json, render_findings
 from detector.errors import UsageError
 from detector.lake.findings_schema import SEVERITIES
-from detector.timeparse import check_range
 
 
 def score(
@@ -113,7 +112,7 @@ def score(
     from detector.detect.score import ScoreOptions, score_range
     from detector.model.storage import Model, ModelNotFound
 
-    start, end = check_range(since, until or datetime.now(UTC))
+    start, end = time_range(since, until)
     no_model = no_model or rules_only
     if no_model and no_rules:
         raise UsageError("--no-model and --no-rules leave nothing to score")

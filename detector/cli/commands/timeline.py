@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from functools import partial
 from typing import Annotated, Any
 
@@ -21,10 +21,10 @@ from detector.cli.options import (
     emit_json,
     lake_to_read,
     stdout,
+    time_range,
 )
 from detector.controls import ONE_LINE, unshown
 from detector.errors import UsageError
-from detector.timeparse import check_range
 
 KIND_STYLE = {"denied": "red", "finding": "bold yellow", "source": "cyan", "requests": ""}
 
@@ -83,7 +83,7 @@ def timeline(
 
     if not principal.strip():
         raise UsageError("PRINCIPAL is empty")
-    start, end = check_range(since, until or datetime.now(UTC))
+    start, end = time_range(since, until)
     window = every or None  # a zero window: only consecutive runs are collapsed
     the_lake = lake_to_read(lake, cluster)
     tl = build_timeline(the_lake, principal, start, end, cluster=cluster, every=window)

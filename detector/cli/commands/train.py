@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated
 
@@ -29,8 +28,8 @@ from detector.cli.options import (
     executor_for,
     lake_to_read,
     stdout,
+    time_range,
 )
-from detector.timeparse import check_range
 
 __all__ = ["DEFAULT_ALERT_RATE", "DEFAULT_MODEL_DIR", "train"]
 
@@ -88,7 +87,7 @@ def train(
     from detector.detect.train import train_model
     from detector.storage import require_bucket
 
-    start, end = check_range(since, until or datetime.now(UTC))
+    start, end = time_range(since, until)
     require_bucket(model_dir, "--model-dir")  # before the fit, not after it
     runner = executor_for(executor, address)
     with chunk_progress("training") as progress:
