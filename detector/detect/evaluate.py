@@ -239,8 +239,11 @@ def evaluate(
     ``executor``: where the per-partition reads run (see :mod:`detector.detect.executor`).
     """
     first, last = lake_span(lake)
-    train_start, train_end = align(since or first, train_until, window)
-    test_start, test_end = align(train_until, until or last, window)
+    # Split at the start of the window holding train_until: widened each way, a time in a
+    # window's middle put that window in both the training and the scored range.
+    split = align(train_until, train_until, window)[0]
+    train_start, train_end = align(since or first, split, window)
+    test_start, test_end = align(split, until or last, window)
     windows = training_windows(lake, train_start, train_end, window=window, executor=executor)
     model = fit_model(
         windows, window=window, start=train_start, end=train_end, alert_rate=alert_rate, seed=seed
