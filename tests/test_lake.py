@@ -429,6 +429,35 @@ def test_a_replace_marker_without_its_output_changes_nothing(tmp_path):
     assert lake_rows(lake) == 20 and len(store.partition_files(part)) == 1
 
 
+def test_a_compaction_touches_nothing_while_another_writer_holds_the_lake(tmp_path, monkeypatch):
+    """Two compactions at once: the second purged outside the writer lock, took the
+    first's marker (written, its output not yet) for a dead writer's and deleted it; the
+    output then came, and its inputs with it were all live (rows twice to the tool's own
+    reader; found by review). Purging waits for the lock like merging."""
+    from detector.lake import lock
+    from detector.lake.state import Lease, Owner, StateObject
+
+    lake = str(tmp_path / "lake")
+    _many_small_files(lake, 2)
+    store = Lake(lake)
+    table, part = store.events, ("prod", "2026-11-27", "10")
+    files = table.files(part)
+    other = Lease(StateObject(store, *lock.LOCK_PARTS), owner=Owner(pid=1), seconds=600)
+    other.acquire()  # another compaction (pid 1 is alive), between its marker and output
+    output = "part-" + "a" * 32 + ".parquet"
+    marker = {"output": output, "inputs": [f.rsplit("/", 1)[1] for f in files], "created_at": 0}
+    marker_path = Path(store.partition_path(part), "_replaced-" + "1" * 32 + ".json")
+    marker_path.write_bytes(orjson.dumps(marker))
+    monkeypatch.setattr(lock, "WAIT_SECONDS", 0)
+    with pytest.raises(lock.LakeBusy):
+        compact(store, grace=0)
+    assert marker_path.exists()  # not taken for a dead writer's
+    merged = table.scan(files).collect()
+    T.put_atomic(store.loc, f"{table.dir(part)}/{output}", T.parquet_bytes(merged))
+    other.release()
+    assert lake_rows(lake) == 20 == Lake(lake).scan_events().collect()["audit_id"].n_unique()
+
+
 def test_a_purge_killed_between_chained_markers_never_shows_a_row_twice(tmp_path, monkeypatch):
     """Compacting a compacted file chains two markers: a, b -> X, then X, c -> Y. Purging
     went by marker name; purging the second first deleted X while the first still needed
@@ -596,3 +625,12 @@ def test_findings_are_written_under_the_writer_lock(tmp_path, s3_bucket, monkeyp
     hold_lock(s3_bucket, "lake-findings", EXPIRED)  # the holder's lease ran out (it crashed)
     store.write_range(Lake(lake), "rules", at, at + timedelta(minutes=10), *found)
     assert store.list_findings(Lake(lake))["principal"].to_list() == ["alice"]
+
+
+def test_a_lake_path_through_a_file_is_a_usage_error(tmp_path):
+    """`--lake in.log/sub` failed deep in the lock with "Not a directory", exit 3 and the
+    lock's path (found by review): a path that cannot be a folder is exit 2, said plainly."""
+    log = audit_file(tmp_path / "in.log", range(3), minute=0)
+    result = cli("ingest", str(log), "--lake", f"{log}/sub", "--cluster", "prod")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == f"error: no lake at {log}/sub: {log} is a file, not a folder"

@@ -24,6 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import polars as pl
 
@@ -211,6 +212,16 @@ class Lake:
             fs, root = self.loc.fs, self.loc.root
             if not self.loc.is_s3 and fs.exists(root) and not fs.isdir(root):
                 raise MissingLake(f"no lake at {self.uri}: it is a file, not a folder")
+            if not self.loc.is_s3:
+                # A file on the way there (`--lake in.log/sub`): "Not a directory" from
+                # the lock, exit 3 and an internal path (found by review).
+                for parent in Path(root).parents:
+                    if fs.exists(str(parent)):
+                        if not fs.isdir(str(parent)):
+                            raise MissingLake(
+                                f"no lake at {self.uri}: {parent} is a file, not a folder"
+                            )
+                        break
             self._root_checked = True
 
     def require_existing(self) -> Lake:

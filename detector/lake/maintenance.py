@@ -175,8 +175,12 @@ def compact(
         if parts:
             table.check_deletes()  # before merging anything: see Table.check_deletes
         for part in parts:
-            summary.purged += table.purge_replaced(part, grace)
+            # Under the lock, as the merge: a purge running beside another compaction took
+            # its marker, written but with no output yet, for a dead writer's and deleted
+            # it; the output then came, and the merged files with it were all live (their
+            # rows twice to the tool's reader; found by review).
             with writer_lock(lake) as lease:
+                summary.purged += table.purge_replaced(part, grace)
                 files = table.usable(table.entries(part))  # bad files stay, for `lake check`
                 if len(files) < max(2, min_files):
                     continue

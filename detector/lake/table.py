@@ -366,9 +366,11 @@ class Table:
             }
         )
         # Marker first: without its output it changes nothing. Then the output, whose
-        # appearance switches readers from the inputs to it in one step.
+        # appearance switches readers from the inputs to it in one step. Its bytes are
+        # made first, so the marker waits for its output only as long as one write.
+        data = parquet_bytes(df)
         put_atomic(self.loc, f"{directory}/_replaced-{marker_id}.json", marker)
-        put_atomic(self.loc, f"{directory}/{output}", parquet_bytes(df))
+        put_atomic(self.loc, f"{directory}/{output}", data)
         return f"{directory}/{output}"
 
     def purge_replaced(self, values: Sequence[str], older_than: float) -> int:
