@@ -30,6 +30,16 @@ def aid(*numbers: int) -> list[str]:
     return [make_event(i)["auditID"] for i in numbers]
 
 
+def checkpointed(log, *numbers: int) -> TailPosition:
+    """The position a watch stores after reading ``log`` (holding events ``numbers``),
+    as read back after a restart."""
+    first = FileTail(str(log))
+    assert ids(first.poll()) == aid(*numbers)
+    saved = TailPosition.from_dict(first.position.to_dict())
+    first.close()
+    return saved
+
+
 def test_only_complete_lines_are_returned_and_nothing_twice(tmp_path):
     log = tmp_path / "audit.log"
     tail = FileTail(str(log))
@@ -100,10 +110,7 @@ def test_a_rotation_while_nobody_read_the_file_loses_none_of_its_last_lines(
     caplog.set_level("INFO", logger="detector.sources.tail")
     log = tmp_path / "audit.log"
     log.write_bytes(line(0) + line(1))
-    first = FileTail(str(log))
-    assert ids(first.poll()) == aid(0, 1)
-    saved = TailPosition.from_dict(first.position.to_dict())
-    first.close()
+    saved = checkpointed(log, 0, 1)
     with log.open("ab") as fh:  # written after the checkpoint, before the rotation
         fh.write(line(2) + line(3))
     older = tmp_path / "audit.log.2"  # an older rotation: not this one
@@ -131,10 +138,7 @@ def test_a_rotated_file_that_is_gone_is_said_so(tmp_path, caplog):
     checkpoint cannot be read, and the log says so instead of nothing."""
     log = tmp_path / "audit.log"
     log.write_bytes(line(0))
-    first = FileTail(str(log))
-    assert ids(first.poll()) == aid(0)
-    saved = TailPosition.from_dict(first.position.to_dict())
-    first.close()
+    saved = checkpointed(log, 0)
     log.unlink()
     log.write_bytes(line(1))
     assert ids(FileTail(str(log), saved).poll()) == aid(1)
@@ -314,10 +318,7 @@ def test_only_the_log_s_own_rotations_are_read(tmp_path, planted, caplog):
     review). A link named like a rotation, pointing anywhere, is not followed either."""
     log = tmp_path / "audit.log"
     log.write_bytes(line(0))
-    first = FileTail(str(log))
-    assert ids(first.poll()) == aid(0)
-    saved = TailPosition.from_dict(first.position.to_dict())
-    first.close()
+    saved = checkpointed(log, 0)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     forged = (elsewhere if planted == "link" else tmp_path) / "notes.txt"
@@ -372,10 +373,7 @@ def test_a_later_rotation_is_read_when_the_checkpoint_s_file_is_gone(tmp_path, c
     log = tmp_path / "audit.log"
     log.write_bytes(line(0))
     _age(log, 600)  # the checkpoint, ten minutes ago
-    first = FileTail(str(log))
-    assert ids(first.poll()) == aid(0)
-    saved = TailPosition.from_dict(first.position.to_dict())
-    first.close()
+    saved = checkpointed(log, 0)
     with log.open("ab") as fh:
         fh.write(line(1))
     (tmp_path / "audit.log.2.gz").write_bytes(gzip.compress(log.read_bytes()))
