@@ -102,6 +102,10 @@ def test_every_payload_stays_within_its_receivers_limits(text, items):
     for field in fields["fields"]:
         _name, value = field["text"].split("\n", 1)
         assert "<" not in value and "\n" not in value
+    # Nor is an address in it made a link, a mention parsed, or a preview fetched (review)
+    texts = [*fields["fields"], why["text"], *context["elements"]]
+    assert all(t["verbatim"] is True for t in texts)
+    assert msg["unfurl_links"] is False and msg["unfurl_media"] is False
 
     doc = orjson.dumps(payloads.incident_doc(alert))
     subject = payloads.sns_subject(alert)
@@ -109,9 +113,15 @@ def test_every_payload_stays_within_its_receivers_limits(text, items):
     assert len(subject) <= 100 and all(" " <= c <= "~" for c in subject)
     entry = payloads.eventbridge_entry(alert, "audit-detector", "default")
     assert len(entry["Detail"].encode()) < AWS_MESSAGE_BYTES
-    assert len(orjson.dumps(payloads.falcosidekick(alert))) < AWS_MESSAGE_BYTES
+    falco = payloads.falcosidekick(alert)
+    assert len(orjson.dumps(falco)) < AWS_MESSAGE_BYTES
+    # its `output` is a line people read (falcosidekick forwards it to syslog, Loki...)
+    assert not {"\n", "\r", "\x00", "\x1b"} & set(falco["output"])
     asff = payloads.asff(alert, "111122223333", "us-east-1", now=NOW)
     assert len(asff["Title"]) <= 256 and len(asff["Description"]) <= 1024
+    assert not {"\n", "\x00", "\x1b"} & set(asff["Title"] + asff["Description"])
+    # OCSF was not bounded at all: a 150 KB principal made a 1.8 MB record (review)
+    assert len(orjson.dumps(payloads.ocsf(alert, account_id="1", region="r"))) < 256 * 1024
 
 
 def test_a_cut_list_says_how_many_it_had():

@@ -253,9 +253,11 @@ def falcosidekick(alert: Alert) -> dict[str, Any]:
     worst = max(inc.timeline, key=lambda t: t["severity_rank"]) if inc.timeline else {}
     priority = FALCO_PRIORITY[inc.severity]
     # A digest has no one principal: no `user=None` in the text people read.
-    who = f"user={b['principal']} " if b["principal"] else ""
+    # One line people read, control characters shown (a line break in a principal forged
+    # a second line in falcosidekick's syslog and Loki outputs); output_fields stay raw.
+    who = f"user={_line(b['principal'])} " if b["principal"] else ""
     output = (
-        f"{_iso(inc.last_seen)}: {priority} {b['title']} ({who}"
+        f"{_iso(inc.last_seen)}: {priority} {_line(b['title'])} ({who}"
         f"cluster={inc.cluster} incident={inc.incident_id} version={inc.version})"
     )
     event = {
@@ -336,26 +338,25 @@ def slack(alert: Alert) -> dict[str, Any]:
     folds = [_folded_block(inc.finding_ids)] if alert.kind == DIGEST else []
     return {
         "text": _esc(text, SLACK_TEXT),
+        # no preview fetched of an address a client put in a name or a user agent
+        "unfurl_links": False,
+        "unfurl_media": False,
         "blocks": [
             {"type": "header", "text": {"type": "plain_text", "text": clip(text, SLACK_HEADER)}},
             {
                 "type": "section",
                 "fields": [
-                    {"type": "mrkdwn", "text": f"*{k}*\n{_esc(v, SLACK_FIELD - len(k) - 3)}"}
-                    for k, v in fields
+                    _mrkdwn(f"*{k}*\n{_esc(v, SLACK_FIELD - len(k) - 3)}") for k, v in fields
                 ],
             },
             {
                 "type": "section",
-                "text": {"type": "mrkdwn", "text": f"*Why*\n{_esc(lines, SLACK_SECTION - 6)}"},
+                "text": _mrkdwn(f"*Why*\n{_esc(lines, SLACK_SECTION - 6)}"),
             },
             {
                 "type": "context",
                 "elements": [
-                    {
-                        "type": "mrkdwn",
-                        "text": f"Open: `{_esc(alert.open_command, SLACK_FIELD)}` · id {alert.key}",
-                    }
+                    _mrkdwn(f"Open: `{_esc(alert.open_command, SLACK_FIELD)}` · id {alert.key}")
                 ],
             },
             *folds,
@@ -375,7 +376,14 @@ def _folded_block(ids: list[str]) -> dict[str, Any]:
         size += len(i) + 2
     more = f" and {len(ids) - len(shown)} more" if len(shown) < len(ids) else ""
     text = "Folds: " + ", ".join(_esc(i, ITEM_CHARS) for i in shown) + more
-    return {"type": "context", "elements": [{"type": "mrkdwn", "text": text}]}
+    return {"type": "context", "elements": [_mrkdwn(text)]}
+
+
+def _mrkdwn(text: str) -> dict[str, Any]:
+    """A Block Kit mrkdwn text taken as written (``verbatim``): by default Slack turns
+    addresses into links and parses mentions and channel names, so a URL a client put in
+    a user agent or a name showed as a live link in the alert (found by review)."""
+    return {"type": "mrkdwn", "text": text, "verbatim": True}
 
 
 #: Block Kit's limits (characters): a header's plain text, a section field, a section's
@@ -465,15 +473,18 @@ def asff(
         "CreatedAt": _iso(inc.created_at or now),
         "UpdatedAt": _iso(now),
         "Severity": {"Label": inc.severity.upper(), "Original": inc.severity},
-        "Title": inc.title[:256],
-        "Description": description[:1024],
+        "Title": _line(inc.title)[:256],
+        "Description": _line(description)[:1024],
         "Resources": [
             {
                 "Type": "Other",
                 "Id": f"kubernetes-cluster/{inc.cluster or 'cluster'}",
                 "Region": region,
                 "Details": {
-                    "Other": {"principal": (inc.principal or "")[:1024], "grouped_by": inc.key_kind}
+                    "Other": {
+                        "principal": _line(inc.principal or "")[:1024],
+                        "grouped_by": inc.key_kind,
+                    }
                 },
             }
         ],
@@ -498,6 +509,9 @@ def ocsf(
     """An OCSF 1.x Detection Finding (class 2004): create on new, update on a new version,
     close when the incident was resolved (OCSF's activity 3, with status Resolved)."""
     inc = alert.incident
+    # Bounded as every sink's alert: a 150 KB principal made a 1.8 MB record, past what
+    # log shippers and CloudWatch (1 MB an event) take (found by review).
+    b = _bounded(inc)
     activity = 1 if alert.kind in ("new", DIGEST) else 3 if inc.status == "resolved" else 2
     activity_name = _OCSF_ACTIVITY[activity]
     attacks = [
@@ -532,7 +546,7 @@ def ocsf(
         "severity": OCSF_SEVERITY[inc.severity],
         "status_id": OCSF_STATUS_ID[inc.status],
         "status": OCSF_STATUS_NAME[inc.status],
-        "message": inc.title,
+        "message": b["title"],
         "metadata": {
             "version": "1.5.0",
             "uid": alert.key,
@@ -542,13 +556,13 @@ def ocsf(
         },
         "finding_info": {
             "uid": inc.incident_id,
-            "title": inc.title,
-            "desc": inc.severity_reason,
+            "title": b["title"],
+            "desc": b["severity_reason"],
             "created_time": _ms(inc.created_at or inc.first_seen),
             "modified_time": _ms(inc.updated_at),
             "first_seen_time": _ms(inc.first_seen),
             "last_seen_time": _ms(inc.last_seen),
-            "types": inc.detectors,
+            "types": b["detectors"],
             "data_sources": ["kubernetes audit log"],
             **({"attacks": unique_attacks} if unique_attacks else {}),
         },
@@ -564,17 +578,18 @@ def ocsf(
             {
                 "name": "principal",
                 "data": {
-                    "principal": inc.principal,
+                    "principal": b["principal"],
                     "principal_kind": inc.principal_kind,
-                    "source_ips": inc.source_ips,
-                    "namespaces": inc.namespaces,
+                    "source_ips": b["source_ips"],
+                    "namespaces": b["namespaces"],
                 },
             }
         ],
         "unmapped": {
-            "finding_ids": _listed(inc.finding_ids, "finding_ids", {}, FINDING_IDS),
-            "reasons": reasons(inc),
+            "finding_ids": b["finding_ids"],
+            "reasons": b["reasons"],
             "open": alert.open_command,
+            **({"truncated": b["truncated"]} if b["truncated"] else {}),
         },
     }
     if account_id or region:
