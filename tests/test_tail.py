@@ -30,6 +30,17 @@ def aid(*numbers: int) -> list[str]:
     return [make_event(i)["auditID"] for i in numbers]
 
 
+def drained(tail: FileTail, polls: int = 20) -> list[str]:
+    """Every event ``tail`` has to give now: polls (at least two, at most ``polls``: a bug
+    that never catches up fails, not hangs) until it is not behind."""
+    got: list[str] = []
+    for i in range(polls):
+        got += ids(tail.poll())
+        if i and not tail.behind:
+            return got
+    raise AssertionError(f"still behind after {polls} polls")
+
+
 def checkpointed(log, *numbers: int) -> TailPosition:
     """The position a watch stores after reading ``log`` (holding events ``numbers``),
     as read back after a restart."""
@@ -288,9 +299,7 @@ def test_two_rotations_in_between_lose_neither_file(tmp_path, resumed, caplog):
     _age(tmp_path / "audit.log.1", 60)
     if resumed:
         tail = FileTail(str(log), saved)
-    got = []
-    while not got or tail.behind:
-        got += ids(tail.poll())
+    got = drained(tail)
     assert got == aid(1, 2, 3, 4)
     assert tail.poll() == []
     assert "audit.log.1, rotated after the file before it" in caplog.text
@@ -402,9 +411,7 @@ def test_copytruncate_then_a_rename_between_two_polls_loses_nothing(tmp_path):
     _age(tmp_path / "audit.log.1", 60)
     os.rename(log, tmp_path / "audit-2026-12-02T06-00-00.000.log")  # then renamed
     log.write_bytes(line(3))
-    got = []
-    while not got or tail.behind:
-        got += ids(tail.poll())
+    got = drained(tail)
     assert got == aid(1, 2, 3)
 
 
@@ -471,7 +478,8 @@ def test_only_names_a_rotation_takes_are_rotations(tmp_path):
 
     names = rotation_names("audit.log")
     for name in ["audit.log.1", "audit.log.12", "audit.log-20261201", "audit-20261201.log",
-                 "audit-2026-12-01T06-00-00.000.log", "audit.log-2026120106"]:  # fmt: skip
+                 "audit-2026-12-01T06-00-00.000.log", "audit.log-2026120106",
+                 "audit.log.2026-12-01", "audit.1.log"]:  # fmt: skip
         assert names.fullmatch(name), name
     for name in ["audit.log", "audit.log.bak", "audit-webhook.log", "audit.log.1.gz",
                  "audit.log-20261201.gz", "xaudit.log.1", "audit.log.1/../x"]:  # fmt: skip
@@ -507,7 +515,81 @@ def test_lines_after_a_hole_of_nul_bytes_are_kept(tmp_path):
         os.close(fd)
     with log.open("ab") as fh:
         fh.write(line(3))
-    got = []
-    while not got or tail.behind:
-        got += ids(tail.poll())  # ids() fails on any quarantined line
+    got = drained(tail)  # ids() fails on any quarantined line
     assert got == aid(2, 3)
+
+
+def test_lines_copied_away_before_any_was_read_are_read_from_the_copy(tmp_path):
+    """Nothing read yet of the log (a quiet cluster: it was empty at the last poll), then
+    written, copied and truncated before the next poll: there is no line to find the
+    copy by, and its lines were lost (found by a fuzzer in review). A rotation modified
+    since the last poll holds them."""
+    log = tmp_path / "audit.log"
+    log.write_bytes(b"")
+    tail = FileTail(str(log))
+    assert tail.poll() == []
+    _age(log, 60)  # the last poll saw it a minute ago
+    tail.poll()
+    log.write_bytes(line(0) + line(1))
+    (tmp_path / "audit.log.1").write_bytes(log.read_bytes())
+    log.write_bytes(b"")  # truncated in place
+    got = drained(tail)
+    assert got == aid(0, 1)
+    with log.open("ab") as fh:
+        fh.write(line(2))
+    assert ids(tail.poll()) == aid(2)  # and the copy is not read again
+
+
+def test_a_first_run_s_file_copied_and_then_renamed_is_read_with_its_copy(tmp_path):
+    """Stored before its first step (nothing read), the log was copied and truncated,
+    written, then renamed: the re-run found the stored file by its inode and read it,
+    and never the copy before it (found by review). Every rotation modified since the
+    checkpoint and the stored file are read, oldest first."""
+    log = tmp_path / "audit.log"
+    log.write_bytes(line(0))
+    _age(log, 600)
+    saved = TailPosition.from_dict(FileTail(str(log)).pin().to_dict())
+    assert saved.offset == 0
+    with log.open("ab") as fh:
+        fh.write(line(1))
+    (tmp_path / "audit.log.2").write_bytes(log.read_bytes())  # copytruncate's copy
+    _age(tmp_path / "audit.log.2", 300)
+    with log.open("r+b") as fh:
+        fh.truncate(0)
+        fh.write(line(2))
+    _age(log, 120)
+    os.rename(log, tmp_path / "audit.log.1")
+    log.write_bytes(line(3))
+    resumed = FileTail(str(log), saved)
+    got = drained(resumed)
+    assert got == aid(0, 1, 2, 3)
+
+
+def test_a_rotation_while_a_poll_catches_up_is_read_before_the_newest_file(tmp_path, monkeypatch):
+    """A poll stated the log, read the rotated files (seconds, catching up), then opened
+    the path again: rotated once more in between, the file that was current was never
+    read (found by a kill soak in review). The rotation is made here at the moment the
+    poll has read the rotated file (an in-process stand-in for the API server: no
+    server can be timed to that point)."""
+    log = tmp_path / "audit.log"
+    log.write_bytes(line(0))
+    tail = FileTail(str(log))
+    assert ids(tail.poll()) == aid(0)
+    with log.open("ab") as fh:
+        fh.write(line(1))
+    os.rename(log, tmp_path / "audit.log.1")
+    log.write_bytes(line(2))  # current at the poll's start
+    real, fired = FileTail._open_first, []
+
+    def rotated_meanwhile(self, candidates, why):
+        opened = real(self, candidates, why)
+        if not opened and not fired:  # the rotated file read: the writer rotates again
+            fired.append(1)
+            os.rename(tmp_path / "audit.log.1", tmp_path / "audit.log.2")
+            os.rename(log, tmp_path / "audit.log.1")
+            log.write_bytes(line(3))
+        return opened
+
+    monkeypatch.setattr(FileTail, "_open_first", rotated_meanwhile)
+    got = drained(tail)
+    assert got + ids(tail.poll()) == aid(1, 2, 3)

@@ -114,16 +114,16 @@ def check_tailable(path: str) -> None:
 
 def rotation_names(base: str) -> re.Pattern[str]:
     """Names a rotation of the log named ``base`` takes: logrotate's ``audit.log.1`` and
-    ``audit.log-20261201`` (dateext; ``audit-20261201.log`` with ``extension``), the API
-    server's ``audit-2026-12-01T06-00-00.000.log``. Not any name that merely starts alike
+    ``audit.log-20261201`` (dateext, any date format of digits; ``audit-20261201.log`` and
+    ``audit.1.log`` with ``extension``), the API server's
+    ``audit-2026-12-01T06-00-00.000.log``. Not any name that merely starts alike
     (``audit.log.bak``, ``audit-webhook.log``): those were read whole as rotations. Nor a
     compressed rotation (``audit.log.2.gz``): it cannot be read on from a byte offset, so
     what it holds after the checkpoint is said to be lost, not read as garbage."""
     stem, ext = os.path.splitext(base)
     b, s, e = re.escape(base), re.escape(stem), re.escape(ext)
-    return re.compile(
-        rf"{b}\.\d+|{b}-\d[\dT_.-]*|{s}-\d[\dT_.-]*{e}" if ext else rf"{b}\.\d+|{b}-\d[\dT_.-]*"
-    )
+    after = r"[.-]\d[\dT_.-]*"  # .1, -20261201, .2026-12-01, -2026-12-01T06-00-00.000
+    return re.compile(rf"{b}{after}|{s}{after}{e}" if ext else rf"{b}{after}")
 
 
 #: Bytes a poll reads at most: a big file followed from its start is read this much a
@@ -182,8 +182,6 @@ class FileTail:
     def position(self) -> TailPosition | None:
         if self._inode is None:
             return None
-        if self._fh is not None:
-            self._mtime = os.fstat(self._fh.fileno()).st_mtime_ns
         return TailPosition(self._inode, self._offset, *self._mark, self._skipping, self._mtime)
 
     def pin(self) -> TailPosition | None:
@@ -192,6 +190,8 @@ class FileTail:
         inode if it is rotated before a re-run."""
         if self._fh is None and (current := self._stat()) is not None:
             self._open(current)
+            if self._fh is not None:
+                self._mtime = os.fstat(self._fh.fileno()).st_mtime_ns
         return self.position
 
     def close(self) -> None:
@@ -221,27 +221,58 @@ class FileTail:
                 found = self._switch_to_rotated(self._owners(held))
                 if not found:
                     self._offset, self._mark, self._skipping = 0, (0, ""), False
+            elif not self._offset and self._mtime and held.st_ino == getattr(current, "st_ino", 0):
+                # Nothing read of it yet, so no line to find a copy by: written and copied
+                # and truncated between two polls, its lines are only in the copy, a
+                # rotation modified since the last poll (they were lost).
+                since = [
+                    (st.st_mtime_ns, st.st_ino, path)
+                    for path, st in self._rotations(self._owners(held))
+                    if st.st_ino != held.st_ino and st.st_mtime_ns > self._mtime
+                ]
+                self._open_first(since, "copied since the last poll")
         assert self._fh is not None
         if current is not None and current.st_ino != self._inode:
             # Rotated: finish the old file (its last line is complete), then any rotation
             # made after it (two while we were down), then the current one from its start.
+            listing: list[tuple[str, os.stat_result]] = []
+            owners: set[int] = {0}
+            listed_for: int | None = None  # the folder is listed again only if rotated again
+            key = (0, 0)
             while True:
-                more, budget = self._read_available(final=True, budget=budget)
-                batches += more
-                if self.behind:  # this file is not finished yet: on with it next poll
+                if self._fh is not None:
+                    more, budget = self._read_available(final=True, budget=budget)
+                    batches += more
+                    if self.behind:  # this file is not finished yet: on with it next poll
+                        return batches
+                    finished = os.fstat(self._fh.fileno())
+                    key = (finished.st_mtime_ns, finished.st_ino)
+                    self.close()
+                    self._inode, self._offset, self._mark = None, 0, (0, "")
+                    self._skipping = False
+                    owners = self._owners(finished)
+                # Stated again: rotated once more while this poll read (seconds, catching
+                # up), the file that was current is a rotation now, read before the new one.
+                current = self._stat() or current
+                if listed_for != current.st_ino:
+                    listing, listed_for = self._rotations(owners), current.st_ino
+                later = [
+                    (st.st_mtime_ns, st.st_ino, path)
+                    for path, st in listing
+                    if st.st_ino not in (current.st_ino, key[1])
+                    and (st.st_mtime_ns, st.st_ino) > key
+                ]
+                if self._open_first(later, "rotated after the file before it"):
+                    continue
+                self._open(current)
+                if self._fh is None:
                     return batches
-                finished = os.fstat(self._fh.fileno())
-                self.close()
-                self._inode, self._offset, self._mark = None, 0, (0, "")
-                self._skipping = False
-                key = (finished.st_mtime_ns, finished.st_ino)
-                skip = {current.st_ino, finished.st_ino}
-                if not self._open_rotation_after(key, skip, self._owners(finished)):
+                if self._inode == current.st_ino:
                     break
-            self._open(current)
-            if self._fh is None:
-                return batches
+                self.close()  # rotated between the stat and the open: that file first
+                self._inode = None
         more, _ = self._read_available(final=False, budget=budget)
+        self._mtime = os.fstat(self._fh.fileno()).st_mtime_ns
         return batches + more
 
     # ------------------------------------------------------------------ internals
@@ -265,8 +296,24 @@ class FileTail:
         if self._inode is None:  # a file of its own (the first, or the one after a rotation)
             self._inode, self._offset, self._mark, self._skipping = opened.st_ino, 0, (0, ""), False
             return
+        owners = self._owners(opened)
+        if not self._offset and not self._mark[0] and self._mtime:
+            # Nothing read yet of the checkpoint's file (stored before a first step, or a
+            # quiet log): that file, renamed, and every rotation modified since the
+            # checkpoint hold lines not read (a copy logrotate made of it too), oldest
+            # first; then the current file from its start.
+            unread = [
+                (st.st_mtime_ns, st.st_ino, path)
+                for path, st in self._rotations(owners, self._inode)
+                if st.st_ino != opened.st_ino
+                and (st.st_mtime_ns > self._mtime or st.st_ino == self._inode)
+            ]
+            if self._open_first(unread, "not read since the checkpoint"):
+                return
+            self._inode, self._offset, self._mark, self._skipping = opened.st_ino, 0, (0, ""), False
+            return
         stale = opened.st_ino != self._inode or self._rewritten(st)
-        if stale and self._switch_to_rotated(self._owners(opened)):
+        if stale and self._switch_to_rotated(owners):
             # Rotated (or copied and truncated) while nobody read it: the lines after the
             # stored position are in the rotated file. Finish that first (poll reads it to
             # its end, as after a rename seen live), then the current one from its start.
@@ -278,13 +325,16 @@ class FileTail:
                 "its rotation are not read",
                 self.path, self._offset, self._inode,
             )  # fmt: skip
-        if (stale or not self._offset) and self._mtime:
-            # The file of the checkpoint gone (deleted, compressed) or copied at byte 0:
-            # the rotations modified since hold lines not read, oldest first (a file of the
-            # stored inode among them is another file: the inode was freed and reused).
-            since = (self._mtime, self._inode)
-            if self._open_rotation_after(since, {opened.st_ino}, self._owners(opened)):
-                self._offset, self._mark, self._skipping = 0, (0, ""), False
+        if stale and self._mtime:
+            # The file of the checkpoint gone (deleted, compressed): the rotations modified
+            # since hold lines not read, oldest first (a file of the stored inode among
+            # them is another file: the inode was freed and reused).
+            since = [
+                (st.st_mtime_ns, st.st_ino, path)
+                for path, st in self._rotations(owners)
+                if st.st_ino != opened.st_ino and st.st_mtime_ns > self._mtime
+            ]
+            if self._open_first(since, "modified since the checkpoint"):
                 return
         if stale:
             self._offset, self._mark, self._skipping = 0, (0, ""), False  # another file: from 0
@@ -352,25 +402,23 @@ class FileTail:
             fh.close()
         return False
 
-    def _open_rotation_after(self, key: tuple[int, int], skip: set[int], owners: set[int]) -> bool:
-        """Open the rotation modified next after ``key`` (the modification time and inode
-        of the file finished, or of the checkpoint), but for the inodes of ``skip`` (the
-        current file, the file finished): rotated twice while we were down (or between two
-        polls), the middle file was skipped."""
-        later = [
-            (st.st_mtime_ns, st.st_ino, path)
-            for path, st in self._rotations(owners)
-            if st.st_ino not in skip and (st.st_mtime_ns, st.st_ino) > key
-        ]
-        for _, inode, path in sorted(later):
+    def _open_first(self, candidates: list[tuple[int, int, str]], why: str) -> bool:
+        """Open the oldest of ``candidates`` (modification time, inode, path) that can be
+        read, from its start; one that cannot is said to be passed over (it was silent)."""
+        for _, inode, path in sorted(candidates):
             fh = _open_regular(path)
             if fh is None or os.fstat(fh.fileno()).st_ino != inode:  # replaced since listed
                 if fh is not None:
                     fh.close()
+                log.warning(
+                    "%s: cannot read its rotation %s: the lines it holds are not read",
+                    self.path, path,
+                )  # fmt: skip
                 continue
             self.close()
             self._fh, self._inode = fh, inode
-            log.info("%s: reading %s, rotated after the file before it", self.path, path)
+            self._offset, self._mark, self._skipping = 0, (0, ""), False
+            log.info("%s: reading %s, %s", self.path, os.path.basename(path), why)
             return True
         return False
 
