@@ -595,3 +595,16 @@ def test_the_list_shows_an_incident_active_since_then_that_began_before(lake):
     assert out.exit_code == 0, out.stderr
     (listed,) = json.loads(out.stdout)
     assert listed["principal"] == ROLE and len(listed["finding_ids"]) == len(steady)
+
+
+def test_an_incident_whose_findings_ended_at_the_range_start_is_not_in_the_range(lake):
+    """``last_seen`` is its last finding's window end (exclusive): compared as inclusive,
+    `detect incidents --since` and the report listed an incident whose findings all
+    ended at --since, and the report drew it with none of them in range (found by
+    review)."""
+    df, ev = frames([finding(ROLE, T0)])
+    (inc,) = workflow.update(lake, df, ev, now=T0).incidents
+    end = inc.last_seen
+    assert table.incidents_overlapping(lake, end, end + W).is_empty()
+    in_range = table.incidents_overlapping(lake, end - timedelta(seconds=1), end + W)
+    assert in_range["incident_id"].to_list() == [inc.incident_id]

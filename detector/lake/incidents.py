@@ -362,15 +362,17 @@ def recent_incidents(lake: Lake, before: datetime, horizon: timedelta) -> pl.Dat
 
 
 def incidents_overlapping(lake: Lake, start: datetime, end: datetime) -> pl.DataFrame:
-    """Incidents active in ``[start, end)``: first seen before its end, last seen at or after
-    its start, in order of first seen.
+    """Incidents active in ``[start, end)``: first seen before its end, last seen after its
+    start (``last_seen`` is the end of its last finding's window, exclusive: an incident
+    whose findings all ended at ``start`` was listed, and drawn with none of them in
+    range; found by review), in order of first seen.
 
     Only the dates that can hold one are read: back to ``MAX_INCIDENT_SPAN`` and a day (more
     than the grouping horizon) before ``start``.
     """
     since = start - MAX_INCIDENT_SPAN - timedelta(days=1)
     df = _scan_incidents(lake, since, end).filter(
-        (pl.col("last_seen") >= start) & (pl.col("first_seen") < end)
+        (pl.col("last_seen") > start) & (pl.col("first_seen") < end)
     )
     return df.sort("first_seen", "incident_id").collect()
 
