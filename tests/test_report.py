@@ -449,13 +449,14 @@ def test_incidents_active_in_the_range_are_read_and_a_bad_file_is_skipped(tmp_pa
     lake = Lake(str(tmp_path / "lake"))
     assert read_incidents(lake, START, END) is None  # no table: the report skips the chart
 
-    def incident(name: str, first: datetime, last: datetime) -> dict:
-        return {"incident_id": name, "first_seen": first, "last_seen": last, "severity": "high"}
+    def incident(name: str, first: datetime, last: datetime, severity: str = "high") -> dict:
+        return {"incident_id": name, "first_seen": first, "last_seen": last, "severity": severity}
 
     h = timedelta(hours=1)
     write_incidents(
         lake,
         [
+            incident("low-first", START + h / 2, START + h, "low"),  # listed last (review)
             incident("inside", START + h, START + 2 * h),
             incident("began-before", START - timedelta(days=6), START + h),
             incident("over-before", START - timedelta(days=3), START - h),
@@ -466,9 +467,10 @@ def test_incidents_active_in_the_range_are_read_and_a_bad_file_is_skipped(tmp_pa
     damaged.parent.mkdir(parents=True, exist_ok=True)
     damaged.write_bytes(b"PAR1 not really parquet")
     df = read_incidents(lake, START, END)
-    assert df is not None and df["incident_id"].to_list() == ["began-before", "inside"]
-    assert df["time"].to_list() == [START - timedelta(days=6), START + h]
-    assert df["severity"].to_list() == ["high", "high"]
+    # most severe first, as `detect incidents` lists them; then by first seen
+    assert df is not None and df["incident_id"].to_list() == ["began-before", "inside", "low-first"]
+    assert df["time"].to_list() == [START - timedelta(days=6), START + h, START + h / 2]
+    assert df["severity"].to_list() == ["high", "high", "low"]
     assert "incidents.parquet" in caplog.text  # the damaged file, named
 
 
@@ -513,6 +515,34 @@ def test_alerts_get_their_sections_before_the_records_of_an_incident(tmp_path):
     assert [f["in_range"] for f in listed] == [True] * 4
     assert [bool(f["anchor"]) for f in listed] == [True, False, False, False]
     assert any("6 findings qualify" in n for n in data.notes)
+
+
+def test_an_incident_grouped_by_address_is_named_by_it(tmp_path):
+    """`detect incidents` names an incident grouped by source address by the address; the
+    page named it after one of its principals (system:anonymous; found by review)."""
+    from detector.lake.incidents import write_incidents
+    from detector.report.data import collect
+    from detector.report.html import build_context
+
+    lake = Lake(str(tmp_path / "lake"))
+    at = START + timedelta(hours=1)
+    write_events(lake, [event(GRACE, at)])
+    write_incidents(
+        lake,
+        [
+            {"incident_id": "by-ip", "first_seen": at, "last_seen": at + timedelta(minutes=10),
+             "severity": "low", "principal": "system:anonymous", "key": "45.155.205.249",
+             "key_kind": "source_ip", "finding_ids": []},
+            {"incident_id": "by-who", "first_seen": at, "last_seen": at + timedelta(minutes=10),
+             "severity": "low", "principal": GRACE, "key": GRACE, "key_kind": "principal",
+             "finding_ids": []},
+        ],
+    )  # fmt: skip
+    shown = {i["incident_id"]: i["display"] for i in build_context(collect(lake, START, END))[
+        "incidents"]}  # fmt: skip
+    from detector.events.identity import display_principal
+
+    assert shown == {"by-ip": "45.155.205.249", "by-who": display_principal(GRACE)}
 
 
 def test_an_incident_begun_before_the_range_is_drawn_in_its_first_hour(tmp_path):

@@ -23,6 +23,7 @@ import polars as pl
 
 from detector.lake.events import Lake
 from detector.lake.findings import findings_events_table, list_findings, stored_events
+from detector.lake.findings_schema import SEVERITIES
 from detector.lake.incidents import incidents_overlapping, incidents_table
 from detector.lake.table import skipped_files
 from detector.report.timeline import collapse_runs
@@ -154,13 +155,19 @@ def read_incidents(
     found = incidents_overlapping(lake, start, end)
     if cluster:
         found = found.filter(pl.col("cluster") == cluster)
-    return found.select(
+    # Most severe first, as `detect incidents` lists them (by time, an info incident led).
+    rank = pl.col("severity").replace_strict(
+        {s: i for i, s in enumerate(SEVERITIES)}, default=-1, return_dtype=pl.Int8
+    )
+    return found.sort([rank, "first_seen"], descending=[True, False]).select(
         "incident_id",
         pl.col("first_seen").alias("time"),
         pl.col("last_seen").alias("end"),
         "severity",
         "title",
         "principal",
+        "key",
+        "key_kind",
         "status",
         "finding_ids",
     )

@@ -196,7 +196,10 @@ def build_context(data: ReportData) -> dict[str, Any]:
                 pl.col("finding_id").is_in(pl.Series(ids, dtype=pl.String).implode())
             ).unique(["audit_id", "stage"], keep="first")
             inc["timeline"] = _timeline_rows(collapse_runs(ev), event_anchor)
-            inc["display"] = display_principal(inc.get("principal"))
+            # Grouped by source address: shown by it, as `detect incidents` shows it (the
+            # page named it after one of its principals, system:anonymous).
+            by_ip = inc.get("key_kind") == "source_ip" and inc.get("key")
+            inc["display"] = by_ip or display_principal(inc.get("principal"))
             inc["time"], inc["end"] = _ts(inc["time"]), _ts(inc["end"])
             inc["severity"] = inc.get("severity") or "info"
             inc["title"] = inc.get("title") or f"Incident {inc['incident_id']}"
