@@ -132,10 +132,14 @@ def test_findings_ack_and_resolve_by_prefix(scored):
     fid = out["findings"][0]["finding_id"]
     lake = scored["lake"]
     assert cli("findings", "ack", fid[:8], "--lake", lake).exit_code == 0
-    done = cli("findings", "resolve", fid[:8], "--lake", lake)
+    why = "benign: backup job SEC-1"
+    done = cli("findings", "resolve", fid[:8], "--lake", lake, "--reason", why)
     assert done.exit_code == 0 and f"finding {fid}: resolved" in done.stdout
     shown = json.loads(cli("findings", "show", fid[:7], "--lake", lake, "--format", "json").stdout)
     assert shown["status"] == "resolved" and shown["incident_id"]
+    # the reason typed is read back (it was kept, never shown; review)
+    assert shown["status_reason"] == why
+    assert f"status resolved: {why}" in cli("findings", "show", fid[:7], "--lake", lake).stdout
 
 
 def test_suppressed_findings_are_not_delivered_and_stay_in_the_lake(scored):

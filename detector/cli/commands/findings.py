@@ -143,6 +143,7 @@ def show(
     out.line(
         f"status {row['status']}"
         + (f" (suppressed by {row['suppression']})" if row["suppression"] else "")
+        + (f": {clip(row['status_reason'], TEXT_CHARS)}" if row["status_reason"] else "")
         + (f"; incident {row['incident_id']}" if row["incident_id"] else ""),
     )
     render_identity(identity)
@@ -195,8 +196,9 @@ def _status_of(lake: str, row: dict) -> dict:
         pl.col("finding_id") == row["finding_id"]
     )
     if st.is_empty():
-        return {"status": "new", "suppression": None, "incident_id": None}
-    return st.select("status", "suppression", "incident_id").row(0, named=True)
+        return {"status": "new", "status_reason": None, "suppression": None, "incident_id": None}
+    # The reason typed with `ack`/`resolve` too: kept in the lake, it was never shown.
+    return st.select("status", "status_reason", "suppression", "incident_id").row(0, named=True)
 
 
 def _set_status(
