@@ -151,6 +151,17 @@ def test_findings_show_and_list_speak_both_forms(tmp_path, detect):
         "json",
     )
     assert [f["finding_id"] for f in json.loads(listed.stdout)] == [fid]
+    # and as every table shows it (typed back, it matched nothing, silently; review)
+    shown = detect("findings", "--lake", lake.uri, "--since", "2026-11-29T00:00:00Z",
+                   "--principal", "developer (session grace)", "--format", "json")  # fmt: skip
+    assert [f["finding_id"] for f in json.loads(shown.stdout)] == [fid]
+
+
+def test_the_displayed_form_is_taken_back_in_any_account():
+    assert canonical_principal("developer (session grace)") == ("arn:*:iam::*:role/developer/grace")
+    assert canonical_principal("user bob") == "arn:*:iam::*:user/bob"
+    for other in ("developer (session grace) x", "dev ops (session grace)", "user "):
+        assert canonical_principal(other) == other.strip()
 
 
 def test_a_username_that_only_looks_like_an_iam_session_is_never_that_session():

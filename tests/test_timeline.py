@@ -153,6 +153,8 @@ def test_the_sts_form_finds_the_same_principal_and_a_role_finds_all_its_sessions
     window = (T0 - timedelta(hours=1), T0 + timedelta(hours=2))
     by_sts = build_timeline(lake, GRACE_STS, *window)
     assert by_sts.requests == 20 and by_sts.findings.height == 1
+    shown = build_timeline(lake, "developer (session grace)", *window)  # as tables show it
+    assert shown.principals == [GRACE] and shown.requests == 20
     role = build_timeline(lake, "arn:aws:iam::111122223333:role/developer", *window)
     assert role.principals == [GRACE, HEIDI] and role.requests == 25
     # a prefix of another principal is not a match

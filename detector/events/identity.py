@@ -44,6 +44,15 @@ _STS = re.compile(
 _IAM = re.compile(
     r"^arn:(?P<partition>aws[a-z-]*):iam::(?P<account>\d{12}):(?P<kind>role|user)/(?P<rest>\S+)$"
 )
+#: What :attr:`Principal.display` shows of an IAM role session or user, as a user may
+#: type it back (copied from a table): ``developer (session grace)``, ``user alice``.
+_DISPLAYED = re.compile(
+    r"^(?:(?P<role>[\w+=,.@-]+) \(session (?P<session>[\w+=,.@-]+)\)|user (?P<user>[\w+=,.@-]+))$"
+)
+#: The prefix of the glob :func:`canonical_principal` makes of a displayed form: any
+#: partition and account (the table does not show them).
+ANY_ACCOUNT = "arn:*:iam::*"
+
 #: The mark of a principal whose username looks like an ARN but carries no IAM identity
 #: (see :func:`detector.events.normalize.principal_exprs`): shown as stored, never parsed
 #: as the IAM identity it names, and given no investigation links to that identity.
@@ -134,7 +143,9 @@ def canonical_principal(text: str) -> str:
     ``arn:aws:iam::ACCOUNT:role/ROLE/SESSION``; a glob over it (``assumed-role/ci-*/*``,
     an account of ``*``) is turned the same way, for rule lists and suppressions. Anything
     else (the stored form, a role ARN without a session, a Kubernetes user name) is
-    returned as typed, stripped of spaces.
+    returned as typed, stripped of spaces. The form tables show (``developer (session
+    grace)``, ``user alice``) becomes a glob over every account (:data:`ANY_ACCOUNT`): typed
+    back from a table, it matched nothing, silently.
 
     >>> canonical_principal("arn:aws:sts::111122223333:assumed-role/developer/grace")
     'arn:aws:iam::111122223333:role/developer/grace'
@@ -142,10 +153,16 @@ def canonical_principal(text: str) -> str:
     'arn:aws:iam::*:role/ci-*/*'
     >>> canonical_principal(" system:anonymous ")
     'system:anonymous'
+    >>> canonical_principal("developer (session grace)")
+    'arn:*:iam::*:role/developer/grace'
     """
     text = text.strip()
     if m := _STS_TYPED.match(text):
         return f"arn:{m['partition']}:iam::{m['account']}:role/{m['role']}/{m['session']}"
+    if m := _DISPLAYED.match(text):
+        if m["user"]:
+            return f"{ANY_ACCOUNT}:user/{m['user']}"
+        return f"{ANY_ACCOUNT}:role/{m['role']}/{m['session']}"
     return text
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import polars as pl
 
 from detector.controls import TEXT_CHARS, clip
-from detector.events.identity import canonical_principal
+from detector.events.identity import ANY_ACCOUNT, canonical_principal
 from detector.features.windows import request_rows
 from detector.lake.events import Lake
 from detector.lake.findings import list_findings
@@ -76,6 +76,8 @@ def principal_filter(principal: str) -> pl.Expr:
     every session of the role (``arn:aws:iam::1:role/developer`` -> all developers)."""
     wanted = canonical_principal(principal)
     col = pl.col("principal")
+    if wanted.startswith(ANY_ACCOUNT + ":"):  # the form a table shows: in any account
+        return col.str.starts_with("arn:") & col.str.ends_with(wanted.removeprefix(ANY_ACCOUNT))
     if ":role/" in wanted and wanted.count("/") == 1:
         return (col == wanted) | col.str.starts_with(wanted + "/")
     return col == wanted

@@ -69,7 +69,6 @@ def list_cmd(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from detector.events.identity import canonical_principal
     from detector.incidents.status import STATUSES
     from detector.incidents.workflow import findings_with_status
     from detector.lake.events import Lake
@@ -83,7 +82,7 @@ def list_cmd(
         the_lake,
         since=since,
         until=until,
-        principal=canonical_principal(principal) if principal else None,
+        principal=_needle(principal) if principal else None,
         min_severity=min_severity.value if min_severity else None,
     )
     df = findings_with_status(the_lake, df)
@@ -173,6 +172,15 @@ def show(
             f"  {ev['event_time']:%H:%M:%S} {ev['verb'] or '-':<8} {target:<22} {where:<40} "
             f"{ev['response_code'] or '-'} {ev['source_ip'] or '-'} {ev['user_agent'] or '-'}",
         )
+
+
+def _needle(principal: str) -> str:
+    """The text a finding's principal must contain for ``--principal``: the stored form of
+    what was typed; of the form a table shows (``developer (session grace)``), its role and
+    session in any account."""
+    from detector.events.identity import ANY_ACCOUNT, canonical_principal
+
+    return canonical_principal(principal).removeprefix(ANY_ACCOUNT)
 
 
 def _full_id(lake: str, prefix: str) -> str:
