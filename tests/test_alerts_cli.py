@@ -150,6 +150,13 @@ def test_suppressed_findings_are_not_delivered_and_stay_in_the_lake(scored):
     )
     checked = cli("suppressions", str(sup), "--lake", scored["lake"], "--since", "2h")
     assert checked.exit_code == 0 and "mallory-cleanup: active" in checked.stdout
+    old = scored["tmp"] / "old.yaml"
+    old.write_text(
+        "suppressions:\n  - name: old\n    reason: r\n    expires: 2020-01-01\n"
+        "    match:\n      principal: mallory\n"
+    )
+    listed = cli("suppressions", str(old)).stdout
+    assert "old: expired on 2020-01-01" in listed  # "expired until" read as still on (review)
     out = score(scored, "--suppressions", str(sup))
     assert out["incidents"]["suppressed_findings"] == 1
     assert out["incidents"]["delivery"]["new"] == 1

@@ -77,7 +77,8 @@ def suppressions(
         cond = ", ".join(f"{k}={v}" for k, v in r["match"].items())
         extra = f", {r['findings_matched']} finding(s) matched" if lake else ""
         stdout.print(
-            f"{r['name']}: {r['state']} until {r['expires']}{extra}; {cond}; reason: {r['reason']}",
+            f"{r['name']}: {r['state']} {'on' if r['state'] == 'expired' else 'until'} "
+            f"{r['expires']}{extra}; {cond}; reason: {r['reason']}",
             markup=False,
         )
     stdout.print(f"{len(rows)} suppression(s) in {path}: ok", markup=False)
