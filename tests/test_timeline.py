@@ -211,8 +211,12 @@ def test_cli_prints_the_timeline_and_json(lake, detect):
     assert run.returncode == 0, run.stderr
     out = run.stdout
     assert "timeline of developer (session grace)  account 111122223333" in out
-    assert "20 requests (3 denied)" in out
+    assert "2026-11-29 22:00Z to 2026-11-30 01:00Z: 20 requests (3 denied)" in out
     assert "DENIED list secrets in kube-system, payments, default -> 403" in out
+    # a range not to the minute shows its seconds: it read "22:00Z to 22:00Z" (review)
+    run = detect("timeline", GRACE_STS, "--lake", lake.uri, "--since", "2026-11-29T22:00:00Z",
+                 "--until", "2026-11-29T22:00:41Z")  # fmt: skip
+    assert "2026-11-29 22:00:00Z to 2026-11-29 22:00:41Z" in run.stdout, run.stderr
     assert "first request from 91.219.236.55" in out
     assert "HIGH Binding to the cluster-admin role" in out
     assert f"AttributeValue={GRACE_KEY}" in out and "--region eu-west-1" in out

@@ -111,8 +111,11 @@ def render_timeline(tl, identity: dict) -> None:  # type: ignore[no-untyped-def]
     if identity.get("account"):
         who += f"  account {identity['account']}"
     out.print(f"timeline of {who}", markup=False, style="bold")
+    # To the minute when both ends are (`--since 1h` is not: seconds shown, as the range
+    # 14:13:00-14:13:41 read "14:13Z to 14:13Z"; found by review).
+    fmt = "%Y-%m-%d %H:%M" + ("" if tl.start.second == tl.end.second == 0 else ":%S")
     out.print(
-        f"{tl.start:%Y-%m-%d %H:%M}Z to {tl.end:%Y-%m-%d %H:%M}Z: {tl.requests:,} requests "
+        f"{tl.start.strftime(fmt)}Z to {tl.end.strftime(fmt)}Z: {tl.requests:,} requests "
         f"({tl.denied:,} denied) in {tl.runs.height:,} entries, {tl.sources.height} source "
         f"address(es), {tl.findings.height} finding(s)",
         markup=False,
