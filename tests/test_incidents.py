@@ -500,9 +500,15 @@ def test_a_resolved_incident_is_reopened_before_it_is_acknowledged(lake):
     with pytest.raises(UnknownId, match="is resolved: `detect incidents reopen"):
         workflow.set_incident_status(lake, inc.incident_id, "acknowledged")
     assert table.read_incidents(lake)["status"].to_list() == ["resolved"]
+    # nor is one of its findings worked on while it is resolved (review: the incident stayed
+    # resolved holding an acknowledged finding)
+    fid = df["finding_id"][0]
+    with pytest.raises(UnknownId, match="which is resolved: `detect incidents reopen"):
+        workflow.set_finding_status(lake, fid[:8], "acknowledged")
     workflow.set_incident_status(lake, inc.incident_id, "new", "it came back")
     acked = workflow.set_incident_status(lake, inc.incident_id, "acknowledged")
     assert acked.status == "acknowledged"
+    assert workflow.set_finding_status(lake, fid[:8], "acknowledged")["status"] == "acknowledged"
 
 
 def test_resolving_the_findings_left_resolves_an_incident_that_lost_one(lake):

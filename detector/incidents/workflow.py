@@ -184,6 +184,13 @@ def set_finding_status(
         log.warning(
             "finding %s is suppressed by %s; its status is set anyway", fid, prev["suppression"][0]
         )
+    if incident_id and status != RESOLVED and find_incident(lake, incident_id).status == RESOLVED:
+        # As for the incident itself: worked on again only once reopened (the incident
+        # stayed resolved holding an acknowledged finding; found by review).
+        raise UnknownId(
+            f"finding {fid} belongs to incident {incident_id}, which is resolved: "
+            f"`detect incidents reopen {incident_id[:8]}` first to work on it again"
+        )
     table.write_status(
         lake,
         [
