@@ -41,6 +41,14 @@ def drained(tail: FileTail, polls: int = 20) -> list[str]:
     raise AssertionError(f"still behind after {polls} polls")
 
 
+def following(log, *numbers: int) -> FileTail:
+    """A tail that has read ``log``, written here with events ``numbers``."""
+    log.write_bytes(b"".join(line(i) for i in numbers))
+    tail = FileTail(str(log))
+    assert ids(tail.poll()) == aid(*numbers)
+    return tail
+
+
 def checkpointed(log, *numbers: int) -> TailPosition:
     """The position a watch stores after reading ``log`` (holding events ``numbers``),
     as read back after a restart."""
@@ -401,9 +409,7 @@ def test_copytruncate_then_a_rename_between_two_polls_loses_nothing(tmp_path):
     polls: the file held open was finished from its old offset, past the end of what it
     now holds, and the copy and the file's new lines were lost (found by review)."""
     log = tmp_path / "audit.log"
-    log.write_bytes(line(0))
-    tail = FileTail(str(log))
-    assert ids(tail.poll()) == aid(0)
+    tail = following(log, 0)
     with log.open("ab") as fh:
         fh.write(line(1))
     (tmp_path / "audit.log.1").write_bytes(log.read_bytes())  # copytruncate's copy
@@ -572,9 +578,7 @@ def test_a_rotation_while_a_poll_catches_up_is_read_before_the_newest_file(tmp_p
     poll has read the rotated file (an in-process stand-in for the API server: no
     server can be timed to that point)."""
     log = tmp_path / "audit.log"
-    log.write_bytes(line(0))
-    tail = FileTail(str(log))
-    assert ids(tail.poll()) == aid(0)
+    tail = following(log, 0)
     with log.open("ab") as fh:
         fh.write(line(1))
     os.rename(log, tmp_path / "audit.log.1")
