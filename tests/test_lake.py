@@ -168,7 +168,13 @@ def _bad_files(lake: Path) -> list[Path]:
     wide.write_parquet(wide_path)
     corrupt = part / "part-20990101T000000-corrupt00000.parquet"
     corrupt.write_bytes(b"PAR1" + os.urandom(64) + b"PAR1")
-    return [wide_path, corrupt]
+    # a column every events file has had, missing: read as nulls, its rows counted under
+    # no time at all, silently (found by review)
+    timeless = part / "part-20990101T000000-timeless0000.parquet"
+    pl.read_parquet(good).with_columns(pl.col("audit_id") + "-t").drop("event_time").write_parquet(
+        timeless
+    )
+    return [wide_path, corrupt, timeless]
 
 
 def test_a_bad_lake_file_is_skipped_with_a_warning_and_listed_by_lake_check(tmp_path, caplog):
@@ -179,7 +185,7 @@ def test_a_bad_lake_file_is_skipped_with_a_warning_and_listed_by_lake_check(tmp_
 
     with caplog.at_level("WARNING"):
         assert lake_rows(str(lake)) == 10  # the good file is read, the bad ones skipped
-    assert sum("skipping" in r.getMessage() for r in caplog.records) == 2
+    assert sum("skipping" in r.getMessage() for r in caplog.records) == 3
     caplog.clear()
     with caplog.at_level("WARNING"):  # another Lake object (a scoring run uses several)
         assert lake_rows(str(lake)) == 10
@@ -196,6 +202,7 @@ def test_a_bad_lake_file_is_skipped_with_a_warning_and_listed_by_lake_check(tmp_
     kinds = {Path(p["path"]).name: p["problem"] for p in report["problems"]}
     assert "response_code is Int64" in kinds[bad[0].name]
     assert kinds[bad[1].name].startswith("unreadable")
+    assert kinds[bad[2].name] == "missing column(s): event_time"
     stray = lake / "events" / "cluster=prod[1]"  # as an older version could write it
     stray.mkdir()
     report = check_lake(Lake(str(lake)))

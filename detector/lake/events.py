@@ -191,9 +191,16 @@ class Lake:
     def __init__(self, uri: str) -> None:
         self.loc = Location.of(uri)
         self.events = Table(
-            self.loc, EVENTS_DIR, ("cluster", "date", "hour"), events_polars_schema()
+            self.loc,
+            EVENTS_DIR,
+            ("cluster", "date", "hour"),
+            events_polars_schema(),
+            required=("audit_id", "stage", "event_time", "principal", "verb"),
         )
-        self.quarantine = Table(self.loc, QUARANTINE_DIR, ("date",), pl.Schema(QUARANTINE_COLUMNS))
+        self.quarantine = Table(
+            self.loc, QUARANTINE_DIR, ("date",), pl.Schema(QUARANTINE_COLUMNS),
+            required=("source", "reason"),
+        )  # fmt: skip
         # Dedup keys of each file already read, so an ingest of many batches into one hour
         # reads that hour's files once; files other writers add later are read when seen.
         self.keys = KeyCache()

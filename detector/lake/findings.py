@@ -83,11 +83,18 @@ def _dates(start: datetime, end: datetime) -> list[str]:
 
 
 def findings_table(lake: Lake) -> Table:
-    return Table(lake.loc, FINDINGS_DIR, ("date",), pl.Schema(FINDINGS_COLUMNS))
+    return Table(
+        lake.loc, FINDINGS_DIR, ("date",), pl.Schema(FINDINGS_COLUMNS),
+        required=("finding_id", "window_start", "window_end", "severity", "severity_rank",
+                  "detector", "principal"),
+    )  # fmt: skip
 
 
 def findings_events_table(lake: Lake) -> Table:
-    return Table(lake.loc, FINDINGS_EVENTS_DIR, ("date",), pl.Schema(FINDINGS_EVENTS_COLUMNS))
+    return Table(
+        lake.loc, FINDINGS_EVENTS_DIR, ("date",), pl.Schema(FINDINGS_EVENTS_COLUMNS),
+        required=("finding_id", "audit_id"),
+    )  # fmt: skip
 
 
 @dataclass

@@ -106,11 +106,17 @@ def _frame(rows: list[dict[str, Any]], schema: dict[str, pl.DataType]) -> pl.Dat
 
 
 def incidents_table(lake: Lake) -> Table:
-    return Table(lake.loc, INCIDENTS_DIR, ("date",), pl.Schema(INCIDENT_COLUMNS))
+    return Table(
+        lake.loc, INCIDENTS_DIR, ("date",), pl.Schema(INCIDENT_COLUMNS),
+        required=("incident_id", "first_seen", "last_seen", "severity", "finding_ids"),
+    )  # fmt: skip
 
 
 def status_table(lake: Lake) -> Table:
-    return Table(lake.loc, STATUS_DIR, ("date",), pl.Schema(STATUS_COLUMNS))
+    return Table(
+        lake.loc, STATUS_DIR, ("date",), pl.Schema(STATUS_COLUMNS),
+        required=("finding_id", "status"),
+    )  # fmt: skip
 
 
 def _upsert(

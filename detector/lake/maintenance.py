@@ -96,7 +96,7 @@ def check_lake(lake: Lake, *, deep: bool = True) -> CheckReport:
                     continue
                 if (
                     name.endswith(".parquet")
-                    and schema_problem(lake.loc, path, size, table.schema) is None
+                    and schema_problem(lake.loc, path, size, table.schema, table.required) is None
                     and not name.startswith(".")
                 ):
                     continue  # replaced by compaction, awaiting deletion

@@ -231,10 +231,15 @@ def skipped_files() -> Iterator[set[str]]:
         _SKIPPED.reset(token)
 
 
-def schema_problem(loc: Location, path: str, size: int, schema: pl.Schema) -> str | None:
-    """Why ``path`` cannot be scanned with ``schema`` (None: it can). Remembered per
-    (path, size, schema) for the :data:`CHECKED_FILES` files used last."""
-    key = (path, size, sys.intern(str(schema)))  # one copy of each schema's text
+def schema_problem(
+    loc: Location, path: str, size: int, schema: pl.Schema, required: Sequence[str] = ()
+) -> str | None:
+    """Why ``path`` cannot be scanned with ``schema`` (None: it can): unreadable, a column
+    of another type, or one of the ``required`` columns missing (read as nulls, a file
+    without its event times or ids gave wrong counts silently; found by review). Other
+    columns may be missing: files written before a column was added read it as null.
+    Remembered per (path, size, schema) for the :data:`CHECKED_FILES` files used last."""
+    key = (path, size, sys.intern(str(schema) + ",".join(required)))
     with _checked_lock:
         if key in _checked:
             _checked.move_to_end(key)
@@ -250,7 +255,14 @@ def schema_problem(loc: Location, path: str, size: int, schema: pl.Schema) -> st
             for c, t in schema.items()
             if c in found and found[c] != t
         ]
-        problem = "wrong column type: " + "; ".join(wrong) if wrong else None
+        missing = [c for c in required if c not in found]
+        problem = (
+            "wrong column type: " + "; ".join(wrong)
+            if wrong
+            else "missing column(s): " + ", ".join(missing)
+            if missing
+            else None
+        )
     with _checked_lock:
         _checked[key] = problem
         while len(_checked) > CHECKED_FILES:
@@ -272,6 +284,9 @@ class Table:
     name: str
     keys: tuple[str, ...]
     schema: pl.Schema
+    #: columns every file of the table has had since it was made: a file without one is
+    #: damaged, not older (see :func:`schema_problem`)
+    required: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ paths
     @property
@@ -427,7 +442,7 @@ class Table:
         """Paths of files that scan with the table's schema; others are skipped with a warning."""
         good = []
         for e in entries:
-            problem = schema_problem(self.loc, e.path, e.size, self.schema)
+            problem = schema_problem(self.loc, e.path, e.size, self.schema, self.required)
             if problem is None:
                 good.append(e.path)
                 continue
@@ -472,7 +487,7 @@ class Table:
         """(path, problem) for the live files of a partition that readers would skip or fail on."""
         problems = []
         for e in self.entries(values):
-            problem = schema_problem(self.loc, e.path, e.size, self.schema)
+            problem = schema_problem(self.loc, e.path, e.size, self.schema, self.required)
             if problem is None and deep:
                 try:
                     with self.loc.fs.open(e.path, "rb") as fh:
