@@ -506,7 +506,10 @@ def test_a_purge_killed_between_chained_markers_never_shows_a_row_twice(tmp_path
 @pytest.mark.parametrize(
     "marker",
     [b"[1]", b'{"output": "x.parquet", "inputs": [{}]}', b'{"output": 7, "inputs": []}',
-     b'{"output": "x.parquet", "inputs": [], "created_at": "soon"}', b"{"],
+     b'{"output": "x.parquet", "inputs": [], "created_at": "soon"}', b"{",
+     # a folder of that name stopped every command (exit 3); a marker naming a file as its
+     # own input and output hid it (found by review)
+     "a folder", "hides its own output"],
 )  # fmt: skip
 def test_a_marker_of_another_shape_hides_nothing_and_breaks_nothing(tmp_path, marker):
     """A damaged or hand-written ``_replaced-*.json`` made every listing of its partition
@@ -515,7 +518,14 @@ def test_a_marker_of_another_shape_hides_nothing_and_breaks_nothing(tmp_path, ma
     _many_small_files(lake, 2)
     store = Lake(lake)
     part = ("prod", "2026-11-27", "10")
-    Path(store.partition_path(part), "_replaced-" + "a" * 32 + ".json").write_bytes(marker)
+    path = Path(store.partition_path(part), "_replaced-" + "a" * 32 + ".json")
+    if marker == "a folder":
+        path.mkdir()
+    elif marker == "hides its own output":
+        name = Path(store.partition_files(part)[0]).name
+        path.write_bytes(orjson.dumps({"output": name, "inputs": [name], "created_at": 0}))
+    else:
+        path.write_bytes(marker)
     assert lake_rows(lake) == 20 and len(store.partition_files(part)) == 2
     compact(store, grace=0)
     assert lake_rows(lake) == 20 and len(store.partition_files(part)) == 1

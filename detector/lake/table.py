@@ -327,7 +327,9 @@ class Table:
         markers = [
             m
             for m in (
-                self._read_marker(f"{directory}/{n}") for n, _ in listing if MARKER_FILE.match(n)
+                self._read_marker(f"{directory}/{n}")
+                for n, size in listing
+                if size >= 0 and MARKER_FILE.match(n)  # a folder of that name is no marker
             )
             if m is not None
         ]
@@ -343,7 +345,7 @@ class Table:
         (damaged, written by hand) hides nothing, so a listing never fails on it."""
         try:
             doc = orjson.loads(read_bytes(self.loc, path))
-        except (FileNotFoundError, orjson.JSONDecodeError):
+        except (FileNotFoundError, IsADirectoryError, orjson.JSONDecodeError):  # gone, a folder
             return None
         if not isinstance(doc, dict) or not isinstance(doc.get("output"), str):
             return None
@@ -351,6 +353,8 @@ class Table:
         if not isinstance(inputs, list) or not all(isinstance(n, str) for n in inputs):
             return None
         if isinstance(created, bool) or not isinstance(created, int | float):
+            return None
+        if doc["output"] in inputs:  # it would hide its own output: no file stands for it
             return None
         return doc
 
@@ -400,7 +404,8 @@ class Table:
         listing = dict(list_dir(self.loc, directory))
         markers = []
         for name in listing:
-            marker = self._read_marker(f"{directory}/{name}") if MARKER_FILE.match(name) else None
+            is_marker = listing[name] >= 0 and MARKER_FILE.match(name)
+            marker = self._read_marker(f"{directory}/{name}") if is_marker else None
             if marker is not None:
                 markers.append((float(marker.get("created_at") or 0), name, marker))
         markers.sort(key=lambda m: (m[0], m[1]))
