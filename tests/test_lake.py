@@ -205,11 +205,20 @@ def test_a_bad_lake_file_is_skipped_with_a_warning_and_listed_by_lake_check(tmp_
     assert kinds[bad[2].name] == "missing column(s): event_time"
     stray = lake / "events" / "cluster=prod[1]"  # as an older version could write it
     stray.mkdir()
+    # folders no reader takes for a partition, listed too (they were not; review)
+    odd = [lake / "events" / "cluster=prod" / n for n in ("date=garbage", "date=2026-02-30")]
+    odd.append(lake / "events" / "cluster=prod" / "date=2026-11-27" / "hour=25")
+    for folder in odd:
+        folder.mkdir()
     report = check_lake(Lake(str(lake)))
     assert [p.problem for p in report.problems if "prod[1]" in p.path] == [
         "not a partition of this table (ignored)"
     ]
+    listed = {Path(p.path).name for p in report.problems if p.problem.startswith("not a part")}
+    assert {f.name for f in odd} <= listed
     stray.rmdir()
+    for folder in odd:
+        folder.rmdir()
     for b in bad:
         b.unlink()
     assert cli("lake", "check", "--lake", str(lake)).returncode == 0

@@ -46,6 +46,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import date
 
 import orjson
 import polars as pl
@@ -270,6 +271,20 @@ def schema_problem(
     return problem
 
 
+def _valid(key: str, value: str) -> bool:
+    """A ``date`` is a calendar date and an ``hour`` 00 to 23: readers skip others
+    (``date=garbage``, ``hour=25``), so `detect lake check` lists them, which it did not
+    (found by review)."""
+    if key == "date":
+        try:
+            return date.fromisoformat(value).isoformat() == value
+        except ValueError:
+            return False
+    if key == "hour":
+        return len(value) == 2 and value.isdigit() and int(value) < 24
+    return True
+
+
 @dataclass
 class FileEntry:
     path: str
@@ -307,7 +322,7 @@ class Table:
         for name, size in list_dir(self.loc, self.dir(prefix)):
             if size < 0 and name.startswith(key + "="):
                 value = name[len(key) + 1 :]
-                if PART_NAME.match(value) and len(value) <= MAX_PART:
+                if PART_NAME.match(value) and len(value) <= MAX_PART and _valid(key, value):
                     out.append(value)
         return out
 
