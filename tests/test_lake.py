@@ -661,3 +661,22 @@ def test_a_lake_path_through_a_file_is_a_usage_error(tmp_path):
     result = cli("ingest", str(log), "--lake", f"{log}/sub", "--cluster", "prod")
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == f"error: no lake at {log}/sub: {log} is a file, not a folder"
+
+
+def test_a_file_damaged_past_its_footer_is_one_line_saying_how_to_find_it(tmp_path):
+    """Bytes overwritten inside a file whose footer still reads: readers check footers, so
+    the scan met it and said "unexpected ComputeError: zstd error ..." (found by review).
+    It is one line saying the file is damaged and how to find it; `lake check` names it."""
+    lake = tmp_path / "lake"
+    ingest_paths([str(audit_file(tmp_path / "audit.log", range(400)))], str(lake), cluster="prod")
+    (part_file,) = (lake / "events").rglob("*.parquet")
+    data = bytearray(part_file.read_bytes())
+    data[len(data) // 10 : len(data) // 2] = b"A" * (len(data) // 2 - len(data) // 10)
+    part_file.write_bytes(bytes(data))
+    score = cli("score", "--lake", str(lake), "--since", "2026-11-27T00:00:00Z",
+                "--until", "2026-11-28T00:00:00Z", "--no-model", "--dry-run")  # fmt: skip
+    assert score.returncode == 3
+    (line,) = score.stderr.strip().splitlines()
+    assert "could not be decoded" in line and "detect lake check" in line, line
+    check = cli("lake", "check", "--lake", str(lake), "--format", "json")
+    assert [Path(p["path"]).name for p in json.loads(check.stdout)["problems"]] == [part_file.name]

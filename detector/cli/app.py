@@ -65,6 +65,9 @@ def environment_error(exc: Exception) -> int | None:
         where = f": {exc.filename}" if exc.filename else ""
         report(f"{exc.strerror}{where}")
         return EXIT_RUNTIME
+    if (damage := _damaged_file(exc)) is not None:
+        report(damage)
+        return EXIT_RUNTIME
     if "botocore.exceptions" not in sys.modules:  # no AWS call was made
         return None
     from detector import ratelimit
@@ -81,6 +84,27 @@ def environment_error(exc: Exception) -> int | None:
         )
         return EXIT_RUNTIME
     return None
+
+
+#: What polars says of a Parquet file whose footer reads but whose pages do not (bytes
+#: overwritten in place): readers check footers only, so the scan itself meets it.
+_DAMAGE = ("data corruption", "out of specification", "decompress", "zstd error", "thrift")
+
+
+def _damaged_file(exc: Exception) -> str | None:
+    """One line for a lake file that could not be decoded part-way through a scan, saying
+    how to find it; it read "unexpected ComputeError: zstd error ..." (found by review)."""
+    import polars as pl
+
+    text = str(exc).translate(ONE_LINE)
+    if not isinstance(exc, pl.exceptions.ComputeError):
+        return None
+    if not any(word in text.lower() for word in _DAMAGE):
+        return None
+    return (
+        f"a lake file could not be decoded ({text[:160]}): it is damaged; "
+        "`detect lake check --lake LAKE` names it, then move it aside"
+    )
 
 
 def _asked_for_json(args: list[str]) -> bool:
