@@ -369,7 +369,11 @@ def test_a_damaged_file_in_any_findings_table_is_skipped_not_fatal(scored):
     assert check.exit_code == 1 and listed == set(damaged)
     again = score(scored)  # the same range: each damaged file is written again, whole
     assert again["incidents"]["incidents"] == first["incidents"]["incidents"]
-    assert cli("lake", "check", "--lake", str(lake)).exit_code == 0
+    # the damaged incidents and status day files were kept aside, not overwritten: lake
+    # check lists those, and nothing else
+    check = cli("lake", "check", "--lake", str(lake), "--format", "json")
+    left = {(p["table"], ".damaged-" in p["path"]) for p in json.loads(check.stdout)["problems"]}
+    assert left == {("incidents", True), ("finding_status", True)}
 
 
 def test_a_token_quoted_in_an_ack_reason_is_redacted_before_the_lake(scored):

@@ -614,3 +614,24 @@ def test_an_incident_whose_findings_ended_at_the_range_start_is_not_in_the_range
     assert table.incidents_overlapping(lake, end, end + W).is_empty()
     in_range = table.incidents_overlapping(lake, end - timedelta(seconds=1), end + W)
     assert in_range["incident_id"].to_list() == [inc.incident_id]
+
+
+def test_a_damaged_day_file_is_kept_aside_not_overwritten(lake, caplog):
+    """A day's incidents file that could not be read was overwritten by the next write while
+    the warning said it was skipped: what it held was gone, and `lake check` then said the
+    lake was clean (found by review). It is moved aside, named in the warning."""
+    from pathlib import Path
+
+    from detector.lake.maintenance import check_lake
+
+    df, ev = frames([finding(ROLE, T0)])
+    (inc,) = workflow.update(lake, df, ev, now=T0).incidents
+    (day_file,) = Path(lake.uri, "incidents").rglob("incidents.parquet")
+    held = day_file.read_bytes()
+    day_file.write_bytes(held[: len(held) // 2])  # cut short
+    with caplog.at_level("WARNING"):
+        table.write_incidents(lake, [inc.to_row()])
+    (aside,) = day_file.parent.glob("incidents.parquet.damaged-*")
+    assert aside.read_bytes() == held[: len(held) // 2] and "kept aside as" in caplog.text
+    assert table.read_incidents(lake)["incident_id"].to_list() == [inc.incident_id]
+    assert [Path(p.path).name for p in check_lake(lake).problems] == [aside.name]

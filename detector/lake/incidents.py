@@ -138,8 +138,9 @@ def _upsert(
     would otherwise each read the file, add their rows and replace it, and the later
     write would drop the other's rows.
 
-    A day's file that cannot be read (damaged, or of another schema) is replaced with a
-    warning: its rows are lost, and the next scoring run groups its findings again.
+    A day's file that cannot be read (damaged, or of another schema) is moved aside with a
+    warning (:func:`_day_rows`) and the day written afresh; the next scoring run groups its
+    findings again.
     """
     if df.is_empty():
         return 0
@@ -167,10 +168,24 @@ def _upsert(
 
 
 def _day_rows(table: Table, day: str, fname: str) -> pl.DataFrame | None:
-    """The rows of a date's file; None when there is none or it cannot be read."""
+    """The rows of a date's file; None when there is none or it cannot be read. One that
+    cannot be read is moved aside (``<name>.damaged-<time>``, which no reader takes and
+    `detect lake check` lists) before the caller writes the day again: it was overwritten
+    while the warning said it was skipped, and what it held was gone (found by review)."""
     path = f"{table.dir((day,))}/{fname}"
     current = [e for e in table.entries((day,)) if e.path == path]
-    return table.scan([path]).collect() if table.usable(current) else None
+    if not current:
+        return None
+    if table.usable(current):
+        return table.scan([path]).collect()
+    aside = f"{path}.damaged-{datetime.now(UTC):%Y%m%dT%H%M%S%f}"
+    table.loc.fs.mv(path, aside)
+    log.warning(
+        "%s cannot be read: kept aside as %s; the file written now holds none of its rows "
+        "(the next scoring run groups its findings again)",
+        table.loc.uri_of(path), table.loc.uri_of(aside),
+    )  # fmt: skip
+    return None
 
 
 # ---------------------------------------------------------------------------- incidents
