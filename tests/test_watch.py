@@ -879,6 +879,23 @@ def test_a_newly_trained_model_is_picked_up_without_a_restart(sim, model_dir, tm
     assert reloader() is second  # a broken card keeps the model in use
 
 
+def test_a_damaged_first_model_is_said_once_and_truly(model_dir, tmp_path, detect):
+    """With no model in use yet, a card that does not load was said as "keeping the one in
+    use", then "no model in ... yet": two lines, neither true (found by review)."""
+    import shutil
+
+    live = tmp_path / "model"
+    shutil.copytree(model_dir, live)
+    (live / "model.json").write_text("{garbage")
+    (tmp_path / "audit.log").write_text("")
+    run = detect("watch", "--tail", str(tmp_path / "audit.log"), "--cluster", "c",
+                 "--lake", str(tmp_path / "lake"), "--model-dir", str(live), "--once",
+                 "--no-deliver")  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "not loaded" in run.stderr and "rules only until one loads" in run.stderr
+    assert "keeping the one in use" not in run.stderr and "no model in" not in run.stderr
+
+
 def test_a_card_that_does_not_load_is_warned_of_once_and_still_retried(
     sim, model_dir, tmp_path, caplog
 ):

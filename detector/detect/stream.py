@@ -369,6 +369,11 @@ class ModelReloader:
         self._refused: bytes | None = None  # the last card that did not load
         self._checked = float("-inf")
 
+    @property
+    def refused(self) -> bool:
+        """A card is there that did not load (damaged, edited by hand)."""
+        return self._refused is not None
+
     def __call__(self) -> Model | None:
         if self.clock() - self._checked >= self.every:
             self.check()
@@ -400,9 +405,10 @@ class ModelReloader:
             # card: a card edited by hand would otherwise warn twice a minute for days.
             level = logging.DEBUG if card == self._refused else logging.WARNING
             self._refused = card
-            log.log(
-                level, "new model in %s not loaded: %s; keeping the one in use", self.model_dir, exc
-            )
+            # With none in use yet, say so: "keeping the one in use", then "no model
+            # yet", read as two contradicting lines (found by review).
+            then = "keeping the one in use" if self.model else "rules only until one loads"
+            log.log(level, "model in %s not loaded: %s; %s", self.model_dir, exc, then)
             return False
         self._card = card
         old = self.model.version if self.model is not None else None

@@ -225,7 +225,7 @@ def watch(
             on_change=lambda m: metrics.set_model(m.version if m is not None else None),
         )
         reloader.check()
-        if reloader.model is None:
+        if reloader.model is None and not reloader.refused:  # a refused one is said above
             log.warning("no model in %s yet: rules only until `detect train` writes one", model_dir)
     sinks = configured_sinks(ctx) if deliver else []
     # A sink secret that cannot be read (its URL variable unset) is an error now, not at
