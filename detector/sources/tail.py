@@ -126,6 +126,33 @@ def rotation_names(base: str) -> re.Pattern[str]:
     return re.compile(rf"{b}{after}|{s}{after}{e}" if ext else rf"{b}{after}")
 
 
+def _modified_after(
+    listing: list[tuple[str, os.stat_result]],
+    after: tuple[int, int | None],
+    skip: set[int],
+    *,
+    also: int | None = None,
+) -> list[tuple[int, int, str]]:
+    """(modification time, inode, path) of the rotations in ``listing`` modified after
+    ``after`` (a time and an inode that breaks ties; no inode: strictly later), and the
+    one of inode ``also`` whenever modified, the inodes of ``skip`` left out: the
+    candidates :meth:`FileTail._open_first` takes the oldest of."""
+    time_ns, inode = after
+    return [
+        (st.st_mtime_ns, st.st_ino, path)
+        for path, st in listing
+        if st.st_ino not in skip
+        and (
+            st.st_ino == also
+            or (
+                st.st_mtime_ns > time_ns
+                if inode is None
+                else (st.st_mtime_ns, st.st_ino) > (time_ns, inode)
+            )
+        )
+    ]
+
+
 #: Bytes a poll reads at most: a big file followed from its start is read this much a
 #: step (1 GB peaked at 829 MB, against 2.8 GB read whole).
 POLL_BYTES = 4 * BATCH_BYTES
@@ -221,15 +248,18 @@ class FileTail:
                 found = self._switch_to_rotated(self._owners(held))
                 if not found:
                     self._offset, self._mark, self._skipping = 0, (0, ""), False
-            elif not self._offset and self._mtime and held.st_ino == getattr(current, "st_ino", 0):
+            elif (
+                not self._offset
+                and self._mtime
+                and current is not None
+                and held.st_ino == current.st_ino
+            ):
                 # Nothing read of it yet, so no line to find a copy by: written and copied
                 # and truncated between two polls, its lines are only in the copy, a
                 # rotation modified since the last poll (they were lost).
-                since = [
-                    (st.st_mtime_ns, st.st_ino, path)
-                    for path, st in self._rotations(self._owners(held))
-                    if st.st_ino != held.st_ino and st.st_mtime_ns > self._mtime
-                ]
+                since = _modified_after(
+                    self._rotations(self._owners(held)), (self._mtime, None), {held.st_ino}
+                )
                 self._open_first(since, "copied since the last poll")
         assert self._fh is not None
         if current is not None and current.st_ino != self._inode:
@@ -256,12 +286,7 @@ class FileTail:
                 current = self._stat() or current
                 if listed_for != current.st_ino:
                     listing, listed_for = self._rotations(owners), current.st_ino
-                later = [
-                    (st.st_mtime_ns, st.st_ino, path)
-                    for path, st in listing
-                    if st.st_ino not in (current.st_ino, key[1])
-                    and (st.st_mtime_ns, st.st_ino) > key
-                ]
+                later = _modified_after(listing, key, {current.st_ino, key[1]})
                 if self._open_first(later, "rotated after the file before it"):
                     continue
                 self._open(current)
@@ -302,12 +327,12 @@ class FileTail:
             # quiet log): that file, renamed, and every rotation modified since the
             # checkpoint hold lines not read (a copy logrotate made of it too), oldest
             # first; then the current file from its start.
-            unread = [
-                (st.st_mtime_ns, st.st_ino, path)
-                for path, st in self._rotations(owners, self._inode)
-                if st.st_ino != opened.st_ino
-                and (st.st_mtime_ns > self._mtime or st.st_ino == self._inode)
-            ]
+            unread = _modified_after(
+                self._rotations(owners, self._inode),
+                (self._mtime, None),
+                {opened.st_ino},
+                also=self._inode,
+            )
             if self._open_first(unread, "not read since the checkpoint"):
                 return
             self._inode, self._offset, self._mark, self._skipping = opened.st_ino, 0, (0, ""), False
@@ -329,11 +354,7 @@ class FileTail:
             # The file of the checkpoint gone (deleted, compressed): the rotations modified
             # since hold lines not read, oldest first (a file of the stored inode among
             # them is another file: the inode was freed and reused).
-            since = [
-                (st.st_mtime_ns, st.st_ino, path)
-                for path, st in self._rotations(owners)
-                if st.st_ino != opened.st_ino and st.st_mtime_ns > self._mtime
-            ]
+            since = _modified_after(self._rotations(owners), (self._mtime, None), {opened.st_ino})
             if self._open_first(since, "modified since the checkpoint"):
                 return
         if stale:
