@@ -268,28 +268,13 @@ UntilOpt = Annotated[
 ]
 
 
-def cluster_names(value: Any) -> str:
-    """A cluster name, or several separated by commas, each one a lake path part could
-    be (checked here, so a bad name in detect.toml or DETECT_CLUSTER is refused by
-    `detect config show` as by the command). Blank is refused: `--cluster ""` was taken
-    as no name, and the error then asked for the --cluster just given (an empty
-    DETECT_CLUSTER is no setting at all: click never passes it)."""
-    from detector.lake.table import UnsafeName, safe_part
-
-    text = str(value)
-    if not text.replace(",", "").strip():
-        raise ValueError("is empty: give a cluster name")
-    for name in filter(None, (part.strip() for part in text.split(","))):
-        try:
-            safe_part(name, "cluster name")
-        except UnsafeName as exc:
-            raise ValueError(str(exc)) from None
-    return text
-
-
 def cluster_name(value: Any) -> str:
-    """One cluster name (a command that writes events into one cluster's partitions):
-    as :func:`cluster_names`, without the commas."""
+    """One cluster name (a command that writes events into one cluster's partitions), one
+    a lake path part could be (checked here, so a bad name in detect.toml or
+    DETECT_CLUSTER is refused by `detect config show` as by the command). Blank is
+    refused: `--cluster ""` was taken as no name, and the error then asked for the
+    --cluster just given (an empty DETECT_CLUSTER is no setting at all: click never
+    passes it)."""
     from detector.lake.table import UnsafeName, safe_part
 
     text = str(value)
@@ -299,6 +284,16 @@ def cluster_name(value: Any) -> str:
         safe_part(text, "cluster name")
     except UnsafeName as exc:
         raise ValueError(str(exc)) from None
+    return text
+
+
+def cluster_names(value: Any) -> str:
+    """A cluster name, or several separated by commas, each a :func:`cluster_name`."""
+    text = str(value)
+    if not text.replace(",", "").strip():
+        raise ValueError("is empty: give a cluster name")
+    for name in filter(None, (part.strip() for part in text.split(","))):
+        cluster_name(name)
     return text
 
 
