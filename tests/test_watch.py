@@ -566,9 +566,15 @@ def test_two_replicas_one_leads_the_standby_takes_over_without_gap_or_duplicate(
         # On a loaded machine the leader may be ready before the other one serves at all.
         wait_for(lambda: get(f"http://127.0.0.1:{standby_port}/healthz")[0] == 200, "the standby")
         assert get(f"http://127.0.0.1:{standby_port}/readyz")[0] == 503  # alive, waiting
-        # A standby says so: its leader gauge is 0, not absent (found by a soak).
-        waiting = get(f"http://127.0.0.1:{standby_port}/metrics")[1]
-        assert re.search(r'detect_watch_leader\{source="[^"]+"\} 0\.0', waiting), waiting
+        # A standby says so: its leader gauge is 0, not absent (found by a soak). It serves
+        # before its first try for the lease, so the gauge is waited for, not read at once.
+        wait_for(
+            lambda: re.search(
+                r'detect_watch_leader\{source="[^"]+"\} 0\.0',
+                get(f"http://127.0.0.1:{standby_port}/metrics")[1],
+            ),
+            "the standby's leader gauge at 0",
+        )
         leader = procs[ports.index(leader_port)]
 
         t1 = int(time.time() * 1000)
