@@ -958,6 +958,36 @@ def test_sink_config_errors_name_the_sink_and_key():
             )
 
 
+def test_a_secret_written_where_its_variable_name_goes_is_never_printed(monkeypatch):
+    """``url_env = "https://hooks.slack.com/..."`` or ``secret_env = "<the key>"``: the
+    refusal, the unset-variable error and ``config show`` say so without the value (each
+    printed it, found by review). An UPPER_CASE name is shown as it is."""
+    hook = "https://hooks.slack.com/services/T0/B0/s3cr3tPathPart"
+    with pytest.raises(sink_config.SinkConfigError) as err:
+        sink_config.parse_sinks([{"name": "a", "type": "slack", "url_env": hook}])
+    assert "s3cr3tPathPart" not in str(err.value) and "url_env" in str(err.value)
+    monkeypatch.delenv("hmacS3cretValue", raising=False)
+    (cfg,) = sink_config.parse_sinks(
+        [
+            {
+                "name": "a",
+                "type": "webhook",
+                "url": "https://example.com/x",
+                "secret_env": "hmacS3cretValue",
+            }
+        ]
+    )
+    assert "hmacS3cretValue" not in cfg.describe() and "NOT SET" in cfg.describe()
+    with pytest.raises(sink_config.SecretMissing) as missing:
+        cfg.check_secrets()
+    assert "hmacS3cretValue" not in str(missing.value) and "'a'" in str(missing.value)
+    monkeypatch.setenv("HOOK_KEY", "x")
+    (named,) = sink_config.parse_sinks(
+        [{"name": "a", "type": "webhook", "url": "https://example.com/x", "secret_env": "HOOK_KEY"}]
+    )
+    assert "secret_env=HOOK_KEY (set)" in named.describe()
+
+
 def test_a_sink_secret_file_that_cannot_be_read_is_one_clear_error(tmp_path):
     """Missing, not text (a key saved in binary), or far too big: the sink and the file are
     named, the secret never printed, and no error from inside Python escapes."""

@@ -113,7 +113,7 @@ def test_a_lake_path_with_glob_characters_means_itself(tmp_path):
 
 def test_names_are_validated_not_encoded():
     assert T.safe_part("prod-eu.west_1") == "prod-eu.west_1"
-    for bad in ("../x", "a b", "é", "x" * 101, "a\x00"):
+    for bad in ("../x", "a b", "é", "x" * 101, "a\x00", "prod\n"):  # \n: re.match's $
         with pytest.raises(T.UnsafeName):
             T.safe_part(bad)
 

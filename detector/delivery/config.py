@@ -71,8 +71,8 @@ SPECIFIC: dict[str, set[str]] = {
     "ocsf": {"path", "format", "source_name", "account_id", "region"},
 }
 REQUIRED = {"sns": ("topic_arn",), "ocsf": ("path",)}
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
+_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
 
 
 class SinkConfigError(settings.ConfigError, UsageError):
@@ -112,7 +112,7 @@ class SinkConfig:
             value = os.environ.get(env)
             if not value:
                 raise SecretMissing(
-                    f"sink {self.name!r}: environment variable {env} ({what}) is not set"
+                    f"sink {self.name!r}: environment variable {shown_env(env)} ({what}) is not set"
                 )
             return value.strip()
         if path:
@@ -140,7 +140,7 @@ class SinkConfig:
         for key, value in sorted(self.options.items()):
             if key.endswith("_env"):
                 state = "set" if os.environ.get(value) else "NOT SET"
-                parts.append(f"{key}={value} ({state})")
+                parts.append(f"{key}={shown_env(value)} ({state})")
             elif key.endswith("_file"):
                 parts.append(f"{key}={value}")
             elif key == "url":  # allowed for webhooks only; shown without path or query
@@ -247,6 +247,19 @@ def _check_url(url: str, where: str, allow_http: bool) -> None:
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: An environment variable's name as people write them: shown as it is.
+_CONVENTIONAL_ENV = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
+
+
+def shown_env(name: str) -> str:
+    """A ``*_env`` option's variable name as messages and ``config show`` print it.
+
+    A name that is not UPPER_CASE may be the secret itself, written in the wrong key
+    (``secret_env = "hmac..."``, found by review): it is described, never printed.
+    """
+    if _CONVENTIONAL_ENV.fullmatch(name):
+        return name
+    return "<a name not in UPPER_CASE, not shown: is the secret itself written there?>"
 
 
 def _check_option(key: str, value: Any, where: str) -> Any:
@@ -265,7 +278,12 @@ def _check_option(key: str, value: Any, where: str) -> Any:
     if holds_control_characters(value):
         raise SinkConfigError(f"{where}: {key} holds control characters")
     if key.endswith("_env") and not _ENV_NAME.fullmatch(value):
-        raise SinkConfigError(f"{where}: {key} must name an environment variable, not {value!r}")
+        # The value is not shown: a URL or a secret written where its variable's name goes
+        # would be printed (found by review).
+        raise SinkConfigError(
+            f"{where}: {key} must name an environment variable (letters, digits and _), "
+            "not hold the value itself"
+        )
     return value
 
 

@@ -49,7 +49,7 @@ EVENT_KEYS = ("namespace", "source_ip", "user_agent")
 MATCH_KEYS = FINDING_KEYS + EVENT_KEYS
 #: Matched as shell globs (the others: a regex, an address or CIDR).
 GLOB_KEYS = ("detector", "principal", "cluster", "namespace", "user_agent")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}\Z")
 
 
 class SuppressionError(UsageError):

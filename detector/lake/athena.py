@@ -28,7 +28,7 @@ class AthenaArgumentError(UsageError):
     """A lake, name or date that Athena DDL cannot be made for; the message names it."""
 
 
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 def athena_type(t: pa.DataType) -> str:

@@ -46,7 +46,7 @@ KINDS = ("model", "rules")
 _STAMP = "%Y%m%dT%H%M%SZ"
 _NAME = re.compile(
     r"^(?P<kind>[a-z]+)-(?P<start>\d{8}T\d{6}Z)-(?P<end>\d{8}T\d{6}Z)"
-    r"(?:-(?P<cluster>[0-9a-f]{12}))?\.parquet$"
+    r"(?:-(?P<cluster>[0-9a-f]{12}))?\.parquet\Z"
 )
 
 

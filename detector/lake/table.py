@@ -59,9 +59,9 @@ log = logging.getLogger(__name__)
 TMP_DIR = "_tmp"
 MAX_PART = 100
 #: A partition value or file name part; a table's data file; a compaction's marker file.
-PART_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-DATA_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.parquet$")
-MARKER_FILE = re.compile(r"^_replaced-[0-9a-f]{16,32}\.json$")
+PART_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+DATA_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.parquet\Z")
+MARKER_FILE = re.compile(r"^_replaced-[0-9a-f]{16,32}\.json\Z")
 
 
 class UnsafeName(UsageError):

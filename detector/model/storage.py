@@ -105,8 +105,8 @@ OWN_FILE = re.compile(
     r"^(model-(?P<v1>[0-9a-f]{16})\.npz|baseline-(?P<v2>[0-9a-f]{16})-"
     rf"(?:{'|'.join(BASELINE_TABLES)})\.parquet)$"
 )
-_VERSION = re.compile(r"^[0-9a-f]{16}$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_VERSION = re.compile(r"^[0-9a-f]{16}\Z")
+_SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 class ModelError(UsageError):

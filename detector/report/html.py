@@ -54,7 +54,7 @@ window.addEventListener("hashchange", showTarget);
 window.addEventListener("DOMContentLoaded", showTarget);
 """
 
-_SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 
 
 def anchor(prefix: str, *values: str | None) -> str:

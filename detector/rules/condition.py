@@ -323,7 +323,7 @@ def parse(text: str) -> Node:
 _SCALAR_JSON = r'"(?:[^"\\]|\\.)*"|true|false|null|-?[0-9][0-9.eE+\-]*'
 _QUOTED_BOOLEANS = ['"true"', '"false"']
 _JSON_COLUMNS = ("request_object", "response_object", "annotations")
-_KEY = re.compile(r"^[A-Za-z0-9_\-$@]+$")
+_KEY = re.compile(r"^[A-Za-z0-9_\-$@]+\Z")
 
 
 def deep_values(column: str, key: str, sub_path: str | None = None) -> pl.Expr:

@@ -65,8 +65,8 @@ TACTICS = (
 STAGES = ("RequestReceived", "ResponseStarted", "ResponseComplete", "Panic")
 DEFAULT_STAGES = ("ResponseComplete",)
 
-_ID = re.compile(r"^[a-z0-9][a-z0-9-]*$")
-_TECHNIQUE = re.compile(r"^T\d{4}(\.\d{3})?$")
+_ID = re.compile(r"^[a-z0-9][a-z0-9-]*\Z")
+_TECHNIQUE = re.compile(r"^T\d{4}(\.\d{3})?\Z")
 _PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
 
 _RULE_REQUIRED = ("title", "severity", "tactic", "technique", "description", "condition")

@@ -175,7 +175,7 @@ SUBSCRIPTION_START = re.compile(r'\{\s*"(' + "|".join(SUBSCRIPTION_KEYS) + r')"'
 SUBSCRIPTION_START_BYTES = re.compile(rb'\{\s*"(' + "|".join(SUBSCRIPTION_KEYS).encode() + rb')"')
 #: EKS control-plane logs go to this log group; its name carries the cluster.
 EKS_LOG_GROUP = "/aws/eks/{cluster}/cluster"
-EKS_LOG_GROUP_PATTERN = re.compile(r"^/aws/eks/([^/]+)/cluster$")
+EKS_LOG_GROUP_PATTERN = re.compile(r"^/aws/eks/([^/]+)/cluster\Z")
 
 
 def eks_log_group(cluster: str) -> str:
