@@ -901,6 +901,11 @@ def test_without_cluster_a_plain_log_into_an_empty_lake_is_refused_and_nothing_i
     )
     assert result.stdout == ""
     assert not list(lake.rglob("*.parquet"))  # no event, no quarantine row, under no name
+    # A name holding a credential is said as the lake's source column keeps it (review).
+    named = write_ndjson(tmp_path / "audit?access_token=t0psecret.log", [make_event(0)])
+    result = _ingest_cli(str(named), "--lake", str(lake))
+    assert result.exit_code == 2 and "t0psecret" not in result.stderr
+    assert "access_token=<redacted>" in result.stderr
 
 
 def test_without_cluster_firehose_records_name_it_by_their_log_group(tmp_path):

@@ -584,3 +584,98 @@ def test_an_all_null_column_beside_text_columns_is_skipped_not_fatal():
     assert hit is not None and hit.to_list() == [True, False]
     untouched, none = redact_text_columns(df.select("empty"), ["empty"])
     assert none is None and untouched.equals(df.select("empty"))
+
+
+# ------------------------------------------------------- found by the review of 2026-12-02
+
+
+def test_numbers_objects_and_op_less_patches_under_a_credential_name_lose_their_values():
+    """A Helm release's values (YAML's unquoted ``password: 918273645`` is a number), a
+    JSON patch whose value is a number or an object, and one without ``op``: each kept its
+    credential (found by review). Booleans (``auth: true``) hold none and stay."""
+    values = {"auth": {"rootPassword": 918273645, "enabled": True}, "redis": {"auth": True}}
+    patch = [
+        {"op": "replace", "path": "/spec/password", "value": 918273646},
+        {"op": "add", "path": "/data/db_password", "value": {"v": mark(40)}},
+        {"path": "/data/api_token", "value": mark(41)},
+    ]
+    df = ingest(
+        event(1, "create", "helmreleases", requestObject={"kind": "HelmRelease", "spec": values}),
+        event(2, "patch", "configmaps", name="app", requestObject=patch),
+    )
+    text = all_strings(df)
+    assert markers(text) == set() and "918273645" not in text and "918273646" not in text
+    assert body(df, 0)["spec"] == {
+        "auth": {"rootPassword": REDACTED, "enabled": True},
+        "redis": {"auth": True},
+    }
+    assert body(df, 1) == [
+        {"op": "replace", "path": "/spec/password", "value": REDACTED},
+        {"op": "add", "path": "/data/db_password", "value": {"v": REDACTED}},
+        {"path": "/data/api_token", "value": REDACTED},
+    ]
+    line = b'{"kind":"Event","spec":{"values":{"auth":{"rootPassword":918273647}}},'
+    raw = quarantine_frame([("f", "1", "invalid JSON", line)])["raw"][0]
+    assert "918273647" not in raw and '"rootPassword":"<redacted>"' in raw
+
+
+def test_a_secret_in_json_text_that_starts_with_white_space_or_a_capitalised_resource():
+    """JSON nested in a string was parsed only when its first character was ``{``; and an
+    event about ``Secrets`` (the audit log keeps what the client sent) was not about
+    secrets (found by review)."""
+    secret = {"kind": "Secret", "data": {"k": mark(42)}}
+    applied = {LAST: " " + json.dumps(secret)}
+    df = ingest(
+        event(
+            1, "update", "secrets", requestObject={**secret, "metadata": {"annotations": applied}}
+        ),
+        event(2, "update", "configmaps", requestObject={"data": {"x": "\n" + json.dumps(secret)}}),
+        event(3, "patch", "Secrets", requestObject={"data": {"k": mark(43)}}),
+    )
+    assert markers(all_strings(df)) == set()
+    assert body(df, 2) == {"data": {"k": REDACTED}}
+
+
+def test_credentials_named_the_way_images_name_them_and_tokens_of_known_formats():
+    env = [
+        {"name": name, "value": mark(50 + i)}
+        for i, name in enumerate(
+            [
+                "RABBITMQ_DEFAULT_PASS",
+                "MYSQL_PWD",
+                "LDAP_BIND_PW",
+                "SECRET_KEY_BASE",
+                "RAILS_MASTER_KEY",
+                "ENCRYPTION_KEY",
+                "OAUTH_CLIENT_SECRETS",
+                "GOOGLE_APPLICATION_CREDENTIALS_JSON",
+            ]
+        )
+    ]
+    kept = [{"name": "BYPASS", "value": "on"}, {"name": "CACHE_KEY", "value": "v1"}]
+    pod = {"kind": "Pod", "spec": {"containers": [{"name": "app", "env": env + kept}]}}
+    agent = f"ci ghp_{'a1' * 18} xoxb-{mark(60)} https://hooks.slack.com/services/T0/B0/{mark(61)}"
+    pgp = f"-----BEGIN PGP PRIVATE KEY BLOCK-----\n{mark(62)}\n-----END PGP PRIVATE KEY BLOCK-----"
+    df = ingest(
+        event(1, "create", "pods", requestObject=pod, userAgent=agent),
+        event(2, "create", "configmaps", requestObject={"data": {"signing": pgp}}),
+    )
+    text = all_strings(df)
+    assert markers(text) == set() and "a1a1a1" not in text
+    assert body(df)["spec"]["containers"][0]["env"][-2:] == kept
+    assert "https://hooks.slack.com/services/" in df["user_agent"][0]
+    assert "-----BEGIN PGP PRIVATE KEY BLOCK-----" in body(df, 1)["data"]["signing"]
+
+
+def test_a_record_quarantined_whole_is_json_text_the_patterns_read(tmp_path):
+    """A CloudWatch page nested deeper than orjson writes was kept as Python's repr, whose
+    single quotes no pattern reads (found by review)."""
+    from detector.sources.files import _json_text
+
+    deep: dict = {"data": {"password": mark(70)}}
+    for _ in range(300):
+        deep = {"x": deep}
+    text = _json_text(deep).decode()
+    assert text.startswith('{"x": {"x":') and "'" not in text
+    row = quarantine_frame([("f", "1", "not a page", text.encode())]).row(0, named=True)
+    assert markers(row["raw"]) == set()

@@ -39,12 +39,17 @@ DROPPED = orjson.dumps(REDACTED).decode()
 #: Key names that hold a credential, matched case-insensitively against the WHOLE key: the
 #: key must end in one of these words (``db_password``, ``X-Api-Key``, ``clientSecret``,
 #: ``aws_session_token``), so ``secretName`` or ``tokenExpirationSeconds`` (references and
-#: settings, not credentials) are kept. Only string values (or lists of strings, the shape
-#: of HTTP header maps) are replaced; an object under such a key is walked instead.
+#: settings, not credentials) are kept. Only strings and numbers (or lists of them, the
+#: shape of HTTP header maps) are replaced; an object under such a key is walked instead.
+#: ``pass`` and ``pw`` only after a separator (``REDIS_PASS``, ``LDAP_BIND_PW``; not
+#: ``bypass``); the keys that official images and frameworks name their keys by
+#: (``RAILS_MASTER_KEY``, ``SECRET_KEY_BASE``, ``ENCRYPTION_KEY``), not every ``*_key``
+#: (``cache_key``, ``partition_key``).
 _CREDENTIAL_WORD = (
-    r"(?:password|passwd|passphrase|secret|token|api[_-]?key|apikey"
-    r"|access[_-]?key|private[_-]?key|secret[_-]?key|session[_-]?key|key[_-]?data"
-    r"|authorization|auth|credentials?|cookie)"
+    r"(?:(?:password|passwd|passphrase|secret|token)s?|pwd|[_.\-](?:pass|pw)|api[_-]?key|apikey"
+    r"|access[_-]?key|private[_-]?key|secret[_-]?key(?:[_-]?base)?|session[_-]?key|key[_-]?data"
+    r"|(?:master|encryption|signing|hmac|license|stripe|ssh|jwt)[_-]?key"
+    r"|authorization|auth|credentials?(?:[_-]?json)?|cookie)"
 )
 CREDENTIAL_KEY = r"[A-Za-z0-9_.\-/]*" + _CREDENTIAL_WORD
 _CREDENTIAL_KEY_RE = re.compile(CREDENTIAL_KEY, re.IGNORECASE)
@@ -66,6 +71,8 @@ CREDENTIAL_PARAM = (
 _STR0 = r'"(?:[^"\\]|\\.)*"?'
 _STR_ESC = r'\\+"(?:[^"\\]|\\[^"])*(?:\\+")?'
 _LIST0 = r'\[\s*"(?:[^"\\]|\\.)*(?:"(?:\s*,\s*"(?:[^"\\]|\\.)*")*\s*\]|$)'
+#: A JSON number (Helm values: an unquoted YAML ``password: 123456`` becomes one).
+_NUM0 = r"-?[0-9][0-9.eE+-]*"
 
 
 #: A word boundary as ASCII sees it: a credential name after a non-ASCII letter
@@ -252,10 +259,18 @@ _URL_PASSWORD = Pattern(
     "${1}" + REDACTED + "@",
 )
 _PEM = Pattern(
-    "PEM private key",
-    r"-----BEGIN ([A-Z ]*)PRIVATE KEY-----(?:[^-\"\\]|\\+[^\"\\]|-(?:[^-\"\\]|\\+[^\"\\]))*"
-    r"(?:-----END [A-Z ]*PRIVATE KEY-----)?",
-    "-----BEGIN ${1}PRIVATE KEY-----" + REDACTED,
+    "PEM private key (and PGP's private key block)",
+    r"-----BEGIN ([A-Z ]*)PRIVATE KEY( BLOCK)?-----"
+    r"(?:[^-\"\\]|\\+[^\"\\]|-(?:[^-\"\\]|\\+[^\"\\]))*"
+    r"(?:-----END [A-Z ]*PRIVATE KEY(?: BLOCK)?-----)?",
+    "-----BEGIN ${1}PRIVATE KEY${2}-----" + REDACTED,
+)
+_TOKEN_FORMAT = Pattern(
+    "token of a known format, wherever it appears (GitHub ghp_/gho_/ghs_/github_pat_, Slack "
+    "xox*-, a Slack webhook URL's path)",
+    r"(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,}|xox[abposre]-[A-Za-z0-9-]{10,}"
+    r"|(hooks\.slack\.com/(?:services|workflows|triggers)/)[A-Za-z0-9/_-]+)",
+    "${1}" + REDACTED,
 )
 
 
@@ -294,8 +309,8 @@ _EXEC_FLAG = Pattern(
 def _free_text(*, raw_quotes: bool) -> tuple[Pattern, ...]:
     return (
         Pattern(
-            "credential-named JSON member (string or list of strings)",
-            r'(?i)("' + CREDENTIAL_KEY + r'"\s*:\s*)(?:' + _STR0 + "|" + _LIST0 + ")",
+            "credential-named JSON member (string, number or list of strings)",
+            r'(?i)("' + CREDENTIAL_KEY + r'"\s*:\s*)(?:' + _STR0 + "|" + _LIST0 + "|" + _NUM0 + ")",
             '${1}"' + REDACTED + '"',
         ),
         Pattern(
@@ -338,6 +353,7 @@ def _free_text(*, raw_quotes: bool) -> tuple[Pattern, ...]:
         ),
         _BEARER,
         _JWT,
+        _TOKEN_FORMAT,
         _QUERY_PARAM,
         _URL_PASSWORD,
     )
@@ -360,6 +376,7 @@ NAME_PATTERNS: tuple[Pattern, ...] = (
     _assigned("credential assigned with '=' in a name", r"(?:=|%3[Dd])", next_line=False),
     _BEARER,
     _JWT,
+    _TOKEN_FORMAT,
     _QUERY_PARAM,
     _URL_PASSWORD,
 )
@@ -372,15 +389,20 @@ _QUARANTINE_MEMBER = (
     r"|patch\.webhook\.admission\.k8s\.io/[^\"\\]*)"
 )
 _OBJ = r'\{(?:[^{}"\\]|"(?:[^"\\]|\\.)*"?|\\.|\{(?:[^{}"\\]|"(?:[^"\\]|\\.)*"?|\\.)*\}?)*\}?'
+#: A list, one level of nesting deep, possibly cut short (``"data": ["x", ...]``).
+_LIST_ANY = (
+    r'\[(?:[^\[\]"\\]|"(?:[^"\\]|\\.)*"?|\\.'
+    r'|\[(?:[^\[\]"\\]|"(?:[^"\\]|\\.)*"?|\\.)*\]?)*\]?'
+)
 
 #: Applied to quarantined text (raw line and reason) before :data:`PATTERNS`.
 QUARANTINE_PATTERNS: tuple[Pattern, ...] = (
     Pattern(
         "Secret data/stringData, patch values, last-applied and webhook-patch annotations",
-        r'(\\*"'
+        r'(?i)(\\*"'
         + _QUARANTINE_MEMBER
         + r'\\*"\s*:\s*)(?:'
-        + "|".join((_OBJ, _STR0, _STR_ESC))
+        + "|".join((_OBJ, _LIST_ANY, _STR0, _STR_ESC))
         + ")",
         '${1}"' + REDACTED + '"',
     ),
@@ -618,15 +640,22 @@ def _all_values(value: Any) -> Any:
     return REDACTED
 
 
-def _scalar_or_strings(value: Any) -> bool:
-    return isinstance(value, str) or (
-        isinstance(value, list) and all(isinstance(v, str) for v in value) and bool(value)
+def _credential_scalar(value: Any) -> bool:
+    """A string or a number (not a boolean: ``auth: true`` holds no credential)."""
+    return isinstance(value, (str, int, float)) and not isinstance(value, bool)
+
+
+def _credential_value(value: Any) -> bool:
+    """What a credential-named member holding a credential looks like: a string or a number,
+    or a list of them (the shape of HTTP header maps)."""
+    return _credential_scalar(value) or (
+        isinstance(value, list) and all(_credential_scalar(v) for v in value) and bool(value)
     )
 
 
 def _nested(text: str, secret: bool, *, drop_unparsed: bool) -> tuple[str, bool]:
     """JSON inside a string (an annotation, a patch value): parse, walk, write back."""
-    if text[:1] not in ("{", "["):
+    if text.lstrip()[:1] not in ("{", "["):  # JSON may start with white space (found by review)
         return text, False
     try:
         inner = orjson.loads(text)
@@ -641,7 +670,8 @@ def _nested(text: str, secret: bool, *, drop_unparsed: bool) -> tuple[str, bool]
 
 
 def _patch_op(op: dict[str, Any], secret: bool) -> bool:
-    """One JSON-patch operation: its ``value`` is whatever ``path`` says it is."""
+    """One JSON-patch operation: its ``value`` is whatever ``path`` says it is. An item
+    without ``op`` is taken as one too: the audit log records what the client sent."""
     if "value" not in op:
         return False
     path = str(op.get("path", ""))
@@ -653,8 +683,8 @@ def _patch_op(op: dict[str, Any], secret: bool) -> bool:
     if secret and path in ("", "/") and not isinstance(value, dict):
         op["value"] = REDACTED  # the whole Secret, as something that is not an object
         return True
-    if is_credential_key(last) and _scalar_or_strings(value):
-        op["value"] = REDACTED
+    if is_credential_key(last) and value is not None and not isinstance(value, bool):
+        op["value"] = _all_values(value)  # a number or an object too: the path says what it is
         return True
     if isinstance(value, str):
         new, changed = _nested(value, secret, drop_unparsed=secret and last == _LAST_APPLIED)
@@ -674,7 +704,7 @@ def _walk(obj: Any, secret: bool) -> bool:
     changed = False
     if isinstance(obj, list):
         for item in obj:
-            if isinstance(item, dict) and "op" in item and "path" in item:
+            if isinstance(item, dict) and "path" in item and "value" in item:
                 changed |= _patch_op(item, secret)
             elif isinstance(item, (dict, list)):
                 changed |= _walk(item, secret)
@@ -704,7 +734,7 @@ def _walk(obj: Any, secret: bool) -> bool:
         obj["status"]["token"] = REDACTED
         changed = True
     name = obj.get("name")
-    if isinstance(name, str) and is_credential_key(name) and isinstance(obj.get("value"), str):
+    if isinstance(name, str) and is_credential_key(name) and _credential_scalar(obj.get("value")):
         obj["value"] = REDACTED  # an environment variable: {name: DB_PASSWORD, value: ...}
         changed = True
     for key, value in obj.items():
@@ -713,8 +743,8 @@ def _walk(obj: Any, secret: bool) -> bool:
         if key in ("data", "stringData") and is_secret and value not in (None, {}):
             obj[key] = _all_values(value)  # a map keeps its keys; anything else goes whole
             changed = True
-        elif is_credential_key(key) and _scalar_or_strings(value):
-            obj[key] = REDACTED if isinstance(value, str) else [REDACTED] * len(value)
+        elif is_credential_key(key) and _credential_value(value):
+            obj[key] = [REDACTED] * len(value) if isinstance(value, list) else REDACTED
             changed = True
         elif isinstance(value, str):
             secret_here = secret or is_secret
@@ -796,7 +826,8 @@ _STRUCTURED = ("request_object", "response_object", "annotations")
 
 def redact_events(df: pl.DataFrame) -> pl.DataFrame:
     """Canonical event rows with every credential replaced and ``redacted`` set where so."""
-    about_secrets = (pl.col("resource") == "secrets") | (
+    resource = pl.col("resource").str.to_lowercase()  # the log keeps what the client sent
+    about_secrets = (resource == "secrets") | (
         (pl.col("resource") == "serviceaccounts") & (pl.col("subresource") == "token")
     )
     has_body = pl.col("request_object").is_not_null() | pl.col("response_object").is_not_null()
@@ -829,7 +860,9 @@ def redact_events(df: pl.DataFrame) -> pl.DataFrame:
                 # The annotations map is not a Secret body: never dropped whole.
                 body = c != "annotations"
                 out, hit = redact_json(
-                    text, secret=resource == "secrets", drop_unparsed=None if body else False
+                    text,
+                    secret=(resource or "").lower() == "secrets",
+                    drop_unparsed=None if body else False,
                 )
                 new[c].append(out)
                 any_change |= hit

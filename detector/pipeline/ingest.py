@@ -36,6 +36,7 @@ import polars as pl
 
 from detector.errors import UsageError
 from detector.events.normalize import Normalized, TimeBounds, normalize_lines, quarantine_frame
+from detector.events.redact import redact_text
 from detector.events.schema import CANONICAL_COLUMNS, QUARANTINE_COLUMNS
 from detector.lake.events import Lake, WriteStats
 from detector.lake.manifest import ObjectManifest
@@ -143,9 +144,10 @@ def _reason_family(reason: str) -> str:
 
 
 def _source_name(batch: LineBatch) -> str:
-    """The input a batch came from (CloudWatch sources are ``URI#logStream``)."""
+    """The input a batch came from (CloudWatch sources are ``URI#logStream``), as messages
+    show it: redacted as the lake's ``source`` column is (a presigned URL's signature)."""
     where = batch.source if isinstance(batch.source, str) else batch.source[0].as_py()
-    return str(where).split("#", 1)[0]
+    return redact_text(str(where).split("#", 1)[0])
 
 
 @dataclass

@@ -45,6 +45,7 @@ from typing import Any, Protocol
 import polars as pl
 
 from detector.errors import DetectError, RuntimeFailure, UsageError
+from detector.events.redact import redact_text
 from detector.events.schema import CANONICAL_COLUMNS, QUARANTINE_COLUMNS
 from detector.lake.events import KEYS_KEPT, Lake
 from detector.lake.lock import fenced
@@ -94,7 +95,9 @@ def cluster_for(lake: Lake, path: str, given: str | None) -> str:
     clusters = lake.clusters()
     if len(clusters) == 1:
         return clusters[0]
-    raise ClusterUnknown(f"cannot tell which cluster {path} is from: pass --cluster NAME")
+    raise ClusterUnknown(
+        f"cannot tell which cluster {redact_text(path)} is from: pass --cluster NAME"
+    )
 
 
 class Source(Protocol):

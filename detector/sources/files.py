@@ -664,11 +664,22 @@ def _messages_batch(
 
 
 def _json_text(value: Any) -> bytes:
-    """A record's JSON text for the quarantine, whatever its depth (orjson stops at 255)."""
+    """A record's JSON text for the quarantine, whatever its depth (orjson stops at 255).
+
+    JSON, never Python's ``repr``: the quarantine's redaction reads JSON and YAML shapes,
+    and ``{'password': 'x'}`` is neither (found by review). Deeper than the standard
+    library writes, the record is named by its shape alone.
+    """
     try:
         return orjson.dumps(value)[:RAW_KEEP]
     except (orjson.JSONEncodeError, TypeError):
-        return repr(value)[:RAW_KEEP].encode("utf-8", "replace")
+        pass
+    try:
+        return json.dumps(value, default=str, ensure_ascii=False)[:RAW_KEEP].encode(
+            "utf-8", "replace"
+        )
+    except (RecursionError, ValueError):
+        return f"<a {type(value).__name__} nested too deeply to keep>".encode()
 
 
 def _cloudwatch_json_batches(uri: str, stream: BinaryIO) -> Iterator[LineBatch]:
