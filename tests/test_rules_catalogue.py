@@ -1425,6 +1425,28 @@ def test_outside_aws_needs_a_public_address_and_a_system_identity(ruleset):
     assert run(ruleset, "service-account-outside-aws", [app]).height == 1
 
 
+def test_a_forwarded_for_header_cannot_hide_where_a_request_came_from(ruleset):
+    """``sourceIPs`` lists the client's X-Forwarded-For claim first and the address the
+    API server's connection came from last. A stolen token used from a Tor exit behind
+    ``X-Forwarded-For: 10.0.5.5`` (or an AWS address) was judged by the claim alone and
+    passed (found by review): every address is judged, so a header adds, never hides."""
+
+    def via(claimed: str, real: str, user: str) -> dict:
+        event = ev("get", "secrets", ns="shop", user=user)
+        event["sourceIPs"] = [claimed, real]
+        return event
+
+    for claimed in ("10.0.5.5", AWS_IP):
+        found = run(ruleset, "service-account-outside-aws", [via(claimed, TOR_IP, SA)])
+        assert found.height == 1, claimed
+        assert f"from {claimed}, {TOR_IP} (public, outside AWS)" in found["reasons"][0][0]
+        assert run(ruleset, "system-identity-outside-aws", [via(claimed, TOR_IP, NODE)]).height
+    # A pod's call through a proxy in the VPC, or from a NAT gateway's address, stays quiet.
+    quiet = [via("10.0.5.5", "10.0.9.9", SA), via("10.0.5.5", AWS_IP, SA)]
+    assert run(ruleset, "service-account-outside-aws", quiet).is_empty()
+    assert run(ruleset, "denied-ip-caller", [via("10.0.5.5", TOR_IP, iam())]).height == 1
+
+
 def test_ip_lists_reject_bad_lines_and_need_no_network(tmp_path):
     from detector.rules.condition import ConditionError
     from detector.rules.iplists import derive_aws_ranges, read_networks

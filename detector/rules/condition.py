@@ -811,21 +811,22 @@ DERIVED_FIELDS: dict[str, DerivedField] = {
     "source_ip_public": DerivedField(
         "bool",
         lambda: ~_source_in("non_public"),
-        "true when `source_ip` is a public IPv4 address (not private, CGNAT, loopback, "
-        "link-local, reserved)",
+        "true when an address of `source_ips` is a public IPv4 address (not private, CGNAT, "
+        "loopback, link-local, reserved): every address is judged, since all but the last "
+        "are the client's own X-Forwarded-For claim",
         uses_json=False,
     ),
     "source_ip_in_aws": DerivedField(
         "bool",
         lambda: _source_in("aws"),
-        "true when `source_ip` is in AWS's published ranges (the shipped snapshot, "
-        "`detect rules aws-ranges` refreshes it)",
+        "true when every public address of `source_ips` (one at least) is in AWS's "
+        "published ranges (the shipped snapshot, `detect rules aws-ranges` refreshes it)",
         uses_json=False,
     ),
     "source_ip_denied": DerivedField(
         "bool",
         lambda: _source_in("denied"),
-        "true when `source_ip` is on a deny list named in detect.toml (`ip_lists`)",
+        "true when an address of `source_ips` is on a deny list named in detect.toml (`ip_lists`)",
         uses_json=False,
     ),
     "subjects": DerivedField(

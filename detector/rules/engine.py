@@ -230,6 +230,47 @@ def _dedupe(
     )
 
 
+def _outcomes_known(
+    lf: pl.LazyFrame, rules: Sequence[Rule], matched: list[pl.DataFrame]
+) -> list[pl.DataFrame]:
+    """Each rule's matched rows without the RequestReceived rows of requests logged at a
+    later stage too.
+
+    A RequestReceived row has no response: ``not_failed`` holds on it, so an exec refused
+    with 403 (or of a pod that does not exist) matched at that stage while its
+    ResponseComplete row, which says 403, did not, and was reported as a session that
+    opened (found by review). A request's later row is judged on its own; its first row
+    stands in only where the log holds nothing later. Only logs that record
+    RequestReceived pay for the look-up (EKS's audit policy omits that stage).
+    """
+    received = [
+        m.filter(pl.col("stage") == "RequestReceived")["audit_id"]
+        if "RequestReceived" in rule.stages and not m.is_empty()
+        else None
+        for rule, m in zip(rules, matched, strict=True)
+    ]
+    wanted = [ids for ids in received if ids is not None and not ids.is_empty()]
+    if not wanted:
+        return matched
+    ids = pl.concat(wanted).drop_nulls().unique()
+    later = (
+        lf.filter((pl.col("stage") != "RequestReceived") & pl.col("audit_id").is_in(ids.implode()))
+        .select("audit_id")
+        .unique()
+        .collect()["audit_id"]
+    )
+    if later.is_empty():
+        return matched
+    return [
+        m
+        if ids is None or ids.is_empty()
+        else m.filter(
+            ~((pl.col("stage") == "RequestReceived") & pl.col("audit_id").is_in(later.implode()))
+        )
+        for m, ids in zip(matched, received, strict=True)
+    ]
+
+
 def _group_key(rule: Rule) -> pl.Expr:
     t = rule.threshold
     if t is not None and t.by == "source_ip":
@@ -592,7 +633,7 @@ def evaluate_rules(
         else:
             plans.append(lf.filter(rule.match))
         planned.append(rule)
-    matched = pl.collect_all(plans) if plans else []
+    matched = _outcomes_known(lf, planned, pl.collect_all(plans) if plans else [])
     hit = [(rule, m) for rule, m in zip(planned, matched, strict=True) if not m.is_empty()]
     done = pl.collect_all(
         [_keyed(_dedupe(m.lazy(), rule.stages, facts), rule, every) for rule, m in hit]

@@ -24,7 +24,7 @@ import ipaddress
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -232,7 +232,15 @@ ADDRESS_CHARS = 64
 
 
 def source_in(kind: str) -> pl.Expr:
-    """``source_ip`` in the non-public ranges, AWS's ranges or the configured deny lists.
+    """Whether the request's addresses are in the non-public ranges, AWS's ranges or the
+    configured deny lists, judged over every address of ``sourceIPs``.
+
+    ``source_ip`` is ``sourceIPs[0]``: the client's own X-Forwarded-For claim when it sends
+    one, and only the last address is the one the API server's connection came from. A
+    stolen token used from 8.8.4.4 with ``X-Forwarded-For: 10.0.5.5`` was judged private
+    (found by review). So a request is non-public only when every address is, in AWS only
+    when every public address is (and one is), and denied when any address is: a forged
+    header can add an address to be judged, never hide one.
 
     One expression per list and version of its files, shared by every rule that tests
     it: in the first pass over a range, where all the rules' gates run in one query,
@@ -255,22 +263,22 @@ def lists_stamp() -> tuple[tuple[str, tuple[tuple[int, int] | None, ...]], ...]:
 
 
 @functools.lru_cache(maxsize=16)
-def _source_in(kind: str, key: str, versions: tuple[tuple[int, int] | None, ...]) -> pl.Expr:
-    """:func:`source_in` for the list files ``key`` names, at ``versions``.
+def _lookup(
+    kind: str, key: str, versions: tuple[tuple[int, int] | None, ...]
+) -> Callable[[pl.Series], pl.Series]:
+    """Each address of a series in the list files ``key`` names, at ``versions``: True,
+    False, or None for text that is no IPv4 address.
 
     A range holds few distinct addresses and many events, so each distinct address is
     classified once (one binary search each) and the answer mapped back onto the rows.
     The answers are remembered between calls: polars hands over a read range a file's
     chunk at a time (tens of calls for a day), and building the search for the same few
-    hundred addresses in each call cost three times the mapping itself. No deny list
-    configured: constant false, so the rule costs nothing.
+    hundred addresses in each call cost three times the mapping itself.
     """
-    if kind == "denied" and not key.strip(os.pathsep + " "):
-        return pl.lit(False)
     starts, ends = _cached(kind, key, versions)
     known: dict[str, bool | None] = {}
 
-    def classify(s: pl.Series) -> pl.Series:
+    def lookup(s: pl.Series) -> pl.Series:
         s = s.cast(pl.String)  # the first pass may hand it over as a categorical
         distinct = s.drop_nulls().unique()
         if distinct.is_empty():
@@ -297,9 +305,42 @@ def _source_in(kind: str, key: str, versions: tuple[tuple[int, int] | None, ...]
         answer = pl.Series(answers, dtype=pl.Boolean)
         return s.replace_strict(distinct, answer, default=None, return_dtype=pl.Boolean)
 
-    # Row by row in effect (each address's answer depends on it alone): declared so, the
+    return lookup
+
+
+def _source_in(kind: str, key: str, versions: tuple[tuple[int, int] | None, ...]) -> pl.Expr:
+    """:func:`source_in` for the list files ``key`` names, at ``versions``. No deny list
+    configured: constant false, so the rule costs nothing."""
+    if kind == "denied" and not key.strip(os.pathsep + " "):
+        return pl.lit(False)
+    lookup = _lookup(kind, key, versions)
+    non_public = _lookup("non_public", "", ())
+
+    def classify(both: pl.Series) -> pl.Series:
+        answer = lookup(both.struct.field("source_ip"))
+        lists = both.struct.field("source_ips")
+        several = (lists.list.len() > 1).fill_null(False)
+        if not several.any():  # one address a request, nearly always: judged as it is
+            return answer
+        rows = several.arg_true()
+        judged = pl.DataFrame({"row": rows, "ip": lists.gather(rows)}).explode("ip")
+        flat = judged["ip"].cast(pl.String)
+        judged = judged.with_columns(hit=lookup(flat), private=non_public(flat))
+        if kind == "non_public":
+            each = pl.col("hit").all()
+        elif kind == "aws":  # every public address in AWS, and one public at least
+            public = pl.col("private").not_()
+            each = (pl.col("hit") | pl.col("private")).all() & public.any()
+        else:
+            each = pl.col("hit").any()
+        per_row = judged.group_by("row", maintain_order=True).agg(each.alias("hit"))
+        return answer.scatter(per_row["row"], per_row["hit"])
+
+    # Row by row in effect (each request's answer depends on it alone): declared so, the
     # streaming engine runs it on each batch instead of gathering the whole column first.
-    return pl.col("source_ip").map_batches(classify, return_dtype=pl.Boolean, is_elementwise=True)
+    return pl.struct("source_ip", "source_ips").map_batches(
+        classify, return_dtype=pl.Boolean, is_elementwise=True
+    )
 
 
 def derive_aws_ranges(ip_ranges_json: str | Path) -> str:

@@ -259,6 +259,11 @@ def _why_silent(rule: Any, stats: Any) -> str:
         return f"no event is at stage {' or '.join(rule.stages)} (see the rule's stages)"
     if stats.condition == 0:
         return "no event matches the condition"
+    if stats.requests == 0 and not any(stats.excluded.values()):
+        return (
+            "the matching events are RequestReceived rows of requests whose later rows, "
+            "which say how they ended, do not match"
+        )
     if stats.requests == 0:
         return "every matching event is covered by an exception"
     if rule.threshold is not None:
