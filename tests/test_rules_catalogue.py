@@ -685,6 +685,17 @@ CASES.update(
             [exec_ev(["sh", "-c", "echo > /dev/tcp/127.0.0.1/5432 && echo open"])],
             "a port check against the pod itself",
         ),
+        "exec-escaped-parameters": (
+            [
+                exec_ev(
+                    ["cat", "/var/run/secrets/kubernetes.io/serviceaccount/token"],
+                    uri="/api/v1/namespaces/shop/pods/p/exec?%63ommand=cat&%63ommand="
+                    "%2Fvar%2Frun%2Fsecrets%2Ftoken&container=app&stdout=true",
+                )
+            ],
+            [exec_ev(["cat", "/var/run/secrets/kubernetes.io/serviceaccount/token"])],
+            "the same command with its names written plainly (a value's escapes are routine)",
+        ),
         "pod-copy-out": (
             [exec_ev(["tar", "cf", "-", "/var/lib/data"])],
             [exec_ev(["tar", "-xmf", "-", "-C", "/tmp"])],

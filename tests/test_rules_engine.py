@@ -602,6 +602,7 @@ def test_builtin_catalogue_shape():
                 "auth-failure-spike-source-ip",
                 # no peer catalogue has these; docs/coverage.md says why we keep them
                 "pod-copy-out",
+                "exec-escaped-parameters",
                 "root-with-privilege-escalation",
                 "daemonset-created-by-person",
                 "ingress-without-tls",

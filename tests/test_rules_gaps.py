@@ -185,6 +185,17 @@ def mount(path: str) -> dict[str, Any]:
         "/sys",
         "/home",
         "/home/ec2-user",
+        # found by review: the node's state, disks, memory, cgroups and units
+        "/var/lib",
+        "/var/lib/etcd",
+        "/dev/sda",
+        "/dev/nvme0n1",
+        "/dev/xvda1",
+        "/dev/mem",
+        "/sys/fs/cgroup",
+        "/sys/kernel/security",
+        "/lib/systemd/system",
+        "/usr/lib/x86_64-linux-gnu",
         # not normalised: the kubelet mounts what the path names
         "//",
         "/./",
@@ -200,7 +211,17 @@ def test_sensitive_host_paths_in_any_spelling(ruleset, path):
 
 
 @pytest.mark.parametrize(
-    "path", ["/var/log", "/var/log/pods", "/var/lib/docker/containers", "/data", "/etc/ssl/certs"]
+    "path",
+    [
+        "/var/log",
+        "/var/log/pods",
+        "/var/lib/docker/containers",
+        "/data",
+        "/etc/ssl/certs",
+        "/dev/fuse",
+        "/dev/net/tun",
+        "/var/lib/mysql",
+    ],
 )
 def test_routine_host_paths_stay_quiet(ruleset, path):
     # log agents mount /var/log and the runtime's container logs on every node
@@ -866,6 +887,10 @@ def test_helm_listing_its_releases_is_not_a_secrets_dump(ruleset):
     assert fired(ruleset, rule, helm_list("Helm/3.16.2", None)) == 1
     assert fired(ruleset, rule, helm_list("Helm/3.16.2", "owner%3Dhelmet")) == 1
     assert fired(ruleset, rule, helm_list("kubectl/v1.31.2", "owner%3Dhelm")) == 1
+    # The API server applies the first selector: an empty one, then Helm's, lists every
+    # secret (found by review).
+    assert fired(ruleset, rule, helm_list("Helm/3.16.2", "&labelSelector=owner%3Dhelm")) == 1
+    assert fired(ruleset, rule, helm_list("Helm/3.16.2", "owner%3Dhelm&labelSelector=")) == 0
 
 
 @pytest.mark.parametrize(

@@ -118,8 +118,8 @@ def exec_ev(command: list[str], *, verb: str = "create", user: Any = "alice", **
     as logged when it opened."""
     query = "&".join(f"command={quote(c, safe='')}" for c in command)
     uri = f"/api/v1/namespaces/shop/pods/p/exec?{query}&container=app&stdin=true"
-    kw = {"code": 101, "stage": "ResponseStarted", **kw}
-    return ev(verb, "pods", ns="shop", name="p", sub="exec", uri=uri, user=user, **kw)
+    kw = {"code": 101, "stage": "ResponseStarted", "uri": uri, **kw}
+    return ev(verb, "pods", ns="shop", name="p", sub="exec", user=user, **kw)
 
 
 def denials(user: str, n: int, start: datetime = T0) -> list[dict[str, Any]]:

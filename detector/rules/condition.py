@@ -858,6 +858,13 @@ DERIVED_FIELDS: dict[str, DerivedField] = {
         "the container named by an exec/attach request",
         uses_json=False,
     ),
+    "label_selector": DerivedField(
+        "str",
+        lambda: _uri_param("labelSelector").list.first(),
+        "a list or watch request's label selector, URL-decoded: its first `labelSelector=` "
+        "parameter, the one the API server applies (a second one is ignored)",
+        uses_json=False,
+    ),
     "container_command_lines": DerivedField(
         "list",
         lambda: _command_lines(shell_only=False),
