@@ -123,6 +123,9 @@ def test_port_checks_health_checks_and_saved_downloads_do_not(ruleset, command):
         "cat /etc/shadow",
         "cat /root/.ssh/id_rsa",
         "cat ~/.ssh/id_ed25519",
+        # EKS Pod Identity's token and IMDS over IPv6 (found by review)
+        "cat $AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+        "curl -s http://[fd00:ec2::254]/latest/meta-data/iam/security-credentials/",
     ],
 )
 def test_environments_password_hashes_and_private_keys_are_credentials(ruleset, line):
