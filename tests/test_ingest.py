@@ -786,6 +786,44 @@ def test_a_deeply_nested_page_or_record_costs_only_itself(tmp_path):
         assert quarantine["reason"][0].endswith("JSON nested too deeply")
 
 
+def test_a_page_larger_than_a_block_is_read_event_by_event_and_damage_costs_only_the_rest():
+    """``aws logs filter-log-events`` joins every page into one document by default: one
+    larger than the 256 MB a value could take was quarantined whole, 0 events read, exit 0
+    (found by review). A document larger than a read block is read event by event; a
+    damaged stretch inside it keeps the events before it, and the next page is read. The
+    block is made small here (the only change): the real one is 32 MB."""
+    import io
+
+    from detector.sources.files import StreamedMember, _event_batches, iter_concatenated_json
+    from detector.sources.formats import PAGE_START
+
+    events = [make_event(i) for i in range(300)]
+    big = json.dumps(cloudwatch_page(events[:200]), indent=4)  # the CLI's layout
+    cut = json.dumps(cloudwatch_page(events[200:250], t0=1795000005000))
+    damaged = cut[: len(cut) // 2] + "\x00garbage"
+    after = json.dumps(cloudwatch_page(events[250:], t0=1795000009000))
+    text = "\n".join([big, damaged, after]).encode()
+    assert len(big) > 8 * 4096
+
+    got, said = [], []
+    for page, doc, _raw, error in iter_concatenated_json(
+        io.BytesIO(text), restart=PAGE_START, chunk_bytes=4096, stream_member="events"
+    ):
+        if error is not None:
+            said.append((page, error))
+            continue
+        for batch in _event_batches(
+            "f", page, doc if isinstance(doc, StreamedMember) else doc["events"]
+        ):
+            got.extend(json.loads(m)["auditID"] for m in batch.lines.to_pylist())
+            said.extend((page, r[2]) for r in batch.rejected)
+    kept = [e["auditID"] for e in events[:200]] + [e["auditID"] for e in events[250:]]
+    damaged_kept = [a for a in got if a not in kept]
+    assert [a for a in got if a in kept] == kept
+    assert damaged_kept == [e["auditID"] for e in events[200 : 200 + len(damaged_kept)]]
+    assert len(said) == 1 and said[0][0] == 2 and "invalid JSON" in said[0][1]
+
+
 def test_a_fifo_in_an_input_folder_is_skipped_with_a_warning(tmp_path, detect):
     folder = tmp_path / "in"
     folder.mkdir()

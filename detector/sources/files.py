@@ -21,7 +21,7 @@ import os
 import re
 import stat
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -53,6 +53,10 @@ FORMATS = (AUTO, *formats.INPUT_FORMATS)
 #: 8 MB parse blocks), small enough that the few batches an ingest has in flight (one
 #: read ahead, two normalizing) and their parsed columns stay a few hundred MB.
 BATCH_BYTES = 32 * 1024 * 1024
+#: Messages a batch of a streamed ``filter-log-events`` document holds: each event is a
+#: decoded object until then, so a quarter of a block's text (a 295 MB document peaked at
+#: 1,004 MB at a whole block, 819 to 851 MB at this).
+STREAMED_BATCH_BYTES = BATCH_BYTES // 4
 
 # The shapes each format is recognised by live next to their writers in formats.py.
 _ISO_PREFIX = formats.EXPORT_PREFIX
@@ -683,8 +687,19 @@ def _json_text(value: Any) -> bytes:
 
 
 def _cloudwatch_json_batches(uri: str, stream: BinaryIO) -> Iterator[LineBatch]:
-    """One or more ``filter-log-events`` documents, concatenated or one per line."""
-    for page, doc, raw, error in iter_concatenated_json(stream, restart=_PAGE_START):
+    """One or more ``filter-log-events`` documents, concatenated or one per line.
+
+    The AWS CLI joins every page of a range into one document unless told not to, so one
+    document may hold millions of events: one larger than a read block is read event by
+    event (:class:`StreamedMember`) and handed on in batches of a block's size, never held
+    whole (a 295 MB document was quarantined whole, no event read: found by review).
+    """
+    for page, doc, raw, error in iter_concatenated_json(
+        stream, restart=_PAGE_START, stream_member="events"
+    ):
+        if isinstance(doc, StreamedMember):
+            yield from _event_batches(uri, page, doc)
+            continue
         events = doc.get("events") if isinstance(doc, dict) else None
         if error is not None or not isinstance(events, list):
             reason = (
@@ -694,22 +709,41 @@ def _cloudwatch_json_batches(uri: str, stream: BinaryIO) -> Iterator[LineBatch]:
             )
             yield _rejected_only(uri, (uri, f"page {page}", reason, raw or _json_text(doc)))
             continue
-        messages, ids, streams, rejected = [], [], [], []
-        for i, ev in enumerate(events):
-            msg = ev.get("message") if isinstance(ev, dict) else None
-            eid = f"page {page} event {i + 1}"
-            if isinstance(ev, dict) and ev.get("eventId"):
-                eid = str(ev["eventId"])
-            if not isinstance(msg, str) or not msg.strip():
-                reason = "CloudWatch event without a message"
-                rejected.append((uri, eid, reason, _json_text(ev)))
-                continue
-            messages.append(msg)
-            ids.append(eid)
-            streams.append(str(ev.get("logStreamName") or ""))
-        batch = _messages_batch(uri, messages, ids, streams, None)
-        batch.rejected = rejected
-        yield batch
+        yield from _event_batches(uri, page, events)
+
+
+def _event_batches(uri: str, page: int, events: Iterable[Any]) -> Iterator[LineBatch]:
+    """The events of one page as batches of about :data:`STREAMED_BATCH_BYTES` of
+    messages; one without a message is set aside with a reason."""
+    messages: list[str] = []
+    ids: list[str] = []
+    streams: list[str] = []
+    rejected: list[tuple[str, str, str, bytes]] = []
+    size = 0
+    for i, ev in enumerate(events):
+        msg = ev.get("message") if isinstance(ev, dict) else None
+        eid = f"page {page} event {i + 1}"
+        if isinstance(ev, dict) and ev.get("eventId"):
+            eid = str(ev["eventId"])
+        if not isinstance(msg, str) or not msg.strip():
+            reason = "CloudWatch event without a message"
+            rejected.append((uri, eid, reason, _json_text(ev)))
+            continue
+        messages.append(msg)
+        ids.append(eid)
+        streams.append(str(ev.get("logStreamName") or ""))
+        size += len(msg)
+        if size >= STREAMED_BATCH_BYTES:
+            batch = _messages_batch(uri, messages, ids, streams, None)
+            batch.rejected = rejected
+            yield batch
+            messages, ids, streams, rejected, size = [], [], [], [], 0
+    if isinstance(events, StreamedMember) and events.error is not None:
+        reason, raw = events.error
+        rejected.append((uri, f"page {page}", f"invalid JSON page: {reason}", raw))
+    batch = _messages_batch(uri, messages, ids, streams, None)
+    batch.rejected = rejected
+    yield batch
 
 
 def _rejected_only(uri: str, record: tuple[str, str, str, bytes]) -> LineBatch:
@@ -722,49 +756,158 @@ def _rejected_only(uri: str, record: tuple[str, str, str, bytes]) -> LineBatch:
     )
 
 
+#: White space between JSON values (and the BOMs of concatenated files).
+_JSON_SPACE = re.compile(r"[ \t\r\n\ufeff]*")
+
+
+class _JsonCursor:
+    """Decoded text of a stream read a block at a time, and a position in it."""
+
+    def __init__(self, stream: BinaryIO, chunk_bytes: int) -> None:
+        self.stream, self.chunk_bytes = stream, chunk_bytes
+        self.utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+        self.decoder = json.JSONDecoder()
+        self.buf, self.pos, self.eof = "", 0, False
+
+    def more(self) -> bool:
+        """Read a block onto the text not yet read (what was read is let go); False at
+        the end of the stream."""
+        if self.eof:
+            return False
+        chunk = self.stream.read(self.chunk_bytes)
+        self.eof = not chunk
+        self.buf, self.pos = self.buf[self.pos :] + self.utf8.decode(chunk, final=self.eof), 0
+        return True
+
+    def skip_space(self) -> bool:
+        """Past white space; False at the end of the stream."""
+        while True:
+            self.pos = _JSON_SPACE.match(self.buf, self.pos).end()  # type: ignore[union-attr]
+            if self.pos < len(self.buf):
+                return True
+            if not self.more():
+                return False
+
+    def decode(self, limit: int) -> Any:
+        """The value at the position, reading more while it may just be incomplete and
+        fewer than ``limit`` characters are held."""
+        while True:
+            try:
+                value, self.pos = self.decoder.raw_decode(self.buf, self.pos)
+                return value
+            except (json.JSONDecodeError, RecursionError):
+                if self.eof or len(self.buf) - self.pos >= limit:
+                    raise
+                self.more()
+
+    def expect(self, char: str) -> None:
+        if not self.skip_space() or self.buf[self.pos] != char:
+            at = self.buf[self.pos : self.pos + 1] or "the end of the input"
+            raise json.JSONDecodeError(f"expected {char!r}, found {at!r}", self.buf, self.pos)
+        self.pos += 1
+
+
+class StreamedMember:
+    """The items of one list member of a top-level object too large to decode at once,
+    read one by one; the object's other members are read and let go. A damaged stretch
+    ends the items and is kept in :attr:`error` as (reason, raw text)."""
+
+    def __init__(self, cursor: _JsonCursor, member: str) -> None:
+        self.cursor, self.member = cursor, member
+        self.error: tuple[str, bytes] | None = None
+        self._items = self._read()
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._items
+
+    def _read(self) -> Iterator[Any]:
+        cur, limit = self.cursor, 8 * self.cursor.chunk_bytes
+        try:
+            cur.expect("{")
+            first = True
+            while True:
+                if not cur.skip_space():
+                    raise json.JSONDecodeError("the input ends inside the object", cur.buf, cur.pos)
+                if cur.buf[cur.pos] == "}":
+                    cur.pos += 1
+                    return
+                if not first:
+                    cur.expect(",")
+                    cur.skip_space()
+                first = False
+                name = cur.decode(limit)
+                cur.expect(":")
+                cur.skip_space()
+                if name != self.member or cur.buf[cur.pos : cur.pos + 1] != "[":
+                    cur.decode(limit)  # another member (nextToken, searchedLogStreams)
+                    continue
+                cur.pos += 1
+                item = 0
+                while True:
+                    if not cur.skip_space():
+                        raise json.JSONDecodeError("the input ends inside a list", cur.buf, cur.pos)
+                    if cur.buf[cur.pos] == "]":
+                        cur.pos += 1
+                        break
+                    if item:
+                        cur.expect(",")
+                        cur.skip_space()
+                    item += 1
+                    yield cur.decode(limit)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            reason = (
+                "JSON nested too deeply"
+                if isinstance(exc, RecursionError)
+                else f"invalid JSON ({exc.msg}) after {self.member} read so far"
+            )
+            self.error = (reason, cur.buf[cur.pos : cur.pos + RAW_KEEP].encode())
+
+
 def iter_concatenated_json(
-    stream: BinaryIO, *, restart: re.Pattern[str], chunk_bytes: int = BATCH_BYTES
+    stream: BinaryIO,
+    *,
+    restart: re.Pattern[str],
+    chunk_bytes: int = BATCH_BYTES,
+    stream_member: str | None = None,
 ) -> Iterator[tuple[int, Any, bytes, str | None]]:
     """Top-level JSON values written back to back (any key order, any whitespace between).
 
     Yields ``(n, value, b"", None)`` per value, or ``(n, None, raw, reason)`` for a damaged
     stretch, after which decoding resumes where ``restart`` (the opening of a top-level
-    value of this format) next matches, so one corrupt record costs only itself.
+    value of this format) next matches, so one corrupt record costs only itself. With
+    ``stream_member``, an object larger than a block is yielded as a
+    :class:`StreamedMember` of that list member's items (consume it before the next), so
+    memory stays bounded whatever one value's size.
     """
-    decoder = json.JSONDecoder()
-    utf8 = codecs.getincrementaldecoder("utf-8")("replace")
-    buf, pos, eof, n = "", 0, False, 0
-    while True:
-        while pos < len(buf) and buf[pos] in " \t\r\n\ufeff":  # BOMs of concatenated files too
-            pos += 1
-        if pos >= len(buf):
-            if eof:
-                return
-            chunk = stream.read(chunk_bytes)
-            eof = not chunk
-            buf, pos = utf8.decode(chunk, final=eof), 0
-            continue
+    cur = _JsonCursor(stream, chunk_bytes)
+    n = 0
+    while cur.skip_space():
+        streams = stream_member is not None and cur.buf[cur.pos] == "{"
+        limit = chunk_bytes if streams else 8 * chunk_bytes
         try:
-            value, end = decoder.raw_decode(buf, pos)
+            value = cur.decode(limit)  # on failure, the position is the value's start
         except (json.JSONDecodeError, RecursionError) as exc:
-            if not eof and len(buf) - pos < 8 * chunk_bytes:
-                chunk = stream.read(chunk_bytes)  # the value may just be incomplete
-                eof = not chunk
-                buf, pos = buf[pos:] + utf8.decode(chunk, final=eof), 0
-                continue
             n += 1
-            found = restart.search(buf, pos + 1)
-            stop = found.start() if found else len(buf)
+            if streams and not cur.eof and len(cur.buf) - cur.pos >= limit:
+                member = StreamedMember(cur, stream_member)  # type: ignore[arg-type]
+                yield n, member, b"", None
+                for _ in member:  # what the consumer left unread
+                    pass
+                if member.error is not None:  # said by the consumer; resume after it
+                    found = restart.search(cur.buf, cur.pos + 1)
+                    cur.pos = found.start() if found else len(cur.buf)
+                continue
+            found = restart.search(cur.buf, cur.pos + 1)
+            stop = found.start() if found else len(cur.buf)
             if isinstance(exc, RecursionError):  # stdlib json recurses per nesting level
                 reason = "JSON nested too deeply"
             else:
-                reason = f"invalid JSON at char {exc.pos - pos}"
-            yield n, None, buf[pos:stop][:RAW_KEEP].encode(), reason
-            pos = stop
+                reason = f"invalid JSON at char {exc.pos - cur.pos}"
+            yield n, None, cur.buf[cur.pos : stop][:RAW_KEEP].encode(), reason
+            cur.pos = stop
             continue
         n += 1
         yield n, value, b"", None
-        pos = end
 
 
 def _firehose_batches(uri: str, stream: BinaryIO) -> Iterator[LineBatch]:
