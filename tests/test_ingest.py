@@ -633,6 +633,39 @@ def test_reingest_does_not_quarantine_the_same_bad_line_twice(tmp_path):
     assert stored.height == 1
 
 
+def test_a_quarantine_write_reads_only_the_files_its_lines_may_repeat(tmp_path, monkeypatch):
+    """Every quarantine file ever written was read at each write: a follow export of a
+    busy stream's other lines slowed and grew with the lake's history (found by review).
+    A write reads the files holding its sources' positions in its range; a re-run still
+    stores nothing twice. (The reads are counted by wrapping the lake's own reader.)"""
+    from detector.events.normalize import quarantine_frame
+
+    lake_dir = str(tmp_path / "lake")
+
+    def lines(source: str, first: int, n: int) -> pl.DataFrame:
+        return quarantine_frame(
+            [(source, f"{i:06d}", "bad", b"x") for i in range(first, first + n)]
+        )
+
+    writer = Lake(lake_dir)
+    for k in range(4):  # four earlier flushes of one stream, one of another
+        assert writer.write_quarantine(lines("cw#a", k * 100, 100)) == 100
+    assert writer.write_quarantine(lines("cw#b", 0, 100)) == 100
+
+    fresh = Lake(lake_dir)  # a new process: nothing known of the files yet
+    read: list[str] = []
+    real = fresh.quarantine.read
+    monkeypatch.setattr(fresh.quarantine, "read", lambda p, c=None: read.append(p) or real(p, c))
+    assert fresh.write_quarantine(lines("cw#a", 400, 100)) == 100
+    assert len(read) == 5  # each file once, to learn its ranges
+    read.clear()
+    assert fresh.write_quarantine(lines("cw#a", 500, 100)) == 100
+    assert read == []  # nothing stored meets 000500..000599 of cw#a
+    assert fresh.write_quarantine(lines("cw#a", 350, 200)) == 0  # a re-run: all stored
+    assert len(read) == 3  # the files of 300-399, 400-499, 500-599 only
+    assert Lake(lake_dir).scan_quarantine().collect().height == 700
+
+
 def test_prefetched_keeps_order_raises_producer_errors_and_stops_early():
     from detector.pipeline.ingest import prefetched
 
