@@ -621,6 +621,42 @@ def test_late_event_behind_the_watermark_is_caught_on_the_next_pass(logs, lake_d
     assert checkpoint(lake_dir)["watermark_ms"] > watermark
 
 
+def test_a_batch_until_within_latency_of_now_waits_for_it_and_a_future_one_is_refused(
+    logs, lake_dir
+):
+    """``--until`` the end of an hour that closed a minute ago was cut at now minus
+    ``--latency`` and said complete, so an hourly job run early scored a partial hour; a
+    ``--since`` in the future was stored and every resume exported nothing (found by
+    review). A batch run now waits for its ``--until`` to close and reads the rest; an
+    instant in the future is a usage error before anything is read or stored."""
+    from detector.pipeline.export import ExportConfigError
+
+    group = new_group(logs)
+    t0 = now_ms()
+    expected = fill(logs, group, per_stream=40, start=t0 - 10 * 60_000, end=t0 - 1000, tag="u")
+    now = [t0 / 1000]  # the exporter's clock: moved by the test, not by sleeping
+    options = ExportOptions(log_group=group, cluster="u", rate=0, latency=timedelta(minutes=2))
+    exp = Exporter(lake_dir, options, clock=lambda: now[0])
+    until = datetime.fromtimestamp(t0 / 1000, UTC)
+    exp.start(since=until - timedelta(minutes=11), until=until)
+    assert exp.run_pass() is True  # read up to now - 2 min; the rest is still owed
+    assert lake_events(lake_dir).height < len(expected)
+    now[0] += 121  # the window up to --until has closed
+    assert exp.run_pass() is False
+    summary = exp.finish()
+    assert summary.end == until and lake_events(lake_dir).height == len(expected)
+
+    future = datetime.fromtimestamp(t0 / 1000 + 3600, UTC)
+    for flag, args in [
+        ("--since", {"since": future}),
+        ("--until", {"since": until - timedelta(minutes=5), "until": future}),
+    ]:
+        other = Exporter(str(Path(lake_dir) / "other"), options, clock=lambda: now[0])
+        with pytest.raises(ExportConfigError, match=f"{flag} .* is in the future"):
+            other.start(**args)
+        assert not (Path(lake_dir) / "other" / "_state").exists()
+
+
 def test_follow_exports_new_events_and_stops_cleanly_on_sigterm(logs, lake_dir):
     group = new_group(logs)
     proc = _popen_export(

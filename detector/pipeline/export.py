@@ -257,6 +257,30 @@ class ExportSummary:
         }
 
 
+#: How far past this machine's clock an instant may be and still count as now (clocks
+#: of the machine that computed it and of this one may differ a little).
+CLOCK_SKEW = timedelta(seconds=60)
+
+
+def _check_not_future(since: datetime | None, until: datetime | None, *, now: float) -> None:
+    """``--since`` or ``--until`` later than now is a mistake, said at once: a start in
+    the future was stored in the checkpoint, and every run resuming from it exported
+    nothing; a batch run to a future end would wait for it (found by review)."""
+    limit = datetime.fromtimestamp(now, UTC) + CLOCK_SKEW
+    for flag, value in (("--since", since), ("--until", until)):
+        if value is not None and value > limit:
+            hint = " (use --follow to keep exporting as events arrive)" if flag == "--until" else ""
+            raise ExportConfigError(
+                f"{flag} {value:%Y-%m-%dT%H:%M:%SZ} is in the future: nothing there can be "
+                f"exported yet{hint}"
+            )
+
+
+def _duration(span: timedelta) -> str:
+    seconds = int(span.total_seconds())
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
 # --------------------------------------------------------------------------- exporting
 ProgressFn = Callable[["ExportSummary", str], None]
 
@@ -387,6 +411,7 @@ class Exporter:
         self.watermark: int | None = None  # durable: everything before it is in the lake
         self.fetched_hi: int | None = None  # read up to here (maybe not flushed yet)
         self.completed_hi: int | None = None
+        self._said_waiting = False
         self.next_lo = 0
         self.run_lo = 0
         self.contiguous = True
@@ -428,6 +453,7 @@ class Exporter:
         self.summary.mode = "follow" if follow else "batch"
         if follow and until is not None:
             raise ExportConfigError("--until cannot be combined with --follow")
+        _check_not_future(since, until, now=self.clock())
         if self._client is None and boto3.Session().get_credentials() is None:
             raise _translate(
                 NoCredentialsError(), log_group=self.opts.log_group, region="", starting=True
@@ -562,6 +588,7 @@ class Exporter:
             except RetryAborted:
                 return False
             self.summary.streams = sorted(set(self.summary.streams) | set(self.streams))
+        finished = True
         if hi > lo:
             self.summary.end = from_ms(hi)
             self._evict_seen(lo)
@@ -572,6 +599,7 @@ class Exporter:
                 self._window = f"{from_ms(t):%Y-%m-%d %H:%M:%S}..{from_ms(end):%H:%M:%S}Z"
                 complete = self._read_chunk(t, end)
                 if not complete:
+                    finished = False
                     break
                 self.completed_hi = end
                 self.fetched_hi = end
@@ -594,7 +622,26 @@ class Exporter:
         )
         if self.stop.is_set():
             return False
-        return self.follow
+        return self.follow or (finished and self._waits_for_until(hi))
+
+    def _waits_for_until(self, hi: int) -> bool:
+        """Whether a batch run's ``--until`` is still within ``--latency`` of now: then it
+        waits for the window to close and reads the rest. It was cut short at now minus
+        the latency and said complete (an hourly job run early scored a partial hour;
+        found by review)."""
+        if self.until_ms is None or hi >= self.until_ms:
+            return False
+        if not self._said_waiting:
+            self._said_waiting = True
+            closes = self.until_ms / 1000 + self.opts.latency.total_seconds() - self.clock()
+            log.warning(
+                "--until %s is within --latency %s of now: waiting %.0fs for CloudWatch to "
+                "deliver up to it, then reading the rest (a stop keeps what was read)",
+                iso_ms(self.until_ms),
+                _duration(self.opts.latency),
+                max(0.0, closes),
+            )
+        return True
 
     def _read_chunk(self, lo: int, hi: int) -> bool:
         """Read ``[lo, hi)``; True when it is complete (the checkpoint may move past it).
@@ -802,7 +849,11 @@ class Exporter:
             raise
 
     def _wait_for_next_pass(self) -> None:
-        deadline = time.monotonic() + self.opts.interval.total_seconds()
+        wait = self.opts.interval.total_seconds()
+        if not self.follow and self.until_ms is not None:  # no longer than until it closes
+            closes = self.until_ms / 1000 + self.opts.latency.total_seconds() - self.clock()
+            wait = min(wait, max(0.0, closes) + 0.05)
+        deadline = time.monotonic() + wait
         while not self.stop.is_set():
             left = deadline - time.monotonic()
             if left <= 0:

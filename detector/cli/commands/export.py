@@ -156,7 +156,9 @@ def export(
     CloudWatch eventId.
 
     Without --since, resumes from the checkpoint (the first run needs --since). With
-    --follow, runs until SIGTERM/SIGINT, then flushes, checkpoints and exits 0.
+    --follow, runs until SIGTERM/SIGINT, then flushes, checkpoints and exits 0. An --until
+    less than --latency ago is waited for (the run ends once that window has closed and
+    is read, never cut short); --since or --until in the future is refused.
 
     Exit codes: 0 done; 2 bad arguments, no checkpoint and no --since, missing
     credentials, unknown log group or access denied; 3 CloudWatch or the lake failing
