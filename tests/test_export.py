@@ -280,6 +280,22 @@ def test_reader_batches_streams_follows_empty_pages_and_filters_client_side():
     assert sum(p.ignored for p in pages) == 2 * 3
 
 
+def test_a_token_that_keeps_coming_back_empty_stops_the_run_instead_of_completing_it():
+    """The same nextToken with no events three times ended the window quietly, as if read
+    whole, and the checkpoint moved past what the token still held (found by review). It
+    is now an error; the window stays unread. (A stub client: no server can be made to
+    answer so.)"""
+    from detector.sources.cloudwatch import LogsReader, PaginationStuck
+
+    class Stuck:
+        def filter_log_events(self, **kwargs):
+            return {"events": [], "nextToken": "same"}
+
+    reader = LogsReader(Stuck(), "/aws/eks/x/cluster", retrier=Retrier())
+    with pytest.raises(PaginationStuck, match="same nextToken"):
+        list(reader.pages(["kube-apiserver-audit-1"], 0, 50))
+
+
 # ----------------------------------------------------------------------------- batch export
 def test_an_empty_stream_prefix_exports_every_stream_and_a_long_group_name_resumes(logs, lake_dir):
     """``--stream-prefix ''`` was sent to AWS, which refuses an empty prefix (a two-line

@@ -74,6 +74,7 @@ from detector.sources.cloudwatch import (
     MAX_PAGE_LIMIT,
     LogsReader,
     Page,
+    PaginationStuck,
     page_batch,
 )
 from detector.sources.files import LineBatch, merge_batches
@@ -337,6 +338,8 @@ def _translate(exc: BaseException, *, log_group: str, region: str, starting: boo
         return ExportError(f"CloudWatch Logs: {describe_error(exc)}")
     if isinstance(exc, RetriesExhausted):
         return ExportError(f"CloudWatch Logs unreachable: {exc}")
+    if isinstance(exc, PaginationStuck):
+        return ExportError(f"CloudWatch Logs: {exc}")
     if isinstance(exc, CheckpointBusy | CheckpointConflict):
         return ExportError(str(exc))
     if isinstance(exc, StateError | StorageError):

@@ -41,6 +41,10 @@ class Page:
     ignored: int = 0
 
 
+class PaginationStuck(Exception):
+    """CloudWatch kept answering a page with the same token and nothing else."""
+
+
 class LogsReader:
     """The two CloudWatch Logs calls an export needs, paced and retried."""
 
@@ -116,9 +120,17 @@ class LogsReader:
                 if not new_token:
                     break
                 # An empty page with a token is normal on AWS; the same token coming back
-                # with nothing again and again is not: stop rather than spin.
+                # with nothing again and again is not: stop rather than spin, and say so.
+                # Ending quietly made the chunk complete and moved the checkpoint past
+                # whatever the token still had (found by review).
                 repeats = repeats + 1 if (new_token == token and not raw) else 0
-                if repeats >= 3 or self.stop.is_set():
+                if repeats >= 3:
+                    raise PaginationStuck(
+                        f"FilterLogEvents gave the same nextToken with no events {repeats} "
+                        f"times for {self.log_group} from {start_ms} to {end_ms} ms: stopped, "
+                        "the checkpoint before that window (run again)"
+                    )
+                if self.stop.is_set():
                     break
                 token = new_token
             if self.stop.is_set():
