@@ -909,6 +909,28 @@ def _big_gzip() -> tuple[list[str], bytes]:
     return [e["auditID"] for e in events], ndjson(events, gz=True)
 
 
+def test_bzip2_and_xz_inputs_are_read_and_other_compressions_refused_by_name(tmp_path):
+    """A .bz2 or .xz log was read as text: every line quarantined as garbage, 0 events,
+    exit 0 (found by review). bzip2 and xz are read like gzip; zstd, zip, lz4 and 7-Zip,
+    which the standard library cannot read, fail the input by name (exit 3)."""
+    import bz2
+    import lzma
+
+    plain = write_ndjson(tmp_path / "audit.log", [make_event(i) for i in range(5)])
+    data = plain.read_bytes()
+    (tmp_path / "a.log.bz2").write_bytes(bz2.compress(data))
+    (tmp_path / "a.log.xz").write_bytes(lzma.compress(data))
+    for name in ("a.log.bz2", "a.log.xz"):
+        summary = ingest_paths([str(tmp_path / name)], str(tmp_path / f"lake-{name}"), cluster="c")
+        assert (summary.events_written, summary.quarantined) == (5, 0), name
+    zstd = tmp_path / "a.log.zst"
+    zstd.write_bytes(b"\x28\xb5\x2f\xfd" + b"\x00" * 64)
+    summary = ingest_paths([str(zstd)], str(tmp_path / "lake-zst"), cluster="c")
+    assert summary.events_written == 0 and summary.quarantined == 0
+    (failed,) = summary.failed_inputs
+    assert "compressed with zstd, which is not read: decompress it first" in failed
+
+
 @pytest.mark.parametrize("keep", [0.1, 0.5, 0.97])
 def test_a_truncated_gzip_keeps_every_complete_line_and_quarantines_the_cut(tmp_path, keep):
     ids, whole = _big_gzip()
