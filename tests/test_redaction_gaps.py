@@ -679,3 +679,31 @@ def test_a_record_quarantined_whole_is_json_text_the_patterns_read(tmp_path):
     assert text.startswith('{"x": {"x":') and "'" not in text
     row = quarantine_frame([("f", "1", "not a page", text.encode())]).row(0, named=True)
     assert markers(row["raw"]) == set()
+
+
+def test_in_an_exec_uri_what_is_assigned_goes_and_the_rest_of_the_command_stays():
+    """URL-encoded, a value ends at an encoded space; one in encoded quotes goes whole."""
+    from urllib.parse import quote
+
+    def uri(*words: str) -> str:
+        query = "&".join(f"command={quote(w, safe='')}" for w in words)
+        return f"/api/v1/namespaces/app/pods/p/exec?{query}&container=app"
+
+    df = ingest(
+        event(
+            1,
+            "create",
+            "pods",
+            requestURI=uri("sh", "-c", f"PGPASSWORD='{mark(80)} x{mark(81)}' psql -h db"),
+        ),
+        event(
+            2,
+            "create",
+            "pods",
+            requestURI=uri("sh", "-c", f"TOKEN={mark(82)} && curl -s http://169.254.169.254/"),
+        ),
+        event(3, "create", "pods", requestURI=uri(f"--password={mark(83)}", "--host", "db")),
+    )
+    assert markers(all_strings(df)) == set()
+    assert "psql" in df["request_uri"][0] and "169.254.169.254" in df["request_uri"][1]
+    assert "--host" in df["request_uri"][2]

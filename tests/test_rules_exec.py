@@ -196,3 +196,33 @@ def test_a_refused_exec_logged_at_request_received_too_is_not_a_session(ruleset)
     frame = events_from_dicts(refused, cluster="t")
     (reasons,) = evaluate_rules(frame, ruleset.only("pod-exec")).findings["reasons"]
     assert "denied, HTTP 403" in reasons[0]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        # AWS's documented IMDSv2 one-liner and EKS Pod Identity's recipe (found by review)
+        shell(
+            'TOKEN=$(curl -X PUT "http://169.254.169.254/latest/api/token" '
+            '-H "X-aws-ec2-metadata-token-ttl-seconds: 21600") && curl -H '
+            '"X-aws-ec2-metadata-token: $TOKEN" '
+            "http://169.254.169.254/latest/meta-data/iam/security-credentials/"
+        ),
+        [
+            "curl",
+            "-H",
+            "Authorization: $(cat /var/run/secrets/pods.eks.amazonaws.com/serviceaccount/"
+            "eks-pod-identity-token)",
+            "http://169.254.170.23/v1/credentials",
+        ],
+    ],
+    ids=["imdsv2", "pod-identity"],
+)
+def test_a_credential_fetch_stays_visible_after_redaction(ruleset, command):
+    """A credential-named assignment in an exec command (``TOKEN=$(curl ...)``) was
+    redacted to the end of the URL-encoded parameter, the metadata address with it, so
+    the rule never saw it (found by review). Redaction in a URI ends at an encoded space:
+    what is assigned goes, the rest of the command stays."""
+    frame = events_from_dicts([exec_ev(command)], cluster="t")
+    assert "169.254.1" in frame["request_uri"][0]
+    assert evaluate_rules(frame, ruleset.only("exec-credential-read")).findings.height == 1

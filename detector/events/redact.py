@@ -166,8 +166,23 @@ _LINE_END = (
 _GAP = r"(?:[^\S\r\n]|\\+t|\\+u(?:00[aA]0|3000)|\+|%20|%09)"
 
 
+#: A word of a URL-encoded value: it ends at an encoded space (``+``, ``%20``) as well as
+#: where a word ends in text; ``%XX`` escapes of anything else belong to it.
+_URI_WORD = r"(?:[^\s\"'\\,;&{\[+%]|%(?:[13-9A-Fa-f][0-9A-Fa-f]|0[0-8BCbcEFef]|2[1-9A-Fa-f]))+"
+#: A value in URL-encoded quotes (``%27p w%27``), possibly cut.
+_URI_QUOTED = [
+    r"(%27)(?:[^%&]|%(?:[013-9A-Fa-f][0-9A-Fa-f]|2[0-689A-Fa-f]))+(?:%27)?",
+    r"(%22)(?:[^%&]|%(?:[013-9A-Fa-f][0-9A-Fa-f]|2[013-9A-Fa-f]))+(?:%22)?",
+]
+
+
 def _assigned(
-    name: str, assign: str = _ASSIGN, *, raw_quotes: bool = True, next_line: bool = True
+    name: str,
+    assign: str = _ASSIGN,
+    *,
+    raw_quotes: bool = True,
+    next_line: bool = True,
+    uri: bool = False,
 ) -> Pattern:
     """A credential-named word, ``assign``, then its value (``password: x``, ``token=x``).
 
@@ -179,11 +194,17 @@ def _assigned(
     (``password: |`` then the value on the next line). Or, on the next line, a quoted
     value or a whole line that is not a key: ``passwordSecret:`` over ``name: x`` (a
     mapping that names a Secret) keeps it, ``password:`` over ``hunter2`` does not; not in
-    names (``next_line`` false), where ``:`` separates parts.
+    names (``next_line`` false), where ``:`` separates parts. In a URL (``uri``), quotes
+    may be encoded (``%27``) and a word ends at an encoded space: ``kubectl exec`` sends
+    ``sh -c 'TOKEN=$(curl ... 169.254.169.254 ...)'`` as one parameter, and the value
+    ran to its end, taking with it the address the credential rules look for (found by
+    review).
     """
     quoted = [_ESC_QUOTED, r"(')(?:[^'\"\\\r\n]|\\+[^\"\\])+'?"]
     if raw_quotes:
         quoted.append(r'(")(?:[^"\\\r\n]|\\.)+"?')
+    if uri:
+        quoted.extend(_URI_QUOTED)
     # Groups, numbered in this order (one that takes no part expands to ""): 1 the name;
     # on its line, 2 the assignment, 3 a block head and the opening quotes (two in
     # _ESC_QUOTED); on the next line, the colon, the line break, the opening quotes again
@@ -194,7 +215,9 @@ def _assigned(
         f"({_SPACE}*{assign}{_GAP}*(?:{_SCHEMES}{_GAP}+)?)"
         + f"(?:({_BLOCK_HEAD}){_LINE}|"
         + "|".join(quoted)
-        + r"|[^\s\"'\\,;&{\[]+)"
+        + "|"
+        + (_URI_WORD if uri else r"[^\s\"'\\,;&{\[]+")
+        + ")"
     )
     before = "${1}${2}${3}" + "".join(f"${{{4 + i}}}" for i in range(n))
     after = before[len("${1}${2}${3}") :]
@@ -306,7 +329,7 @@ _EXEC_FLAG = Pattern(
 )
 
 
-def _free_text(*, raw_quotes: bool) -> tuple[Pattern, ...]:
+def _free_text(*, raw_quotes: bool, uri: bool = False) -> tuple[Pattern, ...]:
     return (
         Pattern(
             "credential-named JSON member (string, number or list of strings)",
@@ -350,6 +373,7 @@ def _free_text(*, raw_quotes: bool) -> tuple[Pattern, ...]:
         _assigned(
             "credential assigned in free text (YAML or properties in a value, a header line)",
             raw_quotes=raw_quotes,
+            uri=uri,
         ),
         _BEARER,
         _JWT,
@@ -365,6 +389,8 @@ PATTERNS: tuple[Pattern, ...] = _free_text(raw_quotes=True)
 #: The same for the columns that hold JSON text (bodies, annotations): a quoted value only
 #: as a JSON string holds one (escaped quotes, or single quotes), so the JSON stays valid.
 JSON_PATTERNS: tuple[Pattern, ...] = _free_text(raw_quotes=False)
+#: The same for the request URI, whose values are URL-encoded (see :func:`_assigned`).
+URI_PATTERNS: tuple[Pattern, ...] = _free_text(raw_quotes=True, uri=True)
 
 #: Applied instead to names and identities (user, principal, namespace, object name...):
 #: the patterns that only a credential matches, and ``=`` as the only assignment, since
@@ -419,7 +445,9 @@ def _any(patterns: Iterable[Pattern]) -> str:
 #: What quarantined text (raw line, reason, source) goes through, in this order.
 QUARANTINE_ALL = (*QUARANTINE_PATTERNS, *PATTERNS)
 #: One search regex per pattern set (the four above).
-_SEARCHES = {ps: _any(ps) for ps in (PATTERNS, JSON_PATTERNS, NAME_PATTERNS, QUARANTINE_ALL)}
+_SEARCHES = {
+    ps: _any(ps) for ps in (PATTERNS, JSON_PATTERNS, URI_PATTERNS, NAME_PATTERNS, QUARANTINE_ALL)
+}
 
 
 def _search_of(patterns: tuple[Pattern, ...]) -> str:
@@ -835,8 +863,13 @@ def redact_events(df: pl.DataFrame) -> pl.DataFrame:
     webhook_patch = matching_rows(df["annotations"], "patch.webhook.admission.k8s.io/")
     # One query screens every column for every pattern set; only the JSON columns are
     # searched again, and only if the structure layer below rewrote some of their rows.
-    plain = tuple(c for c in TEXT_COLUMNS if c not in JSON_COLUMNS)
-    text_sets = ((plain, PATTERNS), (JSON_COLUMNS, JSON_PATTERNS), (NAME_COLUMNS, NAME_PATTERNS))
+    plain = tuple(c for c in TEXT_COLUMNS if c not in (*JSON_COLUMNS, "request_uri"))
+    text_sets = (
+        (plain, PATTERNS),
+        (("request_uri",), URI_PATTERNS),
+        (JSON_COLUMNS, JSON_PATTERNS),
+        (NAME_COLUMNS, NAME_PATTERNS),
+    )
     text_sets = tuple((tuple(c for c in cols if c in df.columns), ps) for cols, ps in text_sets)
     in_structure, *holding = screen(
         df,
@@ -871,7 +904,7 @@ def redact_events(df: pl.DataFrame) -> pl.DataFrame:
             *(df[c].scatter(idx, pl.Series(new[c], dtype=pl.String)) for c in _STRUCTURED)
         )
         flag = flag.scatter(idx, flag.gather(idx) | pl.Series(changed, dtype=pl.Boolean))
-        holding[1] = None  # the JSON columns changed: searched again
+        holding[2] = None  # the JSON columns (the third set) changed: searched again
     df = df.with_columns(flag.alias("redacted"))
     for (columns, patterns), found in zip(text_sets, holding, strict=True):
         df, hit = redact_text_columns(df, columns, patterns, holding=found)
