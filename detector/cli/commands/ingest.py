@@ -44,7 +44,9 @@ IngestClusterOpt = Annotated[
 def ingest(
     paths: Annotated[
         list[str],
-        typer.Argument(help="Files, folders or s3:// prefixes (plain, .gz, .bz2 or .xz).", show_default=False),
+        typer.Argument(
+            help="Files, folders or s3:// prefixes (plain, .gz, .bz2 or .xz).", show_default=False
+        ),
     ],
     lake: LakeOpt = "./lake",
     cluster: IngestClusterOpt = None,
