@@ -317,7 +317,18 @@ def test_cronjobs_do_not_overlap_and_deployment_runs_watch_with_probes():
     port = int(args[args.index("--port") + 1])
     assert container["ports"][0]["containerPort"] == port
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # Ready while the loop turns, standby included: a never-Ready standby kept `kubectl
+    # rollout status` waiting and replica-mismatch alerts firing (found by review)
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    # the standby preferably on another node, so one node's loss stops neither both
+    (term,) = deployment["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert (
+        term["podAffinityTerm"]["labelSelector"]["matchLabels"]
+        == (deployment["selector"]["matchLabels"])
+    )
 
 
 def test_irsa_service_account_and_policies():
