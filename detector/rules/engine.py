@@ -230,45 +230,26 @@ def _dedupe(
     )
 
 
-def _outcomes_known(
-    lf: pl.LazyFrame, rules: Sequence[Rule], matched: list[pl.DataFrame]
-) -> list[pl.DataFrame]:
-    """Each rule's matched rows without the RequestReceived rows of requests logged at a
-    later stage too.
+def _without_stand_ins(matched: pl.DataFrame, rule: Rule, facts: _Frame | None) -> pl.DataFrame:
+    """A rule's matched rows without RequestReceived rows of clusters whose log records a
+    later stage the rule counts.
 
     A RequestReceived row has no response: ``not_failed`` holds on it, so an exec refused
     with 403 (or of a pod that does not exist) matched at that stage while its
     ResponseComplete row, which says 403, did not, and was reported as a session that
-    opened (found by review). A request's later row is judged on its own; its first row
-    stands in only where the log holds nothing later. Only logs that record
-    RequestReceived pay for the look-up (EKS's audit policy omits that stage).
+    opened (found by review). Where the log records a later stage of the rule's, that row
+    says how each request ended and is judged on its own, in this range or the next (a
+    row-by-row look-up of the request missed a later row past the range's end, and
+    ``detect watch``'s next batch). RequestReceived stands in only where the log records
+    nothing later, and always for a rule that counts that stage alone.
     """
-    received = [
-        m.filter(pl.col("stage") == "RequestReceived")["audit_id"]
-        if "RequestReceived" in rule.stages and not m.is_empty()
-        else None
-        for rule, m in zip(rules, matched, strict=True)
-    ]
-    wanted = [ids for ids in received if ids is not None and not ids.is_empty()]
-    if not wanted:
+    later = set(rule.stages) - {"RequestReceived"}
+    if facts is None or len(later) == len(rule.stages) or not later or matched.is_empty():
         return matched
-    ids = pl.concat(wanted).drop_nulls().unique()
-    later = (
-        lf.filter((pl.col("stage") != "RequestReceived") & pl.col("audit_id").is_in(ids.implode()))
-        .select("audit_id")
-        .unique()
-        .collect()["audit_id"]
-    )
-    if later.is_empty():
+    clusters = sorted(c for c, seen in facts.stages.items() if seen & later)
+    if not clusters:
         return matched
-    return [
-        m
-        if ids is None or ids.is_empty()
-        else m.filter(
-            ~((pl.col("stage") == "RequestReceived") & pl.col("audit_id").is_in(later.implode()))
-        )
-        for m, ids in zip(matched, received, strict=True)
-    ]
+    return matched.filter(~((pl.col("stage") == "RequestReceived") & _CLUSTER.is_in(clusters)))
 
 
 def _group_key(rule: Rule) -> pl.Expr:
@@ -633,7 +614,8 @@ def evaluate_rules(
         else:
             plans.append(lf.filter(rule.match))
         planned.append(rule)
-    matched = _outcomes_known(lf, planned, pl.collect_all(plans) if plans else [])
+    matched = pl.collect_all(plans) if plans else []
+    matched = [_without_stand_ins(m, r, facts) for r, m in zip(planned, matched, strict=True)]
     hit = [(rule, m) for rule, m in zip(planned, matched, strict=True) if not m.is_empty()]
     done = pl.collect_all(
         [_keyed(_dedupe(m.lazy(), rule.stages, facts), rule, every) for rule, m in hit]

@@ -261,8 +261,8 @@ def _why_silent(rule: Any, stats: Any) -> str:
         return "no event matches the condition"
     if stats.requests == 0 and not any(stats.excluded.values()):
         return (
-            "the matching events are RequestReceived rows of requests whose later rows, "
-            "which say how they ended, do not match"
+            "the matching events are RequestReceived rows, which stand in for a request "
+            "only where the log records none of the rule's later stages"
         )
     if stats.requests == 0:
         return "every matching event is covered by an exception"
