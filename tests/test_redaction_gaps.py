@@ -703,7 +703,34 @@ def test_in_an_exec_uri_what_is_assigned_goes_and_the_rest_of_the_command_stays(
             requestURI=uri("sh", "-c", f"TOKEN={mark(82)} && curl -s http://169.254.169.254/"),
         ),
         event(3, "create", "pods", requestURI=uri(f"--password={mark(83)}", "--host", "db")),
+        # a shell word whole: quotes inside it, a command substitution, parentheses
+        event(4, "create", "pods", requestURI=uri("sh", "-c", f"TOKEN=$(echo {mark(84)}) x")),
+        event(5, "create", "pods", requestURI=uri("sh", "-c", f'PASSWORD=ab"c {mark(85)}" x')),
+        event(6, "create", "pods", requestURI=uri("sh", "-c", f"PASSWORD=(a {mark(86)}) x")),
+        event(7, "create", "pods", requestURI=uri("sh", "-c", f"TOKEN=`cat {mark(87)}` x")),
+        # a header's value to its end; a URL's password
+        event(8, "create", "pods", requestURI=uri("curl", "-H", f"X-Api-Key: k {mark(88)}")),
+        event(9, "create", "pods", requestURI=uri("curl", f"https://u:{mark(89)}@host/x")),
     )
     assert markers(all_strings(df)) == set()
+    assert all(text.endswith("&container=app") for text in df["request_uri"])
     assert "psql" in df["request_uri"][0] and "169.254.169.254" in df["request_uri"][1]
     assert "--host" in df["request_uri"][2]
+
+
+def test_a_list_item_with_a_path_and_a_value_is_walked_as_an_object_too():
+    """Taking any list item with ``path`` and ``value`` for a JSON-patch operation judged
+    its value by the path alone: an Argo parameter ``{name: DB_PASSWORD, path, value}``
+    kept its value (found by review)."""
+    workflow = {
+        "kind": "Workflow",
+        "spec": {
+            "arguments": {
+                "parameters": [{"name": "DB_PASSWORD", "path": "/tmp/p", "value": mark(95)}]
+            }
+        },
+    }
+    df = ingest(event(1, "create", "workflows", requestObject=workflow))
+    assert markers(all_strings(df)) == set()
+    (param,) = body(df)["spec"]["arguments"]["parameters"]
+    assert param == {"name": "DB_PASSWORD", "path": "/tmp/p", "value": REDACTED}

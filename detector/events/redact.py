@@ -166,9 +166,21 @@ _LINE_END = (
 _GAP = r"(?:[^\S\r\n]|\\+t|\\+u(?:00[aA]0|3000)|\+|%20|%09)"
 
 
-#: A word of a URL-encoded value: it ends at an encoded space (``+``, ``%20``) as well as
-#: where a word ends in text; ``%XX`` escapes of anything else belong to it.
-_URI_WORD = r"(?:[^\s\"'\\,;&{\[+%]|%(?:[13-9A-Fa-f][0-9A-Fa-f]|0[0-8BCbcEFef]|2[1-9A-Fa-f]))+"
+#: A word of a URL-encoded value, as a shell reads one: it ends at an encoded space (``+``,
+#: ``%20``) outside quotes, and takes whole what is in encoded quotes (``%27..%27``,
+#: ``%22..%22``), a command substitution (``%24%28..%29``: ``$(echo S3CRET)``, or in
+#: backquotes ``%60..%60``) and parentheses; ``%XX`` escapes of anything else belong to it.
+_URI_WORD = (
+    r"(?:[^\s\"'\\,;&{\[+%]"
+    r"|%(?:[13-5789A-Fa-f][0-9A-Fa-f]|0[0-8BCbcEFef]|2[13-69A-Fa-f]|6[1-9A-Fa-f])"
+    r"|%27(?:[^%&]|%(?:[013-9A-Fa-f][0-9A-Fa-f]|2[0-689A-Fa-f]))*(?:%27)?"
+    r"|%22(?:[^%&]|%(?:[013-9A-Fa-f][0-9A-Fa-f]|2[013-9A-Fa-f]))*(?:%22)?"
+    r"|%28(?:[^%&]|%(?:[013-9A-Fa-f][0-9A-Fa-f]|2[0-8A-Fa-f]))*(?:%29)?"
+    r"|%60(?:[^%&]|%(?:[0-57-9A-Fa-f][0-9A-Fa-f]|6[1-9A-Fa-f]))*(?:%60)?)+"
+)
+#: A header's value in a URL-encoded command (``-H "X-Api-Key: k1 k2"``): words and
+#: encoded spaces up to the end of the parameter or an encoded quote.
+_URI_HEADER_VALUE = r"(?:[^\s\"'\\&%]|%(?:[013-9A-Fa-f][0-9A-Fa-f]|2[013-689A-Fa-f]))+"
 #: A value in URL-encoded quotes (``%27p w%27``), possibly cut.
 _URI_QUOTED = [
     r"(%27)(?:[^%&]|%(?:[013-9A-Fa-f][0-9A-Fa-f]|2[0-689A-Fa-f]))+(?:%27)?",
@@ -183,6 +195,7 @@ def _assigned(
     raw_quotes: bool = True,
     next_line: bool = True,
     uri: bool = False,
+    value: str | None = None,
 ) -> Pattern:
     """A credential-named word, ``assign``, then its value (``password: x``, ``token=x``).
 
@@ -216,7 +229,7 @@ def _assigned(
         + f"(?:({_BLOCK_HEAD}){_LINE}|"
         + "|".join(quoted)
         + "|"
-        + (_URI_WORD if uri else r"[^\s\"'\\,;&{\[]+")
+        + (value or (_URI_WORD if uri else r"[^\s\"'\\,;&{\[]+"))
         + ")"
     )
     before = "${1}${2}${3}" + "".join(f"${{{4 + i}}}" for i in range(n))
@@ -370,10 +383,28 @@ def _free_text(*, raw_quotes: bool, uri: bool = False) -> tuple[Pattern, ...]:
         # (``private_key: -----BEGIN ...``) would otherwise lose only its first word.
         _PEM,
         _auth_header(raw_quotes=raw_quotes),
-        _assigned(
-            "credential assigned in free text (YAML or properties in a value, a header line)",
-            raw_quotes=raw_quotes,
-            uri=uri,
+        *(
+            (
+                _assigned(
+                    "credential assigned with '=' in a URL-encoded command (a shell word)",
+                    r"(?:=|%3[Dd])",
+                    uri=True,
+                ),
+                _assigned(
+                    "credential assigned with ':' in a URL-encoded command (a header line)",
+                    r"(?::|%3[Aa])",
+                    uri=True,
+                    value=_URI_HEADER_VALUE,
+                ),
+            )
+            if uri
+            else (
+                _assigned(
+                    "credential assigned in free text (YAML or properties in a value, a "
+                    "header line)",
+                    raw_quotes=raw_quotes,
+                ),
+            )
         ),
         _BEARER,
         _JWT,
@@ -389,8 +420,18 @@ PATTERNS: tuple[Pattern, ...] = _free_text(raw_quotes=True)
 #: The same for the columns that hold JSON text (bodies, annotations): a quoted value only
 #: as a JSON string holds one (escaped quotes, or single quotes), so the JSON stays valid.
 JSON_PATTERNS: tuple[Pattern, ...] = _free_text(raw_quotes=False)
-#: The same for the request URI, whose values are URL-encoded (see :func:`_assigned`).
-URI_PATTERNS: tuple[Pattern, ...] = _free_text(raw_quotes=True, uri=True)
+#: The same for the request URI, whose values are URL-encoded (see :func:`_assigned`), and a
+#: password in a URL-encoded URL (an exec command's ``curl https://u:p@host``).
+URI_PATTERNS: tuple[Pattern, ...] = (
+    *_free_text(raw_quotes=True, uri=True),
+    Pattern(
+        "password in a URL-encoded URL (scheme%3A%2F%2Fuser%3Apassword%40host)",
+        r"(?i)([a-z][a-z0-9+.\-]*%3A%2F%2F"
+        r"(?:[^%&\s/@:]|%(?:[013-9A-Fa-f][0-9A-Fa-f]|2[0-9A-Ea-e]|3[0-9B-Fb-f]|4[1-9A-Fa-f]))*"
+        r"%3A)(?:[^%&\s@]|%(?:[0-35-9A-Fa-f][0-9A-Fa-f]|4[1-9A-Fa-f]))+%40",
+        "${1}" + REDACTED + "%40",
+    ),
+)
 
 #: Applied instead to names and identities (user, principal, namespace, object name...):
 #: the patterns that only a credential matches, and ``=`` as the only assignment, since
@@ -733,7 +774,10 @@ def _walk(obj: Any, secret: bool) -> bool:
     if isinstance(obj, list):
         for item in obj:
             if isinstance(item, dict) and "path" in item and "value" in item:
+                # its value as the path says, and the rest as any object (an Argo
+                # parameter {name: DB_PASSWORD, path, value} is one: found by review)
                 changed |= _patch_op(item, secret)
+                changed |= _walk(item, secret)
             elif isinstance(item, (dict, list)):
                 changed |= _walk(item, secret)
         return changed
