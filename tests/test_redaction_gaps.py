@@ -707,13 +707,17 @@ def test_in_an_exec_uri_what_is_assigned_goes_and_the_rest_of_the_command_stays(
         event(4, "create", "pods", requestURI=uri("sh", "-c", f"TOKEN=$(echo {mark(84)}) x")),
         event(5, "create", "pods", requestURI=uri("sh", "-c", f'PASSWORD=ab"c {mark(85)}" x')),
         event(6, "create", "pods", requestURI=uri("sh", "-c", f"PASSWORD=(a {mark(86)}) x")),
-        event(7, "create", "pods", requestURI=uri("sh", "-c", f"TOKEN=`cat {mark(87)}` x")),
+        event(7, "create", "pods", requestURI=uri("sh", "-c", f"TOKEN=`echo {mark(87)}` x")),
         # a header's value to its end; a URL's password
         event(8, "create", "pods", requestURI=uri("curl", "-H", f"X-Api-Key: k {mark(88)}")),
         event(9, "create", "pods", requestURI=uri("curl", f"https://u:{mark(89)}@host/x")),
     )
     assert markers(all_strings(df)) == set()
     assert all(text.endswith("&container=app") for text in df["request_uri"])
+    # a substitution that reads a file prints no credential literally: the file stays
+    # (a stolen token's path is what exec-credential-read looks for)
+    read = ingest(event(1, "create", "pods", requestURI=uri("sh", "-c", "T=$(</run/secrets/t); x")))
+    assert "%2Frun%2Fsecrets%2Ft" in read["request_uri"][0]
     assert "psql" in df["request_uri"][0] and "169.254.169.254" in df["request_uri"][1]
     assert "--host" in df["request_uri"][2]
 

@@ -168,15 +168,22 @@ _GAP = r"(?:[^\S\r\n]|\\+t|\\+u(?:00[aA]0|3000)|\+|%20|%09)"
 
 #: A word of a URL-encoded value, as a shell reads one: it ends at an encoded space (``+``,
 #: ``%20``) outside quotes, and takes whole what is in encoded quotes (``%27..%27``,
-#: ``%22..%22``), a command substitution (``%24%28..%29``: ``$(echo S3CRET)``, or in
-#: backquotes ``%60..%60``) and parentheses; ``%XX`` escapes of anything else belong to it.
+#: ``%22..%22``) and parentheses, and at a shell operator (``<``, ``>``, ``|``, ``;``,
+#: ``&``); ``%XX`` escapes of anything else belong to it. A
+#: command substitution is the output of a command, which holds a credential literally
+#: only when it prints one (``$(echo S3CRET | base64 -d)``): that one goes whole; any other
+#: (``TOKEN=$(cat /var/run/secrets/.../token)``) ends at a space like a word, so the file
+#: it reads stays for the credential rules.
 _URI_WORD = (
-    r"(?:[^\s\"'\\,;&{\[+%]"
-    r"|%(?:[13-5789A-Fa-f][0-9A-Fa-f]|0[0-8BCbcEFef]|2[13-69A-Fa-f]|6[1-9A-Fa-f])"
-    r"|%27(?:[^%&]|%(?:[013-9A-Fa-f][0-9A-Fa-f]|2[0-689A-Fa-f]))*(?:%27)?"
-    r"|%22(?:[^%&]|%(?:[013-9A-Fa-f][0-9A-Fa-f]|2[013-9A-Fa-f]))*(?:%22)?"
+    r"(?:[^\s\"'\\,;&{\[+%<>|]"
+    r"|%24%28\s*(?:echo|printf)\b(?:[^%&]|%(?:[013-9A-Fa-f][0-9A-Fa-f]|2[0-8A-Fa-f]))*(?:%29)?"
+    r"|%60\s*(?:echo|printf)\b(?:[^%&]|%(?:[0-57-9A-Fa-f][0-9A-Fa-f]|6[1-9A-Fa-f]))*(?:%60)?"
+    r"|%24%28|%60"
     r"|%28(?:[^%&]|%(?:[013-9A-Fa-f][0-9A-Fa-f]|2[0-8A-Fa-f]))*(?:%29)?"
-    r"|%60(?:[^%&]|%(?:[0-57-9A-Fa-f][0-9A-Fa-f]|6[1-9A-Fa-f]))*(?:%60)?)+"
+    r"|%(?:[14589A-Fa-f][0-9A-Fa-f]|0[0-8BCbcEFef]|2[13-59A-Fa-f]|3[0-9ADFadf]|6[1-9A-Fa-f]"
+    r"|7[0-9ABD-Fabd-f])"
+    r"|%27(?:[^%&]|%(?:[013-9A-Fa-f][0-9A-Fa-f]|2[0-689A-Fa-f]))*(?:%27)?"
+    r"|%22(?:[^%&]|%(?:[013-9A-Fa-f][0-9A-Fa-f]|2[013-9A-Fa-f]))*(?:%22)?)+"
 )
 #: A header's value in a URL-encoded command (``-H "X-Api-Key: k1 k2"``): words and
 #: encoded spaces up to the end of the parameter or an encoded quote.
