@@ -633,6 +633,57 @@ def test_reingest_does_not_quarantine_the_same_bad_line_twice(tmp_path):
     assert stored.height == 1
 
 
+def test_a_large_document_without_events_a_page_cut_before_the_next_and_a_split_number():
+    """Found by review of the streaming reader: a large document holding no ``events``
+    list was dropped without a word (small, it is quarantined); a page cut right before
+    the next one lost that next page; a number cut by a block's end read as two values."""
+    import io
+
+    from detector.sources.files import StreamedMember, _event_batches, iter_concatenated_json
+    from detector.sources.formats import PAGE_START
+
+    def read(text: bytes, chunk: int = 1024) -> tuple[list[str], list[str]]:
+        got, said = [], []
+        for page, doc, _raw, error in iter_concatenated_json(
+            io.BytesIO(text), restart=PAGE_START, chunk_bytes=chunk, stream_member="events"
+        ):
+            if error is not None:
+                said.append(error)
+                continue
+            events = doc if isinstance(doc, StreamedMember) else doc.get("events")
+            if not isinstance(events, (list, StreamedMember)):
+                said.append("no events")
+                continue
+            for batch in _event_batches("f", page, events):
+                got.extend(json.loads(m)["auditID"] for m in batch.lines.to_pylist())
+                said.extend(r[2] for r in batch.rejected)
+        return got, said
+
+    results = json.dumps({"results": [[{"field": "x" * 50}] for _ in range(400)]}).encode()
+    assert len(results) > 4096  # larger than a block: streamed, its other members read whole
+    assert read(results, 4096) == ([], ["not a filter-log-events page (no events list)"])
+
+    events = [make_event(i) for i in range(40)]
+    first = json.dumps(cloudwatch_page(events[:30]))
+    cut = first[: first.index(', {"logStreamName"', len(first) // 2)]  # right after an event
+    second = json.dumps(cloudwatch_page(events[30:], t0=1795000009000))
+    got, said = read((cut + "\n" + second).encode())
+    assert got[-10:] == [e["auditID"] for e in events[30:]] and len(said) == 1
+
+    items = [{"n": i} for i in range(40)]
+    doc = {"events": [*items[:20], 123456, *items[20:]]}
+    text = json.dumps(doc).encode()
+    at = text.index(b"123456") + 3  # the block ends inside the number
+    member_items = []
+    for _n, value, _raw, error in iter_concatenated_json(
+        io.BytesIO(text), restart=PAGE_START, chunk_bytes=at, stream_member="events"
+    ):
+        assert error is None and isinstance(value, StreamedMember)
+        member_items = list(value)
+        assert value.error is None
+    assert member_items == doc["events"]
+
+
 def test_a_quarantine_write_reads_only_the_files_its_lines_may_repeat(tmp_path, monkeypatch):
     """Every quarantine file ever written was read at each write: a follow export of a
     busy stream's other lines slowed and grew with the lake's history (found by review).

@@ -764,7 +764,12 @@ def _event_batches(uri: str, page: int, events: Iterable[Any]) -> Iterator[LineB
             messages, ids, streams, rejected, size = [], [], [], [], 0
     if isinstance(events, StreamedMember) and events.error is not None:
         reason, raw = events.error
-        rejected.append((uri, f"page {page}", f"invalid JSON page: {reason}", raw))
+        said = (
+            f"not a filter-log-events page ({reason})"
+            if reason == f"no {events.member} list"
+            else f"invalid JSON page: {reason}"
+        )
+        rejected.append((uri, f"page {page}", said, raw))
     batch = _messages_batch(uri, messages, ids, streams, None)
     batch.rejected = rejected
     yield batch
@@ -817,12 +822,17 @@ class _JsonCursor:
         fewer than ``limit`` characters are held."""
         while True:
             try:
-                value, self.pos = self.decoder.raw_decode(self.buf, self.pos)
-                return value
+                value, end = self.decoder.raw_decode(self.buf, self.pos)
             except (json.JSONDecodeError, RecursionError):
                 if self.eof or len(self.buf) - self.pos >= limit:
                     raise
                 self.more()
+                continue
+            if end == len(self.buf) and not self.eof and isinstance(value, (int, float)):
+                self.more()  # a number at the end of the text read may go on in the next block
+                continue
+            self.pos = end
+            return value
 
     def expect(self, char: str) -> None:
         if not self.skip_space() or self.buf[self.pos] != char:
@@ -839,6 +849,8 @@ class StreamedMember:
     def __init__(self, cursor: _JsonCursor, member: str) -> None:
         self.cursor, self.member = cursor, member
         self.error: tuple[str, bytes] | None = None
+        #: The object's opening, kept for the quarantine when it turns out to hold no list.
+        self.head = cursor.buf[cursor.pos : cursor.pos + RAW_KEEP].encode()
         self._items = self._read()
 
     def __iter__(self) -> Iterator[Any]:
@@ -846,6 +858,7 @@ class StreamedMember:
 
     def _read(self) -> Iterator[Any]:
         cur, limit = self.cursor, 8 * self.cursor.chunk_bytes
+        found = False
         try:
             cur.expect("{")
             first = True
@@ -854,6 +867,8 @@ class StreamedMember:
                     raise json.JSONDecodeError("the input ends inside the object", cur.buf, cur.pos)
                 if cur.buf[cur.pos] == "}":
                     cur.pos += 1
+                    if not found:  # said as the same shape is when small (found by review)
+                        self.error = (f"no {self.member} list", self.head)
                     return
                 if not first:
                     cur.expect(",")
@@ -865,6 +880,7 @@ class StreamedMember:
                 if name != self.member or cur.buf[cur.pos : cur.pos + 1] != "[":
                     cur.decode(limit)  # another member (nextToken, searchedLogStreams)
                     continue
+                found = True
                 cur.pos += 1
                 item = 0
                 while True:
@@ -880,9 +896,9 @@ class StreamedMember:
                     yield cur.decode(limit)
         except (json.JSONDecodeError, RecursionError) as exc:
             reason = (
-                "JSON nested too deeply"
+                "nested too deeply"
                 if isinstance(exc, RecursionError)
-                else f"invalid JSON ({exc.msg}) after {self.member} read so far"
+                else f"{exc.msg}, after the {self.member} read so far"
             )
             self.error = (reason, cur.buf[cur.pos : cur.pos + RAW_KEEP].encode())
 
@@ -917,8 +933,9 @@ def iter_concatenated_json(
                 yield n, member, b"", None
                 for _ in member:  # what the consumer left unread
                     pass
-                if member.error is not None:  # said by the consumer; resume after it
-                    found = restart.search(cur.buf, cur.pos + 1)
+                if member.error is not None:  # said by the consumer; resume at the next page,
+                    # which may begin right where the damage is (a page cut short)
+                    found = restart.search(cur.buf, cur.pos)
                     cur.pos = found.start() if found else len(cur.buf)
                 continue
             found = restart.search(cur.buf, cur.pos + 1)
