@@ -981,6 +981,11 @@ def test_a_secret_written_where_its_variable_name_goes_is_never_printed(monkeypa
     with pytest.raises(sink_config.SecretMissing) as missing:
         cfg.check_secrets()
     assert "hmacS3cretValue" not in str(missing.value) and "'a'" in str(missing.value)
+    digest = "F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08"
+    (upper,) = sink_config.parse_sinks(
+        [{"name": "a", "type": "webhook", "url": "https://example.com/x", "secret_env": digest}]
+    )
+    assert digest not in upper.describe()  # upper case, but no variable is named so
     monkeypatch.setenv("HOOK_KEY", "x")
     (named,) = sink_config.parse_sinks(
         [{"name": "a", "type": "webhook", "url": "https://example.com/x", "secret_env": "HOOK_KEY"}]

@@ -30,7 +30,7 @@ from factories import audit_message
 from throttle_proxy import FaultProxy
 
 from detector.lake.events import Lake
-from detector.pipeline.export import Exporter, ExportOptions, iso_ms
+from detector.pipeline.export import Exporter, ExportError, ExportOptions, iso_ms
 from detector.ratelimit import (
     RateLimiter,
     Retrier,
@@ -280,7 +280,9 @@ def test_reader_batches_streams_follows_empty_pages_and_filters_client_side():
     assert sum(p.ignored for p in pages) == 2 * 3
 
 
-def test_a_token_that_keeps_coming_back_empty_stops_the_run_instead_of_completing_it():
+def test_a_token_that_keeps_coming_back_empty_stops_the_run_instead_of_completing_it(
+    tmp_path,
+):
     """The same nextToken with no events three times ended the window quietly, as if read
     whole, and the checkpoint moved past what the token still held (found by review). It
     is now an error; the window stays unread. (A stub client: no server can be made to
@@ -294,6 +296,23 @@ def test_a_token_that_keeps_coming_back_empty_stops_the_run_instead_of_completin
     reader = LogsReader(Stuck(), "/aws/eks/x/cluster", retrier=Retrier())
     with pytest.raises(PaginationStuck, match="same nextToken"):
         list(reader.pages(["kube-apiserver-audit-1"], 0, 50))
+
+    # Following, the window is read again on the next pass; a batch run says so (exit 3).
+    class StuckLogs(Stuck):
+        meta = type("Meta", (), {"region_name": "us-east-1"})()
+
+        def describe_log_streams(self, **kwargs):
+            return {"logStreams": [{"logStreamName": "kube-apiserver-audit-1"}]}
+
+    options = ExportOptions(log_group="/aws/eks/x/cluster", cluster="x", rate=0)
+    since = datetime.now(UTC) - timedelta(hours=1)
+    following = Exporter(str(tmp_path / "lake"), options, client=StuckLogs())
+    following.start(since=since, follow=True)
+    assert following.run_pass() is True  # still following
+    following.finish()
+    batch = Exporter(str(tmp_path / "lake2"), options, client=StuckLogs())
+    with pytest.raises(ExportError, match="same nextToken"):
+        batch.run(since=since)
 
 
 # ----------------------------------------------------------------------------- batch export

@@ -254,11 +254,12 @@ _CONVENTIONAL_ENV = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
 def shown_env(name: str) -> str:
     """A ``*_env`` option's variable name as messages and ``config show`` print it.
 
-    A name that is not UPPER_CASE may be the secret itself, written in the wrong key
-    (``secret_env = "hmac..."``, found by review): it is described, never printed.
+    A name that is not UPPER_CASE, or a long one without ``_`` (an upper-case hex digest),
+    may be the secret itself, written in the wrong key (``secret_env = "hmac..."``, found
+    by review): it is described, never printed.
     """
-    if _CONVENTIONAL_ENV.fullmatch(name):
-        return name
+    if _CONVENTIONAL_ENV.fullmatch(name) and ("_" in name or len(name) <= 16):
+        return name  # SLACK_HOOK_URL; not an upper-case key or hex digest without a "_"
     return "<a name not in UPPER_CASE, not shown: is the secret itself written there?>"
 
 

@@ -666,6 +666,13 @@ class Exporter:
                     return False
         except RetryAborted:
             return False  # stopping during an outage: the chunk stays unfinished
+        except PaginationStuck as exc:
+            if not self.follow:
+                raise  # a batch run says so (exit 3); the window stays unread
+            # A following run reads the window again on its next pass (it ended the
+            # export with exit 3; found by review).
+            log.warning("%s; reading it again on the next pass", exc)
+            return False
         return not self.stop.is_set()
 
     def _take(self, page: Page, remember_from: int) -> None:
