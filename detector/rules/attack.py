@@ -13,6 +13,7 @@ from __future__ import annotations
 #: ATT&CK technique and sub-technique names by id.
 TECHNIQUES: dict[str, str] = {
     "T1005": "Data from Local System",
+    "T1027": "Obfuscated Files or Information",
     "T1036": "Masquerading",
     "T1036.005": "Match Legitimate Resource Name or Location",
     "T1053": "Scheduled Task/Job",
