@@ -343,6 +343,14 @@ def test_hour_rarity_and_relative_volume():
     usual = one(F.finish_features(windows_of([ev(1), ev(2, verb="list")]), baseline))
     assert usual["hour_rarity"] == 0.0
     assert usual["requests_vs_usual"] == 1.0
+    # A principal with no baseline has no usual hours, whether or not it was seen an hour
+    # before: its hour_rarity was null (scored as 0) when it was in the recent memory, so
+    # one 2-hour run flagged a window that two 1-hour runs did not (found by review).
+    stranger = [ev(1, user="system:serviceaccount:shop:stranger")]
+    recent = F.seen_values(windows_of([ev(9, t=-3600, user="system:serviceaccount:shop:stranger")]))
+    for memory in (None, recent):
+        row = one(F.finish_features(windows_of(stranger), baseline, recent=memory))
+        assert row["hour_rarity"] == 1.0, memory
 
 
 def test_action_rarity_is_relative_to_the_principal_kind():
@@ -368,6 +376,13 @@ def test_action_rarity_is_relative_to_the_principal_kind():
     assert f["rare_action"] == pytest.approx(1.0)  # -log10((0 + 1) / (9 windows + 1))
     routine = one(F.finish_features(windows_of([mint | {"user": ev(3)["user"]}]), baseline))
     assert routine["rare_action"] < 0.5  # the service account mints tokens every day
+    # The reason says "never", not the smoothing's "about 1 in 10" (found by review).
+    from detector.model.explain import sentence
+
+    assert (f["rare_action_seen"], routine["rare_action_seen"]) == (0, 3)
+    item = {"name": "rare_action", "value": f["rare_action"], "detail": "x", "seen": 0}
+    assert sentence(item).endswith("no principal of its kind made it in the baseline")
+    assert "make it in 10% of their windows" in sentence(item | {"seen": 1})
 
 
 def test_surprise_is_high_for_what_nobody_did_and_low_for_the_routine():
@@ -459,3 +474,26 @@ def test_windows_of_a_frame_read_once_match_the_chunked_lake_read(tmp_path):
     cols = ["principal", "window_start", "requests", "reads"]
     assert got.height == want.height > 20
     assert got.select(cols).equals(want.select(cols))
+
+
+def test_a_cold_start_reason_compares_a_window_with_the_principal_s_other_folds():
+    """Fitted on the scored range (cold start), the baseline holds the flagged window
+    itself: "was denied 36 times; usual for this principal: 36" (found by review). The
+    usual is the median of the principal's windows in the other folds, and a principal
+    seen in no other fold has no history."""
+    from detector.features.surprise import tail_counts
+    from detector.model.explain import explain
+
+    day = timedelta(days=1)
+    quiet = [ev(i, t=-86_400 + 700 * i, code=200) for i in range(1, 4)]  # yesterday: 1 each
+    denied = [ev(100 + i, t=i, code=403, decision="forbid") for i in range(36)]
+    stranger = [ev(200 + i, t=i, user="system:serviceaccount:shop:new") for i in range(5)]
+    windows = windows_of(quiet + denied + stranger)
+    baseline, feats = F.fit_baseline(windows, fold=day)  # what a cold start fits
+    flagged = feats.filter(pl.col("window_start") == T0.replace(minute=0))
+    tails = tail_counts(feats, fold=day)
+    items = explain(flagged, baseline, loo_fold=day, fold_tails=tails, fitted=feats)
+    by_principal = dict(zip(flagged["principal"], items, strict=True))
+    cart = {i["name"]: i for i in by_principal[SA]}
+    assert cart["denied"]["known"] and cart["denied"]["baseline"] == 0.0  # not 36
+    assert not any(i["known"] for i in by_principal["system:serviceaccount:shop:new"])

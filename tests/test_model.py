@@ -750,8 +750,8 @@ def test_named_new_values_are_capped_in_count_and_length():
     from detector.model.explain import _detail
 
     huge = "a" + "x" * 10_000
-    ctx = {"cluster": "c", "principal": "p", "_user_agents": [huge, "b", "c", "d", "usual/1"]}
-    text = _detail("new_user_agents", ctx, {("c", "p", "user_agent"): ["usual/1"]})
+    ctx = {"cluster": "c", "principal": "p", "_new_user_agents": [huge, "b", "c", "d"]}
+    text = _detail("new_user_agents", ctx, {("c", "p", "user_agents"): ["usual/1"]})
     assert text is not None and len(text) < 400
     assert text.startswith("new: axxx") and ", b, c ...; usual: usual/1" in text
 

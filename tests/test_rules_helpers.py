@@ -219,6 +219,14 @@ def role(kind: str, resources: list[str], verbs: list[str], name: str = "r"):
     }
 
 
+def addresses(column: list[str | None]) -> pl.DataFrame:
+    """``source_ip`` and the ``source_ips`` it was the first of, as normalization gives."""
+    return pl.DataFrame(
+        {"source_ip": column, "source_ips": [[a] if a is not None else None for a in column]},
+        schema={"source_ip": pl.String, "source_ips": pl.List(pl.String)},
+    )
+
+
 def test_addresses_keep_their_answers_across_chunks_and_past_the_memory_bound(monkeypatch):
     """source_in remembers each address's answer between the chunks polars hands it (a
     range read file by file) and starts over past KNOWN_ADDRESSES: every row's answer is
@@ -233,7 +241,7 @@ def test_addresses_keep_their_answers_across_chunks_and_past_the_memory_bound(mo
         ["10.0.0.1", "172.16.5.4", "1.1.1.1"],  # one known, two new: past the bound
         ["8.8.8.8", "192.168.1.1", "not-an-address", "10.0.0.1"],
     ]
-    frame = pl.concat([pl.DataFrame({"source_ip": c}) for c in chunks], rechunk=False)
+    frame = pl.concat([addresses(c) for c in chunks], rechunk=False)
     assert frame["source_ip"].n_chunks() == 3
     got = frame.select(iplists.source_in("non_public")).to_series().to_list()
 
@@ -283,6 +291,6 @@ def test_hostile_source_addresses_are_answered_none_and_the_rest_still_right():
 
     huge = "9" * 1_000_000
     chunks = [[huge, "10.1.2.3", None], ["10.1.2.3 " + "x" * 100, "8.8.8.8", huge]]
-    frame = pl.concat([pl.DataFrame({"source_ip": c}) for c in chunks], rechunk=False)
+    frame = pl.concat([addresses(c) for c in chunks], rechunk=False)
     got = frame.select(iplists.source_in("non_public")).to_series().to_list()
     assert got == [None, True, None, None, False, None]

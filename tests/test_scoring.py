@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -74,6 +75,16 @@ def test_score_finds_the_stolen_token_and_files_findings_with_their_events(sim_l
         if ("source IP" in r or "user agent" in r) and "never seen" in r
     ]
     assert named and all("(new: " in r for r in named), named
+    # ... and truly: the values named new are the ones counted, none of them usual (the
+    # usual ones were looked up under another name: every value was "new", none usual)
+    for reason in named:
+        count = int(re.search(r"(\d+) (?:source IP|user agent)s? never seen", reason)[1])
+        listed = reason.split("(new: ", 1)[1].split(")")[0]
+        new, _, usual = listed.partition("; usual: ")
+        new_values = new.removesuffix(" ...").split(", ")
+        assert len(new_values) == min(count, 3), reason
+        assert not set(new_values) & set(usual.removesuffix(" ...").split(", ")), reason
+    assert any("; usual: " in r for r in named), named
     # every finding has reasons, and its events are in findings_events with its id
     assert all(1 <= len(r) <= 5 for r in found["reasons"].to_list())
     listed = store.list_findings(lake, since=CUT)

@@ -457,7 +457,7 @@ def findings_from_scores(
     severities = model.severity(flagged_scores)
     fold_tails = tail_counts(feats, fold=loo_fold) if loo_fold is not None else None
     explanations = explain_mod.explain(
-        rows, model.baseline, loo_fold=loo_fold, fold_tails=fold_tails
+        rows, model.baseline, loo_fold=loo_fold, fold_tails=fold_tails, fitted=feats
     )
     reasons = [[explain_mod.sentence(i) for i in items] for items in explanations]
     titles = [explain_mod.title(items) for items in explanations]

@@ -171,7 +171,18 @@ RELATIVE_BASES = tuple(base for _, base in RELATIVE)
 #: explanations that name new values next to usual ones).
 ID_COLUMNS = ("cluster", "principal", "principal_kind", "window_start", "window_end")
 #: ``parent``: the principal's IAM role (sessions of one role share it) or else its kind.
-DETAIL_COLUMNS = ("parent", "rare_action_name", "_source_ips", "_user_agents")
+#: Columns beside the features that explanations read: the new source addresses and user
+#: agents are the values ``new_source_ips`` / ``new_user_agents`` counted (neither in the
+#: baseline nor recent, in their first window), so a reason names what was counted.
+NAMED_NOVELTY = {"new_source_ips": "_source_ips", "new_user_agents": "_user_agents"}
+DETAIL_COLUMNS = (
+    "parent",
+    "rare_action_name",
+    "rare_action_seen",  # in how many baseline windows its principals' kind made it
+    "_source_ips",
+    "_user_agents",
+    *(f"_{name}" for name in NAMED_NOVELTY),
+)
 
 
 #: The forest sees one input per family: the surprise of the family's most surprising feature.

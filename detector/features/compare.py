@@ -17,6 +17,7 @@ from detector.features.catalogue import (
     FEATURES,
     ID_COLUMNS,
     KEYS,
+    NAMED_NOVELTY,
     RELATIVE,
     RELATIVE_BASES,
 )
@@ -35,6 +36,7 @@ def _rarest(rare: pl.DataFrame) -> pl.DataFrame:
         .agg(
             pl.col("_r").first().alias("rare_action"),
             pl.col("value").first().alias("rare_action_name"),
+            pl.col("_at").fill_null(0).first().cast(pl.UInt32).alias("rare_action_seen"),
         )
     )
 
@@ -65,12 +67,13 @@ def finish_features(
     seen = baseline.seen if recent is None else pl.concat([baseline.seen, recent])
     for col, new_name, _ in DIMENSIONS:
         known = seen.filter(pl.col("dimension") == col.lstrip("_")).select(*pkeys, "value")
+        named = [pl.col("value").sort().alias(f"_{new_name}")] if new_name in NAMED_NOVELTY else []
         new = (
             exploded(windows, col)
             .join(known, on=[*pkeys, "value"], how="anti")
             .filter(pl.col("window_start") == pl.col("window_start").min().over(*pkeys, "value"))
             .group_by(keys)
-            .agg(pl.len().cast(pl.UInt32).alias(new_name))
+            .agg(pl.len().cast(pl.UInt32).alias(new_name), *named)
         )
         out = out.join(new, on=keys, how="left").with_columns(pl.col(new_name).fill_null(0))
     # Rarity of the window's rarest action among baseline windows of the same principal kind.
@@ -114,7 +117,13 @@ def finish_features(
     ]
     out = out.with_columns(
         first.cast(pl.UInt32).alias("first_seen_principal"),
-        pl.when(known).then((1.0 - share).clip(0.0, 1.0)).otherwise(1.0).alias("hour_rarity"),
+        # by the baseline's hours alone: a principal known only from the recent memory has
+        # none, and its null share made the feature 0 in one cut of a range and 1 in
+        # another (found by review)
+        pl.when(pl.col("windows").is_not_null())
+        .then((1.0 - share).clip(0.0, 1.0))
+        .otherwise(1.0)
+        .alias("hour_rarity"),
         pl.col("rare_action").fill_null(0.0),
         *relative,
     )
