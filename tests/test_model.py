@@ -208,12 +208,9 @@ def test_a_forest_file_that_is_no_forest_is_a_model_error_not_a_crash(tmp_path, 
 def test_a_baseline_column_of_the_wrong_type_is_refused(tmp_path, trained):
     """Only the columns' names were checked: an action column of numbers failed deep in
     scoring with a multi-line polars error."""
-    d = _saved(tmp_path, trained)
-    table = next(d.glob("baseline-*-actions.parquet"))
-    bad = pl.read_parquet(table).with_columns(pl.col("action").cast(pl.Categorical).to_physical())
-    buf = io.BytesIO()
-    bad.write_parquet(buf)
-    _resigned(d, table.name, buf.getvalue())
+    actions = trained.baseline.actions
+    bad = actions.with_columns(pl.col("action").cast(pl.Categorical).to_physical())
+    d = _saved(tmp_path, _with_table(trained, actions=bad))  # saved so: its digests agree
     with pytest.raises(ModelError, match="action of the wrong type"):
         Model.load(str(d))
 
@@ -733,16 +730,35 @@ def test_attack_mapping_comes_from_the_strongest_mapped_feature():
 
 
 def test_a_baseline_table_without_its_columns_is_refused(tmp_path, trained):
-    import hashlib
-
-    d = _saved(tmp_path, trained)
-    table = next(d.glob("baseline-*-seen.parquet"))
-    pl.DataFrame({"x": [1]}).write_parquet(table)
-    card = _card(d)
-    card["files"][table.name] = hashlib.sha256(table.read_bytes()).hexdigest()
-    (d / CARD_NAME).write_text(json.dumps(card))
+    d = _saved(tmp_path, _with_table(trained, seen=pl.DataFrame({"x": [1]})))
     with pytest.raises(ModelError, match=r"seen .* lacks cluster"):
         Model.load(str(d))
+
+
+def test_a_baseline_table_rewritten_with_its_digest_in_the_card_is_refused(tmp_path, trained):
+    """A table edited (a principal's counts raised until its findings vanish) and its new
+    sha256 put in the card loaded silently, under the same version (found by review): the
+    tables' digests are recorded inside the forest file, which the card cannot change."""
+    d = _saved(tmp_path, trained)
+    table = next(d.glob("baseline-*-seen.parquet"))
+    edited = pl.concat([pl.read_parquet(table), pl.read_parquet(table).head(1)])
+    buf = io.BytesIO()
+    edited.write_parquet(buf)
+    _resigned(d, table.name, buf.getvalue())
+    with pytest.raises(ModelError, match=r"seen .* is not the one the model was trained with"):
+        Model.load(str(d))
+    card = _card(d)
+    card["baseline"]["sha256"]["seen"] = card["files"][table.name]  # the record says otherwise
+    (d / CARD_NAME).write_text(json.dumps(card))
+    with pytest.raises(ModelError, match=r"baseline\.sha256\.seen changed"):
+        Model.load(str(d))
+
+
+def _with_table(model: Model, **tables: pl.DataFrame) -> Model:
+    """``model`` with some baseline tables replaced, as a training that made them would."""
+    import dataclasses
+
+    return dataclasses.replace(model, baseline=dataclasses.replace(model.baseline, **tables))
 
 
 def test_named_new_values_are_capped_in_count_and_length():

@@ -243,9 +243,12 @@ class Model:
             "data_fingerprint": self.fingerprint,
             "libraries": library_versions(),
         }
+        tables = {name: _parquet(getattr(self.baseline, name)) for name in BASELINE_TABLES}
+        # The tables' digests are in the record too: the card's own digests of them could
+        # be rewritten with a table (found by review), the record only with the forest file.
+        card["baseline"]["sha256"] = {name: _sha256(data) for name, data in tables.items()}
         card = json.loads(json.dumps(card))  # as a reader will see it (tuples become lists...)
         blob = self.scorer.trees_bytes(record=card_record(card))
-        tables = {name: _parquet(getattr(self.baseline, name)) for name in BASELINE_TABLES}
         version = _sha256(blob + b"".join(tables.values()))[:16]
         files = {f"model-{version}.npz": blob}
         files.update({f"baseline-{version}-{name}.parquet": data for name, data in tables.items()})
@@ -320,6 +323,13 @@ class Model:
         except ForestFileError as exc:
             raise ModelError(f"{exc} in {model_dir}; retrain with `detect train`") from None
         check_record(card, record, forest_name, model_dir)
+        for name, digest in (card["baseline"].get("sha256") or {}).items():
+            held = blobs.get(card["baseline"]["files"].get(name, ""))
+            if held is None or _sha256(held) != digest:
+                raise ModelError(
+                    f"model baseline table {name} in {model_dir} is not the one the model was "
+                    "trained with (edited since); refusing to load it: retrain with `detect train`"
+                )
         if forest.n_features != len(MODEL_INPUTS):
             raise ModelError(
                 f"model in {model_dir} scores {forest.n_features} inputs, this version "
@@ -478,6 +488,12 @@ def check_card(card: Any, model_dir: str) -> None:
             raise bad(f"baseline table {name} is not one of the files it lists")
         if base["files"][name] != f"baseline-{version}-{name}.parquet":
             raise bad(f"baseline table {name} is read from another table's file")
+    digests = base.get("sha256", {})  # recorded since 2026-12-02; older cards have none
+    if not isinstance(digests, dict) or not all(
+        name in BASELINE_TABLES and isinstance(d, str) and _SHA256.match(d)
+        for name, d in digests.items()
+    ):
+        raise bad("baseline sha256 is not an object of 64-hex-digit digests of its tables")
     population = base.get("population")
     if not isinstance(population, list) or not all(
         isinstance(r, dict)
