@@ -893,6 +893,16 @@ def test_helm_listing_its_releases_is_not_a_secrets_dump(ruleset):
     assert fired(ruleset, rule, helm_list("Helm/3.16.2", "owner%3Dhelm&labelSelector=")) == 0
 
 
+def test_another_api_group_s_secrets_are_not_kubernetes_secrets(ruleset):
+    """AWS Controllers for Kubernetes name Secrets Manager entries ``secrets`` in their own
+    group: listing them all was a cluster-wide secrets dump (found by review)."""
+    group = "secretsmanager.services.k8s.aws"
+    ack = ev("list", "secrets", uri=f"/apis/{group}/v1alpha1/secrets", user=iam(), group=group)
+    core = ev("list", "secrets", uri="/api/v1/secrets", user=iam())
+    assert fired(ruleset, "secrets-listed-cluster-wide", ack) == 0
+    assert fired(ruleset, "secrets-listed-cluster-wide", core) == 1
+
+
 @pytest.mark.parametrize(
     ("ns", "who", "fires"),
     [
