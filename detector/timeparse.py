@@ -102,3 +102,13 @@ def parse_range(
     start = parse_instant(since, now=now)
     end = parse_instant(until, now=now) if until else now
     return check_range(start, end)
+
+
+def humanize(window: timedelta) -> str:
+    """``10 minutes``, ``1 hour``, ``90 seconds``: for sentences analysts read."""
+    seconds = int(window.total_seconds())
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds % size == 0 and seconds >= size:
+            n = seconds // size
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return f"{seconds} seconds"

@@ -79,6 +79,7 @@ from detector.sources.cloudwatch import (
 )
 from detector.sources.files import LineBatch, merge_batches
 from detector.storage import StorageError
+from detector.timeparse import humanize
 
 log = logging.getLogger(__name__)
 
@@ -275,11 +276,6 @@ def _check_not_future(since: datetime | None, until: datetime | None, *, now: fl
                 f"{flag} {value:%Y-%m-%dT%H:%M:%SZ} is in the future: nothing there can be "
                 f"exported yet{hint}"
             )
-
-
-def _duration(span: timedelta) -> str:
-    seconds = int(span.total_seconds())
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 # --------------------------------------------------------------------------- exporting
@@ -641,7 +637,7 @@ class Exporter:
                 "--until %s is within --latency %s of now: waiting %.0fs for CloudWatch to "
                 "deliver up to it, then reading the rest (a stop keeps what was read)",
                 iso_ms(self.until_ms),
-                _duration(self.opts.latency),
+                humanize(self.opts.latency),
                 max(0.0, closes),
             )
         return True

@@ -18,6 +18,7 @@ import polars as pl
 from detector.events.identity import UNVERIFIED
 from detector.rules.condition import DERIVED_FIELDS, resolve_field
 from detector.rules.loader import Rule
+from detector.timeparse import humanize
 
 #: Resources that live outside namespaces: a list of them is not "in all namespaces".
 CLUSTER_SCOPED = [
@@ -87,16 +88,6 @@ _KINDS = {
     "persistentvolumeclaims": "PersistentVolumeClaim",
     "customresourcedefinitions": "CustomResourceDefinition",
 }
-
-
-def humanize(window: timedelta) -> str:
-    """``10 minutes``, ``1 hour``, ``90 seconds``: for sentences analysts read."""
-    seconds = int(window.total_seconds())
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if seconds % size == 0 and seconds >= size:
-            n = seconds // size
-            return f"{n} {unit}{'s' if n != 1 else ''}"
-    return f"{seconds} seconds"
 
 
 def who() -> pl.Expr:
