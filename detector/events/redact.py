@@ -166,32 +166,43 @@ _LINE_END = (
 _GAP = r"(?:[^\S\r\n]|\\+t|\\+u(?:00[aA]0|3000)|\+|%20|%09)"
 
 
+def _encoded_up_to(closing: str) -> str:
+    """One character of URL-encoded text that is not the escape ``closing`` (``27`` for
+    ``%27``) nor ``&`` (the end of the parameter): a plain one, or another ``%XX``."""
+    hi, lo = closing
+    others = "".join(c for c in "0123456789ABCDEF" if c != lo) + "".join(
+        c.lower() for c in "ABCDEF" if c != lo.upper()
+    )
+    firsts = "".join(c for c in "0123456789ABCDEFabcdef" if c.upper() != hi)
+    return rf"(?:[^%&]|%(?:[{firsts}][0-9A-Fa-f]|{hi}[{others}]))"
+
+
 #: A word of a URL-encoded value, as a shell reads one: it ends at an encoded space (``+``,
-#: ``%20``) outside quotes, and takes whole what is in encoded quotes (``%27..%27``,
-#: ``%22..%22``) and parentheses, and at a shell operator (``<``, ``>``, ``|``, ``;``,
-#: ``&``); ``%XX`` escapes of anything else belong to it. A
-#: command substitution is the output of a command, which holds a credential literally
-#: only when it prints one (``$(echo S3CRET | base64 -d)``): that one goes whole; any other
-#: (``TOKEN=$(cat /var/run/secrets/.../token)``) ends at a space like a word, so the file
-#: it reads stays for the credential rules.
+#: ``%20``) or a shell operator (``<``, ``>``, ``|``, ``;``, ``&``) outside quotes, and
+#: takes whole what is in encoded quotes (``%27..%27``, ``%22..%22``) and parentheses;
+#: ``%XX`` escapes of anything else belong to it. A command substitution is the output of
+#: a command, which holds a credential literally only when it prints one (``$(echo S3CRET
+#: | base64 -d)``): that one goes whole; any other (``TOKEN=$(cat
+#: /var/run/secrets/.../token)``) ends at a space like a word, so the file it reads stays
+#: for the credential rules.
 _URI_WORD = (
     r"(?:[^\s\"'\\,;&{\[+%<>|]"
-    r"|%24%28\s*(?:echo|printf)\b(?:[^%&]|%(?:[013-9A-Fa-f][0-9A-Fa-f]|2[0-8A-Fa-f]))*(?:%29)?"
-    r"|%60\s*(?:echo|printf)\b(?:[^%&]|%(?:[0-57-9A-Fa-f][0-9A-Fa-f]|6[1-9A-Fa-f]))*(?:%60)?"
+    rf"|%24%28\s*(?:echo|printf)\b{_encoded_up_to('29')}*(?:%29)?"
+    rf"|%60\s*(?:echo|printf)\b{_encoded_up_to('60')}*(?:%60)?"
     r"|%24%28|%60"
-    r"|%28(?:[^%&]|%(?:[013-9A-Fa-f][0-9A-Fa-f]|2[0-8A-Fa-f]))*(?:%29)?"
+    rf"|%28{_encoded_up_to('29')}*(?:%29)?"
     r"|%(?:[14589A-Fa-f][0-9A-Fa-f]|0[0-8BCbcEFef]|2[13-59A-Fa-f]|3[0-9ADFadf]|6[1-9A-Fa-f]"
     r"|7[0-9ABD-Fabd-f])"
-    r"|%27(?:[^%&]|%(?:[013-9A-Fa-f][0-9A-Fa-f]|2[0-689A-Fa-f]))*(?:%27)?"
-    r"|%22(?:[^%&]|%(?:[013-9A-Fa-f][0-9A-Fa-f]|2[013-9A-Fa-f]))*(?:%22)?)+"
+    rf"|%27{_encoded_up_to('27')}*(?:%27)?"
+    rf"|%22{_encoded_up_to('22')}*(?:%22)?)+"
 )
 #: A header's value in a URL-encoded command (``-H "X-Api-Key: k1 k2"``): words and
 #: encoded spaces up to the end of the parameter or an encoded quote.
 _URI_HEADER_VALUE = r"(?:[^\s\"'\\&%]|%(?:[013-9A-Fa-f][0-9A-Fa-f]|2[013-689A-Fa-f]))+"
 #: A value in URL-encoded quotes (``%27p w%27``), possibly cut.
 _URI_QUOTED = [
-    r"(%27)(?:[^%&]|%(?:[013-9A-Fa-f][0-9A-Fa-f]|2[0-689A-Fa-f]))+(?:%27)?",
-    r"(%22)(?:[^%&]|%(?:[013-9A-Fa-f][0-9A-Fa-f]|2[013-9A-Fa-f]))+(?:%22)?",
+    rf"(%27){_encoded_up_to('27')}+(?:%27)?",
+    rf"(%22){_encoded_up_to('22')}+(?:%22)?",
 ]
 
 
