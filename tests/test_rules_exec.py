@@ -9,6 +9,8 @@ health checks, a download saved to a file.
 
 from __future__ import annotations
 
+from urllib.parse import unquote_plus
+
 import pytest
 from test_rules_helpers import exec_ev
 
@@ -240,8 +242,13 @@ def test_a_rule_counting_request_received_alone_still_sees_it(tmp_path):
             "eks-pod-identity-token)",
             "http://169.254.170.23/v1/credentials",
         ],
+        # a Bearer header in quotes before the address (found by review of the day's fix)
+        shell(
+            'curl -H "Authorization: Bearer abc123xyz" '
+            "http://169.254.169.254/latest/meta-data/iam/security-credentials/"
+        ),
     ],
-    ids=["imdsv2", "pod-identity"],
+    ids=["imdsv2", "pod-identity", "bearer-header"],
 )
 def test_a_credential_fetch_stays_visible_after_redaction(ruleset, command):
     """A credential-named assignment in an exec command (``TOKEN=$(curl ...)``) was
@@ -249,5 +256,9 @@ def test_a_credential_fetch_stays_visible_after_redaction(ruleset, command):
     the rule never saw it (found by review). Redaction in a URI ends at an encoded space:
     what is assigned goes, the rest of the command stays."""
     frame = events_from_dicts([exec_ev(command)], cluster="t")
-    assert "169.254.1" in frame["request_uri"][0]
+    uri = frame["request_uri"][0]
+    assert "169.254.1" in uri and "abc123xyz" not in uri
+    assert "$TOKEN" not in unquote_plus(uri)  # the header's value, whatever it is, goes
+    if "TOKEN=" in command[-1]:  # a substitution that prints nothing literal stays whole
+        assert "TOKEN=$(curl -X PUT" in unquote_plus(uri)
     assert evaluate_rules(frame, ruleset.only("exec-credential-read")).findings.height == 1

@@ -183,15 +183,16 @@ def _encoded_up_to(closing: str) -> str:
 #: ``%XX`` escapes of anything else belong to it. A command substitution is the output of
 #: a command, which holds a credential literally only when it prints one (``$(echo S3CRET
 #: | base64 -d)``): that one goes whole; any other (``TOKEN=$(cat
-#: /var/run/secrets/.../token)``) ends at a space like a word, so the file it reads stays
-#: for the credential rules.
+#: /var/run/secrets/.../token)``, ``$(curl ...)``) is no value to redact and is kept whole,
+#: so the command reads as written and the credential rules see what it reads.
 _URI_WORD = (
     r"(?:[^\s\"'\\,;&{\[+%<>|]"
     rf"|%24%28\s*(?:echo|printf)\b{_encoded_up_to('29')}*(?:%29)?"
     rf"|%60\s*(?:echo|printf)\b{_encoded_up_to('60')}*(?:%60)?"
-    r"|%24%28|%60"
+    r"|%24(?:[A-Za-z0-9_]|%7[Bb])"
+    rf"|%24%27{_encoded_up_to('27')}*(?:%27)?|%24%22{_encoded_up_to('22')}*(?:%22)?"
     rf"|%28{_encoded_up_to('29')}*(?:%29)?"
-    r"|%(?:[14589A-Fa-f][0-9A-Fa-f]|0[0-8BCbcEFef]|2[13-59A-Fa-f]|3[0-9ADFadf]|6[1-9A-Fa-f]"
+    r"|%(?:[14589A-Fa-f][0-9A-Fa-f]|0[0-8BCbcEFef]|2[1359A-Fa-f]|3[0-9ADFadf]|6[1-9A-Fa-f]"
     r"|7[0-9ABD-Fabd-f])"
     rf"|%27{_encoded_up_to('27')}*(?:%27)?"
     rf"|%22{_encoded_up_to('22')}*(?:%22)?)+"
@@ -265,14 +266,17 @@ def _assigned(
     return Pattern(name, regex + ")", before + REDACTED + after)
 
 
-def _auth_header(*, raw_quotes: bool, names: bool = False) -> Pattern:
+def _auth_header(*, raw_quotes: bool, names: bool = False, uri: bool = False) -> Pattern:
     """``Authorization: <scheme> <credentials>``, any scheme: all after the scheme word to
     the end of the header value (a line break, written or escaped, ``&`` in a URL, or the
     quote that ends the enclosing string). A quote right after ``=`` opens a parameter
     (``Digest username="u", response="..."``) and is taken with its closing quote.
     Not ``authorization.k8s.io/...`` (no ``:`` after the word) nor "RBAC: allowed by".
     ``Cookie:`` and ``Set-Cookie:`` the same way, all of their value (every cookie); in
-    names (``names``), where ``:`` separates parts, only with a space after the ``:``.
+    names (``names``), where ``:`` separates parts, only with a space after the ``:``. In
+    a URL (``uri``), the value also ends at an encoded quote (``%22``, ``%27``): in
+    ``sh -c 'curl -H "Authorization: Bearer x" http://169.254.169.254/...'`` the rest of
+    the command went with it, and the credential rules saw nothing (found by review).
     """
     param = (
         r'\\"(?:' + _ESC_FIRST + _ESC_CHAR + r'*(?:\\")?|\\")'
@@ -287,7 +291,11 @@ def _auth_header(*, raw_quotes: bool, names: bool = False) -> Pattern:
         + f"[A-Za-z][A-Za-z0-9_.\\-]*{_HSPACE}+"
         + f"|(?:set-)?cookie{_HSPACE}*{_ASSIGN}{_HSPACE}{'+' if names else '*'}))"
         + f"(?:={_HSPACE}*(?:{param})|"
-        + r"""[^"'\\&\r\n=]|=|\\+[^"'\\nr])+""",
+        + (
+            r"""[^"'\\&\r\n=%]|=|\\+[^"'\\nr]|%(?:[013-9A-Fa-f][0-9A-Fa-f]|2[013-689A-Fa-f]))+"""
+            if uri
+            else r"""[^"'\\&\r\n=]|=|\\+[^"'\\nr])+"""
+        ),
         "${1}" + REDACTED,
     )
 
@@ -295,6 +303,16 @@ def _auth_header(*, raw_quotes: bool, names: bool = False) -> Pattern:
 _BEARER = Pattern(
     "Bearer or Basic credential (whole token, including any $ or punctuation)",
     "(?i)" + _BOUNDARY + f"(bearer|basic){_SPACE}+" + r"[^\s\"'\\,;&]{8,}",
+    "${1} " + REDACTED,
+)
+#: The same in a URL, where a token ends at an encoded space or quote too.
+_URI_BEARER = Pattern(
+    "Bearer or Basic credential in a URL-encoded command",
+    "(?i)"
+    + _BOUNDARY
+    + f"(bearer|basic){_SPACE}+"
+    + r"(?:[^\s\"'\\,;&%+]|%(?:[013-9A-Fa-f][0-9A-Fa-f]|2[13-689A-Fa-f]))"
+    + "{8,}",
     "${1} " + REDACTED,
 )
 _JWT = Pattern(
@@ -400,7 +418,7 @@ def _free_text(*, raw_quotes: bool, uri: bool = False) -> tuple[Pattern, ...]:
         # Before the name patterns: a PEM key in a credential-named value
         # (``private_key: -----BEGIN ...``) would otherwise lose only its first word.
         _PEM,
-        _auth_header(raw_quotes=raw_quotes),
+        _auth_header(raw_quotes=raw_quotes, uri=uri),
         *(
             (
                 _assigned(
@@ -424,7 +442,7 @@ def _free_text(*, raw_quotes: bool, uri: bool = False) -> tuple[Pattern, ...]:
                 ),
             )
         ),
-        _BEARER,
+        _URI_BEARER if uri else _BEARER,
         _JWT,
         _TOKEN_FORMAT,
         _QUERY_PARAM,
