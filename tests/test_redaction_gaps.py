@@ -711,6 +711,9 @@ def test_in_an_exec_uri_what_is_assigned_goes_and_the_rest_of_the_command_stays(
         # a header's value to its end; a URL's password
         event(8, "create", "pods", requestURI=uri("curl", "-H", f"X-Api-Key: k {mark(88)}")),
         event(9, "create", "pods", requestURI=uri("curl", f"https://u:{mark(89)}@host/x")),
+        # curl's user:password flag, as its own argument and inside a shell line
+        event(10, "create", "pods", requestURI=uri("curl", "-u", f"admin:{mark(90)}", "x")),
+        event(11, "create", "pods", requestURI=uri("sh", "-c", f"curl --user=a:{mark(91)} x")),
     )
     assert markers(all_strings(df)) == set()
     assert all(text.endswith("&container=app") for text in df["request_uri"])
@@ -718,6 +721,9 @@ def test_in_an_exec_uri_what_is_assigned_goes_and_the_rest_of_the_command_stays(
     # (a stolen token's path is what exec-credential-read looks for)
     read = ingest(event(1, "create", "pods", requestURI=uri("sh", "-c", "T=$(</run/secrets/t); x")))
     assert "%2Frun%2Fsecrets%2Ft" in read["request_uri"][0]
+    # and a -u of another command, or a time format, is no user:password
+    kept = ingest(event(1, "create", "pods", requestURI=uri("sh", "-c", "date -u +%H:%M")))
+    assert "%25H%3A%25M" in kept["request_uri"][0]
     assert "psql" in df["request_uri"][0] and "169.254.169.254" in df["request_uri"][1]
     assert "--host" in df["request_uri"][2]
 

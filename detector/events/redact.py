@@ -461,6 +461,13 @@ JSON_PATTERNS: tuple[Pattern, ...] = _free_text(raw_quotes=False)
 URI_PATTERNS: tuple[Pattern, ...] = (
     *_free_text(raw_quotes=True, uri=True),
     Pattern(
+        "password of a user:password flag in a URL-encoded command (curl -u, --user)",
+        r"((?:^|[?&=+]|%20)(?:-u|--user)(?:\+|%20|=|%3[Dd]|&command=)"
+        r"(?:[A-Za-z0-9._\-]|%40)+(?::|%3[Aa]))"
+        r"(?:[^&+%\s]|%(?:[013-9A-Fa-f][0-9A-Fa-f]|2[13-689A-Fa-f]))+",
+        "${1}" + REDACTED,
+    ),
+    Pattern(
         "password in a URL-encoded URL (scheme%3A%2F%2Fuser%3Apassword%40host)",
         r"(?i)([a-z][a-z0-9+.\-]*%3A%2F%2F"
         r"(?:[^%&\s/@:]|%(?:[013-9A-Fa-f][0-9A-Fa-f]|2[0-9A-Ea-e]|3[0-9B-Fb-f]|4[1-9A-Fa-f]))*"
