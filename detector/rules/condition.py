@@ -742,6 +742,12 @@ def _webhook_targets() -> pl.Expr:
     return pl.concat_list([services, urls]).list.drop_nulls().list.unique(maintain_order=True)
 
 
+def _public_outside_aws() -> pl.Expr:
+    from detector.rules.iplists import public_outside_aws
+
+    return public_outside_aws()
+
+
 def _source_in(kind: str) -> pl.Expr:
     from detector.rules.iplists import source_in  # iplists reports ConditionError
 
@@ -821,6 +827,13 @@ DERIVED_FIELDS: dict[str, DerivedField] = {
         lambda: _source_in("aws"),
         "true when every public address of `source_ips` (one at least) is in AWS's "
         "published ranges (the shipped snapshot, `detect rules aws-ranges` refreshes it)",
+        uses_json=False,
+    ),
+    "source_ips_outside_aws": DerivedField(
+        "list",
+        lambda: _public_outside_aws(),
+        "the addresses of `source_ips` that are public and outside AWS's published ranges "
+        "(for reasons: which of a forwarded request's addresses was judged)",
         uses_json=False,
     ),
     "source_ip_denied": DerivedField(

@@ -343,6 +343,27 @@ def _source_in(kind: str, key: str, versions: tuple[tuple[int, int] | None, ...]
     )
 
 
+def public_outside_aws() -> pl.Expr:
+    """The addresses of ``source_ips`` that are public and outside AWS's ranges: what the
+    outside-AWS rules name in their reasons (``from 10.0.5.5, 8.8.4.4`` did not say which
+    of a forwarded request's addresses was judged; found by review). Read for the rows of
+    findings only, so one classification per address is plenty."""
+    key = _list_key("aws")
+    in_aws, non_public = _lookup("aws", key, _versions(key)), _lookup("non_public", "", ())
+
+    def pick(lists: pl.Series) -> pl.Series:
+        rows = pl.DataFrame({"row": pl.int_range(len(lists), eager=True), "ip": lists})
+        flat = rows.explode("ip")
+        ips = flat["ip"].cast(pl.String)
+        keep = (~non_public(ips) & ~in_aws(ips)).fill_null(False)
+        picked = flat.filter(keep).group_by("row", maintain_order=True).agg(pl.col("ip"))
+        return rows.select("row").join(picked, on="row", how="left")["ip"]
+
+    return pl.col("source_ips").map_batches(
+        pick, return_dtype=pl.List(pl.String), is_elementwise=True
+    )
+
+
 def derive_aws_ranges(ip_ranges_json: str | Path) -> str:
     """The snapshot file's text from AWS's ``ip-ranges.json``: merged IPv4 CIDRs, dated.
 
