@@ -166,15 +166,31 @@ _LINE_END = (
 _GAP = r"(?:[^\S\r\n]|\\+t|\\+u(?:00[aA]0|3000)|\+|%20|%09)"
 
 
+_HEX = "0123456789ABCDEF"
+
+
+def _escape_except(*codes: str) -> str:
+    """Any ``%XX`` escape but those of ``codes`` (``"20"`` for ``%20``), in either letter
+    case: what a URL-encoded value may hold up to the escape that ends it."""
+    banned = {c.upper() for c in codes}
+    free = "".join(h for h in _HEX if all(b[0] != h for b in banned))
+    parts = [_hex_class(free) + "[0-9A-Fa-f]"] if free else []
+    for hi in sorted({b[0] for b in banned}):
+        seconds = "".join(lo for lo in _HEX if hi + lo not in banned)
+        if seconds:
+            parts.append(_hex_class(hi) + _hex_class(seconds))
+    return "%(?:" + "|".join(parts) + ")"
+
+
+def _hex_class(digits: str) -> str:
+    """A character class of hex digits in both letter cases (``2B`` -> ``[2Bb]``)."""
+    return "[" + digits + "".join(d.lower() for d in digits if d.isalpha()) + "]"
+
+
 def _encoded_up_to(closing: str) -> str:
     """One character of URL-encoded text that is not the escape ``closing`` (``27`` for
     ``%27``) nor ``&`` (the end of the parameter): a plain one, or another ``%XX``."""
-    hi, lo = closing
-    others = "".join(c for c in "0123456789ABCDEF" if c != lo) + "".join(
-        c.lower() for c in "ABCDEF" if c != lo.upper()
-    )
-    firsts = "".join(c for c in "0123456789ABCDEFabcdef" if c.upper() != hi)
-    return rf"(?:[^%&]|%(?:[{firsts}][0-9A-Fa-f]|{hi}[{others}]))"
+    return rf"(?:[^%&]|{_escape_except(closing)})"
 
 
 #: A word of a URL-encoded value, as a shell reads one: it ends at an encoded space (``+``,
@@ -192,14 +208,17 @@ _URI_WORD = (
     r"|%24(?:[A-Za-z0-9_]|%7[Bb])"
     rf"|%24%27{_encoded_up_to('27')}*(?:%27)?|%24%22{_encoded_up_to('22')}*(?:%22)?"
     rf"|%28{_encoded_up_to('29')}*(?:%29)?"
-    r"|%(?:[14589A-Fa-f][0-9A-Fa-f]|0[0-8BCbcEFef]|2[1359A-Fa-f]|3[0-9ADFadf]|6[1-9A-Fa-f]"
-    r"|7[0-9ABD-Fabd-f])"
-    rf"|%27{_encoded_up_to('27')}*(?:%27)?"
+    # any other escape but a blank, a quote, ``$``, ``(``, a backquote or a shell operator
+    "|"
+    + _escape_except(
+        "09", "0A", "0D", "20", "22", "24", "26", "27", "28", "3B", "3C", "3E", "60", "7C"
+    )
+    + rf"|%27{_encoded_up_to('27')}*(?:%27)?"
     rf"|%22{_encoded_up_to('22')}*(?:%22)?)+"
 )
 #: A header's value in a URL-encoded command (``-H "X-Api-Key: k1 k2"``): words and
 #: encoded spaces up to the end of the parameter or an encoded quote.
-_URI_HEADER_VALUE = r"(?:[^\s\"'\\&%]|%(?:[013-9A-Fa-f][0-9A-Fa-f]|2[013-689A-Fa-f]))+"
+_URI_HEADER_VALUE = r"(?:[^\s\"'\\&%]|" + _escape_except("22", "27") + ")+"
 #: A value in URL-encoded quotes (``%27p w%27``), possibly cut.
 _URI_QUOTED = [
     rf"(%27){_encoded_up_to('27')}+(?:%27)?",
@@ -292,7 +311,7 @@ def _auth_header(*, raw_quotes: bool, names: bool = False, uri: bool = False) ->
         + f"|(?:set-)?cookie{_HSPACE}*{_ASSIGN}{_HSPACE}{'+' if names else '*'}))"
         + f"(?:={_HSPACE}*(?:{param})|"
         + (
-            r"""[^"'\\&\r\n=%]|=|\\+[^"'\\nr]|%(?:[013-9A-Fa-f][0-9A-Fa-f]|2[013-689A-Fa-f]))+"""
+            r"""[^"'\\&\r\n=%]|=|\\+[^"'\\nr]|""" + _escape_except("22", "27") + ")+"
             if uri
             else r"""[^"'\\&\r\n=]|=|\\+[^"'\\nr])+"""
         ),
@@ -311,7 +330,9 @@ _URI_BEARER = Pattern(
     "(?i)"
     + _BOUNDARY
     + f"(bearer|basic){_SPACE}+"
-    + r"(?:[^\s\"'\\,;&%+]|%(?:[013-9A-Fa-f][0-9A-Fa-f]|2[13-689A-Fa-f]))"
+    + r"(?:[^\s\"'\\,;&%+]|"
+    + _escape_except("20", "22", "27")
+    + ")"
     + "{8,}",
     "${1} " + REDACTED,
 )
@@ -464,14 +485,14 @@ URI_PATTERNS: tuple[Pattern, ...] = (
         "password of a user:password flag in a URL-encoded command (curl -u, --user)",
         r"((?:^|[?&=+]|%20)(?:-u|--user)(?:\+|%20|=|%3[Dd]|&command=)"
         r"(?:[A-Za-z0-9._\-]|%40)+(?::|%3[Aa]))"
-        r"(?:[^&+%\s]|%(?:[013-9A-Fa-f][0-9A-Fa-f]|2[13-689A-Fa-f]))+",
+        r"(?:[^&+%\s]|" + _escape_except("20", "22", "27") + ")+",
         "${1}" + REDACTED,
     ),
     Pattern(
         "password in a URL-encoded URL (scheme%3A%2F%2Fuser%3Apassword%40host)",
         r"(?i)([a-z][a-z0-9+.\-]*%3A%2F%2F"
-        r"(?:[^%&\s/@:]|%(?:[013-9A-Fa-f][0-9A-Fa-f]|2[0-9A-Ea-e]|3[0-9B-Fb-f]|4[1-9A-Fa-f]))*"
-        r"%3A)(?:[^%&\s@]|%(?:[0-35-9A-Fa-f][0-9A-Fa-f]|4[1-9A-Fa-f]))+%40",
+        r"(?:[^%&\s/@:]|" + _escape_except("2F", "3A", "40") + ")*"
+        r"%3A)(?:[^%&\s@]|" + _escape_except("40") + ")+%40",
         "${1}" + REDACTED + "%40",
     ),
 )
