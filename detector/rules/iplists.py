@@ -322,10 +322,8 @@ def _source_in(kind: str, key: str, versions: tuple[tuple[int, int] | None, ...]
         several = (lists.list.len() > 1).fill_null(False)
         if not several.any():  # one address a request, nearly always: judged as it is
             return answer
-        rows = several.arg_true()
-        judged = pl.DataFrame({"row": rows, "ip": lists.gather(rows)}).explode("ip")
-        flat = judged["ip"].cast(pl.String)
-        judged = judged.with_columns(hit=lookup(flat), private=non_public(flat))
+        judged = _each_address(lists, several.arg_true())
+        judged = judged.with_columns(hit=lookup(judged["ip"]), private=non_public(judged["ip"]))
         if kind == "non_public":
             each = pl.col("hit").all()
         elif kind == "aws":  # every public address in AWS, and one public at least
@@ -343,6 +341,12 @@ def _source_in(kind: str, key: str, versions: tuple[tuple[int, int] | None, ...]
     )
 
 
+def _each_address(lists: pl.Series, rows: pl.Series) -> pl.DataFrame:
+    """(row, ip) for every address of the ``sourceIPs`` lists at ``rows``, as text."""
+    frame = pl.DataFrame({"row": rows, "ip": lists.gather(rows)}).explode("ip")
+    return frame.with_columns(pl.col("ip").cast(pl.String))
+
+
 def public_outside_aws() -> pl.Expr:
     """The addresses of ``source_ips`` that are public and outside AWS's ranges: what the
     outside-AWS rules name in their reasons (``from 10.0.5.5, 8.8.4.4`` did not say which
@@ -352,12 +356,11 @@ def public_outside_aws() -> pl.Expr:
     in_aws, non_public = _lookup("aws", key, _versions(key)), _lookup("non_public", "", ())
 
     def pick(lists: pl.Series) -> pl.Series:
-        rows = pl.DataFrame({"row": pl.int_range(len(lists), eager=True), "ip": lists})
-        flat = rows.explode("ip")
-        ips = flat["ip"].cast(pl.String)
-        keep = (~non_public(ips) & ~in_aws(ips)).fill_null(False)
-        picked = flat.filter(keep).group_by("row", maintain_order=True).agg(pl.col("ip"))
-        return rows.select("row").join(picked, on="row", how="left")["ip"]
+        rows = pl.int_range(len(lists), eager=True).alias("row")
+        each = _each_address(lists, rows)
+        keep = (~non_public(each["ip"]) & ~in_aws(each["ip"])).fill_null(False)
+        picked = each.filter(keep).group_by("row", maintain_order=True).agg(pl.col("ip"))
+        return rows.to_frame().join(picked, on="row", how="left")["ip"]
 
     return pl.col("source_ips").map_batches(
         pick, return_dtype=pl.List(pl.String), is_elementwise=True
