@@ -624,6 +624,34 @@ def test_quarantined_text_loses_secret_payloads_even_when_cut():
     assert row["raw_size"] == len(raw) + 4
 
 
+@pytest.mark.parametrize(
+    "member",
+    [
+        rb'"d\u0061ta":{"a":"hunter2"}',  # a Secret's payload under an escaped name
+        rb'"p\u0061ssword":"hunter2"',
+        rb'"P\u0041SSWORD":"hunter2"',  # upper-case hex digits
+        rb'"x":"{\"d\\u0061ta\":{\"a\":\"hunter2\"}}"',  # JSON in a string
+        rb'"kubectl.kubernetes.io\/last-applied-configuration":"{\"a\":\"hunter2\"}"',
+    ],
+)
+def test_quarantined_text_loses_values_under_escaped_member_names(member):
+    """The quarantine's patterns read text, not JSON: a member name written with JSON escapes
+    (``\u0061`` is ``a``) hid its value from them (found by review)."""
+    raw = b'{"kind":"Event","requestObject":{"kind":"Secret",' + member + b"}}"
+    row = quarantine_frame([("f", "1", "not an audit event", raw)]).row(0, named=True)
+    assert "hunter2" not in row["raw"]
+    assert row["raw"].startswith('{"kind":"Event","requestObject":{"kind":"Secret",')
+
+
+def test_quarantined_text_keeps_what_escapes_do_not_hide():
+    """Written-out escapes keep JSON valid: quotes and backslashes stay escaped, and an escaped
+    backslash before other text is left as it is."""
+    raw = rb'{"a":"say \u0022hi\u0022 C:\\temp \\n \u00e9","b":"\u0041\/x"}'
+    row = quarantine_frame([("f", "1", "not an audit event", raw)]).row(0, named=True)
+    assert orjson.loads(row["raw"]) == orjson.loads(raw)
+    assert row["raw"] == r'{"a":"say \u0022hi\u0022 C:\\temp \\n \u00e9","b":"A/x"}'
+
+
 def test_every_pattern_is_listed_in_security_md():
     text = (Path(__file__).resolve().parent.parent / "docs" / "security.md").read_text()
     for pattern in (*PATTERNS, *NAME_PATTERNS):

@@ -711,15 +711,50 @@ def redact_text(text: str, *, quarantine: bool = False, json: bool = False) -> s
     return out["t"][0]
 
 
+#: JSON's escapes of printable ASCII (``\u0061`` for ``a``, ``\/`` for ``/``) after a run of
+#: up to eight backslashes (JSON inside a string, to eight levels), and what they stand for.
+#: ``"`` and ``\`` stay escaped. Longest runs first: the first listed wins at a position.
+_ASCII_ESCAPES: dict[str, str] = {
+    "\\" * run + escape: char
+    for run in range(8, 0, -1)
+    for escape, char in [
+        ("/", "/"),
+        *(
+            (f"u{code:04{case}}", chr(code))
+            for code in range(0x20, 0x7F)
+            if chr(code) not in '"\\'
+            for case in ("x", "X")
+        ),
+    ]
+}
+
+
+def _unescape_ascii(column: str) -> pl.Expr:
+    """The text with JSON's escapes of printable ASCII written out, at any depth.
+
+    Quarantined text is not parsed, so a member named ``"d\u0061ta"`` or
+    ``"p\u0061ssword"`` kept its value from every pattern (found by review). Written out,
+    the patterns see what a JSON reader sees. The text stays JSON wherever it was: no quote
+    or backslash is written. A literal ``\u0061`` in a string (an escaped backslash, then
+    ``u0061``) is shown as ``a`` too: quarantined text is for reading, and a reading that
+    hides a credential is the one to avoid.
+    """
+    return pl.col(column).str.replace_many(list(_ASCII_ESCAPES), list(_ASCII_ESCAPES.values()))
+
+
 def redact_quarantine(df: pl.DataFrame) -> pl.DataFrame:
     """Quarantine rows with credentials removed from the raw text, the reason and source.
 
     Raw text is often not JSON (that is why it is here): only text patterns apply, and the
     aggressive :data:`QUARANTINE_PATTERNS` drop every Secret-payload-shaped member whole.
+    JSON's escapes of printable ASCII are written out first, so the stored text reads as a
+    JSON reader (or a nested one) sees it.
     """
     if df.is_empty():
         return df
-    return redact_text_columns(df, ["raw", "reason", "source"], QUARANTINE_ALL)[0]
+    columns = ["raw", "reason", "source"]
+    df = df.with_columns(_unescape_ascii(c) for c in columns)
+    return redact_text_columns(df, columns, QUARANTINE_ALL)[0]
 
 
 # --------------------------------------------------------------------------- structure
