@@ -144,7 +144,7 @@ def test_routine_is_collapsed_denials_stand_apart_and_the_order_is_kept(lake):
 
 def test_new_source_addresses_and_access_keys_are_reported(lake):
     tl = build_timeline(lake, GRACE, T0 - timedelta(hours=1), T0 + timedelta(hours=2))
-    assert tl.sources["source_ip"].to_list() == ["10.0.1.5", "91.219.236.55"]
+    assert tl.sources["source"].to_list() == ["10.0.1.5", "91.219.236.55"]
     assert tl.sources["requests"].to_list() == [19, 1]
     assert tl.access_key_ids == [GRACE_KEY]
 
@@ -489,3 +489,35 @@ def test_a_principal_typed_as_the_screen_shows_it_is_found(tmp_path):
         shown = run_detect_in_process("timeline", typed, "--lake", lake, "--since", "2h")
         assert shown.returncode == 0, shown.stderr
         assert "1 requests" in shown.stdout and "no activity" not in shown.stdout, typed
+
+
+def test_a_forwarded_for_claim_is_never_shown_as_where_a_request_came_from(tmp_path, detect):
+    """Every address in ``sourceIPs`` but the last is what the client wrote in a header. The
+    timeline, `findings show` and the report's event table showed only the first, so a caller
+    forging ``X-Forwarded-For: 8.8.4.4`` appeared to come from 8.8.4.4 (found by review).
+    They now name the connection's address, with the claim beside it as a claim."""
+    from tests.conftest import run_detect_in_process
+    from tests.test_rules_helpers import ev
+
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
+    event = ev("get", "secrets", ns="kube-system", name="db", user="mallory", code=403, at=at)
+    event["sourceIPs"] = ["8.8.4.4", "192.0.2.9", "10.0.5.5"]
+    lake, finding = scored_finding(tmp_path, [event])
+    shown = "10.0.5.5 (says it forwards for 8.8.4.4, 192.0.2.9)"
+
+    why = detect("findings", "show", finding, "--lake", lake)
+    assert why.returncode == 0, why.stderr
+    assert shown in why.stdout
+    timeline = run_detect_in_process("timeline", "mallory", "--lake", lake, "--since", "2h")
+    assert timeline.returncode == 0, timeline.stderr
+    assert f"first request from {shown}" in timeline.stdout
+    assert timeline.stdout.count(shown) == 3  # and beside the requests and the denied entry
+    as_json = run_detect_in_process(
+        "timeline", "mallory", "--lake", lake, "--since", "2h", "--format", "json"
+    )
+    assert [s["source"] for s in json.loads(as_json.stdout)["sources"]] == [shown]
+
+    page = tmp_path / "report.html"
+    report = run_detect_in_process("report", "--lake", lake, "--since", "2h", "-o", str(page))
+    assert report.returncode == 0, report.stderr
+    assert f"<td>{shown}</td>" in page.read_text()

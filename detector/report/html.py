@@ -23,6 +23,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
 from detector.controls import clip
+from detector.events.addresses import shown_source
 from detector.events.identity import display_principal, identity_summary, parse_principal
 from detector.report import charts
 from detector.report.data import ReportData
@@ -88,7 +89,7 @@ def _timeline_rows(runs: pl.DataFrame, event_anchor: dict[str, str]) -> list[dic
                 "last_time": _ts(r["last_time"], "%H:%M:%S") if r["last_time"] != r["time"] else "",
                 "count": f"{r['count']:,}",
                 "what": _cut(describe_entry(entry), CELL_CHARS),
-                "source_ips": _cut(", ".join(r["source_ips"]), CELL_CHARS),
+                "sources": _cut(", ".join(r["sources"]), CELL_CHARS),
                 "denied": r["denied"],
                 "event_anchor": event_anchor.get(r["audit_id"] or ""),
             }
@@ -98,7 +99,7 @@ def _timeline_rows(runs: pl.DataFrame, event_anchor: dict[str, str]) -> list[dic
 
 def _events_rows(events: pl.DataFrame, finding_id: str) -> list[dict[str, Any]]:
     rows = []
-    flagged = events.head(MAX_EVENTS).with_columns(denied_expr().alias("_denied"))
+    flagged = events.head(MAX_EVENTS).with_columns(denied_expr().alias("_denied"), shown_source())
     for e in flagged.iter_rows(named=True):
         rows.append(
             {
@@ -110,7 +111,7 @@ def _events_rows(events: pl.DataFrame, finding_id: str) -> list[dict[str, Any]]:
                 ),
                 "where": _cut("/".join(x for x in (e["namespace"], e["name"]) if x), CELL_CHARS),
                 "code": e["response_code"] if e["response_code"] is not None else "",
-                "source_ip": e["source_ip"] or "",
+                "source": _cut(e["source"]),
                 "user_agent": _cut(e["user_agent"]),
                 "audit_id": e["audit_id"] or "",
                 "denied": e["_denied"],

@@ -22,6 +22,7 @@ from typing import Any
 import polars as pl
 
 from detector.controls import TEXT_CHARS, clip
+from detector.events.addresses import shown_source
 from detector.events.identity import ANY_ACCOUNT, canonical_principal
 from detector.features.windows import request_rows
 from detector.lake.events import Lake
@@ -41,6 +42,7 @@ EVENT_FIELDS = (
     "response_code",
     "decision",
     "source_ip",
+    "source_ips",
     "user_agent",
     "access_key_id",
 )
@@ -64,7 +66,7 @@ RUNS_SCHEMA: dict[str, pl.DataType] = {
     "names": pl.List(pl.String()),
     "name_count": pl.UInt32(),
     "response_codes": pl.List(pl.Int32()),
-    "source_ips": pl.List(pl.String()),
+    "sources": pl.List(pl.String()),
     "user_agent": pl.String(),
     "audit_id": pl.String(),
     "cluster": pl.String(),
@@ -105,7 +107,7 @@ def _event_aggs(*, key: bool = True) -> list[pl.Expr]:
         pl.col("name").drop_nulls().unique(maintain_order=True).head(SAMPLE_NAMES).alias("names"),
         pl.col("name").drop_nulls().n_unique().cast(pl.UInt32).alias("name_count"),
         pl.col("response_code").drop_nulls().unique().sort().alias("response_codes"),
-        pl.col("source_ip").drop_nulls().unique(maintain_order=True).alias("source_ips"),
+        shown_source().drop_nulls().unique(maintain_order=True).alias("sources"),
         pl.col("user_agent").first(),
         pl.col("audit_id").first(),
         pl.col("cluster").first(),
@@ -124,7 +126,7 @@ def _run_aggs(*, key: bool = True) -> list[pl.Expr]:
         pl.col("names").explode().drop_nulls().unique(maintain_order=True).head(SAMPLE_NAMES),
         pl.col("name_count").sum(),  # an upper bound when a name recurs in several parts
         pl.col("response_codes").explode().drop_nulls().unique().sort(),
-        pl.col("source_ips").explode().drop_nulls().unique(maintain_order=True),
+        pl.col("sources").explode().drop_nulls().unique(maintain_order=True),
         pl.col("user_agent").first(),
         pl.col("audit_id").first(),
         pl.col("cluster").first(),
@@ -193,7 +195,7 @@ def describe_entry(entry: dict[str, Any]) -> str:
         return f"{entry['severity'].upper()} {entry['title']}  [{entry['finding_id']}]"
     if kind == "source":
         agent = clip(entry["user_agent"], TEXT_CHARS) or "-"
-        return f"first request from {clip(entry['source_ip'], TEXT_CHARS)} ({agent})"
+        return f"first request from {clip(entry['source'], TEXT_CHARS)} ({agent})"
     where = _sample(entry["namespaces"], entry["namespace_count"])
     where = f" in {where}" if where else ""
     names = _sample(entry["names"], entry["name_count"])
@@ -211,7 +213,7 @@ class Timeline:
     start: datetime
     end: datetime
     runs: pl.DataFrame  # RUNS_SCHEMA
-    sources: pl.DataFrame  # source_ip, first_seen, last_seen, requests, user_agent
+    sources: pl.DataFrame  # source, first_seen, last_seen, requests, user_agent
     findings: pl.DataFrame  # the findings schema
     access_key_ids: list[str] = field(default_factory=list)
     principals: list[str] = field(default_factory=list)  # stored principals matched
@@ -234,7 +236,7 @@ class Timeline:
                 {
                     "kind": "source",
                     "time": s["first_seen"],
-                    "source_ip": s["source_ip"],
+                    "source": s["source"],
                     "requests": s["requests"],
                     "user_agent": s["user_agent"],
                 }
@@ -302,9 +304,10 @@ def build_timeline(
         principals.update(hour["principal"].unique().to_list())
         runs.append(collapse_runs(hour, every=every))
         sources.append(
-            hour.filter(pl.col("source_ip").is_not_null())
+            hour.with_columns(shown_source())
+            .filter(pl.col("source").is_not_null())
             .sort("event_time")
-            .group_by("source_ip")
+            .group_by("source")
             .agg(
                 pl.col("event_time").min().alias("first_seen"),
                 pl.col("event_time").max().alias("last_seen"),
@@ -320,7 +323,7 @@ def build_timeline(
         src = (
             pl.concat(sources)
             .sort("first_seen")
-            .group_by("source_ip", maintain_order=True)
+            .group_by("source", maintain_order=True)
             .agg(
                 pl.col("first_seen").min(),
                 pl.col("last_seen").max(),
@@ -332,7 +335,7 @@ def build_timeline(
     else:
         src = pl.DataFrame(
             schema={
-                "source_ip": pl.String(),
+                "source": pl.String(),
                 "first_seen": pl.Datetime("us", "UTC"),
                 "last_seen": pl.Datetime("us", "UTC"),
                 "requests": pl.UInt32(),

@@ -116,6 +116,7 @@ def show(
     \b
         detect findings show 3f9c0a1b2c3d4e5f6a7b --lake ./lake
     """
+    from detector.events.addresses import shown_source
     from detector.lake.events import Lake
     from detector.lake.findings import get_finding
 
@@ -160,17 +161,18 @@ def show(
         "namespace",
         "name",
         "response_code",
-        "source_ip",
+        "source",
         "user_agent",
     ]
-    for ev in events.head(limit).select(cols).iter_rows(named=True):
+    shown = events.head(limit).with_columns(shown_source()).select(cols)
+    for ev in shown.iter_rows(named=True):
         # Lake text is as long as a client made it; --format json has it whole.
         ev = {k: clip(v, TEXT_CHARS) if isinstance(v, str) else v for k, v in ev.items()}
         target = "/".join(x for x in (ev["resource"], ev["subresource"]) if x) or "-"
         where = "/".join(x for x in (ev["namespace"], ev["name"]) if x) or "-"
         out.line(
             f"  {ev['event_time']:%H:%M:%S} {ev['verb'] or '-':<8} {target:<22} {where:<40} "
-            f"{ev['response_code'] or '-'} {ev['source_ip'] or '-'} {ev['user_agent'] or '-'}",
+            f"{ev['response_code'] or '-'} {ev['source'] or '-'} {ev['user_agent'] or '-'}",
         )
 
 

@@ -147,14 +147,14 @@ def _row(e: dict[str, Any]) -> _Row:
     from detector.report.timeline import describe_entry
 
     last = e.get("last_time")
-    ips = e.get("source_ips") or ([e["source_ip"]] if e.get("source_ip") else [])
+    sources = e.get("sources") or ([e["source"]] if e.get("source") else [])
     return (
         f"{e['time']:%m-%d %H:%M:%S}",
         f"{last:%H:%M:%S}" if last and last != e["time"] else "",
         f"{e['count']:,}" if "count" in e else "",
         describe_entry(e),
         KIND_STYLE[e["kind"]],
-        ", ".join(ips),
+        ", ".join(sources),
     )
 
 
