@@ -1428,7 +1428,7 @@ def test_outside_aws_needs_a_public_address_and_a_system_identity(ruleset):
         "eks:node-manager",
         "system:serviceaccount:kube-system:coredns",
     ]
-    assert f"from {TOR_IP} (public, outside AWS)" in found["reasons"][0][0]
+    assert f"from {TOR_IP}, public and outside AWS" in found["reasons"][0][0]
     # The same kube-system account is not also reported as a workload's.
     assert run(ruleset, "service-account-outside-aws", [eks, sa]).is_empty()
     app = ev("get", "pods", ns="shop", user=SA, ip=TOR_IP)
@@ -1450,8 +1450,14 @@ def test_a_forwarded_for_header_cannot_hide_where_a_request_came_from(ruleset):
     for claimed in ("10.0.5.5", AWS_IP):
         found = run(ruleset, "service-account-outside-aws", [via(claimed, TOR_IP, SA)])
         assert found.height == 1, claimed
-        assert f"from {TOR_IP} (public, outside AWS)" in found["reasons"][0][0]  # the one judged
+        assert f"from {TOR_IP}, public and outside AWS" in found["reasons"][0][0]  # the one judged
         assert run(ruleset, "system-identity-outside-aws", [via(claimed, TOR_IP, NODE)]).height
+    # A public address the client only wrote in a header is judged, and said to be a claim.
+    found = run(ruleset, "service-account-outside-aws", [via(TOR_IP, "10.0.5.5", SA)])
+    assert (
+        f"from {TOR_IP} (claimed by the client in a forwarding header), public and outside AWS"
+        in found["reasons"][0][0]
+    )
     # A pod's call through a proxy in the VPC, or from a NAT gateway's address, stays quiet.
     quiet = [via("10.0.5.5", "10.0.9.9", SA), via("10.0.5.5", AWS_IP, SA)]
     assert run(ruleset, "service-account-outside-aws", quiet).is_empty()

@@ -833,7 +833,8 @@ DERIVED_FIELDS: dict[str, DerivedField] = {
         "list",
         lambda: _public_outside_aws(),
         "the addresses of `source_ips` that are public and outside AWS's published ranges "
-        "(for reasons: which of a forwarded request's addresses was judged)",
+        "(for reasons: which of a forwarded request's addresses was judged); one the client "
+        "wrote in a forwarding header says so",
         uses_json=False,
     ),
     "source_ip_denied": DerivedField(

@@ -32,6 +32,7 @@ from pathlib import Path
 import polars as pl
 
 from detector.config import AWS_RANGES_ENV, IP_LISTS_ENV, ConfigError
+from detector.events.addresses import CLAIMED
 from detector.rules.condition import ConditionError
 from detector.userfiles import read_user_file
 
@@ -350,7 +351,9 @@ def _each_address(lists: pl.Series, rows: pl.Series) -> pl.DataFrame:
 def public_outside_aws() -> pl.Expr:
     """The addresses of ``source_ips`` that are public and outside AWS's ranges: what the
     outside-AWS rules name in their reasons (``from 10.0.5.5, 8.8.4.4`` did not say which
-    of a forwarded request's addresses was judged; found by review). Read for the rows of
+    of a forwarded request's addresses was judged; found by review). An address the client
+    named in a forwarding header says so: ``8.8.4.4 (claimed by the client in a forwarding
+    header)``, since any caller can write one (found by review). Read for the rows of
     findings only, so one classification per address is plenty."""
     key = _list_key("aws")
     in_aws, non_public = _lookup("aws", key, _versions(key)), _lookup("non_public", "", ())
@@ -359,6 +362,10 @@ def public_outside_aws() -> pl.Expr:
         rows = pl.int_range(len(lists), eager=True).alias("row")
         each = _each_address(lists, rows)
         keep = (~non_public(each["ip"]) & ~in_aws(each["ip"])).fill_null(False)
+        # Every address but the last is what the client wrote in a header: said so.
+        claimed = pl.int_range(pl.len()).over("row") < pl.len().over("row") - 1
+        named = pl.when(claimed).then(pl.format("{} ({})", "ip", pl.lit(CLAIMED)))
+        each = each.with_columns(named.otherwise(pl.col("ip")).alias("ip"))
         picked = each.filter(keep).group_by("row", maintain_order=True).agg(pl.col("ip"))
         return rows.to_frame().join(picked, on="row", how="left")["ip"]
 
