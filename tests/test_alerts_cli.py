@@ -469,6 +469,29 @@ def test_a_watch_starts_while_a_sink_s_aws_endpoint_is_down(tmp_path):
     assert out.exit_code == 0, out.stderr
 
 
+def test_a_one_shot_delivery_stops_at_start_when_sts_cannot_be_reached(tmp_path):
+    """`detect incidents deliver` (a cron job) asks STS for a Security Hub sink's account
+    before anything is sent, and says which sink could not start (exit 3); the watch
+    leaves the question to the send (above)."""
+    config = tmp_path / "detect.toml"
+    config.write_text('[[sinks]]\nname = "hub"\ntype = "securityhub"\nregion = "us-east-1"\n')
+    (tmp_path / "lake").mkdir()
+    from conftest import free_port
+
+    down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    env = {
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SECRET_ACCESS_KEY": "x",
+        "AWS_ENDPOINT_URL": down,
+        "AWS_MAX_ATTEMPTS": "1",
+    }
+    out = cli(
+        "--config", str(config), "incidents", "deliver", "--lake", str(tmp_path / "lake"), env=env
+    )  # fmt: skip
+    assert out.exit_code == 3, out.stdout
+    assert "sink 'hub' (securityhub) cannot start: EndpointConnectionError" in out.stderr
+
+
 def test_a_misspelt_sink_key_lists_every_key_the_sink_takes(tmp_path):
     """`throtle` on a webhook listed only the webhook's own keys as known, leaving out
     `throttle`, `retries` and `min_severity` (found by a soak)."""

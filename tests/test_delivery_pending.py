@@ -19,10 +19,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 from alerts_data import Receiver, W, finding, frames
-from conftest import run_detect
+from conftest import free_port, run_detect
 
 from detector.delivery import config as sink_config
-from detector.delivery.records import RETENTION, write_dead_letters
+from detector.delivery.records import RETENTION, read_dead_letters, write_dead_letters
 from detector.delivery.run import PENDING_LOOKBACK, pending, send
 from detector.delivery.stream import StreamAlerter
 from detector.detect.stream import StreamDetector
@@ -243,3 +243,45 @@ def test_a_watch_on_s3_reads_no_incident_file_while_none_changes(s3_bucket, s3_r
         assert update["output_fields"]["detect.incident.id"] == week[1].incident_id
     finally:
         receiver.close()
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        # asks STS for its account; STS cannot be reached (found by review)
+        {"name": "down", "type": "securityhub", "region": "us-east-1", "retries": 0},
+        # cannot be built at all: no region anywhere (a watch's start refuses this one;
+        # the alerter, given it, still delivers to the others)
+        {"name": "down", "type": "sns", "topic_arn": "arn:aws:sns:::t", "retries": 0},
+    ],
+    ids=["sts-unreachable", "cannot-start"],
+)
+def test_a_sink_that_cannot_start_delays_only_its_own_alerts(tmp_path, monkeypatch, broken):
+    """Every batch of `detect watch` builds its sinks. A Security Hub sink asking STS for
+    its account when built raised out of the batch while STS was down: no sink was sent
+    anything, and the stream itself stopped at that batch (found by review). The failing
+    sink's alerts now wait as in any outage, filed so a later delivery finds them."""
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nobody there
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # refused at once: no retries to wait out
+    now = datetime.now(UTC).replace(microsecond=0)
+    lake = Lake(str(tmp_path / "lake"))
+    wanted = {i.incident_id for i in fill(lake, now, days=1)[1]}
+    receiver = Receiver()
+    try:
+        hook = sink_config.parse_sink(
+            {"name": "hook", "type": "webhook", "url": receiver.url, "retries": 0}, "test"
+        )
+        down = sink_config.parse_sink(broken, "test")
+        alerter = StreamAlerter(lake, StreamDetector(lake), [hook, down])
+        alerter.consume(lake.scan_events(now, now).collect(), now, None)
+        sent = {r["output_fields"]["detect.incident.id"] for r in receiver.delivered}
+        assert sent == wanted
+    finally:
+        receiver.close()
+    letters = read_dead_letters(lake)
+    assert set(letters.filter(pl.col("sink") == "down")["incident_id"]) == wanted
+    assert not letters.filter(pl.col("sink") == "hook").height

@@ -129,7 +129,7 @@ def send(
     """Deliver ``incidents`` with the lake's delivery state; save state and dead letters."""
     now = now or datetime.now(UTC)
     kw = {"sleep": sleep} if sleep is not None else {}
-    built = [_build(c, kw) for c in sink_configs if c.enabled]
+    built = [_build(c, kw, start=True) for c in sink_configs if c.enabled]
     with delivery_lock(lake, wait=DELIVERY_WAIT) as held:
         if not held:
             log.warning(
@@ -157,13 +157,21 @@ def check_sinks(sink_configs: Sequence[SinkConfig]) -> None:
     variable unset, no AWS region) is an error before a run scores and writes, not after."""
     for cfg in sink_configs:
         if cfg.enabled:
-            _build(cfg, {})
+            _build(cfg, {}, start=True)
 
 
-def _build(cfg: SinkConfig, kw: dict[str, Any]) -> sink_mod.Sink:
-    """A sink, or one line saying which could not start (no credentials, no region...)."""
+def _build(cfg: SinkConfig, kw: dict[str, Any], *, start: bool = False) -> sink_mod.Sink:
+    """A sink, or one line saying which could not start (no credentials, no region...).
+
+    ``start``: also ask AWS what the sink needs before its first send (Security Hub's
+    account), so a one-shot run stops at start; `detect watch` leaves that to the send,
+    where an outage is the sink's own (see :meth:`~detector.delivery.sinks.Sink.start`).
+    """
     try:
-        return sink_mod.build(cfg, **kw)
+        sink = sink_mod.build(cfg, **kw)
+        if start:
+            sink.start()
+        return sink
     except DetectError:
         raise
     except Exception as exc:  # botocore's NoCredentialsError, NoRegionError, ClientError...

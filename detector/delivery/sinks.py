@@ -14,6 +14,7 @@ message, log line and dead letter: errors name the sink, never its URL.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import hmac
 import http.client
@@ -148,6 +149,10 @@ class Sink:
     def _retry(self, alert: Alert, payload: Any, fn: Callable[[], None]) -> Outcome:
         """``fn()`` with this sink's retries, as ``alert``'s outcome carrying ``payload``."""
         return _retry(self.cfg, self.sleep, alert, payload, fn, self.retries)
+
+    def start(self) -> None:
+        """Ask now what the first send would ask (a one-shot run's start check); a network
+        failure raises. Built, a sink has read its secrets and made no request."""
 
     def send(self, alerts: list[Alert]) -> list[Outcome]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -353,6 +358,13 @@ def _client(service: str, region: str | None) -> Any:
     return boto3.client(service, region_name=region, endpoint_url=endpoint_url())
 
 
+@functools.lru_cache(maxsize=8)
+def _caller_account(region: str | None, endpoint: str | None) -> str:
+    """The AWS account of this process's credentials, once per process (an exception is
+    not cached: the next send asks again)."""
+    return str(_client("sts", region).get_caller_identity()["Account"])
+
+
 def _aws_error(name: str, exc: Exception) -> Exception:
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -525,10 +537,27 @@ class SecurityHubSink(_BatchSink):
         region = cfg.options.get("region")
         self.client = _client("securityhub", region)
         self.region = region or self.client.meta.region_name
-        account = cfg.options.get("account_id")
-        if not account:
-            account = _client("sts", self.region).get_caller_identity()["Account"]
-        self.account = str(account)
+        configured = cfg.options.get("account_id")
+        self.account = str(configured) if configured else ""
+
+    def start(self) -> None:
+        if not self.account:
+            self.account = _caller_account(self.region, endpoint_url())
+
+    def send(self, alerts: list[Alert]) -> list[Outcome]:
+        """Asks STS for the account when none is configured and :meth:`start` was not run:
+        asked when built, an STS outage stopped every sink of `detect watch`, and the
+        stream with them (found by review). Failing here, it is this sink's outage."""
+        if not self.account:
+            try:
+                self.account = _caller_account(self.region, endpoint_url())
+            except Exception as exc:
+                err = _aws_error(self.name, exc)
+                named = isinstance(err, Retryable | Permanent)  # else its text may say anything
+                error = f"{err if named else f'sink {self.name}: {type(exc).__name__}'}: "
+                error += "asking STS for the account (or set account_id)"
+                return [Outcome(a, False, 1, error, None) for a in alerts]
+        return super().send(alerts)
 
     def record(self, alert: Alert) -> dict[str, Any]:
         return payloads.asff(
@@ -559,6 +588,19 @@ class SecurityHubSink(_BatchSink):
             for i in range(len(records)):
                 failed.setdefault(i, (True, error, False))
         return failed
+
+
+class Unstarted(Sink):
+    """A sink that could not be built, standing in so its alerts fail as an outage does:
+    it is marked down and they wait (see :class:`detector.delivery.deliver.SinkHealth`)
+    while every other sink sends, instead of the error stopping them all."""
+
+    def __init__(self, cfg: SinkConfig, error: str, **kw: Any) -> None:
+        super().__init__(cfg, **kw)
+        self.error = error
+
+    def send(self, alerts: list[Alert]) -> list[Outcome]:
+        return [Outcome(a, False, 1, self.error, None) for a in alerts]
 
 
 # --------------------------------------------------------------------------- OCSF

@@ -33,6 +33,7 @@ from detector.delivery.deliver import DeliveryReport, SinkHealth, deliver
 from detector.delivery.records import DeliveryState, DeliveryStore, file_dead_letters, merge
 from detector.delivery.run import DELIVERY_WAIT, PendingIncidents, _build
 from detector.detect.stream import StreamDetector, StreamState
+from detector.errors import RuntimeFailure
 from detector.incidents import suppress, workflow
 from detector.incidents.group import DEFAULT_HORIZON
 from detector.lake.events import Lake
@@ -136,11 +137,20 @@ class StreamAlerter:
             self.metrics.batch_seconds.observe(time.monotonic() - started)
         return {"detect": state.to_dict()}
 
+    def _sink(self, cfg: SinkConfig) -> sink_mod.Sink:
+        """The sink for ``cfg``, or, when it cannot start now (what the start checked
+        succeeded then), a stand-in whose alerts fail and wait as in an outage."""
+        try:
+            return _build(cfg, dict(self.sink_kw))
+        except RuntimeFailure as exc:
+            log.warning("%s: its alerts wait for it", exc)
+            return sink_mod.Unstarted(cfg, str(exc), **self.sink_kw)
+
     def _deliver(
         self, incidents: list, earlier: DeliveryState, now: datetime, checked: bool
     ) -> DeliveryReport:
         """Deliver ``incidents`` (``checked``: with everything owed, the minute's check)."""
-        built: list[sink_mod.Sink] = [_build(c, dict(self.sink_kw)) for c in self.sink_configs]
+        built = [self._sink(c) for c in self.sink_configs]
         store = DeliveryStore(self.lake)
         with delivery_lock(self.lake, wait=DELIVERY_WAIT) as held:
             if not held:  # another run delivers; what it leaves, a later batch's check finds
