@@ -492,6 +492,24 @@ def test_a_one_shot_delivery_stops_at_start_when_sts_cannot_be_reached(tmp_path)
     assert "sink 'hub' (securityhub) cannot start: EndpointConnectionError" in out.stderr
 
 
+def test_ocsf_to_stdout_and_a_json_summary_are_refused_together(tmp_path):
+    """An OCSF sink writing to stdout put its lines before `--format json`'s summary: the
+    output was no JSON document, exit 0 (found by review). It is refused before anything
+    is scored or sent; the table summary goes to stdout with the OCSF lines as before."""
+    config = tmp_path / "detect.toml"
+    config.write_text('[[sinks]]\nname = "o"\ntype = "ocsf"\npath = "-"\n')
+    (tmp_path / "lake").mkdir()
+    lake = str(tmp_path / "lake")
+    for command in (("incidents", "deliver"), ("score", "--since", "1h", "--no-model")):
+        out = cli("--config", str(config), *command, "--lake", lake, "--format", "json")
+        assert out.exit_code == 2, (command, out.stdout)
+        assert out.stderr.strip() == (
+            "error: sink 'o' writes OCSF to stdout (path \"-\"), where --format json "
+            "writes its summary: give the sink a path, or use --format table"
+        )
+    assert cli("--config", str(config), "incidents", "deliver", "--lake", lake).exit_code == 0
+
+
 def test_a_misspelt_sink_key_lists_every_key_the_sink_takes(tmp_path):
     """`throtle` on a webhook listed only the webhook's own keys as known, leaving out
     `throttle`, `retries` and `min_severity` (found by a soak)."""

@@ -593,10 +593,24 @@ def chunk_progress(label: str) -> Iterator[Callable[[int, int], None]]:
         yield update
 
 
-def configured_sinks(ctx: typer.Context) -> list[Any]:
-    """The [[sinks]] of the loaded configuration (checked when the file was read)."""
+def configured_sinks(ctx: typer.Context, output: OutputFormat | None = None) -> list[Any]:
+    """The [[sinks]] of the loaded configuration (checked when the file was read).
+
+    ``output``: the command's ``--format``. Under ``json`` an OCSF sink writing to stdout
+    (``path = "-"``) is a usage error: its lines before the summary made stdout no longer
+    one JSON document, exit 0 (found by review).
+    """
     state = ctx.find_root().meta.get("detect.settings")
-    return list(state.config.extra.get("sinks", [])) if state else []
+    sinks = list(state.config.extra.get("sinks", [])) if state else []
+    if output == OutputFormat.json:
+        for sink in sinks:
+            if sink.enabled and sink.type == "ocsf" and sink.options.get("path") == "-":
+                usage_error(
+                    f'sink {sink.name!r} writes OCSF to stdout (path "-"), where '
+                    "--format json writes its summary: give the sink a path, or use "
+                    "--format table"
+                )
+    return sinks
 
 
 @contextmanager

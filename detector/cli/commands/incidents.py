@@ -216,7 +216,7 @@ def deliver_cmd(
     from detector.delivery.run import pending, send
     from detector.lake.events import Lake
 
-    sinks = configured_sinks(ctx)
+    sinks = configured_sinks(ctx, output)
     if not sinks:
         raise UsageError("no [[sinks]] in the configuration (see docs/alerts.md)")
     the_lake = Lake(lake).require_existing()

@@ -125,7 +125,7 @@ def score(
 
     suppressing = suppressions_for(suppressions)
     if deliver and not dry_run:
-        check_sinks(configured_sinks(ctx))
+        check_sinks(configured_sinks(ctx, output))
     model = None
     if not no_model and not fit_on_window:
         try:
