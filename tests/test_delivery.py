@@ -9,6 +9,7 @@ import hmac
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -21,7 +22,7 @@ from throttle_proxy import FaultProxy
 
 from detector.delivery import config as sink_config
 from detector.delivery import payloads
-from detector.delivery.deliver import deliver
+from detector.delivery.deliver import SinkHealth, deliver
 from detector.delivery.records import DeliveryState, read_dead_letters
 from detector.delivery.run import send
 from detector.delivery.sinks import SIGNATURE_HEADER
@@ -375,7 +376,6 @@ def test_a_sink_that_fails_waits_and_holds_up_no_other(receiver):
     watch`), and each pending check added a dead letter per alert. Now its first failure
     marks it down: its other alerts wait, untried; later deliveries skip it until the
     wait is over, then one alert probes it with a single attempt."""
-    from detector.delivery.deliver import SinkHealth
 
     five = incidents([finding(f"arn:aws:iam::1:role/r{i}", T0, severity="high") for i in range(5)])
     down = Receiver(statuses=[503] * 100)
@@ -440,11 +440,22 @@ def test_a_signal_the_kernel_gives_a_sink_thread_is_handled_while_the_sink_hangs
         r.close()
 
 
-def test_a_throttled_sink_waits_as_long_as_it_asks():
-    """429 with ``Retry-After: 7``: the next attempt came after the fixed backoff (1 s)."""
+def _in_seconds(seconds: int) -> str:
+    """An HTTP date ``seconds`` from now, as a ``Retry-After`` may give one."""
+    from email.utils import format_datetime
+
+    return format_datetime(datetime.now(UTC) + timedelta(seconds=seconds), usegmt=True)
+
+
+@pytest.mark.parametrize("after", ["7", "date"])
+def test_a_throttled_sink_waits_as_long_as_it_asks(after):
+    """429 with ``Retry-After: 7``: the next attempt came after the fixed backoff (1 s).
+    Given as an HTTP date, the wait was dropped for the backoff (found by review)."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     answers = [429, 200]
+    if after == "date":  # whole seconds: the date is 6 to 7 s away when it is read
+        after = _in_seconds(7)
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args: object) -> None:
@@ -453,7 +464,7 @@ def test_a_throttled_sink_waits_as_long_as_it_asks():
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             self.send_response(answers.pop(0))
-            self.send_header("Retry-After", "7")
+            self.send_header("Retry-After", after)
             self.send_header("Content-Length", "0")
             self.end_headers()
 
@@ -465,7 +476,48 @@ def test_a_throttled_sink_waits_as_long_as_it_asks():
         cfg = sink(name="hook", type="webhook", url=url, retries=2)
         (one,) = incidents([finding(ROLE, T0, severity="high")])
         report = deliver([one], [build(cfg, sleep)], DeliveryState(), now=NOW)
-        assert len(report.sent) == 1 and sleep.waits == [7.0]
+        assert len(report.sent) == 1 and len(sleep.waits) == 1
+        assert 5.0 < sleep.waits[0] <= 7.0
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("after", ["120", "date"])
+def test_a_sink_asking_for_a_long_wait_is_not_tried_again_before_it(after):
+    """429 with ``Retry-After: 120`` was dropped as too long, and the sink was tried again
+    1, 2 and 4 s later, and then every 30 s under a watch (found by review). The alert is
+    not retried now: the sink is down for as long as asked, and its alerts wait."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    if after == "date":
+        after = _in_seconds(120)
+    posts: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            posts.append(self.path)
+            self.send_response(429)
+            self.send_header("Retry-After", after)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
+    try:
+        sleep = FakeSleep()
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        cfg = sink(name="hook", type="webhook", url=url, retries=3)
+        two = incidents([finding(ROLE, T0, severity="high"), finding(ROLE + "2", T0)])
+        health: dict[str, SinkHealth] = {}
+        report = deliver(two, [build(cfg, sleep)], DeliveryState(), now=NOW, health=health)
+        assert len(posts) == 1 and sleep.waits == []  # asked once, and not again
+        assert not report.sent and len(report.dead_letters) == 1 and len(report.waiting) == 1
+        assert health["hook"].retry_at - time.monotonic() > 100  # not 30 s
     finally:
         server.shutdown()
         server.server_close()

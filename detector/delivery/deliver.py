@@ -71,9 +71,12 @@ class SinkHealth:
     def probing(self) -> bool:
         return self.failures > 0
 
-    def failed(self) -> None:
+    def failed(self, asked: float = 0.0) -> None:
+        """One more failure in a row; ``asked``: the wait the receiver asked for
+        (``Retry-After``), kept when longer than the doubling wait, both at most
+        :data:`DOWN_AT_MOST` (a receiver cannot park a sink for a year)."""
         self.failures += 1
-        wait = min(DOWN_FOR * 2 ** (self.failures - 1), DOWN_AT_MOST)
+        wait = min(max(DOWN_FOR * 2 ** (self.failures - 1), asked), DOWN_AT_MOST)
         self.retry_at = time.monotonic() + wait
 
     def ok(self) -> None:
@@ -281,7 +284,7 @@ def deliver(
                     sink_health.ok()
                     sink.retries = sink.cfg.retries
                 else:
-                    sink_health.failed()
+                    sink_health.failed(max((o.retry_after or 0.0 for o in chunk), default=0.0))
                 with guard:
                     done += chunk
                     _record(report.state, sink, chunk, now, wall)

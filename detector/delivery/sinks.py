@@ -14,6 +14,7 @@ message, log line and dead letter: errors name the sink, never its URL.
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import functools
 import hashlib
 import hmac
@@ -54,6 +55,9 @@ class Outcome:
     payload: Any = None
     #: The receiver answered and refused this alert (:class:`Rejected`): the sink is up.
     rejected: bool = False
+    #: Seconds the receiver asked us to wait (``Retry-After``) past what a retry may wait:
+    #: the alert is not retried now, and the sink stays down at least this long.
+    retry_after: float | None = None
 
 
 class Retryable(Exception):
@@ -114,6 +118,10 @@ def _retry(
         except Permanent as exc:
             return Outcome(alert, False, attempt, str(exc), payload, isinstance(exc, Rejected))
         except Retryable as exc:
+            if exc.after is not None and exc.after > MAX_RETRY_WAIT:
+                # Asked to come back later than a retry waits: not before (a rate limit hit
+                # again early may escalate). The sink is down until then (deliver).
+                return Outcome(alert, False, attempt, str(exc), payload, retry_after=exc.after)
             if attempt > retries:
                 return Outcome(alert, False, attempt, str(exc), payload)
             delay = min(max(cfg.backoff * 2 ** (attempt - 1), exc.after or 0.0), MAX_RETRY_WAIT)
@@ -226,14 +234,24 @@ class _DeadlineHTTPS(urllib.request.HTTPSHandler):
 _OPENER = urllib.request.build_opener(_NoRedirects, _DeadlineHTTP, _DeadlineHTTPS)
 
 
-def _retry_after(exc: urllib.error.HTTPError) -> float | None:
-    """``Retry-After`` in seconds (the delay form; a date is left to the backoff)."""
-    value = (exc.headers or {}).get("Retry-After", "")
+def _retry_after(exc: urllib.error.HTTPError, now: datetime | None = None) -> float | None:
+    """``Retry-After`` in seconds, given as a delay or as an HTTP date; None when absent or
+    not one of those. A wait longer than a retry may wait is returned as it is: the alert
+    then waits for the sink's next try rather than being retried early (found by review)."""
+    value = str((exc.headers or {}).get("Retry-After", "")).strip()
     try:
         seconds = float(value)
-    except (TypeError, ValueError):
+    except ValueError:
+        try:
+            at = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if at.tzinfo is None:  # HTTP dates are GMT; a malformed one may carry no zone
+            at = at.replace(tzinfo=UTC)
+        seconds = (at - (now or datetime.now(UTC))).total_seconds()
+    if seconds != seconds or seconds == float("inf"):  # nan, inf
         return None
-    return seconds if 0 <= seconds <= MAX_RETRY_WAIT else None
+    return max(0.0, seconds)
 
 
 def _post(url: str, body: bytes, headers: dict[str, str], timeout: float, name: str) -> None:
