@@ -686,9 +686,9 @@ def write_security_lake(
     import io
     import uuid as _uuid
 
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from detector.delivery.ocsf_parquet import ocsf_table
     from detector.storage import Location
 
     loc = Location.of(root)
@@ -710,7 +710,7 @@ def write_security_lake(
             }
             for r in rows
         ]
-        table = pa.Table.from_pylist(flat)
+        table = ocsf_table(flat)
         buf = io.BytesIO()
         pq.write_table(table, buf, compression="zstd")
         path = loc.path(
