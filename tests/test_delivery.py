@@ -1113,6 +1113,30 @@ def test_a_sink_secret_file_that_cannot_be_read_is_one_clear_error(tmp_path):
         assert "secret" not in str(err.value).replace("secret_file", "")
 
 
+def test_an_incident_suppressed_after_it_was_sent_is_closed_where_it_was_sent(aws, tmp_path):
+    """A suppression written after an incident reached the sinks (the range scored again)
+    left it open in Security Hub (ACTIVE, workflow NEW) and in the OCSF store, for ever
+    (found by review). Like a resolve, it now reaches each sink that had it, as a closing
+    update: Security Hub's workflow SUPPRESSED, OCSF's Close with status Suppressed. An
+    incident suppressed before any send is still sent nowhere (above)."""
+    hub = sink(name="hub", type="securityhub", account_id="123456789012", region="us-east-1")
+    ocsf_file = tmp_path / "findings.ocsf.jsonl"
+    store = sink(name="store", type="ocsf", path=str(ocsf_file))
+    (inc,) = incidents()
+    state = deliver([inc], [build(hub), build(store)], DeliveryState(), now=NOW).state
+    inc.status, inc.version, inc.suppression = "suppressed", inc.version + 1, "ci-runner"
+    report = deliver([inc], [build(hub), build(store)], state, now=NOW + timedelta(minutes=6))
+    assert report.summary()["updates"] == 2
+    pages = boto3.client("securityhub").get_paginator("get_findings").paginate()
+    (stored,) = [f for p in pages for f in p["Findings"] if f["Id"] == payloads.asff_id(inc)]
+    assert stored["Workflow"]["Status"] == "SUPPRESSED"
+    opened, closed = [json.loads(line) for line in ocsf_file.read_text().splitlines()]
+    assert (opened["activity_name"], opened["status"]) == ("Create", "New")
+    assert (closed["activity_name"], closed["status"]) == ("Close", "Suppressed")
+    later = NOW + timedelta(hours=1)
+    assert deliver([inc], [build(hub), build(store)], report.state, now=later).sent == []
+
+
 def test_a_resolved_incident_is_archived_in_security_hub(aws):
     """Security Hub keeps a finding ACTIVE until told otherwise: resolving the incident in
     the tool must reach it as Workflow RESOLVED and RecordState ARCHIVED, same finding Id."""

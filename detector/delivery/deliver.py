@@ -36,7 +36,7 @@ from detector.delivery.payloads import DIGEST, Alert, shortened
 from detector.delivery.records import DeliveryState
 from detector.delivery.sinks import Outcome, Sink
 from detector.incidents.group import Incident
-from detector.incidents.status import DELIVERED, RESOLVED
+from detector.incidents.status import CLOSED, DELIVERED
 from detector.lake.findings_schema import SEVERITIES
 
 log = logging.getLogger(__name__)
@@ -162,8 +162,10 @@ def plan(
             out.refused.append(Alert(inc, "new", lake))  # owed, tried again later
             continue
         rec = state.delivered(inc.incident_id, cfg.name)
-        if inc.status == RESOLVED:
-            # Closing is news only where the opening was: never throttled, never first.
+        if inc.status in CLOSED:
+            # Closing (resolved, or suppressed after it was sent) is news only where the
+            # opening was: never throttled, never first. Suppressed, it was left open in
+            # Security Hub and OCSF stores (found by review).
             if rec is not None and rec["version"] < inc.version:
                 due.append(Alert(inc, "update", lake))
             continue

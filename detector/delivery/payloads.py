@@ -16,7 +16,7 @@ from typing import Any
 from detector import __version__
 from detector.controls import ONE_LINE, clip
 from detector.incidents.group import Incident
-from detector.incidents.status import ASFF_WORKFLOW, OCSF_STATUS_ID, OCSF_STATUS_NAME
+from detector.incidents.status import ASFF_WORKFLOW, CLOSED, OCSF_STATUS_ID, OCSF_STATUS_NAME
 from detector.rules.attack import technique_objects
 
 PRODUCT = "audit-detector"
@@ -317,8 +317,8 @@ def slack(alert: Alert) -> dict[str, Any]:
         head = "Alert digest"
     elif alert.kind == "new":
         head = "New incident"
-    elif inc.status == "resolved":
-        head = f"Incident resolved (v{inc.version})"
+    elif inc.status in CLOSED:
+        head = f"Incident {inc.status} (v{inc.version})"
     else:
         head = f"Incident updated (v{inc.version})"
     text = f"[{inc.severity.upper()}] {head}: {_line(inc.title)}"
@@ -507,12 +507,13 @@ def ocsf(
     alert: Alert, *, account_id: str | None = None, region: str | None = None
 ) -> dict[str, Any]:
     """An OCSF 1.x Detection Finding (class 2004): create on new, update on a new version,
-    close when the incident was resolved (OCSF's activity 3, with status Resolved)."""
+    close when the incident was resolved or suppressed (OCSF's activity 3, with status
+    Resolved or Suppressed)."""
     inc = alert.incident
     # Bounded as every sink's alert: a 150 KB principal made a 1.8 MB record, past what
     # log shippers and CloudWatch (1 MB an event) take (found by review).
     b = _bounded(inc)
-    activity = 1 if alert.kind in ("new", DIGEST) else 3 if inc.status == "resolved" else 2
+    activity = 1 if alert.kind in ("new", DIGEST) else 3 if inc.status in CLOSED else 2
     activity_name = _OCSF_ACTIVITY[activity]
     attacks = [
         {

@@ -31,7 +31,7 @@ from detector.delivery.config import SinkConfig
 from detector.delivery.payloads import DIGEST, DIGEST_IDS, Alert
 from detector.delivery.records import HOURLY, DeliveryState
 from detector.incidents.group import Incident
-from detector.incidents.status import NEW, RESOLVED
+from detector.incidents.status import CLOSED, NEW, RESOLVED
 from detector.lake.findings_schema import SEVERITIES
 
 #: The least time between two digests to a sink, whatever its ``throttle`` (0 would send
@@ -55,7 +55,7 @@ def split(
     for i, alert in enumerate(due):
         inc = alert.incident
         rec = state.delivered(inc.incident_id, cfg.name)
-        if inc.status == RESOLVED:
+        if inc.status in CLOSED:
             # closed where it was opened: in a digest if it was opened in one; else alone
             # while there is room, after every open alert (news before closings)
             (folded if rec is not None and rec.get("opened_in") else closings).append(i)
@@ -96,17 +96,21 @@ def digest(folded: list[Alert], cfg: SinkConfig, now: datetime) -> Alert:
     over the same alerts sends the same digest with the same idempotency key.
     """
     incidents = [a.incident for a in folded]
-    open_ = [i for i in incidents if i.status != RESOLVED]
+    open_ = [i for i in incidents if i.status not in CLOSED]
     worst = max(open_ or incidents, key=lambda i: i.severity_rank)
     severity = worst.severity if open_ else "low"  # only closings: news, not an alarm
     kinds = Counter(
-        "resolved" if i.status == RESOLVED else a.kind
-        for a, i in zip(folded, incidents, strict=True)
+        i.status if i.status in CLOSED else a.kind for a, i in zip(folded, incidents, strict=True)
     )
     counts = Counter(i.severity for i in open_)
     what = ", ".join(
         f"{kinds[k]} {word}"
-        for k, word in (("new", "new"), ("update", "updated"), ("resolved", "resolved"))
+        for k, word in (
+            ("new", "new"),
+            ("update", "updated"),
+            ("resolved", "resolved"),
+            ("suppressed", "suppressed"),
+        )
         if kinds[k]
     )
     by_severity = ", ".join(f"{counts[s]} {s}" for s in reversed(SEVERITIES) if counts[s])
@@ -121,7 +125,7 @@ def digest(folded: list[Alert], cfg: SinkConfig, now: datetime) -> Alert:
         {
             "time": i.last_seen,
             "finding_id": i.incident_id,
-            "detector": f"incident v{i.version}" + (" resolved" if i.status == RESOLVED else ""),
+            "detector": f"incident v{i.version}" + (f" {i.status}" if i.status in CLOSED else ""),
             "severity": i.severity,
             "severity_rank": i.severity_rank,
             "title": i.title,

@@ -34,6 +34,8 @@ ASFF_WORKFLOW = {
 
 #: Statuses whose changes still reach sinks (an acknowledged incident that grows is news).
 DELIVERED = frozenset({NEW, ACKNOWLEDGED})
+#: Statuses that close an incident: sent, as a closing update, only to a sink that had it.
+CLOSED = frozenset({SUPPRESSED, RESOLVED})
 
 #: What a person may set from the CLI (suppressed comes from suppressions as code only).
 SETTABLE = {"ack": ACKNOWLEDGED, "acknowledge": ACKNOWLEDGED, "resolve": RESOLVED, "reopen": NEW}
