@@ -1528,3 +1528,36 @@ def test_a_get_only_grant_of_pods_exec_is_still_exec(ruleset):
     )
     (reasons,) = run(ruleset, "clusterrole-pod-exec", [grant])["reasons"].to_list()
     assert reasons[0].endswith("rule resources pods, pods/exec; verbs get")
+
+
+def test_a_dry_run_is_a_record_that_says_so_not_an_alert(ruleset):
+    """`kubectl create clusterrolebinding ... --dry-run=server` changes nothing, and Argo CD's
+    server-side diff dry-runs every manifest it syncs: reported at the rule's severity (a
+    high cluster-admin binding), each was an alert for a change that never happened (found
+    by review). A finding made only of dry runs is recorded at info, never alerted, its
+    first reason saying why; one dry run beside a real request changes nothing."""
+    from detector.rules.engine import DRY_RUN_REASON
+
+    def create(uri_tail: str, name: str = "b") -> dict:
+        return ev(
+            "create",
+            "clusterrolebindings",
+            name=name,
+            group=RBAC,
+            code=201,
+            uri=f"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings{uri_tail}",
+            body=binding("ClusterRoleBinding", "cluster-admin", ("User", "mallory")),
+        )
+
+    rule = "cluster-admin-binding"
+    for tail in ("?dryRun=All", "?fieldManager=kubectl-create&dryRun=All"):
+        (found,) = run(ruleset, rule, [create(tail)]).to_dicts()
+        assert (found["severity"], found["severity_rank"]) == ("info", 0), tail
+        assert found["reasons"][0] == DRY_RUN_REASON
+    # what the server would carry out is judged as a change: a real one beside the dry run,
+    # or a parameter the server does not read as a dry run
+    both = run(ruleset, rule, [create("?dryRun=All"), create("", name="c")])
+    assert both["severity"].to_list() == ["high"]
+    for tail in ("?dryRun=", "?DryRun=All", "?xdryRun=All", "?dryRun=Allx"):
+        (found,) = run(ruleset, rule, [create(tail)]).to_dicts()
+        assert found["severity"] == "high" and DRY_RUN_REASON not in found["reasons"], tail

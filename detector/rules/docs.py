@@ -385,6 +385,16 @@ back to `ResponseComplete` or `RequestReceived` when that is all the log holds (
 filtered by the audit policy, a cut stream); authorization failures accept both, since a
 denied watch is logged at both.
 
+### Dry runs
+
+A request with `dryRun=All` in its query (`kubectl ... --dry-run=server`, Argo CD's
+server-side diff) is checked by the API server and not carried out. A finding whose
+requests were all dry runs is recorded at `info` (in the lake, never alerted) whatever the
+rule's severity, its first reason saying so: it shows what the caller tried, as a probe,
+and changed nothing. One real request in the group keeps the rule's severity. Only the
+parameter as the server takes it counts (`dryRun=All`, case and spelling exact): one
+written otherwise is judged as a change.
+
 ### Address lists
 
 `source_ip_in_aws` reads a dated snapshot of AWS's published IPv4 ranges shipped with the

@@ -28,6 +28,7 @@ import polars as pl
 from detector.events.schema import CANONICAL_COLUMNS
 from detector.lake.findings_schema import (
     FINDINGS_COLUMNS,
+    SEVERITIES,
     TOP_FEATURE,
     empty_findings,
     with_finding_ids,
@@ -279,6 +280,18 @@ def _keyed(matched: _F, rule: Rule, every: str) -> _F:
     )
 
 
+#: A request the API server checked and did not carry out (``kubectl ... --dry-run=server``,
+#: Argo CD's server-side diff): the query's ``dryRun=All`` exactly, as the server takes it.
+#: An escaped or misspelt one the server may read differently is not matched: such a
+#: request is judged as a change, which errs towards an alert.
+DRY_RUN = r"[?&]dryRun=All(?:&|$)"
+#: The first reason of a finding made only of dry runs.
+DRY_RUN_REASON = (
+    "every request was a dry run (dryRun=All): the API server checked it and changed "
+    "nothing, so this is a record, not an alert (a probe of what the caller may do)"
+)
+
+
 def _aggregate(keyed: pl.LazyFrame, rule: Rule) -> pl.LazyFrame:
     t = rule.threshold
     value = (
@@ -293,6 +306,7 @@ def _aggregate(keyed: pl.LazyFrame, rule: Rule) -> pl.LazyFrame:
         who().drop_nulls().first().alias("_who"),
         value.cast(pl.Float64).alias("_value"),
         pl.col("principal").drop_nulls().unique().sort().alias("_principals"),
+        pl.col("request_uri").str.contains(DRY_RUN).fill_null(False).all().alias("_dry_run"),
     )
 
 
@@ -378,11 +392,16 @@ def _findings_for_rule(
     kind = (
         pl.lit("source_ip") if t is not None and t.by == "source_ip" else pl.col("principal_kind")
     )
+    # Only dry runs: a record at info (in the lake, never alerted), saying why.
+    dry = pl.col("_dry_run")
+    lines = pl.when(dry).then(pl.concat_list(pl.lit([DRY_RUN_REASON]), lines)).otherwise(lines)
+    severity = pl.when(dry).then(pl.lit(SEVERITIES[0])).otherwise(pl.lit(rule.severity))
+    rank = pl.when(dry).then(pl.lit(0, pl.Int8)).otherwise(pl.lit(rule.severity_rank, pl.Int8))
     findings = joined.select(
         pl.lit(None, pl.String).alias("finding_id"),
         pl.lit(rule.detector).alias("detector"),
-        pl.lit(rule.severity).alias("severity"),
-        pl.lit(rule.severity_rank, pl.Int8).alias("severity_rank"),
+        severity.alias("severity"),
+        rank.alias("severity_rank"),
         pl.col("_value").alias("score"),
         pl.col("threshold").cast(pl.Float64),
         pl.col("cluster"),
