@@ -718,6 +718,31 @@ def test_sentences_for_a_principal_with_no_history_do_not_claim_a_usual():
     assert "all namespaces" not in explain.sentence(wide)
 
 
+def test_a_novelty_reason_says_each_thing_once():
+    """ "came from 2 source IPs never seen for this principal (new: a; usual: b); usual for
+    this principal: 0": "usual" meant the addresses and the count in one line; and with no
+    history, "never seen for this principal" sat beside "no history for this principal"
+    (found by review)."""
+    known = {
+        "name": "new_source_ips",
+        "value": 1.0,
+        "baseline": 0.0,
+        "population": 1.0,
+        "surprise": 2.0,
+        "known": True,
+        "detail": "new: 203.0.113.9; seen before: 10.0.1.5",
+    }
+    assert explain.sentence(known) == (
+        "came from 1 source IP never seen for this principal (new: 203.0.113.9; seen before: "
+        "10.0.1.5); usual for this principal: 0; 99th percentile of all principals: 1"
+    )
+    cold = {**known, "value": 2.0, "known": False, "detail": "new: 203.0.113.9, 10.0.1.5"}
+    assert explain.sentence(cold) == (
+        "came from 2 source IPs (203.0.113.9, 10.0.1.5); no history for this principal "
+        "(median of all principals: 0); 99th percentile of all principals: 1"
+    )
+
+
 def test_attack_mapping_comes_from_the_strongest_mapped_feature():
     items = [
         {"name": "requests", "surprise": 3.0},
@@ -769,7 +794,7 @@ def test_named_new_values_are_capped_in_count_and_length():
     ctx = {"cluster": "c", "principal": "p", "_new_user_agents": [huge, "b", "c", "d"]}
     text = _detail("new_user_agents", ctx, {("c", "p", "user_agents"): ["usual/1"]})
     assert text is not None and len(text) < 400
-    assert text.startswith("new: axxx") and ", b, c ...; usual: usual/1" in text
+    assert text.startswith("new: axxx") and ", b, c ...; seen before: usual/1" in text
 
 
 def test_fold_baselines_from_one_pass_equal_rebuilding_them_from_the_rows(windows):

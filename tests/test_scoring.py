@@ -80,11 +80,11 @@ def test_score_finds_the_stolen_token_and_files_findings_with_their_events(sim_l
     for reason in named:
         count = int(re.search(r"(\d+) (?:source IP|user agent)s? never seen", reason)[1])
         listed = reason.split("(new: ", 1)[1].split(")")[0]
-        new, _, usual = listed.partition("; usual: ")
+        new, _, usual = listed.partition("; seen before: ")
         new_values = new.removesuffix(" ...").split(", ")
         assert len(new_values) == min(count, 3), reason
         assert not set(new_values) & set(usual.removesuffix(" ...").split(", ")), reason
-    assert any("; usual: " in r for r in named), named
+    assert any("; seen before: " in r for r in named), named
     # every finding has reasons, and its events are in findings_events with its id
     assert all(1 <= len(r) <= 5 for r in found["reasons"].to_list())
     listed = store.list_findings(lake, since=CUT)

@@ -85,6 +85,11 @@ class Feature:
     integer: bool = True
 
 
+#: How a novelty phrase ends; left out for a principal with no history, where every value
+#: is new and "no history for this principal" follows (``explain.phrase``).
+NEVER_SEEN = " never seen for this principal"
+
+
 def _f(name: str, phrase: str, family: str, *, integer: bool = True) -> Feature:
     return Feature(name, phrase, family, integer)
 
@@ -122,13 +127,13 @@ CATALOGUE: tuple[Feature, ...] = (
     _f("hostpath_workloads", "wrote {v} workload{s} mounting a host path", "sensitive"),
     _f("hostnetwork_workloads", "wrote {v} workload{s} on the host network", "sensitive"),
     _f("hostpid_workloads", "wrote {v} workload{s} sharing the host PID namespace", "sensitive"),
-    _f("new_source_ips", "came from {v} source IP{s} never seen for this principal", "novelty"),
-    _f("new_user_agents", "used {v} user agent{s} never seen for this principal", "novelty"),
-    _f("new_namespaces", "touched {v} namespace{s} never seen for this principal", "novelty"),
-    _f("new_resources", "touched {v} resource type{s} never seen for this principal", "novelty"),
+    _f("new_source_ips", "came from {v} source IP{s}" + NEVER_SEEN, "novelty"),
+    _f("new_user_agents", "used {v} user agent{s}" + NEVER_SEEN, "novelty"),
+    _f("new_namespaces", "touched {v} namespace{s}" + NEVER_SEEN, "novelty"),
+    _f("new_resources", "touched {v} resource type{s}" + NEVER_SEEN, "novelty"),
     _f(
         "new_verb_resources",
-        "made {v} kind{s} of request (verb and resource) never seen for this principal",
+        "made {v} kind{s} of request (verb and resource)" + NEVER_SEEN,
         "novelty",
     ),
     _f("first_seen_principal", "is a principal never seen before", "novelty"),

@@ -18,7 +18,7 @@ from typing import Any
 import polars as pl
 
 from detector.features import ATTACK, BY_NAME, FEATURES, RELATIVE, Baseline, feature_surprises
-from detector.features.catalogue import NAMED_NOVELTY
+from detector.features.catalogue import NAMED_NOVELTY, NEVER_SEEN
 
 MIN_FEATURES, MAX_FEATURES = 3, 5
 #: Surprise (-log10 p) from which a feature is worth a sentence on its own: p <= 10%.
@@ -137,6 +137,10 @@ def _usual_values(rows: pl.DataFrame, baseline: Baseline) -> dict[tuple[str, str
     return {(r[0], r[1], r[2]): r[3] for r in grouped.iter_rows()}
 
 
+#: Before the values a novelty feature counted, in a reason.
+_NEW = "new: "
+
+
 def _detail(
     name: str, ctx: dict[str, Any], usual_values: dict[tuple[str, str, str], list]
 ) -> str | None:
@@ -155,11 +159,13 @@ def _detail(
         new = [v for v in (ctx.get(f"_{name}") or []) if v is not None]
         if not new:
             return None
-        text = "new: " + ", ".join(map(_short, new[:_MAX_NAMED]))
+        text = _NEW + ", ".join(map(_short, new[:_MAX_NAMED]))
         text += " ..." if len(new) > _MAX_NAMED else ""
         if usual:
             more = " ..." if len(usual) > _MAX_NAMED else ""
-            text += "; usual: " + ", ".join(map(_short, usual[:_MAX_NAMED])) + more
+            # "seen before", not "usual": the sentence's "usual for this principal" is the
+            # usual count, and the word meant two things in one line (found by review)
+            text += "; seen before: " + ", ".join(map(_short, usual[:_MAX_NAMED])) + more
         return text
     return None
 
@@ -201,9 +207,15 @@ def phrase(item: dict[str, Any]) -> str:
         return f"was active at {detail}, an hour of day it is rarely active"
     if name in _RELATIVE and not known:
         return _new_relative(name, item["value"])
+    text = render_phrase(name, item["value"])
+    if name in NAMED_NOVELTY and not known:
+        # with no history every value is new: "never seen for this principal" beside "no
+        # history for this principal" said one thing twice (found by review)
+        text = text.removesuffix(NEVER_SEEN)
+        detail = detail and detail.removeprefix(_NEW)
     if name in NAMED_NOVELTY and detail:
-        return f"{render_phrase(name, item['value'])} ({detail})"
-    return render_phrase(name, item["value"])
+        return f"{text} ({detail})"
+    return text
 
 
 def render_phrase(name: str, value: float) -> str:
