@@ -1464,6 +1464,24 @@ def test_a_forwarded_for_header_cannot_hide_where_a_request_came_from(ruleset):
     assert run(ruleset, "denied-ip-caller", [via("10.0.5.5", TOR_IP, iam())]).height == 1
 
 
+def test_ipv6_callers_are_judged_as_ipv4_ones_are(ruleset):
+    """An EKS cluster in IPv6 mode gives its pods AWS's global IPv6 addresses, and a stolen
+    token can be used from anywhere over IPv6: those addresses were not judged at all, so
+    no outside-AWS or deny-list rule could fire on them (found by review)."""
+    outside, in_aws, private = "2a01:4f8::1", "2600:1f18::1", "fd12:3456::1"
+    found = run(ruleset, "service-account-outside-aws", [ev("get", "pods", user=SA, ip=outside)])
+    assert f"from {outside}, public and outside AWS" in found["reasons"][0][0]
+    quiet = [ev("get", "pods", user=SA, ip=ip) for ip in (in_aws, private, "fe80::1%eth0")]
+    assert run(ruleset, "service-account-outside-aws", quiet).is_empty()
+    # IPv4-mapped: the IPv4 address it carries (in AWS here; on the deny list there)
+    mapped = ev("get", "pods", user=SA, ip=f"::ffff:{AWS_IP}")
+    assert run(ruleset, "service-account-outside-aws", [mapped]).is_empty()
+    for ip in (f"::ffff:{TOR_IP}", "2001:db8::5"):  # the fixture lists 2001:db8::/32 too
+        assert run(ruleset, "denied-ip-caller", [ev("get", "pods", user=iam(), ip=ip)]).height, ip
+    node = ev("get", "pods", user=NODE, ip=outside)
+    assert run(ruleset, "system-identity-outside-aws", [node]).height == 1
+
+
 def test_ip_lists_reject_bad_lines_and_need_no_network(tmp_path):
     from detector.rules.condition import ConditionError
     from detector.rules.iplists import derive_aws_ranges, read_networks
@@ -1476,7 +1494,8 @@ def test_ip_lists_reject_bad_lines_and_need_no_network(tmp_path):
     source.write_text(
         '{"syncToken": "1", "createDate": "2026-01-02-03-04-05", "prefixes": ['
         '{"ip_prefix": "3.5.140.0/23"}, {"ip_prefix": "3.5.142.0/23"}, {"ip_prefix": "52.0.0.0/15"}'
-        "]}"
+        '], "ipv6_prefixes": [{"ipv6_prefix": "2600:1f00::/41"},'
+        ' {"ipv6_prefix": "2600:1f00:80::/41"}]}'
     )
     text = derive_aws_ranges(source)
     assert "createDate 2026-01-02-03-04-05" in text
@@ -1484,7 +1503,7 @@ def test_ip_lists_reject_bad_lines_and_need_no_network(tmp_path):
     deep.write_text("[" * 100_000 + "]" * 100_000)  # past Python's stack: RecursionError
     with pytest.raises(ConditionError, match=r"not AWS's ip-ranges\.json"):
         derive_aws_ranges(deep)
-    assert text.splitlines()[2:] == ["3.5.140.0/22", "52.0.0.0/15"]
+    assert text.splitlines()[2:] == ["3.5.140.0/22", "52.0.0.0/15", "2600:1f00::/40"]
 
 
 def test_a_list_file_that_is_not_a_list_is_the_settings_fault_and_never_quoted(

@@ -271,15 +271,22 @@ def test_plain_ip_lists_give_the_same_answers_as_the_checked_parser(tmp_path):
     probes = [0, 167838207, 167838208, 167838211, 167838719, 167838720, 3232235520]
     probes += [3232301055, 3232301056, 3405803785, 3405803786, 2**32 - 1]
     df = pl.DataFrame({"n": pl.Series(probes, dtype=pl.UInt32)})
-    assert df.select(iplists.in_intervals(pl.col("n"), *fast)).equals(
-        df.select(iplists.in_intervals(pl.col("n"), *checked))
+    assert df.select(iplists.in_intervals(pl.col("n"), fast.starts, fast.ends)).equals(
+        df.select(iplists.in_intervals(pl.col("n"), checked.starts, checked.ends))
     )
+    # IPv6, in the shipped snapshot too: every interval's edges and either side of them
     aws = iplists._plain_intervals([iplists.aws_ranges_path()])
-    assert aws is not None and len(aws[0]) > 0
-    lst.write_text("10.1.2.3\n2001:db8::/32\n")  # IPv6: left to the checked path
-    assert iplists._plain_intervals([lst]) is None
-    lst.write_text("010.1.2.3\n")  # ipaddress refuses leading zeros: so does the fast path
-    assert iplists._plain_intervals([lst]) is None
+    assert aws is not None and len(aws.starts) > 0 and len(aws.v6_starts) > 1000
+    slow = iplists.intervals(iplists.read_networks(iplists.aws_ranges_path()))
+    edges = [*slow.v6_starts, *slow.v6_ends]
+    probes6 = [e + d for e in edges for d in (-1, 0, 1)] + [0, 2**128 - 1]
+    assert [aws.holds_v6(p) for p in probes6] == [slow.holds_v6(p) for p in probes6]
+    lst.write_text("10.1.2.3\n2001:db8::/32\n2600:1f00::/40\n")
+    v6 = iplists._plain_intervals([lst])
+    assert v6 is not None and v6.v6_starts == (0x20010DB8 << 96, 0x26001F00 << 96)
+    for bad in ("010.1.2.3", "2001:db8::/129", "fe80::1%eth0/64", "2001:db8::/-1"):
+        lst.write_text(bad + "\n")  # ipaddress refuses these, or reads them otherwise
+        assert iplists._plain_intervals([lst]) is None, bad
 
 
 def test_hostile_source_addresses_are_answered_none_and_the_rest_still_right():

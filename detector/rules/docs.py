@@ -397,7 +397,7 @@ written otherwise is judged as a change.
 
 ### Address lists
 
-`source_ip_in_aws` reads a dated snapshot of AWS's published IPv4 ranges shipped with the
+`source_ip_in_aws` reads a dated snapshot of AWS's published IPv4 and IPv6 ranges shipped with the
 tool (merged CIDRs; its header gives the `createDate` of the `ip-ranges.json` it came
 from). Nothing is fetched at run time; refresh it from a file you download into a file
 of yours (never into the installed package), which the rules then read instead, once
@@ -420,7 +420,10 @@ of addresses or CIDRs, one a line, `#` comments, named at the top of `detect.tom
 ip_lists = ["feeds/tor-exits.txt", "feeds/blocked.txt"]
 ```
 
-Only IPv4 addresses are judged; IPv6 entries and sources are ignored.
+IPv4 and IPv6 addresses are judged alike (an EKS cluster in IPv6 mode gives its pods AWS's
+global IPv6 addresses). An IPv4-mapped address (`::ffff:203.0.113.9`) is judged as the
+IPv4 address it carries; unique-local (`fc00::/7`), link-local, documentation, 6to4,
+Teredo and NAT64 addresses are not public.
 
 <a id="tuning"></a>
 ### Tuning and overrides

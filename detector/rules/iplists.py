@@ -13,18 +13,26 @@ the user's (never into the installed package, which may be read-only and is repl
 upgrade), which the rules read instead once ``detect.toml`` names it (``aws_ranges``,
 exported as ``DETECT_AWS_RANGES``). Deny lists are text files
 of addresses or CIDRs, one a line (``#`` comments), named in ``detect.toml``
-(``ip_lists = [...]``, exported as ``DETECT_IP_LISTS``). IPv4 only: EKS audit source
-addresses are IPv4 in practice; IPv6 entries of a list are ignored (and counted).
+(``ip_lists = [...]``, exported as ``DETECT_IP_LISTS``).
+
+IPv4 and IPv6 alike: an EKS cluster in IPv6 mode gives its pods AWS's global IPv6
+addresses, and the API server logs them. IPv4 addresses are searched in polars; IPv6 ones
+(a few distinct addresses a range, each answered once and remembered) with ``bisect``
+over Python integers, which polars has no 128-bit search for. An IPv4-mapped address
+(``::ffff:203.0.113.9``) is judged as the IPv4 address it carries.
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
 import ipaddress
 import json
 import os
 import re
+import socket
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -53,7 +61,39 @@ NON_PUBLIC = (
     "192.168.0.0/16",
     "198.18.0.0/15",
     "224.0.0.0/3",
+    # IPv6: unspecified, loopback, NAT64, discard, IETF protocol assignments (Teredo...),
+    # documentation, 6to4, unique local, link-local, multicast (an IPv4-mapped address is
+    # judged as its IPv4 address).
+    "::/127",
+    "64:ff9b::/96",
+    "64:ff9b:1::/48",
+    "100::/64",
+    "2001::/23",
+    "2001:db8::/32",
+    "2002::/16",
+    "3fff::/20",
+    "fc00::/7",
+    "fe80::/10",
+    "ff00::/8",
 )
+
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class Ranges:
+    """A list's networks as merged, sorted ``[start, end]`` integer intervals: IPv4 as
+    polars series (one vectorised search for every address of a range), IPv6 as Python
+    integers (128 bits, searched with ``bisect``)."""
+
+    starts: pl.Series
+    ends: pl.Series
+    v6_starts: tuple[int, ...] = ()
+    v6_ends: tuple[int, ...] = ()
+
+    def holds_v6(self, number: int) -> bool:
+        i = bisect.bisect_right(self.v6_starts, number) - 1
+        return i >= 0 and number <= self.v6_ends[i]
 
 
 def shipped_aws_ranges() -> Path:
@@ -85,9 +125,9 @@ def _shown(text: str) -> str:
     return f"a line of {len(text)} characters that no address holds (not shown)"
 
 
-def parse_networks(lines: Iterable[str], label: str) -> list[ipaddress.IPv4Network]:
+def parse_networks(lines: Iterable[str], label: str) -> list[_Network]:
     """Addresses or CIDRs, one a line; ``#`` starts a comment. Bad lines name their number."""
-    out: list[ipaddress.IPv4Network] = []
+    out: list[_Network] = []
     for number, raw in enumerate(lines, 1):
         text = raw.split("#", 1)[0].strip()
         if not text:
@@ -98,14 +138,13 @@ def parse_networks(lines: Iterable[str], label: str) -> list[ipaddress.IPv4Netwo
             raise ConditionError(
                 f"{label}, line {number}: not an address or CIDR: {_shown(text)}"
             ) from None
-        if isinstance(net, ipaddress.IPv4Network):
-            out.append(net)
+        out.append(net)
         if len(out) > MAX_ENTRIES:
             raise ConditionError(f"{label}: more than {MAX_ENTRIES:,} entries")
     return out
 
 
-def read_networks(path: str | Path) -> list[ipaddress.IPv4Network]:
+def read_networks(path: str | Path) -> list[_Network]:
     try:
         return parse_networks(read_user_file(path).splitlines(), str(path))
     except FileNotFoundError:
@@ -114,14 +153,27 @@ def read_networks(path: str | Path) -> list[ipaddress.IPv4Network]:
         raise ConditionError(f"IP list {path}: cannot read: {exc}") from None
 
 
-def intervals(networks: Iterable[ipaddress.IPv4Network]) -> tuple[pl.Series, pl.Series]:
-    """Merged, sorted ``[start, end]`` integer intervals of the networks."""
-    merged = ipaddress.collapse_addresses(networks)
-    pairs = sorted((int(n.network_address), int(n.broadcast_address)) for n in merged)
-    return (
+def intervals(networks: Iterable[_Network]) -> Ranges:
+    """Merged, sorted ``[start, end]`` integer intervals of the networks, per family."""
+    nets = list(networks)
+    v4 = [n for n in nets if isinstance(n, ipaddress.IPv4Network)]
+    v6 = [n for n in nets if isinstance(n, ipaddress.IPv6Network)]
+    pairs = _pairs(v4)
+    return Ranges(
         pl.Series("start", [p[0] for p in pairs], dtype=pl.UInt32),
         pl.Series("end", [p[1] for p in pairs], dtype=pl.UInt32),
+        *_v6_ranges(v6),
     )
+
+
+def _pairs(networks: Iterable[_Network]) -> list[tuple[int, int]]:
+    merged = ipaddress.collapse_addresses(networks)  # type: ignore[type-var]
+    return sorted((int(n.network_address), int(n.broadcast_address)) for n in merged)
+
+
+def _v6_ranges(networks: list[ipaddress.IPv6Network]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    pairs = _pairs(networks)
+    return tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
 
 
 def ipv4_number(col: pl.Expr) -> pl.Expr:
@@ -147,16 +199,17 @@ _OCTET = r"(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _IPV4_CIDR = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}(?:/(3[0-2]|[12]?\d))?")
 
 
-def _plain_intervals(paths: list[str | Path]) -> tuple[pl.Series, pl.Series] | None:
-    """:func:`intervals` of the files, when every entry is a plain IPv4 address or CIDR.
+def _plain_intervals(paths: list[str | Path]) -> Ranges | None:
+    """:func:`intervals` of the files, when every entry is a plain address or CIDR.
 
-    The AWS snapshot is read by every run that loads the rules: parsing its ~1,800 CIDRs
-    with integer arithmetic instead of ``ipaddress`` objects takes a tenth of the time.
-    Overlapping or adjacent networks are merged into one interval (the same addresses as
-    ``collapse_addresses``). None when a line is anything else (IPv6, a typo, too many
-    entries): the checked path then reads the files and names the bad line.
+    The AWS snapshot is read by every run that loads the rules: parsing its ~1,800 IPv4
+    and ~2,100 IPv6 CIDRs with integer arithmetic instead of ``ipaddress`` objects takes a
+    tenth of the time. Overlapping or adjacent networks are merged into one interval (the
+    same addresses as ``collapse_addresses``). None when a line is anything else (a typo,
+    too many entries): the checked path then reads the files and names the bad line.
     """
-    pairs: list[tuple[int, int]] = []
+    v4: list[tuple[int, int]] = []
+    v6: list[tuple[int, int]] = []
     for path in paths:
         try:
             lines = read_user_file(path).splitlines()
@@ -166,24 +219,51 @@ def _plain_intervals(paths: list[str | Path]) -> tuple[pl.Series, pl.Series] | N
             text = raw.split("#", 1)[0].strip()
             if not text:
                 continue
-            m = _IPV4_CIDR.fullmatch(text)
-            if m is None or len(pairs) >= MAX_ENTRIES:
+            if len(v4) + len(v6) >= MAX_ENTRIES:
                 return None
-            a, b, c, d, bits = m.groups()
-            number = (int(a) << 24) | (int(b) << 16) | (int(c) << 8) | int(d)
-            host = (1 << (32 - int(bits if bits is not None else 32))) - 1
-            pairs.append((number & ~host & 0xFFFFFFFF, number | host))
-    pairs.sort()
+            pair = _v6_pair(text) if ":" in text else _v4_pair(text)
+            if pair is None:
+                return None
+            (v6 if ":" in text else v4).append(pair)
+    merged, merged_v6 = _merged(v4), _merged(v6)
+    return Ranges(
+        pl.Series("start", [p[0] for p in merged], dtype=pl.UInt32),
+        pl.Series("end", [p[1] for p in merged], dtype=pl.UInt32),
+        tuple(p[0] for p in merged_v6),
+        tuple(p[1] for p in merged_v6),
+    )
+
+
+def _v4_pair(text: str) -> tuple[int, int] | None:
+    m = _IPV4_CIDR.fullmatch(text)
+    if m is None:
+        return None
+    a, b, c, d, bits = m.groups()
+    number = (int(a) << 24) | (int(b) << 16) | (int(c) << 8) | int(d)
+    host = (1 << (32 - int(bits if bits is not None else 32))) - 1
+    return number & ~host & 0xFFFFFFFF, number | host
+
+
+def _v6_pair(text: str) -> tuple[int, int] | None:
+    address, slash, bits = text.partition("/")
+    if slash and not (bits.isdigit() and len(bits) <= 3 and int(bits) <= 128):
+        return None
+    try:
+        number = int.from_bytes(socket.inet_pton(socket.AF_INET6, address), "big")
+    except OSError:  # a zone, a typo: the checked path says which line
+        return None
+    host = (1 << (128 - int(bits if slash else 128))) - 1
+    return number & ~host, number | host
+
+
+def _merged(pairs: list[tuple[int, int]]) -> list[list[int]]:
     merged: list[list[int]] = []
-    for start, end in pairs:
+    for start, end in sorted(pairs):
         if merged and start <= merged[-1][1] + 1:
             merged[-1][1] = max(merged[-1][1], end)
         else:
             merged.append([start, end])
-    return (
-        pl.Series("start", [p[0] for p in merged], dtype=pl.UInt32),
-        pl.Series("end", [p[1] for p in merged], dtype=pl.UInt32),
-    )
+    return merged
 
 
 def _versions(key: str) -> tuple[tuple[int, int] | None, ...]:
@@ -199,9 +279,7 @@ def _versions(key: str) -> tuple[tuple[int, int] | None, ...]:
 
 
 @functools.lru_cache(maxsize=8)
-def _cached(
-    kind: str, key: str, versions: tuple[tuple[int, int] | None, ...] = ()
-) -> tuple[pl.Series, pl.Series]:
+def _cached(kind: str, key: str, versions: tuple[tuple[int, int] | None, ...] = ()) -> Ranges:
     if kind == "non_public":
         return intervals(ipaddress.ip_network(n) for n in NON_PUBLIC)
     files: list[str | Path] = [f for f in key.split(os.pathsep) if f]
@@ -268,7 +346,7 @@ def _lookup(
     kind: str, key: str, versions: tuple[tuple[int, int] | None, ...]
 ) -> Callable[[pl.Series], pl.Series]:
     """Each address of a series in the list files ``key`` names, at ``versions``: True,
-    False, or None for text that is no IPv4 address.
+    False, or None for text that is no address.
 
     A range holds few distinct addresses and many events, so each distinct address is
     classified once (one binary search each) and the answer mapped back onto the rows.
@@ -276,7 +354,7 @@ def _lookup(
     chunk at a time (tens of calls for a day), and building the search for the same few
     hundred addresses in each call cost three times the mapping itself.
     """
-    starts, ends = _cached(kind, key, versions)
+    ranges = _cached(kind, key, versions)
     known: dict[str, bool | None] = {}
 
     def lookup(s: pl.Series) -> pl.Series:
@@ -290,13 +368,22 @@ def _lookup(
         answers = [known.get(a, _UNKNOWN) for a in addresses]
         missing = [a for a, v in zip(addresses, answers, strict=True) if v is _UNKNOWN]
         if missing:
+            v6 = {a: _v6_address(a) for a in missing if ":" in a and len(a) <= ADDRESS_CHARS}
+            # an IPv4-mapped address is searched as the IPv4 address it carries
+            probes = [
+                str(ip.ipv4_mapped) if (ip := v6.get(a)) and ip.ipv4_mapped else a for a in missing
+            ]
             found = (
-                pl.Series("ip", missing, dtype=pl.String)
+                pl.Series("ip", probes, dtype=pl.String)
                 .to_frame()
-                .select(in_intervals(ipv4_number(pl.col("ip")), starts, ends))
+                .select(in_intervals(ipv4_number(pl.col("ip")), ranges.starts, ranges.ends))
                 .to_series()
+                .to_list()
             )
-            new = dict(zip(missing, found.to_list(), strict=True))
+            new = {
+                a: ranges.holds_v6(int(ip)) if (ip := v6.get(a)) and not ip.ipv4_mapped else hit
+                for a, hit in zip(missing, found, strict=True)
+            }
             answers = [
                 new[a] if v is _UNKNOWN else v for a, v in zip(addresses, answers, strict=True)
             ]
@@ -307,6 +394,13 @@ def _lookup(
         return s.replace_strict(distinct, answer, default=None, return_dtype=pl.Boolean)
 
     return lookup
+
+
+def _v6_address(text: str) -> ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.IPv6Address(text)
+    except ValueError:
+        return None
 
 
 def _source_in(kind: str, key: str, versions: tuple[tuple[int, int] | None, ...]) -> pl.Expr:
@@ -375,7 +469,8 @@ def public_outside_aws() -> pl.Expr:
 
 
 def derive_aws_ranges(ip_ranges_json: str | Path) -> str:
-    """The snapshot file's text from AWS's ``ip-ranges.json``: merged IPv4 CIDRs, dated.
+    """The snapshot file's text from AWS's ``ip-ranges.json``: merged IPv4 and IPv6 CIDRs,
+    dated.
 
     Every prefix counts (service AMAZON is the superset AWS publishes for all of its
     services, EC2 included), merged into the fewest CIDRs; the header keeps the source's
@@ -384,15 +479,20 @@ def derive_aws_ranges(ip_ranges_json: str | Path) -> str:
     try:
         data = json.loads(read_user_file(ip_ranges_json))  # 16 MB at most: /dev/zero is no list
         prefixes = [p["ip_prefix"] for p in data["prefixes"]]
+        prefixes += [p["ipv6_prefix"] for p in data.get("ipv6_prefixes", [])]
         created, token = data["createDate"], data["syncToken"]
     except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise ConditionError(
             f"{ip_ranges_json}: not AWS's ip-ranges.json ({type(exc).__name__}: {exc})"
         ) from None
-    merged = list(ipaddress.collapse_addresses(parse_networks(prefixes, str(ip_ranges_json))))
+    networks = parse_networks(prefixes, str(ip_ranges_json))
+    merged = [
+        *ipaddress.collapse_addresses(n for n in networks if n.version == 4),  # type: ignore[misc]
+        *ipaddress.collapse_addresses(n for n in networks if n.version == 6),  # type: ignore[misc]
+    ]
     stamp = datetime.now(UTC).strftime("%Y-%m-%d")
     header = [
-        "# AWS public IPv4 ranges, merged from ip-ranges.json",
+        "# AWS public IPv4 and IPv6 ranges, merged from ip-ranges.json",
         f"# createDate {created} syncToken {token} ({len(prefixes)} prefixes, "
         f"{len(merged)} merged); derived {stamp} by `detect rules aws-ranges`",
     ]
