@@ -5,6 +5,7 @@ event across clusters, S3 manifests recorded only after everything is flushed, c
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -663,6 +664,84 @@ def test_a_lake_path_through_a_file_is_a_usage_error(tmp_path):
     assert result.stderr.strip() == f"error: no lake at {log}/sub: {log} is a file, not a folder"
 
 
+def _first_column_page(part_file: Path) -> tuple[int, int]:
+    """(offset, size) of the first column chunk (``event_time``) of a lake file."""
+    import pyarrow.parquet as pq
+
+    chunk = pq.ParquetFile(part_file).metadata.row_group(0).column(0)
+    assert chunk.path_in_schema == "event_time"
+    start = chunk.dictionary_page_offset or chunk.data_page_offset
+    return start, chunk.total_compressed_size
+
+
+def test_a_byte_changed_in_a_page_is_found_by_the_page_checksum(tmp_path):
+    """One byte changed inside the event_time page: polars read other times without a
+    word, and `lake check`, which read the file with polars, found nothing (found by
+    review). Lake files now carry a CRC per page, which `lake check` verifies."""
+    lake = tmp_path / "lake"
+    ingest_paths([str(audit_file(tmp_path / "audit.log", range(400)))], str(lake), cluster="prod")
+    (part_file,) = (lake / "events").rglob("*.parquet")
+    good = part_file.read_bytes()
+    before = pl.read_parquet(part_file)["event_time"]
+    start, size = _first_column_page(part_file)
+
+    def read_wrong(offset: int) -> bool:
+        data = bytearray(good)
+        data[offset] ^= 0xFF
+        try:
+            times = pl.read_parquet(io.BytesIO(bytes(data)), columns=["event_time"])
+        except BaseException:  # an error (or a panic: the next test) is no silent damage
+            return False
+        return not times["event_time"].equals(before)
+
+    # the first byte (in page order) whose change polars reads as other times, silently
+    offset = next((o for o in range(start, start + size) if read_wrong(o)), None)
+    assert offset is not None
+    data = bytearray(good)
+    data[offset] ^= 0xFF
+    part_file.write_bytes(bytes(data))
+    check = cli("lake", "check", "--lake", str(lake), "--format", "json")
+    (problem,) = json.loads(check.stdout)["problems"]
+    assert Path(problem["path"]).name == part_file.name
+    assert "CRC checksum verification failed" in problem["problem"]
+
+
+def test_a_page_that_makes_polars_panic_is_one_line_not_a_crash(tmp_path):
+    """Some damaged pages make polars panic, which Python raises as a BaseException: it
+    went past every handler, and `detect score` died with a Rust backtrace and a traceback
+    (found by review). It is now the one line of any damaged file, exit 3."""
+    lake = tmp_path / "lake"
+    ingest_paths([str(audit_file(tmp_path / "audit.log", range(400)))], str(lake), cluster="prod")
+    (part_file,) = (lake / "events").rglob("*.parquet")
+    good = part_file.read_bytes()
+    start, size = _first_column_page(part_file)
+
+    def panics(offset: int) -> bool:
+        data = bytearray(good)
+        data[offset] ^= 0xFF
+        try:
+            pl.read_parquet(io.BytesIO(bytes(data)), columns=["event_time"])
+        except Exception:
+            return False
+        except BaseException as exc:
+            return type(exc).__name__ == "PanicException"
+        return False
+
+    # the first byte (in page order) whose change makes this polars panic
+    offset = next((o for o in range(start, start + size) if panics(o)), None)
+    assert offset is not None, "no byte of the page makes polars panic any more"
+    data = bytearray(good)
+    data[offset] ^= 0xFF
+    part_file.write_bytes(bytes(data))
+    score = cli("score", "--lake", str(lake), "--since", "2026-11-27T00:00:00Z",
+                "--until", "2026-11-28T00:00:00Z", "--no-model", "--dry-run")  # fmt: skip
+    assert score.returncode == 3, score.stderr
+    (line,) = score.stderr.strip().splitlines()
+    assert "could not be decoded (polars panicked" in line and "detect lake check" in line
+    check = cli("lake", "check", "--lake", str(lake), "--format", "json")
+    assert [Path(p["path"]).name for p in json.loads(check.stdout)["problems"]] == [part_file.name]
+
+
 def test_a_file_damaged_past_its_footer_is_one_line_saying_how_to_find_it(tmp_path):
     """Bytes overwritten inside a file whose footer still reads: readers check footers, so
     the scan met it and said "unexpected ComputeError: zstd error ..." (found by review).
@@ -670,8 +749,12 @@ def test_a_file_damaged_past_its_footer_is_one_line_saying_how_to_find_it(tmp_pa
     lake = tmp_path / "lake"
     ingest_paths([str(audit_file(tmp_path / "audit.log", range(400)))], str(lake), cluster="prod")
     (part_file,) = (lake / "events").rglob("*.parquet")
+    import pyarrow.parquet as pq
+
     data = bytearray(part_file.read_bytes())
-    data[len(data) // 10 : len(data) // 2] = b"A" * (len(data) // 2 - len(data) // 10)
+    footer = pq.ParquetFile(part_file).metadata.serialized_size + 8  # and its length, magic
+    start, end = len(data) // 10, min(len(data) // 2, len(data) - footer)
+    data[start:end] = b"A" * (end - start)
     part_file.write_bytes(bytes(data))
     score = cli("score", "--lake", str(lake), "--since", "2026-11-27T00:00:00Z",
                 "--until", "2026-11-28T00:00:00Z", "--no-model", "--dry-run")  # fmt: skip

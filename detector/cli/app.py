@@ -191,6 +191,16 @@ class DetectGroup(TyperGroup):
             code = environment_error(exc)
             if code is None:  # a bug: main() says how to see its traceback
                 raise
+        except BaseException as exc:
+            if type(exc).__name__ != "PanicException" or os.environ.get("DETECT_DEBUG"):
+                raise
+            # polars panics (a BaseException) on some damaged pages, where others raise
+            text = str(exc).translate(ONE_LINE)
+            report(
+                f"a lake file could not be decoded (polars panicked: {text[:160]}): a damaged "
+                "file does this; `detect lake check --lake LAKE` names it, then move it aside"
+            )
+            code = EXIT_RUNTIME
         finally:
             INVOCATION_NOW.reset(started)
             logging_setup.reset()

@@ -97,11 +97,45 @@ def new_name(prefix: str = "part", suffix: str = ".parquet") -> str:
 
 
 def parquet_bytes(df: pl.DataFrame, *, row_group_size: int = 128_000) -> bytes:
+    """``df`` as a lake file: zstd pages, column statistics, and a CRC per page.
+
+    Written by pyarrow rather than polars, for the page checksums polars cannot write:
+    random bytes in a page decoded without a word, or crashed polars (a panic, not an
+    error) when a query reached the file (found by review). `detect lake check` verifies
+    them. Written this way a file costs the same CPU and ~4% more bytes.
+    """
+    import pyarrow.parquet as pq
+
     buf = io.BytesIO()
-    _own_lists(df).write_parquet(
-        buf, compression="zstd", statistics=True, row_group_size=row_group_size
+    pq.write_table(
+        _own_lists(df).to_arrow(),
+        buf,
+        compression="zstd",
+        write_statistics=True,
+        row_group_size=row_group_size,
+        write_page_checksum=True,
     )
     return buf.getvalue()
+
+
+def _damage(loc: Location, path: str) -> str | None:
+    """What is wrong inside a file whose footer and schema are right: a page whose CRC does
+    not match (files written with checksums), or data polars cannot decode; None if none.
+    A polars panic is caught too: it is a BaseException, which a damaged page can raise."""
+    import pyarrow.parquet as pq
+
+    try:
+        with loc.fs.open(path, "rb") as fh:
+            data = fh.read()
+        pq.read_table(io.BytesIO(data), page_checksum_verification=True)
+        pl.read_parquet(io.BytesIO(data))
+    except Exception as exc:
+        return f"unreadable data ({type(exc).__name__}: {str(exc)[:120]})"
+    except BaseException as exc:
+        if type(exc).__name__ != "PanicException":
+            raise
+        return f"unreadable data (polars panicked: {str(exc).splitlines()[0][:120]})"
+    return None
 
 
 def _own_lists(df: pl.DataFrame) -> pl.DataFrame:
@@ -509,11 +543,7 @@ class Table:
         for e in self.entries(values):
             problem = schema_problem(self.loc, e.path, e.size, self.schema, self.required)
             if problem is None and deep:
-                try:
-                    with self.loc.fs.open(e.path, "rb") as fh:
-                        pl.read_parquet(fh)
-                except Exception as exc:
-                    problem = f"unreadable data ({type(exc).__name__}: {str(exc)[:120]})"
+                problem = _damage(self.loc, e.path)
             if problem:
                 problems.append((e.path, problem))
         return problems
