@@ -211,6 +211,22 @@ def test_cluster_enum_projection(sqlglot_python):
     assert events["props"]["projection.cluster.values"] == "prod,staging"
 
 
+def test_a_cluster_set_for_other_commands_does_not_narrow_the_partition(
+    sqlglot_python, tmp_path, monkeypatch
+):
+    """detect.toml's shared `cluster = "prod"` (or DETECT_CLUSTER) made the DDL's cluster
+    projection an enum of that one cluster: Athena then returned no rows of any other
+    cluster, without an error (found by review). Only --cluster narrows it."""
+    config = tmp_path / "detect.toml"
+    config.write_text('cluster = "prod"\n')
+    monkeypatch.setenv("DETECT_CONFIG", str(config))
+    monkeypatch.setenv("DETECT_CLUSTER", "staging")
+    code, sql, err = run_cli("athena-ddl", "--lake", "s3://b/l", "--table", "events")
+    assert code == 0, err
+    (_, events) = parse_ddl(sqlglot_python, sql)
+    assert events["props"]["projection.cluster.type"] == "injected"
+
+
 def test_columns_equal_the_parquet_files(sqlglot_python, written_lake):
     code, sql, err = run_cli("athena-ddl", "--lake", "s3://bucket/lake")
     assert code == 0, err

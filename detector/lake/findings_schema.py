@@ -49,8 +49,8 @@ FINDINGS_COLUMNS: dict[str, pl.DataType] = {
     "title": pl.String(),
     "reasons": pl.List(pl.String()),
     "top_features": pl.List(TOP_FEATURE),
-    "tactic": pl.String(),  # MITRE ATT&CK tactic, rules only
-    "technique": pl.String(),  # MITRE ATT&CK technique id, rules only
+    "tactic": pl.String(),  # MITRE ATT&CK tactic (model findings: their top mapped feature's)
+    "technique": pl.String(),  # MITRE ATT&CK technique id
     "event_count": pl.Int64(),
     "audit_ids": pl.List(pl.String()),
     "created_at": _TS,

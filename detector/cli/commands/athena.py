@@ -6,8 +6,23 @@ from typing import Annotated
 
 import typer
 
-from detector.cli.options import ClusterOpt, LakeOpt
+from detector.cli.options import LakeOpt, cluster_names
 from detector.lake.athena import ddl
+
+#: Not ``ClusterOpt``: that one reads ``DETECT_CLUSTER`` and detect.toml's shared
+#: ``cluster``, which made the DDL list one cluster as the partition's only value, and
+#: Athena then returned no rows of any other, without an error (found by review).
+PartitionClusters = Annotated[
+    str | None,
+    typer.Option(
+        "--cluster",
+        parser=cluster_names,
+        help=(
+            "Clusters to list as the cluster partition's values, comma-separated. Default: "
+            "any cluster (the value is taken from the path). Only from the command line."
+        ),
+    ),
+]
 
 
 def athena_ddl(
@@ -18,7 +33,7 @@ def athena_ddl(
     prefix: Annotated[
         str, typer.Option("--table-prefix", help="Prefix of the table names, e.g. eks_.")
     ] = "",
-    cluster: ClusterOpt = None,
+    cluster: PartitionClusters = None,
     first_date: Annotated[
         str | None,
         typer.Option(
