@@ -161,6 +161,19 @@ def test_the_sts_form_finds_the_same_principal_and_a_role_finds_all_its_sessions
     assert build_timeline(lake, GRACE[:-1], *window).requests == 0
 
 
+def test_the_form_a_table_shows_gives_the_identity_of_the_one_principal_it_matched(lake, detect):
+    """`detect timeline "developer (session grace)"` found grace's requests, but its identity
+    block was the pattern's: no account, no ARNs, kind "other" (found by review). One
+    principal matched: its identity is shown, with both ARN forms."""
+    run = detect("timeline", "developer (session grace)", "--lake", lake.uri,
+                 "--since", "2026-11-29T22:00:00Z", "--until", "2026-11-30T01:00:00Z",
+                 "--format", "json")  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    identity = json.loads(run.stdout)["identity"]
+    assert identity["sts_arn"] == GRACE_STS and identity["account"] == "111122223333"
+    assert identity["kind"] != "other"
+
+
 def test_a_long_running_request_is_one_request_wherever_its_end_falls(tmp_path):
     """An exec logs a start and an end: the timeline counted both ("2 create pods/exec"),
     unlike scoring and the rules, which count a request where it opened. Its end in the
@@ -231,8 +244,11 @@ def test_cli_prints_the_timeline_and_json(lake, detect):
     assert (first["kind"], first["count"], first["time"]) == (
         "requests",
         15,
-        "2026-11-29T22:50:00Z",
+        "2026-11-29T22:50:00.000000Z",
     )
+    # one form for every time, whole seconds or not: two forms sorted wrong as text (review)
+    times = re.findall(r'"(\d{4}-\d\d-\d\dT[^"]*)"', run.stdout)
+    assert times and all(re.fullmatch(r"[-\dT:]{19}\.\d{6}Z", t) for t in times), times
 
 
 def test_cli_says_so_when_the_principal_did_nothing_and_refuses_a_bad_range(lake, detect):

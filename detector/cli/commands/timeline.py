@@ -90,8 +90,11 @@ def timeline(
     if not tl.entries() and (stored := unshown(principal)) != principal:
         # Typed as the screen shows it (control characters escaped): the stored name.
         tl = build_timeline(the_lake, stored, start, end, cluster=cluster, every=window)
+    # One principal matched: its identity, not the pattern typed (the form a table shows,
+    # "developer (session grace)", matches in any account: no account, no ARN; review).
+    (only,) = tl.principals if len(tl.principals) == 1 else (tl.principal,)
     identity = identity_summary(
-        tl.principal,
+        only,
         tl.access_key_ids,
         start=start,
         end=end,
