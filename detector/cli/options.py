@@ -540,8 +540,14 @@ def lake_to_read(uri: str, cluster: str | None = None) -> Any:
 
 # ------------------------------------------------------------------ output
 def _default(value: Any) -> Any:
-    if isinstance(value, datetime | date):
-        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, datetime):
+        # Always six fractional digits: isoformat() left them out on whole seconds, so one
+        # field mixed two forms and times sorted wrong as text (found by review).
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC)
+        return value.isoformat(timespec="microseconds").replace("+00:00", "Z")
+    if isinstance(value, date):
+        return value.isoformat()
     if isinstance(value, set | tuple):
         return list(value)
     if hasattr(value, "to_dict"):
