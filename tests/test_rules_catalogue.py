@@ -1334,7 +1334,7 @@ def test_reason_names_the_person_behind_an_iam_role(ruleset):
         ],
     )
     assert found["reasons"].to_list() == [
-        ["alice@eng-admin patched ConfigMap kube-system/aws-auth (2 events)"]
+        ["eng-admin (session alice) patched ConfigMap kube-system/aws-auth (2 events)"]
     ]
     assert found["principal"][0] == "arn:aws:iam::111122223333:role/eng-admin/alice"
     assert found["principal_kind"][0] == "iam_role"
@@ -1362,7 +1362,7 @@ def test_reason_names_session_and_role_when_the_username_is_the_session_arn(rule
         )  # fmt: skip
         found[case] = run(ruleset, "pod-port-forward", [event])
     assert found["verified"]["reasons"].to_list() == [
-        ["ivan@developer port-forwarded to pod shop/db-0"]
+        ["developer (session ivan) port-forwarded to pod shop/db-0"]
     ]
     assert found["verified"]["principal"][0] == "arn:aws:iam::111122223333:role/developer/ivan"
     assert found["claimed"]["reasons"].to_list() == [

@@ -93,7 +93,7 @@ def test_subprocess_rule_test_shows_what_fired_and_why(detect, audit_log):
     assert "matching the condition: 2" in out
     assert "removed by exception eks_identities: 1" in out
     assert "FIRED: 1 finding(s)" in out
-    assert "alice@eng-admin patched ConfigMap kube-system/aws-auth" in out
+    assert "eng-admin (session alice) patched ConfigMap kube-system/aws-auth" in out
     as_json = json.loads(
         cli("rules", "test", "aws-auth-changed", audit_log, "--format", "json").stdout
     )
@@ -197,7 +197,7 @@ def test_rule_findings_are_filed_and_listed_through_detect_findings(tmp_path):
     rows = json.loads(listed.stdout)
     rows = rows["findings"] if isinstance(rows, dict) else rows
     aws = next(r for r in rows if r["detector"] == "rule:aws-auth-changed")
-    assert aws["reasons"] == ["alice@eng-admin patched ConfigMap kube-system/aws-auth"]
+    assert aws["reasons"] == ["eng-admin (session alice) patched ConfigMap kube-system/aws-auth"]
     shown = cli("findings", "show", aws["finding_id"], "--lake", lake)
     assert shown.exit_code == 0, shown.stderr
     assert "aws-auth" in shown.stdout

@@ -50,7 +50,7 @@ next to the model and files rule findings in the same findings table, with
 `detector = rule:<id>`. One finding is raised per rule, per principal (or source IP), per
 window (10 minutes by default), with the number of requests, the audit IDs and plain
 sentences saying what happened, for example
-"alice@eng-admin patched ConfigMap kube-system/aws-auth (2 events)".
+"eng-admin (session alice) patched ConfigMap kube-system/aws-auth (2 events)".
 
 - `detect rules list` shows the rules; `detect rules test RULE_ID FILE...` runs one over
   audit files and says what fired and why; when it does not fire, it names for each event

@@ -1,7 +1,7 @@
 """Sentences for rule findings: who did what, in the terms of the activity.
 
 Evaluation (engine.py) decides which requests a rule counts; this module only turns the
-matched rows into what an analyst reads: one line per distinct action ("alice@eng-admin
+matched rows into what an analyst reads: one line per distinct action ("eng-admin (session alice)
 patched ConfigMap kube-system/aws-auth; ..."), the rule's ``output`` detail with the
 evidence filled in, and the threshold sentence for counting rules. Kept apart so wording
 can change without touching evaluation, and so it runs only on the rows of fired findings.
@@ -91,7 +91,8 @@ _KINDS = {
 
 
 def who() -> pl.Expr:
-    """``session@role`` for IAM role sessions (alice@eng-admin), else the username.
+    """``role (session NAME)`` for IAM role sessions (``eng-admin (session alice)``, as every
+    table shows them; reasons said ``alice@eng-admin``), else the username.
 
     EKS may map a role to a username of its own (``eng-admin``) or to the session ARN
     itself; either way analysts know people by session name and role, taken from the IAM
@@ -103,9 +104,9 @@ def who() -> pl.Expr:
     claimed = pl.when(principal.str.starts_with(UNVERIFIED)).then(principal)
     return (
         pl.when(session.is_not_null() & role.is_not_null())
-        .then(pl.concat_str([session, pl.lit("@"), role]))
+        .then(pl.concat_str([role, pl.lit(" (session "), session, pl.lit(")")]))
         .when(session.is_not_null() & user.is_not_null())
-        .then(pl.concat_str([session, pl.lit("@"), user]))
+        .then(pl.concat_str([user, pl.lit(" (session "), session, pl.lit(")")]))
         .otherwise(pl.coalesce(claimed, user, principal, pl.lit("system:anonymous")))
     )
 
@@ -199,9 +200,9 @@ def _action() -> pl.Expr:
 
 
 def _sentence() -> pl.Expr:
-    """Who did what to what: "alice@eng-admin patched ConfigMap kube-system/aws-auth".
+    """Who did what to what: "eng-admin (session alice) patched ConfigMap kube-system/aws-auth".
 
-    A request sent as another identity (``kubectl --as``) says so, "alice@eng-admin as
+    A request sent as another identity (``kubectl --as``) says so, "eng-admin (session alice) as
     bob read Secret prod/db": the rights it used were bob's, the person was alice.
     """
     impersonated = pl.col("impersonated_user")
