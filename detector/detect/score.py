@@ -61,6 +61,7 @@ from detector.lake.findings_schema import (
     with_finding_ids,
 )
 from detector.model import explain as explain_mod
+from detector.model import volume
 from detector.model.storage import DEFAULT_ALERT_RATE, Model
 
 log = logging.getLogger(__name__)
@@ -448,18 +449,30 @@ def findings_from_scores(
     cold_start: bool = False,
     loo_fold: timedelta | None = None,
 ) -> pl.DataFrame:
-    """Findings for the feature rows whose score reaches the threshold, with reasons."""
-    flagged_idx = np.flatnonzero(scores >= model.threshold)
+    """Findings for the feature rows whose score reaches the threshold, and the request
+    floods the score ranks too low (:mod:`detector.model.volume`), with reasons."""
+    flood = volume.flooded(feats, model.baseline).to_numpy()
+    flagged_idx = np.flatnonzero((scores >= model.threshold) | flood)
     if flagged_idx.size == 0:
         return empty_findings()
     rows = feats[flagged_idx]
     flagged_scores = scores[flagged_idx]
-    severities = model.severity(flagged_scores)
+    severities = model.severity(np.maximum(flagged_scores, model.threshold))
+    floods = flood[flagged_idx]
+    least = SEVERITIES.index(volume.SEVERITY)
+    severities = [
+        SEVERITIES[max(SEVERITIES.index(s), least)] if f else s
+        for s, f in zip(severities, floods, strict=True)
+    ]
     fold_tails = tail_counts(feats, fold=loo_fold) if loo_fold is not None else None
     explanations = explain_mod.explain(
         rows, model.baseline, loo_fold=loo_fold, fold_tails=fold_tails, fitted=feats
     )
     reasons = [[explain_mod.sentence(i) for i in items] for items in explanations]
+    for i in np.flatnonzero(floods):
+        row = rows.row(int(i), named=True)
+        said = volume.reason(row["requests"], row["requests_vs_usual"], model.baseline)
+        reasons[i] = [said, *reasons[i]][:5]  # a finding says at most 5 things (explain)
     titles = [explain_mod.title(items) for items in explanations]
     attack = [explain_mod.attack(items) for items in explanations]
     top = [
