@@ -53,3 +53,31 @@ def test_demo_refuses_a_lake_it_did_not_make(tmp_path: Path, detect):
 def test_demo_refuses_too_few_days_to_train_on(tmp_path: Path, detect):
     run = detect("demo", "--lake", str(tmp_path / "lake"), "--days", "1")
     assert run.returncode == 2 and "--days" in run.stderr
+
+
+def test_demo_never_replaces_files_it_did_not_write(tmp_path: Path, detect):
+    """The demo's model went to `models`, production's default model folder, and replaced a
+    trained model there; `--workdir /var/log/kubernetes` deleted the API server's
+    audit.log; `--lake s3://b/x` made a local folder `s3:/b/x` (found by review). Each is
+    refused before anything is written."""
+    prod = tmp_path / "models"
+    prod.mkdir()
+    (prod / CARD_NAME).write_text('{"model_version": "production"}')
+    logs = tmp_path / "kubernetes"
+    logs.mkdir()
+    (logs / "audit.log").write_text('{"kind":"Event"}\n')
+    lake = str(tmp_path / "lake")
+    cases = [
+        (("--workdir", str(logs)), "--workdir", "holds audit.log that the demo did not write"),
+        (("--model-dir", str(prod)), "--model-dir", "holds model.json that the demo did not"),
+        (("--model-dir", ""), "--model-dir", "must name a folder"),
+    ]
+    for extra, flag, said in cases:
+        run = detect("demo", "--lake", lake, "--workdir", str(tmp_path / "w"), *extra)
+        assert run.returncode == 2 and flag in run.stderr and said in run.stderr, run.stderr
+    run = detect("demo", "--lake", "s3://bucket/x", "--workdir", str(tmp_path / "w"))
+    assert run.returncode == 2 and "not a URI" in run.stderr
+    assert (prod / CARD_NAME).read_text() == '{"model_version": "production"}'
+    assert (logs / "audit.log").read_text() == '{"kind":"Event"}\n'
+    assert not (tmp_path / "lake").exists() and not (tmp_path / "w").exists()
+    assert not Path("s3:").exists()

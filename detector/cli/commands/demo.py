@@ -29,6 +29,10 @@ DEMO_CLUSTER = "demo"
 MIN_DEMO_DAYS = 1.5
 #: What the demo writes in --workdir: the only files of that folder it replaces.
 DEMO_FILES = ("audit.log", "labels.json")
+#: Written in the folders the demo owns (--workdir, --model-dir): it replaces files only
+#: where this is (found by review: `--workdir /var/log/kubernetes` deleted the API
+#: server's audit.log, and the default model folder was production's `models`).
+OWNED_MARKER = ".detect-demo"
 
 
 def demo(
@@ -49,8 +53,13 @@ def demo(
     ] = 2.0,
     seed: SeedOpt = 7,
     model_dir: Annotated[  # not the shared --model-dir: DETECT_MODEL_DIR is production's
-        str, typer.Option("--model-dir", help="Where the demo model is saved.")
-    ] = "models",
+        str | None,
+        typer.Option(
+            "--model-dir",
+            help="Where the demo model is saved. Default: WORKDIR/models.",
+            show_default=False,
+        ),
+    ] = None,
     output: FormatOpt = OutputFormat.table,
 ) -> None:
     """Generate EKS audit traffic ending now, ingest it, train, and score the last day.
@@ -76,7 +85,12 @@ def demo(
     root = Path(lake)
     if not lake.strip():
         raise UsageError("--lake must name a folder, not be empty")
-    for path, flag in ((root, "--lake"), (workdir, "--workdir")):
+    if "://" in lake:  # `s3://b/x` made a local folder `s3:/b/x` (found by review)
+        raise UsageError(f"--lake {lake}: the demo writes a local folder, not a URI")
+    if model_dir is not None and not model_dir.strip():
+        raise UsageError("--model-dir must name a folder, not be empty")
+    models = Path(model_dir) if model_dir is not None else workdir / "models"
+    for path, flag in ((root, "--lake"), (workdir, "--workdir"), (models, "--model-dir")):
         if path.exists() and not path.is_dir():
             raise UsageError(f"{flag} {path}: a file, not a folder")
     if root.exists() and any(root.iterdir()) and not (root / DEMO_MARKER).exists():
@@ -84,11 +98,16 @@ def demo(
             f"{lake} holds a lake the demo did not make; pass --lake to a new folder "
             "(the demo replaces its own lake each run)"
         )
+    _own(workdir, "--workdir", DEMO_FILES)
+    _own(models, "--model-dir", ("model.json",))
     shutil.rmtree(root, ignore_errors=True)
     for name in DEMO_FILES:  # the folder may hold anything else: only the demo's files go
         (workdir / name).unlink(missing_ok=True)
     (root / "_state").mkdir(parents=True)
     (root / DEMO_MARKER).write_text('{"made_by": "detect demo"}\n')
+    for folder in (workdir, models):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / OWNED_MARKER).write_text("made by detect demo: it replaces its files here\n")
 
     end = datetime.now(UTC).replace(second=0, microsecond=0)
     with progress_status("generating traffic"):
@@ -114,7 +133,7 @@ def demo(
         render_overview(overview)
 
     report: dict = {"simulation": sim.as_dict(), "ingest": summary.to_dict(), "lake": overview}
-    report.update(train_and_score(lake_obj, sim.start, end, model_dir=model_dir, output=output))
+    report.update(train_and_score(lake_obj, sim.start, end, model_dir=str(models), output=output))
     report["report"] = write_demo_report(lake_obj, end, workdir)
     say(output, f"report of the last day -> {report['report']}")
     if output == OutputFormat.json:
@@ -126,6 +145,32 @@ def demo(
             f"--train-until {(end - timedelta(days=1)):%Y-%m-%dT%H:%M}Z",
             markup=False,
         )
+
+
+def _own(folder: Path, flag: str, replaced: tuple[str, ...]) -> None:
+    """Refuse a folder holding a file the demo would replace but did not write.
+
+    A folder the demo wrote before it left this marker (the default `.demo`, with its
+    `labels.json`) is its own too."""
+    if (folder / OWNED_MARKER).exists() or not any((folder / n).exists() for n in replaced):
+        return
+    if flag == "--workdir" and _demo_labels(folder / "labels.json"):
+        return
+    raise UsageError(
+        f"{flag} {folder} holds {', '.join(n for n in replaced if (folder / n).exists())} "
+        "that the demo did not write: pass a folder of the demo's own"
+    )
+
+
+def _demo_labels(path: Path) -> bool:
+    """Whether ``path`` is a labels.json the simulator wrote."""
+    import json
+
+    try:
+        doc = json.loads(path.read_bytes()[: 1 << 24])
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and "scenarios" in doc and "seed" in doc
 
 
 def write_demo_report(lake, end: datetime, workdir: Path) -> str:  # type: ignore[no-untyped-def]
