@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from alerts_data import Receiver
 from test_rules_helpers import ev, iam
@@ -447,6 +448,29 @@ def test_a_watch_whose_sink_cannot_start_stops_before_reading(tmp_path, monkeypa
         "error: sink 'unset': environment variable UNSET_HOOK_URL (url) is not set"
     )
     assert not (tmp_path / "lake" / "_state").exists()  # nothing read or checkpointed
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "said"),
+    [("--rules", "bad.yaml", "bad.yaml"), ("--disable", "no-such-rule", "no-such-rule")],
+)
+def test_a_watch_with_rules_that_do_not_load_stops_before_reading(tmp_path, flag, value, said):
+    """Rules compiled at the first batch: a watch with a broken rule file or an unknown
+    --disable wrote its first batch to the lake and checkpointed it, then exited 2, and that
+    batch never went through the rules (found by review). Now it stops at start."""
+    (tmp_path / "bad.yaml").write_text("- rule: x\n  condition: verb ==\n")
+    log = tmp_path / "audit.log"
+    log.write_bytes(b"".join(orjson.dumps(ev("get", "pods", ns="a")) + b"\n" for _ in range(3)))
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    target = str(tmp_path / value) if flag == "--rules" else value
+    out = cli(
+        "watch", "--replay", str(log), "--cluster", "c", "--lake", str(lake), "--no-model",
+        "--once", "--speed", "0", flag, target,
+    )  # fmt: skip
+    assert out.exit_code == 2, out.stderr
+    assert said in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert not (lake / "events").exists() and not (lake / "_state" / "watch").exists()
 
 
 def test_a_watch_starts_while_a_sink_s_aws_endpoint_is_down(tmp_path):

@@ -230,6 +230,17 @@ class StreamDetector:
         opts = replace(opts, ruleset=self._rules(opts))
         return score_range(self.lake, _dt(lo), _dt(hi), model=None, options=opts)
 
+    def check_rules(self) -> None:
+        """Compile the rules now: a rule file that does not load or an unknown --disable
+        is an error at start. Compiled lazily, the first batch was written to the lake and
+        checkpointed before the error, and the rules never read it (found by review)."""
+        self._rules(
+            ScoreOptions(
+                rule_files=tuple(self.rule_files or ()),
+                disabled_rules=tuple(self.disabled_rules or ()),
+            )
+        )
+
     def _rules(self, opts: ScoreOptions) -> Any:
         """The compiled rules, recompiled when a site rule file changes (an operator edits a
         rule; no restart). Compiling is most of a small batch's cost, so the files are only

@@ -243,6 +243,7 @@ def watch(
         grace=grace,
         rules_check=model_check.total_seconds(),
     )
+    detector.check_rules()
     alerter = StreamAlerter(
         the_lake, detector, sinks, suppressions=suppressions_for(suppressions), metrics=metrics
     )
