@@ -88,8 +88,11 @@ def s3_uri_problem(uri: str) -> str | None:
     refused rather than taken for a local folder named ``S3:``; ``s3://`` alone would
     list all of S3."""
     scheme, sep, rest = uri.partition("://")
-    if not sep or scheme.lower() not in ("s3", "s3a"):
+    if not sep:
         return None
+    if scheme.lower() not in ("s3", "s3a"):
+        # `file:///x` was taken as a local folder named `file:` (found by review)
+        return f"{uri!r}: give a local path or s3://bucket/prefix ({scheme}:// is not read)"
     if scheme not in ("s3", "s3a"):
         return f"{uri!r}: write the scheme in lower case ({scheme.lower()}://)"
     bucket = rest.split("/", 1)[0]

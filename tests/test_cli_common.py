@@ -278,6 +278,14 @@ BAD_VALUES = [
     (["compact", "--grace", "1y"], "--grace"),
     (["compact", "--min-files", "1"], "--min-files"),
     (["lake", "check", "--format", "xml"], "--format"),
+    # other schemes were local folders named `file:`; S3 prefixes with `..` or `//` were
+    # written as those literal keys: one lake spelled two ways (found by review)
+    (["ingest", "x.log", "--lake", "file:///tmp/l", "--cluster", "c"], "file:// is not read"),
+    (["train", "--model-dir", "file:///tmp/m"], "file:// is not read"),
+    (["ingest", "file:///tmp/x.log", "--cluster", "c"], "file:// is not read"),
+    (["score", "--lake", "s3://b/../x"], "'.' or '..' part"),
+    (["score", "--lake", "s3://b//y"], "'.' or '..' part"),
+    (["findings", "--lake", "s3://b/a/./b"], "'.' or '..' part"),
 ]
 
 

@@ -234,6 +234,14 @@ def lake_root(value: Any) -> str:
     problem = s3_uri_problem(text)
     if problem:
         raise ValueError(problem)
+    if "://" in text:
+        # `s3://b/../x`, `s3://b//y`, `s3://b/a/./b` were written as those literal keys: one
+        # prefix spelled two ways is two lakes, and a sync to disk resolves `..` (review)
+        parts = text.split("://", 1)[1].rstrip("/").split("/")[1:]
+        if any(p in ("", ".", "..") for p in parts):
+            raise ValueError(
+                f"{text!r}: a prefix with an empty, '.' or '..' part: write it plainly"
+            )
     return text
 
 
