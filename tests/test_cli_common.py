@@ -283,6 +283,9 @@ BAD_VALUES = [
     (["ingest", "x.log", "--lake", "file:///tmp/l", "--cluster", "c"], "file:// is not read"),
     (["train", "--model-dir", "file:///tmp/m"], "file:// is not read"),
     (["ingest", "file:///tmp/x.log", "--cluster", "c"], "file:// is not read"),
+    (["rules", "docs", "-o", "."], "is a folder"),  # was exit 3 after the work (review)
+    (["rules", "docs", "--check", "-o", "."], "is a folder"),
+    (["report", "-o", "."], "is a folder"),
     (["score", "--lake", "s3://b/../x"], "'.' or '..' part"),
     (["score", "--lake", "s3://b//y"], "'.' or '..' part"),
     (["findings", "--lake", "s3://b/a/./b"], "'.' or '..' part"),

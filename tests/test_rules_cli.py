@@ -162,6 +162,14 @@ def test_docs_check_and_stdout(tmp_path):
     assert cli("rules", "docs", "--output", "-").stdout.startswith("# Detection rules")
     written = cli("rules", "docs", "--output", str(stale))
     assert written.exit_code == 0 and stale.read_text().startswith("# Detection rules")
+    # what is not the docs page is out of date, read no further than the docs could be:
+    # /dev/zero was read until the kernel killed the process, a binary file was "unexpected
+    # UnicodeDecodeError", and a line break in the name printed three lines (found by review)
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe\x00")
+    for path in ("/dev/zero", str(binary), str(tmp_path / "a\nb")):
+        check = cli("rules", "docs", "--check", "--output", path)
+        assert check.exit_code == 1 and len(check.stderr.strip().splitlines()) == 1, path
 
 
 @pytest.mark.parametrize("sub", ["list", "test", "docs"])

@@ -186,6 +186,8 @@ def output_file(value: Any) -> Path:
     text = str(value)
     if not text.strip():
         raise ValueError("is empty: give a file, or - for standard output")
+    if Path(text).is_dir():  # was "Is a directory", exit 3, after the work (found by review)
+        raise ValueError(f"{text!r} is a folder: give a file")
     return Path(text)
 
 

@@ -296,7 +296,9 @@ def docs(
     exceptions with their reasons, the Falco rules and GuardDuty findings it corresponds
     to) and the condition language. CI runs it with --check.
 
-    Exit codes: 0 written (or up to date), 1 --check found the file out of date.
+    Exit codes: 0 written (or up to date), 1 --check found the file out of date (or not
+    Markdown: too large, not UTF-8), 2 bad arguments (--output a folder), 3 the file
+    cannot be read or written.
 
     Example:
 
@@ -311,14 +313,25 @@ def docs(
         write_user_file(out, text)
         return
     if check:
-        current = out.read_text(encoding="utf-8") if out.exists() else None
-        if current != text:
+        import errno
+
+        from detector.controls import ONE_LINE
+        from detector.userfiles import read_user_bytes
+
+        shown = str(out).translate(ONE_LINE)
+        try:  # bounded: `-o /dev/zero` read until the kernel killed it (found by review)
+            current = read_user_bytes(out) if out.exists() else None
+        except OSError as exc:
+            if exc.errno != errno.EFBIG:
+                raise
+            current = b""  # larger than any docs page: not it
+        if current != text.encode("utf-8"):
             state = "is out of date" if current is not None else "does not exist"
             stderr.print(
-                f"error: {out} {state}: run `detect rules docs --output {out}`", markup=False
+                f"error: {shown} {state}: run `detect rules docs --output {shown}`", markup=False
             )
             raise typer.Exit(EXIT_FINDINGS)
-        stdout.print(f"{out} is up to date", markup=False)
+        stdout.print(f"{shown} is up to date", markup=False)
         return
     write_user_file(out, text)
     stdout.print(f"wrote {out} ({text.count(chr(10))} lines)", markup=False)
