@@ -283,6 +283,12 @@ BAD_VALUES = [
     (["ingest", "x.log", "--lake", "file:///tmp/l", "--cluster", "c"], "file:// is not read"),
     (["train", "--model-dir", "file:///tmp/m"], "file:// is not read"),
     (["ingest", "file:///tmp/x.log", "--cluster", "c"], "file:// is not read"),
+    # 432M events asked for ran a minute and 1.5 GB before writing one; a cluster name the
+    # ingest refuses became a file name (../..) after labels.json was written (review)
+    (["simulate", "--out", "o", "--days", "0.05", "--rate", "100000"], "at most 50,000,000"),
+    (["demo", "--days", "300", "--rate", "10000"], "at most 50,000,000"),
+    (["simulate", "--out", "o", "--cluster", "../../x"], "--cluster"),
+    (["simulate", "--out", "o", "--cluster", "a\nb"], "--cluster"),
     (["rules", "docs", "-o", "."], "is a folder"),  # was exit 3 after the work (review)
     (["rules", "docs", "--check", "-o", "."], "is a folder"),
     (["report", "-o", "."], "is a folder"),

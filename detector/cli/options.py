@@ -347,6 +347,22 @@ ModelDirOpt = Annotated[
 #: the generator cannot count its events, and a typo is a usage error, not a crash.
 MAX_SIM_DAYS = 366.0
 MAX_SIM_RATE = 100_000.0
+#: Events one simulation run may generate (days x rate): both in range, 0.05 day at 100,000
+#: a second asked for 432M events, and ran a minute and 1.5 GB before writing one (found
+#: by review). Fifty times the benchmarks' million; a longer range is several runs (--end).
+MAX_SIM_EVENTS = 50_000_000
+
+
+def check_sim_size(days: float, rate: float) -> None:
+    """Refuse a simulation of more than :data:`MAX_SIM_EVENTS` events, before any work."""
+    events = days * 86_400 * rate
+    if events > MAX_SIM_EVENTS:
+        raise _UsageError(
+            f"--days {days:g} at --rate {rate:g} is about {events:,.0f} events: at most "
+            f"{MAX_SIM_EVENTS:,} a run (lower --rate, or split the range with --end)"
+        )
+
+
 #: Seeds numpy and scikit-learn accept (a random_state is 0 to 2**32 - 1): anything else
 #: would fail mid-run as an unexpected error instead of a usage error up front.
 MAX_SEED = 2**32 - 1

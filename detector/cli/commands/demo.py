@@ -15,6 +15,7 @@ from detector.cli.options import (
     FormatOpt,
     OutputFormat,
     SeedOpt,
+    check_sim_size,
     emit_json,
     progress_status,
     stderr,
@@ -82,6 +83,7 @@ def demo(
     from detector.pipeline.ingest import ingest_paths
     from detector.simulate import write_simulation
 
+    check_sim_size(days, rate)
     root = Path(lake)
     if not lake.strip():
         raise UsageError("--lake must name a folder, not be empty")

@@ -15,6 +15,8 @@ from detector.cli.options import (
     FormatOpt,
     InputFormat,
     OutputFormat,
+    check_sim_size,
+    cluster_name,
     emit_json,
     instant_option,
     output_folder,
@@ -45,8 +47,9 @@ def simulate(
         datetime | None,
         instant_option("--end", help="End of the traffic (default now)."),
     ] = None,
-    cluster: Annotated[
-        str, typer.Option(help="Cluster name (log group /aws/eks/NAME/cluster).")
+    cluster: Annotated[  # checked as ingest checks it: it becomes file and log group names
+        str,
+        typer.Option(parser=cluster_name, help="Cluster name (log group /aws/eks/NAME/cluster)."),
     ] = "demo",
     input_formats: Annotated[
         list[InputFormat] | None,
@@ -78,6 +81,7 @@ def simulate(
     """
     from detector.simulate import FORMATS, write_simulation
 
+    check_sim_size(days, rate)
     formats = [f.value for f in input_formats or [InputFormat.ndjson]]
     if InputFormat.auto.value in formats:
         raise UsageError(f"--as takes a format to write: {', '.join(FORMATS)}, not auto")
