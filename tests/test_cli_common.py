@@ -289,6 +289,8 @@ BAD_VALUES = [
     (["demo", "--days", "300", "--rate", "10000"], "at most 50,000,000"),
     (["simulate", "--out", "o", "--cluster", "../../x"], "--cluster"),
     (["simulate", "--out", "o", "--cluster", "a\nb"], "--cluster"),
+    (["watch", "--replay", "x.log", "--step", "0.001s"], "--step"),  # 7 events a minute
+    (["export", "--log-group", "/aws/eks/c/cluster", "--max-attempts", "1000"], "--max-attempts"),
     (["rules", "docs", "-o", "."], "is a folder"),  # was exit 3 after the work (review)
     (["rules", "docs", "--check", "-o", "."], "is a folder"),
     (["report", "-o", "."], "is a folder"),

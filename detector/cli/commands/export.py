@@ -103,6 +103,7 @@ def export(
         typer.Option(
             "--max-attempts",
             min=1,
+            max=100,  # 10**22 retried an unreachable endpoint for ever (found by review)
             help="Tries per API call on throttling, 5xx, timeouts or resets before giving up.",
         ),
     ] = 8,

@@ -18,6 +18,7 @@ from detector.cli.options import (
     ClusterOpt,
     DeliverOpt,
     DisableOpt,
+    Duration,
     LakeOpt,
     LeaseOpt,
     ModelDirOpt,
@@ -78,8 +79,11 @@ def watch(
         timedelta | None,
         duration_option(
             "--step",
-            parser=POSITIVE,
-            help="Replay: replayed time per step (default --poll x --speed; flat out: 1m).",
+            # a millisecond step replayed 7 events in a minute: each step costs a batch's
+            # work whatever it holds (found by review)
+            parser=Duration(minimum=timedelta(seconds=1)),
+            help="Replay: replayed time per step, 1s at least (default --poll x --speed; "
+            "flat out: 1m).",
             show_default=False,
         ),
     ] = None,
