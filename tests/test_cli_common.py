@@ -291,6 +291,12 @@ BAD_VALUES = [
     (["simulate", "--out", "o", "--cluster", "a\nb"], "--cluster"),
     (["watch", "--replay", "x.log", "--step", "0.001s"], "--step"),  # 7 events a minute
     (["export", "--log-group", "/aws/eks/c/cluster", "--max-attempts", "1000"], "--max-attempts"),
+    # a file as the lake: exit 3 and a path inside it, where every other command said 2
+    (["export", "--log-group", "/aws/eks/c/cluster", "--lake", "/etc/passwd"], "is a file"),
+    (
+        ["watch", "--replay", "/etc/hostname", "--lake", "/etc/passwd", "--cluster", "c"],
+        "is a file",
+    ),
     (["rules", "docs", "-o", "."], "is a folder"),  # was exit 3 after the work (review)
     (["rules", "docs", "--check", "-o", "."], "is a folder"),
     (["report", "-o", "."], "is a folder"),

@@ -219,6 +219,9 @@ def export(
         )
         progress_line(line)
 
+    from detector.lake.events import Lake
+
+    Lake(lake).require_root()  # a file as --lake: exit 3 and a state path, then (review)
     stop = threading.Event()
     received: list[int] = []
     exporter = Exporter(lake, options, stop=stop, progress=progress if interactive else None)

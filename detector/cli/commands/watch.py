@@ -220,6 +220,7 @@ def watch(
     lease_s = lease.total_seconds()
 
     the_lake = Lake(lake)
+    the_lake.require_root()  # a file as --lake: exit 3 and a state path, then (review)
     metrics = WatchMetrics()
     reloader = None
     if not no_model:
