@@ -294,7 +294,7 @@ BAD_VALUES = [
     # a file as the lake: exit 3 and a path inside it, where every other command said 2
     (["export", "--log-group", "/aws/eks/c/cluster", "--lake", "/etc/passwd"], "is a file"),
     (
-        ["watch", "--replay", "/etc/hostname", "--lake", "/etc/passwd", "--cluster", "c"],
+        ["watch", "--replay", "/etc/passwd", "--lake", "/etc/passwd", "--cluster", "c"],
         "is a file",
     ),
     (["rules", "docs", "-o", "."], "is a folder"),  # was exit 3 after the work (review)
