@@ -297,6 +297,8 @@ BAD_VALUES = [
         ["watch", "--replay", "/etc/passwd", "--lake", "/etc/passwd", "--cluster", "c"],
         "is a file",
     ),
+    (["incidents", "--since", "2100-01-01"], "empty time range"),  # was "no incidents"
+    (["incidents", "--since", "0s"], "empty time range"),
     (["rules", "docs", "-o", "."], "is a folder"),  # was exit 3 after the work (review)
     (["rules", "docs", "--check", "-o", "."], "is a folder"),
     (["report", "-o", "."], "is a folder"),

@@ -17,6 +17,7 @@ from detector.cli.options import (
     configured_sinks,
     emit_json,
     stdout,
+    time_range,
 )
 from detector.cli.render import digests_text, render_incidents
 from detector.errors import RuntimeFailure, UsageError
@@ -73,7 +74,9 @@ def list_cmd(
     from detector.lake.incidents import incidents_overlapping
 
     # Active since then, wherever it began: an incident first seen before --since that
-    # is still growing is the one an analyst most needs in the list.
+    # is still growing is the one an analyst most needs in the list. A --since not before
+    # now is the empty range it is for every other command (it said "no incidents"; review).
+    time_range(since, None)
     df = incidents_overlapping(Lake(lake).require_existing(), since, END_OF_TIME).sort(
         ["severity_rank", "last_seen"], descending=[True, True]
     )
