@@ -151,3 +151,23 @@ def test_cli_evaluate_prints_the_tables_and_json(sim):
         ],
     )
     assert bad.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "said"),
+    [
+        (["--train-until", "2030-01-01T00:00:00Z"], "nothing to score"),
+        (
+            ["--train-until", CUT.isoformat(), "--until", (CUT - timedelta(hours=2)).isoformat()],
+            "nothing to score",
+        ),
+        (["--train-until", "2000-01-01T00:00:00Z"], "nothing to train on"),
+    ],
+)
+def test_a_split_that_leaves_nothing_to_score_or_train_on_is_a_usage_error(sim, extra, said):
+    """A --train-until after every event, or an --until before it, printed empty tables
+    with exit 0; one before every event printed a range read backwards (found by review)."""
+    args = ["evaluate", "--lake", str(sim / "lake"), "--labels", str(sim / "labels.json")]
+    run = CliRunner().invoke(app, [*args, *extra, "--no-rules"])
+    assert run.exit_code == 2, run.output
+    assert said in run.stderr and len(run.stderr.strip().splitlines()) == 1

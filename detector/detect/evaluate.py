@@ -242,8 +242,22 @@ def evaluate(
     # Split at the start of the window holding train_until: widened each way, a time in a
     # window's middle put that window in both the training and the scored range.
     split = align(train_until, train_until, window)[0]
+    end = until or last
+    # Nothing to score (or nothing to train on) is an error, not empty tables and exit 0,
+    # and a range read backwards (found by review).
+    if split >= end:
+        raise LabelsError(
+            f"nothing to score: --train-until {train_until:%Y-%m-%dT%H:%MZ} is not before "
+            f"the end of the scored range ({end:%Y-%m-%dT%H:%MZ}, --until or the lake's last "
+            "event)"
+        )
+    if split <= (since or first):
+        raise LabelsError(
+            f"nothing to train on: --train-until {train_until:%Y-%m-%dT%H:%MZ} is not after "
+            f"the lake's first event ({(since or first):%Y-%m-%dT%H:%MZ})"
+        )
     train_start, train_end = align(since or first, split, window)
-    test_start, test_end = align(split, until or last, window)
+    test_start, test_end = align(split, end, window)
     windows = training_windows(lake, train_start, train_end, window=window, executor=executor)
     model = fit_model(
         windows, window=window, start=train_start, end=train_end, alert_rate=alert_rate, seed=seed
