@@ -14,7 +14,9 @@ from datetime import UTC, datetime, timedelta
 
 from detector.errors import UsageError
 
-_REL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$", re.IGNORECASE)
+_REL = re.compile(
+    r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(s|m|h|d|w)\s*$", re.IGNORECASE
+)  # ASCII digits: \d took "١h"
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 #: The longest duration any option takes: ten years covers every baseline and backfill.
