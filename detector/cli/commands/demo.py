@@ -72,6 +72,9 @@ def demo(
     model trained on less (--days 2) or on sparser traffic (--rate 1) raises more alerts
     on benign principals: it has seen less of what each one does.
 
+    Exit codes: 0 done, 2 bad arguments (or a lake or folder the demo did not
+    make), 3 a write failed.
+
     Example:
 
     \b

@@ -63,6 +63,9 @@ def evaluate(
     scenario. The scored range ends at --until (default: the last event). Nothing is
     written to the lake or the model store.
 
+    Exit codes: 0 done, 2 bad arguments or labels, or a --train-until leaving
+    nothing to train on or score, 3 storage failure.
+
     Example:
 
     \b

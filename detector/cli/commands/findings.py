@@ -111,6 +111,8 @@ def show(
 ) -> None:
     """Show one finding: why it was raised and the events behind it.
 
+    Exit codes: 0 done, 2 bad arguments or unknown id, 3 storage failure.
+
     Example:
 
     \b
@@ -237,6 +239,8 @@ def ack(
 ) -> None:
     """Acknowledge a finding (OCSF status In Progress).
 
+    Exit codes: 0 done, 2 bad arguments or unknown id, 3 storage failure.
+
     Example:
 
     \b
@@ -261,6 +265,8 @@ def resolve(
     output: FormatOpt = OutputFormat.table,
 ) -> None:
     """Resolve a finding; its incident resolves once all its findings are resolved.
+
+    Exit codes: 0 done, 2 bad arguments or unknown id, 3 storage failure.
 
     Example:
 

@@ -96,6 +96,8 @@ def show(
 ) -> None:
     """Show one incident: severity and why, status, and the timeline of its findings.
 
+    Exit codes: 0 done, 2 bad arguments or unknown id, 3 storage failure.
+
     Example:
 
     \b
@@ -156,6 +158,8 @@ def ack(
 ) -> None:
     """Acknowledge an incident (OCSF In Progress): someone is on it; updates still arrive.
 
+    Exit codes: 0 done, 2 bad arguments or unknown id, 3 storage failure.
+
     Example:
 
     \b
@@ -173,6 +177,8 @@ def resolve(
 ) -> None:
     """Resolve an incident: closed; new activity of the principal opens a new incident.
 
+    Exit codes: 0 done, 2 bad arguments or unknown id, 3 storage failure.
+
     Example:
 
     \b
@@ -189,6 +195,8 @@ def reopen(
     output: FormatOpt = OutputFormat.table,
 ) -> None:
     """Set an incident back to new.
+
+    Exit codes: 0 done, 2 bad arguments or unknown id, 3 storage failure.
 
     Example:
 

@@ -73,6 +73,8 @@ def simulate(
     into kube-system, webhook registration, permission enumeration, privileged workload,
     token minting, event deletion).
 
+    Exit codes: 0 written, 2 bad arguments, 3 a write failed.
+
     Example:
 
     \b

@@ -38,6 +38,9 @@ def suppressions(
     Suppressions are applied by `detect score` before delivery (--suppressions, default
     ./suppressions.yaml); suppressed findings stay in the lake with status suppressed.
 
+    Exit codes: 0 every suppression is valid, 2 a problem in the file or bad
+    arguments, 3 the lake could not be read.
+
     Example:
 
     \b
