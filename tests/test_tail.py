@@ -597,3 +597,17 @@ def test_a_rotation_while_a_poll_catches_up_is_read_before_the_newest_file(tmp_p
     monkeypatch.setattr(FileTail, "_open_first", rotated_meanwhile)
     got = drained(tail)
     assert got + ids(tail.poll()) == aid(1, 2, 3)
+
+
+def test_a_log_that_is_not_there_yet_is_said_and_an_empty_path_refused(tmp_path, caplog):
+    """`watch --tail missing.log --once` said "0 events", exit 0, without a word, and
+    `--tail ''` did the same (found by review). A file not there yet is followed when it
+    appears (the API server may create it later), with a warning; an empty path is no file."""
+    import logging
+
+    missing = str(tmp_path / "audit.log")
+    with caplog.at_level(logging.WARNING, logger="detector.sources.tail"):
+        check_tailable(missing)
+    assert f"{missing} does not exist yet" in caplog.text
+    with pytest.raises(InputNotFound, match="--tail is empty"):
+        check_tailable(" ")

@@ -100,10 +100,14 @@ class TailPosition:
 def check_tailable(path: str) -> None:
     """Refuse a path that can only be followed as a regular file: a folder, a device or a
     FIFO (``/dev/zero`` was read without end until memory ran out). A path that does not
-    exist yet is fine: the API server may create it later."""
+    exist yet is fine, said in a warning: the API server may create it later (a typo was
+    "0 events" and exit 0 without a word; found by review). An empty one is refused."""
+    if not path.strip():
+        raise InputNotFound("--tail is empty: give the audit log file")
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
+        log.warning("%s does not exist yet: it is followed from when it appears", path)
         return
     except OSError as exc:
         raise InputNotFound(f"{path}: cannot follow: {exc.strerror}") from None
