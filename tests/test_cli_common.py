@@ -300,6 +300,8 @@ BAD_VALUES = [
     (["incidents", "--since", "2100-01-01"], "empty time range"),  # was "no incidents"
     (["incidents", "--since", "0s"], "empty time range"),
     (["findings", "--since", "\u0661h"], "--since"),  # an Arabic-Indic 1: was one hour
+    (["score", "--no-rules", "--rules", "bad.yaml"], "exclude each other"),  # never read
+    (["score", "--enable", "pod-exec", "--disable", "pod-exec"], "both name pod-exec"),
     (["rules", "docs", "-o", "."], "is a folder"),  # was exit 3 after the work (review)
     (["rules", "docs", "--check", "-o", "."], "is a folder"),
     (["report", "-o", "."], "is a folder"),

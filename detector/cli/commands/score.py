@@ -118,6 +118,13 @@ def score(
         raise UsageError("--no-model and --no-rules leave nothing to score")
     if no_model and fit_on_window:
         raise UsageError("--no-model and --fit-on-window exclude each other")
+    # Rules options with --no-rules were ignored, a broken --rules file never read, and a
+    # rule both enabled and disabled was silently disabled (found by review).
+    if no_rules and (rules or enable or disable):
+        raise UsageError("--no-rules and --rules, --enable or --disable exclude each other")
+    both = sorted(set(enable or []) & set(disable or []))
+    if both:
+        raise UsageError(f"--enable and --disable both name {', '.join(both)}")
     runner = executor_for(executor, address)
     # Read before anything is scored or written: a bad file found after the findings were
     # replaced left findings and incidents disagreeing (and --dry-run checks it too).
