@@ -95,8 +95,13 @@ def test_precedence_holds_in_a_real_command(cwd):
     )
     out = invoke(*args).stdout
     assert "`sec`.`events`" in out  # [athena-ddl] table
-    assert "'projection.cluster.values' = 'prod'" in out  # shared cluster
+    # the shared cluster (set for the other commands) does not narrow the partitions: a DDL
+    # listing one cluster hid the others from Athena (found by review); its own table does
+    assert "'projection.cluster.type' = 'injected'" in out
     out = invoke(*args, env={"DETECT_CLUSTER": "a,b"}).stdout
+    assert "'projection.cluster.type' = 'injected'" in out
+    (cwd / "detect.toml").write_text('[athena-ddl]\ncluster = "a,b"\nlake = "s3://b/l"\n')
+    out = invoke(*args).stdout
     assert "'projection.cluster.values' = 'a,b'" in out
 
 
