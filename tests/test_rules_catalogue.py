@@ -1580,3 +1580,14 @@ def test_a_dry_run_is_a_record_that_says_so_not_an_alert(ruleset):
     for tail in ("?dryRun=", "?DryRun=All", "?xdryRun=All", "?dryRun=Allx"):
         (found,) = run(ruleset, rule, [create(tail)]).to_dicts()
         assert found["severity"] == "high" and DRY_RUN_REASON not in found["reasons"], tail
+    # reads ignore dryRun, and a TokenRequest mints its token whatever it says: they stay
+    # what they are with ?dryRun=All added (found by review)
+    listed = ev("list", "secrets", uri="/api/v1/secrets?limit=500&dryRun=All")
+    (found,) = run(ruleset, "secrets-listed-cluster-wide", [listed]).to_dicts()
+    assert found["severity"] != "info"
+    token = ev(
+        "create", "serviceaccounts", ns="kube-system", name="admin", sub="token", code=201,
+        uri="/api/v1/namespaces/kube-system/serviceaccounts/admin/token?dryRun=All",
+    )  # fmt: skip
+    (found,) = run(ruleset, "kube-system-token-requested", [token]).to_dicts()
+    assert found["severity"] == "high"

@@ -285,6 +285,24 @@ def _keyed(matched: _F, rule: Rule, every: str) -> _F:
 #: An escaped or misspelt one the server may read differently is not matched: such a
 #: request is judged as a change, which errs towards an alert.
 DRY_RUN = r"[?&]dryRun=All(?:&|$)"
+#: What the server carries out as a dry run: a write to an object (or its status, scale or
+#: ephemeral containers), through the registry that reads ``dryRun``. Reads ignore the
+#: parameter, and a TokenRequest (``serviceaccounts/token``) mints its token whatever it
+#: says: a finding on those stayed at info with ``?dryRun=All`` added (found by review).
+DRY_RUN_VERBS = ("create", "update", "patch", "delete", "deletecollection")
+DRY_RUN_SUBRESOURCES = ("status", "scale", "ephemeralcontainers")
+
+
+def _dry_run() -> pl.Expr:
+    """Whether a request was a dry run the server did not carry out."""
+    sub = pl.col("subresource")
+    return (
+        pl.col("request_uri").str.contains(DRY_RUN)
+        & pl.col("verb").is_in(DRY_RUN_VERBS)
+        & (sub.is_null() | sub.is_in(DRY_RUN_SUBRESOURCES))
+    ).fill_null(False)
+
+
 #: The first reason of a finding made only of dry runs.
 DRY_RUN_REASON = (
     "every request was a dry run (dryRun=All): the API server checked it and changed "
@@ -306,7 +324,7 @@ def _aggregate(keyed: pl.LazyFrame, rule: Rule) -> pl.LazyFrame:
         who().drop_nulls().first().alias("_who"),
         value.cast(pl.Float64).alias("_value"),
         pl.col("principal").drop_nulls().unique().sort().alias("_principals"),
-        pl.col("request_uri").str.contains(DRY_RUN).fill_null(False).all().alias("_dry_run"),
+        _dry_run().all().alias("_dry_run"),
     )
 
 

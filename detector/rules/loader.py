@@ -96,7 +96,9 @@ ENGINE_COLUMNS = (
     "principal_kind",
     "user_name",
     "source_ip",
-    "request_uri",  # a dry run's findings are records (engine.DRY_RUN)
+    "request_uri",  # a dry run's findings are records (engine._dry_run)
+    "verb",
+    "subresource",
 )
 _ITEM_KINDS = ("rule", "macro", "list", "exception_set", "required_engine_version")
 _EXCEPTION_KEYS = {"name", "field", "fields", "comp", "comps", "values", "reason"}
