@@ -632,6 +632,10 @@ def test_quarantined_text_loses_secret_payloads_even_when_cut():
         rb'"P\u0041SSWORD":"hunter2"',  # upper-case hex digits
         rb'"x":"{\"d\\u0061ta\":{\"a\":\"hunter2\"}}"',  # JSON in a string
         rb'"kubectl.kubernetes.io\/last-applied-configuration":"{\"a\":\"hunter2\"}"',
+        # four levels of JSON in strings: sixteen backslashes (found by review: eight ran out)
+        b'"x":"{\\"p' + b"\\" * 16 + b'u0061ssword\\":\\"hunter2\\"}"',
+        # quotes written as \u0022, which any JSON reader reads as quotes (review)
+        rb'"x":"{\u0022password\u0022:\u0022hunter2\u0022}"',
     ],
 )
 def test_quarantined_text_loses_values_under_escaped_member_names(member):
@@ -644,12 +648,12 @@ def test_quarantined_text_loses_values_under_escaped_member_names(member):
 
 
 def test_quarantined_text_keeps_what_escapes_do_not_hide():
-    """Written-out escapes keep JSON valid: quotes and backslashes stay escaped, and an escaped
-    backslash before other text is left as it is."""
+    """Written-out escapes keep JSON valid: a quote or a backslash is written escaped
+    (``\\u0022`` as ``\\"``), and an escaped backslash before other text is left as it is."""
     raw = rb'{"a":"say \u0022hi\u0022 C:\\temp \\n \u00e9","b":"\u0041\/x"}'
     row = quarantine_frame([("f", "1", "not an audit event", raw)]).row(0, named=True)
     assert orjson.loads(row["raw"]) == orjson.loads(raw)
-    assert row["raw"] == r'{"a":"say \u0022hi\u0022 C:\\temp \\n \u00e9","b":"A/x"}'
+    assert row["raw"] == r'{"a":"say \"hi\" C:\\temp \\n \u00e9","b":"A/x"}'
 
 
 def test_every_pattern_is_listed_in_security_md():

@@ -711,21 +711,20 @@ def redact_text(text: str, *, quarantine: bool = False, json: bool = False) -> s
     return out["t"][0]
 
 
-#: JSON's escapes of printable ASCII (``\u0061`` for ``a``, ``\/`` for ``/``) after a run of
-#: up to eight backslashes (JSON inside a string, to eight levels), and what they stand for.
-#: ``"`` and ``\`` stay escaped. Longest runs first: the first listed wins at a position.
+#: A JSON escape of printable ASCII (``\u0061``, ``\/``) after any run of backslashes (JSON
+#: inside a string doubles them at each level), which :func:`_unescape_ascii` first makes
+#: one backslash.
+_ESCAPE_RUN = r"\\+(u00[2-7][0-9A-Fa-f]|/)"
+#: Each escape and what it stands for: the character, but a quote or a backslash stays
+#: escaped (``\u0022`` is ``\"``), so text that was JSON stays JSON and a quote hidden as
+#: ``\u0022`` reads as the escaped quote every pattern knows.
 _ASCII_ESCAPES: dict[str, str] = {
-    "\\" * run + escape: char
-    for run in range(8, 0, -1)
-    for escape, char in [
-        ("/", "/"),
-        *(
-            (f"u{code:04{case}}", chr(code))
-            for code in range(0x20, 0x7F)
-            if chr(code) not in '"\\'
-            for case in ("x", "X")
-        ),
-    ]
+    "\\/": "/",
+    **{
+        f"\\u{code:04{case}}": {'"': '\\"', "\\": "\\\\"}.get(chr(code), chr(code))
+        for code in range(0x20, 0x7F)
+        for case in ("x", "X")
+    },
 }
 
 
@@ -733,13 +732,15 @@ def _unescape_ascii(column: str) -> pl.Expr:
     """The text with JSON's escapes of printable ASCII written out, at any depth.
 
     Quarantined text is not parsed, so a member named ``"d\u0061ta"`` or
-    ``"p\u0061ssword"`` kept its value from every pattern (found by review). Written out,
-    the patterns see what a JSON reader sees. The text stays JSON wherever it was: no quote
-    or backslash is written. A literal ``\u0061`` in a string (an escaped backslash, then
+    ``"p\u0061ssword"`` kept its value from every pattern, and so did one whose quotes were
+    ``\u0022`` (found by review). Written out, the patterns see what a JSON reader (or a
+    nested one) sees. The text stays JSON wherever it was: a quote or a backslash is
+    written escaped. A literal ``\u0061`` in a string (an escaped backslash, then
     ``u0061``) is shown as ``a`` too: quarantined text is for reading, and a reading that
     hides a credential is the one to avoid.
     """
-    return pl.col(column).str.replace_many(list(_ASCII_ESCAPES), list(_ASCII_ESCAPES.values()))
+    one_backslash = pl.col(column).str.replace_all(_ESCAPE_RUN, r"\$1")
+    return one_backslash.str.replace_many(list(_ASCII_ESCAPES), list(_ASCII_ESCAPES.values()))
 
 
 def redact_quarantine(df: pl.DataFrame) -> pl.DataFrame:
