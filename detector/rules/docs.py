@@ -390,11 +390,12 @@ denied watch is logged at both.
 A write (create, update, patch, delete) with `dryRun=All` in its query (`kubectl ...
 --dry-run=server`, Argo CD's server-side diff) is checked by the API server and not
 carried out. Reads ignore the parameter, and a TokenRequest mints its token whatever it
-says: neither counts as a dry run. A finding whose requests were all dry runs is recorded at `info` (in the lake, never alerted) whatever the
-rule's severity, its first reason saying so: it shows what the caller tried, as a probe,
-and changed nothing. One real request in the group keeps the rule's severity. Only the
-parameter as the server takes it counts (`dryRun=All`, case and spelling exact): one
-written otherwise is judged as a change.
+says: neither counts as a dry run. A finding whose requests were all dry runs is
+recorded at `info` (in the lake, never alerted) whatever the rule's severity, its first
+reason saying so: it shows what the caller tried, as a probe, and changed nothing. One
+real request in the group keeps the rule's severity. Only the parameter as the server
+takes it counts (`dryRun=All`, case and spelling exact): one written otherwise is judged
+as a change.
 
 ### Address lists
 
