@@ -28,7 +28,7 @@ from typing import Any
 import polars as pl
 
 from detector.delivery import sinks as sink_mod
-from detector.delivery.config import SinkConfig
+from detector.delivery.config import SecretMissing, SinkConfig
 from detector.delivery.deliver import DeliveryReport, SinkHealth, deliver
 from detector.delivery.records import DeliveryState, DeliveryStore, file_dead_letters, merge
 from detector.delivery.run import DELIVERY_WAIT, PendingIncidents, _build
@@ -142,7 +142,9 @@ class StreamAlerter:
         succeeded then), a stand-in whose alerts fail and wait as in an outage."""
         try:
             return _build(cfg, dict(self.sink_kw))
-        except RuntimeFailure as exc:
+        except (RuntimeFailure, SecretMissing) as exc:
+            # A secret file read at start and gone now (rotated, a Vault agent rewriting
+            # it) stopped every sink and the stream, as an STS outage did (found by review)
             log.warning("%s: its alerts wait for it", exc)
             return sink_mod.Unstarted(cfg, str(exc), **self.sink_kw)
 
