@@ -489,3 +489,35 @@ def test_a_request_flood_of_ordinary_requests_is_a_finding_whatever_its_score(
     # and the guard flags nothing in the simulated traffic itself (its benign and attacks)
     plain = score_range(Lake(sim_lake[0]), CUT, END, model=model, options=NO_RULES).findings
     assert not any("request flood" in r for rs in plain["reasons"].to_list() for r in rs)
+
+
+def test_a_principal_without_history_is_a_flood_only_far_past_the_busiest_windows(model_dir):
+    """A new session of a busy CI role (its usual ~2,400 requests a window) was compared
+    with the median principal: 2,500 requests read as "278x its usual", a flood (found by
+    review). With no baseline, a window must reach 20x the busiest 1% of all windows."""
+    import dataclasses
+
+    from detector.model import volume
+
+    model = Model.load(model_dir)
+    population = model.baseline.population.with_columns(
+        pl.when(pl.col("feature") == "requests").then(1_200.0).otherwise(pl.col("p99")).alias("p99")
+    )
+    baseline = dataclasses.replace(model.baseline, population=population)
+    seen = baseline.principals.row(0, named=True)
+    feats = pl.DataFrame(
+        {
+            "cluster": [seen["cluster"], seen["cluster"], seen["cluster"]],
+            "principal": [
+                seen["principal"],
+                "arn:aws:iam::1:role/ci/new",
+                "arn:aws:iam::1:role/ci/x",
+            ],
+            "requests": [2_500, 2_500, 25_000],
+            "requests_vs_usual": [30.0, 278.0, 2_780.0],
+        }
+    )
+    assert volume.flooded(feats, baseline).to_list() == [True, False, True]
+    assert volume.reason(25_000, None, baseline).startswith(
+        "made 25,000 requests in one window, no history and 21x the busiest 1%"
+    )

@@ -469,9 +469,11 @@ def findings_from_scores(
         rows, model.baseline, loo_fold=loo_fold, fold_tails=fold_tails, fitted=feats
     )
     reasons = [[explain_mod.sentence(i) for i in items] for items in explanations]
+    had_usual = volume.known(rows, model.baseline).to_list()
     for i in np.flatnonzero(floods):
         row = rows.row(int(i), named=True)
-        said = volume.reason(row["requests"], row["requests_vs_usual"], model.baseline)
+        vs_usual = row["requests_vs_usual"] if had_usual[i] else None
+        said = volume.reason(row["requests"], vs_usual, model.baseline)
         reasons[i] = [said, *reasons[i]][:5]  # a finding says at most 5 things (explain)
     titles = [explain_mod.title(items) for items in explanations]
     attack = [explain_mod.attack(items) for items in explanations]

@@ -10,10 +10,13 @@ pass, which keeps only the few rows any rule can match. The feature frame has th
 already: the guard reads it there.
 
 A window is flagged when its requests are at least :data:`FACTOR` times the principal's
-usual (median per window in the baseline; a principal without one, the median principal's)
-*and* at least :data:`P99_FACTOR` times the 99th percentile of all principals' windows,
-and at least :data:`FLOOR`. Both, so that neither a quiet principal's ordinary burst nor
-a busy controller's ordinary load is a flood.
+usual (median per window in the baseline) *and* at least :data:`P99_FACTOR` times the 99th
+percentile of all principals' windows, and at least :data:`FLOOR`. Both, so that neither
+a quiet principal's ordinary burst nor a busy controller's ordinary load is a flood. A
+principal with no baseline (each new IAM role session is one) has no usual: its window
+must reach :data:`FACTOR` times that 99th percentile. Compared with the median principal
+instead, a new session of a busy CI role was a "flood" at its role's ordinary load (found
+by review).
 """
 
 from __future__ import annotations
@@ -39,16 +42,35 @@ def flooded(feats: pl.DataFrame, baseline: Baseline) -> pl.Series:
     busiest = baseline.population_stat("requests", "p99")
     floor = max(float(FLOOR), P99_FACTOR * busiest)
     requests = pl.col("requests").cast(pl.Float64)
-    return feats.select(
-        ((requests >= floor) & (pl.col("requests_vs_usual") >= FACTOR)).fill_null(False)
-    ).to_series()
-
-
-def reason(requests: float, vs_usual: float, baseline: Baseline) -> str:
-    """The sentence that says why a flood was flagged whatever its score."""
-    busiest = baseline.population_stat("requests", "p99")
+    with_usual = (requests >= floor) & (pl.col("requests_vs_usual") >= FACTOR)
+    without = requests >= max(float(FLOOR), FACTOR * busiest)
+    flood = pl.when(pl.col("_known")).then(with_usual).otherwise(without).fill_null(False)
     return (
-        f"made {requests:,.0f} requests in one window, {vs_usual:,.0f}x its usual and "
+        feats.select("requests", "requests_vs_usual")
+        .with_columns(known(feats, baseline).alias("_known"))
+        .select(flood.alias("flood"))
+        .to_series()
+    )
+
+
+def reason(requests: float, vs_usual: float | None, baseline: Baseline) -> str:
+    """The sentence that says why a flood was flagged whatever its score; ``vs_usual`` None
+    for a principal with no baseline."""
+    busiest = baseline.population_stat("requests", "p99")
+    usual = f"{vs_usual:,.0f}x its usual" if vs_usual is not None else "no history"
+    return (
+        f"made {requests:,.0f} requests in one window, {usual} and "
         f"{requests / max(busiest, 1.0):,.0f}x the busiest 1% of all principals' windows: "
         "a request flood, flagged whatever the model's score"
+    )
+
+
+def known(feats: pl.DataFrame, baseline: Baseline) -> pl.Series:
+    """Whether each window's principal has a baseline."""
+    keys = ["cluster", "principal"]
+    have = baseline.principals.select(*keys).unique().with_columns(_known=pl.lit(True))
+    return (
+        feats.select(*keys)
+        .join(have, on=keys, how="left", maintain_order="left")["_known"]
+        .fill_null(False)
     )
