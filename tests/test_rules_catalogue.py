@@ -1478,6 +1478,13 @@ def test_ipv6_callers_are_judged_as_ipv4_ones_are(ruleset):
     assert run(ruleset, "service-account-outside-aws", [mapped]).is_empty()
     for ip in (f"::ffff:{TOR_IP}", "2001:db8::5"):  # the fixture lists 2001:db8::/32 too
         assert run(ruleset, "denied-ip-caller", [ev("get", "pods", user=iam(), ip=ip)]).height, ip
+    # a list's IPv4-mapped entry matches the IPv4 address and its mapped form (review)
+    from detector.rules import iplists
+
+    ranges = iplists.intervals(iplists.parse_networks(["::ffff:198.51.100.0/120"], "t"))
+    assert (ranges.starts.to_list(), ranges.v6_starts) == ([0xC6336400], ())
+    reserved = ev("get", "pods", user=SA, ip="::2")  # the reserved ::/8 is not public
+    assert run(ruleset, "service-account-outside-aws", [reserved]).is_empty()
     node = ev("get", "pods", user=NODE, ip=outside)
     assert run(ruleset, "system-identity-outside-aws", [node]).height == 1
 

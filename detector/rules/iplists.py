@@ -61,10 +61,10 @@ NON_PUBLIC = (
     "192.168.0.0/16",
     "198.18.0.0/15",
     "224.0.0.0/3",
-    # IPv6: unspecified, loopback, NAT64, discard, IETF protocol assignments (Teredo...),
-    # documentation, 6to4, unique local, link-local, multicast (an IPv4-mapped address is
-    # judged as its IPv4 address).
-    "::/127",
+    # IPv6: the reserved ::/8 (unspecified, loopback...), NAT64, discard, IETF protocol
+    # assignments (Teredo...), documentation, 6to4, unique local, link-local, multicast
+    # (an IPv4-mapped address is judged as its IPv4 address).
+    "::/8",
     "64:ff9b::/96",
     "64:ff9b:1::/48",
     "100::/64",
@@ -155,7 +155,7 @@ def read_networks(path: str | Path) -> list[_Network]:
 
 def intervals(networks: Iterable[_Network]) -> Ranges:
     """Merged, sorted ``[start, end]`` integer intervals of the networks, per family."""
-    nets = list(networks)
+    nets = [_as_v4(n) for n in networks]
     v4 = [n for n in nets if isinstance(n, ipaddress.IPv4Network)]
     v6 = [n for n in nets if isinstance(n, ipaddress.IPv6Network)]
     pairs = _pairs(v4)
@@ -164,6 +164,15 @@ def intervals(networks: Iterable[_Network]) -> Ranges:
         pl.Series("end", [p[1] for p in pairs], dtype=pl.UInt32),
         *_v6_ranges(v6),
     )
+
+
+def _as_v4(net: _Network) -> _Network:
+    """An IPv4-mapped network (``::ffff:185.220.101.0/120``) as the IPv4 one it maps: a
+    mapped source is searched as IPv4, and a list's mapped entry matched nothing (review)."""
+    mapped = isinstance(net, ipaddress.IPv6Network) and net.network_address.ipv4_mapped
+    if mapped and net.prefixlen >= 96:
+        return ipaddress.IPv4Network((int(mapped), net.prefixlen - 96))
+    return net
 
 
 def _pairs(networks: Iterable[_Network]) -> list[tuple[int, int]]:
@@ -224,6 +233,10 @@ def _plain_intervals(paths: list[str | Path]) -> Ranges | None:
             pair = _v6_pair(text) if ":" in text else _v4_pair(text)
             if pair is None:
                 return None
+            if ":" in text and pair[0] >> 32 == pair[1] >> 32 == 0xFFFF:  # IPv4-mapped
+                pair = (pair[0] & 0xFFFFFFFF, pair[1] & 0xFFFFFFFF)
+                v4.append(pair)
+                continue
             (v6 if ":" in text else v4).append(pair)
     merged, merged_v6 = _merged(v4), _merged(v6)
     return Ranges(
