@@ -106,6 +106,16 @@ def parse_range(
     return check_range(start, end)
 
 
+def iso_utc(moment: datetime) -> str:
+    """An instant as machine output writes it: UTC, six fractional digits, ``Z``.
+
+    One form for every time, whole seconds or not: two forms in one field sorted wrong as
+    text (found by review). :func:`parse_instant` reads it back."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
 def humanize(window: timedelta) -> str:
     """``10 minutes``, ``1 hour``, ``90 seconds``: for sentences analysts read."""
     seconds = int(window.total_seconds())

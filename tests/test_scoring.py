@@ -150,7 +150,7 @@ def test_cli_train_score_json_fail_on_and_show(sim_lake, tmp_path, detect):
     )
     assert code == 0, err
     card = json.loads(out)
-    assert card["training"]["since"] == START.strftime(ISO)
+    assert card["training"]["since"] == START.strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # one form (review)
     assert Path(models, "model.json").exists()
 
     code, out, err = run_cli(

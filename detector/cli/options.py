@@ -45,6 +45,7 @@ from detector.timeparse import (
     TimeArgumentError,
     check_instant,
     check_range,
+    iso_utc,
     parse_duration,
     parse_instant,
 )
@@ -567,11 +568,7 @@ def lake_to_read(uri: str, cluster: str | None = None) -> Any:
 # ------------------------------------------------------------------ output
 def _default(value: Any) -> Any:
     if isinstance(value, datetime):
-        # Always six fractional digits: isoformat() left them out on whole seconds, so one
-        # field mixed two forms and times sorted wrong as text (found by review).
-        if value.tzinfo is not None:
-            value = value.astimezone(UTC)
-        return value.isoformat(timespec="microseconds").replace("+00:00", "Z")
+        return iso_utc(value)
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, set | tuple):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import numpy as np
 import polars as pl
@@ -24,6 +24,7 @@ from detector.features import DEFAULT_WINDOW, align, check_window, fit_baseline,
 from detector.features import model_inputs as inputs_of
 from detector.lake.events import Lake
 from detector.model.storage import DEFAULT_ALERT_RATE, Model, fingerprint
+from detector.timeparse import iso_utc
 from detector.warmup import import_in_background
 
 #: Training needs at least this many windows (principal x 10 minutes) to mean anything.
@@ -56,10 +57,6 @@ class Fitted:
         """Anomaly scores of the training rows: computed when asked (a cold-start score
         reports them), never by `detect train`, which only saves the model."""
         return self.model.scorer.anomaly_score(self.inputs)
-
-
-def _iso(t: datetime) -> str:
-    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def fit(
@@ -105,10 +102,10 @@ def fit(
             "windows of each principal (a range longer than --window)"
         )
     training = {
-        "since": _iso(start),
-        "until": _iso(end),
-        "first_window": _iso(first) if first else None,
-        "last_window_end": _iso(last) if last else None,
+        "since": iso_utc(start),
+        "until": iso_utc(end),
+        "first_window": iso_utc(first) if first else None,
+        "last_window_end": iso_utc(last) if last else None,
         "windows": windows.height,
         "rows_fit": rows.height,
         "novelty_fold_seconds": int(fold.total_seconds()),

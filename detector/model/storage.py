@@ -52,6 +52,7 @@ from detector.features import FEATURES, FEATURES_VERSION, MODEL_INPUTS, Baseline
 from detector.model.forest import ArrayForest, ForestFileError
 from detector.model.scorer import BANDS, Scorer
 from detector.storage import Location
+from detector.timeparse import iso_utc
 
 log = logging.getLogger(__name__)
 
@@ -146,10 +147,6 @@ def library_versions() -> dict[str, str]:
 def fingerprint(X: np.ndarray) -> str:
     """sha256 of the training matrix: two models trained on the same rows share it."""
     return _sha256(np.ascontiguousarray(X, dtype=np.float64).tobytes())
-
-
-def _iso(t: datetime) -> str:
-    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -257,7 +254,7 @@ class Model:
         card = {
             "card_format": CARD_FORMAT,
             "model_version": version,
-            "created_at": _iso(datetime.now(UTC)),
+            "created_at": iso_utc(datetime.now(UTC)),
             **card,
         }
         card["baseline"] = {

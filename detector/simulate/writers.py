@@ -25,6 +25,7 @@ from detector.simulate.actors import ACCOUNT_ID, HEX_DIGITS, US
 from detector.simulate.factory import EventFactory
 from detector.simulate.simulation import EventBatch, default_end, simulate
 from detector.sources import formats
+from detector.timeparse import iso_utc
 
 #: Output formats understood by :func:`write_simulation`: every input format ingest reads.
 FORMATS = formats.INPUT_FORMATS
@@ -53,8 +54,8 @@ class SimulationSummary:
     def as_dict(self) -> dict[str, Any]:
         return {
             "out_dir": str(self.out_dir),
-            "start": self.start.isoformat().replace("+00:00", "Z"),
-            "end": self.end.isoformat().replace("+00:00", "Z"),
+            "start": iso_utc(self.start),
+            "end": iso_utc(self.end),
             "seed": self.seed,
             "rate": self.rate,
             "cluster": self.cluster,
