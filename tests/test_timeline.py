@@ -537,3 +537,23 @@ def test_a_forwarded_for_claim_is_never_shown_as_where_a_request_came_from(tmp_p
     report = run_detect_in_process("report", "--lake", lake, "--since", "2h", "-o", str(page))
     assert report.returncode == 0, report.stderr
     assert f"<td>{shown}</td>" in page.read_text()
+
+
+def test_a_source_is_shown_whatever_the_address_list_holds():
+    """A null entry in sourceIPs read "10.0.0.1 (says it forwards for )" (found by review);
+    a list of one address, none, or no list at all shows the one there is."""
+    from detector.events.addresses import shown_source
+
+    df = pl.DataFrame(
+        {
+            "source_ip": [None, "1.1.1.1", "8.8.8.8", None, "9.9.9.9"],
+            "source_ips": [[None, "1.2.3.4"], ["1.1.1.1", None, "10.0.0.1"], None, [], ["9.9.9.9"]],
+        }
+    )
+    assert df.select(shown_source())["source"].to_list() == [
+        "1.2.3.4",
+        "10.0.0.1 (says it forwards for 1.1.1.1)",
+        "8.8.8.8",
+        None,
+        "9.9.9.9",
+    ]

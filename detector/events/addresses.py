@@ -24,12 +24,12 @@ def shown_source(*, ips: str = "source_ips", first: str = "source_ip") -> pl.Exp
 
     Rows written before ``source_ips`` existed, or read without it, fall back to ``first``.
     """
-    addresses = pl.col(ips)
+    addresses = pl.col(ips).list.drop_nulls()  # a null entry said "forwards for )" (review)
     count = addresses.list.len()
     claimed = addresses.list.head(count - 1).list.join(", ")
     return (
         pl.when(count > 1)
         .then(pl.format("{} ({} {})", addresses.list.last(), pl.lit(CLAIM), claimed))
-        .otherwise(pl.col(first))
+        .otherwise(pl.coalesce(addresses.list.first(), pl.col(first)))
         .alias("source")
     )
