@@ -4,6 +4,7 @@ py-ocsf-models (Prowler's maintained pydantic models of the OCSF schema)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -449,51 +450,12 @@ def _in_seconds(seconds: int) -> str:
     return format_datetime(datetime.now(UTC) + timedelta(seconds=seconds), usegmt=True)
 
 
-@pytest.mark.parametrize("after", ["7", "date"])
-def test_a_throttled_sink_waits_as_long_as_it_asks(after):
-    """429 with ``Retry-After: 7``: the next attempt came after the fixed backoff (1 s).
-    Given as an HTTP date, the wait was dropped for the backoff (found by review)."""
+@contextlib.contextmanager
+def _asks_to_wait(statuses: list[int], after: str) -> Iterator[tuple[str, list[str]]]:
+    """A loopback receiver answering ``statuses`` in turn (then 429), each with
+    ``Retry-After: after``: (its URL, the paths posted to it)."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    answers = [429, 200]
-    if after == "date":  # whole seconds: the date is 6 to 7 s away when it is read
-        after = _in_seconds(7)
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            self.send_response(answers.pop(0))
-            self.send_header("Retry-After", after)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
-    try:
-        sleep = FakeSleep()
-        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-        cfg = sink(name="hook", type="webhook", url=url, retries=2)
-        (one,) = incidents([finding(ROLE, T0, severity="high")])
-        report = deliver([one], [build(cfg, sleep)], DeliveryState(), now=NOW)
-        assert len(report.sent) == 1 and len(sleep.waits) == 1
-        assert 5.0 < sleep.waits[0] <= 7.0
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-@pytest.mark.parametrize("after", ["120", "date"])
-def test_a_sink_asking_for_a_long_wait_is_not_tried_again_before_it(after):
-    """429 with ``Retry-After: 120`` was dropped as too long, and the sink was tried again
-    1, 2 and 4 s later, and then every 30 s under a watch (found by review). The alert is
-    not retried now: the sink is down for as long as asked, and its alerts wait."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    if after == "date":
-        after = _in_seconds(120)
     posts: list[str] = []
 
     class Handler(BaseHTTPRequestHandler):
@@ -503,7 +465,7 @@ def test_a_sink_asking_for_a_long_wait_is_not_tried_again_before_it(after):
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             posts.append(self.path)
-            self.send_response(429)
+            self.send_response(statuses.pop(0) if statuses else 429)
             self.send_header("Retry-After", after)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -511,8 +473,36 @@ def test_a_sink_asking_for_a_long_wait_is_not_tried_again_before_it(after):
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
     try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook", posts
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("after", ["7", "date"])
+def test_a_throttled_sink_waits_as_long_as_it_asks(after):
+    """429 with ``Retry-After: 7``: the next attempt came after the fixed backoff (1 s).
+    Given as an HTTP date, the wait was dropped for the backoff (found by review)."""
+    if after == "date":  # whole seconds: the date is 6 to 7 s away when it is read
+        after = _in_seconds(7)
+    with _asks_to_wait([429, 200], after) as (url, _posts):
         sleep = FakeSleep()
-        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        cfg = sink(name="hook", type="webhook", url=url, retries=2)
+        (one,) = incidents([finding(ROLE, T0, severity="high")])
+        report = deliver([one], [build(cfg, sleep)], DeliveryState(), now=NOW)
+        assert len(report.sent) == 1 and len(sleep.waits) == 1
+        assert 5.0 < sleep.waits[0] <= 7.0
+
+
+@pytest.mark.parametrize("after", ["120", "date"])
+def test_a_sink_asking_for_a_long_wait_is_not_tried_again_before_it(after):
+    """429 with ``Retry-After: 120`` was dropped as too long, and the sink was tried again
+    1, 2 and 4 s later, and then every 30 s under a watch (found by review). The alert is
+    not retried now: the sink is down for as long as asked, and its alerts wait."""
+    if after == "date":
+        after = _in_seconds(120)
+    with _asks_to_wait([], after) as (url, posts):
+        sleep = FakeSleep()
         cfg = sink(name="hook", type="webhook", url=url, retries=3)
         two = incidents([finding(ROLE, T0, severity="high"), finding(ROLE + "2", T0)])
         health: dict[str, SinkHealth] = {}
@@ -520,9 +510,6 @@ def test_a_sink_asking_for_a_long_wait_is_not_tried_again_before_it(after):
         assert len(posts) == 1 and sleep.waits == []  # asked once, and not again
         assert not report.sent and len(report.dead_letters) == 1 and len(report.waiting) == 1
         assert health["hook"].retry_at - time.monotonic() > 100  # not 30 s
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_a_receiver_that_drips_its_answer_or_sends_a_huge_one_holds_no_run():
