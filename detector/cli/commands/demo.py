@@ -146,6 +146,7 @@ def demo(
     else:
         stdout.print(
             f"\nnext: open {report['report']}    detect findings --lake {lake} --since 1d    "
+            f"detect score --lake {lake} --model-dir {models} --since 1h    "
             f"detect evaluate --lake {lake} --labels {workdir}/labels.json "
             f"--train-until {(end - timedelta(days=1)):%Y-%m-%dT%H:%M}Z",
             markup=False,
