@@ -304,3 +304,18 @@ def test_the_listing_groups_take_the_files_lake_and_their_own_table(cwd):
     assert incidents.exit_code == 0, incidents.stderr
     assert sorted(i["principal"] for i in json.loads(incidents.stdout)) == ["alice", "bob"]
     assert show()["findings.min_severity"]["source"] == "detect.toml [findings]"
+
+
+@pytest.mark.parametrize(
+    ("line", "said"),
+    [
+        ('ip_lists = ["/nonexistent/list.txt"]', "IP list /nonexistent/list.txt: no such file"),
+        ('aws_ranges = "/etc/passwd"', "/etc/passwd, line 1: not an address or CIDR"),
+    ],
+)
+def test_config_show_refuses_the_address_lists_the_rules_would_refuse(cwd, line, said):
+    """`config show` showed these, exit 0, and every `detect score` then refused them
+    (found by review): a check of the configuration checks what the rules will read."""
+    (cwd / "detect.toml").write_text(line + "\n")
+    out = invoke("config", "show")
+    assert out.exit_code == 2 and said in out.stderr, out.stderr

@@ -175,7 +175,8 @@ def show(
     environment variables DETECT_<NAME>, flags. Shared settings are listed always; other
     options when something sets them (all of them with --all).
 
-    Exit codes: 0 shown, 2 unknown key or bad value in the file (named in the message).
+    Exit codes: 0 shown, 2 unknown key or bad value in the file (named in the message),
+    including an `ip_lists` or `aws_ranges` file the rules could not read.
 
     Example:
 
@@ -183,6 +184,12 @@ def show(
         detect config show
         DETECT_LAKE=s3://audit-lake/prod detect --config prod.toml config show --format json
     """
+    from detector.rules.iplists import source_in
+
+    # The address lists the rules read, read as they read them: `ip_lists = ["/nonexistent"]`
+    # was shown, exit 0, and every `detect score` then refused it (found by review).
+    source_in("denied")
+    source_in("aws")
     flags = {"lake": lake, "cluster": cluster, "model_dir": model_dir, "log_group": log_group}
     rows = effective(ctx, all_options=all_options, flags=flags)
     if output == OutputFormat.json:
