@@ -497,3 +497,17 @@ def test_a_cold_start_reason_compares_a_window_with_the_principal_s_other_folds(
     cart = {i["name"]: i for i in by_principal[SA]}
     assert cart["denied"]["known"] and cart["denied"]["baseline"] == 0.0  # not 36
     assert not any(i["known"] for i in by_principal["system:serviceaccount:shop:new"])
+
+
+def test_a_forwarded_for_header_cannot_hide_a_new_address_from_the_model():
+    """The address features read the first of sourceIPs, which the client writes: a stolen
+    token used from a new address behind `X-Forwarded-For: <the owner's usual address>`
+    showed no new address (found by review). They read the connection's address."""
+    baseline = F.build_baseline(windows_of(baseline_days()))
+    forged = ev(1)
+    forged["sourceIPs"] = ["10.0.0.1", "203.0.113.50"]  # the usual address, claimed
+    f = F.finish_features(windows_of([forged]), baseline)
+    row = one(f)
+    assert row["new_source_ips"] == 1 and row["_new_source_ips"] == ["203.0.113.50"]
+    plain = F.finish_features(windows_of([ev(2)]), baseline)  # the usual address, direct
+    assert one(plain)["new_source_ips"] == 0

@@ -18,6 +18,12 @@ CLAIM = "says it forwards for"
 CLAIMED = "claimed by the client in a forwarding header"
 
 
+def connection_address(*, ips: str = "source_ips", first: str = "source_ip") -> pl.Expr:
+    """The address the API server's connection came from: the last of ``sourceIPs``, the
+    only one a client cannot set (``first`` where the list is missing)."""
+    return pl.coalesce(pl.col(ips).list.drop_nulls().list.last(), pl.col(first))
+
+
 def shown_source(*, ips: str = "source_ips", first: str = "source_ip") -> pl.Expr:
     """The request's source as people read it: ``10.0.5.5 (says it forwards for 8.8.4.4)``
     when headers named other addresses, else the one address (null when none is known).

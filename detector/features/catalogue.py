@@ -53,6 +53,7 @@ INPUT_COLUMNS = (
     "principal_kind",
     "iam_arn",
     "source_ip",
+    "source_ips",  # the connection's address, which a forwarded-for header cannot hide
     "user_agent",
     "resource",
     "subresource",

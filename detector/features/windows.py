@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 
 import polars as pl
 
+from detector.events.addresses import connection_address
 from detector.features.catalogue import (
     DEFAULT_WINDOW,
     DELETE_VERBS,
@@ -255,7 +256,10 @@ def window_counts(events: pl.LazyFrame, *, window: timedelta = DEFAULT_WINDOW) -
         count(pl.col("_hostpath"), "hostpath_workloads"),
         count(pl.col("_hostnetwork"), "hostnetwork_workloads"),
         count(pl.col("_hostpid"), "hostpid_workloads"),
-        distinct_values(pl.col("source_ip"), "_source_ips"),
+        # The connection's address, not the first of sourceIPs: a stolen token used from a
+        # new address behind `X-Forwarded-For: <its owner's usual address>` showed no new
+        # address to the model (found by review).
+        distinct_values(connection_address(), "_source_ips"),
         distinct_values(pl.col("user_agent"), "_user_agents"),
         distinct_values(namespace, "_namespaces"),
         distinct_values(resource, "_resources"),
