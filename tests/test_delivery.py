@@ -1122,6 +1122,10 @@ def test_an_incident_suppressed_after_it_was_sent_is_closed_where_it_was_sent(aw
     assert (closed["activity_name"], closed["status"]) == ("Close", "Suppressed")
     later = NOW + timedelta(hours=1)
     assert deliver([inc], [build(hub), build(store)], report.state, now=later).sent == []
+    # more suppressed findings join it: a new version, and no second closing (review)
+    inc.version += 1
+    again = NOW + timedelta(hours=2)
+    assert deliver([inc], [build(hub), build(store)], report.state, now=again).sent == []
 
 
 def test_a_resolved_incident_is_archived_in_security_hub(aws):

@@ -165,8 +165,9 @@ def plan(
         if inc.status in CLOSED:
             # Closing (resolved, or suppressed after it was sent) is news only where the
             # opening was: never throttled, never first. Suppressed, it was left open in
-            # Security Hub and OCSF stores (found by review).
-            if rec is not None and rec["version"] < inc.version:
+            # Security Hub and OCSF stores (found by review). Once: a suppressed incident
+            # that takes in more suppressed findings sent "Incident suppressed" again (review).
+            if rec is not None and rec["version"] < inc.version and not rec.get("closed"):
                 due.append(Alert(inc, "update", lake))
             continue
         if inc.status not in DELIVERED:
@@ -456,7 +457,7 @@ def _record(
             inc = m.incident
             state.record(
                 inc.incident_id, inc.version, sink.name, inc.severity, m.who, now,
-                digest=digest, updated=wall,
+                digest=digest, updated=wall, closed=inc.status in CLOSED,
             )  # fmt: skip
 
 

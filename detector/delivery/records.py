@@ -97,8 +97,11 @@ class DeliveryState:
         *,
         digest: str | None = None,
         updated: datetime | None = None,
+        closed: bool = False,
     ) -> None:
-        """``digest``: the id of the digest that delivered this version (a storm). Where
+        """``closed``: this version closed the incident at the sink (resolved or
+        suppressed): a later version of a closed incident is no news there.
+        ``digest``: the id of the digest that delivered this version (a storm). Where
         the incident was opened (``opened_in``: its first delivery's digest) is kept
         across versions: its closing goes there (:mod:`detector.delivery.storm`).
         ``updated``: when the principal's throttle starts, on the wall clock (default
@@ -112,6 +115,7 @@ class DeliveryState:
             "at": at.isoformat(),
             "key": f"{incident_id}:v{version}",
             **({"opened_in": opened_in} if opened_in else {}),
+            **({"closed": True} if closed else {}),
         }
         # a new alert counts too: its first update waits out the throttle like any other
         self.last_update[self._k(sink, who)] = (updated or at).isoformat()
