@@ -155,14 +155,23 @@ def read_networks(path: str | Path) -> list[_Network]:
 
 def intervals(networks: Iterable[_Network]) -> Ranges:
     """Merged, sorted ``[start, end]`` integer intervals of the networks, per family."""
-    nets = [_as_v4(n) for n in networks]
-    v4 = [n for n in nets if isinstance(n, ipaddress.IPv4Network)]
-    v6 = [n for n in nets if isinstance(n, ipaddress.IPv6Network)]
-    pairs = _pairs(v4)
+    v4: list[tuple[int, int]] = []
+    v6: list[tuple[int, int]] = []
+    for net in map(_as_v4, networks):
+        pair = (int(net.network_address), int(net.broadcast_address))
+        (v4 if net.version == 4 else v6).append(pair)
+    return _ranges(v4, v6)
+
+
+def _ranges(v4: list[tuple[int, int]], v6: list[tuple[int, int]]) -> Ranges:
+    """The :class:`Ranges` of each family's ``(start, end)`` pairs, merged: one constructor
+    for the checked path and the plain one, so both answer alike."""
+    merged, merged_v6 = _merged(v4), _merged(v6)
     return Ranges(
-        pl.Series("start", [p[0] for p in pairs], dtype=pl.UInt32),
-        pl.Series("end", [p[1] for p in pairs], dtype=pl.UInt32),
-        *_v6_ranges(v6),
+        pl.Series("start", [p[0] for p in merged], dtype=pl.UInt32),
+        pl.Series("end", [p[1] for p in merged], dtype=pl.UInt32),
+        tuple(p[0] for p in merged_v6),
+        tuple(p[1] for p in merged_v6),
     )
 
 
@@ -173,16 +182,6 @@ def _as_v4(net: _Network) -> _Network:
     if mapped and net.prefixlen >= 96:
         return ipaddress.IPv4Network((int(mapped), net.prefixlen - 96))
     return net
-
-
-def _pairs(networks: Iterable[_Network]) -> list[tuple[int, int]]:
-    merged = ipaddress.collapse_addresses(networks)  # type: ignore[type-var]
-    return sorted((int(n.network_address), int(n.broadcast_address)) for n in merged)
-
-
-def _v6_ranges(networks: list[ipaddress.IPv6Network]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    pairs = _pairs(networks)
-    return tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
 
 
 def ipv4_number(col: pl.Expr) -> pl.Expr:
@@ -238,13 +237,7 @@ def _plain_intervals(paths: list[str | Path]) -> Ranges | None:
                 v4.append(pair)
                 continue
             (v6 if ":" in text else v4).append(pair)
-    merged, merged_v6 = _merged(v4), _merged(v6)
-    return Ranges(
-        pl.Series("start", [p[0] for p in merged], dtype=pl.UInt32),
-        pl.Series("end", [p[1] for p in merged], dtype=pl.UInt32),
-        tuple(p[0] for p in merged_v6),
-        tuple(p[1] for p in merged_v6),
-    )
+    return _ranges(v4, v6)
 
 
 def _v4_pair(text: str) -> tuple[int, int] | None:
