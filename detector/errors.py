@@ -35,3 +35,10 @@ class RuntimeFailure(DetectError):
     """The command was right but the world was not: a source unreachable, unreadable input."""
 
     exit_code = EXIT_RUNTIME
+
+
+def is_polars_panic(exc: BaseException) -> bool:
+    """Whether ``exc`` is a panic of polars' Rust code (``PanicException``, a BaseException
+    not an Exception), which some damaged Parquet pages raise instead of an error; checked
+    by name, so that telling it apart needs no polars import."""
+    return type(exc).__name__ == "PanicException"

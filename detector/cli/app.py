@@ -30,6 +30,7 @@ from detector.errors import (
     EXIT_RUNTIME,
     EXIT_USAGE,
     DetectError,
+    is_polars_panic,
 )
 
 
@@ -192,7 +193,7 @@ class DetectGroup(TyperGroup):
             if code is None:  # a bug: main() says how to see its traceback
                 raise
         except BaseException as exc:
-            if type(exc).__name__ != "PanicException" or os.environ.get("DETECT_DEBUG"):
+            if not is_polars_panic(exc) or os.environ.get("DETECT_DEBUG"):
                 raise
             # polars panics (a BaseException) on some damaged pages, where others raise
             text = str(exc).translate(ONE_LINE)

@@ -51,7 +51,7 @@ from datetime import date
 import orjson
 import polars as pl
 
-from detector.errors import RuntimeFailure, UsageError
+from detector.errors import RuntimeFailure, UsageError, is_polars_panic
 from detector.storage import Location, polars_storage_options
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ def _damage(loc: Location, path: str) -> str | None:
     except Exception as exc:
         return f"unreadable data ({type(exc).__name__}: {str(exc)[:120]})"
     except BaseException as exc:
-        if type(exc).__name__ != "PanicException":
+        if not is_polars_panic(exc):
             raise
         return f"unreadable data (polars panicked: {str(exc).splitlines()[0][:120]})"
     return None
