@@ -75,6 +75,10 @@ def test_demo_never_replaces_files_it_did_not_write(tmp_path: Path, detect):
     for extra, flag, said in cases:
         run = detect("demo", "--lake", lake, "--workdir", str(tmp_path / "w"), *extra)
         assert run.returncode == 2 and flag in run.stderr and said in run.stderr, run.stderr
+    # a labels.json that is no file of the simulator (here endless) makes no folder its own
+    (logs / "labels.json").symlink_to("/dev/zero")
+    run = detect("demo", "--lake", lake, "--workdir", str(logs))
+    assert run.returncode == 2 and "did not write" in run.stderr, run.stderr
     run = detect("demo", "--lake", "s3://bucket/x", "--workdir", str(tmp_path / "w"))
     assert run.returncode == 2 and "not a URI" in run.stderr
     assert (prod / CARD_NAME).read_text() == '{"model_version": "production"}'

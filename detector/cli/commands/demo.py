@@ -172,9 +172,11 @@ def _demo_labels(path: Path) -> bool:
     """Whether ``path`` is a labels.json the simulator wrote."""
     import json
 
-    try:
-        doc = json.loads(path.read_bytes()[: 1 << 24])
-    except (OSError, ValueError):
+    from detector.userfiles import read_user_bytes
+
+    try:  # bounded: a labels.json that is /dev/zero (a link) is no labels file
+        doc = json.loads(read_user_bytes(path))
+    except (OSError, ValueError, RecursionError):
         return False
     return isinstance(doc, dict) and "scenarios" in doc and "seed" in doc
 
