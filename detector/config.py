@@ -407,10 +407,20 @@ class RootSettings:
     config: LoadedConfig = field(default_factory=LoadedConfig)
 
 
+def _source_name(ctx: Any, name: str) -> str:
+    """Where a parsed parameter came from, by the name of click's ``ParameterSource``
+    (typer carries its own copy of click, so the enum is compared by name)."""
+    return getattr(ctx.get_parameter_source(name), "name", "")
+
+
+def given_as_flag(ctx: Any, name: str) -> bool:
+    """Whether the user typed the option, rather than it taking a default or config value."""
+    return _source_name(ctx, name) == "COMMANDLINE"
+
+
 def describe_source(ctx: Any, param: Any) -> str:
     """``flag``, ``env DETECT_X``, ``detect.toml`` or ``default`` for a parsed parameter."""
-    source = ctx.get_parameter_source(param.name or "")
-    name = getattr(source, "name", "")
+    name = _source_name(ctx, param.name or "")
     if name == "COMMANDLINE":
         return "flag"
     if name == "ENVIRONMENT":

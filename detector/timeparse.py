@@ -24,6 +24,9 @@ MAX_DURATION = timedelta(days=3650)
 #: Instants outside these bounds are typos (or epoch-zero defaults), not audit time.
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+#: How far past this machine's clock an instant may be and still count as now (clocks
+#: of the machine that computed it and of this one may differ a little).
+CLOCK_SKEW = timedelta(seconds=60)
 
 
 class TimeArgumentError(UsageError, ValueError):
@@ -94,6 +97,13 @@ def check_range(start: datetime, end: datetime) -> tuple[datetime, datetime]:
             f"after --since ({start:%Y-%m-%dT%H:%M:%SZ})"
         )
     return start, end
+
+
+def check_not_future(flag: str, value: datetime | None, *, now: datetime, why: str) -> None:
+    """Refuse ``value`` later than ``now`` (give or take :data:`CLOCK_SKEW`), saying
+    ``why`` that matters to the command: where an end is recorded or waited for."""
+    if value is not None and value > now + CLOCK_SKEW:
+        raise TimeArgumentError(f"{flag} {value:%Y-%m-%dT%H:%M:%SZ} is in the future: {why}")
 
 
 def parse_range(

@@ -308,6 +308,10 @@ BAD_VALUES = [
     (["score", "--lake", "s3://b/../x"], "'.' or '..' part"),
     (["score", "--lake", "s3://b//y"], "'.' or '..' part"),
     (["findings", "--lake", "s3://b/a/./b"], "'.' or '..' part"),
+    # an end after now was recorded as the model's training end, or scored early (review)
+    (["train", "--since", "2d", "--until", "2099-01-01"], "is in the future"),
+    (["score", "--since", "1h", "--until", "2099-01-01", "--no-model"], "is in the future"),
+    (["score", "--dry-run", "--deliver", "--no-model"], "exclude each other"),  # was taken
 ]
 
 

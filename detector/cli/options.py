@@ -44,6 +44,7 @@ from detector.timeparse import (
     MAX_DURATION,
     TimeArgumentError,
     check_instant,
+    check_not_future,
     check_range,
     iso_utc,
     parse_duration,
@@ -111,14 +112,22 @@ class Instant:
         return parse_instant(str(value), now=INVOCATION_NOW.get())
 
 
-def time_range(since: datetime, until: datetime | None) -> tuple[datetime, datetime]:
+def time_range(
+    since: datetime, until: datetime | None, *, future_end: str | None = None
+) -> tuple[datetime, datetime]:
     """``[since, until)``, ``until`` by default the instant the command started (the one
     ``--since 1h`` counts back from), refused when empty: ``--since 0h`` scored a whole
     window (now, read twice, was a few microseconds later the second time) and listed
-    "no findings" where swapped flags are an error (found by review)."""
-    if until is not None:
-        return check_range(since, until)
+    "no findings" where swapped flags are an error (found by review).
+
+    ``future_end``: why an ``--until`` after now is refused by a command that records the
+    end (train's model card) or replaces findings up to it (score). Listing commands take
+    one as "up to any time"."""
     now = INVOCATION_NOW.get() or datetime.now(UTC)
+    if until is not None:
+        if future_end is not None:
+            check_not_future("--until", until, now=now, why=future_end)
+        return check_range(since, until)
     if since >= now:
         raise TimeArgumentError(
             f"empty time range: --since ({since:%Y-%m-%dT%H:%M:%SZ}) is not before now"

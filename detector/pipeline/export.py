@@ -79,7 +79,7 @@ from detector.sources.cloudwatch import (
 )
 from detector.sources.files import LineBatch, merge_batches
 from detector.storage import StorageError
-from detector.timeparse import humanize
+from detector.timeparse import TimeArgumentError, check_not_future, humanize
 
 log = logging.getLogger(__name__)
 
@@ -259,23 +259,20 @@ class ExportSummary:
         }
 
 
-#: How far past this machine's clock an instant may be and still count as now (clocks
-#: of the machine that computed it and of this one may differ a little).
-CLOCK_SKEW = timedelta(seconds=60)
-
-
 def _check_not_future(since: datetime | None, until: datetime | None, *, now: float) -> None:
     """``--since`` or ``--until`` later than now is a mistake, said at once: a start in
     the future was stored in the checkpoint, and every run resuming from it exported
     nothing; a batch run to a future end would wait for it (found by review)."""
-    limit = datetime.fromtimestamp(now, UTC) + CLOCK_SKEW
-    for flag, value in (("--since", since), ("--until", until)):
-        if value is not None and value > limit:
-            hint = " (use --follow to keep exporting as events arrive)" if flag == "--until" else ""
-            raise ExportConfigError(
-                f"{flag} {value:%Y-%m-%dT%H:%M:%SZ} is in the future: nothing there can be "
-                f"exported yet{hint}"
-            )
+    moment = datetime.fromtimestamp(now, UTC)
+    why = "nothing there can be exported yet"
+    try:
+        check_not_future("--since", since, now=moment, why=why)
+        check_not_future("--until", until, now=moment, why=f"{why}{_FOLLOW_HINT}")
+    except TimeArgumentError as exc:
+        raise ExportConfigError(str(exc)) from None
+
+
+_FOLLOW_HINT = " (use --follow to keep exporting as events arrive)"
 
 
 # --------------------------------------------------------------------------- exporting

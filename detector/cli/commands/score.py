@@ -36,6 +36,7 @@ from detector.cli.options import (
     time_range,
 )
 from detector.cli.render import digests_text, findings_json, render_findings
+from detector.config import given_as_flag
 from detector.errors import UsageError
 from detector.lake.findings_schema import SEVERITIES
 
@@ -112,7 +113,9 @@ def score(
     from detector.detect.score import ScoreOptions, score_range
     from detector.model.storage import Model, ModelNotFound
 
-    start, end = time_range(since, until)
+    start, end = time_range(
+        since, until, future_end="windows after now would be scored before their events arrive"
+    )
     no_model = no_model or rules_only
     if no_model and no_rules:
         raise UsageError("--no-model and --no-rules leave nothing to score")
@@ -122,6 +125,9 @@ def score(
     # rule both enabled and disabled was silently disabled (found by review).
     if no_rules and (rules or enable or disable):
         raise UsageError("--no-rules and --rules, --enable or --disable exclude each other")
+    # --dry-run delivers nothing: asked for both, the user expected one of them to win.
+    if dry_run and deliver and given_as_flag(ctx, "deliver"):
+        raise UsageError("--dry-run delivers nothing: --deliver and --dry-run exclude each other")
     both = sorted(set(enable or []) & set(disable or []))
     if both:
         raise UsageError(f"--enable and --disable both name {', '.join(both)}")

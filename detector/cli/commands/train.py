@@ -87,7 +87,12 @@ def train(
     from detector.detect.train import train_model
     from detector.storage import require_bucket
 
-    start, end = time_range(since, until)
+    start, end = time_range(
+        since,
+        until,
+        future_end="the model card would record it as the training end, which the "
+        "staleness check and the novelty memory start from",
+    )
     require_bucket(model_dir, "--model-dir")  # before the fit, not after it
     runner = executor_for(executor, address)
     with chunk_progress("training") as progress:
