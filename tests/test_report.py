@@ -286,7 +286,8 @@ def test_without_an_incidents_table_the_chart_is_skipped_and_the_rest_drawn(
 
 
 def test_an_empty_range_still_writes_a_page_that_says_so(tmp_path, detect):
-    out = tmp_path / "empty.html"
+    """Into folders that are not there yet, as a nightly job names them by date."""
+    out = tmp_path / "reports" / "2026-12-02" / "empty.html"
     (tmp_path / "lake").mkdir()  # a lake nothing was written to yet
     run = detect("report", "--lake", str(tmp_path / "lake"), "--since", "1h", "-o", str(out))
     assert run.returncode == 0, run.stderr

@@ -35,7 +35,10 @@ def report(
     out: Annotated[
         Path,
         typer.Option(
-            "--output", "-o", parser=output_file, help="The HTML file to write ('-': stdout)."
+            "--output",
+            "-o",
+            parser=output_file,
+            help="The HTML file to write ('-': stdout); missing folders are made.",
         ),
     ] = Path("report.html"),
     cluster: ClusterOpt = None,
