@@ -176,6 +176,15 @@ def config_path(explicit: str | None) -> Path | None:
     """The file to read: ``--config``/``DETECT_CONFIG`` (must exist), else ./detect.toml."""
     if explicit:
         path = Path(explicit).expanduser()
+        try:
+            path.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            pass  # said below, as "not found"
+        except OSError as exc:  # a folder it cannot look in, a name too long: was exit 3
+            raise ConfigError(
+                f"config file {explicit} cannot be read: {exc.strerror or exc} "
+                f"(from --config or {CONFIG_ENV})"
+            ) from None
         if path.is_dir():
             raise ConfigError(
                 f"config file {explicit} is a folder (from --config or {CONFIG_ENV}): "

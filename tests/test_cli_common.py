@@ -312,6 +312,7 @@ BAD_VALUES = [
     (["train", "--since", "2d", "--until", "2099-01-01"], "is in the future"),
     (["score", "--since", "1h", "--until", "2099-01-01", "--no-model"], "is in the future"),
     (["score", "--dry-run", "--deliver", "--no-model"], "exclude each other"),  # was taken
+    (["--config", "c" * 300, "config", "show"], "cannot be read: File name too long"),  # 3
 ]
 
 
