@@ -1278,6 +1278,26 @@ def test_a_lake_path_that_is_a_file_or_an_input_inside_the_lake_is_a_usage_error
     assert any("of the lake" in w and "itself" in w for w in again.warnings)
 
 
+def test_another_lake_among_the_inputs_is_skipped_and_a_parquet_file_refused_by_name(tmp_path):
+    """An old lake copied beside the logs went to quarantine as thousands of lines of its
+    Parquet pages and state files, with exit 0 (found by review)."""
+    from detector.errors import UsageError
+
+    old = tmp_path / "logs" / "old-lake"
+    assert ingest_paths([str(write_ndjson(tmp_path / "o.log", [make_event(9)]))], str(old),
+                        cluster="prod").events_written == 1  # fmt: skip
+    write_ndjson(tmp_path / "logs" / "audit.log", [make_event(i) for i in range(3)])
+    summary = ingest_paths([str(tmp_path / "logs")], str(tmp_path / "lake"), cluster="prod")
+    assert (summary.events_written, summary.quarantined, summary.inputs) == (3, 0, 1)
+    assert any("old-lake: skipped" in w and "another lake" in w for w in summary.warnings)
+    with pytest.raises(UsageError, match="a lake, not audit logs"):
+        ingest_paths([str(old)], str(tmp_path / "lake2"), cluster="prod")
+    # One of its files named on its own: refused by name, not read as lines of garbage.
+    (part,) = old.glob("events/**/*.parquet")
+    one = ingest_paths([str(part)], str(tmp_path / "lake3"), cluster="prod")
+    assert one.quarantined == 0 and "a Parquet file, not an audit log" in one.failed_inputs[0]
+
+
 def test_a_broken_link_in_a_folder_is_an_input_that_failed_in_every_command(tmp_path):
     # ingest said exit 3 and read the rest; `rules test` (read_events) said exit 2, as if
     # the user had mistyped the path.

@@ -473,6 +473,27 @@ def _outside_lake(
     kept = [u for u in uris if is_s3(u) or not os.path.realpath(u).startswith(root)]
     if len(kept) < len(uris):
         warn(f"skipped {len(uris) - len(kept)} file(s) of the lake {lake.uri} itself")
+    return _outside_other_lakes(kept, warn)
+
+
+def _outside_other_lakes(uris: list[str], warn: Callable[[str], None]) -> list[str]:
+    """``uris`` without the files of other lakes found among them (a folder holding its
+    ``_state/`` beside ``events/`` or ``quarantine/``): an old lake copied next to the logs
+    went to quarantine as its Parquet pages and state files, thousands of "invalid UTF-8"
+    lines with exit 0 (found by review). One warning per lake; nothing but lakes is a
+    usage error."""
+    roots = {u[: u.index("/_state/")] for u in uris if "/_state/" in u}
+    roots = {
+        r for r in roots if any(f"{r}/{t}/" in u for t in ("events", "quarantine") for u in uris)
+    }
+    if not roots:
+        return uris
+    kept = [u for u in uris if not any(u.startswith(r + "/") for r in roots)]
+    if not kept:
+        raise UsageError(f"{', '.join(sorted(roots))}: a lake, not audit logs: nothing to ingest")
+    for root in sorted(roots):
+        count = sum(u.startswith(root + "/") for u in uris)
+        warn(f"{root}: skipped {count} file(s) of another lake: ingest reads audit logs, not lakes")
     return kept
 
 

@@ -346,23 +346,26 @@ def open_input(uri: str) -> BinaryIO:
         return bz2.BZ2File(fh)  # type: ignore[return-value]
     if head == b"\xfd7zXZ\x00":
         return lzma.LZMAFile(fh)  # type: ignore[return-value]
-    for magic, name in _UNREAD_COMPRESSIONS:
+    for magic, problem in _UNREAD_CONTAINERS:
         if head.startswith(magic):
             fh.close()
-            raise InputError(
-                f"{uri}: compressed with {name}, which is not read: decompress it first "
-                "(plain text, gzip, bzip2 and xz are)"
-            )
+            raise InputError(f"{uri}: {problem}")
     return fh  # type: ignore[return-value]
 
 
+_DECOMPRESS = "which is not read: decompress it first (plain text, gzip, bzip2 and xz are)"
 #: Containers and compressions read as text they would be quarantined line by line as
 #: garbage, every event lost with exit 0 (found by review): refused by name instead.
-_UNREAD_COMPRESSIONS = (
-    (b"\x28\xb5\x2f\xfd", "zstd"),
-    (b"PK\x03\x04", "zip"),
-    (b"\x04\x22\x4d\x18", "lz4"),
-    (b"7z\xbc\xaf\x27\x1c", "7-Zip"),
+_UNREAD_CONTAINERS = (
+    (b"\x28\xb5\x2f\xfd", f"compressed with zstd, {_DECOMPRESS}"),
+    (b"PK\x03\x04", f"compressed with zip, {_DECOMPRESS}"),
+    (b"\x04\x22\x4d\x18", f"compressed with lz4, {_DECOMPRESS}"),
+    (b"7z\xbc\xaf\x27\x1c", f"compressed with 7-Zip, {_DECOMPRESS}"),
+    (
+        b"PAR1",
+        "a Parquet file, not an audit log: a lake's events are read with `detect score`, "
+        "`findings` or any Parquet reader, not ingested again",
+    ),
 )
 
 
