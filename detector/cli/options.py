@@ -41,6 +41,7 @@ from detector.sources.formats import AUTO as _AUTO
 from detector.sources.formats import INPUT_FORMATS as _INPUT_FORMATS
 from detector.storage import s3_uri_problem
 from detector.timeparse import (
+    EARLIEST,
     MAX_DURATION,
     TimeArgumentError,
     check_instant,
@@ -363,8 +364,14 @@ MAX_SIM_RATE = 100_000.0
 MAX_SIM_EVENTS = 50_000_000
 
 
-def check_sim_size(days: float, rate: float) -> None:
-    """Refuse a simulation of more than :data:`MAX_SIM_EVENTS` events, before any work."""
+def check_sim_size(days: float, rate: float, end: datetime | None = None) -> None:
+    """Refuse a simulation of more than :data:`MAX_SIM_EVENTS` events, or one starting
+    before 1970 (its events went to quarantine as out of range), before any work."""
+    if end is not None and end - timedelta(days=days) < EARLIEST:
+        raise _UsageError(
+            f"--days {days:g} before --end {end:%Y-%m-%dT%H:%M:%SZ} starts before "
+            f"{EARLIEST:%Y-%m-%d}: audit time starts there (give a later --end)"
+        )
     events = days * 86_400 * rate
     if events > MAX_SIM_EVENTS:
         raise _UsageError(

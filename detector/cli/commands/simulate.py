@@ -83,7 +83,7 @@ def simulate(
     """
     from detector.simulate import FORMATS, write_simulation
 
-    check_sim_size(days, rate)
+    check_sim_size(days, rate, end)
     formats = [f.value for f in input_formats or [InputFormat.ndjson]]
     if InputFormat.auto.value in formats:
         raise UsageError(f"--as takes a format to write: {', '.join(FORMATS)}, not auto")
