@@ -3,6 +3,7 @@ neighbour (the same action by a system identity, in another namespace, one flag 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from datetime import timedelta
@@ -1478,6 +1479,23 @@ def test_ipv6_callers_are_judged_as_ipv4_ones_are(ruleset):
     assert run(ruleset, "service-account-outside-aws", [mapped]).is_empty()
     for ip in (f"::ffff:{TOR_IP}", "2001:db8::5"):  # the fixture lists 2001:db8::/32 too
         assert run(ruleset, "denied-ip-caller", [ev("get", "pods", user=iam(), ip=ip)]).height, ip
+
+    # 6to4, Teredo (the client's address, inverted) and NAT64 carry an IPv4 address too:
+    # judged as reserved IPv6 they passed every rule, tunnelled from a Tor exit (review)
+    def six_to_four(v4: str) -> str:
+        n = int(ipaddress.IPv4Address(v4))
+        return f"2002:{n >> 16:x}:{n & 0xFFFF:x}::1"
+
+    n = int(ipaddress.IPv4Address(TOR_IP)) ^ 0xFFFFFFFF
+    teredo = f"2001:0:4136:e378:8000:63bf:{n >> 16:x}:{n & 0xFFFF:x}"
+    assert ipaddress.IPv6Address(teredo).teredo[1] == ipaddress.IPv4Address(TOR_IP)
+    for ip in (six_to_four(TOR_IP), teredo, f"64:ff9b::{TOR_IP}"):
+        sa = run(ruleset, "service-account-outside-aws", [ev("get", "pods", user=SA, ip=ip)])
+        assert sa.height == 1, ip
+        assert run(ruleset, "denied-ip-caller", [ev("get", "pods", user=iam(), ip=ip)]).height, ip
+    for ip in (six_to_four(AWS_IP), six_to_four("10.0.5.5"), "64:ff9b::10.0.5.5"):
+        quiet = [ev("get", "pods", user=SA, ip=ip)]
+        assert run(ruleset, "service-account-outside-aws", quiet).is_empty(), ip
     # a list's IPv4-mapped entry matches the IPv4 address and its mapped form (review)
     from detector.rules import iplists
 

@@ -423,9 +423,10 @@ ip_lists = ["feeds/tor-exits.txt", "feeds/blocked.txt"]
 ```
 
 IPv4 and IPv6 addresses are judged alike (an EKS cluster in IPv6 mode gives its pods AWS's
-global IPv6 addresses). An IPv4-mapped address (`::ffff:203.0.113.9`) is judged as the
-IPv4 address it carries; unique-local (`fc00::/7`), link-local, documentation, 6to4,
-Teredo and NAT64 addresses are not public.
+global IPv6 addresses). An IPv6 address that carries an IPv4 one is judged as that IPv4
+address: IPv4-mapped (`::ffff:203.0.113.9`), 6to4 (`2002:cb00:7109::1`), Teredo (its
+client's address) and NAT64's well-known prefix (`64:ff9b::203.0.113.9`). Unique-local
+(`fc00::/7`), link-local, documentation and the other reserved ranges are not public.
 
 <a id="tuning"></a>
 ### Tuning and overrides

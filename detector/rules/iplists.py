@@ -18,8 +18,10 @@ of addresses or CIDRs, one a line (``#`` comments), named in ``detect.toml``
 IPv4 and IPv6 alike: an EKS cluster in IPv6 mode gives its pods AWS's global IPv6
 addresses, and the API server logs them. IPv4 addresses are searched in polars; IPv6 ones
 (a few distinct addresses a range, each answered once and remembered) with ``bisect``
-over Python integers, which polars has no 128-bit search for. An IPv4-mapped address
-(``::ffff:203.0.113.9``) is judged as the IPv4 address it carries.
+over Python integers, which polars has no 128-bit search for. An IPv6 address that
+carries an IPv4 one (IPv4-mapped ``::ffff:203.0.113.9``, 6to4, Teredo's client, NAT64's
+well-known prefix) is judged as that IPv4 address: the host behind a tunnel or
+translator is the one calling.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ NON_PUBLIC = (
     "224.0.0.0/3",
     # IPv6: the reserved ::/8 (unspecified, loopback...), NAT64, discard, IETF protocol
     # assignments (Teredo...), documentation, 6to4, unique local, link-local, multicast
-    # (an IPv4-mapped address is judged as its IPv4 address).
+    # (an address carrying an IPv4 one, 6to4, Teredo, NAT64, is judged as that one).
     "::/8",
     "64:ff9b::/96",
     "64:ff9b:1::/48",
@@ -375,10 +377,8 @@ def _lookup(
         missing = [a for a, v in zip(addresses, answers, strict=True) if v is _UNKNOWN]
         if missing:
             v6 = {a: _v6_address(a) for a in missing if ":" in a and len(a) <= ADDRESS_CHARS}
-            # an IPv4-mapped address is searched as the IPv4 address it carries
-            probes = [
-                str(ip.ipv4_mapped) if (ip := v6.get(a)) and ip.ipv4_mapped else a for a in missing
-            ]
+            carried = {a: v4 for a, ip in v6.items() if ip and (v4 := _carried_v4(ip))}
+            probes = [str(carried[a]) if a in carried else a for a in missing]
             found = (
                 pl.Series("ip", probes, dtype=pl.String)
                 .to_frame()
@@ -387,7 +387,7 @@ def _lookup(
                 .to_list()
             )
             new = {
-                a: ranges.holds_v6(int(ip)) if (ip := v6.get(a)) and not ip.ipv4_mapped else hit
+                a: ranges.holds_v6(int(ip)) if (ip := v6.get(a)) and a not in carried else hit
                 for a, hit in zip(missing, found, strict=True)
             }
             answers = [
@@ -400,6 +400,25 @@ def _lookup(
         return s.replace_strict(distinct, answer, default=None, return_dtype=pl.Boolean)
 
     return lookup
+
+
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def _carried_v4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries: IPv4-mapped, 6to4 (``2002:AABB:CCDD::``),
+    Teredo (its client's), NAT64's well-known prefix (``64:ff9b::AABB:CCDD``). Judged as
+    reserved IPv6 they were never public, so a stolen token used through a Teredo tunnel
+    from a Tor exit passed every outside-AWS and deny-list rule (found by review)."""
+    if ip.ipv4_mapped:
+        return ip.ipv4_mapped
+    if ip.sixtofour:
+        return ip.sixtofour
+    if ip.teredo:
+        return ip.teredo[1]
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
 
 
 def _v6_address(text: str) -> ipaddress.IPv6Address | None:
