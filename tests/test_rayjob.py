@@ -117,6 +117,38 @@ def test_the_submitter_pod_is_locked_down_too(job):
     assert sc["capabilities"]["drop"] == ["ALL"] and "-ray:" in c["image"]
 
 
+def _selects(selector: dict, labels: dict) -> bool:
+    """Whether a label selector (matchLabels and In expressions) selects ``labels``."""
+    for key, value in selector.get("matchLabels", {}).items():
+        if labels.get(key) != value:
+            return False
+    for expr in selector.get("matchExpressions", []):
+        assert expr["operator"] == "In"
+        if labels.get(expr["key"]) not in expr["values"]:
+            return False
+    return True
+
+
+def test_only_the_jobs_own_pods_reach_its_ray_pods(job):
+    """Ray has no authentication and sends tasks pickled, and the driver holds the lake's
+    and the sinks' secrets (found by review): a NetworkPolicy admits only the job's pods.
+    Checked offline against the RayJob's labels, so a label renamed in one file fails."""
+    (policy,) = [d for d in yaml.safe_load_all((RAYJOB.parent / "networkpolicy.yaml").read_text())]
+    assert policy["kind"] == "NetworkPolicy" and policy["metadata"]["namespace"] == "audit-detector"
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress"]
+    (rule,) = spec["ingress"]
+    (source,) = rule["from"]
+    assert set(source) == {"podSelector"}  # no namespaceSelector, no ipBlock: this namespace
+    ray_pods = [t["metadata"]["labels"] for _, t in templates(job)]
+    submitter = job["spec"]["submitterPodTemplate"]["metadata"]["labels"]
+    assert all(_selects(spec["podSelector"], labels) for labels in ray_pods)
+    assert all(_selects(source["podSelector"], labels) for labels in [*ray_pods, submitter])
+    other = {"app.kubernetes.io/name": "audit-detector", "app.kubernetes.io/component": "watch"}
+    assert not _selects(source["podSelector"], other)  # the long-running watch Deployment
+    assert "networkpolicy.yaml" in RAYJOB.read_text()
+
+
 def test_the_image_it_names_can_be_built_with_ray():
     dockerfile = (ROOT / "pipelines" / "kubernetes" / "Dockerfile").read_text()
     assert 'ARG EXTRAS=""' in dockerfile and dockerfile.count("$EXTRAS") == 2
