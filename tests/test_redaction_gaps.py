@@ -616,7 +616,7 @@ def test_numbers_objects_and_op_less_patches_under_a_credential_name_lose_their_
     ]
     line = b'{"kind":"Event","spec":{"values":{"auth":{"rootPassword":918273647}}},'
     raw = quarantine_frame([("f", "1", "invalid JSON", line)])["raw"][0]
-    assert "918273647" not in raw and '"rootPassword":"<redacted>"' in raw
+    assert "918273647" not in raw and '"auth":"<redacted>"' in raw  # the object, whole
 
 
 def test_a_secret_in_json_text_that_starts_with_white_space_or_a_capitalised_resource():
@@ -744,3 +744,104 @@ def test_a_list_item_with_a_path_and_a_value_is_walked_as_an_object_too():
     assert markers(all_strings(df)) == set()
     (param,) = body(df)["spec"]["arguments"]["parameters"]
     assert param == {"name": "DB_PASSWORD", "path": "/tmp/p", "value": REDACTED}
+
+
+def test_credentials_a_security_review_found_kept_are_redacted():
+    """Each shape a review planted and found in the lake (events, quarantine): a Keycloak
+    credential list, an object under a credential key, key names spelled with how they
+    are written, a Secret in JSON text that does not parse, a kind or resource with white
+    space, tokens of known formats, a password holding '@' in a URL."""
+    realm = {
+        "users": [{"username": "admin", "credentials": [{"type": "password", "value": mark(1)}]}]
+    }
+    secret = json.dumps({"kind": "Secret", "data": {"x": mark(2)}})
+    deep = '{"kind":"Secret","data":{"x":"' + mark(3) + '"},"pad":' + "[" * 1100 + "]" * 1100 + "}"
+    names = {
+        key: mark(10 + i)
+        for i, key in enumerate(
+            ["api_keys", "authkey", "secret_id", "SecretString", "password_b64",
+             "private_key_pem", "privKey", "clientSecretValue", "tokenValue", "passcode"]
+        )
+    }  # fmt: skip
+    tokens = " ".join(
+        [
+            f"glpat-{mark(30)}abcdefg",
+            f"sk-proj-{mark(31)}abcdefg",
+            f"AIza{mark(32)}{'x' * 22}",
+            "AKIAIOSFODNN7EXAMPLE",  # an access key's id: no secret (the lake keeps one)
+        ]
+    )
+    df = ingest(
+        event(1, "create", "configmaps", requestObject={"data": {"realm.json": json.dumps(realm)}}),
+        event(
+            2,
+            "create",
+            "configmaps",
+            requestObject={
+                "data": {
+                    "secrets.jsonl": secret + "\n" + secret,  # JSON Lines
+                    "backup.json": "# nightly\n" + secret,  # text before the JSON
+                    "nan.json": secret[:-1] + ', "n": NaN}',  # what Python's json.dumps writes
+                    "deep.json": deep,  # deeper than orjson reads
+                }
+            },
+        ),
+        event(3, "create", "apps", requestObject={"spec": {"password": {"value": mark(4)}}}),
+        event(4, "create", "configmaps", requestObject={"data": names}),
+        event(5, "create", "configmaps", requestObject={"kind": "Secret ", "data": {"k": mark(5)}}),
+        event(6, "update", "secrets ", requestObject={"data": {"k": mark(6)}}),
+        event(7, "create", "configmaps", requestObject={"data": {"env": tokens}}),
+        event(
+            8,
+            "create",
+            "configmaps",
+            requestObject={"data": {"url": f"postgres://app:p@ss{mark(7)}@db:5432/app"}},
+        ),
+    )
+    text = all_strings(df)
+    assert markers(text) == set() and "AKIAIOSFODNN7EXAMPLE" in text
+    # What says where a credential is stays, and so do the names and the host.
+    ref = {
+        "password": {"secretKeyRef": {"name": "db", "key": "pw"}},
+        "auth": {"enabled": True},
+        "serviceAccountToken": {"expirationSeconds": 3607, "audience": "sts.amazonaws.com"},
+    }
+    kept = ingest(event(9, "create", "apps", requestObject={"spec": ref}))
+    assert body(kept)["spec"] == ref
+    assert body(df, 0)["data"]["realm.json"].count('"username":"admin"') == 1
+    assert set(body(df, 3)["data"]) == set(names)
+    assert "@db:5432/app" in body(df, 7)["data"]["url"]
+    # Quarantined, the same object under a credential key loses its value.
+    line = b'{"kind":"Event","weird":{"password":{"v":"' + mark(8).encode() + b'"}},'
+    assert markers(quarantine_frame([("f", "1", "invalid JSON", line)])["raw"][0]) == set()
+
+
+def test_passwords_given_to_commands_in_an_exec_request_are_redacted():
+    """mysql -pX (attached), redis-cli -a X, aws configure set aws_secret_access_key X,
+    and a typed status reason quoting curl -u: each was kept (found by review). The rest
+    of the command stays, and -P (a port) and mkdir -p are not passwords."""
+    from urllib.parse import quote
+
+    def uri(*words: str) -> str:
+        return "/api/v1/namespaces/d/pods/db/exec?" + "&".join(
+            f"command={quote(w, safe='')}" for w in words
+        )
+
+    df = ingest(
+        event(1, "create", "pods", requestURI=uri("mysql", "-uroot", f"-p{mark(20)}", "-P3306")),
+        event(2, "create", "pods", requestURI=uri("sh", "-c", f"mysql -p'{mark(21)}' -e 'x'")),
+        event(3, "create", "pods", requestURI=uri("redis-cli", "-a", mark(22), "ping")),
+        event(
+            4,
+            "create",
+            "pods",
+            requestURI=uri("aws", "configure", "set", "aws_secret_access_key", mark(23)),
+        ),
+        event(5, "create", "pods", requestURI=uri("mkdir", "-p", "/tmp/x")),
+    )
+    assert markers(all_strings(df)) == set()
+    uris = df["request_uri"].to_list()
+    assert "command=-uroot" in uris[0] and "command=-P3306" in uris[0]
+    assert uris[2].endswith("&command=ping") and uris[4] == uri("mkdir", "-p", "/tmp/x")
+    typed = redact_text(f"rotated; old one: curl -u admin:{mark(24)} https://x")
+    assert markers(typed) == set() and "curl -u admin:" in typed

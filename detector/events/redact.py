@@ -39,17 +39,21 @@ DROPPED = orjson.dumps(REDACTED).decode()
 #: Key names that hold a credential, matched case-insensitively against the WHOLE key: the
 #: key must end in one of these words (``db_password``, ``X-Api-Key``, ``clientSecret``,
 #: ``aws_session_token``), so ``secretName`` or ``tokenExpirationSeconds`` (references and
-#: settings, not credentials) are kept. Only strings and numbers (or lists of them, the
-#: shape of HTTP header maps) are replaced; an object under such a key is walked instead.
+#: settings, not credentials) are kept. Strings and numbers (or lists of them, the shape
+#: of HTTP header maps) are replaced; in an object under such a key, the members that
+#: hold the credential itself (:data:`VALUE_KEYS`), and it is walked as any object too.
 #: ``pass`` and ``pw`` only after a separator (``REDIS_PASS``, ``LDAP_BIND_PW``; not
 #: ``bypass``); the keys that official images and frameworks name their keys by
 #: (``RAILS_MASTER_KEY``, ``SECRET_KEY_BASE``, ``ENCRYPTION_KEY``), not every ``*_key``
 #: (``cache_key``, ``partition_key``).
 _CREDENTIAL_WORD = (
-    r"(?:(?:password|passwd|passphrase|secret|token)s?|pwd|[_.\-](?:pass|pw)|api[_-]?key|apikey"
-    r"|access[_-]?key|private[_-]?key|secret[_-]?key(?:[_-]?base)?|session[_-]?key|key[_-]?data"
+    r"(?:(?:(?:password|passwd|passphrase|passcode|secret|token)s?|pwd|[_.\-](?:pass|pw)"
+    r"|api[_-]?keys?|apikeys?|access[_-]?key|priv(?:ate)?[_-]?key|secret[_.\-]?key(?:[_-]?base)?"
+    r"|secret[_-]?(?:id|string)|session[_-]?key|key[_-]?data|auth[_-]?key"
     r"|(?:master|encryption|signing|hmac|license|stripe|ssh|jwt)[_-]?key"
     r"|authorization|auth|credentials?(?:[_-]?json)?|cookie)"
+    # the same key with how it is written said after it: tokenValue, password_b64, key_pem
+    r"(?:[_.\-]?(?:value|b64|base64|pem|hex))?)"
 )
 CREDENTIAL_KEY = r"[A-Za-z0-9_.\-/]*" + _CREDENTIAL_WORD
 _CREDENTIAL_KEY_RE = re.compile(CREDENTIAL_KEY, re.IGNORECASE)
@@ -347,8 +351,9 @@ _QUERY_PARAM = Pattern(
     "${1}" + REDACTED,
 )
 _URL_PASSWORD = Pattern(
-    "password in a URL (scheme://user:password@host)",
-    "(?i)" + _BOUNDARY + r"([a-z][a-z0-9+.\-]*://[^/\s:@\"'\\]*:)[^/\s@\"'\\]+@",
+    "password in a URL (scheme://user:password@host), up to the authority's last '@' as "
+    "URL readers split it (p@ss@host)",
+    "(?i)" + _BOUNDARY + r"([a-z][a-z0-9+.\-]*://[^/\s:@\"'\\]*:)[^/?#\s\"'\\]*@",
     "${1}" + REDACTED + "@",
 )
 _PEM = Pattern(
@@ -359,10 +364,14 @@ _PEM = Pattern(
     "-----BEGIN ${1}PRIVATE KEY${2}-----" + REDACTED,
 )
 _TOKEN_FORMAT = Pattern(
-    "token of a known format, wherever it appears (GitHub ghp_/gho_/ghs_/github_pat_, Slack "
-    "xox*-, a Slack webhook URL's path)",
+    "token of a known format, wherever it appears (GitHub ghp_/gho_/ghs_/github_pat_, "
+    "GitLab glpat-, Slack xox*-, a Slack webhook URL's path, OpenAI and Anthropic sk-, "
+    "Stripe sk_live_/rk_live_, Google AIza)",
     r"(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,}|xox[abposre]-[A-Za-z0-9-]{10,}"
-    r"|(hooks\.slack\.com/(?:services|workflows|triggers)/)[A-Za-z0-9/_-]+)",
+    r"|glpat-[A-Za-z0-9_-]{20,}|AIza[0-9A-Za-z_-]{35}"
+    r"|(hooks\.slack\.com/(?:services|workflows|triggers)/)[A-Za-z0-9/_-]+"
+    r"|" + _BOUNDARY + r"(?:sk-(?:proj-|ant-[a-z0-9]+-)?[A-Za-z0-9_-]{20,}"
+    r"|[sr]k_live_[A-Za-z0-9]{16,})" + _BOUNDARY + ")",
     "${1}" + REDACTED,
 )
 
@@ -392,9 +401,33 @@ _XML_PROPERTY = Pattern(
     "${1}" + REDACTED,
 )
 _EXEC_FLAG = Pattern(
-    "credential-named flag with its value as the next word of an exec request's command "
-    "(docker login, kubectl --token)",
-    r"(?i)([?&]command=-{1,2}" + CREDENTIAL_KEY + r"&command=)[^&#\s\"'\\]*",
+    "credential-named flag or word with its value as the next word of an exec request's "
+    "command (docker login --password, kubectl --token, aws configure set "
+    "aws_secret_access_key)",
+    r"(?i)([?&]command=-{0,2}" + CREDENTIAL_KEY + r"&command=)[^&#\s\"'\\]*",
+    "${1}" + REDACTED,
+)
+#: A word of an exec request's command, whether its own ``command=`` parameter or a word
+#: of one (``sh -c 'mysql -pX'`` arrives as ``command=mysql+-pX``).
+_EXEC_WORD_START = r"(?:[?&]command=|\+|%20)"
+_EXEC_WORD = r"(?:[^&#\s\"'\\+%]|%[0-9A-Fa-f]{2})*"
+_EXEC_TOOL_PASSWORD = Pattern(
+    "password given to a database client in an exec request's command (mysql -pX, redis-cli -a X)",
+    r"(?i)("
+    + _EXEC_WORD_START
+    + r"(?:[^&#\s\"'\\+%]*/)?(?:(?:mysql|mariadb)[a-z]*(?:"
+    + _EXEC_WORD_START
+    + _EXEC_WORD
+    + r")*?"
+    + _EXEC_WORD_START
+    + r"(?-i:-p)|redis-cli(?:"
+    + _EXEC_WORD_START
+    + _EXEC_WORD
+    + r")*?"
+    + _EXEC_WORD_START
+    + r"(?-i:-a)"
+    + _EXEC_WORD_START
+    + r"))(?:[^&#\s\"'\\+%]|%[0-9A-Fa-f]{2})+",
     "${1}" + REDACTED,
 )
 
@@ -434,6 +467,7 @@ def _free_text(*, raw_quotes: bool, uri: bool = False) -> tuple[Pattern, ...]:
             "${1}${2}" + REDACTED + "${2}",
         ),
         _EXEC_FLAG,
+        _EXEC_TOOL_PASSWORD,
         _XML_ELEMENT,
         _XML_PROPERTY,
         # Before the name patterns: a PEM key in a credential-named value
@@ -460,6 +494,11 @@ def _free_text(*, raw_quotes: bool, uri: bool = False) -> tuple[Pattern, ...]:
                     "credential assigned in free text (YAML or properties in a value, a "
                     "header line)",
                     raw_quotes=raw_quotes,
+                ),
+                Pattern(
+                    "password of a user:password flag in a command line (curl -u, --user)",
+                    r"((?:^|\s)(?:-u|--user)(?:\s+|=)[A-Za-z0-9._\-@]+:)[^\s\"'\\]+",
+                    "${1}" + REDACTED,
                 ),
             )
         ),
@@ -535,6 +574,11 @@ QUARANTINE_PATTERNS: tuple[Pattern, ...] = (
         + r'\\*"\s*:\s*)(?:'
         + "|".join((_OBJ, _LIST_ANY, _STR0, _STR_ESC))
         + ")",
+        '${1}"' + REDACTED + '"',
+    ),
+    Pattern(
+        "an object under a credential-named member, whole (in events only its values go)",
+        r'(?i)(\\*"' + CREDENTIAL_KEY + r'\\*"\s*:\s*)' + _OBJ,
         '${1}"' + REDACTED + '"',
     ),
 )
@@ -761,6 +805,22 @@ def redact_quarantine(df: pl.DataFrame) -> pl.DataFrame:
 # --------------------------------------------------------------------------- structure
 _LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 _SECRET_KINDS = r"(?:Secret|SecretList|TokenRequest)"
+#: A member naming a Secret kind, in JSON text at any depth of escaping (white space
+#: around the name too: the API server may not check a kind it ignores).
+_SECRET_KIND_TEXT = r'(?i)\\*"kind\\*"\s*:\s*\\*"\s*' + _SECRET_KINDS + r'\s*\\*"'
+_SECRET_KIND_RE = re.compile(_SECRET_KIND_TEXT)
+#: Members of an object under a credential-named key that hold the credential itself
+#: (``{password: {value: ...}}``). Only these go: the object is as often Kubernetes' own
+#: description of where a credential is (a projected ``serviceAccountToken`` volume's
+#: ``expirationSeconds`` and ``audience``, a ``secret`` volume's ``defaultMode``).
+VALUE_KEYS = frozenset(
+    {"value", "val", "v", "data", "plain", "plaintext", "raw", "content", "contents", "text"}
+    | {"string", "stringvalue", "secret", "secretvalue", "b64", "base64"}
+)
+#: Keys of an object that name what its ``value`` is: an environment variable
+#: ``{name: DB_PASSWORD, value}``, a Keycloak credential ``{type: password, value}``, a
+#: Helm or Argo parameter ``{key: api_token, value}``.
+_NAMING_KEYS = ("name", "type", "key")
 
 #: Rows whose bodies need the structured layer: anything naming a Secret/TokenRequest kind
 #: (in any case, also escaped inside an annotation string), a credential key escaped inside
@@ -771,13 +831,14 @@ _SECRET_KINDS = r"(?:Secret|SecretList|TokenRequest)"
 #: or a JSON-patch ``path`` whose last segment names a credential (``/data/db_password``,
 #: ``/metadata/annotations/example.com~1api-token``: its ``value`` is the credential).
 NEEDS_STRUCTURE = (
-    r'(?i)\\*"kind\\*"\s*:\s*\\*"'
-    + _SECRET_KINDS
-    + r'\\*"'
+    _SECRET_KIND_TEXT
     + r'|\\+"'
     + CREDENTIAL_KEY
     + r'\\+"\s*:'
-    + r'|\\*"name\\*"\s*:\s*\\*"'
+    + r'|\\*"'
+    + CREDENTIAL_KEY
+    + r'\\*"\s*:\s*\{'
+    + r'|\\*"(?:name|type|key)\\*"\s*:\s*\\*"'
     + CREDENTIAL_KEY
     + r'\\*"'
     + r'|\\*"path\\*"\s*:\s*\\*"(?:[^"\\]|\\[^"])*(?:/|\\+/)[A-Za-z0-9_.\-~]*'
@@ -814,6 +875,22 @@ def _credential_scalar(value: Any) -> bool:
     return isinstance(value, (str, int, float)) and not isinstance(value, bool)
 
 
+def _under_credential(obj: dict[str, Any]) -> bool:
+    """Redact in place the members of an object under a credential-named key that hold
+    the credential (:data:`VALUE_KEYS`), at any depth below it: ``{password: {value:
+    ...}}`` was walked as any object and kept its value (found by review)."""
+    changed = False
+    for key, value in obj.items():
+        if key.lower() in VALUE_KEYS and _credential_value(value):
+            obj[key] = [REDACTED] * len(value) if isinstance(value, list) else REDACTED
+            changed = True
+        elif isinstance(value, dict):
+            changed |= _under_credential(value)
+        elif isinstance(value, list):
+            changed |= any([_under_credential(i) for i in value if isinstance(i, dict)])
+    return changed
+
+
 def _credential_value(value: Any) -> bool:
     """What a credential-named member holding a credential looks like: a string or a number,
     or a list of them (the shape of HTTP header maps)."""
@@ -823,13 +900,19 @@ def _credential_value(value: Any) -> bool:
 
 
 def _nested(text: str, secret: bool, *, drop_unparsed: bool) -> tuple[str, bool]:
-    """JSON inside a string (an annotation, a patch value): parse, walk, write back."""
+    """JSON inside a string (an annotation, a patch value): parse, walk, write back.
+
+    Text that names a Secret kind but cannot be walked (JSON Lines, a comment before the
+    JSON, ``NaN``, nesting deeper than orjson reads) is dropped: its ``data`` was kept
+    whole (found by review)."""
     if text.lstrip()[:1] not in ("{", "["):  # JSON may start with white space (found by review)
-        return text, False
+        return (REDACTED, True) if _SECRET_KIND_RE.search(text) else (text, False)
     try:
         inner = orjson.loads(text)
     except orjson.JSONDecodeError:
-        return (REDACTED, True) if drop_unparsed else (text, False)
+        if drop_unparsed or _SECRET_KIND_RE.search(text):
+            return REDACTED, True
+        return text, False
     if _walk(inner, secret):
         try:
             return orjson.dumps(inner).decode(), True
@@ -884,7 +967,8 @@ def _walk(obj: Any, secret: bool) -> bool:
     if not isinstance(obj, dict):
         return False
     kind = obj.get("kind")
-    kind = kind.lower() if isinstance(kind, str) else kind  # the API server may not check it
+    # the API server may not check a kind it ignores: "Secret " is a Secret (review)
+    kind = kind.strip().lower() if isinstance(kind, str) else kind
     if kind == "secretlist":
         items = obj.get("items")
         if isinstance(items, list):
@@ -905,9 +989,10 @@ def _walk(obj: Any, secret: bool) -> bool:
     if kind == "tokenrequest" and isinstance(status, dict) and "token" in status:
         obj["status"]["token"] = REDACTED
         changed = True
-    name = obj.get("name")
-    if isinstance(name, str) and is_credential_key(name) and _credential_scalar(obj.get("value")):
-        obj["value"] = REDACTED  # an environment variable: {name: DB_PASSWORD, value: ...}
+    if _credential_scalar(obj.get("value")) and any(
+        isinstance(named := obj.get(k), str) and is_credential_key(named) for k in _NAMING_KEYS
+    ):
+        obj["value"] = REDACTED  # {name: DB_PASSWORD, value}, {type: password, value}
         changed = True
     for key, value in obj.items():
         if kind == "secretlist" and key == "items":
@@ -918,6 +1003,9 @@ def _walk(obj: Any, secret: bool) -> bool:
         elif is_credential_key(key) and _credential_value(value):
             obj[key] = [REDACTED] * len(value) if isinstance(value, list) else REDACTED
             changed = True
+        elif is_credential_key(key) and isinstance(value, dict):
+            changed |= _under_credential(value)
+            changed |= _walk(value, secret or (is_secret and key != "metadata"))
         elif isinstance(value, str):
             secret_here = secret or is_secret
             drop = secret_here and (key == _LAST_APPLIED or key.startswith("patch.webhook"))
@@ -998,7 +1086,8 @@ _STRUCTURED = ("request_object", "response_object", "annotations")
 
 def redact_events(df: pl.DataFrame) -> pl.DataFrame:
     """Canonical event rows with every credential replaced and ``redacted`` set where so."""
-    resource = pl.col("resource").str.to_lowercase()  # the log keeps what the client sent
+    # the log keeps what the client sent: "Secrets", "secrets " (found by review)
+    resource = pl.col("resource").str.strip_chars().str.to_lowercase()
     about_secrets = (resource == "secrets") | (
         (pl.col("resource") == "serviceaccounts") & (pl.col("subresource") == "token")
     )
@@ -1038,7 +1127,7 @@ def redact_events(df: pl.DataFrame) -> pl.DataFrame:
                 body = c != "annotations"
                 out, hit = redact_json(
                     text,
-                    secret=(resource or "").lower() == "secrets",
+                    secret=(resource or "").strip().lower() == "secrets",
                     drop_unparsed=None if body else False,
                 )
                 new[c].append(out)
