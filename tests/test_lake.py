@@ -240,6 +240,45 @@ def test_events_stored_under_another_cluster_are_skipped_and_counted(tmp_path, c
     assert got.height == 25 and got["audit_id"].n_unique() == 25
 
 
+def test_a_reused_audit_id_does_not_make_an_attackers_next_requests_copies(tmp_path):
+    """The API server takes the audit ID from the client's Audit-ID header: a caller gave
+    a harmless get's ID to an exec and a cluster-admin binding a minute later, in one run
+    or the next, and both were dropped as copies (found by review). Real copies, the same
+    stage time to the microsecond, are still written once."""
+    harmless = event(1, minute=1)
+    exec_ = {
+        **event(1, minute=2),
+        "verb": "create",
+        "requestURI": "/api/v1/namespaces/kube-system/pods/aws-node-x/exec?command=sh",
+        "objectRef": {"resource": "pods", "namespace": "kube-system", "name": "aws-node-x",
+                      "subresource": "exec", "apiVersion": "v1"},
+    }  # fmt: skip
+    binding = {**event(1, minute=3), "verb": "create"}
+    first = tmp_path / "a.log"
+    first.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in (harmless, exec_, harmless)))
+    summary = ingest_paths([str(first)], str(tmp_path / "lake"), cluster="prod")
+    assert (summary.events_written, summary.duplicates) == (2, 1)
+    later = tmp_path / "b.log"
+    later.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in (binding, exec_)))
+    again = ingest_paths([str(later)], str(tmp_path / "lake"), cluster="prod")
+    assert (again.events_written, again.duplicates) == (1, 1)
+    stored = Lake(str(tmp_path / "lake")).scan_events().collect()
+    assert sorted(stored["request_uri"].str.contains("exec").to_list()) == [False, False, True]
+    # The finding on the exec shows the exec, not the get whose ID it reused.
+    lake = str(tmp_path / "lake")
+    run = cli("score", "--lake", lake, "--since", "2026-11-27T10:00:00Z", "--until",
+              "2026-11-27T11:00:00Z", "--no-model", "--format", "json")  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    (found,) = [
+        f
+        for f in json.loads(run.stdout)["findings"]
+        if f["detector"] == "rule:exec-kube-system-pod"
+    ]
+    shown = cli("findings", "show", found["finding_id"], "--lake", lake, "--format", "json")
+    uris = [e["request_uri"] for e in json.loads(shown.stdout)["events"]]
+    assert any("exec?command=sh" in u for u in uris), uris
+
+
 def test_dedup_keys_held_in_memory_are_bounded_and_dropping_them_loses_no_dedup(
     tmp_path, monkeypatch
 ):
@@ -417,7 +456,7 @@ def test_compact_merges_partitions_atomically_and_idempotently(tmp_path):
     again = compact(Lake(lake), grace=3600)
     assert again.partitions == 0 and again.purged == 0
     # A writer appending after compaction: new rows kept, old ones still deduplicated.
-    more = audit_file(tmp_path / "more.log", range(55, 70), minute=30)
+    more = audit_file(tmp_path / "more.log", range(55, 70), minute=5)  # 55-59: copies
     summary = ingest_paths([str(more)], store, cluster="prod")
     assert (summary.events_written, summary.duplicates) == (10, 5)
     merged = compact(Lake(lake), grace=0)  # deletes the six, merges the two live files

@@ -38,7 +38,7 @@ from detector.detect.executor import Executor, LocalExecutor, is_local, partitio
 from detector.detect.history import HistoryCache, rules_history
 from detector.detect.scan import Progress, frame_windows, read_range, recent_values
 from detector.detect.train import MIN_TRAIN_WINDOWS, ScoringError, fit
-from detector.events.schema import CANONICAL_COLUMNS, EVENT_KEY
+from detector.events.schema import CANONICAL_COLUMNS, COPY_KEY, EVENT_KEY
 from detector.features import (
     DEFAULT_WINDOW,
     INPUT_COLUMNS,
@@ -575,24 +575,27 @@ def flagged_events(
     key = list(EVENT_KEY)
     # A cheap membership test first: the join then hashes the flagged rows, not the range.
     ids = all_links["audit_id"].unique().implode()
+    # Links name (audit_id, stage); a client that reused an audit ID has rows that differ
+    # in stage time only (COPY_KEY), and each of them is shown: keeping the first showed
+    # the harmless request the ID came from instead of the exec that fired (review).
     rows = (
         frame.lazy()
         .filter(pl.col("audit_id").is_in(ids))
         .join(all_links.lazy(), on=key, how="inner")
-        .unique(["finding_id", *key], keep="first")
+        .unique(["finding_id", *COPY_KEY], keep="first")
         .collect()
     )
     missing = [c for c in CANONICAL_COLUMNS if c not in rows.columns]
     if missing:
         rest = _read_columns_of(lake, parts, rows, missing)
-        rows = rows.join(rest, on=["cluster", *key], how="left")
+        rows = rows.join(rest, on=["cluster", *COPY_KEY], how="left")
     return rows.select(list(FINDINGS_EVENTS_COLUMNS)).sort("finding_id", "event_time", "audit_id")
 
 
 def _read_columns_of(
     lake: Lake, parts: list[Partition], rows: pl.DataFrame, columns: list[str]
 ) -> pl.DataFrame:
-    """``columns`` of the events in ``rows`` (by cluster, audit_id, stage), from their hours."""
+    """``columns`` of the events in ``rows`` (by cluster and copy key), from their hours."""
     hours = set(
         rows.select(
             "cluster",
@@ -603,13 +606,13 @@ def _read_columns_of(
         .rows()
     )
     wanted = [p for p in parts if p in hours]
-    keys = rows.select("cluster", *EVENT_KEY).unique()
+    keys = rows.select("cluster", *COPY_KEY).unique()
     return (
         lake.scan_partitions(wanted)
         .filter(pl.col("audit_id").is_in(keys["audit_id"].unique().implode()))
-        .select("cluster", *EVENT_KEY, *columns)
-        .join(keys.lazy(), on=["cluster", *EVENT_KEY], how="semi")
-        .unique(["cluster", *EVENT_KEY], keep="first")
+        .select("cluster", *COPY_KEY, *columns)
+        .join(keys.lazy(), on=["cluster", *COPY_KEY], how="semi")
+        .unique(["cluster", *COPY_KEY], keep="first")
         .collect()
     )
 

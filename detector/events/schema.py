@@ -83,8 +83,14 @@ EVENT_COLUMNS: dict[str, pl.DataType] = {
 #: The full canonical row as analysis code sees it (after a lake scan).
 CANONICAL_COLUMNS: dict[str, pl.DataType] = {"cluster": pl.String(), **EVENT_COLUMNS}
 
-#: Unique key of an event in the lake: an event is logged once per stage.
+#: Key of an event: an event is logged once per stage. What links findings to events.
 EVENT_KEY = ("audit_id", "stage")
+#: What makes two rows copies of one event, the lake's dedup key: its key and the stage's
+#: own time, which every copy carries to the microsecond. The API server takes the audit
+#: ID from the client's ``Audit-ID`` header when there is one, so a caller can give a
+#: harmless request's ID to the next ones: keyed on (audit_id, stage) alone, an exec and
+#: a cluster-admin binding were dropped as copies of a ``get`` (found by review).
+COPY_KEY = ("audit_id", "stage", "event_time")
 
 #: Partition columns of the events table, in path order.
 PARTITION_COLUMNS = ("cluster", "date", "hour")

@@ -276,7 +276,9 @@ def stored_events(
     return (
         scan_dates(findings_events_table(lake), since, until)
         .filter(pl.col("finding_id").is_in(ids))
-        .unique(["finding_id", "audit_id", "stage"], keep="first", maintain_order=True)
+        .unique(
+            ["finding_id", "audit_id", "stage", "event_time"], keep="first", maintain_order=True
+        )
     )
 
 

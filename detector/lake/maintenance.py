@@ -25,7 +25,7 @@ from typing import Any
 
 import polars as pl
 
-from detector.events.schema import EVENT_KEY
+from detector.events.schema import COPY_KEY
 from detector.lake.events import Lake
 from detector.lake.findings import findings_events_table, findings_table
 from detector.lake.incidents import incidents_table, status_table
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 #: Old files replaced by compaction are kept this long for scans that listed them.
 DEFAULT_GRACE = 15 * 60.0
-_KEYS = {"events": list(EVENT_KEY), "quarantine": ["source", "source_position"]}
+_KEYS = {"events": list(COPY_KEY), "quarantine": ["source", "source_position"]}
 
 
 def lake_tables(lake: Lake) -> list[Table]:
