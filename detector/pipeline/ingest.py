@@ -43,6 +43,7 @@ from detector.lake.manifest import ObjectManifest
 from detector.lake.table import safe_part
 from detector.sources.files import (
     BATCH_BYTES,
+    MAX_BATCH_LINES,
     InputError,
     InputNotFound,
     LineBatch,
@@ -60,6 +61,8 @@ log = logging.getLogger(__name__)
 #: Events buffered before a write: ~40-65 MB of canonical rows, a file of several thousand
 #: rows per hour touched. Halving it from 100k took ~110 MB off an ingest's peak RSS.
 FLUSH_ROWS = 50_000
+#: Raw text of quarantined rows held before a flush (each row's is at most 64 KB).
+QUARANTINE_FLUSH_BYTES = 64 * 2**20
 #: Consecutive batches of one cluster are normalized together up to this many bytes of
 #: input (a batch of its own size goes alone): a batch costs ~50 ms of small queries
 #: whatever its size, more than the work on a Firehose object of 50 events, and an S3
@@ -184,6 +187,8 @@ class EventBuffer:
         self._quarantine: list[pl.DataFrame] = []
         self._rows = 0
         self._bytes = 0
+        self._quarantine_rows = 0
+        self._quarantine_bytes = 0
 
     @property
     def buffered(self) -> int:
@@ -194,6 +199,13 @@ class EventBuffer:
     def buffered_bytes(self) -> int:
         """Raw input bytes behind the rows held."""
         return self._bytes
+
+    @property
+    def quarantine_held(self) -> tuple[int, int]:
+        """(rows, bytes of raw text) of quarantine held: input that is all garbage holds
+        no event, and held until the end it filled memory (3M lines of ``{}``, 9 MB, took
+        5.5 GB; found by review)."""
+        return self._quarantine_rows, self._quarantine_bytes
 
     @property
     def empty(self) -> bool:
@@ -298,6 +310,8 @@ class EventBuffer:
     def _add_quarantine(self, df: pl.DataFrame) -> None:
         if df.height:
             self._quarantine.append(df)
+            self._quarantine_rows += df.height
+            self._quarantine_bytes += int(df["raw"].str.len_bytes().sum() or 0)
             self.summary.quarantined += df.height
             self.summary.quarantine_reasons.update(
                 _reason_family(r) for r in df["reason"].to_list()
@@ -316,6 +330,7 @@ class EventBuffer:
             else pl.DataFrame(schema=QUARANTINE_COLUMNS)
         )
         self._events, self._quarantine, self._rows, self._bytes = [], [], 0, 0
+        self._quarantine_rows = self._quarantine_bytes = 0
         return events, quarantine
 
 
@@ -363,7 +378,8 @@ class Ingestor:
     def hold(self, prepared: Prepared) -> None:
         """Buffer a batch normalized by :meth:`EventBuffer.prepare`; flushes when full."""
         self.buffer.hold(prepared)
-        if self.buffer.buffered >= self.flush_rows:
+        rows, raw = self.buffer.quarantine_held
+        if self.buffer.buffered + rows >= self.flush_rows or raw >= QUARANTINE_FLUSH_BYTES:
             self.flush()
 
     def flush(self) -> WriteStats:
@@ -525,13 +541,13 @@ def _steps(
     the step that holds its last lines or a later one, so the manifest records it only
     once they are held."""
     merging: list[LineBatch] = []
-    size, key, step = 0, None, _Step(None, None, "")
+    size, count, key, step = 0, 0, None, _Step(None, None, "")
 
     def emit() -> _Step:
-        nonlocal merging, size, step
+        nonlocal merging, size, count, step
         done = step
         done.batch = merge_batches(merging) if merging else None
-        merging, size, step = [], 0, _Step(None, None, "")
+        merging, size, count, step = [], 0, 0, _Step(None, None, "")
         return done
 
     for uri in uris:
@@ -550,13 +566,19 @@ def _steps(
                 # the lines' bytes and the heads kept of lines set aside (a file of
                 # over-long lines gives batches of those alone, with no line bytes)
                 weight = batch.nbytes + sum(len(r[3]) for r in batch.rejected)
-                if merging and ((fallback, batch.cluster) != key or size + weight > MERGE_BYTES):
+                lines = len(batch.lines)
+                if merging and (
+                    (fallback, batch.cluster) != key
+                    or size + weight > MERGE_BYTES
+                    or count + lines > MAX_BATCH_LINES  # tiny lines: bounded as rows
+                ):
                     yield emit()
                 merging.append(batch)
                 size += weight
+                count += lines
                 key = (fallback, batch.cluster)
                 step.fallback, step.uri = fallback, uri
-                if size >= MERGE_BYTES // 2:  # a big file's block: on its way at once
+                if size >= MERGE_BYTES // 2 or count >= MAX_BATCH_LINES:  # on its way at once
                     yield emit()
         except InputError as exc:
             step.failed.append(str(exc))

@@ -545,6 +545,10 @@ def _last_newline(buf: np.ndarray, size: int) -> int:
     return -1
 
 
+#: Lines normalized together at most: a read block of tiny lines is cut into slices.
+MAX_BATCH_LINES = 100_000
+
+
 def iter_line_blocks(
     stream: BinaryIO, *, batch_bytes: int = BATCH_BYTES
 ) -> Iterator[tuple[memoryview, int, list[tuple[int, int, bytes]], np.ndarray | None]]:
@@ -636,14 +640,28 @@ def _ndjson_batches(
             lines = _strip_export_timestamp(lines)
         numbers = np.arange(first_line, first_line + len(lines), dtype=np.int64)
         next_line = max(next_line, first_line + len(lines))
-        yield LineBatch(
-            lines=lines,
-            positions=pa.array(numbers).cast(pa.string()),
-            source=uri,
-            rejected=rejected,
-            nbytes=len(block),
-            terminated=True,
-        )
+        if len(lines) <= MAX_BATCH_LINES:  # events of a few hundred bytes or more: always
+            yield LineBatch(
+                lines=lines,
+                positions=pa.array(numbers).cast(pa.string()),
+                source=uri,
+                rejected=rejected,
+                nbytes=len(block),
+                terminated=True,
+            )
+            continue
+        # A block of tiny lines (3-byte garbage: 10M lines in 32 MB) normalized at once took
+        # gigabytes, every row a quarantine record (found by review): a slice at a time.
+        for lo in range(0, len(lines), MAX_BATCH_LINES):
+            part = lines.slice(lo, MAX_BATCH_LINES)
+            yield LineBatch(
+                lines=part,
+                positions=pa.array(numbers[lo : lo + MAX_BATCH_LINES]).cast(pa.string()),
+                source=uri,
+                rejected=rejected if lo == 0 else [],
+                nbytes=int(pc.sum(pc.binary_length(part)).as_py() or 0) + len(part),
+                terminated=True,
+            )
     why = damage()
     if why and not reported:  # the damage fell on a line boundary: say it happened anyway
         yield _rejected_only(uri, (uri, str(next_line), why, b""))
