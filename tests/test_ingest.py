@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import bz2
 import functools
 import gzip
 import json
+import lzma
 import os
 import threading
 import zlib
@@ -1371,3 +1373,41 @@ def test_input_of_tiny_garbage_lines_is_normalized_and_written_a_slice_at_a_time
     files = list((tmp_path / "lake" / "quarantine").rglob("*.parquet"))
     assert len(files) >= 2  # flushed as it went, not held to the end
     assert pl.read_parquet(files).height == 5_000
+
+
+@pytest.mark.parametrize("lines", [10, 200])
+def test_a_gzip_whose_checksum_is_wrong_keeps_every_line_its_data_holds(tmp_path, lines):
+    """Only the CRC trailer damaged: every byte of data decompresses, but the step that
+    reached the trailer lost its output with the error, and the last lines of the file
+    went to neither the lake nor the quarantine (found by review)."""
+    packed = bytearray(
+        gzip.compress(b"".join(orjson.dumps(make_event(i)) + b"\n" for i in range(lines)))
+    )
+    packed[-6] ^= 0xFF  # in the CRC-32
+    path = tmp_path / "audit.log.gz"
+    path.write_bytes(bytes(packed))
+    summary = ingest_paths([str(path)], str(tmp_path / "lake"), cluster="c")
+    assert summary.events_written == lines
+    (reason,) = summary.quarantine_reasons
+    assert reason == "damaged gzip"  # the family; the lake row says "incorrect data check"
+
+
+@pytest.mark.parametrize("kind", ["bz2", "xz"])
+def test_a_cut_bzip2_or_xz_file_keeps_the_lines_before_the_cut(tmp_path, kind):
+    """A cut .bz2 or .xz raised at the block holding the cut, and the whole input was lost
+    with exit 3 (found by review): now the lines decoded before the cut are written and
+    the cut is quarantined, as for gzip."""
+    data = b"".join(orjson.dumps(make_event(i)) + b"\n" for i in range(3_000))
+    packed = bz2.compress(data, compresslevel=1) if kind == "bz2" else lzma.compress(data)
+    path = tmp_path / f"audit.log.{kind}"
+    path.write_bytes(packed[: len(packed) * 2 // 3])
+    summary = ingest_paths([str(path)], str(tmp_path / "lake"), cluster="c")
+    assert summary.failed_inputs == []
+    assert 0 < summary.events_written < 3_000
+    assert summary.quarantined == 1  # the line the cut went through, with the reason
+    assert summary.events_written + summary.quarantined <= 3_000
+    # Whole, and as two streams back to back (pbzip2, xz -T): every line.
+    more = b"".join(orjson.dumps(make_event(i)) + b"\n" for i in range(3_000, 3_010))
+    path.write_bytes(packed + (bz2.compress if kind == "bz2" else lzma.compress)(more))
+    again = ingest_paths([str(path)], str(tmp_path / "lake2"), cluster="c")
+    assert (again.events_written, again.quarantined) == (3_010, 0)
