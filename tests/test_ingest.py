@@ -869,7 +869,7 @@ def test_a_deeply_nested_page_or_record_costs_only_itself(tmp_path):
         got, quarantine = read_events([str(path)])
         assert got["audit_id"].to_list() == [e["auditID"] for e in events]
         assert quarantine.height == 1
-        assert quarantine["reason"][0].endswith("JSON nested too deeply")
+        assert quarantine["reason"][0].endswith("nested too deeply")  # a page: its one item
 
 
 def test_a_page_larger_than_a_block_is_read_event_by_event_and_damage_costs_only_the_rest():
@@ -1411,3 +1411,22 @@ def test_a_cut_bzip2_or_xz_file_keeps_the_lines_before_the_cut(tmp_path, kind):
     path.write_bytes(packed + (bz2.compress if kind == "bz2" else lzma.compress)(more))
     again = ingest_paths([str(path)], str(tmp_path / "lake2"), cluster="c")
     assert (again.events_written, again.quarantined) == (3_010, 0)
+
+
+def test_one_bad_event_on_a_cloudwatch_page_costs_only_itself(tmp_path):
+    """One entry nested deeper than the decoder goes, or one raw NUL in one message
+    (invalid JSON, as any control character in a string): the whole page went to
+    quarantine, its neighbours with it (found by review)."""
+    events = [make_event(i) for i in range(6)]
+    page = cloudwatch_page(events)
+    text = orjson.dumps(page).decode()
+    deep = '{"eventId": "deep", "message": ' + "[" * 3_000 + "]" * 3_000 + "}, "
+    nested = text.replace('"events":[', '"events":[' + deep, 1)
+    nul = text.replace('"events":[', '"events":[{"eventId": "nul", "message": "a\x00b"}, ', 1)
+    for name, doc in (("nested", nested), ("nul", nul)):
+        path = tmp_path / f"{name}.json"
+        path.write_text(doc)
+        got, quarantine = read_events([str(path)])
+        assert sorted(got["audit_id"].to_list()) == sorted(e["auditID"] for e in events), name
+        assert quarantine.height == 1, name
+    assert quarantine["source_position"][0] == "nul"  # judged as the message it is

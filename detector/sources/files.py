@@ -835,6 +835,12 @@ def _event_batches(uri: str, page: int, events: Iterable[Any]) -> Iterator[LineB
     rejected: list[tuple[str, str, str, bytes]] = []
     size = 0
     for i, ev in enumerate(events):
+        if isinstance(ev, Undecodable):
+            reason = f"CloudWatch event {ev.reason}"
+            rejected.append(
+                (uri, f"page {page} event {i + 1}", reason, ev.text.encode()[:RAW_KEEP])
+            )
+            continue
         msg = ev.get("message") if isinstance(ev, dict) else None
         eid = f"page {page} event {i + 1}"
         if isinstance(ev, dict) and ev.get("eventId"):
@@ -885,7 +891,10 @@ class _JsonCursor:
     def __init__(self, stream: BinaryIO, chunk_bytes: int) -> None:
         self.stream, self.chunk_bytes = stream, chunk_bytes
         self.utf8 = codecs.getincrementaldecoder("utf-8")("replace")
-        self.decoder = json.JSONDecoder()
+        # Control characters inside strings are taken as they are: one raw NUL in one
+        # message failed the whole page and every event on it (found by review); the
+        # message itself is judged when it is normalized.
+        self.decoder = json.JSONDecoder(strict=False)
         self.buf, self.pos, self.eof = "", 0, False
 
     def more(self) -> bool:
@@ -929,6 +938,47 @@ class _JsonCursor:
             at = self.buf[self.pos : self.pos + 1] or "the end of the input"
             raise json.JSONDecodeError(f"expected {char!r}, found {at!r}", self.buf, self.pos)
         self.pos += 1
+
+
+@dataclass
+class Undecodable:
+    """An item of a streamed list that could not be decoded, with why and its text."""
+
+    reason: str
+    text: str
+
+
+def _skip_value(cur: _JsonCursor, limit: int) -> str:
+    """The text of the JSON value at the cursor, which is moved past it. Its end is found
+    by counting brackets outside strings (no recursion, whatever its depth), reading more
+    while fewer than ``limit`` characters are held; :class:`json.JSONDecodeError` if it
+    does not end."""
+    start = cur.pos
+    depth, i, in_string = 0, start, False
+    while True:
+        buf = cur.buf
+        while i < len(buf):
+            ch = buf[i]
+            if in_string:
+                if ch == "\\":
+                    i += 1
+                elif ch == '"':
+                    in_string = False
+            elif ch == '"':
+                in_string = True
+            elif ch in "[{":
+                depth += 1
+            elif ch in "]}":
+                depth -= 1
+                if depth == 0:
+                    cur.pos = i + 1
+                    return buf[start : i + 1]
+            i += 1
+        if cur.eof or len(buf) - start >= limit:
+            raise json.JSONDecodeError("the input ends inside a value", buf, start)
+        offset = cur.pos
+        cur.more()  # drops what precedes the position: positions move back by it
+        start, i = start - offset, i - offset
 
 
 class StreamedMember:
@@ -983,7 +1033,12 @@ class StreamedMember:
                         cur.expect(",")
                         cur.skip_space()
                     item += 1
-                    yield cur.decode(limit)
+                    try:
+                        yield cur.decode(limit)
+                    except RecursionError:
+                        # One item nested too deeply for the decoder: set aside alone, the
+                        # items after it read on (it failed the whole page; review).
+                        yield Undecodable("nested too deeply", _skip_value(cur, limit))
         except (json.JSONDecodeError, RecursionError) as exc:
             reason = (
                 "nested too deeply"
@@ -1018,7 +1073,10 @@ def iter_concatenated_json(
             value = cur.decode(limit)  # on failure, the position is the value's start
         except (json.JSONDecodeError, RecursionError) as exc:
             n += 1
-            if streams and not cur.eof and len(cur.buf) - cur.pos >= limit:
+            # A page too large to decode at once, or one that fails whole (an item nested
+            # too deeply): read item by item, so one bad item costs itself alone and the
+            # items before a damaged stretch are kept (a page was lost whole; review).
+            if streams:
                 member = StreamedMember(cur, stream_member)  # type: ignore[arg-type]
                 yield n, member, b"", None
                 for _ in member:  # what the consumer left unread
