@@ -114,10 +114,12 @@ def test_an_event_without_user_is_quarantined_and_an_empty_user_is_anonymous():
     no_user = event(1, NOW)
     del no_user["user"]
     failed_login = event(2, NOW, user={}, responseStatus={"code": 401})  # what a 401 logs
-    result = normalize([no_user, failed_login, event(3, NOW)])
+    # a blank name is no name: principal "" could not be named to `detect timeline` (review)
+    blank = event(4, NOW, user={"username": " "}, responseStatus={"code": 401})
+    result = normalize([no_user, failed_login, event(3, NOW), blank])
     assert reasons(result) == {"1": "missing user"}
-    assert result.events["principal"].to_list() == ["system:anonymous", "alice"]
-    assert result.events["principal_kind"].to_list() == ["anonymous", "other"]
+    assert result.events["principal"].to_list() == ["system:anonymous", "alice", "system:anonymous"]
+    assert result.events["principal_kind"].to_list() == ["anonymous", "other", "anonymous"]
 
 
 def test_a_value_of_the_wrong_type_is_named_by_its_field_and_never_quoted():

@@ -641,7 +641,10 @@ def principal_exprs() -> list[pl.Expr]:
     timeline and baseline, matched their suppressions and linked to their CloudTrail. So
     is a username that begins with the marker itself, so no two usernames share a principal.
     """
-    user = pl.col("user_name")
+    # A blank name is no name: as a principal "" could not be named to `detect timeline`,
+    # and its findings had a blank principal (found by review).
+    name = pl.col("user_name")
+    user = pl.when(name.str.strip_chars() == "").then(pl.lit(None, pl.String)).otherwise(name)
     arn = pl.col("iam_arn")
     # Kubelets on EKS authenticate through the node role (extra carries its ARN and the
     # instance id as session): the node name is the better identity for them.
