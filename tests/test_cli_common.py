@@ -288,6 +288,7 @@ BAD_VALUES = [
     (["simulate", "--out", "o", "--days", "0.05", "--rate", "100000"], "at most 50,000,000"),
     (["demo", "--days", "300", "--rate", "10000"], "at most 50,000,000"),
     (["simulate", "--out", "o", "--end", "1970-01-01T00:30:00"], "starts before 1970"),
+    (["ingest", "x.log", "--cluster", "c", "--earliest", "2099-01-01"], "is in the future"),
     (["simulate", "--out", "o", "--cluster", "../../x"], "--cluster"),
     (["simulate", "--out", "o", "--cluster", "a\nb"], "--cluster"),
     (["watch", "--replay", "x.log", "--step", "0.001s"], "--step"),  # 7 events a minute

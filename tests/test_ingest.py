@@ -1430,3 +1430,26 @@ def test_one_bad_event_on_a_cloudwatch_page_costs_only_itself(tmp_path):
         assert sorted(got["audit_id"].to_list()) == sorted(e["auditID"] for e in events), name
         assert quarantine.height == 1, name
     assert quarantine["source_position"][0] == "nul"  # judged as the message it is
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
+def test_a_line_of_exactly_the_limit_is_read_and_one_byte_more_is_not(tmp_path, newline):
+    """The limit counts the line without its break: a line of exactly 4 MiB, or one
+    ending in CRLF, was refused by its newline or CR (found by review)."""
+    from detector.events.normalize import MAX_LINE_BYTES
+
+    def line(i: int, size: int) -> bytes:
+        ev = make_event(i)
+        ev["userAgent"] = ""
+        ev["userAgent"] = "u" * (size - len(orjson.dumps(ev)))
+        out = orjson.dumps(ev)
+        assert len(out) == size
+        return out + newline
+
+    path = tmp_path / "audit.log"
+    path.write_bytes(line(1, MAX_LINE_BYTES) + line(2, MAX_LINE_BYTES + 1) + line(3, 1000))
+    got, quarantine = read_events([str(path)])
+    assert got.height == 2
+    assert quarantine["reason"].to_list() == [
+        f"line too long: {MAX_LINE_BYTES + 1} bytes (limit {MAX_LINE_BYTES})"
+    ]

@@ -650,7 +650,7 @@ def iter_line_blocks(
             return
         cut = _last_newline(buf, size)
         if cut < 0:
-            if size <= MAX_LINE_BYTES:
+            if size <= MAX_LINE_BYTES + 1:  # the limit and a CR before the newline to come
                 carry = buf[:size].tobytes()
                 continue
             # Oversize line: swallow it up to its newline.

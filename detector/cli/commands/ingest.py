@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import typer
 
 from detector.cli.options import (
     EXIT_RUNTIME,
+    INVOCATION_NOW,
     FormatOpt,
     InputFormat,
     InputFormatOpt,
@@ -25,6 +26,7 @@ from detector.cli.options import (
 )
 from detector.events.normalize import TimeBounds
 from detector.pipeline.ingest import CLUSTER_ORIGINS, IngestSummary, ingest_paths
+from detector.timeparse import check_not_future
 
 #: Ingest's own --cluster: same flag and variable as elsewhere, but never a silent default.
 IngestClusterOpt = Annotated[
@@ -88,6 +90,9 @@ def ingest(
         detect ingest /var/log/kubernetes/audit.log --lake ./lake --cluster prod
         detect ingest s3://my-bucket/eks-audit-export/ --lake s3://audit-lake/prod --cluster prod
     """
+    # Every event would be quarantined as too early, with exit 0 (found by review).
+    now = INVOCATION_NOW.get() or datetime.now(UTC)
+    check_not_future("--earliest", earliest, now=now, why="every event would be quarantined")
     bounds = TimeBounds(earliest=earliest, max_future=max_future)
     interactive = progress_enabled() and output == OutputFormat.table
 
