@@ -162,6 +162,8 @@ def test_a_list_or_an_object_where_a_name_belongs_is_quarantined_not_stored_as_t
             event(4, NOW, objectRef={"resource": "pods", "namespace": ["a", "b"]}),
             odd_name,
             event(6, NOW),
+            event(7, NOW, userAgent=[secret]),  # stored as '["..."]' (review)
+            event(8, NOW, stage=" "),  # a blank stage was a key (review)
         ]
     )
     assert reasons(result) == {
@@ -169,6 +171,8 @@ def test_a_list_or_an_object_where_a_name_belongs_is_quarantined_not_stored_as_t
         "2": "wrong type: verb: a string expected, got an object",
         "3": "wrong type: user.username: a string expected, got an array",
         "4": "wrong type: objectRef.namespace: a string expected, got an array",
+        "7": "wrong type: userAgent: a string expected, got an array",
+        "8": "missing stage",
     }
     assert result.events["audit_id"].to_list() == [event(i, NOW)["auditID"] for i in (5, 6)]
     assert result.events["name"].to_list()[0] == "[not-a-list]"

@@ -912,6 +912,7 @@ _STRING_MEMBERS: tuple[tuple[str, str | None], ...] = (
     ("verb", None),
     ("level", None),
     ("requestURI", None),
+    ("userAgent", None),
     ("user", "username"),
     ("impersonatedUser", "username"),
     ("objectRef", "resource"),
@@ -925,8 +926,8 @@ _STRING_MEMBERS: tuple[tuple[str, str | None], ...] = (
 #: A line where one of those members' key is followed by a list or an object (any member of
 #: that name: the line is then parsed to tell which).
 _OPENS_LIST = (
-    r'"(?:auditID|stage|verb|level|requestURI|username|resource|namespace|name|subresource'
-    r'|apiGroup)"\s*:\s*[\[{]'
+    r'"(?:auditID|stage|verb|level|requestURI|userAgent|username|resource|namespace|name'
+    r'|subresource|apiGroup)"\s*:\s*[\[{]'
 )
 
 
@@ -1068,8 +1069,8 @@ def normalize_lines(
             .then(pl.lit("missing auditID"))
             .when(pl.col("event_time").is_null())
             .then(pl.lit("missing or invalid stageTimestamp/timestamp"))
-            .when(pl.col("stage").is_null())
-            .then(pl.lit("missing stage"))
+            .when(pl.col("stage").is_null() | (pl.col("stage").str.strip_chars() == ""))
+            .then(pl.lit("missing stage"))  # blank as well (review): no key for its copies
             .when(pl.col("_no_user"))
             .then(pl.lit("missing user"))
             .when(pl.col("_bad_code"))
