@@ -814,6 +814,8 @@ def test_credentials_a_security_review_found_kept_are_redacted():
     # Quarantined, the same object under a credential key loses its value.
     line = b'{"kind":"Event","weird":{"password":{"v":"' + mark(8).encode() + b'"}},'
     assert markers(quarantine_frame([("f", "1", "invalid JSON", line)])["raw"][0]) == set()
+    cut = b'{"kind":"Secret","binaryData":{"k":"' + mark(9).encode()  # cut short
+    assert markers(quarantine_frame([("f", "2", "invalid JSON", cut)])["raw"][0]) == set()
 
 
 def test_passwords_given_to_commands_in_an_exec_request_are_redacted():

@@ -555,7 +555,7 @@ NAME_PATTERNS: tuple[Pattern, ...] = (
 # Secret's data from a ConfigMap's cannot be trusted (the line may be cut or garbled): Secret
 # payloads, JSON-patch values, the annotations that embed whole objects or patches.
 _QUARANTINE_MEMBER = (
-    r"(?:data|stringData|value|kubectl\.kubernetes\.io/last-applied-configuration"
+    r"(?:data|stringData|binaryData|value|kubectl\.kubernetes\.io/last-applied-configuration"
     r"|patch\.webhook\.admission\.k8s\.io/[^\"\\]*)"
 )
 _OBJ = r'\{(?:[^{}"\\]|"(?:[^"\\]|\\.)*"?|\\.|\{(?:[^{}"\\]|"(?:[^"\\]|\\.)*"?|\\.)*\}?)*\}?'
