@@ -1616,3 +1616,21 @@ def test_a_dry_run_is_a_record_that_says_so_not_an_alert(ruleset):
     )  # fmt: skip
     (found,) = run(ruleset, "kube-system-token-requested", [token]).to_dicts()
     assert found["severity"] == "high"
+
+
+def test_requests_sent_under_one_reused_audit_id_each_count(ruleset):
+    """The API server takes the audit ID from the client's Audit-ID header: 25 denied
+    requests sent under one ID counted as one request, under every threshold (found by
+    review). A request is its ID and the time it was received, which its stages share."""
+    denied = [
+        ev("get", "secrets", ns="app", code=403, audit_id="reused", at=T0 + timedelta(seconds=i))
+        for i in range(25)
+    ]
+    assert run(ruleset, "auth-failure-spike-principal", denied).height == 1
+    # One request logged at two stages is still one (the stages share the received time).
+    stages = [
+        ev("get", "secrets", ns="app", code=403, audit_id=f"r{i}", stage=stage, at=T0)
+        for i in range(15)
+        for stage in ("ResponseStarted", "ResponseComplete")
+    ]
+    assert run(ruleset, "auth-failure-spike-principal", stages).is_empty()  # 15 < 20

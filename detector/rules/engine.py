@@ -210,10 +210,17 @@ def _dedupe(
 ) -> pl.LazyFrame:
     """One row per request: the first of the rule's stages, in its order of preference.
 
-    Lazy, so that every rule's query runs in one :func:`polars.collect_all`.
+    A request is its audit ID and the time it was received, which its stages share: the
+    API server takes the ID from the client's ``Audit-ID`` header when one is sent, so
+    by the ID alone 50 denied requests sent under one ID counted as one, under every
+    threshold (found by review). Lazy, so that every rule's query runs in one
+    :func:`polars.collect_all`.
     """
     if facts is not None and len(stages) > 1:
         matched = matched.filter(~_carried_over(matched, stages, facts))
+    request = ["cluster", "_req"]
+    if "received_time" in matched.collect_schema():
+        request.append("received_time")
     rank = (
         pl.col("stage")
         .fill_null("ResponseComplete")
@@ -226,7 +233,7 @@ def _dedupe(
             _req=pl.coalesce(pl.col("audit_id"), pl.col("_row").cast(pl.String)),
         )
         .sort(["_rank", "event_time"])
-        .unique(subset=["cluster", "_req"], keep="first", maintain_order=True)
+        .unique(subset=request, keep="first", maintain_order=True)
         .drop("_row", "_rank", "_req")
     )
 
@@ -264,7 +271,7 @@ def _value_expr(rule: Rule) -> pl.Expr:
     t = rule.threshold
     if t is not None and t.distinct:
         return resolve_field(t.distinct).expr.drop_nulls().n_unique()
-    return pl.col("audit_id").n_unique()
+    return pl.len()  # rows are requests already (_dedupe): an audit ID may be reused
 
 
 def _keyed(matched: _F, rule: Rule, every: str) -> _F:
@@ -313,12 +320,10 @@ DRY_RUN_REASON = (
 def _aggregate(keyed: pl.LazyFrame, rule: Rule) -> pl.LazyFrame:
     t = rule.threshold
     value = (
-        pl.col("_distinct").drop_nulls().n_unique()
-        if t is not None and t.distinct
-        else pl.col("audit_id").n_unique()
+        pl.col("_distinct").drop_nulls().n_unique() if t is not None and t.distinct else pl.len()
     )
     return keyed.group_by(_KEYS).agg(
-        pl.col("audit_id").n_unique().cast(pl.Int64).alias("event_count"),
+        pl.len().cast(pl.Int64).alias("event_count"),  # requests (_dedupe), not distinct IDs
         pl.col("audit_id").sort_by("event_time").unique(maintain_order=True).alias("audit_ids"),
         pl.col("principal_kind").drop_nulls().first().alias("principal_kind"),
         who().drop_nulls().first().alias("_who"),
