@@ -808,6 +808,30 @@ def test_credentials_a_security_review_found_kept_are_redacted():
     }
     kept = ingest(event(9, "create", "apps", requestObject={"spec": ref}))
     assert body(kept)["spec"] == ref
+    # What the first version of these fixes destroyed (found by review): names with an
+    # `sk-` part, a taint's and a Secret type's value, Helm values deeper under `auth`,
+    # a manifest that only mentions a Secret.
+    taint = {"key": "example.com/auth", "value": "restricted", "effect": "NoSchedule"}
+    typed = {"type": "kubernetes.io/service-account-token", "value": "default"}
+    helm = {"auth": {"config": {"text": "ldap", "data": "x"}, "enabled": True}}
+    manifest = '{"kind": "Secret"} // referenced by name only\n{"kind": "Deployment"}'
+    plain = ingest(
+        event(
+            10,
+            "create",
+            "pods",
+            ns="shop-sk-production-eu-central",
+            name="web-sk-checkoutfrontend1234567890",
+            requestObject={"spec": {"taints": [taint], "t": typed, "values": helm}},
+        ),
+        event(11, "create", "configmaps", requestObject={"data": {"m.json": manifest}}),
+    )
+    assert plain["namespace"][0] == "shop-sk-production-eu-central"
+    assert plain["name"][0] == "web-sk-checkoutfrontend1234567890"
+    assert body(plain)["spec"] == {"taints": [taint], "t": typed, "values": helm}
+    assert body(plain, 1)["data"]["m.json"] == manifest
+    listed = ingest(event(12, "create", "apps", requestObject={"passwords": [{"value": mark(0)}]}))
+    assert markers(all_strings(listed)) == set()
     assert body(df, 0)["data"]["realm.json"].count('"username":"admin"') == 1
     assert set(body(df, 3)["data"]) == set(names)
     assert "@db:5432/app" in body(df, 7)["data"]["url"]
@@ -840,8 +864,13 @@ def test_passwords_given_to_commands_in_an_exec_request_are_redacted():
             requestURI=uri("aws", "configure", "set", "aws_secret_access_key", mark(23)),
         ),
         event(5, "create", "pods", requestURI=uri("mkdir", "-p", "/tmp/x")),
+        event(6, "create", "pods", requestURI=uri("kubectl", "get", "secret", "prod-db")),
+        event(7, "create", "pods", requestURI=uri("sh", "-c", f"redis-cli -a {mark(25)} ping")),
     )
     assert markers(all_strings(df)) == set()
+    assert df["request_uri"][5].endswith("command=secret&command=prod-db")  # what was read
+    assert df["request_uri"][6].endswith("%20ping")  # the rest of the command stays
+    assert redact_text("docker run -u 1000:1000 img") == "docker run -u 1000:1000 img"
     uris = df["request_uri"].to_list()
     assert "command=-uroot" in uris[0] and "command=-P3306" in uris[0]
     assert uris[2].endswith("&command=ping") and uris[4] == uri("mkdir", "-p", "/tmp/x")
