@@ -137,9 +137,16 @@ def test_only_the_jobs_own_pods_reach_its_ray_pods(job):
     assert policy["kind"] == "NetworkPolicy" and policy["metadata"]["namespace"] == "audit-detector"
     spec = policy["spec"]
     assert spec["policyTypes"] == ["Ingress"]
-    (rule,) = spec["ingress"]
+    rule, operator = spec["ingress"]
     (source,) = rule["from"]
     assert set(source) == {"podSelector"}  # no namespaceSelector, no ipBlock: this namespace
+    assert "ports" not in rule  # Ray's own ports are many
+    # The KubeRay operator polls the head's dashboard for the job's status (K8sJobMode):
+    # blocked, the job never finished (found by review). That port only, its pods only.
+    (op,) = operator["from"]
+    assert op["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "kuberay-operator"}
+    assert operator["ports"] == [{"port": 8265, "protocol": "TCP"}]
+    assert job["spec"]["submissionMode"] == "K8sJobMode"
     ray_pods = [t["metadata"]["labels"] for _, t in templates(job)]
     submitter = job["spec"]["submitterPodTemplate"]["metadata"]["labels"]
     assert all(_selects(spec["podSelector"], labels) for labels in ray_pods)
