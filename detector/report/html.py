@@ -100,10 +100,15 @@ def _timeline_rows(runs: pl.DataFrame, event_anchor: dict[str, str]) -> list[dic
 def _events_rows(events: pl.DataFrame, finding_id: str) -> list[dict[str, Any]]:
     rows = []
     flagged = events.head(MAX_EVENTS).with_columns(denied_expr().alias("_denied"), shown_source())
+    anchored: set[str | None] = set()
     for e in flagged.iter_rows(named=True):
+        # An id once per audit ID: its stages, and requests that reused a client's
+        # Audit-ID, share one, and an id twice in a page is no link target.
+        first = e["audit_id"] not in anchored
+        anchored.add(e["audit_id"])
         rows.append(
             {
-                "anchor": anchor("ev", finding_id, e["audit_id"]),
+                "anchor": anchor("ev", finding_id, e["audit_id"]) if first else None,
                 "time": _ts(e["event_time"]),
                 "verb": e["verb"] or "",
                 "target": _cut(
@@ -195,7 +200,7 @@ def build_context(data: ReportData) -> dict[str, Any]:
             ]
             ev = data.events.filter(
                 pl.col("finding_id").is_in(pl.Series(ids, dtype=pl.String).implode())
-            ).unique(["audit_id", "stage"], keep="first")
+            ).unique(["audit_id", "stage", "event_time"], keep="first")  # COPY_KEY: reused IDs
             inc["timeline"] = _timeline_rows(collapse_runs(ev), event_anchor)
             # Grouped by source address: shown by it, as `detect incidents` shows it (the
             # page named it after one of its principals, system:anonymous).
