@@ -6,14 +6,15 @@ Layout (see docs/schema.md)::
     LAKE/quarantine/date=YYYY-MM-DD/part-*.parquet
     LAKE/_state/...
 
-Idempotency is what lets every stage be re-run after a crash or by a scheduler's retry:
-an event is unique on (``audit_id``, ``stage``) across the whole lake, whatever cluster name
-a run was given, and a write only adds rows whose key is not already stored (the key can
-only be in the hour of its own event time, under any cluster). Rows already stored under
-another cluster are skipped with a warning and counted apart (``other_cluster``). Writes
-hold the lake's writer lock (:mod:`detector.lake.lock`), so two writers never both decide
-a key is new. Files are listed, written and scanned through :mod:`detector.lake.table`,
-which states the file-level guarantees (atomic, no globs, safe names, bad files skipped).
+Idempotency is what lets every stage be re-run after a crash or by a scheduler's retry: an
+event is unique on (``audit_id``, ``stage``, ``event_time``) across the whole lake, whatever
+cluster name a run was given, and a write only adds rows whose key is not already stored
+(the key can only be in the hour of its own event time, under any cluster). Rows already
+stored under another cluster are skipped with a warning and counted apart
+(``other_cluster``). Writes hold the lake's writer lock (:mod:`detector.lake.lock`), so two
+writers never both decide a key is new. Files are listed, written and scanned through
+:mod:`detector.lake.table`, which states the file-level guarantees (atomic, no globs, safe
+names, bad files skipped).
 """
 
 from __future__ import annotations
@@ -179,8 +180,8 @@ class KeyCache:
 class WriteStats:
     """What a write did: rows added, rows already present, files written.
 
-    ``other_cluster`` counts rows skipped because the same (audit_id, stage) is already
-    stored under another cluster name (they are also counted in ``duplicates``).
+    ``other_cluster`` counts rows skipped because the same (audit_id, stage, event_time) is
+    already stored under another cluster name (they are also counted in ``duplicates``).
     """
 
     written: int = 0

@@ -16,7 +16,7 @@ How an export runs (``detect export``; docs/operations.md has the operator's vie
 4. **Lateness.** Each pass (and each resume) re-reads ``overlap`` (default: the latency)
    behind the watermark, so an event ingested up to ``latency + overlap`` after its
    timestamp is still caught. Re-read events are dropped by ``eventId`` within a process
-   and by the lake's (``audit_id``, ``stage``) key across processes.
+   and by the lake's (``audit_id``, ``stage``, ``event_time``) key across processes.
 5. **Ownership.** The checkpoint carries a lease (:mod:`detector.lake.state`): a second
    exporter on the same group stops before writing anything.
 6. **Faults.** Calls are paced by a client-side rate limit and retried with exponential

@@ -150,7 +150,7 @@ def export(
 
     Reads the kube-apiserver-audit-* streams of the log group over closed windows (ending
     --latency before now), re-reading --overlap behind the checkpoint so late events are
-    caught, and writes each event to the lake once (unique on audit ID and stage). The
+    caught, and writes each event to the lake once (unique on audit ID, stage and stage time). The
     checkpoint in LAKE/_state/cloudwatch/ moves only after events are durably written, so
     a run killed at any moment resumes without loss or duplicates. One exporter per log
     group: a second one stops with a message. Bad events go to LAKE/quarantine/ with their

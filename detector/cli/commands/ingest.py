@@ -71,8 +71,8 @@ def ingest(
 
     Formats are detected per file: kube-apiserver audit logs (one Event JSON per line),
     `aws logs filter-log-events` output, CloudWatch export-task objects and Firehose
-    subscription objects. Events already in the lake are skipped (unique on audit ID and
-    stage), lines that cannot be read go to LAKE/quarantine/ with a reason, and S3 objects
+    subscription objects. Events already in the lake are skipped (unique on audit ID, stage
+    and stage time), lines that cannot be read go to LAKE/quarantine/ with a reason, and S3 objects
     are remembered so the next run reads only new ones.
 
     The cluster is --cluster, else what the input says (the log group of Firehose records,
