@@ -1294,6 +1294,14 @@ def test_another_lake_among_the_inputs_is_skipped_and_a_parquet_file_refused_by_
     assert any("old-lake: skipped" in w and "another lake" in w for w in summary.warnings)
     with pytest.raises(UsageError, match="a lake, not audit logs"):
         ingest_paths([str(old)], str(tmp_path / "lake2"), cluster="prod")
+    # Folders merely named so are a log collector's: read (they were taken for a lake).
+    collector = tmp_path / "collector"
+    (collector / "events").mkdir(parents=True)
+    write_ndjson(collector / "events" / "audit.log", [make_event(i) for i in range(20, 22)])
+    (collector / "_state").mkdir()
+    (collector / "_state" / "checkpoint.json").write_text("{}")
+    read = ingest_paths([str(collector)], str(tmp_path / "lake4"), cluster="prod")
+    assert read.events_written == 2
     # One of its files named on its own: refused by name, not read as lines of garbage.
     (part,) = old.glob("events/**/*.parquet")
     one = ingest_paths([str(part)], str(tmp_path / "lake3"), cluster="prod")

@@ -492,16 +492,18 @@ def _outside_lake(
     return _outside_other_lakes(kept, warn)
 
 
+_LAKE_MARK = "/_state/locks/writer.json"
+
+
 def _outside_other_lakes(uris: list[str], warn: Callable[[str], None]) -> list[str]:
-    """``uris`` without the files of other lakes found among them (a folder holding its
-    ``_state/`` beside ``events/`` or ``quarantine/``): an old lake copied next to the logs
+    """``uris`` without the files of other lakes found among them (a folder holding a
+    lake's writer lock, ``_state/locks/writer.json``): an old lake copied next to the logs
     went to quarantine as its Parquet pages and state files, thousands of "invalid UTF-8"
     lines with exit 0 (found by review). One warning per lake; nothing but lakes is a
     usage error."""
-    roots = {u[: u.index("/_state/")] for u in uris if "/_state/" in u}
-    roots = {
-        r for r in roots if any(f"{r}/{t}/" in u for t in ("events", "quarantine") for u in uris)
-    }
+    # A lake is known by its writer lock, which every write takes: folders merely named
+    # `_state` and `events` are a log collector's as well (found by review).
+    roots = {u[: -len(_LAKE_MARK)] for u in uris if u.endswith(_LAKE_MARK)}
     if not roots:
         return uris
     kept = [u for u in uris if not any(u.startswith(r + "/") for r in roots)]
