@@ -1461,3 +1461,23 @@ def test_a_line_of_exactly_the_limit_is_read_and_one_byte_more_is_not(tmp_path, 
     assert quarantine["reason"].to_list() == [
         f"line too long: {MAX_LINE_BYTES + 1} bytes (limit {MAX_LINE_BYTES})"
     ]
+
+
+@pytest.mark.parametrize("kind", ["gz", "bz2", "xz"])
+def test_a_compression_bomb_is_decompressed_a_bounded_step_at_a_time(tmp_path, kind):
+    """A read block of a gzip of zeros expanded 1,000-fold at once (a 1 GB-of-zeros file,
+    970 KB, peaked at 976 MB; found by review): what is held beyond a read is at most a
+    step's output, and every byte still comes out."""
+    from detector.sources.files import open_input
+
+    data = b"\0" * 64 * 2**20
+    pack = {"gz": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress}[kind]
+    path = tmp_path / f"zeros.{kind}"
+    path.write_bytes(pack(data))
+    stream = open_input(str(path))
+    total, held = 0, 0
+    while chunk := stream.read(2**20):
+        total += len(chunk)
+        held = max(held, stream._out_len)
+    assert total == len(data) and stream.damage is None
+    assert held <= stream.STEP_OUT

@@ -423,46 +423,57 @@ class _Decoded(io.RawIOBase):
 
 
 class Gunzip(_Decoded):
-    """gzip members back to back (see :class:`_Decoded`)."""
+    """gzip members back to back (see :class:`_Decoded`). A step decompresses at most
+    :attr:`STEP_OUT` bytes: a gzip of zeros expands 1,000-fold, and a 256 KB read block
+    of one took 256 MB at once (a 1 GB-of-zeros file peaked at 976 MB; found by review)."""
+
+    STEP_OUT = 4 * 2**20
 
     def __init__(self, raw: BinaryIO) -> None:
         super().__init__(raw)
         self._d = zlib.decompressobj(31)
         self._member_bytes = 0  # compressed bytes fed to the current member
+        self._pending = b""  # compressed bytes read and not yet fed
+        self._more_out = False  # the last step stopped at STEP_OUT: zlib may hold more
 
     def _fill(self) -> None:
-        chunk = self._raw.read(self.CHUNK)
-        if not chunk:
-            if self._member_bytes and not self._d.eof:
-                self._emit(self._d.flush())
-                self.damage = (
-                    f"truncated gzip: the input ends inside a compressed member "
-                    f"(after {self.consumed:,} compressed bytes)"
-                )
-            self._done = True
-            return
-        self.consumed += len(chunk)
-        self._feed(chunk)
-
-    def _feed(self, data: bytes) -> None:
-        while data and not self._done:
-            if self._d.eof:  # the previous member ended: the next one, or padding
-                rest = data.lstrip(b"\x00")
-                if not rest:
-                    return
-                if not rest.startswith(b"\x1f\x8b"):
-                    self.damage = "damaged gzip: data after the last complete member is not gzip"
-                    self._done = True
-                    return
-                self._d, self._member_bytes, data = zlib.decompressobj(31), 0, rest
-            saved = self._d.copy()
-            try:
-                self._emit(self._d.decompress(data))
-            except zlib.error as exc:
-                self._salvage(saved, data, exc)
+        if not self._pending and not self._more_out:
+            chunk = self._raw.read(self.CHUNK)
+            if not chunk:
+                if self._member_bytes and not self._d.eof:
+                    self._emit(self._d.flush())
+                    self.damage = (
+                        f"truncated gzip: the input ends inside a compressed member "
+                        f"(after {self.consumed:,} compressed bytes)"
+                    )
+                self._done = True
                 return
-            self._member_bytes += len(data)
-            data = self._d.unused_data if self._d.eof else b""
+            self.consumed += len(chunk)
+            self._pending = chunk
+        self._step()
+
+    def _step(self) -> None:
+        data, self._pending = self._pending, b""
+        if self._d.eof:  # the previous member ended: the next one, or padding
+            data = data.lstrip(b"\x00")
+            if not data:
+                return
+            if not data.startswith(b"\x1f\x8b"):
+                self.damage = "damaged gzip: data after the last complete member is not gzip"
+                self._done = True
+                return
+            self._d, self._member_bytes = zlib.decompressobj(31), 0
+        saved = self._d.copy()
+        try:
+            out = self._d.decompress(data, self.STEP_OUT)
+        except zlib.error as exc:
+            self._salvage(saved, data, exc)
+            return
+        self._emit(out)
+        tail = self._d.unconsumed_tail
+        self._member_bytes += len(data) - len(tail)
+        self._more_out = len(out) == self.STEP_OUT and not self._d.eof
+        self._pending = self._d.unused_data if self._d.eof else tail
 
     def _salvage(self, decoder: zlib._Decompress, data: bytes, exc: zlib.error) -> None:
         """Replay the damaged chunk in small steps, then the failing step a byte at a
