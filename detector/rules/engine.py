@@ -344,9 +344,7 @@ def _usual(
     if history.is_empty():
         return pl.DataFrame(schema={"cluster": pl.String, "_key": pl.String, "_usual": pl.Float64})
     keyed = _keyed(history, rule, every)
-    value = (
-        pl.col("_distinct").drop_nulls().n_unique() if t.distinct else pl.col("audit_id").n_unique()
-    )
+    value = pl.col("_distinct").drop_nulls().n_unique() if t.distinct else pl.len()  # requests
     per_window = keyed.group_by(_KEYS).agg(value.cast(pl.Float64).alias("_v"))
     return per_window.group_by(["cluster", "_key"]).agg(
         (pl.col("_v").sum() / max(n_windows, 1)).alias("_usual")

@@ -298,7 +298,7 @@ def reasons(fired: list[tuple[Rule, pl.DataFrame]]) -> list[pl.DataFrame]:
         stacked.lazy()
         .with_columns(text.alias("_text"))
         .group_by([*keys, "_text"])
-        .agg(pl.col("audit_id").n_unique().alias("_n"), pl.col("event_time").min().alias("_first"))
+        .agg(pl.len().alias("_n"), pl.col("event_time").min().alias("_first"))  # requests
     )
     counted = counted.with_columns(
         pl.when(pl.col("_n") > 1)
