@@ -384,6 +384,7 @@ class _Decoded(io.RawIOBase):
 
     def __init__(self, raw: BinaryIO) -> None:
         self._raw = raw
+        self._pending = b""  # compressed bytes read and not yet fed
         self._out: list[bytes] = []
         self._out_len = 0
         self._done = False
@@ -392,6 +393,19 @@ class _Decoded(io.RawIOBase):
 
     def _fill(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _take_chunk(self, cut: str | None) -> bool:
+        """The next block of compressed input into ``_pending``; False at the end of the
+        input, which ends the stream, damaged by ``cut`` when it came inside a member."""
+        chunk = self._raw.read(self.CHUNK)
+        if not chunk:
+            if cut:
+                self.damage = f"{cut} (after {self.consumed:,} compressed bytes)"
+            self._done = True
+            return False
+        self.consumed += len(chunk)
+        self._pending = chunk
+        return True
 
     def readable(self) -> bool:
         return True
@@ -433,23 +447,17 @@ class Gunzip(_Decoded):
         super().__init__(raw)
         self._d = zlib.decompressobj(31)
         self._member_bytes = 0  # compressed bytes fed to the current member
-        self._pending = b""  # compressed bytes read and not yet fed
         self._more_out = False  # the last step stopped at STEP_OUT: zlib may hold more
 
     def _fill(self) -> None:
         if not self._pending and not self._more_out:
-            chunk = self._raw.read(self.CHUNK)
-            if not chunk:
-                if self._member_bytes and not self._d.eof:
-                    self._emit(self._d.flush())
-                    self.damage = (
-                        f"truncated gzip: the input ends inside a compressed member "
-                        f"(after {self.consumed:,} compressed bytes)"
-                    )
-                self._done = True
+            inside = bool(self._member_bytes) and not self._d.eof
+            if not self._take_chunk(
+                "truncated gzip: the input ends inside a compressed member" if inside else None
+            ):
+                if inside:
+                    self._emit(self._d.flush())  # what the cut member still holds
                 return
-            self.consumed += len(chunk)
-            self._pending = chunk
         self._step()
 
     def _step(self) -> None:
@@ -514,21 +522,13 @@ class Unpacked(_Decoded):
         self._new, self._name = decoder, name
         self._d = decoder()
         self._fed = 0  # compressed bytes fed to the current stream
-        self._pending = b""  # compressed bytes read and not yet fed
 
     def _fill(self) -> None:
         if not self._pending and (self._d.eof or self._d.needs_input):
-            chunk = self._raw.read(self.CHUNK)
-            if not chunk:
-                if self._fed and not self._d.eof:
-                    self.damage = (
-                        f"truncated {self._name}: the input ends inside a compressed stream "
-                        f"(after {self.consumed:,} compressed bytes)"
-                    )
-                self._done = True
+            inside = bool(self._fed) and not self._d.eof
+            cut = f"truncated {self._name}: the input ends inside a compressed stream"
+            if not self._take_chunk(cut if inside else None):
                 return
-            self.consumed += len(chunk)
-            self._pending = chunk
         if self._d.eof:  # the previous stream ended: the next one, or padding
             self._pending = self._pending.lstrip(b"\x00")
             if not self._pending:
