@@ -259,6 +259,9 @@ class ExportSummary:
         }
 
 
+_FOLLOW_HINT = " (use --follow to keep exporting as events arrive)"
+
+
 def _check_not_future(since: datetime | None, until: datetime | None, *, now: float) -> None:
     """``--since`` or ``--until`` later than now is a mistake, said at once: a start in
     the future was stored in the checkpoint, and every run resuming from it exported
@@ -270,9 +273,6 @@ def _check_not_future(since: datetime | None, until: datetime | None, *, now: fl
         check_not_future("--until", until, now=moment, why=f"{why}{_FOLLOW_HINT}")
     except TimeArgumentError as exc:
         raise ExportConfigError(str(exc)) from None
-
-
-_FOLLOW_HINT = " (use --follow to keep exporting as events arrive)"
 
 
 # --------------------------------------------------------------------------- exporting
