@@ -98,8 +98,8 @@ def _partition_of(group: pl.DataFrame) -> Partition:
     return (str(group["cluster"][0]), at.strftime("%Y-%m-%d"), at.strftime("%H"))
 
 
-#: Dedup keys held in memory at most, in rows (~60 bytes each): a long or large ingest
-#: keeps a flat footprint; keys pushed out are read again from their file if needed.
+#: Dedup keys held in memory at most, in rows (~70 bytes each: ID, stage, time): a long or
+#: large ingest keeps a flat footprint; keys pushed out are read again from their file.
 KEY_CACHE_ROWS = 500_000
 
 
