@@ -164,6 +164,8 @@ def test_a_list_or_an_object_where_a_name_belongs_is_quarantined_not_stored_as_t
             event(6, NOW),
             event(7, NOW, userAgent=[secret]),  # stored as '["..."]' (review)
             event(8, NOW, stage=" "),  # a blank stage was a key (review)
+            event(9, NOW, sourceIPs=["10.0.0.1", {"a": 1}]),  # an address '{"a": 1}'
+            event(10, NOW, annotations="x"),  # stored as the JSON string "x"
         ]
     )
     assert reasons(result) == {
@@ -173,6 +175,8 @@ def test_a_list_or_an_object_where_a_name_belongs_is_quarantined_not_stored_as_t
         "4": "wrong type: objectRef.namespace: a string expected, got an array",
         "7": "wrong type: userAgent: a string expected, got an array",
         "8": "missing stage",
+        "9": "wrong type: sourceIPs: addresses expected, got an array or an object",
+        "10": "wrong type: annotations: an object expected",
     }
     assert result.events["audit_id"].to_list() == [event(i, NOW)["auditID"] for i in (5, 6)]
     assert result.events["name"].to_list()[0] == "[not-a-list]"

@@ -931,6 +931,13 @@ _OPENS_LIST = (
 )
 
 
+def _opens_json(addresses: pl.Expr) -> pl.Expr:
+    """Per address of a list, whether it is the JSON text of an array or an object."""
+    return addresses.list.eval(
+        pl.element().str.starts_with("{") | pl.element().str.starts_with("[")
+    )
+
+
 def _not_strings(raw: pl.DataFrame, lines: pa.Array) -> pl.Series:
     """Per row of ``raw``, why one of :data:`_STRING_MEMBERS` is not a string, or null.
 
@@ -1073,6 +1080,12 @@ def normalize_lines(
             .then(pl.lit("missing stage"))  # blank as well (review): no key for its copies
             .when(pl.col("_no_user"))
             .then(pl.lit("missing user"))
+            # polars reads an object in these as its JSON text: `{"a": 1}` was a source
+            # address, and a string an annotations map (found by review)
+            .when(_opens_json(pl.col("source_ips")).list.any().fill_null(False))
+            .then(pl.lit("wrong type: sourceIPs: addresses expected, got an array or an object"))
+            .when(~pl.col("annotations").str.starts_with("{").fill_null(True))
+            .then(pl.lit("wrong type: annotations: an object expected"))
             .when(pl.col("_bad_code"))
             .then(pl.lit("responseStatus.code out of range (not an HTTP status)"))
             .when(pl.any_horizontal(t < earliest for t in times))
