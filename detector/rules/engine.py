@@ -267,11 +267,14 @@ def _group_key(rule: Rule) -> pl.Expr:
     return pl.coalesce(pl.col("principal"), pl.col("user_name"), pl.lit("system:anonymous"))
 
 
-def _value_expr(rule: Rule) -> pl.Expr:
+def _value(rule: Rule) -> pl.Expr:
+    """What a rule's threshold counts in a group of keyed rows (:func:`_keyed`): distinct
+    values, or requests (rows are requests already, :func:`_dedupe`; not distinct audit
+    IDs, which a client can reuse)."""
     t = rule.threshold
     if t is not None and t.distinct:
-        return resolve_field(t.distinct).expr.drop_nulls().n_unique()
-    return pl.len()  # rows are requests already (_dedupe): an audit ID may be reused
+        return pl.col("_distinct").drop_nulls().n_unique()
+    return pl.len()
 
 
 def _keyed(matched: _F, rule: Rule, every: str) -> _F:
@@ -318,16 +321,12 @@ DRY_RUN_REASON = (
 
 
 def _aggregate(keyed: pl.LazyFrame, rule: Rule) -> pl.LazyFrame:
-    t = rule.threshold
-    value = (
-        pl.col("_distinct").drop_nulls().n_unique() if t is not None and t.distinct else pl.len()
-    )
     return keyed.group_by(_KEYS).agg(
         pl.len().cast(pl.Int64).alias("event_count"),  # requests (_dedupe), not distinct IDs
         pl.col("audit_id").sort_by("event_time").unique(maintain_order=True).alias("audit_ids"),
         pl.col("principal_kind").drop_nulls().first().alias("principal_kind"),
         who().drop_nulls().first().alias("_who"),
-        value.cast(pl.Float64).alias("_value"),
+        _value(rule).cast(pl.Float64).alias("_value"),
         pl.col("principal").drop_nulls().unique().sort().alias("_principals"),
         _dry_run().all().alias("_dry_run"),
     )
@@ -344,8 +343,7 @@ def _usual(
     if history.is_empty():
         return pl.DataFrame(schema={"cluster": pl.String, "_key": pl.String, "_usual": pl.Float64})
     keyed = _keyed(history, rule, every)
-    value = pl.col("_distinct").drop_nulls().n_unique() if t.distinct else pl.len()  # requests
-    per_window = keyed.group_by(_KEYS).agg(value.cast(pl.Float64).alias("_v"))
+    per_window = keyed.group_by(_KEYS).agg(_value(rule).cast(pl.Float64).alias("_v"))
     return per_window.group_by(["cluster", "_key"]).agg(
         (pl.col("_v").sum() / max(n_windows, 1)).alias("_usual")
     )
