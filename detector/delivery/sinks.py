@@ -568,7 +568,7 @@ class SecurityHubSink(_BatchSink):
         stream with them (found by review). Failing here, it is this sink's outage."""
         if not self.account:
             try:
-                self.account = _caller_account(self.region, endpoint_url())
+                self.start()
             except Exception as exc:
                 err = _aws_error(self.name, exc)
                 named = isinstance(err, Retryable | Permanent)  # else its text may say anything
