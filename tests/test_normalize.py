@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detector.events.normalize import TimeBounds, normalize_lines
+from detector.events.normalize import MAX_AUDIT_ID_BYTES, TimeBounds, normalize_lines
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 FIXED = TimeBounds(clock=lambda: NOW)
@@ -120,6 +120,25 @@ def test_an_event_without_user_is_quarantined_and_an_empty_user_is_anonymous():
     assert reasons(result) == {"1": "missing user"}
     assert result.events["principal"].to_list() == ["system:anonymous", "alice", "system:anonymous"]
     assert result.events["principal_kind"].to_list() == ["anonymous", "other", "anonymous"]
+
+
+def test_a_huge_or_control_character_audit_id_is_kept_bounded_and_still_unique():
+    """The client picks ``auditID`` (its Audit-ID header, up to 1 MB): a megabyte id was
+    stored as the lake's key, and a NUL-led one reached terminals (review). The event is
+    kept, not quarantined, so the header cannot hide a request from the detectors; its id
+    is bounded, the same on every run, and two long ids sharing a head stay apart."""
+    head = "a" * 200
+    ids = [head + "1", head + "2", "\x00\x1b[31mred", "c" * 128, "ok-id"]
+    result = normalize([event(i, NOW, auditID=audit_id) for i, audit_id in enumerate(ids)])
+    assert result.quarantine.height == 0
+    got = result.events["audit_id"].to_list()
+    assert got[3:] == ["c" * 128, "ok-id"]  # at the limit, and a plain id: as written
+    assert len(set(got)) == 5
+    assert all(len(i.encode()) <= MAX_AUDIT_ID_BYTES for i in got)
+    assert got[0].startswith("a" * 48 + "…sha256:")
+    assert got[2].startswith("??[31mred…sha256:")
+    again = normalize([event(0, NOW, auditID=ids[0])]).events["audit_id"].to_list()
+    assert again == got[:1]
 
 
 def test_a_value_of_the_wrong_type_is_named_by_its_field_and_never_quoted():

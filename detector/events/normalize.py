@@ -13,6 +13,7 @@ patches, last-applied annotations) is not regular.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -860,7 +861,38 @@ def canonicalize(raw: pl.DataFrame, *, cluster: pl.Expr) -> pl.DataFrame:
         "source",
         "source_position",
     )
-    return redact_events(df).select(list(CANONICAL_COLUMNS))
+    redacted = redact_events(df)
+    return redacted.with_columns(_bounded_ids(redacted["audit_id"])).select(list(CANONICAL_COLUMNS))
+
+
+#: Longest ``audit_id`` kept as written. The API server takes ``auditID`` from the client's
+#: ``Audit-ID`` header (up to its 1 MB header limit) and generates a 36-character UUID
+#: otherwise; the id is part of the lake's unique key and of every finding's links.
+MAX_AUDIT_ID_BYTES = 128
+_AUDIT_ID_HEAD = 48
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _bounded_id(audit_id: str) -> str:
+    """A printable head of ``audit_id`` and a digest of the whole: unique as the id was,
+    the same on every run, and short."""
+    digest = hashlib.sha256(audit_id.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{_CONTROL.sub('?', audit_id[:_AUDIT_ID_HEAD])}…sha256:{digest}"
+
+
+def _bounded_ids(ids: pl.Series) -> pl.Series:
+    """``ids`` with every id too long or holding a control character bounded.
+
+    Such an event is kept (a request sent under a 1 MB Audit-ID must not hide from the
+    detectors in quarantine), but its id is written as :func:`_bounded_id`: a megabyte
+    key slowed every lookup, and a NUL or escape sequence reached terminals and reports.
+    Python runs only on those ids, which clients alone can send.
+    """
+    unfit = (ids.str.len_bytes() > MAX_AUDIT_ID_BYTES) | ids.str.contains(_CONTROL.pattern)
+    rows = unfit.fill_null(False).arg_true()
+    if not len(rows):
+        return ids
+    return ids.scatter(rows, [_bounded_id(i) for i in ids.gather(rows).to_list()])
 
 
 # --------------------------------------------------------------------------- entry points
