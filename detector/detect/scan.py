@@ -22,6 +22,7 @@ import polars as pl
 from detector.events.schema import CANONICAL_COLUMNS
 from detector.features import DEFAULT_WINDOW, empty_windows, seen_values, window_counts
 from detector.lake.events import Lake, Partition, partition_start
+from detector.lake.table import aligned_chunks
 
 Progress = Callable[[int, int], None] | None
 
@@ -67,9 +68,11 @@ def read_range(
     *,
     columns: Iterable[str],
 ) -> pl.DataFrame:
-    """Events of ``parts`` in ``[start, end)``, only ``columns``: the one read of a run."""
+    """Events of ``parts`` in ``[start, end)``, only ``columns``: the one read of a run,
+    its columns cut alike (:func:`~detector.lake.table.aligned_chunks`), as the detectors
+    run many eager operations on it."""
     cols = ordered_columns(columns)
-    return _in_range(lake.scan_partitions(parts), start, end).select(cols).collect()
+    return aligned_chunks(_in_range(lake.scan_partitions(parts), start, end).select(cols).collect())
 
 
 def iter_windows(
