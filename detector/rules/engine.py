@@ -33,7 +33,6 @@ from detector.lake.findings_schema import (
     empty_findings,
     with_finding_ids,
 )
-from detector.lake.table import aligned_chunks
 from detector.rules.condition import DERIVED_FIELDS, resolve_field
 from detector.rules.loader import ENGINE_COLUMNS, STAGES, Rule, RuleSet
 from detector.rules.narrate import KEYS as _KEYS
@@ -785,8 +784,7 @@ def _gate(
     """
     gates = [r.gate_expr.alias(f"_g{i}") for i, r in enumerate(rules)]
     if not in_memory:
-        days = (aligned_chunks(day.collect()) for day in _days(lf))
-        parts = [_compact(_gate(day.lazy(), rules)) for day in days]
+        parts = [_compact(_gate(day.collect().lazy(), rules)) for day in _days(lf)]
         return (
             pl.concat([c for c, _ in parts], how="vertical"),
             pl.concat([m for _, m in parts], how="vertical"),
