@@ -635,6 +635,37 @@ def test_reingest_does_not_quarantine_the_same_bad_line_twice(tmp_path):
     assert stored.height == 1
 
 
+def test_a_live_logs_half_written_last_line_waits_for_the_next_run(tmp_path, caplog):
+    """A cron job ingesting an audit log the API server is still appending put the
+    half-written last event in quarantine, then ingested it whole the next time: a
+    quarantine row for an event that was never bad (found by review). A file changed in
+    the last minute keeps its unfinished last line for the next run, with a warning; an
+    older file cut short is quarantined as before, and a complete last line without a
+    line break is an event either way."""
+    path = write_ndjson(tmp_path / "audit.log", [make_event(1), make_event(2)])
+    last = orjson.dumps(make_event(3))
+    with path.open("ab") as fh:
+        fh.write(last[:150])
+    lake = str(tmp_path / "lake")
+    with caplog.at_level("WARNING"):
+        first = ingest_paths([str(path)], lake, cluster="default")
+    assert (first.events_written, first.quarantined) == (2, 0)
+    assert "line 3 has no line break yet" in caplog.text
+    with path.open("ab") as fh:
+        fh.write(last[150:])  # the writer finishes the event, its line break still to come
+    second = ingest_paths([str(path)], lake, cluster="default")
+    assert (second.events_written, second.quarantined) == (1, 0)
+    assert Lake(lake).scan_quarantine().collect().height == 0
+
+    cut = write_ndjson(tmp_path / "cut.log", [make_event(4)])
+    with cut.open("ab") as fh:
+        fh.write(orjson.dumps(make_event(5))[:150])
+    an_hour_ago = datetime.now(UTC).timestamp() - 3600
+    os.utime(cut, (an_hour_ago, an_hour_ago))
+    third = ingest_paths([str(cut)], lake, cluster="default")
+    assert (third.events_written, third.quarantined) == (1, 1)
+
+
 def test_a_large_document_without_events_a_page_cut_before_the_next_and_a_split_number():
     """Found by review of the streaming reader: a large document holding no ``events``
     list was dropped without a word (small, it is quarantined); a page cut right before

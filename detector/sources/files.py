@@ -22,6 +22,7 @@ import lzma
 import os
 import re
 import stat
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -695,13 +696,38 @@ def _ndjson_batches(
     *,
     strip_timestamp: bool,
     damage: Callable[[], str | None] = lambda: None,
+    growing: Callable[[], float | None] = lambda: None,
 ) -> Iterator[LineBatch]:
+    """Batches of a file's lines, numbered from 1.
+
+    ``growing``: seconds since the file last changed, if that is recent enough that a
+    writer may still be appending it (:data:`GROWING_SECONDS`). Its last line, without a
+    line break and not yet JSON, is then left for the next run with a warning instead of
+    quarantined: a cron job ingesting a live audit log put a half-written event in
+    quarantine, and ingested it whole the next time (found by review).
+    """
     next_line, reported = 1, False
     for block, first_line, oversize, offsets in iter_line_blocks(stream):
         rejected = [
             (uri, str(n), f"line too long: {size} bytes (limit {MAX_LINE_BYTES})", head, size)
             for n, size, head in oversize
         ]
+        unterminated = len(block) and block[-1] != 10
+        age = growing() if unterminated and offsets is None else None
+        tail = bytes(block) if age is not None else b""
+        if strip_timestamp:  # an export line: its time, a space, then the event
+            tail = tail.partition(formats.EXPORT_SEPARATOR)[2]
+        if age is not None and not _is_json(tail):
+            log.warning(
+                "%s: line %d has no line break yet and the file changed %.0f s ago: "
+                "left for the next run (a writer is still appending it)",
+                uri,
+                first_line,
+                age,
+            )
+            block = memoryview(b"")
+            if not rejected:
+                continue
         why = damage() if len(block) and block[-1] != 10 else None
         if why:  # only the last block can lack its newline: the line the damage cut
             data = bytes(block)
@@ -745,6 +771,29 @@ def _ndjson_batches(
     why = damage()
     if why and not reported:  # the damage fell on a line boundary: say it happened anyway
         yield _rejected_only(uri, (uri, str(next_line), why, b""))
+
+
+#: A local file changed less than this long ago may still be appended to: its last line,
+#: unfinished, is left for the next run (:func:`_ndjson_batches`).
+GROWING_SECONDS = 60.0
+
+
+def _changed_seconds_ago(uri: str) -> float | None:
+    """Seconds since the local file ``uri`` last changed; None for an object store."""
+    if not isinstance(filesystem(uri), LocalFileSystem):
+        return None
+    try:
+        return max(0.0, time.time() - os.stat(strip_protocol(uri)).st_mtime)
+    except OSError:
+        return None
+
+
+def _is_json(line: bytes) -> bool:
+    try:
+        orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 def _strip_export_timestamp(lines: pa.Array) -> pa.Array:
@@ -1191,11 +1240,18 @@ def read_batches(uri: str, fmt: str = AUTO) -> Iterator[LineBatch]:
     if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     raw = open_input(uri)
+    local = uri
     uri = path_text(uri)
     stream: BinaryIO = raw
 
     def damage() -> str | None:
         return getattr(raw, "damage", None)
+
+    def growing() -> float | None:
+        if isinstance(raw, _Decoded):  # a compressed file is written whole
+            return None
+        age = _changed_seconds_ago(local)
+        return age if age is not None and age < GROWING_SECONDS else None
 
     try:
         head = stream.read(65536)
@@ -1205,7 +1261,9 @@ def read_batches(uri: str, fmt: str = AUTO) -> Iterator[LineBatch]:
             fmt = sniff_format(head)
         stream = _Prefixed(head, raw)  # type: ignore[assignment]
         if fmt in (NDJSON, EXPORT_GZ):
-            yield from _ndjson_batches(uri, stream, strip_timestamp=fmt == EXPORT_GZ, damage=damage)
+            yield from _ndjson_batches(
+                uri, stream, strip_timestamp=fmt == EXPORT_GZ, damage=damage, growing=growing
+            )
             return
         if fmt == CLOUDWATCH_JSON:
             yield from _cloudwatch_json_batches(uri, stream)
