@@ -79,6 +79,14 @@ def test_demo_never_replaces_files_it_did_not_write(tmp_path: Path, detect):
     (logs / "labels.json").symlink_to("/dev/zero")
     run = detect("demo", "--lake", lake, "--workdir", str(logs))
     assert run.returncode == 2 and "did not write" in run.stderr, run.stderr
+    # the output of `detect simulate`, kept for `detect evaluate`, is no folder of the demo's
+    sim = tmp_path / "sim"
+    simulated = detect("simulate", "--out", str(sim), "--days", "0.05", "--rate", "0.2")
+    assert simulated.returncode == 0, simulated.stderr
+    kept = (sim / "audit.log").read_bytes()
+    run = detect("demo", "--lake", lake, "--workdir", str(sim))
+    assert run.returncode == 2 and "holds audit.log, labels.json" in run.stderr, run.stderr
+    assert (sim / "audit.log").read_bytes() == kept
     run = detect("demo", "--lake", "s3://bucket/x", "--workdir", str(tmp_path / "w"))
     assert run.returncode == 2 and "not a URI" in run.stderr
     assert (prod / CARD_NAME).read_text() == '{"model_version": "production"}'

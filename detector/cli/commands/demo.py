@@ -34,13 +34,14 @@ DEMO_FILES = ("audit.log", "labels.json")
 #: where this is (found by review: `--workdir /var/log/kubernetes` deleted the API
 #: server's audit.log, and the default model folder was production's `models`).
 OWNED_MARKER = ".detect-demo"
+DEFAULT_WORKDIR = ".demo"
 
 
 def demo(
     lake: Annotated[str, typer.Option("--lake", help="Local lake folder for the demo.")] = "./lake",
     workdir: Annotated[
         Path, typer.Option(help="Where the generated audit log and labels.json go.")
-    ] = Path(".demo"),
+    ] = Path(DEFAULT_WORKDIR),
     days: Annotated[
         float,
         typer.Option(
@@ -156,11 +157,14 @@ def demo(
 def _own(folder: Path, flag: str, replaced: tuple[str, ...]) -> None:
     """Refuse a folder holding a file the demo would replace but did not write.
 
-    A folder the demo wrote before it left this marker (the default `.demo`, with its
-    `labels.json`) is its own too."""
+    The default `.demo`, written by the demo before it left this marker, with the
+    simulator's `labels.json`, is its own too. Only that folder: any other holding the
+    simulator's labels is the output of `detect simulate`, a dataset someone keeps for
+    `detect evaluate`, which the demo replaced (found by review)."""
     if (folder / OWNED_MARKER).exists() or not any((folder / n).exists() for n in replaced):
         return
-    if flag == "--workdir" and _demo_labels(folder / "labels.json"):
+    legacy = folder.resolve() == (Path.cwd() / DEFAULT_WORKDIR).resolve()
+    if flag == "--workdir" and legacy and _demo_labels(folder / "labels.json"):
         return
     raise UsageError(
         f"{flag} {folder} holds {', '.join(n for n in replaced if (folder / n).exists())} "
