@@ -220,8 +220,8 @@ app = typer.Typer(
         "Example:\n"
         "\b\n"
         "    detect demo\n"
-        "    detect ingest /var/log/kubernetes/audit.log --lake ./lake --cluster prod\n"
-        "    detect score --lake ./lake --since 1h\n"
+        "    detect findings --lake ./lake --since 1d\n"
+        "    detect score --lake ./lake --model-dir .demo/models --since 1h\n"
         "    detect score --help"
     ),
     no_args_is_help=True,
