@@ -1441,3 +1441,25 @@ def test_the_status_line_of_a_standby_says_it_stands_by():
     metrics.leader.labels(source="tail:a").set(0)
     metrics.lag.labels(source="tail:a").set(2.5)
     assert "lag 2.5s" in metrics.status_line()
+
+
+def test_the_closing_summary_of_a_watch_whose_sink_failed_says_so(tmp_path, detect):
+    """The status line and /metrics counted a failed delivery, but the summary a watch
+    prints as it stops said "1 alerts sent" and nothing of the failure (found by review)."""
+    (tmp_path / "detect.toml").write_text(
+        f'[[sinks]]\nname = "hook"\ntype = "webhook"\nretries = 0\n'
+        f'url = "http://127.0.0.1:{free_port()}/hook"\n'  # nothing listens: refused at once
+    )
+    log_path = tmp_path / "audit.log"
+    t0 = int(time.time() * 1000)
+    log_path.write_text(
+        "".join(anonymous_denied(i, t0 + i, "198.51.100.9") + "\n" for i in range(5))
+    )
+    run = detect(
+        *("watch", "--tail", str(log_path), "--lake", str(tmp_path / "lake"), "--no-model"),
+        *("--cluster", "c", "--once"),
+        env={"DETECT_CONFIG": str(tmp_path / "detect.toml")},
+    )
+    assert run.returncode == 0, run.stderr
+    summary = next(line for line in run.stderr.splitlines() if "watch stopped" in line)
+    assert "0 alerts sent, 1 failed" in summary, summary

@@ -138,16 +138,20 @@ class WatchMetrics:
         held = _held(self.alerts_held)
         return f"{held} held for a digest, " if held else ""
 
-    def status_line(self) -> str:
+    def alerts_text(self) -> str:
+        """``N alerts sent, M failed, `` and what is held: the status line's and the closing
+        summary's, so the summary of a run whose sink failed says so (it did not: review)."""
         sent = sum(s.get() for s in _samples(self.alerts_sent))
         failed = sum(s.get() for s in _samples(self.delivery_failures))
+        return f"{int(sent)} alerts sent, {int(failed)} failed, {self.held_text()}"
+
+    def status_line(self) -> str:
         lags = [g.get() for g in _samples(self.lag)]
         # A standby reads nothing: "lag 0.0s" read as caught up (found by a soak).
         lag = "standing by" if self.standing_by else f"lag {max(lags or [0]):.1f}s"
         return (
             f"watch: {self.totals['events']} events ({self.events_per_second._value.get():.1f}/s), "
-            f"{lag}, {int(sent)} alerts sent, {int(failed)} "
-            f"failed, {self.held_text()}{self.totals['quarantined']} quarantined, model "
+            f"{lag}, {self.alerts_text()}{self.totals['quarantined']} quarantined, model "
             f"{self.model_version or 'none'}, {'ready' if self.ready else 'not ready'}"
         )
 

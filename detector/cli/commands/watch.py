@@ -327,8 +327,7 @@ def watch(
     typer.echo(
         f"watch stopped{' by ' + _signame(received[0]) if received else ''} after {seconds:.1f}s: "
         f"{metrics.totals['events']} events, "
-        f"{int(sum(c._value.get() for c in metrics.alerts_sent._metrics.values()))} alerts sent, "
-        f"{metrics.held_text()}{metrics.totals['quarantined']} quarantined",
+        f"{metrics.alerts_text()}{metrics.totals['quarantined']} quarantined",
         err=True,
     )
     raise typer.Exit(EXIT_OK)
