@@ -84,7 +84,8 @@ def check_instant(value: datetime, text: str) -> datetime:
     """``value`` if within [EARLIEST, LATEST), else a :class:`TimeArgumentError`."""
     if not EARLIEST <= value < LATEST:
         raise TimeArgumentError(
-            f"time {text!r} out of range: between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d}"
+            f"time {text!r} out of range: from {EARLIEST:%Y-%m-%d} up to, not including, "
+            f"{LATEST:%Y-%m-%d}"
         )
     return value
 

@@ -180,6 +180,8 @@ BAD_VALUES = [
     (["findings", "--since", "99999999999d"], "--since"),
     (["score", "--since", "yesterday"], "invalid time"),
     (["score", "--since", "1h", "--until", "0001-01-01"], "out of range"),
+    # the bound itself is refused, and said so: "between ... and 2200-01-01" read as allowed
+    (["timeline", "x", "--until", "2200-01-01T00:00:00Z"], "up to, not including, 2200-01-01"),
     (["score", "--since", "2h", "--until", "3h"], "empty time range"),
     (["evaluate", "--train-until", "99999999999d"], "--train-until"),
     (["simulate", "--out", "x", "--end", "99999999999d"], "--end"),
