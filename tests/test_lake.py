@@ -16,6 +16,7 @@ import orjson
 import polars as pl
 import pytest
 
+from detector.events.normalize import events_from_dicts
 from detector.lake import table as T
 from detector.lake.events import Lake
 from detector.lake.maintenance import check_lake, compact
@@ -279,6 +280,21 @@ def test_a_reused_audit_id_does_not_make_an_attackers_next_requests_copies(tmp_p
     assert any("exec?command=sh" in u for u in uris), uris
 
 
+def test_an_event_stored_under_its_whole_long_id_is_a_copy_when_ingested_again(tmp_path):
+    """Ids over 128 bytes are now stored bounded (head and digest). A lake written before
+    holds them whole: the same event ingested again after the upgrade (a file read again,
+    CloudWatch's overlap) was a second row under its new key (found by review)."""
+    long_id = {**event(1, minute=1), "auditID": "x" * 300}
+    path = tmp_path / "a.log"
+    path.write_bytes(orjson.dumps(long_id) + b"\n" + orjson.dumps(event(2, minute=2)) + b"\n")
+    lake = Lake(str(tmp_path / "lake"))
+    before = events_from_dicts([long_id], cluster="prod")
+    lake.write_events(before.with_columns(pl.lit("x" * 300).alias("audit_id")))  # as stored then
+    summary = ingest_paths([str(path)], str(tmp_path / "lake"), cluster="prod")
+    assert (summary.events_written, summary.duplicates) == (1, 1)
+    assert lake.scan_events().collect().height == 2
+
+
 def test_dedup_keys_held_in_memory_are_bounded_and_dropping_them_loses_no_dedup(
     tmp_path, monkeypatch
 ):
@@ -410,10 +426,10 @@ def test_an_object_is_marked_done_only_after_its_quarantined_lines_are_stored(
     lake = f"s3://{s3_bucket}/lake"
     real = ingest_mod.read_batches
 
-    def killed_on_second(uri, fmt):
+    def killed_on_second(uri, fmt, **kw):
         if uri.endswith("b-good.log"):
             raise KeyboardInterrupt  # the process dies here: no flush, no cleanup
-        return real(uri, fmt)
+        return real(uri, fmt, **kw)
 
     monkeypatch.setattr(ingest_mod, "read_batches", killed_on_second)
     with pytest.raises(KeyboardInterrupt):

@@ -128,17 +128,22 @@ def test_a_huge_or_control_character_audit_id_is_kept_bounded_and_still_unique()
     kept, not quarantined, so the header cannot hide a request from the detectors; its id
     is bounded, the same on every run, and two long ids sharing a head stay apart."""
     head = "a" * 200
-    ids = [head + "1", head + "2", "\x00\x1b[31mred", "c" * 128, "ok-id"]
+    ids = [head + "1", head + "2", "\x00\x1b[31mred", "\x85\u202egnp.exe", "日" * 48 + "x"]
+    ids += ["c" * 128, "é" * 64, "ok-id"]
     result = normalize([event(i, NOW, auditID=audit_id) for i, audit_id in enumerate(ids)])
     assert result.quarantine.height == 0
     got = result.events["audit_id"].to_list()
-    assert got[3:] == ["c" * 128, "ok-id"]  # at the limit, and a plain id: as written
-    assert len(set(got)) == 5
+    assert got[5:] == ids[5:]  # at the limit in bytes, and a plain id: as written
+    assert len(set(got)) == len(ids)
+    # bytes, not characters: 48 characters of 3 bytes made a "bounded" id of 170 (review)
     assert all(len(i.encode()) <= MAX_AUDIT_ID_BYTES for i in got)
     assert got[0].startswith("a" * 48 + "…sha256:")
     assert got[2].startswith("??[31mred…sha256:")
-    again = normalize([event(0, NOW, auditID=ids[0])]).events["audit_id"].to_list()
-    assert again == got[:1]
+    assert got[3].startswith("??gnp.exe…sha256:")  # C1 and bidi, as the consoles see them
+    assert got[4].startswith("日" * 16 + "…sha256:")
+    # the same on every run, and a bounded id read again (an old lake, a copy) unchanged
+    again = normalize([event(i, NOW, auditID=a) for i, a in enumerate([ids[0], *got])])
+    assert again.events["audit_id"].to_list() == [got[0], *got]
 
 
 def test_a_value_of_the_wrong_type_is_named_by_its_field_and_never_quoted():

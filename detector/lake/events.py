@@ -29,6 +29,7 @@ from pathlib import Path
 
 import polars as pl
 
+from detector.events.normalize import bounded_ids
 from detector.events.schema import (
     COPY_KEY,
     EVENT_COLUMNS,
@@ -198,6 +199,13 @@ class WriteStats:
         self.partitions |= other.partitions
 
 
+def _stored_keys(keys: pl.DataFrame) -> pl.DataFrame:
+    """A file's copy keys as events are keyed now: an id stored whole before ids were
+    bounded (:func:`~detector.events.normalize.bounded_ids`) is read bounded, so the same
+    event ingested again after the upgrade is a copy, not a second row (found by review)."""
+    return keys.with_columns(bounded_ids(keys["audit_id"]))
+
+
 class Lake:
     """A lake root (local folder or ``s3://bucket/prefix``)."""
 
@@ -269,7 +277,9 @@ class Lake:
 
     def _keys_of(self, paths: list[str], hour: str) -> list[pl.DataFrame]:
         return [
-            self.keys.get(path, hour, lambda p=path: self.events.read(p, list(COPY_KEY)))
+            self.keys.get(
+                path, hour, lambda p=path: _stored_keys(self.events.read(p, list(COPY_KEY)))
+            )
             for path in paths
         ]
 
