@@ -664,6 +664,16 @@ def test_a_live_logs_half_written_last_line_waits_for_the_next_run(tmp_path, cap
     os.utime(cut, (an_hour_ago, an_hour_ago))
     third = ingest_paths([str(cut)], lake, cluster="default")
     assert (third.events_written, third.quarantined) == (1, 1)
+    # changed "in a day": a copy from a host whose clock is ahead, no writer (review)
+    tomorrow = datetime.now(UTC).timestamp() + 86_400
+    os.utime(cut, (tomorrow, tomorrow))
+    assert ingest_paths([str(cut)], str(tmp_path / "lake2"), cluster="c").quarantined == 1
+    # a read with no next run (`rules test`, a replay) quarantines it as it stands (review)
+    fresh = write_ndjson(tmp_path / "fresh.log", [make_event(6)])
+    with fresh.open("ab") as fh:
+        fh.write(last[:150])
+    events, quarantine = read_events([str(fresh)])
+    assert (events.height, quarantine.height) == (1, 1)
 
 
 def test_a_large_document_without_events_a_page_cut_before_the_next_and_a_split_number():

@@ -564,7 +564,7 @@ def _steps(
         if not cluster and (named := cluster_from_path(uri)):
             fallback = ClusterGuess(safe_part(named, "cluster name"), "path")
         try:
-            for batch in read_batches(uri, fmt):
+            for batch in read_batches(uri, fmt, again_later=True):
                 # the lines' bytes and the heads kept of lines set aside (a file of
                 # over-long lines gives batches of those alone, with no line bytes)
                 weight = batch.nbytes + sum(len(r[3]) for r in batch.rejected)

@@ -715,9 +715,10 @@ def _ndjson_batches(
         unterminated = len(block) and block[-1] != 10
         age = growing() if unterminated and offsets is None else None
         tail = bytes(block) if age is not None else b""
-        if strip_timestamp:  # an export line: its time, a space, then the event
-            tail = tail.partition(formats.EXPORT_SEPARATOR)[2]
-        if age is not None and not _is_json(tail):
+        # an export line is its time, a space, then the event; one without the time is
+        # read as it stands (:func:`_strip_export_timestamp`)
+        event = tail.partition(formats.EXPORT_SEPARATOR)[2] if strip_timestamp else tail
+        if age is not None and not _is_json(tail) and not _is_json(event):
             log.warning(
                 "%s: line %d has no line break yet and the file changed %.0f s ago: "
                 "left for the next run (a writer is still appending it)",
@@ -779,11 +780,12 @@ GROWING_SECONDS = 60.0
 
 
 def _changed_seconds_ago(uri: str) -> float | None:
-    """Seconds since the local file ``uri`` last changed; None for an object store."""
+    """Seconds since the local file ``uri`` last changed (negative: a time to come);
+    None for an object store."""
     if not isinstance(filesystem(uri), LocalFileSystem):
         return None
     try:
-        return max(0.0, time.time() - os.stat(strip_protocol(uri)).st_mtime)
+        return time.time() - os.stat(strip_protocol(uri)).st_mtime
     except OSError:
         return None
 
@@ -1229,13 +1231,18 @@ def path_text(uri: str) -> str:
     return uri
 
 
-def read_batches(uri: str, fmt: str = AUTO) -> Iterator[LineBatch]:
+def read_batches(uri: str, fmt: str = AUTO, *, again_later: bool = False) -> Iterator[LineBatch]:
     """Batches of raw audit messages from one file or object.
 
     A UTF-8 byte-order mark at the start is dropped (editors on Windows write one; it is
     not part of the first event). Damage that ends a gzip stream early is reported as a
     quarantine record, after everything before it was read. Batches name their source by
     :func:`path_text`.
+
+    ``again_later``: the caller reads the file again on its next run (``detect ingest``),
+    so an unfinished last line of a file still being written waits for it
+    (:func:`_ndjson_batches`). A replay or an in-memory read has no next run: the line is
+    quarantined as it stands.
     """
     if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
@@ -1248,10 +1255,11 @@ def read_batches(uri: str, fmt: str = AUTO) -> Iterator[LineBatch]:
         return getattr(raw, "damage", None)
 
     def growing() -> float | None:
-        if isinstance(raw, _Decoded):  # a compressed file is written whole
+        if not again_later or isinstance(raw, _Decoded):  # a compressed file is whole
             return None
         age = _changed_seconds_ago(local)
-        return age if age is not None and age < GROWING_SECONDS else None
+        # a future time (a copy from a host whose clock is ahead) says nothing of a writer
+        return age if age is not None and 0 <= age < GROWING_SECONDS else None
 
     try:
         head = stream.read(65536)
