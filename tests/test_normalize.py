@@ -19,7 +19,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detector.events.normalize import MAX_AUDIT_ID_BYTES, TimeBounds, normalize_lines
+from detector.events.auditid import MAX_AUDIT_ID_BYTES
+from detector.events.normalize import TimeBounds, normalize_lines
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 FIXED = TimeBounds(clock=lambda: NOW)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import polars as pl
 
-from detector.events.normalize import bounded_ids
+from detector.events.auditid import bounded_ids
 from detector.events.schema import (
     COPY_KEY,
     EVENT_COLUMNS,
