@@ -674,6 +674,16 @@ def test_a_live_logs_half_written_last_line_waits_for_the_next_run(tmp_path, cap
         fh.write(last[:150])
     events, quarantine = read_events([str(fresh)])
     assert (events.height, quarantine.height) == (1, 1)
+    # a last line past the size limit, still being written: quarantined once it ends, with
+    # its whole size (the first run's record kept the size it had then: review)
+    big = tmp_path / "big.log"
+    big.write_bytes(b'{"blob":"' + b"x" * 4_600_000)
+    assert ingest_paths([str(big)], str(tmp_path / "lake3"), cluster="c").quarantined == 0
+    with big.open("ab") as fh:
+        fh.write(b"x" * 600_000 + b'"}\n')
+    assert ingest_paths([str(big)], str(tmp_path / "lake3"), cluster="c").quarantined == 1
+    (record,) = Lake(str(tmp_path / "lake3")).scan_quarantine().collect().rows(named=True)
+    assert record["raw_size"] == 5_200_011
 
 
 def test_a_large_document_without_events_a_page_cut_before_the_next_and_a_split_number():

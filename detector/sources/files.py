@@ -632,7 +632,7 @@ MAX_BATCH_LINES = 100_000
 
 def iter_line_blocks(
     stream: BinaryIO, *, batch_bytes: int = BATCH_BYTES
-) -> Iterator[tuple[memoryview, int, list[tuple[int, int, bytes]], np.ndarray | None]]:
+) -> Iterator[tuple[memoryview, int, list[tuple[int, int, bytes, bool]], np.ndarray | None]]:
     """Blocks of whole lines: (block, number of its first line, oversize lines, offsets).
 
     ``offsets`` are the block's line offsets (see :func:`_line_offsets`), found while
@@ -646,8 +646,8 @@ def iter_line_blocks(
     never written again after it is yielded.
 
     A line longer than :data:`MAX_LINE_BYTES` is never held whole: it is skipped while
-    reading and reported as (line number, size, first bytes), so a 10 GB line costs no
-    more memory than a short one.
+    reading and reported as (line number, size, first bytes, whether a line break ended
+    it), so a 10 GB line costs no more memory than a short one.
     """
     line_no = 1
     carry = b""
@@ -668,10 +668,11 @@ def iter_line_blocks(
             # Oversize line: swallow it up to its newline.
             head = buf[:65536].tobytes()
             del buf
+            ended = True
             while True:
                 more = stream.read(batch_bytes)
                 if not more:
-                    rest = b""
+                    rest, ended = b"", False
                     break
                 nl = more.find(b"\n")
                 if nl >= 0:
@@ -679,7 +680,7 @@ def iter_line_blocks(
                     rest = more[nl + 1 :]
                     break
                 size += len(more)
-            yield memoryview(b""), line_no, [(line_no, size, head)], None
+            yield memoryview(b""), line_no, [(line_no, size, head, ended)], None
             line_no += 1
             carry = rest
             continue
@@ -708,9 +709,13 @@ def _ndjson_batches(
     """
     next_line, reported = 1, False
     for block, first_line, oversize, offsets in iter_line_blocks(stream):
+        age = growing() if any(not ended for *_, ended in oversize) else None
+        if age is not None:  # an over-long last line still being written: its size is not
+            oversize = [line for line in oversize if line[3]]  # known yet (review)
+            _say_left(uri, first_line, age)
         rejected = [
             (uri, str(n), f"line too long: {size} bytes (limit {MAX_LINE_BYTES})", head, size)
-            for n, size, head in oversize
+            for n, size, head, _ in oversize
         ]
         unterminated = len(block) and block[-1] != 10
         age = growing() if unterminated and offsets is None else None
@@ -719,13 +724,7 @@ def _ndjson_batches(
         # read as it stands (:func:`_strip_export_timestamp`)
         event = tail.partition(formats.EXPORT_SEPARATOR)[2] if strip_timestamp else tail
         if age is not None and not _is_json(tail) and not _is_json(event):
-            log.warning(
-                "%s: line %d has no line break yet and the file changed %.0f s ago: "
-                "left for the next run (a writer is still appending it)",
-                uri,
-                first_line,
-                age,
-            )
+            _say_left(uri, first_line, age)
             block = memoryview(b"")
             if not rejected:
                 continue
@@ -772,6 +771,16 @@ def _ndjson_batches(
     why = damage()
     if why and not reported:  # the damage fell on a line boundary: say it happened anyway
         yield _rejected_only(uri, (uri, str(next_line), why, b""))
+
+
+def _say_left(uri: str, line: int, age: float) -> None:
+    log.warning(
+        "%s: line %d has no line break yet and the file changed %.0f s ago: "
+        "left for the next run (a writer is still appending it)",
+        uri,
+        line,
+        age,
+    )
 
 
 #: A local file changed less than this long ago may still be appended to: its last line,
