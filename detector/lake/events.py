@@ -201,7 +201,7 @@ class WriteStats:
 
 def _stored_keys(keys: pl.DataFrame) -> pl.DataFrame:
     """A file's copy keys as events are keyed now: an id stored whole before ids were
-    bounded (:func:`~detector.events.normalize.bounded_ids`) is read bounded, so the same
+    bounded (:func:`~detector.events.auditid.bounded_ids`) is read bounded, so the same
     event ingested again after the upgrade is a copy, not a second row (found by review)."""
     return keys.with_columns(bounded_ids(keys["audit_id"]))
 
