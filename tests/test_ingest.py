@@ -961,6 +961,26 @@ def test_a_page_larger_than_a_block_is_read_event_by_event_and_damage_costs_only
     assert len(said) == 1 and said[0][0] == 2 and "invalid JSON" in said[0][1]
 
 
+def test_one_damaged_entry_of_a_document_costs_itself_alone(tmp_path):
+    """A changed byte in one entry whose brackets still close (a member without its
+    colon) ended the document's events there: 74,999 of 150,000 events of a 190 MB
+    `filter-log-events` document were lost, with one quarantine row (found by review).
+    That entry alone is quarantined; every other one is read, before and after it."""
+    events = [make_event(i) for i in range(40)]
+    text = json.dumps(cloudwatch_page(events[:20])) + json.dumps(
+        cloudwatch_page(events[20:], t0=1795000005000)
+    )
+    at = text.index('"logStreamName": ', len(text) // 4)  # in the first page
+    text = text[:at] + '"logStreamName" ' + text[at + len('"logStreamName": ') :]
+    path = tmp_path / "pages.json"
+    path.write_text(text)
+    summary = ingest_paths([str(path)], str(tmp_path / "lake"), cluster="c")
+    assert (summary.events_written, summary.quarantined) == (39, 1)
+    (record,) = Lake(str(tmp_path / "lake")).scan_quarantine().collect().rows(named=True)
+    assert record["reason"].startswith("CloudWatch event invalid JSON: Expecting ':'")
+    assert record["raw"].startswith('{"logStreamName" ')
+
+
 def test_a_fifo_in_an_input_folder_is_skipped_with_a_warning(tmp_path, detect):
     folder = tmp_path / "in"
     folder.mkdir()

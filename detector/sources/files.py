@@ -1105,11 +1105,21 @@ class StreamedMember:
                         cur.skip_space()
                     item += 1
                     try:
-                        yield cur.decode(limit)
+                        value = cur.decode(limit)
                     except RecursionError:
                         # One item nested too deeply for the decoder: set aside alone, the
                         # items after it read on (it failed the whole page; review).
                         yield Undecodable("nested too deeply", _skip_value(cur, limit))
+                        continue
+                    except json.JSONDecodeError as exc:
+                        # One damaged entry whose brackets still close (a byte changed):
+                        # set aside alone too. Every entry after it was lost with the rest
+                        # of the document, 75k events of a 190 MB one (found by review).
+                        if cur.buf[cur.pos] != "{":  # decode left the position at its start
+                            raise
+                        yield Undecodable(f"invalid JSON: {exc.msg}", _skip_value(cur, limit))
+                        continue
+                    yield value
         except (json.JSONDecodeError, RecursionError) as exc:
             reason = (
                 "nested too deeply"
