@@ -912,7 +912,7 @@ def _under_credential(value: Any) -> bool:
             continue
         for key, member in obj.items():
             if key.lower() in VALUE_KEYS and _credential_value(member):
-                obj[key] = [REDACTED] * len(member) if isinstance(member, list) else REDACTED
+                obj[key] = _redacted_value(member)
                 changed = True
     return changed
 
@@ -923,6 +923,11 @@ def _credential_value(value: Any) -> bool:
     return _credential_scalar(value) or (
         isinstance(value, list) and all(_credential_scalar(v) for v in value) and bool(value)
     )
+
+
+def _redacted_value(value: Any) -> Any:
+    """A :func:`_credential_value` redacted: its shape kept (a list stays a list)."""
+    return [REDACTED] * len(value) if isinstance(value, list) else REDACTED
 
 
 def _unparsed_secret(text: str) -> bool:
@@ -1035,7 +1040,7 @@ def _walk(obj: Any, secret: bool) -> bool:
             obj[key] = _all_values(value)  # a map keeps its keys; anything else goes whole
             changed = True
         elif is_credential_key(key) and _credential_value(value):
-            obj[key] = [REDACTED] * len(value) if isinstance(value, list) else REDACTED
+            obj[key] = _redacted_value(value)
             changed = True
         elif is_credential_key(key) and isinstance(value, (dict, list)):
             changed |= _under_credential(value)
