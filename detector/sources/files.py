@@ -1117,7 +1117,11 @@ class StreamedMember:
                         # of the document, 75k events of a 190 MB one (found by review).
                         if cur.buf[cur.pos] != "{":  # decode left the position at its start
                             raise
-                        yield Undecodable(f"invalid JSON: {exc.msg}", _skip_value(cur, limit))
+                        try:
+                            text = _skip_value(cur, limit)
+                        except json.JSONDecodeError:
+                            raise exc from None  # no end to it (cut short): said as decoded
+                        yield Undecodable(f"invalid JSON: {exc.msg}", text)
                         continue
                     yield value
         except (json.JSONDecodeError, RecursionError) as exc:
